@@ -1,0 +1,22 @@
+//! sea-orm entities for reelhouse: one module per table, nothing else.
+//!
+//! Enum-like columns are stored as short strings (so both SQLite and PostgreSQL
+//! carry them without native enum types) and typed in Rust through the enums in
+//! [`enums`], which are also re-exported here and from the entity modules that use them.
+
+pub mod enums;
+pub mod prelude;
+
+pub mod api_key;
+pub mod event_outbox;
+pub mod job;
+pub mod job_log;
+pub mod refresh_token;
+pub mod refresh_token_family;
+pub mod rendition;
+pub mod upload;
+pub mod user;
+pub mod video;
+pub mod worker;
+
+pub use enums::*;

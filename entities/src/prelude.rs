@@ -1,0 +1,13 @@
+//! Entity types under short names, as `use entities::prelude::*` expects.
+
+pub use super::api_key::Entity as ApiKey;
+pub use super::event_outbox::Entity as EventOutbox;
+pub use super::job::Entity as Job;
+pub use super::job_log::Entity as JobLog;
+pub use super::refresh_token::Entity as RefreshToken;
+pub use super::refresh_token_family::Entity as RefreshTokenFamily;
+pub use super::rendition::Entity as Rendition;
+pub use super::upload::Entity as Upload;
+pub use super::user::Entity as User;
+pub use super::video::Entity as Video;
+pub use super::worker::Entity as Worker;

@@ -1,0 +1,38 @@
+//! The reelhouse schema, as an ordered chain of sea-orm migrations.
+//!
+//! Every migration is written with sea-query's schema builder so the same chain runs
+//! on SQLite and PostgreSQL. Migrations describe the schema as it was when they were
+//! written: they name tables and columns through their own `DeriveIden` enums and
+//! never through `entities`, so later entity changes cannot rewrite history. Change
+//! the schema by adding a migration, never by editing one that has shipped.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_create_users;
+mod m20261122_000002_create_refresh_tokens;
+mod m20261122_000003_create_api_keys;
+mod m20261122_000004_create_videos;
+mod m20261122_000005_create_uploads;
+mod m20261122_000006_create_renditions;
+mod m20261122_000007_create_jobs;
+mod m20261122_000008_create_events_outbox;
+mod m20261122_000009_create_workers;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261122_000001_create_users::Migration),
+            Box::new(m20261122_000002_create_refresh_tokens::Migration),
+            Box::new(m20261122_000003_create_api_keys::Migration),
+            Box::new(m20261122_000004_create_videos::Migration),
+            Box::new(m20261122_000005_create_uploads::Migration),
+            Box::new(m20261122_000006_create_renditions::Migration),
+            Box::new(m20261122_000007_create_jobs::Migration),
+            Box::new(m20261122_000008_create_events_outbox::Migration),
+            Box::new(m20261122_000009_create_workers::Migration),
+        ]
+    }
+}

@@ -1,0 +1,101 @@
+//! Password policy and hashing (argon2id with the argon2 crate's defaults:
+//! 19 MiB memory, 2 iterations, 1 lane — the OWASP minimum).
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+
+use crate::error::AppError;
+
+pub const MIN_PASSWORD_LEN: usize = 10;
+pub const MAX_PASSWORD_LEN: usize = 1024;
+
+/// Why a password was refused; the message is shown to the person choosing it.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PasswordPolicyError {
+    #[error("password must be at least {MIN_PASSWORD_LEN} characters long")]
+    TooShort,
+    #[error("password must be at most {MAX_PASSWORD_LEN} characters long")]
+    TooLong,
+    #[error("password must mix at least two kinds of characters (letters, digits, symbols)")]
+    OneClass,
+    #[error("password must not be your email address")]
+    IsEmail,
+}
+
+impl From<PasswordPolicyError> for AppError {
+    fn from(err: PasswordPolicyError) -> Self {
+        AppError::bad_input(err.to_string())
+    }
+}
+
+/// Minimum length, not all one class of character, and not the email itself.
+pub fn check_policy(password: &str, email: &str) -> Result<(), PasswordPolicyError> {
+    let len = password.chars().count();
+    if len < MIN_PASSWORD_LEN {
+        return Err(PasswordPolicyError::TooShort);
+    }
+    if len > MAX_PASSWORD_LEN {
+        return Err(PasswordPolicyError::TooLong);
+    }
+    let class = |c: char| {
+        if c.is_alphabetic() {
+            0
+        } else if c.is_numeric() {
+            1
+        } else {
+            2
+        }
+    };
+    let mut chars = password.chars().map(class);
+    let first = chars.next();
+    if chars.all(|c| Some(c) == first) {
+        return Err(PasswordPolicyError::OneClass);
+    }
+    let email = email.trim();
+    let local_part = email.split('@').next().unwrap_or("");
+    if password.eq_ignore_ascii_case(email) || (!local_part.is_empty() && password.eq_ignore_ascii_case(local_part)) {
+        return Err(PasswordPolicyError::IsEmail);
+    }
+    Ok(())
+}
+
+/// Hash with argon2id and a random salt (PHC string).
+pub fn hash_password(password: &str) -> Result<String, AppError> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|e| AppError::internal(anyhow::anyhow!("hashing password: {e}")))
+}
+
+/// Constant-time verification against a stored PHC string.
+pub fn verify_password(password: &str, stored: &str) -> bool {
+    PasswordHash::new(stored).is_ok_and(|hash| Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_refuses_weak_passwords_with_reasons() {
+        let email = "ada@example.com";
+        assert_eq!(check_policy("short1!", email), Err(PasswordPolicyError::TooShort));
+        assert_eq!(check_policy("abcdefghijkl", email), Err(PasswordPolicyError::OneClass));
+        assert_eq!(check_policy("123456789012", email), Err(PasswordPolicyError::OneClass));
+        assert_eq!(check_policy("ADA@example.com", email), Err(PasswordPolicyError::IsEmail));
+        assert_eq!(check_policy("correct horse 7", email), Ok(()));
+    }
+
+    #[test]
+    fn hashes_are_argon2id_salted_and_verify() {
+        let a = hash_password("correct horse 7").unwrap();
+        let b = hash_password("correct horse 7").unwrap();
+        assert!(a.starts_with("$argon2id$"), "{a}");
+        assert_ne!(a, b, "salts must differ");
+        assert!(verify_password("correct horse 7", &a));
+        assert!(!verify_password("correct horse 8", &a));
+        assert!(!verify_password("anything", "not a phc string"));
+    }
+}

@@ -1,0 +1,547 @@
+//! Typed settings, layered: defaults → `reelhouse.toml` → environment → CLI flags.
+//!
+//! Environment: `REELHOUSE__SECTION__KEY` for every key (e.g. `REELHOUSE__SERVER__BIND`,
+//! `REELHOUSE__STORAGE__S3__BUCKET`), plus the conventional names `DATABASE_URL`,
+//! `REDIS_URL`, `S3_ENDPOINT`, `S3_BUCKET`, `S3_REGION`, `S3_ACCESS_KEY_ID`,
+//! `S3_SECRET_ACCESS_KEY`, `S3_FORCE_PATH_STYLE`, and `REELHOUSE_BIND`,
+//! `REELHOUSE_DATA_DIR`. The `REELHOUSE__` form wins when both are set.
+//!
+//! Settings are passed by value into `Application::build`; there is no global.
+
+mod secret;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+pub use secret::{Secret, SecretUrl, REDACTED};
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub storage: StorageSettings,
+    pub auth: AuthSettings,
+    pub graphql: GraphqlSettings,
+    pub telemetry: TelemetrySettings,
+    pub workers: WorkerSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address to listen on; port 0 picks a free port (the real one is logged).
+    pub bind: String,
+    /// Where embedded mode keeps its SQLite file, objects and generated keys.
+    pub data_dir: PathBuf,
+    /// The externally visible base URL (for signed URLs); defaults to `http://{bind}`.
+    pub public_url: Option<String>,
+    /// Seconds to let in-flight requests finish after SIGTERM/SIGINT.
+    pub shutdown_timeout_secs: u64,
+    /// Interval of the `heartbeat` subscription ticks.
+    pub heartbeat_interval_ms: u64,
+    /// Largest request body accepted by the GraphQL endpoint.
+    pub max_graphql_body_bytes: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./data"),
+            public_url: None,
+            shutdown_timeout_secs: 30,
+            heartbeat_interval_ms: 1000,
+            max_graphql_body_bytes: 256 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `postgres://…` or `sqlite://…`; unset means SQLite at `{data_dir}/reelhouse.db`.
+    pub url: Option<SecretUrl>,
+    pub max_connections: u32,
+    pub min_connections: u32,
+    pub connect_timeout_secs: u64,
+    /// Run pending migrations when `serve`/`worker` start.
+    pub migrate_on_start: bool,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self { url: None, max_connections: 10, min_connections: 1, connect_timeout_secs: 5, migrate_on_start: true }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://…`; unset means the in-process event bus and in-memory rate limits.
+    pub url: Option<SecretUrl>,
+    /// Prepended to every key and channel, so several deployments can share one Redis.
+    pub key_prefix: String,
+    /// Timeout for one Redis command.
+    pub timeout_ms: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self { url: None, key_prefix: "reelhouse:".into(), timeout_ms: 2000 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    Local,
+    S3,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSettings {
+    /// `local` or `s3`; unset picks `s3` when `storage.s3.bucket` is set, else `local`.
+    pub backend: Option<StorageBackend>,
+    /// Root of the local object store; defaults to `{data_dir}/objects`.
+    pub local_root: Option<PathBuf>,
+    /// Lifetime of presigned/signed upload and download URLs.
+    pub presign_ttl_secs: u64,
+    pub s3: S3Settings,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self { backend: None, local_root: None, presign_ttl_secs: 3600, s3: S3Settings::default() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Settings {
+    /// Custom endpoint for S3-compatible servers (MinIO, Ceph, s3s, …).
+    pub endpoint: Option<String>,
+    pub bucket: Option<String>,
+    pub region: String,
+    pub access_key_id: Option<Secret>,
+    pub secret_access_key: Option<Secret>,
+    /// Path-style addressing (`endpoint/bucket/key`), needed by most S3-compatible servers.
+    pub force_path_style: bool,
+    /// Prepended to every object key.
+    pub key_prefix: String,
+    /// e.g. `AES256` or `aws:kms`; sent with every upload when set.
+    pub server_side_encryption: Option<String>,
+}
+
+impl Default for S3Settings {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            bucket: None,
+            region: "us-east-1".into(),
+            access_key_id: None,
+            secret_access_key: None,
+            force_path_style: true,
+            key_prefix: String::new(),
+            server_side_encryption: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Master secret for JWT signing and URL signing (≥ 32 bytes). Generated into the
+    /// data dir on first start when unset and the database is SQLite; required otherwise.
+    pub jwt_secret: Option<Secret>,
+    pub issuer: String,
+    pub audience: String,
+    pub access_token_ttl_secs: u64,
+    pub refresh_token_ttl_secs: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            issuer: "reelhouse".into(),
+            audience: "reelhouse".into(),
+            access_token_ttl_secs: 15 * 60,
+            refresh_token_ttl_secs: 30 * 24 * 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GraphqlSettings {
+    /// Serve the GraphiQL page at `GET /graphql`.
+    pub playground: bool,
+    pub introspection: bool,
+    pub max_depth: usize,
+    pub max_complexity: usize,
+    pub max_aliases: usize,
+    pub max_batch_size: usize,
+}
+
+impl Default for GraphqlSettings {
+    fn default() -> Self {
+        Self {
+            playground: true,
+            introspection: true,
+            max_depth: 12,
+            max_complexity: 500,
+            max_aliases: 30,
+            max_batch_size: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    pub format: LogFormat,
+    /// A tracing filter directive, e.g. `info` or `reelhouse=debug,info`.
+    pub level: String,
+    /// When set, logs also go to daily-rotated files here.
+    pub log_dir: Option<PathBuf>,
+    pub log_retention_days: usize,
+    /// Lowest GStreamer log level bridged into tracing (`error`, `warning`, `info`, `debug`).
+    pub gstreamer_level: String,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            level: "info".into(),
+            log_dir: None,
+            log_retention_days: 7,
+            gstreamer_level: "warning".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Run transcode workers inside `serve` (embedded); `reelhouse worker` always runs them.
+    pub embedded: bool,
+    /// Concurrent jobs per process; default: cores − 1, at least 1.
+    pub concurrency: Option<usize>,
+    /// Seconds between worker heartbeats in the workers table.
+    pub heartbeat_secs: u64,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self { embedded: true, concurrency: None, heartbeat_secs: 5 }
+    }
+}
+
+/// A bad setting: names the key and says what is wrong, in one line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting `{key}`: {message}")]
+pub struct SettingsError {
+    pub key: String,
+    pub message: String,
+}
+
+impl SettingsError {
+    fn new(key: &str, message: impl Into<String>) -> Self {
+        Self { key: key.to_string(), message: message.into() }
+    }
+}
+
+/// Command-line overrides; they win over every other layer.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub bind: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Which services a configuration uses; reported by `serverInfo` and `/ready`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// SQLite, local disk, in-process bus: one machine, nothing to configure.
+    Embedded,
+    /// At least one shared service (PostgreSQL, Redis or S3) is configured.
+    Distributed,
+}
+
+impl Settings {
+    /// Load the layers. `config_file` is an explicit `--config`; otherwise
+    /// `reelhouse.toml` in the working directory is used when present.
+    pub fn load(config_file: Option<&Path>, overrides: &Overrides) -> Result<Settings, SettingsError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        match config_file {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(SettingsError::new("--config", format!("file {} does not exist", path.display())));
+                }
+                figment = figment.merge(Toml::file(path));
+            }
+            None => figment = figment.merge(Toml::file("reelhouse.toml")),
+        }
+        figment = figment.merge(conventional_env()).merge(Env::prefixed("REELHOUSE__").split("__"));
+        if let Some(bind) = &overrides.bind {
+            figment = figment.merge(Serialized::default("server.bind", bind));
+        }
+        if let Some(dir) = &overrides.data_dir {
+            figment = figment.merge(Serialized::default("server.data_dir", dir));
+        }
+        let settings: Settings = figment.extract().map_err(|err| {
+            let key = if err.path.is_empty() { "(root)".to_string() } else { err.path.join(".") };
+            SettingsError { key, message: err.kind.to_string() }
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks that serde cannot express; each error names its key.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        self.bind_addr()?;
+        if let Some(url) = &self.server.public_url {
+            let parsed = url::Url::parse(url).map_err(|e| SettingsError::new("server.public_url", e.to_string()))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(SettingsError::new("server.public_url", "must be an http:// or https:// URL"));
+            }
+        }
+        if self.server.heartbeat_interval_ms < 10 {
+            return Err(SettingsError::new("server.heartbeat_interval_ms", "must be at least 10"));
+        }
+        if let Some(url) = &self.database.url {
+            match url.scheme() {
+                "postgres" | "postgresql" | "sqlite" => {}
+                other => {
+                    return Err(SettingsError::new(
+                        "database.url",
+                        format!("unsupported scheme `{other}` (use postgres:// or sqlite://)"),
+                    ))
+                }
+            }
+        }
+        if self.database.max_connections == 0 {
+            return Err(SettingsError::new("database.max_connections", "must be at least 1"));
+        }
+        if let Some(url) = &self.redis.url {
+            if !matches!(url.scheme(), "redis" | "rediss") {
+                return Err(SettingsError::new("redis.url", "must be a redis:// or rediss:// URL"));
+            }
+        }
+        if self.storage_backend() == StorageBackend::S3 {
+            let s3 = &self.storage.s3;
+            if s3.bucket.as_deref().is_none_or(str::is_empty) {
+                return Err(SettingsError::new("storage.s3.bucket", "required when storage.backend is s3"));
+            }
+            if s3.access_key_id.is_some() != s3.secret_access_key.is_some() {
+                return Err(SettingsError::new(
+                    "storage.s3.secret_access_key",
+                    "set both storage.s3.access_key_id and storage.s3.secret_access_key, or neither",
+                ));
+            }
+            if let Some(endpoint) = &s3.endpoint {
+                url::Url::parse(endpoint).map_err(|e| SettingsError::new("storage.s3.endpoint", e.to_string()))?;
+            }
+        }
+        if self.storage.presign_ttl_secs == 0 || self.storage.presign_ttl_secs > 7 * 24 * 3600 {
+            return Err(SettingsError::new("storage.presign_ttl_secs", "must be between 1 and 604800 (7 days)"));
+        }
+        if let Some(secret) = &self.auth.jwt_secret {
+            if secret.expose().len() < 32 {
+                return Err(SettingsError::new("auth.jwt_secret", "must be at least 32 bytes long"));
+            }
+        }
+        if self.auth.access_token_ttl_secs == 0 {
+            return Err(SettingsError::new("auth.access_token_ttl_secs", "must be positive"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.telemetry.level).is_err() {
+            return Err(SettingsError::new("telemetry.level", format!("`{}` is not a valid filter", self.telemetry.level)));
+        }
+        if crate::telemetry::gst_level(&self.telemetry.gstreamer_level).is_none() {
+            return Err(SettingsError::new(
+                "telemetry.gstreamer_level",
+                "must be one of none, error, warning, fixme, info, debug, log, trace",
+            ));
+        }
+        if self.workers.concurrency == Some(0) {
+            return Err(SettingsError::new("workers.concurrency", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    pub fn bind_addr(&self) -> Result<SocketAddr, SettingsError> {
+        self.server
+            .bind
+            .parse()
+            .map_err(|_| SettingsError::new("server.bind", format!("`{}` is not an address like 127.0.0.1:8080", self.server.bind)))
+    }
+
+    pub fn storage_backend(&self) -> StorageBackend {
+        self.storage.backend.unwrap_or(if self.storage.s3.bucket.is_some() {
+            StorageBackend::S3
+        } else {
+            StorageBackend::Local
+        })
+    }
+
+    /// The database URL in effect: the configured one, or SQLite in the data dir.
+    pub fn database_url(&self) -> String {
+        match &self.database.url {
+            Some(url) => url.expose().to_string(),
+            None => format!("sqlite://{}?mode=rwc", self.sqlite_path().display()),
+        }
+    }
+
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.server.data_dir.join("reelhouse.db")
+    }
+
+    pub fn uses_sqlite(&self) -> bool {
+        self.database.url.as_ref().is_none_or(|url| url.scheme() == "sqlite")
+    }
+
+    pub fn local_storage_root(&self) -> PathBuf {
+        self.storage.local_root.clone().unwrap_or_else(|| self.server.data_dir.join("objects"))
+    }
+
+    pub fn worker_concurrency(&self) -> usize {
+        self.workers.concurrency.unwrap_or_else(|| {
+            std::thread::available_parallelism().map(|n| n.get().saturating_sub(1)).unwrap_or(1).max(1)
+        })
+    }
+
+    pub fn mode(&self) -> Mode {
+        if self.uses_sqlite() && self.redis.url.is_none() && self.storage_backend() == StorageBackend::Local {
+            Mode::Embedded
+        } else {
+            Mode::Distributed
+        }
+    }
+
+    /// The merged settings as TOML with every secret redacted (`reelhouse config`).
+    pub fn to_redacted_toml(&self) -> Result<String, SettingsError> {
+        let value = serde_json::to_value(self).map_err(|e| SettingsError::new("(root)", e.to_string()))?;
+        toml_from_json(&value).map_err(|e| SettingsError::new("(root)", e))
+    }
+}
+
+/// Conventional variable names other tools already use, mapped to our keys.
+fn conventional_env() -> Env {
+    const MAP: &[(&str, &str)] = &[
+        ("DATABASE_URL", "database.url"),
+        ("REDIS_URL", "redis.url"),
+        ("S3_ENDPOINT", "storage.s3.endpoint"),
+        ("S3_BUCKET", "storage.s3.bucket"),
+        ("S3_REGION", "storage.s3.region"),
+        ("S3_ACCESS_KEY_ID", "storage.s3.access_key_id"),
+        ("S3_SECRET_ACCESS_KEY", "storage.s3.secret_access_key"),
+        ("S3_FORCE_PATH_STYLE", "storage.s3.force_path_style"),
+        ("REELHOUSE_BIND", "server.bind"),
+        ("REELHOUSE_DATA_DIR", "server.data_dir"),
+    ];
+    Env::raw().filter_map(|key| {
+        MAP.iter()
+            .find(|(name, _)| key.as_str().eq_ignore_ascii_case(name))
+            .map(|(_, target)| (*target).into())
+    })
+}
+
+/// Render a JSON object as TOML (the redacted settings dump). Nulls are left out,
+/// since TOML has no null; they are the unset optional keys.
+fn toml_from_json(value: &serde_json::Value) -> Result<String, String> {
+    fn scalar(value: &serde_json::Value) -> Option<String> {
+        match value {
+            serde_json::Value::String(s) => Some(serde_json::to_string(s).unwrap_or_default()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            serde_json::Value::Bool(b) => Some(b.to_string()),
+            serde_json::Value::Array(items) => {
+                Some(format!("[{}]", items.iter().filter_map(scalar).collect::<Vec<_>>().join(", ")))
+            }
+            _ => None,
+        }
+    }
+    fn table(out: &mut String, path: &str, map: &serde_json::Map<String, serde_json::Value>) {
+        let mut nested = Vec::new();
+        if !path.is_empty() {
+            out.push_str(&format!("\n[{path}]\n"));
+        }
+        for (key, value) in map {
+            match value {
+                serde_json::Value::Null => out.push_str(&format!("# {key} = (unset)\n")),
+                serde_json::Value::Object(inner) => nested.push((key, inner)),
+                other => {
+                    if let Some(text) = scalar(other) {
+                        out.push_str(&format!("{key} = {text}\n"));
+                    }
+                }
+            }
+        }
+        for (key, inner) in nested {
+            let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+            table(out, &child, inner);
+        }
+    }
+    let map = value.as_object().ok_or_else(|| "settings are not a table".to_string())?;
+    let mut out = String::new();
+    table(&mut out, "", map);
+    Ok(out.trim_start().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_embedded_and_valid() {
+        let settings = Settings::default();
+        settings.validate().unwrap();
+        assert_eq!(settings.mode(), Mode::Embedded);
+        assert!(settings.database_url().starts_with("sqlite://"));
+        assert_eq!(settings.storage_backend(), StorageBackend::Local);
+    }
+
+    #[test]
+    fn an_s3_bucket_selects_s3_and_needs_both_keys() {
+        let mut settings = Settings::default();
+        settings.storage.s3.bucket = Some("media".into());
+        assert_eq!(settings.storage_backend(), StorageBackend::S3);
+        assert_eq!(settings.mode(), Mode::Distributed);
+        settings.storage.s3.access_key_id = Some(Secret::new("AKIA"));
+        let err = settings.validate().unwrap_err();
+        assert_eq!(err.key, "storage.s3.secret_access_key");
+    }
+
+    #[test]
+    fn redacted_dump_hides_secrets_and_keeps_the_rest() {
+        let mut settings = Settings::default();
+        settings.auth.jwt_secret = Some(Secret::new("x".repeat(40)));
+        settings.database.url = Some(SecretUrl::new("postgres://app:hunter2@db:5432/app"));
+        let dump = settings.to_redacted_toml().unwrap();
+        assert!(!dump.contains("hunter2"), "{dump}");
+        assert!(!dump.contains(&"x".repeat(40)), "{dump}");
+        assert!(dump.contains("[server]"), "{dump}");
+        assert!(dump.contains("bind = \"127.0.0.1:8080\""), "{dump}");
+        assert!(dump.contains("jwt_secret = \"[redacted]\""), "{dump}");
+    }
+
+    #[test]
+    fn short_jwt_secret_is_rejected_by_name() {
+        let mut settings = Settings::default();
+        settings.auth.jwt_secret = Some(Secret::new("short"));
+        assert_eq!(settings.validate().unwrap_err().key, "auth.jwt_secret");
+    }
+}

@@ -1,0 +1,251 @@
+//! One error type for the whole server, with stable codes.
+//!
+//! Every subsystem has its own error enum (`StoreError`, `SettingsError`, ...) that
+//! converts into [`AppError`] with a stable [`ErrorCode`]. The code decides the HTTP
+//! status and the GraphQL `extensions.code` from one table ([`ErrorCode::http_status`]),
+//! so clients see the same code whichever door they came through. Internal causes are
+//! logged where the error is turned into a response, never sent.
+
+use std::fmt;
+
+use actix_web::{http::StatusCode, HttpResponse, ResponseError};
+use async_graphql::ErrorExtensions as _;
+use serde::Serialize;
+
+/// Stable, client-visible error codes. Never rename one: clients match on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    Unauthenticated,
+    Forbidden,
+    NotFound,
+    BadUserInput,
+    RateLimited,
+    Conflict,
+    PayloadTooLarge,
+    UnsupportedMedia,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    /// The one table from code to HTTP status.
+    pub fn http_status(self) -> StatusCode {
+        match self {
+            ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::BadUserInput => StatusCode::BAD_REQUEST,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::UnsupportedMedia => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthenticated => "UNAUTHENTICATED",
+            ErrorCode::Forbidden => "FORBIDDEN",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::BadUserInput => "BAD_USER_INPUT",
+            ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::Conflict => "CONFLICT",
+            ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            ErrorCode::UnsupportedMedia => "UNSUPPORTED_MEDIA",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::Internal => "INTERNAL",
+        }
+    }
+
+    /// Client errors are the caller's to fix; the rest are ours and get logged loudly.
+    pub fn is_client_error(self) -> bool {
+        !matches!(self, ErrorCode::Internal | ErrorCode::Unavailable)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The top-level error. `message` is safe to show to a client; `source` is not.
+pub struct AppError {
+    code: ErrorCode,
+    message: String,
+    source: Option<anyhow::Error>,
+}
+
+/// The JSON body of every HTTP error: `{ "code": "...", "message": "..." }`.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody<'a> {
+    pub code: &'a str,
+    pub message: &'a str,
+}
+
+impl AppError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), source: None }
+    }
+
+    /// An internal failure: the client sees only a generic message, the cause is logged.
+    pub fn internal(source: impl Into<anyhow::Error>) -> Self {
+        Self { code: ErrorCode::Internal, message: "internal error".into(), source: Some(source.into()) }
+    }
+
+    /// A dependency (database, storage, Redis) did not answer.
+    pub fn unavailable(what: &str, source: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code: ErrorCode::Unavailable,
+            message: format!("{what} is unavailable, try again later"),
+            source: Some(source.into()),
+        }
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(ErrorCode::NotFound, format!("{what} not found"))
+    }
+
+    pub fn bad_input(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadUserInput, message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Forbidden, message)
+    }
+
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unauthenticated, message)
+    }
+
+    /// Attach the underlying cause (logged, never sent) to a client-facing error.
+    pub fn with_source(mut self, source: impl Into<anyhow::Error>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Log the error once, at the level its code deserves, with the full cause chain.
+    pub fn log(&self) {
+        match (&self.source, self.code.is_client_error()) {
+            (Some(source), false) => {
+                tracing::error!(code = %self.code, error = ?source, "{}", self.message)
+            }
+            (None, false) => tracing::error!(code = %self.code, "{}", self.message),
+            (Some(source), true) => {
+                tracing::debug!(code = %self.code, error = ?source, "{}", self.message)
+            }
+            (None, true) => tracing::debug!(code = %self.code, "{}", self.message),
+        }
+    }
+
+    /// The HTTP JSON response for this error (also used by non-`ResponseError` paths).
+    pub fn to_http_response(&self) -> HttpResponse {
+        HttpResponse::build(self.code.http_status())
+            .json(ErrorBody { code: self.code.as_str(), message: &self.message })
+    }
+
+    /// The GraphQL error with `extensions.code`, from the same table as HTTP.
+    pub fn to_graphql(&self) -> async_graphql::Error {
+        self.log();
+        let code = self.code.as_str();
+        async_graphql::Error::new(self.message.clone()).extend_with(|_, ext| ext.set("code", code))
+    }
+}
+
+impl fmt::Debug for AppError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)?;
+        if let Some(source) = &self.source {
+            write!(f, "\nCaused by: {source:?}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for AppError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for AppError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_ref().map(|e| e.as_ref() as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl ResponseError for AppError {
+    fn status_code(&self) -> StatusCode {
+        self.code.http_status()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        self.log();
+        self.to_http_response()
+    }
+}
+
+/// Resolvers turn an `AppError` into a GraphQL error with `.extend()` (not `?`
+/// alone: async-graphql's blanket `From<Display>` would drop the code).
+impl async_graphql::ErrorExtensions for AppError {
+    fn extend(&self) -> async_graphql::Error {
+        self.to_graphql()
+    }
+}
+
+impl From<sea_orm::DbErr> for AppError {
+    fn from(err: sea_orm::DbErr) -> Self {
+        AppError::internal(err)
+    }
+}
+
+pub type AppResult<T> = Result<T, AppError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_never_expose_their_cause() {
+        let err = AppError::internal(anyhow::anyhow!("password=hunter2 at db.internal:5432"));
+        assert_eq!(err.message(), "internal error");
+        let gql = err.to_graphql();
+        assert!(!gql.message.contains("hunter2"));
+        let code = gql.extensions.as_ref().and_then(|e| e.get("code")).cloned();
+        assert_eq!(code, Some(async_graphql::Value::from("INTERNAL")));
+    }
+
+    #[test]
+    fn every_code_maps_to_a_status_and_a_distinct_name() {
+        let all = [
+            ErrorCode::Unauthenticated,
+            ErrorCode::Forbidden,
+            ErrorCode::NotFound,
+            ErrorCode::BadUserInput,
+            ErrorCode::RateLimited,
+            ErrorCode::Conflict,
+            ErrorCode::PayloadTooLarge,
+            ErrorCode::UnsupportedMedia,
+            ErrorCode::Unavailable,
+            ErrorCode::Internal,
+        ];
+        let names: std::collections::HashSet<_> = all.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names.len(), all.len());
+        for code in all {
+            assert_eq!(code.is_client_error(), code.http_status().is_client_error());
+            // serde name and as_str agree, so JSON bodies and GraphQL extensions match.
+            assert_eq!(serde_json::to_value(code).unwrap(), serde_json::json!(code.as_str()));
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! The GraphQL schema: built once, one `MergedObject` per domain.
+
+mod server_info;
+
+use async_graphql::{EmptyMutation, MergedObject, MergedSubscription, Schema};
+
+use crate::config::GraphqlSettings;
+use crate::startup::AppState;
+
+pub use server_info::{HeartbeatSubscription, ServerInfo, ServerMode, ServerQuery};
+
+#[derive(MergedObject, Default)]
+pub struct Query(ServerQuery);
+
+#[derive(MergedSubscription, Default)]
+pub struct Subscription(HeartbeatSubscription);
+
+pub type AppSchema = Schema<Query, EmptyMutation, Subscription>;
+
+/// Build the schema with its limits. `state` is `None` only for SDL export.
+pub fn build_schema(settings: &GraphqlSettings, state: Option<AppState>) -> AppSchema {
+    let mut builder = Schema::build(Query::default(), EmptyMutation, Subscription::default())
+        .limit_depth(settings.max_depth)
+        .limit_complexity(settings.max_complexity)
+        .limit_recursive_depth(settings.max_depth.max(32));
+    if !settings.introspection {
+        builder = builder.disable_introspection().disable_suggestions();
+    }
+    if let Some(state) = state {
+        builder = builder.data(state);
+    }
+    builder.finish()
+}
+
+/// The SDL of the public schema, exactly as `reelhouse export-schema` prints it.
+pub fn sdl() -> String {
+    build_schema(&GraphqlSettings::default(), None).sdl()
+}

@@ -1,0 +1,86 @@
+//! `/health` (the process lives), `/ready` (its dependencies answer), `/metrics`.
+
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use sea_orm::ConnectionTrait;
+use serde::Serialize;
+
+use crate::error::AppError;
+use crate::startup::AppState;
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+}
+
+#[derive(Serialize)]
+struct Check {
+    ok: bool,
+    backend: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct Readiness {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    checks: std::collections::BTreeMap<&'static str, Check>,
+}
+
+async fn timed<F, T, E>(fut: F) -> Result<(), &'static str>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Debug,
+{
+    match tokio::time::timeout(CHECK_TIMEOUT, fut).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(err)) => {
+            tracing::warn!(error = ?err, "readiness check failed");
+            Err("unreachable")
+        }
+        Err(_) => Err("timed out"),
+    }
+}
+
+/// 200 when the database, storage and (if configured) Redis answer; otherwise 503
+/// with the failing dependency named. Reasons are generic: no hosts, no errors.
+#[tracing::instrument(skip_all)]
+pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let db = timed(state.db.execute_unprepared("SELECT 1"));
+    let store = timed(state.store.check());
+    let redis = async {
+        match &state.redis {
+            Some(redis) => Some(timed(redis.ping()).await),
+            None => None,
+        }
+    };
+    let (db, store, redis) = tokio::join!(db, store, redis);
+
+    let mut checks = std::collections::BTreeMap::new();
+    checks.insert("database", Check { ok: db.is_ok(), backend: crate::db::backend_name(&state.db), reason: db.err() });
+    checks.insert("storage", Check { ok: store.is_ok(), backend: state.store.backend(), reason: store.err() });
+    if let Some(redis) = redis {
+        checks.insert("redis", Check { ok: redis.is_ok(), backend: "redis", reason: redis.err() });
+    }
+    let failing: Vec<String> = checks
+        .iter()
+        .filter(|(_, check)| !check.ok)
+        .map(|(name, check)| format!("{name}: {}", check.reason.unwrap_or("failing")))
+        .collect();
+    for (name, check) in &checks {
+        metrics::gauge!("reelhouse_dependency_up", "dependency" => *name).set(if check.ok { 1.0 } else { 0.0 });
+    }
+    if failing.is_empty() {
+        HttpResponse::Ok().json(Readiness { status: "ready", reason: None, checks })
+    } else {
+        HttpResponse::ServiceUnavailable().json(Readiness { status: "unavailable", reason: Some(failing.join("; ")), checks })
+    }
+}
+
+pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render()))
+}

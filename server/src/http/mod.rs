@@ -1,0 +1,19 @@
+//! HTTP routes. Each submodule owns one door into the server.
+
+pub mod graphql;
+pub mod health;
+pub mod metrics_mw;
+pub mod web_demo;
+
+use actix_web::web;
+
+/// Mount every route on an `App`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/health", web::get().to(health::health))
+        .route("/ready", web::get().to(health::ready))
+        .route("/metrics", web::get().to(health::metrics))
+        .route("/graphql", web::post().to(graphql::graphql))
+        .route("/graphql", web::get().to(graphql::graphiql))
+        .route("/graphql/ws", web::get().to(graphql::graphql_ws))
+        .route("/", web::get().to(web_demo::index));
+}

@@ -1,0 +1,19 @@
+//! reelhouse: a self-hosted media server.
+//!
+//! `main.rs` is thin: it parses the CLI, loads [`config::Settings`], installs
+//! telemetry and runs a command; `serve` is [`startup::Application`].
+
+pub mod actors;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod graphql;
+pub mod http;
+pub mod keys;
+pub mod redis_client;
+pub mod startup;
+pub mod storage;
+pub mod telemetry;
+pub mod worker;

@@ -1,0 +1,74 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use reelhouse::cli::{Cli, Command};
+use reelhouse::config::Settings;
+use reelhouse::startup::Application;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::ExportSchema = cli.command {
+        print!("{}", reelhouse::graphql::sdl());
+        return ExitCode::SUCCESS;
+    }
+    let settings = match Settings::load(cli.config.as_deref(), &cli.overrides()) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("reelhouse: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Command::Config = cli.command {
+        return match settings.to_redacted_toml() {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("reelhouse: {err}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let _telemetry = match reelhouse::telemetry::init_tracing(&settings.telemetry) {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("reelhouse: cannot start logging: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = actix_web::rt::System::new().block_on(run(cli.command, settings));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = ?err, "reelhouse stopped with an error");
+            eprintln!("reelhouse: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => Application::build(settings).await?.run_until_stopped().await,
+        Command::Worker => reelhouse::worker::run(settings).await,
+        Command::Migrate => {
+            let db = reelhouse::db::connect(&settings).await?;
+            reelhouse::db::migrate(&db).await?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::CreateAdmin { email, password, display_name } => {
+            let db = reelhouse::db::connect(&settings).await?;
+            if settings.database.migrate_on_start {
+                reelhouse::db::migrate(&db).await?;
+            }
+            let user = reelhouse::auth::accounts::create_user(&db, &email, &password, &display_name, entities::Role::Admin)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+            println!("created admin {} ({})", user.email, user.id);
+            Ok(())
+        }
+        Command::ExportSchema | Command::Config => Ok(()),
+    }
+}

@@ -1,0 +1,221 @@
+//! Building and running the application: the binary and the tests start it the
+//! same way, and `Application::port` reports the real port when binding port 0.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::{from_fn, DefaultHeaders};
+use actix_web::{web, App, HttpServer};
+use chrono::{DateTime, Utc};
+use metrics_exporter_prometheus::PrometheusHandle;
+use sea_orm::DatabaseConnection;
+use tracing_actix_web::TracingLogger;
+
+use crate::actors::Hubs;
+use crate::config::{Settings, StorageBackend};
+use crate::graphql::build_schema;
+use crate::keys::ServerKeys;
+use crate::redis_client::RedisHandle;
+use crate::storage::{LocalStore, LocalStoreConfig, ObjectStore, S3Store, S3StoreConfig};
+
+/// Everything a request handler or resolver may reach, cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub db: DatabaseConnection,
+    pub store: Arc<dyn ObjectStore>,
+    pub redis: Option<Arc<RedisHandle>>,
+    pub hubs: Hubs,
+    pub keys: Arc<ServerKeys>,
+    pub metrics: PrometheusHandle,
+    pub instance_id: String,
+    pub started_at: DateTime<Utc>,
+    pub public_url: String,
+}
+
+pub struct Application {
+    addr: SocketAddr,
+    server: Server,
+    state: AppState,
+}
+
+impl Application {
+    /// Connect, migrate, start the hub actors and bind the listener. Must run inside
+    /// an actix `System` (the binary's `#[actix_web::main]`, or `#[actix_web::test]`).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        crate::telemetry::init_gstreamer(&settings.telemetry.gstreamer_level)?;
+        let metrics = crate::telemetry::prometheus()?;
+        let keys = Arc::new(ServerKeys::load_or_generate(&settings)?);
+
+        let db = crate::db::connect(&settings).await?;
+        if settings.database.migrate_on_start {
+            crate::db::migrate(&db).await?;
+        }
+
+        let listener = TcpListener::bind(settings.bind_addr()?)
+            .map_err(|e| anyhow::anyhow!("binding {}: {e}", settings.server.bind))?;
+        let addr = listener.local_addr()?;
+        let public_url = settings
+            .server
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"))
+            .trim_end_matches('/')
+            .to_string();
+
+        let (store, local_store) = build_store(&settings, &keys, &public_url).await?;
+        let redis = RedisHandle::new(&settings.redis)?.map(Arc::new);
+        let instance_id = instance_id();
+        let hubs = Hubs::start(&instance_id, Duration::from_millis(settings.server.heartbeat_interval_ms));
+
+        let settings = Arc::new(settings);
+        let state = AppState {
+            settings: settings.clone(),
+            db,
+            store,
+            redis,
+            hubs,
+            keys,
+            metrics,
+            instance_id,
+            started_at: Utc::now(),
+            public_url,
+        };
+        let schema = web::Data::new(build_schema(&settings.graphql, Some(state.clone())));
+        let state_data = web::Data::new(state.clone());
+        let local_data = local_store.map(web::Data::new);
+
+        let server = HttpServer::new(move || {
+            let mut app = App::new()
+                .wrap(from_fn(crate::http::metrics_mw::record))
+                .wrap(TracingLogger::default())
+                .wrap(
+                    DefaultHeaders::new()
+                        .add(("X-Content-Type-Options", "nosniff"))
+                        .add(("Referrer-Policy", "no-referrer"))
+                        .add(("X-Frame-Options", "DENY")),
+                )
+                .app_data(state_data.clone())
+                .app_data(schema.clone())
+                .configure(crate::http::configure);
+            if let Some(local) = &local_data {
+                app = app.app_data(local.clone()).configure(crate::storage::configure_signed_routes);
+            }
+            app
+        })
+        .listen(listener)?
+        .disable_signals()
+        .shutdown_timeout(settings.server.shutdown_timeout_secs)
+        .run();
+
+        tracing::info!(
+            mode = ?settings.mode(),
+            database = crate::db::backend_name(&state.db),
+            storage = state.store.backend(),
+            redis = state.redis.is_some(),
+            "listening on http://{addr}"
+        );
+        Ok(Self { addr, server, state })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serve until SIGTERM/SIGINT (or `handle().stop()`): stop accepting, let
+    /// in-flight requests finish within `server.shutdown_timeout_secs`, then stop the
+    /// hub actors.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        actix_rt::spawn(async move {
+            if let Some(signal) = wait_for_signal().await {
+                tracing::info!(signal, "shutting down: draining in-flight requests");
+                handle.stop(true).await;
+            }
+        });
+        self.server.await?;
+        self.state.hubs.stop();
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Resolves with the signal's name on SIGTERM or SIGINT.
+pub async fn wait_for_signal() -> Option<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            tracing::error!("cannot install signal handlers");
+            return None;
+        };
+        tokio::select! {
+            _ = term.recv() => Some("SIGTERM"),
+            _ = int.recv() => Some("SIGINT"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.ok().map(|_| "ctrl-c")
+    }
+}
+
+/// `host-xxxxxxxx`: stable enough to read in logs, unique per process.
+pub fn instance_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "reelhouse".into());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}", &suffix[..8])
+}
+
+/// The object store the settings ask for; for local disk, also the concrete store
+/// whose signed-URL routes the server mounts.
+pub async fn build_store(
+    settings: &Settings,
+    keys: &ServerKeys,
+    public_url: &str,
+) -> anyhow::Result<(Arc<dyn ObjectStore>, Option<Arc<LocalStore>>)> {
+    match settings.storage_backend() {
+        StorageBackend::Local => {
+            let store = Arc::new(LocalStore::new(LocalStoreConfig {
+                root: settings.local_storage_root(),
+                signing_key: keys.url_signing.clone(),
+                public_base_url: public_url.to_string(),
+            })?);
+            Ok((store.clone(), Some(store)))
+        }
+        StorageBackend::S3 => {
+            let s3 = &settings.storage.s3;
+            let store = S3Store::new(S3StoreConfig {
+                endpoint: s3.endpoint.clone(),
+                bucket: s3.bucket.clone().unwrap_or_default(),
+                region: s3.region.clone(),
+                access_key_id: s3.access_key_id.as_ref().map(|s| s.expose().to_string()).unwrap_or_default(),
+                secret_access_key: s3.secret_access_key.as_ref().map(|s| s.expose().to_string()).unwrap_or_default(),
+                force_path_style: s3.force_path_style,
+                key_prefix: s3.key_prefix.clone(),
+                server_side_encryption: s3.server_side_encryption.clone(),
+            })
+            .await?;
+            Ok((Arc::new(store), None))
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! Object storage: one [`ObjectStore`] trait, two backends.
+//!
+//! - [`LocalStore`] keeps objects on local disk. Its "presigned" URLs point at the
+//!   server itself ([`configure_signed_routes`]) and carry an HMAC signature.
+//! - [`S3Store`] talks to any S3-compatible endpoint through aws-sdk-s3.
+//!
+//! Keys look like `users/{user}/videos/{video}/source` and are checked by
+//! [`validate_key`] before either backend touches them, so the local store can never
+//! escape its root and both backends accept exactly the same keys.
+
+mod error;
+mod key;
+mod local;
+mod local_http;
+mod op_metrics;
+mod s3;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+pub use error::StoreError;
+pub use key::{validate_key, validate_prefix, MAX_KEY_LEN};
+pub use local::{LocalStore, LocalStoreConfig};
+pub use local_http::configure_signed_routes;
+pub use s3::{S3Store, S3StoreConfig};
+
+/// A body streamed in or out of storage. `'static + Send` so it can cross tasks.
+pub type ByteStream = futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>>;
+
+/// S3's multipart rules, enforced by both backends so they behave alike.
+pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+pub const MAX_PART_NUMBER: i32 = 10_000;
+/// The largest object a single (non-multipart) PUT may carry, as on S3.
+pub const MAX_SINGLE_PUT_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+/// Presigned URLs live between one second and seven days (the SigV4 maximum).
+pub const MIN_PRESIGN_EXPIRY: Duration = Duration::from_secs(1);
+pub const MAX_PRESIGN_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// What storage knows about an object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ObjectMeta {
+    pub key: String,
+    /// Size of the whole object in bytes (also for ranged reads).
+    pub size: u64,
+    pub content_type: Option<String>,
+    /// Entity tag without surrounding quotes. Local: hex SHA-256 of the content.
+    /// S3: whatever the backend reports (MD5 for simple uploads, `md5-N` for multipart).
+    pub etag: Option<String>,
+    /// `None` when the backend does not report it (S3 `PutObject` responses).
+    pub last_modified: Option<DateTime<Utc>>,
+}
+
+/// The result of [`ObjectStore::get`].
+pub struct GetResult {
+    pub meta: ObjectMeta,
+    /// The inclusive byte range the body covers when a range was requested.
+    pub range: Option<(u64, u64)>,
+    pub body: ByteStream,
+}
+
+impl std::fmt::Debug for GetResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GetResult").field("meta", &self.meta).field("range", &self.range).finish_non_exhaustive()
+    }
+}
+
+impl GetResult {
+    /// Length of the body in bytes.
+    pub fn body_len(&self) -> u64 {
+        match self.range {
+            Some((first, last)) => last - first + 1,
+            None => self.meta.size,
+        }
+    }
+}
+
+/// A byte range as in an HTTP `Range` header (RFC 9110 §14.1.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `bytes=first-last`, both inclusive.
+    FromTo(u64, u64),
+    /// `bytes=first-`: from `first` to the end.
+    From(u64),
+    /// `bytes=-n`: the last `n` bytes.
+    Suffix(u64),
+}
+
+impl ByteRange {
+    /// Resolve against an object of `size` bytes to an inclusive `(first, last)`,
+    /// or `None` when the range is not satisfiable. Same rules as S3: `last` is
+    /// clamped to the end, a suffix longer than the object means the whole object,
+    /// `first` past the end, `first > last` and `-0` are unsatisfiable, and no range
+    /// is satisfiable on an empty object.
+    pub fn resolve(self, size: u64) -> Option<(u64, u64)> {
+        if size == 0 {
+            return None;
+        }
+        match self {
+            ByteRange::FromTo(first, last) if first <= last && first < size => Some((first, last.min(size - 1))),
+            ByteRange::FromTo(..) => None,
+            ByteRange::From(first) if first < size => Some((first, size - 1)),
+            ByteRange::From(_) => None,
+            ByteRange::Suffix(0) => None,
+            ByteRange::Suffix(n) => Some((size - n.min(size), size - 1)),
+        }
+    }
+
+    /// Ranges that no object can satisfy (`first > last`, `-0`).
+    pub(crate) fn is_never_satisfiable(self) -> bool {
+        matches!(self, ByteRange::FromTo(first, last) if first > last) || self == ByteRange::Suffix(0)
+    }
+
+    /// Parse a `Range` header holding a single `bytes=` range. `None` for anything
+    /// else (other units, several ranges, bad syntax): per RFC 9110 a server may then
+    /// ignore the header and send the whole object.
+    pub fn parse_header(value: &str) -> Option<ByteRange> {
+        let spec = value.trim().strip_prefix("bytes=")?.trim();
+        if spec.contains(',') {
+            return None;
+        }
+        let (first, last) = spec.split_once('-')?;
+        let (first, last) = (first.trim(), last.trim());
+        match (first.is_empty(), last.is_empty()) {
+            (true, false) => last.parse().ok().map(ByteRange::Suffix),
+            (false, true) => first.parse().ok().map(ByteRange::From),
+            (false, false) => Some(ByteRange::FromTo(first.parse().ok()?, last.parse().ok()?)),
+            (true, true) => None,
+        }
+    }
+
+    /// The header value (`bytes=...`).
+    pub fn to_header(self) -> String {
+        match self {
+            ByteRange::FromTo(first, last) => format!("bytes={first}-{last}"),
+            ByteRange::From(first) => format!("bytes={first}-"),
+            ByteRange::Suffix(n) => format!("bytes=-{n}"),
+        }
+    }
+}
+
+/// A request someone else (a browser, a remote worker) can make without credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PresignedRequest {
+    /// `GET` or `PUT`.
+    pub method: String,
+    pub url: String,
+    /// Headers the caller must send exactly as given (they are part of the signature).
+    pub headers: Vec<(String, String)>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// One uploaded part, as passed to [`ObjectStore::complete_multipart`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CompletedPart {
+    pub number: i32,
+    /// The ETag returned for the part (quoted or not; both backends accept either).
+    pub etag: String,
+}
+
+/// Where objects live. Both backends follow the same contract (see
+/// `server/tests/api/storage.rs`, which runs one suite against each).
+#[async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    /// `"local"` or `"s3"`, for logs and metrics.
+    fn backend(&self) -> &'static str;
+
+    /// Store `body` under `key`, replacing any object there. Streams with bounded
+    /// memory; readers never see a half-written object.
+    async fn put(&self, key: &str, body: ByteStream, content_type: Option<&str>) -> Result<ObjectMeta, StoreError>;
+
+    /// [`ObjectStore::put`] for a body already in memory.
+    async fn put_bytes(&self, key: &str, bytes: Bytes, content_type: Option<&str>) -> Result<ObjectMeta, StoreError>;
+
+    /// Read an object, or one range of it.
+    async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<GetResult, StoreError>;
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError>;
+
+    /// Delete an object. Deleting a missing key is not an error.
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Delete every object whose key starts with `prefix` (plain string prefix, as
+    /// in S3; `prefix` is a valid key optionally followed by `/`). Returns how many.
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError>;
+
+    /// A URL that accepts one `PUT` of the whole object until `expires_in` has passed.
+    async fn presign_put(
+        &self,
+        key: &str,
+        expires_in: Duration,
+        content_type: Option<&str>,
+    ) -> Result<PresignedRequest, StoreError>;
+
+    /// A URL that serves `GET` (ranges allowed) until `expires_in` has passed.
+    async fn presign_get(&self, key: &str, expires_in: Duration) -> Result<PresignedRequest, StoreError>;
+
+    /// Start a multipart upload; returns its upload id.
+    async fn create_multipart(&self, key: &str, content_type: Option<&str>) -> Result<String, StoreError>;
+
+    /// Upload part `part_number` (1..=10000); returns its ETag. Every part but the
+    /// last must be at least [`MIN_PART_SIZE`], none larger than [`MAX_PART_SIZE`].
+    async fn upload_part(&self, key: &str, upload_id: &str, part_number: i32, body: Bytes) -> Result<String, StoreError>;
+
+    /// A URL that accepts one `PUT` of part `part_number`; the response carries the
+    /// part's `ETag` header.
+    async fn presign_upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        expires_in: Duration,
+    ) -> Result<PresignedRequest, StoreError>;
+
+    /// Assemble the parts (ascending part numbers) into the object.
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+    ) -> Result<ObjectMeta, StoreError>;
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError>;
+
+    /// Readiness probe. S3: `HeadBucket`; local: the root is writable.
+    async fn check(&self) -> Result<(), StoreError>;
+}
+
+/// Checks shared by both backends before presigning.
+pub(crate) fn validate_expiry(expires_in: Duration) -> Result<(), StoreError> {
+    if !(MIN_PRESIGN_EXPIRY..=MAX_PRESIGN_EXPIRY).contains(&expires_in) {
+        return Err(StoreError::InvalidRequest(format!(
+            "presigned URL expiry must be between {} second and {} seconds",
+            MIN_PRESIGN_EXPIRY.as_secs(),
+            MAX_PRESIGN_EXPIRY.as_secs()
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_part_number(part_number: i32) -> Result<(), StoreError> {
+    if !(1..=MAX_PART_NUMBER).contains(&part_number) {
+        return Err(StoreError::InvalidRequest(format!("part number must be between 1 and {MAX_PART_NUMBER}")));
+    }
+    Ok(())
+}
+
+/// Parts must be listed once each, in ascending order (S3's rule).
+pub(crate) fn validate_completed_parts(parts: &[CompletedPart]) -> Result<(), StoreError> {
+    if parts.is_empty() {
+        return Err(StoreError::InvalidRequest("a multipart upload needs at least one part".into()));
+    }
+    for part in parts {
+        validate_part_number(part.number)?;
+    }
+    if parts.windows(2).any(|w| w[0].number >= w[1].number) {
+        return Err(StoreError::InvalidRequest("parts must be listed in ascending order, each once".into()));
+    }
+    Ok(())
+}
+
+/// ETags travel quoted in HTTP and unquoted in [`ObjectMeta`].
+pub(crate) fn unquote_etag(etag: &str) -> &str {
+    let etag = etag.strip_prefix("W/").unwrap_or(etag);
+    etag.strip_prefix('"').and_then(|e| e.strip_suffix('"')).unwrap_or(etag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_resolve_like_s3() {
+        assert_eq!(ByteRange::FromTo(0, 0).resolve(10), Some((0, 0)));
+        assert_eq!(ByteRange::FromTo(2, 100).resolve(10), Some((2, 9)));
+        assert_eq!(ByteRange::FromTo(10, 12).resolve(10), None);
+        assert_eq!(ByteRange::FromTo(5, 4).resolve(10), None);
+        assert_eq!(ByteRange::From(9).resolve(10), Some((9, 9)));
+        assert_eq!(ByteRange::From(10).resolve(10), None);
+        assert_eq!(ByteRange::Suffix(3).resolve(10), Some((7, 9)));
+        assert_eq!(ByteRange::Suffix(30).resolve(10), Some((0, 9)));
+        assert_eq!(ByteRange::Suffix(0).resolve(10), None);
+        assert_eq!(ByteRange::From(0).resolve(0), None);
+    }
+
+    #[test]
+    fn range_headers_round_trip() {
+        for range in [ByteRange::FromTo(1, 2), ByteRange::From(7), ByteRange::Suffix(5)] {
+            assert_eq!(ByteRange::parse_header(&range.to_header()), Some(range));
+        }
+        assert_eq!(ByteRange::parse_header("bytes=0-1,3-4"), None);
+        assert_eq!(ByteRange::parse_header("items=0-1"), None);
+        assert_eq!(ByteRange::parse_header("bytes=-"), None);
+        assert_eq!(ByteRange::parse_header("bytes=a-1"), None);
+    }
+
+    #[test]
+    fn etags_are_unquoted() {
+        assert_eq!(unquote_etag("\"abc\""), "abc");
+        assert_eq!(unquote_etag("W/\"abc\""), "abc");
+        assert_eq!(unquote_etag("abc"), "abc");
+    }
+}

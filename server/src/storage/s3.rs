@@ -1,0 +1,712 @@
+//! Objects in any S3-compatible service, through aws-sdk-s3.
+//!
+//! Every key is stored as `{key_prefix}{key}`, so tenants (and tests) can share a
+//! bucket. Checksums are only calculated and validated where S3 requires them:
+//! the SDK's default CRC32 trailers and presigned checksum parameters are not
+//! understood by every S3-compatible server.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart as S3CompletedPart, Delete, ObjectIdentifier, ServerSideEncryption,
+};
+use aws_sdk_s3::Client;
+use bytes::{Bytes, BytesMut};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+
+use super::local::validated_content_type;
+use super::op_metrics::observe;
+use super::{
+    unquote_etag, validate_completed_parts, validate_expiry, validate_key, validate_part_number, validate_prefix,
+    ByteRange, ByteStream, CompletedPart, GetResult, ObjectMeta, ObjectStore, PresignedRequest, StoreError,
+    MAX_PART_NUMBER, MAX_PART_SIZE,
+};
+
+const BACKEND: &str = "s3";
+/// Bodies up to this size are one `PutObject`; larger ones are uploaded in parts of
+/// this size, holding at most one part in memory.
+pub const S3_PART_SIZE: usize = 8 * 1024 * 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// One HTTP attempt (an 8 MiB part over a slow link included).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The whole operation, retries included.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(180);
+const MAX_ATTEMPTS: u32 = 3;
+/// `DeleteObjects` takes at most this many keys.
+const DELETE_BATCH: usize = 1000;
+
+/// How to build an [`S3Store`].
+#[derive(Clone, Default)]
+pub struct S3StoreConfig {
+    /// Custom endpoint (MinIO, s3s, R2...), e.g. `http://127.0.0.1:9000`. `None` for AWS.
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    pub region: String,
+    /// Static credentials. Leave both empty to use the AWS default chain
+    /// (environment, profile, web identity / IRSA, instance metadata).
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// `http://host/bucket/key` instead of `http://bucket.host/key`; most
+    /// self-hosted servers need it.
+    pub force_path_style: bool,
+    /// Prepended to every key (e.g. `reelhouse/` or `test-<uuid>/`); empty for none.
+    pub key_prefix: String,
+    /// Sent with every upload, e.g. `AES256` or `aws:kms`.
+    pub server_side_encryption: Option<String>,
+}
+
+impl std::fmt::Debug for S3StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3StoreConfig")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"[redacted]")
+            .field("force_path_style", &self.force_path_style)
+            .field("key_prefix", &self.key_prefix)
+            .field("server_side_encryption", &self.server_side_encryption)
+            .finish()
+    }
+}
+
+/// Objects in an S3 bucket.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    key_prefix: String,
+    sse: Option<ServerSideEncryption>,
+}
+
+impl S3Store {
+    /// Build the client. Makes no request: use [`ObjectStore::check`] for readiness.
+    pub async fn new(config: S3StoreConfig) -> Result<Self, StoreError> {
+        if config.bucket.trim().is_empty() {
+            return Err(StoreError::Config("the S3 bucket is empty".into()));
+        }
+        if config.region.trim().is_empty() {
+            return Err(StoreError::Config("the S3 region is empty".into()));
+        }
+        if !config.key_prefix.is_empty() {
+            validate_prefix(&config.key_prefix)
+                .map_err(|_| StoreError::Config("the S3 key prefix is not a valid key prefix".into()))?;
+        }
+        let region = Region::new(config.region.clone());
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+            .operation_timeout(OPERATION_TIMEOUT)
+            .build();
+        let mut builder = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(region.clone())
+            .force_path_style(config.force_path_style)
+            .timeout_config(timeouts)
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        match (config.access_key_id.is_empty(), config.secret_access_key.is_empty()) {
+            (false, false) => {
+                builder = builder.credentials_provider(Credentials::new(
+                    config.access_key_id,
+                    config.secret_access_key,
+                    None,
+                    None,
+                    "reelhouse-settings",
+                ));
+            }
+            (true, true) => {
+                let shared = aws_config::defaults(BehaviorVersion::latest()).region(region).load().await;
+                let provider = shared.credentials_provider().ok_or_else(|| {
+                    StoreError::Config("no S3 credentials configured and none found in the environment".into())
+                })?;
+                builder.set_credentials_provider(Some(provider));
+            }
+            _ => {
+                return Err(StoreError::Config(
+                    "set both the S3 access key id and secret access key, or neither".into(),
+                ))
+            }
+        }
+        if let Some(endpoint) = config.endpoint.filter(|e| !e.trim().is_empty()) {
+            url::Url::parse(&endpoint).map_err(|_| StoreError::Config("the S3 endpoint is not a valid URL".into()))?;
+            builder = builder.endpoint_url(endpoint);
+        }
+        Ok(S3Store {
+            client: Client::from_conf(builder.build()),
+            bucket: config.bucket,
+            key_prefix: config.key_prefix,
+            sse: config.server_side_encryption.filter(|s| !s.is_empty()).map(|s| ServerSideEncryption::from(s.as_str())),
+        })
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.key_prefix)
+    }
+
+    async fn put_object(&self, key: &str, body: Bytes, content_type: Option<&str>) -> Result<ObjectMeta, StoreError> {
+        let size = body.len() as u64;
+        let output = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .set_content_type(content_type.map(str::to_owned))
+            .set_server_side_encryption(self.sse.clone())
+            .content_length(i64::try_from(size).unwrap_or(i64::MAX))
+            .body(body.into())
+            .send()
+            .await
+            .map_err(|err| map_sdk_error("put", key, err))?;
+        Ok(ObjectMeta {
+            key: key.to_owned(),
+            size,
+            content_type: content_type.map(str::to_owned),
+            etag: output.e_tag().map(|e| unquote_etag(e).to_owned()),
+            last_modified: None,
+        })
+    }
+
+    async fn create_upload(&self, key: &str, content_type: Option<&str>) -> Result<String, StoreError> {
+        let output = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .set_content_type(content_type.map(str::to_owned))
+            .set_server_side_encryption(self.sse.clone())
+            .send()
+            .await
+            .map_err(|err| map_sdk_error("create_multipart", key, err))?;
+        output.upload_id().map(str::to_owned).ok_or_else(|| StoreError::Backend {
+            op: "create_multipart",
+            source: "the response carried no upload id".into(),
+        })
+    }
+
+    async fn send_part(&self, key: &str, upload_id: &str, part_number: i32, body: Bytes) -> Result<String, StoreError> {
+        let len = i64::try_from(body.len()).unwrap_or(i64::MAX);
+        let output = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .upload_id(upload_id)
+            .part_number(part_number)
+            .content_length(len)
+            .body(body.into())
+            .send()
+            .await
+            .map_err(|err| map_sdk_error("upload_part", key, err))?;
+        output.e_tag().map(str::to_owned).ok_or_else(|| StoreError::Backend {
+            op: "upload_part",
+            source: "the response carried no ETag".into(),
+        })
+    }
+
+    async fn complete_upload(&self, key: &str, upload_id: &str, parts: &[CompletedPart]) -> Result<Option<String>, StoreError> {
+        let parts = parts
+            .iter()
+            .map(|p| S3CompletedPart::builder().part_number(p.number).e_tag(&p.etag).build())
+            .collect();
+        let output = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .upload_id(upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map_err(|err| map_sdk_error("complete_multipart", key, err))?;
+        Ok(output.e_tag().map(|e| unquote_etag(e).to_owned()))
+    }
+
+    async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map_err(|err| map_sdk_error("abort_multipart", key, err))?;
+        Ok(())
+    }
+
+    /// The multipart half of `put`: `buffer` already holds more than one part.
+    async fn put_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        mut buffer: BytesMut,
+        mut body: ByteStream,
+    ) -> Result<(u64, Option<String>), StoreError> {
+        let mut parts = Vec::new();
+        let mut size = 0u64;
+        let mut ended = false;
+        loop {
+            while !ended && buffer.len() < S3_PART_SIZE {
+                match body.next().await {
+                    Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
+                    Some(Err(err)) => return Err(StoreError::Body(err)),
+                    None => ended = true,
+                }
+            }
+            if buffer.is_empty() {
+                break;
+            }
+            let number = i32::try_from(parts.len() + 1).unwrap_or(i32::MAX);
+            if number > MAX_PART_NUMBER {
+                return Err(StoreError::TooLarge { limit: S3_PART_SIZE as u64 * MAX_PART_NUMBER as u64 });
+            }
+            let part = buffer.split_to(S3_PART_SIZE.min(buffer.len())).freeze();
+            size += part.len() as u64;
+            let etag = self.send_part(key, upload_id, number, part).await?;
+            parts.push(CompletedPart { number, etag });
+            if ended && buffer.is_empty() {
+                break;
+            }
+        }
+        let etag = self.complete_upload(key, upload_id, &parts).await?;
+        Ok((size, etag))
+    }
+
+    async fn presign(&self, op: &'static str, key: &str, expires_in: Duration) -> Result<PresigningConfig, StoreError> {
+        validate_key(key)?;
+        validate_expiry(expires_in)?;
+        PresigningConfig::expires_in(expires_in).map_err(|err| {
+            tracing::debug!(error = %err, op, "presigning configuration refused");
+            StoreError::InvalidRequest("presigned URL expiry is out of range".into())
+        })
+    }
+}
+
+fn presigned(
+    op: &'static str,
+    key: &str,
+    expires_in: Duration,
+    result: Result<aws_sdk_s3::presigning::PresignedRequest, SdkError<impl std::error::Error + ProvideErrorMetadata + Send + Sync + 'static, HttpResponse>>,
+) -> Result<PresignedRequest, StoreError> {
+    let request = result.map_err(|err| map_sdk_error(op, key, err))?;
+    let expires_at = Utc::now() + chrono::Duration::from_std(expires_in).unwrap_or_else(|_| chrono::Duration::zero());
+    Ok(PresignedRequest {
+        method: request.method().to_owned(),
+        url: request.uri().to_owned(),
+        headers: request.headers().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+        expires_at,
+    })
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn put(&self, key: &str, mut body: ByteStream, content_type: Option<&str>) -> Result<ObjectMeta, StoreError> {
+        observe(BACKEND, "put", key, async {
+            validate_key(key)?;
+            let content_type = content_type.map(validated_content_type).transpose()?;
+            let content_type = content_type.as_deref();
+            // Read up to one part: a body that fits is a single PutObject.
+            let mut buffer = BytesMut::new();
+            loop {
+                match body.next().await {
+                    Some(Ok(chunk)) => {
+                        buffer.extend_from_slice(&chunk);
+                        if buffer.len() > S3_PART_SIZE {
+                            break;
+                        }
+                    }
+                    Some(Err(err)) => return Err(StoreError::Body(err)),
+                    None => return self.put_object(key, buffer.freeze(), content_type).await,
+                }
+            }
+
+            let upload_id = self.create_upload(key, content_type).await?;
+            match self.put_multipart(key, &upload_id, buffer, body).await {
+                Ok((size, etag)) => Ok(ObjectMeta {
+                    key: key.to_owned(),
+                    size,
+                    content_type: content_type.map(str::to_owned),
+                    etag,
+                    last_modified: None,
+                }),
+                Err(err) => {
+                    if let Err(abort_err) = self.abort_upload(key, &upload_id).await {
+                        tracing::warn!(error = ?abort_err, "could not abort a failed multipart upload");
+                    }
+                    Err(err)
+                }
+            }
+        })
+        .await
+    }
+
+    async fn put_bytes(&self, key: &str, bytes: Bytes, content_type: Option<&str>) -> Result<ObjectMeta, StoreError> {
+        if bytes.len() <= S3_PART_SIZE {
+            return observe(BACKEND, "put", key, async {
+                validate_key(key)?;
+                let content_type = content_type.map(validated_content_type).transpose()?;
+                self.put_object(key, bytes, content_type.as_deref()).await
+            })
+            .await;
+        }
+        self.put(key, futures::stream::once(async move { Ok(bytes) }).boxed(), content_type).await
+    }
+
+    async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<GetResult, StoreError> {
+        observe(BACKEND, "get", key, async {
+            validate_key(key)?;
+            if range.is_some_and(ByteRange::is_never_satisfiable) {
+                return Err(StoreError::RangeNotSatisfiable { size: None });
+            }
+            let result = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(self.full_key(key))
+                .set_range(range.map(ByteRange::to_header))
+                .send()
+                .await;
+            let output = match result.map_err(|err| map_sdk_error("get", key, err)) {
+                Ok(output) => output,
+                Err(StoreError::RangeNotSatisfiable { .. }) => {
+                    // S3 does not say how big the object is; the HTTP layer wants it.
+                    let size = self.head(key).await.ok().map(|meta| meta.size);
+                    return Err(StoreError::RangeNotSatisfiable { size });
+                }
+                Err(err) => return Err(err),
+            };
+            let body_len = output.content_length().and_then(|len| u64::try_from(len).ok()).unwrap_or(0);
+            let (resolved, size) = match output.content_range().and_then(parse_content_range) {
+                Some((first, last, size)) => (Some((first, last)), size),
+                None => (None, body_len),
+            };
+            let meta = ObjectMeta {
+                key: key.to_owned(),
+                size,
+                content_type: output.content_type().map(str::to_owned),
+                etag: output.e_tag().map(|e| unquote_etag(e).to_owned()),
+                last_modified: output.last_modified().and_then(to_chrono),
+            };
+            Ok(GetResult { meta, range: resolved, body: sdk_body_stream(output.body) })
+        })
+        .await
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        observe(BACKEND, "head", key, async {
+            validate_key(key)?;
+            let output = self
+                .client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(self.full_key(key))
+                .send()
+                .await
+                .map_err(|err| map_sdk_error("head", key, err))?;
+            Ok(ObjectMeta {
+                key: key.to_owned(),
+                size: output.content_length().and_then(|len| u64::try_from(len).ok()).unwrap_or(0),
+                content_type: output.content_type().map(str::to_owned),
+                etag: output.e_tag().map(|e| unquote_etag(e).to_owned()),
+                last_modified: output.last_modified().and_then(to_chrono),
+            })
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        observe(BACKEND, "delete", key, async {
+            validate_key(key)?;
+            let result =
+                self.client.delete_object().bucket(&self.bucket).key(self.full_key(key)).send().await;
+            match result.map_err(|err| map_sdk_error("delete", key, err)) {
+                Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
+                Err(err) => Err(err),
+            }
+        })
+        .await
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
+        observe(BACKEND, "delete_prefix", prefix, async {
+            validate_prefix(prefix)?;
+            let mut pages = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(self.full_key(prefix))
+                .into_paginator()
+                .send();
+            let mut batch = Vec::with_capacity(DELETE_BATCH);
+            let mut deleted = 0;
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|err| map_sdk_error("delete_prefix", prefix, err))?;
+                for object in page.contents() {
+                    if let Some(key) = object.key() {
+                        batch.push(key.to_owned());
+                    }
+                    if batch.len() == DELETE_BATCH {
+                        deleted += self.delete_batch(prefix, std::mem::take(&mut batch)).await?;
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                deleted += self.delete_batch(prefix, batch).await?;
+            }
+            Ok(deleted)
+        })
+        .await
+    }
+
+    async fn presign_put(
+        &self,
+        key: &str,
+        expires_in: Duration,
+        content_type: Option<&str>,
+    ) -> Result<PresignedRequest, StoreError> {
+        observe(BACKEND, "presign_put", key, async {
+            let config = self.presign("presign_put", key, expires_in).await?;
+            let content_type = content_type.map(validated_content_type).transpose()?;
+            let result = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(self.full_key(key))
+                .set_content_type(content_type)
+                .set_server_side_encryption(self.sse.clone())
+                .presigned(config)
+                .await;
+            presigned("presign_put", key, expires_in, result)
+        })
+        .await
+    }
+
+    async fn presign_get(&self, key: &str, expires_in: Duration) -> Result<PresignedRequest, StoreError> {
+        observe(BACKEND, "presign_get", key, async {
+            let config = self.presign("presign_get", key, expires_in).await?;
+            let result =
+                self.client.get_object().bucket(&self.bucket).key(self.full_key(key)).presigned(config).await;
+            presigned("presign_get", key, expires_in, result)
+        })
+        .await
+    }
+
+    async fn create_multipart(&self, key: &str, content_type: Option<&str>) -> Result<String, StoreError> {
+        observe(BACKEND, "create_multipart", key, async {
+            validate_key(key)?;
+            let content_type = content_type.map(validated_content_type).transpose()?;
+            self.create_upload(key, content_type.as_deref()).await
+        })
+        .await
+    }
+
+    async fn upload_part(&self, key: &str, upload_id: &str, part_number: i32, body: Bytes) -> Result<String, StoreError> {
+        observe(BACKEND, "upload_part", key, async {
+            validate_key(key)?;
+            validate_part_number(part_number)?;
+            if body.len() as u64 > MAX_PART_SIZE {
+                return Err(StoreError::TooLarge { limit: MAX_PART_SIZE });
+            }
+            self.send_part(key, upload_id, part_number, body).await
+        })
+        .await
+    }
+
+    async fn presign_upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        expires_in: Duration,
+    ) -> Result<PresignedRequest, StoreError> {
+        observe(BACKEND, "presign_upload_part", key, async {
+            validate_part_number(part_number)?;
+            let config = self.presign("presign_upload_part", key, expires_in).await?;
+            let result = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(self.full_key(key))
+                .upload_id(upload_id)
+                .part_number(part_number)
+                .presigned(config)
+                .await;
+            presigned("presign_upload_part", key, expires_in, result)
+        })
+        .await
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+    ) -> Result<ObjectMeta, StoreError> {
+        observe(BACKEND, "complete_multipart", key, async {
+            validate_key(key)?;
+            validate_completed_parts(&parts)?;
+            let etag = self.complete_upload(key, upload_id, &parts).await?;
+            // CompleteMultipartUpload reports neither size nor type.
+            let mut meta = self.head(key).await?;
+            if meta.etag.is_none() {
+                meta.etag = etag;
+            }
+            Ok(meta)
+        })
+        .await
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
+        observe(BACKEND, "abort_multipart", key, async {
+            validate_key(key)?;
+            self.abort_upload(key, upload_id).await
+        })
+        .await
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        observe(BACKEND, "check", "", async {
+            self.client
+                .head_bucket()
+                .bucket(&self.bucket)
+                .send()
+                .await
+                .map_err(|err| map_sdk_error("check", "", err))?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+impl S3Store {
+    /// Delete up to [`DELETE_BATCH`] full keys in one request.
+    async fn delete_batch(&self, prefix: &str, keys: Vec<String>) -> Result<u64, StoreError> {
+        let count = keys.len() as u64;
+        let objects = keys
+            .into_iter()
+            .map(|key| ObjectIdentifier::builder().key(key).build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| StoreError::Backend { op: "delete_prefix", source: Box::new(err) })?;
+        let delete = Delete::builder()
+            .set_objects(Some(objects))
+            .quiet(true)
+            .build()
+            .map_err(|err| StoreError::Backend { op: "delete_prefix", source: Box::new(err) })?;
+        let output = self
+            .client
+            .delete_objects()
+            .bucket(&self.bucket)
+            .delete(delete)
+            .send()
+            .await
+            .map_err(|err| map_sdk_error("delete_prefix", prefix, err))?;
+        if let Some(first) = output.errors().first() {
+            return Err(StoreError::Backend {
+                op: "delete_prefix",
+                source: format!(
+                    "{} of {count} objects were not deleted, first: {}",
+                    output.errors().len(),
+                    first.code().unwrap_or("unknown error")
+                )
+                .into(),
+            });
+        }
+        Ok(count)
+    }
+}
+
+/// Sort an SDK error into the variants callers act on. The SDK error (which may
+/// name the endpoint) stays the source: logged, never shown.
+fn map_sdk_error<E>(op: &'static str, key: &str, err: SdkError<E, HttpResponse>) -> StoreError
+where
+    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
+{
+    if matches!(err, SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_)) {
+        return StoreError::Unavailable { op, source: Box::new(err) };
+    }
+    let status = err.raw_response().map(|response| response.status().as_u16());
+    let code = err.code().map(str::to_owned);
+    match (code.as_deref(), status) {
+        // A missing bucket is our misconfiguration, not a missing object.
+        (Some("NoSuchBucket"), _) => StoreError::Backend { op, source: Box::new(err) },
+        (Some("NoSuchUpload"), _) => StoreError::UploadNotFound,
+        (Some("NoSuchKey" | "NotFound"), _) | (None, Some(404)) => StoreError::not_found(key),
+        (Some("InvalidRange"), _) | (_, Some(416)) => StoreError::RangeNotSatisfiable { size: None },
+        (Some("EntityTooSmall"), _) => {
+            StoreError::InvalidRequest("a part other than the last is smaller than 5 MiB".into())
+        }
+        (Some("InvalidPart"), _) => {
+            StoreError::InvalidRequest("a part was not uploaded or its ETag does not match".into())
+        }
+        (Some("InvalidPartOrder"), _) => StoreError::InvalidRequest("parts must be listed in ascending order".into()),
+        (Some("EntityTooLarge"), _) => StoreError::TooLarge { limit: MAX_PART_SIZE },
+        (Some("SlowDown" | "ServiceUnavailable" | "InternalError" | "RequestTimeout" | "Throttling"), _)
+        | (_, Some(500..=599)) => StoreError::Unavailable { op, source: Box::new(err) },
+        _ => StoreError::Backend { op, source: Box::new(err) },
+    }
+}
+
+/// `bytes first-last/size` → `(first, last, size)`.
+fn parse_content_range(value: &str) -> Option<(u64, u64, u64)> {
+    let (range, size) = value.strip_prefix("bytes ")?.split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    Some((first.parse().ok()?, last.parse().ok()?, size.parse().ok()?))
+}
+
+fn to_chrono(time: &aws_sdk_s3::primitives::DateTime) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(time.secs(), time.subsec_nanos())
+}
+
+fn sdk_body_stream(body: aws_sdk_s3::primitives::ByteStream) -> ByteStream {
+    futures::stream::try_unfold(body, |mut body| async move {
+        match body.try_next().await {
+            Ok(Some(chunk)) => Ok(Some((chunk, body))),
+            Ok(None) => Ok(None),
+            Err(err) => Err(std::io::Error::other(err)),
+        }
+    })
+    .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ranges_parse() {
+        assert_eq!(parse_content_range("bytes 0-0/10"), Some((0, 0, 10)));
+        assert_eq!(parse_content_range("bytes 5-9/10"), Some((5, 9, 10)));
+        assert_eq!(parse_content_range("bytes */10"), None);
+    }
+
+    #[tokio::test]
+    async fn config_is_checked_and_secrets_redacted() {
+        let config = S3StoreConfig {
+            bucket: "b".into(),
+            region: "us-east-1".into(),
+            access_key_id: "AKIAEXAMPLE".into(),
+            secret_access_key: "very-secret".into(),
+            ..S3StoreConfig::default()
+        };
+        assert!(!format!("{config:?}").contains("very-secret"));
+        assert!(S3Store::new(config.clone()).await.is_ok());
+        let half = S3StoreConfig { secret_access_key: String::new(), ..config.clone() };
+        assert!(matches!(S3Store::new(half).await, Err(StoreError::Config(_))));
+        let bad_prefix = S3StoreConfig { key_prefix: "../x/".into(), ..config };
+        assert!(matches!(S3Store::new(bad_prefix).await, Err(StoreError::Config(_))));
+    }
+}
