@@ -15,5 +15,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/graphql", web::post().to(graphql::graphql))
         .route("/graphql", web::get().to(graphql::graphiql))
         .route("/graphql/ws", web::get().to(graphql::graphql_ws))
-        .route("/", web::get().to(web_demo::index));
+        .route("/", web::get().to(web_demo::index))
+        .default_service(web::to(not_found));
+}
+
+/// Unknown routes get the same JSON error shape as everything else.
+async fn not_found() -> actix_web::HttpResponse {
+    crate::error::AppError::not_found("route").to_http_response()
 }

@@ -1,4 +1,10 @@
 //! Integration tests: one binary, real services (see scripts/test.sh).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod helpers;
+mod http_basics;
+mod process;
+mod ready;
+mod schema;
 mod storage;
+mod subscriptions;

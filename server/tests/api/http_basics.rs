@@ -1,0 +1,131 @@
+//! Health, metrics, GraphiQL, serverInfo and malformed input on a spawned server.
+
+use crate::helpers::{backend, spawn_app, Backend};
+
+#[actix_web::test]
+async fn health_and_ready_answer_200_on_a_fresh_server() {
+    let app = spawn_app().await;
+    let health = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(health.headers().contains_key("x-request-id"), "every response carries its request id");
+
+    let ready = app.client.get(app.url("/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+    let (db, storage) = match backend() {
+        Backend::Sqlite => ("sqlite", "local"),
+        Backend::Postgres => ("postgres", "s3"),
+    };
+    assert_eq!(body["checks"]["database"]["backend"], db);
+    assert_eq!(body["checks"]["storage"]["backend"], storage);
+    assert_eq!(body["checks"]["redis"]["ok"].as_bool(), (backend() == Backend::Postgres).then_some(true));
+}
+
+#[actix_web::test]
+async fn server_info_reports_version_and_mode() {
+    let app = spawn_app().await;
+    let (status, body) = app.graphql("{ serverInfo { version mode instance } }", serde_json::json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let info = &body["data"]["serverInfo"];
+    assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
+    let mode = if backend() == Backend::Sqlite { "EMBEDDED" } else { "DISTRIBUTED" };
+    assert_eq!(info["mode"], mode);
+    assert_eq!(info["instance"], app.state.instance_id.as_str());
+}
+
+#[actix_web::test]
+async fn metrics_expose_http_request_counters_and_latency() {
+    let app = spawn_app().await;
+    for _ in 0..3 {
+        app.client.get(app.url("/health")).send().await.unwrap();
+    }
+    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("reelhouse_http_requests_total") && l.contains("route=\"/health\"") && l.contains("status=\"200\""))
+        .unwrap_or_else(|| panic!("no request counter for /health in:\n{text}"));
+    let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 3.0, "{line}");
+    assert!(text.contains("reelhouse_http_request_duration_seconds_bucket"), "latency histogram missing");
+}
+
+#[actix_web::test]
+async fn graphiql_page_is_served() {
+    let app = spawn_app().await;
+    let res = app.client.get(app.url("/graphql")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let page = res.text().await.unwrap();
+    assert!(page.to_lowercase().contains("graphiql"));
+    assert!(page.contains("/graphql/ws"), "GraphiQL must know the subscription endpoint");
+}
+
+#[actix_web::test]
+async fn web_demo_is_served_at_root() {
+    let app = spawn_app().await;
+    let res = app.client.get(app.url("/")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await.unwrap().contains("<title>reelhouse</title>"));
+}
+
+#[actix_web::test]
+async fn malformed_graphql_never_gives_a_5xx() {
+    let app = spawn_app().await;
+    let bodies = [
+        "{ this is not json".to_string(),
+        serde_json::json!({ "query": "{ serverInfo { version " }).to_string(),
+        serde_json::json!({ "query": "{ noSuchField }" }).to_string(),
+        serde_json::json!({ "query": 42 }).to_string(),
+        serde_json::json!({}).to_string(),
+    ];
+    for body in bodies {
+        let res = app
+            .client
+            .post(app.url("/graphql"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        assert!(status < 500, "{body} gave {status}");
+        if status == 200 {
+            // GraphQL-over-HTTP with application/json reports document errors in the body.
+            let json: serde_json::Value = res.json().await.unwrap();
+            assert!(json["errors"].as_array().is_some_and(|e| !e.is_empty()), "{body} was accepted: {json}");
+            assert!(json["data"].is_null(), "{json}");
+        } else {
+            assert_eq!(status, 400, "{body}");
+        }
+    }
+    // The server keeps serving afterwards.
+    let (status, _) = app.graphql("{ serverInfo { version } }", serde_json::json!({})).await;
+    assert_eq!(status, 200);
+}
+
+#[actix_web::test]
+async fn oversized_batches_and_deep_queries_are_refused() {
+    let app = spawn_app().await;
+    let batch: Vec<_> = (0..50).map(|_| serde_json::json!({ "query": "{ serverInfo { version } }" })).collect();
+    let res = app.client.post(app.url("/graphql")).json(&batch).send().await.unwrap();
+    assert_eq!(res.status(), 400);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "BAD_USER_INPUT");
+
+    // Introspection nesting beyond max_depth is refused before execution.
+    let deep = format!("{{ __schema {{ types {{ {} name {} }} }} }}", "fields { type { ofType { ".repeat(4), "} } } ".repeat(4));
+    let (_, body) = app.graphql(&deep, serde_json::json!({})).await;
+    let message = body["errors"][0]["message"].as_str().unwrap_or_default().to_lowercase();
+    assert!(message.contains("too deep") || message.contains("complex"), "{body}");
+    assert!(body["data"].is_null(), "nothing executed: {body}");
+}
+
+#[actix_web::test]
+async fn unknown_routes_get_a_json_404_free_of_internals() {
+    let app = spawn_app().await;
+    let res = app.client.get(app.url("/no/such/thing")).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body, serde_json::json!({ "code": "NOT_FOUND", "message": "route not found" }));
+}
