@@ -77,6 +77,8 @@ pub struct AppError {
     code: ErrorCode,
     message: String,
     source: Option<anyhow::Error>,
+    /// For `RATE_LIMITED`: seconds until a retry can succeed.
+    retry_after_secs: Option<u64>,
 }
 
 /// The JSON body of every HTTP error: `{ "code": "...", "message": "..." }`.
@@ -88,12 +90,12 @@ pub struct ErrorBody<'a> {
 
 impl AppError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), source: None }
+        Self { code, message: message.into(), source: None, retry_after_secs: None }
     }
 
     /// An internal failure: the client sees only a generic message, the cause is logged.
     pub fn internal(source: impl Into<anyhow::Error>) -> Self {
-        Self { code: ErrorCode::Internal, message: "internal error".into(), source: Some(source.into()) }
+        Self { code: ErrorCode::Internal, message: "internal error".into(), source: Some(source.into()), retry_after_secs: None }
     }
 
     /// A dependency (database, storage, Redis) did not answer.
@@ -102,6 +104,7 @@ impl AppError {
             code: ErrorCode::Unavailable,
             message: format!("{what} is unavailable, try again later"),
             source: Some(source.into()),
+            retry_after_secs: None,
         }
     }
 
@@ -125,6 +128,16 @@ impl AppError {
     pub fn with_source(mut self, source: impl Into<anyhow::Error>) -> Self {
         self.source = Some(source.into());
         self
+    }
+
+    /// Tell the client when to retry (`Retry-After`, `extensions.retryAfter`).
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
+    }
+
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after_secs
     }
 
     pub fn code(&self) -> ErrorCode {
@@ -151,15 +164,24 @@ impl AppError {
 
     /// The HTTP JSON response for this error (also used by non-`ResponseError` paths).
     pub fn to_http_response(&self) -> HttpResponse {
-        HttpResponse::build(self.code.http_status())
-            .json(ErrorBody { code: self.code.as_str(), message: &self.message })
+        let mut response = HttpResponse::build(self.code.http_status());
+        if let Some(secs) = self.retry_after_secs {
+            response.insert_header(("Retry-After", secs.to_string()));
+        }
+        response.json(ErrorBody { code: self.code.as_str(), message: &self.message })
     }
 
     /// The GraphQL error with `extensions.code`, from the same table as HTTP.
     pub fn to_graphql(&self) -> async_graphql::Error {
         self.log();
         let code = self.code.as_str();
-        async_graphql::Error::new(self.message.clone()).extend_with(|_, ext| ext.set("code", code))
+        let retry_after = self.retry_after_secs;
+        async_graphql::Error::new(self.message.clone()).extend_with(|_, ext| {
+            ext.set("code", code);
+            if let Some(secs) = retry_after {
+                ext.set("retryAfter", secs);
+            }
+        })
     }
 }
 

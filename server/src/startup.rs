@@ -68,7 +68,12 @@ impl Application {
         let (store, local_store) = build_store(&settings, &keys, &public_url).await?;
         let redis = RedisHandle::new(&settings.redis)?.map(Arc::new);
         let instance_id = instance_id();
-        let hubs = Hubs::start(&instance_id, Duration::from_millis(settings.server.heartbeat_interval_ms));
+        let hubs = Hubs::start(
+            &instance_id,
+            Duration::from_millis(settings.server.heartbeat_interval_ms),
+            &settings.rate_limit,
+            redis.clone(),
+        );
 
         let settings = Arc::new(settings);
         let state = AppState {
@@ -89,6 +94,7 @@ impl Application {
 
         let server = HttpServer::new(move || {
             let mut app = App::new()
+                .wrap(from_fn(crate::http::rate_limit::limit_api))
                 .wrap(from_fn(crate::http::metrics_mw::record))
                 .wrap(TracingLogger::default())
                 .wrap(

@@ -1,11 +1,17 @@
 //! Actors: each owns one piece of state that must have one owner at a time.
 
 pub mod event_bus;
+pub mod rate_limit;
 pub mod supervisor;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::rate_limit::RateLimitSettings;
+use crate::redis_client::RedisHandle;
+
 pub use event_bus::EventBus;
+pub use rate_limit::RateLimiter;
 pub use supervisor::{DeathNotice, Hub, Supervisor};
 
 /// The addresses of the hub actors, shared with every HTTP worker through `AppState`.
@@ -13,21 +19,30 @@ pub use supervisor::{DeathNotice, Hub, Supervisor};
 pub struct Hubs {
     pub supervisor: Supervisor,
     pub event_bus: Hub<EventBus>,
+    pub rate_limiter: Hub<RateLimiter>,
 }
 
 impl Hubs {
     /// Start every hub once. Call inside the actix system, outside `HttpServer::new`.
-    pub fn start(instance: &str, heartbeat_every: Duration) -> Self {
+    pub fn start(
+        instance: &str,
+        heartbeat_every: Duration,
+        rate_limits: &RateLimitSettings,
+        redis: Option<Arc<RedisHandle>>,
+    ) -> Self {
         let supervisor = Supervisor::start();
         let instance = instance.to_string();
         let event_bus = supervisor.spawn("event_bus", move |death| EventBus::new(instance.clone(), heartbeat_every, death));
-        Self { supervisor, event_bus }
+        let rate_limits = rate_limits.clone();
+        let rate_limiter = supervisor.spawn("rate_limiter", move |death| RateLimiter::new(&rate_limits, redis.clone(), death));
+        Self { supervisor, event_bus, rate_limiter }
     }
 
     /// Stop the hubs for good (after the HTTP server has drained).
     pub fn stop(&self) {
         self.supervisor.begin_shutdown();
         self.event_bus.addr().do_send(Stop);
+        self.rate_limiter.addr().do_send(Stop);
     }
 }
 
@@ -36,11 +51,17 @@ impl Hubs {
 #[rtype(result = "()")]
 pub struct Stop;
 
-impl actix::Handler<Stop> for EventBus {
-    type Result = ();
+macro_rules! stop_on_request {
+    ($($actor:ty),*) => {$(
+        impl actix::Handler<Stop> for $actor {
+            type Result = ();
 
-    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
-        use actix::ActorContext;
-        ctx.stop();
-    }
+            fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
+                use actix::ActorContext;
+                ctx.stop();
+            }
+        }
+    )*};
 }
+
+stop_on_request!(EventBus, RateLimiter);

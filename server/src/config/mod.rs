@@ -8,6 +8,7 @@
 //!
 //! Settings are passed by value into `Application::build`; there is no global.
 
+pub mod rate_limit;
 mod secret;
 
 use std::net::SocketAddr;
@@ -30,6 +31,7 @@ pub struct Settings {
     pub graphql: GraphqlSettings,
     pub telemetry: TelemetrySettings,
     pub workers: WorkerSettings,
+    pub rate_limit: rate_limit::RateLimitSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -160,6 +162,9 @@ pub struct AuthSettings {
     /// Master secret for JWT signing and URL signing (≥ 32 bytes). Generated into the
     /// data dir on first start when unset and the database is SQLite; required otherwise.
     pub jwt_secret: Option<Secret>,
+    /// Retired master secrets whose tokens still verify (never sign) while they
+    /// expire; remove one to refuse everything it signed.
+    pub previous_jwt_secrets: Vec<Secret>,
     pub issuer: String,
     pub audience: String,
     pub access_token_ttl_secs: u64,
@@ -170,6 +175,7 @@ impl Default for AuthSettings {
     fn default() -> Self {
         Self {
             jwt_secret: None,
+            previous_jwt_secrets: Vec::new(),
             issuer: "reelhouse".into(),
             audience: "reelhouse".into(),
             access_token_ttl_secs: 15 * 60,
@@ -376,6 +382,14 @@ impl Settings {
                 "telemetry.gstreamer_level",
                 "must be one of none, error, warning, fixme, info, debug, log, trace",
             ));
+        }
+        for (name, policy) in &self.rate_limit.policies {
+            if policy.limit == 0 || policy.period_secs == 0 || policy.burst == 0 {
+                return Err(SettingsError::new(
+                    &format!("rate_limit.policies.{name}"),
+                    "limit, period_secs and burst must all be at least 1",
+                ));
+            }
         }
         if self.workers.concurrency == Some(0) {
             return Err(SettingsError::new("workers.concurrency", "must be at least 1"));

@@ -3,6 +3,7 @@
 pub mod graphql;
 pub mod health;
 pub mod metrics_mw;
+pub mod rate_limit;
 pub mod web_demo;
 
 use actix_web::web;

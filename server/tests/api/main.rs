@@ -4,6 +4,7 @@
 mod helpers;
 mod http_basics;
 mod process;
+mod rate_limit;
 mod ready;
 mod schema;
 mod storage;

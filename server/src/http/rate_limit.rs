@@ -1,0 +1,77 @@
+//! The `api` rate-limit policy for every HTTP request, keyed by client address,
+//! with the `RateLimit-Policy`/`RateLimit` headers on every answer and 429 +
+//! `Retry-After` when the bucket is empty. Health, readiness and metrics are exempt
+//! so orchestrators never see a throttled probe.
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::web;
+
+use crate::actors::rate_limit::{Check, Decision};
+use crate::error::AppError;
+use crate::startup::AppState;
+
+const EXEMPT: &[&str] = &["/health", "/ready", "/metrics"];
+
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Ask the limiter; an unreachable limiter actor (restarting) lets the request through.
+pub async fn check(state: &AppState, policy: &'static str, subject: String, cost: u32) -> Option<Decision> {
+    match state.hubs.rate_limiter.addr().send(Check { policy, subject, cost }).await {
+        Ok(decision) => Some(decision),
+        Err(err) => {
+            tracing::warn!(error = %err, "rate limiter unavailable");
+            None
+        }
+    }
+}
+
+/// Refuse with `RATE_LIMITED` when the named policy's bucket for `subject` is empty.
+pub async fn enforce(state: &AppState, policy: &'static str, subject: String, cost: u32) -> Result<Option<Decision>, AppError> {
+    match check(state, policy, subject, cost).await {
+        Some(decision) if !decision.allowed => {
+            metrics::counter!("reelhouse_rate_limited_total", "policy" => policy).increment(1);
+            Err(decision.into_error())
+        }
+        other => Ok(other),
+    }
+}
+
+fn add_headers(headers: &mut actix_web::http::header::HeaderMap, decision: &Decision) {
+    if let Ok(value) = HeaderValue::from_str(&decision.policy_header()) {
+        headers.insert(RATELIMIT_POLICY.clone(), value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&decision.limit_header()) {
+        headers.insert(RATELIMIT.clone(), value);
+    }
+}
+
+pub async fn limit_api(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let (Some(state), false) = (state, EXEMPT.contains(&req.path())) else {
+        return Ok(next.call(req).await?.map_into_boxed_body());
+    };
+    // The peer address, not X-Forwarded-For: a header is the client's to forge.
+    let subject = req.peer_addr().map(|addr| addr.ip().to_string()).unwrap_or_else(|| "unknown".into());
+    match check(&state, "api", subject, 1).await {
+        Some(decision) if !decision.allowed => {
+            metrics::counter!("reelhouse_rate_limited_total", "policy" => "api").increment(1);
+            let mut response = decision.clone().into_error().to_http_response();
+            add_headers(response.headers_mut(), &decision);
+            Ok(req.into_response(response))
+        }
+        decision => {
+            let mut res = next.call(req).await?.map_into_boxed_body();
+            if let Some(decision) = decision {
+                add_headers(res.headers_mut(), &decision);
+            }
+            Ok(res)
+        }
+    }
+}
