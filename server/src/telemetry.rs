@@ -131,3 +131,52 @@ pub fn init_gstreamer(level: &str) -> anyhow::Result<()> {
         .clone()
         .map_err(|e| anyhow::anyhow!("initialising GStreamer: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    /// Collects formatted events so the test can read what reached tracing.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn gstreamer_log_messages_arrive_in_tracing() {
+        init_gstreamer("warning").unwrap();
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::registry()
+            .with(fmt::layer().with_writer(move || writer.clone()).with_ansi(false).with_target(true));
+        let category = gstreamer::DebugCategory::new("rh-test", gstreamer::DebugColorFlags::empty(), Some("test"));
+        tracing::subscriber::with_default(subscriber, || {
+            gstreamer::warning!(category, "bridged warning {}", 42);
+            gstreamer::debug!(category, "below the threshold");
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("bridged warning 42"), "{text}");
+        assert!(text.contains("gstreamer"), "target names GStreamer: {text}");
+        assert!(text.contains("rh-test"), "category is kept: {text}");
+        assert!(!text.contains("below the threshold"), "threshold applies: {text}");
+    }
+
+    #[test]
+    fn level_names_map_to_gstreamer_levels() {
+        assert_eq!(gst_level("WARN"), Some(gstreamer::DebugLevel::Warning));
+        assert_eq!(gst_level("debug"), Some(gstreamer::DebugLevel::Debug));
+        assert_eq!(gst_level("loud"), None);
+    }
+}

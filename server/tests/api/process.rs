@@ -248,3 +248,26 @@ async fn worker_process_registers_heartbeats_and_deregisters_on_sigterm() {
     assert!(status.success());
     assert_eq!(worker::Entity::find().count(&db).await.unwrap(), 0, "deregistered on shutdown");
 }
+
+#[tokio::test]
+async fn log_files_rotate_daily_into_the_configured_dir_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let mut cmd = reelhouse_command();
+    cmd.arg("--data-dir").arg(dir.path()).env("REELHOUSE__TELEMETRY__LOG_DIR", &logs);
+    let server = ServerProcess::serve(cmd).await;
+    reqwest::get(format!("{}/health", server.address)).await.unwrap();
+    let (status, _) = server.terminate().await;
+    assert!(status.success());
+    let files: Vec<_> = std::fs::read_dir(&logs).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0].file_name().unwrap().to_string_lossy().to_string();
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    assert_eq!(name, format!("reelhouse.{today}.log"), "daily file name");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(text.contains("listening on http://"), "{text}");
+    for line in text.lines() {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|_| panic!("JSON line: {line}"));
+        assert!(event.get("level").is_some(), "{line}");
+    }
+}
