@@ -193,6 +193,7 @@ pub struct GraphqlSettings {
     pub max_depth: usize,
     pub max_complexity: usize,
     pub max_aliases: usize,
+    pub max_directives: usize,
     pub max_batch_size: usize,
 }
 
@@ -204,6 +205,7 @@ impl Default for GraphqlSettings {
             max_depth: 12,
             max_complexity: 500,
             max_aliases: 30,
+            max_directives: 50,
             max_batch_size: 10,
         }
     }

@@ -1,5 +1,6 @@
 //! The GraphQL schema: built once, one `MergedObject` per domain.
 
+pub mod limits;
 mod server_info;
 
 use async_graphql::{EmptyMutation, MergedObject, MergedSubscription, Schema};
@@ -22,7 +23,8 @@ pub fn build_schema(settings: &GraphqlSettings, state: Option<AppState>) -> AppS
     let mut builder = Schema::build(Query::default(), EmptyMutation, Subscription::default())
         .limit_depth(settings.max_depth)
         .limit_complexity(settings.max_complexity)
-        .limit_recursive_depth(settings.max_depth.max(32));
+        .limit_recursive_depth(settings.max_depth.max(32))
+        .extension(limits::DocumentLimits { max_aliases: settings.max_aliases, max_directives: settings.max_directives });
     if !settings.introspection {
         builder = builder.disable_introspection().disable_suggestions();
     }

@@ -129,3 +129,23 @@ async fn unknown_routes_get_a_json_404_free_of_internals() {
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body, serde_json::json!({ "code": "NOT_FOUND", "message": "route not found" }));
 }
+
+#[actix_web::test]
+async fn alias_and_directive_bombs_are_refused_before_execution() {
+    let app = spawn_app().await;
+    let aliases: String = (0..100).map(|i| format!("a{i}: serverInfo {{ version }} ")).collect();
+    let (status, body) = app.graphql(&format!("{{ {aliases} }}"), serde_json::json!({})).await;
+    assert!(status < 500);
+    assert!(body["data"].is_null(), "nothing executed: {body}");
+    assert_eq!(body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT", "{body}");
+    assert!(body["errors"][0]["message"].as_str().unwrap().contains("aliases"), "{body}");
+
+    let directives = "@skip(if: false) ".repeat(200);
+    let (_, body) = app.graphql(&format!("{{ serverInfo {directives} {{ version }} }}"), serde_json::json!({})).await;
+    assert!(body["data"].is_null(), "{body}");
+    assert!(body["errors"][0]["message"].as_str().unwrap().contains("directives"), "{body}");
+
+    // Within the limits the same shapes work.
+    let (_, body) = app.graphql("{ a: serverInfo { version } b: serverInfo @skip(if: true) { version } }", serde_json::json!({})).await;
+    assert_eq!(body["data"]["a"]["version"], env!("CARGO_PKG_VERSION"), "{body}");
+}

@@ -1,0 +1,105 @@
+//! Document limits async-graphql does not have built in: aliases and directives
+//! per document. Checked right after parsing, before validation and before any
+//! resolver runs, for HTTP and WebSocket alike. (Depth and complexity are
+//! async-graphql's own `limit_depth`/`limit_complexity`, set in `build_schema`.)
+
+use std::sync::Arc;
+
+use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
+use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
+use async_graphql::{Pos, Positioned, ServerError, ServerResult, Variables};
+
+#[derive(Debug, Clone, Copy)]
+pub struct DocumentLimits {
+    pub max_aliases: usize,
+    pub max_directives: usize,
+}
+
+impl ExtensionFactory for DocumentLimits {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(*self)
+    }
+}
+
+#[derive(Default, Debug, PartialEq, Eq)]
+pub struct DocumentCounts {
+    pub aliases: usize,
+    pub directives: usize,
+}
+
+/// Count aliases and directives over every operation and fragment definition.
+pub fn count(document: &ExecutableDocument) -> DocumentCounts {
+    fn walk(set: &Positioned<SelectionSet>, counts: &mut DocumentCounts) {
+        for selection in &set.node.items {
+            match &selection.node {
+                Selection::Field(field) => {
+                    counts.aliases += usize::from(field.node.alias.is_some());
+                    counts.directives += field.node.directives.len();
+                    walk(&field.node.selection_set, counts);
+                }
+                Selection::FragmentSpread(spread) => counts.directives += spread.node.directives.len(),
+                Selection::InlineFragment(inline) => {
+                    counts.directives += inline.node.directives.len();
+                    walk(&inline.node.selection_set, counts);
+                }
+            }
+        }
+    }
+    let mut counts = DocumentCounts::default();
+    for (_, operation) in document.operations.iter() {
+        counts.directives += operation.node.directives.len();
+        walk(&operation.node.selection_set, &mut counts);
+    }
+    for fragment in document.fragments.values() {
+        counts.directives += fragment.node.directives.len();
+        walk(&fragment.node.selection_set, &mut counts);
+    }
+    counts
+}
+
+fn refuse(message: String) -> ServerError {
+    let mut error = ServerError::new(message, Some(Pos::default()));
+    let mut extensions = async_graphql::ErrorExtensionValues::default();
+    extensions.set("code", crate::error::ErrorCode::BadUserInput.as_str());
+    error.extensions = Some(extensions);
+    error
+}
+
+#[async_trait::async_trait]
+impl Extension for DocumentLimits {
+    async fn parse_query(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        query: &str,
+        variables: &Variables,
+        next: NextParseQuery<'_>,
+    ) -> ServerResult<ExecutableDocument> {
+        let document = next.run(ctx, query, variables).await?;
+        let counts = count(&document);
+        if counts.aliases > self.max_aliases {
+            return Err(refuse(format!("the document has {} aliases; at most {} are allowed", counts.aliases, self.max_aliases)));
+        }
+        if counts.directives > self.max_directives {
+            return Err(refuse(format!(
+                "the document has {} directives; at most {} are allowed",
+                counts.directives, self.max_directives
+            )));
+        }
+        Ok(document)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_aliases_and_directives_in_operations_and_fragments() {
+        let document = async_graphql::parser::parse_query(
+            "query Q @a { x: serverInfo { y: version @skip(if: false) ...F ... on ServerInfo @include(if: true) { z: mode } } }
+             fragment F on ServerInfo { w: instance }",
+        )
+        .unwrap();
+        assert_eq!(count(&document), DocumentCounts { aliases: 4, directives: 3 });
+    }
+}
