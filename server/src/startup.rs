@@ -14,6 +14,7 @@ use sea_orm::DatabaseConnection;
 use tracing_actix_web::TracingLogger;
 
 use crate::actors::Hubs;
+use crate::auth::tokens::TokenKeys;
 use crate::config::{Settings, StorageBackend};
 use crate::graphql::build_schema;
 use crate::keys::ServerKeys;
@@ -29,6 +30,8 @@ pub struct AppState {
     pub redis: Option<Arc<RedisHandle>>,
     pub hubs: Hubs,
     pub keys: Arc<ServerKeys>,
+    /// Access-token signing and verification keys, built once from `auth`.
+    pub tokens: Arc<TokenKeys>,
     pub metrics: PrometheusHandle,
     pub instance_id: String,
     pub started_at: DateTime<Utc>,
@@ -82,6 +85,7 @@ impl Application {
             store,
             redis,
             hubs,
+            tokens: Arc::new(TokenKeys::new(&settings.auth, &keys.jwt)),
             keys,
             metrics,
             instance_id,

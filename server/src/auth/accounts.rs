@@ -5,7 +5,7 @@ use entities::{user, Role};
 use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
 use uuid::Uuid;
 
-use crate::auth::password::{check_policy, hash_password};
+use crate::auth::password::{check_policy, hash_password, needs_rehash, verify_password};
 use crate::error::{AppError, ErrorCode};
 
 /// Lowercased and trimmed; the unique key of an account.
@@ -53,4 +53,49 @@ pub async fn create_user(
         updated_at: Set(now),
     };
     Ok(model.insert(db).await?)
+}
+
+/// The same answer for an unknown email and a wrong password.
+const BAD_CREDENTIALS: &str = "invalid email or password";
+
+/// A hash with the current parameters, verified against when the email is unknown so
+/// that answer takes as long as a wrong password.
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| hash_password("reelhouse dummy password 0").unwrap_or_default())
+}
+
+/// Compute the dummy hash now (at startup) rather than on the first failed sign-in.
+pub fn warm_up() {
+    let _ = dummy_hash();
+}
+
+/// Check an email and password. Argon2 runs on the blocking pool; a hash with weaker
+/// parameters than the current defaults is replaced by a fresh one.
+/// Failures are client errors, logged once where they become a response.
+#[tracing::instrument(skip_all)]
+pub async fn verify_credentials(db: &DatabaseConnection, email: &str, password: &str) -> Result<user::Model, AppError> {
+    let found = match normalize_email(email) {
+        Ok(email) => user::Entity::find().filter(user::Column::Email.eq(email)).one(db).await?,
+        Err(_) => None,
+    };
+    let stored = found.as_ref().map_or_else(|| dummy_hash().to_string(), |u| u.password_hash.clone());
+    let candidate = password.to_string();
+    let (matches, candidate) = tokio::task::spawn_blocking(move || (verify_password(&candidate, &stored), candidate))
+        .await
+        .map_err(AppError::internal)?;
+    let Some(user) = found.filter(|_| matches) else {
+        return Err(AppError::unauthenticated(BAD_CREDENTIALS));
+    };
+    if user.disabled {
+        return Err(AppError::forbidden("this account is disabled"));
+    }
+    if needs_rehash(&user.password_hash) {
+        let fresh = tokio::task::spawn_blocking(move || hash_password(&candidate)).await.map_err(AppError::internal)??;
+        let mut active: user::ActiveModel = user.into();
+        active.password_hash = Set(fresh);
+        active.updated_at = Set(Utc::now());
+        return Ok(active.update(db).await?);
+    }
+    Ok(user)
 }

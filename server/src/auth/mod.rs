@@ -1,4 +1,10 @@
-//! Accounts and access. Passwords now; tokens, API keys and roles build on this.
+//! Accounts and access: passwords, sessions (JWT access tokens and rotating refresh
+//! tokens), API keys, and the roles and permissions that guard the schema.
 
 pub mod accounts;
+pub mod api_keys;
 pub mod password;
+pub mod principal;
+pub mod roles;
+pub mod sessions;
+pub mod tokens;

@@ -74,6 +74,18 @@ pub fn verify_password(password: &str, stored: &str) -> bool {
     PasswordHash::new(stored).is_ok_and(|hash| Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
 }
 
+/// True when a stored hash is not argon2id or uses weaker parameters than the
+/// current defaults, so it should be replaced at the next successful sign-in.
+pub fn needs_rehash(stored: &str) -> bool {
+    let Ok(hash) = PasswordHash::new(stored) else { return true };
+    if hash.algorithm != argon2::Algorithm::Argon2id.ident() {
+        return true;
+    }
+    let Ok(params) = argon2::Params::try_from(&hash) else { return true };
+    let current = argon2::Params::default();
+    params.m_cost() < current.m_cost() || params.t_cost() < current.t_cost() || params.p_cost() < current.p_cost()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +109,11 @@ mod tests {
         assert!(verify_password("correct horse 7", &a));
         assert!(!verify_password("correct horse 8", &a));
         assert!(!verify_password("anything", "not a phc string"));
+        assert!(!needs_rehash(&a));
+        let weak = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, argon2::Params::new(8192, 1, 1, None).unwrap())
+            .hash_password(b"correct horse 7", &SaltString::generate(&mut OsRng))
+            .unwrap()
+            .to_string();
+        assert!(needs_rehash(&weak));
     }
 }

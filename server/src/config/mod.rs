@@ -195,6 +195,10 @@ pub struct GraphqlSettings {
     pub max_aliases: usize,
     pub max_directives: usize,
     pub max_batch_size: usize,
+    /// Seconds a WebSocket may stay open without `connection_init`.
+    pub ws_init_timeout_secs: u64,
+    /// How often an authenticated WebSocket re-checks its session is still valid.
+    pub ws_recheck_ms: u64,
 }
 
 impl Default for GraphqlSettings {
@@ -207,6 +211,8 @@ impl Default for GraphqlSettings {
             max_aliases: 30,
             max_directives: 50,
             max_batch_size: 10,
+            ws_init_timeout_secs: 10,
+            ws_recheck_ms: 5000,
         }
     }
 }

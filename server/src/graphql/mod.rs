@@ -1,26 +1,31 @@
 //! The GraphQL schema: built once, one `MergedObject` per domain.
 
+pub mod accounts;
 pub mod limits;
 mod server_info;
 
-use async_graphql::{EmptyMutation, MergedObject, MergedSubscription, Schema};
+use async_graphql::{MergedObject, MergedSubscription, Schema};
 
 use crate::config::GraphqlSettings;
 use crate::startup::AppState;
 
+pub use accounts::{AccountsMutation, AccountsQuery};
 pub use server_info::{HeartbeatSubscription, ServerInfo, ServerMode, ServerQuery};
 
 #[derive(MergedObject, Default)]
-pub struct Query(ServerQuery);
+pub struct Query(ServerQuery, AccountsQuery);
+
+#[derive(MergedObject, Default)]
+pub struct Mutation(AccountsMutation);
 
 #[derive(MergedSubscription, Default)]
 pub struct Subscription(HeartbeatSubscription);
 
-pub type AppSchema = Schema<Query, EmptyMutation, Subscription>;
+pub type AppSchema = Schema<Query, Mutation, Subscription>;
 
 /// Build the schema with its limits. `state` is `None` only for SDL export.
 pub fn build_schema(settings: &GraphqlSettings, state: Option<AppState>) -> AppSchema {
-    let mut builder = Schema::build(Query::default(), EmptyMutation, Subscription::default())
+    let mut builder = Schema::build(Query::default(), Mutation::default(), Subscription::default())
         .limit_depth(settings.max_depth)
         .limit_complexity(settings.max_complexity)
         .limit_recursive_depth(settings.max_depth.max(32))
@@ -29,6 +34,7 @@ pub fn build_schema(settings: &GraphqlSettings, state: Option<AppState>) -> AppS
         builder = builder.disable_introspection().disable_suggestions();
     }
     if let Some(state) = state {
+        crate::auth::accounts::warm_up();
         builder = builder.data(state);
     }
     builder.finish()

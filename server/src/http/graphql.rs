@@ -1,18 +1,23 @@
 //! `POST /graphql`, the GraphiQL page at `GET /graphql`, and subscriptions over
 //! WebSocket at `GET /graphql/ws` (`graphql-transport-ws` and `graphql-ws`).
 
+use actix_web::http::header::USER_AGENT;
 use actix_web::{web, HttpRequest, HttpResponse};
 use async_graphql::http::GraphiQLSource;
 use async_graphql_actix_web::{GraphQLBatchRequest, GraphQLResponse, GraphQLSubscription};
 
+use crate::auth::principal::{authenticate, ClientInfo};
 use crate::error::{AppError, ErrorCode};
 use crate::graphql::AppSchema;
 use crate::startup::AppState;
 
+/// Credentials are checked once per HTTP request; invalid ones do not fail the
+/// request but make guarded fields answer `UNAUTHENTICATED`.
 #[tracing::instrument(skip_all)]
 pub async fn graphql(
     state: web::Data<AppState>,
     schema: web::Data<AppSchema>,
+    req: HttpRequest,
     request: GraphQLBatchRequest,
 ) -> Result<GraphQLResponse, AppError> {
     let batch = request.into_inner();
@@ -22,7 +27,12 @@ pub async fn graphql(
             return Err(AppError::new(ErrorCode::BadUserInput, format!("a batch may hold at most {max} operations")));
         }
     }
-    Ok(schema.execute_batch(batch).await.into())
+    let auth = authenticate(&state, req.headers()).await;
+    let client = ClientInfo {
+        ip: req.connection_info().realip_remote_addr().map(str::to_string),
+        user_agent: req.headers().get(USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string),
+    };
+    Ok(schema.execute_batch(batch.data(auth).data(client)).await.into())
 }
 
 pub async fn graphiql(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {

@@ -5,6 +5,7 @@ pub mod health;
 pub mod metrics_mw;
 pub mod rate_limit;
 pub mod web_demo;
+pub mod ws_session;
 
 use actix_web::web;
 
@@ -15,7 +16,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(health::metrics))
         .route("/graphql", web::post().to(graphql::graphql))
         .route("/graphql", web::get().to(graphql::graphiql))
-        .route("/graphql/ws", web::get().to(graphql::graphql_ws))
+        .route("/graphql/ws", web::get().to(ws_session::graphql_ws))
         .route("/", web::get().to(web_demo::index))
         .default_service(web::to(not_found));
 }

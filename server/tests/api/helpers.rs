@@ -324,3 +324,94 @@ pub fn strip_ansi(text: &str) -> String {
     }
     out
 }
+
+/// Credentials a test request carries.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    Anonymous,
+    Bearer(String),
+    ApiKey(String),
+}
+
+/// A signed-in test user.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub id: String,
+    pub email: String,
+    pub access_token: String,
+    pub refresh_token: String,
+}
+
+impl TestUser {
+    pub fn bearer(&self) -> Credentials {
+        Credentials::Bearer(self.access_token.clone())
+    }
+}
+
+pub const TEST_PASSWORD: &str = "correct horse battery 9";
+
+pub const AUTH_PAYLOAD_FIELDS: &str = "accessToken refreshToken expiresIn user { id email displayName role }";
+
+impl TestApp {
+    /// POST a GraphQL document with credentials.
+    pub async fn graphql_as(&self, credentials: &Credentials, query: &str, variables: serde_json::Value) -> (u16, serde_json::Value) {
+        let mut request = self.client.post(self.url("/graphql")).json(&serde_json::json!({ "query": query, "variables": variables }));
+        request = match credentials {
+            Credentials::Anonymous => request,
+            Credentials::Bearer(token) => request.bearer_auth(token),
+            Credentials::ApiKey(key) => request.header("X-Api-Key", key),
+        };
+        let res = request.send().await.expect("graphql request");
+        let status = res.status().as_u16();
+        let body = res.json().await.unwrap_or(serde_json::Value::Null);
+        (status, body)
+    }
+
+    /// Create an account with `role` directly in the database, then log in through the API.
+    pub async fn create_user_with_role(&self, role: entities::Role) -> TestUser {
+        let email = format!("{}@example.com", Uuid::new_v4().simple());
+        reelhouse::auth::accounts::create_user(&self.state.db, &email, TEST_PASSWORD, "Test User", role)
+            .await
+            .unwrap_or_else(|e| panic!("create user: {e:?}"));
+        self.login(&email, TEST_PASSWORD).await
+    }
+
+    /// Register a new USER through the API.
+    pub async fn register_user(&self) -> TestUser {
+        let email = format!("{}@example.com", Uuid::new_v4().simple());
+        let (status, body) = self
+            .graphql(
+                &format!("mutation($input: RegisterInput!) {{ register(input: $input) {{ {AUTH_PAYLOAD_FIELDS} }} }}"),
+                serde_json::json!({ "input": { "email": email, "password": TEST_PASSWORD, "displayName": "Test User" } }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        test_user_from(&body["data"]["register"], &email)
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> TestUser {
+        let (status, body) = self
+            .graphql(
+                &format!("mutation($input: LoginInput!) {{ login(input: $input) {{ {AUTH_PAYLOAD_FIELDS} }} }}"),
+                serde_json::json!({ "input": { "email": email, "password": password } }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        test_user_from(&body["data"]["login"], email)
+    }
+}
+
+fn test_user_from(payload: &serde_json::Value, email: &str) -> TestUser {
+    assert!(payload["accessToken"].is_string(), "no tokens in {payload}");
+    TestUser {
+        id: payload["user"]["id"].as_str().unwrap().to_string(),
+        email: email.to_string(),
+        access_token: payload["accessToken"].as_str().unwrap().to_string(),
+        refresh_token: payload["refreshToken"].as_str().unwrap().to_string(),
+    }
+}
+
+/// `extensions.code` of the first error, if any.
+pub fn error_code(body: &serde_json::Value) -> Option<String> {
+    body["errors"][0]["extensions"]["code"].as_str().map(str::to_string)
+}

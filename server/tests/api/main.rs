@@ -1,6 +1,8 @@
 //! Integration tests: one binary, real services (see scripts/test.sh).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod api_keys;
+mod auth;
 mod helpers;
 mod http_basics;
 mod process;
@@ -9,3 +11,4 @@ mod ready;
 mod schema;
 mod storage;
 mod subscriptions;
+mod ws_session;

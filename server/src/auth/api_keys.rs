@@ -1,0 +1,188 @@
+//! API keys for scripts: `rh_live_<32 base62>_<6 base62 checksum>`.
+//!
+//! The secret is shown once; only its SHA-256 is stored. The checksum lets us (and
+//! secret scanners) reject a mistyped or made-up key without touching the database.
+//! `last_used_at` is written at most once a minute per key, not on every request.
+
+use chrono::{Duration, Utc};
+use entities::{api_key, user, Role};
+use rand::Rng;
+use sea_orm::sea_query::{Condition, Expr};
+use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::auth::principal::{lower_role, AuthMethod, Principal};
+use crate::auth::roles::rank;
+use crate::error::{AppError, AppResult};
+
+pub const KEY_PREFIX: &str = "rh_live_";
+const RANDOM_LEN: usize = 32;
+const CHECKSUM_LEN: usize = 6;
+/// How much of the random part is kept (with `rh_live_`) to tell keys apart.
+const VISIBLE_LEN: usize = 6;
+const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+const LAST_USED_RESOLUTION_SECS: i64 = 60;
+
+/// A key just created: the secret exists only here and in the response.
+pub struct CreatedApiKey {
+    pub model: api_key::Model,
+    pub secret: String,
+}
+
+fn checksum(body: &str) -> String {
+    let digest = Sha256::digest(body.as_bytes());
+    let mut n = u64::from_be_bytes([digest[0], digest[1], digest[2], digest[3], digest[4], digest[5], digest[6], digest[7]]);
+    let mut out = String::with_capacity(CHECKSUM_LEN);
+    for _ in 0..CHECKSUM_LEN {
+        out.push(char::from(BASE62[(n % 62) as usize]));
+        n /= 62;
+    }
+    out
+}
+
+/// A new random secret with its checksum.
+pub fn generate_secret() -> String {
+    let mut rng = rand::rngs::OsRng;
+    let random: String = (0..RANDOM_LEN).map(|_| char::from(BASE62[rng.gen_range(0..BASE62.len())])).collect();
+    let body = format!("{KEY_PREFIX}{random}");
+    let sum = checksum(&body);
+    format!("{body}_{sum}")
+}
+
+/// Shape and checksum only; says nothing about whether the key exists.
+pub fn is_well_formed(secret: &str) -> bool {
+    let Some(rest) = secret.strip_prefix(KEY_PREFIX) else { return false };
+    let Some((random, sum)) = rest.split_once('_') else { return false };
+    random.len() == RANDOM_LEN
+        && sum.len() == CHECKSUM_LEN
+        && random.bytes().all(|b| b.is_ascii_alphanumeric())
+        && checksum(&format!("{KEY_PREFIX}{random}")) == sum
+}
+
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// Create a key for `owner_id`. `role` defaults to, and may not exceed, `ceiling`
+/// (the caller's effective role).
+pub async fn create_api_key(
+    db: &DatabaseConnection,
+    owner_id: Uuid,
+    ceiling: Role,
+    name: &str,
+    role: Option<Role>,
+) -> AppResult<CreatedApiKey> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(AppError::bad_input("key name must be 1 to 100 characters"));
+    }
+    let role = role.unwrap_or(ceiling);
+    if rank(role) > rank(ceiling) {
+        return Err(AppError::forbidden("an API key's role cannot be above your own"));
+    }
+    let secret = generate_secret();
+    let model = api_key::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        user_id: Set(owner_id),
+        name: Set(name.to_string()),
+        role: Set(role),
+        prefix: Set(secret[..KEY_PREFIX.len() + VISIBLE_LEN].to_string()),
+        secret_hash: Set(hash_secret(&secret)),
+        created_at: Set(Utc::now()),
+        last_used_at: Set(None),
+        revoked_at: Set(None),
+    }
+    .insert(db)
+    .await?;
+    Ok(CreatedApiKey { model, secret })
+}
+
+/// The caller's live keys, newest first.
+pub async fn list_api_keys(db: &DatabaseConnection, owner_id: Uuid) -> AppResult<Vec<api_key::Model>> {
+    Ok(api_key::Entity::find()
+        .filter(api_key::Column::UserId.eq(owner_id))
+        .filter(api_key::Column::RevokedAt.is_null())
+        .order_by_desc(api_key::Column::CreatedAt)
+        .all(db)
+        .await?)
+}
+
+/// Revoke one of the owner's keys; `NOT_FOUND` for anyone else's.
+pub async fn revoke_api_key(db: &DatabaseConnection, owner_id: Uuid, id: Uuid) -> AppResult<bool> {
+    let result = api_key::Entity::update_many()
+        .col_expr(api_key::Column::RevokedAt, Expr::value(Utc::now()))
+        .filter(api_key::Column::Id.eq(id))
+        .filter(api_key::Column::UserId.eq(owner_id))
+        .filter(api_key::Column::RevokedAt.is_null())
+        .exec(db)
+        .await?;
+    if result.rows_affected == 0 {
+        let exists = api_key::Entity::find_by_id(id).filter(api_key::Column::UserId.eq(owner_id)).one(db).await?.is_some();
+        if !exists {
+            return Err(AppError::not_found("API key"));
+        }
+    }
+    Ok(true)
+}
+
+/// The principal behind a key, or `None` for an unknown, revoked or malformed key
+/// or a disabled owner.
+pub async fn authenticate_api_key(db: &DatabaseConnection, secret: &str) -> AppResult<Option<Principal>> {
+    if !is_well_formed(secret) {
+        return Ok(None);
+    }
+    let found = api_key::Entity::find()
+        .filter(api_key::Column::SecretHash.eq(hash_secret(secret)))
+        .filter(api_key::Column::RevokedAt.is_null())
+        .find_also_related(user::Entity)
+        .one(db)
+        .await?;
+    let Some((key, Some(owner))) = found else { return Ok(None) };
+    if owner.disabled {
+        return Ok(None);
+    }
+    record_use(db, &key).await?;
+    Ok(Some(Principal {
+        user_id: owner.id,
+        role: lower_role(key.role, owner.role),
+        method: AuthMethod::ApiKey,
+        family_id: None,
+        api_key_id: Some(key.id),
+    }))
+}
+
+/// Conditional, so concurrent requests and replicas write at most once a minute.
+async fn record_use(db: &DatabaseConnection, key: &api_key::Model) -> AppResult<()> {
+    let now = Utc::now();
+    let stale_before = now - Duration::seconds(LAST_USED_RESOLUTION_SECS);
+    if key.last_used_at.is_some_and(|at| at > stale_before) {
+        return Ok(());
+    }
+    api_key::Entity::update_many()
+        .col_expr(api_key::Column::LastUsedAt, Expr::value(now))
+        .filter(api_key::Column::Id.eq(key.id))
+        .filter(
+            Condition::any().add(api_key::Column::LastUsedAt.is_null()).add(api_key::Column::LastUsedAt.lt(stale_before)),
+        )
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_carry_a_checksum() {
+        let secret = generate_secret();
+        assert!(secret.starts_with(KEY_PREFIX));
+        assert_eq!(secret.len(), KEY_PREFIX.len() + RANDOM_LEN + 1 + CHECKSUM_LEN);
+        assert!(is_well_formed(&secret));
+        let mut typo = secret.clone().into_bytes();
+        typo[KEY_PREFIX.len() + 3] = if typo[KEY_PREFIX.len() + 3] == b'a' { b'b' } else { b'a' };
+        assert!(!is_well_formed(&String::from_utf8(typo).unwrap()));
+        assert!(!is_well_formed("rh_live_short_abcdef"));
+    }
+}

@@ -1,0 +1,122 @@
+//! Who is calling: credentials from `Authorization: Bearer` or `X-Api-Key` turned
+//! into a [`Principal`] once per request.
+//!
+//! Invalid credentials never fail the HTTP request; they become
+//! [`RequestAuth::Invalid`], and guarded fields answer `UNAUTHENTICATED` while
+//! public ones (`serverInfo`) still work.
+
+use actix_web::http::header::{HeaderMap, AUTHORIZATION};
+use entities::{refresh_token_family, user, Role};
+use sea_orm::EntityTrait;
+use uuid::Uuid;
+
+use crate::auth::api_keys;
+use crate::auth::roles::rank;
+use crate::startup::AppState;
+
+pub const API_KEY_HEADER: &str = "x-api-key";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    AccessToken,
+    ApiKey,
+}
+
+/// An authenticated caller. `role` is the effective role: the user's current role,
+/// or for an API key the key's role capped at its owner's current role.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user_id: Uuid,
+    pub role: Role,
+    pub method: AuthMethod,
+    /// The session (refresh-token family) of an access token.
+    pub family_id: Option<Uuid>,
+    pub api_key_id: Option<Uuid>,
+}
+
+/// What the request's credentials amount to; added to every GraphQL request's data.
+#[derive(Debug, Clone)]
+pub enum RequestAuth {
+    Anonymous,
+    Authenticated(Principal),
+    /// Credentials were presented and refused; the reason is safe to show.
+    Invalid(&'static str),
+}
+
+/// Where a sign-in came from, recorded on the session.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+const INVALID_CREDENTIALS: &str = "invalid or expired credentials";
+
+/// Authenticate the request's headers. Database failures count as invalid
+/// credentials (logged), so a flaky database never grants access.
+#[tracing::instrument(skip_all)]
+pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> RequestAuth {
+    if let Some(value) = headers.get(AUTHORIZATION) {
+        let Some(token) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim) else {
+            return RequestAuth::Invalid("the Authorization header must be `Bearer <access token>`");
+        };
+        return authenticate_access_token(state, token).await;
+    }
+    if let Some(value) = headers.get(API_KEY_HEADER) {
+        let Ok(secret) = value.to_str() else {
+            return RequestAuth::Invalid(INVALID_CREDENTIALS);
+        };
+        return match api_keys::authenticate_api_key(&state.db, secret.trim()).await {
+            Ok(Some(principal)) => RequestAuth::Authenticated(principal),
+            Ok(None) => RequestAuth::Invalid(INVALID_CREDENTIALS),
+            Err(err) => {
+                err.log();
+                RequestAuth::Invalid(INVALID_CREDENTIALS)
+            }
+        };
+    }
+    RequestAuth::Anonymous
+}
+
+/// A valid signature is not enough: the session must not be revoked and the user
+/// must still be enabled, so revocation and demotion apply on the next request.
+pub async fn authenticate_access_token(state: &AppState, token: &str) -> RequestAuth {
+    let (claims, user_id) = match state.tokens.verify_access_token(token) {
+        Ok(verified) => verified,
+        Err(err) => {
+            tracing::debug!(error = %err, "access token refused");
+            return RequestAuth::Invalid(INVALID_CREDENTIALS);
+        }
+    };
+    let family = refresh_token_family::Entity::find_by_id(claims.sid).one(&state.db).await;
+    let live_family = matches!(&family, Ok(Some(f)) if f.revoked_at.is_none() && f.user_id == user_id);
+    if !live_family {
+        if let Err(err) = family {
+            tracing::error!(error = ?err, "looking up a session");
+        }
+        return RequestAuth::Invalid(INVALID_CREDENTIALS);
+    }
+    match user::Entity::find_by_id(user_id).one(&state.db).await {
+        Ok(Some(user)) if !user.disabled => RequestAuth::Authenticated(Principal {
+            user_id,
+            role: lower_role(user.role, claims.role),
+            method: AuthMethod::AccessToken,
+            family_id: Some(claims.sid),
+            api_key_id: None,
+        }),
+        Ok(_) => RequestAuth::Invalid(INVALID_CREDENTIALS),
+        Err(err) => {
+            tracing::error!(error = ?err, "looking up a user");
+            RequestAuth::Invalid(INVALID_CREDENTIALS)
+        }
+    }
+}
+
+/// The less powerful of two roles.
+pub fn lower_role(a: Role, b: Role) -> Role {
+    if rank(a) <= rank(b) {
+        a
+    } else {
+        b
+    }
+}

@@ -1,0 +1,190 @@
+//! Sessions: refresh-token families and the access tokens they mint.
+//!
+//! A sign-in starts a family. A refresh token is 32 random bytes (base64url), stored
+//! only as its SHA-256. `rotate_refresh_token` exchanges a token for a new one in the
+//! same family; presenting a token that was already exchanged is treated as theft and
+//! revokes the whole family, so the newest token and every access token of the
+//! session stop working too.
+//!
+//! There is deliberately **no grace window**: a client that lost the response to a
+//! refresh must sign in again. Two concurrent refreshes of one token are resolved by
+//! a conditional `UPDATE ... WHERE rotated_at IS NULL`: exactly one wins, and the
+//! loser counts as reuse (an attacker racing the real client must not keep the
+//! session).
+
+use base64::Engine;
+use chrono::{Duration, Utc};
+use entities::{refresh_token, refresh_token_family, user};
+use rand::RngCore;
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, Set, TransactionTrait,
+};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::auth::principal::ClientInfo;
+use crate::error::{AppError, AppResult};
+use crate::startup::AppState;
+
+const INVALID_REFRESH: &str = "invalid or expired refresh token";
+
+/// What a sign-in or a refresh hands back.
+pub struct SessionTokens {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_in_secs: i64,
+    pub user: user::Model,
+}
+
+fn new_refresh_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn hash_refresh_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn refresh_ttl(state: &AppState) -> Duration {
+    Duration::seconds(i64::try_from(state.settings.auth.refresh_token_ttl_secs).unwrap_or(i64::MAX / 4).min(10 * 365 * 86_400))
+}
+
+async fn insert_refresh_token(
+    db: &impl ConnectionTrait,
+    state: &AppState,
+    id: Uuid,
+    family_id: Uuid,
+) -> AppResult<String> {
+    let secret = new_refresh_secret();
+    let now = Utc::now();
+    refresh_token::ActiveModel {
+        id: Set(id),
+        family_id: Set(family_id),
+        token_hash: Set(hash_refresh_token(&secret)),
+        created_at: Set(now),
+        expires_at: Set(now + refresh_ttl(state)),
+        rotated_at: Set(None),
+        replaced_by: Set(None),
+    }
+    .insert(db)
+    .await?;
+    Ok(secret)
+}
+
+/// Start a new session (family) for a user who just proved who they are.
+#[tracing::instrument(skip_all, fields(user_id = %user.id), err(Debug))]
+pub async fn start_session(state: &AppState, user: user::Model, client: &ClientInfo) -> AppResult<SessionTokens> {
+    let now = Utc::now();
+    let family_id = Uuid::now_v7();
+    let txn = state.db.begin().await?;
+    refresh_token_family::ActiveModel {
+        id: Set(family_id),
+        user_id: Set(user.id),
+        created_at: Set(now),
+        last_used_at: Set(now),
+        revoked_at: Set(None),
+        revoked_reason: Set(None),
+        user_agent: Set(client.user_agent.as_ref().map(|ua| ua.chars().take(500).collect())),
+        ip: Set(client.ip.clone()),
+    }
+    .insert(&txn)
+    .await?;
+    let refresh_token = insert_refresh_token(&txn, state, Uuid::now_v7(), family_id).await?;
+    txn.commit().await?;
+    let access = state.tokens.issue_access_token(user.id, user.role, family_id)?;
+    Ok(SessionTokens { access_token: access.token, refresh_token, expires_in_secs: access.expires_in_secs, user })
+}
+
+/// Exchange a refresh token for a new pair; see the module docs for reuse.
+#[tracing::instrument(skip_all)]
+pub async fn rotate_refresh_token(state: &AppState, presented: &str) -> AppResult<SessionTokens> {
+    let hash = hash_refresh_token(presented);
+    let now = Utc::now();
+    let new_id = Uuid::now_v7();
+    let txn = state.db.begin().await?;
+    // The write comes first so SQLite takes its write lock before reading anything
+    // (no snapshot upgrade failure), and PostgreSQL serializes racers on the row lock.
+    // `replaced_by` is set once the new row exists (it is a foreign key).
+    let claimed = refresh_token::Entity::update_many()
+        .col_expr(refresh_token::Column::RotatedAt, Expr::value(now))
+        .filter(refresh_token::Column::TokenHash.eq(&hash))
+        .filter(refresh_token::Column::RotatedAt.is_null())
+        .filter(refresh_token::Column::ExpiresAt.gt(now))
+        .exec(&txn)
+        .await?
+        .rows_affected
+        == 1;
+    let Some(token) = refresh_token::Entity::find().filter(refresh_token::Column::TokenHash.eq(&hash)).one(&txn).await? else {
+        return Err(AppError::unauthenticated(INVALID_REFRESH));
+    };
+    let family = refresh_token_family::Entity::find_by_id(token.family_id)
+        .one(&txn)
+        .await?
+        .ok_or_else(|| AppError::unauthenticated(INVALID_REFRESH))?;
+    if family.revoked_at.is_some() {
+        return Err(AppError::unauthenticated(INVALID_REFRESH));
+    }
+    if !claimed {
+        if token.rotated_at.is_some() {
+            revoke_family_in(&txn, family.id, "refresh token reused").await?;
+            txn.commit().await?;
+            tracing::warn!(family_id = %family.id, user_id = %family.user_id, "refresh token reuse: session revoked");
+        }
+        return Err(AppError::unauthenticated(INVALID_REFRESH));
+    }
+    let user = user::Entity::find_by_id(family.user_id)
+        .one(&txn)
+        .await?
+        .filter(|u| !u.disabled)
+        .ok_or_else(|| AppError::unauthenticated(INVALID_REFRESH))?;
+    let refresh_token = insert_refresh_token(&txn, state, new_id, family.id).await?;
+    refresh_token::Entity::update_many()
+        .col_expr(refresh_token::Column::ReplacedBy, Expr::value(new_id))
+        .filter(refresh_token::Column::Id.eq(token.id))
+        .exec(&txn)
+        .await?;
+    refresh_token_family::Entity::update_many()
+        .col_expr(refresh_token_family::Column::LastUsedAt, Expr::value(now))
+        .filter(refresh_token_family::Column::Id.eq(family.id))
+        .exec(&txn)
+        .await?;
+    txn.commit().await?;
+    let access = state.tokens.issue_access_token(user.id, user.role, family.id)?;
+    Ok(SessionTokens { access_token: access.token, refresh_token, expires_in_secs: access.expires_in_secs, user })
+}
+
+async fn revoke_family_in(db: &impl ConnectionTrait, family_id: Uuid, reason: &str) -> AppResult<u64> {
+    Ok(refresh_token_family::Entity::update_many()
+        .col_expr(refresh_token_family::Column::RevokedAt, Expr::value(Utc::now()))
+        .col_expr(refresh_token_family::Column::RevokedReason, Expr::value(reason))
+        .filter(refresh_token_family::Column::Id.eq(family_id))
+        .filter(refresh_token_family::Column::RevokedAt.is_null())
+        .exec(db)
+        .await?
+        .rows_affected)
+}
+
+/// Revoke the session a refresh token belongs to. `false` when the token is unknown.
+pub async fn logout(db: &DatabaseConnection, presented: &str) -> AppResult<bool> {
+    let token = refresh_token::Entity::find()
+        .filter(refresh_token::Column::TokenHash.eq(hash_refresh_token(presented)))
+        .one(db)
+        .await?;
+    let Some(token) = token else { return Ok(false) };
+    revoke_family_in(db, token.family_id, "logout").await?;
+    Ok(true)
+}
+
+/// Revoke every live session of a user; returns how many were revoked.
+pub async fn revoke_all_sessions(db: &DatabaseConnection, user_id: Uuid, reason: &str) -> AppResult<u64> {
+    Ok(refresh_token_family::Entity::update_many()
+        .col_expr(refresh_token_family::Column::RevokedAt, Expr::value(Utc::now()))
+        .col_expr(refresh_token_family::Column::RevokedReason, Expr::value(reason))
+        .filter(refresh_token_family::Column::UserId.eq(user_id))
+        .filter(refresh_token_family::Column::RevokedAt.is_null())
+        .exec(db)
+        .await?
+        .rows_affected)
+}

@@ -1,0 +1,196 @@
+//! JWT access tokens: signing with the current key, verifying with any configured key.
+//!
+//! The algorithm is pinned by the server (HS256): a token whose header names any other
+//! algorithm — `none` included — is refused before its signature is looked at. Every
+//! key has a `kid` (the first 8 bytes of the SHA-256 of the key, in hex); the current
+//! key signs, `auth.previous_jwt_secrets` only verify, so keys rotate without a mass
+//! logout. A token whose `kid` is unknown is refused, so removing a secret from the
+//! settings retires every token it signed.
+
+use std::collections::HashMap;
+
+use chrono::Utc;
+use entities::Role;
+use hmac::{Hmac, Mac};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::config::AuthSettings;
+use crate::error::AppError;
+
+/// Leeway for clock skew between replicas when checking `exp` and `nbf`.
+const CLOCK_LEEWAY_SECS: u64 = 5;
+
+/// Only access tokens are JWTs; this marks them so no other JWT we might sign later
+/// (e.g. signed URLs) is accepted as one.
+const ACCESS_TOKEN_TYPE: &str = "access";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccessClaims {
+    pub iss: String,
+    pub aud: String,
+    /// The user id.
+    pub sub: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub nbf: i64,
+    pub jti: String,
+    pub role: Role,
+    /// The refresh-token family (session) this token belongs to; revoking the
+    /// family refuses its access tokens on the next request.
+    pub sid: Uuid,
+    pub typ: String,
+}
+
+/// Why a token was refused. Clients all see the same `UNAUTHENTICATED`; the reason is logged.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("malformed token header: {0}")]
+    MalformedHeader(jsonwebtoken::errors::Error),
+    #[error("token algorithm {0:?} is not the configured one")]
+    WrongAlgorithm(Algorithm),
+    #[error("token has no kid")]
+    MissingKid,
+    #[error("token kid {0} is not a configured key")]
+    UnknownKid(String),
+    #[error("token rejected: {0}")]
+    Invalid(jsonwebtoken::errors::Error),
+    #[error("token is not an access token")]
+    WrongType,
+    #[error("token subject is not a user id")]
+    BadSubject,
+}
+
+/// A freshly signed access token.
+pub struct IssuedAccessToken {
+    pub token: String,
+    pub expires_in_secs: i64,
+}
+
+/// The signing key and every verification key, built once from the settings.
+pub struct TokenKeys {
+    algorithm: Algorithm,
+    signing_kid: String,
+    encoding: EncodingKey,
+    decoding: HashMap<String, DecodingKey>,
+    issuer: String,
+    audience: String,
+    access_ttl_secs: i64,
+}
+
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenKeys").field("algorithm", &self.algorithm).field("signing_kid", &self.signing_kid).finish_non_exhaustive()
+    }
+}
+
+/// `kid` of a key: the first 8 bytes of its SHA-256, hex. Public, and says nothing about the key.
+pub fn key_id(key: &[u8]) -> String {
+    hex::encode(&Sha256::digest(key)[..8])
+}
+
+/// The HS256 key derived from a master secret, exactly as `keys::ServerKeys` derives
+/// `jwt`, so a retired master secret keeps verifying the tokens it signed.
+pub fn derive_jwt_key(master: &[u8]) -> Vec<u8> {
+    match Hmac::<Sha256>::new_from_slice(master) {
+        Ok(mut mac) => {
+            mac.update(b"reelhouse/jwt/v1");
+            mac.finalize().into_bytes().to_vec()
+        }
+        Err(_) => master.to_vec(),
+    }
+}
+
+impl TokenKeys {
+    /// `current_key` is `ServerKeys::jwt` (derived from `auth.jwt_secret`); the
+    /// previous master secrets in `auth.previous_jwt_secrets` are derived the same way.
+    pub fn new(settings: &AuthSettings, current_key: &[u8]) -> Self {
+        let mut decoding = HashMap::new();
+        for previous in &settings.previous_jwt_secrets {
+            let key = derive_jwt_key(previous.expose().as_bytes());
+            decoding.insert(key_id(&key), DecodingKey::from_secret(&key));
+        }
+        let signing_kid = key_id(current_key);
+        decoding.insert(signing_kid.clone(), DecodingKey::from_secret(current_key));
+        Self {
+            algorithm: Algorithm::HS256,
+            signing_kid,
+            encoding: EncodingKey::from_secret(current_key),
+            decoding,
+            issuer: settings.issuer.clone(),
+            audience: settings.audience.clone(),
+            access_ttl_secs: i64::try_from(settings.access_token_ttl_secs).unwrap_or(i64::MAX / 2),
+        }
+    }
+
+    pub fn signing_kid(&self) -> &str {
+        &self.signing_kid
+    }
+
+    pub fn issue_access_token(&self, user_id: Uuid, role: Role, session_id: Uuid) -> Result<IssuedAccessToken, AppError> {
+        let now = Utc::now().timestamp();
+        let claims = AccessClaims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sub: user_id.to_string(),
+            exp: now.saturating_add(self.access_ttl_secs),
+            iat: now,
+            nbf: now,
+            jti: Uuid::new_v4().to_string(),
+            role,
+            sid: session_id,
+            typ: ACCESS_TOKEN_TYPE.into(),
+        };
+        let mut header = Header::new(self.algorithm);
+        header.kid = Some(self.signing_kid.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
+            .map_err(|e| AppError::internal(anyhow::anyhow!("signing an access token: {e}")))?;
+        Ok(IssuedAccessToken { token, expires_in_secs: self.access_ttl_secs })
+    }
+
+    /// Check header, signature and claims; returns the claims and the user id.
+    pub fn verify_access_token(&self, token: &str) -> Result<(AccessClaims, Uuid), TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(TokenError::MalformedHeader)?;
+        if header.alg != self.algorithm {
+            return Err(TokenError::WrongAlgorithm(header.alg));
+        }
+        let kid = header.kid.ok_or(TokenError::MissingKid)?;
+        let key = self.decoding.get(&kid).ok_or(TokenError::UnknownKid(kid))?;
+        let mut validation = Validation::new(self.algorithm);
+        validation.leeway = CLOCK_LEEWAY_SECS;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        let data = jsonwebtoken::decode::<AccessClaims>(token, key, &validation).map_err(TokenError::Invalid)?;
+        if data.claims.typ != ACCESS_TOKEN_TYPE {
+            return Err(TokenError::WrongType);
+        }
+        let user_id = Uuid::parse_str(&data.claims.sub).map_err(|_| TokenError::BadSubject)?;
+        Ok((data.claims, user_id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    #[test]
+    fn previous_keys_verify_and_unknown_kids_are_refused() {
+        let old_master = "old-master-secret-old-master-secret";
+        let mut settings = AuthSettings::default();
+        let old = TokenKeys::new(&settings, &derive_jwt_key(old_master.as_bytes()));
+        let issued = old.issue_access_token(Uuid::now_v7(), Role::User, Uuid::now_v7()).unwrap();
+
+        settings.previous_jwt_secrets = vec![Secret::new(old_master)];
+        let rotated = TokenKeys::new(&settings, &derive_jwt_key(b"new-master-secret-new-master-secret"));
+        assert!(rotated.verify_access_token(&issued.token).is_ok());
+
+        settings.previous_jwt_secrets.clear();
+        let retired = TokenKeys::new(&settings, &derive_jwt_key(b"new-master-secret-new-master-secret"));
+        assert!(matches!(retired.verify_access_token(&issued.token), Err(TokenError::UnknownKid(_))));
+    }
+}

@@ -1,0 +1,286 @@
+//! Accounts and access in GraphQL: sign-up and sign-in, sessions, API keys, and
+//! user administration.
+
+use async_graphql::connection::{Connection, Edge};
+use async_graphql::{Context, Enum, ErrorExtensions, InputObject, Object, SimpleObject, ID};
+use chrono::{DateTime, Utc};
+use entities::{api_key, user};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
+use uuid::Uuid;
+
+use crate::auth::accounts::{create_user, verify_credentials};
+use crate::auth::principal::ClientInfo;
+use crate::auth::roles::{rank, require_principal, AuthenticatedGuard, Permission, PermissionGuard};
+use crate::auth::{api_keys, sessions};
+use crate::error::AppError;
+use crate::startup::AppState;
+
+/// What a user (or an API key) may do; see the roles table in the README.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(remote = "entities::Role")]
+pub enum Role {
+    Admin,
+    Moderator,
+    User,
+    Viewer,
+}
+
+#[derive(SimpleObject, Debug, Clone)]
+pub struct User {
+    pub id: ID,
+    pub email: String,
+    pub display_name: String,
+    pub role: Role,
+    pub disabled: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<user::Model> for User {
+    fn from(model: user::Model) -> Self {
+        Self {
+            id: ID(model.id.to_string()),
+            email: model.email,
+            display_name: model.display_name,
+            role: model.role.into(),
+            disabled: model.disabled,
+            created_at: model.created_at,
+        }
+    }
+}
+
+#[derive(SimpleObject, Debug, Clone)]
+pub struct AuthPayload {
+    pub access_token: String,
+    /// Opaque; exchange it with `refreshToken`. Each one works once.
+    pub refresh_token: String,
+    /// Seconds until the access token expires.
+    pub expires_in: i64,
+    pub user: User,
+}
+
+impl From<sessions::SessionTokens> for AuthPayload {
+    fn from(tokens: sessions::SessionTokens) -> Self {
+        Self {
+            access_token: tokens.access_token,
+            refresh_token: tokens.refresh_token,
+            expires_in: tokens.expires_in_secs,
+            user: tokens.user.into(),
+        }
+    }
+}
+
+#[derive(SimpleObject, Debug, Clone)]
+pub struct ApiKey {
+    pub id: ID,
+    pub name: String,
+    pub role: Role,
+    /// The visible start of the secret, to tell keys apart.
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+impl From<api_key::Model> for ApiKey {
+    fn from(model: api_key::Model) -> Self {
+        Self {
+            id: ID(model.id.to_string()),
+            name: model.name,
+            role: model.role.into(),
+            prefix: model.prefix,
+            created_at: model.created_at,
+            last_used_at: model.last_used_at,
+        }
+    }
+}
+
+#[derive(SimpleObject, Debug, Clone)]
+pub struct ApiKeyPayload {
+    pub api_key: ApiKey,
+    /// Shown once: only a hash is kept.
+    pub secret: String,
+}
+
+#[derive(InputObject)]
+pub struct RegisterInput {
+    pub email: String,
+    pub password: String,
+    pub display_name: String,
+}
+
+#[derive(InputObject)]
+pub struct LoginInput {
+    pub email: String,
+    pub password: String,
+}
+
+fn parse_id(id: &ID, what: &str) -> Result<Uuid, AppError> {
+    Uuid::parse_str(id.as_str()).map_err(|_| AppError::not_found(what))
+}
+
+fn client_info(ctx: &Context<'_>) -> ClientInfo {
+    ctx.data_opt::<ClientInfo>().cloned().unwrap_or_default()
+}
+
+const MAX_PAGE: usize = 100;
+
+#[derive(Default)]
+pub struct AccountsQuery;
+
+#[Object]
+impl AccountsQuery {
+    /// The caller's own account.
+    #[graphql(guard = "AuthenticatedGuard")]
+    async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<User> {
+        let state = ctx.data::<AppState>()?;
+        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        let user = user::Entity::find_by_id(principal.user_id)
+            .one(&state.db)
+            .await
+            .map_err(|e| AppError::from(e).extend())?
+            .ok_or_else(|| AppError::unauthenticated("account no longer exists").extend())?;
+        Ok(user.into())
+    }
+
+    /// The caller's live API keys (never their secrets).
+    #[graphql(guard = "AuthenticatedGuard")]
+    async fn api_keys(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ApiKey>> {
+        let state = ctx.data::<AppState>()?;
+        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        let keys = api_keys::list_api_keys(&state.db, principal.user_id).await.map_err(|e| e.extend())?;
+        Ok(keys.into_iter().map(ApiKey::from).collect())
+    }
+
+    /// Every account, oldest first. Admins only.
+    #[graphql(guard = "PermissionGuard(Permission::ManageUsers)")]
+    async fn users(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, User>> {
+        let state = ctx.data::<AppState>()?;
+        let limit = first.map_or(20, |n| usize::try_from(n).unwrap_or(0)).min(MAX_PAGE);
+        let mut query = user::Entity::find().order_by_asc(user::Column::Id);
+        if let Some(after) = &after {
+            let after = Uuid::parse_str(after).map_err(|_| AppError::bad_input("invalid cursor").extend())?;
+            query = query.filter(user::Column::Id.gt(after));
+        }
+        let mut rows = query
+            .limit(u64::try_from(limit + 1).unwrap_or(u64::MAX))
+            .all(&state.db)
+            .await
+            .map_err(|e| AppError::from(e).extend())?;
+        let has_next = rows.len() > limit;
+        rows.truncate(limit);
+        let mut connection = Connection::new(after.is_some(), has_next);
+        connection.edges.extend(rows.into_iter().map(|u| Edge::new(u.id.to_string(), User::from(u))));
+        Ok(connection)
+    }
+}
+
+#[derive(Default)]
+pub struct AccountsMutation;
+
+#[Object]
+impl AccountsMutation {
+    /// Create an account (role USER) and sign in.
+    async fn register(&self, ctx: &Context<'_>, input: RegisterInput) -> async_graphql::Result<AuthPayload> {
+        let state = ctx.data::<AppState>()?;
+        let user = create_user(&state.db, &input.email, &input.password, &input.display_name, entities::Role::User)
+            .await
+            .map_err(|e| e.extend())?;
+        let tokens = sessions::start_session(state, user, &client_info(ctx)).await.map_err(|e| e.extend())?;
+        Ok(tokens.into())
+    }
+
+    /// Sign in with email and password; starts a new session.
+    async fn login(&self, ctx: &Context<'_>, input: LoginInput) -> async_graphql::Result<AuthPayload> {
+        let state = ctx.data::<AppState>()?;
+        let user = verify_credentials(&state.db, &input.email, &input.password).await.map_err(|e| e.extend())?;
+        let tokens = sessions::start_session(state, user, &client_info(ctx)).await.map_err(|e| e.extend())?;
+        Ok(tokens.into())
+    }
+
+    /// Exchange a refresh token for a new pair. Each refresh token works once;
+    /// presenting a used one ends the whole session.
+    async fn refresh_token(&self, ctx: &Context<'_>, refresh_token: String) -> async_graphql::Result<AuthPayload> {
+        let state = ctx.data::<AppState>()?;
+        let tokens = sessions::rotate_refresh_token(state, &refresh_token).await.map_err(|e| e.extend())?;
+        Ok(tokens.into())
+    }
+
+    /// End the session the refresh token belongs to. `false` if the token is unknown.
+    async fn logout(&self, ctx: &Context<'_>, refresh_token: String) -> async_graphql::Result<bool> {
+        let state = ctx.data::<AppState>()?;
+        sessions::logout(&state.db, &refresh_token).await.map_err(|e| e.extend())
+    }
+
+    /// End every session of the caller, this one included.
+    #[graphql(guard = "AuthenticatedGuard")]
+    async fn revoke_all_sessions(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
+        let state = ctx.data::<AppState>()?;
+        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        sessions::revoke_all_sessions(&state.db, principal.user_id, "revoke all sessions").await.map_err(|e| e.extend())?;
+        Ok(true)
+    }
+
+    /// Create an API key; its role defaults to, and may not exceed, the caller's.
+    #[graphql(guard = "PermissionGuard(Permission::ManageApiKeys)")]
+    async fn create_api_key(&self, ctx: &Context<'_>, name: String, role: Option<Role>) -> async_graphql::Result<ApiKeyPayload> {
+        let state = ctx.data::<AppState>()?;
+        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        let created = api_keys::create_api_key(&state.db, principal.user_id, principal.role, &name, role.map(Into::into))
+            .await
+            .map_err(|e| e.extend())?;
+        Ok(ApiKeyPayload { api_key: created.model.into(), secret: created.secret })
+    }
+
+    /// Revoke one of the caller's API keys; it stops working on the next request.
+    #[graphql(guard = "AuthenticatedGuard")]
+    async fn revoke_api_key(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
+        let state = ctx.data::<AppState>()?;
+        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        let id = parse_id(&id, "API key").map_err(|e| e.extend())?;
+        api_keys::revoke_api_key(&state.db, principal.user_id, id).await.map_err(|e| e.extend())
+    }
+
+    /// Change a user's role. Admins only; takes effect on the user's next request.
+    #[graphql(guard = "PermissionGuard(Permission::ManageUsers)")]
+    async fn set_user_role(&self, ctx: &Context<'_>, id: ID, role: Role) -> async_graphql::Result<User> {
+        let state = ctx.data::<AppState>()?;
+        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        let role: entities::Role = role.into();
+        if rank(role) > rank(principal.role) {
+            return Err(AppError::forbidden("cannot grant a role above your own").extend());
+        }
+        let user = find_user(state, &id).await?;
+        let mut active: user::ActiveModel = user.into();
+        active.role = Set(role);
+        active.updated_at = Set(Utc::now());
+        let user = active.update(&state.db).await.map_err(|e| AppError::from(e).extend())?;
+        Ok(user.into())
+    }
+
+    /// Disable an account and end its sessions. Admins only.
+    #[graphql(guard = "PermissionGuard(Permission::ManageUsers)")]
+    async fn disable_user(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<User> {
+        let state = ctx.data::<AppState>()?;
+        let user = find_user(state, &id).await?;
+        let user_id = user.id;
+        let mut active: user::ActiveModel = user.into();
+        active.disabled = Set(true);
+        active.updated_at = Set(Utc::now());
+        let user = active.update(&state.db).await.map_err(|e| AppError::from(e).extend())?;
+        sessions::revoke_all_sessions(&state.db, user_id, "account disabled").await.map_err(|e| e.extend())?;
+        Ok(user.into())
+    }
+}
+
+async fn find_user(state: &AppState, id: &ID) -> async_graphql::Result<user::Model> {
+    let id = parse_id(id, "user").map_err(|e| e.extend())?;
+    user::Entity::find_by_id(id)
+        .one(&state.db)
+        .await
+        .map_err(|e| AppError::from(e).extend())?
+        .ok_or_else(|| AppError::not_found("user").extend())
+}
