@@ -12,6 +12,7 @@ pub mod error;
 pub mod graphql;
 pub mod http;
 pub mod keys;
+pub mod media;
 pub mod redis_client;
 pub mod startup;
 pub mod storage;

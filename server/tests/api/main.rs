@@ -5,6 +5,7 @@ mod api_keys;
 mod auth;
 mod helpers;
 mod http_basics;
+mod media;
 mod process;
 mod rate_limit;
 mod ready;
