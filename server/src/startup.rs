@@ -42,6 +42,7 @@ pub struct Application {
     addr: SocketAddr,
     server: Server,
     state: AppState,
+    signals: ShutdownSignals,
 }
 
 impl Application {
@@ -57,6 +58,9 @@ impl Application {
             crate::db::migrate(&db).await?;
         }
 
+        // Installed before the address is announced, so a SIGTERM sent the moment
+        // the server says it listens is a graceful shutdown, not the default kill.
+        let signals = ShutdownSignals::install()?;
         let listener = TcpListener::bind(settings.bind_addr()?)
             .map_err(|e| anyhow::anyhow!("binding {}: {e}", settings.server.bind))?;
         let addr = listener.local_addr()?;
@@ -127,7 +131,7 @@ impl Application {
             redis = state.redis.is_some(),
             "listening on http://{addr}"
         );
-        Ok(Self { addr, server, state })
+        Ok(Self { addr, server, state, signals })
     }
 
     pub fn port(&self) -> u16 {
@@ -151,8 +155,9 @@ impl Application {
     /// hub actors.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let handle = self.server.handle();
+        let mut signals = self.signals;
         actix_rt::spawn(async move {
-            if let Some(signal) = wait_for_signal().await {
+            if let Some(signal) = signals.recv().await {
                 tracing::info!(signal, "shutting down: draining in-flight requests");
                 handle.stop(true).await;
             }
@@ -164,23 +169,38 @@ impl Application {
     }
 }
 
-/// Resolves with the signal's name on SIGTERM or SIGINT.
-pub async fn wait_for_signal() -> Option<&'static str> {
+/// SIGTERM and SIGINT handlers, installed when created.
+pub struct ShutdownSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-            tracing::error!("cannot install signal handlers");
-            return None;
-        };
-        tokio::select! {
-            _ = term.recv() => Some("SIGTERM"),
-            _ = int.recv() => Some("SIGINT"),
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    pub fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await.ok().map(|_| "ctrl-c")
+
+    /// Resolves with the signal's name on SIGTERM or SIGINT.
+    pub async fn recv(&mut self) -> Option<&'static str> {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => Some("SIGTERM"),
+                _ = self.int.recv() => Some("SIGINT"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            tokio::signal::ctrl_c().await.ok().map(|_| "ctrl-c")
+        }
     }
 }
 

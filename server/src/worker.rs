@@ -60,16 +60,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     if settings.database.migrate_on_start {
         crate::db::migrate(&db).await?;
     }
+    let mut signals = crate::startup::ShutdownSignals::install()?;
     let capacity = settings.worker_concurrency();
     let registration = WorkerRegistration::register(db, capacity).await?;
     tracing::info!(worker = %registration.id, capacity, "worker registered");
 
     let every = Duration::from_secs(settings.workers.heartbeat_secs.max(1));
-    let signal = crate::startup::wait_for_signal();
-    tokio::pin!(signal);
     loop {
         tokio::select! {
-            received = &mut signal => {
+            received = signals.recv() => {
                 tracing::info!(signal = received.unwrap_or("unknown"), "worker shutting down");
                 break;
             }

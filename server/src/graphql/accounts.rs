@@ -117,6 +117,20 @@ fn parse_id(id: &ID, what: &str) -> Result<Uuid, AppError> {
     Uuid::parse_str(id.as_str()).map_err(|_| AppError::not_found(what))
 }
 
+/// Sign-in attempts are charged per IP (`auth_ip`) and, for a login, per account
+/// and IP (`auth`): guessing one account slows down fast, yet an attacker locked
+/// out of a victim's account from their address does not lock out the victim,
+/// who signs in from another.
+async fn limit_sign_in(state: &AppState, ctx: &Context<'_>, email: Option<&str>) -> Result<(), crate::error::AppError> {
+    let ip = client_info(ctx).ip.unwrap_or_else(|| "unknown".into());
+    crate::http::rate_limit::enforce(state, "auth_ip", ip.clone(), 1).await?;
+    if let Some(email) = email {
+        let account = crate::auth::accounts::normalize_email(email).unwrap_or_else(|_| email.trim().to_lowercase());
+        crate::http::rate_limit::enforce(state, "auth", format!("{account}|{ip}"), 1).await?;
+    }
+    Ok(())
+}
+
 fn client_info(ctx: &Context<'_>) -> ClientInfo {
     ctx.data_opt::<ClientInfo>().cloned().unwrap_or_default()
 }
@@ -186,6 +200,7 @@ impl AccountsMutation {
     /// Create an account (role USER) and sign in.
     async fn register(&self, ctx: &Context<'_>, input: RegisterInput) -> async_graphql::Result<AuthPayload> {
         let state = ctx.data::<AppState>()?;
+        limit_sign_in(state, ctx, None).await.map_err(|e| e.extend())?;
         let user = create_user(&state.db, &input.email, &input.password, &input.display_name, entities::Role::User)
             .await
             .map_err(|e| e.extend())?;
@@ -196,6 +211,7 @@ impl AccountsMutation {
     /// Sign in with email and password; starts a new session.
     async fn login(&self, ctx: &Context<'_>, input: LoginInput) -> async_graphql::Result<AuthPayload> {
         let state = ctx.data::<AppState>()?;
+        limit_sign_in(state, ctx, Some(&input.email)).await.map_err(|e| e.extend())?;
         let user = verify_credentials(&state.db, &input.email, &input.password).await.map_err(|e| e.extend())?;
         let tokens = sessions::start_session(state, user, &client_info(ctx)).await.map_err(|e| e.extend())?;
         Ok(tokens.into())

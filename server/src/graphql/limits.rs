@@ -5,9 +5,15 @@
 
 use std::sync::Arc;
 
-use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
+use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextValidation};
 use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
-use async_graphql::{Pos, Positioned, ServerError, ServerResult, Variables};
+use async_graphql::{Pos, Positioned, ServerError, ServerResult, ValidationResult, Variables};
+
+use crate::auth::principal::ClientInfo;
+use crate::startup::AppState;
+
+/// Complexity points that cost one extra request of the caller's `api` budget.
+pub const COMPLEXITY_PER_REQUEST: usize = 25;
 
 #[derive(Debug, Clone, Copy)]
 pub struct DocumentLimits {
@@ -86,6 +92,41 @@ impl Extension for DocumentLimits {
             )));
         }
         Ok(document)
+    }
+}
+
+/// Charges a document's complexity to the caller's `api` rate-limit bucket (the
+/// HTTP middleware has charged one request already), so a few expensive queries
+/// use up the budget as fast as many cheap ones.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryCost;
+
+impl ExtensionFactory for QueryCost {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(QueryCost)
+    }
+}
+
+#[async_trait::async_trait]
+impl Extension for QueryCost {
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        let result = next.run(ctx).await?;
+        let extra = u32::try_from(result.complexity / COMPLEXITY_PER_REQUEST).unwrap_or(u32::MAX);
+        if extra == 0 {
+            return Ok(result);
+        }
+        let (Some(state), Some(client)) = (ctx.data_opt::<AppState>(), ctx.data_opt::<ClientInfo>()) else {
+            return Ok(result);
+        };
+        let subject = client.ip.clone().unwrap_or_else(|| "unknown".into());
+        match crate::http::rate_limit::enforce(state, "api", subject, extra).await {
+            Ok(_) => Ok(result),
+            Err(err) => Err(vec![err.to_graphql().into_server_error(Pos::default())]),
+        }
     }
 }
 

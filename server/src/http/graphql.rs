@@ -1,15 +1,35 @@
-//! `POST /graphql`, the GraphiQL page at `GET /graphql`, and subscriptions over
-//! WebSocket at `GET /graphql/ws` (`graphql-transport-ws` and `graphql-ws`).
+//! `POST /graphql` and the GraphiQL page at `GET /graphql`. (Subscriptions are
+//! served by the WebSocket `Session` actor in `ws_session.rs`.)
 
-use actix_web::http::header::USER_AGENT;
+use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE, USER_AGENT};
 use actix_web::{web, HttpRequest, HttpResponse};
-use async_graphql::http::GraphiQLSource;
-use async_graphql_actix_web::{GraphQLBatchRequest, GraphQLResponse, GraphQLSubscription};
+use async_graphql::http::{GraphiQLSource, MultipartOptions};
+use async_graphql_actix_web::GraphQLResponse;
+use futures::StreamExt;
 
 use crate::auth::principal::{authenticate, ClientInfo};
 use crate::error::{AppError, ErrorCode};
 use crate::graphql::AppSchema;
 use crate::startup::AppState;
+
+/// Read the body, refusing it with `PAYLOAD_TOO_LARGE` as soon as it passes `max`
+/// bytes: a stranger cannot make the server buffer more than that.
+async fn read_limited(req: &HttpRequest, mut payload: web::Payload, max: usize) -> Result<web::Bytes, AppError> {
+    let too_large = || AppError::new(ErrorCode::PayloadTooLarge, format!("the request body may be at most {max} bytes"));
+    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > max) {
+        return Err(too_large());
+    }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(max));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| AppError::bad_input("the request body could not be read").with_source(e))?;
+        if body.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
 
 /// Credentials are checked once per HTTP request; invalid ones do not fail the
 /// request but make guarded fields answer `UNAUTHENTICATED`.
@@ -18,9 +38,16 @@ pub async fn graphql(
     state: web::Data<AppState>,
     schema: web::Data<AppSchema>,
     req: HttpRequest,
-    request: GraphQLBatchRequest,
+    payload: web::Payload,
 ) -> Result<GraphQLResponse, AppError> {
-    let batch = request.into_inner();
+    let body = read_limited(&req, payload, state.settings.server.max_graphql_body_bytes).await?;
+    let content_type = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+    // Multipart (file upload) requests are not part of this API: uploads go through
+    // presigned URLs and tus, so a multipart body cannot smuggle files in here.
+    let options = MultipartOptions::default().max_num_files(0).max_file_size(0);
+    let batch = async_graphql::http::receive_batch_body(content_type, body.as_ref(), options)
+        .await
+        .map_err(|e| AppError::bad_input(format!("invalid GraphQL request: {e}")))?;
     if let async_graphql::BatchRequest::Batch(items) = &batch {
         let max = state.settings.graphql.max_batch_size;
         if items.len() > max {
@@ -29,7 +56,9 @@ pub async fn graphql(
     }
     let auth = authenticate(&state, req.headers()).await;
     let client = ClientInfo {
-        ip: req.connection_info().realip_remote_addr().map(str::to_string),
+        // The TCP peer, not X-Forwarded-For: rate limits and session records must
+        // not be steerable by a header the client writes.
+        ip: req.peer_addr().map(|addr| addr.ip().to_string()),
         user_agent: req.headers().get(USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string),
     };
     Ok(schema.execute_batch(batch.data(auth).data(client)).await.into())
@@ -41,12 +70,4 @@ pub async fn graphiql(state: web::Data<AppState>) -> Result<HttpResponse, AppErr
     }
     let page = GraphiQLSource::build().endpoint("/graphql").subscription_endpoint("/graphql/ws").title("reelhouse GraphiQL").finish();
     Ok(HttpResponse::Ok().content_type("text/html; charset=utf-8").body(page))
-}
-
-pub async fn graphql_ws(
-    schema: web::Data<AppSchema>,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> Result<HttpResponse, actix_web::Error> {
-    GraphQLSubscription::new(schema.get_ref().clone()).start(&req, payload)
 }

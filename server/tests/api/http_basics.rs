@@ -1,6 +1,6 @@
 //! Health, metrics, GraphiQL, serverInfo and malformed input on a spawned server.
 
-use crate::helpers::{backend, spawn_app, Backend};
+use crate::helpers::{backend, spawn_app, spawn_app_with, Backend};
 
 #[actix_web::test]
 async fn health_and_ready_answer_200_on_a_fresh_server() {
@@ -148,4 +148,30 @@ async fn alias_and_directive_bombs_are_refused_before_execution() {
     // Within the limits the same shapes work.
     let (_, body) = app.graphql("{ a: serverInfo { version } b: serverInfo @skip(if: true) { version } }", serde_json::json!({})).await;
     assert_eq!(body["data"]["a"]["version"], env!("CARGO_PKG_VERSION"), "{body}");
+}
+
+#[actix_web::test]
+async fn oversized_graphql_bodies_are_refused_with_413() {
+    let app = spawn_app_with(|s| s.server.max_graphql_body_bytes = 4096).await;
+    let padding = " ".repeat(8192);
+    let body = format!("{{\"query\": \"{{ serverInfo {{ version }} }}{padding}\"}}");
+    // Declared length over the limit.
+    let res = app.client.post(app.url("/graphql")).header("content-type", "application/json").body(body.clone()).send().await.unwrap();
+    assert_eq!(res.status(), 413);
+    let json: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(json["code"], "PAYLOAD_TOO_LARGE");
+    // Chunked, no declared length: cut off while streaming.
+    let chunks: Vec<Result<String, std::io::Error>> = body.as_bytes().chunks(1000).map(|c| Ok(String::from_utf8_lossy(c).to_string())).collect();
+    let res = app
+        .client
+        .post(app.url("/graphql"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    // Within the limit, fine.
+    let (status, body) = app.graphql("{ serverInfo { version } }", serde_json::json!({})).await;
+    assert_eq!(status, 200, "{body}");
 }

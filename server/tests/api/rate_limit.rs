@@ -100,3 +100,59 @@ async fn supervisor_restarts_a_crashed_rate_limiter() {
     assert_eq!(res.status(), 200);
     assert!(res.headers().contains_key("ratelimit"), "the new limiter answers");
 }
+
+#[actix_web::test]
+async fn expensive_queries_spend_the_budget_faster_than_cheap_ones() {
+    let app = spawn_app_with(|s| {
+        s.rate_limit.policies.insert("api".into(), PolicySettings::new(20, 60, 20, true));
+    })
+    .await;
+    let expensive: String = (0..30).map(|i| format!("a{i}: serverInfo {{ version mode instance startedAt }} ")).collect();
+    let expensive = format!("{{ {expensive} }}");
+    for _ in 0..2 {
+        let (status, body) = app.graphql(&expensive, serde_json::json!({})).await;
+        assert_eq!(status, 200);
+        assert!(body["errors"].is_null(), "{body}");
+    }
+    let (_, body) = app.graphql(&expensive, serde_json::json!({})).await;
+    assert_eq!(body["errors"][0]["extensions"]["code"], "RATE_LIMITED", "{body}");
+    assert!(body["errors"][0]["extensions"]["retryAfter"].as_u64().unwrap() >= 1, "{body}");
+    assert!(body["data"].is_null(), "refused before execution: {body}");
+    // A cheap query still fits in what is left.
+    let (_, body) = app.graphql("{ serverInfo { version } }", serde_json::json!({})).await;
+    assert_eq!(body["data"]["serverInfo"]["version"], env!("CARGO_PKG_VERSION"), "{body}");
+}
+
+#[actix_web::test]
+async fn a_locked_out_attacker_does_not_lock_out_the_victim_from_another_ip() {
+    let app = spawn_app_with(|_| {}).await;
+    let victim = app.register_user().await;
+    let login = "mutation($input: LoginInput!) { login(input: $input) { accessToken } }";
+    let attempt = |password: &str| serde_json::json!({ "input": { "email": victim.email, "password": password } });
+
+    // The attacker (127.0.0.1) guesses until the `auth` bucket (burst 5) is empty.
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        let (_, body) = app.graphql(login, attempt("wrong password 1")).await;
+        codes.push(crate::helpers::error_code(&body).unwrap_or_default());
+    }
+    assert_eq!(&codes[..5], &["UNAUTHENTICATED"; 5], "{codes:?}");
+    assert_eq!(codes[5], "RATE_LIMITED", "{codes:?}");
+    // Even the right password is refused from the attacker's address now.
+    let (_, body) = app.graphql(login, attempt(crate::helpers::TEST_PASSWORD)).await;
+    assert_eq!(crate::helpers::error_code(&body).as_deref(), Some("RATE_LIMITED"), "{body}");
+    assert!(body["errors"][0]["extensions"]["retryAfter"].as_u64().is_some(), "{body}");
+
+    // The victim, from another address, signs in.
+    let victim_client = reqwest::Client::builder().local_address(Some("127.0.0.2".parse().unwrap())).build().unwrap();
+    let body: serde_json::Value = victim_client
+        .post(app.url("/graphql"))
+        .json(&serde_json::json!({ "query": login, "variables": attempt(crate::helpers::TEST_PASSWORD) }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(body["data"]["login"]["accessToken"].is_string(), "{body}");
+}
