@@ -89,7 +89,7 @@ impl Application {
             store,
             redis,
             hubs,
-            tokens: Arc::new(TokenKeys::new(&settings.auth, &keys.jwt)),
+            tokens: Arc::new(TokenKeys::new(&settings.auth, &keys.jwt).map_err(|e| anyhow::anyhow!("{}", e.message()))?),
             keys,
             metrics,
             instance_id,
@@ -99,11 +99,14 @@ impl Application {
         let schema = web::Data::new(build_schema(&settings.graphql, Some(state.clone())));
         let state_data = web::Data::new(state.clone());
         let local_data = local_store.map(web::Data::new);
+        let settings_for_app = settings.clone();
 
         let server = HttpServer::new(move || {
             let mut app = App::new()
                 .wrap(from_fn(crate::http::rate_limit::limit_api))
                 .wrap(from_fn(crate::http::metrics_mw::record))
+                .wrap(from_fn(crate::http::hygiene::enforce_tls))
+                .wrap(crate::http::hygiene::cors(&settings_for_app.server))
                 .wrap(TracingLogger::default())
                 .wrap(
                     DefaultHeaders::new()

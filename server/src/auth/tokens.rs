@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::config::AuthSettings;
+use crate::config::{AuthSettings, JwtAlgorithm};
 use crate::error::AppError;
 
 /// Leeway for clock skew between replicas when checking `exp` and `nbf`.
@@ -106,23 +106,57 @@ pub fn derive_jwt_key(master: &[u8]) -> Vec<u8> {
 impl TokenKeys {
     /// `current_key` is `ServerKeys::jwt` (derived from `auth.jwt_secret`); the
     /// previous master secrets in `auth.previous_jwt_secrets` are derived the same way.
-    pub fn new(settings: &AuthSettings, current_key: &[u8]) -> Self {
-        let mut decoding = HashMap::new();
-        for previous in &settings.previous_jwt_secrets {
-            let key = derive_jwt_key(previous.expose().as_bytes());
-            decoding.insert(key_id(&key), DecodingKey::from_secret(&key));
-        }
-        let signing_kid = key_id(current_key);
-        decoding.insert(signing_kid.clone(), DecodingKey::from_secret(current_key));
-        Self {
-            algorithm: Algorithm::HS256,
+    /// With `EdDSA`/`RS256` the PEM keys in the settings are used instead, each
+    /// public key's `kid` being the hash of its PEM text.
+    pub fn new(settings: &AuthSettings, current_key: &[u8]) -> Result<Self, AppError> {
+        let (algorithm, signing_kid, encoding, decoding) = match settings.algorithm {
+            JwtAlgorithm::HS256 => {
+                let mut decoding = HashMap::new();
+                for previous in &settings.previous_jwt_secrets {
+                    let key = derive_jwt_key(previous.expose().as_bytes());
+                    decoding.insert(key_id(&key), DecodingKey::from_secret(&key));
+                }
+                let signing_kid = key_id(current_key);
+                decoding.insert(signing_kid.clone(), DecodingKey::from_secret(current_key));
+                (Algorithm::HS256, signing_kid, EncodingKey::from_secret(current_key), decoding)
+            }
+            JwtAlgorithm::EdDSA | JwtAlgorithm::RS256 => {
+                let ed = settings.algorithm == JwtAlgorithm::EdDSA;
+                let bad = |what: &str| {
+                    AppError::new(
+                        crate::error::ErrorCode::Internal,
+                        format!("auth.{what} is not a valid PEM key for {:?}", settings.algorithm),
+                    )
+                };
+                let private = settings.signing_key_pem.as_ref().ok_or_else(|| bad("signing_key_pem"))?;
+                let encoding = if ed {
+                    EncodingKey::from_ed_pem(private.expose().as_bytes())
+                } else {
+                    EncodingKey::from_rsa_pem(private.expose().as_bytes())
+                }
+                .map_err(|_| bad("signing_key_pem"))?;
+                let mut decoding = HashMap::new();
+                let mut first = None;
+                for pem in &settings.verification_keys_pem {
+                    let key = if ed { DecodingKey::from_ed_pem(pem.as_bytes()) } else { DecodingKey::from_rsa_pem(pem.as_bytes()) }
+                        .map_err(|_| bad("verification_keys_pem"))?;
+                    let kid = key_id(pem.trim().as_bytes());
+                    first.get_or_insert_with(|| kid.clone());
+                    decoding.insert(kid, key);
+                }
+                let signing_kid = first.ok_or_else(|| bad("verification_keys_pem"))?;
+                (if ed { Algorithm::EdDSA } else { Algorithm::RS256 }, signing_kid, encoding, decoding)
+            }
+        };
+        Ok(Self {
+            algorithm,
             signing_kid,
-            encoding: EncodingKey::from_secret(current_key),
+            encoding,
             decoding,
             issuer: settings.issuer.clone(),
             audience: settings.audience.clone(),
             access_ttl_secs: i64::try_from(settings.access_token_ttl_secs).unwrap_or(i64::MAX / 2),
-        }
+        })
     }
 
     pub fn signing_kid(&self) -> &str {
@@ -182,15 +216,81 @@ mod tests {
     fn previous_keys_verify_and_unknown_kids_are_refused() {
         let old_master = "old-master-secret-old-master-secret";
         let mut settings = AuthSettings::default();
-        let old = TokenKeys::new(&settings, &derive_jwt_key(old_master.as_bytes()));
+        let old = TokenKeys::new(&settings, &derive_jwt_key(old_master.as_bytes())).unwrap();
         let issued = old.issue_access_token(Uuid::now_v7(), Role::User, Uuid::now_v7()).unwrap();
 
         settings.previous_jwt_secrets = vec![Secret::new(old_master)];
-        let rotated = TokenKeys::new(&settings, &derive_jwt_key(b"new-master-secret-new-master-secret"));
+        let rotated = TokenKeys::new(&settings, &derive_jwt_key(b"new-master-secret-new-master-secret")).unwrap();
         assert!(rotated.verify_access_token(&issued.token).is_ok());
 
         settings.previous_jwt_secrets.clear();
-        let retired = TokenKeys::new(&settings, &derive_jwt_key(b"new-master-secret-new-master-secret"));
+        let retired = TokenKeys::new(&settings, &derive_jwt_key(b"new-master-secret-new-master-secret")).unwrap();
         assert!(matches!(retired.verify_access_token(&issued.token), Err(TokenError::UnknownKid(_))));
+    }
+
+    const ED_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIGiNGDT+9uaoIEx35DCC42bwNn3Wycp3QOPkEP8x91fD\n-----END PRIVATE KEY-----\n";
+    const ED_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEABT6BPA2s5ItQ0Z7YSPuqoWRzoOjx68sLbyuBPSilTeA=\n-----END PUBLIC KEY-----\n";
+    const ED2_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIEvYwiLBCaDwPS7gleyhxSzvkCMecOr/7A1dP98rvFoZ\n-----END PRIVATE KEY-----\n";
+    const ED2_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAJzy2YcObk9fRveNOpcaA87HdK95AhIsSA7T7iYLYkGw=\n-----END PUBLIC KEY-----\n";
+
+    fn eddsa(private: &str, publics: &[&str]) -> TokenKeys {
+        let settings = AuthSettings {
+            algorithm: JwtAlgorithm::EdDSA,
+            signing_key_pem: Some(Secret::new(private)),
+            verification_keys_pem: publics.iter().map(|p| p.to_string()).collect(),
+            ..AuthSettings::default()
+        };
+        TokenKeys::new(&settings, b"unused for EdDSA").unwrap()
+    }
+
+    #[test]
+    fn eddsa_tokens_sign_verify_and_rotate() {
+        let first = eddsa(ED_PRIVATE, &[ED_PUBLIC]);
+        let issued = first.issue_access_token(Uuid::now_v7(), Role::User, Uuid::now_v7()).unwrap();
+        let header = jsonwebtoken::decode_header(&issued.token).unwrap();
+        assert_eq!(header.alg, Algorithm::EdDSA);
+        assert!(first.verify_access_token(&issued.token).is_ok());
+
+        // The new key signs; the old public key still verifies until it is removed.
+        let rotated = eddsa(ED2_PRIVATE, &[ED2_PUBLIC, ED_PUBLIC]);
+        assert!(rotated.verify_access_token(&issued.token).is_ok());
+        let fresh = rotated.issue_access_token(Uuid::now_v7(), Role::User, Uuid::now_v7()).unwrap();
+        assert!(rotated.verify_access_token(&fresh.token).is_ok());
+        assert!(matches!(first.verify_access_token(&fresh.token), Err(TokenError::UnknownKid(_))));
+        let retired = eddsa(ED2_PRIVATE, &[ED2_PUBLIC]);
+        assert!(matches!(retired.verify_access_token(&issued.token), Err(TokenError::UnknownKid(_))));
+    }
+
+    #[test]
+    fn hs256_signed_with_the_public_key_is_refused_under_eddsa() {
+        let keys = eddsa(ED_PRIVATE, &[ED_PUBLIC]);
+        let now = Utc::now().timestamp();
+        let claims = AccessClaims {
+            iss: "reelhouse".into(),
+            aud: "reelhouse".into(),
+            sub: Uuid::now_v7().to_string(),
+            exp: now + 600,
+            iat: now,
+            nbf: now,
+            jti: "x".into(),
+            role: Role::Admin,
+            sid: Uuid::now_v7(),
+            typ: ACCESS_TOKEN_TYPE.into(),
+        };
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(keys.signing_kid().to_string());
+        let forged = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(ED_PUBLIC.as_bytes())).unwrap();
+        assert!(matches!(keys.verify_access_token(&forged), Err(TokenError::WrongAlgorithm(Algorithm::HS256))));
+    }
+
+    #[test]
+    fn a_malformed_pem_key_is_a_startup_error() {
+        let settings = AuthSettings {
+            algorithm: JwtAlgorithm::EdDSA,
+            signing_key_pem: Some(Secret::new("not a key")),
+            verification_keys_pem: vec![ED_PUBLIC.into()],
+            ..AuthSettings::default()
+        };
+        assert!(TokenKeys::new(&settings, b"x").is_err());
     }
 }

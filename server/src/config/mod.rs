@@ -49,6 +49,20 @@ pub struct ServerSettings {
     pub heartbeat_interval_ms: u64,
     /// Largest request body accepted by the GraphQL endpoint.
     pub max_graphql_body_bytes: usize,
+    /// Origins allowed to call the API from a browser (CORS), e.g.
+    /// `["https://app.example.com"]`; empty allows none; `["*"]` allows any.
+    pub cors_allowed_origins: Vec<String>,
+    /// Behind a TLS-terminating proxy: `off`, `redirect` plain-HTTP requests to
+    /// https, or `refuse` them; decided from `X-Forwarded-Proto`/`Forwarded`.
+    pub tls_enforcement: TlsEnforcement,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsEnforcement {
+    Off,
+    Redirect,
+    Refuse,
 }
 
 impl Default for ServerSettings {
@@ -60,6 +74,8 @@ impl Default for ServerSettings {
             shutdown_timeout_secs: 30,
             heartbeat_interval_ms: 1000,
             max_graphql_body_bytes: 256 * 1024,
+            cors_allowed_origins: Vec::new(),
+            tls_enforcement: TlsEnforcement::Off,
         }
     }
 }
@@ -165,6 +181,13 @@ pub struct AuthSettings {
     /// Retired master secrets whose tokens still verify (never sign) while they
     /// expire; remove one to refuse everything it signed.
     pub previous_jwt_secrets: Vec<Secret>,
+    /// Access-token algorithm: `HS256` (keys derived from `jwt_secret`), or `EdDSA` /
+    /// `RS256` with the PEM keys below. Tokens naming any other algorithm are refused.
+    pub algorithm: JwtAlgorithm,
+    /// PEM private key that signs access tokens (`EdDSA`/`RS256` only).
+    pub signing_key_pem: Option<Secret>,
+    /// PEM public keys that verify: the signing key's own first, then retired ones.
+    pub verification_keys_pem: Vec<String>,
     pub issuer: String,
     pub audience: String,
     pub access_token_ttl_secs: u64,
@@ -176,12 +199,22 @@ impl Default for AuthSettings {
         Self {
             jwt_secret: None,
             previous_jwt_secrets: Vec::new(),
+            algorithm: JwtAlgorithm::HS256,
+            signing_key_pem: None,
+            verification_keys_pem: Vec::new(),
             issuer: "reelhouse".into(),
             audience: "reelhouse".into(),
             access_token_ttl_secs: 15 * 60,
             refresh_token_ttl_secs: 30 * 24 * 3600,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JwtAlgorithm {
+    HS256,
+    RS256,
+    EdDSA,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -334,6 +367,16 @@ impl Settings {
                 return Err(SettingsError::new("server.public_url", "must be an http:// or https:// URL"));
             }
         }
+        for origin in &self.server.cors_allowed_origins {
+            let valid = origin == "*"
+                || url::Url::parse(origin).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.path() == "/");
+            if !valid {
+                return Err(SettingsError::new(
+                    "server.cors_allowed_origins",
+                    format!("`{origin}` is not an origin like https://app.example.com"),
+                ));
+            }
+        }
         if self.server.heartbeat_interval_ms < 10 {
             return Err(SettingsError::new("server.heartbeat_interval_ms", "must be at least 10"));
         }
@@ -377,6 +420,17 @@ impl Settings {
         if let Some(secret) = &self.auth.jwt_secret {
             if secret.expose().len() < 32 {
                 return Err(SettingsError::new("auth.jwt_secret", "must be at least 32 bytes long"));
+            }
+        }
+        if self.auth.algorithm != JwtAlgorithm::HS256 {
+            if self.auth.signing_key_pem.is_none() {
+                return Err(SettingsError::new("auth.signing_key_pem", "required when auth.algorithm is EdDSA or RS256"));
+            }
+            if self.auth.verification_keys_pem.is_empty() {
+                return Err(SettingsError::new(
+                    "auth.verification_keys_pem",
+                    "list the signing key's public key (PEM) when auth.algorithm is EdDSA or RS256",
+                ));
             }
         }
         if self.auth.access_token_ttl_secs == 0 {

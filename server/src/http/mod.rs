@@ -2,6 +2,7 @@
 
 pub mod graphql;
 pub mod health;
+pub mod hygiene;
 pub mod metrics_mw;
 pub mod rate_limit;
 pub mod web_demo;

@@ -175,3 +175,70 @@ async fn oversized_graphql_bodies_are_refused_with_413() {
     let (status, body) = app.graphql("{ serverInfo { version } }", serde_json::json!({})).await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[actix_web::test]
+async fn cors_allows_only_listed_origins() {
+    let app = spawn_app_with(|s| s.server.cors_allowed_origins = vec!["https://player.example.com".into()]).await;
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, app.url("/graphql"))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header("Access-Control-Request-Headers", "content-type, authorization")
+            .send()
+    };
+    let allowed = preflight("https://player.example.com").await.unwrap();
+    assert!(allowed.status().is_success(), "{}", allowed.status());
+    assert_eq!(allowed.headers()["access-control-allow-origin"], "https://player.example.com");
+    let refused = preflight("https://evil.example.net").await.unwrap();
+    assert!(refused.headers().get("access-control-allow-origin").is_none());
+
+    let res = app.client.get(app.url("/graphql")).header("Origin", "https://player.example.com").send().await.unwrap();
+    assert_eq!(res.headers()["access-control-allow-origin"], "https://player.example.com");
+    let exposed = res.headers()["access-control-expose-headers"].to_str().unwrap().to_lowercase();
+    assert!(exposed.contains("retry-after") && exposed.contains("ratelimit"), "{exposed}");
+}
+
+#[actix_web::test]
+async fn tls_enforcement_redirects_or_refuses_plain_http_behind_a_proxy() {
+    use reelhouse::config::TlsEnforcement;
+    let redirecting = spawn_app_with(|s| s.server.tls_enforcement = TlsEnforcement::Redirect).await;
+    let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let res = no_redirects
+        .get(redirecting.url("/graphql?x=1"))
+        .header("X-Forwarded-Proto", "http")
+        .header("Host", "media.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 308);
+    assert_eq!(res.headers()["location"], "https://media.example.com/graphql?x=1");
+    let res = no_redirects.get(redirecting.url("/graphql")).header("X-Forwarded-Proto", "https").send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["strict-transport-security"].to_str().unwrap().contains("max-age="));
+    // Probes stay reachable over plain HTTP.
+    assert_eq!(no_redirects.get(redirecting.url("/health")).send().await.unwrap().status(), 200);
+
+    let refusing = spawn_app_with(|s| s.server.tls_enforcement = TlsEnforcement::Refuse).await;
+    let res = no_redirects.get(refusing.url("/graphql")).header("X-Forwarded-Proto", "http").send().await.unwrap();
+    assert_eq!(res.status(), 403);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "FORBIDDEN");
+}
+
+#[actix_web::test]
+async fn introspection_and_graphiql_can_be_switched_off() {
+    let app = spawn_app_with(|s| {
+        s.graphql.introspection = false;
+        s.graphql.playground = false;
+    })
+    .await;
+    let (_, body) = app.graphql("{ __schema { types { name } } }", serde_json::json!({})).await;
+    // async-graphql answers introspection with null when it is disabled.
+    assert!(body["data"].is_null() || body["data"]["__schema"].is_null(), "{body}");
+    assert!(!body.to_string().contains("ServerInfo"), "no type names leak: {body}");
+    let (_, body) = app.graphql("{ serverInf { version } }", serde_json::json!({})).await;
+    let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(!message.contains("serverInfo"), "no suggestions: {message}");
+    assert_eq!(app.client.get(app.url("/graphql")).send().await.unwrap().status(), 404);
+}

@@ -271,3 +271,30 @@ async fn log_files_rotate_daily_into_the_configured_dir_as_json() {
         assert!(event.get("level").is_some(), "{line}");
     }
 }
+
+#[tokio::test]
+async fn eddsa_settings_are_checked_at_start_up() {
+    let output = reelhouse_command()
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .env("REELHOUSE__AUTH__ALGORITHM", "EdDSA")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("auth.signing_key_pem"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let output = reelhouse_command()
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("REELHOUSE__AUTH__ALGORITHM", "EdDSA")
+        .env("REELHOUSE__AUTH__SIGNING_KEY_PEM", "garbage")
+        .env("REELHOUSE__AUTH__VERIFICATION_KEYS_PEM", "[\"garbage\"]")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("auth.signing_key_pem is not a valid PEM key"), "{stderr}");
+}
