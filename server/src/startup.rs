@@ -165,7 +165,25 @@ impl Application {
                 handle.stop(true).await;
             }
         });
+        // Embedded mode runs the workers in this process.
+        let (stop_workers, workers_stopped) = tokio::sync::oneshot::channel::<()>();
+        let workers = self.state.settings.workers.embedded.then(|| {
+            let db = self.state.db.clone();
+            let settings = self.state.settings.clone();
+            actix_rt::spawn(async move {
+                let stop = async move {
+                    let _ = workers_stopped.await;
+                };
+                if let Err(err) = crate::worker::run_until(db, &settings, stop).await {
+                    tracing::error!(error = ?err, "in-process workers stopped with an error");
+                }
+            })
+        });
         self.server.await?;
+        let _ = stop_workers.send(());
+        if let Some(workers) = workers {
+            let _ = workers.await;
+        }
         self.state.hubs.stop();
         tracing::info!("stopped");
         Ok(())

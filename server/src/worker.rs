@@ -61,17 +61,28 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         crate::db::migrate(&db).await?;
     }
     let mut signals = crate::startup::ShutdownSignals::install()?;
+    let stop = async move {
+        let received = signals.recv().await;
+        tracing::info!(signal = received.unwrap_or("unknown"), "worker shutting down");
+    };
+    run_until(db, &settings, stop).await
+}
+
+/// The worker runtime, shared by `reelhouse worker` and embedded `serve`:
+/// register, heartbeat until `stop` resolves, deregister.
+pub async fn run_until(
+    db: DatabaseConnection,
+    settings: &Settings,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let capacity = settings.worker_concurrency();
     let registration = WorkerRegistration::register(db, capacity).await?;
     tracing::info!(worker = %registration.id, capacity, "worker registered");
-
     let every = Duration::from_secs(settings.workers.heartbeat_secs.max(1));
+    tokio::pin!(stop);
     loop {
         tokio::select! {
-            received = signals.recv() => {
-                tracing::info!(signal = received.unwrap_or("unknown"), "worker shutting down");
-                break;
-            }
+            _ = &mut stop => break,
             _ = tokio::time::sleep(every) => {
                 // A missed heartbeat is not fatal: the database may be restarting.
                 if let Err(err) = registration.heartbeat().await {

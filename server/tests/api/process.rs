@@ -298,3 +298,30 @@ async fn eddsa_settings_are_checked_at_start_up() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("auth.signing_key_pem is not a valid PEM key"), "{stderr}");
 }
+
+#[tokio::test]
+async fn embedded_serve_runs_its_workers_in_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = reelhouse_command();
+    cmd.arg("--data-dir").arg(dir.path());
+    let server = ServerProcess::serve(cmd).await;
+    let db = Database::connect(sqlite_url(dir.path())).await.unwrap();
+    assert!(
+        eventually(100, || async { worker::Entity::find().count(&db).await.unwrap_or(0) == 1 }).await,
+        "serve registers its in-process worker"
+    );
+    let row = worker::Entity::find().one(&db).await.unwrap().unwrap();
+    assert_eq!(row.pid as u32, server.child.id().unwrap());
+    let (status, _) = server.terminate().await;
+    assert!(status.success());
+    assert_eq!(worker::Entity::find().count(&db).await.unwrap(), 0, "deregistered on shutdown");
+
+    // With workers.embedded = false the API runs alone.
+    let mut cmd = reelhouse_command();
+    cmd.arg("--data-dir").arg(dir.path()).env("REELHOUSE__WORKERS__EMBEDDED", "false");
+    let server = ServerProcess::serve(cmd).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(worker::Entity::find().count(&db).await.unwrap(), 0);
+    let (status, _) = server.terminate().await;
+    assert!(status.success());
+}
