@@ -36,6 +36,17 @@ pub struct AppState {
     pub instance_id: String,
     pub started_at: DateTime<Utc>,
     pub public_url: String,
+    /// Parsed `server.trusted_proxies`.
+    pub trusted_proxies: Arc<Vec<crate::http::client_ip::IpRange>>,
+}
+
+impl AppState {
+    /// The client's address as a rate-limit subject (see `http::client_ip`).
+    pub fn client_ip(&self, peer: Option<SocketAddr>, headers: &actix_web::http::header::HeaderMap) -> String {
+        crate::http::client_ip::client_ip(peer, headers, &self.trusted_proxies)
+            .map(|ip| ip.to_string())
+            .unwrap_or_else(|| "unknown".into())
+    }
 }
 
 pub struct Application {
@@ -94,6 +105,7 @@ impl Application {
             metrics,
             instance_id,
             started_at: Utc::now(),
+            trusted_proxies: Arc::new(crate::http::client_ip::parse_ranges(&settings.server.trusted_proxies)),
             public_url,
         };
         let schema = web::Data::new(build_schema(&settings.graphql, Some(state.clone())));

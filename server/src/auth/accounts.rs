@@ -40,19 +40,29 @@ pub async fn create_user(
     if exists {
         return Err(AppError::new(ErrorCode::Conflict, "an account with this email already exists"));
     }
+    // argon2 is deliberately slow: keep it off the async workers.
+    let candidate = password.to_string();
+    let password_hash = tokio::task::spawn_blocking(move || hash_password(&candidate)).await.map_err(AppError::internal)??;
     let now = Utc::now();
     let model = user::ActiveModel {
         id: Set(Uuid::now_v7()),
         email: Set(email),
         display_name: Set(display_name.to_string()),
-        password_hash: Set(hash_password(password)?),
+        password_hash: Set(password_hash),
         role: Set(role),
         disabled: Set(false),
         storage_quota_bytes: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
     };
-    Ok(model.insert(db).await?)
+    // Two concurrent sign-ups with one email: the unique index decides, and the
+    // loser gets the same CONFLICT as a sequential duplicate.
+    model.insert(db).await.map_err(|err| match err.sql_err() {
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(_)) => {
+            AppError::new(ErrorCode::Conflict, "an account with this email already exists")
+        }
+        _ => AppError::from(err),
+    })
 }
 
 /// The same answer for an unknown email and a wrong password.

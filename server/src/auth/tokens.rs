@@ -148,7 +148,7 @@ impl TokenKeys {
                 (if ed { Algorithm::EdDSA } else { Algorithm::RS256 }, signing_kid, encoding, decoding)
             }
         };
-        Ok(Self {
+        let keys = Self {
             algorithm,
             signing_kid,
             encoding,
@@ -156,7 +156,17 @@ impl TokenKeys {
             issuer: settings.issuer.clone(),
             audience: settings.audience.clone(),
             access_ttl_secs: i64::try_from(settings.access_token_ttl_secs).unwrap_or(i64::MAX / 2),
-        })
+        };
+        // Refuse to start with a signing key whose tokens would not verify (e.g. the
+        // public keys listed in the wrong order during a rotation).
+        let probe = keys.issue_access_token(Uuid::nil(), Role::Viewer, Uuid::nil())?;
+        keys.verify_access_token(&probe.token).map_err(|_| {
+            AppError::new(
+                crate::error::ErrorCode::Internal,
+                "auth: tokens signed with the signing key do not verify; list its public key first in auth.verification_keys_pem",
+            )
+        })?;
+        Ok(keys)
     }
 
     pub fn signing_kid(&self) -> &str {
@@ -281,6 +291,17 @@ mod tests {
         header.kid = Some(keys.signing_kid().to_string());
         let forged = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(ED_PUBLIC.as_bytes())).unwrap();
         assert!(matches!(keys.verify_access_token(&forged), Err(TokenError::WrongAlgorithm(Algorithm::HS256))));
+    }
+
+    #[test]
+    fn a_signing_key_that_does_not_match_the_first_public_key_is_refused() {
+        let settings = AuthSettings {
+            algorithm: JwtAlgorithm::EdDSA,
+            signing_key_pem: Some(Secret::new(ED2_PRIVATE)),
+            verification_keys_pem: vec![ED_PUBLIC.into(), ED2_PUBLIC.into()],
+            ..AuthSettings::default()
+        };
+        assert!(TokenKeys::new(&settings, b"x").is_err());
     }
 
     #[test]

@@ -55,6 +55,10 @@ pub struct ServerSettings {
     /// Behind a TLS-terminating proxy: `off`, `redirect` plain-HTTP requests to
     /// https, or `refuse` them; decided from `X-Forwarded-Proto`/`Forwarded`.
     pub tls_enforcement: TlsEnforcement,
+    /// Addresses or ranges (`10.0.0.0/8`) of the reverse proxies in front of the
+    /// server. Only requests from these may set the client address
+    /// (`X-Forwarded-For`) and scheme (`X-Forwarded-Proto`); empty trusts nobody.
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +80,7 @@ impl Default for ServerSettings {
             max_graphql_body_bytes: 256 * 1024,
             cors_allowed_origins: Vec::new(),
             tls_enforcement: TlsEnforcement::Off,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -376,6 +381,20 @@ impl Settings {
                     format!("`{origin}` is not an origin like https://app.example.com"),
                 ));
             }
+        }
+        for entry in &self.server.trusted_proxies {
+            if crate::http::client_ip::IpRange::parse(entry).is_none() {
+                return Err(SettingsError::new(
+                    "server.trusted_proxies",
+                    format!("`{entry}` is not an address or range like 10.0.0.0/8"),
+                ));
+            }
+        }
+        if self.server.tls_enforcement != TlsEnforcement::Off && self.server.trusted_proxies.is_empty() {
+            return Err(SettingsError::new(
+                "server.trusted_proxies",
+                "list the TLS-terminating proxy when server.tls_enforcement is on (its X-Forwarded-Proto decides)",
+            ));
         }
         if self.server.heartbeat_interval_ms < 10 {
             return Err(SettingsError::new("server.heartbeat_interval_ms", "must be at least 10"));

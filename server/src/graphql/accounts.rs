@@ -245,6 +245,10 @@ impl AccountsMutation {
     async fn create_api_key(&self, ctx: &Context<'_>, name: String, role: Option<Role>) -> async_graphql::Result<ApiKeyPayload> {
         let state = ctx.data::<AppState>()?;
         let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        // A leaked key must not be able to mint keys that outlive its revocation.
+        if principal.method == crate::auth::principal::AuthMethod::ApiKey {
+            return Err(crate::error::AppError::forbidden("API keys cannot create API keys; sign in").extend());
+        }
         let created = api_keys::create_api_key(&state.db, principal.user_id, principal.role, &name, role.map(Into::into))
             .await
             .map_err(|e| e.extend())?;

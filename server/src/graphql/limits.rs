@@ -119,10 +119,12 @@ impl Extension for QueryCost {
         if extra == 0 {
             return Ok(result);
         }
-        let (Some(state), Some(client)) = (ctx.data_opt::<AppState>(), ctx.data_opt::<ClientInfo>()) else {
+        let Some(state) = ctx.data_opt::<AppState>() else {
             return Ok(result);
         };
-        let subject = client.ip.clone().unwrap_or_else(|| "unknown".into());
+        // Every door (HTTP, WebSocket) supplies ClientInfo; a missing one is charged
+        // to a shared bucket rather than let through free.
+        let subject = ctx.data_opt::<ClientInfo>().and_then(|c| c.ip.clone()).unwrap_or_else(|| "unknown".into());
         match crate::http::rate_limit::enforce(state, "api", subject, extra).await {
             Ok(_) => Ok(result),
             Err(err) => Err(vec![err.to_graphql().into_server_error(Pos::default())]),

@@ -56,9 +56,9 @@ pub async fn graphql(
     }
     let auth = authenticate(&state, req.headers()).await;
     let client = ClientInfo {
-        // The TCP peer, not X-Forwarded-For: rate limits and session records must
-        // not be steerable by a header the client writes.
-        ip: req.peer_addr().map(|addr| addr.ip().to_string()),
+        // X-Forwarded-For counts only from a trusted proxy: rate limits and session
+        // records must not be steerable by a header the client writes.
+        ip: Some(state.client_ip(req.peer_addr(), req.headers())),
         user_agent: req.headers().get(USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string),
     };
     Ok(schema.execute_batch(batch.data(auth).data(client)).await.into())

@@ -37,16 +37,19 @@ pub async fn enforce_tls(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let mode = req
-        .app_data::<web::Data<AppState>>()
-        .map(|state| state.settings.server.tls_enforcement)
-        .unwrap_or(TlsEnforcement::Off);
+    let mode = req.app_data::<web::Data<AppState>>().map(|s| s.settings.server.tls_enforcement).unwrap_or(TlsEnforcement::Off);
     if mode == TlsEnforcement::Off || PLAIN_HTTP_OK.contains(&req.path()) {
         return Ok(next.call(req).await?.map_into_boxed_body());
     }
-    let (scheme, host) = {
-        let info = req.connection_info();
-        (info.scheme().to_string(), info.host().to_string())
+    let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
+        return Ok(next.call(req).await?.map_into_boxed_body());
+    };
+    // Only a trusted proxy may say the client used TLS; anyone else is what the
+    // socket says (plain HTTP: reelhouse does not terminate TLS itself).
+    let scheme = if crate::http::client_ip::is_trusted(req.peer_addr(), &state.trusted_proxies) {
+        req.connection_info().scheme().to_string()
+    } else {
+        "http".to_string()
     };
     if scheme == "https" {
         let mut res = next.call(req).await?.map_into_boxed_body();
@@ -55,7 +58,10 @@ pub async fn enforce_tls(
     }
     let response = match mode {
         TlsEnforcement::Redirect => {
-            let target = format!("https://{host}{}", req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+            // Redirect to our own public host, never to a host the request names.
+            let host = url::Url::parse(&state.public_url).ok().and_then(|u| u.host_str().map(str::to_string));
+            let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let target = format!("https://{}{path}", host.unwrap_or_else(|| "localhost".into()));
             match HeaderValue::from_str(&target) {
                 Ok(location) => HttpResponse::PermanentRedirect().insert_header((LOCATION, location)).finish(),
                 Err(_) => AppError::bad_input("bad host").to_http_response(),

@@ -19,7 +19,11 @@ pub async fn record(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
-    let method = req.method().to_string();
+    // Extension methods would mint new series at will; keep the label set closed.
+    let method = match req.method().as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => m.to_string(),
+        _ => "OTHER".to_string(),
+    };
     let request_id = req.extensions().get::<RequestId>().map(|id| id.to_string());
     let mut res = next.call(req).await?;
     let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".to_string());

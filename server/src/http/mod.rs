@@ -1,5 +1,6 @@
 //! HTTP routes. Each submodule owns one door into the server.
 
+pub mod client_ip;
 pub mod graphql;
 pub mod health;
 pub mod hygiene;

@@ -57,8 +57,8 @@ pub async fn limit_api(
     let (Some(state), false) = (state, EXEMPT.contains(&req.path())) else {
         return Ok(next.call(req).await?.map_into_boxed_body());
     };
-    // The peer address, not X-Forwarded-For: a header is the client's to forge.
-    let subject = req.peer_addr().map(|addr| addr.ip().to_string()).unwrap_or_else(|| "unknown".into());
+    // X-Forwarded-For only from a trusted proxy: otherwise it is the client's to forge.
+    let subject = state.client_ip(req.peer_addr(), req.headers());
     match check(&state, "api", subject, 1).await {
         Some(decision) if !decision.allowed => {
             metrics::counter!("reelhouse_rate_limited_total", "policy" => "api").increment(1);

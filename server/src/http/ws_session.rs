@@ -61,6 +61,8 @@ pub struct Session {
     inbound: Option<async_channel::Sender<Vec<u8>>>,
     continuation: Vec<u8>,
     auth: Arc<Mutex<SessionAuth>>,
+    /// The client's address and agent, for rate limits inside the socket.
+    client: principal::ClientInfo,
 }
 
 pub async fn graphql_ws(
@@ -85,6 +87,14 @@ pub async fn graphql_ws(
         inbound: None,
         continuation: Vec::new(),
         auth: Arc::new(Mutex::new(SessionAuth::default())),
+        client: principal::ClientInfo {
+            ip: Some(state.client_ip(req.peer_addr(), req.headers())),
+            user_agent: req
+                .headers()
+                .get(actix_web::http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        },
     };
     ws::WsResponseBuilder::new(session, &req, payload)
         .protocols(&ALL_WEBSOCKET_PROTOCOLS)
@@ -198,6 +208,7 @@ impl Actor for Session {
 
         let state = self.state.clone();
         let auth_slot = self.auth.clone();
+        let client = self.client.clone();
         let on_init = move |payload: serde_json::Value| async move {
             let result = authenticate_init(&state, &payload).await;
             let mut slot = auth_slot.lock().map_err(|_| async_graphql::Error::new("internal error"))?;
@@ -208,6 +219,7 @@ impl Actor for Session {
                     slot.expires_at = expires_at;
                     let mut data = Data::default();
                     data.insert(auth);
+                    data.insert(client);
                     Ok(data)
                 }
                 Err(reason) => {

@@ -232,6 +232,8 @@ fn object_response(status: StatusCode, meta: &ObjectMeta) -> actix_web::HttpResp
     let mut response = HttpResponse::build(status);
     response
         .insert_header((header::ACCEPT_RANGES, "bytes"))
+        // Uploaded bytes are served from the API's origin: never let them run as a page.
+        .insert_header((header::CONTENT_SECURITY_POLICY, "sandbox"))
         .insert_header((
             header::CONTENT_TYPE,
             meta.content_type

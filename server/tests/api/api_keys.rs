@@ -95,6 +95,9 @@ async fn a_key_cannot_outrank_its_owner() {
     // An admin's ADMIN key works for admin-only fields.
     let admin = app.create_user_with_role(Role::Admin).await;
     let (_, admin_key) = create_key(&app, &admin, Some("ADMIN")).await;
-    let (_, body) = app.graphql_as(&Credentials::ApiKey(admin_key), "{ users { edges { node { id } } } }", json!({})).await;
+    let (_, body) = app.graphql_as(&Credentials::ApiKey(admin_key.clone()), "{ users { edges { node { id } } } }", json!({})).await;
     assert_eq!(error_code(&body), None, "{body}");
+    // Even an ADMIN key cannot mint keys: a leaked key must not outlive its revocation.
+    let (_, body) = app.graphql_as(&Credentials::ApiKey(admin_key), CREATE, json!({ "name": "z", "role": "VIEWER" })).await;
+    assert_eq!(error_code(&body).as_deref(), Some("FORBIDDEN"), "{body}");
 }

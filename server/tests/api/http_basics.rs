@@ -202,24 +202,36 @@ async fn cors_allows_only_listed_origins() {
 #[actix_web::test]
 async fn tls_enforcement_redirects_or_refuses_plain_http_behind_a_proxy() {
     use reelhouse::config::TlsEnforcement;
-    let redirecting = spawn_app_with(|s| s.server.tls_enforcement = TlsEnforcement::Redirect).await;
+    let redirecting = spawn_app_with(|s| {
+        s.server.tls_enforcement = TlsEnforcement::Redirect;
+        s.server.trusted_proxies = vec!["127.0.0.1".into()];
+        s.server.public_url = Some("https://media.example.com".into());
+    })
+    .await;
     let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let res = no_redirects
         .get(redirecting.url("/graphql?x=1"))
         .header("X-Forwarded-Proto", "http")
-        .header("Host", "media.example.com")
+        .header("X-Forwarded-Host", "evil.example.net")
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 308);
-    assert_eq!(res.headers()["location"], "https://media.example.com/graphql?x=1");
+    assert_eq!(res.headers()["location"], "https://media.example.com/graphql?x=1", "our own host, not the forwarded one");
     let res = no_redirects.get(redirecting.url("/graphql")).header("X-Forwarded-Proto", "https").send().await.unwrap();
     assert_eq!(res.status(), 200);
     assert!(res.headers()["strict-transport-security"].to_str().unwrap().contains("max-age="));
     // Probes stay reachable over plain HTTP.
     assert_eq!(no_redirects.get(redirecting.url("/health")).send().await.unwrap().status(), 200);
 
-    let refusing = spawn_app_with(|s| s.server.tls_enforcement = TlsEnforcement::Refuse).await;
+    let refusing = spawn_app_with(|s| {
+        s.server.tls_enforcement = TlsEnforcement::Refuse;
+        s.server.trusted_proxies = vec!["127.0.0.2".into()];
+    })
+    .await;
+    // 127.0.0.1 is not the trusted proxy here, so its X-Forwarded-Proto is ignored.
+    let res = no_redirects.get(refusing.url("/graphql")).header("X-Forwarded-Proto", "https").send().await.unwrap();
+    assert_eq!(res.status(), 403, "a client cannot claim TLS itself");
     let res = no_redirects.get(refusing.url("/graphql")).header("X-Forwarded-Proto", "http").send().await.unwrap();
     assert_eq!(res.status(), 403);
     let body: serde_json::Value = res.json().await.unwrap();

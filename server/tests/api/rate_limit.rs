@@ -156,3 +156,29 @@ async fn a_locked_out_attacker_does_not_lock_out_the_victim_from_another_ip() {
         .unwrap();
     assert!(body["data"]["login"]["accessToken"].is_string(), "{body}");
 }
+
+#[actix_web::test]
+async fn forwarded_for_decides_the_bucket_only_behind_a_trusted_proxy() {
+    let limited = |trusted: Vec<String>| {
+        move |s: &mut reelhouse::config::Settings| {
+            s.rate_limit.policies.insert("api".into(), PolicySettings::new(2, 60, 2, true));
+            s.server.trusted_proxies = trusted.clone();
+        }
+    };
+    let as_client = |app: &TestApp, ip: &'static str| {
+        app.client.get(app.url("/graphql")).header("X-Forwarded-For", ip).send()
+    };
+    // Untrusted peer: rotating X-Forwarded-For does not buy a fresh bucket.
+    let app = spawn_app_with(limited(vec![])).await;
+    assert_eq!(as_client(&app, "198.51.100.1").await.unwrap().status(), 200);
+    assert_eq!(as_client(&app, "198.51.100.2").await.unwrap().status(), 200);
+    assert_eq!(as_client(&app, "198.51.100.3").await.unwrap().status(), 429);
+
+    // Behind a trusted proxy each forwarded client has its own bucket.
+    let app = spawn_app_with(limited(vec!["127.0.0.0/8".into()])).await;
+    for _ in 0..2 {
+        assert_eq!(as_client(&app, "198.51.100.1").await.unwrap().status(), 200);
+    }
+    assert_eq!(as_client(&app, "198.51.100.1").await.unwrap().status(), 429);
+    assert_eq!(as_client(&app, "198.51.100.2").await.unwrap().status(), 200, "another client is not throttled");
+}
