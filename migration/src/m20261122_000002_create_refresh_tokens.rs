@@ -10,47 +10,14 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(RefreshTokenFamilies::Table)
-                    .col(
-                        ColumnDef::new(RefreshTokenFamilies::Id)
-                            .uuid()
-                            .not_null()
-                            .primary_key(),
-                    )
-                    .col(
-                        ColumnDef::new(RefreshTokenFamilies::UserId)
-                            .uuid()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(RefreshTokenFamilies::CreatedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(RefreshTokenFamilies::LastUsedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(RefreshTokenFamilies::RevokedAt)
-                            .timestamp_with_time_zone()
-                            .null(),
-                    )
-                    .col(
-                        ColumnDef::new(RefreshTokenFamilies::RevokedReason)
-                            .string()
-                            .null(),
-                    )
-                    .col(
-                        ColumnDef::new(RefreshTokenFamilies::UserAgent)
-                            .text()
-                            .null(),
-                    )
-                    .col(
-                        ColumnDef::new(RefreshTokenFamilies::Ip)
-                            .string_len(64)
-                            .null(),
-                    )
+                    .col(ColumnDef::new(RefreshTokenFamilies::Id).uuid().not_null().primary_key())
+                    .col(ColumnDef::new(RefreshTokenFamilies::UserId).uuid().not_null())
+                    .col(ColumnDef::new(RefreshTokenFamilies::CreatedAt).timestamp_with_time_zone().not_null())
+                    .col(ColumnDef::new(RefreshTokenFamilies::LastUsedAt).timestamp_with_time_zone().not_null())
+                    .col(ColumnDef::new(RefreshTokenFamilies::RevokedAt).timestamp_with_time_zone().null())
+                    .col(ColumnDef::new(RefreshTokenFamilies::RevokedReason).string().null())
+                    .col(ColumnDef::new(RefreshTokenFamilies::UserAgent).text().null())
+                    .col(ColumnDef::new(RefreshTokenFamilies::Ip).string_len(64).null())
                     .foreign_key(
                         ForeignKey::create()
                             .name("fk_refresh_token_families_user_id")
@@ -75,34 +42,12 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(RefreshTokens::Table)
-                    .col(
-                        ColumnDef::new(RefreshTokens::Id)
-                            .uuid()
-                            .not_null()
-                            .primary_key(),
-                    )
+                    .col(ColumnDef::new(RefreshTokens::Id).uuid().not_null().primary_key())
                     .col(ColumnDef::new(RefreshTokens::FamilyId).uuid().not_null())
-                    .col(
-                        ColumnDef::new(RefreshTokens::TokenHash)
-                            .text()
-                            .not_null()
-                            .unique_key(),
-                    )
-                    .col(
-                        ColumnDef::new(RefreshTokens::CreatedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(RefreshTokens::ExpiresAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(RefreshTokens::RotatedAt)
-                            .timestamp_with_time_zone()
-                            .null(),
-                    )
+                    .col(ColumnDef::new(RefreshTokens::TokenHash).text().not_null().unique_key())
+                    .col(ColumnDef::new(RefreshTokens::CreatedAt).timestamp_with_time_zone().not_null())
+                    .col(ColumnDef::new(RefreshTokens::ExpiresAt).timestamp_with_time_zone().not_null())
+                    .col(ColumnDef::new(RefreshTokens::RotatedAt).timestamp_with_time_zone().null())
                     .col(ColumnDef::new(RefreshTokens::ReplacedBy).uuid().null())
                     .foreign_key(
                         ForeignKey::create()
@@ -143,12 +88,8 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .drop_table(Table::drop().table(RefreshTokens::Table).to_owned())
-            .await?;
-        manager
-            .drop_table(Table::drop().table(RefreshTokenFamilies::Table).to_owned())
-            .await
+        manager.drop_table(Table::drop().table(RefreshTokens::Table).to_owned()).await?;
+        manager.drop_table(Table::drop().table(RefreshTokenFamilies::Table).to_owned()).await
     }
 }
 

@@ -29,27 +29,11 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new(Videos::AudioCodec).string().null())
                     .col(ColumnDef::new(Videos::SourceKey).text().null())
                     .col(ColumnDef::new(Videos::SourceSizeBytes).big_integer().null())
-                    .col(
-                        ColumnDef::new(Videos::HiddenAt)
-                            .timestamp_with_time_zone()
-                            .null(),
-                    )
+                    .col(ColumnDef::new(Videos::HiddenAt).timestamp_with_time_zone().null())
                     .col(ColumnDef::new(Videos::HiddenReason).text().null())
-                    .col(
-                        ColumnDef::new(Videos::CreatedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(Videos::UpdatedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(Videos::DeletedAt)
-                            .timestamp_with_time_zone()
-                            .null(),
-                    )
+                    .col(ColumnDef::new(Videos::CreatedAt).timestamp_with_time_zone().not_null())
+                    .col(ColumnDef::new(Videos::UpdatedAt).timestamp_with_time_zone().not_null())
+                    .col(ColumnDef::new(Videos::DeletedAt).timestamp_with_time_zone().null())
                     .foreign_key(
                         ForeignKey::create()
                             .name("fk_videos_owner_id")
@@ -72,13 +56,7 @@ impl MigrationTrait for Migration {
             )
             .await?;
         manager
-            .create_index(
-                Index::create()
-                    .name("idx_videos_status")
-                    .table(Videos::Table)
-                    .col(Videos::Status)
-                    .to_owned(),
-            )
+            .create_index(Index::create().name("idx_videos_status").table(Videos::Table).col(Videos::Status).to_owned())
             .await?;
         // The public catalogue, newest first.
         manager
@@ -94,9 +72,7 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .drop_table(Table::drop().table(Videos::Table).to_owned())
-            .await
+        manager.drop_table(Table::drop().table(Videos::Table).to_owned()).await
     }
 }
 

@@ -17,46 +17,17 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new(Uploads::Status).string_len(16).not_null())
                     .col(ColumnDef::new(Uploads::Filename).text().not_null())
                     .col(ColumnDef::new(Uploads::ContentType).string().not_null())
-                    .col(
-                        ColumnDef::new(Uploads::DeclaredSize)
-                            .big_integer()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(Uploads::ChecksumSha256)
-                            .string_len(64)
-                            .null(),
-                    )
-                    .col(
-                        ColumnDef::new(Uploads::OffsetBytes)
-                            .big_integer()
-                            .not_null()
-                            .default(0),
-                    )
+                    .col(ColumnDef::new(Uploads::DeclaredSize).big_integer().not_null())
+                    .col(ColumnDef::new(Uploads::ChecksumSha256).string_len(64).null())
+                    .col(ColumnDef::new(Uploads::OffsetBytes).big_integer().not_null().default(0))
                     .col(ColumnDef::new(Uploads::ObjectKey).text().not_null())
                     .col(ColumnDef::new(Uploads::S3UploadId).text().null())
                     .col(ColumnDef::new(Uploads::Parts).json_binary().null())
-                    .col(
-                        ColumnDef::new(Uploads::ExpiresAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
+                    .col(ColumnDef::new(Uploads::ExpiresAt).timestamp_with_time_zone().not_null())
                     .col(ColumnDef::new(Uploads::FailureReason).text().null())
-                    .col(
-                        ColumnDef::new(Uploads::CreatedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(Uploads::UpdatedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(Uploads::CompletedAt)
-                            .timestamp_with_time_zone()
-                            .null(),
-                    )
+                    .col(ColumnDef::new(Uploads::CreatedAt).timestamp_with_time_zone().not_null())
+                    .col(ColumnDef::new(Uploads::UpdatedAt).timestamp_with_time_zone().not_null())
+                    .col(ColumnDef::new(Uploads::CompletedAt).timestamp_with_time_zone().null())
                     .foreign_key(
                         ForeignKey::create()
                             .name("fk_uploads_video_id")
@@ -87,28 +58,18 @@ impl MigrationTrait for Migration {
             .await?;
         manager
             .create_index(
-                Index::create()
-                    .name("idx_uploads_video_id")
-                    .table(Uploads::Table)
-                    .col(Uploads::VideoId)
-                    .to_owned(),
+                Index::create().name("idx_uploads_video_id").table(Uploads::Table).col(Uploads::VideoId).to_owned(),
             )
             .await?;
         manager
             .create_index(
-                Index::create()
-                    .name("idx_uploads_user_id")
-                    .table(Uploads::Table)
-                    .col(Uploads::UserId)
-                    .to_owned(),
+                Index::create().name("idx_uploads_user_id").table(Uploads::Table).col(Uploads::UserId).to_owned(),
             )
             .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .drop_table(Table::drop().table(Uploads::Table).to_owned())
-            .await
+        manager.drop_table(Table::drop().table(Uploads::Table).to_owned()).await
     }
 }
 

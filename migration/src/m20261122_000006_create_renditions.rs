@@ -10,12 +10,7 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(Renditions::Table)
-                    .col(
-                        ColumnDef::new(Renditions::Id)
-                            .uuid()
-                            .not_null()
-                            .primary_key(),
-                    )
+                    .col(ColumnDef::new(Renditions::Id).uuid().not_null().primary_key())
                     .col(ColumnDef::new(Renditions::VideoId).uuid().not_null())
                     .col(ColumnDef::new(Renditions::Name).string_len(32).not_null())
                     .col(ColumnDef::new(Renditions::Width).integer().not_null())
@@ -24,16 +19,8 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new(Renditions::Codecs).string().not_null())
                     .col(ColumnDef::new(Renditions::PlaylistKey).text().not_null())
                     .col(ColumnDef::new(Renditions::Status).string_len(16).not_null())
-                    .col(
-                        ColumnDef::new(Renditions::CreatedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(Renditions::UpdatedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
+                    .col(ColumnDef::new(Renditions::CreatedAt).timestamp_with_time_zone().not_null())
+                    .col(ColumnDef::new(Renditions::UpdatedAt).timestamp_with_time_zone().not_null())
                     .foreign_key(
                         ForeignKey::create()
                             .name("fk_renditions_video_id")
@@ -58,9 +45,7 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .drop_table(Table::drop().table(Renditions::Table).to_owned())
-            .await
+        manager.drop_table(Table::drop().table(Renditions::Table).to_owned()).await
     }
 }
 

@@ -15,55 +15,20 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new(Jobs::OwnerId).uuid().null())
                     .col(ColumnDef::new(Jobs::Kind).string_len(32).not_null())
                     .col(ColumnDef::new(Jobs::Status).string_len(16).not_null())
-                    .col(
-                        ColumnDef::new(Jobs::Priority)
-                            .integer()
-                            .not_null()
-                            .default(0),
-                    )
+                    .col(ColumnDef::new(Jobs::Priority).integer().not_null().default(0))
                     .col(ColumnDef::new(Jobs::Payload).json_binary().not_null())
-                    .col(
-                        ColumnDef::new(Jobs::Attempts)
-                            .integer()
-                            .not_null()
-                            .default(0),
-                    )
+                    .col(ColumnDef::new(Jobs::Attempts).integer().not_null().default(0))
                     .col(ColumnDef::new(Jobs::MaxAttempts).integer().not_null())
-                    .col(
-                        ColumnDef::new(Jobs::RunAfter)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
+                    .col(ColumnDef::new(Jobs::RunAfter).timestamp_with_time_zone().not_null())
                     .col(ColumnDef::new(Jobs::LeaseOwner).string().null())
                     .col(ColumnDef::new(Jobs::LeaseToken).uuid().null())
-                    .col(
-                        ColumnDef::new(Jobs::LeaseExpiresAt)
-                            .timestamp_with_time_zone()
-                            .null(),
-                    )
+                    .col(ColumnDef::new(Jobs::LeaseExpiresAt).timestamp_with_time_zone().null())
                     .col(ColumnDef::new(Jobs::LastError).text().null())
                     .col(ColumnDef::new(Jobs::Progress).json_binary().null())
-                    .col(
-                        ColumnDef::new(Jobs::CancelRequested)
-                            .boolean()
-                            .not_null()
-                            .default(false),
-                    )
-                    .col(
-                        ColumnDef::new(Jobs::CreatedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(Jobs::UpdatedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(Jobs::FinishedAt)
-                            .timestamp_with_time_zone()
-                            .null(),
-                    )
+                    .col(ColumnDef::new(Jobs::CancelRequested).boolean().not_null().default(false))
+                    .col(ColumnDef::new(Jobs::CreatedAt).timestamp_with_time_zone().not_null())
+                    .col(ColumnDef::new(Jobs::UpdatedAt).timestamp_with_time_zone().not_null())
+                    .col(ColumnDef::new(Jobs::FinishedAt).timestamp_with_time_zone().null())
                     // Jobs outlive their video (cleanup jobs run after it is gone) and
                     // their owner (history stays visible to admins).
                     .foreign_key(
@@ -96,13 +61,7 @@ impl MigrationTrait for Migration {
             )
             .await?;
         manager
-            .create_index(
-                Index::create()
-                    .name("idx_jobs_video_id")
-                    .table(Jobs::Table)
-                    .col(Jobs::VideoId)
-                    .to_owned(),
-            )
+            .create_index(Index::create().name("idx_jobs_video_id").table(Jobs::Table).col(Jobs::VideoId).to_owned())
             .await?;
         // Fair scheduling counts each owner's running jobs.
         manager
@@ -130,19 +89,9 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(JobLogs::Table)
-                    .col(
-                        ColumnDef::new(JobLogs::Id)
-                            .big_integer()
-                            .not_null()
-                            .auto_increment()
-                            .primary_key(),
-                    )
+                    .col(ColumnDef::new(JobLogs::Id).big_integer().not_null().auto_increment().primary_key())
                     .col(ColumnDef::new(JobLogs::JobId).uuid().not_null())
-                    .col(
-                        ColumnDef::new(JobLogs::At)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
+                    .col(ColumnDef::new(JobLogs::At).timestamp_with_time_zone().not_null())
                     .col(ColumnDef::new(JobLogs::Level).string_len(16).not_null())
                     .col(ColumnDef::new(JobLogs::Message).text().not_null())
                     .foreign_key(
@@ -168,12 +117,8 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .drop_table(Table::drop().table(JobLogs::Table).to_owned())
-            .await?;
-        manager
-            .drop_table(Table::drop().table(Jobs::Table).to_owned())
-            .await
+        manager.drop_table(Table::drop().table(JobLogs::Table).to_owned()).await?;
+        manager.drop_table(Table::drop().table(Jobs::Table).to_owned()).await
     }
 }
 

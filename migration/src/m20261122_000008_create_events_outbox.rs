@@ -11,37 +11,15 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(EventsOutbox::Table)
-                    .col(
-                        ColumnDef::new(EventsOutbox::Id)
-                            .big_integer()
-                            .not_null()
-                            .auto_increment()
-                            .primary_key(),
-                    )
+                    .col(ColumnDef::new(EventsOutbox::Id).big_integer().not_null().auto_increment().primary_key())
                     .col(ColumnDef::new(EventsOutbox::VideoId).uuid().not_null())
                     .col(ColumnDef::new(EventsOutbox::OwnerId).uuid().not_null())
                     .col(ColumnDef::new(EventsOutbox::Kind).string_len(32).not_null())
                     .col(ColumnDef::new(EventsOutbox::Seq).big_integer().not_null())
-                    .col(
-                        ColumnDef::new(EventsOutbox::Visibility)
-                            .string_len(16)
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(EventsOutbox::Payload)
-                            .json_binary()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(EventsOutbox::CreatedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(EventsOutbox::PublishedAt)
-                            .timestamp_with_time_zone()
-                            .null(),
-                    )
+                    .col(ColumnDef::new(EventsOutbox::Visibility).string_len(16).not_null())
+                    .col(ColumnDef::new(EventsOutbox::Payload).json_binary().not_null())
+                    .col(ColumnDef::new(EventsOutbox::CreatedAt).timestamp_with_time_zone().not_null())
+                    .col(ColumnDef::new(EventsOutbox::PublishedAt).timestamp_with_time_zone().null())
                     .to_owned(),
             )
             .await?;
@@ -81,9 +59,7 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .drop_table(Table::drop().table(EventsOutbox::Table).to_owned())
-            .await
+        manager.drop_table(Table::drop().table(EventsOutbox::Table).to_owned()).await
     }
 }
 

@@ -14,23 +14,10 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new(Workers::Host).string().not_null())
                     .col(ColumnDef::new(Workers::Pid).integer().not_null())
                     .col(ColumnDef::new(Workers::Capacity).integer().not_null())
-                    .col(
-                        ColumnDef::new(Workers::CurrentJobs)
-                            .integer()
-                            .not_null()
-                            .default(0),
-                    )
+                    .col(ColumnDef::new(Workers::CurrentJobs).integer().not_null().default(0))
                     .col(ColumnDef::new(Workers::Version).string_len(64).not_null())
-                    .col(
-                        ColumnDef::new(Workers::StartedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(Workers::LastSeenAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
+                    .col(ColumnDef::new(Workers::StartedAt).timestamp_with_time_zone().not_null())
+                    .col(ColumnDef::new(Workers::LastSeenAt).timestamp_with_time_zone().not_null())
                     .to_owned(),
             )
             .await?;
@@ -47,9 +34,7 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .drop_table(Table::drop().table(Workers::Table).to_owned())
-            .await
+        manager.drop_table(Table::drop().table(Workers::Table).to_owned()).await
     }
 }
 

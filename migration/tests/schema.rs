@@ -9,15 +9,14 @@ use std::time::Duration;
 use chrono::{DateTime, SubsecRound, Utc};
 use entities::prelude::*;
 use entities::{
-    api_key, event_outbox, job, job_log, refresh_token, refresh_token_family, rendition, upload,
-    user, video, worker, JobKind, JobStatus, LogLevel, RenditionStatus, Role, UploadMethod,
-    UploadStatus, VideoStatus, Visibility,
+    api_key, event_outbox, job, job_log, refresh_token, refresh_token_family, rendition, upload, user, video, worker,
+    JobKind, JobStatus, LogLevel, RenditionStatus, Role, UploadMethod, UploadStatus, VideoStatus, Visibility,
 };
 use migration::{Migrator, MigratorTrait, SchemaManager};
 use sea_orm::{
-    ActiveEnum, ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database,
-    DatabaseConnection, DbBackend, DbErr, EntityTrait, IntoActiveModel, Iterable, ModelTrait,
-    QueryFilter, QueryOrder, QuerySelect, Set, SqlErr, Statement,
+    ActiveEnum, ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DbBackend, DbErr, EntityTrait, IntoActiveModel, Iterable, ModelTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    SqlErr, Statement,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -54,10 +53,7 @@ fn assert_unique_violation<T: std::fmt::Debug>(result: Result<T, DbErr>, what: &
 fn assert_foreign_key_violation<T: std::fmt::Debug>(result: Result<T, DbErr>, what: &str) {
     match result {
         Err(err) => assert!(
-            matches!(
-                err.sql_err(),
-                Some(SqlErr::ForeignKeyConstraintViolation(_))
-            ),
+            matches!(err.sql_err(), Some(SqlErr::ForeignKeyConstraintViolation(_))),
             "{what}: expected a foreign key violation, got {err:?}"
         ),
         Ok(row) => panic!("{what}: dangling reference accepted: {row:?}"),
@@ -93,20 +89,12 @@ fn sample_user(email: &str, role: Role) -> user::Model {
 
 /// Inserts `model` as given (every column set) and returns what the insert reported.
 async fn insert_user(db: &DatabaseConnection, model: &user::Model) -> Result<user::Model, DbErr> {
-    model
-        .clone()
-        .into_active_model()
-        .reset_all()
-        .insert(db)
-        .await
+    model.clone().into_active_model().reset_all().insert(db).await
 }
 
 async fn exercise_schema(db: &DatabaseConnection) {
     Migrator::up(db, None).await.unwrap();
-    assert!(Migrator::get_pending_migrations(db)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(Migrator::get_pending_migrations(db).await.unwrap().is_empty());
     assert_tables(db, true).await;
     // A second `up` has nothing to do and must not fail.
     Migrator::up(db, None).await.unwrap();
@@ -115,37 +103,22 @@ async fn exercise_schema(db: &DatabaseConnection) {
     // and the email is unique.
     let ada = sample_user("ada@example.com", Role::Moderator);
     assert_eq!(insert_user(db, &ada).await.unwrap(), ada);
-    assert_eq!(
-        User::find_by_id(ada.id).one(db).await.unwrap(),
-        Some(ada.clone())
-    );
-    let stored_role: Option<String> = User::find_by_id(ada.id)
-        .select_only()
-        .column(user::Column::Role)
-        .into_tuple()
-        .one(db)
-        .await
-        .unwrap();
+    assert_eq!(User::find_by_id(ada.id).one(db).await.unwrap(), Some(ada.clone()));
+    let stored_role: Option<String> =
+        User::find_by_id(ada.id).select_only().column(user::Column::Role).into_tuple().one(db).await.unwrap();
     assert_eq!(stored_role.as_deref(), Some("MODERATOR"));
     assert_unique_violation(
         insert_user(db, &sample_user("ada@example.com", Role::User)).await,
         "second user with the same email",
     );
     let viewer = sample_user("viewer@example.com", Role::Viewer);
-    let viewer = user::ActiveModel {
-        storage_quota_bytes: Set(None),
-        ..viewer.into_active_model().reset_all()
-    }
-    .insert(db)
-    .await
-    .unwrap();
-    assert_eq!(viewer.role, Role::Viewer);
-    assert_eq!(viewer.storage_quota_bytes, None);
-    let admins = User::find()
-        .filter(user::Column::Role.eq(Role::Admin))
-        .all(db)
+    let viewer = user::ActiveModel { storage_quota_bytes: Set(None), ..viewer.into_active_model().reset_all() }
+        .insert(db)
         .await
         .unwrap();
+    assert_eq!(viewer.role, Role::Viewer);
+    assert_eq!(viewer.storage_quota_bytes, None);
+    let admins = User::find().filter(user::Column::Role.eq(Role::Admin)).all(db).await.unwrap();
     assert!(admins.is_empty());
 
     // refresh tokens: rotation links one token to the next.
@@ -159,16 +132,7 @@ async fn exercise_schema(db: &DatabaseConnection) {
         user_agent: Some("curl/8".to_owned()),
         ip: Some("2001:db8::1".to_owned()),
     };
-    assert_eq!(
-        family
-            .clone()
-            .into_active_model()
-            .reset_all()
-            .insert(db)
-            .await
-            .unwrap(),
-        family
-    );
+    assert_eq!(family.clone().into_active_model().reset_all().insert(db).await.unwrap(), family);
     let first = refresh_token::Model {
         id: Uuid::now_v7(),
         family_id: family.id,
@@ -178,49 +142,18 @@ async fn exercise_schema(db: &DatabaseConnection) {
         rotated_at: None,
         replaced_by: None,
     };
-    first
-        .clone()
-        .into_active_model()
-        .reset_all()
-        .insert(db)
-        .await
-        .unwrap();
-    let second = refresh_token::Model {
-        id: Uuid::now_v7(),
-        token_hash: "hash-two".to_owned(),
-        ..first.clone()
-    };
-    second
-        .clone()
-        .into_active_model()
-        .reset_all()
-        .insert(db)
-        .await
-        .unwrap();
+    first.clone().into_active_model().reset_all().insert(db).await.unwrap();
+    let second = refresh_token::Model { id: Uuid::now_v7(), token_hash: "hash-two".to_owned(), ..first.clone() };
+    second.clone().into_active_model().reset_all().insert(db).await.unwrap();
     let rotated_at = now();
     let mut rotate = first.clone().into_active_model();
     rotate.rotated_at = Set(Some(rotated_at));
     rotate.replaced_by = Set(Some(second.id));
     let first = rotate.update(db).await.unwrap();
-    assert_eq!(
-        RefreshToken::find_by_id(first.id)
-            .one(db)
-            .await
-            .unwrap()
-            .unwrap()
-            .replaced_by,
-        Some(second.id)
-    );
+    assert_eq!(RefreshToken::find_by_id(first.id).one(db).await.unwrap().unwrap().replaced_by, Some(second.id));
     assert_eq!(first.rotated_at, Some(rotated_at));
     assert_unique_violation(
-        refresh_token::Model {
-            id: Uuid::now_v7(),
-            ..second.clone()
-        }
-        .into_active_model()
-        .reset_all()
-        .insert(db)
-        .await,
+        refresh_token::Model { id: Uuid::now_v7(), ..second.clone() }.into_active_model().reset_all().insert(db).await,
         "second refresh token with the same hash",
     );
 
@@ -236,24 +169,9 @@ async fn exercise_schema(db: &DatabaseConnection) {
         last_used_at: None,
         revoked_at: None,
     };
-    assert_eq!(
-        key.clone()
-            .into_active_model()
-            .reset_all()
-            .insert(db)
-            .await
-            .unwrap(),
-        key
-    );
+    assert_eq!(key.clone().into_active_model().reset_all().insert(db).await.unwrap(), key);
     assert_unique_violation(
-        api_key::Model {
-            id: Uuid::now_v7(),
-            ..key.clone()
-        }
-        .into_active_model()
-        .reset_all()
-        .insert(db)
-        .await,
+        api_key::Model { id: Uuid::now_v7(), ..key.clone() }.into_active_model().reset_all().insert(db).await,
         "second api key with the same secret hash",
     );
 
@@ -285,38 +203,16 @@ async fn exercise_schema(db: &DatabaseConnection) {
         updated_at: at,
         deleted_at: None,
     };
-    assert_eq!(
-        clip.clone()
-            .into_active_model()
-            .reset_all()
-            .insert(db)
-            .await
-            .unwrap(),
-        clip
-    );
-    assert_eq!(
-        Video::find_by_id(clip.id).one(db).await.unwrap(),
-        Some(clip.clone())
-    );
+    assert_eq!(clip.clone().into_active_model().reset_all().insert(db).await.unwrap(), clip);
+    assert_eq!(Video::find_by_id(clip.id).one(db).await.unwrap(), Some(clip.clone()));
     let raw: Option<(serde_json::Value, String, String)> = Video::find_by_id(clip.id)
         .select_only()
-        .columns([
-            video::Column::Tags,
-            video::Column::Visibility,
-            video::Column::Status,
-        ])
+        .columns([video::Column::Tags, video::Column::Visibility, video::Column::Status])
         .into_tuple()
         .one(db)
         .await
         .unwrap();
-    assert_eq!(
-        raw,
-        Some((
-            json!(["cats", "4k", "été"]),
-            "UNLISTED".to_owned(),
-            "PROCESSING".to_owned()
-        ))
-    );
+    assert_eq!(raw, Some((json!(["cats", "4k", "été"]), "UNLISTED".to_owned(), "PROCESSING".to_owned())));
     let processing = Video::find()
         .filter(video::Column::Status.eq(VideoStatus::Processing))
         .filter(video::Column::Visibility.ne(Visibility::Private))
@@ -336,9 +232,7 @@ async fn exercise_schema(db: &DatabaseConnection) {
         filename: "cats.mp4".to_owned(),
         content_type: "video/mp4".to_owned(),
         declared_size: 9_000_000_000,
-        checksum_sha256: Some(
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".to_owned(),
-        ),
+        checksum_sha256: Some("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".to_owned()),
         offset_bytes: 5_242_880,
         object_key: "users/u/videos/v/source".to_owned(),
         s3_upload_id: Some("mpu-1".to_owned()),
@@ -349,39 +243,21 @@ async fn exercise_schema(db: &DatabaseConnection) {
         updated_at: at,
         completed_at: None,
     };
-    assert_eq!(
-        tus.clone()
-            .into_active_model()
-            .reset_all()
-            .insert(db)
-            .await
-            .unwrap(),
-        tus
-    );
-    assert_eq!(
-        Upload::find_by_id(tus.id).one(db).await.unwrap(),
-        Some(tus.clone())
-    );
+    assert_eq!(tus.clone().into_active_model().reset_all().insert(db).await.unwrap(), tus);
+    assert_eq!(Upload::find_by_id(tus.id).one(db).await.unwrap(), Some(tus.clone()));
     let mut completing = tus.clone().into_active_model();
     completing.status = Set(UploadStatus::Completed);
     completing.method = Set(UploadMethod::Multipart);
     completing.completed_at = Set(Some(now()));
     completing.update(db).await.unwrap();
     let reread = Upload::find_by_id(tus.id).one(db).await.unwrap().unwrap();
-    assert_eq!(
-        (reread.status, reread.method),
-        (UploadStatus::Completed, UploadMethod::Multipart)
-    );
+    assert_eq!((reread.status, reread.method), (UploadStatus::Completed, UploadMethod::Multipart));
     assert_foreign_key_violation(
-        upload::Model {
-            id: Uuid::now_v7(),
-            video_id: Uuid::now_v7(),
-            ..tus.clone()
-        }
-        .into_active_model()
-        .reset_all()
-        .insert(db)
-        .await,
+        upload::Model { id: Uuid::now_v7(), video_id: Uuid::now_v7(), ..tus.clone() }
+            .into_active_model()
+            .reset_all()
+            .insert(db)
+            .await,
         "upload for a video that does not exist",
     );
 
@@ -399,24 +275,9 @@ async fn exercise_schema(db: &DatabaseConnection) {
         created_at: now(),
         updated_at: now(),
     };
-    assert_eq!(
-        hd.clone()
-            .into_active_model()
-            .reset_all()
-            .insert(db)
-            .await
-            .unwrap(),
-        hd
-    );
+    assert_eq!(hd.clone().into_active_model().reset_all().insert(db).await.unwrap(), hd);
     assert_unique_violation(
-        rendition::Model {
-            id: Uuid::now_v7(),
-            ..hd.clone()
-        }
-        .into_active_model()
-        .reset_all()
-        .insert(db)
-        .await,
+        rendition::Model { id: Uuid::now_v7(), ..hd.clone() }.into_active_model().reset_all().insert(db).await,
         "second rendition with the same name for one video",
     );
 
@@ -443,16 +304,7 @@ async fn exercise_schema(db: &DatabaseConnection) {
         updated_at: at,
         finished_at: None,
     };
-    assert_eq!(
-        transcode
-            .clone()
-            .into_active_model()
-            .reset_all()
-            .insert(db)
-            .await
-            .unwrap(),
-        transcode
-    );
+    assert_eq!(transcode.clone().into_active_model().reset_all().insert(db).await.unwrap(), transcode);
     let cleanup = job::Model {
         id: Uuid::now_v7(),
         kind: JobKind::DeleteObjects,
@@ -465,13 +317,7 @@ async fn exercise_schema(db: &DatabaseConnection) {
         last_error: Some("boom".to_owned()),
         ..transcode.clone()
     };
-    cleanup
-        .clone()
-        .into_active_model()
-        .reset_all()
-        .insert(db)
-        .await
-        .unwrap();
+    cleanup.clone().into_active_model().reset_all().insert(db).await.unwrap();
     let leasable = Job::find()
         .filter(job::Column::Status.eq(JobStatus::Queued))
         .filter(job::Column::RunAfter.lte(now()))
@@ -480,17 +326,9 @@ async fn exercise_schema(db: &DatabaseConnection) {
         .await
         .unwrap();
     assert_eq!(leasable, vec![transcode.clone()]);
-    assert_eq!(
-        Job::find_by_id(cleanup.id).one(db).await.unwrap(),
-        Some(cleanup.clone())
-    );
-    let kind: Option<String> = Job::find_by_id(cleanup.id)
-        .select_only()
-        .column(job::Column::Kind)
-        .into_tuple()
-        .one(db)
-        .await
-        .unwrap();
+    assert_eq!(Job::find_by_id(cleanup.id).one(db).await.unwrap(), Some(cleanup.clone()));
+    let kind: Option<String> =
+        Job::find_by_id(cleanup.id).select_only().column(job::Column::Kind).into_tuple().one(db).await.unwrap();
     assert_eq!(kind.as_deref(), Some("DELETE_OBJECTS"));
 
     let mut log_ids = Vec::new();
@@ -508,10 +346,7 @@ async fn exercise_schema(db: &DatabaseConnection) {
         assert_eq!((line.level, line.message.as_str()), (level, message));
         log_ids.push(line.id);
     }
-    assert!(
-        log_ids[0] < log_ids[1],
-        "job log ids must increase: {log_ids:?}"
-    );
+    assert!(log_ids[0] < log_ids[1], "job log ids must increase: {log_ids:?}");
     let lines = transcode.find_related(JobLog).all(db).await.unwrap();
     assert_eq!(lines.len(), 2);
 
@@ -532,17 +367,11 @@ async fn exercise_schema(db: &DatabaseConnection) {
         .insert(db)
         .await
         .unwrap();
-        assert_eq!(
-            EventOutbox::find_by_id(event.id).one(db).await.unwrap(),
-            Some(event.clone())
-        );
+        assert_eq!(EventOutbox::find_by_id(event.id).one(db).await.unwrap(), Some(event.clone()));
         assert_eq!((event.seq, event.visibility), (seq, Visibility::Private));
         cursors.push(event.id);
     }
-    assert!(
-        cursors[0] < cursors[1],
-        "outbox ids must increase: {cursors:?}"
-    );
+    assert!(cursors[0] < cursors[1], "outbox ids must increase: {cursors:?}");
     assert_unique_violation(
         event_outbox::ActiveModel {
             video_id: Set(clip.id),
@@ -580,60 +409,28 @@ async fn exercise_schema(db: &DatabaseConnection) {
         started_at: now(),
         last_seen_at: now(),
     };
-    assert_eq!(
-        box1.clone()
-            .into_active_model()
-            .reset_all()
-            .insert(db)
-            .await
-            .unwrap(),
-        box1
-    );
+    assert_eq!(box1.clone().into_active_model().reset_all().insert(db).await.unwrap(), box1);
 
     // Deleting a video takes its uploads and renditions with it; its jobs stay,
     // unlinked, and the outbox keeps its history.
     Video::delete_by_id(clip.id).exec(db).await.unwrap();
     assert_eq!(Upload::find_by_id(tus.id).one(db).await.unwrap(), None);
     assert_eq!(Rendition::find_by_id(hd.id).one(db).await.unwrap(), None);
-    let orphan = Job::find_by_id(transcode.id)
-        .one(db)
-        .await
-        .unwrap()
-        .unwrap();
+    let orphan = Job::find_by_id(transcode.id).one(db).await.unwrap().unwrap();
     assert_eq!((orphan.video_id, orphan.owner_id), (None, Some(ada.id)));
     assert_eq!(EventOutbox::find().all(db).await.unwrap().len(), 2);
 
     // Deleting a user takes their sessions and keys with them.
     User::delete_by_id(ada.id).exec(db).await.unwrap();
-    assert_eq!(
-        RefreshTokenFamily::find_by_id(family.id)
-            .one(db)
-            .await
-            .unwrap(),
-        None
-    );
-    assert_eq!(
-        RefreshToken::find_by_id(second.id).one(db).await.unwrap(),
-        None
-    );
+    assert_eq!(RefreshTokenFamily::find_by_id(family.id).one(db).await.unwrap(), None);
+    assert_eq!(RefreshToken::find_by_id(second.id).one(db).await.unwrap(), None);
     assert_eq!(ApiKey::find_by_id(key.id).one(db).await.unwrap(), None);
-    assert_eq!(
-        Job::find_by_id(transcode.id)
-            .one(db)
-            .await
-            .unwrap()
-            .unwrap()
-            .owner_id,
-        None
-    );
+    assert_eq!(Job::find_by_id(transcode.id).one(db).await.unwrap().unwrap().owner_id, None);
 
     // The whole chain goes down and comes back up.
     Migrator::down(db, None).await.unwrap();
     assert_tables(db, false).await;
-    assert!(Migrator::get_applied_migrations(db)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(Migrator::get_applied_migrations(db).await.unwrap().is_empty());
     Migrator::up(db, None).await.unwrap();
     assert_tables(db, true).await;
     assert_eq!(User::find().all(db).await.unwrap(), vec![]);
@@ -661,10 +458,7 @@ impl ScratchPostgres {
         let base = std::env::var("REELHOUSE_TEST_PG_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
         let mut options = ConnectOptions::new(base.clone());
-        options
-            .connect_timeout(Duration::from_secs(10))
-            .max_connections(1)
-            .sqlx_logging(false);
+        options.connect_timeout(Duration::from_secs(10)).max_connections(1).sqlx_logging(false);
         let admin = Database::connect(options).await.unwrap_or_else(|err| {
             panic!(
                 "PostgreSQL at {base} is unreachable ({err}); start it, point \
@@ -672,25 +466,15 @@ impl ScratchPostgres {
             )
         });
         let name = format!("reelhouse_test_{}", Uuid::new_v4().simple());
-        admin
-            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-            .await
-            .unwrap();
+        admin.execute_unprepared(&format!("CREATE DATABASE \"{name}\"")).await.unwrap();
         let mut url = url::Url::parse(&base).unwrap();
         url.set_path(&format!("/{name}"));
-        Self {
-            admin,
-            name,
-            url: url.into(),
-        }
+        Self { admin, name, url: url.into() }
     }
 
     async fn drop_database(self) {
         self.admin
-            .execute_unprepared(&format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.name
-            ))
+            .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name))
             .await
             .unwrap();
         self.admin.close().await.unwrap();
@@ -758,10 +542,7 @@ fn enum_values_fit_their_columns_and_match_serde() {
         let mut seen = std::collections::HashSet::new();
         for variant in E::iter() {
             let stored = variant.to_value();
-            assert!(
-                stored.len() <= width,
-                "{variant:?} -> {stored} is wider than {width}"
-            );
+            assert!(stored.len() <= width, "{variant:?} -> {stored} is wider than {width}");
             assert!(seen.insert(stored.clone()), "{stored} is used twice");
             assert_eq!(serde_json::to_value(&variant).unwrap(), json!(stored));
             assert_eq!(E::try_from_value(&stored).unwrap(), variant);
@@ -780,10 +561,7 @@ fn enum_values_fit_their_columns_and_match_serde() {
 
 #[test]
 fn migrations_are_uniquely_named_and_in_order() {
-    let names: Vec<String> = Migrator::migrations()
-        .iter()
-        .map(|m| m.name().to_owned())
-        .collect();
+    let names: Vec<String> = Migrator::migrations().iter().map(|m| m.name().to_owned()).collect();
     let mut sorted = names.clone();
     sorted.sort();
     sorted.dedup();

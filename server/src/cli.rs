@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use crate::config::Overrides;
 
 #[derive(Debug, Parser)]
-#[command(name = "reelhouse", version, about = "Self-hosted media server: uploads in, adaptive HLS out, live progress over GraphQL")]
+#[command(
+    name = "reelhouse",
+    version,
+    about = "Self-hosted media server: uploads in, adaptive HLS out, live progress over GraphQL"
+)]
 pub struct Cli {
     /// Settings file (default: ./reelhouse.toml when present).
     #[arg(long, global = true, env = "REELHOUSE_CONFIG", value_name = "PATH")]

@@ -10,9 +10,8 @@ use crate::config::Settings;
 /// Connect with the pool settings; creates the SQLite file and data dir when needed.
 pub async fn connect(settings: &Settings) -> anyhow::Result<DatabaseConnection> {
     if settings.uses_sqlite() && settings.database.url.is_none() {
-        std::fs::create_dir_all(&settings.server.data_dir).map_err(|e| {
-            anyhow::anyhow!("creating data dir {}: {e}", settings.server.data_dir.display())
-        })?;
+        std::fs::create_dir_all(&settings.server.data_dir)
+            .map_err(|e| anyhow::anyhow!("creating data dir {}: {e}", settings.server.data_dir.display()))?;
     }
     let mut options = ConnectOptions::new(settings.database_url());
     options
@@ -21,9 +20,7 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<DatabaseConnection> 
         .connect_timeout(Duration::from_secs(settings.database.connect_timeout_secs))
         .acquire_timeout(Duration::from_secs(settings.database.connect_timeout_secs))
         .sqlx_logging(false);
-    let db = Database::connect(options)
-        .await
-        .map_err(|e| anyhow::anyhow!("connecting to the database: {e}"))?;
+    let db = Database::connect(options).await.map_err(|e| anyhow::anyhow!("connecting to the database: {e}"))?;
     if settings.uses_sqlite() {
         // One writer at a time; readers do not block it.
         db.execute_unprepared("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;")

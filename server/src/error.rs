@@ -95,7 +95,12 @@ impl AppError {
 
     /// An internal failure: the client sees only a generic message, the cause is logged.
     pub fn internal(source: impl Into<anyhow::Error>) -> Self {
-        Self { code: ErrorCode::Internal, message: "internal error".into(), source: Some(source.into()), retry_after_secs: None }
+        Self {
+            code: ErrorCode::Internal,
+            message: "internal error".into(),
+            source: Some(source.into()),
+            retry_after_secs: None,
+        }
     }
 
     /// A dependency (database, storage, Redis) did not answer.

@@ -56,7 +56,10 @@ impl ServerKeys {
     }
 
     fn derive(master: &[u8]) -> Self {
-        Self { jwt: derive_key(master, b"reelhouse/jwt/v1"), url_signing: derive_key(master, b"reelhouse/url-signing/v1") }
+        Self {
+            jwt: derive_key(master, b"reelhouse/jwt/v1"),
+            url_signing: derive_key(master, b"reelhouse/url-signing/v1"),
+        }
     }
 }
 
@@ -75,7 +78,9 @@ fn read_or_create_key_file(path: &Path) -> Result<Vec<u8>, KeyError> {
     let io = |source| KeyError::Io { path: path.to_path_buf(), source };
     match std::fs::read_to_string(path) {
         Ok(text) => {
-            let key = base64::engine::general_purpose::STANDARD.decode(text.trim()).map_err(|_| KeyError::Corrupt(path.to_path_buf()))?;
+            let key = base64::engine::general_purpose::STANDARD
+                .decode(text.trim())
+                .map_err(|_| KeyError::Corrupt(path.to_path_buf()))?;
             if key.len() < 32 {
                 return Err(KeyError::Corrupt(path.to_path_buf()));
             }

@@ -63,9 +63,10 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             if settings.database.migrate_on_start {
                 reelhouse::db::migrate(&db).await?;
             }
-            let user = reelhouse::auth::accounts::create_user(&db, &email, &password, &display_name, entities::Role::Admin)
-                .await
-                .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+            let user =
+                reelhouse::auth::accounts::create_user(&db, &email, &password, &display_name, entities::Role::Admin)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
             println!("created admin {} ({})", user.email, user.id);
             Ok(())
         }

@@ -20,7 +20,8 @@ pub struct RedisHandle {
 impl RedisHandle {
     pub fn new(settings: &RedisSettings) -> anyhow::Result<Option<Self>> {
         let Some(url) = &settings.url else { return Ok(None) };
-        let client = redis::Client::open(url.expose()).map_err(|_| anyhow::anyhow!("invalid redis.url {}", url.redacted()))?;
+        let client =
+            redis::Client::open(url.expose()).map_err(|_| anyhow::anyhow!("invalid redis.url {}", url.redacted()))?;
         Ok(Some(Self {
             client,
             manager: Mutex::new(None),
@@ -39,9 +40,10 @@ impl RedisHandle {
             .set_connection_timeout(self.timeout)
             .set_response_timeout(self.timeout)
             .set_number_of_retries(1);
-        let manager = tokio::time::timeout(self.timeout * 2, ConnectionManager::new_with_config(self.client.clone(), config))
-            .await
-            .map_err(|_| anyhow::anyhow!("timed out connecting to redis"))??;
+        let manager =
+            tokio::time::timeout(self.timeout * 2, ConnectionManager::new_with_config(self.client.clone(), config))
+                .await
+                .map_err(|_| anyhow::anyhow!("timed out connecting to redis"))??;
         *slot = Some(manager.clone());
         Ok(manager)
     }

@@ -100,7 +100,9 @@ impl Application {
             store,
             redis,
             hubs,
-            tokens: Arc::new(TokenKeys::new(&settings.auth, &keys.jwt).map_err(|e| anyhow::anyhow!("{}", e.message()))?),
+            tokens: Arc::new(
+                TokenKeys::new(&settings.auth, &keys.jwt).map_err(|e| anyhow::anyhow!("{}", e.message()))?,
+            ),
             keys,
             metrics,
             instance_id,

@@ -32,9 +32,11 @@ impl Hubs {
     ) -> Self {
         let supervisor = Supervisor::start();
         let instance = instance.to_string();
-        let event_bus = supervisor.spawn("event_bus", move |death| EventBus::new(instance.clone(), heartbeat_every, death));
+        let event_bus =
+            supervisor.spawn("event_bus", move |death| EventBus::new(instance.clone(), heartbeat_every, death));
         let rate_limits = rate_limits.clone();
-        let rate_limiter = supervisor.spawn("rate_limiter", move |death| RateLimiter::new(&rate_limits, redis.clone(), death));
+        let rate_limiter =
+            supervisor.spawn("rate_limiter", move |death| RateLimiter::new(&rate_limits, redis.clone(), death));
         Self { supervisor, event_bus, rate_limiter }
     }
 

@@ -42,7 +42,8 @@ pub async fn create_user(
     }
     // argon2 is deliberately slow: keep it off the async workers.
     let candidate = password.to_string();
-    let password_hash = tokio::task::spawn_blocking(move || hash_password(&candidate)).await.map_err(AppError::internal)??;
+    let password_hash =
+        tokio::task::spawn_blocking(move || hash_password(&candidate)).await.map_err(AppError::internal)??;
     let now = Utc::now();
     let model = user::ActiveModel {
         id: Set(Uuid::now_v7()),
@@ -101,7 +102,8 @@ pub async fn verify_credentials(db: &DatabaseConnection, email: &str, password: 
         return Err(AppError::forbidden("this account is disabled"));
     }
     if needs_rehash(&user.password_hash) {
-        let fresh = tokio::task::spawn_blocking(move || hash_password(&candidate)).await.map_err(AppError::internal)??;
+        let fresh =
+            tokio::task::spawn_blocking(move || hash_password(&candidate)).await.map_err(AppError::internal)??;
         let mut active: user::ActiveModel = user.into();
         active.password_hash = Set(fresh);
         active.updated_at = Set(Utc::now());

@@ -32,7 +32,8 @@ pub struct CreatedApiKey {
 
 fn checksum(body: &str) -> String {
     let digest = Sha256::digest(body.as_bytes());
-    let mut n = u64::from_be_bytes([digest[0], digest[1], digest[2], digest[3], digest[4], digest[5], digest[6], digest[7]]);
+    let mut n =
+        u64::from_be_bytes([digest[0], digest[1], digest[2], digest[3], digest[4], digest[5], digest[6], digest[7]]);
     let mut out = String::with_capacity(CHECKSUM_LEN);
     for _ in 0..CHECKSUM_LEN {
         out.push(char::from(BASE62[(n % 62) as usize]));
@@ -118,7 +119,8 @@ pub async fn revoke_api_key(db: &DatabaseConnection, owner_id: Uuid, id: Uuid) -
         .exec(db)
         .await?;
     if result.rows_affected == 0 {
-        let exists = api_key::Entity::find_by_id(id).filter(api_key::Column::UserId.eq(owner_id)).one(db).await?.is_some();
+        let exists =
+            api_key::Entity::find_by_id(id).filter(api_key::Column::UserId.eq(owner_id)).one(db).await?.is_some();
         if !exists {
             return Err(AppError::not_found("API key"));
         }
@@ -163,7 +165,9 @@ async fn record_use(db: &DatabaseConnection, key: &api_key::Model) -> AppResult<
         .col_expr(api_key::Column::LastUsedAt, Expr::value(now))
         .filter(api_key::Column::Id.eq(key.id))
         .filter(
-            Condition::any().add(api_key::Column::LastUsedAt.is_null()).add(api_key::Column::LastUsedAt.lt(stale_before)),
+            Condition::any()
+                .add(api_key::Column::LastUsedAt.is_null())
+                .add(api_key::Column::LastUsedAt.lt(stale_before)),
         )
         .exec(db)
         .await?;

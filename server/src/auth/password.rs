@@ -110,10 +110,14 @@ mod tests {
         assert!(!verify_password("correct horse 8", &a));
         assert!(!verify_password("anything", "not a phc string"));
         assert!(!needs_rehash(&a));
-        let weak = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, argon2::Params::new(8192, 1, 1, None).unwrap())
-            .hash_password(b"correct horse 7", &SaltString::generate(&mut OsRng))
-            .unwrap()
-            .to_string();
+        let weak = Argon2::new(
+            argon2::Algorithm::Argon2id,
+            argon2::Version::V0x13,
+            argon2::Params::new(8192, 1, 1, None).unwrap(),
+        )
+        .hash_password(b"correct horse 7", &SaltString::generate(&mut OsRng))
+        .unwrap()
+        .to_string();
         assert!(needs_rehash(&weak));
     }
 }

@@ -48,7 +48,9 @@ fn hash_refresh_token(token: &str) -> String {
 }
 
 fn refresh_ttl(state: &AppState) -> Duration {
-    Duration::seconds(i64::try_from(state.settings.auth.refresh_token_ttl_secs).unwrap_or(i64::MAX / 4).min(10 * 365 * 86_400))
+    Duration::seconds(
+        i64::try_from(state.settings.auth.refresh_token_ttl_secs).unwrap_or(i64::MAX / 4).min(10 * 365 * 86_400),
+    )
 }
 
 async fn insert_refresh_token(
@@ -116,7 +118,9 @@ pub async fn rotate_refresh_token(state: &AppState, presented: &str) -> AppResul
         .await?
         .rows_affected
         == 1;
-    let Some(token) = refresh_token::Entity::find().filter(refresh_token::Column::TokenHash.eq(&hash)).one(&txn).await? else {
+    let Some(token) =
+        refresh_token::Entity::find().filter(refresh_token::Column::TokenHash.eq(&hash)).one(&txn).await?
+    else {
         return Err(AppError::unauthenticated(INVALID_REFRESH));
     };
     let family = refresh_token_family::Entity::find_by_id(token.family_id)

@@ -82,7 +82,10 @@ pub struct TokenKeys {
 
 impl std::fmt::Debug for TokenKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenKeys").field("algorithm", &self.algorithm).field("signing_kid", &self.signing_kid).finish_non_exhaustive()
+        f.debug_struct("TokenKeys")
+            .field("algorithm", &self.algorithm)
+            .field("signing_kid", &self.signing_kid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -138,8 +141,12 @@ impl TokenKeys {
                 let mut decoding = HashMap::new();
                 let mut first = None;
                 for pem in &settings.verification_keys_pem {
-                    let key = if ed { DecodingKey::from_ed_pem(pem.as_bytes()) } else { DecodingKey::from_rsa_pem(pem.as_bytes()) }
-                        .map_err(|_| bad("verification_keys_pem"))?;
+                    let key = if ed {
+                        DecodingKey::from_ed_pem(pem.as_bytes())
+                    } else {
+                        DecodingKey::from_rsa_pem(pem.as_bytes())
+                    }
+                    .map_err(|_| bad("verification_keys_pem"))?;
                     let kid = key_id(pem.trim().as_bytes());
                     first.get_or_insert_with(|| kid.clone());
                     decoding.insert(kid, key);
@@ -173,7 +180,12 @@ impl TokenKeys {
         &self.signing_kid
     }
 
-    pub fn issue_access_token(&self, user_id: Uuid, role: Role, session_id: Uuid) -> Result<IssuedAccessToken, AppError> {
+    pub fn issue_access_token(
+        &self,
+        user_id: Uuid,
+        role: Role,
+        session_id: Uuid,
+    ) -> Result<IssuedAccessToken, AppError> {
         let now = Utc::now().timestamp();
         let claims = AccessClaims {
             iss: self.issuer.clone(),

@@ -443,7 +443,10 @@ impl Settings {
         }
         if self.auth.algorithm != JwtAlgorithm::HS256 {
             if self.auth.signing_key_pem.is_none() {
-                return Err(SettingsError::new("auth.signing_key_pem", "required when auth.algorithm is EdDSA or RS256"));
+                return Err(SettingsError::new(
+                    "auth.signing_key_pem",
+                    "required when auth.algorithm is EdDSA or RS256",
+                ));
             }
             if self.auth.verification_keys_pem.is_empty() {
                 return Err(SettingsError::new(
@@ -456,7 +459,10 @@ impl Settings {
             return Err(SettingsError::new("auth.access_token_ttl_secs", "must be positive"));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.telemetry.level).is_err() {
-            return Err(SettingsError::new("telemetry.level", format!("`{}` is not a valid filter", self.telemetry.level)));
+            return Err(SettingsError::new(
+                "telemetry.level",
+                format!("`{}` is not a valid filter", self.telemetry.level),
+            ));
         }
         if crate::telemetry::gst_level(&self.telemetry.gstreamer_level).is_none() {
             return Err(SettingsError::new(
@@ -479,10 +485,9 @@ impl Settings {
     }
 
     pub fn bind_addr(&self) -> Result<SocketAddr, SettingsError> {
-        self.server
-            .bind
-            .parse()
-            .map_err(|_| SettingsError::new("server.bind", format!("`{}` is not an address like 127.0.0.1:8080", self.server.bind)))
+        self.server.bind.parse().map_err(|_| {
+            SettingsError::new("server.bind", format!("`{}` is not an address like 127.0.0.1:8080", self.server.bind))
+        })
     }
 
     pub fn storage_backend(&self) -> StorageBackend {
@@ -549,9 +554,7 @@ fn conventional_env() -> Env {
         ("REELHOUSE_DATA_DIR", "server.data_dir"),
     ];
     Env::raw().filter_map(|key| {
-        MAP.iter()
-            .find(|(name, _)| key.as_str().eq_ignore_ascii_case(name))
-            .map(|(_, target)| (*target).into())
+        MAP.iter().find(|(name, _)| key.as_str().eq_ignore_ascii_case(name)).map(|(_, target)| (*target).into())
     })
 }
 

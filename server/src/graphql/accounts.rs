@@ -236,22 +236,30 @@ impl AccountsMutation {
     async fn revoke_all_sessions(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
         let state = ctx.data::<AppState>()?;
         let principal = require_principal(ctx).map_err(|e| e.extend())?;
-        sessions::revoke_all_sessions(&state.db, principal.user_id, "revoke all sessions").await.map_err(|e| e.extend())?;
+        sessions::revoke_all_sessions(&state.db, principal.user_id, "revoke all sessions")
+            .await
+            .map_err(|e| e.extend())?;
         Ok(true)
     }
 
     /// Create an API key; its role defaults to, and may not exceed, the caller's.
     #[graphql(guard = "PermissionGuard(Permission::ManageApiKeys)")]
-    async fn create_api_key(&self, ctx: &Context<'_>, name: String, role: Option<Role>) -> async_graphql::Result<ApiKeyPayload> {
+    async fn create_api_key(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+        role: Option<Role>,
+    ) -> async_graphql::Result<ApiKeyPayload> {
         let state = ctx.data::<AppState>()?;
         let principal = require_principal(ctx).map_err(|e| e.extend())?;
         // A leaked key must not be able to mint keys that outlive its revocation.
         if principal.method == crate::auth::principal::AuthMethod::ApiKey {
             return Err(crate::error::AppError::forbidden("API keys cannot create API keys; sign in").extend());
         }
-        let created = api_keys::create_api_key(&state.db, principal.user_id, principal.role, &name, role.map(Into::into))
-            .await
-            .map_err(|e| e.extend())?;
+        let created =
+            api_keys::create_api_key(&state.db, principal.user_id, principal.role, &name, role.map(Into::into))
+                .await
+                .map_err(|e| e.extend())?;
         Ok(ApiKeyPayload { api_key: created.model.into(), secret: created.secret })
     }
 

@@ -83,7 +83,10 @@ impl Extension for DocumentLimits {
         let document = next.run(ctx, query, variables).await?;
         let counts = count(&document);
         if counts.aliases > self.max_aliases {
-            return Err(refuse(format!("the document has {} aliases; at most {} are allowed", counts.aliases, self.max_aliases)));
+            return Err(refuse(format!(
+                "the document has {} aliases; at most {} are allowed",
+                counts.aliases, self.max_aliases
+            )));
         }
         if counts.directives > self.max_directives {
             return Err(refuse(format!(

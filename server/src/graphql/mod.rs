@@ -29,7 +29,10 @@ pub fn build_schema(settings: &GraphqlSettings, state: Option<AppState>) -> AppS
         .limit_depth(settings.max_depth)
         .limit_complexity(settings.max_complexity)
         .limit_recursive_depth(settings.max_depth.max(32))
-        .extension(limits::DocumentLimits { max_aliases: settings.max_aliases, max_directives: settings.max_directives })
+        .extension(limits::DocumentLimits {
+            max_aliases: settings.max_aliases,
+            max_directives: settings.max_directives,
+        })
         .extension(limits::QueryCost);
     if !settings.introspection {
         builder = builder.disable_introspection().disable_suggestions();

@@ -15,8 +15,10 @@ use crate::startup::AppState;
 /// Read the body, refusing it with `PAYLOAD_TOO_LARGE` as soon as it passes `max`
 /// bytes: a stranger cannot make the server buffer more than that.
 async fn read_limited(req: &HttpRequest, mut payload: web::Payload, max: usize) -> Result<web::Bytes, AppError> {
-    let too_large = || AppError::new(ErrorCode::PayloadTooLarge, format!("the request body may be at most {max} bytes"));
-    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    let too_large =
+        || AppError::new(ErrorCode::PayloadTooLarge, format!("the request body may be at most {max} bytes"));
+    let declared =
+        req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|len| len > max) {
         return Err(too_large());
     }
@@ -68,6 +70,10 @@ pub async fn graphiql(state: web::Data<AppState>) -> Result<HttpResponse, AppErr
     if !state.settings.graphql.playground {
         return Err(AppError::not_found("page"));
     }
-    let page = GraphiQLSource::build().endpoint("/graphql").subscription_endpoint("/graphql/ws").title("reelhouse GraphiQL").finish();
+    let page = GraphiQLSource::build()
+        .endpoint("/graphql")
+        .subscription_endpoint("/graphql/ws")
+        .title("reelhouse GraphiQL")
+        .finish();
     Ok(HttpResponse::Ok().content_type("text/html; charset=utf-8").body(page))
 }

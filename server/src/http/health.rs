@@ -77,7 +77,11 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     if failing.is_empty() {
         HttpResponse::Ok().json(Readiness { status: "ready", reason: None, checks })
     } else {
-        HttpResponse::ServiceUnavailable().json(Readiness { status: "unavailable", reason: Some(failing.join("; ")), checks })
+        HttpResponse::ServiceUnavailable().json(Readiness {
+            status: "unavailable",
+            reason: Some(failing.join("; ")),
+            checks,
+        })
     }
 }
 

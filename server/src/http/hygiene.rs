@@ -37,7 +37,8 @@ pub async fn enforce_tls(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let mode = req.app_data::<web::Data<AppState>>().map(|s| s.settings.server.tls_enforcement).unwrap_or(TlsEnforcement::Off);
+    let mode =
+        req.app_data::<web::Data<AppState>>().map(|s| s.settings.server.tls_enforcement).unwrap_or(TlsEnforcement::Off);
     if mode == TlsEnforcement::Off || PLAIN_HTTP_OK.contains(&req.path()) {
         return Ok(next.call(req).await?.map_into_boxed_body());
     }

@@ -30,7 +30,12 @@ pub async fn check(state: &AppState, policy: &'static str, subject: String, cost
 }
 
 /// Refuse with `RATE_LIMITED` when the named policy's bucket for `subject` is empty.
-pub async fn enforce(state: &AppState, policy: &'static str, subject: String, cost: u32) -> Result<Option<Decision>, AppError> {
+pub async fn enforce(
+    state: &AppState,
+    policy: &'static str,
+    subject: String,
+    cost: u32,
+) -> Result<Option<Decision>, AppError> {
     match check(state, policy, subject, cost).await {
         Some(decision) if !decision.allowed => {
             metrics::counter!("reelhouse_rate_limited_total", "policy" => policy).increment(1);

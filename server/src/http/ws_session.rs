@@ -96,10 +96,7 @@ pub async fn graphql_ws(
                 .map(str::to_string),
         },
     };
-    ws::WsResponseBuilder::new(session, &req, payload)
-        .protocols(&ALL_WEBSOCKET_PROTOCOLS)
-        .frame_size(MAX_FRAME)
-        .start()
+    ws::WsResponseBuilder::new(session, &req, payload).protocols(&ALL_WEBSOCKET_PROTOCOLS).frame_size(MAX_FRAME).start()
 }
 
 /// Check a `connection_init` payload; `Err` carries the client-safe reason.
@@ -115,7 +112,8 @@ async fn authenticate_init(
             .map(str::to_string)
     };
     if let Some(header) = field("authorization") {
-        let token = header.strip_prefix("Bearer ").map(str::trim).ok_or("authorization must be `Bearer <access token>`")?;
+        let token =
+            header.strip_prefix("Bearer ").map(str::trim).ok_or("authorization must be `Bearer <access token>`")?;
         let expires_at = state.tokens.verify_access_token(token).ok().map(|(claims, _)| claims.exp);
         return match principal::authenticate_access_token(state, token).await {
             auth @ RequestAuth::Authenticated(_) => Ok((auth, Some(Credential::Bearer(token.to_string())), expires_at)),
@@ -310,4 +308,3 @@ impl StreamHandler<Result<Message, ProtocolError>> for Session {
         }
     }
 }
-

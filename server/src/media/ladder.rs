@@ -81,7 +81,12 @@ pub fn plan_ladder(info: &MediaInfo, config: &LadderConfig) -> Vec<Rung> {
         if rungs.iter().any(|r| r.width == width && r.height == height) {
             continue;
         }
-        rungs.push(Rung { name: format!("{}p", spec.lines), width, height, video_bitrate_kbps: spec.video_bitrate_kbps });
+        rungs.push(Rung {
+            name: format!("{}p", spec.lines),
+            width,
+            height,
+            video_bitrate_kbps: spec.video_bitrate_kbps,
+        });
     }
     if rungs.is_empty() {
         // Below the smallest rung: one rung at the source size, bitrate scaled by pixels.
@@ -235,7 +240,8 @@ pub fn transcode_hls(
     }
 
     let (fps_n, fps_d) = info.frame_rate_fraction.unwrap_or((opts.fallback_fps.max(1), 1));
-    let keyint = ((f64::from(fps_n) / f64::from(fps_d)) * f64::from(opts.segment_seconds.max(1))).round().max(1.0) as u32;
+    let keyint =
+        ((f64::from(fps_n) / f64::from(fps_d)) * f64::from(opts.segment_seconds.max(1))).round().max(1.0) as u32;
 
     let pipeline = gst::Pipeline::with_name("hls-ladder");
     let _null = NullOnDrop(pipeline.clone());
@@ -251,8 +257,10 @@ pub fn transcode_hls(
     let flip = make("videoflip", Some("rotate"))?;
     flip.set_property_from_str("method", "automatic");
     let rate = make("videorate", Some("video-rate"))?;
-    let vrate_caps =
-        caps_filter("video-fps", gst::Caps::builder("video/x-raw").field("framerate", gst::Fraction::new(fps_n, fps_d)).build())?;
+    let vrate_caps = caps_filter(
+        "video-fps",
+        gst::Caps::builder("video/x-raw").field("framerate", gst::Fraction::new(fps_n, fps_d)).build(),
+    )?;
     let vtee = make("tee", Some("video-tee"))?;
     pipeline.add_many([&decode, &vconvert, &vformat, &flip, &rate, &vrate_caps, &vtee])?;
     gst::Element::link_many([&vconvert, &vformat, &flip, &rate, &vrate_caps, &vtee])?;
@@ -316,11 +324,15 @@ pub fn transcode_hls(
                 .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
                 .build(),
         )?;
-        let enc = x264_encoder(&format!("x264-{id}"), rung.video_bitrate_kbps, keyint, &opts.speed_preset, opts.tune.as_deref())?;
-        let profile = caps_filter(
-            &format!("profile-{id}"),
-            gst::Caps::builder("video/x-h264").field("profile", "high").build(),
+        let enc = x264_encoder(
+            &format!("x264-{id}"),
+            rung.video_bitrate_kbps,
+            keyint,
+            &opts.speed_preset,
+            opts.tune.as_deref(),
         )?;
+        let profile =
+            caps_filter(&format!("profile-{id}"), gst::Caps::builder("video/x-h264").field("profile", "high").build())?;
         let parse = make("h264parse", Some(&format!("h264parse-{id}")))?;
         let sink = make("hlssink2", Some(&format!("hls-{id}")))?;
         sink.set_property("location", dir.join("segment%05d.ts").to_string_lossy().to_string());
@@ -332,9 +344,8 @@ pub fn transcode_hls(
         sink.set_property("send-keyframe-requests", false);
         pipeline.add_many([&queue, &scale, &size, &enc, &profile, &parse, &sink])?;
         gst::Element::link_many([&queue, &scale, &size, &enc, &profile, &parse])?;
-        let video_pad = sink
-            .request_pad_simple("video")
-            .ok_or_else(|| MediaError::Build("hlssink2 gave no video pad".into()))?;
+        let video_pad =
+            sink.request_pad_simple("video").ok_or_else(|| MediaError::Build("hlssink2 gave no video pad".into()))?;
         link_pads(&parse, "src", &video_pad)?;
         let tee_pad =
             vtee.request_pad_simple("src_%u").ok_or_else(|| MediaError::Build("tee gave no src pad".into()))?;
@@ -361,9 +372,7 @@ pub fn transcode_hls(
     connect_decoder(&pipeline, &decode, &vconvert, audio_head.as_ref().map(|(head, _)| head));
 
     // Run, reporting progress and the lowest rung as soon as its playlist is final.
-    let lowest = (0..rungs.len())
-        .min_by_key(|&i| u64::from(rungs[i].width) * u64::from(rungs[i].height))
-        .unwrap_or(0);
+    let lowest = (0..rungs.len()).min_by_key(|&i| u64::from(rungs[i].width) * u64::from(rungs[i].height)).unwrap_or(0);
     let ready_sent = std::cell::Cell::new(false);
     let duration = info.duration;
     let tick = opts.progress_interval.max(Duration::from_millis(250));
@@ -389,9 +398,9 @@ pub fn transcode_hls(
         };
         let percent = percent_of(position);
         let speed = position.as_secs_f64() / elapsed;
-        let eta = duration.filter(|_| speed > 0.0).map(|d| {
-            Duration::from_secs_f64((d.as_secs_f64() - position.as_secs_f64()).max(0.0) / speed)
-        });
+        let eta = duration
+            .filter(|_| speed > 0.0)
+            .map(|d| Duration::from_secs_f64((d.as_secs_f64() - position.as_secs_f64()).max(0.0) / speed));
         progress(&Progress {
             percent,
             position,
@@ -419,7 +428,10 @@ pub fn transcode_hls(
     let reached = Duration::from_nanos(decoded_until.load(Ordering::Relaxed));
     if let Some(expected) = duration {
         if ended_early(reached, expected) {
-            return Err(MediaError::Truncated { reached_secs: reached.as_secs_f64(), expected_secs: expected.as_secs_f64() });
+            return Err(MediaError::Truncated {
+                reached_secs: reached.as_secs_f64(),
+                expected_secs: expected.as_secs_f64(),
+            });
         }
     }
 
@@ -435,7 +447,8 @@ pub fn transcode_hls(
             });
         }
         let segments = read_segments(&playlist, dir)?;
-        let nominal = u64::from(rung.video_bitrate_kbps + if info.has_audio { opts.audio_bitrate_kbps } else { 0 }) * 1000;
+        let nominal =
+            u64::from(rung.video_bitrate_kbps + if info.has_audio { opts.audio_bitrate_kbps } else { 0 }) * 1000;
         let (peak, average) = measured_bandwidth(&segments).unwrap_or((nominal, nominal));
         let video_codec = lock(&state.video_codec).clone().unwrap_or_else(|| "avc1.640028".into());
         let codecs = match audio_codec {
@@ -490,9 +503,8 @@ pub(crate) fn x264_encoder(
 }
 
 fn link_pads(src: &gst::Element, src_pad: &str, sink_pad: &gst::Pad) -> Result<(), MediaError> {
-    let pad = src
-        .static_pad(src_pad)
-        .ok_or_else(|| MediaError::Build(format!("{} has no {src_pad} pad", src.name())))?;
+    let pad =
+        src.static_pad(src_pad).ok_or_else(|| MediaError::Build(format!("{} has no {src_pad} pad", src.name())))?;
     pad.link(sink_pad)
         .map(|_| ())
         .map_err(|e| MediaError::Build(format!("linking {} to {}: {e:?}", src.name(), sink_pad.name())))
@@ -606,7 +618,8 @@ struct Segment {
 }
 
 fn read_segments(playlist: &Path, dir: &Path) -> Result<Vec<Segment>, MediaError> {
-    let text = std::fs::read_to_string(playlist).map_err(|e| MediaError::io(format!("reading {}", playlist.display()), e))?;
+    let text =
+        std::fs::read_to_string(playlist).map_err(|e| MediaError::io(format!("reading {}", playlist.display()), e))?;
     let mut segments = Vec::new();
     let mut pending: Option<f64> = None;
     for line in text.lines().map(str::trim) {

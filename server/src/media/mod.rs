@@ -49,11 +49,7 @@ pub enum MediaError {
     #[error("the source ended early at {reached_secs:.2} s of {expected_secs:.2} s (truncated or corrupt)")]
     Truncated { reached_secs: f64, expected_secs: f64 },
     #[error("pipeline element {element} failed: {reason}")]
-    Pipeline {
-        element: String,
-        reason: String,
-        debug: Option<String>,
-    },
+    Pipeline { element: String, reason: String, debug: Option<String> },
     #[error("building the pipeline failed: {0}")]
     Build(String),
     #[error("cancelled")]

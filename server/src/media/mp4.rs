@@ -132,7 +132,8 @@ pub fn transcode_mp4(
     let settings = preset.settings();
     let (width, height) = fit(info.display_size(), settings.max_lines);
     let (fps_n, fps_d) = info.frame_rate_fraction.unwrap_or((30, 1));
-    let keyint = ((f64::from(fps_n) / f64::from(fps_d)) * f64::from(opts.keyframe_seconds.max(1))).round().max(1.0) as u32;
+    let keyint =
+        ((f64::from(fps_n) / f64::from(fps_d)) * f64::from(opts.keyframe_seconds.max(1))).round().max(1.0) as u32;
 
     let parent = out_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| MediaError::io(format!("creating {}", parent.display()), e))?;
@@ -287,7 +288,10 @@ pub fn transcode_mp4(
     let reached = Duration::from_nanos(encoded_until.load(Ordering::Relaxed));
     if let Some(expected) = duration {
         if ended_early(reached, expected) {
-            return Err(MediaError::Truncated { reached_secs: reached.as_secs_f64(), expected_secs: expected.as_secs_f64() });
+            return Err(MediaError::Truncated {
+                reached_secs: reached.as_secs_f64(),
+                expected_secs: expected.as_secs_f64(),
+            });
         }
     }
     std::fs::rename(&partial, out_path).map_err(|e| MediaError::io(format!("writing {}", out_path.display()), e))?;

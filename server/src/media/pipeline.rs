@@ -151,18 +151,13 @@ pub(crate) fn make(factory: &str, name: Option<&str>) -> Result<gst::Element, Me
     if let Some(name) = name {
         builder = builder.name(name);
     }
-    builder
-        .build()
-        .map_err(|e| MediaError::Build(format!("GStreamer element {factory} is not available: {e}")))
+    builder.build().map_err(|e| MediaError::Build(format!("GStreamer element {factory} is not available: {e}")))
 }
 
 /// Link `pad` (a decoder output) to a sink that discards it, so unused streams never
 /// stall or fail the pipeline.
 pub(crate) fn discard_pad(pipeline: &gst::Pipeline, pad: &gst::Pad) -> Result<(), MediaError> {
-    let sink = gst::ElementFactory::make("fakesink")
-        .property("sync", false)
-        .property("async", false)
-        .build()?;
+    let sink = gst::ElementFactory::make("fakesink").property("sync", false).property("async", false).build()?;
     pipeline.add(&sink)?;
     sink.sync_state_with_parent()?;
     let sink_pad = sink.static_pad("sink").ok_or_else(|| MediaError::Build("fakesink has no sink pad".into()))?;

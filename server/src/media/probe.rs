@@ -164,10 +164,8 @@ fn media_info(info: &pbutils::DiscovererInfo) -> MediaInfo {
     let container_caps = info.stream_info().and_then(|s| s.caps());
     let video = videos.first();
     let video_caps = video.and_then(|v| v.caps());
-    let frame_rate_fraction = video
-        .map(|v| v.framerate())
-        .filter(|f| f.denom() > 0 && f.numer() > 0)
-        .map(|f| (f.numer(), f.denom()));
+    let frame_rate_fraction =
+        video.map(|v| v.framerate()).filter(|f| f.denom() > 0 && f.numer() > 0).map(|f| (f.numer(), f.denom()));
     let frame_rate = frame_rate_fraction.map(|(n, d)| f64::from(n) / f64::from(d)).unwrap_or(0.0);
     let rotation = video
         .and_then(|v| v.tags())

@@ -10,9 +10,7 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
 use super::ladder::{caps_filter, connect_decoder};
-use super::pipeline::{
-    clock_time, limit_decoder_errors, make, run_to_eos, wait_async_done, Limits, NullOnDrop,
-};
+use super::pipeline::{clock_time, limit_decoder_errors, make, run_to_eos, wait_async_done, Limits, NullOnDrop};
 use super::{ensure_gstreamer, file_uri, probe, MediaError, MediaInfo};
 
 /// A decoded RGB picture (3 bytes per pixel, rows packed).
@@ -332,13 +330,13 @@ impl FrameGrabber {
         let target = clock_time(position);
         // The first preroll already holds frame 0.
         if target != self.last || target != gst::ClockTime::ZERO {
-            self.pipeline
-                .seek_simple(gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE, target)
-                .map_err(|e| MediaError::Pipeline {
+            self.pipeline.seek_simple(gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE, target).map_err(|e| {
+                MediaError::Pipeline {
                     element: self.pipeline.name().to_string(),
                     reason: format!("seeking to {:.2} s failed: {e}", position.as_secs_f64()),
                     debug: None,
-                })?;
+                }
+            })?;
             wait_async_done(&self.pipeline, limits)?;
         }
         self.last = target;
@@ -386,9 +384,8 @@ fn pull_frame(sink: &gst_app::AppSink, position: Duration) -> Result<Frame, Medi
     let mut rgb = Vec::with_capacity(row * height as usize);
     for y in 0..height as usize {
         let start = y * stride;
-        let line = map
-            .get(start..start + row)
-            .ok_or_else(|| MediaError::Build("a frame smaller than its caps".into()))?;
+        let line =
+            map.get(start..start + row).ok_or_else(|| MediaError::Build("a frame smaller than its caps".into()))?;
         rgb.extend_from_slice(line);
     }
     Ok(Frame { width, height, rgb, position })
@@ -440,7 +437,8 @@ fn encode_jpeg(
     let row = frame.width as usize * 3;
     let mut data = vec![0u8; info.size()];
     for y in 0..frame.height as usize {
-        if let (Some(d), Some(s)) = (data.get_mut(y * stride..y * stride + row), frame.rgb.get(y * row..(y + 1) * row)) {
+        if let (Some(d), Some(s)) = (data.get_mut(y * stride..y * stride + row), frame.rgb.get(y * row..(y + 1) * row))
+        {
             d.copy_from_slice(s);
         }
     }

@@ -82,9 +82,7 @@ impl StoreError {
     }
 
     pub(crate) fn not_found(key: &str) -> StoreError {
-        StoreError::NotFound {
-            key: key.to_owned(),
-        }
+        StoreError::NotFound { key: key.to_owned() }
     }
 
     /// The stable client-facing code.
@@ -99,9 +97,7 @@ impl StoreError {
             StoreError::KeyConflict => ErrorCode::Conflict,
             StoreError::InvalidSignature | StoreError::SignatureExpired => ErrorCode::Forbidden,
             StoreError::Unavailable { .. } => ErrorCode::Unavailable,
-            StoreError::Backend { .. } | StoreError::Io { .. } | StoreError::Config(_) => {
-                ErrorCode::Internal
-            }
+            StoreError::Backend { .. } | StoreError::Io { .. } | StoreError::Config(_) => ErrorCode::Internal,
         }
     }
 
@@ -116,11 +112,7 @@ impl From<StoreError> for AppError {
             ErrorCode::Unavailable => AppError::unavailable("object storage", err),
             ErrorCode::Internal => AppError::internal(err),
             ErrorCode::NotFound => {
-                let what = if matches!(err, StoreError::UploadNotFound) {
-                    "multipart upload"
-                } else {
-                    "object"
-                };
+                let what = if matches!(err, StoreError::UploadNotFound) { "multipart upload" } else { "object" };
                 AppError::not_found(what).with_source(err)
             }
             code => AppError::new(code, err.to_string()).with_source(err),
@@ -144,11 +136,8 @@ mod tests {
         assert!(!app.message().contains("AKIA"));
         assert!(!app.message().contains("minio"));
 
-        let app: AppError = StoreError::Unavailable {
-            op: "get",
-            source: "connect to 10.0.0.1:9000 refused".into(),
-        }
-        .into();
+        let app: AppError =
+            StoreError::Unavailable { op: "get", source: "connect to 10.0.0.1:9000 refused".into() }.into();
         assert_eq!(app.code(), ErrorCode::Unavailable);
         assert!(!app.message().contains("10.0.0.1"));
     }
@@ -160,10 +149,7 @@ mod tests {
             (StoreError::InvalidKey("empty"), ErrorCode::BadUserInput),
             (StoreError::InvalidSignature, ErrorCode::Forbidden),
             (StoreError::SignatureExpired, ErrorCode::Forbidden),
-            (
-                StoreError::RangeNotSatisfiable { size: Some(3) },
-                ErrorCode::BadUserInput,
-            ),
+            (StoreError::RangeNotSatisfiable { size: Some(3) }, ErrorCode::BadUserInput),
         ];
         for (err, code) in cases {
             assert!(err.is_client_error());

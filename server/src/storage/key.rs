@@ -25,22 +25,12 @@ pub fn validate_key(key: &str) -> Result<(), StoreError> {
         return Err(StoreError::InvalidKey("key must not contain '\\'"));
     }
     if key.chars().any(char::is_control) {
-        return Err(StoreError::InvalidKey(
-            "key must not contain control characters",
-        ));
+        return Err(StoreError::InvalidKey("key must not contain control characters"));
     }
     for segment in key.split('/') {
         match segment {
-            "" => {
-                return Err(StoreError::InvalidKey(
-                    "key must not contain empty segments",
-                ))
-            }
-            "." | ".." => {
-                return Err(StoreError::InvalidKey(
-                    "key must not contain '.' or '..' segments",
-                ))
-            }
+            "" => return Err(StoreError::InvalidKey("key must not contain empty segments")),
+            "." | ".." => return Err(StoreError::InvalidKey("key must not contain '.' or '..' segments")),
             _ => {}
         }
     }
@@ -59,13 +49,7 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_keys() {
-        for key in [
-            "a",
-            "users/1/videos/2/source",
-            "hls/720p/segment 001.ts",
-            "ünïcode/+%?#",
-            "a.b/.c/..d",
-        ] {
+        for key in ["a", "users/1/videos/2/source", "hls/720p/segment 001.ts", "ünïcode/+%?#", "a.b/.c/..d"] {
             assert!(validate_key(key).is_ok(), "{key}");
         }
     }
@@ -73,25 +57,10 @@ mod tests {
     #[test]
     fn refuses_keys_that_could_escape_or_alias() {
         let too_long = "a".repeat(MAX_KEY_LEN + 1);
-        for key in [
-            "",
-            "/abs",
-            "../x",
-            "a/../b",
-            "a/./b",
-            ".",
-            "..",
-            "a//b",
-            "a/",
-            "a\\b",
-            "a\0b",
-            "a\nb",
-            too_long.as_str(),
-        ] {
-            assert!(
-                matches!(validate_key(key), Err(StoreError::InvalidKey(_))),
-                "{key:?}"
-            );
+        for key in
+            ["", "/abs", "../x", "a/../b", "a/./b", ".", "..", "a//b", "a/", "a\\b", "a\0b", "a\nb", too_long.as_str()]
+        {
+            assert!(matches!(validate_key(key), Err(StoreError::InvalidKey(_))), "{key:?}");
         }
         assert!(validate_key(&"a".repeat(MAX_KEY_LEN)).is_ok());
     }

@@ -54,9 +54,9 @@ use url::Url;
 
 use super::op_metrics::observe;
 use super::{
-    unquote_etag, validate_completed_parts, validate_expiry, validate_key, validate_part_number,
-    validate_prefix, ByteRange, ByteStream, CompletedPart, GetResult, ObjectMeta, ObjectStore,
-    PresignedRequest, StoreError, MAX_PART_SIZE, MIN_PART_SIZE,
+    unquote_etag, validate_completed_parts, validate_expiry, validate_key, validate_part_number, validate_prefix,
+    ByteRange, ByteStream, CompletedPart, GetResult, ObjectMeta, ObjectStore, PresignedRequest, StoreError,
+    MAX_PART_SIZE, MIN_PART_SIZE,
 };
 
 const BACKEND: &str = "local";
@@ -176,23 +176,14 @@ impl LocalStore {
         }
         let public_base_url = Url::parse(&config.public_base_url)
             .map_err(|_| StoreError::Config("the public base URL is not a valid URL".into()))?;
-        if !matches!(public_base_url.scheme(), "http" | "https")
-            || public_base_url.cannot_be_a_base()
-        {
-            return Err(StoreError::Config(
-                "the public base URL must be an http(s) URL".into(),
-            ));
+        if !matches!(public_base_url.scheme(), "http" | "https") || public_base_url.cannot_be_a_base() {
+            return Err(StoreError::Config("the public base URL must be an http(s) URL".into()));
         }
         if public_base_url.query().is_some() || public_base_url.fragment().is_some() {
-            return Err(StoreError::Config(
-                "the public base URL must not have a query or fragment".into(),
-            ));
+            return Err(StoreError::Config("the public base URL must not have a query or fragment".into()));
         }
         std::fs::create_dir_all(&config.root).map_err(StoreError::io("create storage root"))?;
-        let root = config
-            .root
-            .canonicalize()
-            .map_err(StoreError::io("resolve storage root"))?;
+        let root = config.root.canonicalize().map_err(StoreError::io("resolve storage root"))?;
         let store = LocalStore {
             objects: root.join("objects"),
             meta: root.join("meta"),
@@ -215,39 +206,23 @@ impl LocalStore {
     /// Remove temp files and multipart uploads older than `older_than` (writers
     /// that crashed, uploads nobody completed). Returns how many were removed.
     pub async fn sweep_stale(&self, older_than: Duration) -> Result<u64, StoreError> {
-        let cutoff = SystemTime::now()
-            .checked_sub(older_than)
-            .unwrap_or(UNIX_EPOCH);
+        let cutoff = SystemTime::now().checked_sub(older_than).unwrap_or(UNIX_EPOCH);
         let mut removed = 0;
         for (dir, is_dir) in [(&self.tmp, false), (&self.uploads, true)] {
-            let mut entries = fs::read_dir(dir)
-                .await
-                .map_err(StoreError::io("sweep stale files"))?;
-            while let Some(entry) = entries
-                .next_entry()
-                .await
-                .map_err(StoreError::io("sweep stale files"))?
-            {
+            let mut entries = fs::read_dir(dir).await.map_err(StoreError::io("sweep stale files"))?;
+            while let Some(entry) = entries.next_entry().await.map_err(StoreError::io("sweep stale files"))? {
                 let Ok(meta) = entry.metadata().await else {
                     continue;
                 };
                 if meta.modified().map(|m| m >= cutoff).unwrap_or(true) {
                     continue;
                 }
-                let result = if is_dir {
-                    fs::remove_dir_all(entry.path()).await
-                } else {
-                    fs::remove_file(entry.path()).await
-                };
+                let result =
+                    if is_dir { fs::remove_dir_all(entry.path()).await } else { fs::remove_file(entry.path()).await };
                 match result {
                     Ok(()) => removed += 1,
                     Err(err) if err.kind() == ErrorKind::NotFound => {}
-                    Err(err) => {
-                        return Err(StoreError::Io {
-                            op: "sweep stale files",
-                            source: err,
-                        })
-                    }
+                    Err(err) => return Err(StoreError::Io { op: "sweep stale files", source: err }),
                 }
             }
         }
@@ -263,8 +238,7 @@ impl LocalStore {
     }
 
     fn temp_path(&self) -> PathBuf {
-        self.tmp
-            .join(format!("{}.tmp", uuid::Uuid::new_v4().simple()))
+        self.tmp.join(format!("{}.tmp", uuid::Uuid::new_v4().simple()))
     }
 
     fn upload_dir(&self, upload_id: &str) -> Result<PathBuf, StoreError> {
@@ -277,18 +251,9 @@ impl LocalStore {
 
     // ---- writing -------------------------------------------------------------
 
-    async fn write_temp(
-        &self,
-        mut body: ByteStream,
-        limit: Option<u64>,
-    ) -> Result<Written, StoreError> {
-        let temp = TempFile {
-            path: self.temp_path(),
-            keep: false,
-        };
-        let file = File::create(&temp.path)
-            .await
-            .map_err(StoreError::io("create temp file"))?;
+    async fn write_temp(&self, mut body: ByteStream, limit: Option<u64>) -> Result<Written, StoreError> {
+        let temp = TempFile { path: self.temp_path(), keep: false };
+        let file = File::create(&temp.path).await.map_err(StoreError::io("create temp file"))?;
         let mut writer = BufWriter::with_capacity(WRITE_BUFFER, file);
         let mut hasher = Sha256::new();
         let mut size = 0u64;
@@ -299,25 +264,11 @@ impl LocalStore {
                 return Err(StoreError::TooLarge { limit });
             }
             hasher.update(&chunk);
-            writer
-                .write_all(&chunk)
-                .await
-                .map_err(StoreError::io("write object"))?;
+            writer.write_all(&chunk).await.map_err(StoreError::io("write object"))?;
         }
-        writer
-            .flush()
-            .await
-            .map_err(StoreError::io("write object"))?;
-        writer
-            .into_inner()
-            .sync_all()
-            .await
-            .map_err(StoreError::io("sync object"))?;
-        Ok(Written {
-            temp,
-            size,
-            sha256: hex::encode(hasher.finalize()),
-        })
+        writer.flush().await.map_err(StoreError::io("write object"))?;
+        writer.into_inner().sync_all().await.map_err(StoreError::io("sync object"))?;
+        Ok(Written { temp, size, sha256: hex::encode(hasher.finalize()) })
     }
 
     /// Rename `from` to `to`, creating parent directories. Retries when a
@@ -329,36 +280,19 @@ impl LocalStore {
             if let Some(parent) = to.parent() {
                 if let Err(err) = fs::create_dir_all(parent).await {
                     return Err(match err.kind() {
-                        ErrorKind::AlreadyExists | ErrorKind::NotADirectory => {
-                            StoreError::KeyConflict
-                        }
-                        _ => StoreError::Io {
-                            op: "create object directory",
-                            source: err,
-                        },
+                        ErrorKind::AlreadyExists | ErrorKind::NotADirectory => StoreError::KeyConflict,
+                        _ => StoreError::Io { op: "create object directory", source: err },
                     });
                 }
             }
             match fs::rename(from, to).await {
                 Ok(()) => return Ok(()),
                 Err(err) if err.kind() == ErrorKind::NotFound && attempts < 5 => continue,
-                Err(err)
-                    if matches!(
-                        err.kind(),
-                        ErrorKind::IsADirectory | ErrorKind::DirectoryNotEmpty
-                    ) =>
-                {
+                Err(err) if matches!(err.kind(), ErrorKind::IsADirectory | ErrorKind::DirectoryNotEmpty) => {
                     return Err(StoreError::KeyConflict)
                 }
-                Err(err) if err.kind() == ErrorKind::NotADirectory => {
-                    return Err(StoreError::KeyConflict)
-                }
-                Err(err) => {
-                    return Err(StoreError::Io {
-                        op: "rename object into place",
-                        source: err,
-                    })
-                }
+                Err(err) if err.kind() == ErrorKind::NotADirectory => return Err(StoreError::KeyConflict),
+                Err(err) => return Err(StoreError::Io { op: "rename object into place", source: err }),
             }
         }
     }
@@ -370,9 +304,7 @@ impl LocalStore {
         mut written: Written,
         content_type: Option<String>,
     ) -> Result<ObjectMeta, StoreError> {
-        let stat = fs::metadata(&written.temp.path)
-            .await
-            .map_err(StoreError::io("stat temp file"))?;
+        let stat = fs::metadata(&written.temp.path).await.map_err(StoreError::io("stat temp file"))?;
         let modified = stat.modified().map_err(StoreError::io("stat temp file"))?;
         let sidecar = Sidecar {
             content_type: content_type.clone(),
@@ -380,31 +312,18 @@ impl LocalStore {
             size: written.size,
             mtime_ns: mtime_ns(modified),
         };
-        let sidecar_json = serde_json::to_vec(&sidecar).map_err(|err| StoreError::Io {
-            op: "encode object metadata",
-            source: std::io::Error::other(err),
-        })?;
-        let mut sidecar_temp = TempFile {
-            path: self.temp_path(),
-            keep: false,
-        };
-        fs::write(&sidecar_temp.path, &sidecar_json)
-            .await
-            .map_err(StoreError::io("write object metadata"))?;
+        let sidecar_json = serde_json::to_vec(&sidecar)
+            .map_err(|err| StoreError::Io { op: "encode object metadata", source: std::io::Error::other(err) })?;
+        let mut sidecar_temp = TempFile { path: self.temp_path(), keep: false };
+        fs::write(&sidecar_temp.path, &sidecar_json).await.map_err(StoreError::io("write object metadata"))?;
 
         let object_path = self.object_path(key);
-        if fs::metadata(&object_path)
-            .await
-            .map(|m| m.is_dir())
-            .unwrap_or(false)
-        {
+        if fs::metadata(&object_path).await.map(|m| m.is_dir()).unwrap_or(false) {
             return Err(StoreError::KeyConflict);
         }
-        self.rename_into_place(&written.temp.path, &object_path)
-            .await?;
+        self.rename_into_place(&written.temp.path, &object_path).await?;
         written.temp.keep = true;
-        self.rename_into_place(&sidecar_temp.path, &self.meta_path(key))
-            .await?;
+        self.rename_into_place(&sidecar_temp.path, &self.meta_path(key)).await?;
         sidecar_temp.keep = true;
 
         Ok(ObjectMeta {
@@ -449,38 +368,20 @@ impl LocalStore {
             match fs::rename(&written.temp.path, dir.join(part_file_name(part_number))).await {
                 Ok(()) => written.temp.keep = true,
                 // The upload was aborted or completed while the part was arriving.
-                Err(err) if err.kind() == ErrorKind::NotFound => {
-                    return Err(StoreError::UploadNotFound)
-                }
-                Err(err) => {
-                    return Err(StoreError::Io {
-                        op: "store part",
-                        source: err,
-                    })
-                }
+                Err(err) if err.kind() == ErrorKind::NotFound => return Err(StoreError::UploadNotFound),
+                Err(err) => return Err(StoreError::Io { op: "store part", source: err }),
             }
             Ok(written.sha256)
         })
         .await
     }
 
-    async fn open_upload(
-        &self,
-        key: &str,
-        upload_id: &str,
-    ) -> Result<(PathBuf, UploadInfo), StoreError> {
+    async fn open_upload(&self, key: &str, upload_id: &str) -> Result<(PathBuf, UploadInfo), StoreError> {
         let dir = self.upload_dir(upload_id)?;
         let raw = match fs::read(dir.join("upload.json")).await {
             Ok(raw) => raw,
-            Err(err) if matches!(err.kind(), ErrorKind::NotFound) => {
-                return Err(StoreError::UploadNotFound)
-            }
-            Err(err) => {
-                return Err(StoreError::Io {
-                    op: "read multipart upload",
-                    source: err,
-                })
-            }
+            Err(err) if matches!(err.kind(), ErrorKind::NotFound) => return Err(StoreError::UploadNotFound),
+            Err(err) => return Err(StoreError::Io { op: "read multipart upload", source: err }),
         };
         let info: UploadInfo = serde_json::from_slice(&raw).map_err(|err| StoreError::Io {
             op: "read multipart upload",
@@ -501,17 +402,9 @@ impl LocalStore {
             Err(err) if matches!(err.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
                 return Err(StoreError::not_found(key))
             }
-            Err(err) => {
-                return Err(StoreError::Io {
-                    op: "open object",
-                    source: err,
-                })
-            }
+            Err(err) => return Err(StoreError::Io { op: "open object", source: err }),
         };
-        let stat = file
-            .metadata()
-            .await
-            .map_err(StoreError::io("stat object"))?;
+        let stat = file.metadata().await.map_err(StoreError::io("stat object"))?;
         if !stat.is_file() {
             return Err(StoreError::not_found(key));
         }
@@ -554,22 +447,12 @@ impl LocalStore {
         let existed = match fs::remove_file(self.object_path(key)).await {
             Ok(()) => true,
             Err(err) if is_missing(&err) => false,
-            Err(err) => {
-                return Err(StoreError::Io {
-                    op: "delete object",
-                    source: err,
-                })
-            }
+            Err(err) => return Err(StoreError::Io { op: "delete object", source: err }),
         };
         match fs::remove_file(self.meta_path(key)).await {
             Ok(()) => {}
             Err(err) if is_missing(&err) => {}
-            Err(err) => {
-                return Err(StoreError::Io {
-                    op: "delete object metadata",
-                    source: err,
-                })
-            }
+            Err(err) => return Err(StoreError::Io { op: "delete object metadata", source: err }),
         }
         prune_empty_parents(&self.objects, key).await;
         prune_empty_parents(&self.meta, key).await;
@@ -581,38 +464,18 @@ impl LocalStore {
         let mut keys = Vec::new();
         let mut pending = vec![dir.to_owned()];
         while let Some(dir) = pending.pop() {
-            let path = if dir.is_empty() {
-                self.objects.clone()
-            } else {
-                self.object_path(&dir)
-            };
+            let path = if dir.is_empty() { self.objects.clone() } else { self.object_path(&dir) };
             let mut entries = match fs::read_dir(&path).await {
                 Ok(entries) => entries,
                 Err(err) if is_missing(&err) => continue,
-                Err(err) => {
-                    return Err(StoreError::Io {
-                        op: "list objects",
-                        source: err,
-                    })
-                }
+                Err(err) => return Err(StoreError::Io { op: "list objects", source: err }),
             };
-            while let Some(entry) = entries
-                .next_entry()
-                .await
-                .map_err(StoreError::io("list objects"))?
-            {
+            while let Some(entry) = entries.next_entry().await.map_err(StoreError::io("list objects"))? {
                 let Ok(name) = entry.file_name().into_string() else {
                     continue;
                 };
-                let key = if dir.is_empty() {
-                    name
-                } else {
-                    format!("{dir}/{name}")
-                };
-                let file_type = entry
-                    .file_type()
-                    .await
-                    .map_err(StoreError::io("list objects"))?;
+                let key = if dir.is_empty() { name } else { format!("{dir}/{name}") };
+                let file_type = entry.file_type().await.map_err(StoreError::io("list objects"))?;
                 if file_type.is_dir() {
                     pending.push(key);
                 } else if file_type.is_file() {
@@ -648,9 +511,8 @@ impl LocalStore {
     ) -> Result<PresignedRequest, StoreError> {
         validate_expiry(expires_in)?;
         let expires_at = Utc::now()
-            + chrono::Duration::from_std(expires_in).map_err(|_| {
-                StoreError::InvalidRequest("presigned URL expiry is out of range".into())
-            })?;
+            + chrono::Duration::from_std(expires_in)
+                .map_err(|_| StoreError::InvalidRequest("presigned URL expiry is out of range".into()))?;
         let expires = expires_at.timestamp();
         let mut mac = self.mac()?;
         mac.update(Self::string_to_sign(method, key, expires, &params).as_bytes());
@@ -664,46 +526,27 @@ impl LocalStore {
             .extend(key.split('/'));
         {
             let mut query = url.query_pairs_mut();
-            query
-                .append_pair(QUERY_METHOD, method)
-                .append_pair(QUERY_EXPIRES, &expires.to_string());
+            query.append_pair(QUERY_METHOD, method).append_pair(QUERY_EXPIRES, &expires.to_string());
             if let Some(content_type) = &params.content_type {
                 query.append_pair(QUERY_CONTENT_TYPE, content_type);
             }
             if let (Some(upload_id), Some(part)) = (&params.upload_id, params.part) {
-                query
-                    .append_pair(QUERY_UPLOAD_ID, upload_id)
-                    .append_pair(QUERY_PART, &part.to_string());
+                query.append_pair(QUERY_UPLOAD_ID, upload_id).append_pair(QUERY_PART, &part.to_string());
             }
             query.append_pair(QUERY_SIGNATURE, &params.signature);
         }
-        let headers = params
-            .content_type
-            .iter()
-            .map(|ct| ("content-type".to_owned(), ct.clone()))
-            .collect();
-        Ok(PresignedRequest {
-            method: method.to_owned(),
-            url: url.into(),
-            headers,
-            expires_at,
-        })
+        let headers = params.content_type.iter().map(|ct| ("content-type".to_owned(), ct.clone())).collect();
+        Ok(PresignedRequest { method: method.to_owned(), url: url.into(), headers, expires_at })
     }
 
     /// Check a signed request: the signature first (constant time), then expiry.
     /// `method` is the request's method; `HEAD` is accepted with a `GET` signature.
-    pub(crate) fn verify_signed(
-        &self,
-        method: &str,
-        key: &str,
-        params: &SignedParams,
-    ) -> Result<(), StoreError> {
+    pub(crate) fn verify_signed(&self, method: &str, key: &str, params: &SignedParams) -> Result<(), StoreError> {
         let allowed = params.method == method || (method == "HEAD" && params.method == "GET");
         let signature = hex::decode(&params.signature).map_err(|_| StoreError::InvalidSignature)?;
         let mut mac = self.mac()?;
         mac.update(Self::string_to_sign(&params.method, key, params.expires, params).as_bytes());
-        mac.verify_slice(&signature)
-            .map_err(|_| StoreError::InvalidSignature)?;
+        mac.verify_slice(&signature).map_err(|_| StoreError::InvalidSignature)?;
         if !allowed {
             return Err(StoreError::InvalidSignature);
         }
@@ -720,23 +563,12 @@ impl ObjectStore for LocalStore {
         BACKEND
     }
 
-    async fn put(
-        &self,
-        key: &str,
-        body: ByteStream,
-        content_type: Option<&str>,
-    ) -> Result<ObjectMeta, StoreError> {
+    async fn put(&self, key: &str, body: ByteStream, content_type: Option<&str>) -> Result<ObjectMeta, StoreError> {
         self.put_limited(key, body, content_type, None).await
     }
 
-    async fn put_bytes(
-        &self,
-        key: &str,
-        bytes: Bytes,
-        content_type: Option<&str>,
-    ) -> Result<ObjectMeta, StoreError> {
-        self.put_limited(key, single_chunk(bytes), content_type, None)
-            .await
+    async fn put_bytes(&self, key: &str, bytes: Bytes, content_type: Option<&str>) -> Result<ObjectMeta, StoreError> {
+        self.put_limited(key, single_chunk(bytes), content_type, None).await
     }
 
     async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<GetResult, StoreError> {
@@ -744,11 +576,9 @@ impl ObjectStore for LocalStore {
             validate_key(key)?;
             let (mut file, meta) = self.open_object(key).await?;
             let resolved = match range {
-                Some(range) => Some(range.resolve(meta.size).ok_or(
-                    StoreError::RangeNotSatisfiable {
-                        size: Some(meta.size),
-                    },
-                )?),
+                Some(range) => {
+                    Some(range.resolve(meta.size).ok_or(StoreError::RangeNotSatisfiable { size: Some(meta.size) })?)
+                }
                 None => None,
             };
             let (start, len) = match resolved {
@@ -756,15 +586,9 @@ impl ObjectStore for LocalStore {
                 None => (0, meta.size),
             };
             if start > 0 {
-                file.seek(std::io::SeekFrom::Start(start))
-                    .await
-                    .map_err(StoreError::io("seek object"))?;
+                file.seek(std::io::SeekFrom::Start(start)).await.map_err(StoreError::io("seek object"))?;
             }
-            Ok(GetResult {
-                meta,
-                range: resolved,
-                body: read_stream(file, len),
-            })
+            Ok(GetResult { meta, range: resolved, body: read_stream(file, len) })
         })
         .await
     }
@@ -810,24 +634,12 @@ impl ObjectStore for LocalStore {
         observe(BACKEND, "presign_put", key, async {
             validate_key(key)?;
             let content_type = content_type.map(validated_content_type).transpose()?;
-            self.sign_url(
-                "PUT",
-                key,
-                expires_in,
-                SignedParams {
-                    content_type,
-                    ..SignedParams::default()
-                },
-            )
+            self.sign_url("PUT", key, expires_in, SignedParams { content_type, ..SignedParams::default() })
         })
         .await
     }
 
-    async fn presign_get(
-        &self,
-        key: &str,
-        expires_in: Duration,
-    ) -> Result<PresignedRequest, StoreError> {
+    async fn presign_get(&self, key: &str, expires_in: Duration) -> Result<PresignedRequest, StoreError> {
         observe(BACKEND, "presign_get", key, async {
             validate_key(key)?;
             self.sign_url("GET", key, expires_in, SignedParams::default())
@@ -835,39 +647,20 @@ impl ObjectStore for LocalStore {
         .await
     }
 
-    async fn create_multipart(
-        &self,
-        key: &str,
-        content_type: Option<&str>,
-    ) -> Result<String, StoreError> {
+    async fn create_multipart(&self, key: &str, content_type: Option<&str>) -> Result<String, StoreError> {
         observe(BACKEND, "create_multipart", key, async {
             validate_key(key)?;
             let content_type = content_type.map(validated_content_type).transpose()?;
             let upload_id = uuid::Uuid::new_v4().simple().to_string();
             let dir = self.upload_dir(&upload_id)?;
-            fs::create_dir_all(&dir)
-                .await
-                .map_err(StoreError::io("create multipart upload"))?;
-            let info = UploadInfo {
-                key: key.to_owned(),
-                content_type,
-                created_at: Utc::now(),
-            };
-            let json = serde_json::to_vec(&info).map_err(|err| StoreError::Io {
-                op: "create multipart upload",
-                source: std::io::Error::other(err),
-            })?;
+            fs::create_dir_all(&dir).await.map_err(StoreError::io("create multipart upload"))?;
+            let info = UploadInfo { key: key.to_owned(), content_type, created_at: Utc::now() };
+            let json = serde_json::to_vec(&info)
+                .map_err(|err| StoreError::Io { op: "create multipart upload", source: std::io::Error::other(err) })?;
             // Written then renamed, so `open_upload` never reads half a file.
-            let mut temp = TempFile {
-                path: self.temp_path(),
-                keep: false,
-            };
-            fs::write(&temp.path, json)
-                .await
-                .map_err(StoreError::io("create multipart upload"))?;
-            fs::rename(&temp.path, dir.join("upload.json"))
-                .await
-                .map_err(StoreError::io("create multipart upload"))?;
+            let mut temp = TempFile { path: self.temp_path(), keep: false };
+            fs::write(&temp.path, json).await.map_err(StoreError::io("create multipart upload"))?;
+            fs::rename(&temp.path, dir.join("upload.json")).await.map_err(StoreError::io("create multipart upload"))?;
             temp.keep = true;
             Ok(upload_id)
         })
@@ -882,12 +675,9 @@ impl ObjectStore for LocalStore {
         body: Bytes,
     ) -> Result<String, StoreError> {
         if body.len() as u64 > MAX_PART_SIZE {
-            return Err(StoreError::TooLarge {
-                limit: MAX_PART_SIZE,
-            });
+            return Err(StoreError::TooLarge { limit: MAX_PART_SIZE });
         }
-        self.upload_part_stream(key, upload_id, part_number, single_chunk(body))
-            .await
+        self.upload_part_stream(key, upload_id, part_number, single_chunk(body)).await
     }
 
     async fn presign_upload_part(
@@ -980,10 +770,7 @@ impl ObjectStore for LocalStore {
             match fs::remove_dir_all(&dir).await {
                 Ok(()) => Ok(()),
                 Err(err) if is_missing(&err) => Err(StoreError::UploadNotFound),
-                Err(err) => Err(StoreError::Io {
-                    op: "abort multipart upload",
-                    source: err,
-                }),
+                Err(err) => Err(StoreError::Io { op: "abort multipart upload", source: err }),
             }
         })
         .await
@@ -991,16 +778,9 @@ impl ObjectStore for LocalStore {
 
     async fn check(&self) -> Result<(), StoreError> {
         observe(BACKEND, "check", "", async {
-            let probe = TempFile {
-                path: self.temp_path(),
-                keep: false,
-            };
-            fs::write(&probe.path, b"ok")
-                .await
-                .map_err(StoreError::io("write readiness probe"))?;
-            fs::remove_file(&probe.path)
-                .await
-                .map_err(StoreError::io("remove readiness probe"))?;
+            let probe = TempFile { path: self.temp_path(), keep: false };
+            fs::write(&probe.path, b"ok").await.map_err(StoreError::io("write readiness probe"))?;
+            fs::remove_file(&probe.path).await.map_err(StoreError::io("remove readiness probe"))?;
             Ok(())
         })
         .await
@@ -1013,26 +793,18 @@ fn single_chunk(bytes: Bytes) -> ByteStream {
 
 /// Stream `len` bytes from the file's current position in bounded chunks.
 fn read_stream(file: File, len: u64) -> ByteStream {
-    futures::stream::try_unfold(
-        (file.take(len), len),
-        |(mut reader, remaining)| async move {
-            if remaining == 0 {
-                return Ok(None);
-            }
-            let mut buf = BytesMut::with_capacity(
-                READ_CHUNK.min(usize::try_from(remaining).unwrap_or(READ_CHUNK)),
-            );
-            let n = reader.read_buf(&mut buf).await?;
-            if n == 0 {
-                // The open file cannot shrink under us unless someone truncates it in place.
-                return Err(std::io::Error::new(
-                    ErrorKind::UnexpectedEof,
-                    "object ended early",
-                ));
-            }
-            Ok(Some((buf.freeze(), (reader, remaining - n as u64))))
-        },
-    )
+    futures::stream::try_unfold((file.take(len), len), |(mut reader, remaining)| async move {
+        if remaining == 0 {
+            return Ok(None);
+        }
+        let mut buf = BytesMut::with_capacity(READ_CHUNK.min(usize::try_from(remaining).unwrap_or(READ_CHUNK)));
+        let n = reader.read_buf(&mut buf).await?;
+        if n == 0 {
+            // The open file cannot shrink under us unless someone truncates it in place.
+            return Err(std::io::Error::new(ErrorKind::UnexpectedEof, "object ended early"));
+        }
+        Ok(Some((buf.freeze(), (reader, remaining - n as u64))))
+    })
     .boxed()
 }
 
@@ -1041,25 +813,18 @@ fn part_file_name(part_number: i32) -> String {
 }
 
 fn mtime_ns(time: SystemTime) -> u128 {
-    time.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
+    time.duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
 }
 
 fn is_missing(err: &std::io::Error) -> bool {
-    matches!(
-        err.kind(),
-        ErrorKind::NotFound | ErrorKind::NotADirectory | ErrorKind::IsADirectory
-    )
+    matches!(err.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory | ErrorKind::IsADirectory)
 }
 
 /// A content type must be a plain header value (it is signed and echoed back).
 pub(crate) fn validated_content_type(content_type: &str) -> Result<String, StoreError> {
     let ok = !content_type.is_empty()
         && content_type.len() <= 255
-        && content_type
-            .bytes()
-            .all(|b| b == b' ' || b.is_ascii_graphic());
+        && content_type.bytes().all(|b| b == b' ' || b.is_ascii_graphic());
     if !ok {
         return Err(StoreError::InvalidRequest("invalid content type".into()));
     }

@@ -15,12 +15,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::local::{
-    SignedParams, QUERY_CONTENT_TYPE, QUERY_EXPIRES, QUERY_METHOD, QUERY_PART, QUERY_SIGNATURE,
-    QUERY_UPLOAD_ID,
+    SignedParams, QUERY_CONTENT_TYPE, QUERY_EXPIRES, QUERY_METHOD, QUERY_PART, QUERY_SIGNATURE, QUERY_UPLOAD_ID,
 };
 use super::{
-    validate_key, ByteStream, LocalStore, ObjectMeta, ObjectStore, StoreError, MAX_PART_SIZE,
-    MAX_SINGLE_PUT_SIZE,
+    validate_key, ByteStream, LocalStore, ObjectMeta, ObjectStore, StoreError, MAX_PART_SIZE, MAX_SINGLE_PUT_SIZE,
 };
 use crate::error::{AppError, ErrorCode};
 
@@ -46,23 +44,12 @@ fn parse_signed_query(query: &str) -> Result<SignedParams, StoreError> {
         let value = value.into_owned();
         let slot_was_empty = match name.as_ref() {
             QUERY_METHOD => method.replace(value).is_none(),
-            QUERY_EXPIRES => expires
-                .replace(
-                    value
-                        .parse::<i64>()
-                        .map_err(|_| StoreError::InvalidSignature)?,
-                )
-                .is_none(),
+            QUERY_EXPIRES => expires.replace(value.parse::<i64>().map_err(|_| StoreError::InvalidSignature)?).is_none(),
             QUERY_CONTENT_TYPE => params.content_type.replace(value).is_none(),
             QUERY_UPLOAD_ID => params.upload_id.replace(value).is_none(),
-            QUERY_PART => params
-                .part
-                .replace(
-                    value
-                        .parse::<i32>()
-                        .map_err(|_| StoreError::InvalidSignature)?,
-                )
-                .is_none(),
+            QUERY_PART => {
+                params.part.replace(value.parse::<i32>().map_err(|_| StoreError::InvalidSignature)?).is_none()
+            }
             QUERY_SIGNATURE => signature.replace(value).is_none(),
             _ => true,
         };
@@ -90,9 +77,7 @@ fn authorize(req: &HttpRequest, store: &LocalStore, key: &str) -> Result<SignedP
 /// Hand the (single-threaded, `!Send`) actix payload to the `Send` world of
 /// [`ByteStream`] through a small bounded channel. Run the returned future next
 /// to the consumer; it stops when the payload ends or the consumer goes away.
-fn bridge_payload(
-    mut payload: web::Payload,
-) -> (ByteStream, impl std::future::Future<Output = ()>) {
+fn bridge_payload(mut payload: web::Payload) -> (ByteStream, impl std::future::Future<Output = ()>) {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(PUT_CHANNEL_CHUNKS);
     let pump = async move {
         while let Some(chunk) = payload.next().await {
@@ -103,10 +88,7 @@ fn bridge_payload(
             }
         }
     };
-    (
-        tokio_stream::wrappers::ReceiverStream::new(rx).boxed(),
-        pump,
-    )
+    (tokio_stream::wrappers::ReceiverStream::new(rx).boxed(), pump)
 }
 
 fn quoted(etag: &str) -> String {
@@ -123,30 +105,16 @@ async fn signed_put(
     let key = key.into_inner();
     let params = authorize(&req, &store, &key)?;
 
-    let sent_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
+    let sent_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let content_type = match (params.content_type.as_deref(), sent_type) {
         // As with S3, a signed content type must be sent, and sent unchanged.
         (Some(signed), Some(sent)) if signed == sent => Some(signed.to_owned()),
-        (Some(_), _) => {
-            return Err(AppError::forbidden(
-                "the Content-Type header does not match the signed URL",
-            ))
-        }
+        (Some(_), _) => return Err(AppError::forbidden("the Content-Type header does not match the signed URL")),
         (None, sent) => sent.map(str::to_owned),
     };
 
-    let limit = if params.upload_id.is_some() {
-        MAX_PART_SIZE
-    } else {
-        MAX_SINGLE_PUT_SIZE
-    };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let limit = if params.upload_id.is_some() { MAX_PART_SIZE } else { MAX_SINGLE_PUT_SIZE };
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit) {
         return Err(StoreError::TooLarge { limit }.into());
     }
@@ -154,8 +122,7 @@ async fn signed_put(
     let (body, pump) = bridge_payload(payload);
     let etag = match (params.upload_id.as_deref(), params.part) {
         (Some(upload_id), Some(part)) => {
-            let (etag, ()) =
-                futures::join!(store.upload_part_stream(&key, upload_id, part, body), pump);
+            let (etag, ()) = futures::join!(store.upload_part_stream(&key, upload_id, part, body), pump);
             etag?
         }
         _ => {
@@ -164,9 +131,7 @@ async fn signed_put(
             meta?.etag.unwrap_or_default()
         }
     };
-    Ok(HttpResponse::Ok()
-        .insert_header((header::ETAG, quoted(&etag)))
-        .finish())
+    Ok(HttpResponse::Ok().insert_header((header::ETAG, quoted(&etag))).finish())
 }
 
 #[tracing::instrument(skip_all, fields(key = %key.as_str()))]
@@ -185,27 +150,20 @@ async fn signed_get(
         let meta = store.head(&key).await?;
         let mut response = object_response(StatusCode::OK, &meta);
         // HEAD sends no body; the sized empty stream only carries Content-Length.
-        return Ok(response.body(SizedStream::new(
-            meta.size,
-            futures::stream::empty::<Result<Bytes, std::io::Error>>(),
-        )));
+        return Ok(
+            response.body(SizedStream::new(meta.size, futures::stream::empty::<Result<Bytes, std::io::Error>>()))
+        );
     }
 
-    let range = req
-        .headers()
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(super::ByteRange::parse_header);
+    let range = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(super::ByteRange::parse_header);
     match store.get(&key, range).await {
         Ok(result) => {
             let len = result.body_len();
             let mut response = match result.range {
                 Some((first, last)) => {
                     let mut response = object_response(StatusCode::PARTIAL_CONTENT, &result.meta);
-                    response.insert_header((
-                        header::CONTENT_RANGE,
-                        format!("bytes {first}-{last}/{}", result.meta.size),
-                    ));
+                    response
+                        .insert_header((header::CONTENT_RANGE, format!("bytes {first}-{last}/{}", result.meta.size)));
                     response
                 }
                 None => object_response(StatusCode::OK, &result.meta),
@@ -214,8 +172,7 @@ async fn signed_get(
         }
         Err(StoreError::RangeNotSatisfiable { size }) => {
             let mut response =
-                AppError::new(ErrorCode::BadUserInput, "requested range not satisfiable")
-                    .to_http_response();
+                AppError::new(ErrorCode::BadUserInput, "requested range not satisfiable").to_http_response();
             *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
             if let Some(size) = size {
                 if let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}")) {
@@ -234,20 +191,12 @@ fn object_response(status: StatusCode, meta: &ObjectMeta) -> actix_web::HttpResp
         .insert_header((header::ACCEPT_RANGES, "bytes"))
         // Uploaded bytes are served from the API's origin: never let them run as a page.
         .insert_header((header::CONTENT_SECURITY_POLICY, "sandbox"))
-        .insert_header((
-            header::CONTENT_TYPE,
-            meta.content_type
-                .as_deref()
-                .unwrap_or("application/octet-stream"),
-        ));
+        .insert_header((header::CONTENT_TYPE, meta.content_type.as_deref().unwrap_or("application/octet-stream")));
     if let Some(etag) = &meta.etag {
         response.insert_header((header::ETAG, quoted(etag)));
     }
     if let Some(modified) = meta.last_modified {
-        response.insert_header((
-            header::LAST_MODIFIED,
-            modified.format("%a, %d %b %Y %H:%M:%S GMT").to_string(),
-        ));
+        response.insert_header((header::LAST_MODIFIED, modified.format("%a, %d %b %Y %H:%M:%S GMT").to_string()));
     }
     response
 }
@@ -263,9 +212,6 @@ mod tests {
         assert!(parse_signed_query("X-Reelhouse-Method=GET&X-Reelhouse-Expires=10").is_err());
         assert!(parse_signed_query(&format!("{ok}&X-Reelhouse-Method=PUT")).is_err());
         assert!(parse_signed_query(&format!("{ok}&X-Reelhouse-Part=1")).is_err());
-        assert!(parse_signed_query(
-            "X-Reelhouse-Method=GET&X-Reelhouse-Expires=x&X-Reelhouse-Signature=ab"
-        )
-        .is_err());
+        assert!(parse_signed_query("X-Reelhouse-Method=GET&X-Reelhouse-Expires=x&X-Reelhouse-Signature=ab").is_err());
     }
 }

@@ -65,10 +65,7 @@ pub struct GetResult {
 
 impl std::fmt::Debug for GetResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GetResult")
-            .field("meta", &self.meta)
-            .field("range", &self.range)
-            .finish_non_exhaustive()
+        f.debug_struct("GetResult").field("meta", &self.meta).field("range", &self.range).finish_non_exhaustive()
     }
 }
 
@@ -104,9 +101,7 @@ impl ByteRange {
             return None;
         }
         match self {
-            ByteRange::FromTo(first, last) if first <= last && first < size => {
-                Some((first, last.min(size - 1)))
-            }
+            ByteRange::FromTo(first, last) if first <= last && first < size => Some((first, last.min(size - 1))),
             ByteRange::FromTo(..) => None,
             ByteRange::From(first) if first < size => Some((first, size - 1)),
             ByteRange::From(_) => None,
@@ -117,8 +112,7 @@ impl ByteRange {
 
     /// Ranges that no object can satisfy (`first > last`, `-0`).
     pub(crate) fn is_never_satisfiable(self) -> bool {
-        matches!(self, ByteRange::FromTo(first, last) if first > last)
-            || self == ByteRange::Suffix(0)
+        matches!(self, ByteRange::FromTo(first, last) if first > last) || self == ByteRange::Suffix(0)
     }
 
     /// Parse a `Range` header holding a single `bytes=` range. `None` for anything
@@ -177,20 +171,10 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// Store `body` under `key`, replacing any object there. Streams with bounded
     /// memory; readers never see a half-written object.
-    async fn put(
-        &self,
-        key: &str,
-        body: ByteStream,
-        content_type: Option<&str>,
-    ) -> Result<ObjectMeta, StoreError>;
+    async fn put(&self, key: &str, body: ByteStream, content_type: Option<&str>) -> Result<ObjectMeta, StoreError>;
 
     /// [`ObjectStore::put`] for a body already in memory.
-    async fn put_bytes(
-        &self,
-        key: &str,
-        bytes: Bytes,
-        content_type: Option<&str>,
-    ) -> Result<ObjectMeta, StoreError>;
+    async fn put_bytes(&self, key: &str, bytes: Bytes, content_type: Option<&str>) -> Result<ObjectMeta, StoreError>;
 
     /// Read an object, or one range of it.
     async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<GetResult, StoreError>;
@@ -213,18 +197,10 @@ pub trait ObjectStore: Send + Sync + 'static {
     ) -> Result<PresignedRequest, StoreError>;
 
     /// A URL that serves `GET` (ranges allowed) until `expires_in` has passed.
-    async fn presign_get(
-        &self,
-        key: &str,
-        expires_in: Duration,
-    ) -> Result<PresignedRequest, StoreError>;
+    async fn presign_get(&self, key: &str, expires_in: Duration) -> Result<PresignedRequest, StoreError>;
 
     /// Start a multipart upload; returns its upload id.
-    async fn create_multipart(
-        &self,
-        key: &str,
-        content_type: Option<&str>,
-    ) -> Result<String, StoreError>;
+    async fn create_multipart(&self, key: &str, content_type: Option<&str>) -> Result<String, StoreError>;
 
     /// Upload part `part_number` (1..=10000); returns its ETag. Every part but the
     /// last must be at least [`MIN_PART_SIZE`], none larger than [`MAX_PART_SIZE`].
@@ -274,9 +250,7 @@ pub(crate) fn validate_expiry(expires_in: Duration) -> Result<(), StoreError> {
 
 pub(crate) fn validate_part_number(part_number: i32) -> Result<(), StoreError> {
     if !(1..=MAX_PART_NUMBER).contains(&part_number) {
-        return Err(StoreError::InvalidRequest(format!(
-            "part number must be between 1 and {MAX_PART_NUMBER}"
-        )));
+        return Err(StoreError::InvalidRequest(format!("part number must be between 1 and {MAX_PART_NUMBER}")));
     }
     Ok(())
 }
@@ -284,17 +258,13 @@ pub(crate) fn validate_part_number(part_number: i32) -> Result<(), StoreError> {
 /// Parts must be listed once each, in ascending order (S3's rule).
 pub(crate) fn validate_completed_parts(parts: &[CompletedPart]) -> Result<(), StoreError> {
     if parts.is_empty() {
-        return Err(StoreError::InvalidRequest(
-            "a multipart upload needs at least one part".into(),
-        ));
+        return Err(StoreError::InvalidRequest("a multipart upload needs at least one part".into()));
     }
     for part in parts {
         validate_part_number(part.number)?;
     }
     if parts.windows(2).any(|w| w[0].number >= w[1].number) {
-        return Err(StoreError::InvalidRequest(
-            "parts must be listed in ascending order, each once".into(),
-        ));
+        return Err(StoreError::InvalidRequest("parts must be listed in ascending order, each once".into()));
     }
     Ok(())
 }
@@ -302,9 +272,7 @@ pub(crate) fn validate_completed_parts(parts: &[CompletedPart]) -> Result<(), St
 /// ETags travel quoted in HTTP and unquoted in [`ObjectMeta`].
 pub(crate) fn unquote_etag(etag: &str) -> &str {
     let etag = etag.strip_prefix("W/").unwrap_or(etag);
-    etag.strip_prefix('"')
-        .and_then(|e| e.strip_suffix('"'))
-        .unwrap_or(etag)
+    etag.strip_prefix('"').and_then(|e| e.strip_suffix('"')).unwrap_or(etag)
 }
 
 #[cfg(test)]
@@ -327,11 +295,7 @@ mod tests {
 
     #[test]
     fn range_headers_round_trip() {
-        for range in [
-            ByteRange::FromTo(1, 2),
-            ByteRange::From(7),
-            ByteRange::Suffix(5),
-        ] {
+        for range in [ByteRange::FromTo(1, 2), ByteRange::From(7), ByteRange::Suffix(5)] {
             assert_eq!(ByteRange::parse_header(&range.to_header()), Some(range));
         }
         assert_eq!(ByteRange::parse_header("bytes=0-1,3-4"), None);

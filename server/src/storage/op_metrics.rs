@@ -29,22 +29,12 @@ impl Drop for OpGuard {
     }
 }
 
-pub(crate) async fn observe<T, F>(
-    backend: &'static str,
-    op: &'static str,
-    key: &str,
-    fut: F,
-) -> Result<T, StoreError>
+pub(crate) async fn observe<T, F>(backend: &'static str, op: &'static str, key: &str, fut: F) -> Result<T, StoreError>
 where
     F: Future<Output = Result<T, StoreError>>,
 {
     let span = tracing::debug_span!("storage", backend, op, key);
-    let mut guard = OpGuard {
-        backend,
-        op,
-        started: Instant::now(),
-        outcome: "cancelled",
-    };
+    let mut guard = OpGuard { backend, op, started: Instant::now(), outcome: "cancelled" };
     let result = fut.instrument(span.clone()).await;
     let _entered = span.enter();
     guard.outcome = match &result {

@@ -16,8 +16,7 @@ use aws_sdk_s3::config::{
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::types::{
-    CompletedMultipartUpload, CompletedPart as S3CompletedPart, Delete, ObjectIdentifier,
-    ServerSideEncryption,
+    CompletedMultipartUpload, CompletedPart as S3CompletedPart, Delete, ObjectIdentifier, ServerSideEncryption,
 };
 use aws_sdk_s3::Client;
 use bytes::{Bytes, BytesMut};
@@ -27,9 +26,9 @@ use futures::StreamExt;
 use super::local::validated_content_type;
 use super::op_metrics::observe;
 use super::{
-    unquote_etag, validate_completed_parts, validate_expiry, validate_key, validate_part_number,
-    validate_prefix, ByteRange, ByteStream, CompletedPart, GetResult, ObjectMeta, ObjectStore,
-    PresignedRequest, StoreError, MAX_PART_NUMBER, MAX_PART_SIZE,
+    unquote_etag, validate_completed_parts, validate_expiry, validate_key, validate_part_number, validate_prefix,
+    ByteRange, ByteStream, CompletedPart, GetResult, ObjectMeta, ObjectStore, PresignedRequest, StoreError,
+    MAX_PART_NUMBER, MAX_PART_SIZE,
 };
 
 const BACKEND: &str = "s3";
@@ -99,9 +98,8 @@ impl S3Store {
             return Err(StoreError::Config("the S3 region is empty".into()));
         }
         if !config.key_prefix.is_empty() {
-            validate_prefix(&config.key_prefix).map_err(|_| {
-                StoreError::Config("the S3 key prefix is not a valid key prefix".into())
-            })?;
+            validate_prefix(&config.key_prefix)
+                .map_err(|_| StoreError::Config("the S3 key prefix is not a valid key prefix".into()))?;
         }
         let region = Region::new(config.region.clone());
         let timeouts = TimeoutConfig::builder()
@@ -114,15 +112,10 @@ impl S3Store {
             .region(region.clone())
             .force_path_style(config.force_path_style)
             .timeout_config(timeouts)
-            .retry_config(
-                aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS),
-            )
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
-        match (
-            config.access_key_id.is_empty(),
-            config.secret_access_key.is_empty(),
-        ) {
+        match (config.access_key_id.is_empty(), config.secret_access_key.is_empty()) {
             (false, false) => {
                 builder = builder.credentials_provider(Credentials::new(
                     config.access_key_id,
@@ -133,14 +126,9 @@ impl S3Store {
                 ));
             }
             (true, true) => {
-                let shared = aws_config::defaults(BehaviorVersion::latest())
-                    .region(region)
-                    .load()
-                    .await;
+                let shared = aws_config::defaults(BehaviorVersion::latest()).region(region).load().await;
                 let provider = shared.credentials_provider().ok_or_else(|| {
-                    StoreError::Config(
-                        "no S3 credentials configured and none found in the environment".into(),
-                    )
+                    StoreError::Config("no S3 credentials configured and none found in the environment".into())
                 })?;
                 builder.set_credentials_provider(Some(provider));
             }
@@ -151,8 +139,7 @@ impl S3Store {
             }
         }
         if let Some(endpoint) = config.endpoint.filter(|e| !e.trim().is_empty()) {
-            url::Url::parse(&endpoint)
-                .map_err(|_| StoreError::Config("the S3 endpoint is not a valid URL".into()))?;
+            url::Url::parse(&endpoint).map_err(|_| StoreError::Config("the S3 endpoint is not a valid URL".into()))?;
             builder = builder.endpoint_url(endpoint);
         }
         Ok(S3Store {
@@ -170,12 +157,7 @@ impl S3Store {
         format!("{}{key}", self.key_prefix)
     }
 
-    async fn put_object(
-        &self,
-        key: &str,
-        body: Bytes,
-        content_type: Option<&str>,
-    ) -> Result<ObjectMeta, StoreError> {
+    async fn put_object(&self, key: &str, body: Bytes, content_type: Option<&str>) -> Result<ObjectMeta, StoreError> {
         let size = body.len() as u64;
         let output = self
             .client
@@ -198,11 +180,7 @@ impl S3Store {
         })
     }
 
-    async fn create_upload(
-        &self,
-        key: &str,
-        content_type: Option<&str>,
-    ) -> Result<String, StoreError> {
+    async fn create_upload(&self, key: &str, content_type: Option<&str>) -> Result<String, StoreError> {
         let output = self
             .client
             .create_multipart_upload()
@@ -213,22 +191,13 @@ impl S3Store {
             .send()
             .await
             .map_err(|err| map_sdk_error("create_multipart", key, err))?;
-        output
-            .upload_id()
-            .map(str::to_owned)
-            .ok_or_else(|| StoreError::Backend {
-                op: "create_multipart",
-                source: "the response carried no upload id".into(),
-            })
+        output.upload_id().map(str::to_owned).ok_or_else(|| StoreError::Backend {
+            op: "create_multipart",
+            source: "the response carried no upload id".into(),
+        })
     }
 
-    async fn send_part(
-        &self,
-        key: &str,
-        upload_id: &str,
-        part_number: i32,
-        body: Bytes,
-    ) -> Result<String, StoreError> {
+    async fn send_part(&self, key: &str, upload_id: &str, part_number: i32, body: Bytes) -> Result<String, StoreError> {
         let len = i64::try_from(body.len()).unwrap_or(i64::MAX);
         let output = self
             .client
@@ -245,10 +214,7 @@ impl S3Store {
         output
             .e_tag()
             .map(str::to_owned)
-            .ok_or_else(|| StoreError::Backend {
-                op: "upload_part",
-                source: "the response carried no ETag".into(),
-            })
+            .ok_or_else(|| StoreError::Backend { op: "upload_part", source: "the response carried no ETag".into() })
     }
 
     async fn complete_upload(
@@ -257,26 +223,15 @@ impl S3Store {
         upload_id: &str,
         parts: &[CompletedPart],
     ) -> Result<Option<String>, StoreError> {
-        let parts = parts
-            .iter()
-            .map(|p| {
-                S3CompletedPart::builder()
-                    .part_number(p.number)
-                    .e_tag(&p.etag)
-                    .build()
-            })
-            .collect();
+        let parts =
+            parts.iter().map(|p| S3CompletedPart::builder().part_number(p.number).e_tag(&p.etag).build()).collect();
         let output = self
             .client
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(self.full_key(key))
             .upload_id(upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            )
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
             .send()
             .await
             .map_err(|err| map_sdk_error("complete_multipart", key, err))?;
@@ -319,9 +274,7 @@ impl S3Store {
             }
             let number = i32::try_from(parts.len() + 1).unwrap_or(i32::MAX);
             if number > MAX_PART_NUMBER {
-                return Err(StoreError::TooLarge {
-                    limit: S3_PART_SIZE as u64 * MAX_PART_NUMBER as u64,
-                });
+                return Err(StoreError::TooLarge { limit: S3_PART_SIZE as u64 * MAX_PART_NUMBER as u64 });
             }
             let part = buffer.split_to(S3_PART_SIZE.min(buffer.len())).freeze();
             size += part.len() as u64;
@@ -335,12 +288,7 @@ impl S3Store {
         Ok((size, etag))
     }
 
-    fn presign(
-        &self,
-        op: &'static str,
-        key: &str,
-        expires_in: Duration,
-    ) -> Result<PresigningConfig, StoreError> {
+    fn presign(&self, op: &'static str, key: &str, expires_in: Duration) -> Result<PresigningConfig, StoreError> {
         validate_key(key)?;
         validate_expiry(expires_in)?;
         PresigningConfig::expires_in(expires_in).map_err(|err| {
@@ -356,22 +304,15 @@ fn presigned(
     expires_in: Duration,
     result: Result<
         aws_sdk_s3::presigning::PresignedRequest,
-        SdkError<
-            impl std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
-            HttpResponse,
-        >,
+        SdkError<impl std::error::Error + ProvideErrorMetadata + Send + Sync + 'static, HttpResponse>,
     >,
 ) -> Result<PresignedRequest, StoreError> {
     let request = result.map_err(|err| map_sdk_error(op, key, err))?;
-    let expires_at = Utc::now()
-        + chrono::Duration::from_std(expires_in).unwrap_or_else(|_| chrono::Duration::zero());
+    let expires_at = Utc::now() + chrono::Duration::from_std(expires_in).unwrap_or_else(|_| chrono::Duration::zero());
     Ok(PresignedRequest {
         method: request.method().to_owned(),
         url: request.uri().to_owned(),
-        headers: request
-            .headers()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect(),
+        headers: request.headers().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
         expires_at,
     })
 }
@@ -382,12 +323,7 @@ impl ObjectStore for S3Store {
         BACKEND
     }
 
-    async fn put(
-        &self,
-        key: &str,
-        mut body: ByteStream,
-        content_type: Option<&str>,
-    ) -> Result<ObjectMeta, StoreError> {
+    async fn put(&self, key: &str, mut body: ByteStream, content_type: Option<&str>) -> Result<ObjectMeta, StoreError> {
         observe(BACKEND, "put", key, async {
             validate_key(key)?;
             let content_type = content_type.map(validated_content_type).transpose()?;
@@ -427,12 +363,7 @@ impl ObjectStore for S3Store {
         .await
     }
 
-    async fn put_bytes(
-        &self,
-        key: &str,
-        bytes: Bytes,
-        content_type: Option<&str>,
-    ) -> Result<ObjectMeta, StoreError> {
+    async fn put_bytes(&self, key: &str, bytes: Bytes, content_type: Option<&str>) -> Result<ObjectMeta, StoreError> {
         if bytes.len() <= S3_PART_SIZE {
             return observe(BACKEND, "put", key, async {
                 validate_key(key)?;
@@ -441,12 +372,7 @@ impl ObjectStore for S3Store {
             })
             .await;
         }
-        self.put(
-            key,
-            futures::stream::once(async move { Ok(bytes) }).boxed(),
-            content_type,
-        )
-        .await
+        self.put(key, futures::stream::once(async move { Ok(bytes) }).boxed(), content_type).await
     }
 
     async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<GetResult, StoreError> {
@@ -472,10 +398,7 @@ impl ObjectStore for S3Store {
                 }
                 Err(err) => return Err(err),
             };
-            let body_len = output
-                .content_length()
-                .and_then(|len| u64::try_from(len).ok())
-                .unwrap_or(0);
+            let body_len = output.content_length().and_then(|len| u64::try_from(len).ok()).unwrap_or(0);
             let (resolved, size) = match output.content_range().and_then(parse_content_range) {
                 Some((first, last, size)) => (Some((first, last)), size),
                 None => (None, body_len),
@@ -487,11 +410,7 @@ impl ObjectStore for S3Store {
                 etag: output.e_tag().map(|e| unquote_etag(e).to_owned()),
                 last_modified: output.last_modified().and_then(to_chrono),
             };
-            Ok(GetResult {
-                meta,
-                range: resolved,
-                body: sdk_body_stream(output.body),
-            })
+            Ok(GetResult { meta, range: resolved, body: sdk_body_stream(output.body) })
         })
         .await
     }
@@ -509,10 +428,7 @@ impl ObjectStore for S3Store {
                 .map_err(|err| map_sdk_error("head", key, err))?;
             Ok(ObjectMeta {
                 key: key.to_owned(),
-                size: output
-                    .content_length()
-                    .and_then(|len| u64::try_from(len).ok())
-                    .unwrap_or(0),
+                size: output.content_length().and_then(|len| u64::try_from(len).ok()).unwrap_or(0),
                 content_type: output.content_type().map(str::to_owned),
                 etag: output.e_tag().map(|e| unquote_etag(e).to_owned()),
                 last_modified: output.last_modified().and_then(to_chrono),
@@ -524,13 +440,7 @@ impl ObjectStore for S3Store {
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         observe(BACKEND, "delete", key, async {
             validate_key(key)?;
-            let result = self
-                .client
-                .delete_object()
-                .bucket(&self.bucket)
-                .key(self.full_key(key))
-                .send()
-                .await;
+            let result = self.client.delete_object().bucket(&self.bucket).key(self.full_key(key)).send().await;
             match result.map_err(|err| map_sdk_error("delete", key, err)) {
                 Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
                 Err(err) => Err(err),
@@ -558,9 +468,7 @@ impl ObjectStore for S3Store {
                         batch.push(key.to_owned());
                     }
                     if batch.len() == DELETE_BATCH {
-                        deleted += self
-                            .delete_batch(prefix, std::mem::take(&mut batch))
-                            .await?;
+                        deleted += self.delete_batch(prefix, std::mem::take(&mut batch)).await?;
                     }
                 }
             }
@@ -595,30 +503,16 @@ impl ObjectStore for S3Store {
         .await
     }
 
-    async fn presign_get(
-        &self,
-        key: &str,
-        expires_in: Duration,
-    ) -> Result<PresignedRequest, StoreError> {
+    async fn presign_get(&self, key: &str, expires_in: Duration) -> Result<PresignedRequest, StoreError> {
         observe(BACKEND, "presign_get", key, async {
             let config = self.presign("presign_get", key, expires_in)?;
-            let result = self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(self.full_key(key))
-                .presigned(config)
-                .await;
+            let result = self.client.get_object().bucket(&self.bucket).key(self.full_key(key)).presigned(config).await;
             presigned("presign_get", key, expires_in, result)
         })
         .await
     }
 
-    async fn create_multipart(
-        &self,
-        key: &str,
-        content_type: Option<&str>,
-    ) -> Result<String, StoreError> {
+    async fn create_multipart(&self, key: &str, content_type: Option<&str>) -> Result<String, StoreError> {
         observe(BACKEND, "create_multipart", key, async {
             validate_key(key)?;
             let content_type = content_type.map(validated_content_type).transpose()?;
@@ -638,9 +532,7 @@ impl ObjectStore for S3Store {
             validate_key(key)?;
             validate_part_number(part_number)?;
             if body.len() as u64 > MAX_PART_SIZE {
-                return Err(StoreError::TooLarge {
-                    limit: MAX_PART_SIZE,
-                });
+                return Err(StoreError::TooLarge { limit: MAX_PART_SIZE });
             }
             self.send_part(key, upload_id, part_number, body).await
         })
@@ -705,10 +597,9 @@ impl ObjectStore for S3Store {
             match result.map_err(|err| map_sdk_error("check", "", err)) {
                 Ok(_) => Ok(()),
                 // HeadBucket has no body: a missing bucket is a bare 404.
-                Err(StoreError::NotFound { .. }) => Err(StoreError::Backend {
-                    op: "check",
-                    source: "the configured bucket does not exist".into(),
-                }),
+                Err(StoreError::NotFound { .. }) => {
+                    Err(StoreError::Backend { op: "check", source: "the configured bucket does not exist".into() })
+                }
                 Err(err) => Err(err),
             }
         })
@@ -724,18 +615,12 @@ impl S3Store {
             .into_iter()
             .map(|key| ObjectIdentifier::builder().key(key).build())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| StoreError::Backend {
-                op: "delete_prefix",
-                source: Box::new(err),
-            })?;
+            .map_err(|err| StoreError::Backend { op: "delete_prefix", source: Box::new(err) })?;
         let delete = Delete::builder()
             .set_objects(Some(objects))
             .quiet(true)
             .build()
-            .map_err(|err| StoreError::Backend {
-                op: "delete_prefix",
-                source: Box::new(err),
-            })?;
+            .map_err(|err| StoreError::Backend { op: "delete_prefix", source: Box::new(err) })?;
         let output = self
             .client
             .delete_objects()
@@ -765,57 +650,28 @@ fn map_sdk_error<E>(op: &'static str, key: &str, err: SdkError<E, HttpResponse>)
 where
     E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
 {
-    if matches!(
-        err,
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_)
-    ) {
-        return StoreError::Unavailable {
-            op,
-            source: Box::new(err),
-        };
+    if matches!(err, SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_)) {
+        return StoreError::Unavailable { op, source: Box::new(err) };
     }
-    let status = err
-        .raw_response()
-        .map(|response| response.status().as_u16());
+    let status = err.raw_response().map(|response| response.status().as_u16());
     let code = err.code().map(str::to_owned);
     match (code.as_deref(), status) {
         // A missing bucket is our misconfiguration, not a missing object.
-        (Some("NoSuchBucket"), _) => StoreError::Backend {
-            op,
-            source: Box::new(err),
-        },
+        (Some("NoSuchBucket"), _) => StoreError::Backend { op, source: Box::new(err) },
         (Some("NoSuchUpload"), _) => StoreError::UploadNotFound,
         (Some("NoSuchKey" | "NotFound"), _) | (None, Some(404)) => StoreError::not_found(key),
-        (Some("InvalidRange"), _) | (_, Some(416)) => {
-            StoreError::RangeNotSatisfiable { size: None }
-        }
+        (Some("InvalidRange"), _) | (_, Some(416)) => StoreError::RangeNotSatisfiable { size: None },
         (Some("EntityTooSmall"), _) => {
             StoreError::InvalidRequest("a part other than the last is smaller than 5 MiB".into())
         }
         (Some("InvalidPart"), _) => {
             StoreError::InvalidRequest("a part was not uploaded or its ETag does not match".into())
         }
-        (Some("InvalidPartOrder"), _) => {
-            StoreError::InvalidRequest("parts must be listed in ascending order".into())
-        }
-        (Some("EntityTooLarge"), _) => StoreError::TooLarge {
-            limit: MAX_PART_SIZE,
-        },
-        (
-            Some(
-                "SlowDown" | "ServiceUnavailable" | "InternalError" | "RequestTimeout"
-                | "Throttling",
-            ),
-            _,
-        )
-        | (_, Some(500..=599)) => StoreError::Unavailable {
-            op,
-            source: Box::new(err),
-        },
-        _ => StoreError::Backend {
-            op,
-            source: Box::new(err),
-        },
+        (Some("InvalidPartOrder"), _) => StoreError::InvalidRequest("parts must be listed in ascending order".into()),
+        (Some("EntityTooLarge"), _) => StoreError::TooLarge { limit: MAX_PART_SIZE },
+        (Some("SlowDown" | "ServiceUnavailable" | "InternalError" | "RequestTimeout" | "Throttling"), _)
+        | (_, Some(500..=599)) => StoreError::Unavailable { op, source: Box::new(err) },
+        _ => StoreError::Backend { op, source: Box::new(err) },
     }
 }
 
@@ -863,21 +719,9 @@ mod tests {
         };
         assert!(!format!("{config:?}").contains("very-secret"));
         assert!(S3Store::new(config.clone()).await.is_ok());
-        let half = S3StoreConfig {
-            secret_access_key: String::new(),
-            ..config.clone()
-        };
-        assert!(matches!(
-            S3Store::new(half).await,
-            Err(StoreError::Config(_))
-        ));
-        let bad_prefix = S3StoreConfig {
-            key_prefix: "../x/".into(),
-            ..config
-        };
-        assert!(matches!(
-            S3Store::new(bad_prefix).await,
-            Err(StoreError::Config(_))
-        ));
+        let half = S3StoreConfig { secret_access_key: String::new(), ..config.clone() };
+        assert!(matches!(S3Store::new(half).await, Err(StoreError::Config(_))));
+        let bad_prefix = S3StoreConfig { key_prefix: "../x/".into(), ..config };
+        assert!(matches!(S3Store::new(bad_prefix).await, Err(StoreError::Config(_))));
     }
 }

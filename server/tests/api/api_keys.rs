@@ -57,7 +57,8 @@ async fn api_key_authenticates_and_revocation_applies_on_the_next_request() {
     let (_, body) = app.graphql_as(&owner.bearer(), "{ apiKeys { lastUsedAt } }", json!({})).await;
     assert!(body["data"]["apiKeys"][0]["lastUsedAt"].is_string(), "last use is recorded: {body}");
 
-    let (_, body) = app.graphql_as(&owner.bearer(), "mutation($id: ID!) { revokeApiKey(id: $id) }", json!({ "id": id })).await;
+    let (_, body) =
+        app.graphql_as(&owner.bearer(), "mutation($id: ID!) { revokeApiKey(id: $id) }", json!({ "id": id })).await;
     assert_eq!(body["data"]["revokeApiKey"], true, "{body}");
     let (_, body) = app.graphql_as(&key, "{ me { id } }", json!({})).await;
     assert_eq!(error_code(&body).as_deref(), Some("UNAUTHENTICATED"), "{body}");
@@ -66,7 +67,9 @@ async fn api_key_authenticates_and_revocation_applies_on_the_next_request() {
     let stranger = app.register_user().await;
     let (_, other_secret) = create_key(&app, &stranger, None).await;
     let (other_id, _) = create_key(&app, &stranger, None).await;
-    let (_, body) = app.graphql_as(&owner.bearer(), "mutation($id: ID!) { revokeApiKey(id: $id) }", json!({ "id": other_id })).await;
+    let (_, body) = app
+        .graphql_as(&owner.bearer(), "mutation($id: ID!) { revokeApiKey(id: $id) }", json!({ "id": other_id }))
+        .await;
     assert_eq!(error_code(&body).as_deref(), Some("NOT_FOUND"), "{body}");
     let mut typo = other_secret.clone();
     typo.pop();
@@ -89,15 +92,18 @@ async fn a_key_cannot_outrank_its_owner() {
     }
     // A VIEWER key acts as a viewer, even though its owner is a USER.
     let (_, viewer_key) = create_key(&app, &user, Some("VIEWER")).await;
-    let (_, body) = app.graphql_as(&Credentials::ApiKey(viewer_key), CREATE, json!({ "name": "y", "role": null })).await;
+    let (_, body) =
+        app.graphql_as(&Credentials::ApiKey(viewer_key), CREATE, json!({ "name": "y", "role": null })).await;
     assert_eq!(error_code(&body).as_deref(), Some("FORBIDDEN"), "{body}");
 
     // An admin's ADMIN key works for admin-only fields.
     let admin = app.create_user_with_role(Role::Admin).await;
     let (_, admin_key) = create_key(&app, &admin, Some("ADMIN")).await;
-    let (_, body) = app.graphql_as(&Credentials::ApiKey(admin_key.clone()), "{ users { edges { node { id } } } }", json!({})).await;
+    let (_, body) =
+        app.graphql_as(&Credentials::ApiKey(admin_key.clone()), "{ users { edges { node { id } } } }", json!({})).await;
     assert_eq!(error_code(&body), None, "{body}");
     // Even an ADMIN key cannot mint keys: a leaked key must not outlive its revocation.
-    let (_, body) = app.graphql_as(&Credentials::ApiKey(admin_key), CREATE, json!({ "name": "z", "role": "VIEWER" })).await;
+    let (_, body) =
+        app.graphql_as(&Credentials::ApiKey(admin_key), CREATE, json!({ "name": "z", "role": "VIEWER" })).await;
     assert_eq!(error_code(&body).as_deref(), Some("FORBIDDEN"), "{body}");
 }

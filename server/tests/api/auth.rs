@@ -61,7 +61,8 @@ async fn register_login_and_me_round_trip() {
     assert!(login["accessToken"].is_string(), "{body}");
     assert_ne!(login["refreshToken"], payload["refreshToken"], "each sign-in is its own session");
 
-    let (_, body) = app.graphql_as(&Credentials::Bearer(login["accessToken"].as_str().unwrap().into()), ME, json!({})).await;
+    let (_, body) =
+        app.graphql_as(&Credentials::Bearer(login["accessToken"].as_str().unwrap().into()), ME, json!({})).await;
     assert_eq!(body["data"]["me"]["email"], "ada@example.com", "{body}");
     assert_eq!(body["data"]["me"]["displayName"], "Ada");
 
@@ -81,7 +82,8 @@ async fn register_login_and_me_round_trip() {
 async fn anonymous_callers_get_unauthenticated_and_public_fields_still_work() {
     let app = spawn_app().await;
     assert_eq!(me_code(&app, &Credentials::Anonymous).await.as_deref(), Some("UNAUTHENTICATED"));
-    let (status, body) = app.graphql_as(&Credentials::Bearer("garbage".into()), "{ serverInfo { version } }", json!({})).await;
+    let (status, body) =
+        app.graphql_as(&Credentials::Bearer("garbage".into()), "{ serverInfo { version } }", json!({})).await;
     assert_eq!(status, 200);
     assert!(body["errors"].is_null(), "a bad token must not break public fields: {body}");
     assert_eq!(body["data"]["serverInfo"]["version"], env!("CARGO_PKG_VERSION"));
@@ -110,7 +112,10 @@ async fn weak_passwords_are_refused_with_the_policy_reason() {
     ];
     for (password, reason) in cases {
         let (_, body) = app
-            .graphql(&register_mutation(), json!({ "input": { "email": "weak@example.com", "password": password, "displayName": "W" } }))
+            .graphql(
+                &register_mutation(),
+                json!({ "input": { "email": "weak@example.com", "password": password, "displayName": "W" } }),
+            )
             .await;
         assert_eq!(error_code(&body).as_deref(), Some("BAD_USER_INPUT"), "{password}: {body}");
         let message = body["errors"][0]["message"].as_str().unwrap();
@@ -125,7 +130,8 @@ async fn unknown_email_and_wrong_password_get_identical_errors() {
     let attempt = |email: String, password: &'static str| {
         let app = &app;
         async move {
-            let (status, body) = app.graphql(&login_mutation(), json!({ "input": { "email": email, "password": password } })).await;
+            let (status, body) =
+                app.graphql(&login_mutation(), json!({ "input": { "email": email, "password": password } })).await;
             assert_eq!(status, 200);
             body["errors"].clone()
         }
@@ -145,7 +151,11 @@ async fn unknown_email_and_wrong_password_get_identical_errors() {
             let mut times = Vec::new();
             for _ in 0..3 {
                 let started = std::time::Instant::now();
-                app.graphql(&login_mutation(), json!({ "input": { "email": email, "password": "wrong password 123" } })).await;
+                app.graphql(
+                    &login_mutation(),
+                    json!({ "input": { "email": email, "password": "wrong password 123" } }),
+                )
+                .await;
                 times.push(started.elapsed().as_secs_f64() * 1000.0);
             }
             times.sort_by(f64::total_cmp);
@@ -163,11 +173,16 @@ async fn disabled_users_cannot_log_in_and_their_tokens_stop_working() {
     let admin = app.create_user_with_role(Role::Admin).await;
     let victim = app.register_user().await;
     let (_, body) = app
-        .graphql_as(&admin.bearer(), "mutation($id: ID!) { disableUser(id: $id) { disabled } }", json!({ "id": victim.id }))
+        .graphql_as(
+            &admin.bearer(),
+            "mutation($id: ID!) { disableUser(id: $id) { disabled } }",
+            json!({ "id": victim.id }),
+        )
         .await;
     assert_eq!(body["data"]["disableUser"]["disabled"], true, "{body}");
     assert_eq!(me_code(&app, &victim.bearer()).await.as_deref(), Some("UNAUTHENTICATED"));
-    let (_, body) = app.graphql(&login_mutation(), json!({ "input": { "email": victim.email, "password": TEST_PASSWORD } })).await;
+    let (_, body) =
+        app.graphql(&login_mutation(), json!({ "input": { "email": victim.email, "password": TEST_PASSWORD } })).await;
     assert!(body["data"].is_null() || body["data"]["login"].is_null(), "{body}");
     assert!(error_code(&body).is_some(), "{body}");
 }
@@ -177,10 +192,14 @@ async fn weak_password_hashes_are_upgraded_on_login() {
     use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
     let app = spawn_app().await;
     let user = app.register_user().await;
-    let weak = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, argon2::Params::new(4096, 1, 1, None).unwrap())
-        .hash_password(TEST_PASSWORD.as_bytes(), &SaltString::generate(&mut OsRng))
-        .unwrap()
-        .to_string();
+    let weak = argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        argon2::Params::new(4096, 1, 1, None).unwrap(),
+    )
+    .hash_password(TEST_PASSWORD.as_bytes(), &SaltString::generate(&mut OsRng))
+    .unwrap()
+    .to_string();
     let id = Uuid::parse_str(&user.id).unwrap();
     let model = entities::user::Entity::find_by_id(id).one(&app.state.db).await.unwrap().unwrap();
     let mut active: entities::user::ActiveModel = model.into();
@@ -231,7 +250,10 @@ async fn forged_access_tokens_are_refused() {
     let public_key_bytes = b"-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n";
     let forged: Vec<(&str, String)> = vec![
         ("alg none", unsigned(&genuine, &kid)),
-        ("HS256 with another key", sign(&genuine, Some(&kid), b"another key entirely, not the server's", Algorithm::HS256)),
+        (
+            "HS256 with another key",
+            sign(&genuine, Some(&kid), b"another key entirely, not the server's", Algorithm::HS256),
+        ),
         ("public key used as HS256 secret", sign(&genuine, Some(&kid), public_key_bytes, Algorithm::HS256)),
         ("HS512 with the real key", sign(&genuine, Some(&kid), &key, Algorithm::HS512)),
         ("unknown kid", sign(&genuine, Some("0011223344556677"), &key, Algorithm::HS256)),
@@ -244,7 +266,8 @@ async fn forged_access_tokens_are_refused() {
         ("refresh token as access token", user.refresh_token.clone()),
         ("tampered payload", {
             let mut parts: Vec<String> = user.access_token.split('.').map(str::to_string).collect();
-            parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&with("role", json!("ADMIN"))).unwrap());
+            parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(serde_json::to_vec(&with("role", json!("ADMIN"))).unwrap());
             parts.join(".")
         }),
     ];
@@ -276,7 +299,10 @@ async fn tokens_signed_with_a_retired_key_are_refused() {
     .await;
     assert_eq!(me_code(&rotated, &user.bearer()).await, None, "the previous key still verifies");
     let fresh = rotated.login(&user.email, TEST_PASSWORD).await;
-    assert_eq!(jsonwebtoken::decode_header(&fresh.access_token).unwrap().kid.as_deref(), Some(rotated.state.tokens.signing_kid()));
+    assert_eq!(
+        jsonwebtoken::decode_header(&fresh.access_token).unwrap().kid.as_deref(),
+        Some(rotated.state.tokens.signing_kid())
+    );
     assert_ne!(rotated.state.tokens.signing_kid(), old.state.tokens.signing_kid(), "the current key signs");
 
     let retired = spawn_app_with(|s| {
@@ -392,7 +418,11 @@ async fn every_role_against_every_gated_field() {
         ("users", "{ users(first: 5) { edges { node { id email } } pageInfo { hasNextPage } } }", &["ADMIN"]),
         ("setUserRole", "mutation($id: ID!) { setUserRole(id: $id, role: VIEWER) { role } }", &["ADMIN"]),
         ("disableUser", "mutation($id: ID!) { disableUser(id: $id) { disabled } }", &["ADMIN"]),
-        ("createApiKey", "mutation { createApiKey(name: \"ci\", role: VIEWER) { secret } }", &["ADMIN", "MODERATOR", "USER"]),
+        (
+            "createApiKey",
+            "mutation { createApiKey(name: \"ci\", role: VIEWER) { secret } }",
+            &["ADMIN", "MODERATOR", "USER"],
+        ),
     ];
     for (field, document, allowed) in fields {
         for (role, caller) in &callers {
@@ -424,7 +454,11 @@ async fn demotion_applies_on_the_next_request() {
     assert_eq!(error_code(&body), None, "{body}");
     assert_eq!(body["data"]["users"]["pageInfo"]["hasNextPage"], true, "{body}");
     let (_, body) = app
-        .graphql_as(&admin.bearer(), "mutation($id: ID!) { setUserRole(id: $id, role: USER) { role } }", json!({ "id": other_admin.id }))
+        .graphql_as(
+            &admin.bearer(),
+            "mutation($id: ID!) { setUserRole(id: $id, role: USER) { role } }",
+            json!({ "id": other_admin.id }),
+        )
         .await;
     assert_eq!(body["data"]["setUserRole"]["role"], "USER", "{body}");
     let (_, body) = app.graphql_as(&other_admin.bearer(), users, json!({})).await;

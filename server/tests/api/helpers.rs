@@ -96,10 +96,10 @@ pub async fn test_settings(data_dir: &std::path::Path) -> Settings {
     settings.workers.concurrency = Some(1);
     // Every test client signs in from 127.0.0.1, so the per-IP sign-in budget is
     // raised; the per-account `auth` policy keeps its default and is tested as is.
-    settings.rate_limit.policies.insert(
-        "auth_ip".into(),
-        reelhouse::config::rate_limit::PolicySettings::new(10_000, 60, 10_000, false),
-    );
+    settings
+        .rate_limit
+        .policies
+        .insert("auth_ip".into(), reelhouse::config::rate_limit::PolicySettings::new(10_000, 60, 10_000, false));
     if backend() == Backend::Postgres {
         settings.database.url = Some(SecretUrl::new(create_postgres_database().await));
         settings.database.max_connections = 5;
@@ -277,7 +277,8 @@ impl ServerProcess {
                 if let Some(idx) = line.find("listening on http://") {
                     let rest = &line[idx + "listening on ".len()..];
                     // Pretty lines end the address with a space, JSON lines with a quote.
-                    let address: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || ":/.[]".contains(*c)).collect();
+                    let address: String =
+                        rest.chars().take_while(|c| c.is_ascii_alphanumeric() || ":/.[]".contains(*c)).collect();
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(address);
                     }
@@ -360,8 +361,14 @@ pub const AUTH_PAYLOAD_FIELDS: &str = "accessToken refreshToken expiresIn user {
 
 impl TestApp {
     /// POST a GraphQL document with credentials.
-    pub async fn graphql_as(&self, credentials: &Credentials, query: &str, variables: serde_json::Value) -> (u16, serde_json::Value) {
-        let mut request = self.client.post(self.url("/graphql")).json(&serde_json::json!({ "query": query, "variables": variables }));
+    pub async fn graphql_as(
+        &self,
+        credentials: &Credentials,
+        query: &str,
+        variables: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let mut request =
+            self.client.post(self.url("/graphql")).json(&serde_json::json!({ "query": query, "variables": variables }));
         request = match credentials {
             Credentials::Anonymous => request,
             Credentials::Bearer(token) => request.bearer_auth(token),

@@ -43,7 +43,11 @@ async fn metrics_expose_http_request_counters_and_latency() {
     let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
     let line = text
         .lines()
-        .find(|l| l.starts_with("reelhouse_http_requests_total") && l.contains("route=\"/health\"") && l.contains("status=\"200\""))
+        .find(|l| {
+            l.starts_with("reelhouse_http_requests_total")
+                && l.contains("route=\"/health\"")
+                && l.contains("status=\"200\"")
+        })
         .unwrap_or_else(|| panic!("no request counter for /health in:\n{text}"));
     let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(count >= 3.0, "{line}");
@@ -114,7 +118,11 @@ async fn oversized_batches_and_deep_queries_are_refused() {
     assert_eq!(body["code"], "BAD_USER_INPUT");
 
     // Introspection nesting beyond max_depth is refused before execution.
-    let deep = format!("{{ __schema {{ types {{ {} name {} }} }} }}", "fields { type { ofType { ".repeat(4), "} } } ".repeat(4));
+    let deep = format!(
+        "{{ __schema {{ types {{ {} name {} }} }} }}",
+        "fields { type { ofType { ".repeat(4),
+        "} } } ".repeat(4)
+    );
     let (_, body) = app.graphql(&deep, serde_json::json!({})).await;
     let message = body["errors"][0]["message"].as_str().unwrap_or_default().to_lowercase();
     assert!(message.contains("too deep") || message.contains("complex"), "{body}");
@@ -146,7 +154,9 @@ async fn alias_and_directive_bombs_are_refused_before_execution() {
     assert!(body["errors"][0]["message"].as_str().unwrap().contains("directives"), "{body}");
 
     // Within the limits the same shapes work.
-    let (_, body) = app.graphql("{ a: serverInfo { version } b: serverInfo @skip(if: true) { version } }", serde_json::json!({})).await;
+    let (_, body) = app
+        .graphql("{ a: serverInfo { version } b: serverInfo @skip(if: true) { version } }", serde_json::json!({}))
+        .await;
     assert_eq!(body["data"]["a"]["version"], env!("CARGO_PKG_VERSION"), "{body}");
 }
 
@@ -156,12 +166,20 @@ async fn oversized_graphql_bodies_are_refused_with_413() {
     let padding = " ".repeat(8192);
     let body = format!("{{\"query\": \"{{ serverInfo {{ version }} }}{padding}\"}}");
     // Declared length over the limit.
-    let res = app.client.post(app.url("/graphql")).header("content-type", "application/json").body(body.clone()).send().await.unwrap();
+    let res = app
+        .client
+        .post(app.url("/graphql"))
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 413);
     let json: serde_json::Value = res.json().await.unwrap();
     assert_eq!(json["code"], "PAYLOAD_TOO_LARGE");
     // Chunked, no declared length: cut off while streaming.
-    let chunks: Vec<Result<String, std::io::Error>> = body.as_bytes().chunks(1000).map(|c| Ok(String::from_utf8_lossy(c).to_string())).collect();
+    let chunks: Vec<Result<String, std::io::Error>> =
+        body.as_bytes().chunks(1000).map(|c| Ok(String::from_utf8_lossy(c).to_string())).collect();
     let res = app
         .client
         .post(app.url("/graphql"))
@@ -217,7 +235,11 @@ async fn tls_enforcement_redirects_or_refuses_plain_http_behind_a_proxy() {
         .await
         .unwrap();
     assert_eq!(res.status(), 308);
-    assert_eq!(res.headers()["location"], "https://media.example.com/graphql?x=1", "our own host, not the forwarded one");
+    assert_eq!(
+        res.headers()["location"],
+        "https://media.example.com/graphql?x=1",
+        "our own host, not the forwarded one"
+    );
     let res = no_redirects.get(redirecting.url("/graphql")).header("X-Forwarded-Proto", "https").send().await.unwrap();
     assert_eq!(res.status(), 200);
     assert!(res.headers()["strict-transport-security"].to_str().unwrap().contains("max-age="));

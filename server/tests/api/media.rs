@@ -20,8 +20,9 @@ fn fixtures() -> &'static Path {
         let text = std::fs::read(&script).unwrap();
         let hash = text.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3));
         let dir = std::env::temp_dir().join(format!("reelhouse-media-fixtures-{hash:016x}"));
-        let lock = std::fs::File::create(std::env::temp_dir().join(format!("reelhouse-media-fixtures-{hash:016x}.lock")))
-            .unwrap();
+        let lock =
+            std::fs::File::create(std::env::temp_dir().join(format!("reelhouse-media-fixtures-{hash:016x}.lock")))
+                .unwrap();
         lock.lock().unwrap();
         if !dir.join(".complete").exists() {
             let _ = std::fs::remove_dir_all(&dir);
@@ -249,9 +250,16 @@ fn mp4_boxes(path: &Path) -> Vec<String> {
 fn media_mp4_preset_is_h264_with_faststart() {
     let out = tempfile::tempdir().unwrap();
     let path = out.path().join("download.mp4");
-    let result =
-        transcode_mp4(&fixture("portrait_360x640.mp4"), &path, Preset::Low, Format::Mp4, &Mp4Options::default(), &mut |_| {}, &never())
-            .unwrap();
+    let result = transcode_mp4(
+        &fixture("portrait_360x640.mp4"),
+        &path,
+        Preset::Low,
+        Format::Mp4,
+        &Mp4Options::default(),
+        &mut |_| {},
+        &never(),
+    )
+    .unwrap();
     assert_eq!((result.width, result.height), (360, 640));
     let info = probe(&path).unwrap();
     assert_eq!(info.video_caps.as_deref(), Some("video/x-h264"));
@@ -269,8 +277,16 @@ fn media_mp4_preset_is_h264_with_faststart() {
 fn media_webm_preset_is_vp8() {
     let out = tempfile::tempdir().unwrap();
     let path = out.path().join("download.webm");
-    transcode_mp4(&fixture("small_320x180.mp4"), &path, Preset::Low, Format::WebM, &Mp4Options::default(), &mut |_| {}, &never())
-        .unwrap();
+    transcode_mp4(
+        &fixture("small_320x180.mp4"),
+        &path,
+        Preset::Low,
+        Format::WebM,
+        &Mp4Options::default(),
+        &mut |_| {},
+        &never(),
+    )
+    .unwrap();
     let info = probe(&path).unwrap();
     assert!(matches!(info.video_caps.as_deref(), Some("video/x-vp8" | "video/x-vp9")), "{info:?}");
     assert!(info.audio_codec.as_deref().unwrap_or_default().to_lowercase().contains("opus"), "{info:?}");
@@ -308,7 +324,12 @@ fn media_poster_is_a_bright_jpeg_and_storyboard_matches_vtt() {
     assert!(board.tiles >= 4);
     for (x, y, w, h) in cues {
         assert_eq!((w, h), (160, 90));
-        assert!(x + w <= sprite.width && y + h <= sprite.height, "tile {x},{y} outside {}x{}", sprite.width, sprite.height);
+        assert!(
+            x + w <= sprite.width && y + h <= sprite.height,
+            "tile {x},{y} outside {}x{}",
+            sprite.width,
+            sprite.height
+        );
     }
 }
 
@@ -321,7 +342,8 @@ fn media_poster_skips_a_black_start() {
     let decoded = load_jpeg(&poster.path).unwrap();
     assert!(decoded.mean_luma() > 60.0, "poster luma {}", decoded.mean_luma());
     // The first frame really is black.
-    let first = ThumbnailOptions { poster_candidates: vec![0.0], thumbnail_fractions: vec![], ..ThumbnailOptions::default() };
+    let first =
+        ThumbnailOptions { poster_candidates: vec![0.0], thumbnail_fractions: vec![], ..ThumbnailOptions::default() };
     let black_dir = tempfile::tempdir().unwrap();
     let (black, _) = poster_and_thumbnails(&source, black_dir.path(), &first, &never()).unwrap();
     assert!(black.mean_luma < 20.0, "first frame luma {}", black.mean_luma);

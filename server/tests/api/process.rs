@@ -7,7 +7,9 @@ use std::time::Duration;
 use entities::{user, worker};
 use sea_orm::{Database, EntityTrait, PaginatorTrait};
 
-use crate::helpers::{create_postgres_database, eventually, random_secret, reelhouse_command, service_env, ServerProcess};
+use crate::helpers::{
+    create_postgres_database, eventually, random_secret, reelhouse_command, service_env, ServerProcess,
+};
 
 fn sqlite_url(dir: &std::path::Path) -> String {
     format!("sqlite://{}?mode=ro", dir.join("reelhouse.db").display())
@@ -134,7 +136,11 @@ async fn bad_settings_stop_start_up_with_one_line_naming_the_key() {
 async fn config_prints_merged_settings_with_secrets_redacted_and_layers_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("reelhouse.toml");
-    std::fs::write(&file, "[server]\nbind = \"10.0.0.1:1\"\nheartbeat_interval_ms = 250\n[redis]\nkey_prefix = \"from-file:\"\n").unwrap();
+    std::fs::write(
+        &file,
+        "[server]\nbind = \"10.0.0.1:1\"\nheartbeat_interval_ms = 250\n[redis]\nkey_prefix = \"from-file:\"\n",
+    )
+    .unwrap();
     let output = reelhouse_command()
         .arg("config")
         .arg("--config")

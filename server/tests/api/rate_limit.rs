@@ -87,7 +87,10 @@ async fn unreachable_redis_fails_closed_or_open_per_policy() {
     assert_eq!(get_graphiql(&open).await.status(), 429, "local buckets keep limiting");
 
     proxy.restore().await;
-    assert!(eventually(100, || async { get_graphiql(&closed).await.status() == 200 }).await, "serves again once Redis returns");
+    assert!(
+        eventually(100, || async { get_graphiql(&closed).await.status() == 200 }).await,
+        "serves again once Redis returns"
+    );
 }
 
 #[actix_web::test]
@@ -107,7 +110,8 @@ async fn expensive_queries_spend_the_budget_faster_than_cheap_ones() {
         s.rate_limit.policies.insert("api".into(), PolicySettings::new(20, 60, 20, true));
     })
     .await;
-    let expensive: String = (0..30).map(|i| format!("a{i}: serverInfo {{ version mode instance startedAt }} ")).collect();
+    let expensive: String =
+        (0..30).map(|i| format!("a{i}: serverInfo {{ version mode instance startedAt }} ")).collect();
     let expensive = format!("{{ {expensive} }}");
     for _ in 0..2 {
         let (status, body) = app.graphql(&expensive, serde_json::json!({})).await;
@@ -165,9 +169,8 @@ async fn forwarded_for_decides_the_bucket_only_behind_a_trusted_proxy() {
             s.server.trusted_proxies = trusted.clone();
         }
     };
-    let as_client = |app: &TestApp, ip: &'static str| {
-        app.client.get(app.url("/graphql")).header("X-Forwarded-For", ip).send()
-    };
+    let as_client =
+        |app: &TestApp, ip: &'static str| app.client.get(app.url("/graphql")).header("X-Forwarded-For", ip).send();
     // Untrusted peer: rotating X-Forwarded-For does not buy a fresh bucket.
     let app = spawn_app_with(limited(vec![])).await;
     assert_eq!(as_client(&app, "198.51.100.1").await.unwrap().status(), 200);

@@ -57,5 +57,8 @@ async fn ready_turns_503_when_the_database_is_unreachable_and_recovers() {
     assert!(body["reason"].as_str().unwrap().contains("database"), "{body}");
 
     proxy.restore().await;
-    assert!(eventually(100, || async { ready_status(&app).await.0 == 200 }).await, "ready again after the database returns");
+    assert!(
+        eventually(100, || async { ready_status(&app).await.0 == 200 }).await,
+        "ready again after the database returns"
+    );
 }

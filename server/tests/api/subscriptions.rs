@@ -71,7 +71,11 @@ async fn heartbeat_subscription_streams_over_legacy_graphql_ws() {
     let mut socket = connect(&app, "graphql-ws").await;
     send(&mut socket, json!({ "type": "connection_init", "payload": {} })).await;
     assert_eq!(next_json(&mut socket).await["type"], "connection_ack");
-    send(&mut socket, json!({ "id": "7", "type": "start", "payload": { "query": "subscription { heartbeat { seq } }" } })).await;
+    send(
+        &mut socket,
+        json!({ "id": "7", "type": "start", "payload": { "query": "subscription { heartbeat { seq } }" } }),
+    )
+    .await;
     let mut last = 0;
     for _ in 0..2 {
         let mut message = next_json(&mut socket).await;
@@ -105,7 +109,11 @@ async fn invalid_subscription_documents_get_an_error_message_not_a_dead_socket()
     assert!(errors.to_string().contains("nope"), "{message}");
     assert!(message["payload"]["data"].is_null(), "{message}");
     // The same socket still serves a valid subscription.
-    send(&mut socket, json!({ "id": "2", "type": "subscribe", "payload": { "query": "subscription { heartbeat { seq } }" } })).await;
+    send(
+        &mut socket,
+        json!({ "id": "2", "type": "subscribe", "payload": { "query": "subscription { heartbeat { seq } }" } }),
+    )
+    .await;
     let mut message = next_json(&mut socket).await;
     while message["id"] == "1" {
         assert_eq!(message["type"], "complete", "{message}");

@@ -53,9 +53,14 @@ async fn next_text(socket: &mut Socket) -> Value {
 /// Open an authenticated graphql-transport-ws session with a live heartbeat stream.
 async fn subscribed(app: &TestApp, token: &str) -> Socket {
     let mut socket = connect(app, "graphql-transport-ws").await;
-    send(&mut socket, json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {token}") } })).await;
+    send(&mut socket, json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {token}") } }))
+        .await;
     assert_eq!(next_text(&mut socket).await["type"], "connection_ack");
-    send(&mut socket, json!({ "id": "1", "type": "subscribe", "payload": { "query": "subscription { heartbeat { seq } }" } })).await;
+    send(
+        &mut socket,
+        json!({ "id": "1", "type": "subscribe", "payload": { "query": "subscription { heartbeat { seq } }" } }),
+    )
+    .await;
     assert_eq!(next_text(&mut socket).await["type"], "next");
     socket
 }
@@ -81,7 +86,8 @@ async fn a_bad_token_closes_with_4403_in_both_protocols() {
     let app = fast_app().await;
     for protocol in ["graphql-transport-ws", "graphql-ws"] {
         let mut socket = connect(&app, protocol).await;
-        send(&mut socket, json!({ "type": "connection_init", "payload": { "authorization": "Bearer not.a.token" } })).await;
+        send(&mut socket, json!({ "type": "connection_init", "payload": { "authorization": "Bearer not.a.token" } }))
+            .await;
         let (code, reason, seen) = until_closed(&mut socket).await;
         assert_eq!(code, 4403, "{protocol}: {reason} {seen:?}");
         assert!(seen.iter().all(|m| m["type"] != "connection_ack"), "{protocol}: no ack for a bad token");
@@ -94,7 +100,11 @@ async fn anonymous_sessions_may_use_public_subscriptions() {
     let mut socket = connect(&app, "graphql-transport-ws").await;
     send(&mut socket, json!({ "type": "connection_init" })).await;
     assert_eq!(next_text(&mut socket).await["type"], "connection_ack");
-    send(&mut socket, json!({ "id": "1", "type": "subscribe", "payload": { "query": "subscription { heartbeat { seq } }" } })).await;
+    send(
+        &mut socket,
+        json!({ "id": "1", "type": "subscribe", "payload": { "query": "subscription { heartbeat { seq } }" } }),
+    )
+    .await;
     assert_eq!(next_text(&mut socket).await["type"], "next");
 }
 
