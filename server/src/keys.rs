@@ -56,12 +56,17 @@ impl ServerKeys {
     }
 
     fn derive(master: &[u8]) -> Self {
-        Self {
-            jwt: derive_key(master, b"reelhouse/jwt/v1"),
-            url_signing: derive_key(master, b"reelhouse/url-signing/v1"),
-        }
+        Self { jwt: derive_jwt_key(master), url_signing: derive_key(master, b"reelhouse/url-signing/v1") }
     }
 }
+
+/// The HS256 key of a master secret; `auth::tokens` derives retired secrets' keys
+/// with the same function, so a retired secret verifies what it signed.
+pub fn derive_jwt_key(master: &[u8]) -> Vec<u8> {
+    derive_key(master, JWT_LABEL)
+}
+
+const JWT_LABEL: &[u8] = b"reelhouse/jwt/v1";
 
 fn derive_key(master: &[u8], label: &[u8]) -> Vec<u8> {
     // HMAC accepts keys of any length, so this cannot fail; fall back defensively anyway.

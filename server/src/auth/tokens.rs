@@ -11,7 +11,6 @@ use std::collections::HashMap;
 
 use chrono::Utc;
 use entities::Role;
-use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -94,17 +93,7 @@ pub fn key_id(key: &[u8]) -> String {
     hex::encode(&Sha256::digest(key)[..8])
 }
 
-/// The HS256 key derived from a master secret, exactly as `keys::ServerKeys` derives
-/// `jwt`, so a retired master secret keeps verifying the tokens it signed.
-pub fn derive_jwt_key(master: &[u8]) -> Vec<u8> {
-    match Hmac::<Sha256>::new_from_slice(master) {
-        Ok(mut mac) => {
-            mac.update(b"reelhouse/jwt/v1");
-            mac.finalize().into_bytes().to_vec()
-        }
-        Err(_) => master.to_vec(),
-    }
-}
+pub use crate::keys::derive_jwt_key;
 
 impl TokenKeys {
     /// `current_key` is `ServerKeys::jwt` (derived from `auth.jwt_secret`); the

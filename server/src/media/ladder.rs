@@ -289,18 +289,13 @@ pub fn transcode_hls(
 
     // Audio head: decode once, encode AAC once, tee the encoded stream.
     let audio_head = if info.has_audio {
-        let aconvert = make("audioconvert", Some("audio-convert"))?;
-        let aresample = make("audioresample", Some("audio-resample"))?;
-        let acaps = caps_filter(
-            "audio-format",
-            gst::Caps::builder("audio/x-raw").field("rate", 48_000i32).field("channels", 2i32).build(),
-        )?;
+        let (aconvert, acaps) = audio_normalizer(&pipeline)?;
         let aenc = make("avenc_aac", Some("aac-encoder"))?;
         aenc.set_property("bitrate", i32::try_from(opts.audio_bitrate_kbps * 1000).unwrap_or(128_000));
         let aparse = make("aacparse", Some("aac-parse"))?;
         let atee = make("tee", Some("audio-tee"))?;
-        pipeline.add_many([&aconvert, &aresample, &acaps, &aenc, &aparse, &atee])?;
-        gst::Element::link_many([&aconvert, &aresample, &acaps, &aenc, &aparse, &atee])?;
+        pipeline.add_many([&aenc, &aparse, &atee])?;
+        gst::Element::link_many([&acaps, &aenc, &aparse, &atee])?;
         Some((aconvert, atee))
     } else {
         None
@@ -474,6 +469,21 @@ pub fn transcode_hls(
 pub(crate) fn ended_early(reached: Duration, expected: Duration) -> bool {
     let missing = expected.saturating_sub(reached);
     missing > Duration::from_millis(500) && missing.as_secs_f64() > expected.as_secs_f64() * 0.1
+}
+
+/// `audioconvert ! audioresample ! audio/x-raw,rate=48000,channels=2`, added to
+/// `pipeline` and linked; returns its first and last element. Every audio encoder
+/// branch (HLS AAC, MP4 AAC, WebM Opus) starts from this.
+pub(crate) fn audio_normalizer(pipeline: &gst::Pipeline) -> Result<(gst::Element, gst::Element), MediaError> {
+    let convert = make("audioconvert", Some("audio-convert"))?;
+    let resample = make("audioresample", Some("audio-resample"))?;
+    let caps = caps_filter(
+        "audio-format",
+        gst::Caps::builder("audio/x-raw").field("rate", 48_000i32).field("channels", 2i32).build(),
+    )?;
+    pipeline.add_many([&convert, &resample, &caps])?;
+    gst::Element::link_many([&convert, &resample, &caps])?;
+    Ok((convert, caps))
 }
 
 pub(crate) fn caps_filter(name: &str, caps: gst::Caps) -> Result<gst::Element, MediaError> {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
-use super::ladder::{caps_filter, connect_decoder, ended_early, x264_encoder};
+use super::ladder::{audio_normalizer, caps_filter, connect_decoder, ended_early, x264_encoder};
 use super::pipeline::{limit_decoder_errors, make, run_to_eos, Limits, NullOnDrop};
 use super::{ensure_gstreamer, file_uri, probe, MediaError, Progress};
 
@@ -219,12 +219,7 @@ pub fn transcode_mp4(
     }
 
     let audio_head = if info.has_audio {
-        let aconvert = make("audioconvert", Some("audio-convert"))?;
-        let aresample = make("audioresample", Some("audio-resample"))?;
-        let acaps = caps_filter(
-            "audio-format",
-            gst::Caps::builder("audio/x-raw").field("rate", 48_000i32).field("channels", 2i32).build(),
-        )?;
+        let (aconvert, acaps) = audio_normalizer(&pipeline)?;
         let bitrate = i32::try_from(settings.audio_bitrate_kbps * 1000).unwrap_or(128_000);
         let (aenc, aparse) = match format {
             Format::Mp4 => {
@@ -239,8 +234,8 @@ pub fn transcode_mp4(
             }
         };
         let aqueue = make("queue", Some("audio-queue"))?;
-        pipeline.add_many([&aconvert, &aresample, &acaps, &aenc, &aqueue])?;
-        gst::Element::link_many([&aconvert, &aresample, &acaps, &aenc])?;
+        pipeline.add_many([&aenc, &aqueue])?;
+        gst::Element::link_many([&acaps, &aenc])?;
         match &aparse {
             Some(parse) => {
                 pipeline.add(parse)?;
