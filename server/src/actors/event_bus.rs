@@ -15,6 +15,8 @@ use super::supervisor::DeathNotice;
 #[derive(Debug, Clone)]
 pub enum BusMessage {
     Heartbeat(Heartbeat),
+    /// A video's state change or progress (see `crate::events`).
+    Video(std::sync::Arc<crate::events::DomainEvent>),
 }
 
 #[derive(Debug, Clone, PartialEq)]

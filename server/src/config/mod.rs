@@ -8,8 +8,11 @@
 //!
 //! Settings are passed by value into `Application::build`; there is no global.
 
+pub mod jobs;
+pub mod media;
 pub mod rate_limit;
 mod secret;
+pub mod uploads;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -32,6 +35,9 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub workers: WorkerSettings,
     pub rate_limit: rate_limit::RateLimitSettings,
+    pub uploads: uploads::UploadSettings,
+    pub media: media::MediaSettings,
+    pub jobs: jobs::JobSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -389,6 +395,21 @@ impl Settings {
                     format!("`{entry}` is not an address or range like 10.0.0.0/8"),
                 ));
             }
+        }
+        if self.uploads.part_size_bytes < 5 * 1024 * 1024 {
+            return Err(SettingsError::new("uploads.part_size_bytes", "must be at least 5 MiB (S3's smallest part)"));
+        }
+        if self.uploads.max_size_bytes == 0 {
+            return Err(SettingsError::new("uploads.max_size_bytes", "must be greater than 0"));
+        }
+        if self.media.ladder.is_empty() || self.media.ladder.iter().any(|r| r.lines < 2 || r.video_bitrate_kbps == 0) {
+            return Err(SettingsError::new("media.ladder", "needs at least one rung with lines >= 2 and a bitrate"));
+        }
+        if self.jobs.max_attempts < 1 {
+            return Err(SettingsError::new("jobs.max_attempts", "must be at least 1"));
+        }
+        if self.jobs.heartbeat_secs == 0 || self.jobs.heartbeat_secs * 2 > self.jobs.lease_secs {
+            return Err(SettingsError::new("jobs.heartbeat_secs", "must be at least 1 and at most half of jobs.lease_secs"));
         }
         if self.server.tls_enforcement != TlsEnforcement::Off && self.server.trusted_proxies.is_empty() {
             return Err(SettingsError::new(

@@ -3,6 +3,7 @@
 pub mod accounts;
 pub mod limits;
 mod server_info;
+pub mod videos;
 
 use async_graphql::{MergedObject, MergedSubscription, Schema};
 

@@ -1,0 +1,38 @@
+//! `[jobs]`: the durable queue's leases, retries and sweeps.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobSettings {
+    /// Seconds a lease lasts without a heartbeat before the sweeper re-queues the job.
+    pub lease_secs: u64,
+    /// Seconds between lease renewals by a running worker (well under `lease_secs`).
+    pub heartbeat_secs: u64,
+    /// Attempts before a job is DEAD.
+    pub max_attempts: i32,
+    /// First retry delay; doubles per attempt, with jitter, up to `backoff_max_secs`.
+    pub backoff_base_secs: u64,
+    pub backoff_max_secs: u64,
+    /// Seconds between sweeps for expired leases.
+    pub sweep_interval_secs: u64,
+    /// Milliseconds an idle scheduler waits before looking for work again.
+    pub poll_interval_ms: u64,
+    /// Lines kept in one job's log.
+    pub log_max_lines: u64,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        Self {
+            lease_secs: 30,
+            heartbeat_secs: 5,
+            max_attempts: 5,
+            backoff_base_secs: 5,
+            backoff_max_secs: 600,
+            sweep_interval_secs: 5,
+            poll_interval_ms: 500,
+            log_max_lines: 200,
+        }
+    }
+}

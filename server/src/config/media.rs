@@ -1,0 +1,97 @@
+//! `[media]`: what an upload may be, and how the ladder is encoded.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::media::ladder::{HlsOptions, LadderConfig, RungSpec};
+use crate::media::MediaLimits;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaSettings {
+    pub max_width: u32,
+    pub max_height: u32,
+    pub max_pixels: u64,
+    pub max_duration_secs: u64,
+    pub max_fps: f64,
+    pub max_tracks: u32,
+    /// The ladder, highest rung first; rungs above the source are skipped.
+    pub ladder: Vec<LadderRung>,
+    /// HLS target segment duration in seconds.
+    pub segment_seconds: u32,
+    /// x264 speed preset (e.g. `veryfast`).
+    pub speed_preset: String,
+    /// Wall-clock limit of one pipeline run.
+    pub pipeline_timeout_secs: u64,
+    /// Wall-clock limit of probing one file.
+    pub probe_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LadderRung {
+    /// Lines of the picture's short side (720 for 1280x720 and for 720x1280).
+    pub lines: u32,
+    pub video_bitrate_kbps: u32,
+}
+
+impl Default for MediaSettings {
+    fn default() -> Self {
+        let limits = MediaLimits::default();
+        let hls = HlsOptions::default();
+        Self {
+            max_width: limits.max_width,
+            max_height: limits.max_height,
+            max_pixels: limits.max_pixels,
+            max_duration_secs: limits.max_duration.as_secs(),
+            max_fps: limits.max_fps,
+            max_tracks: limits.max_tracks,
+            ladder: LadderConfig::default()
+                .rungs
+                .into_iter()
+                .map(|r| LadderRung { lines: r.lines, video_bitrate_kbps: r.video_bitrate_kbps })
+                .collect(),
+            segment_seconds: hls.segment_seconds,
+            speed_preset: hls.speed_preset,
+            pipeline_timeout_secs: hls.timeout.as_secs(),
+            probe_timeout_secs: crate::media::DEFAULT_PROBE_TIMEOUT.as_secs().max(1),
+        }
+    }
+}
+
+impl MediaSettings {
+    pub fn limits(&self) -> MediaLimits {
+        MediaLimits {
+            max_width: self.max_width,
+            max_height: self.max_height,
+            max_pixels: self.max_pixels,
+            max_duration: Duration::from_secs(self.max_duration_secs),
+            max_fps: self.max_fps,
+            max_tracks: self.max_tracks,
+        }
+    }
+
+    pub fn ladder(&self) -> LadderConfig {
+        LadderConfig {
+            rungs: self
+                .ladder
+                .iter()
+                .map(|r| RungSpec { lines: r.lines, video_bitrate_kbps: r.video_bitrate_kbps })
+                .collect(),
+        }
+    }
+
+    pub fn hls_options(&self) -> HlsOptions {
+        HlsOptions {
+            segment_seconds: self.segment_seconds,
+            speed_preset: self.speed_preset.clone(),
+            timeout: Duration::from_secs(self.pipeline_timeout_secs),
+            ..HlsOptions::default()
+        }
+    }
+
+    pub fn probe_timeout(&self) -> Duration {
+        Duration::from_secs(self.probe_timeout_secs.max(1))
+    }
+}

@@ -1,0 +1,55 @@
+//! `[uploads]`: sizes, types, quotas and session lifetimes of uploads.
+
+use serde::{Deserialize, Serialize};
+
+const MIB: u64 = 1024 * 1024;
+const GIB: u64 = 1024 * MIB;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UploadSettings {
+    /// Largest accepted upload, bytes.
+    pub max_size_bytes: u64,
+    /// Bytes of sources one user may store; 0 means no quota.
+    pub quota_bytes_per_user: u64,
+    /// Declared content types accepted by `createUpload` and tus.
+    pub allowed_content_types: Vec<String>,
+    /// Seconds an open upload session (and its presigned URLs) lives without completing.
+    pub session_ttl_secs: u64,
+    /// Declared sizes above this use multipart (S3) instead of one presigned PUT.
+    pub multipart_threshold_bytes: u64,
+    /// Part size of multipart uploads (S3: at least 5 MiB, at most 10000 parts).
+    pub part_size_bytes: u64,
+    /// Largest body of one tus PATCH request.
+    pub tus_max_chunk_bytes: u64,
+    /// Seconds between sweeps for expired sessions and orphaned multipart uploads.
+    pub sweep_interval_secs: u64,
+}
+
+impl Default for UploadSettings {
+    fn default() -> Self {
+        Self {
+            max_size_bytes: 10 * GIB,
+            quota_bytes_per_user: 100 * GIB,
+            allowed_content_types: [
+                "video/mp4",
+                "video/quicktime",
+                "video/webm",
+                "video/x-matroska",
+                "video/x-msvideo",
+                "video/mpeg",
+                "video/mp2t",
+                "video/ogg",
+                "video/3gpp",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+            session_ttl_secs: 24 * 3600,
+            multipart_threshold_bytes: 64 * MIB,
+            part_size_bytes: 16 * MIB,
+            tus_max_chunk_bytes: 64 * MIB,
+            sweep_interval_secs: 60,
+        }
+    }
+}

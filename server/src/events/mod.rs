@@ -1,0 +1,212 @@
+//! The one event model: what happened to a video, in order.
+//!
+//! State-changing events are written to the `events_outbox` table in the same
+//! transaction as the change ([`record`]), then published on the bus after commit
+//! ([`Publisher::publish`]). PROGRESS events are published without persistence; the
+//! latest progress is kept on the job row. Every persisted event has a per-video
+//! `seq` (1, 2, 3, ...) and a global `cursor` (the outbox row id) that subscriptions
+//! resume from.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use entities::{event_outbox, video, VideoStatus, Visibility};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QuerySelect, Set,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::actors::event_bus::{BusMessage, Publish};
+use crate::actors::{EventBus, Hub};
+
+/// Serialised into every stored event; bump when the payload changes shape.
+pub const EVENT_VERSION: u16 = 1;
+
+/// What happened. Spelled as in the public API (`VideoEvent.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, async_graphql::Enum)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[graphql(name = "VideoEventKind")]
+pub enum EventKind {
+    Uploaded,
+    Processing,
+    Progress,
+    RenditionReady,
+    Ready,
+    Failed,
+    Cancelled,
+    Deleted,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Uploaded => "UPLOADED",
+            EventKind::Processing => "PROCESSING",
+            EventKind::Progress => "PROGRESS",
+            EventKind::RenditionReady => "RENDITION_READY",
+            EventKind::Ready => "READY",
+            EventKind::Failed => "FAILED",
+            EventKind::Cancelled => "CANCELLED",
+            EventKind::Deleted => "DELETED",
+        }
+    }
+}
+
+/// Progress of a running job, as published and as kept on the job row.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProgressInfo {
+    /// 0..=100 over the whole job.
+    pub percent: f64,
+    /// probing | encoding | packaging | uploading
+    pub stage: String,
+    pub fps: Option<f64>,
+    pub eta_seconds: Option<f64>,
+    #[serde(default)]
+    pub renditions: Vec<RenditionProgressInfo>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RenditionProgressInfo {
+    pub name: String,
+    pub percent: f64,
+    pub fps: Option<f64>,
+}
+
+/// Optional details of an event.
+#[derive(Debug, Clone, Default)]
+pub struct EventDetail {
+    pub error: Option<String>,
+    pub rendition: Option<String>,
+    pub job_id: Option<Uuid>,
+    pub progress: Option<ProgressInfo>,
+}
+
+/// One event. `cursor` is `None` only for PROGRESS (never stored).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DomainEvent {
+    pub version: u16,
+    pub kind: EventKind,
+    pub video_id: Uuid,
+    pub owner_id: Uuid,
+    /// The video's visibility when the event happened.
+    pub visibility: Visibility,
+    /// The video's status after the event.
+    pub status: VideoStatus,
+    /// Per-video sequence of stored events; PROGRESS carries the last stored one.
+    pub seq: i64,
+    /// Global position in the outbox (resume point).
+    pub cursor: Option<i64>,
+    pub at: DateTime<Utc>,
+    pub error: Option<String>,
+    pub rendition: Option<String>,
+    pub job_id: Option<Uuid>,
+    pub progress: Option<ProgressInfo>,
+}
+
+impl DomainEvent {
+    fn new(video: &video::Model, kind: EventKind, detail: EventDetail, seq: i64) -> Self {
+        Self {
+            version: EVENT_VERSION,
+            kind,
+            video_id: video.id,
+            owner_id: video.owner_id,
+            visibility: video.visibility,
+            status: video.status,
+            seq,
+            cursor: None,
+            at: Utc::now(),
+            error: detail.error,
+            rendition: detail.rendition,
+            job_id: detail.job_id,
+            progress: detail.progress,
+        }
+    }
+
+    /// Rebuild an event from its outbox row.
+    pub fn from_outbox(row: &event_outbox::Model) -> Result<Self, serde_json::Error> {
+        let mut event: DomainEvent = serde_json::from_value(row.payload.clone())?;
+        event.cursor = Some(row.id);
+        Ok(event)
+    }
+}
+
+/// Write a state-changing event for `video` (its state *after* the change) into the
+/// outbox. Call inside the transaction that makes the change, then publish the
+/// returned event after commit.
+pub async fn record<C: ConnectionTrait>(
+    conn: &C,
+    video: &video::Model,
+    kind: EventKind,
+    detail: EventDetail,
+) -> Result<DomainEvent, DbErr> {
+    // Serialise writers of one video's sequence: PostgreSQL row lock; SQLite has
+    // one writer per database already.
+    if conn.get_database_backend() == DbBackend::Postgres {
+        video::Entity::find_by_id(video.id).select_only().column(video::Column::Id).lock_exclusive().one(conn).await?;
+    }
+    let last: Option<i64> = event_outbox::Entity::find()
+        .select_only()
+        .column_as(Expr::col(event_outbox::Column::Seq).max(), "max_seq")
+        .filter(event_outbox::Column::VideoId.eq(video.id))
+        .into_tuple::<Option<i64>>()
+        .one(conn)
+        .await?
+        .flatten();
+    let mut event = DomainEvent::new(video, kind, detail, last.unwrap_or(0) + 1);
+    let payload = serde_json::to_value(&event).map_err(|e| DbErr::Custom(format!("serialising event: {e}")))?;
+    let row = event_outbox::ActiveModel {
+        video_id: Set(event.video_id),
+        owner_id: Set(event.owner_id),
+        kind: Set(kind.as_str().to_string()),
+        seq: Set(event.seq),
+        visibility: Set(event.visibility),
+        payload: Set(payload),
+        created_at: Set(event.at),
+        published_at: Set(None),
+        ..Default::default()
+    }
+    .insert(conn)
+    .await?;
+    event.cursor = Some(row.id);
+    Ok(event)
+}
+
+/// A PROGRESS event (never stored).
+pub fn progress_event(video: &video::Model, last_seq: i64, job_id: Uuid, progress: ProgressInfo) -> DomainEvent {
+    DomainEvent::new(
+        video,
+        EventKind::Progress,
+        EventDetail { job_id: Some(job_id), progress: Some(progress), ..Default::default() },
+        last_seq,
+    )
+}
+
+/// Publishes events to this process's bus (and, with Redis, to the other
+/// instances: issue 6). Cheap to clone; a publisher without a bus drops events,
+/// which is right for a worker process nobody subscribes to (stored events stay
+/// in the outbox).
+#[derive(Clone, Default)]
+pub struct Publisher {
+    bus: Option<Hub<EventBus>>,
+}
+
+impl Publisher {
+    pub fn new(bus: Option<Hub<EventBus>>) -> Self {
+        Self { bus }
+    }
+
+    pub fn publish(&self, event: DomainEvent) {
+        metrics::counter!("reelhouse_events_published_total", "kind" => event.kind.as_str()).increment(1);
+        if let Some(bus) = &self.bus {
+            bus.addr().do_send(Publish(BusMessage::Video(Arc::new(event))));
+        }
+    }
+
+    pub fn publish_all(&self, events: impl IntoIterator<Item = DomainEvent>) {
+        for event in events {
+            self.publish(event);
+        }
+    }
+}
