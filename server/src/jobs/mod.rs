@@ -1,5 +1,7 @@
 //! The durable job queue: a table, not a home-made broker.
 
+pub mod runner;
+
 use chrono::Utc;
 use entities::{job, JobKind, JobStatus};
 use sea_orm::{ActiveModelTrait, ConnectionTrait, DbErr, Set};

@@ -9,8 +9,9 @@
 //! A video the caller may not read answers NOT_FOUND, never FORBIDDEN, so private
 //! videos do not reveal that they exist. Deleted videos are gone for everyone.
 
-use entities::{video, Visibility};
-use sea_orm::{ConnectionTrait, EntityTrait};
+use entities::{upload, video, UploadStatus, Visibility};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
 use uuid::Uuid;
 
 use crate::auth::principal::Principal;
@@ -80,4 +81,31 @@ pub async fn find_writable<C: ConnectionTrait>(
     } else {
         Err(AppError::forbidden("you may not change this video"))
     }
+}
+
+/// Bytes counted against a user's quota: sources of videos not deleted, plus the
+/// declared size of uploads still open or completing.
+// SUM(bigint) is numeric on PostgreSQL; the casts keep both backends at BIGINT.
+pub async fn storage_used_bytes<C: ConnectionTrait>(conn: &C, user_id: Uuid) -> Result<i64, AppError> {
+    let stored: Option<i64> = video::Entity::find()
+        .select_only()
+        .column_as(Expr::cust("CAST(SUM(source_size_bytes) AS BIGINT)"), "total")
+        .filter(video::Column::OwnerId.eq(user_id))
+        .filter(video::Column::DeletedAt.is_null())
+        .into_tuple::<Option<i64>>()
+        .one(conn)
+        .await
+        .map_err(AppError::internal)?
+        .flatten();
+    let pending: Option<i64> = upload::Entity::find()
+        .select_only()
+        .column_as(Expr::cust("CAST(SUM(declared_size) AS BIGINT)"), "total")
+        .filter(upload::Column::UserId.eq(user_id))
+        .filter(upload::Column::Status.is_in([UploadStatus::Open, UploadStatus::Completing]))
+        .into_tuple::<Option<i64>>()
+        .one(conn)
+        .await
+        .map_err(AppError::internal)?
+        .flatten();
+    Ok(stored.unwrap_or(0) + pending.unwrap_or(0))
 }

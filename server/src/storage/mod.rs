@@ -10,6 +10,7 @@
 
 mod error;
 mod key;
+pub mod layout;
 mod local;
 mod local_http;
 mod op_metrics;
