@@ -1,6 +1,7 @@
 //! The GraphQL schema: built once, one `MergedObject` per domain.
 
 pub mod accounts;
+pub mod events;
 pub mod limits;
 mod server_info;
 pub mod videos;
@@ -20,7 +21,7 @@ pub struct Query(ServerQuery, AccountsQuery);
 pub struct Mutation(AccountsMutation);
 
 #[derive(MergedSubscription, Default)]
-pub struct Subscription(HeartbeatSubscription);
+pub struct Subscription(HeartbeatSubscription, events::EventsSubscription);
 
 pub type AppSchema = Schema<Query, Mutation, Subscription>;
 

@@ -12,4 +12,5 @@ mod ready;
 mod schema;
 mod storage;
 mod subscriptions;
+mod video_events;
 mod ws_session;

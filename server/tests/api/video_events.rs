@@ -1,0 +1,288 @@
+//! `videoProgress` and `videoEvents` over a real graphql-transport-ws socket: the
+//! snapshot comes first, stored events are never lost or doubled (gaps are filled
+//! from the outbox, `after:` resumes), and only those allowed receive anything.
+//!
+//! Events are produced the way the server produces them: `events::record` in a
+//! transaction, then `Publisher::publish` on the app's real bus.
+
+use chrono::Utc;
+use entities::{video, VideoStatus, Visibility};
+use reelhouse::events::{self, EventDetail, EventKind, ProgressInfo, Publisher};
+use sea_orm::{ActiveModelTrait, EntityTrait, Set, TransactionTrait};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::helpers::{spawn_app_with, TestApp, TestUser};
+use crate::subscriptions::{connect, next_json, send, Socket};
+
+const EVENT_FIELDS: &str =
+    "cursor videoId kind seq status snapshot error rendition { name } progress { percent stage }";
+
+async fn app() -> TestApp {
+    spawn_app_with(|s| {
+        s.workers.embedded = false;
+        s.graphql.ws_recheck_ms = 100;
+    })
+    .await
+}
+
+async fn insert_video(app: &TestApp, owner: &TestUser, visibility: Visibility, status: VideoStatus) -> video::Model {
+    let now = Utc::now();
+    video::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        owner_id: Set(Uuid::parse_str(&owner.id).unwrap()),
+        title: Set("clip".into()),
+        description: Set(String::new()),
+        tags: Set(video::Tags::default()),
+        visibility: Set(visibility),
+        status: Set(status),
+        error: Set(None),
+        duration_ms: Set(None),
+        width: Set(None),
+        height: Set(None),
+        frame_rate: Set(None),
+        rotation: Set(None),
+        has_audio: Set(None),
+        container: Set(None),
+        video_codec: Set(None),
+        audio_codec: Set(None),
+        source_key: Set(None),
+        source_size_bytes: Set(None),
+        hidden_at: Set(None),
+        hidden_reason: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+        deleted_at: Set(None),
+    }
+    .insert(&app.state.db)
+    .await
+    .unwrap()
+}
+
+/// Change the video's status, store the event and (unless `publish` is false,
+/// simulating a lost publish) put it on the bus. Returns the stored event.
+async fn transition(
+    app: &TestApp,
+    video_id: Uuid,
+    status: VideoStatus,
+    kind: EventKind,
+    rendition: Option<&str>,
+    publish: bool,
+) -> events::DomainEvent {
+    let txn = app.state.db.begin().await.unwrap();
+    let current = video::Entity::find_by_id(video_id).one(&txn).await.unwrap().unwrap();
+    let mut active: video::ActiveModel = current.into();
+    active.status = Set(status);
+    active.updated_at = Set(Utc::now());
+    let updated = active.update(&txn).await.unwrap();
+    let detail = EventDetail { rendition: rendition.map(str::to_string), ..Default::default() };
+    let event = events::record(&txn, &updated, kind, detail).await.unwrap();
+    txn.commit().await.unwrap();
+    if publish {
+        publisher(app).publish(event.clone());
+    }
+    event
+}
+
+fn publisher(app: &TestApp) -> Publisher {
+    Publisher::new(Some(app.state.hubs.event_bus.clone()))
+}
+
+async fn subscribe(app: &TestApp, user: Option<&TestUser>, query: &str, variables: Value) -> Socket {
+    let mut socket = connect(app, "graphql-transport-ws").await;
+    let payload = match user {
+        Some(user) => json!({ "authorization": format!("Bearer {}", user.access_token) }),
+        None => json!({}),
+    };
+    send(&mut socket, json!({ "type": "connection_init", "payload": payload })).await;
+    assert_eq!(next_json(&mut socket).await["type"], "connection_ack");
+    send(&mut socket, json!({ "id": "1", "type": "subscribe", "payload": { "query": query, "variables": variables } }))
+        .await;
+    socket
+}
+
+/// The next subscription event, or `Err(message)` for `error`/`complete`.
+async fn next_event(socket: &mut Socket) -> Result<Value, Value> {
+    let message = next_json(socket).await;
+    match message["type"].as_str() {
+        Some("next") if message["payload"]["errors"].is_null() => {
+            let data = &message["payload"]["data"];
+            Ok(data.as_object().and_then(|o| o.values().next()).cloned().unwrap_or(Value::Null))
+        }
+        _ => Err(message),
+    }
+}
+
+/// `extensions.code` of an error delivered as a `next` message.
+fn error_code_of(message: &Value) -> Option<&str> {
+    assert_eq!(message["type"], "next", "{message}");
+    message["payload"]["errors"][0]["extensions"]["code"].as_str()
+}
+
+fn progress_query() -> String {
+    format!("subscription($id: ID!) {{ videoProgress(videoId: $id) {{ {EVENT_FIELDS} }} }}")
+}
+
+fn events_query() -> String {
+    format!("subscription($id: ID, $after: String) {{ videoEvents(videoId: $id, after: $after) {{ {EVENT_FIELDS} }} }}")
+}
+
+/// Wait until the bus has `n` subscribers, so a publish cannot race the subscribe.
+async fn wait_for_subscribers(app: &TestApp, n: usize) {
+    let ok = crate::helpers::eventually(100, || async {
+        app.state.hubs.event_bus.addr().send(reelhouse::actors::event_bus::SubscriberCount).await.unwrap() >= n
+    })
+    .await;
+    assert!(ok, "subscriber never attached");
+}
+
+#[actix_web::test]
+async fn progress_starts_with_a_snapshot_and_ends_with_exactly_one_ready() {
+    let app = app().await;
+    let owner = app.register_user().await;
+    let video = insert_video(&app, &owner, Visibility::Private, VideoStatus::Uploading).await;
+    transition(&app, video.id, VideoStatus::Processing, EventKind::Uploaded, None, true).await;
+
+    let mut socket = subscribe(&app, Some(&owner), &progress_query(), json!({ "id": video.id.to_string() })).await;
+    let snapshot = next_event(&mut socket).await.unwrap();
+    assert_eq!(snapshot["snapshot"], true, "{snapshot}");
+    assert_eq!(snapshot["status"], "PROCESSING");
+    assert_eq!(snapshot["kind"], "UPLOADED");
+    assert_eq!(snapshot["seq"], 1);
+    wait_for_subscribers(&app, 1).await;
+
+    let stored = transition(&app, video.id, VideoStatus::Processing, EventKind::Processing, None, true).await;
+    let progress = ProgressInfo { percent: 42.0, stage: "encoding".into(), ..Default::default() };
+    publisher(&app).publish(events::progress_event(
+        &stored_video(&app, video.id).await,
+        stored.seq,
+        Uuid::now_v7(),
+        progress,
+    ));
+    transition(&app, video.id, VideoStatus::Processing, EventKind::RenditionReady, Some("360p"), true).await;
+    // Published twice (a retried publish): delivered once.
+    let ready = transition(&app, video.id, VideoStatus::Ready, EventKind::Ready, None, true).await;
+    publisher(&app).publish(ready.clone());
+
+    let kinds: Vec<Value> = vec![
+        next_event(&mut socket).await.unwrap(),
+        next_event(&mut socket).await.unwrap(),
+        next_event(&mut socket).await.unwrap(),
+        next_event(&mut socket).await.unwrap(),
+    ];
+    let names: Vec<&str> = kinds.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(names, ["PROCESSING", "PROGRESS", "RENDITION_READY", "READY"]);
+    assert_eq!(kinds[1]["progress"]["percent"], 42.0);
+    assert_eq!(kinds[2]["rendition"]["name"], "360p");
+    assert_eq!(kinds[3]["cursor"], ready.cursor.unwrap().to_string());
+    assert!(kinds.iter().all(|e| e["snapshot"] == false));
+    // The stream completes after READY: no second READY can follow.
+    let end = next_event(&mut socket).await.unwrap_err();
+    assert_eq!(end["type"], "complete", "{end}");
+}
+
+async fn stored_video(app: &TestApp, id: Uuid) -> video::Model {
+    video::Entity::find_by_id(id).one(&app.state.db).await.unwrap().unwrap()
+}
+
+#[actix_web::test]
+async fn a_late_subscriber_to_a_ready_video_gets_one_ready_snapshot_and_the_end() {
+    let app = app().await;
+    let owner = app.register_user().await;
+    let video = insert_video(&app, &owner, Visibility::Public, VideoStatus::Processing).await;
+    transition(&app, video.id, VideoStatus::Ready, EventKind::Ready, None, true).await;
+
+    // Anonymous viewers may watch a public video.
+    let mut socket = subscribe(&app, None, &progress_query(), json!({ "id": video.id.to_string() })).await;
+    let snapshot = next_event(&mut socket).await.unwrap();
+    assert_eq!((snapshot["kind"].as_str(), snapshot["status"].as_str()), (Some("READY"), Some("READY")));
+    assert_eq!(snapshot["snapshot"], true);
+    assert_eq!(next_event(&mut socket).await.unwrap_err()["type"], "complete");
+}
+
+#[actix_web::test]
+async fn a_stranger_gets_an_error_and_no_events_for_a_private_video() {
+    let app = app().await;
+    let owner = app.register_user().await;
+    let stranger = app.register_user().await;
+    let video = insert_video(&app, &owner, Visibility::Private, VideoStatus::Processing).await;
+
+    for user in [Some(&stranger), None] {
+        let mut socket = subscribe(&app, user, &progress_query(), json!({ "id": video.id.to_string() })).await;
+        let error = next_event(&mut socket).await.unwrap_err();
+        assert_eq!(error_code_of(&error), Some("NOT_FOUND"), "{error}");
+        assert_eq!(next_event(&mut socket).await.unwrap_err()["type"], "complete");
+    }
+    // The all-videos feed of a stranger never carries the private video's events.
+    let mut feed = subscribe(&app, Some(&stranger), &events_query(), json!({})).await;
+    wait_for_subscribers(&app, 1).await;
+    transition(&app, video.id, VideoStatus::Ready, EventKind::Ready, None, true).await;
+    let public = insert_video(&app, &owner, Visibility::Public, VideoStatus::Processing).await;
+    transition(&app, public.id, VideoStatus::Ready, EventKind::Ready, None, true).await;
+    let first = next_event(&mut feed).await.unwrap();
+    assert_eq!(first["videoId"], public.id.to_string(), "the first event the stranger sees is the public one");
+}
+
+#[actix_web::test]
+async fn after_cursor_resumes_with_no_gap_and_no_duplicate() {
+    let app = app().await;
+    let owner = app.register_user().await;
+    let video = insert_video(&app, &owner, Visibility::Private, VideoStatus::Uploading).await;
+    let first = transition(&app, video.id, VideoStatus::Processing, EventKind::Uploaded, None, true).await;
+    transition(&app, video.id, VideoStatus::Processing, EventKind::Processing, None, true).await;
+    let third =
+        transition(&app, video.id, VideoStatus::Processing, EventKind::RenditionReady, Some("360p"), true).await;
+
+    let vars = json!({ "id": video.id.to_string(), "after": first.cursor.unwrap().to_string() });
+    let mut socket = subscribe(&app, Some(&owner), &events_query(), vars).await;
+    let replayed = [next_event(&mut socket).await.unwrap(), next_event(&mut socket).await.unwrap()];
+    assert_eq!(replayed.iter().map(|e| e["seq"].as_i64().unwrap()).collect::<Vec<_>>(), [2, 3]);
+    wait_for_subscribers(&app, 1).await;
+    // Live: the third event again (a duplicate publish) and then the fourth.
+    publisher(&app).publish(third);
+    let ready = transition(&app, video.id, VideoStatus::Ready, EventKind::Ready, None, true).await;
+    let live = next_event(&mut socket).await.unwrap();
+    assert_eq!((live["seq"].as_i64(), live["kind"].as_str()), (Some(ready.seq), Some("READY")));
+
+    // A bad cursor is a clear error.
+    let mut bad = subscribe(&app, Some(&owner), &events_query(), json!({ "after": "not-a-cursor" })).await;
+    let error = next_event(&mut bad).await.unwrap_err();
+    assert_eq!(error_code_of(&error), Some("BAD_USER_INPUT"), "{error}");
+}
+
+#[actix_web::test]
+async fn a_stored_event_whose_publish_was_lost_is_filled_in_from_the_outbox() {
+    let app = app().await;
+    let owner = app.register_user().await;
+    let video = insert_video(&app, &owner, Visibility::Private, VideoStatus::Processing).await;
+    let mut socket = subscribe(&app, Some(&owner), &progress_query(), json!({ "id": video.id.to_string() })).await;
+    assert_eq!(next_event(&mut socket).await.unwrap()["snapshot"], true);
+    wait_for_subscribers(&app, 1).await;
+
+    // RENDITION_READY is stored but never published; READY arrives live.
+    transition(&app, video.id, VideoStatus::Processing, EventKind::RenditionReady, Some("360p"), false).await;
+    transition(&app, video.id, VideoStatus::Ready, EventKind::Ready, None, true).await;
+    let kinds = [
+        next_event(&mut socket).await.unwrap()["kind"].clone(),
+        next_event(&mut socket).await.unwrap()["kind"].clone(),
+    ];
+    assert_eq!(kinds, [json!("RENDITION_READY"), json!("READY")]);
+}
+
+#[actix_web::test]
+async fn making_the_video_private_ends_a_strangers_stream() {
+    let app = app().await;
+    let owner = app.register_user().await;
+    let stranger = app.register_user().await;
+    let video = insert_video(&app, &owner, Visibility::Public, VideoStatus::Processing).await;
+    let mut socket = subscribe(&app, Some(&stranger), &progress_query(), json!({ "id": video.id.to_string() })).await;
+    assert_eq!(next_event(&mut socket).await.unwrap()["snapshot"], true);
+
+    let mut active: video::ActiveModel = stored_video(&app, video.id).await.into();
+    active.visibility = Set(Visibility::Private);
+    active.update(&app.state.db).await.unwrap();
+    // The periodic re-check (100 ms here) ends the stream with NOT_FOUND.
+    let end = next_event(&mut socket).await.unwrap_err();
+    assert_eq!(error_code_of(&end), Some("NOT_FOUND"), "{end}");
+    assert_eq!(next_event(&mut socket).await.unwrap_err()["type"], "complete");
+}
