@@ -1,4 +1,4 @@
-//! The shared Redis connection (event fan-out and shared rate limits use it later).
+//! The shared Redis connection (event fan-out and shared rate limits).
 //!
 //! Connecting is lazy and retried: the server starts and serves while Redis is
 //! down, `/ready` says so, and the connection manager reconnects on its own.
@@ -28,6 +28,11 @@ impl RedisHandle {
             timeout: Duration::from_millis(settings.timeout_ms),
             key_prefix: settings.key_prefix.clone(),
         }))
+    }
+
+    /// The client, for connections that cannot be shared (pub/sub subscribers).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
     }
 
     /// A multiplexed connection that reconnects by itself after failures.

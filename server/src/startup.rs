@@ -41,6 +41,12 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Publishes to this process's bus and, with Redis, to every other instance.
+    pub fn publisher(&self) -> crate::events::Publisher {
+        crate::events::Publisher::new(Some(self.hubs.event_bus.clone()))
+            .with_redis(self.redis.clone(), &self.instance_id)
+    }
+
     /// The client's address as a rate-limit subject (see `http::client_ip`).
     pub fn client_ip(&self, peer: Option<SocketAddr>, headers: &actix_web::http::header::HeaderMap) -> String {
         crate::http::client_ip::client_ip(peer, headers, &self.trusted_proxies)
@@ -110,6 +116,14 @@ impl Application {
             trusted_proxies: Arc::new(crate::http::client_ip::parse_ranges(&settings.server.trusted_proxies)),
             public_url,
         };
+        if let Some(redis) = state.redis.clone() {
+            actix_rt::spawn(crate::events::fanout::run_relay(
+                redis,
+                state.hubs.event_bus.clone(),
+                state.db.clone(),
+                state.instance_id.clone(),
+            ));
+        }
         let schema = web::Data::new(build_schema(&settings.graphql, Some(state.clone())));
         let state_data = web::Data::new(state.clone());
         let local_data = local_store.map(web::Data::new);

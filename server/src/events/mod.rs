@@ -7,6 +7,8 @@
 //! `seq` (1, 2, 3, ...) and a global `cursor` (the outbox row id) that subscriptions
 //! resume from.
 
+pub mod fanout;
+
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -189,22 +191,32 @@ pub fn progress_event(video: &video::Model, last_seq: i64, job_id: Uuid, progres
     )
 }
 
-/// Publishes events to this process's bus (and, with Redis, to the other
-/// instances: issue 6). Cheap to clone; a publisher without a bus drops events,
-/// which is right for a worker process nobody subscribes to (stored events stay
-/// in the outbox).
+/// Publishes events to this process's bus and, with Redis, to the other instances
+/// (see [`fanout`]). Cheap to clone. A publisher with neither drops events, which is
+/// right for a worker process nobody subscribes to (stored events stay in the outbox).
 #[derive(Clone, Default)]
 pub struct Publisher {
     bus: Option<Hub<EventBus>>,
+    redis: Option<(Arc<crate::redis_client::RedisHandle>, Arc<str>)>,
 }
 
 impl Publisher {
     pub fn new(bus: Option<Hub<EventBus>>) -> Self {
-        Self { bus }
+        Self { bus, redis: None }
+    }
+
+    /// Also publish to Redis as instance `origin` (whose own relay skips them).
+    pub fn with_redis(mut self, redis: Option<Arc<crate::redis_client::RedisHandle>>, origin: &str) -> Self {
+        self.redis = redis.map(|r| (r, Arc::from(origin)));
+        self
     }
 
     pub fn publish(&self, event: DomainEvent) {
         metrics::counter!("reelhouse_events_published_total", "kind" => event.kind.as_str()).increment(1);
+        if let Some((redis, origin)) = &self.redis {
+            let (redis, origin, event) = (redis.clone(), origin.clone(), event.clone());
+            tokio::spawn(async move { fanout::publish(&redis, &origin, &event).await });
+        }
         if let Some(bus) = &self.bus {
             bus.addr().do_send(Publish(BusMessage::Video(Arc::new(event))));
         }

@@ -12,6 +12,9 @@
 //!   are replayed from the outbox; only PROGRESS events (never stored) can be skipped,
 //!   and the next PROGRESS supersedes them anyway.
 //!
+//! A stored event whose publish was lost entirely (Redis down at that moment) is
+//! delivered by the periodic re-check below, which also looks in the outbox.
+//!
 //! Authorization: at subscribe time (a video the caller may not read is NOT_FOUND,
 //! with zero events), and again every `graphql.ws_recheck_ms` and on every event
 //! (the video made private, hidden or deleted ends the stream with an error). The
@@ -331,7 +334,16 @@ impl Feed {
     async fn recheck(&mut self) -> Result<(), Stop> {
         let Some(id) = self.video_id else { return Ok(()) };
         match video::Entity::find_by_id(id).one(&self.state.db).await {
-            Ok(Some(video)) if can_read_by_id(self.viewer.as_ref(), &video) => Ok(()),
+            Ok(Some(video)) if can_read_by_id(self.viewer.as_ref(), &video) => {
+                // A publish lost on the way (e.g. Redis down) must not leave the
+                // client waiting forever: deliver stored events it has not seen.
+                let after = self.sent_seq.get(&id).copied().unwrap_or(0);
+                let missed = replay_seq(&self.state.db, id, after, None).await.map_err(|_| Stop::Done)?;
+                for event in &missed {
+                    self.send(event, false).await?;
+                }
+                Ok(())
+            }
             Ok(Some(video)) if video.deleted_at.is_some() && self.sent_seq.contains_key(&id) => {
                 // Deleted: deliver the DELETED event if it was missed, then end.
                 let after = self.sent_seq.get(&id).copied().unwrap_or(0);
@@ -385,9 +397,11 @@ impl Feed {
         let mut recheck = tokio::time::interval(every);
         recheck.tick().await;
         loop {
+            // Biased: queued bus messages go first, so the outbox check never
+            // overtakes an event already on its way.
             let step = tokio::select! {
+                biased;
                 _ = self.out.closed() => Err(Stop::Done),
-                _ = recheck.tick() => self.recheck().await,
                 message = bus.recv() => match message {
                     Ok(BusMessage::Video(event)) => self.live(&event).await,
                     Ok(BusMessage::Heartbeat(_)) => Ok(()),
@@ -400,6 +414,7 @@ impl Feed {
                         Err(self.fail(AppError::new(crate::error::ErrorCode::Unavailable, "event stream restarted; resubscribe with your last cursor")).await)
                     }
                 },
+                _ = recheck.tick() => self.recheck().await,
             };
             if step.is_err() {
                 return;

@@ -26,7 +26,12 @@ async fn app() -> TestApp {
     .await
 }
 
-async fn insert_video(app: &TestApp, owner: &TestUser, visibility: Visibility, status: VideoStatus) -> video::Model {
+pub(crate) async fn insert_video(
+    app: &TestApp,
+    owner: &TestUser,
+    visibility: Visibility,
+    status: VideoStatus,
+) -> video::Model {
     let now = Utc::now();
     video::ActiveModel {
         id: Set(Uuid::now_v7()),
@@ -85,10 +90,21 @@ async fn transition(
 }
 
 fn publisher(app: &TestApp) -> Publisher {
-    Publisher::new(Some(app.state.hubs.event_bus.clone()))
+    app.state.publisher()
 }
 
-async fn subscribe(app: &TestApp, user: Option<&TestUser>, query: &str, variables: Value) -> Socket {
+/// A published transition on `app` (used across instances by the fan-out tests).
+pub(crate) async fn transition_on(
+    app: &TestApp,
+    video_id: Uuid,
+    status: VideoStatus,
+    kind: EventKind,
+    rendition: Option<&str>,
+) -> events::DomainEvent {
+    transition(app, video_id, status, kind, rendition, true).await
+}
+
+pub(crate) async fn subscribe(app: &TestApp, user: Option<&TestUser>, query: &str, variables: Value) -> Socket {
     let mut socket = connect(app, "graphql-transport-ws").await;
     let payload = match user {
         Some(user) => json!({ "authorization": format!("Bearer {}", user.access_token) }),
@@ -102,7 +118,7 @@ async fn subscribe(app: &TestApp, user: Option<&TestUser>, query: &str, variable
 }
 
 /// The next subscription event, or `Err(message)` for `error`/`complete`.
-async fn next_event(socket: &mut Socket) -> Result<Value, Value> {
+pub(crate) async fn next_event(socket: &mut Socket) -> Result<Value, Value> {
     let message = next_json(socket).await;
     match message["type"].as_str() {
         Some("next") if message["payload"]["errors"].is_null() => {
@@ -119,16 +135,16 @@ fn error_code_of(message: &Value) -> Option<&str> {
     message["payload"]["errors"][0]["extensions"]["code"].as_str()
 }
 
-fn progress_query() -> String {
+pub(crate) fn progress_query() -> String {
     format!("subscription($id: ID!) {{ videoProgress(videoId: $id) {{ {EVENT_FIELDS} }} }}")
 }
 
-fn events_query() -> String {
+pub(crate) fn events_query() -> String {
     format!("subscription($id: ID, $after: String) {{ videoEvents(videoId: $id, after: $after) {{ {EVENT_FIELDS} }} }}")
 }
 
 /// Wait until the bus has `n` subscribers, so a publish cannot race the subscribe.
-async fn wait_for_subscribers(app: &TestApp, n: usize) {
+pub(crate) async fn wait_for_subscribers(app: &TestApp, n: usize) {
     let ok = crate::helpers::eventually(100, || async {
         app.state.hubs.event_bus.addr().send(reelhouse::actors::event_bus::SubscriberCount).await.unwrap() >= n
     })

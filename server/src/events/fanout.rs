@@ -1,0 +1,156 @@
+//! Fan-out across instances through Redis pub/sub.
+//!
+//! Every process publishes its events to ONE Redis channel (`{redis.key_prefix}events`)
+//! and keeps ONE subscriber connection to it (the relay below), which forwards the
+//! other instances' events into the local bus; local subscribers read only the local
+//! bus. No connection per client, no per-job patterns.
+//!
+//! Redis pub/sub forgets what it could not deliver, so after its connection drops the
+//! relay, once reconnected, replays the stored (outbox) events written since shortly
+//! before the drop into the local bus. Subscriptions drop what they already sent (by
+//! per-video `seq`), so the replay can overlap safely. PROGRESS events are not stored
+//! and are not replayed; the next one supersedes them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use entities::event_outbox;
+use futures::StreamExt;
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use serde::{Deserialize, Serialize};
+
+use super::DomainEvent;
+use crate::actors::event_bus::{BusMessage, Publish};
+use crate::actors::{EventBus, Hub};
+use crate::redis_client::RedisHandle;
+
+/// The pub/sub channel of a deployment.
+pub fn channel(redis: &RedisHandle) -> String {
+    format!("{}events", redis.key_prefix)
+}
+
+/// What travels on the channel.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The publishing instance; its own relay skips it (it was delivered locally).
+    pub origin: String,
+    /// Publish time, for the fan-out latency histogram.
+    pub sent_at: DateTime<Utc>,
+    pub event: DomainEvent,
+}
+
+/// Publish one event to the channel (best effort: stored events are recovered by
+/// the relays' replay and the subscriptions' periodic outbox check).
+pub async fn publish(redis: &RedisHandle, origin: &str, event: &DomainEvent) {
+    let envelope = Envelope { origin: origin.to_string(), sent_at: Utc::now(), event: event.clone() };
+    let Ok(payload) = serde_json::to_string(&envelope) else { return };
+    let result = async {
+        let mut conn = redis.connection().await?;
+        let _: i64 = redis::cmd("PUBLISH").arg(channel(redis)).arg(payload).query_async(&mut conn).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(err) = result {
+        metrics::counter!("reelhouse_events_publish_failures_total").increment(1);
+        tracing::warn!(error = %err, kind = event.kind.as_str(), "publishing an event to redis failed");
+    }
+}
+
+/// Replay window before a disconnect, covering events stored just before it.
+const REPLAY_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+const REPLAY_PAGE: u64 = 500;
+
+/// Run the relay until the process ends: subscribe, forward, and after every lost
+/// connection reconnect with backoff and replay what may have been missed.
+pub async fn run_relay(redis: Arc<RedisHandle>, bus: Hub<EventBus>, db: DatabaseConnection, instance: String) {
+    let channel = channel(&redis);
+    let mut lost_at: Option<DateTime<Utc>> = None;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let attempt = Instant::now();
+        let connect = tokio::time::timeout(Duration::from_secs(5), redis.client().get_async_pubsub()).await;
+        match connect.unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::IoError, "connect timed out"))))
+        {
+            Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
+                Ok(()) => {
+                    metrics::gauge!("reelhouse_event_relay_connected").set(1.0);
+                    tracing::info!(channel, "event relay subscribed");
+                    if let Some(since) = lost_at.take() {
+                        replay_since(&db, &bus, since - REPLAY_MARGIN).await;
+                    }
+                    backoff = Duration::from_millis(100);
+                    let mut messages = pubsub.on_message();
+                    while let Some(message) = messages.next().await {
+                        let Ok(payload) = message.get_payload::<String>() else { continue };
+                        forward(&bus, &instance, &payload);
+                    }
+                    metrics::gauge!("reelhouse_event_relay_connected").set(0.0);
+                    tracing::warn!("event relay lost its redis connection; reconnecting");
+                    lost_at = Some(Utc::now());
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "event relay could not subscribe");
+                    lost_at.get_or_insert_with(Utc::now);
+                }
+            },
+            Err(err) => {
+                tracing::debug!(error = %err, "event relay cannot reach redis");
+                lost_at.get_or_insert_with(Utc::now);
+            }
+        }
+        // Do not spin when Redis refuses at once.
+        if attempt.elapsed() < backoff {
+            tokio::time::sleep(backoff).await;
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn forward(bus: &Hub<EventBus>, instance: &str, payload: &str) {
+    let envelope: Envelope = match serde_json::from_str(payload) {
+        Ok(envelope) => envelope,
+        Err(err) => {
+            tracing::warn!(error = %err, "ignoring a malformed event on the redis channel");
+            return;
+        }
+    };
+    if envelope.origin == instance {
+        return;
+    }
+    let latency = (Utc::now() - envelope.sent_at).to_std().unwrap_or_default();
+    metrics::histogram!("reelhouse_event_fanout_seconds").record(latency.as_secs_f64());
+    bus.addr().do_send(Publish(BusMessage::Video(Arc::new(envelope.event))));
+}
+
+/// Put the stored events written since `since` on the local bus, oldest first.
+async fn replay_since(db: &DatabaseConnection, bus: &Hub<EventBus>, since: DateTime<Utc>) {
+    let mut after_id = 0i64;
+    let mut replayed = 0u64;
+    loop {
+        let rows = event_outbox::Entity::find()
+            .filter(event_outbox::Column::CreatedAt.gte(since))
+            .filter(event_outbox::Column::Id.gt(after_id))
+            .order_by_asc(event_outbox::Column::Id)
+            .limit(REPLAY_PAGE)
+            .all(db)
+            .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(err) => {
+                tracing::warn!(error = %err, "event replay after reconnect failed");
+                return;
+            }
+        };
+        let Some(last) = rows.last() else { break };
+        after_id = last.id;
+        for row in &rows {
+            if let Ok(event) = DomainEvent::from_outbox(row) {
+                bus.addr().do_send(Publish(BusMessage::Video(Arc::new(event))));
+                replayed += 1;
+            }
+        }
+    }
+    metrics::counter!("reelhouse_events_replayed_total").increment(replayed);
+    tracing::info!(replayed, "replayed stored events after reconnecting to redis");
+}
