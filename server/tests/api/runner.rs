@@ -406,7 +406,8 @@ async fn runner_ladder_with_240_lines_gives_two_rungs_from_an_audio_less_source(
 #[actix_web::test]
 async fn runner_portrait_source_gives_a_portrait_rung_and_webm_download() {
     let h = harness(|_| {}).await;
-    let (video, out, _) = h.transcode_ok(&fixture("portrait_360x640.mp4"), serde_json::json!({ "format": "WEBM" })).await;
+    let (video, out, _) =
+        h.transcode_ok(&fixture("portrait_360x640.mp4"), serde_json::json!({ "format": "WEBM" })).await;
     assert_eq!(out.renditions.len(), 1);
     let rung = &out.renditions[0];
     assert!(rung.height > rung.width, "{rung:?}");
@@ -504,8 +505,7 @@ async fn runner_cancel_mid_encode_stops_and_leaves_nothing() {
 async fn runner_delete_objects_removes_exactly_the_prefix() {
     let h = harness(|_| {}).await;
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-    let keys_a =
-        [layout::source(h.owner, a), layout::hls_playlist(h.owner, a, "360p"), layout::poster(h.owner, a)];
+    let keys_a = [layout::source(h.owner, a), layout::hls_playlist(h.owner, a, "360p"), layout::poster(h.owner, a)];
     let key_b = layout::source(h.owner, b);
     for key in keys_a.iter().chain([&key_b]) {
         h.ctx.store.put_bytes(key, bytes::Bytes::from_static(b"x"), None).await.unwrap();
