@@ -701,3 +701,64 @@ async fn remove_stale_rungs(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_defaults_to_medium_mp4_and_refuses_unknown_values() {
+        assert_eq!(parse_payload(&serde_json::Value::Null).unwrap(), (Preset::Medium, Format::Mp4));
+        assert_eq!(parse_payload(&serde_json::json!({})).unwrap(), (Preset::Medium, Format::Mp4));
+        assert_eq!(
+            parse_payload(&serde_json::json!({ "preset": "HIGH", "format": "WEBM" })).unwrap(),
+            (Preset::High, Format::WebM)
+        );
+        assert_eq!(parse_payload(&serde_json::json!({ "preset": "low" })).unwrap(), (Preset::Low, Format::Mp4));
+        for bad in
+            [serde_json::json!({ "preset": "ULTRA" }), serde_json::json!({ "format": "AVI" }), serde_json::json!([1])]
+        {
+            assert!(matches!(parse_payload(&bad), Err(JobError::Permanent { code: "INVALID_PAYLOAD", .. })), "{bad}");
+        }
+    }
+
+    #[test]
+    fn media_errors_map_to_job_errors_without_local_paths() {
+        let scratch = Path::new("/tmp/scratch/job-abc");
+        let unreadable = MediaError::Unreadable { reason: "/tmp/scratch/job-abc/source is not a regular file".into() };
+        match media_error(unreadable, scratch) {
+            JobError::Permanent { code, reason } => {
+                assert_eq!(code, "MEDIA_UNREADABLE");
+                assert!(!reason.contains("/tmp/scratch"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(media_error(MediaError::Cancelled, scratch), JobError::Cancelled));
+        let timeout = media_error(MediaError::Timeout(std::time::Duration::from_secs(1)), scratch);
+        assert!(matches!(timeout, JobError::Retryable(_)), "{timeout:?}");
+        assert!(matches!(media_error(MediaError::Build("x".into()), scratch), JobError::Retryable(_)));
+    }
+
+    #[test]
+    fn playlists_are_rewritten_to_relative_segment_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let playlist = dir.path().join("index.m3u8");
+        let absolute = dir.path().join("segment00000.ts");
+        std::fs::write(&absolute, vec![0u8; 1000]).unwrap();
+        std::fs::write(
+            &playlist,
+            format!("#EXTM3U\n#EXTINF:1.000,\n{}\n#EXTINF:0.5,\nsegment00001.ts\n#EXT-X-ENDLIST\n", absolute.display()),
+        )
+        .unwrap();
+        let (text, segments) = read_playlist(&playlist).unwrap();
+        assert_eq!(segments, vec![absolute.clone(), dir.path().join("segment00001.ts")]);
+        assert!(text.contains("\nsegment00000.ts\n") && !text.contains(&dir.path().display().to_string()), "{text}");
+        assert!(text.ends_with("#EXT-X-ENDLIST\n"));
+        assert_eq!(measured_peak(&playlist), None, "a missing segment gives no measurement");
+        std::fs::write(dir.path().join("segment00001.ts"), vec![0u8; 1000]).unwrap();
+        assert_eq!(measured_peak(&playlist), Some(16_000));
+        assert_eq!(content_type_for(&absolute), "video/mp2t");
+        assert_eq!(content_type_for(Path::new("a/index.m3u8")), "application/vnd.apple.mpegurl");
+        assert_eq!(content_type_for(Path::new("x.m4s")), "video/iso.segment");
+    }
+}

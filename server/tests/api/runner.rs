@@ -404,6 +404,37 @@ async fn runner_ladder_with_240_lines_gives_two_rungs_from_an_audio_less_source(
 }
 
 #[actix_web::test]
+async fn runner_re_transcode_with_a_shorter_ladder_drops_stale_rungs() {
+    let h = harness(|s| {
+        s.media.ladder = vec![
+            LadderRung { lines: 360, video_bitrate_kbps: 800 },
+            LadderRung { lines: 240, video_bitrate_kbps: 400 },
+        ];
+    })
+    .await;
+    let (video, first, _) = h.transcode_ok(&fixture("no_audio.mp4"), serde_json::Value::Null).await;
+    assert_eq!(first.renditions.len(), 2);
+    let stale_playlist = layout::hls_playlist(h.owner, video.id, "240p");
+    assert!(h.exists(&stale_playlist).await);
+
+    // The same video again, now with a one-rung ladder.
+    let mut settings = (*h.ctx.settings).clone();
+    settings.media.ladder = vec![LadderRung { lines: 360, video_bitrate_kbps: 800 }];
+    let ctx = JobContext { settings: Arc::new(settings), ..h.ctx.clone() };
+    let job = h.transcode_job(&video, serde_json::Value::Null).await;
+    let output = runner::run(&ctx, &job, cancel_flag(), Arc::new(Collect::default())).await.unwrap();
+    h.apply_success(&job, &output).await;
+
+    let names: Vec<String> = h.renditions(video.id).await.into_iter().map(|r| r.name).collect();
+    assert_eq!(names, vec!["360p".to_string()]);
+    assert!(!h.exists(&stale_playlist).await, "the dropped rung's objects are removed");
+    let master = String::from_utf8(h.object(&layout::hls_master(h.owner, video.id)).await).unwrap();
+    assert_eq!(stream_infs(&master).len(), 1, "{master}");
+    assert_eq!(h.event_kinds(video.id).await.iter().filter(|k| *k == "READY").count(), 2);
+    assert_eq!(h.video(video.id).await.status, VideoStatus::Ready);
+}
+
+#[actix_web::test]
 async fn runner_portrait_source_gives_a_portrait_rung_and_webm_download() {
     let h = harness(|_| {}).await;
     let (video, out, _) =
