@@ -85,6 +85,7 @@ impl Drop for CancelOnDrop {
 }
 
 /// Run `job` to the end (blocking media work happens on its own thread).
+#[tracing::instrument(skip_all, fields(job_id = %job.id, kind = ?job.kind))]
 pub async fn run(
     ctx: &JobContext,
     job: &job::Model,
@@ -113,6 +114,7 @@ pub async fn run(
 
 /// Apply a success (renditions, video READY, READY event) inside `txn`; the
 /// caller publishes the returned events after commit.
+#[tracing::instrument(skip_all, fields(job_id = %job.id, kind = ?job.kind), err(Display))]
 pub async fn apply_success(
     txn: &DatabaseTransaction,
     job: &job::Model,
@@ -169,6 +171,7 @@ pub async fn apply_success(
 
 /// The job failed for good (FAILED or DEAD): the video is FAILED with `reason`
 /// (unless an earlier transcode made it READY: then it keeps that ladder).
+#[tracing::instrument(skip_all, fields(job_id = %job.id, kind = ?job.kind), err(Display))]
 pub async fn apply_failure(
     txn: &DatabaseTransaction,
     job: &job::Model,
@@ -179,6 +182,7 @@ pub async fn apply_failure(
 
 /// The job was cancelled: CANCELLED event; the video is FAILED with
 /// [`CANCELLED_REASON`] unless an earlier transcode made it READY.
+#[tracing::instrument(skip_all, fields(job_id = %job.id, kind = ?job.kind), err(Display))]
 pub async fn apply_cancelled(txn: &DatabaseTransaction, job: &job::Model) -> Result<Vec<DomainEvent>, DbErr> {
     end_unsuccessfully(txn, job, EventKind::Cancelled, CANCELLED_REASON).await
 }

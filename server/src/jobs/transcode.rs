@@ -180,9 +180,16 @@ fn media_error(err: MediaError, scratch: &Path) -> JobError {
     match err {
         MediaError::Cancelled => JobError::Cancelled,
         err if err.is_client_error() => {
+            // GStreamer messages may quote the local file; the user knows it as "the upload".
             let mut reason = err.to_string();
-            for form in [scratch.to_string_lossy().to_string(), format!("file://{}", scratch.display())] {
-                reason = reason.replace(&form, "");
+            let dir = scratch.to_string_lossy().to_string();
+            for (form, with) in [
+                (format!("file://{dir}/source"), "the upload"),
+                (format!("{dir}/source"), "the upload"),
+                (format!("file://{dir}"), ""),
+                (dir.clone(), ""),
+            ] {
+                reason = reason.replace(&form, with);
             }
             JobError::Permanent { code: err.code(), reason }
         }
@@ -729,7 +736,7 @@ mod tests {
         match media_error(unreadable, scratch) {
             JobError::Permanent { code, reason } => {
                 assert_eq!(code, "MEDIA_UNREADABLE");
-                assert!(!reason.contains("/tmp/scratch"), "{reason}");
+                assert_eq!(reason, "the file is not readable media: the upload is not a regular file");
             }
             other => panic!("{other:?}"),
         }
