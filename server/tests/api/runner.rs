@@ -496,6 +496,89 @@ async fn runner_hostile_sources_fail_permanently_with_readable_reasons() {
 }
 
 #[actix_web::test]
+async fn runner_refuses_oversized_missing_and_deleted_sources() {
+    let h = harness(|s| s.media.max_width = 320).await;
+    let permanent = |result: Result<JobOutput, JobError>| match result {
+        Err(JobError::Permanent { code, reason }) => (code, reason),
+        other => panic!("{other:?}"),
+    };
+
+    // Over the configured limits: a readable reason naming the size.
+    let video = h.video_from(&fixture("no_audio.mp4")).await;
+    let job = h.transcode_job(&video, serde_json::Value::Null).await;
+    let (code, reason) = permanent(h.run(&job).await.0);
+    assert_eq!(code, "MEDIA_REJECTED");
+    assert!(reason.contains("640x360"), "{reason}");
+    assert!(h.scratch_is_empty());
+
+    // The source object is gone from storage.
+    let missing = h.video_with_source(b"x".to_vec()).await;
+    h.ctx.store.delete(missing.source_key.as_deref().unwrap()).await.unwrap();
+    let job = h.transcode_job(&missing, serde_json::Value::Null).await;
+    assert_eq!(permanent(h.run(&job).await.0).0, "SOURCE_MISSING");
+    assert!(h.scratch_is_empty());
+
+    // The video was deleted before the job ran, or while it ran: nothing is applied.
+    let deleted = h.video_from(&fixture("no_audio.mp4")).await;
+    let job = h.transcode_job(&deleted, serde_json::Value::Null).await;
+    let mut row: video::ActiveModel = deleted.clone().into();
+    row.deleted_at = Set(Some(Utc::now()));
+    row.update(&h.app.state.db).await.unwrap();
+    assert_eq!(permanent(h.run(&job).await.0).0, "VIDEO_GONE");
+    let output = JobOutput::Transcoded(Box::new(TranscodeOutput {
+        video_id: deleted.id,
+        renditions: vec![runner::RenditionOutput {
+            name: "360p".into(),
+            width: 640,
+            height: 360,
+            bandwidth: 1,
+            average_bandwidth: 1,
+            codecs: "avc1.64001e".into(),
+            playlist_key: layout::hls_playlist(h.owner, deleted.id, "360p"),
+            segments: 1,
+        }],
+        probe: runner::ProbeSummary {
+            duration_ms: 2000,
+            width: 640,
+            height: 360,
+            frame_rate: 25.0,
+            rotation: 0,
+            has_audio: false,
+            container: None,
+            video_codec: None,
+            audio_codec: None,
+            source_size_bytes: 1,
+        },
+        master_playlist_key: layout::hls_master(h.owner, deleted.id),
+        download: runner::DownloadOutput {
+            key: layout::download(h.owner, deleted.id, "video.mp4"),
+            format: "MP4".into(),
+            preset: "MEDIUM".into(),
+            width: 640,
+            height: 360,
+            bytes: 1,
+        },
+        poster_key: layout::poster(h.owner, deleted.id),
+        thumbnail_keys: Vec::new(),
+        storyboard: runner::StoryboardOutput {
+            image_key: layout::storyboard_image(h.owner, deleted.id),
+            vtt_key: layout::storyboard_vtt(h.owner, deleted.id),
+            tiles: 1,
+            columns: 1,
+            rows: 1,
+            tile_width: 160,
+            tile_height: 90,
+        },
+    }));
+    assert!(h.apply_success(&job, &output).await.is_empty());
+    assert!(h.apply_failure(&job, "whatever").await.is_empty());
+    let after = h.video(deleted.id).await;
+    assert_eq!(after.status, VideoStatus::Processing);
+    assert!(h.renditions(deleted.id).await.is_empty());
+    assert!(h.event_kinds(deleted.id).await.is_empty());
+}
+
+#[actix_web::test]
 async fn runner_cancel_mid_encode_stops_and_leaves_nothing() {
     let h = harness(|s| s.media.speed_preset = "medium".into()).await;
     let video = h.video_from(&fixture("clip_720p.mp4")).await;
