@@ -1,6 +1,9 @@
 //! The durable job queue: a table, not a home-made broker.
 
+mod delete_objects;
 pub mod runner;
+mod runner_storage;
+mod transcode;
 
 use chrono::Utc;
 use entities::{job, JobKind, JobStatus};

@@ -3,19 +3,31 @@
 //! applies that result inside the scheduler's completion transaction (so a worker
 //! whose lease was taken away cannot apply anything).
 //!
-//! SCAFFOLD: the bodies below are placeholders replaced by the transcode runner.
+//! TRANSCODE is in `jobs::transcode`, DELETE_OBJECTS in `jobs::delete_objects`.
+//!
+//! A failed or cancelled re-transcode of a video that was READY before (an earlier
+//! job recorded READY for it) leaves the video READY with its previous ladder and only
+//! records the FAILED / CANCELLED event; a first transcode that fails makes the video
+//! FAILED and removes the rendition rows it may have published early.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use entities::{job, LogLevel};
-use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr};
+use chrono::Utc;
+use entities::{event_outbox, job, rendition, JobKind, LogLevel, VideoStatus};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, IntoActiveModel,
+    PaginatorTrait, QueryFilter, Set,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
-use crate::events::{DomainEvent, ProgressInfo, Publisher};
+use crate::events::{self, DomainEvent, EventDetail, EventKind, ProgressInfo, Publisher};
 use crate::media::CancelFlag;
 use crate::storage::ObjectStore;
+
+use super::transcode::{lock_video, upsert_rendition, NewRendition};
+pub use super::transcode::{DownloadOutput, ProbeSummary, RenditionOutput, StoryboardOutput, TranscodeOutput};
 
 /// What a job may reach.
 #[derive(Clone)]
@@ -50,40 +62,182 @@ pub enum JobError {
 /// What a successful run produced.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum JobOutput {
-    Transcoded(serde_json::Value),
+    Transcoded(Box<TranscodeOutput>),
     ObjectsDeleted { count: u64 },
 }
 
+/// The error shown on a video whose processing was cancelled.
+pub const CANCELLED_REASON: &str = "processing was cancelled";
+
+/// Disarmed when `run` returns; if the `run` future is dropped mid-way instead, the
+/// media threads it started are told to stop (they clean up after themselves).
+struct CancelOnDrop {
+    flag: CancelFlag,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            self.flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
 /// Run `job` to the end (blocking media work happens on its own thread).
+#[tracing::instrument(skip_all, fields(job_id = %job.id, kind = ?job.kind))]
 pub async fn run(
-    _ctx: &JobContext,
-    _job: &job::Model,
-    _cancel: CancelFlag,
-    _reporter: Arc<dyn JobReporter>,
+    ctx: &JobContext,
+    job: &job::Model,
+    cancel: CancelFlag,
+    reporter: Arc<dyn JobReporter>,
 ) -> Result<JobOutput, JobError> {
-    Err(JobError::Retryable("job runner not written yet".into()))
+    let mut guard = CancelOnDrop { flag: cancel.clone(), armed: true };
+    let result = match job.kind {
+        JobKind::Transcode => super::transcode::run_transcode(ctx, job, cancel, reporter.clone())
+            .await
+            .map(|out| JobOutput::Transcoded(Box::new(out))),
+        JobKind::DeleteObjects => super::delete_objects::run_delete_objects(ctx, job, reporter.clone())
+            .await
+            .map(|count| JobOutput::ObjectsDeleted { count }),
+    };
+    guard.armed = false;
+    if let Err(err) = &result {
+        let level = match err {
+            JobError::Cancelled => LogLevel::Info,
+            _ => LogLevel::Error,
+        };
+        reporter.log(level, format!("job ended: {err}"));
+    }
+    result
 }
 
 /// Apply a success (renditions, video READY, READY event) inside `txn`; the
 /// caller publishes the returned events after commit.
+#[tracing::instrument(skip_all, fields(job_id = %job.id, kind = ?job.kind), err(Display))]
 pub async fn apply_success(
-    _txn: &DatabaseTransaction,
-    _job: &job::Model,
-    _output: &JobOutput,
+    txn: &DatabaseTransaction,
+    job: &job::Model,
+    output: &JobOutput,
 ) -> Result<Vec<DomainEvent>, DbErr> {
-    Ok(Vec::new())
+    let JobOutput::Transcoded(out) = output else {
+        return Ok(Vec::new());
+    };
+    let Some(video) = lock_video(txn, out.video_id).await? else {
+        return Ok(Vec::new());
+    };
+    if video.deleted_at.is_some() {
+        return Ok(Vec::new());
+    }
+    for r in &out.renditions {
+        let new = NewRendition {
+            name: r.name.clone(),
+            width: r.width,
+            height: r.height,
+            bitrate: r.bandwidth,
+            codecs: r.codecs.clone(),
+            playlist_key: r.playlist_key.clone(),
+        };
+        upsert_rendition(txn, video.id, &new).await?;
+    }
+    let names: Vec<String> = out.renditions.iter().map(|r| r.name.clone()).collect();
+    rendition::Entity::delete_many()
+        .filter(rendition::Column::VideoId.eq(video.id))
+        .filter(rendition::Column::Name.is_not_in(names))
+        .exec(txn)
+        .await?;
+
+    let p = &out.probe;
+    let mut row = video.into_active_model();
+    row.status = Set(VideoStatus::Ready);
+    row.error = Set(None);
+    row.duration_ms = Set(Some(p.duration_ms));
+    row.width = Set(Some(i32::try_from(p.width).unwrap_or(i32::MAX)));
+    row.height = Set(Some(i32::try_from(p.height).unwrap_or(i32::MAX)));
+    row.frame_rate = Set(Some(p.frame_rate));
+    row.rotation = Set(Some(i32::try_from(p.rotation).unwrap_or(0)));
+    row.has_audio = Set(Some(p.has_audio));
+    row.container = Set(p.container.clone());
+    row.video_codec = Set(p.video_codec.clone());
+    row.audio_codec = Set(p.audio_codec.clone());
+    row.source_size_bytes = Set(Some(i64::try_from(p.source_size_bytes).unwrap_or(i64::MAX)));
+    row.updated_at = Set(Utc::now());
+    let video = row.update(txn).await?;
+    let event =
+        events::record(txn, &video, EventKind::Ready, EventDetail { job_id: Some(job.id), ..Default::default() })
+            .await?;
+    Ok(vec![event])
 }
 
-/// The job failed for good (FAILED or DEAD): the video is FAILED with `reason`.
+/// The job failed for good (FAILED or DEAD): the video is FAILED with `reason`
+/// (unless an earlier transcode made it READY: then it keeps that ladder).
+#[tracing::instrument(skip_all, fields(job_id = %job.id, kind = ?job.kind), err(Display))]
 pub async fn apply_failure(
-    _txn: &DatabaseTransaction,
-    _job: &job::Model,
-    _reason: &str,
+    txn: &DatabaseTransaction,
+    job: &job::Model,
+    reason: &str,
 ) -> Result<Vec<DomainEvent>, DbErr> {
-    Ok(Vec::new())
+    end_unsuccessfully(txn, job, EventKind::Failed, reason).await
 }
 
-/// The job was cancelled.
-pub async fn apply_cancelled(_txn: &DatabaseTransaction, _job: &job::Model) -> Result<Vec<DomainEvent>, DbErr> {
-    Ok(Vec::new())
+/// The job was cancelled: CANCELLED event; the video is FAILED with
+/// [`CANCELLED_REASON`] unless an earlier transcode made it READY.
+#[tracing::instrument(skip_all, fields(job_id = %job.id, kind = ?job.kind), err(Display))]
+pub async fn apply_cancelled(txn: &DatabaseTransaction, job: &job::Model) -> Result<Vec<DomainEvent>, DbErr> {
+    end_unsuccessfully(txn, job, EventKind::Cancelled, CANCELLED_REASON).await
+}
+
+async fn end_unsuccessfully(
+    txn: &DatabaseTransaction,
+    job: &job::Model,
+    kind: EventKind,
+    reason: &str,
+) -> Result<Vec<DomainEvent>, DbErr> {
+    if job.kind != JobKind::Transcode {
+        return Ok(Vec::new());
+    }
+    let Some(video_id) = job.video_id else {
+        return Ok(Vec::new());
+    };
+    let Some(video) = lock_video(txn, video_id).await? else {
+        return Ok(Vec::new());
+    };
+    if video.deleted_at.is_some() {
+        return Ok(Vec::new());
+    }
+    let reason = if reason.trim().is_empty() { "processing failed" } else { reason.trim() };
+    let detail = EventDetail { error: Some(reason.to_string()), job_id: Some(job.id), ..Default::default() };
+    if was_ready_before(txn, video.id).await? {
+        let event = events::record(txn, &video, kind, detail).await?;
+        return Ok(vec![event]);
+    }
+    // Nothing playable survives a failed first transcode (no master playlist): drop
+    // the rendition rows it may have published early.
+    rendition::Entity::delete_many().filter(rendition::Column::VideoId.eq(video.id)).exec(txn).await?;
+    let mut row = video.into_active_model();
+    row.status = Set(VideoStatus::Failed);
+    row.error = Set(Some(reason.to_string()));
+    row.updated_at = Set(Utc::now());
+    let video = row.update(txn).await?;
+    let event = events::record(txn, &video, kind, detail).await?;
+    Ok(vec![event])
+}
+
+/// An earlier transcode of this video succeeded: it has READY renditions and a READY
+/// event (a failed run's early rendition alone does not count).
+async fn was_ready_before(txn: &DatabaseTransaction, video_id: uuid::Uuid) -> Result<bool, DbErr> {
+    let ready_renditions = rendition::Entity::find()
+        .filter(rendition::Column::VideoId.eq(video_id))
+        .filter(rendition::Column::Status.eq(entities::RenditionStatus::Ready))
+        .count(txn)
+        .await?;
+    if ready_renditions == 0 {
+        return Ok(false);
+    }
+    let ready_events = event_outbox::Entity::find()
+        .filter(event_outbox::Column::VideoId.eq(video_id))
+        .filter(event_outbox::Column::Kind.eq(EventKind::Ready.as_str()))
+        .count(txn)
+        .await?;
+    Ok(ready_events > 0)
 }

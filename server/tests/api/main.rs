@@ -10,6 +10,7 @@ mod media;
 mod process;
 mod rate_limit;
 mod ready;
+mod runner;
 mod schema;
 mod storage;
 mod subscriptions;

@@ -35,7 +35,7 @@ fn fixtures() -> &'static Path {
     })
 }
 
-fn fixture(name: &str) -> PathBuf {
+pub(crate) fn fixture(name: &str) -> PathBuf {
     fixtures().join(name)
 }
 

@@ -1,0 +1,771 @@
+//! A TRANSCODE job from source object to uploaded outputs: download, probe, ladder
+//! (publishing the lowest rung as soon as it is complete), MP4/WebM download, poster,
+//! thumbnails, storyboard, upload. The database is only touched for the early
+//! rendition; the final state is applied by [`super::runner::apply_success`].
+//!
+//! Progress over the whole job: probing 0–2 %, encoding 2–80 %, packaging 80–95 %,
+//! uploading 95–100 %; never decreasing.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+use entities::{job, rendition, video, LogLevel, RenditionStatus};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DbBackend, EntityTrait, IntoActiveModel, QueryFilter, Set, TransactionTrait,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::runner::{JobContext, JobError, JobReporter};
+use super::runner_storage::{content_type_for, download_to_file, upload_all, upload_text, Upload};
+use crate::events::{self, EventDetail, EventKind, ProgressInfo, RenditionProgressInfo};
+use crate::media::ladder::{plan_ladder, transcode_hls, HlsOutput, RenditionReady, Rung};
+use crate::media::mp4::{transcode_mp4, Format, Mp4Options, Preset};
+use crate::media::thumbs::{poster_and_thumbnails, storyboard, StoryboardOptions, ThumbnailOptions};
+use crate::media::{probe_with_timeout, CancelFlag, MediaError, MediaInfo, Progress};
+use crate::storage::layout;
+
+const PROBE_END: f64 = 2.0;
+const ENCODE_END: f64 = 80.0;
+const MP4_END: f64 = 92.0;
+const PACKAGE_END: f64 = 95.0;
+
+/// What a transcode produced; stored on the job by the scheduler and applied by
+/// `apply_success`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TranscodeOutput {
+    pub video_id: Uuid,
+    /// Highest rung first.
+    pub renditions: Vec<RenditionOutput>,
+    pub probe: ProbeSummary,
+    pub master_playlist_key: String,
+    pub download: DownloadOutput,
+    pub poster_key: String,
+    pub thumbnail_keys: Vec<String>,
+    pub storyboard: StoryboardOutput,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RenditionOutput {
+    pub name: String,
+    pub width: u32,
+    pub height: u32,
+    /// Peak bits per second (the master playlist's BANDWIDTH).
+    pub bandwidth: u64,
+    pub average_bandwidth: u64,
+    pub codecs: String,
+    pub playlist_key: String,
+    pub segments: usize,
+}
+
+/// The probed facts stored on the video. `width`/`height` are the stream's coded
+/// size; `rotation` says how it is displayed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeSummary {
+    pub duration_ms: i64,
+    pub width: u32,
+    pub height: u32,
+    pub frame_rate: f64,
+    pub rotation: u32,
+    pub has_audio: bool,
+    pub container: Option<String>,
+    pub video_codec: Option<String>,
+    pub audio_codec: Option<String>,
+    pub source_size_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DownloadOutput {
+    /// `.../mp4/video.mp4` or `.../mp4/video.webm`.
+    pub key: String,
+    /// MP4 | WEBM
+    pub format: String,
+    /// LOW | MEDIUM | HIGH
+    pub preset: String,
+    pub width: u32,
+    pub height: u32,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoryboardOutput {
+    pub image_key: String,
+    pub vtt_key: String,
+    pub tiles: u32,
+    pub columns: u32,
+    pub rows: u32,
+    pub tile_width: u32,
+    pub tile_height: u32,
+}
+
+/// `{"preset": "LOW"|"MEDIUM"|"HIGH", "format": "MP4"|"WEBM"}`, both optional.
+#[derive(Debug, Default, Deserialize)]
+struct TranscodePayload {
+    preset: Option<String>,
+    format: Option<String>,
+}
+
+fn parse_payload(payload: &serde_json::Value) -> Result<(Preset, Format), JobError> {
+    let invalid = |reason: String| JobError::Permanent { code: "INVALID_PAYLOAD", reason };
+    let parsed: TranscodePayload = if payload.is_null() {
+        TranscodePayload::default()
+    } else {
+        serde_json::from_value(payload.clone())
+            .map_err(|e| invalid(format!("the transcode request is malformed: {e}")))?
+    };
+    let preset = match parsed.preset.as_deref().map(str::to_ascii_uppercase).as_deref() {
+        None | Some("MEDIUM") => Preset::Medium,
+        Some("LOW") => Preset::Low,
+        Some("HIGH") => Preset::High,
+        Some(other) => return Err(invalid(format!("unknown preset {other:?} (expected LOW, MEDIUM or HIGH)"))),
+    };
+    let format = match parsed.format.as_deref().map(str::to_ascii_uppercase).as_deref() {
+        None | Some("MP4") => Format::Mp4,
+        Some("WEBM") => Format::WebM,
+        Some(other) => return Err(invalid(format!("unknown format {other:?} (expected MP4 or WEBM)"))),
+    };
+    Ok((preset, format))
+}
+
+fn preset_name(preset: Preset) -> &'static str {
+    match preset {
+        Preset::Low => "LOW",
+        Preset::Medium => "MEDIUM",
+        Preset::High => "HIGH",
+    }
+}
+
+/// Reports through the scheduler's reporter with a percent that never goes back.
+struct StageReporter {
+    inner: Arc<dyn JobReporter>,
+    last: Mutex<f64>,
+}
+
+impl StageReporter {
+    fn report(&self, stage: &str, percent: f64, media: Option<&Progress>) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let percent = percent.clamp(0.0, 100.0).max(*last);
+        *last = percent;
+        self.inner.progress(ProgressInfo {
+            percent,
+            stage: stage.to_string(),
+            fps: media.map(|p| p.fps).filter(|f| f.is_finite()),
+            eta_seconds: media.and_then(|p| p.eta).map(|d| d.as_secs_f64()),
+            renditions: media
+                .map(|p| {
+                    p.rungs
+                        .iter()
+                        .map(|r| RenditionProgressInfo { name: r.name.clone(), percent: r.percent, fps: None })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        });
+    }
+
+    fn stage(&self, stage: &str, message: String) {
+        let percent = *self.last.lock().unwrap_or_else(|p| p.into_inner());
+        self.inner.log(LogLevel::Info, format!("{stage}: {message}"));
+        self.report(stage, percent, None);
+    }
+
+    fn log(&self, level: LogLevel, message: String) {
+        self.inner.log(level, message);
+    }
+}
+
+/// Map a media failure: the upload's fault is permanent (with a readable reason that
+/// names no local path), a cancel is a cancel, anything else may pass on retry.
+fn media_error(err: MediaError, scratch: &Path) -> JobError {
+    match err {
+        MediaError::Cancelled => JobError::Cancelled,
+        err if err.is_client_error() => {
+            // GStreamer messages may quote the local file; the user knows it as "the upload".
+            let mut reason = err.to_string();
+            let dir = scratch.to_string_lossy().to_string();
+            for (form, with) in [
+                (format!("file://{dir}/source"), "the upload"),
+                (format!("{dir}/source"), "the upload"),
+                (format!("file://{dir}"), ""),
+                (dir.clone(), ""),
+            ] {
+                reason = reason.replace(&form, with);
+            }
+            JobError::Permanent { code: err.code(), reason }
+        }
+        err => {
+            tracing::warn!(error = ?err, "media processing failed on the worker");
+            JobError::Retryable(format!("media processing failed on the worker ({})", err.code()))
+        }
+    }
+}
+
+fn join_error(err: tokio::task::JoinError) -> JobError {
+    tracing::error!(error = %err, "a media thread ended abnormally");
+    JobError::Retryable("media processing stopped unexpectedly".into())
+}
+
+fn db_error(err: sea_orm::DbErr) -> JobError {
+    tracing::warn!(error = %err, "database error in a transcode job");
+    JobError::Retryable("the database is unavailable".into())
+}
+
+fn check_cancel(cancel: &CancelFlag) -> Result<(), JobError> {
+    if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+        Err(JobError::Cancelled)
+    } else {
+        Ok(())
+    }
+}
+
+/// Run a blocking media step on its own thread.
+async fn blocking<T: Send + 'static>(
+    scratch: &Path,
+    work: impl FnOnce() -> Result<T, MediaError> + Send + 'static,
+) -> Result<T, JobError> {
+    tokio::task::spawn_blocking(work).await.map_err(join_error)?.map_err(|e| media_error(e, scratch))
+}
+
+#[tracing::instrument(skip_all, fields(job_id = %job.id, video_id = ?job.video_id), err(Display))]
+pub(crate) async fn run_transcode(
+    ctx: &JobContext,
+    job: &job::Model,
+    cancel: CancelFlag,
+    reporter: Arc<dyn JobReporter>,
+) -> Result<TranscodeOutput, JobError> {
+    let reporter = Arc::new(StageReporter { inner: reporter, last: Mutex::new(0.0) });
+    let (preset, format) = parse_payload(&job.payload)?;
+    let video_id = job
+        .video_id
+        .ok_or_else(|| JobError::Permanent { code: "VIDEO_GONE", reason: "the job names no video".into() })?;
+    let video = video::Entity::find_by_id(video_id).one(&ctx.db).await.map_err(db_error)?;
+    let video = match video {
+        Some(v) if v.deleted_at.is_none() => v,
+        _ => return Err(JobError::Permanent { code: "VIDEO_GONE", reason: "the video was deleted".into() }),
+    };
+    let source_key = video.source_key.clone().ok_or_else(|| JobError::Permanent {
+        code: "SOURCE_MISSING",
+        reason: "the video has no uploaded file".into(),
+    })?;
+
+    // The scratch directory is shared with the media threads: it goes away when the
+    // last of them lets go, whichever way this job ends.
+    std::fs::create_dir_all(&ctx.scratch_dir).map_err(|e| {
+        tracing::warn!(error = %e, dir = %ctx.scratch_dir.display(), "cannot create the scratch directory");
+        JobError::Retryable("the worker has no usable scratch directory".into())
+    })?;
+    let scratch = Arc::new(tempfile::Builder::new().prefix("job-").tempdir_in(&ctx.scratch_dir).map_err(|e| {
+        tracing::warn!(error = %e, dir = %ctx.scratch_dir.display(), "cannot create a job directory");
+        JobError::Retryable("the worker has no usable scratch directory".into())
+    })?);
+    let root = scratch.path().to_path_buf();
+
+    reporter.stage("probing", "downloading the source".into());
+    reporter.report("probing", 0.0, None);
+    let source = root.join("source");
+    let source_size = download_to_file(&ctx.store, &source_key, &source, &cancel).await?;
+    check_cancel(&cancel)?;
+
+    let probe_timeout = ctx.settings.media.probe_timeout();
+    let limits = ctx.settings.media.limits();
+    let info: MediaInfo = {
+        let (source, guard) = (source.clone(), scratch.clone());
+        blocking(&root, move || {
+            let _guard = guard;
+            let info = probe_with_timeout(&source, probe_timeout)?;
+            info.check(&limits)?;
+            Ok(info)
+        })
+        .await?
+    };
+    let rungs = plan_ladder(&info, &ctx.settings.media.ladder());
+    reporter.report("probing", PROBE_END, None);
+    reporter.log(
+        LogLevel::Info,
+        format!(
+            "probed: {}x{} (rotation {}), {:.2} s, {:.2} fps, {}; rungs: {}",
+            info.width,
+            info.height,
+            info.rotation,
+            info.duration.map(|d| d.as_secs_f64()).unwrap_or(0.0),
+            info.frame_rate,
+            if info.has_audio { "with audio" } else { "no audio" },
+            rungs.iter().map(|r| format!("{} {}x{}", r.name, r.width, r.height)).collect::<Vec<_>>().join(", ")
+        ),
+    );
+    check_cancel(&cancel)?;
+
+    // Encoding: the ladder on its own thread; the lowest rung is published as soon as
+    // its playlist is final, while the others keep encoding.
+    reporter.stage("encoding", format!("{} rung(s)", rungs.len()));
+    let hls_dir = root.join("hls");
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<RenditionReady>();
+    let mut encode = {
+        let (source, out, rungs, guard) = (source.clone(), hls_dir.clone(), rungs.clone(), scratch.clone());
+        let opts = ctx.settings.media.hls_options();
+        let (cancel, reporter) = (cancel.clone(), reporter.clone());
+        tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            transcode_hls(
+                &source,
+                &out,
+                &rungs,
+                &opts,
+                &mut |p| reporter.report("encoding", PROBE_END + p.percent / 100.0 * (ENCODE_END - PROBE_END), Some(p)),
+                &mut |ready| {
+                    let _ = ready_tx.send(ready.clone());
+                },
+                &cancel,
+            )
+        })
+    };
+    let mut early: Option<String> = None;
+    let hls = loop {
+        tokio::select! {
+            result = &mut encode => break result,
+            Some(ready) = ready_rx.recv() => {
+                early = publish_early_rendition(ctx, job, &video, &info, ready, &reporter, &cancel).await;
+            }
+        }
+    };
+    let hls: HlsOutput = hls.map_err(join_error)?.map_err(|e| media_error(e, &root))?;
+    if let Ok(ready) = ready_rx.try_recv() {
+        early = publish_early_rendition(ctx, job, &video, &info, ready, &reporter, &cancel).await;
+    }
+    reporter.report("encoding", ENCODE_END, None);
+    check_cancel(&cancel)?;
+
+    // Packaging: the download, poster and thumbnails, storyboard.
+    reporter.stage("packaging", format!("{} download ({})", format.extension(), preset_name(preset)));
+    let packaged = {
+        let (source, root_c, guard) = (source.clone(), root.clone(), scratch.clone());
+        let (cancel, reporter) = (cancel.clone(), reporter.clone());
+        let mp4_opts = Mp4Options {
+            timeout: std::time::Duration::from_secs(ctx.settings.media.pipeline_timeout_secs),
+            ..Mp4Options::default()
+        };
+        blocking(&root, move || {
+            let _guard = guard;
+            let download = transcode_mp4(
+                &source,
+                &root_c.join("download").join(format!("video.{}", format.extension())),
+                preset,
+                format,
+                &mp4_opts,
+                &mut |p| reporter.report("packaging", ENCODE_END + p.percent / 100.0 * (MP4_END - ENCODE_END), None),
+                &cancel,
+            )?;
+            reporter.report("packaging", MP4_END, None);
+            let thumbs_dir = root_c.join("thumbs");
+            let (poster, thumbs) = poster_and_thumbnails(&source, &thumbs_dir, &ThumbnailOptions::default(), &cancel)?;
+            reporter.report("packaging", MP4_END + (PACKAGE_END - MP4_END) / 2.0, None);
+            let board = storyboard(&source, &thumbs_dir, &StoryboardOptions::default(), &cancel)?;
+            reporter.report("packaging", PACKAGE_END, None);
+            Ok((download, poster, thumbs, board))
+        })
+        .await?
+    };
+    let (download, poster, thumbs, board) = packaged;
+    check_cancel(&cancel)?;
+
+    // Uploading: segments and files first, then rung playlists, then the master, so no
+    // uploaded playlist ever names a missing object.
+    reporter.stage("uploading", "outputs to storage".into());
+    let (owner, vid) = (video.owner_id, video.id);
+    let mut files: Vec<Upload> = Vec::new();
+    let mut playlists: Vec<(String, String)> = Vec::new();
+    let mut renditions = Vec::with_capacity(hls.rungs.len());
+    for rung in &hls.rungs {
+        let playlist_key = layout::hls_playlist(owner, vid, &rung.rung.name);
+        renditions.push(RenditionOutput {
+            name: rung.rung.name.clone(),
+            width: rung.rung.width,
+            height: rung.rung.height,
+            bandwidth: rung.bandwidth,
+            average_bandwidth: rung.average_bandwidth,
+            codecs: rung.codecs.clone(),
+            playlist_key: playlist_key.clone(),
+            segments: rung.segments.len(),
+        });
+        if early.as_deref() == Some(rung.rung.name.as_str()) {
+            continue;
+        }
+        let (text, segments) = read_playlist(&rung.playlist)?;
+        for segment in segments {
+            let key = segment_key(owner, vid, &rung.rung.name, &segment);
+            files.push(Upload { content_type: content_type_for(&segment), path: segment, key });
+        }
+        playlists.push((playlist_key, text));
+    }
+    files.push(Upload {
+        key: layout::download(owner, vid, &format!("video.{}", format.extension())),
+        content_type: content_type_for(&download.path),
+        path: download.path.clone(),
+    });
+    files.push(Upload { key: layout::poster(owner, vid), content_type: "image/jpeg", path: poster.path.clone() });
+    let mut thumbnail_keys = Vec::with_capacity(thumbs.len());
+    for thumb in &thumbs {
+        let name = thumb.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let key = format!("{}{name}", layout::thumbs_prefix(owner, vid));
+        thumbnail_keys.push(key.clone());
+        files.push(Upload { key, content_type: "image/jpeg", path: thumb.clone() });
+    }
+    files.push(Upload {
+        key: layout::storyboard_image(owner, vid),
+        content_type: "image/jpeg",
+        path: board.sprite.clone(),
+    });
+    files.push(Upload { key: layout::storyboard_vtt(owner, vid), content_type: "text/vtt", path: board.vtt.clone() });
+
+    let total = (files.len() + playlists.len() + 1) as f64;
+    let mut done = 0usize;
+    let step_reporter = reporter.clone();
+    let mut step = move || {
+        done += 1;
+        step_reporter.report("uploading", PACKAGE_END + (100.0 - PACKAGE_END) * done as f64 / total, None);
+    };
+    upload_all(&ctx.store, &files, &cancel, &mut step).await?;
+    for (key, text) in playlists {
+        check_cancel(&cancel)?;
+        upload_text(&ctx.store, &key, text, "application/vnd.apple.mpegurl").await?;
+        step();
+    }
+    let master_key = layout::hls_master(owner, vid);
+    let master = std::fs::read_to_string(&hls.master_playlist).map_err(|e| {
+        tracing::warn!(error = %e, "the master playlist is missing");
+        JobError::Retryable("an output file went missing before upload".into())
+    })?;
+    upload_text(&ctx.store, &master_key, master, "application/vnd.apple.mpegurl").await?;
+    step();
+    remove_stale_rungs(ctx, &video, &renditions, &reporter).await;
+
+    reporter
+        .log(LogLevel::Info, format!("done: {} rendition(s), {} bytes of download", renditions.len(), download.bytes));
+    drop(scratch);
+    Ok(TranscodeOutput {
+        video_id: vid,
+        renditions,
+        probe: ProbeSummary {
+            duration_ms: info.duration.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0),
+            width: info.width,
+            height: info.height,
+            frame_rate: info.frame_rate,
+            rotation: info.rotation,
+            has_audio: info.has_audio,
+            container: info.container.clone(),
+            video_codec: info.video_codec.clone(),
+            audio_codec: info.audio_codec.clone(),
+            source_size_bytes: source_size,
+        },
+        master_playlist_key: master_key,
+        download: DownloadOutput {
+            key: layout::download(owner, vid, &format!("video.{}", format.extension())),
+            format: match format {
+                Format::Mp4 => "MP4".into(),
+                Format::WebM => "WEBM".into(),
+            },
+            preset: preset_name(preset).into(),
+            width: download.width,
+            height: download.height,
+            bytes: download.bytes,
+        },
+        poster_key: layout::poster(owner, vid),
+        thumbnail_keys,
+        storyboard: StoryboardOutput {
+            image_key: layout::storyboard_image(owner, vid),
+            vtt_key: layout::storyboard_vtt(owner, vid),
+            tiles: board.tiles,
+            columns: board.columns,
+            rows: board.rows,
+            tile_width: board.tile_width,
+            tile_height: board.tile_height,
+        },
+    })
+}
+
+fn segment_key(owner: Uuid, video: Uuid, rung: &str, segment: &Path) -> String {
+    let name = segment.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    format!("{}{rung}/{name}", layout::hls_prefix(owner, video))
+}
+
+/// A media playlist rewritten to name its segments relatively (as they sit next to
+/// it in storage), and the segment files it names.
+fn read_playlist(path: &Path) -> Result<(String, Vec<PathBuf>), JobError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        tracing::warn!(error = %e, path = %path.display(), "a playlist is missing");
+        JobError::Retryable("an output file went missing before upload".into())
+    })?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut out = String::with_capacity(text.len());
+    let mut segments = Vec::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if !trimmed.is_empty() && !trimmed.starts_with('#') {
+            let name = Path::new(trimmed).file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            segments.push(dir.join(&name));
+            out.push_str(&name);
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    Ok((out, segments))
+}
+
+/// Peak bits per second over a rung's segments (from `#EXTINF` and file sizes).
+fn measured_peak(path: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let dir = path.parent()?;
+    let (mut peak, mut pending) = (0.0f64, None::<f64>);
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("#EXTINF:") {
+            pending = rest.split(',').next().and_then(|d| d.trim().parse().ok());
+        } else if !line.is_empty() && !line.starts_with('#') {
+            let bytes = std::fs::metadata(dir.join(Path::new(line).file_name()?)).ok()?.len() as f64;
+            if let Some(seconds) = pending.take().filter(|s| *s > 0.0) {
+                peak = peak.max(bytes * 8.0 / seconds);
+            }
+        }
+    }
+    (peak > 0.0).then_some(peak.ceil() as u64)
+}
+
+/// Upload the lowest rung while the others encode, mark its rendition READY and
+/// publish RENDITION_READY. Returns the rung's name when it is fully uploaded. A
+/// failure here is only a warning: the final upload covers the rung again.
+async fn publish_early_rendition(
+    ctx: &JobContext,
+    job: &job::Model,
+    video: &video::Model,
+    info: &MediaInfo,
+    ready: RenditionReady,
+    reporter: &StageReporter,
+    cancel: &CancelFlag,
+) -> Option<String> {
+    match publish_early_rendition_inner(ctx, job, video, info, &ready, cancel).await {
+        Ok(published) => {
+            if published {
+                reporter.log(LogLevel::Info, format!("rendition {} is ready", ready.rung.name));
+            }
+            Some(ready.rung.name)
+        }
+        Err(err) => {
+            reporter.log(LogLevel::Warn, format!("rendition {} could not be published early: {err}", ready.rung.name));
+            None
+        }
+    }
+}
+
+async fn publish_early_rendition_inner(
+    ctx: &JobContext,
+    job: &job::Model,
+    video: &video::Model,
+    info: &MediaInfo,
+    ready: &RenditionReady,
+    cancel: &CancelFlag,
+) -> Result<bool, JobError> {
+    let Rung { name, width, height, video_bitrate_kbps } = &ready.rung;
+    let (text, segments) = read_playlist(&ready.playlist)?;
+    let uploads: Vec<Upload> = segments
+        .into_iter()
+        .map(|path| Upload {
+            key: segment_key(video.owner_id, video.id, name, &path),
+            content_type: content_type_for(&path),
+            path,
+        })
+        .collect();
+    upload_all(&ctx.store, &uploads, cancel, &mut || {}).await?;
+    let playlist_key = layout::hls_playlist(video.owner_id, video.id, name);
+    upload_text(&ctx.store, &playlist_key, text, "application/vnd.apple.mpegurl").await?;
+
+    let audio_kbps = if info.has_audio { ctx.settings.media.hls_options().audio_bitrate_kbps } else { 0 };
+    let bandwidth = measured_peak(&ready.playlist).unwrap_or(u64::from(video_bitrate_kbps + audio_kbps) * 1000);
+    // The exact avc1 profile/level is known only when the ladder ends; apply_success
+    // replaces this provisional string with the encoder's.
+    let codecs = if info.has_audio { "avc1.640028,mp4a.40.2" } else { "avc1.640028" };
+    let rendition = NewRendition {
+        name: name.clone(),
+        width: *width,
+        height: *height,
+        bitrate: bandwidth,
+        codecs: codecs.into(),
+        playlist_key,
+    };
+
+    let txn = ctx.db.begin().await.map_err(db_error)?;
+    let Some(current) = lock_video(&txn, video.id).await.map_err(db_error)? else {
+        return Ok(false);
+    };
+    if current.deleted_at.is_some() {
+        return Ok(false);
+    }
+    upsert_rendition(&txn, video.id, &rendition).await.map_err(db_error)?;
+    let event = events::record(
+        &txn,
+        &current,
+        EventKind::RenditionReady,
+        EventDetail { rendition: Some(name.clone()), job_id: Some(job.id), ..Default::default() },
+    )
+    .await
+    .map_err(db_error)?;
+    txn.commit().await.map_err(db_error)?;
+    ctx.publisher.publish(event);
+    Ok(true)
+}
+
+/// A rendition row to write.
+pub(crate) struct NewRendition {
+    pub name: String,
+    pub width: u32,
+    pub height: u32,
+    pub bitrate: u64,
+    pub codecs: String,
+    pub playlist_key: String,
+}
+
+/// The video row, locked for update on PostgreSQL (SQLite has one writer already).
+pub(crate) async fn lock_video<C: sea_orm::ConnectionTrait>(
+    conn: &C,
+    id: Uuid,
+) -> Result<Option<video::Model>, sea_orm::DbErr> {
+    use sea_orm::QuerySelect;
+    let query = video::Entity::find_by_id(id);
+    if conn.get_database_backend() == DbBackend::Postgres {
+        query.lock_exclusive().one(conn).await
+    } else {
+        query.one(conn).await
+    }
+}
+
+/// Insert or refresh a READY rendition (unique per video and name).
+pub(crate) async fn upsert_rendition<C: sea_orm::ConnectionTrait>(
+    conn: &C,
+    video_id: Uuid,
+    new: &NewRendition,
+) -> Result<(), sea_orm::DbErr> {
+    let now = Utc::now();
+    let existing = rendition::Entity::find()
+        .filter(rendition::Column::VideoId.eq(video_id))
+        .filter(rendition::Column::Name.eq(new.name.clone()))
+        .one(conn)
+        .await?;
+    let width = i32::try_from(new.width).unwrap_or(i32::MAX);
+    let height = i32::try_from(new.height).unwrap_or(i32::MAX);
+    let bitrate = i64::try_from(new.bitrate).unwrap_or(i64::MAX);
+    match existing {
+        Some(row) => {
+            let mut row = row.into_active_model();
+            row.width = Set(width);
+            row.height = Set(height);
+            row.bitrate = Set(bitrate);
+            row.codecs = Set(new.codecs.clone());
+            row.playlist_key = Set(new.playlist_key.clone());
+            row.status = Set(RenditionStatus::Ready);
+            row.updated_at = Set(now);
+            row.update(conn).await?;
+        }
+        None => {
+            rendition::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                video_id: Set(video_id),
+                name: Set(new.name.clone()),
+                width: Set(width),
+                height: Set(height),
+                bitrate: Set(bitrate),
+                codecs: Set(new.codecs.clone()),
+                playlist_key: Set(new.playlist_key.clone()),
+                status: Set(RenditionStatus::Ready),
+                created_at: Set(now),
+                updated_at: Set(now),
+            }
+            .insert(conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// A re-transcode whose ladder lost rungs: remove the old rungs' objects (the new
+/// master no longer names them). Only a warning when it fails.
+async fn remove_stale_rungs(
+    ctx: &JobContext,
+    video: &video::Model,
+    renditions: &[RenditionOutput],
+    reporter: &StageReporter,
+) {
+    let rows = match rendition::Entity::find().filter(rendition::Column::VideoId.eq(video.id)).all(&ctx.db).await {
+        Ok(rows) => rows,
+        Err(err) => {
+            tracing::warn!(error = %err, "could not list old renditions");
+            return;
+        }
+    };
+    for row in rows.iter().filter(|r| !renditions.iter().any(|n| n.name == r.name)) {
+        let prefix = format!("{}{}/", layout::hls_prefix(video.owner_id, video.id), row.name);
+        if let Err(err) = ctx.store.delete_prefix(&prefix).await {
+            tracing::warn!(error = ?err, prefix, "could not remove a stale rendition");
+            reporter.log(LogLevel::Warn, format!("old rendition {} could not be removed from storage", row.name));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_defaults_to_medium_mp4_and_refuses_unknown_values() {
+        assert_eq!(parse_payload(&serde_json::Value::Null).unwrap(), (Preset::Medium, Format::Mp4));
+        assert_eq!(parse_payload(&serde_json::json!({})).unwrap(), (Preset::Medium, Format::Mp4));
+        assert_eq!(
+            parse_payload(&serde_json::json!({ "preset": "HIGH", "format": "WEBM" })).unwrap(),
+            (Preset::High, Format::WebM)
+        );
+        assert_eq!(parse_payload(&serde_json::json!({ "preset": "low" })).unwrap(), (Preset::Low, Format::Mp4));
+        for bad in
+            [serde_json::json!({ "preset": "ULTRA" }), serde_json::json!({ "format": "AVI" }), serde_json::json!([1])]
+        {
+            assert!(matches!(parse_payload(&bad), Err(JobError::Permanent { code: "INVALID_PAYLOAD", .. })), "{bad}");
+        }
+    }
+
+    #[test]
+    fn media_errors_map_to_job_errors_without_local_paths() {
+        let scratch = Path::new("/tmp/scratch/job-abc");
+        let unreadable = MediaError::Unreadable { reason: "/tmp/scratch/job-abc/source is not a regular file".into() };
+        match media_error(unreadable, scratch) {
+            JobError::Permanent { code, reason } => {
+                assert_eq!(code, "MEDIA_UNREADABLE");
+                assert_eq!(reason, "the file is not readable media: the upload is not a regular file");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(media_error(MediaError::Cancelled, scratch), JobError::Cancelled));
+        let timeout = media_error(MediaError::Timeout(std::time::Duration::from_secs(1)), scratch);
+        assert!(matches!(timeout, JobError::Retryable(_)), "{timeout:?}");
+        assert!(matches!(media_error(MediaError::Build("x".into()), scratch), JobError::Retryable(_)));
+    }
+
+    #[test]
+    fn playlists_are_rewritten_to_relative_segment_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let playlist = dir.path().join("index.m3u8");
+        let absolute = dir.path().join("segment00000.ts");
+        std::fs::write(&absolute, vec![0u8; 1000]).unwrap();
+        std::fs::write(
+            &playlist,
+            format!("#EXTM3U\n#EXTINF:1.000,\n{}\n#EXTINF:0.5,\nsegment00001.ts\n#EXT-X-ENDLIST\n", absolute.display()),
+        )
+        .unwrap();
+        let (text, segments) = read_playlist(&playlist).unwrap();
+        assert_eq!(segments, vec![absolute.clone(), dir.path().join("segment00001.ts")]);
+        assert!(text.contains("\nsegment00000.ts\n") && !text.contains(&dir.path().display().to_string()), "{text}");
+        assert!(text.ends_with("#EXT-X-ENDLIST\n"));
+        assert_eq!(measured_peak(&playlist), None, "a missing segment gives no measurement");
+        std::fs::write(dir.path().join("segment00001.ts"), vec![0u8; 1000]).unwrap();
+        assert_eq!(measured_peak(&playlist), Some(16_000));
+        assert_eq!(content_type_for(&absolute), "video/mp2t");
+        assert_eq!(content_type_for(Path::new("a/index.m3u8")), "application/vnd.apple.mpegurl");
+        assert_eq!(content_type_for(Path::new("x.m4s")), "video/iso.segment");
+    }
+}

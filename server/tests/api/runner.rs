@@ -1,0 +1,659 @@
+//! The job runner end to end, without the queue: a source object in storage becomes a
+//! READY video (sqlite run: local store; postgres run: S3). Sources are generated with
+//! GStreamer (scripts/make-fixtures.sh through `media::fixture`, plus one landscape
+//! clip with audio made here).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use chrono::Utc;
+use entities::{event_outbox, job, rendition, user, video, JobKind, LogLevel, RenditionStatus, Role, VideoStatus};
+use futures::StreamExt;
+use reelhouse::config::media::LadderRung;
+use reelhouse::config::Settings;
+use reelhouse::events::{self, ProgressInfo};
+use reelhouse::jobs::runner::{self, JobContext, JobError, JobOutput, JobReporter, TranscodeOutput};
+use reelhouse::jobs::{enqueue, NewJob};
+use reelhouse::media::cancel_flag;
+use reelhouse::storage::{layout, StoreError};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set, TransactionTrait};
+use uuid::Uuid;
+
+use crate::helpers::{spawn_app_with, TestApp};
+use crate::media::fixture;
+
+/// A 3 s 640x360 clip with audio, made once per test process.
+fn landscape_clip() -> &'static Path {
+    static CLIP: OnceLock<PathBuf> = OnceLock::new();
+    CLIP.get_or_init(|| {
+        reelhouse::telemetry::init_gstreamer("warning").unwrap();
+        let dir = std::env::temp_dir().join(format!("reelhouse-runner-fixture-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("landscape_640x360.mp4");
+        let pipeline = format!(
+            "mp4mux name=mux faststart=true ! filesink location={} \
+             videotestsrc num-buffers=75 pattern=ball background-color=0xff3070b0 \
+             ! video/x-raw,format=I420,width=640,height=360,framerate=25/1 \
+             ! x264enc speed-preset=ultrafast key-int-max=25 bframes=0 ! h264parse ! queue ! mux. \
+             audiotestsrc num-buffers=140 samplesperbuffer=1024 wave=sine ! audio/x-raw,rate=48000,channels=2 \
+             ! audioconvert ! avenc_aac ! aacparse ! queue ! mux.",
+            out.display()
+        );
+        let status = std::process::Command::new("gst-launch-1.0")
+            .arg("-q")
+            .args(pipeline.split_whitespace())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "generating the landscape clip failed");
+        out
+    })
+}
+
+/// Collects what the runner reports; optionally wakes a waiter on the first
+/// encoding progress.
+#[derive(Default)]
+struct Collect {
+    progress: Mutex<Vec<ProgressInfo>>,
+    logs: Mutex<Vec<(LogLevel, String)>>,
+    on_encoding: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+}
+
+impl JobReporter for Collect {
+    fn progress(&self, progress: ProgressInfo) {
+        if progress.stage == "encoding" && progress.percent > 2.0 {
+            if let Some(tx) = self.on_encoding.lock().unwrap().take() {
+                let _ = tx.send(());
+            }
+        }
+        self.progress.lock().unwrap().push(progress);
+    }
+
+    fn log(&self, level: LogLevel, message: String) {
+        self.logs.lock().unwrap().push((level, message));
+    }
+}
+
+struct Harness {
+    app: TestApp,
+    ctx: JobContext,
+    scratch: tempfile::TempDir,
+    owner: Uuid,
+}
+
+async fn harness(customize: impl FnOnce(&mut Settings)) -> Harness {
+    let app = spawn_app_with(|s| {
+        s.workers.embedded = false;
+        s.media.speed_preset = "ultrafast".into();
+        s.media.segment_seconds = 1;
+        customize(s);
+    })
+    .await;
+    let scratch = tempfile::tempdir().unwrap();
+    let ctx = JobContext {
+        db: app.state.db.clone(),
+        store: app.state.store.clone(),
+        settings: app.state.settings.clone(),
+        publisher: events::Publisher::new(Some(app.state.hubs.event_bus.clone())),
+        scratch_dir: scratch.path().to_path_buf(),
+    };
+    let now = Utc::now();
+    let owner = Uuid::now_v7();
+    user::ActiveModel {
+        id: Set(owner),
+        email: Set(format!("{}@example.com", owner.simple())),
+        display_name: Set("Runner Test".into()),
+        password_hash: Set("not-a-hash".into()),
+        role: Set(Role::User),
+        disabled: Set(false),
+        storage_quota_bytes: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(&app.state.db)
+    .await
+    .unwrap();
+    Harness { app, ctx, scratch, owner }
+}
+
+impl Harness {
+    /// A PROCESSING video whose source object holds `bytes`.
+    async fn video_with_source(&self, bytes: Vec<u8>) -> video::Model {
+        let id = Uuid::now_v7();
+        let key = layout::source(self.owner, id);
+        self.ctx.store.put_bytes(&key, bytes.into(), Some("video/mp4")).await.unwrap();
+        let now = Utc::now();
+        video::ActiveModel {
+            id: Set(id),
+            owner_id: Set(self.owner),
+            title: Set("clip".into()),
+            description: Set(String::new()),
+            tags: Set(video::Tags::default()),
+            visibility: Set(entities::Visibility::Private),
+            status: Set(VideoStatus::Processing),
+            source_key: Set(Some(key)),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        }
+        .insert(&self.app.state.db)
+        .await
+        .unwrap()
+    }
+
+    async fn video_from(&self, source: &Path) -> video::Model {
+        self.video_with_source(std::fs::read(source).unwrap()).await
+    }
+
+    async fn transcode_job(&self, video: &video::Model, payload: serde_json::Value) -> job::Model {
+        enqueue(
+            &self.app.state.db,
+            NewJob {
+                kind: JobKind::Transcode,
+                video_id: Some(video.id),
+                owner_id: Some(self.owner),
+                priority: 0,
+                payload,
+                max_attempts: 3,
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn run(&self, job: &job::Model) -> (Result<JobOutput, JobError>, Arc<Collect>) {
+        let reporter = Arc::new(Collect::default());
+        let result = runner::run(&self.ctx, job, cancel_flag(), reporter.clone()).await;
+        (result, reporter)
+    }
+
+    async fn apply_success(&self, job: &job::Model, output: &JobOutput) -> Vec<events::DomainEvent> {
+        let txn = self.app.state.db.begin().await.unwrap();
+        let events = runner::apply_success(&txn, job, output).await.unwrap();
+        txn.commit().await.unwrap();
+        events
+    }
+
+    async fn apply_failure(&self, job: &job::Model, reason: &str) -> Vec<events::DomainEvent> {
+        let txn = self.app.state.db.begin().await.unwrap();
+        let events = runner::apply_failure(&txn, job, reason).await.unwrap();
+        txn.commit().await.unwrap();
+        events
+    }
+
+    /// Transcode `source` to a READY video; returns the job's output.
+    async fn transcode_ok(
+        &self,
+        source: &Path,
+        payload: serde_json::Value,
+    ) -> (video::Model, TranscodeOutput, Arc<Collect>) {
+        let video = self.video_from(source).await;
+        let job = self.transcode_job(&video, payload).await;
+        let (result, reporter) = self.run(&job).await;
+        let output = match result {
+            Ok(output) => output,
+            Err(err) => panic!("transcode failed: {err:?}; logs {:?}", reporter.logs.lock().unwrap()),
+        };
+        assert!(self.scratch_is_empty(), "scratch left behind");
+        let events = self.apply_success(&job, &output).await;
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].kind, events::EventKind::Ready);
+        let JobOutput::Transcoded(out) = output else { panic!("not a transcode output") };
+        (self.video(video.id).await, *out, reporter)
+    }
+
+    async fn video(&self, id: Uuid) -> video::Model {
+        video::Entity::find_by_id(id).one(&self.app.state.db).await.unwrap().unwrap()
+    }
+
+    async fn renditions(&self, id: Uuid) -> Vec<rendition::Model> {
+        rendition::Entity::find()
+            .filter(rendition::Column::VideoId.eq(id))
+            .order_by_asc(rendition::Column::Height)
+            .all(&self.app.state.db)
+            .await
+            .unwrap()
+    }
+
+    async fn event_kinds(&self, id: Uuid) -> Vec<String> {
+        event_outbox::Entity::find()
+            .filter(event_outbox::Column::VideoId.eq(id))
+            .order_by_asc(event_outbox::Column::Seq)
+            .all(&self.app.state.db)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect()
+    }
+
+    async fn object(&self, key: &str) -> Vec<u8> {
+        let got = self.ctx.store.get(key, None).await.unwrap_or_else(|e| panic!("{key}: {e:?}"));
+        let mut body = got.body;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.next().await {
+            bytes.extend_from_slice(&chunk.unwrap());
+        }
+        bytes
+    }
+
+    async fn exists(&self, key: &str) -> bool {
+        match self.ctx.store.head(key).await {
+            Ok(_) => true,
+            Err(StoreError::NotFound { .. }) => false,
+            Err(e) => panic!("{key}: {e:?}"),
+        }
+    }
+
+    fn scratch_is_empty(&self) -> bool {
+        std::fs::read_dir(self.scratch.path()).unwrap().next().is_none()
+    }
+}
+
+fn stage_index(stage: &str) -> usize {
+    ["probing", "encoding", "packaging", "uploading"]
+        .iter()
+        .position(|s| *s == stage)
+        .unwrap_or_else(|| panic!("unknown stage {stage}"))
+}
+
+fn stream_infs(master: &str) -> Vec<&str> {
+    master.lines().filter(|l| l.starts_with("#EXT-X-STREAM-INF:")).collect()
+}
+
+fn media_lines(playlist: &str) -> Vec<&str> {
+    playlist.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect()
+}
+
+#[actix_web::test]
+async fn runner_transcodes_a_landscape_clip_end_to_end() {
+    let h = harness(|_| {}).await;
+    let (video, out, reporter) = h.transcode_ok(landscape_clip(), serde_json::Value::Null).await;
+
+    // 640x360 never upscales: the default ladder (1080/720/480/360) gives 360p only.
+    assert_eq!(out.renditions.len(), 1, "{:?}", out.renditions);
+    let rung = &out.renditions[0];
+    assert_eq!((rung.name.as_str(), rung.width, rung.height), ("360p", 640, 360));
+    assert!(rung.codecs.starts_with("avc1.") && rung.codecs.contains("mp4a.40.2"), "{}", rung.codecs);
+
+    let master = String::from_utf8(h.object(&layout::hls_master(h.owner, video.id)).await).unwrap();
+    let infs = stream_infs(&master);
+    assert_eq!(infs.len(), 1, "{master}");
+    for attr in ["BANDWIDTH=", "RESOLUTION=640x360", "CODECS=\"avc1."] {
+        assert!(infs[0].contains(attr), "{master}");
+    }
+    assert!(media_lines(&master).contains(&"360p/index.m3u8"), "{master}");
+    let playlist = String::from_utf8(h.object(&layout::hls_playlist(h.owner, video.id, "360p")).await).unwrap();
+    assert!(playlist.contains("#EXT-X-ENDLIST"), "{playlist}");
+    let segments = media_lines(&playlist);
+    assert!(segments.len() >= 2, "{playlist}");
+    for segment in segments {
+        assert!(!segment.contains('/'), "segments are named relatively: {segment}");
+        let key = format!("{}360p/{segment}", layout::hls_prefix(h.owner, video.id));
+        let meta = h.ctx.store.head(&key).await.unwrap();
+        assert!(meta.size > 0);
+    }
+
+    let rows = h.renditions(video.id).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, RenditionStatus::Ready);
+    assert_eq!((rows[0].width, rows[0].height), (640, 360));
+    assert_eq!(rows[0].codecs, rung.codecs, "apply_success replaces the provisional codecs");
+    assert!(rows[0].bitrate > 0);
+
+    // MP4 download (MEDIUM by default): an ftyp box first.
+    assert_eq!(out.download.key, layout::download(h.owner, video.id, "video.mp4"));
+    assert_eq!(out.download.preset, "MEDIUM");
+    let mp4 = h.object(&out.download.key).await;
+    assert_eq!(&mp4[4..8], b"ftyp");
+
+    // Poster: a JPEG, not black.
+    let poster = h.object(&layout::poster(h.owner, video.id)).await;
+    assert_eq!(&poster[..2], &[0xFF, 0xD8]);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &poster).unwrap();
+    let frame = reelhouse::media::thumbs::load_jpeg(file.path()).unwrap();
+    assert!(frame.mean_luma() > 20.0, "poster luma {}", frame.mean_luma());
+    for key in &out.thumbnail_keys {
+        assert_eq!(&h.object(key).await[..2], &[0xFF, 0xD8], "{key}");
+    }
+    assert!(!out.thumbnail_keys.is_empty());
+
+    // Storyboard: the VTT names the sprite relatively, one cue per tile.
+    let sprite = h.object(&layout::storyboard_image(h.owner, video.id)).await;
+    assert_eq!(&sprite[..2], &[0xFF, 0xD8]);
+    let vtt = String::from_utf8(h.object(&layout::storyboard_vtt(h.owner, video.id)).await).unwrap();
+    assert!(vtt.starts_with("WEBVTT"), "{vtt}");
+    let cues: Vec<&str> = vtt.lines().filter(|l| l.contains("#xywh=")).collect();
+    assert_eq!(cues.len() as u32, out.storyboard.tiles, "{vtt}");
+    assert!(cues.iter().all(|c| c.starts_with("storyboard.jpg#xywh=")), "{vtt}");
+    // One tile a second (the default storyboard interval) over the probed duration.
+    let expected_tiles = (out.probe.duration_ms as f64 / 1000.0).ceil() as u32;
+    assert_eq!(out.storyboard.tiles, expected_tiles);
+
+    // The video is READY with its probe facts; RENDITION_READY came before the one READY.
+    assert_eq!(video.status, VideoStatus::Ready);
+    assert_eq!(video.error, None);
+    assert_eq!((video.width, video.height, video.has_audio), (Some(640), Some(360), Some(true)));
+    let duration = video.duration_ms.unwrap();
+    assert!((2800..=3200).contains(&duration), "{duration}");
+    let kinds = h.event_kinds(video.id).await;
+    assert_eq!(kinds.iter().filter(|k| *k == "READY").count(), 1, "{kinds:?}");
+    let ready_at = kinds.iter().position(|k| k == "READY").unwrap();
+    let rendition_at = kinds.iter().position(|k| k == "RENDITION_READY").expect("RENDITION_READY recorded");
+    assert!(rendition_at < ready_at, "{kinds:?}");
+
+    // Progress: never backwards, stages in order, ends at 100.
+    let progress = reporter.progress.lock().unwrap().clone();
+    assert!(progress.windows(2).all(|w| w[1].percent >= w[0].percent), "{progress:?}");
+    let stages: Vec<usize> = progress.iter().map(|p| stage_index(&p.stage)).collect();
+    assert!(stages.windows(2).all(|w| w[1] >= w[0]), "{stages:?}");
+    for stage in 0..4 {
+        assert!(stages.contains(&stage), "stage {stage} never reported: {stages:?}");
+    }
+    assert_eq!(progress.last().unwrap().percent, 100.0);
+    assert!(progress.iter().any(|p| p.stage == "encoding" && p.renditions.iter().any(|r| r.name == "360p")));
+    let logs = reporter.logs.lock().unwrap();
+    assert!(logs.iter().any(|(_, m)| m.starts_with("encoding:")), "{logs:?}");
+}
+
+#[actix_web::test]
+async fn runner_ladder_with_240_lines_gives_two_rungs_from_an_audio_less_source() {
+    let h = harness(|s| {
+        s.media.ladder = vec![
+            LadderRung { lines: 720, video_bitrate_kbps: 2800 },
+            LadderRung { lines: 360, video_bitrate_kbps: 800 },
+            LadderRung { lines: 240, video_bitrate_kbps: 400 },
+        ];
+    })
+    .await;
+    let (video, out, _) = h.transcode_ok(&fixture("no_audio.mp4"), serde_json::json!({ "preset": "LOW" })).await;
+    let dims: Vec<(&str, u32, u32)> = out.renditions.iter().map(|r| (r.name.as_str(), r.width, r.height)).collect();
+    assert_eq!(dims, vec![("360p", 640, 360), ("240p", 426, 240)]);
+    assert!(out.renditions.iter().all(|r| !r.codecs.contains("mp4a")), "{:?}", out.renditions);
+
+    let master = String::from_utf8(h.object(&layout::hls_master(h.owner, video.id)).await).unwrap();
+    assert_eq!(stream_infs(&master).len(), 2, "{master}");
+    assert!(master.contains("RESOLUTION=640x360") && master.contains("RESOLUTION=426x240"), "{master}");
+    for name in ["360p", "240p"] {
+        assert!(h.exists(&layout::hls_playlist(h.owner, video.id, name)).await, "{name}");
+    }
+    let rows = h.renditions(video.id).await;
+    let rows: Vec<(String, i32, i32, RenditionStatus)> =
+        rows.into_iter().map(|r| (r.name, r.width, r.height, r.status)).collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("240p".to_string(), 426, 240, RenditionStatus::Ready),
+            ("360p".to_string(), 640, 360, RenditionStatus::Ready)
+        ]
+    );
+    assert_eq!(video.has_audio, Some(false));
+    assert_eq!(out.download.preset, "LOW");
+    assert_eq!(&h.object(&out.download.key).await[4..8], b"ftyp");
+    // The lowest rung is the one published early.
+    let outbox = event_outbox::Entity::find()
+        .filter(event_outbox::Column::VideoId.eq(video.id))
+        .filter(event_outbox::Column::Kind.eq("RENDITION_READY"))
+        .all(&h.app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(outbox[0].payload["rendition"], "240p");
+}
+
+#[actix_web::test]
+async fn runner_re_transcode_with_a_shorter_ladder_drops_stale_rungs() {
+    let h = harness(|s| {
+        s.media.ladder = vec![
+            LadderRung { lines: 360, video_bitrate_kbps: 800 },
+            LadderRung { lines: 240, video_bitrate_kbps: 400 },
+        ];
+    })
+    .await;
+    let (video, first, _) = h.transcode_ok(&fixture("no_audio.mp4"), serde_json::Value::Null).await;
+    assert_eq!(first.renditions.len(), 2);
+    let stale_playlist = layout::hls_playlist(h.owner, video.id, "240p");
+    assert!(h.exists(&stale_playlist).await);
+
+    // The same video again, now with a one-rung ladder.
+    let mut settings = (*h.ctx.settings).clone();
+    settings.media.ladder = vec![LadderRung { lines: 360, video_bitrate_kbps: 800 }];
+    let ctx = JobContext { settings: Arc::new(settings), ..h.ctx.clone() };
+    let job = h.transcode_job(&video, serde_json::Value::Null).await;
+    let output = runner::run(&ctx, &job, cancel_flag(), Arc::new(Collect::default())).await.unwrap();
+    h.apply_success(&job, &output).await;
+
+    let names: Vec<String> = h.renditions(video.id).await.into_iter().map(|r| r.name).collect();
+    assert_eq!(names, vec!["360p".to_string()]);
+    assert!(!h.exists(&stale_playlist).await, "the dropped rung's objects are removed");
+    let master = String::from_utf8(h.object(&layout::hls_master(h.owner, video.id)).await).unwrap();
+    assert_eq!(stream_infs(&master).len(), 1, "{master}");
+    assert_eq!(h.event_kinds(video.id).await.iter().filter(|k| *k == "READY").count(), 2);
+    assert_eq!(h.video(video.id).await.status, VideoStatus::Ready);
+}
+
+#[actix_web::test]
+async fn runner_portrait_source_gives_a_portrait_rung_and_webm_download() {
+    let h = harness(|_| {}).await;
+    let (video, out, _) =
+        h.transcode_ok(&fixture("portrait_360x640.mp4"), serde_json::json!({ "format": "WEBM" })).await;
+    assert_eq!(out.renditions.len(), 1);
+    let rung = &out.renditions[0];
+    assert!(rung.height > rung.width, "{rung:?}");
+    assert_eq!((rung.width, rung.height), (360, 640));
+    assert_eq!(out.download.key, layout::download(h.owner, video.id, "video.webm"));
+    assert_eq!(&h.object(&out.download.key).await[..4], &[0x1A, 0x45, 0xDF, 0xA3]);
+    assert!(out.download.height > out.download.width);
+
+    // A later re-transcode that fails keeps the READY ladder and records FAILED.
+    let retry = h.transcode_job(&video, serde_json::Value::Null).await;
+    let events = h.apply_failure(&retry, "the file is not readable media").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, events::EventKind::Failed);
+    let after = h.video(video.id).await;
+    assert_eq!(after.status, VideoStatus::Ready);
+    assert_eq!(after.error, None);
+    assert_eq!(h.renditions(video.id).await.len(), 1);
+    assert_eq!(h.event_kinds(video.id).await.last().map(String::as_str), Some("FAILED"));
+}
+
+#[actix_web::test]
+async fn runner_hostile_sources_fail_permanently_with_readable_reasons() {
+    let h = harness(|_| {}).await;
+    for name in ["hostile_truncated.mp4", "hostile_random.mp4", "hostile_empty.mp4"] {
+        let video = h.video_from(&fixture(name)).await;
+        let job = h.transcode_job(&video, serde_json::Value::Null).await;
+        let (result, _) = h.run(&job).await;
+        let (code, reason) = match result {
+            Err(JobError::Permanent { code, reason }) => (code, reason),
+            other => panic!("{name}: {other:?}"),
+        };
+        assert!(code.starts_with("MEDIA_"), "{name}: {code}");
+        assert!(!reason.trim().is_empty(), "{name}");
+        let scratch = h.scratch.path().to_string_lossy().to_string();
+        assert!(!reason.contains(&scratch) && !reason.contains("/tmp"), "{name}: {reason}");
+        assert!(h.scratch_is_empty(), "{name}: scratch left behind");
+
+        let events = h.apply_failure(&job, &reason).await;
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].kind, events::EventKind::Failed);
+        assert_eq!(events[0].error.as_deref(), Some(reason.as_str()));
+        let after = h.video(video.id).await;
+        assert_eq!(after.status, VideoStatus::Failed, "{name}");
+        assert_eq!(after.error.as_deref(), Some(reason.as_str()), "{name}");
+        assert!(h.renditions(video.id).await.is_empty(), "{name}");
+        assert!(!h.exists(&layout::hls_master(h.owner, video.id)).await, "{name}");
+        eprintln!("{name}: {code}: {reason}");
+    }
+    let video = h.video_with_source(Vec::new()).await;
+    let job = h.transcode_job(&video, serde_json::json!({ "preset": "ULTRA" })).await;
+    match h.run(&job).await.0 {
+        Err(JobError::Permanent { code, .. }) => assert_eq!(code, "INVALID_PAYLOAD"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[actix_web::test]
+async fn runner_refuses_oversized_missing_and_deleted_sources() {
+    let h = harness(|s| s.media.max_width = 320).await;
+    let permanent = |result: Result<JobOutput, JobError>| match result {
+        Err(JobError::Permanent { code, reason }) => (code, reason),
+        other => panic!("{other:?}"),
+    };
+
+    // Over the configured limits: a readable reason naming the size.
+    let video = h.video_from(&fixture("no_audio.mp4")).await;
+    let job = h.transcode_job(&video, serde_json::Value::Null).await;
+    let (code, reason) = permanent(h.run(&job).await.0);
+    assert_eq!(code, "MEDIA_REJECTED");
+    assert!(reason.contains("640x360"), "{reason}");
+    assert!(h.scratch_is_empty());
+
+    // The source object is gone from storage.
+    let missing = h.video_with_source(b"x".to_vec()).await;
+    h.ctx.store.delete(missing.source_key.as_deref().unwrap()).await.unwrap();
+    let job = h.transcode_job(&missing, serde_json::Value::Null).await;
+    assert_eq!(permanent(h.run(&job).await.0).0, "SOURCE_MISSING");
+    assert!(h.scratch_is_empty());
+
+    // The video was deleted before the job ran, or while it ran: nothing is applied.
+    let deleted = h.video_from(&fixture("no_audio.mp4")).await;
+    let job = h.transcode_job(&deleted, serde_json::Value::Null).await;
+    let mut row: video::ActiveModel = deleted.clone().into();
+    row.deleted_at = Set(Some(Utc::now()));
+    row.update(&h.app.state.db).await.unwrap();
+    assert_eq!(permanent(h.run(&job).await.0).0, "VIDEO_GONE");
+    let output = JobOutput::Transcoded(Box::new(TranscodeOutput {
+        video_id: deleted.id,
+        renditions: vec![runner::RenditionOutput {
+            name: "360p".into(),
+            width: 640,
+            height: 360,
+            bandwidth: 1,
+            average_bandwidth: 1,
+            codecs: "avc1.64001e".into(),
+            playlist_key: layout::hls_playlist(h.owner, deleted.id, "360p"),
+            segments: 1,
+        }],
+        probe: runner::ProbeSummary {
+            duration_ms: 2000,
+            width: 640,
+            height: 360,
+            frame_rate: 25.0,
+            rotation: 0,
+            has_audio: false,
+            container: None,
+            video_codec: None,
+            audio_codec: None,
+            source_size_bytes: 1,
+        },
+        master_playlist_key: layout::hls_master(h.owner, deleted.id),
+        download: runner::DownloadOutput {
+            key: layout::download(h.owner, deleted.id, "video.mp4"),
+            format: "MP4".into(),
+            preset: "MEDIUM".into(),
+            width: 640,
+            height: 360,
+            bytes: 1,
+        },
+        poster_key: layout::poster(h.owner, deleted.id),
+        thumbnail_keys: Vec::new(),
+        storyboard: runner::StoryboardOutput {
+            image_key: layout::storyboard_image(h.owner, deleted.id),
+            vtt_key: layout::storyboard_vtt(h.owner, deleted.id),
+            tiles: 1,
+            columns: 1,
+            rows: 1,
+            tile_width: 160,
+            tile_height: 90,
+        },
+    }));
+    assert!(h.apply_success(&job, &output).await.is_empty());
+    assert!(h.apply_failure(&job, "whatever").await.is_empty());
+    let after = h.video(deleted.id).await;
+    assert_eq!(after.status, VideoStatus::Processing);
+    assert!(h.renditions(deleted.id).await.is_empty());
+    assert!(h.event_kinds(deleted.id).await.is_empty());
+}
+
+#[actix_web::test]
+async fn runner_cancel_mid_encode_stops_and_leaves_nothing() {
+    let h = harness(|s| s.media.speed_preset = "medium".into()).await;
+    let video = h.video_from(&fixture("clip_720p.mp4")).await;
+    let job = h.transcode_job(&video, serde_json::Value::Null).await;
+    let reporter = Arc::new(Collect::default());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    *reporter.on_encoding.lock().unwrap() = Some(tx);
+    let cancel = cancel_flag();
+    let trigger = cancel.clone();
+    let canceller = tokio::spawn(async move {
+        if rx.await.is_ok() {
+            trigger.store(true, Ordering::SeqCst);
+            true
+        } else {
+            false
+        }
+    });
+    let result = runner::run(&h.ctx, &job, cancel, reporter.clone()).await;
+    assert!(matches!(result, Err(JobError::Cancelled)), "{result:?}");
+    assert!(canceller.await.unwrap(), "cancelled after an encoding progress report");
+    assert!(h.scratch_is_empty(), "scratch left behind after cancel");
+    // Stopped mid-way: nothing was packaged or uploaded.
+    let progress = reporter.progress.lock().unwrap().clone();
+    assert!(progress.iter().all(|p| p.stage != "uploading"), "{progress:?}");
+    assert!(!h.exists(&layout::hls_master(h.owner, video.id)).await);
+
+    let txn = h.app.state.db.begin().await.unwrap();
+    let events = runner::apply_cancelled(&txn, &job).await.unwrap();
+    txn.commit().await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, events::EventKind::Cancelled);
+    let after = h.video(video.id).await;
+    assert_eq!(after.status, VideoStatus::Failed);
+    assert_eq!(after.error.as_deref(), Some(runner::CANCELLED_REASON));
+}
+
+#[actix_web::test]
+async fn runner_delete_objects_removes_exactly_the_prefix() {
+    let h = harness(|_| {}).await;
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let keys_a = [layout::source(h.owner, a), layout::hls_playlist(h.owner, a, "360p"), layout::poster(h.owner, a)];
+    let key_b = layout::source(h.owner, b);
+    for key in keys_a.iter().chain([&key_b]) {
+        h.ctx.store.put_bytes(key, bytes::Bytes::from_static(b"x"), None).await.unwrap();
+    }
+    let delete = |prefix: String| {
+        enqueue(
+            &h.app.state.db,
+            NewJob {
+                kind: JobKind::DeleteObjects,
+                video_id: None,
+                owner_id: Some(h.owner),
+                priority: 0,
+                payload: serde_json::json!({ "prefix": prefix }),
+                max_attempts: 3,
+            },
+        )
+    };
+    let job = delete(layout::video_prefix(h.owner, a)).await.unwrap();
+    let (result, _) = h.run(&job).await;
+    match result {
+        Ok(JobOutput::ObjectsDeleted { count }) => assert_eq!(count, 3),
+        other => panic!("{other:?}"),
+    }
+    for key in &keys_a {
+        assert!(!h.exists(key).await, "{key} survived");
+    }
+    assert!(h.exists(&key_b).await, "another video's object was deleted");
+    let txn = h.app.state.db.begin().await.unwrap();
+    assert!(runner::apply_success(&txn, &job, &JobOutput::ObjectsDeleted { count: 3 }).await.unwrap().is_empty());
+    txn.commit().await.unwrap();
+
+    for bad in ["videos/x/".to_string(), format!("users/{}", h.owner), "users/".to_string()] {
+        let job = delete(bad.clone()).await.unwrap();
+        assert!(matches!(h.run(&job).await.0, Err(JobError::Permanent { .. })), "{bad}");
+    }
+    assert!(h.exists(&key_b).await);
+}
