@@ -284,6 +284,15 @@ pub async fn delete_video(
     max_attempts: i32,
 ) -> Result<DomainEvent, AppError> {
     let txn = db.begin().await.map_err(AppError::internal)?;
+    // Write first, changing nothing: the transaction holds the write lock (SQLite)
+    // or the row lock (PostgreSQL) before it reads, so a concurrent delete waits
+    // here and then finds the video gone, instead of failing to upgrade a stale read.
+    video::Entity::update_many()
+        .col_expr(video::Column::UpdatedAt, Expr::col(video::Column::UpdatedAt).into())
+        .filter(video::Column::Id.eq(id))
+        .exec(&txn)
+        .await
+        .map_err(AppError::internal)?;
     let video = find_writable(&txn, principal, id).await?;
     let now = Utc::now();
     // Conditional on `deleted_at IS NULL`: of two concurrent deletes one wins.

@@ -686,3 +686,36 @@ async fn video_shows_ready_renditions_and_the_running_job_progress() {
         "{body}"
     );
 }
+
+#[actix_web::test]
+async fn concurrent_deletes_of_one_video_delete_it_once() {
+    let app = spawn_app().await;
+    let owner = app.register_user().await;
+    let moderator = app.create_user_with_role(Role::Moderator).await;
+    for round in 0..3 {
+        let id = create_titled(&app, &owner, &format!("contested {round}"), "PUBLIC").await;
+        let variables = json!({ "id": id.to_string() });
+        let (as_owner, as_moderator) = (owner.bearer(), moderator.bearer());
+        let ((_, first), (_, second)) = futures::join!(
+            app.graphql_as(&as_owner, DELETE, variables.clone()),
+            app.graphql_as(&as_moderator, DELETE, variables.clone()),
+        );
+        let mut outcomes = [first, second]
+            .iter()
+            .map(|body| match error_code(body) {
+                Some(code) => code,
+                None => body["data"]["deleteVideo"].to_string(),
+            })
+            .collect::<Vec<_>>();
+        outcomes.sort();
+        assert_eq!(outcomes, ["NOT_FOUND", "true"], "round {round}");
+        let events = entities::event_outbox::Entity::find()
+            .filter(entities::event_outbox::Column::VideoId.eq(id))
+            .all(&app.state.db)
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 1, "round {round}: one DELETED event");
+        let jobs = job::Entity::find().filter(job::Column::VideoId.eq(id)).all(&app.state.db).await.unwrap();
+        assert_eq!(jobs.len(), 1, "round {round}: one cleanup job");
+    }
+}
