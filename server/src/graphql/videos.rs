@@ -402,3 +402,26 @@ impl User {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_refuse_tampering() {
+        let cursor = ListCursor { created_at: repo::now_micros(), id: Uuid::now_v7() };
+        assert_eq!(decode_cursor(&encode_cursor(cursor)).unwrap(), cursor);
+        let raw = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
+        for bad in [
+            String::new(),
+            "not base64!".into(),
+            raw("v2:1:00000000-0000-0000-0000-000000000000"),
+            raw("v1:x:00000000-0000-0000-0000-000000000000"),
+            raw("v1:1:not-a-uuid"),
+            raw("v1:1"),
+        ] {
+            let err = decode_cursor(&bad).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::BadUserInput, "{bad:?}");
+        }
+    }
+}

@@ -495,3 +495,44 @@ pub async fn running_progress<C: ConnectionTrait>(conn: &C, video_id: Uuid) -> R
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn titles_are_trimmed_and_bounded_in_characters() {
+        assert_eq!(normalize_title("  Hello  ").unwrap(), "Hello");
+        assert_eq!(normalize_title(&"é".repeat(200)).unwrap().chars().count(), 200);
+        for bad in ["", "   ", "tab\tinside", "\u{0}"] {
+            assert!(normalize_title(bad).is_err(), "{bad:?}");
+        }
+        assert!(normalize_title(&"é".repeat(201)).is_err());
+    }
+
+    #[test]
+    fn tags_are_normalized_deduplicated_and_bounded() {
+        let tags: Vec<String> = [" Cats", "cats", "DOGS ", "dogs"].map(String::from).to_vec();
+        assert_eq!(normalize_tags(&tags).unwrap(), ["cats", "dogs"]);
+        let twenty_one: Vec<String> = (0..21).map(|i| format!("t{i}")).collect();
+        assert!(normalize_tags(&twenty_one).is_err());
+        for bad in ["", " ", "a\"b", "back\\slash", "new\nline"] {
+            assert!(normalize_tag(bad).is_err(), "{bad:?}");
+        }
+        assert!(normalize_tag(&"t".repeat(40)).is_ok());
+        assert!(normalize_tag(&"t".repeat(41)).is_err());
+    }
+
+    #[test]
+    fn descriptions_keep_line_breaks_and_are_bounded() {
+        assert_eq!(normalize_description("a\n\tb").unwrap(), "a\n\tb");
+        assert!(normalize_description(&"d".repeat(5001)).is_err());
+        assert!(normalize_description("bell\u{7}").is_err());
+    }
+
+    #[test]
+    fn like_wildcards_are_escaped() {
+        assert_eq!(escape_like("100%_done!"), "100!%!_done!!");
+        assert_eq!(escape_like("plain"), "plain");
+    }
+}

@@ -10,6 +10,9 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use reelhouse::auth::principal::{AuthMethod, Principal};
+use reelhouse::repo::videos as access;
+
 use crate::helpers::{error_code, spawn_app, spawn_app_with, Credentials, TestApp, TestUser};
 
 const VIDEO_FIELDS: &str = "id title description tags visibility status owner { id } createdAt updatedAt";
@@ -239,6 +242,16 @@ enum Kind {
     HiddenPublic,
 }
 
+fn principal(user: &TestUser, role: Role) -> Option<Principal> {
+    Some(Principal {
+        user_id: Uuid::parse_str(&user.id).unwrap(),
+        role,
+        method: AuthMethod::AccessToken,
+        family_id: None,
+        api_key_id: None,
+    })
+}
+
 #[actix_web::test]
 async fn visibility_matrix_holds_for_video_by_id_and_for_listings() {
     let app = spawn_app().await;
@@ -278,14 +291,14 @@ async fn visibility_matrix_holds_for_video_by_id_and_for_listings() {
         }
     };
     let viewers = [
-        (Viewer::Owner, owner.bearer()),
-        (Viewer::Stranger, stranger.bearer()),
-        (Viewer::Moderator, moderator.bearer()),
-        (Viewer::Admin, admin.bearer()),
-        (Viewer::Anonymous, Credentials::Anonymous),
+        (Viewer::Owner, owner.bearer(), principal(&owner, Role::User)),
+        (Viewer::Stranger, stranger.bearer(), principal(&stranger, Role::User)),
+        (Viewer::Moderator, moderator.bearer(), principal(&moderator, Role::Moderator)),
+        (Viewer::Admin, admin.bearer(), principal(&admin, Role::Admin)),
+        (Viewer::Anonymous, Credentials::Anonymous, None),
     ];
     let mut checked = 0;
-    for (viewer, credentials) in &viewers {
+    for (viewer, credentials, as_principal) in &viewers {
         let in_list = listed(&app, credentials, json!(null)).await;
         let by_owner = listed(&app, credentials, json!({ "ownerId": owner.id })).await;
         assert_eq!(in_list, by_owner, "{viewer:?}: the owner filter narrows, never widens");
@@ -295,6 +308,10 @@ async fn visibility_matrix_holds_for_video_by_id_and_for_listings() {
             let got = get_video(&app, credentials, *id).await;
             assert_eq!(got.is_some(), readable, "{viewer:?} reading {kind:?} by id");
             assert_eq!(in_list.contains(id), listable, "{viewer:?} listing {kind:?}");
+            // The SQL of listings and the Rust rules agree.
+            let row = load_video(&app, *id).await;
+            assert_eq!(access::can_read_by_id(as_principal.as_ref(), &row), readable, "{viewer:?} {kind:?}");
+            assert_eq!(access::can_list(as_principal.as_ref(), &row), listable, "{viewer:?} {kind:?}");
             if listable {
                 expected_list.insert(*id);
             }
