@@ -213,6 +213,7 @@ pub struct VideoFilter {
     /// Videos carrying this tag (compared after trimming and lowercasing).
     pub tag: Option<String>,
     /// Case-insensitive substring of the title; `%` and `_` match themselves.
+    /// (Embedded SQLite folds case for ASCII letters only.)
     pub search: Option<String>,
     /// `true`: only the caller's own videos (needs authentication).
     pub mine: Option<bool>,
@@ -247,7 +248,8 @@ fn parse_video_id(id: &ID) -> Result<Uuid, AppError> {
     Uuid::parse_str(id.as_str()).map_err(|_| AppError::bad_input("malformed video id"))
 }
 
-fn list_filter(filter: VideoFilter, viewer: Option<&Principal>) -> Result<ListFilter, AppError> {
+/// The validated filter; `None` when it cannot match anything.
+fn list_filter(filter: VideoFilter, viewer: Option<&Principal>) -> Result<Option<ListFilter>, AppError> {
     let mut owner_id = match &filter.owner_id {
         Some(id) => Some(Uuid::parse_str(id.as_str()).map_err(|_| AppError::bad_input("malformed ownerId"))?),
         None => None,
@@ -255,11 +257,10 @@ fn list_filter(filter: VideoFilter, viewer: Option<&Principal>) -> Result<ListFi
     if filter.mine == Some(true) {
         let me = viewer.ok_or_else(|| AppError::unauthenticated("`mine` needs authentication"))?.user_id;
         if owner_id.is_some_and(|owner| owner != me) {
-            // Both asked for: nobody's videos are someone else's and mine at once.
-            owner_id = Some(Uuid::nil());
-        } else {
-            owner_id = Some(me);
+            // Someone else's and mine at once: nothing.
+            return Ok(None);
         }
+        owner_id = Some(me);
     }
     let tag = filter.tag.as_deref().map(repo::normalize_tag).transpose()?;
     let search = match filter.search {
@@ -270,13 +271,13 @@ fn list_filter(filter: VideoFilter, viewer: Option<&Principal>) -> Result<ListFi
         Some(search) => Some(search.trim().to_string()),
         None => None,
     };
-    Ok(ListFilter {
+    Ok(Some(ListFilter {
         owner_id,
         status: filter.status.map(Into::into),
         visibility: filter.visibility.map(Into::into),
         tag,
         search,
-    })
+    }))
 }
 
 #[derive(Default)]
@@ -314,8 +315,12 @@ impl VideosQuery {
         let cursor = after.as_deref().map(decode_cursor).transpose().map_err(|e| e.extend())?;
         let filter = list_filter(filter.unwrap_or_default(), viewer).map_err(|e| e.extend())?;
         let limit = u64::try_from(first).unwrap_or(0);
-        let mut rows =
-            repo::list_visible(&state.db, viewer, &filter, cursor, limit + 1).await.map_err(|e| e.extend())?;
+        let mut rows = match filter {
+            Some(filter) => {
+                repo::list_visible(&state.db, viewer, &filter, cursor, limit + 1).await.map_err(|e| e.extend())?
+            }
+            None => Vec::new(),
+        };
         let has_next = rows.len() as u64 > limit;
         rows.truncate(usize::try_from(limit).unwrap_or(0));
         let mut connection = Connection::new(cursor.is_some(), has_next);

@@ -277,6 +277,8 @@ pub async fn update_video<C: ConnectionTrait>(
 /// removal of its objects (done asynchronously, with retries, by the job runner).
 /// Returns the DELETED event, to publish after commit. A video already deleted
 /// (also by a concurrent call) is NOT_FOUND.
+// No `err` here: the caller logs an AppError once, at the level its code deserves.
+#[tracing::instrument(skip_all, fields(video_id = %id, user_id = %principal.user_id))]
 pub async fn delete_video(
     db: &DatabaseConnection,
     principal: &Principal,
