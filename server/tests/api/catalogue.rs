@@ -10,7 +10,9 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use reelhouse::actors::event_bus::{BusMessage, Subscribe};
 use reelhouse::auth::principal::{AuthMethod, Principal};
+use reelhouse::events::EventKind;
 use reelhouse::repo::videos as access;
 
 use crate::helpers::{error_code, spawn_app, spawn_app_with, Credentials, TestApp, TestUser};
@@ -549,8 +551,20 @@ async fn deleting_a_video_records_deleted_stops_its_work_and_queues_object_remov
     active.status = Set(JobStatus::Running);
     active.update(db).await.unwrap();
 
+    let mut bus = app.state.hubs.event_bus.addr().send(Subscribe).await.unwrap();
     let (_, body) = app.graphql_as(&owner.bearer(), DELETE, json!({ "id": id.to_string() })).await;
     assert_eq!(body["data"]["deleteVideo"], true, "{body}");
+    // Published on the bus too, once committed (heartbeats pass by in between).
+    let published = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            if let BusMessage::Video(event) = bus.recv().await.unwrap() {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("DELETED is published");
+    assert_eq!((published.kind, published.video_id), (EventKind::Deleted, id));
 
     let events = entities::event_outbox::Entity::find()
         .filter(entities::event_outbox::Column::VideoId.eq(id))
@@ -561,6 +575,7 @@ async fn deleting_a_video_records_deleted_stops_its_work_and_queues_object_remov
     assert_eq!(events[0].kind, "DELETED");
     assert_eq!(events[0].owner_id, owner_id);
     assert_eq!(events[0].payload["kind"], "DELETED");
+    assert_eq!(published.cursor, Some(events[0].id), "the published event is the stored one");
 
     let cleanup = job::Entity::find().filter(job::Column::Kind.eq(JobKind::DeleteObjects)).all(db).await.unwrap();
     assert_eq!(cleanup.len(), 1, "{cleanup:?}");
