@@ -26,6 +26,7 @@ pub enum Role {
 }
 
 #[derive(SimpleObject, Debug, Clone)]
+#[graphql(complex)] // storage fields: graphql/videos.rs
 pub struct User {
     pub id: ID,
     pub email: String,

@@ -13,12 +13,13 @@ use crate::startup::AppState;
 
 pub use accounts::{AccountsMutation, AccountsQuery};
 pub use server_info::{HeartbeatSubscription, ServerInfo, ServerMode, ServerQuery};
+pub use videos::{VideosMutation, VideosQuery};
 
 #[derive(MergedObject, Default)]
-pub struct Query(ServerQuery, AccountsQuery);
+pub struct Query(ServerQuery, AccountsQuery, VideosQuery);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(AccountsMutation);
+pub struct Mutation(AccountsMutation, VideosMutation);
 
 #[derive(MergedSubscription, Default)]
 pub struct Subscription(HeartbeatSubscription, events::EventsSubscription);

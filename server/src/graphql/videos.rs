@@ -1,10 +1,19 @@
 //! The catalogue in GraphQL: the `Video` type and its queries and mutations.
 
-use async_graphql::{Context, Enum, Object, SimpleObject, ID};
+use async_graphql::connection::{Connection, Edge};
+use async_graphql::{ComplexObject, Context, Enum, ErrorExtensions, InputObject, Object, SimpleObject, ID};
+use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use entities::video;
+use uuid::Uuid;
 
 use crate::auth::principal::{Principal, RequestAuth};
+use crate::auth::roles::{require_principal, AuthenticatedGuard, Permission, PermissionGuard};
+use crate::error::{AppError, ErrorCode};
+use crate::events::{ProgressInfo, Publisher};
+use crate::graphql::accounts::User;
+use crate::repo::videos::{self as repo, ListCursor, ListFilter, NewVideo, VideoChanges};
+use crate::startup::AppState;
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
 #[graphql(remote = "entities::Visibility")]
@@ -101,5 +110,323 @@ impl Video {
 
     async fn updated_at(&self) -> DateTime<Utc> {
         self.0.updated_at
+    }
+
+    /// The HLS renditions that are ready, tallest first.
+    async fn renditions(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Rendition>> {
+        let state = ctx.data::<AppState>()?;
+        let rows = repo::ready_renditions(&state.db, self.0.id).await.map_err(|e| e.extend())?;
+        Ok(rows.into_iter().map(Rendition::from).collect())
+    }
+
+    /// Poster image URL. Always null until playback delivery (`/media/...`) exists.
+    async fn thumbnail_url(&self) -> Option<String> {
+        None
+    }
+
+    /// Storyboard (WebVTT) URL. Always null until playback delivery (`/media/...`) exists.
+    async fn storyboard_url(&self) -> Option<String> {
+        None
+    }
+
+    /// Progressive MP4 URL. Always null until playback delivery (`/media/...`) exists.
+    async fn mp4_url(&self) -> Option<String> {
+        None
+    }
+
+    /// HLS master playlist URL. Always null until playback delivery (`/media/...`) exists.
+    async fn playback_url(&self) -> Option<String> {
+        None
+    }
+
+    /// Progress of the processing job now running, if any.
+    async fn progress(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<VideoProgress>> {
+        let state = ctx.data::<AppState>()?;
+        let progress = repo::running_progress(&state.db, self.0.id).await.map_err(|e| e.extend())?;
+        Ok(progress.map(VideoProgress::from))
+    }
+}
+
+/// One rung of the HLS ladder.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct Rendition {
+    /// e.g. "720p".
+    pub name: String,
+    pub width: i32,
+    pub height: i32,
+    /// Bits per second.
+    pub bitrate: i64,
+    /// This rendition's media playlist. Always null until playback delivery
+    /// (`/media/...`) exists.
+    pub playlist_url: Option<String>,
+}
+
+impl From<entities::rendition::Model> for Rendition {
+    fn from(model: entities::rendition::Model) -> Self {
+        Self { name: model.name, width: model.width, height: model.height, bitrate: model.bitrate, playlist_url: None }
+    }
+}
+
+/// Where a running job stands.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct VideoProgress {
+    /// 0..=100 over the whole job.
+    pub percent: f64,
+    /// probing | encoding | packaging | uploading
+    pub stage: String,
+    pub fps: Option<f64>,
+    pub eta_seconds: Option<f64>,
+}
+
+impl From<ProgressInfo> for VideoProgress {
+    fn from(info: ProgressInfo) -> Self {
+        Self { percent: info.percent, stage: info.stage, fps: info.fps, eta_seconds: info.eta_seconds }
+    }
+}
+
+#[derive(InputObject, Debug)]
+pub struct CreateVideoInput {
+    /// 1 to 200 characters after trimming.
+    pub title: String,
+    /// At most 5000 characters.
+    pub description: Option<String>,
+    /// At most 20; each 1 to 40 characters, trimmed and lowercased, duplicates dropped.
+    pub tags: Option<Vec<String>>,
+    /// PRIVATE when omitted.
+    pub visibility: Option<Visibility>,
+}
+
+/// Fields left out (or null) stay as they are.
+#[derive(InputObject, Debug)]
+pub struct UpdateVideoInput {
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub visibility: Option<Visibility>,
+}
+
+#[derive(InputObject, Debug, Default)]
+pub struct VideoFilter {
+    pub owner_id: Option<ID>,
+    pub status: Option<VideoStatus>,
+    pub visibility: Option<Visibility>,
+    /// Videos carrying this tag (compared after trimming and lowercasing).
+    pub tag: Option<String>,
+    /// Case-insensitive substring of the title; `%` and `_` match themselves.
+    /// (Embedded SQLite folds case for ASCII letters only.)
+    pub search: Option<String>,
+    /// `true`: only the caller's own videos (needs authentication).
+    pub mine: Option<bool>,
+}
+
+const DEFAULT_PAGE: i32 = 20;
+const MAX_PAGE: i32 = 100;
+const CURSOR_VERSION: &str = "v1";
+
+/// Opaque cursor: `v1:{created_at micros}:{id}`, base64url.
+pub fn encode_cursor(cursor: ListCursor) -> String {
+    let raw = format!("{CURSOR_VERSION}:{}:{}", cursor.created_at.timestamp_micros(), cursor.id);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+pub fn decode_cursor(cursor: &str) -> Result<ListCursor, AppError> {
+    let invalid = || AppError::bad_input("invalid cursor");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
+    let raw = String::from_utf8(raw).map_err(|_| invalid())?;
+    let mut parts = raw.splitn(3, ':');
+    if parts.next() != Some(CURSOR_VERSION) {
+        return Err(invalid());
+    }
+    let micros: i64 = parts.next().and_then(|m| m.parse().ok()).ok_or_else(invalid)?;
+    let created_at = DateTime::<Utc>::from_timestamp_micros(micros).ok_or_else(invalid)?;
+    let id = parts.next().and_then(|id| Uuid::parse_str(id).ok()).ok_or_else(invalid)?;
+    Ok(ListCursor { created_at, id })
+}
+
+/// A video id from the client; malformed is the caller's mistake, not a miss.
+fn parse_video_id(id: &ID) -> Result<Uuid, AppError> {
+    Uuid::parse_str(id.as_str()).map_err(|_| AppError::bad_input("malformed video id"))
+}
+
+/// The validated filter; `None` when it cannot match anything.
+fn list_filter(filter: VideoFilter, viewer: Option<&Principal>) -> Result<Option<ListFilter>, AppError> {
+    let mut owner_id = match &filter.owner_id {
+        Some(id) => Some(Uuid::parse_str(id.as_str()).map_err(|_| AppError::bad_input("malformed ownerId"))?),
+        None => None,
+    };
+    if filter.mine == Some(true) {
+        let me = viewer.ok_or_else(|| AppError::unauthenticated("`mine` needs authentication"))?.user_id;
+        if owner_id.is_some_and(|owner| owner != me) {
+            // Someone else's and mine at once: nothing.
+            return Ok(None);
+        }
+        owner_id = Some(me);
+    }
+    let tag = filter.tag.as_deref().map(repo::normalize_tag).transpose()?;
+    let search = match filter.search {
+        Some(search) if search.chars().count() > repo::MAX_SEARCH_CHARS => {
+            return Err(AppError::bad_input(format!("search must be at most {} characters", repo::MAX_SEARCH_CHARS)))
+        }
+        Some(search) if search.trim().is_empty() => None,
+        Some(search) => Some(search.trim().to_string()),
+        None => None,
+    };
+    Ok(Some(ListFilter {
+        owner_id,
+        status: filter.status.map(Into::into),
+        visibility: filter.visibility.map(Into::into),
+        tag,
+        search,
+    }))
+}
+
+#[derive(Default)]
+pub struct VideosQuery;
+
+#[Object]
+impl VideosQuery {
+    /// A video by id; null when it does not exist or the caller may not see it.
+    async fn video(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Video>> {
+        let state = ctx.data::<AppState>()?;
+        let id = parse_video_id(&id).map_err(|e| e.extend())?;
+        match repo::find_readable(&state.db, viewer(ctx), id).await {
+            Ok(video) => Ok(Some(video.into())),
+            Err(err) if err.code() == ErrorCode::NotFound => Ok(None),
+            Err(err) => Err(err.extend()),
+        }
+    }
+
+    /// Videos the caller may list, newest first. Anonymous callers and strangers
+    /// see public videos; owners also their own; moderators and admins all.
+    /// Unlisted videos are listed only to their owner and staff.
+    async fn videos(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Page size: default 20, at most 100.")] first: Option<i32>,
+        after: Option<String>,
+        filter: Option<VideoFilter>,
+    ) -> async_graphql::Result<Connection<String, Video>> {
+        let state = ctx.data::<AppState>()?;
+        let viewer = viewer(ctx);
+        let first = first.unwrap_or(DEFAULT_PAGE);
+        if !(0..=MAX_PAGE).contains(&first) {
+            return Err(AppError::bad_input(format!("first must be between 0 and {MAX_PAGE}")).extend());
+        }
+        let cursor = after.as_deref().map(decode_cursor).transpose().map_err(|e| e.extend())?;
+        let filter = list_filter(filter.unwrap_or_default(), viewer).map_err(|e| e.extend())?;
+        let limit = u64::try_from(first).unwrap_or(0);
+        let mut rows = match filter {
+            Some(filter) => {
+                repo::list_visible(&state.db, viewer, &filter, cursor, limit + 1).await.map_err(|e| e.extend())?
+            }
+            None => Vec::new(),
+        };
+        let has_next = rows.len() as u64 > limit;
+        rows.truncate(usize::try_from(limit).unwrap_or(0));
+        let mut connection = Connection::new(cursor.is_some(), has_next);
+        connection.edges.extend(rows.into_iter().map(|v| Edge::new(encode_cursor(ListCursor::of(&v)), Video::from(v))));
+        Ok(connection)
+    }
+}
+
+#[derive(Default)]
+pub struct VideosMutation;
+
+#[Object]
+impl VideosMutation {
+    /// Create a video (DRAFT, PRIVATE unless told otherwise); upload its bytes next.
+    #[graphql(guard = "PermissionGuard(Permission::WriteOwnVideos)")]
+    async fn create_video(&self, ctx: &Context<'_>, input: CreateVideoInput) -> async_graphql::Result<Video> {
+        let state = ctx.data::<AppState>()?;
+        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        let new = (|| -> Result<NewVideo, AppError> {
+            Ok(NewVideo {
+                owner_id: principal.user_id,
+                title: repo::normalize_title(&input.title)?,
+                description: repo::normalize_description(input.description.as_deref().unwrap_or(""))?,
+                tags: repo::normalize_tags(input.tags.as_deref().unwrap_or(&[]))?,
+                visibility: input.visibility.map_or(entities::Visibility::Private, Into::into),
+            })
+        })()
+        .map_err(|e| e.extend())?;
+        let video = repo::create_video(&state.db, new).await.map_err(|e| e.extend())?;
+        Ok(video.into())
+    }
+
+    /// Change a video's metadata: its owner, or a moderator or admin.
+    #[graphql(guard = "AuthenticatedGuard")]
+    async fn update_video(&self, ctx: &Context<'_>, id: ID, input: UpdateVideoInput) -> async_graphql::Result<Video> {
+        let state = ctx.data::<AppState>()?;
+        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        let id = parse_video_id(&id).map_err(|e| e.extend())?;
+        let changes = (|| -> Result<VideoChanges, AppError> {
+            Ok(VideoChanges {
+                title: input.title.as_deref().map(repo::normalize_title).transpose()?,
+                description: input.description.as_deref().map(repo::normalize_description).transpose()?,
+                tags: input.tags.as_deref().map(repo::normalize_tags).transpose()?,
+                visibility: input.visibility.map(Into::into),
+            })
+        })()
+        .map_err(|e| e.extend())?;
+        let video = repo::find_writable(&state.db, principal, id).await.map_err(|e| e.extend())?;
+        let video = repo::update_video(&state.db, video, changes).await.map_err(|e| e.extend())?;
+        Ok(video.into())
+    }
+
+    /// Delete a video: it disappears at once, its uploads and jobs stop, and its
+    /// stored objects are removed in the background (retried until done).
+    #[graphql(guard = "AuthenticatedGuard")]
+    async fn delete_video(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
+        let state = ctx.data::<AppState>()?;
+        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        let id = parse_video_id(&id).map_err(|e| e.extend())?;
+        let event = repo::delete_video(&state.db, principal, id, state.settings.jobs.max_attempts)
+            .await
+            .map_err(|e| e.extend())?;
+        Publisher::new(Some(state.hubs.event_bus.clone())).publish(event);
+        Ok(true)
+    }
+}
+
+/// Storage use and quota, on the caller's own account (`me`).
+#[ComplexObject]
+impl User {
+    /// Bytes of stored sources plus uploads in progress.
+    async fn storage_used_bytes(&self, ctx: &Context<'_>) -> async_graphql::Result<i64> {
+        let state = ctx.data::<AppState>()?;
+        let user_id = Uuid::parse_str(self.id.as_str()).map_err(|e| AppError::internal(e).extend())?;
+        repo::storage_used_bytes(&state.db, user_id).await.map_err(|e| e.extend())
+    }
+
+    /// Bytes this account may store; null when there is no quota.
+    async fn storage_quota_bytes(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<i64>> {
+        let state = ctx.data::<AppState>()?;
+        Ok(match state.settings.uploads.quota_bytes_per_user {
+            0 => None,
+            quota => Some(i64::try_from(quota).unwrap_or(i64::MAX)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_refuse_tampering() {
+        let cursor = ListCursor { created_at: repo::now_micros(), id: Uuid::now_v7() };
+        assert_eq!(decode_cursor(&encode_cursor(cursor)).unwrap(), cursor);
+        let raw = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
+        for bad in [
+            String::new(),
+            "not base64!".into(),
+            raw("v2:1:00000000-0000-0000-0000-000000000000"),
+            raw("v1:x:00000000-0000-0000-0000-000000000000"),
+            raw("v1:1:not-a-uuid"),
+            raw("v1:1"),
+        ] {
+            let err = decode_cursor(&bad).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::BadUserInput, "{bad:?}");
+        }
     }
 }

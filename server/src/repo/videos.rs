@@ -9,14 +9,23 @@
 //! A video the caller may not read answers NOT_FOUND, never FORBIDDEN, so private
 //! videos do not reveal that they exist. Deleted videos are gone for everyone.
 
-use entities::{upload, video, UploadStatus, Visibility};
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
+use chrono::{DateTime, DurationRound, Utc};
+use entities::{
+    job, rendition, upload, video, JobKind, JobStatus, RenditionStatus, UploadStatus, VideoStatus, Visibility,
+};
+use sea_orm::sea_query::{Expr, Func, LikeExpr, SimpleExpr};
+use sea_orm::{
+    ActiveEnum, ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+};
 use uuid::Uuid;
 
 use crate::auth::principal::Principal;
 use crate::auth::roles::{has_permission, Permission};
 use crate::error::AppError;
+use crate::events::{self, DomainEvent, EventDetail, EventKind, ProgressInfo};
+use crate::jobs::{self, NewJob};
+use crate::storage::layout;
 
 /// Owner, or a moderator/admin.
 pub fn is_owner_or_moderator(viewer: Option<&Principal>, video: &video::Model) -> bool {
@@ -108,4 +117,424 @@ pub async fn storage_used_bytes<C: ConnectionTrait>(conn: &C, user_id: Uuid) -> 
         .map_err(AppError::internal)?
         .flatten();
     Ok(stored.unwrap_or(0) + pending.unwrap_or(0))
+}
+
+// ---------------------------------------------------------------------------
+// Catalogue: input rules, listing, create, update, delete.
+// ---------------------------------------------------------------------------
+
+pub const MAX_TITLE_CHARS: usize = 200;
+pub const MAX_DESCRIPTION_CHARS: usize = 5000;
+pub const MAX_TAGS: usize = 20;
+pub const MAX_TAG_CHARS: usize = 40;
+/// Largest search string accepted by `videos(filter: { search })`.
+pub const MAX_SEARCH_CHARS: usize = 200;
+
+/// A title: trimmed, 1..=200 characters, no control characters.
+pub fn normalize_title(title: &str) -> Result<String, AppError> {
+    let title = title.trim();
+    let chars = title.chars().count();
+    if chars == 0 {
+        return Err(AppError::bad_input("title must not be empty"));
+    }
+    if chars > MAX_TITLE_CHARS {
+        return Err(AppError::bad_input(format!("title must be at most {MAX_TITLE_CHARS} characters")));
+    }
+    if title.chars().any(char::is_control) {
+        return Err(AppError::bad_input("title must not contain control characters"));
+    }
+    Ok(title.to_string())
+}
+
+/// A description: at most 5000 characters (kept as written, line breaks allowed).
+pub fn normalize_description(description: &str) -> Result<String, AppError> {
+    if description.chars().count() > MAX_DESCRIPTION_CHARS {
+        return Err(AppError::bad_input(format!("description must be at most {MAX_DESCRIPTION_CHARS} characters")));
+    }
+    if description.chars().any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t') {
+        return Err(AppError::bad_input("description must not contain control characters"));
+    }
+    Ok(description.to_string())
+}
+
+/// One tag: trimmed, lowercased, 1..=40 characters. Quotes, backslashes and control
+/// characters are refused so a tag reads the same in every JSON encoder.
+pub fn normalize_tag(tag: &str) -> Result<String, AppError> {
+    let tag = tag.trim().to_lowercase();
+    let chars = tag.chars().count();
+    if chars == 0 {
+        return Err(AppError::bad_input("tags must not be empty"));
+    }
+    if chars > MAX_TAG_CHARS {
+        return Err(AppError::bad_input(format!("each tag must be at most {MAX_TAG_CHARS} characters")));
+    }
+    if tag.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
+        return Err(AppError::bad_input("tags must not contain quotes, backslashes or control characters"));
+    }
+    Ok(tag)
+}
+
+/// Tags: each normalized, duplicates dropped (first occurrence kept), at most 20.
+pub fn normalize_tags(tags: &[String]) -> Result<Vec<String>, AppError> {
+    let mut out: Vec<String> = Vec::with_capacity(tags.len());
+    for tag in tags {
+        let tag = normalize_tag(tag)?;
+        if !out.contains(&tag) {
+            out.push(tag);
+        }
+    }
+    if out.len() > MAX_TAGS {
+        return Err(AppError::bad_input(format!("at most {MAX_TAGS} tags")));
+    }
+    Ok(out)
+}
+
+/// `created_at` is kept at microsecond precision, what PostgreSQL stores, so a
+/// cursor taken from a row compares equal to the row on every backend.
+pub fn now_micros() -> DateTime<Utc> {
+    let now = Utc::now();
+    now.duration_trunc(chrono::TimeDelta::microseconds(1)).unwrap_or(now)
+}
+
+/// A new video, already validated.
+#[derive(Debug, Clone)]
+pub struct NewVideo {
+    pub owner_id: Uuid,
+    pub title: String,
+    pub description: String,
+    pub tags: Vec<String>,
+    pub visibility: Visibility,
+}
+
+/// Insert a DRAFT video.
+pub async fn create_video<C: ConnectionTrait>(conn: &C, new: NewVideo) -> Result<video::Model, AppError> {
+    let now = now_micros();
+    video::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        owner_id: Set(new.owner_id),
+        title: Set(new.title),
+        description: Set(new.description),
+        tags: Set(new.tags.into()),
+        visibility: Set(new.visibility),
+        status: Set(VideoStatus::Draft),
+        error: Set(None),
+        duration_ms: Set(None),
+        width: Set(None),
+        height: Set(None),
+        frame_rate: Set(None),
+        rotation: Set(None),
+        has_audio: Set(None),
+        container: Set(None),
+        video_codec: Set(None),
+        audio_codec: Set(None),
+        source_key: Set(None),
+        source_size_bytes: Set(None),
+        hidden_at: Set(None),
+        hidden_reason: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+        deleted_at: Set(None),
+    }
+    .insert(conn)
+    .await
+    .map_err(AppError::internal)
+}
+
+/// Changes to a video's metadata, already validated; `None` leaves a field as is.
+#[derive(Debug, Clone, Default)]
+pub struct VideoChanges {
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub visibility: Option<Visibility>,
+}
+
+/// Apply `changes` to a video the caller may write (see [`find_writable`]).
+pub async fn update_video<C: ConnectionTrait>(
+    conn: &C,
+    video: video::Model,
+    changes: VideoChanges,
+) -> Result<video::Model, AppError> {
+    let mut active: video::ActiveModel = video.into();
+    if let Some(title) = changes.title {
+        active.title = Set(title);
+    }
+    if let Some(description) = changes.description {
+        active.description = Set(description);
+    }
+    if let Some(tags) = changes.tags {
+        active.tags = Set(tags.into());
+    }
+    if let Some(visibility) = changes.visibility {
+        active.visibility = Set(visibility);
+    }
+    active.updated_at = Set(Utc::now());
+    active.update(conn).await.map_err(AppError::internal)
+}
+
+/// Soft-delete a video the caller may write, in one transaction: mark it deleted,
+/// abort its open uploads, cancel its jobs, record DELETED and enqueue the
+/// removal of its objects (done asynchronously, with retries, by the job runner).
+/// Returns the DELETED event, to publish after commit. A video already deleted
+/// (also by a concurrent call) is NOT_FOUND.
+// No `err` here: the caller logs an AppError once, at the level its code deserves.
+#[tracing::instrument(skip_all, fields(video_id = %id, user_id = %principal.user_id))]
+pub async fn delete_video(
+    db: &DatabaseConnection,
+    principal: &Principal,
+    id: Uuid,
+    max_attempts: i32,
+) -> Result<DomainEvent, AppError> {
+    let txn = db.begin().await.map_err(AppError::internal)?;
+    // Write first, changing nothing: the transaction holds the write lock (SQLite)
+    // or the row lock (PostgreSQL) before it reads, so a concurrent delete waits
+    // here and then finds the video gone, instead of failing to upgrade a stale read.
+    video::Entity::update_many()
+        .col_expr(video::Column::UpdatedAt, Expr::col(video::Column::UpdatedAt).into())
+        .filter(video::Column::Id.eq(id))
+        .exec(&txn)
+        .await
+        .map_err(AppError::internal)?;
+    let video = find_writable(&txn, principal, id).await?;
+    let now = Utc::now();
+    // Conditional on `deleted_at IS NULL`: of two concurrent deletes one wins.
+    let marked = video::Entity::update_many()
+        .col_expr(video::Column::DeletedAt, Expr::value(now))
+        .col_expr(video::Column::UpdatedAt, Expr::value(now))
+        .filter(video::Column::Id.eq(id))
+        .filter(video::Column::DeletedAt.is_null())
+        .exec(&txn)
+        .await
+        .map_err(AppError::internal)?;
+    if marked.rows_affected != 1 {
+        return Err(AppError::not_found("video"));
+    }
+    upload::Entity::update_many()
+        .col_expr(upload::Column::Status, Expr::value(UploadStatus::Aborted.to_value()))
+        .col_expr(upload::Column::FailureReason, Expr::value("video deleted"))
+        .col_expr(upload::Column::UpdatedAt, Expr::value(now))
+        .filter(upload::Column::VideoId.eq(id))
+        .filter(upload::Column::Status.is_in([UploadStatus::Open, UploadStatus::Completing]))
+        .exec(&txn)
+        .await
+        .map_err(AppError::internal)?;
+    // Nobody has leased a QUEUED job: it is cancelled outright. A RUNNING one is
+    // asked to stop; its worker sees `cancel_requested` and finishes it.
+    job::Entity::update_many()
+        .col_expr(job::Column::Status, Expr::value(JobStatus::Cancelled.to_value()))
+        .col_expr(job::Column::CancelRequested, Expr::value(true))
+        .col_expr(job::Column::FinishedAt, Expr::value(now))
+        .col_expr(job::Column::UpdatedAt, Expr::value(now))
+        .filter(job::Column::VideoId.eq(id))
+        .filter(job::Column::Status.eq(JobStatus::Queued))
+        .exec(&txn)
+        .await
+        .map_err(AppError::internal)?;
+    job::Entity::update_many()
+        .col_expr(job::Column::CancelRequested, Expr::value(true))
+        .col_expr(job::Column::UpdatedAt, Expr::value(now))
+        .filter(job::Column::VideoId.eq(id))
+        .filter(job::Column::Status.eq(JobStatus::Running))
+        .exec(&txn)
+        .await
+        .map_err(AppError::internal)?;
+    let deleted = video::Model { deleted_at: Some(now), updated_at: now, ..video };
+    let event =
+        events::record(&txn, &deleted, EventKind::Deleted, EventDetail::default()).await.map_err(AppError::internal)?;
+    jobs::enqueue(
+        &txn,
+        NewJob {
+            kind: JobKind::DeleteObjects,
+            video_id: Some(deleted.id),
+            owner_id: Some(deleted.owner_id),
+            priority: jobs::DEFAULT_PRIORITY,
+            payload: serde_json::json!({ "prefix": layout::video_prefix(deleted.owner_id, deleted.id) }),
+            max_attempts,
+        },
+    )
+    .await
+    .map_err(AppError::internal)?;
+    txn.commit().await.map_err(AppError::internal)?;
+    Ok(event)
+}
+
+/// Filters of a video listing, already validated.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub owner_id: Option<Uuid>,
+    pub status: Option<VideoStatus>,
+    pub visibility: Option<Visibility>,
+    /// A normalized tag ([`normalize_tag`]).
+    pub tag: Option<String>,
+    /// Case-insensitive substring of the title.
+    pub search: Option<String>,
+}
+
+/// Position in the listing order (`created_at DESC, id DESC`): rows strictly after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListCursor {
+    pub created_at: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+impl ListCursor {
+    pub fn of(video: &video::Model) -> Self {
+        Self { created_at: video.created_at, id: video.id }
+    }
+}
+
+/// The rows of a listing `viewer` may see: the SQL twin of [`can_list`].
+pub fn listable_by(viewer: Option<&Principal>) -> Condition {
+    let public =
+        Condition::all().add(video::Column::Visibility.eq(Visibility::Public)).add(video::Column::HiddenAt.is_null());
+    let visible = match viewer {
+        Some(p) if has_permission(p.role, Permission::ModerateVideos) => Condition::all(),
+        Some(p) => Condition::any().add(video::Column::OwnerId.eq(p.user_id)).add(public),
+        None => public,
+    };
+    Condition::all().add(video::Column::DeletedAt.is_null()).add(visible)
+}
+
+/// `%`, `_` and the escape character itself, escaped for `LIKE ... ESCAPE '!'`.
+pub fn escape_like(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '!') {
+            out.push('!');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Videos whose `tags` JSON array holds exactly `tag`. Placeholders are the
+/// backend's own (`$1` on PostgreSQL, `?` on SQLite): sea-query binds only those.
+fn has_tag(backend: DbBackend, tag: &str) -> SimpleExpr {
+    match backend {
+        DbBackend::Postgres => Expr::cust_with_values(r#""videos"."tags" @> $1"#, [serde_json::json!([tag])]),
+        _ => Expr::cust_with_values(
+            r#"EXISTS (SELECT 1 FROM json_each("videos"."tags") WHERE json_each.value = ?)"#,
+            [tag.to_string()],
+        ),
+    }
+}
+
+/// One page of the videos `viewer` may list, newest first, strictly after `after`;
+/// at most `limit` rows.
+pub async fn list_visible<C: ConnectionTrait>(
+    conn: &C,
+    viewer: Option<&Principal>,
+    filter: &ListFilter,
+    after: Option<ListCursor>,
+    limit: u64,
+) -> Result<Vec<video::Model>, AppError> {
+    let mut condition = listable_by(viewer);
+    if let Some(owner) = filter.owner_id {
+        condition = condition.add(video::Column::OwnerId.eq(owner));
+    }
+    if let Some(status) = filter.status {
+        condition = condition.add(video::Column::Status.eq(status));
+    }
+    if let Some(visibility) = filter.visibility {
+        condition = condition.add(video::Column::Visibility.eq(visibility));
+    }
+    if let Some(tag) = &filter.tag {
+        condition = condition.add(has_tag(conn.get_database_backend(), tag));
+    }
+    if let Some(search) = &filter.search {
+        let pattern = format!("%{}%", escape_like(&search.to_lowercase()));
+        condition = condition.add(
+            Expr::expr(Func::lower(Expr::col((video::Entity, video::Column::Title))))
+                .like(LikeExpr::new(pattern).escape('!')),
+        );
+    }
+    if let Some(after) = after {
+        condition = condition.add(Condition::any().add(video::Column::CreatedAt.lt(after.created_at)).add(
+            Condition::all().add(video::Column::CreatedAt.eq(after.created_at)).add(video::Column::Id.lt(after.id)),
+        ));
+    }
+    video::Entity::find()
+        .filter(condition)
+        .order_by_desc(video::Column::CreatedAt)
+        .order_by_desc(video::Column::Id)
+        .limit(limit)
+        .all(conn)
+        .await
+        .map_err(AppError::internal)
+}
+
+/// READY renditions of a video, tallest first.
+pub async fn ready_renditions<C: ConnectionTrait>(conn: &C, video_id: Uuid) -> Result<Vec<rendition::Model>, AppError> {
+    rendition::Entity::find()
+        .filter(rendition::Column::VideoId.eq(video_id))
+        .filter(rendition::Column::Status.eq(RenditionStatus::Ready))
+        .order_by_desc(rendition::Column::Height)
+        .order_by_asc(rendition::Column::Name)
+        .all(conn)
+        .await
+        .map_err(AppError::internal)
+}
+
+/// Progress of the video's most recent RUNNING job, if it reported any.
+pub async fn running_progress<C: ConnectionTrait>(conn: &C, video_id: Uuid) -> Result<Option<ProgressInfo>, AppError> {
+    let running = job::Entity::find()
+        .filter(job::Column::VideoId.eq(video_id))
+        .filter(job::Column::Status.eq(JobStatus::Running))
+        .order_by_desc(job::Column::CreatedAt)
+        .order_by_desc(job::Column::Id)
+        .one(conn)
+        .await
+        .map_err(AppError::internal)?;
+    let Some(progress) = running.and_then(|job| job.progress) else {
+        return Ok(None);
+    };
+    match serde_json::from_value::<ProgressInfo>(progress) {
+        Ok(info) => Ok(Some(info)),
+        Err(err) => {
+            // A malformed report must not break reading the video.
+            tracing::warn!(%video_id, error = %err, "unreadable job progress");
+            Ok(None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn titles_are_trimmed_and_bounded_in_characters() {
+        assert_eq!(normalize_title("  Hello  ").unwrap(), "Hello");
+        assert_eq!(normalize_title(&"é".repeat(200)).unwrap().chars().count(), 200);
+        for bad in ["", "   ", "tab\tinside", "\u{0}"] {
+            assert!(normalize_title(bad).is_err(), "{bad:?}");
+        }
+        assert!(normalize_title(&"é".repeat(201)).is_err());
+    }
+
+    #[test]
+    fn tags_are_normalized_deduplicated_and_bounded() {
+        let tags: Vec<String> = [" Cats", "cats", "DOGS ", "dogs"].map(String::from).to_vec();
+        assert_eq!(normalize_tags(&tags).unwrap(), ["cats", "dogs"]);
+        let twenty_one: Vec<String> = (0..21).map(|i| format!("t{i}")).collect();
+        assert!(normalize_tags(&twenty_one).is_err());
+        for bad in ["", " ", "a\"b", "back\\slash", "new\nline"] {
+            assert!(normalize_tag(bad).is_err(), "{bad:?}");
+        }
+        assert!(normalize_tag(&"t".repeat(40)).is_ok());
+        assert!(normalize_tag(&"t".repeat(41)).is_err());
+    }
+
+    #[test]
+    fn descriptions_keep_line_breaks_and_are_bounded() {
+        assert_eq!(normalize_description("a\n\tb").unwrap(), "a\n\tb");
+        assert!(normalize_description(&"d".repeat(5001)).is_err());
+        assert!(normalize_description("bell\u{7}").is_err());
+    }
+
+    #[test]
+    fn like_wildcards_are_escaped() {
+        assert_eq!(escape_like("100%_done!"), "100!%!_done!!");
+        assert_eq!(escape_like("plain"), "plain");
+    }
 }

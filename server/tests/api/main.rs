@@ -3,6 +3,7 @@
 
 mod api_keys;
 mod auth;
+mod catalogue;
 mod fanout;
 mod helpers;
 mod http_basics;
