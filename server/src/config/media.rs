@@ -26,6 +26,11 @@ pub struct MediaSettings {
     pub pipeline_timeout_secs: u64,
     /// Wall-clock limit of probing one file.
     pub probe_timeout_secs: u64,
+    /// Lifetime of signed playback URLs of private videos.
+    pub signed_url_ttl_secs: u64,
+    /// With S3: answer file requests under `/media/` with a 302 to a presigned
+    /// storage URL instead of proxying the bytes (playlists are always served).
+    pub redirect_to_storage: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +61,8 @@ impl Default for MediaSettings {
             speed_preset: hls.speed_preset,
             pipeline_timeout_secs: hls.timeout.as_secs(),
             probe_timeout_secs: crate::media::DEFAULT_PROBE_TIMEOUT.as_secs().max(1),
+            signed_url_ttl_secs: 6 * 3600,
+            redirect_to_storage: false,
         }
     }
 }

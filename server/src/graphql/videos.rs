@@ -12,6 +12,7 @@ use crate::auth::roles::{require_principal, AuthenticatedGuard, Permission, Perm
 use crate::error::{AppError, ErrorCode};
 use crate::events::{ProgressInfo, Publisher};
 use crate::graphql::accounts::User;
+use crate::http::media;
 use crate::repo::videos::{self as repo, ListCursor, ListFilter, NewVideo, VideoChanges};
 use crate::startup::AppState;
 
@@ -112,31 +113,39 @@ impl Video {
         self.0.updated_at
     }
 
-    /// The HLS renditions that are ready, tallest first.
+    /// The HLS renditions that are ready, tallest first. The lowest one is ready
+    /// (and playable through its `playlistUrl`) before the whole ladder is.
     async fn renditions(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Rendition>> {
         let state = ctx.data::<AppState>()?;
         let rows = repo::ready_renditions(&state.db, self.0.id).await.map_err(|e| e.extend())?;
-        Ok(rows.into_iter().map(Rendition::from).collect())
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let url = media::media_url(state, &self.0, &format!("hls/{}/index.m3u8", row.name));
+                Rendition { playlist_url: Some(url), ..Rendition::from(row) }
+            })
+            .collect())
     }
 
-    /// Poster image URL. Always null until playback delivery (`/media/...`) exists.
-    async fn thumbnail_url(&self) -> Option<String> {
-        None
+    /// Poster image (JPEG), once the video is READY. Signed for private videos.
+    async fn thumbnail_url(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
+        self.ready_url(ctx, "thumbs/poster.jpg")
     }
 
-    /// Storyboard (WebVTT) URL. Always null until playback delivery (`/media/...`) exists.
-    async fn storyboard_url(&self) -> Option<String> {
-        None
+    /// Storyboard WebVTT index (its cues point into a sprite sheet next to it), once READY.
+    async fn storyboard_url(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
+        self.ready_url(ctx, "thumbs/storyboard.vtt")
     }
 
-    /// Progressive MP4 URL. Always null until playback delivery (`/media/...`) exists.
-    async fn mp4_url(&self) -> Option<String> {
-        None
+    /// Progressive MP4 download (faststart, top rung), once READY. Supports Range.
+    async fn mp4_url(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
+        self.ready_url(ctx, "mp4/video.mp4")
     }
 
-    /// HLS master playlist URL. Always null until playback delivery (`/media/...`) exists.
-    async fn playback_url(&self) -> Option<String> {
-        None
+    /// HLS master playlist, once READY. Signed for private videos: every playlist
+    /// and segment fetched through it carries the signature.
+    async fn playback_url(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
+        self.ready_url(ctx, "hls/master.m3u8")
     }
 
     /// Progress of the processing job now running, if any.
@@ -144,6 +153,18 @@ impl Video {
         let state = ctx.data::<AppState>()?;
         let progress = repo::running_progress(&state.db, self.0.id).await.map_err(|e| e.extend())?;
         Ok(progress.map(VideoProgress::from))
+    }
+}
+
+impl Video {
+    /// The URL of one of the video's outputs, when it is READY. The caller already
+    /// may read this video (a `Video` is only built for such callers).
+    fn ready_url(&self, ctx: &Context<'_>, path: &str) -> async_graphql::Result<Option<String>> {
+        if self.0.status != entities::VideoStatus::Ready {
+            return Ok(None);
+        }
+        let state = ctx.data::<AppState>()?;
+        Ok(Some(media::media_url(state, &self.0, path)))
     }
 }
 
@@ -156,8 +177,7 @@ pub struct Rendition {
     pub height: i32,
     /// Bits per second.
     pub bitrate: i64,
-    /// This rendition's media playlist. Always null until playback delivery
-    /// (`/media/...`) exists.
+    /// This rendition's media playlist (signed for private videos).
     pub playlist_url: Option<String>,
 }
 

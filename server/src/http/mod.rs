@@ -4,6 +4,7 @@ pub mod client_ip;
 pub mod graphql;
 pub mod health;
 pub mod hygiene;
+pub mod media;
 pub mod metrics_mw;
 pub mod rate_limit;
 pub mod web_demo;
@@ -19,6 +20,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/graphql", web::post().to(graphql::graphql))
         .route("/graphql", web::get().to(graphql::graphiql))
         .route("/graphql/ws", web::get().to(ws_session::graphql_ws))
+        .configure(media::configure)
         .route("/", web::get().to(web_demo::index))
         .default_service(web::to(not_found));
 }

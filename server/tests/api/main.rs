@@ -8,6 +8,7 @@ mod fanout;
 mod helpers;
 mod http_basics;
 mod media;
+mod playback;
 mod process;
 mod rate_limit;
 mod ready;

@@ -24,7 +24,7 @@ use crate::helpers::{spawn_app_with, TestApp};
 use crate::media::fixture;
 
 /// A 3 s 640x360 clip with audio, made once per test process.
-fn landscape_clip() -> &'static Path {
+pub(crate) fn landscape_clip() -> &'static Path {
     static CLIP: OnceLock<PathBuf> = OnceLock::new();
     CLIP.get_or_init(|| {
         reelhouse::telemetry::init_gstreamer("warning").unwrap();
@@ -54,7 +54,7 @@ fn landscape_clip() -> &'static Path {
 /// Collects what the runner reports; optionally wakes a waiter on the first
 /// encoding progress.
 #[derive(Default)]
-struct Collect {
+pub(crate) struct Collect {
     progress: Mutex<Vec<ProgressInfo>>,
     logs: Mutex<Vec<(LogLevel, String)>>,
     on_encoding: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
@@ -75,14 +75,14 @@ impl JobReporter for Collect {
     }
 }
 
-struct Harness {
-    app: TestApp,
-    ctx: JobContext,
-    scratch: tempfile::TempDir,
-    owner: Uuid,
+pub(crate) struct Harness {
+    pub(crate) app: TestApp,
+    pub(crate) ctx: JobContext,
+    pub(crate) scratch: tempfile::TempDir,
+    pub(crate) owner: Uuid,
 }
 
-async fn harness(customize: impl FnOnce(&mut Settings)) -> Harness {
+pub(crate) async fn harness(customize: impl FnOnce(&mut Settings)) -> Harness {
     let app = spawn_app_with(|s| {
         s.workers.embedded = false;
         s.media.speed_preset = "ultrafast".into();
@@ -119,7 +119,7 @@ async fn harness(customize: impl FnOnce(&mut Settings)) -> Harness {
 
 impl Harness {
     /// A PROCESSING video whose source object holds `bytes`.
-    async fn video_with_source(&self, bytes: Vec<u8>) -> video::Model {
+    pub(crate) async fn video_with_source(&self, bytes: Vec<u8>) -> video::Model {
         let id = Uuid::now_v7();
         let key = layout::source(self.owner, id);
         self.ctx.store.put_bytes(&key, bytes.into(), Some("video/mp4")).await.unwrap();
@@ -142,11 +142,11 @@ impl Harness {
         .unwrap()
     }
 
-    async fn video_from(&self, source: &Path) -> video::Model {
+    pub(crate) async fn video_from(&self, source: &Path) -> video::Model {
         self.video_with_source(std::fs::read(source).unwrap()).await
     }
 
-    async fn transcode_job(&self, video: &video::Model, payload: serde_json::Value) -> job::Model {
+    pub(crate) async fn transcode_job(&self, video: &video::Model, payload: serde_json::Value) -> job::Model {
         enqueue(
             &self.app.state.db,
             NewJob {
@@ -162,13 +162,13 @@ impl Harness {
         .unwrap()
     }
 
-    async fn run(&self, job: &job::Model) -> (Result<JobOutput, JobError>, Arc<Collect>) {
+    pub(crate) async fn run(&self, job: &job::Model) -> (Result<JobOutput, JobError>, Arc<Collect>) {
         let reporter = Arc::new(Collect::default());
         let result = runner::run(&self.ctx, job, cancel_flag(), reporter.clone()).await;
         (result, reporter)
     }
 
-    async fn apply_success(&self, job: &job::Model, output: &JobOutput) -> Vec<events::DomainEvent> {
+    pub(crate) async fn apply_success(&self, job: &job::Model, output: &JobOutput) -> Vec<events::DomainEvent> {
         let txn = self.app.state.db.begin().await.unwrap();
         let events = runner::apply_success(&txn, job, output).await.unwrap();
         txn.commit().await.unwrap();
@@ -183,7 +183,7 @@ impl Harness {
     }
 
     /// Transcode `source` to a READY video; returns the job's output.
-    async fn transcode_ok(
+    pub(crate) async fn transcode_ok(
         &self,
         source: &Path,
         payload: serde_json::Value,
@@ -203,7 +203,7 @@ impl Harness {
         (self.video(video.id).await, *out, reporter)
     }
 
-    async fn video(&self, id: Uuid) -> video::Model {
+    pub(crate) async fn video(&self, id: Uuid) -> video::Model {
         video::Entity::find_by_id(id).one(&self.app.state.db).await.unwrap().unwrap()
     }
 
@@ -228,7 +228,7 @@ impl Harness {
             .collect()
     }
 
-    async fn object(&self, key: &str) -> Vec<u8> {
+    pub(crate) async fn object(&self, key: &str) -> Vec<u8> {
         let got = self.ctx.store.get(key, None).await.unwrap_or_else(|e| panic!("{key}: {e:?}"));
         let mut body = got.body;
         let mut bytes = Vec::new();
