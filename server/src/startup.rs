@@ -110,6 +110,7 @@ impl Application {
             trusted_proxies: Arc::new(crate::http::client_ip::parse_ranges(&settings.server.trusted_proxies)),
             public_url,
         };
+        actix_rt::spawn(crate::uploads::sweeper::run(state.clone()));
         let schema = web::Data::new(build_schema(&settings.graphql, Some(state.clone())));
         let state_data = web::Data::new(state.clone());
         let local_data = local_store.map(web::Data::new);

@@ -3,6 +3,7 @@
 pub mod accounts;
 pub mod limits;
 mod server_info;
+mod uploads;
 pub mod videos;
 
 use async_graphql::{MergedObject, MergedSubscription, Schema};
@@ -17,7 +18,7 @@ pub use server_info::{HeartbeatSubscription, ServerInfo, ServerMode, ServerQuery
 pub struct Query(ServerQuery, AccountsQuery);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(AccountsMutation);
+pub struct Mutation(AccountsMutation, uploads::UploadsMutation);
 
 #[derive(MergedSubscription, Default)]
 pub struct Subscription(HeartbeatSubscription);

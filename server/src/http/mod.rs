@@ -6,6 +6,7 @@ pub mod health;
 pub mod hygiene;
 pub mod metrics_mw;
 pub mod rate_limit;
+pub mod tus;
 pub mod web_demo;
 pub mod ws_session;
 
@@ -20,6 +21,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/graphql", web::get().to(graphql::graphiql))
         .route("/graphql/ws", web::get().to(ws_session::graphql_ws))
         .route("/", web::get().to(web_demo::index))
+        .configure(tus::configure)
         .default_service(web::to(not_found));
 }
 
