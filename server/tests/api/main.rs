@@ -12,4 +12,6 @@ mod ready;
 mod schema;
 mod storage;
 mod subscriptions;
+mod tus;
+mod uploads;
 mod ws_session;
