@@ -144,7 +144,13 @@ pub async fn record<C: ConnectionTrait>(
     // Serialise writers of one video's sequence: PostgreSQL row lock; SQLite has
     // one writer per database already.
     if conn.get_database_backend() == DbBackend::Postgres {
-        video::Entity::find_by_id(video.id).select_only().column(video::Column::Id).lock_exclusive().one(conn).await?;
+        video::Entity::find_by_id(video.id)
+            .select_only()
+            .column(video::Column::Id)
+            .lock_exclusive()
+            .into_tuple::<Uuid>()
+            .one(conn)
+            .await?;
     }
     let last: Option<i64> = event_outbox::Entity::find()
         .select_only()

@@ -608,9 +608,12 @@ impl ObjectStore for S3Store {
                     .await
                     .map_err(|err| map_sdk_error("list_parts", key, err))?;
                 for part in output.parts() {
-                    let (Some(number), Some(etag)) = (part.part_number(), part.e_tag()) else { continue };
+                    let Some(number) = part.part_number() else { continue };
+                    // S3 always reports the ETag; some compatible servers (s3s-fs) do
+                    // not, and do not check it on completion either.
+                    let etag = part.e_tag().map(unquote_etag).unwrap_or_default().to_owned();
                     let size = u64::try_from(part.size().unwrap_or(0)).unwrap_or(0);
-                    parts.push(UploadedPart { number, etag: unquote_etag(etag).to_owned(), size });
+                    parts.push(UploadedPart { number, etag, size });
                 }
                 match (output.is_truncated(), output.next_part_number_marker()) {
                     (Some(true), Some(next)) if Some(next) != marker.as_deref() => marker = Some(next.to_owned()),

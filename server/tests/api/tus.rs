@@ -10,10 +10,10 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
-use crate::helpers::{spawn_app, spawn_app_with, test_settings, TestApp, TestUser};
+use crate::helpers::{test_settings, TestApp, TestUser};
 use crate::uploads::{
-    big_clip, event_kinds, fixture, jobs_of, new_video, small_clip, source_exists, ticket_for, upload_row, user_id,
-    video_row,
+    big_clip, event_kinds, fixture, jobs_of, new_video, short_s3_prefix, small_clip, source_exists, spawn_uploads_app,
+    ticket_for, upload_row, user_id, video_row,
 };
 
 fn b64(s: &str) -> String {
@@ -116,7 +116,7 @@ fn path_of(url: &str) -> String {
 
 #[actix_web::test]
 async fn tus_options_and_version_check() {
-    let app = spawn_app().await;
+    let app = spawn_uploads_app(|_| {}).await;
     let res = app.client.request(reqwest::Method::OPTIONS, app.url("/uploads/")).send().await.unwrap();
     assert_eq!(res.status(), 204);
     let h = res.headers();
@@ -160,7 +160,7 @@ async fn tus_options_and_version_check() {
 
 #[actix_web::test]
 async fn tus_upload_in_chunks_completes_the_video() {
-    let app = spawn_app_with(|s| s.uploads.part_size_bytes = 5 * 1024 * 1024).await;
+    let app = spawn_uploads_app(|s| s.uploads.part_size_bytes = 5 * 1024 * 1024).await;
     let user = app.register_user().await;
     let video = new_video(&app, user_id(&user)).await;
     let clip = small_clip();
@@ -208,7 +208,7 @@ async fn tus_upload_in_chunks_completes_the_video() {
 
 #[actix_web::test]
 async fn tus_checksum_mismatch_changes_nothing() {
-    let app = spawn_app().await;
+    let app = spawn_uploads_app(|_| {}).await;
     let user = app.register_user().await;
     let video = new_video(&app, user_id(&user)).await;
     let clip = small_clip();
@@ -248,7 +248,7 @@ async fn tus_checksum_mismatch_changes_nothing() {
 
 #[actix_web::test]
 async fn tus_resumes_after_a_dropped_patch_and_refuses_concurrent_writes() {
-    let app = spawn_app_with(|s| s.uploads.part_size_bytes = 5 * 1024 * 1024).await;
+    let app = spawn_uploads_app(|s| s.uploads.part_size_bytes = 5 * 1024 * 1024).await;
     let user = app.register_user().await;
     let video = new_video(&app, user_id(&user)).await;
     let clip = big_clip();
@@ -309,7 +309,7 @@ async fn tus_resumes_after_a_dropped_patch_and_refuses_concurrent_writes() {
 
 #[actix_web::test]
 async fn tus_refuses_oversize_and_strangers_and_terminates() {
-    let app = spawn_app_with(|s| s.uploads.max_size_bytes = 2_000_000).await;
+    let app = spawn_uploads_app(|s| s.uploads.max_size_bytes = 2_000_000).await;
     let user = app.register_user().await;
     let video = new_video(&app, user_id(&user)).await;
     // Declared too large.
@@ -369,7 +369,7 @@ async fn tus_refuses_oversize_and_strangers_and_terminates() {
 
 #[actix_web::test]
 async fn tus_final_patch_of_a_hostile_file_answers_415() {
-    let app = spawn_app().await;
+    let app = spawn_uploads_app(|_| {}).await;
     let user = app.register_user().await;
     let video = new_video(&app, user_id(&user)).await;
     let bytes = fixture("hostile_random.mp4");
@@ -386,7 +386,7 @@ async fn tus_final_patch_of_a_hostile_file_answers_415() {
 
 #[actix_web::test]
 async fn tus_url_of_a_create_upload_ticket_accepts_tus() {
-    let app = spawn_app().await;
+    let app = spawn_uploads_app(|_| {}).await;
     let user = app.register_user().await;
     let video = new_video(&app, user_id(&user)).await;
     let clip = small_clip();
@@ -404,6 +404,7 @@ async fn tus_resumes_on_a_restarted_server() {
     let data_dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(data_dir.path()).await;
     settings.uploads.part_size_bytes = 5 * 1024 * 1024;
+    short_s3_prefix(&mut settings);
     let clip = big_clip();
     let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
 
