@@ -202,8 +202,11 @@ async fn owned_upload(state: &AppState, req: &HttpRequest, id: &str) -> Result<u
     uploads::find_owned(state, &principal, id).await.map_err(error)
 }
 
+/// Ended sessions (and open ones past their expiry, before the sweeper has run)
+/// answer 404, so a tus client starts a new upload.
 fn gone_or_missing(row: &upload::Model) -> Option<HttpResponse> {
     match row.status {
+        UploadStatus::Open if row.expires_at <= Utc::now() => Some(error(AppError::not_found("upload"))),
         UploadStatus::Open | UploadStatus::Completing | UploadStatus::Completed => None,
         _ => Some(error(AppError::not_found("upload"))),
     }
