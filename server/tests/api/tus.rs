@@ -453,3 +453,73 @@ async fn start(settings: reelhouse::config::Settings) -> (TestApp, actix_web::de
     };
     (test_app, handle)
 }
+
+#[actix_web::test]
+async fn tus_chunked_bodies_without_length_are_accepted_and_bounded() {
+    let app = spawn_uploads_app(|s| s.uploads.tus_max_chunk_bytes = 40_000).await;
+    let user = app.register_user().await;
+    let video = new_video(&app, user_id(&user)).await;
+    let clip = small_clip();
+    let url = tus_session(&app, &user, video, clip.len()).await;
+    let chunked = |bytes: Vec<u8>| {
+        let pieces: Vec<Result<Vec<u8>, std::io::Error>> = bytes.chunks(7_000).map(|c| Ok(c.to_vec())).collect();
+        reqwest::Body::wrap_stream(futures::stream::iter(pieces))
+    };
+    let send = |at: usize, bytes: Vec<u8>| {
+        app.client
+            .patch(&url)
+            .bearer_auth(&user.access_token)
+            .header("Tus-Resumable", "1.0.0")
+            .header("Content-Type", "application/offset+octet-stream")
+            .header("Upload-Offset", at.to_string())
+            .body(chunked(bytes))
+            .send()
+    };
+    // Over the spool limit: refused, nothing written.
+    let res = send(0, clip[..50_000].to_vec()).await.unwrap();
+    assert_eq!(res.status(), 413);
+    assert_eq!(offset(&app.client, &url, &user).await, 0);
+    let mut at = 0;
+    while at < clip.len() {
+        let end = (at + 35_000).min(clip.len());
+        let res = send(at, clip[at..end].to_vec()).await.unwrap();
+        assert_eq!(res.status(), 204, "{:?}", res.text().await);
+        at = end;
+    }
+    assert_eq!(video_row(&app, video).await.status, VideoStatus::Processing);
+}
+
+#[actix_web::test]
+async fn tus_expired_sessions_are_swept() {
+    let app = spawn_uploads_app(|s| s.uploads.part_size_bytes = 5 * 1024 * 1024).await;
+    let user = app.register_user().await;
+    let video = new_video(&app, user_id(&user)).await;
+    let clip = big_clip();
+    let url = tus_session(&app, &user, video, clip.len()).await;
+    let cut = 5 * 1024 * 1024 + 1_000;
+    send_rest(&app.client, &url, &user, &clip[..cut], 0, cut).await;
+    let id = path_of(&url).rsplit('/').next().unwrap().to_string();
+    let row = upload_row(&app, &id).await;
+    assert_eq!(row.offset_bytes, cut as i64);
+    assert!(source_exists(&app, user_id(&user), video).await, "the tail is staged");
+
+    // Nothing is due yet.
+    assert_eq!(reelhouse::uploads::sweeper::sweep_once(&app.state).await.unwrap(), 0);
+    use sea_orm::{ActiveModelTrait, IntoActiveModel, Set};
+    let mut expired = row.into_active_model();
+    expired.expires_at = Set(chrono::Utc::now() - chrono::Duration::seconds(1));
+    expired.update(&app.state.db).await.unwrap();
+    assert_eq!(head(&app.client, &url, &user).await.status(), 404);
+    assert_eq!(reelhouse::uploads::sweeper::sweep_once(&app.state).await.unwrap(), 1);
+    let row = upload_row(&app, &id).await;
+    assert_eq!(row.status, UploadStatus::Expired);
+    assert_eq!(video_row(&app, video).await.status, VideoStatus::Draft);
+    assert!(!source_exists(&app, user_id(&user), video).await);
+    let key = reelhouse::storage::layout::source(user_id(&user), video);
+    // The multipart upload is gone (s3s-fs lists no parts instead of refusing).
+    match app.state.store.list_parts(&key, row.s3_upload_id.as_deref().unwrap()).await {
+        Err(reelhouse::storage::StoreError::UploadNotFound) => {}
+        Ok(parts) => assert!(parts.is_empty(), "{parts:?}"),
+        Err(err) => panic!("{err:?}"),
+    }
+}
