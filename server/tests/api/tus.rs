@@ -261,8 +261,8 @@ async fn tus_resumes_after_a_dropped_patch_and_refuses_concurrent_writes() {
     let stream = partial_patch(&app, &path, &user, 0, clip.len(), &clip[..sent]).await;
     let mut saw_conflict = false;
     for _ in 0..100 {
-        // Longer than what is left: refused either way, so it can never write.
-        let res = patch(&app.client, &url, &user, 0, &[0u8; 16]).await;
+        // A stale offset: refused either way (busy, or offset mismatch), so it never writes.
+        let res = patch(&app.client, &url, &user, 1, &[0u8; 16]).await;
         if res.status() == 409 {
             let body: Value = res.json().await.unwrap();
             if body["message"].as_str().unwrap().contains("another request") {
