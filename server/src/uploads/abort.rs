@@ -60,6 +60,26 @@ pub async fn end_session(state: &AppState, id: Uuid, status: UploadStatus, reaso
     Ok(())
 }
 
+/// End a session this process has claimed (COMPLETING) without completing it,
+/// removing its bytes (the object too).
+pub async fn finish_claimed(
+    state: &AppState,
+    row: &upload::Model,
+    status: UploadStatus,
+    reason: &str,
+) -> AppResult<()> {
+    upload::Entity::update_many()
+        .col_expr(upload::Column::Status, Expr::value(status))
+        .col_expr(upload::Column::FailureReason, Expr::value(reason.to_string()))
+        .col_expr(upload::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(upload::Column::Id.eq(row.id))
+        .filter(upload::Column::Status.eq(UploadStatus::Completing))
+        .exec(&state.db)
+        .await?;
+    cleanup_storage(state.store.as_ref(), row, true).await;
+    Ok(())
+}
+
 fn status_label(status: UploadStatus) -> &'static str {
     match status {
         UploadStatus::Open => "open",

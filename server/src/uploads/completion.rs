@@ -73,6 +73,12 @@ pub async fn complete(state: &AppState, id: Uuid) -> AppResult<video::Model> {
             UploadStatus::Open => Err(AppError::new(ErrorCode::Conflict, "the upload changed, try again")),
         };
     }
+    // A video deleted while its bytes were arriving gets no job: the session ends.
+    let video = load_video(state, row.video_id).await?;
+    if video.deleted_at.is_some() {
+        super::abort::finish_claimed(state, &row, UploadStatus::Aborted, "the video was deleted").await?;
+        return Err(AppError::not_found("video"));
+    }
     let started = std::time::Instant::now();
     let result = match verify(state, &row).await {
         Ok(info) => accept(state, &row, &info).await.map_err(Failure::Reopen),

@@ -47,14 +47,14 @@ pub async fn create_ticket(state: &AppState, principal: &Principal, request: Upl
     }
 }
 
-fn presign_expiry(state: &AppState, row: &upload::Model) -> Duration {
+/// Presigned URLs live as long as the session (within the presigning limits).
+fn presign_expiry(row: &upload::Model) -> Duration {
     let left = (row.expires_at - Utc::now()).to_std().unwrap_or(MIN_PRESIGN_EXPIRY);
-    let _ = state;
     left.clamp(MIN_PRESIGN_EXPIRY, MAX_PRESIGN_EXPIRY)
 }
 
 async fn presign(state: &AppState, row: &upload::Model) -> AppResult<Ticket> {
-    let expires_in = presign_expiry(state, row);
+    let expires_in = presign_expiry(row);
     let size = u64::try_from(row.declared_size).unwrap_or(0);
     let mut ticket = Ticket {
         id: row.id,

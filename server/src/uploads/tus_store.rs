@@ -21,7 +21,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use super::{part_size_for, tail_key, StoredPart, TusState};
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::startup::AppState;
-use crate::storage::{ByteRange, StoreError};
+use crate::storage::ByteRange;
 
 /// Make sure the session has a multipart upload and tus state; returns both.
 pub async fn ensure_multipart(state: &AppState, row: &upload::Model) -> AppResult<(String, TusState)> {
@@ -152,12 +152,4 @@ where
         durable = offset;
     }
     Ok(Appended { offset: durable, body_error })
-}
-
-/// Map a store failure during a write to what the client sees.
-pub fn store_error(err: StoreError) -> AppError {
-    match err {
-        StoreError::UploadNotFound => AppError::new(ErrorCode::Conflict, "the upload is no longer open"),
-        other => other.into(),
-    }
 }

@@ -495,3 +495,22 @@ async fn uploads_hostile_files_are_refused() {
     let body = put_and_complete(&app, &user, video, &fixture("no_audio.mp4")).await;
     assert_eq!(error_code(&body).as_deref(), Some("UNSUPPORTED_MEDIA"), "{body}");
 }
+
+#[actix_web::test]
+async fn uploads_to_a_deleted_video_get_no_job() {
+    let app = spawn_uploads_app(|_| {}).await;
+    let user = app.register_user().await;
+    let video = new_video(&app, user_id(&user)).await;
+    let clip = small_clip();
+    let ticket = ticket_for(&app, &user, video, &clip, "video/mp4").await;
+    assert!(put_file(&app, &ticket, &clip).await.status().is_success());
+    let mut row: video::ActiveModel = video_row(&app, video).await.into();
+    row.deleted_at = Set(Some(Utc::now()));
+    row.update(&app.state.db).await.unwrap();
+
+    let body = complete(&app, &user, &ticket["id"]).await;
+    assert_eq!(error_code(&body).as_deref(), Some("NOT_FOUND"), "{body}");
+    assert!(jobs_of(&app, video).await.is_empty());
+    assert_eq!(upload_row(&app, ticket["id"].as_str().unwrap()).await.status, UploadStatus::Aborted);
+    assert!(!source_exists(&app, user_id(&user), video).await);
+}
