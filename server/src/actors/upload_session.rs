@@ -223,3 +223,31 @@ pub async fn acquire(
     }
     Err(MailboxError::Closed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> SessionFacts {
+        SessionFacts { offset: 0, size: 10, expires_at: Utc::now() }
+    }
+
+    #[actix_rt::test]
+    async fn one_writer_at_a_time_per_upload() {
+        let supervisor = super::super::Supervisor::start();
+        let registry = supervisor.spawn("upload_sessions_test", UploadSessions::new).addr();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut first = acquire(&registry, a, facts()).await.unwrap().expect("free");
+        assert!(acquire(&registry, a, facts()).await.unwrap().is_none(), "a second writer is refused");
+        let other = acquire(&registry, b, facts()).await.unwrap();
+        assert!(other.is_some(), "another upload is independent");
+        first.set_offset(5);
+        drop(first);
+        let again = acquire(&registry, a, facts()).await.unwrap();
+        assert!(again.is_some(), "released on drop");
+        drop(again);
+        // A finished session stops; the next writer gets a fresh one.
+        registry.send(FinishSession(a)).await.unwrap();
+        assert!(acquire(&registry, a, facts()).await.unwrap().is_some());
+    }
+}
