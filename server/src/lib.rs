@@ -20,4 +20,5 @@ pub mod repo;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;
+pub mod uploads;
 pub mod worker;

@@ -124,6 +124,7 @@ impl Application {
                 state.instance_id.clone(),
             ));
         }
+        actix_rt::spawn(crate::uploads::sweeper::run(state.clone()));
         let schema = web::Data::new(build_schema(&settings.graphql, Some(state.clone())));
         let state_data = web::Data::new(state.clone());
         let local_data = local_store.map(web::Data::new);

@@ -3,6 +3,7 @@
 pub mod event_bus;
 pub mod rate_limit;
 pub mod supervisor;
+pub mod upload_session;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use crate::redis_client::RedisHandle;
 pub use event_bus::EventBus;
 pub use rate_limit::RateLimiter;
 pub use supervisor::{DeathNotice, Hub, Supervisor};
+pub use upload_session::UploadSessions;
 
 /// The addresses of the hub actors, shared with every HTTP worker through `AppState`.
 #[derive(Clone)]
@@ -20,6 +22,7 @@ pub struct Hubs {
     pub supervisor: Supervisor,
     pub event_bus: Hub<EventBus>,
     pub rate_limiter: Hub<RateLimiter>,
+    pub upload_sessions: Hub<UploadSessions>,
 }
 
 impl Hubs {
@@ -37,7 +40,8 @@ impl Hubs {
         let rate_limits = rate_limits.clone();
         let rate_limiter =
             supervisor.spawn("rate_limiter", move |death| RateLimiter::new(&rate_limits, redis.clone(), death));
-        Self { supervisor, event_bus, rate_limiter }
+        let upload_sessions = supervisor.spawn("upload_sessions", UploadSessions::new);
+        Self { supervisor, event_bus, rate_limiter, upload_sessions }
     }
 
     /// Stop the hubs for good (after the HTTP server has drained).
@@ -45,6 +49,7 @@ impl Hubs {
         self.supervisor.begin_shutdown();
         self.event_bus.addr().do_send(Stop);
         self.rate_limiter.addr().do_send(Stop);
+        self.upload_sessions.addr().do_send(Stop);
     }
 }
 
@@ -66,4 +71,4 @@ macro_rules! stop_on_request {
     )*};
 }
 
-stop_on_request!(EventBus, RateLimiter);
+stop_on_request!(EventBus, RateLimiter, UploadSessions);

@@ -4,6 +4,7 @@ pub mod accounts;
 pub mod events;
 pub mod limits;
 mod server_info;
+mod uploads;
 pub mod videos;
 
 use async_graphql::{MergedObject, MergedSubscription, Schema};
@@ -19,7 +20,7 @@ pub use videos::{VideosMutation, VideosQuery};
 pub struct Query(ServerQuery, AccountsQuery, VideosQuery);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(AccountsMutation, VideosMutation);
+pub struct Mutation(AccountsMutation, VideosMutation, uploads::UploadsMutation);
 
 #[derive(MergedSubscription, Default)]
 pub struct Subscription(HeartbeatSubscription, events::EventsSubscription);

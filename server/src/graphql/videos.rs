@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::auth::principal::{Principal, RequestAuth};
 use crate::auth::roles::{require_principal, AuthenticatedGuard, Permission, PermissionGuard};
 use crate::error::{AppError, ErrorCode};
-use crate::events::{ProgressInfo, Publisher};
+use crate::events::ProgressInfo;
 use crate::graphql::accounts::User;
 use crate::http::media;
 use crate::repo::videos::{self as repo, ListCursor, ListFilter, NewVideo, VideoChanges};
@@ -403,7 +403,7 @@ impl VideosMutation {
         let event = repo::delete_video(&state.db, principal, id, state.settings.jobs.max_attempts)
             .await
             .map_err(|e| e.extend())?;
-        Publisher::new(Some(state.hubs.event_bus.clone())).publish(event);
+        state.publisher().publish(event);
         Ok(true)
     }
 }

@@ -20,7 +20,24 @@ pub fn cors(settings: &ServerSettings) -> Cors {
     let mut cors = Cors::default()
         .allowed_methods(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
         .allow_any_header()
-        .expose_headers(["ratelimit", "ratelimit-policy", "retry-after", "x-request-id", "content-range", "etag"])
+        .expose_headers([
+            "ratelimit",
+            "ratelimit-policy",
+            "retry-after",
+            "x-request-id",
+            "content-range",
+            "etag",
+            "location",
+            "upload-offset",
+            "upload-length",
+            "upload-expires",
+            "upload-metadata",
+            "tus-version",
+            "tus-resumable",
+            "tus-extension",
+            "tus-max-size",
+            "tus-checksum-algorithm",
+        ])
         .max_age(3600);
     for origin in &settings.cors_allowed_origins {
         cors = if origin == "*" { cors.allow_any_origin() } else { cors.allowed_origin(origin.trim_end_matches('/')) };

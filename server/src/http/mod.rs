@@ -7,6 +7,7 @@ pub mod hygiene;
 pub mod media;
 pub mod metrics_mw;
 pub mod rate_limit;
+pub mod tus;
 pub mod web_demo;
 pub mod ws_session;
 
@@ -22,6 +23,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/graphql/ws", web::get().to(ws_session::graphql_ws))
         .configure(media::configure)
         .route("/", web::get().to(web_demo::index))
+        .configure(tus::configure)
         .default_service(web::to(not_found));
 }
 

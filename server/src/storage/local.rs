@@ -56,7 +56,7 @@ use super::op_metrics::observe;
 use super::{
     unquote_etag, validate_completed_parts, validate_expiry, validate_key, validate_part_number, validate_prefix,
     ByteRange, ByteStream, CompletedPart, GetResult, ObjectMeta, ObjectStore, PresignedRequest, StoreError,
-    MAX_PART_SIZE, MIN_PART_SIZE,
+    UploadedPart, MAX_PART_SIZE, MIN_PART_SIZE,
 };
 
 const BACKEND: &str = "local";
@@ -772,6 +772,44 @@ impl ObjectStore for LocalStore {
                 Err(err) if is_missing(&err) => Err(StoreError::UploadNotFound),
                 Err(err) => Err(StoreError::Io { op: "abort multipart upload", source: err }),
             }
+        })
+        .await
+    }
+
+    async fn list_parts(&self, key: &str, upload_id: &str) -> Result<Vec<UploadedPart>, StoreError> {
+        observe(BACKEND, "list_parts", key, async {
+            validate_key(key)?;
+            let (dir, _) = self.open_upload(key, upload_id).await?;
+            let mut entries = fs::read_dir(&dir).await.map_err(StoreError::io("list parts"))?;
+            let mut parts = Vec::new();
+            while let Some(entry) = entries.next_entry().await.map_err(StoreError::io("list parts"))? {
+                let name = entry.file_name();
+                let Some(number) =
+                    name.to_str().and_then(|n| n.strip_prefix("part-")).and_then(|n| n.parse::<i32>().ok())
+                else {
+                    continue;
+                };
+                // The ETag of a local part is the hex SHA-256 of its bytes.
+                let mut file = match File::open(entry.path()).await {
+                    Ok(file) => file,
+                    Err(err) if is_missing(&err) => continue,
+                    Err(err) => return Err(StoreError::Io { op: "list parts", source: err }),
+                };
+                let mut hash = Sha256::new();
+                let mut size = 0u64;
+                let mut buf = vec![0u8; READ_CHUNK];
+                loop {
+                    let n = file.read(&mut buf).await.map_err(StoreError::io("list parts"))?;
+                    if n == 0 {
+                        break;
+                    }
+                    hash.update(&buf[..n]);
+                    size += n as u64;
+                }
+                parts.push(UploadedPart { number, etag: hex::encode(hash.finalize()), size });
+            }
+            parts.sort_by_key(|p| p.number);
+            Ok(parts)
         })
         .await
     }

@@ -163,6 +163,14 @@ pub struct CompletedPart {
     pub etag: String,
 }
 
+/// One part of an open multipart upload, as [`ObjectStore::list_parts`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UploadedPart {
+    pub number: i32,
+    pub etag: String,
+    pub size: u64,
+}
+
 /// Where objects live. Both backends follow the same contract (see
 /// `server/tests/api/storage.rs`, which runs one suite against each).
 #[async_trait]
@@ -232,6 +240,11 @@ pub trait ObjectStore: Send + Sync + 'static {
     ) -> Result<ObjectMeta, StoreError>;
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError>;
+
+    /// The parts uploaded so far to an open multipart upload, ascending by number.
+    /// Lets the server complete an upload whose parts a client sent straight to
+    /// storage through presigned part URLs (their ETags never reach the server).
+    async fn list_parts(&self, key: &str, upload_id: &str) -> Result<Vec<UploadedPart>, StoreError>;
 
     /// Readiness probe. S3: `HeadBucket`; local: the root is writable.
     async fn check(&self) -> Result<(), StoreError>;

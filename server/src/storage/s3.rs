@@ -28,7 +28,7 @@ use super::op_metrics::observe;
 use super::{
     unquote_etag, validate_completed_parts, validate_expiry, validate_key, validate_part_number, validate_prefix,
     ByteRange, ByteStream, CompletedPart, GetResult, ObjectMeta, ObjectStore, PresignedRequest, StoreError,
-    MAX_PART_NUMBER, MAX_PART_SIZE,
+    UploadedPart, MAX_PART_NUMBER, MAX_PART_SIZE,
 };
 
 const BACKEND: &str = "s3";
@@ -587,6 +587,41 @@ impl ObjectStore for S3Store {
         observe(BACKEND, "abort_multipart", key, async {
             validate_key(key)?;
             self.abort_upload(key, upload_id).await
+        })
+        .await
+    }
+
+    async fn list_parts(&self, key: &str, upload_id: &str) -> Result<Vec<UploadedPart>, StoreError> {
+        observe(BACKEND, "list_parts", key, async {
+            validate_key(key)?;
+            let mut parts = Vec::new();
+            let mut marker: Option<String> = None;
+            loop {
+                let output = self
+                    .client
+                    .list_parts()
+                    .bucket(&self.bucket)
+                    .key(self.full_key(key))
+                    .upload_id(upload_id)
+                    .set_part_number_marker(marker.clone())
+                    .send()
+                    .await
+                    .map_err(|err| map_sdk_error("list_parts", key, err))?;
+                for part in output.parts() {
+                    let Some(number) = part.part_number() else { continue };
+                    // S3 always reports the ETag; some compatible servers (s3s-fs) do
+                    // not, and do not check it on completion either.
+                    let etag = part.e_tag().map(unquote_etag).unwrap_or_default().to_owned();
+                    let size = u64::try_from(part.size().unwrap_or(0)).unwrap_or(0);
+                    parts.push(UploadedPart { number, etag, size });
+                }
+                match (output.is_truncated(), output.next_part_number_marker()) {
+                    (Some(true), Some(next)) if Some(next) != marker.as_deref() => marker = Some(next.to_owned()),
+                    _ => break,
+                }
+            }
+            parts.sort_by_key(|p| p.number);
+            Ok(parts)
         })
         .await
     }

@@ -16,5 +16,7 @@ mod runner;
 mod schema;
 mod storage;
 mod subscriptions;
+mod tus;
+mod uploads;
 mod video_events;
 mod ws_session;

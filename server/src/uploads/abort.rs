@@ -1,0 +1,112 @@
+//! `abortUpload`, tus termination and expiry: end an open session and remove
+//! whatever bytes it left in storage. The video goes back to DRAFT (it has no
+//! usable source), so its owner can start a new upload right away.
+
+use chrono::Utc;
+use entities::{upload, video, UploadStatus, VideoStatus};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use uuid::Uuid;
+
+use super::tail_key;
+use crate::error::{AppError, AppResult, ErrorCode};
+use crate::startup::AppState;
+use crate::storage::ObjectStore;
+
+/// Longest stored failure reason, in characters.
+const MAX_REASON_CHARS: usize = 500;
+
+/// Abort an OPEN session: ABORTED with `reason`, storage cleaned, video DRAFT.
+/// Aborting an already aborted session is a no-op.
+pub async fn abort(state: &AppState, id: Uuid, reason: Option<String>) -> AppResult<()> {
+    let reason = reason
+        .map(|r| r.chars().filter(|c| !c.is_control()).take(MAX_REASON_CHARS).collect::<String>())
+        .filter(|r| !r.trim().is_empty())
+        .unwrap_or_else(|| "aborted by the client".to_string());
+    end_session(state, id, UploadStatus::Aborted, &reason).await
+}
+
+/// Move an OPEN session to `status` (ABORTED or EXPIRED) and clean up after it.
+pub async fn end_session(state: &AppState, id: Uuid, status: UploadStatus, reason: &str) -> AppResult<()> {
+    let now = Utc::now();
+    let ended = upload::Entity::update_many()
+        .col_expr(upload::Column::Status, Expr::value(status))
+        .col_expr(upload::Column::FailureReason, Expr::value(reason.to_string()))
+        .col_expr(upload::Column::UpdatedAt, Expr::value(now))
+        .filter(upload::Column::Id.eq(id))
+        .filter(upload::Column::Status.eq(UploadStatus::Open))
+        .exec(&state.db)
+        .await?;
+    let row = upload::Entity::find_by_id(id).one(&state.db).await?.ok_or_else(|| AppError::not_found("upload"))?;
+    if ended.rows_affected == 0 {
+        return match row.status {
+            s if s == status => Ok(()),
+            UploadStatus::Aborted | UploadStatus::Expired => Ok(()),
+            UploadStatus::Completing => {
+                Err(AppError::new(ErrorCode::Conflict, "the upload is being completed and can no longer be aborted"))
+            }
+            _ => Err(AppError::new(ErrorCode::Conflict, "the upload is finished and can no longer be aborted")),
+        };
+    }
+    cleanup_storage(state.store.as_ref(), &row, true).await;
+    video::Entity::update_many()
+        .col_expr(video::Column::Status, Expr::value(VideoStatus::Draft))
+        .col_expr(video::Column::UpdatedAt, Expr::value(now))
+        .filter(video::Column::Id.eq(row.video_id))
+        .filter(video::Column::Status.eq(VideoStatus::Uploading))
+        .exec(&state.db)
+        .await?;
+    metrics::counter!("reelhouse_uploads_ended_total", "status" => status_label(status)).increment(1);
+    Ok(())
+}
+
+/// End a session this process has claimed (COMPLETING) without completing it,
+/// removing its bytes (the object too).
+pub async fn finish_claimed(
+    state: &AppState,
+    row: &upload::Model,
+    status: UploadStatus,
+    reason: &str,
+) -> AppResult<()> {
+    upload::Entity::update_many()
+        .col_expr(upload::Column::Status, Expr::value(status))
+        .col_expr(upload::Column::FailureReason, Expr::value(reason.to_string()))
+        .col_expr(upload::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(upload::Column::Id.eq(row.id))
+        .filter(upload::Column::Status.eq(UploadStatus::Completing))
+        .exec(&state.db)
+        .await?;
+    cleanup_storage(state.store.as_ref(), row, true).await;
+    Ok(())
+}
+
+fn status_label(status: UploadStatus) -> &'static str {
+    match status {
+        UploadStatus::Open => "open",
+        UploadStatus::Completing => "completing",
+        UploadStatus::Completed => "completed",
+        UploadStatus::Aborted => "aborted",
+        UploadStatus::Expired => "expired",
+        UploadStatus::Failed => "failed",
+    }
+}
+
+/// Best effort: abort the multipart upload, delete the tus tail and (when
+/// `object` is set) the object itself. Failures are logged; the storage sweep of
+/// the store removes stale multipart uploads later.
+pub async fn cleanup_storage(store: &dyn ObjectStore, row: &upload::Model, object: bool) {
+    if let Some(upload_id) = &row.s3_upload_id {
+        match store.abort_multipart(&row.object_key, upload_id).await {
+            Ok(()) | Err(crate::storage::StoreError::UploadNotFound) => {}
+            Err(err) => tracing::warn!(upload = %row.id, error = %err, "could not abort a multipart upload"),
+        }
+    }
+    if let Err(err) = store.delete(&tail_key(&row.object_key)).await {
+        tracing::warn!(upload = %row.id, error = %err, "could not delete a tus tail");
+    }
+    if object {
+        if let Err(err) = store.delete(&row.object_key).await {
+            tracing::warn!(upload = %row.id, error = %err, "could not delete an upload's object");
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! Uploads: sessions that bring a video's source bytes into storage.
+//!
+//! One `uploads` row per attempt. Bytes arrive one of three ways, all into the
+//! object at [`crate::storage::layout::source`]:
+//!
+//! - `PRESIGNED`: one presigned `PUT` straight to storage (small files);
+//! - `MULTIPART`: presigned part URLs of a storage multipart upload (large files);
+//!   at completion the server asks the store which parts arrived (`list_parts`),
+//!   so clients never send ETags back;
+//! - tus (`/uploads/{id}`, [`tus_store`]): the server streams PATCH bodies into
+//!   multipart parts itself. Every session (also PRESIGNED/MULTIPART ones) has a
+//!   tus URL; a client uses either the presigned path or tus, not both.
+//!
+//! Completion ([`completion`]) verifies, probes and enqueues the transcode in one
+//! transaction; [`abort`] and the [`sweeper`] clean up sessions that never finish.
+//!
+//! Video status: createUpload moves DRAFT/FAILED → UPLOADING; completion moves it to
+//! PROCESSING (accepted) or FAILED (rejected, with a readable reason); abort and
+//! expiry move it back to DRAFT, so the owner can simply try again.
+
+pub mod abort;
+pub mod completion;
+pub mod sweeper;
+pub mod tickets;
+pub mod tus_store;
+
+use chrono::Utc;
+use entities::{upload, video, UploadMethod, UploadStatus, VideoStatus};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set, TransactionTrait};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::auth::principal::Principal;
+use crate::config::uploads::UploadSettings;
+use crate::error::{AppError, AppResult, ErrorCode};
+use crate::startup::AppState;
+use crate::storage::{layout, MAX_PART_NUMBER, MAX_PART_SIZE, MIN_PART_SIZE};
+
+const MIB: u64 = 1024 * 1024;
+/// Longest stored file name, in characters.
+pub const MAX_FILENAME_CHARS: usize = 255;
+
+/// What a client asks for when it starts an upload (GraphQL or tus POST).
+#[derive(Debug, Clone)]
+pub struct UploadRequest {
+    pub video_id: Uuid,
+    pub filename: String,
+    pub content_type: String,
+    pub size: i64,
+    pub checksum_sha256: Option<String>,
+}
+
+/// One multipart part the server uploaded itself (tus).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredPart {
+    pub number: i32,
+    pub etag: String,
+}
+
+/// The tus side of a session, kept in the row's `parts` JSON as `{"tus": {...}}`.
+/// Every part but the last is exactly `part_size` bytes, so the durable offset
+/// tells how many bytes of the staging tail object are valid:
+/// `offset - parts.len() * part_size`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TusState {
+    pub part_size: u64,
+    pub parts: Vec<StoredPart>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PartsColumn {
+    tus: TusState,
+}
+
+impl TusState {
+    pub fn from_row(row: &upload::Model) -> Option<TusState> {
+        row.parts.as_ref().and_then(|v| serde_json::from_value::<PartsColumn>(v.clone()).ok()).map(|p| p.tus)
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({ "tus": self })
+    }
+
+    /// Bytes held in full parts.
+    pub fn full_bytes(&self) -> u64 {
+        self.parts.len() as u64 * self.part_size
+    }
+}
+
+/// The staging object holding tus bytes below one part.
+pub fn tail_key(object_key: &str) -> String {
+    format!("{object_key}.tus-tail")
+}
+
+/// The part size for an upload of `size` bytes: the configured size, clamped to
+/// S3's rules and grown (in whole MiB) until 10000 parts hold the file.
+pub fn part_size_for(settings: &UploadSettings, size: u64) -> u64 {
+    let mut part = settings.part_size_bytes.clamp(MIN_PART_SIZE, MAX_PART_SIZE);
+    let needed = size.div_ceil(MAX_PART_NUMBER as u64);
+    if needed > part {
+        part = needed.div_ceil(MIB) * MIB;
+    }
+    part
+}
+
+/// Keep the last path component, drop control characters, limit the length.
+pub fn sanitize_filename(raw: &str) -> String {
+    let last = raw.rsplit(['/', '\\']).next().unwrap_or("");
+    let cleaned: String = last.chars().filter(|c| !c.is_control()).take(MAX_FILENAME_CHARS).collect();
+    let cleaned = cleaned.trim().trim_start_matches('.').trim();
+    if cleaned.is_empty() {
+        "upload".to_string()
+    } else {
+        cleaned.to_string()
+    }
+}
+
+/// `video/mp4; codecs=...` → `video/mp4`, lowercased.
+pub fn normalize_content_type(raw: &str) -> String {
+    raw.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
+/// A content type from a file name, for tus clients that send no `filetype`.
+pub fn content_type_from_filename(name: &str) -> Option<&'static str> {
+    let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
+    Some(match ext.as_str() {
+        "mp4" | "m4v" => "video/mp4",
+        "mov" | "qt" => "video/quicktime",
+        "webm" => "video/webm",
+        "mkv" => "video/x-matroska",
+        "avi" => "video/x-msvideo",
+        "mpg" | "mpeg" => "video/mpeg",
+        "ts" | "m2ts" => "video/mp2t",
+        "ogv" | "ogg" => "video/ogg",
+        "3gp" => "video/3gpp",
+        _ => return None,
+    })
+}
+
+/// The session's public tus URL.
+pub fn tus_url(state: &AppState, id: Uuid) -> String {
+    format!("{}/uploads/{id}", state.public_url)
+}
+
+/// Validate a request, claim the video and create the session row. `tus` sessions
+/// start their multipart upload now; others get one when they need it.
+pub async fn open_session(
+    state: &AppState,
+    principal: &Principal,
+    request: UploadRequest,
+    tus: bool,
+) -> AppResult<(upload::Model, video::Model)> {
+    let settings = &state.settings.uploads;
+    crate::http::rate_limit::enforce(state, "upload", principal.user_id.to_string(), 1).await?;
+    if request.size <= 0 {
+        return Err(AppError::bad_input("the file is empty: an upload needs at least one byte"));
+    }
+    let size = request.size as u64;
+    if size > settings.max_size_bytes {
+        return Err(AppError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the file is {size} bytes, more than the allowed {} bytes", settings.max_size_bytes),
+        ));
+    }
+    let content_type = normalize_content_type(&request.content_type);
+    if !settings.allowed_content_types.iter().any(|t| t.eq_ignore_ascii_case(&content_type)) {
+        return Err(AppError::new(
+            ErrorCode::UnsupportedMedia,
+            format!(
+                "files of type `{}` are not accepted; send a video",
+                request.content_type.chars().take(100).collect::<String>()
+            ),
+        ));
+    }
+    let checksum = match request.checksum_sha256.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => Some(hex.to_ascii_lowercase()),
+        Some(_) => return Err(AppError::bad_input("checksumSha256 must be 64 hexadecimal characters")),
+    };
+    let filename = sanitize_filename(&request.filename);
+
+    // Look before touching storage; the conditional update below decides races.
+    let video = crate::repo::videos::find_writable(&state.db, principal, request.video_id).await?;
+    ensure_uploadable(&video)?;
+    let method = if tus {
+        UploadMethod::Tus
+    } else if size <= settings.multipart_threshold_bytes {
+        UploadMethod::Presigned
+    } else {
+        UploadMethod::Multipart
+    };
+    let object_key = layout::source(video.owner_id, video.id);
+    let multipart_id = match method {
+        UploadMethod::Presigned => None,
+        _ => Some(state.store.create_multipart(&object_key, Some(&content_type)).await?),
+    };
+    let result = insert_session(state, &video, method, &object_key, multipart_id.clone(), |row| {
+        row.filename = Set(filename.clone());
+        row.content_type = Set(content_type.clone());
+        row.declared_size = Set(request.size);
+        row.checksum_sha256 = Set(checksum.clone());
+        row.user_id = Set(principal.user_id);
+        if method == UploadMethod::Tus {
+            let tus = TusState { part_size: part_size_for(settings, size), parts: Vec::new() };
+            row.parts = Set(Some(tus.to_json()));
+        }
+    })
+    .await;
+    if result.is_err() {
+        if let Some(id) = &multipart_id {
+            if let Err(err) = state.store.abort_multipart(&object_key, id).await {
+                tracing::warn!(error = %err, "could not abort a multipart upload of a refused session");
+            }
+        }
+    }
+    result
+}
+
+fn ensure_uploadable(video: &video::Model) -> AppResult<()> {
+    if matches!(video.status, VideoStatus::Draft | VideoStatus::Failed) {
+        Ok(())
+    } else {
+        let status = serde_json::to_value(video.status).ok().and_then(|v| v.as_str().map(str::to_string));
+        Err(AppError::new(
+            ErrorCode::Conflict,
+            format!(
+                "the video is {}; uploads are accepted only for DRAFT or FAILED videos",
+                status.unwrap_or_default()
+            ),
+        ))
+    }
+}
+
+async fn insert_session(
+    state: &AppState,
+    video: &video::Model,
+    method: UploadMethod,
+    object_key: &str,
+    multipart_id: Option<String>,
+    fill: impl FnOnce(&mut upload::ActiveModel),
+) -> AppResult<(upload::Model, video::Model)> {
+    let settings = &state.settings.uploads;
+    let now = Utc::now();
+    let txn = state.db.begin().await?;
+    let mut row = upload::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        video_id: Set(video.id),
+        method: Set(method),
+        status: Set(UploadStatus::Open),
+        offset_bytes: Set(0),
+        object_key: Set(object_key.to_string()),
+        s3_upload_id: Set(multipart_id),
+        parts: Set(None),
+        expires_at: Set(now
+            + chrono::Duration::seconds(
+                i64::try_from(settings.session_ttl_secs).unwrap_or(i64::MAX / 2).min(365 * 24 * 3600),
+            )),
+        failure_reason: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+        completed_at: Set(None),
+        ..Default::default()
+    };
+    fill(&mut row);
+    let size = match &row.declared_size {
+        sea_orm::ActiveValue::Set(size) => *size,
+        _ => 0,
+    };
+    if settings.quota_bytes_per_user > 0 {
+        let used = crate::repo::videos::storage_used_bytes(&txn, video.owner_id).await?;
+        let quota = i64::try_from(settings.quota_bytes_per_user).unwrap_or(i64::MAX);
+        if used.saturating_add(size) > quota {
+            return Err(AppError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("the storage quota is exceeded: {used} of {quota} bytes are used and the file has {size}"),
+            ));
+        }
+    }
+    // Only one session per video: the status flip is the claim.
+    let claimed = video::Entity::update_many()
+        .col_expr(video::Column::Status, Expr::value(VideoStatus::Uploading))
+        .col_expr(video::Column::UpdatedAt, Expr::value(now))
+        .filter(video::Column::Id.eq(video.id))
+        .filter(video::Column::Status.is_in([VideoStatus::Draft, VideoStatus::Failed]))
+        .filter(video::Column::DeletedAt.is_null())
+        .exec(&txn)
+        .await?;
+    if claimed.rows_affected != 1 {
+        return Err(AppError::new(ErrorCode::Conflict, "the video already has an upload in progress"));
+    }
+    let row = row.insert(&txn).await?;
+    let video = video::Entity::find_by_id(video.id).one(&txn).await?.ok_or_else(|| AppError::not_found("video"))?;
+    txn.commit().await?;
+    metrics::counter!("reelhouse_uploads_created_total", "method" => method_label(method)).increment(1);
+    Ok((row, video))
+}
+
+pub fn method_label(method: UploadMethod) -> &'static str {
+    match method {
+        UploadMethod::Presigned => "presigned",
+        UploadMethod::Multipart => "multipart",
+        UploadMethod::Tus => "tus",
+    }
+}
+
+/// The session by id if `principal` owns it (or may write its video); NOT_FOUND
+/// otherwise, so sessions of others do not reveal that they exist.
+pub async fn find_for(state: &AppState, principal: &Principal, id: Uuid) -> AppResult<upload::Model> {
+    let row = upload::Entity::find_by_id(id).one(&state.db).await?.ok_or_else(|| AppError::not_found("upload"))?;
+    if row.user_id == principal.user_id {
+        return Ok(row);
+    }
+    match crate::repo::videos::find_writable(&state.db, principal, row.video_id).await {
+        Ok(_) => Ok(row),
+        Err(_) => Err(AppError::not_found("upload")),
+    }
+}
+
+/// The session by id only for the user who opened it (the tus endpoint's rule).
+pub async fn find_owned(state: &AppState, principal: &Principal, id: Uuid) -> AppResult<upload::Model> {
+    match upload::Entity::find_by_id(id).one(&state.db).await? {
+        Some(row) if row.user_id == principal.user_id => Ok(row),
+        _ => Err(AppError::not_found("upload")),
+    }
+}
+
+/// Re-read a session by id for the user who opened it.
+pub async fn find_owned_by_id(state: &AppState, id: Uuid, user_id: Uuid) -> AppResult<upload::Model> {
+    match upload::Entity::find_by_id(id).one(&state.db).await? {
+        Some(row) if row.user_id == user_id => Ok(row),
+        _ => Err(AppError::not_found("upload")),
+    }
+}
+
+pub fn parse_id(raw: &str) -> AppResult<Uuid> {
+    Uuid::parse_str(raw.trim()).map_err(|_| AppError::not_found("upload"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_are_sanitized() {
+        assert_eq!(sanitize_filename("../../etc/passwd"), "passwd");
+        assert_eq!(sanitize_filename("C:\\videos\\a.mp4"), "a.mp4");
+        assert_eq!(sanitize_filename("a\u{0}b\nc.mp4"), "abc.mp4");
+        assert_eq!(sanitize_filename(""), "upload");
+        assert_eq!(sanitize_filename(".."), "upload");
+        assert_eq!(sanitize_filename(&"x".repeat(1000)).chars().count(), MAX_FILENAME_CHARS);
+    }
+
+    #[test]
+    fn part_sizes_follow_s3_rules() {
+        let mut settings = UploadSettings { part_size_bytes: 1, ..UploadSettings::default() };
+        assert_eq!(part_size_for(&settings, 10), MIN_PART_SIZE);
+        settings.part_size_bytes = 16 * MIB;
+        let huge = 1024 * 1024 * MIB; // 1 TiB
+        let part = part_size_for(&settings, huge);
+        assert!(huge.div_ceil(part) <= MAX_PART_NUMBER as u64);
+        assert_eq!(part % MIB, 0);
+    }
+
+    #[test]
+    fn content_types_normalize() {
+        assert_eq!(normalize_content_type("Video/MP4; codecs=avc1"), "video/mp4");
+        assert_eq!(content_type_from_filename("clip.MOV"), Some("video/quicktime"));
+        assert_eq!(content_type_from_filename("clip"), None);
+    }
+}

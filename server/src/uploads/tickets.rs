@@ -1,0 +1,89 @@
+//! `createUpload`: a session plus everything a client needs to send the bytes.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use entities::{upload, UploadMethod};
+
+use super::{open_session, part_size_for, tus_url, UploadRequest};
+use crate::auth::principal::Principal;
+use crate::error::{AppError, AppResult};
+use crate::startup::AppState;
+use crate::storage::{MAX_PRESIGN_EXPIRY, MIN_PRESIGN_EXPIRY};
+
+/// One presigned part URL.
+#[derive(Debug, Clone)]
+pub struct PartUrl {
+    pub number: i32,
+    pub url: String,
+}
+
+/// What `createUpload` answers.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    pub id: uuid::Uuid,
+    /// `PUT` (one request to `url`) or `MULTIPART` (one `PUT` per part URL).
+    pub method: &'static str,
+    pub url: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub tus_url: String,
+    pub expires_at: DateTime<Utc>,
+    pub part_size: Option<u64>,
+    pub parts: Vec<PartUrl>,
+}
+
+/// Open a session and presign its URLs.
+pub async fn create_ticket(state: &AppState, principal: &Principal, request: UploadRequest) -> AppResult<Ticket> {
+    let (row, _video) = open_session(state, principal, request, false).await?;
+    match presign(state, &row).await {
+        Ok(ticket) => Ok(ticket),
+        Err(err) => {
+            // The session is useless without URLs: release the video again.
+            if let Err(abort_err) = super::abort::abort(state, row.id, Some("presigning failed".into())).await {
+                abort_err.log();
+            }
+            Err(err)
+        }
+    }
+}
+
+/// Presigned URLs live as long as the session (within the presigning limits).
+fn presign_expiry(row: &upload::Model) -> Duration {
+    let left = (row.expires_at - Utc::now()).to_std().unwrap_or(MIN_PRESIGN_EXPIRY);
+    left.clamp(MIN_PRESIGN_EXPIRY, MAX_PRESIGN_EXPIRY)
+}
+
+async fn presign(state: &AppState, row: &upload::Model) -> AppResult<Ticket> {
+    let expires_in = presign_expiry(row);
+    let size = u64::try_from(row.declared_size).unwrap_or(0);
+    let mut ticket = Ticket {
+        id: row.id,
+        method: "PUT",
+        url: None,
+        headers: Vec::new(),
+        tus_url: tus_url(state, row.id),
+        expires_at: row.expires_at,
+        part_size: None,
+        parts: Vec::new(),
+    };
+    match (row.method, row.s3_upload_id.as_deref()) {
+        (UploadMethod::Multipart, Some(upload_id)) => {
+            let part_size = part_size_for(&state.settings.uploads, size);
+            let count = i32::try_from(size.div_ceil(part_size)).map_err(AppError::internal)?;
+            let mut parts = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+            for number in 1..=count {
+                let presigned = state.store.presign_upload_part(&row.object_key, upload_id, number, expires_in).await?;
+                parts.push(PartUrl { number, url: presigned.url });
+            }
+            ticket.method = "MULTIPART";
+            ticket.part_size = Some(part_size);
+            ticket.parts = parts;
+        }
+        _ => {
+            let presigned = state.store.presign_put(&row.object_key, expires_in, Some(&row.content_type)).await?;
+            ticket.url = Some(presigned.url);
+            ticket.headers = presigned.headers;
+        }
+    }
+    Ok(ticket)
+}

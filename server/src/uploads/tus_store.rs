@@ -1,0 +1,155 @@
+//! How tus bytes reach storage with bounded memory and durable state, on any
+//! backend and across restarts or replicas.
+//!
+//! A session writes into a storage multipart upload. Bytes stream into a buffer of
+//! one part; each full part is uploaded and recorded in the row (`parts`,
+//! `offset_bytes`) before the next one starts. What is left below one part when a
+//! request ends is written to a staging object (`{source}.tus-tail`), then the
+//! offset is recorded. Because every recorded part is exactly `part_size` bytes,
+//! the first `offset - parts * part_size` bytes of the tail are the valid ones, so
+//! a crash between writing the tail and recording the offset loses nothing that
+//! was acknowledged. Each row update is conditional on the offset it started
+//! from, so two writers (two replicas) can never both advance a session.
+
+use bytes::{Bytes, BytesMut};
+use chrono::Utc;
+use entities::{upload, UploadStatus};
+use futures::{Stream, StreamExt};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+
+use super::{part_size_for, tail_key, StoredPart, TusState};
+use crate::error::{AppError, AppResult, ErrorCode};
+use crate::startup::AppState;
+use crate::storage::ByteRange;
+
+/// Make sure the session has a multipart upload and tus state; returns both.
+pub async fn ensure_multipart(state: &AppState, row: &upload::Model) -> AppResult<(String, TusState)> {
+    if let (Some(upload_id), Some(tus)) = (&row.s3_upload_id, TusState::from_row(row)) {
+        return Ok((upload_id.clone(), tus));
+    }
+    let size = u64::try_from(row.declared_size).unwrap_or(0);
+    let tus = TusState { part_size: part_size_for(&state.settings.uploads, size), parts: Vec::new() };
+    let (upload_id, created) = match &row.s3_upload_id {
+        Some(id) => (id.clone(), false),
+        None => (state.store.create_multipart(&row.object_key, Some(&row.content_type)).await?, true),
+    };
+    let mut update = upload::Entity::update_many()
+        .col_expr(upload::Column::S3UploadId, Expr::value(upload_id.clone()))
+        .col_expr(upload::Column::Parts, Expr::value(tus.to_json()))
+        .col_expr(upload::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(upload::Column::Id.eq(row.id))
+        .filter(upload::Column::Status.eq(UploadStatus::Open))
+        .filter(upload::Column::OffsetBytes.eq(0));
+    update = match &row.s3_upload_id {
+        Some(id) => update.filter(upload::Column::S3UploadId.eq(id.clone())),
+        None => update.filter(upload::Column::S3UploadId.is_null()),
+    };
+    let result = update.exec(&state.db).await?;
+    if result.rows_affected != 1 {
+        if created {
+            let _ = state.store.abort_multipart(&row.object_key, &upload_id).await;
+        }
+        return Err(AppError::new(ErrorCode::Conflict, "the upload changed, check its offset and try again"));
+    }
+    Ok((upload_id, tus))
+}
+
+/// Record a new durable offset (and parts), only if nobody moved it meanwhile.
+async fn persist(state: &AppState, row: &upload::Model, from: u64, to: u64, tus: &TusState) -> AppResult<()> {
+    let result = upload::Entity::update_many()
+        .col_expr(upload::Column::OffsetBytes, Expr::value(i64::try_from(to).unwrap_or(i64::MAX)))
+        .col_expr(upload::Column::Parts, Expr::value(tus.to_json()))
+        .col_expr(upload::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(upload::Column::Id.eq(row.id))
+        .filter(upload::Column::Status.eq(UploadStatus::Open))
+        .filter(upload::Column::OffsetBytes.eq(i64::try_from(from).unwrap_or(i64::MAX)))
+        .exec(&state.db)
+        .await?;
+    if result.rows_affected != 1 {
+        return Err(AppError::new(ErrorCode::Conflict, "the upload changed while this request was writing"));
+    }
+    Ok(())
+}
+
+/// The result of one append.
+#[derive(Debug)]
+pub struct Appended {
+    /// The durable offset after the request.
+    pub offset: u64,
+    /// The body failed part-way (the client went away); what arrived before the
+    /// failure is kept.
+    pub body_error: Option<AppError>,
+}
+
+/// Append `body` at the row's offset. The caller has checked that the body fits
+/// (`offset + len <= declared`); bytes past the declared size are refused with
+/// PAYLOAD_TOO_LARGE (what came before them is kept, as when a client drops).
+pub async fn append<S>(state: &AppState, row: &upload::Model, mut body: S) -> AppResult<Appended>
+where
+    S: Stream<Item = Result<Bytes, AppError>> + Unpin,
+{
+    let declared = u64::try_from(row.declared_size).unwrap_or(0);
+    let (upload_id, mut tus) = ensure_multipart(state, row).await?;
+    let part_size = tus.part_size;
+    let store = state.store.as_ref();
+    let key = row.object_key.as_str();
+    let mut durable = u64::try_from(row.offset_bytes).unwrap_or(0);
+    let mut offset = durable;
+    if durable >= declared {
+        return Ok(Appended { offset: durable, body_error: None });
+    }
+    let tail_len = durable
+        .checked_sub(tus.full_bytes())
+        .filter(|len| *len < part_size)
+        .ok_or_else(|| AppError::internal(anyhow::anyhow!("upload {} has an inconsistent offset and parts", row.id)))?;
+    let mut buffer = BytesMut::with_capacity(usize::try_from(part_size.min(declared - tus.full_bytes())).unwrap_or(0));
+    if tail_len > 0 {
+        let tail = store.get(&tail_key(key), Some(ByteRange::FromTo(0, tail_len - 1))).await?;
+        let mut stream = tail.body;
+        while let Some(chunk) = stream.next().await {
+            buffer.extend_from_slice(&chunk.map_err(|e| AppError::unavailable("object storage", e))?);
+        }
+        if buffer.len() as u64 != tail_len {
+            return Err(AppError::internal(anyhow::anyhow!("the tus tail of upload {} is short", row.id)));
+        }
+    }
+
+    let mut body_error = None;
+    'body: while let Some(chunk) = body.next().await {
+        let mut chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(err) => {
+                body_error = Some(err);
+                break;
+            }
+        };
+        while !chunk.is_empty() {
+            if offset >= declared {
+                body_error = Some(AppError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!("the body goes past the declared length of {declared} bytes"),
+                ));
+                break 'body;
+            }
+            let room = (part_size - buffer.len() as u64).min(declared - offset);
+            let take = usize::try_from(room).unwrap_or(usize::MAX).min(chunk.len());
+            buffer.extend_from_slice(&chunk.split_to(take));
+            offset += take as u64;
+            if buffer.len() as u64 == part_size || offset == declared {
+                let number = i32::try_from(tus.parts.len() + 1).map_err(AppError::internal)?;
+                let etag = store.upload_part(key, &upload_id, number, buffer.split().freeze()).await?;
+                tus.parts.push(StoredPart { number, etag });
+                persist(state, row, durable, offset, &tus).await?;
+                durable = offset;
+            }
+        }
+    }
+    if offset > durable && !buffer.is_empty() {
+        // Below one part: keep it in the staging tail, then record the offset.
+        store.put_bytes(&tail_key(key), buffer.freeze(), None).await?;
+        persist(state, row, durable, offset, &tus).await?;
+        durable = offset;
+    }
+    Ok(Appended { offset: durable, body_error })
+}

@@ -1,0 +1,525 @@
+//! The tus 1.0 endpoint, as a stock tus client uses it, on both backends.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use entities::{UploadStatus, VideoStatus};
+use reelhouse::startup::Application;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use uuid::Uuid;
+
+use crate::helpers::{test_settings, TestApp, TestUser};
+use crate::uploads::{
+    big_clip, event_kinds, fixture, jobs_of, new_video, short_s3_prefix, small_clip, source_exists, spawn_uploads_app,
+    ticket_for, upload_row, user_id, video_row,
+};
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn metadata(video: Uuid, filename: &str, filetype: &str) -> String {
+    format!("videoId {},filename {},filetype {}", b64(&video.to_string()), b64(filename), b64(filetype))
+}
+
+async fn tus_create(app: &TestApp, user: &TestUser, video: Uuid, length: usize) -> reqwest::Response {
+    app.client
+        .post(app.url("/uploads/"))
+        .bearer_auth(&user.access_token)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", length.to_string())
+        .header("Upload-Metadata", metadata(video, "clip.mp4", "video/mp4"))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Create a session and return its URL.
+async fn tus_session(app: &TestApp, user: &TestUser, video: Uuid, length: usize) -> String {
+    let res = tus_create(app, user, video, length).await;
+    assert_eq!(res.status(), 201, "{:?}", res.text().await);
+    assert_eq!(res.headers()["tus-resumable"], "1.0.0");
+    res.headers()["location"].to_str().unwrap().to_string()
+}
+
+async fn head(client: &reqwest::Client, url: &str, user: &TestUser) -> reqwest::Response {
+    client.head(url).bearer_auth(&user.access_token).header("Tus-Resumable", "1.0.0").send().await.unwrap()
+}
+
+async fn offset(client: &reqwest::Client, url: &str, user: &TestUser) -> u64 {
+    let res = head(client, url, user).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    res.headers()["upload-offset"].to_str().unwrap().parse().unwrap()
+}
+
+fn patch_request(
+    client: &reqwest::Client,
+    url: &str,
+    user: &TestUser,
+    at: u64,
+    body: &[u8],
+) -> reqwest::RequestBuilder {
+    client
+        .patch(url)
+        .bearer_auth(&user.access_token)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Content-Type", "application/offset+octet-stream")
+        .header("Upload-Offset", at.to_string())
+        .body(body.to_vec())
+}
+
+async fn patch(client: &reqwest::Client, url: &str, user: &TestUser, at: u64, body: &[u8]) -> reqwest::Response {
+    patch_request(client, url, user, at, body).send().await.unwrap()
+}
+
+/// PATCH `bytes[from..]` in chunks of `chunk`; returns the last response.
+async fn send_rest(client: &reqwest::Client, url: &str, user: &TestUser, bytes: &[u8], from: usize, chunk: usize) {
+    let mut at = from;
+    while at < bytes.len() {
+        let end = (at + chunk).min(bytes.len());
+        let res = patch(client, url, user, at as u64, &bytes[at..end]).await;
+        let status = res.status();
+        assert_eq!(status, 204, "PATCH at {at}: {:?}", res.text().await);
+        assert_eq!(res.headers()["upload-offset"].to_str().unwrap(), end.to_string());
+        at = end;
+    }
+}
+
+/// Send a PATCH over a raw socket: the headers announce `declared` bytes, only
+/// `sent` go out; the socket stays open until the returned stream is dropped.
+async fn partial_patch(
+    app: &TestApp,
+    path: &str,
+    user: &TestUser,
+    at: u64,
+    declared: usize,
+    sent: &[u8],
+) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+    let head = format!(
+        "PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: Bearer {}\r\nTus-Resumable: 1.0.0\r\n\
+         Content-Type: application/offset+octet-stream\r\nUpload-Offset: {at}\r\nContent-Length: {declared}\r\n\r\n",
+        app.port, user.access_token
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(sent).await.unwrap();
+    stream.flush().await.unwrap();
+    stream
+}
+
+fn path_of(url: &str) -> String {
+    url::Url::parse(url).unwrap().path().to_string()
+}
+
+#[actix_web::test]
+async fn tus_options_and_version_check() {
+    let app = spawn_uploads_app(|_| {}).await;
+    let res = app.client.request(reqwest::Method::OPTIONS, app.url("/uploads/")).send().await.unwrap();
+    assert_eq!(res.status(), 204);
+    let h = res.headers();
+    assert_eq!(h["tus-resumable"], "1.0.0");
+    assert_eq!(h["tus-version"], "1.0.0");
+    let extensions = h["tus-extension"].to_str().unwrap();
+    for ext in ["creation", "termination", "checksum", "expiration"] {
+        assert!(extensions.contains(ext), "{extensions}");
+    }
+    assert!(h["tus-checksum-algorithm"].to_str().unwrap().contains("sha256"));
+    assert_eq!(h["tus-max-size"].to_str().unwrap(), app.state.settings.uploads.max_size_bytes.to_string());
+
+    let user = app.register_user().await;
+    let video = new_video(&app, user_id(&user)).await;
+    let res = app
+        .client
+        .post(app.url("/uploads/"))
+        .bearer_auth(&user.access_token)
+        .header("Tus-Resumable", "0.2.2")
+        .header("Upload-Length", "10")
+        .header("Upload-Metadata", metadata(video, "a.mp4", "video/mp4"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 412);
+    assert_eq!(res.headers()["tus-resumable"], "1.0.0");
+    // No credentials: 401 as JSON.
+    let res = app
+        .client
+        .post(app.url("/uploads/"))
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", "10")
+        .header("Upload-Metadata", metadata(video, "a.mp4", "video/mp4"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "UNAUTHENTICATED");
+}
+
+#[actix_web::test]
+async fn tus_upload_in_chunks_completes_the_video() {
+    let app = spawn_uploads_app(|s| s.uploads.part_size_bytes = 5 * 1024 * 1024).await;
+    let user = app.register_user().await;
+    let video = new_video(&app, user_id(&user)).await;
+    let clip = small_clip();
+    let url = tus_session(&app, &user, video, clip.len()).await;
+    assert_eq!(offset(&app.client, &url, &user).await, 0);
+    let res = head(&app.client, &url, &user).await;
+    assert_eq!(res.headers()["upload-length"].to_str().unwrap(), clip.len().to_string());
+    assert!(res.headers().contains_key("upload-expires"));
+
+    // Stale offset: 409, nothing written.
+    let res = patch(&app.client, &url, &user, 5, &clip[..10]).await;
+    assert_eq!(res.status(), 409);
+    assert_eq!(offset(&app.client, &url, &user).await, 0);
+    // Wrong content type: refused.
+    let res = app
+        .client
+        .patch(&url)
+        .bearer_auth(&user.access_token)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Content-Type", "application/octet-stream")
+        .header("Upload-Offset", "0")
+        .body(clip[..10].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 415);
+
+    send_rest(&app.client, &url, &user, &clip, 0, 7_000).await;
+    let row = video_row(&app, video).await;
+    assert_eq!(row.status, VideoStatus::Processing);
+    assert_eq!(row.width, Some(320));
+    assert_eq!(jobs_of(&app, video).await.len(), 1);
+    assert_eq!(event_kinds(&app, video).await, ["UPLOADED", "PROCESSING"]);
+    let meta = app.state.store.head(&reelhouse::storage::layout::source(user_id(&user), video)).await.unwrap();
+    assert_eq!(meta.size, clip.len() as u64);
+    assert!(app
+        .state
+        .store
+        .head(&reelhouse::uploads::tail_key(&reelhouse::storage::layout::source(user_id(&user), video)))
+        .await
+        .is_err());
+    // HEAD after completion reports the whole length.
+    assert_eq!(offset(&app.client, &url, &user).await, clip.len() as u64);
+}
+
+#[actix_web::test]
+async fn tus_checksum_mismatch_changes_nothing() {
+    let app = spawn_uploads_app(|_| {}).await;
+    let user = app.register_user().await;
+    let video = new_video(&app, user_id(&user)).await;
+    let clip = small_clip();
+    let url = tus_session(&app, &user, video, clip.len()).await;
+    let chunk = &clip[..50_000];
+    let wrong = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(b"something else"));
+    let res = patch_request(&app.client, &url, &user, 0, chunk)
+        .header("Upload-Checksum", format!("sha256 {wrong}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 460);
+    assert_eq!(offset(&app.client, &url, &user).await, 0);
+    let res =
+        patch_request(&app.client, &url, &user, 0, chunk).header("Upload-Checksum", "md5 AAAA").send().await.unwrap();
+    assert_eq!(res.status(), 400);
+    let right = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(chunk));
+    let res = patch_request(&app.client, &url, &user, 0, chunk)
+        .header("Upload-Checksum", format!("sha256 {right}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(offset(&app.client, &url, &user).await, chunk.len() as u64);
+    let sha1 = {
+        use sha1::Digest as _;
+        base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(&clip[chunk.len()..]))
+    };
+    let res = patch_request(&app.client, &url, &user, chunk.len() as u64, &clip[chunk.len()..])
+        .header("Upload-Checksum", format!("sha1 {sha1}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204, "{:?}", res.text().await);
+    assert_eq!(video_row(&app, video).await.status, VideoStatus::Processing);
+}
+
+#[actix_web::test]
+async fn tus_resumes_after_a_dropped_patch_and_refuses_concurrent_writes() {
+    let app = spawn_uploads_app(|s| s.uploads.part_size_bytes = 5 * 1024 * 1024).await;
+    let user = app.register_user().await;
+    let video = new_video(&app, user_id(&user)).await;
+    let clip = big_clip();
+    let url = tus_session(&app, &user, video, clip.len()).await;
+    let path = path_of(&url);
+
+    // A PATCH announcing the whole file sends 6 MiB (one full part and more) and
+    // stays open: meanwhile a second PATCH is refused with 409 and writes nothing.
+    let sent = 6 * 1024 * 1024;
+    let stream = partial_patch(&app, &path, &user, 0, clip.len(), &clip[..sent]).await;
+    let mut saw_conflict = false;
+    for _ in 0..100 {
+        // A stale offset: refused either way (busy, or offset mismatch), so it never writes.
+        let res = patch(&app.client, &url, &user, 1, &[0u8; 16]).await;
+        if res.status() == 409 {
+            let body: Value = res.json().await.unwrap();
+            if body["message"].as_str().unwrap().contains("another request") {
+                saw_conflict = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(saw_conflict, "a concurrent PATCH was never refused");
+    // The client goes away mid-body.
+    drop(stream);
+
+    // Resume where the server says, once the dropped request has let go.
+    let mut resumed = false;
+    for _ in 0..100 {
+        let at = offset(&app.client, &url, &user).await;
+        assert!(at <= sent as u64);
+        let end = clip.len().min(at as usize + 3 * 1024 * 1024);
+        let res = patch(&app.client, &url, &user, at, &clip[at as usize..end]).await;
+        if res.status() == 204 {
+            resumed = true;
+            break;
+        }
+        assert_eq!(res.status(), 409);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(resumed);
+    let at = offset(&app.client, &url, &user).await as usize;
+    send_rest(&app.client, &url, &user, &clip, at, 4 * 1024 * 1024).await;
+    assert_eq!(video_row(&app, video).await.status, VideoStatus::Processing);
+    let meta = app.state.store.head(&reelhouse::storage::layout::source(user_id(&user), video)).await.unwrap();
+    assert_eq!(meta.size, clip.len() as u64);
+    // The assembled object is byte-for-byte the file.
+    let mut body =
+        app.state.store.get(&reelhouse::storage::layout::source(user_id(&user), video), None).await.unwrap().body;
+    let mut hash = Sha256::new();
+    while let Some(chunk) = futures::StreamExt::next(&mut body).await {
+        hash.update(chunk.unwrap());
+    }
+    assert_eq!(hash.finalize().to_vec(), Sha256::digest(&clip).to_vec());
+    assert_eq!(jobs_of(&app, video).await.len(), 1);
+}
+
+#[actix_web::test]
+async fn tus_refuses_oversize_and_strangers_and_terminates() {
+    let app = spawn_uploads_app(|s| s.uploads.max_size_bytes = 2_000_000).await;
+    let user = app.register_user().await;
+    let video = new_video(&app, user_id(&user)).await;
+    // Declared too large.
+    let res = tus_create(&app, &user, video, 2_000_001).await;
+    assert_eq!(res.status(), 413);
+    assert_eq!(res.headers()["tus-resumable"], "1.0.0");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "PAYLOAD_TOO_LARGE");
+    // Not a video type.
+    let res = app
+        .client
+        .post(app.url("/uploads/"))
+        .bearer_auth(&user.access_token)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", "100")
+        .header("Upload-Metadata", metadata(video, "a.pdf", "application/pdf"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 415);
+
+    let clip = small_clip();
+    let url = tus_session(&app, &user, video, clip.len()).await;
+    // More than Upload-Length: 413, nothing written.
+    let mut longer = clip.clone();
+    longer.extend_from_slice(b"extra");
+    let res = patch(&app.client, &url, &user, 0, &longer).await;
+    assert_eq!(res.status(), 413);
+    assert_eq!(offset(&app.client, &url, &user).await, 0);
+    send_rest(&app.client, &url, &user, &clip[..30_000], 0, 30_000).await;
+
+    // Only the owner may use the URL.
+    let stranger = app.register_user().await;
+    assert_eq!(head(&app.client, &url, &stranger).await.status(), 404);
+    assert_eq!(patch(&app.client, &url, &stranger, 30_000, &clip[30_000..31_000]).await.status(), 404);
+    let res = app
+        .client
+        .delete(&url)
+        .bearer_auth(&stranger.access_token)
+        .header("Tus-Resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    assert_eq!(offset(&app.client, &url, &user).await, 30_000);
+
+    // Termination.
+    let res =
+        app.client.delete(&url).bearer_auth(&user.access_token).header("Tus-Resumable", "1.0.0").send().await.unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(head(&app.client, &url, &user).await.status(), 404);
+    assert_eq!(video_row(&app, video).await.status, VideoStatus::Draft);
+    assert!(!source_exists(&app, user_id(&user), video).await);
+    let id = path_of(&url).rsplit('/').next().unwrap().to_string();
+    assert_eq!(upload_row(&app, &id).await.status, UploadStatus::Aborted);
+}
+
+#[actix_web::test]
+async fn tus_final_patch_of_a_hostile_file_answers_415() {
+    let app = spawn_uploads_app(|_| {}).await;
+    let user = app.register_user().await;
+    let video = new_video(&app, user_id(&user)).await;
+    let bytes = fixture("hostile_random.mp4");
+    let url = tus_session(&app, &user, video, bytes.len()).await;
+    let res = patch(&app.client, &url, &user, 0, &bytes).await;
+    assert_eq!(res.status(), 415);
+    assert_eq!(res.headers()["tus-resumable"], "1.0.0");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "UNSUPPORTED_MEDIA");
+    assert_eq!(video_row(&app, video).await.status, VideoStatus::Failed);
+    assert!(!source_exists(&app, user_id(&user), video).await);
+    assert!(jobs_of(&app, video).await.is_empty());
+}
+
+#[actix_web::test]
+async fn tus_url_of_a_create_upload_ticket_accepts_tus() {
+    let app = spawn_uploads_app(|_| {}).await;
+    let user = app.register_user().await;
+    let video = new_video(&app, user_id(&user)).await;
+    let clip = small_clip();
+    let ticket = ticket_for(&app, &user, video, &clip, "video/mp4").await;
+    let url = ticket["tusUrl"].as_str().unwrap().to_string();
+    assert_eq!(offset(&app.client, &url, &user).await, 0);
+    send_rest(&app.client, &url, &user, &clip, 0, 20_000).await;
+    assert_eq!(video_row(&app, video).await.status, VideoStatus::Processing);
+    assert_eq!(jobs_of(&app, video).await.len(), 1);
+}
+
+/// A second server on the same database and storage resumes at the stored offset.
+#[actix_web::test]
+async fn tus_resumes_on_a_restarted_server() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(data_dir.path()).await;
+    settings.uploads.part_size_bytes = 5 * 1024 * 1024;
+    short_s3_prefix(&mut settings);
+    let clip = big_clip();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+
+    let (first, first_handle) = start(settings.clone()).await;
+    let user = first.register_user().await;
+    let video = new_video(&first, user_id(&user)).await;
+    let url = tus_session(&first, &user, video, clip.len()).await;
+    // One full part plus a tail below one part.
+    let cut = 6 * 1024 * 1024 + 12_345;
+    send_rest(&client, &url, &user, &clip[..cut], 0, cut).await;
+    let id = path_of(&url).rsplit('/').next().unwrap().to_string();
+    first_handle.stop(true).await;
+    drop(first);
+
+    let (second, _second_handle) = start(settings.clone()).await;
+    let url = second.url(&format!("/uploads/{id}"));
+    let at = offset(&client, &url, &user).await;
+    assert_eq!(at, 6 * 1024 * 1024 + 12_345);
+    send_rest(&client, &url, &user, &clip, at as usize, 2 * 1024 * 1024).await;
+    assert_eq!(video_row(&second, video).await.status, VideoStatus::Processing);
+    let mut body =
+        second.state.store.get(&reelhouse::storage::layout::source(user_id(&user), video), None).await.unwrap().body;
+    let mut hash = Sha256::new();
+    while let Some(chunk) = futures::StreamExt::next(&mut body).await {
+        hash.update(chunk.unwrap());
+    }
+    assert_eq!(hash.finalize().to_vec(), Sha256::digest(&clip).to_vec());
+    drop(data_dir);
+}
+
+/// Build and run a server from `settings` (not a fresh database: the caller's).
+async fn start(settings: reelhouse::config::Settings) -> (TestApp, actix_web::dev::ServerHandle) {
+    let app = Application::build(settings).await.expect("application builds");
+    let port = app.port();
+    let state = app.state().clone();
+    let handle = app.handle();
+    actix_rt::spawn(async move {
+        let _ = app.run_until_stopped().await;
+    });
+    let test_app = TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        port,
+        state,
+        client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+        data_dir: tempfile::tempdir().unwrap(),
+    };
+    (test_app, handle)
+}
+
+#[actix_web::test]
+async fn tus_chunked_bodies_without_length_are_accepted_and_bounded() {
+    let app = spawn_uploads_app(|s| s.uploads.tus_max_chunk_bytes = 40_000).await;
+    let user = app.register_user().await;
+    let video = new_video(&app, user_id(&user)).await;
+    let clip = small_clip();
+    let url = tus_session(&app, &user, video, clip.len()).await;
+    let chunked = |bytes: Vec<u8>| {
+        let pieces: Vec<Result<Vec<u8>, std::io::Error>> = bytes.chunks(7_000).map(|c| Ok(c.to_vec())).collect();
+        reqwest::Body::wrap_stream(futures::stream::iter(pieces))
+    };
+    let send = |at: usize, bytes: Vec<u8>| {
+        app.client
+            .patch(&url)
+            .bearer_auth(&user.access_token)
+            .header("Tus-Resumable", "1.0.0")
+            .header("Content-Type", "application/offset+octet-stream")
+            .header("Upload-Offset", at.to_string())
+            .body(chunked(bytes))
+            .send()
+    };
+    // Over the spool limit: refused, nothing written.
+    let res = send(0, clip[..50_000].to_vec()).await.unwrap();
+    assert_eq!(res.status(), 413);
+    assert_eq!(offset(&app.client, &url, &user).await, 0);
+    let mut at = 0;
+    while at < clip.len() {
+        let end = (at + 35_000).min(clip.len());
+        let res = send(at, clip[at..end].to_vec()).await.unwrap();
+        assert_eq!(res.status(), 204, "{:?}", res.text().await);
+        at = end;
+    }
+    assert_eq!(video_row(&app, video).await.status, VideoStatus::Processing);
+}
+
+#[actix_web::test]
+async fn tus_expired_sessions_are_swept() {
+    let app = spawn_uploads_app(|s| s.uploads.part_size_bytes = 5 * 1024 * 1024).await;
+    let user = app.register_user().await;
+    let video = new_video(&app, user_id(&user)).await;
+    let clip = big_clip();
+    let url = tus_session(&app, &user, video, clip.len()).await;
+    let cut = 5 * 1024 * 1024 + 1_000;
+    send_rest(&app.client, &url, &user, &clip[..cut], 0, cut).await;
+    let id = path_of(&url).rsplit('/').next().unwrap().to_string();
+    let row = upload_row(&app, &id).await;
+    assert_eq!(row.offset_bytes, cut as i64);
+    assert!(source_exists(&app, user_id(&user), video).await, "the tail is staged");
+
+    // Nothing is due yet.
+    assert_eq!(reelhouse::uploads::sweeper::sweep_once(&app.state).await.unwrap(), 0);
+    use sea_orm::{ActiveModelTrait, IntoActiveModel, Set};
+    let mut expired = row.into_active_model();
+    expired.expires_at = Set(chrono::Utc::now() - chrono::Duration::seconds(1));
+    expired.update(&app.state.db).await.unwrap();
+    assert_eq!(head(&app.client, &url, &user).await.status(), 404);
+    assert_eq!(reelhouse::uploads::sweeper::sweep_once(&app.state).await.unwrap(), 1);
+    let row = upload_row(&app, &id).await;
+    assert_eq!(row.status, UploadStatus::Expired);
+    assert_eq!(video_row(&app, video).await.status, VideoStatus::Draft);
+    assert!(!source_exists(&app, user_id(&user), video).await);
+    let key = reelhouse::storage::layout::source(user_id(&user), video);
+    // The multipart upload is gone (s3s-fs lists no parts instead of refusing).
+    match app.state.store.list_parts(&key, row.s3_upload_id.as_deref().unwrap()).await {
+        Err(reelhouse::storage::StoreError::UploadNotFound) => {}
+        Ok(parts) => assert!(parts.is_empty(), "{parts:?}"),
+        Err(err) => panic!("{err:?}"),
+    }
+}
