@@ -674,17 +674,18 @@ async fn video_shows_ready_renditions_and_the_running_job_progress() {
         thumbnailUrl storyboardUrl mp4Url playbackUrl progress { percent stage fps etaSeconds } } }";
     let (_, body) = app.graphql_as(&Credentials::Anonymous, QUERY, json!({ "id": id.to_string() })).await;
     let video = &body["data"]["video"];
+    let playlist = |name: &str| app.url(&format!("/media/{id}/hls/{name}/index.m3u8"));
     assert_eq!(
         video["renditions"],
         json!([
-            { "name": "720p", "width": 1280, "height": 720, "bitrate": 2_880_000, "playlistUrl": null },
-            { "name": "360p", "width": 640, "height": 360, "bitrate": 1_440_000, "playlistUrl": null },
+            { "name": "720p", "width": 1280, "height": 720, "bitrate": 2_880_000, "playlistUrl": playlist("720p") },
+            { "name": "360p", "width": 640, "height": 360, "bitrate": 1_440_000, "playlistUrl": playlist("360p") },
         ]),
         "{body}"
     );
     assert!(video["progress"].is_null(), "no running job: {body}");
     for field in ["thumbnailUrl", "storyboardUrl", "mp4Url", "playbackUrl"] {
-        assert!(video[field].is_null(), "{field} waits for playback delivery");
+        assert!(video[field].is_null(), "{field} exists only once the video is READY");
     }
 
     let job = reelhouse::jobs::enqueue(
