@@ -409,7 +409,10 @@ impl Settings {
             return Err(SettingsError::new("jobs.max_attempts", "must be at least 1"));
         }
         if self.jobs.heartbeat_secs == 0 || self.jobs.heartbeat_secs * 2 > self.jobs.lease_secs {
-            return Err(SettingsError::new("jobs.heartbeat_secs", "must be at least 1 and at most half of jobs.lease_secs"));
+            return Err(SettingsError::new(
+                "jobs.heartbeat_secs",
+                "must be at least 1 and at most half of jobs.lease_secs",
+            ));
         }
         if self.server.tls_enforcement != TlsEnforcement::Off && self.server.trusted_proxies.is_empty() {
             return Err(SettingsError::new(

@@ -1,6 +1,9 @@
 //! The durable job queue: a table, not a home-made broker.
 
+pub mod queue;
+pub mod reporter;
 pub mod runner;
+pub mod scheduler;
 
 use chrono::Utc;
 use entities::{job, JobKind, JobStatus};

@@ -55,7 +55,8 @@ mod tests {
     #[test]
     fn keys_are_valid_and_nested() {
         let (u, v) = (Uuid::now_v7(), Uuid::now_v7());
-        for key in [source(u, v), hls_master(u, v), hls_playlist(u, v, "720p"), download(u, v, "video.mp4"), poster(u, v)]
+        for key in
+            [source(u, v), hls_master(u, v), hls_playlist(u, v, "720p"), download(u, v, "video.mp4"), poster(u, v)]
         {
             crate::storage::validate_key(&key).expect("valid key");
             assert!(key.starts_with(&video_prefix(u, v)));
