@@ -1,6 +1,7 @@
 //! The GraphQL schema: built once, one `MergedObject` per domain.
 
 pub mod accounts;
+pub mod jobs;
 pub mod limits;
 mod server_info;
 pub mod videos;
@@ -11,13 +12,14 @@ use crate::config::GraphqlSettings;
 use crate::startup::AppState;
 
 pub use accounts::{AccountsMutation, AccountsQuery};
+pub use jobs::{JobsMutation, JobsQuery};
 pub use server_info::{HeartbeatSubscription, ServerInfo, ServerMode, ServerQuery};
 
 #[derive(MergedObject, Default)]
-pub struct Query(ServerQuery, AccountsQuery);
+pub struct Query(ServerQuery, AccountsQuery, JobsQuery);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(AccountsMutation);
+pub struct Mutation(AccountsMutation, JobsMutation);
 
 #[derive(MergedSubscription, Default)]
 pub struct Subscription(HeartbeatSubscription);
