@@ -41,6 +41,10 @@ fn worker_command(settings: &Settings, data_dir: &std::path::Path, extra: &[(&st
     if let Some(url) = &settings.database.url {
         cmd.env("REELHOUSE__DATABASE__URL", url.expose());
     }
+    // Workers run with the servers' configuration (the shared signing secret included).
+    if let Some(secret) = &settings.auth.jwt_secret {
+        cmd.env("REELHOUSE__AUTH__JWT_SECRET", secret.expose());
+    }
     let s3 = &settings.storage.s3;
     if let Some(bucket) = &s3.bucket {
         cmd.env("REELHOUSE__STORAGE__BACKEND", "s3")
@@ -59,7 +63,8 @@ fn worker_command(settings: &Settings, data_dir: &std::path::Path, extra: &[(&st
     for (key, value) in extra {
         cmd.env(key, value);
     }
-    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let log = std::fs::File::create(data_dir.join("worker.log")).unwrap();
+    cmd.stdout(Stdio::null()).stderr(log);
     cmd
 }
 
@@ -96,7 +101,8 @@ async fn worker_process_registers_drains_and_deregisters_on_sigterm() {
         worker_command(&app.state.settings, dir.path(), &[("REELHOUSE__WORKERS__CONCURRENCY", "2")]).spawn().unwrap();
     assert!(
         eventually(300, || async { worker::Entity::find().count(&db).await.unwrap_or(0) == 1 }).await,
-        "the worker registers"
+        "the worker registers: {}",
+        std::fs::read_to_string(dir.path().join("worker.log")).unwrap_or_default()
     );
     let row = worker::Entity::find().one(&db).await.unwrap().unwrap();
     assert_eq!(row.pid as u32, child.id().unwrap());
