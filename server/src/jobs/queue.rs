@@ -566,3 +566,26 @@ async fn append_log_in(
 pub async fn log_lines<C: ConnectionTrait>(conn: &C, job_id: Uuid) -> Result<Vec<job_log::Model>, DbErr> {
     job_log::Entity::find().filter(job_log::Column::JobId.eq(job_id)).order_by_asc(job_log::Column::Id).all(conn).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_equal_jitter_up_to_the_cap() {
+        let settings = JobSettings { backoff_base_secs: 2, backoff_max_secs: 60, ..Default::default() };
+        for attempts in 1..=10 {
+            let ceiling = (2_000u64 << (attempts - 1)).min(60_000);
+            let samples: Vec<u64> = (0..50).map(|_| backoff(&settings, attempts).as_millis() as u64).collect();
+            for ms in &samples {
+                assert!((ceiling / 2..=ceiling).contains(ms), "attempt {attempts}: {ms} ms, ceiling {ceiling}");
+            }
+            let distinct: std::collections::HashSet<_> = samples.iter().collect();
+            assert!(distinct.len() > 1, "jitter at attempt {attempts}");
+        }
+        // Absurd attempt counts neither overflow nor exceed the cap.
+        assert!(backoff(&settings, i32::MAX) <= Duration::from_secs(60));
+        let zero = JobSettings { backoff_base_secs: 0, ..Default::default() };
+        assert_eq!(backoff(&zero, 3), Duration::ZERO);
+    }
+}

@@ -26,9 +26,26 @@ enum Report {
     Log(LogLevel, String),
 }
 
-struct Throttle {
+/// Decides which progress reports go through: one per [`PROGRESS_EVERY`], plus
+/// every stage change and the final 100 %.
+#[derive(Debug, Default)]
+pub struct Throttle {
     last_at: Option<Instant>,
     last_stage: String,
+}
+
+impl Throttle {
+    pub fn admit(&mut self, progress: &ProgressInfo, now: Instant) -> bool {
+        let stage_changed = self.last_stage != progress.stage;
+        let due = self.last_at.is_none_or(|at| now.saturating_duration_since(at) >= PROGRESS_EVERY);
+        if stage_changed || due || progress.percent >= 100.0 {
+            self.last_at = Some(now);
+            self.last_stage.clone_from(&progress.stage);
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// The scheduler's [`JobReporter`] for one leased job.
@@ -64,7 +81,7 @@ impl QueueReporter {
                 }
             }
         });
-        Self { tx, throttle: Mutex::new(Throttle { last_at: None, last_stage: String::new() }) }
+        Self { tx, throttle: Mutex::new(Throttle::default()) }
     }
 
     fn admit(&self, progress: &ProgressInfo) -> bool {
@@ -72,16 +89,7 @@ impl QueueReporter {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let now = Instant::now();
-        let stage_changed = throttle.last_stage != progress.stage;
-        let due = throttle.last_at.is_none_or(|at| now.duration_since(at) >= PROGRESS_EVERY);
-        if stage_changed || due || progress.percent >= 100.0 {
-            throttle.last_at = Some(now);
-            throttle.last_stage.clone_from(&progress.stage);
-            true
-        } else {
-            false
-        }
+        throttle.admit(progress, Instant::now())
     }
 }
 
@@ -122,4 +130,34 @@ async fn store_and_publish(
         .flatten();
     publisher.publish(events::progress_event(&video, last_seq.unwrap_or(0), job_id, progress));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(stage: &str, percent: f64) -> ProgressInfo {
+        ProgressInfo { percent, stage: stage.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn at_most_four_a_second_but_every_stage_change_and_the_end() {
+        let mut throttle = Throttle::default();
+        let start = Instant::now();
+        let ms = |n: u64| start + Duration::from_millis(n);
+        assert!(throttle.admit(&at("encoding", 1.0), ms(0)));
+        // 100 reports within one period: none pass.
+        for n in 1..100 {
+            assert!(!throttle.admit(&at("encoding", 1.0 + n as f64 / 10.0), ms(n * 2)));
+        }
+        assert!(throttle.admit(&at("encoding", 20.0), ms(250)));
+        assert!(!throttle.admit(&at("encoding", 21.0), ms(300)));
+        // A new stage is never held back, nor is the end.
+        assert!(throttle.admit(&at("packaging", 90.0), ms(301)));
+        assert!(throttle.admit(&at("packaging", 100.0), ms(302)));
+        // Over ten seconds of reports every 10 ms: about four a second get through.
+        let mut throttle = Throttle::default();
+        let admitted = (0..1000).filter(|n| throttle.admit(&at("encoding", 50.0), ms(n * 10))).count();
+        assert_eq!(admitted, 40);
+    }
 }

@@ -539,3 +539,67 @@ async fn embedded_workers_retry_a_failing_job_until_dead() {
     assert_eq!(workers[0]["capacity"], 1);
     assert_eq!(worker::Entity::find().all(&db).await.unwrap().len(), 1);
 }
+
+#[actix_web::test]
+async fn reported_progress_is_kept_on_the_job_and_log_lines_are_bounded() {
+    use reelhouse::events::{ProgressInfo, RenditionProgressInfo};
+    use reelhouse::jobs::reporter::QueueReporter;
+    use reelhouse::jobs::runner::JobReporter;
+
+    let app = spawn_app_with(|s| {
+        s.workers.embedded = false;
+        s.jobs.log_max_lines = 5;
+    })
+    .await;
+    let db = app.state.db.clone();
+    let settings = app.state.settings.clone();
+    let (owner, owner_id) = user_id(&app, Role::User).await;
+    let video = insert_video(&db, owner_id, true).await;
+    let id = new_job(&db, Some(owner_id), Some(video.id), DEFAULT_PRIORITY, 3).await.id;
+    let leased = queue::lease(&db, "w", LEASE, &settings.jobs).await.unwrap().unwrap();
+    let reporter = QueueReporter::start(
+        db.clone(),
+        Publisher::new(Some(app.state.hubs.event_bus.clone())),
+        id,
+        Some(video.id),
+        leased.token,
+        settings.jobs.log_max_lines,
+    );
+    reporter.progress(ProgressInfo { percent: 5.0, stage: "probing".into(), ..Default::default() });
+    reporter.progress(ProgressInfo {
+        percent: 42.5,
+        stage: "encoding".into(),
+        fps: Some(88.0),
+        eta_seconds: Some(12.0),
+        renditions: vec![RenditionProgressInfo { name: "720p".into(), percent: 40.0, fps: Some(30.0) }],
+    });
+    for n in 0..10 {
+        reporter.log(entities::LogLevel::Warn, format!("warning {n}"));
+    }
+    assert!(
+        eventually(100, || async {
+            reload(&db, id).await.progress.is_some_and(|p| p["stage"] == "encoding")
+                && log_messages(&db, id).await.last().is_some_and(|m| m == "warning 9")
+        })
+        .await,
+        "progress stored and log written: {:?}",
+        reload(&db, id).await.progress
+    );
+    let query = "query($id: ID!) { job(id: $id) { status progress { percent stage fps etaSeconds renditions { name percent } } log { level message } } }";
+    let (_, body) = app.graphql_as(&owner.bearer(), query, json!({ "id": id.to_string() })).await;
+    let job = &body["data"]["job"];
+    assert_eq!(job["status"], "RUNNING", "{body}");
+    assert_eq!(
+        job["progress"],
+        json!({ "percent": 42.5, "stage": "encoding", "fps": 88.0, "etaSeconds": 12.0,
+                "renditions": [{ "name": "720p", "percent": 40.0 }] })
+    );
+    let log: Vec<&str> = job["log"].as_array().unwrap().iter().map(|l| l["message"].as_str().unwrap()).collect();
+    assert_eq!(log, vec!["warning 5", "warning 6", "warning 7", "warning 8", "warning 9"], "the newest 5 lines");
+    assert_eq!(job["log"][0]["level"], "WARN");
+
+    // Once the lease is gone, a late report of the old run is not stored.
+    queue::fail(&db, &Publisher::default(), &settings.jobs, id, leased.token, &JobError::Cancelled).await.unwrap();
+    assert!(!queue::store_progress(&db, id, leased.token, json!({ "percent": 99.0, "stage": "late" })).await.unwrap());
+    assert_eq!(reload(&db, id).await.progress.unwrap()["stage"], "encoding");
+}
