@@ -603,3 +603,40 @@ async fn reported_progress_is_kept_on_the_job_and_log_lines_are_bounded() {
     assert!(!queue::store_progress(&db, id, leased.token, json!({ "percent": 99.0, "stage": "late" })).await.unwrap());
     assert_eq!(reload(&db, id).await.progress.unwrap()["stage"], "encoding");
 }
+
+#[actix_web::test]
+async fn shutdown_release_refunds_the_attempt_and_the_sweeper_forgets_silent_workers() {
+    let app = queue_app().await;
+    let db = app.state.db.clone();
+    let settings = app.state.settings.clone();
+    let publisher = Publisher::default();
+    let id = new_job(&db, None, None, DEFAULT_PRIORITY, 3).await.id;
+    let leased = queue::lease(&db, "w", LEASE, &settings.jobs).await.unwrap().unwrap();
+    let row = queue::release(&db, &settings.jobs, id, leased.token, "worker shutting down").await.unwrap();
+    assert_eq!(row.status, JobStatus::Queued);
+    assert_eq!(row.attempts, 0, "a shutdown does not use up an attempt");
+    assert_eq!(row.lease_token, None);
+    assert!(matches!(queue::release(&db, &settings.jobs, id, leased.token, "again").await, Err(QueueError::LeaseLost)));
+    let again = queue::lease(&db, "w2", LEASE, &settings.jobs).await.unwrap().unwrap();
+    assert_eq!(again.job.id, id);
+    assert_eq!(again.job.attempts, 1);
+
+    // A worker row not seen for three lease periods is removed; a fresh one stays.
+    let now = Utc::now();
+    let row = |id: Uuid, seen: chrono::DateTime<Utc>| worker::ActiveModel {
+        id: Set(id),
+        host: Set("h".into()),
+        pid: Set(1),
+        capacity: Set(1),
+        current_jobs: Set(0),
+        version: Set("x".into()),
+        started_at: Set(seen),
+        last_seen_at: Set(seen),
+    };
+    let (gone, alive) = (Uuid::now_v7(), Uuid::now_v7());
+    row(gone, now - chrono::Duration::seconds(settings.jobs.lease_secs as i64 * 3 + 5)).insert(&db).await.unwrap();
+    row(alive, now).insert(&db).await.unwrap();
+    queue::sweep_expired(&db, &publisher, &settings.jobs).await.unwrap();
+    let left: Vec<Uuid> = worker::Entity::find().all(&db).await.unwrap().into_iter().map(|w| w.id).collect();
+    assert_eq!(left, vec![alive]);
+}
