@@ -188,6 +188,7 @@ impl Application {
                 settings: self.state.settings.clone(),
                 publisher: crate::events::Publisher::new(Some(self.state.hubs.event_bus.clone())),
                 scratch_dir: crate::worker::scratch_dir(&self.state.settings),
+                runner: None,
             };
             actix_rt::spawn(async move {
                 let stop = async move {

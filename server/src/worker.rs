@@ -113,6 +113,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         scratch_dir: scratch_dir(&settings),
         settings,
         publisher: crate::events::Publisher::default(),
+        runner: None,
     };
     run_until(deps, stop).await
 }

@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use entities::job;
+use futures::future::LocalBoxFuture;
 use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
@@ -29,6 +31,19 @@ use crate::storage::ObjectStore;
 /// How often a running job checks whether it was cancelled (or lost its lease).
 pub const CANCEL_POLL: Duration = Duration::from_millis(250);
 
+/// A job runner: `runner::run` unless replaced (tests drive the actors with runners
+/// that panic, wait for cancel, or never end).
+pub type RunFn = Arc<
+    dyn Fn(
+            JobContext,
+            job::Model,
+            CancelFlag,
+            Arc<dyn JobReporter>,
+        ) -> LocalBoxFuture<'static, Result<JobOutput, JobError>>
+        + Send
+        + Sync,
+>;
+
 /// What the job actors need.
 #[derive(Clone)]
 pub struct WorkerDeps {
@@ -37,9 +52,24 @@ pub struct WorkerDeps {
     pub settings: Arc<Settings>,
     pub publisher: Publisher,
     pub scratch_dir: PathBuf,
+    /// `None`: `runner::run`.
+    pub runner: Option<RunFn>,
 }
 
 impl WorkerDeps {
+    fn run(
+        &self,
+        context: JobContext,
+        job: job::Model,
+        cancel: CancelFlag,
+        reporter: Arc<dyn JobReporter>,
+    ) -> LocalBoxFuture<'static, Result<JobOutput, JobError>> {
+        match &self.runner {
+            Some(run) => run(context, job, cancel, reporter),
+            None => Box::pin(async move { runner::run(&context, &job, cancel, reporter).await }),
+        }
+    }
+
     fn lease_for(&self) -> Duration {
         Duration::from_secs(self.settings.jobs.lease_secs.max(1))
     }
@@ -407,7 +437,7 @@ impl Actor for JobWorker {
         ));
         let cancel = self.cancel.clone();
         // A panicking runner ends its task, not this actor: the attempt fails retryably.
-        let handle = actix_rt::spawn(async move { runner::run(&context, &job, cancel, reporter).await });
+        let handle = actix_rt::spawn(self.deps.run(context, job, cancel, reporter));
         ctx.spawn(handle.into_actor(self).map(|joined, act, ctx| {
             let outcome = match joined {
                 Ok(Ok(output)) => Outcome::Success(output),

@@ -640,3 +640,159 @@ async fn shutdown_release_refunds_the_attempt_and_the_sweeper_forgets_silent_wor
     let left: Vec<Uuid> = worker::Entity::find().all(&db).await.unwrap().into_iter().map(|w| w.id).collect();
     assert_eq!(left, vec![alive]);
 }
+
+/// Run this process's worker runtime against the app's database with `runner` in
+/// place of the transcode runner; send on the returned channel to stop it.
+fn start_workers(
+    app: &TestApp,
+    runner: reelhouse::jobs::scheduler::RunFn,
+) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let deps = reelhouse::worker::WorkerDeps {
+        db: app.state.db.clone(),
+        store: app.state.store.clone(),
+        settings: app.state.settings.clone(),
+        publisher: Publisher::new(Some(app.state.hubs.event_bus.clone())),
+        scratch_dir: app.data_dir.path().join("scratch"),
+        runner: Some(runner),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = actix_rt::spawn(async move {
+        reelhouse::worker::run_until(deps, async move {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    (stop, handle)
+}
+
+async fn runtime_app(concurrency: usize) -> TestApp {
+    spawn_app_with(move |s| {
+        s.workers.embedded = false;
+        s.workers.concurrency = Some(concurrency);
+        s.workers.heartbeat_secs = 1;
+        s.jobs.backoff_base_secs = 0;
+        s.jobs.poll_interval_ms = 50;
+    })
+    .await
+}
+
+#[actix_web::test]
+async fn the_scheduler_completes_jobs_and_survives_a_panicking_runner() {
+    use reelhouse::events::ProgressInfo;
+    let app = runtime_app(1).await;
+    let db = app.state.db.clone();
+    let runner: reelhouse::jobs::scheduler::RunFn = std::sync::Arc::new(|_ctx, job, _cancel, reporter| {
+        Box::pin(async move {
+            if job.payload["mode"] == "panic" {
+                panic!("runner bug");
+            }
+            reporter.progress(ProgressInfo { percent: 100.0, stage: "uploading".into(), ..Default::default() });
+            reporter.log(entities::LogLevel::Info, "all done".into());
+            Ok(JobOutput::ObjectsDeleted { count: 7 })
+        })
+    });
+    let panicky = enqueue(
+        &db,
+        NewJob {
+            kind: JobKind::DeleteObjects,
+            video_id: None,
+            owner_id: None,
+            priority: DEFAULT_PRIORITY + 1,
+            payload: json!({ "mode": "panic" }),
+            max_attempts: 2,
+        },
+    )
+    .await
+    .unwrap()
+    .id;
+    let fine = new_job(&db, None, None, DEFAULT_PRIORITY, 2).await.id;
+    let (stop, handle) = start_workers(&app, runner);
+    assert!(
+        eventually(300, || async {
+            reload(&db, panicky).await.status == JobStatus::Dead
+                && reload(&db, fine).await.status == JobStatus::Succeeded
+        })
+        .await,
+        "{:?} {:?}",
+        reload(&db, panicky).await,
+        reload(&db, fine).await
+    );
+    let dead = reload(&db, panicky).await;
+    assert_eq!(dead.attempts, 2);
+    assert_eq!(dead.last_error.as_deref(), Some("the job runner crashed"));
+    let done = reload(&db, fine).await;
+    assert_eq!(done.attempts, 1);
+    assert!(
+        eventually(50, || async { log_messages(&db, fine).await.contains(&"all done".to_string()) }).await,
+        "the runner's log line is kept"
+    );
+    // The worker is still serving after the panics.
+    let later = new_job(&db, None, None, DEFAULT_PRIORITY, 2).await.id;
+    assert!(eventually(300, || async { reload(&db, later).await.status == JobStatus::Succeeded }).await);
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+    assert_eq!(worker::Entity::find().all(&db).await.unwrap().len(), 0, "deregistered");
+}
+
+#[actix_web::test]
+async fn cancel_stops_a_running_job_and_shutdown_requeues_the_rest() {
+    use reelhouse::events::ProgressInfo;
+    use std::sync::atomic::Ordering;
+    let app = runtime_app(2).await;
+    let db = app.state.db.clone();
+    let (owner, owner_id) = user_id(&app, Role::User).await;
+    let video = insert_video(&db, owner_id, true).await;
+    // A long pipeline: runs until told to stop.
+    let runner: reelhouse::jobs::scheduler::RunFn = std::sync::Arc::new(|_ctx, _job, cancel, reporter| {
+        Box::pin(async move {
+            let mut percent = 0.0;
+            loop {
+                if cancel.load(Ordering::SeqCst) {
+                    return Err(JobError::Cancelled);
+                }
+                percent = f64::min(percent + 0.1, 99.0);
+                reporter.progress(ProgressInfo { percent, stage: "encoding".into(), ..Default::default() });
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    });
+    let first = new_job(&db, Some(owner_id), Some(video.id), DEFAULT_PRIORITY, 3).await.id;
+    let second = new_job(&db, None, None, DEFAULT_PRIORITY, 3).await.id;
+    let (stop, handle) = start_workers(&app, runner);
+    assert!(
+        eventually(300, || async {
+            let (a, b) = (reload(&db, first).await, reload(&db, second).await);
+            a.status == JobStatus::Running && b.status == JobStatus::Running && a.progress.is_some()
+        })
+        .await,
+        "both jobs run"
+    );
+    let (_, body) = app
+        .graphql_as(
+            &owner.bearer(),
+            "mutation($id: ID!) { cancelJob(id: $id) { status cancelRequested } }",
+            json!({ "id": first.to_string() }),
+        )
+        .await;
+    assert_eq!(body["data"]["cancelJob"]["cancelRequested"], true, "{body}");
+    assert!(
+        eventually(100, || async { reload(&db, first).await.status == JobStatus::Cancelled }).await,
+        "the running pipeline stops and the cancel is acknowledged"
+    );
+    assert_eq!(reload(&db, second).await.status, JobStatus::Running, "the other job runs on");
+    let workers = worker::Entity::find().all(&db).await.unwrap();
+    assert_eq!(workers.len(), 1);
+    assert_eq!(workers[0].capacity, 2);
+
+    // Shutdown: no new leases; the job that does not finish within the drain
+    // timeout is stopped and goes back to the queue without losing an attempt.
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+    let row = reload(&db, second).await;
+    assert_eq!(row.status, JobStatus::Queued, "{row:?}");
+    assert_eq!(row.attempts, 0);
+    assert_eq!(row.lease_token, None);
+    assert!(log_messages(&db, second).await.iter().any(|m| m == "released: worker shutting down"));
+    assert_eq!(worker::Entity::find().all(&db).await.unwrap().len(), 0, "deregistered");
+}
