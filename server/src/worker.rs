@@ -105,17 +105,27 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         let received = signals.recv().await;
         tracing::info!(signal = received.unwrap_or("unknown"), "worker shutting down");
     };
+    // Subscribers live in the API processes: this process's bus reaches them when it
+    // is bridged to theirs (Redis); stored events stay in the outbox either way.
+    let redis = crate::redis_client::RedisHandle::new(&settings.redis)?.map(Arc::new);
+    let hubs = crate::actors::Hubs::start(
+        &crate::startup::instance_id(),
+        Duration::from_millis(settings.server.heartbeat_interval_ms),
+        &settings.rate_limit,
+        redis,
+    );
     let settings = Arc::new(settings);
-    // No subscribers live in a worker process: stored events stay in the outbox.
     let deps = WorkerDeps {
         db,
         store,
         scratch_dir: scratch_dir(&settings),
         settings,
-        publisher: crate::events::Publisher::default(),
+        publisher: crate::events::Publisher::new(Some(hubs.event_bus.clone())),
         runner: None,
     };
-    run_until(deps, stop).await
+    let result = run_until(deps, stop).await;
+    hubs.stop();
+    result
 }
 
 /// Where jobs of this process keep their temporary files.
