@@ -236,6 +236,18 @@ async fn find_visible(db: &DatabaseConnection, principal: &Principal, id: Uuid) 
     }
 }
 
+/// Is a TRANSCODE job of the video QUEUED or RUNNING?
+async fn transcode_in_progress<C: sea_orm::ConnectionTrait>(conn: &C, video_id: Uuid) -> Result<bool, AppError> {
+    let busy = job::Entity::find()
+        .filter(job::Column::VideoId.eq(video_id))
+        .filter(job::Column::Kind.eq(DbJobKind::Transcode))
+        .filter(job::Column::Status.is_in([DbJobStatus::Queued, DbJobStatus::Running]))
+        .count(conn)
+        .await
+        .map_err(AppError::internal)?;
+    Ok(busy > 0)
+}
+
 fn publisher(state: &AppState) -> Publisher {
     Publisher::new(Some(state.hubs.event_bus.clone()))
 }
@@ -335,14 +347,7 @@ impl JobsMutation {
         if video.source_key.is_none() || matches!(video.status, DbVideoStatus::Draft | DbVideoStatus::Uploading) {
             return Err(AppError::new(ErrorCode::Conflict, "the video has no uploaded source yet").extend());
         }
-        let busy = job::Entity::find()
-            .filter(job::Column::VideoId.eq(video.id))
-            .filter(job::Column::Kind.eq(DbJobKind::Transcode))
-            .filter(job::Column::Status.is_in([DbJobStatus::Queued, DbJobStatus::Running]))
-            .count(&txn)
-            .await
-            .map_err(|e| AppError::from(e).extend())?;
-        if busy > 0 {
+        if transcode_in_progress(&txn, video.id).await.map_err(|e| e.extend())? {
             return Err(AppError::new(ErrorCode::Conflict, "the video is already being transcoded").extend());
         }
         let new = NewJob {
@@ -389,6 +394,11 @@ impl JobsMutation {
             }
             if job.status == DbJobStatus::Dead {
                 return Err(AppError::forbidden("only an admin can revive a DEAD job").extend());
+            }
+        }
+        if let (DbJobKind::Transcode, Some(video_id)) = (job.kind, job.video_id) {
+            if transcode_in_progress(&state.db, video_id).await.map_err(|e| e.extend())? {
+                return Err(AppError::new(ErrorCode::Conflict, "the video is already being transcoded").extend());
             }
         }
         let job =

@@ -343,6 +343,11 @@ async fn dead_after_max_attempts_then_an_admin_revives_it() {
     let retry = "mutation($id: ID!) { retryJob(id: $id) { id status attempts } }";
     let (_, body) = app.graphql_as(&owner.bearer(), retry, json!({ "id": id.to_string() })).await;
     assert_eq!(error_code(&body).as_deref(), Some("FORBIDDEN"), "only admins revive DEAD jobs: {body}");
+    // Not while another transcode of the video is queued.
+    let other = new_job(&db, Some(owner_id), Some(video.id), DEFAULT_PRIORITY, 2).await.id;
+    let (_, body) = app.graphql_as(&admin.bearer(), retry, json!({ "id": id.to_string() })).await;
+    assert_eq!(error_code(&body).as_deref(), Some("CONFLICT"), "{body}");
+    queue::cancel(&db, &publisher, &settings.jobs, other).await.unwrap();
     let (_, body) = app.graphql_as(&admin.bearer(), retry, json!({ "id": id.to_string() })).await;
     assert_eq!(body["data"]["retryJob"]["status"], "QUEUED", "{body}");
     assert_eq!(body["data"]["retryJob"]["attempts"], 0);
