@@ -190,10 +190,10 @@ async fn heartbeat_keeps_a_long_job_from_being_swept() {
     let settings = app.state.settings.clone();
     let publisher = Publisher::default();
     let id = new_job(&db, None, None, DEFAULT_PRIORITY, 3).await.id;
-    let short = Duration::from_millis(1500);
+    let short = Duration::from_secs(3);
     let leased = queue::lease(&db, "w", short, &settings.jobs).await.unwrap().unwrap();
-    // Six renewals 500 ms apart outlive the 1.5 s lease twice over.
-    for _ in 0..6 {
+    // Twelve renewals 500 ms apart outlive the 3 s lease twice over.
+    for _ in 0..12 {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let state = queue::heartbeat(&db, id, leased.token, short).await.unwrap();
         assert!(state.owned);
