@@ -773,6 +773,13 @@ async fn cancel_stops_a_running_job_and_shutdown_requeues_the_rest() {
         .await,
         "both jobs run"
     );
+    assert!(
+        eventually(100, || async {
+            worker::Entity::find().one(&db).await.unwrap().is_some_and(|w| w.current_jobs == 2)
+        })
+        .await,
+        "the worker's heartbeat reports its running jobs"
+    );
     let (_, body) = app
         .graphql_as(
             &owner.bearer(),
