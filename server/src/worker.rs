@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::config::Settings;
 pub use crate::jobs::scheduler::WorkerDeps;
-use crate::jobs::scheduler::{Drain, ReleaseAll, RunningCount, Scheduler};
+use crate::jobs::scheduler::{Drain, ReleaseAll, RunningCount, Scheduler, StopScheduler};
 
 /// This process's row in the `workers` table.
 pub struct WorkerRegistration {
@@ -189,7 +189,7 @@ pub async fn run_until(deps: WorkerDeps, stop: impl std::future::Future<Output =
             tracing::warn!("some jobs did not stop; their leases will expire and the sweeper re-queues them");
         }
     }
-    drop(scheduler);
+    let _ = scheduler.send(StopScheduler).await;
     registration.deregister().await?;
     tracing::info!(worker = %worker_id, "worker deregistered");
     Ok(())

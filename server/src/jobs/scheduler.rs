@@ -284,6 +284,19 @@ impl Handler<ReleaseAll> for Scheduler {
     }
 }
 
+/// Stop the scheduler (after the drain): no more leases or sweeps.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopScheduler;
+
+impl Handler<StopScheduler> for Scheduler {
+    type Result = ();
+    fn handle(&mut self, _: StopScheduler, ctx: &mut Context<Self>) {
+        self.draining = true;
+        ctx.stop();
+    }
+}
+
 /// Tells the scheduler when a `JobWorker` goes away without finishing its job.
 struct WorkerGuard {
     scheduler: Addr<Scheduler>,
