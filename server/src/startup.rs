@@ -197,13 +197,19 @@ impl Application {
         // Embedded mode runs the workers in this process.
         let (stop_workers, workers_stopped) = tokio::sync::oneshot::channel::<()>();
         let workers = self.state.settings.workers.embedded.then(|| {
-            let db = self.state.db.clone();
-            let settings = self.state.settings.clone();
+            let deps = crate::worker::WorkerDeps {
+                db: self.state.db.clone(),
+                store: self.state.store.clone(),
+                settings: self.state.settings.clone(),
+                publisher: self.state.publisher(),
+                scratch_dir: crate::worker::scratch_dir(&self.state.settings),
+                runner: None,
+            };
             actix_rt::spawn(async move {
                 let stop = async move {
                     let _ = workers_stopped.await;
                 };
-                if let Err(err) = crate::worker::run_until(db, &settings, stop).await {
+                if let Err(err) = crate::worker::run_until(deps, stop).await {
                     tracing::error!(error = ?err, "in-process workers stopped with an error");
                 }
             })

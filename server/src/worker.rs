@@ -2,21 +2,30 @@
 //! shared database and storage, so encoding scales by adding processes.
 //!
 //! It announces itself in the `workers` table and heartbeats there so admins can
-//! see it; leasing and running transcode jobs is the job engine's, which plugs in here.
+//! see it, and runs the job scheduler (`jobs::scheduler`) that leases and runs jobs.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use actix::{Actor, Addr};
+use chrono::{DateTime, Utc};
 use entities::worker;
-use sea_orm::{ActiveModelTrait, DatabaseConnection, EntityTrait, Set};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
 use uuid::Uuid;
 
 use crate::config::Settings;
+pub use crate::jobs::scheduler::WorkerDeps;
+use crate::jobs::scheduler::{Drain, ReleaseAll, RunningCount, Scheduler, StopScheduler};
 
 /// This process's row in the `workers` table.
 pub struct WorkerRegistration {
     pub id: Uuid,
     db: DatabaseConnection,
+    host: String,
+    capacity: i32,
+    started_at: DateTime<Utc>,
 }
 
 impl WorkerRegistration {
@@ -24,11 +33,12 @@ impl WorkerRegistration {
         let now = Utc::now();
         let id = Uuid::now_v7();
         let host = crate::startup::instance_id();
+        let capacity = i32::try_from(capacity).unwrap_or(i32::MAX);
         worker::ActiveModel {
             id: Set(id),
-            host: Set(host),
+            host: Set(host.clone()),
             pid: Set(i32::try_from(std::process::id()).unwrap_or(i32::MAX)),
-            capacity: Set(i32::try_from(capacity).unwrap_or(i32::MAX)),
+            capacity: Set(capacity),
             current_jobs: Set(0),
             version: Set(env!("CARGO_PKG_VERSION").to_string()),
             started_at: Set(now),
@@ -36,14 +46,35 @@ impl WorkerRegistration {
         }
         .insert(&db)
         .await?;
-        Ok(Self { id, db })
+        Ok(Self { id, db, host, capacity, started_at: now })
     }
 
-    /// Record that this worker is alive (one step; the loop calls it periodically).
-    pub async fn heartbeat(&self) -> anyhow::Result<()> {
-        worker::ActiveModel { id: Set(self.id), last_seen_at: Set(Utc::now()), ..Default::default() }
-            .update(&self.db)
+    /// Record that this worker is alive and how many jobs it runs (one step; the
+    /// loop calls it periodically). A row the sweeper removed (this process was
+    /// presumed gone) is written again.
+    pub async fn heartbeat(&self, current_jobs: usize) -> anyhow::Result<()> {
+        let now = Utc::now();
+        let current_jobs = i32::try_from(current_jobs).unwrap_or(i32::MAX);
+        let updated = worker::Entity::update_many()
+            .col_expr(worker::Column::LastSeenAt, Expr::value(now))
+            .col_expr(worker::Column::CurrentJobs, Expr::value(current_jobs))
+            .filter(worker::Column::Id.eq(self.id))
+            .exec(&self.db)
             .await?;
+        if updated.rows_affected == 0 {
+            worker::ActiveModel {
+                id: Set(self.id),
+                host: Set(self.host.clone()),
+                pid: Set(i32::try_from(std::process::id()).unwrap_or(i32::MAX)),
+                capacity: Set(self.capacity),
+                current_jobs: Set(current_jobs),
+                version: Set(env!("CARGO_PKG_VERSION").to_string()),
+                started_at: Set(self.started_at),
+                last_seen_at: Set(now),
+            }
+            .insert(&self.db)
+            .await?;
+        }
         Ok(())
     }
 
@@ -61,36 +92,118 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         crate::db::migrate(&db).await?;
     }
     let mut signals = crate::startup::ShutdownSignals::install()?;
+    let keys = crate::keys::ServerKeys::load_or_generate(&settings)?;
+    let public_url = settings
+        .server
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", settings.server.bind))
+        .trim_end_matches('/')
+        .to_string();
+    let (store, _) = crate::startup::build_store(&settings, &keys, &public_url).await?;
     let stop = async move {
         let received = signals.recv().await;
         tracing::info!(signal = received.unwrap_or("unknown"), "worker shutting down");
     };
-    run_until(db, &settings, stop).await
+    // Subscribers live in the API processes: with Redis, events reach them through
+    // the fan-out channel; stored events stay in the outbox either way.
+    let redis = crate::redis_client::RedisHandle::new(&settings.redis)?.map(Arc::new);
+    let instance = crate::startup::instance_id();
+    let hubs = crate::actors::Hubs::start(
+        &instance,
+        Duration::from_millis(settings.server.heartbeat_interval_ms),
+        &settings.rate_limit,
+        redis.clone(),
+    );
+    let settings = Arc::new(settings);
+    let deps = WorkerDeps {
+        db,
+        store,
+        scratch_dir: scratch_dir(&settings),
+        settings,
+        publisher: crate::events::Publisher::new(Some(hubs.event_bus.clone())).with_redis(redis, &instance),
+        runner: None,
+    };
+    let result = run_until(deps, stop).await;
+    hubs.stop();
+    result
 }
 
-/// The worker runtime, shared by `reelhouse worker` and embedded `serve`:
-/// register, heartbeat until `stop` resolves, deregister.
-pub async fn run_until(
-    db: DatabaseConnection,
-    settings: &Settings,
-    stop: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
+/// Where jobs of this process keep their temporary files.
+pub fn scratch_dir(settings: &Settings) -> PathBuf {
+    settings.server.data_dir.join("scratch")
+}
+
+/// The worker runtime, shared by `reelhouse worker` and embedded `serve`: register,
+/// run the scheduler (leasing, sweeping) and heartbeat until `stop` resolves; then
+/// stop leasing, let running jobs finish within `server.shutdown_timeout_secs`,
+/// stop and re-queue the rest, and deregister. Must run inside an actix `System`.
+pub async fn run_until(deps: WorkerDeps, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let settings = deps.settings.clone();
     let capacity = settings.worker_concurrency();
-    let registration = WorkerRegistration::register(db, capacity).await?;
-    tracing::info!(worker = %registration.id, capacity, "worker registered");
+    let registration = WorkerRegistration::register(deps.db.clone(), capacity).await?;
+    let worker_id = registration.id.to_string();
+    tracing::info!(worker = %worker_id, capacity, "worker registered");
+    if let Err(err) = std::fs::create_dir_all(&deps.scratch_dir) {
+        tracing::warn!(error = %err, dir = %deps.scratch_dir.display(), "cannot create the scratch directory");
+    }
+    let start = {
+        let deps = deps.clone();
+        let worker_id = worker_id.clone();
+        move || Scheduler::new(deps.clone(), worker_id.clone(), capacity).start()
+    };
+    let mut scheduler = start();
     let every = Duration::from_secs(settings.workers.heartbeat_secs.max(1));
+    let mut heartbeat = tokio::time::interval(every);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watch = tokio::time::interval(Duration::from_millis(500));
     tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = &mut stop => break,
-            _ = tokio::time::sleep(every) => {
+            _ = watch.tick() => {
+                // Supervision: a scheduler that died (a panic) is replaced; the jobs it
+                // held come back through lease expiry.
+                if !scheduler.connected() {
+                    tracing::error!("job scheduler died; starting a new one");
+                    metrics::counter!("reelhouse_actor_restarts_total", "actor" => "job_scheduler").increment(1);
+                    scheduler = start();
+                }
+            }
+            _ = heartbeat.tick() => {
+                let current = scheduler.send(RunningCount).await.unwrap_or(0);
                 // A missed heartbeat is not fatal: the database may be restarting.
-                if let Err(err) = registration.heartbeat().await {
+                if let Err(err) = registration.heartbeat(current).await {
                     tracing::warn!(error = ?err, "worker heartbeat failed");
                 }
             }
         }
     }
+
+    // Drain: no new leases; running jobs get the shutdown timeout to finish.
+    let _ = scheduler.send(Drain).await;
+    let drain_for = Duration::from_secs(settings.server.shutdown_timeout_secs);
+    if !wait_idle(&scheduler, drain_for).await {
+        tracing::warn!("jobs still running after the drain timeout; stopping and re-queueing them");
+        let _ = scheduler.send(ReleaseAll).await;
+        if !wait_idle(&scheduler, Duration::from_secs(10)).await {
+            tracing::warn!("some jobs did not stop; their leases will expire and the sweeper re-queues them");
+        }
+    }
+    let _ = scheduler.send(StopScheduler).await;
     registration.deregister().await?;
+    tracing::info!(worker = %worker_id, "worker deregistered");
     Ok(())
+}
+
+/// Wait until the scheduler runs nothing (true) or `limit` passes (false).
+async fn wait_idle(scheduler: &Addr<Scheduler>, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match scheduler.send(RunningCount).await {
+            Ok(0) | Err(_) => return true,
+            Ok(_) if tokio::time::Instant::now() >= deadline => return false,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }

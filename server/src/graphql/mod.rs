@@ -2,6 +2,7 @@
 
 pub mod accounts;
 pub mod events;
+pub mod jobs;
 pub mod limits;
 mod server_info;
 mod uploads;
@@ -13,14 +14,15 @@ use crate::config::GraphqlSettings;
 use crate::startup::AppState;
 
 pub use accounts::{AccountsMutation, AccountsQuery};
+pub use jobs::{JobsMutation, JobsQuery};
 pub use server_info::{HeartbeatSubscription, ServerInfo, ServerMode, ServerQuery};
 pub use videos::{VideosMutation, VideosQuery};
 
 #[derive(MergedObject, Default)]
-pub struct Query(ServerQuery, AccountsQuery, VideosQuery);
+pub struct Query(ServerQuery, AccountsQuery, VideosQuery, JobsQuery);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(AccountsMutation, VideosMutation, uploads::UploadsMutation);
+pub struct Mutation(AccountsMutation, VideosMutation, uploads::UploadsMutation, JobsMutation);
 
 #[derive(MergedSubscription, Default)]
 pub struct Subscription(HeartbeatSubscription, events::EventsSubscription);

@@ -1,8 +1,11 @@
 //! The durable job queue: a table, not a home-made broker.
 
 mod delete_objects;
+pub mod queue;
+pub mod reporter;
 pub mod runner;
 mod runner_storage;
+pub mod scheduler;
 mod transcode;
 
 use chrono::Utc;

@@ -1,0 +1,408 @@
+//! Jobs in GraphQL: `transcode`, `cancelJob`, `retryJob`, `job`, `jobs`, `workers`.
+//!
+//! A job is visible to the owner of its video and to admins (`SeeAllJobs`); to
+//! anybody else it does not exist (NOT_FOUND / null).
+
+use async_graphql::connection::{Connection, Edge};
+use async_graphql::{Context, Enum, ErrorExtensions, Object, SimpleObject, ID};
+use chrono::{DateTime, Utc};
+use entities::{job, worker, JobKind as DbJobKind, JobStatus as DbJobStatus, VideoStatus as DbVideoStatus};
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
+};
+use uuid::Uuid;
+
+use crate::auth::principal::Principal;
+use crate::auth::roles::{has_permission, require_principal, AuthenticatedGuard, Permission, PermissionGuard};
+use crate::error::{AppError, ErrorCode};
+use crate::events::{ProgressInfo, Publisher};
+use crate::jobs::{self, queue, NewJob, DEFAULT_PRIORITY};
+use crate::startup::AppState;
+
+const MAX_PAGE: usize = 100;
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(remote = "entities::JobStatus")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    Dead,
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(remote = "entities::JobKind")]
+pub enum JobKind {
+    Transcode,
+    DeleteObjects,
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(remote = "entities::LogLevel")]
+pub enum JobLogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// Quality of a re-transcode.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum TranscodePreset {
+    Low,
+    Medium,
+    High,
+}
+
+impl TranscodePreset {
+    fn as_str(self) -> &'static str {
+        match self {
+            TranscodePreset::Low => "LOW",
+            TranscodePreset::Medium => "MEDIUM",
+            TranscodePreset::High => "HIGH",
+        }
+    }
+}
+
+#[derive(SimpleObject, Debug, Clone)]
+pub struct RenditionProgress {
+    pub name: String,
+    pub percent: f64,
+}
+
+/// Where a running job stands.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct JobProgress {
+    /// 0..=100 over the whole job.
+    pub percent: f64,
+    /// probing | encoding | packaging | uploading
+    pub stage: String,
+    pub fps: Option<f64>,
+    pub eta_seconds: Option<f64>,
+    pub renditions: Vec<RenditionProgress>,
+}
+
+impl From<ProgressInfo> for JobProgress {
+    fn from(p: ProgressInfo) -> Self {
+        Self {
+            percent: p.percent,
+            stage: p.stage,
+            fps: p.fps,
+            eta_seconds: p.eta_seconds,
+            renditions: p
+                .renditions
+                .into_iter()
+                .map(|r| RenditionProgress { name: r.name, percent: r.percent })
+                .collect(),
+        }
+    }
+}
+
+#[derive(SimpleObject, Debug, Clone)]
+pub struct JobLogLine {
+    pub at: DateTime<Utc>,
+    pub level: JobLogLevel,
+    pub message: String,
+}
+
+/// A transcode worker process (admins only).
+#[derive(SimpleObject, Debug, Clone)]
+pub struct Worker {
+    pub id: ID,
+    pub host: String,
+    pub capacity: i32,
+    pub current_jobs: i32,
+    pub version: String,
+    pub started_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+}
+
+impl From<worker::Model> for Worker {
+    fn from(m: worker::Model) -> Self {
+        Self {
+            id: ID(m.id.to_string()),
+            host: m.host,
+            capacity: m.capacity,
+            current_jobs: m.current_jobs,
+            version: m.version,
+            started_at: m.started_at,
+            last_seen_at: m.last_seen_at,
+        }
+    }
+}
+
+/// A job of the durable queue. Built from a row the caller may see.
+#[derive(Debug, Clone)]
+pub struct Job(pub job::Model);
+
+#[Object]
+impl Job {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+
+    async fn video_id(&self) -> Option<ID> {
+        self.0.video_id.map(|id| ID(id.to_string()))
+    }
+
+    async fn kind(&self) -> JobKind {
+        self.0.kind.into()
+    }
+
+    async fn status(&self) -> JobStatus {
+        self.0.status.into()
+    }
+
+    /// Higher runs first.
+    async fn priority(&self) -> i32 {
+        self.0.priority
+    }
+
+    async fn attempts(&self) -> i32 {
+        self.0.attempts
+    }
+
+    async fn max_attempts(&self) -> i32 {
+        self.0.max_attempts
+    }
+
+    /// The latest progress report of the current (or last) run.
+    async fn progress(&self) -> Option<JobProgress> {
+        self.0
+            .progress
+            .as_ref()
+            .and_then(|value| serde_json::from_value::<ProgressInfo>(value.clone()).ok())
+            .map(JobProgress::from)
+    }
+
+    /// The last error (of the last failed attempt, or why the job ended).
+    async fn error(&self) -> Option<&str> {
+        self.0.last_error.as_deref()
+    }
+
+    async fn cancel_requested(&self) -> bool {
+        self.0.cancel_requested
+    }
+
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+
+    async fn updated_at(&self) -> DateTime<Utc> {
+        self.0.updated_at
+    }
+
+    /// Not run before this instant (retry back-off).
+    async fn run_after(&self) -> DateTime<Utc> {
+        self.0.run_after
+    }
+
+    async fn finished_at(&self) -> Option<DateTime<Utc>> {
+        self.0.finished_at
+    }
+
+    /// Stage transitions, warnings and attempts, oldest first (bounded).
+    async fn log(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<JobLogLine>> {
+        let state = ctx.data::<AppState>()?;
+        let lines = queue::log_lines(&state.db, self.0.id).await.map_err(|e| AppError::from(e).extend())?;
+        Ok(lines
+            .into_iter()
+            .map(|line| JobLogLine { at: line.at, level: line.level.into(), message: line.message })
+            .collect())
+    }
+}
+
+fn parse_id(id: &ID) -> Result<Uuid, AppError> {
+    Uuid::parse_str(id.as_str()).map_err(|_| AppError::not_found("job"))
+}
+
+fn sees_all(principal: &Principal) -> bool {
+    has_permission(principal.role, Permission::SeeAllJobs)
+}
+
+fn can_see(principal: &Principal, job: &job::Model) -> bool {
+    sees_all(principal) || job.owner_id == Some(principal.user_id)
+}
+
+/// The job if `principal` may see it; NOT_FOUND otherwise.
+async fn find_visible(db: &DatabaseConnection, principal: &Principal, id: Uuid) -> Result<job::Model, AppError> {
+    match job::Entity::find_by_id(id).one(db).await.map_err(AppError::internal)? {
+        Some(job) if can_see(principal, &job) => Ok(job),
+        _ => Err(AppError::not_found("job")),
+    }
+}
+
+/// Is a TRANSCODE job of the video QUEUED or RUNNING?
+async fn transcode_in_progress<C: sea_orm::ConnectionTrait>(conn: &C, video_id: Uuid) -> Result<bool, AppError> {
+    let busy = job::Entity::find()
+        .filter(job::Column::VideoId.eq(video_id))
+        .filter(job::Column::Kind.eq(DbJobKind::Transcode))
+        .filter(job::Column::Status.is_in([DbJobStatus::Queued, DbJobStatus::Running]))
+        .count(conn)
+        .await
+        .map_err(AppError::internal)?;
+    Ok(busy > 0)
+}
+
+fn publisher(state: &AppState) -> Publisher {
+    state.publisher()
+}
+
+#[derive(Default)]
+pub struct JobsQuery;
+
+#[Object]
+impl JobsQuery {
+    /// A job of one of the caller's videos (any job for admins); null otherwise.
+    #[graphql(guard = "AuthenticatedGuard")]
+    async fn job(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Job>> {
+        let state = ctx.data::<AppState>()?;
+        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        let Ok(id) = Uuid::parse_str(id.as_str()) else { return Ok(None) };
+        match find_visible(&state.db, principal, id).await {
+            Ok(job) => Ok(Some(Job(job))),
+            Err(err) if err.code() == ErrorCode::NotFound => Ok(None),
+            Err(err) => Err(err.extend()),
+        }
+    }
+
+    /// Jobs, newest first: the caller's own (all of them for admins).
+    #[graphql(guard = "AuthenticatedGuard")]
+    async fn jobs(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        status: Option<JobStatus>,
+    ) -> async_graphql::Result<Connection<String, Job>> {
+        let state = ctx.data::<AppState>()?;
+        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        let limit = first.map_or(20, |n| usize::try_from(n).unwrap_or(0)).min(MAX_PAGE);
+        // Ids are UUIDv7: time-ordered and unique, so they are the keyset.
+        let mut query = job::Entity::find().order_by_desc(job::Column::Id);
+        if !sees_all(principal) {
+            query = query.filter(job::Column::OwnerId.eq(principal.user_id));
+        }
+        if let Some(status) = status {
+            query = query.filter(job::Column::Status.eq(DbJobStatus::from(status)));
+        }
+        if let Some(after) = &after {
+            let after = Uuid::parse_str(after).map_err(|_| AppError::bad_input("invalid cursor").extend())?;
+            query = query.filter(job::Column::Id.lt(after));
+        }
+        let mut rows = query
+            .limit(u64::try_from(limit + 1).unwrap_or(u64::MAX))
+            .all(&state.db)
+            .await
+            .map_err(|e| AppError::from(e).extend())?;
+        let has_next = rows.len() > limit;
+        rows.truncate(limit);
+        let mut connection = Connection::new(after.is_some(), has_next);
+        connection.edges.extend(rows.into_iter().map(|j| Edge::new(j.id.to_string(), Job(j))));
+        Ok(connection)
+    }
+
+    /// Worker processes that announced themselves. Admins only.
+    #[graphql(guard = "PermissionGuard(Permission::SeeAllJobs)")]
+    async fn workers(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Worker>> {
+        let state = ctx.data::<AppState>()?;
+        let rows = worker::Entity::find()
+            .order_by_asc(worker::Column::StartedAt)
+            .all(&state.db)
+            .await
+            .map_err(|e| AppError::from(e).extend())?;
+        Ok(rows.into_iter().map(Worker::from).collect())
+    }
+}
+
+#[derive(Default)]
+pub struct JobsMutation;
+
+#[Object]
+impl JobsMutation {
+    /// Transcode a video (again) with a preset. CONFLICT while one is queued or running.
+    #[graphql(guard = "AuthenticatedGuard")]
+    async fn transcode(
+        &self,
+        ctx: &Context<'_>,
+        video_id: ID,
+        preset: Option<TranscodePreset>,
+    ) -> async_graphql::Result<Job> {
+        let state = ctx.data::<AppState>()?;
+        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        if !has_permission(principal.role, Permission::WriteOwnVideos) {
+            return Err(AppError::forbidden("your role does not allow this").extend());
+        }
+        let video_id = Uuid::parse_str(video_id.as_str()).map_err(|_| AppError::not_found("video").extend())?;
+        crate::http::rate_limit::enforce(state, "transcode", principal.user_id.to_string(), 1)
+            .await
+            .map_err(|e| e.extend())?;
+        let preset = preset.unwrap_or(TranscodePreset::Medium);
+        let txn = state.db.begin().await.map_err(|e| AppError::from(e).extend())?;
+        let video = crate::repo::videos::find_writable(&txn, principal, video_id).await.map_err(|e| e.extend())?;
+        if video.source_key.is_none() || matches!(video.status, DbVideoStatus::Draft | DbVideoStatus::Uploading) {
+            return Err(AppError::new(ErrorCode::Conflict, "the video has no uploaded source yet").extend());
+        }
+        if transcode_in_progress(&txn, video.id).await.map_err(|e| e.extend())? {
+            return Err(AppError::new(ErrorCode::Conflict, "the video is already being transcoded").extend());
+        }
+        let new = NewJob {
+            kind: DbJobKind::Transcode,
+            video_id: Some(video.id),
+            owner_id: Some(video.owner_id),
+            priority: DEFAULT_PRIORITY,
+            payload: serde_json::json!({ "preset": preset.as_str() }),
+            max_attempts: state.settings.jobs.max_attempts,
+        };
+        let job = jobs::enqueue(&txn, new).await.map_err(|e| AppError::from(e).extend())?;
+        txn.commit().await.map_err(|e| AppError::from(e).extend())?;
+        Ok(Job(job))
+    }
+
+    /// Cancel a job of one of the caller's videos (any job for admins): a queued job
+    /// is CANCELLED at once; a running one stops within a second and is CANCELLED.
+    #[graphql(guard = "AuthenticatedGuard")]
+    async fn cancel_job(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Job> {
+        let state = ctx.data::<AppState>()?;
+        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        let id = parse_id(&id).map_err(|e| e.extend())?;
+        let job = find_visible(&state.db, principal, id).await.map_err(|e| e.extend())?;
+        if !sees_all(principal) && !has_permission(principal.role, Permission::WriteOwnVideos) {
+            return Err(AppError::forbidden("your role does not allow this").extend());
+        }
+        let job = queue::cancel(&state.db, &publisher(state), &state.settings.jobs, job.id)
+            .await
+            .map_err(|e| AppError::from(e).extend())?;
+        Ok(Job(job))
+    }
+
+    /// Queue a finished job again. DEAD jobs: admins only; FAILED or CANCELLED jobs:
+    /// also the owner of the video.
+    #[graphql(guard = "AuthenticatedGuard")]
+    async fn retry_job(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Job> {
+        let state = ctx.data::<AppState>()?;
+        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        let id = parse_id(&id).map_err(|e| e.extend())?;
+        let job = find_visible(&state.db, principal, id).await.map_err(|e| e.extend())?;
+        if !sees_all(principal) {
+            if !has_permission(principal.role, Permission::WriteOwnVideos) {
+                return Err(AppError::forbidden("your role does not allow this").extend());
+            }
+            if job.status == DbJobStatus::Dead {
+                return Err(AppError::forbidden("only an admin can revive a DEAD job").extend());
+            }
+        }
+        if let (DbJobKind::Transcode, Some(video_id)) = (job.kind, job.video_id) {
+            if transcode_in_progress(&state.db, video_id).await.map_err(|e| e.extend())? {
+                return Err(AppError::new(ErrorCode::Conflict, "the video is already being transcoded").extend());
+            }
+        }
+        let job =
+            queue::retry(&state.db, &state.settings.jobs, job.id).await.map_err(|e| AppError::from(e).extend())?;
+        Ok(Job(job))
+    }
+}

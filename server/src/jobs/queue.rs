@@ -1,0 +1,591 @@
+//! Leasing, renewing, finishing and retrying jobs, on SQLite and PostgreSQL.
+//!
+//! A lease is (owner, token, expiry). Every transition of a RUNNING job is an
+//! `UPDATE ... WHERE id = ? AND lease_token = ? AND status = 'RUNNING'`: a worker
+//! whose lease was swept and handed to another presents a stale token and changes
+//! nothing (`QueueError::LeaseLost`), so a job cannot be finished twice.
+//!
+//! Leasing is one statement: `UPDATE jobs ... WHERE id = (SELECT ... LIMIT 1)`,
+//! with `FOR UPDATE SKIP LOCKED` on PostgreSQL so concurrent leasers pass over each
+//! other's rows; SQLite has one writer, which serialises the statement.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use entities::{job, job_log, worker, JobStatus, LogLevel};
+use rand::Rng;
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, Statement, TransactionTrait,
+};
+use uuid::Uuid;
+
+use crate::config::jobs::JobSettings;
+use crate::error::{AppError, ErrorCode};
+use crate::events::{DomainEvent, Publisher};
+use crate::jobs::runner::{self, JobError, JobOutput};
+
+/// A job this worker holds: the row as leased, with its token.
+#[derive(Debug, Clone)]
+pub struct LeasedJob {
+    pub job: job::Model,
+    pub token: Uuid,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The caller's lease is gone (swept, re-leased or the job finished): nothing applied.
+    #[error("the job's lease is no longer held by this worker")]
+    LeaseLost,
+    #[error("job not found")]
+    NotFound,
+    /// The job is not in a state that allows the operation.
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Db(#[from] DbErr),
+}
+
+impl From<QueueError> for AppError {
+    fn from(err: QueueError) -> Self {
+        match err {
+            QueueError::LeaseLost => AppError::new(ErrorCode::Conflict, "the job's lease was lost"),
+            QueueError::NotFound => AppError::not_found("job"),
+            QueueError::Conflict(message) => AppError::new(ErrorCode::Conflict, message),
+            QueueError::Db(err) => AppError::internal(err),
+        }
+    }
+}
+
+/// What a heartbeat learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseState {
+    /// The lease is still ours (token matches, RUNNING).
+    pub owned: bool,
+    /// Someone asked to cancel the job.
+    pub cancel_requested: bool,
+}
+
+fn lease_sql(backend: DbBackend) -> &'static str {
+    // Order: priority, then the owner with the fewest RUNNING jobs, then the owner
+    // served longest ago (never served first), then oldest job. An owner's 50 queued
+    // uploads therefore alternate with everybody else's work.
+    match backend {
+        DbBackend::Postgres => {
+            r#"UPDATE jobs SET status = 'RUNNING', attempts = attempts + 1, lease_owner = $1, lease_token = $2,
+                lease_expires_at = $3, cancel_requested = FALSE, updated_at = $4
+            WHERE id = (
+                SELECT c.id FROM jobs c
+                WHERE c.status = 'QUEUED' AND c.run_after <= $4
+                ORDER BY c.priority DESC,
+                    (SELECT COUNT(*) FROM jobs r WHERE r.owner_id = c.owner_id AND r.status = 'RUNNING') ASC,
+                    (SELECT MAX(s.updated_at) FROM jobs s WHERE s.owner_id = c.owner_id AND s.status <> 'QUEUED')
+                        ASC NULLS FIRST,
+                    c.created_at ASC, c.id ASC
+                LIMIT 1
+                FOR UPDATE OF c SKIP LOCKED
+            ) AND status = 'QUEUED'
+            RETURNING *"#
+        }
+        _ => {
+            r#"UPDATE jobs SET status = 'RUNNING', attempts = attempts + 1, lease_owner = ?1, lease_token = ?2,
+                lease_expires_at = ?3, cancel_requested = FALSE, updated_at = ?4
+            WHERE id = (
+                SELECT c.id FROM jobs c
+                WHERE c.status = 'QUEUED' AND c.run_after <= ?4
+                ORDER BY c.priority DESC,
+                    (SELECT COUNT(*) FROM jobs r WHERE r.owner_id = c.owner_id AND r.status = 'RUNNING') ASC,
+                    (SELECT MAX(s.updated_at) FROM jobs s WHERE s.owner_id = c.owner_id AND s.status <> 'QUEUED')
+                        ASC NULLS FIRST,
+                    c.created_at ASC, c.id ASC
+                LIMIT 1
+            ) AND status = 'QUEUED'
+            RETURNING *"#
+        }
+    }
+}
+
+fn lease_duration(lease_for: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(lease_for).unwrap_or_else(|_| chrono::Duration::seconds(30))
+}
+
+/// Lease the next runnable job for `worker_id`, if any.
+pub async fn lease(
+    db: &DatabaseConnection,
+    worker_id: &str,
+    lease_for: Duration,
+    settings: &JobSettings,
+) -> Result<Option<LeasedJob>, QueueError> {
+    let backend = db.get_database_backend();
+    let now = Utc::now();
+    let token = Uuid::new_v4();
+    let statement = Statement::from_sql_and_values(
+        backend,
+        lease_sql(backend),
+        [worker_id.into(), token.into(), (now + lease_duration(lease_for)).into(), now.into()],
+    );
+    let txn = db.begin().await?;
+    let leased = job::Entity::find().from_raw_sql(statement).one(&txn).await?;
+    let Some(job) = leased else {
+        txn.commit().await?;
+        return Ok(None);
+    };
+    append_log_in(
+        &txn,
+        job.id,
+        LogLevel::Info,
+        format!("attempt {} of {} leased by {worker_id}", job.attempts, job.max_attempts),
+        settings.log_max_lines,
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(Some(LeasedJob { job, token }))
+}
+
+/// Extend the lease if it is still ours; report whether cancel was requested.
+pub async fn heartbeat(
+    db: &DatabaseConnection,
+    job_id: Uuid,
+    token: Uuid,
+    lease_for: Duration,
+) -> Result<LeaseState, QueueError> {
+    let now = Utc::now();
+    let updated = job::Entity::update_many()
+        .col_expr(job::Column::LeaseExpiresAt, Expr::value(now + lease_duration(lease_for)))
+        .filter(job::Column::Id.eq(job_id))
+        .filter(job::Column::LeaseToken.eq(token))
+        .filter(job::Column::Status.eq(JobStatus::Running))
+        .exec(db)
+        .await?;
+    if updated.rows_affected == 0 {
+        return Ok(LeaseState { owned: false, cancel_requested: false });
+    }
+    lease_state(db, job_id, token).await
+}
+
+/// Whether the lease is still ours and whether cancel was requested, without renewing.
+pub async fn lease_state(db: &DatabaseConnection, job_id: Uuid, token: Uuid) -> Result<LeaseState, QueueError> {
+    let row: Option<(JobStatus, Option<Uuid>, bool)> = job::Entity::find_by_id(job_id)
+        .select_only()
+        .column(job::Column::Status)
+        .column(job::Column::LeaseToken)
+        .column(job::Column::CancelRequested)
+        .into_tuple()
+        .one(db)
+        .await?;
+    Ok(match row {
+        Some((JobStatus::Running, Some(current), cancel)) if current == token => {
+            LeaseState { owned: true, cancel_requested: cancel }
+        }
+        _ => LeaseState { owned: false, cancel_requested: false },
+    })
+}
+
+/// The changes a transition of a leased job makes.
+struct Transition {
+    status: JobStatus,
+    last_error: Option<String>,
+    run_after: Option<DateTime<Utc>>,
+    /// Give the attempt back (a shutdown released the job, it did not fail).
+    refund_attempt: bool,
+    log: (LogLevel, String),
+}
+
+enum Apply<'a> {
+    Nothing,
+    Success(&'a JobOutput),
+    Failure(String),
+    Cancelled,
+}
+
+/// Apply `transition` to the job if `token` still holds its lease, then the
+/// runner's consequences, in one transaction; publish the events after commit.
+async fn transition(
+    db: &DatabaseConnection,
+    publisher: &Publisher,
+    settings: &JobSettings,
+    job_id: Uuid,
+    token: Option<Uuid>,
+    change: Transition,
+    apply: Apply<'_>,
+) -> Result<job::Model, QueueError> {
+    let now = Utc::now();
+    let txn = db.begin().await?;
+    let terminal = !matches!(change.status, JobStatus::Queued | JobStatus::Running);
+    let mut update = job::Entity::update_many()
+        .col_expr(job::Column::Status, Expr::value(change.status))
+        .col_expr(job::Column::LeaseOwner, Expr::value(Option::<String>::None))
+        .col_expr(job::Column::LeaseToken, Expr::value(Option::<Uuid>::None))
+        .col_expr(job::Column::LeaseExpiresAt, Expr::value(Option::<DateTime<Utc>>::None))
+        .col_expr(job::Column::CancelRequested, Expr::value(false))
+        .col_expr(job::Column::UpdatedAt, Expr::value(now))
+        .col_expr(job::Column::FinishedAt, Expr::value(terminal.then_some(now)))
+        .filter(job::Column::Id.eq(job_id));
+    if let Some(error) = change.last_error {
+        update = update.col_expr(job::Column::LastError, Expr::value(error));
+    }
+    if let Some(run_after) = change.run_after {
+        update = update.col_expr(job::Column::RunAfter, Expr::value(run_after));
+    }
+    if change.refund_attempt {
+        update = update.col_expr(job::Column::Attempts, Expr::col(job::Column::Attempts).sub(1));
+    }
+    update = match token {
+        Some(token) => {
+            update.filter(job::Column::LeaseToken.eq(token)).filter(job::Column::Status.eq(JobStatus::Running))
+        }
+        None => update.filter(job::Column::Status.eq(JobStatus::Queued)),
+    };
+    if update.exec(&txn).await?.rows_affected == 0 {
+        txn.rollback().await?;
+        return Err(if token.is_some() {
+            QueueError::LeaseLost
+        } else {
+            QueueError::Conflict("job is not queued".into())
+        });
+    }
+    let job = job::Entity::find_by_id(job_id).one(&txn).await?.ok_or(QueueError::NotFound)?;
+    append_log_in(&txn, job_id, change.log.0, change.log.1, settings.log_max_lines).await?;
+    let events: Vec<DomainEvent> = match apply {
+        Apply::Nothing => Vec::new(),
+        Apply::Success(output) => runner::apply_success(&txn, &job, output).await?,
+        Apply::Failure(reason) => runner::apply_failure(&txn, &job, &reason).await?,
+        Apply::Cancelled => runner::apply_cancelled(&txn, &job).await?,
+    };
+    txn.commit().await?;
+    publisher.publish_all(events);
+    Ok(job)
+}
+
+/// The job succeeded: SUCCEEDED and the runner's results applied, only if `token`
+/// still holds the lease (else `LeaseLost` and nothing applied).
+pub async fn complete(
+    db: &DatabaseConnection,
+    publisher: &Publisher,
+    settings: &JobSettings,
+    job_id: Uuid,
+    token: Uuid,
+    output: &JobOutput,
+) -> Result<job::Model, QueueError> {
+    let change = Transition {
+        status: JobStatus::Succeeded,
+        last_error: None,
+        run_after: None,
+        refund_attempt: false,
+        log: (LogLevel::Info, "succeeded".into()),
+    };
+    transition(db, publisher, settings, job_id, Some(token), change, Apply::Success(output)).await
+}
+
+/// Retry delay after `attempts` failed attempts: exponential, capped, equal jitter
+/// (half fixed, half random) so retries of many jobs spread out.
+pub fn backoff(settings: &JobSettings, attempts: i32) -> Duration {
+    let exponent = u32::try_from(attempts.saturating_sub(1).clamp(0, 30)).unwrap_or(0);
+    let base_ms = settings.backoff_base_secs.saturating_mul(1000);
+    let max_ms = settings.backoff_max_secs.saturating_mul(1000).max(1);
+    let ceiling = base_ms.saturating_mul(1u64 << exponent).min(max_ms);
+    let half = ceiling / 2;
+    let jitter = if ceiling - half > 0 { rand::thread_rng().gen_range(0..=ceiling - half) } else { 0 };
+    Duration::from_millis(half + jitter)
+}
+
+/// The run failed: retry later, give up (DEAD / FAILED), or acknowledge a cancel.
+pub async fn fail(
+    db: &DatabaseConnection,
+    publisher: &Publisher,
+    settings: &JobSettings,
+    job_id: Uuid,
+    token: Uuid,
+    error: &JobError,
+) -> Result<job::Model, QueueError> {
+    let current = job::Entity::find_by_id(job_id).one(db).await?.ok_or(QueueError::NotFound)?;
+    let (change, apply) = match error {
+        JobError::Retryable(message) if current.attempts < current.max_attempts => {
+            let delay = backoff(settings, current.attempts);
+            let run_after = Utc::now() + lease_duration(delay);
+            let change = Transition {
+                status: JobStatus::Queued,
+                last_error: Some(message.clone()),
+                run_after: Some(run_after),
+                refund_attempt: false,
+                log: (
+                    LogLevel::Warn,
+                    format!("attempt {} failed: {message}; retrying in {:.1}s", current.attempts, delay.as_secs_f64()),
+                ),
+            };
+            (change, Apply::Nothing)
+        }
+        JobError::Retryable(message) => {
+            let change = Transition {
+                status: JobStatus::Dead,
+                last_error: Some(message.clone()),
+                run_after: None,
+                refund_attempt: false,
+                log: (LogLevel::Error, format!("attempt {} failed: {message}; no attempts left", current.attempts)),
+            };
+            (change, Apply::Failure(message.clone()))
+        }
+        JobError::Permanent { code, reason } => {
+            let change = Transition {
+                status: JobStatus::Failed,
+                last_error: Some(reason.clone()),
+                run_after: None,
+                refund_attempt: false,
+                log: (LogLevel::Error, format!("failed ({code}): {reason}")),
+            };
+            (change, Apply::Failure(reason.clone()))
+        }
+        JobError::Cancelled => {
+            let change = Transition {
+                status: JobStatus::Cancelled,
+                last_error: Some("cancelled".into()),
+                run_after: None,
+                refund_attempt: false,
+                log: (LogLevel::Info, "cancelled".into()),
+            };
+            (change, Apply::Cancelled)
+        }
+    };
+    transition(db, publisher, settings, job_id, Some(token), change, apply).await
+}
+
+/// Give a leased job back without counting the attempt (this worker is shutting down).
+pub async fn release(
+    db: &DatabaseConnection,
+    settings: &JobSettings,
+    job_id: Uuid,
+    token: Uuid,
+    reason: &str,
+) -> Result<job::Model, QueueError> {
+    let change = Transition {
+        status: JobStatus::Queued,
+        last_error: Some(reason.to_string()),
+        run_after: Some(Utc::now()),
+        refund_attempt: true,
+        log: (LogLevel::Warn, format!("released: {reason}")),
+    };
+    transition(db, &Publisher::default(), settings, job_id, Some(token), change, Apply::Nothing).await
+}
+
+/// Re-queue RUNNING jobs whose lease expired (their worker is gone), or make them
+/// DEAD when out of attempts; forget workers not seen for three lease periods.
+/// Returns how many jobs were swept.
+pub async fn sweep_expired(
+    db: &DatabaseConnection,
+    publisher: &Publisher,
+    settings: &JobSettings,
+) -> Result<usize, QueueError> {
+    let now = Utc::now();
+    let expired = job::Entity::find()
+        .filter(job::Column::Status.eq(JobStatus::Running))
+        .filter(job::Column::LeaseExpiresAt.lt(now))
+        .order_by_asc(job::Column::LeaseExpiresAt)
+        .limit(100)
+        .all(db)
+        .await?;
+    let mut swept = 0;
+    for job in expired {
+        let Some(token) = job.lease_token else { continue };
+        let message = "worker lost (lease expired)".to_string();
+        let owner = job.lease_owner.clone().unwrap_or_default();
+        let result = if job.attempts < job.max_attempts {
+            let change = Transition {
+                status: JobStatus::Queued,
+                last_error: Some(message.clone()),
+                run_after: Some(now),
+                refund_attempt: false,
+                log: (LogLevel::Warn, format!("attempt {} lost: lease of {owner} expired", job.attempts)),
+            };
+            transition(db, publisher, settings, job.id, Some(token), change, Apply::Nothing).await
+        } else {
+            let change = Transition {
+                status: JobStatus::Dead,
+                last_error: Some(message.clone()),
+                run_after: None,
+                refund_attempt: false,
+                log: (
+                    LogLevel::Error,
+                    format!("attempt {} lost: lease of {owner} expired; no attempts left", job.attempts),
+                ),
+            };
+            transition(db, publisher, settings, job.id, Some(token), change, Apply::Failure(message)).await
+        };
+        match result {
+            Ok(_) => swept += 1,
+            // Renewed or finished meanwhile: not ours to sweep.
+            Err(QueueError::LeaseLost) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    let stale = now - lease_duration(Duration::from_secs(settings.lease_secs.max(1) * 3));
+    worker::Entity::delete_many().filter(worker::Column::LastSeenAt.lt(stale)).exec(db).await?;
+    Ok(swept)
+}
+
+/// Cancel: a QUEUED job is CANCELLED now; a RUNNING one is flagged and its worker
+/// stops it on its next check. Finished jobs are a CONFLICT.
+pub async fn cancel(
+    db: &DatabaseConnection,
+    publisher: &Publisher,
+    settings: &JobSettings,
+    job_id: Uuid,
+) -> Result<job::Model, QueueError> {
+    let current = job::Entity::find_by_id(job_id).one(db).await?.ok_or(QueueError::NotFound)?;
+    match current.status {
+        JobStatus::Queued => {
+            let change = Transition {
+                status: JobStatus::Cancelled,
+                last_error: Some("cancelled".into()),
+                run_after: None,
+                refund_attempt: false,
+                log: (LogLevel::Info, "cancelled while queued".into()),
+            };
+            match transition(db, publisher, settings, job_id, None, change, Apply::Cancelled).await {
+                // Leased meanwhile: flag it instead.
+                Err(QueueError::Conflict(_)) => Box::pin(cancel(db, publisher, settings, job_id)).await,
+                other => other,
+            }
+        }
+        JobStatus::Running => {
+            let updated = job::Entity::update_many()
+                .col_expr(job::Column::CancelRequested, Expr::value(true))
+                .col_expr(job::Column::UpdatedAt, Expr::value(Utc::now()))
+                .filter(job::Column::Id.eq(job_id))
+                .filter(job::Column::Status.eq(JobStatus::Running))
+                .exec(db)
+                .await?;
+            if updated.rows_affected == 0 {
+                return Box::pin(cancel(db, publisher, settings, job_id)).await;
+            }
+            append_log(db, job_id, LogLevel::Info, "cancel requested".into(), settings.log_max_lines).await?;
+            job::Entity::find_by_id(job_id).one(db).await?.ok_or(QueueError::NotFound)
+        }
+        JobStatus::Cancelled => Ok(current),
+        _ => Err(QueueError::Conflict("the job has already finished".into())),
+    }
+}
+
+/// Revive a DEAD, FAILED or CANCELLED job: QUEUED, attempts reset, runnable now.
+pub async fn retry(db: &DatabaseConnection, settings: &JobSettings, job_id: Uuid) -> Result<job::Model, QueueError> {
+    let now = Utc::now();
+    let updated = job::Entity::update_many()
+        .col_expr(job::Column::Status, Expr::value(JobStatus::Queued))
+        .col_expr(job::Column::Attempts, Expr::value(0))
+        .col_expr(job::Column::RunAfter, Expr::value(now))
+        .col_expr(job::Column::CancelRequested, Expr::value(false))
+        .col_expr(job::Column::FinishedAt, Expr::value(Option::<DateTime<Utc>>::None))
+        .col_expr(job::Column::Progress, Expr::value(Option::<serde_json::Value>::None))
+        .col_expr(job::Column::UpdatedAt, Expr::value(now))
+        .filter(job::Column::Id.eq(job_id))
+        .filter(job::Column::Status.is_in([JobStatus::Dead, JobStatus::Failed, JobStatus::Cancelled]))
+        .exec(db)
+        .await?;
+    if updated.rows_affected == 0 {
+        return match job::Entity::find_by_id(job_id).one(db).await? {
+            None => Err(QueueError::NotFound),
+            Some(_) => Err(QueueError::Conflict("only DEAD, FAILED or CANCELLED jobs can be retried".into())),
+        };
+    }
+    append_log(db, job_id, LogLevel::Info, "retried: queued again".into(), settings.log_max_lines).await?;
+    job::Entity::find_by_id(job_id).one(db).await?.ok_or(QueueError::NotFound)
+}
+
+/// Store the latest progress on the job row (only while `token` holds the lease).
+pub async fn store_progress(
+    db: &DatabaseConnection,
+    job_id: Uuid,
+    token: Uuid,
+    progress: serde_json::Value,
+) -> Result<bool, QueueError> {
+    let updated = job::Entity::update_many()
+        .col_expr(job::Column::Progress, Expr::value(progress))
+        .filter(job::Column::Id.eq(job_id))
+        .filter(job::Column::LeaseToken.eq(token))
+        .filter(job::Column::Status.eq(JobStatus::Running))
+        .exec(db)
+        .await?;
+    Ok(updated.rows_affected > 0)
+}
+
+/// Append a line to a job's log, keeping at most `max_lines`.
+pub async fn append_log(
+    db: &DatabaseConnection,
+    job_id: Uuid,
+    level: LogLevel,
+    message: String,
+    max_lines: u64,
+) -> Result<(), QueueError> {
+    let txn = db.begin().await?;
+    append_log_in(&txn, job_id, level, message, max_lines).await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+async fn append_log_in(
+    txn: &DatabaseTransaction,
+    job_id: Uuid,
+    level: LogLevel,
+    message: String,
+    max_lines: u64,
+) -> Result<(), DbErr> {
+    // Bounded so a chatty pipeline cannot fill the table.
+    let message: String = message.chars().take(2000).collect();
+    job_log::ActiveModel {
+        job_id: Set(job_id),
+        at: Set(Utc::now()),
+        level: Set(level),
+        message: Set(message),
+        ..Default::default()
+    }
+    .insert(txn)
+    .await?;
+    let keep = max_lines.max(1);
+    // The id of the oldest line to keep; everything older goes.
+    let cutoff: Option<i64> = job_log::Entity::find()
+        .select_only()
+        .column(job_log::Column::Id)
+        .filter(job_log::Column::JobId.eq(job_id))
+        .order_by_desc(job_log::Column::Id)
+        .offset(keep - 1)
+        .limit(1)
+        .into_tuple()
+        .one(txn)
+        .await?;
+    if let Some(cutoff) = cutoff {
+        job_log::Entity::delete_many()
+            .filter(job_log::Column::JobId.eq(job_id))
+            .filter(job_log::Column::Id.lt(cutoff))
+            .exec(txn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// A job's log, oldest first.
+pub async fn log_lines<C: ConnectionTrait>(conn: &C, job_id: Uuid) -> Result<Vec<job_log::Model>, DbErr> {
+    job_log::Entity::find().filter(job_log::Column::JobId.eq(job_id)).order_by_asc(job_log::Column::Id).all(conn).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_equal_jitter_up_to_the_cap() {
+        let settings = JobSettings { backoff_base_secs: 2, backoff_max_secs: 60, ..Default::default() };
+        for attempts in 1..=10 {
+            let ceiling = (2_000u64 << (attempts - 1)).min(60_000);
+            let samples: Vec<u64> = (0..50).map(|_| backoff(&settings, attempts).as_millis() as u64).collect();
+            for ms in &samples {
+                assert!((ceiling / 2..=ceiling).contains(ms), "attempt {attempts}: {ms} ms, ceiling {ceiling}");
+            }
+            let distinct: std::collections::HashSet<_> = samples.iter().collect();
+            assert!(distinct.len() > 1, "jitter at attempt {attempts}");
+        }
+        // Absurd attempt counts neither overflow nor exceed the cap.
+        assert!(backoff(&settings, i32::MAX) <= Duration::from_secs(60));
+        let zero = JobSettings { backoff_base_secs: 0, ..Default::default() };
+        assert_eq!(backoff(&zero, 3), Duration::ZERO);
+    }
+}
