@@ -359,7 +359,23 @@ impl JobsMutation {
             max_attempts: state.settings.jobs.max_attempts,
         };
         let job = jobs::enqueue(&txn, new).await.map_err(|e| AppError::from(e).extend())?;
+        // A failed video is processing again; a READY one keeps playing its current
+        // ladder until the new one replaces it. Either way subscribers hear of it.
+        let video = if video.status == DbVideoStatus::Failed {
+            let mut active: entities::video::ActiveModel = video.into();
+            active.status = sea_orm::Set(DbVideoStatus::Processing);
+            active.error = sea_orm::Set(None);
+            active.updated_at = sea_orm::Set(chrono::Utc::now());
+            sea_orm::ActiveModelTrait::update(active, &txn).await.map_err(|e| AppError::from(e).extend())?
+        } else {
+            video
+        };
+        let detail = crate::events::EventDetail { job_id: Some(job.id), ..Default::default() };
+        let event = crate::events::record(&txn, &video, crate::events::EventKind::Processing, detail)
+            .await
+            .map_err(|e| AppError::from(e).extend())?;
         txn.commit().await.map_err(|e| AppError::from(e).extend())?;
+        publisher(state).publish(event);
         Ok(Job(job))
     }
 

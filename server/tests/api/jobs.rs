@@ -507,13 +507,12 @@ async fn job_api_is_scoped_to_owners_and_admins() {
 }
 
 #[actix_web::test]
-async fn embedded_workers_retry_a_failing_job_until_dead() {
-    // The job runner on this branch fails every run retryably, so the scheduler
-    // leases, fails, backs off and re-leases until the job is DEAD.
+async fn embedded_workers_fail_a_job_whose_source_is_gone_for_good() {
+    // The in-process scheduler leases the job and the real runner finds no source
+    // object: a permanent failure (no retries), the video FAILED with the reason.
     let app = spawn_app_with(|s| {
         s.workers.embedded = true;
         s.workers.heartbeat_secs = 1;
-        s.jobs.backoff_base_secs = 0;
         s.jobs.poll_interval_ms = 50;
         s.jobs.sweep_interval_secs = 1;
     })
@@ -521,21 +520,26 @@ async fn embedded_workers_retry_a_failing_job_until_dead() {
     let db = app.state.db.clone();
     let (admin, _) = user_id(&app, Role::Admin).await;
     let (_, owner_id) = user_id(&app, Role::User).await;
-    let video = insert_video(&db, owner_id, true).await;
+    let mut video = insert_video(&db, owner_id, true).await;
+    let mut active: video::ActiveModel = video.clone().into();
+    active.status = Set(VideoStatus::Processing);
+    video = active.update(&db).await.unwrap();
     let id = new_job(&db, Some(owner_id), Some(video.id), DEFAULT_PRIORITY, 3).await.id;
     assert!(
-        eventually(300, || async { reload(&db, id).await.status == JobStatus::Dead }).await,
-        "job ends DEAD: {:?} / {:?}",
+        eventually(300, || async { reload(&db, id).await.status == JobStatus::Failed }).await,
+        "job ends FAILED: {:?} / {:?}",
         reload(&db, id).await,
         log_messages(&db, id).await
     );
     let row = reload(&db, id).await;
-    assert_eq!(row.attempts, 3);
-    assert_eq!(row.last_error.as_deref(), Some("job runner not written yet"));
+    assert_eq!(row.attempts, 1, "a permanent failure is not retried");
+    let reason = row.last_error.clone().unwrap_or_default();
+    assert!(!reason.is_empty() && !reason.contains("videos/"), "readable, no storage keys: {reason}");
     let log = log_messages(&db, id).await;
-    assert_eq!(log.iter().filter(|m| m.contains("leased by")).count(), 3, "{log:?}");
-    assert_eq!(log.iter().filter(|m| m.contains("failed: job runner not written yet")).count(), 3, "{log:?}");
-    assert!(log.last().unwrap().contains("no attempts left"), "{log:?}");
+    assert_eq!(log.iter().filter(|m| m.contains("leased by")).count(), 1, "{log:?}");
+    let failed = video::Entity::find_by_id(video.id).one(&db).await.unwrap().unwrap();
+    assert_eq!(failed.status, VideoStatus::Failed);
+    assert!(failed.error.is_some());
 
     // The in-process worker is registered and visible to admins.
     let (_, body) = app.graphql_as(&admin.bearer(), "query { workers { id capacity currentJobs } }", json!({})).await;

@@ -4,6 +4,7 @@
 mod api_keys;
 mod auth;
 mod catalogue;
+mod e2e;
 mod fanout;
 mod helpers;
 mod http_basics;

@@ -43,7 +43,7 @@ async fn urls(h: &Harness, user: &TestUser, id: Uuid) -> serde_json::Value {
 /// Play `url` with a stock HLS stack (playbin: souphttpsrc, hlsdemux, decoders) and
 /// say whether it reached the end without an error.
 /// Runs asynchronously: the server under test lives on this test's own runtime.
-async fn plays_to_the_end(url: &str) -> bool {
+pub(crate) async fn plays_to_the_end(url: &str) -> bool {
     let output = tokio::process::Command::new("gst-launch-1.0")
         .env("GST_DEBUG", std::env::var("PLAYBACK_GST_DEBUG").unwrap_or_default())
         .args(["-q", "playbin", &format!("uri=\"{url}\""), "video-sink=fakesink", "audio-sink=fakesink"])

@@ -208,7 +208,6 @@ fn fixture_clip() -> Vec<u8> {
 }
 
 #[actix_web::test]
-#[ignore = "needs the transcode runner"]
 async fn a_worker_killed_mid_encode_loses_its_job_to_another_that_finishes_it_once() {
     if !postgres_only("a_worker_killed_mid_encode_loses_its_job_to_another_that_finishes_it_once") {
         return;
