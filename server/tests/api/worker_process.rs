@@ -141,7 +141,9 @@ async fn two_worker_processes_never_run_the_same_job() {
     let app = shared_app().await;
     let db = app.state.db.clone();
     let mut ids = Vec::new();
-    for _ in 0..12 {
+    // With no video, the real runner fails each job permanently on its first
+    // attempt: many short jobs for two processes to race for.
+    for _ in 0..24 {
         ids.push(new_job(&db, None, None, 3).await.id);
     }
     let extra = [
@@ -153,7 +155,7 @@ async fn two_worker_processes_never_run_the_same_job() {
     let mut children: Vec<_> =
         dirs.iter().map(|d| worker_command(&app.state.settings, d.path(), &extra).spawn().unwrap()).collect();
     let all_dead = eventually(600, || async {
-        job::Entity::find().filter(job::Column::Status.eq(JobStatus::Dead)).count(&db).await.unwrap_or(0) == 12
+        job::Entity::find().filter(job::Column::Status.eq(JobStatus::Failed)).count(&db).await.unwrap_or(0) == 24
     })
     .await;
     for child in &children {
@@ -163,7 +165,7 @@ async fn two_worker_processes_never_run_the_same_job() {
         let status = tokio::time::timeout(Duration::from_secs(60), child.wait()).await.unwrap().unwrap();
         assert!(status.success());
     }
-    assert!(all_dead, "every job ran out of attempts");
+    assert!(all_dead, "every job ended FAILED");
 
     // Per job, the log alternates "leased by W" and the end of that attempt: no
     // second lease while one is held, and every attempt ends before the next.
@@ -184,7 +186,7 @@ async fn two_worker_processes_never_run_the_same_job() {
                 *leases_by_worker.entry(who.clone()).or_default() += 1;
                 holder = Some(who);
                 leases += 1;
-            } else if line.message.contains("failed:")
+            } else if line.message.contains("failed:") || line.message.starts_with("failed (")
                 || line.message.contains("lost:")
                 || line.message.starts_with("released")
             {
@@ -192,10 +194,11 @@ async fn two_worker_processes_never_run_the_same_job() {
                 holder = None;
             }
         }
-        assert_eq!(leases, 3, "job {id}: {log:#?}");
+        assert_eq!(leases, 1, "job {id} ran once: {log:#?}");
         assert!(holder.is_none());
     }
-    assert_eq!(leases_by_worker.values().sum::<usize>(), 36);
+    assert_eq!(leases_by_worker.values().sum::<usize>(), 24);
+    eprintln!("leases per worker: {leases_by_worker:?}");
 }
 
 /// The transcode fixture clip (scripts/make-fixtures.sh), generated once.
