@@ -186,7 +186,8 @@ async fn two_worker_processes_never_run_the_same_job() {
                 *leases_by_worker.entry(who.clone()).or_default() += 1;
                 holder = Some(who);
                 leases += 1;
-            } else if line.message.contains("failed:") || line.message.starts_with("failed (")
+            } else if line.message.contains("failed:")
+                || line.message.starts_with("failed (")
                 || line.message.contains("lost:")
                 || line.message.starts_with("released")
             {
