@@ -37,6 +37,7 @@ use crate::auth::principal::Principal;
 use crate::auth::roles::{has_permission, Permission};
 use crate::error::AppError;
 use crate::events::{DomainEvent, EventKind, ProgressInfo};
+use crate::graphql::progress::Progress;
 use crate::graphql::videos::{viewer, VideoStatus};
 use crate::repo::videos::{can_read_by_id, find_readable};
 use crate::startup::AppState;
@@ -47,41 +48,8 @@ const SUBSCRIBER_BUFFER: usize = 64;
 const REPLAY_PAGE: u64 = 200;
 
 #[derive(SimpleObject, Debug, Clone)]
-pub struct VideoEventProgress {
-    /// 0–100 over the whole job.
-    pub percent: f64,
-    /// probing | encoding | packaging | uploading
-    pub stage: String,
-    pub fps: Option<f64>,
-    pub eta_seconds: Option<f64>,
-    pub renditions: Vec<VideoEventRenditionProgress>,
-}
-
-#[derive(SimpleObject, Debug, Clone)]
-pub struct VideoEventRenditionProgress {
-    pub name: String,
-    pub percent: f64,
-}
-
-#[derive(SimpleObject, Debug, Clone)]
 pub struct VideoEventRendition {
     pub name: String,
-}
-
-impl From<ProgressInfo> for VideoEventProgress {
-    fn from(p: ProgressInfo) -> Self {
-        Self {
-            percent: p.percent,
-            stage: p.stage,
-            fps: p.fps,
-            eta_seconds: p.eta_seconds,
-            renditions: p
-                .renditions
-                .into_iter()
-                .map(|r| VideoEventRenditionProgress { name: r.name, percent: r.percent })
-                .collect(),
-        }
-    }
 }
 
 /// One thing that happened to a video (or, with `snapshot: true`, where it stands).
@@ -96,7 +64,7 @@ pub struct VideoEvent {
     pub seq: i64,
     /// The video's status after the event.
     pub status: VideoStatus,
-    pub progress: Option<VideoEventProgress>,
+    pub progress: Option<Progress>,
     pub rendition: Option<VideoEventRendition>,
     pub error: Option<String>,
     /// True for the first event of a subscription describing the current state.

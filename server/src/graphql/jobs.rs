@@ -17,6 +17,7 @@ use crate::auth::principal::Principal;
 use crate::auth::roles::{has_permission, require_principal, AuthenticatedGuard, Permission, PermissionGuard};
 use crate::error::{AppError, ErrorCode};
 use crate::events::{ProgressInfo, Publisher};
+use crate::graphql::progress::Progress;
 use crate::jobs::{self, queue, NewJob, DEFAULT_PRIORITY};
 use crate::startup::AppState;
 
@@ -64,40 +65,6 @@ impl TranscodePreset {
             TranscodePreset::Low => "LOW",
             TranscodePreset::Medium => "MEDIUM",
             TranscodePreset::High => "HIGH",
-        }
-    }
-}
-
-#[derive(SimpleObject, Debug, Clone)]
-pub struct RenditionProgress {
-    pub name: String,
-    pub percent: f64,
-}
-
-/// Where a running job stands.
-#[derive(SimpleObject, Debug, Clone)]
-pub struct JobProgress {
-    /// 0..=100 over the whole job.
-    pub percent: f64,
-    /// probing | encoding | packaging | uploading
-    pub stage: String,
-    pub fps: Option<f64>,
-    pub eta_seconds: Option<f64>,
-    pub renditions: Vec<RenditionProgress>,
-}
-
-impl From<ProgressInfo> for JobProgress {
-    fn from(p: ProgressInfo) -> Self {
-        Self {
-            percent: p.percent,
-            stage: p.stage,
-            fps: p.fps,
-            eta_seconds: p.eta_seconds,
-            renditions: p
-                .renditions
-                .into_iter()
-                .map(|r| RenditionProgress { name: r.name, percent: r.percent })
-                .collect(),
         }
     }
 }
@@ -171,12 +138,12 @@ impl Job {
     }
 
     /// The latest progress report of the current (or last) run.
-    async fn progress(&self) -> Option<JobProgress> {
+    async fn progress(&self) -> Option<Progress> {
         self.0
             .progress
             .as_ref()
             .and_then(|value| serde_json::from_value::<ProgressInfo>(value.clone()).ok())
-            .map(JobProgress::from)
+            .map(Progress::from)
     }
 
     /// The last error (of the last failed attempt, or why the job ended).
