@@ -391,6 +391,22 @@ impl Feed {
     }
 }
 
+/// Counts live subscriptions in `reelhouse_subscribers` while a feed task runs.
+struct SubscriberGauge;
+
+impl SubscriberGauge {
+    fn new() -> Self {
+        metrics::gauge!("reelhouse_subscribers").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for SubscriberGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("reelhouse_subscribers").decrement(1.0);
+    }
+}
+
 /// Subscribe to the bus, then start a feed task; returns the client's stream.
 async fn start_feed(
     ctx: &Context<'_>,
@@ -428,6 +444,7 @@ async fn start_feed(
         (None, None) => {}
     }
     tokio::spawn(async move {
+        let _connected = SubscriberGauge::new();
         let mut done = false;
         for (event, is_snapshot) in &first {
             if feed.send(event, *is_snapshot).await.is_err() {

@@ -166,6 +166,12 @@ async fn progress_starts_with_a_snapshot_and_ends_with_exactly_one_ready() {
     assert_eq!(snapshot["kind"], "UPLOADED");
     assert_eq!(snapshot["seq"], 1);
     wait_for_subscribers(&app, 1).await;
+    // Connected subscribers are visible to operators.
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let connected = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("reelhouse_subscribers ").and_then(|v| v.trim().parse::<f64>().ok()));
+    assert!(connected.is_some_and(|n| n >= 1.0), "reelhouse_subscribers missing or zero in /metrics");
 
     let stored = transition(&app, video.id, VideoStatus::Processing, EventKind::Processing, None, true).await;
     let progress = ProgressInfo { percent: 42.0, stage: "encoding".into(), ..Default::default() };
