@@ -174,16 +174,24 @@ async fn replay_after(
     if let Some(id) = video_id {
         query = query.filter(event_outbox::Column::VideoId.eq(id));
     } else {
+        // Other people's events only of videos that were public then and are
+        // still listed now (public, not hidden, not deleted).
+        let listed_now = event_outbox::Column::VideoId.in_subquery(
+            sea_orm::sea_query::Query::select()
+                .column(video::Column::Id)
+                .from(video::Entity)
+                .and_where(video::Column::Visibility.eq(Visibility::Public))
+                .and_where(video::Column::HiddenAt.is_null())
+                .and_where(video::Column::DeletedAt.is_null())
+                .to_owned(),
+        );
+        let public = Condition::all().add(event_outbox::Column::Visibility.eq(Visibility::Public)).add(listed_now);
         match viewer {
             Some(p) if has_permission(p.role, Permission::ModerateVideos) => {}
             Some(p) => {
-                query = query.filter(
-                    Condition::any()
-                        .add(event_outbox::Column::OwnerId.eq(p.user_id))
-                        .add(event_outbox::Column::Visibility.eq(Visibility::Public)),
-                )
+                query = query.filter(Condition::any().add(event_outbox::Column::OwnerId.eq(p.user_id)).add(public))
             }
-            None => query = query.filter(event_outbox::Column::Visibility.eq(Visibility::Public)),
+            None => query = query.filter(public),
         }
     }
     let rows =
@@ -260,7 +268,7 @@ impl Feed {
             if !self.still_allowed(event).await {
                 return Err(self.fail(AppError::not_found("video")).await);
             }
-        } else if !may_receive(self.viewer.as_ref(), event) {
+        } else if !may_receive(self.viewer.as_ref(), event) || !self.still_listed(event).await {
             return Ok(());
         }
         let sent = self.sent_seq.get(&event.video_id).copied();
@@ -284,6 +292,23 @@ impl Feed {
             _ => {}
         }
         self.send(event, false).await
+    }
+
+    /// For the all-videos feed: someone else's video must still be listed now (a
+    /// video made private, hidden or deleted since stops reaching strangers).
+    async fn still_listed(&self, event: &DomainEvent) -> bool {
+        let owner_or_moderator = self
+            .viewer
+            .as_ref()
+            .is_some_and(|p| p.user_id == event.owner_id || has_permission(p.role, Permission::ModerateVideos));
+        if owner_or_moderator {
+            return true;
+        }
+        match video::Entity::find_by_id(event.video_id).one(&self.state.db).await {
+            Ok(Some(video)) => crate::repo::videos::can_list(self.viewer.as_ref(), &video),
+            // When in doubt, a stranger gets nothing.
+            _ => false,
+        }
     }
 
     /// The video (of a one-video feed) is still readable by the subscriber.

@@ -357,6 +357,11 @@ impl JobsMutation {
         if !sees_all(principal) && !has_permission(principal.role, Permission::WriteOwnVideos) {
             return Err(AppError::forbidden("your role does not allow this").extend());
         }
+        // Removing a deleted video's objects is the system's business: an owner who
+        // could cancel it would keep the bytes while the quota forgets them.
+        if job.kind != DbJobKind::Transcode && !sees_all(principal) {
+            return Err(AppError::forbidden("only an admin can cancel this kind of job").extend());
+        }
         let job = queue::cancel(&state.db, &publisher(state), &state.settings.jobs, job.id)
             .await
             .map_err(|e| AppError::from(e).extend())?;
@@ -379,7 +384,21 @@ impl JobsMutation {
                 return Err(AppError::forbidden("only an admin can revive a DEAD job").extend());
             }
         }
+        if job.kind != DbJobKind::Transcode && !sees_all(principal) {
+            return Err(AppError::forbidden("only an admin can retry this kind of job").extend());
+        }
         if let (DbJobKind::Transcode, Some(video_id)) = (job.kind, job.video_id) {
+            // The same conditions as `transcode`: a source that finished uploading, a
+            // live video, nothing else running.
+            let video = entities::video::Entity::find_by_id(video_id)
+                .one(&state.db)
+                .await
+                .map_err(|e| AppError::internal(e).extend())?
+                .filter(|v| v.deleted_at.is_none())
+                .ok_or_else(|| AppError::new(ErrorCode::Conflict, "the video no longer exists").extend())?;
+            if video.source_key.is_none() || matches!(video.status, DbVideoStatus::Draft | DbVideoStatus::Uploading) {
+                return Err(AppError::new(ErrorCode::Conflict, "the video has no uploaded source yet").extend());
+            }
             if transcode_in_progress(&state.db, video_id).await.map_err(|e| e.extend())? {
                 return Err(AppError::new(ErrorCode::Conflict, "the video is already being transcoded").extend());
             }

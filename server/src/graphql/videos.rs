@@ -5,6 +5,7 @@ use async_graphql::{ComplexObject, Context, Enum, ErrorExtensions, InputObject, 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use entities::video;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use uuid::Uuid;
 
 use crate::auth::principal::{Principal, RequestAuth};
@@ -383,10 +384,27 @@ impl VideosMutation {
         let state = ctx.data::<AppState>()?;
         let principal = require_principal(ctx).map_err(|e| e.extend())?;
         let id = parse_video_id(&id).map_err(|e| e.extend())?;
+        // The uploads this delete ends: their unfinished multipart parts and tus
+        // tails are not objects under the video's prefix, so they are cleaned here.
+        let open_uploads = entities::upload::Entity::find()
+            .filter(entities::upload::Column::VideoId.eq(id))
+            .filter(
+                entities::upload::Column::Status
+                    .is_in([entities::UploadStatus::Open, entities::UploadStatus::Completing]),
+            )
+            .all(&state.db)
+            .await
+            .map_err(|e| AppError::internal(e).extend())?;
         let event = repo::delete_video(&state.db, principal, id, state.settings.jobs.max_attempts)
             .await
             .map_err(|e| e.extend())?;
         state.publisher().publish(event);
+        let store = state.store.clone();
+        tokio::spawn(async move {
+            for row in &open_uploads {
+                crate::uploads::abort::cleanup_storage(store.as_ref(), row, true).await;
+            }
+        });
         Ok(true)
     }
 }

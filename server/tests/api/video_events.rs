@@ -229,6 +229,17 @@ async fn a_stranger_gets_an_error_and_no_events_for_a_private_video() {
     transition(&app, public.id, VideoStatus::Ready, EventKind::Ready, None, true).await;
     let first = next_event(&mut feed).await.unwrap();
     assert_eq!(first["videoId"], public.id.to_string(), "the first event the stranger sees is the public one");
+
+    // Made private since: a stranger replaying the outbox no longer sees its past
+    // events; a video still public is replayed.
+    let mut active: video::ActiveModel = stored_video(&app, public.id).await.into();
+    active.visibility = Set(Visibility::Private);
+    active.update(&app.state.db).await.unwrap();
+    let still_public = insert_video(&app, &owner, Visibility::Public, VideoStatus::Processing).await;
+    transition(&app, still_public.id, VideoStatus::Ready, EventKind::Ready, None, false).await;
+    let mut replay = subscribe(&app, Some(&stranger), &events_query(), json!({ "after": "0" })).await;
+    let first = next_event(&mut replay).await.unwrap();
+    assert_eq!(first["videoId"], still_public.id.to_string(), "{first}");
 }
 
 #[actix_web::test]
