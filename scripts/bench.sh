@@ -14,7 +14,21 @@ if want transcode; then
   python3 scripts/bench-transcode.py
 fi
 
-# 2. Fan-out / API / upload benchmarks (later issue) go here, same shape:
+# 2. Upload: a 1 GiB tus upload vs a raw signed PUT of the same bytes to the same
+#    storage, and the server's peak RSS growth (docs/bench/upload.md).
+if want upload; then
+  profile="${BENCH_PROFILE:-release}"
+  target="${CARGO_TARGET_DIR:-target}"
+  if [[ "$profile" == "release" ]]; then
+    cargo build --release -p reelhouse
+    bin="$target/release/reelhouse"
+  else
+    cargo build -p reelhouse
+    bin="$target/debug/reelhouse"
+  fi
+  python3 scripts/bench-upload.py --binary "$bin" --out "${BENCH_DOCS_DIR:-docs/bench}"
+fi
+
+# 3. Fan-out / API benchmarks (load harness issue) go here, same shape:
 #    if want fanout; then scripts/bench-fanout.sh; fi
 #    if want api;    then scripts/bench-api.sh;    fi
-#    if want upload; then scripts/bench-upload.sh; fi
