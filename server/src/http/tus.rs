@@ -220,6 +220,17 @@ pub async fn head(state: web::Data<AppState>, req: HttpRequest, path: web::Path<
     if let Some(res) = gone_or_missing(&row) {
         return res;
     }
+    // Every byte is in but completion failed (e.g. storage was down for a moment):
+    // a tus client that sees the full offset will not PATCH again, so complete it
+    // now, in the background (the sweeper retries it too).
+    if row.status == UploadStatus::Open && row.offset_bytes == row.declared_size {
+        let (state, id) = (state.clone(), row.id);
+        actix_rt::spawn(async move {
+            if let Err(err) = uploads::completion::complete(&state, id).await {
+                tracing::info!(upload = %id, code = err.code().as_str(), "completing a full upload on HEAD failed");
+            }
+        });
+    }
     let offset = if row.status == UploadStatus::Completed { row.declared_size } else { row.offset_bytes };
     let mut res = tus_builder(StatusCode::OK);
     res.insert_header(("Upload-Offset", offset.to_string()))

@@ -52,8 +52,33 @@ pub async fn sweep_once(state: &AppState) -> AppResult<u64> {
     }
     let mut count = 0;
     for row in due {
+        // Every byte is in and only completion failed (e.g. storage was down):
+        // complete it rather than throw a whole upload away.
+        if row.method == entities::UploadMethod::Tus && row.offset_bytes == row.declared_size {
+            if let Err(err) = super::completion::complete(state, row.id).await {
+                tracing::info!(upload = %row.id, code = err.code().as_str(), "completing a full upload at expiry failed");
+            }
+            continue;
+        }
         super::abort::end_session(state, row.id, UploadStatus::Expired, "the upload session expired").await?;
         count += 1;
+    }
+    // Full tus uploads whose completion failed are completed on the next sweep too.
+    let full = upload::Entity::find()
+        .filter(upload::Column::Status.eq(UploadStatus::Open))
+        .filter(upload::Column::Method.eq(entities::UploadMethod::Tus))
+        .filter(
+            sea_orm::sea_query::Expr::col(upload::Column::OffsetBytes)
+                .eq(sea_orm::sea_query::Expr::col(upload::Column::DeclaredSize)),
+        )
+        .filter(upload::Column::UpdatedAt.lt(Utc::now() - chrono::TimeDelta::seconds(30)))
+        .limit(BATCH)
+        .all(&state.db)
+        .await?;
+    for row in full {
+        if let Err(err) = super::completion::complete(state, row.id).await {
+            tracing::info!(upload = %row.id, code = err.code().as_str(), "completing a full upload failed again");
+        }
     }
     Ok(count)
 }

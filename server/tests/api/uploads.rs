@@ -339,7 +339,10 @@ async fn uploads_presigned_urls_refuse_tampering_and_expiry() {
     let res = put_file(&app, &forged, &clip).await;
     assert_eq!(res.status(), 403, "tampered URL answered {}", res.status());
 
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    // Signed expiries have whole-second resolution: wait until well past it.
+    let expires_at: chrono::DateTime<chrono::Utc> = ticket["expiresAt"].as_str().unwrap().parse().unwrap();
+    let wait = (expires_at - chrono::Utc::now()).to_std().unwrap_or_default() + std::time::Duration::from_millis(1500);
+    tokio::time::sleep(wait).await;
     let res = put_file(&app, &ticket, &clip).await;
     assert_eq!(res.status(), 403, "expired URL answered {}", res.status());
     assert!(!source_exists(&app, user_id(&user), video).await);
