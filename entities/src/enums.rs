@@ -152,3 +152,15 @@ pub enum LogLevel {
     #[sea_orm(string_value = "ERROR")]
     Error,
 }
+
+/// What a moderator decided about a video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ModerationActionKind {
+    /// The video stops playing for everyone but its owner and moderators.
+    #[sea_orm(string_value = "HIDE")]
+    Hide,
+    #[sea_orm(string_value = "UNHIDE")]
+    Unhide,
+}

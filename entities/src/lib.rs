@@ -11,12 +11,15 @@ pub mod api_key;
 pub mod event_outbox;
 pub mod job;
 pub mod job_log;
+pub mod moderation_action;
 pub mod refresh_token;
 pub mod refresh_token_family;
 pub mod rendition;
 pub mod upload;
 pub mod user;
 pub mod video;
+pub mod video_daily_stat;
+pub mod video_view;
 pub mod worker;
 
 pub use enums::*;

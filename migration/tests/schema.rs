@@ -9,8 +9,9 @@ use std::time::Duration;
 use chrono::{DateTime, SubsecRound, Utc};
 use entities::prelude::*;
 use entities::{
-    api_key, event_outbox, job, job_log, refresh_token, refresh_token_family, rendition, upload, user, video, worker,
-    JobKind, JobStatus, LogLevel, RenditionStatus, Role, UploadMethod, UploadStatus, VideoStatus, Visibility,
+    api_key, event_outbox, job, job_log, moderation_action, refresh_token, refresh_token_family, rendition, upload,
+    user, video, video_daily_stat, video_view, worker, JobKind, JobStatus, LogLevel, ModerationActionKind,
+    RenditionStatus, Role, UploadMethod, UploadStatus, VideoStatus, Visibility,
 };
 use migration::{Migrator, MigratorTrait, SchemaManager};
 use sea_orm::{
@@ -21,7 +22,7 @@ use sea_orm::{
 use serde_json::json;
 use uuid::Uuid;
 
-const TABLES: [&str; 11] = [
+const TABLES: [&str; 14] = [
     "users",
     "refresh_token_families",
     "refresh_tokens",
@@ -33,6 +34,9 @@ const TABLES: [&str; 11] = [
     "job_logs",
     "events_outbox",
     "workers",
+    "video_views",
+    "video_daily_stats",
+    "moderation_actions",
 ];
 
 /// PostgreSQL keeps microseconds; compare what the database can hold.
@@ -411,11 +415,49 @@ async fn exercise_schema(db: &DatabaseConnection) {
     };
     assert_eq!(box1.clone().into_active_model().reset_all().insert(db).await.unwrap(), box1);
 
+    // views: one row per viewer per window; daily stats: one row per video per day;
+    // moderation actions keep who decided what and why.
+    let window = now();
+    let view = video_view::Model {
+        id: Uuid::now_v7(),
+        video_id: clip.id,
+        viewer_key: format!("a:{}", "f".repeat(64)),
+        window_start: window,
+        watch_seconds: 12.5,
+        created_at: now(),
+        updated_at: now(),
+    };
+    assert_eq!(view.clone().into_active_model().reset_all().insert(db).await.unwrap(), view);
+    assert_unique_violation(
+        video_view::Model { id: Uuid::now_v7(), ..view.clone() }.into_active_model().reset_all().insert(db).await,
+        "second view of the same viewer in the same window",
+    );
+    let day = video_daily_stat::Model {
+        video_id: clip.id,
+        day: chrono::NaiveDate::from_ymd_opt(2026, 11, 22).unwrap(),
+        views: 3_000_000_000,
+        watch_seconds: 1.25,
+    };
+    assert_eq!(day.clone().into_active_model().reset_all().insert(db).await.unwrap(), day);
+    assert_unique_violation(day.clone().into_active_model().reset_all().insert(db).await, "second row for one day");
+    let hide = moderation_action::Model {
+        id: Uuid::now_v7(),
+        video_id: clip.id,
+        moderator_id: ada.id,
+        action: ModerationActionKind::Hide,
+        reason: Some("spam".to_owned()),
+        created_at: now(),
+    };
+    assert_eq!(hide.clone().into_active_model().reset_all().insert(db).await.unwrap(), hide);
+
     // Deleting a video takes its uploads and renditions with it; its jobs stay,
     // unlinked, and the outbox keeps its history.
     Video::delete_by_id(clip.id).exec(db).await.unwrap();
     assert_eq!(Upload::find_by_id(tus.id).one(db).await.unwrap(), None);
     assert_eq!(Rendition::find_by_id(hd.id).one(db).await.unwrap(), None);
+    assert_eq!(VideoView::find_by_id(view.id).one(db).await.unwrap(), None);
+    assert!(VideoDailyStat::find().all(db).await.unwrap().is_empty());
+    assert_eq!(ModerationAction::find_by_id(hide.id).one(db).await.unwrap(), None);
     let orphan = Job::find_by_id(transcode.id).one(db).await.unwrap().unwrap();
     assert_eq!((orphan.video_id, orphan.owner_id), (None, Some(ada.id)));
     assert_eq!(EventOutbox::find().all(db).await.unwrap().len(), 2);
@@ -557,6 +599,7 @@ fn enum_values_fit_their_columns_and_match_serde() {
     check::<JobKind>(32);
     check::<JobStatus>(16);
     check::<LogLevel>(16);
+    check::<ModerationActionKind>(16);
 }
 
 #[test]
@@ -566,5 +609,5 @@ fn migrations_are_uniquely_named_and_in_order() {
     sorted.sort();
     sorted.dedup();
     assert_eq!(names, sorted);
-    assert_eq!(names.len(), 9);
+    assert_eq!(names.len(), 10);
 }

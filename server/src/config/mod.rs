@@ -13,6 +13,7 @@ pub mod media;
 pub mod rate_limit;
 mod secret;
 pub mod uploads;
+pub mod views;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,7 @@ pub struct Settings {
     pub uploads: uploads::UploadSettings,
     pub media: media::MediaSettings,
     pub jobs: jobs::JobSettings,
+    pub views: views::ViewSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -413,6 +415,9 @@ impl Settings {
                 "jobs.heartbeat_secs",
                 "must be at least 1 and at most half of jobs.lease_secs",
             ));
+        }
+        if self.views.dedupe_window_secs == 0 {
+            return Err(SettingsError::new("views.dedupe_window_secs", "must be at least 1"));
         }
         if self.server.tls_enforcement != TlsEnforcement::Off && self.server.trusted_proxies.is_empty() {
             return Err(SettingsError::new(

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 pub struct RateLimitSettings {
     pub enabled: bool,
     /// Policies by name. The server uses `auth`, `auth_ip`, `api`, `upload`,
-    /// `transcode` and `webhook`; each can be tuned or given more room here.
+    /// `transcode`, `views` and `webhook`; each can be tuned or given more room here.
     pub policies: BTreeMap<String, PolicySettings>,
 }
 
@@ -42,6 +42,9 @@ impl Default for RateLimitSettings {
             ("upload", PolicySettings::new(120, 60, 30, true)),
             ("transcode", PolicySettings::new(60, 3600, 10, true)),
             ("webhook", PolicySettings::new(60, 60, 20, true)),
+            // recordView, per signed-in user or client address: a player heartbeats
+            // every few seconds; many viewers can share one address (NAT).
+            ("views", PolicySettings::new(600, 60, 60, true)),
         ]
         .into_iter()
         .map(|(name, policy)| (name.to_string(), policy))

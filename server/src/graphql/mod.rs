@@ -4,10 +4,12 @@ pub mod accounts;
 pub mod events;
 pub mod jobs;
 pub mod limits;
+pub mod moderation;
 pub mod progress;
 mod server_info;
 mod uploads;
 pub mod videos;
+pub mod views;
 
 use async_graphql::{MergedObject, MergedSubscription, Schema};
 
@@ -20,10 +22,17 @@ pub use server_info::{HeartbeatSubscription, ServerInfo, ServerMode, ServerQuery
 pub use videos::{VideosMutation, VideosQuery};
 
 #[derive(MergedObject, Default)]
-pub struct Query(ServerQuery, AccountsQuery, VideosQuery, JobsQuery);
+pub struct Query(ServerQuery, AccountsQuery, VideosQuery, views::ViewsQuery, JobsQuery);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(AccountsMutation, VideosMutation, uploads::UploadsMutation, JobsMutation);
+pub struct Mutation(
+    AccountsMutation,
+    VideosMutation,
+    views::ViewsMutation,
+    moderation::ModerationMutation,
+    uploads::UploadsMutation,
+    JobsMutation,
+);
 
 #[derive(MergedSubscription, Default)]
 pub struct Subscription(HeartbeatSubscription, events::EventsSubscription);

@@ -12,7 +12,9 @@ use crate::auth::principal::{Principal, RequestAuth};
 use crate::auth::roles::{require_principal, AuthenticatedGuard, Permission, PermissionGuard};
 use crate::error::{AppError, ErrorCode};
 use crate::graphql::accounts::User;
+use crate::graphql::moderation::ModerationEntry;
 use crate::graphql::progress::Progress;
+use crate::graphql::views::VideoStats;
 use crate::http::media;
 use crate::repo::videos::{self as repo, ListCursor, ListFilter, NewVideo, VideoChanges};
 use crate::startup::AppState;
@@ -149,6 +151,34 @@ impl Video {
         self.ready_url(ctx, "hls/master.m3u8")
     }
 
+    /// Views counted and seconds watched over the video's life.
+    async fn stats(&self, ctx: &Context<'_>) -> async_graphql::Result<VideoStats> {
+        let state = ctx.data::<AppState>()?;
+        crate::graphql::views::video_totals(state, self.0.id).await.map_err(|e| e.extend())
+    }
+
+    /// Hidden by a moderator: it plays only for its owner and moderators.
+    async fn hidden(&self) -> bool {
+        self.0.hidden_at.is_some()
+    }
+
+    /// Why a moderator hid the video; shown only to its owner and moderators.
+    async fn hidden_reason(&self, ctx: &Context<'_>) -> Option<&str> {
+        if repo::is_owner_or_moderator(viewer(ctx), &self.0) {
+            self.0.hidden_reason.as_deref()
+        } else {
+            None
+        }
+    }
+
+    /// Moderation decisions on this video, oldest first. Moderators and admins only.
+    #[graphql(guard = "PermissionGuard(Permission::ModerateVideos)")]
+    async fn moderation_log(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Vec<ModerationEntry>>> {
+        let state = ctx.data::<AppState>()?;
+        let rows = crate::repo::moderation::moderation_log(&state.db, self.0.id).await.map_err(|e| e.extend())?;
+        Ok(Some(rows.into_iter().map(ModerationEntry::from).collect()))
+    }
+
     /// Progress of the processing job now running, if any.
     async fn progress(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Progress>> {
         let state = ctx.data::<AppState>()?;
@@ -248,7 +278,7 @@ pub fn decode_cursor(cursor: &str) -> Result<ListCursor, AppError> {
 }
 
 /// A video id from the client; malformed is the caller's mistake, not a miss.
-fn parse_video_id(id: &ID) -> Result<Uuid, AppError> {
+pub(crate) fn parse_video_id(id: &ID) -> Result<Uuid, AppError> {
     Uuid::parse_str(id.as_str()).map_err(|_| AppError::bad_input("malformed video id"))
 }
 

@@ -1,3 +1,5 @@
 //! sea-orm queries per aggregate, and the access rules that go with them.
 
+pub mod moderation;
 pub mod videos;
+pub mod views;
