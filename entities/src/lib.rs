@@ -17,6 +17,9 @@ pub mod rendition;
 pub mod upload;
 pub mod user;
 pub mod video;
+pub mod webhook_attempt;
+pub mod webhook_delivery;
+pub mod webhook_endpoint;
 pub mod worker;
 
 pub use enums::*;

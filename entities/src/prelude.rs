@@ -10,4 +10,7 @@ pub use super::rendition::Entity as Rendition;
 pub use super::upload::Entity as Upload;
 pub use super::user::Entity as User;
 pub use super::video::Entity as Video;
+pub use super::webhook_attempt::Entity as WebhookAttempt;
+pub use super::webhook_delivery::Entity as WebhookDelivery;
+pub use super::webhook_endpoint::Entity as WebhookEndpoint;
 pub use super::worker::Entity as Worker;

@@ -17,6 +17,7 @@ mod m20261122_000006_create_renditions;
 mod m20261122_000007_create_jobs;
 mod m20261122_000008_create_events_outbox;
 mod m20261122_000009_create_workers;
+mod m20261122_000010_create_webhooks;
 
 pub struct Migrator;
 
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000007_create_jobs::Migration),
             Box::new(m20261122_000008_create_events_outbox::Migration),
             Box::new(m20261122_000009_create_workers::Migration),
+            Box::new(m20261122_000010_create_webhooks::Migration),
         ]
     }
 }

@@ -21,7 +21,7 @@ use sea_orm::{
 use serde_json::json;
 use uuid::Uuid;
 
-const TABLES: [&str; 11] = [
+const TABLES: [&str; 14] = [
     "users",
     "refresh_token_families",
     "refresh_tokens",
@@ -33,6 +33,9 @@ const TABLES: [&str; 11] = [
     "job_logs",
     "events_outbox",
     "workers",
+    "webhook_endpoints",
+    "webhook_deliveries",
+    "webhook_attempts",
 ];
 
 /// PostgreSQL keeps microseconds; compare what the database can hold.

@@ -7,6 +7,7 @@ pub mod limits;
 mod server_info;
 mod uploads;
 pub mod videos;
+pub mod webhooks;
 
 use async_graphql::{MergedObject, MergedSubscription, Schema};
 
@@ -17,12 +18,13 @@ pub use accounts::{AccountsMutation, AccountsQuery};
 pub use jobs::{JobsMutation, JobsQuery};
 pub use server_info::{HeartbeatSubscription, ServerInfo, ServerMode, ServerQuery};
 pub use videos::{VideosMutation, VideosQuery};
+pub use webhooks::{WebhooksMutation, WebhooksQuery};
 
 #[derive(MergedObject, Default)]
-pub struct Query(ServerQuery, AccountsQuery, VideosQuery, JobsQuery);
+pub struct Query(ServerQuery, AccountsQuery, VideosQuery, JobsQuery, WebhooksQuery);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(AccountsMutation, VideosMutation, uploads::UploadsMutation, JobsMutation);
+pub struct Mutation(AccountsMutation, VideosMutation, uploads::UploadsMutation, JobsMutation, WebhooksMutation);
 
 #[derive(MergedSubscription, Default)]
 pub struct Subscription(HeartbeatSubscription, events::EventsSubscription);

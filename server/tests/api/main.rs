@@ -21,5 +21,6 @@ mod subscriptions;
 mod tus;
 mod uploads;
 mod video_events;
+mod webhooks;
 mod worker_process;
 mod ws_session;
