@@ -560,6 +560,7 @@ fn enum_values_fit_their_columns_and_match_serde() {
     check::<JobKind>(32);
     check::<JobStatus>(16);
     check::<LogLevel>(16);
+    check::<entities::WebhookDeliveryStatus>(16);
 }
 
 #[test]
@@ -569,5 +570,5 @@ fn migrations_are_uniquely_named_and_in_order() {
     sorted.sort();
     sorted.dedup();
     assert_eq!(names, sorted);
-    assert_eq!(names.len(), 9);
+    assert_eq!(names.len(), 10);
 }

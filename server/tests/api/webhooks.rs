@@ -235,15 +235,19 @@ async fn failing_receiver_is_retried_with_growing_gaps_then_succeeds() {
     assert!(second_gap > first_gap, "gaps grow: {first_gap:?} then {second_gap:?}");
 
     let webhook_id = webhook["id"].as_str().unwrap();
-    let ok =
-        eventually(50, || async { deliveries(&app, &owner, webhook_id).await[0]["status"] == "SUCCEEDED" }).await;
+    let ok = eventually(50, || async { deliveries(&app, &owner, webhook_id).await[0]["status"] == "SUCCEEDED" }).await;
     assert!(ok);
     let log = deliveries(&app, &owner, webhook_id).await;
     assert_eq!(log.len(), 1, "one logical delivery");
     assert_eq!(log[0]["attemptCount"], 3);
-    let codes: Vec<i64> = log[0]["attempts"].as_array().unwrap().iter().map(|a| a["statusCode"].as_i64().unwrap()).collect();
+    let codes: Vec<i64> =
+        log[0]["attempts"].as_array().unwrap().iter().map(|a| a["statusCode"].as_i64().unwrap()).collect();
     assert_eq!(codes, [500, 500, 200]);
     assert!(log[0]["attempts"][0]["error"].as_str().unwrap().contains("500"));
+
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("reelhouse_webhook_attempts_total{outcome=\"http_error\"}"), "{metrics}");
+    assert!(metrics.contains("reelhouse_webhook_attempt_duration_seconds"), "no latency histogram");
 }
 
 #[actix_web::test]
@@ -260,8 +264,7 @@ async fn dead_endpoint_is_disabled_with_a_reason() {
     };
     let owner = app.register_user().await;
     let (webhook, _) =
-        create_webhook(&app, &owner, &format!("http://127.0.0.1:{dead_port}/hook"), &["READY", "FAILED"], false)
-            .await;
+        create_webhook(&app, &owner, &format!("http://127.0.0.1:{dead_port}/hook"), &["READY", "FAILED"], false).await;
     let webhook_id = webhook["id"].as_str().unwrap().to_string();
     let video = insert_video(&app, &owner, Visibility::Public, VideoStatus::Processing).await;
     for _ in 0..3 {
@@ -303,7 +306,10 @@ async fn dead_endpoint_is_disabled_with_a_reason() {
             json!({ "id": webhook_id }),
         )
         .await;
-    assert_eq!(body["data"]["updateWebhook"], json!({ "enabled": true, "disabledReason": null, "consecutiveFailures": 0 }));
+    assert_eq!(
+        body["data"]["updateWebhook"],
+        json!({ "enabled": true, "disabledReason": null, "consecutiveFailures": 0 })
+    );
 }
 
 #[actix_web::test]
@@ -430,8 +436,7 @@ async fn redelivery_sends_again_with_the_same_id() {
     let first = receiver.wait_for(1).await;
 
     let webhook_id = webhook["id"].as_str().unwrap();
-    let ok =
-        eventually(50, || async { deliveries(&app, &owner, webhook_id).await[0]["status"] == "SUCCEEDED" }).await;
+    let ok = eventually(50, || async { deliveries(&app, &owner, webhook_id).await[0]["status"] == "SUCCEEDED" }).await;
     assert!(ok);
     let delivery_id = deliveries(&app, &owner, webhook_id).await[0]["id"].as_str().unwrap().to_string();
     assert_eq!(delivery_id, first[0].id);
