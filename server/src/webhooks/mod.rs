@@ -150,11 +150,9 @@ mod tests {
 
     #[test]
     fn signature_is_hmac_sha256_of_timestamp_dot_body() {
-        // echo -n '1700000000.{}' | openssl dgst -sha256 -hmac whsec_test
+        // python3 -c "import hmac,hashlib; print(hmac.new(b'whsec_test', b'1700000000.{}', hashlib.sha256).hexdigest())"
         let sig = sign("whsec_test", 1_700_000_000, b"{}");
-        assert!(sig.starts_with("v1="));
-        assert_eq!(sig.len(), 3 + 64);
-        assert_eq!(sig, sign("whsec_test", 1_700_000_000, b"{}"));
+        assert_eq!(sig, "v1=35495024f4ef3f94e5a93e22221544c4b75e9a42300cd965ab81cb85cd994e91");
         assert_ne!(sig, sign("whsec_test", 1_700_000_001, b"{}"));
     }
 }

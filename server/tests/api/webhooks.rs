@@ -467,3 +467,42 @@ async fn redelivery_sends_again_with_the_same_id() {
     let (_, body) = app.graphql_as(&owner.bearer(), "{ webhooks { id } }", json!({})).await;
     assert_eq!(body["data"]["webhooks"], json!([]));
 }
+
+#[actix_web::test]
+async fn pending_deliveries_are_rows_sent_once_by_racing_senders() {
+    // No delivery loop in this process: the rows wait, as they would across a restart.
+    let app = app_allowing_private(|s| s.webhooks.deliver = false).await;
+    let receiver = start_receiver(vec![]).await;
+    let owner = app.register_user().await;
+    let (webhook, secret) = create_webhook(&app, &owner, &receiver.url, &["RENDITION_READY"], false).await;
+    let video = insert_video(&app, &owner, Visibility::Public, VideoStatus::Processing).await;
+    for name in ["1080p", "720p", "480p", "360p", "240p"] {
+        transition_on(&app, video.id, VideoStatus::Processing, EventKind::RenditionReady, Some(name)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(receiver.hits().is_empty());
+    let webhook_id = webhook["id"].as_str().unwrap();
+    let log = deliveries(&app, &owner, webhook_id).await;
+    assert_eq!(log.len(), 5);
+    assert!(log.iter().all(|d| d["status"] == "PENDING" && d["attemptCount"] == 0));
+
+    // Three senders step the same queue at once: each delivery is claimed by one.
+    let settings = app.state.settings.webhooks.clone();
+    let db = &app.state.db;
+    let (a, b, c) = tokio::join!(
+        reelhouse::webhooks::delivery::deliver_due(db, &settings),
+        reelhouse::webhooks::delivery::deliver_due(db, &settings),
+        reelhouse::webhooks::delivery::deliver_due(db, &settings),
+    );
+    assert_eq!(a.unwrap() + b.unwrap() + c.unwrap(), 5, "every delivery attempted exactly once");
+    let hits = receiver.hits();
+    assert_eq!(hits.len(), 5);
+    let ids: std::collections::HashSet<_> = hits.iter().map(|h| h.id.clone()).collect();
+    assert_eq!(ids.len(), 5);
+    for hit in &hits {
+        assert_signed(hit, &secret);
+    }
+    assert_eq!(reelhouse::webhooks::delivery::deliver_due(db, &settings).await.unwrap(), 0, "nothing left due");
+    let log = deliveries(&app, &owner, webhook_id).await;
+    assert!(log.iter().all(|d| d["status"] == "SUCCEEDED" && d["attemptCount"] == 1), "{log:?}");
+}
