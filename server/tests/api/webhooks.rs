@@ -44,8 +44,8 @@ impl Receiver {
         self.script.lock().unwrap().hits.clone()
     }
 
-    async fn wait_for(&self, count: usize) -> Vec<Hit> {
-        let ok = eventually(150, || async { self.hits().len() >= count }).await;
+    async fn wait_for(&self, app: &TestApp, count: usize) -> Vec<Hit> {
+        let ok = pump_until(app, || async { self.hits().len() >= count }).await;
         assert!(ok, "expected {count} hits, got {:?}", self.hits().len());
         self.hits()
     }
@@ -79,9 +79,35 @@ async fn start_receiver(statuses: Vec<u16>) -> Receiver {
     Receiver { url: format!("http://127.0.0.1:{port}/hook"), script }
 }
 
+/// Step the delivery queue until `done` (at most ~6 s). The apps of these tests run
+/// no delivery loop of their own: the test is then the only writer, so SQLite (one
+/// writer, deferred transactions) never fails the test's own read-then-write
+/// transactions with a busy snapshot.
+async fn pump_until<F, Fut>(app: &TestApp, mut done: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..300 {
+        reelhouse::webhooks::delivery::deliver_due(&app.state.db, &app.state.settings.webhooks).await.unwrap();
+        if done().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// Keep stepping the queue for `period` (to see that nothing more is sent).
+async fn pump_for(app: &TestApp, period: Duration) {
+    let until = Instant::now() + period;
+    pump_until(app, || async { Instant::now() >= until }).await;
+}
+
 async fn app_allowing_private(customize: impl FnOnce(&mut reelhouse::config::Settings)) -> TestApp {
     spawn_app_with(|s| {
         s.workers.embedded = false;
+        s.webhooks.deliver = false;
         s.webhooks.allow_private_targets = true;
         s.webhooks.poll_interval_ms = 25;
         s.webhooks.backoff_base_ms = 400;
@@ -160,9 +186,9 @@ async fn deliveries_are_signed_and_one_per_event() {
         transition_on(&app, video.id, VideoStatus::Processing, EventKind::RenditionReady, Some("360p")).await;
     let ready = transition_on(&app, video.id, VideoStatus::Ready, EventKind::Ready, None).await;
 
-    receiver.wait_for(3).await;
+    receiver.wait_for(&app, 3).await;
     // Time for a duplicate to show up, if the server were to send one.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    pump_for(&app, Duration::from_millis(600)).await;
     let hits = receiver.hits();
     assert_eq!(hits.len(), 3, "one delivery per subscribed event");
 
@@ -196,7 +222,7 @@ async fn deliveries_are_signed_and_one_per_event() {
 
     // The log agrees: three deliveries, each one successful attempt with a latency.
     let webhook_id = webhook["id"].as_str().unwrap();
-    let ok = eventually(50, || async {
+    let ok = pump_until(&app, || async {
         deliveries(&app, &owner, webhook_id).await.iter().all(|d| d["status"] == "SUCCEEDED")
     })
     .await;
@@ -221,8 +247,8 @@ async fn failing_receiver_is_retried_with_growing_gaps_then_succeeds() {
     let video = insert_video(&app, &owner, Visibility::Public, VideoStatus::Processing).await;
     transition_on(&app, video.id, VideoStatus::Ready, EventKind::Ready, None).await;
 
-    let hits = receiver.wait_for(3).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let hits = receiver.wait_for(&app, 3).await;
+    pump_for(&app, Duration::from_millis(800)).await;
     let hits_after = receiver.hits();
     assert_eq!(hits_after.len(), 3, "no attempt after the success");
     assert!(hits.iter().all(|h| h.id == hits[0].id), "every retry carries the same idempotency id");
@@ -235,7 +261,8 @@ async fn failing_receiver_is_retried_with_growing_gaps_then_succeeds() {
     assert!(second_gap > first_gap, "gaps grow: {first_gap:?} then {second_gap:?}");
 
     let webhook_id = webhook["id"].as_str().unwrap();
-    let ok = eventually(50, || async { deliveries(&app, &owner, webhook_id).await[0]["status"] == "SUCCEEDED" }).await;
+    let ok =
+        pump_until(&app, || async { deliveries(&app, &owner, webhook_id).await[0]["status"] == "SUCCEEDED" }).await;
     assert!(ok);
     let log = deliveries(&app, &owner, webhook_id).await;
     assert_eq!(log.len(), 1, "one logical delivery");
@@ -276,7 +303,7 @@ async fn dead_endpoint_is_disabled_with_a_reason() {
             app.graphql_as(&owner.bearer(), &format!("{{ webhooks {{ {WEBHOOK_FIELDS} }} }}"), json!({})).await;
         body["data"]["webhooks"][0].clone()
     };
-    let ok = eventually(100, || async { list().await["enabled"] == false }).await;
+    let ok = pump_until(&app, || async { list().await["enabled"] == false }).await;
     assert!(ok, "endpoint not disabled: {}", list().await);
     let endpoint = list().await;
     let reason = endpoint["disabledReason"].as_str().unwrap();
@@ -404,10 +431,10 @@ async fn strangers_endpoint_never_receives_events_of_a_video_it_cannot_see() {
     transition_on(&app, video.id, VideoStatus::Processing, EventKind::Processing, None).await;
     transition_on(&app, video.id, VideoStatus::Ready, EventKind::Ready, None).await;
 
-    owners_receiver.wait_for(2).await;
-    let global_hits = global_receiver.wait_for(2).await;
+    owners_receiver.wait_for(&app, 2).await;
+    let global_hits = global_receiver.wait_for(&app, 2).await;
     assert_signed(&global_hits[0], &global_secret);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pump_for(&app, Duration::from_millis(500)).await;
     assert!(strangers_receiver.hits().is_empty(), "the stranger heard of a private video");
     assert!(deliveries(&app, &stranger, strangers_webhook["id"].as_str().unwrap()).await.is_empty());
 
@@ -433,10 +460,11 @@ async fn redelivery_sends_again_with_the_same_id() {
     let (webhook, secret) = create_webhook(&app, &owner, &receiver.url, &["READY"], false).await;
     let video = insert_video(&app, &owner, Visibility::Public, VideoStatus::Processing).await;
     transition_on(&app, video.id, VideoStatus::Ready, EventKind::Ready, None).await;
-    let first = receiver.wait_for(1).await;
+    let first = receiver.wait_for(&app, 1).await;
 
     let webhook_id = webhook["id"].as_str().unwrap();
-    let ok = eventually(50, || async { deliveries(&app, &owner, webhook_id).await[0]["status"] == "SUCCEEDED" }).await;
+    let ok =
+        pump_until(&app, || async { deliveries(&app, &owner, webhook_id).await[0]["status"] == "SUCCEEDED" }).await;
     assert!(ok);
     let delivery_id = deliveries(&app, &owner, webhook_id).await[0]["id"].as_str().unwrap().to_string();
     assert_eq!(delivery_id, first[0].id);
@@ -447,11 +475,11 @@ async fn redelivery_sends_again_with_the_same_id() {
     let (_, body) = app.graphql_as(&owner.bearer(), redeliver, json!({ "id": delivery_id })).await;
     assert_eq!(body["data"]["redeliverWebhook"]["id"], delivery_id.as_str(), "{body}");
 
-    let hits = receiver.wait_for(2).await;
+    let hits = receiver.wait_for(&app, 2).await;
     assert_eq!(hits[1].id, delivery_id, "same idempotency id");
     assert_eq!(hits[1].body, hits[0].body, "same payload");
     assert_signed(&hits[1], &secret);
-    let ok = eventually(50, || async {
+    let ok = pump_until(&app, || async {
         let log = deliveries(&app, &owner, webhook_id).await;
         log[0]["status"] == "SUCCEEDED" && log[0]["attemptCount"] == 2
     })
