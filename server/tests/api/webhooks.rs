@@ -176,6 +176,7 @@ async fn deliveries_are_signed_and_one_per_event() {
     assert!(secret.starts_with("whsec_"), "{secret}");
     assert_eq!(webhook["enabled"], true);
     assert_eq!(webhook["global"], false);
+    assert_eq!(webhook["events"], json!(["PROCESSING", "READY", "RENDITION_READY"]));
     assert!(webhook["disabledReason"].is_null());
 
     let video = insert_video(&app, &owner, Visibility::Private, VideoStatus::Uploading).await;
