@@ -5,7 +5,7 @@ BIND ?= 127.0.0.1:8080
 DATA_DIR ?= ./data
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: run test build check lint fmt schema services-up services-down bootstrap
+.PHONY: run test bench build check lint fmt schema services-up services-down bootstrap
 
 ## run: build the release binary and serve on $(BIND) with data in $(DATA_DIR)
 run: bootstrap
@@ -15,6 +15,10 @@ run: bootstrap
 ## test: every test (system packages, test services, Rust suite on sqlite and postgres)
 test:
 	scripts/test.sh
+
+## bench: benchmarks (transcode ladder vs ffmpeg; figures in docs/bench/, never asserted)
+bench: bootstrap
+	scripts/bench.sh
 
 build: bootstrap
 	$(CARGO) build --release --workspace

@@ -239,6 +239,18 @@ impl From<sea_orm::DbErr> for AppError {
 
 pub type AppResult<T> = Result<T, AppError>;
 
+/// 416 for a Range no byte of the object satisfies, with `Content-Range: bytes */size`.
+pub fn range_not_satisfiable(size: Option<u64>) -> HttpResponse {
+    let mut response = AppError::new(ErrorCode::BadUserInput, "requested range not satisfiable").to_http_response();
+    *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+    if let Some(size) = size {
+        if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&format!("bytes */{size}")) {
+            response.headers_mut().insert(actix_web::http::header::CONTENT_RANGE, value);
+        }
+    }
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

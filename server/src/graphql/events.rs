@@ -37,6 +37,7 @@ use crate::auth::principal::Principal;
 use crate::auth::roles::{has_permission, Permission};
 use crate::error::AppError;
 use crate::events::{DomainEvent, EventKind, ProgressInfo};
+use crate::graphql::progress::Progress;
 use crate::graphql::videos::{viewer, VideoStatus};
 use crate::repo::videos::{can_read_by_id, find_readable};
 use crate::startup::AppState;
@@ -47,41 +48,8 @@ const SUBSCRIBER_BUFFER: usize = 64;
 const REPLAY_PAGE: u64 = 200;
 
 #[derive(SimpleObject, Debug, Clone)]
-pub struct VideoEventProgress {
-    /// 0–100 over the whole job.
-    pub percent: f64,
-    /// probing | encoding | packaging | uploading
-    pub stage: String,
-    pub fps: Option<f64>,
-    pub eta_seconds: Option<f64>,
-    pub renditions: Vec<VideoEventRenditionProgress>,
-}
-
-#[derive(SimpleObject, Debug, Clone)]
-pub struct VideoEventRenditionProgress {
-    pub name: String,
-    pub percent: f64,
-}
-
-#[derive(SimpleObject, Debug, Clone)]
 pub struct VideoEventRendition {
     pub name: String,
-}
-
-impl From<ProgressInfo> for VideoEventProgress {
-    fn from(p: ProgressInfo) -> Self {
-        Self {
-            percent: p.percent,
-            stage: p.stage,
-            fps: p.fps,
-            eta_seconds: p.eta_seconds,
-            renditions: p
-                .renditions
-                .into_iter()
-                .map(|r| VideoEventRenditionProgress { name: r.name, percent: r.percent })
-                .collect(),
-        }
-    }
 }
 
 /// One thing that happened to a video (or, with `snapshot: true`, where it stands).
@@ -96,7 +64,7 @@ pub struct VideoEvent {
     pub seq: i64,
     /// The video's status after the event.
     pub status: VideoStatus,
-    pub progress: Option<VideoEventProgress>,
+    pub progress: Option<Progress>,
     pub rendition: Option<VideoEventRendition>,
     pub error: Option<String>,
     /// True for the first event of a subscription describing the current state.
@@ -206,16 +174,24 @@ async fn replay_after(
     if let Some(id) = video_id {
         query = query.filter(event_outbox::Column::VideoId.eq(id));
     } else {
+        // Other people's events only of videos that were public then and are
+        // still listed now (public, not hidden, not deleted).
+        let listed_now = event_outbox::Column::VideoId.in_subquery(
+            sea_orm::sea_query::Query::select()
+                .column(video::Column::Id)
+                .from(video::Entity)
+                .and_where(video::Column::Visibility.eq(Visibility::Public))
+                .and_where(video::Column::HiddenAt.is_null())
+                .and_where(video::Column::DeletedAt.is_null())
+                .to_owned(),
+        );
+        let public = Condition::all().add(event_outbox::Column::Visibility.eq(Visibility::Public)).add(listed_now);
         match viewer {
             Some(p) if has_permission(p.role, Permission::ModerateVideos) => {}
             Some(p) => {
-                query = query.filter(
-                    Condition::any()
-                        .add(event_outbox::Column::OwnerId.eq(p.user_id))
-                        .add(event_outbox::Column::Visibility.eq(Visibility::Public)),
-                )
+                query = query.filter(Condition::any().add(event_outbox::Column::OwnerId.eq(p.user_id)).add(public))
             }
-            None => query = query.filter(event_outbox::Column::Visibility.eq(Visibility::Public)),
+            None => query = query.filter(public),
         }
     }
     let rows =
@@ -292,7 +268,7 @@ impl Feed {
             if !self.still_allowed(event).await {
                 return Err(self.fail(AppError::not_found("video")).await);
             }
-        } else if !may_receive(self.viewer.as_ref(), event) {
+        } else if !may_receive(self.viewer.as_ref(), event) || !self.still_listed(event).await {
             return Ok(());
         }
         let sent = self.sent_seq.get(&event.video_id).copied();
@@ -316,6 +292,23 @@ impl Feed {
             _ => {}
         }
         self.send(event, false).await
+    }
+
+    /// For the all-videos feed: someone else's video must still be listed now (a
+    /// video made private, hidden or deleted since stops reaching strangers).
+    async fn still_listed(&self, event: &DomainEvent) -> bool {
+        let owner_or_moderator = self
+            .viewer
+            .as_ref()
+            .is_some_and(|p| p.user_id == event.owner_id || has_permission(p.role, Permission::ModerateVideos));
+        if owner_or_moderator {
+            return true;
+        }
+        match video::Entity::find_by_id(event.video_id).one(&self.state.db).await {
+            Ok(Some(video)) => crate::repo::videos::can_list(self.viewer.as_ref(), &video),
+            // When in doubt, a stranger gets nothing.
+            _ => false,
+        }
     }
 
     /// The video (of a one-video feed) is still readable by the subscriber.
@@ -423,6 +416,22 @@ impl Feed {
     }
 }
 
+/// Counts live subscriptions in `reelhouse_subscribers` while a feed task runs.
+struct SubscriberGauge;
+
+impl SubscriberGauge {
+    fn new() -> Self {
+        metrics::gauge!("reelhouse_subscribers").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for SubscriberGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("reelhouse_subscribers").decrement(1.0);
+    }
+}
+
 /// Subscribe to the bus, then start a feed task; returns the client's stream.
 async fn start_feed(
     ctx: &Context<'_>,
@@ -460,6 +469,7 @@ async fn start_feed(
         (None, None) => {}
     }
     tokio::spawn(async move {
+        let _connected = SubscriberGauge::new();
         let mut done = false;
         for (event, is_snapshot) in &first {
             if feed.send(event, *is_snapshot).await.is_err() {

@@ -17,6 +17,7 @@ use crate::auth::principal::Principal;
 use crate::auth::roles::{has_permission, require_principal, AuthenticatedGuard, Permission, PermissionGuard};
 use crate::error::{AppError, ErrorCode};
 use crate::events::{ProgressInfo, Publisher};
+use crate::graphql::progress::Progress;
 use crate::jobs::{self, queue, NewJob, DEFAULT_PRIORITY};
 use crate::startup::AppState;
 
@@ -64,40 +65,6 @@ impl TranscodePreset {
             TranscodePreset::Low => "LOW",
             TranscodePreset::Medium => "MEDIUM",
             TranscodePreset::High => "HIGH",
-        }
-    }
-}
-
-#[derive(SimpleObject, Debug, Clone)]
-pub struct RenditionProgress {
-    pub name: String,
-    pub percent: f64,
-}
-
-/// Where a running job stands.
-#[derive(SimpleObject, Debug, Clone)]
-pub struct JobProgress {
-    /// 0..=100 over the whole job.
-    pub percent: f64,
-    /// probing | encoding | packaging | uploading
-    pub stage: String,
-    pub fps: Option<f64>,
-    pub eta_seconds: Option<f64>,
-    pub renditions: Vec<RenditionProgress>,
-}
-
-impl From<ProgressInfo> for JobProgress {
-    fn from(p: ProgressInfo) -> Self {
-        Self {
-            percent: p.percent,
-            stage: p.stage,
-            fps: p.fps,
-            eta_seconds: p.eta_seconds,
-            renditions: p
-                .renditions
-                .into_iter()
-                .map(|r| RenditionProgress { name: r.name, percent: r.percent })
-                .collect(),
         }
     }
 }
@@ -171,12 +138,12 @@ impl Job {
     }
 
     /// The latest progress report of the current (or last) run.
-    async fn progress(&self) -> Option<JobProgress> {
+    async fn progress(&self) -> Option<Progress> {
         self.0
             .progress
             .as_ref()
             .and_then(|value| serde_json::from_value::<ProgressInfo>(value.clone()).ok())
-            .map(JobProgress::from)
+            .map(Progress::from)
     }
 
     /// The last error (of the last failed attempt, or why the job ended).
@@ -390,6 +357,11 @@ impl JobsMutation {
         if !sees_all(principal) && !has_permission(principal.role, Permission::WriteOwnVideos) {
             return Err(AppError::forbidden("your role does not allow this").extend());
         }
+        // Removing a deleted video's objects is the system's business: an owner who
+        // could cancel it would keep the bytes while the quota forgets them.
+        if job.kind != DbJobKind::Transcode && !sees_all(principal) {
+            return Err(AppError::forbidden("only an admin can cancel this kind of job").extend());
+        }
         let job = queue::cancel(&state.db, &publisher(state), &state.settings.jobs, job.id)
             .await
             .map_err(|e| AppError::from(e).extend())?;
@@ -412,7 +384,21 @@ impl JobsMutation {
                 return Err(AppError::forbidden("only an admin can revive a DEAD job").extend());
             }
         }
+        if job.kind != DbJobKind::Transcode && !sees_all(principal) {
+            return Err(AppError::forbidden("only an admin can retry this kind of job").extend());
+        }
         if let (DbJobKind::Transcode, Some(video_id)) = (job.kind, job.video_id) {
+            // The same conditions as `transcode`: a source that finished uploading, a
+            // live video, nothing else running.
+            let video = entities::video::Entity::find_by_id(video_id)
+                .one(&state.db)
+                .await
+                .map_err(|e| AppError::internal(e).extend())?
+                .filter(|v| v.deleted_at.is_none())
+                .ok_or_else(|| AppError::new(ErrorCode::Conflict, "the video no longer exists").extend())?;
+            if video.source_key.is_none() || matches!(video.status, DbVideoStatus::Draft | DbVideoStatus::Uploading) {
+                return Err(AppError::new(ErrorCode::Conflict, "the video has no uploaded source yet").extend());
+            }
             if transcode_in_progress(&state.db, video_id).await.map_err(|e| e.extend())? {
                 return Err(AppError::new(ErrorCode::Conflict, "the video is already being transcoded").extend());
             }

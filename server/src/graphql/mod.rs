@@ -4,6 +4,7 @@ pub mod accounts;
 pub mod events;
 pub mod jobs;
 pub mod limits;
+pub mod progress;
 mod server_info;
 mod uploads;
 pub mod videos;

@@ -5,13 +5,14 @@ use async_graphql::{ComplexObject, Context, Enum, ErrorExtensions, InputObject, 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use entities::video;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use uuid::Uuid;
 
 use crate::auth::principal::{Principal, RequestAuth};
 use crate::auth::roles::{require_principal, AuthenticatedGuard, Permission, PermissionGuard};
 use crate::error::{AppError, ErrorCode};
-use crate::events::ProgressInfo;
 use crate::graphql::accounts::User;
+use crate::graphql::progress::Progress;
 use crate::http::media;
 use crate::repo::videos::{self as repo, ListCursor, ListFilter, NewVideo, VideoChanges};
 use crate::startup::AppState;
@@ -149,10 +150,10 @@ impl Video {
     }
 
     /// Progress of the processing job now running, if any.
-    async fn progress(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<VideoProgress>> {
+    async fn progress(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Progress>> {
         let state = ctx.data::<AppState>()?;
         let progress = repo::running_progress(&state.db, self.0.id).await.map_err(|e| e.extend())?;
-        Ok(progress.map(VideoProgress::from))
+        Ok(progress.map(Progress::from))
     }
 }
 
@@ -184,23 +185,6 @@ pub struct Rendition {
 impl From<entities::rendition::Model> for Rendition {
     fn from(model: entities::rendition::Model) -> Self {
         Self { name: model.name, width: model.width, height: model.height, bitrate: model.bitrate, playlist_url: None }
-    }
-}
-
-/// Where a running job stands.
-#[derive(SimpleObject, Debug, Clone)]
-pub struct VideoProgress {
-    /// 0..=100 over the whole job.
-    pub percent: f64,
-    /// probing | encoding | packaging | uploading
-    pub stage: String,
-    pub fps: Option<f64>,
-    pub eta_seconds: Option<f64>,
-}
-
-impl From<ProgressInfo> for VideoProgress {
-    fn from(info: ProgressInfo) -> Self {
-        Self { percent: info.percent, stage: info.stage, fps: info.fps, eta_seconds: info.eta_seconds }
     }
 }
 
@@ -400,10 +384,27 @@ impl VideosMutation {
         let state = ctx.data::<AppState>()?;
         let principal = require_principal(ctx).map_err(|e| e.extend())?;
         let id = parse_video_id(&id).map_err(|e| e.extend())?;
+        // The uploads this delete ends: their unfinished multipart parts and tus
+        // tails are not objects under the video's prefix, so they are cleaned here.
+        let open_uploads = entities::upload::Entity::find()
+            .filter(entities::upload::Column::VideoId.eq(id))
+            .filter(
+                entities::upload::Column::Status
+                    .is_in([entities::UploadStatus::Open, entities::UploadStatus::Completing]),
+            )
+            .all(&state.db)
+            .await
+            .map_err(|e| AppError::internal(e).extend())?;
         let event = repo::delete_video(&state.db, principal, id, state.settings.jobs.max_attempts)
             .await
             .map_err(|e| e.extend())?;
         state.publisher().publish(event);
+        let store = state.store.clone();
+        tokio::spawn(async move {
+            for row in &open_uploads {
+                crate::uploads::abort::cleanup_storage(store.as_ref(), row, true).await;
+            }
+        });
         Ok(true)
     }
 }

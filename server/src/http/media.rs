@@ -18,7 +18,7 @@
 use std::time::Duration;
 
 use actix_web::body::SizedStream;
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header;
 use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
@@ -30,7 +30,7 @@ use sea_orm::EntityTrait;
 use sha2::Sha256;
 use uuid::Uuid;
 
-use crate::error::{AppError, ErrorCode};
+use crate::error::AppError;
 use crate::startup::AppState;
 use crate::storage::{layout, validate_key, ByteRange, StoreError};
 
@@ -292,17 +292,7 @@ async fn file(
             }
             Ok(response.body(SizedStream::new(len, result.body)))
         }
-        Err(StoreError::RangeNotSatisfiable { size }) => {
-            let mut response =
-                AppError::new(ErrorCode::BadUserInput, "requested range not satisfiable").to_http_response();
-            *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
-            if let Some(size) = size {
-                if let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}")) {
-                    response.headers_mut().insert(header::CONTENT_RANGE, value);
-                }
-            }
-            Ok(response)
-        }
+        Err(StoreError::RangeNotSatisfiable { size }) => Ok(crate::error::range_not_satisfiable(size)),
         Err(err) => Err(store_error(err)),
     }
 }

@@ -189,6 +189,9 @@ struct Transition {
     run_after: Option<DateTime<Utc>>,
     /// Give the attempt back (a shutdown released the job, it did not fail).
     refund_attempt: bool,
+    /// Only if the lease has expired by now (the sweeper: a heartbeat that renews
+    /// the lease between the sweeper's read and its update wins).
+    only_if_expired: bool,
     log: (LogLevel, String),
 }
 
@@ -237,6 +240,9 @@ async fn transition(
         }
         None => update.filter(job::Column::Status.eq(JobStatus::Queued)),
     };
+    if change.only_if_expired {
+        update = update.filter(job::Column::LeaseExpiresAt.lt(now));
+    }
     if update.exec(&txn).await?.rows_affected == 0 {
         txn.rollback().await?;
         return Err(if token.is_some() {
@@ -273,6 +279,7 @@ pub async fn complete(
         last_error: None,
         run_after: None,
         refund_attempt: false,
+        only_if_expired: false,
         log: (LogLevel::Info, "succeeded".into()),
     };
     transition(db, publisher, settings, job_id, Some(token), change, Apply::Success(output)).await
@@ -309,6 +316,7 @@ pub async fn fail(
                 last_error: Some(message.clone()),
                 run_after: Some(run_after),
                 refund_attempt: false,
+                only_if_expired: false,
                 log: (
                     LogLevel::Warn,
                     format!("attempt {} failed: {message}; retrying in {:.1}s", current.attempts, delay.as_secs_f64()),
@@ -322,6 +330,7 @@ pub async fn fail(
                 last_error: Some(message.clone()),
                 run_after: None,
                 refund_attempt: false,
+                only_if_expired: false,
                 log: (LogLevel::Error, format!("attempt {} failed: {message}; no attempts left", current.attempts)),
             };
             (change, Apply::Failure(message.clone()))
@@ -332,6 +341,7 @@ pub async fn fail(
                 last_error: Some(reason.clone()),
                 run_after: None,
                 refund_attempt: false,
+                only_if_expired: false,
                 log: (LogLevel::Error, format!("failed ({code}): {reason}")),
             };
             (change, Apply::Failure(reason.clone()))
@@ -342,6 +352,7 @@ pub async fn fail(
                 last_error: Some("cancelled".into()),
                 run_after: None,
                 refund_attempt: false,
+                only_if_expired: false,
                 log: (LogLevel::Info, "cancelled".into()),
             };
             (change, Apply::Cancelled)
@@ -363,6 +374,7 @@ pub async fn release(
         last_error: Some(reason.to_string()),
         run_after: Some(Utc::now()),
         refund_attempt: true,
+        only_if_expired: false,
         log: (LogLevel::Warn, format!("released: {reason}")),
     };
     transition(db, &Publisher::default(), settings, job_id, Some(token), change, Apply::Nothing).await
@@ -395,6 +407,7 @@ pub async fn sweep_expired(
                 last_error: Some(message.clone()),
                 run_after: Some(now),
                 refund_attempt: false,
+                only_if_expired: true,
                 log: (LogLevel::Warn, format!("attempt {} lost: lease of {owner} expired", job.attempts)),
             };
             transition(db, publisher, settings, job.id, Some(token), change, Apply::Nothing).await
@@ -404,6 +417,7 @@ pub async fn sweep_expired(
                 last_error: Some(message.clone()),
                 run_after: None,
                 refund_attempt: false,
+                only_if_expired: true,
                 log: (
                     LogLevel::Error,
                     format!("attempt {} lost: lease of {owner} expired; no attempts left", job.attempts),
@@ -439,6 +453,7 @@ pub async fn cancel(
                 last_error: Some("cancelled".into()),
                 run_after: None,
                 refund_attempt: false,
+                only_if_expired: false,
                 log: (LogLevel::Info, "cancelled while queued".into()),
             };
             match transition(db, publisher, settings, job_id, None, change, Apply::Cancelled).await {

@@ -63,6 +63,7 @@ pub(crate) async fn download_to_file(
     key: &str,
     dest: &Path,
     cancel: &CancelFlag,
+    expected_size: Option<u64>,
 ) -> Result<u64, JobError> {
     let got = match tokio::time::timeout(IDLE_TIMEOUT, store.get(key, None)).await {
         Err(_) => return Err(JobError::Retryable("downloading the source timed out".into())),
@@ -75,6 +76,15 @@ pub(crate) async fn download_to_file(
         Ok(Err(err)) => return Err(storage_error("downloading the source failed", &err)),
         Ok(Ok(got)) => got,
     };
+    // The source was checked (size, type, probe) when its upload completed; bytes
+    // that differ now were written behind that check and are not processed.
+    let changed = || JobError::Permanent {
+        code: "SOURCE_CHANGED",
+        reason: "the stored file changed after its upload was checked; upload it again".into(),
+    };
+    if expected_size.is_some_and(|size| size != got.meta.size) {
+        return Err(changed());
+    }
     let local_error = |err: std::io::Error| {
         tracing::warn!(error = %err, path = %dest.display(), "writing the source to scratch failed");
         JobError::Retryable("the worker could not store the source locally".into())
@@ -90,8 +100,11 @@ pub(crate) async fn download_to_file(
         match next {
             None => break,
             Some(Ok(chunk)) => {
-                file.write_all(&chunk).await.map_err(local_error)?;
                 written += chunk.len() as u64;
+                if expected_size.is_some_and(|size| written > size) {
+                    return Err(changed());
+                }
+                file.write_all(&chunk).await.map_err(local_error)?;
             }
             Some(Err(err)) => return Err(storage_error("downloading the source failed", &StoreError::Body(err))),
         }

@@ -263,7 +263,8 @@ pub(crate) async fn run_transcode(
     reporter.stage("probing", "downloading the source".into());
     reporter.report("probing", 0.0, None);
     let source = root.join("source");
-    let source_size = download_to_file(&ctx.store, &source_key, &source, &cancel).await?;
+    let expected = video.source_size_bytes.and_then(|n| u64::try_from(n).ok());
+    let source_size = download_to_file(&ctx.store, &source_key, &source, &cancel, expected).await?;
     check_cancel(&cancel)?;
 
     let probe_timeout = ctx.settings.media.probe_timeout();

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use actix_web::body::SizedStream;
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header;
 use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
@@ -20,7 +20,7 @@ use super::local::{
 use super::{
     validate_key, ByteStream, LocalStore, ObjectMeta, ObjectStore, StoreError, MAX_PART_SIZE, MAX_SINGLE_PUT_SIZE,
 };
-use crate::error::{AppError, ErrorCode};
+use crate::error::AppError;
 
 /// Chunks in flight between the connection and the disk writer.
 const PUT_CHANNEL_CHUNKS: usize = 8;
@@ -170,17 +170,7 @@ async fn signed_get(
             };
             Ok(response.body(SizedStream::new(len, result.body)))
         }
-        Err(StoreError::RangeNotSatisfiable { size }) => {
-            let mut response =
-                AppError::new(ErrorCode::BadUserInput, "requested range not satisfiable").to_http_response();
-            *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
-            if let Some(size) = size {
-                if let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}")) {
-                    response.headers_mut().insert(header::CONTENT_RANGE, value);
-                }
-            }
-            Ok(response)
-        }
+        Err(StoreError::RangeNotSatisfiable { size }) => Ok(crate::error::range_not_satisfiable(size)),
         Err(err) => Err(err.into()),
     }
 }

@@ -27,7 +27,9 @@ pub mod tus_store;
 use chrono::Utc;
 use entities::{upload, video, UploadMethod, UploadStatus, VideoStatus};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set, TransactionTrait};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Set, TransactionTrait,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -268,6 +270,18 @@ async fn insert_session(
         _ => 0,
     };
     if settings.quota_bytes_per_user > 0 {
+        // Concurrent uploads of one owner are serialised on the owner's row, so two
+        // of them cannot both fit into the same remaining quota (SQLite has a
+        // single writer already).
+        if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+            entities::user::Entity::find_by_id(video.owner_id)
+                .select_only()
+                .column(entities::user::Column::Id)
+                .lock_exclusive()
+                .into_tuple::<uuid::Uuid>()
+                .one(&txn)
+                .await?;
+        }
         let used = crate::repo::videos::storage_used_bytes(&txn, video.owner_id).await?;
         let quota = i64::try_from(settings.quota_bytes_per_user).unwrap_or(i64::MAX);
         if used.saturating_add(size) > quota {

@@ -752,3 +752,64 @@ async fn concurrent_deletes_of_one_video_delete_it_once() {
         assert_eq!(jobs.len(), 1, "round {round}: one cleanup job");
     }
 }
+
+#[actix_web::test]
+async fn deleting_a_video_ends_its_multipart_upload_and_its_owner_cannot_stop_the_cleanup() {
+    let app = spawn_app_with(|s| {
+        crate::uploads::short_s3_prefix(s);
+        s.uploads.multipart_threshold_bytes = 5 * 1024 * 1024;
+        s.uploads.part_size_bytes = 5 * 1024 * 1024;
+        s.workers.embedded = false;
+    })
+    .await;
+    let owner = app.register_user().await;
+    let id = create_titled(&app, &owner, "multipart", "PRIVATE").await;
+    let (_, body) = app
+        .graphql_as(
+            &owner.bearer(),
+            "mutation($i: CreateUploadInput!) { createUpload(input: $i) { id method parts { number url } } }",
+            json!({ "i": { "videoId": id.to_string(), "filename": "big.mp4", "contentType": "video/mp4", "size": 12 * 1024 * 1024 } }),
+        )
+        .await;
+    let ticket = &body["data"]["createUpload"];
+    assert_eq!(ticket["method"], "MULTIPART", "{body}");
+    let part = app.client.put(ticket["parts"][0]["url"].as_str().unwrap()).body(vec![7u8; 5 * 1024 * 1024]);
+    assert!(part.send().await.unwrap().status().is_success());
+    let row = upload::Entity::find().filter(upload::Column::VideoId.eq(id)).one(&app.state.db).await.unwrap().unwrap();
+    let upload_id = row.s3_upload_id.clone().unwrap();
+    assert_eq!(app.state.store.list_parts(&row.object_key, &upload_id).await.unwrap().len(), 1);
+
+    let (_, body) = app
+        .graphql_as(&owner.bearer(), "mutation($id: ID!) { deleteVideo(id: $id) }", json!({ "id": id.to_string() }))
+        .await;
+    assert_eq!(body["data"]["deleteVideo"], true, "{body}");
+    // The unfinished multipart upload is aborted (its parts are not objects under
+    // the video's prefix, so the delete job would never see them).
+    // (S3 answers NoSuchUpload; s3s-fs lists no parts.)
+    let aborted = crate::helpers::eventually(100, || async {
+        app.state.store.list_parts(&row.object_key, &upload_id).await.map_or(true, |parts| parts.is_empty())
+    })
+    .await;
+    assert!(
+        aborted,
+        "the multipart upload of a deleted video is aborted: {:?}",
+        app.state.store.list_parts(&row.object_key, &upload_id).await
+    );
+
+    // The owner cannot cancel or retry the object removal job.
+    let cleanup = job::Entity::find()
+        .filter(job::Column::VideoId.eq(id))
+        .filter(job::Column::Kind.eq(JobKind::DeleteObjects))
+        .one(&app.state.db)
+        .await
+        .unwrap()
+        .unwrap();
+    for mutation in
+        ["mutation($id: ID!) { cancelJob(id: $id) { id } }", "mutation($id: ID!) { retryJob(id: $id) { id } }"]
+    {
+        let (_, body) = app.graphql_as(&owner.bearer(), mutation, json!({ "id": cleanup.id.to_string() })).await;
+        assert_eq!(error_code(&body).as_deref(), Some("FORBIDDEN"), "{mutation}: {body}");
+    }
+    let still = job::Entity::find_by_id(cleanup.id).one(&app.state.db).await.unwrap().unwrap();
+    assert_eq!(still.status, JobStatus::Queued);
+}

@@ -38,23 +38,11 @@ async fn insert_video(db: &DatabaseConnection, owner: Uuid, with_source: bool) -
         tags: Set(video::Tags(vec![])),
         visibility: Set(Visibility::Private),
         status: Set(if with_source { VideoStatus::Ready } else { VideoStatus::Draft }),
-        error: Set(None),
-        duration_ms: Set(None),
-        width: Set(None),
-        height: Set(None),
-        frame_rate: Set(None),
-        rotation: Set(None),
-        has_audio: Set(None),
-        container: Set(None),
-        video_codec: Set(None),
-        audio_codec: Set(None),
         source_key: Set(with_source.then(|| format!("videos/{owner}/source"))),
         source_size_bytes: Set(with_source.then_some(1000)),
-        hidden_at: Set(None),
-        hidden_reason: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
-        deleted_at: Set(None),
+        ..Default::default()
     }
     .insert(db)
     .await

@@ -518,6 +518,16 @@ async fn runner_refuses_oversized_missing_and_deleted_sources() {
     assert_eq!(permanent(h.run(&job).await.0).0, "SOURCE_MISSING");
     assert!(h.scratch_is_empty());
 
+    // The stored bytes are not the ones checked at upload (written behind the
+    // check, e.g. through a still-valid presigned URL): refused, not processed.
+    let swapped = h.video_from(&fixture("no_audio.mp4")).await;
+    let mut row: video::ActiveModel = swapped.clone().into();
+    row.source_size_bytes = Set(Some(1000));
+    let swapped = row.update(&h.app.state.db).await.unwrap();
+    let job = h.transcode_job(&swapped, serde_json::Value::Null).await;
+    assert_eq!(permanent(h.run(&job).await.0).0, "SOURCE_CHANGED");
+    assert!(h.scratch_is_empty());
+
     // The video was deleted before the job ran, or while it ran: nothing is applied.
     let deleted = h.video_from(&fixture("no_audio.mp4")).await;
     let job = h.transcode_job(&deleted, serde_json::Value::Null).await;

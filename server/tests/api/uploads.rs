@@ -117,23 +117,9 @@ pub async fn new_video(app: &TestApp, owner: Uuid) -> Uuid {
         tags: Set(video::Tags(vec![])),
         visibility: Set(Visibility::Private),
         status: Set(VideoStatus::Draft),
-        error: Set(None),
-        duration_ms: Set(None),
-        width: Set(None),
-        height: Set(None),
-        frame_rate: Set(None),
-        rotation: Set(None),
-        has_audio: Set(None),
-        container: Set(None),
-        video_codec: Set(None),
-        audio_codec: Set(None),
-        source_key: Set(None),
-        source_size_bytes: Set(None),
-        hidden_at: Set(None),
-        hidden_reason: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
-        deleted_at: Set(None),
+        ..Default::default()
     }
     .insert(&app.state.db)
     .await

@@ -41,23 +41,9 @@ pub(crate) async fn insert_video(
         tags: Set(video::Tags::default()),
         visibility: Set(visibility),
         status: Set(status),
-        error: Set(None),
-        duration_ms: Set(None),
-        width: Set(None),
-        height: Set(None),
-        frame_rate: Set(None),
-        rotation: Set(None),
-        has_audio: Set(None),
-        container: Set(None),
-        video_codec: Set(None),
-        audio_codec: Set(None),
-        source_key: Set(None),
-        source_size_bytes: Set(None),
-        hidden_at: Set(None),
-        hidden_reason: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
-        deleted_at: Set(None),
+        ..Default::default()
     }
     .insert(&app.state.db)
     .await
@@ -166,6 +152,12 @@ async fn progress_starts_with_a_snapshot_and_ends_with_exactly_one_ready() {
     assert_eq!(snapshot["kind"], "UPLOADED");
     assert_eq!(snapshot["seq"], 1);
     wait_for_subscribers(&app, 1).await;
+    // Connected subscribers are visible to operators.
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let connected = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("reelhouse_subscribers ").and_then(|v| v.trim().parse::<f64>().ok()));
+    assert!(connected.is_some_and(|n| n >= 1.0), "reelhouse_subscribers missing or zero in /metrics");
 
     let stored = transition(&app, video.id, VideoStatus::Processing, EventKind::Processing, None, true).await;
     let progress = ProgressInfo { percent: 42.0, stage: "encoding".into(), ..Default::default() };
@@ -237,6 +229,17 @@ async fn a_stranger_gets_an_error_and_no_events_for_a_private_video() {
     transition(&app, public.id, VideoStatus::Ready, EventKind::Ready, None, true).await;
     let first = next_event(&mut feed).await.unwrap();
     assert_eq!(first["videoId"], public.id.to_string(), "the first event the stranger sees is the public one");
+
+    // Made private since: a stranger replaying the outbox no longer sees its past
+    // events; a video still public is replayed.
+    let mut active: video::ActiveModel = stored_video(&app, public.id).await.into();
+    active.visibility = Set(Visibility::Private);
+    active.update(&app.state.db).await.unwrap();
+    let still_public = insert_video(&app, &owner, Visibility::Public, VideoStatus::Processing).await;
+    transition(&app, still_public.id, VideoStatus::Ready, EventKind::Ready, None, false).await;
+    let mut replay = subscribe(&app, Some(&stranger), &events_query(), json!({ "after": "0" })).await;
+    let first = next_event(&mut replay).await.unwrap();
+    assert_eq!(first["videoId"], still_public.id.to_string(), "{first}");
 }
 
 #[actix_web::test]

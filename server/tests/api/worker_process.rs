@@ -234,23 +234,11 @@ async fn a_worker_killed_mid_encode_loses_its_job_to_another_that_finishes_it_on
         tags: Set(video::Tags(vec![])),
         visibility: Set(Visibility::Private),
         status: Set(VideoStatus::Processing),
-        error: Set(None),
-        duration_ms: Set(None),
-        width: Set(None),
-        height: Set(None),
-        frame_rate: Set(None),
-        rotation: Set(None),
-        has_audio: Set(None),
-        container: Set(None),
-        video_codec: Set(None),
-        audio_codec: Set(None),
         source_key: Set(Some(key)),
         source_size_bytes: Set(Some(size)),
-        hidden_at: Set(None),
-        hidden_reason: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
-        deleted_at: Set(None),
+        ..Default::default()
     }
     .insert(&db)
     .await

@@ -1,0 +1,99 @@
+//! Benchmark driver: one HLS ladder (720/480/360 by default) of a source file, the way
+//! the worker makes it, timed from the outside. Used by `scripts/bench-transcode.py`
+//! (`make bench`); not a test.
+//!
+//! ```text
+//! bench_ladder <source> <out_dir> [lines,lines,...]
+//! ```
+//! Prints one JSON object: wall seconds, seconds until the first `on_rendition_ready`
+//! (first playable rung), and each rung's size and bitrate target.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use reelhouse::config::media::MediaSettings;
+use reelhouse::media::ladder::{plan_ladder, transcode_hls, LadderConfig};
+use reelhouse::media::probe;
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let source = PathBuf::from(args.next().expect("usage: bench_ladder <source> <out_dir> [lines,...]"));
+    let out_dir = PathBuf::from(args.next().expect("usage: bench_ladder <source> <out_dir> [lines,...]"));
+    let lines: Vec<u32> =
+        args.next().unwrap_or_else(|| "720,480,360".into()).split(',').map(|s| s.trim().parse().unwrap()).collect();
+
+    reelhouse::telemetry::init_gstreamer("warning").expect("GStreamer");
+
+    // The product's defaults (settings file defaults), restricted to the requested rungs.
+    let settings = MediaSettings::default();
+    let ladder = settings.ladder();
+    let config = LadderConfig { rungs: ladder.rungs.into_iter().filter(|r| lines.contains(&r.lines)).collect() };
+    let mut opts = settings.hls_options();
+    // Diagnostics only (not used by `make bench`): try another videoscale method.
+    if let Ok(method) = std::env::var("BENCH_SCALE_METHOD") {
+        opts.scale_method = method;
+    }
+
+    let info = probe(&source).expect("probe");
+    let rungs = plan_ladder(&info, &config);
+    let fps =
+        info.frame_rate_fraction.map(|(n, d)| f64::from(n) / f64::from(d)).unwrap_or(f64::from(opts.fallback_fps));
+    let keyint = (fps * f64::from(opts.segment_seconds.max(1))).round() as u32;
+
+    let cancel = AtomicBool::new(false);
+    let started = Instant::now();
+    let mut first_ready: Option<(f64, String)> = None;
+    let output = transcode_hls(
+        &source,
+        &out_dir,
+        &rungs,
+        &opts,
+        &mut |_| {},
+        &mut |ready| {
+            if first_ready.is_none() {
+                first_ready = Some((started.elapsed().as_secs_f64(), ready.rung.name.clone()));
+            }
+        },
+        &cancel,
+    )
+    .expect("transcode");
+    let wall = started.elapsed().as_secs_f64();
+
+    let rungs_json: Vec<serde_json::Value> = output
+        .rungs
+        .iter()
+        .map(|r| {
+            let dir = r.playlist.parent().unwrap();
+            serde_json::json!({
+                "name": r.rung.name,
+                "width": r.rung.width,
+                "height": r.rung.height,
+                "video_bitrate_kbps": r.rung.video_bitrate_kbps,
+                "playlist": r.playlist,
+                "segments": r.segments.len(),
+                "bytes": dir_bytes(dir),
+                "average_bandwidth": r.average_bandwidth,
+            })
+        })
+        .collect();
+    let report = serde_json::json!({
+        "wall_s": wall,
+        "first_playable_s": first_ready.as_ref().map(|(t, _)| *t),
+        "first_playable_rung": first_ready.as_ref().map(|(_, n)| n.clone()),
+        "keyint": keyint,
+        "segment_seconds": opts.segment_seconds,
+        "speed_preset": opts.speed_preset,
+        "scale_method": opts.scale_method,
+        "audio_bitrate_kbps": opts.audio_bitrate_kbps,
+        "rungs": rungs_json,
+    });
+    println!("{report}");
+}
