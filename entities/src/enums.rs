@@ -164,3 +164,18 @@ pub enum ModerationActionKind {
     #[sea_orm(string_value = "UNHIDE")]
     Unhide,
 }
+
+/// Where a webhook delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum WebhookDeliveryStatus {
+    /// Waiting for its (next) attempt.
+    #[sea_orm(string_value = "PENDING")]
+    Pending,
+    #[sea_orm(string_value = "SUCCEEDED")]
+    Succeeded,
+    /// Retries ran out (or the endpoint was disabled); the owner may redeliver.
+    #[sea_orm(string_value = "FAILED")]
+    Failed,
+}

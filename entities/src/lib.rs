@@ -20,6 +20,9 @@ pub mod user;
 pub mod video;
 pub mod video_daily_stat;
 pub mod video_view;
+pub mod webhook_attempt;
+pub mod webhook_delivery;
+pub mod webhook_endpoint;
 pub mod worker;
 
 pub use enums::*;

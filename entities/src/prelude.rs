@@ -13,4 +13,7 @@ pub use super::user::Entity as User;
 pub use super::video::Entity as Video;
 pub use super::video_daily_stat::Entity as VideoDailyStat;
 pub use super::video_view::Entity as VideoView;
+pub use super::webhook_attempt::Entity as WebhookAttempt;
+pub use super::webhook_delivery::Entity as WebhookDelivery;
+pub use super::webhook_endpoint::Entity as WebhookEndpoint;
 pub use super::worker::Entity as Worker;

@@ -18,6 +18,7 @@ mod m20261122_000007_create_jobs;
 mod m20261122_000008_create_events_outbox;
 mod m20261122_000009_create_workers;
 mod m20261122_000010_create_views_and_moderation;
+mod m20261122_000011_create_webhooks;
 
 pub struct Migrator;
 
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000008_create_events_outbox::Migration),
             Box::new(m20261122_000009_create_workers::Migration),
             Box::new(m20261122_000010_create_views_and_moderation::Migration),
+            Box::new(m20261122_000011_create_webhooks::Migration),
         ]
     }
 }

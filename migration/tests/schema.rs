@@ -22,7 +22,7 @@ use sea_orm::{
 use serde_json::json;
 use uuid::Uuid;
 
-const TABLES: [&str; 14] = [
+const TABLES: [&str; 17] = [
     "users",
     "refresh_token_families",
     "refresh_tokens",
@@ -37,6 +37,9 @@ const TABLES: [&str; 14] = [
     "video_views",
     "video_daily_stats",
     "moderation_actions",
+    "webhook_endpoints",
+    "webhook_deliveries",
+    "webhook_attempts",
 ];
 
 /// PostgreSQL keeps microseconds; compare what the database can hold.
@@ -600,6 +603,7 @@ fn enum_values_fit_their_columns_and_match_serde() {
     check::<JobStatus>(16);
     check::<LogLevel>(16);
     check::<ModerationActionKind>(16);
+    check::<entities::WebhookDeliveryStatus>(16);
 }
 
 #[test]
@@ -609,5 +613,5 @@ fn migrations_are_uniquely_named_and_in_order() {
     sorted.sort();
     sorted.dedup();
     assert_eq!(names, sorted);
-    assert_eq!(names.len(), 10);
+    assert_eq!(names.len(), 11);
 }

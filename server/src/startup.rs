@@ -125,6 +125,9 @@ impl Application {
             ));
         }
         actix_rt::spawn(crate::uploads::sweeper::run(state.clone()));
+        if settings.webhooks.deliver {
+            actix_rt::spawn(crate::webhooks::delivery::run(state.db.clone(), Arc::new(settings.webhooks.clone())));
+        }
         let schema = web::Data::new(build_schema(&settings.graphql, Some(state.clone())));
         let state_data = web::Data::new(state.clone());
         let local_data = local_store.map(web::Data::new);

@@ -14,6 +14,7 @@ pub mod rate_limit;
 mod secret;
 pub mod uploads;
 pub mod views;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,7 @@ pub struct Settings {
     pub media: media::MediaSettings,
     pub jobs: jobs::JobSettings,
     pub views: views::ViewSettings,
+    pub webhooks: webhooks::WebhookSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -406,6 +408,12 @@ impl Settings {
         }
         if self.media.ladder.is_empty() || self.media.ladder.iter().any(|r| r.lines < 2 || r.video_bitrate_kbps == 0) {
             return Err(SettingsError::new("media.ladder", "needs at least one rung with lines >= 2 and a bitrate"));
+        }
+        if self.webhooks.disable_after_failures < 1 {
+            return Err(SettingsError::new("webhooks.disable_after_failures", "must be at least 1"));
+        }
+        if self.webhooks.concurrency == 0 || self.webhooks.timeout_ms == 0 {
+            return Err(SettingsError::new("webhooks", "concurrency and timeout_ms must be greater than 0"));
         }
         if self.jobs.max_attempts < 1 {
             return Err(SettingsError::new("jobs.max_attempts", "must be at least 1"));

@@ -178,6 +178,8 @@ pub async fn record<C: ConnectionTrait>(
     .insert(conn)
     .await?;
     event.cursor = Some(row.id);
+    // Webhook deliveries exist exactly when the event does.
+    crate::webhooks::fan_in(conn, &event).await?;
     Ok(event)
 }
 

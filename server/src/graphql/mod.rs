@@ -10,6 +10,7 @@ mod server_info;
 mod uploads;
 pub mod videos;
 pub mod views;
+pub mod webhooks;
 
 use async_graphql::{MergedObject, MergedSubscription, Schema};
 
@@ -20,9 +21,10 @@ pub use accounts::{AccountsMutation, AccountsQuery};
 pub use jobs::{JobsMutation, JobsQuery};
 pub use server_info::{HeartbeatSubscription, ServerInfo, ServerMode, ServerQuery};
 pub use videos::{VideosMutation, VideosQuery};
+pub use webhooks::{WebhooksMutation, WebhooksQuery};
 
 #[derive(MergedObject, Default)]
-pub struct Query(ServerQuery, AccountsQuery, VideosQuery, views::ViewsQuery, JobsQuery);
+pub struct Query(ServerQuery, AccountsQuery, VideosQuery, views::ViewsQuery, JobsQuery, WebhooksQuery);
 
 #[derive(MergedObject, Default)]
 pub struct Mutation(
@@ -32,6 +34,7 @@ pub struct Mutation(
     moderation::ModerationMutation,
     uploads::UploadsMutation,
     JobsMutation,
+    WebhooksMutation,
 );
 
 #[derive(MergedSubscription, Default)]

@@ -22,5 +22,6 @@ mod tus;
 mod uploads;
 mod video_events;
 mod views;
+mod webhooks;
 mod worker_process;
 mod ws_session;

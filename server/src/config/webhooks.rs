@@ -1,0 +1,47 @@
+//! `[webhooks]`: outbound event deliveries (targets, timeouts, retries, auto-disable).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Allow targets that resolve to loopback, private, link-local or otherwise
+    /// internal addresses. Off by default: a webhook must not reach inside the network.
+    pub allow_private_targets: bool,
+    /// Run the delivery loop in `serve` processes.
+    pub deliver: bool,
+    /// Milliseconds an idle delivery loop waits before looking for due deliveries.
+    pub poll_interval_ms: u64,
+    /// Deliveries sent concurrently by one process.
+    pub concurrency: usize,
+    pub connect_timeout_ms: u64,
+    /// Whole request, connect to the last byte read.
+    pub timeout_ms: u64,
+    /// Bytes of a response body read (for the error shown on a failure); the rest is ignored.
+    pub max_response_bytes: usize,
+    /// Seconds after the event (or a redelivery) during which failed attempts are retried.
+    pub retry_for_secs: u64,
+    /// First retry delay; doubles per attempt, with jitter, up to `backoff_max_ms`.
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Deliveries that fail for good in a row before the endpoint is disabled.
+    pub disable_after_failures: i32,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            allow_private_targets: false,
+            deliver: true,
+            poll_interval_ms: 1000,
+            concurrency: 8,
+            connect_timeout_ms: 5_000,
+            timeout_ms: 15_000,
+            max_response_bytes: 1024,
+            retry_for_secs: 24 * 3600,
+            backoff_base_ms: 10_000,
+            backoff_max_ms: 3_600_000,
+            disable_after_failures: 20,
+        }
+    }
+}

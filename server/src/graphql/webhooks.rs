@@ -1,0 +1,420 @@
+//! Webhooks in GraphQL: `createWebhook`, `updateWebhook`, `deleteWebhook`,
+//! `redeliverWebhook`, `webhooks`, `webhookDeliveries`.
+//!
+//! An endpoint is visible to its owner and to admins; global endpoints (no owner)
+//! only to admins. To anybody else it does not exist (NOT_FOUND).
+
+use async_graphql::connection::{Connection, Edge};
+use async_graphql::{Context, Enum, ErrorExtensions, InputObject, Object, SimpleObject, ID};
+use chrono::{DateTime, Utc};
+use entities::{webhook_attempt, webhook_delivery, webhook_endpoint, WebhookDeliveryStatus as DbStatus};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
+    QuerySelect, Set,
+};
+use uuid::Uuid;
+
+use crate::auth::principal::Principal;
+use crate::auth::roles::{has_permission, require_principal, AuthenticatedGuard, Permission};
+use crate::error::{AppError, ErrorCode};
+use crate::events::EventKind;
+use crate::startup::AppState;
+use crate::webhooks::target::{self, TargetError};
+
+const MAX_PAGE: usize = 100;
+/// Attempts listed per delivery (newest).
+const MAX_ATTEMPTS_LISTED: u64 = 50;
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(remote = "entities::WebhookDeliveryStatus")]
+pub enum WebhookDeliveryStatus {
+    Pending,
+    Succeeded,
+    Failed,
+}
+
+/// A registered endpoint (the secret is never shown again after creation).
+#[derive(Debug, Clone)]
+pub struct Webhook(pub webhook_endpoint::Model);
+
+#[Object]
+impl Webhook {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+
+    async fn url(&self) -> &str {
+        &self.0.url
+    }
+
+    /// The event kinds delivered.
+    async fn events(&self) -> Vec<EventKind> {
+        crate::webhooks::subscribed_kinds(&self.0)
+    }
+
+    /// Hears of every video (admins only).
+    async fn global(&self) -> bool {
+        self.0.owner_id.is_none()
+    }
+
+    async fn owner_id(&self) -> Option<ID> {
+        self.0.owner_id.map(|id| ID(id.to_string()))
+    }
+
+    async fn enabled(&self) -> bool {
+        self.0.enabled
+    }
+
+    /// Why the server disabled the endpoint (repeated failures); null otherwise.
+    async fn disabled_reason(&self) -> Option<&str> {
+        self.0.disabled_reason.as_deref()
+    }
+
+    /// Deliveries that failed for good in a row.
+    async fn consecutive_failures(&self) -> i32 {
+        self.0.consecutive_failures
+    }
+
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+
+    async fn updated_at(&self) -> DateTime<Utc> {
+        self.0.updated_at
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct CreateWebhookPayload {
+    pub webhook: Webhook,
+    /// The signing secret: shown here once, never again.
+    pub secret: String,
+}
+
+/// One HTTP attempt of a delivery.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct WebhookAttempt {
+    pub at: DateTime<Utc>,
+    /// Null when no response arrived.
+    pub status_code: Option<i32>,
+    pub latency_ms: i64,
+    pub error: Option<String>,
+}
+
+impl From<webhook_attempt::Model> for WebhookAttempt {
+    fn from(m: webhook_attempt::Model) -> Self {
+        Self { at: m.at, status_code: m.status_code, latency_ms: m.latency_ms, error: m.error }
+    }
+}
+
+/// One event for one endpoint. `id` is the idempotency id sent as `Reelhouse-Webhook-Id`.
+#[derive(Debug, Clone)]
+pub struct WebhookDelivery(pub webhook_delivery::Model);
+
+#[Object]
+impl WebhookDelivery {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+
+    async fn webhook_id(&self) -> ID {
+        ID(self.0.endpoint_id.to_string())
+    }
+
+    /// The event's cursor (as in `VideoEvent.cursor`).
+    async fn event_cursor(&self) -> String {
+        self.0.event_cursor.to_string()
+    }
+
+    async fn event_kind(&self) -> &str {
+        &self.0.event_kind
+    }
+
+    /// The JSON body sent.
+    async fn payload(&self) -> String {
+        self.0.payload.to_string()
+    }
+
+    async fn status(&self) -> WebhookDeliveryStatus {
+        self.0.status.into()
+    }
+
+    async fn attempt_count(&self) -> i32 {
+        self.0.attempts
+    }
+
+    async fn next_attempt_at(&self) -> Option<DateTime<Utc>> {
+        (self.0.status == DbStatus::Pending).then_some(self.0.next_attempt_at)
+    }
+
+    async fn last_status_code(&self) -> Option<i32> {
+        self.0.last_status_code
+    }
+
+    async fn last_error(&self) -> Option<&str> {
+        self.0.last_error.as_deref()
+    }
+
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+
+    async fn delivered_at(&self) -> Option<DateTime<Utc>> {
+        self.0.delivered_at
+    }
+
+    /// The attempts, oldest first (the latest 50).
+    async fn attempts(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<WebhookAttempt>> {
+        let state = ctx.data::<AppState>()?;
+        let mut rows = webhook_attempt::Entity::find()
+            .filter(webhook_attempt::Column::DeliveryId.eq(self.0.id))
+            .order_by_desc(webhook_attempt::Column::Id)
+            .limit(MAX_ATTEMPTS_LISTED)
+            .all(&state.db)
+            .await
+            .map_err(|e| AppError::from(e).extend())?;
+        rows.reverse();
+        Ok(rows.into_iter().map(WebhookAttempt::from).collect())
+    }
+}
+
+#[derive(InputObject)]
+pub struct CreateWebhookInput {
+    /// An http(s) URL without credentials, reachable on a public address.
+    pub url: String,
+    /// The kinds to deliver (PROGRESS is never delivered).
+    pub events: Vec<EventKind>,
+    /// Deliver every video's events (admins only).
+    pub global: Option<bool>,
+}
+
+#[derive(InputObject)]
+pub struct UpdateWebhookInput {
+    pub url: Option<String>,
+    pub events: Option<Vec<EventKind>>,
+    /// Re-enabling clears `disabledReason` and the failure count.
+    pub enabled: Option<bool>,
+}
+
+fn is_admin(principal: &Principal) -> bool {
+    has_permission(principal.role, Permission::ManageUsers)
+}
+
+fn can_see(principal: &Principal, endpoint: &webhook_endpoint::Model) -> bool {
+    is_admin(principal) || endpoint.owner_id == Some(principal.user_id)
+}
+
+fn parse_uuid(id: &str, what: &str) -> Result<Uuid, AppError> {
+    Uuid::parse_str(id).map_err(|_| AppError::not_found(what))
+}
+
+async fn find_visible(
+    db: &DatabaseConnection,
+    principal: &Principal,
+    id: Uuid,
+) -> Result<webhook_endpoint::Model, AppError> {
+    match webhook_endpoint::Entity::find_by_id(id).one(db).await? {
+        Some(endpoint) if can_see(principal, &endpoint) => Ok(endpoint),
+        _ => Err(AppError::not_found("webhook")),
+    }
+}
+
+/// Check the URL, resolve it and refuse internal targets (unless allowed).
+async fn validate_url(state: &AppState, raw: &str) -> Result<String, AppError> {
+    let url = target::parse(raw).map_err(|e| AppError::bad_input(e.to_string()))?;
+    target::resolve(&url, state.settings.webhooks.allow_private_targets).await.map_err(|e| match e {
+        TargetError::Invalid(m) | TargetError::Refused(m) | TargetError::Unresolvable(m) => AppError::bad_input(m),
+    })?;
+    Ok(url.to_string())
+}
+
+fn validate_events(events: &[EventKind]) -> Result<serde_json::Value, AppError> {
+    if events.is_empty() {
+        return Err(AppError::bad_input("choose at least one event kind"));
+    }
+    if events.contains(&EventKind::Progress) {
+        return Err(AppError::bad_input("PROGRESS events are not delivered to webhooks"));
+    }
+    let mut kinds: Vec<&str> = events.iter().map(|k| k.as_str()).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    Ok(serde_json::json!(kinds))
+}
+
+fn require_writer(principal: &Principal) -> Result<(), AppError> {
+    if has_permission(principal.role, Permission::WriteOwnVideos) {
+        Ok(())
+    } else {
+        Err(AppError::forbidden("your role does not allow this"))
+    }
+}
+
+#[derive(Default)]
+pub struct WebhooksQuery;
+
+#[Object]
+impl WebhooksQuery {
+    /// The caller's endpoints (all of them, global ones included, for admins), newest first.
+    #[graphql(guard = "AuthenticatedGuard")]
+    async fn webhooks(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Webhook>> {
+        let state = ctx.data::<AppState>()?;
+        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        let mut query = webhook_endpoint::Entity::find().order_by_desc(webhook_endpoint::Column::Id);
+        if !is_admin(principal) {
+            query = query.filter(webhook_endpoint::Column::OwnerId.eq(principal.user_id));
+        }
+        let rows = query.limit(1000).all(&state.db).await.map_err(|e| AppError::from(e).extend())?;
+        Ok(rows.into_iter().map(Webhook).collect())
+    }
+
+    /// Deliveries of one endpoint, newest first.
+    #[graphql(guard = "AuthenticatedGuard")]
+    async fn webhook_deliveries(
+        &self,
+        ctx: &Context<'_>,
+        webhook_id: ID,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, WebhookDelivery>> {
+        let state = ctx.data::<AppState>()?;
+        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        let id = parse_uuid(webhook_id.as_str(), "webhook").map_err(|e| e.extend())?;
+        let endpoint = find_visible(&state.db, principal, id).await.map_err(|e| e.extend())?;
+        let limit = first.map_or(20, |n| usize::try_from(n).unwrap_or(0)).min(MAX_PAGE);
+        // Ids are UUIDv7: time-ordered and unique, so they are the keyset.
+        let mut query = webhook_delivery::Entity::find()
+            .filter(webhook_delivery::Column::EndpointId.eq(endpoint.id))
+            .order_by_desc(webhook_delivery::Column::Id);
+        if let Some(after) = &after {
+            let after = Uuid::parse_str(after).map_err(|_| AppError::bad_input("invalid cursor").extend())?;
+            query = query.filter(webhook_delivery::Column::Id.lt(after));
+        }
+        let mut rows = query
+            .limit(u64::try_from(limit + 1).unwrap_or(u64::MAX))
+            .all(&state.db)
+            .await
+            .map_err(|e| AppError::from(e).extend())?;
+        let has_next = rows.len() > limit;
+        rows.truncate(limit);
+        let mut connection = Connection::new(after.is_some(), has_next);
+        connection.edges.extend(rows.into_iter().map(|d| Edge::new(d.id.to_string(), WebhookDelivery(d))));
+        Ok(connection)
+    }
+}
+
+#[derive(Default)]
+pub struct WebhooksMutation;
+
+#[Object]
+impl WebhooksMutation {
+    /// Register an endpoint. The secret is in the answer, and nowhere else ever again.
+    #[graphql(guard = "AuthenticatedGuard")]
+    async fn create_webhook(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateWebhookInput,
+    ) -> async_graphql::Result<CreateWebhookPayload> {
+        let state = ctx.data::<AppState>()?;
+        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        require_writer(principal).map_err(|e| e.extend())?;
+        let global = input.global.unwrap_or(false);
+        if global && !is_admin(principal) {
+            return Err(AppError::forbidden("only admins can create global webhooks").extend());
+        }
+        let kinds = validate_events(&input.events).map_err(|e| e.extend())?;
+        let url = validate_url(state, &input.url).await.map_err(|e| e.extend())?;
+        let secret = crate::webhooks::new_secret();
+        let now = Utc::now();
+        let endpoint = webhook_endpoint::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            owner_id: Set((!global).then_some(principal.user_id)),
+            url: Set(url),
+            secret: Set(secret.clone()),
+            event_kinds: Set(kinds),
+            enabled: Set(true),
+            disabled_reason: Set(None),
+            consecutive_failures: Set(0),
+            created_at: Set(now),
+            updated_at: Set(now),
+        }
+        .insert(&state.db)
+        .await
+        .map_err(|e| AppError::from(e).extend())?;
+        Ok(CreateWebhookPayload { webhook: Webhook(endpoint), secret })
+    }
+
+    /// Change the URL, the kinds, or enable/disable an endpoint.
+    #[graphql(guard = "AuthenticatedGuard")]
+    async fn update_webhook(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: UpdateWebhookInput,
+    ) -> async_graphql::Result<Webhook> {
+        let state = ctx.data::<AppState>()?;
+        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        require_writer(principal).map_err(|e| e.extend())?;
+        let id = parse_uuid(id.as_str(), "webhook").map_err(|e| e.extend())?;
+        let endpoint = find_visible(&state.db, principal, id).await.map_err(|e| e.extend())?;
+        let mut row = endpoint.into_active_model();
+        if let Some(url) = &input.url {
+            row.url = Set(validate_url(state, url).await.map_err(|e| e.extend())?);
+        }
+        if let Some(events) = &input.events {
+            row.event_kinds = Set(validate_events(events).map_err(|e| e.extend())?);
+        }
+        if let Some(enabled) = input.enabled {
+            row.enabled = Set(enabled);
+            if enabled {
+                row.disabled_reason = Set(None);
+                row.consecutive_failures = Set(0);
+            }
+        }
+        row.updated_at = Set(Utc::now());
+        let endpoint = row.update(&state.db).await.map_err(|e| AppError::from(e).extend())?;
+        Ok(Webhook(endpoint))
+    }
+
+    /// Remove an endpoint and its delivery log.
+    #[graphql(guard = "AuthenticatedGuard")]
+    async fn delete_webhook(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
+        let state = ctx.data::<AppState>()?;
+        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        require_writer(principal).map_err(|e| e.extend())?;
+        let id = parse_uuid(id.as_str(), "webhook").map_err(|e| e.extend())?;
+        let endpoint = find_visible(&state.db, principal, id).await.map_err(|e| e.extend())?;
+        webhook_endpoint::Entity::delete_by_id(endpoint.id)
+            .exec(&state.db)
+            .await
+            .map_err(|e| AppError::from(e).extend())?;
+        Ok(true)
+    }
+
+    /// Send a delivery again: a new attempt soon, with the same idempotency id and a
+    /// fresh retry period. CONFLICT while the endpoint is disabled.
+    #[graphql(guard = "AuthenticatedGuard")]
+    async fn redeliver_webhook(&self, ctx: &Context<'_>, delivery_id: ID) -> async_graphql::Result<WebhookDelivery> {
+        let state = ctx.data::<AppState>()?;
+        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        require_writer(principal).map_err(|e| e.extend())?;
+        let id = parse_uuid(delivery_id.as_str(), "delivery").map_err(|e| e.extend())?;
+        let delivery = webhook_delivery::Entity::find_by_id(id)
+            .one(&state.db)
+            .await
+            .map_err(|e| AppError::from(e).extend())?
+            .ok_or_else(|| AppError::not_found("delivery").extend())?;
+        let endpoint = find_visible(&state.db, principal, delivery.endpoint_id)
+            .await
+            .map_err(|_| AppError::not_found("delivery").extend())?;
+        if !endpoint.enabled {
+            return Err(AppError::new(ErrorCode::Conflict, "the webhook is disabled; enable it first").extend());
+        }
+        let now = Utc::now();
+        let mut row = delivery.into_active_model();
+        row.status = Set(DbStatus::Pending);
+        row.next_attempt_at = Set(now);
+        row.window_started_at = Set(now);
+        let delivery = row.update(&state.db).await.map_err(|e| AppError::from(e).extend())?;
+        Ok(WebhookDelivery(delivery))
+    }
+}

@@ -1,0 +1,321 @@
+//! Sending deliveries: claim due rows, POST them signed, log the attempt, schedule
+//! the retry or give up, and disable endpoints that keep failing.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use entities::{webhook_attempt, webhook_delivery, webhook_endpoint, WebhookDeliveryStatus};
+use futures::FutureExt;
+use rand::Rng;
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
+    QuerySelect, Set, TransactionTrait,
+};
+
+use super::target::{self, TargetError};
+use crate::config::webhooks::WebhookSettings;
+
+/// Seconds a claim outlives the request timeout before another sender may retry.
+const CLAIM_GRACE_SECS: i64 = 30;
+
+/// How one attempt ended.
+#[derive(Debug, Clone)]
+pub enum AttemptOutcome {
+    /// A 2xx answer.
+    Delivered { status: u16 },
+    /// Any other answer.
+    Rejected { status: u16, body: String },
+    /// No answer: connection error, timeout.
+    Unreachable { error: String },
+    /// The target was not attempted (internal address, bad URL, does not resolve).
+    Refused { error: String },
+}
+
+impl AttemptOutcome {
+    fn metric_label(&self) -> &'static str {
+        match self {
+            AttemptOutcome::Delivered { .. } => "success",
+            AttemptOutcome::Rejected { .. } => "http_error",
+            AttemptOutcome::Unreachable { .. } => "network_error",
+            AttemptOutcome::Refused { .. } => "refused",
+        }
+    }
+
+    fn status_code(&self) -> Option<i32> {
+        match self {
+            AttemptOutcome::Delivered { status } | AttemptOutcome::Rejected { status, .. } => Some(i32::from(*status)),
+            _ => None,
+        }
+    }
+
+    fn error(&self) -> Option<String> {
+        match self {
+            AttemptOutcome::Delivered { .. } => None,
+            AttemptOutcome::Rejected { status, body } if body.is_empty() => Some(format!("HTTP {status}")),
+            AttemptOutcome::Rejected { status, body } => Some(format!("HTTP {status}: {body}")),
+            AttemptOutcome::Unreachable { error } | AttemptOutcome::Refused { error } => Some(error.clone()),
+        }
+    }
+}
+
+/// Retry delay after `attempts` failed attempts: exponential, capped, with jitter
+/// that only shortens it by up to a quarter, so successive gaps still grow.
+pub fn backoff(settings: &WebhookSettings, attempts: i32) -> Duration {
+    let exponent = u32::try_from(attempts.saturating_sub(1).clamp(0, 30)).unwrap_or(0);
+    let ceiling = settings.backoff_base_ms.saturating_mul(1u64 << exponent).min(settings.backoff_max_ms.max(1));
+    let quarter = ceiling / 4;
+    let cut = if quarter > 0 { rand::thread_rng().gen_range(0..=quarter) } else { 0 };
+    Duration::from_millis(ceiling - cut)
+}
+
+/// The delivery loop of one process; runs until the process ends, behind a panic
+/// boundary.
+pub async fn run(db: DatabaseConnection, settings: Arc<WebhookSettings>) {
+    let idle = Duration::from_millis(settings.poll_interval_ms.max(10));
+    loop {
+        let step = AssertUnwindSafe(deliver_due(&db, &settings)).catch_unwind().await;
+        match step {
+            Ok(Ok(sent)) if sent > 0 => continue,
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err, "webhook delivery loop: database error"),
+            Err(_) => tracing::error!("webhook delivery loop panicked; continuing"),
+        }
+        tokio::time::sleep(idle).await;
+    }
+}
+
+/// Claim and attempt the deliveries due now (at most `settings.concurrency`, in
+/// parallel); returns how many were attempted. Tests call this to step deliveries.
+pub async fn deliver_due(db: &DatabaseConnection, settings: &WebhookSettings) -> Result<usize, DbErr> {
+    let now = Utc::now();
+    let due = webhook_delivery::Entity::find()
+        .filter(webhook_delivery::Column::Status.eq(WebhookDeliveryStatus::Pending))
+        .filter(webhook_delivery::Column::NextAttemptAt.lte(now))
+        .order_by_asc(webhook_delivery::Column::NextAttemptAt)
+        .limit(u64::try_from(settings.concurrency.max(1)).unwrap_or(1))
+        .all(db)
+        .await?;
+    let claim_until = now
+        + chrono::Duration::milliseconds(i64::try_from(settings.timeout_ms).unwrap_or(i64::MAX / 4))
+        + chrono::Duration::seconds(CLAIM_GRACE_SECS);
+    let mut claimed = Vec::new();
+    for delivery in due {
+        if claim(db, &delivery, now, claim_until).await? {
+            claimed.push(delivery);
+        }
+    }
+    let count = claimed.len();
+    let results = futures::future::join_all(claimed.into_iter().map(|d| attempt(db, settings, d))).await;
+    for result in results {
+        result?;
+    }
+    Ok(count)
+}
+
+/// Move the row's next attempt past the claim window, unless another sender did first.
+async fn claim(
+    db: &DatabaseConnection,
+    delivery: &webhook_delivery::Model,
+    now: DateTime<Utc>,
+    claim_until: DateTime<Utc>,
+) -> Result<bool, DbErr> {
+    let result = webhook_delivery::Entity::update_many()
+        .col_expr(webhook_delivery::Column::NextAttemptAt, Expr::value(claim_until))
+        .filter(webhook_delivery::Column::Id.eq(delivery.id))
+        .filter(webhook_delivery::Column::Status.eq(WebhookDeliveryStatus::Pending))
+        .filter(webhook_delivery::Column::NextAttemptAt.lte(now))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+/// One attempt of a claimed delivery, recorded.
+#[tracing::instrument(skip_all, fields(delivery_id = %delivery.id, endpoint_id = %delivery.endpoint_id), err(Display))]
+async fn attempt(
+    db: &DatabaseConnection,
+    settings: &WebhookSettings,
+    delivery: webhook_delivery::Model,
+) -> Result<(), DbErr> {
+    let Some(endpoint) = webhook_endpoint::Entity::find_by_id(delivery.endpoint_id).one(db).await? else {
+        return Ok(()); // deleted: its deliveries go with it
+    };
+    if !endpoint.enabled {
+        let mut row = delivery.into_active_model();
+        row.status = Set(WebhookDeliveryStatus::Failed);
+        row.last_error = Set(Some("the endpoint is disabled".into()));
+        row.update(db).await?;
+        return Ok(());
+    }
+    let started = Instant::now();
+    let at = Utc::now();
+    let outcome = send(settings, &endpoint, &delivery).await;
+    let latency = started.elapsed();
+    metrics::counter!("reelhouse_webhook_attempts_total", "outcome" => outcome.metric_label()).increment(1);
+    metrics::histogram!("reelhouse_webhook_attempt_duration_seconds").record(latency.as_secs_f64());
+    tracing::info!(outcome = outcome.metric_label(), status = ?outcome.status_code(), latency_ms = latency.as_millis() as u64, "webhook attempt");
+    record_attempt(db, settings, &endpoint, delivery, at, latency, outcome).await
+}
+
+/// POST the delivery to the endpoint (after the SSRF check on the resolved addresses).
+async fn send(
+    settings: &WebhookSettings,
+    endpoint: &webhook_endpoint::Model,
+    delivery: &webhook_delivery::Model,
+) -> AttemptOutcome {
+    let url = match target::parse(&endpoint.url) {
+        Ok(url) => url,
+        Err(err) => return AttemptOutcome::Refused { error: err.to_string() },
+    };
+    let addrs = match target::resolve(&url, settings.allow_private_targets).await {
+        Ok(addrs) => addrs,
+        Err(err @ (TargetError::Refused(_) | TargetError::Invalid(_))) => {
+            return AttemptOutcome::Refused { error: err.to_string() }
+        }
+        Err(TargetError::Unresolvable(error)) => return AttemptOutcome::Unreachable { error },
+    };
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
+        .timeout(Duration::from_millis(settings.timeout_ms))
+        .user_agent(concat!("reelhouse-webhooks/", env!("CARGO_PKG_VERSION")));
+    if let Some(url::Host::Domain(domain)) = url.host() {
+        // Pinned to the addresses just checked: no second lookup to rebind.
+        builder = builder.resolve_to_addrs(domain, &addrs);
+    }
+    let client = match builder.build() {
+        Ok(client) => client,
+        Err(err) => return AttemptOutcome::Unreachable { error: format!("building the HTTP client: {err}") },
+    };
+    let body = match serde_json::to_vec(&delivery.payload) {
+        Ok(body) => body,
+        Err(err) => return AttemptOutcome::Refused { error: format!("serialising the payload: {err}") },
+    };
+    let timestamp = Utc::now().timestamp();
+    let signature = super::sign(&endpoint.secret, timestamp, &body);
+    let request = client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header(super::ID_HEADER, delivery.id.to_string())
+        .header(super::TIMESTAMP_HEADER, timestamp.to_string())
+        .header(super::SIGNATURE_HEADER, signature)
+        .body(body);
+    let mut response = match request.send().await {
+        Ok(response) => response,
+        Err(err) => {
+            let error = if err.is_timeout() { "timed out".to_string() } else { format!("request failed: {err}") };
+            return AttemptOutcome::Unreachable { error };
+        }
+    };
+    let status = response.status().as_u16();
+    if response.status().is_success() {
+        return AttemptOutcome::Delivered { status };
+    }
+    // A little of the body explains the failure to the owner; the rest is ignored.
+    let mut snippet = Vec::new();
+    while snippet.len() < settings.max_response_bytes {
+        match tokio::time::timeout(Duration::from_secs(1), response.chunk()).await {
+            Ok(Ok(Some(chunk))) => snippet.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    snippet.truncate(settings.max_response_bytes.min(200));
+    AttemptOutcome::Rejected { status, body: String::from_utf8_lossy(&snippet).trim().to_string() }
+}
+
+/// Log the attempt and move the delivery (and, on a final failure, the endpoint) on.
+async fn record_attempt(
+    db: &DatabaseConnection,
+    settings: &WebhookSettings,
+    endpoint: &webhook_endpoint::Model,
+    delivery: webhook_delivery::Model,
+    at: DateTime<Utc>,
+    latency: Duration,
+    outcome: AttemptOutcome,
+) -> Result<(), DbErr> {
+    let error = outcome.error().map(|e| truncate(&e, 1000));
+    let txn = db.begin().await?;
+    webhook_attempt::ActiveModel {
+        delivery_id: Set(delivery.id),
+        at: Set(at),
+        status_code: Set(outcome.status_code()),
+        latency_ms: Set(i64::try_from(latency.as_millis()).unwrap_or(i64::MAX)),
+        error: Set(error.clone()),
+        ..Default::default()
+    }
+    .insert(&txn)
+    .await?;
+    let attempts = delivery.attempts.saturating_add(1);
+    let window_end = delivery.window_started_at
+        + chrono::Duration::seconds(i64::try_from(settings.retry_for_secs).unwrap_or(i64::MAX / 4));
+    let mut row = delivery.into_active_model();
+    row.attempts = Set(attempts);
+    row.last_status_code = Set(outcome.status_code());
+    row.last_error = Set(error.clone());
+    let now = Utc::now();
+    let mut failed_for_good = false;
+    if let AttemptOutcome::Delivered { .. } = outcome {
+        row.status = Set(WebhookDeliveryStatus::Succeeded);
+        row.delivered_at = Set(Some(now));
+        row.next_attempt_at = Set(now);
+        webhook_endpoint::Entity::update_many()
+            .col_expr(webhook_endpoint::Column::ConsecutiveFailures, Expr::value(0))
+            .filter(webhook_endpoint::Column::Id.eq(endpoint.id))
+            .exec(&txn)
+            .await?;
+    } else {
+        let next = now + chrono::Duration::from_std(backoff(settings, attempts)).unwrap_or(chrono::Duration::zero());
+        if next > window_end {
+            row.status = Set(WebhookDeliveryStatus::Failed);
+            row.next_attempt_at = Set(now);
+            failed_for_good = true;
+        } else {
+            row.next_attempt_at = Set(next);
+        }
+    }
+    row.update(&txn).await?;
+    if failed_for_good {
+        count_failure(&txn, settings, endpoint.id, error.as_deref().unwrap_or("failed")).await?;
+    }
+    txn.commit().await
+}
+
+/// One more delivery failed for good; disable the endpoint at the threshold.
+async fn count_failure(
+    txn: &sea_orm::DatabaseTransaction,
+    settings: &WebhookSettings,
+    endpoint_id: uuid::Uuid,
+    last_error: &str,
+) -> Result<(), DbErr> {
+    webhook_endpoint::Entity::update_many()
+        .col_expr(
+            webhook_endpoint::Column::ConsecutiveFailures,
+            Expr::col(webhook_endpoint::Column::ConsecutiveFailures).add(1),
+        )
+        .filter(webhook_endpoint::Column::Id.eq(endpoint_id))
+        .exec(txn)
+        .await?;
+    let Some(endpoint) = webhook_endpoint::Entity::find_by_id(endpoint_id).one(txn).await? else {
+        return Ok(());
+    };
+    if endpoint.enabled && endpoint.consecutive_failures >= settings.disable_after_failures {
+        let failures = endpoint.consecutive_failures;
+        let mut row = endpoint.into_active_model();
+        row.enabled = Set(false);
+        row.disabled_reason = Set(Some(truncate(
+            &format!("disabled after {failures} consecutive failed deliveries; last error: {last_error}"),
+            500,
+        )));
+        row.updated_at = Set(Utc::now());
+        row.update(txn).await?;
+        metrics::counter!("reelhouse_webhook_endpoints_disabled_total").increment(1);
+        tracing::warn!(%endpoint_id, failures, "webhook endpoint disabled");
+    }
+    Ok(())
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    text.chars().take(max_chars).collect()
+}

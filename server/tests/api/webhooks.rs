@@ -1,0 +1,537 @@
+//! Webhooks against a real HTTP receiver on 127.0.0.1: signed deliveries, one per
+//! event, retries with growing gaps, auto-disable, SSRF refusal, visibility, redelivery.
+//!
+//! Events are produced the way the server produces them (`events::record` in a
+//! transaction, then the app's publisher), via `video_events::transition_on`.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use entities::{VideoStatus, Visibility};
+use hmac::{Hmac, Mac};
+use reelhouse::events::EventKind;
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+use crate::helpers::{error_code, eventually, spawn_app_with, TestApp, TestUser};
+use crate::video_events::{insert_video, transition_on};
+
+#[derive(Debug, Clone)]
+struct Hit {
+    id: String,
+    timestamp: String,
+    signature: String,
+    body: Vec<u8>,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct Script {
+    hits: Vec<Hit>,
+    /// Answers to give, in order; 200 once they run out.
+    statuses: VecDeque<u16>,
+}
+
+struct Receiver {
+    url: String,
+    script: Arc<Mutex<Script>>,
+}
+
+impl Receiver {
+    fn hits(&self) -> Vec<Hit> {
+        self.script.lock().unwrap().hits.clone()
+    }
+
+    async fn wait_for(&self, app: &TestApp, count: usize) -> Vec<Hit> {
+        let ok = pump_until(app, || async { self.hits().len() >= count }).await;
+        assert!(ok, "expected {count} hits, got {:?}", self.hits().len());
+        self.hits()
+    }
+}
+
+async fn hook(req: HttpRequest, body: web::Bytes, script: web::Data<Arc<Mutex<Script>>>) -> HttpResponse {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let mut script = script.lock().unwrap();
+    script.hits.push(Hit {
+        id: header("Reelhouse-Webhook-Id"),
+        timestamp: header("Reelhouse-Webhook-Timestamp"),
+        signature: header("Reelhouse-Webhook-Signature"),
+        body: body.to_vec(),
+        at: Instant::now(),
+    });
+    let status = script.statuses.pop_front().unwrap_or(200);
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).body("receiver says hi")
+}
+
+/// A real HTTP server on 127.0.0.1 answering `statuses` in order, then 200.
+async fn start_receiver(statuses: Vec<u16>) -> Receiver {
+    let script = Arc::new(Mutex::new(Script { hits: Vec::new(), statuses: statuses.into() }));
+    let data = web::Data::new(script.clone());
+    let server = HttpServer::new(move || App::new().app_data(data.clone()).route("/hook", web::post().to(hook)))
+        .workers(1)
+        .disable_signals()
+        .bind(("127.0.0.1", 0))
+        .unwrap();
+    let port = server.addrs()[0].port();
+    actix_rt::spawn(server.run());
+    Receiver { url: format!("http://127.0.0.1:{port}/hook"), script }
+}
+
+/// Step the delivery queue until `done` (at most ~6 s). The apps of these tests run
+/// no delivery loop of their own: the test is then the only writer, so SQLite (one
+/// writer, deferred transactions) never fails the test's own read-then-write
+/// transactions with a busy snapshot.
+async fn pump_until<F, Fut>(app: &TestApp, mut done: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..300 {
+        reelhouse::webhooks::delivery::deliver_due(&app.state.db, &app.state.settings.webhooks).await.unwrap();
+        if done().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// Keep stepping the queue for `period` (to see that nothing more is sent).
+async fn pump_for(app: &TestApp, period: Duration) {
+    let until = Instant::now() + period;
+    pump_until(app, || async { Instant::now() >= until }).await;
+}
+
+async fn app_allowing_private(customize: impl FnOnce(&mut reelhouse::config::Settings)) -> TestApp {
+    spawn_app_with(|s| {
+        s.workers.embedded = false;
+        s.webhooks.deliver = false;
+        s.webhooks.allow_private_targets = true;
+        s.webhooks.poll_interval_ms = 25;
+        s.webhooks.backoff_base_ms = 400;
+        s.webhooks.backoff_max_ms = 10_000;
+        customize(s);
+    })
+    .await
+}
+
+const WEBHOOK_FIELDS: &str = "id url events enabled disabledReason global consecutiveFailures createdAt";
+
+async fn create_webhook(app: &TestApp, user: &TestUser, url: &str, events: &[&str], global: bool) -> (Value, String) {
+    let (status, body) = app
+        .graphql_as(
+            &user.bearer(),
+            &format!(
+                "mutation($input: CreateWebhookInput!) {{ createWebhook(input: $input) {{ webhook {{ {WEBHOOK_FIELDS} }} secret }} }}"
+            ),
+            json!({ "input": { "url": url, "events": events, "global": global } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["errors"].is_null(), "{body}");
+    let payload = &body["data"]["createWebhook"];
+    (payload["webhook"].clone(), payload["secret"].as_str().unwrap().to_string())
+}
+
+async fn deliveries(app: &TestApp, user: &TestUser, webhook_id: &str) -> Vec<Value> {
+    let (_, body) = app
+        .graphql_as(
+            &user.bearer(),
+            "query($id: ID!) { webhookDeliveries(webhookId: $id, first: 50) { edges { node {
+                id eventCursor eventKind status attemptCount lastStatusCode lastError deliveredAt
+                attempts { at statusCode latencyMs error } } } } }",
+            json!({ "id": webhook_id }),
+        )
+        .await;
+    assert!(body["errors"].is_null(), "{body}");
+    body["data"]["webhookDeliveries"]["edges"].as_array().unwrap().iter().map(|e| e["node"].clone()).collect()
+}
+
+fn expected_signature(secret: &str, timestamp: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{timestamp}.").as_bytes());
+    mac.update(body);
+    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn assert_signed(hit: &Hit, secret: &str) {
+    assert_eq!(hit.signature, expected_signature(secret, &hit.timestamp, &hit.body), "bad signature");
+    let ts: i64 = hit.timestamp.parse().unwrap();
+    assert!((chrono::Utc::now().timestamp() - ts).abs() < 300, "timestamp outside the replay window");
+}
+
+fn user_uuid(user: &TestUser) -> uuid::Uuid {
+    uuid::Uuid::parse_str(&user.id).unwrap()
+}
+
+#[actix_web::test]
+async fn deliveries_are_signed_and_one_per_event() {
+    let app = app_allowing_private(|_| {}).await;
+    let receiver = start_receiver(vec![]).await;
+    let owner = app.register_user().await;
+    let (webhook, secret) =
+        create_webhook(&app, &owner, &receiver.url, &["PROCESSING", "RENDITION_READY", "READY"], false).await;
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    assert_eq!(webhook["enabled"], true);
+    assert_eq!(webhook["global"], false);
+    assert_eq!(webhook["events"], json!(["PROCESSING", "READY", "RENDITION_READY"]));
+    assert!(webhook["disabledReason"].is_null());
+
+    let video = insert_video(&app, &owner, Visibility::Private, VideoStatus::Uploading).await;
+    // UPLOADED is not subscribed to: never delivered.
+    transition_on(&app, video.id, VideoStatus::Processing, EventKind::Uploaded, None).await;
+    let processing = transition_on(&app, video.id, VideoStatus::Processing, EventKind::Processing, None).await;
+    let rendition =
+        transition_on(&app, video.id, VideoStatus::Processing, EventKind::RenditionReady, Some("360p")).await;
+    let ready = transition_on(&app, video.id, VideoStatus::Ready, EventKind::Ready, None).await;
+
+    receiver.wait_for(&app, 3).await;
+    // Time for a duplicate to show up, if the server were to send one.
+    pump_for(&app, Duration::from_millis(600)).await;
+    let hits = receiver.hits();
+    assert_eq!(hits.len(), 3, "one delivery per subscribed event");
+
+    let mut seen_ids = std::collections::HashSet::new();
+    let mut kinds = Vec::new();
+    for hit in &hits {
+        assert_signed(hit, &secret);
+        let body: Value = serde_json::from_slice(&hit.body).unwrap();
+        assert_eq!(body["id"], hit.id.as_str(), "body id is the idempotency id");
+        assert!(seen_ids.insert(hit.id.clone()), "ids are distinct per event");
+        assert_eq!(body["data"]["videoId"], video.id.to_string());
+        assert!(body["createdAt"].is_string());
+        let kind = body["type"].as_str().unwrap().to_string();
+        let event = match kind.as_str() {
+            "PROCESSING" => &processing,
+            "RENDITION_READY" => &rendition,
+            "READY" => &ready,
+            other => panic!("unexpected kind {other}"),
+        };
+        assert_eq!(body["data"]["cursor"], event.cursor.unwrap().to_string());
+        assert_eq!(body["data"]["seq"], event.seq);
+        kinds.push(kind);
+    }
+    kinds.sort();
+    assert_eq!(kinds, ["PROCESSING", "READY", "RENDITION_READY"]);
+    let ready_body: Value = serde_json::from_slice(
+        &hits.iter().find(|h| String::from_utf8_lossy(&h.body).contains("\"READY\"")).unwrap().body,
+    )
+    .unwrap();
+    assert_eq!(ready_body["data"]["status"], "READY");
+
+    // The log agrees: three deliveries, each one successful attempt with a latency.
+    let webhook_id = webhook["id"].as_str().unwrap();
+    let ok = pump_until(&app, || async {
+        deliveries(&app, &owner, webhook_id).await.iter().all(|d| d["status"] == "SUCCEEDED")
+    })
+    .await;
+    assert!(ok);
+    let log = deliveries(&app, &owner, webhook_id).await;
+    assert_eq!(log.len(), 3);
+    for delivery in &log {
+        assert!(seen_ids.contains(delivery["id"].as_str().unwrap()));
+        assert_eq!(delivery["attemptCount"], 1);
+        assert_eq!(delivery["attempts"][0]["statusCode"], 200);
+        assert!(delivery["attempts"][0]["latencyMs"].as_i64().unwrap() >= 0);
+        assert!(delivery["deliveredAt"].is_string());
+    }
+}
+
+#[actix_web::test]
+async fn failing_receiver_is_retried_with_growing_gaps_then_succeeds() {
+    let app = app_allowing_private(|_| {}).await;
+    let receiver = start_receiver(vec![500, 500]).await;
+    let owner = app.register_user().await;
+    let (webhook, secret) = create_webhook(&app, &owner, &receiver.url, &["READY"], false).await;
+    let video = insert_video(&app, &owner, Visibility::Public, VideoStatus::Processing).await;
+    transition_on(&app, video.id, VideoStatus::Ready, EventKind::Ready, None).await;
+
+    let hits = receiver.wait_for(&app, 3).await;
+    pump_for(&app, Duration::from_millis(800)).await;
+    let hits_after = receiver.hits();
+    assert_eq!(hits_after.len(), 3, "no attempt after the success");
+    assert!(hits.iter().all(|h| h.id == hits[0].id), "every retry carries the same idempotency id");
+    for hit in &hits {
+        assert_signed(hit, &secret);
+    }
+    let first_gap = hits[1].at - hits[0].at;
+    let second_gap = hits[2].at - hits[1].at;
+    assert!(first_gap >= Duration::from_millis(250), "first retry waited {first_gap:?}");
+    assert!(second_gap > first_gap, "gaps grow: {first_gap:?} then {second_gap:?}");
+
+    let webhook_id = webhook["id"].as_str().unwrap();
+    let ok =
+        pump_until(&app, || async { deliveries(&app, &owner, webhook_id).await[0]["status"] == "SUCCEEDED" }).await;
+    assert!(ok);
+    let log = deliveries(&app, &owner, webhook_id).await;
+    assert_eq!(log.len(), 1, "one logical delivery");
+    assert_eq!(log[0]["attemptCount"], 3);
+    let codes: Vec<i64> =
+        log[0]["attempts"].as_array().unwrap().iter().map(|a| a["statusCode"].as_i64().unwrap()).collect();
+    assert_eq!(codes, [500, 500, 200]);
+    assert!(log[0]["attempts"][0]["error"].as_str().unwrap().contains("500"));
+
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("reelhouse_webhook_attempts_total{outcome=\"http_error\"}"), "{metrics}");
+    assert!(metrics.contains("reelhouse_webhook_attempt_duration_seconds"), "no latency histogram");
+}
+
+#[actix_web::test]
+async fn dead_endpoint_is_disabled_with_a_reason() {
+    let app = app_allowing_private(|s| {
+        s.webhooks.retry_for_secs = 0;
+        s.webhooks.disable_after_failures = 3;
+    })
+    .await;
+    // A port nobody listens on.
+    let dead_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let owner = app.register_user().await;
+    let (webhook, _) =
+        create_webhook(&app, &owner, &format!("http://127.0.0.1:{dead_port}/hook"), &["READY", "FAILED"], false).await;
+    let webhook_id = webhook["id"].as_str().unwrap().to_string();
+    let video = insert_video(&app, &owner, Visibility::Public, VideoStatus::Processing).await;
+    for _ in 0..3 {
+        transition_on(&app, video.id, VideoStatus::Ready, EventKind::Ready, None).await;
+    }
+
+    let list = || async {
+        let (_, body) =
+            app.graphql_as(&owner.bearer(), &format!("{{ webhooks {{ {WEBHOOK_FIELDS} }} }}"), json!({})).await;
+        body["data"]["webhooks"][0].clone()
+    };
+    let ok = pump_until(&app, || async { list().await["enabled"] == false }).await;
+    assert!(ok, "endpoint not disabled: {}", list().await);
+    let endpoint = list().await;
+    let reason = endpoint["disabledReason"].as_str().unwrap();
+    assert!(reason.contains("3 consecutive failed deliveries"), "{reason}");
+    assert_eq!(endpoint["consecutiveFailures"], 3);
+    let log = deliveries(&app, &owner, &webhook_id).await;
+    assert_eq!(log.len(), 3);
+    assert!(log.iter().all(|d| d["status"] == "FAILED" && d["lastError"].is_string()), "{log:?}");
+
+    // Disabled: later events make no deliveries, and redelivery is refused.
+    transition_on(&app, video.id, VideoStatus::Failed, EventKind::Failed, None).await;
+    assert_eq!(deliveries(&app, &owner, &webhook_id).await.len(), 3);
+    let (_, body) = app
+        .graphql_as(
+            &owner.bearer(),
+            "mutation($id: ID!) { redeliverWebhook(deliveryId: $id) { id } }",
+            json!({ "id": log[0]["id"] }),
+        )
+        .await;
+    assert_eq!(error_code(&body).as_deref(), Some("CONFLICT"), "{body}");
+
+    // Re-enabling clears the reason.
+    let (_, body) = app
+        .graphql_as(
+            &owner.bearer(),
+            "mutation($id: ID!) { updateWebhook(id: $id, input: { enabled: true }) { enabled disabledReason consecutiveFailures } }",
+            json!({ "id": webhook_id }),
+        )
+        .await;
+    assert_eq!(
+        body["data"]["updateWebhook"],
+        json!({ "enabled": true, "disabledReason": null, "consecutiveFailures": 0 })
+    );
+}
+
+#[actix_web::test]
+async fn private_and_invalid_targets_are_refused() {
+    let app = spawn_app_with(|s| {
+        s.workers.embedded = false;
+        s.webhooks.poll_interval_ms = 25;
+    })
+    .await;
+    let user = app.register_user().await;
+    let create = |url: &'static str, global: bool| {
+        let app = &app;
+        let user = &user;
+        async move {
+            let (_, body) = app
+                .graphql_as(
+                    &user.bearer(),
+                    "mutation($input: CreateWebhookInput!) { createWebhook(input: $input) { secret } }",
+                    json!({ "input": { "url": url, "events": ["READY"], "global": global } }),
+                )
+                .await;
+            error_code(&body)
+        }
+    };
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://localhost/hook",
+        "http://10.0.0.1/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]/hook",
+        "https://user:pw@example.com/hook",
+        "ftp://example.com/hook",
+        "not a url",
+    ] {
+        assert_eq!(create(url, false).await.as_deref(), Some("BAD_USER_INPUT"), "{url}");
+    }
+    // Global endpoints are for admins.
+    assert_eq!(create("https://93.184.216.34/hook", true).await.as_deref(), Some("FORBIDDEN"));
+
+    // Checked again at delivery time: an endpoint that points inside (here planted
+    // directly, as a rebinding DNS name would end up) is never contacted.
+    let receiver = start_receiver(vec![]).await;
+    let endpoint_id = uuid::Uuid::now_v7();
+    let now = chrono::Utc::now();
+    sea_orm::ActiveModelTrait::insert(
+        entities::webhook_endpoint::ActiveModel {
+            id: sea_orm::Set(endpoint_id),
+            owner_id: sea_orm::Set(Some(user_uuid(&user))),
+            url: sea_orm::Set(receiver.url.clone()),
+            secret: sea_orm::Set("whsec_planted".into()),
+            event_kinds: sea_orm::Set(json!(["READY"])),
+            enabled: sea_orm::Set(true),
+            disabled_reason: sea_orm::Set(None),
+            consecutive_failures: sea_orm::Set(0),
+            created_at: sea_orm::Set(now),
+            updated_at: sea_orm::Set(now),
+        },
+        &app.state.db,
+    )
+    .await
+    .unwrap();
+    let video = insert_video(&app, &user, Visibility::Public, VideoStatus::Processing).await;
+    transition_on(&app, video.id, VideoStatus::Ready, EventKind::Ready, None).await;
+    let refused = eventually(100, || async {
+        deliveries(&app, &user, &endpoint_id.to_string()).await.first().is_some_and(|d| d["attemptCount"] == 1)
+    })
+    .await;
+    assert!(refused);
+    let log = deliveries(&app, &user, &endpoint_id.to_string()).await;
+    let error = log[0]["attempts"][0]["error"].as_str().unwrap();
+    assert!(error.contains("loopback"), "{error}");
+    assert!(log[0]["attempts"][0]["statusCode"].is_null());
+    assert!(receiver.hits().is_empty(), "the internal target was contacted");
+}
+
+#[actix_web::test]
+async fn strangers_endpoint_never_receives_events_of_a_video_it_cannot_see() {
+    let app = app_allowing_private(|_| {}).await;
+    let owner = app.register_user().await;
+    let stranger = app.register_user().await;
+    let admin = app.create_user_with_role(entities::Role::Admin).await;
+    let owners_receiver = start_receiver(vec![]).await;
+    let strangers_receiver = start_receiver(vec![]).await;
+    let global_receiver = start_receiver(vec![]).await;
+    let all = ["UPLOADED", "PROCESSING", "RENDITION_READY", "READY", "FAILED", "CANCELLED", "DELETED"];
+    create_webhook(&app, &owner, &owners_receiver.url, &all, false).await;
+    let (strangers_webhook, _) = create_webhook(&app, &stranger, &strangers_receiver.url, &all, false).await;
+    let (global_webhook, global_secret) = create_webhook(&app, &admin, &global_receiver.url, &all, true).await;
+    assert_eq!(global_webhook["global"], true);
+
+    let video = insert_video(&app, &owner, Visibility::Private, VideoStatus::Uploading).await;
+    transition_on(&app, video.id, VideoStatus::Processing, EventKind::Processing, None).await;
+    transition_on(&app, video.id, VideoStatus::Ready, EventKind::Ready, None).await;
+
+    owners_receiver.wait_for(&app, 2).await;
+    let global_hits = global_receiver.wait_for(&app, 2).await;
+    assert_signed(&global_hits[0], &global_secret);
+    pump_for(&app, Duration::from_millis(500)).await;
+    assert!(strangers_receiver.hits().is_empty(), "the stranger heard of a private video");
+    assert!(deliveries(&app, &stranger, strangers_webhook["id"].as_str().unwrap()).await.is_empty());
+
+    // The stranger does not see the others' endpoints either; the admin sees all.
+    let (_, body) = app.graphql_as(&stranger.bearer(), "{ webhooks { id } }", json!({})).await;
+    assert_eq!(body["data"]["webhooks"].as_array().unwrap().len(), 1);
+    let (_, body) = app
+        .graphql_as(
+            &stranger.bearer(),
+            "query($id: ID!) { webhookDeliveries(webhookId: $id) { edges { node { id } } } }",
+            json!({ "id": global_webhook["id"] }),
+        )
+        .await;
+    assert_eq!(error_code(&body).as_deref(), Some("NOT_FOUND"), "{body}");
+}
+
+#[actix_web::test]
+async fn redelivery_sends_again_with_the_same_id() {
+    let app = app_allowing_private(|_| {}).await;
+    let receiver = start_receiver(vec![]).await;
+    let owner = app.register_user().await;
+    let stranger = app.register_user().await;
+    let (webhook, secret) = create_webhook(&app, &owner, &receiver.url, &["READY"], false).await;
+    let video = insert_video(&app, &owner, Visibility::Public, VideoStatus::Processing).await;
+    transition_on(&app, video.id, VideoStatus::Ready, EventKind::Ready, None).await;
+    let first = receiver.wait_for(&app, 1).await;
+
+    let webhook_id = webhook["id"].as_str().unwrap();
+    let ok =
+        pump_until(&app, || async { deliveries(&app, &owner, webhook_id).await[0]["status"] == "SUCCEEDED" }).await;
+    assert!(ok);
+    let delivery_id = deliveries(&app, &owner, webhook_id).await[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(delivery_id, first[0].id);
+
+    let redeliver = "mutation($id: ID!) { redeliverWebhook(deliveryId: $id) { id status } }";
+    let (_, body) = app.graphql_as(&stranger.bearer(), redeliver, json!({ "id": delivery_id })).await;
+    assert_eq!(error_code(&body).as_deref(), Some("NOT_FOUND"), "{body}");
+    let (_, body) = app.graphql_as(&owner.bearer(), redeliver, json!({ "id": delivery_id })).await;
+    assert_eq!(body["data"]["redeliverWebhook"]["id"], delivery_id.as_str(), "{body}");
+
+    let hits = receiver.wait_for(&app, 2).await;
+    assert_eq!(hits[1].id, delivery_id, "same idempotency id");
+    assert_eq!(hits[1].body, hits[0].body, "same payload");
+    assert_signed(&hits[1], &secret);
+    let ok = pump_until(&app, || async {
+        let log = deliveries(&app, &owner, webhook_id).await;
+        log[0]["status"] == "SUCCEEDED" && log[0]["attemptCount"] == 2
+    })
+    .await;
+    assert!(ok);
+    assert_eq!(deliveries(&app, &owner, webhook_id).await.len(), 1);
+
+    // Deleting the endpoint removes it and its log.
+    let (_, body) = app
+        .graphql_as(&owner.bearer(), "mutation($id: ID!) { deleteWebhook(id: $id) }", json!({ "id": webhook_id }))
+        .await;
+    assert_eq!(body["data"]["deleteWebhook"], true);
+    let (_, body) = app.graphql_as(&owner.bearer(), "{ webhooks { id } }", json!({})).await;
+    assert_eq!(body["data"]["webhooks"], json!([]));
+}
+
+#[actix_web::test]
+async fn pending_deliveries_are_rows_sent_once_by_racing_senders() {
+    // No delivery loop in this process: the rows wait, as they would across a restart.
+    let app = app_allowing_private(|s| s.webhooks.deliver = false).await;
+    let receiver = start_receiver(vec![]).await;
+    let owner = app.register_user().await;
+    let (webhook, secret) = create_webhook(&app, &owner, &receiver.url, &["RENDITION_READY"], false).await;
+    let video = insert_video(&app, &owner, Visibility::Public, VideoStatus::Processing).await;
+    for name in ["1080p", "720p", "480p", "360p", "240p"] {
+        transition_on(&app, video.id, VideoStatus::Processing, EventKind::RenditionReady, Some(name)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(receiver.hits().is_empty());
+    let webhook_id = webhook["id"].as_str().unwrap();
+    let log = deliveries(&app, &owner, webhook_id).await;
+    assert_eq!(log.len(), 5);
+    assert!(log.iter().all(|d| d["status"] == "PENDING" && d["attemptCount"] == 0));
+
+    // Three senders step the same queue at once: each delivery is claimed by one.
+    let settings = app.state.settings.webhooks.clone();
+    let db = &app.state.db;
+    let (a, b, c) = tokio::join!(
+        reelhouse::webhooks::delivery::deliver_due(db, &settings),
+        reelhouse::webhooks::delivery::deliver_due(db, &settings),
+        reelhouse::webhooks::delivery::deliver_due(db, &settings),
+    );
+    assert_eq!(a.unwrap() + b.unwrap() + c.unwrap(), 5, "every delivery attempted exactly once");
+    let hits = receiver.hits();
+    assert_eq!(hits.len(), 5);
+    let ids: std::collections::HashSet<_> = hits.iter().map(|h| h.id.clone()).collect();
+    assert_eq!(ids.len(), 5);
+    for hit in &hits {
+        assert_signed(hit, &secret);
+    }
+    assert_eq!(reelhouse::webhooks::delivery::deliver_due(db, &settings).await.unwrap(), 0, "nothing left due");
+    let log = deliveries(&app, &owner, webhook_id).await;
+    assert!(log.iter().all(|d| d["status"] == "SUCCEEDED" && d["attemptCount"] == 1), "{log:?}");
+}
