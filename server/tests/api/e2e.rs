@@ -21,13 +21,13 @@ async fn app() -> TestApp {
     .await
 }
 
-async fn gql(app: &TestApp, user: &TestUser, query: &str, variables: Value) -> Value {
+pub(crate) async fn gql(app: &TestApp, user: &TestUser, query: &str, variables: Value) -> Value {
     let (status, body) = app.graphql_as(&user.bearer(), query, variables).await;
     assert_eq!(status, 200, "{body}");
     body
 }
 
-async fn create_video(app: &TestApp, user: &TestUser, visibility: &str) -> String {
+pub(crate) async fn create_video(app: &TestApp, user: &TestUser, visibility: &str) -> String {
     let body = gql(
         app,
         user,
@@ -39,7 +39,7 @@ async fn create_video(app: &TestApp, user: &TestUser, visibility: &str) -> Strin
     body["data"]["createVideo"]["id"].as_str().unwrap().to_string()
 }
 
-async fn create_upload(app: &TestApp, user: &TestUser, video: &str, size: usize) -> Value {
+pub(crate) async fn create_upload(app: &TestApp, user: &TestUser, video: &str, size: usize) -> Value {
     let body = gql(
         app,
         user,
@@ -52,7 +52,7 @@ async fn create_upload(app: &TestApp, user: &TestUser, video: &str, size: usize)
 }
 
 /// Follow `videoProgress` to its end; returns the kinds seen and the last event.
-async fn watch_until_done(socket: &mut crate::subscriptions::Socket) -> (Vec<String>, Vec<f64>, Value) {
+pub(crate) async fn watch_until_done(socket: &mut crate::subscriptions::Socket) -> (Vec<String>, Vec<f64>, Value) {
     let mut kinds = Vec::new();
     let mut percents = Vec::new();
     let mut last = Value::Null;

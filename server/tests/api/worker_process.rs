@@ -282,3 +282,64 @@ async fn a_worker_killed_mid_encode_loses_its_job_to_another_that_finishes_it_on
         .unwrap();
     assert_eq!(ready, 1, "exactly one READY");
 }
+
+#[actix_web::test]
+async fn progress_of_a_job_run_by_a_worker_process_reaches_a_subscriber_on_the_api_through_redis() {
+    if !postgres_only("progress_of_a_job_run_by_a_worker_process_reaches_a_subscriber_on_the_api_through_redis") {
+        return;
+    }
+    // The API (this test's server) runs no workers; a `reelhouse worker` process
+    // runs the job. PROGRESS is never stored, so a PROGRESS seen by the subscriber
+    // can only have come from the other process through Redis.
+    let app = spawn_app_with(|s| {
+        s.workers.embedded = false;
+        crate::uploads::short_s3_prefix(s);
+    })
+    .await;
+    let user = app.register_user().await;
+    let video = crate::e2e::create_video(&app, &user, "PRIVATE").await;
+    let mut socket = crate::video_events::subscribe(
+        &app,
+        Some(&user),
+        &crate::video_events::progress_query(),
+        json!({ "id": video }),
+    )
+    .await;
+    assert_eq!(crate::video_events::next_event(&mut socket).await.unwrap()["snapshot"], true);
+
+    let clip = std::fs::read(crate::runner::landscape_clip()).unwrap();
+    let ticket = crate::e2e::create_upload(&app, &user, &video, clip.len()).await;
+    let mut put = app.client.put(ticket["url"].as_str().unwrap()).body(clip);
+    for header in ticket["headers"].as_array().unwrap() {
+        put = put.header(header["name"].as_str().unwrap(), header["value"].as_str().unwrap());
+    }
+    assert!(put.send().await.unwrap().status().is_success());
+    let body = crate::e2e::gql(
+        &app,
+        &user,
+        "mutation($id: ID!) { completeUpload(id: $id) { status } }",
+        json!({ "id": ticket["id"] }),
+    )
+    .await;
+    assert_eq!(body["data"]["completeUpload"]["status"], "PROCESSING", "{body}");
+
+    let settings = &app.state.settings;
+    let redis_url = settings.redis.url.as_ref().unwrap().expose().to_string();
+    let extra = [
+        ("REELHOUSE__REDIS__URL", redis_url.as_str()),
+        ("REELHOUSE__REDIS__KEY_PREFIX", settings.redis.key_prefix.as_str()),
+        ("REELHOUSE__MEDIA__SPEED_PRESET", "ultrafast"),
+        ("REELHOUSE__MEDIA__SEGMENT_SECONDS", "1"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mut worker = worker_command(settings, dir.path(), &extra).spawn().unwrap();
+    let (kinds, _, last) = crate::e2e::watch_until_done(&mut socket).await;
+    sigterm(&worker);
+    let status = tokio::time::timeout(Duration::from_secs(60), worker.wait()).await.unwrap().unwrap();
+    assert!(status.success());
+    let log = std::fs::read_to_string(dir.path().join("worker.log")).unwrap_or_default();
+    assert_eq!(last["kind"], "READY", "{kinds:?}\n{log}");
+    assert_eq!(kinds.iter().filter(|k| *k == "READY").count(), 1, "{kinds:?}");
+    assert!(kinds.iter().any(|k| k == "PROGRESS"), "live progress crossed processes: {kinds:?}");
+    assert!(kinds.iter().any(|k| k == "RENDITION_READY"), "{kinds:?}");
+}
