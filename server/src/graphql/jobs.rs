@@ -172,15 +172,34 @@ impl Job {
         self.0.finished_at
     }
 
-    /// Stage transitions, warnings and attempts, oldest first (bounded).
+    /// Stage transitions, warnings and attempts, oldest first (bounded). Which
+    /// worker (host) ran an attempt is shown to admins only.
     async fn log(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<JobLogLine>> {
         let state = ctx.data::<AppState>()?;
+        let admin = require_principal(ctx).map(sees_all).unwrap_or(false);
         let lines = queue::log_lines(&state.db, self.0.id).await.map_err(|e| AppError::from(e).extend())?;
         Ok(lines
             .into_iter()
-            .map(|line| JobLogLine { at: line.at, level: line.level.into(), message: line.message })
+            .map(|line| {
+                let message = if admin { line.message } else { hide_worker(&line.message) };
+                JobLogLine { at: line.at, level: line.level.into(), message }
+            })
             .collect())
     }
+}
+
+/// "attempt 1 of 5 leased by host-1234" → "attempt 1 of 5 leased by a worker"; the
+/// same for "lease of host-1234 expired".
+fn hide_worker(message: &str) -> String {
+    if let Some(pos) = message.find(" leased by ") {
+        return format!("{} leased by a worker", &message[..pos]);
+    }
+    if let (Some(start), Some(end)) = (message.find("lease of "), message.find(" expired")) {
+        if start < end {
+            return format!("{}lease of a worker{}", &message[..start], &message[end..]);
+        }
+    }
+    message.to_string()
 }
 
 fn parse_id(id: &ID) -> Result<Uuid, AppError> {
@@ -406,5 +425,20 @@ impl JobsMutation {
         let job =
             queue::retry(&state.db, &state.settings.jobs, job.id).await.map_err(|e| AppError::from(e).extend())?;
         Ok(Job(job))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hide_worker;
+
+    #[test]
+    fn worker_identities_are_hidden_from_owners() {
+        assert_eq!(hide_worker("attempt 1 of 5 leased by box-7f3a"), "attempt 1 of 5 leased by a worker");
+        assert_eq!(
+            hide_worker("attempt 2 lost: lease of box-7f3a expired; no attempts left"),
+            "attempt 2 lost: lease of a worker expired; no attempts left"
+        );
+        assert_eq!(hide_worker("encoding"), "encoding");
     }
 }

@@ -320,7 +320,11 @@ async fn dead_after_max_attempts_then_an_admin_revives_it() {
     let log: Vec<String> =
         job["log"].as_array().unwrap().iter().map(|l| l["message"].as_str().unwrap().into()).collect();
     assert!(log.iter().any(|m| m.contains("no attempts left")), "{log:?}");
-    assert_eq!(log.iter().filter(|m| m.contains("leased by")).count(), 2, "{log:?}");
+    assert_eq!(log.iter().filter(|m| m.contains("leased by a worker")).count(), 2, "owners see no worker ids: {log:?}");
+    // Admins see which worker ran each attempt.
+    let (_, body) = app.graphql_as(&admin.bearer(), query, json!({ "id": id.to_string() })).await;
+    let admin_log = body["data"]["job"]["log"].as_array().unwrap().clone();
+    assert_eq!(admin_log.iter().filter(|l| l["message"].as_str().unwrap().ends_with("leased by w")).count(), 2);
 
     let (_, body) =
         app.graphql_as(&admin.bearer(), "query { jobs(status: DEAD) { edges { node { id } } } }", json!({})).await;
