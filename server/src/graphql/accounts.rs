@@ -1,11 +1,11 @@
 //! Accounts and access in GraphQL: sign-up and sign-in, sessions, API keys, and
 //! user administration.
 
-use async_graphql::connection::{Connection, Edge};
+use async_graphql::connection::Connection;
 use async_graphql::{Context, Enum, ErrorExtensions, InputObject, Object, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 use entities::{api_key, user};
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
+use sea_orm::{ActiveModelTrait, EntityTrait, Set};
 use uuid::Uuid;
 
 use crate::auth::accounts::{create_user, verify_credentials};
@@ -136,8 +136,6 @@ fn client_info(ctx: &Context<'_>) -> ClientInfo {
     ctx.data_opt::<ClientInfo>().cloned().unwrap_or_default()
 }
 
-const MAX_PAGE: usize = 100;
-
 #[derive(Default)]
 pub struct AccountsQuery;
 
@@ -174,22 +172,18 @@ impl AccountsQuery {
         after: Option<String>,
     ) -> async_graphql::Result<Connection<String, User>> {
         let state = ctx.data::<AppState>()?;
-        let limit = first.map_or(20, |n| usize::try_from(n).unwrap_or(0)).min(MAX_PAGE);
-        let mut query = user::Entity::find().order_by_asc(user::Column::Id);
-        if let Some(after) = &after {
-            let after = Uuid::parse_str(after).map_err(|_| AppError::bad_input("invalid cursor").extend())?;
-            query = query.filter(user::Column::Id.gt(after));
-        }
-        let mut rows = query
-            .limit(u64::try_from(limit + 1).unwrap_or(u64::MAX))
-            .all(&state.db)
-            .await
-            .map_err(|e| AppError::from(e).extend())?;
-        let has_next = rows.len() > limit;
-        rows.truncate(limit);
-        let mut connection = Connection::new(after.is_some(), has_next);
-        connection.edges.extend(rows.into_iter().map(|u| Edge::new(u.id.to_string(), User::from(u))));
-        Ok(connection)
+        let query = user::Entity::find();
+        super::paging::by_uuid(
+            &state.db,
+            query,
+            user::Column::Id,
+            |u| u.id,
+            User::from,
+            super::paging::Page { first, after },
+            false,
+        )
+        .await
+        .map_err(|e| e.extend())
     }
 }
 

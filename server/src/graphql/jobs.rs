@@ -3,13 +3,12 @@
 //! A job is visible to the owner of its video and to admins (`SeeAllJobs`); to
 //! anybody else it does not exist (NOT_FOUND / null).
 
-use async_graphql::connection::{Connection, Edge};
+use async_graphql::connection::Connection;
 use async_graphql::{Context, Enum, ErrorExtensions, Object, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 use entities::{job, worker, JobKind as DbJobKind, JobStatus as DbJobStatus, VideoStatus as DbVideoStatus};
 use sea_orm::{
-    ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
+    ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -20,8 +19,6 @@ use crate::events::{ProgressInfo, Publisher};
 use crate::graphql::progress::Progress;
 use crate::jobs::{self, queue, NewJob, DEFAULT_PRIORITY};
 use crate::startup::AppState;
-
-const MAX_PAGE: usize = 100;
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
 #[graphql(remote = "entities::JobStatus")]
@@ -267,29 +264,24 @@ impl JobsQuery {
     ) -> async_graphql::Result<Connection<String, Job>> {
         let state = ctx.data::<AppState>()?;
         let principal = require_principal(ctx).map_err(|e| e.extend())?;
-        let limit = first.map_or(20, |n| usize::try_from(n).unwrap_or(0)).min(MAX_PAGE);
-        // Ids are UUIDv7: time-ordered and unique, so they are the keyset.
-        let mut query = job::Entity::find().order_by_desc(job::Column::Id);
+        let mut query = job::Entity::find();
         if !sees_all(principal) {
             query = query.filter(job::Column::OwnerId.eq(principal.user_id));
         }
         if let Some(status) = status {
             query = query.filter(job::Column::Status.eq(DbJobStatus::from(status)));
         }
-        if let Some(after) = &after {
-            let after = Uuid::parse_str(after).map_err(|_| AppError::bad_input("invalid cursor").extend())?;
-            query = query.filter(job::Column::Id.lt(after));
-        }
-        let mut rows = query
-            .limit(u64::try_from(limit + 1).unwrap_or(u64::MAX))
-            .all(&state.db)
-            .await
-            .map_err(|e| AppError::from(e).extend())?;
-        let has_next = rows.len() > limit;
-        rows.truncate(limit);
-        let mut connection = Connection::new(after.is_some(), has_next);
-        connection.edges.extend(rows.into_iter().map(|j| Edge::new(j.id.to_string(), Job(j))));
-        Ok(connection)
+        super::paging::by_uuid(
+            &state.db,
+            query,
+            job::Column::Id,
+            |j| j.id,
+            Job,
+            super::paging::Page { first, after },
+            true,
+        )
+        .await
+        .map_err(|e| e.extend())
     }
 
     /// Worker processes that announced themselves. Admins only.

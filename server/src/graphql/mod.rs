@@ -5,6 +5,7 @@ pub mod events;
 pub mod jobs;
 pub mod limits;
 pub mod moderation;
+mod paging;
 pub mod progress;
 mod server_info;
 mod uploads;

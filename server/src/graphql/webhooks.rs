@@ -4,7 +4,7 @@
 //! An endpoint is visible to its owner and to admins; global endpoints (no owner)
 //! only to admins. To anybody else it does not exist (NOT_FOUND).
 
-use async_graphql::connection::{Connection, Edge};
+use async_graphql::connection::Connection;
 use async_graphql::{Context, Enum, ErrorExtensions, InputObject, Object, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 use entities::{webhook_attempt, webhook_delivery, webhook_endpoint, WebhookDeliveryStatus as DbStatus};
@@ -21,7 +21,6 @@ use crate::events::EventKind;
 use crate::startup::AppState;
 use crate::webhooks::target::{self, TargetError};
 
-const MAX_PAGE: usize = 100;
 /// Attempts listed per delivery (newest).
 const MAX_ATTEMPTS_LISTED: u64 = 50;
 
@@ -280,25 +279,19 @@ impl WebhooksQuery {
         let principal = require_principal(ctx).map_err(|e| e.extend())?;
         let id = parse_uuid(webhook_id.as_str(), "webhook").map_err(|e| e.extend())?;
         let endpoint = find_visible(&state.db, principal, id).await.map_err(|e| e.extend())?;
-        let limit = first.map_or(20, |n| usize::try_from(n).unwrap_or(0)).min(MAX_PAGE);
-        // Ids are UUIDv7: time-ordered and unique, so they are the keyset.
-        let mut query = webhook_delivery::Entity::find()
-            .filter(webhook_delivery::Column::EndpointId.eq(endpoint.id))
-            .order_by_desc(webhook_delivery::Column::Id);
-        if let Some(after) = &after {
-            let after = Uuid::parse_str(after).map_err(|_| AppError::bad_input("invalid cursor").extend())?;
-            query = query.filter(webhook_delivery::Column::Id.lt(after));
-        }
-        let mut rows = query
-            .limit(u64::try_from(limit + 1).unwrap_or(u64::MAX))
-            .all(&state.db)
-            .await
-            .map_err(|e| AppError::from(e).extend())?;
-        let has_next = rows.len() > limit;
-        rows.truncate(limit);
-        let mut connection = Connection::new(after.is_some(), has_next);
-        connection.edges.extend(rows.into_iter().map(|d| Edge::new(d.id.to_string(), WebhookDelivery(d))));
-        Ok(connection)
+        let query = webhook_delivery::Entity::find().filter(webhook_delivery::Column::EndpointId.eq(endpoint.id));
+        let id = webhook_delivery::Column::Id;
+        super::paging::by_uuid(
+            &state.db,
+            query,
+            id,
+            |d| d.id,
+            WebhookDelivery,
+            super::paging::Page { first, after },
+            true,
+        )
+        .await
+        .map_err(|e| e.extend())
     }
 }
 
