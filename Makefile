@@ -5,18 +5,26 @@ BIND ?= 127.0.0.1:8080
 DATA_DIR ?= ./data
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: run test bench build check lint fmt schema services-up services-down bootstrap
+.PHONY: run test bench build check lint fmt schema services-up services-down bootstrap web-demo test-web
 
-## run: build the release binary and serve on $(BIND) with data in $(DATA_DIR)
-run: bootstrap
+## run: build the web app and the release binary, serve on $(BIND) with data in $(DATA_DIR)
+run: bootstrap web-demo
 	$(CARGO) build --release -p reelhouse
 	$(TARGET_DIR)/release/reelhouse serve --bind $(BIND) --data-dir $(DATA_DIR)
+
+## web-demo: build the browser app into web-demo/dist (npm ci + vite; only when sources changed)
+web-demo:
+	web-demo/build.sh
+
+## test-web: only the browser end-to-end tests (headless Chromium; embedded and S3 servers)
+test-web: bootstrap
+	scripts/test-web.sh
 
 ## test: every test (system packages, test services, Rust suite on sqlite and postgres)
 test:
 	scripts/test.sh
 
-## bench: benchmarks (transcode ladder vs ffmpeg; figures in docs/bench/, never asserted)
+## bench: benchmarks (transcode, upload, fan-out, API; ratios vs in-run baselines; figures in docs/bench/, never asserted)
 bench: bootstrap
 	scripts/bench.sh
 

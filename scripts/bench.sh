@@ -3,7 +3,7 @@
 # in-run baseline and write docs/bench/*; they never assert timings (that is `make test`'s job).
 #
 # Environment (passed through): BENCH_SECONDS, BENCH_RUNS, BENCH_PROFILE, CARGO_TARGET_DIR;
-# BENCH_ONLY=transcode runs one benchmark.
+# BENCH_ONLY=transcode|upload|fanout|api (comma-separated) runs some of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +29,28 @@ if want upload; then
   python3 scripts/bench-upload.py --binary "$bin" --out "${BENCH_DOCS_DIR:-docs/bench}"
 fi
 
-# 3. Fan-out / API benchmarks (load harness issue) go here, same shape:
-#    if want fanout; then scripts/bench-fanout.sh; fi
-#    if want api;    then scripts/bench-api.sh;    fi
+# 3. Fan-out and API (load harness, docs/bench/{fanout,api}.md): reelhouse-load against
+#    an embedded reelhouse and reelhouse-baseline (bare actix; a raw Redis subscriber for
+#    the fan-out) in the same run. BENCH_SUBSCRIBERS (default 100,1000,10000) and
+#    BENCH_LOAD_SECONDS (default 20) tune them; the fd limit is raised to the hard limit.
+if want fanout || want api; then
+  profile="${BENCH_PROFILE:-release}"
+  target="${CARGO_TARGET_DIR:-target}"
+  # Two builds, not one `-p reelhouse -p reelhouse-load`: together they unify features
+  # differently and rebuild the server's dependencies.
+  if [[ "$profile" == "release" ]]; then
+    cargo build --release -p reelhouse && cargo build --release -p reelhouse-load
+  else
+    cargo build -p reelhouse && cargo build -p reelhouse-load
+    profile=debug
+  fi
+  ulimit -n "$(ulimit -Hn)" || true
+  for what in fanout api; do
+    want "$what" || continue
+    python3 scripts/bench-load.py --what "$what" --profile "$profile" \
+      --server-bin "$target/$profile/reelhouse" --load-bin "$target/$profile/reelhouse-load" \
+      --baseline-bin "$target/$profile/reelhouse-baseline" \
+      --subscribers "${BENCH_SUBSCRIBERS:-100,1000,10000}" --seconds "${BENCH_LOAD_SECONDS:-20}" \
+      --out "${BENCH_DOCS_DIR:-docs/bench}"
+  done
+fi

@@ -39,15 +39,33 @@ run_suite() {
 run_suite sqlite
 run_suite postgres
 
-# ---------------------------------------------------------------------------
-# LATER STEPS GO HERE (not written yet):
-#   - web-demo browser tests (against a server started on the test services)
-#   - load-harness smoke test (load-tests/, a short run with a few users)
-# Each should record its outcome in result[...] and set failed=1 on failure,
-# like run_suite above, so the summary below reports it.
-# ---------------------------------------------------------------------------
+# Load-harness smoke test: a few users for a few seconds against an embedded server;
+# fails on any error, lost or duplicate event (scripts/test-load.sh).
+# It reuses the binaries the suite just built (the suite's integration tests need both).
+printf '\n==> load harness smoke test: scripts/test-load.sh\n' >&2
+bin_dir="${CARGO_TARGET_DIR:-target}/debug"
+if [[ -x "$bin_dir/reelhouse" && -x "$bin_dir/reelhouse-load" ]]; then
+    export REELHOUSE_BIN="$bin_dir/reelhouse" REELHOUSE_LOAD_BIN="$bin_dir/reelhouse-load"
+fi
+if scripts/test-load.sh; then
+    result[load]=passed
+else
+    result[load]="FAILED (exit $?)"
+    failed=1
+fi
 
-summary="test.sh: rust/sqlite ${result[sqlite]}, rust/postgres ${result[postgres]}"
+# Browser end-to-end tests of the web demo, in headless Chromium, against an
+# embedded server and a PostgreSQL + Redis + S3 one (screenshots in
+# web-demo/test-artifacts/).
+printf '\n==> web demo in Chromium: scripts/test-web.sh\n' >&2
+if scripts/test-web.sh; then
+    result[web]=passed
+else
+    result[web]="FAILED (exit $?)"
+    failed=1
+fi
+
+summary="test.sh: rust/sqlite ${result[sqlite]}, rust/postgres ${result[postgres]}, load ${result[load]}, web ${result[web]}"
 if ((failed)); then
     printf '\n%s -> FAILED\n' "$summary" >&2
     exit 1

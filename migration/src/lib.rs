@@ -19,6 +19,7 @@ mod m20261122_000008_create_events_outbox;
 mod m20261122_000009_create_workers;
 mod m20261122_000010_create_views_and_moderation;
 mod m20261122_000011_create_webhooks;
+mod m20261122_000012_add_video_event_seq;
 
 pub struct Migrator;
 
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000009_create_workers::Migration),
             Box::new(m20261122_000010_create_views_and_moderation::Migration),
             Box::new(m20261122_000011_create_webhooks::Migration),
+            Box::new(m20261122_000012_add_video_event_seq::Migration),
         ]
     }
 }

@@ -209,6 +209,7 @@ async fn exercise_schema(db: &DatabaseConnection) {
         created_at: at,
         updated_at: at,
         deleted_at: None,
+        event_seq: 0,
     };
     assert_eq!(clip.clone().into_active_model().reset_all().insert(db).await.unwrap(), clip);
     assert_eq!(Video::find_by_id(clip.id).one(db).await.unwrap(), Some(clip.clone()));
@@ -613,5 +614,5 @@ fn migrations_are_uniquely_named_and_in_order() {
     sorted.sort();
     sorted.dedup();
     assert_eq!(names, sorted);
-    assert_eq!(names.len(), 11);
+    assert_eq!(names.len(), 12);
 }

@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    TransactionTrait,
+};
 
 use crate::config::Settings;
 
@@ -19,15 +22,31 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<DatabaseConnection> 
         .min_connections(settings.database.min_connections.min(settings.database.max_connections))
         .connect_timeout(Duration::from_secs(settings.database.connect_timeout_secs))
         .acquire_timeout(Duration::from_secs(settings.database.connect_timeout_secs))
-        .sqlx_logging(false);
+        .sqlx_logging(false)
+        // Every pooled SQLite connection (PRAGMAs are per connection): WAL, so readers
+        // never block the one writer; writers wait up to 5 s for the lock.
+        .map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(true)
+        });
     let db = Database::connect(options).await.map_err(|e| anyhow::anyhow!("connecting to the database: {e}"))?;
-    if settings.uses_sqlite() {
-        // One writer at a time; readers do not block it.
-        db.execute_unprepared("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;")
-            .await
-            .map_err(|e| anyhow::anyhow!("configuring SQLite: {e}"))?;
-    }
     Ok(db)
+}
+
+/// Begin a transaction that will write. Use it for every write transaction.
+///
+/// On SQLite it takes the write lock first (waiting up to `busy_timeout` for it),
+/// as `BEGIN IMMEDIATE` would: a plain deferred transaction that reads and then
+/// writes fails at once with "database is locked" (SQLITE_BUSY_SNAPSHOT) when
+/// another connection committed a write in between, and no timeout helps it. A
+/// write statement that matches no row is enough to take the lock.
+pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+    let txn = db.begin().await?;
+    if txn.get_database_backend() == DbBackend::Sqlite {
+        txn.execute_unprepared("UPDATE videos SET id = id WHERE 0").await?;
+    }
+    Ok(txn)
 }
 
 /// Apply every pending migration.

@@ -24,6 +24,8 @@ pub enum ErrorCode {
     Conflict,
     PayloadTooLarge,
     UnsupportedMedia,
+    /// A resume cursor older than the events still kept (`events.retention_days`).
+    CursorExpired,
     Unavailable,
     Internal,
 }
@@ -40,6 +42,7 @@ impl ErrorCode {
             ErrorCode::Conflict => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMedia => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::CursorExpired => StatusCode::GONE,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -55,6 +58,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "CONFLICT",
             ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             ErrorCode::UnsupportedMedia => "UNSUPPORTED_MEDIA",
+            ErrorCode::CursorExpired => "CURSOR_EXPIRED",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::Internal => "INTERNAL",
         }

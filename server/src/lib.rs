@@ -15,6 +15,7 @@ pub mod http;
 pub mod jobs;
 pub mod keys;
 pub mod media;
+pub mod memory;
 pub mod redis_client;
 pub mod repo;
 pub mod startup;

@@ -6,6 +6,7 @@ use reelhouse::config::Settings;
 use reelhouse::startup::Application;
 
 fn main() -> ExitCode {
+    reelhouse::memory::limit_malloc_arenas();
     let cli = Cli::parse();
     if let Command::ExportSchema = cli.command {
         print!("{}", reelhouse::graphql::sdl());

@@ -80,6 +80,8 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> RequestAuth 
 
 /// A valid signature is not enough: the session must not be revoked and the user
 /// must still be enabled, so revocation and demotion apply on the next request.
+/// Both are read in one query (the session joined with its user): this runs for
+/// every authenticated request.
 pub async fn authenticate_access_token(state: &AppState, token: &str) -> RequestAuth {
     let (claims, user_id) = match state.tokens.verify_access_token(token) {
         Ok(verified) => verified,
@@ -88,25 +90,23 @@ pub async fn authenticate_access_token(state: &AppState, token: &str) -> Request
             return RequestAuth::Invalid(INVALID_CREDENTIALS);
         }
     };
-    let family = refresh_token_family::Entity::find_by_id(claims.sid).one(&state.db).await;
-    let live_family = matches!(&family, Ok(Some(f)) if f.revoked_at.is_none() && f.user_id == user_id);
-    if !live_family {
-        if let Err(err) = family {
-            tracing::error!(error = ?err, "looking up a session");
+    let found =
+        refresh_token_family::Entity::find_by_id(claims.sid).find_also_related(user::Entity).one(&state.db).await;
+    match found {
+        Ok(Some((family, Some(user))))
+            if family.revoked_at.is_none() && family.user_id == user_id && !user.disabled =>
+        {
+            RequestAuth::Authenticated(Principal {
+                user_id,
+                role: lower_role(user.role, claims.role),
+                method: AuthMethod::AccessToken,
+                family_id: Some(claims.sid),
+                api_key_id: None,
+            })
         }
-        return RequestAuth::Invalid(INVALID_CREDENTIALS);
-    }
-    match user::Entity::find_by_id(user_id).one(&state.db).await {
-        Ok(Some(user)) if !user.disabled => RequestAuth::Authenticated(Principal {
-            user_id,
-            role: lower_role(user.role, claims.role),
-            method: AuthMethod::AccessToken,
-            family_id: Some(claims.sid),
-            api_key_id: None,
-        }),
         Ok(_) => RequestAuth::Invalid(INVALID_CREDENTIALS),
         Err(err) => {
-            tracing::error!(error = ?err, "looking up a user");
+            tracing::error!(error = ?err, "looking up a session and its user");
             RequestAuth::Invalid(INVALID_CREDENTIALS)
         }
     }

@@ -17,9 +17,7 @@ use chrono::{Duration, Utc};
 use entities::{refresh_token, refresh_token_family, user};
 use rand::RngCore;
 use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, Set, TransactionTrait,
-};
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -80,7 +78,7 @@ async fn insert_refresh_token(
 pub async fn start_session(state: &AppState, user: user::Model, client: &ClientInfo) -> AppResult<SessionTokens> {
     let now = Utc::now();
     let family_id = Uuid::now_v7();
-    let txn = state.db.begin().await?;
+    let txn = crate::db::begin_write(&state.db).await?;
     refresh_token_family::ActiveModel {
         id: Set(family_id),
         user_id: Set(user.id),
@@ -105,7 +103,7 @@ pub async fn rotate_refresh_token(state: &AppState, presented: &str) -> AppResul
     let hash = hash_refresh_token(presented);
     let now = Utc::now();
     let new_id = Uuid::now_v7();
-    let txn = state.db.begin().await?;
+    let txn = crate::db::begin_write(&state.db).await?;
     // The write comes first so SQLite takes its write lock before reading anything
     // (no snapshot upgrade failure), and PostgreSQL serializes racers on the row lock.
     // `replaced_by` is set once the new row exists (it is a foreign key).

@@ -31,6 +31,11 @@ pub struct MediaSettings {
     /// With S3: answer file requests under `/media/` with a 302 to a presigned
     /// storage URL instead of proxying the bytes (playlists are always served).
     pub redirect_to_storage: bool,
+    /// With `redirect_to_storage`: the base URL of a CDN that serves this
+    /// deployment's bucket (`{cdn_base_url}/{object key}`, the S3 key prefix
+    /// included). Files of videos that need no signature redirect there; private
+    /// and hidden ones still get presigned URLs, which a CDN cannot check.
+    pub cdn_base_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +68,7 @@ impl Default for MediaSettings {
             probe_timeout_secs: crate::media::DEFAULT_PROBE_TIMEOUT.as_secs().max(1),
             signed_url_ttl_secs: 6 * 3600,
             redirect_to_storage: false,
+            cdn_base_url: None,
         }
     }
 }

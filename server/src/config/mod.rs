@@ -8,6 +8,7 @@
 //!
 //! Settings are passed by value into `Application::build`; there is no global.
 
+pub mod events;
 pub mod jobs;
 pub mod media;
 pub mod rate_limit;
@@ -42,6 +43,7 @@ pub struct Settings {
     pub jobs: jobs::JobSettings,
     pub views: views::ViewSettings,
     pub webhooks: webhooks::WebhookSettings,
+    pub events: events::EventSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,6 +71,9 @@ pub struct ServerSettings {
     /// server. Only requests from these may set the client address
     /// (`X-Forwarded-For`) and scheme (`X-Forwarded-Proto`); empty trusts nobody.
     pub trusted_proxies: Vec<String>,
+    /// The built web app served at `/` (`make web-demo` writes it); a relative
+    /// path is looked up from the working directory, then from the source checkout.
+    pub web_demo_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +96,7 @@ impl Default for ServerSettings {
             cors_allowed_origins: Vec::new(),
             tls_enforcement: TlsEnforcement::Off,
             trusted_proxies: Vec::new(),
+            web_demo_dir: PathBuf::from("web-demo/dist"),
         }
     }
 }
@@ -247,6 +253,9 @@ pub struct GraphqlSettings {
     pub ws_init_timeout_secs: u64,
     /// How often an authenticated WebSocket re-checks its session is still valid.
     pub ws_recheck_ms: u64,
+    /// Subscriptions one WebSocket may have open at once; more are refused with
+    /// an error message (code `RATE_LIMITED`) and the connection stays open.
+    pub ws_max_subscriptions: usize,
 }
 
 impl Default for GraphqlSettings {
@@ -261,6 +270,7 @@ impl Default for GraphqlSettings {
             max_batch_size: 10,
             ws_init_timeout_secs: 10,
             ws_recheck_ms: 5000,
+            ws_max_subscriptions: 50,
         }
     }
 }
@@ -409,6 +419,12 @@ impl Settings {
         if self.media.ladder.is_empty() || self.media.ladder.iter().any(|r| r.lines < 2 || r.video_bitrate_kbps == 0) {
             return Err(SettingsError::new("media.ladder", "needs at least one rung with lines >= 2 and a bitrate"));
         }
+        if let Some(cdn) = &self.media.cdn_base_url {
+            let ok = url::Url::parse(cdn).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.query().is_none());
+            if !ok {
+                return Err(SettingsError::new("media.cdn_base_url", "must be an http(s) URL without a query"));
+            }
+        }
         if self.webhooks.disable_after_failures < 1 {
             return Err(SettingsError::new("webhooks.disable_after_failures", "must be at least 1"));
         }
@@ -423,6 +439,9 @@ impl Settings {
                 "jobs.heartbeat_secs",
                 "must be at least 1 and at most half of jobs.lease_secs",
             ));
+        }
+        if self.events.prune_interval_secs == 0 {
+            return Err(SettingsError::new("events.prune_interval_secs", "must be at least 1"));
         }
         if self.views.dedupe_window_secs == 0 {
             return Err(SettingsError::new("views.dedupe_window_secs", "must be at least 1"));
@@ -678,5 +697,16 @@ mod tests {
         let mut settings = Settings::default();
         settings.auth.jwt_secret = Some(Secret::new("short"));
         assert_eq!(settings.validate().unwrap_err().key, "auth.jwt_secret");
+    }
+
+    #[test]
+    fn a_cdn_base_url_must_be_an_http_url() {
+        let mut settings = Settings::default();
+        for bad in ["cdn.example.com", "ftp://cdn.example.com", "https://cdn.example.com/?token=1"] {
+            settings.media.cdn_base_url = Some(bad.into());
+            assert_eq!(settings.validate().unwrap_err().key, "media.cdn_base_url", "{bad}");
+        }
+        settings.media.cdn_base_url = Some("https://cdn.example.com/vod".into());
+        settings.validate().unwrap();
     }
 }

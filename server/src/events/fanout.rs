@@ -40,20 +40,40 @@ pub struct Envelope {
     pub event: DomainEvent,
 }
 
-/// Publish one event to the channel (best effort: stored events are recovered by
-/// the relays' replay and the subscriptions' periodic outbox check).
+/// Attempts at publishing a stored event. After Redis restarts, the first command on
+/// the old connection fails (and makes the manager reconnect); the next goes through.
+/// Without the retry, a relay that reconnected (and replayed) before this event was
+/// stored would never see it.
+const STORED_PUBLISH_ATTEMPTS: u32 = 5;
+
+/// Publish one event to the channel. Stored events are retried for about 1.5 s;
+/// should Redis stay down longer, every relay lost its connection too and replays
+/// them from the outbox when it is back. PROGRESS is tried once: the next one
+/// supersedes it.
 pub async fn publish(redis: &RedisHandle, origin: &str, event: &DomainEvent) {
     let envelope = Envelope { origin: origin.to_string(), sent_at: Utc::now(), event: event.clone() };
     let Ok(payload) = serde_json::to_string(&envelope) else { return };
-    let result = async {
-        let mut conn = redis.connection().await?;
-        let _: i64 = redis::cmd("PUBLISH").arg(channel(redis)).arg(payload).query_async(&mut conn).await?;
-        anyhow::Ok(())
-    }
-    .await;
-    if let Err(err) = result {
-        metrics::counter!("reelhouse_events_publish_failures_total").increment(1);
-        tracing::warn!(error = %err, kind = event.kind.as_str(), "publishing an event to redis failed");
+    let attempts = if event.cursor.is_some() { STORED_PUBLISH_ATTEMPTS } else { 1 };
+    let mut delay = Duration::from_millis(100);
+    for attempt in 1..=attempts {
+        let result = async {
+            let mut conn = redis.connection().await?;
+            let _: i64 = redis::cmd("PUBLISH").arg(channel(redis)).arg(&payload).query_async(&mut conn).await?;
+            anyhow::Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => return,
+            Err(err) if attempt < attempts => {
+                tracing::debug!(error = %err, attempt, kind = event.kind.as_str(), "publishing to redis failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(err) => {
+                metrics::counter!("reelhouse_events_publish_failures_total").increment(1);
+                tracing::warn!(error = %err, kind = event.kind.as_str(), "publishing an event to redis failed");
+            }
+        }
     }
 }
 

@@ -15,7 +15,8 @@ use chrono::{DateTime, Utc};
 use entities::{event_outbox, video, VideoStatus, Visibility};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -144,25 +145,19 @@ pub async fn record<C: ConnectionTrait>(
     detail: EventDetail,
 ) -> Result<DomainEvent, DbErr> {
     // Serialise writers of one video's sequence: PostgreSQL row lock; SQLite has
-    // one writer per database already.
+    // one writer per database already. The sequence lives on the video row, so
+    // pruning old outbox rows (see `prune`) never restarts it.
+    let mut current = video::Entity::find_by_id(video.id).select_only().column(video::Column::EventSeq);
     if conn.get_database_backend() == DbBackend::Postgres {
-        video::Entity::find_by_id(video.id)
-            .select_only()
-            .column(video::Column::Id)
-            .lock_exclusive()
-            .into_tuple::<Uuid>()
-            .one(conn)
-            .await?;
+        current = current.lock_exclusive();
     }
-    let last: Option<i64> = event_outbox::Entity::find()
-        .select_only()
-        .column_as(Expr::col(event_outbox::Column::Seq).max(), "max_seq")
-        .filter(event_outbox::Column::VideoId.eq(video.id))
-        .into_tuple::<Option<i64>>()
-        .one(conn)
-        .await?
-        .flatten();
-    let mut event = DomainEvent::new(video, kind, detail, last.unwrap_or(0) + 1);
+    let seq = current.into_tuple::<i64>().one(conn).await?.unwrap_or(0) + 1;
+    video::Entity::update_many()
+        .col_expr(video::Column::EventSeq, Expr::value(seq))
+        .filter(video::Column::Id.eq(video.id))
+        .exec(conn)
+        .await?;
+    let mut event = DomainEvent::new(video, kind, detail, seq);
     let payload = serde_json::to_value(&event).map_err(|e| DbErr::Custom(format!("serialising event: {e}")))?;
     let row = event_outbox::ActiveModel {
         video_id: Set(event.video_id),
@@ -181,6 +176,80 @@ pub async fn record<C: ConnectionTrait>(
     // Webhook deliveries exist exactly when the event does.
     crate::webhooks::fan_in(conn, &event).await?;
     Ok(event)
+}
+
+/// Outbox rows deleted per statement while pruning.
+const PRUNE_BATCH: u64 = 1000;
+
+/// Delete the stored events written before `cutoff`: every row up to the newest id
+/// among them, so what is kept is always a contiguous tail of ids (a cursor below
+/// it has lost events: see [`cursor_expired`]). The newest row of all is kept, so
+/// that tail is never empty. Per-video sequences live on the video rows and go on.
+pub async fn prune(db: &sea_orm::DatabaseConnection, cutoff: DateTime<Utc>) -> Result<u64, DbErr> {
+    let newest = outbox_id(db, Expr::col(event_outbox::Column::Id).max(), None).await?;
+    let through = outbox_id(db, Expr::col(event_outbox::Column::Id).max(), Some(cutoff)).await?;
+    let (Some(newest), Some(through)) = (newest, through) else { return Ok(0) };
+    let through = through.min(newest - 1);
+    let mut deleted = 0;
+    loop {
+        let ids: Vec<i64> = event_outbox::Entity::find()
+            .select_only()
+            .column(event_outbox::Column::Id)
+            .filter(event_outbox::Column::Id.lte(through))
+            .order_by_asc(event_outbox::Column::Id)
+            .limit(PRUNE_BATCH)
+            .into_tuple::<i64>()
+            .all(db)
+            .await?;
+        if ids.is_empty() {
+            break;
+        }
+        deleted += event_outbox::Entity::delete_many()
+            .filter(event_outbox::Column::Id.is_in(ids))
+            .exec(db)
+            .await?
+            .rows_affected;
+    }
+    metrics::counter!("reelhouse_events_pruned_total").increment(deleted);
+    Ok(deleted)
+}
+
+/// Has the outbox lost events after `cursor` to pruning? Ids below the oldest kept
+/// row are gone (or never existed): a cursor short of it cannot resume gap-free.
+pub async fn cursor_expired<C: ConnectionTrait>(conn: &C, cursor: i64) -> Result<bool, DbErr> {
+    let oldest = outbox_id(conn, Expr::col(event_outbox::Column::Id).min(), None).await?;
+    Ok(oldest.is_some_and(|oldest| cursor < oldest - 1))
+}
+
+/// `MIN(id)` or `MAX(id)` of the outbox, optionally of rows written before `before`.
+async fn outbox_id<C: ConnectionTrait>(
+    conn: &C,
+    aggregate: sea_orm::sea_query::SimpleExpr,
+    before: Option<DateTime<Utc>>,
+) -> Result<Option<i64>, DbErr> {
+    let mut query = event_outbox::Entity::find().select_only().column_as(aggregate, "id");
+    if let Some(before) = before {
+        query = query.filter(event_outbox::Column::CreatedAt.lt(before));
+    }
+    Ok(query.into_tuple::<Option<i64>>().one(conn).await?.flatten())
+}
+
+/// Prune every `events.prune_interval_secs` (spawned by startup; every replica may
+/// run it, deleting is idempotent).
+pub async fn run_pruner(db: sea_orm::DatabaseConnection, settings: crate::config::events::EventSettings) {
+    if settings.retention_days == 0 {
+        return;
+    }
+    let every = std::time::Duration::from_secs(settings.prune_interval_secs.max(1));
+    loop {
+        let cutoff = Utc::now() - chrono::TimeDelta::days(i64::from(settings.retention_days));
+        match prune(&db, cutoff).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "pruned stored events past their retention"),
+            Err(err) => tracing::warn!(error = %err, "pruning stored events failed"),
+        }
+        actix_rt::time::sleep(every).await;
+    }
 }
 
 /// A PROGRESS event (never stored).

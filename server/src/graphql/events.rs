@@ -139,7 +139,8 @@ async fn snapshot(db: &DatabaseConnection, video: &video::Model) -> Result<Domai
                 DbVideoStatus::Processing => EventKind::Processing,
                 DbVideoStatus::Draft | DbVideoStatus::Uploading => EventKind::Progress,
             },
-            0,
+            // Its events were pruned (or there were none): the sequence goes on.
+            video.event_seq,
             None,
         ),
     };
@@ -329,8 +330,13 @@ impl Feed {
         match video::Entity::find_by_id(id).one(&self.state.db).await {
             Ok(Some(video)) if can_read_by_id(self.viewer.as_ref(), &video) => {
                 // A publish lost on the way (e.g. Redis down) must not leave the
-                // client waiting forever: deliver stored events it has not seen.
+                // client waiting forever: deliver stored events it has not seen. The
+                // video row carries its last sequence number, so the outbox is read
+                // only when something was missed.
                 let after = self.sent_seq.get(&id).copied().unwrap_or(0);
+                if video.event_seq <= after {
+                    return Ok(());
+                }
                 let missed = replay_seq(&self.state.db, id, after, None).await.map_err(|_| Stop::Done)?;
                 for event in &missed {
                     self.send(event, false).await?;
@@ -445,6 +451,14 @@ async fn start_feed(
         Some(id) => Some(find_readable(&state.db, viewer.as_ref(), id).await?),
         None => None,
     };
+    if let Some(after) = after {
+        if crate::events::cursor_expired(&state.db, after).await.map_err(AppError::internal)? {
+            return Err(AppError::new(
+                crate::error::ErrorCode::CursorExpired,
+                "events after this cursor are no longer kept; subscribe without `after` to start from a snapshot",
+            ));
+        }
+    }
     let bus = state.hubs.event_bus.addr().send(Subscribe).await.map_err(|e| AppError::unavailable("event bus", e))?;
     let (out, receiver) = mpsc::channel(SUBSCRIBER_BUFFER);
     let mut feed = Feed {

@@ -7,9 +7,7 @@ use async_graphql::connection::Connection;
 use async_graphql::{Context, Enum, ErrorExtensions, Object, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 use entities::{job, worker, JobKind as DbJobKind, JobStatus as DbJobStatus, VideoStatus as DbVideoStatus};
-use sea_orm::{
-    ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait,
-};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
 use uuid::Uuid;
 
 use crate::auth::principal::Principal;
@@ -320,7 +318,7 @@ impl JobsMutation {
             .await
             .map_err(|e| e.extend())?;
         let preset = preset.unwrap_or(TranscodePreset::Medium);
-        let txn = state.db.begin().await.map_err(|e| AppError::from(e).extend())?;
+        let txn = crate::db::begin_write(&state.db).await.map_err(|e| AppError::from(e).extend())?;
         let video = crate::repo::videos::find_writable(&txn, principal, video_id).await.map_err(|e| e.extend())?;
         if video.source_key.is_none() || matches!(video.status, DbVideoStatus::Draft | DbVideoStatus::Uploading) {
             return Err(AppError::new(ErrorCode::Conflict, "the video has no uploaded source yet").extend());

@@ -4,6 +4,7 @@ pub mod accounts;
 pub mod events;
 pub mod jobs;
 pub mod limits;
+pub mod loaders;
 pub mod moderation;
 mod paging;
 pub mod progress;
@@ -59,7 +60,7 @@ pub fn build_schema(settings: &GraphqlSettings, state: Option<AppState>) -> AppS
     }
     if let Some(state) = state {
         crate::auth::accounts::warm_up();
-        builder = builder.data(state);
+        builder = builder.data(loaders::video_loader(state.db.clone())).data(state);
     }
     builder.finish()
 }

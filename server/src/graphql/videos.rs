@@ -12,6 +12,7 @@ use crate::auth::principal::{Principal, RequestAuth};
 use crate::auth::roles::{require_principal, AuthenticatedGuard, Permission, PermissionGuard};
 use crate::error::{AppError, ErrorCode};
 use crate::graphql::accounts::User;
+use crate::graphql::loaders::{ProgressOf, RenditionsOf, TotalsOf, VideoDataLoader};
 use crate::graphql::moderation::ModerationEntry;
 use crate::graphql::progress::Progress;
 use crate::graphql::views::VideoStats;
@@ -120,7 +121,8 @@ impl Video {
     /// (and playable through its `playlistUrl`) before the whole ladder is.
     async fn renditions(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Rendition>> {
         let state = ctx.data::<AppState>()?;
-        let rows = repo::ready_renditions(&state.db, self.0.id).await.map_err(|e| e.extend())?;
+        let loader = ctx.data::<VideoDataLoader>()?;
+        let rows = loader.load_one(RenditionsOf(self.0.id)).await.map_err(|e| e.extend())?.unwrap_or_default();
         Ok(rows
             .into_iter()
             .map(|row| {
@@ -153,8 +155,10 @@ impl Video {
 
     /// Views counted and seconds watched over the video's life.
     async fn stats(&self, ctx: &Context<'_>) -> async_graphql::Result<VideoStats> {
-        let state = ctx.data::<AppState>()?;
-        crate::graphql::views::video_totals(state, self.0.id).await.map_err(|e| e.extend())
+        let loader = ctx.data::<VideoDataLoader>()?;
+        let (views, watch_seconds) =
+            loader.load_one(TotalsOf(self.0.id)).await.map_err(|e| e.extend())?.unwrap_or((0, 0.0));
+        Ok(VideoStats { views, watch_seconds })
     }
 
     /// Hidden by a moderator: it plays only for its owner and moderators.
@@ -181,8 +185,8 @@ impl Video {
 
     /// Progress of the processing job now running, if any.
     async fn progress(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Progress>> {
-        let state = ctx.data::<AppState>()?;
-        let progress = repo::running_progress(&state.db, self.0.id).await.map_err(|e| e.extend())?;
+        let loader = ctx.data::<VideoDataLoader>()?;
+        let progress = loader.load_one(ProgressOf(self.0.id)).await.map_err(|e| e.extend())?;
         Ok(progress.map(Progress::from))
     }
 }

@@ -64,12 +64,6 @@ pub struct ViewRecorded {
     pub watch_seconds_added: f64,
 }
 
-/// `Video.stats`: totals over the video's life, for anyone who may read the video.
-pub async fn video_totals(state: &AppState, video_id: uuid::Uuid) -> Result<VideoStats, AppError> {
-    let (views, watch_seconds) = repo::totals(&state.db, video_id).await?;
-    Ok(VideoStats { views, watch_seconds })
-}
-
 /// Every day from `from` to `to`, zeros where nothing happened.
 fn dense_days(from: NaiveDate, to: NaiveDate, rows: Vec<entities::video_daily_stat::Model>) -> Vec<DailyStats> {
     let mut rows = rows.into_iter().peekable();

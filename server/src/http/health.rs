@@ -86,5 +86,21 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
 }
 
 pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    record_process_metrics();
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render()))
+}
+
+/// The process's resident memory and open descriptors, read at scrape time (Linux
+/// `/proc`; elsewhere they are simply not exported).
+fn record_process_metrics() {
+    let rss_kib = std::fs::read_to_string("/proc/self/status").ok().and_then(|status| {
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse::<f64>().ok()
+    });
+    if let Some(kib) = rss_kib {
+        metrics::gauge!("reelhouse_process_resident_memory_bytes").set(kib * 1024.0);
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        metrics::gauge!("reelhouse_process_open_fds").set(fds.count() as f64);
+    }
 }

@@ -11,9 +11,11 @@
 //!
 //! Delivery: `Range` (single range; 206 with `Content-Range`, 416 when unsatisfiable;
 //! a multi-range request is answered with the whole object, as RFC 9110 allows),
-//! `ETag`/`If-None-Match` (304), `Last-Modified`, immutable caching for segments and
-//! files, short caching for playlists. Bytes are streamed from storage. With S3 and
-//! `media.redirect_to_storage`, files (not playlists) answer 302 to a presigned URL.
+//! `ETag`/`If-None-Match` (304), `Last-Modified`, immutable caching for segments
+//! (named afresh by every transcode run), an hour for other files (rewritten in
+//! place by a re-transcode), short caching for playlists. Bytes are streamed from storage. With S3 and
+//! `media.redirect_to_storage`, files (not playlists) answer 302 to a presigned URL,
+//! or, with `media.cdn_base_url`, files of videos that need no signature to the CDN.
 
 use std::time::Duration;
 
@@ -24,7 +26,6 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use chrono::Utc;
 use entities::{video, Visibility};
-use futures::StreamExt;
 use hmac::{Hmac, Mac};
 use sea_orm::EntityTrait;
 use sha2::Sha256;
@@ -35,7 +36,7 @@ use crate::startup::AppState;
 use crate::storage::{layout, validate_key, ByteRange, StoreError};
 
 /// Largest playlist read into memory for rewriting.
-const MAX_PLAYLIST_BYTES: usize = 1024 * 1024;
+pub const MAX_PLAYLIST_BYTES: usize = 1024 * 1024;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/media/{video}/{path:.*}").route(web::get().to(serve)).route(web::head().to(serve)));
@@ -185,6 +186,13 @@ async fn serve_inner(
         return playlist(req, state, &video, &key, path, signed.as_ref()).await;
     }
     if state.settings.media.redirect_to_storage && state.store.backend() == "s3" {
+        if let (Some(cdn), false) = (&state.settings.media.cdn_base_url, private) {
+            let location = format!("{}/{}{key}", cdn.trim_end_matches('/'), state.settings.storage.s3.key_prefix);
+            return Ok(HttpResponse::Found()
+                .insert_header((header::LOCATION, location))
+                .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
+                .finish());
+        }
         let ttl = Duration::from_secs(state.settings.media.signed_url_ttl_secs.clamp(60, 7 * 24 * 3600));
         let presigned = state.store.presign_get(&key, ttl).await.map_err(store_error)?;
         return Ok(HttpResponse::Found()
@@ -202,12 +210,34 @@ fn store_error(err: StoreError) -> AppError {
     }
 }
 
-fn cache_control(private: bool, playlist: bool) -> &'static str {
-    match (private, playlist) {
-        (false, false) => "public, max-age=31536000, immutable",
-        (true, false) => "private, max-age=3600",
-        (false, true) => "public, max-age=2",
-        (true, true) => "private, no-cache",
+/// What a `/media` path names, for caching.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// Names change with every rendition run, so the bytes behind one never do.
+    Segment,
+    /// Rewritten by a re-transcode under the same name (MP4, poster, storyboard).
+    File,
+    Playlist,
+}
+
+fn kind_of(path: &str) -> Kind {
+    if is_playlist(path) {
+        Kind::Playlist
+    } else if path.starts_with("hls/") {
+        Kind::Segment
+    } else {
+        Kind::File
+    }
+}
+
+fn cache_control(private: bool, kind: Kind) -> &'static str {
+    match (private, kind) {
+        (false, Kind::Segment) => "public, max-age=31536000, immutable",
+        // Revalidated (ETag) after an hour, so a re-transcode shows within one.
+        (false, Kind::File) => "public, max-age=3600",
+        (true, Kind::Segment | Kind::File) => "private, max-age=3600",
+        (false, Kind::Playlist) => "public, max-age=2",
+        (true, Kind::Playlist) => "private, no-cache",
     }
 }
 
@@ -243,7 +273,7 @@ async fn file(
     path: &str,
     private: bool,
 ) -> Result<HttpResponse, AppError> {
-    let cache = cache_control(private, false);
+    let cache = cache_control(private, kind_of(path));
     if req.headers().contains_key(header::IF_NONE_MATCH) || req.method() == Method::HEAD {
         let meta = state.store.head(key).await.map_err(store_error)?;
         if not_modified(req, meta.etag.as_deref()) {
@@ -307,17 +337,10 @@ async fn playlist(
     signed: Option<&Signed>,
 ) -> Result<HttpResponse, AppError> {
     let result = state.store.get(key, None).await.map_err(store_error)?;
-    let mut body = Vec::new();
-    let mut stream = result.body;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(AppError::internal)?;
-        if body.len() + chunk.len() > MAX_PLAYLIST_BYTES {
-            return Err(AppError::internal(anyhow::anyhow!(
-                "playlist {path} is larger than {MAX_PLAYLIST_BYTES} bytes"
-            )));
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = result
+        .collect_bytes(MAX_PLAYLIST_BYTES)
+        .await
+        .map_err(|e| AppError::internal(anyhow::anyhow!("reading playlist {path}: {e}")))?;
     let text = String::from_utf8(body).map_err(AppError::internal)?;
     let text = match signed {
         Some(signed) => sign_playlist(&text, &format!("exp={}&sig={}", signed.expires, signed.sig)),
@@ -327,7 +350,7 @@ async fn playlist(
         use sha2::Digest;
         Sha256::digest(text.as_bytes())
     });
-    let cache = cache_control(needs_signature(video), true);
+    let cache = cache_control(needs_signature(video), Kind::Playlist);
     if not_modified(req, Some(&etag)) {
         return Ok(base_response(StatusCode::NOT_MODIFIED, "application/vnd.apple.mpegurl", cache)
             .insert_header((header::ETAG, quoted(&etag)))

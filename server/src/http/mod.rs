@@ -22,12 +22,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/graphql", web::get().to(graphql::graphiql))
         .route("/graphql/ws", web::get().to(ws_session::graphql_ws))
         .configure(media::configure)
-        .route("/", web::get().to(web_demo::index))
+        .configure(web_demo::configure)
         .configure(tus::configure)
-        .default_service(web::to(not_found));
-}
-
-/// Unknown routes get the same JSON error shape as everything else.
-async fn not_found() -> actix_web::HttpResponse {
-    crate::error::AppError::not_found("route").to_http_response()
+        // Unknown routes get the same JSON error shape as everything else, except
+        // a browser opening one of the web app's own pages, which gets the app.
+        .default_service(web::to(web_demo::app_route_or_not_found));
 }

@@ -9,8 +9,11 @@
 //! - an authenticated session closes with 4403 when its token expires, and when a
 //!   periodic re-check (`graphql.ws_recheck_secs`) finds the session revoked, the
 //!   API key revoked or the user disabled;
-//! - frames and reassembled messages are bounded; silent peers are dropped.
+//! - frames and reassembled messages are bounded; silent peers are dropped;
+//! - at most `graphql.ws_max_subscriptions` operations run at once per socket: one
+//!   more is answered with an `error` message for its id (code `RATE_LIMITED`).
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -63,6 +66,8 @@ pub struct Session {
     auth: Arc<Mutex<SessionAuth>>,
     /// The client's address and agent, for rate limits inside the socket.
     client: principal::ClientInfo,
+    /// Ids of the operations the client started and that have not ended.
+    active: HashSet<String>,
 }
 
 pub async fn graphql_ws(
@@ -95,6 +100,7 @@ pub async fn graphql_ws(
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
         },
+        active: HashSet::new(),
     };
     ws::WsResponseBuilder::new(session, &req, payload).protocols(&ALL_WEBSOCKET_PROTOCOLS).frame_size(MAX_FRAME).start()
 }
@@ -195,6 +201,63 @@ impl Session {
     }
 }
 
+/// What a protocol message does to the set of running operations.
+#[derive(Debug, PartialEq)]
+enum Operation {
+    Started(String),
+    Ended(String),
+}
+
+/// Reads the `type` and `id` of a protocol message (either protocol, either way).
+fn operation(message: &[u8]) -> Option<Operation> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        #[serde(rename = "type")]
+        kind: String,
+        id: Option<String>,
+    }
+    let envelope: Envelope = serde_json::from_slice(message).ok()?;
+    let id = envelope.id?;
+    match envelope.kind.as_str() {
+        "subscribe" | "start" => Some(Operation::Started(id)),
+        "complete" | "stop" | "error" => Some(Operation::Ended(id)),
+        _ => None,
+    }
+}
+
+impl Session {
+    /// Track the operations a client message starts or stops; refuse (with an
+    /// `error` message for its id) one that would exceed the per-socket cap.
+    fn admit(&mut self, payload: &[u8], ctx: &mut WebsocketContext<Self>) -> bool {
+        match operation(payload) {
+            Some(Operation::Started(id)) => {
+                let cap = self.state.settings.graphql.ws_max_subscriptions;
+                if self.active.contains(&id) || self.active.len() < cap {
+                    // A duplicate id is the protocol library's to refuse (4409).
+                    self.active.insert(id);
+                    return true;
+                }
+                metrics::counter!("reelhouse_ws_subscriptions_refused_total").increment(1);
+                let error = serde_json::json!({
+                    "message": format!("at most {cap} subscriptions may run on one connection"),
+                    "extensions": { "code": crate::error::ErrorCode::RateLimited.as_str() },
+                });
+                let payload = match self.protocol {
+                    WebSocketProtocols::GraphQLWS => serde_json::json!([error]),
+                    _ => error,
+                };
+                ctx.text(serde_json::json!({ "type": "error", "id": id, "payload": payload }).to_string());
+                false
+            }
+            Some(Operation::Ended(id)) => {
+                self.active.remove(&id);
+                true
+            }
+            None => true,
+        }
+    }
+}
+
 impl Actor for Session {
     type Context = WebsocketContext<Self>;
 
@@ -230,8 +293,16 @@ impl Actor for Session {
         WebSocket::new(self.schema.clone(), rx, protocol)
             .on_connection_init(on_init)
             .into_actor(self)
-            .map(|message, _, ctx| match message {
-                WsMessage::Text(text) => ctx.text(text),
+            .map(|message, session: &mut Self, ctx| match message {
+                WsMessage::Text(text) => {
+                    // Only `complete` (and `error`) end an operation; skip parsing `next`.
+                    if !text.starts_with(r#"{"type":"next""#) && !text.starts_with(r#"{"type":"data""#) {
+                        if let Some(Operation::Ended(id)) = operation(text.as_bytes()) {
+                            session.active.remove(&id);
+                        }
+                    }
+                    ctx.text(text)
+                }
                 WsMessage::Close(code, reason) => {
                     // The protocol library closes a refused init with 1002; the
                     // graphql-transport-ws contract for it is 4403 Forbidden.
@@ -296,6 +367,7 @@ impl StreamHandler<Result<Message, ProtocolError>> for Session {
             Self::close(ctx, 1009, "message too large");
             return;
         }
+        let payload = payload.filter(|payload| self.admit(payload, ctx));
         if let (Some(payload), Some(inbound)) = (payload, self.inbound.clone()) {
             async move { inbound.send(payload).await }
                 .into_actor(self)

@@ -17,7 +17,7 @@ use rand::Rng;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, Statement, TransactionTrait,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, Statement,
 };
 use uuid::Uuid;
 
@@ -125,7 +125,7 @@ pub async fn lease(
         lease_sql(backend),
         [worker_id.into(), token.into(), (now + lease_duration(lease_for)).into(), now.into()],
     );
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     let leased = job::Entity::find().from_raw_sql(statement).one(&txn).await?;
     let Some(job) = leased else {
         txn.commit().await?;
@@ -214,7 +214,7 @@ async fn transition(
     apply: Apply<'_>,
 ) -> Result<job::Model, QueueError> {
     let now = Utc::now();
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     let terminal = !matches!(change.status, JobStatus::Queued | JobStatus::Running);
     let mut update = job::Entity::update_many()
         .col_expr(job::Column::Status, Expr::value(change.status))
@@ -531,7 +531,7 @@ pub async fn append_log(
     message: String,
     max_lines: u64,
 ) -> Result<(), QueueError> {
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     append_log_in(&txn, job_id, level, message, max_lines).await?;
     txn.commit().await?;
     Ok(())

@@ -8,9 +8,8 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use entities::{event_outbox, video, LogLevel};
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
+use entities::{video, LogLevel};
+use sea_orm::{DatabaseConnection, EntityTrait};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -120,15 +119,7 @@ async fn store_and_publish(
     }
     let Some(video_id) = video_id else { return Ok(()) };
     let Some(video) = video::Entity::find_by_id(video_id).one(db).await? else { return Ok(()) };
-    let last_seq: Option<i64> = event_outbox::Entity::find()
-        .select_only()
-        .column_as(Expr::col(event_outbox::Column::Seq).max(), "max_seq")
-        .filter(event_outbox::Column::VideoId.eq(video_id))
-        .into_tuple::<Option<i64>>()
-        .one(db)
-        .await?
-        .flatten();
-    publisher.publish(events::progress_event(&video, last_seq.unwrap_or(0), job_id, progress));
+    publisher.publish(events::progress_event(&video, video.event_seq, job_id, progress));
     Ok(())
 }
 

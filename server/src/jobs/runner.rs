@@ -102,6 +102,10 @@ pub async fn run(
             .map(|count| JobOutput::ObjectsDeleted { count }),
     };
     guard.armed = false;
+    if job.kind == JobKind::Transcode {
+        // The pipeline's frames are free now; hand the pages back (see `memory`).
+        drop(tokio::task::spawn_blocking(crate::memory::release_free_memory));
+    }
     if let Err(err) = &result {
         let level = match err {
             JobError::Cancelled => LogLevel::Info,

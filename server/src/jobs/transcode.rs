@@ -11,9 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 use entities::{job, rendition, video, LogLevel, RenditionStatus};
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DbBackend, EntityTrait, IntoActiveModel, QueryFilter, Set, TransactionTrait,
-};
+use futures::StreamExt;
+use sea_orm::{ActiveModelTrait, ColumnTrait, DbBackend, EntityTrait, IntoActiveModel, QueryFilter, Set};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -296,6 +295,10 @@ pub(crate) async fn run_transcode(
     );
     check_cancel(&cancel)?;
 
+    // The segments the current playlists name, removed once this run's playlists
+    // replaced them (this run's names differ: see `generation`).
+    let previous = previous_segments(ctx, &video).await;
+
     // Encoding: the ladder on its own thread; the lowest rung is published as soon as
     // its playlist is final, while the others keep encoding.
     reporter.stage("encoding", format!("{} rung(s)", rungs.len()));
@@ -391,10 +394,10 @@ pub(crate) async fn run_transcode(
         if early.as_deref() == Some(rung.rung.name.as_str()) {
             continue;
         }
-        let (text, segments) = read_playlist(&rung.playlist)?;
+        let (text, segments) = read_playlist(&rung.playlist, &generation(job))?;
         for segment in segments {
-            let key = segment_key(owner, vid, &rung.rung.name, &segment);
-            files.push(Upload { content_type: content_type_for(&segment), path: segment, key });
+            let key = segment_key(owner, vid, &rung.rung.name, &segment.stored_name);
+            files.push(Upload { content_type: content_type_for(&segment.path), path: segment.path, key });
         }
         playlists.push((playlist_key, text));
     }
@@ -439,6 +442,7 @@ pub(crate) async fn run_transcode(
     upload_text(&ctx.store, &master_key, master, "application/vnd.apple.mpegurl").await?;
     step();
     remove_stale_rungs(ctx, &video, &renditions, &reporter).await;
+    remove_previous_segments(ctx, previous, &files, &reporter).await;
 
     reporter
         .log(LogLevel::Info, format!("done: {} rendition(s), {} bytes of download", renditions.len(), download.bytes));
@@ -484,14 +488,28 @@ pub(crate) async fn run_transcode(
     })
 }
 
-fn segment_key(owner: Uuid, video: Uuid, rung: &str, segment: &Path) -> String {
-    let name = segment.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    format!("{}{rung}/{name}", layout::hls_prefix(owner, video))
+fn segment_key(owner: Uuid, video: Uuid, rung: &str, stored_name: &str) -> String {
+    format!("{}{rung}/{stored_name}", layout::hls_prefix(owner, video))
+}
+
+/// What names this run's segments apart from every earlier run's: `/media` serves
+/// segments as immutable (cached for a year), so a re-transcode must never write a
+/// segment under a name that was served before. Every lease gets a fresh random
+/// token (attempt numbers repeat after `retryJob`), so its tail does that.
+fn generation(job: &job::Model) -> String {
+    let token = job.lease_token.unwrap_or(job.id).simple().to_string();
+    format!("g{}", &token[token.len() - 10..])
+}
+
+/// A segment as it sits in scratch and the name it is stored under.
+struct Segment {
+    path: PathBuf,
+    stored_name: String,
 }
 
 /// A media playlist rewritten to name its segments relatively (as they sit next to
-/// it in storage), and the segment files it names.
-fn read_playlist(path: &Path) -> Result<(String, Vec<PathBuf>), JobError> {
+/// it in storage) under this run's `generation`, and the segment files it names.
+fn read_playlist(path: &Path, generation: &str) -> Result<(String, Vec<Segment>), JobError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         tracing::warn!(error = %e, path = %path.display(), "a playlist is missing");
         JobError::Retryable("an output file went missing before upload".into())
@@ -503,8 +521,9 @@ fn read_playlist(path: &Path) -> Result<(String, Vec<PathBuf>), JobError> {
         let trimmed = line.trim();
         if !trimmed.is_empty() && !trimmed.starts_with('#') {
             let name = Path::new(trimmed).file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-            segments.push(dir.join(&name));
-            out.push_str(&name);
+            let stored_name = format!("{generation}-{name}");
+            out.push_str(&stored_name);
+            segments.push(Segment { path: dir.join(&name), stored_name });
         } else {
             out.push_str(line);
         }
@@ -566,13 +585,13 @@ async fn publish_early_rendition_inner(
     cancel: &CancelFlag,
 ) -> Result<bool, JobError> {
     let Rung { name, width, height, video_bitrate_kbps } = &ready.rung;
-    let (text, segments) = read_playlist(&ready.playlist)?;
+    let (text, segments) = read_playlist(&ready.playlist, &generation(job))?;
     let uploads: Vec<Upload> = segments
         .into_iter()
-        .map(|path| Upload {
-            key: segment_key(video.owner_id, video.id, name, &path),
-            content_type: content_type_for(&path),
-            path,
+        .map(|segment| Upload {
+            key: segment_key(video.owner_id, video.id, name, &segment.stored_name),
+            content_type: content_type_for(&segment.path),
+            path: segment.path,
         })
         .collect();
     upload_all(&ctx.store, &uploads, cancel, &mut || {}).await?;
@@ -593,7 +612,7 @@ async fn publish_early_rendition_inner(
         playlist_key,
     };
 
-    let txn = ctx.db.begin().await.map_err(db_error)?;
+    let txn = crate::db::begin_write(&ctx.db).await.map_err(db_error)?;
     let Some(current) = lock_video(&txn, video.id).await.map_err(db_error)? else {
         return Ok(false);
     };
@@ -686,6 +705,46 @@ pub(crate) async fn upsert_rendition<C: sea_orm::ConnectionTrait>(
     Ok(())
 }
 
+/// Keys of the segments named by the video's current rung playlists (none on a first
+/// run). Best effort: what cannot be read is only left behind in storage.
+async fn previous_segments(ctx: &JobContext, video: &video::Model) -> Vec<String> {
+    let rows = rendition::Entity::find().filter(rendition::Column::VideoId.eq(video.id)).all(&ctx.db).await;
+    let mut keys = Vec::new();
+    for row in rows.unwrap_or_default() {
+        let Ok(got) = ctx.store.get(&row.playlist_key, None).await else { continue };
+        let Ok(bytes) = got.collect_bytes(crate::http::media::MAX_PLAYLIST_BYTES).await else { continue };
+        let dir = row.playlist_key.rsplit_once('/').map_or("", |(dir, _)| dir);
+        for line in String::from_utf8_lossy(&bytes).lines().map(str::trim) {
+            if !line.is_empty() && !line.starts_with('#') && !line.contains('/') {
+                keys.push(format!("{dir}/{line}"));
+            }
+        }
+    }
+    keys
+}
+
+/// Remove the previous run's segments that this run did not write again. Players
+/// that loaded the old playlists before the switch lose them; the alternative is
+/// keeping every run's segments forever.
+async fn remove_previous_segments(
+    ctx: &JobContext,
+    previous: Vec<String>,
+    written: &[Upload],
+    reporter: &StageReporter,
+) {
+    let written: std::collections::HashSet<&str> = written.iter().map(|u| u.key.as_str()).collect();
+    let stale: Vec<String> = previous.into_iter().filter(|key| !written.contains(key.as_str())).collect();
+    let failed = futures::stream::iter(stale.iter())
+        .map(|key| async move { ctx.store.delete(key).await.is_err() })
+        .buffer_unordered(8)
+        .filter(|failed| futures::future::ready(*failed))
+        .count()
+        .await;
+    if failed > 0 {
+        reporter.log(LogLevel::Warn, format!("{failed} segment(s) of the previous run could not be removed"));
+    }
+}
+
 /// A re-transcode whose ladder lost rungs: remove the old rungs' objects (the new
 /// master no longer names them). Only a warning when it fails.
 async fn remove_stale_rungs(
@@ -758,9 +817,14 @@ mod tests {
             format!("#EXTM3U\n#EXTINF:1.000,\n{}\n#EXTINF:0.5,\nsegment00001.ts\n#EXT-X-ENDLIST\n", absolute.display()),
         )
         .unwrap();
-        let (text, segments) = read_playlist(&playlist).unwrap();
-        assert_eq!(segments, vec![absolute.clone(), dir.path().join("segment00001.ts")]);
-        assert!(text.contains("\nsegment00000.ts\n") && !text.contains(&dir.path().display().to_string()), "{text}");
+        let (text, segments) = read_playlist(&playlist, "g1234abcd1").unwrap();
+        let paths: Vec<&PathBuf> = segments.iter().map(|s| &s.path).collect();
+        assert_eq!(paths, vec![&absolute, &dir.path().join("segment00001.ts")]);
+        assert_eq!(segments[1].stored_name, "g1234abcd1-segment00001.ts");
+        assert!(
+            text.contains("\ng1234abcd1-segment00000.ts\n") && !text.contains(&dir.path().display().to_string()),
+            "{text}"
+        );
         assert!(text.ends_with("#EXT-X-ENDLIST\n"));
         assert_eq!(measured_peak(&playlist), None, "a missing segment gives no measurement");
         std::fs::write(dir.path().join("segment00001.ts"), vec![0u8; 1000]).unwrap();

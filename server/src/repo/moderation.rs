@@ -6,7 +6,6 @@ use entities::{moderation_action, video, ModerationActionKind};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set,
-    TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -46,7 +45,7 @@ pub async fn moderate(
     if action == ModerationActionKind::Hide && reason.is_none() {
         return Err(AppError::bad_input("a reason is required to hide a video"));
     }
-    let txn = db.begin().await.map_err(AppError::internal)?;
+    let txn = crate::db::begin_write(db).await.map_err(AppError::internal)?;
     // Write first, changing nothing, so concurrent decisions on one video queue up
     // here instead of both acting on a stale read (see `repo::videos::delete_video`).
     video::Entity::update_many()

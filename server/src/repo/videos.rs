@@ -9,6 +9,8 @@
 //! A video the caller may not read answers NOT_FOUND, never FORBIDDEN, so private
 //! videos do not reveal that they exist. Deleted videos are gone for everyone.
 
+use std::collections::{HashMap, HashSet};
+
 use chrono::{DateTime, DurationRound, Utc};
 use entities::{
     job, rendition, upload, video, JobKind, JobStatus, RenditionStatus, UploadStatus, VideoStatus, Visibility,
@@ -16,7 +18,7 @@ use entities::{
 use sea_orm::sea_query::{Expr, Func, LikeExpr, SimpleExpr};
 use sea_orm::{
     ActiveEnum, ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use uuid::Uuid;
 
@@ -234,6 +236,7 @@ pub async fn create_video<C: ConnectionTrait>(conn: &C, new: NewVideo) -> Result
         created_at: Set(now),
         updated_at: Set(now),
         deleted_at: Set(None),
+        event_seq: Set(0),
     }
     .insert(conn)
     .await
@@ -285,7 +288,7 @@ pub async fn delete_video(
     id: Uuid,
     max_attempts: i32,
 ) -> Result<DomainEvent, AppError> {
-    let txn = db.begin().await.map_err(AppError::internal)?;
+    let txn = crate::db::begin_write(db).await.map_err(AppError::internal)?;
     // Write first, changing nothing: the transaction holds the write lock (SQLite)
     // or the row lock (PostgreSQL) before it reads, so a concurrent delete waits
     // here and then finds the video gone, instead of failing to upgrade a stale read.
@@ -463,39 +466,59 @@ pub async fn list_visible<C: ConnectionTrait>(
         .map_err(AppError::internal)
 }
 
-/// READY renditions of a video, tallest first.
-pub async fn ready_renditions<C: ConnectionTrait>(conn: &C, video_id: Uuid) -> Result<Vec<rendition::Model>, AppError> {
-    rendition::Entity::find()
-        .filter(rendition::Column::VideoId.eq(video_id))
+/// READY renditions of each of the videos, tallest first (a video without any is
+/// absent from the map). One query for any number of videos.
+pub async fn ready_renditions_of<C: ConnectionTrait>(
+    conn: &C,
+    video_ids: &[Uuid],
+) -> Result<HashMap<Uuid, Vec<rendition::Model>>, AppError> {
+    let rows = rendition::Entity::find()
+        .filter(rendition::Column::VideoId.is_in(video_ids.iter().copied()))
         .filter(rendition::Column::Status.eq(RenditionStatus::Ready))
         .order_by_desc(rendition::Column::Height)
         .order_by_asc(rendition::Column::Name)
         .all(conn)
         .await
-        .map_err(AppError::internal)
+        .map_err(AppError::internal)?;
+    let mut by_video: HashMap<Uuid, Vec<rendition::Model>> = HashMap::new();
+    for row in rows {
+        by_video.entry(row.video_id).or_default().push(row);
+    }
+    Ok(by_video)
 }
 
-/// Progress of the video's most recent RUNNING job, if it reported any.
-pub async fn running_progress<C: ConnectionTrait>(conn: &C, video_id: Uuid) -> Result<Option<ProgressInfo>, AppError> {
+/// Progress of each video's most recent RUNNING job, for those that reported any.
+/// One query for any number of videos.
+pub async fn running_progress_of<C: ConnectionTrait>(
+    conn: &C,
+    video_ids: &[Uuid],
+) -> Result<HashMap<Uuid, ProgressInfo>, AppError> {
     let running = job::Entity::find()
-        .filter(job::Column::VideoId.eq(video_id))
+        .filter(job::Column::VideoId.is_in(video_ids.iter().copied()))
         .filter(job::Column::Status.eq(JobStatus::Running))
         .order_by_desc(job::Column::CreatedAt)
         .order_by_desc(job::Column::Id)
-        .one(conn)
+        .all(conn)
         .await
         .map_err(AppError::internal)?;
-    let Some(progress) = running.and_then(|job| job.progress) else {
-        return Ok(None);
-    };
-    match serde_json::from_value::<ProgressInfo>(progress) {
-        Ok(info) => Ok(Some(info)),
-        Err(err) => {
+    let mut by_video = HashMap::new();
+    let mut seen = HashSet::new();
+    for job in running {
+        // Newest first: a video's first row is its most recent running job.
+        let Some(video_id) = job.video_id else { continue };
+        if !seen.insert(video_id) {
+            continue;
+        }
+        let Some(progress) = job.progress else { continue };
+        match serde_json::from_value::<ProgressInfo>(progress) {
+            Ok(info) => {
+                by_video.insert(video_id, info);
+            }
             // A malformed report must not break reading the video.
-            tracing::warn!(%video_id, error = %err, "unreadable job progress");
-            Ok(None)
+            Err(err) => tracing::warn!(%video_id, error = %err, "unreadable job progress"),
         }
     }
+    Ok(by_video)
 }
 
 #[cfg(test)]

@@ -9,13 +9,14 @@
 //! same elapsed time. Each step is one transaction that starts with its write,
 //! which serializes writers on SQLite and row-locks on PostgreSQL.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, NaiveDate, Utc};
 use entities::{video, video_daily_stat, video_view};
 use hmac::{Hmac, Mac};
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
-    TransactionTrait,
 };
 use sha2::Sha256;
 use uuid::Uuid;
@@ -99,7 +100,7 @@ pub async fn record_view(
 ) -> Result<RecordedView, AppError> {
     let now = now_micros();
     let window = window_start(now, settings.dedupe_window_secs)?;
-    let txn = db.begin().await.map_err(AppError::internal)?;
+    let txn = crate::db::begin_write(db).await.map_err(AppError::internal)?;
     let inserted = video_view::Entity::insert(video_view::ActiveModel {
         id: Set(Uuid::now_v7()),
         video_id: Set(video.id),
@@ -164,7 +165,7 @@ async fn add_watch_time(
             watched_secs: row.watch_seconds,
         };
         let allowed = allowed_watch_seconds(watched_secs, clock, settings.heartbeat_slack_secs as f64, duration);
-        let txn = db.begin().await.map_err(AppError::internal)?;
+        let txn = crate::db::begin_write(db).await.map_err(AppError::internal)?;
         let updated = video_view::Entity::update_many()
             .col_expr(video_view::Column::WatchSeconds, Expr::value(row.watch_seconds + allowed))
             .col_expr(video_view::Column::UpdatedAt, Expr::value(now))
@@ -215,19 +216,25 @@ async fn add_to_day<C: ConnectionTrait>(
     Ok(())
 }
 
-/// Views and seconds watched over a video's life.
+/// Views and seconds watched over each video's life (videos without any are
+/// absent from the map). One query for any number of videos.
 // SUM(bigint) is numeric on PostgreSQL; the casts keep both backends at BIGINT/DOUBLE.
-pub async fn totals<C: ConnectionTrait>(conn: &C, video_id: Uuid) -> Result<(i64, f64), AppError> {
-    let totals: Option<(i64, f64)> = video_daily_stat::Entity::find()
+pub async fn totals_of<C: ConnectionTrait>(
+    conn: &C,
+    video_ids: &[Uuid],
+) -> Result<HashMap<Uuid, (i64, f64)>, AppError> {
+    let rows: Vec<(Uuid, i64, f64)> = video_daily_stat::Entity::find()
         .select_only()
+        .column(video_daily_stat::Column::VideoId)
         .column_as(Expr::cust("CAST(COALESCE(SUM(views), 0) AS BIGINT)"), "views")
         .column_as(Expr::cust("CAST(COALESCE(SUM(watch_seconds), 0) AS DOUBLE PRECISION)"), "watch_seconds")
-        .filter(video_daily_stat::Column::VideoId.eq(video_id))
+        .filter(video_daily_stat::Column::VideoId.is_in(video_ids.iter().copied()))
+        .group_by(video_daily_stat::Column::VideoId)
         .into_tuple()
-        .one(conn)
+        .all(conn)
         .await
         .map_err(AppError::internal)?;
-    Ok(totals.unwrap_or((0, 0.0)))
+    Ok(rows.into_iter().map(|(id, views, seconds)| (id, (views, seconds))).collect())
 }
 
 /// A video's daily rows from `from` to `to` (inclusive), oldest first; days without

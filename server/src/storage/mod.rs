@@ -71,6 +71,22 @@ impl std::fmt::Debug for GetResult {
 }
 
 impl GetResult {
+    /// The whole body in memory, refused (`InvalidData`) past `limit` bytes. For
+    /// small objects only (playlists).
+    pub async fn collect_bytes(self, limit: usize) -> Result<Vec<u8>, std::io::Error> {
+        use futures::StreamExt;
+        let mut body = Vec::new();
+        let mut stream = self.body;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if body.len() + chunk.len() > limit {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("larger than {limit} bytes")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
     /// Length of the body in bytes.
     pub fn body_len(&self) -> u64 {
         match self.range {

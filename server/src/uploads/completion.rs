@@ -12,7 +12,7 @@ use chrono::Utc;
 use entities::{upload, video, JobKind, UploadMethod, UploadStatus, VideoStatus};
 use futures::StreamExt;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, Set, TransactionTrait};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, Set};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -301,7 +301,7 @@ pub fn sniff(head: &[u8]) -> Option<&'static str> {
 /// UPLOADED + PROCESSING events, one TRANSCODE job. Published after commit.
 async fn accept(state: &AppState, row: &upload::Model, info: &MediaInfo) -> AppResult<video::Model> {
     let now = Utc::now();
-    let txn = state.db.begin().await?;
+    let txn = crate::db::begin_write(&state.db).await?;
     let current =
         video::Entity::find_by_id(row.video_id).one(&txn).await?.ok_or_else(|| AppError::not_found("video"))?;
     let mut video = current.into_active_model();
@@ -359,7 +359,7 @@ async fn reject(state: &AppState, row: &upload::Model, reason: &str) -> AppResul
     tracing::info!(upload = %row.id, reason, "upload rejected");
     cleanup_storage(state.store.as_ref(), row, true).await;
     let now = Utc::now();
-    let txn = state.db.begin().await?;
+    let txn = crate::db::begin_write(&state.db).await?;
     upload::Entity::update_many()
         .col_expr(upload::Column::Status, Expr::value(UploadStatus::Failed))
         .col_expr(upload::Column::FailureReason, Expr::value(reason.to_string()))

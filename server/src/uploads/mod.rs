@@ -27,9 +27,7 @@ pub mod tus_store;
 use chrono::Utc;
 use entities::{upload, video, UploadMethod, UploadStatus, VideoStatus};
 use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Set, TransactionTrait,
-};
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Set};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -244,7 +242,7 @@ async fn insert_session(
 ) -> AppResult<(upload::Model, video::Model)> {
     let settings = &state.settings.uploads;
     let now = Utc::now();
-    let txn = state.db.begin().await?;
+    let txn = crate::db::begin_write(&state.db).await?;
     let mut row = upload::ActiveModel {
         id: Set(Uuid::now_v7()),
         video_id: Set(video.id),

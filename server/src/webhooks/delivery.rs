@@ -12,7 +12,7 @@ use rand::Rng;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
-    QuerySelect, Set, TransactionTrait,
+    QuerySelect, Set,
 };
 
 use super::target::{self, TargetError};
@@ -236,7 +236,7 @@ async fn record_attempt(
     outcome: AttemptOutcome,
 ) -> Result<(), DbErr> {
     let error = outcome.error().map(|e| truncate(&e, 1000));
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     webhook_attempt::ActiveModel {
         delivery_id: Set(delivery.id),
         at: Set(at),

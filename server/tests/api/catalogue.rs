@@ -641,18 +641,14 @@ async fn me_reports_storage_used_and_the_quota() {
     assert!(body["data"]["me"]["storageQuotaBytes"].is_null(), "0 means no quota: {body}");
 }
 
-#[actix_web::test]
-async fn video_shows_ready_renditions_and_the_running_job_progress() {
-    let app = spawn_app().await;
-    let owner = app.register_user().await;
-    let id = create_titled(&app, &owner, "processing", "PUBLIC").await;
-    let db = &app.state.db;
+/// Rendition rows for video `id`: (name, height, status).
+async fn add_renditions(
+    db: &sea_orm::DatabaseConnection,
+    id: Uuid,
+    renditions: &[(&str, i32, entities::RenditionStatus)],
+) {
     let now = Utc::now();
-    for (name, height, status) in [
-        ("360p", 360, entities::RenditionStatus::Ready),
-        ("1080p", 1080, entities::RenditionStatus::Pending),
-        ("720p", 720, entities::RenditionStatus::Ready),
-    ] {
+    for &(name, height, status) in renditions {
         rendition::ActiveModel {
             id: Set(Uuid::now_v7()),
             video_id: Set(id),
@@ -670,6 +666,52 @@ async fn video_shows_ready_renditions_and_the_running_job_progress() {
         .await
         .unwrap();
     }
+}
+
+/// A RUNNING transcode job of video `id` that reported `percent` (encoding, 120 fps, 8 s left).
+async fn running_job(db: &sea_orm::DatabaseConnection, owner: &TestUser, id: Uuid, percent: f64) {
+    let job = reelhouse::jobs::enqueue(
+        db,
+        reelhouse::jobs::NewJob {
+            kind: JobKind::Transcode,
+            video_id: Some(id),
+            owner_id: Some(Uuid::parse_str(&owner.id).unwrap()),
+            priority: 0,
+            payload: json!({}),
+            max_attempts: 3,
+        },
+    )
+    .await
+    .unwrap();
+    let progress = reelhouse::events::ProgressInfo {
+        percent,
+        stage: "encoding".into(),
+        fps: Some(120.0),
+        eta_seconds: Some(8.0),
+        renditions: vec![],
+    };
+    let mut active: job::ActiveModel = job.into();
+    active.status = Set(JobStatus::Running);
+    active.progress = Set(Some(serde_json::to_value(&progress).unwrap()));
+    active.update(db).await.unwrap();
+}
+
+#[actix_web::test]
+async fn video_shows_ready_renditions_and_the_running_job_progress() {
+    let app = spawn_app().await;
+    let owner = app.register_user().await;
+    let id = create_titled(&app, &owner, "processing", "PUBLIC").await;
+    let db = &app.state.db;
+    add_renditions(
+        db,
+        id,
+        &[
+            ("360p", 360, entities::RenditionStatus::Ready),
+            ("1080p", 1080, entities::RenditionStatus::Pending),
+            ("720p", 720, entities::RenditionStatus::Ready),
+        ],
+    )
+    .await;
     const QUERY: &str = "query($id: ID!) { video(id: $id) { renditions { name width height bitrate playlistUrl } \
         thumbnailUrl storyboardUrl mp4Url playbackUrl progress { percent stage fps etaSeconds } } }";
     let (_, body) = app.graphql_as(&Credentials::Anonymous, QUERY, json!({ "id": id.to_string() })).await;
@@ -688,30 +730,7 @@ async fn video_shows_ready_renditions_and_the_running_job_progress() {
         assert!(video[field].is_null(), "{field} exists only once the video is READY");
     }
 
-    let job = reelhouse::jobs::enqueue(
-        db,
-        reelhouse::jobs::NewJob {
-            kind: JobKind::Transcode,
-            video_id: Some(id),
-            owner_id: Some(Uuid::parse_str(&owner.id).unwrap()),
-            priority: 0,
-            payload: json!({}),
-            max_attempts: 3,
-        },
-    )
-    .await
-    .unwrap();
-    let progress = reelhouse::events::ProgressInfo {
-        percent: 42.5,
-        stage: "encoding".into(),
-        fps: Some(120.0),
-        eta_seconds: Some(8.0),
-        renditions: vec![],
-    };
-    let mut active: job::ActiveModel = job.into();
-    active.status = Set(JobStatus::Running);
-    active.progress = Set(Some(serde_json::to_value(&progress).unwrap()));
-    active.update(db).await.unwrap();
+    running_job(db, &owner, id, 42.5).await;
     let (_, body) = app.graphql_as(&Credentials::Anonymous, QUERY, json!({ "id": id.to_string() })).await;
     assert_eq!(
         body["data"]["video"]["progress"],
@@ -812,4 +831,83 @@ async fn deleting_a_video_ends_its_multipart_upload_and_its_owner_cannot_stop_th
     }
     let still = job::Entity::find_by_id(cleanup.id).one(&app.state.db).await.unwrap().unwrap();
     assert_eq!(still.status, JobStatus::Queued);
+}
+
+/// A page of videos asks for renditions, progress and stats of every video at once
+/// (batched: one query per field for the page); each video still gets its own.
+#[actix_web::test]
+async fn a_list_gets_each_videos_own_renditions_progress_and_stats() {
+    // No worker may lease the jobs this test marks as running.
+    let app = spawn_app_with(|settings| settings.workers.embedded = false).await;
+    let owner = app.register_user().await;
+    let db = &app.state.db;
+    let two_rungs = create_titled(&app, &owner, "two rungs", "PUBLIC").await;
+    let one_rung = create_titled(&app, &owner, "one rung", "PRIVATE").await;
+    let encoding = create_titled(&app, &owner, "encoding", "UNLISTED").await;
+    create_titled(&app, &owner, "nothing yet", "PUBLIC").await;
+    add_renditions(
+        db,
+        two_rungs,
+        &[("480p", 480, entities::RenditionStatus::Ready), ("1080p", 1080, entities::RenditionStatus::Ready)],
+    )
+    .await;
+    add_renditions(
+        db,
+        one_rung,
+        &[("360p", 360, entities::RenditionStatus::Ready), ("720p", 720, entities::RenditionStatus::Failed)],
+    )
+    .await;
+    add_renditions(db, encoding, &[("720p", 720, entities::RenditionStatus::Pending)]).await;
+    running_job(db, &owner, encoding, 10.0).await;
+    // The most recent running job's report wins.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    running_job(db, &owner, encoding, 64.0).await;
+    running_job(db, &owner, one_rung, 99.0).await;
+    for (video, day, views, seconds) in
+        [(two_rungs, 1, 3, 90.0), (two_rungs, 2, 2, 30.5), (one_rung, 2, 7, 700.0), (encoding, 1, 0, 0.0)]
+    {
+        entities::video_daily_stat::ActiveModel {
+            video_id: Set(video),
+            day: Set(chrono::NaiveDate::from_ymd_opt(2026, 11, day).unwrap()),
+            views: Set(views),
+            watch_seconds: Set(seconds),
+        }
+        .insert(db)
+        .await
+        .unwrap();
+    }
+
+    const LIST: &str = "{ videos(first: 10, filter: { mine: true }) { edges { node { title \
+        renditions { name } progress { percent } stats { views watchSeconds } } } } }";
+    let (_, body) = app.graphql_as(&owner.bearer(), LIST, json!({})).await;
+    assert!(body["errors"].is_null(), "{body}");
+    let got: Vec<Value> =
+        body["data"]["videos"]["edges"].as_array().unwrap().iter().map(|e| e["node"].clone()).collect();
+    assert_eq!(
+        got,
+        vec![
+            json!({ "title": "nothing yet", "renditions": [], "progress": null,
+                    "stats": { "views": 0, "watchSeconds": 0.0 } }),
+            json!({ "title": "encoding", "renditions": [], "progress": { "percent": 64.0 },
+                    "stats": { "views": 0, "watchSeconds": 0.0 } }),
+            json!({ "title": "one rung", "renditions": [{ "name": "360p" }], "progress": { "percent": 99.0 },
+                    "stats": { "views": 7, "watchSeconds": 700.0 } }),
+            json!({ "title": "two rungs", "renditions": [{ "name": "1080p" }, { "name": "480p" }], "progress": null,
+                    "stats": { "views": 5, "watchSeconds": 120.5 } }),
+        ],
+        "{body}"
+    );
+    // The same fields for one video answer the same as in the list.
+    let (_, body) = app
+        .graphql_as(
+            &owner.bearer(),
+            "query($id: ID!) { video(id: $id) { renditions { name } progress { percent } stats { views } } }",
+            json!({ "id": one_rung.to_string() }),
+        )
+        .await;
+    assert_eq!(
+        body["data"]["video"],
+        json!({ "renditions": [{ "name": "360p" }], "progress": { "percent": 99.0 }, "stats": { "views": 7 } }),
+        "{body}"
+    );
 }

@@ -52,6 +52,11 @@ async fn metrics_expose_http_request_counters_and_latency() {
     let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(count >= 3.0, "{line}");
     assert!(text.contains("reelhouse_http_request_duration_seconds_bucket"), "latency histogram missing");
+    let rss = text
+        .lines()
+        .find_map(|l| l.strip_prefix("reelhouse_process_resident_memory_bytes "))
+        .unwrap_or_else(|| panic!("no resident memory in:\n{text}"));
+    assert!(rss.parse::<f64>().unwrap() > 1024.0 * 1024.0, "{rss}");
 }
 
 #[actix_web::test]
@@ -71,6 +76,74 @@ async fn web_demo_is_served_at_root() {
     let res = app.client.get(app.url("/")).send().await.unwrap();
     assert_eq!(res.status(), 200);
     assert!(res.text().await.unwrap().contains("<title>reelhouse</title>"));
+}
+
+/// A stand-in for `make web-demo`'s output: an index and one hashed asset.
+fn fake_web_build() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("assets")).unwrap();
+    std::fs::write(
+        dir.path().join("index.html"),
+        "<!doctype html><title>reelhouse</title><script type=module src=/assets/app-1a2b.js></script>",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("assets/app-1a2b.js"), "console.log('app')").unwrap();
+    dir
+}
+
+#[actix_web::test]
+async fn web_demo_build_is_served_with_its_assets_and_client_routes() {
+    let build = fake_web_build();
+    let dir = build.path().to_path_buf();
+    let app = spawn_app_with(move |s| s.server.web_demo_dir = dir).await;
+
+    let res = app.client.get(app.url("/")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["cache-control"], "no-cache");
+    let csp = res.headers()["content-security-policy"].to_str().unwrap().to_string();
+    assert!(csp.contains("worker-src 'self' blob:") && csp.contains("media-src 'self' blob:"), "{csp}");
+    assert!(res.text().await.unwrap().contains("/assets/app-1a2b.js"));
+
+    let res = app.client.get(app.url("/assets/app-1a2b.js")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "text/javascript; charset=utf-8");
+    assert!(res.headers()["cache-control"].to_str().unwrap().contains("immutable"));
+    assert_eq!(res.text().await.unwrap(), "console.log('app')");
+
+    let res = app.client.get(app.url("/assets/missing-0000.js")).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    let res = app.client.get(app.url("/assets/%2e%2e/index.html")).send().await.unwrap();
+    assert_eq!(res.status(), 404, "no climbing out of assets/");
+
+    // A browser opening an app page gets the app...
+    for page in ["/watch/0b5c", "/upload", "/signin"] {
+        let res = app.client.get(app.url(page)).header("accept", "text/html,*/*").send().await.unwrap();
+        assert_eq!(res.status(), 200, "{page}");
+        assert!(res.text().await.unwrap().contains("/assets/app-1a2b.js"), "{page}");
+    }
+    // ...but never in place of the API's own answers, nor for API clients.
+    for path in
+        ["/media/00000000-0000-0000-0000-000000000000/master.m3u8", "/graphql/nope", "/uploads/nope/x", "/metrics/x"]
+    {
+        let res = app.client.get(app.url(path)).header("accept", "text/html").send().await.unwrap();
+        assert_ne!(res.status(), 200, "{path}");
+        assert!(!res.text().await.unwrap().contains("/assets/app-1a2b.js"), "{path} was shadowed by the app");
+    }
+    let res = app.client.get(app.url("/upload")).send().await.unwrap();
+    assert_eq!(res.status(), 404, "no Accept: text/html, no app");
+    let res = app.client.get(app.url("/favicon.ico")).header("accept", "text/html").send().await.unwrap();
+    assert_eq!(res.status(), 404);
+}
+
+#[actix_web::test]
+async fn without_a_web_build_root_says_how_to_make_one() {
+    let empty = tempfile::tempdir().unwrap();
+    let dir = empty.path().join("dist");
+    let app = spawn_app_with(move |s| s.server.web_demo_dir = dir).await;
+    let res = app.client.get(app.url("/")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let page = res.text().await.unwrap();
+    assert!(page.contains("make web-demo"), "{page}");
 }
 
 #[actix_web::test]

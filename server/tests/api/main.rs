@@ -14,6 +14,7 @@ mod playback;
 mod process;
 mod rate_limit;
 mod ready;
+mod redis_restart;
 mod runner;
 mod schema;
 mod storage;

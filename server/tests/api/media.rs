@@ -201,10 +201,10 @@ fn media_hls_ladder_from_720p_clip() {
     let last = &reports.last().unwrap().1;
     assert_eq!(last.percent, 100.0);
     assert_eq!(last.rungs.len(), 3);
-    // At most ~4 reports a second.
-    for pair in reports.windows(2).take(reports.len().saturating_sub(2)) {
-        assert!(pair[1].0 - pair[0].0 >= Duration::from_millis(200), "{:?}", pair[1].0 - pair[0].0);
-    }
+    // Throttled to about 4 reports a second. Counted over the whole run rather than
+    // per gap: a tick delayed by a busy machine may land close to the next one.
+    let elapsed = reports.last().unwrap().0.as_secs_f64();
+    assert!(reports.len() as f64 <= elapsed / 0.25 + 3.0, "{} reports in {elapsed:.2} s", reports.len());
 }
 
 #[test]

@@ -91,6 +91,8 @@ async fn a_public_video_plays_with_ranges_conditional_gets_and_caching() {
     let full = client.get(mp4_url).send().await.unwrap();
     assert_eq!(full.status(), 200);
     assert_eq!(full.headers()["accept-ranges"], "bytes");
+    // Rewritten in place by a re-transcode: revalidated, never immutable.
+    assert_eq!(full.headers()["cache-control"], "public, max-age=3600");
     let etag = full.headers()["etag"].to_str().unwrap().to_string();
     let body = full.bytes().await.unwrap();
     let size = body.len();
@@ -222,4 +224,43 @@ async fn with_s3_files_can_redirect_to_presigned_storage_urls() {
         // Local storage has nothing to redirect to: the bytes are served directly.
         assert_eq!(res.status(), 200);
     }
+}
+
+#[actix_web::test]
+async fn with_a_cdn_base_url_public_files_redirect_to_the_cdn_and_private_ones_stay_presigned() {
+    let cdn = "https://cdn.example.test/vod/";
+    let (h, owner, video) = ready_video(|s| {
+        s.media.redirect_to_storage = true;
+        s.media.cdn_base_url = Some(cdn.to_string());
+    })
+    .await;
+    let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let video = set_visibility(&h, &video, Visibility::Public).await;
+    let mp4_url = urls(&h, &owner, video.id).await["mp4Url"].as_str().unwrap().to_string();
+    let res = no_redirects.get(&mp4_url).send().await.unwrap();
+    if backend() != Backend::Postgres {
+        // Local storage has no bucket for a CDN to front: the bytes are served directly.
+        assert_eq!(res.status(), 200);
+        return;
+    }
+    // Public: the CDN URL of the very object (the deployment's key prefix included).
+    assert_eq!(res.status(), 302);
+    let location = res.headers()["location"].to_str().unwrap().to_string();
+    let path = mp4_url.split(&format!("/media/{}/", video.id)).nth(1).unwrap();
+    let key = format!("{}{path}", reelhouse::storage::layout::video_prefix(video.owner_id, video.id));
+    let prefix = &h.app.state.settings.storage.s3.key_prefix;
+    assert_eq!(location, format!("https://cdn.example.test/vod/{prefix}{key}"));
+    assert!(h.app.state.store.head(&key).await.unwrap().size > 0, "the CDN URL names a stored object");
+
+    // Private: a CDN cannot check reelhouse's signatures, so a presigned storage URL.
+    let video = set_visibility(&h, &video, Visibility::Private).await;
+    let unsigned = no_redirects.get(mp4_url.split('?').next().unwrap()).send().await.unwrap();
+    assert_eq!(unsigned.status(), 403, "the CDN redirect is no way around the signature");
+    let mp4_url = urls(&h, &owner, video.id).await["mp4Url"].as_str().unwrap().to_string();
+    let res = no_redirects.get(&mp4_url).send().await.unwrap();
+    assert_eq!(res.status(), 302);
+    let location = res.headers()["location"].to_str().unwrap().to_string();
+    assert!(!location.starts_with("https://cdn.example.test"), "{location}");
+    let bytes = reqwest::get(&location).await.unwrap().bytes().await.unwrap();
+    assert_eq!(&bytes[4..8], b"ftyp");
 }

@@ -416,6 +416,18 @@ async fn runner_re_transcode_with_a_shorter_ladder_drops_stale_rungs() {
     assert_eq!(first.renditions.len(), 2);
     let stale_playlist = layout::hls_playlist(h.owner, video.id, "240p");
     assert!(h.exists(&stale_playlist).await);
+    let kept_playlist = layout::hls_playlist(h.owner, video.id, "360p");
+    let segments_of = |text: Vec<u8>| -> Vec<String> {
+        let dir = kept_playlist.rsplit_once('/').unwrap().0.to_string();
+        String::from_utf8(text)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|name| format!("{dir}/{name}"))
+            .collect()
+    };
+    let first_segments = segments_of(h.object(&kept_playlist).await);
+    assert!(!first_segments.is_empty());
 
     // The same video again, now with a one-rung ladder.
     let mut settings = (*h.ctx.settings).clone();
@@ -428,6 +440,17 @@ async fn runner_re_transcode_with_a_shorter_ladder_drops_stale_rungs() {
     let names: Vec<String> = h.renditions(video.id).await.into_iter().map(|r| r.name).collect();
     assert_eq!(names, vec!["360p".to_string()]);
     assert!(!h.exists(&stale_playlist).await, "the dropped rung's objects are removed");
+    // Segments are served as immutable: the second run never reuses a name, and the
+    // first run's segments are gone once the new playlist replaced them.
+    let second_segments = segments_of(h.object(&kept_playlist).await);
+    assert!(!second_segments.is_empty());
+    assert!(second_segments.iter().all(|key| !first_segments.contains(key)), "{first_segments:?} {second_segments:?}");
+    for key in &second_segments {
+        assert!(h.exists(key).await, "{key}");
+    }
+    for key in &first_segments {
+        assert!(!h.exists(key).await, "the first run's segment {key} is removed");
+    }
     let master = String::from_utf8(h.object(&layout::hls_master(h.owner, video.id)).await).unwrap();
     assert_eq!(stream_infs(&master).len(), 1, "{master}");
     assert_eq!(h.event_kinds(video.id).await.iter().filter(|k| *k == "READY").count(), 2);

@@ -194,7 +194,8 @@ async fn put_and_complete(app: &TestApp, user: &TestUser, video: Uuid, bytes: &[
 
 #[actix_web::test]
 async fn uploads_presigned_put_round_trip_enqueues_one_job() {
-    let app = spawn_uploads_app(|_| {}).await;
+    // No workers: the job must stay QUEUED for the assertions below.
+    let app = spawn_uploads_app(|s| s.workers.embedded = false).await;
     let user = app.register_user().await;
     let video = new_video(&app, user_id(&user)).await;
     let clip = small_clip();
@@ -502,4 +503,36 @@ async fn uploads_to_a_deleted_video_get_no_job() {
     assert!(jobs_of(&app, video).await.is_empty());
     assert_eq!(upload_row(&app, ticket["id"].as_str().unwrap()).await.status, UploadStatus::Aborted);
     assert!(!source_exists(&app, user_id(&user), video).await);
+}
+
+/// Many users uploading at once, with embedded workers writing job progress beside
+/// them: on SQLite every write transaction must wait its turn for the write lock
+/// rather than fail with "database is locked".
+#[actix_web::test]
+async fn concurrent_uploads_all_complete_on_one_database() {
+    let app = spawn_uploads_app(|_| {}).await;
+    let clip = small_clip();
+    let mut users = Vec::new();
+    for _ in 0..4 {
+        users.push(app.register_user().await);
+    }
+    let rounds = users.iter().map(|user| {
+        let (app, clip) = (&app, &clip);
+        async move {
+            let mut errors = Vec::new();
+            for _ in 0..4 {
+                let video = new_video(app, user_id(user)).await;
+                let ticket = ticket_for(app, user, video, clip, "video/mp4").await;
+                let res = put_file(app, &ticket, clip).await;
+                assert!(res.status().is_success(), "PUT answered {}", res.status());
+                let body = complete(app, user, &ticket["id"]).await;
+                if !body["errors"].is_null() {
+                    errors.push(body);
+                }
+            }
+            errors
+        }
+    });
+    let errors: Vec<Value> = futures::future::join_all(rounds).await.into_iter().flatten().collect();
+    assert!(errors.is_empty(), "{} completions failed: {errors:?}", errors.len());
 }

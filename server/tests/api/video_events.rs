@@ -305,3 +305,69 @@ async fn making_the_video_private_ends_a_strangers_stream() {
     assert_eq!(error_code_of(&end), Some("NOT_FOUND"), "{end}");
     assert_eq!(next_event(&mut socket).await.unwrap_err()["type"], "complete");
 }
+
+#[actix_web::test]
+async fn pruned_events_keep_sequences_going_and_expire_older_cursors_with_a_clear_code() {
+    use entities::event_outbox;
+    use sea_orm::{ColumnTrait, QueryFilter, QueryOrder};
+
+    let app = app().await;
+    let owner = app.register_user().await;
+    let video = insert_video(&app, &owner, Visibility::Private, VideoStatus::Processing).await;
+    let first = transition_on(&app, video.id, VideoStatus::Processing, EventKind::RenditionReady, Some("240p")).await;
+    let second = transition_on(&app, video.id, VideoStatus::Processing, EventKind::RenditionReady, Some("360p")).await;
+    // The first two are past retention; then a fresh one.
+    age_every_stored_event(&app).await;
+    let ready = transition_on(&app, video.id, VideoStatus::Ready, EventKind::Ready, None).await;
+    let cutoff = Utc::now() - chrono::TimeDelta::days(30);
+    assert_eq!(events::prune(&app.state.db, cutoff).await.unwrap(), 2);
+    assert_eq!(events::prune(&app.state.db, cutoff).await.unwrap(), 0, "pruning again finds nothing");
+    let kept: Vec<i64> = event_outbox::Entity::find()
+        .filter(event_outbox::Column::VideoId.eq(video.id))
+        .order_by_asc(event_outbox::Column::Seq)
+        .all(&app.state.db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| row.seq)
+        .collect();
+    assert_eq!(kept, [ready.seq]);
+
+    // The video's sequence goes on from where it was, not from the kept rows.
+    let failed = transition_on(&app, video.id, VideoStatus::Failed, EventKind::Failed, None).await;
+    assert_eq!((first.seq, second.seq, ready.seq, failed.seq), (1, 2, 3, 4));
+
+    // A cursor whose successors were pruned cannot resume gap-free: a clear code.
+    let cursor = |event: &events::DomainEvent| event.cursor.unwrap().to_string();
+    let vars = json!({ "id": video.id.to_string(), "after": cursor(&first) });
+    let mut stale = subscribe(&app, Some(&owner), &events_query(), vars).await;
+    let error = next_event(&mut stale).await.unwrap_err();
+    assert_eq!(error_code_of(&error), Some("CURSOR_EXPIRED"), "{error}");
+    // The newest pruned cursor is still whole: everything after it is kept.
+    let vars = json!({ "id": video.id.to_string(), "after": cursor(&second) });
+    let mut resumed = subscribe(&app, Some(&owner), &events_query(), vars).await;
+    let got = [next_event(&mut resumed).await.unwrap(), next_event(&mut resumed).await.unwrap()];
+    assert_eq!(got.iter().map(|e| e["kind"].as_str().unwrap()).collect::<Vec<_>>(), ["READY", "FAILED"]);
+
+    // Everything old: the newest row of all is still kept, so cursors stay checkable.
+    age_every_stored_event(&app).await;
+    assert_eq!(events::prune(&app.state.db, cutoff).await.unwrap(), 1);
+    let vars = json!({ "id": video.id.to_string(), "after": cursor(&second) });
+    let mut stale = subscribe(&app, Some(&owner), &events_query(), vars).await;
+    let error = next_event(&mut stale).await.unwrap_err();
+    assert_eq!(error_code_of(&error), Some("CURSOR_EXPIRED"), "{error}");
+    // A snapshot still knows the sequence.
+    let mut fresh = subscribe(&app, Some(&owner), &progress_query(), json!({ "id": video.id.to_string() })).await;
+    assert_eq!(next_event(&mut fresh).await.unwrap()["seq"], failed.seq);
+}
+
+/// Backdate every stored event past any retention.
+async fn age_every_stored_event(app: &TestApp) {
+    use sea_orm::sea_query::Expr;
+    let long_ago = Utc::now() - chrono::TimeDelta::days(40);
+    entities::event_outbox::Entity::update_many()
+        .col_expr(entities::event_outbox::Column::CreatedAt, Expr::value(long_ago))
+        .exec(&app.state.db)
+        .await
+        .unwrap();
+}

@@ -35,7 +35,11 @@ async fn shared_app() -> TestApp {
 }
 
 /// `reelhouse worker` pointed at the app's database and storage.
-fn worker_command(settings: &Settings, data_dir: &std::path::Path, extra: &[(&str, &str)]) -> tokio::process::Command {
+pub(crate) fn worker_command(
+    settings: &Settings,
+    data_dir: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> tokio::process::Command {
     let mut cmd = reelhouse_command();
     cmd.arg("worker").arg("--data-dir").arg(data_dir);
     if let Some(url) = &settings.database.url {
@@ -68,7 +72,7 @@ fn worker_command(settings: &Settings, data_dir: &std::path::Path, extra: &[(&st
     cmd
 }
 
-fn sigterm(child: &tokio::process::Child) {
+pub(crate) fn sigterm(child: &tokio::process::Child) {
     let pid = child.id().expect("child pid");
     assert!(std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap().success());
 }
@@ -307,32 +311,10 @@ async fn progress_of_a_job_run_by_a_worker_process_reaches_a_subscriber_on_the_a
     .await;
     assert_eq!(crate::video_events::next_event(&mut socket).await.unwrap()["snapshot"], true);
 
-    let clip = std::fs::read(crate::runner::landscape_clip()).unwrap();
-    let ticket = crate::e2e::create_upload(&app, &user, &video, clip.len()).await;
-    let mut put = app.client.put(ticket["url"].as_str().unwrap()).body(clip);
-    for header in ticket["headers"].as_array().unwrap() {
-        put = put.header(header["name"].as_str().unwrap(), header["value"].as_str().unwrap());
-    }
-    assert!(put.send().await.unwrap().status().is_success());
-    let body = crate::e2e::gql(
-        &app,
-        &user,
-        "mutation($id: ID!) { completeUpload(id: $id) { status } }",
-        json!({ "id": ticket["id"] }),
-    )
-    .await;
-    assert_eq!(body["data"]["completeUpload"]["status"], "PROCESSING", "{body}");
+    crate::worker_process::upload_landscape_clip(&app, &user, &video).await;
 
-    let settings = &app.state.settings;
-    let redis_url = settings.redis.url.as_ref().unwrap().expose().to_string();
-    let extra = [
-        ("REELHOUSE__REDIS__URL", redis_url.as_str()),
-        ("REELHOUSE__REDIS__KEY_PREFIX", settings.redis.key_prefix.as_str()),
-        ("REELHOUSE__MEDIA__SPEED_PRESET", "ultrafast"),
-        ("REELHOUSE__MEDIA__SEGMENT_SECONDS", "1"),
-    ];
-    let dir = tempfile::tempdir().unwrap();
-    let mut worker = worker_command(settings, dir.path(), &extra).spawn().unwrap();
+    let redis_url = app.state.settings.redis.url.as_ref().unwrap().expose().to_string();
+    let (mut worker, dir) = quick_redis_worker(&app.state.settings, &redis_url);
     let (kinds, _, last) = crate::e2e::watch_until_done(&mut socket).await;
     sigterm(&worker);
     let status = tokio::time::timeout(Duration::from_secs(60), worker.wait()).await.unwrap().unwrap();
@@ -342,4 +324,39 @@ async fn progress_of_a_job_run_by_a_worker_process_reaches_a_subscriber_on_the_a
     assert_eq!(kinds.iter().filter(|k| *k == "READY").count(), 1, "{kinds:?}");
     assert!(kinds.iter().any(|k| k == "PROGRESS"), "live progress crossed processes: {kinds:?}");
     assert!(kinds.iter().any(|k| k == "RENDITION_READY"), "{kinds:?}");
+}
+
+/// A `reelhouse worker` process on the test's database, publishing through the Redis
+/// at `redis_url` under the test's key prefix, encoding fast (ultrafast, 1 s segments).
+/// The directory is its data dir: keep it as long as the process.
+pub(crate) fn quick_redis_worker(settings: &Settings, redis_url: &str) -> (tokio::process::Child, tempfile::TempDir) {
+    let extra = [
+        ("REELHOUSE__REDIS__URL", redis_url),
+        ("REELHOUSE__REDIS__KEY_PREFIX", settings.redis.key_prefix.as_str()),
+        ("REELHOUSE__MEDIA__SPEED_PRESET", "ultrafast"),
+        ("REELHOUSE__MEDIA__SEGMENT_SECONDS", "1"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let child = worker_command(settings, dir.path(), &extra).spawn().unwrap();
+    (child, dir)
+}
+
+/// Upload the landscape clip to `video` with its presigned PUT ticket and complete
+/// it: the video is PROCESSING with its job queued.
+pub(crate) async fn upload_landscape_clip(app: &TestApp, user: &crate::helpers::TestUser, video: &str) {
+    let clip = std::fs::read(crate::runner::landscape_clip()).unwrap();
+    let ticket = crate::e2e::create_upload(app, user, video, clip.len()).await;
+    let mut put = app.client.put(ticket["url"].as_str().unwrap()).body(clip);
+    for header in ticket["headers"].as_array().unwrap() {
+        put = put.header(header["name"].as_str().unwrap(), header["value"].as_str().unwrap());
+    }
+    assert!(put.send().await.unwrap().status().is_success());
+    let body = crate::e2e::gql(
+        app,
+        user,
+        "mutation($id: ID!) { completeUpload(id: $id) { status } }",
+        json!({ "id": ticket["id"] }),
+    )
+    .await;
+    assert_eq!(body["data"]["completeUpload"]["status"], "PROCESSING", "{body}");
 }

@@ -153,3 +153,46 @@ async fn oversized_messages_close_the_socket() {
     // The server keeps serving others.
     assert_eq!(app.client.get(app.url("/health")).send().await.unwrap().status(), 200);
 }
+
+#[actix_web::test]
+async fn one_socket_runs_a_bounded_number_of_subscriptions_and_gets_room_back_when_one_ends() {
+    let app = spawn_app_with(|s| s.graphql.ws_max_subscriptions = 2).await;
+    let user = app.register_user().await;
+    let mut socket = connect(&app, "graphql-transport-ws").await;
+    let token = format!("Bearer {}", user.access_token);
+    send(&mut socket, json!({ "type": "connection_init", "payload": { "authorization": token } })).await;
+    assert_eq!(next_text(&mut socket).await["type"], "connection_ack");
+    let subscribe = |id: &str| json!({ "id": id, "type": "subscribe", "payload": { "query": "subscription { heartbeat { seq } }" } });
+    for id in ["1", "2", "3"] {
+        send(&mut socket, subscribe(id)).await;
+    }
+    // The third is refused for its id; the socket stays open and the first two run.
+    let mut refused = None;
+    let mut running = std::collections::HashSet::new();
+    while refused.is_none() || running.len() < 2 {
+        let message = next_text(&mut socket).await;
+        match message["type"].as_str() {
+            Some("error") => refused = Some(message),
+            Some("next") => {
+                running.insert(message["id"].as_str().unwrap().to_string());
+            }
+            _ => panic!("unexpected {message}"),
+        }
+    }
+    let refused = refused.unwrap();
+    assert_eq!(refused["id"], "3");
+    assert_eq!(refused["payload"][0]["extensions"]["code"], "RATE_LIMITED", "{refused}");
+    assert_eq!(running, ["1", "2"].map(String::from).into());
+
+    // Ending one makes room for another.
+    send(&mut socket, json!({ "id": "1", "type": "complete" })).await;
+    send(&mut socket, subscribe("4")).await;
+    loop {
+        let message = next_text(&mut socket).await;
+        assert_ne!(message["type"], "error", "{message}");
+        if message["id"] == "4" {
+            assert_eq!(message["type"], "next");
+            break;
+        }
+    }
+}

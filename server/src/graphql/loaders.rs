@@ -1,0 +1,81 @@
+//! Batched reads for fields that every video of a list asks for (`renditions`,
+//! `progress`, `stats`): one query per field for the whole page instead of one
+//! per video.
+//!
+//! The loader lives in the schema's data, shared by all requests, and caches
+//! nothing: a batch is the keys asked for while one request's (or several
+//! concurrent requests') siblings resolve together, so no answer is ever older
+//! than the request that asked. Callers are authorized before they get a `Video`
+//! at all, so a batch mixing videos of different callers reveals nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_graphql::dataloader::{DataLoader, Loader};
+use entities::rendition;
+use sea_orm::DatabaseConnection;
+use uuid::Uuid;
+
+use crate::error::AppError;
+use crate::events::ProgressInfo;
+use crate::repo::{videos, views};
+
+/// The READY renditions of a video.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RenditionsOf(pub Uuid);
+
+/// The progress of a video's running job.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProgressOf(pub Uuid);
+
+/// A video's lifetime views and seconds watched.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TotalsOf(pub Uuid);
+
+pub struct VideoLoader {
+    db: DatabaseConnection,
+}
+
+pub type VideoDataLoader = DataLoader<VideoLoader>;
+
+/// The loader for the schema's data. Keys are gathered for as long as it takes the
+/// siblings of a list to ask (they are polled together), not for a fixed wait, so
+/// a single `video(id)` is not slowed down.
+pub fn video_loader(db: DatabaseConnection) -> VideoDataLoader {
+    DataLoader::new(VideoLoader { db }, tokio::spawn).delay(Duration::ZERO).max_batch_size(200)
+}
+
+fn ids<K: Copy>(keys: &[K], id: impl Fn(K) -> Uuid) -> Vec<Uuid> {
+    keys.iter().copied().map(id).collect()
+}
+
+impl Loader<RenditionsOf> for VideoLoader {
+    type Value = Vec<rendition::Model>;
+    type Error = Arc<AppError>;
+
+    async fn load(&self, keys: &[RenditionsOf]) -> Result<HashMap<RenditionsOf, Self::Value>, Self::Error> {
+        let found = videos::ready_renditions_of(&self.db, &ids(keys, |k| k.0)).await.map_err(Arc::new)?;
+        Ok(found.into_iter().map(|(id, rows)| (RenditionsOf(id), rows)).collect())
+    }
+}
+
+impl Loader<ProgressOf> for VideoLoader {
+    type Value = ProgressInfo;
+    type Error = Arc<AppError>;
+
+    async fn load(&self, keys: &[ProgressOf]) -> Result<HashMap<ProgressOf, Self::Value>, Self::Error> {
+        let found = videos::running_progress_of(&self.db, &ids(keys, |k| k.0)).await.map_err(Arc::new)?;
+        Ok(found.into_iter().map(|(id, progress)| (ProgressOf(id), progress)).collect())
+    }
+}
+
+impl Loader<TotalsOf> for VideoLoader {
+    type Value = (i64, f64);
+    type Error = Arc<AppError>;
+
+    async fn load(&self, keys: &[TotalsOf]) -> Result<HashMap<TotalsOf, Self::Value>, Self::Error> {
+        let found = views::totals_of(&self.db, &ids(keys, |k| k.0)).await.map_err(Arc::new)?;
+        Ok(found.into_iter().map(|(id, totals)| (TotalsOf(id), totals)).collect())
+    }
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Builds the web app into web-demo/dist (what the server serves at `/`).
+# Installs Node.js/npm with apt when missing, runs `npm ci` when the lockfile
+# changed, and rebuilds only when a source is newer than the last build.
+#
+#   web-demo/build.sh          build if needed
+#   web-demo/build.sh --force  build anyway
+set -euo pipefail
+
+WEB_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$WEB_DIR/.." && pwd)"
+cd "$WEB_DIR"
+
+log() { printf 'web-demo: %s\n' "$*" >&2; }
+
+if ! command -v node >/dev/null 2>&1; then
+    "$REPO_ROOT/scripts/bootstrap.sh" --packages nodejs
+fi
+if ! command -v npm >/dev/null 2>&1; then
+    "$REPO_ROOT/scripts/bootstrap.sh" --packages npm
+fi
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if ((node_major < 18)); then
+    log "Node.js $(node --version) is too old: the build needs Node.js 18 or later (the browser tests 20)."
+    exit 1
+fi
+
+# npm ci when node_modules is missing or older than the lockfile.
+if [[ ! -f node_modules/.package-lock.json || package-lock.json -nt node_modules/.package-lock.json ]]; then
+    log "installing npm packages (npm ci)"
+    # A registry mirror that carries only this platform's builds of rollup's
+    # optional native packages makes `npm ci` refuse the lockfile as out of
+    # sync; `npm install` then installs the same locked versions.
+    if ! npm ci --no-audit --no-fund --loglevel=error 2>"$WEB_DIR/.npm-ci.log"; then
+        log "npm ci refused the lockfile ($(grep -m1 -o 'Missing: [^ ]*' "$WEB_DIR/.npm-ci.log" || echo 'see .npm-ci.log')); using npm install"
+        npm install --no-audit --no-fund --loglevel=error
+    fi
+    rm -f "$WEB_DIR/.npm-ci.log"
+fi
+
+stamp=dist/index.html
+if [[ "${1:-}" != "--force" && -f "$stamp" ]] &&
+    [[ -z "$(find index.html vite.config.ts tsconfig.json package-lock.json src -newer "$stamp" -print -quit)" ]]; then
+    exit 0
+fi
+log "building the app into web-demo/dist"
+npm run --silent build

@@ -1,0 +1,246 @@
+// The signed-in session and the GraphQL client.
+//
+// The access token lives only in memory. The refresh token is kept in
+// localStorage so a reload (or a second tab) stays signed in; it is rotated on
+// every use, and the server ends the whole session if a used one is presented
+// again. Refreshes therefore run one at a time across tabs (Web Locks) and always
+// read the newest stored token.
+
+import { ApiError } from './errors';
+
+export type Role = 'ADMIN' | 'MODERATOR' | 'USER' | 'VIEWER';
+export interface User {
+  id: string;
+  email: string;
+  displayName: string;
+  role: Role;
+}
+
+const REFRESH_KEY = 'reelhouse.refreshToken';
+const USER_FIELDS = 'id email displayName role';
+const AUTH_FIELDS = `accessToken refreshToken expiresIn user { ${USER_FIELDS} }`;
+
+interface AuthPayload {
+  accessToken: string;
+  refreshToken: string;
+  expiresIn: number;
+  user: User;
+}
+
+let accessToken: string | null = null;
+let accessExpiresAt = 0;
+let currentUser: User | null = null;
+let refreshTimer: number | undefined;
+let refreshing: Promise<boolean> | null = null;
+/** Why the person was signed out without asking, shown once on the sign-in page. */
+let endedNotice: string | null = null;
+
+export function takeSessionNotice(): string | null {
+  const notice = endedNotice;
+  endedNotice = null;
+  return notice;
+}
+/** Refresh this long before expiry: 10 s, or a fifth of very short lifetimes. */
+let refreshMargin = 10_000;
+const listeners = new Set<(user: User | null) => void>();
+
+export function user(): User | null {
+  return currentUser;
+}
+
+export function onSessionChange(fn: (user: User | null) => void): () => void {
+  listeners.add(fn);
+  return () => listeners.delete(fn);
+}
+
+function emit(): void {
+  for (const fn of listeners) fn(currentUser);
+}
+
+function storedRefreshToken(): string | null {
+  try {
+    return localStorage.getItem(REFRESH_KEY);
+  } catch {
+    return null;
+  }
+}
+
+function storeRefreshToken(token: string | null): void {
+  try {
+    if (token) localStorage.setItem(REFRESH_KEY, token);
+    else localStorage.removeItem(REFRESH_KEY);
+  } catch {
+    /* storage disabled: the session just does not survive a reload */
+  }
+}
+
+function adopt(payload: AuthPayload): void {
+  accessToken = payload.accessToken;
+  accessExpiresAt = Date.now() + payload.expiresIn * 1000;
+  storeRefreshToken(payload.refreshToken);
+  const changed = currentUser?.id !== payload.user.id || currentUser?.role !== payload.user.role;
+  currentUser = payload.user;
+  window.clearTimeout(refreshTimer);
+  refreshMargin = Math.min(10_000, payload.expiresIn * 200);
+  // Refresh a minute before expiry (or at 80% of short lifetimes).
+  const lead = Math.min(60, payload.expiresIn * 0.2);
+  refreshTimer = window.setTimeout(() => void refresh(), Math.max(1, payload.expiresIn - lead) * 1000);
+  if (changed) emit();
+}
+
+function forget(): void {
+  accessToken = null;
+  accessExpiresAt = 0;
+  storeRefreshToken(null);
+  window.clearTimeout(refreshTimer);
+  if (currentUser) {
+    currentUser = null;
+    emit();
+  }
+}
+
+interface GraphqlError {
+  message: string;
+  extensions?: { code?: string; retryAfter?: number };
+}
+
+/** One GraphQL request; no token handling. Throws ApiError. */
+async function post<T>(query: string, variables: Record<string, unknown>, token: string | null): Promise<T> {
+  const headers: Record<string, string> = { 'content-type': 'application/json', accept: 'application/json' };
+  if (token) headers.authorization = `Bearer ${token}`;
+  let response: Response;
+  try {
+    response = await fetch('/graphql', { method: 'POST', headers, body: JSON.stringify({ query, variables }) });
+  } catch {
+    throw new ApiError('NETWORK', 'network error');
+  }
+  let body: { data?: T; errors?: GraphqlError[]; code?: string; message?: string } | null = null;
+  try {
+    body = await response.json();
+  } catch {
+    body = null;
+  }
+  const retryAfter = Number(response.headers.get('retry-after')) || undefined;
+  if (body?.errors?.length) {
+    const first = body.errors[0];
+    throw new ApiError(first.extensions?.code ?? 'INTERNAL', first.message, first.extensions?.retryAfter ?? retryAfter);
+  }
+  if (!response.ok || !body?.data) {
+    throw new ApiError(body?.code ?? (response.status === 429 ? 'RATE_LIMITED' : 'INTERNAL'), body?.message ?? '', retryAfter);
+  }
+  return body.data;
+}
+
+/** A valid access token, refreshed first when it is about to expire. */
+export async function freshAccessToken(): Promise<string | null> {
+  if (accessToken && Date.now() < accessExpiresAt - refreshMargin) return accessToken;
+  if (!storedRefreshToken()) return accessToken;
+  await refresh();
+  return accessToken;
+}
+
+/** Exchange the stored refresh token for a new pair; false when the session is over. */
+export function refresh(): Promise<boolean> {
+  refreshing ??= (async () => {
+    const run = async (): Promise<boolean> => {
+      const token = storedRefreshToken();
+      if (!token) {
+        forget();
+        return false;
+      }
+      try {
+        const data = await post<{ refreshToken: AuthPayload }>(
+          `mutation Refresh($t: String!) { refreshToken(refreshToken: $t) { ${AUTH_FIELDS} } }`,
+          { t: token },
+          null,
+        );
+        adopt(data.refreshToken);
+        return true;
+      } catch (err) {
+        // Only a refused token ends the session; a network blip keeps it.
+        if (err instanceof ApiError && err.code === 'UNAUTHENTICATED') {
+          // Another tab may have rotated it while this request was in flight.
+          if (storedRefreshToken() !== token) return run();
+          // Only a session that was in use ended: a stale token at page load is no news.
+          if (currentUser) endedNotice = 'Your session has ended (signed out elsewhere, or it expired). Please sign in again.';
+          forget();
+          return false;
+        }
+        throw err;
+      }
+    };
+    try {
+      return navigator.locks ? await navigator.locks.request('reelhouse-refresh', run) : await run();
+    } finally {
+      refreshing = null;
+    }
+  })();
+  return refreshing;
+}
+
+/**
+ * A GraphQL request as the signed-in user. An expired access token is
+ * refreshed and the request sent once more, so callers never see it.
+ */
+export async function gql<T>(query: string, variables: Record<string, unknown> = {}): Promise<T> {
+  const token = await freshAccessToken();
+  try {
+    return await post<T>(query, variables, token);
+  } catch (err) {
+    if (token && err instanceof ApiError && err.code === 'UNAUTHENTICATED' && (await refresh())) {
+      return post<T>(query, variables, accessToken);
+    }
+    throw err;
+  }
+}
+
+export async function signUp(email: string, password: string, displayName: string): Promise<User> {
+  const data = await post<{ register: AuthPayload }>(
+    `mutation Register($i: RegisterInput!) { register(input: $i) { ${AUTH_FIELDS} } }`,
+    { i: { email, password, displayName } },
+    null,
+  );
+  adopt(data.register);
+  return data.register.user;
+}
+
+export async function signIn(email: string, password: string): Promise<User> {
+  const data = await post<{ login: AuthPayload }>(
+    `mutation Login($i: LoginInput!) { login(input: $i) { ${AUTH_FIELDS} } }`,
+    { i: { email, password } },
+    null,
+  );
+  adopt(data.login);
+  return data.login.user;
+}
+
+export async function signOut(): Promise<void> {
+  const token = storedRefreshToken();
+  forget();
+  if (token) {
+    try {
+      await post('mutation Logout($t: String!) { logout(refreshToken: $t) }', { t: token }, null);
+    } catch {
+      /* signed out locally either way */
+    }
+  }
+}
+
+/** On page load: resume a stored session, if any. */
+export async function restore(): Promise<User | null> {
+  if (!storedRefreshToken()) return null;
+  try {
+    await refresh();
+  } catch {
+    /* server unreachable: stay signed out for now */
+  }
+  return currentUser;
+}
+
+// Another tab signed out: follow it.
+window.addEventListener('storage', (event) => {
+  if (event.key === REFRESH_KEY && event.newValue === null && currentUser) {
+    endedNotice = 'You signed out in another tab.';
+    forget();
+  }
+});

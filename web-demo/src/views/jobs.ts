@@ -1,0 +1,175 @@
+// Jobs (the caller's own; every job for admins) with cancel and retry, and
+// for admins the worker processes.
+
+import { alertBox, formatDuration, h } from '../dom';
+import { humanMessage } from '../errors';
+import { PROGRESS_FIELDS, type Progress } from '../live';
+import type { Cleanup } from '../router';
+import { gql, user } from '../session';
+
+type JobStatus = 'QUEUED' | 'RUNNING' | 'SUCCEEDED' | 'FAILED' | 'CANCELLED' | 'DEAD';
+
+interface Job {
+  id: string;
+  videoId: string | null;
+  kind: string;
+  status: JobStatus;
+  attempts: number;
+  maxAttempts: number;
+  error: string | null;
+  cancelRequested: boolean;
+  createdAt: string;
+  progress: Progress | null;
+}
+
+interface Worker {
+  id: string;
+  host: string;
+  capacity: number;
+  currentJobs: number;
+  version: string;
+  lastSeenAt: string;
+}
+
+const STATUS_LABEL: Record<JobStatus, string> = {
+  QUEUED: 'Queued',
+  RUNNING: 'Running',
+  SUCCEEDED: 'Succeeded',
+  FAILED: 'Failed',
+  CANCELLED: 'Cancelled',
+  DEAD: 'Gave up',
+};
+
+const POLL_MS = 3000;
+
+function ago(iso: string): string {
+  const secs = (Date.now() - new Date(iso).getTime()) / 1000;
+  return secs < 60 ? `${Math.max(0, Math.round(secs))} s ago` : `${formatDuration(secs)} ago`;
+}
+
+export function jobsView(main: HTMLElement): Cleanup {
+  const admin = user()?.role === 'ADMIN';
+  const alert = alertBox();
+  const jobsBody = h('tbody');
+  const workersBody = h('tbody');
+  const status = h('p', { class: 'meta', 'aria-live': 'polite' });
+  let timer: number | undefined;
+  let stopped = false;
+
+  async function act(job: Job, action: 'cancelJob' | 'retryJob'): Promise<void> {
+    alert.clear();
+    try {
+      await gql(`mutation Act($id: ID!) { ${action}(id: $id) { id status } }`, { id: job.id });
+      status.textContent = action === 'cancelJob' ? 'Cancel requested.' : 'Job queued again.';
+      await refresh();
+    } catch (err) {
+      alert.show(humanMessage(err));
+    }
+  }
+
+  function jobRow(job: Job): HTMLTableRowElement {
+    const canCancel = (job.status === 'QUEUED' || job.status === 'RUNNING') && !job.cancelRequested;
+    const canRetry = job.status === 'FAILED' || job.status === 'CANCELLED' || (job.status === 'DEAD' && admin);
+    const p = job.progress;
+    return h(
+      'tr',
+      { 'data-job': job.id, 'data-video': job.videoId ?? '' },
+      // Ids are time-ordered UUIDs: their tail is the part that tells them apart.
+      h(
+        'td',
+        {},
+        job.videoId
+          ? h('a', { href: `/watch/${job.videoId}`, 'data-link': true, title: job.videoId }, `…${job.videoId.slice(-8)}`)
+          : '—',
+      ),
+      h('td', {}, job.kind.toLowerCase().replace('_', ' ')),
+      h('td', {}, h('span', { class: 'badge', 'data-status': job.status }, STATUS_LABEL[job.status] ?? job.status)),
+      h('td', {}, job.status === 'RUNNING' && p ? `${Math.floor(p.percent)}% ${p.stage}` : job.error ?? ''),
+      h('td', {}, `${job.attempts}/${job.maxAttempts}`),
+      h('td', {}, ago(job.createdAt)),
+      h(
+        'td',
+        { class: 'actions' },
+        canCancel
+          ? h('button', { type: 'button', class: 'secondary', 'data-key': `${job.id}:cancel`, onclick: () => act(job, 'cancelJob') }, 'Cancel')
+          : null,
+        canRetry
+          ? h('button', { type: 'button', class: 'secondary', 'data-key': `${job.id}:retry`, onclick: () => act(job, 'retryJob') }, 'Retry')
+          : null,
+      ),
+    );
+  }
+
+  async function refresh(): Promise<void> {
+    window.clearTimeout(timer);
+    try {
+      const data = await gql<{ jobs: { nodes: Job[] }; workers?: Worker[] }>(
+        `query Jobs { jobs(first: 50) { nodes { id videoId kind status attempts maxAttempts error cancelRequested createdAt progress { ${PROGRESS_FIELDS} } } }
+          ${admin ? 'workers { id host capacity currentJobs version lastSeenAt }' : ''} }`,
+      );
+      if (stopped) return;
+      // Keyboard users keep their place across redraws: focus returns to the
+      // same button, or to the other action of the same job.
+      const focused = jobsBody.contains(document.activeElement) ? (document.activeElement as HTMLElement) : null;
+      const focusKey = focused?.dataset.key;
+      const focusJob = focused?.closest('tr')?.dataset.job;
+      jobsBody.replaceChildren(
+        ...(data.jobs.nodes.length ? data.jobs.nodes.map(jobRow) : [h('tr', {}, h('td', { colspan: 7 }, 'No jobs yet.'))]),
+      );
+      if (focused) {
+        const again =
+          (focusKey ? jobsBody.querySelector<HTMLElement>(`[data-key="${focusKey}"]`) : null) ??
+          (focusJob ? jobsBody.querySelector<HTMLElement>(`tr[data-job="${focusJob}"] button`) : null);
+        again?.focus();
+      }
+      if (data.workers) {
+        workersBody.replaceChildren(
+          ...(data.workers.length
+            ? data.workers.map((w) =>
+                h('tr', {}, h('td', {}, w.host), h('td', {}, `${w.currentJobs}/${w.capacity}`), h('td', {}, w.version), h('td', {}, ago(w.lastSeenAt))),
+              )
+            : [h('tr', {}, h('td', { colspan: 4 }, 'No worker has announced itself.'))]),
+        );
+      }
+    } catch (err) {
+      alert.show(humanMessage(err));
+    }
+    if (!stopped) timer = window.setTimeout(() => void refresh(), POLL_MS);
+  }
+
+  const th = (text: string) => h('th', { scope: 'col' }, text);
+  main.append(
+    h('h1', {}, admin ? 'Jobs and workers' : 'Your jobs'),
+    alert,
+    status,
+    h(
+      'div',
+      { class: 'table-wrap' },
+      h(
+        'table',
+        {},
+        h('caption', {}, admin ? 'All jobs, newest first' : 'Processing jobs of your videos, newest first'),
+        h('thead', {}, h('tr', {}, th('Video'), th('Kind'), th('Status'), th('Progress / error'), th('Attempts'), th('Created'), th('Actions'))),
+        jobsBody,
+      ),
+    ),
+    admin
+      ? h(
+          'div',
+          { class: 'table-wrap' },
+          h(
+            'table',
+            {},
+            h('caption', {}, 'Workers'),
+            h('thead', {}, h('tr', {}, th('Host'), th('Jobs'), th('Version'), th('Last seen'))),
+            workersBody,
+          ),
+        )
+      : '',
+  );
+  void refresh();
+  return () => {
+    stopped = true;
+    window.clearTimeout(timer);
+  };
+}
