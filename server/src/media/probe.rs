@@ -7,7 +7,7 @@ use gstreamer as gst;
 use gstreamer_pbutils as pbutils;
 use gstreamer_pbutils::prelude::*;
 
-use super::pipeline::{discard_pad, make, wait_async_done, Limits, NullOnDrop};
+use super::pipeline::{discard_pad, make, stop, wait_async_done, Limits, NullOnDrop};
 use super::{check_source_file, ensure_gstreamer, file_uri, MediaError};
 
 /// How long Discoverer may take on one file.
@@ -234,7 +234,7 @@ fn preflight(path: &Path, timeout: Duration) -> Result<(), MediaError> {
     });
     let _ = pipeline.set_state(gst::State::Paused);
     let result = wait_async_done(&pipeline, &limits);
-    let _ = pipeline.set_state(gst::State::Null);
+    stop(&pipeline);
     result.map_err(|e| match e {
         MediaError::Pipeline { reason, .. } => MediaError::Unreadable { reason },
         other => other,

@@ -10,7 +10,7 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
 use super::ladder::{caps_filter, connect_decoder};
-use super::pipeline::{clock_time, limit_decoder_errors, make, run_to_eos, wait_async_done, Limits, NullOnDrop};
+use super::pipeline::{clock_time, limit_decoder_errors, make, run_to_eos, stop, wait_async_done, Limits, NullOnDrop};
 use super::{ensure_gstreamer, file_uri, probe, MediaError, MediaInfo};
 
 /// A decoded RGB picture (3 bytes per pixel, rows packed).
@@ -241,7 +241,7 @@ pub fn load_jpeg(path: &Path) -> Result<Frame, MediaError> {
     gst::Element::link_many([&src, &dec, &convert, sink.upcast_ref()])?;
     preroll(&pipeline, &limits)?;
     let frame = pull_frame(&sink, Duration::ZERO)?;
-    let _ = pipeline.set_state(gst::State::Null);
+    stop(&pipeline);
     Ok(frame)
 }
 
@@ -351,7 +351,7 @@ impl FrameGrabber {
     }
 
     fn close(self) {
-        let _ = self.pipeline.set_state(gst::State::Null);
+        stop(&self.pipeline);
     }
 }
 
