@@ -229,6 +229,8 @@ def main():
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--out", default="docs/bench")
+    ap.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra environment for the reelhouse server (repeatable), e.g. REELHOUSE__MEDIA__ENCODER_NICE=0")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     limit = raise_fd_limit()
@@ -247,6 +249,7 @@ def main():
         server_env = dict(env, REELHOUSE__RATE_LIMIT__ENABLED="false",
                           REELHOUSE__MEDIA__LADDER="[{lines=240,video_bitrate_kbps=300}]",
                           REELHOUSE__MEDIA__SPEED_PRESET="ultrafast", REELHOUSE__TELEMETRY__LEVEL="warn")
+        server_env.update(kv.split("=", 1) for kv in args.server_env)
         server = subprocess.Popen([args.server_bin, "serve", "--bind", f"127.0.0.1:{port}", "--data-dir",
                                    os.path.join(work, "data")], env=server_env,
                                   stdout=open(os.path.join(work, "server.log"), "w"), stderr=subprocess.STDOUT)

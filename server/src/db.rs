@@ -23,6 +23,10 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<DatabaseConnection> 
         .connect_timeout(Duration::from_secs(settings.database.connect_timeout_secs))
         .acquire_timeout(Duration::from_secs(settings.database.connect_timeout_secs))
         .sqlx_logging(false)
+        // sqlx pings every connection it hands out by default. A SQLite connection is a
+        // file handle served by its own thread, so the ping is a round trip to that
+        // thread per query for nothing; a broken one fails its query like any other.
+        .test_before_acquire(!settings.uses_sqlite())
         // Every pooled SQLite connection (PRAGMAs are per connection): WAL, so readers
         // never block the one writer; writers wait up to 5 s for the lock.
         .map_sqlx_sqlite_opts(|o| {

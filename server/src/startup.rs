@@ -38,6 +38,8 @@ pub struct AppState {
     pub public_url: String,
     /// Parsed `server.trusted_proxies`.
     pub trusted_proxies: Arc<Vec<crate::http::client_ip::IpRange>>,
+    /// Memory all tus PATCHes may hold in part buffers at once (`uploads.tus_buffer_budget_bytes`).
+    pub tus_buffers: crate::uploads::buffer_budget::BufferBudget,
 }
 
 impl AppState {
@@ -67,6 +69,7 @@ impl Application {
     /// an actix `System` (the binary's `#[actix_web::main]`, or `#[actix_web::test]`).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         crate::telemetry::init_gstreamer(&settings.telemetry.gstreamer_level)?;
+        crate::media::set_streaming_nice(settings.media.encoder_nice);
         let metrics = crate::telemetry::prometheus()?;
         let keys = Arc::new(ServerKeys::load_or_generate(&settings)?);
 
@@ -115,6 +118,10 @@ impl Application {
             started_at: Utc::now(),
             trusted_proxies: Arc::new(crate::http::client_ip::parse_ranges(&settings.server.trusted_proxies)),
             public_url,
+            tus_buffers: crate::uploads::buffer_budget::BufferBudget::new(
+                settings.uploads.tus_buffer_budget_bytes,
+                crate::uploads::buffer_budget::DEFAULT_WAIT,
+            ),
         };
         if let Some(redis) = state.redis.clone() {
             actix_rt::spawn(crate::events::fanout::run_relay(

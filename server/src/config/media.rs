@@ -36,6 +36,10 @@ pub struct MediaSettings {
     /// included). Files of videos that need no signature redirect there; private
     /// and hidden ones still get presigned URLs, which a CDN cannot check.
     pub cdn_base_url: Option<String>,
+    /// Nice value (0..=19) of the GStreamer streaming threads and the encoder threads
+    /// they start, so encodes yield CPU to API requests on the same machine; 0 leaves
+    /// them at the process's priority.
+    pub encoder_nice: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +73,7 @@ impl Default for MediaSettings {
             signed_url_ttl_secs: 6 * 3600,
             redirect_to_storage: false,
             cdn_base_url: None,
+            encoder_nice: 10,
         }
     }
 }

@@ -410,6 +410,12 @@ impl Settings {
                 ));
             }
         }
+        if self.uploads.tus_buffer_budget_bytes < self.uploads.part_size_bytes {
+            return Err(SettingsError::new(
+                "uploads.tus_buffer_budget_bytes",
+                "must hold at least one part (part_size_bytes)",
+            ));
+        }
         if self.uploads.part_size_bytes < 5 * 1024 * 1024 {
             return Err(SettingsError::new("uploads.part_size_bytes", "must be at least 5 MiB (S3's smallest part)"));
         }
@@ -418,6 +424,9 @@ impl Settings {
         }
         if self.media.ladder.is_empty() || self.media.ladder.iter().any(|r| r.lines < 2 || r.video_bitrate_kbps == 0) {
             return Err(SettingsError::new("media.ladder", "needs at least one rung with lines >= 2 and a bitrate"));
+        }
+        if !(0..=19).contains(&self.media.encoder_nice) {
+            return Err(SettingsError::new("media.encoder_nice", "must be between 0 and 19"));
         }
         if let Some(cdn) = &self.media.cdn_base_url {
             let ok = url::Url::parse(cdn).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.query().is_none());

@@ -22,6 +22,9 @@ pub struct UploadSettings {
     pub part_size_bytes: u64,
     /// Largest body of one tus PATCH request.
     pub tus_max_chunk_bytes: u64,
+    /// Memory all tus PATCHes of this process may hold in part buffers at once; a
+    /// PATCH that finds it spent waits briefly, then gets 503 + `Retry-After`.
+    pub tus_buffer_budget_bytes: u64,
     /// Seconds between sweeps for expired sessions and orphaned multipart uploads.
     pub sweep_interval_secs: u64,
 }
@@ -49,6 +52,7 @@ impl Default for UploadSettings {
             multipart_threshold_bytes: 64 * MIB,
             part_size_bytes: 16 * MIB,
             tus_max_chunk_bytes: 64 * MIB,
+            tus_buffer_budget_bytes: 256 * MIB,
             sweep_interval_secs: 60,
         }
     }

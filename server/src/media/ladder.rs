@@ -243,7 +243,7 @@ pub fn transcode_hls(
     let keyint =
         ((f64::from(fps_n) / f64::from(fps_d)) * f64::from(opts.segment_seconds.max(1))).round().max(1.0) as u32;
 
-    let pipeline = gst::Pipeline::with_name("hls-ladder");
+    let pipeline = super::pipeline::new_pipeline("hls-ladder");
     let _null = NullOnDrop(pipeline.clone());
     let states: Vec<Arc<RungState>> = rungs.iter().map(|_| Arc::new(RungState::default())).collect();
     let frames = Arc::new(AtomicU64::new(0));

@@ -17,7 +17,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use pipeline::{Progress, RungProgress};
+pub use pipeline::{set_streaming_nice, Progress, RungProgress};
 pub use probe::{probe, probe_with_timeout, MediaInfo, MediaLimits, DEFAULT_PROBE_TIMEOUT};
 
 /// Set to `true` to stop a running pipeline; the call returns [`MediaError::Cancelled`].

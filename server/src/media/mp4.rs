@@ -144,7 +144,7 @@ pub fn transcode_mp4(
         .map_err(|e| MediaError::io(format!("creating a temporary directory in {}", parent.display()), e))?;
     let partial = scratch.path().join(format!("partial.{}", format.extension()));
 
-    let pipeline = gst::Pipeline::with_name(match format {
+    let pipeline = super::pipeline::new_pipeline(match format {
         Format::Mp4 => "mp4-download",
         Format::WebM => "webm-download",
     });

@@ -1,6 +1,6 @@
 //! The one loop that drives a pipeline's bus: errors, EOS, cancel, timeout, ticks.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use gstreamer as gst;
@@ -26,6 +26,79 @@ pub struct Progress {
 pub struct RungProgress {
     pub name: String,
     pub percent: f64,
+}
+
+/// Nice value of streaming threads (see [`new_pipeline`]); 0 leaves them as they are.
+static STREAMING_NICE: AtomicI32 = AtomicI32::new(0);
+
+/// The nice value (0..=19) that every pipeline built afterwards gives its streaming
+/// threads. Process-wide, as thread priorities are; set once at startup.
+pub fn set_streaming_nice(nice: i32) {
+    STREAMING_NICE.store(nice.clamp(0, 19), Ordering::Relaxed);
+}
+
+/// A new, empty pipeline whose streaming threads run at the nice value set with
+/// [`set_streaming_nice`]. Encoders start their own threads from a streaming thread
+/// (x264's, libav's), and a new thread inherits its creator's nice value, so the
+/// whole encode runs at that priority: on a machine that also serves the API, an
+/// encode takes what CPU the requests leave instead of queueing them behind it.
+pub(crate) fn new_pipeline(name: &str) -> gst::Pipeline {
+    let pipeline = gst::Pipeline::with_name(name);
+    lower_streaming_priority(&pipeline, STREAMING_NICE.load(Ordering::Relaxed));
+    pipeline
+}
+
+/// GStreamer posts `STREAM_STATUS` / `ENTER` from each streaming thread as it starts
+/// a task; the bus's sync handler runs in that thread, where the thread can renice
+/// itself. (The pipelines here read their bus by polling, so the handler is free.)
+fn lower_streaming_priority(pipeline: &gst::Pipeline, nice: i32) {
+    if nice <= 0 {
+        return;
+    }
+    let Some(bus) = pipeline.bus() else {
+        return;
+    };
+    bus.set_sync_handler(move |_, msg| {
+        if let gst::MessageView::StreamStatus(status) = msg.view() {
+            if status.get().0 == gst::StreamStatusType::Enter {
+                renice_current_thread(nice);
+            }
+        }
+        gst::BusSyncReply::Pass
+    });
+}
+
+/// Raise the calling thread's nice value to `nice` (never lower it: that takes a
+/// privilege, and a process started nicer than configured stays so). Linux keeps a
+/// nice value per thread, so `setpriority` on the thread id touches this thread only.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn renice_current_thread(nice: i32) {
+    let current = thread_nice();
+    if current.is_some_and(|current| current >= nice) {
+        return;
+    }
+    // SAFETY: plain system calls on the calling thread's own id.
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+    if result != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), nice, "could not renice a streaming thread");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn renice_current_thread(_nice: i32) {}
+
+/// The calling thread's nice value (`getpriority` can return -1 legitimately, so
+/// errno tells failure apart).
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub(crate) fn thread_nice() -> Option<i32> {
+    // SAFETY: errno is thread-local; getpriority only reads the thread's own entry.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let nice = libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t);
+        (nice != -1 || *libc::__errno_location() == 0).then_some(nice)
+    }
 }
 
 /// Puts the pipeline into `Null` whatever way the owner leaves (see [`stop`]).
@@ -248,6 +321,65 @@ mod tests {
     fn test_pipeline(description: &str) -> gst::Pipeline {
         crate::media::ensure_gstreamer().expect("GStreamer initialises");
         gst::parse::launch(description).expect("pipeline parses").downcast::<gst::Pipeline>().expect("a pipeline")
+    }
+
+    /// Nice values of this process's threads, from `/proc/self/task/*/stat`.
+    fn thread_nice_values() -> Vec<i32> {
+        let mut values = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task").flatten() {
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+            // Fields after the command name (which may hold spaces) start at field 3;
+            // nice is field 19.
+            let after_name = &stat[stat.rfind(')').expect("stat has a command name") + 2..];
+            if let Some(nice) = after_name.split_whitespace().nth(16).and_then(|v| v.parse().ok()) {
+                values.push(nice);
+            }
+        }
+        values
+    }
+
+    /// Streaming threads renice themselves as they start, and the threads an encoder
+    /// starts from them (x264's) inherit it; the threads that build and drive the
+    /// pipeline keep their priority.
+    #[test]
+    fn streaming_and_encoder_threads_run_at_the_configured_nice_value() {
+        crate::media::ensure_gstreamer().expect("GStreamer initialises");
+        let base = thread_nice().expect("this thread's nice value");
+        assert!(base < 10, "the test needs to start below nice 10 (was {base})");
+        let pipeline = new_pipeline("nice-test");
+        lower_streaming_priority(&pipeline, 10);
+        let bin = gst::parse::bin_from_description(
+            "videotestsrc num-buffers=300 ! video/x-raw,width=320,height=240 ! x264enc threads=3 speed-preset=ultrafast \
+             ! queue name=q ! fakesink sync=false",
+            false,
+        )
+        .expect("bin parses");
+        pipeline.add(&bin).expect("bin added");
+
+        // At the 30th encoded buffer: the nice value of the queue's streaming thread,
+        // and of every thread in the process while the encoder runs.
+        let (seen_tx, seen_rx) = mpsc::channel::<(Option<i32>, Vec<i32>)>();
+        let seen_tx = Mutex::new(Some(seen_tx));
+        let count = std::sync::atomic::AtomicU32::new(0);
+        let queue_src = bin.by_name("q").and_then(|q| q.static_pad("src")).expect("queue src pad");
+        queue_src.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            if count.fetch_add(1, Ordering::Relaxed) == 30 {
+                if let Some(tx) = seen_tx.lock().unwrap().take() {
+                    let _ = tx.send((thread_nice(), thread_nice_values()));
+                }
+            }
+            gst::PadProbeReturn::Ok
+        });
+        pipeline.set_state(gst::State::Playing).expect("plays");
+        let (streaming, all) = seen_rx.recv_timeout(Duration::from_secs(60)).expect("30 buffers were encoded");
+        assert!(stop(&pipeline));
+
+        assert_eq!(streaming, Some(10), "the queue's streaming thread was not reniced");
+        // videotestsrc's and the queue's streaming threads, and x264's own threads.
+        let niced = all.iter().filter(|&&n| n == 10).count();
+        assert!(niced >= 4, "expected the streaming and encoder threads at nice 10, got {all:?}");
+        assert!(all.contains(&base), "the test's own threads kept their priority: {all:?}");
+        assert_eq!(thread_nice(), Some(base), "the driving thread was reniced");
     }
 
     #[test]

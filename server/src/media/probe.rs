@@ -216,7 +216,7 @@ fn orientation(tags: &gst::TagList) -> Option<u32> {
 fn preflight(path: &Path, timeout: Duration) -> Result<(), MediaError> {
     let never = std::sync::atomic::AtomicBool::new(false);
     let limits = Limits { cancel: &never, deadline: std::time::Instant::now() + timeout, timeout };
-    let pipeline = gst::Pipeline::with_name("probe-preflight");
+    let pipeline = super::pipeline::new_pipeline("probe-preflight");
     let _null = NullOnDrop(pipeline.clone());
     let src = make("filesrc", Some("source"))?;
     src.set_property("location", path.to_string_lossy().to_string());

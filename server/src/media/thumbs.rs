@@ -229,7 +229,7 @@ pub fn load_jpeg(path: &Path) -> Result<Frame, MediaError> {
     let timeout = Duration::from_secs(30);
     let never = AtomicBool::new(false);
     let limits = Limits { cancel: &never, deadline: Instant::now() + timeout, timeout };
-    let pipeline = gst::Pipeline::with_name("load-jpeg");
+    let pipeline = super::pipeline::new_pipeline("load-jpeg");
     let _null = NullOnDrop(pipeline.clone());
     let src = make("filesrc", None)?;
     src.set_property("location", path.to_string_lossy().to_string());
@@ -297,7 +297,7 @@ impl FrameGrabber {
         let out_w = (width.min(dw) / 2 * 2).max(2);
         let out_h = ((f64::from(dh) * f64::from(out_w) / f64::from(dw)).round() as u32 / 2 * 2).max(2);
 
-        let pipeline = gst::Pipeline::with_name("frame-grabber");
+        let pipeline = super::pipeline::new_pipeline("frame-grabber");
         let null = NullOnDrop(pipeline.clone());
         let decode = make("uridecodebin", Some("decode"))?;
         decode.set_property("uri", file_uri(source)?);
@@ -415,7 +415,7 @@ fn encode_jpeg(
     limits: &Limits<'_>,
     written: &mut Written,
 ) -> Result<(), MediaError> {
-    let pipeline = gst::Pipeline::with_name("jpeg-encoder");
+    let pipeline = super::pipeline::new_pipeline("jpeg-encoder");
     let _null = NullOnDrop(pipeline.clone());
     let info = gstreamer_video::VideoInfo::builder(gstreamer_video::VideoFormat::Rgb, frame.width, frame.height)
         .fps(gst::Fraction::new(0, 1))

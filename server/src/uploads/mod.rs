@@ -19,6 +19,7 @@
 //! expiry move it back to DRAFT, so the owner can simply try again.
 
 pub mod abort;
+pub mod buffer_budget;
 pub mod completion;
 pub mod sweeper;
 pub mod tickets;

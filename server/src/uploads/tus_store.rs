@@ -103,7 +103,10 @@ where
         .checked_sub(tus.full_bytes())
         .filter(|len| *len < part_size)
         .ok_or_else(|| AppError::internal(anyhow::anyhow!("upload {} has an inconsistent offset and parts", row.id)))?;
-    let mut buffer = BytesMut::with_capacity(usize::try_from(part_size.min(declared - tus.full_bytes())).unwrap_or(0));
+    let capacity = part_size.min(declared - tus.full_bytes());
+    // Reserved before a byte of the body is read, held until the request ends.
+    let _reservation = state.tus_buffers.reserve(capacity).await?;
+    let mut buffer = BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(0));
     if tail_len > 0 {
         let tail = store.get(&tail_key(key), Some(ByteRange::FromTo(0, tail_len - 1))).await?;
         let mut stream = tail.body;

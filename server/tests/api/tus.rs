@@ -307,6 +307,85 @@ async fn tus_resumes_after_a_dropped_patch_and_refuses_concurrent_writes() {
     assert_eq!(jobs_of(&app, video).await.len(), 1);
 }
 
+/// Waits (polling) until the process-wide tus buffer budget has `bytes` free.
+async fn wait_for_budget(app: &TestApp, bytes: u64) {
+    for _ in 0..400 {
+        if app.state.tus_buffers.available_bytes() == bytes {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the tus buffer budget never reached {bytes} free bytes (has {})", app.state.tus_buffers.available_bytes());
+}
+
+/// The memory PATCHes hold in part buffers is bounded for the whole process: while one
+/// PATCH holds the budget, a PATCH to another upload (same user or not) is refused with
+/// 503 + `Retry-After` before a byte is stored, and goes through once the first lets
+/// go. Both files arrive intact.
+#[actix_web::test]
+async fn tus_patches_beyond_the_buffer_budget_get_503_and_lose_nothing() {
+    const PART: u64 = 5 * 1024 * 1024;
+    let app = spawn_uploads_app(|s| {
+        s.uploads.part_size_bytes = PART;
+        s.uploads.tus_buffer_budget_bytes = PART;
+    })
+    .await;
+    let user = app.register_user().await;
+    let clip = big_clip();
+    assert!(clip.len() as u64 > PART, "the clip must span more than one part");
+    let first = new_video(&app, user_id(&user)).await;
+    let second = new_video(&app, user_id(&user)).await;
+    let first_url = tus_session(&app, &user, first, clip.len()).await;
+    let second_url = tus_session(&app, &user, second, clip.len()).await;
+    wait_for_budget(&app, PART).await;
+
+    // The first PATCH announces the whole file, sends 1 MiB and stays open: its part
+    // buffer takes the whole budget.
+    let stream = partial_patch(&app, &path_of(&first_url), &user, 0, clip.len(), &clip[..1024 * 1024]).await;
+    wait_for_budget(&app, 0).await;
+
+    let res = patch(&app.client, &second_url, &user, 0, &clip[..3 * 1024 * 1024]).await;
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["retry-after"], "2");
+    assert_eq!(res.headers()["tus-resumable"], "1.0.0");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "UNAVAILABLE", "{body}");
+    assert_eq!(offset(&app.client, &second_url, &user).await, 0, "a refused PATCH stored bytes");
+
+    // The first client goes away: its request ends and the budget comes back.
+    drop(stream);
+    wait_for_budget(&app, PART).await;
+    send_rest(&app.client, &second_url, &user, &clip, 0, 4 * 1024 * 1024).await;
+
+    // The first upload resumes from what it kept (its lease may take a moment to go).
+    let mut resumed_at = None;
+    for _ in 0..100 {
+        let at = offset(&app.client, &first_url, &user).await;
+        let end = clip.len().min(at as usize + 4 * 1024 * 1024);
+        let res = patch(&app.client, &first_url, &user, at, &clip[at as usize..end]).await;
+        if res.status() == 204 {
+            resumed_at = Some(end);
+            break;
+        }
+        assert_eq!(res.status(), 409, "{:?}", res.text().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let at = resumed_at.expect("the first upload never resumed");
+    send_rest(&app.client, &first_url, &user, &clip, at, 4 * 1024 * 1024).await;
+
+    for video in [first, second] {
+        assert_eq!(video_row(&app, video).await.status, VideoStatus::Processing);
+        let key = reelhouse::storage::layout::source(user_id(&user), video);
+        let mut body = app.state.store.get(&key, None).await.unwrap().body;
+        let mut hash = Sha256::new();
+        while let Some(chunk) = futures::StreamExt::next(&mut body).await {
+            hash.update(chunk.unwrap());
+        }
+        assert_eq!(hash.finalize().to_vec(), Sha256::digest(&clip).to_vec(), "video {video} was not stored intact");
+    }
+    wait_for_budget(&app, PART).await;
+}
+
 #[actix_web::test]
 async fn tus_refuses_oversize_and_strangers_and_terminates() {
     let app = spawn_uploads_app(|s| s.uploads.max_size_bytes = 2_000_000).await;
