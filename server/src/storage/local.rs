@@ -55,7 +55,7 @@ use url::Url;
 use super::op_metrics::observe;
 use super::{
     unquote_etag, validate_completed_parts, validate_expiry, validate_key, validate_part_number, validate_prefix,
-    ByteRange, ByteStream, CompletedPart, GetResult, ObjectMeta, ObjectStore, PresignedRequest, StoreError,
+    ByteRange, ByteStream, CompletedPart, GetResult, LocalFile, ObjectMeta, ObjectStore, PresignedRequest, StoreError,
     UploadedPart, MAX_PART_SIZE, MIN_PART_SIZE,
 };
 
@@ -397,6 +397,12 @@ impl LocalStore {
 
     /// Open the object and describe the very file that was opened.
     async fn open_object(&self, key: &str) -> Result<(File, ObjectMeta), StoreError> {
+        self.open_object_checked(key).await.map(|(file, meta, _)| (file, meta))
+    }
+
+    /// [`Self::open_object`], also telling whether the sidecar matched the file (then
+    /// the ETag is the content's SHA-256, recorded when the object was written).
+    async fn open_object_checked(&self, key: &str) -> Result<(File, ObjectMeta, bool), StoreError> {
         let file = match File::open(self.object_path(key)).await {
             Ok(file) => file,
             Err(err) if matches!(err.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
@@ -421,6 +427,7 @@ impl LocalStore {
         // A writer renames the bytes, then the sidecar: retry briefly when we caught
         // the gap. A sidecar that never matches (object copied in by hand, a
         // concurrent delete) leaves the size/mtime ETag and no content type.
+        let mut sidecar_matched = false;
         for attempt in 0..3 {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -434,10 +441,11 @@ impl LocalStore {
             if sidecar.size == size && sidecar.mtime_ns == mtime {
                 meta.content_type = sidecar.content_type;
                 meta.etag = Some(sidecar.sha256);
+                sidecar_matched = true;
                 break;
             }
         }
-        Ok((file, meta))
+        Ok((file, meta, sidecar_matched))
     }
 
     // ---- deleting ------------------------------------------------------------
@@ -597,6 +605,19 @@ impl ObjectStore for LocalStore {
         observe(BACKEND, "head", key, async {
             validate_key(key)?;
             Ok(self.open_object(key).await?.1)
+        })
+        .await
+    }
+
+    async fn local_file(&self, key: &str) -> Result<Option<LocalFile>, StoreError> {
+        observe(BACKEND, "local_file", key, async {
+            validate_key(key)?;
+            let (_, meta, sidecar_matched) = self.open_object_checked(key).await?;
+            Ok(Some(LocalFile {
+                path: self.object_path(key),
+                size: meta.size,
+                sha256: meta.etag.filter(|_| sidecar_matched),
+            }))
         })
         .await
     }

@@ -56,6 +56,15 @@ pub struct ObjectMeta {
     pub last_modified: Option<DateTime<Utc>>,
 }
 
+/// An object kept as a file on this machine (see [`ObjectStore::local_file`]).
+#[derive(Debug, Clone)]
+pub struct LocalFile {
+    pub path: std::path::PathBuf,
+    pub size: u64,
+    /// Hex SHA-256 of the content, when the store recorded it as it wrote the object.
+    pub sha256: Option<String>,
+}
+
 /// The result of [`ObjectStore::get`].
 pub struct GetResult {
     pub meta: ObjectMeta,
@@ -205,6 +214,13 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<GetResult, StoreError>;
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError>;
+
+    /// The object as a file on this machine, for callers that need a path (the media
+    /// probe) and would otherwise download a copy: local disk answers with the object's
+    /// own file, which must only be read; remote backends answer `None`.
+    async fn local_file(&self, _key: &str) -> Result<Option<LocalFile>, StoreError> {
+        Ok(None)
+    }
 
     /// Delete an object. Deleting a missing key is not an error.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;

@@ -6,7 +6,7 @@
 //! OPEN`, so concurrent calls cannot both process; calling again after success
 //! returns the same video (and there is still one job).
 
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 
 use chrono::Utc;
 use entities::{upload, video, JobKind, UploadMethod, UploadStatus, VideoStatus};
@@ -136,7 +136,102 @@ async fn verify(state: &AppState, row: &upload::Model) -> Result<MediaInfo, Fail
             format!("the uploaded file has {} bytes, not the declared {declared}", meta.size),
         ));
     }
-    // Download to a temp file (removed on drop, on every path), hashing on the way.
+    // On local disk the object is already a file: read it in place. Otherwise
+    // download a copy (removed on drop, on every path), hashing on the way.
+    let source = match state.store.local_file(&row.object_key).await? {
+        Some(local) if local.size == declared => in_place(local).await?,
+        _ => download(state, row, declared).await?,
+    };
+    if let Some(expected) = &row.checksum_sha256 {
+        let actual = match &source.sha256 {
+            Some(sha256) => sha256.clone(),
+            None => hash_file(source.path()).await?,
+        };
+        if actual != *expected {
+            return Err(Failure::Reject(
+                ErrorCode::BadUserInput,
+                "the file's SHA-256 does not match the declared checksum".into(),
+            ));
+        }
+    }
+    if sniff(&source.head).is_none() {
+        return Err(Failure::Reject(
+            ErrorCode::UnsupportedMedia,
+            "the file is not a video container this server reads (MP4, QuickTime, Matroska/WebM, AVI, MPEG-TS/PS, Ogg)"
+                .into(),
+        ));
+    }
+    let timeout = state.settings.media.probe_timeout();
+    let limits = state.settings.media.limits();
+    let probe_path = source.path().to_path_buf();
+    let probed = tokio::task::spawn_blocking(move || {
+        let info = probe_with_timeout(&probe_path, timeout)?;
+        info.check(&limits)?;
+        Ok::<_, MediaError>(info)
+    })
+    .await
+    .map_err(AppError::internal)?;
+    drop(source);
+    match probed {
+        Ok(info) => Ok(info),
+        Err(err @ MediaError::Timeout(_)) => {
+            tracing::info!(upload = %row.id, error = %err, "probe timed out");
+            Err(Failure::Reject(ErrorCode::UnsupportedMedia, "the file could not be analysed in time".into()))
+        }
+        Err(err) if err.is_client_error() => Err(Failure::Reject(ErrorCode::UnsupportedMedia, reason_of(&err))),
+        Err(err) => Err(Failure::Reopen(AppError::internal(err))),
+    }
+}
+
+/// The uploaded bytes as a file to check and probe.
+struct Source {
+    file: SourceFile,
+    /// The first [`SNIFF_LEN`] bytes (fewer if the file is shorter).
+    head: Vec<u8>,
+    /// Hex SHA-256 of the content, when known without reading it again.
+    sha256: Option<String>,
+}
+
+enum SourceFile {
+    /// A downloaded copy, removed when dropped.
+    Temp(tempfile::TempPath),
+    /// The stored object itself (local disk), only read.
+    InPlace(std::path::PathBuf),
+}
+
+impl Source {
+    fn path(&self) -> &std::path::Path {
+        match &self.file {
+            SourceFile::Temp(path) => path,
+            SourceFile::InPlace(path) => path,
+        }
+    }
+}
+
+fn storage_read_failed(err: impl Into<anyhow::Error>) -> Failure {
+    Failure::Reopen(AppError::unavailable("object storage", err))
+}
+
+/// The stored object's own file: no copy. The store recorded its SHA-256 when it
+/// wrote it (a missing record means hashing it later, only if a checksum was declared).
+async fn in_place(local: crate::storage::LocalFile) -> Result<Source, Failure> {
+    let path = local.path;
+    let head = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut head = Vec::with_capacity(SNIFF_LEN);
+            std::fs::File::open(&path)?.take(SNIFF_LEN as u64).read_to_end(&mut head)?;
+            Ok::<_, std::io::Error>(head)
+        })
+        .await
+        .map_err(AppError::internal)?
+        .map_err(storage_read_failed)?
+    };
+    Ok(Source { file: SourceFile::InPlace(path), head, sha256: local.sha256 })
+}
+
+/// Download the object to a temp file, hashing it and keeping its first bytes.
+async fn download(state: &AppState, row: &upload::Model, declared: u64) -> Result<Source, Failure> {
     let temp = tempfile::Builder::new().prefix("reelhouse-upload-").tempfile().map_err(AppError::internal)?;
     let (mut file, path) = temp.into_parts();
     let mut hasher = Sha256::new();
@@ -144,7 +239,7 @@ async fn verify(state: &AppState, row: &upload::Model) -> Result<MediaInfo, Fail
     let mut written = 0u64;
     let mut body = state.store.get(&row.object_key, None).await?.body;
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| Failure::Reopen(AppError::unavailable("object storage", e)))?;
+        let chunk = chunk.map_err(storage_read_failed)?;
         if head.len() < SNIFF_LEN {
             let take = (SNIFF_LEN - head.len()).min(chunk.len());
             head.extend_from_slice(&chunk[..take]);
@@ -160,46 +255,22 @@ async fn verify(state: &AppState, row: &upload::Model) -> Result<MediaInfo, Fail
     file.flush().map_err(AppError::internal)?;
     drop(file);
     if written != declared {
-        return Err(Failure::Reopen(AppError::unavailable(
-            "object storage",
-            anyhow::anyhow!("read {written} bytes of {declared}"),
-        )));
+        return Err(storage_read_failed(anyhow::anyhow!("read {written} bytes of {declared}")));
     }
-    if let Some(expected) = &row.checksum_sha256 {
-        if hex::encode(hasher.finalize()) != *expected {
-            return Err(Failure::Reject(
-                ErrorCode::BadUserInput,
-                "the file's SHA-256 does not match the declared checksum".into(),
-            ));
-        }
-    }
-    if sniff(&head).is_none() {
-        return Err(Failure::Reject(
-            ErrorCode::UnsupportedMedia,
-            "the file is not a video container this server reads (MP4, QuickTime, Matroska/WebM, AVI, MPEG-TS/PS, Ogg)"
-                .into(),
-        ));
-    }
-    let timeout = state.settings.media.probe_timeout();
-    let limits = state.settings.media.limits();
-    let probe_path = path.to_path_buf();
-    let probed = tokio::task::spawn_blocking(move || {
-        let info = probe_with_timeout(&probe_path, timeout)?;
-        info.check(&limits)?;
-        Ok::<_, MediaError>(info)
+    Ok(Source { file: SourceFile::Temp(path), head, sha256: Some(hex::encode(hasher.finalize())) })
+}
+
+/// Hex SHA-256 of a local file.
+async fn hash_file(path: &std::path::Path) -> Result<String, Failure> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut hasher = Sha256::new();
+        std::io::copy(&mut std::fs::File::open(&path)?, &mut hasher)?;
+        Ok::<_, std::io::Error>(hex::encode(hasher.finalize()))
     })
     .await
-    .map_err(AppError::internal)?;
-    drop(path);
-    match probed {
-        Ok(info) => Ok(info),
-        Err(err @ MediaError::Timeout(_)) => {
-            tracing::info!(upload = %row.id, error = %err, "probe timed out");
-            Err(Failure::Reject(ErrorCode::UnsupportedMedia, "the file could not be analysed in time".into()))
-        }
-        Err(err) if err.is_client_error() => Err(Failure::Reject(ErrorCode::UnsupportedMedia, reason_of(&err))),
-        Err(err) => Err(Failure::Reopen(AppError::internal(err))),
-    }
+    .map_err(AppError::internal)?
+    .map_err(storage_read_failed)
 }
 
 fn reason_of(err: &MediaError) -> String {

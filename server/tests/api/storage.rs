@@ -150,6 +150,7 @@ contract!(
     multipart_rules_are_enforced,
     multipart_through_presigned_part_urls,
     invalid_keys_are_rejected,
+    local_file_is_the_object_itself_on_disk_and_none_remotely,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -251,6 +252,42 @@ async fn put_get_head_delete_round_trip(fx: &Fixture) {
     store.delete(key).await.unwrap();
     assert!(matches!(store.head(key).await, Err(StoreError::NotFound { .. })));
     store.delete(key).await.unwrap();
+}
+
+/// Local disk hands out the object's own file (with the SHA-256 recorded when it was
+/// written, also for a multipart object); S3 has no local file.
+async fn local_file_is_the_object_itself_on_disk_and_none_remotely(fx: &Fixture) {
+    let store = fx.store.as_ref();
+    let data = pattern(3 * 1024 * 1024 + 17, 7);
+    store.put("users/1/local-file.bin", chunked(data.clone(), 65_537), None).await.unwrap();
+    let local = store.local_file("users/1/local-file.bin").await.unwrap();
+    let upload = store.create_multipart("users/1/assembled.bin", None).await.unwrap();
+    let (first, second) = (pattern(5 * 1024 * 1024, 8), pattern(1000, 9));
+    let etag1 = store.upload_part("users/1/assembled.bin", &upload, 1, Bytes::from(first.clone())).await.unwrap();
+    let etag2 = store.upload_part("users/1/assembled.bin", &upload, 2, Bytes::from(second.clone())).await.unwrap();
+    let parts = vec![
+        reelhouse::storage::CompletedPart { number: 1, etag: etag1 },
+        reelhouse::storage::CompletedPart { number: 2, etag: etag2 },
+    ];
+    store.complete_multipart("users/1/assembled.bin", &upload, parts).await.unwrap();
+    let assembled = store.local_file("users/1/assembled.bin").await.unwrap();
+    match store.backend() {
+        "local" => {
+            let local = local.expect("local disk has a file");
+            assert_eq!(local.size, data.len() as u64);
+            assert_eq!(std::fs::read(&local.path).unwrap(), data, "the file is the object's content");
+            assert_eq!(local.sha256.as_deref(), Some(sha256_hex(&data).as_str()));
+            let assembled = assembled.expect("local disk has a file");
+            let whole = [first, second].concat();
+            assert_eq!(std::fs::read(&assembled.path).unwrap(), whole);
+            assert_eq!(assembled.sha256.as_deref(), Some(sha256_hex(&whole).as_str()));
+        }
+        other => {
+            assert_eq!(other, "s3");
+            assert!(local.is_none() && assembled.is_none(), "a remote store has no local file");
+        }
+    }
+    assert!(matches!(store.local_file("users/1/missing").await, Err(StoreError::NotFound { .. }) | Ok(None)));
 }
 
 async fn ranges_resolve_like_http(fx: &Fixture) {

@@ -259,6 +259,17 @@ async fn tus_resumes_after_a_dropped_patch_and_refuses_concurrent_writes() {
     // stays open: meanwhile a second PATCH is refused with 409 and writes nothing.
     let sent = 6 * 1024 * 1024;
     let stream = partial_patch(&app, &path, &user, 0, clip.len(), &clip[..sent]).await;
+    // Once its first part is stored, that PATCH is mid-body and holds the session.
+    // (Probing before it arrived could take the session first and get *it* refused.)
+    let mut stored = 0;
+    for _ in 0..400 {
+        stored = offset(&app.client, &url, &user).await;
+        if stored >= 5 * 1024 * 1024 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(stored, 5 * 1024 * 1024, "the open PATCH never stored its first part");
     let mut saw_conflict = false;
     for _ in 0..100 {
         // A stale offset: refused either way (busy, or offset mismatch), so it never writes.
