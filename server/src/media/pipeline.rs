@@ -344,10 +344,12 @@ mod tests {
     #[test]
     fn streaming_and_encoder_threads_run_at_the_configured_nice_value() {
         crate::media::ensure_gstreamer().expect("GStreamer initialises");
+        // Relative to wherever the test runs (CI may itself run under `nice`).
         let base = thread_nice().expect("this thread's nice value");
-        assert!(base < 10, "the test needs to start below nice 10 (was {base})");
+        let target = (base + 5).min(19);
+        assert!(target > base, "the test needs to start below nice 19 (was {base})");
         let pipeline = new_pipeline("nice-test");
-        lower_streaming_priority(&pipeline, 10);
+        lower_streaming_priority(&pipeline, target);
         let bin = gst::parse::bin_from_description(
             "videotestsrc num-buffers=300 ! video/x-raw,width=320,height=240 ! x264enc threads=3 speed-preset=ultrafast \
              ! queue name=q ! fakesink sync=false",
@@ -374,10 +376,10 @@ mod tests {
         let (streaming, all) = seen_rx.recv_timeout(Duration::from_secs(60)).expect("30 buffers were encoded");
         assert!(stop(&pipeline));
 
-        assert_eq!(streaming, Some(10), "the queue's streaming thread was not reniced");
+        assert_eq!(streaming, Some(target), "the queue's streaming thread was not reniced");
         // videotestsrc's and the queue's streaming threads, and x264's own threads.
-        let niced = all.iter().filter(|&&n| n == 10).count();
-        assert!(niced >= 4, "expected the streaming and encoder threads at nice 10, got {all:?}");
+        let niced = all.iter().filter(|&&n| n == target).count();
+        assert!(niced >= 4, "expected the streaming and encoder threads at nice {target}, got {all:?}");
         assert!(all.contains(&base), "the test's own threads kept their priority: {all:?}");
         assert_eq!(thread_nice(), Some(base), "the driving thread was reniced");
     }
