@@ -24,24 +24,36 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-url="http://127.0.0.1:$port"
-
 # Embedded mode: the shared test services (sourced by test.sh) must not leak in.
 for var in $(compgen -e); do
   case "$var" in DATABASE_URL|REDIS_URL|S3_*|REELHOUSE_*) unset "$var" ;; esac
 done
-REELHOUSE__RATE_LIMIT__ENABLED=false \
-REELHOUSE__MEDIA__LADDER='[{lines=240,video_bitrate_kbps=300}]' \
-REELHOUSE__MEDIA__SPEED_PRESET=ultrafast \
-REELHOUSE__TELEMETRY__LEVEL=warn \
-  "$server_bin" serve --bind "127.0.0.1:$port" --data-dir "$work/data" >"$work/server.log" 2>&1 &
-server_pid=$!
-for _ in $(seq 1 100); do
-  curl -sf "$url/health" >/dev/null 2>&1 && break
-  kill -0 "$server_pid" 2>/dev/null || { echo "test-load: the server died:" >&2; tail -20 "$work/server.log" >&2; exit 1; }
-  sleep 0.2
-done
+
+# start_server NAME [VAR=VALUE...]: an embedded server (one-rung ladder, no rate limits)
+# in its own data dir on a free port, with extra settings; sets server_pid and url.
+start_server() {
+  local name="$1"
+  shift
+  if [[ -n "$server_pid" ]]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+  local port
+  port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  url="http://127.0.0.1:$port"
+  server_log="$work/server-$name.log"
+  env REELHOUSE__RATE_LIMIT__ENABLED=false \
+    REELHOUSE__MEDIA__LADDER='[{lines=240,video_bitrate_kbps=300}]' \
+    REELHOUSE__MEDIA__SPEED_PRESET=ultrafast \
+    REELHOUSE__TELEMETRY__LEVEL=warn \
+    "$@" \
+    "$server_bin" serve --bind "127.0.0.1:$port" --data-dir "$work/data-$name" >"$server_log" 2>&1 &
+  server_pid=$!
+  for _ in $(seq 1 100); do
+    curl -sf "$url/health" >/dev/null 2>&1 && return 0
+    kill -0 "$server_pid" 2>/dev/null || { echo "test-load: the server died:" >&2; tail -20 "$server_log" >&2; exit 1; }
+    sleep 0.2
+  done
+  echo "test-load: the server did not answer /health" >&2
+  exit 1
+}
 
 failures=0
 # run NAME CHECK ARGS...: run the harness, then check its last JSON line with CHECK (a
@@ -75,6 +87,7 @@ if problems:
   printf '    (%ss)\n' $((SECONDS - started)) >&2
 }
 
+start_server main
 # Three users uploading at once on embedded SQLite, beside the worker's writes.
 run encodes 'r["videos_ready"] >= 3 and r["events_received"] > 0 and r["subscriptions"] >= 7' \
   --scenario encodes --users 3 --subscribers 4 --duration 3s --ready-timeout 90s
@@ -85,9 +98,17 @@ run fanout 'r["fanout"]["reelhouse"]["events"] >= 2 and r["fanout"]["reelhouse"]
 run soak 'r["videos_ready"] >= 1 and r["fanout"]["reelhouse"]["events"] >= 2 and r["rss"] is not None' \
   --scenario soak --users 2 --subscribers 8 --duration 4s --ready-timeout 90s
 
+# Runs longer than an access token's life (15 min by default): with 10 s tokens, the
+# server closes every feed when its token expires (4403), and each must renew its
+# token and resume after its last cursor with nothing lost or repeated; the API and
+# upload calls must renew in time too.
+start_server short-tokens REELHOUSE__AUTH__ACCESS_TOKEN_TTL_SECS=10 REELHOUSE__GRAPHQL__WS_RECHECK_MS=500
+run token-expiry 'r["reconnects"] >= 3 and r["videos_ready"] >= 1 and r["fanout"]["reelhouse"]["events"] >= 2' \
+  --scenario soak --users 2 --subscribers 6 --duration 25s --ready-timeout 90s
+
 if ((failures)); then
   echo "test-load: $failures scenario(s) failed; server log tail:" >&2
-  tail -30 "$work/server.log" >&2
+  tail -30 "$server_log" >&2
   exit 1
 fi
 echo "test-load: all scenarios passed (no errors, no lost or duplicate events)" >&2

@@ -402,6 +402,8 @@ pub struct Session {
     pub refresh_token: String,
     pub user_id: String,
     pub expires_at: Instant,
+    /// How long the server made the access token valid for.
+    pub lifetime: Duration,
 }
 
 impl Session {
@@ -412,12 +414,47 @@ impl Session {
             refresh_token: str_at(payload, "/refreshToken")?,
             user_id: str_at(payload, "/user/id")?,
             expires_at: Instant::now() + Duration::from_secs(expires_in),
+            lifetime: Duration::from_secs(expires_in),
         })
     }
 
-    /// Worth refreshing: less than a fifth of a typical lifetime (or 60 s) left.
+    /// Worth refreshing: less than half its lifetime (at most 60 s) left, so a token
+    /// handed out is good for a whole upload or encode wait.
     pub fn due(&self) -> bool {
-        self.expires_at.saturating_duration_since(Instant::now()) < Duration::from_secs(60)
+        let margin = (self.lifetime / 2).min(Duration::from_secs(60));
+        self.expires_at.saturating_duration_since(Instant::now()) < margin
+    }
+}
+
+/// One user's session shared by every task acting as that user, renewed on demand.
+///
+/// Refresh tokens rotate and the server revokes the whole session when one is used
+/// twice, so tasks sharing a user must share one `Creds` (never copies of a `Session`).
+#[derive(Clone)]
+pub struct Creds {
+    api: Api,
+    session: Arc<tokio::sync::Mutex<Session>>,
+}
+
+impl Creds {
+    pub fn new(api: &Api, session: Session) -> Self {
+        Self { api: api.clone(), session: Arc::new(tokio::sync::Mutex::new(session)) }
+    }
+
+    /// An access token with a useful life left (refreshed first when due; a failed
+    /// refresh is counted by the call and the old token is returned).
+    pub async fn token(&self) -> String {
+        let mut session = self.session.lock().await;
+        if session.due() {
+            if let Ok(renewed) = self.api.refresh(&session).await {
+                *session = renewed;
+            }
+        }
+        session.access_token.clone()
+    }
+
+    pub async fn user_id(&self) -> String {
+        self.session.lock().await.user_id.clone()
     }
 }
 

@@ -29,6 +29,9 @@ pub struct Report {
     /// Latency of API calls (GraphQL over HTTP), milliseconds.
     pub api_latency_ms: Percentiles,
     pub subscriptions: u64,
+    /// Feeds resumed (`videoEvents(after:)`) after the server closed them for an
+    /// expired access token; what they missed meanwhile counts in `lost_events`.
+    pub reconnects: u64,
     pub events_received: u64,
     /// Stored (state) events a subscriber should have received and did not: gaps in a
     /// video's event sequence, and events after the last one it saw, up to the video's
@@ -119,6 +122,10 @@ pub struct RssSummary {
     pub first_kib: u64,
     pub last_kib: u64,
     pub peak_kib: u64,
+    /// The highest sample of each whole or partial minute of the run, in order (a
+    /// long run's trend: flat, or growing).
+    #[serde(default)]
+    pub per_minute_peak_kib: Vec<u64>,
 }
 
 impl Report {
@@ -136,6 +143,7 @@ impl Report {
             rps: if duration_s > 0.0 { requests as f64 / duration_s } else { 0.0 },
             api_latency_ms: stats.api.summary(),
             subscriptions: Stats::get(&stats.subscriptions),
+            reconnects: Stats::get(&stats.reconnects),
             events_received: Stats::get(&stats.events_received),
             lost_events: Stats::get(&stats.lost_events),
             duplicate_events: Stats::get(&stats.duplicate_events),
@@ -171,8 +179,8 @@ impl Report {
         }
         out.push_str(&format!("  API latency   {}\n", p(&self.api_latency_ms)));
         out.push_str(&format!(
-            "  events        {} received on {} subscriptions, {} lost, {} duplicate\n",
-            self.events_received, self.subscriptions, self.lost_events, self.duplicate_events
+            "  events        {} received on {} subscriptions ({} resumed after token expiry), {} lost, {} duplicate\n",
+            self.events_received, self.subscriptions, self.reconnects, self.lost_events, self.duplicate_events
         ));
         out.push_str(&format!("  delivery      {}\n", p(&self.event_delivery_ms)));
         if self.uploads.count > 0 {
@@ -229,6 +237,10 @@ impl Report {
                 "  server RSS    {} samples via {}: first {} KiB, last {} KiB, peak {} KiB\n",
                 r.samples, r.source, r.first_kib, r.last_kib, r.peak_kib
             ));
+            if r.per_minute_peak_kib.len() > 1 {
+                let mib: Vec<String> = r.per_minute_peak_kib.iter().map(|k| format!("{}", k / 1024)).collect();
+                out.push_str(&format!("                peak MiB per minute: {}\n", mib.join(" ")));
+            }
         }
         out
     }

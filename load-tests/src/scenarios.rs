@@ -12,7 +12,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::Rng;
 use serde_json::{json, Value};
 
-use crate::api::{errors_to_anyhow, str_at, Api, Session, UploadMethod};
+use crate::api::{errors_to_anyhow, str_at, Api, Creds, Session, UploadMethod};
 use crate::report::{ApiBench, FanoutSide, FanoutSummary, LoadPoint, Report, RssSummary};
 use crate::stats::{Latencies, Stats};
 use crate::ws::{settle, FanoutBook, Feed, SubscribeSpec, Subscriber, TrackView};
@@ -147,9 +147,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<Report> {
                 )
             })
             .await;
-            a?;
-            e?;
-            (Some(f?), None)
+            // A part that gave up is an error of the run, not the end of its report.
+            for (part, outcome) in [("api", a), ("encodes", e)] {
+                if let Err(err) = outcome {
+                    ctx.stats.count_error(format!("soak: the {part} part stopped: {err:#}"));
+                }
+            }
+            let fanout = f.map_err(|err| ctx.stats.count_error(format!("soak: the fanout part stopped: {err:#}"))).ok();
+            (fanout, None)
         }
     };
     let elapsed = started.elapsed().as_secs_f64();
@@ -347,13 +352,14 @@ async fn encodes(ctx: &Ctx, users: usize, subscribers: usize) -> anyhow::Result<
     let sessions = register_users(ctx, users, "encode").await?;
     // Watchers use their own accounts (the videos are PUBLIC), a few shared by many sockets.
     let watchers = if subscribers > 0 { register_users(ctx, subscribers.clamp(1, 8), "watch").await? } else { vec![] };
-    let watchers = Arc::new(watchers);
+    let watchers: Arc<Vec<Creds>> = Arc::new(watchers.into_iter().map(|w| Creds::new(&ctx.api, w)).collect());
     let tasks = sessions.into_iter().enumerate().map(|(i, session)| {
         let ctx = ctx.clone();
         let watchers = watchers.clone();
         // Spread the subscribers over the users, the first ones taking the remainder.
         let mine = subscribers / users + usize::from(i < subscribers % users);
-        tokio::spawn(async move { encode_user(&ctx, i, session, mine, &watchers).await })
+        let owner = Creds::new(&ctx.api, session);
+        tokio::spawn(async move { encode_user(&ctx, i, owner, mine, &watchers).await })
     });
     for task in futures_util::future::join_all(tasks).await {
         task.map_err(|e| anyhow!("encode task: {e}"))??;
@@ -364,15 +370,14 @@ async fn encodes(ctx: &Ctx, users: usize, subscribers: usize) -> anyhow::Result<
 async fn encode_user(
     ctx: &Ctx,
     index: usize,
-    mut session: Session,
+    owner: Creds,
     subscribers: usize,
-    watchers: &[Session],
+    watchers: &[Creds],
 ) -> anyhow::Result<()> {
     let mut n = 0usize;
     loop {
-        fresh(&ctx.api, &mut session).await;
         let method = UploadMethod::nth(index + n);
-        let _ = encode_once(ctx, &session, &format!("encode {index}.{n}"), method, subscribers, watchers).await;
+        let _ = encode_once(ctx, &owner, &format!("encode {index}.{n}"), method, subscribers, watchers).await;
         n += 1;
         if ctx.is_over() {
             return Ok(());
@@ -384,19 +389,19 @@ async fn encode_user(
 /// then check every subscriber got every stored event exactly once.
 async fn encode_once(
     ctx: &Ctx,
-    session: &Session,
+    creds: &Creds,
     title: &str,
     method: UploadMethod,
     subscribers: usize,
-    watchers: &[Session],
+    watchers: &[Creds],
 ) -> anyhow::Result<()> {
     let api = &ctx.api;
-    let token = session.access_token.clone();
+    let token = creds.token().await;
     let video = api.create_video(&token, title, "PUBLIC").await?;
     let url = ctx.ws_url()?;
     let owner_spec = SubscribeSpec {
         url: url.clone(),
-        token: Some(token.clone()),
+        auth: Some(creds.clone()),
         video_id: video.clone(),
         feed: Feed::Progress,
         one_ready: true,
@@ -404,9 +409,9 @@ async fn encode_once(
     let owner = Subscriber::start(owner_spec, ctx.stats.clone(), None).await?;
     let mut watching = Vec::new();
     for k in 0..subscribers {
-        let token = watchers.get(k % watchers.len().max(1)).map(|w| w.access_token.clone());
+        let auth = watchers.get(k % watchers.len().max(1)).cloned();
         let spec =
-            SubscribeSpec { url: url.clone(), token, video_id: video.clone(), feed: Feed::Progress, one_ready: true };
+            SubscribeSpec { url: url.clone(), auth, video_id: video.clone(), feed: Feed::Progress, one_ready: true };
         if let Ok(sub) = Subscriber::start(spec, ctx.stats.clone(), None).await {
             watching.push(sub);
         }
@@ -448,7 +453,7 @@ async fn encode_once(
     while Instant::now() < wait_until && !watching.iter().all(|s| s.snapshot().ended) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let final_seq = final_seq(ctx, &token, &video).await?;
+    let final_seq = final_seq(ctx, creds, &video).await?;
     for sub in std::iter::once(owner).chain(watching) {
         let track = sub.stop().await;
         settle(&ctx.stats, &track, final_seq);
@@ -457,10 +462,10 @@ async fn encode_once(
 }
 
 /// The video's last stored `seq`, from the snapshot of a fresh subscription.
-async fn final_seq(ctx: &Ctx, token: &str, video: &str) -> anyhow::Result<i64> {
+async fn final_seq(ctx: &Ctx, creds: &Creds, video: &str) -> anyhow::Result<i64> {
     let spec = SubscribeSpec {
         url: ctx.ws_url()?,
-        token: Some(token.to_string()),
+        auth: Some(creds.clone()),
         video_id: video.to_string(),
         feed: Feed::Events,
         one_ready: false,
@@ -478,15 +483,19 @@ async fn final_seq(ctx: &Ctx, token: &str, video: &str) -> anyhow::Result<i64> {
 async fn fanout(ctx: &Ctx) -> anyhow::Result<FanoutSummary> {
     let cfg = &ctx.cfg;
     let api = &ctx.api;
-    let owner = register_users(ctx, 1, "owner").await?.remove(0);
-    let token = owner.access_token.clone();
-    let viewers = register_users(ctx, cfg.subscribers.clamp(1, 16), "viewer").await?;
+    let owner = Creds::new(api, register_users(ctx, 1, "owner").await?.remove(0));
+    let viewers: Vec<Creds> = register_users(ctx, cfg.subscribers.clamp(1, 16), "viewer")
+        .await?
+        .into_iter()
+        .map(|v| Creds::new(api, v))
+        .collect();
+    let token = owner.token().await;
     let video = api.create_video(&token, "fan-out", "PUBLIC").await?;
     let url = ctx.ws_url()?;
     // The owner's own feed tells when a round's events are stored and what seq they reach.
     let owner_spec = SubscribeSpec {
         url: url.clone(),
-        token: Some(token.clone()),
+        auth: Some(owner.clone()),
         video_id: video.clone(),
         feed: Feed::Events,
         one_ready: false,
@@ -503,7 +512,7 @@ async fn fanout(ctx: &Ctx) -> anyhow::Result<FanoutSummary> {
     let started = Instant::now();
     let specs = (0..cfg.subscribers).map(|k| SubscribeSpec {
         url: url.clone(),
-        token: viewers.get(k % viewers.len()).map(|v| v.access_token.clone()),
+        auth: viewers.get(k % viewers.len()).cloned(),
         video_id: video.clone(),
         feed: Feed::Events,
         one_ready: false,
@@ -524,15 +533,20 @@ async fn fanout(ctx: &Ctx) -> anyhow::Result<FanoutSummary> {
         ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len}s {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    while rounds == 0 || rounds_started.elapsed() < cfg.duration {
-        let job = api
+    // At least one round, however short the duration (a failing call is counted and retried).
+    while rounds_started.elapsed() < cfg.duration || (rounds == 0 && rounds_started.elapsed() < ROUND_TIMEOUT) {
+        let token = owner.token().await;
+        let transcode = api
             .gql(
                 Some(&token),
                 "mutation Transcode($id: ID!) { transcode(videoId: $id, preset: LOW) { id status } }",
                 json!({ "id": video }),
             )
-            .await
-            .map_err(errors_to_anyhow)?;
+            .await;
+        let Ok(job) = transcode else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
         let job_id = str_at(&job, "/transcode/id")?;
         let _ = api
             .gql_expecting(
@@ -645,7 +659,7 @@ async fn fanout_baseline(
     let started = Instant::now();
     let specs = (0..cfg.subscribers).map(|_| SubscribeSpec {
         url: ws.to_string(),
-        token: None,
+        auth: None,
         video_id: "baseline".into(),
         feed: Feed::Raw,
         one_ready: false,
@@ -919,6 +933,7 @@ impl RssSampler {
         let ctx = ctx.clone();
         let task = tokio::spawn(async move {
             let mut summary: Option<RssSummary> = None;
+            let started = Instant::now();
             loop {
                 let (kib, source) = match ctx.api.rss_from_metrics().await {
                     Some(kib) => (Some(kib), "metrics"),
@@ -933,6 +948,11 @@ impl RssSampler {
                     s.samples += 1;
                     s.last_kib = kib;
                     s.peak_kib = s.peak_kib.max(kib);
+                    let minute = (started.elapsed().as_secs() / 60) as usize;
+                    if s.per_minute_peak_kib.len() <= minute {
+                        s.per_minute_peak_kib.resize(minute + 1, 0);
+                    }
+                    s.per_minute_peak_kib[minute] = s.per_minute_peak_kib[minute].max(kib);
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}

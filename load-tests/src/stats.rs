@@ -96,6 +96,8 @@ pub struct Stats {
     pub lost_events: AtomicU64,
     pub duplicate_events: AtomicU64,
     pub subscriptions: AtomicU64,
+    /// Feeds resumed on a new connection after the server closed them for an expired token.
+    pub reconnects: AtomicU64,
 }
 
 impl Stats {

@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::api::Creds;
 use crate::stats::Stats;
 
 /// The fields every subscriber asks for.
@@ -98,6 +99,10 @@ pub struct Track {
     pub snapshot_seq: Option<i64>,
     /// Highest stored `seq` received.
     pub last_seq: i64,
+    /// Newest stored event received (or the snapshot's): where a reconnect resumes.
+    pub last_cursor: Option<i64>,
+    /// Times the feed was resumed on a new connection after its token expired.
+    pub reconnects: u32,
     pub cursors: HashSet<String>,
     /// Gaps in the stored sequence (a missing seq between two received ones).
     pub gaps: u64,
@@ -123,7 +128,9 @@ pub struct Subscriber {
 #[derive(Clone)]
 pub struct SubscribeSpec {
     pub url: String,
-    pub token: Option<String>,
+    /// Who subscribes (anonymous when `None`); a token that expires mid-feed is
+    /// renewed and the feed resumed after its last cursor on a new connection.
+    pub auth: Option<Creds>,
     pub video_id: String,
     pub feed: Feed,
     /// Count a second READY as a duplicate (one upload, one encode).
@@ -206,6 +213,21 @@ impl TrackView {
 
 type Ready = tokio::sync::oneshot::Sender<Result<(), String>>;
 
+/// Why a connection's read loop ended without an error.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// Stopped by the harness, or the server completed the subscription.
+    Done,
+    /// The server closed the socket because the access token expired (4403).
+    TokenExpired,
+}
+
+/// Close code and reason of a socket closed for an expired token (`ws_session.rs`).
+const CLOSE_FORBIDDEN: u16 = 4403;
+const TOKEN_EXPIRED: &str = "token expired";
+/// Resumes after token expiry allowed per subscriber (a token that never renews would loop).
+const MAX_RECONNECTS: u32 = 1000;
+
 async fn run(
     spec: SubscribeSpec,
     stats: Arc<Stats>,
@@ -215,7 +237,35 @@ async fn run(
     ready: Ready,
 ) {
     let mut ready = Some(ready);
-    let outcome = read_events(&spec, &stats, book.as_deref(), &track, &mut stopped, &mut ready).await;
+    let mut resume = false;
+    let outcome = loop {
+        let token = match &spec.auth {
+            Some(creds) => Some(creds.token().await),
+            None => None,
+        };
+        // A resumed feed starts after the newest stored event it has (no gap, no
+        // duplicate); without one yet it starts again from a snapshot.
+        let after = if resume { track.lock().ok().and_then(|t| t.last_cursor) } else { None };
+        let connection = Connection { spec: &spec, token: token.as_deref(), after };
+        let outcome = connection.read(&stats, book.as_deref(), &track, &mut stopped, &mut ready).await;
+        let renewable = spec.auth.is_some() && ready.is_none() && !*stopped.borrow();
+        match outcome {
+            Ok(End::TokenExpired) if renewable => {
+                let reconnects = track.lock().map(|mut t| {
+                    t.reconnects += 1;
+                    t.reconnects
+                });
+                if reconnects.is_ok_and(|n| n > MAX_RECONNECTS) {
+                    break Err(anyhow!("token expired {MAX_RECONNECTS} times"));
+                }
+                stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                resume = true;
+            }
+            Ok(End::TokenExpired) => break Err(anyhow!("closed by the server: {TOKEN_EXPIRED}")),
+            Ok(End::Done) => break Ok(()),
+            Err(err) => break Err(err),
+        }
+    };
     let stopping = *stopped.borrow();
     if let Ok(mut t) = track.lock() {
         t.ended = true;
@@ -234,102 +284,142 @@ async fn run(
     }
 }
 
-async fn read_events(
-    spec: &SubscribeSpec,
-    stats: &Stats,
-    book: Option<&FanoutBook>,
-    track: &Mutex<Track>,
-    stopped: &mut watch::Receiver<bool>,
-    ready: &mut Option<Ready>,
-) -> anyhow::Result<()> {
-    let mut request = spec.url.as_str().into_client_request().context("WebSocket URL")?;
-    if spec.feed != Feed::Raw {
-        request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static("graphql-transport-ws"));
-    }
-    let (mut socket, _) = tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_tungstenite::connect_async(request))
-        .await
-        .map_err(|_| anyhow!("WebSocket connect timed out"))?
-        .context("WebSocket connect")?;
-    if spec.feed != Feed::Raw {
-        let payload = match &spec.token {
-            Some(token) => json!({ "authorization": format!("Bearer {token}") }),
-            None => json!({}),
+/// One WebSocket connection of a subscriber.
+struct Connection<'a> {
+    spec: &'a SubscribeSpec,
+    token: Option<&'a str>,
+    /// Resume after this cursor (`videoEvents(after:)`) instead of starting from a snapshot.
+    after: Option<i64>,
+}
+
+impl Connection<'_> {
+    /// The subscribe message: the feed's own subscription, or, when resuming,
+    /// `videoEvents(videoId, after)` (a resumed progress feed ends itself at a terminal event).
+    fn subscribe_message(&self) -> Value {
+        let video_id = &self.spec.video_id;
+        let (query, variables) = match (self.after, self.spec.feed) {
+            (Some(after), _) => (
+                format!("subscription Watch($id: ID!, $after: String) {{ videoEvents(videoId: $id, after: $after) {{ {EVENT_FIELDS} }} }}"),
+                json!({ "id": video_id, "after": after.to_string() }),
+            ),
+            (None, feed) => {
+                let field = if feed == Feed::Progress { "videoProgress" } else { "videoEvents" };
+                (
+                    format!("subscription Watch($id: ID!) {{ {field}(videoId: $id) {{ {EVENT_FIELDS} }} }}"),
+                    json!({ "id": video_id }),
+                )
+            }
         };
-        socket.send(Message::text(json!({ "type": "connection_init", "payload": payload }).to_string())).await?;
+        json!({ "id": "1", "type": "subscribe", "payload": { "query": query, "variables": variables } })
+    }
+
+    async fn read(
+        &self,
+        stats: &Stats,
+        book: Option<&FanoutBook>,
+        track: &Mutex<Track>,
+        stopped: &mut watch::Receiver<bool>,
+        ready: &mut Option<Ready>,
+    ) -> anyhow::Result<End> {
+        let spec = self.spec;
+        let mut request = spec.url.as_str().into_client_request().context("WebSocket URL")?;
+        if spec.feed != Feed::Raw {
+            request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static("graphql-transport-ws"));
+        }
+        let (mut socket, _) = tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_tungstenite::connect_async(request))
+            .await
+            .map_err(|_| anyhow!("WebSocket connect timed out"))?
+            .context("WebSocket connect")?;
+        if spec.feed != Feed::Raw {
+            let payload = match self.token {
+                Some(token) => json!({ "authorization": format!("Bearer {token}") }),
+                None => json!({}),
+            };
+            socket.send(Message::text(json!({ "type": "connection_init", "payload": payload }).to_string())).await?;
+            loop {
+                let message = tokio::time::timeout(HANDSHAKE_TIMEOUT, socket.next())
+                    .await
+                    .map_err(|_| anyhow!("no connection_ack"))?
+                    .ok_or_else(|| anyhow!("closed before connection_ack"))??;
+                if let Message::Text(text) = message {
+                    let v: Value = serde_json::from_str(text.as_str()).context("graphql-ws message")?;
+                    match v["type"].as_str() {
+                        Some("connection_ack") => break,
+                        Some("ping") => socket.send(Message::text(r#"{"type":"pong"}"#)).await?,
+                        other => bail!("expected connection_ack, got {other:?}: {text}"),
+                    }
+                } else if let Message::Close(frame) = message {
+                    bail!("closed before connection_ack: {frame:?}");
+                }
+            }
+            socket.send(Message::text(self.subscribe_message().to_string())).await?;
+        } else if let Some(ready) = ready.take() {
+            // The baseline has no snapshot: connected is subscribed.
+            if let Ok(mut t) = track.lock() {
+                t.connected = true;
+                t.snapshot_seq = Some(0);
+            }
+            let _ = ready.send(Ok(()));
+        }
         loop {
-            let message = tokio::time::timeout(HANDSHAKE_TIMEOUT, socket.next())
-                .await
-                .map_err(|_| anyhow!("no connection_ack"))?
-                .ok_or_else(|| anyhow!("closed before connection_ack"))??;
-            if let Message::Text(text) = message {
-                let v: Value = serde_json::from_str(text.as_str()).context("graphql-ws message")?;
-                match v["type"].as_str() {
-                    Some("connection_ack") => break,
-                    Some("ping") => socket.send(Message::text(r#"{"type":"pong"}"#)).await?,
-                    other => bail!("expected connection_ack, got {other:?}: {text}"),
+            let message = tokio::select! {
+                message = socket.next() => message,
+                _ = stopped.changed() => {
+                    if spec.feed != Feed::Raw {
+                        let _ = socket.send(Message::text(r#"{"id":"1","type":"complete"}"#)).await;
+                    }
+                    let _ = socket.close(None).await;
+                    return Ok(End::Done);
                 }
-            } else if let Message::Close(frame) = message {
-                bail!("closed before connection_ack: {frame:?}");
-            }
-        }
-        let field = if spec.feed == Feed::Progress { "videoProgress" } else { "videoEvents" };
-        let query = format!("subscription Watch($id: ID!) {{ {field}(videoId: $id) {{ {EVENT_FIELDS} }} }}");
-        let subscribe = json!({ "id": "1", "type": "subscribe", "payload": { "query": query, "variables": { "id": spec.video_id } } });
-        socket.send(Message::text(subscribe.to_string())).await?;
-    } else if let Some(ready) = ready.take() {
-        // The baseline has no snapshot: connected is subscribed.
-        if let Ok(mut t) = track.lock() {
-            t.connected = true;
-            t.snapshot_seq = Some(0);
-        }
-        let _ = ready.send(Ok(()));
-    }
-    loop {
-        let message = tokio::select! {
-            message = socket.next() => message,
-            _ = stopped.changed() => {
-                if spec.feed != Feed::Raw {
-                    let _ = socket.send(Message::text(r#"{"id":"1","type":"complete"}"#)).await;
+            };
+            let Some(message) = message else { bail!("connection closed by the server") };
+            let text = match message.context("WebSocket read")? {
+                Message::Text(text) => text,
+                Message::Close(Some(frame))
+                    if u16::from(frame.code) == CLOSE_FORBIDDEN && frame.reason.as_str() == TOKEN_EXPIRED =>
+                {
+                    return Ok(End::TokenExpired)
                 }
-                let _ = socket.close(None).await;
-                return Ok(());
-            }
-        };
-        let Some(message) = message else { bail!("connection closed by the server") };
-        let text = match message.context("WebSocket read")? {
-            Message::Text(text) => text,
-            Message::Close(frame) => bail!("closed by the server: {frame:?}"),
-            _ => continue,
-        };
-        let v: Value = serde_json::from_str(text.as_str()).context("not JSON")?;
-        match v["type"].as_str() {
-            Some("next") => {
-                if let Some(errors) = v.pointer("/payload/errors").filter(|e| !e.is_null()) {
-                    bail!("subscription error: {errors}");
-                }
-                let Some(event) =
-                    v.pointer("/payload/data").and_then(|d| d.get("videoEvents").or(d.get("videoProgress")))
-                else {
-                    bail!("a next message without an event: {text}");
-                };
-                let received = parse_event(event)?;
-                if let Some(book) = book {
-                    if received.kind == "PROCESSING" && !received.snapshot {
-                        if let Ok(mut sample) = book.sample_message.lock() {
-                            sample.get_or_insert_with(|| text.as_str().to_string());
+                Message::Close(frame) => bail!("closed by the server: {frame:?}"),
+                _ => continue,
+            };
+            let v: Value = serde_json::from_str(text.as_str()).context("not JSON")?;
+            match v["type"].as_str() {
+                Some("next") => {
+                    if let Some(errors) = v.pointer("/payload/errors").filter(|e| !e.is_null()) {
+                        bail!("subscription error: {errors}");
+                    }
+                    let Some(event) =
+                        v.pointer("/payload/data").and_then(|d| d.get("videoEvents").or(d.get("videoProgress")))
+                    else {
+                        bail!("a next message without an event: {text}");
+                    };
+                    let received = parse_event(event)?;
+                    if let Some(book) = book {
+                        if received.kind == "PROCESSING" && !received.snapshot {
+                            if let Ok(mut sample) = book.sample_message.lock() {
+                                sample.get_or_insert_with(|| text.as_str().to_string());
+                            }
                         }
                     }
+                    observe(stats, book, track, &received);
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(Ok(()));
+                    }
+                    // A progress feed resumed through videoEvents ends where videoProgress would.
+                    let terminal = matches!(received.kind.as_str(), "READY" | "FAILED" | "CANCELLED" | "DELETED");
+                    if self.after.is_some() && spec.feed == Feed::Progress && terminal && !received.snapshot {
+                        let _ = socket.send(Message::text(r#"{"id":"1","type":"complete"}"#)).await;
+                        let _ = socket.close(None).await;
+                        return Ok(End::Done);
+                    }
                 }
-                observe(stats, book, track, &received);
-                if let Some(ready) = ready.take() {
-                    let _ = ready.send(Ok(()));
-                }
+                Some("ping") => socket.send(Message::text(r#"{"type":"pong"}"#)).await?,
+                Some("pong") => {}
+                Some("complete") => return Ok(End::Done),
+                Some("error") => bail!("subscription refused: {}", v["payload"]),
+                other => bail!("unexpected message {other:?}"),
             }
-            Some("ping") => socket.send(Message::text(r#"{"type":"pong"}"#)).await?,
-            Some("pong") => {}
-            Some("complete") => return Ok(()),
-            Some("error") => bail!("subscription refused: {}", v["payload"]),
-            other => bail!("unexpected message {other:?}"),
         }
     }
 }
@@ -353,10 +443,16 @@ pub fn observe(stats: &Stats, book: Option<&FanoutBook>, track: &Mutex<Track>, e
     stats.events_received.fetch_add(1, Ordering::Relaxed);
     let Ok(mut t) = track.lock() else { return };
     t.events += 1;
+    let cursor = event.cursor.as_deref().and_then(|c| c.parse::<i64>().ok());
     if event.snapshot {
         t.connected = true;
+        // A second snapshot (a feed restarted without a cursor): what it skipped was lost.
+        if t.snapshot_seq.is_some() && event.seq > t.last_seq {
+            t.gaps += (event.seq - t.last_seq) as u64;
+        }
         t.snapshot_seq = Some(event.seq);
         t.last_seq = t.last_seq.max(event.seq);
+        t.last_cursor = t.last_cursor.max(cursor);
         if event.status == "READY" && event.kind == "READY" {
             t.terminal = Some("READY".into());
         }
@@ -379,6 +475,7 @@ pub fn observe(stats: &Stats, book: Option<&FanoutBook>, track: &Mutex<Track>, e
             book.record(cursor, ms);
         }
     }
+    t.last_cursor = t.last_cursor.max(cursor);
     if event.seq > t.last_seq + 1 && t.snapshot_seq.is_some() {
         t.gaps += (event.seq - t.last_seq - 1) as u64;
     }
@@ -451,6 +548,21 @@ mod tests {
         observe(&stats, None, &track, &ev("READY", 2, Some("2"), false));
         assert_eq!(Stats::get(&stats.duplicate_events), 1);
         assert_eq!(settle(&stats, &track, 2), 0);
+    }
+
+    #[test]
+    fn a_resumed_feed_knows_its_cursor_and_a_second_snapshot_counts_what_it_skipped() {
+        let stats = Stats::default();
+        let track = Mutex::new(Track::default());
+        observe(&stats, None, &track, &ev("PROGRESS", 2, Some("40"), true));
+        assert_eq!(track.lock().unwrap().last_cursor, Some(40));
+        observe(&stats, None, &track, &ev("PROCESSING", 3, Some("41"), false));
+        observe(&stats, None, &track, &ev("PROGRESS", 3, None, false));
+        assert_eq!(track.lock().unwrap().last_cursor, Some(41), "PROGRESS has no cursor");
+        // Restarted from a snapshot at seq 6: seq 4..=6 never reached this subscriber.
+        observe(&stats, None, &track, &ev("PROGRESS", 6, Some("44"), true));
+        assert_eq!(settle(&stats, &track, 6), 3);
+        assert_eq!(track.lock().unwrap().last_cursor, Some(44));
     }
 
     #[test]

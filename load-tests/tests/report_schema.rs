@@ -21,9 +21,16 @@ fn required_fields_have_the_documented_types() {
     report.scenario = "api".into();
     let v = report_json(&report);
     assert_eq!(v["version"], REPORT_VERSION);
-    for key in
-        ["requests", "errors", "lost_events", "duplicate_events", "events_received", "subscriptions", "videos_ready"]
-    {
+    for key in [
+        "requests",
+        "errors",
+        "lost_events",
+        "duplicate_events",
+        "events_received",
+        "subscriptions",
+        "reconnects",
+        "videos_ready",
+    ] {
         assert!(v[key].is_u64(), "{key} is a count: {v}");
     }
     assert_eq!(v["requests"], 1);

@@ -217,6 +217,19 @@ async fn replay_seq(
     Ok(rows.iter().filter_map(|row| DomainEvent::from_outbox(row).ok()).collect())
 }
 
+/// The `seq` of the newest stored event of `video_id` at or before the global cursor
+/// `after` (0 if none): what a one-video feed resuming after that cursor has already sent.
+async fn seq_at_cursor(db: &DatabaseConnection, video_id: Uuid, after: i64) -> Result<i64, AppError> {
+    let row = event_outbox::Entity::find()
+        .filter(event_outbox::Column::VideoId.eq(video_id))
+        .filter(event_outbox::Column::Id.lte(after))
+        .order_by_desc(event_outbox::Column::Seq)
+        .one(db)
+        .await
+        .map_err(AppError::internal)?;
+    Ok(row.map_or(0, |r| r.seq))
+}
+
 /// What a feed task remembers so it sends every stored event once, in order.
 struct Feed {
     state: AppState,
@@ -461,11 +474,18 @@ async fn start_feed(
     }
     let bus = state.hubs.event_bus.addr().send(Subscribe).await.map_err(|e| AppError::unavailable("event bus", e))?;
     let (out, receiver) = mpsc::channel(SUBSCRIBER_BUFFER);
+    // A one-video feed resuming after a cursor has had everything up to it: without
+    // this, the first live event (or a resync) would look like a gap back to seq 0
+    // and replay the video's whole history.
+    let mut sent_seq = HashMap::new();
+    if let (Some(id), Some(after)) = (video_id, after) {
+        sent_seq.insert(id, seq_at_cursor(&state.db, id, after).await?);
+    }
     let mut feed = Feed {
         state: state.clone(),
         viewer,
         video_id,
-        sent_seq: HashMap::new(),
+        sent_seq,
         last_cursor: after.unwrap_or(0),
         out,
         end_on_terminal,

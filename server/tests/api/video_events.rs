@@ -269,6 +269,28 @@ async fn after_cursor_resumes_with_no_gap_and_no_duplicate() {
     assert_eq!(error_code_of(&error), Some("BAD_USER_INPUT"), "{error}");
 }
 
+/// A client that reconnects after a dropped socket (e.g. its token expired) with the
+/// cursor of the newest event has nothing to replay: the re-checks must not mistake
+/// that for a gap back to the first event and send the history again.
+#[actix_web::test]
+async fn resuming_at_the_newest_cursor_replays_nothing_and_then_goes_on_live() {
+    let app = app().await;
+    let owner = app.register_user().await;
+    let video = insert_video(&app, &owner, Visibility::Private, VideoStatus::Uploading).await;
+    transition(&app, video.id, VideoStatus::Processing, EventKind::Uploaded, None, true).await;
+    let newest = transition(&app, video.id, VideoStatus::Processing, EventKind::Processing, None, true).await;
+
+    let vars = json!({ "id": video.id.to_string(), "after": newest.cursor.unwrap().to_string() });
+    let mut socket = subscribe(&app, Some(&owner), &events_query(), vars).await;
+    wait_for_subscribers(&app, 1).await;
+    // Several re-checks (every 100 ms here) pass with nothing new to send.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let ready = transition(&app, video.id, VideoStatus::Ready, EventKind::Ready, None, true).await;
+    let live = next_event(&mut socket).await.unwrap();
+    assert_eq!((live["seq"].as_i64(), live["kind"].as_str()), (Some(ready.seq), Some("READY")), "{live}");
+    assert_eq!(live["snapshot"], false);
+}
+
 #[actix_web::test]
 async fn a_stored_event_whose_publish_was_lost_is_filled_in_from_the_outbox() {
     let app = app().await;
