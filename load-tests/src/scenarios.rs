@@ -206,8 +206,9 @@ async fn with_clock<T>(ctx: &Ctx, work: impl std::future::Future<Output = T>) ->
     out
 }
 
-/// Register `n` users of this run (emails carry the run id and `role`).
-async fn register_users(ctx: &Ctx, n: usize, role: &str) -> anyhow::Result<Vec<Session>> {
+/// Register `n` users of this run (emails carry the run id and `role`); each session
+/// renews itself for as long as the run lasts.
+async fn register_users(ctx: &Ctx, n: usize, role: &str) -> anyhow::Result<Vec<Creds>> {
     let bar = ctx.bars.add(ProgressBar::new(n as u64));
     bar.set_style(
         ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} {msg}")
@@ -229,16 +230,7 @@ async fn register_users(ctx: &Ctx, n: usize, role: &str) -> anyhow::Result<Vec<S
         .collect()
         .await;
     bar.finish_and_clear();
-    sessions.into_iter().collect()
-}
-
-/// Refresh a session whose access token is about to expire (long runs).
-async fn fresh(api: &Api, session: &mut Session) {
-    if session.due() {
-        if let Ok(renewed) = api.refresh(session).await {
-            *session = renewed;
-        }
-    }
+    sessions.into_iter().map(|s| s.map(|session| Creds::new(&ctx.api, session))).collect()
 }
 
 // ---------------------------------------------------------------------------------
@@ -248,9 +240,9 @@ const VIDEO_QUERY: &str = "query Video($id: ID!) { video(id: $id) { id title des
 
 async fn api_mix(ctx: &Ctx, users: usize) -> anyhow::Result<()> {
     let sessions = register_users(ctx, users, "api").await?;
-    let tasks = sessions.into_iter().enumerate().map(|(i, session)| {
+    let tasks = sessions.into_iter().enumerate().map(|(i, creds)| {
         let ctx = ctx.clone();
-        tokio::spawn(async move { api_user(&ctx, i, session).await })
+        tokio::spawn(async move { api_user(&ctx, i, creds).await })
     });
     for task in futures_util::future::join_all(tasks).await {
         task.map_err(|e| anyhow!("api user task: {e}"))??;
@@ -258,16 +250,17 @@ async fn api_mix(ctx: &Ctx, users: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn api_user(ctx: &Ctx, index: usize, mut session: Session) -> anyhow::Result<()> {
+async fn api_user(ctx: &Ctx, index: usize, creds: Creds) -> anyhow::Result<()> {
     let api = &ctx.api;
+    let user_id = creds.user_id().await;
     let mut videos = Vec::new();
     for n in 0..2 {
-        videos.push(api.create_video(&session.access_token, &format!("api {index}.{n}"), "PUBLIC").await?);
+        videos.push(api.create_video(&creds.token().await, &format!("api {index}.{n}"), "PUBLIC").await?);
     }
     let mut iteration = 0u64;
     while !ctx.is_over() {
-        fresh(api, &mut session).await;
-        let token = Some(session.access_token.as_str());
+        let access_token = creds.token().await;
+        let token = Some(access_token.as_str());
         let roll: u32 = rand::thread_rng().gen_range(0..100);
         let pick = videos[rand::thread_rng().gen_range(0..videos.len())].clone();
         iteration += 1;
@@ -285,7 +278,7 @@ async fn api_user(ctx: &Ctx, index: usize, mut session: Session) -> anyhow::Resu
             }
             70..80 => {
                 if let Ok(data) = api.gql(token, "query Me { me { id email role } }", json!({})).await {
-                    if data.pointer("/me/id").and_then(Value::as_str) != Some(session.user_id.as_str()) {
+                    if data.pointer("/me/id").and_then(Value::as_str) != Some(user_id.as_str()) {
                         ctx.stats.count_error(format!("me answered {data}"));
                     }
                 }
@@ -304,7 +297,7 @@ async fn api_user(ctx: &Ctx, index: usize, mut session: Session) -> anyhow::Resu
                 // Keep the catalogue from growing without bound on long runs.
                 if videos.len() < 20 {
                     if let Ok(id) =
-                        api.create_video(&session.access_token, &format!("api {index} #{iteration}"), "PUBLIC").await
+                        api.create_video(&access_token, &format!("api {index} #{iteration}"), "PUBLIC").await
                     {
                         videos.push(id);
                     }
@@ -320,17 +313,15 @@ async fn api_user(ctx: &Ctx, index: usize, mut session: Session) -> anyhow::Resu
 
 async fn uploads(ctx: &Ctx) -> anyhow::Result<()> {
     let sessions = register_users(ctx, ctx.cfg.users, "upload").await?;
-    let tasks = sessions.into_iter().enumerate().map(|(i, mut session)| {
+    let tasks = sessions.into_iter().enumerate().map(|(i, creds)| {
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let mut n = 0usize;
             loop {
-                fresh(&ctx.api, &mut session).await;
+                let token = creds.token().await;
                 let method = UploadMethod::nth(i + n);
-                if let Ok(video) =
-                    ctx.api.create_video(&session.access_token, &format!("upload {i}.{n}"), "PRIVATE").await
-                {
-                    let _ = ctx.api.upload(&session.access_token, &video, &ctx.clip, method).await;
+                if let Ok(video) = ctx.api.create_video(&token, &format!("upload {i}.{n}"), "PRIVATE").await {
+                    let _ = ctx.api.upload(&token, &video, &ctx.clip, method).await;
                 }
                 n += 1;
                 if ctx.is_over() {
@@ -352,13 +343,12 @@ async fn encodes(ctx: &Ctx, users: usize, subscribers: usize) -> anyhow::Result<
     let sessions = register_users(ctx, users, "encode").await?;
     // Watchers use their own accounts (the videos are PUBLIC), a few shared by many sockets.
     let watchers = if subscribers > 0 { register_users(ctx, subscribers.clamp(1, 8), "watch").await? } else { vec![] };
-    let watchers: Arc<Vec<Creds>> = Arc::new(watchers.into_iter().map(|w| Creds::new(&ctx.api, w)).collect());
-    let tasks = sessions.into_iter().enumerate().map(|(i, session)| {
+    let watchers = Arc::new(watchers);
+    let tasks = sessions.into_iter().enumerate().map(|(i, owner)| {
         let ctx = ctx.clone();
         let watchers = watchers.clone();
         // Spread the subscribers over the users, the first ones taking the remainder.
         let mine = subscribers / users + usize::from(i < subscribers % users);
-        let owner = Creds::new(&ctx.api, session);
         tokio::spawn(async move { encode_user(&ctx, i, owner, mine, &watchers).await })
     });
     for task in futures_util::future::join_all(tasks).await {
@@ -483,12 +473,8 @@ async fn final_seq(ctx: &Ctx, creds: &Creds, video: &str) -> anyhow::Result<i64>
 async fn fanout(ctx: &Ctx) -> anyhow::Result<FanoutSummary> {
     let cfg = &ctx.cfg;
     let api = &ctx.api;
-    let owner = Creds::new(api, register_users(ctx, 1, "owner").await?.remove(0));
-    let viewers: Vec<Creds> = register_users(ctx, cfg.subscribers.clamp(1, 16), "viewer")
-        .await?
-        .into_iter()
-        .map(|v| Creds::new(api, v))
-        .collect();
+    let owner = register_users(ctx, 1, "owner").await?.remove(0);
+    let viewers = register_users(ctx, cfg.subscribers.clamp(1, 16), "viewer").await?;
     let token = owner.token().await;
     let video = api.create_video(&token, "fan-out", "PUBLIC").await?;
     let url = ctx.ws_url()?;
@@ -764,8 +750,7 @@ async fn wait_for(sub: &Subscriber, timeout: Duration, done: impl Fn(&TrackView)
 async fn api_bench(ctx: &Ctx) -> anyhow::Result<ApiBench> {
     let cfg = &ctx.cfg;
     let base = cfg.baseline.clone().ok_or_else(|| anyhow!("--baseline is required"))?;
-    let session = register_users(ctx, 1, "bench").await?.remove(0);
-    let token = session.access_token.clone();
+    let token = register_users(ctx, 1, "bench").await?.remove(0).token().await;
     let video = ctx.api.create_video(&token, "api bench", "PUBLIC").await?;
     let (result, body) = ctx.api.gql_raw(Some(&token), VIDEO_QUERY, json!({ "id": video }), &[]).await;
     result.map_err(errors_to_anyhow)?;
