@@ -55,13 +55,22 @@ def ensure_ffmpeg():
         subprocess.run(sudo + ["apt-get", "install", "-y", "ffmpeg"], env=env, check=True)
 
 
-def build_example():
-    cmd = ["cargo", "build", "-p", "reelhouse", "--example", "bench_ladder"]
+def cargo_build(what, output):
+    cmd = ["cargo", "build", "-p", "reelhouse"] + what
     if PROFILE == "release":
         cmd.insert(2, "--release")
     log(" ".join(cmd))
     subprocess.run(cmd, cwd=ROOT, check=True, env=dict(os.environ, CARGO_TARGET_DIR=str(TARGET)))
-    return TARGET / ("release" if PROFILE == "release" else "debug") / "examples" / "bench_ladder"
+    return TARGET / ("release" if PROFILE == "release" else "debug") / output
+
+
+def build_example():
+    return cargo_build(["--example", "bench_ladder"], "examples/bench_ladder")
+
+
+def build_server():
+    """The reelhouse binary: the jailed side runs the ladder in its `reelhouse media` child."""
+    return cargo_build(["--bin", "reelhouse"], "reelhouse")
 
 
 def ensure_clip():
@@ -87,21 +96,21 @@ def ensure_clip():
     return clip
 
 
-def timed(cmd, stdout=subprocess.PIPE):
+def timed(cmd, stdout=subprocess.PIPE, env=None):
     """Run a child; wall seconds and the child's own user+sys CPU seconds (wait4)."""
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, env=env)
     out, err = proc.communicate()
     wall = time.monotonic() - started
     # communicate() reaped the child; its rusage is in RUSAGE_CHILDREN (delta taken by caller)
     return proc.returncode, wall, out, err
 
 
-def run_with_cpu(cmd):
+def run_with_cpu(cmd, env=None):
     import resource
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    rc, wall, out, err = timed(cmd)
+    rc, wall, out, err = timed(cmd, env=env)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if rc != 0:
@@ -124,9 +133,10 @@ def ts_bytes(directory):
     return sum(p.stat().st_size for p in Path(directory).glob("*.ts"))
 
 
-def run_ours(binary, clip, out):
+def run_ours(binary, clip, out, jail=None):
     shutil.rmtree(out, ignore_errors=True)
-    wall, cpu, stdout = run_with_cpu([str(binary), str(clip), str(out), RUNG_LINES])
+    env = dict(os.environ, BENCH_JAIL=str(jail)) if jail else None
+    wall, cpu, stdout = run_with_cpu([str(binary), str(clip), str(out), RUNG_LINES], env=env)
     report = json.loads(stdout.decode().strip().splitlines()[-1])
     rungs = {r["name"]: ts_bytes(out / r["name"]) for r in report["rungs"]}
     return {"wall_s": wall, "cpu_s": cpu, "report": report, "bytes": rungs}
@@ -248,19 +258,23 @@ def machine():
 def main():
     ensure_ffmpeg()
     binary = build_example()
+    server = build_server()
     clip = ensure_clip()
     mach = machine()
     WORK.mkdir(parents=True, exist_ok=True)
-    ours_dir, ff_dir = WORK / "ours", WORK / "ffmpeg"
+    ours_dir, ff_dir, jail_dir = WORK / "ours", WORK / "ffmpeg", WORK / "jailed"
 
-    ours_runs, ff_runs, plan = [], [], None
+    ours_runs, ff_runs, jail_runs, plan = [], [], [], None
     for i in range(RUNS):
-        order = ["ours", "ffmpeg"] if i % 2 == 0 else ["ffmpeg", "ours"]
+        order = ["ours", "jailed", "ffmpeg"] if i % 2 == 0 else ["ffmpeg", "jailed", "ours"]
         for side in order:  # ours runs first in run 1, so the plan exists before ffmpeg runs
             if side == "ours":
                 run = run_ours(binary, clip, ours_dir)
                 ours_runs.append(run)
                 plan = plan or run["report"]
+            elif side == "jailed":
+                run = run_ours(binary, clip, jail_dir, jail=server)
+                jail_runs.append(run)
             else:
                 run = run_ffmpeg(clip, ff_dir, plan)
                 ff_runs.append(run)
@@ -276,6 +290,12 @@ def main():
         "cpu_s": med(r["cpu_s"] for r in ours_runs),
         "bytes": {n: int(med(r["bytes"][n] for r in ours_runs)) for n in names},
         "runs": [{"wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "first_playable_s": r["report"]["first_playable_s"]} for r in ours_runs],
+    }
+    jailed = {
+        "wall_s": med(r["wall_s"] for r in jail_runs),
+        "cpu_s": med(r["cpu_s"] for r in jail_runs),
+        "first_playable_s": med(r["report"]["first_playable_s"] or r["report"]["wall_s"] for r in jail_runs),
+        "runs": [{"wall_s": r["wall_s"], "cpu_s": r["cpu_s"]} for r in jail_runs],
     }
     ff = {
         "wall_s": med(r["wall_s"] for r in ff_runs),
@@ -294,6 +314,9 @@ def main():
 
     ratios = {
         "wall": ours["wall_s"] / ff["wall_s"],
+        "jailed_wall": jailed["wall_s"] / ff["wall_s"],
+        "jailed_over_in_process_wall": jailed["wall_s"] / ours["wall_s"],
+        "jailed_over_in_process_cpu": jailed["cpu_s"] / ours["cpu_s"],
         "cpu": ours["cpu_s"] / ff["cpu_s"],
         "first_playable_vs_ladder": ours["first_playable_s"] / ours["wall_s"],
         "bytes": {n: ours["bytes"][n] / ff["bytes"][n] for n in names},
@@ -309,9 +332,11 @@ def main():
         | {"rungs": [{k: r[k] for k in ("name", "width", "height", "video_bitrate_kbps")} for r in plan["rungs"]]},
         "machine": mach,
         "ours": ours,
+        "jailed": jailed,
         "ffmpeg": ff,
         "ratios_ours_over_ffmpeg": ratios,
-        "targets": {"wall": "<= 1.00x", "bytes": "within +-3 %", "psnr": "within 0.1 dB", "first_playable_vs_ladder": "<= 0.35x"},
+        "targets": {"wall": "<= 1.00x", "bytes": "within +-3 %", "psnr": "within 0.1 dB", "first_playable_vs_ladder": "<= 0.35x",
+                    "jailed_wall": "within 2 % of in-process"},
     }
     write_reports(result, names)
 
@@ -321,12 +346,17 @@ def verdict(ok):
 
 
 def write_reports(res, names):
-    o, f, r = res["ours"], res["ffmpeg"], res["ratios_ours_over_ffmpeg"]
+    o, f, r, j = res["ours"], res["ffmpeg"], res["ratios_ours_over_ffmpeg"], res["jailed"]
     rows = [
         "| metric | reelhouse (GStreamer) | ffmpeg CLI | ours / ffmpeg | target |",
         "|---|---:|---:|---:|---|",
         f"| wall, median (s) | {o['wall_s']:.2f} | {f['wall_s']:.2f} | {r['wall']:.3f}x | <= 1.00x: {verdict(r['wall'] <= 1.0)} |",
         f"| CPU user+sys, median (s) | {o['cpu_s']:.2f} | {f['cpu_s']:.2f} | {r['cpu']:.3f}x | (reported) |",
+        f"| wall in the media jail (`reelhouse media` child), median (s) | {j['wall_s']:.2f} | {f['wall_s']:.2f} | "
+        f"{r['jailed_wall']:.3f}x ({r['jailed_over_in_process_wall']:.3f}x in-process) | within 2 % of in-process: "
+        f"{verdict(abs(r['jailed_over_in_process_wall'] - 1) <= 0.02)} |",
+        f"| CPU in the media jail, median (s) | {j['cpu_s']:.2f} | {f['cpu_s']:.2f} | "
+        f"{j['cpu_s'] / f['cpu_s']:.3f}x ({r['jailed_over_in_process_cpu']:.3f}x in-process) | (reported) |",
         f"| first playable rung ({o['first_playable_rung']}), median (s) | {o['first_playable_s']:.2f} | - | "
         f"{r['first_playable_vs_ladder']:.3f}x of ours' whole ladder | <= 0.35x: {verdict(r['first_playable_vs_ladder'] <= 0.35)} |",
     ]

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! bench_ladder <source> <out_dir> [lines,lines,...]
+//! BENCH_JAIL=/path/to/reelhouse bench_ladder ...   # the same ladder in a media jail child
 //! ```
 //! Prints one JSON object: wall seconds, seconds until the first `on_rendition_ready`
 //! (first playable rung), and each rung's size and bitrate target.
@@ -14,7 +15,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use reelhouse::config::media::MediaSettings;
-use reelhouse::media::ladder::{plan_ladder, transcode_hls, LadderConfig};
+use reelhouse::media::ladder::{plan_ladder, transcode_hls, HlsOutput, LadderConfig};
 use reelhouse::media::probe;
 
 fn dir_bytes(dir: &std::path::Path) -> u64 {
@@ -48,23 +49,13 @@ fn main() {
         info.frame_rate_fraction.map(|(n, d)| f64::from(n) / f64::from(d)).unwrap_or(f64::from(opts.fallback_fps));
     let keyint = (fps * f64::from(opts.segment_seconds.max(1))).round() as u32;
 
-    let cancel = AtomicBool::new(false);
     let started = Instant::now();
     let mut first_ready: Option<(f64, String)> = None;
-    let output = transcode_hls(
-        &source,
-        &out_dir,
-        &rungs,
-        &opts,
-        &mut |_| {},
-        &mut |ready| {
-            if first_ready.is_none() {
-                first_ready = Some((started.elapsed().as_secs_f64(), ready.rung.name.clone()));
-            }
-        },
-        &cancel,
-    )
-    .expect("transcode");
+    let output = if let Ok(binary) = std::env::var("BENCH_JAIL") {
+        jailed(&binary, &source, &out_dir, config, opts.clone(), started, &mut first_ready)
+    } else {
+        in_process(&source, &out_dir, &rungs, &opts, started, &mut first_ready)
+    };
     let wall = started.elapsed().as_secs_f64();
 
     let rungs_json: Vec<serde_json::Value> = output
@@ -92,8 +83,94 @@ fn main() {
         "segment_seconds": opts.segment_seconds,
         "speed_preset": opts.speed_preset,
         "scale_method": opts.scale_method,
+        "jailed": std::env::var("BENCH_JAIL").is_ok(),
         "audio_bitrate_kbps": opts.audio_bitrate_kbps,
         "rungs": rungs_json,
     });
     println!("{report}");
+}
+
+fn in_process(
+    source: &std::path::Path,
+    out_dir: &std::path::Path,
+    rungs: &[reelhouse::media::ladder::Rung],
+    opts: &reelhouse::media::ladder::HlsOptions,
+    started: Instant,
+    first_ready: &mut Option<(f64, String)>,
+) -> HlsOutput {
+    let cancel = AtomicBool::new(false);
+    transcode_hls(
+        source,
+        out_dir,
+        rungs,
+        opts,
+        &mut |_| {},
+        &mut |ready| {
+            if first_ready.is_none() {
+                *first_ready = Some((started.elapsed().as_secs_f64(), ready.rung.name.clone()));
+            }
+        },
+        &cancel,
+    )
+    .expect("transcode")
+}
+
+/// The same ladder the way the worker runs it now: in a `reelhouse media` child.
+fn jailed(
+    binary: &str,
+    source: &std::path::Path,
+    out_dir: &std::path::Path,
+    ladder: LadderConfig,
+    hls: reelhouse::media::ladder::HlsOptions,
+    started: Instant,
+    first_ready: &mut Option<(f64, String)>,
+) -> HlsOutput {
+    use reelhouse::jail::protocol::{Message, TranscodeTask};
+    let mut settings = reelhouse::config::Settings::default();
+    settings.jail.binary = Some(PathBuf::from(binary));
+    let jail = reelhouse::jail::MediaJail::from_settings(&settings);
+    // The child writes `hls/` under its work dir, as the worker's does; moved to
+    // `out_dir` afterwards so both modes leave the same layout.
+    let work = std::path::absolute(out_dir.with_extension("work")).unwrap();
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let hls_out = rt.block_on(async {
+        let task = TranscodeTask {
+            probe_timeout: settings.media.probe_timeout(),
+            limits: settings.media.limits(),
+            ladder,
+            hls,
+            preset: reelhouse::media::mp4::Preset::Medium,
+            format: reelhouse::media::mp4::Format::Mp4,
+            mp4: Default::default(),
+            ladder_only: true,
+        };
+        let mut child = jail.transcode(source, &work, task, std::time::Duration::from_secs(3600)).await.unwrap();
+        let cancel = reelhouse::media::cancel_flag();
+        loop {
+            match child.next(&cancel).await.expect("jailed ladder") {
+                Message::RenditionReady { ready } if first_ready.is_none() => {
+                    *first_ready = Some((started.elapsed().as_secs_f64(), ready.rung.name.clone()));
+                }
+                Message::Laddered { hls } => {
+                    child.finish().await;
+                    break hls;
+                }
+                Message::Failed { error } => panic!("jailed ladder failed: {error:?}"),
+                _ => {}
+            }
+        }
+    });
+    let _ = std::fs::remove_dir_all(out_dir);
+    std::fs::rename(work.join("hls"), out_dir).unwrap();
+    let _ = std::fs::remove_dir_all(&work);
+    let moved = |p: &std::path::Path| out_dir.join(p.strip_prefix(work.join("hls")).unwrap());
+    let mut hls_out = hls_out;
+    hls_out.master_playlist = moved(&hls_out.master_playlist);
+    for rung in &mut hls_out.rungs {
+        rung.playlist = moved(&rung.playlist);
+        rung.segments = rung.segments.iter().map(|s| moved(s)).collect();
+    }
+    hls_out
 }

@@ -51,6 +51,10 @@ pub enum Command {
     },
     /// Print the merged settings with secrets redacted.
     Config,
+    /// Internal: the media jail child (probe or transcode one file). Started by
+    /// reelhouse itself with a request on stdin; not for people.
+    #[command(hide = true)]
+    Media,
 }
 
 impl Cli {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod graphql;
 pub mod http;
+pub mod jail;
 pub mod jobs;
 pub mod keys;
 pub mod media;

@@ -8,6 +8,10 @@ use reelhouse::startup::Application;
 fn main() -> ExitCode {
     reelhouse::memory::limit_malloc_arenas();
     let cli = Cli::parse();
+    if let Command::Media = cli.command {
+        // The media jail child: no settings, no logging setup of the server's.
+        return reelhouse::jail::child::main();
+    }
     if let Command::ExportSchema = cli.command {
         print!("{}", reelhouse::graphql::sdl());
         return ExitCode::SUCCESS;
@@ -71,6 +75,6 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             println!("created admin {} ({})", user.email, user.id);
             Ok(())
         }
-        Command::ExportSchema | Command::Config => Ok(()),
+        Command::ExportSchema | Command::Config | Command::Media => Ok(()),
     }
 }

@@ -9,6 +9,7 @@
 //! Settings are passed by value into `Application::build`; there is no global.
 
 pub mod events;
+pub mod jail;
 pub mod jobs;
 pub mod media;
 pub mod rate_limit;
@@ -40,6 +41,7 @@ pub struct Settings {
     pub rate_limit: rate_limit::RateLimitSettings,
     pub uploads: uploads::UploadSettings,
     pub media: media::MediaSettings,
+    pub jail: jail::JailSettings,
     pub jobs: jobs::JobSettings,
     pub views: views::ViewSettings,
     pub webhooks: webhooks::WebhookSettings,
@@ -427,6 +429,15 @@ impl Settings {
         }
         if !(0..=19).contains(&self.media.encoder_nice) {
             return Err(SettingsError::new("media.encoder_nice", "must be between 0 and 19"));
+        }
+        if self.jail.probe_memory_mb < 256 || self.jail.transcode_memory_mb < 256 {
+            return Err(SettingsError::new("jail.probe_memory_mb", "both jail memory limits must be at least 256 MiB"));
+        }
+        if self.jail.probe_cpu_secs == 0 || self.jail.transcode_cpu_secs == 0 || self.jail.max_file_mb == 0 {
+            return Err(SettingsError::new(
+                "jail.transcode_cpu_secs",
+                "jail CPU and file limits must be greater than 0",
+            ));
         }
         if let Some(cdn) = &self.media.cdn_base_url {
             let ok = url::Url::parse(cdn).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.query().is_none());

@@ -19,10 +19,12 @@ use uuid::Uuid;
 use super::runner::{JobContext, JobError, JobReporter};
 use super::runner_storage::{content_type_for, download_to_file, upload_all, upload_text, Upload};
 use crate::events::{self, EventDetail, EventKind, ProgressInfo, RenditionProgressInfo};
-use crate::media::ladder::{plan_ladder, transcode_hls, HlsOutput, RenditionReady, Rung};
-use crate::media::mp4::{transcode_mp4, Format, Mp4Options, Preset};
-use crate::media::thumbs::{poster_and_thumbnails, storyboard, StoryboardOptions, ThumbnailOptions};
-use crate::media::{probe_with_timeout, CancelFlag, MediaError, MediaInfo, Progress};
+use crate::jail::protocol::{Message, Step, TranscodeFiles, TranscodeTask};
+use crate::jail::{confined_file, MediaJail};
+use crate::media::ladder::{HlsOutput, RenditionReady, Rung};
+use crate::media::mp4::{Format, Mp4Options, Preset};
+use crate::media::thumbs::{StoryboardOptions, ThumbnailOptions};
+use crate::media::{CancelFlag, MediaError, MediaInfo, Progress};
 use crate::storage::layout;
 
 const PROBE_END: f64 = 2.0;
@@ -199,11 +201,6 @@ fn media_error(err: MediaError, scratch: &Path) -> JobError {
     }
 }
 
-fn join_error(err: tokio::task::JoinError) -> JobError {
-    tracing::error!(error = %err, "a media thread ended abnormally");
-    JobError::Retryable("media processing stopped unexpectedly".into())
-}
-
 fn db_error(err: sea_orm::DbErr) -> JobError {
     tracing::warn!(error = %err, "database error in a transcode job");
     JobError::Retryable("the database is unavailable".into())
@@ -217,12 +214,10 @@ fn check_cancel(cancel: &CancelFlag) -> Result<(), JobError> {
     }
 }
 
-/// Run a blocking media step on its own thread.
-async fn blocking<T: Send + 'static>(
-    scratch: &Path,
-    work: impl FnOnce() -> Result<T, MediaError> + Send + 'static,
-) -> Result<T, JobError> {
-    tokio::task::spawn_blocking(work).await.map_err(join_error)?.map_err(|e| media_error(e, scratch))
+/// A file the media child says it wrote, checked to be a plain file inside its
+/// work directory before this process reads or uploads it.
+fn confine(root: &Path, path: &Path) -> Result<PathBuf, JobError> {
+    confined_file(root, path).map_err(|e| media_error(e, root))
 }
 
 #[tracing::instrument(skip_all, fields(job_id = %job.id, video_id = ?job.video_id), err(Display))]
@@ -266,19 +261,32 @@ pub(crate) async fn run_transcode(
     let source_size = download_to_file(&ctx.store, &source_key, &source, &cancel, expected).await?;
     check_cancel(&cancel)?;
 
-    let probe_timeout = ctx.settings.media.probe_timeout();
-    let limits = ctx.settings.media.limits();
-    let info: MediaInfo = {
-        let (source, guard) = (source.clone(), scratch.clone());
-        blocking(&root, move || {
-            let _guard = guard;
-            let info = probe_with_timeout(&source, probe_timeout)?;
-            info.check(&limits)?;
-            Ok(info)
-        })
-        .await?
+    // Everything that decodes the upload runs in a jailed child process; this process
+    // only relays its progress, publishes the early rendition and uploads its files.
+    let thumbs_timeout = ThumbnailOptions::default().timeout + StoryboardOptions::default().timeout;
+    let task = TranscodeTask {
+        probe_timeout: ctx.settings.media.probe_timeout(),
+        limits: ctx.settings.media.limits(),
+        ladder: ctx.settings.media.ladder(),
+        hls: ctx.settings.media.hls_options(),
+        preset,
+        format,
+        mp4: Mp4Options {
+            timeout: std::time::Duration::from_secs(ctx.settings.media.pipeline_timeout_secs),
+            ..Mp4Options::default()
+        },
+        ladder_only: false,
     };
-    let rungs = plan_ladder(&info, &ctx.settings.media.ladder());
+    let deadline = task.probe_timeout + task.hls.timeout + task.mp4.timeout + thumbs_timeout;
+    let jail = MediaJail::from_settings(&ctx.settings);
+    let mut child = jail.transcode(&source, &root, task, deadline).await.map_err(|e| media_error(e, &root))?;
+    let (info, rungs): (MediaInfo, Vec<Rung>) = loop {
+        match child.next(&cancel).await.map_err(|e| media_error(e, &root))? {
+            Message::Probed { info, rungs } => break (info, rungs),
+            Message::Failed { error } => return Err(media_error(error.into(), &root)),
+            _ => {}
+        }
+    };
     reporter.report("probing", PROBE_END, None);
     reporter.log(
         LogLevel::Info,
@@ -299,77 +307,52 @@ pub(crate) async fn run_transcode(
     // replaced them (this run's names differ: see `generation`).
     let previous = previous_segments(ctx, &video).await;
 
-    // Encoding: the ladder on its own thread; the lowest rung is published as soon as
-    // its playlist is final, while the others keep encoding.
+    // Encoding: the lowest rung is published as soon as its playlist is final, while
+    // the child keeps encoding the others; then the download, poster, thumbnails and
+    // storyboard.
     reporter.stage("encoding", format!("{} rung(s)", rungs.len()));
-    let hls_dir = root.join("hls");
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<RenditionReady>();
-    let mut encode = {
-        let (source, out, rungs, guard) = (source.clone(), hls_dir.clone(), rungs.clone(), scratch.clone());
-        let opts = ctx.settings.media.hls_options();
-        let (cancel, reporter) = (cancel.clone(), reporter.clone());
-        tokio::task::spawn_blocking(move || {
-            let _guard = guard;
-            transcode_hls(
-                &source,
-                &out,
-                &rungs,
-                &opts,
-                &mut |p| reporter.report("encoding", PROBE_END + p.percent / 100.0 * (ENCODE_END - PROBE_END), Some(p)),
-                &mut |ready| {
-                    let _ = ready_tx.send(ready.clone());
-                },
-                &cancel,
-            )
-        })
-    };
     let mut early: Option<String> = None;
-    let hls = loop {
-        tokio::select! {
-            result = &mut encode => break result,
-            Some(ready) = ready_rx.recv() => {
-                early = publish_early_rendition(ctx, job, &video, &info, ready, &reporter, &cancel).await;
+    let files: TranscodeFiles = loop {
+        match child.next(&cancel).await.map_err(|e| media_error(e, &root))? {
+            Message::Progress { step: Step::Ladder, progress: Some(p) } => {
+                reporter.report("encoding", PROBE_END + p.percent / 100.0 * (ENCODE_END - PROBE_END), Some(&p));
             }
+            Message::StepDone { step: Step::Ladder } => {
+                reporter.report("encoding", ENCODE_END, None);
+                reporter.stage("packaging", format!("{} download ({})", format.extension(), preset_name(preset)));
+            }
+            Message::Progress { step: Step::Download, progress: Some(p) } => {
+                reporter.report("packaging", ENCODE_END + p.percent / 100.0 * (MP4_END - ENCODE_END), None);
+            }
+            Message::StepDone { step: Step::Download } => reporter.report("packaging", MP4_END, None),
+            Message::StepDone { step: Step::Thumbnails } => {
+                reporter.report("packaging", MP4_END + (PACKAGE_END - MP4_END) / 2.0, None);
+            }
+            Message::StepDone { step: Step::Storyboard } => reporter.report("packaging", PACKAGE_END, None),
+            // A failure here is only a warning: the final upload covers the rung again.
+            Message::RenditionReady { ready } => {
+                let name = ready.rung.name.clone();
+                match publish_early_rendition(ctx, job, &video, &info, &root, &ready, &cancel).await {
+                    Ok(published) => {
+                        if published {
+                            reporter.log(LogLevel::Info, format!("rendition {name} is ready"));
+                        }
+                        early = Some(name);
+                    }
+                    Err(err) => {
+                        reporter.log(LogLevel::Warn, format!("rendition {name} could not be published early: {err}"));
+                        early = None;
+                    }
+                }
+            }
+            Message::Transcoded { files } => break *files,
+            Message::Failed { error } => return Err(media_error(error.into(), &root)),
+            _ => {}
         }
     };
-    let hls: HlsOutput = hls.map_err(join_error)?.map_err(|e| media_error(e, &root))?;
-    if let Ok(ready) = ready_rx.try_recv() {
-        early = publish_early_rendition(ctx, job, &video, &info, ready, &reporter, &cancel).await;
-    }
-    reporter.report("encoding", ENCODE_END, None);
-    check_cancel(&cancel)?;
-
-    // Packaging: the download, poster and thumbnails, storyboard.
-    reporter.stage("packaging", format!("{} download ({})", format.extension(), preset_name(preset)));
-    let packaged = {
-        let (source, root_c, guard) = (source.clone(), root.clone(), scratch.clone());
-        let (cancel, reporter) = (cancel.clone(), reporter.clone());
-        let mp4_opts = Mp4Options {
-            timeout: std::time::Duration::from_secs(ctx.settings.media.pipeline_timeout_secs),
-            ..Mp4Options::default()
-        };
-        blocking(&root, move || {
-            let _guard = guard;
-            let download = transcode_mp4(
-                &source,
-                &root_c.join("download").join(format!("video.{}", format.extension())),
-                preset,
-                format,
-                &mp4_opts,
-                &mut |p| reporter.report("packaging", ENCODE_END + p.percent / 100.0 * (MP4_END - ENCODE_END), None),
-                &cancel,
-            )?;
-            reporter.report("packaging", MP4_END, None);
-            let thumbs_dir = root_c.join("thumbs");
-            let (poster, thumbs) = poster_and_thumbnails(&source, &thumbs_dir, &ThumbnailOptions::default(), &cancel)?;
-            reporter.report("packaging", MP4_END + (PACKAGE_END - MP4_END) / 2.0, None);
-            let board = storyboard(&source, &thumbs_dir, &StoryboardOptions::default(), &cancel)?;
-            reporter.report("packaging", PACKAGE_END, None);
-            Ok((download, poster, thumbs, board))
-        })
-        .await?
-    };
-    let (download, poster, thumbs, board) = packaged;
+    child.finish().await;
+    let hls: HlsOutput = files.hls;
+    let (download, poster, thumbs, board) = (files.download, files.poster, files.thumbnails, files.storyboard);
     check_cancel(&cancel)?;
 
     // Uploading: segments and files first, then rung playlists, then the master, so no
@@ -394,7 +377,7 @@ pub(crate) async fn run_transcode(
         if early.as_deref() == Some(rung.rung.name.as_str()) {
             continue;
         }
-        let (text, segments) = read_playlist(&rung.playlist, &generation(job))?;
+        let (text, segments) = read_playlist(&root, &rung.playlist, &generation(job))?;
         for segment in segments {
             let key = segment_key(owner, vid, &rung.rung.name, &segment.stored_name);
             files.push(Upload { content_type: content_type_for(&segment.path), path: segment.path, key });
@@ -421,6 +404,9 @@ pub(crate) async fn run_transcode(
     });
     files.push(Upload { key: layout::storyboard_vtt(owner, vid), content_type: "text/vtt", path: board.vtt.clone() });
 
+    for file in &mut files {
+        file.path = confine(&root, &file.path)?;
+    }
     let total = (files.len() + playlists.len() + 1) as f64;
     let mut done = 0usize;
     let step_reporter = reporter.clone();
@@ -435,7 +421,7 @@ pub(crate) async fn run_transcode(
         step();
     }
     let master_key = layout::hls_master(owner, vid);
-    let master = std::fs::read_to_string(&hls.master_playlist).map_err(|e| {
+    let master = std::fs::read_to_string(confine(&root, &hls.master_playlist)?).map_err(|e| {
         tracing::warn!(error = %e, "the master playlist is missing");
         JobError::Retryable("an output file went missing before upload".into())
     })?;
@@ -509,7 +495,8 @@ struct Segment {
 
 /// A media playlist rewritten to name its segments relatively (as they sit next to
 /// it in storage) under this run's `generation`, and the segment files it names.
-fn read_playlist(path: &Path, generation: &str) -> Result<(String, Vec<Segment>), JobError> {
+fn read_playlist(root: &Path, path: &Path, generation: &str) -> Result<(String, Vec<Segment>), JobError> {
+    let path = &confine(root, path)?;
     let text = std::fs::read_to_string(path).map_err(|e| {
         tracing::warn!(error = %e, path = %path.display(), "a playlist is missing");
         JobError::Retryable("an output file went missing before upload".into())
@@ -523,7 +510,7 @@ fn read_playlist(path: &Path, generation: &str) -> Result<(String, Vec<Segment>)
             let name = Path::new(trimmed).file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
             let stored_name = format!("{generation}-{name}");
             out.push_str(&stored_name);
-            segments.push(Segment { path: dir.join(&name), stored_name });
+            segments.push(Segment { path: confine(root, &dir.join(&name))?, stored_name });
         } else {
             out.push_str(line);
         }
@@ -551,41 +538,18 @@ fn measured_peak(path: &Path) -> Option<u64> {
 }
 
 /// Upload the lowest rung while the others encode, mark its rendition READY and
-/// publish RENDITION_READY. Returns the rung's name when it is fully uploaded. A
-/// failure here is only a warning: the final upload covers the rung again.
+/// publish RENDITION_READY. `Ok(false)`: the video went away meanwhile.
 async fn publish_early_rendition(
     ctx: &JobContext,
     job: &job::Model,
     video: &video::Model,
     info: &MediaInfo,
-    ready: RenditionReady,
-    reporter: &StageReporter,
-    cancel: &CancelFlag,
-) -> Option<String> {
-    match publish_early_rendition_inner(ctx, job, video, info, &ready, cancel).await {
-        Ok(published) => {
-            if published {
-                reporter.log(LogLevel::Info, format!("rendition {} is ready", ready.rung.name));
-            }
-            Some(ready.rung.name)
-        }
-        Err(err) => {
-            reporter.log(LogLevel::Warn, format!("rendition {} could not be published early: {err}", ready.rung.name));
-            None
-        }
-    }
-}
-
-async fn publish_early_rendition_inner(
-    ctx: &JobContext,
-    job: &job::Model,
-    video: &video::Model,
-    info: &MediaInfo,
+    root: &Path,
     ready: &RenditionReady,
     cancel: &CancelFlag,
 ) -> Result<bool, JobError> {
     let Rung { name, width, height, video_bitrate_kbps } = &ready.rung;
-    let (text, segments) = read_playlist(&ready.playlist, &generation(job))?;
+    let (text, segments) = read_playlist(root, &ready.playlist, &generation(job))?;
     let uploads: Vec<Upload> = segments
         .into_iter()
         .map(|segment| Upload {
@@ -817,18 +781,21 @@ mod tests {
             format!("#EXTM3U\n#EXTINF:1.000,\n{}\n#EXTINF:0.5,\nsegment00001.ts\n#EXT-X-ENDLIST\n", absolute.display()),
         )
         .unwrap();
-        let (text, segments) = read_playlist(&playlist, "g1234abcd1").unwrap();
-        let paths: Vec<&PathBuf> = segments.iter().map(|s| &s.path).collect();
-        assert_eq!(paths, vec![&absolute, &dir.path().join("segment00001.ts")]);
+        assert!(read_playlist(dir.path(), &playlist, "g1234abcd1").is_err(), "a segment is missing");
+        std::fs::write(dir.path().join("segment00001.ts"), vec![0u8; 1000]).unwrap();
+        let (text, segments) = read_playlist(dir.path(), &playlist, "g1234abcd1").unwrap();
+        let paths: Vec<PathBuf> = segments.iter().map(|s| s.path.clone()).collect();
+        let real = dir.path().canonicalize().unwrap();
+        assert_eq!(paths, vec![real.join("segment00000.ts"), real.join("segment00001.ts")]);
         assert_eq!(segments[1].stored_name, "g1234abcd1-segment00001.ts");
         assert!(
             text.contains("\ng1234abcd1-segment00000.ts\n") && !text.contains(&dir.path().display().to_string()),
             "{text}"
         );
         assert!(text.ends_with("#EXT-X-ENDLIST\n"));
-        assert_eq!(measured_peak(&playlist), None, "a missing segment gives no measurement");
-        std::fs::write(dir.path().join("segment00001.ts"), vec![0u8; 1000]).unwrap();
         assert_eq!(measured_peak(&playlist), Some(16_000));
+        std::fs::remove_file(dir.path().join("segment00001.ts")).unwrap();
+        assert_eq!(measured_peak(&playlist), None, "a missing segment gives no measurement");
         assert_eq!(content_type_for(&absolute), "video/mp2t");
         assert_eq!(content_type_for(Path::new("a/index.m3u8")), "application/vnd.apple.mpegurl");
         assert_eq!(content_type_for(Path::new("x.m4s")), "video/iso.segment");

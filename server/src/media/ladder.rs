@@ -22,7 +22,7 @@ use super::pipeline::{discard_pad, limit_decoder_errors, make, run_to_eos, Limit
 use super::{ensure_gstreamer, file_uri, probe, MediaError, MediaInfo, Progress, RungProgress};
 
 /// One configured rung: a target short-side size and bitrates.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RungSpec {
     /// Lines of the picture's short side (720 for 1280x720 and for 720x1280).
     pub lines: u32,
@@ -30,7 +30,7 @@ pub struct RungSpec {
 }
 
 /// The configurable ladder, highest rung first.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LadderConfig {
     pub rungs: Vec<RungSpec>,
 }
@@ -43,7 +43,7 @@ impl Default for LadderConfig {
 }
 
 /// One rendition to produce.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rung {
     /// Directory name and label, e.g. "720p".
     pub name: String,
@@ -109,7 +109,7 @@ fn even(v: u32) -> u32 {
 }
 
 /// How the ladder is encoded. The scaler and keyframe interval are pinned here.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HlsOptions {
     /// Target segment duration (hlssink2 `target-duration`); one keyframe per segment.
     pub segment_seconds: u32,
@@ -146,13 +146,13 @@ impl Default for HlsOptions {
 }
 
 /// A rendition whose media playlist is complete (ENDLIST written).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RenditionReady {
     pub rung: Rung,
     pub playlist: PathBuf,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RungOutput {
     pub rung: Rung,
     /// `{out_dir}/{rung}/index.m3u8`
@@ -165,7 +165,7 @@ pub struct RungOutput {
     pub codecs: String,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HlsOutput {
     /// `{out_dir}/master.m3u8`
     pub master_playlist: PathBuf,

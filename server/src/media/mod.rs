@@ -56,6 +56,15 @@ pub enum MediaError {
     Cancelled,
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// The media child died on this input (a decoder crashed or aborted).
+    #[error("the file could not be processed: {reason}")]
+    Crashed { reason: String },
+    /// The media child hit its memory or CPU limit on this input.
+    #[error("the file needs more resources than allowed: {reason}")]
+    ResourceLimit { reason: String },
+    /// The media child was killed from outside (not by us): retrying may help.
+    #[error("the media process was killed")]
+    Killed,
 }
 
 impl MediaError {
@@ -72,6 +81,9 @@ impl MediaError {
             MediaError::Build(_) => "MEDIA_BUILD",
             MediaError::Cancelled => "MEDIA_CANCELLED",
             MediaError::Timeout(_) => "MEDIA_TIMEOUT",
+            MediaError::Crashed { .. } => "MEDIA_CRASHED",
+            MediaError::ResourceLimit { .. } => "MEDIA_LIMIT",
+            MediaError::Killed => "MEDIA_KILLED",
         }
     }
 
@@ -84,6 +96,8 @@ impl MediaError {
                 | MediaError::Rejected { .. }
                 | MediaError::Truncated { .. }
                 | MediaError::Pipeline { .. }
+                | MediaError::Crashed { .. }
+                | MediaError::ResourceLimit { .. }
         )
     }
 

@@ -13,7 +13,7 @@ use super::pipeline::{limit_decoder_errors, make, run_to_eos, Limits, NullOnDrop
 use super::{ensure_gstreamer, file_uri, probe, MediaError, Progress};
 
 /// Quality presets of `transcode(videoId, preset)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Preset {
     Low,
     Medium,
@@ -21,7 +21,7 @@ pub enum Preset {
 }
 
 /// Output container and codecs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Format {
     /// H.264 + AAC in a progressive MP4 (moov first).
     Mp4,
@@ -79,7 +79,7 @@ impl Preset {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Mp4Options {
     pub timeout: Duration,
     pub progress_interval: Duration,
@@ -99,7 +99,7 @@ impl Default for Mp4Options {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Mp4Output {
     pub path: PathBuf,
     pub width: u32,

@@ -9,7 +9,7 @@ use gstreamer::prelude::*;
 use super::MediaError;
 
 /// Progress of a running encode, reported at most every `progress_interval`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Progress {
     /// 0..=100 over the whole source.
     pub percent: f64,
@@ -22,7 +22,7 @@ pub struct Progress {
     pub rungs: Vec<RungProgress>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RungProgress {
     pub name: String,
     pub percent: f64,

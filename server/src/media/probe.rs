@@ -14,7 +14,7 @@ use super::{check_source_file, ensure_gstreamer, file_uri, MediaError};
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The facts about a source that the ladder, limits and UI need.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MediaInfo {
     pub duration: Option<Duration>,
     /// Container description, e.g. "Quicktime" or "WebM".
@@ -99,7 +99,7 @@ impl MediaInfo {
 }
 
 /// What an accepted upload may be.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MediaLimits {
     pub max_width: u32,
     pub max_height: u32,

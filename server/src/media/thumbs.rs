@@ -66,7 +66,7 @@ impl Default for ThumbnailOptions {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Poster {
     pub path: PathBuf,
     pub position: Duration,
@@ -151,7 +151,7 @@ impl Default for StoryboardOptions {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Storyboard {
     /// `storyboard.jpg`
     pub sprite: PathBuf,

@@ -20,8 +20,9 @@ use super::abort::cleanup_storage;
 use super::{tail_key, TusState};
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::events::{self, EventDetail, EventKind};
+use crate::jail::MediaJail;
 use crate::jobs::{self, NewJob};
-use crate::media::{probe_with_timeout, MediaError, MediaInfo};
+use crate::media::{MediaError, MediaInfo};
 use crate::startup::AppState;
 use crate::storage::{CompletedPart, StoreError};
 
@@ -163,14 +164,8 @@ async fn verify(state: &AppState, row: &upload::Model) -> Result<MediaInfo, Fail
     }
     let timeout = state.settings.media.probe_timeout();
     let limits = state.settings.media.limits();
-    let probe_path = source.path().to_path_buf();
-    let probed = tokio::task::spawn_blocking(move || {
-        let info = probe_with_timeout(&probe_path, timeout)?;
-        info.check(&limits)?;
-        Ok::<_, MediaError>(info)
-    })
-    .await
-    .map_err(AppError::internal)?;
+    // Decoding a stranger's bytes happens in a jailed child, never in this process.
+    let probed = MediaJail::from_settings(&state.settings).probe(source.path(), timeout, limits).await;
     drop(source);
     match probed {
         Ok(info) => Ok(info),

@@ -94,6 +94,8 @@ pub async fn test_settings(data_dir: &std::path::Path) -> Settings {
     settings.server.heartbeat_interval_ms = 50;
     settings.server.shutdown_timeout_secs = 2;
     settings.workers.concurrency = Some(1);
+    // Media children run the real binary (this process is the test harness).
+    settings.jail.binary = Some(std::path::PathBuf::from(env!("CARGO_BIN_EXE_reelhouse")));
     // Every test client signs in from 127.0.0.1, so the per-IP sign-in budget is
     // raised; the per-account `auth` policy keeps its default and is tested as is.
     settings

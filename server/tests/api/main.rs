@@ -8,6 +8,7 @@ mod e2e;
 mod fanout;
 mod helpers;
 mod http_basics;
+mod jail;
 mod jobs;
 mod media;
 mod playback;

@@ -57,7 +57,7 @@ pub(crate) fn landscape_clip() -> &'static Path {
 pub(crate) struct Collect {
     progress: Mutex<Vec<ProgressInfo>>,
     logs: Mutex<Vec<(LogLevel, String)>>,
-    on_encoding: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    pub(crate) on_encoding: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
 }
 
 impl JobReporter for Collect {
@@ -246,7 +246,7 @@ impl Harness {
         }
     }
 
-    fn scratch_is_empty(&self) -> bool {
+    pub(crate) fn scratch_is_empty(&self) -> bool {
         std::fs::read_dir(self.scratch.path()).unwrap().next().is_none()
     }
 }
