@@ -68,8 +68,6 @@ impl Application {
     /// Connect, migrate, start the hub actors and bind the listener. Must run inside
     /// an actix `System` (the binary's `#[actix_web::main]`, or `#[actix_web::test]`).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        crate::telemetry::init_gstreamer(&settings.telemetry.gstreamer_level)?;
-        crate::media::set_streaming_nice(settings.media.encoder_nice);
         let metrics = crate::telemetry::prometheus()?;
         let keys = Arc::new(ServerKeys::load_or_generate(&settings)?);
 

@@ -86,8 +86,6 @@ impl WorkerRegistration {
 
 /// Run until SIGTERM/SIGINT, heartbeating; deregister on the way out.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    crate::telemetry::init_gstreamer(&settings.telemetry.gstreamer_level)?;
-    crate::media::set_streaming_nice(settings.media.encoder_nice);
     let db = crate::db::connect(&settings).await?;
     if settings.database.migrate_on_start {
         crate::db::migrate(&db).await?;

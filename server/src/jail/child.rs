@@ -57,8 +57,8 @@ pub fn main() -> ExitCode {
     }
     // GStreamer reads (and may rebuild) its plugin registry here, before the sandbox
     // takes exec and most of the file system away.
-    if let Err(err) = crate::media::ensure_gstreamer() {
-        reporter.fail(&err);
+    if let Err(err) = crate::telemetry::init_gstreamer(&request.gstreamer_level) {
+        reporter.fail(&MediaError::Init(format!("{err:#}")));
         return ExitCode::SUCCESS;
     }
     let status = sandbox::confine(&request);

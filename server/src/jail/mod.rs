@@ -50,6 +50,7 @@ pub struct MediaJail {
     settings: crate::config::jail::JailSettings,
     nice: i32,
     log_level: String,
+    gstreamer_level: String,
 }
 
 impl MediaJail {
@@ -65,6 +66,7 @@ impl MediaJail {
             settings: settings.jail.clone(),
             nice: settings.media.encoder_nice,
             log_level: "warn".to_string(),
+            gstreamer_level: settings.telemetry.gstreamer_level.clone(),
         }
     }
 
@@ -131,6 +133,7 @@ impl MediaJail {
             source,
             work_dir: work_dir.clone(),
             log_level: self.log_level.clone(),
+            gstreamer_level: self.gstreamer_level.clone(),
             sandbox: SandboxRequest {
                 landlock: self.settings.landlock,
                 seccomp: self.settings.seccomp,

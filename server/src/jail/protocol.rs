@@ -33,6 +33,8 @@ pub struct Request {
     pub work_dir: Option<PathBuf>,
     /// Filter for the child's log lines on stderr, e.g. `warn`.
     pub log_level: String,
+    /// GStreamer's own log threshold (`telemetry.gstreamer_level`).
+    pub gstreamer_level: String,
     pub sandbox: SandboxRequest,
     pub task: Task,
 }

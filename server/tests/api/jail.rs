@@ -40,6 +40,12 @@ fn process_group(pid: i32) -> Option<i32> {
     rest.split_whitespace().nth(2)?.parse().ok()
 }
 
+fn nice(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 19 of stat; 17th after the command name.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(16)?.parse().ok()
+}
+
 fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
@@ -93,6 +99,8 @@ async fn a_transcode_runs_in_a_confined_child_and_cancel_kills_it() {
         }
         // Its own process group, so a kill reaches every thread and helper.
         assert_eq!(process_group(pid), Some(pid));
+        // The whole child runs at the encoder nice value (10 by default) or lower priority.
+        assert!(nice(pid).is_some_and(|n| n >= 10), "nice {:?}", nice(pid));
         // The configured address-space limit, and no core dumps.
         let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
         let line = |name: &str| limits.lines().find(|l| l.starts_with(name)).unwrap().to_string();
