@@ -12,6 +12,7 @@ pub mod event_outbox;
 pub mod job;
 pub mod job_log;
 pub mod moderation_action;
+pub mod processing_usage;
 pub mod refresh_token;
 pub mod refresh_token_family;
 pub mod rendition;

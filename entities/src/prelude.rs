@@ -5,6 +5,7 @@ pub use super::event_outbox::Entity as EventOutbox;
 pub use super::job::Entity as Job;
 pub use super::job_log::Entity as JobLog;
 pub use super::moderation_action::Entity as ModerationAction;
+pub use super::processing_usage::Entity as ProcessingUsage;
 pub use super::refresh_token::Entity as RefreshToken;
 pub use super::refresh_token_family::Entity as RefreshTokenFamily;
 pub use super::rendition::Entity as Rendition;

@@ -62,6 +62,9 @@ pub struct Model {
     pub deleted_at: Option<DateTimeUtc>,
     /// The last per-video event sequence number written (see `events::record`).
     pub event_seq: i64,
+    /// Bytes of the current transcode's outputs in storage (renditions, download,
+    /// poster, thumbnails, storyboard); counted against the owner's quota.
+    pub output_bytes: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

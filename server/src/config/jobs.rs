@@ -20,6 +20,9 @@ pub struct JobSettings {
     pub poll_interval_ms: u64,
     /// Lines kept in one job's log.
     pub log_max_lines: u64,
+    /// Seconds of media processing one user may use per UTC day; their further jobs
+    /// wait (QUEUED, `Job.waitingFor: PROCESSING_BUDGET`) until the next day. 0: no budget.
+    pub processing_budget_secs_per_day: u64,
 }
 
 impl Default for JobSettings {
@@ -33,6 +36,7 @@ impl Default for JobSettings {
             sweep_interval_secs: 5,
             poll_interval_ms: 500,
             log_max_lines: 200,
+            processing_budget_secs_per_day: 0,
         }
     }
 }

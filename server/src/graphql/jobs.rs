@@ -97,6 +97,15 @@ impl From<worker::Model> for Worker {
     }
 }
 
+/// What a QUEUED job waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, async_graphql::Enum)]
+pub enum JobWait {
+    /// The owner used up today's processing budget (`jobs.processing_budget_secs_per_day`).
+    ProcessingBudget,
+    /// The delay before the next attempt of a job that failed.
+    RetryBackoff,
+}
+
 /// A job of the durable queue. Built from a row the caller may see.
 #[derive(Debug, Clone)]
 pub struct Job(pub job::Model);
@@ -148,6 +157,26 @@ impl Job {
 
     async fn cancel_requested(&self) -> bool {
         self.0.cancel_requested
+    }
+
+    /// Why a QUEUED job is not running yet, when it is held back: its owner used up
+    /// today's processing budget (it runs after midnight UTC), or it waits out the
+    /// backoff before a retry. Null otherwise.
+    async fn waiting_for(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<JobWait>> {
+        if self.0.status != entities::JobStatus::Queued {
+            return Ok(None);
+        }
+        let state = ctx.data::<AppState>()?;
+        let budget = state.settings.jobs.processing_budget_secs_per_day;
+        if let (Some(owner), true) = (self.0.owner_id, budget > 0) {
+            let used = crate::repo::usage::processing_seconds_today(&state.db, owner)
+                .await
+                .map_err(|e| AppError::internal(e).extend())?;
+            if used >= budget as f64 {
+                return Ok(Some(JobWait::ProcessingBudget));
+            }
+        }
+        Ok((self.0.run_after > Utc::now()).then_some(JobWait::RetryBackoff))
     }
 
     async fn created_at(&self) -> DateTime<Utc> {

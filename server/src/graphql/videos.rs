@@ -446,7 +446,8 @@ impl VideosMutation {
 /// Storage use and quota, on the caller's own account (`me`).
 #[ComplexObject]
 impl User {
-    /// Bytes of stored sources plus uploads in progress.
+    /// Bytes stored: sources, every transcode output (renditions, downloads,
+    /// thumbnails, storyboards) and uploads in progress.
     async fn storage_used_bytes(&self, ctx: &Context<'_>) -> async_graphql::Result<i64> {
         let state = ctx.data::<AppState>()?;
         let user_id = Uuid::parse_str(self.id.as_str()).map_err(|e| AppError::internal(e).extend())?;
@@ -456,9 +457,30 @@ impl User {
     /// Bytes this account may store; null when there is no quota.
     async fn storage_quota_bytes(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<i64>> {
         let state = ctx.data::<AppState>()?;
-        Ok(match state.settings.uploads.quota_bytes_per_user {
+        let user_id = Uuid::parse_str(self.id.as_str()).map_err(|e| AppError::internal(e).extend())?;
+        let user = entities::user::Entity::find_by_id(user_id)
+            .one(&state.db)
+            .await
+            .map_err(|e| AppError::internal(e).extend())?;
+        Ok(crate::repo::usage::storage_quota(user.as_ref(), &state.settings))
+    }
+
+    /// Seconds of media processing this account used today (UTC).
+    async fn processing_seconds_today(&self, ctx: &Context<'_>) -> async_graphql::Result<f64> {
+        let state = ctx.data::<AppState>()?;
+        let user_id = Uuid::parse_str(self.id.as_str()).map_err(|e| AppError::internal(e).extend())?;
+        crate::repo::usage::processing_seconds_today(&state.db, user_id)
+            .await
+            .map_err(|e| AppError::internal(e).extend())
+    }
+
+    /// Seconds of media processing this account may use per UTC day; null when
+    /// there is no budget. Jobs past it wait for the next day.
+    async fn processing_budget_seconds_per_day(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<i64>> {
+        let state = ctx.data::<AppState>()?;
+        Ok(match state.settings.jobs.processing_budget_secs_per_day {
             0 => None,
-            quota => Some(i64::try_from(quota).unwrap_or(i64::MAX)),
+            secs => Some(i64::try_from(secs).unwrap_or(i64::MAX)),
         })
     }
 }

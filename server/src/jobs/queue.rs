@@ -70,7 +70,8 @@ pub struct LeaseState {
 fn lease_sql(backend: DbBackend) -> &'static str {
     // Order: priority, then the owner with the fewest RUNNING jobs, then the owner
     // served longest ago (never served first), then oldest job. An owner's 50 queued
-    // uploads therefore alternate with everybody else's work.
+    // uploads therefore alternate with everybody else's work. Owners who used up
+    // today's processing budget are passed over until tomorrow.
     match backend {
         DbBackend::Postgres => {
             r#"UPDATE jobs SET status = 'RUNNING', attempts = attempts + 1, lease_owner = $1, lease_token = $2,
@@ -78,6 +79,8 @@ fn lease_sql(backend: DbBackend) -> &'static str {
             WHERE id = (
                 SELECT c.id FROM jobs c
                 WHERE c.status = 'QUEUED' AND c.run_after <= $4
+                    AND (c.owner_id IS NULL OR NOT EXISTS (SELECT 1 FROM processing_usage u
+                        WHERE u.user_id = c.owner_id AND u.day = $5 AND u.seconds >= $6))
                 ORDER BY c.priority DESC,
                     (SELECT COUNT(*) FROM jobs r WHERE r.owner_id = c.owner_id AND r.status = 'RUNNING') ASC,
                     (SELECT MAX(s.updated_at) FROM jobs s WHERE s.owner_id = c.owner_id AND s.status <> 'QUEUED')
@@ -94,6 +97,8 @@ fn lease_sql(backend: DbBackend) -> &'static str {
             WHERE id = (
                 SELECT c.id FROM jobs c
                 WHERE c.status = 'QUEUED' AND c.run_after <= ?4
+                    AND (c.owner_id IS NULL OR NOT EXISTS (SELECT 1 FROM processing_usage u
+                        WHERE u.user_id = c.owner_id AND u.day = ?5 AND u.seconds >= ?6))
                 ORDER BY c.priority DESC,
                     (SELECT COUNT(*) FROM jobs r WHERE r.owner_id = c.owner_id AND r.status = 'RUNNING') ASC,
                     (SELECT MAX(s.updated_at) FROM jobs s WHERE s.owner_id = c.owner_id AND s.status <> 'QUEUED')
@@ -103,6 +108,14 @@ fn lease_sql(backend: DbBackend) -> &'static str {
             ) AND status = 'QUEUED'
             RETURNING *"#
         }
+    }
+}
+
+/// Today's processing budget per owner in seconds (effectively none when unset).
+fn processing_budget(settings: &JobSettings) -> f64 {
+    match settings.processing_budget_secs_per_day {
+        0 => f64::MAX,
+        secs => secs as f64,
     }
 }
 
@@ -123,7 +136,14 @@ pub async fn lease(
     let statement = Statement::from_sql_and_values(
         backend,
         lease_sql(backend),
-        [worker_id.into(), token.into(), (now + lease_duration(lease_for)).into(), now.into()],
+        [
+            worker_id.into(),
+            token.into(),
+            (now + lease_duration(lease_for)).into(),
+            now.into(),
+            crate::repo::usage::today().into(),
+            processing_budget(settings).into(),
+        ],
     );
     let txn = crate::db::begin_write(db).await?;
     let leased = job::Entity::find().from_raw_sql(statement).one(&txn).await?;

@@ -165,6 +165,7 @@ pub async fn apply_success(
     row.video_codec = Set(p.video_codec.clone());
     row.audio_codec = Set(p.audio_codec.clone());
     row.source_size_bytes = Set(Some(i64::try_from(p.source_size_bytes).unwrap_or(i64::MAX)));
+    row.output_bytes = Set(i64::try_from(out.output_bytes).unwrap_or(i64::MAX));
     row.updated_at = Set(Utc::now());
     let video = row.update(txn).await?;
     let event =

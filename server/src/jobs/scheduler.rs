@@ -333,6 +333,8 @@ pub struct JobWorker {
     lost: bool,
     checking: bool,
     guard: WorkerGuard,
+    /// When this attempt started, for the owner's processing usage.
+    started: std::time::Instant,
 }
 
 impl JobWorker {
@@ -348,6 +350,7 @@ impl JobWorker {
             lost: false,
             checking: false,
             guard,
+            started: std::time::Instant::now(),
         }
     }
 
@@ -395,7 +398,15 @@ impl JobWorker {
         let token = self.leased.token;
         let shutdown = self.shutdown.load(Ordering::SeqCst);
         let lost = self.lost;
+        let owner = self.leased.job.owner_id;
+        let spent = self.started.elapsed().as_secs_f64();
         let fut = async move {
+            // Every attempt counts against its owner's daily budget, whatever its outcome.
+            if let Some(owner) = owner {
+                if let Err(err) = crate::repo::usage::add_processing_seconds(&db, owner, spent).await {
+                    tracing::warn!(job = %job_id, error = %err, "could not record processing usage");
+                }
+            }
             let result = match outcome {
                 _ if lost => Err(QueueError::LeaseLost),
                 Outcome::Success(output) => {

@@ -45,6 +45,9 @@ pub struct TranscodeOutput {
     pub poster_key: String,
     pub thumbnail_keys: Vec<String>,
     pub storyboard: StoryboardOutput,
+    /// Bytes of every output stored (counted against the owner's quota).
+    #[serde(default)]
+    pub output_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -332,6 +335,11 @@ pub(crate) async fn run_transcode(
             // A failure here is only a warning: the final upload covers the rung again.
             Message::RenditionReady { ready } => {
                 let name = ready.rung.name.clone();
+                let rung_bytes = ready.playlist.parent().map(tree_bytes).unwrap_or(0);
+                if let Err(err) = check_quota(ctx, &video, rung_bytes).await {
+                    reporter.log(LogLevel::Warn, format!("rendition {name} is not published early: {err}"));
+                    continue;
+                }
                 match publish_early_rendition(ctx, job, &video, &info, &root, &ready, &cancel).await {
                     Ok(published) => {
                         if published {
@@ -354,6 +362,15 @@ pub(crate) async fn run_transcode(
     let hls: HlsOutput = files.hls;
     let (download, poster, thumbs, board) = (files.download, files.poster, files.thumbnails, files.storyboard);
     check_cancel(&cancel)?;
+
+    // Quotas count what is stored: everything the child wrote, beside the source.
+    let output_bytes = tree_bytes(&root).saturating_sub(source_size);
+    if let Err(err) = check_quota(ctx, &video, output_bytes).await {
+        if let Some(name) = &early {
+            unpublish_early_rendition(ctx, &video, name, previous.is_empty(), &reporter).await;
+        }
+        return Err(err);
+    }
 
     // Uploading: segments and files first, then rung playlists, then the master, so no
     // uploaded playlist ever names a missing object.
@@ -462,6 +479,7 @@ pub(crate) async fn run_transcode(
         },
         poster_key: layout::poster(owner, vid),
         thumbnail_keys,
+        output_bytes,
         storyboard: StoryboardOutput {
             image_key: layout::storyboard_image(owner, vid),
             vtt_key: layout::storyboard_vtt(owner, vid),
@@ -595,6 +613,74 @@ async fn publish_early_rendition(
     txn.commit().await.map_err(db_error)?;
     ctx.publisher.publish(event);
     Ok(true)
+}
+
+/// Bytes of the regular files under `dir` (links are not followed).
+fn tree_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(t) if t.is_dir() => tree_bytes(&entry.path()),
+            Ok(t) if t.is_file() => entry.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Refuse (`QUOTA_EXCEEDED`, final) outputs of `new_bytes` that would take the
+/// owner over their storage quota; this video's current outputs are being replaced.
+async fn check_quota(ctx: &JobContext, video: &video::Model, new_bytes: u64) -> Result<(), JobError> {
+    let owner = entities::user::Entity::find_by_id(video.owner_id).one(&ctx.db).await.map_err(db_error)?;
+    let Some(quota) = crate::repo::usage::storage_quota(owner.as_ref(), &ctx.settings) else {
+        return Ok(());
+    };
+    let used = crate::repo::videos::storage_used_bytes(&ctx.db, video.owner_id).await.map_err(|e| {
+        tracing::warn!(error = ?e, "reading storage use failed");
+        JobError::Retryable("the database is unavailable".into())
+    })?;
+    let current = video::Entity::find_by_id(video.id).one(&ctx.db).await.map_err(db_error)?;
+    let replaced = current.map(|v| v.output_bytes).unwrap_or(0);
+    let new = i64::try_from(new_bytes).unwrap_or(i64::MAX);
+    let after = used.saturating_sub(replaced).saturating_add(new);
+    if after > quota {
+        return Err(JobError::Permanent {
+            code: "QUOTA_EXCEEDED",
+            reason: format!(
+                "the encoded files ({new} bytes) would exceed the storage quota: {} of {quota} bytes are in use",
+                used.saturating_sub(replaced)
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Take back a rendition published early by a transcode that then failed its quota:
+/// on a first transcode its objects and row go (nothing else names them); on a
+/// re-transcode the published rung is complete and stays.
+async fn unpublish_early_rendition(
+    ctx: &JobContext,
+    video: &video::Model,
+    name: &str,
+    first_transcode: bool,
+    reporter: &StageReporter,
+) {
+    if !first_transcode {
+        return;
+    }
+    let prefix = format!("{}{name}/", layout::hls_prefix(video.owner_id, video.id));
+    if let Err(err) = ctx.store.delete_prefix(&prefix).await {
+        tracing::warn!(error = ?err, prefix, "could not remove an early rendition");
+    }
+    let deleted = rendition::Entity::delete_many()
+        .filter(rendition::Column::VideoId.eq(video.id))
+        .filter(rendition::Column::Name.eq(name))
+        .exec(&ctx.db)
+        .await;
+    if let Err(err) = deleted {
+        tracing::warn!(error = %err, "could not remove an early rendition's row");
+    }
+    reporter.log(LogLevel::Warn, format!("rendition {name} was withdrawn: the storage quota is exceeded"));
 }
 
 /// A rendition row to write.

@@ -94,13 +94,13 @@ pub async fn find_writable<C: ConnectionTrait>(
     }
 }
 
-/// Bytes counted against a user's quota: sources of videos not deleted, plus the
-/// declared size of uploads still open or completing.
+/// Bytes counted against a user's quota: sources and transcode outputs of videos
+/// not deleted, plus the declared size of uploads still open or completing.
 // SUM(bigint) is numeric on PostgreSQL; the casts keep both backends at BIGINT.
 pub async fn storage_used_bytes<C: ConnectionTrait>(conn: &C, user_id: Uuid) -> Result<i64, AppError> {
     let stored: Option<i64> = video::Entity::find()
         .select_only()
-        .column_as(Expr::cust("CAST(SUM(source_size_bytes) AS BIGINT)"), "total")
+        .column_as(Expr::cust("CAST(SUM(COALESCE(source_size_bytes, 0) + output_bytes) AS BIGINT)"), "total")
         .filter(video::Column::OwnerId.eq(user_id))
         .filter(video::Column::DeletedAt.is_null())
         .into_tuple::<Option<i64>>()
@@ -237,6 +237,7 @@ pub async fn create_video<C: ConnectionTrait>(conn: &C, new: NewVideo) -> Result
         updated_at: Set(now),
         deleted_at: Set(None),
         event_seq: Set(0),
+        output_bytes: Set(0),
     }
     .insert(conn)
     .await

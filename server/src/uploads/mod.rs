@@ -268,21 +268,16 @@ async fn insert_session(
         sea_orm::ActiveValue::Set(size) => *size,
         _ => 0,
     };
-    if settings.quota_bytes_per_user > 0 {
-        // Concurrent uploads of one owner are serialised on the owner's row, so two
-        // of them cannot both fit into the same remaining quota (SQLite has a
-        // single writer already).
-        if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
-            entities::user::Entity::find_by_id(video.owner_id)
-                .select_only()
-                .column(entities::user::Column::Id)
-                .lock_exclusive()
-                .into_tuple::<uuid::Uuid>()
-                .one(&txn)
-                .await?;
-        }
+    // Concurrent uploads of one owner are serialised on the owner's row, so two of
+    // them cannot both fit into the same remaining quota (SQLite has a single writer
+    // already).
+    let owner = if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        entities::user::Entity::find_by_id(video.owner_id).lock_exclusive().one(&txn).await?
+    } else {
+        entities::user::Entity::find_by_id(video.owner_id).one(&txn).await?
+    };
+    if let Some(quota) = crate::repo::usage::storage_quota(owner.as_ref(), &state.settings) {
         let used = crate::repo::videos::storage_used_bytes(&txn, video.owner_id).await?;
-        let quota = i64::try_from(settings.quota_bytes_per_user).unwrap_or(i64::MAX);
         if used.saturating_add(size) > quota {
             return Err(AppError::new(
                 ErrorCode::PayloadTooLarge,

@@ -13,6 +13,7 @@ mod jobs;
 mod media;
 mod playback;
 mod process;
+mod quotas;
 mod rate_limit;
 mod ready;
 mod redis_restart;

@@ -207,7 +207,7 @@ impl Harness {
         video::Entity::find_by_id(id).one(&self.app.state.db).await.unwrap().unwrap()
     }
 
-    async fn renditions(&self, id: Uuid) -> Vec<rendition::Model> {
+    pub(crate) async fn renditions(&self, id: Uuid) -> Vec<rendition::Model> {
         rendition::Entity::find()
             .filter(rendition::Column::VideoId.eq(id))
             .order_by_asc(rendition::Column::Height)
@@ -238,7 +238,7 @@ impl Harness {
         bytes
     }
 
-    async fn exists(&self, key: &str) -> bool {
+    pub(crate) async fn exists(&self, key: &str) -> bool {
         match self.ctx.store.head(key).await {
             Ok(_) => true,
             Err(StoreError::NotFound { .. }) => false,
@@ -602,6 +602,7 @@ async fn runner_refuses_oversized_missing_and_deleted_sources() {
             tile_width: 160,
             tile_height: 90,
         },
+        output_bytes: 1,
     }));
     assert!(h.apply_success(&job, &output).await.is_empty());
     assert!(h.apply_failure(&job, "whatever").await.is_empty());
