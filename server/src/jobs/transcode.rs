@@ -22,7 +22,7 @@ use crate::events::{self, EventDetail, EventKind, ProgressInfo, RenditionProgres
 use crate::media::ladder::{plan_ladder, transcode_hls, HlsOutput, RenditionReady, Rung};
 use crate::media::mp4::{transcode_mp4, Format, Mp4Options, Preset};
 use crate::media::thumbs::{poster_and_thumbnails, storyboard, StoryboardOptions, ThumbnailOptions};
-use crate::media::{probe_with_timeout, CancelFlag, MediaError, MediaInfo, Progress};
+use crate::media::{probe_with_limits, CancelFlag, MediaError, MediaInfo, Progress};
 use crate::storage::layout;
 
 const PROBE_END: f64 = 2.0;
@@ -272,9 +272,7 @@ pub(crate) async fn run_transcode(
         let (source, guard) = (source.clone(), scratch.clone());
         blocking(&root, move || {
             let _guard = guard;
-            let info = probe_with_timeout(&source, probe_timeout)?;
-            info.check(&limits)?;
-            Ok(info)
+            probe_with_limits(&source, probe_timeout, &limits)
         })
         .await?
     };

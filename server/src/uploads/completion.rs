@@ -21,7 +21,7 @@ use super::{tail_key, TusState};
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::events::{self, EventDetail, EventKind};
 use crate::jobs::{self, NewJob};
-use crate::media::{probe_with_timeout, MediaError, MediaInfo};
+use crate::media::{probe_with_limits, MediaError, MediaInfo};
 use crate::startup::AppState;
 use crate::storage::{CompletedPart, StoreError};
 
@@ -164,13 +164,9 @@ async fn verify(state: &AppState, row: &upload::Model) -> Result<MediaInfo, Fail
     let timeout = state.settings.media.probe_timeout();
     let limits = state.settings.media.limits();
     let probe_path = source.path().to_path_buf();
-    let probed = tokio::task::spawn_blocking(move || {
-        let info = probe_with_timeout(&probe_path, timeout)?;
-        info.check(&limits)?;
-        Ok::<_, MediaError>(info)
-    })
-    .await
-    .map_err(AppError::internal)?;
+    let probed = tokio::task::spawn_blocking(move || probe_with_limits(&probe_path, timeout, &limits))
+        .await
+        .map_err(AppError::internal)?;
     drop(source);
     match probed {
         Ok(info) => Ok(info),
