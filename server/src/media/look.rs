@@ -538,3 +538,105 @@ fn declared_stream(pad: &gst::Pad, seen: &Seen) -> DeclaredStream {
         bitrate: bitrate.filter(|b| *b > 0),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h264(width: u32, height: u32) -> DeclaredStream {
+        DeclaredStream {
+            kind: StreamKind::Video,
+            caps: "video/x-h264".into(),
+            codec: "H.264".into(),
+            allowed: true,
+            width: Some(width),
+            height: Some(height),
+            frame_rate: Some((25, 1)),
+            measured_fps: Some(25.0),
+            bitrate: None,
+        }
+    }
+
+    fn mp4(streams: Vec<DeclaredStream>) -> Declared {
+        Declared {
+            container_caps: "video/quicktime".into(),
+            container: "MP4/QuickTime".into(),
+            demuxers: 1,
+            streams,
+            duration: Some(Duration::from_secs(10)),
+            file_size: 1_000_000,
+        }
+    }
+
+    fn reason(declared: &Declared) -> String {
+        match declared.check(&MediaLimits::default()) {
+            Err(MediaError::Rejected { reason }) => reason,
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plain_clip_passes() {
+        mp4(vec![h264(1280, 720)]).check(&MediaLimits::default()).expect("accepted");
+    }
+
+    #[test]
+    fn refusals_name_what_was_found() {
+        let mut nested = mp4(vec![h264(640, 360)]);
+        nested.demuxers = 2;
+        assert!(reason(&nested).contains("another container"));
+
+        let mut ps = mp4(vec![h264(640, 360)]);
+        ps.container_caps = "video/mpeg".into();
+        ps.container = "MPEG-2 System Stream".into();
+        assert!(reason(&ps).contains("the container MPEG-2 System Stream is not accepted"));
+
+        let mut mjpeg = h264(16000, 16000);
+        (mjpeg.caps, mjpeg.codec, mjpeg.allowed) = ("image/jpeg".into(), "MJPEG".into(), false);
+        // The codec is refused before its size is even looked at.
+        assert!(reason(&mp4(vec![mjpeg])).contains("the video codec MJPEG is not accepted"));
+
+        let mut no_size = h264(0, 0);
+        (no_size.width, no_size.height) = (None, None);
+        assert!(reason(&mp4(vec![no_size])).contains("declares no picture size"));
+
+        assert!(reason(&mp4(vec![h264(8000, 8000)])).contains("8000x8000"));
+    }
+
+    #[test]
+    fn frame_rate_is_declared_or_measured() {
+        let mut declared = h264(320, 180);
+        declared.frame_rate = Some((1000, 1));
+        assert!(reason(&mp4(vec![declared])).contains("1000.00 fps"));
+
+        // No declared rate (Matroska): the timestamps tell, with a margin for jitter.
+        let mut measured = h264(320, 180);
+        (measured.frame_rate, measured.measured_fps) = (Some((0, 1)), Some(1000.0));
+        assert!(reason(&mp4(vec![measured.clone()])).contains("1000 frames per second"));
+        measured.measured_fps = Some(150.0);
+        mp4(vec![measured]).check(&MediaLimits::default()).expect("within the margin");
+    }
+
+    #[test]
+    fn bit_rate_declared_or_averaged() {
+        let mut loud = h264(320, 180);
+        loud.bitrate = Some(1_000_000_000);
+        assert!(reason(&mp4(vec![loud])).contains("1000000 kbit/s"));
+
+        // 100 MB said to last 1 s: 800 Mbit/s on average.
+        let mut short = mp4(vec![h264(320, 180)]);
+        (short.file_size, short.duration) = (100_000_000, Some(Duration::from_secs(1)));
+        assert!(reason(&short).contains("over its declared duration"));
+    }
+
+    #[test]
+    fn tracks_and_streams() {
+        let audio =
+            DeclaredStream { kind: StreamKind::Audio, caps: "audio/mpeg".into(), codec: "AAC".into(), ..h264(0, 0) };
+        let many = mp4(std::iter::once(h264(320, 180)).chain(std::iter::repeat_n(audio.clone(), 9)).collect());
+        assert!(reason(&many).contains("10 tracks"));
+        assert!(reason(&mp4(vec![audio])).contains("no video stream"));
+        let unknown = DeclaredStream { caps: String::new(), allowed: false, kind: StreamKind::Other, ..h264(0, 0) };
+        assert!(reason(&mp4(vec![h264(320, 180), unknown])).contains("could not be read"));
+    }
+}
