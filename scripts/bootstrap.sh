@@ -24,6 +24,8 @@ DEFAULT_PACKAGES=(
     gstreamer1.0-plugins-ugly
     gstreamer1.0-libav
     gstreamer1.0-tools
+    ffmpeg  # the hostile corpus (scripts/make-hostile-corpus.py) is made with it at test time
+    python3 # runs make-hostile-corpus.py
 )
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }

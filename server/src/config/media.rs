@@ -16,6 +16,9 @@ pub struct MediaSettings {
     pub max_duration_secs: u64,
     pub max_fps: f64,
     pub max_tracks: u32,
+    /// Highest bit rate a source may declare for a stream or hold on average over its
+    /// declared duration, in kbit/s (checked before anything is decoded).
+    pub max_bitrate_kbps: u64,
     /// The ladder, highest rung first; rungs above the source are skipped.
     pub ladder: Vec<LadderRung>,
     /// HLS target segment duration in seconds.
@@ -61,6 +64,7 @@ impl Default for MediaSettings {
             max_duration_secs: limits.max_duration.as_secs(),
             max_fps: limits.max_fps,
             max_tracks: limits.max_tracks,
+            max_bitrate_kbps: limits.max_bitrate / 1000,
             ladder: LadderConfig::default()
                 .rungs
                 .into_iter()
@@ -87,6 +91,7 @@ impl MediaSettings {
             max_duration: Duration::from_secs(self.max_duration_secs),
             max_fps: self.max_fps,
             max_tracks: self.max_tracks,
+            max_bitrate: self.max_bitrate_kbps.saturating_mul(1000),
         }
     }
 

@@ -12,7 +12,7 @@ use super::sandbox;
 use crate::media::ladder::{plan_ladder, transcode_hls, HlsOutput};
 use crate::media::mp4::transcode_mp4;
 use crate::media::thumbs::{poster_and_thumbnails, storyboard, StoryboardOptions, ThumbnailOptions};
-use crate::media::{probe_with_timeout, MediaError, MediaInfo};
+use crate::media::{probe_with_limits, MediaError, MediaInfo};
 
 /// Exit status when the parent went away (stdin closed) before the work ended.
 const EXIT_PARENT_GONE: i32 = 70;
@@ -64,12 +64,10 @@ pub fn main() -> ExitCode {
     let status = sandbox::confine(&request);
     reporter.send(&Message::Started { version: PROTOCOL_VERSION, landlock: status.landlock, seccomp: status.seccomp });
     match &request.task {
-        Task::Probe { timeout, limits } => {
-            match probe_with_timeout(&request.source, *timeout).and_then(|info| info.check(limits).map(|()| info)) {
-                Ok(info) => reporter.send(&Message::Probed { info, rungs: Vec::new() }),
-                Err(err) => reporter.fail(&err),
-            }
-        }
+        Task::Probe { timeout, limits } => match probe_with_limits(&request.source, *timeout, limits) {
+            Ok(info) => reporter.send(&Message::Probed { info, rungs: Vec::new() }),
+            Err(err) => reporter.fail(&err),
+        },
         Task::Transcode(task) => match transcode(&request, task, &reporter) {
             Ok(Outcome::Files(files)) => reporter.send(&Message::Transcoded { files }),
             Ok(Outcome::Ladder(hls)) => reporter.send(&Message::Laddered { hls }),
@@ -131,8 +129,7 @@ fn transcode(request: &Request, task: &TranscodeTask, reporter: &Reporter) -> Re
     let never = AtomicBool::new(false);
     let source = &request.source;
     let root = request.work_dir.as_deref().ok_or_else(|| MediaError::Build("a transcode needs a work dir".into()))?;
-    let info: MediaInfo = probe_with_timeout(source, task.probe_timeout)?;
-    info.check(&task.limits)?;
+    let info: MediaInfo = probe_with_limits(source, task.probe_timeout, &task.limits)?;
     let rungs = plan_ladder(&info, &task.ladder);
     reporter.send(&Message::Probed { info: info.clone(), rungs: rungs.clone() });
 

@@ -1,4 +1,4 @@
-//! GStreamer media processing: probe, HLS ladder, MP4/WebM, thumbnails, storyboard.
+//! GStreamer media processing: look (no decoder), probe, HLS ladder, MP4/WebM, thumbnails, storyboard.
 //!
 //! Every entry point is a blocking function meant to run on a worker's own thread.
 //! Each takes a cancellation flag and (where it runs a pipeline) a progress callback,
@@ -9,6 +9,7 @@ pub mod ladder;
 pub mod mp4;
 pub mod thumbs;
 
+mod look;
 mod pipeline;
 mod probe;
 
@@ -17,8 +18,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use look::{Declared, DeclaredStream, StreamKind};
 pub use pipeline::{set_streaming_nice, Progress, RungProgress};
-pub use probe::{probe, probe_with_timeout, MediaInfo, MediaLimits, DEFAULT_PROBE_TIMEOUT};
+pub use probe::{
+    declared, probe, probe_with_limits, probe_with_timeout, MediaInfo, MediaLimits, DEFAULT_PROBE_TIMEOUT,
+};
 
 /// Set to `true` to stop a running pipeline; the call returns [`MediaError::Cancelled`].
 pub type CancelFlag = Arc<AtomicBool>;

@@ -1,20 +1,23 @@
-//! What a source file contains (Discoverer), and whether we accept it.
+//! What a source file contains, and whether we accept it: first what it declares,
+//! read without a decoder ([`super::look`]); only if that passes, Discoverer (which
+//! decodes a frame, and so runs in the media jail's child process).
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gstreamer as gst;
 use gstreamer_pbutils as pbutils;
 use gstreamer_pbutils::prelude::*;
+use serde::{Deserialize, Serialize};
 
-use super::pipeline::{discard_pad, make, stop, wait_async_done, Limits, NullOnDrop};
+use super::look::{look, Declared};
 use super::{check_source_file, ensure_gstreamer, file_uri, MediaError};
 
 /// How long Discoverer may take on one file.
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The facts about a source that the ladder, limits and UI need.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MediaInfo {
     pub duration: Option<Duration>,
     /// Container description, e.g. "Quicktime" or "WebM".
@@ -59,30 +62,11 @@ impl MediaInfo {
         if self.width == 0 || self.height == 0 {
             return reject("the video stream has no picture size".into());
         }
-        if self.width > limits.max_width || self.height > limits.max_height {
-            return reject(format!(
-                "the picture is {}x{}, larger than the allowed {}x{}",
-                self.width, self.height, limits.max_width, limits.max_height
-            ));
-        }
-        if u64::from(self.width) * u64::from(self.height) > limits.max_pixels {
-            return reject(format!(
-                "the picture has {} pixels, more than the allowed {}",
-                u64::from(self.width) * u64::from(self.height),
-                limits.max_pixels
-            ));
-        }
+        check_picture(self.width, self.height, limits)?;
         match self.duration {
             None => return reject("the duration is unknown".into()),
             Some(d) if d.is_zero() => return reject("the duration is zero".into()),
-            Some(d) if d > limits.max_duration => {
-                return reject(format!(
-                    "the video lasts {:.0} s, longer than the allowed {:.0} s",
-                    d.as_secs_f64(),
-                    limits.max_duration.as_secs_f64()
-                ))
-            }
-            Some(_) => {}
+            Some(d) => check_duration(d, limits)?,
         }
         if self.frame_rate > limits.max_fps {
             return reject(format!(
@@ -98,15 +82,51 @@ impl MediaInfo {
     }
 }
 
+/// The picture size against the limits (shared by the look and the probe).
+pub(crate) fn check_picture(width: u32, height: u32, limits: &MediaLimits) -> Result<(), MediaError> {
+    if width > limits.max_width || height > limits.max_height {
+        return Err(MediaError::Rejected {
+            reason: format!(
+                "the picture is {width}x{height}, larger than the allowed {}x{}",
+                limits.max_width, limits.max_height
+            ),
+        });
+    }
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > limits.max_pixels {
+        return Err(MediaError::Rejected {
+            reason: format!("the picture has {pixels} pixels, more than the allowed {}", limits.max_pixels),
+        });
+    }
+    Ok(())
+}
+
+/// A known duration against the limit (shared by the look and the probe).
+pub(crate) fn check_duration(duration: Duration, limits: &MediaLimits) -> Result<(), MediaError> {
+    if duration > limits.max_duration {
+        return Err(MediaError::Rejected {
+            reason: format!(
+                "the video lasts {:.0} s, longer than the allowed {:.0} s",
+                duration.as_secs_f64(),
+                limits.max_duration.as_secs_f64()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// What an accepted upload may be.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MediaLimits {
     pub max_width: u32,
     pub max_height: u32,
     pub max_pixels: u64,
     pub max_duration: Duration,
     pub max_fps: f64,
+    /// Streams of any kind (video, audio, subtitles, data).
     pub max_tracks: u32,
+    /// Bits per second, declared by a stream or averaged over the declared duration.
+    pub max_bitrate: u64,
 }
 
 impl Default for MediaLimits {
@@ -119,24 +139,64 @@ impl Default for MediaLimits {
             max_duration: Duration::from_secs(3 * 3600),
             max_fps: 120.0,
             max_tracks: 8,
+            // Above what cameras record in H.264/HEVC at 4K; lossless and intra-only
+            // codecs that need more are not on the allow-list anyway.
+            max_bitrate: 250_000_000,
         }
     }
 }
 
-/// Probe a file with the default timeout.
+/// Probe a file with the default timeout (see [`probe_with_timeout`]: no limits).
 pub fn probe(path: &Path) -> Result<MediaInfo, MediaError> {
     probe_with_timeout(path, DEFAULT_PROBE_TIMEOUT)
 }
 
-/// Probe a file with Discoverer.
+/// Look at what the file declares (typefind, demuxer, parsers: no decoder) and refuse
+/// it unless container and codecs are on the allow-list and size, frame rate,
+/// duration, track count and bit rate are within `limits`; only then run Discoverer
+/// (which decodes). The probed facts are checked against `limits` again. The whole
+/// call takes at most `timeout`. This is the call to make on an upload.
+#[tracing::instrument(skip_all, fields(path = %path.display()), err(Display))]
+pub fn probe_with_limits(path: &Path, timeout: Duration, limits: &MediaLimits) -> Result<MediaInfo, MediaError> {
+    let deadline = Instant::now() + timeout;
+    let declared = look_at(path, deadline, timeout)?;
+    declared.check(limits)?;
+    let info = discover(path, deadline, timeout)?;
+    info.check(limits)?;
+    Ok(info)
+}
+
+/// Probe a file: the allow-list look ([`Declared::check_allowed`]), then Discoverer.
+/// No limit is applied before decoding here; [`probe_with_limits`] applies them.
 #[tracing::instrument(skip_all, fields(path = %path.display()), err(Display))]
 pub fn probe_with_timeout(path: &Path, timeout: Duration) -> Result<MediaInfo, MediaError> {
+    let deadline = Instant::now() + timeout;
+    look_at(path, deadline, timeout)?.check_allowed()?;
+    discover(path, deadline, timeout)
+}
+
+/// What `path` declares, read without a decoder (see [`super::look`]); not checked.
+pub fn declared(path: &Path, timeout: Duration) -> Result<Declared, MediaError> {
+    look_at(path, Instant::now() + timeout, timeout)
+}
+
+fn look_at(path: &Path, deadline: Instant, timeout: Duration) -> Result<Declared, MediaError> {
     ensure_gstreamer()?;
     check_source_file(path)?;
+    let declared = look(path, deadline, timeout)?;
+    tracing::debug!(?declared, "looked at the source");
+    Ok(declared)
+}
+
+/// Discoverer on a file that passed the look, with what is left of the time.
+fn discover(path: &Path, deadline: Instant, timeout: Duration) -> Result<MediaInfo, MediaError> {
     let uri = file_uri(path)?;
-    preflight(path, timeout)?;
-    let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
-    let discoverer = pbutils::Discoverer::new(gst::ClockTime::from_nseconds(timeout_ns))
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(MediaError::Timeout(timeout));
+    }
+    let left_ns = u64::try_from(left.as_nanos()).unwrap_or(u64::MAX);
+    let discoverer = pbutils::Discoverer::new(gst::ClockTime::from_nseconds(left_ns))
         .map_err(|e| MediaError::Init(format!("creating Discoverer: {e}")))?;
     let info = discoverer.discover_uri(&uri).map_err(|e| {
         if e.matches(gst::CoreError::MissingPlugin) {
@@ -207,36 +267,4 @@ fn orientation(tags: &gst::TagList) -> Option<u32> {
         "rotate-270" => Some(270),
         _ => Some(0),
     }
-}
-
-/// Preroll the file with a plain decode pipeline first, in push mode (filesrc ! queue !
-/// decodebin). Broken files fail here within milliseconds with the demuxer's own reason.
-/// In pull mode (what Discoverer and uridecodebin use) GStreamer 1.22's qtdemux was seen
-/// to stop on a moov-less file without posting its error, leaving the caller to time out.
-fn preflight(path: &Path, timeout: Duration) -> Result<(), MediaError> {
-    let never = std::sync::atomic::AtomicBool::new(false);
-    let limits = Limits { cancel: &never, deadline: std::time::Instant::now() + timeout, timeout };
-    let pipeline = super::pipeline::new_pipeline("probe-preflight");
-    let _null = NullOnDrop(pipeline.clone());
-    let src = make("filesrc", Some("source"))?;
-    src.set_property("location", path.to_string_lossy().to_string());
-    let queue = make("queue", Some("push-mode"))?;
-    let decode = make("decodebin", Some("decode"))?;
-    pipeline.add_many([&src, &queue, &decode])?;
-    gst::Element::link_many([&src, &queue, &decode])?;
-    let weak = pipeline.downgrade();
-    decode.connect_pad_added(move |_, pad| {
-        if let Some(pipeline) = weak.upgrade() {
-            if let Err(e) = discard_pad(&pipeline, pad) {
-                tracing::warn!(error = %e, "probe preflight could not link a stream");
-            }
-        }
-    });
-    let _ = pipeline.set_state(gst::State::Paused);
-    let result = wait_async_done(&pipeline, &limits);
-    stop(&pipeline);
-    result.map_err(|e| match e {
-        MediaError::Pipeline { reason, .. } => MediaError::Unreadable { reason },
-        other => other,
-    })
 }

@@ -7,6 +7,7 @@ mod catalogue;
 mod e2e;
 mod fanout;
 mod helpers;
+mod hostile;
 mod http_basics;
 mod jail;
 mod jobs;
