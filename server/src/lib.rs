@@ -14,6 +14,7 @@ pub mod graphql;
 pub mod http;
 pub mod jobs;
 pub mod keys;
+pub mod limits;
 pub mod media;
 pub mod memory;
 pub mod redis_client;

@@ -13,6 +13,7 @@ use crate::auth::principal::ClientInfo;
 use crate::auth::roles::{rank, require_principal, AuthenticatedGuard, Permission, PermissionGuard};
 use crate::auth::{api_keys, sessions};
 use crate::error::AppError;
+use crate::limits::Policy;
 use crate::startup::AppState;
 
 /// What a user (or an API key) may do; see the roles table in the README.
@@ -124,10 +125,10 @@ fn parse_id(id: &ID, what: &str) -> Result<Uuid, AppError> {
 /// who signs in from another.
 async fn limit_sign_in(state: &AppState, ctx: &Context<'_>, email: Option<&str>) -> Result<(), crate::error::AppError> {
     let ip = client_info(ctx).ip.unwrap_or_else(|| "unknown".into());
-    crate::http::rate_limit::enforce(state, "auth_ip", ip.clone(), 1).await?;
+    crate::limits::enforce(state, Policy::AuthIp, ip.clone(), 1).await?;
     if let Some(email) = email {
         let account = crate::auth::accounts::normalize_email(email).unwrap_or_else(|_| email.trim().to_lowercase());
-        crate::http::rate_limit::enforce(state, "auth", format!("{account}|{ip}"), 1).await?;
+        crate::limits::enforce(state, Policy::Auth, format!("{account}|{ip}"), 1).await?;
     }
     Ok(())
 }

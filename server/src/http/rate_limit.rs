@@ -9,8 +9,8 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::web;
 
-use crate::actors::rate_limit::{Check, Decision, RateLimiter};
-use crate::error::AppError;
+use crate::actors::rate_limit::Decision;
+use crate::limits::Policy;
 use crate::startup::AppState;
 
 const EXEMPT: &[&str] = &["/health", "/ready", "/metrics"];
@@ -18,37 +18,7 @@ const EXEMPT: &[&str] = &["/health", "/ready", "/metrics"];
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
-/// Ask the limiter; an unreachable limiter actor (restarting) lets the request through.
-/// With rate limiting off the answer is known without asking: every request would
-/// otherwise pay a round trip to the actor's thread and back for it.
-pub async fn check(state: &AppState, policy: &'static str, subject: String, cost: u32) -> Option<Decision> {
-    if !state.settings.rate_limit.enabled {
-        return Some(RateLimiter::unlimited(policy));
-    }
-    match state.hubs.rate_limiter.addr().send(Check { policy, subject, cost }).await {
-        Ok(decision) => Some(decision),
-        Err(err) => {
-            tracing::warn!(error = %err, "rate limiter unavailable");
-            None
-        }
-    }
-}
-
-/// Refuse with `RATE_LIMITED` when the named policy's bucket for `subject` is empty.
-pub async fn enforce(
-    state: &AppState,
-    policy: &'static str,
-    subject: String,
-    cost: u32,
-) -> Result<Option<Decision>, AppError> {
-    match check(state, policy, subject, cost).await {
-        Some(decision) if !decision.allowed => {
-            metrics::counter!("reelhouse_rate_limited_total", "policy" => policy).increment(1);
-            Err(decision.into_error())
-        }
-        other => Ok(other),
-    }
-}
+pub use crate::limits::{check, enforce};
 
 fn add_headers(headers: &mut actix_web::http::header::HeaderMap, decision: &Decision) {
     if let Ok(value) = HeaderValue::from_str(&decision.policy_header()) {
@@ -69,9 +39,9 @@ pub async fn limit_api(
     };
     // X-Forwarded-For only from a trusted proxy: otherwise it is the client's to forge.
     let subject = state.client_ip(req.peer_addr(), req.headers());
-    match check(&state, "api", subject, 1).await {
+    match check(&state, Policy::Api, subject, 1).await {
         Some(decision) if !decision.allowed => {
-            metrics::counter!("reelhouse_rate_limited_total", "policy" => "api").increment(1);
+            metrics::counter!("reelhouse_rate_limited_total", "policy" => Policy::Api.as_str()).increment(1);
             let mut response = decision.clone().into_error().to_http_response();
             add_headers(response.headers_mut(), &decision);
             Ok(req.into_response(response))

@@ -99,7 +99,7 @@ pub async fn test_settings(data_dir: &std::path::Path) -> Settings {
     settings
         .rate_limit
         .policies
-        .insert("auth_ip".into(), reelhouse::config::rate_limit::PolicySettings::new(10_000, 60, 10_000, false));
+        .insert(reelhouse::limits::Policy::AuthIp, reelhouse::config::rate_limit::PolicySettings::new(10_000, 60, 10_000, false));
     if backend() == Backend::Postgres {
         settings.database.url = Some(SecretUrl::new(create_postgres_database().await));
         settings.database.max_connections = 5;

@@ -3,7 +3,7 @@
 //! fail-open/closed choice when Redis is unreachable.
 
 use reelhouse::actors::event_bus::Crash;
-use reelhouse::config::rate_limit::PolicySettings;
+use reelhouse::config::rate_limit::{Policy, PolicySettings};
 use reelhouse::config::SecretUrl;
 
 use crate::helpers::{eventually, service_env, socket_of, spawn_app_with, TcpProxy, TestApp};
@@ -15,7 +15,7 @@ async fn get_graphiql(app: &TestApp) -> reqwest::Response {
 #[actix_web::test]
 async fn api_limit_trips_with_retry_after_and_recovers() {
     let app = spawn_app_with(|s| {
-        s.rate_limit.policies.insert("api".into(), PolicySettings::new(1, 1, 2, true));
+        s.rate_limit.policies.insert(Policy::Api, PolicySettings::new(1, 1, 2, true));
     })
     .await;
     for remaining in ["1", "0"] {
@@ -47,7 +47,7 @@ async fn two_instances_on_one_redis_share_a_limit() {
     let configure = |s: &mut reelhouse::config::Settings| {
         s.redis.url = Some(SecretUrl::new(redis_url.clone()));
         s.redis.key_prefix = prefix.clone();
-        s.rate_limit.policies.insert("api".into(), PolicySettings::new(3, 60, 3, false));
+        s.rate_limit.policies.insert(Policy::Api, PolicySettings::new(3, 60, 3, false));
     };
     let a = spawn_app_with(configure).await;
     let b = spawn_app_with(configure).await;
@@ -66,13 +66,13 @@ async fn unreachable_redis_fails_closed_or_open_per_policy() {
     let closed = spawn_app_with(|s| {
         s.redis.url = Some(SecretUrl::new(proxied.clone()));
         s.redis.timeout_ms = 300;
-        s.rate_limit.policies.insert("api".into(), PolicySettings::new(100, 60, 100, false));
+        s.rate_limit.policies.insert(Policy::Api, PolicySettings::new(100, 60, 100, false));
     })
     .await;
     let open = spawn_app_with(|s| {
         s.redis.url = Some(SecretUrl::new(proxied.clone()));
         s.redis.timeout_ms = 300;
-        s.rate_limit.policies.insert("api".into(), PolicySettings::new(2, 60, 2, true));
+        s.rate_limit.policies.insert(Policy::Api, PolicySettings::new(2, 60, 2, true));
     })
     .await;
     assert_eq!(get_graphiql(&closed).await.status(), 200);
@@ -107,7 +107,7 @@ async fn supervisor_restarts_a_crashed_rate_limiter() {
 #[actix_web::test]
 async fn expensive_queries_spend_the_budget_faster_than_cheap_ones() {
     let app = spawn_app_with(|s| {
-        s.rate_limit.policies.insert("api".into(), PolicySettings::new(20, 60, 20, true));
+        s.rate_limit.policies.insert(Policy::Api, PolicySettings::new(20, 60, 20, true));
     })
     .await;
     let expensive: String =
@@ -165,7 +165,7 @@ async fn a_locked_out_attacker_does_not_lock_out_the_victim_from_another_ip() {
 async fn forwarded_for_decides_the_bucket_only_behind_a_trusted_proxy() {
     let limited = |trusted: Vec<String>| {
         move |s: &mut reelhouse::config::Settings| {
-            s.rate_limit.policies.insert("api".into(), PolicySettings::new(2, 60, 2, true));
+            s.rate_limit.policies.insert(Policy::Api, PolicySettings::new(2, 60, 2, true));
             s.server.trusted_proxies = trusted.clone();
         }
     };
