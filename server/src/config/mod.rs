@@ -211,6 +211,17 @@ pub struct AuthSettings {
     pub verification_keys_pem: Vec<String>,
     pub issuer: String,
     pub audience: String,
+    /// Password hashes (argon2, ~19 MiB each) computed at once; one more sign-in or
+    /// sign-up is answered `UNAVAILABLE` (503, `Retry-After`). Unset: 2 × CPU cores.
+    pub max_concurrent_password_hashes: Option<usize>,
+    /// Failed sign-ins to one account, from any address, before it backs off.
+    pub login_backoff_after_failures: u32,
+    /// The first back-off; it doubles with every further failure...
+    pub login_backoff_base_secs: u64,
+    /// ...up to this.
+    pub login_backoff_max_secs: u64,
+    /// An account's failures are forgotten this long after the last one (and on success).
+    pub login_failure_window_secs: u64,
     pub access_token_ttl_secs: u64,
     pub refresh_token_ttl_secs: u64,
 }
@@ -225,6 +236,13 @@ impl Default for AuthSettings {
             verification_keys_pem: Vec::new(),
             issuer: "reelhouse".into(),
             audience: "reelhouse".into(),
+            max_concurrent_password_hashes: None,
+            // Above the per-(account, address) `auth` burst: one address alone is
+            // stopped by `auth`; it takes several to reach the account's back-off.
+            login_backoff_after_failures: 10,
+            login_backoff_base_secs: 1,
+            login_backoff_max_secs: 900,
+            login_failure_window_secs: 3600,
             access_token_ttl_secs: 15 * 60,
             refresh_token_ttl_secs: 30 * 24 * 3600,
         }

@@ -128,7 +128,7 @@ impl Extension for QueryCost {
         // Every door (HTTP, WebSocket) supplies ClientInfo; a missing one is charged
         // to a shared bucket rather than let through free.
         let ip = ctx.data_opt::<ClientInfo>().and_then(|c| c.ip.clone()).unwrap_or_else(|| "unknown".into());
-        match crate::limits::enforce(state, crate::limits::Policy::Api, ip, extra).await {
+        match crate::limits::enforce(state, crate::limits::Policy::Api, crate::limits::ip_subject(&ip), extra).await {
             Ok(_) => Ok(result),
             Err(err) => Err(vec![err.to_graphql().into_server_error(Pos::default())]),
         }

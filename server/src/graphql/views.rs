@@ -142,7 +142,7 @@ impl ViewsMutation {
         let client = ctx.data_opt::<ClientInfo>().cloned().unwrap_or_default();
         let subject = match viewer {
             Some(principal) => format!("user:{}", principal.user_id),
-            None => client.ip.clone().unwrap_or_else(|| "unknown".into()),
+            None => crate::limits::ip_subject(client.ip.as_deref().unwrap_or("unknown")),
         };
         crate::limits::enforce(state, crate::limits::Policy::Views, subject, 1).await.map_err(|e| e.extend())?;
         let id = parse_video_id(&video_id).map_err(|e| e.extend())?;

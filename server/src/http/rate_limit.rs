@@ -1,4 +1,5 @@
-//! The `api` rate-limit policy for every HTTP request, keyed by client address,
+//! The `api` rate-limit policy for every HTTP request, keyed by client address
+//! (IPv6: its /64),
 //! with the `RateLimit-Policy`/`RateLimit` headers on every answer and 429 +
 //! `Retry-After` when the bucket is empty. Health, readiness and metrics are exempt
 //! so orchestrators never see a throttled probe.
@@ -10,7 +11,7 @@ use actix_web::middleware::Next;
 use actix_web::web;
 
 use crate::actors::rate_limit::Decision;
-use crate::limits::Policy;
+use crate::limits::{ip_subject, Policy};
 use crate::startup::AppState;
 
 const EXEMPT: &[&str] = &["/health", "/ready", "/metrics"];
@@ -38,7 +39,7 @@ pub async fn limit_api(
         return Ok(next.call(req).await?.map_into_boxed_body());
     };
     // X-Forwarded-For only from a trusted proxy: otherwise it is the client's to forge.
-    let subject = state.client_ip(req.peer_addr(), req.headers());
+    let subject = ip_subject(&state.client_ip(req.peer_addr(), req.headers()));
     match check(&state, Policy::Api, subject, 1).await {
         Some(decision) if !decision.allowed => {
             metrics::counter!("reelhouse_rate_limited_total", "policy" => Policy::Api.as_str()).increment(1);

@@ -5,12 +5,15 @@
 //! the HTTP middleware that charges every request is `http::rate_limit`.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::actors::rate_limit::{Check, Decision, RateLimiter};
 use crate::error::AppError;
 use crate::startup::AppState;
+
+pub mod login;
 
 
 /// Every rate-limit policy the server enforces. Settings name them in
@@ -59,6 +62,25 @@ impl fmt::Display for Policy {
     }
 }
 
+/// The rate-limit subject for a client address. IPv6 clients are keyed by their
+/// /64: one subscriber usually gets a whole /64 (or more), so keying by /128 would
+/// let one client rotate through addresses for a fresh bucket each time.
+/// IPv4-mapped IPv6 addresses count as the IPv4 address they carry; anything that
+/// is not an address (`"unknown"`) is its own subject.
+pub fn ip_subject(ip: &str) -> String {
+    match ip.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let prefix = u128::from(v6) & (u128::MAX << 64);
+                format!("{}/64", std::net::Ipv6Addr::from(prefix))
+            }
+        },
+        Ok(IpAddr::V4(v4)) => v4.to_string(),
+        Err(_) => ip.to_string(),
+    }
+}
+
 /// Ask the limiter; an unreachable limiter actor (restarting) lets the request through.
 /// With rate limiting off the answer is known without asking: every request would
 /// otherwise pay a round trip to the actor's thread and back for it.
@@ -89,6 +111,16 @@ pub async fn enforce(state: &AppState, policy: Policy, subject: String, cost: u3
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64() {
+        assert_eq!(ip_subject("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(ip_subject("2001:db8:1:2:ffff:ffff:ffff:ffff"), "2001:db8:1:2::/64");
+        assert_ne!(ip_subject("2001:db8:1:3::1"), ip_subject("2001:db8:1:2::1"));
+        assert_eq!(ip_subject("203.0.113.9"), "203.0.113.9");
+        assert_eq!(ip_subject("::ffff:203.0.113.9"), "203.0.113.9");
+        assert_eq!(ip_subject("unknown"), "unknown");
+    }
 
     #[test]
     fn policy_names_round_trip_and_unknown_ones_are_refused() {
