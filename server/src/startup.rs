@@ -44,6 +44,8 @@ pub struct AppState {
     pub password_hashing: crate::auth::password::HashingPool,
     /// Failed sign-ins per account, across addresses (`auth.login_backoff_*`).
     pub login_failures: crate::limits::login::LoginFailures,
+    /// Sockets per address and user, operations per user, on `/graphql/ws`.
+    pub ws_admission: crate::limits::ws::WsAdmission,
 }
 
 impl AppState {
@@ -129,6 +131,7 @@ impl Application {
             ),
             password_hashing: crate::auth::password::HashingPool::new(settings.auth.max_concurrent_password_hashes),
             login_failures,
+            ws_admission: crate::limits::ws::WsAdmission::default(),
         };
         if let Some(redis) = state.redis.clone() {
             actix_rt::spawn(crate::events::fanout::run_relay(

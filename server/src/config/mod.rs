@@ -274,6 +274,15 @@ pub struct GraphqlSettings {
     /// Subscriptions one WebSocket may have open at once; more are refused with
     /// an error message (code `RATE_LIMITED`) and the connection stays open.
     pub ws_max_subscriptions: usize,
+    /// WebSockets open at once from one client address (IPv6: one /64); one more
+    /// upgrade is refused with 429 `RATE_LIMITED`. Per process.
+    pub ws_max_sockets_per_ip: usize,
+    /// WebSockets one user has open at once; one more is closed at
+    /// `connection_init` with 4429 (`RATE_LIMITED`). Per process.
+    pub ws_max_sockets_per_user: usize,
+    /// Operations one user may have running over all their sockets; one more is
+    /// answered with an `error` message (code `RATE_LIMITED`). Per process.
+    pub ws_max_subscriptions_per_user: usize,
 }
 
 impl Default for GraphqlSettings {
@@ -289,6 +298,9 @@ impl Default for GraphqlSettings {
             ws_init_timeout_secs: 10,
             ws_recheck_ms: 5000,
             ws_max_subscriptions: 50,
+            ws_max_sockets_per_ip: 100,
+            ws_max_sockets_per_user: 20,
+            ws_max_subscriptions_per_user: 200,
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::error::AppError;
 use crate::startup::AppState;
 
 pub mod login;
+pub mod ws;
 
 
 /// Every rate-limit policy the server enforces. Settings name them in
