@@ -334,10 +334,8 @@ impl Session {
         let cap = self.state.settings.graphql.ws_max_subscriptions;
         if self.active.len() >= cap {
             metrics::counter!("reelhouse_ws_subscriptions_refused_total").increment(1);
-            let error = AppError::new(
-                ErrorCode::RateLimited,
-                format!("at most {cap} subscriptions may run on one connection"),
-            );
+            let error =
+                AppError::new(ErrorCode::RateLimited, format!("at most {cap} subscriptions may run on one connection"));
             self.refuse_operation(ctx, &id, &error);
             return;
         }

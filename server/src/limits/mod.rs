@@ -16,7 +16,6 @@ use crate::startup::AppState;
 pub mod login;
 pub mod ws;
 
-
 /// Every rate-limit policy the server enforces. Settings name them in
 /// `[rate_limit.policies.NAME]`; a name that is not one of these is refused when
 /// the settings load, so a typo can never mean "unlimited".
@@ -99,7 +98,12 @@ pub async fn check(state: &AppState, policy: Policy, subject: String, cost: u32)
 }
 
 /// Refuse with `RATE_LIMITED` when the policy's bucket for `subject` is empty.
-pub async fn enforce(state: &AppState, policy: Policy, subject: String, cost: u32) -> Result<Option<Decision>, AppError> {
+pub async fn enforce(
+    state: &AppState,
+    policy: Policy,
+    subject: String,
+    cost: u32,
+) -> Result<Option<Decision>, AppError> {
     match check(state, policy, subject, cost).await {
         Some(decision) if !decision.allowed => {
             metrics::counter!("reelhouse_rate_limited_total", "policy" => policy.as_str()).increment(1);

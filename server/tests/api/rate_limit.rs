@@ -193,8 +193,7 @@ async fn ipv6_clients_share_one_bucket_per_64() {
         s.server.trusted_proxies = vec!["127.0.0.0/8".into()];
     })
     .await;
-    let as_client =
-        |ip: &'static str| app.client.get(app.url("/graphql")).header("X-Forwarded-For", ip).send();
+    let as_client = |ip: &'static str| app.client.get(app.url("/graphql")).header("X-Forwarded-For", ip).send();
     assert_eq!(as_client("2001:db8:0:7::1").await.unwrap().status(), 200);
     assert_eq!(as_client("2001:db8:0:7::2").await.unwrap().status(), 200);
     assert_eq!(as_client("2001:db8:0:7:abcd::3").await.unwrap().status(), 429, "same /64, same bucket");
@@ -208,7 +207,9 @@ async fn login_from(app: &TestApp, ip: &str, email: &str, password: &str) -> (u1
         .client
         .post(app.url("/graphql"))
         .header("X-Forwarded-For", ip)
-        .json(&serde_json::json!({ "query": LOGIN, "variables": { "input": { "email": email, "password": password } } }))
+        .json(
+            &serde_json::json!({ "query": LOGIN, "variables": { "input": { "email": email, "password": password } } }),
+        )
         .send()
         .await
         .unwrap();

@@ -249,8 +249,7 @@ async fn a_demoted_admin_cannot_promote_itself_back_over_its_open_socket() {
     assert_eq!(closed, None);
     assert_eq!(seen[0]["payload"]["data"]["me"]["role"], "ADMIN", "{seen:?}");
 
-    let (_, body) =
-        app.graphql_as(&other_admin.bearer(), SET_ROLE, json!({ "id": admin.id, "role": "USER" })).await;
+    let (_, body) = app.graphql_as(&other_admin.bearer(), SET_ROLE, json!({ "id": admin.id, "role": "USER" })).await;
     assert_eq!(body["data"]["setUserRole"]["role"], "USER", "{body}");
 
     let (seen, closed) = run_operation(&mut socket, "2", SET_ROLE, json!({ "id": admin.id, "role": "ADMIN" })).await;
@@ -283,8 +282,7 @@ async fn an_api_key_socket_closes_when_its_owner_is_demoted() {
     )
     .await;
 
-    let (_, body) =
-        app.graphql_as(&other_admin.bearer(), SET_ROLE, json!({ "id": owner.id, "role": "USER" })).await;
+    let (_, body) = app.graphql_as(&other_admin.bearer(), SET_ROLE, json!({ "id": owner.id, "role": "USER" })).await;
     assert_eq!(body["data"]["setUserRole"]["role"], "USER", "{body}");
 
     // Heartbeats keep coming until then, so bound the whole wait.
