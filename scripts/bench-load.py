@@ -246,7 +246,11 @@ def main():
         args.redis_url = f"redis://127.0.0.1:{redis_port}/"
         port = free_port()
         args.url = f"http://127.0.0.1:{port}"
+        # Every simulated client comes from 127.0.0.1: no rate limits, no WebSocket caps.
         server_env = dict(env, REELHOUSE__RATE_LIMIT__ENABLED="false",
+                          REELHOUSE__GRAPHQL__WS_MAX_SOCKETS_PER_IP="1000000",
+                          REELHOUSE__GRAPHQL__WS_MAX_SOCKETS_PER_USER="1000000",
+                          REELHOUSE__GRAPHQL__WS_MAX_SUBSCRIPTIONS_PER_USER="1000000",
                           REELHOUSE__MEDIA__LADDER="[{lines=240,video_bitrate_kbps=300}]",
                           REELHOUSE__MEDIA__SPEED_PRESET="ultrafast", REELHOUSE__TELEMETRY__LEVEL="warn")
         server_env.update(kv.split("=", 1) for kv in args.server_env)

@@ -29,8 +29,9 @@ for var in $(compgen -e); do
   case "$var" in DATABASE_URL|REDIS_URL|S3_*|REELHOUSE_*) unset "$var" ;; esac
 done
 
-# start_server NAME [VAR=VALUE...]: an embedded server (one-rung ladder, no rate limits)
-# in its own data dir on a free port, with extra settings; sets server_pid and url.
+# start_server NAME [VAR=VALUE...]: an embedded server (one-rung ladder, no rate limits,
+# no WebSocket caps: every simulated client shares 127.0.0.1) in its own data dir on a
+# free port, with extra settings; sets server_pid and url.
 start_server() {
   local name="$1"
   shift
@@ -40,6 +41,9 @@ start_server() {
   url="http://127.0.0.1:$port"
   server_log="$work/server-$name.log"
   env REELHOUSE__RATE_LIMIT__ENABLED=false \
+    REELHOUSE__GRAPHQL__WS_MAX_SOCKETS_PER_IP=1000000 \
+    REELHOUSE__GRAPHQL__WS_MAX_SOCKETS_PER_USER=1000000 \
+    REELHOUSE__GRAPHQL__WS_MAX_SUBSCRIPTIONS_PER_USER=1000000 \
     REELHOUSE__MEDIA__LADDER='[{lines=240,video_bitrate_kbps=300}]' \
     REELHOUSE__MEDIA__SPEED_PRESET=ultrafast \
     REELHOUSE__TELEMETRY__LEVEL=warn \

@@ -15,6 +15,7 @@ pub mod http;
 pub mod jail;
 pub mod jobs;
 pub mod keys;
+pub mod limits;
 pub mod media;
 pub mod memory;
 pub mod redis_client;

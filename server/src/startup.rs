@@ -40,6 +40,12 @@ pub struct AppState {
     pub trusted_proxies: Arc<Vec<crate::http::client_ip::IpRange>>,
     /// Memory all tus PATCHes may hold in part buffers at once (`uploads.tus_buffer_budget_bytes`).
     pub tus_buffers: crate::uploads::buffer_budget::BufferBudget,
+    /// Slots for argon2 work (`auth.max_concurrent_password_hashes`).
+    pub password_hashing: crate::auth::password::HashingPool,
+    /// Failed sign-ins per account, across addresses (`auth.login_backoff_*`).
+    pub login_failures: crate::limits::login::LoginFailures,
+    /// Sockets per address and user, operations per user, on `/graphql/ws`.
+    pub ws_admission: crate::limits::ws::WsAdmission,
 }
 
 impl AppState {
@@ -101,6 +107,7 @@ impl Application {
         );
 
         let settings = Arc::new(settings);
+        let login_failures = crate::limits::login::LoginFailures::new(&settings.auth, redis.clone());
         let state = AppState {
             settings: settings.clone(),
             db,
@@ -120,6 +127,9 @@ impl Application {
                 settings.uploads.tus_buffer_budget_bytes,
                 crate::uploads::buffer_budget::DEFAULT_WAIT,
             ),
+            password_hashing: crate::auth::password::HashingPool::new(settings.auth.max_concurrent_password_hashes),
+            login_failures,
+            ws_admission: crate::limits::ws::WsAdmission::default(),
         };
         if let Some(redis) = state.redis.clone() {
             actix_rt::spawn(crate::events::fanout::run_relay(

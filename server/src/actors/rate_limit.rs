@@ -19,6 +19,7 @@ use actix::prelude::*;
 use super::supervisor::DeathNotice;
 use crate::config::rate_limit::{PolicySettings, RateLimitSettings};
 use crate::error::{AppError, ErrorCode};
+pub use crate::limits::Policy;
 use crate::redis_client::RedisHandle;
 
 /// How long a fail-closed policy asks clients to wait while Redis is down.
@@ -26,9 +27,10 @@ const UNAVAILABLE_RETRY: Duration = Duration::from_secs(1);
 /// Buckets above this count trigger an early sweep of idle ones.
 const MAX_LOCAL_BUCKETS: usize = 200_000;
 
+/// One policy's numbers, as GCRA uses them.
 #[derive(Debug, Clone)]
-struct Policy {
-    name: String,
+struct Rule {
+    name: Policy,
     limit: u32,
     period: Duration,
     emission: Duration,
@@ -36,12 +38,12 @@ struct Policy {
     fail_open: bool,
 }
 
-impl Policy {
-    fn new(name: &str, settings: &PolicySettings) -> Self {
+impl Rule {
+    fn new(name: Policy, settings: &PolicySettings) -> Self {
         let period = Duration::from_secs(settings.period_secs.max(1));
         let emission = period / settings.limit.max(1);
         Self {
-            name: name.to_string(),
+            name,
             limit: settings.limit.max(1),
             period,
             emission,
@@ -55,7 +57,7 @@ impl Policy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub allowed: bool,
-    pub policy: String,
+    pub policy: Policy,
     /// Requests per window, for the `RateLimit-Policy` header.
     pub limit: u32,
     pub window: Duration,
@@ -95,7 +97,7 @@ fn ceil_secs(d: Duration) -> u64 {
 }
 
 /// The pure GCRA step, shared by the in-memory path and the tests.
-fn gcra(policy: &Policy, tat: Option<Duration>, now: Duration, cost: u32) -> (Decision, Option<Duration>) {
+fn gcra(policy: &Rule, tat: Option<Duration>, now: Duration, cost: u32) -> (Decision, Option<Duration>) {
     let tat = tat.unwrap_or(now).max(now);
     let new_tat = tat + policy.emission * cost;
     let allow_at = new_tat.saturating_sub(policy.burst_window);
@@ -103,7 +105,7 @@ fn gcra(policy: &Policy, tat: Option<Duration>, now: Duration, cost: u32) -> (De
         let room = policy.burst_window.saturating_sub(basis.saturating_sub(now));
         Decision {
             allowed,
-            policy: policy.name.clone(),
+            policy: policy.name,
             limit: policy.limit,
             window: policy.period,
             remaining: (room.as_nanos() / policy.emission.as_nanos().max(1)) as u32,
@@ -139,9 +141,9 @@ return {1, 0, new_tat - now, math.floor((burst - (new_tat - now)) / emission)}
 
 pub struct RateLimiter {
     enabled: bool,
-    policies: HashMap<String, Policy>,
+    rules: HashMap<Policy, Rule>,
     /// TAT per (policy, subject), as an offset from `epoch`.
-    buckets: HashMap<(String, String), Duration>,
+    buckets: HashMap<(Policy, String), Duration>,
     epoch: Instant,
     redis: Option<Arc<RedisHandle>>,
     script: redis::Script,
@@ -152,7 +154,8 @@ impl RateLimiter {
     pub fn new(settings: &RateLimitSettings, redis: Option<Arc<RedisHandle>>, death: DeathNotice) -> Self {
         Self {
             enabled: settings.enabled,
-            policies: settings.policies.iter().map(|(name, p)| (name.clone(), Policy::new(name, p))).collect(),
+            // Every policy has a rule: one missing from the settings keeps its default.
+            rules: Policy::ALL.into_iter().map(|p| (p, Rule::new(p, &settings.policy(p)))).collect(),
             buckets: HashMap::new(),
             epoch: Instant::now(),
             redis,
@@ -161,9 +164,9 @@ impl RateLimiter {
         }
     }
 
-    fn check_local(&mut self, policy: &Policy, subject: &str, cost: u32) -> Decision {
+    fn check_local(&mut self, policy: &Rule, subject: &str, cost: u32) -> Decision {
         let now = self.epoch.elapsed();
-        let key = (policy.name.clone(), subject.to_string());
+        let key = (policy.name, subject.to_string());
         let (decision, new_tat) = gcra(policy, self.buckets.get(&key).copied(), now, cost);
         if let Some(tat) = new_tat {
             self.buckets.insert(key, tat);
@@ -180,11 +183,11 @@ impl RateLimiter {
         self.buckets.retain(|_, tat| *tat > now);
     }
 
-    /// The answer when rate limiting is off (or the policy is unknown).
-    pub fn unlimited(name: &str) -> Decision {
+    /// The answer when rate limiting is off.
+    pub fn unlimited(policy: Policy) -> Decision {
         Decision {
             allowed: true,
-            policy: name.to_string(),
+            policy,
             limit: u32::MAX,
             window: Duration::from_secs(1),
             remaining: u32::MAX,
@@ -206,7 +209,7 @@ impl Actor for RateLimiter {
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "Decision")]
 pub struct Check {
-    pub policy: &'static str,
+    pub policy: Policy,
     pub subject: String,
     pub cost: u32,
 }
@@ -215,8 +218,8 @@ impl Handler<Check> for RateLimiter {
     type Result = ResponseActFuture<Self, Decision>;
 
     fn handle(&mut self, msg: Check, _: &mut Self::Context) -> Self::Result {
-        let policy = match self.policies.get(msg.policy) {
-            Some(policy) if self.enabled => policy.clone(),
+        let policy = match self.rules.get(&msg.policy) {
+            Some(rule) if self.enabled => rule.clone(),
             _ => return Box::pin(fut::ready(Self::unlimited(msg.policy))),
         };
         let cost = msg.cost.max(1);
@@ -239,7 +242,7 @@ impl Handler<Check> for RateLimiter {
         Box::pin(call.into_actor(self).map(move |answer, limiter, _| match answer {
             Ok((allowed, retry_us, reset_us, remaining)) => Decision {
                 allowed: allowed == 1,
-                policy: policy.name.clone(),
+                policy: policy.name,
                 limit: policy.limit,
                 window: policy.period,
                 remaining: remaining.max(0) as u32,
@@ -247,12 +250,12 @@ impl Handler<Check> for RateLimiter {
                 reset_after: Duration::from_micros(reset_us.max(0) as u64),
             },
             Err(err) => {
-                metrics::counter!("reelhouse_rate_limit_backend_errors_total", "policy" => policy.name.clone()).increment(1);
+                metrics::counter!("reelhouse_rate_limit_backend_errors_total", "policy" => policy.name.as_str()).increment(1);
                 tracing::warn!(policy = %policy.name, error = ?err, fail_open = policy.fail_open, "rate limiter cannot reach Redis");
                 if policy.fail_open {
                     limiter.check_local(&policy, &msg.subject, cost)
                 } else {
-                    Decision { allowed: false, retry_after: UNAVAILABLE_RETRY, ..Self::unlimited(&policy.name) }
+                    Decision { allowed: false, retry_after: UNAVAILABLE_RETRY, ..Self::unlimited(policy.name) }
                 }
             }
         }))
@@ -273,8 +276,8 @@ impl Handler<super::event_bus::Crash> for RateLimiter {
 mod tests {
     use super::*;
 
-    fn policy(limit: u32, period: u64, burst: u32) -> Policy {
-        Policy::new("test", &PolicySettings::new(limit, period, burst, true))
+    fn policy(limit: u32, period: u64, burst: u32) -> Rule {
+        Rule::new(Policy::Api, &PolicySettings::new(limit, period, burst, true))
     }
 
     #[test]
@@ -318,7 +321,7 @@ mod tests {
     fn headers_follow_the_ietf_draft_shape() {
         let p = policy(1200, 60, 200);
         let (d, _) = gcra(&p, None, Duration::from_secs(1), 1);
-        assert_eq!(d.policy_header(), "\"test\";q=1200;w=60");
-        assert!(d.limit_header().starts_with("\"test\";r=199;t="), "{}", d.limit_header());
+        assert_eq!(d.policy_header(), "\"api\";q=1200;w=60");
+        assert!(d.limit_header().starts_with("\"api\";r=199;t="), "{}", d.limit_header());
     }
 }

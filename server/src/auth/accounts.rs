@@ -5,7 +5,7 @@ use entities::{user, Role};
 use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
 use uuid::Uuid;
 
-use crate::auth::password::{check_policy, hash_password, needs_rehash, verify_password};
+use crate::auth::password::{check_policy, hash_password, needs_rehash, verify_password, HashingPool};
 use crate::error::{AppError, ErrorCode};
 
 /// Lowercased and trimmed; the unique key of an account.
@@ -22,9 +22,22 @@ pub fn normalize_email(email: &str) -> Result<String, AppError> {
     Ok(email)
 }
 
-/// Create an account after checking the email and the password policy.
+/// Create an account after checking the email and the password policy (for the
+/// CLI and tests: one at a time, so its hashing needs no shared bound).
 pub async fn create_user(
     db: &DatabaseConnection,
+    email: &str,
+    password: &str,
+    display_name: &str,
+    role: Role,
+) -> Result<user::Model, AppError> {
+    create_user_in(db, &HashingPool::new(Some(1)), email, password, display_name, role).await
+}
+
+/// [`create_user`], hashing in one of `hashing`'s slots (`UNAVAILABLE` when full).
+pub async fn create_user_in(
+    db: &DatabaseConnection,
+    hashing: &HashingPool,
     email: &str,
     password: &str,
     display_name: &str,
@@ -40,10 +53,9 @@ pub async fn create_user(
     if exists {
         return Err(AppError::new(ErrorCode::Conflict, "an account with this email already exists"));
     }
-    // argon2 is deliberately slow: keep it off the async workers.
+    // argon2 is deliberately slow: keep it off the async workers, and bounded.
     let candidate = password.to_string();
-    let password_hash =
-        tokio::task::spawn_blocking(move || hash_password(&candidate)).await.map_err(AppError::internal)??;
+    let password_hash = hashing.run(move || hash_password(&candidate)).await??;
     let now = Utc::now();
     let model = user::ActiveModel {
         id: Set(Uuid::now_v7()),
@@ -81,20 +93,24 @@ pub fn warm_up() {
     let _ = dummy_hash();
 }
 
-/// Check an email and password. Argon2 runs on the blocking pool; a hash with weaker
+/// Check an email and password. Argon2 runs on the blocking pool in one of
+/// `hashing`'s slots (`UNAVAILABLE` when they are all taken); a hash with weaker
 /// parameters than the current defaults is replaced by a fresh one.
 /// Failures are client errors, logged once where they become a response.
 #[tracing::instrument(skip_all)]
-pub async fn verify_credentials(db: &DatabaseConnection, email: &str, password: &str) -> Result<user::Model, AppError> {
+pub async fn verify_credentials(
+    db: &DatabaseConnection,
+    hashing: &HashingPool,
+    email: &str,
+    password: &str,
+) -> Result<user::Model, AppError> {
     let found = match normalize_email(email) {
         Ok(email) => user::Entity::find().filter(user::Column::Email.eq(email)).one(db).await?,
         Err(_) => None,
     };
     let stored = found.as_ref().map_or_else(|| dummy_hash().to_string(), |u| u.password_hash.clone());
     let candidate = password.to_string();
-    let (matches, candidate) = tokio::task::spawn_blocking(move || (verify_password(&candidate, &stored), candidate))
-        .await
-        .map_err(AppError::internal)?;
+    let (matches, candidate) = hashing.run(move || (verify_password(&candidate, &stored), candidate)).await?;
     let Some(user) = found.filter(|_| matches) else {
         return Err(AppError::unauthenticated(BAD_CREDENTIALS));
     };
@@ -102,8 +118,7 @@ pub async fn verify_credentials(db: &DatabaseConnection, email: &str, password: 
         return Err(AppError::forbidden("this account is disabled"));
     }
     if needs_rehash(&user.password_hash) {
-        let fresh =
-            tokio::task::spawn_blocking(move || hash_password(&candidate)).await.map_err(AppError::internal)??;
+        let fresh = hashing.run(move || hash_password(&candidate)).await??;
         let mut active: user::ActiveModel = user.into();
         active.password_hash = Set(fresh);
         active.updated_at = Set(Utc::now());

@@ -74,6 +74,50 @@ pub fn verify_password(password: &str, stored: &str) -> bool {
     PasswordHash::new(stored).is_ok_and(|hash| Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
 }
 
+/// Bounds how many argon2 computations run at once: each holds ~19 MiB and a core
+/// for tens of milliseconds, so hundreds of concurrent sign-ins would exhaust
+/// memory and the blocking pool. When every slot is taken the caller is answered
+/// `UNAVAILABLE` with `Retry-After` at once rather than queued.
+#[derive(Clone, Debug)]
+pub struct HashingPool {
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// Seconds a refused caller is asked to wait.
+const HASHING_RETRY_AFTER_SECS: u64 = 1;
+
+impl HashingPool {
+    /// `size` slots; `None` means twice the CPU cores.
+    pub fn new(size: Option<usize>) -> Self {
+        let size = size.unwrap_or_else(|| 2 * std::thread::available_parallelism().map_or(1, usize::from)).max(1);
+        Self { slots: std::sync::Arc::new(tokio::sync::Semaphore::new(size)) }
+    }
+
+    /// Take a slot if one is free (the tests hold one to fill the pool).
+    pub fn try_reserve(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
+    }
+
+    /// Run `work` (hashing or verifying) on the blocking pool in a free slot, or
+    /// answer `UNAVAILABLE` when there is none.
+    pub async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, AppError> {
+        let Some(slot) = self.try_reserve() else {
+            metrics::counter!("reelhouse_password_hashing_refused_total").increment(1);
+            return Err(AppError::new(
+                crate::error::ErrorCode::Unavailable,
+                "the server is busy checking passwords, try again shortly",
+            )
+            .with_retry_after(HASHING_RETRY_AFTER_SECS));
+        };
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            work()
+        })
+        .await
+        .map_err(AppError::internal)
+    }
+}
+
 /// True when a stored hash is not argon2id or uses weaker parameters than the
 /// current defaults, so it should be replaced at the next successful sign-in.
 pub fn needs_rehash(stored: &str) -> bool {

@@ -213,6 +213,17 @@ pub struct AuthSettings {
     pub verification_keys_pem: Vec<String>,
     pub issuer: String,
     pub audience: String,
+    /// Password hashes (argon2, ~19 MiB each) computed at once; one more sign-in or
+    /// sign-up is answered `UNAVAILABLE` (503, `Retry-After`). Unset: 2 × CPU cores.
+    pub max_concurrent_password_hashes: Option<usize>,
+    /// Failed sign-ins to one account, from any address, before it backs off.
+    pub login_backoff_after_failures: u32,
+    /// The first back-off; it doubles with every further failure...
+    pub login_backoff_base_secs: u64,
+    /// ...up to this.
+    pub login_backoff_max_secs: u64,
+    /// An account's failures are forgotten this long after the last one (and on success).
+    pub login_failure_window_secs: u64,
     pub access_token_ttl_secs: u64,
     pub refresh_token_ttl_secs: u64,
 }
@@ -227,6 +238,13 @@ impl Default for AuthSettings {
             verification_keys_pem: Vec::new(),
             issuer: "reelhouse".into(),
             audience: "reelhouse".into(),
+            max_concurrent_password_hashes: None,
+            // Above the per-(account, address) `auth` burst: one address alone is
+            // stopped by `auth`; it takes several to reach the account's back-off.
+            login_backoff_after_failures: 10,
+            login_backoff_base_secs: 1,
+            login_backoff_max_secs: 900,
+            login_failure_window_secs: 3600,
             access_token_ttl_secs: 15 * 60,
             refresh_token_ttl_secs: 30 * 24 * 3600,
         }
@@ -258,6 +276,15 @@ pub struct GraphqlSettings {
     /// Subscriptions one WebSocket may have open at once; more are refused with
     /// an error message (code `RATE_LIMITED`) and the connection stays open.
     pub ws_max_subscriptions: usize,
+    /// WebSockets open at once from one client address (IPv6: one /64); one more
+    /// upgrade is refused with 429 `RATE_LIMITED`. Per process.
+    pub ws_max_sockets_per_ip: usize,
+    /// WebSockets one user has open at once; one more is closed at
+    /// `connection_init` with 4429 (`RATE_LIMITED`). Per process.
+    pub ws_max_sockets_per_user: usize,
+    /// Operations one user may have running over all their sockets; one more is
+    /// answered with an `error` message (code `RATE_LIMITED`). Per process.
+    pub ws_max_subscriptions_per_user: usize,
 }
 
 impl Default for GraphqlSettings {
@@ -273,6 +300,9 @@ impl Default for GraphqlSettings {
             ws_init_timeout_secs: 10,
             ws_recheck_ms: 5000,
             ws_max_subscriptions: 50,
+            ws_max_sockets_per_ip: 100,
+            ws_max_sockets_per_user: 20,
+            ws_max_subscriptions_per_user: 200,
         }
     }
 }

@@ -4,13 +4,23 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::limits::Policy;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitSettings {
     pub enabled: bool,
-    /// Policies by name. The server uses `auth`, `auth_ip`, `api`, `upload`,
-    /// `transcode`, `views` and `webhook`; each can be tuned or given more room here.
-    pub policies: BTreeMap<String, PolicySettings>,
+    /// Policies by name: `auth`, `auth_ip`, `api`, `upload`, `transcode`, `views`
+    /// and `webhook` (see [`Policy`]). Any other name is refused when the settings
+    /// load; a policy left out keeps its default.
+    pub policies: BTreeMap<Policy, PolicySettings>,
+}
+
+impl RateLimitSettings {
+    /// The settings of `policy`: the configured ones, else the default.
+    pub fn policy(&self, policy: Policy) -> PolicySettings {
+        self.policies.get(&policy).cloned().unwrap_or_else(|| default_policy(policy))
+    }
 }
 
 /// `limit` requests per `period_secs`, of which up to `burst` may come at once.
@@ -31,24 +41,50 @@ impl PolicySettings {
     }
 }
 
+fn default_policy(policy: Policy) -> PolicySettings {
+    match policy {
+        // Per account and IP: a guessing attacker slows down fast...
+        Policy::Auth => PolicySettings::new(10, 60, 5, false),
+        // ...and per IP, looser, so one address cannot spray many accounts.
+        Policy::AuthIp => PolicySettings::new(60, 60, 20, false),
+        Policy::Api => PolicySettings::new(1200, 60, 200, true),
+        Policy::Upload => PolicySettings::new(120, 60, 30, true),
+        Policy::Transcode => PolicySettings::new(60, 3600, 10, true),
+        Policy::Webhook => PolicySettings::new(60, 60, 20, true),
+        // recordView, per signed-in user or client address: a player heartbeats
+        // every few seconds; many viewers can share one address (NAT).
+        Policy::Views => PolicySettings::new(600, 60, 60, true),
+    }
+}
+
 impl Default for RateLimitSettings {
     fn default() -> Self {
-        let policies = [
-            // Per account and IP: a guessing attacker slows down fast...
-            ("auth", PolicySettings::new(10, 60, 5, false)),
-            // ...and per IP, looser, so one address cannot spray many accounts.
-            ("auth_ip", PolicySettings::new(60, 60, 20, false)),
-            ("api", PolicySettings::new(1200, 60, 200, true)),
-            ("upload", PolicySettings::new(120, 60, 30, true)),
-            ("transcode", PolicySettings::new(60, 3600, 10, true)),
-            ("webhook", PolicySettings::new(60, 60, 20, true)),
-            // recordView, per signed-in user or client address: a player heartbeats
-            // every few seconds; many viewers can share one address (NAT).
-            ("views", PolicySettings::new(600, 60, 60, true)),
-        ]
-        .into_iter()
-        .map(|(name, policy)| (name.to_string(), policy))
-        .collect();
+        let policies = Policy::ALL.into_iter().map(|policy| (policy, default_policy(policy))).collect();
         Self { enabled: true, policies }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Overrides, Settings};
+
+    fn load(toml: &str) -> Result<Settings, crate::config::SettingsError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reelhouse.toml");
+        std::fs::write(&path, toml).unwrap();
+        Settings::load(Some(&path), &Overrides::default())
+    }
+
+    #[test]
+    fn a_misspelt_policy_name_is_refused_at_load() {
+        let err = load("[rate_limit.policies.apii]\nlimit = 1\nperiod_secs = 60\nburst = 1\nfail_open = true\n")
+            .expect_err("an unknown policy name must not load");
+        assert!(err.key.starts_with("rate_limit.policies"), "{err}");
+        assert!(err.to_string().contains("apii"), "{err}");
+        let settings =
+            load("[rate_limit.policies.auth_ip]\nlimit = 3\nperiod_secs = 60\nburst = 3\nfail_open = false\n").unwrap();
+        assert_eq!(settings.rate_limit.policy(Policy::AuthIp), PolicySettings::new(3, 60, 3, false));
+        assert_eq!(settings.rate_limit.policy(Policy::Api), RateLimitSettings::default().policy(Policy::Api));
     }
 }

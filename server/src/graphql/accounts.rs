@@ -8,11 +8,12 @@ use entities::{api_key, user};
 use sea_orm::{ActiveModelTrait, EntityTrait, Set};
 use uuid::Uuid;
 
-use crate::auth::accounts::{create_user, verify_credentials};
+use crate::auth::accounts::{create_user_in, verify_credentials};
 use crate::auth::principal::ClientInfo;
 use crate::auth::roles::{rank, require_principal, AuthenticatedGuard, Permission, PermissionGuard};
 use crate::auth::{api_keys, sessions};
 use crate::error::AppError;
+use crate::limits::Policy;
 use crate::startup::AppState;
 
 /// What a user (or an API key) may do; see the roles table in the README.
@@ -118,18 +119,26 @@ fn parse_id(id: &ID, what: &str) -> Result<Uuid, AppError> {
     Uuid::parse_str(id.as_str()).map_err(|_| AppError::not_found(what))
 }
 
-/// Sign-in attempts are charged per IP (`auth_ip`) and, for a login, per account
-/// and IP (`auth`): guessing one account slows down fast, yet an attacker locked
-/// out of a victim's account from their address does not lock out the victim,
-/// who signs in from another.
+/// Sign-in attempts are charged per IP (`auth_ip`, IPv6 per /64) and, for a
+/// login, per account and IP (`auth`): guessing one account slows down fast, yet
+/// an attacker locked out of a victim's account from their address does not lock
+/// out the victim, who signs in from another. Failures across every address back
+/// the account off (`limits::login`), once there are more of them than one
+/// address alone is allowed.
 async fn limit_sign_in(state: &AppState, ctx: &Context<'_>, email: Option<&str>) -> Result<(), crate::error::AppError> {
-    let ip = client_info(ctx).ip.unwrap_or_else(|| "unknown".into());
-    crate::http::rate_limit::enforce(state, "auth_ip", ip.clone(), 1).await?;
+    let ip = crate::limits::ip_subject(&client_info(ctx).ip.unwrap_or_else(|| "unknown".into()));
+    crate::limits::enforce(state, Policy::AuthIp, ip.clone(), 1).await?;
     if let Some(email) = email {
-        let account = crate::auth::accounts::normalize_email(email).unwrap_or_else(|_| email.trim().to_lowercase());
-        crate::http::rate_limit::enforce(state, "auth", format!("{account}|{ip}"), 1).await?;
+        let account = account_key(email);
+        crate::limits::enforce(state, Policy::Auth, format!("{account}|{ip}"), 1).await?;
+        state.login_failures.check(&account).await?;
     }
     Ok(())
+}
+
+/// The account a sign-in names, spelled one way.
+fn account_key(email: &str) -> String {
+    crate::auth::accounts::normalize_email(email).unwrap_or_else(|_| email.trim().to_lowercase())
 }
 
 fn client_info(ctx: &Context<'_>) -> ClientInfo {
@@ -196,9 +205,16 @@ impl AccountsMutation {
     async fn register(&self, ctx: &Context<'_>, input: RegisterInput) -> async_graphql::Result<AuthPayload> {
         let state = ctx.data::<AppState>()?;
         limit_sign_in(state, ctx, None).await.map_err(|e| e.extend())?;
-        let user = create_user(&state.db, &input.email, &input.password, &input.display_name, entities::Role::User)
-            .await
-            .map_err(|e| e.extend())?;
+        let user = create_user_in(
+            &state.db,
+            &state.password_hashing,
+            &input.email,
+            &input.password,
+            &input.display_name,
+            entities::Role::User,
+        )
+        .await
+        .map_err(|e| e.extend())?;
         let tokens = sessions::start_session(state, user, &client_info(ctx)).await.map_err(|e| e.extend())?;
         Ok(tokens.into())
     }
@@ -207,7 +223,16 @@ impl AccountsMutation {
     async fn login(&self, ctx: &Context<'_>, input: LoginInput) -> async_graphql::Result<AuthPayload> {
         let state = ctx.data::<AppState>()?;
         limit_sign_in(state, ctx, Some(&input.email)).await.map_err(|e| e.extend())?;
-        let user = verify_credentials(&state.db, &input.email, &input.password).await.map_err(|e| e.extend())?;
+        let account = account_key(&input.email);
+        let verified = verify_credentials(&state.db, &state.password_hashing, &input.email, &input.password).await;
+        match &verified {
+            Ok(_) => state.login_failures.record_success(&account).await,
+            Err(err) if err.code() == crate::error::ErrorCode::Unauthenticated => {
+                state.login_failures.record_failure(&account).await
+            }
+            Err(_) => {}
+        }
+        let user = verified.map_err(|e| e.extend())?;
         let tokens = sessions::start_session(state, user, &client_info(ctx)).await.map_err(|e| e.extend())?;
         Ok(tokens.into())
     }

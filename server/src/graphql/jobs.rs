@@ -343,7 +343,7 @@ impl JobsMutation {
             return Err(AppError::forbidden("your role does not allow this").extend());
         }
         let video_id = Uuid::parse_str(video_id.as_str()).map_err(|_| AppError::not_found("video").extend())?;
-        crate::http::rate_limit::enforce(state, "transcode", principal.user_id.to_string(), 1)
+        crate::limits::enforce(state, crate::limits::Policy::Transcode, principal.user_id.to_string(), 1)
             .await
             .map_err(|e| e.extend())?;
         let preset = preset.unwrap_or(TranscodePreset::Medium);

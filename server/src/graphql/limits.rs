@@ -127,8 +127,8 @@ impl Extension for QueryCost {
         };
         // Every door (HTTP, WebSocket) supplies ClientInfo; a missing one is charged
         // to a shared bucket rather than let through free.
-        let subject = ctx.data_opt::<ClientInfo>().and_then(|c| c.ip.clone()).unwrap_or_else(|| "unknown".into());
-        match crate::http::rate_limit::enforce(state, "api", subject, extra).await {
+        let ip = ctx.data_opt::<ClientInfo>().and_then(|c| c.ip.clone()).unwrap_or_else(|| "unknown".into());
+        match crate::limits::enforce(state, crate::limits::Policy::Api, crate::limits::ip_subject(&ip), extra).await {
             Ok(_) => Ok(result),
             Err(err) => Err(vec![err.to_graphql().into_server_error(Pos::default())]),
         }

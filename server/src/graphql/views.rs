@@ -142,9 +142,9 @@ impl ViewsMutation {
         let client = ctx.data_opt::<ClientInfo>().cloned().unwrap_or_default();
         let subject = match viewer {
             Some(principal) => format!("user:{}", principal.user_id),
-            None => client.ip.clone().unwrap_or_else(|| "unknown".into()),
+            None => crate::limits::ip_subject(client.ip.as_deref().unwrap_or("unknown")),
         };
-        crate::http::rate_limit::enforce(state, "views", subject, 1).await.map_err(|e| e.extend())?;
+        crate::limits::enforce(state, crate::limits::Policy::Views, subject, 1).await.map_err(|e| e.extend())?;
         let id = parse_video_id(&video_id).map_err(|e| e.extend())?;
         let video = find_readable(&state.db, viewer, id).await.map_err(|e| e.extend())?;
         if video.status != VideoStatus::Ready {

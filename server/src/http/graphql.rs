@@ -2,7 +2,7 @@
 //! served by the WebSocket `Session` actor in `ws_session.rs`.)
 
 use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE, USER_AGENT};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse, Responder};
 use async_graphql::http::{GraphiQLSource, MultipartOptions};
 use async_graphql_actix_web::GraphQLResponse;
 use futures::StreamExt;
@@ -41,7 +41,7 @@ pub async fn graphql(
     schema: web::Data<AppSchema>,
     req: HttpRequest,
     payload: web::Payload,
-) -> Result<GraphQLResponse, AppError> {
+) -> Result<HttpResponse, AppError> {
     let body = read_limited(&req, payload, state.settings.server.max_graphql_body_bytes).await?;
     let content_type = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
     // Multipart (file upload) requests are not part of this API: uploads go through
@@ -63,7 +63,35 @@ pub async fn graphql(
         ip: Some(state.client_ip(req.peer_addr(), req.headers())),
         user_agent: req.headers().get(USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string),
     };
-    Ok(schema.execute_batch(batch.data(auth).data(client)).await.into())
+    let response = schema.execute_batch(batch.data(auth).data(client)).await;
+    let retry_after = unavailable_retry_after(&response);
+    let mut http = GraphQLResponse::from(response).respond_to(&req);
+    if let Some(secs) = retry_after {
+        *http.status_mut() = ErrorCode::Unavailable.http_status();
+        if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&secs.to_string()) {
+            http.headers_mut().insert(actix_web::http::header::RETRY_AFTER, value);
+        }
+    }
+    Ok(http)
+}
+
+/// One operation that produced no data because the server could not serve it
+/// now (code `UNAVAILABLE`: a dependency down, the password-hashing slots full)
+/// answers 503 with `Retry-After`, so plain HTTP clients and proxies back off too.
+fn unavailable_retry_after(response: &async_graphql::BatchResponse) -> Option<u64> {
+    let async_graphql::BatchResponse::Single(response) = response else { return None };
+    if response.data != async_graphql::Value::Null {
+        return None;
+    }
+    let extensions = response.errors.first()?.extensions.as_ref()?;
+    if extensions.get("code")? != &async_graphql::Value::from(ErrorCode::Unavailable.as_str()) {
+        return None;
+    }
+    let secs = match extensions.get("retryAfter") {
+        Some(async_graphql::Value::Number(n)) => n.as_u64().unwrap_or(1),
+        _ => 1,
+    };
+    Some(secs.max(1))
 }
 
 pub async fn graphiql(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {

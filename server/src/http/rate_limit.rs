@@ -1,4 +1,5 @@
-//! The `api` rate-limit policy for every HTTP request, keyed by client address,
+//! The `api` rate-limit policy for every HTTP request, keyed by client address
+//! (IPv6: its /64),
 //! with the `RateLimit-Policy`/`RateLimit` headers on every answer and 429 +
 //! `Retry-After` when the bucket is empty. Health, readiness and metrics are exempt
 //! so orchestrators never see a throttled probe.
@@ -9,8 +10,8 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::web;
 
-use crate::actors::rate_limit::{Check, Decision, RateLimiter};
-use crate::error::AppError;
+use crate::actors::rate_limit::Decision;
+use crate::limits::{ip_subject, Policy};
 use crate::startup::AppState;
 
 const EXEMPT: &[&str] = &["/health", "/ready", "/metrics"];
@@ -18,37 +19,7 @@ const EXEMPT: &[&str] = &["/health", "/ready", "/metrics"];
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
-/// Ask the limiter; an unreachable limiter actor (restarting) lets the request through.
-/// With rate limiting off the answer is known without asking: every request would
-/// otherwise pay a round trip to the actor's thread and back for it.
-pub async fn check(state: &AppState, policy: &'static str, subject: String, cost: u32) -> Option<Decision> {
-    if !state.settings.rate_limit.enabled {
-        return Some(RateLimiter::unlimited(policy));
-    }
-    match state.hubs.rate_limiter.addr().send(Check { policy, subject, cost }).await {
-        Ok(decision) => Some(decision),
-        Err(err) => {
-            tracing::warn!(error = %err, "rate limiter unavailable");
-            None
-        }
-    }
-}
-
-/// Refuse with `RATE_LIMITED` when the named policy's bucket for `subject` is empty.
-pub async fn enforce(
-    state: &AppState,
-    policy: &'static str,
-    subject: String,
-    cost: u32,
-) -> Result<Option<Decision>, AppError> {
-    match check(state, policy, subject, cost).await {
-        Some(decision) if !decision.allowed => {
-            metrics::counter!("reelhouse_rate_limited_total", "policy" => policy).increment(1);
-            Err(decision.into_error())
-        }
-        other => Ok(other),
-    }
-}
+pub use crate::limits::{check, enforce};
 
 fn add_headers(headers: &mut actix_web::http::header::HeaderMap, decision: &Decision) {
     if let Ok(value) = HeaderValue::from_str(&decision.policy_header()) {
@@ -68,10 +39,10 @@ pub async fn limit_api(
         return Ok(next.call(req).await?.map_into_boxed_body());
     };
     // X-Forwarded-For only from a trusted proxy: otherwise it is the client's to forge.
-    let subject = state.client_ip(req.peer_addr(), req.headers());
-    match check(&state, "api", subject, 1).await {
+    let subject = ip_subject(&state.client_ip(req.peer_addr(), req.headers()));
+    match check(&state, Policy::Api, subject, 1).await {
         Some(decision) if !decision.allowed => {
-            metrics::counter!("reelhouse_rate_limited_total", "policy" => "api").increment(1);
+            metrics::counter!("reelhouse_rate_limited_total", "policy" => Policy::Api.as_str()).increment(1);
             let mut response = decision.clone().into_error().to_http_response();
             add_headers(response.headers_mut(), &decision);
             Ok(req.into_response(response))

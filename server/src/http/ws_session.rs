@@ -6,14 +6,23 @@
 //! - credentials come in `connection_init` (`{"authorization": "Bearer …"}` or
 //!   `{"x-api-key": "…"}`); bad ones close the socket with 4403;
 //! - no `connection_init` within `graphql.ws_init_timeout_secs` closes with 4408;
-//! - an authenticated session closes with 4403 when its token expires, and when a
-//!   periodic re-check (`graphql.ws_recheck_secs`) finds the session revoked, the
-//!   API key revoked or the user disabled;
+//! - an authenticated session closes with 4403 when its token expires, and when
+//!   its credentials no longer say what they said at `connection_init`: session or
+//!   API key revoked, user disabled, or a different role (a demotion, or an API
+//!   key's owner demoted). This is checked before every operation starts, and
+//!   every `graphql.ws_recheck_ms` for the ones that keep running;
+//! - every operation costs one token of the client's `api` rate-limit bucket (the
+//!   one HTTP requests use), on top of what its complexity costs; refused ones get
+//!   an `error` message for their id (code `RATE_LIMITED`, `retryAfter`);
 //! - frames and reassembled messages are bounded; silent peers are dropped;
-//! - at most `graphql.ws_max_subscriptions` operations run at once per socket: one
-//!   more is answered with an `error` message for its id (code `RATE_LIMITED`).
+//! - at most `graphql.ws_max_subscriptions` operations run at once per socket and
+//!   `graphql.ws_max_subscriptions_per_user` per user: one more is answered with an
+//!   `error` message for its id (code `RATE_LIMITED`);
+//! - at most `graphql.ws_max_sockets_per_ip` sockets per client address (the
+//!   upgrade is refused with 429) and `graphql.ws_max_sockets_per_user` per user
+//!   (closed at `connection_init` with 4429, reason `RATE_LIMITED: …`).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,8 +32,11 @@ use actix_web_actors::ws::{self, CloseCode, CloseReason, Message, ProtocolError,
 use async_graphql::http::{WebSocket, WebSocketProtocols, WsMessage, ALL_WEBSOCKET_PROTOCOLS};
 use async_graphql::Data;
 
-use crate::auth::principal::{self, RequestAuth};
+use crate::auth::principal::{self, Principal, RequestAuth};
+use crate::error::{AppError, ErrorCode};
 use crate::graphql::AppSchema;
+use crate::limits::ws::{Counted, Slot};
+use crate::limits::{ip_subject, Policy};
 use crate::startup::AppState;
 
 const PING_EVERY: Duration = Duration::from_secs(5);
@@ -37,7 +49,10 @@ const MAX_MESSAGE: usize = 256 * 1024;
 pub const CLOSE_FORBIDDEN: u16 = 4403;
 /// Close code for "no connection_init in time" (graphql-transport-ws).
 pub const CLOSE_INIT_TIMEOUT: u16 = 4408;
+/// Close code for "too many sockets for this user" (the reason starts `RATE_LIMITED`).
+pub const CLOSE_TOO_MANY: u16 = 4429;
 const FORBIDDEN_PREFIX: &str = "Forbidden: ";
+const RATE_LIMITED_PREFIX: &str = "RATE_LIMITED: ";
 
 /// The credential a session was opened with, kept to re-check it.
 #[derive(Debug, Clone)]
@@ -49,11 +64,16 @@ enum Credential {
 #[derive(Default)]
 struct SessionAuth {
     initialised: bool,
-    /// `connection_init` carried credentials that were refused.
-    refused: bool,
+    /// `connection_init` was refused: the close code and reason.
+    refused: Option<(u16, String)>,
     credential: Option<Credential>,
+    /// Who the credential said the caller was at `connection_init`; any later
+    /// answer that differs (role, user, session, key) closes the socket.
+    principal: Option<Principal>,
     /// Unix seconds when the access token expires.
     expires_at: Option<i64>,
+    /// This socket's place among its user's (`ws_max_sockets_per_user`).
+    user_slot: Option<Slot>,
 }
 
 pub struct Session {
@@ -66,8 +86,11 @@ pub struct Session {
     auth: Arc<Mutex<SessionAuth>>,
     /// The client's address and agent, for rate limits inside the socket.
     client: principal::ClientInfo,
-    /// Ids of the operations the client started and that have not ended.
-    active: HashSet<String>,
+    /// Operations the client started and that have not ended, each with its place
+    /// among its user's running operations (none for anonymous sockets).
+    active: HashMap<String, Option<Slot>>,
+    /// This socket's place among its address's (`ws_max_sockets_per_ip`).
+    _address_slot: Slot,
 }
 
 pub async fn graphql_ws(
@@ -84,6 +107,13 @@ pub async fn graphql_ws(
         .ok_or_else(|| {
             crate::error::AppError::bad_input("Sec-WebSocket-Protocol must be graphql-transport-ws or graphql-ws")
         })?;
+    let ip = state.client_ip(req.peer_addr(), req.headers());
+    let cap = state.settings.graphql.ws_max_sockets_per_ip;
+    let address_slot = state.ws_admission.admit(Counted::SocketFrom(ip_subject(&ip)), cap).ok_or_else(|| {
+        metrics::counter!("reelhouse_ws_sockets_refused_total", "per" => "address").increment(1);
+        AppError::new(ErrorCode::RateLimited, format!("at most {cap} WebSockets may be open from one address"))
+            .with_retry_after(1)
+    })?;
     let session = Session {
         state: state.get_ref().clone(),
         schema: schema.get_ref().clone(),
@@ -93,14 +123,15 @@ pub async fn graphql_ws(
         continuation: Vec::new(),
         auth: Arc::new(Mutex::new(SessionAuth::default())),
         client: principal::ClientInfo {
-            ip: Some(state.client_ip(req.peer_addr(), req.headers())),
+            ip: Some(ip),
             user_agent: req
                 .headers()
                 .get(actix_web::http::header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
         },
-        active: HashSet::new(),
+        active: HashMap::new(),
+        _address_slot: address_slot,
     };
     ws::WsResponseBuilder::new(session, &req, payload).protocols(&ALL_WEBSOCKET_PROTOCOLS).frame_size(MAX_FRAME).start()
 }
@@ -138,9 +169,9 @@ async fn authenticate_init(
     Ok((RequestAuth::Anonymous, None, None))
 }
 
-/// Is the credential still good (not revoked, user not disabled, not expired)?
-async fn still_valid(state: &AppState, credential: &Credential) -> bool {
-    let auth = match credential {
+/// What the credential amounts to now.
+async fn reauthenticate(state: &AppState, credential: &Credential) -> RequestAuth {
+    match credential {
         Credential::Bearer(token) => principal::authenticate_access_token(state, token).await,
         Credential::ApiKey(key) => {
             let mut headers = actix_web::http::header::HeaderMap::new();
@@ -152,8 +183,38 @@ async fn still_valid(state: &AppState, credential: &Credential) -> bool {
                 Err(_) => RequestAuth::Invalid("bad key"),
             }
         }
+    }
+}
+
+/// `Err(reason)` when the credential no longer grants exactly what it granted at
+/// `connection_init`: revoked, disabled, or another role.
+fn verdict(opened_as: Option<&Principal>, now: &RequestAuth) -> Result<(), &'static str> {
+    match (opened_as, now) {
+        (Some(then), RequestAuth::Authenticated(now))
+            if then.user_id == now.user_id
+                && then.role == now.role
+                && then.method == now.method
+                && then.family_id == now.family_id
+                && then.api_key_id == now.api_key_id =>
+        {
+            Ok(())
+        }
+        (_, RequestAuth::Authenticated(_)) => Err("credentials changed"),
+        _ => Err("session revoked"),
+    }
+}
+
+/// Re-check the socket's credential (if it has one). `Err(reason)`: close with 4403.
+async fn recheck(state: AppState, auth: Arc<Mutex<SessionAuth>>) -> Result<(), &'static str> {
+    let (credential, opened_as, expires_at) = match auth.lock() {
+        Ok(auth) => (auth.credential.clone(), auth.principal.clone(), auth.expires_at),
+        Err(_) => return Err("internal error"),
     };
-    matches!(auth, RequestAuth::Authenticated(_))
+    let Some(credential) = credential else { return Ok(()) };
+    if expires_at.is_some_and(|exp| exp <= chrono::Utc::now().timestamp()) {
+        return Err("token expired");
+    }
+    verdict(opened_as.as_ref(), &reauthenticate(&state, &credential).await)
 }
 
 impl Session {
@@ -177,23 +238,13 @@ impl Session {
             }
             ctx.ping(b"");
         });
-        let recheck = Duration::from_millis(self.state.settings.graphql.ws_recheck_ms.max(50));
-        ctx.run_interval(recheck, |session, ctx| {
-            let (credential, expires_at) = match session.auth.lock() {
-                Ok(auth) => (auth.credential.clone(), auth.expires_at),
-                Err(_) => return,
-            };
-            let Some(credential) = credential else { return };
-            if expires_at.is_some_and(|exp| exp <= chrono::Utc::now().timestamp()) {
-                Self::close(ctx, CLOSE_FORBIDDEN, "token expired");
-                return;
-            }
-            let state = session.state.clone();
-            async move { still_valid(&state, &credential).await }
+        let recheck_every = Duration::from_millis(self.state.settings.graphql.ws_recheck_ms.max(50));
+        ctx.run_interval(recheck_every, |session, ctx| {
+            recheck(session.state.clone(), session.auth.clone())
                 .into_actor(session)
-                .map(|valid, _, ctx| {
-                    if !valid {
-                        Self::close(ctx, CLOSE_FORBIDDEN, "session revoked");
+                .map(|outcome, _, ctx| {
+                    if let Err(reason) = outcome {
+                        Self::close(ctx, CLOSE_FORBIDDEN, reason);
                     }
                 })
                 .spawn(ctx);
@@ -225,36 +276,104 @@ fn operation(message: &[u8]) -> Option<Operation> {
     }
 }
 
+/// Why an operation was not started.
+enum Refusal {
+    /// Answer with an `error` message for the operation's id; the socket stays.
+    Operation(AppError),
+    /// The credentials changed: close with 4403.
+    Socket(&'static str),
+}
+
 impl Session {
-    /// Track the operations a client message starts or stops; refuse (with an
-    /// `error` message for its id) one that would exceed the per-socket cap.
-    fn admit(&mut self, payload: &[u8], ctx: &mut WebsocketContext<Self>) -> bool {
-        match operation(payload) {
-            Some(Operation::Started(id)) => {
-                let cap = self.state.settings.graphql.ws_max_subscriptions;
-                if self.active.contains(&id) || self.active.len() < cap {
-                    // A duplicate id is the protocol library's to refuse (4409).
-                    self.active.insert(id);
-                    return true;
+    /// Answer operation `id` with an `error` message (the socket stays open).
+    fn refuse_operation(&self, ctx: &mut WebsocketContext<Self>, id: &str, error: &AppError) {
+        let mut extensions = serde_json::json!({ "code": error.code().as_str() });
+        if let Some(secs) = error.retry_after_secs() {
+            extensions["retryAfter"] = secs.into();
+        }
+        let error = serde_json::json!({ "message": error.message(), "extensions": extensions });
+        let payload = match self.protocol {
+            WebSocketProtocols::GraphQLWS => serde_json::json!([error]),
+            _ => error,
+        };
+        ctx.text(serde_json::json!({ "type": "error", "id": id, "payload": payload }).to_string());
+    }
+
+    /// Hand a client message to the protocol state machine, in arrival order.
+    fn forward(&mut self, payload: Vec<u8>, ctx: &mut WebsocketContext<Self>) {
+        let Some(inbound) = self.inbound.clone() else { return };
+        async move { inbound.send(payload).await }
+            .into_actor(self)
+            .map(|sent, _, ctx| {
+                if sent.is_err() {
+                    ctx.stop();
                 }
-                metrics::counter!("reelhouse_ws_subscriptions_refused_total").increment(1);
-                let error = serde_json::json!({
-                    "message": format!("at most {cap} subscriptions may run on one connection"),
-                    "extensions": { "code": crate::error::ErrorCode::RateLimited.as_str() },
-                });
-                let payload = match self.protocol {
-                    WebSocketProtocols::GraphQLWS => serde_json::json!([error]),
-                    _ => error,
-                };
-                ctx.text(serde_json::json!({ "type": "error", "id": id, "payload": payload }).to_string());
-                false
-            }
+            })
+            .spawn(ctx);
+    }
+
+    /// A client message: an operation starting goes through admission first; the
+    /// rest (and operations ending) go straight to the protocol.
+    fn receive(&mut self, payload: Vec<u8>, ctx: &mut WebsocketContext<Self>) {
+        match operation(&payload) {
+            Some(Operation::Started(id)) if !self.active.contains_key(&id) => self.start_operation(id, payload, ctx),
             Some(Operation::Ended(id)) => {
                 self.active.remove(&id);
-                true
+                self.forward(payload, ctx);
             }
-            None => true,
+            // A duplicate id is the protocol library's to refuse (4409).
+            _ => self.forward(payload, ctx),
         }
+    }
+
+    /// Admit operation `id`: the per-socket cap, the credentials (re-checked now,
+    /// so a demotion counts from the next operation on), one `api` token, and the
+    /// per-user cap. The actor handles nothing else meanwhile (`ctx.wait`), so
+    /// later messages cannot overtake this one.
+    fn start_operation(&mut self, id: String, payload: Vec<u8>, ctx: &mut WebsocketContext<Self>) {
+        let cap = self.state.settings.graphql.ws_max_subscriptions;
+        if self.active.len() >= cap {
+            metrics::counter!("reelhouse_ws_subscriptions_refused_total").increment(1);
+            let error =
+                AppError::new(ErrorCode::RateLimited, format!("at most {cap} subscriptions may run on one connection"));
+            self.refuse_operation(ctx, &id, &error);
+            return;
+        }
+        let state = self.state.clone();
+        let auth = self.auth.clone();
+        let subject = ip_subject(self.client.ip.as_deref().unwrap_or("unknown"));
+        let admission = async move {
+            recheck(state.clone(), auth).await.map_err(Refusal::Socket)?;
+            crate::limits::enforce(&state, Policy::Api, subject, 1).await.map_err(Refusal::Operation)?;
+            Ok(())
+        };
+        ctx.wait(admission.into_actor(self).map(move |outcome: Result<(), Refusal>, session, ctx| match outcome {
+            Err(Refusal::Socket(reason)) => Self::close(ctx, CLOSE_FORBIDDEN, reason),
+            Err(Refusal::Operation(error)) => session.refuse_operation(ctx, &id, &error),
+            Ok(()) => {
+                let user = session.auth.lock().ok().and_then(|a| a.principal.as_ref().map(|p| p.user_id));
+                let slot = match user {
+                    Some(user) => {
+                        let cap = session.state.settings.graphql.ws_max_subscriptions_per_user;
+                        match session.state.ws_admission.admit(Counted::OperationOf(user), cap) {
+                            Some(slot) => Some(slot),
+                            None => {
+                                metrics::counter!("reelhouse_ws_subscriptions_refused_total").increment(1);
+                                let error = AppError::new(
+                                    ErrorCode::RateLimited,
+                                    format!("at most {cap} subscriptions may run for one user"),
+                                );
+                                session.refuse_operation(ctx, &id, &error);
+                                return;
+                            }
+                        }
+                    }
+                    None => None,
+                };
+                session.active.insert(id, slot);
+                session.forward(payload, ctx);
+            }
+        }));
     }
 }
 
@@ -276,6 +395,18 @@ impl Actor for Session {
             slot.initialised = true;
             match result {
                 Ok((auth, credential, expires_at)) => {
+                    if let RequestAuth::Authenticated(principal) = &auth {
+                        let cap = state.settings.graphql.ws_max_sockets_per_user;
+                        let Some(user_slot) = state.ws_admission.admit(Counted::SocketOf(principal.user_id), cap)
+                        else {
+                            metrics::counter!("reelhouse_ws_sockets_refused_total", "per" => "user").increment(1);
+                            let reason = format!("{RATE_LIMITED_PREFIX}at most {cap} WebSockets may be open per user");
+                            slot.refused = Some((CLOSE_TOO_MANY, reason.clone()));
+                            return Err(async_graphql::Error::new(reason));
+                        };
+                        slot.user_slot = Some(user_slot);
+                        slot.principal = Some(principal.clone());
+                    }
                     slot.credential = credential;
                     slot.expires_at = expires_at;
                     let mut data = Data::default();
@@ -284,7 +415,7 @@ impl Actor for Session {
                     Ok(data)
                 }
                 Err(reason) => {
-                    slot.refused = true;
+                    slot.refused = Some((CLOSE_FORBIDDEN, "invalid or expired credentials".into()));
                     Err(async_graphql::Error::new(format!("{FORBIDDEN_PREFIX}{reason}")))
                 }
             }
@@ -298,6 +429,7 @@ impl Actor for Session {
                     // Only `complete` (and `error`) end an operation; skip parsing `next`.
                     if !text.starts_with(r#"{"type":"next""#) && !text.starts_with(r#"{"type":"data""#) {
                         if let Some(Operation::Ended(id)) = operation(text.as_bytes()) {
+                            // Gives back the user's slot too.
                             session.active.remove(&id);
                         }
                     }
@@ -306,6 +438,10 @@ impl Actor for Session {
                 WsMessage::Close(code, reason) => {
                     // The protocol library closes a refused init with 1002; the
                     // graphql-transport-ws contract for it is 4403 Forbidden.
+                    if reason.starts_with(RATE_LIMITED_PREFIX) {
+                        Self::close(ctx, CLOSE_TOO_MANY, &reason);
+                        return;
+                    }
                     let code = if reason.starts_with(FORBIDDEN_PREFIX) { CLOSE_FORBIDDEN } else { code };
                     Self::close(ctx, code, reason.trim_start_matches(FORBIDDEN_PREFIX));
                 }
@@ -313,11 +449,10 @@ impl Actor for Session {
             .finish()
             .then(|_, session, ctx| {
                 // The legacy protocol reports a refused init as a message and ends.
-                let refused = session.auth.lock().map(|a| a.refused).unwrap_or(false);
-                if refused {
-                    Self::close(ctx, CLOSE_FORBIDDEN, "invalid or expired credentials");
-                } else {
-                    ctx.stop();
+                let refused = session.auth.lock().ok().and_then(|a| a.refused.clone());
+                match refused {
+                    Some((code, reason)) => Self::close(ctx, code, &reason),
+                    None => ctx.stop(),
                 }
                 fut::ready(())
             })
@@ -367,16 +502,8 @@ impl StreamHandler<Result<Message, ProtocolError>> for Session {
             Self::close(ctx, 1009, "message too large");
             return;
         }
-        let payload = payload.filter(|payload| self.admit(payload, ctx));
-        if let (Some(payload), Some(inbound)) = (payload, self.inbound.clone()) {
-            async move { inbound.send(payload).await }
-                .into_actor(self)
-                .map(|sent, _, ctx| {
-                    if sent.is_err() {
-                        ctx.stop();
-                    }
-                })
-                .spawn(ctx);
+        if let Some(payload) = payload {
+            self.receive(payload, ctx);
         }
     }
 }

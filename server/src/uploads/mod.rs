@@ -153,7 +153,7 @@ pub async fn open_session(
     tus: bool,
 ) -> AppResult<(upload::Model, video::Model)> {
     let settings = &state.settings.uploads;
-    crate::http::rate_limit::enforce(state, "upload", principal.user_id.to_string(), 1).await?;
+    crate::limits::enforce(state, crate::limits::Policy::Upload, principal.user_id.to_string(), 1).await?;
     if request.size <= 0 {
         return Err(AppError::bad_input("the file is empty: an upload needs at least one byte"));
     }

@@ -98,10 +98,10 @@ pub async fn test_settings(data_dir: &std::path::Path) -> Settings {
     settings.jail.binary = Some(std::path::PathBuf::from(env!("CARGO_BIN_EXE_reelhouse")));
     // Every test client signs in from 127.0.0.1, so the per-IP sign-in budget is
     // raised; the per-account `auth` policy keeps its default and is tested as is.
-    settings
-        .rate_limit
-        .policies
-        .insert("auth_ip".into(), reelhouse::config::rate_limit::PolicySettings::new(10_000, 60, 10_000, false));
+    settings.rate_limit.policies.insert(
+        reelhouse::limits::Policy::AuthIp,
+        reelhouse::config::rate_limit::PolicySettings::new(10_000, 60, 10_000, false),
+    );
     if backend() == Backend::Postgres {
         settings.database.url = Some(SecretUrl::new(create_postgres_database().await));
         settings.database.max_connections = 5;

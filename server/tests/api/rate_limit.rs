@@ -3,7 +3,7 @@
 //! fail-open/closed choice when Redis is unreachable.
 
 use reelhouse::actors::event_bus::Crash;
-use reelhouse::config::rate_limit::PolicySettings;
+use reelhouse::config::rate_limit::{Policy, PolicySettings};
 use reelhouse::config::SecretUrl;
 
 use crate::helpers::{eventually, service_env, socket_of, spawn_app_with, TcpProxy, TestApp};
@@ -15,7 +15,7 @@ async fn get_graphiql(app: &TestApp) -> reqwest::Response {
 #[actix_web::test]
 async fn api_limit_trips_with_retry_after_and_recovers() {
     let app = spawn_app_with(|s| {
-        s.rate_limit.policies.insert("api".into(), PolicySettings::new(1, 1, 2, true));
+        s.rate_limit.policies.insert(Policy::Api, PolicySettings::new(1, 1, 2, true));
     })
     .await;
     for remaining in ["1", "0"] {
@@ -47,7 +47,7 @@ async fn two_instances_on_one_redis_share_a_limit() {
     let configure = |s: &mut reelhouse::config::Settings| {
         s.redis.url = Some(SecretUrl::new(redis_url.clone()));
         s.redis.key_prefix = prefix.clone();
-        s.rate_limit.policies.insert("api".into(), PolicySettings::new(3, 60, 3, false));
+        s.rate_limit.policies.insert(Policy::Api, PolicySettings::new(3, 60, 3, false));
     };
     let a = spawn_app_with(configure).await;
     let b = spawn_app_with(configure).await;
@@ -66,13 +66,13 @@ async fn unreachable_redis_fails_closed_or_open_per_policy() {
     let closed = spawn_app_with(|s| {
         s.redis.url = Some(SecretUrl::new(proxied.clone()));
         s.redis.timeout_ms = 300;
-        s.rate_limit.policies.insert("api".into(), PolicySettings::new(100, 60, 100, false));
+        s.rate_limit.policies.insert(Policy::Api, PolicySettings::new(100, 60, 100, false));
     })
     .await;
     let open = spawn_app_with(|s| {
         s.redis.url = Some(SecretUrl::new(proxied.clone()));
         s.redis.timeout_ms = 300;
-        s.rate_limit.policies.insert("api".into(), PolicySettings::new(2, 60, 2, true));
+        s.rate_limit.policies.insert(Policy::Api, PolicySettings::new(2, 60, 2, true));
     })
     .await;
     assert_eq!(get_graphiql(&closed).await.status(), 200);
@@ -107,7 +107,7 @@ async fn supervisor_restarts_a_crashed_rate_limiter() {
 #[actix_web::test]
 async fn expensive_queries_spend_the_budget_faster_than_cheap_ones() {
     let app = spawn_app_with(|s| {
-        s.rate_limit.policies.insert("api".into(), PolicySettings::new(20, 60, 20, true));
+        s.rate_limit.policies.insert(Policy::Api, PolicySettings::new(20, 60, 20, true));
     })
     .await;
     let expensive: String =
@@ -165,7 +165,7 @@ async fn a_locked_out_attacker_does_not_lock_out_the_victim_from_another_ip() {
 async fn forwarded_for_decides_the_bucket_only_behind_a_trusted_proxy() {
     let limited = |trusted: Vec<String>| {
         move |s: &mut reelhouse::config::Settings| {
-            s.rate_limit.policies.insert("api".into(), PolicySettings::new(2, 60, 2, true));
+            s.rate_limit.policies.insert(Policy::Api, PolicySettings::new(2, 60, 2, true));
             s.server.trusted_proxies = trusted.clone();
         }
     };
@@ -184,4 +184,93 @@ async fn forwarded_for_decides_the_bucket_only_behind_a_trusted_proxy() {
     }
     assert_eq!(as_client(&app, "198.51.100.1").await.unwrap().status(), 429);
     assert_eq!(as_client(&app, "198.51.100.2").await.unwrap().status(), 200, "another client is not throttled");
+}
+
+#[actix_web::test]
+async fn ipv6_clients_share_one_bucket_per_64() {
+    let app = spawn_app_with(|s| {
+        s.rate_limit.policies.insert(Policy::Api, PolicySettings::new(2, 60, 2, true));
+        s.server.trusted_proxies = vec!["127.0.0.0/8".into()];
+    })
+    .await;
+    let as_client = |ip: &'static str| app.client.get(app.url("/graphql")).header("X-Forwarded-For", ip).send();
+    assert_eq!(as_client("2001:db8:0:7::1").await.unwrap().status(), 200);
+    assert_eq!(as_client("2001:db8:0:7::2").await.unwrap().status(), 200);
+    assert_eq!(as_client("2001:db8:0:7:abcd::3").await.unwrap().status(), 429, "same /64, same bucket");
+    assert_eq!(as_client("2001:db8:0:8::1").await.unwrap().status(), 200, "another /64 is another client");
+}
+
+const LOGIN: &str = "mutation($input: LoginInput!) { login(input: $input) { accessToken } }";
+
+async fn login_from(app: &TestApp, ip: &str, email: &str, password: &str) -> (u16, serde_json::Value) {
+    let res = app
+        .client
+        .post(app.url("/graphql"))
+        .header("X-Forwarded-For", ip)
+        .json(
+            &serde_json::json!({ "query": LOGIN, "variables": { "input": { "email": email, "password": password } } }),
+        )
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap())
+}
+
+#[actix_web::test]
+async fn failed_sign_ins_from_many_addresses_back_off_the_account() {
+    let app = spawn_app_with(|s| {
+        s.server.trusted_proxies = vec!["127.0.0.0/8".into()];
+        s.auth.login_backoff_after_failures = 3;
+        s.auth.login_backoff_base_secs = 60;
+    })
+    .await;
+    let victim = app.register_user().await;
+    let bystander = app.register_user().await;
+    let code = |body: &serde_json::Value| crate::helpers::error_code(body).unwrap_or_default();
+
+    // A success forgets earlier failures.
+    for ip in ["198.51.100.1", "198.51.100.2"] {
+        assert_eq!(code(&login_from(&app, ip, &victim.email, "wrong password 1").await.1), "UNAUTHENTICATED");
+    }
+    let (_, body) = login_from(&app, "198.51.100.3", &victim.email, crate::helpers::TEST_PASSWORD).await;
+    assert!(body["data"]["login"]["accessToken"].is_string(), "{body}");
+
+    // One guess from each of three addresses: no per-address bucket is near empty...
+    for ip in ["198.51.100.11", "198.51.100.12", "198.51.100.13"] {
+        assert_eq!(code(&login_from(&app, ip, &victim.email, "wrong password 1").await.1), "UNAUTHENTICATED");
+    }
+    // ...but the account now backs off, whoever asks and whatever the password.
+    let (_, body) = login_from(&app, "198.51.100.14", &victim.email, crate::helpers::TEST_PASSWORD).await;
+    assert_eq!(code(&body), "RATE_LIMITED", "{body}");
+    assert!(body["errors"][0]["extensions"]["retryAfter"].as_u64().is_some_and(|s| s >= 1), "{body}");
+    // The email's spelling does not matter, and other accounts are untouched.
+    let shouting = victim.email.to_uppercase();
+    assert_eq!(code(&login_from(&app, "198.51.100.15", &shouting, "wrong password 1").await.1), "RATE_LIMITED");
+    let (_, body) = login_from(&app, "198.51.100.14", &bystander.email, crate::helpers::TEST_PASSWORD).await;
+    assert!(body["data"]["login"]["accessToken"].is_string(), "{body}");
+}
+
+#[actix_web::test]
+async fn a_full_password_hashing_pool_answers_unavailable_with_retry_after() {
+    let app = spawn_app_with(|s| s.auth.max_concurrent_password_hashes = Some(1)).await;
+    let user = app.register_user().await;
+    let held = app.state.password_hashing.try_reserve().expect("the pool has room");
+    let res = app
+        .client
+        .post(app.url("/graphql"))
+        .json(&serde_json::json!({ "query": LOGIN, "variables": { "input": { "email": user.email, "password": crate::helpers::TEST_PASSWORD } } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(res.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(crate::helpers::error_code(&body).as_deref(), Some("UNAVAILABLE"), "{body}");
+    assert!(body["data"].is_null(), "{body}");
+
+    drop(held);
+    let (status, body) = login_from(&app, "127.0.0.1", &user.email, crate::helpers::TEST_PASSWORD).await;
+    assert_eq!(status, 200);
+    assert!(body["data"]["login"]["accessToken"].is_string(), "{body}");
 }
