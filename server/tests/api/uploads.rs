@@ -410,7 +410,10 @@ async fn uploads_abort_cleans_up_and_frees_the_video() {
     let clip = small_clip();
     let ticket = ticket_for(&app, &user, video, &clip, "video/mp4").await;
     assert!(put_file(&app, &ticket, &clip).await.status().is_success());
-    assert!(source_exists(&app, user_id(&user), video).await);
+    // The bytes wait on the upload's staging key; the source is written only at completion.
+    let staging = layout::staging(user_id(&user), video, Uuid::parse_str(ticket["id"].as_str().unwrap()).unwrap());
+    assert!(app.state.store.head(&staging).await.is_ok());
+    assert!(!source_exists(&app, user_id(&user), video).await);
 
     let stranger = app.register_user().await;
     let (_, body) = app.graphql_as(&stranger.bearer(), ABORT, json!({ "id": ticket["id"] })).await;
@@ -424,6 +427,7 @@ async fn uploads_abort_cleans_up_and_frees_the_video() {
     assert_eq!(row.failure_reason.as_deref(), Some("changed my mind"));
     assert_eq!(video_row(&app, video).await.status, VideoStatus::Draft);
     assert!(!source_exists(&app, user_id(&user), video).await);
+    assert!(app.state.store.head(&staging).await.is_err(), "the staging object was left behind");
     // Completing an aborted session is refused; a new session works.
     let body = complete(&app, &user, &ticket["id"]).await;
     assert_eq!(error_code(&body).as_deref(), Some("CONFLICT"), "{body}");
