@@ -71,7 +71,10 @@ pub async fn sweep_staging(state: &AppState, now: chrono::DateTime<Utc>) -> AppR
     for row in rows {
         if let Some(video) = video::Entity::find_by_id(row.video_id).one(&state.db).await? {
             if row.method == UploadMethod::Presigned {
-                store.delete(&crate::storage::layout::staging(video.owner_id, video.id, row.id)).await?;
+                let staging = crate::storage::layout::staging(video.owner_id, video.id, row.id);
+                if !best_effort(row.id, store.delete(&staging).await)? {
+                    continue;
+                }
             }
         }
         if row.status != UploadStatus::Completed {
@@ -87,7 +90,9 @@ pub async fn sweep_staging(state: &AppState, now: chrono::DateTime<Utc>) -> AppR
                     }
                 }
             }
-            store.delete(&super::tail_key(&row.object_key)).await?;
+            if !best_effort(row.id, store.delete(&super::tail_key(&row.object_key)).await)? {
+                continue;
+            }
         }
         upload::Entity::update_many()
             .col_expr(upload::Column::StagingSweptAt, Expr::value(now))
@@ -149,4 +154,18 @@ pub async fn sweep_once(state: &AppState) -> AppResult<u64> {
         }
     }
     Ok(count)
+}
+
+/// A storage step of the staging sweep: storage down is an error (the whole sweep
+/// stops and retries next time); any other failure is logged and leaves the row
+/// for the next sweep (`false`), so one bad object cannot stall the others.
+fn best_effort(id: uuid::Uuid, result: Result<(), crate::storage::StoreError>) -> AppResult<bool> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(err @ crate::storage::StoreError::Unavailable { .. }) => Err(err.into()),
+        Err(err) => {
+            tracing::warn!(upload = %id, error = %err, "could not remove an ended upload's leftovers");
+            Ok(false)
+        }
+    }
 }
