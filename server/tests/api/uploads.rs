@@ -571,13 +571,19 @@ async fn put_part(
     bytes: &[u8],
 ) -> Result<reqwest::Response, reqwest::Error> {
     let part = &ticket["parts"].as_array().unwrap()[number - 1];
-    app.client.put(part["url"].as_str().unwrap()).body(bytes.to_vec()).send().await
+    unpooled_client(app).put(part["url"].as_str().unwrap()).body(bytes.to_vec()).send().await
+}
+
+/// A client of its own, so a connection a server closed on a refused body is never
+/// reused by the next request (which would then fail with a broken pipe).
+fn unpooled_client(_app: &TestApp) -> reqwest::Client {
+    reqwest::Client::builder().pool_max_idle_per_host(0).timeout(std::time::Duration::from_secs(30)).build().unwrap()
 }
 
 /// PUT `bytes` to a PUT ticket, like [`put_file`], but a connection the server
 /// closed on a refused body counts as a refusal (`None`).
 async fn try_put_file(app: &TestApp, ticket: &Value, bytes: &[u8]) -> Option<reqwest::StatusCode> {
-    let mut request = app.client.put(ticket["url"].as_str().unwrap()).body(bytes.to_vec());
+    let mut request = unpooled_client(app).put(ticket["url"].as_str().unwrap()).body(bytes.to_vec());
     for header in ticket["headers"].as_array().unwrap() {
         request = request.header(header["name"].as_str().unwrap(), header["value"].as_str().unwrap());
     }
