@@ -33,6 +33,9 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
     pub completed_at: Option<DateTimeUtc>,
+    /// When the sweeper removed what the ended upload may have left in storage
+    /// (staging object, multipart upload, tus tail) after its URLs had expired.
+    pub staging_swept_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

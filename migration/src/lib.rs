@@ -21,6 +21,7 @@ mod m20261122_000010_create_views_and_moderation;
 mod m20261122_000011_create_webhooks;
 mod m20261122_000012_add_video_event_seq;
 mod m20261206_000001_add_output_bytes_and_processing_usage;
+mod m20261206_000002_add_upload_staging_swept_at;
 
 pub struct Migrator;
 
@@ -41,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000011_create_webhooks::Migration),
             Box::new(m20261122_000012_add_video_event_seq::Migration),
             Box::new(m20261206_000001_add_output_bytes_and_processing_usage::Migration),
+            Box::new(m20261206_000002_add_upload_staging_swept_at::Migration),
         ]
     }
 }

@@ -26,6 +26,13 @@ pub enum ErrorCode {
     UnsupportedMedia,
     /// A resume cursor older than the events still kept (`events.retention_days`).
     CursorExpired,
+    /// A write to an upload that no longer accepts bytes: completed, being
+    /// completed, aborted, expired, or its video deleted. 410: the URL is dead for
+    /// good; start a new upload.
+    UploadClosed,
+    /// A request body that sent nothing for `uploads.tus_body_idle_timeout_secs`.
+    /// What arrived before the pause is kept (tus: resume at the new offset).
+    BodyTimeout,
     Unavailable,
     Internal,
 }
@@ -43,6 +50,8 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMedia => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::CursorExpired => StatusCode::GONE,
+            ErrorCode::UploadClosed => StatusCode::GONE,
+            ErrorCode::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -59,6 +68,8 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             ErrorCode::UnsupportedMedia => "UNSUPPORTED_MEDIA",
             ErrorCode::CursorExpired => "CURSOR_EXPIRED",
+            ErrorCode::UploadClosed => "UPLOAD_CLOSED",
+            ErrorCode::BodyTimeout => "BODY_TIMEOUT",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::Internal => "INTERNAL",
         }
@@ -280,6 +291,9 @@ mod tests {
             ErrorCode::Conflict,
             ErrorCode::PayloadTooLarge,
             ErrorCode::UnsupportedMedia,
+            ErrorCode::CursorExpired,
+            ErrorCode::UploadClosed,
+            ErrorCode::BodyTimeout,
             ErrorCode::Unavailable,
             ErrorCode::Internal,
         ];

@@ -125,6 +125,7 @@ impl Application {
             public_url,
             tus_buffers: crate::uploads::buffer_budget::BufferBudget::new(
                 settings.uploads.tus_buffer_budget_bytes,
+                settings.uploads.tus_buffer_per_user_bytes,
                 crate::uploads::buffer_budget::DEFAULT_WAIT,
             ),
             password_hashing: crate::auth::password::HashingPool::new(settings.auth.max_concurrent_password_hashes),
@@ -147,6 +148,8 @@ impl Application {
         let schema = web::Data::new(build_schema(&settings.graphql, Some(state.clone())));
         let state_data = web::Data::new(state.clone());
         let local_data = local_store.map(web::Data::new);
+        let upload_gate: web::Data<Arc<dyn crate::storage::UploadGate>> =
+            web::Data::new(Arc::new(crate::uploads::gate::DbUploadGate::new(state.db.clone())));
         let settings_for_app = settings.clone();
 
         let server = HttpServer::new(move || {
@@ -166,7 +169,10 @@ impl Application {
                 .app_data(schema.clone())
                 .configure(crate::http::configure);
             if let Some(local) = &local_data {
-                app = app.app_data(local.clone()).configure(crate::storage::configure_signed_routes);
+                app = app
+                    .app_data(local.clone())
+                    .app_data(upload_gate.clone())
+                    .configure(crate::storage::configure_signed_routes);
             }
             app
         })

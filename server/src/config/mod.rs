@@ -448,6 +448,21 @@ impl Settings {
                 "must hold at least one part (part_size_bytes)",
             ));
         }
+        if self.uploads.tus_buffer_per_user_bytes < self.uploads.part_size_bytes {
+            return Err(SettingsError::new(
+                "uploads.tus_buffer_per_user_bytes",
+                "must hold at least one part (part_size_bytes)",
+            ));
+        }
+        if self.uploads.tus_body_idle_timeout_secs == 0 {
+            return Err(SettingsError::new("uploads.tus_body_idle_timeout_secs", "must be at least 1"));
+        }
+        if self.uploads.upload_url_ttl_secs == 0 || self.uploads.upload_url_ttl_secs > 7 * 24 * 3600 {
+            return Err(SettingsError::new(
+                "uploads.upload_url_ttl_secs",
+                "must be between 1 and 604800 (seven days, the longest a presigned URL lives)",
+            ));
+        }
         if self.uploads.part_size_bytes < 5 * 1024 * 1024 {
             return Err(SettingsError::new("uploads.part_size_bytes", "must be at least 5 MiB (S3's smallest part)"));
         }

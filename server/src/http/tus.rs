@@ -17,6 +17,13 @@
 //! Bodies with an `Upload-Checksum`, or without a `Content-Length`, are spooled to
 //! a temp file (at most `uploads.tus_max_chunk_bytes`) and checked before a byte
 //! is stored; other bodies stream straight into storage parts.
+//!
+//! Slow bodies cannot pin memory: part buffers are reserved from the process-wide
+//! budget as bytes arrive, one user holds at most `uploads.tus_buffer_per_user_bytes`
+//! of it, and a body that sends nothing for `uploads.tus_body_idle_timeout_secs` is
+//! ended with 408 `BODY_TIMEOUT`. In each case the bytes that arrived before are
+//! kept (streamed bodies; a spooled body is all or nothing) and the response
+//! carries the new `Upload-Offset`.
 
 // Handlers answer early with a ready response; boxing it would buy nothing.
 #![allow(clippy::result_large_err)]
@@ -387,6 +394,8 @@ async fn patch_locked(
         return Err(too_large());
     }
 
+    let idle = std::time::Duration::from_secs(state.settings.uploads.tus_body_idle_timeout_secs.max(1));
+    let payload = with_idle_timeout(payload, idle);
     let appended = if checksum.is_some() || content_length.is_none() {
         let limit = remaining.min(state.settings.uploads.tus_max_chunk_bytes.max(1));
         let spooled = match spool(payload, limit).await {
@@ -415,13 +424,15 @@ async fn patch_locked(
         }
         tus_store::append(state, row, file_stream(spooled.file)).await
     } else {
-        let stream = payload
-            .map(|chunk| chunk.map_err(|e| AppError::bad_input("the request body could not be read").with_source(e)));
-        tus_store::append(state, row, Box::pin(stream)).await
+        tus_store::append(state, row, payload).await
     };
     let appended = appended.map_err(error)?;
     if let Some(err) = appended.body_error {
-        return Err(error(err));
+        let mut res = error(err);
+        if let Ok(value) = HeaderValue::from_str(&appended.offset.to_string()) {
+            res.headers_mut().insert(HeaderName::from_static("upload-offset"), value);
+        }
+        return Err(res);
     }
     if appended.offset < declared {
         return Ok((appended.offset, false));
@@ -443,15 +454,46 @@ enum SpoolError {
     Body(AppError),
 }
 
+/// The request body, ended with `BODY_TIMEOUT` when it sends nothing for `idle`
+/// (only time spent waiting for the client counts, not time spent storing).
+fn with_idle_timeout(
+    payload: web::Payload,
+    idle: std::time::Duration,
+) -> std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, AppError>>>> {
+    Box::pin(futures::stream::unfold(Some(payload), move |payload| async move {
+        let mut payload = payload?;
+        match tokio::time::timeout(idle, payload.next()).await {
+            Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(payload))),
+            Ok(Some(Err(err))) => {
+                Some((Err(AppError::bad_input("the request body could not be read").with_source(err)), None))
+            }
+            Ok(None) => None,
+            Err(_) => {
+                metrics::counter!("reelhouse_tus_body_timeouts_total").increment(1);
+                let err = AppError::new(
+                    ErrorCode::BodyTimeout,
+                    format!(
+                        "the request body sent nothing for {} s; what arrived before is kept, resume at the Upload-Offset",
+                        idle.as_secs()
+                    ),
+                );
+                Some((Err(err), None))
+            }
+        }
+    }))
+}
+
 /// Copy the body to an unnamed temp file (gone when dropped), hashing it.
-async fn spool(mut payload: web::Payload, limit: u64) -> Result<Spooled, SpoolError> {
+async fn spool<S>(mut payload: S, limit: u64) -> Result<Spooled, SpoolError>
+where
+    S: Stream<Item = Result<Bytes, AppError>> + Unpin,
+{
     let mut file = tempfile::tempfile().map_err(|e| SpoolError::Body(AppError::internal(e)))?;
     let mut sha1 = Sha1::new();
     let mut sha256 = Sha256::new();
     let mut len = 0u64;
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk
-            .map_err(|e| SpoolError::Body(AppError::bad_input("the request body could not be read").with_source(e)))?;
+        let chunk = chunk.map_err(SpoolError::Body)?;
         len += chunk.len() as u64;
         if len > limit {
             return Err(SpoolError::TooLarge);

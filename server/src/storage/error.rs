@@ -44,6 +44,11 @@ pub enum StoreError {
     #[error("signature expired")]
     SignatureExpired,
 
+    /// A signed upload URL whose upload no longer accepts bytes (see
+    /// [`super::UploadGate`]).
+    #[error("this upload no longer accepts bytes; start a new upload")]
+    UploadClosed,
+
     /// The body stream handed to `put` failed (the uploader went away, a read failed).
     #[error("upload body could not be read")]
     Body(#[source] std::io::Error),
@@ -96,6 +101,7 @@ impl StoreError {
             StoreError::TooLarge { .. } => ErrorCode::PayloadTooLarge,
             StoreError::KeyConflict => ErrorCode::Conflict,
             StoreError::InvalidSignature | StoreError::SignatureExpired => ErrorCode::Forbidden,
+            StoreError::UploadClosed => ErrorCode::UploadClosed,
             StoreError::Unavailable { .. } => ErrorCode::Unavailable,
             StoreError::Backend { .. } | StoreError::Io { .. } | StoreError::Config(_) => ErrorCode::Internal,
         }

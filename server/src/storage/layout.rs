@@ -12,6 +12,13 @@ pub fn source(owner: Uuid, video: Uuid) -> String {
     format!("{}source", video_prefix(owner, video))
 }
 
+/// Where a presigned single `PUT` of upload `upload` lands. The upload's URL is
+/// signed for this key only; completion moves the object to [`source`], so a URL
+/// replayed after completion can never overwrite the accepted source.
+pub fn staging(owner: Uuid, video: Uuid, upload: Uuid) -> String {
+    format!("{}staging/{upload}", video_prefix(owner, video))
+}
+
 /// Directory of the HLS ladder (`master.m3u8`, `{rendition}/index.m3u8`, segments).
 pub fn hls_prefix(owner: Uuid, video: Uuid) -> String {
     format!("{}hls/", video_prefix(owner, video))
@@ -55,9 +62,14 @@ mod tests {
     #[test]
     fn keys_are_valid_and_nested() {
         let (u, v) = (Uuid::now_v7(), Uuid::now_v7());
-        for key in
-            [source(u, v), hls_master(u, v), hls_playlist(u, v, "720p"), download(u, v, "video.mp4"), poster(u, v)]
-        {
+        for key in [
+            source(u, v),
+            staging(u, v, Uuid::now_v7()),
+            hls_master(u, v),
+            hls_playlist(u, v, "720p"),
+            download(u, v, "video.mp4"),
+            poster(u, v),
+        ] {
             crate::storage::validate_key(&key).expect("valid key");
             assert!(key.starts_with(&video_prefix(u, v)));
         }

@@ -27,12 +27,16 @@
 //!     &X-Reelhouse-Expires={unix seconds}
 //!     [&X-Reelhouse-Content-Type={type}]                      presigned PUT with a type
 //!     [&X-Reelhouse-Upload-Id={id}&X-Reelhouse-Part={n}]      presigned part upload
+//!     [&X-Reelhouse-Session={uuid}&X-Reelhouse-Length={n}]     bound to an upload session
 //!     &X-Reelhouse-Signature={hex HMAC-SHA256}
 //! ```
 //!
 //! The signature is HMAC-SHA256 with the configured key over the string
-//! `"reelhouse-storage-v1\n{METHOD}\n{key}\n{expires}\n{content type}\n{upload id}\n{part}"`
-//! (absent fields are empty). No field can contain a newline (keys and content
+//! `"reelhouse-storage-v2\n{METHOD}\n{key}\n{expires}\n{content type}\n{upload id}\n{part}\n{session}\n{length}"`
+//! (absent fields are empty). A URL bound to an upload session carries exactly
+//! `length` bytes (a longer or shorter body stores nothing), and the signed route
+//! asks the [`super::UploadGate`] whether the session is still OPEN before it reads
+//! a byte (`410 UPLOAD_CLOSED` otherwise). No field can contain a newline (keys and content
 //! types are refused with control characters, the others are numbers or hex), so
 //! the string is unambiguous. Verification is constant-time (`Mac::verify_slice`).
 //! A `HEAD` request is accepted with a `GET` signature.
@@ -56,11 +60,11 @@ use super::op_metrics::observe;
 use super::{
     unquote_etag, validate_completed_parts, validate_expiry, validate_key, validate_part_number, validate_prefix,
     ByteRange, ByteStream, CompletedPart, GetResult, LocalFile, ObjectMeta, ObjectStore, PresignedRequest, StoreError,
-    UploadedPart, MAX_PART_SIZE, MIN_PART_SIZE,
+    UploadBinding, UploadedPart, MAX_PART_SIZE, MAX_SINGLE_PUT_SIZE, MIN_PART_SIZE,
 };
 
 const BACKEND: &str = "local";
-const SIGNATURE_VERSION: &str = "reelhouse-storage-v1";
+const SIGNATURE_VERSION: &str = "reelhouse-storage-v2";
 const READ_CHUNK: usize = 64 * 1024;
 const WRITE_BUFFER: usize = 256 * 1024;
 /// A signing key shorter than this is refused: it would be guessable.
@@ -71,6 +75,8 @@ pub(crate) const QUERY_EXPIRES: &str = "X-Reelhouse-Expires";
 pub(crate) const QUERY_CONTENT_TYPE: &str = "X-Reelhouse-Content-Type";
 pub(crate) const QUERY_UPLOAD_ID: &str = "X-Reelhouse-Upload-Id";
 pub(crate) const QUERY_PART: &str = "X-Reelhouse-Part";
+pub(crate) const QUERY_SESSION: &str = "X-Reelhouse-Session";
+pub(crate) const QUERY_LENGTH: &str = "X-Reelhouse-Length";
 pub(crate) const QUERY_SIGNATURE: &str = "X-Reelhouse-Signature";
 
 /// How to build a [`LocalStore`].
@@ -141,6 +147,10 @@ pub(crate) struct SignedParams {
     pub content_type: Option<String>,
     pub upload_id: Option<String>,
     pub part: Option<i32>,
+    /// The upload session a bound URL belongs to (a UUID).
+    pub session: Option<String>,
+    /// The exact body length of a bound URL.
+    pub length: Option<u64>,
     pub signature: String,
 }
 
@@ -352,19 +362,44 @@ impl LocalStore {
         .await
     }
 
+    /// `put` of exactly `length` bytes (a session-bound URL): a longer body is cut
+    /// off at `length + 1` bytes, and a body of any other length stores nothing.
+    pub(crate) async fn put_exact(
+        &self,
+        key: &str,
+        body: ByteStream,
+        content_type: Option<&str>,
+        length: u64,
+    ) -> Result<ObjectMeta, StoreError> {
+        observe(BACKEND, "put", key, async {
+            validate_key(key)?;
+            let content_type = content_type.map(validated_content_type).transpose()?;
+            let written = self.write_temp(body, Some(length)).await?;
+            check_exact(written.size, length)?;
+            self.commit(key, written, content_type).await
+        })
+        .await
+    }
+
     /// Upload a part from a stream (the signed part route streams straight to disk).
+    /// With `exact`, the part must be exactly that many bytes (a session-bound URL).
     pub(crate) async fn upload_part_stream(
         &self,
         key: &str,
         upload_id: &str,
         part_number: i32,
         body: ByteStream,
+        exact: Option<u64>,
     ) -> Result<String, StoreError> {
         observe(BACKEND, "upload_part", key, async {
             validate_key(key)?;
             validate_part_number(part_number)?;
             let dir = self.open_upload(key, upload_id).await?.0;
-            let mut written = self.write_temp(body, Some(MAX_PART_SIZE)).await?;
+            let limit = exact.map_or(MAX_PART_SIZE, |len| len.min(MAX_PART_SIZE));
+            let mut written = self.write_temp(body, Some(limit)).await?;
+            if let Some(length) = exact {
+                check_exact(written.size, length)?;
+            }
             match fs::rename(&written.temp.path, dir.join(part_file_name(part_number))).await {
                 Ok(()) => written.temp.keep = true,
                 // The upload was aborted or completed while the part was arriving.
@@ -503,10 +538,12 @@ impl LocalStore {
 
     fn string_to_sign(method: &str, key: &str, expires: i64, params: &SignedParams) -> String {
         format!(
-            "{SIGNATURE_VERSION}\n{method}\n{key}\n{expires}\n{}\n{}\n{}",
+            "{SIGNATURE_VERSION}\n{method}\n{key}\n{expires}\n{}\n{}\n{}\n{}\n{}",
             params.content_type.as_deref().unwrap_or(""),
             params.upload_id.as_deref().unwrap_or(""),
             params.part.map(|p| p.to_string()).unwrap_or_default(),
+            params.session.as_deref().unwrap_or(""),
+            params.length.map(|l| l.to_string()).unwrap_or_default(),
         )
     }
 
@@ -540,6 +577,9 @@ impl LocalStore {
             }
             if let (Some(upload_id), Some(part)) = (&params.upload_id, params.part) {
                 query.append_pair(QUERY_UPLOAD_ID, upload_id).append_pair(QUERY_PART, &part.to_string());
+            }
+            if let (Some(session), Some(length)) = (&params.session, params.length) {
+                query.append_pair(QUERY_SESSION, session).append_pair(QUERY_LENGTH, &length.to_string());
             }
             query.append_pair(QUERY_SIGNATURE, &params.signature);
         }
@@ -660,6 +700,86 @@ impl ObjectStore for LocalStore {
         .await
     }
 
+    async fn presign_bound_put(
+        &self,
+        key: &str,
+        expires_in: Duration,
+        content_type: Option<&str>,
+        binding: UploadBinding,
+    ) -> Result<PresignedRequest, StoreError> {
+        observe(BACKEND, "presign_put", key, async {
+            validate_key(key)?;
+            check_bound_length(binding.length, MAX_SINGLE_PUT_SIZE)?;
+            let content_type = content_type.map(validated_content_type).transpose()?;
+            let params = SignedParams {
+                content_type,
+                session: Some(binding.session.to_string()),
+                length: Some(binding.length),
+                ..SignedParams::default()
+            };
+            self.sign_url("PUT", key, expires_in, params)
+        })
+        .await
+    }
+
+    async fn presign_bound_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        expires_in: Duration,
+        binding: UploadBinding,
+    ) -> Result<PresignedRequest, StoreError> {
+        observe(BACKEND, "presign_upload_part", key, async {
+            validate_key(key)?;
+            validate_part_number(part_number)?;
+            check_bound_length(binding.length, MAX_PART_SIZE)?;
+            self.upload_dir(upload_id)?;
+            let params = SignedParams {
+                upload_id: Some(upload_id.to_owned()),
+                part: Some(part_number),
+                session: Some(binding.session.to_string()),
+                length: Some(binding.length),
+                ..SignedParams::default()
+            };
+            self.sign_url("PUT", key, expires_in, params)
+        })
+        .await
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<ObjectMeta, StoreError> {
+        observe(BACKEND, "rename", to, async {
+            validate_key(from)?;
+            validate_key(to)?;
+            if from == to {
+                return self.open_object(to).await.map(|(_, meta)| meta);
+            }
+            if fs::metadata(self.object_path(to)).await.map(|m| m.is_dir()).unwrap_or(false) {
+                return Err(StoreError::KeyConflict);
+            }
+            // The bytes first, then the sidecar: a reader of `to` in between falls
+            // back to the size/mtime ETag (see `open_object_checked`).
+            match fs::metadata(self.object_path(from)).await {
+                Ok(meta) if meta.is_file() => {}
+                Ok(_) => return Err(StoreError::not_found(from)),
+                Err(err) if is_missing(&err) => return Err(StoreError::not_found(from)),
+                Err(err) => return Err(StoreError::Io { op: "rename object", source: err }),
+            }
+            self.rename_into_place(&self.object_path(from), &self.object_path(to)).await?;
+            match fs::metadata(self.meta_path(from)).await {
+                Ok(_) => self.rename_into_place(&self.meta_path(from), &self.meta_path(to)).await?,
+                Err(_) => {
+                    // No sidecar (written by hand): drop a stale one of `to`.
+                    let _ = fs::remove_file(self.meta_path(to)).await;
+                }
+            }
+            prune_empty_parents(&self.objects, from).await;
+            prune_empty_parents(&self.meta, from).await;
+            self.open_object(to).await.map(|(_, meta)| meta)
+        })
+        .await
+    }
+
     async fn presign_get(&self, key: &str, expires_in: Duration) -> Result<PresignedRequest, StoreError> {
         observe(BACKEND, "presign_get", key, async {
             validate_key(key)?;
@@ -698,7 +818,7 @@ impl ObjectStore for LocalStore {
         if body.len() as u64 > MAX_PART_SIZE {
             return Err(StoreError::TooLarge { limit: MAX_PART_SIZE });
         }
-        self.upload_part_stream(key, upload_id, part_number, single_chunk(body)).await
+        self.upload_part_stream(key, upload_id, part_number, single_chunk(body), None).await
     }
 
     async fn presign_upload_part(
@@ -844,6 +964,24 @@ impl ObjectStore for LocalStore {
         })
         .await
     }
+}
+
+/// A bound URL carries at least one byte and at most what one request may.
+fn check_bound_length(length: u64, max: u64) -> Result<(), StoreError> {
+    if length == 0 || length > max {
+        return Err(StoreError::InvalidRequest(format!("a bound upload URL carries between 1 and {max} bytes")));
+    }
+    Ok(())
+}
+
+/// A session-bound body must be exactly as long as signed.
+fn check_exact(size: u64, length: u64) -> Result<(), StoreError> {
+    if size != length {
+        return Err(StoreError::InvalidRequest(format!(
+            "the body has {size} bytes but this URL accepts exactly {length}; nothing was stored"
+        )));
+    }
+    Ok(())
 }
 
 fn single_chunk(bytes: Bytes) -> ByteStream {

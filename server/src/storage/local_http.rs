@@ -15,10 +15,12 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::local::{
-    SignedParams, QUERY_CONTENT_TYPE, QUERY_EXPIRES, QUERY_METHOD, QUERY_PART, QUERY_SIGNATURE, QUERY_UPLOAD_ID,
+    SignedParams, QUERY_CONTENT_TYPE, QUERY_EXPIRES, QUERY_LENGTH, QUERY_METHOD, QUERY_PART, QUERY_SESSION,
+    QUERY_SIGNATURE, QUERY_UPLOAD_ID,
 };
 use super::{
-    validate_key, ByteStream, LocalStore, ObjectMeta, ObjectStore, StoreError, MAX_PART_SIZE, MAX_SINGLE_PUT_SIZE,
+    validate_key, ByteStream, LocalStore, ObjectMeta, ObjectStore, StoreError, UploadGate, MAX_PART_SIZE,
+    MAX_SINGLE_PUT_SIZE,
 };
 use crate::error::AppError;
 
@@ -50,6 +52,10 @@ fn parse_signed_query(query: &str) -> Result<SignedParams, StoreError> {
             QUERY_PART => {
                 params.part.replace(value.parse::<i32>().map_err(|_| StoreError::InvalidSignature)?).is_none()
             }
+            QUERY_SESSION => params.session.replace(value).is_none(),
+            QUERY_LENGTH => {
+                params.length.replace(value.parse::<u64>().map_err(|_| StoreError::InvalidSignature)?).is_none()
+            }
             QUERY_SIGNATURE => signature.replace(value).is_none(),
             _ => true,
         };
@@ -60,7 +66,7 @@ fn parse_signed_query(query: &str) -> Result<SignedParams, StoreError> {
     params.method = method.ok_or(StoreError::InvalidSignature)?;
     params.expires = expires.ok_or(StoreError::InvalidSignature)?;
     params.signature = signature.ok_or(StoreError::InvalidSignature)?;
-    if params.upload_id.is_some() != params.part.is_some() {
+    if params.upload_id.is_some() != params.part.is_some() || params.session.is_some() != params.length.is_some() {
         return Err(StoreError::InvalidSignature);
     }
     Ok(params)
@@ -113,21 +119,50 @@ async fn signed_put(
         (None, sent) => sent.map(str::to_owned),
     };
 
-    let limit = if params.upload_id.is_some() { MAX_PART_SIZE } else { MAX_SINGLE_PUT_SIZE };
+    // A URL bound to an upload session works only while that session is OPEN (asked
+    // before a byte is read) and carries exactly the signed length.
+    if let Some(session) = params.session.as_deref() {
+        let session = uuid::Uuid::parse_str(session).map_err(|_| StoreError::InvalidSignature)?;
+        let gate = req.app_data::<web::Data<Arc<dyn UploadGate>>>().ok_or(StoreError::UploadClosed)?;
+        gate.check(session, &key).await?;
+    }
+    let limit = match params.length {
+        Some(length) => length,
+        None if params.upload_id.is_some() => MAX_PART_SIZE,
+        None => MAX_SINGLE_PUT_SIZE,
+    };
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit) {
         return Err(StoreError::TooLarge { limit }.into());
+    }
+    if let (Some(length), Some(declared)) = (params.length, declared) {
+        if declared != length {
+            return Err(StoreError::InvalidRequest(format!(
+                "this URL accepts exactly {length} bytes, the request declares {declared}"
+            ))
+            .into());
+        }
     }
 
     let (body, pump) = bridge_payload(payload);
     let etag = match (params.upload_id.as_deref(), params.part) {
         (Some(upload_id), Some(part)) => {
-            let (etag, ()) = futures::join!(store.upload_part_stream(&key, upload_id, part, body), pump);
+            let (etag, ()) = futures::join!(store.upload_part_stream(&key, upload_id, part, body, params.length), pump);
             etag?
         }
         _ => {
-            let put = store.put_limited(&key, body, content_type.as_deref(), Some(limit));
-            let (meta, ()) = futures::join!(put, pump);
+            let meta = match params.length {
+                Some(length) => {
+                    let put = store.put_exact(&key, body, content_type.as_deref(), length);
+                    let (meta, ()) = futures::join!(put, pump);
+                    meta
+                }
+                None => {
+                    let put = store.put_limited(&key, body, content_type.as_deref(), Some(limit));
+                    let (meta, ()) = futures::join!(put, pump);
+                    meta
+                }
+            };
             meta?.etag.unwrap_or_default()
         }
     };
@@ -202,6 +237,9 @@ mod tests {
         assert!(parse_signed_query("X-Reelhouse-Method=GET&X-Reelhouse-Expires=10").is_err());
         assert!(parse_signed_query(&format!("{ok}&X-Reelhouse-Method=PUT")).is_err());
         assert!(parse_signed_query(&format!("{ok}&X-Reelhouse-Part=1")).is_err());
+        assert!(parse_signed_query(&format!("{ok}&X-Reelhouse-Length=1")).is_err());
+        assert!(parse_signed_query(&format!("{ok}&X-Reelhouse-Session=a&X-Reelhouse-Length=1")).is_ok());
+        assert!(parse_signed_query(&format!("{ok}&X-Reelhouse-Session=a&X-Reelhouse-Length=x")).is_err());
         assert!(parse_signed_query("X-Reelhouse-Method=GET&X-Reelhouse-Expires=x&X-Reelhouse-Signature=ab").is_err());
     }
 }

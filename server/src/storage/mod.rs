@@ -180,6 +180,26 @@ pub struct PresignedRequest {
     pub expires_at: DateTime<Utc>,
 }
 
+/// What a presigned upload URL is bound to (see [`ObjectStore::presign_bound_put`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadBinding {
+    /// The upload session (the `uploads` row) the URL belongs to.
+    pub session: uuid::Uuid,
+    /// The exact number of bytes the request must carry.
+    pub length: u64,
+}
+
+/// Asked by the local store's signed `PUT` route, before it reads a byte, whether
+/// the upload session a URL is bound to still accepts bytes at that key. Lives in
+/// the uploads service; registered as `web::Data<Arc<dyn UploadGate>>` next to the
+/// local store. Without one, session-bound URLs are refused.
+#[async_trait]
+pub trait UploadGate: Send + Sync + 'static {
+    /// `Ok` while `session` accepts bytes at `key`, [`StoreError::UploadClosed`]
+    /// once it does not (completed, completing, aborted, expired, video deleted).
+    async fn check(&self, session: uuid::Uuid, key: &str) -> Result<(), StoreError>;
+}
+
 /// One uploaded part, as passed to [`ObjectStore::complete_multipart`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CompletedPart {
@@ -236,6 +256,35 @@ pub trait ObjectStore: Send + Sync + 'static {
         expires_in: Duration,
         content_type: Option<&str>,
     ) -> Result<PresignedRequest, StoreError>;
+
+    /// [`ObjectStore::presign_put`] for an upload session: the URL accepts one `PUT`
+    /// of exactly `binding.length` bytes. S3 signs the `Content-Length`; the local
+    /// store signs the session and length, caps the body at that length and asks
+    /// the [`UploadGate`] before it reads a byte, so the URL stops working the
+    /// moment its upload is no longer OPEN.
+    async fn presign_bound_put(
+        &self,
+        key: &str,
+        expires_in: Duration,
+        content_type: Option<&str>,
+        binding: UploadBinding,
+    ) -> Result<PresignedRequest, StoreError>;
+
+    /// [`ObjectStore::presign_upload_part`] bound like [`ObjectStore::presign_bound_put`]
+    /// (`binding.length` is this part's exact length).
+    async fn presign_bound_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        expires_in: Duration,
+        binding: UploadBinding,
+    ) -> Result<PresignedRequest, StoreError>;
+
+    /// Move the object at `from` to `to`, replacing any object there. Local disk:
+    /// a rename; S3: a server-side copy, then the delete of `from`. Objects up to
+    /// [`MAX_SINGLE_PUT_SIZE`] (what one presigned `PUT` can carry).
+    async fn rename(&self, from: &str, to: &str) -> Result<ObjectMeta, StoreError>;
 
     /// A URL that serves `GET` (ranges allowed) until `expires_in` has passed.
     async fn presign_get(&self, key: &str, expires_in: Duration) -> Result<PresignedRequest, StoreError>;

@@ -28,7 +28,7 @@ use super::op_metrics::observe;
 use super::{
     unquote_etag, validate_completed_parts, validate_expiry, validate_key, validate_part_number, validate_prefix,
     ByteRange, ByteStream, CompletedPart, GetResult, ObjectMeta, ObjectStore, PresignedRequest, StoreError,
-    UploadedPart, MAX_PART_NUMBER, MAX_PART_SIZE,
+    UploadBinding, UploadedPart, MAX_PART_NUMBER, MAX_PART_SIZE, MAX_SINGLE_PUT_SIZE,
 };
 
 const BACKEND: &str = "s3";
@@ -503,6 +503,96 @@ impl ObjectStore for S3Store {
         .await
     }
 
+    async fn presign_bound_put(
+        &self,
+        key: &str,
+        expires_in: Duration,
+        content_type: Option<&str>,
+        binding: UploadBinding,
+    ) -> Result<PresignedRequest, StoreError> {
+        observe(BACKEND, "presign_put", key, async {
+            let config = self.presign("presign_put", key, expires_in)?;
+            let content_type = content_type.map(validated_content_type).transpose()?;
+            let length = bound_length(binding.length, MAX_SINGLE_PUT_SIZE)?;
+            // The Content-Length is a signed header: S3 refuses any other body length.
+            let result = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(self.full_key(key))
+                .content_length(length)
+                .set_content_type(content_type)
+                .set_server_side_encryption(self.sse.clone())
+                .presigned(config)
+                .await;
+            presigned("presign_put", key, expires_in, result)
+        })
+        .await
+    }
+
+    async fn presign_bound_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        expires_in: Duration,
+        binding: UploadBinding,
+    ) -> Result<PresignedRequest, StoreError> {
+        observe(BACKEND, "presign_upload_part", key, async {
+            validate_part_number(part_number)?;
+            let config = self.presign("presign_upload_part", key, expires_in)?;
+            let length = bound_length(binding.length, MAX_PART_SIZE)?;
+            let result = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(self.full_key(key))
+                .upload_id(upload_id)
+                .part_number(part_number)
+                .content_length(length)
+                .presigned(config)
+                .await;
+            presigned("presign_upload_part", key, expires_in, result)
+        })
+        .await
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<ObjectMeta, StoreError> {
+        observe(BACKEND, "rename", to, async {
+            validate_key(from)?;
+            validate_key(to)?;
+            if from == to {
+                return self.head(to).await;
+            }
+            let meta = self.head(from).await?;
+            if meta.size > MAX_SINGLE_PUT_SIZE {
+                return Err(StoreError::TooLarge { limit: MAX_SINGLE_PUT_SIZE });
+            }
+            // Copy exactly the version we looked at: a concurrent PUT to `from`
+            // makes the copy fail instead of moving other bytes.
+            let mut copy = self
+                .client
+                .copy_object()
+                .bucket(&self.bucket)
+                .key(self.full_key(to))
+                .copy_source(copy_source(&self.bucket, &self.full_key(from)))
+                .set_server_side_encryption(self.sse.clone());
+            if let Some(etag) = &meta.etag {
+                copy = copy.copy_source_if_match(format!("\"{etag}\""));
+            }
+            copy.send().await.map_err(|err| map_sdk_error("rename", from, err))?;
+            let result = self.client.delete_object().bucket(&self.bucket).key(self.full_key(from)).send().await;
+            match result.map_err(|err| map_sdk_error("rename", from, err)) {
+                Ok(_) | Err(StoreError::NotFound { .. }) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not delete a renamed object's old key; the upload sweeper will")
+                }
+            }
+            self.head(to).await
+        })
+        .await
+    }
+
     async fn presign_get(&self, key: &str, expires_in: Duration) -> Result<PresignedRequest, StoreError> {
         observe(BACKEND, "presign_get", key, async {
             let config = self.presign("presign_get", key, expires_in)?;
@@ -710,6 +800,27 @@ where
     }
 }
 
+/// A bound URL carries between 1 and `max` bytes; as the SDK's `i64`.
+fn bound_length(length: u64, max: u64) -> Result<i64, StoreError> {
+    if length == 0 || length > max {
+        return Err(StoreError::InvalidRequest(format!("a bound upload URL carries between 1 and {max} bytes")));
+    }
+    i64::try_from(length).map_err(|_| StoreError::InvalidRequest("the upload length is out of range".into()))
+}
+
+/// `x-amz-copy-source`: `bucket/key`, URL-encoded except for the slashes.
+fn copy_source(bucket: &str, full_key: &str) -> String {
+    let mut out = String::with_capacity(bucket.len() + full_key.len() + 8);
+    for byte in bucket.bytes().chain(std::iter::once(b'/')).chain(full_key.bytes()) {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~' | b'/') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 /// `bytes first-last/size` → `(first, last, size)`.
 fn parse_content_range(value: &str) -> Option<(u64, u64, u64)> {
     let (range, size) = value.strip_prefix("bytes ")?.split_once('/')?;
@@ -735,6 +846,11 @@ fn sdk_body_stream(body: aws_sdk_s3::primitives::ByteStream) -> ByteStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_sources_are_encoded_except_slashes() {
+        assert_eq!(copy_source("b", "p/users/1/a b+c"), "b/p/users/1/a%20b%2Bc");
+    }
 
     #[test]
     fn content_ranges_parse() {

@@ -80,6 +80,15 @@ pub async fn complete(state: &AppState, id: Uuid) -> AppResult<video::Model> {
         super::abort::finish_claimed(state, &row, UploadStatus::Aborted, "the video was deleted").await?;
         return Err(AppError::not_found("video"));
     }
+    // A presigned PUT's bytes move from the upload's staging key into place before
+    // anything reads them: from here on no URL can change what is verified.
+    let row = match move_staging(state, row, &video).await {
+        Ok(row) => row,
+        Err(err) => {
+            reopen(state, id).await;
+            return Err(err);
+        }
+    };
     let started = std::time::Instant::now();
     let result = match verify(state, &row).await {
         Ok(info) => accept(state, &row, &info).await.map_err(Failure::Reopen),
@@ -101,6 +110,34 @@ pub async fn complete(state: &AppState, id: Uuid) -> AppResult<video::Model> {
             Err(AppError::new(code, reason))
         }
     }
+}
+
+/// PRESIGNED sessions: rename the staging object to the video's source key and
+/// record that in the row (still COMPLETING). Afterwards the row's `object_key` is
+/// the source, so a retried completion (after a transient failure) finds the bytes
+/// there, and the staging URL is refused for good (its key no longer matches).
+async fn move_staging(state: &AppState, mut row: upload::Model, video: &video::Model) -> AppResult<upload::Model> {
+    let source = crate::storage::layout::source(video.owner_id, video.id);
+    if row.method != UploadMethod::Presigned || row.object_key == source || row.s3_upload_id.is_some() {
+        return Ok(row);
+    }
+    match state.store.rename(&row.object_key, &source).await {
+        Ok(_) => {}
+        Err(StoreError::NotFound { .. }) => return Err(AppError::bad_input("nothing has been uploaded yet")),
+        Err(err) => return Err(err.into()),
+    }
+    let moved = upload::Entity::update_many()
+        .col_expr(upload::Column::ObjectKey, Expr::value(source.clone()))
+        .col_expr(upload::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(upload::Column::Id.eq(row.id))
+        .filter(upload::Column::Status.eq(UploadStatus::Completing))
+        .exec(&state.db)
+        .await?;
+    if moved.rows_affected != 1 {
+        return Err(AppError::new(ErrorCode::Conflict, "the upload changed while it was being completed"));
+    }
+    row.object_key = source;
+    Ok(row)
 }
 
 async fn load_video(state: &AppState, id: Uuid) -> AppResult<video::Model> {

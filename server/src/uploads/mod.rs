@@ -1,15 +1,27 @@
 //! Uploads: sessions that bring a video's source bytes into storage.
 //!
-//! One `uploads` row per attempt. Bytes arrive one of three ways, all into the
-//! object at [`crate::storage::layout::source`]:
+//! One `uploads` row per attempt. Bytes arrive one of three ways; none of them
+//! gives a client anything that can write the video's source object
+//! ([`crate::storage::layout::source`]) — only completion does, after it has
+//! claimed the session:
 //!
-//! - `PRESIGNED`: one presigned `PUT` straight to storage (small files);
-//! - `MULTIPART`: presigned part URLs of a storage multipart upload (large files);
-//!   at completion the server asks the store which parts arrived (`list_parts`),
+//! - `PRESIGNED`: one presigned `PUT` straight to storage (small files), to the
+//!   upload's own staging key ([`crate::storage::layout::staging`]); completion
+//!   moves it into place (local: rename; S3: copy + delete);
+//! - `MULTIPART`: presigned part URLs of a storage multipart upload (large files)
+//!   whose object is the source key: parts are invisible until the server
+//!   completes the upload, and part URLs die with the multipart upload. At
+//!   completion the server asks the store which parts arrived (`list_parts`),
 //!   so clients never send ETags back;
 //! - tus (`/uploads/{id}`, [`tus_store`]): the server streams PATCH bodies into
 //!   multipart parts itself. Every session (also PRESIGNED/MULTIPART ones) has a
 //!   tus URL; a client uses either the presigned path or tus, not both.
+//!
+//! Presigned URLs are bound to their session and its exact length
+//! ([`crate::storage::UploadBinding`]), live `uploads.upload_url_ttl_secs` at most,
+//! and (local disk) stop working the moment the session is not OPEN
+//! (`UPLOAD_CLOSED`); on S3 a late `PUT` can only reach the staging key, which the
+//! [`sweeper`] removes once every URL of the upload has expired.
 //!
 //! Completion ([`completion`]) verifies, probes and enqueues the transcode in one
 //! transaction; [`abort`] and the [`sweeper`] clean up sessions that never finish.
@@ -21,6 +33,7 @@
 pub mod abort;
 pub mod buffer_budget;
 pub mod completion;
+pub mod gate;
 pub mod sweeper;
 pub mod tickets;
 pub mod tus_store;
@@ -191,12 +204,16 @@ pub async fn open_session(
     } else {
         UploadMethod::Multipart
     };
-    let object_key = layout::source(video.owner_id, video.id);
+    let id = Uuid::now_v7();
+    let object_key = match method {
+        UploadMethod::Presigned => layout::staging(video.owner_id, video.id, id),
+        _ => layout::source(video.owner_id, video.id),
+    };
     let multipart_id = match method {
         UploadMethod::Presigned => None,
         _ => Some(state.store.create_multipart(&object_key, Some(&content_type)).await?),
     };
-    let result = insert_session(state, &video, method, &object_key, multipart_id.clone(), |row| {
+    let result = insert_session(state, &video, id, method, &object_key, multipart_id.clone(), |row| {
         row.filename = Set(filename.clone());
         row.content_type = Set(content_type.clone());
         row.declared_size = Set(request.size);
@@ -236,6 +253,7 @@ fn ensure_uploadable(video: &video::Model) -> AppResult<()> {
 async fn insert_session(
     state: &AppState,
     video: &video::Model,
+    id: Uuid,
     method: UploadMethod,
     object_key: &str,
     multipart_id: Option<String>,
@@ -245,7 +263,7 @@ async fn insert_session(
     let now = Utc::now();
     let txn = crate::db::begin_write(&state.db).await?;
     let mut row = upload::ActiveModel {
-        id: Set(Uuid::now_v7()),
+        id: Set(id),
         video_id: Set(video.id),
         method: Set(method),
         status: Set(UploadStatus::Open),

@@ -2,11 +2,17 @@
 //! their bytes are removed and the video goes back to DRAFT. Sessions stuck in
 //! COMPLETING (the process died mid-completion) are reopened, so the client's next
 //! `completeUpload` (or final tus PATCH) runs the completion again.
+//!
+//! Once every presigned URL of an ended upload has expired, [`sweep_staging`]
+//! removes what such a URL may still have written: the upload's staging object
+//! (an S3 presigned `PUT` cannot be revoked, only made useless), its multipart
+//! upload if still open (e.g. its video was deleted) and its tus tail. The video's
+//! source is never touched here.
 
 use std::time::Duration;
 
 use chrono::Utc;
-use entities::{upload, UploadStatus};
+use entities::{upload, video, UploadMethod, UploadStatus};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
@@ -18,6 +24,9 @@ const BATCH: u64 = 100;
 /// A completion takes seconds (download + probe); one this old has died.
 const STUCK_COMPLETING_AFTER: chrono::Duration = chrono::Duration::minutes(15);
 
+/// An ended upload is left alone this long, so nothing races the code that ended it.
+const STAGING_GRACE: chrono::Duration = chrono::Duration::minutes(1);
+
 /// Sweep forever every `uploads.sweep_interval_secs` (spawned by startup).
 pub async fn run(state: AppState) {
     let every = Duration::from_secs(state.settings.uploads.sweep_interval_secs.max(1));
@@ -28,7 +37,71 @@ pub async fn run(state: AppState) {
             Ok(count) => tracing::info!(count, "expired upload sessions"),
             Err(err) => err.log(),
         }
+        match sweep_staging(&state, Utc::now()).await {
+            Ok(0) => {}
+            Ok(count) => tracing::debug!(count, "swept the storage of ended uploads"),
+            Err(err) => err.log(),
+        }
     }
+}
+
+/// Clean the storage of ended uploads (ABORTED, EXPIRED, FAILED, COMPLETED) whose
+/// URLs have all expired by `now` (`created_at + uploads.upload_url_ttl_secs`),
+/// once each. Returns how many uploads were swept.
+pub async fn sweep_staging(state: &AppState, now: chrono::DateTime<Utc>) -> AppResult<u64> {
+    let ttl = chrono::Duration::seconds(
+        i64::try_from(state.settings.uploads.upload_url_ttl_secs).unwrap_or(i64::MAX / 2).min(365 * 24 * 3600),
+    );
+    let rows = upload::Entity::find()
+        .filter(upload::Column::Status.is_in([
+            UploadStatus::Aborted,
+            UploadStatus::Expired,
+            UploadStatus::Failed,
+            UploadStatus::Completed,
+        ]))
+        .filter(upload::Column::StagingSweptAt.is_null())
+        .filter(upload::Column::CreatedAt.lt(now - ttl - STAGING_GRACE))
+        .filter(upload::Column::UpdatedAt.lt(now - STAGING_GRACE))
+        .order_by_asc(upload::Column::CreatedAt)
+        .limit(BATCH)
+        .all(&state.db)
+        .await?;
+    let store = state.store.as_ref();
+    let mut count = 0;
+    for row in rows {
+        if let Some(video) = video::Entity::find_by_id(row.video_id).one(&state.db).await? {
+            if row.method == UploadMethod::Presigned {
+                let staging = crate::storage::layout::staging(video.owner_id, video.id, row.id);
+                if !best_effort(row.id, store.delete(&staging).await)? {
+                    continue;
+                }
+            }
+        }
+        if row.status != UploadStatus::Completed {
+            if let Some(upload_id) = &row.s3_upload_id {
+                match store.abort_multipart(&row.object_key, upload_id).await {
+                    Ok(()) | Err(crate::storage::StoreError::UploadNotFound) => {}
+                    // Storage is down: try again on the next sweep.
+                    Err(err @ crate::storage::StoreError::Unavailable { .. }) => return Err(err.into()),
+                    // Some S3-compatible servers refuse (rather than 404) an upload
+                    // that is already gone (e.g. aborted when the video was deleted).
+                    Err(err) => {
+                        tracing::warn!(upload = %row.id, error = %err, "could not abort a leftover multipart upload")
+                    }
+                }
+            }
+            if !best_effort(row.id, store.delete(&super::tail_key(&row.object_key)).await)? {
+                continue;
+            }
+        }
+        upload::Entity::update_many()
+            .col_expr(upload::Column::StagingSweptAt, Expr::value(now))
+            .filter(upload::Column::Id.eq(row.id))
+            .exec(&state.db)
+            .await?;
+        count += 1;
+    }
+    Ok(count)
 }
 
 /// Expire what is due now; returns how many sessions were expired.
@@ -81,4 +154,18 @@ pub async fn sweep_once(state: &AppState) -> AppResult<u64> {
         }
     }
     Ok(count)
+}
+
+/// A storage step of the staging sweep: storage down is an error (the whole sweep
+/// stops and retries next time); any other failure is logged and leaves the row
+/// for the next sweep (`false`), so one bad object cannot stall the others.
+fn best_effort(id: uuid::Uuid, result: Result<(), crate::storage::StoreError>) -> AppResult<bool> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(err @ crate::storage::StoreError::Unavailable { .. }) => Err(err.into()),
+        Err(err) => {
+            tracing::warn!(upload = %id, error = %err, "could not remove an ended upload's leftovers");
+            Ok(false)
+        }
+    }
 }

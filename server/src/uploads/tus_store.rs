@@ -21,21 +21,36 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use super::{part_size_for, tail_key, StoredPart, TusState};
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::startup::AppState;
-use crate::storage::ByteRange;
+use crate::storage::{layout, ByteRange};
 
-/// Make sure the session has a multipart upload and tus state; returns both.
-pub async fn ensure_multipart(state: &AppState, row: &upload::Model) -> AppResult<(String, TusState)> {
+/// Make sure the session has a multipart upload and tus state; returns both and
+/// the key the multipart upload assembles into.
+///
+/// A PRESIGNED session a client writes with tus instead switches to a multipart
+/// upload of the source key (only the server writes it, like any tus upload): its
+/// presigned URL, bound to the staging key, stops working from then on.
+pub async fn ensure_multipart(state: &AppState, row: &upload::Model) -> AppResult<(String, TusState, String)> {
     if let (Some(upload_id), Some(tus)) = (&row.s3_upload_id, TusState::from_row(row)) {
-        return Ok((upload_id.clone(), tus));
+        return Ok((upload_id.clone(), tus, row.object_key.clone()));
     }
     let size = u64::try_from(row.declared_size).unwrap_or(0);
     let tus = TusState { part_size: part_size_for(&state.settings.uploads, size), parts: Vec::new() };
+    let object_key = if row.s3_upload_id.is_none() {
+        let video = entities::video::Entity::find_by_id(row.video_id)
+            .one(&state.db)
+            .await?
+            .ok_or_else(|| AppError::not_found("upload"))?;
+        layout::source(video.owner_id, video.id)
+    } else {
+        row.object_key.clone()
+    };
     let (upload_id, created) = match &row.s3_upload_id {
         Some(id) => (id.clone(), false),
-        None => (state.store.create_multipart(&row.object_key, Some(&row.content_type)).await?, true),
+        None => (state.store.create_multipart(&object_key, Some(&row.content_type)).await?, true),
     };
     let mut update = upload::Entity::update_many()
         .col_expr(upload::Column::S3UploadId, Expr::value(upload_id.clone()))
+        .col_expr(upload::Column::ObjectKey, Expr::value(object_key.clone()))
         .col_expr(upload::Column::Parts, Expr::value(tus.to_json()))
         .col_expr(upload::Column::UpdatedAt, Expr::value(Utc::now()))
         .filter(upload::Column::Id.eq(row.id))
@@ -48,11 +63,11 @@ pub async fn ensure_multipart(state: &AppState, row: &upload::Model) -> AppResul
     let result = update.exec(&state.db).await?;
     if result.rows_affected != 1 {
         if created {
-            let _ = state.store.abort_multipart(&row.object_key, &upload_id).await;
+            let _ = state.store.abort_multipart(&object_key, &upload_id).await;
         }
         return Err(AppError::new(ErrorCode::Conflict, "the upload changed, check its offset and try again"));
     }
-    Ok((upload_id, tus))
+    Ok((upload_id, tus, object_key))
 }
 
 /// Record a new durable offset (and parts), only if nobody moved it meanwhile.
@@ -90,10 +105,10 @@ where
     S: Stream<Item = Result<Bytes, AppError>> + Unpin,
 {
     let declared = u64::try_from(row.declared_size).unwrap_or(0);
-    let (upload_id, mut tus) = ensure_multipart(state, row).await?;
+    let (upload_id, mut tus, key) = ensure_multipart(state, row).await?;
     let part_size = tus.part_size;
     let store = state.store.as_ref();
-    let key = row.object_key.as_str();
+    let key = key.as_str();
     let mut durable = u64::try_from(row.offset_bytes).unwrap_or(0);
     let mut offset = durable;
     if durable >= declared {
@@ -103,10 +118,11 @@ where
         .checked_sub(tus.full_bytes())
         .filter(|len| *len < part_size)
         .ok_or_else(|| AppError::internal(anyhow::anyhow!("upload {} has an inconsistent offset and parts", row.id)))?;
-    let capacity = part_size.min(declared - tus.full_bytes());
-    // Reserved before a byte of the body is read, held until the request ends.
-    let _reservation = state.tus_buffers.reserve(capacity).await?;
-    let mut buffer = BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(0));
+    // Buffer memory is reserved as bytes arrive (never by the declared length), so a
+    // slow body holds only what it sent; the tail is reserved before a byte is read.
+    let mut reservation = state.tus_buffers.reservation(row.user_id);
+    reservation.ensure(tail_len).await?;
+    let mut buffer = BytesMut::new();
     if tail_len > 0 {
         let tail = store.get(&tail_key(key), Some(ByteRange::FromTo(0, tail_len - 1))).await?;
         let mut stream = tail.body;
@@ -137,12 +153,18 @@ where
             }
             let room = (part_size - buffer.len() as u64).min(declared - offset);
             let take = usize::try_from(room).unwrap_or(usize::MAX).min(chunk.len());
+            if let Err(err) = reservation.ensure(buffer.len() as u64 + take as u64).await {
+                // No memory for more: keep what arrived, refuse the rest.
+                body_error = Some(err);
+                break 'body;
+            }
             buffer.extend_from_slice(&chunk.split_to(take));
             offset += take as u64;
             if buffer.len() as u64 == part_size || offset == declared {
                 let number = i32::try_from(tus.parts.len() + 1).map_err(AppError::internal)?;
                 let etag = store.upload_part(key, &upload_id, number, buffer.split().freeze()).await?;
                 tus.parts.push(StoredPart { number, etag });
+                reservation.shrink_to(0);
                 persist(state, row, durable, offset, &tus).await?;
                 durable = offset;
             }

@@ -533,6 +533,7 @@ async fn deleting_a_video_records_deleted_stops_its_work_and_queues_object_remov
         created_at: Set(now),
         updated_at: Set(now),
         completed_at: Set(None),
+        staging_swept_at: Set(None),
     }
     .insert(db)
     .await

@@ -250,10 +250,10 @@ async fn hostile_corpus_ends_typed_and_the_server_survives() {
         s.jobs.max_attempts = 1;
         s.workers.concurrency = Some(2);
         // One user sends the whole corpus at once: rate limits are another test's.
-        for policy in ["api", "upload"] {
+        for policy in [reelhouse::limits::Policy::Api, reelhouse::limits::Policy::Upload] {
             s.rate_limit
                 .policies
-                .insert(policy.into(), reelhouse::config::rate_limit::PolicySettings::new(100_000, 60, 100_000, false));
+                .insert(policy, reelhouse::config::rate_limit::PolicySettings::new(100_000, 60, 100_000, false));
         }
     })
     .await;

@@ -330,9 +330,9 @@ async fn wait_for_budget(app: &TestApp, bytes: u64) {
 }
 
 /// The memory PATCHes hold in part buffers is bounded for the whole process: while one
-/// PATCH holds the budget, a PATCH to another upload (same user or not) is refused with
-/// 503 + `Retry-After` before a byte is stored, and goes through once the first lets
-/// go. Both files arrive intact.
+/// PATCH holds most of the budget, a PATCH of another user gets what is left, then 503
+/// + `Retry-After`, keeping the bytes it got, and goes on once the first lets go. Both
+/// files arrive intact.
 #[actix_web::test]
 async fn tus_patches_beyond_the_buffer_budget_get_503_and_lose_nothing() {
     const PART: u64 = 5 * 1024 * 1024;
@@ -342,31 +342,38 @@ async fn tus_patches_beyond_the_buffer_budget_get_503_and_lose_nothing() {
     })
     .await;
     let user = app.register_user().await;
+    let other = app.register_user().await;
     let clip = big_clip();
     assert!(clip.len() as u64 > PART, "the clip must span more than one part");
     let first = new_video(&app, user_id(&user)).await;
-    let second = new_video(&app, user_id(&user)).await;
+    let second = new_video(&app, user_id(&other)).await;
     let first_url = tus_session(&app, &user, first, clip.len()).await;
-    let second_url = tus_session(&app, &user, second, clip.len()).await;
+    let second_url = tus_session(&app, &other, second, clip.len()).await;
     wait_for_budget(&app, PART).await;
 
-    // The first PATCH announces the whole file, sends 1 MiB and stays open: its part
-    // buffer takes the whole budget.
-    let stream = partial_patch(&app, &path_of(&first_url), &user, 0, clip.len(), &clip[..1024 * 1024]).await;
-    wait_for_budget(&app, 0).await;
+    // The first PATCH announces the whole file, sends all but 256 KiB of a part and
+    // stays open: its part buffer holds what it sent.
+    let held = (PART - 256 * 1024) as usize;
+    let stream = partial_patch(&app, &path_of(&first_url), &user, 0, clip.len(), &clip[..held]).await;
+    wait_for_budget(&app, PART - held as u64).await;
 
-    let res = patch(&app.client, &second_url, &user, 0, &clip[..3 * 1024 * 1024]).await;
-    assert_eq!(res.status(), 503);
-    assert_eq!(res.headers()["retry-after"], "2");
-    assert_eq!(res.headers()["tus-resumable"], "1.0.0");
-    let body: Value = res.json().await.unwrap();
+    // The second sends 384 KiB: it gets the 256 KiB left, then 503, keeping what it got.
+    let mut refused = partial_patch(&app, &path_of(&second_url), &other, 0, clip.len(), &clip[..384 * 1024]).await;
+    let (status, headers, body) = read_response(&mut refused).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(headers["retry-after"], "2");
+    assert_eq!(headers["tus-resumable"], "1.0.0");
+    let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["code"], "UNAVAILABLE", "{body}");
-    assert_eq!(offset(&app.client, &second_url, &user).await, 0, "a refused PATCH stored bytes");
+    let kept: u64 = headers["upload-offset"].parse().unwrap();
+    assert!(kept <= 256 * 1024, "kept {kept} bytes past the budget");
+    drop(refused);
+    assert_eq!(settled_offset(&app, &second_url, &other).await, kept, "the refused PATCH lost or invented bytes");
 
     // The first client goes away: its request ends and the budget comes back.
     drop(stream);
     wait_for_budget(&app, PART).await;
-    send_rest(&app.client, &second_url, &user, &clip, 0, 4 * 1024 * 1024).await;
+    send_rest(&app.client, &second_url, &other, &clip, kept as usize, 4 * 1024 * 1024).await;
 
     // The first upload resumes from what it kept (its lease may take a moment to go).
     let mut resumed_at = None;
@@ -384,9 +391,9 @@ async fn tus_patches_beyond_the_buffer_budget_get_503_and_lose_nothing() {
     let at = resumed_at.expect("the first upload never resumed");
     send_rest(&app.client, &first_url, &user, &clip, at, 4 * 1024 * 1024).await;
 
-    for video in [first, second] {
+    for (video, owner) in [(first, &user), (second, &other)] {
         assert_eq!(video_row(&app, video).await.status, VideoStatus::Processing);
-        let key = reelhouse::storage::layout::source(user_id(&user), video);
+        let key = reelhouse::storage::layout::source(user_id(owner), video);
         let mut body = app.state.store.get(&key, None).await.unwrap().body;
         let mut hash = Sha256::new();
         while let Some(chunk) = futures::StreamExt::next(&mut body).await {
@@ -612,4 +619,167 @@ async fn tus_expired_sessions_are_swept() {
         Ok(parts) => assert!(parts.is_empty(), "{parts:?}"),
         Err(err) => panic!("{err:?}"),
     }
+}
+
+// ---- slow bodies cannot pin the buffer budget (issue 18, item 2) -----------------
+
+/// Read one HTTP response (status, lower-cased headers, body) from a raw socket.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> (u16, std::collections::HashMap<String, String>, String) {
+    use tokio::io::AsyncReadExt;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    let head_end = loop {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the server closed the connection without a response");
+        raw.extend_from_slice(&buf[..n]);
+        if let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: std::collections::HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let length: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mut body = raw[head_end..].to_vec();
+    while body.len() < length {
+        let n = stream.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&buf[..n]);
+    }
+    (status, headers, String::from_utf8_lossy(&body).to_string())
+}
+
+/// Waits (polling) until the upload's lease is free again and returns its offset.
+async fn settled_offset(app: &TestApp, url: &str, user: &TestUser) -> u64 {
+    // A zero-length PATCH at the stored offset succeeds only once no write holds the lease.
+    for _ in 0..400 {
+        let at = offset(&app.client, url, user).await;
+        if patch(&app.client, url, user, at, &[]).await.status() == 204 {
+            return offset(&app.client, url, user).await;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the upload at {url} stayed busy");
+}
+
+/// The issue's reproduction, scaled down: PATCHes that announce whole files but
+/// trickle bytes must not reserve buffer memory they have not received, so another
+/// user's PATCH still goes through.
+#[actix_web::test]
+async fn tus_slow_bodies_do_not_pin_the_buffer_budget() {
+    const PART: u64 = 5 * 1024 * 1024;
+    const BUDGET: u64 = 2 * PART;
+    let app = spawn_uploads_app(|s| {
+        s.uploads.part_size_bytes = PART;
+        s.uploads.tus_buffer_budget_bytes = BUDGET;
+    })
+    .await;
+    let clip = big_clip();
+    let slow = app.register_user().await;
+    let mut streams = Vec::new();
+    let mut slow_urls = Vec::new();
+    for _ in 0..3 {
+        let video = new_video(&app, user_id(&slow)).await;
+        let url = tus_session(&app, &slow, video, clip.len()).await;
+        streams.push(partial_patch(&app, &path_of(&url), &slow, 0, clip.len(), &clip[..1024]).await);
+        slow_urls.push(url);
+    }
+    // Each slow PATCH has been read (and has taken whatever it takes).
+    for _ in 0..400 {
+        if app.state.tus_buffers.available_bytes() <= BUDGET - 3 * 64 * 1024 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(app.state.tus_buffers.available_bytes() <= BUDGET - 3 * 64 * 1024, "the slow PATCHes never arrived");
+
+    let other = app.register_user().await;
+    let video = new_video(&app, user_id(&other)).await;
+    let url = tus_session(&app, &other, video, clip.len()).await;
+    let res = patch(&app.client, &url, &other, 0, &clip[..3 * 1024 * 1024]).await;
+    assert_eq!(res.status(), 204, "{:?}", res.text().await);
+    assert_eq!(offset(&app.client, &url, &other).await, 3 * 1024 * 1024);
+    // The slow PATCHes hold what they sent, not what they announced.
+    assert!(app.state.tus_buffers.available_bytes() >= BUDGET - 3 * 64 * 1024);
+
+    // When they go away, the bytes they sent are kept.
+    drop(streams);
+    for url in &slow_urls {
+        assert_eq!(settled_offset(&app, url, &slow).await, 1024);
+    }
+    wait_for_budget(&app, BUDGET).await;
+}
+
+/// A body that stops sending is ended with 408 BODY_TIMEOUT; what it sent is kept
+/// and the upload resumes from there.
+#[actix_web::test]
+async fn tus_idle_bodies_time_out_and_keep_what_arrived() {
+    let app = spawn_uploads_app(|s| s.uploads.tus_body_idle_timeout_secs = 1).await;
+    let user = app.register_user().await;
+    let video = new_video(&app, user_id(&user)).await;
+    let clip = small_clip();
+    let url = tus_session(&app, &user, video, clip.len()).await;
+    let mut stream = partial_patch(&app, &path_of(&url), &user, 0, clip.len(), &clip[..10_000]).await;
+    let (status, headers, body) = read_response(&mut stream).await;
+    assert_eq!(status, 408, "{body}");
+    assert_eq!(headers["tus-resumable"], "1.0.0");
+    assert_eq!(headers["upload-offset"], "10000");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["code"], "BODY_TIMEOUT", "{body}");
+    drop(stream);
+    let at = settled_offset(&app, &url, &user).await;
+    assert_eq!(at, 10_000);
+    send_rest(&app.client, &url, &user, &clip, at as usize, 20_000).await;
+    assert_eq!(video_row(&app, video).await.status, VideoStatus::Processing);
+}
+
+/// One user's PATCHes together hold at most their share of the budget: past it they
+/// get 429 + Retry-After (keeping what arrived) while another user proceeds.
+#[actix_web::test]
+async fn tus_one_user_is_held_to_its_share_of_the_buffer_budget() {
+    const PART: u64 = 5 * 1024 * 1024;
+    let app = spawn_uploads_app(|s| {
+        s.uploads.part_size_bytes = PART;
+        s.uploads.tus_buffer_budget_bytes = 4 * PART;
+        s.uploads.tus_buffer_per_user_bytes = PART;
+    })
+    .await;
+    let clip = big_clip();
+    let greedy = app.register_user().await;
+    let first = tus_session(&app, &greedy, new_video(&app, user_id(&greedy)).await, clip.len()).await;
+    let second = tus_session(&app, &greedy, new_video(&app, user_id(&greedy)).await, clip.len()).await;
+    // The first PATCH sends all but 512 KiB of the user's share and stays open.
+    let held = (PART - 512 * 1024) as usize;
+    let _first_stream = partial_patch(&app, &path_of(&first), &greedy, 0, clip.len(), &clip[..held]).await;
+    for _ in 0..400 {
+        if app.state.tus_buffers.user_bytes(user_id(&greedy)) >= held as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(app.state.tus_buffers.user_bytes(user_id(&greedy)) >= held as u64);
+
+    // The second sends 768 KiB: it gets what is left of the share, then 429.
+    let mut stream = partial_patch(&app, &path_of(&second), &greedy, 0, clip.len(), &clip[..768 * 1024]).await;
+    let (status, headers, body) = read_response(&mut stream).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(headers["retry-after"], "2");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["code"], "RATE_LIMITED", "{body}");
+    let kept: u64 = headers["upload-offset"].parse().unwrap();
+    assert!(kept <= 512 * 1024, "kept {kept} bytes past the share");
+    drop(stream);
+    assert_eq!(settled_offset(&app, &second, &greedy).await, kept);
+
+    // Another user is not held back by the greedy one.
+    let other = app.register_user().await;
+    let url = tus_session(&app, &other, new_video(&app, user_id(&other)).await, clip.len()).await;
+    let res = patch(&app.client, &url, &other, 0, &clip[..3 * 1024 * 1024]).await;
+    assert_eq!(res.status(), 204, "{:?}", res.text().await);
 }

@@ -410,7 +410,10 @@ async fn uploads_abort_cleans_up_and_frees_the_video() {
     let clip = small_clip();
     let ticket = ticket_for(&app, &user, video, &clip, "video/mp4").await;
     assert!(put_file(&app, &ticket, &clip).await.status().is_success());
-    assert!(source_exists(&app, user_id(&user), video).await);
+    // The bytes wait on the upload's staging key; the source is written only at completion.
+    let staging = layout::staging(user_id(&user), video, Uuid::parse_str(ticket["id"].as_str().unwrap()).unwrap());
+    assert!(app.state.store.head(&staging).await.is_ok());
+    assert!(!source_exists(&app, user_id(&user), video).await);
 
     let stranger = app.register_user().await;
     let (_, body) = app.graphql_as(&stranger.bearer(), ABORT, json!({ "id": ticket["id"] })).await;
@@ -424,6 +427,7 @@ async fn uploads_abort_cleans_up_and_frees_the_video() {
     assert_eq!(row.failure_reason.as_deref(), Some("changed my mind"));
     assert_eq!(video_row(&app, video).await.status, VideoStatus::Draft);
     assert!(!source_exists(&app, user_id(&user), video).await);
+    assert!(app.state.store.head(&staging).await.is_err(), "the staging object was left behind");
     // Completing an aborted session is refused; a new session works.
     let body = complete(&app, &user, &ticket["id"]).await;
     assert_eq!(error_code(&body).as_deref(), Some("CONFLICT"), "{body}");
@@ -460,11 +464,12 @@ async fn uploads_hostile_files_are_refused() {
             assert!(row.error.unwrap().contains("larger than the allowed"));
         }
     }
-    // A declared size that does not match what arrived.
+    // A body that does not match the declared size is refused by the URL itself
+    // (it is signed for exactly that length), and nothing is stored.
     let video = new_video(&app, owner).await;
     let clip = small_clip();
     let ticket = ticket_for(&app, &user, video, &clip, "video/mp4").await;
-    assert!(put_file(&app, &ticket, &clip[..clip.len() - 10]).await.status().is_success());
+    assert!(refused(try_put_file(&app, &ticket, &clip[..clip.len() - 10]).await));
     let body = complete(&app, &user, &ticket["id"]).await;
     assert_eq!(error_code(&body).as_deref(), Some("BAD_USER_INPUT"), "{body}");
     assert!(!source_exists(&app, owner, video).await);
@@ -535,4 +540,219 @@ async fn concurrent_uploads_all_complete_on_one_database() {
     });
     let errors: Vec<Value> = futures::future::join_all(rounds).await.into_iter().flatten().collect();
     assert!(errors.is_empty(), "{} completions failed: {errors:?}", errors.len());
+}
+
+// ---- presigned URLs are bound to their upload (issue 18, item 1) ----------------
+
+const DELETE_VIDEO: &str = "mutation($id: ID!) { deleteVideo(id: $id) }";
+
+/// SHA-256 of the object at `key`, or `None` when there is none.
+async fn object_sha256(app: &TestApp, key: &str) -> Option<Vec<u8>> {
+    use sha2::Digest;
+    let mut body = app.state.store.get(key, None).await.ok()?.body;
+    let mut hash = sha2::Sha256::new();
+    while let Some(chunk) = futures::StreamExt::next(&mut body).await {
+        hash.update(chunk.unwrap());
+    }
+    Some(hash.finalize().to_vec())
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).to_vec()
+}
+
+/// PUT `bytes` to a part URL of a MULTIPART ticket. A server may answer a refused
+/// body before reading it and close the connection: then the request errs.
+async fn put_part(
+    app: &TestApp,
+    ticket: &Value,
+    number: usize,
+    bytes: &[u8],
+) -> Result<reqwest::Response, reqwest::Error> {
+    let part = &ticket["parts"].as_array().unwrap()[number - 1];
+    unpooled_client(app).put(part["url"].as_str().unwrap()).body(bytes.to_vec()).send().await
+}
+
+/// A client of its own, so a connection a server closed on a refused body is never
+/// reused by the next request (which would then fail with a broken pipe).
+fn unpooled_client(_app: &TestApp) -> reqwest::Client {
+    reqwest::Client::builder().pool_max_idle_per_host(0).timeout(std::time::Duration::from_secs(30)).build().unwrap()
+}
+
+/// PUT `bytes` to a PUT ticket, like [`put_file`], but a connection the server
+/// closed on a refused body counts as a refusal (`None`).
+async fn try_put_file(app: &TestApp, ticket: &Value, bytes: &[u8]) -> Option<reqwest::StatusCode> {
+    let mut request = unpooled_client(app).put(ticket["url"].as_str().unwrap()).body(bytes.to_vec());
+    for header in ticket["headers"].as_array().unwrap() {
+        request = request.header(header["name"].as_str().unwrap(), header["value"].as_str().unwrap());
+    }
+    request.send().await.ok().map(|res| res.status())
+}
+
+fn refused(status: Option<reqwest::StatusCode>) -> bool {
+    status.is_none_or(|s| s.is_client_error())
+}
+
+/// Local disk answers a closed upload's URL with 410 UPLOAD_CLOSED; S3 cannot revoke
+/// a presigned URL, so there the assertion is only that nothing reached the source.
+async fn assert_closed(app: &TestApp, res: reqwest::Response) {
+    let status = res.status();
+    if app.state.store.backend() == "local" {
+        assert_eq!(status, 410, "a closed upload's URL answered {status}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["code"], "UPLOAD_CLOSED", "{body}");
+    }
+}
+
+/// The issue's reproduction: after `completeUpload`, the same URL must not replace
+/// the accepted source (same length or 2 MiB of zeros).
+#[actix_web::test]
+async fn uploads_presigned_url_cannot_overwrite_a_completed_source() {
+    let app = spawn_uploads_app(|s| s.workers.embedded = false).await;
+    let user = app.register_user().await;
+    let video = new_video(&app, user_id(&user)).await;
+    let clip = small_clip();
+    let ticket = ticket_for(&app, &user, video, &clip, "video/mp4").await;
+    assert!(put_file(&app, &ticket, &clip).await.status().is_success());
+    let body = complete(&app, &user, &ticket["id"]).await;
+    assert_eq!(body["data"]["completeUpload"]["status"], "PROCESSING", "{body}");
+    let source = layout::source(user_id(&user), video);
+    assert_eq!(object_sha256(&app, &source).await, Some(sha256(&clip)));
+
+    let same_length = vec![0u8; clip.len()];
+    let res = put_file(&app, &ticket, &same_length).await;
+    assert_closed(&app, res).await;
+    let status = try_put_file(&app, &ticket, &vec![0u8; 2 * 1024 * 1024]).await;
+    assert!(refused(status), "a 2 MiB body was accepted by a {}-byte URL: {status:?}", clip.len());
+    assert_eq!(object_sha256(&app, &source).await, Some(sha256(&clip)), "the accepted source was overwritten");
+    assert_eq!(video_row(&app, video).await.source_key.as_deref(), Some(source.as_str()));
+}
+
+/// A URL carries exactly the declared size: longer and shorter bodies store
+/// nothing, single PUT and part URLs alike; the right body still works.
+#[actix_web::test]
+async fn uploads_presigned_urls_accept_exactly_the_declared_length() {
+    let app = spawn_uploads_app(|s| s.workers.embedded = false).await;
+    let user = app.register_user().await;
+    let clip = small_clip();
+    let mut longer = clip.clone();
+    longer.extend(std::iter::repeat_n(0u8, 1024 * 1024));
+
+    let video = new_video(&app, user_id(&user)).await;
+    let ticket = ticket_for(&app, &user, video, &clip, "video/mp4").await;
+    let status = try_put_file(&app, &ticket, &longer).await;
+    assert!(refused(status), "a longer body answered {status:?}");
+    let status = try_put_file(&app, &ticket, &clip[..clip.len() - 10]).await;
+    assert!(refused(status), "a shorter body answered {status:?}");
+    let early = complete(&app, &user, &ticket["id"]).await;
+    assert_eq!(error_code(&early).as_deref(), Some("BAD_USER_INPUT"), "{early}");
+    assert!(put_file(&app, &ticket, &clip).await.status().is_success());
+    let body = complete(&app, &user, &ticket["id"]).await;
+    assert_eq!(body["data"]["completeUpload"]["status"], "PROCESSING", "{body}");
+    assert_eq!(object_sha256(&app, &layout::source(user_id(&user), video)).await, Some(sha256(&clip)));
+}
+
+#[actix_web::test]
+async fn uploads_part_urls_accept_exactly_their_part_length_and_die_with_the_upload() {
+    let app = spawn_uploads_app(|s| {
+        s.workers.embedded = false;
+        s.uploads.multipart_threshold_bytes = 1000;
+    })
+    .await;
+    let user = app.register_user().await;
+    let video = new_video(&app, user_id(&user)).await;
+    let clip = small_clip();
+    let ticket = ticket_for(&app, &user, video, &clip, "video/mp4").await;
+    assert_eq!(ticket["method"], "MULTIPART", "{ticket}");
+    assert_eq!(ticket["parts"].as_array().unwrap().len(), 1);
+    let mut longer = clip.clone();
+    longer.extend_from_slice(&[0u8; 4096]);
+    let status = put_part(&app, &ticket, 1, &longer).await.ok().map(|r| r.status());
+    assert!(refused(status), "a longer part answered {status:?}");
+    assert!(put_part(&app, &ticket, 1, &clip).await.unwrap().status().is_success());
+    let body = complete(&app, &user, &ticket["id"]).await;
+    assert_eq!(body["data"]["completeUpload"]["status"], "PROCESSING", "{body}");
+
+    let status = put_part(&app, &ticket, 1, &vec![0u8; clip.len()]).await.ok().map(|r| r.status());
+    assert!(!status.is_some_and(|s| s.is_success()), "a part URL wrote after completion: {status:?}");
+    assert_eq!(object_sha256(&app, &layout::source(user_id(&user), video)).await, Some(sha256(&clip)));
+}
+
+/// After `deleteVideo` the upload's URL writes nothing the server keeps (local disk
+/// refuses it; on S3 it can only reach the staging key, see the sweeper test).
+#[actix_web::test]
+async fn uploads_url_of_a_deleted_video_is_closed() {
+    let app = spawn_uploads_app(|_| {}).await;
+    let user = app.register_user().await;
+    let owner = user_id(&user);
+    let video = new_video(&app, owner).await;
+    let clip = small_clip();
+    let ticket = ticket_for(&app, &user, video, &clip, "video/mp4").await;
+    let (_, body) = app.graphql_as(&user.bearer(), DELETE_VIDEO, json!({ "id": video })).await;
+    assert_eq!(body["data"]["deleteVideo"], true, "{body}");
+    let res = put_file(&app, &ticket, &clip).await;
+    assert_closed(&app, res).await;
+    assert!(!source_exists(&app, owner, video).await);
+    if app.state.store.backend() == "local" {
+        let staging = layout::staging(owner, video, Uuid::parse_str(ticket["id"].as_str().unwrap()).unwrap());
+        assert!(app.state.store.head(&staging).await.is_err(), "the refused PUT stored an object");
+    }
+}
+
+/// What a URL may still write after its upload ended (an S3 presigned PUT cannot be
+/// revoked; on local disk a PUT already in flight) is removed by the sweeper once
+/// every URL of the upload has expired, and the source is never touched.
+#[actix_web::test]
+async fn uploads_sweeper_removes_what_ended_uploads_left_in_staging() {
+    let app = spawn_uploads_app(|s| {
+        s.workers.embedded = false;
+        s.uploads.upload_url_ttl_secs = 600;
+    })
+    .await;
+    let user = app.register_user().await;
+    let owner = user_id(&user);
+    let clip = small_clip();
+
+    // A completed upload and a late write to its staging key.
+    let done = new_video(&app, owner).await;
+    let ticket = ticket_for(&app, &user, done, &clip, "video/mp4").await;
+    let done_id = Uuid::parse_str(ticket["id"].as_str().unwrap()).unwrap();
+    assert!(put_file(&app, &ticket, &clip).await.status().is_success());
+    assert!(complete(&app, &user, &ticket["id"]).await["errors"].is_null());
+    let late = layout::staging(owner, done, done_id);
+    app.state.store.put_bytes(&late, vec![0u8; 100].into(), None).await.unwrap();
+
+    // An aborted multipart upload whose video was deleted: the storage multipart
+    // upload is still open until the sweeper aborts it.
+    let gone = new_video(&app, owner).await;
+    let (_, body) = create_upload(
+        &app,
+        &user,
+        json!({ "videoId": gone, "filename": "a.mp4", "contentType": "video/mp4", "size": 200 * 1024 * 1024 }),
+    )
+    .await;
+    let multipart = body["data"]["createUpload"].clone();
+    assert_eq!(multipart["method"], "MULTIPART", "{body}");
+    let (_, body) = app.graphql_as(&user.bearer(), DELETE_VIDEO, json!({ "id": gone })).await;
+    assert_eq!(body["data"]["deleteVideo"], true, "{body}");
+    let gone_row = upload_row(&app, multipart["id"].as_str().unwrap()).await;
+    assert_eq!(gone_row.status, UploadStatus::Aborted);
+
+    // Nothing is due while the URLs may still be used.
+    let sweep = reelhouse::uploads::sweeper::sweep_staging;
+    assert_eq!(sweep(&app.state, Utc::now()).await.unwrap(), 0);
+    assert!(app.state.store.head(&late).await.is_ok());
+    // Once they have all expired, each ended upload is swept, once.
+    let later = Utc::now() + chrono::Duration::seconds(600) + chrono::Duration::minutes(5);
+    assert_eq!(sweep(&app.state, later).await.unwrap(), 2);
+    assert!(app.state.store.head(&late).await.is_err(), "the late staging object is still there");
+    assert_eq!(object_sha256(&app, &layout::source(owner, done)).await, Some(sha256(&clip)), "the source changed");
+    match app.state.store.list_parts(&gone_row.object_key, gone_row.s3_upload_id.as_deref().unwrap()).await {
+        Err(reelhouse::storage::StoreError::UploadNotFound) => {}
+        Ok(parts) => assert!(parts.is_empty(), "{parts:?}"),
+        Err(err) => panic!("{err:?}"),
+    }
+    assert_eq!(sweep(&app.state, later).await.unwrap(), 0);
+    assert!(upload_row(&app, &done_id.to_string()).await.staging_swept_at.is_some());
 }
