@@ -20,6 +20,7 @@ mod m20261122_000009_create_workers;
 mod m20261122_000010_create_views_and_moderation;
 mod m20261122_000011_create_webhooks;
 mod m20261122_000012_add_video_event_seq;
+mod m20261206_000013_widen_webhook_secrets;
 
 pub struct Migrator;
 
@@ -39,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000010_create_views_and_moderation::Migration),
             Box::new(m20261122_000011_create_webhooks::Migration),
             Box::new(m20261122_000012_add_video_event_seq::Migration),
+            Box::new(m20261206_000013_widen_webhook_secrets::Migration),
         ]
     }
 }
