@@ -12,7 +12,7 @@ use crate::auth::accounts::{create_user, verify_credentials};
 use crate::auth::principal::ClientInfo;
 use crate::auth::roles::{rank, require_principal, AuthenticatedGuard, Permission, PermissionGuard};
 use crate::auth::{api_keys, sessions};
-use crate::error::AppError;
+use crate::error::{AppError, ErrorCode};
 use crate::startup::AppState;
 
 /// What a user (or an API key) may do; see the roles table in the README.
@@ -192,15 +192,31 @@ pub struct AccountsMutation;
 
 #[Object]
 impl AccountsMutation {
-    /// Create an account (role USER) and sign in.
+    /// Create an account (role USER) and sign in. An email that already has an
+    /// account gets the same answer (see the README on account discovery): with
+    /// that account's password it signs in, otherwise its tokens do not work.
     async fn register(&self, ctx: &Context<'_>, input: RegisterInput) -> async_graphql::Result<AuthPayload> {
         let state = ctx.data::<AppState>()?;
-        limit_sign_in(state, ctx, None).await.map_err(|e| e.extend())?;
-        let user = create_user(&state.db, &input.email, &input.password, &input.display_name, entities::Role::User)
-            .await
-            .map_err(|e| e.extend())?;
-        let tokens = sessions::start_session(state, user, &client_info(ctx)).await.map_err(|e| e.extend())?;
-        Ok(tokens.into())
+        // Charged like a login (per IP and per account): for a known email this is
+        // a password check.
+        limit_sign_in(state, ctx, Some(&input.email)).await.map_err(|e| e.extend())?;
+        let client = client_info(ctx);
+        let created =
+            create_user(&state.db, &input.email, &input.password, &input.display_name, entities::Role::User).await;
+        let tokens = match created {
+            Ok(user) => sessions::start_session(state, user, &client).await,
+            Err(err) if err.code() == ErrorCode::Conflict => {
+                match verify_credentials(&state.db, &input.email, &input.password).await {
+                    Ok(user) => sessions::start_session(state, user, &client).await,
+                    Err(err) if matches!(err.code(), ErrorCode::Unauthenticated | ErrorCode::Forbidden) => {
+                        sessions::decoy_session(state, &input.email, &input.display_name)
+                    }
+                    Err(err) => Err(err),
+                }
+            }
+            Err(err) => Err(err),
+        };
+        Ok(tokens.map_err(|e| e.extend())?.into())
     }
 
     /// Sign in with email and password; starts a new session.
