@@ -67,7 +67,7 @@ pub async fn graphql(
 }
 
 pub async fn graphiql(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    if !state.settings.graphql.playground {
+    if !state.settings.graphql.playground_enabled() {
         return Err(AppError::not_found("page"));
     }
     let page = GraphiQLSource::build()
