@@ -126,9 +126,15 @@ async fn limit_sign_in(state: &AppState, ctx: &Context<'_>, email: Option<&str>)
     let ip = client_info(ctx).ip.unwrap_or_else(|| "unknown".into());
     crate::http::rate_limit::enforce(state, "auth_ip", ip.clone(), 1).await?;
     if let Some(email) = email {
-        let account = crate::auth::accounts::normalize_email(email).unwrap_or_else(|_| email.trim().to_lowercase());
-        crate::http::rate_limit::enforce(state, "auth", format!("{account}|{ip}"), 1).await?;
+        limit_account(state, email, &ip).await?;
     }
+    Ok(())
+}
+
+/// The per-account-and-IP part of [`limit_sign_in`].
+async fn limit_account(state: &AppState, email: &str, ip: &str) -> Result<(), crate::error::AppError> {
+    let account = crate::auth::accounts::normalize_email(email).unwrap_or_else(|_| email.trim().to_lowercase());
+    crate::http::rate_limit::enforce(state, "auth", format!("{account}|{ip}"), 1).await?;
     Ok(())
 }
 
@@ -197,15 +203,17 @@ impl AccountsMutation {
     /// that account's password it signs in, otherwise its tokens do not work.
     async fn register(&self, ctx: &Context<'_>, input: RegisterInput) -> async_graphql::Result<AuthPayload> {
         let state = ctx.data::<AppState>()?;
-        // Charged like a login (per IP and per account): for a known email this is
-        // a password check.
-        limit_sign_in(state, ctx, Some(&input.email)).await.map_err(|e| e.extend())?;
+        limit_sign_in(state, ctx, None).await.map_err(|e| e.extend())?;
         let client = client_info(ctx);
         let created =
             create_user(&state.db, &input.email, &input.password, &input.display_name, entities::Role::User).await;
         let tokens = match created {
             Ok(user) => sessions::start_session(state, user, &client).await,
             Err(err) if err.code() == ErrorCode::Conflict => {
+                // For a known email this is a password check: charged like a login
+                // (per account and IP).
+                let ip = client.ip.clone().unwrap_or_else(|| "unknown".into());
+                limit_account(state, &input.email, &ip).await.map_err(|e| e.extend())?;
                 match verify_credentials(&state.db, &input.email, &input.password).await {
                     Ok(user) => sessions::start_session(state, user, &client).await,
                     Err(err) if matches!(err.code(), ErrorCode::Unauthenticated | ErrorCode::Forbidden) => {
