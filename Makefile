@@ -5,7 +5,7 @@ BIND ?= 127.0.0.1:8080
 DATA_DIR ?= ./data
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: run test bench build check lint fmt schema services-up services-down bootstrap web-demo test-web
+.PHONY: run test bench build check lint deny fmt schema services-up services-down bootstrap web-demo test-web
 
 ## run: build the web app and the release binary, serve on $(BIND) with data in $(DATA_DIR)
 run: bootstrap web-demo
@@ -37,6 +37,11 @@ check: bootstrap
 lint: bootstrap
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	scripts/deny.sh
+
+## deny: cargo-deny (licences, bans, sources; advisories when GitHub is reachable), installed if missing
+deny:
+	scripts/deny.sh
 
 fmt:
 	$(CARGO) fmt --all

@@ -210,6 +210,7 @@ async fn exercise_schema(db: &DatabaseConnection) {
         updated_at: at,
         deleted_at: None,
         event_seq: 0,
+        output_bytes: 123_456_789,
     };
     assert_eq!(clip.clone().into_active_model().reset_all().insert(db).await.unwrap(), clip);
     assert_eq!(Video::find_by_id(clip.id).one(db).await.unwrap(), Some(clip.clone()));
@@ -250,6 +251,7 @@ async fn exercise_schema(db: &DatabaseConnection) {
         created_at: at,
         updated_at: at,
         completed_at: None,
+        staging_swept_at: None,
     };
     assert_eq!(tus.clone().into_active_model().reset_all().insert(db).await.unwrap(), tus);
     assert_eq!(Upload::find_by_id(tus.id).one(db).await.unwrap(), Some(tus.clone()));
@@ -614,5 +616,5 @@ fn migrations_are_uniquely_named_and_in_order() {
     sorted.sort();
     sorted.dedup();
     assert_eq!(names, sorted);
-    assert_eq!(names.len(), 12);
+    assert_eq!(names.len(), 15);
 }

@@ -39,13 +39,16 @@ pub enum Command {
     Migrate,
     /// Print the GraphQL schema (SDL) to stdout.
     ExportSchema,
-    /// Create an administrator account.
+    /// Create an administrator account. The password comes from the environment
+    /// variable `REELHOUSE_ADMIN_PASSWORD`, or from the first line of standard input
+    /// with `--password-stdin`; never from the command line, which other users of
+    /// the machine can read (`ps`, `/proc/*/cmdline`, shell history).
     CreateAdmin {
         #[arg(long)]
         email: String,
-        /// Prefer the environment variable: command lines are visible to other users.
-        #[arg(long, env = "REELHOUSE_ADMIN_PASSWORD", hide_env_values = true)]
-        password: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
         #[arg(long, default_value = "Administrator")]
         display_name: String,
     },
@@ -60,5 +63,24 @@ pub enum Command {
 impl Cli {
     pub fn overrides(&self) -> Overrides {
         Overrides { bind: self.bind.clone(), data_dir: self.data_dir.clone() }
+    }
+}
+
+/// The password for `create-admin`: the first line of `stdin` with `--password-stdin`,
+/// else `REELHOUSE_ADMIN_PASSWORD` (passed in as `env`).
+pub fn admin_password(from_stdin: bool, stdin: impl std::io::BufRead, env: Option<String>) -> anyhow::Result<String> {
+    if from_stdin {
+        let mut line = String::new();
+        let mut stdin = stdin;
+        stdin.read_line(&mut line)?;
+        let password = line.trim_end_matches(['\r', '\n']).to_string();
+        if password.is_empty() {
+            anyhow::bail!("--password-stdin: standard input has no password on its first line");
+        }
+        return Ok(password);
+    }
+    match env {
+        Some(password) if !password.is_empty() => Ok(password),
+        _ => anyhow::bail!("set REELHOUSE_ADMIN_PASSWORD or pass --password-stdin (a password on the command line is visible to other users)"),
     }
 }

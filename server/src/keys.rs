@@ -1,6 +1,7 @@
 //! Server secrets: one master secret, from settings or generated into the data dir,
-//! from which the JWT key and the URL-signing key are derived (so rotating the
-//! master rotates both, and neither key is reused for the other purpose).
+//! from which the JWT key, the URL-signing key and the key sealing webhook secrets
+//! at rest are derived (so rotating the master rotates all three, and no key is
+//! reused for another purpose).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,11 @@ pub const GENERATED_KEY_FILE: &str = "secret.key";
 pub struct ServerKeys {
     pub jwt: Vec<u8>,
     pub url_signing: Vec<u8>,
+    /// Seals webhook signing secrets at rest (`webhooks::secrets`).
+    pub webhook_secrets: Vec<u8>,
+    /// The same key derived from each of `auth.previous_jwt_secrets`: still opens
+    /// what it sealed, until the startup pass re-seals it under the current key.
+    pub previous_webhook_secrets: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for ServerKeys {
@@ -40,8 +46,14 @@ impl ServerKeys {
     /// Keys from `auth.jwt_secret`, or — with SQLite only — from a key generated on
     /// first start into `{data_dir}/secret.key` (mode 0600) and reused afterwards.
     pub fn load_or_generate(settings: &Settings) -> Result<Self, KeyError> {
+        let previous: Vec<Vec<u8>> = settings
+            .auth
+            .previous_jwt_secrets
+            .iter()
+            .map(|secret| derive_key(secret.expose().as_bytes(), WEBHOOK_SECRETS_LABEL))
+            .collect();
         if let Some(secret) = &settings.auth.jwt_secret {
-            return Ok(Self::derive(secret.expose().as_bytes()));
+            return Ok(Self { previous_webhook_secrets: previous, ..Self::derive(secret.expose().as_bytes()) });
         }
         if !settings.uses_sqlite() {
             return Err(KeyError::MissingForSharedDatabase);
@@ -52,11 +64,16 @@ impl ServerKeys {
             path = %path.display(),
             "using a signing key generated into the data dir; set auth.jwt_secret (REELHOUSE__AUTH__JWT_SECRET) in production"
         );
-        Ok(Self::derive(&master))
+        Ok(Self { previous_webhook_secrets: previous, ..Self::derive(&master) })
     }
 
     fn derive(master: &[u8]) -> Self {
-        Self { jwt: derive_jwt_key(master), url_signing: derive_key(master, b"reelhouse/url-signing/v1") }
+        Self {
+            jwt: derive_jwt_key(master),
+            url_signing: derive_key(master, b"reelhouse/url-signing/v1"),
+            webhook_secrets: derive_key(master, WEBHOOK_SECRETS_LABEL),
+            previous_webhook_secrets: Vec::new(),
+        }
     }
 }
 
@@ -67,6 +84,7 @@ pub fn derive_jwt_key(master: &[u8]) -> Vec<u8> {
 }
 
 const JWT_LABEL: &[u8] = b"reelhouse/jwt/v1";
+const WEBHOOK_SECRETS_LABEL: &[u8] = b"reelhouse/webhook-secrets/v1";
 
 fn derive_key(master: &[u8], label: &[u8]) -> Vec<u8> {
     // HMAC accepts keys of any length, so this cannot fail; fall back defensively anyway.
@@ -133,6 +151,8 @@ mod tests {
         let second = ServerKeys::load_or_generate(&settings).unwrap();
         assert_eq!(first.jwt, second.jwt);
         assert_ne!(first.jwt, first.url_signing);
+        assert_eq!(first.webhook_secrets, second.webhook_secrets);
+        assert!(first.webhook_secrets != first.jwt && first.webhook_secrets != first.url_signing);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

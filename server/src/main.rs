@@ -63,7 +63,12 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             tracing::info!("migrations applied");
             Ok(())
         }
-        Command::CreateAdmin { email, password, display_name } => {
+        Command::CreateAdmin { email, password_stdin, display_name } => {
+            let password = reelhouse::cli::admin_password(
+                password_stdin,
+                std::io::stdin().lock(),
+                std::env::var("REELHOUSE_ADMIN_PASSWORD").ok(),
+            )?;
             let db = reelhouse::db::connect(&settings).await?;
             if settings.database.migrate_on_start {
                 reelhouse::db::migrate(&db).await?;

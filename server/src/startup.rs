@@ -68,12 +68,15 @@ pub struct Application {
     server: Server,
     state: AppState,
     signals: ShutdownSignals,
+    /// `/metrics` on its own listener (`telemetry.metrics_bind`).
+    metrics: Option<(SocketAddr, Server)>,
 }
 
 impl Application {
     /// Connect, migrate, start the hub actors and bind the listener. Must run inside
     /// an actix `System` (the binary's `#[actix_web::main]`, or `#[actix_web::test]`).
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+    pub async fn build(mut settings: Settings) -> anyhow::Result<Self> {
+        settings.resolve_mode_defaults();
         let metrics = crate::telemetry::prometheus()?;
         let keys = Arc::new(ServerKeys::load_or_generate(&settings)?);
 
@@ -84,6 +87,11 @@ impl Application {
 
         // Installed before the address is announced, so a SIGTERM sent the moment
         // the server says it listens is a graceful shutdown, not the default kill.
+        // Webhook secrets stored before they were sealed (or under a retired key) are
+        // sealed under the current key before anything delivers.
+        let webhook_secrets = Arc::new(crate::webhooks::secrets::SecretBox::from_keys(&keys)?);
+        crate::webhooks::secrets::seal_stored_secrets(&db, &webhook_secrets).await?;
+
         let signals = ShutdownSignals::install()?;
         let listener = TcpListener::bind(settings.bind_addr()?)
             .map_err(|e| anyhow::anyhow!("binding {}: {e}", settings.server.bind))?;
@@ -143,10 +151,15 @@ impl Application {
         actix_rt::spawn(crate::uploads::sweeper::run(state.clone()));
         actix_rt::spawn(crate::events::run_pruner(state.db.clone(), settings.events.clone()));
         if settings.webhooks.deliver {
-            actix_rt::spawn(crate::webhooks::delivery::run(state.db.clone(), Arc::new(settings.webhooks.clone())));
+            actix_rt::spawn(crate::webhooks::delivery::run(
+                state.db.clone(),
+                Arc::new(settings.webhooks.clone()),
+                webhook_secrets.clone(),
+            ));
         }
         let schema = web::Data::new(build_schema(&settings.graphql, Some(state.clone())));
         let state_data = web::Data::new(state.clone());
+        let metrics_state = state_data.clone();
         let local_data = local_store.map(web::Data::new);
         let upload_gate: web::Data<Arc<dyn crate::storage::UploadGate>> =
             web::Data::new(Arc::new(crate::uploads::gate::DbUploadGate::new(state.db.clone())));
@@ -158,7 +171,7 @@ impl Application {
                 .wrap(from_fn(crate::http::metrics_mw::record))
                 .wrap(from_fn(crate::http::hygiene::enforce_tls))
                 .wrap(crate::http::hygiene::cors(&settings_for_app.server))
-                .wrap(TracingLogger::default())
+                .wrap(TracingLogger::<crate::http::request_span::PathOnlyRootSpan>::new())
                 .wrap(
                     DefaultHeaders::new()
                         .add(("X-Content-Type-Options", "nosniff"))
@@ -181,6 +194,28 @@ impl Application {
         .shutdown_timeout(settings.server.shutdown_timeout_secs)
         .run();
 
+        let metrics = match settings.metrics_bind_addr()? {
+            Some(bind) => {
+                let listener = TcpListener::bind(bind)
+                    .map_err(|e| anyhow::anyhow!("binding telemetry.metrics_bind {bind}: {e}"))?;
+                let metrics_addr = listener.local_addr()?;
+                let data = metrics_state;
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .app_data(data.clone())
+                        .route("/metrics", web::get().to(crate::http::health::metrics_here))
+                })
+                .workers(1)
+                .listen(listener)?
+                .disable_signals()
+                .shutdown_timeout(settings.server.shutdown_timeout_secs)
+                .run();
+                tracing::info!("metrics on http://{metrics_addr}/metrics");
+                Some((metrics_addr, server))
+            }
+            None => None,
+        };
+
         tracing::info!(
             mode = ?settings.mode(),
             database = crate::db::backend_name(&state.db),
@@ -188,7 +223,7 @@ impl Application {
             redis = state.redis.is_some(),
             "listening on http://{addr}"
         );
-        Ok(Self { addr, server, state, signals })
+        Ok(Self { addr, server, state, signals, metrics })
     }
 
     pub fn port(&self) -> u16 {
@@ -197,6 +232,11 @@ impl Application {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics` listens when `telemetry.metrics_bind` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(addr, _)| *addr)
     }
 
     pub fn state(&self) -> &AppState {
@@ -239,7 +279,15 @@ impl Application {
                 }
             })
         });
+        let metrics = self.metrics.map(|(_, server)| {
+            let handle = server.handle();
+            actix_rt::spawn(server);
+            handle
+        });
         self.server.await?;
+        if let Some(metrics) = metrics {
+            metrics.stop(true).await;
+        }
         let _ = stop_workers.send(());
         if let Some(workers) = workers {
             let _ = workers.await;

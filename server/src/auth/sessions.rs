@@ -13,7 +13,7 @@
 //! session).
 
 use base64::Engine;
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, Utc};
 use entities::{refresh_token, refresh_token_family, user};
 use rand::RngCore;
 use sea_orm::sea_query::Expr;
@@ -45,10 +45,17 @@ fn hash_refresh_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+fn capped_secs(secs: u64) -> Duration {
+    Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 4).min(10 * 365 * 86_400))
+}
+
 fn refresh_ttl(state: &AppState) -> Duration {
-    Duration::seconds(
-        i64::try_from(state.settings.auth.refresh_token_ttl_secs).unwrap_or(i64::MAX / 4).min(10 * 365 * 86_400),
-    )
+    capped_secs(state.settings.auth.refresh_token_ttl_secs)
+}
+
+/// When a family started at `created_at` ends for good (`auth.session_max_lifetime_secs`).
+fn family_deadline(state: &AppState, created_at: DateTime<Utc>) -> DateTime<Utc> {
+    created_at + capped_secs(state.settings.auth.session_max_lifetime_secs)
 }
 
 async fn insert_refresh_token(
@@ -56,6 +63,7 @@ async fn insert_refresh_token(
     state: &AppState,
     id: Uuid,
     family_id: Uuid,
+    family_created_at: DateTime<Utc>,
 ) -> AppResult<String> {
     let secret = new_refresh_secret();
     let now = Utc::now();
@@ -64,7 +72,8 @@ async fn insert_refresh_token(
         family_id: Set(family_id),
         token_hash: Set(hash_refresh_token(&secret)),
         created_at: Set(now),
-        expires_at: Set(now + refresh_ttl(state)),
+        // Never past the family's absolute end.
+        expires_at: Set((now + refresh_ttl(state)).min(family_deadline(state, family_created_at))),
         rotated_at: Set(None),
         replaced_by: Set(None),
     }
@@ -91,10 +100,38 @@ pub async fn start_session(state: &AppState, user: user::Model, client: &ClientI
     }
     .insert(&txn)
     .await?;
-    let refresh_token = insert_refresh_token(&txn, state, Uuid::now_v7(), family_id).await?;
+    let refresh_token = insert_refresh_token(&txn, state, Uuid::now_v7(), family_id, now).await?;
     txn.commit().await?;
     let access = state.tokens.issue_access_token(user.id, user.role, family_id)?;
     Ok(SessionTokens { access_token: access.token, refresh_token, expires_in_secs: access.expires_in_secs, user })
+}
+
+/// What `register` answers for an email that already has an account (and a password
+/// that is not its own): the same shape as a real sign-up — a signed access token, a
+/// refresh token, a fresh user id — none of which works, because no session or user
+/// row stands behind them. The answer reveals nothing; using the tokens does (they
+/// are refused), which is the documented trade-off until registration confirms by
+/// email.
+pub fn decoy_session(state: &AppState, email: &str, display_name: &str) -> AppResult<SessionTokens> {
+    let now = Utc::now();
+    let user = user::Model {
+        id: Uuid::now_v7(),
+        email: crate::auth::accounts::normalize_email(email)?,
+        display_name: display_name.trim().to_string(),
+        password_hash: String::new(),
+        role: entities::Role::User,
+        disabled: false,
+        storage_quota_bytes: None,
+        created_at: now,
+        updated_at: now,
+    };
+    let access = state.tokens.issue_access_token(user.id, user.role, Uuid::now_v7())?;
+    Ok(SessionTokens {
+        access_token: access.token,
+        refresh_token: new_refresh_secret(),
+        expires_in_secs: access.expires_in_secs,
+        user,
+    })
 }
 
 /// Exchange a refresh token for a new pair; see the module docs for reuse.
@@ -128,6 +165,12 @@ pub async fn rotate_refresh_token(state: &AppState, presented: &str) -> AppResul
     if family.revoked_at.is_some() {
         return Err(AppError::unauthenticated(INVALID_REFRESH));
     }
+    if family_deadline(state, family.created_at) <= now {
+        // Past its absolute lifetime: however fresh the token, the session is over.
+        revoke_family_in(&txn, family.id, "session lifetime reached").await?;
+        txn.commit().await?;
+        return Err(AppError::unauthenticated(INVALID_REFRESH));
+    }
     if !claimed {
         if token.rotated_at.is_some() {
             revoke_family_in(&txn, family.id, "refresh token reused").await?;
@@ -141,7 +184,7 @@ pub async fn rotate_refresh_token(state: &AppState, presented: &str) -> AppResul
         .await?
         .filter(|u| !u.disabled)
         .ok_or_else(|| AppError::unauthenticated(INVALID_REFRESH))?;
-    let refresh_token = insert_refresh_token(&txn, state, new_id, family.id).await?;
+    let refresh_token = insert_refresh_token(&txn, state, new_id, family.id, family.created_at).await?;
     refresh_token::Entity::update_many()
         .col_expr(refresh_token::Column::ReplacedBy, Expr::value(new_id))
         .filter(refresh_token::Column::Id.eq(token.id))

@@ -239,6 +239,22 @@ mod tests {
         assert!(matches!(retired.verify_access_token(&issued.token), Err(TokenError::UnknownKid(_))));
     }
 
+    /// CVE-2026-25537 (jsonwebtoken < 10.3): a time claim of the wrong JSON type was
+    /// treated as absent, so `validate_nbf` was skipped unless the claim was also listed
+    /// as required. Our validation lists it, but the library must refuse on its own.
+    #[test]
+    fn a_string_nbf_is_refused_even_when_not_required() {
+        let key = b"cve-2026-25537-cve-2026-25537-cve";
+        let claims = serde_json::json!({ "sub": "x", "nbf": "99999999999", "exp": Utc::now().timestamp() + 600 });
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(key)).unwrap();
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp"]);
+        let decoded = jsonwebtoken::decode::<serde_json::Value>(&token, &DecodingKey::from_secret(key), &validation);
+        assert!(decoded.is_err(), "a malformed nbf must not be skipped");
+    }
+
     const ED_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIGiNGDT+9uaoIEx35DCC42bwNn3Wycp3QOPkEP8x91fD\n-----END PRIVATE KEY-----\n";
     const ED_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEABT6BPA2s5ItQ0Z7YSPuqoWRzoOjx68sLbyuBPSilTeA=\n-----END PUBLIC KEY-----\n";
     const ED2_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIEvYwiLBCaDwPS7gleyhxSzvkCMecOr/7A1dP98rvFoZ\n-----END PRIVATE KEY-----\n";

@@ -225,7 +225,11 @@ pub struct AuthSettings {
     /// An account's failures are forgotten this long after the last one (and on success).
     pub login_failure_window_secs: u64,
     pub access_token_ttl_secs: u64,
+    /// Lifetime of one refresh token (each refresh hands out a new one).
     pub refresh_token_ttl_secs: u64,
+    /// Absolute lifetime of a session (refresh-token family), counted from sign-in:
+    /// refreshing never extends it past this; then the user signs in again.
+    pub session_max_lifetime_secs: u64,
 }
 
 impl Default for AuthSettings {
@@ -247,6 +251,7 @@ impl Default for AuthSettings {
             login_failure_window_secs: 3600,
             access_token_ttl_secs: 15 * 60,
             refresh_token_ttl_secs: 30 * 24 * 3600,
+            session_max_lifetime_secs: 30 * 24 * 3600,
         }
     }
 }
@@ -261,9 +266,11 @@ pub enum JwtAlgorithm {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GraphqlSettings {
-    /// Serve the GraphiQL page at `GET /graphql`.
-    pub playground: bool,
-    pub introspection: bool,
+    /// Serve the GraphiQL page at `GET /graphql`. Unset: on in embedded mode, off in
+    /// distributed mode (production), where it only helps strangers explore.
+    pub playground: Option<bool>,
+    /// Introspection and field suggestions; unset: as `playground`.
+    pub introspection: Option<bool>,
     pub max_depth: usize,
     pub max_complexity: usize,
     pub max_aliases: usize,
@@ -287,11 +294,23 @@ pub struct GraphqlSettings {
     pub ws_max_subscriptions_per_user: usize,
 }
 
+impl GraphqlSettings {
+    /// Whether GraphiQL is served (after [`Settings::resolve_mode_defaults`]).
+    pub fn playground_enabled(&self) -> bool {
+        self.playground.unwrap_or(true)
+    }
+
+    /// Whether introspection is on (after [`Settings::resolve_mode_defaults`]).
+    pub fn introspection_enabled(&self) -> bool {
+        self.introspection.unwrap_or(true)
+    }
+}
+
 impl Default for GraphqlSettings {
     fn default() -> Self {
         Self {
-            playground: true,
-            introspection: true,
+            playground: None,
+            introspection: None,
             max_depth: 12,
             max_complexity: 500,
             max_aliases: 30,
@@ -325,6 +344,11 @@ pub struct TelemetrySettings {
     pub log_retention_days: usize,
     /// Lowest GStreamer log level bridged into tracing (`error`, `warning`, `info`, `debug`).
     pub gstreamer_level: String,
+    /// Serve `/metrics` on this address only (e.g. `127.0.0.1:9100`, reachable by the
+    /// scraper but not the public); unset: on the main listener.
+    pub metrics_bind: Option<String>,
+    /// When set, `/metrics` answers only `Authorization: Bearer <token>`.
+    pub metrics_token: Option<Secret>,
 }
 
 impl Default for TelemetrySettings {
@@ -335,6 +359,8 @@ impl Default for TelemetrySettings {
             log_dir: None,
             log_retention_days: 7,
             gstreamer_level: "warning".into(),
+            metrics_bind: None,
+            metrics_token: None,
         }
     }
 }
@@ -418,6 +444,7 @@ impl Settings {
     /// Checks that serde cannot express; each error names its key.
     pub fn validate(&self) -> Result<(), SettingsError> {
         self.bind_addr()?;
+        self.metrics_bind_addr()?;
         if let Some(url) = &self.server.public_url {
             let parsed = url::Url::parse(url).map_err(|e| SettingsError::new("server.public_url", e.to_string()))?;
             if !matches!(parsed.scheme(), "http" | "https") {
@@ -611,6 +638,22 @@ impl Settings {
         })
     }
 
+    /// `telemetry.metrics_bind`, parsed; `None` when `/metrics` is on the main listener.
+    pub fn metrics_bind_addr(&self) -> Result<Option<SocketAddr>, SettingsError> {
+        self.telemetry
+            .metrics_bind
+            .as_deref()
+            .map(|bind| {
+                bind.parse().map_err(|_| {
+                    SettingsError::new(
+                        "telemetry.metrics_bind",
+                        format!("`{bind}` is not an address like 127.0.0.1:9100"),
+                    )
+                })
+            })
+            .transpose()
+    }
+
     pub fn storage_backend(&self) -> StorageBackend {
         self.storage.backend.unwrap_or(if self.storage.s3.bucket.is_some() {
             StorageBackend::S3
@@ -643,6 +686,14 @@ impl Settings {
         self.workers.concurrency.unwrap_or_else(|| {
             std::thread::available_parallelism().map(|n| n.get().saturating_sub(1)).unwrap_or(1).max(1)
         })
+    }
+
+    /// Fill the defaults that depend on the mode: GraphiQL and introspection stay on
+    /// in embedded mode and are off in distributed mode unless set.
+    pub fn resolve_mode_defaults(&mut self) {
+        let embedded = self.mode() == Mode::Embedded;
+        self.graphql.playground.get_or_insert(embedded);
+        self.graphql.introspection.get_or_insert(embedded);
     }
 
     pub fn mode(&self) -> Mode {
@@ -731,6 +782,26 @@ mod tests {
         assert_eq!(settings.mode(), Mode::Embedded);
         assert!(settings.database_url().starts_with("sqlite://"));
         assert_eq!(settings.storage_backend(), StorageBackend::Local);
+    }
+
+    #[test]
+    fn graphiql_and_introspection_are_on_only_in_embedded_mode_unless_set() {
+        let mut embedded = Settings::default();
+        embedded.resolve_mode_defaults();
+        assert!(embedded.graphql.playground_enabled() && embedded.graphql.introspection_enabled());
+        let mut production = Settings::default();
+        production.database.url = Some(SecretUrl::new("postgres://db/app"));
+        production.resolve_mode_defaults();
+        assert!(!production.graphql.playground_enabled() && !production.graphql.introspection_enabled());
+        let mut chosen = Settings::default();
+        chosen.database.url = Some(SecretUrl::new("postgres://db/app"));
+        chosen.graphql.introspection = Some(true);
+        chosen.resolve_mode_defaults();
+        assert!(!chosen.graphql.playground_enabled() && chosen.graphql.introspection_enabled());
+        let mut off = Settings::default();
+        off.graphql.playground = Some(false);
+        off.resolve_mode_defaults();
+        assert!(!off.graphql.playground_enabled() && off.graphql.introspection_enabled());
     }
 
     #[test]

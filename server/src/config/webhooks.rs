@@ -26,6 +26,8 @@ pub struct WebhookSettings {
     pub backoff_max_ms: u64,
     /// Deliveries that fail for good in a row before the endpoint is disabled.
     pub disable_after_failures: i32,
+    /// Endpoints one user may register (global ones do not count); 0 means no cap.
+    pub max_endpoints_per_user: u64,
 }
 
 impl Default for WebhookSettings {
@@ -42,6 +44,7 @@ impl Default for WebhookSettings {
             backoff_base_ms: 10_000,
             backoff_max_ms: 3_600_000,
             disable_after_failures: 20,
+            max_endpoints_per_user: 20,
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::auth::accounts::{create_user_in, verify_credentials};
 use crate::auth::principal::ClientInfo;
 use crate::auth::roles::{rank, require_principal, AuthenticatedGuard, Permission, PermissionGuard};
 use crate::auth::{api_keys, sessions};
-use crate::error::AppError;
+use crate::error::{AppError, ErrorCode};
 use crate::limits::Policy;
 use crate::startup::AppState;
 
@@ -129,9 +129,7 @@ async fn limit_sign_in(state: &AppState, ctx: &Context<'_>, email: Option<&str>)
     let ip = crate::limits::ip_subject(&client_info(ctx).ip.unwrap_or_else(|| "unknown".into()));
     crate::limits::enforce(state, Policy::AuthIp, ip.clone(), 1).await?;
     if let Some(email) = email {
-        let account = account_key(email);
-        crate::limits::enforce(state, Policy::Auth, format!("{account}|{ip}"), 1).await?;
-        state.login_failures.check(&account).await?;
+        limit_account(state, email, &ip).await?;
     }
     Ok(())
 }
@@ -139,6 +137,15 @@ async fn limit_sign_in(state: &AppState, ctx: &Context<'_>, email: Option<&str>)
 /// The account a sign-in names, spelled one way.
 fn account_key(email: &str) -> String {
     crate::auth::accounts::normalize_email(email).unwrap_or_else(|_| email.trim().to_lowercase())
+}
+
+/// The per-account part of [`limit_sign_in`]: per account and IP (`auth`), and the
+/// account's back-off after failures from every address.
+async fn limit_account(state: &AppState, email: &str, ip: &str) -> Result<(), crate::error::AppError> {
+    let account = account_key(email);
+    crate::limits::enforce(state, Policy::Auth, format!("{account}|{ip}"), 1).await?;
+    state.login_failures.check(&account).await?;
+    Ok(())
 }
 
 fn client_info(ctx: &Context<'_>) -> ClientInfo {
@@ -201,11 +208,14 @@ pub struct AccountsMutation;
 
 #[Object]
 impl AccountsMutation {
-    /// Create an account (role USER) and sign in.
+    /// Create an account (role USER) and sign in. An email that already has an
+    /// account gets the same answer (see the README on account discovery): with
+    /// that account's password it signs in, otherwise its tokens do not work.
     async fn register(&self, ctx: &Context<'_>, input: RegisterInput) -> async_graphql::Result<AuthPayload> {
         let state = ctx.data::<AppState>()?;
         limit_sign_in(state, ctx, None).await.map_err(|e| e.extend())?;
-        let user = create_user_in(
+        let client = client_info(ctx);
+        let created = create_user_in(
             &state.db,
             &state.password_hashing,
             &input.email,
@@ -213,10 +223,30 @@ impl AccountsMutation {
             &input.display_name,
             entities::Role::User,
         )
-        .await
-        .map_err(|e| e.extend())?;
-        let tokens = sessions::start_session(state, user, &client_info(ctx)).await.map_err(|e| e.extend())?;
-        Ok(tokens.into())
+        .await;
+        let tokens = match created {
+            Ok(user) => sessions::start_session(state, user, &client).await,
+            Err(err) if err.code() == ErrorCode::Conflict => {
+                // For a known email this is a password check: charged like a login
+                // (per account and IP, and the account's failure back-off).
+                let ip = crate::limits::ip_subject(&client.ip.clone().unwrap_or_else(|| "unknown".into()));
+                limit_account(state, &input.email, &ip).await.map_err(|e| e.extend())?;
+                let account = account_key(&input.email);
+                match verify_credentials(&state.db, &state.password_hashing, &input.email, &input.password).await {
+                    Ok(user) => {
+                        state.login_failures.record_success(&account).await;
+                        sessions::start_session(state, user, &client).await
+                    }
+                    Err(err) if matches!(err.code(), ErrorCode::Unauthenticated | ErrorCode::Forbidden) => {
+                        state.login_failures.record_failure(&account).await;
+                        sessions::decoy_session(state, &input.email, &input.display_name)
+                    }
+                    Err(err) => Err(err),
+                }
+            }
+            Err(err) => Err(err),
+        };
+        Ok(tokens.map_err(|e| e.extend())?.into())
     }
 
     /// Sign in with email and password; starts a new session.

@@ -55,7 +55,7 @@ pub fn build_schema(settings: &GraphqlSettings, state: Option<AppState>) -> AppS
             max_directives: settings.max_directives,
         })
         .extension(limits::QueryCost);
-    if !settings.introspection {
+    if !settings.introspection_enabled() {
         builder = builder.disable_introspection().disable_suggestions();
     }
     if let Some(state) = state {

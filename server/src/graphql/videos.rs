@@ -391,7 +391,7 @@ impl VideosMutation {
         Ok(video.into())
     }
 
-    /// Change a video's metadata: its owner, or a moderator or admin.
+    /// Change a video's metadata or visibility: its owner only (staff hide or delete).
     #[graphql(guard = "AuthenticatedGuard")]
     async fn update_video(&self, ctx: &Context<'_>, id: ID, input: UpdateVideoInput) -> async_graphql::Result<Video> {
         let state = ctx.data::<AppState>()?;

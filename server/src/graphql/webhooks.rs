@@ -9,8 +9,8 @@ use async_graphql::{Context, Enum, ErrorExtensions, InputObject, Object, SimpleO
 use chrono::{DateTime, Utc};
 use entities::{webhook_attempt, webhook_delivery, webhook_endpoint, WebhookDeliveryStatus as DbStatus};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
-    QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set,
 };
 use uuid::Uuid;
 
@@ -248,6 +248,33 @@ fn require_writer(principal: &Principal) -> Result<(), AppError> {
     }
 }
 
+/// A writer whose `webhook` rate-limit policy (per user) has room: creating,
+/// re-pointing and redelivering all make the server send requests somewhere.
+async fn require_charged_writer(state: &AppState, principal: &Principal) -> Result<(), AppError> {
+    require_writer(principal)?;
+    crate::limits::enforce(state, crate::limits::Policy::Webhook, principal.user_id.to_string(), 1).await?;
+    Ok(())
+}
+
+/// Refuse a new personal endpoint beyond `webhooks.max_endpoints_per_user` (0: no cap).
+async fn check_endpoint_cap(state: &AppState, owner_id: Uuid) -> Result<(), AppError> {
+    let cap = state.settings.webhooks.max_endpoints_per_user;
+    if cap == 0 {
+        return Ok(());
+    }
+    let owned = webhook_endpoint::Entity::find()
+        .filter(webhook_endpoint::Column::OwnerId.eq(owner_id))
+        .count(&state.db)
+        .await?;
+    if owned >= cap {
+        return Err(AppError::new(
+            ErrorCode::Conflict,
+            format!("you already have {owned} webhooks, the most allowed; delete one first"),
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Default)]
 pub struct WebhooksQuery;
 
@@ -309,20 +336,27 @@ impl WebhooksMutation {
     ) -> async_graphql::Result<CreateWebhookPayload> {
         let state = ctx.data::<AppState>()?;
         let principal = require_principal(ctx).map_err(|e| e.extend())?;
-        require_writer(principal).map_err(|e| e.extend())?;
+        require_charged_writer(state, principal).await.map_err(|e| e.extend())?;
         let global = input.global.unwrap_or(false);
         if global && !is_admin(principal) {
             return Err(AppError::forbidden("only admins can create global webhooks").extend());
         }
+        if !global {
+            check_endpoint_cap(state, principal.user_id).await.map_err(|e| e.extend())?;
+        }
         let kinds = validate_events(&input.events).map_err(|e| e.extend())?;
         let url = validate_url(state, &input.url).await.map_err(|e| e.extend())?;
         let secret = crate::webhooks::new_secret();
+        let id = Uuid::now_v7();
+        let sealed = crate::webhooks::secrets::SecretBox::from_keys(&state.keys)
+            .and_then(|secrets| secrets.seal(id, &secret))
+            .map_err(|e| AppError::internal(e).extend())?;
         let now = Utc::now();
         let endpoint = webhook_endpoint::ActiveModel {
-            id: Set(Uuid::now_v7()),
+            id: Set(id),
             owner_id: Set((!global).then_some(principal.user_id)),
             url: Set(url),
-            secret: Set(secret.clone()),
+            secret: Set(sealed),
             event_kinds: Set(kinds),
             enabled: Set(true),
             disabled_reason: Set(None),
@@ -346,7 +380,7 @@ impl WebhooksMutation {
     ) -> async_graphql::Result<Webhook> {
         let state = ctx.data::<AppState>()?;
         let principal = require_principal(ctx).map_err(|e| e.extend())?;
-        require_writer(principal).map_err(|e| e.extend())?;
+        require_charged_writer(state, principal).await.map_err(|e| e.extend())?;
         let id = parse_uuid(id.as_str(), "webhook").map_err(|e| e.extend())?;
         let endpoint = find_visible(&state.db, principal, id).await.map_err(|e| e.extend())?;
         let mut row = endpoint.into_active_model();
@@ -389,7 +423,7 @@ impl WebhooksMutation {
     async fn redeliver_webhook(&self, ctx: &Context<'_>, delivery_id: ID) -> async_graphql::Result<WebhookDelivery> {
         let state = ctx.data::<AppState>()?;
         let principal = require_principal(ctx).map_err(|e| e.extend())?;
-        require_writer(principal).map_err(|e| e.extend())?;
+        require_charged_writer(state, principal).await.map_err(|e| e.extend())?;
         let id = parse_uuid(delivery_id.as_str(), "delivery").map_err(|e| e.extend())?;
         let delivery = webhook_delivery::Entity::find_by_id(id)
             .one(&state.db)

@@ -95,7 +95,7 @@ fn unavailable_retry_after(response: &async_graphql::BatchResponse) -> Option<u6
 }
 
 pub async fn graphiql(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    if !state.settings.graphql.playground {
+    if !state.settings.graphql.playground_enabled() {
         return Err(AppError::not_found("page"));
     }
     let page = GraphiQLSource::build()

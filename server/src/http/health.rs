@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use sea_orm::ConnectionTrait;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::error::AppError;
 use crate::startup::AppState;
@@ -85,7 +86,29 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+/// `/metrics` on the main listener: not there when `telemetry.metrics_bind` gives
+/// it a listener of its own.
+pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    if state.settings.telemetry.metrics_bind.is_some() {
+        return Err(AppError::not_found("page"));
+    }
+    metrics_here(req, state).await
+}
+
+/// `/metrics` wherever it is served, behind `telemetry.metrics_token` when set.
+pub async fn metrics_here(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    if let Some(token) = &state.settings.telemetry.metrics_token {
+        let presented = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // Compared as digests: equal length, so the comparison time says nothing.
+        if Sha256::digest(presented.as_bytes()) != Sha256::digest(token.expose().as_bytes()) {
+            return Err(AppError::unauthenticated("metrics need the bearer token of telemetry.metrics_token"));
+        }
+    }
     record_process_metrics();
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render()))
 }

@@ -7,6 +7,7 @@ pub mod hygiene;
 pub mod media;
 pub mod metrics_mw;
 pub mod rate_limit;
+pub mod request_span;
 pub mod tus;
 pub mod web_demo;
 pub mod ws_session;

@@ -57,13 +57,19 @@ pub fn can_list(viewer: Option<&Principal>, video: &video::Model) -> bool {
     video.hidden_at.is_none() && video.visibility == Visibility::Public
 }
 
-/// May `principal` change this video (edit, upload to it, delete, re-transcode)?
+/// May `principal` change this video (edit its metadata or visibility, upload a
+/// source to it, re-transcode it)? Only its owner: staff hide, unhide and delete
+/// other people's videos (see [`can_delete`]) but never publish or rewrite them.
 pub fn can_write(principal: &Principal, video: &video::Model) -> bool {
-    if video.deleted_at.is_some() {
-        return false;
-    }
-    (principal.user_id == video.owner_id && has_permission(principal.role, Permission::WriteOwnVideos))
-        || has_permission(principal.role, Permission::ModerateVideos)
+    video.deleted_at.is_none()
+        && principal.user_id == video.owner_id
+        && has_permission(principal.role, Permission::WriteOwnVideos)
+}
+
+/// May `principal` delete this video? Its owner, or a moderator or admin.
+pub fn can_delete(principal: &Principal, video: &video::Model) -> bool {
+    video.deleted_at.is_none()
+        && (can_write(principal, video) || has_permission(principal.role, Permission::ModerateVideos))
 }
 
 /// The video by id if `viewer` may read it; NOT_FOUND otherwise.
@@ -91,6 +97,21 @@ pub async fn find_writable<C: ConnectionTrait>(
         Ok(video)
     } else {
         Err(AppError::forbidden("you may not change this video"))
+    }
+}
+
+/// The video by id if `principal` may delete it; NOT_FOUND / FORBIDDEN as
+/// [`find_writable`].
+pub async fn find_deletable<C: ConnectionTrait>(
+    conn: &C,
+    principal: &Principal,
+    id: Uuid,
+) -> Result<video::Model, AppError> {
+    let video = find_readable(conn, Some(principal), id).await?;
+    if can_delete(principal, &video) {
+        Ok(video)
+    } else {
+        Err(AppError::forbidden("you may not delete this video"))
     }
 }
 
@@ -299,7 +320,7 @@ pub async fn delete_video(
         .exec(&txn)
         .await
         .map_err(AppError::internal)?;
-    let video = find_writable(&txn, principal, id).await?;
+    let video = find_deletable(&txn, principal, id).await?;
     let now = Utc::now();
     // Conditional on `deleted_at IS NULL`: of two concurrent deletes one wins.
     let marked = video::Entity::update_many()

@@ -1,6 +1,7 @@
 //! Sending deliveries: claim due rows, POST them signed, log the attempt, schedule
 //! the retry or give up, and disable endpoints that keep failing.
 
+use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use sea_orm::{
     QuerySelect, Set,
 };
 
+use super::secrets::SecretBox;
 use super::target::{self, TargetError};
 use crate::config::webhooks::WebhookSettings;
 
@@ -73,10 +75,10 @@ pub fn backoff(settings: &WebhookSettings, attempts: i32) -> Duration {
 
 /// The delivery loop of one process; runs until the process ends, behind a panic
 /// boundary.
-pub async fn run(db: DatabaseConnection, settings: Arc<WebhookSettings>) {
+pub async fn run(db: DatabaseConnection, settings: Arc<WebhookSettings>, secrets: Arc<SecretBox>) {
     let idle = Duration::from_millis(settings.poll_interval_ms.max(10));
     loop {
-        let step = AssertUnwindSafe(deliver_due(&db, &settings)).catch_unwind().await;
+        let step = AssertUnwindSafe(deliver_due(&db, &settings, &secrets)).catch_unwind().await;
         match step {
             Ok(Ok(sent)) if sent > 0 => continue,
             Ok(Ok(_)) => {}
@@ -89,7 +91,11 @@ pub async fn run(db: DatabaseConnection, settings: Arc<WebhookSettings>) {
 
 /// Claim and attempt the deliveries due now (at most `settings.concurrency`, in
 /// parallel); returns how many were attempted. Tests call this to step deliveries.
-pub async fn deliver_due(db: &DatabaseConnection, settings: &WebhookSettings) -> Result<usize, DbErr> {
+pub async fn deliver_due(
+    db: &DatabaseConnection,
+    settings: &WebhookSettings,
+    secrets: &SecretBox,
+) -> Result<usize, DbErr> {
     let now = Utc::now();
     let due = webhook_delivery::Entity::find()
         .filter(webhook_delivery::Column::Status.eq(WebhookDeliveryStatus::Pending))
@@ -108,7 +114,7 @@ pub async fn deliver_due(db: &DatabaseConnection, settings: &WebhookSettings) ->
         }
     }
     let count = claimed.len();
-    let results = futures::future::join_all(claimed.into_iter().map(|d| attempt(db, settings, d))).await;
+    let results = futures::future::join_all(claimed.into_iter().map(|d| attempt(db, settings, secrets, d))).await;
     for result in results {
         result?;
     }
@@ -137,6 +143,7 @@ async fn claim(
 async fn attempt(
     db: &DatabaseConnection,
     settings: &WebhookSettings,
+    secrets: &SecretBox,
     delivery: webhook_delivery::Model,
 ) -> Result<(), DbErr> {
     let Some(endpoint) = webhook_endpoint::Entity::find_by_id(delivery.endpoint_id).one(db).await? else {
@@ -151,7 +158,7 @@ async fn attempt(
     }
     let started = Instant::now();
     let at = Utc::now();
-    let outcome = send(settings, &endpoint, &delivery).await;
+    let outcome = send(settings, secrets, &endpoint, &delivery).await;
     let latency = started.elapsed();
     metrics::counter!("reelhouse_webhook_attempts_total", "outcome" => outcome.metric_label()).increment(1);
     metrics::histogram!("reelhouse_webhook_attempt_duration_seconds").record(latency.as_secs_f64());
@@ -162,6 +169,7 @@ async fn attempt(
 /// POST the delivery to the endpoint (after the SSRF check on the resolved addresses).
 async fn send(
     settings: &WebhookSettings,
+    secrets: &SecretBox,
     endpoint: &webhook_endpoint::Model,
     delivery: &webhook_delivery::Model,
 ) -> AttemptOutcome {
@@ -176,16 +184,7 @@ async fn send(
         }
         Err(TargetError::Unresolvable(error)) => return AttemptOutcome::Unreachable { error },
     };
-    let mut builder = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
-        .timeout(Duration::from_millis(settings.timeout_ms))
-        .user_agent(concat!("reelhouse-webhooks/", env!("CARGO_PKG_VERSION")));
-    if let Some(url::Host::Domain(domain)) = url.host() {
-        // Pinned to the addresses just checked: no second lookup to rebind.
-        builder = builder.resolve_to_addrs(domain, &addrs);
-    }
-    let client = match builder.build() {
+    let client = match client_for(settings, &url, &addrs) {
         Ok(client) => client,
         Err(err) => return AttemptOutcome::Unreachable { error: format!("building the HTTP client: {err}") },
     };
@@ -194,7 +193,12 @@ async fn send(
         Err(err) => return AttemptOutcome::Refused { error: format!("serialising the payload: {err}") },
     };
     let timestamp = Utc::now().timestamp();
-    let signature = super::sign(&endpoint.secret, timestamp, &body);
+    let secret = match secrets.open(endpoint.id, &endpoint.secret) {
+        Ok(secret) => secret,
+        // Not the receiver's fault, and not retried into success: said plainly.
+        Err(err) => return AttemptOutcome::Refused { error: format!("cannot sign: {err}") },
+    };
+    let signature = super::sign(&secret, timestamp, &body);
     let request = client
         .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -223,6 +227,27 @@ async fn send(
     }
     snippet.truncate(settings.max_response_bytes.min(200));
     AttemptOutcome::Rejected { status, body: String::from_utf8_lossy(&snippet).trim().to_string() }
+}
+
+/// The client for one attempt: pinned to the addresses just checked (no second
+/// lookup to rebind), no redirects, and no proxy. A proxy from `HTTP(S)_PROXY`
+/// would make the connection to an address nobody checked (the proxy's, which is
+/// typically internal), and the proxy would resolve the name again itself.
+pub fn client_for(
+    settings: &WebhookSettings,
+    url: &url::Url,
+    addrs: &[SocketAddr],
+) -> reqwest::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
+        .timeout(Duration::from_millis(settings.timeout_ms))
+        .user_agent(concat!("reelhouse-webhooks/", env!("CARGO_PKG_VERSION")));
+    if let Some(url::Host::Domain(domain)) = url.host() {
+        builder = builder.resolve_to_addrs(domain, addrs);
+    }
+    builder.build()
 }
 
 /// Log the attempt and move the delivery (and, on a final failure, the endpoint) on.

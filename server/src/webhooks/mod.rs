@@ -26,8 +26,9 @@
 //! reject timestamps more than 5 minutes away from their clock (the replay window);
 //! within it they dedupe on the id. Delivery is at-least-once.
 //!
-//! **Secrets** are stored as issued (the server has to sign with them, so they cannot
-//! be hashed) and shown once, on creation.
+//! **Secrets** are shown once, on creation, and stored sealed with a key derived from
+//! the server's master secret (the server has to sign with them, so they cannot be
+//! hashed); see [`secrets`].
 //!
 //! **SSRF.** Targets are http(s) URLs without credentials; unless
 //! `webhooks.allow_private_targets`, a target resolving to a loopback, private,
@@ -37,6 +38,7 @@
 //! followed.
 
 pub mod delivery;
+pub mod secrets;
 pub mod target;
 
 use chrono::Utc;

@@ -89,17 +89,52 @@ async fn anonymous_callers_get_unauthenticated_and_public_fields_still_work() {
     assert_eq!(body["data"]["serverInfo"]["version"], env!("CARGO_PKG_VERSION"));
 }
 
+/// Registering a known email answers like a new sign-up (issue 18): nothing in the
+/// answer says the account exists, and the account is untouched.
 #[actix_web::test]
-async fn duplicate_email_is_a_conflict() {
+async fn registering_a_known_email_does_not_reveal_the_account() {
     let app = spawn_app().await;
     let user = app.register_user().await;
-    let (_, body) = app
-        .graphql(
-            &register_mutation(),
-            json!({ "input": { "email": user.email.to_uppercase(), "password": TEST_PASSWORD, "displayName": "Again" } }),
+    let register = |email: String, password: &'static str| {
+        let app = &app;
+        async move {
+            let (status, body) = app
+                .graphql(
+                    &register_mutation(),
+                    json!({ "input": { "email": email, "password": password, "displayName": "Again" } }),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            assert!(body["errors"].is_null(), "the same answer as a new account: {body}");
+            body["data"]["register"].clone()
+        }
+    };
+    let fresh = register(format!("{}@example.com", Uuid::new_v4().simple()), "another horse battery 7").await;
+    let known = register(user.email.to_uppercase(), "another horse battery 7").await;
+    let shape = |payload: &Value| {
+        (
+            payload["accessToken"].as_str().map(|t| t.split('.').count()),
+            payload["refreshToken"].as_str().map(str::len),
+            payload["expiresIn"].clone(),
+            payload["user"]["role"].clone(),
+            payload["user"]["displayName"].clone(),
         )
-        .await;
-    assert_eq!(error_code(&body).as_deref(), Some("CONFLICT"), "{body}");
+    };
+    assert_eq!(shape(&known), shape(&fresh));
+    assert_eq!(known["user"]["email"], user.email.as_str());
+    assert_ne!(known["user"]["id"], user.id.as_str(), "the answer names no existing account");
+    // The decoy's tokens open nothing, and the account is unchanged.
+    let decoy = Credentials::Bearer(known["accessToken"].as_str().unwrap().to_string());
+    assert_eq!(me_code(&app, &decoy).await.as_deref(), Some("UNAUTHENTICATED"));
+    let body = refresh(&app, known["refreshToken"].as_str().unwrap()).await;
+    assert_eq!(error_code(&body).as_deref(), Some("UNAUTHENTICATED"), "{body}");
+    assert_eq!(me_code(&app, &user.bearer()).await, None);
+    let again = app.login(&user.email, TEST_PASSWORD).await;
+    assert_eq!(me_code(&app, &again.bearer()).await, None);
+    // The owner retrying a sign-up with their own password is simply signed in.
+    let own = register(user.email.clone(), TEST_PASSWORD).await;
+    assert_eq!(own["user"]["id"], user.id.as_str());
+    assert_eq!(me_code(&app, &Credentials::Bearer(own["accessToken"].as_str().unwrap().to_string())).await, None);
 }
 
 #[actix_web::test]
@@ -463,4 +498,39 @@ async fn demotion_applies_on_the_next_request() {
     assert_eq!(body["data"]["setUserRole"]["role"], "USER", "{body}");
     let (_, body) = app.graphql_as(&other_admin.bearer(), users, json!({})).await;
     assert_eq!(error_code(&body).as_deref(), Some("FORBIDDEN"), "{body}");
+}
+
+/// A session ends `auth.session_max_lifetime_secs` after sign-in, however often it is
+/// refreshed (issue 18). The family's start is moved back instead of waiting.
+#[actix_web::test]
+async fn refreshing_never_outlives_the_absolute_session_lifetime() {
+    use entities::{refresh_token, refresh_token_family};
+    use sea_orm::{ColumnTrait, QueryFilter};
+    let app = spawn_app_with(|s| s.auth.session_max_lifetime_secs = 7 * 24 * 3600).await;
+    let user = app.register_user().await;
+    let user_id = Uuid::parse_str(&user.id).unwrap();
+    let family = refresh_token_family::Entity::find()
+        .filter(refresh_token_family::Column::UserId.eq(user_id))
+        .one(&app.state.db)
+        .await
+        .unwrap()
+        .unwrap();
+    // A refresh token never expires after its family's end.
+    let tokens = refresh_token::Entity::find()
+        .filter(refresh_token::Column::FamilyId.eq(family.id))
+        .all(&app.state.db)
+        .await
+        .unwrap();
+    let end = family.created_at + chrono::Duration::days(7);
+    assert!(tokens.iter().all(|t| t.expires_at <= end), "{tokens:?} outlive {end}");
+
+    let body = refresh(&app, &user.refresh_token).await;
+    let next = body["data"]["refreshToken"]["refreshToken"].as_str().unwrap_or_else(|| panic!("{body}")).to_string();
+    let mut active: refresh_token_family::ActiveModel = family.into();
+    active.created_at = Set(chrono::Utc::now() - chrono::Duration::days(8));
+    let family = active.update(&app.state.db).await.unwrap();
+    let body = refresh(&app, &next).await;
+    assert_eq!(error_code(&body).as_deref(), Some("UNAUTHENTICATED"), "an old session is over: {body}");
+    let family = refresh_token_family::Entity::find_by_id(family.id).one(&app.state.db).await.unwrap().unwrap();
+    assert!(family.revoked_at.is_some(), "and revoked, so its access tokens stop too");
 }

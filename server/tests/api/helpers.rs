@@ -102,6 +102,10 @@ pub async fn test_settings(data_dir: &std::path::Path) -> Settings {
         reelhouse::limits::Policy::AuthIp,
         reelhouse::config::rate_limit::PolicySettings::new(10_000, 60, 10_000, false),
     );
+    // GraphiQL and introspection are off by default in distributed mode; the tests
+    // use them on both backends.
+    settings.graphql.playground = Some(true);
+    settings.graphql.introspection = Some(true);
     if backend() == Backend::Postgres {
         settings.database.url = Some(SecretUrl::new(create_postgres_database().await));
         settings.database.max_connections = 5;

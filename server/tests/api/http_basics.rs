@@ -336,8 +336,8 @@ async fn tls_enforcement_redirects_or_refuses_plain_http_behind_a_proxy() {
 #[actix_web::test]
 async fn introspection_and_graphiql_can_be_switched_off() {
     let app = spawn_app_with(|s| {
-        s.graphql.introspection = false;
-        s.graphql.playground = false;
+        s.graphql.introspection = Some(false);
+        s.graphql.playground = Some(false);
     })
     .await;
     let (_, body) = app.graphql("{ __schema { types { name } } }", serde_json::json!({})).await;
@@ -348,4 +348,92 @@ async fn introspection_and_graphiql_can_be_switched_off() {
     let message = body["errors"][0]["message"].as_str().unwrap_or_default();
     assert!(!message.contains("serverInfo"), "no suggestions: {message}");
     assert_eq!(app.client.get(app.url("/graphql")).send().await.unwrap().status(), 404);
+}
+
+/// A writer collecting everything logged, for the test below.
+#[derive(Clone, Default)]
+struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLogs {
+    type Writer = CapturedLogs;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// Signed URLs carry their signature in the query string: the request log (the root
+/// span of every request) records the path only (issue 18).
+#[actix_web::test]
+async fn request_logs_leave_out_query_strings() {
+    let logs = CapturedLogs::default();
+    // The process's global subscriber: nextest runs each test in its own process.
+    tracing_subscriber::fmt()
+        .json()
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(logs.clone())
+        .try_init()
+        .expect("no other subscriber in this process");
+    let app = spawn_app().await;
+    for path in ["/health?signature=sekrit-sig-1234&expires=99", "/media/x/y?sig=sekrit-sig-1234"] {
+        app.client.get(app.url(path)).send().await.unwrap();
+    }
+    let logged = crate::helpers::eventually(50, || async { logs.text().matches("\"http.target\"").count() >= 2 }).await;
+    let text = logs.text();
+    assert!(logged, "no request spans logged: {text}");
+    assert!(text.contains("/health"), "the path is still logged: {text}");
+    assert!(!text.contains("sekrit-sig-1234"), "a query string reached the logs: {text}");
+}
+
+/// `/metrics` can be given a bearer token (issue 18).
+#[actix_web::test]
+async fn metrics_can_require_a_bearer_token() {
+    let app =
+        spawn_app_with(|s| s.telemetry.metrics_token = Some(reelhouse::config::Secret::new("scrape-me-123"))).await;
+    let metrics = |token: Option<&'static str>| {
+        let mut request = app.client.get(app.url("/metrics"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    assert_eq!(metrics(None).await.unwrap().status(), 401);
+    assert_eq!(metrics(Some("scrape-me-12")).await.unwrap().status(), 401);
+    let res = metrics(Some("scrape-me-123")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await.unwrap().contains("reelhouse_"));
+}
+
+/// `/metrics` can be moved to a listener of its own, off the public one (issue 18).
+#[actix_web::test]
+async fn metrics_can_move_to_their_own_address() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut settings = crate::helpers::test_settings(data_dir.path()).await;
+    settings.telemetry.metrics_bind = Some("127.0.0.1:0".into());
+    let app = reelhouse::startup::Application::build(settings).await.unwrap();
+    let (main, metrics) = (app.addr(), app.metrics_addr().expect("a metrics listener"));
+    assert_ne!(main, metrics);
+    actix_rt::spawn(app.run_until_stopped());
+    let client = reqwest::Client::new();
+    let public = client.get(format!("http://{main}/metrics")).send().await.unwrap();
+    assert_eq!(public.status(), 404, "not on the public listener");
+    let private = client.get(format!("http://{metrics}/metrics")).send().await.unwrap();
+    assert_eq!(private.status(), 200);
+    assert!(private.text().await.unwrap().contains("reelhouse_"));
 }

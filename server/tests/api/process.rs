@@ -201,9 +201,10 @@ async fn migrate_and_create_admin_work_on_a_fresh_data_dir() {
 
     // Same email again: refused, still one account.
     let again = reelhouse_command()
-        .args(["create-admin", "--email", "root@example.com", "--password", "another pass 8"])
+        .args(["create-admin", "--email", "root@example.com"])
         .arg("--data-dir")
         .arg(dir.path())
+        .env("REELHOUSE_ADMIN_PASSWORD", "another pass 8")
         .output()
         .await
         .unwrap();
@@ -211,15 +212,66 @@ async fn migrate_and_create_admin_work_on_a_fresh_data_dir() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
     // A weak password is refused with the policy's reason.
     let weak = reelhouse_command()
-        .args(["create-admin", "--email", "second@example.com", "--password", "short"])
+        .args(["create-admin", "--email", "second@example.com"])
         .arg("--data-dir")
         .arg(dir.path())
+        .env("REELHOUSE_ADMIN_PASSWORD", "short")
         .output()
         .await
         .unwrap();
     assert!(!weak.status.success());
     assert!(String::from_utf8_lossy(&weak.stderr).contains("at least 10 characters"));
     assert_eq!(user::Entity::find().count(&db).await.unwrap(), 1);
+}
+
+/// The admin password never comes from argv, where `ps` shows it (issue 18): the
+/// flag is gone, the environment and stdin work.
+#[tokio::test]
+async fn create_admin_takes_the_password_from_the_environment_or_stdin_only() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let on_argv = reelhouse_command()
+        .args(["create-admin", "--email", "argv@example.com", "--password", "correct horse 7"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("REELHOUSE_ADMIN_PASSWORD")
+        .output()
+        .await
+        .unwrap();
+    assert!(!on_argv.status.success(), "a password on the command line is refused");
+    let nothing = reelhouse_command()
+        .args(["create-admin", "--email", "none@example.com"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("REELHOUSE_ADMIN_PASSWORD")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(!nothing.status.success());
+    assert!(String::from_utf8_lossy(&nothing.stderr).contains("REELHOUSE_ADMIN_PASSWORD"));
+
+    let mut piped = reelhouse_command()
+        .args(["create-admin", "--email", "stdin@example.com", "--password-stdin"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("REELHOUSE_ADMIN_PASSWORD")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    piped.stdin.take().unwrap().write_all(b"correct horse 7\n").await.unwrap();
+    let output = piped.wait_with_output().await.unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    let db = Database::connect(sqlite_url(dir.path())).await.unwrap();
+    let admins = user::Entity::find().all(&db).await.unwrap();
+    assert_eq!(admins.iter().map(|u| u.email.as_str()).collect::<Vec<_>>(), ["stdin@example.com"]);
+    let pool = reelhouse::auth::password::HashingPool::new(None);
+    let verified =
+        reelhouse::auth::accounts::verify_credentials(&db, &pool, "stdin@example.com", "correct horse 7").await;
+    assert!(verified.is_ok(), "the password read from stdin is the one set");
 }
 
 #[tokio::test]

@@ -12,6 +12,8 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use entities::{VideoStatus, Visibility};
 use hmac::{Hmac, Mac};
 use reelhouse::events::EventKind;
+use reelhouse::webhooks::secrets::SecretBox;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
@@ -89,13 +91,19 @@ where
     Fut: std::future::Future<Output = bool>,
 {
     for _ in 0..300 {
-        reelhouse::webhooks::delivery::deliver_due(&app.state.db, &app.state.settings.webhooks).await.unwrap();
+        reelhouse::webhooks::delivery::deliver_due(&app.state.db, &app.state.settings.webhooks, &secrets(app))
+            .await
+            .unwrap();
         if done().await {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     false
+}
+
+fn secrets(app: &TestApp) -> SecretBox {
+    SecretBox::from_keys(&app.state.keys).unwrap()
 }
 
 /// Keep stepping the queue for `period` (to see that nothing more is sent).
@@ -518,10 +526,11 @@ async fn pending_deliveries_are_rows_sent_once_by_racing_senders() {
     // Three senders step the same queue at once: each delivery is claimed by one.
     let settings = app.state.settings.webhooks.clone();
     let db = &app.state.db;
+    let secrets = &secrets(&app);
     let (a, b, c) = tokio::join!(
-        reelhouse::webhooks::delivery::deliver_due(db, &settings),
-        reelhouse::webhooks::delivery::deliver_due(db, &settings),
-        reelhouse::webhooks::delivery::deliver_due(db, &settings),
+        reelhouse::webhooks::delivery::deliver_due(db, &settings, secrets),
+        reelhouse::webhooks::delivery::deliver_due(db, &settings, secrets),
+        reelhouse::webhooks::delivery::deliver_due(db, &settings, secrets),
     );
     assert_eq!(a.unwrap() + b.unwrap() + c.unwrap(), 5, "every delivery attempted exactly once");
     let hits = receiver.hits();
@@ -531,7 +540,146 @@ async fn pending_deliveries_are_rows_sent_once_by_racing_senders() {
     for hit in &hits {
         assert_signed(hit, &secret);
     }
-    assert_eq!(reelhouse::webhooks::delivery::deliver_due(db, &settings).await.unwrap(), 0, "nothing left due");
+    assert_eq!(
+        reelhouse::webhooks::delivery::deliver_due(db, &settings, secrets).await.unwrap(),
+        0,
+        "nothing left due"
+    );
     let log = deliveries(&app, &owner, webhook_id).await;
     assert!(log.iter().all(|d| d["status"] == "SUCCEEDED" && d["attemptCount"] == 1), "{log:?}");
+}
+
+#[actix_web::test]
+async fn webhook_mutations_and_redelivery_are_rate_limited() {
+    let app = app_allowing_private(|s| {
+        s.rate_limit.policies.insert(
+            reelhouse::limits::Policy::Webhook,
+            reelhouse::config::rate_limit::PolicySettings::new(1, 3600, 3, true),
+        );
+    })
+    .await;
+    let user = app.register_user().await;
+    let other = app.register_user().await;
+    let (webhook, _) = create_webhook(&app, &user, "http://127.0.0.1:9/hook", &["READY"], false).await;
+    let redeliver = "mutation($id: ID!) { redeliverWebhook(deliveryId: $id) { id } }";
+    let unknown = json!({ "id": uuid::Uuid::now_v7().to_string() });
+    for _ in 0..2 {
+        let (_, body) = app.graphql_as(&user.bearer(), redeliver, unknown.clone()).await;
+        assert_eq!(error_code(&body).as_deref(), Some("NOT_FOUND"), "{body}");
+    }
+    let (_, body) = app.graphql_as(&user.bearer(), redeliver, unknown.clone()).await;
+    assert_eq!(error_code(&body).as_deref(), Some("RATE_LIMITED"), "redelivery is charged: {body}");
+    let update = "mutation($id: ID!) { updateWebhook(id: $id, input: { enabled: false }) { id } }";
+    let (_, body) = app.graphql_as(&user.bearer(), update, json!({ "id": webhook["id"] })).await;
+    assert_eq!(error_code(&body).as_deref(), Some("RATE_LIMITED"), "{body}");
+    // Per user: somebody else still has room, and deleting is never refused.
+    create_webhook(&app, &other, "http://127.0.0.1:9/hook", &["READY"], false).await;
+    let (_, body) = app
+        .graphql_as(&user.bearer(), "mutation($id: ID!) { deleteWebhook(id: $id) }", json!({ "id": webhook["id"] }))
+        .await;
+    assert_eq!(body["data"]["deleteWebhook"], true, "{body}");
+}
+
+#[actix_web::test]
+async fn endpoints_per_user_are_capped() {
+    let app = app_allowing_private(|s| s.webhooks.max_endpoints_per_user = 2).await;
+    let user = app.register_user().await;
+    for _ in 0..2 {
+        create_webhook(&app, &user, "http://127.0.0.1:9/hook", &["READY"], false).await;
+    }
+    let (_, body) = app
+        .graphql_as(
+            &user.bearer(),
+            "mutation($input: CreateWebhookInput!) { createWebhook(input: $input) { secret } }",
+            json!({ "input": { "url": "http://127.0.0.1:9/hook", "events": ["READY"] } }),
+        )
+        .await;
+    assert_eq!(error_code(&body).as_deref(), Some("CONFLICT"), "{body}");
+    let (_, body) = app.graphql_as(&user.bearer(), "{ webhooks { id } }", json!({})).await;
+    assert_eq!(body["data"]["webhooks"].as_array().unwrap().len(), 2);
+    // Another user has their own allowance.
+    let other = app.register_user().await;
+    create_webhook(&app, &other, "http://127.0.0.1:9/hook", &["READY"], false).await;
+}
+
+/// A proxy from the environment would connect to an address nobody checked; the
+/// delivery goes straight to the pinned address instead.
+#[actix_web::test]
+async fn deliveries_ignore_proxy_settings_from_the_environment() {
+    let app = app_allowing_private(|_| {}).await;
+    let receiver = start_receiver(vec![]).await;
+    let owner = app.register_user().await;
+    create_webhook(&app, &owner, &receiver.url, &["READY"], false).await;
+    // Set after the test's own client is built (reqwest reads the environment when a
+    // client is built). nextest runs every test in its own process, so this changes
+    // nobody else's environment.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    for name in ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"] {
+        std::env::set_var(name, &proxy_url);
+    }
+    for name in ["NO_PROXY", "no_proxy"] {
+        std::env::remove_var(name);
+    }
+    let proxied = Arc::new(Mutex::new(0usize));
+    let seen = proxied.clone();
+    actix_rt::spawn(async move {
+        while let Ok((mut socket, _)) = proxy.accept().await {
+            *seen.lock().unwrap() += 1;
+            use tokio::io::AsyncWriteExt;
+            let _ = socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+        }
+    });
+    let video = insert_video(&app, &owner, Visibility::Public, VideoStatus::Processing).await;
+    transition_on(&app, video.id, VideoStatus::Ready, EventKind::Ready, None).await;
+    let reached = pump_until(&app, || async { !receiver.hits().is_empty() || *proxied.lock().unwrap() > 0 }).await;
+    assert!(reached, "the delivery went nowhere");
+    assert_eq!(*proxied.lock().unwrap(), 0, "the delivery went through the proxy");
+    assert_eq!(receiver.hits().len(), 1);
+}
+
+/// Secrets are sealed at rest (issue 18): the row holds no trace of the secret, yet
+/// deliveries are signed with it.
+#[actix_web::test]
+async fn webhook_secrets_are_stored_sealed() {
+    let app = app_allowing_private(|_| {}).await;
+    let receiver = start_receiver(vec![]).await;
+    let owner = app.register_user().await;
+    let (webhook, secret) = create_webhook(&app, &owner, &receiver.url, &["READY"], false).await;
+    let id = uuid::Uuid::parse_str(webhook["id"].as_str().unwrap()).unwrap();
+    let row = entities::webhook_endpoint::Entity::find_by_id(id).one(&app.state.db).await.unwrap().unwrap();
+    let hex = secret.trim_start_matches("whsec_");
+    assert!(!row.secret.contains(hex), "stored in plain text: {}", row.secret);
+    assert!(row.secret.starts_with("enc1:"), "{}", row.secret);
+    let video = insert_video(&app, &owner, Visibility::Public, VideoStatus::Processing).await;
+    transition_on(&app, video.id, VideoStatus::Ready, EventKind::Ready, None).await;
+    let hits = receiver.wait_for(&app, 1).await;
+    assert_signed(&hits[0], &secret);
+}
+
+/// Rows stored before sealing keep working, and the startup pass seals them.
+#[actix_web::test]
+async fn secrets_stored_in_plain_text_are_sealed_at_startup() {
+    let app = app_allowing_private(|_| {}).await;
+    let receiver = start_receiver(vec![]).await;
+    let owner = app.register_user().await;
+    let (webhook, _) = create_webhook(&app, &owner, &receiver.url, &["READY"], false).await;
+    let id = uuid::Uuid::parse_str(webhook["id"].as_str().unwrap()).unwrap();
+    let legacy = "whsec_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    entities::webhook_endpoint::Entity::update_many()
+        .col_expr(entities::webhook_endpoint::Column::Secret, sea_orm::sea_query::Expr::value(legacy))
+        .filter(entities::webhook_endpoint::Column::Id.eq(id))
+        .exec(&app.state.db)
+        .await
+        .unwrap();
+    let video = insert_video(&app, &owner, Visibility::Public, VideoStatus::Processing).await;
+    transition_on(&app, video.id, VideoStatus::Ready, EventKind::Ready, None).await;
+    assert_signed(&receiver.wait_for(&app, 1).await[0], legacy);
+
+    let sealed = reelhouse::webhooks::secrets::seal_stored_secrets(&app.state.db, &secrets(&app)).await.unwrap();
+    assert_eq!(sealed, 1);
+    let row = entities::webhook_endpoint::Entity::find_by_id(id).one(&app.state.db).await.unwrap().unwrap();
+    assert!(row.secret.starts_with("enc1:") && !row.secret.contains(&legacy[6..]), "{}", row.secret);
+    assert_eq!(secrets(&app).open(id, &row.secret).unwrap(), legacy);
+    assert_eq!(reelhouse::webhooks::secrets::seal_stored_secrets(&app.state.db, &secrets(&app)).await.unwrap(), 0);
 }
