@@ -22,6 +22,7 @@ mod m20261122_000011_create_webhooks;
 mod m20261122_000012_add_video_event_seq;
 mod m20261206_000001_add_output_bytes_and_processing_usage;
 mod m20261206_000002_add_upload_staging_swept_at;
+mod m20261206_000003_create_audit_events;
 
 pub struct Migrator;
 
@@ -43,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000012_add_video_event_seq::Migration),
             Box::new(m20261206_000001_add_output_bytes_and_processing_usage::Migration),
             Box::new(m20261206_000002_add_upload_staging_swept_at::Migration),
+            Box::new(m20261206_000003_create_audit_events::Migration),
         ]
     }
 }
