@@ -366,8 +366,7 @@ impl AccountsMutation {
         active.disabled = Set(true);
         active.updated_at = Set(Utc::now());
         let user = active.update(&txn).await.map_err(|e| AppError::from(e).extend())?;
-        let revoked =
-            sessions::revoke_all_sessions(&txn, user_id, "account disabled").await.map_err(|e| e.extend())?;
+        let revoked = sessions::revoke_all_sessions(&txn, user_id, "account disabled").await.map_err(|e| e.extend())?;
         let entry = AuditEntry::new(AuditAction::UserDisabled, AuditOutcome::Success)
             .actor(principal.user_id)
             .target(user_id)
@@ -381,13 +380,7 @@ impl AccountsMutation {
 /// A failed sign-in, audited best effort: the client gets the sign-in's own error,
 /// never a 500 for a record that could not be written. The target is the account,
 /// when it exists; the typed email is not stored (people type passwords into it).
-async fn audit_failed_login(
-    state: &AppState,
-    client: &ClientInfo,
-    account: &str,
-    outcome: AuditOutcome,
-    reason: &str,
-) {
+async fn audit_failed_login(state: &AppState, client: &ClientInfo, account: &str, outcome: AuditOutcome, reason: &str) {
     let target = match user::Entity::find().filter(user::Column::Email.eq(account)).one(&state.db).await {
         Ok(found) => found.map(|u| u.id),
         Err(err) => {

@@ -11,12 +11,12 @@ use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, Quer
 use uuid::Uuid;
 
 use crate::auth::principal::{ClientInfo, Principal};
-use crate::repo::audit::{self, AuditAction, AuditEntry, AuditOutcome};
 use crate::auth::roles::{has_permission, require_principal, AuthenticatedGuard, Permission, PermissionGuard};
 use crate::error::{AppError, ErrorCode};
 use crate::events::{ProgressInfo, Publisher};
 use crate::graphql::progress::Progress;
 use crate::jobs::{self, queue, NewJob, DEFAULT_PRIORITY};
+use crate::repo::audit::{self, AuditAction, AuditEntry, AuditOutcome};
 use crate::startup::AppState;
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]

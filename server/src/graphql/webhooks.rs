@@ -219,7 +219,8 @@ async fn audit_endpoint_change(
     if let (Some(changed), Some(map)) = (changed, detail.as_object_mut()) {
         map.insert("changed".into(), serde_json::json!(changed));
     }
-    let entry = AuditEntry::new(action, AuditOutcome::Success).actor(principal.user_id).target(endpoint.id).detail(detail);
+    let entry =
+        AuditEntry::new(action, AuditOutcome::Success).actor(principal.user_id).target(endpoint.id).detail(detail);
     let client = ctx.data_opt::<ClientInfo>().cloned().unwrap_or_default();
     audit::record(txn, &client, entry).await
 }
