@@ -262,4 +262,69 @@ mod tests {
         }
         assert_eq!(AuditAction::LoginFailed.as_str(), "LOGIN_FAILED");
     }
+
+    /// A log writer the test can read back.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn each_record_is_an_audit_log_line_and_a_failed_write_is_only_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("audit.db").display());
+        let db = sea_orm::Database::connect(url).await.unwrap();
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::fmt().json().with_writer(captured.clone()).finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let client = ClientInfo {
+            ip: Some("198.51.100.7".into()),
+            user_agent: Some("curl/8".into()),
+            request_id: Some("req-1".into()),
+        };
+        let actor = Uuid::now_v7();
+        let entry = AuditEntry::new(AuditAction::LoginFailed, AuditOutcome::Failure)
+            .actor(actor)
+            .target("someone")
+            .detail(serde_json::json!({ "reason": "bad credentials" }));
+
+        // No table yet: `record` fails, `record_or_log` only logs.
+        assert!(record(&db, &client, entry.clone()).await.is_err());
+        record_or_log(&db, &client, entry.clone()).await;
+        assert!(String::from_utf8(captured.0.lock().unwrap().clone())
+            .unwrap()
+            .contains("writing an audit record failed"));
+
+        crate::db::migrate(&db).await.unwrap();
+        captured.0.lock().unwrap().clear();
+        record(&db, &client, entry).await.unwrap();
+        let line = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+        assert_eq!(line["target"], "audit", "{line}");
+        assert_eq!(line["fields"]["action"], "LOGIN_FAILED", "{line}");
+        assert_eq!(line["fields"]["outcome"], "FAILURE", "{line}");
+        assert!(line["fields"]["actor_id"].as_str().unwrap().contains(&actor.to_string()), "{line}");
+        assert!(line["fields"]["ip"].as_str().unwrap().contains("198.51.100.7"), "{line}");
+        assert!(line["fields"]["request_id"].as_str().unwrap().contains("req-1"), "{line}");
+        let rows = audit_event::Entity::find().all(&db).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].action, "LOGIN_FAILED");
+    }
 }
