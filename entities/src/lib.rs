@@ -8,6 +8,7 @@ pub mod enums;
 pub mod prelude;
 
 pub mod api_key;
+pub mod audit_event;
 pub mod event_outbox;
 pub mod job;
 pub mod job_log;

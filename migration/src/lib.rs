@@ -23,6 +23,7 @@ mod m20261122_000012_add_video_event_seq;
 mod m20261206_000001_add_output_bytes_and_processing_usage;
 mod m20261206_000002_add_upload_staging_swept_at;
 mod m20261206_000003_widen_webhook_secrets;
+mod m20261206_000004_create_audit_events;
 
 pub struct Migrator;
 
@@ -45,6 +46,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000001_add_output_bytes_and_processing_usage::Migration),
             Box::new(m20261206_000002_add_upload_staging_swept_at::Migration),
             Box::new(m20261206_000003_widen_webhook_secrets::Migration),
+            Box::new(m20261206_000004_create_audit_events::Migration),
         ]
     }
 }

@@ -150,6 +150,7 @@ impl Application {
         }
         actix_rt::spawn(crate::uploads::sweeper::run(state.clone()));
         actix_rt::spawn(crate::events::run_pruner(state.db.clone(), settings.events.clone()));
+        actix_rt::spawn(crate::repo::audit::run_pruner(state.db.clone(), settings.audit.clone()));
         if settings.webhooks.deliver {
             actix_rt::spawn(crate::webhooks::delivery::run(
                 state.db.clone(),

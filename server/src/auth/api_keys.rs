@@ -8,7 +8,9 @@ use chrono::{Duration, Utc};
 use entities::{api_key, user, Role};
 use rand::Rng;
 use sea_orm::sea_query::{Condition, Expr};
-use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set,
+};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -68,7 +70,7 @@ pub fn hash_secret(secret: &str) -> String {
 /// Create a key for `owner_id`. `role` defaults to, and may not exceed, `ceiling`
 /// (the caller's effective role).
 pub async fn create_api_key(
-    db: &DatabaseConnection,
+    db: &impl ConnectionTrait,
     owner_id: Uuid,
     ceiling: Role,
     name: &str,
@@ -110,7 +112,7 @@ pub async fn list_api_keys(db: &DatabaseConnection, owner_id: Uuid) -> AppResult
 }
 
 /// Revoke one of the owner's keys; `NOT_FOUND` for anyone else's.
-pub async fn revoke_api_key(db: &DatabaseConnection, owner_id: Uuid, id: Uuid) -> AppResult<bool> {
+pub async fn revoke_api_key(db: &impl ConnectionTrait, owner_id: Uuid, id: Uuid) -> AppResult<bool> {
     let result = api_key::Entity::update_many()
         .col_expr(api_key::Column::RevokedAt, Expr::value(Utc::now()))
         .filter(api_key::Column::Id.eq(id))

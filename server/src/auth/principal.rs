@@ -43,11 +43,13 @@ pub enum RequestAuth {
     Invalid(&'static str),
 }
 
-/// Where a sign-in came from, recorded on the session.
+/// Where a request came from, recorded on sessions and in the audit log.
 #[derive(Debug, Clone, Default)]
 pub struct ClientInfo {
     pub ip: Option<String>,
     pub user_agent: Option<String>,
+    /// The request id (`x-request-id`, from tracing-actix-web).
+    pub request_id: Option<String>,
 }
 
 const INVALID_CREDENTIALS: &str = "invalid or expired credentials";

@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use crate::auth::principal::ClientInfo;
 use crate::error::{AppError, AppResult};
+use crate::repo::audit::{self, AuditAction, AuditEntry, AuditOutcome};
 use crate::startup::AppState;
 
 const INVALID_REFRESH: &str = "invalid or expired refresh token";
@@ -82,7 +83,8 @@ async fn insert_refresh_token(
     Ok(secret)
 }
 
-/// Start a new session (family) for a user who just proved who they are.
+/// Start a new session (family) for a user who just proved who they are; the
+/// sign-in is audited (`LOGIN_SUCCEEDED`) in the same transaction.
 #[tracing::instrument(skip_all, fields(user_id = %user.id), err(Debug))]
 pub async fn start_session(state: &AppState, user: user::Model, client: &ClientInfo) -> AppResult<SessionTokens> {
     let now = Utc::now();
@@ -101,6 +103,11 @@ pub async fn start_session(state: &AppState, user: user::Model, client: &ClientI
     .insert(&txn)
     .await?;
     let refresh_token = insert_refresh_token(&txn, state, Uuid::now_v7(), family_id, now).await?;
+    let entry = AuditEntry::new(AuditAction::LoginSucceeded, AuditOutcome::Success)
+        .actor(user.id)
+        .target(user.id)
+        .detail(serde_json::json!({ "sessionId": family_id }));
+    audit::record(&txn, client, entry).await?;
     txn.commit().await?;
     let access = state.tokens.issue_access_token(user.id, user.role, family_id)?;
     Ok(SessionTokens { access_token: access.token, refresh_token, expires_in_secs: access.expires_in_secs, user })
@@ -134,9 +141,10 @@ pub fn decoy_session(state: &AppState, email: &str, display_name: &str) -> AppRe
     })
 }
 
-/// Exchange a refresh token for a new pair; see the module docs for reuse.
+/// Exchange a refresh token for a new pair; see the module docs for reuse, which
+/// is audited (`REFRESH_REUSE_DETECTED`) with the revocation.
 #[tracing::instrument(skip_all)]
-pub async fn rotate_refresh_token(state: &AppState, presented: &str) -> AppResult<SessionTokens> {
+pub async fn rotate_refresh_token(state: &AppState, presented: &str, client: &ClientInfo) -> AppResult<SessionTokens> {
     let hash = hash_refresh_token(presented);
     let now = Utc::now();
     let new_id = Uuid::now_v7();
@@ -174,6 +182,11 @@ pub async fn rotate_refresh_token(state: &AppState, presented: &str) -> AppResul
     if !claimed {
         if token.rotated_at.is_some() {
             revoke_family_in(&txn, family.id, "refresh token reused").await?;
+            // The presenter is unknown (the thief or the victim): no actor.
+            let entry = AuditEntry::new(AuditAction::RefreshReuseDetected, AuditOutcome::Denied)
+                .target(family.user_id)
+                .detail(serde_json::json!({ "sessionId": family.id }));
+            audit::record(&txn, client, entry).await?;
             txn.commit().await?;
             tracing::warn!(family_id = %family.id, user_id = %family.user_id, "refresh token reuse: session revoked");
         }
@@ -211,19 +224,29 @@ async fn revoke_family_in(db: &impl ConnectionTrait, family_id: Uuid, reason: &s
         .rows_affected)
 }
 
-/// Revoke the session a refresh token belongs to. `false` when the token is unknown.
-pub async fn logout(db: &DatabaseConnection, presented: &str) -> AppResult<bool> {
+/// Revoke the session a refresh token belongs to, audited (`SESSION_REVOKED`, the
+/// session's user as actor) in the same transaction. `false` when the token is unknown.
+pub async fn logout(db: &DatabaseConnection, presented: &str, client: &ClientInfo) -> AppResult<bool> {
+    let txn = crate::db::begin_write(db).await?;
     let token = refresh_token::Entity::find()
         .filter(refresh_token::Column::TokenHash.eq(hash_refresh_token(presented)))
-        .one(db)
+        .find_also_related(refresh_token_family::Entity)
+        .one(&txn)
         .await?;
-    let Some(token) = token else { return Ok(false) };
-    revoke_family_in(db, token.family_id, "logout").await?;
+    let Some((token, Some(family))) = token else { return Ok(false) };
+    if revoke_family_in(&txn, token.family_id, "logout").await? > 0 {
+        let entry = AuditEntry::new(AuditAction::SessionRevoked, AuditOutcome::Success)
+            .actor(family.user_id)
+            .target(family.id)
+            .detail(serde_json::json!({ "reason": "logout" }));
+        audit::record(&txn, client, entry).await?;
+    }
+    txn.commit().await?;
     Ok(true)
 }
 
 /// Revoke every live session of a user; returns how many were revoked.
-pub async fn revoke_all_sessions(db: &DatabaseConnection, user_id: Uuid, reason: &str) -> AppResult<u64> {
+pub async fn revoke_all_sessions(db: &impl ConnectionTrait, user_id: Uuid, reason: &str) -> AppResult<u64> {
     Ok(refresh_token_family::Entity::update_many()
         .col_expr(refresh_token_family::Column::RevokedAt, Expr::value(Utc::now()))
         .col_expr(refresh_token_family::Column::RevokedReason, Expr::value(reason))

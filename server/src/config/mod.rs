@@ -8,6 +8,7 @@
 //!
 //! Settings are passed by value into `Application::build`; there is no global.
 
+pub mod audit;
 pub mod events;
 pub mod jail;
 pub mod jobs;
@@ -46,6 +47,7 @@ pub struct Settings {
     pub views: views::ViewSettings,
     pub webhooks: webhooks::WebhookSettings,
     pub events: events::EventSettings,
+    pub audit: audit::AuditSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -534,6 +536,9 @@ impl Settings {
         }
         if self.events.prune_interval_secs == 0 {
             return Err(SettingsError::new("events.prune_interval_secs", "must be at least 1"));
+        }
+        if self.audit.prune_interval_secs == 0 {
+            return Err(SettingsError::new("audit.prune_interval_secs", "must be at least 1"));
         }
         if self.views.dedupe_window_secs == 0 {
             return Err(SettingsError::new("views.dedupe_window_secs", "must be at least 1"));

@@ -5,7 +5,7 @@ use async_graphql::connection::Connection;
 use async_graphql::{Context, Enum, ErrorExtensions, InputObject, Object, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 use entities::{api_key, user};
-use sea_orm::{ActiveModelTrait, EntityTrait, Set};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
 use uuid::Uuid;
 
 use crate::auth::accounts::{create_user_in, verify_credentials};
@@ -14,6 +14,7 @@ use crate::auth::roles::{rank, require_principal, AuthenticatedGuard, Permission
 use crate::auth::{api_keys, sessions};
 use crate::error::{AppError, ErrorCode};
 use crate::limits::Policy;
+use crate::repo::audit::{self, AuditAction, AuditEntry, AuditOutcome};
 use crate::startup::AppState;
 
 /// What a user (or an API key) may do; see the roles table in the README.
@@ -254,16 +255,21 @@ impl AccountsMutation {
         let state = ctx.data::<AppState>()?;
         limit_sign_in(state, ctx, Some(&input.email)).await.map_err(|e| e.extend())?;
         let account = account_key(&input.email);
+        let client = client_info(ctx);
         let verified = verify_credentials(&state.db, &state.password_hashing, &input.email, &input.password).await;
         match &verified {
             Ok(_) => state.login_failures.record_success(&account).await,
             Err(err) if err.code() == crate::error::ErrorCode::Unauthenticated => {
-                state.login_failures.record_failure(&account).await
+                state.login_failures.record_failure(&account).await;
+                audit_failed_login(state, &client, &account, AuditOutcome::Failure, "bad credentials").await;
+            }
+            Err(err) if err.code() == crate::error::ErrorCode::Forbidden => {
+                audit_failed_login(state, &client, &account, AuditOutcome::Denied, "account disabled").await;
             }
             Err(_) => {}
         }
         let user = verified.map_err(|e| e.extend())?;
-        let tokens = sessions::start_session(state, user, &client_info(ctx)).await.map_err(|e| e.extend())?;
+        let tokens = sessions::start_session(state, user, &client).await.map_err(|e| e.extend())?;
         Ok(tokens.into())
     }
 
@@ -271,14 +277,15 @@ impl AccountsMutation {
     /// presenting a used one ends the whole session.
     async fn refresh_token(&self, ctx: &Context<'_>, refresh_token: String) -> async_graphql::Result<AuthPayload> {
         let state = ctx.data::<AppState>()?;
-        let tokens = sessions::rotate_refresh_token(state, &refresh_token).await.map_err(|e| e.extend())?;
+        let tokens =
+            sessions::rotate_refresh_token(state, &refresh_token, &client_info(ctx)).await.map_err(|e| e.extend())?;
         Ok(tokens.into())
     }
 
     /// End the session the refresh token belongs to. `false` if the token is unknown.
     async fn logout(&self, ctx: &Context<'_>, refresh_token: String) -> async_graphql::Result<bool> {
         let state = ctx.data::<AppState>()?;
-        sessions::logout(&state.db, &refresh_token).await.map_err(|e| e.extend())
+        sessions::logout(&state.db, &refresh_token, &client_info(ctx)).await.map_err(|e| e.extend())
     }
 
     /// End every session of the caller, this one included.
@@ -286,9 +293,16 @@ impl AccountsMutation {
     async fn revoke_all_sessions(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
         let state = ctx.data::<AppState>()?;
         let principal = require_principal(ctx).map_err(|e| e.extend())?;
-        sessions::revoke_all_sessions(&state.db, principal.user_id, "revoke all sessions")
+        let txn = crate::db::begin_write(&state.db).await.map_err(|e| AppError::from(e).extend())?;
+        let revoked = sessions::revoke_all_sessions(&txn, principal.user_id, "revoke all sessions")
             .await
             .map_err(|e| e.extend())?;
+        let entry = AuditEntry::new(AuditAction::SessionRevoked, AuditOutcome::Success)
+            .actor(principal.user_id)
+            .target(principal.user_id)
+            .detail(serde_json::json!({ "reason": "revoke all sessions", "sessions": revoked }));
+        audit::record(&txn, &client_info(ctx), entry).await.map_err(|e| e.extend())?;
+        txn.commit().await.map_err(|e| AppError::from(e).extend())?;
         Ok(true)
     }
 
@@ -303,13 +317,24 @@ impl AccountsMutation {
         let state = ctx.data::<AppState>()?;
         let principal = require_principal(ctx).map_err(|e| e.extend())?;
         // A leaked key must not be able to mint keys that outlive its revocation.
+        let client = client_info(ctx);
         if principal.method == crate::auth::principal::AuthMethod::ApiKey {
+            let entry = AuditEntry::new(AuditAction::ApiKeyCreated, AuditOutcome::Denied)
+                .actor(principal.user_id)
+                .detail(serde_json::json!({ "reason": "an API key cannot create API keys" }));
+            audit::record_or_log(&state.db, &client, entry).await;
             return Err(crate::error::AppError::forbidden("API keys cannot create API keys; sign in").extend());
         }
-        let created =
-            api_keys::create_api_key(&state.db, principal.user_id, principal.role, &name, role.map(Into::into))
-                .await
-                .map_err(|e| e.extend())?;
+        let txn = crate::db::begin_write(&state.db).await.map_err(|e| AppError::from(e).extend())?;
+        let created = api_keys::create_api_key(&txn, principal.user_id, principal.role, &name, role.map(Into::into))
+            .await
+            .map_err(|e| e.extend())?;
+        let entry = AuditEntry::new(AuditAction::ApiKeyCreated, AuditOutcome::Success)
+            .actor(principal.user_id)
+            .target(created.model.id)
+            .detail(serde_json::json!({ "role": created.model.role }));
+        audit::record(&txn, &client, entry).await.map_err(|e| e.extend())?;
+        txn.commit().await.map_err(|e| AppError::from(e).extend())?;
         Ok(ApiKeyPayload { api_key: created.model.into(), secret: created.secret })
     }
 
@@ -319,7 +344,13 @@ impl AccountsMutation {
         let state = ctx.data::<AppState>()?;
         let principal = require_principal(ctx).map_err(|e| e.extend())?;
         let id = parse_id(&id, "API key").map_err(|e| e.extend())?;
-        api_keys::revoke_api_key(&state.db, principal.user_id, id).await.map_err(|e| e.extend())
+        let txn = crate::db::begin_write(&state.db).await.map_err(|e| AppError::from(e).extend())?;
+        let revoked = api_keys::revoke_api_key(&txn, principal.user_id, id).await.map_err(|e| e.extend())?;
+        let entry =
+            AuditEntry::new(AuditAction::ApiKeyRevoked, AuditOutcome::Success).actor(principal.user_id).target(id);
+        audit::record(&txn, &client_info(ctx), entry).await.map_err(|e| e.extend())?;
+        txn.commit().await.map_err(|e| AppError::from(e).extend())?;
+        Ok(revoked)
     }
 
     /// Change a user's role. Admins only; takes effect on the user's next request.
@@ -327,15 +358,29 @@ impl AccountsMutation {
     async fn set_user_role(&self, ctx: &Context<'_>, id: ID, role: Role) -> async_graphql::Result<User> {
         let state = ctx.data::<AppState>()?;
         let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        let client = client_info(ctx);
         let role: entities::Role = role.into();
         if rank(role) > rank(principal.role) {
+            let entry = AuditEntry::new(AuditAction::RoleChanged, AuditOutcome::Denied)
+                .actor(principal.user_id)
+                .target(id.as_str())
+                .detail(serde_json::json!({ "to": role, "reason": "above the caller's role" }));
+            audit::record_or_log(&state.db, &client, entry).await;
             return Err(AppError::forbidden("cannot grant a role above your own").extend());
         }
-        let user = find_user(state, &id).await?;
+        let txn = crate::db::begin_write(&state.db).await.map_err(|e| AppError::from(e).extend())?;
+        let user = find_user_in(&txn, &id).await?;
+        let from = user.role;
         let mut active: user::ActiveModel = user.into();
         active.role = Set(role);
         active.updated_at = Set(Utc::now());
-        let user = active.update(&state.db).await.map_err(|e| AppError::from(e).extend())?;
+        let user = active.update(&txn).await.map_err(|e| AppError::from(e).extend())?;
+        let entry = AuditEntry::new(AuditAction::RoleChanged, AuditOutcome::Success)
+            .actor(principal.user_id)
+            .target(user.id)
+            .detail(serde_json::json!({ "from": from, "to": role }));
+        audit::record(&txn, &client, entry).await.map_err(|e| e.extend())?;
+        txn.commit().await.map_err(|e| AppError::from(e).extend())?;
         Ok(user.into())
     }
 
@@ -343,21 +388,47 @@ impl AccountsMutation {
     #[graphql(guard = "PermissionGuard(Permission::ManageUsers)")]
     async fn disable_user(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<User> {
         let state = ctx.data::<AppState>()?;
-        let user = find_user(state, &id).await?;
+        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        let txn = crate::db::begin_write(&state.db).await.map_err(|e| AppError::from(e).extend())?;
+        let user = find_user_in(&txn, &id).await?;
         let user_id = user.id;
         let mut active: user::ActiveModel = user.into();
         active.disabled = Set(true);
         active.updated_at = Set(Utc::now());
-        let user = active.update(&state.db).await.map_err(|e| AppError::from(e).extend())?;
-        sessions::revoke_all_sessions(&state.db, user_id, "account disabled").await.map_err(|e| e.extend())?;
+        let user = active.update(&txn).await.map_err(|e| AppError::from(e).extend())?;
+        let revoked = sessions::revoke_all_sessions(&txn, user_id, "account disabled").await.map_err(|e| e.extend())?;
+        let entry = AuditEntry::new(AuditAction::UserDisabled, AuditOutcome::Success)
+            .actor(principal.user_id)
+            .target(user_id)
+            .detail(serde_json::json!({ "sessionsRevoked": revoked }));
+        audit::record(&txn, &client_info(ctx), entry).await.map_err(|e| e.extend())?;
+        txn.commit().await.map_err(|e| AppError::from(e).extend())?;
         Ok(user.into())
     }
 }
 
-async fn find_user(state: &AppState, id: &ID) -> async_graphql::Result<user::Model> {
+/// A failed sign-in, audited best effort: the client gets the sign-in's own error,
+/// never a 500 for a record that could not be written. The target is the account,
+/// when it exists; the typed email is not stored (people type passwords into it).
+async fn audit_failed_login(state: &AppState, client: &ClientInfo, account: &str, outcome: AuditOutcome, reason: &str) {
+    let target = match user::Entity::find().filter(user::Column::Email.eq(account)).one(&state.db).await {
+        Ok(found) => found.map(|u| u.id),
+        Err(err) => {
+            tracing::warn!(error = ?err, "looking up the account of a failed sign-in");
+            None
+        }
+    };
+    let mut entry = AuditEntry::new(AuditAction::LoginFailed, outcome).detail(serde_json::json!({ "reason": reason }));
+    if let Some(target) = target {
+        entry = entry.target(target);
+    }
+    audit::record_or_log(&state.db, client, entry).await;
+}
+
+async fn find_user_in(conn: &impl sea_orm::ConnectionTrait, id: &ID) -> async_graphql::Result<user::Model> {
     let id = parse_id(id, "user").map_err(|e| e.extend())?;
     user::Entity::find_by_id(id)
-        .one(&state.db)
+        .one(conn)
         .await
         .map_err(|e| AppError::from(e).extend())?
         .ok_or_else(|| AppError::not_found("user").extend())

@@ -10,12 +10,13 @@ use entities::{job, worker, JobKind as DbJobKind, JobStatus as DbJobStatus, Vide
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
 use uuid::Uuid;
 
-use crate::auth::principal::Principal;
+use crate::auth::principal::{ClientInfo, Principal};
 use crate::auth::roles::{has_permission, require_principal, AuthenticatedGuard, Permission, PermissionGuard};
 use crate::error::{AppError, ErrorCode};
 use crate::events::{ProgressInfo, Publisher};
 use crate::graphql::progress::Progress;
 use crate::jobs::{self, queue, NewJob, DEFAULT_PRIORITY};
+use crate::repo::audit::{self, AuditAction, AuditEntry, AuditOutcome};
 use crate::startup::AppState;
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
@@ -230,6 +231,24 @@ fn parse_id(id: &ID) -> Result<Uuid, AppError> {
     Uuid::parse_str(id.as_str()).map_err(|_| AppError::not_found("job"))
 }
 
+/// Audit an admin's action on a job that is not theirs, or on a DEAD one. The
+/// queue commits its own transaction, so this is written after it, best effort:
+/// the job has changed either way and the caller must hear so.
+async fn audit_admin_action(
+    ctx: &Context<'_>,
+    state: &AppState,
+    principal: &Principal,
+    action: AuditAction,
+    job: &job::Model,
+) {
+    let client = ctx.data_opt::<ClientInfo>().cloned().unwrap_or_default();
+    let entry = AuditEntry::new(action, AuditOutcome::Success)
+        .actor(principal.user_id)
+        .target(job.id)
+        .detail(serde_json::json!({ "ownerId": job.owner_id, "videoId": job.video_id }));
+    audit::record_or_log(&state.db, &client, entry).await;
+}
+
 fn sees_all(principal: &Principal) -> bool {
     has_permission(principal.role, Permission::SeeAllJobs)
 }
@@ -400,9 +419,13 @@ impl JobsMutation {
         if job.kind != DbJobKind::Transcode && !sees_all(principal) {
             return Err(AppError::forbidden("only an admin can cancel this kind of job").extend());
         }
+        let admin_action = job.owner_id != Some(principal.user_id);
         let job = queue::cancel(&state.db, &publisher(state), &state.settings.jobs, job.id)
             .await
             .map_err(|e| AppError::from(e).extend())?;
+        if admin_action {
+            audit_admin_action(ctx, state, principal, AuditAction::JobCancelled, &job).await;
+        }
         Ok(Job(job))
     }
 
@@ -441,8 +464,12 @@ impl JobsMutation {
                 return Err(AppError::new(ErrorCode::Conflict, "the video is already being transcoded").extend());
             }
         }
+        let admin_action = job.status == DbJobStatus::Dead || job.owner_id != Some(principal.user_id);
         let job =
             queue::retry(&state.db, &state.settings.jobs, job.id).await.map_err(|e| AppError::from(e).extend())?;
+        if admin_action {
+            audit_admin_action(ctx, state, principal, AuditAction::JobRetried, &job).await;
+        }
         Ok(Job(job))
     }
 }

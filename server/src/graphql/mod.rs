@@ -1,6 +1,7 @@
 //! The GraphQL schema: built once, one `MergedObject` per domain.
 
 pub mod accounts;
+pub mod audit;
 pub mod events;
 pub mod jobs;
 pub mod limits;
@@ -26,7 +27,15 @@ pub use videos::{VideosMutation, VideosQuery};
 pub use webhooks::{WebhooksMutation, WebhooksQuery};
 
 #[derive(MergedObject, Default)]
-pub struct Query(ServerQuery, AccountsQuery, VideosQuery, views::ViewsQuery, JobsQuery, WebhooksQuery);
+pub struct Query(
+    ServerQuery,
+    AccountsQuery,
+    VideosQuery,
+    views::ViewsQuery,
+    JobsQuery,
+    WebhooksQuery,
+    audit::AuditQuery,
+);
 
 #[derive(MergedObject, Default)]
 pub struct Mutation(

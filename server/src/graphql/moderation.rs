@@ -5,6 +5,7 @@ use async_graphql::{Context, Enum, ErrorExtensions, Object, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 use entities::{moderation_action, ModerationActionKind};
 
+use crate::auth::principal::ClientInfo;
 use crate::auth::roles::{require_principal, Permission, PermissionGuard};
 use crate::graphql::videos::{parse_video_id, Video};
 use crate::repo::moderation as repo;
@@ -55,7 +56,8 @@ impl ModerationMutation {
         let principal = require_principal(ctx).map_err(|e| e.extend())?;
         let id = parse_video_id(&id).map_err(|e| e.extend())?;
         let reason = repo::normalize_reason(&reason).map_err(|e| e.extend())?;
-        let video = repo::moderate(&state.db, principal, id, ModerationActionKind::Hide, reason)
+        let client = ctx.data_opt::<ClientInfo>().cloned().unwrap_or_default();
+        let video = repo::moderate(&state.db, principal, id, ModerationActionKind::Hide, reason, &client)
             .await
             .map_err(|e| e.extend())?;
         Ok(video.into())
@@ -69,7 +71,8 @@ impl ModerationMutation {
         let principal = require_principal(ctx).map_err(|e| e.extend())?;
         let id = parse_video_id(&id).map_err(|e| e.extend())?;
         let reason = reason.as_deref().map(repo::normalize_reason).transpose().map_err(|e| e.extend())?.flatten();
-        let video = repo::moderate(&state.db, principal, id, ModerationActionKind::Unhide, reason)
+        let client = ctx.data_opt::<ClientInfo>().cloned().unwrap_or_default();
+        let video = repo::moderate(&state.db, principal, id, ModerationActionKind::Unhide, reason, &client)
             .await
             .map_err(|e| e.extend())?;
         Ok(video.into())

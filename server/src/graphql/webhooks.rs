@@ -14,10 +14,11 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use crate::auth::principal::Principal;
+use crate::auth::principal::{ClientInfo, Principal};
 use crate::auth::roles::{has_permission, require_principal, AuthenticatedGuard, Permission};
 use crate::error::{AppError, ErrorCode};
 use crate::events::EventKind;
+use crate::repo::audit::{self, AuditAction, AuditEntry, AuditOutcome};
 use crate::startup::AppState;
 use crate::webhooks::target::{self, TargetError};
 
@@ -203,6 +204,27 @@ fn can_see(principal: &Principal, endpoint: &webhook_endpoint::Model) -> bool {
     is_admin(principal) || endpoint.owner_id == Some(principal.user_id)
 }
 
+/// Audit an endpoint change in its transaction. Only the URL's host is kept: a
+/// path or query may carry a token, and the endpoint's secret never appears.
+async fn audit_endpoint_change(
+    ctx: &Context<'_>,
+    txn: &impl sea_orm::ConnectionTrait,
+    principal: &Principal,
+    action: AuditAction,
+    endpoint: &webhook_endpoint::Model,
+    changed: Option<Vec<&str>>,
+) -> Result<(), AppError> {
+    let host = url::Url::parse(&endpoint.url).ok().and_then(|u| u.host_str().map(str::to_string));
+    let mut detail = serde_json::json!({ "host": host, "global": endpoint.owner_id.is_none() });
+    if let (Some(changed), Some(map)) = (changed, detail.as_object_mut()) {
+        map.insert("changed".into(), serde_json::json!(changed));
+    }
+    let entry =
+        AuditEntry::new(action, AuditOutcome::Success).actor(principal.user_id).target(endpoint.id).detail(detail);
+    let client = ctx.data_opt::<ClientInfo>().cloned().unwrap_or_default();
+    audit::record(txn, &client, entry).await
+}
+
 fn parse_uuid(id: &str, what: &str) -> Result<Uuid, AppError> {
     Uuid::parse_str(id).map_err(|_| AppError::not_found(what))
 }
@@ -352,6 +374,7 @@ impl WebhooksMutation {
             .and_then(|secrets| secrets.seal(id, &secret))
             .map_err(|e| AppError::internal(e).extend())?;
         let now = Utc::now();
+        let txn = crate::db::begin_write(&state.db).await.map_err(|e| AppError::from(e).extend())?;
         let endpoint = webhook_endpoint::ActiveModel {
             id: Set(id),
             owner_id: Set((!global).then_some(principal.user_id)),
@@ -364,9 +387,13 @@ impl WebhooksMutation {
             created_at: Set(now),
             updated_at: Set(now),
         }
-        .insert(&state.db)
+        .insert(&txn)
         .await
         .map_err(|e| AppError::from(e).extend())?;
+        audit_endpoint_change(ctx, &txn, principal, AuditAction::WebhookCreated, &endpoint, None)
+            .await
+            .map_err(|e| e.extend())?;
+        txn.commit().await.map_err(|e| AppError::from(e).extend())?;
         Ok(CreateWebhookPayload { webhook: Webhook(endpoint), secret })
     }
 
@@ -398,7 +425,20 @@ impl WebhooksMutation {
             }
         }
         row.updated_at = Set(Utc::now());
-        let endpoint = row.update(&state.db).await.map_err(|e| AppError::from(e).extend())?;
+        let changed: Vec<&str> = [
+            input.url.as_ref().map(|_| "url"),
+            input.events.as_ref().map(|_| "events"),
+            input.enabled.map(|_| "enabled"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let txn = crate::db::begin_write(&state.db).await.map_err(|e| AppError::from(e).extend())?;
+        let endpoint = row.update(&txn).await.map_err(|e| AppError::from(e).extend())?;
+        audit_endpoint_change(ctx, &txn, principal, AuditAction::WebhookUpdated, &endpoint, Some(changed))
+            .await
+            .map_err(|e| e.extend())?;
+        txn.commit().await.map_err(|e| AppError::from(e).extend())?;
         Ok(Webhook(endpoint))
     }
 
@@ -410,10 +450,12 @@ impl WebhooksMutation {
         require_writer(principal).map_err(|e| e.extend())?;
         let id = parse_uuid(id.as_str(), "webhook").map_err(|e| e.extend())?;
         let endpoint = find_visible(&state.db, principal, id).await.map_err(|e| e.extend())?;
-        webhook_endpoint::Entity::delete_by_id(endpoint.id)
-            .exec(&state.db)
+        let txn = crate::db::begin_write(&state.db).await.map_err(|e| AppError::from(e).extend())?;
+        webhook_endpoint::Entity::delete_by_id(endpoint.id).exec(&txn).await.map_err(|e| AppError::from(e).extend())?;
+        audit_endpoint_change(ctx, &txn, principal, AuditAction::WebhookDeleted, &endpoint, None)
             .await
-            .map_err(|e| AppError::from(e).extend())?;
+            .map_err(|e| e.extend())?;
+        txn.commit().await.map_err(|e| AppError::from(e).extend())?;
         Ok(true)
     }
 

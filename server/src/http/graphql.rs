@@ -62,6 +62,7 @@ pub async fn graphql(
         // records must not be steerable by a header the client writes.
         ip: Some(state.client_ip(req.peer_addr(), req.headers())),
         user_agent: req.headers().get(USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string),
+        request_id: request_id(&req),
     };
     let response = schema.execute_batch(batch.data(auth).data(client)).await;
     let retry_after = unavailable_retry_after(&response);
@@ -92,6 +93,12 @@ fn unavailable_retry_after(response: &async_graphql::BatchResponse) -> Option<u6
         _ => 1,
     };
     Some(secs.max(1))
+}
+
+/// The id tracing-actix-web gave this request (also sent back as `x-request-id`).
+pub fn request_id(req: &HttpRequest) -> Option<String> {
+    use actix_web::HttpMessage as _;
+    req.extensions().get::<tracing_actix_web::RequestId>().map(ToString::to_string)
 }
 
 pub async fn graphiql(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {

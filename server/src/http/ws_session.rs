@@ -129,6 +129,7 @@ pub async fn graphql_ws(
                 .get(actix_web::http::header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
+            request_id: crate::http::graphql::request_id(&req),
         },
         active: HashMap::new(),
         _address_slot: address_slot,

@@ -1,5 +1,6 @@
 //! sea-orm queries per aggregate, and the access rules that go with them.
 
+pub mod audit;
 pub mod moderation;
 pub mod usage;
 pub mod videos;

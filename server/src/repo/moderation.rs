@@ -9,9 +9,10 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use crate::auth::principal::Principal;
+use crate::auth::principal::{ClientInfo, Principal};
 use crate::auth::roles::{has_permission, Permission};
 use crate::error::{AppError, ErrorCode};
+use crate::repo::audit::{AuditAction, AuditEntry, AuditOutcome};
 use crate::repo::videos::{find_readable, now_micros};
 
 pub const MAX_REASON_CHARS: usize = 1000;
@@ -28,8 +29,8 @@ pub fn normalize_reason(reason: &str) -> Result<Option<String>, AppError> {
     Ok((!reason.is_empty()).then(|| reason.to_string()))
 }
 
-/// Hide (`Hide`) or unhide (`Unhide`) a video and record the decision, in one
-/// transaction. Hiding a hidden video replaces its reason (and is recorded);
+/// Hide (`Hide`) or unhide (`Unhide`) a video and record the decision (in the
+/// moderation log and the audit log), in one transaction. Hiding a hidden video replaces its reason (and is recorded);
 /// unhiding a visible one is a CONFLICT. Only moderators and admins.
 #[tracing::instrument(skip_all, fields(video_id = %id, moderator_id = %moderator.user_id, action = ?action))]
 pub async fn moderate(
@@ -38,6 +39,7 @@ pub async fn moderate(
     id: Uuid,
     action: ModerationActionKind,
     reason: Option<String>,
+    client: &ClientInfo,
 ) -> Result<video::Model, AppError> {
     if !has_permission(moderator.role, Permission::ModerateVideos) {
         return Err(AppError::forbidden("only moderators may hide or unhide videos"));
@@ -77,12 +79,21 @@ pub async fn moderate(
         video_id: Set(id),
         moderator_id: Set(moderator.user_id),
         action: Set(action),
-        reason: Set(reason),
+        reason: Set(reason.clone()),
         created_at: Set(now),
     }
     .insert(&txn)
     .await
     .map_err(AppError::internal)?;
+    let audited = match action {
+        ModerationActionKind::Hide => AuditAction::VideoHidden,
+        ModerationActionKind::Unhide => AuditAction::VideoUnhidden,
+    };
+    let entry = AuditEntry::new(audited, AuditOutcome::Success)
+        .actor(moderator.user_id)
+        .target(id)
+        .detail(serde_json::json!({ "reason": reason }));
+    crate::repo::audit::record(&txn, client, entry).await?;
     txn.commit().await.map_err(AppError::internal)?;
     Ok(video)
 }

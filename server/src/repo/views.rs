@@ -286,7 +286,8 @@ mod tests {
 
     #[test]
     fn anonymous_viewer_keys_hide_the_address_and_tell_agents_apart() {
-        let client = |ua: &str| ClientInfo { ip: Some("203.0.113.9".into()), user_agent: Some(ua.into()) };
+        let client =
+            |ua: &str| ClientInfo { ip: Some("203.0.113.9".into()), user_agent: Some(ua.into()), request_id: None };
         let a = viewer_key(b"secret", None, &client("Firefox")).unwrap();
         let b = viewer_key(b"secret", None, &client("Chrome")).unwrap();
         assert_ne!(a, b);
