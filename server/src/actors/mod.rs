@@ -35,8 +35,10 @@ impl Hubs {
     ) -> Self {
         let supervisor = Supervisor::start();
         let instance = instance.to_string();
-        let event_bus =
-            supervisor.spawn("event_bus", move |death| EventBus::new(instance.clone(), heartbeat_every, death));
+        // Created once: every incarnation of the bus publishes into it (see `event_bus`).
+        let channel = event_bus::BusChannel::new();
+        let event_bus = supervisor
+            .spawn("event_bus", move |death| EventBus::new(channel.clone(), instance.clone(), heartbeat_every, death));
         let rate_limits = rate_limits.clone();
         let rate_limiter =
             supervisor.spawn("rate_limiter", move |death| RateLimiter::new(&rate_limits, redis.clone(), death));
