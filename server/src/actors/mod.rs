@@ -2,6 +2,7 @@
 
 pub mod event_bus;
 pub mod rate_limit;
+pub mod supervise;
 pub mod supervisor;
 pub mod upload_session;
 
@@ -13,6 +14,7 @@ use crate::redis_client::RedisHandle;
 
 pub use event_bus::EventBus;
 pub use rate_limit::RateLimiter;
+pub use supervise::{Backoff, LoopStatus};
 pub use supervisor::{DeathNotice, Hub, Supervisor};
 pub use upload_session::UploadSessions;
 
