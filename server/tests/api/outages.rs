@@ -69,6 +69,12 @@ async fn valid_credentials_get_unavailable_not_unauthenticated_while_the_databas
         assert!(secs >= 1);
         assert_eq!(body["errors"][0]["extensions"]["retryAfter"], json!(secs), "{body}");
     }
+    // Signing in meets the same outage: UNAVAILABLE, not "bad credentials".
+    let login = "mutation($input: LoginInput!) { login(input: $input) { accessToken } }";
+    let input = json!({ "input": { "email": user.email, "password": crate::helpers::TEST_PASSWORD } });
+    let (status, body) = app.graphql(login, input).await;
+    assert_eq!(error_code(&body).as_deref(), Some("UNAVAILABLE"), "{body}");
+    assert_eq!(status, 503, "{body}");
     // A bad token is still refused as such: its signature says so without the database.
     let (status, _, body) = me(&app, &Credentials::Bearer("not.a.token".into())).await;
     assert_eq!(error_code(&body).as_deref(), Some("UNAUTHENTICATED"), "{body}");
