@@ -246,9 +246,36 @@ impl async_graphql::ErrorExtensions for AppError {
     }
 }
 
+/// Seconds a client is told to wait when the database could not be reached.
+pub const DATABASE_RETRY_AFTER_SECS: u64 = 2;
+
+/// The database could not be reached (no connection, connection lost, pool timed
+/// out): an outage, not a fault of this request.
+pub fn is_database_unreachable(err: &sea_orm::DbErr) -> bool {
+    use sea_orm::{sqlx, DbErr, RuntimeErr};
+    match err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(err)) | DbErr::Query(RuntimeErr::SqlxError(err)) => matches!(
+            err,
+            sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+        ),
+        _ => false,
+    }
+}
+
+/// An unreachable database is `UNAVAILABLE` (503, `Retry-After`); any other
+/// database error is ours (`INTERNAL`).
 impl From<sea_orm::DbErr> for AppError {
     fn from(err: sea_orm::DbErr) -> Self {
-        AppError::internal(err)
+        if is_database_unreachable(&err) {
+            AppError::unavailable("the database", err).with_retry_after(DATABASE_RETRY_AFTER_SECS)
+        } else {
+            AppError::internal(err)
+        }
     }
 }
 
@@ -278,6 +305,25 @@ mod tests {
         assert!(!gql.message.contains("hunter2"));
         let code = gql.extensions.as_ref().and_then(|e| e.get("code")).cloned();
         assert_eq!(code, Some(async_graphql::Value::from("INTERNAL")));
+    }
+
+    #[test]
+    fn an_unreachable_database_is_unavailable_not_internal() {
+        use sea_orm::{sqlx, ConnAcquireErr, DbErr, RuntimeErr};
+        let unreachable = [
+            DbErr::ConnectionAcquire(ConnAcquireErr::Timeout),
+            DbErr::Conn(RuntimeErr::Internal("refused".into())),
+            DbErr::Query(RuntimeErr::SqlxError(sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into()))),
+            DbErr::Exec(RuntimeErr::SqlxError(sqlx::Error::PoolTimedOut)),
+        ];
+        for err in unreachable {
+            let app = AppError::from(err);
+            assert_eq!(app.code(), ErrorCode::Unavailable, "{app:?}");
+            assert_eq!(app.retry_after_secs(), Some(DATABASE_RETRY_AFTER_SECS));
+        }
+        let ours = AppError::from(DbErr::Query(RuntimeErr::SqlxError(sqlx::Error::RowNotFound)));
+        assert_eq!(ours.code(), ErrorCode::Internal);
+        assert_eq!(AppError::from(DbErr::RecordNotFound("x".into())).code(), ErrorCode::Internal);
     }
 
     #[test]

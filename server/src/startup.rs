@@ -140,24 +140,7 @@ impl Application {
             login_failures,
             ws_admission: crate::limits::ws::WsAdmission::default(),
         };
-        if let Some(redis) = state.redis.clone() {
-            actix_rt::spawn(crate::events::fanout::run_relay(
-                redis,
-                state.hubs.event_bus.clone(),
-                state.db.clone(),
-                state.instance_id.clone(),
-            ));
-        }
-        actix_rt::spawn(crate::uploads::sweeper::run(state.clone()));
-        actix_rt::spawn(crate::events::run_pruner(state.db.clone(), settings.events.clone()));
-        actix_rt::spawn(crate::repo::audit::run_pruner(state.db.clone(), settings.audit.clone()));
-        if settings.webhooks.deliver {
-            actix_rt::spawn(crate::webhooks::delivery::run(
-                state.db.clone(),
-                Arc::new(settings.webhooks.clone()),
-                webhook_secrets.clone(),
-            ));
-        }
+        start_background_loops(&state, &webhook_secrets);
         let schema = web::Data::new(build_schema(&settings.graphql, Some(state.clone())));
         let state_data = web::Data::new(state.clone());
         let metrics_state = state_data.clone();
@@ -296,6 +279,37 @@ impl Application {
         self.state.hubs.stop();
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Every background loop of a `serve` process, each under the supervisor's
+/// [`supervise`](crate::actors::Supervisor::supervise): a panic restarts the loop
+/// with backoff, counted, and `/ready` shows each loop's liveness.
+fn start_background_loops(state: &AppState, webhook_secrets: &Arc<crate::webhooks::secrets::SecretBox>) {
+    use crate::actors::Backoff;
+    let supervisor = &state.hubs.supervisor;
+    if let Some(redis) = state.redis.clone() {
+        let (bus, db, instance) = (state.hubs.event_bus.clone(), state.db.clone(), state.instance_id.clone());
+        supervisor.supervise("event_relay", Backoff::default(), move || {
+            crate::events::fanout::run_relay(redis.clone(), bus.clone(), db.clone(), instance.clone())
+        });
+    }
+    let sweeper_state = state.clone();
+    supervisor
+        .supervise("upload_sweeper", Backoff::default(), move || crate::uploads::sweeper::run(sweeper_state.clone()));
+    let (db, events) = (state.db.clone(), state.settings.events.clone());
+    supervisor
+        .supervise("event_pruner", Backoff::default(), move || crate::events::run_pruner(db.clone(), events.clone()));
+    let (db, audit) = (state.db.clone(), state.settings.audit.clone());
+    supervisor.supervise("audit_pruner", Backoff::default(), move || {
+        crate::repo::audit::run_pruner(db.clone(), audit.clone())
+    });
+    if state.settings.webhooks.deliver {
+        let (db, webhooks, secrets) =
+            (state.db.clone(), Arc::new(state.settings.webhooks.clone()), webhook_secrets.clone());
+        supervisor.supervise("webhook_delivery", Backoff::default(), move || {
+            crate::webhooks::delivery::run(db.clone(), webhooks.clone(), secrets.clone())
+        });
     }
 }
 

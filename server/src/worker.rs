@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Addr};
+use actix::Addr;
 use chrono::{DateTime, Utc};
 use entities::worker;
 use sea_orm::sea_query::Expr;
@@ -146,31 +146,23 @@ pub async fn run_until(deps: WorkerDeps, stop: impl std::future::Future<Output =
     if let Err(err) = std::fs::create_dir_all(&deps.scratch_dir) {
         tracing::warn!(error = %err, dir = %deps.scratch_dir.display(), "cannot create the scratch directory");
     }
-    let start = {
+    // Supervision: a scheduler that dies (a panic) is replaced by the same
+    // supervisor the hub actors use; the jobs it held come back through lease expiry.
+    let supervisor = crate::actors::Supervisor::start();
+    let scheduler_hub = {
         let deps = deps.clone();
         let worker_id = worker_id.clone();
-        move || Scheduler::new(deps.clone(), worker_id.clone(), capacity).start()
+        supervisor.spawn("job_scheduler", move |death| Scheduler::new(deps.clone(), worker_id.clone(), capacity, death))
     };
-    let mut scheduler = start();
     let every = Duration::from_secs(settings.workers.heartbeat_secs.max(1));
     let mut heartbeat = tokio::time::interval(every);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut watch = tokio::time::interval(Duration::from_millis(500));
     tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = &mut stop => break,
-            _ = watch.tick() => {
-                // Supervision: a scheduler that died (a panic) is replaced; the jobs it
-                // held come back through lease expiry.
-                if !scheduler.connected() {
-                    tracing::error!("job scheduler died; starting a new one");
-                    metrics::counter!("reelhouse_actor_restarts_total", "actor" => "job_scheduler").increment(1);
-                    scheduler = start();
-                }
-            }
             _ = heartbeat.tick() => {
-                let current = scheduler.send(RunningCount).await.unwrap_or(0);
+                let current = scheduler_hub.addr().send(RunningCount).await.unwrap_or(0);
                 // A missed heartbeat is not fatal: the database may be restarting.
                 if let Err(err) = registration.heartbeat(current).await {
                     tracing::warn!(error = ?err, "worker heartbeat failed");
@@ -179,7 +171,10 @@ pub async fn run_until(deps: WorkerDeps, stop: impl std::future::Future<Output =
         }
     }
 
-    // Drain: no new leases; running jobs get the shutdown timeout to finish.
+    // Drain: no new leases; running jobs get the shutdown timeout to finish. The
+    // scheduler stopping from here on is the end, not a death to restart.
+    supervisor.begin_shutdown();
+    let scheduler = scheduler_hub.addr();
     let _ = scheduler.send(Drain).await;
     let drain_for = Duration::from_secs(settings.server.shutdown_timeout_secs);
     if !wait_idle(&scheduler, drain_for).await {

@@ -2,7 +2,13 @@
 //! (and later the webhook dispatcher) read from. It also emits the server heartbeat
 //! that the `heartbeat` subscription streams, so the whole path — actor, bus,
 //! subscription, WebSocket — is exercised by a live feature.
+//!
+//! The channel ([`BusChannel`]) is created once, outside the actor, and handed to
+//! every incarnation the supervisor starts: a restarted bus publishes into the same
+//! channel, so live subscriptions never notice the restart.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -31,23 +37,44 @@ pub struct Heartbeat {
 /// Buffered messages per subscriber before the slowest ones start missing some.
 const BUS_CAPACITY: usize = 1024;
 
-pub struct EventBus {
+/// The process's broadcast channel and heartbeat counter: outlive every incarnation
+/// of the [`EventBus`] actor. Cheap to clone.
+#[derive(Clone)]
+pub struct BusChannel {
     sender: broadcast::Sender<BusMessage>,
+    /// Carried across restarts, so heartbeat seqs keep increasing.
+    heartbeat_seq: Arc<AtomicU64>,
+}
+
+impl BusChannel {
+    pub fn new() -> Self {
+        let (sender, _) = broadcast::channel(BUS_CAPACITY);
+        Self { sender, heartbeat_seq: Arc::new(AtomicU64::new(0)) }
+    }
+}
+
+impl Default for BusChannel {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub struct EventBus {
+    channel: BusChannel,
     instance: String,
     heartbeat_every: Duration,
-    heartbeat_seq: u64,
     _death: DeathNotice,
 }
 
 impl EventBus {
-    pub fn new(instance: String, heartbeat_every: Duration, death: DeathNotice) -> Self {
-        let (sender, _) = broadcast::channel(BUS_CAPACITY);
-        Self { sender, instance, heartbeat_every, heartbeat_seq: 0, _death: death }
+    /// One incarnation of the bus over `channel` (the same channel for every restart).
+    pub fn new(channel: BusChannel, instance: String, heartbeat_every: Duration, death: DeathNotice) -> Self {
+        Self { channel, instance, heartbeat_every, _death: death }
     }
 
     fn publish(&self, message: BusMessage) -> usize {
         // No receivers is not an error: nobody is listening right now.
-        self.sender.send(message).unwrap_or(0)
+        self.channel.sender.send(message).unwrap_or(0)
     }
 }
 
@@ -56,8 +83,8 @@ impl Actor for EventBus {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(self.heartbeat_every, |bus, _| {
-            bus.heartbeat_seq += 1;
-            let beat = Heartbeat { seq: bus.heartbeat_seq, at: Utc::now(), instance: bus.instance.clone() };
+            let seq = bus.channel.heartbeat_seq.fetch_add(1, Ordering::Relaxed) + 1;
+            let beat = Heartbeat { seq, at: Utc::now(), instance: bus.instance.clone() };
             bus.publish(BusMessage::Heartbeat(beat));
         });
         tracing::debug!("event bus started");
@@ -73,7 +100,7 @@ impl Handler<Subscribe> for EventBus {
     type Result = MessageResult<Subscribe>;
 
     fn handle(&mut self, _: Subscribe, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.sender.subscribe())
+        MessageResult(self.channel.sender.subscribe())
     }
 }
 
@@ -99,17 +126,20 @@ impl Handler<SubscriberCount> for EventBus {
     type Result = usize;
 
     fn handle(&mut self, _: SubscriberCount, _: &mut Self::Context) -> usize {
-        self.sender.receiver_count()
+        self.channel.sender.receiver_count()
     }
 }
 
-/// Fault injection for the supervision tests: the handler panics. Not reachable
-/// from any network interface.
+/// Fault injection for the supervision tests: the handler panics. Compiled only
+/// into test builds (`cargo test`, or the `test-hooks` feature the integration
+/// tests turn on); never reachable from a network interface.
+#[cfg(any(test, feature = "test-hooks"))]
 #[doc(hidden)]
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Crash;
 
+#[cfg(any(test, feature = "test-hooks"))]
 impl Handler<Crash> for EventBus {
     type Result = ();
 

@@ -2,6 +2,7 @@
 
 pub mod event_bus;
 pub mod rate_limit;
+pub mod supervise;
 pub mod supervisor;
 pub mod upload_session;
 
@@ -13,6 +14,7 @@ use crate::redis_client::RedisHandle;
 
 pub use event_bus::EventBus;
 pub use rate_limit::RateLimiter;
+pub use supervise::{Backoff, LoopStatus};
 pub use supervisor::{DeathNotice, Hub, Supervisor};
 pub use upload_session::UploadSessions;
 
@@ -35,8 +37,10 @@ impl Hubs {
     ) -> Self {
         let supervisor = Supervisor::start();
         let instance = instance.to_string();
-        let event_bus =
-            supervisor.spawn("event_bus", move |death| EventBus::new(instance.clone(), heartbeat_every, death));
+        // Created once: every incarnation of the bus publishes into it (see `event_bus`).
+        let channel = event_bus::BusChannel::new();
+        let event_bus = supervisor
+            .spawn("event_bus", move |death| EventBus::new(channel.clone(), instance.clone(), heartbeat_every, death));
         let rate_limits = rate_limits.clone();
         let rate_limiter =
             supervisor.spawn("rate_limiter", move |death| RateLimiter::new(&rate_limits, redis.clone(), death));

@@ -263,6 +263,7 @@ impl Handler<Check> for RateLimiter {
 }
 
 /// The fault-injection message of every hub, for the supervision tests.
+#[cfg(any(test, feature = "test-hooks"))]
 impl Handler<super::event_bus::Crash> for RateLimiter {
     type Result = ();
 

@@ -77,6 +77,8 @@ pub struct Supervisor {
     deaths_tx: mpsc::UnboundedSender<&'static str>,
     shared: Arc<RwLock<Shared>>,
     stopping: Arc<AtomicBool>,
+    /// Liveness of the background loops run with [`Supervisor::supervise`].
+    loops: super::supervise::LoopRegistry,
 }
 
 impl Supervisor {
@@ -88,7 +90,16 @@ impl Supervisor {
             deaths_tx,
             shared: Arc::new(RwLock::new(Shared { restarts: HashMap::new(), restart_counts: HashMap::new() })),
             stopping: Arc::new(AtomicBool::new(false)),
+            loops: super::supervise::LoopRegistry::default(),
         };
+        metrics::describe_counter!(
+            "reelhouse_actor_restarts_total",
+            "Hub actors restarted by the supervisor after they died, by actor"
+        );
+        metrics::describe_counter!(
+            super::supervise::LOOP_RESTARTS_METRIC,
+            "Background loops restarted after a panic, by loop"
+        );
         let this = supervisor.clone();
         actix_rt::spawn(async move {
             let mut backoff: HashMap<&'static str, Duration> = HashMap::new();
@@ -152,6 +163,11 @@ impl Supervisor {
     /// Stop restarting: hubs that end from now on stay down (shutdown).
     pub fn begin_shutdown(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Liveness of every supervised background loop.
+    pub fn loops(&self) -> &super::supervise::LoopRegistry {
+        &self.loops
     }
 
     pub fn is_stopping(&self) -> bool {

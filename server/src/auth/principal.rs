@@ -4,6 +4,10 @@
 //! Invalid credentials never fail the HTTP request; they become
 //! [`RequestAuth::Invalid`], and guarded fields answer `UNAUTHENTICATED` while
 //! public ones (`serverInfo`) still work.
+//!
+//! A database that cannot be reached while checking credentials is an outage, not
+//! a verdict about the caller: [`RequestAuth::Unavailable`], answered `UNAVAILABLE`
+//! (503 with `Retry-After`), so clients retry instead of signing their user out.
 
 use actix_web::http::header::{HeaderMap, AUTHORIZATION};
 use entities::{refresh_token_family, user, Role};
@@ -12,6 +16,7 @@ use uuid::Uuid;
 
 use crate::auth::api_keys;
 use crate::auth::roles::rank;
+use crate::error::{AppError, ErrorCode};
 use crate::startup::AppState;
 
 pub const API_KEY_HEADER: &str = "x-api-key";
@@ -41,6 +46,21 @@ pub enum RequestAuth {
     Authenticated(Principal),
     /// Credentials were presented and refused; the reason is safe to show.
     Invalid(&'static str),
+    /// Credentials were presented but could not be checked: the database did not
+    /// answer. Neither granted nor refused.
+    Unavailable,
+}
+
+/// Seconds a client is told to wait when credentials could not be checked.
+pub const AUTH_RETRY_AFTER_SECS: u64 = 2;
+
+/// The error for [`RequestAuth::Unavailable`]: `UNAVAILABLE` with `Retry-After`.
+pub fn auth_unavailable() -> AppError {
+    AppError::new(
+        ErrorCode::Unavailable,
+        "credentials cannot be checked right now (the database is unavailable), try again later",
+    )
+    .with_retry_after(AUTH_RETRY_AFTER_SECS)
 }
 
 /// Where a request came from, recorded on sessions and in the audit log.
@@ -54,8 +74,9 @@ pub struct ClientInfo {
 
 const INVALID_CREDENTIALS: &str = "invalid or expired credentials";
 
-/// Authenticate the request's headers. Database failures count as invalid
-/// credentials (logged), so a flaky database never grants access.
+/// Authenticate the request's headers. Database failures are
+/// [`RequestAuth::Unavailable`] (logged): a flaky database neither grants access
+/// nor tells a valid caller its credentials are bad.
 #[tracing::instrument(skip_all)]
 pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> RequestAuth {
     if let Some(value) = headers.get(AUTHORIZATION) {
@@ -72,8 +93,8 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> RequestAuth 
             Ok(Some(principal)) => RequestAuth::Authenticated(principal),
             Ok(None) => RequestAuth::Invalid(INVALID_CREDENTIALS),
             Err(err) => {
-                err.log();
-                RequestAuth::Invalid(INVALID_CREDENTIALS)
+                tracing::warn!(error = ?err, "checking an API key: the database did not answer");
+                RequestAuth::Unavailable
             }
         };
     }
@@ -108,8 +129,8 @@ pub async fn authenticate_access_token(state: &AppState, token: &str) -> Request
         }
         Ok(_) => RequestAuth::Invalid(INVALID_CREDENTIALS),
         Err(err) => {
-            tracing::error!(error = ?err, "looking up a session and its user");
-            RequestAuth::Invalid(INVALID_CREDENTIALS)
+            tracing::warn!(error = ?err, "checking a session: the database did not answer");
+            RequestAuth::Unavailable
         }
     }
 }

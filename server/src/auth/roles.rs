@@ -61,6 +61,7 @@ pub fn require_principal<'a>(ctx: &'a Context<'_>) -> Result<&'a Principal, AppE
     match ctx.data_opt::<RequestAuth>() {
         Some(RequestAuth::Authenticated(principal)) => Ok(principal),
         Some(RequestAuth::Invalid(reason)) => Err(AppError::unauthenticated(*reason)),
+        Some(RequestAuth::Unavailable) => Err(crate::auth::principal::auth_unavailable()),
         Some(RequestAuth::Anonymous) | None => Err(AppError::unauthenticated("authentication required")),
     }
 }

@@ -234,7 +234,7 @@ async fn outbox_id<C: ConnectionTrait>(
     Ok(query.into_tuple::<Option<i64>>().one(conn).await?.flatten())
 }
 
-/// Prune every `events.prune_interval_secs` (spawned by startup; every replica may
+/// Prune every `events.prune_interval_secs` (run by startup under `supervise`; every replica may
 /// run it, deleting is idempotent).
 pub async fn run_pruner(db: sea_orm::DatabaseConnection, settings: crate::config::events::EventSettings) {
     if settings.retention_days == 0 {

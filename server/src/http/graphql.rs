@@ -7,7 +7,7 @@ use async_graphql::http::{GraphiQLSource, MultipartOptions};
 use async_graphql_actix_web::GraphQLResponse;
 use futures::StreamExt;
 
-use crate::auth::principal::{authenticate, ClientInfo};
+use crate::auth::principal::{authenticate, ClientInfo, RequestAuth};
 use crate::error::{AppError, ErrorCode};
 use crate::graphql::AppSchema;
 use crate::startup::AppState;
@@ -34,7 +34,9 @@ async fn read_limited(req: &HttpRequest, mut payload: web::Payload, max: usize) 
 }
 
 /// Credentials are checked once per HTTP request; invalid ones do not fail the
-/// request but make guarded fields answer `UNAUTHENTICATED`.
+/// request but make guarded fields answer `UNAUTHENTICATED`. Credentials the
+/// database cannot check right now fail the whole request with `UNAVAILABLE`
+/// (503, `Retry-After`).
 #[tracing::instrument(skip_all)]
 pub async fn graphql(
     state: web::Data<AppState>,
@@ -57,6 +59,13 @@ pub async fn graphql(
         }
     }
     let auth = authenticate(&state, req.headers()).await;
+    if matches!(auth, RequestAuth::Unavailable) {
+        // Credentials that cannot be checked are neither the caller's nor anonymous:
+        // running the operation as either would answer for someone we do not know.
+        let error = crate::auth::principal::auth_unavailable().to_graphql();
+        let response = async_graphql::Response::from_errors(vec![error.into_server_error(Default::default())]);
+        return Ok(respond(&req, async_graphql::BatchResponse::Single(response)));
+    }
     let client = ClientInfo {
         // X-Forwarded-For counts only from a trusted proxy: rate limits and session
         // records must not be steerable by a header the client writes.
@@ -65,15 +74,21 @@ pub async fn graphql(
         request_id: request_id(&req),
     };
     let response = schema.execute_batch(batch.data(auth).data(client)).await;
+    Ok(respond(&req, response))
+}
+
+/// The HTTP response for a GraphQL answer: 503 with `Retry-After` when it is an
+/// `UNAVAILABLE` with no data (see [`unavailable_retry_after`]).
+fn respond(req: &HttpRequest, response: async_graphql::BatchResponse) -> HttpResponse {
     let retry_after = unavailable_retry_after(&response);
-    let mut http = GraphQLResponse::from(response).respond_to(&req);
+    let mut http = GraphQLResponse::from(response).respond_to(req);
     if let Some(secs) = retry_after {
         *http.status_mut() = ErrorCode::Unavailable.http_status();
         if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&secs.to_string()) {
             http.headers_mut().insert(actix_web::http::header::RETRY_AFTER, value);
         }
     }
-    Ok(http)
+    http
 }
 
 /// One operation that produced no data because the server could not serve it

@@ -30,6 +30,9 @@ struct Readiness {
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
     checks: std::collections::BTreeMap<&'static str, Check>,
+    /// Liveness of the supervised background loops (detail only: a loop waiting to
+    /// restart does not make the process unready; its dependencies decide that).
+    loops: std::collections::BTreeMap<&'static str, crate::actors::LoopStatus>,
 }
 
 async fn timed<F, T, E>(fut: F) -> Result<(), &'static str>
@@ -49,6 +52,8 @@ where
 
 /// 200 when the database, storage and (if configured) Redis answer; otherwise 503
 /// with the failing dependency named. Reasons are generic: no hosts, no errors.
+/// `loops` reports each supervised background loop: running, restarts, last start,
+/// finished.
 #[tracing::instrument(skip_all)]
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let db = timed(state.db.execute_unprepared("SELECT 1"));
@@ -75,13 +80,15 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     for (name, check) in &checks {
         metrics::gauge!("reelhouse_dependency_up", "dependency" => *name).set(if check.ok { 1.0 } else { 0.0 });
     }
+    let loops = state.hubs.supervisor.loops().snapshot();
     if failing.is_empty() {
-        HttpResponse::Ok().json(Readiness { status: "ready", reason: None, checks })
+        HttpResponse::Ok().json(Readiness { status: "ready", reason: None, checks, loops })
     } else {
         HttpResponse::ServiceUnavailable().json(Readiness {
             status: "unavailable",
             reason: Some(failing.join("; ")),
             checks,
+            loops,
         })
     }
 }

@@ -119,6 +119,7 @@ async fn principal(state: &AppState, req: &HttpRequest) -> Result<Principal, Htt
     match authenticate(state, req.headers()).await {
         RequestAuth::Authenticated(principal) => Ok(principal),
         RequestAuth::Invalid(reason) => Err(error(AppError::unauthenticated(reason))),
+        RequestAuth::Unavailable => Err(error(crate::auth::principal::auth_unavailable())),
         RequestAuth::Anonymous => Err(error(AppError::unauthenticated("authentication required"))),
     }
 }

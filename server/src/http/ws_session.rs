@@ -4,13 +4,17 @@
 //! legacy `graphql-ws`) through async-graphql's protocol state machine, and owns
 //! what the protocol library does not:
 //! - credentials come in `connection_init` (`{"authorization": "Bearer …"}` or
-//!   `{"x-api-key": "…"}`); bad ones close the socket with 4403;
+//!   `{"x-api-key": "…"}`); bad ones close the socket with 4403; ones the database
+//!   cannot check right now close it with 1013 (try again later, reason
+//!   `UNAVAILABLE: …`): an outage is not a verdict about the caller;
 //! - no `connection_init` within `graphql.ws_init_timeout_secs` closes with 4408;
 //! - an authenticated session closes with 4403 when its token expires, and when
 //!   its credentials no longer say what they said at `connection_init`: session or
 //!   API key revoked, user disabled, or a different role (a demotion, or an API
 //!   key's owner demoted). This is checked before every operation starts, and
-//!   every `graphql.ws_recheck_ms` for the ones that keep running;
+//!   every `graphql.ws_recheck_ms` for the ones that keep running. A re-check the
+//!   database cannot answer keeps the socket open and is tried again at the next
+//!   interval (an operation starting meanwhile gets an `UNAVAILABLE` error);
 //! - every operation costs one token of the client's `api` rate-limit bucket (the
 //!   one HTTP requests use), on top of what its complexity costs; refused ones get
 //!   an `error` message for their id (code `RATE_LIMITED`, `retryAfter`);
@@ -51,7 +55,11 @@ pub const CLOSE_FORBIDDEN: u16 = 4403;
 pub const CLOSE_INIT_TIMEOUT: u16 = 4408;
 /// Close code for "too many sockets for this user" (the reason starts `RATE_LIMITED`).
 pub const CLOSE_TOO_MANY: u16 = 4429;
+/// Close code for "credentials cannot be checked now" (RFC 6455 1013, Try Again Later).
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 const FORBIDDEN_PREFIX: &str = "Forbidden: ";
+/// Close reasons stay under the 123 bytes a close frame allows.
+const UNAVAILABLE_REASON: &str = "UNAVAILABLE: credentials cannot be checked right now, try again later";
 const RATE_LIMITED_PREFIX: &str = "RATE_LIMITED: ";
 
 /// The credential a session was opened with, kept to re-check it.
@@ -137,11 +145,20 @@ pub async fn graphql_ws(
     ws::WsResponseBuilder::new(session, &req, payload).protocols(&ALL_WEBSOCKET_PROTOCOLS).frame_size(MAX_FRAME).start()
 }
 
-/// Check a `connection_init` payload; `Err` carries the client-safe reason.
+/// Why a `connection_init` was refused.
+enum InitRefusal {
+    /// Bad credentials (4403); the client-safe reason.
+    Forbidden(String),
+    /// The database could not check them (1013).
+    Unavailable,
+}
+
+/// Check a `connection_init` payload.
 async fn authenticate_init(
     state: &AppState,
     payload: &serde_json::Value,
-) -> Result<(RequestAuth, Option<Credential>, Option<i64>), String> {
+) -> Result<(RequestAuth, Option<Credential>, Option<i64>), InitRefusal> {
+    let invalid = || InitRefusal::Forbidden("invalid or expired credentials".into());
     let field = |name: &str| {
         payload
             .as_object()
@@ -150,21 +167,25 @@ async fn authenticate_init(
             .map(str::to_string)
     };
     if let Some(header) = field("authorization") {
-        let token =
-            header.strip_prefix("Bearer ").map(str::trim).ok_or("authorization must be `Bearer <access token>`")?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .map(str::trim)
+            .ok_or_else(|| InitRefusal::Forbidden("authorization must be `Bearer <access token>`".into()))?;
         let expires_at = state.tokens.verify_access_token(token).ok().map(|(claims, _)| claims.exp);
         return match principal::authenticate_access_token(state, token).await {
             auth @ RequestAuth::Authenticated(_) => Ok((auth, Some(Credential::Bearer(token.to_string())), expires_at)),
-            _ => Err("invalid or expired credentials".into()),
+            RequestAuth::Unavailable => Err(InitRefusal::Unavailable),
+            _ => Err(invalid()),
         };
     }
     if let Some(key) = field("x-api-key") {
         let mut headers = actix_web::http::header::HeaderMap::new();
-        let value = key.parse().map_err(|_| "invalid or expired credentials".to_string())?;
+        let value = key.parse().map_err(|_| invalid())?;
         headers.insert(actix_web::http::header::HeaderName::from_static(principal::API_KEY_HEADER), value);
         return match principal::authenticate(state, &headers).await {
             auth @ RequestAuth::Authenticated(_) => Ok((auth, Some(Credential::ApiKey(key)), None)),
-            _ => Err("invalid or expired credentials".into()),
+            RequestAuth::Unavailable => Err(InitRefusal::Unavailable),
+            _ => Err(invalid()),
         };
     }
     Ok((RequestAuth::Anonymous, None, None))
@@ -187,9 +208,18 @@ async fn reauthenticate(state: &AppState, credential: &Credential) -> RequestAut
     }
 }
 
-/// `Err(reason)` when the credential no longer grants exactly what it granted at
-/// `connection_init`: revoked, disabled, or another role.
-fn verdict(opened_as: Option<&Principal>, now: &RequestAuth) -> Result<(), &'static str> {
+/// Why a re-check did not confirm the socket's credential.
+enum RecheckFailed {
+    /// Revoked, disabled, another role, expired: close with 4403.
+    Lost(&'static str),
+    /// The database did not answer: neither confirmed nor lost; try again later.
+    Unavailable,
+}
+
+/// `Err` when the credential no longer grants exactly what it granted at
+/// `connection_init` (revoked, disabled, or another role), or cannot be checked now.
+fn verdict(opened_as: Option<&Principal>, now: &RequestAuth) -> Result<(), RecheckFailed> {
+    use RecheckFailed::Lost;
     match (opened_as, now) {
         (Some(then), RequestAuth::Authenticated(now))
             if then.user_id == now.user_id
@@ -200,22 +230,27 @@ fn verdict(opened_as: Option<&Principal>, now: &RequestAuth) -> Result<(), &'sta
         {
             Ok(())
         }
-        (_, RequestAuth::Authenticated(_)) => Err("credentials changed"),
-        _ => Err("session revoked"),
+        (_, RequestAuth::Authenticated(_)) => Err(Lost("credentials changed")),
+        (_, RequestAuth::Unavailable) => Err(RecheckFailed::Unavailable),
+        _ => Err(Lost("session revoked")),
     }
 }
 
-/// Re-check the socket's credential (if it has one). `Err(reason)`: close with 4403.
-async fn recheck(state: AppState, auth: Arc<Mutex<SessionAuth>>) -> Result<(), &'static str> {
+/// Re-check the socket's credential (if it has one).
+async fn recheck(state: AppState, auth: Arc<Mutex<SessionAuth>>) -> Result<(), RecheckFailed> {
     let (credential, opened_as, expires_at) = match auth.lock() {
         Ok(auth) => (auth.credential.clone(), auth.principal.clone(), auth.expires_at),
-        Err(_) => return Err("internal error"),
+        Err(_) => return Err(RecheckFailed::Lost("internal error")),
     };
     let Some(credential) = credential else { return Ok(()) };
     if expires_at.is_some_and(|exp| exp <= chrono::Utc::now().timestamp()) {
-        return Err("token expired");
+        return Err(RecheckFailed::Lost("token expired"));
     }
-    verdict(opened_as.as_ref(), &reauthenticate(&state, &credential).await)
+    let outcome = verdict(opened_as.as_ref(), &reauthenticate(&state, &credential).await);
+    if matches!(outcome, Err(RecheckFailed::Unavailable)) {
+        metrics::counter!("reelhouse_ws_rechecks_deferred_total").increment(1);
+    }
+    outcome
 }
 
 impl Session {
@@ -243,10 +278,15 @@ impl Session {
         ctx.run_interval(recheck_every, |session, ctx| {
             recheck(session.state.clone(), session.auth.clone())
                 .into_actor(session)
-                .map(|outcome, _, ctx| {
-                    if let Err(reason) = outcome {
-                        Self::close(ctx, CLOSE_FORBIDDEN, reason);
+                .map(|outcome, _, ctx| match outcome {
+                    Err(RecheckFailed::Lost(reason)) => Self::close(ctx, CLOSE_FORBIDDEN, reason),
+                    // The next interval checks again; the socket stays open meanwhile.
+                    Err(RecheckFailed::Unavailable) => {
+                        tracing::debug!(
+                            "credentials could not be re-checked (database unavailable); keeping the socket"
+                        )
                     }
+                    Ok(()) => {}
                 })
                 .spawn(ctx);
         });
@@ -344,7 +384,10 @@ impl Session {
         let auth = self.auth.clone();
         let subject = ip_subject(self.client.ip.as_deref().unwrap_or("unknown"));
         let admission = async move {
-            recheck(state.clone(), auth).await.map_err(Refusal::Socket)?;
+            recheck(state.clone(), auth).await.map_err(|failed| match failed {
+                RecheckFailed::Lost(reason) => Refusal::Socket(reason),
+                RecheckFailed::Unavailable => Refusal::Operation(principal::auth_unavailable()),
+            })?;
             crate::limits::enforce(&state, Policy::Api, subject, 1).await.map_err(Refusal::Operation)?;
             Ok(())
         };
@@ -415,9 +458,13 @@ impl Actor for Session {
                     data.insert(client);
                     Ok(data)
                 }
-                Err(reason) => {
+                Err(InitRefusal::Forbidden(reason)) => {
                     slot.refused = Some((CLOSE_FORBIDDEN, "invalid or expired credentials".into()));
                     Err(async_graphql::Error::new(format!("{FORBIDDEN_PREFIX}{reason}")))
+                }
+                Err(InitRefusal::Unavailable) => {
+                    slot.refused = Some((CLOSE_TRY_AGAIN_LATER, UNAVAILABLE_REASON.into()));
+                    Err(async_graphql::Error::new(UNAVAILABLE_REASON))
                 }
             }
         };
@@ -441,6 +488,10 @@ impl Actor for Session {
                     // graphql-transport-ws contract for it is 4403 Forbidden.
                     if reason.starts_with(RATE_LIMITED_PREFIX) {
                         Self::close(ctx, CLOSE_TOO_MANY, &reason);
+                        return;
+                    }
+                    if reason == UNAVAILABLE_REASON {
+                        Self::close(ctx, CLOSE_TRY_AGAIN_LATER, &reason);
                         return;
                     }
                     let code = if reason.starts_with(FORBIDDEN_PREFIX) { CLOSE_FORBIDDEN } else { code };

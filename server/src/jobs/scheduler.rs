@@ -88,10 +88,12 @@ pub struct Scheduler {
     leasing: bool,
     sweeping: bool,
     draining: bool,
+    /// Tells the worker's supervisor when this scheduler dies (it starts a new one).
+    _death: crate::actors::DeathNotice,
 }
 
 impl Scheduler {
-    pub fn new(deps: WorkerDeps, worker_id: String, capacity: usize) -> Self {
+    pub fn new(deps: WorkerDeps, worker_id: String, capacity: usize, death: crate::actors::DeathNotice) -> Self {
         Self {
             deps,
             worker_id,
@@ -100,6 +102,7 @@ impl Scheduler {
             leasing: false,
             sweeping: false,
             draining: false,
+            _death: death,
         }
     }
 

@@ -27,7 +27,7 @@ const STUCK_COMPLETING_AFTER: chrono::Duration = chrono::Duration::minutes(15);
 /// An ended upload is left alone this long, so nothing races the code that ended it.
 const STAGING_GRACE: chrono::Duration = chrono::Duration::minutes(1);
 
-/// Sweep forever every `uploads.sweep_interval_secs` (spawned by startup).
+/// Sweep forever every `uploads.sweep_interval_secs` (startup runs it under `supervise`).
 pub async fn run(state: AppState) {
     let every = Duration::from_secs(state.settings.uploads.sweep_interval_secs.max(1));
     loop {

@@ -2,13 +2,11 @@
 //! the retry or give up, and disable endpoints that keep failing.
 
 use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use entities::{webhook_attempt, webhook_delivery, webhook_endpoint, WebhookDeliveryStatus};
-use futures::FutureExt;
 use rand::Rng;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
@@ -73,17 +71,15 @@ pub fn backoff(settings: &WebhookSettings, attempts: i32) -> Duration {
     Duration::from_millis(ceiling - cut)
 }
 
-/// The delivery loop of one process; runs until the process ends, behind a panic
-/// boundary.
+/// The delivery loop of one process; runs until the process ends. Started under
+/// the supervisor's `supervise` (startup), which restarts it after a panic.
 pub async fn run(db: DatabaseConnection, settings: Arc<WebhookSettings>, secrets: Arc<SecretBox>) {
     let idle = Duration::from_millis(settings.poll_interval_ms.max(10));
     loop {
-        let step = AssertUnwindSafe(deliver_due(&db, &settings, &secrets)).catch_unwind().await;
-        match step {
-            Ok(Ok(sent)) if sent > 0 => continue,
-            Ok(Ok(_)) => {}
-            Ok(Err(err)) => tracing::warn!(error = %err, "webhook delivery loop: database error"),
-            Err(_) => tracing::error!("webhook delivery loop panicked; continuing"),
+        match deliver_due(&db, &settings, &secrets).await {
+            Ok(sent) if sent > 0 => continue,
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "webhook delivery loop: database error"),
         }
         tokio::time::sleep(idle).await;
     }

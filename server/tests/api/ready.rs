@@ -62,3 +62,53 @@ async fn ready_turns_503_when_the_database_is_unreachable_and_recovers() {
         "ready again after the database returns"
     );
 }
+
+async fn loops_of(app: &crate::helpers::TestApp) -> serde_json::Value {
+    ready_status(app).await.1["loops"].clone()
+}
+
+#[actix_web::test]
+async fn ready_reports_every_background_loop_and_a_panicking_loop_is_restarted_and_counted() {
+    use reelhouse::actors::Backoff;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    let app = spawn_app_with(|_| {}).await;
+    let loops = loops_of(&app).await;
+    let mut expected = vec!["event_pruner", "upload_sweeper", "webhook_delivery"];
+    if app.state.redis.is_some() {
+        expected.push("event_relay");
+    }
+    for name in expected {
+        assert_eq!(loops[name]["running"], true, "{name}: {loops}");
+        assert_eq!(loops[name]["restarts"], 0, "{name}: {loops}");
+        assert!(loops[name]["last_start"].is_string(), "{name}: {loops}");
+    }
+
+    // A loop that panics twice, then runs: restarted, counted, shown.
+    let attempts = Arc::new(AtomicU32::new(0));
+    let counter = attempts.clone();
+    let backoff = Backoff { initial: std::time::Duration::from_millis(1), max: std::time::Duration::from_millis(4) };
+    app.state.hubs.supervisor.supervise("test_flaky", backoff, move || {
+        let counter = counter.clone();
+        async move {
+            if counter.fetch_add(1, Ordering::SeqCst) < 2 {
+                panic!("test_flaky fails on purpose");
+            }
+            std::future::pending::<()>().await;
+        }
+    });
+    assert!(
+        eventually(100, || async {
+            let loops = loops_of(&app).await;
+            loops["test_flaky"]["restarts"] == 2 && loops["test_flaky"]["running"] == true
+        })
+        .await,
+        "restarted twice and running: {}",
+        loops_of(&app).await
+    );
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("reelhouse_loop_restarts_total{loop=\"test_flaky\"} 2"), "{metrics}");
+    assert!(!loops_of(&app).await.to_string().contains("on purpose"), "no panic text in /ready");
+}

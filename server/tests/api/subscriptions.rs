@@ -147,3 +147,35 @@ async fn supervisor_restarts_the_event_bus_after_a_panic() {
     let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("reelhouse_actor_restarts_total{actor=\"event_bus\"} 1"), "{metrics}");
 }
+
+#[actix_web::test]
+async fn a_live_subscription_keeps_receiving_across_an_event_bus_restart() {
+    use reelhouse::actors::event_bus::{BusMessage, Heartbeat, Publish};
+
+    let app = spawn_app().await;
+    let hubs = &app.state.hubs;
+    let mut socket = connect(&app, "graphql-transport-ws").await;
+    send(&mut socket, json!({ "type": "connection_init", "payload": {} })).await;
+    assert_eq!(next_json(&mut socket).await["type"], "connection_ack");
+    send(&mut socket, json!({ "id": "1", "type": "subscribe", "payload": { "query": "subscription { heartbeat { seq instance } }" } })).await;
+    assert_eq!(next_json(&mut socket).await["type"], "next");
+
+    let crashed = hubs.event_bus.addr();
+    crashed.do_send(Crash);
+    assert!(eventually(100, || async { hubs.supervisor.restart_count("event_bus") == 1 }).await);
+    assert!(!crashed.connected());
+
+    // Published through the new incarnation; the subscription opened before the
+    // crash receives it, with nothing but `next` messages on the way.
+    let marker = Heartbeat { seq: u64::MAX / 2, at: chrono::Utc::now(), instance: "marker".into() };
+    let delivered = hubs.event_bus.addr().send(Publish(BusMessage::Heartbeat(marker))).await.unwrap();
+    assert!(delivered >= 1, "the old subscriber is attached to the new bus");
+    loop {
+        let message = next_json(&mut socket).await;
+        assert_eq!(message["type"], "next", "the subscription did not notice the restart: {message}");
+        assert_eq!(message["id"], "1");
+        if message["payload"]["data"]["heartbeat"]["instance"] == "marker" {
+            break;
+        }
+    }
+}
