@@ -238,7 +238,11 @@ async fn hostile_corpus_ends_typed_and_the_server_survives() {
     let dir = corpus();
     let expectations = manifest();
     assert!(expectations.len() >= 30, "the corpus has {} files", expectations.len());
+    // On PostgreSQL the transcodes run in a separate `reelhouse worker` process (as in
+    // a scaled-out deployment); on SQLite in the server's embedded workers.
+    let separate_worker = crate::helpers::backend() == crate::helpers::Backend::Postgres;
     let app = spawn_uploads_app(|s| {
+        s.workers.embedded = !separate_worker;
         s.media.speed_preset = "ultrafast".into();
         s.media.segment_seconds = 1;
         // One hour: the three-hour still image must be refused by its declared
@@ -257,6 +261,23 @@ async fn hostile_corpus_ends_typed_and_the_server_survives() {
         }
     })
     .await;
+    let worker_dir = tempfile::tempdir().unwrap();
+    let mut worker = separate_worker.then(|| {
+        crate::worker_process::worker_command(
+            &app.state.settings,
+            worker_dir.path(),
+            &[
+                ("REELHOUSE__WORKERS__CONCURRENCY", "2"),
+                ("REELHOUSE__MEDIA__SPEED_PRESET", "ultrafast"),
+                ("REELHOUSE__MEDIA__SEGMENT_SECONDS", "1"),
+                ("REELHOUSE__MEDIA__MAX_DURATION_SECS", "3600"),
+                ("REELHOUSE__JOBS__MAX_ATTEMPTS", "1"),
+            ],
+        )
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+    });
     let user = app.register_user().await;
 
     // Warm up: the app is up and one valid clip went all the way.
@@ -309,11 +330,33 @@ async fn hostile_corpus_ends_typed_and_the_server_survives() {
     let again = upload(&app, &user, valid).await;
     assert_eq!(again.outcome, Outcome::Ready, "a valid upload after the corpus: {again:?}");
 
-    // The probe and the transcodes still run in this process (the test's), until the
-    // media jail moves them to a child; the look keeps the bombs from ever being
-    // decoded, and the jail will keep a decoder's own appetite out too.
+    // The probes run in media children of this process (the API's), the transcodes in
+    // children of the worker: whatever a decoder wants, the API does not pay for it.
     let grown = peak_rss().saturating_sub(rss_before);
     assert!(grown <= 64 * MIB, "the server's peak RSS grew by {} MiB over the corpus (at most 64 MiB)", grown / MIB);
+
+    // Every media child is gone (none left running, none a zombie), and the worker
+    // process that ran them is alive.
+    let parents: Vec<u32> = std::iter::once(std::process::id()).chain(worker.as_ref().and_then(|w| w.id())).collect();
+    let leftover = crate::helpers::eventually(50, || {
+        let parents = parents.clone();
+        async move { parents.iter().all(|p| crate::jail::media_children_of(*p).is_empty()) }
+    })
+    .await;
+    assert!(
+        leftover,
+        "media children left behind: {:?}",
+        parents.iter().map(|p| crate::jail::media_children_of(*p)).collect::<Vec<_>>()
+    );
+    if let Some(worker) = worker.as_mut() {
+        assert!(
+            worker.try_wait().unwrap().is_none(),
+            "the worker process died: {}",
+            std::fs::read_to_string(worker_dir.path().join("worker.log")).unwrap_or_default()
+        );
+        crate::worker_process::sigterm(worker);
+        let _ = worker.wait().await;
+    }
 }
 
 /// The look refuses bombs from their headers: typed reasons, and no decoder ever

@@ -14,7 +14,13 @@ use crate::runner::{harness, Collect};
 
 /// Live `reelhouse media` children of this (test) process.
 fn media_children() -> Vec<i32> {
-    let me = std::process::id() as i32;
+    media_children_of(std::process::id())
+}
+
+/// `reelhouse media` children of `parent`, zombies included (a zombie is a child
+/// nobody waited for: a leak too).
+pub(crate) fn media_children_of(parent: u32) -> Vec<i32> {
+    let me = parent as i32;
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
@@ -22,12 +28,15 @@ fn media_children() -> Vec<i32> {
         // "pid (comm) state ppid pgrp ...": split after the last ')'.
         let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.first() == Some(&"Z") || fields.get(1).and_then(|p| p.parse::<i32>().ok()) != Some(me) {
+        if fields.get(1).and_then(|p| p.parse::<i32>().ok()) != Some(me) {
             continue;
         }
+        // A zombie has no command line left: its name says it was a reelhouse.
+        let comm = stat.split_once('(').and_then(|(_, r)| r.rsplit_once(')')).map(|(c, _)| c).unwrap_or_default();
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if args.get(1) == Some(&&b"media"[..]) {
+        let zombie = fields.first() == Some(&"Z") && comm == "reelhouse";
+        if zombie || args.get(1) == Some(&&b"media"[..]) {
             found.push(pid);
         }
     }
