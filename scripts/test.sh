@@ -54,6 +54,20 @@ else
     failed=1
 fi
 
+# GraphQL over HTTP to the letter: the graphql-http audit (auditServer) against an
+# embedded server and a PostgreSQL + Redis + S3 one; fails on any error or warning
+# (scripts/test-graphql-http.sh). Reuses the server binary the suite built.
+printf '\n==> GraphQL-over-HTTP audit: scripts/test-graphql-http.sh\n' >&2
+if [[ -x "$bin_dir/reelhouse" ]]; then
+    export REELHOUSE_BIN="$bin_dir/reelhouse"
+fi
+if scripts/test-graphql-http.sh; then
+    result[graphql_http]=passed
+else
+    result[graphql_http]="FAILED (exit $?)"
+    failed=1
+fi
+
 # Browser end-to-end tests of the web demo, in headless Chromium, against an
 # embedded server and a PostgreSQL + Redis + S3 one (screenshots in
 # web-demo/test-artifacts/).
@@ -65,7 +79,7 @@ else
     failed=1
 fi
 
-summary="test.sh: rust/sqlite ${result[sqlite]}, rust/postgres ${result[postgres]}, load ${result[load]}, web ${result[web]}"
+summary="test.sh: rust/sqlite ${result[sqlite]}, rust/postgres ${result[postgres]}, load ${result[load]}, graphql-http ${result[graphql_http]}, web ${result[web]}"
 if ((failed)); then
     printf '\n%s -> FAILED\n' "$summary" >&2
     exit 1

@@ -8,6 +8,7 @@ use anyhow::{anyhow, bail, Context};
 use base64::Engine;
 use serde_json::{json, Value};
 
+use crate::backoff::{Attempts, RetryPolicy};
 use crate::stats::Stats;
 
 /// Longest any single HTTP call may take before it counts as an error.
@@ -32,6 +33,56 @@ pub struct Api {
     pub http: reqwest::Client,
     pub base: reqwest::Url,
     pub stats: Arc<Stats>,
+    /// How rate-limit refusals are waited for.
+    pub retry: RetryPolicy,
+}
+
+/// An HTTP answer, read whole.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: reqwest::StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+impl Answer {
+    /// `Some(Retry-After)` when this answer refuses the call for a rate limit: HTTP
+    /// 429, or (`graphql`) a GraphQL answer without data whose error is `RATE_LIMITED`
+    /// (its `extensions.retryAfter` is the wait).
+    pub fn rate_limited(&self, graphql: bool) -> Option<Option<Duration>> {
+        let header = || {
+            self.headers
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(crate::backoff::parse_retry_after)
+        };
+        if self.status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            return Some(header());
+        }
+        // Overloaded for a moment (e.g. every password-hashing slot busy): 503 with
+        // `Retry-After` asks to come back later just as a 429 does.
+        if self.status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            if let Some(after) = header() {
+                return Some(Some(after));
+            }
+        }
+        if !graphql || !self.body.starts_with(b"{") {
+            return None;
+        }
+        let v: Value = serde_json::from_slice(&self.body).ok()?;
+        if v.get("data").is_some_and(|d| !d.is_null()) {
+            return None;
+        }
+        let error = v.get("errors")?.as_array()?.first()?;
+        if error.pointer("/extensions/code").and_then(Value::as_str) != Some("RATE_LIMITED") {
+            return None;
+        }
+        let after = error
+            .pointer("/extensions/retryAfter")
+            .and_then(Value::as_f64)
+            .map(|s| Duration::from_secs_f64(s.max(0.0)));
+        Some(after.or_else(header))
+    }
 }
 
 /// What one GraphQL call produced: `data`, or the errors (already counted).
@@ -46,7 +97,7 @@ impl Api {
             .tcp_nodelay(true)
             .build()
             .context("building the HTTP client")?;
-        Ok(Self { http, base, stats })
+        Ok(Self { http, base, stats, retry: RetryPolicy::default() })
     }
 
     pub fn url(&self, path: &str) -> anyhow::Result<reqwest::Url> {
@@ -89,34 +140,85 @@ impl Api {
         expected: &[&str],
     ) -> (GqlResult, Vec<u8>) {
         let body = json!({ "query": query, "variables": variables });
-        let started = Instant::now();
-        let url = match self.url("/graphql") {
-            Ok(url) => url,
-            Err(err) => return (Err(vec![self.fail(None, err.to_string())]), Vec::new()),
-        };
-        let mut request = self.http.post(url).json(&body);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await;
-        let outcome = match response {
-            Ok(response) => {
-                let status = response.status();
-                match response.bytes().await {
-                    Ok(bytes) => Ok((status, bytes.to_vec())),
-                    Err(err) => Err(format!("reading the response: {err}")),
+        let outcome = self
+            .send_with_backoff("POST /graphql", true, || {
+                let mut request = self.http.post(self.url("/graphql")?).json(&body);
+                if let Some(token) = token {
+                    request = request.bearer_auth(token);
                 }
-            }
-            Err(err) => Err(format!("POST /graphql: {err}")),
-        };
-        self.stats.count_request(started.elapsed());
+                Ok(request)
+            })
+            .await;
         match outcome {
             Err(message) => (Err(vec![self.fail(None, message)]), Vec::new()),
-            Ok((status, bytes)) => {
-                let result = self.judge(status, &bytes, query, expected);
-                (result, bytes)
+            Ok(answer) => {
+                let result = self.judge(answer.status, &answer.body, query, expected);
+                (result, answer.body.to_vec())
             }
         }
+    }
+
+    /// Send a request (built anew for each attempt), waiting out rate-limit refusals:
+    /// a `429` (or, for GraphQL, an operation refused with `RATE_LIMITED` and no
+    /// data) is counted in `Stats::rate_limited`, waited for per its `Retry-After`
+    /// (else exponential backoff with jitter) and retried, up to the policy's total.
+    /// The answer that is not a refusal is counted as a request with its latency;
+    /// `Err` is a message to count as one error (transport failure, or gave up).
+    pub async fn send_with_backoff(
+        &self,
+        what: &str,
+        graphql: bool,
+        build: impl Fn() -> anyhow::Result<reqwest::RequestBuilder>,
+    ) -> Result<Answer, String> {
+        let mut attempts = Attempts::default();
+        loop {
+            let request = build().map_err(|e| format!("{what}: {e:#}"))?;
+            let started = Instant::now();
+            let answer = match request.send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    let headers = response.headers().clone();
+                    match response.bytes().await {
+                        Ok(body) => Answer { status, headers, body },
+                        Err(err) => {
+                            self.stats.count_request(started.elapsed());
+                            return Err(format!("{what}: reading the response: {err}"));
+                        }
+                    }
+                }
+                Err(err) => {
+                    self.stats.count_request(started.elapsed());
+                    return Err(format!("{what}: {err}"));
+                }
+            };
+            let Some(retry_after) = answer.rate_limited(graphql) else {
+                self.stats.count_request(started.elapsed());
+                return Ok(answer);
+            };
+            let refusal = format!("{what} (HTTP {})", answer.status.as_u16());
+            match attempts.refused(&self.stats, &self.retry, &refusal, retry_after) {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => return Err(attempts.gave_up(what)),
+            }
+        }
+    }
+
+    /// Does the target limit this harness? Sends one cheap query (not counted) and
+    /// reads the `RateLimit-Policy` header the server adds when limits are on; `Some`
+    /// is a note for the operator (also printed at once).
+    pub async fn probe_rate_limits(&self) -> Option<String> {
+        let url = self.url("/graphql").ok()?;
+        let response = self.http.post(url).json(&json!({ "query": "query Probe { __typename }" })).send().await.ok()?;
+        let refused = response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS;
+        let policy = response.headers().get("ratelimit-policy").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let seen = match (refused, policy) {
+            (true, _) => "it answered the start-up probe with 429".to_string(),
+            (false, Some(policy)) if policy_limits(&policy) => format!("it announces RateLimit-Policy: {policy}"),
+            (false, _) => return None,
+        };
+        let note = format!("the target rate-limits this harness ({seen}): refusals will be waited for (Retry-After, backoff) and counted apart from errors");
+        crate::backoff::notice(&note);
+        Some(format!("{note}; {}", crate::backoff::HOW_TO_TURN_OFF))
     }
 
     /// Decide whether a GraphQL answer succeeded, from its status and its body.
@@ -275,69 +377,76 @@ impl Api {
     /// A plain HTTP PUT of bytes (presigned URL): counted as a request.
     async fn put(&self, url: &str, headers: &[(String, String)], body: Vec<u8>) -> anyhow::Result<()> {
         let url = self.url(url)?;
-        let mut request = self.http.put(url).body(body);
-        let mut has_type = false;
-        for (name, value) in headers {
-            has_type |= name.eq_ignore_ascii_case("content-type");
-            request = request.header(name, value);
-        }
-        if !has_type {
-            request = request.header("content-type", "video/mp4");
-        }
-        self.send_counted("PUT presigned", request).await
+        let body = bytes::Bytes::from(body);
+        self.send_counted("PUT presigned", || {
+            let mut request = self.http.put(url.clone()).body(body.clone());
+            let mut has_type = false;
+            for (name, value) in headers {
+                has_type |= name.eq_ignore_ascii_case("content-type");
+                request = request.header(name, value);
+            }
+            if !has_type {
+                request = request.header("content-type", "video/mp4");
+            }
+            Ok(request)
+        })
+        .await
     }
 
     /// One tus PATCH with the whole file (the last byte completes the upload).
     async fn tus_patch(&self, token: &str, tus_url: &str, bytes: &[u8]) -> anyhow::Result<()> {
-        let request = self
-            .http
-            .patch(self.url(tus_url)?)
-            .bearer_auth(token)
-            .header("Tus-Resumable", "1.0.0")
-            .header("Upload-Offset", "0")
-            .header("Content-Type", "application/offset+octet-stream")
-            .body(bytes.to_vec());
-        self.send_counted("tus PATCH", request).await
+        let url = self.url(tus_url)?;
+        let body = bytes::Bytes::copy_from_slice(bytes);
+        self.send_counted("tus PATCH", || {
+            Ok(self
+                .http
+                .patch(url.clone())
+                .bearer_auth(token)
+                .header("Tus-Resumable", "1.0.0")
+                .header("Upload-Offset", "0")
+                .header("Content-Type", "application/offset+octet-stream")
+                .body(body.clone()))
+        })
+        .await
     }
 
     /// Create a tus upload with `POST /uploads/` as a stock tus client would.
     pub async fn tus_create(&self, token: &str, video_id: &str, size: usize) -> anyhow::Result<String> {
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let metadata = format!("videoId {},filename {},filetype {}", b64(video_id), b64("load.mp4"), b64("video/mp4"));
-        let started = Instant::now();
-        let response = self
-            .http
-            .post(self.url("/uploads/")?)
-            .bearer_auth(token)
-            .header("Tus-Resumable", "1.0.0")
-            .header("Upload-Length", size.to_string())
-            .header("Upload-Metadata", metadata)
-            .send()
-            .await;
-        self.stats.count_request(started.elapsed());
-        let response = response.map_err(|e| self.count(format!("tus POST: {e}")))?;
-        if !response.status().is_success() {
-            let status = response.status();
-            let text = response.text().await.unwrap_or_default();
-            return Err(self.count(format!("tus POST: HTTP {status}: {text}")));
+        let answer = self
+            .send_with_backoff("tus POST", false, || {
+                Ok(self
+                    .http
+                    .post(self.url("/uploads/")?)
+                    .bearer_auth(token)
+                    .header("Tus-Resumable", "1.0.0")
+                    .header("Upload-Length", size.to_string())
+                    .header("Upload-Metadata", metadata.clone()))
+            })
+            .await
+            .map_err(|message| self.count(message))?;
+        if !answer.status.is_success() {
+            let text = String::from_utf8_lossy(&answer.body[..answer.body.len().min(200)]).to_string();
+            return Err(self.count(format!("tus POST: HTTP {}: {text}", answer.status)));
         }
-        let location = response
-            .headers()
+        let location = answer
+            .headers
             .get("location")
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| self.count("tus POST: no Location".to_string()))?;
         Ok(location.to_string())
     }
 
-    async fn send_counted(&self, what: &str, request: reqwest::RequestBuilder) -> anyhow::Result<()> {
-        let started = Instant::now();
-        let response = request.send().await;
-        self.stats.count_request(started.elapsed());
-        let response = response.map_err(|e| self.count(format!("{what}: {e}")))?;
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        if !status.is_success() {
-            return Err(self.count(format!("{what}: HTTP {status}: {}", &text[..text.len().min(200)])));
+    async fn send_counted(
+        &self,
+        what: &str,
+        build: impl Fn() -> anyhow::Result<reqwest::RequestBuilder>,
+    ) -> anyhow::Result<()> {
+        let answer = self.send_with_backoff(what, false, build).await.map_err(|message| self.count(message))?;
+        if !answer.status.is_success() {
+            let text = String::from_utf8_lossy(&answer.body[..answer.body.len().min(200)]).to_string();
+            return Err(self.count(format!("{what}: HTTP {}: {text}", answer.status)));
         }
         Ok(())
     }
@@ -353,6 +462,13 @@ impl Api {
         let text = self.http.get(self.url("/metrics").ok()?).send().await.ok()?.text().await.ok()?;
         rss_from_prometheus(&text)
     }
+}
+
+/// Does a `RateLimit-Policy` header limit anything? A server with limits off still
+/// announces `"api";q=4294967295;w=1` (no limit at all).
+fn policy_limits(policy: &str) -> bool {
+    let quota = policy.split(';').find_map(|p| p.trim().strip_prefix("q=")).and_then(|q| q.trim().parse::<u64>().ok());
+    quota.is_none_or(|q| q < u64::from(u32::MAX))
 }
 
 /// `process_resident_memory_bytes` (or `reelhouse_process_resident_memory_bytes`) in KiB.
@@ -498,6 +614,12 @@ mod tests {
         let text = "# HELP x\nreelhouse_requests_total 3\nprocess_resident_memory_bytes 2097152\n";
         assert_eq!(rss_from_prometheus(text), Some(2048));
         assert_eq!(rss_from_prometheus("reelhouse_x 1\n"), None);
+    }
+
+    #[test]
+    fn an_unlimited_policy_is_no_limit() {
+        assert!(policy_limits(r#""api";q=1200;w=60"#));
+        assert!(!policy_limits(r#""api";q=4294967295;w=1"#));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! server the benchmarks compare against.
 
 pub mod api;
+pub mod backoff;
 pub mod clip;
 pub mod report;
 pub mod scenarios;

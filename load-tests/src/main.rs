@@ -46,6 +46,10 @@ struct Cli {
     /// The server's pid, to read its RSS from /proc when /metrics has none (same host).
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Longest one call waits in all on rate-limit refusals (429 / Retry-After, backing
+    /// off with jitter) before it gives up and counts as an error.
+    #[arg(long, default_value = "90s", value_parser = parse_duration)]
+    rate_limit_wait: Duration,
 }
 
 /// `500ms`, `60s`, `5m`, `2h`, or plain seconds.
@@ -88,6 +92,7 @@ fn main() -> ExitCode {
         redis_url: cli.redis_url,
         server_pid: cli.server_pid,
         progress: std::io::stderr().is_terminal(),
+        rate_limit_wait: cli.rate_limit_wait,
     };
     match runtime.block_on(scenarios::run(config)) {
         Ok(report) => {

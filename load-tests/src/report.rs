@@ -25,6 +25,22 @@ pub struct Report {
     pub errors: u64,
     /// The first few error messages, to explain `errors`.
     pub error_samples: Vec<String>,
+    /// Refusals for a rate limit (HTTP 429, a WebSocket upgrade refused with 429, a
+    /// socket closed with 4429, an operation refused with `RATE_LIMITED`). Each was
+    /// waited for (`Retry-After`, else exponential backoff with jitter) and retried;
+    /// they are not `errors` (a call still refused after its backoff budget is one error).
+    #[serde(default)]
+    pub rate_limited: u64,
+    /// Time spent waiting on those refusals, summed over calls, seconds.
+    #[serde(default)]
+    pub rate_limit_wait_s: f64,
+    /// The first few refusals, to explain `rate_limited`.
+    #[serde(default)]
+    pub rate_limit_samples: Vec<String>,
+    /// Set when the target limits the harness (announced rate-limit policy, or any
+    /// refusal): what was seen and how to turn the limits off on the server.
+    #[serde(default)]
+    pub rate_limit_note: Option<String>,
     pub rps: f64,
     /// Latency of API calls (GraphQL over HTTP), milliseconds.
     pub api_latency_ms: Percentiles,
@@ -128,6 +144,23 @@ pub struct RssSummary {
     pub per_minute_peak_kib: Vec<u64>,
 }
 
+/// What the refusals say about the target: limited (429s), or only busy (503s).
+fn rate_limit_note(stats: &Stats) -> Option<String> {
+    let refused = Stats::get(&stats.rate_limited);
+    let busy = Stats::get(&stats.busy);
+    if refused > busy {
+        Some(format!(
+            "the target refused {} calls for a rate limit ({busy} more as busy, 503 with Retry-After); {}",
+            refused - busy,
+            crate::backoff::HOW_TO_TURN_OFF
+        ))
+    } else if busy > 0 {
+        Some(format!("the target answered {busy} calls busy (503 with Retry-After); they were waited for and retried"))
+    } else {
+        None
+    }
+}
+
 impl Report {
     /// The counters and histograms of `stats`; scenario-specific parts are filled by the caller.
     pub fn from_stats(stats: &Stats, duration_s: f64) -> Self {
@@ -140,6 +173,10 @@ impl Report {
             requests,
             errors: Stats::get(&stats.errors),
             error_samples: stats.error_samples(),
+            rate_limited: Stats::get(&stats.rate_limited),
+            rate_limit_wait_s: Stats::get(&stats.rate_limit_wait_micros) as f64 / 1e6,
+            rate_limit_samples: stats.rate_limit_samples(),
+            rate_limit_note: rate_limit_note(stats),
             rps: if duration_s > 0.0 { requests as f64 / duration_s } else { 0.0 },
             api_latency_ms: stats.api.summary(),
             subscriptions: Stats::get(&stats.subscriptions),
@@ -176,6 +213,18 @@ impl Report {
         out.push_str(&format!("  requests      {} ({:.1}/s), errors {}\n", self.requests, self.rps, self.errors));
         for sample in self.error_samples.iter().take(5) {
             out.push_str(&format!("    error: {sample}\n"));
+        }
+        if self.rate_limited > 0 || self.rate_limit_note.is_some() {
+            out.push_str(&format!(
+                "  rate-limited  {} refusals (not counted as errors), {:.1} s spent backing off\n",
+                self.rate_limited, self.rate_limit_wait_s
+            ));
+            for sample in self.rate_limit_samples.iter().take(3) {
+                out.push_str(&format!("    refused: {sample}\n"));
+            }
+            if let Some(note) = &self.rate_limit_note {
+                out.push_str(&format!("    note: {note}\n"));
+            }
         }
         out.push_str(&format!("  API latency   {}\n", p(&self.api_latency_ms)));
         out.push_str(&format!(

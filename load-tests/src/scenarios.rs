@@ -68,6 +68,8 @@ pub struct Config {
     pub server_pid: Option<u32>,
     /// Draw progress bars (only on a terminal).
     pub progress: bool,
+    /// Longest one call waits in all on rate-limit refusals before it counts as an error.
+    pub rate_limit_wait: Duration,
 }
 
 /// What every task of a run shares.
@@ -96,7 +98,10 @@ impl Ctx {
 /// Run one scenario to the end and report.
 pub async fn run(cfg: Config) -> anyhow::Result<Report> {
     let stats = Arc::new(Stats::default());
-    let api = Api::new(&cfg.target, stats.clone())?;
+    let mut api = Api::new(&cfg.target, stats.clone())?;
+    api.retry.max_total = cfg.rate_limit_wait;
+    // Say at once when the target limits us (a default server does), not after the run.
+    let rate_limit_note = api.probe_rate_limits().await;
     let needs_clip = !matches!(cfg.scenario, Scenario::Api) || cfg.baseline.is_some();
     let clip = if needs_clip { crate::clip::load_or_generate(cfg.clip.as_deref())?.1 } else { Vec::new() };
     let bars = MultiProgress::with_draw_target(if cfg.progress {
@@ -166,6 +171,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<Report> {
     report.fanout = fanout;
     report.api_bench = api_bench;
     report.rss = rss.finish().await;
+    if report.rate_limit_note.is_none() {
+        report.rate_limit_note = rate_limit_note;
+    }
     let _ = ctx.bars.clear();
     Ok(report)
 }
@@ -186,9 +194,10 @@ async fn with_clock<T>(ctx: &Ctx, work: impl std::future::Future<Output = T>) ->
                 let s = &ctx.stats;
                 bar.set_position(started.elapsed().as_secs().min(ctx.cfg.duration.as_secs()));
                 bar.set_message(format!(
-                    "req {} err {} events {} lost {} ready {}",
+                    "req {} err {} 429 {} events {} lost {} ready {}",
                     Stats::get(&s.requests),
                     Stats::get(&s.errors),
+                    Stats::get(&s.rate_limited),
                     Stats::get(&s.events_received),
                     Stats::get(&s.lost_events),
                     Stats::get(&s.videos_ready)
@@ -395,13 +404,20 @@ async fn encode_once(
         video_id: video.clone(),
         feed: Feed::Progress,
         one_ready: true,
+        retry: ctx.api.retry,
     };
     let owner = Subscriber::start(owner_spec, ctx.stats.clone(), None).await?;
     let mut watching = Vec::new();
     for k in 0..subscribers {
         let auth = watchers.get(k % watchers.len().max(1)).cloned();
-        let spec =
-            SubscribeSpec { url: url.clone(), auth, video_id: video.clone(), feed: Feed::Progress, one_ready: true };
+        let spec = SubscribeSpec {
+            url: url.clone(),
+            auth,
+            video_id: video.clone(),
+            feed: Feed::Progress,
+            one_ready: true,
+            retry: ctx.api.retry,
+        };
         if let Ok(sub) = Subscriber::start(spec, ctx.stats.clone(), None).await {
             watching.push(sub);
         }
@@ -459,6 +475,7 @@ async fn final_seq(ctx: &Ctx, creds: &Creds, video: &str) -> anyhow::Result<i64>
         video_id: video.to_string(),
         feed: Feed::Events,
         one_ready: false,
+        retry: ctx.api.retry,
     };
     // The probe is book-keeping, not load: its counters go to a scratch Stats.
     let probe = Subscriber::start(spec, Arc::new(Stats::default()), None).await?;
@@ -485,6 +502,7 @@ async fn fanout(ctx: &Ctx) -> anyhow::Result<FanoutSummary> {
         video_id: video.clone(),
         feed: Feed::Events,
         one_ready: false,
+        retry: ctx.api.retry,
     };
     let owner_sub = Subscriber::start(owner_spec, Arc::new(Stats::default()), None).await?;
     api.upload(&token, &video, &ctx.clip, UploadMethod::Presigned).await?;
@@ -502,6 +520,7 @@ async fn fanout(ctx: &Ctx) -> anyhow::Result<FanoutSummary> {
         video_id: video.clone(),
         feed: Feed::Events,
         one_ready: false,
+        retry: ctx.api.retry,
     });
     let subs = connect_all(ctx, &ctx.stats, specs, Some(book.clone()), "connect").await;
     let connect_s = started.elapsed().as_secs_f64();
@@ -649,6 +668,7 @@ async fn fanout_baseline(
         video_id: "baseline".into(),
         feed: Feed::Raw,
         one_ready: false,
+        retry: ctx.api.retry,
     });
     // The baseline's deliveries stay out of the run's counters (they describe reelhouse);
     // its errors are added to the run's at the end.

@@ -98,6 +98,16 @@ pub struct Stats {
     pub subscriptions: AtomicU64,
     /// Feeds resumed on a new connection after the server closed them for an expired token.
     pub reconnects: AtomicU64,
+    /// Answers refusing a call for a rate limit (HTTP 429, a WebSocket upgrade refused
+    /// with 429, a socket closed with 4429, an operation refused with `RATE_LIMITED`),
+    /// or asking to come back later (503 with `Retry-After`): waited for and retried,
+    /// not errors (a call that gives up is one error).
+    pub rate_limited: AtomicU64,
+    /// Time spent waiting on those refusals, summed over calls, in microseconds.
+    pub rate_limit_wait_micros: AtomicU64,
+    /// Of `rate_limited`, the 503s with `Retry-After` (a busy server, not a limit).
+    pub busy: AtomicU64,
+    rate_limit_samples: Mutex<Vec<String>>,
 }
 
 impl Stats {
@@ -122,6 +132,34 @@ impl Stats {
         }
         self.errors.fetch_add(n - 1, Ordering::Relaxed);
         self.count_error(what);
+    }
+
+    /// One refusal for a rate limit (see [`Stats::rate_limited`]); the first of the
+    /// run tells the operator at once.
+    pub fn count_rate_limited(&self, what: &str, retry_after: Option<Duration>) {
+        self.rate_limited.fetch_add(1, Ordering::Relaxed);
+        let after =
+            retry_after.map_or_else(|| "no Retry-After".to_string(), |d| format!("Retry-After {}s", d.as_secs()));
+        let sample = format!("{what}: refused, {after}");
+        if let Ok(mut samples) = self.rate_limit_samples.lock() {
+            if samples.len() < MAX_ERROR_SAMPLES / 4 {
+                samples.push(sample.clone());
+            }
+        }
+        // A 503 with Retry-After is a busy server, not a limit on this harness.
+        if what.contains("HTTP 503") {
+            self.busy.fetch_add(1, Ordering::Relaxed);
+        } else {
+            crate::backoff::notice(&format!("the target is rate-limiting this harness ({sample}); backing off"));
+        }
+    }
+
+    pub fn add_rate_limit_wait(&self, wait: Duration) {
+        self.rate_limit_wait_micros.fetch_add(u64::try_from(wait.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    pub fn rate_limit_samples(&self) -> Vec<String> {
+        self.rate_limit_samples.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     pub fn error_samples(&self) -> Vec<String> {

@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::api::Creds;
+use crate::backoff::{Attempts, RetryPolicy};
 use crate::stats::Stats;
 
 /// The fields every subscriber asks for.
@@ -135,7 +136,27 @@ pub struct SubscribeSpec {
     pub feed: Feed,
     /// Count a second READY as a duplicate (one upload, one encode).
     pub one_ready: bool,
+    /// How refusals for a rate limit (429 upgrade, 4429 close, `RATE_LIMITED`) are waited for.
+    pub retry: RetryPolicy,
 }
+
+/// A connection refused for a rate limit: waited for and tried again, not an error.
+#[derive(Debug)]
+struct RateLimited {
+    what: String,
+    retry_after: Option<Duration>,
+}
+
+impl std::fmt::Display for RateLimited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (rate-limited)", self.what)
+    }
+}
+
+impl std::error::Error for RateLimited {}
+
+/// Close code of a socket refused at `connection_init` for the per-user socket cap.
+const CLOSE_RATE_LIMITED: u16 = 4429;
 
 impl Subscriber {
     /// Connect and subscribe; returns once the subscription is acknowledged by its first
@@ -148,8 +169,10 @@ impl Subscriber {
         let track = Arc::new(Mutex::new(Track { one_ready: spec.one_ready, ..Track::default() }));
         let (stop, stopped) = watch::channel(false);
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        // Waiting out rate-limit refusals may take up to the policy's total before the handshake.
+        let deadline = HANDSHAKE_TIMEOUT + spec.retry.max_total;
         let task = tokio::spawn(run(spec, stats.clone(), book, track.clone(), stopped, ready_tx));
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, ready_rx).await {
+        match tokio::time::timeout(deadline, ready_rx).await {
             Ok(Ok(Ok(()))) => {
                 stats.subscriptions.fetch_add(1, Ordering::Relaxed);
                 Ok(Subscriber { track, stop, task })
@@ -164,8 +187,9 @@ impl Subscriber {
             }
             Err(_) => {
                 task.abort();
-                stats.count_error("subscription: no first event within 30 s");
-                Err(anyhow!("subscription: no first event within 30 s"))
+                let message = format!("subscription: no first event within {} s", deadline.as_secs());
+                stats.count_error(message.clone());
+                Err(anyhow!(message))
             }
         }
     }
@@ -238,6 +262,7 @@ async fn run(
 ) {
     let mut ready = Some(ready);
     let mut resume = false;
+    let mut attempts = Attempts::default();
     let outcome = loop {
         let token = match &spec.auth {
             Some(creds) => Some(creds.token().await),
@@ -249,6 +274,18 @@ async fn run(
         let connection = Connection { spec: &spec, token: token.as_deref(), after };
         let outcome = connection.read(&stats, book.as_deref(), &track, &mut stopped, &mut ready).await;
         let renewable = spec.auth.is_some() && ready.is_none() && !*stopped.borrow();
+        if let Some(refusal) = outcome.as_ref().err().and_then(|e| e.downcast_ref::<RateLimited>()) {
+            // Refused for a rate limit: wait (Retry-After, else backoff) and connect
+            // again the same way (from a snapshot, or resuming after the last cursor).
+            let Some(delay) = attempts.refused(&stats, &spec.retry, &refusal.what, refusal.retry_after) else {
+                break Err(anyhow!(attempts.gave_up(&refusal.what)));
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => continue,
+                _ = stopped.changed() => break Ok(()),
+            }
+        }
+        attempts = Attempts::default();
         match outcome {
             Ok(End::TokenExpired) if renewable => {
                 let reconnects = track.lock().map(|mut t| {
@@ -326,10 +363,21 @@ impl Connection<'_> {
         if spec.feed != Feed::Raw {
             request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static("graphql-transport-ws"));
         }
-        let (mut socket, _) = tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_tungstenite::connect_async(request))
+        let connected = tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio_tungstenite::connect_async(request))
             .await
-            .map_err(|_| anyhow!("WebSocket connect timed out"))?
-            .context("WebSocket connect")?;
+            .map_err(|_| anyhow!("WebSocket connect timed out"))?;
+        let (mut socket, _) = match connected {
+            Ok(connected) => connected,
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) if response.status().as_u16() == 429 => {
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(crate::backoff::parse_retry_after);
+                return Err(RateLimited { what: "WebSocket upgrade".into(), retry_after }.into());
+            }
+            Err(err) => return Err(anyhow::Error::new(err).context("WebSocket connect")),
+        };
         if spec.feed != Feed::Raw {
             let payload = match self.token {
                 Some(token) => json!({ "authorization": format!("Bearer {token}") }),
@@ -349,6 +397,11 @@ impl Connection<'_> {
                         other => bail!("expected connection_ack, got {other:?}: {text}"),
                     }
                 } else if let Message::Close(frame) = message {
+                    if frame.as_ref().is_some_and(|f| u16::from(f.code) == CLOSE_RATE_LIMITED) {
+                        return Err(
+                            RateLimited { what: "WebSocket connection_init (4429)".into(), retry_after: None }.into()
+                        );
+                    }
                     bail!("closed before connection_ack: {frame:?}");
                 }
             }
@@ -417,7 +470,18 @@ impl Connection<'_> {
                 Some("ping") => socket.send(Message::text(r#"{"type":"pong"}"#)).await?,
                 Some("pong") => {}
                 Some("complete") => return Ok(End::Done),
-                Some("error") => bail!("subscription refused: {}", v["payload"]),
+                Some("error") => {
+                    let refused = v["payload"].as_array().and_then(|errors| errors.first()).and_then(|e| {
+                        (e.pointer("/extensions/code").and_then(Value::as_str) == Some("RATE_LIMITED"))
+                            .then(|| e.pointer("/extensions/retryAfter").and_then(Value::as_f64))
+                    });
+                    if let Some(retry_after) = refused {
+                        let _ = socket.close(None).await;
+                        let retry_after = retry_after.map(|s| Duration::from_secs_f64(s.max(0.0)));
+                        return Err(RateLimited { what: "WebSocket subscribe".into(), retry_after }.into());
+                    }
+                    bail!("subscription refused: {}", v["payload"])
+                }
                 other => bail!("unexpected message {other:?}"),
             }
         }

@@ -20,7 +20,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/ready", web::get().to(health::ready))
         .route("/metrics", web::get().to(health::metrics))
         .route("/graphql", web::post().to(graphql::graphql))
-        .route("/graphql", web::get().to(graphql::graphiql))
+        .route("/graphql", web::get().to(graphql::graphql_get))
         .route("/graphql/ws", web::get().to(ws_session::graphql_ws))
         .configure(media::configure)
         .configure(web_demo::configure)

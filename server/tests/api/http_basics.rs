@@ -437,3 +437,146 @@ async fn metrics_can_move_to_their_own_address() {
     assert_eq!(private.status(), 200);
     assert!(private.text().await.unwrap().contains("reelhouse_"));
 }
+
+/// POST `body` to /graphql with these headers; returns status, content type and body text.
+async fn post_graphql(
+    app: &crate::helpers::TestApp,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, serde_json::Value) {
+    let mut request = app.client.post(app.url("/graphql")).body(body.to_string());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let res = request.send().await.unwrap();
+    let status = res.status().as_u16();
+    let content_type = res.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let text = res.text().await.unwrap();
+    (status, content_type, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+}
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+const GQL_RESPONSE: &str = "application/graphql-response+json";
+
+#[actix_web::test]
+async fn graphql_answers_in_the_media_type_the_client_accepts() {
+    let app = spawn_app().await;
+    let body = serde_json::json!({ "query": "{ serverInfo { version } }" }).to_string();
+    for (accept, expected) in [
+        (Some("application/json"), "application/json"),
+        (Some(GQL_RESPONSE), GQL_RESPONSE),
+        (Some("application/graphql-response+json, application/json"), GQL_RESPONSE),
+        (Some("application/graphql-response+json;q=0.5, application/json"), "application/json"),
+        (Some("*/*"), "application/json"),
+        (Some("application/json; charset=utf-8"), "application/json"),
+        (None, "application/json"),
+    ] {
+        let mut headers = vec![JSON];
+        if let Some(accept) = accept {
+            headers.push(("accept", accept));
+        }
+        let (status, content_type, json) = post_graphql(&app, &headers, &body).await;
+        assert_eq!(status, 200, "Accept {accept:?}: {json}");
+        assert!(content_type.starts_with(expected), "Accept {accept:?} answered as {content_type}");
+        assert_eq!(json["data"]["serverInfo"]["version"], env!("CARGO_PKG_VERSION"));
+    }
+    let (status, content_type, json) = post_graphql(&app, &[JSON, ("accept", "text/html")], &body).await;
+    assert_eq!(status, 406, "{json}");
+    assert!(content_type.starts_with("application/json"), "{content_type}");
+    assert!(json["errors"][0]["message"].as_str().unwrap().contains("Accept"), "{json}");
+}
+
+#[actix_web::test]
+async fn request_errors_are_400_without_data_under_graphql_response_json() {
+    let app = spawn_app().await;
+    let bodies = [
+        serde_json::json!({ "query": "{ serverInfo { version " }),
+        serde_json::json!({ "query": "{ noSuchField }" }),
+        serde_json::json!({ "query": "query Q($id: ID!) { video(id: $id) { id } }", "variables": { "id": { "no": 1 } } }),
+    ];
+    for body in &bodies {
+        let body = body.to_string();
+        let (status, content_type, json) = post_graphql(&app, &[JSON, ("accept", GQL_RESPONSE)], &body).await;
+        assert_eq!(status, 400, "{body}: {json}");
+        assert!(content_type.starts_with(GQL_RESPONSE), "{content_type}");
+        assert!(json.get("data").is_none(), "no data entry for a request error: {json}");
+        assert!(json["errors"].as_array().is_some_and(|e| !e.is_empty()), "{json}");
+        // application/json: 200 and the errors in the body, still no data entry.
+        let (status, content_type, json) = post_graphql(&app, &[JSON, ("accept", "application/json")], &body).await;
+        assert_eq!(status, 200, "{body}: {json}");
+        assert!(content_type.starts_with("application/json"), "{content_type}");
+        assert!(json.get("data").is_none() && json["errors"][0]["message"].is_string(), "{json}");
+    }
+    // A field error is not a request error: 200 with data under either type.
+    let body = serde_json::json!({ "query": "{ me { id } }" }).to_string();
+    let (status, _, json) = post_graphql(&app, &[JSON, ("accept", GQL_RESPONSE)], &body).await;
+    assert_eq!(status, 200, "{json}");
+    assert!(json.get("data").is_some(), "{json}");
+}
+
+#[actix_web::test]
+async fn posts_need_a_json_content_type_and_well_formed_parameters() {
+    let app = spawn_app().await;
+    let body = serde_json::json!({ "query": "{ serverInfo { version } }" }).to_string();
+    for headers in
+        [vec![], vec![("content-type", "text/plain")], vec![("content-type", "application/x-www-form-urlencoded")]]
+    {
+        let (status, content_type, json) = post_graphql(&app, &headers, &body).await;
+        assert_eq!(status, 415, "{headers:?}: {json}");
+        assert!(content_type.starts_with("application/json"), "{content_type}");
+        assert!(json["errors"][0]["message"].is_string(), "{json}");
+    }
+    let multipart = "--X\r\nContent-Disposition: form-data; name=\"operations\"\r\n\r\n{\"query\":\"{ serverInfo { version } }\"}\r\n--X--\r\n";
+    let (status, _, _) = post_graphql(&app, &[("content-type", "multipart/form-data; boundary=X")], multipart).await;
+    assert_eq!(status, 415);
+    for bad in [
+        serde_json::json!({}),
+        serde_json::json!({ "query": 42 }),
+        serde_json::json!({ "query": "{ serverInfo { version } }", "variables": "nope" }),
+        serde_json::json!({ "query": "{ serverInfo { version } }", "operationName": 1 }),
+        serde_json::json!([]),
+    ] {
+        let (status, _, json) = post_graphql(&app, &[JSON, ("accept", GQL_RESPONSE)], &bad.to_string()).await;
+        assert_eq!(status, 400, "{bad}: {json}");
+        assert!(json["errors"][0]["message"].is_string(), "{json}");
+    }
+}
+
+#[actix_web::test]
+async fn get_runs_queries_but_never_mutations() {
+    let app = spawn_app().await;
+    let get = |query: &[(&str, &str)]| app.client.get(app.url("/graphql")).query(query).send();
+    let res = get(&[
+        ("query", "query V($x: Boolean!) { serverInfo @include(if: $x) { version } }"),
+        ("variables", r#"{"x":true}"#),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    let json: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(json["data"]["serverInfo"]["version"], env!("CARGO_PKG_VERSION"), "{json}");
+
+    let mutation = "mutation { logout(refreshToken: \"x\") }";
+    let res = get(&[("query", mutation)]).await.unwrap();
+    assert_eq!(res.status(), 405);
+    assert_eq!(res.headers()["allow"], "POST");
+    let res = app
+        .client
+        .get(app.url("/graphql"))
+        .query(&[
+            ("query", "query A { serverInfo { version } } mutation B { logout(refreshToken: \"x\") }"),
+            ("operationName", "B"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 405, "the selected operation is a mutation");
+    let res = get(&[("query", "{ serverInfo { version } }"), ("variables", "not json")]).await.unwrap();
+    assert_eq!(res.status(), 400);
+
+    // Without a query, GET /graphql is still the GraphiQL page.
+    let res = app.client.get(app.url("/graphql")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+}
