@@ -46,6 +46,8 @@ pub struct AppState {
     pub login_failures: crate::limits::login::LoginFailures,
     /// Sockets per address and user, operations per user, on `/graphql/ws`.
     pub ws_admission: crate::limits::ws::WsAdmission,
+    /// Video rows shared by the periodic re-checks of open subscriptions.
+    pub recheck_rows: crate::events::recheck::RecheckRows,
 }
 
 impl AppState {
@@ -139,6 +141,7 @@ impl Application {
             password_hashing: crate::auth::password::HashingPool::new(settings.auth.max_concurrent_password_hashes),
             login_failures,
             ws_admission: crate::limits::ws::WsAdmission::default(),
+            recheck_rows: crate::events::recheck::RecheckRows::default(),
         };
         start_background_loops(&state, &webhook_secrets);
         let schema = web::Data::new(build_schema(&settings.graphql, Some(state.clone())));

@@ -8,6 +8,7 @@
 //! resume from.
 
 pub mod fanout;
+pub mod recheck;
 
 use std::sync::Arc;
 

@@ -340,7 +340,9 @@ impl Feed {
     /// Periodic re-check of the video's rights (made private, hidden, deleted).
     async fn recheck(&mut self) -> Result<(), Stop> {
         let Some(id) = self.video_id else { return Ok(()) };
-        match video::Entity::find_by_id(id).one(&self.state.db).await {
+        // One row per video for every subscription re-checking it (see `RecheckRows`).
+        let max_age = Duration::from_millis(self.state.settings.graphql.ws_recheck_ms.max(50) / 2);
+        match self.state.recheck_rows.get(&self.state.db, id, max_age).await {
             Ok(Some(video)) if can_read_by_id(self.viewer.as_ref(), &video) => {
                 // A publish lost on the way (e.g. Redis down) must not leave the
                 // client waiting forever: deliver stored events it has not seen. The

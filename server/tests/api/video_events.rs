@@ -393,3 +393,51 @@ async fn age_every_stored_event(app: &TestApp) {
         .await
         .unwrap();
 }
+
+/// `reelhouse_subscription_rechecks_total{source}` from `/metrics`.
+async fn rechecks(app: &TestApp, source: &str) -> f64 {
+    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let prefix = format!("reelhouse_subscription_rechecks_total{{source=\"{source}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+}
+
+/// Many subscriptions to one video share one database read per re-check period
+/// (issue 18 item 4), and each still decides for its own viewer: a stranger's stream
+/// ends when the video turns private while the owner's goes on.
+#[actix_web::test]
+async fn periodic_rechecks_of_one_video_share_one_read() {
+    let app = spawn_app_with(|s| {
+        s.workers.embedded = false;
+        s.graphql.ws_recheck_ms = 400;
+    })
+    .await;
+    let owner = app.register_user().await;
+    let stranger = app.register_user().await;
+    let video = insert_video(&app, &owner, Visibility::Public, VideoStatus::Processing).await;
+    let variables = json!({ "id": video.id.to_string() });
+    let mut sockets = Vec::new();
+    for _ in 0..8 {
+        let mut socket = subscribe(&app, Some(&owner), &progress_query(), variables.clone()).await;
+        assert_eq!(next_event(&mut socket).await.unwrap()["snapshot"], true);
+        sockets.push(socket);
+    }
+    let mut strangers = subscribe(&app, Some(&stranger), &progress_query(), variables.clone()).await;
+    assert_eq!(next_event(&mut strangers).await.unwrap()["snapshot"], true);
+
+    // A few periods of 9 subscriptions re-checking the same video.
+    let shared = crate::helpers::eventually(100, || async { rechecks(&app, "shared").await >= 18.0 }).await;
+    let (from_db, from_shared) = (rechecks(&app, "database").await, rechecks(&app, "shared").await);
+    assert!(shared, "no shared re-checks: {from_db} from the database, {from_shared} shared");
+    assert!(from_db * 2.0 < from_shared, "{from_db} reads from the database for {from_shared} shared ones");
+
+    let mut active: video::ActiveModel = stored_video(&app, video.id).await.into();
+    active.visibility = Set(Visibility::Private);
+    active.update(&app.state.db).await.unwrap();
+    let end = next_event(&mut strangers).await.unwrap_err();
+    assert_eq!(error_code_of(&end), Some("NOT_FOUND"), "{end}");
+    // The owner's streams go on: an event still reaches them.
+    transition(&app, video.id, VideoStatus::Ready, EventKind::Ready, None, true).await;
+    for socket in &mut sockets {
+        assert_eq!(next_event(socket).await.unwrap()["kind"], "READY");
+    }
+}
