@@ -128,6 +128,8 @@ fn jailed(
     use reelhouse::jail::protocol::{Message, TranscodeTask};
     let mut settings = reelhouse::config::Settings::default();
     settings.jail.binary = Some(PathBuf::from(binary));
+    // The jail's own cost is measured, not the encoder priority (in-process runs at 0).
+    settings.media.encoder_nice = 0;
     let jail = reelhouse::jail::MediaJail::from_settings(&settings);
     // The child writes `hls/` under its work dir, as the worker's does; moved to
     // `out_dir` afterwards so both modes leave the same layout.
