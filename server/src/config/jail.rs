@@ -21,6 +21,10 @@ pub struct JailSettings {
     pub transcode_cpu_secs: u64,
     /// Largest file a child may write (`RLIMIT_FSIZE`), MiB.
     pub max_file_mb: u64,
+    /// Probe children running at once per process (each may take
+    /// `probe_memory_mb`); further completions wait up to the probe timeout.
+    /// Unset: twice the CPU cores.
+    pub max_concurrent_probes: Option<usize>,
     /// Confine the child's file system access with Landlock where the kernel has it.
     pub landlock: bool,
     /// Refuse network, exec, ptrace and similar system calls with a seccomp filter.
@@ -36,6 +40,7 @@ impl Default for JailSettings {
             probe_cpu_secs: 60,
             transcode_cpu_secs: 6 * 3600,
             max_file_mb: 16 * 1024,
+            max_concurrent_probes: None,
             landlock: true,
             seccomp: true,
         }

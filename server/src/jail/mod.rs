@@ -79,6 +79,17 @@ impl MediaJail {
             nice: self.nice,
         };
         let task = Task::Probe { timeout, limits };
+        // Strangers decide how many completions arrive at once; each probe child may
+        // take `probe_memory_mb`, so only so many run at a time and the rest wait
+        // (bounded by the probe timeout: past it the completion is refused in time).
+        let _slot =
+            match tokio::time::timeout(timeout, probe_slots(self.settings.max_concurrent_probes).acquire()).await {
+                Ok(Ok(slot)) => slot,
+                _ => {
+                    metrics::counter!("reelhouse_media_probes_queued_out_total").increment(1);
+                    return Err(MediaError::Timeout(timeout));
+                }
+            };
         let mut child = self.spawn(source, None, task, limits_for_child, timeout + START_GRACE).await?;
         let never = crate::media::cancel_flag();
         loop {
@@ -216,6 +227,17 @@ impl MediaJail {
             }
         }
     }
+}
+
+/// The process-wide slots for probe children (sized once, at first use).
+fn probe_slots(configured: Option<usize>) -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| tokio::sync::Semaphore::new(probe_slot_count(configured)))
+}
+
+/// `jail.max_concurrent_probes`, or twice the CPU cores when unset.
+fn probe_slot_count(configured: Option<usize>) -> usize {
+    configured.unwrap_or_else(|| 2 * std::thread::available_parallelism().map_or(1, usize::from)).max(1)
 }
 
 /// GStreamer's own directories: plugin paths to read, and the registry cache, which
@@ -416,6 +438,14 @@ pub fn confined_file(root: &Path, path: &Path) -> Result<PathBuf, MediaError> {
 mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn probe_slots_default_to_twice_the_cores_and_never_zero() {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(probe_slot_count(None), 2 * cores);
+        assert_eq!(probe_slot_count(Some(3)), 3);
+        assert_eq!(probe_slot_count(Some(0)), 1);
+    }
 
     #[test]
     fn deaths_are_classified() {
