@@ -15,6 +15,9 @@ pub struct MediaSettings {
     pub max_pixels: u64,
     pub max_duration_secs: u64,
     pub max_fps: f64,
+    /// Fewest new pictures per second a source may carry on average (a still image
+    /// shown for hours asks for hours of encoding); 0 turns the check off.
+    pub min_fps: f64,
     pub max_tracks: u32,
     /// Highest bit rate a source may declare for a stream or hold on average over its
     /// declared duration, in kbit/s (checked before anything is decoded).
@@ -63,6 +66,7 @@ impl Default for MediaSettings {
             max_pixels: limits.max_pixels,
             max_duration_secs: limits.max_duration.as_secs(),
             max_fps: limits.max_fps,
+            min_fps: limits.min_fps,
             max_tracks: limits.max_tracks,
             max_bitrate_kbps: limits.max_bitrate / 1000,
             ladder: LadderConfig::default()
@@ -90,6 +94,7 @@ impl MediaSettings {
             max_pixels: self.max_pixels,
             max_duration: Duration::from_secs(self.max_duration_secs),
             max_fps: self.max_fps,
+            min_fps: self.min_fps,
             max_tracks: self.max_tracks,
             max_bitrate: self.max_bitrate_kbps.saturating_mul(1000),
         }

@@ -501,6 +501,9 @@ impl Settings {
         if self.media.ladder.is_empty() || self.media.ladder.iter().any(|r| r.lines < 2 || r.video_bitrate_kbps == 0) {
             return Err(SettingsError::new("media.ladder", "needs at least one rung with lines >= 2 and a bitrate"));
         }
+        if !(self.media.min_fps >= 0.0 && self.media.min_fps < self.media.max_fps) {
+            return Err(SettingsError::new("media.min_fps", "must be at least 0 and below media.max_fps"));
+        }
         if !(0..=19).contains(&self.media.encoder_nice) {
             return Err(SettingsError::new("media.encoder_nice", "must be between 0 and 19"));
         }

@@ -55,6 +55,12 @@ pub struct DeclaredStream {
     pub measured_fps: Option<f64>,
     /// The highest bit rate the stream declares (caps or tags), bits per second.
     pub bitrate: Option<u64>,
+    /// The stream's whole length was read during the look: `frames` is its count.
+    #[serde(default)]
+    pub complete: bool,
+    /// Buffers (frames, for video) the look saw.
+    #[serde(default)]
+    pub frames: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +160,15 @@ impl Declared {
         if let Some(duration) = self.duration {
             super::probe::check_duration(duration, limits)?;
         }
+        for stream in self.streams.iter().filter(|s| s.kind == StreamKind::Video) {
+            if let Some(fps) = self.pictures_per_second(stream).filter(|fps| *fps < limits.min_fps) {
+                return reject(format!(
+                    "the video shows a new picture every {:.0} s (a still image), fewer than the required {} per second",
+                    1.0 / fps,
+                    limits.min_fps
+                ));
+            }
+        }
         for stream in &self.streams {
             if let Some(bitrate) = stream.bitrate.filter(|b| *b > limits.max_bitrate) {
                 return reject(format!(
@@ -172,6 +187,21 @@ impl Declared {
             ));
         }
         Ok(())
+    }
+
+    /// How many new pictures per second a video stream carries on average: its
+    /// declared rate, else its frame count over the duration when the look read it
+    /// whole. Not the first timestamps: a variable-rate screen recording may sit on
+    /// one picture for a while and still be a video.
+    fn pictures_per_second(&self, stream: &DeclaredStream) -> Option<f64> {
+        if let Some((n, d)) = stream.frame_rate.filter(|(n, d)| *n > 0 && *d > 0) {
+            return Some(f64::from(n) / f64::from(d));
+        }
+        let duration = self.duration.filter(|d| !d.is_zero());
+        if let (true, Some(duration)) = (stream.complete && stream.frames > 0, duration) {
+            return Some(f64::from(stream.frames) / duration.as_secs_f64());
+        }
+        None
     }
 
     /// File size over declared duration, bits per second.
@@ -493,6 +523,8 @@ fn declared_stream(pad: &gst::Pad, seen: &Seen) -> DeclaredStream {
             frame_rate: None,
             measured_fps: None,
             bitrate: None,
+            complete: seen.ended,
+            frames: seen.buffers,
         };
     };
     let name = s.name().to_string();
@@ -536,6 +568,8 @@ fn declared_stream(pad: &gst::Pad, seen: &Seen) -> DeclaredStream {
         frame_rate,
         measured_fps: if kind == StreamKind::Video { seen.measured_fps() } else { None },
         bitrate: bitrate.filter(|b| *b > 0),
+        complete: seen.ended,
+        frames: seen.buffers,
     }
 }
 
@@ -554,6 +588,8 @@ mod tests {
             frame_rate: Some((25, 1)),
             measured_fps: Some(25.0),
             bitrate: None,
+            complete: false,
+            frames: 48,
         }
     }
 
@@ -615,6 +651,35 @@ mod tests {
         assert!(reason(&mp4(vec![measured.clone()])).contains("1000 frames per second"));
         measured.measured_fps = Some(150.0);
         mp4(vec![measured]).check(&MediaLimits::default()).expect("within the margin");
+    }
+
+    #[test]
+    fn a_still_image_shown_for_hours_is_refused() {
+        let hours = |mut declared: Declared| {
+            declared.duration = Some(Duration::from_secs(3 * 3600));
+            declared
+        };
+        // MP4 declares the rate its sample table implies: one frame in three hours.
+        let mut still = h264(320, 180);
+        still.frame_rate = Some((1, 10800));
+        assert!(reason(&hours(mp4(vec![still]))).contains("every 10800 s (a still image)"));
+
+        // No declared rate: the look read the whole stream, one frame.
+        let mut counted = h264(320, 180);
+        (counted.frame_rate, counted.complete, counted.frames) = (Some((0, 1)), true, 1);
+        assert!(reason(&hours(mp4(vec![counted.clone()]))).contains("(a still image)"));
+
+        // One picture every few seconds (a slideshow, audio with a cover) passes, and
+        // so does a stream the look did not read whole, whatever its first frames.
+        counted.frames = 3 * 3600 / 5;
+        hours(mp4(vec![counted.clone()])).check(&MediaLimits::default()).expect("a slideshow");
+        (counted.complete, counted.frames, counted.measured_fps) = (false, 8, Some(0.01));
+        hours(mp4(vec![counted])).check(&MediaLimits::default()).expect("not read whole");
+        // The check can be turned off.
+        let mut still = h264(320, 180);
+        still.frame_rate = Some((1, 10800));
+        let off = MediaLimits { min_fps: 0.0, ..MediaLimits::default() };
+        hours(mp4(vec![still])).check(&off).expect("min_fps = 0");
     }
 
     #[test]

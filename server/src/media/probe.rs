@@ -123,6 +123,9 @@ pub struct MediaLimits {
     pub max_pixels: u64,
     pub max_duration: Duration,
     pub max_fps: f64,
+    /// Fewest new pictures per second a video may carry on average: a still image
+    /// shown for hours is a tiny source that asks for hours of encoding.
+    pub min_fps: f64,
     /// Streams of any kind (video, audio, subtitles, data).
     pub max_tracks: u32,
     /// Bits per second, declared by a stream or averaged over the declared duration.
@@ -138,6 +141,9 @@ impl Default for MediaLimits {
             max_pixels: 4096 * 2160,
             max_duration: Duration::from_secs(3 * 3600),
             max_fps: 120.0,
+            // One new picture every ten seconds: slideshows and audio with a cover
+            // picture pass, one frame shown for hours does not.
+            min_fps: 0.1,
             max_tracks: 8,
             // Above what cameras record in H.264/HEVC at 4K; lossless and intra-only
             // codecs that need more are not on the allow-list anyway.

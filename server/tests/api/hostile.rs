@@ -245,9 +245,6 @@ async fn hostile_corpus_ends_typed_and_the_server_survives() {
         s.workers.embedded = !separate_worker;
         s.media.speed_preset = "ultrafast".into();
         s.media.segment_seconds = 1;
-        // One hour: the three-hour still image must be refused by its declared
-        // duration (at the default three hours it is accepted: see the manifest).
-        s.media.max_duration_secs = 3600;
         s.jobs.poll_interval_ms = 100;
         // A hostile file must fail permanently; one that failed "retryably" shows up
         // as DEAD (a mismatch) instead of waiting out the back-off.
