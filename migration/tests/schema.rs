@@ -313,6 +313,7 @@ async fn exercise_schema(db: &DatabaseConnection) {
         created_at: at,
         updated_at: at,
         finished_at: None,
+        trace_parent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
     };
     assert_eq!(transcode.clone().into_active_model().reset_all().insert(db).await.unwrap(), transcode);
     let cleanup = job::Model {
@@ -616,5 +617,5 @@ fn migrations_are_uniquely_named_and_in_order() {
     sorted.sort();
     sorted.dedup();
     assert_eq!(names, sorted);
-    assert_eq!(names.len(), 16);
+    assert_eq!(names.len(), 17);
 }

@@ -35,7 +35,13 @@ fn main() -> ExitCode {
             }
         };
     }
-    let _telemetry = match reelhouse::telemetry::init_tracing(&settings.telemetry) {
+    // Long-running processes export traces when OTEL_* asks for it; one-off commands do not.
+    let traces = match cli.command {
+        Command::Serve => Some("api"),
+        Command::Worker => Some("worker"),
+        _ => None,
+    };
+    let _telemetry = match reelhouse::telemetry::init_tracing(&settings.telemetry, traces) {
         Ok(guard) => guard,
         Err(err) => {
             eprintln!("reelhouse: cannot start logging: {err:#}");

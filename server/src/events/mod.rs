@@ -139,6 +139,7 @@ impl DomainEvent {
 /// Write a state-changing event for `video` (its state *after* the change) into the
 /// outbox. Call inside the transaction that makes the change, then publish the
 /// returned event after commit.
+#[tracing::instrument(name = "db event record", skip_all, fields(otel.kind = "client", event = kind.as_str(), video.id = %video.id))]
 pub async fn record<C: ConnectionTrait>(
     conn: &C,
     video: &video::Model,

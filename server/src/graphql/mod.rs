@@ -67,6 +67,11 @@ pub fn build_schema(settings: &GraphqlSettings, state: Option<AppState>) -> AppS
     if !settings.introspection_enabled() {
         builder = builder.disable_introspection().disable_suggestions();
     }
+    // Spans for parse, validation, execution and every resolver: only when they are
+    // exported (they cost a span per field on the hot path).
+    if crate::telemetry::traces_exported() {
+        builder = builder.extension(async_graphql::extensions::Tracing);
+    }
     if let Some(state) = state {
         crate::auth::accounts::warm_up();
         builder = builder.data(loaders::video_loader(state.db.clone())).data(state);

@@ -4,7 +4,8 @@
 //! log file is read by more people than the URL was meant for. tracing-actix-web's
 //! default root span records `http.target` as path *and* query; this one records
 //! the path only (the route template is in `http.route`). Everything else matches
-//! the default span, so log queries keep working.
+//! the default span, so log queries keep working. An incoming `traceparent` header
+//! makes the span a child of the caller's (W3C trace context).
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -22,7 +23,7 @@ impl RootSpanBuilder for PathOnlyRootSpan {
         let method = request.method().as_str().to_owned();
         let connection = request.connection_info().clone();
         let request_id = request.extensions().get::<RequestId>().map(ToString::to_string).unwrap_or_default();
-        tracing::info_span!(
+        let span = tracing::info_span!(
             "HTTP request",
             http.method = %method,
             http.route = %route,
@@ -40,7 +41,15 @@ impl RootSpanBuilder for PathOnlyRootSpan {
             request_id = %request_id,
             exception.message = Empty,
             exception.details = Empty,
-        )
+        );
+        // A caller's W3C trace context makes this request a child of its span; the
+        // trace id then goes into every log line of the request too.
+        let traceparent = request.headers().get("traceparent").and_then(|h| h.to_str().ok());
+        crate::telemetry::traces::set_parent(&span, traceparent);
+        if let Some(trace_id) = crate::telemetry::traces::trace_id(&span) {
+            span.record("trace_id", trace_id);
+        }
+        span
     }
 
     fn on_request_end<B: MessageBody>(span: Span, outcome: &Result<ServiceResponse<B>, Error>) {

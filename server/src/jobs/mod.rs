@@ -51,6 +51,7 @@ pub async fn enqueue<C: ConnectionTrait>(conn: &C, new: NewJob) -> Result<job::M
         created_at: Set(now),
         updated_at: Set(now),
         finished_at: Set(None),
+        trace_parent: Set(crate::telemetry::traces::current_traceparent()),
     }
     .insert(conn)
     .await

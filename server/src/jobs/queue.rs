@@ -286,6 +286,7 @@ async fn transition(
 
 /// The job succeeded: SUCCEEDED and the runner's results applied, only if `token`
 /// still holds the lease (else `LeaseLost` and nothing applied).
+#[tracing::instrument(name = "db job complete", skip_all, fields(otel.kind = "client", job.id = %job_id))]
 pub async fn complete(
     db: &DatabaseConnection,
     publisher: &Publisher,
@@ -318,6 +319,7 @@ pub fn backoff(settings: &JobSettings, attempts: i32) -> Duration {
 }
 
 /// The run failed: retry later, give up (DEAD / FAILED), or acknowledge a cancel.
+#[tracing::instrument(name = "db job fail", skip_all, fields(otel.kind = "client", job.id = %job_id))]
 pub async fn fail(
     db: &DatabaseConnection,
     publisher: &Publisher,

@@ -18,6 +18,7 @@ use actix::prelude::*;
 use entities::job;
 use futures::future::LocalBoxFuture;
 use sea_orm::DatabaseConnection;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::config::Settings;
@@ -338,12 +339,16 @@ pub struct JobWorker {
     guard: WorkerGuard,
     /// When this attempt started, for the owner's processing usage.
     started: std::time::Instant,
+    /// The attempt's span: a child of the span that enqueued the job (the request that
+    /// completed the upload, in whichever process), so one upload is one trace.
+    span: tracing::Span,
 }
 
 impl JobWorker {
     fn new(deps: WorkerDeps, leased: LeasedJob, scheduler: Addr<Scheduler>) -> Self {
         let guard =
             WorkerGuard { scheduler: scheduler.clone(), job_id: leased.job.id, token: leased.token, finished: false };
+        let span = attempt_span(&leased.job);
         Self {
             deps,
             leased,
@@ -354,6 +359,7 @@ impl JobWorker {
             checking: false,
             guard,
             started: std::time::Instant::now(),
+            span,
         }
     }
 
@@ -430,12 +436,31 @@ impl JobWorker {
                 Err(err) => tracing::error!(job = %job_id, error = %err, "recording a job's result failed"),
             }
         };
-        ctx.spawn(fut.into_actor(self).map(|(), act, ctx| {
+        ctx.spawn(fut.instrument(self.span.clone()).into_actor(self).map(|(), act, ctx| {
             act.guard.finished = true;
             act.scheduler.do_send(JobEnded { job_id: act.leased.job.id });
             ctx.stop();
         }));
     }
+}
+
+/// The span of one attempt at `job`, continuing the trace it was enqueued in.
+fn attempt_span(job: &job::Model) -> tracing::Span {
+    let kind = match job.kind {
+        entities::JobKind::Transcode => "transcode",
+        entities::JobKind::DeleteObjects => "delete-objects",
+    };
+    let span = tracing::info_span!(
+        "job attempt",
+        otel.name = %format!("job {kind}"),
+        otel.kind = "consumer",
+        job.id = %job.id,
+        job.kind = kind,
+        job.attempt = job.attempts,
+        video.id = %job.video_id.map(|id| id.to_string()).unwrap_or_default(),
+    );
+    crate::telemetry::traces::set_parent(&span, job.trace_parent.as_deref());
+    span
 }
 
 impl Actor for JobWorker {
@@ -464,7 +489,7 @@ impl Actor for JobWorker {
         ));
         let cancel = self.cancel.clone();
         // A panicking runner ends its task, not this actor: the attempt fails retryably.
-        let handle = actix_rt::spawn(self.deps.run(context, job, cancel, reporter));
+        let handle = actix_rt::spawn(self.deps.run(context, job, cancel, reporter).instrument(self.span.clone()));
         ctx.spawn(handle.into_actor(self).map(|joined, act, ctx| {
             let outcome = match joined {
                 Ok(Ok(output)) => Outcome::Success(output),

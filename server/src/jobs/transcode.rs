@@ -144,6 +144,10 @@ fn preset_name(preset: Preset) -> &'static str {
 struct StageReporter {
     inner: Arc<dyn JobReporter>,
     last: Mutex<f64>,
+    /// The span of the stage under way, ended when the next begins (or the run ends).
+    span: Mutex<Option<tracing::Span>>,
+    /// The run's span, parent of every stage's.
+    parent: tracing::Span,
 }
 
 impl StageReporter {
@@ -168,6 +172,15 @@ impl StageReporter {
     }
 
     fn stage(&self, stage: &str, message: String) {
+        let span = tracing::info_span!(
+            parent: &self.parent,
+            "transcode stage",
+            otel.name = %format!("transcode {stage}"),
+            stage,
+            detail = %message,
+        );
+        // Replacing the previous stage's span closes it.
+        *self.span.lock().unwrap_or_else(|p| p.into_inner()) = Some(span);
         let percent = *self.last.lock().unwrap_or_else(|p| p.into_inner());
         self.inner.log(LogLevel::Info, format!("{stage}: {message}"));
         self.report(stage, percent, None);
@@ -230,7 +243,12 @@ pub(crate) async fn run_transcode(
     cancel: CancelFlag,
     reporter: Arc<dyn JobReporter>,
 ) -> Result<TranscodeOutput, JobError> {
-    let reporter = Arc::new(StageReporter { inner: reporter, last: Mutex::new(0.0) });
+    let reporter = Arc::new(StageReporter {
+        inner: reporter,
+        last: Mutex::new(0.0),
+        span: Mutex::new(None),
+        parent: tracing::Span::current(),
+    });
     let (preset, format) = parse_payload(&job.payload)?;
     let video_id = job
         .video_id

@@ -611,14 +611,17 @@ impl ObjectStore for LocalStore {
         BACKEND
     }
 
+    #[tracing::instrument(name = "storage put", skip_all, fields(otel.kind = "client", storage.backend = "local", storage.key = %key))]
     async fn put(&self, key: &str, body: ByteStream, content_type: Option<&str>) -> Result<ObjectMeta, StoreError> {
         self.put_limited(key, body, content_type, None).await
     }
 
+    #[tracing::instrument(name = "storage put bytes", skip_all, fields(otel.kind = "client", storage.backend = "local", storage.key = %key))]
     async fn put_bytes(&self, key: &str, bytes: Bytes, content_type: Option<&str>) -> Result<ObjectMeta, StoreError> {
         self.put_limited(key, single_chunk(bytes), content_type, None).await
     }
 
+    #[tracing::instrument(name = "storage get", skip_all, fields(otel.kind = "client", storage.backend = "local", storage.key = %key))]
     async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<GetResult, StoreError> {
         observe(BACKEND, "get", key, async {
             validate_key(key)?;
@@ -641,6 +644,7 @@ impl ObjectStore for LocalStore {
         .await
     }
 
+    #[tracing::instrument(name = "storage head", skip_all, fields(otel.kind = "client", storage.backend = "local", storage.key = %key))]
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
         observe(BACKEND, "head", key, async {
             validate_key(key)?;
@@ -662,6 +666,7 @@ impl ObjectStore for LocalStore {
         .await
     }
 
+    #[tracing::instrument(name = "storage delete", skip_all, fields(otel.kind = "client", storage.backend = "local", storage.key = %key))]
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         observe(BACKEND, "delete", key, async {
             validate_key(key)?;
@@ -670,6 +675,7 @@ impl ObjectStore for LocalStore {
         .await
     }
 
+    #[tracing::instrument(name = "storage delete prefix", skip_all, fields(otel.kind = "client", storage.backend = "local", storage.key = %prefix))]
     async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
         observe(BACKEND, "delete_prefix", prefix, async {
             validate_prefix(prefix)?;
@@ -747,6 +753,7 @@ impl ObjectStore for LocalStore {
         .await
     }
 
+    #[tracing::instrument(name = "storage rename", skip_all, fields(otel.kind = "client", storage.backend = "local", storage.key = %to))]
     async fn rename(&self, from: &str, to: &str) -> Result<ObjectMeta, StoreError> {
         observe(BACKEND, "rename", to, async {
             validate_key(from)?;
@@ -788,6 +795,7 @@ impl ObjectStore for LocalStore {
         .await
     }
 
+    #[tracing::instrument(name = "storage create multipart", skip_all, fields(otel.kind = "client", storage.backend = "local", storage.key = %key))]
     async fn create_multipart(&self, key: &str, content_type: Option<&str>) -> Result<String, StoreError> {
         observe(BACKEND, "create_multipart", key, async {
             validate_key(key)?;
@@ -808,6 +816,7 @@ impl ObjectStore for LocalStore {
         .await
     }
 
+    #[tracing::instrument(name = "storage upload part", skip_all, fields(otel.kind = "client", storage.backend = "local", storage.key = %key))]
     async fn upload_part(
         &self,
         key: &str,
@@ -842,6 +851,7 @@ impl ObjectStore for LocalStore {
         .await
     }
 
+    #[tracing::instrument(name = "storage complete multipart", skip_all, fields(otel.kind = "client", storage.backend = "local", storage.key = %key))]
     async fn complete_multipart(
         &self,
         key: &str,

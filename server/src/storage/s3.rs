@@ -323,6 +323,7 @@ impl ObjectStore for S3Store {
         BACKEND
     }
 
+    #[tracing::instrument(name = "storage put", skip_all, fields(otel.kind = "client", storage.backend = "s3", storage.key = %key))]
     async fn put(&self, key: &str, mut body: ByteStream, content_type: Option<&str>) -> Result<ObjectMeta, StoreError> {
         observe(BACKEND, "put", key, async {
             validate_key(key)?;
@@ -363,6 +364,7 @@ impl ObjectStore for S3Store {
         .await
     }
 
+    #[tracing::instrument(name = "storage put bytes", skip_all, fields(otel.kind = "client", storage.backend = "s3", storage.key = %key))]
     async fn put_bytes(&self, key: &str, bytes: Bytes, content_type: Option<&str>) -> Result<ObjectMeta, StoreError> {
         if bytes.len() <= S3_PART_SIZE {
             return observe(BACKEND, "put", key, async {
@@ -375,6 +377,7 @@ impl ObjectStore for S3Store {
         self.put(key, futures::stream::once(async move { Ok(bytes) }).boxed(), content_type).await
     }
 
+    #[tracing::instrument(name = "storage get", skip_all, fields(otel.kind = "client", storage.backend = "s3", storage.key = %key))]
     async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<GetResult, StoreError> {
         observe(BACKEND, "get", key, async {
             validate_key(key)?;
@@ -415,6 +418,7 @@ impl ObjectStore for S3Store {
         .await
     }
 
+    #[tracing::instrument(name = "storage head", skip_all, fields(otel.kind = "client", storage.backend = "s3", storage.key = %key))]
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
         observe(BACKEND, "head", key, async {
             validate_key(key)?;
@@ -437,6 +441,7 @@ impl ObjectStore for S3Store {
         .await
     }
 
+    #[tracing::instrument(name = "storage delete", skip_all, fields(otel.kind = "client", storage.backend = "s3", storage.key = %key))]
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         observe(BACKEND, "delete", key, async {
             validate_key(key)?;
@@ -449,6 +454,7 @@ impl ObjectStore for S3Store {
         .await
     }
 
+    #[tracing::instrument(name = "storage delete prefix", skip_all, fields(otel.kind = "client", storage.backend = "s3", storage.key = %prefix))]
     async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
         observe(BACKEND, "delete_prefix", prefix, async {
             validate_prefix(prefix)?;
@@ -557,6 +563,7 @@ impl ObjectStore for S3Store {
         .await
     }
 
+    #[tracing::instrument(name = "storage rename", skip_all, fields(otel.kind = "client", storage.backend = "s3", storage.key = %to))]
     async fn rename(&self, from: &str, to: &str) -> Result<ObjectMeta, StoreError> {
         observe(BACKEND, "rename", to, async {
             validate_key(from)?;
@@ -602,6 +609,7 @@ impl ObjectStore for S3Store {
         .await
     }
 
+    #[tracing::instrument(name = "storage create multipart", skip_all, fields(otel.kind = "client", storage.backend = "s3", storage.key = %key))]
     async fn create_multipart(&self, key: &str, content_type: Option<&str>) -> Result<String, StoreError> {
         observe(BACKEND, "create_multipart", key, async {
             validate_key(key)?;
@@ -611,6 +619,7 @@ impl ObjectStore for S3Store {
         .await
     }
 
+    #[tracing::instrument(name = "storage upload part", skip_all, fields(otel.kind = "client", storage.backend = "s3", storage.key = %key))]
     async fn upload_part(
         &self,
         key: &str,
@@ -653,6 +662,7 @@ impl ObjectStore for S3Store {
         .await
     }
 
+    #[tracing::instrument(name = "storage complete multipart", skip_all, fields(otel.kind = "client", storage.backend = "s3", storage.key = %key))]
     async fn complete_multipart(
         &self,
         key: &str,

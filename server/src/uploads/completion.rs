@@ -50,6 +50,7 @@ impl From<StoreError> for Failure {
 }
 
 /// Complete session `id` (the caller has checked access). Idempotent.
+#[tracing::instrument(name = "upload complete", skip_all, fields(upload.id = %id))]
 pub async fn complete(state: &AppState, id: Uuid) -> AppResult<video::Model> {
     let claimed = upload::Entity::update_many()
         .col_expr(upload::Column::Status, Expr::value(UploadStatus::Completing))

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use chrono::{DateTime, Utc};
 use entities::{webhook_attempt, webhook_delivery, webhook_endpoint, WebhookDeliveryStatus};
@@ -134,9 +135,31 @@ async fn claim(
     Ok(result.rows_affected == 1)
 }
 
-/// One attempt of a claimed delivery, recorded.
-#[tracing::instrument(skip_all, fields(delivery_id = %delivery.id, endpoint_id = %delivery.endpoint_id), err(Display))]
+/// One attempt of a claimed delivery, recorded, in a span that continues the trace
+/// that recorded the event (its `traceparent` also goes to the receiver).
 async fn attempt(
+    db: &DatabaseConnection,
+    settings: &WebhookSettings,
+    secrets: &SecretBox,
+    delivery: webhook_delivery::Model,
+) -> Result<(), DbErr> {
+    let span = tracing::info_span!(
+        "webhook attempt",
+        otel.name = "webhook delivery",
+        otel.kind = "client",
+        delivery_id = %delivery.id,
+        endpoint_id = %delivery.endpoint_id,
+        event = %delivery.event_kind,
+    );
+    crate::telemetry::traces::set_parent(&span, delivery.trace_parent.as_deref());
+    let result = attempt_in_span(db, settings, secrets, delivery).instrument(span.clone()).await;
+    if let Err(err) = &result {
+        span.in_scope(|| tracing::error!(error = %err, "recording a webhook attempt failed"));
+    }
+    result
+}
+
+async fn attempt_in_span(
     db: &DatabaseConnection,
     settings: &WebhookSettings,
     secrets: &SecretBox,
@@ -202,6 +225,10 @@ async fn send(
         .header(super::TIMESTAMP_HEADER, timestamp.to_string())
         .header(super::SIGNATURE_HEADER, signature)
         .body(body);
+    let request = match crate::telemetry::traces::current_traceparent() {
+        Some(traceparent) => request.header("traceparent", traceparent),
+        None => request,
+    };
     let mut response = match request.send().await {
         Ok(response) => response,
         Err(err) => {

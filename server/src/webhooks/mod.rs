@@ -120,6 +120,8 @@ pub async fn fan_in<C: ConnectionTrait>(conn: &C, event: &DomainEvent) -> Result
         .all(conn)
         .await?;
     let now = Utc::now();
+    // The delivery continues the trace that recorded the event (an upload's, a job's).
+    let trace_parent = crate::telemetry::traces::current_traceparent();
     for endpoint in endpoints {
         if !subscribed_kinds(&endpoint).contains(&event.kind) {
             continue;
@@ -139,6 +141,7 @@ pub async fn fan_in<C: ConnectionTrait>(conn: &C, event: &DomainEvent) -> Result
             last_error: Set(None),
             created_at: Set(now),
             delivered_at: Set(None),
+            trace_parent: Set(trace_parent.clone()),
         }
         .insert(conn)
         .await?;

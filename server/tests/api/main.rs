@@ -24,6 +24,7 @@ mod runner;
 mod schema;
 mod storage;
 mod subscriptions;
+mod traces;
 mod tus;
 mod uploads;
 mod video_events;
