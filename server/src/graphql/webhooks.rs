@@ -315,7 +315,7 @@ async fn check_endpoint_cap(state: &AppState, owner_id: Uuid) -> Result<(), AppE
 }
 
 /// A replay cursor: a stored event's cursor (`VideoEvent.cursor`,
-/// `WebhookDelivery.eventCursor`), or "0" for the oldest kept.
+/// `WebhookDelivery.eventCursor`) whose later events are all still kept.
 async fn parse_replay_cursor(db: &DatabaseConnection, after: &str) -> Result<i64, AppError> {
     let after = after
         .parse::<i64>()
@@ -329,7 +329,7 @@ async fn parse_replay_cursor(db: &DatabaseConnection, after: &str) -> Result<i64
     if crate::events::cursor_expired(db, after).await? {
         return Err(AppError::new(
             ErrorCode::CursorExpired,
-            "events after this cursor are no longer kept; replay from the oldest kept cursor (\"0\")",
+            "events after this cursor are no longer kept; replay without `after` to start from the oldest kept event",
         ));
     }
     Ok(after)
@@ -525,24 +525,25 @@ impl WebhooksMutation {
         Ok(WebhookDelivery(delivery))
     }
 
-    /// Send an endpoint the deliveries of the stored events after `after` again,
-    /// oldest first, as fan-in makes them (its kinds; a personal endpoint only its
-    /// owner's videos). An event already delivered keeps its delivery id (so its
-    /// `webhook-id`): receivers dedupe it. At most `webhooks.replay_max_events` per
-    /// call; go on from `endCursor` while `hasMore`. Charged one `webhook` token per
-    /// call and one `webhook_replay` token per delivery. NOT_FOUND for an endpoint
-    /// the caller cannot see, BAD_USER_INPUT / CURSOR_EXPIRED for a bad cursor,
+    /// Send an endpoint the deliveries of the stored events after `after` again
+    /// (without `after`: from the oldest event kept), oldest first, as fan-in
+    /// makes them (its kinds; a personal endpoint only its owner's videos). An
+    /// event already delivered keeps its delivery id (so its `webhook-id`):
+    /// receivers dedupe it. At most `webhooks.replay_max_events` per call; go on
+    /// from `endCursor` while `hasMore`. Charged one `webhook` token per call and
+    /// one `webhook_replay` token per delivery. NOT_FOUND for an endpoint the
+    /// caller cannot see, BAD_USER_INPUT / CURSOR_EXPIRED for a bad cursor,
     /// CONFLICT while the endpoint is disabled.
     #[graphql(guard = "AuthenticatedGuard")]
     async fn replay_webhooks(
         &self,
         ctx: &Context<'_>,
         endpoint_id: ID,
-        after: String,
+        after: Option<String>,
     ) -> async_graphql::Result<WebhookReplay> {
         let state = ctx.data::<AppState>()?;
         let principal = require_principal(ctx).map_err(|e| e.extend())?;
-        replay(state, principal, endpoint_id.as_str(), &after).await.map_err(|e| e.extend())
+        replay(state, principal, endpoint_id.as_str(), after.as_deref()).await.map_err(|e| e.extend())
     }
 }
 
@@ -550,13 +551,17 @@ async fn replay(
     state: &AppState,
     principal: &Principal,
     endpoint_id: &str,
-    after: &str,
+    after: Option<&str>,
 ) -> Result<WebhookReplay, AppError> {
     use crate::limits::Policy;
     require_charged_writer(state, principal).await?;
     let id = parse_uuid(endpoint_id, "webhook")?;
     let endpoint = find_visible(&state.db, principal, id).await?;
-    let after = parse_replay_cursor(&state.db, after).await?;
+    let after = match after {
+        Some(after) => parse_replay_cursor(&state.db, after).await?,
+        // Everything kept, knowingly: no cursor to have expired.
+        None => 0,
+    };
     if !endpoint.enabled {
         return Err(AppError::new(ErrorCode::Conflict, "the webhook is disabled; enable it first"));
     }

@@ -126,8 +126,8 @@ pub async fn fan_in<C: ConnectionTrait>(conn: &C, event: &DomainEvent) -> Result
 }
 
 /// A PENDING delivery of `event` (stored at `cursor`) to `endpoint_id`, due now,
-/// with a new id: the idempotency key of this (endpoint, event) from now on. Used
-/// by replay; columns not named here take their defaults.
+/// with a new id: the idempotency key of this (endpoint, event) from now on (made
+/// by replay; fan-in builds the same row).
 pub(crate) fn new_delivery(
     endpoint_id: Uuid,
     event: &DomainEvent,
@@ -149,6 +149,5 @@ pub(crate) fn new_delivery(
         last_error: Set(None),
         created_at: Set(now),
         delivered_at: Set(None),
-        ..Default::default()
     }
 }

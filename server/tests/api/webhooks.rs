@@ -1035,6 +1035,19 @@ async fn replay_is_authorized_and_checks_its_cursor() {
     assert_eq!(code(replay(&app, &owner, webhook_id, "0").await).as_deref(), Some("CURSOR_EXPIRED"));
     let answer = replay_ok(&app, &owner, webhook_id, &(newest - 1).to_string()).await;
     assert_eq!(answer["endCursor"], newest.to_string(), "{answer}");
+    // Without `after`: whatever is kept, knowingly.
+    let (_, body) = app
+        .graphql_as(
+            &owner.bearer(),
+            "mutation($id: ID!) { replayWebhooks(endpointId: $id) { pending endCursor hasMore } }",
+            json!({ "id": webhook_id }),
+        )
+        .await;
+    assert_eq!(
+        body["data"]["replayWebhooks"],
+        json!({ "pending": 1, "endCursor": newest.to_string(), "hasMore": false }),
+        "{body}"
+    );
 }
 
 /// One call enqueues at most `webhooks.replay_max_events`; `endCursor` and `hasMore`
