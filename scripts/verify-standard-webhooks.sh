@@ -52,7 +52,7 @@ case "${1:-}" in
     install
     ;;
   "" | -h | --help)
-    sed -n '2,14p' "$0"
+    sed -n '2,13p' "$0"
     exit 2
     ;;
   *)
