@@ -531,7 +531,7 @@ impl WebhooksMutation {
     /// event already delivered keeps its delivery id (so its `webhook-id`):
     /// receivers dedupe it. At most `webhooks.replay_max_events` per call; go on
     /// from `endCursor` while `hasMore`. Charged one `webhook` token per call and
-    /// one `webhook_replay` token per delivery. NOT_FOUND for an endpoint the
+    /// one `webhook_replay` token per event replayed. NOT_FOUND for an endpoint the
     /// caller cannot see, BAD_USER_INPUT / CURSOR_EXPIRED for a bad cursor,
     /// CONFLICT while the endpoint is disabled.
     #[graphql(guard = "AuthenticatedGuard")]

@@ -27,6 +27,8 @@ use crate::events::{DomainEvent, EventKind};
 #[derive(Debug)]
 pub struct ReplayBatch {
     events: Vec<DomainEvent>,
+    /// The cursor of the last event looked at (parsed or not): where the next replay starts.
+    end_cursor: Option<i64>,
     /// More matching events follow the last one.
     pub has_more: bool,
 }
@@ -40,9 +42,9 @@ impl ReplayBatch {
         self.events.is_empty()
     }
 
-    /// The cursor of the last event in the batch: where the next replay starts.
+    /// The cursor of the last event looked at: where the next replay starts.
     pub fn end_cursor(&self) -> Option<i64> {
-        self.events.last().and_then(|e| e.cursor)
+        self.end_cursor
     }
 }
 
@@ -71,7 +73,7 @@ pub async fn select(
 ) -> Result<ReplayBatch, DbErr> {
     let kinds = delivered_kinds(endpoint);
     if kinds.is_empty() || limit == 0 {
-        return Ok(ReplayBatch { events: Vec::new(), has_more: false });
+        return Ok(ReplayBatch { events: Vec::new(), end_cursor: None, has_more: false });
     }
     let mut query = event_outbox::Entity::find()
         .filter(event_outbox::Column::Id.gt(after))
@@ -91,7 +93,7 @@ pub async fn select(
             Err(err) => tracing::warn!(cursor = row.id, error = %err, "stored event does not parse; not replayed"),
         }
     }
-    Ok(ReplayBatch { events, has_more })
+    Ok(ReplayBatch { events, end_cursor: rows.last().map(|row| row.id), has_more })
 }
 
 /// Make the batch's deliveries to `endpoint` PENDING and due now (see the module
