@@ -16,6 +16,12 @@ source .test-services/env
 
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
+# The official Standard Webhooks verifier libraries (PyPI and npm `standardwebhooks`)
+# that the webhook tests run on their deliveries: installed once here, so the
+# suites' parallel tests find them ready (the tests install them too when run alone).
+scripts/verify-standard-webhooks.sh --install ||
+    printf 'test.sh: installing the Standard Webhooks verifiers failed; the webhook tests will say so\n' >&2
+
 if cargo nextest --version >/dev/null 2>&1; then
     runner=(cargo nextest run --workspace --no-fail-fast)
 else

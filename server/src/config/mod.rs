@@ -525,6 +525,9 @@ impl Settings {
         if self.webhooks.disable_after_failures < 1 {
             return Err(SettingsError::new("webhooks.disable_after_failures", "must be at least 1"));
         }
+        if self.webhooks.replay_max_events == 0 {
+            return Err(SettingsError::new("webhooks.replay_max_events", "must be at least 1"));
+        }
         if self.webhooks.concurrency == 0 || self.webhooks.timeout_ms == 0 {
             return Err(SettingsError::new("webhooks", "concurrency and timeout_ms must be greater than 0"));
         }

@@ -10,8 +10,8 @@ pub use crate::limits::Policy;
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitSettings {
     pub enabled: bool,
-    /// Policies by name: `auth`, `auth_ip`, `api`, `upload`, `transcode`, `views`
-    /// and `webhook` (see [`Policy`]). Any other name is refused when the settings
+    /// Policies by name: `auth`, `auth_ip`, `api`, `upload`, `transcode`, `views`,
+    /// `webhook` and `webhook_replay` (see [`Policy`]). Any other name is refused when the settings
     /// load; a policy left out keeps its default.
     pub policies: BTreeMap<Policy, PolicySettings>,
 }
@@ -51,6 +51,9 @@ fn default_policy(policy: Policy) -> PolicySettings {
         Policy::Upload => PolicySettings::new(120, 60, 30, true),
         Policy::Transcode => PolicySettings::new(60, 3600, 10, true),
         Policy::Webhook => PolicySettings::new(60, 60, 20, true),
+        // Replayed deliveries: each is a POST to a URL of the user's choosing, so a
+        // replay is charged per delivery, not per call.
+        Policy::WebhookReplay => PolicySettings::new(1000, 3600, 200, true),
         // recordView, per signed-in user or client address: a player heartbeats
         // every few seconds; many viewers can share one address (NAT).
         Policy::Views => PolicySettings::new(600, 60, 60, true),

@@ -28,6 +28,13 @@ pub struct WebhookSettings {
     pub disable_after_failures: i32,
     /// Endpoints one user may register (global ones do not count); 0 means no cap.
     pub max_endpoints_per_user: u64,
+    /// Also send the previous release's `Reelhouse-Webhook-{Id,Timestamp,Signature}`
+    /// headers beside the Standard Webhooks ones. On in this release so receivers can
+    /// move over; the headers and this setting go away in the next release.
+    pub legacy_headers: bool,
+    /// Most events one `replayWebhooks` call re-enqueues (also capped by the
+    /// `webhook_replay` rate-limit policy's burst); the answer says where to go on.
+    pub replay_max_events: u64,
 }
 
 impl Default for WebhookSettings {
@@ -45,6 +52,8 @@ impl Default for WebhookSettings {
             backoff_max_ms: 3_600_000,
             disable_after_failures: 20,
             max_endpoints_per_user: 20,
+            legacy_headers: true,
+            replay_max_events: 200,
         }
     }
 }

@@ -223,6 +223,11 @@ pub async fn cursor_expired<C: ConnectionTrait>(conn: &C, cursor: i64) -> Result
     Ok(oldest.is_some_and(|oldest| cursor < oldest - 1))
 }
 
+/// The cursor of the newest stored event (`None` before the first).
+pub async fn newest_cursor<C: ConnectionTrait>(conn: &C) -> Result<Option<i64>, DbErr> {
+    outbox_id(conn, Expr::col(event_outbox::Column::Id).max(), None).await
+}
+
 /// `MIN(id)` or `MAX(id)` of the outbox, optionally of rows written before `before`.
 async fn outbox_id<C: ConnectionTrait>(
     conn: &C,

@@ -1,5 +1,5 @@
 //! Webhooks in GraphQL: `createWebhook`, `updateWebhook`, `deleteWebhook`,
-//! `redeliverWebhook`, `webhooks`, `webhookDeliveries`.
+//! `redeliverWebhook`, `replayWebhooks`, `webhooks`, `webhookDeliveries`.
 //!
 //! An endpoint is visible to its owner and to admins; global endpoints (no owner)
 //! only to admins. To anybody else it does not exist (NOT_FOUND).
@@ -107,7 +107,7 @@ impl From<webhook_attempt::Model> for WebhookAttempt {
     }
 }
 
-/// One event for one endpoint. `id` is the idempotency id sent as `Reelhouse-Webhook-Id`.
+/// One event for one endpoint. `id` is the idempotency id sent as `webhook-id`.
 #[derive(Debug, Clone)]
 pub struct WebhookDelivery(pub webhook_delivery::Model);
 
@@ -176,6 +176,23 @@ impl WebhookDelivery {
         rows.reverse();
         Ok(rows.into_iter().map(WebhookAttempt::from).collect())
     }
+}
+
+/// What `replayWebhooks` did.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct WebhookReplay {
+    /// New deliveries (new ids) of events the endpoint had none of.
+    pub created: i32,
+    /// Deliveries sent again with the id they already had (receivers dedupe on it).
+    pub requeued: i32,
+    /// Deliveries left alone because they are still pending (on their way).
+    pub pending: i32,
+    /// Cursor of the last event looked at: pass it as `after` to go on. Null when
+    /// no event after `after` matched.
+    pub end_cursor: Option<String>,
+    /// More matching events follow `endCursor` (a call handles at most
+    /// `webhooks.replay_max_events`).
+    pub has_more: bool,
 }
 
 #[derive(InputObject)]
@@ -295,6 +312,27 @@ async fn check_endpoint_cap(state: &AppState, owner_id: Uuid) -> Result<(), AppE
         ));
     }
     Ok(())
+}
+
+/// A replay cursor: a stored event's cursor (`VideoEvent.cursor`,
+/// `WebhookDelivery.eventCursor`) whose later events are all still kept.
+async fn parse_replay_cursor(db: &DatabaseConnection, after: &str) -> Result<i64, AppError> {
+    let after = after
+        .parse::<i64>()
+        .ok()
+        .filter(|c| *c >= 0)
+        .ok_or_else(|| AppError::bad_input("`after` is not a valid cursor"))?;
+    let newest = crate::events::newest_cursor(db).await?.unwrap_or(0);
+    if after > newest {
+        return Err(AppError::bad_input("`after` is not the cursor of a stored event"));
+    }
+    if crate::events::cursor_expired(db, after).await? {
+        return Err(AppError::new(
+            ErrorCode::CursorExpired,
+            "events after this cursor are no longer kept; replay without `after` to start from the oldest kept event",
+        ));
+    }
+    Ok(after)
 }
 
 #[derive(Default)]
@@ -486,4 +524,72 @@ impl WebhooksMutation {
         let delivery = row.update(&state.db).await.map_err(|e| AppError::from(e).extend())?;
         Ok(WebhookDelivery(delivery))
     }
+
+    /// Send an endpoint the deliveries of the stored events after `after` again
+    /// (without `after`: from the oldest event kept), oldest first, as fan-in
+    /// makes them (its kinds; a personal endpoint only its owner's videos). An
+    /// event already delivered keeps its delivery id (so its `webhook-id`):
+    /// receivers dedupe it. At most `webhooks.replay_max_events` per call; go on
+    /// from `endCursor` while `hasMore`. Charged one `webhook` token per call and
+    /// one `webhook_replay` token per event replayed. NOT_FOUND for an endpoint the
+    /// caller cannot see, BAD_USER_INPUT / CURSOR_EXPIRED for a bad cursor,
+    /// CONFLICT while the endpoint is disabled.
+    #[graphql(guard = "AuthenticatedGuard")]
+    async fn replay_webhooks(
+        &self,
+        ctx: &Context<'_>,
+        endpoint_id: ID,
+        after: Option<String>,
+    ) -> async_graphql::Result<WebhookReplay> {
+        let state = ctx.data::<AppState>()?;
+        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        replay(state, principal, endpoint_id.as_str(), after.as_deref()).await.map_err(|e| e.extend())
+    }
+}
+
+async fn replay(
+    state: &AppState,
+    principal: &Principal,
+    endpoint_id: &str,
+    after: Option<&str>,
+) -> Result<WebhookReplay, AppError> {
+    use crate::limits::Policy;
+    require_charged_writer(state, principal).await?;
+    let id = parse_uuid(endpoint_id, "webhook")?;
+    let endpoint = find_visible(&state.db, principal, id).await?;
+    let after = match after {
+        Some(after) => parse_replay_cursor(&state.db, after).await?,
+        // Everything kept, knowingly: no cursor to have expired.
+        None => 0,
+    };
+    if !endpoint.enabled {
+        return Err(AppError::new(ErrorCode::Conflict, "the webhook is disabled; enable it first"));
+    }
+    let mut limit = state.settings.webhooks.replay_max_events;
+    if state.settings.rate_limit.enabled {
+        // A batch bigger than the bucket could never be charged.
+        limit = limit.min(u64::from(state.settings.rate_limit.policy(Policy::WebhookReplay).burst.max(1)));
+    }
+    let batch = crate::webhooks::replay::select(&state.db, &endpoint, after, limit).await?;
+    if !batch.is_empty() {
+        let cost = u32::try_from(batch.len()).unwrap_or(u32::MAX);
+        crate::limits::enforce(state, Policy::WebhookReplay, principal.user_id.to_string(), cost).await?;
+    }
+    let outcome = crate::webhooks::replay::enqueue(&state.db, &endpoint, &batch).await?;
+    tracing::info!(
+        endpoint_id = %endpoint.id,
+        after,
+        created = outcome.created,
+        requeued = outcome.requeued,
+        pending = outcome.pending,
+        "webhook deliveries replayed"
+    );
+    let count = |n: u64| i32::try_from(n).unwrap_or(i32::MAX);
+    Ok(WebhookReplay {
+        created: count(outcome.created),
+        requeued: count(outcome.requeued),
+        pending: count(outcome.pending),
+        end_cursor: batch.end_cursor().map(|c| c.to_string()),
+        has_more: batch.has_more,
+    })
 }

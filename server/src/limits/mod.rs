@@ -32,15 +32,25 @@ pub enum Policy {
     Upload,
     /// `transcode` per user.
     Transcode,
-    /// Webhook endpoint changes and redeliveries per user.
+    /// Webhook endpoint changes, redeliveries and replays per user.
     Webhook,
+    /// Deliveries re-enqueued by `replayWebhooks`, per user (one per delivery).
+    WebhookReplay,
     /// `recordView` per user or client address.
     Views,
 }
 
 impl Policy {
-    pub const ALL: [Policy; 7] =
-        [Policy::Auth, Policy::AuthIp, Policy::Api, Policy::Upload, Policy::Transcode, Policy::Webhook, Policy::Views];
+    pub const ALL: [Policy; 8] = [
+        Policy::Auth,
+        Policy::AuthIp,
+        Policy::Api,
+        Policy::Upload,
+        Policy::Transcode,
+        Policy::Webhook,
+        Policy::WebhookReplay,
+        Policy::Views,
+    ];
 
     /// The settings and header name (`"api"`, `"auth_ip"`, …).
     pub const fn as_str(self) -> &'static str {
@@ -51,6 +61,7 @@ impl Policy {
             Policy::Upload => "upload",
             Policy::Transcode => "transcode",
             Policy::Webhook => "webhook",
+            Policy::WebhookReplay => "webhook_replay",
             Policy::Views => "views",
         }
     }

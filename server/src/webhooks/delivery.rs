@@ -217,18 +217,25 @@ async fn send(
         // Not the receiver's fault, and not retried into success: said plainly.
         Err(err) => return AttemptOutcome::Refused { error: format!("cannot sign: {err}") },
     };
-    let signature = super::sign(&secret, timestamp, &body);
-    let request = client
-        .post(url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header(super::ID_HEADER, delivery.id.to_string())
-        .header(super::TIMESTAMP_HEADER, timestamp.to_string())
-        .header(super::SIGNATURE_HEADER, signature)
-        .body(body);
-    let request = match crate::telemetry::traces::current_traceparent() {
-        Some(traceparent) => request.header("traceparent", traceparent),
-        None => request,
+    let headers = match super::signing::signature_headers(
+        &secret,
+        &delivery.id.to_string(),
+        timestamp,
+        &body,
+        settings.legacy_headers,
+    ) {
+        Ok(headers) => headers,
+        Err(err) => return AttemptOutcome::Refused { error: format!("cannot sign: {err}") },
     };
+    let mut request = client.post(url).header(reqwest::header::CONTENT_TYPE, "application/json");
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    // The receiver can continue the trace that recorded the event.
+    if let Some(traceparent) = crate::telemetry::traces::current_traceparent() {
+        request = request.header("traceparent", traceparent);
+    }
+    let request = request.body(body);
     let mut response = match request.send().await {
         Ok(response) => response,
         Err(err) => {

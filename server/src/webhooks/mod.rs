@@ -18,13 +18,20 @@
 //! and its per-attempt log differ from the transcode queue's.
 //!
 //! **Wire format.** `POST` of JSON `{ id, type, createdAt, data: { videoId, status,
-//! error, rendition, cursor, seq } }` with headers `Reelhouse-Webhook-Id` (the delivery
-//! id: the idempotency key, the same on every retry and redelivery),
-//! `Reelhouse-Webhook-Timestamp` (unix seconds of this attempt) and
-//! `Reelhouse-Webhook-Signature: v1=<hex HMAC-SHA256(secret, "{timestamp}.{body}")>`.
-//! Receivers recompute the signature over the raw body, compare in constant time, and
-//! reject timestamps more than 5 minutes away from their clock (the replay window);
-//! within it they dedupe on the id. Delivery is at-least-once.
+//! error, rendition, cursor, seq } }`, signed per [Standard Webhooks] (see
+//! [`signing`]): `webhook-id` (the delivery id: the idempotency key, the same on
+//! every retry, redelivery and replay), `webhook-timestamp` (unix seconds of this
+//! attempt) and `webhook-signature: v1,<base64 HMAC-SHA256>` over
+//! `"{id}.{timestamp}.{body}"`, so the official verifier libraries work unchanged.
+//! Receivers reject timestamps more than 5 minutes from their clock (the replay
+//! window) and dedupe on the id within it. Delivery is at-least-once. The previous
+//! release's `Reelhouse-Webhook-*` headers are sent beside them while
+//! `webhooks.legacy_headers` is on (this release's default; gone in the next).
+//!
+//! **Replay.** [`replay`] re-enqueues, for one endpoint, the deliveries of the
+//! stored events after a cursor, as fan-in would have made them.
+//!
+//! [Standard Webhooks]: https://www.standardwebhooks.com/
 //!
 //! **Secrets** are shown once, on creation, and stored sealed with a key derived from
 //! the server's master secret (the server has to sign with them, so they cannot be
@@ -38,48 +45,20 @@
 //! followed.
 
 pub mod delivery;
+pub mod replay;
 pub mod secrets;
+pub mod signing;
 pub mod target;
 
 use chrono::Utc;
 use entities::{webhook_delivery, webhook_endpoint, WebhookDeliveryStatus};
-use hmac::{Hmac, Mac};
 use sea_orm::{ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Set};
 use serde_json::json;
-use sha2::Sha256;
 use uuid::Uuid;
 
 use crate::events::{DomainEvent, EventKind};
 
-/// Header carrying the delivery (idempotency) id.
-pub const ID_HEADER: &str = "Reelhouse-Webhook-Id";
-/// Header carrying the unix time of the attempt, in seconds.
-pub const TIMESTAMP_HEADER: &str = "Reelhouse-Webhook-Timestamp";
-/// Header carrying `v1=<hex HMAC-SHA256(secret, "{timestamp}.{body}")>`.
-pub const SIGNATURE_HEADER: &str = "Reelhouse-Webhook-Signature";
-/// Seconds a receiver should accept a timestamp for (documented replay window).
-pub const REPLAY_WINDOW_SECS: i64 = 300;
-
-/// `v1=<hex HMAC-SHA256(secret, "{timestamp}.{body}")>`.
-pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
-    // HMAC accepts keys of any length; this cannot fail.
-    let mut mac = match Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
-        Ok(mac) => mac,
-        Err(_) => return String::new(),
-    };
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-/// A new endpoint secret: `whsec_` and 32 random bytes in hex.
-pub fn new_secret() -> String {
-    use rand::RngCore;
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    format!("whsec_{}", hex::encode(bytes))
-}
+pub use signing::{new_secret, REPLAY_WINDOW_SECS};
 
 /// The kinds an endpoint subscribes to, as stored.
 pub fn subscribed_kinds(endpoint: &webhook_endpoint::Model) -> Vec<EventKind> {
@@ -120,44 +99,40 @@ pub async fn fan_in<C: ConnectionTrait>(conn: &C, event: &DomainEvent) -> Result
         .all(conn)
         .await?;
     let now = Utc::now();
-    // The delivery continues the trace that recorded the event (an upload's, a job's).
-    let trace_parent = crate::telemetry::traces::current_traceparent();
     for endpoint in endpoints {
         if !subscribed_kinds(&endpoint).contains(&event.kind) {
             continue;
         }
-        let id = Uuid::now_v7();
-        webhook_delivery::ActiveModel {
-            id: Set(id),
-            endpoint_id: Set(endpoint.id),
-            event_cursor: Set(cursor),
-            event_kind: Set(event.kind.as_str().to_string()),
-            payload: Set(delivery_payload(id, event, cursor)),
-            status: Set(WebhookDeliveryStatus::Pending),
-            attempts: Set(0),
-            next_attempt_at: Set(now),
-            window_started_at: Set(now),
-            last_status_code: Set(None),
-            last_error: Set(None),
-            created_at: Set(now),
-            delivered_at: Set(None),
-            trace_parent: Set(trace_parent.clone()),
-        }
-        .insert(conn)
-        .await?;
+        new_delivery(endpoint.id, event, cursor, now).insert(conn).await?;
     }
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signature_is_hmac_sha256_of_timestamp_dot_body() {
-        // python3 -c "import hmac,hashlib; print(hmac.new(b'whsec_test', b'1700000000.{}', hashlib.sha256).hexdigest())"
-        let sig = sign("whsec_test", 1_700_000_000, b"{}");
-        assert_eq!(sig, "v1=35495024f4ef3f94e5a93e22221544c4b75e9a42300cd965ab81cb85cd994e91");
-        assert_ne!(sig, sign("whsec_test", 1_700_000_001, b"{}"));
+/// A PENDING delivery of `event` (stored at `cursor`) to `endpoint_id`, due now,
+/// with a new id: the idempotency key of this (endpoint, event) from now on (made
+/// by fan-in and by replay). It continues the current trace (the request, job or
+/// replay that recorded or re-sent the event).
+pub(crate) fn new_delivery(
+    endpoint_id: Uuid,
+    event: &DomainEvent,
+    cursor: i64,
+    now: chrono::DateTime<Utc>,
+) -> webhook_delivery::ActiveModel {
+    let id = Uuid::now_v7();
+    webhook_delivery::ActiveModel {
+        id: Set(id),
+        endpoint_id: Set(endpoint_id),
+        event_cursor: Set(cursor),
+        event_kind: Set(event.kind.as_str().to_string()),
+        payload: Set(delivery_payload(id, event, cursor)),
+        status: Set(WebhookDeliveryStatus::Pending),
+        attempts: Set(0),
+        next_attempt_at: Set(now),
+        window_started_at: Set(now),
+        last_status_code: Set(None),
+        last_error: Set(None),
+        created_at: Set(now),
+        delivered_at: Set(None),
+        trace_parent: Set(crate::telemetry::traces::current_traceparent()),
     }
 }

@@ -1,5 +1,8 @@
 //! Webhooks against a real HTTP receiver on 127.0.0.1: signed deliveries, one per
-//! event, retries with growing gaps, auto-disable, SSRF refusal, visibility, redelivery.
+//! event, retries with growing gaps, auto-disable, SSRF refusal, visibility,
+//! redelivery and replay. Signatures are checked here and, in the Standard Webhooks
+//! tests, by the official verifier libraries (PyPI and npm `standardwebhooks`, run
+//! by `scripts/verify-standard-webhooks.sh`).
 //!
 //! Events are produced the way the server produces them (`events::record` in a
 //! transaction, then the app's publisher), via `video_events::transition_on`.
@@ -22,11 +25,22 @@ use crate::video_events::{insert_video, transition_on};
 
 #[derive(Debug, Clone)]
 struct Hit {
+    /// `webhook-id`
     id: String,
+    /// `webhook-timestamp`
     timestamp: String,
+    /// `webhook-signature`
     signature: String,
+    /// Every header, names in lower case.
+    headers: std::collections::BTreeMap<String, String>,
     body: Vec<u8>,
     at: Instant,
+}
+
+impl Hit {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+    }
 }
 
 #[derive(Default)]
@@ -54,12 +68,18 @@ impl Receiver {
 }
 
 async fn hook(req: HttpRequest, body: web::Bytes, script: web::Data<Arc<Mutex<Script>>>) -> HttpResponse {
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let headers: std::collections::BTreeMap<String, String> = req
+        .headers()
+        .iter()
+        .map(|(name, value)| (name.as_str().to_ascii_lowercase(), value.to_str().unwrap_or("").to_string()))
+        .collect();
+    let header = |name: &str| headers.get(name).cloned().unwrap_or_default();
     let mut script = script.lock().unwrap();
     script.hits.push(Hit {
-        id: header("Reelhouse-Webhook-Id"),
-        timestamp: header("Reelhouse-Webhook-Timestamp"),
-        signature: header("Reelhouse-Webhook-Signature"),
+        id: header("webhook-id"),
+        timestamp: header("webhook-timestamp"),
+        signature: header("webhook-signature"),
+        headers: headers.clone(),
         body: body.to_vec(),
         at: Instant::now(),
     });
@@ -157,17 +177,70 @@ async fn deliveries(app: &TestApp, user: &TestUser, webhook_id: &str) -> Vec<Val
     body["data"]["webhookDeliveries"]["edges"].as_array().unwrap().iter().map(|e| e["node"].clone()).collect()
 }
 
-fn expected_signature(secret: &str, timestamp: &str, body: &[u8]) -> String {
+/// Standard Webhooks: `v1,<base64 HMAC-SHA256(base64-decoded secret, "{id}.{ts}.{body}")>`.
+fn expected_signature(secret: &str, id: &str, timestamp: &str, body: &[u8]) -> String {
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD.decode(secret.trim_start_matches("whsec_")).unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
+}
+
+/// The previous release's `Reelhouse-Webhook-Signature`: `v1=<hex HMAC-SHA256(secret, "{ts}.{body}")>`.
+fn expected_legacy_signature(secret: &str, timestamp: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(format!("{timestamp}.").as_bytes());
     mac.update(body);
     format!("v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// Both signatures check out (the legacy headers are on by default in this release).
 fn assert_signed(hit: &Hit, secret: &str) {
-    assert_eq!(hit.signature, expected_signature(secret, &hit.timestamp, &hit.body), "bad signature");
+    assert_eq!(hit.signature, expected_signature(secret, &hit.id, &hit.timestamp, &hit.body), "bad signature");
     let ts: i64 = hit.timestamp.parse().unwrap();
     assert!((chrono::Utc::now().timestamp() - ts).abs() < 300, "timestamp outside the replay window");
+    assert_eq!(hit.header("Reelhouse-Webhook-Id"), Some(hit.id.as_str()), "legacy id header");
+    assert_eq!(hit.header("Reelhouse-Webhook-Timestamp"), Some(hit.timestamp.as_str()), "legacy timestamp header");
+    assert_eq!(
+        hit.header("Reelhouse-Webhook-Signature"),
+        Some(expected_legacy_signature(secret, &hit.timestamp, &hit.body).as_str()),
+        "bad legacy signature"
+    );
+}
+
+/// Run the official Standard Webhooks libraries (Python and JavaScript) over what
+/// the receiver got, as receivers holding `secret` would; panics with their output
+/// unless both verify every hit (and refuse tampered copies). Installs them on first
+/// use (scripts/verify-standard-webhooks.sh); a missing tool is a failure, not a skip.
+fn verify_with_official_libraries(hits: &[Hit], secret: &str) -> String {
+    let deliveries: Vec<Value> = hits
+        .iter()
+        .map(|hit| {
+            let headers: serde_json::Map<String, Value> =
+                hit.headers.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+            json!({ "headers": headers, "body": String::from_utf8(hit.body.clone()).unwrap() })
+        })
+        .collect();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), serde_json::to_vec(&json!({ "secret": secret, "deliveries": deliveries })).unwrap())
+        .unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/verify-standard-webhooks.sh");
+    let output = std::process::Command::new("bash").arg(&script).arg(file.path()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "the official Standard Webhooks verifiers refused the deliveries ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let count = format!(": {} verified", hits.len());
+    assert!(
+        stdout.contains(&format!("python standardwebhooks 1.1.0{count}"))
+            && stdout.contains(&format!("node standardwebhooks 1.1.1{count}")),
+        "{stdout}"
+    );
+    stdout
 }
 
 fn user_uuid(user: &TestUser) -> uuid::Uuid {
@@ -682,4 +755,362 @@ async fn secrets_stored_in_plain_text_are_sealed_at_startup() {
     assert!(row.secret.starts_with("enc1:") && !row.secret.contains(&legacy[6..]), "{}", row.secret);
     assert_eq!(secrets(&app).open(id, &row.secret).unwrap(), legacy);
     assert_eq!(reelhouse::webhooks::secrets::seal_stored_secrets(&app.state.db, &secrets(&app)).await.unwrap(), 0);
+}
+
+/// Standard Webhooks (issue 24): deliveries carry `webhook-id`, `webhook-timestamp`
+/// and `webhook-signature`, and the official verifier libraries accept them as they
+/// are, given the secret `createWebhook` answered.
+#[actix_web::test]
+async fn official_standard_webhooks_libraries_verify_deliveries() {
+    let app = app_allowing_private(|_| {}).await;
+    let receiver = start_receiver(vec![500]).await;
+    let owner = app.register_user().await;
+    let (_, secret) = create_webhook(&app, &owner, &receiver.url, &["PROCESSING", "READY", "FAILED"], false).await;
+    // What the spec's libraries generate and read: whsec_ + base64 of 24..64 bytes.
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD.decode(secret.strip_prefix("whsec_").unwrap()).unwrap();
+    assert_eq!(key.len(), 32, "{secret}");
+
+    let video = insert_video(&app, &owner, Visibility::Public, VideoStatus::Uploading).await;
+    transition_on(&app, video.id, VideoStatus::Processing, EventKind::Processing, None).await;
+    transition_on(&app, video.id, VideoStatus::Ready, EventKind::Ready, None).await;
+    // The first attempt gets a 500: its retry carries the same webhook-id, newly signed.
+    let hits = receiver.wait_for(&app, 3).await;
+    for hit in &hits {
+        assert_signed(hit, &secret);
+        assert_eq!(hit.header("content-type"), Some("application/json"));
+    }
+    let ids: std::collections::HashSet<_> = hits.iter().map(|h| h.id.clone()).collect();
+    assert_eq!(ids.len(), 2, "the retry has the same id as the first attempt");
+    let out = verify_with_official_libraries(&hits, &secret);
+    assert!(out.contains("3 verified"), "{out}");
+}
+
+/// Secrets issued before Standard Webhooks (`whsec_` + 64 hex digits) keep working
+/// unchanged: the official libraries read the hex text as base64 (48 bytes), and so
+/// does the server; the legacy headers still carry the old signature.
+#[actix_web::test]
+async fn secrets_issued_before_standard_webhooks_verify_with_the_official_libraries() {
+    let app = app_allowing_private(|_| {}).await;
+    let receiver = start_receiver(vec![]).await;
+    let owner = app.register_user().await;
+    let (webhook, _) = create_webhook(&app, &owner, &receiver.url, &["READY"], false).await;
+    let id = uuid::Uuid::parse_str(webhook["id"].as_str().unwrap()).unwrap();
+    // Exactly what the previous release issued (hex), stored sealed as it is now.
+    let old_secret = format!("whsec_{}", hex::encode(rand::random::<[u8; 32]>()));
+    let sealed = secrets(&app).seal(id, &old_secret).unwrap();
+    entities::webhook_endpoint::Entity::update_many()
+        .col_expr(entities::webhook_endpoint::Column::Secret, sea_orm::sea_query::Expr::value(sealed))
+        .filter(entities::webhook_endpoint::Column::Id.eq(id))
+        .exec(&app.state.db)
+        .await
+        .unwrap();
+    let video = insert_video(&app, &owner, Visibility::Public, VideoStatus::Processing).await;
+    transition_on(&app, video.id, VideoStatus::Ready, EventKind::Ready, None).await;
+    let hits = receiver.wait_for(&app, 1).await;
+    assert_signed(&hits[0], &old_secret);
+    verify_with_official_libraries(&hits, &old_secret);
+}
+
+/// `webhooks.legacy_headers = false` (the next release's behaviour): only the
+/// standard headers.
+#[actix_web::test]
+async fn legacy_headers_can_be_turned_off() {
+    let app = app_allowing_private(|s| s.webhooks.legacy_headers = false).await;
+    let receiver = start_receiver(vec![]).await;
+    let owner = app.register_user().await;
+    let (_, secret) = create_webhook(&app, &owner, &receiver.url, &["READY"], false).await;
+    let video = insert_video(&app, &owner, Visibility::Public, VideoStatus::Processing).await;
+    transition_on(&app, video.id, VideoStatus::Ready, EventKind::Ready, None).await;
+    let hits = receiver.wait_for(&app, 1).await;
+    assert!(hits[0].headers.keys().all(|name| !name.starts_with("reelhouse-webhook")), "{:?}", hits[0].headers);
+    assert_eq!(hits[0].signature, expected_signature(&secret, &hits[0].id, &hits[0].timestamp, &hits[0].body));
+    verify_with_official_libraries(&hits, &secret);
+}
+
+const REPLAY: &str = "mutation($id: ID!, $after: String!) { replayWebhooks(endpointId: $id, after: $after) {
+    created requeued pending endCursor hasMore } }";
+
+async fn replay(app: &TestApp, user: &TestUser, webhook_id: &str, after: &str) -> Value {
+    let (_, body) = app.graphql_as(&user.bearer(), REPLAY, json!({ "id": webhook_id, "after": after })).await;
+    body
+}
+
+async fn replay_ok(app: &TestApp, user: &TestUser, webhook_id: &str, after: &str) -> Value {
+    let body = replay(app, user, webhook_id, after).await;
+    assert!(body["errors"].is_null(), "{body}");
+    body["data"]["replayWebhooks"].clone()
+}
+
+/// A replay from a cursor sends the endpoint's deliveries of the later events
+/// again, each with the id it already had (receivers dedupe), in cursor order, and
+/// the official libraries verify them.
+#[actix_web::test]
+async fn replay_resends_deliveries_after_a_cursor_with_their_ids() {
+    let app = app_allowing_private(|_| {}).await;
+    let receiver = start_receiver(vec![]).await;
+    let owner = app.register_user().await;
+    let (webhook, secret) = create_webhook(&app, &owner, &receiver.url, &["READY", "FAILED"], false).await;
+    let webhook_id = webhook["id"].as_str().unwrap();
+    let video = insert_video(&app, &owner, Visibility::Private, VideoStatus::Processing).await;
+    let first = transition_on(&app, video.id, VideoStatus::Ready, EventKind::Ready, None).await;
+    transition_on(&app, video.id, VideoStatus::Failed, EventKind::Failed, None).await;
+    transition_on(&app, video.id, VideoStatus::Processing, EventKind::Uploaded, None).await; // not subscribed
+    let last = transition_on(&app, video.id, VideoStatus::Ready, EventKind::Ready, None).await;
+    let original = receiver.wait_for(&app, 3).await;
+    let ok = pump_until(&app, || async {
+        deliveries(&app, &owner, webhook_id).await.iter().all(|d| d["status"] == "SUCCEEDED")
+    })
+    .await;
+    assert!(ok);
+
+    let answer = replay_ok(&app, &owner, webhook_id, &first.cursor.unwrap().to_string()).await;
+    assert_eq!(
+        answer,
+        json!({ "created": 0, "requeued": 2, "pending": 0, "endCursor": last.cursor.unwrap().to_string(), "hasMore": false })
+    );
+    let hits = receiver.wait_for(&app, 5).await;
+    pump_for(&app, Duration::from_millis(300)).await;
+    assert_eq!(receiver.hits().len(), 5, "each replayed delivery sent once");
+    let replayed = &hits[3..];
+    let cursor_of = |hit: &Hit| -> i64 {
+        let body: Value = serde_json::from_slice(&hit.body).unwrap();
+        body["data"]["cursor"].as_str().unwrap().parse().unwrap()
+    };
+    let mut replayed_cursors: Vec<i64> = replayed.iter().map(cursor_of).collect();
+    replayed_cursors.sort_unstable();
+    assert!(replayed_cursors.iter().all(|c| *c > first.cursor.unwrap()), "only events after the cursor");
+    for hit in replayed {
+        let earlier = original.iter().find(|h| cursor_of(h) == cursor_of(hit)).unwrap();
+        assert_eq!(hit.id, earlier.id, "a replay keeps the delivery's webhook-id");
+        assert_eq!(hit.body, earlier.body, "and its payload");
+        assert_signed(hit, &secret);
+    }
+    let ids: std::collections::HashSet<_> = hits.iter().map(|h| h.id.clone()).collect();
+    assert_eq!(ids.len(), 3, "no id beyond one per (endpoint, event)");
+    assert_eq!(deliveries(&app, &owner, webhook_id).await.len(), 3, "no new delivery rows");
+    verify_with_official_libraries(&hits, &secret);
+
+    // Nothing after the newest event: nothing to do.
+    let answer = replay_ok(&app, &owner, webhook_id, &last.cursor.unwrap().to_string()).await;
+    assert_eq!(answer, json!({ "created": 0, "requeued": 0, "pending": 0, "endCursor": null, "hasMore": false }));
+}
+
+/// Events the endpoint never got a delivery of (it was created later, or was
+/// disabled) get new deliveries, once: a second replay re-sends the same ids.
+/// Fan-in's visibility holds: a personal endpoint never hears of other users' videos.
+#[actix_web::test]
+async fn replay_creates_missing_deliveries_once_and_respects_visibility() {
+    let app = app_allowing_private(|_| {}).await;
+    let owner = app.register_user().await;
+    let stranger = app.register_user().await;
+    let admin = app.create_user_with_role(entities::Role::Admin).await;
+    let owners_video = insert_video(&app, &owner, Visibility::Private, VideoStatus::Processing).await;
+    let strangers_video = insert_video(&app, &stranger, Visibility::Public, VideoStatus::Processing).await;
+    // Before any endpoint exists.
+    let before = transition_on(&app, owners_video.id, VideoStatus::Ready, EventKind::Ready, None).await;
+    transition_on(&app, strangers_video.id, VideoStatus::Ready, EventKind::Ready, None).await;
+    let receiver = start_receiver(vec![]).await;
+    let global_receiver = start_receiver(vec![]).await;
+    let (webhook, secret) = create_webhook(&app, &owner, &receiver.url, &["READY", "FAILED"], false).await;
+    let (global, global_secret) = create_webhook(&app, &admin, &global_receiver.url, &["READY"], true).await;
+    let webhook_id = webhook["id"].as_str().unwrap();
+    let global_id = global["id"].as_str().unwrap();
+    assert!(deliveries(&app, &owner, webhook_id).await.is_empty());
+
+    // One more while the endpoint is disabled.
+    let set_enabled = |enabled: bool| {
+        let (app, owner) = (&app, &owner);
+        async move {
+            let (_, body) = app
+                .graphql_as(
+                    &owner.bearer(),
+                    "mutation($id: ID!, $on: Boolean!) { updateWebhook(id: $id, input: { enabled: $on }) { enabled } }",
+                    json!({ "id": webhook_id, "on": enabled }),
+                )
+                .await;
+            assert_eq!(body["data"]["updateWebhook"]["enabled"], enabled, "{body}");
+        }
+    };
+    set_enabled(false).await;
+    let while_disabled = transition_on(&app, owners_video.id, VideoStatus::Failed, EventKind::Failed, None).await;
+    assert_eq!(error_code(&replay(&app, &owner, webhook_id, "0").await).as_deref(), Some("CONFLICT"));
+    set_enabled(true).await;
+    assert!(deliveries(&app, &owner, webhook_id).await.is_empty());
+
+    let answer = replay_ok(&app, &owner, webhook_id, "0").await;
+    assert_eq!(answer["created"], 2, "{answer}");
+    assert_eq!(answer["requeued"], 0);
+    assert_eq!(answer["endCursor"], while_disabled.cursor.unwrap().to_string());
+    let hits = receiver.wait_for(&app, 2).await;
+    let cursors: Vec<String> = hits
+        .iter()
+        .map(|h| serde_json::from_slice::<Value>(&h.body).unwrap()["data"]["cursor"].as_str().unwrap().to_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut expected = vec![before.cursor.unwrap().to_string(), while_disabled.cursor.unwrap().to_string()];
+    expected.sort();
+    assert_eq!(cursors, expected, "the owner's events only");
+    for hit in &hits {
+        let body: Value = serde_json::from_slice(&hit.body).unwrap();
+        assert_eq!(body["id"], hit.id.as_str(), "body id is the webhook-id");
+        assert_eq!(body["data"]["videoId"], owners_video.id.to_string());
+    }
+    verify_with_official_libraries(&hits, &secret);
+    let ok = pump_until(&app, || async {
+        deliveries(&app, &owner, webhook_id).await.iter().all(|d| d["status"] == "SUCCEEDED")
+    })
+    .await;
+    assert!(ok);
+
+    // Again: the same two deliveries, the same ids; nothing new.
+    let answer = replay_ok(&app, &owner, webhook_id, "0").await;
+    assert_eq!((answer["created"].as_i64(), answer["requeued"].as_i64()), (Some(0), Some(2)), "{answer}");
+    let again = receiver.wait_for(&app, 4).await;
+    let first_ids: std::collections::BTreeSet<_> = again[..2].iter().map(|h| h.id.clone()).collect();
+    let second_ids: std::collections::BTreeSet<_> = again[2..].iter().map(|h| h.id.clone()).collect();
+    assert_eq!(first_ids, second_ids);
+    assert_eq!(deliveries(&app, &owner, webhook_id).await.len(), 2);
+
+    // The global endpoint (admin) hears of every video's READY.
+    let answer = replay_ok(&app, &admin, global_id, "0").await;
+    assert_eq!(answer["created"], 2, "{answer}");
+    let global_hits = global_receiver.wait_for(&app, 2).await;
+    let videos: std::collections::BTreeSet<String> = global_hits
+        .iter()
+        .map(|h| serde_json::from_slice::<Value>(&h.body).unwrap()["data"]["videoId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(videos, [owners_video.id.to_string(), strangers_video.id.to_string()].into_iter().collect());
+    verify_with_official_libraries(&global_hits, &global_secret);
+}
+
+/// Who may replay, and which cursors: typed errors, nothing enqueued.
+#[actix_web::test]
+async fn replay_is_authorized_and_checks_its_cursor() {
+    let app = app_allowing_private(|_| {}).await;
+    let owner = app.register_user().await;
+    let stranger = app.register_user().await;
+    let admin = app.create_user_with_role(entities::Role::Admin).await;
+    let viewer = app.create_user_with_role(entities::Role::Viewer).await;
+    let (webhook, _) = create_webhook(&app, &owner, "http://127.0.0.1:9/hook", &["READY"], false).await;
+    let (global, _) = create_webhook(&app, &admin, "http://127.0.0.1:9/hook", &["READY"], true).await;
+    let webhook_id = webhook["id"].as_str().unwrap();
+    let video = insert_video(&app, &owner, Visibility::Public, VideoStatus::Processing).await;
+    for _ in 0..3 {
+        transition_on(&app, video.id, VideoStatus::Ready, EventKind::Ready, None).await;
+    }
+    let code = |body: Value| error_code(&body);
+
+    let unknown = uuid::Uuid::now_v7().to_string();
+    assert_eq!(code(replay(&app, &owner, &unknown, "0").await).as_deref(), Some("NOT_FOUND"));
+    assert_eq!(code(replay(&app, &owner, "not-an-id", "0").await).as_deref(), Some("NOT_FOUND"));
+    // Not yours: indistinguishable from unknown.
+    assert_eq!(code(replay(&app, &stranger, webhook_id, "0").await).as_deref(), Some("NOT_FOUND"));
+    assert_eq!(code(replay(&app, &owner, global["id"].as_str().unwrap(), "0").await).as_deref(), Some("NOT_FOUND"));
+    assert_eq!(code(replay(&app, &viewer, webhook_id, "0").await).as_deref(), Some("FORBIDDEN"));
+    let (_, body) = app.graphql(REPLAY, json!({ "id": webhook_id, "after": "0" })).await;
+    assert_eq!(code(body).as_deref(), Some("UNAUTHENTICATED"));
+    for bad in ["abc", "-1", "1.5", "", "99999999999999999999"] {
+        assert_eq!(code(replay(&app, &owner, webhook_id, bad).await).as_deref(), Some("BAD_USER_INPUT"), "{bad:?}");
+    }
+    let newest = reelhouse::events::newest_cursor(&app.state.db).await.unwrap().unwrap();
+    assert_eq!(
+        code(replay(&app, &owner, webhook_id, &(newest + 1).to_string()).await).as_deref(),
+        Some("BAD_USER_INPUT"),
+        "a cursor from the future"
+    );
+    // Nothing of that was enqueued: the three fan-in deliveries are all there is.
+    let log = deliveries(&app, &owner, webhook_id).await;
+    assert_eq!(log.len(), 3);
+    assert!(log.iter().all(|d| d["attemptCount"] == 0), "{log:?}");
+
+    // Admins may replay any endpoint.
+    let answer = replay_ok(&app, &admin, webhook_id, "0").await;
+    assert_eq!(answer["pending"], 3, "pending deliveries are left alone: {answer}");
+    assert_eq!((answer["created"].as_i64(), answer["requeued"].as_i64()), (Some(0), Some(0)));
+
+    // Past the retention: the events after the cursor are gone.
+    reelhouse::events::prune(&app.state.db, chrono::Utc::now() + chrono::Duration::seconds(1)).await.unwrap();
+    assert_eq!(code(replay(&app, &owner, webhook_id, "0").await).as_deref(), Some("CURSOR_EXPIRED"));
+    let answer = replay_ok(&app, &owner, webhook_id, &(newest - 1).to_string()).await;
+    assert_eq!(answer["endCursor"], newest.to_string(), "{answer}");
+    // Without `after`: whatever is kept, knowingly.
+    let (_, body) = app
+        .graphql_as(
+            &owner.bearer(),
+            "mutation($id: ID!) { replayWebhooks(endpointId: $id) { pending endCursor hasMore } }",
+            json!({ "id": webhook_id }),
+        )
+        .await;
+    assert_eq!(
+        body["data"]["replayWebhooks"],
+        json!({ "pending": 1, "endCursor": newest.to_string(), "hasMore": false }),
+        "{body}"
+    );
+}
+
+/// One call enqueues at most `webhooks.replay_max_events`; `endCursor` and `hasMore`
+/// page through the rest, each event once.
+#[actix_web::test]
+async fn replay_is_bounded_and_pages_with_end_cursor() {
+    let app = app_allowing_private(|s| s.webhooks.replay_max_events = 2).await;
+    let receiver = start_receiver(vec![]).await;
+    let owner = app.register_user().await;
+    let video = insert_video(&app, &owner, Visibility::Public, VideoStatus::Processing).await;
+    for name in ["1080p", "720p", "480p", "360p", "240p"] {
+        transition_on(&app, video.id, VideoStatus::Processing, EventKind::RenditionReady, Some(name)).await;
+    }
+    let (webhook, _) = create_webhook(&app, &owner, &receiver.url, &["RENDITION_READY"], false).await;
+    let webhook_id = webhook["id"].as_str().unwrap();
+    let mut after = "0".to_string();
+    let mut pages = Vec::new();
+    loop {
+        let answer = replay_ok(&app, &owner, webhook_id, &after).await;
+        pages.push(answer["created"].as_i64().unwrap());
+        if answer["hasMore"] == false {
+            break;
+        }
+        after = answer["endCursor"].as_str().unwrap().to_string();
+        assert!(pages.len() < 10, "no end");
+    }
+    assert_eq!(pages, [2, 2, 1]);
+    let hits = receiver.wait_for(&app, 5).await;
+    pump_for(&app, Duration::from_millis(300)).await;
+    assert_eq!(receiver.hits().len(), 5);
+    let ids: std::collections::HashSet<_> = hits.iter().map(|h| h.id.clone()).collect();
+    assert_eq!(ids.len(), 5);
+}
+
+/// Replays are charged per delivery (`webhook_replay`), on top of one `webhook`
+/// token per call; a call never enqueues more than the bucket holds.
+#[actix_web::test]
+async fn replay_is_rate_limited_per_delivery() {
+    let app = app_allowing_private(|s| {
+        s.rate_limit.policies.insert(
+            reelhouse::limits::Policy::WebhookReplay,
+            reelhouse::config::rate_limit::PolicySettings::new(1, 3600, 3, true),
+        );
+    })
+    .await;
+    let owner = app.register_user().await;
+    let other = app.register_user().await;
+    let video = insert_video(&app, &owner, Visibility::Public, VideoStatus::Processing).await;
+    for _ in 0..5 {
+        transition_on(&app, video.id, VideoStatus::Ready, EventKind::Ready, None).await;
+    }
+    let (webhook, _) = create_webhook(&app, &owner, "http://127.0.0.1:9/hook", &["READY"], false).await;
+    let webhook_id = webhook["id"].as_str().unwrap();
+    let answer = replay_ok(&app, &owner, webhook_id, "0").await;
+    assert_eq!(answer["created"], 3, "capped at the bucket's burst: {answer}");
+    assert_eq!(answer["hasMore"], true);
+    let body = replay(&app, &owner, webhook_id, answer["endCursor"].as_str().unwrap()).await;
+    assert_eq!(error_code(&body).as_deref(), Some("RATE_LIMITED"), "{body}");
+    assert_eq!(deliveries(&app, &owner, webhook_id).await.len(), 3, "nothing enqueued when refused");
+    // Per user: another user's replay still goes through.
+    let video = insert_video(&app, &other, Visibility::Public, VideoStatus::Processing).await;
+    transition_on(&app, video.id, VideoStatus::Ready, EventKind::Ready, None).await;
+    let (webhook, _) = create_webhook(&app, &other, "http://127.0.0.1:9/hook", &["READY"], false).await;
+    let answer = replay_ok(&app, &other, webhook["id"].as_str().unwrap(), "0").await;
+    assert_eq!(answer["created"], 1, "{answer}");
 }
