@@ -24,6 +24,7 @@ mod m20261206_000001_add_output_bytes_and_processing_usage;
 mod m20261206_000002_add_upload_staging_swept_at;
 mod m20261206_000003_widen_webhook_secrets;
 mod m20261206_000004_create_audit_events;
+mod m20261206_000005_add_video_output_version;
 
 pub struct Migrator;
 
@@ -47,6 +48,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000002_add_upload_staging_swept_at::Migration),
             Box::new(m20261206_000003_widen_webhook_secrets::Migration),
             Box::new(m20261206_000004_create_audit_events::Migration),
+            Box::new(m20261206_000005_add_video_output_version::Migration),
         ]
     }
 }
