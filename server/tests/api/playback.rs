@@ -307,8 +307,9 @@ async fn with_a_cdn_base_url_public_files_redirect_to_the_cdn_and_private_ones_s
     // Public: the CDN URL of the very object (the deployment's key prefix included).
     assert_eq!(res.status(), 302);
     let location = res.headers()["location"].to_str().unwrap().to_string();
+    let key = h.outputs(&video).download("video.mp4");
     let path = mp4_url.split(&format!("/media/{}/", video.id)).nth(1).unwrap();
-    let key = format!("{}{path}", reelhouse::storage::layout::video_prefix(video.owner_id, video.id));
+    assert_eq!(Some(path.to_string()), reelhouse::storage::layout::media_path(video.owner_id, video.id, &key));
     let prefix = &h.app.state.settings.storage.s3.key_prefix;
     assert_eq!(location, format!("https://cdn.example.test/vod/{prefix}{key}"));
     assert!(h.app.state.store.head(&key).await.unwrap().size > 0, "the CDN URL names a stored object");
