@@ -388,7 +388,7 @@ fn http_date(value: &str) -> Option<DateTime<Utc>> {
     Some(DateTime::<Utc>::from(std::time::SystemTime::from(date)))
 }
 
-fn header_str<'a>(req: &'a HttpRequest, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(req: &HttpRequest, name: header::HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
