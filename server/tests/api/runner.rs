@@ -522,6 +522,50 @@ async fn runner_re_transcode_writes_a_new_version_and_retires_the_old_one_after_
     assert_eq!(h.video(video.id).await.status, VideoStatus::Ready);
 }
 
+/// A first transcode publishes its lowest rung early under its own version; a
+/// later attempt that replaces that rung, or a failure that drops it, retires the
+/// version nothing names any more.
+#[actix_web::test]
+async fn runner_early_rungs_of_abandoned_first_attempts_are_retired() {
+    let h = harness(|_| {}).await;
+    let video = h.video_from(landscape_clip()).await;
+    let version_of = |row: &rendition::Model| layout::version_prefix(h.owner, video.id, &row.playlist_key).unwrap();
+
+    // Attempt A runs to the end but is never applied (its lease was lost).
+    let a = h.transcode_job(&video, serde_json::Value::Null).await;
+    assert!(h.run(&a).await.0.is_ok());
+    let rows = h.renditions(video.id).await;
+    assert_eq!(rows.len(), 1, "the early rung is published");
+    let a_prefix = version_of(&rows[0]);
+    assert!(h.exists(&rows[0].playlist_key).await);
+    assert_eq!(h.video(video.id).await.output_version, None, "nothing applied yet");
+
+    // Attempt B publishes its own early rung: A's version is retired (after the grace).
+    let b = h.transcode_job(&video, serde_json::Value::Null).await;
+    assert!(h.run(&b).await.0.is_ok());
+    let rows = h.renditions(video.id).await;
+    let b_prefix = version_of(&rows[0]);
+    assert_ne!(a_prefix, b_prefix);
+    let retired = h.delete_jobs().await;
+    assert_eq!(retired.len(), 1, "{retired:?}");
+    assert_eq!(retired[0].payload, serde_json::json!({ "prefixes": [a_prefix] }));
+
+    // B fails for good: the video is FAILED, its rung row goes, and its version is
+    // removed at once (nothing of a failed first transcode plays).
+    let failed_at = Utc::now();
+    h.apply_failure(&b, "processing failed").await;
+    assert_eq!(h.video(video.id).await.status, VideoStatus::Failed);
+    assert!(h.renditions(video.id).await.is_empty());
+    let retired = h.delete_jobs().await;
+    assert_eq!(retired.len(), 2, "{retired:?}");
+    assert_eq!(retired[1].payload, serde_json::json!({ "prefixes": [b_prefix] }));
+    assert!(retired[1].run_after <= failed_at + chrono::Duration::seconds(60), "due at once");
+    assert!(matches!(h.run(&retired[1]).await.0, Ok(JobOutput::ObjectsDeleted { count }) if count > 0));
+    assert!(matches!(h.run(&retired[0]).await.0, Ok(JobOutput::ObjectsDeleted { count }) if count > 0));
+    assert_eq!(h.leftover_outputs(video.id).await, 0, "both attempts' objects are gone");
+    assert!(h.exists(video.source_key.as_deref().unwrap()).await, "the source stays");
+}
+
 #[actix_web::test]
 async fn runner_portrait_source_gives_a_portrait_rung_and_webm_download() {
     let h = harness(|_| {}).await;
