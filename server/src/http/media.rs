@@ -253,7 +253,12 @@ async fn serve_inner(
     if state.settings.media.redirect_to_storage && state.store.backend() == "s3" {
         if let (Some(cdn), false) = (&state.settings.media.cdn_base_url, private) {
             let location = format!("{}/{}{key}", cdn.trim_end_matches('/'), state.settings.storage.s3.key_prefix);
-            let cache = format!("{}, max-age=300", audience.cache_scope());
+            // Shared caches keep the redirect no longer than a public file (see
+            // `SHARED_MAX_AGE`); the CDN's own copy of the object is the CDN's business.
+            let cache = match audience {
+                Audience::Public => format!("public, max-age=300, s-maxage={SHARED_MAX_AGE}"),
+                _ => "private, max-age=300".to_string(),
+            };
             return Ok(HttpResponse::Found()
                 .insert_header((header::LOCATION, location))
                 .insert_header((header::CACHE_CONTROL, cache))

@@ -312,6 +312,7 @@ async fn with_a_cdn_base_url_public_files_redirect_to_the_cdn_and_private_ones_s
     assert_eq!(Some(path.to_string()), reelhouse::storage::layout::media_path(video.owner_id, video.id, &key));
     let prefix = &h.app.state.settings.storage.s3.key_prefix;
     assert_eq!(location, format!("https://cdn.example.test/vod/{prefix}{key}"));
+    assert_eq!(res.headers()["cache-control"], "public, max-age=300, s-maxage=60");
     assert!(h.app.state.store.head(&key).await.unwrap().size > 0, "the CDN URL names a stored object");
 
     // Private: a CDN cannot check reelhouse's signatures, so a presigned storage URL.
