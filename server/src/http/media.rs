@@ -23,8 +23,10 @@
 //! whole object is sent (200), as §14.2 allows. `If-Range` (an entity tag, compared
 //! strongly, or a date equal to `Last-Modified`) keeps the range only while the
 //! object is unchanged, else 200 with the whole object. `If-None-Match` (weak
-//! comparison, `*`) and, when it is absent, `If-Modified-Since` answer 304. Files
-//! carry `ETag` and `Last-Modified`; playlists (rewritten per request) an `ETag`.
+//! comparison, `*`) and, when it is absent, `If-Modified-Since` answer 304; a
+//! failing `If-Match` (strong) or, without it, `If-Unmodified-Since` 412 — evaluated
+//! in §13.2.2's order, before the range. Files carry `ETag` and `Last-Modified`;
+//! playlists (rewritten per request) an `ETag`.
 //!
 //! Caching by who may see the video ([`cache_control`]): PUBLIC videos are `public`
 //! (a year and `immutable` under a version, with `s-maxage` of a minute so shared
@@ -397,6 +399,22 @@ fn header_str(req: &HttpRequest, name: header::HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
+/// RFC 9110 §13.2.2 steps 1 and 2: does `If-Match` (strong comparison, `*`) or,
+/// when it is absent, `If-Unmodified-Since` fail? Then the answer is 412.
+fn precondition_fails(req: &HttpRequest, meta: &ObjectMeta) -> bool {
+    if let Some(header) = header_str(req, header::IF_MATCH) {
+        let etag = meta.etag.as_deref().map(|e| e.trim_matches('"'));
+        return !header.split(',').map(str::trim).any(|candidate| {
+            candidate == "*"
+                || (etag.is_some() && candidate.strip_prefix('"').and_then(|c| c.strip_suffix('"')) == etag)
+        });
+    }
+    match (header_str(req, header::IF_UNMODIFIED_SINCE).and_then(http_date), meta.last_modified) {
+        (Some(since), Some(modified)) => modified.timestamp() > since.timestamp(),
+        _ => false,
+    }
+}
+
 /// RFC 9110 §13.2.2 steps 3 and 4 for GET and HEAD: `If-None-Match` when present,
 /// else `If-Modified-Since` (the object is unchanged when it was last modified no
 /// later than the given date, to the second; an invalid date is ignored).
@@ -484,12 +502,23 @@ async fn file_inner(
     path: &str,
     cache: &str,
 ) -> Result<HttpResponse, StoreError> {
-    let conditional = [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE, header::IF_RANGE]
-        .iter()
-        .any(|name| req.headers().contains_key(name));
+    let conditional = [
+        header::IF_MATCH,
+        header::IF_UNMODIFIED_SINCE,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_RANGE,
+    ]
+    .iter()
+    .any(|name| req.headers().contains_key(name));
     // The conditions are decided on the object's metadata before any byte is read.
     let meta = if conditional || req.method() == Method::HEAD { Some(state.store.head(key).await?) } else { None };
     if let Some(meta) = &meta {
+        if precondition_fails(req, meta) {
+            let mut response = base_response(StatusCode::PRECONDITION_FAILED, &content_type_for(path, None), cache);
+            validators(&mut response, meta);
+            return Ok(response.finish());
+        }
         if not_modified(req, meta) {
             let mut response = base_response(StatusCode::NOT_MODIFIED, &content_type_for(path, None), cache);
             validators(&mut response, meta);
@@ -649,6 +678,20 @@ mod tests {
         assert!(!not_modified(&request(&[("If-Modified-Since", "yesterday")]), &m), "invalid dates are ignored");
         let both = [("If-None-Match", "\"other\""), ("If-Modified-Since", "Sun, 06 Dec 2026 10:00:00 GMT")];
         assert!(!not_modified(&request(&both), &m), "If-None-Match wins");
+    }
+
+    #[test]
+    fn if_match_and_if_unmodified_since_guard_the_request() {
+        let m = meta("abc", "2026-12-06T10:00:00.300Z");
+        assert!(!precondition_fails(&request(&[]), &m));
+        assert!(!precondition_fails(&request(&[("If-Match", "\"x\", \"abc\"")]), &m));
+        assert!(!precondition_fails(&request(&[("If-Match", "*")]), &m));
+        assert!(precondition_fails(&request(&[("If-Match", "W/\"abc\"")]), &m), "strong comparison");
+        assert!(precondition_fails(&request(&[("If-Match", "\"x\"")]), &m));
+        assert!(!precondition_fails(&request(&[("If-Unmodified-Since", "Sun, 06 Dec 2026 10:00:00 GMT")]), &m));
+        assert!(precondition_fails(&request(&[("If-Unmodified-Since", "Sun, 06 Dec 2026 09:59:59 GMT")]), &m));
+        let both = [("If-Match", "\"abc\""), ("If-Unmodified-Since", "Sun, 06 Dec 2026 09:00:00 GMT")];
+        assert!(!precondition_fails(&request(&both), &m), "If-Match wins");
     }
 
     #[test]

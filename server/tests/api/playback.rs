@@ -179,6 +179,15 @@ async fn a_public_video_plays_with_ranges_conditional_gets_and_caching() {
         .unwrap();
     assert_eq!(both.status(), 200, "If-Modified-Since is ignored when If-None-Match is present");
 
+    // If-Match / If-Unmodified-Since: 412 when they fail, checked before the range.
+    let guarded = client.get(mp4_url).header("If-Match", &etag).header("Range", "bytes=0-0").send().await.unwrap();
+    assert_eq!(guarded.status(), 206);
+    let failed = client.get(mp4_url).header("If-Match", "\"something-else\"").send().await.unwrap();
+    assert_eq!(failed.status(), 412);
+    let stale =
+        client.get(mp4_url).header("If-Unmodified-Since", "Thu, 01 Jan 2015 00:00:00 GMT").send().await.unwrap();
+    assert_eq!(stale.status(), 412);
+
     // HEAD: the validators and the size, no body.
     let head = client.head(mp4_url).send().await.unwrap();
     assert_eq!(head.status(), 200);
