@@ -65,6 +65,10 @@ pub struct Model {
     /// Bytes of the current transcode's outputs in storage (renditions, download,
     /// poster, thumbnails, storyboard); counted against the owner's quota.
     pub output_bytes: i64,
+    /// The transcode run whose outputs are current: they live under
+    /// `users/{owner}/videos/{id}/out/{output_version}/` and playback URLs name it.
+    /// `None`: outputs (if any) in the unversioned layout of earlier releases.
+    pub output_version: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

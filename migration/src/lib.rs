@@ -25,6 +25,7 @@ mod m20261206_000002_add_upload_staging_swept_at;
 mod m20261206_000003_widen_webhook_secrets;
 mod m20261206_000004_create_audit_events;
 mod m20261206_000005_add_trace_parent;
+mod m20261206_000006_add_video_output_version;
 
 pub struct Migrator;
 
@@ -49,6 +50,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000003_widen_webhook_secrets::Migration),
             Box::new(m20261206_000004_create_audit_events::Migration),
             Box::new(m20261206_000005_add_trace_parent::Migration),
+            Box::new(m20261206_000006_add_video_output_version::Migration),
         ]
     }
 }

@@ -211,6 +211,7 @@ async fn exercise_schema(db: &DatabaseConnection) {
         deleted_at: None,
         event_seq: 0,
         output_bytes: 123_456_789,
+        output_version: Some("v0123456789".to_owned()),
     };
     assert_eq!(clip.clone().into_active_model().reset_all().insert(db).await.unwrap(), clip);
     assert_eq!(Video::find_by_id(clip.id).one(db).await.unwrap(), Some(clip.clone()));
@@ -617,5 +618,5 @@ fn migrations_are_uniquely_named_and_in_order() {
     sorted.sort();
     sorted.dedup();
     assert_eq!(names, sorted);
-    assert_eq!(names.len(), 17);
+    assert_eq!(names.len(), 18);
 }

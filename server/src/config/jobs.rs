@@ -23,6 +23,10 @@ pub struct JobSettings {
     /// Seconds of media processing one user may use per UTC day; their further jobs
     /// wait (QUEUED, `Job.waitingFor: PROCESSING_BUDGET`) until the next day. 0: no budget.
     pub processing_budget_secs_per_day: u64,
+    /// Seconds a transcode's outputs stay in storage after a newer transcode of the
+    /// same video replaced them (players that loaded the old playlists can finish);
+    /// then a DELETE_OBJECTS job removes them. 0: at once.
+    pub retired_outputs_grace_secs: u64,
 }
 
 impl Default for JobSettings {
@@ -37,6 +41,7 @@ impl Default for JobSettings {
             poll_interval_ms: 500,
             log_max_lines: 200,
             processing_budget_secs_per_day: 0,
+            retired_outputs_grace_secs: 6 * 3600,
         }
     }
 }

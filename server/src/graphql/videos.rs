@@ -126,7 +126,7 @@ impl Video {
         Ok(rows
             .into_iter()
             .map(|row| {
-                let url = media::media_url(state, &self.0, &format!("hls/{}/index.m3u8", row.name));
+                let url = media::rendition_url(state, &self.0, &row);
                 Rendition { playlist_url: Some(url), ..Rendition::from(row) }
             })
             .collect())

@@ -9,23 +9,46 @@
 //! and playlists are rewritten so each segment URL carries it too. Missing, tampered
 //! or expired signatures get 403 with a JSON reason.
 //!
-//! Delivery: `Range` (single range; 206 with `Content-Range`, 416 when unsatisfiable;
-//! a multi-range request is answered with the whole object, as RFC 9110 allows),
-//! `ETag`/`If-None-Match` (304), `Last-Modified`, immutable caching for segments
-//! (named afresh by every transcode run), an hour for other files (rewritten in
-//! place by a re-transcode), short caching for playlists. Bytes are streamed from storage. With S3 and
-//! `media.redirect_to_storage`, files (not playlists) answer 302 to a presigned URL,
-//! or, with `media.cdn_base_url`, files of videos that need no signature to the CDN.
+//! Versions: every transcode run writes its outputs under its own version
+//! (`/media/{video}/{version}/hls/master.m3u8` → `.../out/{version}/hls/master.m3u8`,
+//! see [`layout::Outputs`]), and the API hands out URLs of the current version, so a
+//! player never mixes two runs' playlists and segments and everything under a
+//! version is immutable. Unversioned paths (`/media/{video}/hls/master.m3u8`) of a
+//! video with a version answer 302 to the current version; of a video transcoded
+//! before versions existed, they serve its unversioned objects as before.
+//!
+//! Delivery (RFC 9110): `Range` with one `bytes` range (unit case-insensitive) → 206
+//! with `Content-Range`, or 416 with `Content-Range: bytes */{size}` when it cannot be
+//! satisfied; several ranges, other units and malformed headers are ignored and the
+//! whole object is sent (200), as §14.2 allows. `If-Range` (an entity tag, compared
+//! strongly, or a date equal to `Last-Modified`) keeps the range only while the
+//! object is unchanged, else 200 with the whole object. `If-None-Match` (weak
+//! comparison, `*`) and, when it is absent, `If-Modified-Since` answer 304; a
+//! failing `If-Match` (strong) or, without it, `If-Unmodified-Since` 412 — evaluated
+//! in §13.2.2's order, before the range. Files carry `ETag` and `Last-Modified`;
+//! playlists (rewritten per request) an `ETag`.
+//!
+//! Caching by who may see the video ([`cache_control`]): PUBLIC videos are `public`
+//! (a year and `immutable` under a version, with `s-maxage` of a minute so shared
+//! caches revalidate — and get 403 — soon after the video stops being public);
+//! UNLISTED ones are `private` (no shared cache keeps them); PRIVATE or hidden ones
+//! are `private` with a `max-age` never past the signature's expiry.
+//!
+//! Bytes are streamed from storage. With S3 and `media.redirect_to_storage`, files
+//! (not playlists) answer 302 to a presigned URL, or, with `media.cdn_base_url`,
+//! files of videos that need no signature to the CDN.
 
 use std::time::Duration;
+
+use std::str::FromStr;
 
 use actix_web::body::SizedStream;
 use actix_web::http::header;
 use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
-use chrono::Utc;
-use entities::{video, Visibility};
+use chrono::{DateTime, Utc};
+use entities::{rendition, video, Visibility};
 use hmac::{Hmac, Mac};
 use sea_orm::EntityTrait;
 use sha2::Sha256;
@@ -33,7 +56,7 @@ use uuid::Uuid;
 
 use crate::error::AppError;
 use crate::startup::AppState;
-use crate::storage::{layout, validate_key, ByteRange, StoreError};
+use crate::storage::{layout, validate_key, ByteRange, ObjectMeta, StoreError};
 
 /// Largest playlist read into memory for rewriting.
 pub const MAX_PLAYLIST_BYTES: usize = 1024 * 1024;
@@ -62,10 +85,27 @@ pub fn signed_query(state: &AppState, video: Uuid, expires: i64) -> String {
     format!("exp={expires}&sig={}", signature(&state.keys.url_signing, video, expires))
 }
 
-/// The URL of one of `video`'s files (`path` relative to the video, e.g.
-/// `hls/master.m3u8`), signed when the video needs it. Hand it only to callers who
-/// may read the video.
+/// The URL of one of `video`'s current files (`path` relative to the outputs, e.g.
+/// `hls/master.m3u8`; the current output version is put in front), signed when the
+/// video needs it. Hand it only to callers who may read the video.
 pub fn media_url(state: &AppState, video: &video::Model, path: &str) -> String {
+    match &video.output_version {
+        Some(version) => url_of(state, video, &format!("{version}/{path}")),
+        None => url_of(state, video, path),
+    }
+}
+
+/// The URL of a rendition's media playlist: the version its row names (an early
+/// rung of a first transcode is ahead of the video's version), signed when needed.
+pub fn rendition_url(state: &AppState, video: &video::Model, row: &rendition::Model) -> String {
+    match layout::media_path(video.owner_id, video.id, &row.playlist_key) {
+        Some(path) => url_of(state, video, &path),
+        None => media_url(state, video, &format!("hls/{}/index.m3u8", row.name)),
+    }
+}
+
+/// `path` relative to `/media/{video}/` (version included, if any).
+fn url_of(state: &AppState, video: &video::Model, path: &str) -> String {
     let base = format!("{}/media/{}/{path}", state.public_url, video.id);
     if needs_signature(video) {
         let ttl = i64::try_from(state.settings.media.signed_url_ttl_secs).unwrap_or(i64::MAX / 2);
@@ -164,13 +204,12 @@ async fn serve_inner(
 ) -> Result<HttpResponse, AppError> {
     let not_found = || AppError::not_found("media");
     let video_id = Uuid::parse_str(video_id).map_err(|_| not_found())?;
+    let (version, path) = split_version(path);
     if !allowed_path(path) {
         return Err(not_found());
     }
     let video = video::Entity::find_by_id(video_id).one(&state.db).await.map_err(AppError::internal)?;
     let video = video.filter(|v| v.deleted_at.is_none()).ok_or_else(not_found)?;
-    let key = format!("{}{path}", layout::video_prefix(video.owner_id, video.id));
-    validate_key(&key).map_err(|_| not_found())?;
 
     let signed = parse_signed(req.query_string())?;
     if let Some(signed) = &signed {
@@ -178,19 +217,53 @@ async fn serve_inner(
     } else if needs_signature(&video) {
         return Err(AppError::forbidden("this video needs a signed URL"));
     }
-    let private = needs_signature(&video);
+    let audience = match (&signed, needs_signature(&video), video.visibility) {
+        (Some(signed), true, _) => Audience::Signed { expires: signed.expires },
+        (_, _, Visibility::Public) => Audience::Public,
+        _ => Audience::Unlisted,
+    };
+    let kind = match version {
+        Some(_) => Kind::Versioned,
+        None => kind_of(path),
+    };
+    let outputs = match (version, &video.output_version) {
+        (Some(version), _) => layout::Outputs::new(video.owner_id, video.id, Some(version)),
+        // An unversioned URL (handed out before this video's current run, or made by
+        // hand) of a video with versions: on to the current one, so whatever the
+        // player fetches next resolves inside that version.
+        (None, Some(current)) => {
+            let mut location = format!("{}/media/{}/{current}/{path}", state.public_url, video.id);
+            if !req.query_string().is_empty() {
+                location = format!("{location}?{}", req.query_string());
+            }
+            return Ok(HttpResponse::Found()
+                .insert_header((header::LOCATION, location))
+                .insert_header((header::CACHE_CONTROL, audience.cache_scope().to_string() + ", no-cache"))
+                .finish());
+        }
+        (None, None) => layout::Outputs::new(video.owner_id, video.id, None),
+    };
+    let key = outputs.key(path);
+    validate_key(&key).map_err(|_| not_found())?;
     metrics::counter!("reelhouse_media_requests_total", "kind" => if is_playlist(path) { "playlist" } else { "file" })
         .increment(1);
 
     if is_playlist(path) {
-        return playlist(req, state, &video, &key, path, signed.as_ref()).await;
+        return playlist(req, state, &key, path, signed.as_ref(), cache_control(audience, kind, Utc::now())).await;
     }
+    let private = needs_signature(&video);
     if state.settings.media.redirect_to_storage && state.store.backend() == "s3" {
         if let (Some(cdn), false) = (&state.settings.media.cdn_base_url, private) {
             let location = format!("{}/{}{key}", cdn.trim_end_matches('/'), state.settings.storage.s3.key_prefix);
+            // Shared caches keep the redirect no longer than a public file (see
+            // `SHARED_MAX_AGE`); the CDN's own copy of the object is the CDN's business.
+            let cache = match audience {
+                Audience::Public => format!("public, max-age=300, s-maxage={SHARED_MAX_AGE}"),
+                _ => "private, max-age=300".to_string(),
+            };
             return Ok(HttpResponse::Found()
                 .insert_header((header::LOCATION, location))
-                .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
+                .insert_header((header::CACHE_CONTROL, cache))
                 .finish());
         }
         let ttl = Duration::from_secs(state.settings.media.signed_url_ttl_secs.clamp(60, 7 * 24 * 3600));
@@ -200,7 +273,15 @@ async fn serve_inner(
             .insert_header((header::CACHE_CONTROL, "private, no-store"))
             .finish());
     }
-    file(req, state, &key, path, private).await
+    Ok(file(req, state, &key, path, cache_control(audience, kind, Utc::now())).await)
+}
+
+/// `v…/hls/master.m3u8` → (`Some("v…")`, `hls/master.m3u8`); unversioned paths as is.
+fn split_version(path: &str) -> (Option<&str>, &str) {
+    match path.split_once('/') {
+        Some((first, rest)) if layout::is_output_version(first) => (Some(first), rest),
+        _ => (None, path),
+    }
 }
 
 fn store_error(err: StoreError) -> AppError {
@@ -211,12 +292,16 @@ fn store_error(err: StoreError) -> AppError {
 }
 
 /// What a `/media` path names, for caching.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
-    /// Names change with every rendition run, so the bytes behind one never do.
+    /// Anything under an output version: written once, never changed.
+    Versioned,
+    /// An unversioned segment: named afresh by every run of earlier releases, so the
+    /// bytes behind one name never change either.
     Segment,
-    /// Rewritten by a re-transcode under the same name (MP4, poster, storyboard).
+    /// Unversioned and rewritten in place by a re-transcode (MP4, poster, storyboard).
     File,
+    /// An unversioned playlist.
     Playlist,
 }
 
@@ -230,14 +315,62 @@ fn kind_of(path: &str) -> Kind {
     }
 }
 
-fn cache_control(private: bool, kind: Kind) -> &'static str {
-    match (private, kind) {
-        (false, Kind::Segment) => "public, max-age=31536000, immutable",
-        // Revalidated (ETag) after an hour, so a re-transcode shows within one.
-        (false, Kind::File) => "public, max-age=3600",
-        (true, Kind::Segment | Kind::File) => "private, max-age=3600",
-        (false, Kind::Playlist) => "public, max-age=2",
-        (true, Kind::Playlist) => "private, no-cache",
+/// Who may fetch a video's media, which decides who may cache it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Audience {
+    /// PUBLIC and not hidden: anyone, so shared caches may keep it (briefly: see
+    /// [`SHARED_MAX_AGE`]).
+    Public,
+    /// UNLISTED: anyone with the URL, but never a shared cache, so the day the video
+    /// turns private no cache in between keeps serving it.
+    Unlisted,
+    /// PRIVATE or hidden: whoever holds a signature valid until `expires` (unix).
+    Signed { expires: i64 },
+}
+
+impl Audience {
+    fn cache_scope(self) -> &'static str {
+        match self {
+            Audience::Public => "public",
+            Audience::Unlisted | Audience::Signed { .. } => "private",
+        }
+    }
+}
+
+/// Seconds a shared cache (CDN, proxy) may serve a public video's file before asking
+/// again: a video made private or unlisted stops being served by shared caches
+/// within this, since the revalidation gets 403 (browsers keep their copy).
+pub const SHARED_MAX_AGE: u64 = 60;
+const YEAR: u64 = 365 * 24 * 3600;
+/// Unversioned files are rewritten in place by a re-transcode: revalidated (ETag)
+/// after an hour, so a new run shows within one.
+const FILE_MAX_AGE: u64 = 3600;
+const PLAYLIST_MAX_AGE: u64 = 2;
+
+/// `Cache-Control` for `kind` as seen by `audience` at `now`.
+fn cache_control(audience: Audience, kind: Kind, now: DateTime<Utc>) -> String {
+    let (lifetime, immutable) = match kind {
+        Kind::Versioned | Kind::Segment => (YEAR, ", immutable"),
+        Kind::File => (FILE_MAX_AGE, ""),
+        Kind::Playlist => (PLAYLIST_MAX_AGE, ""),
+    };
+    match audience {
+        Audience::Public if lifetime > SHARED_MAX_AGE => {
+            format!("public, max-age={lifetime}, s-maxage={SHARED_MAX_AGE}{immutable}")
+        }
+        Audience::Public => format!("public, max-age={lifetime}"),
+        Audience::Unlisted => format!("private, max-age={lifetime}{immutable}"),
+        // An unversioned playlist of a private video names its segments with this
+        // request's signature: asked again each time.
+        Audience::Signed { .. } if kind == Kind::Playlist => "private, no-cache".to_string(),
+        Audience::Signed { expires } => {
+            let left = u64::try_from(expires.saturating_sub(now.timestamp())).unwrap_or(0).min(lifetime);
+            if left == 0 {
+                "private, no-store".to_string()
+            } else {
+                format!("private, max-age={left}{immutable}")
+            }
+        }
     }
 }
 
@@ -246,7 +379,7 @@ fn quoted(etag: &str) -> String {
 }
 
 /// Does `If-None-Match` match this entity tag (weak comparison, `*` included)?
-fn not_modified(req: &HttpRequest, etag: Option<&str>) -> bool {
+fn none_match_hits(req: &HttpRequest, etag: Option<&str>) -> bool {
     let (Some(header), Some(etag)) = (req.headers().get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()), etag)
     else {
         return false;
@@ -254,6 +387,79 @@ fn not_modified(req: &HttpRequest, etag: Option<&str>) -> bool {
     header.split(',').map(str::trim).any(|candidate| {
         candidate == "*" || candidate.trim_start_matches("W/").trim_matches('"') == etag.trim_matches('"')
     })
+}
+
+/// An HTTP date (IMF-fixdate, or the obsolete RFC 850 and asctime forms).
+fn http_date(value: &str) -> Option<DateTime<Utc>> {
+    let date = header::HttpDate::from_str(value.trim()).ok()?;
+    Some(DateTime::<Utc>::from(std::time::SystemTime::from(date)))
+}
+
+fn header_str(req: &HttpRequest, name: header::HeaderName) -> Option<&str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// RFC 9110 §13.2.2 steps 1 and 2: does `If-Match` (strong comparison, `*`) or,
+/// when it is absent, `If-Unmodified-Since` fail? Then the answer is 412.
+fn precondition_fails(req: &HttpRequest, meta: &ObjectMeta) -> bool {
+    if let Some(header) = header_str(req, header::IF_MATCH) {
+        let etag = meta.etag.as_deref().map(|e| e.trim_matches('"'));
+        return !header.split(',').map(str::trim).any(|candidate| {
+            candidate == "*"
+                || (etag.is_some() && candidate.strip_prefix('"').and_then(|c| c.strip_suffix('"')) == etag)
+        });
+    }
+    match (header_str(req, header::IF_UNMODIFIED_SINCE).and_then(http_date), meta.last_modified) {
+        (Some(since), Some(modified)) => modified.timestamp() > since.timestamp(),
+        _ => false,
+    }
+}
+
+/// RFC 9110 §13.2.2 steps 3 and 4 for GET and HEAD: `If-None-Match` when present,
+/// else `If-Modified-Since` (the object is unchanged when it was last modified no
+/// later than the given date, to the second; an invalid date is ignored).
+fn not_modified(req: &HttpRequest, meta: &ObjectMeta) -> bool {
+    if req.headers().contains_key(header::IF_NONE_MATCH) {
+        return none_match_hits(req, meta.etag.as_deref());
+    }
+    match (header_str(req, header::IF_MODIFIED_SINCE).and_then(http_date), meta.last_modified) {
+        (Some(since), Some(modified)) => modified.timestamp() <= since.timestamp(),
+        _ => false,
+    }
+}
+
+/// RFC 9110 §13.1.5: may the `Range` be honoured? Without `If-Range`, yes. With an
+/// entity tag, only if it matches the object's strongly (weak tags never do); with a
+/// date, only if it is exactly the object's `Last-Modified`. Else the whole object.
+fn if_range_holds(req: &HttpRequest, meta: &ObjectMeta) -> bool {
+    let Some(value) = header_str(req, header::IF_RANGE).map(str::trim) else {
+        return req.headers().get(header::IF_RANGE).is_none();
+    };
+    if value.starts_with('"') || value.starts_with("W/") {
+        return match (&meta.etag, value.strip_prefix('"').and_then(|v| v.strip_suffix('"'))) {
+            (Some(etag), Some(tag)) => tag == etag.trim_matches('"'),
+            _ => false,
+        };
+    }
+    match (http_date(value), meta.last_modified) {
+        (Some(date), Some(modified)) => date.timestamp() == modified.timestamp(),
+        _ => false,
+    }
+}
+
+/// The single byte range asked for, if any and if it may be honoured. Several ranges,
+/// other units and malformed headers are ignored (RFC 9110 §14.2: a server may ignore
+/// `Range`), and so the whole object is sent.
+fn requested_range(req: &HttpRequest, meta: Option<&ObjectMeta>) -> Option<ByteRange> {
+    let range = ByteRange::parse_header(header_str(req, header::RANGE)?)?;
+    match meta {
+        Some(meta) if !if_range_holds(req, meta) => None,
+        _ => Some(range),
+    }
+}
+
+fn last_modified_value(modified: DateTime<Utc>) -> String {
+    modified.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
 }
 
 fn base_response(status: StatusCode, content_type: &str, cache: &str) -> actix_web::HttpResponseBuilder {
@@ -266,75 +472,87 @@ fn base_response(status: StatusCode, content_type: &str, cache: &str) -> actix_w
     response
 }
 
-async fn file(
+async fn file(req: &HttpRequest, state: &AppState, key: &str, path: &str, cache: String) -> HttpResponse {
+    match file_inner(req, state, key, path, &cache).await {
+        Ok(response) => response,
+        Err(StoreError::RangeNotSatisfiable { size }) => crate::error::range_not_satisfiable(size),
+        Err(err) => {
+            let err = store_error(err);
+            err.log();
+            err.to_http_response()
+        }
+    }
+}
+
+/// Headers every answer about the object carries: validators and `Accept-Ranges`.
+fn validators(response: &mut actix_web::HttpResponseBuilder, meta: &ObjectMeta) {
+    response.insert_header((header::ACCEPT_RANGES, "bytes"));
+    if let Some(etag) = &meta.etag {
+        response.insert_header((header::ETAG, quoted(etag)));
+    }
+    if let Some(modified) = meta.last_modified {
+        response.insert_header((header::LAST_MODIFIED, last_modified_value(modified)));
+    }
+}
+
+async fn file_inner(
     req: &HttpRequest,
     state: &AppState,
     key: &str,
     path: &str,
-    private: bool,
-) -> Result<HttpResponse, AppError> {
-    let cache = cache_control(private, kind_of(path));
-    if req.headers().contains_key(header::IF_NONE_MATCH) || req.method() == Method::HEAD {
-        let meta = state.store.head(key).await.map_err(store_error)?;
-        if not_modified(req, meta.etag.as_deref()) {
+    cache: &str,
+) -> Result<HttpResponse, StoreError> {
+    let conditional = [
+        header::IF_MATCH,
+        header::IF_UNMODIFIED_SINCE,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_RANGE,
+    ]
+    .iter()
+    .any(|name| req.headers().contains_key(name));
+    // The conditions are decided on the object's metadata before any byte is read.
+    let meta = if conditional || req.method() == Method::HEAD { Some(state.store.head(key).await?) } else { None };
+    if let Some(meta) = &meta {
+        if precondition_fails(req, meta) {
+            let mut response = base_response(StatusCode::PRECONDITION_FAILED, &content_type_for(path, None), cache);
+            validators(&mut response, meta);
+            return Ok(response.finish());
+        }
+        if not_modified(req, meta) {
             let mut response = base_response(StatusCode::NOT_MODIFIED, &content_type_for(path, None), cache);
-            if let Some(etag) = &meta.etag {
-                response.insert_header((header::ETAG, quoted(etag)));
-            }
+            validators(&mut response, meta);
             return Ok(response.finish());
         }
         if req.method() == Method::HEAD {
             let mut response =
                 base_response(StatusCode::OK, &content_type_for(path, meta.content_type.as_deref()), cache);
-            response.insert_header((header::ACCEPT_RANGES, "bytes"));
-            if let Some(etag) = &meta.etag {
-                response.insert_header((header::ETAG, quoted(etag)));
-            }
+            validators(&mut response, meta);
             return Ok(
                 response.body(SizedStream::new(meta.size, futures::stream::empty::<Result<Bytes, std::io::Error>>()))
             );
         }
     }
-    let range_header = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok());
-    // One range only; several are answered with the whole object.
-    let range = range_header.filter(|h| !h.contains(',')).map(|h| ByteRange::parse_header(h).ok_or(()));
-    let range = match range {
-        Some(Ok(range)) => Some(range),
-        // A malformed Range header is ignored (RFC 9110), not an error.
-        Some(Err(())) | None => None,
-    };
-    match state.store.get(key, range).await {
-        Ok(result) => {
-            let len = result.body_len();
-            let status = if result.range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
-            let mut response =
-                base_response(status, &content_type_for(path, result.meta.content_type.as_deref()), cache);
-            response.insert_header((header::ACCEPT_RANGES, "bytes"));
-            if let Some((first, last)) = result.range {
-                response.insert_header((header::CONTENT_RANGE, format!("bytes {first}-{last}/{}", result.meta.size)));
-            }
-            if let Some(etag) = &result.meta.etag {
-                response.insert_header((header::ETAG, quoted(etag)));
-            }
-            if let Some(modified) = result.meta.last_modified {
-                response
-                    .insert_header((header::LAST_MODIFIED, modified.format("%a, %d %b %Y %H:%M:%S GMT").to_string()));
-            }
-            Ok(response.body(SizedStream::new(len, result.body)))
-        }
-        Err(StoreError::RangeNotSatisfiable { size }) => Ok(crate::error::range_not_satisfiable(size)),
-        Err(err) => Err(store_error(err)),
+    let range = requested_range(req, meta.as_ref());
+    let result = state.store.get(key, range).await?;
+    let len = result.body_len();
+    let status = if result.range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+    let mut response = base_response(status, &content_type_for(path, result.meta.content_type.as_deref()), cache);
+    validators(&mut response, &result.meta);
+    if let Some((first, last)) = result.range {
+        response.insert_header((header::CONTENT_RANGE, format!("bytes {first}-{last}/{}", result.meta.size)));
     }
+    Ok(response.body(SizedStream::new(len, result.body)))
 }
 
 /// Serve a playlist, with every URI carrying the request's signature when it has one.
 async fn playlist(
     req: &HttpRequest,
     state: &AppState,
-    video: &video::Model,
     key: &str,
     path: &str,
     signed: Option<&Signed>,
+    cache: String,
 ) -> Result<HttpResponse, AppError> {
     let result = state.store.get(key, None).await.map_err(store_error)?;
     let body = result
@@ -350,13 +568,12 @@ async fn playlist(
         use sha2::Digest;
         Sha256::digest(text.as_bytes())
     });
-    let cache = cache_control(needs_signature(video), Kind::Playlist);
-    if not_modified(req, Some(&etag)) {
-        return Ok(base_response(StatusCode::NOT_MODIFIED, "application/vnd.apple.mpegurl", cache)
+    if none_match_hits(req, Some(&etag)) {
+        return Ok(base_response(StatusCode::NOT_MODIFIED, "application/vnd.apple.mpegurl", &cache)
             .insert_header((header::ETAG, quoted(&etag)))
             .finish());
     }
-    let mut response = base_response(StatusCode::OK, "application/vnd.apple.mpegurl", cache);
+    let mut response = base_response(StatusCode::OK, "application/vnd.apple.mpegurl", &cache);
     response.insert_header((header::ETAG, quoted(&etag)));
     if req.method() == Method::HEAD {
         return Ok(response
@@ -429,8 +646,85 @@ mod tests {
         let req = actix_web::test::TestRequest::default()
             .insert_header((header::IF_NONE_MATCH, "W/\"abc\", \"def\""))
             .to_http_request();
-        assert!(not_modified(&req, Some("abc")));
-        assert!(not_modified(&req, Some("def")));
-        assert!(!not_modified(&req, Some("xyz")));
+        assert!(none_match_hits(&req, Some("abc")));
+        assert!(none_match_hits(&req, Some("def")));
+        assert!(!none_match_hits(&req, Some("xyz")));
+    }
+
+    fn meta(etag: &str, modified: &str) -> ObjectMeta {
+        ObjectMeta {
+            key: "k".into(),
+            size: 10,
+            content_type: None,
+            etag: Some(etag.into()),
+            last_modified: Some(DateTime::parse_from_rfc3339(modified).unwrap().with_timezone(&Utc)),
+        }
+    }
+
+    fn request(headers: &[(&str, &str)]) -> HttpRequest {
+        let mut req = actix_web::test::TestRequest::default();
+        for (name, value) in headers {
+            req = req.insert_header((*name, *value));
+        }
+        req.to_http_request()
+    }
+
+    #[test]
+    fn if_modified_since_applies_only_without_if_none_match() {
+        let m = meta("abc", "2026-12-06T10:00:00.700Z");
+        assert!(not_modified(&request(&[("If-Modified-Since", "Sun, 06 Dec 2026 10:00:00 GMT")]), &m));
+        assert!(not_modified(&request(&[("If-Modified-Since", "Sunday, 06-Dec-26 11:00:00 GMT")]), &m));
+        assert!(!not_modified(&request(&[("If-Modified-Since", "Sun, 06 Dec 2026 09:59:59 GMT")]), &m));
+        assert!(!not_modified(&request(&[("If-Modified-Since", "yesterday")]), &m), "invalid dates are ignored");
+        let both = [("If-None-Match", "\"other\""), ("If-Modified-Since", "Sun, 06 Dec 2026 10:00:00 GMT")];
+        assert!(!not_modified(&request(&both), &m), "If-None-Match wins");
+    }
+
+    #[test]
+    fn if_match_and_if_unmodified_since_guard_the_request() {
+        let m = meta("abc", "2026-12-06T10:00:00.300Z");
+        assert!(!precondition_fails(&request(&[]), &m));
+        assert!(!precondition_fails(&request(&[("If-Match", "\"x\", \"abc\"")]), &m));
+        assert!(!precondition_fails(&request(&[("If-Match", "*")]), &m));
+        assert!(precondition_fails(&request(&[("If-Match", "W/\"abc\"")]), &m), "strong comparison");
+        assert!(precondition_fails(&request(&[("If-Match", "\"x\"")]), &m));
+        assert!(!precondition_fails(&request(&[("If-Unmodified-Since", "Sun, 06 Dec 2026 10:00:00 GMT")]), &m));
+        assert!(precondition_fails(&request(&[("If-Unmodified-Since", "Sun, 06 Dec 2026 09:59:59 GMT")]), &m));
+        let both = [("If-Match", "\"abc\""), ("If-Unmodified-Since", "Sun, 06 Dec 2026 09:00:00 GMT")];
+        assert!(!precondition_fails(&request(&both), &m), "If-Match wins");
+    }
+
+    #[test]
+    fn if_range_needs_a_strong_match_or_the_exact_date() {
+        let m = meta("abc", "2026-12-06T10:00:00Z");
+        assert!(if_range_holds(&request(&[]), &m));
+        assert!(if_range_holds(&request(&[("If-Range", "\"abc\"")]), &m));
+        assert!(!if_range_holds(&request(&[("If-Range", "W/\"abc\"")]), &m), "weak tags never match");
+        assert!(!if_range_holds(&request(&[("If-Range", "\"abd\"")]), &m));
+        assert!(if_range_holds(&request(&[("If-Range", "Sun, 06 Dec 2026 10:00:00 GMT")]), &m));
+        assert!(!if_range_holds(&request(&[("If-Range", "Sun, 06 Dec 2026 10:00:01 GMT")]), &m));
+        assert!(!if_range_holds(&request(&[("If-Range", "garbage")]), &m));
+    }
+
+    #[test]
+    fn cache_control_follows_the_audience() {
+        let now = Utc::now();
+        let public = cache_control(Audience::Public, Kind::Versioned, now);
+        assert_eq!(public, "public, max-age=31536000, s-maxage=60, immutable");
+        assert_eq!(cache_control(Audience::Public, Kind::Playlist, now), "public, max-age=2");
+        assert_eq!(cache_control(Audience::Unlisted, Kind::Versioned, now), "private, max-age=31536000, immutable");
+        assert_eq!(cache_control(Audience::Unlisted, Kind::File, now), "private, max-age=3600");
+        let signed = Audience::Signed { expires: now.timestamp() + 600 };
+        assert_eq!(cache_control(signed, Kind::Versioned, now), "private, max-age=600, immutable");
+        assert_eq!(cache_control(signed, Kind::Playlist, now), "private, no-cache");
+        let expired = Audience::Signed { expires: now.timestamp() - 1 };
+        assert_eq!(cache_control(expired, Kind::File, now), "private, no-store");
+    }
+
+    #[test]
+    fn versions_lead_the_path() {
+        assert_eq!(split_version("v0123456789/hls/master.m3u8"), (Some("v0123456789"), "hls/master.m3u8"));
+        assert_eq!(split_version("hls/master.m3u8"), (None, "hls/master.m3u8"));
+        assert_eq!(split_version("V1/hls/x.ts"), (None, "V1/hls/x.ts"));
     }
 }

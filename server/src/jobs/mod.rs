@@ -30,6 +30,15 @@ pub struct NewJob {
 /// Insert a QUEUED job. Call inside the caller's transaction so the job exists
 /// exactly when the change that needs it commits.
 pub async fn enqueue<C: ConnectionTrait>(conn: &C, new: NewJob) -> Result<job::Model, DbErr> {
+    enqueue_at(conn, new, Utc::now()).await
+}
+
+/// [`enqueue`] a job that is not leased before `run_after`.
+pub async fn enqueue_at<C: ConnectionTrait>(
+    conn: &C,
+    new: NewJob,
+    run_after: chrono::DateTime<Utc>,
+) -> Result<job::Model, DbErr> {
     let now = Utc::now();
     job::ActiveModel {
         id: Set(Uuid::now_v7()),
@@ -41,7 +50,7 @@ pub async fn enqueue<C: ConnectionTrait>(conn: &C, new: NewJob) -> Result<job::M
         payload: Set(new.payload),
         attempts: Set(0),
         max_attempts: Set(new.max_attempts.max(1)),
-        run_after: Set(now),
+        run_after: Set(run_after.max(now)),
         lease_owner: Set(None),
         lease_token: Set(None),
         lease_expires_at: Set(None),

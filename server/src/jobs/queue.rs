@@ -275,9 +275,9 @@ async fn transition(
     append_log_in(&txn, job_id, change.log.0, change.log.1, settings.log_max_lines).await?;
     let events: Vec<DomainEvent> = match apply {
         Apply::Nothing => Vec::new(),
-        Apply::Success(output) => runner::apply_success(&txn, &job, output).await?,
-        Apply::Failure(reason) => runner::apply_failure(&txn, &job, &reason).await?,
-        Apply::Cancelled => runner::apply_cancelled(&txn, &job).await?,
+        Apply::Success(output) => runner::apply_success(&txn, &job, output, settings).await?,
+        Apply::Failure(reason) => runner::apply_failure(&txn, &job, &reason, settings).await?,
+        Apply::Cancelled => runner::apply_cancelled(&txn, &job, settings).await?,
     };
     txn.commit().await?;
     publisher.publish_all(events);

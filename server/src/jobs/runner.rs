@@ -21,12 +21,13 @@ use sea_orm::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::config::jobs::JobSettings;
 use crate::config::Settings;
 use crate::events::{self, DomainEvent, EventDetail, EventKind, ProgressInfo, Publisher};
 use crate::media::CancelFlag;
-use crate::storage::ObjectStore;
+use crate::storage::{layout, ObjectStore};
 
-use super::transcode::{lock_video, upsert_rendition, NewRendition};
+use super::transcode::{lock_video, retire_outputs, upsert_rendition, NewRendition};
 pub use super::transcode::{DownloadOutput, ProbeSummary, RenditionOutput, StoryboardOutput, TranscodeOutput};
 
 /// What a job may reach.
@@ -116,13 +117,15 @@ pub async fn run(
     result
 }
 
-/// Apply a success (renditions, video READY, READY event) inside `txn`; the
+/// Apply a success (renditions, video READY on the new output version, READY
+/// event) inside `txn`, and schedule the removal of the outputs it replaced; the
 /// caller publishes the returned events after commit.
 #[tracing::instrument(skip_all, fields(job_id = %job.id, kind = ?job.kind), err(Display))]
 pub async fn apply_success(
     txn: &DatabaseTransaction,
     job: &job::Model,
     output: &JobOutput,
+    settings: &JobSettings,
 ) -> Result<Vec<DomainEvent>, DbErr> {
     let JobOutput::Transcoded(out) = output else {
         return Ok(Vec::new());
@@ -132,6 +135,11 @@ pub async fn apply_success(
     };
     if video.deleted_at.is_some() {
         return Ok(Vec::new());
+    }
+    if let Some(version) = &out.output_version {
+        let new_prefix = layout::Outputs::new(video.owner_id, video.id, Some(version)).prefix().to_string();
+        let replaced = replaced_outputs(txn, &video, &new_prefix).await?;
+        retire_outputs(txn, &video, replaced, settings, false).await?;
     }
     for r in &out.renditions {
         let new = NewRendition {
@@ -166,12 +174,42 @@ pub async fn apply_success(
     row.audio_codec = Set(p.audio_codec.clone());
     row.source_size_bytes = Set(Some(i64::try_from(p.source_size_bytes).unwrap_or(i64::MAX)));
     row.output_bytes = Set(i64::try_from(out.output_bytes).unwrap_or(i64::MAX));
+    if out.output_version.is_some() {
+        row.output_version = Set(out.output_version.clone());
+    }
     row.updated_at = Set(Utc::now());
     let video = row.update(txn).await?;
     let event =
         events::record(txn, &video, EventKind::Ready, EventDetail { job_id: Some(job.id), ..Default::default() })
             .await?;
     Ok(vec![event])
+}
+
+/// The output prefixes a success that wrote under `new_prefix` stops naming: the
+/// video's current outputs (versioned, or the unversioned layout when renditions
+/// still live there) and the versions of early rungs that failed attempts published.
+async fn replaced_outputs(
+    txn: &DatabaseTransaction,
+    video: &entities::video::Model,
+    new_prefix: &str,
+) -> Result<Vec<String>, DbErr> {
+    let rows = rendition::Entity::find().filter(rendition::Column::VideoId.eq(video.id)).all(txn).await?;
+    let mut prefixes = std::collections::BTreeSet::new();
+    if let Some(current) = &video.output_version {
+        prefixes.insert(layout::Outputs::new(video.owner_id, video.id, Some(current)).prefix().to_string());
+    }
+    for row in &rows {
+        match layout::version_prefix(video.owner_id, video.id, &row.playlist_key) {
+            Some(prefix) => {
+                prefixes.insert(prefix);
+            }
+            // Outputs of an earlier release, rewritten in place: the whole unversioned
+            // layout goes (never the source beside it).
+            None => prefixes.extend(layout::Outputs::new(video.owner_id, video.id, None).prefixes()),
+        }
+    }
+    prefixes.remove(new_prefix);
+    Ok(prefixes.into_iter().collect())
 }
 
 /// The job failed for good (FAILED or DEAD): the video is FAILED with `reason`
@@ -181,15 +219,20 @@ pub async fn apply_failure(
     txn: &DatabaseTransaction,
     job: &job::Model,
     reason: &str,
+    settings: &JobSettings,
 ) -> Result<Vec<DomainEvent>, DbErr> {
-    end_unsuccessfully(txn, job, EventKind::Failed, reason).await
+    end_unsuccessfully(txn, job, EventKind::Failed, reason, settings).await
 }
 
 /// The job was cancelled: CANCELLED event; the video is FAILED with
 /// [`CANCELLED_REASON`] unless an earlier transcode made it READY.
 #[tracing::instrument(skip_all, fields(job_id = %job.id, kind = ?job.kind), err(Display))]
-pub async fn apply_cancelled(txn: &DatabaseTransaction, job: &job::Model) -> Result<Vec<DomainEvent>, DbErr> {
-    end_unsuccessfully(txn, job, EventKind::Cancelled, CANCELLED_REASON).await
+pub async fn apply_cancelled(
+    txn: &DatabaseTransaction,
+    job: &job::Model,
+    settings: &JobSettings,
+) -> Result<Vec<DomainEvent>, DbErr> {
+    end_unsuccessfully(txn, job, EventKind::Cancelled, CANCELLED_REASON, settings).await
 }
 
 async fn end_unsuccessfully(
@@ -197,6 +240,7 @@ async fn end_unsuccessfully(
     job: &job::Model,
     kind: EventKind,
     reason: &str,
+    settings: &JobSettings,
 ) -> Result<Vec<DomainEvent>, DbErr> {
     if job.kind != JobKind::Transcode {
         return Ok(Vec::new());
@@ -217,7 +261,13 @@ async fn end_unsuccessfully(
         return Ok(vec![event]);
     }
     // Nothing playable survives a failed first transcode (no master playlist): drop
-    // the rendition rows it may have published early.
+    // the rendition rows it may have published early, and their objects.
+    let rows = rendition::Entity::find().filter(rendition::Column::VideoId.eq(video.id)).all(txn).await?;
+    let mut orphaned: Vec<String> =
+        rows.iter().filter_map(|row| layout::version_prefix(video.owner_id, video.id, &row.playlist_key)).collect();
+    orphaned.sort();
+    orphaned.dedup();
+    retire_outputs(txn, &video, orphaned, settings, true).await?;
     rendition::Entity::delete_many().filter(rendition::Column::VideoId.eq(video.id)).exec(txn).await?;
     let mut row = video.into_active_model();
     row.status = Set(VideoStatus::Failed);

@@ -5,13 +5,20 @@
 //!
 //! Progress over the whole job: probing 0–2 %, encoding 2–80 %, packaging 80–95 %,
 //! uploading 95–100 %; never decreasing.
+//!
+//! Every run (every lease) writes under its own output version,
+//! `users/{user}/videos/{video}/out/{version}/` ([`layout::Outputs`]), and never
+//! touches another run's objects: the video switches to the new version when
+//! `apply_success` commits, and the replaced version is removed by a DELETE_OBJECTS
+//! job after `jobs.retired_outputs_grace_secs`. A run that fails removes its own
+//! version (unless it published its lowest rung early: then the rendition row still
+//! names it, and whoever replaces or drops that row retires it).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 use entities::{job, rendition, video, LogLevel, RenditionStatus};
-use futures::StreamExt;
 use sea_orm::{ActiveModelTrait, ColumnTrait, DbBackend, EntityTrait, IntoActiveModel, QueryFilter, Set};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -48,6 +55,10 @@ pub struct TranscodeOutput {
     /// Bytes of every output stored (counted against the owner's quota).
     #[serde(default)]
     pub output_bytes: u64,
+    /// The output version every key above lives under (`None`: the unversioned
+    /// layout, from a worker of an earlier release).
+    #[serde(default)]
+    pub output_version: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -262,6 +273,51 @@ pub(crate) async fn run_transcode(
         code: "SOURCE_MISSING",
         reason: "the video has no uploaded file".into(),
     })?;
+    let version = output_version(job);
+    let outputs = layout::Outputs::new(video.owner_id, video.id, Some(&version));
+    let mut published_early = false;
+    let result = transcode_into(
+        ctx,
+        job,
+        &video,
+        &source_key,
+        Request { preset, format, version: &version, outputs: &outputs },
+        cancel,
+        reporter.clone(),
+        &mut published_early,
+    )
+    .await;
+    if result.is_err() && !published_early {
+        // Nothing names this run's objects: they go now (best effort; a failure
+        // leaves them behind in storage, never in a playlist).
+        if let Err(err) = ctx.store.delete_prefix(outputs.prefix()).await {
+            tracing::warn!(error = ?err, prefix = outputs.prefix(), "could not remove a failed run's outputs");
+            reporter.log(LogLevel::Warn, "the failed run's outputs could not be removed from storage".into());
+        }
+    }
+    result
+}
+
+/// What to make, and where.
+struct Request<'a> {
+    preset: Preset,
+    format: Format,
+    version: &'a str,
+    outputs: &'a layout::Outputs,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn transcode_into(
+    ctx: &JobContext,
+    job: &job::Model,
+    video: &video::Model,
+    source_key: &str,
+    request: Request<'_>,
+    cancel: CancelFlag,
+    reporter: Arc<StageReporter>,
+    published_early: &mut bool,
+) -> Result<TranscodeOutput, JobError> {
+    let Request { preset, format, version, outputs } = request;
 
     // The scratch directory is shared with the media threads: it goes away when the
     // last of them lets go, whichever way this job ends.
@@ -279,7 +335,7 @@ pub(crate) async fn run_transcode(
     reporter.report("probing", 0.0, None);
     let source = root.join("source");
     let expected = video.source_size_bytes.and_then(|n| u64::try_from(n).ok());
-    let source_size = download_to_file(&ctx.store, &source_key, &source, &cancel, expected).await?;
+    let source_size = download_to_file(&ctx.store, source_key, &source, &cancel, expected).await?;
     check_cancel(&cancel)?;
 
     // Everything that decodes the upload runs in a jailed child process; this process
@@ -324,9 +380,10 @@ pub(crate) async fn run_transcode(
     );
     check_cancel(&cancel)?;
 
-    // The segments the current playlists name, removed once this run's playlists
-    // replaced them (this run's names differ: see `generation`).
-    let previous = previous_segments(ctx, &video).await;
+    // The lowest rung is published early (making the video playable) only by a first
+    // transcode: a video with outputs keeps playing them, whole, until this run's
+    // replace them at once.
+    let first_transcode = is_first_transcode(ctx, video).await?;
 
     // Encoding: the lowest rung is published as soon as its playlist is final, while
     // the child keeps encoding the others; then the download, poster, thumbnails and
@@ -351,17 +408,18 @@ pub(crate) async fn run_transcode(
             }
             Message::StepDone { step: Step::Storyboard } => reporter.report("packaging", PACKAGE_END, None),
             // A failure here is only a warning: the final upload covers the rung again.
-            Message::RenditionReady { ready } => {
+            Message::RenditionReady { ready } if first_transcode => {
                 let name = ready.rung.name.clone();
                 let rung_bytes = ready.playlist.parent().map(tree_bytes).unwrap_or(0);
-                if let Err(err) = check_quota(ctx, &video, rung_bytes).await {
+                if let Err(err) = check_quota(ctx, video, rung_bytes).await {
                     reporter.log(LogLevel::Warn, format!("rendition {name} is not published early: {err}"));
                     continue;
                 }
-                match publish_early_rendition(ctx, job, &video, &info, &root, &ready, &cancel).await {
+                match publish_early_rendition(ctx, job, video, &info, &root, &ready, outputs, &cancel).await {
                     Ok(published) => {
                         if published {
                             reporter.log(LogLevel::Info, format!("rendition {name} is ready"));
+                            *published_early = true;
                         }
                         early = Some(name);
                     }
@@ -383,9 +441,10 @@ pub(crate) async fn run_transcode(
 
     // Quotas count what is stored: everything the child wrote, beside the source.
     let output_bytes = tree_bytes(&root).saturating_sub(source_size);
-    if let Err(err) = check_quota(ctx, &video, output_bytes).await {
+    if let Err(err) = check_quota(ctx, video, output_bytes).await {
         if let Some(name) = &early {
-            unpublish_early_rendition(ctx, &video, name, previous.is_empty(), &reporter).await;
+            unpublish_early_rendition(ctx, video, name, &reporter).await;
+            *published_early = false;
         }
         return Err(err);
     }
@@ -393,12 +452,12 @@ pub(crate) async fn run_transcode(
     // Uploading: segments and files first, then rung playlists, then the master, so no
     // uploaded playlist ever names a missing object.
     reporter.stage("uploading", "outputs to storage".into());
-    let (owner, vid) = (video.owner_id, video.id);
+    let vid = video.id;
     let mut files: Vec<Upload> = Vec::new();
     let mut playlists: Vec<(String, String)> = Vec::new();
     let mut renditions = Vec::with_capacity(hls.rungs.len());
     for rung in &hls.rungs {
-        let playlist_key = layout::hls_playlist(owner, vid, &rung.rung.name);
+        let playlist_key = outputs.hls_playlist(&rung.rung.name);
         renditions.push(RenditionOutput {
             name: rung.rung.name.clone(),
             width: rung.rung.width,
@@ -412,32 +471,28 @@ pub(crate) async fn run_transcode(
         if early.as_deref() == Some(rung.rung.name.as_str()) {
             continue;
         }
-        let (text, segments) = read_playlist(&root, &rung.playlist, &generation(job))?;
+        let (text, segments) = read_playlist(&root, &rung.playlist)?;
         for segment in segments {
-            let key = segment_key(owner, vid, &rung.rung.name, &segment.stored_name);
+            let key = outputs.hls_segment(&rung.rung.name, &segment.stored_name);
             files.push(Upload { content_type: content_type_for(&segment.path), path: segment.path, key });
         }
         playlists.push((playlist_key, text));
     }
     files.push(Upload {
-        key: layout::download(owner, vid, &format!("video.{}", format.extension())),
+        key: outputs.download(&format!("video.{}", format.extension())),
         content_type: content_type_for(&download.path),
         path: download.path.clone(),
     });
-    files.push(Upload { key: layout::poster(owner, vid), content_type: "image/jpeg", path: poster.path.clone() });
+    files.push(Upload { key: outputs.poster(), content_type: "image/jpeg", path: poster.path.clone() });
     let mut thumbnail_keys = Vec::with_capacity(thumbs.len());
     for thumb in &thumbs {
         let name = thumb.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-        let key = format!("{}{name}", layout::thumbs_prefix(owner, vid));
+        let key = format!("{}{name}", outputs.thumbs_prefix());
         thumbnail_keys.push(key.clone());
         files.push(Upload { key, content_type: "image/jpeg", path: thumb.clone() });
     }
-    files.push(Upload {
-        key: layout::storyboard_image(owner, vid),
-        content_type: "image/jpeg",
-        path: board.sprite.clone(),
-    });
-    files.push(Upload { key: layout::storyboard_vtt(owner, vid), content_type: "text/vtt", path: board.vtt.clone() });
+    files.push(Upload { key: outputs.storyboard_image(), content_type: "image/jpeg", path: board.sprite.clone() });
+    files.push(Upload { key: outputs.storyboard_vtt(), content_type: "text/vtt", path: board.vtt.clone() });
 
     for file in &mut files {
         file.path = confine(&root, &file.path)?;
@@ -455,15 +510,13 @@ pub(crate) async fn run_transcode(
         upload_text(&ctx.store, &key, text, "application/vnd.apple.mpegurl").await?;
         step();
     }
-    let master_key = layout::hls_master(owner, vid);
+    let master_key = outputs.hls_master();
     let master = std::fs::read_to_string(confine(&root, &hls.master_playlist)?).map_err(|e| {
         tracing::warn!(error = %e, "the master playlist is missing");
         JobError::Retryable("an output file went missing before upload".into())
     })?;
     upload_text(&ctx.store, &master_key, master, "application/vnd.apple.mpegurl").await?;
     step();
-    remove_stale_rungs(ctx, &video, &renditions, &reporter).await;
-    remove_previous_segments(ctx, previous, &files, &reporter).await;
 
     reporter
         .log(LogLevel::Info, format!("done: {} rendition(s), {} bytes of download", renditions.len(), download.bytes));
@@ -485,7 +538,7 @@ pub(crate) async fn run_transcode(
         },
         master_playlist_key: master_key,
         download: DownloadOutput {
-            key: layout::download(owner, vid, &format!("video.{}", format.extension())),
+            key: outputs.download(&format!("video.{}", format.extension())),
             format: match format {
                 Format::Mp4 => "MP4".into(),
                 Format::WebM => "WEBM".into(),
@@ -495,12 +548,13 @@ pub(crate) async fn run_transcode(
             height: download.height,
             bytes: download.bytes,
         },
-        poster_key: layout::poster(owner, vid),
+        poster_key: outputs.poster(),
         thumbnail_keys,
         output_bytes,
+        output_version: Some(version.to_string()),
         storyboard: StoryboardOutput {
-            image_key: layout::storyboard_image(owner, vid),
-            vtt_key: layout::storyboard_vtt(owner, vid),
+            image_key: outputs.storyboard_image(),
+            vtt_key: outputs.storyboard_vtt(),
             tiles: board.tiles,
             columns: board.columns,
             rows: board.rows,
@@ -510,17 +564,28 @@ pub(crate) async fn run_transcode(
     })
 }
 
-fn segment_key(owner: Uuid, video: Uuid, rung: &str, stored_name: &str) -> String {
-    format!("{}{rung}/{stored_name}", layout::hls_prefix(owner, video))
+/// This run's output version: `/media` serves everything under a version as
+/// immutable (cached for a year), so a run must never write where an earlier run
+/// wrote. Every lease gets a fresh random token (attempt numbers repeat after
+/// `retryJob`), so its tail names the run.
+fn output_version(job: &job::Model) -> String {
+    let token = job.lease_token.unwrap_or(job.id).simple().to_string();
+    format!("v{}", &token[token.len() - 10..])
 }
 
-/// What names this run's segments apart from every earlier run's: `/media` serves
-/// segments as immutable (cached for a year), so a re-transcode must never write a
-/// segment under a name that was served before. Every lease gets a fresh random
-/// token (attempt numbers repeat after `retryJob`), so its tail does that.
-fn generation(job: &job::Model) -> String {
-    let token = job.lease_token.unwrap_or(job.id).simple().to_string();
-    format!("g{}", &token[token.len() - 10..])
+/// Nothing of this video has been published yet but (possibly) an earlier attempt of
+/// this same first transcode's early rung: no current output version, and no
+/// rendition in the unversioned layout of earlier releases.
+async fn is_first_transcode(ctx: &JobContext, video: &video::Model) -> Result<bool, JobError> {
+    if video.output_version.is_some() {
+        return Ok(false);
+    }
+    let rows = rendition::Entity::find()
+        .filter(rendition::Column::VideoId.eq(video.id))
+        .all(&ctx.db)
+        .await
+        .map_err(db_error)?;
+    Ok(rows.iter().all(|row| layout::version_prefix(video.owner_id, video.id, &row.playlist_key).is_some()))
 }
 
 /// A segment as it sits in scratch and the name it is stored under.
@@ -530,8 +595,8 @@ struct Segment {
 }
 
 /// A media playlist rewritten to name its segments relatively (as they sit next to
-/// it in storage) under this run's `generation`, and the segment files it names.
-fn read_playlist(root: &Path, path: &Path, generation: &str) -> Result<(String, Vec<Segment>), JobError> {
+/// it in storage), and the segment files it names.
+fn read_playlist(root: &Path, path: &Path) -> Result<(String, Vec<Segment>), JobError> {
     let path = &confine(root, path)?;
     let text = std::fs::read_to_string(path).map_err(|e| {
         tracing::warn!(error = %e, path = %path.display(), "a playlist is missing");
@@ -544,9 +609,8 @@ fn read_playlist(root: &Path, path: &Path, generation: &str) -> Result<(String, 
         let trimmed = line.trim();
         if !trimmed.is_empty() && !trimmed.starts_with('#') {
             let name = Path::new(trimmed).file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-            let stored_name = format!("{generation}-{name}");
-            out.push_str(&stored_name);
-            segments.push(Segment { path: confine(root, &dir.join(&name))?, stored_name });
+            out.push_str(&name);
+            segments.push(Segment { path: confine(root, &dir.join(&name))?, stored_name: name });
         } else {
             out.push_str(line);
         }
@@ -575,6 +639,7 @@ fn measured_peak(path: &Path) -> Option<u64> {
 
 /// Upload the lowest rung while the others encode, mark its rendition READY and
 /// publish RENDITION_READY. `Ok(false)`: the video went away meanwhile.
+#[allow(clippy::too_many_arguments)]
 async fn publish_early_rendition(
     ctx: &JobContext,
     job: &job::Model,
@@ -582,20 +647,21 @@ async fn publish_early_rendition(
     info: &MediaInfo,
     root: &Path,
     ready: &RenditionReady,
+    outputs: &layout::Outputs,
     cancel: &CancelFlag,
 ) -> Result<bool, JobError> {
     let Rung { name, width, height, video_bitrate_kbps } = &ready.rung;
-    let (text, segments) = read_playlist(root, &ready.playlist, &generation(job))?;
+    let (text, segments) = read_playlist(root, &ready.playlist)?;
     let uploads: Vec<Upload> = segments
         .into_iter()
         .map(|segment| Upload {
-            key: segment_key(video.owner_id, video.id, name, &segment.stored_name),
+            key: outputs.hls_segment(name, &segment.stored_name),
             content_type: content_type_for(&segment.path),
             path: segment.path,
         })
         .collect();
     upload_all(&ctx.store, &uploads, cancel, &mut || {}).await?;
-    let playlist_key = layout::hls_playlist(video.owner_id, video.id, name);
+    let playlist_key = outputs.hls_playlist(name);
     upload_text(&ctx.store, &playlist_key, text, "application/vnd.apple.mpegurl").await?;
 
     let audio_kbps = if info.has_audio { ctx.settings.media.hls_options().audio_bitrate_kbps } else { 0 };
@@ -618,6 +684,18 @@ async fn publish_early_rendition(
     };
     if current.deleted_at.is_some() {
         return Ok(false);
+    }
+    // An earlier attempt's early rung, replaced by this one: nothing names it now.
+    let replaced = rendition::Entity::find()
+        .filter(rendition::Column::VideoId.eq(video.id))
+        .filter(rendition::Column::Name.eq(name.clone()))
+        .one(&txn)
+        .await
+        .map_err(db_error)?
+        .and_then(|row| layout::version_prefix(video.owner_id, video.id, &row.playlist_key))
+        .filter(|prefix| prefix != outputs.prefix());
+    if let Some(prefix) = replaced {
+        retire_outputs(&txn, &current, vec![prefix], &ctx.settings.jobs, false).await.map_err(db_error)?;
     }
     upsert_rendition(&txn, video.id, &rendition).await.map_err(db_error)?;
     let event = events::record(
@@ -673,23 +751,9 @@ async fn check_quota(ctx: &JobContext, video: &video::Model, new_bytes: u64) -> 
     Ok(())
 }
 
-/// Take back a rendition published early by a transcode that then failed its quota:
-/// on a first transcode its objects and row go (nothing else names them); on a
-/// re-transcode the published rung is complete and stays.
-async fn unpublish_early_rendition(
-    ctx: &JobContext,
-    video: &video::Model,
-    name: &str,
-    first_transcode: bool,
-    reporter: &StageReporter,
-) {
-    if !first_transcode {
-        return;
-    }
-    let prefix = format!("{}{name}/", layout::hls_prefix(video.owner_id, video.id));
-    if let Err(err) = ctx.store.delete_prefix(&prefix).await {
-        tracing::warn!(error = ?err, prefix, "could not remove an early rendition");
-    }
+/// Take back a rendition published early by a (first) transcode that then failed
+/// its quota: its row goes, and the run's objects with the run's other outputs.
+async fn unpublish_early_rendition(ctx: &JobContext, video: &video::Model, name: &str, reporter: &StageReporter) {
     let deleted = rendition::Entity::delete_many()
         .filter(rendition::Column::VideoId.eq(video.id))
         .filter(rendition::Column::Name.eq(name))
@@ -773,68 +837,37 @@ pub(crate) async fn upsert_rendition<C: sea_orm::ConnectionTrait>(
     Ok(())
 }
 
-/// Keys of the segments named by the video's current rung playlists (none on a first
-/// run). Best effort: what cannot be read is only left behind in storage.
-async fn previous_segments(ctx: &JobContext, video: &video::Model) -> Vec<String> {
-    let rows = rendition::Entity::find().filter(rendition::Column::VideoId.eq(video.id)).all(&ctx.db).await;
-    let mut keys = Vec::new();
-    for row in rows.unwrap_or_default() {
-        let Ok(got) = ctx.store.get(&row.playlist_key, None).await else { continue };
-        let Ok(bytes) = got.collect_bytes(crate::http::media::MAX_PLAYLIST_BYTES).await else { continue };
-        let dir = row.playlist_key.rsplit_once('/').map_or("", |(dir, _)| dir);
-        for line in String::from_utf8_lossy(&bytes).lines().map(str::trim) {
-            if !line.is_empty() && !line.starts_with('#') && !line.contains('/') {
-                keys.push(format!("{dir}/{line}"));
-            }
-        }
-    }
-    keys
-}
-
-/// Remove the previous run's segments that this run did not write again. Players
-/// that loaded the old playlists before the switch lose them; the alternative is
-/// keeping every run's segments forever.
-async fn remove_previous_segments(
-    ctx: &JobContext,
-    previous: Vec<String>,
-    written: &[Upload],
-    reporter: &StageReporter,
-) {
-    let written: std::collections::HashSet<&str> = written.iter().map(|u| u.key.as_str()).collect();
-    let stale: Vec<String> = previous.into_iter().filter(|key| !written.contains(key.as_str())).collect();
-    let failed = futures::stream::iter(stale.iter())
-        .map(|key| async move { ctx.store.delete(key).await.is_err() })
-        .buffer_unordered(8)
-        .filter(|failed| futures::future::ready(*failed))
-        .count()
-        .await;
-    if failed > 0 {
-        reporter.log(LogLevel::Warn, format!("{failed} segment(s) of the previous run could not be removed"));
-    }
-}
-
-/// A re-transcode whose ladder lost rungs: remove the old rungs' objects (the new
-/// master no longer names them). Only a warning when it fails.
-async fn remove_stale_rungs(
-    ctx: &JobContext,
+/// Schedule the removal of output `prefixes` nothing names any more: a DELETE_OBJECTS
+/// job, run after `jobs.retired_outputs_grace_secs` (so players that loaded the old
+/// playlists can finish) unless `now`. Enqueued in the caller's transaction, with no
+/// video (it must not count as the video's running job).
+pub(crate) async fn retire_outputs<C: sea_orm::ConnectionTrait>(
+    conn: &C,
     video: &video::Model,
-    renditions: &[RenditionOutput],
-    reporter: &StageReporter,
-) {
-    let rows = match rendition::Entity::find().filter(rendition::Column::VideoId.eq(video.id)).all(&ctx.db).await {
-        Ok(rows) => rows,
-        Err(err) => {
-            tracing::warn!(error = %err, "could not list old renditions");
-            return;
-        }
-    };
-    for row in rows.iter().filter(|r| !renditions.iter().any(|n| n.name == r.name)) {
-        let prefix = format!("{}{}/", layout::hls_prefix(video.owner_id, video.id), row.name);
-        if let Err(err) = ctx.store.delete_prefix(&prefix).await {
-            tracing::warn!(error = ?err, prefix, "could not remove a stale rendition");
-            reporter.log(LogLevel::Warn, format!("old rendition {} could not be removed from storage", row.name));
-        }
+    prefixes: Vec<String>,
+    settings: &crate::config::jobs::JobSettings,
+    now: bool,
+) -> Result<(), sea_orm::DbErr> {
+    if prefixes.is_empty() {
+        return Ok(());
     }
+    let grace = if now { 0 } else { settings.retired_outputs_grace_secs };
+    let run_after = Utc::now() + chrono::Duration::seconds(i64::try_from(grace).unwrap_or(i64::MAX / 4_000));
+    tracing::info!(video_id = %video.id, ?prefixes, %run_after, "retiring replaced outputs");
+    super::enqueue_at(
+        conn,
+        super::NewJob {
+            kind: entities::JobKind::DeleteObjects,
+            video_id: None,
+            owner_id: Some(video.owner_id),
+            priority: super::DEFAULT_PRIORITY,
+            payload: serde_json::json!({ "prefixes": prefixes }),
+            max_attempts: settings.max_attempts,
+        },
+        run_after,
+    )
+    .await
+    .map(|_| ())
 }
 
 #[cfg(test)]
@@ -885,17 +918,14 @@ mod tests {
             format!("#EXTM3U\n#EXTINF:1.000,\n{}\n#EXTINF:0.5,\nsegment00001.ts\n#EXT-X-ENDLIST\n", absolute.display()),
         )
         .unwrap();
-        assert!(read_playlist(dir.path(), &playlist, "g1234abcd1").is_err(), "a segment is missing");
+        assert!(read_playlist(dir.path(), &playlist).is_err(), "a segment is missing");
         std::fs::write(dir.path().join("segment00001.ts"), vec![0u8; 1000]).unwrap();
-        let (text, segments) = read_playlist(dir.path(), &playlist, "g1234abcd1").unwrap();
+        let (text, segments) = read_playlist(dir.path(), &playlist).unwrap();
         let paths: Vec<PathBuf> = segments.iter().map(|s| s.path.clone()).collect();
         let real = dir.path().canonicalize().unwrap();
         assert_eq!(paths, vec![real.join("segment00000.ts"), real.join("segment00001.ts")]);
-        assert_eq!(segments[1].stored_name, "g1234abcd1-segment00001.ts");
-        assert!(
-            text.contains("\ng1234abcd1-segment00000.ts\n") && !text.contains(&dir.path().display().to_string()),
-            "{text}"
-        );
+        assert_eq!(segments[1].stored_name, "segment00001.ts");
+        assert!(text.contains("\nsegment00000.ts\n") && !text.contains(&dir.path().display().to_string()), "{text}");
         assert!(text.ends_with("#EXT-X-ENDLIST\n"));
         assert_eq!(measured_peak(&playlist), Some(16_000));
         std::fs::remove_file(dir.path().join("segment00001.ts")).unwrap();

@@ -259,6 +259,7 @@ pub async fn create_video<C: ConnectionTrait>(conn: &C, new: NewVideo) -> Result
         deleted_at: Set(None),
         event_seq: Set(0),
         output_bytes: Set(0),
+        output_version: Set(None),
     }
     .insert(conn)
     .await

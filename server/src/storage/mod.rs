@@ -141,11 +141,16 @@ impl ByteRange {
         matches!(self, ByteRange::FromTo(first, last) if first > last) || self == ByteRange::Suffix(0)
     }
 
-    /// Parse a `Range` header holding a single `bytes=` range. `None` for anything
-    /// else (other units, several ranges, bad syntax): per RFC 9110 a server may then
-    /// ignore the header and send the whole object.
+    /// Parse a `Range` header holding a single `bytes=` range (the unit is
+    /// case-insensitive, RFC 9110 §14.1). `None` for anything else (other units,
+    /// several ranges, bad syntax): per RFC 9110 a server may then ignore the header
+    /// and send the whole object.
     pub fn parse_header(value: &str) -> Option<ByteRange> {
-        let spec = value.trim().strip_prefix("bytes=")?.trim();
+        let (unit, spec) = value.trim().split_once('=')?;
+        if !unit.trim().eq_ignore_ascii_case("bytes") {
+            return None;
+        }
+        let spec = spec.trim();
         if spec.contains(',') {
             return None;
         }
@@ -395,6 +400,9 @@ mod tests {
         }
         assert_eq!(ByteRange::parse_header("bytes=0-1,3-4"), None);
         assert_eq!(ByteRange::parse_header("items=0-1"), None);
+        assert_eq!(ByteRange::parse_header("Bytes=0-1"), Some(ByteRange::FromTo(0, 1)));
+        assert_eq!(ByteRange::parse_header("BYTES=-5"), Some(ByteRange::Suffix(5)));
+        assert_eq!(ByteRange::parse_header("bytesx=0-1"), None);
         assert_eq!(ByteRange::parse_header("bytes=-"), None);
         assert_eq!(ByteRange::parse_header("bytes=a-1"), None);
     }

@@ -41,8 +41,8 @@ async fn outputs_count_against_the_quota_and_a_transcode_over_it_fails_typed_lea
     }
     assert!(h.scratch_is_empty());
     // Nothing of the refused transcode stays in storage or in the catalogue.
-    assert!(!h.exists(&layout::hls_master(h.owner, video.id)).await);
-    assert!(!h.exists(&layout::poster(h.owner, video.id)).await);
+    assert_eq!(h.leftover_outputs(video.id).await, 0, "the refused run's version is removed");
+    assert!(!h.exists(&layout::Outputs::new(h.owner, video.id, None).poster()).await);
     assert!(h.renditions(video.id).await.is_empty());
     let used = repo_videos::storage_used_bytes(&h.app.state.db, h.owner).await.unwrap();
     assert_eq!(used, source_len as i64, "only the source is counted");

@@ -16,7 +16,8 @@ use reelhouse::events::{self, ProgressInfo};
 use reelhouse::jobs::runner::{self, JobContext, JobError, JobOutput, JobReporter, TranscodeOutput};
 use reelhouse::jobs::{enqueue, NewJob};
 use reelhouse::media::cancel_flag;
-use reelhouse::storage::{layout, StoreError};
+use reelhouse::storage::layout::{self, Outputs};
+use reelhouse::storage::StoreError;
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set, TransactionTrait};
 use uuid::Uuid;
 
@@ -170,14 +171,14 @@ impl Harness {
 
     pub(crate) async fn apply_success(&self, job: &job::Model, output: &JobOutput) -> Vec<events::DomainEvent> {
         let txn = self.app.state.db.begin().await.unwrap();
-        let events = runner::apply_success(&txn, job, output).await.unwrap();
+        let events = runner::apply_success(&txn, job, output, &self.ctx.settings.jobs).await.unwrap();
         txn.commit().await.unwrap();
         events
     }
 
     async fn apply_failure(&self, job: &job::Model, reason: &str) -> Vec<events::DomainEvent> {
         let txn = self.app.state.db.begin().await.unwrap();
-        let events = runner::apply_failure(&txn, job, reason).await.unwrap();
+        let events = runner::apply_failure(&txn, job, reason, &self.ctx.settings.jobs).await.unwrap();
         txn.commit().await.unwrap();
         events
     }
@@ -246,6 +247,28 @@ impl Harness {
         }
     }
 
+    /// Where `video`'s current outputs live.
+    pub(crate) fn outputs(&self, video: &video::Model) -> Outputs {
+        Outputs::new(video.owner_id, video.id, video.output_version.as_deref())
+    }
+
+    /// How many objects sit under any output version of video `id` (removing them:
+    /// for checks that nothing is left).
+    pub(crate) async fn leftover_outputs(&self, id: Uuid) -> u64 {
+        self.ctx.store.delete_prefix(&layout::outputs_root(self.owner, id)).await.unwrap()
+    }
+
+    /// The DELETE_OBJECTS jobs of this harness's owner, oldest first.
+    pub(crate) async fn delete_jobs(&self) -> Vec<job::Model> {
+        job::Entity::find()
+            .filter(job::Column::Kind.eq(JobKind::DeleteObjects))
+            .filter(job::Column::OwnerId.eq(self.owner))
+            .order_by_asc(job::Column::CreatedAt)
+            .all(&self.app.state.db)
+            .await
+            .unwrap()
+    }
+
     pub(crate) fn scratch_is_empty(&self) -> bool {
         std::fs::read_dir(self.scratch.path()).unwrap().next().is_none()
     }
@@ -277,20 +300,31 @@ async fn runner_transcodes_a_landscape_clip_end_to_end() {
     assert_eq!((rung.name.as_str(), rung.width, rung.height), ("360p", 640, 360));
     assert!(rung.codecs.starts_with("avc1.") && rung.codecs.contains("mp4a.40.2"), "{}", rung.codecs);
 
-    let master = String::from_utf8(h.object(&layout::hls_master(h.owner, video.id)).await).unwrap();
+    // Everything sits under the run's own output version, which the video now names.
+    let version = video.output_version.clone().expect("the video names its output version");
+    assert_eq!(out.output_version.as_deref(), Some(version.as_str()));
+    assert!(layout::is_output_version(&version), "{version}");
+    let o = h.outputs(&video);
+    assert!(o.prefix().ends_with(&format!("/out/{version}/")), "{}", o.prefix());
+    assert_eq!(out.master_playlist_key, o.hls_master());
+    assert!(out.thumbnail_keys.iter().all(|k| k.starts_with(o.prefix())), "{:?}", out.thumbnail_keys);
+    assert!(!h.exists(&Outputs::new(h.owner, video.id, None).hls_master()).await, "nothing unversioned");
+    assert!(h.delete_jobs().await.is_empty(), "a first transcode replaces nothing");
+
+    let master = String::from_utf8(h.object(&o.hls_master()).await).unwrap();
     let infs = stream_infs(&master);
     assert_eq!(infs.len(), 1, "{master}");
     for attr in ["BANDWIDTH=", "RESOLUTION=640x360", "CODECS=\"avc1."] {
         assert!(infs[0].contains(attr), "{master}");
     }
     assert!(media_lines(&master).contains(&"360p/index.m3u8"), "{master}");
-    let playlist = String::from_utf8(h.object(&layout::hls_playlist(h.owner, video.id, "360p")).await).unwrap();
+    let playlist = String::from_utf8(h.object(&o.hls_playlist("360p")).await).unwrap();
     assert!(playlist.contains("#EXT-X-ENDLIST"), "{playlist}");
     let segments = media_lines(&playlist);
     assert!(segments.len() >= 2, "{playlist}");
     for segment in segments {
         assert!(!segment.contains('/'), "segments are named relatively: {segment}");
-        let key = format!("{}360p/{segment}", layout::hls_prefix(h.owner, video.id));
+        let key = o.hls_segment("360p", segment);
         let meta = h.ctx.store.head(&key).await.unwrap();
         assert!(meta.size > 0);
     }
@@ -303,13 +337,13 @@ async fn runner_transcodes_a_landscape_clip_end_to_end() {
     assert!(rows[0].bitrate > 0);
 
     // MP4 download (MEDIUM by default): an ftyp box first.
-    assert_eq!(out.download.key, layout::download(h.owner, video.id, "video.mp4"));
+    assert_eq!(out.download.key, o.download("video.mp4"));
     assert_eq!(out.download.preset, "MEDIUM");
     let mp4 = h.object(&out.download.key).await;
     assert_eq!(&mp4[4..8], b"ftyp");
 
     // Poster: a JPEG, not black.
-    let poster = h.object(&layout::poster(h.owner, video.id)).await;
+    let poster = h.object(&o.poster()).await;
     assert_eq!(&poster[..2], &[0xFF, 0xD8]);
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), &poster).unwrap();
@@ -321,9 +355,9 @@ async fn runner_transcodes_a_landscape_clip_end_to_end() {
     assert!(!out.thumbnail_keys.is_empty());
 
     // Storyboard: the VTT names the sprite relatively, one cue per tile.
-    let sprite = h.object(&layout::storyboard_image(h.owner, video.id)).await;
+    let sprite = h.object(&o.storyboard_image()).await;
     assert_eq!(&sprite[..2], &[0xFF, 0xD8]);
-    let vtt = String::from_utf8(h.object(&layout::storyboard_vtt(h.owner, video.id)).await).unwrap();
+    let vtt = String::from_utf8(h.object(&o.storyboard_vtt()).await).unwrap();
     assert!(vtt.starts_with("WEBVTT"), "{vtt}");
     let cues: Vec<&str> = vtt.lines().filter(|l| l.contains("#xywh=")).collect();
     assert_eq!(cues.len() as u32, out.storyboard.tiles, "{vtt}");
@@ -373,11 +407,12 @@ async fn runner_ladder_with_240_lines_gives_two_rungs_from_an_audio_less_source(
     assert_eq!(dims, vec![("360p", 640, 360), ("240p", 426, 240)]);
     assert!(out.renditions.iter().all(|r| !r.codecs.contains("mp4a")), "{:?}", out.renditions);
 
-    let master = String::from_utf8(h.object(&layout::hls_master(h.owner, video.id)).await).unwrap();
+    let o = h.outputs(&video);
+    let master = String::from_utf8(h.object(&o.hls_master()).await).unwrap();
     assert_eq!(stream_infs(&master).len(), 2, "{master}");
     assert!(master.contains("RESOLUTION=640x360") && master.contains("RESOLUTION=426x240"), "{master}");
     for name in ["360p", "240p"] {
-        assert!(h.exists(&layout::hls_playlist(h.owner, video.id, name)).await, "{name}");
+        assert!(h.exists(&o.hls_playlist(name)).await, "{name}");
     }
     let rows = h.renditions(video.id).await;
     let rows: Vec<(String, i32, i32, RenditionStatus)> =
@@ -404,7 +439,7 @@ async fn runner_ladder_with_240_lines_gives_two_rungs_from_an_audio_less_source(
 }
 
 #[actix_web::test]
-async fn runner_re_transcode_with_a_shorter_ladder_drops_stale_rungs() {
+async fn runner_re_transcode_writes_a_new_version_and_retires_the_old_one_after_the_grace() {
     let h = harness(|s| {
         s.media.ladder = vec![
             LadderRung { lines: 360, video_bitrate_kbps: 800 },
@@ -414,20 +449,19 @@ async fn runner_re_transcode_with_a_shorter_ladder_drops_stale_rungs() {
     .await;
     let (video, first, _) = h.transcode_ok(&fixture("no_audio.mp4"), serde_json::Value::Null).await;
     assert_eq!(first.renditions.len(), 2);
-    let stale_playlist = layout::hls_playlist(h.owner, video.id, "240p");
-    assert!(h.exists(&stale_playlist).await);
-    let kept_playlist = layout::hls_playlist(h.owner, video.id, "360p");
-    let segments_of = |text: Vec<u8>| -> Vec<String> {
-        let dir = kept_playlist.rsplit_once('/').unwrap().0.to_string();
+    let old = h.outputs(&video);
+    let old_version = video.output_version.clone().unwrap();
+    let segments_of = |o: &Outputs, text: Vec<u8>| -> Vec<String> {
         String::from_utf8(text)
             .unwrap()
             .lines()
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(|name| format!("{dir}/{name}"))
+            .map(|name| o.hls_segment("360p", name))
             .collect()
     };
-    let first_segments = segments_of(h.object(&kept_playlist).await);
-    assert!(!first_segments.is_empty());
+    let old_segments = segments_of(&old, h.object(&old.hls_playlist("360p")).await);
+    assert!(!old_segments.is_empty());
+    let old_keys = [old.hls_master(), old.hls_playlist("240p"), old.download("video.mp4"), old.poster()];
 
     // The same video again, now with a one-rung ladder.
     let mut settings = (*h.ctx.settings).clone();
@@ -435,26 +469,101 @@ async fn runner_re_transcode_with_a_shorter_ladder_drops_stale_rungs() {
     let ctx = JobContext { settings: Arc::new(settings), ..h.ctx.clone() };
     let job = h.transcode_job(&video, serde_json::Value::Null).await;
     let output = runner::run(&ctx, &job, cancel_flag(), Arc::new(Collect::default())).await.unwrap();
-    h.apply_success(&job, &output).await;
 
-    let names: Vec<String> = h.renditions(video.id).await.into_iter().map(|r| r.name).collect();
-    assert_eq!(names, vec!["360p".to_string()]);
-    assert!(!h.exists(&stale_playlist).await, "the dropped rung's objects are removed");
-    // Segments are served as immutable: the second run never reuses a name, and the
-    // first run's segments are gone once the new playlist replaced them.
-    let second_segments = segments_of(h.object(&kept_playlist).await);
-    assert!(!second_segments.is_empty());
-    assert!(second_segments.iter().all(|key| !first_segments.contains(key)), "{first_segments:?} {second_segments:?}");
-    for key in &second_segments {
+    // Until the new run is applied the video plays the old version, whole: a
+    // re-transcode publishes no early rung and writes nothing under the old version.
+    assert_eq!(h.video(video.id).await.output_version.as_deref(), Some(old_version.as_str()));
+    assert!(h.renditions(video.id).await.iter().all(|r| r.playlist_key.starts_with(old.prefix())));
+    assert_eq!(segments_of(&old, h.object(&old.hls_playlist("360p")).await), old_segments);
+
+    let applied_at = Utc::now();
+    h.apply_success(&job, &output).await;
+    let after = h.video(video.id).await;
+    let new = h.outputs(&after);
+    assert_ne!(after.output_version.as_deref(), Some(old_version.as_str()));
+    assert_ne!(new.prefix(), old.prefix());
+    let rows = h.renditions(video.id).await;
+    let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, vec!["360p"]);
+    assert_eq!(rows[0].playlist_key, new.hls_playlist("360p"));
+    let master = String::from_utf8(h.object(&new.hls_master()).await).unwrap();
+    assert_eq!(stream_infs(&master).len(), 1, "{master}");
+    let new_segments = segments_of(&new, h.object(&new.hls_playlist("360p")).await);
+    for key in &new_segments {
         assert!(h.exists(key).await, "{key}");
     }
-    for key in &first_segments {
-        assert!(!h.exists(key).await, "the first run's segment {key} is removed");
+
+    // The old version stays for the grace period (players that loaded its playlists
+    // finish them); a DELETE_OBJECTS job, not tied to the video, is due after it.
+    for key in old_segments.iter().chain(&old_keys) {
+        assert!(h.exists(key).await, "{key} is kept through the grace period");
     }
-    let master = String::from_utf8(h.object(&layout::hls_master(h.owner, video.id)).await).unwrap();
-    assert_eq!(stream_infs(&master).len(), 1, "{master}");
+    let retire = h.delete_jobs().await;
+    assert_eq!(retire.len(), 1, "{retire:?}");
+    let retire = &retire[0];
+    assert_eq!(retire.payload, serde_json::json!({ "prefixes": [old.prefix()] }));
+    assert_eq!(retire.video_id, None, "never taken for the video's running job");
+    let grace = chrono::Duration::seconds(h.ctx.settings.jobs.retired_outputs_grace_secs as i64);
+    let due = applied_at + grace - chrono::Duration::seconds(1);
+    assert!(retire.run_after >= due, "due {} < {due}", retire.run_after);
+
+    // When it runs, exactly the old version goes.
+    match h.run(retire).await.0 {
+        Ok(JobOutput::ObjectsDeleted { count }) => assert!(count as usize >= old_segments.len() + old_keys.len()),
+        other => panic!("{other:?}"),
+    }
+    for key in old_segments.iter().chain(&old_keys) {
+        assert!(!h.exists(key).await, "{key} survived its retirement");
+    }
+    for key in new_segments.iter().chain([&new.hls_master(), &new.download("video.mp4"), &new.poster()]) {
+        assert!(h.exists(key).await, "{key} of the current version was removed");
+    }
     assert_eq!(h.event_kinds(video.id).await.iter().filter(|k| *k == "READY").count(), 2);
     assert_eq!(h.video(video.id).await.status, VideoStatus::Ready);
+}
+
+/// A first transcode publishes its lowest rung early under its own version; a
+/// later attempt that replaces that rung, or a failure that drops it, retires the
+/// version nothing names any more.
+#[actix_web::test]
+async fn runner_early_rungs_of_abandoned_first_attempts_are_retired() {
+    let h = harness(|_| {}).await;
+    let video = h.video_from(landscape_clip()).await;
+    let version_of = |row: &rendition::Model| layout::version_prefix(h.owner, video.id, &row.playlist_key).unwrap();
+
+    // Attempt A runs to the end but is never applied (its lease was lost).
+    let a = h.transcode_job(&video, serde_json::Value::Null).await;
+    assert!(h.run(&a).await.0.is_ok());
+    let rows = h.renditions(video.id).await;
+    assert_eq!(rows.len(), 1, "the early rung is published");
+    let a_prefix = version_of(&rows[0]);
+    assert!(h.exists(&rows[0].playlist_key).await);
+    assert_eq!(h.video(video.id).await.output_version, None, "nothing applied yet");
+
+    // Attempt B publishes its own early rung: A's version is retired (after the grace).
+    let b = h.transcode_job(&video, serde_json::Value::Null).await;
+    assert!(h.run(&b).await.0.is_ok());
+    let rows = h.renditions(video.id).await;
+    let b_prefix = version_of(&rows[0]);
+    assert_ne!(a_prefix, b_prefix);
+    let retired = h.delete_jobs().await;
+    assert_eq!(retired.len(), 1, "{retired:?}");
+    assert_eq!(retired[0].payload, serde_json::json!({ "prefixes": [a_prefix] }));
+
+    // B fails for good: the video is FAILED, its rung row goes, and its version is
+    // removed at once (nothing of a failed first transcode plays).
+    let failed_at = Utc::now();
+    h.apply_failure(&b, "processing failed").await;
+    assert_eq!(h.video(video.id).await.status, VideoStatus::Failed);
+    assert!(h.renditions(video.id).await.is_empty());
+    let retired = h.delete_jobs().await;
+    assert_eq!(retired.len(), 2, "{retired:?}");
+    assert_eq!(retired[1].payload, serde_json::json!({ "prefixes": [b_prefix] }));
+    assert!(retired[1].run_after <= failed_at + chrono::Duration::seconds(60), "due at once");
+    assert!(matches!(h.run(&retired[1]).await.0, Ok(JobOutput::ObjectsDeleted { count }) if count > 0));
+    assert!(matches!(h.run(&retired[0]).await.0, Ok(JobOutput::ObjectsDeleted { count }) if count > 0));
+    assert_eq!(h.leftover_outputs(video.id).await, 0, "both attempts' objects are gone");
+    assert!(h.exists(video.source_key.as_deref().unwrap()).await, "the source stays");
 }
 
 #[actix_web::test]
@@ -466,7 +575,7 @@ async fn runner_portrait_source_gives_a_portrait_rung_and_webm_download() {
     let rung = &out.renditions[0];
     assert!(rung.height > rung.width, "{rung:?}");
     assert_eq!((rung.width, rung.height), (360, 640));
-    assert_eq!(out.download.key, layout::download(h.owner, video.id, "video.webm"));
+    assert_eq!(out.download.key, h.outputs(&video).download("video.webm"));
     assert_eq!(&h.object(&out.download.key).await[..4], &[0x1A, 0x45, 0xDF, 0xA3]);
     assert!(out.download.height > out.download.width);
 
@@ -507,7 +616,7 @@ async fn runner_hostile_sources_fail_permanently_with_readable_reasons() {
         assert_eq!(after.status, VideoStatus::Failed, "{name}");
         assert_eq!(after.error.as_deref(), Some(reason.as_str()), "{name}");
         assert!(h.renditions(video.id).await.is_empty(), "{name}");
-        assert!(!h.exists(&layout::hls_master(h.owner, video.id)).await, "{name}");
+        assert_eq!(h.leftover_outputs(video.id).await, 0, "{name}");
         eprintln!("{name}: {code}: {reason}");
     }
     let video = h.video_with_source(Vec::new()).await;
@@ -558,6 +667,7 @@ async fn runner_refuses_oversized_missing_and_deleted_sources() {
     row.deleted_at = Set(Some(Utc::now()));
     row.update(&h.app.state.db).await.unwrap();
     assert_eq!(permanent(h.run(&job).await.0).0, "VIDEO_GONE");
+    let o = Outputs::new(h.owner, deleted.id, Some("v0000000001"));
     let output = JobOutput::Transcoded(Box::new(TranscodeOutput {
         video_id: deleted.id,
         renditions: vec![runner::RenditionOutput {
@@ -567,7 +677,7 @@ async fn runner_refuses_oversized_missing_and_deleted_sources() {
             bandwidth: 1,
             average_bandwidth: 1,
             codecs: "avc1.64001e".into(),
-            playlist_key: layout::hls_playlist(h.owner, deleted.id, "360p"),
+            playlist_key: o.hls_playlist("360p"),
             segments: 1,
         }],
         probe: runner::ProbeSummary {
@@ -582,20 +692,20 @@ async fn runner_refuses_oversized_missing_and_deleted_sources() {
             audio_codec: None,
             source_size_bytes: 1,
         },
-        master_playlist_key: layout::hls_master(h.owner, deleted.id),
+        master_playlist_key: o.hls_master(),
         download: runner::DownloadOutput {
-            key: layout::download(h.owner, deleted.id, "video.mp4"),
+            key: o.download("video.mp4"),
             format: "MP4".into(),
             preset: "MEDIUM".into(),
             width: 640,
             height: 360,
             bytes: 1,
         },
-        poster_key: layout::poster(h.owner, deleted.id),
+        poster_key: o.poster(),
         thumbnail_keys: Vec::new(),
         storyboard: runner::StoryboardOutput {
-            image_key: layout::storyboard_image(h.owner, deleted.id),
-            vtt_key: layout::storyboard_vtt(h.owner, deleted.id),
+            image_key: o.storyboard_image(),
+            vtt_key: o.storyboard_vtt(),
             tiles: 1,
             columns: 1,
             rows: 1,
@@ -603,6 +713,7 @@ async fn runner_refuses_oversized_missing_and_deleted_sources() {
             tile_height: 90,
         },
         output_bytes: 1,
+        output_version: Some("v0000000001".into()),
     }));
     assert!(h.apply_success(&job, &output).await.is_empty());
     assert!(h.apply_failure(&job, "whatever").await.is_empty());
@@ -637,10 +748,10 @@ async fn runner_cancel_mid_encode_stops_and_leaves_nothing() {
     // Stopped mid-way: nothing was packaged or uploaded.
     let progress = reporter.progress.lock().unwrap().clone();
     assert!(progress.iter().all(|p| p.stage != "uploading"), "{progress:?}");
-    assert!(!h.exists(&layout::hls_master(h.owner, video.id)).await);
+    assert_eq!(h.leftover_outputs(video.id).await, 0, "the cancelled run's version is removed");
 
     let txn = h.app.state.db.begin().await.unwrap();
-    let events = runner::apply_cancelled(&txn, &job).await.unwrap();
+    let events = runner::apply_cancelled(&txn, &job, &h.ctx.settings.jobs).await.unwrap();
     txn.commit().await.unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].kind, events::EventKind::Cancelled);
@@ -653,7 +764,11 @@ async fn runner_cancel_mid_encode_stops_and_leaves_nothing() {
 async fn runner_delete_objects_removes_exactly_the_prefix() {
     let h = harness(|_| {}).await;
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-    let keys_a = [layout::source(h.owner, a), layout::hls_playlist(h.owner, a, "360p"), layout::poster(h.owner, a)];
+    let keys_a = [
+        layout::source(h.owner, a),
+        Outputs::new(h.owner, a, Some("v0123456789")).hls_playlist("360p"),
+        Outputs::new(h.owner, a, None).poster(),
+    ];
     let key_b = layout::source(h.owner, b);
     for key in keys_a.iter().chain([&key_b]) {
         h.ctx.store.put_bytes(key, bytes::Bytes::from_static(b"x"), None).await.unwrap();
@@ -682,7 +797,11 @@ async fn runner_delete_objects_removes_exactly_the_prefix() {
     }
     assert!(h.exists(&key_b).await, "another video's object was deleted");
     let txn = h.app.state.db.begin().await.unwrap();
-    assert!(runner::apply_success(&txn, &job, &JobOutput::ObjectsDeleted { count: 3 }).await.unwrap().is_empty());
+    let settings = &h.ctx.settings.jobs;
+    assert!(runner::apply_success(&txn, &job, &JobOutput::ObjectsDeleted { count: 3 }, settings)
+        .await
+        .unwrap()
+        .is_empty());
     txn.commit().await.unwrap();
 
     for bad in ["videos/x/".to_string(), format!("users/{}", h.owner), "users/".to_string()] {
