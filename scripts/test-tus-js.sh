@@ -55,7 +55,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A 2 s 320x240 H.264/AAC clip (~60 KB: several 64 KiB-less chunks, one ladder rung).
+# A 2 s 320x240 H.264/AAC clip (~65 KB, one ladder rung).
 clip="$work/clip.mp4"
 gst-launch-1.0 -q mp4mux name=mux faststart=true ! filesink location="$clip" \
   videotestsrc num-buffers=50 pattern=ball ! video/x-raw,format=I420,width=320,height=240,framerate=25/1 \

@@ -11,7 +11,7 @@ const [base, clipPath, name] = process.argv.slice(2);
 const clip = readFileSync(clipPath);
 const endpoint = `${base}/uploads/`;
 const log = (...args) => console.error(`tus-js ${name}:`, ...args);
-const CHUNK = 64 * 1024;
+const CHUNK = 16 * 1024; // the clip is ~65 KB: several PATCHes
 
 async function gql(query, variables, token) {
   const res = await fetch(`${base}/graphql`, {
@@ -45,10 +45,10 @@ function upload(input, options) {
       headers: { Authorization: `Bearer ${token}` },
       retryDelays: [0, 500, 1000],
       onBeforeRequest(req) {
-        seen.push({ method: req.getMethod(), url: req.getURL(), headers: { ...req._headers } });
+        seen.push({ req, method: req.getMethod(), url: req.getURL(), headers: { ...req._headers } });
       },
       onAfterResponse(req, res) {
-        const entry = seen.findLast((s) => s.url === req.getURL() && s.method === req.getMethod());
+        const entry = seen.findLast((s) => s.req === req);
         if (entry) {
           entry.status = res.getStatus();
           entry.response = {

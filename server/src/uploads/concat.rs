@@ -213,8 +213,12 @@ pub async fn concatenate(
     if let Err(err) = done {
         tracing::error!(upload = %row.id, error = ?err, "could not mark concatenated partial uploads completed");
     }
+    // Their multipart uploads are complete: only the objects are left (the staging
+    // sweep retries what fails here).
     for partial in &partials {
-        super::abort::cleanup_storage(state.store.as_ref(), partial, true).await;
+        if let Err(err) = state.store.delete(&partial.object_key).await {
+            tracing::warn!(upload = %partial.id, error = %err, "could not delete a concatenated partial upload");
+        }
     }
     let row = upload::Entity::find_by_id(row.id).one(&state.db).await?.ok_or_else(|| AppError::not_found("upload"))?;
     let completed = super::completion::complete(state, row.id).await;
