@@ -272,8 +272,7 @@ pub async fn open_session(
         UploadMethod::Presigned => None,
         _ => Some(state.store.create_multipart(&object_key, Some(&content_type)).await?),
     };
-    let claim = if options.partial { Claim::Partial } else { Claim::Whole };
-    let result = insert_session(state, &video, id, method, &object_key, multipart_id.clone(), claim, |row| {
+    let result = insert_session(state, &video, id, method, &object_key, multipart_id.clone(), |row| {
         row.filename = Set(filename.clone());
         row.content_type = Set(content_type.clone());
         row.declared_size = Set(request.size);
@@ -336,7 +335,6 @@ async fn insert_session(
     method: UploadMethod,
     object_key: &str,
     multipart_id: Option<String>,
-    claim: Claim,
     fill: impl FnOnce(&mut upload::ActiveModel),
 ) -> AppResult<(upload::Model, video::Model)> {
     let settings = &state.settings.uploads;
@@ -366,12 +364,12 @@ async fn insert_session(
         sea_orm::ActiveValue::Set(size) => *size,
         _ => 0,
     };
-    let deferred = match &row.parts {
-        sea_orm::ActiveValue::Set(Some(parts)) => {
-            serde_json::from_value::<PartsColumn>(parts.clone()).is_ok_and(|p| p.tus.deferred)
-        }
-        _ => false,
+    let tus = match &row.parts {
+        sea_orm::ActiveValue::Set(Some(parts)) => serde_json::from_value::<PartsColumn>(parts.clone()).ok(),
+        _ => None,
     };
+    let deferred = tus.as_ref().is_some_and(|p| p.tus.deferred);
+    let claim = if tus.as_ref().is_some_and(|p| p.tus.is_partial()) { Claim::Partial } else { Claim::Whole };
     let user_id = match &row.user_id {
         sea_orm::ActiveValue::Set(user_id) => *user_id,
         _ => video.owner_id,
