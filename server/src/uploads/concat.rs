@@ -72,8 +72,16 @@ pub async fn concatenate(
         }
         match row.status {
             UploadStatus::Open if row.expires_at > now => {}
-            UploadStatus::Completed | UploadStatus::Completing => {
-                return Err(AppError::new(ErrorCode::Conflict, format!("partial upload {id} is already concatenated")))
+            UploadStatus::Completed => {
+                // A retried final request (its answer was lost, or completion failed
+                // for a moment) finds the final upload it made.
+                if let Some(done) = earlier_final(state, &row, &request.parts).await? {
+                    return Ok(done);
+                }
+                return Err(AppError::new(ErrorCode::Conflict, format!("partial upload {id} is already concatenated")));
+            }
+            UploadStatus::Completing => {
+                return Err(AppError::new(ErrorCode::Conflict, format!("partial upload {id} is being concatenated")))
             }
             _ => return Err(AppError::not_found("upload")),
         }
@@ -223,6 +231,30 @@ pub async fn concatenate(
     let row = upload::Entity::find_by_id(row.id).one(&state.db).await?.ok_or_else(|| AppError::not_found("upload"))?;
     let completed = super::completion::complete(state, row.id).await;
     Ok((row, completed))
+}
+
+/// The final upload of the caller that joined exactly `parts` (of `partial`'s
+/// video), completed again if it is still open; `None` if there is none.
+async fn earlier_final(
+    state: &AppState,
+    partial: &upload::Model,
+    parts: &[Uuid],
+) -> AppResult<Option<(upload::Model, AppResult<entities::video::Model>)>> {
+    let candidates = upload::Entity::find()
+        .filter(upload::Column::VideoId.eq(partial.video_id))
+        .filter(upload::Column::UserId.eq(partial.user_id))
+        .filter(upload::Column::Method.eq(UploadMethod::Tus))
+        .filter(upload::Column::Status.is_in([UploadStatus::Open, UploadStatus::Completed]))
+        .all(&state.db)
+        .await?;
+    let Some(row) = candidates
+        .into_iter()
+        .find(|row| TusState::from_row(row).and_then(|t| t.concat) == Some(Concat::Final { parts: parts.to_vec() }))
+    else {
+        return Ok(None);
+    };
+    let completed = super::completion::complete(state, row.id).await;
+    Ok(Some((row, completed)))
 }
 
 /// Assemble each partial upload and stream it, in order, into the final session.

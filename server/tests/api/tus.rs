@@ -1189,6 +1189,12 @@ async fn tus_concatenation_joins_partial_uploads_into_the_video() {
     assert_eq!(concat, format!("final;{a} {b} {c}"));
     let res = patch(&app.client, &url, &user, 0, b"x").await;
     assert_eq!(res.status(), 403);
+    // The same final request again (a client that lost the answer) gets the same
+    // final upload, and the video still has one job.
+    let res = final_request(&app, &user, video, &[&a, &b, &c]).send().await.unwrap();
+    assert_eq!(res.status(), 201, "{:?}", res.text().await);
+    assert_eq!(location(&res), url);
+    assert_eq!(jobs_of(&app, video).await.len(), 1);
     // A partial upload is used once.
     let other = new_video(&app, owner).await;
     let res = final_request(&app, &user, other, &[&a]).send().await.unwrap();
