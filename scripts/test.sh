@@ -74,6 +74,18 @@ else
     failed=1
 fi
 
+# tus with the stock client: tus-js-client in Node, one upload per extension
+# (parallelUploads, uploadDataDuringCreation, uploadLengthDeferred,
+# overridePatchMethod, resume with metadata), each video READY, against an
+# embedded server and a PostgreSQL + Redis + S3 one (scripts/test-tus-js.sh).
+printf '\n==> tus extensions with tus-js-client: scripts/test-tus-js.sh\n' >&2
+if scripts/test-tus-js.sh; then
+    result[tus_js]=passed
+else
+    result[tus_js]="FAILED (exit $?)"
+    failed=1
+fi
+
 # Browser end-to-end tests of the web demo, in headless Chromium, against an
 # embedded server and a PostgreSQL + Redis + S3 one (screenshots in
 # web-demo/test-artifacts/).
@@ -85,7 +97,7 @@ else
     failed=1
 fi
 
-summary="test.sh: rust/sqlite ${result[sqlite]}, rust/postgres ${result[postgres]}, load ${result[load]}, graphql-http ${result[graphql_http]}, web ${result[web]}"
+summary="test.sh: rust/sqlite ${result[sqlite]}, rust/postgres ${result[postgres]}, load ${result[load]}, graphql-http ${result[graphql_http]}, tus-js ${result[tus_js]}, web ${result[web]}"
 if ((failed)); then
     printf '\n%s -> FAILED\n' "$summary" >&2
     exit 1

@@ -32,6 +32,8 @@ pub fn cors(settings: &ServerSettings) -> Cors {
             "upload-length",
             "upload-expires",
             "upload-metadata",
+            "upload-concat",
+            "upload-defer-length",
             "tus-version",
             "tus-resumable",
             "tus-extension",

@@ -1,16 +1,27 @@
-//! The tus 1.0 endpoint at `/uploads/`: core + creation, termination, checksum and
-//! expiration. Works with stock tus-js-client and Uppy.
+//! The tus 1.0 endpoint at `/uploads/`: core + creation, creation-with-upload,
+//! creation-defer-length, termination, checksum, expiration and concatenation.
+//! Works with stock tus-js-client (also `parallelUploads`,
+//! `uploadDataDuringCreation`, `uploadLengthDeferred`, `overridePatchMethod`) and Uppy.
 //!
 //! - `OPTIONS /uploads/` describes the server.
-//! - `POST /uploads/` creates a session (`Upload-Length`, `Upload-Metadata` with
-//!   base64 `videoId`, `filename`, `filetype`), with the same checks as
-//!   `createUpload`; answers 201 + `Location`.
-//! - `HEAD /uploads/{id}` reports `Upload-Offset` / `Upload-Length`.
+//! - `POST /uploads/` creates a session (`Upload-Length`, or `Upload-Defer-Length: 1`;
+//!   `Upload-Metadata` with base64 `videoId`, `filename`, `filetype`), with the same
+//!   checks as `createUpload`; answers 201 + `Location`. A body
+//!   (`Content-Type: application/offset+octet-stream`) is the first PATCH
+//!   (creation-with-upload) and the answer carries its `Upload-Offset`.
+//!   `Upload-Concat: partial` makes a partial upload, `Upload-Concat: final;<urls>`
+//!   joins finished partial uploads into the video's source ([`uploads::concat`]).
+//! - `HEAD /uploads/{id}` reports `Upload-Offset` / `Upload-Length` (or
+//!   `Upload-Defer-Length: 1`), `Upload-Metadata` as created and `Upload-Concat`.
+//! - `POST /uploads/{id}` with `X-HTTP-Method-Override: PATCH|DELETE|HEAD` is that
+//!   method, for clients behind proxies that only pass GET and POST.
 //! - `PATCH /uploads/{id}` appends at `Upload-Offset` (409 if it is not the stored
 //!   offset or another PATCH for the upload is in flight; 413 past
 //!   `Upload-Length`; 460 when `Upload-Checksum` does not match, offset unchanged).
 //!   The last byte completes the upload as `completeUpload` does; a refused file
-//!   answers that PATCH with 415/400 JSON.
+//!   answers that PATCH with 415/400 JSON. A deferred-length upload names its
+//!   `Upload-Length` in a PATCH (until then its bytes are held to
+//!   `uploads.max_size_bytes` and the user's quota); a final upload takes no PATCH (403).
 //! - `DELETE /uploads/{id}` terminates (aborts) the session.
 //!
 //! Only the user who opened a session may use its URL; anyone else gets 404.
@@ -40,18 +51,24 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use entities::{upload, UploadStatus};
 use futures::{Stream, StreamExt};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::actors::upload_session::{self, FinishSession, SessionFacts};
 use crate::auth::principal::{authenticate, Principal, RequestAuth};
-use crate::error::{AppError, ErrorBody, ErrorCode};
+use crate::error::{AppError, AppResult, ErrorBody, ErrorCode};
 use crate::startup::AppState;
-use crate::uploads::{self, tus_store, UploadRequest};
+use crate::uploads::{self, tus_store, Concat, TusOptions, TusState, UploadRequest};
 
 pub const TUS_VERSION: &str = "1.0.0";
-const TUS_EXTENSIONS: &str = "creation,termination,checksum,expiration";
+const TUS_EXTENSIONS: &str =
+    "creation,creation-with-upload,creation-defer-length,termination,checksum,expiration,concatenation";
+/// Longest `Upload-Metadata` accepted (it is stored and returned by HEAD).
+const MAX_METADATA_BYTES: usize = 4096;
+const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
 const CHECKSUM_ALGORITHMS: &str = "sha1,sha256";
 /// tus's status for a checksum mismatch.
 const CHECKSUM_MISMATCH: u16 = 460;
@@ -70,6 +87,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::head().to(head))
             .route(web::patch().to(patch))
             .route(web::delete().to(terminate))
+            .route(web::post().to(overridden))
             .default_service(web::to(method_not_allowed)),
     );
 }
@@ -158,7 +176,7 @@ fn parse_metadata(raw: &str) -> Result<Vec<(String, String)>, AppError> {
     Ok(pairs)
 }
 
-pub async fn create(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+pub async fn create(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> HttpResponse {
     if let Err(res) = check_version(&req) {
         return res;
     }
@@ -166,39 +184,154 @@ pub async fn create(state: web::Data<AppState>, req: HttpRequest) -> HttpRespons
         Ok(p) => p,
         Err(res) => return res,
     };
-    let result = async {
-        if header(req.headers(), "upload-defer-length").is_some() {
-            return Err(AppError::bad_input("Upload-Defer-Length is not supported: send Upload-Length"));
+    let headers = req.headers();
+    let raw_metadata = header(headers, "upload-metadata").unwrap_or("");
+    if raw_metadata.len() > MAX_METADATA_BYTES {
+        return error(AppError::bad_input(format!("Upload-Metadata may have at most {MAX_METADATA_BYTES} bytes")));
+    }
+    let metadata = match parse_metadata(raw_metadata) {
+        Ok(metadata) => metadata,
+        Err(err) => return error(err),
+    };
+    let get = |name: &str| metadata.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let stored_metadata = (!raw_metadata.is_empty()).then(|| raw_metadata.to_string());
+    let video_id = match get("videoId").or_else(|| get("video_id")).map(|v| Uuid::parse_str(v.trim())) {
+        Some(Ok(id)) => Some(id),
+        Some(Err(_)) => return error(AppError::not_found("video")),
+        None => None,
+    };
+    let filename = get("filename").or_else(|| get("name"));
+    let filetype = get("filetype").or_else(|| get("type")).filter(|t| !t.trim().is_empty());
+    let partial = match header(headers, "upload-concat") {
+        None => false,
+        Some(concat) if concat.eq_ignore_ascii_case("partial") => true,
+        Some(concat) if concat.len() >= 6 && concat[..6].eq_ignore_ascii_case("final;") => {
+            let request = uploads::concat::FinalRequest {
+                video_id,
+                metadata: stored_metadata,
+                filename,
+                content_type: filetype,
+                checksum_sha256: get("checksumSha256"),
+                parts: Vec::new(),
+            };
+            return create_final(&state, &principal, &req, &concat[6..], request).await;
         }
-        let length = header(req.headers(), "upload-length")
-            .ok_or_else(|| AppError::bad_input("Upload-Length is required"))?
-            .parse::<u64>()
-            .map_err(|_| AppError::bad_input("Upload-Length must be a non-negative integer"))?;
+        Some(_) => return error(AppError::bad_input("Upload-Concat must be `partial` or `final;<upload URLs>`")),
+    };
+    let result = async {
+        let deferred = match header(headers, "upload-defer-length") {
+            None => false,
+            Some("1") => true,
+            Some(_) => return Err(AppError::bad_input("Upload-Defer-Length must be 1")),
+        };
+        let length = match header(headers, "upload-length") {
+            Some(_) if deferred => {
+                return Err(AppError::bad_input("send either Upload-Length or Upload-Defer-Length, not both"))
+            }
+            Some(raw) => {
+                raw.parse::<u64>().map_err(|_| AppError::bad_input("Upload-Length must be a non-negative integer"))?
+            }
+            None if deferred => 0,
+            None => return Err(AppError::bad_input("Upload-Length (or Upload-Defer-Length: 1) is required")),
+        };
+        if deferred && partial {
+            return Err(AppError::bad_input("a partial upload needs its Upload-Length"));
+        }
         let size = i64::try_from(length).unwrap_or(i64::MAX);
-        let metadata = parse_metadata(header(req.headers(), "upload-metadata").unwrap_or(""))?;
-        let get = |name: &str| metadata.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        let video_id = get("videoId")
-            .or_else(|| get("video_id"))
-            .ok_or_else(|| AppError::bad_input("Upload-Metadata must name the video (`videoId`)"))?;
-        let video_id = Uuid::parse_str(video_id.trim()).map_err(|_| AppError::not_found("video"))?;
-        let filename = get("filename").or_else(|| get("name")).unwrap_or_default();
-        let content_type = get("filetype")
-            .or_else(|| get("type"))
-            .filter(|t| !t.trim().is_empty())
+        let video_id =
+            video_id.ok_or_else(|| AppError::bad_input("Upload-Metadata must name the video (`videoId`)"))?;
+        let filename = filename.unwrap_or_default();
+        let content_type = filetype
             .or_else(|| uploads::content_type_from_filename(&filename).map(str::to_string))
-            .unwrap_or_else(|| "application/octet-stream".into());
+            .unwrap_or_else(|| if partial { String::new() } else { "application/octet-stream".into() });
         let request = UploadRequest { video_id, filename, content_type, size, checksum_sha256: get("checksumSha256") };
-        let (row, _) = uploads::open_session(&state, &principal, request, true).await?;
+        let options = TusOptions { metadata: stored_metadata, deferred, partial };
+        let (row, _) = uploads::open_session(&state, &principal, request, Some(options)).await?;
         Ok(row)
     }
     .await;
-    match result {
-        Ok(row) => tus_builder(StatusCode::CREATED)
-            .insert_header((LOCATION, uploads::tus_url(&state, row.id)))
-            .insert_header(("Upload-Offset", "0"))
-            .insert_header(("Upload-Expires", http_date(row.expires_at)))
-            .finish(),
+    let row = match result {
+        Ok(row) => row,
+        Err(err) => return error(err),
+    };
+    let location = uploads::tus_url(&state, row.id);
+    let with_body = header(headers, CONTENT_TYPE.as_str()).is_some_and(|t| t.eq_ignore_ascii_case(OFFSET_OCTET_STREAM));
+    let (row, offset, done) = if with_body {
+        // creation-with-upload: the body is the first PATCH.
+        let body = match BodyHeaders::parse(headers, Some(0)) {
+            Ok(body) => body,
+            Err(err) => return with_location(error(err), &location),
+        };
+        match write_body(&state, row, body, payload).await {
+            Ok(written) => written,
+            Err(res) => return with_location(res, &location),
+        }
+    } else {
+        (row, 0, false)
+    };
+    let mut res = tus_builder(StatusCode::CREATED);
+    res.insert_header((LOCATION, location)).insert_header(("Upload-Offset", offset.to_string()));
+    if !done {
+        res.insert_header(("Upload-Expires", http_date(row.expires_at)));
+    }
+    res.finish()
+}
+
+fn with_location(mut res: HttpResponse, location: &str) -> HttpResponse {
+    if let Ok(value) = HeaderValue::from_str(location) {
+        res.headers_mut().insert(LOCATION, value);
+    }
+    res
+}
+
+/// `Upload-Concat: final;<url> <url>…`: join the caller's finished partial uploads.
+async fn create_final(
+    state: &AppState,
+    principal: &Principal,
+    req: &HttpRequest,
+    urls: &str,
+    mut request: uploads::concat::FinalRequest,
+) -> HttpResponse {
+    if header(req.headers(), CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) > 0 {
+        return error(AppError::bad_input("a final upload (Upload-Concat: final) carries no body"));
+    }
+    for url in urls.split_whitespace().take(uploads::MAX_PARTIALS + 1) {
+        // An absolute URL or a path; the id is what follows `/uploads/`.
+        let tail = url.rsplit_once("/uploads/").map_or(url, |(_, tail)| tail);
+        let id = tail.split(['?', '#']).next().unwrap_or("").trim_end_matches('/');
+        match uploads::parse_id(id) {
+            Ok(id) => request.parts.push(id),
+            Err(err) => return error(err),
+        }
+    }
+    match uploads::concat::concatenate(state, principal, request).await {
+        Ok((row, completed)) => {
+            let location = uploads::tus_url(state, row.id);
+            match completed {
+                Ok(_) => tus_builder(StatusCode::CREATED)
+                    .insert_header((LOCATION, location))
+                    .insert_header(("Upload-Offset", row.declared_size.to_string()))
+                    .finish(),
+                Err(err) => with_location(error(err), &location),
+            }
+        }
         Err(err) => error(err),
+    }
+}
+
+/// `X-HTTP-Method-Override`: the method a client behind a GET/POST-only proxy means.
+pub async fn overridden(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> HttpResponse {
+    let method = header(req.headers(), "x-http-method-override").map(str::to_ascii_uppercase);
+    match method.as_deref() {
+        Some("PATCH") => patch(state, req, path, payload).await,
+        Some("DELETE") => terminate(state, req, path).await,
+        Some("HEAD") => head(state, req, path).await,
+        _ => method_not_allowed().await,
     }
 }
 
@@ -231,7 +364,7 @@ pub async fn head(state: web::Data<AppState>, req: HttpRequest, path: web::Path<
     // Every byte is in but completion failed (e.g. storage was down for a moment):
     // a tus client that sees the full offset will not PATCH again, so complete it
     // now, in the background (the sweeper retries it too).
-    if row.status == UploadStatus::Open && row.offset_bytes == row.declared_size {
+    if row.status == UploadStatus::Open && row.offset_bytes == row.declared_size && uploads::completes_video(&row) {
         let (state, id) = (state.clone(), row.id);
         actix_rt::spawn(async move {
             if let Err(err) = uploads::completion::complete(&state, id).await {
@@ -240,14 +373,44 @@ pub async fn head(state: web::Data<AppState>, req: HttpRequest, path: web::Path<
         });
     }
     let offset = if row.status == UploadStatus::Completed { row.declared_size } else { row.offset_bytes };
+    let tus = TusState::from_row(&row).unwrap_or_default();
     let mut res = tus_builder(StatusCode::OK);
-    res.insert_header(("Upload-Offset", offset.to_string()))
-        .insert_header(("Upload-Length", row.declared_size.to_string()))
-        .insert_header((CACHE_CONTROL, "no-store"));
+    res.insert_header(("Upload-Offset", offset.to_string())).insert_header((CACHE_CONTROL, "no-store"));
+    if tus.deferred && row.status == UploadStatus::Open {
+        res.insert_header(("Upload-Defer-Length", "1"));
+    } else {
+        res.insert_header(("Upload-Length", row.declared_size.to_string()));
+    }
     if row.status == UploadStatus::Open {
         res.insert_header(("Upload-Expires", http_date(row.expires_at)));
     }
+    let metadata = tus.metadata.clone().unwrap_or_else(|| row_metadata(&row));
+    if let Ok(value) = HeaderValue::from_str(&metadata) {
+        res.insert_header((HeaderName::from_static("upload-metadata"), value));
+    }
+    match &tus.concat {
+        Some(Concat::Partial) => {
+            res.insert_header(("Upload-Concat", "partial"));
+        }
+        Some(Concat::Final { parts }) => {
+            let urls: Vec<String> = parts.iter().map(|id| uploads::tus_url(&state, *id)).collect();
+            res.insert_header(("Upload-Concat", format!("final;{}", urls.join(" "))));
+        }
+        None => {}
+    }
     res.finish()
+}
+
+/// `Upload-Metadata` for a session that was not created with one (a
+/// `createUpload` ticket): what the server knows, in tus's encoding.
+fn row_metadata(row: &upload::Model) -> String {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    format!(
+        "videoId {},filename {},filetype {}",
+        b64(&row.video_id.to_string()),
+        b64(&row.filename),
+        b64(&row.content_type)
+    )
 }
 
 pub async fn terminate(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
@@ -289,6 +452,36 @@ fn parse_checksum(raw: &str) -> Result<Checksum, AppError> {
     }
 }
 
+/// What a body-carrying request (PATCH, or a creation with upload) says about its body.
+struct BodyHeaders {
+    claimed_offset: u64,
+    checksum: Option<Checksum>,
+    content_length: Option<u64>,
+    /// `Upload-Length`, for a deferred-length upload.
+    length: Option<u64>,
+}
+
+impl BodyHeaders {
+    /// `offset`: the offset a creation implies (a PATCH sends `Upload-Offset`).
+    fn parse(headers: &HeaderMap, offset: Option<u64>) -> Result<BodyHeaders, AppError> {
+        let claimed_offset = match offset {
+            Some(offset) => offset,
+            None => header(headers, "upload-offset")
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| AppError::bad_input("Upload-Offset must be a non-negative integer"))?,
+        };
+        let checksum = header(headers, "upload-checksum").map(parse_checksum).transpose()?;
+        let content_length = header(headers, CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
+        let length = match (offset, header(headers, "upload-length")) {
+            (None, Some(raw)) => Some(
+                raw.parse::<u64>().map_err(|_| AppError::bad_input("Upload-Length must be a non-negative integer"))?,
+            ),
+            _ => None,
+        };
+        Ok(BodyHeaders { claimed_offset, checksum, content_length, length })
+    }
+}
+
 pub async fn patch(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -300,23 +493,39 @@ pub async fn patch(
         Err(res) => return res,
     };
     let content_type = header(req.headers(), CONTENT_TYPE.as_str()).unwrap_or("");
-    if !content_type.eq_ignore_ascii_case("application/offset+octet-stream") {
+    if !content_type.eq_ignore_ascii_case(OFFSET_OCTET_STREAM) {
         return error(AppError::new(
             ErrorCode::UnsupportedMedia,
             "a PATCH body must have Content-Type: application/offset+octet-stream",
         ));
     }
-    let Some(claimed_offset) = header(req.headers(), "upload-offset").and_then(|v| v.parse::<u64>().ok()) else {
-        return error(AppError::bad_input("Upload-Offset must be a non-negative integer"));
-    };
-    let checksum = match header(req.headers(), "upload-checksum").map(parse_checksum).transpose() {
-        Ok(checksum) => checksum,
+    let body = match BodyHeaders::parse(req.headers(), None) {
+        Ok(body) => body,
         Err(err) => return error(err),
     };
-    let content_length = header(req.headers(), CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
     if let Some(res) = gone_or_missing(&row) {
         return res;
     }
+    match write_body(&state, row, body, payload).await {
+        Ok((_, offset, true)) => {
+            tus_builder(StatusCode::NO_CONTENT).insert_header(("Upload-Offset", offset.to_string())).finish()
+        }
+        Ok((row, offset, false)) => tus_builder(StatusCode::NO_CONTENT)
+            .insert_header(("Upload-Offset", offset.to_string()))
+            .insert_header(("Upload-Expires", http_date(row.expires_at)))
+            .finish(),
+        Err(res) => res,
+    }
+}
+
+/// Write a body into the session under its lease. Returns the session as re-read
+/// under the lease, the new offset and whether the session is done.
+async fn write_body(
+    state: &AppState,
+    row: upload::Model,
+    body: BodyHeaders,
+    payload: web::Payload,
+) -> Result<(upload::Model, u64, bool), HttpResponse> {
     let facts = SessionFacts {
         offset: u64::try_from(row.offset_bytes).unwrap_or(0),
         size: u64::try_from(row.declared_size).unwrap_or(0),
@@ -325,32 +534,62 @@ pub async fn patch(
     let lease = match upload_session::acquire(&state.hubs.upload_sessions.addr(), row.id, facts).await {
         Ok(Some(lease)) => lease,
         Ok(None) => {
-            return error(AppError::new(ErrorCode::Conflict, "another request is writing to this upload right now"))
+            return Err(error(AppError::new(
+                ErrorCode::Conflict,
+                "another request is writing to this upload right now",
+            )))
         }
-        Err(err) => return error(AppError::internal(err)),
+        Err(err) => return Err(error(AppError::internal(err))),
     };
     // Read the row again under the lease: the previous writer may just have moved it.
-    let row = match uploads::find_owned_by_id(&state, row.id, row.user_id).await {
-        Ok(row) => row,
-        Err(err) => return error(err),
-    };
+    let row = uploads::find_owned_by_id(state, row.id, row.user_id).await.map_err(error)?;
     let mut lease = lease;
-    let response = patch_locked(&state, &row, claimed_offset, content_length, checksum, payload).await;
+    let response = patch_locked(state, &row, body, payload).await;
     if let Ok((offset, _)) = &response {
         lease.set_offset(*offset);
     }
     drop(lease);
-    match response {
-        Ok((offset, true)) => {
-            state.hubs.upload_sessions.addr().do_send(FinishSession(row.id));
-            tus_builder(StatusCode::NO_CONTENT).insert_header(("Upload-Offset", offset.to_string())).finish()
-        }
-        Ok((offset, false)) => tus_builder(StatusCode::NO_CONTENT)
-            .insert_header(("Upload-Offset", offset.to_string()))
-            .insert_header(("Upload-Expires", http_date(row.expires_at)))
-            .finish(),
-        Err(res) => res,
+    let (offset, done) = response?;
+    if done {
+        state.hubs.upload_sessions.addr().do_send(FinishSession(row.id));
     }
+    Ok((row, offset, done))
+}
+
+/// A deferred-length upload learns its length: at least what arrived, at most
+/// what it was allowed to hold. Returns the row as it is now.
+async fn set_length(state: &AppState, row: &upload::Model, tus: &TusState, length: u64) -> AppResult<upload::Model> {
+    let offset = u64::try_from(row.offset_bytes).unwrap_or(0);
+    let cap = u64::try_from(row.declared_size).unwrap_or(0);
+    if length == 0 {
+        return Err(AppError::bad_input("the file is empty: an upload needs at least one byte"));
+    }
+    if length < offset {
+        return Err(AppError::bad_input(format!(
+            "Upload-Length {length} is below the {offset} bytes already received"
+        )));
+    }
+    if length > cap {
+        return Err(AppError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("Upload-Length {length} is more than this upload may hold ({cap} bytes: size limit and quota)"),
+        ));
+    }
+    let tus = TusState { deferred: false, ..tus.clone() };
+    let length = i64::try_from(length).unwrap_or(i64::MAX);
+    let updated = upload::Entity::update_many()
+        .col_expr(upload::Column::DeclaredSize, Expr::value(length))
+        .col_expr(upload::Column::Parts, Expr::value(tus.to_json()))
+        .col_expr(upload::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(upload::Column::Id.eq(row.id))
+        .filter(upload::Column::Status.eq(UploadStatus::Open))
+        .filter(upload::Column::OffsetBytes.eq(row.offset_bytes))
+        .exec(&state.db)
+        .await?;
+    if updated.rows_affected != 1 {
+        return Err(AppError::new(ErrorCode::Conflict, "the upload changed, check its offset and try again"));
+    }
+    Ok(upload::Model { declared_size: length, parts: Some(tus.to_json()), ..row.clone() })
 }
 
 /// The PATCH under the session lease. Returns the new offset and whether the
@@ -358,11 +597,19 @@ pub async fn patch(
 async fn patch_locked(
     state: &AppState,
     row: &upload::Model,
-    claimed_offset: u64,
-    content_length: Option<u64>,
-    checksum: Option<Checksum>,
+    body: BodyHeaders,
     payload: web::Payload,
 ) -> Result<(u64, bool), HttpResponse> {
+    let BodyHeaders { claimed_offset, checksum, content_length, length } = body;
+    let tus = TusState::from_row(row).unwrap_or_default();
+    if tus.is_final() {
+        return Err(error_with_status(
+            StatusCode::FORBIDDEN,
+            &AppError::forbidden(
+                "a final upload (Upload-Concat: final) is made of its partial uploads and takes no PATCH",
+            ),
+        ));
+    }
     let declared = u64::try_from(row.declared_size).unwrap_or(0);
     let offset = u64::try_from(row.offset_bytes).unwrap_or(0);
     match row.status {
@@ -384,6 +631,21 @@ async fn patch_locked(
             format!("Upload-Offset is {claimed_offset} but the upload is at {offset}"),
         )));
     }
+    // A deferred length arrives with a PATCH (before its bytes are stored); until
+    // then the bytes are held to what the upload may hold (`declared_size`).
+    let updated;
+    let (row, declared, deferred) = match length {
+        Some(length) if tus.deferred => {
+            updated = set_length(state, row, &tus, length).await.map_err(error)?;
+            (&updated, length, false)
+        }
+        Some(length) if length != declared => {
+            return Err(error(AppError::bad_input(format!(
+                "Upload-Length {length} differs from the upload's length {declared}"
+            ))))
+        }
+        _ => (row, declared, tus.deferred),
+    };
     let remaining = declared - offset;
     let too_large = || {
         error(AppError::new(
@@ -435,8 +697,12 @@ async fn patch_locked(
         }
         return Err(res);
     }
-    if appended.offset < declared {
+    if appended.offset < declared || deferred {
         return Ok((appended.offset, false));
+    }
+    if tus.is_partial() {
+        // Every byte of a partial upload is in: it waits for its final upload.
+        return Ok((appended.offset, true));
     }
     match uploads::completion::complete(state, row.id).await {
         Ok(_) => Ok((appended.offset, true)),

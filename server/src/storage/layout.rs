@@ -19,6 +19,15 @@ pub fn staging(owner: Uuid, video: Uuid, upload: Uuid) -> String {
     format!("{}staging/{upload}", video_prefix(owner, video))
 }
 
+/// Where the bytes of a tus partial upload (concatenation) gather until a final
+/// upload joins them into [`source`]. Named by the random tail of the upload's
+/// id (62 random bits of a UUIDv7): short, because some S3-compatible servers
+/// keep a multipart upload's metadata in a file named after the whole key.
+pub fn partial(owner: Uuid, video: Uuid, upload: Uuid) -> String {
+    let id = upload.simple().to_string();
+    format!("{}p/{}", video_prefix(owner, video), &id[16..])
+}
+
 /// Where every transcode run's outputs live: `.../out/{version}/`.
 pub fn outputs_root(owner: Uuid, video: Uuid) -> String {
     format!("{}out/", video_prefix(owner, video))

@@ -5,7 +5,7 @@
 use chrono::Utc;
 use entities::{upload, video, UploadStatus, VideoStatus};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use uuid::Uuid;
 
 use super::tail_key;
@@ -49,6 +49,18 @@ pub async fn end_session(state: &AppState, id: Uuid, status: UploadStatus, reaso
         };
     }
     cleanup_storage(state.store.as_ref(), &row, true).await;
+    // Partial uploads (tus concatenation) share their video: it goes back to DRAFT
+    // only when the last of them has ended.
+    let others = upload::Entity::find()
+        .filter(upload::Column::VideoId.eq(row.video_id))
+        .filter(upload::Column::Id.ne(row.id))
+        .filter(upload::Column::Status.is_in([UploadStatus::Open, UploadStatus::Completing]))
+        .count(&state.db)
+        .await?;
+    if others > 0 {
+        metrics::counter!("reelhouse_uploads_ended_total", "status" => status_label(status)).increment(1);
+        return Ok(());
+    }
     video::Entity::update_many()
         .col_expr(video::Column::Status, Expr::value(VideoStatus::Draft))
         .col_expr(video::Column::UpdatedAt, Expr::value(now))

@@ -52,6 +52,26 @@ impl From<StoreError> for Failure {
 /// Complete session `id` (the caller has checked access). Idempotent.
 #[tracing::instrument(name = "upload complete", skip_all, fields(upload.id = %id))]
 pub async fn complete(state: &AppState, id: Uuid) -> AppResult<video::Model> {
+    // A partial tus upload waits for its final upload; one with a deferred length
+    // waits for the length. Neither is a video's source by itself.
+    if let Some(row) = upload::Entity::find_by_id(id).one(&state.db).await? {
+        if row.status == UploadStatus::Open {
+            if let Some(tus) = TusState::from_row(&row) {
+                if tus.is_partial() {
+                    return Err(AppError::new(
+                        ErrorCode::Conflict,
+                        "a partial upload is completed by a final upload that concatenates it (`Upload-Concat: final;…`)",
+                    ));
+                }
+                if tus.deferred {
+                    return Err(AppError::new(
+                        ErrorCode::Conflict,
+                        "the upload's length is not known yet: send `Upload-Length` with a PATCH",
+                    ));
+                }
+            }
+        }
+    }
     let claimed = upload::Entity::update_many()
         .col_expr(upload::Column::Status, Expr::value(UploadStatus::Completing))
         .col_expr(upload::Column::UpdatedAt, Expr::value(Utc::now()))

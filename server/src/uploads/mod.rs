@@ -33,6 +33,7 @@
 pub mod abort;
 pub mod buffer_budget;
 pub mod completion;
+pub mod concat;
 pub mod gate;
 pub mod sweeper;
 pub mod tickets;
@@ -76,10 +77,41 @@ pub struct StoredPart {
 /// Every part but the last is exactly `part_size` bytes, so the durable offset
 /// tells how many bytes of the staging tail object are valid:
 /// `offset - parts.len() * part_size`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TusState {
     pub part_size: u64,
     pub parts: Vec<StoredPart>,
+    /// The `Upload-Metadata` header the client sent at creation, as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<String>,
+    /// `Upload-Defer-Length: 1`: the length is not known yet; until a PATCH
+    /// names it, the row's `declared_size` is the most the upload may hold.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deferred: bool,
+    /// tus concatenation: a partial upload, or the final one made of partials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concat: Option<Concat>,
+}
+
+/// A session's role in tus concatenation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Concat {
+    /// Bytes to be concatenated later; never completes a video on its own.
+    Partial,
+    /// Made of these partial uploads, in order.
+    Final { parts: Vec<uuid::Uuid> },
+}
+
+/// How a tus creation asks for its session.
+#[derive(Debug, Clone, Default)]
+pub struct TusOptions {
+    /// The raw `Upload-Metadata`, returned by HEAD.
+    pub metadata: Option<String>,
+    /// `Upload-Defer-Length: 1` (the request's size is ignored).
+    pub deferred: bool,
+    /// `Upload-Concat: partial`.
+    pub partial: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,6 +132,20 @@ impl TusState {
     pub fn full_bytes(&self) -> u64 {
         self.parts.len() as u64 * self.part_size
     }
+
+    pub fn is_partial(&self) -> bool {
+        self.concat == Some(Concat::Partial)
+    }
+
+    pub fn is_final(&self) -> bool {
+        matches!(self.concat, Some(Concat::Final { .. }))
+    }
+}
+
+/// Whether the session's bytes may complete its video by themselves: not a
+/// partial upload (it waits for a final one) and not one whose length is unknown.
+pub fn completes_video(row: &upload::Model) -> bool {
+    TusState::from_row(row).is_none_or(|tus| !tus.is_partial() && !tus.deferred)
 }
 
 /// The staging object holding tus bytes below one part.
@@ -163,10 +209,16 @@ pub async fn open_session(
     state: &AppState,
     principal: &Principal,
     request: UploadRequest,
-    tus: bool,
+    tus: Option<TusOptions>,
 ) -> AppResult<(upload::Model, video::Model)> {
     let settings = &state.settings.uploads;
     crate::limits::enforce(state, crate::limits::Policy::Upload, principal.user_id.to_string(), 1).await?;
+    let options = tus.clone().unwrap_or_default();
+    let mut request = request;
+    if options.deferred {
+        // The most it may hold until it says; the quota may shrink it (insert_session).
+        request.size = i64::try_from(settings.max_size_bytes).unwrap_or(i64::MAX);
+    }
     if request.size <= 0 {
         return Err(AppError::bad_input("the file is empty: an upload needs at least one byte"));
     }
@@ -177,8 +229,11 @@ pub async fn open_session(
             format!("the file is {size} bytes, more than the allowed {} bytes", settings.max_size_bytes),
         ));
     }
-    let content_type = normalize_content_type(&request.content_type);
-    if !settings.allowed_content_types.iter().any(|t| t.eq_ignore_ascii_case(&content_type)) {
+    let mut content_type = normalize_content_type(&request.content_type);
+    if options.partial && content_type.is_empty() {
+        // A partial upload is a piece of a file: the final upload says what the file is.
+        content_type = "application/octet-stream".into();
+    } else if !settings.allowed_content_types.iter().any(|t| t.eq_ignore_ascii_case(&content_type)) {
         return Err(AppError::new(
             ErrorCode::UnsupportedMedia,
             format!(
@@ -196,8 +251,10 @@ pub async fn open_session(
 
     // Look before touching storage; the conditional update below decides races.
     let video = crate::repo::videos::find_writable(&state.db, principal, request.video_id).await?;
-    ensure_uploadable(&video)?;
-    let method = if tus {
+    if !(options.partial && video.status == VideoStatus::Uploading) {
+        ensure_uploadable(&video)?;
+    }
+    let method = if tus.is_some() {
         UploadMethod::Tus
     } else if size <= settings.multipart_threshold_bytes {
         UploadMethod::Presigned
@@ -207,6 +264,8 @@ pub async fn open_session(
     let id = Uuid::now_v7();
     let object_key = match method {
         UploadMethod::Presigned => layout::staging(video.owner_id, video.id, id),
+        // Partial uploads of one video are open side by side: each has its own key.
+        UploadMethod::Tus if options.partial => layout::partial(video.owner_id, video.id, id),
         _ => layout::source(video.owner_id, video.id),
     };
     let multipart_id = match method {
@@ -220,7 +279,13 @@ pub async fn open_session(
         row.checksum_sha256 = Set(checksum.clone());
         row.user_id = Set(principal.user_id);
         if method == UploadMethod::Tus {
-            let tus = TusState { part_size: part_size_for(settings, size), parts: Vec::new() };
+            let tus = TusState {
+                part_size: part_size_for(settings, size),
+                metadata: options.metadata.clone(),
+                deferred: options.deferred,
+                concat: options.partial.then_some(Concat::Partial),
+                ..TusState::default()
+            };
             row.parts = Set(Some(tus.to_json()));
         }
     })
@@ -248,6 +313,19 @@ fn ensure_uploadable(video: &video::Model) -> AppResult<()> {
             ),
         ))
     }
+}
+
+/// Most partial uploads one video may have open at once (and a final may name).
+pub const MAX_PARTIALS: usize = 16;
+
+/// How a new session claims its video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// The video's one session: DRAFT/FAILED → UPLOADING.
+    Whole,
+    /// One of several partial uploads (tus concatenation) of the same user: the
+    /// first claims the video, the others join while only partials are open.
+    Partial,
 }
 
 async fn insert_session(
@@ -286,6 +364,16 @@ async fn insert_session(
         sea_orm::ActiveValue::Set(size) => *size,
         _ => 0,
     };
+    let tus = match &row.parts {
+        sea_orm::ActiveValue::Set(Some(parts)) => serde_json::from_value::<PartsColumn>(parts.clone()).ok(),
+        _ => None,
+    };
+    let deferred = tus.as_ref().is_some_and(|p| p.tus.deferred);
+    let claim = if tus.as_ref().is_some_and(|p| p.tus.is_partial()) { Claim::Partial } else { Claim::Whole };
+    let user_id = match &row.user_id {
+        sea_orm::ActiveValue::Set(user_id) => *user_id,
+        _ => video.owner_id,
+    };
     // Concurrent uploads of one owner are serialised on the owner's row, so two of
     // them cannot both fit into the same remaining quota (SQLite has a single writer
     // already).
@@ -294,8 +382,15 @@ async fn insert_session(
     } else {
         entities::user::Entity::find_by_id(video.owner_id).one(&txn).await?
     };
+    let mut size = size;
     if let Some(quota) = crate::repo::usage::storage_quota(owner.as_ref(), &state.settings) {
         let used = crate::repo::videos::storage_used_bytes(&txn, video.owner_id).await?;
+        if deferred && used < quota {
+            // Length unknown: reserve what is left of the quota (at most the largest
+            // file) until a PATCH names the length.
+            size = size.min(quota - used);
+            row.declared_size = Set(size);
+        }
         if used.saturating_add(size) > quota {
             return Err(AppError::new(
                 ErrorCode::PayloadTooLarge,
@@ -303,12 +398,45 @@ async fn insert_session(
             ));
         }
     }
-    // Only one session per video: the status flip is the claim.
+    // Only one session per video: the status flip is the claim. Partial uploads
+    // may join a video that only partial uploads of the same user hold.
+    let mut claimable = vec![VideoStatus::Draft, VideoStatus::Failed];
+    if claim == Claim::Partial {
+        let open = upload::Entity::find()
+            .filter(upload::Column::VideoId.eq(video.id))
+            .filter(upload::Column::Status.is_in([UploadStatus::Open, UploadStatus::Completing]))
+            .all(&txn)
+            .await?;
+        let all_partials = open.iter().all(|r| {
+            r.user_id == user_id
+                && r.status == UploadStatus::Open
+                && TusState::from_row(r).is_some_and(|t| t.is_partial())
+        });
+        if !open.is_empty() && all_partials {
+            if open.len() >= MAX_PARTIALS {
+                return Err(AppError::new(
+                    ErrorCode::Conflict,
+                    format!("a video may have at most {MAX_PARTIALS} partial uploads open at once"),
+                ));
+            }
+            let total = open.iter().map(|r| r.declared_size).fold(size, i64::saturating_add);
+            if u64::try_from(total).unwrap_or(u64::MAX) > settings.max_size_bytes {
+                return Err(AppError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!(
+                        "the partial uploads of this video would hold {total} bytes, more than the allowed {} bytes",
+                        settings.max_size_bytes
+                    ),
+                ));
+            }
+            claimable.push(VideoStatus::Uploading);
+        }
+    }
     let claimed = video::Entity::update_many()
         .col_expr(video::Column::Status, Expr::value(VideoStatus::Uploading))
         .col_expr(video::Column::UpdatedAt, Expr::value(now))
         .filter(video::Column::Id.eq(video.id))
-        .filter(video::Column::Status.is_in([VideoStatus::Draft, VideoStatus::Failed]))
+        .filter(video::Column::Status.is_in(claimable))
         .filter(video::Column::DeletedAt.is_null())
         .exec(&txn)
         .await?;

@@ -77,6 +77,12 @@ pub async fn sweep_staging(state: &AppState, now: chrono::DateTime<Utc>) -> AppR
                 }
             }
         }
+        // A partial upload's own object (tus concatenation) is scratch once it ended.
+        if super::TusState::from_row(&row).is_some_and(|t| t.is_partial())
+            && !best_effort(row.id, store.delete(&row.object_key).await)?
+        {
+            continue;
+        }
         if row.status != UploadStatus::Completed {
             if let Some(upload_id) = &row.s3_upload_id {
                 match store.abort_multipart(&row.object_key, upload_id).await {
@@ -127,7 +133,10 @@ pub async fn sweep_once(state: &AppState) -> AppResult<u64> {
     for row in due {
         // Every byte is in and only completion failed (e.g. storage was down):
         // complete it rather than throw a whole upload away.
-        if row.method == entities::UploadMethod::Tus && row.offset_bytes == row.declared_size {
+        if row.method == entities::UploadMethod::Tus
+            && row.offset_bytes == row.declared_size
+            && super::completes_video(&row)
+        {
             if let Err(err) = super::completion::complete(state, row.id).await {
                 tracing::info!(upload = %row.id, code = err.code().as_str(), "completing a full upload at expiry failed");
             }
@@ -148,7 +157,7 @@ pub async fn sweep_once(state: &AppState) -> AppResult<u64> {
         .limit(BATCH)
         .all(&state.db)
         .await?;
-    for row in full {
+    for row in full.into_iter().filter(super::completes_video) {
         if let Err(err) = super::completion::complete(state, row.id).await {
             tracing::info!(upload = %row.id, code = err.code().as_str(), "completing a full upload failed again");
         }

@@ -36,7 +36,7 @@ pub struct Ticket {
 
 /// Open a session and presign its URLs.
 pub async fn create_ticket(state: &AppState, principal: &Principal, request: UploadRequest) -> AppResult<Ticket> {
-    let (row, _video) = open_session(state, principal, request, false).await?;
+    let (row, _video) = open_session(state, principal, request, None).await?;
     match presign(state, &row).await {
         Ok(ticket) => Ok(ticket),
         Err(err) => {

@@ -34,7 +34,7 @@ pub async fn ensure_multipart(state: &AppState, row: &upload::Model) -> AppResul
         return Ok((upload_id.clone(), tus, row.object_key.clone()));
     }
     let size = u64::try_from(row.declared_size).unwrap_or(0);
-    let tus = TusState { part_size: part_size_for(&state.settings.uploads, size), parts: Vec::new() };
+    let tus = TusState { part_size: part_size_for(&state.settings.uploads, size), ..TusState::default() };
     let object_key = if row.s3_upload_id.is_none() {
         let video = entities::video::Entity::find_by_id(row.video_id)
             .one(&state.db)
@@ -111,13 +111,15 @@ where
     let key = key.as_str();
     let mut durable = u64::try_from(row.offset_bytes).unwrap_or(0);
     let mut offset = durable;
-    if durable >= declared {
-        return Ok(Appended { offset: durable, body_error: None });
-    }
     let tail_len = durable
         .checked_sub(tus.full_bytes())
         .filter(|len| *len < part_size)
         .ok_or_else(|| AppError::internal(anyhow::anyhow!("upload {} has an inconsistent offset and parts", row.id)))?;
+    // Full, unless the length was named after the last bytes arrived (deferred
+    // length): then the tail still has to become the last part, below.
+    if durable >= declared && tail_len == 0 {
+        return Ok(Appended { offset: durable, body_error: None });
+    }
     // Buffer memory is reserved as bytes arrive (never by the declared length), so a
     // slow body holds only what it sent; the tail is reserved before a byte is read.
     let mut reservation = state.tus_buffers.reservation(row.user_id);
@@ -170,7 +172,15 @@ where
             }
         }
     }
-    if offset > durable && !buffer.is_empty() {
+    if offset == declared && !buffer.is_empty() {
+        // Every byte is in (the length came with a PATCH after the bytes): the tail
+        // is the last part.
+        let number = i32::try_from(tus.parts.len() + 1).map_err(AppError::internal)?;
+        let etag = store.upload_part(key, &upload_id, number, buffer.split().freeze()).await?;
+        tus.parts.push(StoredPart { number, etag });
+        persist(state, row, durable, offset, &tus).await?;
+        durable = offset;
+    } else if offset > durable && !buffer.is_empty() {
         // Below one part: keep it in the staging tail, then record the offset.
         store.put_bytes(&tail_key(key), buffer.freeze(), None).await?;
         persist(state, row, durable, offset, &tus).await?;

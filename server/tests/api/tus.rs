@@ -783,3 +783,471 @@ async fn tus_one_user_is_held_to_its_share_of_the_buffer_budget() {
     let res = patch(&app.client, &url, &other, 0, &clip[..3 * 1024 * 1024]).await;
     assert_eq!(res.status(), 204, "{:?}", res.text().await);
 }
+
+// ---------------------------------------------------------------------------
+// The extensions: metadata on HEAD, X-HTTP-Method-Override, creation-with-upload,
+// creation-defer-length, concatenation.
+// ---------------------------------------------------------------------------
+
+fn tus_post(app: &TestApp, user: &TestUser) -> reqwest::RequestBuilder {
+    app.client.post(app.url("/uploads/")).bearer_auth(&user.access_token).header("Tus-Resumable", "1.0.0")
+}
+
+fn location(res: &reqwest::Response) -> String {
+    res.headers()["location"].to_str().unwrap().to_string()
+}
+
+fn header_of(res: &reqwest::Response, name: &str) -> Option<String> {
+    res.headers().get(name).map(|v| v.to_str().unwrap().to_string())
+}
+
+#[actix_web::test]
+async fn tus_head_returns_the_metadata_and_method_override_works() {
+    let app = spawn_uploads_app(|_| {}).await;
+    let res = app.client.request(reqwest::Method::OPTIONS, app.url("/uploads/")).send().await.unwrap();
+    let extensions = res.headers()["tus-extension"].to_str().unwrap().to_string();
+    for ext in ["creation-with-upload", "creation-defer-length", "concatenation"] {
+        assert!(extensions.split(',').any(|e| e == ext), "{extensions}");
+    }
+    let user = app.register_user().await;
+    let video = new_video(&app, user_id(&user)).await;
+    let clip = small_clip();
+    let sent = format!("{},extra", metadata(video, "holiday clip.mp4", "video/mp4"));
+    let res = tus_post(&app, &user)
+        .header("Upload-Length", clip.len().to_string())
+        .header("Upload-Metadata", &sent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let url = location(&res);
+    // HEAD answers the metadata exactly as it was sent (a key without a value too).
+    let res = head(&app.client, &url, &user).await;
+    assert_eq!(header_of(&res, "upload-metadata").as_deref(), Some(sent.as_str()));
+    assert!(header_of(&res, "upload-concat").is_none());
+
+    // POST + X-HTTP-Method-Override: PATCH is a PATCH (offset rules included).
+    let overridden = |at: u64, body: &[u8]| {
+        app.client
+            .post(&url)
+            .bearer_auth(&user.access_token)
+            .header("Tus-Resumable", "1.0.0")
+            .header("X-HTTP-Method-Override", "PATCH")
+            .header("Content-Type", "application/offset+octet-stream")
+            .header("Upload-Offset", at.to_string())
+            .body(body.to_vec())
+            .send()
+    };
+    let res = overridden(7, &clip[..10]).await.unwrap();
+    assert_eq!(res.status(), 409);
+    let half = clip.len() / 2;
+    let res = overridden(0, &clip[..half]).await.unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(header_of(&res, "upload-offset"), Some(half.to_string()));
+    // X-HTTP-Method-Override: HEAD reports the offset; an unknown method is 405.
+    let res = app
+        .client
+        .post(&url)
+        .bearer_auth(&user.access_token)
+        .header("Tus-Resumable", "1.0.0")
+        .header("X-HTTP-Method-Override", "HEAD")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(header_of(&res, "upload-offset"), Some(half.to_string()));
+    let res =
+        app.client.post(&url).bearer_auth(&user.access_token).header("Tus-Resumable", "1.0.0").send().await.unwrap();
+    assert_eq!(res.status(), 405);
+    // Someone else's upload stays invisible through the override too.
+    let stranger = app.register_user().await;
+    let res = app
+        .client
+        .post(&url)
+        .bearer_auth(&stranger.access_token)
+        .header("Tus-Resumable", "1.0.0")
+        .header("X-HTTP-Method-Override", "DELETE")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let res = overridden(half as u64, &clip[half..]).await.unwrap();
+    assert_eq!(res.status(), 204, "{:?}", res.text().await);
+    assert_eq!(video_row(&app, video).await.status, VideoStatus::Processing);
+
+    // A createUpload ticket's tus URL reports what the server knows as metadata.
+    let other = new_video(&app, user_id(&user)).await;
+    let ticket = ticket_for(&app, &user, other, &clip, "video/mp4").await;
+    let tus_url = ticket["tusUrl"].as_str().unwrap().to_string();
+    let res = head(&app.client, &tus_url, &user).await;
+    let meta = header_of(&res, "upload-metadata").unwrap();
+    assert!(meta.contains(&format!("videoId {}", b64(&other.to_string()))), "{meta}");
+    assert!(meta.contains(&format!("filetype {}", b64("video/mp4"))), "{meta}");
+    // X-HTTP-Method-Override: DELETE terminates.
+    let res = app
+        .client
+        .post(&tus_url)
+        .bearer_auth(&user.access_token)
+        .header("Tus-Resumable", "1.0.0")
+        .header("X-HTTP-Method-Override", "DELETE")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(video_row(&app, other).await.status, VideoStatus::Draft);
+
+    // Metadata is bounded.
+    let third = new_video(&app, user_id(&user)).await;
+    let res = tus_post(&app, &user)
+        .header("Upload-Length", "10")
+        .header(
+            "Upload-Metadata",
+            format!("{},filler {}", metadata(third, "a.mp4", "video/mp4"), b64(&"x".repeat(4000))),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+}
+
+#[actix_web::test]
+async fn tus_creation_with_upload() {
+    let app = spawn_uploads_app(|_| {}).await;
+    let user = app.register_user().await;
+    let clip = small_clip();
+    let create = |video: Uuid, body: Vec<u8>| {
+        tus_post(&app, &user)
+            .header("Upload-Length", clip.len().to_string())
+            .header("Upload-Metadata", metadata(video, "clip.mp4", "video/mp4"))
+            .header("Content-Type", "application/offset+octet-stream")
+            .body(body)
+            .send()
+    };
+    // The first bytes come with the POST; the rest with PATCH.
+    let video = new_video(&app, user_id(&user)).await;
+    let res = create(video, clip[..10_000].to_vec()).await.unwrap();
+    assert_eq!(res.status(), 201, "{:?}", res.text().await);
+    assert_eq!(header_of(&res, "upload-offset").as_deref(), Some("10000"));
+    assert!(header_of(&res, "upload-expires").is_some());
+    let url = location(&res);
+    assert_eq!(offset(&app.client, &url, &user).await, 10_000);
+    assert_eq!(video_row(&app, video).await.status, VideoStatus::Uploading);
+    send_rest(&app.client, &url, &user, &clip, 10_000, 30_000).await;
+    assert_eq!(video_row(&app, video).await.status, VideoStatus::Processing);
+    assert_eq!(jobs_of(&app, video).await.len(), 1);
+
+    // The whole file in the POST: created and completed at once.
+    let video = new_video(&app, user_id(&user)).await;
+    let res = create(video, clip.clone()).await.unwrap();
+    assert_eq!(res.status(), 201, "{:?}", res.text().await);
+    assert_eq!(header_of(&res, "upload-offset"), Some(clip.len().to_string()));
+    assert_eq!(video_row(&app, video).await.status, VideoStatus::Processing);
+    assert_eq!(event_kinds(&app, video).await, ["UPLOADED", "PROCESSING"]);
+
+    // More than Upload-Length in the POST: refused, nothing past the length stored.
+    let video = new_video(&app, user_id(&user)).await;
+    let mut longer = clip.clone();
+    longer.extend_from_slice(b"trailing");
+    let res = create(video, longer).await.unwrap();
+    assert_eq!(res.status(), 413);
+    let url = location(&res);
+    assert_eq!(offset(&app.client, &url, &user).await, 0);
+}
+
+#[actix_web::test]
+async fn tus_deferred_length_is_named_later_and_bounded_as_bytes_arrive() {
+    let app = spawn_uploads_app(|s| s.uploads.part_size_bytes = 5 * 1024 * 1024).await;
+    let user = app.register_user().await;
+    let clip = big_clip();
+    let deferred = |video: Uuid| {
+        tus_post(&app, &user)
+            .header("Upload-Defer-Length", "1")
+            .header("Upload-Metadata", metadata(video, "clip.mp4", "video/mp4"))
+            .send()
+    };
+    // The length comes with the PATCH carrying the last bytes.
+    let video = new_video(&app, user_id(&user)).await;
+    let res = deferred(video).await.unwrap();
+    assert_eq!(res.status(), 201, "{:?}", res.text().await);
+    let url = location(&res);
+    let res = head(&app.client, &url, &user).await;
+    assert_eq!(header_of(&res, "upload-defer-length").as_deref(), Some("1"));
+    assert!(header_of(&res, "upload-length").is_none());
+    let first = 6 * 1024 * 1024; // one full part and a tail
+    let res = patch(&app.client, &url, &user, 0, &clip[..first]).await;
+    assert_eq!(res.status(), 204);
+    // All bytes in without a length: nothing completes yet.
+    let res = patch_request(&app.client, &url, &user, first as u64, &clip[first..])
+        .header("Upload-Length", clip.len().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204, "{:?}", res.text().await);
+    assert_eq!(video_row(&app, video).await.status, VideoStatus::Processing);
+    let res = head(&app.client, &url, &user).await;
+    assert_eq!(header_of(&res, "upload-length"), Some(clip.len().to_string()));
+    let meta = app.state.store.head(&reelhouse::storage::layout::source(user_id(&user), video)).await.unwrap();
+    assert_eq!(meta.size, clip.len() as u64);
+
+    // The length comes after the last bytes, in an empty PATCH.
+    let video = new_video(&app, user_id(&user)).await;
+    let url = location(&deferred(video).await.unwrap());
+    let res = patch(&app.client, &url, &user, 0, &clip[..first]).await;
+    assert_eq!(res.status(), 204);
+    let res = patch(&app.client, &url, &user, first as u64, &clip[first..]).await;
+    assert_eq!(res.status(), 204);
+    assert_eq!(video_row(&app, video).await.status, VideoStatus::Uploading);
+    // completeUpload cannot finish it either: the length is unknown.
+    assert!(reelhouse::uploads::completion::complete(&app.state, upload_row(&app, &path_of(&url)[9..]).await.id)
+        .await
+        .is_err());
+    // A length below what arrived is refused.
+    let res = patch_request(&app.client, &url, &user, clip.len() as u64, b"")
+        .header("Upload-Length", (clip.len() - 1).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let res = patch_request(&app.client, &url, &user, clip.len() as u64, b"")
+        .header("Upload-Length", clip.len().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204, "{:?}", res.text().await);
+    assert_eq!(video_row(&app, video).await.status, VideoStatus::Processing);
+    assert_eq!(jobs_of(&app, video).await.len(), 1);
+
+    // Both lengths at once is a bad request.
+    let video = new_video(&app, user_id(&user)).await;
+    let res = tus_post(&app, &user)
+        .header("Upload-Defer-Length", "1")
+        .header("Upload-Length", "10")
+        .header("Upload-Metadata", metadata(video, "clip.mp4", "video/mp4"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+}
+
+#[actix_web::test]
+async fn tus_deferred_length_bytes_are_held_to_the_size_limit_and_quota() {
+    let app = spawn_uploads_app(|s| {
+        s.uploads.max_size_bytes = 100_000;
+        s.uploads.quota_bytes_per_user = 150_000;
+    })
+    .await;
+    let user = app.register_user().await;
+    let video = new_video(&app, user_id(&user)).await;
+    let res = tus_post(&app, &user)
+        .header("Upload-Defer-Length", "1")
+        .header("Upload-Metadata", metadata(video, "clip.mp4", "video/mp4"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let url = location(&res);
+    // It reserves the most it may hold: the size limit.
+    assert_eq!(upload_row(&app, &path_of(&url)[9..]).await.declared_size, 100_000);
+    let bytes = vec![7u8; 100_001];
+    let res = patch(&app.client, &url, &user, 0, &bytes).await;
+    assert_eq!(res.status(), 413);
+    let res = patch(&app.client, &url, &user, 0, &bytes[..60_000]).await;
+    assert_eq!(res.status(), 204);
+    // Without Content-Length (chunked) the limit holds as bytes arrive.
+    let stream = futures::stream::iter((0..5).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![1u8; 10_000]))));
+    let res = app
+        .client
+        .patch(&url)
+        .bearer_auth(&user.access_token)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Content-Type", "application/offset+octet-stream")
+        .header("Upload-Offset", "60000")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    assert_eq!(offset(&app.client, &url, &user).await, 60_000);
+    let res =
+        patch_request(&app.client, &url, &user, 60_000, b"").header("Upload-Length", "100001").send().await.unwrap();
+    assert_eq!(res.status(), 413);
+    // A second deferred upload only gets what is left of the quota.
+    let other = new_video(&app, user_id(&user)).await;
+    let res = tus_post(&app, &user)
+        .header("Upload-Defer-Length", "1")
+        .header("Upload-Metadata", metadata(other, "clip.mp4", "video/mp4"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    assert_eq!(upload_row(&app, &path_of(&location(&res))[9..]).await.declared_size, 50_000);
+    // Naming the length gives the rest back.
+    let res =
+        patch_request(&app.client, &url, &user, 60_000, b"").header("Upload-Length", "60000").send().await.unwrap();
+    // 60 000 bytes of sevens are no video: refused when it completes.
+    assert_eq!(res.status(), 415, "{:?}", res.text().await);
+    assert_eq!(video_row(&app, video).await.status, VideoStatus::Failed);
+}
+
+async fn partial(app: &TestApp, user: &TestUser, video: Uuid, bytes: &[u8]) -> String {
+    let res = tus_post(app, user)
+        .header("Upload-Concat", "partial")
+        .header("Upload-Length", bytes.len().to_string())
+        .header("Upload-Metadata", format!("videoId {}", b64(&video.to_string())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201, "{:?}", res.text().await);
+    let url = location(&res);
+    send_rest(&app.client, &url, user, bytes, 0, 4 * 1024 * 1024).await;
+    url
+}
+
+fn final_request(app: &TestApp, user: &TestUser, video: Uuid, urls: &[&str]) -> reqwest::RequestBuilder {
+    tus_post(app, user)
+        .header("Upload-Concat", format!("final;{}", urls.join(" ")))
+        .header("Upload-Metadata", metadata(video, "clip.mp4", "video/mp4"))
+}
+
+#[actix_web::test]
+async fn tus_concatenation_joins_partial_uploads_into_the_video() {
+    let app = spawn_uploads_app(|s| s.uploads.part_size_bytes = 5 * 1024 * 1024).await;
+    let user = app.register_user().await;
+    let owner = user_id(&user);
+    let video = new_video(&app, owner).await;
+    let clip = big_clip();
+    let third = clip.len() / 3;
+    let pieces = [&clip[..third], &clip[third..2 * third], &clip[2 * third..]];
+
+    let a = partial(&app, &user, video, pieces[0]).await;
+    let res = head(&app.client, &a, &user).await;
+    assert_eq!(header_of(&res, "upload-concat").as_deref(), Some("partial"));
+    assert_eq!(header_of(&res, "upload-offset"), Some(pieces[0].len().to_string()));
+    // A finished partial upload completes nothing by itself.
+    assert_eq!(video_row(&app, video).await.status, VideoStatus::Uploading);
+    assert!(jobs_of(&app, video).await.is_empty());
+    let b = partial(&app, &user, video, pieces[1]).await;
+    // Only partial uploads may join: a whole upload of the same video is refused.
+    assert_eq!(tus_create(&app, &user, video, 10).await.status(), 409);
+    // Ending one partial upload leaves the video to the others.
+    let spare = partial(&app, &user, video, b"spare").await;
+    let res = app
+        .client
+        .delete(&spare)
+        .bearer_auth(&user.access_token)
+        .header("Tus-Resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(video_row(&app, video).await.status, VideoStatus::Uploading);
+
+    // An unfinished partial upload cannot be joined.
+    let res = tus_post(&app, &user)
+        .header("Upload-Concat", "partial")
+        .header("Upload-Length", pieces[2].len().to_string())
+        .header("Upload-Metadata", format!("videoId {}", b64(&video.to_string())))
+        .send()
+        .await
+        .unwrap();
+    let c = location(&res);
+    let res = final_request(&app, &user, video, &[&a, &b, &c]).send().await.unwrap();
+    assert_eq!(res.status(), 409);
+    send_rest(&app.client, &c, &user, pieces[2], 0, 4 * 1024 * 1024).await;
+    // Another user cannot join these partial uploads (nor learn they exist).
+    let stranger = app.register_user().await;
+    let res = final_request(&app, &stranger, video, &[&a, &b, &c]).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    // The same partial upload twice is refused.
+    let res = final_request(&app, &user, video, &[&a, &a]).send().await.unwrap();
+    assert_eq!(res.status(), 400);
+
+    // Paths work as well as URLs.
+    let res = final_request(&app, &user, video, &[&a, &path_of(&b), &c]).send().await.unwrap();
+    assert_eq!(res.status(), 201, "{:?}", res.text().await);
+    let url = location(&res);
+    let row = video_row(&app, video).await;
+    assert_eq!(row.status, VideoStatus::Processing);
+    assert_eq!(row.source_size_bytes, Some(clip.len() as i64));
+    assert_eq!(jobs_of(&app, video).await.len(), 1);
+    let mut source = app.state.store.get(&reelhouse::storage::layout::source(owner, video), None).await.unwrap().body;
+    let mut stored = Vec::new();
+    while let Some(chunk) = futures::StreamExt::next(&mut source).await {
+        stored.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(stored == clip, "the source is the partial uploads in order");
+    // The partial uploads' bytes are gone; they are done.
+    for partial in [&a, &b, &c] {
+        let row = upload_row(&app, &path_of(partial)[9..]).await;
+        assert_eq!(row.status, UploadStatus::Completed);
+        assert!(app.state.store.head(&row.object_key).await.is_err());
+    }
+    // HEAD of the final upload names its parts; it takes no PATCH.
+    let res = head(&app.client, &url, &user).await;
+    assert_eq!(header_of(&res, "upload-offset"), Some(clip.len().to_string()));
+    let concat = header_of(&res, "upload-concat").unwrap();
+    assert_eq!(concat, format!("final;{a} {b} {c}"));
+    let res = patch(&app.client, &url, &user, 0, b"x").await;
+    assert_eq!(res.status(), 403);
+    // The same final request again (a client that lost the answer) gets the same
+    // final upload, and the video still has one job.
+    let res = final_request(&app, &user, video, &[&a, &b, &c]).send().await.unwrap();
+    assert_eq!(res.status(), 201, "{:?}", res.text().await);
+    assert_eq!(location(&res), url);
+    assert_eq!(jobs_of(&app, video).await.len(), 1);
+    // A partial upload is used once.
+    let other = new_video(&app, owner).await;
+    let res = final_request(&app, &user, other, &[&a]).send().await.unwrap();
+    assert_eq!(res.status(), 409);
+}
+
+#[actix_web::test]
+async fn tus_partial_uploads_are_bounded() {
+    let app = spawn_uploads_app(|s| s.uploads.max_size_bytes = 1_000).await;
+    let user = app.register_user().await;
+    let video = new_video(&app, user_id(&user)).await;
+    let create = |len: usize| {
+        tus_post(&app, &user)
+            .header("Upload-Concat", "partial")
+            .header("Upload-Length", len.to_string())
+            .header("Upload-Metadata", format!("videoId {}", b64(&video.to_string())))
+            .send()
+    };
+    assert_eq!(create(600).await.unwrap().status(), 201);
+    // Together the partial uploads of a video are held to the size limit.
+    assert_eq!(create(600).await.unwrap().status(), 413);
+    for _ in 1..reelhouse::uploads::MAX_PARTIALS {
+        assert_eq!(create(10).await.unwrap().status(), 201);
+    }
+    // And to a number of them.
+    assert_eq!(create(10).await.unwrap().status(), 409);
+    // A partial upload must name its video (it is counted against that video).
+    let res =
+        tus_post(&app, &user).header("Upload-Concat", "partial").header("Upload-Length", "10").send().await.unwrap();
+    assert_eq!(res.status(), 400);
+}
+
+#[actix_web::test]
+async fn tus_expired_partial_uploads_are_swept_and_free_the_video() {
+    let app = spawn_uploads_app(|_| {}).await;
+    let user = app.register_user().await;
+    let video = new_video(&app, user_id(&user)).await;
+    // Two partial uploads, both full: at expiry neither may complete the video.
+    let a = partial(&app, &user, video, b"first part").await;
+    let b = partial(&app, &user, video, b"second part").await;
+    use sea_orm::{ActiveModelTrait, IntoActiveModel, Set};
+    for url in [&a, &b] {
+        let row = upload_row(&app, &path_of(url)[9..]).await;
+        let mut expired = row.into_active_model();
+        expired.expires_at = Set(chrono::Utc::now() - chrono::Duration::seconds(1));
+        expired.update(&app.state.db).await.unwrap();
+    }
+    assert_eq!(reelhouse::uploads::sweeper::sweep_once(&app.state).await.unwrap(), 2);
+    for url in [&a, &b] {
+        assert_eq!(upload_row(&app, &path_of(url)[9..]).await.status, UploadStatus::Expired);
+    }
+    assert!(jobs_of(&app, video).await.is_empty());
+    assert_eq!(video_row(&app, video).await.status, VideoStatus::Draft);
+    // The video takes a new upload.
+    assert_eq!(tus_create(&app, &user, video, 10).await.status(), 201);
+}

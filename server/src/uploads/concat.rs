@@ -1,0 +1,310 @@
+//! tus concatenation: partial uploads sent side by side (tus-js-client's
+//! `parallelUploads`), then one final upload that joins them and completes the video.
+//!
+//! A partial upload is an ordinary tus session of the video (`Upload-Metadata`
+//! names it, as for any tus upload) with its own key ([`layout::partial`]); the first one claims
+//! the video (DRAFT/FAILED → UPLOADING), more may join while only partial uploads
+//! of the same user are open (at most [`super::MAX_PARTIALS`], together at most
+//! `uploads.max_size_bytes`). Each counts against the quota like any upload. A
+//! partial upload never completes a video by itself.
+//!
+//! `Upload-Concat: final;/uploads/a /uploads/b` names finished partial uploads of
+//! the caller, all of one video: they are claimed at once (a partial upload is
+//! used by one final upload only), assembled in storage, streamed in order into
+//! the final session's multipart upload of the video's source, removed, and the
+//! final session completes as any upload does (size, magic bytes, probe, job). If
+//! storage fails half-way, the final session is aborted and the partial uploads
+//! are open again, so the client can retry the final request.
+
+use chrono::Utc;
+use entities::{upload, UploadMethod, UploadStatus, VideoStatus};
+use futures::StreamExt;
+use sea_orm::sea_query::Expr;
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
+use uuid::Uuid;
+
+use super::{part_size_for, tail_key, Concat, TusState, MAX_PARTIALS};
+use crate::auth::principal::Principal;
+use crate::error::{AppError, AppResult, ErrorCode};
+use crate::startup::AppState;
+use crate::storage::{layout, CompletedPart, StoreError};
+
+/// What the final request asks for.
+#[derive(Debug, Clone)]
+pub struct FinalRequest {
+    /// The video the metadata names, if it does (it must then be the partials' video).
+    pub video_id: Option<Uuid>,
+    /// The raw `Upload-Metadata`, returned by HEAD.
+    pub metadata: Option<String>,
+    pub filename: Option<String>,
+    pub content_type: Option<String>,
+    pub checksum_sha256: Option<String>,
+    /// The partial uploads, in order.
+    pub parts: Vec<Uuid>,
+}
+
+/// Create the final session from `request.parts` and fill it. Returns the final
+/// session and the outcome of its completion (the video, or why it was refused).
+pub async fn concatenate(
+    state: &AppState,
+    principal: &Principal,
+    request: FinalRequest,
+) -> AppResult<(upload::Model, AppResult<entities::video::Model>)> {
+    crate::limits::enforce(state, crate::limits::Policy::Upload, principal.user_id.to_string(), 1).await?;
+    if request.parts.is_empty() {
+        return Err(AppError::bad_input("Upload-Concat: final needs at least one partial upload"));
+    }
+    if request.parts.len() > MAX_PARTIALS {
+        return Err(AppError::bad_input(format!("a final upload may join at most {MAX_PARTIALS} partial uploads")));
+    }
+    for (i, id) in request.parts.iter().enumerate() {
+        if request.parts[..i].contains(id) {
+            return Err(AppError::bad_input("Upload-Concat: final names a partial upload twice"));
+        }
+    }
+    let now = Utc::now();
+    let mut partials = Vec::with_capacity(request.parts.len());
+    for id in &request.parts {
+        // Only the caller's own partial uploads: anyone else's are not found.
+        let row = super::find_owned(state, principal, *id).await?;
+        if !TusState::from_row(&row).is_some_and(|t| t.is_partial()) {
+            return Err(AppError::bad_input(format!("upload {id} is not a partial upload (`Upload-Concat: partial`)")));
+        }
+        match row.status {
+            UploadStatus::Open if row.expires_at > now => {}
+            UploadStatus::Completed => {
+                // A retried final request (its answer was lost, or completion failed
+                // for a moment) finds the final upload it made.
+                if let Some(done) = earlier_final(state, &row, &request.parts).await? {
+                    return Ok(done);
+                }
+                return Err(AppError::new(ErrorCode::Conflict, format!("partial upload {id} is already concatenated")));
+            }
+            UploadStatus::Completing => {
+                return Err(AppError::new(ErrorCode::Conflict, format!("partial upload {id} is being concatenated")))
+            }
+            _ => return Err(AppError::not_found("upload")),
+        }
+        if row.offset_bytes != row.declared_size {
+            return Err(AppError::new(
+                ErrorCode::Conflict,
+                format!("partial upload {id} is not finished: {} of {} bytes", row.offset_bytes, row.declared_size),
+            ));
+        }
+        partials.push(row);
+    }
+    let video_id = partials[0].video_id;
+    if partials.iter().any(|p| p.video_id != video_id) || request.video_id.is_some_and(|v| v != video_id) {
+        return Err(AppError::bad_input("the partial uploads and the final upload must all name the same video"));
+    }
+    let video = crate::repo::videos::find_writable(&state.db, principal, video_id).await?;
+    if video.status != VideoStatus::Uploading {
+        return Err(AppError::new(ErrorCode::Conflict, "the video is not being uploaded"));
+    }
+    let size = partials.iter().map(|p| p.declared_size).fold(0i64, i64::saturating_add);
+    let settings = &state.settings.uploads;
+    if u64::try_from(size).unwrap_or(u64::MAX) > settings.max_size_bytes {
+        return Err(AppError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the file is {size} bytes, more than the allowed {} bytes", settings.max_size_bytes),
+        ));
+    }
+    let filename = super::sanitize_filename(request.filename.as_deref().unwrap_or(&partials[0].filename));
+    let content_type = request
+        .content_type
+        .clone()
+        .filter(|t| !t.trim().is_empty())
+        .or_else(|| super::content_type_from_filename(&filename).map(str::to_string))
+        .unwrap_or_else(|| partials[0].content_type.clone());
+    let content_type = super::normalize_content_type(&content_type);
+    if !settings.allowed_content_types.iter().any(|t| t.eq_ignore_ascii_case(&content_type)) {
+        return Err(AppError::new(
+            ErrorCode::UnsupportedMedia,
+            format!(
+                "files of type `{}` are not accepted; send a video",
+                content_type.chars().take(100).collect::<String>()
+            ),
+        ));
+    }
+    let checksum = match request.checksum_sha256.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => Some(hex.to_ascii_lowercase()),
+        Some(_) => return Err(AppError::bad_input("checksumSha256 must be 64 hexadecimal characters")),
+    };
+
+    let object_key = layout::source(video.owner_id, video.id);
+    let multipart_id = state.store.create_multipart(&object_key, Some(&content_type)).await?;
+    let tus = TusState {
+        part_size: part_size_for(settings, u64::try_from(size).unwrap_or(0)),
+        metadata: request.metadata.clone(),
+        concat: Some(Concat::Final { parts: request.parts.clone() }),
+        ..TusState::default()
+    };
+    let id = Uuid::now_v7();
+    let inserted = async {
+        let txn = crate::db::begin_write(&state.db).await?;
+        // The claim: every partial upload OPEN → COMPLETING, or none.
+        let claimed = upload::Entity::update_many()
+            .col_expr(upload::Column::Status, Expr::value(UploadStatus::Completing))
+            .col_expr(upload::Column::UpdatedAt, Expr::value(now))
+            .filter(upload::Column::Id.is_in(request.parts.clone()))
+            .filter(upload::Column::UserId.eq(principal.user_id))
+            .filter(upload::Column::Status.eq(UploadStatus::Open))
+            .exec(&txn)
+            .await?;
+        if claimed.rows_affected != request.parts.len() as u64 {
+            return Err(AppError::new(ErrorCode::Conflict, "a partial upload changed meanwhile, try again"));
+        }
+        let row = upload::ActiveModel {
+            id: Set(id),
+            video_id: Set(video.id),
+            user_id: Set(principal.user_id),
+            method: Set(UploadMethod::Tus),
+            status: Set(UploadStatus::Open),
+            filename: Set(filename),
+            content_type: Set(content_type),
+            declared_size: Set(size),
+            checksum_sha256: Set(checksum),
+            offset_bytes: Set(0),
+            object_key: Set(object_key.clone()),
+            s3_upload_id: Set(Some(multipart_id.clone())),
+            parts: Set(Some(tus.to_json())),
+            expires_at: Set(partials.iter().map(|p| p.expires_at).min().unwrap_or(now)),
+            failure_reason: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+            completed_at: Set(None),
+            staging_swept_at: Set(None),
+        }
+        .insert(&txn)
+        .await?;
+        txn.commit().await?;
+        Ok::<_, AppError>(row)
+    }
+    .await;
+    let row = match inserted {
+        Ok(row) => row,
+        Err(err) => {
+            if let Err(abort) = state.store.abort_multipart(&object_key, &multipart_id).await {
+                tracing::warn!(error = %abort, "could not abort the multipart upload of a refused final upload");
+            }
+            return Err(err);
+        }
+    };
+    metrics::counter!("reelhouse_uploads_created_total", "method" => "tus_final").increment(1);
+
+    if let Err(err) = join(state, &row, &partials).await {
+        // Give the partial uploads back, end the final one: the client may retry.
+        let reopened = upload::Entity::update_many()
+            .col_expr(upload::Column::Status, Expr::value(UploadStatus::Open))
+            .col_expr(upload::Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(upload::Column::Id.is_in(request.parts.clone()))
+            .filter(upload::Column::Status.eq(UploadStatus::Completing))
+            .exec(&state.db)
+            .await;
+        if let Err(db) = reopened {
+            tracing::error!(upload = %row.id, error = ?db, "could not reopen partial uploads after a failed concatenation");
+        }
+        if let Err(end) = super::abort::abort(state, row.id, Some("the concatenation failed".into())).await {
+            end.log();
+        }
+        return Err(err);
+    }
+    let done = upload::Entity::update_many()
+        .col_expr(upload::Column::Status, Expr::value(UploadStatus::Completed))
+        .col_expr(upload::Column::CompletedAt, Expr::value(Utc::now()))
+        .col_expr(upload::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(upload::Column::Id.is_in(request.parts.clone()))
+        .filter(upload::Column::Status.eq(UploadStatus::Completing))
+        .exec(&state.db)
+        .await;
+    if let Err(err) = done {
+        tracing::error!(upload = %row.id, error = ?err, "could not mark concatenated partial uploads completed");
+    }
+    // Their multipart uploads are complete: only the objects are left (the staging
+    // sweep retries what fails here).
+    for partial in &partials {
+        if let Err(err) = state.store.delete(&partial.object_key).await {
+            tracing::warn!(upload = %partial.id, error = %err, "could not delete a concatenated partial upload");
+        }
+    }
+    let row = upload::Entity::find_by_id(row.id).one(&state.db).await?.ok_or_else(|| AppError::not_found("upload"))?;
+    let completed = super::completion::complete(state, row.id).await;
+    Ok((row, completed))
+}
+
+/// The final upload of the caller that joined exactly `parts` (of `partial`'s
+/// video), completed again if it is still open; `None` if there is none.
+async fn earlier_final(
+    state: &AppState,
+    partial: &upload::Model,
+    parts: &[Uuid],
+) -> AppResult<Option<(upload::Model, AppResult<entities::video::Model>)>> {
+    let candidates = upload::Entity::find()
+        .filter(upload::Column::VideoId.eq(partial.video_id))
+        .filter(upload::Column::UserId.eq(partial.user_id))
+        .filter(upload::Column::Method.eq(UploadMethod::Tus))
+        .filter(upload::Column::Status.is_in([UploadStatus::Open, UploadStatus::Completed]))
+        .all(&state.db)
+        .await?;
+    let Some(row) = candidates
+        .into_iter()
+        .find(|row| TusState::from_row(row).and_then(|t| t.concat) == Some(Concat::Final { parts: parts.to_vec() }))
+    else {
+        return Ok(None);
+    };
+    let completed = super::completion::complete(state, row.id).await;
+    Ok(Some((row, completed)))
+}
+
+/// Assemble each partial upload and stream it, in order, into the final session.
+async fn join(state: &AppState, row: &upload::Model, partials: &[upload::Model]) -> AppResult<()> {
+    for partial in partials {
+        assemble_partial(state, partial).await?;
+        let current =
+            upload::Entity::find_by_id(row.id).one(&state.db).await?.ok_or_else(|| AppError::not_found("upload"))?;
+        let body = state
+            .store
+            .get(&partial.object_key, None)
+            .await?
+            .body
+            .map(|chunk| chunk.map_err(|e| AppError::unavailable("object storage", e)));
+        let appended = super::tus_store::append(state, &current, body).await?;
+        if let Some(err) = appended.body_error {
+            return Err(err);
+        }
+        let expected = current.offset_bytes.saturating_add(partial.declared_size);
+        if i64::try_from(appended.offset).unwrap_or(i64::MAX) != expected {
+            return Err(AppError::internal(anyhow::anyhow!(
+                "partial upload {} gave {} bytes, not {}",
+                partial.id,
+                appended.offset,
+                expected
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Turn a finished partial upload's multipart upload into its staging object.
+async fn assemble_partial(state: &AppState, row: &upload::Model) -> AppResult<()> {
+    let store = state.store.as_ref();
+    if let (Some(upload_id), Some(tus)) = (&row.s3_upload_id, TusState::from_row(row)) {
+        let parts = tus.parts.iter().map(|p| CompletedPart { number: p.number, etag: p.etag.clone() }).collect();
+        match store.complete_multipart(&row.object_key, upload_id, parts).await {
+            // Gone: an earlier, failed concatenation assembled it already.
+            Ok(_) | Err(StoreError::UploadNotFound) => {}
+            Err(err) => return Err(err.into()),
+        }
+        if let Err(err) = store.delete(&tail_key(&row.object_key)).await {
+            tracing::warn!(upload = %row.id, error = %err, "could not delete a tus tail");
+        }
+    }
+    match store.head(&row.object_key).await {
+        Ok(meta) if i64::try_from(meta.size).unwrap_or(i64::MAX) == row.declared_size => Ok(()),
+        Ok(_) | Err(StoreError::NotFound { .. }) => {
+            Err(AppError::internal(anyhow::anyhow!("the bytes of partial upload {} are missing", row.id)))
+        }
+        Err(err) => Err(err.into()),
+    }
+}
