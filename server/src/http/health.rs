@@ -32,6 +32,8 @@ struct Readiness {
     checks: std::collections::BTreeMap<&'static str, Check>,
     /// Liveness of the supervised background loops (detail only: a loop waiting to
     /// restart does not make the process unready; its dependencies decide that).
+    /// Left out where there are none (a worker's health port).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     loops: std::collections::BTreeMap<&'static str, crate::actors::LoopStatus>,
 }
 

@@ -12,7 +12,7 @@ use sea_orm::{ActiveModelTrait, IntoActiveModel, Set};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{backend, eventually, spawn_app_with, strip_ansi, Backend};
+use crate::helpers::{backend, eventually, socket_of, spawn_app_with, strip_ansi, Backend, TcpProxy};
 
 /// Names that have a `# TYPE` line, and names that have a `# HELP` line.
 fn type_and_help(text: &str) -> (BTreeMap<String, String>, BTreeSet<String>) {
@@ -170,7 +170,10 @@ async fn worker_health_port_serves_live_ready_and_metrics() {
     }
     let app = spawn_app_with(|s| s.workers.embedded = false).await;
     let dir = tempfile::tempdir().unwrap();
-    let redis_url = app.state.settings.redis.url.as_ref().expect("postgres runs have redis").expose().to_string();
+    // The worker reaches Redis through a proxy the test can cut.
+    let redis = app.state.settings.redis.url.as_ref().expect("postgres runs have redis").expose().to_string();
+    let mut proxy = TcpProxy::start(socket_of(&redis)).await;
+    let redis_url = format!("redis://127.0.0.1:{}", proxy.port);
     let mut child = crate::worker_process::worker_command(
         &app.state.settings,
         dir.path(),
@@ -217,6 +220,23 @@ async fn worker_health_port_serves_live_ready_and_metrics() {
     for name in ["process_cpu_seconds_total", "process_resident_memory_bytes", "reelhouse_worker_running_jobs"] {
         assert!(types.contains_key(name), "{name} missing:\n{text}");
     }
+
+    // A dependency gone: not ready (503 naming it, no address), still live.
+    proxy.cut().await;
+    let ready = app.client.get(format!("{base}/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["checks"]["redis"]["ok"], false, "{body}");
+    assert!(body["reason"].as_str().unwrap_or_default().starts_with("redis"), "{body}");
+    assert!(!body.to_string().contains("127.0.0.1"), "no addresses: {body}");
+    assert_eq!(sample(&scrape().await, "reelhouse_dependency_up{dependency=\"redis\"}"), Some(0.0));
+    assert_eq!(app.client.get(format!("{base}/live")).send().await.unwrap().status(), 200);
+    proxy.restore().await;
+    assert!(
+        eventually(100, || async { app.client.get(format!("{base}/ready")).send().await.unwrap().status() == 200 })
+            .await,
+        "ready again once Redis is back"
+    );
 
     crate::worker_process::sigterm(&child);
     let exit = tokio::time::timeout(Duration::from_secs(60), child.wait()).await.expect("worker exits").unwrap();
