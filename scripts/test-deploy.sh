@@ -11,6 +11,8 @@
 #      dashboard, the alerts and the KEDA trigger parses (promql-parser) and uses
 #      only metrics the server emits; custom resources' structure; pod security
 #      settings, resources and probes;
+#   3b. `reelhouse config` accepts the variables each container gets (a typo in a
+#      REELHOUSE__ key fails it);
 #   4. `docker compose config` (or docker-compose, installed from Debian when
 #      missing) on deploy/compose.yaml.
 # Tools go to a virtualenv in DEPLOY_CHECK_CACHE (default
@@ -88,6 +90,28 @@ step "kubernetes-validate --strict (Kubernetes $KUBERNETES_VERSION)" validate
 
 # 3. Metrics, PromQL, custom resources, pod security
 step "check.py (dashboard, alerts, KEDA, pod security)" "$venv/bin/python" scripts/deploy-check/check.py "$work"
+
+# 3b. Every variable the manifests and compose.yaml give a process is a setting
+# `reelhouse config` accepts (unknown or malformed keys stop it with exit 2).
+settings_accepted() {
+  local bin="${REELHOUSE_BIN:-${CARGO_TARGET_DIR:-target}/debug/reelhouse}"
+  if [[ ! -x "$bin" ]]; then
+    cargo build -q -p reelhouse || return 1
+  fi
+  bin="$(realpath "$bin")"
+  "$venv/bin/python" scripts/deploy-check/check.py --envs "$work" "$work/envs" || return 1
+  local file name out vars
+  for file in "$work"/envs/*.env; do
+    name="$(basename "$file" .env)"
+    mapfile -d '' vars <"$file"
+    # Only the file's variables (plus PATH/HOME), so nothing of this shell leaks in.
+    if ! out="$(cd "$work" && env -i PATH="$PATH" HOME="$HOME" "${vars[@]}" "$bin" config 2>&1 >/dev/null)"; then
+      log "$name: reelhouse config refused its settings: $out"
+      return 1
+    fi
+  done
+}
+step "settings of every container accepted by reelhouse config" settings_accepted
 
 # 4. Compose
 compose_config() {

@@ -284,7 +284,52 @@ def check_keda(docs):
         check_promql("keda trigger", metadata.get("query", ""))
 
 
+def container_envs(rendered):
+    """{name: {VAR: value}} of every container in the base and of compose's api and
+    worker: what each process of the deployment reads as its settings."""
+    docs = load(rendered, "base")
+    config = {}
+    for kind in ("ConfigMap", "Secret"):
+        for item in by_kind(docs, kind):
+            config[(kind, item["metadata"]["name"])] = {**item.get("data", {}), **item.get("stringData", {})}
+    envs = {}
+    for deployment in by_kind(docs, "Deployment"):
+        spec = deployment["spec"]["template"]["spec"]
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            env = {}
+            for source in container.get("envFrom", []):
+                if "configMapRef" in source:
+                    env.update(config[("ConfigMap", source["configMapRef"]["name"])])
+                if "secretRef" in source:
+                    env.update(config[("Secret", source["secretRef"]["name"])])
+            for item in container.get("env", []):
+                env[item["name"]] = item["value"]
+            envs[f"k8s-{deployment['metadata']['name']}-{container['name']}"] = (env, container.get("args", []))
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    for name in ("migrate", "api", "worker"):
+        service = compose["services"][name]
+        env = {
+            key: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value))
+            for key, value in service.get("environment", {}).items()
+        }
+        envs[f"compose-{name}"] = (env, service.get("command", []))
+    return envs
+
+
+def write_envs(rendered, out):
+    """One NAME.env (NUL-separated VAR=value) and NAME.cmd per process, for
+    `reelhouse config` to check that every variable is a setting it knows."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, (env, args) in container_envs(rendered).items():
+        (out / f"{name}.env").write_text("".join(f"{k}={v}\0" for k, v in sorted(env.items())))
+        (out / f"{name}.cmd").write_text(" ".join(args))
+    print(f"check.py: wrote the settings of {len(list(out.glob('*.env')))} processes")
+
+
 def main():
+    if sys.argv[1] == "--envs":
+        write_envs(pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3]))
+        return
     rendered = pathlib.Path(sys.argv[1])
     check_dashboard()
     base = load(rendered, "base")
