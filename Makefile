@@ -5,7 +5,7 @@ BIND ?= 127.0.0.1:8080
 DATA_DIR ?= ./data
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: run test bench build check lint deny fmt schema services-up services-down bootstrap web-demo test-web
+.PHONY: run test bench build check lint deny fmt schema services-up services-down bootstrap web-demo test-web test-deploy
 
 ## run: build the web app and the release binary, serve on $(BIND) with data in $(DATA_DIR)
 run: bootstrap web-demo
@@ -19,6 +19,10 @@ web-demo:
 ## test-web: only the browser end-to-end tests (headless Chromium; embedded and S3 servers)
 test-web: bootstrap
 	scripts/test-web.sh
+
+## test-deploy: only the deployment checks (kustomize, Kubernetes schemas, dashboard/alert metrics, compose)
+test-deploy:
+	scripts/test-deploy.sh
 
 ## test: every test (system packages, test services, Rust suite on sqlite and postgres)
 test:

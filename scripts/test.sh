@@ -86,6 +86,18 @@ else
     failed=1
 fi
 
+# Deployment files: kustomize renders every kustomization, kubernetes-validate
+# checks the resources against the Kubernetes schemas, check.py the PromQL and
+# metric names of the dashboard/alerts/KEDA, pod security and custom resources;
+# compose config checks deploy/compose.yaml (scripts/test-deploy.sh).
+printf '\n==> deployment manifests: scripts/test-deploy.sh\n' >&2
+if scripts/test-deploy.sh; then
+    result[deploy]=passed
+else
+    result[deploy]="FAILED (exit $?)"
+    failed=1
+fi
+
 # Browser end-to-end tests of the web demo, in headless Chromium, against an
 # embedded server and a PostgreSQL + Redis + S3 one (screenshots in
 # web-demo/test-artifacts/).
@@ -97,7 +109,7 @@ else
     failed=1
 fi
 
-summary="test.sh: rust/sqlite ${result[sqlite]}, rust/postgres ${result[postgres]}, load ${result[load]}, graphql-http ${result[graphql_http]}, tus-js ${result[tus_js]}, web ${result[web]}"
+summary="test.sh: rust/sqlite ${result[sqlite]}, rust/postgres ${result[postgres]}, load ${result[load]}, graphql-http ${result[graphql_http]}, tus-js ${result[tus_js]}, deploy ${result[deploy]}, web ${result[web]}"
 if ((failed)); then
     printf '\n%s -> FAILED\n' "$summary" >&2
     exit 1

@@ -300,6 +300,14 @@ fn start_background_loops(state: &AppState, webhook_secrets: &Arc<crate::webhook
     let sweeper_state = state.clone();
     supervisor
         .supervise("upload_sweeper", Backoff::default(), move || crate::uploads::sweeper::run(sweeper_state.clone()));
+    let (db, every, heartbeat) = (
+        state.db.clone(),
+        Duration::from_secs(state.settings.telemetry.queue_metrics_secs.max(1)),
+        Duration::from_secs(state.settings.workers.heartbeat_secs.max(1)),
+    );
+    supervisor.supervise("queue_metrics", Backoff::default(), move || {
+        crate::jobs::metrics::run(db.clone(), every, heartbeat)
+    });
     let (db, events) = (state.db.clone(), state.settings.events.clone());
     supervisor
         .supervise("event_pruner", Backoff::default(), move || crate::events::run_pruner(db.clone(), events.clone()));

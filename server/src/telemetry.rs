@@ -211,21 +211,241 @@ pub mod traces {
 
 static PROMETHEUS: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 
-/// The process-wide Prometheus recorder (installed on first use). Metric names
-/// are prefixed `reelhouse_`.
+/// The process-wide Prometheus recorder (installed on first use), with every
+/// metric of [`METRICS`] and the standard `process_*` metrics described. Metric
+/// names are prefixed `reelhouse_` (the `process_*` ones keep their standard names).
 pub fn prometheus() -> anyhow::Result<PrometheusHandle> {
     PROMETHEUS
         .get_or_init(|| {
-            PrometheusBuilder::new()
+            let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     Matcher::Suffix("_seconds".into()),
                     &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
                 )
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(
+                        Matcher::Full(ENCODE_FPS.into()),
+                        &[1.0, 5.0, 10.0, 15.0, 24.0, 30.0, 60.0, 120.0, 240.0, 480.0, 960.0],
+                    )
+                })
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(
+                        Matcher::Full(JOB_ATTEMPT_SECONDS.into()),
+                        &[0.1, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0],
+                    )
+                })
                 .and_then(|builder| builder.install_recorder())
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            describe_metrics();
+            process_collector().describe();
+            Ok(handle)
         })
         .clone()
         .map_err(|e| anyhow::anyhow!("installing the metrics recorder: {e}"))
+}
+
+/// The Prometheus text of every metric of this process, with the `process_*`
+/// metrics read now.
+pub fn render_metrics(handle: &PrometheusHandle) -> String {
+    process_collector().collect();
+    handle.render()
+}
+
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
+/// How a metric is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One metric the server emits: its name, kind, unit and `# HELP` text.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricInfo {
+    pub name: &'static str,
+    pub kind: MetricKind,
+    pub unit: Option<metrics::Unit>,
+    pub help: &'static str,
+}
+
+const fn counter(name: &'static str, help: &'static str) -> MetricInfo {
+    MetricInfo { name, kind: MetricKind::Counter, unit: Some(metrics::Unit::Count), help }
+}
+const fn gauge(name: &'static str, unit: Option<metrics::Unit>, help: &'static str) -> MetricInfo {
+    MetricInfo { name, kind: MetricKind::Gauge, unit, help }
+}
+const fn seconds(name: &'static str, help: &'static str) -> MetricInfo {
+    MetricInfo { name, kind: MetricKind::Histogram, unit: Some(metrics::Unit::Seconds), help }
+}
+
+/// Duration of job attempts (minutes, for transcodes: buckets of their own).
+pub const JOB_ATTEMPT_SECONDS: &str = "reelhouse_job_attempt_duration_seconds";
+
+/// Samples of the encode rate of running transcodes (source frames per second).
+pub const ENCODE_FPS: &str = "reelhouse_encode_fps";
+
+/// Every metric the server emits, in one place: [`prometheus`] describes them all,
+/// so each has a `# HELP` line. A test collects the names used in the source and
+/// fails when one is missing here (or listed here and no longer emitted); another
+/// scrapes a live server and fails on any `# TYPE` without `# HELP`.
+/// The standard `process_*` metrics come from `metrics-process` and are described there.
+pub const METRICS: &[MetricInfo] = {
+    use metrics::Unit;
+    &[
+        // HTTP
+        counter("reelhouse_http_requests_total", "HTTP requests answered, by method, matched route pattern and status."),
+        seconds(
+            "reelhouse_http_request_duration_seconds",
+            "Seconds from a request's arrival to its response head, by method, route pattern and status.",
+        ),
+        counter("reelhouse_rate_limited_total", "Requests and operations refused by a rate limit, by policy."),
+        counter(
+            "reelhouse_rate_limit_backend_errors_total",
+            "Rate-limit checks that could not reach Redis (then decided locally or refused, per policy), by policy.",
+        ),
+        counter("reelhouse_login_backoff_refusals_total", "Sign-ins refused because the account is backing off after failures."),
+        counter(
+            "reelhouse_password_hashing_refused_total",
+            "Password hashes or checks refused (UNAVAILABLE) because every hashing slot was busy.",
+        ),
+        gauge(
+            "reelhouse_dependency_up",
+            None,
+            "1 when the dependency answered the last /ready check of this process, 0 when not, by dependency.",
+        ),
+        // WebSocket sessions and subscriptions
+        gauge("reelhouse_ws_sessions", Some(Unit::Count), "Open GraphQL WebSocket sessions in this process."),
+        counter("reelhouse_ws_sockets_refused_total", "GraphQL WebSockets refused by the per-address or per-user cap, by per."),
+        counter(
+            "reelhouse_ws_subscriptions_refused_total",
+            "Subscriptions refused by the per-socket or per-user operation cap.",
+        ),
+        counter(
+            "reelhouse_ws_rechecks_deferred_total",
+            "Session credential re-checks put off because the database did not answer.",
+        ),
+        gauge("reelhouse_subscribers", Some(Unit::Count), "Open GraphQL subscriptions to video events in this process."),
+        counter("reelhouse_subscriber_resyncs_total", "Subscriptions that fell behind the bus and re-read their state."),
+        counter("reelhouse_events_dropped_total", "Bus messages a lagging subscription missed (it resynced after)."),
+        counter("reelhouse_events_delivered_total", "Events sent to subscribers, by kind."),
+        counter(
+            "reelhouse_subscription_rechecks_total",
+            "Periodic permission re-checks of open subscriptions, by source (shared row or database).",
+        ),
+        // Events
+        counter("reelhouse_events_published_total", "Domain events published on this process's bus, by kind."),
+        counter("reelhouse_events_publish_failures_total", "Events that could not be published to Redis after retries."),
+        gauge(
+            "reelhouse_event_relay_connected",
+            None,
+            "1 while this process's Redis event relay is subscribed, 0 while it reconnects.",
+        ),
+        seconds("reelhouse_event_fanout_seconds", "Seconds from an event's publication to its arrival through Redis."),
+        counter("reelhouse_events_replayed_total", "Events replayed from the outbox after the relay reconnected."),
+        counter("reelhouse_events_pruned_total", "Outbox events deleted by the pruner."),
+        // Uploads
+        counter("reelhouse_uploads_created_total", "Uploads created, by method."),
+        counter("reelhouse_uploads_completed_total", "Upload completions, by outcome (accepted or rejected)."),
+        counter("reelhouse_uploads_ended_total", "Uploads ended without completing, by status."),
+        seconds(
+            "reelhouse_upload_completion_seconds",
+            "Seconds to complete an upload (checks, probe, move, enqueue).",
+        ),
+        counter("reelhouse_upload_url_refusals_total", "Signed upload URLs refused because their upload is closed."),
+        gauge("reelhouse_upload_sessions", Some(Unit::Count), "Open tus upload sessions in this process."),
+        counter("reelhouse_tus_body_timeouts_total", "tus PATCH bodies abandoned after the idle timeout."),
+        counter("reelhouse_tus_buffer_refusals_total", "tus PATCHes refused because the process's part-buffer budget was full."),
+        counter(
+            "reelhouse_tus_buffer_user_refusals_total",
+            "tus PATCHes refused because the user's share of the part-buffer budget was full.",
+        ),
+        // Media, jail and playback
+        counter(
+            "reelhouse_media_children_started_total",
+            "Media jail children started, by landlock status and seccomp (on/off).",
+        ),
+        counter("reelhouse_media_children_timed_out_total", "Media jail children killed on their timeout."),
+        counter("reelhouse_media_children_died_total", "Media jail children that failed, by error code."),
+        counter(
+            "reelhouse_media_probes_queued_out_total",
+            "Probes refused because no probe slot came free within the probe timeout.",
+        ),
+        counter(
+            "reelhouse_media_pipelines_abandoned_total",
+            "GStreamer pipelines that did not stop within the grace period and were left behind.",
+        ),
+        counter("reelhouse_media_requests_total", "Media (HLS) requests served, by kind (playlist or file)."),
+        counter(
+            "reelhouse_views_total",
+            "Views counted by recordView (once per viewer and video within the dedup window).",
+        ),
+        // Jobs, queue and workers
+        gauge(
+            "reelhouse_jobs",
+            Some(Unit::Count),
+            "Jobs in the queue by status (QUEUED, RUNNING, DEAD), read from the database every telemetry.queue_metrics_secs.",
+        ),
+        gauge(
+            "reelhouse_jobs_oldest_queued_age_seconds",
+            Some(Unit::Seconds),
+            "Seconds the oldest runnable QUEUED job has waited since it became runnable (0 when none).",
+        ),
+        gauge(
+            "reelhouse_workers",
+            Some(Unit::Count),
+            "Registered workers by state: live (heartbeat within three periods) or stale.",
+        ),
+        counter("reelhouse_job_attempts_total", "Job attempts ended on this process, by kind and resulting status."),
+        seconds(JOB_ATTEMPT_SECONDS, "Seconds per job attempt run on this process, by kind."),
+        MetricInfo {
+            name: ENCODE_FPS,
+            kind: MetricKind::Histogram,
+            unit: None,
+            help: "Encode rate samples of running transcodes, in source frames per second (one per progress report).",
+        },
+        gauge("reelhouse_worker_capacity", Some(Unit::Count), "Jobs this process's worker runs at once."),
+        gauge("reelhouse_worker_running_jobs", Some(Unit::Count), "Jobs this process's worker is running."),
+        gauge(
+            "reelhouse_worker_last_heartbeat_timestamp_seconds",
+            Some(Unit::Seconds),
+            "Unix time of this worker's last successful heartbeat in the workers table.",
+        ),
+        counter("reelhouse_worker_heartbeat_failures_total", "Worker heartbeats that could not be written."),
+        // Storage and webhooks
+        seconds(
+            "reelhouse_storage_operation_duration_seconds",
+            "Seconds per object-store operation, by backend, operation and outcome.",
+        ),
+        counter("reelhouse_webhook_attempts_total", "Webhook delivery attempts, by outcome."),
+        seconds("reelhouse_webhook_attempt_duration_seconds", "Seconds per webhook delivery attempt."),
+        counter("reelhouse_webhook_endpoints_disabled_total", "Webhook endpoints disabled after failing too long."),
+        counter(
+            "reelhouse_webhook_replayed_total",
+            "Events re-sent by replayWebhooks, by kind (created: a first delivery; requeued: an earlier one sent again).",
+        ),
+        // Supervision
+        counter("reelhouse_actor_restarts_total", "Hub actors restarted by the supervisor after they died, by actor."),
+        counter(crate::actors::supervise::LOOP_RESTARTS_METRIC, "Background loops restarted after a panic, by loop."),
+    ]
+};
+
+/// Describe every metric of [`METRICS`] to the installed recorder.
+pub fn describe_metrics() {
+    for metric in METRICS {
+        match (metric.kind, metric.unit) {
+            (MetricKind::Counter, Some(unit)) => metrics::describe_counter!(metric.name, unit, metric.help),
+            (MetricKind::Counter, None) => metrics::describe_counter!(metric.name, metric.help),
+            (MetricKind::Gauge, Some(unit)) => metrics::describe_gauge!(metric.name, unit, metric.help),
+            (MetricKind::Gauge, None) => metrics::describe_gauge!(metric.name, metric.help),
+            (MetricKind::Histogram, Some(unit)) => metrics::describe_histogram!(metric.name, unit, metric.help),
+            (MetricKind::Histogram, None) => metrics::describe_histogram!(metric.name, metric.help),
+        }
+    }
 }
 
 /// Map a configured level name to a GStreamer debug level (`None` if unknown).
@@ -322,6 +542,82 @@ mod tests {
         assert!(text.contains("gstreamer"), "target names GStreamer: {text}");
         assert!(text.contains("rh-test"), "category is kept: {text}");
         assert!(!text.contains("below the threshold"), "threshold applies: {text}");
+    }
+
+    /// Every metric name the source passes to `counter!`/`gauge!`/`histogram!`: a
+    /// string literal, or a `const NAME: &str = "..."` defined somewhere in `src/`.
+    fn emitted_metric_names() -> std::collections::BTreeSet<String> {
+        fn walk(dir: &std::path::Path, files: &mut Vec<(std::path::PathBuf, String)>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, files);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    files.push((path, text));
+                }
+            }
+        }
+        let mut files = Vec::new();
+        walk(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
+        assert!(files.len() > 20, "the source tree was not found");
+        let mut consts = std::collections::HashMap::new();
+        for (_, text) in &files {
+            for line in text.lines() {
+                let line = line.trim_start().trim_start_matches("pub(crate) ").trim_start_matches("pub ");
+                if let Some(rest) = line.strip_prefix("const ") {
+                    if let Some((name, value)) = rest.split_once(": &str = \"") {
+                        if let Some(value) = value.strip_suffix("\";") {
+                            consts.insert(name.to_string(), value.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (path, text) in &files {
+            for kind in ["counter", "gauge", "histogram"] {
+                let pattern = format!("{kind}!(");
+                for (at, _) in text.match_indices(&pattern) {
+                    let before = text[..at].chars().next_back();
+                    if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                        continue; // describe_counter!(...) and friends
+                    }
+                    let arg = text[at + pattern.len()..].trim_start();
+                    let name = if let Some(literal) = arg.strip_prefix('"') {
+                        literal.split('"').next().unwrap_or_default().to_string()
+                    } else {
+                        let ident: String =
+                            arg.chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':').collect();
+                        let last = ident.rsplit("::").next().unwrap_or_default().to_string();
+                        consts
+                            .get(&last)
+                            .cloned()
+                            .unwrap_or_else(|| format!("<unresolved `{ident}` in {}>", path.display()))
+                    };
+                    names.insert(name);
+                }
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn every_metric_in_the_source_is_described_and_every_described_one_is_emitted() {
+        let emitted = emitted_metric_names();
+        assert!(emitted.contains("reelhouse_http_requests_total"), "the scan found {emitted:?}");
+        assert!(emitted.contains(crate::actors::supervise::LOOP_RESTARTS_METRIC), "consts are resolved: {emitted:?}");
+        let described: std::collections::BTreeSet<String> = METRICS.iter().map(|m| m.name.to_string()).collect();
+        assert_eq!(described.len(), METRICS.len(), "a metric is described twice");
+        let undescribed: Vec<_> = emitted.difference(&described).collect();
+        let stale: Vec<_> = described.difference(&emitted).collect();
+        assert!(undescribed.is_empty(), "emitted without a description in telemetry::METRICS: {undescribed:?}");
+        assert!(stale.is_empty(), "described in telemetry::METRICS but emitted nowhere: {stale:?}");
+        for metric in METRICS {
+            assert!(metric.name.starts_with("reelhouse_"), "{}", metric.name);
+            assert!(metric.help.ends_with('.') && metric.help.len() > 20, "{}: help too short", metric.name);
+            assert!(!metric.help.contains('\n'), "{}: one-line help", metric.name);
+        }
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //!
 //! It announces itself in the `workers` table and heartbeats there so admins can
 //! see it, and runs the job scheduler (`jobs::scheduler`) that leases and runs jobs.
+//! With `workers.health_bind` set it serves `/live`, `/ready` and `/metrics` on that
+//! address (Kubernetes probes, Prometheus).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -86,6 +88,7 @@ impl WorkerRegistration {
 
 /// Run until SIGTERM/SIGINT, heartbeating; deregister on the way out.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let metrics = crate::telemetry::prometheus()?;
     let db = crate::db::connect(&settings).await?;
     if settings.database.migrate_on_start {
         crate::db::migrate(&db).await?;
@@ -114,6 +117,20 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         &settings.rate_limit,
         redis.clone(),
     );
+    let health = match settings.worker_health_addr()? {
+        Some(bind) => Some(HealthServer::start(
+            bind,
+            HealthState {
+                db: db.clone(),
+                store: store.clone(),
+                redis: redis.clone(),
+                metrics,
+                token: settings.telemetry.metrics_token.clone(),
+            },
+            settings.server.shutdown_timeout_secs,
+        )?),
+        None => None,
+    };
     let settings = Arc::new(settings);
     let deps = WorkerDeps {
         db,
@@ -124,8 +141,72 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         runner: None,
     };
     let result = run_until(deps, stop).await;
+    if let Some(health) = health {
+        health.stop().await;
+    }
     hubs.stop();
     result
+}
+
+/// What the worker's health port needs.
+#[derive(Clone)]
+struct HealthState {
+    db: DatabaseConnection,
+    store: Arc<dyn crate::storage::ObjectStore>,
+    redis: Option<Arc<crate::redis_client::RedisHandle>>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    token: Option<crate::config::Secret>,
+}
+
+/// `/live`, `/ready` and `/metrics` of a `reelhouse worker` on `workers.health_bind`.
+struct HealthServer {
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl HealthServer {
+    fn start(bind: std::net::SocketAddr, state: HealthState, shutdown_timeout_secs: u64) -> anyhow::Result<Self> {
+        use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+
+        async fn live() -> HttpResponse {
+            HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+        }
+        async fn ready(state: web::Data<HealthState>) -> HttpResponse {
+            crate::http::health::DependencyChecks::run(&state.db, state.store.as_ref(), state.redis.as_deref())
+                .await
+                .response()
+        }
+        async fn metrics(
+            req: HttpRequest,
+            state: web::Data<HealthState>,
+        ) -> Result<HttpResponse, crate::error::AppError> {
+            crate::http::health::render_metrics(&req, state.token.as_ref(), &state.metrics)
+        }
+
+        let listener = std::net::TcpListener::bind(bind)
+            .map_err(|e| anyhow::anyhow!("binding workers.health_bind {bind}: {e}"))?;
+        let addr = listener.local_addr()?;
+        let data = web::Data::new(state);
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .route("/live", web::get().to(live))
+                .route("/ready", web::get().to(ready))
+                .route("/metrics", web::get().to(metrics))
+        })
+        .workers(1)
+        .listen(listener)?
+        .disable_signals()
+        .shutdown_timeout(shutdown_timeout_secs)
+        .run();
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        tracing::info!("worker health on http://{addr}");
+        Ok(Self { handle })
+    }
+
+    async fn stop(self) {
+        self.handle.stop(true).await;
+    }
 }
 
 /// Where jobs of this process keep their temporary files.
@@ -143,6 +224,7 @@ pub async fn run_until(deps: WorkerDeps, stop: impl std::future::Future<Output =
     let registration = WorkerRegistration::register(deps.db.clone(), capacity).await?;
     let worker_id = registration.id.to_string();
     tracing::info!(worker = %worker_id, capacity, "worker registered");
+    metrics::gauge!("reelhouse_worker_capacity").set(capacity as f64);
     if let Err(err) = std::fs::create_dir_all(&deps.scratch_dir) {
         tracing::warn!(error = %err, dir = %deps.scratch_dir.display(), "cannot create the scratch directory");
     }
@@ -163,9 +245,15 @@ pub async fn run_until(deps: WorkerDeps, stop: impl std::future::Future<Output =
             _ = &mut stop => break,
             _ = heartbeat.tick() => {
                 let current = scheduler_hub.addr().send(RunningCount).await.unwrap_or(0);
+                metrics::gauge!("reelhouse_worker_running_jobs").set(current as f64);
                 // A missed heartbeat is not fatal: the database may be restarting.
-                if let Err(err) = registration.heartbeat(current).await {
-                    tracing::warn!(error = ?err, "worker heartbeat failed");
+                match registration.heartbeat(current).await {
+                    Ok(()) => metrics::gauge!("reelhouse_worker_last_heartbeat_timestamp_seconds")
+                        .set(Utc::now().timestamp_millis() as f64 / 1000.0),
+                    Err(err) => {
+                        metrics::counter!("reelhouse_worker_heartbeat_failures_total").increment(1);
+                        tracing::warn!(error = ?err, "worker heartbeat failed");
+                    }
                 }
             }
         }

@@ -92,14 +92,6 @@ impl Supervisor {
             stopping: Arc::new(AtomicBool::new(false)),
             loops: super::supervise::LoopRegistry::default(),
         };
-        metrics::describe_counter!(
-            "reelhouse_actor_restarts_total",
-            "Hub actors restarted by the supervisor after they died, by actor"
-        );
-        metrics::describe_counter!(
-            super::supervise::LOOP_RESTARTS_METRIC,
-            "Background loops restarted after a panic, by loop"
-        );
         let this = supervisor.clone();
         actix_rt::spawn(async move {
             let mut backoff: HashMap<&'static str, Duration> = HashMap::new();

@@ -351,6 +351,10 @@ pub struct TelemetrySettings {
     pub metrics_bind: Option<String>,
     /// When set, `/metrics` answers only `Authorization: Bearer <token>`.
     pub metrics_token: Option<Secret>,
+    /// Seconds between readings of the queue gauges (`reelhouse_jobs`,
+    /// `reelhouse_jobs_oldest_queued_age_seconds`, `reelhouse_workers`) from the
+    /// database by each `serve` process.
+    pub queue_metrics_secs: u64,
 }
 
 impl Default for TelemetrySettings {
@@ -363,6 +367,7 @@ impl Default for TelemetrySettings {
             gstreamer_level: "warning".into(),
             metrics_bind: None,
             metrics_token: None,
+            queue_metrics_secs: 15,
         }
     }
 }
@@ -376,11 +381,14 @@ pub struct WorkerSettings {
     pub concurrency: Option<usize>,
     /// Seconds between worker heartbeats in the workers table.
     pub heartbeat_secs: u64,
+    /// `reelhouse worker` serves `/live`, `/ready` and `/metrics` on this address
+    /// (e.g. `0.0.0.0:9091`, for Kubernetes probes and Prometheus); unset: no port.
+    pub health_bind: Option<String>,
 }
 
 impl Default for WorkerSettings {
     fn default() -> Self {
-        Self { embedded: true, concurrency: None, heartbeat_secs: 5 }
+        Self { embedded: true, concurrency: None, heartbeat_secs: 5, health_bind: None }
     }
 }
 
@@ -447,6 +455,10 @@ impl Settings {
     pub fn validate(&self) -> Result<(), SettingsError> {
         self.bind_addr()?;
         self.metrics_bind_addr()?;
+        self.worker_health_addr()?;
+        if self.telemetry.queue_metrics_secs == 0 {
+            return Err(SettingsError::new("telemetry.queue_metrics_secs", "must be at least 1"));
+        }
         if let Some(url) = &self.server.public_url {
             let parsed = url::Url::parse(url).map_err(|e| SettingsError::new("server.public_url", e.to_string()))?;
             if !matches!(parsed.scheme(), "http" | "https") {
@@ -660,6 +672,19 @@ impl Settings {
                         "telemetry.metrics_bind",
                         format!("`{bind}` is not an address like 127.0.0.1:9100"),
                     )
+                })
+            })
+            .transpose()
+    }
+
+    /// `workers.health_bind`, parsed; `None` when the worker serves no health port.
+    pub fn worker_health_addr(&self) -> Result<Option<SocketAddr>, SettingsError> {
+        self.workers
+            .health_bind
+            .as_deref()
+            .map(|bind| {
+                bind.parse().map_err(|_| {
+                    SettingsError::new("workers.health_bind", format!("`{bind}` is not an address like 0.0.0.0:9091"))
                 })
             })
             .transpose()

@@ -32,6 +32,8 @@ struct Readiness {
     checks: std::collections::BTreeMap<&'static str, Check>,
     /// Liveness of the supervised background loops (detail only: a loop waiting to
     /// restart does not make the process unready; its dependencies decide that).
+    /// Left out where there are none (a worker's health port).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     loops: std::collections::BTreeMap<&'static str, crate::actors::LoopStatus>,
 }
 
@@ -50,37 +52,68 @@ where
     }
 }
 
-/// 200 when the database, storage and (if configured) Redis answer; otherwise 503
-/// with the failing dependency named. Reasons are generic: no hosts, no errors.
-/// `loops` reports each supervised background loop: running, restarts, last start,
-/// finished.
-#[tracing::instrument(skip_all)]
-pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    let db = timed(state.db.execute_unprepared("SELECT 1"));
-    let store = timed(state.store.check());
-    let redis = async {
-        match &state.redis {
-            Some(redis) => Some(timed(redis.ping()).await),
-            None => None,
-        }
-    };
-    let (db, store, redis) = tokio::join!(db, store, redis);
+/// The dependencies a process checks for readiness: the database, storage and
+/// (if configured) Redis. Each result also sets `reelhouse_dependency_up{dependency}`.
+pub struct DependencyChecks {
+    checks: std::collections::BTreeMap<&'static str, Check>,
+}
 
-    let mut checks = std::collections::BTreeMap::new();
-    checks.insert("database", Check { ok: db.is_ok(), backend: crate::db::backend_name(&state.db), reason: db.err() });
-    checks.insert("storage", Check { ok: store.is_ok(), backend: state.store.backend(), reason: store.err() });
-    if let Some(redis) = redis {
-        checks.insert("redis", Check { ok: redis.is_ok(), backend: "redis", reason: redis.err() });
+impl DependencyChecks {
+    /// Check every dependency at once, each within [`CHECK_TIMEOUT`].
+    pub async fn run(
+        db: &sea_orm::DatabaseConnection,
+        store: &dyn crate::storage::ObjectStore,
+        redis: Option<&crate::redis_client::RedisHandle>,
+    ) -> Self {
+        let db_check = timed(db.execute_unprepared("SELECT 1"));
+        let store_check = timed(store.check());
+        let redis_check = async {
+            match redis {
+                Some(redis) => Some(timed(redis.ping()).await),
+                None => None,
+            }
+        };
+        let (db_result, store_result, redis_result) = tokio::join!(db_check, store_check, redis_check);
+        let mut checks = std::collections::BTreeMap::new();
+        checks.insert(
+            "database",
+            Check { ok: db_result.is_ok(), backend: crate::db::backend_name(db), reason: db_result.err() },
+        );
+        checks.insert(
+            "storage",
+            Check { ok: store_result.is_ok(), backend: store.backend(), reason: store_result.err() },
+        );
+        if let Some(redis) = redis_result {
+            checks.insert("redis", Check { ok: redis.is_ok(), backend: "redis", reason: redis.err() });
+        }
+        for (name, check) in &checks {
+            metrics::gauge!("reelhouse_dependency_up", "dependency" => *name).set(if check.ok { 1.0 } else { 0.0 });
+        }
+        Self { checks }
     }
-    let failing: Vec<String> = checks
-        .iter()
-        .filter(|(_, check)| !check.ok)
-        .map(|(name, check)| format!("{name}: {}", check.reason.unwrap_or("failing")))
-        .collect();
-    for (name, check) in &checks {
-        metrics::gauge!("reelhouse_dependency_up", "dependency" => *name).set(if check.ok { 1.0 } else { 0.0 });
+
+    /// `name: reason` of each failing dependency.
+    fn failing(&self) -> Vec<String> {
+        self.checks
+            .iter()
+            .filter(|(_, check)| !check.ok)
+            .map(|(name, check)| format!("{name}: {}", check.reason.unwrap_or("failing")))
+            .collect()
     }
-    let loops = state.hubs.supervisor.loops().snapshot();
+
+    /// 200 with the checks when all answer, else 503 naming the failing ones.
+    pub fn response(self) -> HttpResponse {
+        let failing = self.failing();
+        let loops = std::collections::BTreeMap::new();
+        readiness(self.checks, failing, loops)
+    }
+}
+
+fn readiness(
+    checks: std::collections::BTreeMap<&'static str, Check>,
+    failing: Vec<String>,
+    loops: std::collections::BTreeMap<&'static str, crate::actors::LoopStatus>,
+) -> HttpResponse {
     if failing.is_empty() {
         HttpResponse::Ok().json(Readiness { status: "ready", reason: None, checks, loops })
     } else {
@@ -91,6 +124,18 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
             loops,
         })
     }
+}
+
+/// 200 when the database, storage and (if configured) Redis answer; otherwise 503
+/// with the failing dependency named. Reasons are generic: no hosts, no errors.
+/// `loops` reports each supervised background loop: running, restarts, last start,
+/// finished.
+#[tracing::instrument(skip_all)]
+pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let checks = DependencyChecks::run(&state.db, state.store.as_ref(), state.redis.as_deref()).await;
+    let failing = checks.failing();
+    let loops = state.hubs.supervisor.loops().snapshot();
+    readiness(checks.checks, failing, loops)
 }
 
 /// `/metrics` on the main listener: not there when `telemetry.metrics_bind` gives
@@ -104,7 +149,17 @@ pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Result<Htt
 
 /// `/metrics` wherever it is served, behind `telemetry.metrics_token` when set.
 pub async fn metrics_here(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    if let Some(token) = &state.settings.telemetry.metrics_token {
+    render_metrics(&req, state.settings.telemetry.metrics_token.as_ref(), &state.metrics)
+}
+
+/// The Prometheus text (with the `process_*` metrics read now), or 401 when `token`
+/// is set and the request does not present it as a bearer token.
+pub fn render_metrics(
+    req: &HttpRequest,
+    token: Option<&crate::config::Secret>,
+    handle: &metrics_exporter_prometheus::PrometheusHandle,
+) -> Result<HttpResponse, AppError> {
+    if let Some(token) = token {
         let presented = req
             .headers()
             .get(actix_web::http::header::AUTHORIZATION)
@@ -116,21 +171,5 @@ pub async fn metrics_here(req: HttpRequest, state: web::Data<AppState>) -> Resul
             return Err(AppError::unauthenticated("metrics need the bearer token of telemetry.metrics_token"));
         }
     }
-    record_process_metrics();
-    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render()))
-}
-
-/// The process's resident memory and open descriptors, read at scrape time (Linux
-/// `/proc`; elsewhere they are simply not exported).
-fn record_process_metrics() {
-    let rss_kib = std::fs::read_to_string("/proc/self/status").ok().and_then(|status| {
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        line.split_whitespace().nth(1)?.parse::<f64>().ok()
-    });
-    if let Some(kib) = rss_kib {
-        metrics::gauge!("reelhouse_process_resident_memory_bytes").set(kib * 1024.0);
-    }
-    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-        metrics::gauge!("reelhouse_process_open_fds").set(fds.count() as f64);
-    }
+    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(crate::telemetry::render_metrics(handle)))
 }

@@ -1,6 +1,7 @@
 //! The durable job queue: a table, not a home-made broker.
 
 mod delete_objects;
+pub mod metrics;
 pub mod queue;
 pub mod reporter;
 pub mod runner;

@@ -95,6 +95,9 @@ impl QueueReporter {
 impl JobReporter for QueueReporter {
     fn progress(&self, progress: ProgressInfo) {
         if self.admit(&progress) {
+            if let Some(fps) = progress.fps.filter(|fps| fps.is_finite() && *fps > 0.0) {
+                metrics::histogram!(crate::telemetry::ENCODE_FPS).record(fps);
+            }
             let _ = self.tx.send(Report::Progress(progress));
         }
     }

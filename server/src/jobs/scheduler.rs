@@ -408,7 +408,9 @@ impl JobWorker {
         let shutdown = self.shutdown.load(Ordering::SeqCst);
         let lost = self.lost;
         let owner = self.leased.job.owner_id;
+        let kind = crate::jobs::metrics::kind_label(self.leased.job.kind);
         let spent = self.started.elapsed().as_secs_f64();
+        metrics::histogram!(crate::telemetry::JOB_ATTEMPT_SECONDS, "kind" => kind).record(spent);
         let fut = async move {
             // Every attempt counts against its owner's daily budget, whatever its outcome.
             if let Some(owner) = owner {
@@ -419,17 +421,18 @@ impl JobWorker {
             let result = match outcome {
                 _ if lost => Err(QueueError::LeaseLost),
                 Outcome::Success(output) => {
-                    queue::complete(&db, &publisher, &settings.jobs, job_id, token, &output).await.map(|_| ())
+                    queue::complete(&db, &publisher, &settings.jobs, job_id, token, &output).await
                 }
                 Outcome::Error(JobError::Cancelled) if shutdown => {
-                    queue::release(&db, &settings.jobs, job_id, token, "worker shutting down").await.map(|_| ())
+                    queue::release(&db, &settings.jobs, job_id, token, "worker shutting down").await
                 }
-                Outcome::Error(error) => {
-                    queue::fail(&db, &publisher, &settings.jobs, job_id, token, &error).await.map(|_| ())
-                }
+                Outcome::Error(error) => queue::fail(&db, &publisher, &settings.jobs, job_id, token, &error).await,
             };
             match result {
-                Ok(()) => {}
+                Ok(job) => {
+                    let result = crate::jobs::metrics::status_label(job.status);
+                    metrics::counter!("reelhouse_job_attempts_total", "kind" => kind, "result" => result).increment(1);
+                }
                 Err(QueueError::LeaseLost) => {
                     tracing::warn!(job = %job_id, "the lease was lost; this run's result is discarded")
                 }

@@ -54,7 +54,7 @@ async fn metrics_expose_http_request_counters_and_latency() {
     assert!(text.contains("reelhouse_http_request_duration_seconds_bucket"), "latency histogram missing");
     let rss = text
         .lines()
-        .find_map(|l| l.strip_prefix("reelhouse_process_resident_memory_bytes "))
+        .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
         .unwrap_or_else(|| panic!("no resident memory in:\n{text}"));
     assert!(rss.parse::<f64>().unwrap() > 1024.0 * 1024.0, "{rss}");
 }

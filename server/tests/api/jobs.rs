@@ -533,6 +533,13 @@ async fn embedded_workers_fail_a_job_whose_source_is_gone_for_good() {
     assert_eq!(failed.status, VideoStatus::Failed);
     assert!(failed.error.is_some());
 
+    // The attempt is counted by kind and result (just after the row changed).
+    let scrape = || async { app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap() };
+    let counted = "reelhouse_job_attempts_total{kind=\"TRANSCODE\",result=\"FAILED\"} 1";
+    assert!(eventually(100, || async { scrape().await.lines().any(|l| l == counted) }).await, "{}", scrape().await);
+    let metrics = scrape().await;
+    assert!(metrics.contains("reelhouse_job_attempt_duration_seconds_count{kind=\"TRANSCODE\"} 1"), "{metrics}");
+
     // The in-process worker is registered and visible to admins.
     let (_, body) = app.graphql_as(&admin.bearer(), "query { workers { id capacity currentJobs } }", json!({})).await;
     let workers = body["data"]["workers"].as_array().unwrap_or_else(|| panic!("{body}"));
@@ -586,6 +593,12 @@ async fn reported_progress_is_kept_on_the_job_and_log_lines_are_bounded() {
         "progress stored and log written: {:?}",
         reload(&db, id).await.progress
     );
+    // The encode rate is a metric too: one sample, the report that carried an fps.
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("# HELP reelhouse_encode_fps "), "{metrics}");
+    assert!(metrics.lines().any(|l| l == "reelhouse_encode_fps_count 1"), "{metrics}");
+    assert!(metrics.lines().any(|l| l == "reelhouse_encode_fps_sum 88"), "{metrics}");
+    assert!(metrics.lines().any(|l| l == "reelhouse_encode_fps_bucket{le=\"120\"} 1"), "{metrics}");
     let query = "query($id: ID!) { job(id: $id) { status progress { percent stage fps etaSeconds renditions { name percent } } log { level message } } }";
     let (_, body) = app.graphql_as(&owner.bearer(), query, json!({ "id": id.to_string() })).await;
     let job = &body["data"]["job"];

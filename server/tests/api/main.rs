@@ -13,6 +13,7 @@ mod http_basics;
 mod jail;
 mod jobs;
 mod media;
+mod metrics;
 mod outages;
 mod playback;
 mod process;

@@ -75,7 +75,7 @@ async fn ready_reports_every_background_loop_and_a_panicking_loop_is_restarted_a
 
     let app = spawn_app_with(|_| {}).await;
     let loops = loops_of(&app).await;
-    let mut expected = vec!["event_pruner", "upload_sweeper", "webhook_delivery"];
+    let mut expected = vec!["event_pruner", "queue_metrics", "upload_sweeper", "webhook_delivery"];
     if app.state.redis.is_some() {
         expected.push("event_relay");
     }
