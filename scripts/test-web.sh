@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Browser end-to-end tests of the web demo (web-demo/e2e/) in headless Debian
-# Chromium, each against a freshly started real server:
+# Browser end-to-end tests of the web demo and of GraphiQL at GET /graphql
+# (web-demo/e2e/*.test.mjs) in headless Debian Chromium, each against a freshly
+# started real server:
 #
 #   embedded  SQLite + local disk, in-process bus and workers, no Redis
 #   s3        PostgreSQL + Redis + S3 (s3s-fs) from scripts/test-services.sh,

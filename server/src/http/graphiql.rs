@@ -23,10 +23,11 @@ const PAGE: &str = "graphiql.html";
 /// covers the same-origin `ws:`/`wss:` of `/graphql/ws`).
 ///
 /// Two allowances, both for the editor rather than for anything remote:
-/// - `style-src 'unsafe-inline'`: Monaco (GraphiQL's editor) and GraphiQL's
-///   dialogs add `<style>` elements and `style` attributes as they run (editor
-///   themes, decorations, the explorer's layout); without it the editor shows
-///   unstyled. Scripts stay `'self'` only: no inline script, no `eval`.
+/// - `style-src 'unsafe-inline'`: Monaco (GraphiQL's editor) adds `<style>`
+///   elements and `style` attributes as it renders (token colours, bracket
+///   colours, indent guides); without it Chromium blocks hundreds of them and
+///   the editors lose their highlighting. A nonce would not cover attributes.
+///   Scripts stay `'self'` only: no inline script, no `eval`.
 /// - `data:` fonts and images: GraphiQL's stylesheet carries its fonts and icons
 ///   inline as `data:` URLs.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
