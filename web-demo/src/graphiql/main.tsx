@@ -83,9 +83,40 @@ function fetcherFor(headers: Record<string, unknown>): Fetcher {
   return current.fetcher;
 }
 
+/**
+ * GraphiQL's introspection query (graphql-js's) with `levels` nested `ofType`
+ * in its `TypeRef` fragment instead of 9.
+ */
+function withTypeDepth(query: string, levels: number): string | null {
+  const at = query.indexOf('fragment TypeRef on __Type');
+  if (at < 0) return null;
+  let ref = 'kind name';
+  for (let i = 0; i < levels; i += 1) ref = `kind name ofType { ${ref} }`;
+  return `${query.slice(0, at)}fragment TypeRef on __Type { ${ref} }\n`;
+}
+
+/**
+ * The server refuses documents nested deeper than `graphql.max_depth` (12 by
+ * default), and the stock introspection query nests 9 `ofType` under
+ * `__schema { types { fields { args { type` (15 deep). Six levels describe any
+ * type up to `[[T!]!]!` and fit depth 12; when the server's limit is lower,
+ * fewer are tried.
+ */
+async function introspect(fetch: Fetcher, params: Parameters<Fetcher>[0], opts: Parameters<Fetcher>[1]) {
+  let result: unknown;
+  for (const levels of [6, 5, 4, 3]) {
+    const query = withTypeDepth(params.query, levels) ?? params.query;
+    result = await fetch({ ...params, query }, opts);
+    if (result && typeof result === 'object' && 'data' in result && result.data) break;
+  }
+  return result as Awaited<ReturnType<Fetcher>>;
+}
+
 const fetcher: Fetcher = (params, opts) => {
   const headers = opts?.headers && typeof opts.headers === 'object' ? (opts.headers as Record<string, unknown>) : {};
-  return fetcherFor(headers)(params, opts);
+  const fetch = fetcherFor(headers);
+  if (params.operationName === 'IntrospectionQuery') return introspect(fetch, params, opts);
+  return fetch(params, opts);
 };
 
 const plugins = [explorerPlugin()];
