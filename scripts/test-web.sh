@@ -187,6 +187,10 @@ run_s3() {
         S3_SECRET_ACCESS_KEY="$REELHOUSE_TEST_S3_SECRET_ACCESS_KEY"
         REELHOUSE__STORAGE__S3__KEY_PREFIX="web-e2e-$suffix/"
         REELHOUSE__AUTH__JWT_SECRET="$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
+        # GraphiQL and introspection are off by default in distributed mode;
+        # e2e/graphiql.test.mjs tests the page against this server too.
+        REELHOUSE__GRAPHQL__PLAYGROUND=true
+        REELHOUSE__GRAPHQL__INTROSPECTION=true
     )
     logfile="$ARTIFACTS/s3-server.log"
     env "${env[@]}" REELHOUSE__WORKERS__EMBEDDED=false \

@@ -82,6 +82,16 @@ async function setEditor(page, editor, text) {
   await page.keyboard.insertText(text);
 }
 
+/**
+ * Put an operation in the query editor and wait until GraphiQL has taken it in:
+ * it names the active tab after the operation (run sooner, and it would send
+ * the previous operation's name).
+ */
+async function setOperation(page, editor, name, text) {
+  await setEditor(page, editor, text);
+  await page.locator('.graphiql-tab-active').getByText(name, { exact: true }).waitFor();
+}
+
 /** What the response pane shows. */
 async function responseText(page) {
   return (await page.locator('.graphiql-response .view-lines').innerText()).replace(/\u00a0/g, ' ');
@@ -126,6 +136,12 @@ describe(`GraphiQL offline (${LABEL})`, () => {
       });
       ws.on('framereceived', ({ payload }) => received.push(JSON.parse(String(payload))));
     });
+    page.on('response', (r) => {
+      if (r.status() >= 400) {
+        const body = (r.request().postData() ?? '').slice(0, 160).replace(/\s+/g, ' ');
+        console.log(`# ${r.status()} ${r.request().method()} ${r.url()} ${body}`);
+      }
+    });
     const posts = [];
     page.on('request', (req) => {
       if (req.method() === 'POST' && req.url() === `${ORIGIN}/graphql`) posts.push(req);
@@ -163,7 +179,7 @@ async function run(page, me, { foreign, problems, inits, received, posts }) {
     const headersEditor = page.locator('.graphiql-editor-tool .monaco-editor').last();
     let token = await me.token();
     await setEditor(page, headersEditor, JSON.stringify({ Authorization: `Bearer ${token}` }));
-    await setEditor(page, queryEditor, 'query Me { me { id displayName } }');
+    await setOperation(page, queryEditor, 'Me', 'query Me { me { id displayName } }');
     await page.locator('.graphiql-execute-button').click();
     // (The pane wraps long lines, so it is read for short values; the whole answer
     // is read off the network.)
@@ -191,9 +207,10 @@ async function run(page, me, { foreign, problems, inits, received, posts }) {
       );
       token = await me.token();
       await setEditor(page, headersEditor, JSON.stringify({ Authorization: `Bearer ${token}` }));
-      await setEditor(
+      await setOperation(
         page,
         queryEditor,
+        'Follow',
         `subscription Follow { videoProgress(videoId: "${createVideo.id}") { videoId kind snapshot status } }`,
       );
       const initsBefore = inits.length;
