@@ -160,97 +160,101 @@ describe(`GraphiQL offline (${LABEL})`, () => {
   });
 });
 
+/** The page's part of the test above. */
 async function run(page, me, { foreign, problems, inits, received, posts }) {
-    const res = await page.goto(`${BASE}/graphql`);
-    assert.equal(res.status(), 200);
-    const csp = res.headers()['content-security-policy'] ?? '';
-    assert.match(csp, /^default-src 'self';/, csp);
-    assert.doesNotMatch(csp, /https?:|\*/, `the policy names no other host: ${csp}`);
-    const queryEditor = page.locator('.graphiql-query-editor .monaco-editor');
-    await queryEditor.waitFor({ timeout: 30_000 });
-    // The explorer plugin is there and shows the schema (fetched by introspection).
-    await page.locator('button[aria-label="Show GraphiQL Explorer"]').click();
-    await page.locator('.graphiql-plugin').getByText('serverInfo', { exact: true }).waitFor();
-    await page.screenshot({ path: join(ARTIFACTS, `${LABEL}-graphiql-1-loaded.png`) });
-    await page.locator('button[aria-label="Hide GraphiQL Explorer"]').click();
+  const res = await page.goto(`${BASE}/graphql`);
+  assert.equal(res.status(), 200);
+  const csp = res.headers()['content-security-policy'] ?? '';
+  assert.match(csp, /^default-src 'self';/, csp);
+  assert.doesNotMatch(csp, /https?:|\*/, `the policy names no other host: ${csp}`);
+  const queryEditor = page.locator('.graphiql-query-editor .monaco-editor');
+  await queryEditor.waitFor({ timeout: 30_000 });
+  // The explorer plugin is there and shows the schema (fetched by introspection).
+  await page.locator('button[aria-label="Show GraphiQL Explorer"]').click();
+  await page.locator('.graphiql-plugin').getByText('serverInfo', { exact: true }).waitFor();
+  await page.screenshot({ path: join(ARTIFACTS, `${LABEL}-graphiql-1-loaded.png`) });
+  await page.locator('button[aria-label="Hide GraphiQL Explorer"]').click();
 
-    // A query, with the access token typed into the header editor.
-    await page.getByRole('button', { name: 'Headers' }).click();
-    const headersEditor = page.locator('.graphiql-editor-tool .monaco-editor').last();
-    let token = await me.token();
+  // A query, with the access token typed into the header editor.
+  await page.getByRole('button', { name: 'Headers' }).click();
+  const headersEditor = page.locator('.graphiql-editor-tool .monaco-editor').last();
+  let token = await me.token();
+  await setEditor(page, headersEditor, JSON.stringify({ Authorization: `Bearer ${token}` }));
+  await setOperation(page, queryEditor, 'Me', 'query Me { me { id displayName } }');
+  await page.locator('.graphiql-execute-button').click();
+  // (The pane wraps long lines, so it is read for short values; the whole answer
+  // is read off the network.)
+  await page.waitForFunction(() =>
+    (document.querySelector('.graphiql-response .view-lines')?.textContent ?? '')
+      .replace(/\u00a0/g, ' ')
+      .includes('"displayName": "E2E GraphiQL"'),
+  );
+  const sent = posts.find((req) => (req.postData() ?? '').includes('query Me'));
+  assert.ok(sent, 'the query went to POST /graphql');
+  assert.equal(sent.headers().authorization, `Bearer ${token}`, 'with the typed header');
+  const answer = await (await sent.response()).json();
+  assert.equal(answer.data?.me?.id, me.id, JSON.stringify(answer));
+
+  // A subscription to one of this account's private videos, from the page; the
+  // test deletes the video and the page must receive the DELETED event. Access
+  // tokens may live seconds on the test server (and the server closes a socket
+  // whose token expired), so a slow machine gets another try with a fresh one.
+  let outcome = '';
+  for (let attempt = 1; attempt <= 3 && outcome !== 'deleted'; attempt += 1) {
+    const { createVideo } = await gql(
+      'mutation($i: CreateVideoInput!) { createVideo(input: $i) { id } }',
+      { i: { title: `GraphiQL ${LABEL} ${attempt}`, visibility: 'PRIVATE' } },
+      await me.token(),
+    );
+    token = await me.token();
     await setEditor(page, headersEditor, JSON.stringify({ Authorization: `Bearer ${token}` }));
-    await setOperation(page, queryEditor, 'Me', 'query Me { me { id displayName } }');
+    await setOperation(
+      page,
+      queryEditor,
+      'Follow',
+      `subscription Follow { videoProgress(videoId: "${createVideo.id}") { videoId kind snapshot status } }`,
+    );
+    const initsBefore = inits.length;
+    // (A failed attempt's message stays in the pane until the next answer replaces it.)
+    const shownBefore = await page.locator('.graphiql-response .view-lines').textContent();
     await page.locator('.graphiql-execute-button').click();
-    // (The pane wraps long lines, so it is read for short values; the whole answer
-    // is read off the network.)
-    await page.waitForFunction(() =>
-      (document.querySelector('.graphiql-response .view-lines')?.textContent ?? '')
-        .replace(/\u00a0/g, ' ')
-        .includes('"displayName": "E2E GraphiQL"'),
-    );
-    const sent = posts.find((req) => (req.postData() ?? '').includes('query Me'));
-    assert.ok(sent, 'the query went to POST /graphql');
-    assert.equal(sent.headers().authorization, `Bearer ${token}`, 'with the typed header');
-    const answer = await (await sent.response()).json();
-    assert.equal(answer.data?.me?.id, me.id, JSON.stringify(answer));
-
-    // A subscription to one of this account's private videos, from the page; the
-    // test deletes the video and the page must receive the DELETED event. Access
-    // tokens may live seconds on the test server (and the server closes a socket
-    // whose token expired), so a slow machine gets another try with a fresh one.
-    let outcome = '';
-    for (let attempt = 1; attempt <= 3 && outcome !== 'deleted'; attempt += 1) {
-      const { createVideo } = await gql(
-        'mutation($i: CreateVideoInput!) { createVideo(input: $i) { id } }',
-        { i: { title: `GraphiQL ${LABEL} ${attempt}`, visibility: 'PRIVATE' } },
-        await me.token(),
-      );
-      token = await me.token();
-      await setEditor(page, headersEditor, JSON.stringify({ Authorization: `Bearer ${token}` }));
-      await setOperation(
-        page,
-        queryEditor,
-        'Follow',
-        `subscription Follow { videoProgress(videoId: "${createVideo.id}") { videoId kind snapshot status } }`,
-      );
-      const initsBefore = inits.length;
-      await page.locator('.graphiql-execute-button').click();
-      const first = await page.waitForFunction(() => {
-        const text = (document.querySelector('.graphiql-response .view-lines')?.textContent ?? '').replace(/\u00a0/g, ' ');
-        if (text.includes('"snapshot": true')) return 'snapshot';
-        if (/Socket closed|error/i.test(text)) return 'closed';
-        return false;
-      });
-      if ((await first.jsonValue()) !== 'snapshot') {
-        console.log(`# attempt ${attempt}: ${await responseText(page)}`);
-        continue;
-      }
-      // The socket was opened with the header editor's headers as connection_init payload.
-      const init = inits.slice(initsBefore).at(-1);
-      assert.ok(init, 'the subscription opened a WebSocket');
-      assert.equal(new URL(init.url).pathname, '/graphql/ws');
-      assert.deepEqual(init.payload, { Authorization: `Bearer ${token}` });
-      const snapshot = received.find((m) => m.type === 'next' && m.payload?.data?.videoProgress?.snapshot);
-      assert.equal(snapshot?.payload.data.videoProgress.videoId, createVideo.id, 'the snapshot of that video');
-
-      // Drive a live event: delete the video through the API.
-      await gql('mutation($id: ID!) { deleteVideo(id: $id) }', { id: createVideo.id }, await me.token());
-      const next = await page.waitForFunction(() => {
-        const text = (document.querySelector('.graphiql-response .view-lines')?.textContent ?? '').replace(/\u00a0/g, ' ');
-        if (text.includes('"kind": "DELETED"')) return 'deleted';
-        if (/Socket closed|error/i.test(text)) return 'closed';
-        return false;
-      });
-      outcome = await next.jsonValue();
-      if (outcome !== 'deleted') console.log(`# attempt ${attempt}: ${await responseText(page)}`);
+    const first = await page.waitForFunction((before) => {
+      const shown = document.querySelector('.graphiql-response .view-lines')?.textContent ?? '';
+      const text = shown.replace(/\u00a0/g, ' ');
+      if (text.includes('"snapshot": true')) return 'snapshot';
+      if (shown !== before && /Socket closed|error/i.test(text)) return 'closed';
+      return false;
+    }, shownBefore);
+    if ((await first.jsonValue()) !== 'snapshot') {
+      console.log(`# attempt ${attempt}: ${await responseText(page)}`);
+      continue;
     }
-    assert.equal(outcome, 'deleted', 'the subscription received the live DELETED event');
-    assert.ok(
-      received.some((m) => m.type === 'next' && m.payload?.data?.videoProgress?.kind === 'DELETED'),
-      'over the WebSocket',
-    );
-    await page.screenshot({ path: join(ARTIFACTS, `${LABEL}-graphiql-2-subscription.png`) });
+    // The socket was opened with the header editor's headers as connection_init payload.
+    const init = inits.slice(initsBefore).at(-1);
+    assert.ok(init, 'the subscription opened a WebSocket');
+    assert.equal(new URL(init.url).pathname, '/graphql/ws');
+    assert.deepEqual(init.payload, { Authorization: `Bearer ${token}` });
+    const snapshot = received.find((m) => m.type === 'next' && m.payload?.data?.videoProgress?.snapshot);
+    assert.equal(snapshot?.payload.data.videoProgress.videoId, createVideo.id, 'the snapshot of that video');
 
-    assert.deepEqual(foreign, [], 'no request was attempted to another host');
-    assert.deepEqual(problems, [], 'no page errors, no console errors (a CSP violation is one)');
+    // Drive a live event: delete the video through the API.
+    await gql('mutation($id: ID!) { deleteVideo(id: $id) }', { id: createVideo.id }, await me.token());
+    const next = await page.waitForFunction(() => {
+      const text = (document.querySelector('.graphiql-response .view-lines')?.textContent ?? '').replace(/\u00a0/g, ' ');
+      if (text.includes('"kind": "DELETED"')) return 'deleted';
+      if (/Socket closed|error/i.test(text)) return 'closed';
+      return false;
+    });
+    outcome = await next.jsonValue();
+    if (outcome !== 'deleted') console.log(`# attempt ${attempt}: ${await responseText(page)}`);
+  }
+  assert.equal(outcome, 'deleted', 'the subscription received the live DELETED event');
+  assert.ok(
+    received.some((m) => m.type === 'next' && m.payload?.data?.videoProgress?.kind === 'DELETED'),
+    'over the WebSocket',
+  );
+  await page.screenshot({ path: join(ARTIFACTS, `${LABEL}-graphiql-2-subscription.png`) });
+
+  assert.deepEqual(foreign, [], 'no request was attempted to another host');
+  assert.deepEqual(problems, [], 'no page errors, no console errors (a CSP violation is one)');
 }
