@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Browser end-to-end tests of the web demo (web-demo/e2e/) in headless Debian
-# Chromium, each against a freshly started real server:
+# Browser end-to-end tests of the web demo and of GraphiQL at GET /graphql
+# (web-demo/e2e/*.test.mjs) in headless Debian Chromium, each against a freshly
+# started real server:
 #
 #   embedded  SQLite + local disk, in-process bus and workers, no Redis
 #   s3        PostgreSQL + Redis + S3 (s3s-fs) from scripts/test-services.sh,
@@ -186,6 +187,10 @@ run_s3() {
         S3_SECRET_ACCESS_KEY="$REELHOUSE_TEST_S3_SECRET_ACCESS_KEY"
         REELHOUSE__STORAGE__S3__KEY_PREFIX="web-e2e-$suffix/"
         REELHOUSE__AUTH__JWT_SECRET="$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
+        # GraphiQL and introspection are off by default in distributed mode;
+        # e2e/graphiql.test.mjs tests the page against this server too.
+        REELHOUSE__GRAPHQL__PLAYGROUND=true
+        REELHOUSE__GRAPHQL__INTROSPECTION=true
     )
     logfile="$ARTIFACTS/s3-server.log"
     env "${env[@]}" REELHOUSE__WORKERS__EMBEDDED=false \

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the web app into web-demo/dist (what the server serves at `/`).
+# Builds the web app into web-demo/dist (what the server serves at `/`, and
+# GraphiQL, served at `GET /graphql`).
 # Installs Node.js/npm with apt when missing, runs `npm ci` when the lockfile
 # changed, and rebuilds only when a source is newer than the last build.
 #
@@ -39,8 +40,8 @@ if [[ ! -f node_modules/.package-lock.json || package-lock.json -nt node_modules
 fi
 
 stamp=dist/index.html
-if [[ "${1:-}" != "--force" && -f "$stamp" ]] &&
-    [[ -z "$(find index.html vite.config.ts tsconfig.json package-lock.json src -newer "$stamp" -print -quit)" ]]; then
+if [[ "${1:-}" != "--force" && -f "$stamp" && -f dist/graphiql.html ]] &&
+    [[ -z "$(find index.html graphiql.html vite.config.ts tsconfig.json package-lock.json src -newer "$stamp" -print -quit)" ]]; then
     exit 0
 fi
 log "building the app into web-demo/dist"

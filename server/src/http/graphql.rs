@@ -1,5 +1,5 @@
 //! GraphQL over HTTP at `/graphql` (POST with a JSON body; GET for queries, in the
-//! URL), and the GraphiQL page at `GET /graphql` without a query. Content
+//! URL), and the GraphiQL page at `GET /graphql` without a query (`graphiql.rs`). Content
 //! negotiation and status codes follow the GraphQL-over-HTTP spec (checked by the
 //! `graphql-http` audit, scripts/test-graphql-http.sh). (Subscriptions are served by
 //! the WebSocket `Session` actor in `ws_session.rs`.)
@@ -7,7 +7,6 @@
 use actix_web::http::header::{ACCEPT, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
-use async_graphql::http::GraphiQLSource;
 use futures::StreamExt;
 
 use crate::auth::principal::{authenticate, ClientInfo, RequestAuth};
@@ -172,7 +171,7 @@ pub async fn graphql_get(
     schema: web::Data<AppSchema>,
     req: HttpRequest,
 ) -> Result<HttpResponse, AppError> {
-    let Some(params) = get_params(req.query_string()) else { return graphiql(state).await };
+    let Some(params) = get_params(req.query_string()) else { return crate::http::graphiql::page(state).await };
     let Some(media) = Media::negotiate(header_str(&req, ACCEPT)) else {
         return Ok(refuse(StatusCode::NOT_ACCEPTABLE, Media::Json, NOT_ACCEPTABLE_MESSAGE));
     };
@@ -357,16 +356,4 @@ fn unavailable_retry_after(response: &async_graphql::BatchResponse) -> Option<u6
 pub fn request_id(req: &HttpRequest) -> Option<String> {
     use actix_web::HttpMessage as _;
     req.extensions().get::<tracing_actix_web::RequestId>().map(ToString::to_string)
-}
-
-pub async fn graphiql(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    if !state.settings.graphql.playground_enabled() {
-        return Err(AppError::not_found("page"));
-    }
-    let page = GraphiQLSource::build()
-        .endpoint("/graphql")
-        .subscription_endpoint("/graphql/ws")
-        .title("reelhouse GraphiQL")
-        .finish();
-    Ok(HttpResponse::Ok().content_type("text/html; charset=utf-8").body(page))
 }

@@ -3,7 +3,9 @@
 //!
 //! - `/` and the app's own paths (`/upload`, `/watch/…`: any GET that asks for
 //!   HTML outside the API's prefixes) answer `index.html`, never cached;
-//! - `/assets/…` are Vite's content-hashed files, cached as immutable;
+//! - `/assets/…` are Vite's content-hashed files, cached as immutable (the
+//!   GraphiQL page's too: it is the build's second page, served at `GET /graphql`
+//!   by `graphiql.rs`);
 //! - without a build, `/` answers a page that says how to make one.
 //!
 //! The files are read from disk on each request (they are small), so rebuilding
@@ -53,17 +55,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// The built app's directory, if it has an `index.html`.
+fn app_dir(settings: &Settings) -> Option<PathBuf> {
+    build_dir_with(settings, "index.html")
+}
+
+/// The web build's directory, if it has `page` (`index.html`, `graphiql.html`).
 ///
 /// A relative `server.web_demo_dir` is looked up from the working directory,
 /// then from the checkout the binary was built in, so `cargo run` works from
 /// any directory of the repository.
-fn app_dir(settings: &Settings) -> Option<PathBuf> {
+pub(crate) fn build_dir_with(settings: &Settings, page: &str) -> Option<PathBuf> {
     let configured = &settings.server.web_demo_dir;
     let mut candidates = vec![configured.clone()];
     if configured.is_relative() {
         candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(configured));
     }
-    candidates.into_iter().find(|dir| dir.join("index.html").is_file())
+    candidates.into_iter().find(|dir| dir.join(page).is_file())
 }
 
 fn settings(req: &HttpRequest) -> Option<web::Data<AppState>> {
@@ -85,7 +92,7 @@ pub async fn index(req: HttpRequest) -> HttpResponse {
     }
 }
 
-fn html_response(page: String, csp: Option<String>) -> HttpResponse {
+pub(crate) fn html_response(page: String, csp: Option<String>) -> HttpResponse {
     let mut res = HttpResponse::Ok();
     res.content_type("text/html; charset=utf-8").insert_header((header::CACHE_CONTROL, "no-cache"));
     if let Some(csp) = csp.and_then(|v| HeaderValue::from_str(&v).ok()) {

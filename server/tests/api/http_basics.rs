@@ -60,14 +60,37 @@ async fn metrics_expose_http_request_counters_and_latency() {
 }
 
 #[actix_web::test]
-async fn graphiql_page_is_served() {
-    let app = spawn_app().await;
-    let res = app.client.get(app.url("/graphql")).send().await.unwrap();
+async fn graphiql_page_is_served_from_the_web_build_with_a_policy_allowing_only_this_server() {
+    let build = fake_web_build();
+    let dir = build.path().to_path_buf();
+    let app = spawn_app_with(move |s| s.server.web_demo_dir = dir).await;
+    let res = app.client.get(app.url("/graphql")).header("accept", "text/html").send().await.unwrap();
     assert_eq!(res.status(), 200);
     assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let csp = res.headers()["content-security-policy"].to_str().unwrap().to_string();
+    assert!(csp.starts_with("default-src 'self';") && csp.contains("script-src 'self';"), "{csp}");
+    assert!(csp.contains("connect-src 'self';") && csp.contains("worker-src 'self';"), "{csp}");
+    assert!(!csp.contains("http") && !csp.contains("unsafe-eval"), "no other host, no eval: {csp}");
     let page = res.text().await.unwrap();
-    assert!(page.to_lowercase().contains("graphiql"));
-    assert!(page.contains("/graphql/ws"), "GraphiQL must know the subscription endpoint");
+    assert!(page.contains("/assets/graphiql-3c4d.js"), "the built page: {page}");
+    // Its script comes from this server.
+    let res = app.client.get(app.url("/assets/graphiql-3c4d.js")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "console.log('graphiql')");
+}
+
+#[actix_web::test]
+async fn without_a_web_build_graphiql_says_how_to_make_one() {
+    let empty = tempfile::tempdir().unwrap();
+    let dir = empty.path().join("dist");
+    let app = spawn_app_with(move |s| s.server.web_demo_dir = dir).await;
+    let res = app.client.get(app.url("/graphql")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let csp = res.headers()["content-security-policy"].to_str().unwrap().to_string();
+    assert!(csp.starts_with("default-src 'none';"), "{csp}");
+    let page = res.text().await.unwrap();
+    assert!(page.contains("make web-demo") && page.contains("/graphql/ws"), "{page}");
+    assert!(!page.contains("<script"), "nothing to load, so nothing loads forever: {page}");
 }
 
 #[actix_web::test]
@@ -78,7 +101,8 @@ async fn web_demo_is_served_at_root() {
     assert!(res.text().await.unwrap().contains("<title>reelhouse</title>"));
 }
 
-/// A stand-in for `make web-demo`'s output: an index and one hashed asset.
+/// A stand-in for `make web-demo`'s output: the app's and GraphiQL's pages, each
+/// with one hashed asset.
 fn fake_web_build() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("assets")).unwrap();
@@ -88,6 +112,12 @@ fn fake_web_build() -> tempfile::TempDir {
     )
     .unwrap();
     std::fs::write(dir.path().join("assets/app-1a2b.js"), "console.log('app')").unwrap();
+    std::fs::write(
+        dir.path().join("graphiql.html"),
+        "<!doctype html><title>reelhouse GraphiQL</title><script type=module src=/assets/graphiql-3c4d.js></script>",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("assets/graphiql-3c4d.js"), "console.log('graphiql')").unwrap();
     dir
 }
 
