@@ -56,12 +56,12 @@ pub type AppSchema = Schema<Query, Mutation, Subscription>;
 /// Build the schema with its limits. `state` is `None` only for SDL export.
 pub fn build_schema(settings: &GraphqlSettings, state: Option<AppState>) -> AppSchema {
     let mut builder = Schema::build(Query::default(), Mutation::default(), Subscription::default())
-        .limit_depth(settings.max_depth)
         .limit_complexity(settings.max_complexity)
         .limit_recursive_depth(settings.max_depth.max(32))
         .extension(limits::DocumentLimits {
             max_aliases: settings.max_aliases,
             max_directives: settings.max_directives,
+            max_depth: settings.max_depth,
         })
         .extension(limits::QueryCost);
     if !settings.introspection_enabled() {

@@ -220,16 +220,32 @@ async fn oversized_batches_and_deep_queries_are_refused() {
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["code"], "BAD_USER_INPUT");
 
-    // Introspection nesting beyond max_depth is refused before execution.
+    // Introspection nesting beyond its own bound is refused before execution.
     let deep = format!(
         "{{ __schema {{ types {{ {} name {} }} }} }}",
-        "fields { type { ofType { ".repeat(4),
-        "} } } ".repeat(4)
+        "fields { type { ofType { ".repeat(7),
+        "} } } ".repeat(7)
     );
     let (_, body) = app.graphql(&deep, serde_json::json!({})).await;
     let message = body["errors"][0]["message"].as_str().unwrap_or_default().to_lowercase();
-    assert!(message.contains("too deep") || message.contains("complex"), "{body}");
+    assert!(message.contains("too deep"), "{body}");
+    assert_eq!(body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT", "{body}");
     assert!(body["data"].is_null(), "nothing executed: {body}");
+
+    // So is an ordinary query deeper than graphql.max_depth (12).
+    let deep = format!("{{ me {} id {} }}", "{ videos { edges { node { owner ".repeat(3), "} } } } ".repeat(3));
+    let (_, body) = app.graphql(&deep, serde_json::json!({})).await;
+    let message = body["errors"][0]["message"].as_str().unwrap_or_default().to_lowercase();
+    assert!(message.contains("too deep"), "{body}");
+
+    // The standard introspection query of graphql-js (GraphiQL, graphql-codegen,
+    // Apollo, Altair) nests 15 levels inside __schema and is answered whole.
+    let standard = include_str!("../../src/graphql/introspection_query.graphql");
+    let (status, body) = app.graphql(standard, serde_json::json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["errors"].is_null(), "{body}");
+    let types = body["data"]["__schema"]["types"].as_array().expect("types");
+    assert!(types.iter().any(|t| t["name"] == "Video"), "{body}");
 }
 
 #[actix_web::test]
