@@ -246,6 +246,20 @@ impl async_graphql::ErrorExtensions for AppError {
     }
 }
 
+/// `result.gql()?` in a resolver: the error becomes an [`AppError`] (a `DbErr`, a
+/// `StoreError`, … through their `From`) and then a GraphQL error that keeps its
+/// stable code, in one call instead of `.gql()`.
+pub trait GqlResultExt<T> {
+    fn gql(self) -> async_graphql::Result<T>;
+}
+
+impl<T, E: Into<AppError>> GqlResultExt<T> for Result<T, E> {
+    fn gql(self) -> async_graphql::Result<T> {
+        use async_graphql::ErrorExtensions;
+        self.map_err(|e| e.into().extend())
+    }
+}
+
 /// Seconds a client is told to wait when the database could not be reached.
 pub const DATABASE_RETRY_AFTER_SECS: u64 = 2;
 

@@ -12,6 +12,7 @@ use entities::Role;
 
 use crate::auth::principal::{Principal, RequestAuth};
 use crate::error::AppError;
+use crate::error::GqlResultExt;
 
 /// What a caller may do. Resolvers check permissions, never roles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -71,7 +72,7 @@ pub struct AuthenticatedGuard;
 
 impl Guard for AuthenticatedGuard {
     async fn check(&self, ctx: &Context<'_>) -> async_graphql::Result<()> {
-        require_principal(ctx).map(|_| ()).map_err(|e| e.extend())
+        require_principal(ctx).map(|_| ()).gql()
     }
 }
 
@@ -80,7 +81,7 @@ pub struct PermissionGuard(pub Permission);
 
 impl Guard for PermissionGuard {
     async fn check(&self, ctx: &Context<'_>) -> async_graphql::Result<()> {
-        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        let principal = require_principal(ctx).gql()?;
         if has_permission(principal.role, self.0) {
             Ok(())
         } else {

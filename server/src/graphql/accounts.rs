@@ -12,6 +12,7 @@ use crate::auth::accounts::{create_user_in, verify_credentials};
 use crate::auth::principal::ClientInfo;
 use crate::auth::roles::{rank, require_principal, AuthenticatedGuard, Permission, PermissionGuard};
 use crate::auth::{api_keys, sessions};
+use crate::error::GqlResultExt;
 use crate::error::{AppError, ErrorCode};
 use crate::limits::Policy;
 use crate::repo::audit::{self, AuditAction, AuditEntry, AuditOutcome};
@@ -162,11 +163,11 @@ impl AccountsQuery {
     #[graphql(guard = "AuthenticatedGuard")]
     async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<User> {
         let state = ctx.data::<AppState>()?;
-        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        let principal = require_principal(ctx).gql()?;
         let user = user::Entity::find_by_id(principal.user_id)
             .one(&state.db)
             .await
-            .map_err(|e| AppError::from(e).extend())?
+            .gql()?
             .ok_or_else(|| AppError::unauthenticated("account no longer exists").extend())?;
         Ok(user.into())
     }
@@ -175,8 +176,8 @@ impl AccountsQuery {
     #[graphql(guard = "AuthenticatedGuard")]
     async fn api_keys(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ApiKey>> {
         let state = ctx.data::<AppState>()?;
-        let principal = require_principal(ctx).map_err(|e| e.extend())?;
-        let keys = api_keys::list_api_keys(&state.db, principal.user_id).await.map_err(|e| e.extend())?;
+        let principal = require_principal(ctx).gql()?;
+        let keys = api_keys::list_api_keys(&state.db, principal.user_id).await.gql()?;
         Ok(keys.into_iter().map(ApiKey::from).collect())
     }
 
@@ -200,7 +201,7 @@ impl AccountsQuery {
             false,
         )
         .await
-        .map_err(|e| e.extend())
+        .gql()
     }
 }
 
@@ -214,7 +215,7 @@ impl AccountsMutation {
     /// that account's password it signs in, otherwise its tokens do not work.
     async fn register(&self, ctx: &Context<'_>, input: RegisterInput) -> async_graphql::Result<AuthPayload> {
         let state = ctx.data::<AppState>()?;
-        limit_sign_in(state, ctx, None).await.map_err(|e| e.extend())?;
+        limit_sign_in(state, ctx, None).await.gql()?;
         let client = client_info(ctx);
         let created = create_user_in(
             &state.db,
@@ -231,7 +232,7 @@ impl AccountsMutation {
                 // For a known email this is a password check: charged like a login
                 // (per account and IP, and the account's failure back-off).
                 let ip = crate::limits::ip_subject(&client.ip.clone().unwrap_or_else(|| "unknown".into()));
-                limit_account(state, &input.email, &ip).await.map_err(|e| e.extend())?;
+                limit_account(state, &input.email, &ip).await.gql()?;
                 let account = account_key(&input.email);
                 match verify_credentials(&state.db, &state.password_hashing, &input.email, &input.password).await {
                     Ok(user) => {
@@ -247,13 +248,13 @@ impl AccountsMutation {
             }
             Err(err) => Err(err),
         };
-        Ok(tokens.map_err(|e| e.extend())?.into())
+        Ok(tokens.gql()?.into())
     }
 
     /// Sign in with email and password; starts a new session.
     async fn login(&self, ctx: &Context<'_>, input: LoginInput) -> async_graphql::Result<AuthPayload> {
         let state = ctx.data::<AppState>()?;
-        limit_sign_in(state, ctx, Some(&input.email)).await.map_err(|e| e.extend())?;
+        limit_sign_in(state, ctx, Some(&input.email)).await.gql()?;
         let account = account_key(&input.email);
         let client = client_info(ctx);
         let verified = verify_credentials(&state.db, &state.password_hashing, &input.email, &input.password).await;
@@ -268,8 +269,8 @@ impl AccountsMutation {
             }
             Err(_) => {}
         }
-        let user = verified.map_err(|e| e.extend())?;
-        let tokens = sessions::start_session(state, user, &client).await.map_err(|e| e.extend())?;
+        let user = verified.gql()?;
+        let tokens = sessions::start_session(state, user, &client).await.gql()?;
         Ok(tokens.into())
     }
 
@@ -277,32 +278,29 @@ impl AccountsMutation {
     /// presenting a used one ends the whole session.
     async fn refresh_token(&self, ctx: &Context<'_>, refresh_token: String) -> async_graphql::Result<AuthPayload> {
         let state = ctx.data::<AppState>()?;
-        let tokens =
-            sessions::rotate_refresh_token(state, &refresh_token, &client_info(ctx)).await.map_err(|e| e.extend())?;
+        let tokens = sessions::rotate_refresh_token(state, &refresh_token, &client_info(ctx)).await.gql()?;
         Ok(tokens.into())
     }
 
     /// End the session the refresh token belongs to. `false` if the token is unknown.
     async fn logout(&self, ctx: &Context<'_>, refresh_token: String) -> async_graphql::Result<bool> {
         let state = ctx.data::<AppState>()?;
-        sessions::logout(&state.db, &refresh_token, &client_info(ctx)).await.map_err(|e| e.extend())
+        sessions::logout(&state.db, &refresh_token, &client_info(ctx)).await.gql()
     }
 
     /// End every session of the caller, this one included.
     #[graphql(guard = "AuthenticatedGuard")]
     async fn revoke_all_sessions(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
         let state = ctx.data::<AppState>()?;
-        let principal = require_principal(ctx).map_err(|e| e.extend())?;
-        let txn = crate::db::begin_write(&state.db).await.map_err(|e| AppError::from(e).extend())?;
-        let revoked = sessions::revoke_all_sessions(&txn, principal.user_id, "revoke all sessions")
-            .await
-            .map_err(|e| e.extend())?;
+        let principal = require_principal(ctx).gql()?;
+        let txn = crate::db::begin_write(&state.db).await.gql()?;
+        let revoked = sessions::revoke_all_sessions(&txn, principal.user_id, "revoke all sessions").await.gql()?;
         let entry = AuditEntry::new(AuditAction::SessionRevoked, AuditOutcome::Success)
             .actor(principal.user_id)
             .target(principal.user_id)
             .detail(serde_json::json!({ "reason": "revoke all sessions", "sessions": revoked }));
-        audit::record(&txn, &client_info(ctx), entry).await.map_err(|e| e.extend())?;
-        txn.commit().await.map_err(|e| AppError::from(e).extend())?;
+        audit::record(&txn, &client_info(ctx), entry).await.gql()?;
+        txn.commit().await.gql()?;
         Ok(true)
     }
 
@@ -315,7 +313,7 @@ impl AccountsMutation {
         role: Option<Role>,
     ) -> async_graphql::Result<ApiKeyPayload> {
         let state = ctx.data::<AppState>()?;
-        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        let principal = require_principal(ctx).gql()?;
         // A leaked key must not be able to mint keys that outlive its revocation.
         let client = client_info(ctx);
         if principal.method == crate::auth::principal::AuthMethod::ApiKey {
@@ -325,16 +323,16 @@ impl AccountsMutation {
             audit::record_or_log(&state.db, &client, entry).await;
             return Err(crate::error::AppError::forbidden("API keys cannot create API keys; sign in").extend());
         }
-        let txn = crate::db::begin_write(&state.db).await.map_err(|e| AppError::from(e).extend())?;
+        let txn = crate::db::begin_write(&state.db).await.gql()?;
         let created = api_keys::create_api_key(&txn, principal.user_id, principal.role, &name, role.map(Into::into))
             .await
-            .map_err(|e| e.extend())?;
+            .gql()?;
         let entry = AuditEntry::new(AuditAction::ApiKeyCreated, AuditOutcome::Success)
             .actor(principal.user_id)
             .target(created.model.id)
             .detail(serde_json::json!({ "role": created.model.role }));
-        audit::record(&txn, &client, entry).await.map_err(|e| e.extend())?;
-        txn.commit().await.map_err(|e| AppError::from(e).extend())?;
+        audit::record(&txn, &client, entry).await.gql()?;
+        txn.commit().await.gql()?;
         Ok(ApiKeyPayload { api_key: created.model.into(), secret: created.secret })
     }
 
@@ -342,14 +340,14 @@ impl AccountsMutation {
     #[graphql(guard = "AuthenticatedGuard")]
     async fn revoke_api_key(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
         let state = ctx.data::<AppState>()?;
-        let principal = require_principal(ctx).map_err(|e| e.extend())?;
-        let id = parse_id(&id, "API key").map_err(|e| e.extend())?;
-        let txn = crate::db::begin_write(&state.db).await.map_err(|e| AppError::from(e).extend())?;
-        let revoked = api_keys::revoke_api_key(&txn, principal.user_id, id).await.map_err(|e| e.extend())?;
+        let principal = require_principal(ctx).gql()?;
+        let id = parse_id(&id, "API key").gql()?;
+        let txn = crate::db::begin_write(&state.db).await.gql()?;
+        let revoked = api_keys::revoke_api_key(&txn, principal.user_id, id).await.gql()?;
         let entry =
             AuditEntry::new(AuditAction::ApiKeyRevoked, AuditOutcome::Success).actor(principal.user_id).target(id);
-        audit::record(&txn, &client_info(ctx), entry).await.map_err(|e| e.extend())?;
-        txn.commit().await.map_err(|e| AppError::from(e).extend())?;
+        audit::record(&txn, &client_info(ctx), entry).await.gql()?;
+        txn.commit().await.gql()?;
         Ok(revoked)
     }
 
@@ -357,7 +355,7 @@ impl AccountsMutation {
     #[graphql(guard = "PermissionGuard(Permission::ManageUsers)")]
     async fn set_user_role(&self, ctx: &Context<'_>, id: ID, role: Role) -> async_graphql::Result<User> {
         let state = ctx.data::<AppState>()?;
-        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        let principal = require_principal(ctx).gql()?;
         let client = client_info(ctx);
         let role: entities::Role = role.into();
         if rank(role) > rank(principal.role) {
@@ -368,19 +366,19 @@ impl AccountsMutation {
             audit::record_or_log(&state.db, &client, entry).await;
             return Err(AppError::forbidden("cannot grant a role above your own").extend());
         }
-        let txn = crate::db::begin_write(&state.db).await.map_err(|e| AppError::from(e).extend())?;
+        let txn = crate::db::begin_write(&state.db).await.gql()?;
         let user = find_user_in(&txn, &id).await?;
         let from = user.role;
         let mut active: user::ActiveModel = user.into();
         active.role = Set(role);
         active.updated_at = Set(Utc::now());
-        let user = active.update(&txn).await.map_err(|e| AppError::from(e).extend())?;
+        let user = active.update(&txn).await.gql()?;
         let entry = AuditEntry::new(AuditAction::RoleChanged, AuditOutcome::Success)
             .actor(principal.user_id)
             .target(user.id)
             .detail(serde_json::json!({ "from": from, "to": role }));
-        audit::record(&txn, &client, entry).await.map_err(|e| e.extend())?;
-        txn.commit().await.map_err(|e| AppError::from(e).extend())?;
+        audit::record(&txn, &client, entry).await.gql()?;
+        txn.commit().await.gql()?;
         Ok(user.into())
     }
 
@@ -388,21 +386,21 @@ impl AccountsMutation {
     #[graphql(guard = "PermissionGuard(Permission::ManageUsers)")]
     async fn disable_user(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<User> {
         let state = ctx.data::<AppState>()?;
-        let principal = require_principal(ctx).map_err(|e| e.extend())?;
-        let txn = crate::db::begin_write(&state.db).await.map_err(|e| AppError::from(e).extend())?;
+        let principal = require_principal(ctx).gql()?;
+        let txn = crate::db::begin_write(&state.db).await.gql()?;
         let user = find_user_in(&txn, &id).await?;
         let user_id = user.id;
         let mut active: user::ActiveModel = user.into();
         active.disabled = Set(true);
         active.updated_at = Set(Utc::now());
-        let user = active.update(&txn).await.map_err(|e| AppError::from(e).extend())?;
-        let revoked = sessions::revoke_all_sessions(&txn, user_id, "account disabled").await.map_err(|e| e.extend())?;
+        let user = active.update(&txn).await.gql()?;
+        let revoked = sessions::revoke_all_sessions(&txn, user_id, "account disabled").await.gql()?;
         let entry = AuditEntry::new(AuditAction::UserDisabled, AuditOutcome::Success)
             .actor(principal.user_id)
             .target(user_id)
             .detail(serde_json::json!({ "sessionsRevoked": revoked }));
-        audit::record(&txn, &client_info(ctx), entry).await.map_err(|e| e.extend())?;
-        txn.commit().await.map_err(|e| AppError::from(e).extend())?;
+        audit::record(&txn, &client_info(ctx), entry).await.gql()?;
+        txn.commit().await.gql()?;
         Ok(user.into())
     }
 }
@@ -426,10 +424,6 @@ async fn audit_failed_login(state: &AppState, client: &ClientInfo, account: &str
 }
 
 async fn find_user_in(conn: &impl sea_orm::ConnectionTrait, id: &ID) -> async_graphql::Result<user::Model> {
-    let id = parse_id(id, "user").map_err(|e| e.extend())?;
-    user::Entity::find_by_id(id)
-        .one(conn)
-        .await
-        .map_err(|e| AppError::from(e).extend())?
-        .ok_or_else(|| AppError::not_found("user").extend())
+    let id = parse_id(id, "user").gql()?;
+    user::Entity::find_by_id(id).one(conn).await.gql()?.ok_or_else(|| AppError::not_found("user").extend())
 }

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::auth::roles::{Permission, PermissionGuard};
 use crate::error::AppError;
+use crate::error::GqlResultExt;
 use crate::repo::audit as repo;
 use crate::startup::AppState;
 
@@ -150,7 +151,7 @@ impl AuditQuery {
         filter: Option<AuditFilter>,
     ) -> async_graphql::Result<Connection<String, AuditEvent>> {
         let state = ctx.data::<AppState>()?;
-        let filter = repo::AuditFilter::try_from(filter.unwrap_or_default()).map_err(|e| e.extend())?;
+        let filter = repo::AuditFilter::try_from(filter.unwrap_or_default()).gql()?;
         super::paging::by_uuid(
             &state.db,
             repo::filtered(&filter),
@@ -161,6 +162,6 @@ impl AuditQuery {
             true,
         )
         .await
-        .map_err(|e| e.extend())
+        .gql()
     }
 }

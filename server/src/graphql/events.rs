@@ -36,6 +36,7 @@ use crate::actors::event_bus::{BusMessage, Subscribe};
 use crate::auth::principal::Principal;
 use crate::auth::roles::{has_permission, Permission};
 use crate::error::AppError;
+use crate::error::GqlResultExt;
 use crate::events::{DomainEvent, EventKind, ProgressInfo};
 use crate::graphql::progress::Progress;
 use crate::graphql::videos::{viewer, VideoStatus};
@@ -543,8 +544,8 @@ impl EventsSubscription {
         ctx: &Context<'_>,
         video_id: ID,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<VideoEvent>>> {
-        let id = parse_id(&video_id).map_err(|e| e.extend())?;
-        start_feed(ctx, Some(id), None, true).await.map_err(|e| e.extend())
+        let id = parse_id(&video_id).gql()?;
+        start_feed(ctx, Some(id), None, true).await.gql()
     }
 
     /// Every event the caller may see (one video's with `videoId`), starting with a
@@ -556,8 +557,8 @@ impl EventsSubscription {
         video_id: Option<ID>,
         after: Option<String>,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<VideoEvent>>> {
-        let id = video_id.as_ref().map(parse_id).transpose().map_err(|e| e.extend())?;
-        let after = after.as_deref().map(parse_cursor).transpose().map_err(|e| e.extend())?;
-        start_feed(ctx, id, after, false).await.map_err(|e| e.extend())
+        let id = video_id.as_ref().map(parse_id).transpose().gql()?;
+        let after = after.as_deref().map(parse_cursor).transpose().gql()?;
+        start_feed(ctx, id, after, false).await.gql()
     }
 }

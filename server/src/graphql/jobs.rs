@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::auth::principal::{ClientInfo, Principal};
 use crate::auth::roles::{has_permission, require_principal, AuthenticatedGuard, Permission, PermissionGuard};
+use crate::error::GqlResultExt;
 use crate::error::{AppError, ErrorCode};
 use crate::events::{ProgressInfo, Publisher};
 use crate::graphql::progress::Progress;
@@ -202,7 +203,7 @@ impl Job {
     async fn log(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<JobLogLine>> {
         let state = ctx.data::<AppState>()?;
         let admin = require_principal(ctx).map(sees_all).unwrap_or(false);
-        let lines = queue::log_lines(&state.db, self.0.id).await.map_err(|e| AppError::from(e).extend())?;
+        let lines = queue::log_lines(&state.db, self.0.id).await.gql()?;
         Ok(lines
             .into_iter()
             .map(|line| {
@@ -290,7 +291,7 @@ impl JobsQuery {
     #[graphql(guard = "AuthenticatedGuard")]
     async fn job(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Job>> {
         let state = ctx.data::<AppState>()?;
-        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        let principal = require_principal(ctx).gql()?;
         let Ok(id) = Uuid::parse_str(id.as_str()) else { return Ok(None) };
         match find_visible(&state.db, principal, id).await {
             Ok(job) => Ok(Some(Job(job))),
@@ -309,7 +310,7 @@ impl JobsQuery {
         status: Option<JobStatus>,
     ) -> async_graphql::Result<Connection<String, Job>> {
         let state = ctx.data::<AppState>()?;
-        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        let principal = require_principal(ctx).gql()?;
         let mut query = job::Entity::find();
         if !sees_all(principal) {
             query = query.filter(job::Column::OwnerId.eq(principal.user_id));
@@ -327,18 +328,14 @@ impl JobsQuery {
             true,
         )
         .await
-        .map_err(|e| e.extend())
+        .gql()
     }
 
     /// Worker processes that announced themselves. Admins only.
     #[graphql(guard = "PermissionGuard(Permission::SeeAllJobs)")]
     async fn workers(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Worker>> {
         let state = ctx.data::<AppState>()?;
-        let rows = worker::Entity::find()
-            .order_by_asc(worker::Column::StartedAt)
-            .all(&state.db)
-            .await
-            .map_err(|e| AppError::from(e).extend())?;
+        let rows = worker::Entity::find().order_by_asc(worker::Column::StartedAt).all(&state.db).await.gql()?;
         Ok(rows.into_iter().map(Worker::from).collect())
     }
 }
@@ -357,21 +354,21 @@ impl JobsMutation {
         preset: Option<TranscodePreset>,
     ) -> async_graphql::Result<Job> {
         let state = ctx.data::<AppState>()?;
-        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        let principal = require_principal(ctx).gql()?;
         if !has_permission(principal.role, Permission::WriteOwnVideos) {
             return Err(AppError::forbidden("your role does not allow this").extend());
         }
         let video_id = Uuid::parse_str(video_id.as_str()).map_err(|_| AppError::not_found("video").extend())?;
         crate::limits::enforce(state, crate::limits::Policy::Transcode, principal.user_id.to_string(), 1)
             .await
-            .map_err(|e| e.extend())?;
+            .gql()?;
         let preset = preset.unwrap_or(TranscodePreset::Medium);
-        let txn = crate::db::begin_write(&state.db).await.map_err(|e| AppError::from(e).extend())?;
-        let video = crate::repo::videos::find_writable(&txn, principal, video_id).await.map_err(|e| e.extend())?;
+        let txn = crate::db::begin_write(&state.db).await.gql()?;
+        let video = crate::repo::videos::find_writable(&txn, principal, video_id).await.gql()?;
         if video.source_key.is_none() || matches!(video.status, DbVideoStatus::Draft | DbVideoStatus::Uploading) {
             return Err(AppError::new(ErrorCode::Conflict, "the video has no uploaded source yet").extend());
         }
-        if transcode_in_progress(&txn, video.id).await.map_err(|e| e.extend())? {
+        if transcode_in_progress(&txn, video.id).await.gql()? {
             return Err(AppError::new(ErrorCode::Conflict, "the video is already being transcoded").extend());
         }
         let new = NewJob {
@@ -382,7 +379,7 @@ impl JobsMutation {
             payload: serde_json::json!({ "preset": preset.as_str() }),
             max_attempts: state.settings.jobs.max_attempts,
         };
-        let job = jobs::enqueue(&txn, new).await.map_err(|e| AppError::from(e).extend())?;
+        let job = jobs::enqueue(&txn, new).await.gql()?;
         // A failed video is processing again; a READY one keeps playing its current
         // ladder until the new one replaces it. Either way subscribers hear of it.
         let video = if video.status == DbVideoStatus::Failed {
@@ -390,15 +387,13 @@ impl JobsMutation {
             active.status = sea_orm::Set(DbVideoStatus::Processing);
             active.error = sea_orm::Set(None);
             active.updated_at = sea_orm::Set(chrono::Utc::now());
-            sea_orm::ActiveModelTrait::update(active, &txn).await.map_err(|e| AppError::from(e).extend())?
+            sea_orm::ActiveModelTrait::update(active, &txn).await.gql()?
         } else {
             video
         };
         let detail = crate::events::EventDetail { job_id: Some(job.id), ..Default::default() };
-        let event = crate::events::record(&txn, &video, crate::events::EventKind::Processing, detail)
-            .await
-            .map_err(|e| AppError::from(e).extend())?;
-        txn.commit().await.map_err(|e| AppError::from(e).extend())?;
+        let event = crate::events::record(&txn, &video, crate::events::EventKind::Processing, detail).await.gql()?;
+        txn.commit().await.gql()?;
         publisher(state).publish(event);
         Ok(Job(job))
     }
@@ -408,9 +403,9 @@ impl JobsMutation {
     #[graphql(guard = "AuthenticatedGuard")]
     async fn cancel_job(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Job> {
         let state = ctx.data::<AppState>()?;
-        let principal = require_principal(ctx).map_err(|e| e.extend())?;
-        let id = parse_id(&id).map_err(|e| e.extend())?;
-        let job = find_visible(&state.db, principal, id).await.map_err(|e| e.extend())?;
+        let principal = require_principal(ctx).gql()?;
+        let id = parse_id(&id).gql()?;
+        let job = find_visible(&state.db, principal, id).await.gql()?;
         if !sees_all(principal) && !has_permission(principal.role, Permission::WriteOwnVideos) {
             return Err(AppError::forbidden("your role does not allow this").extend());
         }
@@ -420,9 +415,7 @@ impl JobsMutation {
             return Err(AppError::forbidden("only an admin can cancel this kind of job").extend());
         }
         let admin_action = job.owner_id != Some(principal.user_id);
-        let job = queue::cancel(&state.db, &publisher(state), &state.settings.jobs, job.id)
-            .await
-            .map_err(|e| AppError::from(e).extend())?;
+        let job = queue::cancel(&state.db, &publisher(state), &state.settings.jobs, job.id).await.gql()?;
         if admin_action {
             audit_admin_action(ctx, state, principal, AuditAction::JobCancelled, &job).await;
         }
@@ -434,9 +427,9 @@ impl JobsMutation {
     #[graphql(guard = "AuthenticatedGuard")]
     async fn retry_job(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Job> {
         let state = ctx.data::<AppState>()?;
-        let principal = require_principal(ctx).map_err(|e| e.extend())?;
-        let id = parse_id(&id).map_err(|e| e.extend())?;
-        let job = find_visible(&state.db, principal, id).await.map_err(|e| e.extend())?;
+        let principal = require_principal(ctx).gql()?;
+        let id = parse_id(&id).gql()?;
+        let job = find_visible(&state.db, principal, id).await.gql()?;
         if !sees_all(principal) {
             if !has_permission(principal.role, Permission::WriteOwnVideos) {
                 return Err(AppError::forbidden("your role does not allow this").extend());
@@ -460,13 +453,12 @@ impl JobsMutation {
             if video.source_key.is_none() || matches!(video.status, DbVideoStatus::Draft | DbVideoStatus::Uploading) {
                 return Err(AppError::new(ErrorCode::Conflict, "the video has no uploaded source yet").extend());
             }
-            if transcode_in_progress(&state.db, video_id).await.map_err(|e| e.extend())? {
+            if transcode_in_progress(&state.db, video_id).await.gql()? {
                 return Err(AppError::new(ErrorCode::Conflict, "the video is already being transcoded").extend());
             }
         }
         let admin_action = job.status == DbJobStatus::Dead || job.owner_id != Some(principal.user_id);
-        let job =
-            queue::retry(&state.db, &state.settings.jobs, job.id).await.map_err(|e| AppError::from(e).extend())?;
+        let job = queue::retry(&state.db, &state.settings.jobs, job.id).await.gql()?;
         if admin_action {
             audit_admin_action(ctx, state, principal, AuditAction::JobRetried, &job).await;
         }

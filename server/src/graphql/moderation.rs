@@ -1,12 +1,13 @@
 //! Moderation in GraphQL: `hideVideo`/`unhideVideo` for moderators and admins, and
 //! the `Video.moderationLog` entries they read.
 
-use async_graphql::{Context, Enum, ErrorExtensions, Object, SimpleObject, ID};
+use async_graphql::{Context, Enum, Object, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 use entities::{moderation_action, ModerationActionKind};
 
 use crate::auth::principal::ClientInfo;
 use crate::auth::roles::{require_principal, Permission, PermissionGuard};
+use crate::error::GqlResultExt;
 use crate::graphql::videos::{parse_video_id, Video};
 use crate::repo::moderation as repo;
 use crate::startup::AppState;
@@ -53,13 +54,12 @@ impl ModerationMutation {
     #[graphql(guard = "PermissionGuard(Permission::ModerateVideos)")]
     async fn hide_video(&self, ctx: &Context<'_>, id: ID, reason: String) -> async_graphql::Result<Video> {
         let state = ctx.data::<AppState>()?;
-        let principal = require_principal(ctx).map_err(|e| e.extend())?;
-        let id = parse_video_id(&id).map_err(|e| e.extend())?;
-        let reason = repo::normalize_reason(&reason).map_err(|e| e.extend())?;
+        let principal = require_principal(ctx).gql()?;
+        let id = parse_video_id(&id).gql()?;
+        let reason = repo::normalize_reason(&reason).gql()?;
         let client = ctx.data_opt::<ClientInfo>().cloned().unwrap_or_default();
-        let video = repo::moderate(&state.db, principal, id, ModerationActionKind::Hide, reason, &client)
-            .await
-            .map_err(|e| e.extend())?;
+        let video =
+            repo::moderate(&state.db, principal, id, ModerationActionKind::Hide, reason, &client).await.gql()?;
         Ok(video.into())
     }
 
@@ -68,13 +68,12 @@ impl ModerationMutation {
     #[graphql(guard = "PermissionGuard(Permission::ModerateVideos)")]
     async fn unhide_video(&self, ctx: &Context<'_>, id: ID, reason: Option<String>) -> async_graphql::Result<Video> {
         let state = ctx.data::<AppState>()?;
-        let principal = require_principal(ctx).map_err(|e| e.extend())?;
-        let id = parse_video_id(&id).map_err(|e| e.extend())?;
-        let reason = reason.as_deref().map(repo::normalize_reason).transpose().map_err(|e| e.extend())?.flatten();
+        let principal = require_principal(ctx).gql()?;
+        let id = parse_video_id(&id).gql()?;
+        let reason = reason.as_deref().map(repo::normalize_reason).transpose().gql()?.flatten();
         let client = ctx.data_opt::<ClientInfo>().cloned().unwrap_or_default();
-        let video = repo::moderate(&state.db, principal, id, ModerationActionKind::Unhide, reason, &client)
-            .await
-            .map_err(|e| e.extend())?;
+        let video =
+            repo::moderate(&state.db, principal, id, ModerationActionKind::Unhide, reason, &client).await.gql()?;
         Ok(video.into())
     }
 }

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use crate::actors::upload_session::FinishSession;
 use crate::auth::roles::require_principal;
 use crate::error::AppError;
+use crate::error::GqlResultExt;
 use crate::graphql::videos::Video;
 use crate::startup::AppState;
 use crate::uploads::{self, tickets, UploadRequest};
@@ -75,7 +76,7 @@ impl UploadsMutation {
     /// Start uploading the source of a DRAFT or FAILED video you may change.
     async fn create_upload(&self, ctx: &Context<'_>, input: CreateUploadInput) -> async_graphql::Result<UploadTicket> {
         let state = ctx.data::<AppState>()?;
-        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        let principal = require_principal(ctx).gql()?;
         let video_id =
             uuid::Uuid::parse_str(input.video_id.trim()).map_err(|_| AppError::not_found("video").extend())?;
         let request = UploadRequest {
@@ -85,7 +86,7 @@ impl UploadsMutation {
             size: input.size,
             checksum_sha256: input.checksum_sha256,
         };
-        let ticket = tickets::create_ticket(state, principal, request).await.map_err(|e| e.extend())?;
+        let ticket = tickets::create_ticket(state, principal, request).await.gql()?;
         Ok(ticket.into())
     }
 
@@ -93,10 +94,10 @@ impl UploadsMutation {
     /// calling it again returns the same video (and there is still one job).
     async fn complete_upload(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Video> {
         let state = ctx.data::<AppState>()?;
-        let principal = require_principal(ctx).map_err(|e| e.extend())?;
-        let id = uploads::parse_id(&id).map_err(|e| e.extend())?;
-        let row = uploads::find_for(state, principal, id).await.map_err(|e| e.extend())?;
-        let video = uploads::completion::complete(state, row.id).await.map_err(|e| e.extend())?;
+        let principal = require_principal(ctx).gql()?;
+        let id = uploads::parse_id(&id).gql()?;
+        let row = uploads::find_for(state, principal, id).await.gql()?;
+        let video = uploads::completion::complete(state, row.id).await.gql()?;
         state.hubs.upload_sessions.addr().do_send(FinishSession(row.id));
         Ok(Video(video))
     }
@@ -104,10 +105,10 @@ impl UploadsMutation {
     /// Give up an open upload: its bytes are deleted and the video is DRAFT again.
     async fn abort_upload(&self, ctx: &Context<'_>, id: ID, reason: Option<String>) -> async_graphql::Result<bool> {
         let state = ctx.data::<AppState>()?;
-        let principal = require_principal(ctx).map_err(|e| e.extend())?;
-        let id = uploads::parse_id(&id).map_err(|e| e.extend())?;
-        let row = uploads::find_for(state, principal, id).await.map_err(|e| e.extend())?;
-        uploads::abort::abort(state, row.id, reason).await.map_err(|e| e.extend())?;
+        let principal = require_principal(ctx).gql()?;
+        let id = uploads::parse_id(&id).gql()?;
+        let row = uploads::find_for(state, principal, id).await.gql()?;
+        uploads::abort::abort(state, row.id, reason).await.gql()?;
         state.hubs.upload_sessions.addr().do_send(FinishSession(row.id));
         Ok(true)
     }

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::auth::principal::{Principal, RequestAuth};
 use crate::auth::roles::{require_principal, AuthenticatedGuard, Permission, PermissionGuard};
+use crate::error::GqlResultExt;
 use crate::error::{AppError, ErrorCode};
 use crate::graphql::accounts::User;
 use crate::graphql::loaders::{ProgressOf, RenditionsOf, TotalsOf, VideoDataLoader};
@@ -179,7 +180,7 @@ impl Video {
     #[graphql(guard = "PermissionGuard(Permission::ModerateVideos)")]
     async fn moderation_log(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Vec<ModerationEntry>>> {
         let state = ctx.data::<AppState>()?;
-        let rows = crate::repo::moderation::moderation_log(&state.db, self.0.id).await.map_err(|e| e.extend())?;
+        let rows = crate::repo::moderation::moderation_log(&state.db, self.0.id).await.gql()?;
         Ok(Some(rows.into_iter().map(ModerationEntry::from).collect()))
     }
 
@@ -326,7 +327,7 @@ impl VideosQuery {
     /// A video by id; null when it does not exist or the caller may not see it.
     async fn video(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Video>> {
         let state = ctx.data::<AppState>()?;
-        let id = parse_video_id(&id).map_err(|e| e.extend())?;
+        let id = parse_video_id(&id).gql()?;
         match repo::find_readable(&state.db, viewer(ctx), id).await {
             Ok(video) => Ok(Some(video.into())),
             Err(err) if err.code() == ErrorCode::NotFound => Ok(None),
@@ -350,13 +351,11 @@ impl VideosQuery {
         if !(0..=MAX_PAGE).contains(&first) {
             return Err(AppError::bad_input(format!("first must be between 0 and {MAX_PAGE}")).extend());
         }
-        let cursor = after.as_deref().map(decode_cursor).transpose().map_err(|e| e.extend())?;
-        let filter = list_filter(filter.unwrap_or_default(), viewer).map_err(|e| e.extend())?;
+        let cursor = after.as_deref().map(decode_cursor).transpose().gql()?;
+        let filter = list_filter(filter.unwrap_or_default(), viewer).gql()?;
         let limit = u64::try_from(first).unwrap_or(0);
         let mut rows = match filter {
-            Some(filter) => {
-                repo::list_visible(&state.db, viewer, &filter, cursor, limit + 1).await.map_err(|e| e.extend())?
-            }
+            Some(filter) => repo::list_visible(&state.db, viewer, &filter, cursor, limit + 1).await.gql()?,
             None => Vec::new(),
         };
         let has_next = rows.len() as u64 > limit;
@@ -376,7 +375,7 @@ impl VideosMutation {
     #[graphql(guard = "PermissionGuard(Permission::WriteOwnVideos)")]
     async fn create_video(&self, ctx: &Context<'_>, input: CreateVideoInput) -> async_graphql::Result<Video> {
         let state = ctx.data::<AppState>()?;
-        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        let principal = require_principal(ctx).gql()?;
         let new = (|| -> Result<NewVideo, AppError> {
             Ok(NewVideo {
                 owner_id: principal.user_id,
@@ -386,8 +385,8 @@ impl VideosMutation {
                 visibility: input.visibility.map_or(entities::Visibility::Private, Into::into),
             })
         })()
-        .map_err(|e| e.extend())?;
-        let video = repo::create_video(&state.db, new).await.map_err(|e| e.extend())?;
+        .gql()?;
+        let video = repo::create_video(&state.db, new).await.gql()?;
         Ok(video.into())
     }
 
@@ -395,8 +394,8 @@ impl VideosMutation {
     #[graphql(guard = "AuthenticatedGuard")]
     async fn update_video(&self, ctx: &Context<'_>, id: ID, input: UpdateVideoInput) -> async_graphql::Result<Video> {
         let state = ctx.data::<AppState>()?;
-        let principal = require_principal(ctx).map_err(|e| e.extend())?;
-        let id = parse_video_id(&id).map_err(|e| e.extend())?;
+        let principal = require_principal(ctx).gql()?;
+        let id = parse_video_id(&id).gql()?;
         let changes = (|| -> Result<VideoChanges, AppError> {
             Ok(VideoChanges {
                 title: input.title.as_deref().map(repo::normalize_title).transpose()?,
@@ -405,9 +404,9 @@ impl VideosMutation {
                 visibility: input.visibility.map(Into::into),
             })
         })()
-        .map_err(|e| e.extend())?;
-        let video = repo::find_writable(&state.db, principal, id).await.map_err(|e| e.extend())?;
-        let video = repo::update_video(&state.db, video, changes).await.map_err(|e| e.extend())?;
+        .gql()?;
+        let video = repo::find_writable(&state.db, principal, id).await.gql()?;
+        let video = repo::update_video(&state.db, video, changes).await.gql()?;
         Ok(video.into())
     }
 
@@ -416,8 +415,8 @@ impl VideosMutation {
     #[graphql(guard = "AuthenticatedGuard")]
     async fn delete_video(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
         let state = ctx.data::<AppState>()?;
-        let principal = require_principal(ctx).map_err(|e| e.extend())?;
-        let id = parse_video_id(&id).map_err(|e| e.extend())?;
+        let principal = require_principal(ctx).gql()?;
+        let id = parse_video_id(&id).gql()?;
         // The uploads this delete ends: their unfinished multipart parts and tus
         // tails are not objects under the video's prefix, so they are cleaned here.
         let open_uploads = entities::upload::Entity::find()
@@ -429,9 +428,7 @@ impl VideosMutation {
             .all(&state.db)
             .await
             .map_err(|e| AppError::internal(e).extend())?;
-        let event = repo::delete_video(&state.db, principal, id, state.settings.jobs.max_attempts)
-            .await
-            .map_err(|e| e.extend())?;
+        let event = repo::delete_video(&state.db, principal, id, state.settings.jobs.max_attempts).await.gql()?;
         state.publisher().publish(event);
         let store = state.store.clone();
         tokio::spawn(async move {
@@ -451,7 +448,7 @@ impl User {
     async fn storage_used_bytes(&self, ctx: &Context<'_>) -> async_graphql::Result<i64> {
         let state = ctx.data::<AppState>()?;
         let user_id = Uuid::parse_str(self.id.as_str()).map_err(|e| AppError::internal(e).extend())?;
-        repo::storage_used_bytes(&state.db, user_id).await.map_err(|e| e.extend())
+        repo::storage_used_bytes(&state.db, user_id).await.gql()
     }
 
     /// Bytes this account may store; null when there is no quota.

@@ -10,6 +10,7 @@ use entities::VideoStatus;
 use crate::auth::principal::ClientInfo;
 use crate::auth::roles::{require_principal, AuthenticatedGuard};
 use crate::error::AppError;
+use crate::error::GqlResultExt;
 use crate::graphql::videos::{parse_video_id, viewer};
 use crate::repo::videos::{find_readable, is_owner_or_moderator};
 use crate::repo::views as repo;
@@ -94,8 +95,8 @@ impl ViewsQuery {
         to: Option<Date>,
     ) -> async_graphql::Result<Vec<DailyStats>> {
         let state = ctx.data::<AppState>()?;
-        let principal = require_principal(ctx).map_err(|e| e.extend())?;
-        let id = parse_video_id(&video_id).map_err(|e| e.extend())?;
+        let principal = require_principal(ctx).gql()?;
+        let id = parse_video_id(&video_id).gql()?;
         let to = to.map_or_else(|| Utc::now().date_naive(), |d| d.0);
         let from = from.map_or_else(|| to - TimeDelta::days(DEFAULT_STATS_DAYS - 1), |d| d.0);
         if from > to {
@@ -104,11 +105,11 @@ impl ViewsQuery {
         if (to - from).num_days() >= MAX_STATS_DAYS {
             return Err(AppError::bad_input(format!("at most {MAX_STATS_DAYS} days at once")).extend());
         }
-        let video = find_readable(&state.db, Some(principal), id).await.map_err(|e| e.extend())?;
+        let video = find_readable(&state.db, Some(principal), id).await.gql()?;
         if !is_owner_or_moderator(Some(principal), &video) {
             return Err(AppError::forbidden("only the owner and moderators see a video's stats").extend());
         }
-        let rows = repo::daily(&state.db, id, from, to).await.map_err(|e| e.extend())?;
+        let rows = repo::daily(&state.db, id, from, to).await.gql()?;
         Ok(dense_days(from, to, rows))
     }
 }
@@ -144,15 +145,14 @@ impl ViewsMutation {
             Some(principal) => format!("user:{}", principal.user_id),
             None => crate::limits::ip_subject(client.ip.as_deref().unwrap_or("unknown")),
         };
-        crate::limits::enforce(state, crate::limits::Policy::Views, subject, 1).await.map_err(|e| e.extend())?;
-        let id = parse_video_id(&video_id).map_err(|e| e.extend())?;
-        let video = find_readable(&state.db, viewer, id).await.map_err(|e| e.extend())?;
+        crate::limits::enforce(state, crate::limits::Policy::Views, subject, 1).await.gql()?;
+        let id = parse_video_id(&video_id).gql()?;
+        let video = find_readable(&state.db, viewer, id).await.gql()?;
         if video.status != VideoStatus::Ready {
             return Err(AppError::bad_input("only READY videos can be watched").extend());
         }
-        let key = repo::viewer_key(&state.keys.url_signing, viewer, &client).map_err(|e| e.extend())?;
-        let recorded =
-            repo::record_view(&state.db, &video, &key, watched, &state.settings.views).await.map_err(|e| e.extend())?;
+        let key = repo::viewer_key(&state.keys.url_signing, viewer, &client).gql()?;
+        let recorded = repo::record_view(&state.db, &video, &key, watched, &state.settings.views).await.gql()?;
         if recorded.counted {
             metrics::counter!("reelhouse_views_total").increment(1);
         }

@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::auth::principal::{ClientInfo, Principal};
 use crate::auth::roles::{has_permission, require_principal, AuthenticatedGuard, Permission};
+use crate::error::GqlResultExt;
 use crate::error::{AppError, ErrorCode};
 use crate::events::EventKind;
 use crate::repo::audit::{self, AuditAction, AuditEntry, AuditOutcome};
@@ -172,7 +173,7 @@ impl WebhookDelivery {
             .limit(MAX_ATTEMPTS_LISTED)
             .all(&state.db)
             .await
-            .map_err(|e| AppError::from(e).extend())?;
+            .gql()?;
         rows.reverse();
         Ok(rows.into_iter().map(WebhookAttempt::from).collect())
     }
@@ -344,12 +345,12 @@ impl WebhooksQuery {
     #[graphql(guard = "AuthenticatedGuard")]
     async fn webhooks(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Webhook>> {
         let state = ctx.data::<AppState>()?;
-        let principal = require_principal(ctx).map_err(|e| e.extend())?;
+        let principal = require_principal(ctx).gql()?;
         let mut query = webhook_endpoint::Entity::find().order_by_desc(webhook_endpoint::Column::Id);
         if !is_admin(principal) {
             query = query.filter(webhook_endpoint::Column::OwnerId.eq(principal.user_id));
         }
-        let rows = query.limit(1000).all(&state.db).await.map_err(|e| AppError::from(e).extend())?;
+        let rows = query.limit(1000).all(&state.db).await.gql()?;
         Ok(rows.into_iter().map(Webhook).collect())
     }
 
@@ -363,9 +364,9 @@ impl WebhooksQuery {
         after: Option<String>,
     ) -> async_graphql::Result<Connection<String, WebhookDelivery>> {
         let state = ctx.data::<AppState>()?;
-        let principal = require_principal(ctx).map_err(|e| e.extend())?;
-        let id = parse_uuid(webhook_id.as_str(), "webhook").map_err(|e| e.extend())?;
-        let endpoint = find_visible(&state.db, principal, id).await.map_err(|e| e.extend())?;
+        let principal = require_principal(ctx).gql()?;
+        let id = parse_uuid(webhook_id.as_str(), "webhook").gql()?;
+        let endpoint = find_visible(&state.db, principal, id).await.gql()?;
         let query = webhook_delivery::Entity::find().filter(webhook_delivery::Column::EndpointId.eq(endpoint.id));
         let id = webhook_delivery::Column::Id;
         super::paging::by_uuid(
@@ -378,7 +379,7 @@ impl WebhooksQuery {
             true,
         )
         .await
-        .map_err(|e| e.extend())
+        .gql()
     }
 }
 
@@ -395,24 +396,24 @@ impl WebhooksMutation {
         input: CreateWebhookInput,
     ) -> async_graphql::Result<CreateWebhookPayload> {
         let state = ctx.data::<AppState>()?;
-        let principal = require_principal(ctx).map_err(|e| e.extend())?;
-        require_charged_writer(state, principal).await.map_err(|e| e.extend())?;
+        let principal = require_principal(ctx).gql()?;
+        require_charged_writer(state, principal).await.gql()?;
         let global = input.global.unwrap_or(false);
         if global && !is_admin(principal) {
             return Err(AppError::forbidden("only admins can create global webhooks").extend());
         }
         if !global {
-            check_endpoint_cap(state, principal.user_id).await.map_err(|e| e.extend())?;
+            check_endpoint_cap(state, principal.user_id).await.gql()?;
         }
-        let kinds = validate_events(&input.events).map_err(|e| e.extend())?;
-        let url = validate_url(state, &input.url).await.map_err(|e| e.extend())?;
+        let kinds = validate_events(&input.events).gql()?;
+        let url = validate_url(state, &input.url).await.gql()?;
         let secret = crate::webhooks::new_secret();
         let id = Uuid::now_v7();
         let sealed = crate::webhooks::secrets::SecretBox::from_keys(&state.keys)
             .and_then(|secrets| secrets.seal(id, &secret))
             .map_err(|e| AppError::internal(e).extend())?;
         let now = Utc::now();
-        let txn = crate::db::begin_write(&state.db).await.map_err(|e| AppError::from(e).extend())?;
+        let txn = crate::db::begin_write(&state.db).await.gql()?;
         let endpoint = webhook_endpoint::ActiveModel {
             id: Set(id),
             owner_id: Set((!global).then_some(principal.user_id)),
@@ -427,11 +428,9 @@ impl WebhooksMutation {
         }
         .insert(&txn)
         .await
-        .map_err(|e| AppError::from(e).extend())?;
-        audit_endpoint_change(ctx, &txn, principal, AuditAction::WebhookCreated, &endpoint, None)
-            .await
-            .map_err(|e| e.extend())?;
-        txn.commit().await.map_err(|e| AppError::from(e).extend())?;
+        .gql()?;
+        audit_endpoint_change(ctx, &txn, principal, AuditAction::WebhookCreated, &endpoint, None).await.gql()?;
+        txn.commit().await.gql()?;
         Ok(CreateWebhookPayload { webhook: Webhook(endpoint), secret })
     }
 
@@ -444,16 +443,16 @@ impl WebhooksMutation {
         input: UpdateWebhookInput,
     ) -> async_graphql::Result<Webhook> {
         let state = ctx.data::<AppState>()?;
-        let principal = require_principal(ctx).map_err(|e| e.extend())?;
-        require_charged_writer(state, principal).await.map_err(|e| e.extend())?;
-        let id = parse_uuid(id.as_str(), "webhook").map_err(|e| e.extend())?;
-        let endpoint = find_visible(&state.db, principal, id).await.map_err(|e| e.extend())?;
+        let principal = require_principal(ctx).gql()?;
+        require_charged_writer(state, principal).await.gql()?;
+        let id = parse_uuid(id.as_str(), "webhook").gql()?;
+        let endpoint = find_visible(&state.db, principal, id).await.gql()?;
         let mut row = endpoint.into_active_model();
         if let Some(url) = &input.url {
-            row.url = Set(validate_url(state, url).await.map_err(|e| e.extend())?);
+            row.url = Set(validate_url(state, url).await.gql()?);
         }
         if let Some(events) = &input.events {
-            row.event_kinds = Set(validate_events(events).map_err(|e| e.extend())?);
+            row.event_kinds = Set(validate_events(events).gql()?);
         }
         if let Some(enabled) = input.enabled {
             row.enabled = Set(enabled);
@@ -471,12 +470,12 @@ impl WebhooksMutation {
         .into_iter()
         .flatten()
         .collect();
-        let txn = crate::db::begin_write(&state.db).await.map_err(|e| AppError::from(e).extend())?;
-        let endpoint = row.update(&txn).await.map_err(|e| AppError::from(e).extend())?;
+        let txn = crate::db::begin_write(&state.db).await.gql()?;
+        let endpoint = row.update(&txn).await.gql()?;
         audit_endpoint_change(ctx, &txn, principal, AuditAction::WebhookUpdated, &endpoint, Some(changed))
             .await
-            .map_err(|e| e.extend())?;
-        txn.commit().await.map_err(|e| AppError::from(e).extend())?;
+            .gql()?;
+        txn.commit().await.gql()?;
         Ok(Webhook(endpoint))
     }
 
@@ -484,16 +483,14 @@ impl WebhooksMutation {
     #[graphql(guard = "AuthenticatedGuard")]
     async fn delete_webhook(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
         let state = ctx.data::<AppState>()?;
-        let principal = require_principal(ctx).map_err(|e| e.extend())?;
-        require_writer(principal).map_err(|e| e.extend())?;
-        let id = parse_uuid(id.as_str(), "webhook").map_err(|e| e.extend())?;
-        let endpoint = find_visible(&state.db, principal, id).await.map_err(|e| e.extend())?;
-        let txn = crate::db::begin_write(&state.db).await.map_err(|e| AppError::from(e).extend())?;
-        webhook_endpoint::Entity::delete_by_id(endpoint.id).exec(&txn).await.map_err(|e| AppError::from(e).extend())?;
-        audit_endpoint_change(ctx, &txn, principal, AuditAction::WebhookDeleted, &endpoint, None)
-            .await
-            .map_err(|e| e.extend())?;
-        txn.commit().await.map_err(|e| AppError::from(e).extend())?;
+        let principal = require_principal(ctx).gql()?;
+        require_writer(principal).gql()?;
+        let id = parse_uuid(id.as_str(), "webhook").gql()?;
+        let endpoint = find_visible(&state.db, principal, id).await.gql()?;
+        let txn = crate::db::begin_write(&state.db).await.gql()?;
+        webhook_endpoint::Entity::delete_by_id(endpoint.id).exec(&txn).await.gql()?;
+        audit_endpoint_change(ctx, &txn, principal, AuditAction::WebhookDeleted, &endpoint, None).await.gql()?;
+        txn.commit().await.gql()?;
         Ok(true)
     }
 
@@ -502,13 +499,13 @@ impl WebhooksMutation {
     #[graphql(guard = "AuthenticatedGuard")]
     async fn redeliver_webhook(&self, ctx: &Context<'_>, delivery_id: ID) -> async_graphql::Result<WebhookDelivery> {
         let state = ctx.data::<AppState>()?;
-        let principal = require_principal(ctx).map_err(|e| e.extend())?;
-        require_charged_writer(state, principal).await.map_err(|e| e.extend())?;
-        let id = parse_uuid(delivery_id.as_str(), "delivery").map_err(|e| e.extend())?;
+        let principal = require_principal(ctx).gql()?;
+        require_charged_writer(state, principal).await.gql()?;
+        let id = parse_uuid(delivery_id.as_str(), "delivery").gql()?;
         let delivery = webhook_delivery::Entity::find_by_id(id)
             .one(&state.db)
             .await
-            .map_err(|e| AppError::from(e).extend())?
+            .gql()?
             .ok_or_else(|| AppError::not_found("delivery").extend())?;
         let endpoint = find_visible(&state.db, principal, delivery.endpoint_id)
             .await
@@ -521,7 +518,7 @@ impl WebhooksMutation {
         row.status = Set(DbStatus::Pending);
         row.next_attempt_at = Set(now);
         row.window_started_at = Set(now);
-        let delivery = row.update(&state.db).await.map_err(|e| AppError::from(e).extend())?;
+        let delivery = row.update(&state.db).await.gql()?;
         Ok(WebhookDelivery(delivery))
     }
 
@@ -542,8 +539,8 @@ impl WebhooksMutation {
         after: Option<String>,
     ) -> async_graphql::Result<WebhookReplay> {
         let state = ctx.data::<AppState>()?;
-        let principal = require_principal(ctx).map_err(|e| e.extend())?;
-        replay(state, principal, endpoint_id.as_str(), after.as_deref()).await.map_err(|e| e.extend())
+        let principal = require_principal(ctx).gql()?;
+        replay(state, principal, endpoint_id.as_str(), after.as_deref()).await.gql()
     }
 }
 
