@@ -111,12 +111,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // the fan-out channel; stored events stay in the outbox either way.
     let redis = crate::redis_client::RedisHandle::new(&settings.redis)?.map(Arc::new);
     let instance = crate::startup::instance_id();
-    let hubs = crate::actors::Hubs::start(
-        &instance,
-        Duration::from_millis(settings.server.heartbeat_interval_ms),
-        &settings.rate_limit,
-        redis.clone(),
-    );
+    let hubs =
+        crate::actors::WorkerHubs::start(&instance, Duration::from_millis(settings.server.heartbeat_interval_ms));
     let health = match settings.worker_health_addr()? {
         Some(bind) => Some(HealthServer::start(
             bind,

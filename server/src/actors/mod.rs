@@ -36,11 +36,7 @@ impl Hubs {
         redis: Option<Arc<RedisHandle>>,
     ) -> Self {
         let supervisor = Supervisor::start();
-        let instance = instance.to_string();
-        // Created once: every incarnation of the bus publishes into it (see `event_bus`).
-        let channel = event_bus::BusChannel::new();
-        let event_bus = supervisor
-            .spawn("event_bus", move |death| EventBus::new(channel.clone(), instance.clone(), heartbeat_every, death));
+        let event_bus = start_event_bus(&supervisor, instance, heartbeat_every);
         let rate_limits = rate_limits.clone();
         let rate_limiter =
             supervisor.spawn("rate_limiter", move |death| RateLimiter::new(&rate_limits, redis.clone(), death));
@@ -54,6 +50,34 @@ impl Hubs {
         self.event_bus.addr().do_send(Stop);
         self.rate_limiter.addr().do_send(Stop);
         self.upload_sessions.addr().do_send(Stop);
+    }
+}
+
+fn start_event_bus(supervisor: &Supervisor, instance: &str, heartbeat_every: Duration) -> Hub<EventBus> {
+    let instance = instance.to_string();
+    // Created once: every incarnation of the bus publishes into it (see `event_bus`).
+    let channel = event_bus::BusChannel::new();
+    supervisor.spawn("event_bus", move |death| EventBus::new(channel.clone(), instance.clone(), heartbeat_every, death))
+}
+
+/// The hubs of a `reelhouse worker` process: the event bus its publisher writes to,
+/// under a supervisor. It serves no requests, so no rate limiter and no upload
+/// sessions.
+pub struct WorkerHubs {
+    pub supervisor: Supervisor,
+    pub event_bus: Hub<EventBus>,
+}
+
+impl WorkerHubs {
+    pub fn start(instance: &str, heartbeat_every: Duration) -> Self {
+        let supervisor = Supervisor::start();
+        let event_bus = start_event_bus(&supervisor, instance, heartbeat_every);
+        Self { supervisor, event_bus }
+    }
+
+    pub fn stop(&self) {
+        self.supervisor.begin_shutdown();
+        self.event_bus.addr().do_send(Stop);
     }
 }
 
