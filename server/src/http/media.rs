@@ -515,7 +515,10 @@ async fn file_inner(
     let meta = if conditional || req.method() == Method::HEAD { Some(state.store.head(key).await?) } else { None };
     if let Some(meta) = &meta {
         if precondition_fails(req, meta) {
-            let mut response = base_response(StatusCode::PRECONDITION_FAILED, &content_type_for(path, None), cache);
+            // Not the file's caching: a shared cache that forwards a stranger's
+            // `If-Match` must not keep this answer and serve it to everyone.
+            let mut response =
+                base_response(StatusCode::PRECONDITION_FAILED, &content_type_for(path, None), "no-store");
             validators(&mut response, meta);
             return Ok(response.finish());
         }

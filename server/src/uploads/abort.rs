@@ -48,7 +48,8 @@ pub async fn end_session(state: &AppState, id: Uuid, status: UploadStatus, reaso
             _ => Err(AppError::new(ErrorCode::Conflict, "the upload is finished and can no longer be aborted")),
         };
     }
-    cleanup_storage(state.store.as_ref(), &row, true).await;
+    let object = !is_accepted_source(state, &row).await?;
+    cleanup_storage(state.store.as_ref(), &row, object).await;
     // Partial uploads (tus concatenation) share their video: it goes back to DRAFT
     // only when the last of them has ended.
     let others = upload::Entity::find()
@@ -88,8 +89,18 @@ pub async fn finish_claimed(
         .filter(upload::Column::Status.eq(UploadStatus::Completing))
         .exec(&state.db)
         .await?;
-    cleanup_storage(state.store.as_ref(), row, true).await;
+    let object = !is_accepted_source(state, row).await?;
+    cleanup_storage(state.store.as_ref(), row, object).await;
     Ok(())
+}
+
+/// Whether `row`'s object is its video's accepted source: several sessions may
+/// write to the source key (a stale tus final upload next to the one that
+/// completed the video, a retried join), and ending one of them must never delete
+/// what another made the video's source.
+async fn is_accepted_source(state: &AppState, row: &upload::Model) -> AppResult<bool> {
+    let video = video::Entity::find_by_id(row.video_id).one(&state.db).await?;
+    Ok(video.is_some_and(|v| v.deleted_at.is_none() && v.source_key.as_deref() == Some(row.object_key.as_str())))
 }
 
 fn status_label(status: UploadStatus) -> &'static str {

@@ -184,6 +184,9 @@ async fn a_public_video_plays_with_ranges_conditional_gets_and_caching() {
     assert_eq!(guarded.status(), 206);
     let failed = client.get(mp4_url).header("If-Match", "\"something-else\"").send().await.unwrap();
     assert_eq!(failed.status(), 412);
+    // A 412 is the requester's own: a shared cache must not keep it for everyone
+    // (the file's `public, max-age=…` would let it).
+    assert_eq!(failed.headers()["cache-control"], "no-store");
     let stale =
         client.get(mp4_url).header("If-Unmodified-Since", "Thu, 01 Jan 2015 00:00:00 GMT").send().await.unwrap();
     assert_eq!(stale.status(), 412);

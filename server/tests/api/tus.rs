@@ -1251,3 +1251,38 @@ async fn tus_expired_partial_uploads_are_swept_and_free_the_video() {
     // The video takes a new upload.
     assert_eq!(tus_create(&app, &user, video, 10).await.status(), 201);
 }
+
+/// Regression (review of tus concatenation): several sessions can write to the
+/// video's source key (a final upload whose join was cut off, left OPEN, next to the
+/// one that completed the video). Ending the stale one, by expiry or termination,
+/// must not delete the source the video was accepted with.
+#[actix_web::test]
+async fn tus_ending_a_stale_session_keeps_the_accepted_source() {
+    use sea_orm::{ActiveModelTrait, IntoActiveModel, Set};
+    let app = spawn_uploads_app(|s| s.uploads.part_size_bytes = 5 * 1024 * 1024).await;
+    let user = app.register_user().await;
+    let video = new_video(&app, user_id(&user)).await;
+    let clip = small_clip();
+    let url = tus_session(&app, &user, video, clip.len()).await;
+    send_rest(&app.client, &url, &user, &clip, 0, 64 * 1024).await;
+    let source = reelhouse::storage::layout::source(user_id(&user), video);
+    assert_eq!(video_row(&app, video).await.source_key.as_deref(), Some(source.as_str()));
+    assert_eq!(app.state.store.head(&source).await.unwrap().size, clip.len() as u64);
+
+    // A second, stale session writing to the same key (as a cut-off final upload
+    // is), still OPEN.
+    let completed = upload_row(&app, path_of(&url).trim_start_matches("/uploads/")).await;
+    let mut stale = completed.clone().into_active_model();
+    stale.id = Set(Uuid::now_v7());
+    stale.status = Set(UploadStatus::Open);
+    stale.offset_bytes = Set(1024);
+    stale.s3_upload_id = Set(None);
+    let stale = stale.insert(&app.state.db).await.unwrap();
+    assert_eq!(stale.object_key, source);
+
+    reelhouse::uploads::abort::end_session(&app.state, stale.id, UploadStatus::Expired, "expired").await.unwrap();
+    assert_eq!(upload_row(&app, &stale.id.to_string()).await.status, UploadStatus::Expired);
+    let meta = app.state.store.head(&source).await.expect("the accepted source survives the stale session's end");
+    assert_eq!(meta.size, clip.len() as u64);
+    assert_ne!(video_row(&app, video).await.status, VideoStatus::Draft);
+}
