@@ -136,7 +136,7 @@ run_e2e() {
     (cd web-demo && REELHOUSE_URL="$url" E2E_CLIP="$CLIP" E2E_BAD_FILE="$BAD" E2E_LONG_CLIP="$LONG_CLIP" \
         E2E_ARTIFACTS="$ARTIFACTS" E2E_LABEL="$label" E2E_EXPECT_REFRESH=1 \
         E2E_ADMIN_EMAIL="$ADMIN_EMAIL" E2E_ADMIN_PASSWORD="$ADMIN_PASSWORD" \
-        node --test --test-reporter=spec e2e/)
+        node --test --test-reporter=spec 'e2e/*.test.mjs')
 }
 
 run_embedded() {
