@@ -12,7 +12,7 @@ run: bootstrap web-demo
 	$(CARGO) build --release -p reelhouse
 	$(TARGET_DIR)/release/reelhouse serve --bind $(BIND) --data-dir $(DATA_DIR)
 
-## web-demo: build the browser app into web-demo/dist (npm ci + vite; only when sources changed)
+## web-demo: build the browser app into web-demo/dist (Node 24 via scripts/node.sh; npm ci + GraphQL type check + vite; only when sources or schema.graphql changed)
 web-demo:
 	web-demo/build.sh
 

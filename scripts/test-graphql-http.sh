@@ -18,8 +18,9 @@ log() { printf 'test-graphql-http: %s\n' "$*" >&2; }
 GRAPHQL_HTTP_VERSION="${GRAPHQL_HTTP_VERSION:-1.23.1}"
 GRAPHQL_VERSION="${GRAPHQL_VERSION:-16}"
 
-if ! command -v node >/dev/null 2>&1; then scripts/bootstrap.sh --packages nodejs; fi
-if ! command -v npm >/dev/null 2>&1; then scripts/bootstrap.sh --packages npm; fi
+# Node.js >= 22 (scripts/node.sh); npm runs on it too.
+node_bin="$(scripts/node.sh)"
+export PATH="${node_bin%/*}:$PATH"
 cache="${GRAPHQL_HTTP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/reelhouse/graphql-http}"
 stamp="$cache/.installed-$GRAPHQL_HTTP_VERSION-$GRAPHQL_VERSION"
 if [[ ! -f "$stamp" ]]; then

@@ -18,8 +18,9 @@ log() { printf 'test-tus-js: %s\n' "$*" >&2; }
 
 TUS_JS_VERSION="${TUS_JS_VERSION:-4.3.1}"
 
-if ! command -v node >/dev/null 2>&1; then scripts/bootstrap.sh --packages nodejs; fi
-if ! command -v npm >/dev/null 2>&1; then scripts/bootstrap.sh --packages npm; fi
+# Node.js >= 22 (scripts/node.sh); npm runs on it too.
+node_bin="$(scripts/node.sh)"
+export PATH="${node_bin%/*}:$PATH"
 if ! command -v gst-launch-1.0 >/dev/null 2>&1; then
   scripts/bootstrap.sh --packages gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
     gstreamer1.0-plugins-ugly gstreamer1.0-libav

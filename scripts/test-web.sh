@@ -11,8 +11,10 @@
 #   scripts/test-web.sh               both
 #   scripts/test-web.sh embedded|s3   one
 #
-# Screenshots and measurements go to web-demo/test-artifacts/ (or
-# $WEB_E2E_ARTIFACTS). Exits non-zero if any run failed.
+# First builds the app (web-demo/build.sh, which type-checks the GraphQL
+# operations against schema.graphql) and proves schema drift fails that check
+# (web-demo/drift-check.mjs). Screenshots and measurements go to
+# web-demo/test-artifacts/ (or $WEB_E2E_ARTIFACTS). Exits non-zero if any run failed.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -62,7 +64,15 @@ trap cleanup EXIT
 
 scripts/bootstrap.sh --packages chromium python3 curl gstreamer1.0-tools gstreamer1.0-plugins-base \
     gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
+# Node.js >= 22 (scripts/node.sh) for the build and the tests.
+node_bin="$(scripts/node.sh)"
+export PATH="${node_bin%/*}:$PATH"
 web-demo/build.sh
+# The build type-checks every GraphQL operation against schema.graphql; prove that
+# drift (a renamed field in the schema or in an operation, a removed enum value)
+# still fails it (web-demo/drift-check.mjs).
+log "schema drift must fail the web type check (npm run typecheck:drift)"
+(cd web-demo && npm run --silent typecheck:drift)
 
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 log "building the server (cargo build -p reelhouse)"
@@ -126,7 +136,7 @@ run_e2e() {
     (cd web-demo && REELHOUSE_URL="$url" E2E_CLIP="$CLIP" E2E_BAD_FILE="$BAD" E2E_LONG_CLIP="$LONG_CLIP" \
         E2E_ARTIFACTS="$ARTIFACTS" E2E_LABEL="$label" E2E_EXPECT_REFRESH=1 \
         E2E_ADMIN_EMAIL="$ADMIN_EMAIL" E2E_ADMIN_PASSWORD="$ADMIN_PASSWORD" \
-        node --test --test-reporter=spec e2e/)
+        node --test --test-reporter=spec 'e2e/*.test.mjs')
 }
 
 run_embedded() {

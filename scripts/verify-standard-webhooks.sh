@@ -22,6 +22,13 @@ cache="${STANDARD_WEBHOOKS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/reelhouse/stan
 py_dir="$cache/python-$PY_VERSION"
 node_dir="$cache/node-$NPM_VERSION"
 
+# Node.js >= 22 (scripts/node.sh); npm runs on it too.
+use_node() {
+  local node_bin
+  node_bin="$("$REPO_ROOT/scripts/node.sh")"
+  export PATH="${node_bin%/*}:$PATH"
+}
+
 install() {
   mkdir -p "$cache"
   exec 9>"$cache/.lock"
@@ -35,8 +42,6 @@ install() {
     touch "$py_dir/.installed"
   fi
   if [[ ! -f "$node_dir/.installed" ]]; then
-    command -v node >/dev/null 2>&1 || "$REPO_ROOT/scripts/bootstrap.sh" --packages nodejs
-    command -v npm >/dev/null 2>&1 || "$REPO_ROOT/scripts/bootstrap.sh" --packages npm
     log "installing standardwebhooks@$NPM_VERSION (npm) into $node_dir"
     rm -rf "$node_dir"
     mkdir -p "$node_dir"
@@ -49,6 +54,7 @@ install() {
 
 case "${1:-}" in
   --install)
+    use_node
     install
     ;;
   "" | -h | --help)
@@ -57,6 +63,7 @@ case "${1:-}" in
     ;;
   *)
     deliveries="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
+    use_node
     install
     PYTHONPATH="$py_dir" python3 "$REPO_ROOT/scripts/standard-webhooks/verify.py" "$deliveries"
     NODE_PATH="$node_dir/node_modules" node "$REPO_ROOT/scripts/standard-webhooks/verify.cjs" "$deliveries"

@@ -4,8 +4,8 @@ import { defineConfig } from 'vite';
 // dist/, which the server serves: index.html at `/` (the app) and graphiql.html
 // at `GET /graphql` (the API explorer), both with their files under /assets/.
 export default defineConfig({
-  // TSX (the GraphiQL page) is compiled by esbuild with React's automatic runtime.
-  esbuild: { jsx: 'automatic' },
+  // TSX (the GraphiQL page) is compiled by Oxc with React's automatic runtime.
+  oxc: { jsx: { runtime: 'automatic' } },
   build: {
     outDir: 'dist',
     emptyOutDir: true,
@@ -14,11 +14,11 @@ export default defineConfig({
     // hls.js alone is ~600 kB and is loaded only by the player; Monaco (GraphiQL's
     // editor) is ~3 MB and is loaded only by the GraphiQL page.
     chunkSizeWarningLimit: 4000,
-    rollupOptions: {
+    rolldownOptions: {
       input: { app: 'index.html', graphiql: 'graphiql.html' },
       onwarn(warning, warn) {
         // React libraries mark modules "use client" (for server components); in a
-        // browser bundle the directive means nothing, and Rollup says so per file.
+        // browser bundle the directive means nothing, and Rolldown says so per file.
         if (warning.code === 'MODULE_LEVEL_DIRECTIVE') return;
         warn(warning);
       },

@@ -6,37 +6,37 @@
 // A subscription's first event is a snapshot, so nothing is lost across a
 // reconnect.
 
+import { print } from '@0no-co/graphql.web';
 import { createClient, type Client } from 'graphql-ws';
+import { graphql, type ResultOf, type VariablesOf } from './graphql';
 import { freshAccessToken } from './session';
 
-export interface Progress {
-  percent: number;
-  stage: string;
-  fps: number | null;
-  etaSeconds: number | null;
-  renditions: { name: string; percent: number }[];
-}
-
-export type VideoStatus = 'DRAFT' | 'UPLOADING' | 'PROCESSING' | 'READY' | 'FAILED';
-
-export interface VideoEvent {
-  kind: string;
-  status: VideoStatus;
-  snapshot: boolean;
-  error: string | null;
-  progress: Progress | null;
-  rendition: { name: string } | null;
-}
-
-export const PROGRESS_FIELDS = 'percent stage fps etaSeconds renditions { name percent }';
-
-const VIDEO_PROGRESS = `subscription VideoProgress($id: ID!) {
-  videoProgress(videoId: $id) {
-    kind status snapshot error
-    progress { ${PROGRESS_FIELDS} }
-    rendition { name }
+/** Encoding progress, shared by the library, the jobs page and the live events. */
+export const PROGRESS_FIELDS = graphql(`
+  fragment ProgressFields on Progress {
+    percent
+    stage
+    fps
+    etaSeconds
+    renditions { name percent }
   }
-}`;
+`);
+export type Progress = ResultOf<typeof PROGRESS_FIELDS>;
+
+const VIDEO_PROGRESS = graphql(
+  `subscription VideoProgress($id: ID!) {
+    videoProgress(videoId: $id) {
+      kind status snapshot error
+      progress { ...ProgressFields }
+      rendition { name }
+    }
+  }`,
+  [PROGRESS_FIELDS],
+);
+const VIDEO_PROGRESS_QUERY = print(VIDEO_PROGRESS);
+
+export type VideoEvent = ResultOf<typeof VIDEO_PROGRESS>['videoProgress'];
+export type VideoStatus = VideoEvent['status'];
 
 let client: Client | null = null;
 
@@ -69,8 +69,8 @@ export function followVideo(
   onEvent: (event: VideoEvent) => void,
   onEnd?: (error?: unknown) => void,
 ): () => void {
-  return wsClient().subscribe<{ videoProgress: VideoEvent }>(
-    { query: VIDEO_PROGRESS, variables: { id: videoId } },
+  return wsClient().subscribe<ResultOf<typeof VIDEO_PROGRESS>>(
+    { query: VIDEO_PROGRESS_QUERY, variables: { id: videoId } satisfies VariablesOf<typeof VIDEO_PROGRESS> },
     {
       next: (result) => {
         if (result.data?.videoProgress) onEvent(result.data.videoProgress);

@@ -6,26 +6,37 @@
 // again. Refreshes therefore run one at a time across tabs (Web Locks) and always
 // read the newest stored token.
 
+import { print } from '@0no-co/graphql.web';
 import { ApiError } from './errors';
-
-export type Role = 'ADMIN' | 'MODERATOR' | 'USER' | 'VIEWER';
-export interface User {
-  id: string;
-  email: string;
-  displayName: string;
-  role: Role;
-}
+import { graphql, type ResultOf, type TadaDocumentNode } from './graphql';
 
 const REFRESH_KEY = 'reelhouse.refreshToken';
-const USER_FIELDS = 'id email displayName role';
-const AUTH_FIELDS = `accessToken refreshToken expiresIn user { ${USER_FIELDS} }`;
 
-interface AuthPayload {
-  accessToken: string;
-  refreshToken: string;
-  expiresIn: number;
-  user: User;
-}
+const AUTH_FIELDS = graphql(`
+  fragment AuthFields on AuthPayload {
+    accessToken
+    refreshToken
+    expiresIn
+    user { id email displayName role }
+  }
+`);
+type AuthPayload = ResultOf<typeof AUTH_FIELDS>;
+export type User = AuthPayload['user'];
+export type Role = User['role'];
+
+const REFRESH = graphql(
+  `mutation Refresh($t: String!) { refreshToken(refreshToken: $t) { ...AuthFields } }`,
+  [AUTH_FIELDS],
+);
+const REGISTER = graphql(
+  `mutation Register($i: RegisterInput!) { register(input: $i) { ...AuthFields } }`,
+  [AUTH_FIELDS],
+);
+const LOGIN = graphql(`mutation Login($i: LoginInput!) { login(input: $i) { ...AuthFields } }`, [AUTH_FIELDS]);
+const LOGOUT = graphql(`mutation Logout($t: String!) { logout(refreshToken: $t) }`);
+
+/** The variables argument: optional when the operation has none required. */
+type VariablesArg<V> = {} extends V ? [variables?: V] : [variables: V];
 
 let accessToken: string | null = null;
 let accessExpiresAt = 0;
@@ -105,16 +116,17 @@ interface GraphqlError {
 }
 
 /** One GraphQL request; no token handling. Throws ApiError. */
-async function post<T>(query: string, variables: Record<string, unknown>, token: string | null): Promise<T> {
+async function post<R, V>(doc: TadaDocumentNode<R, V>, variables: V | undefined, token: string | null): Promise<R> {
+  const query = print(doc);
   const headers: Record<string, string> = { 'content-type': 'application/json', accept: 'application/json' };
   if (token) headers.authorization = `Bearer ${token}`;
   let response: Response;
   try {
-    response = await fetch('/graphql', { method: 'POST', headers, body: JSON.stringify({ query, variables }) });
+    response = await fetch('/graphql', { method: 'POST', headers, body: JSON.stringify({ query, variables: variables ?? {} }) });
   } catch {
     throw new ApiError('NETWORK', 'network error');
   }
-  let body: { data?: T; errors?: GraphqlError[]; code?: string; message?: string } | null = null;
+  let body: { data?: R; errors?: GraphqlError[]; code?: string; message?: string } | null = null;
   try {
     body = await response.json();
   } catch {
@@ -149,11 +161,7 @@ export function refresh(): Promise<boolean> {
         return false;
       }
       try {
-        const data = await post<{ refreshToken: AuthPayload }>(
-          `mutation Refresh($t: String!) { refreshToken(refreshToken: $t) { ${AUTH_FIELDS} } }`,
-          { t: token },
-          null,
-        );
+        const data = await post(REFRESH, { t: token }, null);
         adopt(data.refreshToken);
         return true;
       } catch (err) {
@@ -182,34 +190,26 @@ export function refresh(): Promise<boolean> {
  * A GraphQL request as the signed-in user. An expired access token is
  * refreshed and the request sent once more, so callers never see it.
  */
-export async function gql<T>(query: string, variables: Record<string, unknown> = {}): Promise<T> {
+export async function gql<R, V>(doc: TadaDocumentNode<R, V>, ...[variables]: VariablesArg<V>): Promise<R> {
   const token = await freshAccessToken();
   try {
-    return await post<T>(query, variables, token);
+    return await post(doc, variables, token);
   } catch (err) {
     if (token && err instanceof ApiError && err.code === 'UNAUTHENTICATED' && (await refresh())) {
-      return post<T>(query, variables, accessToken);
+      return post(doc, variables, accessToken);
     }
     throw err;
   }
 }
 
 export async function signUp(email: string, password: string, displayName: string): Promise<User> {
-  const data = await post<{ register: AuthPayload }>(
-    `mutation Register($i: RegisterInput!) { register(input: $i) { ${AUTH_FIELDS} } }`,
-    { i: { email, password, displayName } },
-    null,
-  );
+  const data = await post(REGISTER, { i: { email, password, displayName } }, null);
   adopt(data.register);
   return data.register.user;
 }
 
 export async function signIn(email: string, password: string): Promise<User> {
-  const data = await post<{ login: AuthPayload }>(
-    `mutation Login($i: LoginInput!) { login(input: $i) { ${AUTH_FIELDS} } }`,
-    { i: { email, password } },
-    null,
-  );
+  const data = await post(LOGIN, { i: { email, password } }, null);
   adopt(data.login);
   return data.login.user;
 }
@@ -219,7 +219,7 @@ export async function signOut(): Promise<void> {
   forget();
   if (token) {
     try {
-      await post('mutation Logout($t: String!) { logout(refreshToken: $t) }', { t: token }, null);
+      await post(LOGOUT, { t: token }, null);
     } catch {
       /* signed out locally either way */
     }

@@ -7,9 +7,16 @@
 
 import { Upload, type DetailedError } from 'tus-js-client';
 import { ApiError, humanMessage } from './errors';
+import { graphql, type ResultOf, type VariablesOf } from './graphql';
 import { freshAccessToken, gql } from './session';
 
-export type Visibility = 'PUBLIC' | 'UNLISTED' | 'PRIVATE';
+const CREATE_VIDEO = graphql(`mutation CreateVideo($i: CreateVideoInput!) { createVideo(input: $i) { id } }`);
+const CREATE_UPLOAD = graphql(
+  `mutation CreateUpload($i: CreateUploadInput!) { createUpload(input: $i) { id tusUrl } }`,
+);
+const DROP_VIDEO = graphql(`mutation Drop($id: ID!) { deleteVideo(id: $id) }`);
+
+export type Visibility = NonNullable<VariablesOf<typeof CREATE_VIDEO>['i']['visibility']>;
 export type UploadState = 'uploading' | 'paused' | 'finishing' | 'done' | 'failed';
 
 interface PendingUpload {
@@ -184,20 +191,16 @@ function localPath(url: string): string {
  */
 /** Create the video and its upload, and start sending the file. */
 export async function startUpload(file: File, title: string, visibility: Visibility): Promise<UploadController> {
-  const created = await gql<{ createVideo: { id: string } }>(
-    'mutation CreateVideo($i: CreateVideoInput!) { createVideo(input: $i) { id } }',
-    { i: { title, visibility } },
-  );
+  const created = await gql(CREATE_VIDEO, { i: { title, visibility } });
   const videoId = created.createVideo.id;
-  let ticket: { createUpload: { id: string; tusUrl: string } };
+  let ticket: ResultOf<typeof CREATE_UPLOAD>;
   try {
-    ticket = await gql<{ createUpload: { id: string; tusUrl: string } }>(
-      'mutation CreateUpload($i: CreateUploadInput!) { createUpload(input: $i) { id tusUrl } }',
-      { i: { videoId, filename: file.name, contentType: contentTypeOf(file), size: file.size } },
-    );
+    ticket = await gql(CREATE_UPLOAD, {
+      i: { videoId, filename: file.name, contentType: contentTypeOf(file), size: file.size },
+    });
   } catch (err) {
     // Leave no empty draft behind for a form the person will submit again.
-    await gql('mutation Drop($id: ID!) { deleteVideo(id: $id) }', { id: videoId }).catch(() => undefined);
+    await gql(DROP_VIDEO, { id: videoId }).catch(() => undefined);
     throw err;
   }
   const uploadUrl = localPath(ticket.createUpload.tusUrl);

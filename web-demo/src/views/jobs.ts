@@ -3,33 +3,26 @@
 
 import { alertBox, formatDuration, h } from '../dom';
 import { humanMessage } from '../errors';
-import { PROGRESS_FIELDS, type Progress } from '../live';
+import { graphql, type ResultOf } from '../graphql';
+import { PROGRESS_FIELDS } from '../live';
 import type { Cleanup } from '../router';
 import { gql, user } from '../session';
 
-type JobStatus = 'QUEUED' | 'RUNNING' | 'SUCCEEDED' | 'FAILED' | 'CANCELLED' | 'DEAD';
+// Workers only for admins (the field is admin-only): `@include(if: $admin)`.
+const JOBS = graphql(
+  `query Jobs($admin: Boolean!) {
+    jobs(first: 50) {
+      nodes { id videoId kind status attempts maxAttempts error cancelRequested createdAt progress { ...ProgressFields } }
+    }
+    workers @include(if: $admin) { id host capacity currentJobs version lastSeenAt }
+  }`,
+  [PROGRESS_FIELDS],
+);
+const CANCEL_JOB = graphql(`mutation CancelJob($id: ID!) { cancelJob(id: $id) { id status } }`);
+const RETRY_JOB = graphql(`mutation RetryJob($id: ID!) { retryJob(id: $id) { id status } }`);
 
-interface Job {
-  id: string;
-  videoId: string | null;
-  kind: string;
-  status: JobStatus;
-  attempts: number;
-  maxAttempts: number;
-  error: string | null;
-  cancelRequested: boolean;
-  createdAt: string;
-  progress: Progress | null;
-}
-
-interface Worker {
-  id: string;
-  host: string;
-  capacity: number;
-  currentJobs: number;
-  version: string;
-  lastSeenAt: string;
-}
+type Job = ResultOf<typeof JOBS>['jobs']['nodes'][number];
+type JobStatus = Job['status'];
 
 const STATUS_LABEL: Record<JobStatus, string> = {
   QUEUED: 'Queued',
@@ -59,7 +52,7 @@ export function jobsView(main: HTMLElement): Cleanup {
   async function act(job: Job, action: 'cancelJob' | 'retryJob'): Promise<void> {
     alert.clear();
     try {
-      await gql(`mutation Act($id: ID!) { ${action}(id: $id) { id status } }`, { id: job.id });
+      await (action === 'cancelJob' ? gql(CANCEL_JOB, { id: job.id }) : gql(RETRY_JOB, { id: job.id }));
       status.textContent = action === 'cancelJob' ? 'Cancel requested.' : 'Job queued again.';
       await refresh();
     } catch (err) {
@@ -103,10 +96,7 @@ export function jobsView(main: HTMLElement): Cleanup {
   async function refresh(): Promise<void> {
     window.clearTimeout(timer);
     try {
-      const data = await gql<{ jobs: { nodes: Job[] }; workers?: Worker[] }>(
-        `query Jobs { jobs(first: 50) { nodes { id videoId kind status attempts maxAttempts error cancelRequested createdAt progress { ${PROGRESS_FIELDS} } } }
-          ${admin ? 'workers { id host capacity currentJobs version lastSeenAt }' : ''} }`,
-      );
+      const data = await gql(JOBS, { admin });
       if (stopped) return;
       // Keyboard users keep their place across redraws: focus returns to the
       // same button, or to the other action of the same job.

@@ -2,23 +2,27 @@
 
 import { alertBox, formatBytes, formatDuration, h } from '../dom';
 import { failureReason, humanMessage } from '../errors';
+import { graphql, type ResultOf } from '../graphql';
 import { followVideo, PROGRESS_FIELDS, type Progress, type VideoEvent, type VideoStatus } from '../live';
 import type { Cleanup } from '../router';
 import { gql } from '../session';
 import { activeUpload, forgetPending, pendingUpload, resumeUpload, type UploadController } from '../uploads';
 
-export interface LibraryVideo {
-  id: string;
-  title: string;
-  status: VideoStatus;
-  visibility: string;
-  duration: number | null;
-  thumbnailUrl: string | null;
-  error: string | null;
-  progress: Progress | null;
-}
+const VIDEO_FIELDS = graphql(
+  `fragment LibraryVideo on Video {
+    id title status visibility duration thumbnailUrl error progress { ...ProgressFields }
+  }`,
+  [PROGRESS_FIELDS],
+);
+export type LibraryVideo = ResultOf<typeof VIDEO_FIELDS>;
 
-const VIDEO_FIELDS = `id title status visibility duration thumbnailUrl error progress { ${PROGRESS_FIELDS} }`;
+const VIDEO = graphql(`query Video($id: ID!) { video(id: $id) { ...LibraryVideo } }`, [VIDEO_FIELDS]);
+const LIBRARY = graphql(
+  `query Library {
+    videos(first: 50, filter: { mine: true }) { edges { node { ...LibraryVideo } } pageInfo { hasNextPage } }
+  }`,
+  [VIDEO_FIELDS],
+);
 
 const STATUS_LABEL: Record<VideoStatus, string> = {
   DRAFT: 'Draft',
@@ -187,7 +191,7 @@ export function libraryView(main: HTMLElement): Cleanup {
 
   async function refreshVideo(id: string): Promise<void> {
     try {
-      const data = await gql<{ video: LibraryVideo | null }>(`query Video($id: ID!) { video(id: $id) { ${VIDEO_FIELDS} } }`, { id });
+      const data = await gql(VIDEO, { id });
       const entry = videos.get(id);
       if (!entry || stopped) return;
       if (!data.video) {
@@ -235,9 +239,7 @@ export function libraryView(main: HTMLElement): Cleanup {
 
   async function load(): Promise<void> {
     try {
-      const data = await gql<{ videos: { edges: { node: LibraryVideo }[]; pageInfo: { hasNextPage: boolean } } }>(
-        `query Library { videos(first: 50, filter: { mine: true }) { edges { node { ${VIDEO_FIELDS} } } pageInfo { hasNextPage } } }`,
-      );
+      const data = await gql(LIBRARY);
       if (stopped) return;
       const list = data.videos.edges.map((e) => e.node);
       empty.hidden = list.length > 0;

@@ -4,32 +4,21 @@
 import type HlsType from 'hls.js';
 import { formatDuration, h } from '../dom';
 import { failureReason, humanMessage } from '../errors';
-import { followVideo, type VideoStatus } from '../live';
+import { followVideo } from '../live';
 import type { Cleanup } from '../router';
+import { graphql, type ResultOf } from '../graphql';
 import { gql } from '../session';
 import { cueAt, loadStoryboard, type StoryboardCue } from '../storyboard';
 
-interface PlayerVideo {
-  id: string;
-  title: string;
-  description: string;
-  status: VideoStatus;
-  visibility: string;
-  duration: number | null;
-  width: number | null;
-  height: number | null;
-  error: string | null;
-  playbackUrl: string | null;
-  mp4Url: string | null;
-  thumbnailUrl: string | null;
-  storyboardUrl: string | null;
-  renditions: { name: string; width: number; height: number; bitrate: number }[];
-}
-
-const QUERY = `query Watch($id: ID!) { video(id: $id) {
+const WATCH = graphql(`query Watch($id: ID!) { video(id: $id) {
   id title description status visibility duration width height error
   playbackUrl mp4Url thumbnailUrl storyboardUrl renditions { name width height bitrate }
-} }`;
+} }`);
+const RECORD_VIEW = graphql(
+  `mutation View($id: ID!, $s: Float) { recordView(videoId: $id, watchedSeconds: $s) { counted } }`,
+);
+
+type PlayerVideo = NonNullable<ResultOf<typeof WATCH>['video']>;
 
 export function playerView(main: HTMLElement, params: Record<string, string>): Cleanup {
   const cleanups: (() => void)[] = [];
@@ -41,7 +30,7 @@ export function playerView(main: HTMLElement, params: Record<string, string>): C
   async function load(): Promise<void> {
     let video: PlayerVideo | null;
     try {
-      video = (await gql<{ video: PlayerVideo | null }>(QUERY, { id: params.id })).video;
+      video = (await gql(WATCH, { id: params.id })).video;
     } catch (err) {
       body.replaceChildren(h('p', { class: 'alert', role: 'alert' }, humanMessage(err)));
       return;
@@ -253,10 +242,7 @@ function viewBeacon(el: HTMLVideoElement, videoId: string): () => void {
   let lastTick = 0;
   let started = false;
   const send = (seconds: number) =>
-    gql('mutation View($id: ID!, $s: Float) { recordView(videoId: $id, watchedSeconds: $s) { counted } }', {
-      id: videoId,
-      s: seconds,
-    }).catch(() => undefined);
+    gql(RECORD_VIEW, { id: videoId, s: seconds }).catch(() => undefined);
   const onPlaying = () => {
     lastTick = performance.now();
     if (!started) {
