@@ -56,7 +56,7 @@ const MISSING_BUILD_HTML: &str = r#"<!doctype html>
     <h1>GraphiQL is not built</h1>
     <p>This server serves GraphiQL itself (no CDN), from the web build, which is not
       there yet. Build it with <code>make web-demo</code> (or
-      <code>web-demo/build.sh</code>; needs Node.js 20 and npm), then reload this page.
+      <code>web-demo/build.sh</code>; Node.js 22 or later is installed for it when missing), then reload this page.
       <code>make run</code> does this for you.</p>
     <p>The API works meanwhile, for instance:</p>
     <pre>curl -s -H 'Content-Type: application/json' \

@@ -40,7 +40,7 @@ const MISSING_BUILD_HTML: &str = r#"<!doctype html>
   <main>
     <h1>reelhouse</h1>
     <p>The server is running, but the web app has not been built.</p>
-    <p>Build it with <code>make web-demo</code> (needs Node.js 20 and npm), then reload
+    <p>Build it with <code>make web-demo</code> (Node.js 22 or later is installed for it when missing), then reload
       this page. <code>make run</code> does this for you.</p>
     <p>The API is ready meanwhile: explore it in <a href="/graphql">GraphiQL</a>.</p>
   </main>
