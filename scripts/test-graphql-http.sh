@@ -22,99 +22,33 @@ GRAPHQL_VERSION="${GRAPHQL_VERSION:-16}"
 node_bin="$(scripts/node.sh)"
 export PATH="${node_bin%/*}:$PATH"
 cache="${GRAPHQL_HTTP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/reelhouse/graphql-http}"
-stamp="$cache/.installed-$GRAPHQL_HTTP_VERSION-$GRAPHQL_VERSION"
-if [[ ! -f "$stamp" ]]; then
-  log "installing graphql-http@$GRAPHQL_HTTP_VERSION graphql@$GRAPHQL_VERSION into $cache"
-  mkdir -p "$cache"
-  [[ -f "$cache/package.json" ]] || printf '{"name":"reelhouse-graphql-http-audit","private":true,"type":"module"}\n' >"$cache/package.json"
-  (cd "$cache" && npm install --no-audit --no-fund --loglevel=error \
-    "graphql-http@$GRAPHQL_HTTP_VERSION" "graphql@$GRAPHQL_VERSION")
-  touch "$stamp"
-fi
+# shellcheck source=lib/live-server.sh
+source scripts/lib/live-server.sh
+npm_cache_install "$cache" "graphql-http@$GRAPHQL_HTTP_VERSION" "graphql@$GRAPHQL_VERSION"
 cp scripts/graphql-http/audit.mjs "$cache/audit.mjs"
-
-target="${CARGO_TARGET_DIR:-target}"
-if [[ -z "${REELHOUSE_BIN:-}" ]]; then
-  cargo build -q -p reelhouse
-fi
-bin="${REELHOUSE_BIN:-$target/debug/reelhouse}"
-
-work="$(mktemp -d)"
-pids=()
-drop_db=""
-cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [[ -n "$drop_db" && -n "${PSQL:-}" ]]; then
-    "$PSQL" -q "$REELHOUSE_TEST_PG_URL" -c "DROP DATABASE IF EXISTS $drop_db WITH (FORCE)" >/dev/null 2>&1 || true
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+live_server_init
 
 # audit NAME [VAR=VALUE...]: start a server with these settings, audit it, stop it.
 failures=0
 audit() {
-  local name="$1" port url pid logfile
+  local name="$1"
   shift
-  port="$(free_port)"
-  url="http://127.0.0.1:$port"
-  logfile="$work/server-$name.log"
-  env -u DATABASE_URL -u REDIS_URL -u S3_ENDPOINT -u S3_BUCKET REELHOUSE__TELEMETRY__LEVEL=warn "$@" \
-    "$bin" serve --bind "127.0.0.1:$port" --data-dir "$work/data-$name" >"$logfile" 2>&1 &
-  pid=$!
-  pids+=("$pid")
-  local up=0
-  for _ in $(seq 1 150); do
-    if curl -sf "$url/health" >/dev/null 2>&1; then up=1; break; fi
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.2
-  done
-  if ((!up)); then
-    log "$name: the server did not start:"
-    tail -20 "$logfile" >&2
+  if ! start_server "$name" "$@"; then
     failures=$((failures + 1))
     return
   fi
   if ! node "$cache/audit.mjs" "$url/graphql" "$name" >&2; then
     failures=$((failures + 1))
   fi
-  kill "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
+  stop_server
 }
 
 audit embedded
 
-if [[ -n "${REELHOUSE_TEST_PG_URL:-}" ]]; then
-  PSQL="$(command -v psql || true)"
-  for bindir in /usr/lib/postgresql/*/bin; do [[ -z "$PSQL" && -x "$bindir/psql" ]] && PSQL="$bindir/psql"; done
-  if [[ -z "$PSQL" ]]; then
-    log "psql not found: cannot audit the PostgreSQL backend"
-    failures=$((failures + 1))
-  else
-    suffix="$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
-    drop_db="reelhouse_gqlhttp_$suffix"
-    "$PSQL" -q "$REELHOUSE_TEST_PG_URL" -c "CREATE DATABASE $drop_db" >/dev/null
-    db_url="$(python3 -c 'import sys, urllib.parse as u; p=u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/"+sys.argv[2])))' \
-      "$REELHOUSE_TEST_PG_URL" "$drop_db")"
-    audit postgres \
-      DATABASE_URL="$db_url" \
-      REDIS_URL="$REELHOUSE_TEST_REDIS_URL" \
-      REELHOUSE__REDIS__KEY_PREFIX="reelhouse-gqlhttp-$suffix:" \
-      S3_ENDPOINT="$REELHOUSE_TEST_S3_ENDPOINT" \
-      S3_BUCKET="$REELHOUSE_TEST_S3_BUCKET" \
-      S3_REGION="$REELHOUSE_TEST_S3_REGION" \
-      S3_ACCESS_KEY_ID="$REELHOUSE_TEST_S3_ACCESS_KEY_ID" \
-      S3_SECRET_ACCESS_KEY="$REELHOUSE_TEST_S3_SECRET_ACCESS_KEY" \
-      REELHOUSE__STORAGE__S3__KEY_PREFIX="gqlhttp-$suffix/" \
-      REELHOUSE__AUTH__JWT_SECRET="$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')" \
-      REELHOUSE__WORKERS__EMBEDDED=false
-  fi
-else
-  log "no test services (.test-services/env not sourced): PostgreSQL backend not audited"
+if postgres_s3_settings gqlhttp; then
+  audit postgres "${pg_s3_env[@]}" REELHOUSE__WORKERS__EMBEDDED=false
+elif (($? == 2)); then
+  failures=$((failures + 1))
 fi
 
 if ((failures)); then
