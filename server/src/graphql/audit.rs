@@ -32,6 +32,7 @@ pub enum AuditAction {
     VideoUnhidden,
     JobRetried,
     JobCancelled,
+    JobPriorityChanged,
 }
 
 /// Done, failed (bad credentials, a conflict), or refused by policy.

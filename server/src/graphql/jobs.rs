@@ -422,6 +422,19 @@ impl JobsMutation {
         Ok(Job(job))
     }
 
+    /// Give a QUEUED or RUNNING job another priority (admins; -1000..=1000, uploads
+    /// get 0, higher runs first). The queue orders by it at once; a RUNNING job keeps
+    /// it for its retries.
+    #[graphql(guard = "PermissionGuard(Permission::SeeAllJobs)")]
+    async fn set_job_priority(&self, ctx: &Context<'_>, id: ID, priority: i32) -> async_graphql::Result<Job> {
+        let state = ctx.data::<AppState>()?;
+        let principal = require_principal(ctx).gql()?;
+        let id = parse_id(&id).gql()?;
+        let job = queue::set_priority(&state.db, &state.settings.jobs, id, priority).await.gql()?;
+        audit_admin_action(ctx, state, principal, AuditAction::JobPriorityChanged, &job).await;
+        Ok(Job(job))
+    }
+
     /// Queue a finished job again. DEAD jobs: admins only; FAILED or CANCELLED jobs:
     /// also the owner of the video.
     #[graphql(guard = "AuthenticatedGuard")]

@@ -43,6 +43,9 @@ pub enum QueueError {
     /// The job is not in a state that allows the operation.
     #[error("{0}")]
     Conflict(String),
+    /// The request itself is out of bounds.
+    #[error("{0}")]
+    Invalid(String),
     #[error(transparent)]
     Db(#[from] DbErr),
 }
@@ -53,6 +56,7 @@ impl From<QueueError> for AppError {
             QueueError::LeaseLost => AppError::new(ErrorCode::Conflict, "the job's lease was lost"),
             QueueError::NotFound => AppError::not_found("job"),
             QueueError::Conflict(message) => AppError::new(ErrorCode::Conflict, message),
+            QueueError::Invalid(message) => AppError::bad_input(message),
             QueueError::Db(err) => AppError::internal(err),
         }
     }
@@ -525,6 +529,42 @@ pub async fn retry(db: &DatabaseConnection, settings: &JobSettings, job_id: Uuid
         };
     }
     append_log(db, job_id, LogLevel::Info, "retried: queued again".into(), settings.log_max_lines).await?;
+    job::Entity::find_by_id(job_id).one(db).await?.ok_or(QueueError::NotFound)
+}
+
+/// Highest and lowest priority an operator may give a job (uploads get
+/// [`super::DEFAULT_PRIORITY`]).
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -1000..=1000;
+
+/// Give a QUEUED or RUNNING job another priority: leases order by it at once (a
+/// RUNNING job keeps it for its retries). Finished jobs are `Conflict`.
+pub async fn set_priority(
+    db: &DatabaseConnection,
+    settings: &JobSettings,
+    job_id: Uuid,
+    priority: i32,
+) -> Result<job::Model, QueueError> {
+    if !PRIORITY_RANGE.contains(&priority) {
+        return Err(QueueError::Invalid(format!(
+            "the priority must be between {} and {}",
+            PRIORITY_RANGE.start(),
+            PRIORITY_RANGE.end()
+        )));
+    }
+    let updated = job::Entity::update_many()
+        .col_expr(job::Column::Priority, Expr::value(priority))
+        .col_expr(job::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(job::Column::Id.eq(job_id))
+        .filter(job::Column::Status.is_in([JobStatus::Queued, JobStatus::Running]))
+        .exec(db)
+        .await?;
+    if updated.rows_affected == 0 {
+        return match job::Entity::find_by_id(job_id).one(db).await? {
+            None => Err(QueueError::NotFound),
+            Some(_) => Err(QueueError::Conflict("only QUEUED or RUNNING jobs can be given another priority".into())),
+        };
+    }
+    append_log(db, job_id, LogLevel::Info, format!("priority set to {priority}"), settings.log_max_lines).await?;
     job::Entity::find_by_id(job_id).one(db).await?.ok_or(QueueError::NotFound)
 }
 

@@ -34,10 +34,11 @@ pub enum AuditAction {
     VideoUnhidden,
     JobRetried,
     JobCancelled,
+    JobPriorityChanged,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 16] = [
+    pub const ALL: [AuditAction; 17] = [
         AuditAction::LoginSucceeded,
         AuditAction::LoginFailed,
         AuditAction::RefreshReuseDetected,
@@ -54,6 +55,7 @@ impl AuditAction {
         AuditAction::VideoUnhidden,
         AuditAction::JobRetried,
         AuditAction::JobCancelled,
+        AuditAction::JobPriorityChanged,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -74,6 +76,7 @@ impl AuditAction {
             AuditAction::VideoUnhidden => "VIDEO_UNHIDDEN",
             AuditAction::JobRetried => "JOB_RETRIED",
             AuditAction::JobCancelled => "JOB_CANCELLED",
+            AuditAction::JobPriorityChanged => "JOB_PRIORITY_CHANGED",
         }
     }
 

@@ -817,3 +817,57 @@ async fn cancel_stops_a_running_job_and_shutdown_requeues_the_rest() {
     assert!(log_messages(&db, second).await.iter().any(|m| m == "released: worker shutting down"));
     assert_eq!(worker::Entity::find().all(&db).await.unwrap().len(), 0, "deregistered");
 }
+
+/// `setJobPriority` (admins): the queue orders by the new priority at once; owners
+/// and moderators may not; finished jobs and out-of-range values are refused typed;
+/// each change is in the job's log and the audit log.
+#[actix_web::test]
+async fn admins_reorder_the_queue_with_set_job_priority() {
+    let app = queue_app().await;
+    let db = app.state.db.clone();
+    let settings = app.state.settings.clone();
+    let (owner, owner_id) = user_id(&app, Role::User).await;
+    let (moderator, _) = user_id(&app, Role::Moderator).await;
+    let (admin, admin_id) = user_id(&app, Role::Admin).await;
+    let first = new_job(&db, Some(owner_id), None, DEFAULT_PRIORITY, 3).await.id;
+    let last = new_job(&db, Some(owner_id), None, DEFAULT_PRIORITY, 3).await.id;
+    let mutation = "mutation($id: ID!, $p: Int!) { setJobPriority(id: $id, priority: $p) { id priority status } }";
+
+    for caller in [&owner, &moderator] {
+        let (_, body) = app.graphql_as(&caller.bearer(), mutation, json!({ "id": last, "p": 50 })).await;
+        assert_eq!(error_code(&body).as_deref(), Some("FORBIDDEN"), "{body}");
+    }
+    assert_eq!(reload(&db, last).await.priority, DEFAULT_PRIORITY);
+
+    let (_, body) = app.graphql_as(&admin.bearer(), mutation, json!({ "id": last, "p": 50 })).await;
+    assert!(body["errors"].is_null(), "{body}");
+    assert_eq!(body["data"]["setJobPriority"]["priority"], 50, "{body}");
+    // Leases see it at once: the later job now runs first.
+    let leased = queue::lease(&db, "w", LEASE, &settings.jobs).await.unwrap().unwrap();
+    assert_eq!(leased.job.id, last);
+    assert!(log_messages(&db, last).await.iter().any(|m| m == "priority set to 50"));
+    let (_, body) = app
+        .graphql_as(
+            &admin.bearer(),
+            "query { auditLog(first: 10, filter: { action: JOB_PRIORITY_CHANGED }) { edges { node { actor { id } targetId } } } }",
+            json!({}),
+        )
+        .await;
+    let edges = body["data"]["auditLog"]["edges"].as_array().unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(edges.len(), 1, "{body}");
+    assert_eq!(edges[0]["node"]["actor"]["id"], admin_id.to_string(), "{body}");
+    assert_eq!(edges[0]["node"]["targetId"], last.to_string(), "{body}");
+
+    // Out of range: BAD_USER_INPUT, nothing changed.
+    let (_, body) = app.graphql_as(&admin.bearer(), mutation, json!({ "id": first, "p": 100_000 })).await;
+    assert_eq!(error_code(&body).as_deref(), Some("BAD_USER_INPUT"), "{body}");
+    assert_eq!(reload(&db, first).await.priority, DEFAULT_PRIORITY);
+    // A finished job: CONFLICT.
+    let output = JobOutput::ObjectsDeleted { count: 0 };
+    queue::complete(&db, &Publisher::default(), &settings.jobs, leased.job.id, leased.token, &output).await.unwrap();
+    let (_, body) = app.graphql_as(&admin.bearer(), mutation, json!({ "id": last, "p": 1 })).await;
+    assert_eq!(error_code(&body).as_deref(), Some("CONFLICT"), "{body}");
+    // An unknown job: NOT_FOUND.
+    let (_, body) = app.graphql_as(&admin.bearer(), mutation, json!({ "id": Uuid::now_v7(), "p": 1 })).await;
+    assert_eq!(error_code(&body).as_deref(), Some("NOT_FOUND"), "{body}");
+}
