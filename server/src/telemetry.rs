@@ -400,6 +400,10 @@ pub const METRICS: &[MetricInfo] = {
             Some(Unit::Count),
             "Registered workers by state: live (heartbeat within three periods) or stale.",
         ),
+        counter(
+            "reelhouse_job_failures_total",
+            "Job attempts that ended in an error, by kind and typed code (MEDIA_*, QUOTA_EXCEEDED, VIDEO_GONE, SOURCE_MISSING, RETRYABLE, CANCELLED).",
+        ),
         counter("reelhouse_job_attempts_total", "Job attempts ended on this process, by kind and resulting status."),
         seconds(JOB_ATTEMPT_SECONDS, "Seconds per job attempt run on this process, by kind."),
         MetricInfo {

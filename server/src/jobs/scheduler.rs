@@ -411,6 +411,14 @@ impl JobWorker {
         let kind = crate::jobs::metrics::kind_label(self.leased.job.kind);
         let spent = self.started.elapsed().as_secs_f64();
         metrics::histogram!(crate::telemetry::JOB_ATTEMPT_SECONDS, "kind" => kind).record(spent);
+        if let Outcome::Error(error) = &outcome {
+            let code = match error {
+                JobError::Permanent { code, .. } => *code,
+                JobError::Retryable(_) => "RETRYABLE",
+                JobError::Cancelled => "CANCELLED",
+            };
+            metrics::counter!("reelhouse_job_failures_total", "kind" => kind, "code" => code).increment(1);
+        }
         let fut = async move {
             // Every attempt counts against its owner's daily budget, whatever its outcome.
             if let Some(owner) = owner {

@@ -539,6 +539,11 @@ async fn embedded_workers_fail_a_job_whose_source_is_gone_for_good() {
     assert!(eventually(100, || async { scrape().await.lines().any(|l| l == counted) }).await, "{}", scrape().await);
     let metrics = scrape().await;
     assert!(metrics.contains("reelhouse_job_attempt_duration_seconds_count{kind=\"TRANSCODE\"} 1"), "{metrics}");
+    // And the failure by its typed code (a permanent one: not RETRYABLE).
+    let failures: Vec<&str> =
+        metrics.lines().filter(|l| l.starts_with("reelhouse_job_failures_total{kind=\"TRANSCODE\"")).collect();
+    assert_eq!(failures.len(), 1, "{metrics}");
+    assert!(failures[0].ends_with("} 1") && !failures[0].contains("RETRYABLE"), "{failures:?}");
 
     // The in-process worker is registered and visible to admins.
     let (_, body) = app.graphql_as(&admin.bearer(), "query { workers { id capacity currentJobs } }", json!({})).await;
