@@ -206,6 +206,8 @@ describe(`web demo (${LABEL})`, () => {
 
     // Encoding progress arrives over the subscription and ends in Ready, without a reload.
     await videoCard.locator('.badge', { hasText: 'Ready' }).waitFor({ timeout: READY_TIMEOUT });
+    // The in-page sampler ticks every 40 ms: let it record the badge just seen.
+    await page.waitForFunction(() => window.__samples.badges.at(-1) === 'Ready', null, { timeout: 5_000 });
     await cdp.send('Network.emulateNetworkConditions', { offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: -1 });
     const samples = await page.evaluate(() => window.__samples);
     assert.equal(await page.evaluate(() => window.__e2eNoReload), true, 'the page was never reloaded');
