@@ -72,8 +72,9 @@ pub fn init_tracing(settings: &TelemetrySettings, traces: Option<&str>) -> anyho
         None => (None, None),
     };
 
-    // The W3C trace context is read from requests and carried into jobs and webhook
-    // deliveries whether or not this process exports spans itself.
+    // The W3C trace-context format for `traceparent` (read from requests, written to
+    // jobs, deliveries and webhook requests). Span contexts exist only where spans
+    // are exported: a process without export neither continues nor hands on a trace.
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let provider = match traces {
         Some(role) => traces::from_env(role)?,
