@@ -872,6 +872,19 @@ mod tests {
     }
 
     #[test]
+    fn min_fps_is_at_least_zero_and_below_max_fps() {
+        let mut settings = Settings::default();
+        for bad in [-0.5, f64::NAN, settings.media.max_fps, settings.media.max_fps + 1.0] {
+            settings.media.min_fps = bad;
+            assert_eq!(settings.validate().unwrap_err().key, "media.min_fps", "{bad}");
+        }
+        for good in [0.0, 0.1, 1.0] {
+            settings.media.min_fps = good;
+            settings.validate().unwrap();
+        }
+    }
+
+    #[test]
     fn a_cdn_base_url_must_be_an_http_url() {
         let mut settings = Settings::default();
         for bad in ["cdn.example.com", "ftp://cdn.example.com", "https://cdn.example.com/?token=1"] {

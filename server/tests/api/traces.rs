@@ -135,7 +135,7 @@ struct Deployment {
     api: ServerProcess,
     worker: Option<tokio::process::Child>,
     client: reqwest::Client,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Deployment {
@@ -165,10 +165,10 @@ impl Deployment {
             let log = std::fs::File::create(dir.path().join("worker.log")).unwrap();
             cmd.stdout(Stdio::null()).stderr(log);
             let worker = Some(cmd.spawn().unwrap());
-            return Self { api: server, worker, client: reqwest::Client::new(), _dir: dir };
+            return Self { api: server, worker, client: reqwest::Client::new(), dir };
         }
         let server = ServerProcess::serve(api).await;
-        Self { api: server, worker: None, client: reqwest::Client::new(), _dir: dir }
+        Self { api: server, worker: None, client: reqwest::Client::new(), dir }
     }
 
     fn url(&self, path: &str) -> String {
@@ -192,7 +192,7 @@ impl Deployment {
     }
 
     fn logs(&self) -> String {
-        let worker = std::fs::read_to_string(self._dir.path().join("worker.log")).unwrap_or_default();
+        let worker = std::fs::read_to_string(self.dir.path().join("worker.log")).unwrap_or_default();
         format!("api:\n{}\nworker:\n{worker}", self.api.stderr())
     }
 }
