@@ -9,6 +9,9 @@ cd "$REPO_ROOT"
 
 scripts/bootstrap.sh
 
+# docs/ARCHITECTURE.md's graph of module imports must match the code.
+python3 scripts/module-graph.py --check
+
 trap 'scripts/test-services.sh stop || true' EXIT
 scripts/test-services.sh start
 # shellcheck source=/dev/null
