@@ -618,5 +618,5 @@ fn migrations_are_uniquely_named_and_in_order() {
     sorted.sort();
     sorted.dedup();
     assert_eq!(names, sorted);
-    assert_eq!(names.len(), 18);
+    assert_eq!(names.len(), 19);
 }

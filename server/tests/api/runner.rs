@@ -98,6 +98,7 @@ pub(crate) async fn harness(customize: impl FnOnce(&mut Settings)) -> Harness {
         settings: app.state.settings.clone(),
         publisher: events::Publisher::new(Some(app.state.hubs.event_bus.clone())),
         scratch_dir: scratch.path().to_path_buf(),
+        mailer: app.state.mailer.clone(),
     };
     let now = Utc::now();
     let owner = Uuid::now_v7();
