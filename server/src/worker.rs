@@ -18,8 +18,8 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, Qu
 use uuid::Uuid;
 
 use crate::config::Settings;
-pub use crate::jobs::scheduler::WorkerDeps;
 use crate::jobs::queue::Lane;
+pub use crate::jobs::scheduler::WorkerDeps;
 use crate::jobs::scheduler::{Drain, ReleaseAll, RunningCount, Scheduler, StopScheduler};
 
 /// This process's row in the `workers` table.

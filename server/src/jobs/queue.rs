@@ -91,7 +91,8 @@ impl Lane {
 }
 
 fn lease_sql(backend: DbBackend, lane: Lane) -> String {
-    lease_sql_template(backend).replace("c.status = 'QUEUED' AND", &format!("c.status = 'QUEUED' AND {} AND", lane.kind_filter()))
+    lease_sql_template(backend)
+        .replace("c.status = 'QUEUED' AND", &format!("c.status = 'QUEUED' AND {} AND", lane.kind_filter()))
 }
 
 fn lease_sql_template(backend: DbBackend) -> &'static str {

@@ -99,7 +99,8 @@ impl Mailer {
             }
             None => Transport::Files(settings.server.data_dir.join("mail")),
         };
-        let seal = SecretBox::new(&keys.mail_payloads, &[]).map_err(|_| MailError::Config("mail sealing key".into()))?;
+        let seal =
+            SecretBox::new(&keys.mail_payloads, &[]).map_err(|_| MailError::Config("mail sealing key".into()))?;
         Ok(Self { transport, from, seal })
     }
 
@@ -209,8 +210,8 @@ fn template_label(template: &str) -> &'static str {
 #[tracing::instrument(skip_all, fields(job_id = %job.id))]
 pub async fn run_send_mail(ctx: &JobContext, job: &job::Model) -> Result<JobOutput, JobError> {
     let permanent = |reason: String| JobError::Permanent { code: "MAIL_FAILED", reason };
-    let payload: MailPayload =
-        serde_json::from_value(job.payload.clone()).map_err(|_| permanent("the mail job's payload is malformed".into()))?;
+    let payload: MailPayload = serde_json::from_value(job.payload.clone())
+        .map_err(|_| permanent("the mail job's payload is malformed".into()))?;
     let mail = ctx.mailer.open_mail(payload.mail_id, &payload.sealed).map_err(|err| permanent(err.to_string()))?;
     let outcome = ctx.mailer.deliver(payload.mail_id, &mail).await;
     let label = template_label(&payload.template);

@@ -78,10 +78,7 @@ pub fn verify_email(to: &str, name: &str, link: &str, ttl_secs: u64) -> Outgoing
         ),
         html: html_page(
             &greeting_html(name),
-            &[
-                escape_html(&lines[0]),
-                "If you did not sign up for reelhouse, ignore this mail.".into(),
-            ],
+            &[escape_html(&lines[0]), "If you did not sign up for reelhouse, ignore this mail.".into()],
             Some(("Confirm my address", link)),
         ),
         template: "VERIFY_EMAIL".into(),
@@ -128,13 +125,20 @@ pub fn email_change_notice(to: &str, name: &str, new_email: &str) -> OutgoingMai
 
 /// Sent by `requestPasswordReset` to an account that exists.
 pub fn password_reset(to: &str, name: &str, link: &str, ttl_secs: u64) -> OutgoingMail {
-    let line = format!("someone asked to reset your reelhouse password. Open this link within {} to choose a new one:", hours(ttl_secs));
+    let line = format!(
+        "someone asked to reset your reelhouse password. Open this link within {} to choose a new one:",
+        hours(ttl_secs)
+    );
     let warn = "If you did not ask for this, ignore this mail: your password stays as it is.";
     OutgoingMail {
         to: to.to_string(),
         subject: "Reset your password".into(),
         text: format!("{}\n\n{line}\n\n{link}\n\n{warn}\n\n— reelhouse\n", greeting_text(name)),
-        html: html_page(&greeting_html(name), &[escape_html(&line), warn.into()], Some(("Choose a new password", link))),
+        html: html_page(
+            &greeting_html(name),
+            &[escape_html(&line), warn.into()],
+            Some(("Choose a new password", link)),
+        ),
         template: "PASSWORD_RESET".into(),
     }
 }
@@ -158,7 +162,8 @@ mod tests {
 
     #[test]
     fn display_names_are_escaped_in_html_and_flattened_in_text() {
-        let mail = verify_email("a@example.com", "<b>Eve</b> & \"co\"\r\nBcc: x", "http://h/verify-email?token=t", 3600);
+        let mail =
+            verify_email("a@example.com", "<b>Eve</b> & \"co\"\r\nBcc: x", "http://h/verify-email?token=t", 3600);
         assert!(mail.html.contains("&lt;b&gt;Eve&lt;/b&gt; &amp; &quot;co&quot;"), "{}", mail.html);
         assert!(!mail.html.contains("<b>Eve"), "{}", mail.html);
         assert!(mail.text.contains("Hello <b>Eve</b> & \"co\"  Bcc: x,"), "{}", mail.text);

@@ -110,6 +110,7 @@ pub(crate) async fn harness(customize: impl FnOnce(&mut Settings)) -> Harness {
         role: Set(Role::User),
         disabled: Set(false),
         storage_quota_bytes: Set(None),
+        email_verified_at: Set(Some(now)),
         created_at: Set(now),
         updated_at: Set(now),
     }
