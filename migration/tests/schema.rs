@@ -9,9 +9,9 @@ use std::time::Duration;
 use chrono::{DateTime, SubsecRound, Utc};
 use entities::prelude::*;
 use entities::{
-    api_key, event_outbox, job, job_log, moderation_action, refresh_token, refresh_token_family, rendition, upload,
-    user, video, video_daily_stat, video_view, worker, JobKind, JobStatus, LogLevel, ModerationActionKind,
-    RenditionStatus, Role, UploadMethod, UploadStatus, VideoStatus, Visibility,
+    api_key, event_outbox, job, job_log, moderation_action, refresh_token, refresh_token_family, rendition,
+    totp_recovery_code, upload, user, video, video_daily_stat, video_view, worker, JobKind, JobStatus, LogLevel,
+    ModerationActionKind, RenditionStatus, Role, UploadMethod, UploadStatus, VideoStatus, Visibility,
 };
 use migration::{Migrator, MigratorTrait, SchemaManager};
 use sea_orm::{
@@ -22,7 +22,7 @@ use sea_orm::{
 use serde_json::json;
 use uuid::Uuid;
 
-const TABLES: [&str; 17] = [
+const TABLES: [&str; 18] = [
     "users",
     "refresh_token_families",
     "refresh_tokens",
@@ -40,6 +40,7 @@ const TABLES: [&str; 17] = [
     "webhook_endpoints",
     "webhook_deliveries",
     "webhook_attempts",
+    "totp_recovery_codes",
 ];
 
 /// PostgreSQL keeps microseconds; compare what the database can hold.
@@ -91,6 +92,9 @@ fn sample_user(email: &str, role: Role) -> user::Model {
         storage_quota_bytes: Some(5 * 1024 * 1024 * 1024),
         created_at: at,
         updated_at: at,
+        totp_secret: Some(format!("enc1:kid:{}", "A".repeat(150))),
+        totp_enabled_at: Some(at),
+        totp_last_step: Some(59_000_000_000),
     }
 }
 
@@ -180,6 +184,24 @@ async fn exercise_schema(db: &DatabaseConnection) {
     assert_unique_violation(
         api_key::Model { id: Uuid::now_v7(), ..key.clone() }.into_active_model().reset_all().insert(db).await,
         "second api key with the same secret hash",
+    );
+
+    // TOTP recovery codes: hashes are unique.
+    let recovery = totp_recovery_code::Model {
+        id: Uuid::now_v7(),
+        user_id: ada.id,
+        code_hash: "ab".repeat(32),
+        used_at: Some(now()),
+        created_at: now(),
+    };
+    assert_eq!(recovery.clone().into_active_model().reset_all().insert(db).await.unwrap(), recovery);
+    assert_unique_violation(
+        totp_recovery_code::Model { id: Uuid::now_v7(), used_at: None, ..recovery.clone() }
+            .into_active_model()
+            .reset_all()
+            .insert(db)
+            .await,
+        "second recovery code with the same hash",
     );
 
     // videos: tags are a JSON array of strings in the database.
@@ -475,6 +497,7 @@ async fn exercise_schema(db: &DatabaseConnection) {
     assert_eq!(RefreshTokenFamily::find_by_id(family.id).one(db).await.unwrap(), None);
     assert_eq!(RefreshToken::find_by_id(second.id).one(db).await.unwrap(), None);
     assert_eq!(ApiKey::find_by_id(key.id).one(db).await.unwrap(), None);
+    assert_eq!(TotpRecoveryCode::find_by_id(recovery.id).one(db).await.unwrap(), None);
     assert_eq!(Job::find_by_id(transcode.id).one(db).await.unwrap().unwrap().owner_id, None);
 
     // The whole chain goes down and comes back up.
@@ -618,5 +641,5 @@ fn migrations_are_uniquely_named_and_in_order() {
     sorted.sort();
     sorted.dedup();
     assert_eq!(names, sorted);
-    assert_eq!(names.len(), 18);
+    assert_eq!(names.len(), 19);
 }

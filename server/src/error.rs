@@ -35,6 +35,9 @@ pub enum ErrorCode {
     BodyTimeout,
     Unavailable,
     Internal,
+    /// The password was right and the account has two-factor sign-in on: send it
+    /// again with a TOTP or recovery code (`totpCode`). No session was started.
+    MfaRequired,
 }
 
 impl ErrorCode {
@@ -54,6 +57,7 @@ impl ErrorCode {
             ErrorCode::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::MfaRequired => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -72,6 +76,7 @@ impl ErrorCode {
             ErrorCode::BodyTimeout => "BODY_TIMEOUT",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::MfaRequired => "MFA_REQUIRED",
         }
     }
 
@@ -356,6 +361,7 @@ mod tests {
             ErrorCode::BodyTimeout,
             ErrorCode::Unavailable,
             ErrorCode::Internal,
+            ErrorCode::MfaRequired,
         ];
         let names: std::collections::HashSet<_> = all.iter().map(|c| c.as_str()).collect();
         assert_eq!(names.len(), all.len());

@@ -1,7 +1,7 @@
 //! Server secrets: one master secret, from settings or generated into the data dir,
-//! from which the JWT key, the URL-signing key and the key sealing webhook secrets
-//! at rest are derived (so rotating the master rotates all three, and no key is
-//! reused for another purpose).
+//! from which the JWT key, the URL-signing key and the keys sealing webhook secrets
+//! and TOTP secrets at rest are derived (so rotating the master rotates them all,
+//! and no key is reused for another purpose).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -24,6 +24,11 @@ pub struct ServerKeys {
     /// The same key derived from each of `auth.previous_jwt_secrets`: still opens
     /// what it sealed, until the startup pass re-seals it under the current key.
     pub previous_webhook_secrets: Vec<Vec<u8>>,
+    /// Seals users' TOTP secrets at rest (`auth::totp`).
+    pub totp_secrets: Vec<u8>,
+    /// The TOTP key of each of `auth.previous_jwt_secrets`: still opens what it
+    /// sealed (a secret is re-sealed under the current key when next used).
+    pub previous_totp_secrets: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for ServerKeys {
@@ -46,14 +51,21 @@ impl ServerKeys {
     /// Keys from `auth.jwt_secret`, or — with SQLite only — from a key generated on
     /// first start into `{data_dir}/secret.key` (mode 0600) and reused afterwards.
     pub fn load_or_generate(settings: &Settings) -> Result<Self, KeyError> {
-        let previous: Vec<Vec<u8>> = settings
-            .auth
-            .previous_jwt_secrets
-            .iter()
-            .map(|secret| derive_key(secret.expose().as_bytes(), WEBHOOK_SECRETS_LABEL))
-            .collect();
+        let previous = |label: &[u8]| -> Vec<Vec<u8>> {
+            settings
+                .auth
+                .previous_jwt_secrets
+                .iter()
+                .map(|secret| derive_key(secret.expose().as_bytes(), label))
+                .collect()
+        };
+        let with_previous = |keys: Self| Self {
+            previous_webhook_secrets: previous(WEBHOOK_SECRETS_LABEL),
+            previous_totp_secrets: previous(TOTP_SECRETS_LABEL),
+            ..keys
+        };
         if let Some(secret) = &settings.auth.jwt_secret {
-            return Ok(Self { previous_webhook_secrets: previous, ..Self::derive(secret.expose().as_bytes()) });
+            return Ok(with_previous(Self::derive(secret.expose().as_bytes())));
         }
         if !settings.uses_sqlite() {
             return Err(KeyError::MissingForSharedDatabase);
@@ -64,7 +76,7 @@ impl ServerKeys {
             path = %path.display(),
             "using a signing key generated into the data dir; set auth.jwt_secret (REELHOUSE__AUTH__JWT_SECRET) in production"
         );
-        Ok(Self { previous_webhook_secrets: previous, ..Self::derive(&master) })
+        Ok(with_previous(Self::derive(&master)))
     }
 
     fn derive(master: &[u8]) -> Self {
@@ -73,6 +85,8 @@ impl ServerKeys {
             url_signing: derive_key(master, b"reelhouse/url-signing/v1"),
             webhook_secrets: derive_key(master, WEBHOOK_SECRETS_LABEL),
             previous_webhook_secrets: Vec::new(),
+            totp_secrets: derive_key(master, TOTP_SECRETS_LABEL),
+            previous_totp_secrets: Vec::new(),
         }
     }
 }
@@ -85,6 +99,7 @@ pub fn derive_jwt_key(master: &[u8]) -> Vec<u8> {
 
 const JWT_LABEL: &[u8] = b"reelhouse/jwt/v1";
 const WEBHOOK_SECRETS_LABEL: &[u8] = b"reelhouse/webhook-secrets/v1";
+const TOTP_SECRETS_LABEL: &[u8] = b"reelhouse/totp-secrets/v1";
 
 fn derive_key(master: &[u8], label: &[u8]) -> Vec<u8> {
     // HMAC accepts keys of any length, so this cannot fail; fall back defensively anyway.
@@ -153,6 +168,8 @@ mod tests {
         assert_ne!(first.jwt, first.url_signing);
         assert_eq!(first.webhook_secrets, second.webhook_secrets);
         assert!(first.webhook_secrets != first.jwt && first.webhook_secrets != first.url_signing);
+        assert_eq!(first.totp_secrets, second.totp_secrets);
+        assert!(first.totp_secrets != first.webhook_secrets && first.totp_secrets != first.jwt);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

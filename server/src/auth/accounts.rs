@@ -67,6 +67,7 @@ pub async fn create_user_in(
         storage_quota_bytes: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
+        ..Default::default()
     };
     // Two concurrent sign-ups with one email: the unique index decides, and the
     // loser gets the same CONFLICT as a sequential duplicate.

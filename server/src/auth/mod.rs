@@ -1,5 +1,6 @@
 //! Accounts and access: passwords, sessions (JWT access tokens and rotating refresh
-//! tokens), API keys, and the roles and permissions that guard the schema.
+//! tokens), API keys, TOTP two-factor sign-in, and the roles and permissions that
+//! guard the schema.
 
 pub mod accounts;
 pub mod api_keys;
@@ -8,3 +9,4 @@ pub mod principal;
 pub mod roles;
 pub mod sessions;
 pub mod tokens;
+pub mod totp;

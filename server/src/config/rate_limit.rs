@@ -11,7 +11,7 @@ pub use crate::limits::Policy;
 pub struct RateLimitSettings {
     pub enabled: bool,
     /// Policies by name: `auth`, `auth_ip`, `api`, `upload`, `transcode`, `views`,
-    /// `webhook` and `webhook_replay` (see [`Policy`]). Any other name is refused when the settings
+    /// `webhook`, `webhook_replay` and `mfa` (see [`Policy`]). Any other name is refused when the settings
     /// load; a policy left out keeps its default.
     pub policies: BTreeMap<Policy, PolicySettings>,
 }
@@ -57,6 +57,10 @@ fn default_policy(policy: Policy) -> PolicySettings {
         // recordView, per signed-in user or client address: a player heartbeats
         // every few seconds; many viewers can share one address (NAT).
         Policy::Views => PolicySettings::new(600, 60, 60, true),
+        // Two-factor codes per account, from every address: 5 at once, then one
+        // every 5 minutes. A guesser who has the password gets ~300 tries a day
+        // against ~3 valid codes in a million: about one chance in a thousand.
+        Policy::Mfa => PolicySettings::new(12, 3600, 5, false),
     }
 }
 

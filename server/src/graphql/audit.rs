@@ -33,6 +33,10 @@ pub enum AuditAction {
     JobRetried,
     JobCancelled,
     JobPriorityChanged,
+    TotpEnabled,
+    TotpDisabled,
+    MfaFailed,
+    RecoveryCodeUsed,
 }
 
 /// Done, failed (bad credentials, a conflict), or refused by policy.

@@ -10,6 +10,7 @@ pub mod moderation;
 mod paging;
 pub mod progress;
 mod server_info;
+pub mod totp;
 mod uploads;
 pub mod videos;
 pub mod views;
@@ -46,6 +47,7 @@ pub struct Mutation(
     uploads::UploadsMutation,
     JobsMutation,
     WebhooksMutation,
+    totp::TotpMutation,
 );
 
 #[derive(MergedSubscription, Default)]

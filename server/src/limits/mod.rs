@@ -38,10 +38,13 @@ pub enum Policy {
     WebhookReplay,
     /// `recordView` per user or client address.
     Views,
+    /// Two-factor codes (TOTP or recovery) presented, per account, from any
+    /// address: sign-in, `confirmTotp`, `disableTotp`.
+    Mfa,
 }
 
 impl Policy {
-    pub const ALL: [Policy; 8] = [
+    pub const ALL: [Policy; 9] = [
         Policy::Auth,
         Policy::AuthIp,
         Policy::Api,
@@ -50,6 +53,7 @@ impl Policy {
         Policy::Webhook,
         Policy::WebhookReplay,
         Policy::Views,
+        Policy::Mfa,
     ];
 
     /// The settings and header name (`"api"`, `"auth_ip"`, …).
@@ -63,6 +67,7 @@ impl Policy {
             Policy::Webhook => "webhook",
             Policy::WebhookReplay => "webhook_replay",
             Policy::Views => "views",
+            Policy::Mfa => "mfa",
         }
     }
 }

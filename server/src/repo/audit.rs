@@ -35,10 +35,14 @@ pub enum AuditAction {
     JobRetried,
     JobCancelled,
     JobPriorityChanged,
+    TotpEnabled,
+    TotpDisabled,
+    MfaFailed,
+    RecoveryCodeUsed,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 17] = [
+    pub const ALL: [AuditAction; 21] = [
         AuditAction::LoginSucceeded,
         AuditAction::LoginFailed,
         AuditAction::RefreshReuseDetected,
@@ -56,6 +60,10 @@ impl AuditAction {
         AuditAction::JobRetried,
         AuditAction::JobCancelled,
         AuditAction::JobPriorityChanged,
+        AuditAction::TotpEnabled,
+        AuditAction::TotpDisabled,
+        AuditAction::MfaFailed,
+        AuditAction::RecoveryCodeUsed,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -77,6 +85,10 @@ impl AuditAction {
             AuditAction::JobRetried => "JOB_RETRIED",
             AuditAction::JobCancelled => "JOB_CANCELLED",
             AuditAction::JobPriorityChanged => "JOB_PRIORITY_CHANGED",
+            AuditAction::TotpEnabled => "TOTP_ENABLED",
+            AuditAction::TotpDisabled => "TOTP_DISABLED",
+            AuditAction::MfaFailed => "MFA_FAILED",
+            AuditAction::RecoveryCodeUsed => "RECOVERY_CODE_USED",
         }
     }
 

@@ -25,6 +25,7 @@ mod runner;
 mod schema;
 mod storage;
 mod subscriptions;
+mod totp;
 mod traces;
 mod tus;
 mod uploads;

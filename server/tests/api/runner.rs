@@ -111,6 +111,7 @@ pub(crate) async fn harness(customize: impl FnOnce(&mut Settings)) -> Harness {
         storage_quota_bytes: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
+        ..Default::default()
     }
     .insert(&app.state.db)
     .await
