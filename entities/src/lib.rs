@@ -18,6 +18,7 @@ pub mod processing_usage;
 pub mod refresh_token;
 pub mod refresh_token_family;
 pub mod rendition;
+pub mod totp_recovery_code;
 pub mod upload;
 pub mod user;
 pub mod video;

@@ -10,6 +10,7 @@ pub use super::processing_usage::Entity as ProcessingUsage;
 pub use super::refresh_token::Entity as RefreshToken;
 pub use super::refresh_token_family::Entity as RefreshTokenFamily;
 pub use super::rendition::Entity as Rendition;
+pub use super::totp_recovery_code::Entity as TotpRecoveryCode;
 pub use super::upload::Entity as Upload;
 pub use super::user::Entity as User;
 pub use super::video::Entity as Video;

@@ -23,6 +23,15 @@ pub struct Model {
     pub email_verified_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    /// The TOTP secret, sealed (`enc1:…`); with `totp_enabled_at` NULL, an
+    /// enrolment not yet confirmed.
+    #[serde(skip_serializing)]
+    pub totp_secret: Option<String>,
+    /// When two-factor sign-in was switched on; `None`: off.
+    pub totp_enabled_at: Option<DateTimeUtc>,
+    /// The last RFC 6238 time step a code was accepted for (replay protection).
+    #[serde(skip_serializing)]
+    pub totp_last_step: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -37,6 +46,8 @@ pub enum Relation {
     Upload,
     #[sea_orm(has_many = "super::job::Entity")]
     Job,
+    #[sea_orm(has_many = "super::totp_recovery_code::Entity")]
+    TotpRecoveryCode,
 }
 
 impl Related<super::refresh_token_family::Entity> for Entity {
@@ -66,6 +77,12 @@ impl Related<super::upload::Entity> for Entity {
 impl Related<super::job::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::Job.def()
+    }
+}
+
+impl Related<super::totp_recovery_code::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::TotpRecoveryCode.def()
     }
 }
 

@@ -10,7 +10,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use entities::prelude::*;
 use entities::{
     account_token, api_key, event_outbox, job, job_log, moderation_action, refresh_token, refresh_token_family,
-    rendition, upload, user, video, video_daily_stat, video_view, worker, AccountTokenPurpose, JobKind, JobStatus,
+    rendition, totp_recovery_code, upload, user, video, video_daily_stat, video_view, worker, AccountTokenPurpose, JobKind, JobStatus,
     LogLevel, ModerationActionKind, RenditionStatus, Role, UploadMethod, UploadStatus, VideoStatus, Visibility,
 };
 use migration::{Migrator, MigratorTrait, SchemaManager};
@@ -22,7 +22,7 @@ use sea_orm::{
 use serde_json::json;
 use uuid::Uuid;
 
-const TABLES: [&str; 18] = [
+const TABLES: [&str; 20] = [
     "users",
     "refresh_token_families",
     "refresh_tokens",
@@ -41,6 +41,7 @@ const TABLES: [&str; 18] = [
     "webhook_deliveries",
     "webhook_attempts",
     "account_tokens",
+    "totp_recovery_codes",
 ];
 
 /// PostgreSQL keeps microseconds; compare what the database can hold.
@@ -93,6 +94,9 @@ fn sample_user(email: &str, role: Role) -> user::Model {
         email_verified_at: Some(at),
         created_at: at,
         updated_at: at,
+        totp_secret: Some(format!("enc1:kid:{}", "A".repeat(150))),
+        totp_enabled_at: Some(at),
+        totp_last_step: Some(59_000_000_000),
     }
 }
 
@@ -221,6 +225,22 @@ async fn exercise_schema(db: &DatabaseConnection) {
         .insert(db)
         .await,
         "account token of a missing user",
+    // TOTP recovery codes: hashes are unique.
+    let recovery = totp_recovery_code::Model {
+        id: Uuid::now_v7(),
+        user_id: ada.id,
+        code_hash: "ab".repeat(32),
+        used_at: Some(now()),
+        created_at: now(),
+    };
+    assert_eq!(recovery.clone().into_active_model().reset_all().insert(db).await.unwrap(), recovery);
+    assert_unique_violation(
+        totp_recovery_code::Model { id: Uuid::now_v7(), used_at: None, ..recovery.clone() }
+            .into_active_model()
+            .reset_all()
+            .insert(db)
+            .await,
+        "second recovery code with the same hash",
     );
 
     // videos: tags are a JSON array of strings in the database.
@@ -516,6 +536,7 @@ async fn exercise_schema(db: &DatabaseConnection) {
     assert_eq!(RefreshTokenFamily::find_by_id(family.id).one(db).await.unwrap(), None);
     assert_eq!(RefreshToken::find_by_id(second.id).one(db).await.unwrap(), None);
     assert_eq!(ApiKey::find_by_id(key.id).one(db).await.unwrap(), None);
+    assert_eq!(TotpRecoveryCode::find_by_id(recovery.id).one(db).await.unwrap(), None);
     assert_eq!(Job::find_by_id(transcode.id).one(db).await.unwrap().unwrap().owner_id, None);
 
     // The whole chain goes down and comes back up.
@@ -660,5 +681,5 @@ fn migrations_are_uniquely_named_and_in_order() {
     sorted.sort();
     sorted.dedup();
     assert_eq!(names, sorted);
-    assert_eq!(names.len(), 19);
+    assert_eq!(names.len(), 20);
 }

@@ -38,6 +38,9 @@ pub enum ErrorCode {
     /// The account's address is not verified and the action needs it (uploads,
     /// unless `auth.unverified_can_upload`).
     EmailNotVerified,
+    /// The password was right and the account has two-factor sign-in on: send it
+    /// again with a TOTP or recovery code (`totpCode`). No session was started.
+    MfaRequired,
 }
 
 impl ErrorCode {
@@ -58,6 +61,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::EmailNotVerified => StatusCode::FORBIDDEN,
+            ErrorCode::MfaRequired => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -77,6 +81,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::Internal => "INTERNAL",
             ErrorCode::EmailNotVerified => "EMAIL_NOT_VERIFIED",
+            ErrorCode::MfaRequired => "MFA_REQUIRED",
         }
     }
 
@@ -361,6 +366,7 @@ mod tests {
             ErrorCode::BodyTimeout,
             ErrorCode::Unavailable,
             ErrorCode::Internal,
+            ErrorCode::MfaRequired,
         ];
         let names: std::collections::HashSet<_> = all.iter().map(|c| c.as_str()).collect();
         assert_eq!(names.len(), all.len());

@@ -1,6 +1,6 @@
 //! Server secrets: one master secret, from settings or generated into the data dir,
-//! from which the JWT key, the URL-signing key, the key sealing webhook secrets at
-//! rest and the key sealing queued mail are derived (so rotating the master rotates
+//! from which the JWT key, the URL-signing key and the keys sealing webhook secrets,
+//! TOTP secrets and queued mail at rest are derived (so rotating the master rotates
 //! them all, and no key is reused for another purpose).
 
 use std::io::Write;
@@ -26,6 +26,11 @@ pub struct ServerKeys {
     pub previous_webhook_secrets: Vec<Vec<u8>>,
     /// Seals the payloads of SEND_MAIL jobs (they carry one-use links) at rest (`mail`).
     pub mail_payloads: Vec<u8>,
+    /// Seals users' TOTP secrets at rest (`auth::totp`).
+    pub totp_secrets: Vec<u8>,
+    /// The TOTP key of each of `auth.previous_jwt_secrets`: still opens what it
+    /// sealed (a secret is re-sealed under the current key when next used).
+    pub previous_totp_secrets: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for ServerKeys {
@@ -48,14 +53,21 @@ impl ServerKeys {
     /// Keys from `auth.jwt_secret`, or — with SQLite only — from a key generated on
     /// first start into `{data_dir}/secret.key` (mode 0600) and reused afterwards.
     pub fn load_or_generate(settings: &Settings) -> Result<Self, KeyError> {
-        let previous: Vec<Vec<u8>> = settings
-            .auth
-            .previous_jwt_secrets
-            .iter()
-            .map(|secret| derive_key(secret.expose().as_bytes(), WEBHOOK_SECRETS_LABEL))
-            .collect();
+        let previous = |label: &[u8]| -> Vec<Vec<u8>> {
+            settings
+                .auth
+                .previous_jwt_secrets
+                .iter()
+                .map(|secret| derive_key(secret.expose().as_bytes(), label))
+                .collect()
+        };
+        let with_previous = |keys: Self| Self {
+            previous_webhook_secrets: previous(WEBHOOK_SECRETS_LABEL),
+            previous_totp_secrets: previous(TOTP_SECRETS_LABEL),
+            ..keys
+        };
         if let Some(secret) = &settings.auth.jwt_secret {
-            return Ok(Self { previous_webhook_secrets: previous, ..Self::derive(secret.expose().as_bytes()) });
+            return Ok(with_previous(Self::derive(secret.expose().as_bytes())));
         }
         if !settings.uses_sqlite() {
             return Err(KeyError::MissingForSharedDatabase);
@@ -66,7 +78,7 @@ impl ServerKeys {
             path = %path.display(),
             "using a signing key generated into the data dir; set auth.jwt_secret (REELHOUSE__AUTH__JWT_SECRET) in production"
         );
-        Ok(Self { previous_webhook_secrets: previous, ..Self::derive(&master) })
+        Ok(with_previous(Self::derive(&master)))
     }
 
     fn derive(master: &[u8]) -> Self {
@@ -76,6 +88,8 @@ impl ServerKeys {
             webhook_secrets: derive_key(master, WEBHOOK_SECRETS_LABEL),
             previous_webhook_secrets: Vec::new(),
             mail_payloads: derive_key(master, b"reelhouse/mail-payloads/v1"),
+            totp_secrets: derive_key(master, TOTP_SECRETS_LABEL),
+            previous_totp_secrets: Vec::new(),
         }
     }
 }
@@ -88,6 +102,7 @@ pub fn derive_jwt_key(master: &[u8]) -> Vec<u8> {
 
 const JWT_LABEL: &[u8] = b"reelhouse/jwt/v1";
 const WEBHOOK_SECRETS_LABEL: &[u8] = b"reelhouse/webhook-secrets/v1";
+const TOTP_SECRETS_LABEL: &[u8] = b"reelhouse/totp-secrets/v1";
 
 fn derive_key(master: &[u8], label: &[u8]) -> Vec<u8> {
     // HMAC accepts keys of any length, so this cannot fail; fall back defensively anyway.
@@ -156,6 +171,8 @@ mod tests {
         assert_ne!(first.jwt, first.url_signing);
         assert_eq!(first.webhook_secrets, second.webhook_secrets);
         assert!(first.webhook_secrets != first.jwt && first.webhook_secrets != first.url_signing);
+        assert_eq!(first.totp_secrets, second.totp_secrets);
+        assert!(first.totp_secrets != first.webhook_secrets && first.totp_secrets != first.jwt);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

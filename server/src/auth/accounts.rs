@@ -103,6 +103,7 @@ pub async fn insert_account<C: ConnectionTrait>(
         email_verified_at: Set(verified.then_some(now)),
         created_at: Set(now),
         updated_at: Set(now),
+        ..Default::default()
     };
     // Two concurrent sign-ups with one email: the unique index decides, and the
     // loser gets the same CONFLICT as a sequential duplicate.

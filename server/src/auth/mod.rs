@@ -1,5 +1,6 @@
 //! Accounts and access: passwords, sessions (JWT access tokens and rotating refresh
-//! tokens), API keys, and the roles and permissions that guard the schema.
+//! tokens), API keys, TOTP two-factor sign-in, and the roles and permissions that
+//! guard the schema.
 
 pub mod account_mail;
 pub mod account_tokens;
@@ -10,3 +11,4 @@ pub mod principal;
 pub mod roles;
 pub mod sessions;
 pub mod tokens;
+pub mod totp;

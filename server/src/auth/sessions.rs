@@ -132,6 +132,9 @@ pub fn decoy_session(state: &AppState, email: &str, display_name: &str) -> AppRe
         email_verified_at: None,
         created_at: now,
         updated_at: now,
+        totp_secret: None,
+        totp_enabled_at: None,
+        totp_last_step: None,
     };
     let access = state.tokens.issue_access_token(user.id, user.role, Uuid::now_v7())?;
     Ok(SessionTokens {

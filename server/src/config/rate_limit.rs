@@ -11,7 +11,7 @@ pub use crate::limits::Policy;
 pub struct RateLimitSettings {
     pub enabled: bool,
     /// Policies by name: `auth`, `auth_ip`, `api`, `upload`, `transcode`, `views`,
-    /// `webhook`, `webhook_replay`, `account_mail` and `account_mail_ip` (see [`Policy`]). Any other name is refused when the settings
+    /// `webhook`, `webhook_replay`, `account_mail`, `account_mail_ip` and `mfa` (see [`Policy`]). Any other name is refused when the settings
     /// load; a policy left out keeps its default.
     pub policies: BTreeMap<Policy, PolicySettings>,
 }
@@ -62,6 +62,10 @@ fn default_policy(policy: Policy) -> PolicySettings {
         Policy::AccountMail => PolicySettings::new(5, 3600, 3, false),
         // Per address: enough for a household or an office behind one NAT.
         Policy::AccountMailIp => PolicySettings::new(30, 3600, 10, false),
+        // Two-factor codes per account, from every address: 5 at once, then one
+        // every 5 minutes. A guesser who has the password gets ~300 tries a day
+        // against ~3 valid codes in a million: about one chance in a thousand.
+        Policy::Mfa => PolicySettings::new(12, 3600, 5, false),
     }
 }
 

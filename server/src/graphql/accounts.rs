@@ -39,6 +39,8 @@ pub struct User {
     pub created_at: DateTime<Utc>,
     /// The owner proved the address (followed the mailed link).
     pub email_verified: bool,
+    /// Two-factor sign-in (TOTP) is on: `login` needs a `totpCode`.
+    pub totp_enabled: bool,
 }
 
 impl From<user::Model> for User {
@@ -51,6 +53,7 @@ impl From<user::Model> for User {
             disabled: model.disabled,
             created_at: model.created_at,
             email_verified: model.email_verified_at.is_some(),
+            totp_enabled: model.totp_enabled_at.is_some(),
         }
     }
 }
@@ -118,6 +121,9 @@ pub struct RegisterInput {
 pub struct LoginInput {
     pub email: String,
     pub password: String,
+    /// With two-factor sign-in on: a code from the authenticator app, or one of the
+    /// recovery codes (each works once). Without it such a sign-in is `MFA_REQUIRED`.
+    pub totp_code: Option<String>,
 }
 
 fn parse_id(id: &ID, what: &str) -> Result<Uuid, AppError> {
@@ -233,10 +239,14 @@ impl AccountsMutation {
                 limit_account(state, &input.email, &ip).await.gql()?;
                 let account = account_key(&input.email);
                 match verify_credentials(&state.db, &state.password_hashing, &input.email, &input.password).await {
-                    Ok(user) => {
-                        state.login_failures.record_success(&account).await;
-                        sessions::start_session(state, user, &client).await
-                    }
+                    // With two-factor sign-in on, `login` (with a code) is the way in.
+                    Ok(user) => match super::totp::second_factor(state, &client, user, None).await {
+                        Ok(user) => {
+                            state.login_failures.record_success(&account).await;
+                            sessions::start_session(state, user, &client).await
+                        }
+                        Err(err) => Err(err),
+                    },
                     Err(err) if matches!(err.code(), ErrorCode::Unauthenticated | ErrorCode::Forbidden) => {
                         state.login_failures.record_failure(&account).await;
                         sessions::decoy_session(state, &input.email, &input.display_name)
@@ -249,7 +259,8 @@ impl AccountsMutation {
         Ok(tokens.gql()?.into())
     }
 
-    /// Sign in with email and password; starts a new session.
+    /// Sign in with email and password (and, with two-factor sign-in on, `totpCode`);
+    /// starts a new session.
     async fn login(&self, ctx: &Context<'_>, input: LoginInput) -> async_graphql::Result<AuthPayload> {
         let state = ctx.data::<AppState>()?;
         limit_sign_in(state, ctx, Some(&input.email)).await.gql()?;
@@ -257,7 +268,7 @@ impl AccountsMutation {
         let client = client_info(ctx);
         let verified = verify_credentials(&state.db, &state.password_hashing, &input.email, &input.password).await;
         match &verified {
-            Ok(_) => state.login_failures.record_success(&account).await,
+            Ok(_) => {}
             Err(err) if err.code() == crate::error::ErrorCode::Unauthenticated => {
                 state.login_failures.record_failure(&account).await;
                 audit_failed_login(state, &client, &account, AuditOutcome::Failure, "bad credentials").await;
@@ -268,6 +279,10 @@ impl AccountsMutation {
             Err(_) => {}
         }
         let user = verified.gql()?;
+        // The password was right; the account is cleared only once the second
+        // factor (when on) is too, and no session starts before.
+        let user = super::totp::second_factor(state, &client, user, input.totp_code.as_deref()).await.gql()?;
+        state.login_failures.record_success(&account).await;
         let tokens = sessions::start_session(state, user, &client).await.gql()?;
         Ok(tokens.into())
     }

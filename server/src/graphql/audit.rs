@@ -38,6 +38,10 @@ pub enum AuditAction {
     PasswordReset,
     EmailChangeRequested,
     EmailChanged,
+    TotpEnabled,
+    TotpDisabled,
+    MfaFailed,
+    RecoveryCodeUsed,
 }
 
 /// Done, failed (bad credentials, a conflict), or refused by policy.

@@ -11,6 +11,7 @@ pub mod moderation;
 mod paging;
 pub mod progress;
 mod server_info;
+pub mod totp;
 mod uploads;
 pub mod videos;
 pub mod views;
@@ -48,6 +49,7 @@ pub struct Mutation(
     JobsMutation,
     WebhooksMutation,
     account_mail::AccountMailMutation,
+    totp::TotpMutation,
 );
 
 #[derive(MergedSubscription, Default)]

@@ -43,10 +43,13 @@ pub enum Policy {
     AccountMail,
     /// The same mutations, per client address (IPv6 per /64).
     AccountMailIp,
+    /// Two-factor codes (TOTP or recovery) presented, per account, from any
+    /// address: sign-in, `confirmTotp`, `disableTotp`.
+    Mfa,
 }
 
 impl Policy {
-    pub const ALL: [Policy; 10] = [
+    pub const ALL: [Policy; 11] = [
         Policy::Auth,
         Policy::AuthIp,
         Policy::Api,
@@ -57,6 +60,7 @@ impl Policy {
         Policy::Views,
         Policy::AccountMail,
         Policy::AccountMailIp,
+        Policy::Mfa,
     ];
 
     /// The settings and header name (`"api"`, `"auth_ip"`, …).
@@ -72,6 +76,7 @@ impl Policy {
             Policy::Views => "views",
             Policy::AccountMail => "account_mail",
             Policy::AccountMailIp => "account_mail_ip",
+            Policy::Mfa => "mfa",
         }
     }
 }

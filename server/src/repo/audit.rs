@@ -40,10 +40,14 @@ pub enum AuditAction {
     PasswordReset,
     EmailChangeRequested,
     EmailChanged,
+    TotpEnabled,
+    TotpDisabled,
+    MfaFailed,
+    RecoveryCodeUsed,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 22] = [
+    pub const ALL: [AuditAction; 26] = [
         AuditAction::LoginSucceeded,
         AuditAction::LoginFailed,
         AuditAction::RefreshReuseDetected,
@@ -66,6 +70,10 @@ impl AuditAction {
         AuditAction::PasswordReset,
         AuditAction::EmailChangeRequested,
         AuditAction::EmailChanged,
+        AuditAction::TotpEnabled,
+        AuditAction::TotpDisabled,
+        AuditAction::MfaFailed,
+        AuditAction::RecoveryCodeUsed,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -92,6 +100,10 @@ impl AuditAction {
             AuditAction::PasswordReset => "PASSWORD_RESET",
             AuditAction::EmailChangeRequested => "EMAIL_CHANGE_REQUESTED",
             AuditAction::EmailChanged => "EMAIL_CHANGED",
+            AuditAction::TotpEnabled => "TOTP_ENABLED",
+            AuditAction::TotpDisabled => "TOTP_DISABLED",
+            AuditAction::MfaFailed => "MFA_FAILED",
+            AuditAction::RecoveryCodeUsed => "RECOVERY_CODE_USED",
         }
     }
 

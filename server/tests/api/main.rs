@@ -26,6 +26,7 @@ mod runner;
 mod schema;
 mod storage;
 mod subscriptions;
+mod totp;
 mod traces;
 mod tus;
 mod uploads;

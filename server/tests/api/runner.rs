@@ -113,6 +113,7 @@ pub(crate) async fn harness(customize: impl FnOnce(&mut Settings)) -> Harness {
         email_verified_at: Set(Some(now)),
         created_at: Set(now),
         updated_at: Set(now),
+        ..Default::default()
     }
     .insert(&app.state.db)
     .await
