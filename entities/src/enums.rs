@@ -113,6 +113,10 @@ pub enum JobKind {
     /// Remove stored objects (a deleted video's source and outputs).
     #[sea_orm(string_value = "DELETE_OBJECTS")]
     DeleteObjects,
+    /// Remove a deleted account: its videos (with DELETED events), its objects
+    /// (`users/{id}/`), then the account row.
+    #[sea_orm(string_value = "DELETE_USER")]
+    DeleteUser,
 }
 
 /// Where a job is in the queue.

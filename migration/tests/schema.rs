@@ -89,6 +89,8 @@ fn sample_user(email: &str, role: Role) -> user::Model {
         role,
         disabled: false,
         storage_quota_bytes: Some(5 * 1024 * 1024 * 1024),
+        processing_budget_secs_per_day: Some(3600),
+        deleted_at: Some(at),
         created_at: at,
         updated_at: at,
     }
@@ -618,5 +620,5 @@ fn migrations_are_uniquely_named_and_in_order() {
     sorted.sort();
     sorted.dedup();
     assert_eq!(names, sorted);
-    assert_eq!(names.len(), 18);
+    assert_eq!(names.len(), 19);
 }

@@ -48,6 +48,8 @@ pub struct AppState {
     pub ws_admission: crate::limits::ws::WsAdmission,
     /// Video rows shared by the periodic re-checks of open subscriptions.
     pub recheck_rows: crate::events::recheck::RecheckRows,
+    /// Sessions revoked and accounts changed, pushed to open sockets (`events::access`).
+    pub access_signals: crate::events::access::AccessSignals,
 }
 
 impl AppState {
@@ -118,6 +120,7 @@ impl Application {
 
         let settings = Arc::new(settings);
         let login_failures = crate::limits::login::LoginFailures::new(&settings.auth, redis.clone());
+        let access_signals = crate::events::access::AccessSignals::new(redis.clone(), &instance_id);
         let state = AppState {
             settings: settings.clone(),
             db,
@@ -142,6 +145,7 @@ impl Application {
             login_failures,
             ws_admission: crate::limits::ws::WsAdmission::default(),
             recheck_rows: crate::events::recheck::RecheckRows::default(),
+            access_signals,
         };
         start_background_loops(&state, &webhook_secrets);
         let schema = web::Data::new(build_schema(&settings.graphql, Some(state.clone())));
@@ -293,8 +297,9 @@ fn start_background_loops(state: &AppState, webhook_secrets: &Arc<crate::webhook
     let supervisor = &state.hubs.supervisor;
     if let Some(redis) = state.redis.clone() {
         let (bus, db, instance) = (state.hubs.event_bus.clone(), state.db.clone(), state.instance_id.clone());
+        let access = state.access_signals.clone();
         supervisor.supervise("event_relay", Backoff::default(), move || {
-            crate::events::fanout::run_relay(redis.clone(), bus.clone(), db.clone(), instance.clone())
+            crate::events::fanout::run_relay(redis.clone(), bus.clone(), db.clone(), instance.clone(), access.clone())
         });
     }
     let sweeper_state = state.clone();

@@ -65,6 +65,8 @@ pub async fn create_user_in(
         role: Set(role),
         disabled: Set(false),
         storage_quota_bytes: Set(None),
+        processing_budget_secs_per_day: Set(None),
+        deleted_at: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
     };

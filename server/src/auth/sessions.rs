@@ -129,6 +129,8 @@ pub fn decoy_session(state: &AppState, email: &str, display_name: &str) -> AppRe
         role: entities::Role::User,
         disabled: false,
         storage_quota_bytes: None,
+        processing_budget_secs_per_day: None,
+        deleted_at: None,
         created_at: now,
         updated_at: now,
     };

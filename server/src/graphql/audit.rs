@@ -33,6 +33,9 @@ pub enum AuditAction {
     JobRetried,
     JobCancelled,
     JobPriorityChanged,
+    UserEnabled,
+    UserDeleted,
+    QuotaChanged,
 }
 
 /// Done, failed (bad credentials, a conflict), or refused by policy.

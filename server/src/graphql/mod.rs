@@ -11,6 +11,7 @@ mod paging;
 pub mod progress;
 mod server_info;
 mod uploads;
+pub mod user_admin;
 pub mod videos;
 pub mod views;
 pub mod webhooks;
@@ -35,6 +36,7 @@ pub struct Query(
     JobsQuery,
     WebhooksQuery,
     audit::AuditQuery,
+    user_admin::UserAdminQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -46,6 +48,7 @@ pub struct Mutation(
     uploads::UploadsMutation,
     JobsMutation,
     WebhooksMutation,
+    user_admin::UserAdminMutation,
 );
 
 #[derive(MergedSubscription, Default)]

@@ -101,6 +101,9 @@ pub async fn run(
         JobKind::DeleteObjects => super::delete_objects::run_delete_objects(ctx, job, reporter.clone())
             .await
             .map(|count| JobOutput::ObjectsDeleted { count }),
+        JobKind::DeleteUser => super::delete_user::run_delete_user(ctx, job, reporter.clone())
+            .await
+            .map(|count| JobOutput::ObjectsDeleted { count }),
     };
     guard.armed = false;
     if job.kind == JobKind::Transcode {

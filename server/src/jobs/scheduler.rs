@@ -460,6 +460,7 @@ fn attempt_span(job: &job::Model) -> tracing::Span {
     let kind = match job.kind {
         entities::JobKind::Transcode => "transcode",
         entities::JobKind::DeleteObjects => "delete-objects",
+        entities::JobKind::DeleteUser => "delete-user",
     };
     let span = tracing::info_span!(
         "job attempt",

@@ -35,10 +35,13 @@ pub enum AuditAction {
     JobRetried,
     JobCancelled,
     JobPriorityChanged,
+    UserEnabled,
+    UserDeleted,
+    QuotaChanged,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 17] = [
+    pub const ALL: [AuditAction; 20] = [
         AuditAction::LoginSucceeded,
         AuditAction::LoginFailed,
         AuditAction::RefreshReuseDetected,
@@ -56,6 +59,9 @@ impl AuditAction {
         AuditAction::JobRetried,
         AuditAction::JobCancelled,
         AuditAction::JobPriorityChanged,
+        AuditAction::UserEnabled,
+        AuditAction::UserDeleted,
+        AuditAction::QuotaChanged,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -77,6 +83,9 @@ impl AuditAction {
             AuditAction::JobRetried => "JOB_RETRIED",
             AuditAction::JobCancelled => "JOB_CANCELLED",
             AuditAction::JobPriorityChanged => "JOB_PRIORITY_CHANGED",
+            AuditAction::UserEnabled => "USER_ENABLED",
+            AuditAction::UserDeleted => "USER_DELETED",
+            AuditAction::QuotaChanged => "QUOTA_CHANGED",
         }
     }
 

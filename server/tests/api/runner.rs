@@ -109,6 +109,8 @@ pub(crate) async fn harness(customize: impl FnOnce(&mut Settings)) -> Harness {
         role: Set(Role::User),
         disabled: Set(false),
         storage_quota_bytes: Set(None),
+        processing_budget_secs_per_day: Set(None),
+        deleted_at: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
     }
