@@ -22,7 +22,7 @@ use sea_orm::{
 use serde_json::json;
 use uuid::Uuid;
 
-const TABLES: [&str; 20] = [
+const TABLES: [&str; 19] = [
     "users",
     "refresh_token_families",
     "refresh_tokens",
@@ -92,6 +92,8 @@ fn sample_user(email: &str, role: Role) -> user::Model {
         disabled: false,
         storage_quota_bytes: Some(5 * 1024 * 1024 * 1024),
         email_verified_at: Some(at),
+        processing_budget_secs_per_day: Some(3600),
+        deleted_at: Some(at),
         created_at: at,
         updated_at: at,
         totp_secret: Some(format!("enc1:kid:{}", "A".repeat(150))),
@@ -225,6 +227,8 @@ async fn exercise_schema(db: &DatabaseConnection) {
         .insert(db)
         .await,
         "account token of a missing user",
+    );
+
     // TOTP recovery codes: hashes are unique.
     let recovery = totp_recovery_code::Model {
         id: Uuid::now_v7(),
@@ -681,5 +685,5 @@ fn migrations_are_uniquely_named_and_in_order() {
     sorted.sort();
     sorted.dedup();
     assert_eq!(names, sorted);
-    assert_eq!(names.len(), 20);
+    assert_eq!(names.len(), 21);
 }

@@ -42,6 +42,9 @@ pub enum AuditAction {
     TotpDisabled,
     MfaFailed,
     RecoveryCodeUsed,
+    UserEnabled,
+    UserDeleted,
+    QuotaChanged,
 }
 
 /// Done, failed (bad credentials, a conflict), or refused by policy.

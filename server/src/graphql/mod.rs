@@ -13,6 +13,7 @@ pub mod progress;
 mod server_info;
 pub mod totp;
 mod uploads;
+pub mod user_admin;
 pub mod videos;
 pub mod views;
 pub mod webhooks;
@@ -37,6 +38,7 @@ pub struct Query(
     JobsQuery,
     WebhooksQuery,
     audit::AuditQuery,
+    user_admin::UserAdminQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -50,6 +52,7 @@ pub struct Mutation(
     WebhooksMutation,
     account_mail::AccountMailMutation,
     totp::TotpMutation,
+    user_admin::UserAdminMutation,
 );
 
 #[derive(MergedSubscription, Default)]

@@ -44,10 +44,13 @@ pub enum AuditAction {
     TotpDisabled,
     MfaFailed,
     RecoveryCodeUsed,
+    UserEnabled,
+    UserDeleted,
+    QuotaChanged,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 26] = [
+    pub const ALL: [AuditAction; 29] = [
         AuditAction::LoginSucceeded,
         AuditAction::LoginFailed,
         AuditAction::RefreshReuseDetected,
@@ -74,6 +77,9 @@ impl AuditAction {
         AuditAction::TotpDisabled,
         AuditAction::MfaFailed,
         AuditAction::RecoveryCodeUsed,
+        AuditAction::UserEnabled,
+        AuditAction::UserDeleted,
+        AuditAction::QuotaChanged,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -104,6 +110,9 @@ impl AuditAction {
             AuditAction::TotpDisabled => "TOTP_DISABLED",
             AuditAction::MfaFailed => "MFA_FAILED",
             AuditAction::RecoveryCodeUsed => "RECOVERY_CODE_USED",
+            AuditAction::UserEnabled => "USER_ENABLED",
+            AuditAction::UserDeleted => "USER_DELETED",
+            AuditAction::QuotaChanged => "QUOTA_CHANGED",
         }
     }
 

@@ -30,6 +30,7 @@ mod totp;
 mod traces;
 mod tus;
 mod uploads;
+mod user_admin;
 mod video_events;
 mod views;
 mod webhooks;
