@@ -10,6 +10,7 @@ pub mod moderation;
 mod paging;
 pub mod progress;
 mod server_info;
+pub mod system;
 mod uploads;
 pub mod videos;
 pub mod views;
@@ -35,6 +36,7 @@ pub struct Query(
     JobsQuery,
     WebhooksQuery,
     audit::AuditQuery,
+    system::SystemQuery,
 );
 
 #[derive(MergedObject, Default)]

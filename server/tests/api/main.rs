@@ -4,6 +4,7 @@
 mod api_keys;
 mod audit;
 mod auth;
+mod breakers;
 mod catalogue;
 mod e2e;
 mod fanout;
