@@ -125,8 +125,9 @@ async fn me(app: &TestApp, user: &TestUser) -> (u16, Option<String>, Value) {
 
 const CREATE_UPLOAD: &str = "mutation($input: CreateUploadInput!) { createUpload(input: $input) { id method } }";
 
-/// `createUpload` of a multipart upload: starts a multipart upload on S3.
-async fn create_multipart_upload(app: &TestApp, user: &TestUser, video: uuid::Uuid) -> reqwest::Response {
+/// `createUpload` of a multipart upload for a new video: starts a multipart upload on S3.
+async fn create_multipart_upload(app: &TestApp, user: &TestUser) -> reqwest::Response {
+    let video = crate::uploads::new_video(app, uuid::Uuid::parse_str(&user.id).unwrap()).await;
     let input = json!({ "videoId": video, "filename": "clip.mp4", "contentType": "video/mp4", "size": 50_000 });
     app.client
         .post(app.url("/graphql"))
@@ -154,12 +155,11 @@ async fn an_s3_outage_opens_the_storage_breaker_which_fails_fast_and_closes_afte
     .await;
     let admin = app.create_user_with_role(Role::Admin).await;
     let user = app.register_user().await;
-    let video = crate::uploads::new_video(&app, uuid::Uuid::parse_str(&user.id).unwrap()).await;
     let (status, body) = system_status(&app, &admin).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(dependency(&body, "storage")["state"], "CLOSED", "{body}");
     assert!(body["data"]["systemStatus"]["queue"]["queued"].is_number(), "{body}");
-    let answered = create_multipart_upload(&app, &user, video).await;
+    let answered = create_multipart_upload(&app, &user).await;
     assert_eq!(answered.status(), 200);
     let answered: Value = answered.json().await.unwrap();
     assert_eq!(answered["data"]["createUpload"]["method"], "MULTIPART", "{answered}");
@@ -167,7 +167,7 @@ async fn an_s3_outage_opens_the_storage_breaker_which_fails_fast_and_closes_afte
     proxy.fail();
     // Two failures (each after the SDK's own retries) open the breaker.
     for _ in 0..2 {
-        let res = create_multipart_upload(&app, &user, video).await;
+        let res = create_multipart_upload(&app, &user).await;
         let body: Value = res.json().await.unwrap();
         assert_eq!(error_code(&body).as_deref(), Some("UNAVAILABLE"), "{body}");
     }
@@ -180,7 +180,7 @@ async fn an_s3_outage_opens_the_storage_breaker_which_fails_fast_and_closes_afte
 
     // Open: answered at once, without a single connection to S3.
     let before = proxy.accepted();
-    let res = create_multipart_upload(&app, &user, video).await;
+    let res = create_multipart_upload(&app, &user).await;
     assert_eq!(res.status(), 503);
     let retry_after: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=3).contains(&retry_after), "the rest of a 3 s open period: {retry_after}");
@@ -207,7 +207,7 @@ async fn an_s3_outage_opens_the_storage_breaker_which_fails_fast_and_closes_afte
         eventually(300, || async { dependency_state(&app, &admin, "storage").await == "HALF_OPEN" }).await,
         "half-open after the open period"
     );
-    let res = create_multipart_upload(&app, &user, video).await;
+    let res = create_multipart_upload(&app, &user).await;
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["data"]["createUpload"]["method"], "MULTIPART", "the probe went through: {body}");
     let (_, body) = system_status(&app, &admin).await;

@@ -90,7 +90,7 @@ export function systemView(main: HTMLElement): Cleanup {
 
   if (user()?.role !== 'ADMIN') {
     main.append(h('h1', {}, 'System'), h('p', {}, 'Only administrators can see the system status.'));
-    return;
+    return () => {};
   }
   main.append(
     h('h1', {}, 'System'),
