@@ -488,3 +488,69 @@ fn breaker_settings_are_validated() {
     settings.breakers.open_ms = 3_600_001;
     assert!(settings.validate().is_err());
 }
+
+#[actix_web::test]
+async fn a_redis_outage_opens_the_redis_breaker_rate_limits_decide_locally_and_recovery_closes_it() {
+    if backend() != Backend::Postgres {
+        return; // Redis is configured only with the postgres backend's services.
+    }
+    let redis_url = crate::helpers::service_env("REELHOUSE_TEST_REDIS_URL");
+    let proxy = CountingProxy::start(socket_of(&redis_url)).await;
+    let mut proxied = url::Url::parse(&redis_url).unwrap();
+    proxied.set_port(Some(proxy.port)).unwrap();
+    let app = spawn_app_with(|s| {
+        s.redis.url = Some(SecretUrl::new(proxied.to_string()));
+        s.redis.timeout_ms = 500;
+        s.breakers.failure_threshold = 3;
+        s.breakers.open_ms = 3000;
+    })
+    .await;
+    let admin = app.create_user_with_role(Role::Admin).await;
+    let user = app.register_user().await;
+    assert_eq!(dependency_state(&app, &admin, "redis").await, "CLOSED");
+
+    proxy.fail();
+    // Every API request checks its rate limit in Redis: they meet the outage
+    // (and, the `api` policy failing open, are still served) until it opens.
+    let opened = eventually(200, || async {
+        let (status, _, _) = me(&app, &user).await;
+        assert_eq!(status, 200, "the api policy decides locally while Redis is down");
+        let (_, body) = ready(&app).await;
+        ready_breaker(&body, "redis")["state"] == "OPEN"
+    })
+    .await;
+    assert!(opened, "the redis breaker opens");
+    let (status, body) = ready(&app).await;
+    assert_eq!((status, &body["checks"]["redis"]["reason"]), (503, &json!("circuit open")), "{body}");
+
+    // Open: requests are served without a connection attempt to Redis. (First let
+    // a reconnection the connection manager started on the last failure land.)
+    let settled = eventually(50, || async {
+        let seen = proxy.accepted();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        proxy.accepted() == seen
+    })
+    .await;
+    assert!(settled);
+    let before = proxy.accepted();
+    for _ in 0..5 {
+        let (status, _, body) = me(&app, &user).await;
+        assert_eq!((status, &body["data"]["me"]["id"]), (200, &json!(user.id)), "{body}");
+    }
+    let (_, body) = system_status(&app, &admin).await;
+    let redis = dependency(&body, "redis");
+    assert_eq!(redis["state"], "OPEN", "{body}");
+    assert!(redis["lastError"].is_string(), "{body}");
+    assert_eq!(proxy.accepted(), before, "an open breaker does not reach Redis");
+
+    proxy.restore();
+    assert!(
+        eventually(300, || async {
+            let _ = me(&app, &user).await;
+            dependency_state(&app, &admin, "redis").await == "CLOSED"
+        })
+        .await,
+        "a probe after the cool-down finds Redis and closes the breaker"
+    );
+    assert!(eventually(100, || async { ready(&app).await.0 == 200 }).await);
+}
