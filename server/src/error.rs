@@ -295,6 +295,8 @@ pub fn is_database_unreachable(err: &sea_orm::DbErr) -> bool {
 /// database error is ours (`INTERNAL`).
 impl From<sea_orm::DbErr> for AppError {
     fn from(err: sea_orm::DbErr) -> Self {
+        // Counted against the `database` breaker of the request this happens in.
+        crate::breaker::note_database_error(&err);
         if is_database_unreachable(&err) {
             AppError::unavailable("the database", err).with_retry_after(DATABASE_RETRY_AFTER_SECS)
         } else {

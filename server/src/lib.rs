@@ -5,6 +5,7 @@
 
 pub mod actors;
 pub mod auth;
+pub mod breaker;
 pub mod cli;
 pub mod config;
 pub mod db;

@@ -52,6 +52,8 @@ pub struct AppState {
     pub mailer: Arc<crate::mail::Mailer>,
     /// Sessions revoked and accounts changed, pushed to open sockets (`events::access`).
     pub access_signals: crate::events::access::AccessSignals,
+    /// The circuit breakers of the database, Redis, storage and webhook hosts.
+    pub breakers: crate::breaker::Breakers,
 }
 
 impl AppState {
@@ -86,7 +88,16 @@ impl Application {
         let metrics = crate::telemetry::prometheus()?;
         let keys = Arc::new(ServerKeys::load_or_generate(&settings)?);
 
-        let db = crate::db::connect(&settings).await?;
+        let breakers = crate::breaker::Breakers::new(&settings.breakers, settings.redis.url.is_some());
+        let mut db = crate::db::connect(&settings).await?;
+        // Any statement that ran is the database answering: it closes a half-open
+        // `database` breaker (failures are counted per request, see `breaker`).
+        let database_breaker = breakers.database.clone();
+        db.set_metric_callback(move |info| {
+            if !info.failed {
+                database_breaker.record_success();
+            }
+        });
         if settings.database.migrate_on_start {
             crate::db::migrate(&db).await?;
         }
@@ -111,7 +122,18 @@ impl Application {
             .to_string();
 
         let (store, local_store) = build_store(&settings, &keys, &public_url).await?;
-        let redis = RedisHandle::new(&settings.redis)?.map(Arc::new);
+        // Remote storage sits behind the `storage` breaker; local disk is this machine.
+        let store: Arc<dyn ObjectStore> = if local_store.is_none() {
+            Arc::new(crate::storage::GuardedStore::new(store, breakers.storage.clone()))
+        } else {
+            store
+        };
+        let redis = RedisHandle::new(&settings.redis)?
+            .map(|redis| match &breakers.redis {
+                Some(breaker) => redis.with_breaker(breaker.clone()),
+                None => redis,
+            })
+            .map(Arc::new);
         let instance_id = instance_id();
         let hubs = Hubs::start(
             &instance_id,
@@ -151,6 +173,7 @@ impl Application {
             recheck_rows: crate::events::recheck::RecheckRows::default(),
             mailer,
             access_signals,
+            breakers,
         };
         start_background_loops(&state, &webhook_secrets);
         let schema = web::Data::new(build_schema(&settings.graphql, Some(state.clone())));
@@ -327,10 +350,14 @@ fn start_background_loops(state: &AppState, webhook_secrets: &Arc<crate::webhook
         crate::repo::audit::run_pruner(db.clone(), audit.clone())
     });
     if state.settings.webhooks.deliver {
-        let (db, webhooks, secrets) =
-            (state.db.clone(), Arc::new(state.settings.webhooks.clone()), webhook_secrets.clone());
+        let (db, webhooks, secrets, breakers) = (
+            state.db.clone(),
+            Arc::new(state.settings.webhooks.clone()),
+            webhook_secrets.clone(),
+            state.breakers.clone(),
+        );
         supervisor.supervise("webhook_delivery", Backoff::default(), move || {
-            crate::webhooks::delivery::run(db.clone(), webhooks.clone(), secrets.clone())
+            crate::webhooks::delivery::run(db.clone(), webhooks.clone(), secrets.clone(), Some(breakers.clone()))
         });
     }
 }

@@ -447,6 +447,24 @@ pub const METRICS: &[MetricInfo] = {
             "reelhouse_webhook_replayed_total",
             "Events re-sent by replayWebhooks, by kind (created: a first delivery; requeued: an earlier one sent again).",
         ),
+        counter(
+            "reelhouse_webhook_deferred_total",
+            "Webhook deliveries put off, without an attempt counted, because their host's circuit breaker was open.",
+        ),
+        // Circuit breakers
+        gauge(
+            "reelhouse_breaker_state",
+            None,
+            "State of each circuit breaker (0 closed, 1 half-open, 2 open), by dependency (database, redis, storage, webhook:host:port).",
+        ),
+        counter(
+            "reelhouse_breaker_transitions_total",
+            "Circuit breaker state changes, by dependency and the state entered (to: CLOSED, HALF_OPEN, OPEN).",
+        ),
+        counter(
+            "reelhouse_breaker_rejected_total",
+            "Calls refused at once by an open (or probing) circuit breaker instead of reaching the dependency, by dependency.",
+        ),
         // Supervision
         counter("reelhouse_actor_restarts_total", "Hub actors restarted by the supervisor after they died, by actor."),
         counter(crate::actors::supervise::LOOP_RESTARTS_METRIC, "Background loops restarted after a panic, by loop."),

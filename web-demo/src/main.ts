@@ -8,6 +8,7 @@ import { match, navigate, route, startRouter, type Cleanup } from './router';
 import { onSessionChange, restore, signOut, user } from './session';
 import { authView } from './views/auth';
 import { jobsView } from './views/jobs';
+import { systemView } from './views/system';
 import { libraryView } from './views/library';
 import { playerView } from './views/player';
 import { uploadView } from './views/upload';
@@ -20,6 +21,7 @@ route('/signup', (main) => authView(main, 'signup'));
 route('/upload', uploadView);
 route('/watch/:id', playerView);
 route('/jobs', jobsView);
+route('/admin/system', systemView);
 
 const header = document.getElementById('site-header') as HTMLElement;
 const main = document.getElementById('main') as HTMLElement;
@@ -34,6 +36,7 @@ function renderHeader(): void {
         h('a', { href: '/', 'data-link': true }, 'Library'),
         h('a', { href: '/upload', 'data-link': true }, 'Upload'),
         h('a', { href: '/jobs', 'data-link': true }, me.role === 'ADMIN' ? 'Jobs & workers' : 'Jobs'),
+        me.role === 'ADMIN' ? h('a', { href: '/admin/system', 'data-link': true }, 'System') : '',
         h('span', { class: 'who' }, me.displayName),
         h(
           'button',

@@ -230,13 +230,15 @@ impl Handler<Check> for RateLimiter {
         let key = format!("{}ratelimit:{}:{}", redis.key_prefix, policy.name, msg.subject);
         let (emission, burst) = (policy.emission.as_micros() as u64, policy.burst_window.as_micros() as u64);
         let call = async move {
-            let mut conn = redis.connection().await?;
-            let mut invocation = script.key(key);
-            invocation.arg(emission).arg(burst).arg(cost);
-            let invocation = invocation.invoke_async::<(i64, i64, i64, i64)>(&mut conn);
-            let answer = tokio::time::timeout(Duration::from_secs(2), invocation)
-                .await
-                .map_err(|_| anyhow::anyhow!("rate-limit script timed out"))??;
+            // Behind the `redis` breaker: while it is open the check is decided at
+            // once (locally, or refused, per policy) instead of waiting for Redis.
+            let answer = redis
+                .call(|mut conn| async move {
+                    let mut invocation = script.key(key);
+                    invocation.arg(emission).arg(burst).arg(cost);
+                    invocation.invoke_async::<(i64, i64, i64, i64)>(&mut conn).await
+                })
+                .await?;
             anyhow::Ok(answer)
         };
         Box::pin(call.into_actor(self).map(move |answer, limiter, _| match answer {

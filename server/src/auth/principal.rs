@@ -129,6 +129,7 @@ pub async fn authenticate_access_token(state: &AppState, token: &str) -> Request
         }
         Ok(_) => RequestAuth::Invalid(INVALID_CREDENTIALS),
         Err(err) => {
+            crate::breaker::note_database_error(&err);
             tracing::warn!(error = ?err, "checking a session: the database did not answer");
             RequestAuth::Unavailable
         }

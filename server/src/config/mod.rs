@@ -9,6 +9,7 @@
 //! Settings are passed by value into `Application::build`; there is no global.
 
 pub mod audit;
+pub mod breakers;
 pub mod events;
 pub mod jail;
 pub mod jobs;
@@ -27,6 +28,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use breakers::BreakerSettings;
 pub use secret::{Secret, SecretUrl, REDACTED};
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -50,6 +52,7 @@ pub struct Settings {
     pub events: events::EventSettings,
     pub audit: audit::AuditSettings,
     pub mail: mail::MailSettings,
+    pub breakers: breakers::BreakerSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -542,6 +545,9 @@ impl Settings {
             if !ok {
                 return Err(SettingsError::new("media.cdn_base_url", "must be an http(s) URL without a query"));
             }
+        }
+        if let Err((key, message)) = self.breakers.validate() {
+            return Err(SettingsError::new(key, message));
         }
         if self.webhooks.disable_after_failures < 1 {
             return Err(SettingsError::new("webhooks.disable_after_failures", "must be at least 1"));

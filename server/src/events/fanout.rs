@@ -56,12 +56,14 @@ pub async fn publish(redis: &RedisHandle, origin: &str, event: &DomainEvent) {
     let attempts = if event.cursor.is_some() { STORED_PUBLISH_ATTEMPTS } else { 1 };
     let mut delay = Duration::from_millis(100);
     for attempt in 1..=attempts {
-        let result = async {
-            let mut conn = redis.connection().await?;
-            let _: i64 = redis::cmd("PUBLISH").arg(channel(redis)).arg(&payload).query_async(&mut conn).await?;
-            anyhow::Ok(())
-        }
-        .await;
+        let channel = channel(redis);
+        let payload = &payload;
+        let result = redis
+            .call(|mut conn| async move {
+                let _: i64 = redis::cmd("PUBLISH").arg(channel).arg(payload).query_async(&mut conn).await?;
+                Ok(())
+            })
+            .await;
         match result {
             Ok(()) => return,
             Err(err) if attempt < attempts => {
@@ -96,12 +98,27 @@ pub async fn run_relay(
     let mut lost_at: Option<DateTime<Utc>> = None;
     let mut backoff = Duration::from_millis(100);
     loop {
+        // Behind the `redis` breaker: while it is open the relay waits for the
+        // probe time instead of connecting; its connection attempt is the probe.
+        let permit = match redis.breaker().map(|breaker| breaker.try_acquire()) {
+            Some(Err(rejected)) => {
+                lost_at.get_or_insert_with(Utc::now);
+                tokio::time::sleep(rejected.retry_after.clamp(Duration::from_millis(100), Duration::from_secs(5)))
+                    .await;
+                continue;
+            }
+            Some(Ok(permit)) => Some(permit),
+            None => None,
+        };
         let attempt = Instant::now();
         let connect = tokio::time::timeout(Duration::from_secs(5), redis.client().get_async_pubsub()).await;
         match connect.unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::IoError, "connect timed out"))))
         {
             Ok(mut pubsub) => match pubsub.subscribe(&[&channel, &access_channel]).await {
                 Ok(()) => {
+                    if let Some(permit) = permit {
+                        permit.success();
+                    }
                     metrics::gauge!("reelhouse_event_relay_connected").set(1.0);
                     tracing::info!(channel, "event relay subscribed");
                     if let Some(since) = lost_at.take() {
@@ -127,6 +144,9 @@ pub async fn run_relay(
                 }
             },
             Err(err) => {
+                if let Some(permit) = permit {
+                    permit.failure(if err.is_timeout() { "timed out" } else { "connection failed" });
+                }
                 tracing::debug!(error = %err, "event relay cannot reach redis");
                 lost_at.get_or_insert_with(Utc::now);
             }

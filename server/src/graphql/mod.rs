@@ -12,6 +12,7 @@ mod paging;
 pub mod progress;
 mod server_info;
 pub mod totp;
+pub mod system;
 mod uploads;
 pub mod user_admin;
 pub mod videos;
@@ -39,6 +40,7 @@ pub struct Query(
     WebhooksQuery,
     audit::AuditQuery,
     user_admin::UserAdminQuery,
+    system::SystemQuery,
 );
 
 #[derive(MergedObject, Default)]

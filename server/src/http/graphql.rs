@@ -265,13 +265,40 @@ async fn execute(
     media: Media,
     batch: async_graphql::BatchRequest,
 ) -> HttpResponse {
+    // The `database` breaker: while it is open every operation answers
+    // `UNAVAILABLE` with `Retry-After` at once instead of each waiting for the
+    // pool's timeout. A request that meets an outage counts as one failure; the
+    // statements that succeed close a half-open breaker (`startup`).
+    let permit = match state.breakers.database.try_acquire() {
+        Ok(permit) => permit,
+        Err(rejected) => {
+            let error = AppError::new(ErrorCode::Unavailable, "the database is unavailable, try again later")
+                .with_retry_after(rejected.retry_after_secs())
+                .to_graphql();
+            let response = async_graphql::Response::from_errors(vec![error.into_server_error(Default::default())]);
+            return respond(media, async_graphql::BatchResponse::Single(response));
+        }
+    };
+    let (response, outage) = crate::breaker::observe_database(execute_observed(state, schema, req, batch)).await;
+    if let Some(category) = outage {
+        permit.failure(category);
+    }
+    respond(media, response)
+}
+
+async fn execute_observed(
+    state: &AppState,
+    schema: &AppSchema,
+    req: &HttpRequest,
+    batch: async_graphql::BatchRequest,
+) -> async_graphql::BatchResponse {
     let auth = authenticate(state, req.headers()).await;
     if matches!(auth, RequestAuth::Unavailable) {
         // Credentials that cannot be checked are neither the caller's nor anonymous:
         // running the operation as either would answer for someone we do not know.
         let error = crate::auth::principal::auth_unavailable().to_graphql();
         let response = async_graphql::Response::from_errors(vec![error.into_server_error(Default::default())]);
-        return respond(media, async_graphql::BatchResponse::Single(response));
+        return async_graphql::BatchResponse::Single(response);
     }
     let client = ClientInfo {
         // X-Forwarded-For counts only from a trusted proxy: rate limits and session
@@ -280,8 +307,7 @@ async fn execute(
         user_agent: header_str(req, USER_AGENT).map(str::to_string),
         request_id: request_id(req),
     };
-    let response = schema.execute_batch(batch.data(auth).data(client)).await;
-    respond(media, response)
+    schema.execute_batch(batch.data(auth).data(client)).await
 }
 
 /// The HTTP response for a GraphQL answer: 503 with `Retry-After` when it is an

@@ -12,6 +12,9 @@ use crate::startup::AppState;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The reason of a dependency whose circuit breaker is open.
+const CIRCUIT_OPEN: &str = "circuit open";
+
 pub async fn health() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
@@ -35,6 +38,10 @@ struct Readiness {
     /// Left out where there are none (a worker's health port).
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     loops: std::collections::BTreeMap<&'static str, crate::actors::LoopStatus>,
+    /// Each circuit breaker: state, consecutive failures, the last failure's
+    /// category (never a host or an error text) and when the state changed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    breakers: Vec<crate::breaker::BreakerSnapshot>,
 }
 
 async fn timed<F, T, E>(fut: F) -> Result<(), &'static str>
@@ -65,10 +72,61 @@ impl DependencyChecks {
         store: &dyn crate::storage::ObjectStore,
         redis: Option<&crate::redis_client::RedisHandle>,
     ) -> Self {
-        let db_check = timed(db.execute_unprepared("SELECT 1"));
-        let store_check = timed(store.check());
+        Self::run_with_breakers(db, store, redis, None).await
+    }
+
+    /// [`Self::run`] through the circuit breakers: a dependency whose breaker is
+    /// open is reported failing (`circuit open`) without being called, and the
+    /// database check counts as a call of the `database` breaker (storage and
+    /// Redis are behind theirs already).
+    pub async fn run_with_breakers(
+        db: &sea_orm::DatabaseConnection,
+        store: &dyn crate::storage::ObjectStore,
+        redis: Option<&crate::redis_client::RedisHandle>,
+        breakers: Option<&crate::breaker::Breakers>,
+    ) -> Self {
+        let db_check = async {
+            let permit = match breakers.map(|b| b.database.try_acquire()) {
+                Some(Err(_)) => return Err(CIRCUIT_OPEN),
+                Some(Ok(permit)) => Some(permit),
+                None => None,
+            };
+            match tokio::time::timeout(CHECK_TIMEOUT, db.execute_unprepared("SELECT 1")).await {
+                Ok(Ok(_)) => {
+                    if let Some(permit) = permit {
+                        permit.success();
+                    }
+                    Ok(())
+                }
+                Ok(Err(err)) => {
+                    tracing::warn!(error = ?err, "readiness check failed");
+                    if let Some(permit) = permit {
+                        permit.failure(crate::breaker::database_failure_category(&err).unwrap_or("query failed"));
+                    }
+                    Err("unreachable")
+                }
+                Err(_) => {
+                    if let Some(permit) = permit {
+                        permit.failure("timed out");
+                    }
+                    Err("timed out")
+                }
+            }
+        };
+        let open = |breaker: Option<&std::sync::Arc<crate::breaker::Breaker>>| {
+            breaker.is_some_and(|b| b.state() == crate::breaker::BreakerState::Open)
+        };
+        let store_open = open(breakers.map(|b| &b.storage)) && store.backend() != "local";
+        let redis_open = open(breakers.and_then(|b| b.redis.as_ref()));
+        let store_check = async move {
+            if store_open {
+                return Err(CIRCUIT_OPEN);
+            }
+            timed(store.check()).await
+        };
         let redis_check = async {
             match redis {
+                Some(_) if redis_open => Some(Err(CIRCUIT_OPEN)),
                 Some(redis) => Some(timed(redis.ping()).await),
                 None => None,
             }
@@ -105,7 +163,7 @@ impl DependencyChecks {
     pub fn response(self) -> HttpResponse {
         let failing = self.failing();
         let loops = std::collections::BTreeMap::new();
-        readiness(self.checks, failing, loops)
+        readiness(self.checks, failing, loops, Vec::new())
     }
 }
 
@@ -113,15 +171,17 @@ fn readiness(
     checks: std::collections::BTreeMap<&'static str, Check>,
     failing: Vec<String>,
     loops: std::collections::BTreeMap<&'static str, crate::actors::LoopStatus>,
+    breakers: Vec<crate::breaker::BreakerSnapshot>,
 ) -> HttpResponse {
     if failing.is_empty() {
-        HttpResponse::Ok().json(Readiness { status: "ready", reason: None, checks, loops })
+        HttpResponse::Ok().json(Readiness { status: "ready", reason: None, checks, loops, breakers })
     } else {
         HttpResponse::ServiceUnavailable().json(Readiness {
             status: "unavailable",
             reason: Some(failing.join("; ")),
             checks,
             loops,
+            breakers,
         })
     }
 }
@@ -132,10 +192,16 @@ fn readiness(
 /// finished.
 #[tracing::instrument(skip_all)]
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    let checks = DependencyChecks::run(&state.db, state.store.as_ref(), state.redis.as_deref()).await;
+    let checks = DependencyChecks::run_with_breakers(
+        &state.db,
+        state.store.as_ref(),
+        state.redis.as_deref(),
+        Some(&state.breakers),
+    )
+    .await;
     let failing = checks.failing();
     let loops = state.hubs.supervisor.loops().snapshot();
-    readiness(checks.checks, failing, loops)
+    readiness(checks.checks, failing, loops, state.breakers.snapshot())
 }
 
 /// `/metrics` on the main listener: not there when `telemetry.metrics_bind` gives

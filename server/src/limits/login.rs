@@ -118,8 +118,8 @@ impl LoginFailures {
 
     async fn redis_remaining(redis: &RedisHandle, key: &str) -> anyhow::Result<Option<Duration>> {
         let (_, lock) = Self::redis_keys(redis, key);
-        let mut conn = redis.connection().await?;
-        let ttl: i64 = redis::cmd("PTTL").arg(&lock).query_async(&mut conn).await?;
+        let ttl: i64 =
+            redis.call(|mut conn| async move { redis::cmd("PTTL").arg(&lock).query_async(&mut conn).await }).await?;
         Ok((ttl > 0).then(|| Duration::from_millis(ttl as u64)))
     }
 
@@ -155,21 +155,30 @@ impl LoginFailures {
 
     async fn redis_record_failure(&self, redis: &RedisHandle, key: &str) -> anyhow::Result<()> {
         let (count_key, lock_key) = Self::redis_keys(redis, key);
-        let mut conn = redis.connection().await?;
-        let (failures,): (u32,) = redis::pipe()
-            .atomic()
-            .incr(&count_key, 1u32)
-            .pexpire(&count_key, self.backoff.window.as_millis() as i64)
-            .ignore()
-            .query_async(&mut conn)
+        let window_ms = self.backoff.window.as_millis() as i64;
+        let (failures,): (u32,) = redis
+            .call(|mut conn| async move {
+                redis::pipe()
+                    .atomic()
+                    .incr(&count_key, 1u32)
+                    .pexpire(&count_key, window_ms)
+                    .ignore()
+                    .query_async(&mut conn)
+                    .await
+            })
             .await?;
         if let Some(wait) = self.backoff.after(failures) {
-            let _: () = redis::cmd("SET")
-                .arg(&lock_key)
-                .arg(1)
-                .arg("PX")
-                .arg(wait.as_millis().max(1) as u64)
-                .query_async(&mut conn)
+            let lock_key = &lock_key;
+            let _: () = redis
+                .call(|mut conn| async move {
+                    redis::cmd("SET")
+                        .arg(lock_key)
+                        .arg(1)
+                        .arg("PX")
+                        .arg(wait.as_millis().max(1) as u64)
+                        .query_async(&mut conn)
+                        .await
+                })
                 .await?;
         }
         Ok(())
@@ -181,12 +190,12 @@ impl LoginFailures {
         self.local().remove(&key);
         if let Some(redis) = &self.redis {
             let (count_key, lock_key) = Self::redis_keys(redis, &key);
-            let result = async {
-                let mut conn = redis.connection().await?;
-                let _: () = redis::cmd("DEL").arg(&count_key).arg(&lock_key).query_async(&mut conn).await?;
-                anyhow::Ok(())
-            }
-            .await;
+            let (count_key, lock_key) = (&count_key, &lock_key);
+            let result = redis
+                .call(|mut conn| async move {
+                    redis::cmd("DEL").arg(count_key).arg(lock_key).query_async::<()>(&mut conn).await
+                })
+                .await;
             if let Err(err) = result {
                 tracing::warn!(error = ?err, "login back-off: could not clear an account's failures in Redis");
             }

@@ -61,6 +61,10 @@ pub enum StoreError {
         source: BoxError,
     },
 
+    /// The `storage` circuit breaker is open: not even tried (see `storage::guarded`).
+    #[error("object storage is unavailable")]
+    CircuitOpen { retry_after_secs: u64 },
+
     /// The backend answered with something we did not expect (credentials refused,
     /// bucket missing, a protocol error).
     #[error("object storage failed during {op}")]
@@ -102,7 +106,7 @@ impl StoreError {
             StoreError::KeyConflict => ErrorCode::Conflict,
             StoreError::InvalidSignature | StoreError::SignatureExpired => ErrorCode::Forbidden,
             StoreError::UploadClosed => ErrorCode::UploadClosed,
-            StoreError::Unavailable { .. } => ErrorCode::Unavailable,
+            StoreError::Unavailable { .. } | StoreError::CircuitOpen { .. } => ErrorCode::Unavailable,
             StoreError::Backend { .. } | StoreError::Io { .. } | StoreError::Config(_) => ErrorCode::Internal,
         }
     }
@@ -114,6 +118,9 @@ impl StoreError {
 
 impl From<StoreError> for AppError {
     fn from(err: StoreError) -> Self {
+        if let StoreError::CircuitOpen { retry_after_secs } = err {
+            return AppError::unavailable("object storage", err).with_retry_after(retry_after_secs);
+        }
         match err.code() {
             ErrorCode::Unavailable => AppError::unavailable("object storage", err),
             ErrorCode::Internal => AppError::internal(err),

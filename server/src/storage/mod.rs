@@ -9,6 +9,7 @@
 //! escape its root and both backends accept exactly the same keys.
 
 mod error;
+mod guarded;
 mod key;
 pub mod layout;
 mod local;
@@ -24,6 +25,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 pub use error::StoreError;
+pub use guarded::GuardedStore;
 pub use key::{validate_key, validate_prefix, MAX_KEY_LEN};
 pub use local::{LocalStore, LocalStoreConfig};
 pub use local_http::configure_signed_routes;

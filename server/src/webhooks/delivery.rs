@@ -17,6 +17,7 @@ use sea_orm::{
 
 use super::secrets::SecretBox;
 use super::target::{self, TargetError};
+use crate::breaker::{Breaker, Breakers};
 use crate::config::webhooks::WebhookSettings;
 
 /// Seconds a claim outlives the request timeout before another sender may retry.
@@ -29,8 +30,9 @@ pub enum AttemptOutcome {
     Delivered { status: u16 },
     /// Any other answer.
     Rejected { status: u16, body: String },
-    /// No answer: connection error, timeout.
-    Unreachable { error: String },
+    /// No answer: connection error, timeout. `category` is what the host's
+    /// breaker records (`connection refused`, `timed out`, ...).
+    Unreachable { error: String, category: &'static str },
     /// The target was not attempted (internal address, bad URL, does not resolve).
     Refused { error: String },
 }
@@ -57,7 +59,7 @@ impl AttemptOutcome {
             AttemptOutcome::Delivered { .. } => None,
             AttemptOutcome::Rejected { status, body } if body.is_empty() => Some(format!("HTTP {status}")),
             AttemptOutcome::Rejected { status, body } => Some(format!("HTTP {status}: {body}")),
-            AttemptOutcome::Unreachable { error } | AttemptOutcome::Refused { error } => Some(error.clone()),
+            AttemptOutcome::Unreachable { error, .. } | AttemptOutcome::Refused { error } => Some(error.clone()),
         }
     }
 }
@@ -74,10 +76,15 @@ pub fn backoff(settings: &WebhookSettings, attempts: i32) -> Duration {
 
 /// The delivery loop of one process; runs until the process ends. Started under
 /// the supervisor's `supervise` (startup), which restarts it after a panic.
-pub async fn run(db: DatabaseConnection, settings: Arc<WebhookSettings>, secrets: Arc<SecretBox>) {
+pub async fn run(
+    db: DatabaseConnection,
+    settings: Arc<WebhookSettings>,
+    secrets: Arc<SecretBox>,
+    breakers: Option<Breakers>,
+) {
     let idle = Duration::from_millis(settings.poll_interval_ms.max(10));
     loop {
-        match deliver_due(&db, &settings, &secrets).await {
+        match deliver_due_with(&db, &settings, &secrets, breakers.as_ref()).await {
             Ok(sent) if sent > 0 => continue,
             Ok(_) => {}
             Err(err) => tracing::warn!(error = %err, "webhook delivery loop: database error"),
@@ -92,6 +99,19 @@ pub async fn deliver_due(
     db: &DatabaseConnection,
     settings: &WebhookSettings,
     secrets: &SecretBox,
+) -> Result<usize, DbErr> {
+    deliver_due_with(db, settings, secrets, None).await
+}
+
+/// [`deliver_due`] with a circuit breaker per target host (`host:port`): while a
+/// host's breaker is open its deliveries are put off until it may be probed again,
+/// without an attempt counted or logged, so an outage never burns a delivery's
+/// attempts or its retry window's budget of tries.
+pub async fn deliver_due_with(
+    db: &DatabaseConnection,
+    settings: &WebhookSettings,
+    secrets: &SecretBox,
+    breakers: Option<&Breakers>,
 ) -> Result<usize, DbErr> {
     let now = Utc::now();
     let due = webhook_delivery::Entity::find()
@@ -111,7 +131,8 @@ pub async fn deliver_due(
         }
     }
     let count = claimed.len();
-    let results = futures::future::join_all(claimed.into_iter().map(|d| attempt(db, settings, secrets, d))).await;
+    let results =
+        futures::future::join_all(claimed.into_iter().map(|d| attempt(db, settings, secrets, breakers, d))).await;
     for result in results {
         result?;
     }
@@ -141,6 +162,7 @@ async fn attempt(
     db: &DatabaseConnection,
     settings: &WebhookSettings,
     secrets: &SecretBox,
+    breakers: Option<&Breakers>,
     delivery: webhook_delivery::Model,
 ) -> Result<(), DbErr> {
     let span = tracing::info_span!(
@@ -152,7 +174,7 @@ async fn attempt(
         event = %delivery.event_kind,
     );
     crate::telemetry::traces::set_parent(&span, delivery.trace_parent.as_deref());
-    let result = attempt_in_span(db, settings, secrets, delivery).instrument(span.clone()).await;
+    let result = attempt_in_span(db, settings, secrets, breakers, delivery).instrument(span.clone()).await;
     if let Err(err) = &result {
         span.in_scope(|| tracing::error!(error = %err, "recording a webhook attempt failed"));
     }
@@ -163,6 +185,7 @@ async fn attempt_in_span(
     db: &DatabaseConnection,
     settings: &WebhookSettings,
     secrets: &SecretBox,
+    breakers: Option<&Breakers>,
     delivery: webhook_delivery::Model,
 ) -> Result<(), DbErr> {
     let Some(endpoint) = webhook_endpoint::Entity::find_by_id(delivery.endpoint_id).one(db).await? else {
@@ -175,14 +198,59 @@ async fn attempt_in_span(
         row.update(db).await?;
         return Ok(());
     }
+    let breaker = breakers.and_then(|b| target_authority(&endpoint.url).map(|host| b.webhook_host(&host)));
+    let permit = match breaker.as_deref().map(Breaker::try_acquire) {
+        Some(Err(rejected)) => return defer(db, settings, delivery, rejected.retry_after).await,
+        Some(Ok(permit)) => Some(permit),
+        None => None,
+    };
     let started = Instant::now();
     let at = Utc::now();
     let outcome = send(settings, secrets, &endpoint, &delivery).await;
     let latency = started.elapsed();
+    if let Some(permit) = permit {
+        match &outcome {
+            AttemptOutcome::Delivered { .. } => permit.success(),
+            AttemptOutcome::Rejected { status, .. } if *status >= 500 => permit.failure("server error"),
+            // The host answered; what it said is about this delivery, not its health.
+            AttemptOutcome::Rejected { .. } => permit.success(),
+            AttemptOutcome::Unreachable { category, .. } => permit.failure(category),
+            // Never sent: says nothing about the host.
+            AttemptOutcome::Refused { .. } => drop(permit),
+        }
+    }
     metrics::counter!("reelhouse_webhook_attempts_total", "outcome" => outcome.metric_label()).increment(1);
     metrics::histogram!("reelhouse_webhook_attempt_duration_seconds").record(latency.as_secs_f64());
     tracing::info!(outcome = outcome.metric_label(), status = ?outcome.status_code(), latency_ms = latency.as_millis() as u64, "webhook attempt");
     record_attempt(db, settings, &endpoint, delivery, at, latency, outcome).await
+}
+
+/// `host:port` of a target URL: what its breaker is keyed by.
+fn target_authority(url: &str) -> Option<String> {
+    let url = url::Url::parse(url).ok()?;
+    Some(format!("{}:{}", url.host_str()?, url.port_or_known_default()?))
+}
+
+/// The host's breaker is open: give the claimed delivery back, due when the host
+/// may be probed again (or at its normal next retry, if that is later). No attempt
+/// is counted or logged.
+async fn defer(
+    db: &DatabaseConnection,
+    settings: &WebhookSettings,
+    delivery: webhook_delivery::Model,
+    open_for: Duration,
+) -> Result<(), DbErr> {
+    let wait = open_for.max(backoff(settings, delivery.attempts.max(1)));
+    let next = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::zero());
+    metrics::counter!("reelhouse_webhook_deferred_total").increment(1);
+    tracing::info!(wait_ms = wait.as_millis() as u64, "webhook delivery deferred: the host's circuit breaker is open");
+    webhook_delivery::Entity::update_many()
+        .col_expr(webhook_delivery::Column::NextAttemptAt, Expr::value(next))
+        .filter(webhook_delivery::Column::Id.eq(delivery.id))
+        .filter(webhook_delivery::Column::Status.eq(WebhookDeliveryStatus::Pending))
+        .exec(db)
+        .await?;
+    Ok(())
 }
 
 /// POST the delivery to the endpoint (after the SSRF check on the resolved addresses).
@@ -201,11 +269,18 @@ async fn send(
         Err(err @ (TargetError::Refused(_) | TargetError::Invalid(_))) => {
             return AttemptOutcome::Refused { error: err.to_string() }
         }
-        Err(TargetError::Unresolvable(error)) => return AttemptOutcome::Unreachable { error },
+        Err(TargetError::Unresolvable(error)) => {
+            return AttemptOutcome::Unreachable { error, category: "does not resolve" }
+        }
     };
     let client = match client_for(settings, &url, &addrs) {
         Ok(client) => client,
-        Err(err) => return AttemptOutcome::Unreachable { error: format!("building the HTTP client: {err}") },
+        Err(err) => {
+            return AttemptOutcome::Unreachable {
+                error: format!("building the HTTP client: {err}"),
+                category: "connection failed",
+            }
+        }
     };
     let body = match serde_json::to_vec(&delivery.payload) {
         Ok(body) => body,
@@ -240,7 +315,17 @@ async fn send(
         Ok(response) => response,
         Err(err) => {
             let error = if err.is_timeout() { "timed out".to_string() } else { format!("request failed: {err}") };
-            return AttemptOutcome::Unreachable { error };
+            let chain = format!("{err:?}").to_ascii_lowercase();
+            let category = if err.is_timeout() {
+                "timed out"
+            } else if chain.contains("refused") {
+                "connection refused"
+            } else if chain.contains("reset") || chain.contains("closed") {
+                "connection reset"
+            } else {
+                "connection failed"
+            };
+            return AttemptOutcome::Unreachable { error, category };
         }
     };
     let status = response.status().as_u16();

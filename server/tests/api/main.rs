@@ -5,6 +5,7 @@ mod accounts_mail;
 mod api_keys;
 mod audit;
 mod auth;
+mod breakers;
 mod catalogue;
 mod e2e;
 mod fanout;
