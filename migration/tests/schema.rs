@@ -541,6 +541,7 @@ async fn exercise_schema(db: &DatabaseConnection) {
     assert_eq!(RefreshToken::find_by_id(second.id).one(db).await.unwrap(), None);
     assert_eq!(ApiKey::find_by_id(key.id).one(db).await.unwrap(), None);
     assert_eq!(TotpRecoveryCode::find_by_id(recovery.id).one(db).await.unwrap(), None);
+    assert_eq!(AccountToken::find_by_id(token.id).one(db).await.unwrap(), None);
     assert_eq!(Job::find_by_id(transcode.id).one(db).await.unwrap().unwrap().owner_id, None);
 
     // The whole chain goes down and comes back up.
@@ -552,6 +553,37 @@ async fn exercise_schema(db: &DatabaseConnection) {
     assert_eq!(User::find().all(db).await.unwrap(), vec![]);
     let again = sample_user("ada@example.com", Role::Admin);
     assert_eq!(insert_user(db, &again).await.unwrap(), again);
+}
+
+/// Accounts made before addresses were checked count as verified (since their creation).
+#[tokio::test]
+async fn the_account_mail_migration_takes_existing_accounts_as_verified() {
+    let db = Database::connect("sqlite::memory:").await.unwrap();
+    let before = Migrator::migrations().iter().position(|m| m.name() == "m20261206_000007_account_mail").unwrap();
+    Migrator::up(&db, Some(u32::try_from(before).unwrap())).await.unwrap();
+    let (id, at) = (Uuid::now_v7(), now());
+    db.execute(Statement::from_sql_and_values(
+        DbBackend::Sqlite,
+        "INSERT INTO users (id, email, display_name, password_hash, role, disabled, storage_quota_bytes, created_at, \
+         updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            id.into(),
+            "old@example.com".into(),
+            "Old".into(),
+            "x".into(),
+            "USER".into(),
+            false.into(),
+            Option::<i64>::None.into(),
+            at.into(),
+            at.into(),
+        ],
+    ))
+    .await
+    .unwrap();
+    Migrator::up(&db, Some(1)).await.unwrap();
+    let user = User::find_by_id(id).one(&db).await.unwrap().unwrap();
+    assert_eq!(user.email_verified_at, Some(at));
+    db.close().await.unwrap();
 }
 
 #[tokio::test]

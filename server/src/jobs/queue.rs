@@ -184,7 +184,7 @@ pub async fn lease_in(
     let token = Uuid::new_v4();
     let statement = Statement::from_sql_and_values(
         backend,
-        &lease_sql(backend, lane),
+        lease_sql(backend, lane),
         [
             worker_id.into(),
             token.into(),
@@ -692,6 +692,16 @@ pub async fn log_lines<C: ConnectionTrait>(conn: &C, job_id: Uuid) -> Result<Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_lane_leases_only_its_kinds() {
+        for backend in [DbBackend::Postgres, DbBackend::Sqlite] {
+            let media = lease_sql(backend, Lane::Media);
+            let mail = lease_sql(backend, Lane::Mail);
+            assert!(media.contains("c.status = 'QUEUED' AND c.kind <> 'SEND_MAIL' AND"), "{media}");
+            assert!(mail.contains("c.status = 'QUEUED' AND c.kind = 'SEND_MAIL' AND"), "{mail}");
+        }
+    }
 
     #[test]
     fn backoff_doubles_with_equal_jitter_up_to_the_cap() {

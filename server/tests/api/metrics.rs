@@ -107,7 +107,8 @@ async fn metrics_have_help_and_the_queue_gauges_read_the_database() {
         let text = scrape().await;
         // A reading spans three queries: one that began before the rows above were
         // all written may mix old and new; wait for one that saw them all.
-        sample(&text, "reelhouse_jobs{status=\"QUEUED\"}") == Some(1.0)
+        // QUEUED: the job above and the sign-up's verification mail (SEND_MAIL).
+        sample(&text, "reelhouse_jobs{status=\"QUEUED\"}") == Some(2.0)
             && sample(&text, "reelhouse_jobs{status=\"DEAD\"}") == Some(1.0)
             && sample(&text, "reelhouse_workers{state=\"stale\"}") == Some(1.0)
             && sample(&text, "reelhouse_jobs_oldest_queued_age_seconds").is_some_and(|age| age >= 110.0)

@@ -198,6 +198,7 @@ async fn migrate_and_create_admin_work_on_a_fresh_data_dir() {
     assert_eq!(admin.role, entities::Role::Admin);
     assert!(admin.password_hash.starts_with("$argon2id$"));
     assert!(!admin.password_hash.contains("correct horse"));
+    assert!(admin.email_verified_at.is_some(), "create-admin vouches for the address");
 
     // Same email again: refused, still one account.
     let again = reelhouse_command()
