@@ -129,11 +129,14 @@ common_env=(
     REELHOUSE__TELEMETRY__LEVEL=info
 )
 
-# run_e2e LABEL URL: the browser tests against URL.
+# run_e2e LABEL URL MAIL_DIRS: the browser tests against URL; MAIL_DIRS (':'
+# between several) is where that server's mails land as .eml files, read by the
+# tests for the verification and reset links.
 run_e2e() {
-    local label="$1" url="$2"
+    local label="$1" url="$2" mail_dirs="$3"
     log "browser tests ($label) against $url"
-    (cd web-demo && REELHOUSE_URL="$url" E2E_CLIP="$CLIP" E2E_BAD_FILE="$BAD" E2E_LONG_CLIP="$LONG_CLIP" \
+    (cd web-demo && REELHOUSE_URL="$url" E2E_MAIL_DIR="$mail_dirs" \
+        E2E_CLIP="$CLIP" E2E_BAD_FILE="$BAD" E2E_LONG_CLIP="$LONG_CLIP" \
         E2E_ARTIFACTS="$ARTIFACTS" E2E_LABEL="$label" E2E_EXPECT_REFRESH=1 \
         E2E_ADMIN_EMAIL="$ADMIN_EMAIL" E2E_ADMIN_PASSWORD="$ADMIN_PASSWORD" \
         node --test --test-reporter=spec 'e2e/*.test.mjs')
@@ -152,7 +155,8 @@ run_embedded() {
     wait_ready "$url" "$pid" "$logfile" || return 1
     env -u DATABASE_URL REELHOUSE_ADMIN_PASSWORD="$ADMIN_PASSWORD" \
         "$BIN" create-admin --email "$ADMIN_EMAIL" --data-dir "$data" >/dev/null || return 1
-    run_e2e embedded "$url"
+    # No SMTP server configured: the server writes each mail under {data_dir}/mail/.
+    run_e2e embedded "$url" "$data/mail"
 }
 
 find_psql() {
@@ -212,7 +216,9 @@ run_s3() {
     PIDS+=("$!")
     env "${env[@]}" REELHOUSE_ADMIN_PASSWORD="$ADMIN_PASSWORD" \
         "$BIN" create-admin --email "$ADMIN_EMAIL" --data-dir "$WORK/s3-data" >/dev/null || return 1
-    run_e2e s3 "$url"
+    # Mail is sent by a job, so by either process: without an SMTP sink each
+    # writes its .eml files under its own data dir.
+    run_e2e s3 "$url" "$WORK/s3-data/mail:$WORK/s3-worker/mail"
 }
 
 mkdir -p "$ARTIFACTS"
