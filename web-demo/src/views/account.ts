@@ -2,7 +2,6 @@
 // authentication (TOTP, with its QR code and recovery codes) and the devices
 // they are signed in on.
 
-import QRCode from 'qrcode';
 import { alertBox, field, h } from '../dom';
 import { ApiError, humanMessage } from '../errors';
 import { graphql, type ResultOf } from '../graphql';
@@ -258,7 +257,9 @@ export function accountView(main: HTMLElement): void {
   }
 
   async function renderEnrolment(enrolment: { secret: string; otpauthUrl: string }): Promise<void> {
-    // Drawn here, from the URI alone: the secret never leaves the page.
+    // Drawn here, from the URI alone: the secret never leaves the page. The
+    // QR library is loaded only by the few who turn two-factor on.
+    const { default: QRCode } = await import('qrcode');
     const qr = await QRCode.toDataURL(enrolment.otpauthUrl, { errorCorrectionLevel: 'M', margin: 2, width: 220 });
     const code = codeInput('confirmCode');
     const alert = alertBox();
