@@ -103,7 +103,7 @@ describe(`accounts in the web demo (${LABEL})`, () => {
     await page.getByLabel('Password').fill(PASSWORD);
     await page.getByRole('button', { name: 'Sign up' }).click();
     await page.getByRole('heading', { name: 'Your videos' }).waitFor();
-    const banner = page.getByRole('region', { name: 'Confirm your email address' });
+    const banner = page.getByRole('region', { name: 'Account notice' });
     await banner.getByText('Check your mail').waitFor();
     assert.match(await banner.textContent(), new RegExp(email.replace(/[.+]/g, '\\$&')));
     await shot(page, '1-check-your-mail');

@@ -339,7 +339,7 @@ export function accountView(main: HTMLElement): void {
     const device = describeDevice(s.userAgent);
     const button = h(
       'button',
-      { type: 'button', class: 'secondary', 'aria-label': `Sign out ${s.current ? 'this device' : device}` },
+      { type: 'button', class: 'secondary', 'aria-label': `Sign out this device: ${device}${s.current ? ' (the one you are using)' : ''}` },
       'Sign out this device',
     );
     button.addEventListener('click', async () => {
