@@ -3,8 +3,8 @@
 // address through the link in the mail → turn on two-factor (the code computed
 // here from the secret the page shows) → save the recovery codes → sign out →
 // sign in, asked for the code → the account page lists this session as
-// current; and an admin finds that user on the Users page and disables then
-// enables them.
+// current; a forgotten password reset through the mailed link; and an admin
+// finds a user on the Users page and disables then enables them.
 //
 //   REELHOUSE_URL     the server, e.g. http://127.0.0.1:38080
 //   E2E_MAIL_DIR      where the server's mails land (see accounts-helpers.mjs)
@@ -226,6 +226,70 @@ describe(`accounts in the web demo (${LABEL})`, () => {
     await second.page.getByRole('button', { name: 'Sign in' }).waitFor({ timeout: 30_000 });
     await second.context.close();
 
+    assert.deepEqual(problems, [], 'no errors in the page');
+  });
+
+  test('a forgotten password is reset through the mailed link, which works once', { timeout: 120_000 }, async () => {
+    const email = `reset-${Date.now()}-${Math.floor(Math.random() * 1e6)}@example.com`;
+    const registered = await api('mutation($i: RegisterInput!) { register(input: $i) { refreshToken } }', {
+      i: { email, password: PASSWORD, displayName: 'E2E Reset' },
+    });
+    assert.ok(!registered.errors, JSON.stringify(registered.errors));
+    const { page, problems } = await newPage();
+
+    // The same answer for an address with no account and for one with an account.
+    const ask = async (address) => {
+      await page.goto('/signin');
+      await page.getByRole('link', { name: 'Forgot password?' }).click();
+      await page.getByRole('heading', { name: 'Forgot your password?' }).waitFor();
+      await page.getByLabel('Email').fill(address);
+      await page.getByRole('button', { name: 'Send the reset link' }).click();
+      const answer = page.locator('form .alert[data-kind="info"]');
+      await answer.waitFor();
+      return answer.textContent();
+    };
+    const unknown = await ask(`nobody-${Date.now()}@example.com`);
+    const known = await ask(email);
+    assert.equal(known, unknown, 'the page does not tell whether an account exists');
+    await shot(page, '10-reset-requested');
+
+    const { link } = await waitForMailLink(email, '/reset-password');
+    assert.equal(new URL(link).origin, new URL(BASE).origin, 'the link opens this server');
+    await page.goto(link);
+    await page.getByRole('heading', { name: 'Choose a new password' }).waitFor();
+    assert.ok(!page.url().includes('token='), 'the token is dropped from the address bar');
+    // The server's password policy speaks through the page.
+    await page.getByLabel('New password', { exact: true }).fill('abcdefghijkl');
+    await page.getByLabel('New password again').fill('abcdefghijkl');
+    await page.getByRole('button', { name: 'Set the new password' }).click();
+    await page.locator('form .alert').getByText(/two kinds of characters/).waitFor();
+    await shot(page, '11-reset-policy');
+    const newPassword = 'a new password 2 remember';
+    await page.getByLabel('New password', { exact: true }).fill(newPassword);
+    await page.getByLabel('New password again').fill(newPassword);
+    await page.getByRole('button', { name: 'Set the new password' }).click();
+    await page.getByText('Your password was changed').waitFor();
+    assert.equal(new URL(page.url()).pathname, '/signin');
+
+    // Every earlier session ended; the old password no longer works; the new one does.
+    const refreshed = await api('mutation($t: String!) { refreshToken(refreshToken: $t) { accessToken } }', {
+      t: registered.data.register.refreshToken,
+    });
+    assert.equal(refreshed.errors?.[0]?.extensions?.code, 'UNAUTHENTICATED', 'the reset ended the earlier session');
+    const old = await api('mutation($i: LoginInput!) { login(input: $i) { accessToken } }', { i: { email, password: PASSWORD } });
+    assert.equal(old.errors?.[0]?.extensions?.code, 'UNAUTHENTICATED', 'the old password is refused');
+    await page.getByLabel('Email').fill(email);
+    await page.getByLabel('Password').fill(newPassword);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.getByRole('heading', { name: 'Your videos' }).waitFor();
+
+    // The link works once.
+    await page.goto(link);
+    await page.getByLabel('New password', { exact: true }).fill('yet another password 3');
+    await page.getByLabel('New password again').fill('yet another password 3');
+    await page.getByRole('button', { name: 'Set the new password' }).click();
+    await page.locator('form .alert').waitFor();
+    assert.doesNotMatch(await page.locator('form .alert').textContent(), /password was changed/);
     assert.deepEqual(problems, [], 'no errors in the page');
   });
 

@@ -2,7 +2,7 @@
 // authentication (TOTP, with its QR code and recovery codes) and the devices
 // they are signed in on.
 
-import { alertBox, field, h } from '../dom';
+import { alertBox, field, h, PASSWORD_HINT } from '../dom';
 import { ApiError, humanMessage } from '../errors';
 import { graphql, type ResultOf } from '../graphql';
 import { navigate } from '../router';
@@ -172,14 +172,14 @@ export function accountView(main: HTMLElement): void {
 
   {
     const current = passwordInput('currentPassword', 'current-password');
-    const next = h('input', { type: 'password', name: 'newPassword', autocomplete: 'new-password', required: true, minlength: 8 });
+    const next = h('input', { type: 'password', name: 'newPassword', autocomplete: 'new-password', required: true, minlength: 10 });
     const again = passwordInput('confirmPassword', 'new-password');
     const alert = alertBox();
     const form = h(
       'form',
       { class: 'narrow' },
       field('Current password', current),
-      field('New password', next, 'At least 8 characters; a long phrase is best.'),
+      field('New password', next, PASSWORD_HINT),
       field('New password again', again),
       alert,
       h('button', { type: 'submit' }, 'Change the password'),

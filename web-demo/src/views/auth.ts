@@ -1,6 +1,6 @@
 // Sign in (with the two-factor step when the account has it) and sign up.
 
-import { alertBox, field, h } from '../dom';
+import { alertBox, field, h, PASSWORD_HINT } from '../dom';
 import { ApiError, humanMessage } from '../errors';
 import { navigate } from '../router';
 import { signIn, signUp, takeSessionNotice } from '../session';
@@ -13,7 +13,7 @@ export function authView(main: HTMLElement, mode: 'signin' | 'signup'): void {
     name: 'password',
     autocomplete: signingUp ? 'new-password' : 'current-password',
     required: true,
-    minlength: signingUp ? 8 : null,
+    minlength: signingUp ? 10 : null,
   });
   const displayName = h('input', { type: 'text', name: 'displayName', autocomplete: 'nickname', required: true, maxlength: 100 });
   // The second step of signing in, shown when the server answers MFA_REQUIRED.
@@ -41,7 +41,7 @@ export function authView(main: HTMLElement, mode: 'signin' | 'signup'): void {
     { class: 'card narrow', novalidate: false },
     field('Email', email),
     signingUp ? field('Display name', displayName, 'Shown next to your videos.') : null,
-    field('Password', password, signingUp ? 'At least 8 characters.' : undefined),
+    field('Password', password, signingUp ? PASSWORD_HINT : undefined),
     signingUp ? null : codeField,
     alert,
     submit,

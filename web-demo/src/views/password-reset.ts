@@ -1,7 +1,7 @@
 // A lost password: ask for a reset link by mail (/forgot-password), then choose
 // a new password on the page that link opens (/reset-password?token=…).
 
-import { alertBox, field, h } from '../dom';
+import { alertBox, field, h, PASSWORD_HINT } from '../dom';
 import { humanMessage } from '../errors';
 import { graphql } from '../graphql';
 import { gql, setSignInNotice, user } from '../session';
@@ -63,14 +63,14 @@ export function resetPasswordView(main: HTMLElement): void {
     );
     return;
   }
-  const password = h('input', { type: 'password', name: 'newPassword', autocomplete: 'new-password', required: true, minlength: 8 });
+  const password = h('input', { type: 'password', name: 'newPassword', autocomplete: 'new-password', required: true, minlength: 10 });
   const again = h('input', { type: 'password', name: 'confirmPassword', autocomplete: 'new-password', required: true });
   const alert = alertBox();
   const submit = h('button', { type: 'submit' }, 'Set the new password');
   const form = h(
     'form',
     { class: 'card narrow' },
-    field('New password', password, 'At least 8 characters; a long phrase is best.'),
+    field('New password', password, PASSWORD_HINT),
     field('New password again', again),
     alert,
     submit,
