@@ -13,6 +13,9 @@
 #   free port. REELHOUSE_TEST_FORCE_OWN_REDIS=1 forces the throwaway server.
 # S3: always our own s3s-fs (installed with cargo into
 #   ${XDG_CACHE_HOME:-$HOME/.cache}/reelhouse-tools) with bucket reelhouse-test.
+# SMTP: always our own sink (scripts/smtp-sink.py; aiosmtpd, installed with pip
+#   when missing) requiring AUTH; the env file gets SMTP_URL (credentials in the
+#   userinfo) and SMTP_SINK_DIR, where each received mail is one .eml file.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,6 +31,10 @@ S3_BUCKET="reelhouse-test"
 S3_REGION="us-east-1"
 S3_ACCESS_KEY_ID="reelhouse-test-access-key"
 S3_SECRET_ACCESS_KEY="reelhouse-test-secret-key"
+
+# SMTP sink (scripts/smtp-sink.py, aiosmtpd): requires AUTH with these.
+SMTP_USER="reelhouse-test-smtp"
+SMTP_PASSWORD="reelhouse-test-smtp-password"
 
 log() { printf 'test-services: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -412,6 +419,61 @@ stop_own_s3() {
     rm -f -- "$state"
 }
 
+# ---------------------------------------------------------------- SMTP sink
+
+install_aiosmtpd() {
+    python3 -c 'import aiosmtpd' 2>/dev/null && return 0
+    command -v python3 >/dev/null 2>&1 || need_packages python3 python3-pip
+    log "installing aiosmtpd with pip (one-time)"
+    python3 -m pip install --quiet --user aiosmtpd 2>/dev/null \
+        || python3 -m pip install --quiet aiosmtpd 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages aiosmtpd \
+        || die "could not install aiosmtpd with pip"
+    python3 -c 'import aiosmtpd' 2>/dev/null || die "aiosmtpd installed but cannot be imported"
+}
+
+start_own_smtp() {
+    install_aiosmtpd
+    local dir port attempt pid _
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/reelhouse-smtp.XXXXXX")
+    mkdir -p "$dir/mails"
+    save_state "$STATE_DIR/smtp.state" SMTP_DIR "$dir" SMTP_PID ""
+    for attempt in 1 2 3; do
+        port=$(free_port)
+        setsid python3 "$REPO_ROOT/scripts/smtp-sink.py" --port "$port" --dir "$dir/mails" \
+            --user "$SMTP_USER" --password "$SMTP_PASSWORD" </dev/null >"$dir/smtp-sink.log" 2>&1 &
+        pid=$!
+        save_state "$STATE_DIR/smtp.state" SMTP_DIR "$dir" SMTP_PID "$pid"
+        for _ in $(seq 1 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            if port_in_use "$port"; then
+                SMTP_URL_OUT="smtp://$SMTP_USER:$SMTP_PASSWORD@127.0.0.1:$port"
+                SMTP_SINK_DIR="$dir/mails"
+                log "started smtp-sink on 127.0.0.1:$port (pid $pid), mails in $dir/mails"
+                return 0
+            fi
+            sleep 0.1
+        done
+        stop_pid "$pid" smtp-sink.py
+        log "smtp-sink did not listen on port $port (attempt $attempt)"
+    done
+    show_log_tail "$dir/smtp-sink.log"
+    die "could not start smtp-sink"
+}
+
+stop_own_smtp() {
+    local state="$STATE_DIR/smtp.state" SMTP_DIR="" SMTP_PID=""
+    [[ -f "$state" ]] || return 0
+    # shellcheck disable=SC1090
+    source "$state"
+    [[ -n "$SMTP_PID" ]] && stop_pid "$SMTP_PID" smtp-sink.py
+    if [[ -n "$SMTP_DIR" && -d "$SMTP_DIR" ]]; then
+        rm -rf -- "$SMTP_DIR"
+        log "stopped smtp-sink ($SMTP_DIR)"
+    fi
+    rm -f -- "$state"
+}
+
 # ---------------------------------------------------------------- commands
 
 write_env_file() {
@@ -426,11 +488,14 @@ write_env_file() {
         export_line REELHOUSE_TEST_S3_REGION "$S3_REGION"
         export_line REELHOUSE_TEST_S3_ACCESS_KEY_ID "$S3_ACCESS_KEY_ID"
         export_line REELHOUSE_TEST_S3_SECRET_ACCESS_KEY "$S3_SECRET_ACCESS_KEY"
+        export_line SMTP_URL "$SMTP_URL_OUT"
+        export_line SMTP_SINK_DIR "$SMTP_SINK_DIR"
     } >"$tmp"
     mv -f -- "$tmp" "$ENV_FILE"
 }
 
 cmd_stop() {
+    stop_own_smtp
     stop_own_s3
     stop_own_redis
     stop_own_pg
@@ -446,6 +511,7 @@ cmd_start() {
     setup_pg
     setup_redis
     start_own_s3
+    start_own_smtp
     write_env_file
     trap - EXIT
     log "wrote $ENV_FILE"
@@ -454,7 +520,7 @@ cmd_start() {
 cmd_status() {
     local f
     if [[ -f "$ENV_FILE" ]]; then cat "$ENV_FILE"; else log "not started"; fi
-    for f in pg redis s3; do
+    for f in pg redis s3 smtp; do
         [[ -f "$STATE_DIR/$f.state" ]] && { printf '# %s (ours):\n' "$f"; cat "$STATE_DIR/$f.state"; }
     done
     return 0

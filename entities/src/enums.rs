@@ -113,6 +113,9 @@ pub enum JobKind {
     /// Remove stored objects (a deleted video's source and outputs).
     #[sea_orm(string_value = "DELETE_OBJECTS")]
     DeleteObjects,
+    /// Send one account mail (its own lane: never waits behind transcodes).
+    #[sea_orm(string_value = "SEND_MAIL")]
+    SendMail,
 }
 
 /// Where a job is in the queue.
@@ -178,4 +181,20 @@ pub enum WebhookDeliveryStatus {
     /// Retries ran out (or the endpoint was disabled); the owner may redeliver.
     #[sea_orm(string_value = "FAILED")]
     Failed,
+}
+
+/// What a one-use account token (a mail link) is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(32))")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AccountTokenPurpose {
+    /// Prove the account's address.
+    #[sea_orm(string_value = "VERIFY_EMAIL")]
+    VerifyEmail,
+    /// Set a new password without the old one.
+    #[sea_orm(string_value = "RESET_PASSWORD")]
+    ResetPassword,
+    /// Prove a new address; the account moves to it when the token is used.
+    #[sea_orm(string_value = "CHANGE_EMAIL")]
+    ChangeEmail,
 }

@@ -7,6 +7,7 @@
 pub mod enums;
 pub mod prelude;
 
+pub mod account_token;
 pub mod api_key;
 pub mod audit_event;
 pub mod event_outbox;

@@ -1,5 +1,6 @@
 //! Entity types under short names, as `use entities::prelude::*` expects.
 
+pub use super::account_token::Entity as AccountToken;
 pub use super::api_key::Entity as ApiKey;
 pub use super::event_outbox::Entity as EventOutbox;
 pub use super::job::Entity as Job;

@@ -19,6 +19,8 @@ pub struct Model {
     pub disabled: bool,
     /// `None` means the configured default quota applies.
     pub storage_quota_bytes: Option<i64>,
+    /// When the owner proved the address (followed a verification link); `None`: not yet.
+    pub email_verified_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -26,6 +26,7 @@ mod m20261206_000003_widen_webhook_secrets;
 mod m20261206_000004_create_audit_events;
 mod m20261206_000005_add_trace_parent;
 mod m20261206_000006_add_video_output_version;
+mod m20261206_000007_account_mail;
 
 pub struct Migrator;
 
@@ -51,6 +52,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000004_create_audit_events::Migration),
             Box::new(m20261206_000005_add_trace_parent::Migration),
             Box::new(m20261206_000006_add_video_output_version::Migration),
+            Box::new(m20261206_000007_account_mail::Migration),
         ]
     }
 }

@@ -9,9 +9,9 @@ use std::time::Duration;
 use chrono::{DateTime, SubsecRound, Utc};
 use entities::prelude::*;
 use entities::{
-    api_key, event_outbox, job, job_log, moderation_action, refresh_token, refresh_token_family, rendition, upload,
-    user, video, video_daily_stat, video_view, worker, JobKind, JobStatus, LogLevel, ModerationActionKind,
-    RenditionStatus, Role, UploadMethod, UploadStatus, VideoStatus, Visibility,
+    account_token, api_key, event_outbox, job, job_log, moderation_action, refresh_token, refresh_token_family,
+    rendition, upload, user, video, video_daily_stat, video_view, worker, AccountTokenPurpose, JobKind, JobStatus,
+    LogLevel, ModerationActionKind, RenditionStatus, Role, UploadMethod, UploadStatus, VideoStatus, Visibility,
 };
 use migration::{Migrator, MigratorTrait, SchemaManager};
 use sea_orm::{
@@ -22,7 +22,7 @@ use sea_orm::{
 use serde_json::json;
 use uuid::Uuid;
 
-const TABLES: [&str; 17] = [
+const TABLES: [&str; 18] = [
     "users",
     "refresh_token_families",
     "refresh_tokens",
@@ -40,6 +40,7 @@ const TABLES: [&str; 17] = [
     "webhook_endpoints",
     "webhook_deliveries",
     "webhook_attempts",
+    "account_tokens",
 ];
 
 /// PostgreSQL keeps microseconds; compare what the database can hold.
@@ -89,6 +90,7 @@ fn sample_user(email: &str, role: Role) -> user::Model {
         role,
         disabled: false,
         storage_quota_bytes: Some(5 * 1024 * 1024 * 1024),
+        email_verified_at: Some(at),
         created_at: at,
         updated_at: at,
     }
@@ -180,6 +182,45 @@ async fn exercise_schema(db: &DatabaseConnection) {
     assert_unique_violation(
         api_key::Model { id: Uuid::now_v7(), ..key.clone() }.into_active_model().reset_all().insert(db).await,
         "second api key with the same secret hash",
+    );
+
+    // account tokens: every column round-trips, the purpose is stored as its public
+    // spelling, the hash is unique, and the user must exist.
+    let token = account_token::Model {
+        id: Uuid::now_v7(),
+        user_id: ada.id,
+        purpose: AccountTokenPurpose::ChangeEmail,
+        token_hash: "ab".repeat(32),
+        new_email: Some("ada@new.example".to_owned()),
+        expires_at: now(),
+        used_at: Some(now()),
+        created_at: now(),
+    };
+    assert_eq!(token.clone().into_active_model().reset_all().insert(db).await.unwrap(), token);
+    let stored_purpose: Option<String> = AccountToken::find_by_id(token.id)
+        .select_only()
+        .column(account_token::Column::Purpose)
+        .into_tuple()
+        .one(db)
+        .await
+        .unwrap();
+    assert_eq!(stored_purpose.as_deref(), Some("CHANGE_EMAIL"));
+    assert_unique_violation(
+        account_token::Model { id: Uuid::now_v7(), ..token.clone() }.into_active_model().reset_all().insert(db).await,
+        "second account token with the same hash",
+    );
+    assert_foreign_key_violation(
+        account_token::Model {
+            id: Uuid::now_v7(),
+            user_id: Uuid::now_v7(),
+            token_hash: "cd".repeat(32),
+            ..token.clone()
+        }
+        .into_active_model()
+        .reset_all()
+        .insert(db)
+        .await,
+        "account token of a missing user",
     );
 
     // videos: tags are a JSON array of strings in the database.
@@ -609,6 +650,7 @@ fn enum_values_fit_their_columns_and_match_serde() {
     check::<LogLevel>(16);
     check::<ModerationActionKind>(16);
     check::<entities::WebhookDeliveryStatus>(16);
+    check::<AccountTokenPurpose>(32);
 }
 
 #[test]
@@ -618,5 +660,5 @@ fn migrations_are_uniquely_named_and_in_order() {
     sorted.sort();
     sorted.dedup();
     assert_eq!(names, sorted);
-    assert_eq!(names.len(), 18);
+    assert_eq!(names.len(), 19);
 }

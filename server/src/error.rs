@@ -35,6 +35,9 @@ pub enum ErrorCode {
     BodyTimeout,
     Unavailable,
     Internal,
+    /// The account's address is not verified and the action needs it (uploads,
+    /// unless `auth.unverified_can_upload`).
+    EmailNotVerified,
 }
 
 impl ErrorCode {
@@ -54,6 +57,7 @@ impl ErrorCode {
             ErrorCode::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::EmailNotVerified => StatusCode::FORBIDDEN,
         }
     }
 
@@ -72,6 +76,7 @@ impl ErrorCode {
             ErrorCode::BodyTimeout => "BODY_TIMEOUT",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::EmailNotVerified => "EMAIL_NOT_VERIFIED",
         }
     }
 

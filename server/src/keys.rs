@@ -1,7 +1,7 @@
 //! Server secrets: one master secret, from settings or generated into the data dir,
-//! from which the JWT key, the URL-signing key and the key sealing webhook secrets
-//! at rest are derived (so rotating the master rotates all three, and no key is
-//! reused for another purpose).
+//! from which the JWT key, the URL-signing key, the key sealing webhook secrets at
+//! rest and the key sealing queued mail are derived (so rotating the master rotates
+//! them all, and no key is reused for another purpose).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -24,6 +24,8 @@ pub struct ServerKeys {
     /// The same key derived from each of `auth.previous_jwt_secrets`: still opens
     /// what it sealed, until the startup pass re-seals it under the current key.
     pub previous_webhook_secrets: Vec<Vec<u8>>,
+    /// Seals the payloads of SEND_MAIL jobs (they carry one-use links) at rest (`mail`).
+    pub mail_payloads: Vec<u8>,
 }
 
 impl std::fmt::Debug for ServerKeys {
@@ -73,6 +75,7 @@ impl ServerKeys {
             url_signing: derive_key(master, b"reelhouse/url-signing/v1"),
             webhook_secrets: derive_key(master, WEBHOOK_SECRETS_LABEL),
             previous_webhook_secrets: Vec::new(),
+            mail_payloads: derive_key(master, b"reelhouse/mail-payloads/v1"),
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod jail;
 pub mod jobs;
 pub mod keys;
 pub mod limits;
+pub mod mail;
 pub mod media;
 pub mod memory;
 pub mod redis_client;

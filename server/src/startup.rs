@@ -48,6 +48,8 @@ pub struct AppState {
     pub ws_admission: crate::limits::ws::WsAdmission,
     /// Video rows shared by the periodic re-checks of open subscriptions.
     pub recheck_rows: crate::events::recheck::RecheckRows,
+    /// Seals account mail into SEND_MAIL jobs (and delivers them in embedded workers).
+    pub mailer: Arc<crate::mail::Mailer>,
 }
 
 impl AppState {
@@ -116,6 +118,8 @@ impl Application {
             redis.clone(),
         );
 
+        let mailer = Arc::new(crate::mail::Mailer::new(&settings, &keys)?);
+        tracing::info!(transport = %mailer.describe(), "mail");
         let settings = Arc::new(settings);
         let login_failures = crate::limits::login::LoginFailures::new(&settings.auth, redis.clone());
         let state = AppState {
@@ -142,6 +146,7 @@ impl Application {
             login_failures,
             ws_admission: crate::limits::ws::WsAdmission::default(),
             recheck_rows: crate::events::recheck::RecheckRows::default(),
+            mailer,
         };
         start_background_loops(&state, &webhook_secrets);
         let schema = web::Data::new(build_schema(&settings.graphql, Some(state.clone())));
@@ -256,6 +261,7 @@ impl Application {
                 publisher: self.state.publisher(),
                 scratch_dir: crate::worker::scratch_dir(&self.state.settings),
                 runner: None,
+                mailer: self.state.mailer.clone(),
             };
             actix_rt::spawn(async move {
                 let stop = async move {

@@ -406,6 +406,12 @@ pub const METRICS: &[MetricInfo] = {
             "Job attempts that ended in an error, by kind and typed code (MEDIA_*, QUOTA_EXCEEDED, VIDEO_GONE, SOURCE_MISSING, RETRYABLE, CANCELLED).",
         ),
         counter("reelhouse_job_attempts_total", "Job attempts ended on this process, by kind and resulting status."),
+        // mail
+        counter("reelhouse_mail_queued_total", "Account mails enqueued as SEND_MAIL jobs, by template."),
+        counter(
+            "reelhouse_mail_sent_total",
+            "Delivery attempts of account mails, by template and outcome (sent, retry, failed).",
+        ),
         seconds(JOB_ATTEMPT_SECONDS, "Seconds per job attempt run on this process, by kind."),
         MetricInfo {
             name: ENCODE_FPS,

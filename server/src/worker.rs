@@ -18,6 +18,7 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, Qu
 use uuid::Uuid;
 
 use crate::config::Settings;
+use crate::jobs::queue::Lane;
 pub use crate::jobs::scheduler::WorkerDeps;
 use crate::jobs::scheduler::{Drain, ReleaseAll, RunningCount, Scheduler, StopScheduler};
 
@@ -127,6 +128,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         )?),
         None => None,
     };
+    let mailer = Arc::new(crate::mail::Mailer::new(&settings, &keys)?);
+    tracing::info!(transport = %mailer.describe(), "mail");
     let settings = Arc::new(settings);
     let deps = WorkerDeps {
         db,
@@ -135,6 +138,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         settings,
         publisher: crate::events::Publisher::new(Some(hubs.event_bus.clone())).with_redis(redis, &instance),
         runner: None,
+        mailer,
     };
     let result = run_until(deps, stop).await;
     if let Some(health) = health {
@@ -230,7 +234,18 @@ pub async fn run_until(deps: WorkerDeps, stop: impl std::future::Future<Output =
     let scheduler_hub = {
         let deps = deps.clone();
         let worker_id = worker_id.clone();
-        supervisor.spawn("job_scheduler", move |death| Scheduler::new(deps.clone(), worker_id.clone(), capacity, death))
+        supervisor.spawn("job_scheduler", move |death| {
+            Scheduler::new(deps.clone(), worker_id.clone(), Lane::Media, capacity, death)
+        })
+    };
+    // Mail's own lane: a few slots that only SEND_MAIL jobs use.
+    let mail_hub = {
+        let deps = deps.clone();
+        let worker_id = worker_id.clone();
+        let slots = settings.mail.concurrency.max(1);
+        supervisor.spawn("mail_scheduler", move |death| {
+            Scheduler::new(deps.clone(), worker_id.clone(), Lane::Mail, slots, death)
+        })
     };
     let every = Duration::from_secs(settings.workers.heartbeat_secs.max(1));
     let mut heartbeat = tokio::time::interval(every);
@@ -240,7 +255,8 @@ pub async fn run_until(deps: WorkerDeps, stop: impl std::future::Future<Output =
         tokio::select! {
             _ = &mut stop => break,
             _ = heartbeat.tick() => {
-                let current = scheduler_hub.addr().send(RunningCount).await.unwrap_or(0);
+                let current = scheduler_hub.addr().send(RunningCount).await.unwrap_or(0)
+                    + mail_hub.addr().send(RunningCount).await.unwrap_or(0);
                 metrics::gauge!("reelhouse_worker_running_jobs").set(current as f64);
                 // A missed heartbeat is not fatal: the database may be restarting.
                 match registration.heartbeat(current).await {
@@ -258,17 +274,22 @@ pub async fn run_until(deps: WorkerDeps, stop: impl std::future::Future<Output =
     // Drain: no new leases; running jobs get the shutdown timeout to finish. The
     // scheduler stopping from here on is the end, not a death to restart.
     supervisor.begin_shutdown();
-    let scheduler = scheduler_hub.addr();
-    let _ = scheduler.send(Drain).await;
     let drain_for = Duration::from_secs(settings.server.shutdown_timeout_secs);
-    if !wait_idle(&scheduler, drain_for).await {
-        tracing::warn!("jobs still running after the drain timeout; stopping and re-queueing them");
-        let _ = scheduler.send(ReleaseAll).await;
-        if !wait_idle(&scheduler, Duration::from_secs(10)).await {
-            tracing::warn!("some jobs did not stop; their leases will expire and the sweeper re-queues them");
+    let (media, mail) = (scheduler_hub.addr(), mail_hub.addr());
+    let _ = media.send(Drain).await;
+    let _ = mail.send(Drain).await;
+    let (media_idle, mail_idle) = tokio::join!(wait_idle(&media, drain_for), wait_idle(&mail, drain_for));
+    for (scheduler, idle) in [(&media, media_idle), (&mail, mail_idle)] {
+        if !idle {
+            tracing::warn!("jobs still running after the drain timeout; stopping and re-queueing them");
+            let _ = scheduler.send(ReleaseAll).await;
+            if !wait_idle(scheduler, Duration::from_secs(10)).await {
+                tracing::warn!("some jobs did not stop; their leases will expire and the sweeper re-queues them");
+            }
         }
     }
-    let _ = scheduler.send(StopScheduler).await;
+    let _ = media.send(StopScheduler).await;
+    let _ = mail.send(StopScheduler).await;
     registration.deregister().await?;
     tracing::info!(worker = %worker_id, "worker deregistered");
     Ok(())

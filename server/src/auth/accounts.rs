@@ -2,7 +2,7 @@
 
 use chrono::Utc;
 use entities::{user, Role};
-use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
 use uuid::Uuid;
 
 use crate::auth::password::{check_policy, hash_password, needs_rehash, verify_password, HashingPool};
@@ -23,7 +23,8 @@ pub fn normalize_email(email: &str) -> Result<String, AppError> {
 }
 
 /// Create an account after checking the email and the password policy (for the
-/// CLI and tests: one at a time, so its hashing needs no shared bound).
+/// CLI and tests: one at a time, so its hashing needs no shared bound). The address
+/// counts as verified: whoever runs the CLI vouches for it.
 pub async fn create_user(
     db: &DatabaseConnection,
     email: &str,
@@ -31,10 +32,12 @@ pub async fn create_user(
     display_name: &str,
     role: Role,
 ) -> Result<user::Model, AppError> {
-    create_user_in(db, &HashingPool::new(Some(1)), email, password, display_name, role).await
+    let account = prepare_account(db, &HashingPool::new(Some(1)), email, password, display_name, role).await?;
+    insert_account(db, account, true).await
 }
 
-/// [`create_user`], hashing in one of `hashing`'s slots (`UNAVAILABLE` when full).
+/// [`create_user`], hashing in one of `hashing`'s slots (`UNAVAILABLE` when full);
+/// the address is not verified.
 pub async fn create_user_in(
     db: &DatabaseConnection,
     hashing: &HashingPool,
@@ -43,6 +46,29 @@ pub async fn create_user_in(
     display_name: &str,
     role: Role,
 ) -> Result<user::Model, AppError> {
+    let account = prepare_account(db, hashing, email, password, display_name, role).await?;
+    insert_account(db, account, false).await
+}
+
+/// A checked account, its password hashed, ready to insert.
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    pub email: String,
+    pub display_name: String,
+    pub password_hash: String,
+    pub role: Role,
+}
+
+/// Check the email, the password policy and the display name, and hash the
+/// password (outside any transaction: argon2 is slow on purpose).
+pub async fn prepare_account(
+    db: &DatabaseConnection,
+    hashing: &HashingPool,
+    email: &str,
+    password: &str,
+    display_name: &str,
+    role: Role,
+) -> Result<NewAccount, AppError> {
     let email = normalize_email(email)?;
     check_policy(password, &email)?;
     let display_name = display_name.trim();
@@ -56,21 +82,31 @@ pub async fn create_user_in(
     // argon2 is deliberately slow: keep it off the async workers, and bounded.
     let candidate = password.to_string();
     let password_hash = hashing.run(move || hash_password(&candidate)).await??;
+    Ok(NewAccount { email, display_name: display_name.to_string(), password_hash, role })
+}
+
+/// Insert a prepared account on `conn` (a transaction when more must commit with it).
+pub async fn insert_account<C: ConnectionTrait>(
+    conn: &C,
+    account: NewAccount,
+    verified: bool,
+) -> Result<user::Model, AppError> {
     let now = Utc::now();
     let model = user::ActiveModel {
         id: Set(Uuid::now_v7()),
-        email: Set(email),
-        display_name: Set(display_name.to_string()),
-        password_hash: Set(password_hash),
-        role: Set(role),
+        email: Set(account.email),
+        display_name: Set(account.display_name),
+        password_hash: Set(account.password_hash),
+        role: Set(account.role),
         disabled: Set(false),
         storage_quota_bytes: Set(None),
+        email_verified_at: Set(verified.then_some(now)),
         created_at: Set(now),
         updated_at: Set(now),
     };
     // Two concurrent sign-ups with one email: the unique index decides, and the
     // loser gets the same CONFLICT as a sequential duplicate.
-    model.insert(db).await.map_err(|err| match err.sql_err() {
+    model.insert(conn).await.map_err(|err| match err.sql_err() {
         Some(sea_orm::SqlErr::UniqueConstraintViolation(_)) => {
             AppError::new(ErrorCode::Conflict, "an account with this email already exists")
         }

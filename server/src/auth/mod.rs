@@ -1,6 +1,8 @@
 //! Accounts and access: passwords, sessions (JWT access tokens and rotating refresh
 //! tokens), API keys, and the roles and permissions that guard the schema.
 
+pub mod account_mail;
+pub mod account_tokens;
 pub mod accounts;
 pub mod api_keys;
 pub mod password;

@@ -129,6 +129,7 @@ pub fn decoy_session(state: &AppState, email: &str, display_name: &str) -> AppRe
         role: entities::Role::User,
         disabled: false,
         storage_quota_bytes: None,
+        email_verified_at: None,
         created_at: now,
         updated_at: now,
     };

@@ -12,6 +12,7 @@ pub mod audit;
 pub mod events;
 pub mod jail;
 pub mod jobs;
+pub mod mail;
 pub mod media;
 pub mod rate_limit;
 mod secret;
@@ -48,6 +49,7 @@ pub struct Settings {
     pub webhooks: webhooks::WebhookSettings,
     pub events: events::EventSettings,
     pub audit: audit::AuditSettings,
+    pub mail: mail::MailSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -232,6 +234,9 @@ pub struct AuthSettings {
     /// Absolute lifetime of a session (refresh-token family), counted from sign-in:
     /// refreshing never extends it past this; then the user signs in again.
     pub session_max_lifetime_secs: u64,
+    /// Accounts whose address is not verified yet may upload (`createUpload`, tus).
+    /// Off: they get `EMAIL_NOT_VERIFIED` until they follow the mailed link.
+    pub unverified_can_upload: bool,
 }
 
 impl Default for AuthSettings {
@@ -254,6 +259,7 @@ impl Default for AuthSettings {
             access_token_ttl_secs: 15 * 60,
             refresh_token_ttl_secs: 30 * 24 * 3600,
             session_max_lifetime_secs: 30 * 24 * 3600,
+            unverified_can_upload: false,
         }
     }
 }
@@ -456,6 +462,9 @@ impl Settings {
         self.bind_addr()?;
         self.metrics_bind_addr()?;
         self.worker_health_addr()?;
+        if let Some((key, message)) = self.mail.problem() {
+            return Err(SettingsError::new(key, message));
+        }
         if self.telemetry.queue_metrics_secs == 0 {
             return Err(SettingsError::new("telemetry.queue_metrics_secs", "must be at least 1"));
         }

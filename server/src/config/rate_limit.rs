@@ -11,7 +11,7 @@ pub use crate::limits::Policy;
 pub struct RateLimitSettings {
     pub enabled: bool,
     /// Policies by name: `auth`, `auth_ip`, `api`, `upload`, `transcode`, `views`,
-    /// `webhook` and `webhook_replay` (see [`Policy`]). Any other name is refused when the settings
+    /// `webhook`, `webhook_replay`, `account_mail` and `account_mail_ip` (see [`Policy`]). Any other name is refused when the settings
     /// load; a policy left out keeps its default.
     pub policies: BTreeMap<Policy, PolicySettings>,
 }
@@ -57,6 +57,11 @@ fn default_policy(policy: Policy) -> PolicySettings {
         // recordView, per signed-in user or client address: a player heartbeats
         // every few seconds; many viewers can share one address (NAT).
         Policy::Views => PolicySettings::new(600, 60, 60, true),
+        // Mail an account can be sent: a few at once, then about one per 12 minutes,
+        // so nobody can flood an inbox through reset or resend.
+        Policy::AccountMail => PolicySettings::new(5, 3600, 3, false),
+        // Per address: enough for a household or an office behind one NAT.
+        Policy::AccountMailIp => PolicySettings::new(30, 3600, 10, false),
     }
 }
 

@@ -8,7 +8,7 @@ use entities::{api_key, user};
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
 use uuid::Uuid;
 
-use crate::auth::accounts::{create_user_in, verify_credentials};
+use crate::auth::accounts::verify_credentials;
 use crate::auth::principal::ClientInfo;
 use crate::auth::roles::{rank, require_principal, AuthenticatedGuard, Permission, PermissionGuard};
 use crate::auth::{api_keys, sessions};
@@ -37,6 +37,8 @@ pub struct User {
     pub role: Role,
     pub disabled: bool,
     pub created_at: DateTime<Utc>,
+    /// The owner proved the address (followed the mailed link).
+    pub email_verified: bool,
 }
 
 impl From<user::Model> for User {
@@ -48,6 +50,7 @@ impl From<user::Model> for User {
             role: model.role.into(),
             disabled: model.disabled,
             created_at: model.created_at,
+            email_verified: model.email_verified_at.is_some(),
         }
     }
 }
@@ -217,15 +220,10 @@ impl AccountsMutation {
         let state = ctx.data::<AppState>()?;
         limit_sign_in(state, ctx, None).await.gql()?;
         let client = client_info(ctx);
-        let created = create_user_in(
-            &state.db,
-            &state.password_hashing,
-            &input.email,
-            &input.password,
-            &input.display_name,
-            entities::Role::User,
-        )
-        .await;
+        // The account and its verification mail commit together.
+        let created =
+            crate::auth::account_mail::register_account(state, &input.email, &input.password, &input.display_name)
+                .await;
         let tokens = match created {
             Ok(user) => sessions::start_session(state, user, &client).await,
             Err(err) if err.code() == ErrorCode::Conflict => {

@@ -33,6 +33,11 @@ pub enum AuditAction {
     JobRetried,
     JobCancelled,
     JobPriorityChanged,
+    EmailVerified,
+    PasswordResetRequested,
+    PasswordReset,
+    EmailChangeRequested,
+    EmailChanged,
 }
 
 /// Done, failed (bad credentials, a conflict), or refused by policy.

@@ -36,6 +36,7 @@ pub enum JobStatus {
 pub enum JobKind {
     Transcode,
     DeleteObjects,
+    SendMail,
 }
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]

@@ -1,5 +1,6 @@
 //! The GraphQL schema: built once, one `MergedObject` per domain.
 
+pub mod account_mail;
 pub mod accounts;
 pub mod audit;
 pub mod events;
@@ -46,6 +47,7 @@ pub struct Mutation(
     uploads::UploadsMutation,
     JobsMutation,
     WebhooksMutation,
+    account_mail::AccountMailMutation,
 );
 
 #[derive(MergedSubscription, Default)]

@@ -107,5 +107,6 @@ pub fn kind_label(kind: entities::JobKind) -> &'static str {
     match kind {
         entities::JobKind::Transcode => "TRANSCODE",
         entities::JobKind::DeleteObjects => "DELETE_OBJECTS",
+        entities::JobKind::SendMail => "SEND_MAIL",
     }
 }

@@ -71,7 +71,31 @@ pub struct LeaseState {
     pub cancel_requested: bool,
 }
 
-fn lease_sql(backend: DbBackend) -> &'static str {
+/// Which jobs a scheduler leases. Mail has its own lane (and its own slots in every
+/// worker process), so a SEND_MAIL job never waits for a transcode to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Everything but SEND_MAIL: transcodes, object deletions.
+    Media,
+    /// SEND_MAIL only.
+    Mail,
+}
+
+impl Lane {
+    fn kind_filter(self) -> &'static str {
+        match self {
+            Lane::Media => "c.kind <> 'SEND_MAIL'",
+            Lane::Mail => "c.kind = 'SEND_MAIL'",
+        }
+    }
+}
+
+fn lease_sql(backend: DbBackend, lane: Lane) -> String {
+    lease_sql_template(backend)
+        .replace("c.status = 'QUEUED' AND", &format!("c.status = 'QUEUED' AND {} AND", lane.kind_filter()))
+}
+
+fn lease_sql_template(backend: DbBackend) -> &'static str {
     // Order: priority, then the owner with the fewest RUNNING jobs, then the owner
     // served longest ago (never served first), then oldest job. An owner's 50 queued
     // uploads therefore alternate with everybody else's work. Owners who used up
@@ -127,10 +151,22 @@ fn lease_duration(lease_for: Duration) -> chrono::Duration {
     chrono::Duration::from_std(lease_for).unwrap_or_else(|_| chrono::Duration::seconds(30))
 }
 
-/// Lease the next runnable job for `worker_id`, if any.
+/// Lease the next runnable job of the media lane (everything but mail) for
+/// `worker_id`, if any.
 pub async fn lease(
     db: &DatabaseConnection,
     worker_id: &str,
+    lease_for: Duration,
+    settings: &JobSettings,
+) -> Result<Option<LeasedJob>, QueueError> {
+    lease_in(db, worker_id, Lane::Media, lease_for, settings).await
+}
+
+/// Lease the next runnable job of `lane` for `worker_id`, if any.
+pub async fn lease_in(
+    db: &DatabaseConnection,
+    worker_id: &str,
+    lane: Lane,
     lease_for: Duration,
     settings: &JobSettings,
 ) -> Result<Option<LeasedJob>, QueueError> {
@@ -139,7 +175,7 @@ pub async fn lease(
     let token = Uuid::new_v4();
     let statement = Statement::from_sql_and_values(
         backend,
-        lease_sql(backend),
+        &lease_sql(backend, lane),
         [
             worker_id.into(),
             token.into(),

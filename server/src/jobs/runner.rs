@@ -3,7 +3,8 @@
 //! applies that result inside the scheduler's completion transaction (so a worker
 //! whose lease was taken away cannot apply anything).
 //!
-//! TRANSCODE is in `jobs::transcode`, DELETE_OBJECTS in `jobs::delete_objects`.
+//! TRANSCODE is in `jobs::transcode`, DELETE_OBJECTS in `jobs::delete_objects`,
+//! SEND_MAIL in `mail`.
 //!
 //! A failed or cancelled re-transcode of a video that was READY before (an earlier
 //! job recorded READY for it) leaves the video READY with its previous ladder and only
@@ -40,6 +41,8 @@ pub struct JobContext {
     /// Per-process scratch directory; each job works in its own subdirectory and
     /// removes it on every path.
     pub scratch_dir: PathBuf,
+    /// Delivers SEND_MAIL jobs.
+    pub mailer: Arc<crate::mail::Mailer>,
 }
 
 /// Where a running job reports; the scheduler throttles, stores and publishes.
@@ -65,6 +68,7 @@ pub enum JobError {
 pub enum JobOutput {
     Transcoded(Box<TranscodeOutput>),
     ObjectsDeleted { count: u64 },
+    MailSent,
 }
 
 /// The error shown on a video whose processing was cancelled.
@@ -101,6 +105,7 @@ pub async fn run(
         JobKind::DeleteObjects => super::delete_objects::run_delete_objects(ctx, job, reporter.clone())
             .await
             .map(|count| JobOutput::ObjectsDeleted { count }),
+        JobKind::SendMail => crate::mail::run_send_mail(ctx, job).await,
     };
     guard.armed = false;
     if job.kind == JobKind::Transcode {

@@ -55,6 +55,8 @@ pub struct WorkerDeps {
     pub scratch_dir: PathBuf,
     /// `None`: `runner::run`.
     pub runner: Option<RunFn>,
+    /// Delivers SEND_MAIL jobs.
+    pub mailer: Arc<crate::mail::Mailer>,
 }
 
 impl WorkerDeps {
@@ -84,6 +86,7 @@ struct Running {
 pub struct Scheduler {
     deps: WorkerDeps,
     worker_id: String,
+    lane: queue::Lane,
     capacity: usize,
     running: HashMap<Uuid, Running>,
     leasing: bool,
@@ -94,10 +97,17 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(deps: WorkerDeps, worker_id: String, capacity: usize, death: crate::actors::DeathNotice) -> Self {
+    pub fn new(
+        deps: WorkerDeps,
+        worker_id: String,
+        lane: queue::Lane,
+        capacity: usize,
+        death: crate::actors::DeathNotice,
+    ) -> Self {
         Self {
             deps,
             worker_id,
+            lane,
             capacity: capacity.max(1),
             running: HashMap::new(),
             leasing: false,
@@ -116,7 +126,8 @@ impl Scheduler {
         let worker_id = self.worker_id.clone();
         let lease_for = self.deps.lease_for();
         let settings = self.deps.settings.clone();
-        let fut = async move { queue::lease(&db, &worker_id, lease_for, &settings.jobs).await };
+        let lane = self.lane;
+        let fut = async move { queue::lease_in(&db, &worker_id, lane, lease_for, &settings.jobs).await };
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
             act.leasing = false;
             match result {
@@ -179,8 +190,11 @@ impl Actor for Scheduler {
     fn started(&mut self, ctx: &mut Self::Context) {
         let poll = Duration::from_millis(self.deps.settings.jobs.poll_interval_ms.max(10));
         ctx.run_interval(poll, |act, ctx| act.try_lease(ctx));
-        let sweep_every = Duration::from_secs(self.deps.settings.jobs.sweep_interval_secs.max(1));
-        ctx.run_interval(sweep_every, |act, ctx| act.sweep(ctx));
+        // One sweeper per process is enough: the media lane's.
+        if self.lane == queue::Lane::Media {
+            let sweep_every = Duration::from_secs(self.deps.settings.jobs.sweep_interval_secs.max(1));
+            ctx.run_interval(sweep_every, |act, ctx| act.sweep(ctx));
+        }
         ctx.notify(Tick);
     }
 }
@@ -460,6 +474,7 @@ fn attempt_span(job: &job::Model) -> tracing::Span {
     let kind = match job.kind {
         entities::JobKind::Transcode => "transcode",
         entities::JobKind::DeleteObjects => "delete-objects",
+        entities::JobKind::SendMail => "send-mail",
     };
     let span = tracing::info_span!(
         "job attempt",
@@ -489,6 +504,7 @@ impl Actor for JobWorker {
             settings: self.deps.settings.clone(),
             publisher: self.deps.publisher.clone(),
             scratch_dir: self.deps.scratch_dir.clone(),
+            mailer: self.deps.mailer.clone(),
         };
         let reporter: Arc<dyn JobReporter> = Arc::new(QueueReporter::start(
             self.deps.db.clone(),

@@ -38,10 +38,15 @@ pub enum Policy {
     WebhookReplay,
     /// `recordView` per user or client address.
     Views,
+    /// Account mails one account may cause (`resendVerification`, `requestPasswordReset`,
+    /// `changeEmail`), per account.
+    AccountMail,
+    /// The same mutations, per client address (IPv6 per /64).
+    AccountMailIp,
 }
 
 impl Policy {
-    pub const ALL: [Policy; 8] = [
+    pub const ALL: [Policy; 10] = [
         Policy::Auth,
         Policy::AuthIp,
         Policy::Api,
@@ -50,6 +55,8 @@ impl Policy {
         Policy::Webhook,
         Policy::WebhookReplay,
         Policy::Views,
+        Policy::AccountMail,
+        Policy::AccountMailIp,
     ];
 
     /// The settings and header name (`"api"`, `"auth_ip"`, …).
@@ -63,6 +70,8 @@ impl Policy {
             Policy::Webhook => "webhook",
             Policy::WebhookReplay => "webhook_replay",
             Policy::Views => "views",
+            Policy::AccountMail => "account_mail",
+            Policy::AccountMailIp => "account_mail_ip",
         }
     }
 }

@@ -35,10 +35,15 @@ pub enum AuditAction {
     JobRetried,
     JobCancelled,
     JobPriorityChanged,
+    EmailVerified,
+    PasswordResetRequested,
+    PasswordReset,
+    EmailChangeRequested,
+    EmailChanged,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 17] = [
+    pub const ALL: [AuditAction; 22] = [
         AuditAction::LoginSucceeded,
         AuditAction::LoginFailed,
         AuditAction::RefreshReuseDetected,
@@ -56,6 +61,11 @@ impl AuditAction {
         AuditAction::JobRetried,
         AuditAction::JobCancelled,
         AuditAction::JobPriorityChanged,
+        AuditAction::EmailVerified,
+        AuditAction::PasswordResetRequested,
+        AuditAction::PasswordReset,
+        AuditAction::EmailChangeRequested,
+        AuditAction::EmailChanged,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -77,6 +87,11 @@ impl AuditAction {
             AuditAction::JobRetried => "JOB_RETRIED",
             AuditAction::JobCancelled => "JOB_CANCELLED",
             AuditAction::JobPriorityChanged => "JOB_PRIORITY_CHANGED",
+            AuditAction::EmailVerified => "EMAIL_VERIFIED",
+            AuditAction::PasswordResetRequested => "PASSWORD_RESET_REQUESTED",
+            AuditAction::PasswordReset => "PASSWORD_RESET",
+            AuditAction::EmailChangeRequested => "EMAIL_CHANGE_REQUESTED",
+            AuditAction::EmailChanged => "EMAIL_CHANGED",
         }
     }
 

@@ -212,6 +212,9 @@ pub async fn open_session(
     tus: Option<TusOptions>,
 ) -> AppResult<(upload::Model, video::Model)> {
     let settings = &state.settings.uploads;
+    if !state.settings.auth.unverified_can_upload {
+        crate::auth::account_mail::require_verified(&state.db, principal.user_id).await?;
+    }
     crate::limits::enforce(state, crate::limits::Policy::Upload, principal.user_id.to_string(), 1).await?;
     let options = tus.clone().unwrap_or_default();
     let mut request = request;

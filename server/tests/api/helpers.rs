@@ -397,8 +397,29 @@ impl TestApp {
         self.login(&email, TEST_PASSWORD).await
     }
 
-    /// Register a new USER through the API.
+    /// Register a new USER through the API, then mark the address verified in the
+    /// database (as following the mailed link would; `accounts_mail` tests the link
+    /// itself), so the user may upload.
     pub async fn register_user(&self) -> TestUser {
+        let user = self.register_unverified_user().await;
+        self.mark_email_verified(&user.id).await;
+        user
+    }
+
+    /// Set `users.email_verified_at` of `user_id` to now.
+    pub async fn mark_email_verified(&self, user_id: &str) {
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+        let id = Uuid::parse_str(user_id).expect("user id");
+        entities::user::Entity::update_many()
+            .col_expr(entities::user::Column::EmailVerifiedAt, sea_orm::sea_query::Expr::value(chrono::Utc::now()))
+            .filter(entities::user::Column::Id.eq(id))
+            .exec(&self.state.db)
+            .await
+            .expect("mark the address verified");
+    }
+
+    /// Register a new USER through the API; the address stays unverified.
+    pub async fn register_unverified_user(&self) -> TestUser {
         let email = format!("{}@example.com", Uuid::new_v4().simple());
         let (status, body) = self
             .graphql(

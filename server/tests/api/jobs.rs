@@ -673,6 +673,7 @@ fn start_workers(
         publisher: Publisher::new(Some(app.state.hubs.event_bus.clone())),
         scratch_dir: app.data_dir.path().join("scratch"),
         runner: Some(runner),
+        mailer: app.state.mailer.clone(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let handle = actix_rt::spawn(async move {

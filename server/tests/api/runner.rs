@@ -98,6 +98,7 @@ pub(crate) async fn harness(customize: impl FnOnce(&mut Settings)) -> Harness {
         settings: app.state.settings.clone(),
         publisher: events::Publisher::new(Some(app.state.hubs.event_bus.clone())),
         scratch_dir: scratch.path().to_path_buf(),
+        mailer: app.state.mailer.clone(),
     };
     let now = Utc::now();
     let owner = Uuid::now_v7();
@@ -109,6 +110,7 @@ pub(crate) async fn harness(customize: impl FnOnce(&mut Settings)) -> Harness {
         role: Set(Role::User),
         disabled: Set(false),
         storage_quota_bytes: Set(None),
+        email_verified_at: Set(Some(now)),
         created_at: Set(now),
         updated_at: Set(now),
     }
