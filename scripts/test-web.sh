@@ -206,6 +206,15 @@ run_s3() {
         REELHOUSE__GRAPHQL__PLAYGROUND=true
         REELHOUSE__GRAPHQL__INTROSPECTION=true
     )
+    # Real SMTP when the test services run a sink (scripts/test-services.sh
+    # writes SMTP_URL and SMTP_SINK_DIR): the tests read the mails it received.
+    # Without one, mail is a job run by either process, and each writes its
+    # .eml files under its own data dir.
+    local mail_dirs="$WORK/s3-data/mail:$WORK/s3-worker/mail"
+    if [[ -n "${SMTP_URL:-}" && -n "${SMTP_SINK_DIR:-}" ]]; then
+        env+=(REELHOUSE__MAIL__SMTP_URL="$SMTP_URL")
+        mail_dirs="$SMTP_SINK_DIR"
+    fi
     logfile="$ARTIFACTS/s3-server.log"
     env "${env[@]}" REELHOUSE__WORKERS__EMBEDDED=false \
         "$BIN" serve --bind "127.0.0.1:$port" --data-dir "$WORK/s3-data" >"$logfile" 2>&1 &
@@ -216,9 +225,7 @@ run_s3() {
     PIDS+=("$!")
     env "${env[@]}" REELHOUSE_ADMIN_PASSWORD="$ADMIN_PASSWORD" \
         "$BIN" create-admin --email "$ADMIN_EMAIL" --data-dir "$WORK/s3-data" >/dev/null || return 1
-    # Mail is sent by a job, so by either process: without an SMTP sink each
-    # writes its .eml files under its own data dir.
-    run_e2e s3 "$url" "$WORK/s3-data/mail:$WORK/s3-worker/mail"
+    run_e2e s3 "$url" "$mail_dirs"
 }
 
 mkdir -p "$ARTIFACTS"
