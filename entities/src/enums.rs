@@ -116,6 +116,10 @@ pub enum JobKind {
     /// Send one account mail (its own lane: never waits behind transcodes).
     #[sea_orm(string_value = "SEND_MAIL")]
     SendMail,
+    /// Remove a deleted account: its videos (with DELETED events), its objects
+    /// (`users/{id}/`), then the account row.
+    #[sea_orm(string_value = "DELETE_USER")]
+    DeleteUser,
 }
 
 /// Where a job is in the queue.

@@ -21,6 +21,10 @@ pub struct Model {
     pub storage_quota_bytes: Option<i64>,
     /// When the owner proved the address (followed a verification link); `None`: not yet.
     pub email_verified_at: Option<DateTimeUtc>,
+    /// `None` means `jobs.processing_budget_secs_per_day` applies; 0: no budget.
+    pub processing_budget_secs_per_day: Option<i64>,
+    /// Set when an admin deleted the account; a DELETE_USER job then removes it.
+    pub deleted_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -27,6 +27,7 @@ mod m20261206_000004_create_audit_events;
 mod m20261206_000005_add_trace_parent;
 mod m20261206_000006_add_video_output_version;
 mod m20261206_000007_account_mail;
+mod m20261206_000009_user_admin;
 
 pub struct Migrator;
 
@@ -53,6 +54,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000005_add_trace_parent::Migration),
             Box::new(m20261206_000006_add_video_output_version::Migration),
             Box::new(m20261206_000007_account_mail::Migration),
+            Box::new(m20261206_000009_user_admin::Migration),
         ]
     }
 }

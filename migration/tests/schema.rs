@@ -91,6 +91,8 @@ fn sample_user(email: &str, role: Role) -> user::Model {
         disabled: false,
         storage_quota_bytes: Some(5 * 1024 * 1024 * 1024),
         email_verified_at: Some(at),
+        processing_budget_secs_per_day: Some(3600),
+        deleted_at: Some(at),
         created_at: at,
         updated_at: at,
     }

@@ -50,6 +50,8 @@ pub struct AppState {
     pub recheck_rows: crate::events::recheck::RecheckRows,
     /// Seals account mail into SEND_MAIL jobs (and delivers them in embedded workers).
     pub mailer: Arc<crate::mail::Mailer>,
+    /// Sessions revoked and accounts changed, pushed to open sockets (`events::access`).
+    pub access_signals: crate::events::access::AccessSignals,
 }
 
 impl AppState {
@@ -122,6 +124,7 @@ impl Application {
         tracing::info!(transport = %mailer.describe(), "mail");
         let settings = Arc::new(settings);
         let login_failures = crate::limits::login::LoginFailures::new(&settings.auth, redis.clone());
+        let access_signals = crate::events::access::AccessSignals::new(redis.clone(), &instance_id);
         let state = AppState {
             settings: settings.clone(),
             db,
@@ -147,6 +150,7 @@ impl Application {
             ws_admission: crate::limits::ws::WsAdmission::default(),
             recheck_rows: crate::events::recheck::RecheckRows::default(),
             mailer,
+            access_signals,
         };
         start_background_loops(&state, &webhook_secrets);
         let schema = web::Data::new(build_schema(&settings.graphql, Some(state.clone())));
@@ -299,8 +303,9 @@ fn start_background_loops(state: &AppState, webhook_secrets: &Arc<crate::webhook
     let supervisor = &state.hubs.supervisor;
     if let Some(redis) = state.redis.clone() {
         let (bus, db, instance) = (state.hubs.event_bus.clone(), state.db.clone(), state.instance_id.clone());
+        let access = state.access_signals.clone();
         supervisor.supervise("event_relay", Backoff::default(), move || {
-            crate::events::fanout::run_relay(redis.clone(), bus.clone(), db.clone(), instance.clone())
+            crate::events::fanout::run_relay(redis.clone(), bus.clone(), db.clone(), instance.clone(), access.clone())
         });
     }
     let sweeper_state = state.clone();

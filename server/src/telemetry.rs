@@ -330,6 +330,14 @@ pub const METRICS: &[MetricInfo] = {
             "reelhouse_ws_rechecks_deferred_total",
             "Session credential re-checks put off because the database did not answer.",
         ),
+        counter(
+            "reelhouse_access_changes_total",
+            "Access changes (session revoked, account disabled, deleted or re-roled) pushed to open sockets.",
+        ),
+        counter(
+            "reelhouse_ws_pushed_rechecks_total",
+            "Socket credential re-checks run at once because an access change named the socket's user.",
+        ),
         gauge("reelhouse_subscribers", Some(Unit::Count), "Open GraphQL subscriptions to video events in this process."),
         counter("reelhouse_subscriber_resyncs_total", "Subscriptions that fell behind the bus and re-read their state."),
         counter("reelhouse_events_dropped_total", "Bus messages a lagging subscription missed (it resynced after)."),

@@ -101,6 +101,8 @@ pub async fn insert_account<C: ConnectionTrait>(
         disabled: Set(false),
         storage_quota_bytes: Set(None),
         email_verified_at: Set(verified.then_some(now)),
+        processing_budget_secs_per_day: Set(None),
+        deleted_at: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
     };

@@ -130,6 +130,8 @@ pub fn decoy_session(state: &AppState, email: &str, display_name: &str) -> AppRe
         disabled: false,
         storage_quota_bytes: None,
         email_verified_at: None,
+        processing_budget_secs_per_day: None,
+        deleted_at: None,
         created_at: now,
         updated_at: now,
     };

@@ -82,9 +82,17 @@ const REPLAY_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
 const REPLAY_PAGE: u64 = 500;
 
 /// Run the relay until the process ends: subscribe, forward, and after every lost
-/// connection reconnect with backoff and replay what may have been missed.
-pub async fn run_relay(redis: Arc<RedisHandle>, bus: Hub<EventBus>, db: DatabaseConnection, instance: String) {
+/// connection reconnect with backoff and replay what may have been missed. The same
+/// connection carries access changes (`events::access`) to `access`.
+pub async fn run_relay(
+    redis: Arc<RedisHandle>,
+    bus: Hub<EventBus>,
+    db: DatabaseConnection,
+    instance: String,
+    access: super::access::AccessSignals,
+) {
     let channel = channel(&redis);
+    let access_channel = super::access::channel(&redis);
     let mut lost_at: Option<DateTime<Utc>> = None;
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -92,7 +100,7 @@ pub async fn run_relay(redis: Arc<RedisHandle>, bus: Hub<EventBus>, db: Database
         let connect = tokio::time::timeout(Duration::from_secs(5), redis.client().get_async_pubsub()).await;
         match connect.unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::IoError, "connect timed out"))))
         {
-            Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
+            Ok(mut pubsub) => match pubsub.subscribe(&[&channel, &access_channel]).await {
                 Ok(()) => {
                     metrics::gauge!("reelhouse_event_relay_connected").set(1.0);
                     tracing::info!(channel, "event relay subscribed");
@@ -103,7 +111,11 @@ pub async fn run_relay(redis: Arc<RedisHandle>, bus: Hub<EventBus>, db: Database
                     let mut messages = pubsub.on_message();
                     while let Some(message) = messages.next().await {
                         let Ok(payload) = message.get_payload::<String>() else { continue };
-                        forward(&bus, &instance, &payload);
+                        if message.get_channel_name() == access_channel {
+                            access.forward_from_redis(&payload);
+                        } else {
+                            forward(&bus, &instance, &payload);
+                        }
                     }
                     metrics::gauge!("reelhouse_event_relay_connected").set(0.0);
                     tracing::warn!("event relay lost its redis connection; reconnecting");

@@ -7,6 +7,7 @@
 //! `seq` (1, 2, 3, ...) and a global `cursor` (the outbox row id) that subscriptions
 //! resume from.
 
+pub mod access;
 pub mod fanout;
 pub mod recheck;
 

@@ -1,7 +1,6 @@
 //! Accounts and access in GraphQL: sign-up and sign-in, sessions, API keys, and
 //! user administration.
 
-use async_graphql::connection::Connection;
 use async_graphql::{Context, Enum, ErrorExtensions, InputObject, Object, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 use entities::{api_key, user};
@@ -183,29 +182,7 @@ impl AccountsQuery {
         let keys = api_keys::list_api_keys(&state.db, principal.user_id).await.gql()?;
         Ok(keys.into_iter().map(ApiKey::from).collect())
     }
-
-    /// Every account, oldest first. Admins only.
-    #[graphql(guard = "PermissionGuard(Permission::ManageUsers)")]
-    async fn users(
-        &self,
-        ctx: &Context<'_>,
-        first: Option<i32>,
-        after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, User>> {
-        let state = ctx.data::<AppState>()?;
-        let query = user::Entity::find();
-        super::paging::by_uuid(
-            &state.db,
-            query,
-            user::Column::Id,
-            |u| u.id,
-            User::from,
-            super::paging::Page { first, after },
-            false,
-        )
-        .await
-        .gql()
-    }
+    // `users(first, after, filter)`: graphql/user_admin.rs.
 }
 
 #[derive(Default)]
@@ -299,6 +276,7 @@ impl AccountsMutation {
             .detail(serde_json::json!({ "reason": "revoke all sessions", "sessions": revoked }));
         audit::record(&txn, &client_info(ctx), entry).await.gql()?;
         txn.commit().await.gql()?;
+        state.access_signals.notify(crate::events::access::AccessChange::user(principal.user_id));
         Ok(true)
     }
 
@@ -377,10 +355,12 @@ impl AccountsMutation {
             .detail(serde_json::json!({ "from": from, "to": role }));
         audit::record(&txn, &client, entry).await.gql()?;
         txn.commit().await.gql()?;
+        state.access_signals.notify(crate::events::access::AccessChange::user(user.id));
         Ok(user.into())
     }
 
-    /// Disable an account and end its sessions. Admins only.
+    /// Disable an account: its sessions end and its open sockets close at once;
+    /// its API keys stop working while it stays disabled. Admins only.
     #[graphql(guard = "PermissionGuard(Permission::ManageUsers)")]
     async fn disable_user(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<User> {
         let state = ctx.data::<AppState>()?;
@@ -399,6 +379,8 @@ impl AccountsMutation {
             .detail(serde_json::json!({ "sessionsRevoked": revoked }));
         audit::record(&txn, &client_info(ctx), entry).await.gql()?;
         txn.commit().await.gql()?;
+        // Open sockets of the account close now, not at their next periodic re-check.
+        state.access_signals.notify(crate::events::access::AccessChange::user(user_id));
         Ok(user.into())
     }
 }

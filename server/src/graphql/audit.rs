@@ -38,6 +38,9 @@ pub enum AuditAction {
     PasswordReset,
     EmailChangeRequested,
     EmailChanged,
+    UserEnabled,
+    UserDeleted,
+    QuotaChanged,
 }
 
 /// Done, failed (bad credentials, a conflict), or refused by policy.

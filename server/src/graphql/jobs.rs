@@ -37,6 +37,7 @@ pub enum JobKind {
     Transcode,
     DeleteObjects,
     SendMail,
+    DeleteUser,
 }
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
@@ -103,7 +104,8 @@ impl From<worker::Model> for Worker {
 /// What a QUEUED job waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, async_graphql::Enum)]
 pub enum JobWait {
-    /// The owner used up today's processing budget (`jobs.processing_budget_secs_per_day`).
+    /// The owner used up today's processing budget (their own, set by `setUserQuota`,
+    /// or `jobs.processing_budget_secs_per_day`).
     ProcessingBudget,
     /// The delay before the next attempt of a job that failed.
     RetryBackoff,
@@ -170,13 +172,17 @@ impl Job {
             return Ok(None);
         }
         let state = ctx.data::<AppState>()?;
-        let budget = state.settings.jobs.processing_budget_secs_per_day;
-        if let (Some(owner), true) = (self.0.owner_id, budget > 0) {
-            let used = crate::repo::usage::processing_seconds_today(&state.db, owner)
+        if let Some(owner) = self.0.owner_id {
+            let budget = crate::repo::usage::processing_budget_of(&state.db, owner, &state.settings)
                 .await
                 .map_err(|e| AppError::internal(e).extend())?;
-            if used >= budget as f64 {
-                return Ok(Some(JobWait::ProcessingBudget));
+            if let Some(budget) = budget {
+                let used = crate::repo::usage::processing_seconds_today(&state.db, owner)
+                    .await
+                    .map_err(|e| AppError::internal(e).extend())?;
+                if used >= budget as f64 {
+                    return Ok(Some(JobWait::ProcessingBudget));
+                }
             }
         }
         Ok((self.0.run_after > Utc::now()).then_some(JobWait::RetryBackoff))

@@ -12,6 +12,7 @@ mod paging;
 pub mod progress;
 mod server_info;
 mod uploads;
+pub mod user_admin;
 pub mod videos;
 pub mod views;
 pub mod webhooks;
@@ -36,6 +37,7 @@ pub struct Query(
     JobsQuery,
     WebhooksQuery,
     audit::AuditQuery,
+    user_admin::UserAdminQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -48,6 +50,7 @@ pub struct Mutation(
     JobsMutation,
     WebhooksMutation,
     account_mail::AccountMailMutation,
+    user_admin::UserAdminMutation,
 );
 
 #[derive(MergedSubscription, Default)]

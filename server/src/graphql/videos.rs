@@ -475,10 +475,16 @@ impl User {
     /// there is no budget. Jobs past it wait for the next day.
     async fn processing_budget_seconds_per_day(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<i64>> {
         let state = ctx.data::<AppState>()?;
-        Ok(match state.settings.jobs.processing_budget_secs_per_day {
-            0 => None,
-            secs => Some(i64::try_from(secs).unwrap_or(i64::MAX)),
-        })
+        let user_id = Uuid::parse_str(self.id.as_str()).map_err(|e| AppError::internal(e).extend())?;
+        crate::repo::usage::processing_budget_of(&state.db, user_id, &state.settings)
+            .await
+            .map_err(|e| AppError::internal(e).extend())
+    }
+
+    /// The account's live sign-in sessions, most recently used first. Only the
+    /// user themself and admins may read them.
+    async fn sessions(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<super::user_admin::Session>> {
+        super::user_admin::sessions_of(ctx, &self.id).await
     }
 }
 

@@ -12,7 +12,9 @@
 //!   its credentials no longer say what they said at `connection_init`: session or
 //!   API key revoked, user disabled, or a different role (a demotion, or an API
 //!   key's owner demoted). This is checked before every operation starts, and
-//!   every `graphql.ws_recheck_ms` for the ones that keep running. A re-check the
+//!   every `graphql.ws_recheck_ms` for the ones that keep running, and at once when
+//!   an access change names the socket's user (`events::access`: a session revoked,
+//!   an account disabled, deleted or given another role). A re-check the
 //!   database cannot answer keeps the socket open and is tried again at the next
 //!   interval (an operation starting meanwhile gets an `UNAVAILABLE` error);
 //! - every operation costs one token of the client's `api` rate-limit bucket (the
@@ -253,6 +255,12 @@ async fn recheck(state: AppState, auth: Arc<Mutex<SessionAuth>>) -> Result<(), R
     outcome
 }
 
+/// An access change that may concern this socket, or `Lagged`: some were missed.
+enum AccessSignal {
+    Changed(crate::events::access::AccessChange),
+    Lagged,
+}
+
 impl Session {
     fn close(ctx: &mut WebsocketContext<Self>, code: u16, reason: &str) {
         ctx.close(Some(CloseReason { code: CloseCode::Other(code), description: Some(reason.to_string()) }));
@@ -275,21 +283,31 @@ impl Session {
             ctx.ping(b"");
         });
         let recheck_every = Duration::from_millis(self.state.settings.graphql.ws_recheck_ms.max(50));
-        ctx.run_interval(recheck_every, |session, ctx| {
-            recheck(session.state.clone(), session.auth.clone())
-                .into_actor(session)
-                .map(|outcome, _, ctx| match outcome {
-                    Err(RecheckFailed::Lost(reason)) => Self::close(ctx, CLOSE_FORBIDDEN, reason),
-                    // The next interval checks again; the socket stays open meanwhile.
-                    Err(RecheckFailed::Unavailable) => {
-                        tracing::debug!(
-                            "credentials could not be re-checked (database unavailable); keeping the socket"
-                        )
-                    }
-                    Ok(()) => {}
-                })
-                .spawn(ctx);
+        ctx.run_interval(recheck_every, |session, ctx| session.recheck_now(ctx));
+        let signals = futures::stream::unfold(self.state.access_signals.subscribe(), |mut rx| async move {
+            use tokio::sync::broadcast::error::RecvError;
+            match rx.recv().await {
+                Ok(change) => Some((AccessSignal::Changed(change), rx)),
+                Err(RecvError::Lagged(_)) => Some((AccessSignal::Lagged, rx)),
+                Err(RecvError::Closed) => None,
+            }
         });
+        ctx.add_stream(signals);
+    }
+
+    /// Re-check the credential now; close with 4403 if it was lost.
+    fn recheck_now(&self, ctx: &mut WebsocketContext<Self>) {
+        recheck(self.state.clone(), self.auth.clone())
+            .into_actor(self)
+            .map(|outcome, _, ctx| match outcome {
+                Err(RecheckFailed::Lost(reason)) => Self::close(ctx, CLOSE_FORBIDDEN, reason),
+                // The next interval checks again; the socket stays open meanwhile.
+                Err(RecheckFailed::Unavailable) => {
+                    tracing::debug!("credentials could not be re-checked (database unavailable); keeping the socket")
+                }
+                Ok(()) => {}
+            })
+            .spawn(ctx);
     }
 }
 
@@ -514,6 +532,24 @@ impl Actor for Session {
     fn stopped(&mut self, _: &mut Self::Context) {
         metrics::gauge!("reelhouse_ws_sessions").decrement(1.0);
     }
+}
+
+impl StreamHandler<AccessSignal> for Session {
+    fn handle(&mut self, signal: AccessSignal, ctx: &mut Self::Context) {
+        let opened_as = self.auth.lock().ok().and_then(|a| a.principal.as_ref().map(|p| (p.user_id, p.family_id)));
+        let Some((user_id, family_id)) = opened_as else { return };
+        let concerned = match signal {
+            AccessSignal::Changed(change) => change.concerns(user_id, family_id),
+            AccessSignal::Lagged => true,
+        };
+        if concerned {
+            metrics::counter!("reelhouse_ws_pushed_rechecks_total").increment(1);
+            self.recheck_now(ctx);
+        }
+    }
+
+    /// The signal channel ends only with the process; the socket is not stopped for it.
+    fn finished(&mut self, _: &mut Self::Context) {}
 }
 
 impl StreamHandler<Result<Message, ProtocolError>> for Session {

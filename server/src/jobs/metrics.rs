@@ -108,5 +108,6 @@ pub fn kind_label(kind: entities::JobKind) -> &'static str {
         entities::JobKind::Transcode => "TRANSCODE",
         entities::JobKind::DeleteObjects => "DELETE_OBJECTS",
         entities::JobKind::SendMail => "SEND_MAIL",
+        entities::JobKind::DeleteUser => "DELETE_USER",
     }
 }

@@ -1,6 +1,7 @@
 //! The durable job queue: a table, not a home-made broker.
 
 mod delete_objects;
+mod delete_user;
 pub mod metrics;
 pub mod queue;
 pub mod reporter;

@@ -99,7 +99,8 @@ fn lease_sql_template(backend: DbBackend) -> &'static str {
     // Order: priority, then the owner with the fewest RUNNING jobs, then the owner
     // served longest ago (never served first), then oldest job. An owner's 50 queued
     // uploads therefore alternate with everybody else's work. Owners who used up
-    // today's processing budget are passed over until tomorrow.
+    // today's processing budget (their own, `users.processing_budget_secs_per_day`, or
+    // the server's; 0 is none) are passed over until tomorrow.
     match backend {
         DbBackend::Postgres => {
             r#"UPDATE jobs SET status = 'RUNNING', attempts = attempts + 1, lease_owner = $1, lease_token = $2,
@@ -108,7 +109,11 @@ fn lease_sql_template(backend: DbBackend) -> &'static str {
                 SELECT c.id FROM jobs c
                 WHERE c.status = 'QUEUED' AND c.run_after <= $4
                     AND (c.owner_id IS NULL OR NOT EXISTS (SELECT 1 FROM processing_usage u
-                        WHERE u.user_id = c.owner_id AND u.day = $5 AND u.seconds >= $6))
+                        WHERE u.user_id = c.owner_id AND u.day = $5 AND u.seconds >= (SELECT CASE
+                            WHEN b.processing_budget_secs_per_day IS NULL THEN $6
+                            WHEN b.processing_budget_secs_per_day = 0 THEN 1e300
+                            ELSE b.processing_budget_secs_per_day END
+                        FROM users b WHERE b.id = c.owner_id)))
                 ORDER BY c.priority DESC,
                     (SELECT COUNT(*) FROM jobs r WHERE r.owner_id = c.owner_id AND r.status = 'RUNNING') ASC,
                     (SELECT MAX(s.updated_at) FROM jobs s WHERE s.owner_id = c.owner_id AND s.status <> 'QUEUED')
@@ -126,7 +131,11 @@ fn lease_sql_template(backend: DbBackend) -> &'static str {
                 SELECT c.id FROM jobs c
                 WHERE c.status = 'QUEUED' AND c.run_after <= ?4
                     AND (c.owner_id IS NULL OR NOT EXISTS (SELECT 1 FROM processing_usage u
-                        WHERE u.user_id = c.owner_id AND u.day = ?5 AND u.seconds >= ?6))
+                        WHERE u.user_id = c.owner_id AND u.day = ?5 AND u.seconds >= (SELECT CASE
+                            WHEN b.processing_budget_secs_per_day IS NULL THEN ?6
+                            WHEN b.processing_budget_secs_per_day = 0 THEN 1e300
+                            ELSE b.processing_budget_secs_per_day END
+                        FROM users b WHERE b.id = c.owner_id)))
                 ORDER BY c.priority DESC,
                     (SELECT COUNT(*) FROM jobs r WHERE r.owner_id = c.owner_id AND r.status = 'RUNNING') ASC,
                     (SELECT MAX(s.updated_at) FROM jobs s WHERE s.owner_id = c.owner_id AND s.status <> 'QUEUED')

@@ -106,6 +106,9 @@ pub async fn run(
             .await
             .map(|count| JobOutput::ObjectsDeleted { count }),
         JobKind::SendMail => crate::mail::run_send_mail(ctx, job).await,
+        JobKind::DeleteUser => super::delete_user::run_delete_user(ctx, job, reporter.clone())
+            .await
+            .map(|count| JobOutput::ObjectsDeleted { count }),
     };
     guard.armed = false;
     if job.kind == JobKind::Transcode {

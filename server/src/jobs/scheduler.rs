@@ -475,6 +475,7 @@ fn attempt_span(job: &job::Model) -> tracing::Span {
         entities::JobKind::Transcode => "transcode",
         entities::JobKind::DeleteObjects => "delete-objects",
         entities::JobKind::SendMail => "send-mail",
+        entities::JobKind::DeleteUser => "delete-user",
     };
     let span = tracing::info_span!(
         "job attempt",

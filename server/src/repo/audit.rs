@@ -40,10 +40,13 @@ pub enum AuditAction {
     PasswordReset,
     EmailChangeRequested,
     EmailChanged,
+    UserEnabled,
+    UserDeleted,
+    QuotaChanged,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 22] = [
+    pub const ALL: [AuditAction; 25] = [
         AuditAction::LoginSucceeded,
         AuditAction::LoginFailed,
         AuditAction::RefreshReuseDetected,
@@ -66,6 +69,9 @@ impl AuditAction {
         AuditAction::PasswordReset,
         AuditAction::EmailChangeRequested,
         AuditAction::EmailChanged,
+        AuditAction::UserEnabled,
+        AuditAction::UserDeleted,
+        AuditAction::QuotaChanged,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -92,6 +98,9 @@ impl AuditAction {
             AuditAction::PasswordReset => "PASSWORD_RESET",
             AuditAction::EmailChangeRequested => "EMAIL_CHANGE_REQUESTED",
             AuditAction::EmailChanged => "EMAIL_CHANGED",
+            AuditAction::UserEnabled => "USER_ENABLED",
+            AuditAction::UserDeleted => "USER_DELETED",
+            AuditAction::QuotaChanged => "QUOTA_CHANGED",
         }
     }
 

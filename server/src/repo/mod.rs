@@ -3,5 +3,6 @@
 pub mod audit;
 pub mod moderation;
 pub mod usage;
+pub mod users;
 pub mod videos;
 pub mod views;

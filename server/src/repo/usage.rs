@@ -19,6 +19,26 @@ pub fn storage_quota(user: Option<&user::Model>, settings: &Settings) -> Option<
     (quota > 0).then_some(quota)
 }
 
+/// The daily processing budget of `user` in seconds: the per-user override when
+/// set, else `jobs.processing_budget_secs_per_day`; `None` when there is none (0).
+/// The lease query (`jobs::queue`) applies the same rule in SQL.
+pub fn processing_budget(user: Option<&user::Model>, settings: &Settings) -> Option<i64> {
+    let budget = user
+        .and_then(|u| u.processing_budget_secs_per_day)
+        .unwrap_or_else(|| i64::try_from(settings.jobs.processing_budget_secs_per_day).unwrap_or(i64::MAX));
+    (budget > 0).then_some(budget)
+}
+
+/// [`processing_budget`] of the account `user_id`.
+pub async fn processing_budget_of<C: ConnectionTrait>(
+    conn: &C,
+    user_id: Uuid,
+    settings: &Settings,
+) -> Result<Option<i64>, DbErr> {
+    let user = user::Entity::find_by_id(user_id).one(conn).await?;
+    Ok(processing_budget(user.as_ref(), settings))
+}
+
 /// Today, as processing usage is bucketed (UTC).
 pub fn today() -> NaiveDate {
     Utc::now().date_naive()

@@ -17,8 +17,8 @@ use entities::{
 };
 use sea_orm::sea_query::{Expr, Func, LikeExpr, SimpleExpr};
 use sea_orm::{
-    ActiveEnum, ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, Set,
+    ActiveEnum, ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
+    DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use uuid::Uuid;
 
@@ -322,51 +322,7 @@ pub async fn delete_video(
         .await
         .map_err(AppError::internal)?;
     let video = find_deletable(&txn, principal, id).await?;
-    let now = Utc::now();
-    // Conditional on `deleted_at IS NULL`: of two concurrent deletes one wins.
-    let marked = video::Entity::update_many()
-        .col_expr(video::Column::DeletedAt, Expr::value(now))
-        .col_expr(video::Column::UpdatedAt, Expr::value(now))
-        .filter(video::Column::Id.eq(id))
-        .filter(video::Column::DeletedAt.is_null())
-        .exec(&txn)
-        .await
-        .map_err(AppError::internal)?;
-    if marked.rows_affected != 1 {
-        return Err(AppError::not_found("video"));
-    }
-    upload::Entity::update_many()
-        .col_expr(upload::Column::Status, Expr::value(UploadStatus::Aborted.to_value()))
-        .col_expr(upload::Column::FailureReason, Expr::value("video deleted"))
-        .col_expr(upload::Column::UpdatedAt, Expr::value(now))
-        .filter(upload::Column::VideoId.eq(id))
-        .filter(upload::Column::Status.is_in([UploadStatus::Open, UploadStatus::Completing]))
-        .exec(&txn)
-        .await
-        .map_err(AppError::internal)?;
-    // Nobody has leased a QUEUED job: it is cancelled outright. A RUNNING one is
-    // asked to stop; its worker sees `cancel_requested` and finishes it.
-    job::Entity::update_many()
-        .col_expr(job::Column::Status, Expr::value(JobStatus::Cancelled.to_value()))
-        .col_expr(job::Column::CancelRequested, Expr::value(true))
-        .col_expr(job::Column::FinishedAt, Expr::value(now))
-        .col_expr(job::Column::UpdatedAt, Expr::value(now))
-        .filter(job::Column::VideoId.eq(id))
-        .filter(job::Column::Status.eq(JobStatus::Queued))
-        .exec(&txn)
-        .await
-        .map_err(AppError::internal)?;
-    job::Entity::update_many()
-        .col_expr(job::Column::CancelRequested, Expr::value(true))
-        .col_expr(job::Column::UpdatedAt, Expr::value(now))
-        .filter(job::Column::VideoId.eq(id))
-        .filter(job::Column::Status.eq(JobStatus::Running))
-        .exec(&txn)
-        .await
-        .map_err(AppError::internal)?;
-    let deleted = video::Model { deleted_at: Some(now), updated_at: now, ..video };
-    let event =
-        events::record(&txn, &deleted, EventKind::Deleted, EventDetail::default()).await.map_err(AppError::internal)?;
+    let (deleted, event) = mark_deleted_in(&txn, video).await?.ok_or_else(|| AppError::not_found("video"))?;
     jobs::enqueue(
         &txn,
         NewJob {
@@ -382,6 +338,62 @@ pub async fn delete_video(
     .map_err(AppError::internal)?;
     txn.commit().await.map_err(AppError::internal)?;
     Ok(event)
+}
+
+/// Mark `video` deleted inside `txn`: conditional on `deleted_at IS NULL` (`None`
+/// when it already was), its open uploads aborted, its jobs cancelled, DELETED
+/// recorded. Removing its objects is the caller's (a DELETE_OBJECTS job for one
+/// video, the DELETE_USER job's prefix for a whole account). Returns the deleted
+/// row and the DELETED event, to publish after commit.
+pub async fn mark_deleted_in(
+    txn: &DatabaseTransaction,
+    video: video::Model,
+) -> Result<Option<(video::Model, DomainEvent)>, DbErr> {
+    let now = Utc::now();
+    // Conditional on `deleted_at IS NULL`: of two concurrent deletes one wins.
+    let marked = video::Entity::update_many()
+        .col_expr(video::Column::DeletedAt, Expr::value(now))
+        .col_expr(video::Column::UpdatedAt, Expr::value(now))
+        .filter(video::Column::Id.eq(video.id))
+        .filter(video::Column::DeletedAt.is_null())
+        .exec(txn)
+        .await
+        ?;
+    if marked.rows_affected != 1 {
+        return Ok(None);
+    }
+    upload::Entity::update_many()
+        .col_expr(upload::Column::Status, Expr::value(UploadStatus::Aborted.to_value()))
+        .col_expr(upload::Column::FailureReason, Expr::value("video deleted"))
+        .col_expr(upload::Column::UpdatedAt, Expr::value(now))
+        .filter(upload::Column::VideoId.eq(video.id))
+        .filter(upload::Column::Status.is_in([UploadStatus::Open, UploadStatus::Completing]))
+        .exec(txn)
+        .await
+        ?;
+    // Nobody has leased a QUEUED job: it is cancelled outright. A RUNNING one is
+    // asked to stop; its worker sees `cancel_requested` and finishes it.
+    job::Entity::update_many()
+        .col_expr(job::Column::Status, Expr::value(JobStatus::Cancelled.to_value()))
+        .col_expr(job::Column::CancelRequested, Expr::value(true))
+        .col_expr(job::Column::FinishedAt, Expr::value(now))
+        .col_expr(job::Column::UpdatedAt, Expr::value(now))
+        .filter(job::Column::VideoId.eq(video.id))
+        .filter(job::Column::Status.eq(JobStatus::Queued))
+        .exec(txn)
+        .await
+        ?;
+    job::Entity::update_many()
+        .col_expr(job::Column::CancelRequested, Expr::value(true))
+        .col_expr(job::Column::UpdatedAt, Expr::value(now))
+        .filter(job::Column::VideoId.eq(video.id))
+        .filter(job::Column::Status.eq(JobStatus::Running))
+        .exec(txn)
+        .await
+        ?;
+    let deleted = video::Model { deleted_at: Some(now), updated_at: now, ..video };
+    let event = events::record(txn, &deleted, EventKind::Deleted, EventDetail::default()).await?;
+    Ok(Some((deleted, event)))
 }
 
 /// Filters of a video listing, already validated.

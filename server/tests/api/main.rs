@@ -28,6 +28,7 @@ mod subscriptions;
 mod traces;
 mod tus;
 mod uploads;
+mod user_admin;
 mod video_events;
 mod views;
 mod webhooks;

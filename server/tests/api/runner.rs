@@ -111,6 +111,8 @@ pub(crate) async fn harness(customize: impl FnOnce(&mut Settings)) -> Harness {
         disabled: Set(false),
         storage_quota_bytes: Set(None),
         email_verified_at: Set(Some(now)),
+        processing_budget_secs_per_day: Set(None),
+        deleted_at: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
     }

@@ -1,0 +1,137 @@
+//! Access changes pushed to open sockets: a session revoked, an account disabled,
+//! deleted or given another role. Each `/graphql/ws` session listens and, when a
+//! change names its user (and its session, or every session), re-checks its
+//! credential at once and closes with 4403 if it lost it. The signal is only a
+//! hint: the database decides, so a spurious or duplicated signal costs one
+//! re-check and nothing else. The periodic re-check (`graphql.ws_recheck_ms`)
+//! remains the backstop for a signal lost on the way (Redis pub/sub forgets).
+//!
+//! With Redis, changes travel to every instance on `{redis.key_prefix}access`,
+//! read by the same subscriber connection as the event relay (`fanout`).
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::redis_client::RedisHandle;
+
+/// Changes buffered per listening socket; a socket that falls behind re-checks.
+const CAPACITY: usize = 256;
+
+/// Whose access changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessChange {
+    pub user_id: Uuid,
+    /// The one session (refresh-token family) that ended; `None`: every session
+    /// and API key of the user may be affected.
+    pub session_id: Option<Uuid>,
+}
+
+impl AccessChange {
+    /// One session of `user_id` ended.
+    pub fn session(user_id: Uuid, session_id: Uuid) -> Self {
+        Self { user_id, session_id: Some(session_id) }
+    }
+
+    /// Anything about `user_id` changed (disabled, deleted, role, all sessions).
+    pub fn user(user_id: Uuid) -> Self {
+        Self { user_id, session_id: None }
+    }
+
+    /// Does this change concern a socket of `user_id` opened with `session_id`?
+    pub fn concerns(&self, user_id: Uuid, session_id: Option<Uuid>) -> bool {
+        self.user_id == user_id && (self.session_id.is_none() || self.session_id == session_id)
+    }
+}
+
+/// What travels on the Redis channel.
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope {
+    origin: String,
+    change: AccessChange,
+}
+
+/// The process's access-change channel. Cheap to clone.
+#[derive(Clone)]
+pub struct AccessSignals {
+    sender: broadcast::Sender<AccessChange>,
+    redis: Option<(Arc<RedisHandle>, Arc<str>)>,
+}
+
+impl AccessSignals {
+    /// Signals of this process, also published to Redis (as instance `origin`) when set.
+    pub fn new(redis: Option<Arc<RedisHandle>>, origin: &str) -> Self {
+        let (sender, _) = broadcast::channel(CAPACITY);
+        Self { sender, redis: redis.map(|r| (r, Arc::from(origin))) }
+    }
+
+    /// Changes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<AccessChange> {
+        self.sender.subscribe()
+    }
+
+    /// Tell every socket, here and on the other instances. Call after the change
+    /// committed (a re-check before the commit would still see the old state).
+    pub fn notify(&self, change: AccessChange) {
+        metrics::counter!("reelhouse_access_changes_total").increment(1);
+        self.deliver_locally(change);
+        if let Some((redis, origin)) = &self.redis {
+            let envelope = Envelope { origin: origin.to_string(), change };
+            let redis = redis.clone();
+            tokio::spawn(async move {
+                let Ok(payload) = serde_json::to_string(&envelope) else { return };
+                let published = async {
+                    let mut conn = redis.connection().await?;
+                    let _: i64 = redis::cmd("PUBLISH").arg(channel(&redis)).arg(&payload).query_async(&mut conn).await?;
+                    anyhow::Ok(())
+                }
+                .await;
+                if let Err(err) = published {
+                    // The periodic re-check still closes the sockets, later.
+                    tracing::warn!(error = %err, "publishing an access change to redis failed");
+                }
+            });
+        }
+    }
+
+    fn deliver_locally(&self, change: AccessChange) {
+        // No receivers is not an error: no socket is open.
+        let _ = self.sender.send(change);
+    }
+
+    /// A change published by an instance on Redis (its own are skipped: they were
+    /// delivered locally).
+    pub(crate) fn forward_from_redis(&self, payload: &str) {
+        match serde_json::from_str::<Envelope>(payload) {
+            Ok(envelope) if self.redis.as_ref().is_some_and(|(_, origin)| **origin == *envelope.origin) => {}
+            Ok(envelope) => self.deliver_locally(envelope.change),
+            Err(err) => tracing::warn!(error = %err, "ignoring a malformed access change on the redis channel"),
+        }
+    }
+}
+
+/// The pub/sub channel of a deployment's access changes.
+pub fn channel(redis: &RedisHandle) -> String {
+    format!("{}access", redis.key_prefix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_concerns_its_session_or_every_session_of_its_user() {
+        let (user, other, session) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let one = AccessChange::session(user, session);
+        assert!(one.concerns(user, Some(session)));
+        assert!(!one.concerns(user, Some(Uuid::now_v7())));
+        assert!(!one.concerns(user, None), "an API key socket is not that session");
+        assert!(!one.concerns(other, Some(session)));
+        let all = AccessChange::user(user);
+        assert!(all.concerns(user, Some(session)));
+        assert!(all.concerns(user, None));
+        assert!(!all.concerns(other, None));
+    }
+}

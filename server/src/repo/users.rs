@@ -1,0 +1,290 @@
+//! Accounts as administrators see them, and the sign-in sessions of one account:
+//! listing with filters, enabling and disabling, per-user quotas, deletion (the
+//! account is retired at once; a DELETE_USER job removes what it owned), and the
+//! live refresh-token families behind `User.sessions` / `revokeSession`.
+
+use chrono::{DateTime, Duration, Utc};
+use entities::{api_key, job, processing_usage, refresh_token_family, user, video, JobKind, JobStatus, Role};
+use sea_orm::sea_query::{Expr, Func, LikeExpr};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Select, Set,
+};
+use uuid::Uuid;
+
+use crate::config::Settings;
+use crate::error::{AppError, AppResult, ErrorCode};
+use crate::jobs::{self, NewJob};
+
+/// Attempts of a DELETE_USER job: it is retried (with the queue's backoff) until
+/// done; what it does is idempotent.
+pub const DELETE_USER_MAX_ATTEMPTS: i32 = 100;
+
+/// Filters of the `users` listing.
+#[derive(Debug, Clone, Default)]
+pub struct UserFilter {
+    /// Case-insensitive substring of the email or the display name.
+    pub search: Option<String>,
+    pub role: Option<Role>,
+    pub disabled: Option<bool>,
+}
+
+/// The accounts matching `filter` (deleted ones never), for paging by id.
+pub fn listing(filter: &UserFilter) -> Select<user::Entity> {
+    let mut condition = Condition::all().add(user::Column::DeletedAt.is_null());
+    if let Some(search) = filter.search.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        let pattern = format!("%{}%", super::videos::escape_like(&search.to_lowercase()));
+        let lower_like = |column: user::Column| {
+            Expr::expr(Func::lower(Expr::col((user::Entity, column)))).like(LikeExpr::new(pattern.clone()).escape('!'))
+        };
+        condition = condition
+            .add(Condition::any().add(lower_like(user::Column::Email)).add(lower_like(user::Column::DisplayName)));
+    }
+    if let Some(role) = filter.role {
+        condition = condition.add(user::Column::Role.eq(role));
+    }
+    if let Some(disabled) = filter.disabled {
+        condition = condition.add(user::Column::Disabled.eq(disabled));
+    }
+    user::Entity::find().filter(condition)
+}
+
+/// An account that exists and is not deleted; `NOT_FOUND` otherwise.
+pub async fn find_live<C: ConnectionTrait>(conn: &C, id: Uuid) -> AppResult<user::Model> {
+    user::Entity::find_by_id(id)
+        .filter(user::Column::DeletedAt.is_null())
+        .one(conn)
+        .await?
+        .ok_or_else(|| AppError::not_found("user"))
+}
+
+/// Disable or enable an account. Disabling also revokes every session (API keys
+/// stop working while the account is disabled: authentication checks the owner).
+/// Returns the account and how many sessions were revoked.
+pub async fn set_disabled(txn: &DatabaseTransaction, id: Uuid, disabled: bool) -> AppResult<(user::Model, u64)> {
+    let found = find_live(txn, id).await?;
+    let mut active: user::ActiveModel = found.into();
+    active.disabled = Set(disabled);
+    active.updated_at = Set(Utc::now());
+    let updated = active.update(txn).await?;
+    let revoked = if disabled {
+        crate::auth::sessions::revoke_all_sessions(txn, id, "account disabled").await?
+    } else {
+        0
+    };
+    Ok((updated, revoked))
+}
+
+/// A per-user override: leave it, or set it (`None`: back to the server default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Override {
+    Keep,
+    Set(Option<i64>),
+}
+
+impl Override {
+    fn apply(self, current: Option<i64>) -> Option<i64> {
+        match self {
+            Override::Keep => current,
+            Override::Set(value) => value,
+        }
+    }
+}
+
+/// Set an account's storage quota and daily processing budget overrides; negative
+/// values are `BAD_USER_INPUT` (0 means no limit, as for the server settings).
+/// Returns the account before and after.
+pub async fn set_quota(
+    txn: &DatabaseTransaction,
+    id: Uuid,
+    storage_quota_bytes: Override,
+    processing_budget_secs_per_day: Override,
+) -> AppResult<(user::Model, user::Model)> {
+    for (name, value) in [
+        ("storageQuotaBytes", storage_quota_bytes),
+        ("processingBudgetSecondsPerDay", processing_budget_secs_per_day),
+    ] {
+        if matches!(value, Override::Set(Some(v)) if v < 0) {
+            return Err(AppError::bad_input(format!("{name} must not be negative (0 means no limit)")));
+        }
+    }
+    let before = find_live(txn, id).await?;
+    let mut active: user::ActiveModel = before.clone().into();
+    active.storage_quota_bytes = Set(storage_quota_bytes.apply(before.storage_quota_bytes));
+    active.processing_budget_secs_per_day =
+        Set(processing_budget_secs_per_day.apply(before.processing_budget_secs_per_day));
+    active.updated_at = Set(Utc::now());
+    let after = active.update(txn).await?;
+    Ok((before, after))
+}
+
+/// What deleting an account did at once.
+#[derive(Debug)]
+pub struct Retired {
+    pub user: user::Model,
+    pub sessions_revoked: u64,
+    pub api_keys_revoked: u64,
+    /// The DELETE_USER job that removes the account's videos and objects.
+    pub job: job::Model,
+}
+
+/// Retire account `id` for `actor` inside `txn`: refused (`CONFLICT`) for the
+/// actor's own account and for the last enabled admin. At once: the account is
+/// disabled and marked deleted, its email freed (the address can sign up again;
+/// sign-in with it finds nothing), its password unusable, every session and API
+/// key revoked; then a DELETE_USER job is enqueued (no owner, so no processing
+/// budget holds it back).
+pub async fn retire(txn: &DatabaseTransaction, actor: Uuid, id: Uuid) -> AppResult<Retired> {
+    if actor == id {
+        return Err(AppError::new(ErrorCode::Conflict, "you cannot delete your own account"));
+    }
+    let target = find_live(txn, id).await?;
+    if target.role == Role::Admin && other_enabled_admins(txn, id).await? == 0 {
+        return Err(AppError::new(ErrorCode::Conflict, "the last admin cannot be deleted"));
+    }
+    let now = Utc::now();
+    let mut active: user::ActiveModel = target.into();
+    active.email = Set(format!("deleted-{}@deleted.invalid", id.simple()));
+    active.display_name = Set("Deleted user".into());
+    // Not a hash: no password verifies against it.
+    active.password_hash = Set(String::new());
+    active.disabled = Set(true);
+    active.deleted_at = Set(Some(now));
+    active.updated_at = Set(now);
+    let user = active.update(txn).await?;
+    let sessions_revoked = crate::auth::sessions::revoke_all_sessions(txn, id, "account deleted").await?;
+    let api_keys_revoked = api_key::Entity::update_many()
+        .col_expr(api_key::Column::RevokedAt, Expr::value(now))
+        .filter(api_key::Column::UserId.eq(id))
+        .filter(api_key::Column::RevokedAt.is_null())
+        .exec(txn)
+        .await?
+        .rows_affected;
+    let job = jobs::enqueue(
+        txn,
+        NewJob {
+            kind: JobKind::DeleteUser,
+            video_id: None,
+            owner_id: None,
+            priority: jobs::DEFAULT_PRIORITY,
+            payload: serde_json::json!({ "userId": id }),
+            max_attempts: DELETE_USER_MAX_ATTEMPTS,
+        },
+    )
+    .await?;
+    Ok(Retired { user, sessions_revoked, api_keys_revoked, job })
+}
+
+/// Enabled, undeleted admins other than `except`. On PostgreSQL their rows are
+/// locked, so two admins deleting each other at once cannot both succeed (SQLite
+/// has one writer already).
+async fn other_enabled_admins(txn: &DatabaseTransaction, except: Uuid) -> Result<u64, DbErr> {
+    let mut query = user::Entity::find()
+        .select_only()
+        .column(user::Column::Id)
+        .filter(user::Column::Role.eq(Role::Admin))
+        .filter(user::Column::Disabled.eq(false))
+        .filter(user::Column::DeletedAt.is_null())
+        .filter(user::Column::Id.ne(except));
+    if txn.get_database_backend() == DbBackend::Postgres {
+        query = query.lock_exclusive();
+    }
+    Ok(query.into_tuple::<Uuid>().all(txn).await?.len() as u64)
+}
+
+/// The account as the DELETE_USER job sees it: `None` once it is gone entirely.
+pub async fn find_any<C: ConnectionTrait>(conn: &C, id: Uuid) -> Result<Option<user::Model>, DbErr> {
+    user::Entity::find_by_id(id).one(conn).await
+}
+
+/// Up to `limit` of the account's videos not yet marked deleted.
+pub async fn live_videos_of<C: ConnectionTrait>(conn: &C, owner: Uuid, limit: u64) -> Result<Vec<video::Model>, DbErr> {
+    video::Entity::find()
+        .filter(video::Column::OwnerId.eq(owner))
+        .filter(video::Column::DeletedAt.is_null())
+        .order_by_asc(video::Column::Id)
+        .limit(limit)
+        .all(conn)
+        .await
+}
+
+/// Transcodes of the account still running (asked to stop when their video was
+/// deleted): their outputs must not land after the account's objects are removed.
+pub async fn running_transcodes_of<C: ConnectionTrait>(conn: &C, owner: Uuid) -> Result<u64, DbErr> {
+    job::Entity::find()
+        .filter(job::Column::OwnerId.eq(owner))
+        .filter(job::Column::Kind.eq(JobKind::Transcode))
+        .filter(job::Column::Status.eq(JobStatus::Running))
+        .count(conn)
+        .await
+}
+
+/// The last step of a DELETE_USER job, once the objects are gone: the account's
+/// video rows (their renditions, uploads, views follow by cascade), sessions, API
+/// keys and usage rows. The account row stays as a tombstone (id, role, dates):
+/// audit records and moderation actions keep pointing at something.
+pub async fn purge_rows(txn: &DatabaseTransaction, id: Uuid) -> Result<u64, DbErr> {
+    let videos = video::Entity::delete_many()
+        .filter(video::Column::OwnerId.eq(id))
+        .filter(video::Column::DeletedAt.is_not_null())
+        .exec(txn)
+        .await?
+        .rows_affected;
+    refresh_token_family::Entity::delete_many().filter(refresh_token_family::Column::UserId.eq(id)).exec(txn).await?;
+    api_key::Entity::delete_many().filter(api_key::Column::UserId.eq(id)).exec(txn).await?;
+    processing_usage::Entity::delete_many().filter(processing_usage::Column::UserId.eq(id)).exec(txn).await?;
+    Ok(videos)
+}
+
+/// When a session (refresh-token family) stops being usable on its own: its
+/// absolute lifetime, or its newest refresh token's expiry (issued at its last use).
+fn session_cutoffs(settings: &Settings, now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+    let secs = |s: u64| Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 4).min(10 * 365 * 86_400));
+    (now - secs(settings.auth.session_max_lifetime_secs), now - secs(settings.auth.refresh_token_ttl_secs))
+}
+
+/// The account's live sessions: not revoked, within their lifetime, with a refresh
+/// token that has not expired; most recently used first.
+pub async fn live_sessions<C: ConnectionTrait>(
+    conn: &C,
+    user_id: Uuid,
+    settings: &Settings,
+) -> Result<Vec<refresh_token_family::Model>, DbErr> {
+    let (created_after, used_after) = session_cutoffs(settings, Utc::now());
+    refresh_token_family::Entity::find()
+        .filter(refresh_token_family::Column::UserId.eq(user_id))
+        .filter(refresh_token_family::Column::RevokedAt.is_null())
+        .filter(refresh_token_family::Column::CreatedAt.gt(created_after))
+        .filter(refresh_token_family::Column::LastUsedAt.gt(used_after))
+        .order_by_desc(refresh_token_family::Column::LastUsedAt)
+        .order_by_desc(refresh_token_family::Column::Id)
+        .all(conn)
+        .await
+}
+
+/// Revoke session `id`. `owner`: only if it belongs to that account (a caller's
+/// own sessions); `None`: anyone's (an admin). `NOT_FOUND` when there is no such
+/// session for that owner; otherwise the session and whether this call ended it
+/// (`false`: it had already ended).
+pub async fn revoke_session(
+    txn: &DatabaseTransaction,
+    id: Uuid,
+    owner: Option<Uuid>,
+    reason: &str,
+) -> AppResult<(refresh_token_family::Model, bool)> {
+    let mut query = refresh_token_family::Entity::find_by_id(id);
+    if let Some(owner) = owner {
+        query = query.filter(refresh_token_family::Column::UserId.eq(owner));
+    }
+    let family = query.one(txn).await?.ok_or_else(|| AppError::not_found("session"))?;
+    let revoked = refresh_token_family::Entity::update_many()
+        .col_expr(refresh_token_family::Column::RevokedAt, Expr::value(Utc::now()))
+        .col_expr(refresh_token_family::Column::RevokedReason, Expr::value(reason))
+        .filter(refresh_token_family::Column::Id.eq(id))
+        .filter(refresh_token_family::Column::RevokedAt.is_null())
+        .exec(txn)
+        .await?
+        .rows_affected
+        == 1;
+    Ok((family, revoked))
+}
