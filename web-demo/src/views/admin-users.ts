@@ -158,8 +158,8 @@ export function adminUsersView(main: HTMLElement): Cleanup | void {
     const form = h(
       'form',
       { class: 'quota-form' },
-      field('Storage quota (MiB)', storage, 'Empty: the server default.'),
-      field('Processing budget (seconds per day)', budget, 'Empty: the server default.'),
+      field('Storage quota (MiB)', storage, 'Empty: the server default; 0: no limit.'),
+      field('Processing budget (seconds per day)', budget, 'Empty: the server default; 0: no limit.'),
       formAlert,
       h('button', { type: 'submit' }, 'Save quota'),
     );
