@@ -247,7 +247,7 @@ def main():
         port = free_port()
         args.url = f"http://127.0.0.1:{port}"
         # Every simulated client comes from 127.0.0.1: no rate limits, no WebSocket caps.
-        server_env = dict(env, REELHOUSE__RATE_LIMIT__ENABLED="false",
+        server_env = dict(env, REELHOUSE__RATE_LIMIT__ENABLED="false", REELHOUSE__AUTH__UNVERIFIED_CAN_UPLOAD="true",
                           REELHOUSE__GRAPHQL__WS_MAX_SOCKETS_PER_IP="1000000",
                           REELHOUSE__GRAPHQL__WS_MAX_SOCKETS_PER_USER="1000000",
                           REELHOUSE__GRAPHQL__WS_MAX_SUBSCRIPTIONS_PER_USER="1000000",

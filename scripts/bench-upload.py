@@ -139,6 +139,7 @@ def main():
     env = dict(os.environ,
                REELHOUSE__UPLOADS__MULTIPART_THRESHOLD_BYTES=str(total * 2),
                REELHOUSE__RATE_LIMIT__ENABLED="false",
+               REELHOUSE__AUTH__UNVERIFIED_CAN_UPLOAD="true",
                REELHOUSE__WORKERS__EMBEDDED="false",
                RUST_LOG="warn")
     server = subprocess.Popen([args.binary, "serve", "--bind", f"127.0.0.1:{port}", "--data-dir", data_dir],

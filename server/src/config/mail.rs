@@ -83,3 +83,45 @@ impl MailSettings {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{SecretUrl, Settings};
+
+    fn with_url(url: &str) -> Settings {
+        let mut settings = Settings::default();
+        settings.mail.smtp_url = Some(SecretUrl::new(url));
+        settings
+    }
+
+    #[test]
+    fn smtp_credentials_never_print() {
+        let settings = with_url("smtps://mailer:hunter2@smtp.example.com:465");
+        let dump = settings.to_redacted_toml().unwrap();
+        assert!(!dump.contains("hunter2"), "{dump}");
+        assert!(dump.contains("smtp.example.com"), "{dump}");
+        assert!(!format!("{settings:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn smtp_urls_and_addresses_are_checked() {
+        for good in
+            ["smtp://localhost:25", "smtp://h:587?tls=required", "smtp://h:587?tls=opportunistic", "smtps://u:p@h"]
+        {
+            assert!(with_url(good).validate().is_ok(), "{good}");
+        }
+        for bad in ["http://h", "smtp://", "smtps://h?tls=required", "smtp://h?tls=maybe", "not a url"] {
+            let err = with_url(bad).validate().unwrap_err();
+            assert_eq!(err.key, "mail.smtp_url", "{bad}");
+        }
+        let mut settings = Settings::default();
+        settings.mail.from = "not an address".into();
+        assert_eq!(settings.validate().unwrap_err().key, "mail.from");
+        let mut settings = Settings::default();
+        settings.mail.reset_token_ttl_secs = 10;
+        assert_eq!(settings.validate().unwrap_err().key, "mail.reset_token_ttl_secs");
+        let mut settings = Settings::default();
+        settings.mail.concurrency = 0;
+        assert_eq!(settings.validate().unwrap_err().key, "mail.concurrency");
+    }
+}

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, real services (see scripts/test.sh).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod accounts_mail;
 mod api_keys;
 mod audit;
 mod auth;
