@@ -127,9 +127,6 @@ common_env=(
     REELHOUSE__AUTH__ACCESS_TOKEN_TTL_SECS=8
     REELHOUSE__TELEMETRY__FORMAT=json
     REELHOUSE__TELEMETRY__LEVEL=info
-    # Journeys that sign up and upload at once; the verification journey follows
-    # the mailed link itself (from the .eml files of the embedded server).
-    REELHOUSE__AUTH__UNVERIFIED_CAN_UPLOAD=true
 )
 
 # run_e2e LABEL URL MAIL_DIRS: the browser tests against URL; MAIL_DIRS (':'
