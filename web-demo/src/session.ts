@@ -221,7 +221,7 @@ export async function signUp(email: string, password: string, displayName: strin
  * MFA_REQUIRED and the caller asks for the code (or a recovery code).
  */
 export async function signIn(email: string, password: string, totpCode?: string): Promise<User> {
-  const data = await post(LOGIN, { i: { email, password, totpCode: totpCode || null } }, null);
+  const data = await post(LOGIN, { i: totpCode ? { email, password, totpCode } : { email, password } }, null);
   adopt(data.login);
   return data.login.user;
 }
