@@ -126,7 +126,9 @@ fn apply_common_env(cmd: &mut tokio::process::Command, collector: &str) {
         .env("REELHOUSE__WEBHOOKS__POLL_INTERVAL_MS", "50")
         .env("REELHOUSE__MEDIA__SPEED_PRESET", "ultrafast")
         .env("REELHOUSE__MEDIA__SEGMENT_SECONDS", "1")
-        .env("REELHOUSE__JOBS__POLL_INTERVAL_MS", "100");
+        .env("REELHOUSE__JOBS__POLL_INTERVAL_MS", "100")
+        // The test signs up and uploads at once; verification is tested in accounts_mail.
+        .env("REELHOUSE__AUTH__UNVERIFIED_CAN_UPLOAD", "true");
 }
 
 /// The API process (and, on PostgreSQL, a separate worker process sharing its
