@@ -84,7 +84,8 @@ impl AccessSignals {
                 let Ok(payload) = serde_json::to_string(&envelope) else { return };
                 let published = async {
                     let mut conn = redis.connection().await?;
-                    let _: i64 = redis::cmd("PUBLISH").arg(channel(&redis)).arg(&payload).query_async(&mut conn).await?;
+                    let _: i64 =
+                        redis::cmd("PUBLISH").arg(channel(&redis)).arg(&payload).query_async(&mut conn).await?;
                     anyhow::Ok(())
                 }
                 .await;

@@ -405,5 +405,6 @@ async fn audit_failed_login(state: &AppState, client: &ClientInfo, account: &str
 
 async fn find_user_in(conn: &impl sea_orm::ConnectionTrait, id: &ID) -> async_graphql::Result<user::Model> {
     let id = parse_id(id, "user").gql()?;
-    user::Entity::find_by_id(id).one(conn).await.gql()?.ok_or_else(|| AppError::not_found("user").extend())
+    // A deleted account (its row is kept as a tombstone) is not found.
+    crate::repo::users::find_live(conn, id).await.gql()
 }

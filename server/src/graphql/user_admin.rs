@@ -97,7 +97,8 @@ impl UserAdminQuery {
     ) -> async_graphql::Result<Connection<String, User>> {
         let state = ctx.data::<AppState>()?;
         let filter = filter.unwrap_or_default();
-        let filter = repo::UserFilter { search: filter.search, role: filter.role.map(Into::into), disabled: filter.disabled };
+        let filter =
+            repo::UserFilter { search: filter.search, role: filter.role.map(Into::into), disabled: filter.disabled };
         super::paging::by_uuid(
             &state.db,
             repo::listing(&filter),

@@ -63,9 +63,8 @@ pub(crate) async fn run_delete_user(
         let txn = crate::db::begin_write(&ctx.db).await.map_err(|e| db_error("deleting videos", &e))?;
         let mut events = Vec::with_capacity(batch.len());
         for video in batch {
-            if let Some((_, event)) = crate::repo::videos::mark_deleted_in(&txn, video)
-                .await
-                .map_err(|e| db_error("deleting a video", &e))?
+            if let Some((_, event)) =
+                crate::repo::videos::mark_deleted_in(&txn, video).await.map_err(|e| db_error("deleting a video", &e))?
             {
                 events.push(event);
             }

@@ -67,11 +67,8 @@ pub async fn set_disabled(txn: &DatabaseTransaction, id: Uuid, disabled: bool) -
     active.disabled = Set(disabled);
     active.updated_at = Set(Utc::now());
     let updated = active.update(txn).await?;
-    let revoked = if disabled {
-        crate::auth::sessions::revoke_all_sessions(txn, id, "account disabled").await?
-    } else {
-        0
-    };
+    let revoked =
+        if disabled { crate::auth::sessions::revoke_all_sessions(txn, id, "account disabled").await? } else { 0 };
     Ok((updated, revoked))
 }
 
@@ -100,10 +97,9 @@ pub async fn set_quota(
     storage_quota_bytes: Override,
     processing_budget_secs_per_day: Override,
 ) -> AppResult<(user::Model, user::Model)> {
-    for (name, value) in [
-        ("storageQuotaBytes", storage_quota_bytes),
-        ("processingBudgetSecondsPerDay", processing_budget_secs_per_day),
-    ] {
+    for (name, value) in
+        [("storageQuotaBytes", storage_quota_bytes), ("processingBudgetSecondsPerDay", processing_budget_secs_per_day)]
+    {
         if matches!(value, Override::Set(Some(v)) if v < 0) {
             return Err(AppError::bad_input(format!("{name} must not be negative (0 means no limit)")));
         }

@@ -357,8 +357,7 @@ pub async fn mark_deleted_in(
         .filter(video::Column::Id.eq(video.id))
         .filter(video::Column::DeletedAt.is_null())
         .exec(txn)
-        .await
-        ?;
+        .await?;
     if marked.rows_affected != 1 {
         return Ok(None);
     }
@@ -369,8 +368,7 @@ pub async fn mark_deleted_in(
         .filter(upload::Column::VideoId.eq(video.id))
         .filter(upload::Column::Status.is_in([UploadStatus::Open, UploadStatus::Completing]))
         .exec(txn)
-        .await
-        ?;
+        .await?;
     // Nobody has leased a QUEUED job: it is cancelled outright. A RUNNING one is
     // asked to stop; its worker sees `cancel_requested` and finishes it.
     job::Entity::update_many()
@@ -381,16 +379,14 @@ pub async fn mark_deleted_in(
         .filter(job::Column::VideoId.eq(video.id))
         .filter(job::Column::Status.eq(JobStatus::Queued))
         .exec(txn)
-        .await
-        ?;
+        .await?;
     job::Entity::update_many()
         .col_expr(job::Column::CancelRequested, Expr::value(true))
         .col_expr(job::Column::UpdatedAt, Expr::value(now))
         .filter(job::Column::VideoId.eq(video.id))
         .filter(job::Column::Status.eq(JobStatus::Running))
         .exec(txn)
-        .await
-        ?;
+        .await?;
     let deleted = video::Model { deleted_at: Some(now), updated_at: now, ..video };
     let event = events::record(txn, &deleted, EventKind::Deleted, EventDetail::default()).await?;
     Ok(Some((deleted, event)))
