@@ -127,16 +127,16 @@ common_env=(
     REELHOUSE__AUTH__ACCESS_TOKEN_TTL_SECS=8
     REELHOUSE__TELEMETRY__FORMAT=json
     REELHOUSE__TELEMETRY__LEVEL=info
-    # Journeys that sign up and upload at once; the verification journey follows
-    # the mailed link itself (from the .eml files of the embedded server).
-    REELHOUSE__AUTH__UNVERIFIED_CAN_UPLOAD=true
 )
 
-# run_e2e LABEL URL: the browser tests against URL.
+# run_e2e LABEL URL MAIL_DIRS: the browser tests against URL; MAIL_DIRS (':'
+# between several) is where that server's mails land as .eml files, read by the
+# tests for the verification and reset links.
 run_e2e() {
-    local label="$1" url="$2"
+    local label="$1" url="$2" mail_dirs="$3"
     log "browser tests ($label) against $url"
-    (cd web-demo && REELHOUSE_URL="$url" E2E_CLIP="$CLIP" E2E_BAD_FILE="$BAD" E2E_LONG_CLIP="$LONG_CLIP" \
+    (cd web-demo && REELHOUSE_URL="$url" E2E_MAIL_DIR="$mail_dirs" \
+        E2E_CLIP="$CLIP" E2E_BAD_FILE="$BAD" E2E_LONG_CLIP="$LONG_CLIP" \
         E2E_ARTIFACTS="$ARTIFACTS" E2E_LABEL="$label" E2E_EXPECT_REFRESH=1 \
         E2E_ADMIN_EMAIL="$ADMIN_EMAIL" E2E_ADMIN_PASSWORD="$ADMIN_PASSWORD" \
         node --test --test-reporter=spec 'e2e/*.test.mjs')
@@ -155,7 +155,8 @@ run_embedded() {
     wait_ready "$url" "$pid" "$logfile" || return 1
     env -u DATABASE_URL REELHOUSE_ADMIN_PASSWORD="$ADMIN_PASSWORD" \
         "$BIN" create-admin --email "$ADMIN_EMAIL" --data-dir "$data" >/dev/null || return 1
-    run_e2e embedded "$url"
+    # No SMTP server configured: the server writes each mail under {data_dir}/mail/.
+    run_e2e embedded "$url" "$data/mail"
 }
 
 find_psql() {
@@ -205,6 +206,15 @@ run_s3() {
         REELHOUSE__GRAPHQL__PLAYGROUND=true
         REELHOUSE__GRAPHQL__INTROSPECTION=true
     )
+    # Real SMTP when the test services run a sink (scripts/test-services.sh
+    # writes SMTP_URL and SMTP_SINK_DIR): the tests read the mails it received.
+    # Without one, mail is a job run by either process, and each writes its
+    # .eml files under its own data dir.
+    local mail_dirs="$WORK/s3-data/mail:$WORK/s3-worker/mail"
+    if [[ -n "${SMTP_URL:-}" && -n "${SMTP_SINK_DIR:-}" ]]; then
+        env+=(REELHOUSE__MAIL__SMTP_URL="$SMTP_URL")
+        mail_dirs="$SMTP_SINK_DIR"
+    fi
     logfile="$ARTIFACTS/s3-server.log"
     env "${env[@]}" REELHOUSE__WORKERS__EMBEDDED=false \
         "$BIN" serve --bind "127.0.0.1:$port" --data-dir "$WORK/s3-data" >"$logfile" 2>&1 &
@@ -215,7 +225,7 @@ run_s3() {
     PIDS+=("$!")
     env "${env[@]}" REELHOUSE_ADMIN_PASSWORD="$ADMIN_PASSWORD" \
         "$BIN" create-admin --email "$ADMIN_EMAIL" --data-dir "$WORK/s3-data" >/dev/null || return 1
-    run_e2e s3 "$url"
+    run_e2e s3 "$url" "$mail_dirs"
 }
 
 mkdir -p "$ARTIFACTS"

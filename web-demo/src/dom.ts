@@ -84,3 +84,6 @@ export function formatBytes(n: number): string {
   }
   return `${v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`;
 }
+
+/** The server's password policy (auth::password::check_policy), said before it refuses. */
+export const PASSWORD_HINT = 'At least 10 characters, not all letters or all digits; a long phrase is best.';

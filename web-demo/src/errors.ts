@@ -13,7 +13,9 @@ export type ErrorCode =
   | 'UNSUPPORTED_MEDIA'
   | 'UNAVAILABLE'
   | 'INTERNAL'
-  | 'NETWORK';
+  | 'NETWORK'
+  | 'MFA_REQUIRED'
+  | 'EMAIL_NOT_VERIFIED';
 
 export class ApiError extends Error {
   constructor(
@@ -56,6 +58,10 @@ export function humanMessage(err: unknown): string {
       return `This file is too large. ${sentence(err.message)}`;
     case 'UNSUPPORTED_MEDIA':
       return `This file cannot be used as a video: ${sentence(err.message)}`;
+    case 'EMAIL_NOT_VERIFIED':
+      return 'Please confirm your email address before uploading: open the link we mailed you (the banner at the top can send it again).';
+    case 'MFA_REQUIRED':
+      return 'Enter the code from your authenticator app to finish signing in.';
     case 'BAD_USER_INPUT':
     case 'CONFLICT':
       return sentence(err.message);

@@ -2,18 +2,26 @@
 // view per route.
 
 import './style.css';
+import { renderVerifyBanner } from './banner';
 import { h } from './dom';
 import { disconnectLive } from './live';
 import { match, navigate, route, startRouter, type Cleanup } from './router';
 import { onSessionChange, restore, signOut, user } from './session';
+import { accountView } from './views/account';
+import { adminUsersView } from './views/admin-users';
 import { authView } from './views/auth';
 import { jobsView } from './views/jobs';
 import { systemView } from './views/system';
 import { libraryView } from './views/library';
+import { forgotPasswordView, resetPasswordView } from './views/password-reset';
 import { playerView } from './views/player';
 import { uploadView } from './views/upload';
+import { verifyEmailView } from './views/verify-email';
 
-const PUBLIC_PATHS = new Set(['/signin', '/signup']);
+/** Pages for signed-out people only: signed in, they lead to the library. */
+const PUBLIC_PATHS = new Set(['/signin', '/signup', '/forgot-password']);
+/** Pages that mailed links open: they work signed in or not. */
+const OPEN_PATHS = new Set(['/verify-email', '/reset-password']);
 
 route('/', libraryView);
 route('/signin', (main) => authView(main, 'signin'));
@@ -22,9 +30,15 @@ route('/upload', uploadView);
 route('/watch/:id', playerView);
 route('/jobs', jobsView);
 route('/admin/system', systemView);
+route('/account', accountView);
+route('/admin/users', adminUsersView);
+route('/forgot-password', forgotPasswordView);
+route('/reset-password', resetPasswordView);
+route('/verify-email', verifyEmailView);
 
 const header = document.getElementById('site-header') as HTMLElement;
 const main = document.getElementById('main') as HTMLElement;
+const banner = document.getElementById('site-banner') as HTMLElement;
 let cleanup: Cleanup | void;
 
 function renderHeader(): void {
@@ -36,7 +50,9 @@ function renderHeader(): void {
         h('a', { href: '/', 'data-link': true }, 'Library'),
         h('a', { href: '/upload', 'data-link': true }, 'Upload'),
         h('a', { href: '/jobs', 'data-link': true }, me.role === 'ADMIN' ? 'Jobs & workers' : 'Jobs'),
-        me.role === 'ADMIN' ? h('a', { href: '/admin/system', 'data-link': true }, 'System') : '',
+        me.role === 'ADMIN' ? h('a', { href: '/admin/system', 'data-link': true }, 'System') : null,
+        me.role === 'ADMIN' ? h('a', { href: '/admin/users', 'data-link': true }, 'Users') : null,
+        h('a', { href: '/account', 'data-link': true }, 'Account'),
         h('span', { class: 'who' }, me.displayName),
         h(
           'button',
@@ -59,12 +75,13 @@ function renderHeader(): void {
   for (const a of header.querySelectorAll('nav a')) {
     if (a.getAttribute('href') === location.pathname) a.setAttribute('aria-current', 'page');
   }
+  renderVerifyBanner(banner);
 }
 
 function render(path: string): void {
   if (cleanup) cleanup();
   cleanup = undefined;
-  if (!user() && !PUBLIC_PATHS.has(path)) {
+  if (!user() && !PUBLIC_PATHS.has(path) && !OPEN_PATHS.has(path)) {
     const next = path === '/' ? '' : `?next=${encodeURIComponent(path)}`;
     history.replaceState(null, '', `/signin${next}`);
     path = '/signin';
@@ -95,8 +112,11 @@ function render(path: string): void {
 onSessionChange((me) => {
   if (!me) {
     disconnectLive();
-    if (!PUBLIC_PATHS.has(location.pathname)) render(location.pathname);
+    if (!PUBLIC_PATHS.has(location.pathname) && !OPEN_PATHS.has(location.pathname)) render(location.pathname);
     else renderHeader();
+  } else {
+    // A confirmed or changed address, a new role: the header and banner follow.
+    renderHeader();
   }
 });
 

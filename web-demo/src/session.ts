@@ -17,7 +17,7 @@ const AUTH_FIELDS = graphql(`
     accessToken
     refreshToken
     expiresIn
-    user { id email displayName role }
+    user { id email displayName role emailVerified }
   }
 `);
 type AuthPayload = ResultOf<typeof AUTH_FIELDS>;
@@ -45,6 +45,11 @@ let refreshTimer: number | undefined;
 let refreshing: Promise<boolean> | null = null;
 /** Why the person was signed out without asking, shown once on the sign-in page. */
 let endedNotice: string | null = null;
+
+/** A message for the sign-in page (say, after a password reset). */
+export function setSignInNotice(text: string): void {
+  endedNotice = text;
+}
 
 export function takeSessionNotice(): string | null {
   const notice = endedNotice;
@@ -89,7 +94,10 @@ function adopt(payload: AuthPayload): void {
   accessToken = payload.accessToken;
   accessExpiresAt = Date.now() + payload.expiresIn * 1000;
   storeRefreshToken(payload.refreshToken);
-  const changed = currentUser?.id !== payload.user.id || currentUser?.role !== payload.user.role;
+  const changed =
+    currentUser?.id !== payload.user.id ||
+    currentUser?.role !== payload.user.role ||
+    currentUser?.emailVerified !== payload.user.emailVerified;
   currentUser = payload.user;
   window.clearTimeout(refreshTimer);
   refreshMargin = Math.min(10_000, payload.expiresIn * 200);
@@ -208,10 +216,25 @@ export async function signUp(email: string, password: string, displayName: strin
   return data.register.user;
 }
 
-export async function signIn(email: string, password: string): Promise<User> {
-  const data = await post(LOGIN, { i: { email, password } }, null);
+/**
+ * Sign in. With two-factor on, the first try (no `totpCode`) fails with
+ * MFA_REQUIRED and the caller asks for the code (or a recovery code).
+ */
+export async function signIn(email: string, password: string, totpCode?: string): Promise<User> {
+  const data = await post(LOGIN, { i: totpCode ? { email, password, totpCode } : { email, password } }, null);
   adopt(data.login);
   return data.login.user;
+}
+
+/**
+ * The server answered with a newer copy of the signed-in user (its address
+ * confirmed or changed): update the header and banner without a new sign-in.
+ */
+export function updateUser(fresh: Pick<User, 'id' | 'email' | 'emailVerified'>): void {
+  if (!currentUser || currentUser.id !== fresh.id) return;
+  if (currentUser.email === fresh.email && currentUser.emailVerified === fresh.emailVerified) return;
+  currentUser = { ...currentUser, email: fresh.email, emailVerified: fresh.emailVerified };
+  emit();
 }
 
 export async function signOut(): Promise<void> {

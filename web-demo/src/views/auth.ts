@@ -1,7 +1,7 @@
-// Sign in and sign up.
+// Sign in (with the two-factor step when the account has it) and sign up.
 
-import { alertBox, field, h } from '../dom';
-import { humanMessage } from '../errors';
+import { alertBox, field, h, PASSWORD_HINT } from '../dom';
+import { ApiError, humanMessage } from '../errors';
 import { navigate } from '../router';
 import { signIn, signUp, takeSessionNotice } from '../session';
 
@@ -13,9 +13,24 @@ export function authView(main: HTMLElement, mode: 'signin' | 'signup'): void {
     name: 'password',
     autocomplete: signingUp ? 'new-password' : 'current-password',
     required: true,
-    minlength: signingUp ? 8 : null,
+    minlength: signingUp ? 10 : null,
   });
   const displayName = h('input', { type: 'text', name: 'displayName', autocomplete: 'nickname', required: true, maxlength: 100 });
+  // The second step of signing in, shown when the server answers MFA_REQUIRED.
+  const code = h('input', {
+    type: 'text',
+    name: 'totpCode',
+    autocomplete: 'one-time-code',
+    autocapitalize: 'off',
+    spellcheck: 'false',
+    maxlength: 64,
+  });
+  const codeField = field(
+    'Authentication code',
+    code,
+    'The 6-digit code from your authenticator app, or one of your recovery codes.',
+  );
+  codeField.hidden = true;
   const alert = alertBox();
   const notice = takeSessionNotice();
   if (notice) alert.show(notice, 'info');
@@ -26,7 +41,8 @@ export function authView(main: HTMLElement, mode: 'signin' | 'signup'): void {
     { class: 'card narrow', novalidate: false },
     field('Email', email),
     signingUp ? field('Display name', displayName, 'Shown next to your videos.') : null,
-    field('Password', password, signingUp ? 'At least 8 characters.' : undefined),
+    field('Password', password, signingUp ? PASSWORD_HINT : undefined),
+    signingUp ? null : codeField,
     alert,
     submit,
   );
@@ -37,15 +53,33 @@ export function authView(main: HTMLElement, mode: 'signin' | 'signup'): void {
     submit.disabled = true;
     form.setAttribute('aria-busy', 'true');
     try {
-      if (signingUp) await signUp(email.value.trim(), password.value, displayName.value.trim());
-      else await signIn(email.value.trim(), password.value);
+      if (signingUp) {
+        await signUp(email.value.trim(), password.value, displayName.value.trim());
+      } else {
+        await signIn(email.value.trim(), password.value, codeField.hidden ? undefined : code.value.replace(/\s+/g, ''));
+      }
       const next = new URLSearchParams(location.search).get('next');
       navigate(next && next.startsWith('/') && !next.startsWith('//') ? next : '/', true);
     } catch (err) {
-      alert.show(humanMessage(err));
       submit.disabled = false;
       form.removeAttribute('aria-busy');
-      password.focus();
+      if (err instanceof ApiError && err.code === 'MFA_REQUIRED') {
+        codeField.hidden = false;
+        code.required = true;
+        alert.show(
+          'Two-factor authentication is on for this account. Enter the code from your authenticator app, or one of your recovery codes.',
+          'info',
+        );
+        code.focus();
+        return;
+      }
+      alert.show(humanMessage(err));
+      if (!codeField.hidden) {
+        code.select();
+        code.focus();
+      } else {
+        password.focus();
+      }
     }
   });
 
@@ -56,6 +90,9 @@ export function authView(main: HTMLElement, mode: 'signin' | 'signup'): void {
       h('h1', {}, signingUp ? 'Create your account' : 'Sign in to reelhouse'),
       h('p', { class: 'lede' }, 'Upload videos, watch them encode live, and stream them anywhere with adaptive HLS.'),
       form,
+      signingUp
+        ? null
+        : h('p', { class: 'switch' }, h('a', { href: '/forgot-password', 'data-link': true }, 'Forgot password?')),
       h(
         'p',
         { class: 'switch' },
