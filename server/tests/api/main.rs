@@ -7,6 +7,7 @@ mod auth;
 mod catalogue;
 mod e2e;
 mod fanout;
+mod fuzz_regressions;
 mod helpers;
 mod hostile;
 mod http_basics;
