@@ -217,6 +217,9 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     let (_, owner) = register("owner").await?;
     let (fuzzer_email, fuzzer) = register("user").await?;
     let (_, stranger) = register("stranger").await?;
+    // tus runs as its own user: fuzzed mutations (logout, revokeAllSessions) may
+    // sign the GraphQL fuzzing user out at any moment.
+    let (_, uploader) = register("uploader").await?;
 
     let media_target = if cli.media_cases > 0 {
         let (_, clip) = reelhouse_load::clip::load_or_generate(cli.clip.as_deref())?;
@@ -294,14 +297,14 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     }
     if cli.only.is_none() {
         let api_for_videos = api.clone();
-        let fuzzer_token = fuzzer.access_token.clone();
+        let uploader_token = uploader.access_token.clone();
         let tus_target = Arc::new(tus::Target {
             http: http.clone(),
             base: base.clone(),
-            token: fuzzer.access_token.clone(),
+            token: uploader.access_token.clone(),
             stranger_token: stranger.access_token.clone(),
             new_video: Box::new(move || {
-                let (api, token) = (api_for_videos.clone(), fuzzer_token.clone());
+                let (api, token) = (api_for_videos.clone(), uploader_token.clone());
                 async move { create_video(&api, &token, "fuzz tus").await }.boxed()
             }),
             tally: tally.clone(),

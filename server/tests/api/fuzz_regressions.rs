@@ -99,3 +99,67 @@ async fn graphql_errors_made_before_resolvers_carry_a_code() {
         }
     }
 }
+
+/// Found by the fuzzer: an unversioned `/media` path with a percent-encoded NUL or
+/// CR/LF was redirected to the current version with the decoded bytes in
+/// `Location`, an invalid header, answered 500. Now such paths are 404 and every
+/// redirect's path is percent-encoded.
+#[tokio::test]
+async fn unversioned_media_paths_with_control_characters_are_not_found_not_500() {
+    use entities::{video, Visibility};
+    use sea_orm::{ActiveModelTrait, EntityTrait, Set};
+
+    let app = spawn_app().await;
+    let user = app.register_user().await;
+    let (status, body) = app
+        .graphql_as(&user.bearer(), "mutation { createVideo(input: { title: \"t\" }) { id } }", json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let id = uuid::Uuid::parse_str(body["data"]["createVideo"]["id"].as_str().unwrap()).unwrap();
+    // A public video with an output version: what unversioned paths redirect from.
+    let row = video::Entity::find_by_id(id).one(&app.state.db).await.unwrap().unwrap();
+    let mut active: video::ActiveModel = row.into();
+    active.visibility = Set(Visibility::Public);
+    active.output_version = Set(Some("v0000000001".into()));
+    active.update(&app.state.db).await.unwrap();
+
+    let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    for bad in ["hls/%00/master.m3u8", "hls/master.m3u8%00.jpg", "hls/%0d%0aX-Injected:%20yes", "hls/%0a"] {
+        let res = no_redirects.get(app.url(&format!("/media/{id}/{bad}"))).send().await.unwrap();
+        assert_eq!(res.status(), 404, "{bad}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["code"], "NOT_FOUND", "{bad}: {body}");
+    }
+    // A path that is a valid key but not a valid header goes out percent-encoded.
+    let res = no_redirects.get(app.url(&format!("/media/{id}/hls/%F0%9F%92%A5%20x.ts?exp=1&sig=ab"))).send().await.unwrap();
+    assert_eq!(res.status(), 302);
+    let location = res.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.ends_with(&format!("/media/{id}/v0000000001/hls/%F0%9F%92%A5%20x.ts?exp=1&sig=ab")), "{location}");
+    // And the plain case is unchanged.
+    let res = no_redirects.get(app.url(&format!("/media/{id}/hls/master.m3u8?x=1"))).send().await.unwrap();
+    assert_eq!(res.status(), 302);
+    assert_eq!(res.headers()["location"], format!("{}/media/{id}/v0000000001/hls/master.m3u8?x=1", app.address).as_str());
+}
+
+/// Found by the fuzzer: a WebSocket frame over 64 KiB reset the connection without
+/// a close frame; now it closes with 1009 as the README says.
+#[tokio::test]
+async fn an_oversized_websocket_frame_closes_with_1009() {
+    let app = spawn_app().await;
+    let mut socket = ws_connect(&app).await;
+    let query = format!("{{ __typename {} }}", "a ".repeat(40_000));
+    let subscribe = json!({ "id": "big", "type": "subscribe", "payload": { "query": query } });
+    socket.send(Message::Text(subscribe.to_string().into())).await.unwrap();
+    loop {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(20), socket.next()).await.expect("closed in time");
+        match next {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                assert_eq!(u16::from(frame.code), 1009, "{frame:?}");
+                return;
+            }
+            Some(Ok(Message::Close(None))) | None => panic!("closed without a close frame"),
+            Some(Err(err)) => panic!("socket error instead of a close frame: {err}"),
+            Some(Ok(_)) => {}
+        }
+    }
+}
