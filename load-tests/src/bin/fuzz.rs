@@ -112,7 +112,12 @@ async fn create_video(api: &Api, token: &str, title: &str) -> anyhow::Result<Str
 }
 
 /// The owner's READY private video and its files, fetched through the URLs handed out.
-async fn ready_video(api: &Api, token: &str, clip: &[u8], timeout: Duration) -> anyhow::Result<(String, Vec<media::KnownFile>, String)> {
+async fn ready_video(
+    api: &Api,
+    token: &str,
+    clip: &[u8],
+    timeout: Duration,
+) -> anyhow::Result<(String, Vec<media::KnownFile>, String)> {
     let video = create_video(api, token, "fuzz target").await?;
     api.upload(token, &video, clip, UploadMethod::TusCreate).await.context("uploading the clip")?;
     let started = Instant::now();
@@ -210,7 +215,8 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         let email = format!("fuzz-{who}-{run_id}@example.com");
         let api = api.clone();
         async move {
-            let session = api.register(&email, password, "Fuzz").await.with_context(|| format!("registering {email}"))?;
+            let session =
+                api.register(&email, password, "Fuzz").await.with_context(|| format!("registering {email}"))?;
             anyhow::Ok((email, session))
         }
     };
@@ -234,7 +240,8 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
 
     // What the generator may aim at: real ids of both users' videos and accounts.
     let own_video = create_video(&api, &fuzzer.access_token, "fuzz own").await?;
-    let mut known = schema::Known { ids: vec![own_video.clone(), owner.user_id.clone(), fuzzer.user_id.clone()], cursors: vec![] };
+    let mut known =
+        schema::Known { ids: vec![own_video.clone(), owner.user_id.clone(), fuzzer.user_id.clone()], cursors: vec![] };
     if let Some((video, _, _)) = &media_target {
         known.ids.push(video.clone());
     }
@@ -367,7 +374,11 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         _ => None,
     };
     if rss_grew_mib.is_some_and(|g| g > cli.rss_bound_mib) {
-        eprintln!("reelhouse-fuzz: FAIL the server's RSS grew by {} MiB (bound {} MiB)", rss_grew_mib.unwrap_or(0), cli.rss_bound_mib);
+        eprintln!(
+            "reelhouse-fuzz: FAIL the server's RSS grew by {} MiB (bound {} MiB)",
+            rss_grew_mib.unwrap_or(0),
+            cli.rss_bound_mib
+        );
         healthy = false;
     }
     let failures = tally.failures();
@@ -393,12 +404,16 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         failures.len()
     );
     if let Some(path) = &cli.report {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(dir) = fuzz::findings_dir() {
         let _ = std::fs::create_dir_all(&dir);
         for (i, failure) in failures.iter().enumerate() {
-            let _ = std::fs::write(dir.join(format!("{seed}-{i}.json")), serde_json::to_vec_pretty(failure).unwrap_or_default());
+            let _ = std::fs::write(
+                dir.join(format!("{seed}-{i}.json")),
+                serde_json::to_vec_pretty(failure).unwrap_or_default(),
+            );
         }
     }
     Ok(healthy && failures.is_empty())

@@ -65,9 +65,15 @@ pub async fn run_worker(target: Arc<Target>, cases: Vec<u64>, sent: Arc<AtomicU6
         };
         // Subscriptions go over the socket most of the time (HTTP refuses them, which
         // is worth checking too).
-        let transport = if generated.operation == OpKind::Subscription && rng.gen_bool(0.8) { Transport::Ws } else { transport };
+        let transport =
+            if generated.operation == OpKind::Subscription && rng.gen_bool(0.8) { Transport::Ws } else { transport };
         target.tally.class(&format!("graphql {} {}", generated.class, op_name(generated.operation)));
-        let case = format!("graphql#{index} ({} {:?} {})", generated.class, transport, if signed_in { "signed-in" } else { "anonymous" });
+        let case = format!(
+            "graphql#{index} ({} {:?} {})",
+            generated.class,
+            transport,
+            if signed_in { "signed-in" } else { "anonymous" }
+        );
         let token = if signed_in { Some(target.token.read().await.clone()) } else { None };
         match transport {
             Transport::Post => post(&target, &case, &generated, token.as_deref(), &mut rng).await,
@@ -124,7 +130,8 @@ pub async fn run_corpus(target: Arc<Target>, corpus: Vec<(String, Generated)>, s
         for signed_in in [false, true] {
             for transport in [Transport::Post, Transport::Get, Transport::Ws] {
                 target.tally.class("graphql corpus");
-                let case = format!("corpus {name} ({transport:?} {})", if signed_in { "signed-in" } else { "anonymous" });
+                let case =
+                    format!("corpus {name} ({transport:?} {})", if signed_in { "signed-in" } else { "anonymous" });
                 let token = if signed_in { Some(target.token.read().await.clone()) } else { None };
                 match transport {
                     Transport::Post => post(&target, &case, generated, token.as_deref(), &mut rng).await,
@@ -178,7 +185,8 @@ fn judge_http(target: &Target, name: &str, case: &str, input: &str, status: u16,
         Ok(value) => {
             if let Some(error) = untyped_graphql_error(&value) {
                 target.tally.fail(name, case, "a GraphQL error without extensions.code", input, &error.to_string());
-            } else if status >= 400 && value.get("errors").is_none() && !value.get("code").is_some_and(Value::is_string) {
+            } else if status >= 400 && value.get("errors").is_none() && !value.get("code").is_some_and(Value::is_string)
+            {
                 target.tally.fail(name, case, format!("HTTP {status} without a typed error"), input, &text);
             }
         }
@@ -328,7 +336,8 @@ async fn ws(target: &Target, case: &str, index: u64, g: &Generated, token: Optio
             Err(_) => Message::binary(raw.clone()),
         },
         None => Message::text(
-            json!({ "id": id, "type": "subscribe", "payload": { "query": g.query, "variables": g.variables } }).to_string(),
+            json!({ "id": id, "type": "subscribe", "payload": { "query": g.query, "variables": g.variables } })
+                .to_string(),
         ),
     };
     if let Err(err) = socket.send(frame).await {
@@ -390,7 +399,13 @@ async fn ws(target: &Target, case: &str, index: u64, g: &Generated, token: Optio
                 match kind {
                     "next" => {
                         if let Some(error) = untyped_graphql_error(&v["payload"]) {
-                            target.tally.fail(NAME, case, "a GraphQL error without extensions.code", &input, &error.to_string());
+                            target.tally.fail(
+                                NAME,
+                                case,
+                                "a GraphQL error without extensions.code",
+                                &input,
+                                &error.to_string(),
+                            );
                         }
                         if g.operation != OpKind::Subscription {
                             // A query or mutation: `complete` follows.
@@ -404,7 +419,13 @@ async fn ws(target: &Target, case: &str, index: u64, g: &Generated, token: Optio
                     "error" => {
                         target.tally.answer(NAME, "error");
                         if let Some(error) = untyped_graphql_error(&json!({ "errors": v["payload"] })) {
-                            target.tally.fail(NAME, case, "an error message without extensions.code", &input, &error.to_string());
+                            target.tally.fail(
+                                NAME,
+                                case,
+                                "an error message without extensions.code",
+                                &input,
+                                &error.to_string(),
+                            );
                         }
                         return;
                     }

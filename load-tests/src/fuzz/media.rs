@@ -63,7 +63,13 @@ impl RawAnswer {
 }
 
 /// Send one request as written (request line and headers) and read the answer.
-pub async fn raw_request(authority: &str, method: &str, target: &str, headers: &[(String, String)], body: &[u8]) -> anyhow::Result<RawAnswer> {
+pub async fn raw_request(
+    authority: &str,
+    method: &str,
+    target: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> anyhow::Result<RawAnswer> {
     let mut stream = tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect(authority))
         .await
         .map_err(|_| anyhow!("connect timed out"))??;
@@ -86,11 +92,18 @@ pub async fn raw_request(authority: &str, method: &str, target: &str, headers: &
 }
 
 fn parse_answer(raw: &[u8], head: bool) -> anyhow::Result<RawAnswer> {
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| anyhow!("no end of headers in {} bytes", raw.len()))?;
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow!("no end of headers in {} bytes", raw.len()))?;
     let head_text = String::from_utf8_lossy(&raw[..end]);
     let mut lines = head_text.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
-    let status: u16 = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).with_context(|| format!("status line {status_line:?}"))?;
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("status line {status_line:?}"))?;
     let headers: Vec<(String, String)> =
         lines.filter_map(|l| l.split_once(':')).map(|(n, v)| (n.trim().to_string(), v.trim().to_string())).collect();
     let mut body = raw[end + 4..].to_vec();
@@ -252,11 +265,23 @@ fn judge(t: &Target, name: &str, case: &str, input: &str, answer: &RawAnswer, si
         return;
     }
     if name == "media" && !signed {
-        t.tally.fail(name, case, format!("HTTP {}: a private video's bytes without its valid signature", answer.status), input, &text);
+        t.tally.fail(
+            name,
+            case,
+            format!("HTTP {}: a private video's bytes without its valid signature", answer.status),
+            input,
+            &text,
+        );
         return;
     }
     if name == "storage" {
-        t.tally.fail(name, case, format!("HTTP {}: /storage served bytes to a forged request", answer.status), input, &text);
+        t.tally.fail(
+            name,
+            case,
+            format!("HTTP {}: /storage served bytes to a forged request", answer.status),
+            input,
+            &text,
+        );
         return;
     }
     // Whatever was served must be (part of) one of the video's own files.
@@ -268,12 +293,29 @@ fn judge(t: &Target, name: &str, case: &str, input: &str, answer: &RawAnswer, si
         };
         let fits = end >= start
             && end - start + 1 == answer.body.len() as u64
-            && t.files.iter().any(|f| f.body.len() as u64 == size && f.body.get(start as usize..=end as usize) == Some(&answer.body[..]));
+            && t.files.iter().any(|f| {
+                f.body.len() as u64 == size && f.body.get(start as usize..=end as usize) == Some(&answer.body[..])
+            });
         if !fits {
-            t.tally.fail(name, case, format!("206 bytes {start}-{end}/{size} ({} sent) are not that part of any of the video's files", answer.body.len()), input, "");
+            t.tally.fail(
+                name,
+                case,
+                format!(
+                    "206 bytes {start}-{end}/{size} ({} sent) are not that part of any of the video's files",
+                    answer.body.len()
+                ),
+                input,
+                "",
+            );
         }
     } else if answer.status == 200 && !t.files.iter().any(|f| same_file(f, &answer.body)) {
-        t.tally.fail(name, case, format!("200 with {} bytes that are none of the video's files", answer.body.len()), input, &text);
+        t.tally.fail(
+            name,
+            case,
+            format!("200 with {} bytes that are none of the video's files", answer.body.len()),
+            input,
+            &text,
+        );
     }
 }
 
@@ -298,7 +340,10 @@ async fn one_case(t: &Target, index: u64, rng: &mut impl Rng) {
     let file = t.files.choose(rng).cloned();
     let (name, target, signed) = if rng.gen_bool(0.85) {
         let (base_path, valid_query) = match &file {
-            Some(f) => f.target.split_once('?').map_or((f.target.clone(), String::new()), |(p, q)| (p.to_string(), q.to_string())),
+            Some(f) => f
+                .target
+                .split_once('?')
+                .map_or((f.target.clone(), String::new()), |(p, q)| (p.to_string(), q.to_string())),
             None => (format!("/media/{}/mp4/video.mp4", t.video_id), t.signed_query.clone()),
         };
         let valid_query = if valid_query.is_empty() { t.signed_query.clone() } else { valid_query };
@@ -313,10 +358,15 @@ async fn one_case(t: &Target, index: u64, rng: &mut impl Rng) {
             }
             8 => {
                 signed = false; // the signature covers only its own video
-                let video = [t.other_video.clone(), uuid::Uuid::from_u128(rng.gen()).to_string(), "not-a-uuid".into(), "..".into()]
-                    .choose(rng)
-                    .cloned()
-                    .unwrap_or_default();
+                let video = [
+                    t.other_video.clone(),
+                    uuid::Uuid::from_u128(rng.gen()).to_string(),
+                    "not-a-uuid".into(),
+                    "..".into(),
+                ]
+                .choose(rng)
+                .cloned()
+                .unwrap_or_default();
                 let rest = base_path.splitn(4, '/').nth(3).unwrap_or("hls/master.m3u8").to_string();
                 format!("/media/{video}/{rest}")
             }
@@ -340,7 +390,12 @@ async fn one_case(t: &Target, index: u64, rng: &mut impl Rng) {
             }
             _ => {
                 let attack = PATH_ATTACKS.choose(rng).copied().unwrap_or("..");
-                format!("/storage/users/{}/videos/{}/{attack}?m=GET&e=99999999999&s={}", uuid::Uuid::from_u128(rng.gen()), t.video_id, "0".repeat(64))
+                format!(
+                    "/storage/users/{}/videos/{}/{attack}?m=GET&e=99999999999&s={}",
+                    uuid::Uuid::from_u128(rng.gen()),
+                    t.video_id,
+                    "0".repeat(64)
+                )
             }
         };
         ("storage", target, false)
@@ -350,11 +405,18 @@ async fn one_case(t: &Target, index: u64, rng: &mut impl Rng) {
         headers.push(("Range".into(), random_range(rng, size)));
     }
     if rng.gen_bool(0.15) {
-        let value = ["\"x\"", "*", "W/\"x\"", "\"", "Thu, 01 Jan 1970 00:00:00 GMT", "garbage"].choose(rng).copied().unwrap_or("*");
-        let header = ["If-None-Match", "If-Match", "If-Range", "If-Modified-Since", "If-Unmodified-Since"].choose(rng).copied().unwrap_or("If-Range");
+        let value = ["\"x\"", "*", "W/\"x\"", "\"", "Thu, 01 Jan 1970 00:00:00 GMT", "garbage"]
+            .choose(rng)
+            .copied()
+            .unwrap_or("*");
+        let header = ["If-None-Match", "If-Match", "If-Range", "If-Modified-Since", "If-Unmodified-Since"]
+            .choose(rng)
+            .copied()
+            .unwrap_or("If-Range");
         headers.push((header.into(), value.into()));
     }
-    let body: Vec<u8> = if method == "PUT" { (0..rng.gen_range(0..64)).map(|_| rng.gen()).collect() } else { Vec::new() };
+    let body: Vec<u8> =
+        if method == "PUT" { (0..rng.gen_range(0..64)).map(|_| rng.gen()).collect() } else { Vec::new() };
     let input = format!("{method} {target}\n{headers:?}");
     match raw_request(&t.authority, method, &target, &headers, &body).await {
         Ok(answer) => judge(t, name, &case, &input, &answer, signed, method),
@@ -409,7 +471,11 @@ mod tests {
         assert_eq!(a.status, 206);
         assert_eq!(a.body, b"ab");
         assert_eq!(parse_content_range(a.header("content-range").unwrap()), Some((0, 1, 10)));
-        let c = parse_answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n", false).unwrap();
+        let c = parse_answer(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+            false,
+        )
+        .unwrap();
         assert_eq!(c.body, b"abcde");
     }
 
@@ -420,7 +486,11 @@ mod tests {
         for _ in 0..500 {
             let (query, signed) = mutate_query(&mut rng, valid);
             if signed {
-                assert!(query == valid || query == valid.to_uppercase().replace("EXP", "exp").replace("SIG", "sig") || query.eq_ignore_ascii_case(valid));
+                assert!(
+                    query == valid
+                        || query == valid.to_uppercase().replace("EXP", "exp").replace("SIG", "sig")
+                        || query.eq_ignore_ascii_case(valid)
+                );
             }
         }
     }

@@ -18,9 +18,8 @@ use serde_json::Value;
 /// The generator of one case: the run's seed mixed with the case's index and its
 /// target, so `--seed S --only N` replays case N alone.
 pub fn case_rng(seed: u64, stream: u64, index: u64) -> rand::rngs::StdRng {
-    let mixed = seed
-        ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ index.wrapping_mul(0xC2B2_AE3D_27D4_EB4F).rotate_left(17);
+    let mixed =
+        seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index.wrapping_mul(0xC2B2_AE3D_27D4_EB4F).rotate_left(17);
     rand::rngs::StdRng::seed_from_u64(mixed)
 }
 
@@ -80,7 +79,14 @@ impl Tally {
             input: clip(input),
             answer: clip(answer),
         };
-        eprintln!("reelhouse-fuzz: FAIL {} case {}: {}\n  input: {}\n  answer: {}", failure.target, failure.case, failure.rule, clip_line(&failure.input), clip_line(&failure.answer));
+        eprintln!(
+            "reelhouse-fuzz: FAIL {} case {}: {}\n  input: {}\n  answer: {}",
+            failure.target,
+            failure.case,
+            failure.rule,
+            clip_line(&failure.input),
+            clip_line(&failure.answer)
+        );
         if let Ok(mut t) = self.inner.lock() {
             if t.failures.len() < MAX_FAILURES_KEPT {
                 t.failures.push(failure);
@@ -94,7 +100,10 @@ impl Tally {
 
     /// Total answers of one target.
     pub fn total(&self, target: &str) -> u64 {
-        self.inner.lock().map(|t| t.answers.iter().filter(|((tg, _), _)| tg == target).map(|(_, n)| n).sum()).unwrap_or(0)
+        self.inner
+            .lock()
+            .map(|t| t.answers.iter().filter(|((tg, _), _)| tg == target).map(|(_, n)| n).sum())
+            .unwrap_or(0)
     }
 
     /// The report: per target, answers by status; the input classes.
@@ -148,9 +157,12 @@ mod tests {
 
     #[test]
     fn untyped_errors_are_found_in_responses_and_batches() {
-        assert!(untyped_graphql_error(&json!({ "errors": [{ "message": "x", "extensions": { "code": "A" } }] })).is_none());
+        assert!(
+            untyped_graphql_error(&json!({ "errors": [{ "message": "x", "extensions": { "code": "A" } }] })).is_none()
+        );
         assert!(untyped_graphql_error(&json!({ "errors": [{ "message": "x" }] })).is_some());
-        assert!(untyped_graphql_error(&json!([{ "data": {} }, { "errors": [{ "message": "x", "extensions": {} }] }])).is_some());
+        assert!(untyped_graphql_error(&json!([{ "data": {} }, { "errors": [{ "message": "x", "extensions": {} }] }]))
+            .is_some());
         assert!(untyped_graphql_error(&json!({ "data": { "a": 1 } })).is_none());
     }
 

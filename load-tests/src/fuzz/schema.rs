@@ -33,7 +33,10 @@ pub enum Kind {
     Scalar,
     Object(Vec<Field>),
     /// Interfaces and unions: what may stand for them, and the fields they share.
-    Abstract { possible: Vec<String>, fields: Vec<Field> },
+    Abstract {
+        possible: Vec<String>,
+        fields: Vec<Field>,
+    },
     Enum(Vec<String>),
     Input(Vec<Arg>),
 }
@@ -84,7 +87,9 @@ fn convert_args(args: &[async_graphql_parser::Positioned<InputValueDefinition>])
         .collect()
 }
 
-fn convert_fields(fields: &[async_graphql_parser::Positioned<async_graphql_parser::types::FieldDefinition>]) -> Vec<Field> {
+fn convert_fields(
+    fields: &[async_graphql_parser::Positioned<async_graphql_parser::types::FieldDefinition>],
+) -> Vec<Field> {
     fields
         .iter()
         .map(|f| Field {
@@ -125,7 +130,9 @@ impl Schema {
                             possible: u.members.iter().map(|m| m.node.to_string()).collect(),
                             fields: Vec::new(),
                         },
-                        TypeKind::Enum(e) => Kind::Enum(e.values.iter().map(|v| v.node.value.node.to_string()).collect()),
+                        TypeKind::Enum(e) => {
+                            Kind::Enum(e.values.iter().map(|v| v.node.value.node.to_string()).collect())
+                        }
                         TypeKind::InputObject(i) => Kind::Input(convert_args(&i.fields)),
                     };
                     types.insert(name, kind);
@@ -421,7 +428,12 @@ impl<R: Rng> Builder<'_, R> {
             text.push_str(&field.name);
             text.push_str(&self.args(&field.args));
             if self.rng.gen_bool(0.05) {
-                let _ = write!(text, " @{}(if: {})", if self.rng.gen() { "skip" } else { "include" }, self.rng.gen::<bool>());
+                let _ = write!(
+                    text,
+                    " @{}(if: {})",
+                    if self.rng.gen() { "skip" } else { "include" },
+                    self.rng.gen::<bool>()
+                );
             }
             if composite {
                 let inner = self.composite_selection(&target, depth + 1, max_depth);
@@ -467,15 +479,8 @@ impl<R: Rng> Builder<'_, R> {
 fn operation(schema: &Schema, rng: &mut impl Rng, known: &Known, op: OpKind, mistakes: f64) -> Option<(String, Value)> {
     let root = schema.root(op)?.to_string();
     let max_depth = rng.gen_range(1..5);
-    let mut b = Builder {
-        schema,
-        rng,
-        known,
-        var_defs: Vec::new(),
-        variables: Map::new(),
-        fragments: Vec::new(),
-        mistakes,
-    };
+    let mut b =
+        Builder { schema, rng, known, var_defs: Vec::new(), variables: Map::new(), fragments: Vec::new(), mistakes };
     let body = if op == OpKind::Subscription {
         // One root field per subscription (the spec's rule).
         let fields = schema.fields(&root).to_vec();
@@ -521,7 +526,8 @@ fn break_syntax(rng: &mut impl Rng, doc: &str) -> String {
         6 => format!("{head}@unknownDirective{tail}"),
         7 => format!("{doc}\n{doc}"), // the same operation name twice
         _ => {
-            let junk: String = (0..rng.gen_range(1..10)).filter_map(|_| char::from_u32(rng.gen_range(0..0x800))).collect();
+            let junk: String =
+                (0..rng.gen_range(1..10)).filter_map(|_| char::from_u32(rng.gen_range(0..0x800))).collect();
             format!("{head}{junk}{tail}")
         }
     }
@@ -539,7 +545,8 @@ fn oversized(schema: &Schema, rng: &mut impl Rng, known: &Known) -> (String, Val
         1 => {
             // Many fragments, each spread.
             let n = rng.gen_range(50..1500);
-            let defs: String = (0..n).map(|i| format!("fragment F{i} on {} {{ __typename }}\n", schema.query)).collect();
+            let defs: String =
+                (0..n).map(|i| format!("fragment F{i} on {} {{ __typename }}\n", schema.query)).collect();
             let spreads: String = (0..n).map(|i| format!("...F{i} ")).collect();
             (format!("query {{ {spreads} }}\n{defs}"), json!({}))
         }

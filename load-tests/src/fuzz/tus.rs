@@ -82,7 +82,13 @@ fn judge_common(target: &Target, case: &str, what: &str, input: &str, answer: &A
         return false;
     }
     if answer.status >= 400 && !answer.body.is_empty() && answer.json_code.is_none() {
-        target.tally.fail(NAME, case, format!("{what}: HTTP {} without a typed JSON error", answer.status), input, &answer.body);
+        target.tally.fail(
+            NAME,
+            case,
+            format!("{what}: HTTP {} without a typed JSON error", answer.status),
+            input,
+            &answer.body,
+        );
         return false;
     }
     true
@@ -211,11 +217,24 @@ pub async fn run_worker(target: Arc<Target>, cases: Vec<u64>, sent: Arc<AtomicU6
                         judge_common(&target, &step_case, "DELETE", &upload.url, &answer);
                         if answer.status == 204 {
                             upload.gone = true;
-                            let after = send(target.http.head(&upload.url).bearer_auth(&target.token).header("Tus-Resumable", "1.0.0")).await;
+                            let after = send(
+                                target
+                                    .http
+                                    .head(&upload.url)
+                                    .bearer_auth(&target.token)
+                                    .header("Tus-Resumable", "1.0.0"),
+                            )
+                            .await;
                             if let Ok(after) = after {
                                 judge_common(&target, &step_case, "HEAD", &upload.url, &after);
                                 if (200..300).contains(&after.status) {
-                                    target.tally.fail(NAME, &step_case, "HEAD after DELETE still answers 2xx", &upload.url, &after.body);
+                                    target.tally.fail(
+                                        NAME,
+                                        &step_case,
+                                        "HEAD after DELETE still answers 2xx",
+                                        &upload.url,
+                                        &after.body,
+                                    );
                                 }
                             }
                         }
@@ -295,11 +314,23 @@ async fn create(target: &Target, case: &str, rng: &mut impl Rng, video: &str, se
     let offset = answer.offset.unwrap_or(0);
     if let Some(length) = length {
         if offset > length {
-            target.tally.fail(NAME, case, format!("created with offset {offset} past length {length}"), &input, &answer.body);
+            target.tally.fail(
+                NAME,
+                case,
+                format!("created with offset {offset} past length {length}"),
+                &input,
+                &answer.body,
+            );
         }
     }
     if answer.offset.is_some() && offset > with_body {
-        target.tally.fail(NAME, case, format!("creation-with-upload took {offset} bytes of a {with_body}-byte body"), &input, "");
+        target.tally.fail(
+            NAME,
+            case,
+            format!("creation-with-upload took {offset} bytes of a {with_body}-byte body"),
+            &input,
+            "",
+        );
     }
     Some(Upload { url, length, offset, gone: false })
 }
@@ -327,10 +358,22 @@ async fn head(target: &Target, case: &str, upload: &mut Upload) -> Option<u64> {
         return None;
     };
     if offset < upload.offset {
-        target.tally.fail(NAME, case, format!("the offset went backwards: {} then {offset}", upload.offset), &upload.url, "");
+        target.tally.fail(
+            NAME,
+            case,
+            format!("the offset went backwards: {} then {offset}", upload.offset),
+            &upload.url,
+            "",
+        );
     }
     if offset != upload.offset {
-        target.tally.fail(NAME, case, format!("HEAD says offset {offset}, the PATCHes accepted {}", upload.offset), &upload.url, "");
+        target.tally.fail(
+            NAME,
+            case,
+            format!("HEAD says offset {offset}, the PATCHes accepted {}", upload.offset),
+            &upload.url,
+            "",
+        );
     }
     let length = answer.length.or(upload.length);
     if let Some(length) = length {
@@ -361,7 +404,11 @@ async fn patch(target: &Target, case: &str, rng: &mut impl Rng, upload: &mut Upl
         6 | 7 => Checksum::Right,
         8 => Checksum::Wrong,
         _ => Checksum::Garbage(
-            ["md5 AAAA", "sha1", "sha1 !!!", "sha256 ", " ", "crc32 AAAAAA==", "sha1 AAAA AAAA"].choose(rng).copied().unwrap_or("").to_string(),
+            ["md5 AAAA", "sha1", "sha1 !!!", "sha256 ", " ", "crc32 AAAAAA==", "sha1 AAAA AAAA"]
+                .choose(rng)
+                .copied()
+                .unwrap_or("")
+                .to_string(),
         ),
     };
     let checksum_text = checksum_header(&body, &checksum, rng);
@@ -408,16 +455,34 @@ async fn patch(target: &Target, case: &str, rng: &mut impl Rng, upload: &mut Upl
                 return;
             };
             if !offset_right {
-                target.tally.fail(NAME, case, format!("a PATCH at the wrong offset was accepted (now {offset})"), &input, "");
+                target.tally.fail(
+                    NAME,
+                    case,
+                    format!("a PATCH at the wrong offset was accepted (now {offset})"),
+                    &input,
+                    "",
+                );
             }
             if matches!(checksum, Checksum::Wrong) {
                 target.tally.fail(NAME, case, "a PATCH with a wrong checksum was accepted", &input, "");
             }
             if offset != before + body_len && !(upload.length == Some(offset) && body_len == 0) {
-                target.tally.fail(NAME, case, format!("the offset moved from {before} to {offset} for {body_len} bytes"), &input, "");
+                target.tally.fail(
+                    NAME,
+                    case,
+                    format!("the offset moved from {before} to {offset} for {body_len} bytes"),
+                    &input,
+                    "",
+                );
             }
             if upload.length.is_some_and(|l| offset > l) {
-                target.tally.fail(NAME, case, format!("offset {offset} past the length {:?}", upload.length), &input, "");
+                target.tally.fail(
+                    NAME,
+                    case,
+                    format!("offset {offset} past the length {:?}", upload.length),
+                    &input,
+                    "",
+                );
             }
             upload.offset = offset;
             if upload.length == Some(offset) {
@@ -429,19 +494,37 @@ async fn patch(target: &Target, case: &str, rng: &mut impl Rng, upload: &mut Upl
             // Another PATCH in flight (the racing step) is the only other reason.
             target.tally.answer("tus PATCH", "409 at the right offset");
         }
-        460 => {
-            if !matches!(checksum, Checksum::Wrong) {
-                target.tally.fail(NAME, case, "460 for a body whose checksum matched (or had none)", &input, &answer.body);
-            }
+        460 if !matches!(checksum, Checksum::Wrong) => {
+            target.tally.fail(NAME, case, "460 for a body whose checksum matched (or had none)", &input, &answer.body);
         }
         _ => {}
     }
     if well_formed && answer.status != 204 {
-        if !offset_right && offset_text.parse::<u64>().is_ok() && answer.status != 409 && !matches!(answer.status, 404 | 410 | 413) {
-            target.tally.fail(NAME, case, format!("a PATCH at the wrong offset answered {} (409 expected)", answer.status), &input, &answer.body);
+        if !offset_right
+            && offset_text.parse::<u64>().is_ok()
+            && answer.status != 409
+            && !matches!(answer.status, 404 | 410 | 413)
+        {
+            target.tally.fail(
+                NAME,
+                case,
+                format!("a PATCH at the wrong offset answered {} (409 expected)", answer.status),
+                &input,
+                &answer.body,
+            );
         }
-        if offset_right && fits && matches!(checksum, Checksum::Wrong) && !matches!(answer.status, 460 | 409 | 404 | 410) {
-            target.tally.fail(NAME, case, format!("a PATCH with a wrong checksum answered {} (460 expected)", answer.status), &input, &answer.body);
+        if offset_right
+            && fits
+            && matches!(checksum, Checksum::Wrong)
+            && !matches!(answer.status, 460 | 409 | 404 | 410)
+        {
+            target.tally.fail(
+                NAME,
+                case,
+                format!("a PATCH with a wrong checksum answered {} (460 expected)", answer.status),
+                &input,
+                &answer.body,
+            );
         }
     }
     // After any refusal, nothing was kept unless the server says how much it kept.
@@ -449,7 +532,13 @@ async fn patch(target: &Target, case: &str, rng: &mut impl Rng, upload: &mut Upl
         let kept_by_answer = answer.offset;
         if let Some(offset) = head(target, case, upload).await {
             if kept_by_answer.is_none() && offset != before && answer.status != 409 {
-                target.tally.fail(NAME, case, format!("a refused PATCH ({}) moved the offset {before} → {offset}", answer.status), &input, &answer.body);
+                target.tally.fail(
+                    NAME,
+                    case,
+                    format!("a refused PATCH ({}) moved the offset {before} → {offset}", answer.status),
+                    &input,
+                    &answer.body,
+                );
             }
             if answer.status == 460 && offset != before {
                 target.tally.fail(NAME, case, "460, yet bytes were kept", &input, "");
@@ -481,20 +570,33 @@ async fn stranger(target: &Target, case: &str, rng: &mut impl Rng, upload: &Uplo
     if let Ok(answer) = send(request).await {
         judge_common(target, case, "stranger", &input, &answer);
         if (200..300).contains(&answer.status) {
-            target.tally.fail(NAME, case, format!("{who} got {} on someone's upload", answer.status), &input, &answer.body);
+            target.tally.fail(
+                NAME,
+                case,
+                format!("{who} got {} on someone's upload", answer.status),
+                &input,
+                &answer.body,
+            );
         }
     }
     let mut mine = upload.clone();
     if let Some(offset) = head(target, case, &mut mine).await {
         if offset != upload.offset {
-            target.tally.fail(NAME, case, format!("{who} moved someone's upload {} → {offset}", upload.offset), &input, "");
+            target.tally.fail(
+                NAME,
+                case,
+                format!("{who} moved someone's upload {} → {offset}", upload.offset),
+                &input,
+                "",
+            );
         }
     }
 }
 
 /// `POST /uploads/{id}` with `X-HTTP-Method-Override` (random, valid or not).
 async fn override_method(target: &Target, case: &str, rng: &mut impl Rng, upload: &mut Upload) {
-    let method = ["HEAD", "PATCH", "GET", "PUT", "TRACE", "", "patch", "DELETE\r\nX: y"].choose(rng).copied().unwrap_or("PATCH");
+    let method =
+        ["HEAD", "PATCH", "GET", "PUT", "TRACE", "", "patch", "DELETE\r\nX: y"].choose(rng).copied().unwrap_or("PATCH");
     let mut request = target.http.post(&upload.url).bearer_auth(&target.token).header("Tus-Resumable", "1.0.0");
     if let Ok(value) = reqwest::header::HeaderValue::from_str(method) {
         request = request.header("X-HTTP-Method-Override", value);

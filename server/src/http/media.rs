@@ -237,8 +237,8 @@ async fn serve_inner(
             // header, answered 500 (found by the fuzzer).
             validate_key(&layout::Outputs::new(video.owner_id, video.id, Some(current)).key(path))
                 .map_err(|_| not_found())?;
-            let location =
-                redirect_location(&state.public_url, video.id, current, path, req.query_string()).ok_or_else(not_found)?;
+            let location = redirect_location(&state.public_url, video.id, current, path, req.query_string())
+                .ok_or_else(not_found)?;
             return Ok(HttpResponse::Found()
                 .insert_header((header::LOCATION, location))
                 .insert_header((header::CACHE_CONTROL, audience.cache_scope().to_string() + ", no-cache"))
@@ -284,7 +284,13 @@ async fn serve_inner(
 /// percent-encoded; `None` if that is not a URL.
 fn redirect_location(public_url: &str, video: Uuid, version: &str, path: &str, query: &str) -> Option<String> {
     let mut url = url::Url::parse(public_url).ok()?;
-    url.path_segments_mut().ok()?.pop_if_empty().push("media").push(&video.to_string()).push(version).extend(path.split('/'));
+    url.path_segments_mut()
+        .ok()?
+        .pop_if_empty()
+        .push("media")
+        .push(&video.to_string())
+        .push(version)
+        .extend(path.split('/'));
     if !query.is_empty() {
         // The raw query of the request line: visible ASCII already, kept as sent.
         url.set_query(Some(query));

@@ -37,7 +37,9 @@ fn assert_typed(what: &str, body: &Value) {
     }
 }
 
-async fn ws_connect(app: &TestApp) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+async fn ws_connect(
+    app: &TestApp,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
     let mut request = app.ws_url("/graphql/ws").into_client_request().unwrap();
     request.headers_mut().insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().unwrap());
     let mut socket = tokio_tungstenite::connect_async(request).await.expect("websocket connects").0;
@@ -54,7 +56,7 @@ async fn ws_connect(app: &TestApp) -> tokio_tungstenite::WebSocketStream<tokio_t
 
 /// Found by the fuzzer: errors made by async-graphql itself reached clients with a
 /// message and no `extensions.code`, over HTTP POST, GET and WebSocket alike.
-#[tokio::test]
+#[actix_web::test]
 async fn graphql_errors_made_before_resolvers_carry_a_code() {
     let app = spawn_app().await;
     for (what, query, variables) in untyped_before() {
@@ -84,7 +86,11 @@ async fn graphql_errors_made_before_resolvers_carry_a_code() {
         let subscribe = json!({ "id": id, "type": "subscribe", "payload": { "query": query, "variables": variables } });
         socket.send(Message::Text(subscribe.to_string().into())).await.unwrap();
         loop {
-            let message = tokio::time::timeout(std::time::Duration::from_secs(20), socket.next()).await.unwrap().unwrap().unwrap();
+            let message = tokio::time::timeout(std::time::Duration::from_secs(20), socket.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
             let Message::Text(text) = message else { continue };
             let v: Value = serde_json::from_str(&text).unwrap();
             if v["id"] != id.as_str() {
@@ -104,16 +110,15 @@ async fn graphql_errors_made_before_resolvers_carry_a_code() {
 /// CR/LF was redirected to the current version with the decoded bytes in
 /// `Location`, an invalid header, answered 500. Now such paths are 404 and every
 /// redirect's path is percent-encoded.
-#[tokio::test]
+#[actix_web::test]
 async fn unversioned_media_paths_with_control_characters_are_not_found_not_500() {
     use entities::{video, Visibility};
     use sea_orm::{ActiveModelTrait, EntityTrait, Set};
 
     let app = spawn_app().await;
     let user = app.register_user().await;
-    let (status, body) = app
-        .graphql_as(&user.bearer(), "mutation { createVideo(input: { title: \"t\" }) { id } }", json!({}))
-        .await;
+    let (status, body) =
+        app.graphql_as(&user.bearer(), "mutation { createVideo(input: { title: \"t\" }) { id } }", json!({})).await;
     assert_eq!(status, 200, "{body}");
     let id = uuid::Uuid::parse_str(body["data"]["createVideo"]["id"].as_str().unwrap()).unwrap();
     // A public video with an output version: what unversioned paths redirect from.
@@ -131,19 +136,22 @@ async fn unversioned_media_paths_with_control_characters_are_not_found_not_500()
         assert_eq!(body["code"], "NOT_FOUND", "{bad}: {body}");
     }
     // A path that is a valid key but not a valid header goes out percent-encoded.
-    let res = no_redirects.get(app.url(&format!("/media/{id}/hls/%F0%9F%92%A5%20x.ts?exp=1&sig=ab"))).send().await.unwrap();
+    let res = no_redirects.get(app.url(&format!("/media/{id}/hls/%F0%9F%92%A5%20x.ts?x=1"))).send().await.unwrap();
     assert_eq!(res.status(), 302);
     let location = res.headers()["location"].to_str().unwrap().to_string();
-    assert!(location.ends_with(&format!("/media/{id}/v0000000001/hls/%F0%9F%92%A5%20x.ts?exp=1&sig=ab")), "{location}");
+    assert!(location.ends_with(&format!("/media/{id}/v0000000001/hls/%F0%9F%92%A5%20x.ts?x=1")), "{location}");
     // And the plain case is unchanged.
     let res = no_redirects.get(app.url(&format!("/media/{id}/hls/master.m3u8?x=1"))).send().await.unwrap();
     assert_eq!(res.status(), 302);
-    assert_eq!(res.headers()["location"], format!("{}/media/{id}/v0000000001/hls/master.m3u8?x=1", app.address).as_str());
+    assert_eq!(
+        res.headers()["location"],
+        format!("{}/media/{id}/v0000000001/hls/master.m3u8?x=1", app.address).as_str()
+    );
 }
 
 /// Found by the fuzzer: a WebSocket frame over 64 KiB reset the connection without
 /// a close frame; now it closes with 1009 as the README says.
-#[tokio::test]
+#[actix_web::test]
 async fn an_oversized_websocket_frame_closes_with_1009() {
     let app = spawn_app().await;
     let mut socket = ws_connect(&app).await;
@@ -151,7 +159,8 @@ async fn an_oversized_websocket_frame_closes_with_1009() {
     let subscribe = json!({ "id": "big", "type": "subscribe", "payload": { "query": query } });
     socket.send(Message::Text(subscribe.to_string().into())).await.unwrap();
     loop {
-        let next = tokio::time::timeout(std::time::Duration::from_secs(20), socket.next()).await.expect("closed in time");
+        let next =
+            tokio::time::timeout(std::time::Duration::from_secs(20), socket.next()).await.expect("closed in time");
         match next {
             Some(Ok(Message::Close(Some(frame)))) => {
                 assert_eq!(u16::from(frame.code), 1009, "{frame:?}");
