@@ -5,7 +5,7 @@ BIND ?= 127.0.0.1:8080
 DATA_DIR ?= ./data
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: run test bench build check lint deny fmt schema services-up services-down bootstrap web-demo test-web test-deploy
+.PHONY: run test bench build check lint deny fmt schema services-up services-down bootstrap web-demo test-web test-deploy fuzz
 
 ## run: build the web app and the release binary, serve on $(BIND) with data in $(DATA_DIR)
 run: bootstrap web-demo
@@ -23,6 +23,11 @@ test-web: bootstrap
 ## test-deploy: only the deployment checks (kustomize, Kubernetes schemas, dashboard/alert metrics, compose)
 test-deploy:
 	scripts/test-deploy.sh
+
+## fuzz: the long fuzz run (scripts/test-fuzz.sh with REELHOUSE_FUZZ_SCALE=20: 200,000 GraphQL documents,
+## 6,000 tus sequences, 60,000 /media and /storage requests on the embedded server; REELHOUSE_FUZZ_SEED replays)
+fuzz: bootstrap
+	REELHOUSE_FUZZ_SCALE=$${REELHOUSE_FUZZ_SCALE:-20} scripts/test-fuzz.sh
 
 ## test: every test (system packages, test services, Rust suite on sqlite and postgres)
 test:

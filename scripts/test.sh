@@ -77,6 +77,22 @@ else
     failed=1
 fi
 
+# Fuzzing of every entry point: GraphQL documents generated from schema.graphql
+# (valid, mutated, oversized, deep, raw bytes) over POST, GET and WebSocket, random
+# tus sequences, random /media and /storage paths, signatures and ranges, against an
+# embedded server and a PostgreSQL + Redis + S3 one; no 5xx, every error typed, no
+# panic, RSS bounded (scripts/test-fuzz.sh; `make fuzz` runs the long version).
+printf '\n==> fuzzing: scripts/test-fuzz.sh\n' >&2
+if [[ -x "$bin_dir/reelhouse-fuzz" ]]; then
+    export REELHOUSE_FUZZ_BIN="$bin_dir/reelhouse-fuzz"
+fi
+if scripts/test-fuzz.sh; then
+    result[fuzz]=passed
+else
+    result[fuzz]="FAILED (exit $?)"
+    failed=1
+fi
+
 # tus with the stock client: tus-js-client in Node, one upload per extension
 # (parallelUploads, uploadDataDuringCreation, uploadLengthDeferred,
 # overridePatchMethod, resume with metadata), each video READY, against an
@@ -112,7 +128,7 @@ else
     failed=1
 fi
 
-summary="test.sh: rust/sqlite ${result[sqlite]}, rust/postgres ${result[postgres]}, load ${result[load]}, graphql-http ${result[graphql_http]}, tus-js ${result[tus_js]}, deploy ${result[deploy]}, web ${result[web]}"
+summary="test.sh: rust/sqlite ${result[sqlite]}, rust/postgres ${result[postgres]}, load ${result[load]}, graphql-http ${result[graphql_http]}, fuzz ${result[fuzz]}, tus-js ${result[tus_js]}, deploy ${result[deploy]}, web ${result[web]}"
 if ((failed)); then
     printf '\n%s -> FAILED\n' "$summary" >&2
     exit 1

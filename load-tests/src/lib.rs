@@ -6,6 +6,7 @@
 pub mod api;
 pub mod backoff;
 pub mod clip;
+pub mod fuzz;
 pub mod report;
 pub mod scenarios;
 pub mod stats;

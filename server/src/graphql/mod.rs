@@ -3,6 +3,7 @@
 pub mod account_mail;
 pub mod accounts;
 pub mod audit;
+pub mod error_codes;
 pub mod events;
 pub mod jobs;
 pub mod limits;
@@ -67,6 +68,7 @@ pub fn build_schema(settings: &GraphqlSettings, state: Option<AppState>) -> AppS
     let mut builder = Schema::build(Query::default(), Mutation::default(), Subscription::default())
         .limit_complexity(settings.max_complexity)
         .limit_recursive_depth(settings.max_depth.max(32))
+        .extension(error_codes::ErrorCodes)
         .extension(limits::DocumentLimits {
             max_aliases: settings.max_aliases,
             max_directives: settings.max_directives,

@@ -232,10 +232,13 @@ async fn serve_inner(
         // hand) of a video with versions: on to the current one, so whatever the
         // player fetches next resolves inside that version.
         (None, Some(current)) => {
-            let mut location = format!("{}/media/{}/{current}/{path}", state.public_url, video.id);
-            if !req.query_string().is_empty() {
-                location = format!("{location}?{}", req.query_string());
-            }
+            // Only a path that could name a file is redirected, and it goes out
+            // percent-encoded: a decoded NUL or CR/LF in a `Location` made an invalid
+            // header, answered 500 (found by the fuzzer).
+            validate_key(&layout::Outputs::new(video.owner_id, video.id, Some(current)).key(path))
+                .map_err(|_| not_found())?;
+            let location = redirect_location(&state.public_url, video.id, current, path, req.query_string())
+                .ok_or_else(not_found)?;
             return Ok(HttpResponse::Found()
                 .insert_header((header::LOCATION, location))
                 .insert_header((header::CACHE_CONTROL, audience.cache_scope().to_string() + ", no-cache"))
@@ -277,6 +280,24 @@ async fn serve_inner(
 }
 
 /// `v…/hls/master.m3u8` → (`Some("v…")`, `hls/master.m3u8`); unversioned paths as is.
+/// `{public_url}/media/{video}/{version}/{path}?{query}` with every path segment
+/// percent-encoded; `None` if that is not a URL.
+fn redirect_location(public_url: &str, video: Uuid, version: &str, path: &str, query: &str) -> Option<String> {
+    let mut url = url::Url::parse(public_url).ok()?;
+    url.path_segments_mut()
+        .ok()?
+        .pop_if_empty()
+        .push("media")
+        .push(&video.to_string())
+        .push(version)
+        .extend(path.split('/'));
+    if !query.is_empty() {
+        // The raw query of the request line: visible ASCII already, kept as sent.
+        url.set_query(Some(query));
+    }
+    Some(url.to_string())
+}
+
 fn split_version(path: &str) -> (Option<&str>, &str) {
     match path.split_once('/') {
         Some((first, rest)) if layout::is_output_version(first) => (Some(first), rest),

@@ -554,9 +554,18 @@ impl StreamHandler<AccessSignal> for Session {
 
 impl StreamHandler<Result<Message, ProtocolError>> for Session {
     fn handle(&mut self, message: Result<Message, ProtocolError>, ctx: &mut Self::Context) {
-        let Ok(message) = message else {
-            ctx.stop();
-            return;
+        let message = match message {
+            Ok(message) => message,
+            // A frame over `MAX_FRAME` closes with 1009 as a message over
+            // `MAX_MESSAGE` does, not with a bare reset (found by the fuzzer).
+            Err(ProtocolError::Overflow) => {
+                Self::close(ctx, 1009, "frame too large");
+                return;
+            }
+            Err(_) => {
+                Self::close(ctx, 1002, "protocol error");
+                return;
+            }
         };
         self.last_heard = Instant::now();
         let payload: Option<Vec<u8>> = match message {

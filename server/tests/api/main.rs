@@ -9,6 +9,7 @@ mod breakers;
 mod catalogue;
 mod e2e;
 mod fanout;
+mod fuzz_regressions;
 mod helpers;
 mod hostile;
 mod http_basics;
