@@ -635,3 +635,50 @@ async fn per_user_quota_overrides_apply_to_uploads_and_to_the_processing_budget_
     // Six changes; the refused (negative) ones changed nothing and are not recorded.
     assert_eq!(data["auditLog"]["edges"].as_array().unwrap().len(), 6, "{data}");
 }
+
+/// Two instances sharing PostgreSQL and Redis: a session revoked through one
+/// closes its socket on the other at once, through the Redis access channel.
+/// (Needs Redis: runs with REELHOUSE_TEST_BACKEND=postgres, skips on sqlite.)
+#[actix_web::test]
+async fn a_session_revoked_on_one_instance_closes_its_socket_on_another_at_once() {
+    if crate::helpers::backend() != crate::helpers::Backend::Postgres {
+        eprintln!("skipped: needs Redis and a shared database (REELHOUSE_TEST_BACKEND=postgres)");
+        return;
+    }
+    let first = app_without_periodic_rechecks(|_| {}).await;
+    let shared = first.state.settings.clone();
+    let second = spawn_app_with(move |s| {
+        s.database = shared.database.clone();
+        s.storage = shared.storage.clone();
+        s.redis.key_prefix = shared.redis.key_prefix.clone();
+        s.auth = shared.auth.clone();
+        s.workers.embedded = false;
+        s.database.migrate_on_start = false;
+        s.graphql.ws_recheck_ms = 600_000;
+    })
+    .await;
+    // Both relays listen on the access channel.
+    let redis = first.state.redis.clone().unwrap();
+    let channel = reelhouse::events::access::channel(&redis);
+    let listening = eventually(100, || {
+        let (redis, channel) = (redis.clone(), channel.clone());
+        async move {
+            let mut conn = redis.connection().await.unwrap();
+            let answer: (String, i64) =
+                redis::cmd("PUBSUB").arg("NUMSUB").arg(&channel).query_async(&mut conn).await.unwrap();
+            answer.1 >= 2
+        }
+    })
+    .await;
+    assert!(listening, "both instances subscribe to {channel}");
+
+    let user = first.register_user().await;
+    let other = first.login(&user.email, TEST_PASSWORD).await;
+    let mut socket = subscribed(&second, &user.access_token).await;
+    let mut kept = subscribed(&second, &other.access_token).await;
+    let id = current_session_id(&first, &user).await;
+    assert_eq!(ok(&first, &other, REVOKE, json!({ "id": id })).await["revokeSession"], true);
+    let closed = closed_soon(&mut socket).await.expect("the other instance closes the socket at once");
+    assert_eq!(closed, (4403, "session revoked".to_string()));
+    still_open(&mut kept).await;
+}
