@@ -10,8 +10,9 @@ use chrono::{DateTime, SubsecRound, Utc};
 use entities::prelude::*;
 use entities::{
     account_token, api_key, event_outbox, job, job_log, moderation_action, refresh_token, refresh_token_family,
-    rendition, totp_recovery_code, upload, user, video, video_daily_stat, video_view, worker, AccountTokenPurpose, JobKind, JobStatus,
-    LogLevel, ModerationActionKind, RenditionStatus, Role, UploadMethod, UploadStatus, VideoStatus, Visibility,
+    rendition, totp_recovery_code, upload, user, video, video_daily_stat, video_view, worker, AccountTokenPurpose,
+    JobKind, JobStatus, LogLevel, ModerationActionKind, RenditionStatus, Role, UploadMethod, UploadStatus, VideoStatus,
+    Visibility,
 };
 use migration::{Migrator, MigratorTrait, SchemaManager};
 use sea_orm::{
