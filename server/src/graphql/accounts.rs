@@ -359,6 +359,9 @@ impl AccountsMutation {
         }
         let txn = crate::db::begin_write(&state.db).await.gql()?;
         let user = find_user_in(&txn, &id).await?;
+        if role != entities::Role::Admin {
+            crate::repo::users::keep_an_admin(&txn, &user, "demoted").await.gql()?;
+        }
         let from = user.role;
         let mut active: user::ActiveModel = user.into();
         active.role = Set(role);
@@ -382,6 +385,7 @@ impl AccountsMutation {
         let principal = require_principal(ctx).gql()?;
         let txn = crate::db::begin_write(&state.db).await.gql()?;
         let user = find_user_in(&txn, &id).await?;
+        crate::repo::users::keep_an_admin(&txn, &user, "disabled").await.gql()?;
         let user_id = user.id;
         let mut active: user::ActiveModel = user.into();
         active.disabled = Set(true);

@@ -135,9 +135,7 @@ pub async fn retire(txn: &DatabaseTransaction, actor: Uuid, id: Uuid) -> AppResu
         return Err(AppError::new(ErrorCode::Conflict, "you cannot delete your own account"));
     }
     let target = find_live(txn, id).await?;
-    if target.role == Role::Admin && other_enabled_admins(txn, id).await? == 0 {
-        return Err(AppError::new(ErrorCode::Conflict, "the last admin cannot be deleted"));
-    }
+    keep_an_admin(txn, &target, "deleted").await?;
     let now = Utc::now();
     let mut active: user::ActiveModel = target.into();
     active.email = Set(format!("deleted-{}@deleted.invalid", id.simple()));
@@ -174,6 +172,17 @@ pub async fn retire(txn: &DatabaseTransaction, actor: Uuid, id: Uuid) -> AppResu
 /// Enabled, undeleted admins other than `except`. On PostgreSQL their rows are
 /// locked, so two admins deleting each other at once cannot both succeed (SQLite
 /// has one writer already).
+/// Refuses (`CONFLICT`) a change that would leave no enabled admin: demoting,
+/// disabling or deleting the last one. `what` completes "the last admin cannot be …".
+/// On PostgreSQL the other admins' rows stay locked until `txn` ends, so two admins
+/// acting on each other at once cannot both pass.
+pub async fn keep_an_admin(txn: &DatabaseTransaction, target: &user::Model, what: &str) -> AppResult<()> {
+    if target.role == Role::Admin && !target.disabled && other_enabled_admins(txn, target.id).await? == 0 {
+        return Err(AppError::new(ErrorCode::Conflict, format!("the last admin cannot be {what}")));
+    }
+    Ok(())
+}
+
 async fn other_enabled_admins(txn: &DatabaseTransaction, except: Uuid) -> Result<u64, DbErr> {
     let mut query = user::Entity::find()
         .select_only()

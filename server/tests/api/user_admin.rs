@@ -29,6 +29,7 @@ const USERS: &str =
     edges { cursor node { id email displayName role disabled } } pageInfo { hasNextPage endCursor } } }";
 const DISABLE: &str = "mutation($id: ID!) { disableUser(id: $id) { id disabled } }";
 const ENABLE: &str = "mutation($id: ID!) { enableUser(id: $id) { id disabled } }";
+const SET_USER_ROLE: &str = "mutation($id: ID!, $role: Role!) { setUserRole(id: $id, role: $role) { id role } }";
 const DELETE_USER: &str = "mutation($id: ID!) { deleteUser(id: $id) { id kind status } }";
 /// `setUserQuota` with exactly the arguments present in `variables` (one left out
 /// keeps its value; a variable declared but not sent would count as null).
@@ -537,6 +538,21 @@ async fn admins_cannot_delete_themselves_or_the_last_admin() {
         .await
         .unwrap();
     assert_eq!(admins.len(), 1, "{admins:?}");
+
+    // Nor demoted or disabled: whoever remains is the last enabled admin.
+    let last = if a.1["errors"].is_null() { first } else { second };
+    for (query, vars) in
+        [(SET_USER_ROLE, json!({ "id": last.id, "role": "USER" })), (DISABLE, json!({ "id": last.id }))]
+    {
+        let (_, body) = app.graphql_as(&last.bearer(), query, vars).await;
+        assert_eq!(error_code(&body).as_deref(), Some("CONFLICT"), "{query}: {body}");
+    }
+    let (_, body) = app.graphql_as(&last.bearer(), "{ me { role disabled } }", json!({})).await;
+    assert_eq!(body["data"]["me"], json!({ "role": "ADMIN", "disabled": false }), "{body}");
+    // With a second admin, either may be demoted (or disabled) again.
+    let other = admin(&app).await;
+    let (_, body) = app.graphql_as(&last.bearer(), SET_USER_ROLE, json!({ "id": other.id, "role": "USER" })).await;
+    assert!(body["errors"].is_null(), "{body}");
 }
 
 #[actix_web::test]
