@@ -581,7 +581,8 @@ async fn the_account_mail_migration_takes_existing_accounts_as_verified() {
     ))
     .await
     .unwrap();
-    Migrator::up(&db, Some(1)).await.unwrap();
+    // This migration backfills; the later ones only add columns the full model reads.
+    Migrator::up(&db, None).await.unwrap();
     let user = User::find_by_id(id).one(&db).await.unwrap().unwrap();
     assert_eq!(user.email_verified_at, Some(at));
     db.close().await.unwrap();
