@@ -171,7 +171,7 @@ describe(`accounts in the web demo (${LABEL})`, () => {
     await page.getByRole('button', { name: 'Turn off two-factor authentication' }).waitFor();
 
     // Sign out; signing in now asks for the code.
-    await page.getByRole('button', { name: 'Sign out' }).click();
+    await page.getByRole('button', { name: 'Sign out', exact: true }).click();
     await page.getByRole('button', { name: 'Sign in' }).waitFor();
     await signInForm(page, email, PASSWORD);
     const codeField = page.getByLabel('Authentication code');
@@ -197,7 +197,7 @@ describe(`accounts in the web demo (${LABEL})`, () => {
     await sessions.locator('tbody tr').first().waitFor();
     const current = sessions.locator('tr[data-current="true"]');
     assert.equal(await current.count(), 1, 'exactly one session is this one');
-    await current.getByText('This device').waitFor();
+    await current.getByText('This device', { exact: true }).waitFor();
     assert.match(await current.textContent(), /Chrome on Linux/);
     await shot(page, '7-sessions');
 
@@ -316,6 +316,9 @@ describe(`accounts in the web demo (${LABEL})`, () => {
     const rows = page.locator('table.users tbody tr');
     const row = page.locator(`tr[data-email="${email}"]`);
     await row.waitFor();
+    // The unfiltered list may still be on screen (it holds that user too): wait for
+    // the search's answer to replace it.
+    for (let i = 0; i < 100 && (await rows.count()) !== 1; i += 1) await page.waitForTimeout(100);
     assert.equal(await rows.count(), 1, 'the search finds that one user');
     await shot(page, '8-admin-found');
 

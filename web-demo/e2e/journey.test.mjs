@@ -297,7 +297,7 @@ describe(`web demo (${LABEL})`, () => {
     const stored = await page.evaluate(() => JSON.stringify({ ...localStorage }));
     assert.ok(!stored.includes('accessToken') && !/eyJ[\w-]+\.eyJ/.test(stored), 'no access token in storage');
 
-    await page.getByRole('button', { name: 'Sign out' }).click();
+    await page.getByRole('button', { name: 'Sign out', exact: true }).click();
     await page.getByRole('button', { name: 'Sign in' }).waitFor();
     assert.equal(new URL(page.url()).pathname, '/signin');
     assert.equal(await page.evaluate(() => localStorage.getItem('reelhouse.refreshToken')), null);
