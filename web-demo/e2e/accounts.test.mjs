@@ -208,9 +208,17 @@ describe(`accounts in the web demo (${LABEL})`, () => {
     await second.page.getByRole('button', { name: 'Sign in' }).click();
     await second.page.getByRole('heading', { name: 'Your videos' }).waitFor();
     // ...and never again.
-    const again = await api('mutation($i: LoginInput!) { login(input: $i) { accessToken } }', {
-      i: { email, password: PASSWORD, totpCode: codes[0] },
-    });
+    // (The sign-ins above may have used up the sign-in rate limit: wait it out, so the
+    // answer is about the code.)
+    let again;
+    for (let i = 0; i < 5; i += 1) {
+      again = await api('mutation($i: LoginInput!) { login(input: $i) { accessToken } }', {
+        i: { email, password: PASSWORD, totpCode: codes[0] },
+      });
+      const limited = again.errors?.[0]?.extensions;
+      if (limited?.code !== 'RATE_LIMITED') break;
+      await new Promise((resolve) => setTimeout(resolve, (Number(limited.retryAfter) || 1) * 1000 + 200));
+    }
     assert.equal(again.errors?.[0]?.extensions?.code, 'UNAUTHENTICATED', `a used recovery code is refused: ${JSON.stringify(again)}`);
 
     // This device signs the other one out.

@@ -96,13 +96,18 @@ export function adminUsersView(main: HTMLElement): Cleanup | void {
     return f;
   }
 
+  /** Bumped by every load: an older answer arriving late (a search typed while the
+   *  first page was loading) must not replace a newer one. */
+  let loads = 0;
+
   async function load(): Promise<void> {
+    const mine = ++loads;
     alert.clear();
     main.setAttribute('aria-busy', 'true');
     try {
       const after = starts[starts.length - 1];
       const data = await gql(USERS, { first: PAGE_SIZE, after, filter });
-      if (stopped) return;
+      if (stopped || mine !== loads) return;
       nextCursor = data.users.pageInfo.hasNextPage ? data.users.pageInfo.endCursor ?? null : null;
       body.replaceChildren(
         ...(data.users.nodes.length
@@ -113,9 +118,9 @@ export function adminUsersView(main: HTMLElement): Cleanup | void {
       prev.disabled = starts.length <= 1;
       next.disabled = !nextCursor;
     } catch (err) {
-      alert.show(humanMessage(err));
+      if (mine === loads) alert.show(humanMessage(err));
     } finally {
-      main.removeAttribute('aria-busy');
+      if (mine === loads) main.removeAttribute('aria-busy');
     }
   }
 
