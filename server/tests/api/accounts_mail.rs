@@ -37,6 +37,23 @@ async fn spawn_smtp_app(customize: impl FnOnce(&mut reelhouse::config::Settings)
     .await
 }
 
+/// Teardown: let the mail lane finish any send it is in the middle of, so the test's
+/// runtime does not end under a job holding a database connection or an SMTP
+/// transport (their destructors need the runtime). Waits, asserts nothing.
+async fn settle(app: &TestApp) {
+    use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+    eventually(100, || async {
+        entities::job::Entity::find()
+            .filter(entities::job::Column::Kind.eq(entities::JobKind::SendMail))
+            .filter(entities::job::Column::Status.eq(entities::JobStatus::Running))
+            .count(&app.state.db)
+            .await
+            .map(|running| running == 0)
+            .unwrap_or(true)
+    })
+    .await;
+}
+
 fn unique_email() -> String {
     format!("{}@example.com", Uuid::new_v4().simple())
 }
@@ -271,6 +288,7 @@ async fn a_registration_mails_a_link_that_verifies_once_and_unlocks_uploads() {
     assert!(allowed["errors"].is_null(), "{allowed}");
     let (status, body) = tus_create_status(&app, &user).await;
     assert_eq!(status, 201, "{body}");
+    settle(&app).await;
 }
 
 #[actix_rt::test]
@@ -299,6 +317,7 @@ async fn an_expired_verification_link_is_refused_and_a_resent_one_works() {
     // Verified: nothing more to send.
     let body = mutate(&app, &user.bearer(), "mutation { resendVerification }", json!({})).await;
     assert_eq!(body["data"]["resendVerification"], false, "{body}");
+    settle(&app).await;
 }
 
 const RESET: &str = "mutation($t: String!, $p: String!) { resetPassword(token: $t, newPassword: $p) }";
@@ -355,6 +374,7 @@ async fn a_password_reset_by_mail_ends_every_session_and_works_once() {
     // A notice follows; the unknown address got nothing.
     wait_for_mail(&dir, &user.email, "Your password was changed").await;
     assert!(mails_in(&dir, &unknown).is_empty());
+    settle(&app).await;
 }
 
 const CHANGE_EMAIL: &str = "mutation($e: String!, $p: String!) { changeEmail(newEmail: $e, password: $p) }";
@@ -391,6 +411,7 @@ async fn changing_the_address_needs_the_new_one_confirmed_and_tells_the_old_one(
     let body = verify(&app, &confirm.token("verify-email")).await;
     assert_eq!(error_code(&body).as_deref(), Some("CONFLICT"), "{body}");
     assert_eq!(me(&app, &user).await["data"]["me"]["email"], new_email.as_str());
+    settle(&app).await;
 }
 
 const CHANGE_PASSWORD: &str =
@@ -428,6 +449,7 @@ async fn changing_the_password_keeps_this_session_and_ends_the_others() {
     assert!(this["data"]["refreshToken"]["accessToken"].is_string(), "{this}");
     app.login(&user.email, NEW_PASSWORD).await;
     wait_for_mail(&dir, &user.email, "Your password was changed").await;
+    settle(&app).await;
 }
 
 #[actix_rt::test]
