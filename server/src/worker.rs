@@ -89,12 +89,14 @@ impl WorkerRegistration {
 
 /// Run until SIGTERM/SIGINT, heartbeating; deregister on the way out.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    // First, so a SIGTERM that arrives while the worker is still connecting or
+    // migrating is not fatal: it is kept and ends the worker cleanly once started.
+    let mut signals = crate::startup::ShutdownSignals::install()?;
     let metrics = crate::telemetry::prometheus()?;
     let db = crate::db::connect(&settings).await?;
     if settings.database.migrate_on_start {
         crate::db::migrate(&db).await?;
     }
-    let mut signals = crate::startup::ShutdownSignals::install()?;
     let keys = crate::keys::ServerKeys::load_or_generate(&settings)?;
     let public_url = settings
         .server

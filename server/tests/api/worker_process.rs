@@ -144,12 +144,6 @@ async fn two_worker_processes_never_run_the_same_job() {
     }
     let app = shared_app().await;
     let db = app.state.db.clone();
-    let mut ids = Vec::new();
-    // With no video, the real runner fails each job permanently on its first
-    // attempt: many short jobs for two processes to race for.
-    for _ in 0..24 {
-        ids.push(new_job(&db, None, None, 3).await.id);
-    }
     let extra = [
         ("REELHOUSE__WORKERS__CONCURRENCY", "3"),
         ("REELHOUSE__JOBS__BACKOFF_BASE_SECS", "0"),
@@ -158,6 +152,18 @@ async fn two_worker_processes_never_run_the_same_job() {
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let mut children: Vec<_> =
         dirs.iter().map(|d| worker_command(&app.state.settings, d.path(), &extra).spawn().unwrap()).collect();
+    // Both processes up before there is work, so they race for it (on a fast
+    // machine the first one up used to finish all of it before the second started).
+    assert!(
+        eventually(300, || async { worker::Entity::find().count(&db).await.unwrap_or(0) == 2 }).await,
+        "both workers register"
+    );
+    let mut ids = Vec::new();
+    // With no video, the real runner fails each job permanently on its first
+    // attempt: many short jobs for two processes to race for.
+    for _ in 0..24 {
+        ids.push(new_job(&db, None, None, 3).await.id);
+    }
     let all_dead = eventually(600, || async {
         job::Entity::find().filter(job::Column::Status.eq(JobStatus::Failed)).count(&db).await.unwrap_or(0) == 24
     })
@@ -167,7 +173,7 @@ async fn two_worker_processes_never_run_the_same_job() {
     }
     for child in &mut children {
         let status = tokio::time::timeout(Duration::from_secs(60), child.wait()).await.unwrap().unwrap();
-        assert!(status.success());
+        assert!(status.success(), "{status:?}");
     }
     assert!(all_dead, "every job ended FAILED");
 
