@@ -79,6 +79,9 @@ pub enum Lane {
     Media,
     /// SEND_MAIL only.
     Mail,
+    /// TRANSCODE only: what a remote worker can run (it reaches storage through
+    /// presigned URLs, and nothing else).
+    Remote,
 }
 
 impl Lane {
@@ -86,6 +89,7 @@ impl Lane {
         match self {
             Lane::Media => "c.kind <> 'SEND_MAIL'",
             Lane::Mail => "c.kind = 'SEND_MAIL'",
+            Lane::Remote => "c.kind = 'TRANSCODE'",
         }
     }
 }
