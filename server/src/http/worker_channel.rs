@@ -400,22 +400,26 @@ impl WorkerConnection {
 
     /// The token is gone: give every lease back to the queue, then close.
     fn revoked(&mut self, ctx: &mut WebsocketContext<Self>) {
+        let release = self.release_all_and_close();
+        ctx.wait(release);
+    }
+
+    /// Release every lease (no attempt spent), then close with 4403.
+    fn release_all_and_close(&mut self) -> impl ActorFuture<Self, Output = ()> {
         let leases: Vec<LeaseRef> =
             self.leases.drain().map(|(job, held)| LeaseRef { job, lease: held.token }).collect();
         let (db, settings) = (self.state.db.clone(), self.state.settings.clone());
-        ctx.wait(
-            async move {
-                for lease in leases {
-                    if let Err(err) =
-                        queue::release(&db, &settings.jobs, lease.job, lease.lease, "worker token revoked").await
-                    {
-                        tracing::debug!(error = %err, "releasing a revoked worker's job");
-                    }
+        async move {
+            for lease in leases {
+                if let Err(err) =
+                    queue::release(&db, &settings.jobs, lease.job, lease.lease, "worker token revoked").await
+                {
+                    tracing::debug!(error = %err, "releasing a revoked worker's job");
                 }
             }
-            .into_actor(self)
-            .map(|_, act, ctx| act.close(ctx, CLOSE_REVOKED, "FORBIDDEN: the worker token was revoked")),
-        );
+        }
+        .into_actor(self)
+        .map(|_, act, ctx| act.close(ctx, CLOSE_REVOKED, "FORBIDDEN: the worker token was revoked"))
     }
 }
 
@@ -451,10 +455,11 @@ impl Actor for WorkerConnection {
 }
 
 impl Handler<TokenRevoked> for WorkerConnection {
-    type Result = ();
+    /// Answered once the leases are back in the queue (`revokeWorkerToken` waits).
+    type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, _: TokenRevoked, ctx: &mut Self::Context) {
-        self.revoked(ctx);
+    fn handle(&mut self, _: TokenRevoked, _: &mut Self::Context) -> Self::Result {
+        Box::pin(self.release_all_and_close())
     }
 }
 

@@ -52,12 +52,12 @@ async fn revoke_token(app: &TestApp, admin: &TestUser, id: &str) -> Value {
 
 /// `reelhouse worker --server URL` with the token in its environment and nothing
 /// else of the server's (no database, no storage settings). Fast encodes.
-fn remote_worker(app: &TestApp, token: &str) -> (tokio::process::Child, tempfile::TempDir) {
+fn remote_worker(server: &str, token: &str) -> (tokio::process::Child, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = reelhouse_command();
     cmd.arg("worker")
         .arg("--server")
-        .arg(&app.address)
+        .arg(server)
         .arg("--data-dir")
         .arg(dir.path())
         .env("REELHOUSE_WORKER_TOKEN", token)
@@ -274,7 +274,7 @@ async fn the_worker_channel_refuses_strangers_bad_versions_and_revoked_tokens_wi
 #[actix_web::test]
 async fn a_worker_may_only_sign_puts_under_its_jobs_output_prefix_and_a_late_result_is_refused() {
     let app = remote_app(|s| {
-        s.jobs.lease_secs = 2;
+        s.jobs.lease_secs = 5;
         s.jobs.sweep_interval_secs = 1;
     })
     .await;
@@ -294,6 +294,11 @@ async fn a_worker_may_only_sign_puts_under_its_jobs_output_prefix_and_a_late_res
     let source = app.client.get(assign["source"]["url"].as_str().unwrap()).send().await.unwrap();
     assert!(source.status().is_success());
     send(&mut socket, json!({ "type": "accept", "job": job_id, "lease": lease })).await;
+    // A heartbeat renews the lease and says it is ours.
+    send(&mut socket, json!({ "type": "heartbeat", "leases": [{ "job": job_id, "lease": lease }] })).await;
+    let renewed = next_of(&mut socket, "lease").await;
+    assert_eq!(renewed["owned"], true, "{renewed}");
+    assert_eq!(renewed["cancel"], false, "{renewed}");
 
     let row = job_row(&app, job_id).await;
     assert!(row.lease_owner.as_deref().unwrap().starts_with("remote:"), "{:?}", row.lease_owner);
@@ -380,7 +385,7 @@ async fn an_upload_becomes_ready_on_a_remote_worker_started_with_only_a_url_and_
     let video = crate::e2e::create_video(&app, &user, "PRIVATE").await;
     crate::worker_process::upload_landscape_clip(&app, &user, &video).await;
 
-    let (mut worker, dir) = remote_worker(&app, &secret);
+    let (mut worker, dir) = remote_worker(&app.address, &secret);
     let env = environment_of(worker.id().unwrap());
     for name in ["DATABASE_URL", "REELHOUSE__DATABASE", "S3_", "REELHOUSE__STORAGE", "REDIS_URL", "REELHOUSE__REDIS"] {
         assert!(!env.iter().any(|kv| kv.starts_with(name)), "{name} in the remote worker's environment: {env:?}");
@@ -432,7 +437,7 @@ async fn revoking_a_token_mid_job_closes_its_worker_and_returns_the_job_to_the_q
     let admin = app.create_user_with_role(Role::Admin).await;
     let (secret, id) = mint_token(&app, &admin, 1).await;
     let (_, job_id) = video_with_job(&app, crate::worker_process::fixture_clip()).await;
-    let (mut worker, dir) = remote_worker(&app, &secret);
+    let (mut worker, dir) = remote_worker(&app.address, &secret);
     assert!(
         eventually(600, || async {
             let row = job_row(&app, job_id).await;
@@ -463,7 +468,7 @@ async fn a_remote_worker_killed_mid_encode_loses_its_job_to_another_that_finishe
     let admin = app.create_user_with_role(Role::Admin).await;
     let (secret, _) = mint_token(&app, &admin, 1).await;
     let (video_id, job_id) = video_with_job(&app, crate::worker_process::fixture_clip()).await;
-    let (mut a, dir_a) = remote_worker(&app, &secret);
+    let (mut a, dir_a) = remote_worker(&app.address, &secret);
     assert!(
         eventually(600, || async {
             let row = job_row(&app, job_id).await;
@@ -475,7 +480,7 @@ async fn a_remote_worker_killed_mid_encode_loses_its_job_to_another_that_finishe
     );
     a.start_kill().unwrap();
     a.wait().await.unwrap();
-    let (mut b, dir_b) = remote_worker(&app, &secret);
+    let (mut b, dir_b) = remote_worker(&app.address, &secret);
     let finished = eventually(1800, || async { job_row(&app, job_id).await.status == JobStatus::Succeeded }).await;
     crate::worker_process::sigterm(&b);
     let _ = tokio::time::timeout(Duration::from_secs(60), b.wait()).await;
@@ -484,4 +489,56 @@ async fn a_remote_worker_killed_mid_encode_loses_its_job_to_another_that_finishe
     let v = video::Entity::find_by_id(video_id).one(&app.state.db).await.unwrap().unwrap();
     assert_eq!(v.status, VideoStatus::Ready);
     assert_eq!(ready_events(&app, video_id).await, 1, "exactly one READY");
+}
+
+#[actix_web::test]
+async fn a_network_cut_longer_than_the_lease_loses_the_lease_and_the_late_outcome_is_refused() {
+    let app = remote_app(|s| {
+        s.jobs.lease_secs = 3;
+        s.jobs.sweep_interval_secs = 1;
+    })
+    .await;
+    let admin = app.create_user_with_role(Role::Admin).await;
+    let (secret, _) = mint_token(&app, &admin, 1).await;
+    let (video_id, job_id) = video_with_job(&app, crate::worker_process::fixture_clip()).await;
+    // Worker A reaches the server only through a proxy.
+    let mut proxy = crate::helpers::TcpProxy::start(crate::helpers::socket_of(&app.address)).await;
+    let (mut a, dir_a) = remote_worker(&format!("http://127.0.0.1:{}", proxy.port), &secret);
+    assert!(
+        eventually(600, || async {
+            let row = job_row(&app, job_id).await;
+            row.status == JobStatus::Running && row.progress.is_some()
+        })
+        .await,
+        "worker A starts encoding: {}",
+        worker_log(&dir_a)
+    );
+    let first_lease = job_row(&app, job_id).await.lease_token;
+    proxy.cut().await;
+    // Longer than the lease: the job is swept and worker B (direct) takes it.
+    let (mut b, dir_b) = remote_worker(&app.address, &secret);
+    let finished = eventually(1800, || async { job_row(&app, job_id).await.status == JobStatus::Succeeded }).await;
+    assert!(finished, "worker B finishes the job: {}", worker_log(&dir_b));
+    assert_ne!(job_row(&app, job_id).await.lease_token, first_lease);
+    // A's run ends on its own (it cannot reach the server for upload URLs); when the
+    // network comes back its late outcome is refused and changes nothing.
+    assert!(
+        eventually(1800, || async { worker_log(&dir_a).contains("job ended") }).await,
+        "worker A's run ends: {}",
+        worker_log(&dir_a)
+    );
+    proxy.restore().await;
+    assert!(
+        eventually(600, || async { worker_log(&dir_a).contains("refused the outcome") }).await,
+        "worker A's late outcome is refused: {}",
+        worker_log(&dir_a)
+    );
+    let row = job_row(&app, job_id).await;
+    assert_eq!(row.status, JobStatus::Succeeded);
+    assert_eq!(row.attempts, 2);
+    assert_eq!(ready_events(&app, video_id).await, 1, "exactly one READY");
+    for worker in [&mut a, &mut b] {
+        crate::worker_process::sigterm(worker);
+        let _ = tokio::time::timeout(Duration::from_secs(60), worker.wait()).await;
+    }
 }
