@@ -339,7 +339,7 @@ impl WorkerConnection {
                     let reporter = act.reporter(leased.job.id, leased.job.video_id, leased.token);
                     act.leases.insert(lease.job, Held { token: lease.lease, reporter });
                     tracing::info!(job = %lease.job, worker = %act.id, "assigned to a remote worker");
-                    Self::send(ctx, &ServerMessage::Assign { lease, spec, source });
+                    Self::send(ctx, &ServerMessage::Assign { lease, spec: Box::new(spec), source });
                     act.touch(ctx);
                     act.try_lease(ctx);
                 }

@@ -542,3 +542,23 @@ async fn a_network_cut_longer_than_the_lease_loses_the_lease_and_the_late_outcom
         let _ = tokio::time::timeout(Duration::from_secs(60), worker.wait()).await;
     }
 }
+
+#[actix_web::test]
+async fn the_cli_mints_a_worker_token_that_opens_the_channel() {
+    let app = remote_app(|_| {}).await;
+    let mut cmd = reelhouse_command();
+    cmd.arg("worker-token").arg("create").arg("--name").arg("bootstrap").arg("--capacity").arg("2");
+    cmd.arg("--data-dir").arg(&app.state.settings.server.data_dir);
+    if let Some(url) = &app.state.settings.database.url {
+        cmd.env("REELHOUSE__DATABASE__URL", url.expose());
+    }
+    let out = cmd.stdin(Stdio::null()).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(token.starts_with("rhw_"), "{token}");
+    let row = entities::worker_token::Entity::find().one(&app.state.db).await.unwrap().unwrap();
+    assert_eq!((row.name.as_str(), row.capacity), ("bootstrap", 2));
+    let mut socket = channel(&app).await;
+    send(&mut socket, hello(&token, 1)).await;
+    next_of(&mut socket, "welcome").await;
+}

@@ -355,7 +355,7 @@ fn on_server_message(message: ServerMessage, shared: &Arc<Shared>, capacity: usi
             let _ = shared.out.send(WorkerMessage::Accept { lease });
             tracing::info!(job = %lease.job, "job assigned");
             let shared = shared.clone();
-            actix_rt::spawn(async move { run_job(shared, lease, spec, source, cancel).await });
+            actix_rt::spawn(async move { run_job(shared, lease, *spec, source, cancel).await });
         }
         ServerMessage::Lease { lease, owned, cancel } => {
             if !owned {

@@ -149,7 +149,7 @@ pub enum ServerMessage {
     Assign {
         #[serde(flatten)]
         lease: LeaseRef,
-        spec: MediaSpec,
+        spec: Box<MediaSpec>,
         /// Presigned GET of the source.
         source: PresignedUrl,
     },
