@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws::{self, CloseCode, CloseReason, Message as WsMessage, ProtocolError, WebsocketContext};
+use sea_orm::EntityTrait;
 use uuid::Uuid;
 
 use crate::auth::worker_tokens::{self, TokenRefusal};
@@ -273,9 +274,15 @@ impl WorkerConnection {
             // Leases of an earlier connection that are still this worker's.
             let mut resumed = Vec::new();
             for lease in leases.into_iter().take(usize::try_from(capacity).unwrap_or(1)) {
-                if let Ok(state) = queue::lease_state(&state.db, lease.job, lease.lease).await {
-                    if state.owned {
-                        resumed.push(lease);
+                if let Ok(held) = queue::lease_state(&state.db, lease.job, lease.lease).await {
+                    if held.owned {
+                        let video_id = entities::job::Entity::find_by_id(lease.job)
+                            .one(&state.db)
+                            .await
+                            .ok()
+                            .flatten()
+                            .and_then(|job| job.video_id);
+                        resumed.push((lease, video_id));
                     }
                 }
             }
@@ -289,10 +296,11 @@ impl WorkerConnection {
                 act.state.remote_workers.register(act.id, row.id, ctx.address().recipient());
                 metrics::counter!("reelhouse_worker_channel_connected_total").increment(1);
                 tracing::info!(worker = %act.id, token = %row.prefix, name = %row.name, capacity, "remote worker connected");
-                for lease in &resumed {
-                    let reporter = act.reporter(lease.job, None, lease.lease);
+                for (lease, video_id) in &resumed {
+                    let reporter = act.reporter(lease.job, *video_id, lease.lease);
                     act.leases.insert(lease.job, Held { token: lease.lease, reporter });
                 }
+                let resumed: Vec<LeaseRef> = resumed.into_iter().map(|(lease, _)| lease).collect();
                 let settings = &act.state.settings;
                 let heartbeat_secs = (settings.jobs.lease_secs / 3).clamp(1, settings.jobs.heartbeat_secs.max(1));
                 Self::send(

@@ -562,3 +562,42 @@ async fn the_cli_mints_a_worker_token_that_opens_the_channel() {
     send(&mut socket, hello(&token, 1)).await;
     next_of(&mut socket, "welcome").await;
 }
+
+#[actix_web::test]
+async fn a_network_cut_shorter_than_the_lease_is_survived_and_the_lease_resumed() {
+    let app = remote_app(|s| s.jobs.lease_secs = 60).await;
+    let admin = app.create_user_with_role(Role::Admin).await;
+    let (secret, _) = mint_token(&app, &admin, 1).await;
+    let (video_id, job_id) = video_with_job(&app, crate::worker_process::fixture_clip()).await;
+    let mut proxy = crate::helpers::TcpProxy::start(crate::helpers::socket_of(&app.address)).await;
+    let (mut worker, dir) = remote_worker(&format!("http://127.0.0.1:{}", proxy.port), &secret);
+    assert!(
+        eventually(600, || async {
+            let row = job_row(&app, job_id).await;
+            row.status == JobStatus::Running && row.progress.is_some()
+        })
+        .await,
+        "the worker starts encoding: {}",
+        worker_log(&dir)
+    );
+    let lease = job_row(&app, job_id).await.lease_token;
+    proxy.cut().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.restore().await;
+    let finished = eventually(1800, || async { job_row(&app, job_id).await.status == JobStatus::Succeeded }).await;
+    assert!(finished, "the job finishes on the resumed lease: {}", worker_log(&dir));
+    let row = job_row(&app, job_id).await;
+    assert_eq!(row.attempts, 1, "the same attempt: the lease was resumed, not lost");
+    assert_eq!(ready_events(&app, video_id).await, 1);
+    assert!(worker_log(&dir).contains("resumed=1"), "{}", worker_log(&dir));
+    assert_ne!(lease, None);
+    crate::worker_process::sigterm(&worker);
+    let _ = tokio::time::timeout(Duration::from_secs(60), worker.wait()).await;
+}
+
+#[actix_web::test]
+async fn a_socket_that_never_says_hello_is_closed() {
+    let app = remote_app(|_| {}).await;
+    let mut socket = channel(&app).await;
+    assert_eq!(next(&mut socket).await.unwrap_err(), Some(4408));
+}
