@@ -67,6 +67,8 @@ struct Held {
 struct Authenticated {
     token_id: Uuid,
     capacity: usize,
+    /// The token's tags (routing: `jobs.high_preset_tag`).
+    tags: Vec<String>,
 }
 
 pub struct WorkerConnection {
@@ -292,7 +294,11 @@ impl WorkerConnection {
             Err(TokenRefusal::Revoked) => act.close(ctx, CLOSE_REVOKED, "FORBIDDEN: the worker token was revoked"),
             Err(TokenRefusal::Invalid) => act.close(ctx, CLOSE_UNAUTHENTICATED, "UNAUTHENTICATED: unknown worker token"),
             Ok((row, capacity, resumed)) => {
-                act.auth = Some(Authenticated { token_id: row.id, capacity: usize::try_from(capacity).unwrap_or(1) });
+                act.auth = Some(Authenticated {
+                    token_id: row.id,
+                    capacity: usize::try_from(capacity).unwrap_or(1),
+                    tags: worker_tokens::split_tags(&row.tags),
+                });
                 act.state.remote_workers.register(act.id, row.id, ctx.address().recipient());
                 metrics::counter!("reelhouse_worker_channel_connected_total").increment(1);
                 tracing::info!(worker = %act.id, token = %row.prefix, name = %row.name, capacity, "remote worker connected");
@@ -326,11 +332,13 @@ impl WorkerConnection {
             return;
         }
         self.leasing = true;
+        let tags = auth.tags.clone();
         let state = self.state.clone();
         let owner = remote::lease_owner(self.id);
         let lease_for = self.lease_for();
         let fut = async move {
-            let leased = queue::lease_in(&state.db, &owner, Lane::Remote, lease_for, &state.settings.jobs).await?;
+            let leased =
+                queue::lease_tagged(&state.db, &owner, Lane::Remote, lease_for, &state.settings.jobs, &tags).await?;
             let Some(leased) = leased else { return Ok(None) };
             let prepared = remote::prepare_assignment(&state, &leased).await?;
             Ok::<_, queue::QueueError>(prepared.map(|(spec, source)| (leased, spec, source)))

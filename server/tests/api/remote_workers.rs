@@ -601,3 +601,27 @@ async fn a_socket_that_never_says_hello_is_closed() {
     let mut socket = channel(&app).await;
     assert_eq!(next(&mut socket).await.unwrap_err(), Some(4408));
 }
+
+#[actix_web::test]
+async fn with_a_high_preset_tag_only_workers_carrying_it_lease_high_transcodes() {
+    use reelhouse::jobs::queue::{self, Lane};
+    let app = remote_app(|s| s.jobs.high_preset_tag = Some("gpu".into())).await;
+    let (db, settings) = (&app.state.db, &app.state.settings.jobs);
+    let job = |preset: &str| NewJob {
+        kind: JobKind::Transcode,
+        video_id: None,
+        owner_id: None,
+        priority: DEFAULT_PRIORITY,
+        payload: json!({ "preset": preset }),
+        max_attempts: 3,
+    };
+    let high = enqueue(db, job("high")).await.unwrap().id;
+    let medium = enqueue(db, job("MEDIUM")).await.unwrap().id;
+    let lease = Duration::from_secs(60);
+    let cpu = queue::lease_tagged(db, "cpu", Lane::Remote, lease, settings, &[]).await.unwrap().unwrap();
+    assert_eq!(cpu.job.id, medium, "an untagged worker passes the older HIGH job over");
+    assert!(queue::lease_tagged(db, "cpu", Lane::Remote, lease, settings, &[]).await.unwrap().is_none());
+    assert!(queue::lease_in(db, "local", Lane::Media, lease, settings).await.unwrap().is_none(), "local workers too");
+    let gpu = queue::lease_tagged(db, "gpu", Lane::Remote, lease, settings, &["gpu".to_string()]).await.unwrap();
+    assert_eq!(gpu.unwrap().job.id, high);
+}
