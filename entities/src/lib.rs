@@ -28,5 +28,6 @@ pub mod webhook_attempt;
 pub mod webhook_delivery;
 pub mod webhook_endpoint;
 pub mod worker;
+pub mod worker_token;
 
 pub use enums::*;

@@ -18,6 +18,19 @@ pub struct Model {
     pub version: String,
     pub started_at: DateTimeUtc,
     pub last_seen_at: DateTimeUtc,
+    /// LOCAL (database-attached `reelhouse worker` or embedded) or REMOTE (over
+    /// the worker channel with a token).
+    pub kind: String,
+    /// A remote worker's token name.
+    pub name: Option<String>,
+    /// Comma-separated tags (routing: e.g. `gpu`).
+    #[sea_orm(column_type = "Text")]
+    pub tags: String,
+    /// IDLE | BUSY | DRAINING
+    pub state: String,
+    pub gstreamer_version: Option<String>,
+    /// The worker token a remote worker connected with.
+    pub token_id: Option<Uuid>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

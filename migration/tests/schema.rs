@@ -23,7 +23,7 @@ use sea_orm::{
 use serde_json::json;
 use uuid::Uuid;
 
-const TABLES: [&str; 19] = [
+const TABLES: [&str; 20] = [
     "users",
     "refresh_token_families",
     "refresh_tokens",
@@ -43,6 +43,7 @@ const TABLES: [&str; 19] = [
     "webhook_attempts",
     "account_tokens",
     "totp_recovery_codes",
+    "worker_tokens",
 ];
 
 /// PostgreSQL keeps microseconds; compare what the database can hold.
@@ -486,6 +487,12 @@ async fn exercise_schema(db: &DatabaseConnection) {
         version: "0.1.0".to_owned(),
         started_at: now(),
         last_seen_at: now(),
+        kind: "REMOTE".to_owned(),
+        name: Some("gpu box".to_owned()),
+        tags: "gpu,fast".to_owned(),
+        state: "BUSY".to_owned(),
+        gstreamer_version: Some("1.24.2".to_owned()),
+        token_id: Some(Uuid::now_v7()),
     };
     assert_eq!(box1.clone().into_active_model().reset_all().insert(db).await.unwrap(), box1);
 
@@ -719,5 +726,5 @@ fn migrations_are_uniquely_named_and_in_order() {
     sorted.sort();
     sorted.dedup();
     assert_eq!(names, sorted);
-    assert_eq!(names.len(), 21);
+    assert_eq!(names.len(), 22);
 }

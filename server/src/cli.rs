@@ -1,4 +1,4 @@
-//! Command line: `serve | worker | migrate | export-schema | create-admin | config`.
+//! Command line: `serve | worker | worker-token | migrate | export-schema | create-admin | config`.
 
 use std::path::PathBuf;
 
@@ -33,8 +33,22 @@ pub struct Cli {
 pub enum Command {
     /// Run the HTTP/GraphQL server (and, in embedded mode, the workers).
     Serve,
-    /// Run only the transcode workers against the shared database and storage.
-    Worker,
+    /// Run only the transcode workers: against the shared database and storage, or,
+    /// with `--server URL`, as a remote worker that needs only the server's URL and a
+    /// worker token (`REELHOUSE_WORKER_TOKEN`, or a file named by
+    /// `REELHOUSE_WORKER_TOKEN_FILE` / `--token-file`; never on the command line).
+    Worker {
+        /// The API server's base URL, e.g. http://host:8080 (remote worker mode).
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+        /// A file whose first line is the worker token. Env: REELHOUSE_WORKER_TOKEN_FILE.
+        #[arg(long, env = "REELHOUSE_WORKER_TOKEN_FILE", value_name = "PATH")]
+        token_file: Option<PathBuf>,
+    },
+    /// Worker tokens for remote workers (admin bootstrap; GraphQL `createWorkerToken`
+    /// does the same).
+    #[command(subcommand)]
+    WorkerToken(WorkerTokenCommand),
     /// Apply pending database migrations and exit.
     Migrate,
     /// Print the GraphQL schema (SDL) to stdout.
@@ -58,6 +72,21 @@ pub enum Command {
     /// reelhouse itself with a request on stdin; not for people.
     #[command(hide = true)]
     Media,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkerTokenCommand {
+    /// Mint a token and print it (shown once; only its hash is stored).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Jobs one worker with this token may run at once (default 1).
+        #[arg(long)]
+        capacity: Option<i32>,
+        /// Routing tags, e.g. --tag gpu (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
 }
 
 impl Cli {

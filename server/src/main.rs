@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use reelhouse::cli::{Cli, Command};
+use reelhouse::cli::{Cli, Command, WorkerTokenCommand};
 use reelhouse::config::Settings;
 use reelhouse::startup::Application;
 
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
     // Long-running processes export traces when OTEL_* asks for it; one-off commands do not.
     let traces = match cli.command {
         Command::Serve => Some("api"),
-        Command::Worker => Some("worker"),
+        Command::Worker { .. } => Some("worker"),
         _ => None,
     };
     let _telemetry = match reelhouse::telemetry::init_tracing(&settings.telemetry, traces) {
@@ -62,7 +62,37 @@ fn main() -> ExitCode {
 async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
         Command::Serve => Application::build(settings).await?.run_until_stopped().await,
-        Command::Worker => reelhouse::worker::run(settings).await,
+        Command::Worker { server: None, .. } => reelhouse::worker::run(settings).await,
+        Command::Worker { server: Some(server), token_file } => {
+            let token = reelhouse::jobs::remote::client::read_token(
+                std::env::var("REELHOUSE_WORKER_TOKEN").ok(),
+                token_file.as_deref(),
+            )?;
+            let mut signals = reelhouse::startup::ShutdownSignals::install()?;
+            reelhouse::jobs::remote::client::run(settings, &server, token, async move {
+                let _ = signals.recv().await;
+            })
+            .await
+        }
+        Command::WorkerToken(WorkerTokenCommand::Create { name, capacity, tags }) => {
+            let db = reelhouse::db::connect(&settings).await?;
+            if settings.database.migrate_on_start {
+                reelhouse::db::migrate(&db).await?;
+            }
+            let created = reelhouse::auth::worker_tokens::create_worker_token(&db, None, &name, capacity, &tags)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+            let entry = reelhouse::repo::audit::AuditEntry::new(
+                reelhouse::repo::audit::AuditAction::WorkerTokenCreated,
+                reelhouse::repo::audit::AuditOutcome::Success,
+            )
+            .target(created.model.id)
+            .detail(serde_json::json!({ "name": created.model.name, "prefix": created.model.prefix, "via": "cli" }));
+            reelhouse::repo::audit::record_or_log(&db, &Default::default(), entry).await;
+            eprintln!("worker token {} ({}) created; it is shown only once:", created.model.name, created.model.id);
+            println!("{}", created.secret);
+            Ok(())
+        }
         Command::Migrate => {
             let db = reelhouse::db::connect(&settings).await?;
             reelhouse::db::migrate(&db).await?;

@@ -54,6 +54,8 @@ pub struct AppState {
     pub access_signals: crate::events::access::AccessSignals,
     /// The circuit breakers of the database, Redis, storage and webhook hosts.
     pub breakers: crate::breaker::Breakers,
+    /// Remote workers connected to this process (`jobs::remote`).
+    pub remote_workers: crate::jobs::remote::RemoteWorkers,
 }
 
 impl AppState {
@@ -174,6 +176,7 @@ impl Application {
             mailer,
             access_signals,
             breakers,
+            remote_workers: crate::jobs::remote::RemoteWorkers::default(),
         };
         start_background_loops(&state, &webhook_secrets);
         let schema = web::Data::new(build_schema(&settings.graphql, Some(state.clone())));
@@ -341,6 +344,13 @@ fn start_background_loops(state: &AppState, webhook_secrets: &Arc<crate::webhook
     );
     supervisor.supervise("queue_metrics", Backoff::default(), move || {
         crate::jobs::metrics::run(db.clone(), every, heartbeat)
+    });
+    // Expired leases go back to the queue even when this process runs no local
+    // worker (remote workers only): the transitions are guarded, so sweepers in
+    // several processes never apply one twice.
+    let sweeper_state = state.clone();
+    supervisor.supervise("lease_sweeper", Backoff::default(), move || {
+        crate::jobs::remote::run_lease_sweeper(sweeper_state.clone())
     });
     let (db, events) = (state.db.clone(), state.settings.events.clone());
     supervisor

@@ -46,6 +46,12 @@ impl WorkerRegistration {
             version: Set(env!("CARGO_PKG_VERSION").to_string()),
             started_at: Set(now),
             last_seen_at: Set(now),
+            kind: Set(crate::jobs::remote::KIND_LOCAL.into()),
+            name: Set(None),
+            tags: Set(String::new()),
+            state: Set(crate::jobs::remote::worker_state(0, false).into()),
+            gstreamer_version: Set(None),
+            token_id: Set(None),
         }
         .insert(&db)
         .await?;
@@ -61,6 +67,7 @@ impl WorkerRegistration {
         let updated = worker::Entity::update_many()
             .col_expr(worker::Column::LastSeenAt, Expr::value(now))
             .col_expr(worker::Column::CurrentJobs, Expr::value(current_jobs))
+            .col_expr(worker::Column::State, Expr::value(crate::jobs::remote::worker_state(current_jobs, false)))
             .filter(worker::Column::Id.eq(self.id))
             .exec(&self.db)
             .await?;
@@ -74,6 +81,12 @@ impl WorkerRegistration {
                 version: Set(env!("CARGO_PKG_VERSION").to_string()),
                 started_at: Set(self.started_at),
                 last_seen_at: Set(now),
+                kind: Set(crate::jobs::remote::KIND_LOCAL.into()),
+                name: Set(None),
+                tags: Set(String::new()),
+                state: Set(crate::jobs::remote::worker_state(current_jobs, false).into()),
+                gstreamer_version: Set(None),
+                token_id: Set(None),
             }
             .insert(&self.db)
             .await?;

@@ -12,3 +12,4 @@ pub mod roles;
 pub mod sessions;
 pub mod tokens;
 pub mod totp;
+pub mod worker_tokens;

@@ -27,6 +27,9 @@ pub struct JobSettings {
     /// same video replaced them (players that loaded the old playlists can finish);
     /// then a DELETE_OBJECTS job removes them. 0: at once.
     pub retired_outputs_grace_secs: u64,
+    /// When set (e.g. `gpu`), HIGH-preset transcodes are leased only by remote
+    /// workers whose token carries this tag; other workers pass them over.
+    pub high_preset_tag: Option<String>,
 }
 
 impl Default for JobSettings {
@@ -42,6 +45,7 @@ impl Default for JobSettings {
             log_max_lines: 200,
             processing_budget_secs_per_day: 0,
             retired_outputs_grace_secs: 6 * 3600,
+            high_preset_tag: None,
         }
     }
 }

@@ -667,6 +667,13 @@ impl Settings {
         if self.workers.concurrency == Some(0) {
             return Err(SettingsError::new("workers.concurrency", "must be at least 1"));
         }
+        if let Some(tag) = &self.jobs.high_preset_tag {
+            let valid = (1..=32).contains(&tag.len())
+                && tag.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            if !valid {
+                return Err(SettingsError::new("jobs.high_preset_tag", "must be 1 to 32 of a-z, 0-9, '-' and '_'"));
+            }
+        }
         Ok(())
     }
 

@@ -45,6 +45,8 @@ pub enum AuditAction {
     UserEnabled,
     UserDeleted,
     QuotaChanged,
+    WorkerTokenCreated,
+    WorkerTokenRevoked,
 }
 
 /// Done, failed (bad credentials, a conflict), or refused by policy.

@@ -85,6 +85,22 @@ pub struct Worker {
     pub version: String,
     pub started_at: DateTime<Utc>,
     pub last_seen_at: DateTime<Utc>,
+    /// LOCAL (attached to the database) or REMOTE (over the worker channel).
+    pub kind: WorkerKind,
+    /// A remote worker's token name.
+    pub name: Option<String>,
+    /// IDLE, BUSY or DRAINING.
+    pub state: String,
+    pub tags: Vec<String>,
+    /// The GStreamer version a remote worker announced.
+    pub gstreamer_version: Option<String>,
+}
+
+/// How a worker reaches the queue.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerKind {
+    Local,
+    Remote,
 }
 
 impl From<worker::Model> for Worker {
@@ -97,6 +113,11 @@ impl From<worker::Model> for Worker {
             version: m.version,
             started_at: m.started_at,
             last_seen_at: m.last_seen_at,
+            kind: if m.kind == crate::jobs::remote::KIND_REMOTE { WorkerKind::Remote } else { WorkerKind::Local },
+            name: m.name,
+            state: m.state,
+            tags: crate::auth::worker_tokens::split_tags(&m.tags),
+            gstreamer_version: m.gstreamer_version,
         }
     }
 }

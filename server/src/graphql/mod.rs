@@ -19,6 +19,7 @@ pub mod user_admin;
 pub mod videos;
 pub mod views;
 pub mod webhooks;
+pub mod worker_tokens;
 
 use async_graphql::{MergedObject, MergedSubscription, Schema};
 
@@ -42,6 +43,7 @@ pub struct Query(
     audit::AuditQuery,
     user_admin::UserAdminQuery,
     system::SystemQuery,
+    worker_tokens::WorkerTokensQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -56,6 +58,7 @@ pub struct Mutation(
     account_mail::AccountMailMutation,
     totp::TotpMutation,
     user_admin::UserAdminMutation,
+    worker_tokens::WorkerTokensMutation,
 );
 
 #[derive(MergedSubscription, Default)]

@@ -11,6 +11,7 @@ pub mod rate_limit;
 pub mod request_span;
 pub mod tus;
 pub mod web_demo;
+pub mod worker_channel;
 pub mod ws_session;
 
 use actix_web::web;
@@ -23,6 +24,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/graphql", web::post().to(graphql::graphql))
         .route("/graphql", web::get().to(graphql::graphql_get))
         .route("/graphql/ws", web::get().to(ws_session::graphql_ws))
+        .route("/workers/ws", web::get().to(worker_channel::worker_socket))
         .configure(media::configure)
         .configure(web_demo::configure)
         .configure(tus::configure)

@@ -4,6 +4,7 @@ mod delete_objects;
 mod delete_user;
 pub mod metrics;
 pub mod queue;
+pub mod remote;
 pub mod reporter;
 pub mod runner;
 mod runner_storage;

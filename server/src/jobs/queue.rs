@@ -79,6 +79,9 @@ pub enum Lane {
     Media,
     /// SEND_MAIL only.
     Mail,
+    /// TRANSCODE only: what a remote worker can run (it reaches storage through
+    /// presigned URLs, and nothing else).
+    Remote,
 }
 
 impl Lane {
@@ -86,6 +89,7 @@ impl Lane {
         match self {
             Lane::Media => "c.kind <> 'SEND_MAIL'",
             Lane::Mail => "c.kind = 'SEND_MAIL'",
+            Lane::Remote => "c.kind = 'TRANSCODE'",
         }
     }
 }
@@ -179,12 +183,41 @@ pub async fn lease_in(
     lease_for: Duration,
     settings: &JobSettings,
 ) -> Result<Option<LeasedJob>, QueueError> {
+    lease_tagged(db, worker_id, lane, lease_for, settings, &[]).await
+}
+
+/// A HIGH-preset transcode (the payload's `preset`, any case).
+fn high_preset_filter(backend: DbBackend) -> &'static str {
+    match backend {
+        DbBackend::Postgres => "(c.kind = 'TRANSCODE' AND UPPER(COALESCE(c.payload->>'preset', '')) = 'HIGH')",
+        _ => "(c.kind = 'TRANSCODE' AND UPPER(COALESCE(json_extract(c.payload, '$.preset'), '')) = 'HIGH')",
+    }
+}
+
+/// [`lease_in`] for a worker carrying `tags`: with `jobs.high_preset_tag` set, a
+/// worker without that tag passes HIGH-preset transcodes over (they wait for one
+/// with it). Same SQL otherwise, so fairness holds across all workers.
+pub async fn lease_tagged(
+    db: &DatabaseConnection,
+    worker_id: &str,
+    lane: Lane,
+    lease_for: Duration,
+    settings: &JobSettings,
+    tags: &[String],
+) -> Result<Option<LeasedJob>, QueueError> {
     let backend = db.get_database_backend();
+    let mut sql = lease_sql(backend, lane);
+    if settings.high_preset_tag.as_ref().is_some_and(|tag| !tags.contains(tag)) {
+        sql = sql.replace(
+            "c.status = 'QUEUED' AND",
+            &format!("c.status = 'QUEUED' AND NOT {} AND", high_preset_filter(backend)),
+        );
+    }
     let now = Utc::now();
     let token = Uuid::new_v4();
     let statement = Statement::from_sql_and_values(
         backend,
-        lease_sql(backend, lane),
+        sql,
         [
             worker_id.into(),
             token.into(),

@@ -29,7 +29,9 @@ use crate::media::CancelFlag;
 use crate::storage::{layout, ObjectStore};
 
 use super::transcode::{lock_video, retire_outputs, upsert_rendition, NewRendition};
-pub use super::transcode::{DownloadOutput, ProbeSummary, RenditionOutput, StoryboardOutput, TranscodeOutput};
+pub use super::transcode::{
+    DownloadOutput, MediaSpec, ProbeSummary, RenditionOutput, StoryboardOutput, TranscodeOutput,
+};
 
 /// What a job may reach.
 #[derive(Clone)]

@@ -114,7 +114,7 @@ pub(crate) async fn download_to_file(
 }
 
 /// A file as a stream of chunks (the whole file is never in memory).
-fn file_stream(file: tokio::fs::File) -> ByteStream {
+pub(crate) fn file_stream(file: tokio::fs::File) -> ByteStream {
     futures::stream::try_unfold(file, |mut file| async move {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let n = file.read_buf(&mut buf).await?;

@@ -254,13 +254,6 @@ pub(crate) async fn run_transcode(
     cancel: CancelFlag,
     reporter: Arc<dyn JobReporter>,
 ) -> Result<TranscodeOutput, JobError> {
-    let reporter = Arc::new(StageReporter {
-        inner: reporter,
-        last: Mutex::new(0.0),
-        span: Mutex::new(None),
-        parent: tracing::Span::current(),
-    });
-    let (preset, format) = parse_payload(&job.payload)?;
     let video_id = job
         .video_id
         .ok_or_else(|| JobError::Permanent { code: "VIDEO_GONE", reason: "the job names no video".into() })?;
@@ -273,15 +266,159 @@ pub(crate) async fn run_transcode(
         code: "SOURCE_MISSING",
         reason: "the video has no uploaded file".into(),
     })?;
-    let version = output_version(job);
-    let outputs = layout::Outputs::new(video.owner_id, video.id, Some(&version));
+    let spec = MediaSpec {
+        job_id: job.id,
+        video_id: video.id,
+        owner_id: video.owner_id,
+        source_size: video.source_size_bytes.and_then(|n| u64::try_from(n).ok()),
+        payload: job.payload.clone(),
+        version: output_version(job),
+    };
+    let host = LocalHost { ctx, job, video: &video, source_key: &source_key };
+    run_media(&ctx.settings, &ctx.scratch_dir, &spec, &host, cancel, reporter).await
+}
+
+/// What the media side of a transcode needs to know of its job: no database row, so
+/// a remote worker gets it in its assignment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MediaSpec {
+    pub job_id: Uuid,
+    pub video_id: Uuid,
+    pub owner_id: Uuid,
+    /// The source's size as checked at upload (a different size is refused).
+    pub source_size: Option<u64>,
+    /// `{"preset": .., "format": ..}`.
+    pub payload: serde_json::Value,
+    /// The output version this run writes under ([`output_version`]).
+    pub version: String,
+}
+
+impl MediaSpec {
+    /// Where this run's outputs go.
+    pub fn outputs(&self) -> layout::Outputs {
+        layout::Outputs::new(self.owner_id, self.video_id, Some(&self.version))
+    }
+}
+
+/// Where the media side of a transcode gets its bytes and puts its outputs, and what
+/// the database side does while it runs. A local worker ([`LocalHost`]) uses the
+/// store and the database directly; a remote worker uses presigned URLs, never
+/// publishes a rung early and leaves the quota check to the server, which makes it
+/// when the result arrives.
+#[async_trait::async_trait(?Send)]
+pub(crate) trait TranscodeHost {
+    /// Stream the source into `dest`; its size.
+    async fn fetch_source(&self, dest: &Path, cancel: &CancelFlag, expected: Option<u64>) -> Result<u64, JobError>;
+    /// Upload `files`, calling `on_done` after each; the bytes sent.
+    async fn upload_files(
+        &self,
+        files: &[Upload],
+        cancel: &CancelFlag,
+        on_done: &mut (dyn FnMut() + Send),
+    ) -> Result<u64, JobError>;
+    async fn upload_text(&self, key: &str, text: String, content_type: &str) -> Result<(), JobError>;
+    /// Whether the lowest rung is published as soon as it is ready.
+    async fn publishes_early(&self) -> Result<bool, JobError>;
+    /// Refuse outputs of `new_bytes` over the owner's storage quota.
+    async fn check_quota(&self, new_bytes: u64) -> Result<(), JobError>;
+    /// Publish a ready rung early; `Ok(false)`: the video went away meanwhile.
+    async fn publish_early(
+        &self,
+        info: &MediaInfo,
+        root: &Path,
+        ready: &RenditionReady,
+        outputs: &layout::Outputs,
+        cancel: &CancelFlag,
+    ) -> Result<bool, JobError>;
+    /// Take back an early rung (the whole run failed its quota).
+    async fn unpublish_early(&self, name: &str);
+    /// Remove a failed run's outputs (best effort).
+    async fn remove_outputs(&self, prefix: &str);
+}
+
+/// A database-attached worker's [`TranscodeHost`].
+struct LocalHost<'a> {
+    ctx: &'a JobContext,
+    job: &'a job::Model,
+    video: &'a video::Model,
+    source_key: &'a str,
+}
+
+#[async_trait::async_trait(?Send)]
+impl TranscodeHost for LocalHost<'_> {
+    async fn fetch_source(&self, dest: &Path, cancel: &CancelFlag, expected: Option<u64>) -> Result<u64, JobError> {
+        download_to_file(&self.ctx.store, self.source_key, dest, cancel, expected).await
+    }
+
+    async fn upload_files(
+        &self,
+        files: &[Upload],
+        cancel: &CancelFlag,
+        on_done: &mut (dyn FnMut() + Send),
+    ) -> Result<u64, JobError> {
+        upload_all(&self.ctx.store, files, cancel, on_done).await
+    }
+
+    async fn upload_text(&self, key: &str, text: String, content_type: &str) -> Result<(), JobError> {
+        upload_text(&self.ctx.store, key, text, content_type).await
+    }
+
+    async fn publishes_early(&self) -> Result<bool, JobError> {
+        is_first_transcode(self.ctx, self.video).await
+    }
+
+    async fn check_quota(&self, new_bytes: u64) -> Result<(), JobError> {
+        check_quota(&self.ctx.db, &self.ctx.settings, self.video.owner_id, self.video.id, new_bytes).await
+    }
+
+    async fn publish_early(
+        &self,
+        info: &MediaInfo,
+        root: &Path,
+        ready: &RenditionReady,
+        outputs: &layout::Outputs,
+        cancel: &CancelFlag,
+    ) -> Result<bool, JobError> {
+        publish_early_rendition(self.ctx, self.job, self.video, info, root, ready, outputs, cancel).await
+    }
+
+    async fn unpublish_early(&self, name: &str) {
+        unpublish_early_rendition(self.ctx, self.video, name).await
+    }
+
+    async fn remove_outputs(&self, prefix: &str) {
+        if let Err(err) = self.ctx.store.delete_prefix(prefix).await {
+            tracing::warn!(error = ?err, prefix, "could not remove a failed run's outputs");
+        }
+    }
+}
+
+/// The media side of a transcode, shared by local and remote workers: download,
+/// jailed encode, upload; the result describes what was stored. On failure the
+/// run's outputs are removed unless a rung was published early.
+pub(crate) async fn run_media(
+    settings: &crate::config::Settings,
+    scratch_dir: &Path,
+    spec: &MediaSpec,
+    host: &dyn TranscodeHost,
+    cancel: CancelFlag,
+    reporter: Arc<dyn JobReporter>,
+) -> Result<TranscodeOutput, JobError> {
+    let reporter = Arc::new(StageReporter {
+        inner: reporter,
+        last: Mutex::new(0.0),
+        span: Mutex::new(None),
+        parent: tracing::Span::current(),
+    });
+    let (preset, format) = parse_payload(&spec.payload)?;
+    let outputs = spec.outputs();
     let mut published_early = false;
     let result = transcode_into(
-        ctx,
-        job,
-        &video,
-        &source_key,
-        Request { preset, format, version: &version, outputs: &outputs },
+        settings,
+        scratch_dir,
+        spec,
+        host,
+        Request { preset, format, version: &spec.version, outputs: &outputs },
         cancel,
         reporter.clone(),
         &mut published_early,
@@ -290,10 +427,7 @@ pub(crate) async fn run_transcode(
     if result.is_err() && !published_early {
         // Nothing names this run's objects: they go now (best effort; a failure
         // leaves them behind in storage, never in a playlist).
-        if let Err(err) = ctx.store.delete_prefix(outputs.prefix()).await {
-            tracing::warn!(error = ?err, prefix = outputs.prefix(), "could not remove a failed run's outputs");
-            reporter.log(LogLevel::Warn, "the failed run's outputs could not be removed from storage".into());
-        }
+        host.remove_outputs(outputs.prefix()).await;
     }
     result
 }
@@ -308,10 +442,10 @@ struct Request<'a> {
 
 #[allow(clippy::too_many_arguments)]
 async fn transcode_into(
-    ctx: &JobContext,
-    job: &job::Model,
-    video: &video::Model,
-    source_key: &str,
+    settings: &crate::config::Settings,
+    scratch_dir: &Path,
+    spec: &MediaSpec,
+    host: &dyn TranscodeHost,
     request: Request<'_>,
     cancel: CancelFlag,
     reporter: Arc<StageReporter>,
@@ -321,12 +455,12 @@ async fn transcode_into(
 
     // The scratch directory is shared with the media threads: it goes away when the
     // last of them lets go, whichever way this job ends.
-    std::fs::create_dir_all(&ctx.scratch_dir).map_err(|e| {
-        tracing::warn!(error = %e, dir = %ctx.scratch_dir.display(), "cannot create the scratch directory");
+    std::fs::create_dir_all(scratch_dir).map_err(|e| {
+        tracing::warn!(error = %e, dir = %scratch_dir.display(), "cannot create the scratch directory");
         JobError::Retryable("the worker has no usable scratch directory".into())
     })?;
-    let scratch = Arc::new(tempfile::Builder::new().prefix("job-").tempdir_in(&ctx.scratch_dir).map_err(|e| {
-        tracing::warn!(error = %e, dir = %ctx.scratch_dir.display(), "cannot create a job directory");
+    let scratch = Arc::new(tempfile::Builder::new().prefix("job-").tempdir_in(scratch_dir).map_err(|e| {
+        tracing::warn!(error = %e, dir = %scratch_dir.display(), "cannot create a job directory");
         JobError::Retryable("the worker has no usable scratch directory".into())
     })?);
     let root = scratch.path().to_path_buf();
@@ -334,28 +468,27 @@ async fn transcode_into(
     reporter.stage("probing", "downloading the source".into());
     reporter.report("probing", 0.0, None);
     let source = root.join("source");
-    let expected = video.source_size_bytes.and_then(|n| u64::try_from(n).ok());
-    let source_size = download_to_file(&ctx.store, source_key, &source, &cancel, expected).await?;
+    let source_size = host.fetch_source(&source, &cancel, spec.source_size).await?;
     check_cancel(&cancel)?;
 
     // Everything that decodes the upload runs in a jailed child process; this process
     // only relays its progress, publishes the early rendition and uploads its files.
     let thumbs_timeout = ThumbnailOptions::default().timeout + StoryboardOptions::default().timeout;
     let task = TranscodeTask {
-        probe_timeout: ctx.settings.media.probe_timeout(),
-        limits: ctx.settings.media.limits(),
-        ladder: ctx.settings.media.ladder(),
-        hls: ctx.settings.media.hls_options(),
+        probe_timeout: settings.media.probe_timeout(),
+        limits: settings.media.limits(),
+        ladder: settings.media.ladder(),
+        hls: settings.media.hls_options(),
         preset,
         format,
         mp4: Mp4Options {
-            timeout: std::time::Duration::from_secs(ctx.settings.media.pipeline_timeout_secs),
+            timeout: std::time::Duration::from_secs(settings.media.pipeline_timeout_secs),
             ..Mp4Options::default()
         },
         ladder_only: false,
     };
     let deadline = task.probe_timeout + task.hls.timeout + task.mp4.timeout + thumbs_timeout;
-    let jail = MediaJail::from_settings(&ctx.settings);
+    let jail = MediaJail::from_settings(settings);
     let mut child = jail.transcode(&source, &root, task, deadline).await.map_err(|e| media_error(e, &root))?;
     let (info, rungs): (MediaInfo, Vec<Rung>) = loop {
         match child.next(&cancel).await.map_err(|e| media_error(e, &root))? {
@@ -383,7 +516,7 @@ async fn transcode_into(
     // The lowest rung is published early (making the video playable) only by a first
     // transcode: a video with outputs keeps playing them, whole, until this run's
     // replace them at once.
-    let first_transcode = is_first_transcode(ctx, video).await?;
+    let first_transcode = host.publishes_early().await?;
 
     // Encoding: the lowest rung is published as soon as its playlist is final, while
     // the child keeps encoding the others; then the download, poster, thumbnails and
@@ -411,11 +544,11 @@ async fn transcode_into(
             Message::RenditionReady { ready } if first_transcode => {
                 let name = ready.rung.name.clone();
                 let rung_bytes = ready.playlist.parent().map(tree_bytes).unwrap_or(0);
-                if let Err(err) = check_quota(ctx, video, rung_bytes).await {
+                if let Err(err) = host.check_quota(rung_bytes).await {
                     reporter.log(LogLevel::Warn, format!("rendition {name} is not published early: {err}"));
                     continue;
                 }
-                match publish_early_rendition(ctx, job, video, &info, &root, &ready, outputs, &cancel).await {
+                match host.publish_early(&info, &root, &ready, outputs, &cancel).await {
                     Ok(published) => {
                         if published {
                             reporter.log(LogLevel::Info, format!("rendition {name} is ready"));
@@ -441,9 +574,10 @@ async fn transcode_into(
 
     // Quotas count what is stored: everything the child wrote, beside the source.
     let output_bytes = tree_bytes(&root).saturating_sub(source_size);
-    if let Err(err) = check_quota(ctx, video, output_bytes).await {
+    if let Err(err) = host.check_quota(output_bytes).await {
         if let Some(name) = &early {
-            unpublish_early_rendition(ctx, video, name, &reporter).await;
+            host.unpublish_early(name).await;
+            reporter.log(LogLevel::Warn, format!("rendition {name} was withdrawn: the storage quota is exceeded"));
             *published_early = false;
         }
         return Err(err);
@@ -452,7 +586,7 @@ async fn transcode_into(
     // Uploading: segments and files first, then rung playlists, then the master, so no
     // uploaded playlist ever names a missing object.
     reporter.stage("uploading", "outputs to storage".into());
-    let vid = video.id;
+    let vid = spec.video_id;
     let mut files: Vec<Upload> = Vec::new();
     let mut playlists: Vec<(String, String)> = Vec::new();
     let mut renditions = Vec::with_capacity(hls.rungs.len());
@@ -504,10 +638,10 @@ async fn transcode_into(
         done += 1;
         step_reporter.report("uploading", PACKAGE_END + (100.0 - PACKAGE_END) * done as f64 / total, None);
     };
-    upload_all(&ctx.store, &files, &cancel, &mut step).await?;
+    host.upload_files(&files, &cancel, &mut step).await?;
     for (key, text) in playlists {
         check_cancel(&cancel)?;
-        upload_text(&ctx.store, &key, text, "application/vnd.apple.mpegurl").await?;
+        host.upload_text(&key, text, "application/vnd.apple.mpegurl").await?;
         step();
     }
     let master_key = outputs.hls_master();
@@ -515,7 +649,7 @@ async fn transcode_into(
         tracing::warn!(error = %e, "the master playlist is missing");
         JobError::Retryable("an output file went missing before upload".into())
     })?;
-    upload_text(&ctx.store, &master_key, master, "application/vnd.apple.mpegurl").await?;
+    host.upload_text(&master_key, master, "application/vnd.apple.mpegurl").await?;
     step();
 
     reporter
@@ -568,7 +702,7 @@ async fn transcode_into(
 /// immutable (cached for a year), so a run must never write where an earlier run
 /// wrote. Every lease gets a fresh random token (attempt numbers repeat after
 /// `retryJob`), so its tail names the run.
-fn output_version(job: &job::Model) -> String {
+pub(crate) fn output_version(job: &job::Model) -> String {
     let token = job.lease_token.unwrap_or(job.id).simple().to_string();
     format!("v{}", &token[token.len() - 10..])
 }
@@ -726,16 +860,22 @@ fn tree_bytes(dir: &Path) -> u64 {
 
 /// Refuse (`QUOTA_EXCEEDED`, final) outputs of `new_bytes` that would take the
 /// owner over their storage quota; this video's current outputs are being replaced.
-async fn check_quota(ctx: &JobContext, video: &video::Model, new_bytes: u64) -> Result<(), JobError> {
-    let owner = entities::user::Entity::find_by_id(video.owner_id).one(&ctx.db).await.map_err(db_error)?;
-    let Some(quota) = crate::repo::usage::storage_quota(owner.as_ref(), &ctx.settings) else {
+pub(crate) async fn check_quota(
+    db: &sea_orm::DatabaseConnection,
+    settings: &crate::config::Settings,
+    owner_id: Uuid,
+    video_id: Uuid,
+    new_bytes: u64,
+) -> Result<(), JobError> {
+    let owner = entities::user::Entity::find_by_id(owner_id).one(db).await.map_err(db_error)?;
+    let Some(quota) = crate::repo::usage::storage_quota(owner.as_ref(), settings) else {
         return Ok(());
     };
-    let used = crate::repo::videos::storage_used_bytes(&ctx.db, video.owner_id).await.map_err(|e| {
+    let used = crate::repo::videos::storage_used_bytes(db, owner_id).await.map_err(|e| {
         tracing::warn!(error = ?e, "reading storage use failed");
         JobError::Retryable("the database is unavailable".into())
     })?;
-    let current = video::Entity::find_by_id(video.id).one(&ctx.db).await.map_err(db_error)?;
+    let current = video::Entity::find_by_id(video_id).one(db).await.map_err(db_error)?;
     let replaced = current.map(|v| v.output_bytes).unwrap_or(0);
     let new = i64::try_from(new_bytes).unwrap_or(i64::MAX);
     let after = used.saturating_sub(replaced).saturating_add(new);
@@ -753,7 +893,7 @@ async fn check_quota(ctx: &JobContext, video: &video::Model, new_bytes: u64) -> 
 
 /// Take back a rendition published early by a (first) transcode that then failed
 /// its quota: its row goes, and the run's objects with the run's other outputs.
-async fn unpublish_early_rendition(ctx: &JobContext, video: &video::Model, name: &str, reporter: &StageReporter) {
+async fn unpublish_early_rendition(ctx: &JobContext, video: &video::Model, name: &str) {
     let deleted = rendition::Entity::delete_many()
         .filter(rendition::Column::VideoId.eq(video.id))
         .filter(rendition::Column::Name.eq(name))
@@ -762,7 +902,6 @@ async fn unpublish_early_rendition(ctx: &JobContext, video: &video::Model, name:
     if let Err(err) = deleted {
         tracing::warn!(error = %err, "could not remove an early rendition's row");
     }
-    reporter.log(LogLevel::Warn, format!("rendition {name} was withdrawn: the storage quota is exceeded"));
 }
 
 /// A rendition row to write.

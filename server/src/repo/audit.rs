@@ -47,10 +47,12 @@ pub enum AuditAction {
     UserEnabled,
     UserDeleted,
     QuotaChanged,
+    WorkerTokenCreated,
+    WorkerTokenRevoked,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 29] = [
+    pub const ALL: [AuditAction; 31] = [
         AuditAction::LoginSucceeded,
         AuditAction::LoginFailed,
         AuditAction::RefreshReuseDetected,
@@ -80,6 +82,8 @@ impl AuditAction {
         AuditAction::UserEnabled,
         AuditAction::UserDeleted,
         AuditAction::QuotaChanged,
+        AuditAction::WorkerTokenCreated,
+        AuditAction::WorkerTokenRevoked,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -113,6 +117,8 @@ impl AuditAction {
             AuditAction::UserEnabled => "USER_ENABLED",
             AuditAction::UserDeleted => "USER_DELETED",
             AuditAction::QuotaChanged => "QUOTA_CHANGED",
+            AuditAction::WorkerTokenCreated => "WORKER_TOKEN_CREATED",
+            AuditAction::WorkerTokenRevoked => "WORKER_TOKEN_REVOKED",
         }
     }
 

@@ -651,6 +651,7 @@ async fn shutdown_release_refunds_the_attempt_and_the_sweeper_forgets_silent_wor
         version: Set("x".into()),
         started_at: Set(seen),
         last_seen_at: Set(seen),
+        ..Default::default()
     };
     let (gone, alive) = (Uuid::now_v7(), Uuid::now_v7());
     row(gone, now - chrono::Duration::seconds(settings.jobs.lease_secs as i64 * 3 + 5)).insert(&db).await.unwrap();

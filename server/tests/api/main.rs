@@ -24,6 +24,7 @@ mod quotas;
 mod rate_limit;
 mod ready;
 mod redis_restart;
+mod remote_workers;
 mod runner;
 mod schema;
 mod storage;

@@ -89,6 +89,7 @@ async fn metrics_have_help_and_the_queue_gauges_read_the_database() {
         version: Set("0".into()),
         started_at: Set(long_ago),
         last_seen_at: Set(long_ago),
+        ..Default::default()
     }
     .insert(db)
     .await

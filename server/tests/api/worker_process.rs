@@ -213,7 +213,7 @@ async fn two_worker_processes_never_run_the_same_job() {
 }
 
 /// The transcode fixture clip (scripts/make-fixtures.sh), generated once.
-fn fixture_clip() -> Vec<u8> {
+pub(crate) fn fixture_clip() -> Vec<u8> {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-fixtures.sh");
     let dir = tempfile::tempdir().unwrap();
     let status = std::process::Command::new("bash").arg(&script).arg(dir.path()).status().unwrap();

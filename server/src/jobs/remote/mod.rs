@@ -1,0 +1,437 @@
+//! Remote workers: `reelhouse worker --server URL` with a worker token and nothing
+//! else. The worker channel's messages are in [`protocol`], the worker's side in
+//! [`client`], the server's transport (one `WorkerConnection` actor per socket) in
+//! `http::worker_channel`. This module holds what the server does for a remote
+//! worker with the queue, the database and storage, with the same lease rules as a
+//! local worker (`jobs::queue`): leases are taken with the same SQL (fairness across
+//! owners holds across both kinds), renewed by heartbeats, and every transition
+//! presents the lease token, so a late result of a lease that was lost is refused.
+
+pub mod client;
+pub mod protocol;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::{Message, Recipient};
+use chrono::Utc;
+use entities::{job, video, worker};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
+use uuid::Uuid;
+
+use self::protocol::{LeaseRef, OutputFile, PresignedUrl};
+use crate::jobs::queue::{self, LeasedJob, QueueError};
+use crate::jobs::runner::{JobError, JobOutput, MediaSpec, TranscodeOutput};
+use crate::startup::AppState;
+
+pub const KIND_LOCAL: &str = "LOCAL";
+pub const KIND_REMOTE: &str = "REMOTE";
+
+/// What the admin list shows of a worker.
+pub fn worker_state(current_jobs: i32, draining: bool) -> &'static str {
+    match (draining, current_jobs) {
+        (true, _) => "DRAINING",
+        (false, 0) => "IDLE",
+        _ => "BUSY",
+    }
+}
+
+/// Tell a connection its token was revoked: it gives its leases back, closes and
+/// answers when done.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TokenRevoked;
+
+/// The remote workers connected to this process, by connection, with their token.
+#[derive(Clone, Default)]
+pub struct RemoteWorkers {
+    inner: Arc<Mutex<HashMap<Uuid, (Uuid, Recipient<TokenRevoked>)>>>,
+}
+
+impl RemoteWorkers {
+    pub fn register(&self, connection: Uuid, token: Uuid, recipient: Recipient<TokenRevoked>) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).insert(connection, (token, recipient));
+    }
+
+    pub fn unregister(&self, connection: Uuid) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).remove(&connection);
+    }
+
+    /// Connections of this process now.
+    pub fn count(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Close every connection of `token`, waiting until each gave its leases back.
+    pub async fn revoke_token(&self, token: Uuid) {
+        let targets: Vec<Recipient<TokenRevoked>> = self
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|(t, _)| *t == token)
+            .map(|(_, r)| r.clone())
+            .collect();
+        for recipient in targets {
+            let _ = recipient.send(TokenRevoked).await;
+        }
+    }
+}
+
+/// Sweep expired leases every `jobs.sweep_interval_secs` (one step:
+/// [`queue::sweep_expired`]).
+pub async fn run_lease_sweeper(state: AppState) {
+    let every = Duration::from_secs(state.settings.jobs.sweep_interval_secs.max(1));
+    loop {
+        match queue::sweep_expired(&state.db, &state.publisher(), &state.settings.jobs).await {
+            Ok(0) => {}
+            Ok(swept) => tracing::info!(swept, "expired leases returned to the queue"),
+            Err(err) => tracing::warn!(error = %err, "sweeping expired leases failed"),
+        }
+        actix_rt::time::sleep(every).await;
+    }
+}
+
+/// The lease owner a remote connection leases under (the `workers` row id).
+pub fn lease_owner(worker_id: Uuid) -> String {
+    format!("remote:{worker_id}")
+}
+
+/// Announce a remote worker in the `workers` table.
+pub async fn register_worker(
+    db: &DatabaseConnection,
+    worker_id: Uuid,
+    token: &entities::worker_token::Model,
+    capacity: i32,
+    reelhouse_version: &str,
+    gstreamer: Option<&str>,
+) -> Result<(), sea_orm::DbErr> {
+    let now = Utc::now();
+    let clip = |s: &str, n: usize| s.chars().take(n).collect::<String>();
+    worker::ActiveModel {
+        id: Set(worker_id),
+        host: Set(format!("remote:{}", clip(&token.name, 90))),
+        pid: Set(0),
+        capacity: Set(capacity),
+        current_jobs: Set(0),
+        version: Set(clip(reelhouse_version, 32)),
+        started_at: Set(now),
+        last_seen_at: Set(now),
+        kind: Set(KIND_REMOTE.into()),
+        name: Set(Some(token.name.clone())),
+        tags: Set(token.tags.clone()),
+        state: Set(worker_state(0, false).into()),
+        gstreamer_version: Set(gstreamer.map(|g| clip(g, 64))),
+        token_id: Set(Some(token.id)),
+    }
+    .insert(db)
+    .await
+    .map(|_| ())
+}
+
+/// Refresh a remote worker's row (written again if the sweeper removed it).
+pub async fn touch_worker(
+    db: &DatabaseConnection,
+    worker_id: Uuid,
+    current_jobs: usize,
+    draining: bool,
+) -> Result<bool, sea_orm::DbErr> {
+    let current = i32::try_from(current_jobs).unwrap_or(i32::MAX);
+    let updated = worker::Entity::update_many()
+        .col_expr(worker::Column::LastSeenAt, Expr::value(Utc::now()))
+        .col_expr(worker::Column::CurrentJobs, Expr::value(current))
+        .col_expr(worker::Column::State, Expr::value(worker_state(current, draining)))
+        .filter(worker::Column::Id.eq(worker_id))
+        .exec(db)
+        .await?;
+    Ok(updated.rows_affected > 0)
+}
+
+pub async fn deregister_worker(db: &DatabaseConnection, worker_id: Uuid) {
+    if let Err(err) = worker::Entity::delete_by_id(worker_id).exec(db).await {
+        tracing::warn!(error = %err, worker = %worker_id, "could not remove a remote worker's row");
+    }
+}
+
+/// How long presigned URLs of a lease live: until the lease expires (at least a
+/// second). A heartbeat that renews the lease does not extend URLs already issued;
+/// the worker asks for upload URLs when it uploads.
+fn url_lifetime(job: &job::Model) -> Duration {
+    let left = job.lease_expires_at.map(|at| (at - Utc::now()).num_milliseconds()).unwrap_or(0);
+    Duration::from_millis(u64::try_from(left).unwrap_or(0).max(1000))
+}
+
+/// An assignment for a job just leased: its spec and a presigned GET of the source.
+/// A job that cannot be assigned (its video is gone) is failed for good, and `None`.
+pub async fn prepare_assignment(
+    state: &AppState,
+    leased: &LeasedJob,
+) -> Result<Option<(MediaSpec, PresignedUrl)>, QueueError> {
+    let job = &leased.job;
+    let video = match job.video_id {
+        Some(id) => video::Entity::find_by_id(id).one(&state.db).await?,
+        None => None,
+    };
+    let gone = |code: &'static str, reason: &str| JobError::Permanent { code, reason: reason.into() };
+    let failure = match &video {
+        None => Some(gone("VIDEO_GONE", "the video was deleted")),
+        Some(v) if v.deleted_at.is_some() => Some(gone("VIDEO_GONE", "the video was deleted")),
+        Some(v) if v.source_key.is_none() => Some(gone("SOURCE_MISSING", "the video has no uploaded file")),
+        _ => None,
+    };
+    if let Some(error) = failure {
+        queue::fail(&state.db, &state.publisher(), &state.settings.jobs, job.id, leased.token, &error).await?;
+        return Ok(None);
+    }
+    let Some(video) = video else { return Ok(None) };
+    let Some(source_key) = video.source_key.clone() else { return Ok(None) };
+    let spec = MediaSpec {
+        job_id: job.id,
+        video_id: video.id,
+        owner_id: video.owner_id,
+        source_size: video.source_size_bytes.and_then(|n| u64::try_from(n).ok()),
+        payload: job.payload.clone(),
+        version: crate::jobs::transcode::output_version(job),
+    };
+    match state.store.presign_get(&source_key, url_lifetime(job)).await {
+        Ok(url) => Ok(Some((spec, url.into()))),
+        Err(err) => {
+            tracing::warn!(error = ?err, job = %job.id, "presigning a source for a remote worker failed");
+            let error = JobError::Retryable("storage is unavailable".into());
+            queue::fail(&state.db, &state.publisher(), &state.settings.jobs, job.id, leased.token, &error).await?;
+            Ok(None)
+        }
+    }
+}
+
+/// Why an upload URL or a result is refused (the code the worker sees).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+/// The job of a live lease, and where its outputs go; `LEASE_LOST` otherwise.
+async fn live_lease(state: &AppState, lease: LeaseRef) -> Result<(job::Model, String), Refusal> {
+    let internal = |err: sea_orm::DbErr| {
+        tracing::warn!(error = %err, "checking a remote lease failed");
+        Refusal::new("UNAVAILABLE", "the database is unavailable")
+    };
+    let job = job::Entity::find_by_id(lease.job).one(&state.db).await.map_err(internal)?;
+    let Some(job) = job.filter(|j| {
+        j.status == entities::JobStatus::Running
+            && j.lease_token == Some(lease.lease)
+            && j.lease_expires_at.is_some_and(|at| at > Utc::now())
+    }) else {
+        return Err(Refusal::new("LEASE_LOST", "the job's lease is no longer held by this worker"));
+    };
+    let video = match job.video_id {
+        Some(id) => video::Entity::find_by_id(id).one(&state.db).await.map_err(internal)?,
+        None => None,
+    };
+    let Some(video) = video else {
+        return Err(Refusal::new("VIDEO_GONE", "the video was deleted"));
+    };
+    let version = crate::jobs::transcode::output_version(&job);
+    let prefix = crate::storage::layout::Outputs::new(video.owner_id, video.id, Some(&version)).prefix().to_string();
+    Ok((job, prefix))
+}
+
+/// A key lies under `prefix` when it starts with it and names no parent directory.
+fn key_under(key: &str, prefix: &str) -> bool {
+    key.starts_with(prefix)
+        && key.len() > prefix.len()
+        && !key.split('/').any(|part| part == ".." || part == "." || part.is_empty())
+        && !key.contains('\\')
+}
+
+/// A presigned PUT for one output of a live lease, expiring with the lease.
+pub async fn presign_output(
+    state: &AppState,
+    lease: LeaseRef,
+    key: &str,
+    content_type: &str,
+) -> Result<PresignedUrl, Refusal> {
+    let (job, prefix) = live_lease(state, lease).await?;
+    if !key_under(key, &prefix) {
+        return Err(Refusal::new("FORBIDDEN_KEY", "the key is not under this job's output prefix"));
+    }
+    if content_type.len() > 100 || !content_type.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return Err(Refusal::new("BAD_CONTENT_TYPE", "the content type is not acceptable"));
+    }
+    state.store.presign_put(key, url_lifetime(&job), Some(content_type)).await.map(Into::into).map_err(|err| {
+        tracing::warn!(error = ?err, "presigning an output for a remote worker failed");
+        Refusal::new("UNAVAILABLE", "storage is unavailable")
+    })
+}
+
+/// Every key the result names (they must all lie under the job's output prefix).
+fn result_keys(output: &TranscodeOutput) -> Vec<&str> {
+    let mut keys: Vec<&str> = vec![
+        output.master_playlist_key.as_str(),
+        output.download.key.as_str(),
+        output.poster_key.as_str(),
+        output.storyboard.image_key.as_str(),
+        output.storyboard.vtt_key.as_str(),
+    ];
+    keys.extend(output.renditions.iter().map(|r| r.playlist_key.as_str()));
+    keys.extend(output.thumbnail_keys.iter().map(String::as_str));
+    keys
+}
+
+/// Finalise a remote success exactly as a local one (renditions, READY, events), if
+/// the lease is still live and the result is plausible: every key under the job's
+/// output prefix, the master playlist and the download stored with the sizes the
+/// worker reported, the owner's quota respected.
+pub async fn finish_result(
+    state: &AppState,
+    lease: LeaseRef,
+    output: TranscodeOutput,
+    files: &[OutputFile],
+) -> Result<(), Refusal> {
+    let (job, prefix) = live_lease(state, lease).await?;
+    let bad = |message: &str| Refusal::new("BAD_RESULT", message);
+    if job.video_id != Some(output.video_id) {
+        return Err(bad("the result names another video"));
+    }
+    let expected_version = crate::jobs::transcode::output_version(&job);
+    if output.output_version.as_deref() != Some(expected_version.as_str()) {
+        return Err(bad("the result names another output version"));
+    }
+    if result_keys(&output).into_iter().chain(files.iter().map(|f| f.key.as_str())).any(|k| !key_under(k, &prefix)) {
+        return Err(bad("the result names a key outside this job's output prefix"));
+    }
+    for key in [output.master_playlist_key.as_str(), output.download.key.as_str()] {
+        let stored = state.store.head(key).await.map_err(|_| bad("an output the result names is not stored"))?;
+        if let Some(reported) = files.iter().find(|f| f.key == key) {
+            if reported.size != stored.size {
+                return Err(bad("a stored output's size differs from the reported one"));
+            }
+        }
+    }
+    let reported_bytes: u64 = files.iter().map(|f| f.size).sum();
+    let output = TranscodeOutput { output_bytes: output.output_bytes.max(reported_bytes), ..output };
+    let publisher = state.publisher();
+    let settings = &state.settings;
+    if let Err(error) = crate::jobs::transcode::check_quota(
+        &state.db,
+        settings,
+        // The video's owner, from the lease's job (never from the message).
+        video::Entity::find_by_id(output.video_id)
+            .one(&state.db)
+            .await
+            .ok()
+            .flatten()
+            .map(|v| v.owner_id)
+            .unwrap_or_default(),
+        output.video_id,
+        output.output_bytes,
+    )
+    .await
+    {
+        let _ = state.store.delete_prefix(&prefix).await;
+        return match queue::fail(&state.db, &publisher, &settings.jobs, job.id, lease.lease, &error).await {
+            Ok(_) => Err(Refusal::new("QUOTA_EXCEEDED", error.to_string())),
+            Err(QueueError::LeaseLost) => Err(Refusal::new("LEASE_LOST", "the job's lease was lost")),
+            Err(_) => Err(Refusal::new("UNAVAILABLE", "the database is unavailable")),
+        };
+    }
+    let result = JobOutput::Transcoded(Box::new(output));
+    match queue::complete(&state.db, &publisher, &settings.jobs, job.id, lease.lease, &result).await {
+        Ok(_) => Ok(()),
+        Err(QueueError::LeaseLost) => Err(Refusal::new("LEASE_LOST", "the job's lease was lost")),
+        Err(err) => {
+            tracing::warn!(error = %err, job = %job.id, "completing a remote job failed");
+            Err(Refusal::new("UNAVAILABLE", "the database is unavailable"))
+        }
+    }
+}
+
+/// What a worker's `failure` code means for the queue.
+pub fn failure_error(code: &str, message: &str) -> Option<JobError> {
+    let message: String = message.chars().take(500).collect();
+    match code {
+        "RELEASED" => None,
+        "CANCELLED" => Some(JobError::Cancelled),
+        "RETRYABLE" => Some(JobError::Retryable(message)),
+        // Verdicts about the upload (the worker's jailed pipeline decided).
+        code => match PERMANENT_CODES.iter().find(|known| **known == code) {
+            Some(known) => Some(JobError::Permanent { code: known, reason: message }),
+            None => Some(JobError::Retryable(message)),
+        },
+    }
+}
+
+/// The permanent failure codes a worker may report (anything else is retried).
+const PERMANENT_CODES: [&str; 11] = [
+    "MEDIA_EMPTY",
+    "MEDIA_UNREADABLE",
+    "MEDIA_REJECTED",
+    "MEDIA_TRUNCATED",
+    "MEDIA_PIPELINE",
+    "MEDIA_CRASHED",
+    "MEDIA_LIMIT",
+    "INVALID_PAYLOAD",
+    "SOURCE_CHANGED",
+    "SOURCE_MISSING",
+    "QUOTA_EXCEEDED",
+];
+
+/// Apply a worker's `failure`: retry, fail or cancel the job (or give it back,
+/// `RELEASED`, when the worker is draining), under the lease token. A remote run
+/// never publishes early, so its outputs go.
+pub async fn finish_failure(state: &AppState, lease: LeaseRef, code: &str, message: &str) -> Result<(), Refusal> {
+    let (job, prefix) = live_lease(state, lease).await?;
+    if let Err(err) = state.store.delete_prefix(&prefix).await {
+        tracing::warn!(error = ?err, prefix, "could not remove a failed remote run's outputs");
+    }
+    let result = match failure_error(code, message) {
+        None => queue::release(&state.db, &state.settings.jobs, job.id, lease.lease, "remote worker draining").await,
+        Some(error) => {
+            queue::fail(&state.db, &state.publisher(), &state.settings.jobs, job.id, lease.lease, &error).await
+        }
+    };
+    match result {
+        Ok(_) => Ok(()),
+        Err(QueueError::LeaseLost) => Err(Refusal::new("LEASE_LOST", "the job's lease was lost")),
+        Err(err) => {
+            tracing::warn!(error = %err, job = %job.id, "failing a remote job failed");
+            Err(Refusal::new("UNAVAILABLE", "the database is unavailable"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_must_lie_under_the_prefix() {
+        let prefix = "users/u/videos/v/out/v123/";
+        assert!(key_under("users/u/videos/v/out/v123/hls/360p/index.m3u8", prefix));
+        assert!(!key_under("users/u/videos/v/out/v123/", prefix));
+        assert!(!key_under("users/u/videos/v/out/v123/../../source", prefix));
+        assert!(!key_under("users/u/videos/v/out/v124/hls/x.ts", prefix));
+        assert!(!key_under("users/u/videos/v/out/v123//x", prefix));
+        assert!(!key_under("users/u/videos/v/source", prefix));
+    }
+
+    #[test]
+    fn failure_codes_map_to_queue_outcomes() {
+        assert!(failure_error("RELEASED", "").is_none());
+        assert!(matches!(failure_error("CANCELLED", ""), Some(JobError::Cancelled)));
+        assert!(matches!(
+            failure_error("MEDIA_UNREADABLE", "x"),
+            Some(JobError::Permanent { code: "MEDIA_UNREADABLE", .. })
+        ));
+        assert!(matches!(failure_error("anything else", "x"), Some(JobError::Retryable(_))));
+    }
+}

@@ -1,0 +1,212 @@
+//! The worker channel's messages (`GET /workers/ws`, subprotocol
+//! [`SUBPROTOCOL`]): JSON text frames, `{"type": "...", ...}`, every message of one
+//! protocol version ([`PROTOCOL_VERSION`], announced in `hello`).
+//!
+//! ```text
+//! worker                                  server
+//! hello {version, token, capacity, ...}  →
+//!                                         ← welcome {worker_id, lease_secs, heartbeat_secs}
+//!                                         ← assign {job, lease, spec, source, expires_at}
+//! accept {job, lease} | reject {..}      →
+//! heartbeat {leases}                     →   (renews every lease still held)
+//!                                         ← lease {job, lease, owned, cancel}
+//! progress / log {job, lease, ..}        →
+//! upload_url {request, job, lease, key}  →
+//!                                         ← upload_url {request, url, headers} | refused {request, code}
+//! result {job, lease, output, files}     →
+//! failure {job, lease, code, message}    →
+//!                                         ← finished {job, lease, accepted, code}
+//!                                         ← cancel {job}
+//! cancel_ack {job}                       →
+//! drain                                  →   (no new assignments)
+//! ```
+//!
+//! Close codes: [`CLOSE_UNAUTHENTICATED`] (no or unknown token), [`CLOSE_REVOKED`],
+//! [`CLOSE_UNSUPPORTED_VERSION`], [`CLOSE_PROTOCOL_ERROR`] (a message that does not
+//! parse or comes out of order), [`CLOSE_HELLO_TIMEOUT`].
+
+use entities::LogLevel;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::events::ProgressInfo;
+use crate::jobs::runner::TranscodeOutput;
+use crate::jobs::transcode::MediaSpec;
+
+pub const SUBPROTOCOL: &str = "reelhouse-worker.v1";
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// No token, or one that is malformed or unknown.
+pub const CLOSE_UNAUTHENTICATED: u16 = 4401;
+/// The token was revoked (at `hello` or while connected).
+pub const CLOSE_REVOKED: u16 = 4403;
+/// No `hello` within the time allowed.
+pub const CLOSE_HELLO_TIMEOUT: u16 = 4408;
+/// A message that does not parse, or is not allowed now.
+pub const CLOSE_PROTOCOL_ERROR: u16 = 4400;
+/// `hello` named a protocol version this server does not speak.
+pub const CLOSE_UNSUPPORTED_VERSION: u16 = 4426;
+/// The server is shutting down (the worker reconnects).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+
+/// A lease as both sides name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LeaseRef {
+    pub job: Uuid,
+    pub lease: Uuid,
+}
+
+/// Worker → server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WorkerMessage {
+    Hello {
+        version: u32,
+        token: String,
+        /// Jobs it will run at once (the token's capacity caps it).
+        capacity: u32,
+        #[serde(default)]
+        tags: Vec<String>,
+        /// The reelhouse version of the worker.
+        reelhouse: String,
+        gstreamer: Option<String>,
+        #[serde(default)]
+        encoders: Vec<String>,
+        /// Leases it still holds from an earlier connection (resumed when still live).
+        #[serde(default)]
+        leases: Vec<LeaseRef>,
+    },
+    Accept {
+        #[serde(flatten)]
+        lease: LeaseRef,
+    },
+    Reject {
+        #[serde(flatten)]
+        lease: LeaseRef,
+        reason: String,
+    },
+    Heartbeat {
+        leases: Vec<LeaseRef>,
+    },
+    Progress {
+        #[serde(flatten)]
+        lease: LeaseRef,
+        progress: ProgressInfo,
+    },
+    Log {
+        #[serde(flatten)]
+        lease: LeaseRef,
+        level: LogLevel,
+        message: String,
+    },
+    UploadUrl {
+        request: u64,
+        #[serde(flatten)]
+        lease: LeaseRef,
+        key: String,
+        content_type: String,
+    },
+    Result {
+        #[serde(flatten)]
+        lease: LeaseRef,
+        output: Box<TranscodeOutput>,
+        files: Vec<OutputFile>,
+    },
+    Failure {
+        #[serde(flatten)]
+        lease: LeaseRef,
+        /// A media error code (`MEDIA_UNREADABLE`, ...) for a permanent failure;
+        /// `RETRYABLE` or `CANCELLED` otherwise.
+        code: String,
+        message: String,
+    },
+    CancelAck {
+        job: Uuid,
+    },
+    Drain,
+}
+
+/// One stored output, as the worker uploaded it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputFile {
+    pub key: String,
+    pub size: u64,
+    /// Hex SHA-256 of the bytes sent.
+    pub sha256: String,
+}
+
+/// Server → worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    Welcome {
+        worker_id: Uuid,
+        lease_secs: u64,
+        heartbeat_secs: u64,
+        /// The leases of `hello` that are still this worker's.
+        resumed: Vec<LeaseRef>,
+    },
+    Assign {
+        #[serde(flatten)]
+        lease: LeaseRef,
+        spec: Box<MediaSpec>,
+        /// Presigned GET of the source.
+        source: PresignedUrl,
+    },
+    Lease {
+        #[serde(flatten)]
+        lease: LeaseRef,
+        owned: bool,
+        cancel: bool,
+    },
+    UploadUrl {
+        request: u64,
+        url: PresignedUrl,
+    },
+    Refused {
+        request: u64,
+        code: String,
+        message: String,
+    },
+    Finished {
+        #[serde(flatten)]
+        lease: LeaseRef,
+        accepted: bool,
+        code: Option<String>,
+    },
+    Cancel {
+        job: Uuid,
+    },
+}
+
+/// A presigned request: send exactly these headers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresignedUrl {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<crate::storage::PresignedRequest> for PresignedUrl {
+    fn from(p: crate::storage::PresignedRequest) -> Self {
+        Self { method: p.method, url: p.url, headers: p.headers, expires_at: p.expires_at }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_tagged_snake_case_json() {
+        let lease = LeaseRef { job: Uuid::nil(), lease: Uuid::nil() };
+        let text = serde_json::to_string(&WorkerMessage::Accept { lease }).unwrap();
+        assert_eq!(text, format!(r#"{{"type":"accept","job":"{0}","lease":"{0}"}}"#, Uuid::nil()));
+        let back: WorkerMessage = serde_json::from_str(&text).unwrap();
+        assert!(matches!(back, WorkerMessage::Accept { .. }));
+        let drain: WorkerMessage = serde_json::from_str(r#"{"type":"drain"}"#).unwrap();
+        assert!(matches!(drain, WorkerMessage::Drain));
+        assert!(serde_json::from_str::<WorkerMessage>(r#"{"type":"launch_missiles"}"#).is_err());
+    }
+}
