@@ -29,6 +29,7 @@ mod m20261206_000006_add_video_output_version;
 mod m20261206_000007_account_mail;
 mod m20261206_000008_totp;
 mod m20261206_000009_user_admin;
+mod m20261207_000003_job_log_stream;
 
 pub struct Migrator;
 
@@ -57,6 +58,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000007_account_mail::Migration),
             Box::new(m20261206_000008_totp::Migration),
             Box::new(m20261206_000009_user_admin::Migration),
+            Box::new(m20261207_000003_job_log_stream::Migration),
         ]
     }
 }
