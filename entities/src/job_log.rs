@@ -1,5 +1,6 @@
-//! `job_logs`: log lines of a job, in insertion order (`id`). The app bounds how
-//! many it keeps per job.
+//! `job_logs`: log lines of a job, in insertion order (`id`), numbered per job by
+//! `seq` (1, 2, 3, ... in commit order: the cursor of `jobLog(after:)`). The app
+//! bounds how many it keeps per job, dropping the oldest.
 
 use sea_orm::entity::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -12,6 +13,8 @@ pub struct Model {
     #[sea_orm(primary_key)]
     pub id: i64,
     pub job_id: Uuid,
+    /// The job's own line sequence, unique per job, assigned under the job row's lock.
+    pub seq: i64,
     pub at: DateTimeUtc,
     pub level: LogLevel,
     #[sea_orm(column_type = "Text")]

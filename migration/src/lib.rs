@@ -30,6 +30,7 @@ mod m20261206_000007_account_mail;
 mod m20261206_000008_totp;
 mod m20261206_000009_user_admin;
 mod m20261207_000001_worker_tokens;
+mod m20261207_000003_job_log_stream;
 
 pub struct Migrator;
 
@@ -59,6 +60,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000008_totp::Migration),
             Box::new(m20261206_000009_user_admin::Migration),
             Box::new(m20261207_000001_worker_tokens::Migration),
+            Box::new(m20261207_000003_job_log_stream::Migration),
         ]
     }
 }

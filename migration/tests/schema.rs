@@ -411,9 +411,10 @@ async fn exercise_schema(db: &DatabaseConnection) {
     assert_eq!(kind.as_deref(), Some("DELETE_OBJECTS"));
 
     let mut log_ids = Vec::new();
-    for (level, message) in [(LogLevel::Info, "started"), (LogLevel::Warn, "slow")] {
+    for (seq, level, message) in [(1, LogLevel::Info, "started"), (2, LogLevel::Warn, "slow")] {
         let line = job_log::ActiveModel {
             job_id: Set(transcode.id),
+            seq: Set(seq),
             at: Set(now()),
             level: Set(level),
             message: Set(message.to_owned()),
@@ -426,6 +427,18 @@ async fn exercise_schema(db: &DatabaseConnection) {
         log_ids.push(line.id);
     }
     assert!(log_ids[0] < log_ids[1], "job log ids must increase: {log_ids:?}");
+    // seq is the job's own line sequence: one line per (job, seq).
+    let twice = job_log::ActiveModel {
+        job_id: Set(transcode.id),
+        seq: Set(2),
+        at: Set(now()),
+        level: Set(LogLevel::Info),
+        message: Set("again".to_owned()),
+        ..Default::default()
+    }
+    .insert(db)
+    .await;
+    assert!(twice.is_err(), "a second line with the same seq must be refused");
     let lines = transcode.find_related(JobLog).all(db).await.unwrap();
     assert_eq!(lines.len(), 2);
 
@@ -726,5 +739,5 @@ fn migrations_are_uniquely_named_and_in_order() {
     sorted.sort();
     sorted.dedup();
     assert_eq!(names, sorted);
-    assert_eq!(names.len(), 22);
+    assert_eq!(names.len(), 23);
 }

@@ -414,6 +414,12 @@ pub const METRICS: &[MetricInfo] = {
             "Job attempts that ended in an error, by kind and typed code (MEDIA_*, QUOTA_EXCEEDED, VIDEO_GONE, SOURCE_MISSING, RETRYABLE, CANCELLED).",
         ),
         counter("reelhouse_job_attempts_total", "Job attempts ended on this process, by kind and resulting status."),
+        counter("reelhouse_job_log_lines_delivered_total", "Job log lines sent to jobLog subscribers."),
+        gauge("reelhouse_job_log_subscribers", Some(Unit::Count), "Open jobLog subscriptions on this process."),
+        counter(
+            "reelhouse_job_log_lines_suppressed_total",
+            "Job log lines not stored because a run logged more than jobs.log_lines_per_sec (a line in the job's log says how many).",
+        ),
         // mail
         counter("reelhouse_mail_queued_total", "Account mails enqueued as SEND_MAIL jobs, by template."),
         counter(

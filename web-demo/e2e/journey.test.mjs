@@ -422,6 +422,26 @@ describe(`web demo (${LABEL})`, () => {
     await row.locator('.badge', { hasText: /Queued|Running|Succeeded/ }).waitFor({ timeout: 30_000 });
     assert.equal(await page.locator(`tr[data-video="${videoId}"]`).count(), 1, 'retry re-queues the same job');
     await shot(page, '11-admin-retried');
+
+    // The job's log, live: the lines so far, then the retried run's lease arriving
+    // after 'retried: queued again' while the panel is open.
+    await row.getByRole('button', { name: 'Log' }).click();
+    const log = page.locator('ol.job-log');
+    await log.locator('li', { hasText: 'retried: queued again' }).waitFor({ timeout: 30_000 });
+    await page.waitForFunction(
+      () => {
+        const items = [...document.querySelectorAll('ol.job-log li')];
+        const retried = items.findIndex((li) => li.textContent.includes('retried: queued again'));
+        return retried >= 0 && items.slice(retried + 1).some((li) => /leased by \S+/.test(li.textContent));
+      },
+      null,
+      { timeout: 60_000 },
+    );
+    const cursors = await log.locator('li:not([data-final])').evaluateAll((items) => items.map((li) => Number(li.dataset.cursor)));
+    assert.deepEqual(cursors, [...cursors].sort((a, b) => a - b), 'lines in order');
+    assert.equal(new Set(cursors).size, cursors.length, 'each line once');
+    assert.doesNotMatch(await log.textContent(), /leased by a worker/, 'an admin sees which worker');
+    await shot(page, '11b-admin-job-log');
     await context.close();
   });
 });

@@ -80,3 +80,47 @@ export function followVideo(
     },
   );
 }
+
+const JOB_LOG = graphql(`
+  subscription JobLog($jobId: ID!, $after: String) {
+    jobLog(jobId: $jobId, after: $after) { cursor at level message dropped jobStatus }
+  }
+`);
+const JOB_LOG_QUERY = print(JOB_LOG);
+
+export type JobLogLine = ResultOf<typeof JOB_LOG>['jobLog'];
+
+/**
+ * Follow a job's log from after `after` (a line's cursor; null: from the start)
+ * until the job ends (the last line carries `jobStatus`). When the socket
+ * reconnects, graphql-ws subscribes again with the same variables, so lines at
+ * or before the last cursor seen are dropped here: each line is shown once.
+ * Returns a function that stops following.
+ */
+export function followJobLog(
+  jobId: string,
+  after: string | null,
+  onLine: (line: JobLogLine) => void,
+  onEnd?: (error?: unknown) => void,
+): () => void {
+  let last = after === null ? 0 : Number(after);
+  let ended = false;
+  return wsClient().subscribe<ResultOf<typeof JOB_LOG>>(
+    { query: JOB_LOG_QUERY, variables: { jobId, after } satisfies VariablesOf<typeof JOB_LOG> },
+    {
+      next: (result) => {
+        const line = result.data?.jobLog;
+        if (!line || ended) return;
+        const cursor = Number(line.cursor);
+        const ordinary = line.dropped == null && line.jobStatus == null;
+        if (ordinary && cursor <= last) return;
+        if (line.dropped != null && cursor <= last) return;
+        last = Math.max(last, cursor);
+        if (line.jobStatus != null) ended = true;
+        onLine(line);
+      },
+      error: (err) => onEnd?.(err),
+      complete: () => onEnd?.(),
+    },
+  );
+}

@@ -23,6 +23,8 @@ pub enum BusMessage {
     Heartbeat(Heartbeat),
     /// A video's state change or progress (see `crate::events`).
     Video(std::sync::Arc<crate::events::DomainEvent>),
+    /// A job's log grew (see `crate::events::job_log`).
+    JobLog(std::sync::Arc<crate::events::job_log::JobLogWritten>),
 }
 
 #[derive(Debug, Clone, PartialEq)]

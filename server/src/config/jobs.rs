@@ -18,8 +18,18 @@ pub struct JobSettings {
     pub sweep_interval_secs: u64,
     /// Milliseconds an idle scheduler waits before looking for work again.
     pub poll_interval_ms: u64,
-    /// Lines kept in one job's log.
+    /// Lines kept in one job's log (the newest; readers are told how many went).
     pub log_max_lines: u64,
+    /// Characters kept of one log line; the rest is cut with a marker saying how many.
+    pub log_max_line_chars: u64,
+    /// Lines a running job's pipeline may log per second (sustained)...
+    pub log_lines_per_sec: u64,
+    /// ...and at once; past both, lines are counted, not stored, and one line says
+    /// how many were suppressed.
+    pub log_burst: u64,
+    /// Milliseconds between a `jobLog` subscription's own looks at the log (the
+    /// notices of new lines are hints; this is the backstop when one is lost).
+    pub log_poll_ms: u64,
     /// Seconds of media processing one user may use per UTC day; their further jobs
     /// wait (QUEUED, `Job.waitingFor: PROCESSING_BUDGET`) until the next day. 0: no budget.
     pub processing_budget_secs_per_day: u64,
@@ -43,6 +53,10 @@ impl Default for JobSettings {
             sweep_interval_secs: 5,
             poll_interval_ms: 500,
             log_max_lines: 200,
+            log_max_line_chars: 2000,
+            log_lines_per_sec: 20,
+            log_burst: 50,
+            log_poll_ms: 1000,
             processing_budget_secs_per_day: 0,
             retired_outputs_grace_secs: 6 * 3600,
             high_preset_tag: None,

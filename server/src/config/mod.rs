@@ -567,6 +567,21 @@ impl Settings {
                 "must be at least 1 and at most half of jobs.lease_secs",
             ));
         }
+        if !(1..=100_000).contains(&self.jobs.log_max_lines) {
+            return Err(SettingsError::new("jobs.log_max_lines", "must be between 1 and 100000"));
+        }
+        if !(80..=65_536).contains(&self.jobs.log_max_line_chars) {
+            return Err(SettingsError::new("jobs.log_max_line_chars", "must be between 80 and 65536"));
+        }
+        if self.jobs.log_lines_per_sec == 0 || self.jobs.log_burst < self.jobs.log_lines_per_sec {
+            return Err(SettingsError::new(
+                "jobs.log_lines_per_sec",
+                "must be at least 1, and jobs.log_burst at least as large",
+            ));
+        }
+        if !(50..=60_000).contains(&self.jobs.log_poll_ms) {
+            return Err(SettingsError::new("jobs.log_poll_ms", "must be between 50 and 60000"));
+        }
         if self.events.prune_interval_secs == 0 {
             return Err(SettingsError::new("events.prune_interval_secs", "must be at least 1"));
         }

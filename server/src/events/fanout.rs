@@ -95,6 +95,7 @@ pub async fn run_relay(
 ) {
     let channel = channel(&redis);
     let access_channel = super::access::channel(&redis);
+    let job_log_channel = super::job_log::channel(&redis);
     let mut lost_at: Option<DateTime<Utc>> = None;
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -114,7 +115,7 @@ pub async fn run_relay(
         let connect = tokio::time::timeout(Duration::from_secs(5), redis.client().get_async_pubsub()).await;
         match connect.unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::IoError, "connect timed out"))))
         {
-            Ok(mut pubsub) => match pubsub.subscribe(&[&channel, &access_channel]).await {
+            Ok(mut pubsub) => match pubsub.subscribe(&[&channel, &access_channel, &job_log_channel]).await {
                 Ok(()) => {
                     if let Some(permit) = permit {
                         permit.success();
@@ -130,6 +131,8 @@ pub async fn run_relay(
                         let Ok(payload) = message.get_payload::<String>() else { continue };
                         if message.get_channel_name() == access_channel {
                             access.forward_from_redis(&payload);
+                        } else if message.get_channel_name() == job_log_channel {
+                            super::job_log::forward(&bus, &instance, &payload);
                         } else {
                             forward(&bus, &instance, &payload);
                         }

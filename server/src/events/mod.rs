@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod fanout;
+pub mod job_log;
 pub mod recheck;
 
 use std::sync::Arc;
@@ -298,6 +299,17 @@ impl Publisher {
         }
         if let Some(bus) = &self.bus {
             bus.addr().do_send(Publish(BusMessage::Video(Arc::new(event))));
+        }
+    }
+
+    /// Tell `jobLog` subscribers here and on the other instances that a job's log grew.
+    pub fn job_log_written(&self, notice: job_log::JobLogWritten) {
+        if let Some((redis, origin)) = &self.redis {
+            let (redis, origin) = (redis.clone(), origin.clone());
+            tokio::spawn(async move { job_log::publish(&redis, &origin, notice).await });
+        }
+        if let Some(bus) = &self.bus {
+            bus.addr().do_send(Publish(BusMessage::JobLog(Arc::new(notice))));
         }
     }
 

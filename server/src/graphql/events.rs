@@ -419,7 +419,7 @@ impl Feed {
                 _ = self.out.closed() => Err(Stop::Done),
                 message = bus.recv() => match message {
                     Ok(BusMessage::Video(event)) => self.live(&event).await,
-                    Ok(BusMessage::Heartbeat(_)) => Ok(()),
+                    Ok(BusMessage::Heartbeat(_) | BusMessage::JobLog(_)) => Ok(()),
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         metrics::counter!("reelhouse_events_dropped_total").increment(missed);
                         self.resync().await

@@ -68,11 +68,62 @@ impl TranscodePreset {
     }
 }
 
+/// A line of a job's log (see the README's "Live job logs").
 #[derive(SimpleObject, Debug, Clone)]
 pub struct JobLogLine {
+    /// Resume point for `jobLog(after:)` and `Job.log(after:)`: the job's line
+    /// number (1, 2, 3, ...). A marker or the final line repeats the cursor of the
+    /// line before it.
+    pub cursor: String,
     pub at: DateTime<Utc>,
     pub level: JobLogLevel,
     pub message: String,
+    /// On a marker line only: how many lines before it are no longer kept (the log
+    /// keeps a job's newest `jobs.log_max_lines`). Null on every other line.
+    pub dropped: Option<i32>,
+    /// On the last line of a `jobLog` stream only: the state the job ended in (the
+    /// stream ends after it). Null on every other line.
+    pub job_status: Option<JobStatus>,
+}
+
+impl JobLogLine {
+    /// A stored line, as `viewer_is_admin` may see it.
+    pub(crate) fn stored(line: entities::job_log::Model, viewer_is_admin: bool) -> Self {
+        let message = if viewer_is_admin { line.message } else { hide_worker(&line.message) };
+        Self {
+            cursor: line.seq.to_string(),
+            at: line.at,
+            level: line.level.into(),
+            message,
+            dropped: None,
+            job_status: None,
+        }
+    }
+
+    /// Stands for `count` lines after `after_seq` that are no longer kept.
+    pub(crate) fn dropped_marker(after_seq: i64, count: i64) -> Self {
+        Self {
+            cursor: after_seq.to_string(),
+            at: Utc::now(),
+            level: JobLogLevel::Warn,
+            message: format!("{count} earlier line(s) dropped: the log keeps a job's newest lines"),
+            dropped: Some(i32::try_from(count).unwrap_or(i32::MAX)),
+            job_status: None,
+        }
+    }
+
+    /// The lines after `after_seq` as a reader sees them: a marker first when lines
+    /// it has not seen were dropped.
+    pub(crate) fn page(after_seq: i64, lines: Vec<entities::job_log::Model>, viewer_is_admin: bool) -> Vec<Self> {
+        let mut out = Vec::with_capacity(lines.len() + 1);
+        if let Some(first) = lines.first() {
+            if first.seq > after_seq + 1 {
+                out.push(Self::dropped_marker(first.seq - 1, first.seq - 1 - after_seq));
+            }
+        }
+        out.extend(lines.into_iter().map(|line| Self::stored(line, viewer_is_admin)));
+        out
+    }
 }
 
 /// A transcode worker process (admins only).
@@ -226,25 +277,32 @@ impl Job {
         self.0.finished_at
     }
 
-    /// Stage transitions, warnings and attempts, oldest first (bounded). Which
-    /// worker (host) ran an attempt is shown to admins only.
-    async fn log(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<JobLogLine>> {
+    /// Stage transitions, warnings and attempts, oldest first: the lines after
+    /// `after` (a line's `cursor`), all of them without. The log keeps the newest
+    /// `jobs.log_max_lines`; when lines the reader has not seen were dropped, a
+    /// marker line (`dropped`) comes first. Which worker (host) ran an attempt is
+    /// shown to admins only. Live: `subscription jobLog`.
+    async fn log(&self, ctx: &Context<'_>, after: Option<String>) -> async_graphql::Result<Vec<JobLogLine>> {
         let state = ctx.data::<AppState>()?;
         let admin = require_principal(ctx).map(sees_all).unwrap_or(false);
-        let lines = queue::log_lines(&state.db, self.0.id).await.gql()?;
-        Ok(lines
-            .into_iter()
-            .map(|line| {
-                let message = if admin { line.message } else { hide_worker(&line.message) };
-                JobLogLine { at: line.at, level: line.level.into(), message }
-            })
-            .collect())
+        let after = after.as_deref().map(parse_log_cursor).transpose().gql()?.unwrap_or(0);
+        let lines = queue::log_page(&state.db, self.0.id, after, None).await.gql()?;
+        Ok(JobLogLine::page(after, lines, admin))
     }
+}
+
+/// A `JobLogLine.cursor`: the number of a line (0: before the first).
+pub(crate) fn parse_log_cursor(cursor: &str) -> Result<i64, AppError> {
+    cursor
+        .parse::<i64>()
+        .ok()
+        .filter(|c| *c >= 0)
+        .ok_or_else(|| AppError::bad_input("`after` is not a valid log cursor"))
 }
 
 /// "attempt 1 of 5 leased by host-1234" → "attempt 1 of 5 leased by a worker"; the
 /// same for "lease of host-1234 expired".
-fn hide_worker(message: &str) -> String {
+pub(crate) fn hide_worker(message: &str) -> String {
     if let Some(pos) = message.find(" leased by ") {
         return format!("{} leased by a worker", &message[..pos]);
     }
@@ -278,7 +336,7 @@ async fn audit_admin_action(
     audit::record_or_log(&state.db, &client, entry).await;
 }
 
-fn sees_all(principal: &Principal) -> bool {
+pub(crate) fn sees_all(principal: &Principal) -> bool {
     has_permission(principal.role, Permission::SeeAllJobs)
 }
 
@@ -287,7 +345,11 @@ fn can_see(principal: &Principal, job: &job::Model) -> bool {
 }
 
 /// The job if `principal` may see it; NOT_FOUND otherwise.
-async fn find_visible(db: &DatabaseConnection, principal: &Principal, id: Uuid) -> Result<job::Model, AppError> {
+pub(crate) async fn find_visible(
+    db: &DatabaseConnection,
+    principal: &Principal,
+    id: Uuid,
+) -> Result<job::Model, AppError> {
     match job::Entity::find_by_id(id).one(db).await.map_err(AppError::internal)? {
         Some(job) if can_see(principal, &job) => Ok(job),
         _ => Err(AppError::not_found("job")),

@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod audit;
 pub mod error_codes;
 pub mod events;
+pub mod job_log;
 pub mod jobs;
 pub mod limits;
 pub mod loaders;
@@ -62,7 +63,7 @@ pub struct Mutation(
 );
 
 #[derive(MergedSubscription, Default)]
-pub struct Subscription(HeartbeatSubscription, events::EventsSubscription);
+pub struct Subscription(HeartbeatSubscription, events::EventsSubscription, job_log::JobLogSubscription);
 
 pub type AppSchema = Schema<Query, Mutation, Subscription>;
 

@@ -75,7 +75,7 @@ impl HeartbeatSubscription {
         // A lagging subscriber skips missed ticks rather than ending the stream.
         Ok(BroadcastStream::new(receiver).filter_map(|message| match message {
             Ok(BusMessage::Heartbeat(beat)) => Some(Heartbeat { seq: beat.seq, at: beat.at, instance: beat.instance }),
-            Ok(BusMessage::Video(_)) | Err(_) => None,
+            Ok(BusMessage::Video(_) | BusMessage::JobLog(_)) | Err(_) => None,
         }))
     }
 }

@@ -126,7 +126,7 @@ impl WorkerConnection {
             job_id,
             video_id,
             token,
-            self.state.settings.jobs.log_max_lines,
+            &self.state.settings.jobs,
         ))
     }
 

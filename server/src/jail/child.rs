@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 
-use super::protocol::{Message, Request, Step, Task, TranscodeFiles, TranscodeTask, WireError, PROTOCOL_VERSION};
+use super::protocol::{
+    Message, Request, Step, Task, TranscodeFiles, TranscodeTask, WireError, MAX_WARNINGS, PROTOCOL_VERSION,
+};
 use super::sandbox;
 use crate::media::ladder::{plan_ladder, transcode_hls, HlsOutput};
 use crate::media::mp4::transcode_mp4;
@@ -62,6 +64,7 @@ pub fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let status = sandbox::confine(&request);
+    relay_warnings();
     reporter.send(&Message::Started { version: PROTOCOL_VERSION, landlock: status.landlock, seccomp: status.seccomp });
     match &request.task {
         Task::Probe { timeout, limits } => match probe_with_limits(&request.source, *timeout, limits) {
@@ -75,6 +78,21 @@ pub fn main() -> ExitCode {
         },
     }
     ExitCode::SUCCESS
+}
+
+/// GStreamer warnings go to the parent as [`Message::Warning`], at most
+/// [`MAX_WARNINGS`] of them; a line each, written whole under stdout's lock.
+fn relay_warnings() {
+    let sent = std::sync::atomic::AtomicU32::new(0);
+    crate::media::forward_warnings(Box::new(move |element, message| {
+        if sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= MAX_WARNINGS {
+            return;
+        }
+        let warning = Message::Warning { element: element.to_string(), message: message.to_string() };
+        let Ok(mut line) = serde_json::to_vec(&warning) else { return };
+        line.push(b'\n');
+        let _ = std::io::stdout().write_all(&line).and_then(|()| std::io::stdout().flush());
+    }));
 }
 
 fn read_request() -> Result<Request, String> {

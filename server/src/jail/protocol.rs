@@ -123,7 +123,16 @@ pub enum Message {
     Failed {
         error: WireError,
     },
+    /// A GStreamer element warned (the run goes on); relayed into the job's log.
+    /// At most [`MAX_WARNINGS`] per child; later ones stay in its stderr.
+    Warning {
+        element: String,
+        message: String,
+    },
 }
+
+/// GStreamer warnings a child relays to its parent; later ones stay in its stderr.
+pub const MAX_WARNINGS: u32 = 20;
 
 impl Message {
     /// True for the message that ends a child's run.

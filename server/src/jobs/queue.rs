@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use crate::config::jobs::JobSettings;
 use crate::error::{AppError, ErrorCode};
+use crate::events::job_log::JobLogWritten;
 use crate::events::{DomainEvent, Publisher};
 use crate::jobs::runner::{self, JobError, JobOutput};
 
@@ -238,7 +239,7 @@ pub async fn lease_tagged(
         job.id,
         LogLevel::Info,
         format!("attempt {} of {} leased by {worker_id}", job.attempts, job.max_attempts),
-        settings.log_max_lines,
+        LogBounds::of(settings),
     )
     .await?;
     txn.commit().await?;
@@ -354,7 +355,7 @@ async fn transition(
         });
     }
     let job = job::Entity::find_by_id(job_id).one(&txn).await?.ok_or(QueueError::NotFound)?;
-    append_log_in(&txn, job_id, change.log.0, change.log.1, settings.log_max_lines).await?;
+    let line = append_log_in(&txn, job_id, change.log.0, change.log.1, LogBounds::of(settings)).await?;
     let events: Vec<DomainEvent> = match apply {
         Apply::Nothing => Vec::new(),
         Apply::Success(output) => runner::apply_success(&txn, &job, output, settings).await?,
@@ -363,6 +364,7 @@ async fn transition(
     };
     txn.commit().await?;
     publisher.publish_all(events);
+    publisher.job_log_written(JobLogWritten { job_id, seq: line.seq });
     Ok(job)
 }
 
@@ -577,7 +579,9 @@ pub async fn cancel(
             if updated.rows_affected == 0 {
                 return Box::pin(cancel(db, publisher, settings, job_id)).await;
             }
-            append_log(db, job_id, LogLevel::Info, "cancel requested".into(), settings.log_max_lines).await?;
+            let line =
+                append_log(db, job_id, LogLevel::Info, "cancel requested".into(), LogBounds::of(settings)).await?;
+            publisher.job_log_written(JobLogWritten { job_id, seq: line.seq });
             job::Entity::find_by_id(job_id).one(db).await?.ok_or(QueueError::NotFound)
         }
         JobStatus::Cancelled => Ok(current),
@@ -606,7 +610,7 @@ pub async fn retry(db: &DatabaseConnection, settings: &JobSettings, job_id: Uuid
             Some(_) => Err(QueueError::Conflict("only DEAD, FAILED or CANCELLED jobs can be retried".into())),
         };
     }
-    append_log(db, job_id, LogLevel::Info, "retried: queued again".into(), settings.log_max_lines).await?;
+    append_log(db, job_id, LogLevel::Info, "retried: queued again".into(), LogBounds::of(settings)).await?;
     job::Entity::find_by_id(job_id).one(db).await?.ok_or(QueueError::NotFound)
 }
 
@@ -642,7 +646,7 @@ pub async fn set_priority(
             Some(_) => Err(QueueError::Conflict("only QUEUED or RUNNING jobs can be given another priority".into())),
         };
     }
-    append_log(db, job_id, LogLevel::Info, format!("priority set to {priority}"), settings.log_max_lines).await?;
+    append_log(db, job_id, LogLevel::Info, format!("priority set to {priority}"), LogBounds::of(settings)).await?;
     job::Entity::find_by_id(job_id).one(db).await?.ok_or(QueueError::NotFound)
 }
 
@@ -663,63 +667,122 @@ pub async fn store_progress(
     Ok(updated.rows_affected > 0)
 }
 
-/// Append a line to a job's log, keeping at most `max_lines`.
+/// How much of a job's log is kept: the newest `max_lines` lines, each at most
+/// `max_line_chars` characters (longer ones are cut with a marker saying so).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogBounds {
+    pub max_lines: u64,
+    pub max_line_chars: usize,
+}
+
+impl LogBounds {
+    pub fn of(settings: &JobSettings) -> Self {
+        Self {
+            max_lines: settings.log_max_lines.max(1),
+            max_line_chars: usize::try_from(settings.log_max_line_chars).unwrap_or(usize::MAX).max(1),
+        }
+    }
+}
+
+/// One line as stored: control characters (a GStreamer debug text's newlines) become
+/// spaces, so a line stays one line, and past `max_chars` it is cut, saying how much.
+pub fn bounded_line(message: &str, max_chars: usize) -> String {
+    let total = message.chars().count();
+    let clean = |c: char| if c.is_control() && c != '\t' { ' ' } else { c };
+    if total <= max_chars {
+        return message.chars().map(clean).collect();
+    }
+    let mut line: String = message.chars().take(max_chars).map(clean).collect();
+    line.push_str(&format!(" … [{} more characters dropped]", total - max_chars));
+    line
+}
+
+/// Append a line to a job's log (bounded by `bounds`); returns the stored line.
 pub async fn append_log(
     db: &DatabaseConnection,
     job_id: Uuid,
     level: LogLevel,
     message: String,
-    max_lines: u64,
-) -> Result<(), QueueError> {
+    bounds: LogBounds,
+) -> Result<job_log::Model, QueueError> {
     let txn = crate::db::begin_write(db).await?;
-    append_log_in(&txn, job_id, level, message, max_lines).await?;
+    let line = append_log_in(&txn, job_id, level, message, bounds).await?;
     txn.commit().await?;
-    Ok(())
+    Ok(line)
 }
 
-async fn append_log_in(
+/// Append a line inside `txn`. Its `seq` is the job's next: writers of one job are
+/// serialised by the job row's lock (PostgreSQL; SQLite has one writer), so lines
+/// commit in `seq` order and a reader that has seen `seq` n has seen every line
+/// before it.
+pub(crate) async fn append_log_in(
     txn: &DatabaseTransaction,
     job_id: Uuid,
     level: LogLevel,
     message: String,
-    max_lines: u64,
-) -> Result<(), DbErr> {
-    // Bounded so a chatty pipeline cannot fill the table.
-    let message: String = message.chars().take(2000).collect();
-    job_log::ActiveModel {
+    bounds: LogBounds,
+) -> Result<job_log::Model, DbErr> {
+    if txn.get_database_backend() == DbBackend::Postgres {
+        let _locked: Option<Uuid> = job::Entity::find_by_id(job_id)
+            .select_only()
+            .column(job::Column::Id)
+            .lock_exclusive()
+            .into_tuple()
+            .one(txn)
+            .await?;
+    }
+    // Trimming keeps the newest line, so the maximum is never lost.
+    let last: Option<Option<i64>> = job_log::Entity::find()
+        .select_only()
+        .column_as(Expr::col(job_log::Column::Seq).max(), "seq")
+        .filter(job_log::Column::JobId.eq(job_id))
+        .into_tuple()
+        .one(txn)
+        .await?;
+    let seq = last.flatten().unwrap_or(0) + 1;
+    let line = job_log::ActiveModel {
         job_id: Set(job_id),
+        seq: Set(seq),
         at: Set(Utc::now()),
         level: Set(level),
-        message: Set(message),
+        message: Set(bounded_line(&message, bounds.max_line_chars)),
         ..Default::default()
     }
     .insert(txn)
     .await?;
-    let keep = max_lines.max(1);
-    // The id of the oldest line to keep; everything older goes.
-    let cutoff: Option<i64> = job_log::Entity::find()
-        .select_only()
-        .column(job_log::Column::Id)
-        .filter(job_log::Column::JobId.eq(job_id))
-        .order_by_desc(job_log::Column::Id)
-        .offset(keep - 1)
-        .limit(1)
-        .into_tuple()
-        .one(txn)
-        .await?;
-    if let Some(cutoff) = cutoff {
+    // Bounded so a chatty pipeline cannot fill the table: the oldest lines go (a
+    // reader that had not seen them is told how many it missed, see `log_page`).
+    let keep = i64::try_from(bounds.max_lines).unwrap_or(i64::MAX);
+    if seq > keep {
         job_log::Entity::delete_many()
             .filter(job_log::Column::JobId.eq(job_id))
-            .filter(job_log::Column::Id.lt(cutoff))
+            .filter(job_log::Column::Seq.lte(seq - keep))
             .exec(txn)
             .await?;
     }
-    Ok(())
+    Ok(line)
+}
+
+/// Stored lines of a job after `after_seq`, oldest first, at most `limit` (if any).
+pub async fn log_page<C: ConnectionTrait>(
+    conn: &C,
+    job_id: Uuid,
+    after_seq: i64,
+    limit: Option<u64>,
+) -> Result<Vec<job_log::Model>, DbErr> {
+    let mut query = job_log::Entity::find()
+        .filter(job_log::Column::JobId.eq(job_id))
+        .filter(job_log::Column::Seq.gt(after_seq))
+        .order_by_asc(job_log::Column::Seq);
+    if let Some(limit) = limit {
+        query = query.limit(limit);
+    }
+    query.all(conn).await
 }
 
 /// A job's log, oldest first.
 pub async fn log_lines<C: ConnectionTrait>(conn: &C, job_id: Uuid) -> Result<Vec<job_log::Model>, DbErr> {
-    job_log::Entity::find().filter(job_log::Column::JobId.eq(job_id)).order_by_asc(job_log::Column::Id).all(conn).await
+    job_log::Entity::find().filter(job_log::Column::JobId.eq(job_id)).order_by_asc(job_log::Column::Seq).all(conn).await
 }
 
 #[cfg(test)]

@@ -1,6 +1,9 @@
 //! Where a running job reports: progress is throttled (at most ~4 per second, plus
 //! every stage change and the end), kept on the job row and published as PROGRESS;
-//! log lines go to the bounded job log.
+//! log lines go to the bounded job log, at most `jobs.log_lines_per_sec` a second
+//! (bursts of `jobs.log_burst`): past that they are counted, and the next line that
+//! goes through (or the end of the run) says how many were suppressed. Every stored
+//! line is announced to `jobLog` subscribers (`events::job_log`).
 //!
 //! The runner may call from any thread (media work runs on its own); reports go
 //! through a channel to one task on the worker's runtime, which writes them in order.
@@ -13,6 +16,8 @@ use sea_orm::{DatabaseConnection, EntityTrait};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::config::jobs::JobSettings;
+use crate::events::job_log::JobLogWritten;
 use crate::events::{self, ProgressInfo, Publisher};
 use crate::jobs::queue;
 use crate::jobs::runner::JobReporter;
@@ -47,10 +52,59 @@ impl Throttle {
     }
 }
 
+/// Admits log lines at a sustained rate with bursts (a token bucket), counting the
+/// ones it refuses until it can report them.
+#[derive(Debug)]
+pub struct LineBudget {
+    per_sec: f64,
+    burst: f64,
+    tokens: f64,
+    refilled_at: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LineBudget {
+    pub fn new(per_sec: u64, burst: u64) -> Self {
+        let burst = burst.max(1) as f64;
+        Self { per_sec: per_sec.max(1) as f64, burst, tokens: burst, refilled_at: None, suppressed: 0 }
+    }
+
+    /// May a line go through at `now`? `Some(n)` when it may, with `n` the lines refused
+    /// since the last one that went through (the caller stores a line saying so first).
+    pub fn admit(&mut self, now: Instant) -> Option<u64> {
+        if let Some(at) = self.refilled_at {
+            let earned = now.saturating_duration_since(at).as_secs_f64() * self.per_sec;
+            self.tokens = (self.tokens + earned).min(self.burst);
+        }
+        self.refilled_at = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
+
+    /// Lines refused and not yet reported (reported now).
+    pub fn take_suppressed(&mut self) -> u64 {
+        std::mem::take(&mut self.suppressed)
+    }
+
+    pub fn per_sec(&self) -> u64 {
+        self.per_sec as u64
+    }
+}
+
+fn suppressed_line(count: u64, per_sec: u64) -> String {
+    format!("{count} log line(s) suppressed: more than {per_sec} a second (jobs.log_lines_per_sec)")
+}
+
 /// The scheduler's [`JobReporter`] for one leased job.
 pub struct QueueReporter {
     tx: mpsc::UnboundedSender<Report>,
     throttle: Mutex<Throttle>,
+    budget: Mutex<LineBudget>,
 }
 
 impl QueueReporter {
@@ -61,8 +115,9 @@ impl QueueReporter {
         job_id: Uuid,
         video_id: Option<Uuid>,
         token: Uuid,
-        log_max_lines: u64,
+        settings: &JobSettings,
     ) -> Self {
+        let bounds = queue::LogBounds::of(settings);
         let (tx, mut rx) = mpsc::unbounded_channel::<Report>();
         tokio::spawn(async move {
             while let Some(report) = rx.recv().await {
@@ -72,15 +127,15 @@ impl QueueReporter {
                             tracing::warn!(job = %job_id, error = %err, "storing job progress failed");
                         }
                     }
-                    Report::Log(level, message) => {
-                        if let Err(err) = queue::append_log(&db, job_id, level, message, log_max_lines).await {
-                            tracing::warn!(job = %job_id, error = %err, "writing job log failed");
-                        }
-                    }
+                    Report::Log(level, message) => match queue::append_log(&db, job_id, level, message, bounds).await {
+                        Ok(line) => publisher.job_log_written(JobLogWritten { job_id, seq: line.seq }),
+                        Err(err) => tracing::warn!(job = %job_id, error = %err, "writing job log failed"),
+                    },
                 }
             }
         });
-        Self { tx, throttle: Mutex::new(Throttle::default()) }
+        let budget = LineBudget::new(settings.log_lines_per_sec, settings.log_burst);
+        Self { tx, throttle: Mutex::new(Throttle::default()), budget: Mutex::new(budget) }
     }
 
     fn admit(&self, progress: &ProgressInfo) -> bool {
@@ -89,6 +144,13 @@ impl QueueReporter {
             Err(poisoned) => poisoned.into_inner(),
         };
         throttle.admit(progress, Instant::now())
+    }
+
+    fn budget(&self) -> std::sync::MutexGuard<'_, LineBudget> {
+        match self.budget.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
     }
 }
 
@@ -103,7 +165,29 @@ impl JobReporter for QueueReporter {
     }
 
     fn log(&self, level: LogLevel, message: String) {
+        let mut budget = self.budget();
+        match budget.admit(Instant::now()) {
+            Some(0) => {}
+            Some(suppressed) => {
+                let _ = self.tx.send(Report::Log(LogLevel::Warn, suppressed_line(suppressed, budget.per_sec())));
+            }
+            None => {
+                metrics::counter!("reelhouse_job_log_lines_suppressed_total").increment(1);
+                return;
+            }
+        }
         let _ = self.tx.send(Report::Log(level, message));
+    }
+}
+
+impl Drop for QueueReporter {
+    /// The run is over: say what was suppressed since the last line that went through.
+    fn drop(&mut self) {
+        let mut budget = self.budget();
+        let suppressed = budget.take_suppressed();
+        if suppressed > 0 {
+            let _ = self.tx.send(Report::Log(LogLevel::Warn, suppressed_line(suppressed, budget.per_sec())));
+        }
     }
 }
 
@@ -153,5 +237,28 @@ mod tests {
         let mut throttle = Throttle::default();
         let admitted = (0..1000).filter(|n| throttle.admit(&at("encoding", 50.0), ms(n * 10))).count();
         assert_eq!(admitted, 40);
+    }
+
+    #[test]
+    fn log_lines_pass_at_the_rate_with_bursts_and_the_refused_are_counted_once() {
+        let mut budget = LineBudget::new(10, 20);
+        let start = Instant::now();
+        let ms = |n: u64| start + Duration::from_millis(n);
+        // A burst of 20 at once, then refusals.
+        for _ in 0..20 {
+            assert_eq!(budget.admit(ms(0)), Some(0));
+        }
+        for _ in 0..30 {
+            assert_eq!(budget.admit(ms(0)), None);
+        }
+        // 100 ms later one token is back: the line goes and reports the 30 refused.
+        assert_eq!(budget.admit(ms(100)), Some(30));
+        assert_eq!(budget.admit(ms(100)), None);
+        assert_eq!(budget.take_suppressed(), 1);
+        assert_eq!(budget.take_suppressed(), 0);
+        // Over ten seconds of a line every millisecond: the burst plus ten a second.
+        let mut budget = LineBudget::new(10, 20);
+        let admitted = (0..10_000).filter(|n| budget.admit(ms(*n)).is_some()).count();
+        assert!((119..=121).contains(&admitted), "{admitted}");
     }
 }

@@ -513,7 +513,7 @@ impl Actor for JobWorker {
             job.id,
             job.video_id,
             self.leased.token,
-            self.deps.settings.jobs.log_max_lines,
+            &self.deps.settings.jobs,
         ));
         let cancel = self.cancel.clone();
         // A panicking runner ends its task, not this actor: the attempt fails retryably.

@@ -228,6 +228,30 @@ fn media_error(err: MediaError, scratch: &Path) -> JobError {
     }
 }
 
+/// Which encoders this run uses, for the job's log.
+fn encoder_choice(ladder_speed: &str, preset: Preset, format: Format, has_audio: bool) -> String {
+    let download = preset.settings();
+    let (video, audio) = match format {
+        Format::Mp4 => (format!("x264enc (software, speed preset {})", download.x264_speed_preset), "avenc_aac"),
+        Format::WebM => (format!("vp8enc (software, cpu-used {})", download.vpx_cpu_used), "opusenc"),
+    };
+    let audio = if has_audio { format!(", audio {audio} {} kb/s", download.audio_bitrate_kbps) } else { String::new() };
+    format!(
+        "encoders: HLS ladder x264enc (software, speed preset {ladder_speed}); {} download {video} {} kb/s{audio}",
+        format.extension(),
+        download.video_bitrate_kbps,
+    )
+}
+
+/// A GStreamer warning from the media child, for the job's log: its text is the
+/// child's (untrusted, bounded when stored) and names no local path.
+fn media_warning(element: &str, message: &str, scratch: &Path) -> String {
+    let dir = scratch.to_string_lossy().to_string();
+    let element: String = element.chars().take(64).collect();
+    let message = message.replace(&format!("{dir}/source"), "the upload").replace(&dir, "");
+    format!("GStreamer warning from {element}: {message}")
+}
+
 fn db_error(err: sea_orm::DbErr) -> JobError {
     tracing::warn!(error = %err, "database error in a transcode job");
     JobError::Retryable("the database is unavailable".into())
@@ -494,6 +518,9 @@ async fn transcode_into(
         match child.next(&cancel).await.map_err(|e| media_error(e, &root))? {
             Message::Probed { info, rungs } => break (info, rungs),
             Message::Failed { error } => return Err(media_error(error.into(), &root)),
+            Message::Warning { element, message } => {
+                reporter.log(LogLevel::Warn, media_warning(&element, &message, &root))
+            }
             _ => {}
         }
     };
@@ -522,6 +549,10 @@ async fn transcode_into(
     // the child keeps encoding the others; then the download, poster, thumbnails and
     // storyboard.
     reporter.stage("encoding", format!("{} rung(s)", rungs.len()));
+    reporter.log(
+        LogLevel::Info,
+        encoder_choice(&settings.media.hls_options().speed_preset, preset, format, info.has_audio),
+    );
     let mut early: Option<String> = None;
     let files: TranscodeFiles = loop {
         match child.next(&cancel).await.map_err(|e| media_error(e, &root))? {
@@ -564,6 +595,9 @@ async fn transcode_into(
             }
             Message::Transcoded { files } => break *files,
             Message::Failed { error } => return Err(media_error(error.into(), &root)),
+            Message::Warning { element, message } => {
+                reporter.log(LogLevel::Warn, media_warning(&element, &message, &root))
+            }
             _ => {}
         }
     };

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use look::{Declared, DeclaredStream, StreamKind};
-pub use pipeline::{set_streaming_nice, Progress, RungProgress};
+pub use pipeline::{forward_warnings, set_streaming_nice, Progress, RungProgress, WarningSink};
 pub use probe::{
     declared, probe, probe_with_limits, probe_with_timeout, MediaInfo, MediaLimits, DEFAULT_PROBE_TIMEOUT,
 };

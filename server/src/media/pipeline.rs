@@ -191,6 +191,18 @@ pub(crate) fn error_from_message(err: &gst::message::Error) -> MediaError {
 
 const POLL: Duration = Duration::from_millis(50);
 
+/// A receiver of GStreamer warnings (element name, message) besides the tracing log.
+pub type WarningSink = Box<dyn Fn(&str, &str) + Send + Sync>;
+
+/// Set once by the jail child, which relays warnings to its parent (and so into the
+/// job's log); unset elsewhere.
+static WARNING_SINK: std::sync::OnceLock<WarningSink> = std::sync::OnceLock::new();
+
+/// Send this process's pipeline warnings to `sink` too (the first call wins).
+pub fn forward_warnings(sink: WarningSink) {
+    let _ = WARNING_SINK.set(sink);
+}
+
 /// Play `pipeline` to EOS. `on_tick` runs every `tick` with the pipeline playing.
 /// On error, cancel or timeout the pipeline is flushed and set to `Null` (see [`stop`])
 /// before returning. The flush wakes streaming threads parked mid-stream first. With
@@ -229,7 +241,11 @@ fn drive(
                 gst::MessageView::Eos(_) => return Ok(()),
                 gst::MessageView::Error(err) => return Err(error_from_message(err)),
                 gst::MessageView::Warning(w) => {
-                    tracing::warn!(element = ?w.src().map(|s| s.name()), warning = %w.error(), "pipeline warning")
+                    tracing::warn!(element = ?w.src().map(|s| s.name()), warning = %w.error(), "pipeline warning");
+                    if let Some(sink) = WARNING_SINK.get() {
+                        let element = w.src().map(|s| s.name().to_string()).unwrap_or_else(|| "unknown".into());
+                        sink(&element, &w.error().to_string());
+                    }
                 }
                 _ => {}
             }

@@ -576,7 +576,7 @@ async fn reported_progress_is_kept_on_the_job_and_log_lines_are_bounded() {
         id,
         Some(video.id),
         leased.token,
-        settings.jobs.log_max_lines,
+        &settings.jobs,
     );
     reporter.progress(ProgressInfo { percent: 5.0, stage: "probing".into(), ..Default::default() });
     reporter.progress(ProgressInfo {
@@ -604,7 +604,7 @@ async fn reported_progress_is_kept_on_the_job_and_log_lines_are_bounded() {
     assert!(metrics.lines().any(|l| l == "reelhouse_encode_fps_count 1"), "{metrics}");
     assert!(metrics.lines().any(|l| l == "reelhouse_encode_fps_sum 88"), "{metrics}");
     assert!(metrics.lines().any(|l| l == "reelhouse_encode_fps_bucket{le=\"120\"} 1"), "{metrics}");
-    let query = "query($id: ID!) { job(id: $id) { status progress { percent stage fps etaSeconds renditions { name percent } } log { level message } } }";
+    let query = "query($id: ID!) { job(id: $id) { status progress { percent stage fps etaSeconds renditions { name percent } } log { cursor level message dropped } } }";
     let (_, body) = app.graphql_as(&owner.bearer(), query, json!({ "id": id.to_string() })).await;
     let job = &body["data"]["job"];
     assert_eq!(job["status"], "RUNNING", "{body}");
@@ -614,8 +614,14 @@ async fn reported_progress_is_kept_on_the_job_and_log_lines_are_bounded() {
                 "renditions": [{ "name": "720p", "percent": 40.0 }] })
     );
     let log: Vec<&str> = job["log"].as_array().unwrap().iter().map(|l| l["message"].as_str().unwrap()).collect();
-    assert_eq!(log, vec!["warning 5", "warning 6", "warning 7", "warning 8", "warning 9"], "the newest 5 lines");
-    assert_eq!(job["log"][0]["level"], "WARN");
+    // The lease line and ten warnings: the newest 5 are kept, after a marker saying
+    // that the 6 before them were dropped.
+    assert_eq!(log[1..], ["warning 5", "warning 6", "warning 7", "warning 8", "warning 9"], "the newest 5 lines");
+    assert_eq!(job["log"][0]["dropped"], 6, "{body}");
+    assert_eq!(job["log"][0]["cursor"], "6", "{body}");
+    assert_eq!(job["log"][1]["cursor"], "7", "{body}");
+    assert_eq!(job["log"][1]["dropped"], json!(null));
+    assert_eq!(job["log"][1]["level"], "WARN");
 
     // Once the lease is gone, a late report of the old run is not stored.
     queue::fail(&db, &Publisher::default(), &settings.jobs, id, leased.token, &JobError::Cancelled).await.unwrap();

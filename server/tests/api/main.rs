@@ -14,6 +14,7 @@ mod helpers;
 mod hostile;
 mod http_basics;
 mod jail;
+mod job_log;
 mod jobs;
 mod media;
 mod metrics;

@@ -1,10 +1,11 @@
-// Jobs (the caller's own; every job for admins) with cancel and retry, and
-// for admins the worker processes.
+// Jobs (the caller's own; every job for admins) with cancel and retry, a live
+// log of the job chosen with its Log button (`jobLog` subscription), and for
+// admins the worker processes.
 
 import { alertBox, formatDuration, h } from '../dom';
 import { humanMessage } from '../errors';
 import { graphql, type ResultOf } from '../graphql';
-import { PROGRESS_FIELDS } from '../live';
+import { followJobLog, PROGRESS_FIELDS, type JobLogLine } from '../live';
 import type { Cleanup } from '../router';
 import { gql, user } from '../session';
 
@@ -49,6 +50,39 @@ export function jobsView(main: HTMLElement): Cleanup {
   let timer: number | undefined;
   let stopped = false;
 
+  // The live log of one job, outside the table (which is redrawn every poll).
+  const logTitle = h('h2', { id: 'job-log-title' }, 'Job log');
+  const logLines = h('ol', { class: 'job-log', 'aria-live': 'polite', 'aria-labelledby': 'job-log-title' });
+  const logState = h('p', { class: 'meta', 'data-log-state': '' });
+  const logPanel = h('section', { class: 'job-log-panel', hidden: true, 'data-log-job': '' }, logTitle, logState, logLines);
+  let stopLog: (() => void) | null = null;
+
+  function showLogLine(line: JobLogLine): void {
+    const item = h(
+      'li',
+      { 'data-level': line.level, 'data-cursor': line.cursor, ...(line.jobStatus ? { 'data-final': line.jobStatus } : {}) },
+      h('time', { datetime: line.at }, new Date(line.at).toLocaleTimeString()),
+      ' ',
+      h('span', { class: 'badge' }, line.level),
+      ' ',
+      line.message,
+    );
+    logLines.append(item);
+    if (line.jobStatus) logState.textContent = `Ended: ${STATUS_LABEL[line.jobStatus] ?? line.jobStatus}.`;
+  }
+
+  function openLog(job: Job): void {
+    stopLog?.();
+    logLines.replaceChildren();
+    logPanel.hidden = false;
+    logPanel.dataset.logJob = job.id;
+    logTitle.textContent = `Log of job …${job.id.slice(-8)}`;
+    logState.textContent = 'Live.';
+    stopLog = followJobLog(job.id, null, showLogLine, (err) => {
+      if (err) logState.textContent = humanMessage(err);
+    });
+  }
+
   async function act(job: Job, action: 'cancelJob' | 'retryJob'): Promise<void> {
     alert.clear();
     try {
@@ -89,6 +123,7 @@ export function jobsView(main: HTMLElement): Cleanup {
         canRetry
           ? h('button', { type: 'button', class: 'secondary', 'data-key': `${job.id}:retry`, onclick: () => act(job, 'retryJob') }, 'Retry')
           : null,
+        h('button', { type: 'button', class: 'secondary', 'data-key': `${job.id}:log`, onclick: () => openLog(job) }, 'Log'),
       ),
     );
   }
@@ -143,6 +178,7 @@ export function jobsView(main: HTMLElement): Cleanup {
         jobsBody,
       ),
     ),
+    logPanel,
     admin
       ? h(
           'div',
@@ -161,5 +197,6 @@ export function jobsView(main: HTMLElement): Cleanup {
   return () => {
     stopped = true;
     window.clearTimeout(timer);
+    stopLog?.();
   };
 }
