@@ -202,6 +202,7 @@ fn template_label(template: &str) -> &'static str {
         "EMAIL_CHANGE_NOTICE" => "EMAIL_CHANGE_NOTICE",
         "PASSWORD_RESET" => "PASSWORD_RESET",
         "PASSWORD_CHANGED" => "PASSWORD_CHANGED",
+        "SIGNUP_ATTEMPT" => "SIGNUP_ATTEMPT",
         _ => "OTHER",
     }
 }
