@@ -518,6 +518,44 @@ async fn a_mail_job_is_retried_through_an_smtp_outage_and_delivered_after() {
     assert_eq!(mails_in(&dir, &email).len(), 1);
 }
 
+/// Rotating the master secret (the old one moved to `auth.previous_jwt_secrets`)
+/// keeps queued mail deliverable: a SEND_MAIL job sealed by a process still on the
+/// old secret is opened and delivered by one on the new secret.
+#[actix_rt::test]
+async fn mail_queued_before_a_master_secret_rotation_is_delivered_after_it() {
+    use reelhouse::config::Secret;
+    let (old, new) = (crate::helpers::random_secret(), crate::helpers::random_secret());
+    let app = spawn_app_with({
+        let old = old.clone();
+        move |s| {
+            s.auth.jwt_secret = Some(Secret::new(new));
+            s.auth.previous_jwt_secrets = vec![Secret::new(old)];
+        }
+    })
+    .await;
+    let mut before = (*app.state.settings).clone();
+    before.auth.jwt_secret = Some(Secret::new(old));
+    before.auth.previous_jwt_secrets = Vec::new();
+    let keys = reelhouse::keys::ServerKeys::load_or_generate(&before).unwrap();
+    let old_mailer = reelhouse::mail::Mailer::new(&before, &keys).unwrap();
+    let email = unique_email();
+    let mail = reelhouse::mail::templates::password_reset(&email, "Rotated", "http://h/reset-password?token=t", 60);
+    let queued = reelhouse::mail::enqueue(&app.state.db, &old_mailer, &before, &mail).await.unwrap();
+
+    let dir = app.data_dir.path().join("mail");
+    let delivered = wait_for_mail(&dir, &email, "Reset your password").await;
+    assert!(delivered.decoded.contains("http://h/reset-password?token=t"), "{}", delivered.decoded);
+    let done = eventually(100, || async {
+        job::Entity::find_by_id(queued.id)
+            .one(&app.state.db)
+            .await
+            .unwrap()
+            .is_some_and(|j| j.status == JobStatus::Succeeded)
+    })
+    .await;
+    assert!(done, "{:?}", send_mail_jobs(&app).await);
+}
+
 #[actix_rt::test]
 async fn wrong_smtp_credentials_fail_the_mail_job_instead_of_delivering() {
     let (url, dir) = sink();
