@@ -26,6 +26,9 @@ pub struct ServerKeys {
     pub previous_webhook_secrets: Vec<Vec<u8>>,
     /// Seals the payloads of SEND_MAIL jobs (they carry one-use links) at rest (`mail`).
     pub mail_payloads: Vec<u8>,
+    /// The mail key of each of `auth.previous_jwt_secrets`: SEND_MAIL jobs queued
+    /// before a rotation still open (and are delivered) after it.
+    pub previous_mail_payloads: Vec<Vec<u8>>,
     /// Seals users' TOTP secrets at rest (`auth::totp`).
     pub totp_secrets: Vec<u8>,
     /// The TOTP key of each of `auth.previous_jwt_secrets`: still opens what it
@@ -64,6 +67,7 @@ impl ServerKeys {
         let with_previous = |keys: Self| Self {
             previous_webhook_secrets: previous(WEBHOOK_SECRETS_LABEL),
             previous_totp_secrets: previous(TOTP_SECRETS_LABEL),
+            previous_mail_payloads: previous(MAIL_PAYLOADS_LABEL),
             ..keys
         };
         if let Some(secret) = &settings.auth.jwt_secret {
@@ -87,7 +91,8 @@ impl ServerKeys {
             url_signing: derive_key(master, b"reelhouse/url-signing/v1"),
             webhook_secrets: derive_key(master, WEBHOOK_SECRETS_LABEL),
             previous_webhook_secrets: Vec::new(),
-            mail_payloads: derive_key(master, b"reelhouse/mail-payloads/v1"),
+            mail_payloads: derive_key(master, MAIL_PAYLOADS_LABEL),
+            previous_mail_payloads: Vec::new(),
             totp_secrets: derive_key(master, TOTP_SECRETS_LABEL),
             previous_totp_secrets: Vec::new(),
         }
@@ -103,6 +108,7 @@ pub fn derive_jwt_key(master: &[u8]) -> Vec<u8> {
 const JWT_LABEL: &[u8] = b"reelhouse/jwt/v1";
 const WEBHOOK_SECRETS_LABEL: &[u8] = b"reelhouse/webhook-secrets/v1";
 const TOTP_SECRETS_LABEL: &[u8] = b"reelhouse/totp-secrets/v1";
+const MAIL_PAYLOADS_LABEL: &[u8] = b"reelhouse/mail-payloads/v1";
 
 fn derive_key(master: &[u8], label: &[u8]) -> Vec<u8> {
     // HMAC accepts keys of any length, so this cannot fail; fall back defensively anyway.

@@ -38,6 +38,8 @@ pub struct AppState {
     pub public_url: String,
     /// Parsed `server.trusted_proxies`.
     pub trusted_proxies: Arc<Vec<crate::http::client_ip::IpRange>>,
+    /// Parsed `server.trusted_trace_sources`: peers whose `traceparent` is continued.
+    pub trusted_trace_sources: Arc<Vec<crate::http::client_ip::IpRange>>,
     /// Memory all tus PATCHes may hold in part buffers at once (`uploads.tus_buffer_budget_bytes`).
     pub tus_buffers: crate::uploads::buffer_budget::BufferBudget,
     /// Slots for argon2 work (`auth.max_concurrent_password_hashes`).
@@ -163,6 +165,9 @@ impl Application {
             instance_id,
             started_at: Utc::now(),
             trusted_proxies: Arc::new(crate::http::client_ip::parse_ranges(&settings.server.trusted_proxies)),
+            trusted_trace_sources: Arc::new(crate::http::client_ip::parse_ranges(
+                &settings.server.trusted_trace_sources,
+            )),
             public_url,
             tus_buffers: crate::uploads::buffer_budget::BufferBudget::new(
                 settings.uploads.tus_buffer_budget_bytes,

@@ -199,6 +199,21 @@ pub mod traces {
         span_context.is_valid().then(|| span_context.trace_id().to_string())
     }
 
+    /// Link `span` (which starts a trace of its own) to the span `traceparent`
+    /// names, without continuing its trace or taking its sampling decision: how a
+    /// request from an untrusted caller keeps the caller's context (W3C Trace
+    /// Context, "restarting" the trace). No-op for a malformed value.
+    pub fn add_link(span: &tracing::Span, traceparent: &str) {
+        let context = TraceContextPropagator::new().extract(&Reader(traceparent));
+        let span_context = context.span().span_context().clone();
+        if span_context.is_valid() {
+            span.add_link_with_attributes(
+                span_context,
+                vec![opentelemetry::KeyValue::new("reelhouse.link", "untrusted traceparent")],
+            );
+        }
+    }
+
     /// Make `span` a child of the span `traceparent` names (no-op for `None` or a
     /// malformed value: the span starts a trace of its own).
     pub fn set_parent(span: &tracing::Span, traceparent: Option<&str>) {

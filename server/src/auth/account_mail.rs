@@ -97,6 +97,30 @@ pub async fn register_account(
     Ok(user)
 }
 
+/// Tell the owner of `email` that someone tried to sign up with it: `register` for an
+/// existing (enabled) account that did not sign in. The mail links to the page that
+/// asks for a reset link. Charged to the account-mail limits like every account mail
+/// (per account and per address); over them nothing is sent, and the caller is told
+/// nothing either way (a refusal would say the account exists).
+pub async fn notify_signup_attempt(state: &AppState, email: &str, client: &ClientInfo) -> AppResult<()> {
+    let Ok(account) = normalize_email(email) else { return Ok(()) };
+    let found = user::Entity::find().filter(user::Column::Email.eq(&account)).one(&state.db).await?;
+    let Some(user) = found.filter(|u| !u.disabled) else { return Ok(()) };
+    if let Err(err) = limit_mail(state, &user.id.to_string(), client).await {
+        if err.code() == ErrorCode::RateLimited {
+            tracing::info!(user_id = %user.id, "sign-up attempt on an existing account: notice not sent (rate limit)");
+            return Ok(());
+        }
+        return Err(err);
+    }
+    let forgot = format!("{}/forgot-password", state.public_url.trim_end_matches('/'));
+    let mail = templates::signup_attempt_notice(&user.email, &user.display_name, &forgot);
+    let txn = crate::db::begin_write(&state.db).await?;
+    mail::enqueue(&txn, &state.mailer, &state.settings, &mail).await?;
+    txn.commit().await?;
+    Ok(())
+}
+
 /// Use a VERIFY_EMAIL or CHANGE_EMAIL token: the address it names is the account's
 /// and verified. A CHANGE_EMAIL whose address another account took meanwhile is a
 /// `CONFLICT` (and the token stays usable, should that account go away).

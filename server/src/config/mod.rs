@@ -80,6 +80,11 @@ pub struct ServerSettings {
     /// server. Only requests from these may set the client address
     /// (`X-Forwarded-For`) and scheme (`X-Forwarded-Proto`); empty trusts nobody.
     pub trusted_proxies: Vec<String>,
+    /// Addresses or ranges of peers whose W3C `traceparent` is continued (your
+    /// ingress or mesh, if it starts traces; your own services). A `traceparent` from
+    /// anyone else (unless it presents a valid access token) starts a new trace,
+    /// linked to the caller's. Empty: only callers with an access token.
+    pub trusted_trace_sources: Vec<String>,
     /// The built web app served at `/` (`make web-demo` writes it); a relative
     /// path is looked up from the working directory, then from the source checkout.
     pub web_demo_dir: PathBuf,
@@ -105,6 +110,7 @@ impl Default for ServerSettings {
             cors_allowed_origins: Vec::new(),
             tls_enforcement: TlsEnforcement::Off,
             trusted_proxies: Vec::new(),
+            trusted_trace_sources: Vec::new(),
             web_demo_dir: PathBuf::from("web-demo/dist"),
         }
     }
@@ -487,12 +493,17 @@ impl Settings {
                 ));
             }
         }
-        for entry in &self.server.trusted_proxies {
-            if crate::http::client_ip::IpRange::parse(entry).is_none() {
-                return Err(SettingsError::new(
-                    "server.trusted_proxies",
-                    format!("`{entry}` is not an address or range like 10.0.0.0/8"),
-                ));
+        for (key, entries) in [
+            ("server.trusted_proxies", &self.server.trusted_proxies),
+            ("server.trusted_trace_sources", &self.server.trusted_trace_sources),
+        ] {
+            for entry in entries {
+                if crate::http::client_ip::IpRange::parse(entry).is_none() {
+                    return Err(SettingsError::new(
+                        key,
+                        format!("`{entry}` is not an address or range like 10.0.0.0/8"),
+                    ));
+                }
             }
         }
         if self.uploads.tus_buffer_budget_bytes < self.uploads.part_size_bytes {

@@ -226,6 +226,13 @@ impl AccountsMutation {
                     },
                     Err(err) if matches!(err.code(), ErrorCode::Unauthenticated | ErrorCode::Forbidden) => {
                         state.login_failures.record_failure(&account).await;
+                        // The owner hears of it by mail; the caller gets the decoy
+                        // whatever happens to the notice (its failure would tell).
+                        if let Err(err) =
+                            crate::auth::account_mail::notify_signup_attempt(state, &input.email, &client).await
+                        {
+                            err.log();
+                        }
                         sessions::decoy_session(state, &input.email, &input.display_name)
                     }
                     Err(err) => Err(err),

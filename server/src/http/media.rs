@@ -6,8 +6,10 @@
 //! a signed URL — `?exp=<unix>&sig=<hex HMAC-SHA256>` over the video id and expiry —
 //! which the API hands out only to callers allowed to read the video
 //! (`Video.playbackUrl` and friends). One signature covers every file of the video,
-//! and playlists are rewritten so each segment URL carries it too. Missing, tampered
-//! or expired signatures get 403 with a JSON reason.
+//! and playlists and the storyboard index (WebVTT) are rewritten so each segment and
+//! sprite URL carries it too (both are always served by reelhouse, never redirected
+//! to storage, so their relative URLs resolve under `/media`). Missing, tampered or
+//! expired signatures get 403 with a JSON reason.
 //!
 //! Versions: every transcode run writes its outputs under its own version
 //! (`/media/{video}/{version}/hls/master.m3u8` → `.../out/{version}/hls/master.m3u8`,
@@ -171,6 +173,11 @@ fn is_playlist(path: &str) -> bool {
     path.ends_with(".m3u8")
 }
 
+/// The storyboard's WebVTT index, whose cues point into the sprite next to it.
+fn is_storyboard_index(path: &str) -> bool {
+    path.ends_with(".vtt")
+}
+
 fn content_type_for(path: &str, stored: Option<&str>) -> String {
     let by_extension = match path.rsplit('.').next() {
         Some("m3u8") => Some("application/vnd.apple.mpegurl"),
@@ -253,6 +260,14 @@ async fn serve_inner(
 
     if is_playlist(path) {
         return playlist(req, state, &key, path, signed.as_ref(), cache_control(audience, kind, Utc::now())).await;
+    }
+    if is_storyboard_index(path) {
+        // Served (never redirected) and rewritten like a playlist: its cues name the
+        // sprite relative to it, and a relative URL loses the query, so each cue
+        // carries the signature itself — and with storage redirects the sprite must
+        // resolve against `/media`, not against a presigned storage URL.
+        let cache = cache_control(audience, kind, Utc::now());
+        return storyboard_index(req, state, &key, signed.as_ref(), cache).await;
     }
     let private = needs_signature(&video);
     if state.settings.media.redirect_to_storage && state.store.backend() == "s3" {
@@ -578,32 +593,104 @@ async fn playlist(
     signed: Option<&Signed>,
     cache: String,
 ) -> Result<HttpResponse, AppError> {
+    let text = read_text(state, key, path).await?;
+    let text = match signed {
+        Some(signed) => sign_playlist(&text, &signed_query_of(signed)),
+        None => text,
+    };
+    rewritten_response(req, text, "application/vnd.apple.mpegurl", &cache)
+}
+
+/// Serve the storyboard index, with every cue's sprite URI carrying the request's
+/// signature when it has one.
+async fn storyboard_index(
+    req: &HttpRequest,
+    state: &AppState,
+    key: &str,
+    signed: Option<&Signed>,
+    cache: String,
+) -> Result<HttpResponse, AppError> {
+    let text = read_text(state, key, "storyboard index").await?;
+    let text = match signed {
+        Some(signed) => sign_storyboard(&text, &signed_query_of(signed)),
+        None => text,
+    };
+    rewritten_response(req, text, "text/vtt; charset=utf-8", &cache)
+}
+
+fn signed_query_of(signed: &Signed) -> String {
+    format!("exp={}&sig={}", signed.expires, signed.sig)
+}
+
+/// A small text object (a playlist or a storyboard index), read whole.
+async fn read_text(state: &AppState, key: &str, what: &str) -> Result<String, AppError> {
     let result = state.store.get(key, None).await.map_err(store_error)?;
     let body = result
         .collect_bytes(MAX_PLAYLIST_BYTES)
         .await
-        .map_err(|e| AppError::internal(anyhow::anyhow!("reading playlist {path}: {e}")))?;
-    let text = String::from_utf8(body).map_err(AppError::internal)?;
-    let text = match signed {
-        Some(signed) => sign_playlist(&text, &format!("exp={}&sig={}", signed.expires, signed.sig)),
-        None => text,
-    };
+        .map_err(|e| AppError::internal(anyhow::anyhow!("reading {what}: {e}")))?;
+    String::from_utf8(body).map_err(AppError::internal)
+}
+
+/// The answer for a text rewritten per request: its own ETag (of the rewritten
+/// bytes), `If-None-Match`, HEAD.
+fn rewritten_response(
+    req: &HttpRequest,
+    text: String,
+    content_type: &str,
+    cache: &str,
+) -> Result<HttpResponse, AppError> {
     let etag = format!("{:x}", {
         use sha2::Digest;
         Sha256::digest(text.as_bytes())
     });
     if none_match_hits(req, Some(&etag)) {
-        return Ok(base_response(StatusCode::NOT_MODIFIED, "application/vnd.apple.mpegurl", &cache)
+        return Ok(base_response(StatusCode::NOT_MODIFIED, content_type, cache)
             .insert_header((header::ETAG, quoted(&etag)))
             .finish());
     }
-    let mut response = base_response(StatusCode::OK, "application/vnd.apple.mpegurl", &cache);
+    let mut response = base_response(StatusCode::OK, content_type, cache);
     response.insert_header((header::ETAG, quoted(&etag)));
     if req.method() == Method::HEAD {
         return Ok(response
             .body(SizedStream::new(text.len() as u64, futures::stream::empty::<Result<Bytes, std::io::Error>>())));
     }
     Ok(response.body(text))
+}
+
+/// Put `query` on the sprite URI of every cue of a storyboard index (the line after a
+/// cue's timing line: `storyboard.jpg#xywh=…` → `storyboard.jpg?{query}#xywh=…`).
+/// Only relative references are signed: a signature never goes to another host.
+pub fn sign_storyboard(text: &str, query: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 64);
+    let mut after_timing = false;
+    for line in text.lines() {
+        let trimmed = line.trim();
+        let is_timing = trimmed.contains("-->");
+        if after_timing && !trimmed.is_empty() && !is_timing && is_relative_reference(trimmed) {
+            let (uri, fragment) = match trimmed.split_once('#') {
+                Some((uri, fragment)) => (uri, Some(fragment)),
+                None => (trimmed, None),
+            };
+            out.push_str(uri);
+            out.push(if uri.contains('?') { '&' } else { '?' });
+            out.push_str(query);
+            if let Some(fragment) = fragment {
+                out.push('#');
+                out.push_str(fragment);
+            }
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+        after_timing = is_timing;
+    }
+    out
+}
+
+/// A reference without a scheme or an authority (`sprite.jpg`, `../thumbs/a.jpg`).
+fn is_relative_reference(uri: &str) -> bool {
+    !uri.starts_with("//") && !uri.starts_with('/') && url::Url::parse(uri).is_err()
 }
 
 /// Append `query` to every URI of an HLS playlist: URI lines and `URI="…"` attributes.
@@ -654,6 +741,19 @@ mod tests {
         assert!(signed.contains("URI=\"init.mp4?exp=1&sig=ab\""), "{signed}");
         assert!(signed.contains("\nsegment00000.ts?exp=1&sig=ab\n"), "{signed}");
         assert!(signed.contains("#EXT-X-ENDLIST"));
+    }
+
+    #[test]
+    fn storyboard_cues_are_signed_and_keep_their_fragment() {
+        let vtt = "WEBVTT\n\n00:00:00.000 --> 00:00:02.000\nstoryboard.jpg#xywh=0,0,160,90\n\n\
+                   00:00:02.000 --> 00:00:04.000\nhttps://elsewhere.example/a.jpg#xywh=160,0,160,90\n\n\
+                   00:00:04.000 --> 00:00:05.000\n/media/x/thumbs/storyboard.jpg#xywh=0,90,160,90\n";
+        let signed = sign_storyboard(vtt, "exp=1&sig=ab");
+        assert!(signed.starts_with("WEBVTT\n"), "{signed}");
+        assert!(signed.contains("\nstoryboard.jpg?exp=1&sig=ab#xywh=0,0,160,90\n"), "{signed}");
+        assert!(signed.contains("\n00:00:00.000 --> 00:00:02.000\n"), "timings unchanged: {signed}");
+        assert!(signed.contains("\nhttps://elsewhere.example/a.jpg#xywh=160,0,160,90\n"), "{signed}");
+        assert!(signed.contains("\n/media/x/thumbs/storyboard.jpg#xywh=0,90,160,90\n"), "{signed}");
     }
 
     #[test]

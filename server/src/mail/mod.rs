@@ -6,7 +6,8 @@
 //! that needs it (a new account, a reset token). The payload holds only the mail's
 //! id, its template name and the sealed mail (XChaCha20-Poly1305 under a key
 //! derived from the master secret, the mail id as associated data): the one-use
-//! links never sit in the jobs table in plain text. Workers run SEND_MAIL in their
+//! links never sit in the jobs table in plain text; mail sealed under a master secret
+//! since retired into `auth.previous_jwt_secrets` still opens. Workers run SEND_MAIL in their
 //! own lane (`mail.concurrency` slots beside the media jobs), so a mail never waits
 //! behind a long transcode; a failed delivery is retried with the queue's back-off
 //! up to `mail.max_attempts`, and a permanent SMTP refusal (5xx) fails the job.
@@ -99,8 +100,10 @@ impl Mailer {
             }
             None => Transport::Files(settings.server.data_dir.join("mail")),
         };
-        let seal =
-            SecretBox::new(&keys.mail_payloads, &[]).map_err(|_| MailError::Config("mail sealing key".into()))?;
+        // Retired keys still open: a SEND_MAIL job queued before the master secret
+        // was rotated (into `auth.previous_jwt_secrets`) is delivered after it.
+        let seal = SecretBox::new(&keys.mail_payloads, &keys.previous_mail_payloads)
+            .map_err(|_| MailError::Config("mail sealing key".into()))?;
         Ok(Self { transport, from, seal })
     }
 
@@ -202,6 +205,7 @@ fn template_label(template: &str) -> &'static str {
         "EMAIL_CHANGE_NOTICE" => "EMAIL_CHANGE_NOTICE",
         "PASSWORD_RESET" => "PASSWORD_RESET",
         "PASSWORD_CHANGED" => "PASSWORD_CHANGED",
+        "SIGNUP_ATTEMPT" => "SIGNUP_ATTEMPT",
         _ => "OTHER",
     }
 }
@@ -237,5 +241,39 @@ pub async fn run_send_mail(ctx: &JobContext, job: &job::Model) -> Result<JobOutp
             tracing::warn!(mail_id = %payload.mail_id, error = %err, "mail cannot be delivered");
             Err(permanent(err.to_string()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn settings_with(secret: &str, previous: &[&str]) -> Settings {
+        let mut settings = Settings::default();
+        settings.auth.jwt_secret = Some(Secret::new(secret.to_string()));
+        settings.auth.previous_jwt_secrets = previous.iter().map(|s| Secret::new(s.to_string())).collect();
+        settings
+    }
+
+    fn mailer(settings: &Settings) -> Mailer {
+        Mailer::new(settings, &ServerKeys::load_or_generate(settings).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn mail_queued_before_a_master_secret_rotation_opens_after_it() {
+        let (old, new) = ("o".repeat(40), "n".repeat(40));
+        let mail = templates::password_reset("a@example.com", "A", "http://h/reset-password?token=t", 3600);
+        let id = Uuid::now_v7();
+        let sealed = mailer(&settings_with(&old, &[])).seal_mail(id, &mail).unwrap();
+
+        let rotated = mailer(&settings_with(&new, &[&old]));
+        assert_eq!(rotated.open_mail(id, &sealed).unwrap(), mail);
+        // Still bound to its mail id, and new mail is sealed under the new key only.
+        assert!(rotated.open_mail(Uuid::now_v7(), &sealed).is_err());
+        let resealed = rotated.seal_mail(id, &mail).unwrap();
+        assert!(mailer(&settings_with(&old, &[])).open_mail(id, &resealed).is_err());
+        // Once the old secret is dropped from the previous ones, its mail no longer opens.
+        assert!(matches!(mailer(&settings_with(&new, &[])).open_mail(id, &sealed), Err(MailError::Seal)));
     }
 }

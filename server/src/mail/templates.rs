@@ -156,6 +156,33 @@ pub fn password_changed_notice(to: &str, name: &str, signed_out: &str) -> Outgoi
     }
 }
 
+/// Sent to the owner of an address someone tried to sign up with (`register` for an
+/// existing account that did not sign in). Links to the page that asks for a reset
+/// link, so a stranger's sign-up mints no token.
+pub fn signup_attempt_notice(to: &str, name: &str, forgot_password_link: &str) -> OutgoingMail {
+    let line = format!(
+        "someone tried to create a reelhouse account with {to}, which already has one: yours. \
+         Nothing about your account changed."
+    );
+    let hint = "If it was you and you forgot your password, you can reset it here:";
+    let warn = "If it was not you, you need not do anything.";
+    OutgoingMail {
+        to: to.to_string(),
+        subject: "Someone tried to sign up with your address".into(),
+        text: format!(
+            "{}\n\n{}\n\n{hint}\n\n{forgot_password_link}\n\n{warn}\n\n— reelhouse\n",
+            greeting_text(name),
+            plain(&line)
+        ),
+        html: html_page(
+            &greeting_html(name),
+            &[escape_html(&line), hint.into(), warn.into()],
+            Some(("Reset my password", forgot_password_link)),
+        ),
+        template: "SIGNUP_ATTEMPT".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

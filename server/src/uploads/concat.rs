@@ -12,7 +12,9 @@
 //! the caller, all of one video: they are claimed at once (a partial upload is
 //! used by one final upload only), assembled in storage, streamed in order into
 //! the final session's multipart upload of the video's source, removed, and the
-//! final session completes as any upload does (size, magic bytes, probe, job). If
+//! final session completes as any upload does (size, magic bytes, probe, job). While
+//! the join runs it marks the partial uploads and the final session alive (their
+//! `updated_at`), so the sweeper never takes them for stuck or abandoned. If
 //! storage fails half-way, the final session is aborted and the partial uploads
 //! are open again, so the client can retry the final request.
 
@@ -169,7 +171,9 @@ pub async fn concatenate(
             object_key: Set(object_key.clone()),
             s3_upload_id: Set(Some(multipart_id.clone())),
             parts: Set(Some(tus.to_json())),
-            expires_at: Set(partials.iter().map(|p| p.expires_at).min().unwrap_or(now)),
+            // A session of its own length: inheriting the partial uploads' (as
+            // earlier) let one begun near their expiry expire mid-join.
+            expires_at: Set(now + session_ttl(state)),
             failure_reason: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
@@ -193,7 +197,7 @@ pub async fn concatenate(
     };
     metrics::counter!("reelhouse_uploads_created_total", "method" => "tus_final").increment(1);
 
-    if let Err(err) = join(state, &row, &partials).await {
+    if let Err(err) = join_keeping_alive(state, &row, &request.parts, &partials).await {
         // Give the partial uploads back, end the final one: the client may retry.
         let reopened = upload::Entity::update_many()
             .col_expr(upload::Column::Status, Expr::value(UploadStatus::Open))
@@ -255,6 +259,65 @@ async fn earlier_final(
     };
     let completed = super::completion::complete(state, row.id).await;
     Ok(Some((row, completed)))
+}
+
+fn session_ttl(state: &AppState) -> chrono::Duration {
+    chrono::Duration::seconds(
+        i64::try_from(state.settings.uploads.session_ttl_secs).unwrap_or(i64::MAX / 2).min(365 * 24 * 3600),
+    )
+}
+
+/// How often a running concatenation shows the sweeper it is alive: as often as the
+/// sweeper looks (`uploads.sweep_interval_secs`), at least once a minute — far inside
+/// the quarter of an hour after which it reopens a COMPLETING session as stuck.
+pub fn keep_alive_interval(state: &AppState) -> std::time::Duration {
+    std::time::Duration::from_secs(state.settings.uploads.sweep_interval_secs.clamp(1, 60))
+}
+
+/// [`join`], while marking the claimed partial uploads (COMPLETING) and the final
+/// session (OPEN) as alive every [`keep_alive_interval`]. A join of large partial
+/// uploads can outlast the sweeper's patience with COMPLETING sessions; without this
+/// it would reopen them mid-join and then expire them (their bytes deleted under
+/// the join).
+async fn join_keeping_alive(
+    state: &AppState,
+    row: &upload::Model,
+    parts: &[Uuid],
+    partials: &[upload::Model],
+) -> AppResult<()> {
+    let work = join(state, row, partials);
+    tokio::pin!(work);
+    let mut ticker = tokio::time::interval(keep_alive_interval(state));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            joined = &mut work => return joined,
+            _ = ticker.tick() => {
+                if let Err(err) = mark_alive(state, row.id, parts).await {
+                    tracing::warn!(upload = %row.id, error = %err, "could not mark a running concatenation alive");
+                }
+            }
+        }
+    }
+}
+
+/// Refresh `updated_at` of the partial uploads a running concatenation holds and of
+/// its final session (only while they are in the states the join put them in).
+pub async fn mark_alive(state: &AppState, final_id: Uuid, parts: &[Uuid]) -> AppResult<()> {
+    let now = Utc::now();
+    upload::Entity::update_many()
+        .col_expr(upload::Column::UpdatedAt, Expr::value(now))
+        .filter(upload::Column::Id.is_in(parts.to_vec()))
+        .filter(upload::Column::Status.eq(UploadStatus::Completing))
+        .exec(&state.db)
+        .await?;
+    upload::Entity::update_many()
+        .col_expr(upload::Column::UpdatedAt, Expr::value(now))
+        .filter(upload::Column::Id.eq(final_id))
+        .filter(upload::Column::Status.eq(UploadStatus::Open))
+        .exec(&state.db)
+        .await?;
+    Ok(())
 }
 
 /// Assemble each partial upload and stream it, in order, into the final session.

@@ -518,6 +518,44 @@ async fn a_mail_job_is_retried_through_an_smtp_outage_and_delivered_after() {
     assert_eq!(mails_in(&dir, &email).len(), 1);
 }
 
+/// Rotating the master secret (the old one moved to `auth.previous_jwt_secrets`)
+/// keeps queued mail deliverable: a SEND_MAIL job sealed by a process still on the
+/// old secret is opened and delivered by one on the new secret.
+#[actix_rt::test]
+async fn mail_queued_before_a_master_secret_rotation_is_delivered_after_it() {
+    use reelhouse::config::Secret;
+    let (old, new) = (crate::helpers::random_secret(), crate::helpers::random_secret());
+    let app = spawn_app_with({
+        let old = old.clone();
+        move |s| {
+            s.auth.jwt_secret = Some(Secret::new(new));
+            s.auth.previous_jwt_secrets = vec![Secret::new(old)];
+        }
+    })
+    .await;
+    let mut before = (*app.state.settings).clone();
+    before.auth.jwt_secret = Some(Secret::new(old));
+    before.auth.previous_jwt_secrets = Vec::new();
+    let keys = reelhouse::keys::ServerKeys::load_or_generate(&before).unwrap();
+    let old_mailer = reelhouse::mail::Mailer::new(&before, &keys).unwrap();
+    let email = unique_email();
+    let mail = reelhouse::mail::templates::password_reset(&email, "Rotated", "http://h/reset-password?token=t", 60);
+    let queued = reelhouse::mail::enqueue(&app.state.db, &old_mailer, &before, &mail).await.unwrap();
+
+    let dir = app.data_dir.path().join("mail");
+    let delivered = wait_for_mail(&dir, &email, "Reset your password").await;
+    assert!(delivered.decoded.contains("http://h/reset-password?token=t"), "{}", delivered.decoded);
+    let done = eventually(100, || async {
+        job::Entity::find_by_id(queued.id)
+            .one(&app.state.db)
+            .await
+            .unwrap()
+            .is_some_and(|j| j.status == JobStatus::Succeeded)
+    })
+    .await;
+    assert!(done, "{:?}", send_mail_jobs(&app).await);
+}
+
 #[actix_rt::test]
 async fn wrong_smtp_credentials_fail_the_mail_job_instead_of_delivering() {
     let (url, dir) = sink();
@@ -561,6 +599,67 @@ async fn account_mail_is_rate_limited_per_account() {
     }
     let body = mutate(&app, &user.bearer(), "mutation { resendVerification }", json!({})).await;
     assert_eq!(error_code(&body).as_deref(), Some("RATE_LIMITED"), "{body}");
+}
+
+/// The SEND_MAIL jobs of one template (the payload names it; the mail is sealed).
+async fn mail_jobs_of(app: &TestApp, template: &str) -> usize {
+    send_mail_jobs(app).await.iter().filter(|job| job.payload["template"] == template).count()
+}
+
+const REGISTER_AGAIN: &str =
+    "mutation($i: RegisterInput!) { register(input: $i) { accessToken refreshToken expiresIn user { id email } } }";
+
+/// `register` with an address that has an account answers like a new sign-up and
+/// mails the owner instead ("someone tried to sign up with your address"), under the
+/// account-mail limits — which, when reached, change nothing in the answer.
+#[actix_rt::test]
+async fn signing_up_with_a_taken_address_mails_its_owner_and_tells_the_caller_nothing() {
+    let app = spawn_smtp_app(|s| {
+        s.rate_limit.policies.insert(
+            reelhouse::limits::Policy::AccountMail,
+            reelhouse::config::rate_limit::PolicySettings::new(2, 3600, 2, false),
+        );
+    })
+    .await;
+    let (_, dir) = sink();
+    let owner = app.register_user().await;
+    let attempt = |email: String, password: &'static str| {
+        let app = &app;
+        async move {
+            let input = json!({ "i": { "email": email, "password": password, "displayName": "Stranger" } });
+            let (status, body) = app.graphql(REGISTER_AGAIN, input).await;
+            assert_eq!(status, 200, "{body}");
+            assert!(body["errors"].is_null(), "the answer of a new sign-up: {body}");
+            body["data"]["register"].clone()
+        }
+    };
+    for _ in 0..3 {
+        let answer = attempt(owner.email.to_uppercase(), "a stranger's passphrase 9").await;
+        assert!(answer["accessToken"].is_string(), "{answer}");
+        assert_ne!(answer["user"]["id"], owner.id.as_str(), "{answer}");
+    }
+    // Two notices (the account-mail burst), not three: the third attempt was answered
+    // alike but sent nothing.
+    assert_eq!(mail_jobs_of(&app, "SIGNUP_ATTEMPT").await, 2);
+    // (The owner's own verification mail is the third.)
+    let notices = wait_for_mails(&dir, &owner.email, 3).await;
+    let notices: Vec<&Mail> =
+        notices.iter().filter(|m| m.subject().contains("Someone tried to sign up with your address")).collect();
+    assert_eq!(notices.len(), 2);
+    let link = format!("{}/forgot-password", app.address);
+    assert!(notices[0].decoded.contains(&link), "a way to reset the password: {}", notices[0].decoded);
+    assert!(!notices[0].decoded.contains("token="), "a stranger's sign-up mints no token: {}", notices[0].decoded);
+    assert!(!notices[0].decoded.contains("a stranger's passphrase"));
+
+    // A new address gets its verification mail and nothing else; the owner retrying
+    // with their own password is signed in and not warned about themself.
+    let fresh = unique_email();
+    attempt(fresh.clone(), "a stranger's passphrase 9").await;
+    wait_for_mail(&dir, &fresh, "Confirm your email address").await;
+    let own = attempt(owner.email.clone(), TEST_PASSWORD).await;
+    assert_eq!(own["user"]["id"], owner.id.as_str());
+    assert_eq!(mail_jobs_of(&app, "SIGNUP_ATTEMPT").await, 2);
+    settle(&app).await;
 }
 
 #[actix_rt::test]

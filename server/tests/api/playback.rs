@@ -269,6 +269,23 @@ async fn private_media_need_a_valid_signature_on_every_file() {
     let other = format!("{plain}?{}", signed_query(&h.app.state, Uuid::now_v7(), chrono::Utc::now().timestamp() + 600));
     assert_eq!(client.get(&other).send().await.unwrap().status(), 403);
 
+    // The poster and the storyboard: signed, and the sprite every storyboard cue names
+    // resolves (as a browser or player resolves it: against the index's URL, which
+    // drops the query) to a signed URL too.
+    let poster_url = urls["thumbnailUrl"].as_str().unwrap();
+    assert!(poster_url.contains("sig="), "{poster_url}");
+    let poster = client.get(poster_url).send().await.unwrap();
+    assert_eq!(poster.status(), 200);
+    assert_eq!(poster.headers()["content-type"], "image/jpeg");
+    let unsigned_poster = poster_url.split('?').next().unwrap();
+    assert_eq!(client.get(unsigned_poster).send().await.unwrap().status(), 403);
+    for sprite in storyboard_sprites(client, urls["storyboardUrl"].as_str().unwrap()).await {
+        let res = client.get(sprite.clone()).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{sprite}");
+        assert_eq!(res.headers()["content-type"], "image/jpeg", "{sprite}");
+        assert_eq!(&res.bytes().await.unwrap()[..2], &[0xFF, 0xD8]);
+    }
+
     // A signed URL for the same video made by the server itself works, and a stock
     // player follows the rewritten playlists through every signed segment.
     let signed = media_url(&h.app.state, &video, "hls/master.m3u8");
@@ -293,6 +310,17 @@ async fn with_s3_files_can_redirect_to_presigned_storage_urls() {
         // ...while playlists are still served (and rewritten) by reelhouse.
         let master = no_redirects.get(urls["playbackUrl"].as_str().unwrap()).send().await.unwrap();
         assert_eq!(master.status(), 200);
+        // So is the storyboard index: its sprite resolves against `/media` (signed),
+        // which redirects in turn, not against a presigned storage URL.
+        let sprites = storyboard_sprites(&no_redirects, urls["storyboardUrl"].as_str().unwrap()).await;
+        for sprite in sprites {
+            assert!(sprite.path().contains("/media/"), "{sprite}");
+            let res = no_redirects.get(sprite.clone()).send().await.unwrap();
+            assert_eq!(res.status(), 302, "{sprite}");
+            let location = res.headers()["location"].to_str().unwrap().to_string();
+            let bytes = reqwest::get(&location).await.unwrap().bytes().await.unwrap();
+            assert_eq!(&bytes[..2], &[0xFF, 0xD8]);
+        }
     } else {
         // Local storage has nothing to redirect to: the bytes are served directly.
         assert_eq!(res.status(), 200);
@@ -338,6 +366,32 @@ async fn with_a_cdn_base_url_public_files_redirect_to_the_cdn_and_private_ones_s
     assert!(!location.starts_with("https://cdn.example.test"), "{location}");
     let bytes = reqwest::get(&location).await.unwrap().bytes().await.unwrap();
     assert_eq!(&bytes[4..8], b"ftyp");
+}
+
+/// Fetch a storyboard index (200, WebVTT) and resolve each cue's sprite reference
+/// against the index's URL, as RFC 3986 has it (a relative reference does not keep
+/// the base's query): the distinct sprite URLs, fragment removed.
+async fn storyboard_sprites(client: &reqwest::Client, vtt_url: &str) -> Vec<reqwest::Url> {
+    let res = client.get(vtt_url).send().await.unwrap();
+    assert_eq!(res.status(), 200, "{vtt_url}");
+    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/vtt"));
+    let base = res.url().clone();
+    let vtt = res.text().await.unwrap();
+    assert!(vtt.starts_with("WEBVTT"), "{vtt}");
+    let mut sprites: Vec<reqwest::Url> = Vec::new();
+    let lines: Vec<&str> = vtt.lines().collect();
+    for pair in lines.windows(2) {
+        if pair[0].contains("-->") {
+            assert!(pair[1].contains("#xywh="), "{vtt}");
+            let mut url = base.join(pair[1].trim()).unwrap();
+            url.set_fragment(None);
+            if !sprites.contains(&url) {
+                sprites.push(url);
+            }
+        }
+    }
+    assert!(!sprites.is_empty(), "{vtt}");
+    sprites
 }
 
 /// The first segment's URL of the first rung a master playlist names (`base` is the

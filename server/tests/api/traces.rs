@@ -33,6 +33,8 @@ struct Received {
     name: String,
     role: String,
     attributes: HashMap<String, String>,
+    /// (trace id, span id) of each span link.
+    links: Vec<(String, String)>,
 }
 
 /// What a webhook delivery brought: its `traceparent` header and its body.
@@ -79,6 +81,11 @@ async fn traces(collector: web::Data<Collector>, body: web::Bytes) -> HttpRespon
                     name: span.name,
                     role: role.clone(),
                     attributes: text(&span.attributes),
+                    links: span
+                        .links
+                        .iter()
+                        .map(|link| (hex::encode(&link.trace_id), hex::encode(&link.span_id)))
+                        .collect(),
                 });
             }
         }
@@ -407,4 +414,121 @@ async fn without_otel_settings_nothing_is_exported_and_a_wrong_protocol_is_refus
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("OTEL_EXPORTER_OTLP_PROTOCOL=grpc is not supported"), "{stderr}");
+}
+
+/// A fresh W3C `traceparent` (sampled) and its trace and span ids.
+fn new_traceparent() -> (String, String, String) {
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let span = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
+    (format!("00-{trace}-{span}-01"), trace, span)
+}
+
+/// POST `{ __typename }` (or `query`) with a `traceparent` and, optionally, an
+/// `Authorization` header.
+async fn traced_post(server: &ServerProcess, traceparent: &str, authorization: Option<&str>, query: &str) -> Value {
+    let mut request = reqwest::Client::new()
+        .post(format!("{}/graphql", server.address))
+        .header("traceparent", traceparent)
+        .json(&json!({ "query": query }));
+    if let Some(authorization) = authorization {
+        request = request.header("authorization", authorization);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+/// A `serve` process exporting traces to `collector`, with `trusted` as
+/// `server.trusted_trace_sources` (TOML array syntax).
+async fn traced_server(collector: &str, trusted: &str, dir: &std::path::Path) -> ServerProcess {
+    let mut cmd = reelhouse_command();
+    cmd.arg("--data-dir").arg(dir);
+    apply_common_env(&mut cmd, collector);
+    cmd.env("REELHOUSE__SERVER__TRUSTED_TRACE_SOURCES", trusted);
+    ServerProcess::serve(cmd).await
+}
+
+/// W3C Trace Context from strangers is not trusted (issue 24 follow-up): an
+/// anonymous caller's `traceparent` (or one with a token that does not verify)
+/// does not choose the request's trace id or sampling; the request starts a new
+/// trace with the caller's span as a link. A caller with a valid access token, or
+/// a peer in `server.trusted_trace_sources`, is continued.
+#[actix_web::test]
+async fn a_strangers_traceparent_starts_a_new_trace_linked_to_it() {
+    let (collector_url, collector) = start_collector();
+    let dir = tempfile::tempdir().unwrap();
+    // Trusts one address that is not the test's (loopback).
+    let server = traced_server(&collector_url, r#"["10.9.9.9", "fd00::/8"]"#, &dir.path().join("a")).await;
+
+    let (anonymous, anonymous_trace, anonymous_span) = new_traceparent();
+    traced_post(&server, &anonymous, None, "{ __typename }").await;
+    let (forged, forged_trace, forged_span) = new_traceparent();
+    traced_post(&server, &forged, Some("Bearer not.a.token"), "{ __typename }").await;
+
+    let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
+    let (register, _, _) = new_traceparent();
+    let body = reqwest::Client::new()
+        .post(format!("{}/graphql", server.address))
+        .header("traceparent", register)
+        .json(&json!({
+            "query": "mutation($input: RegisterInput!) { register(input: $input) { accessToken } }",
+            "variables": { "input": { "email": email, "password": TEST_PASSWORD, "displayName": "Tracer" } },
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let token = body["data"]["register"]["accessToken"].as_str().expect("registered").to_string();
+    let (signed_in, signed_in_trace, signed_in_span) = new_traceparent();
+    traced_post(&server, &signed_in, Some(&format!("Bearer {token}")), "{ me { id } }").await;
+
+    let spans = collector.spans.clone();
+    let requests = |predicate: &dyn Fn(&Received) -> bool| {
+        spans.lock().unwrap().iter().filter(|s| s.name == "POST /graphql" && predicate(s)).cloned().collect::<Vec<_>>()
+    };
+    let linked_to = |trace: &str, span: &str| {
+        let (trace, span) = (trace.to_string(), span.to_string());
+        move |s: &Received| s.links.iter().any(|(t, p)| *t == trace && *p == span)
+    };
+    let arrived = wait_for(30, || {
+        !requests(&linked_to(&anonymous_trace, &anonymous_span)).is_empty()
+            && !requests(&linked_to(&forged_trace, &forged_span)).is_empty()
+            && !requests(&|s| s.trace_id == signed_in_trace).is_empty()
+    })
+    .await;
+    assert!(
+        arrived,
+        "{:#?}\n{}",
+        spans.lock().unwrap().iter().map(|s| (&s.name, &s.trace_id, &s.links)).collect::<Vec<_>>(),
+        server.stderr()
+    );
+    for (trace, span) in [(&anonymous_trace, &anonymous_span), (&forged_trace, &forged_span)] {
+        let found = requests(&linked_to(trace, span));
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert_ne!(&found[0].trace_id, trace, "a new trace: {found:#?}");
+        assert!(found[0].parent_span_id.is_empty(), "a root span: {found:#?}");
+        assert!(
+            spans.lock().unwrap().iter().all(|s| &s.trace_id != trace),
+            "nothing is recorded in the stranger's trace"
+        );
+    }
+    let continued = requests(&|s| s.trace_id == signed_in_trace);
+    assert_eq!(continued.len(), 1, "{continued:#?}");
+    assert_eq!(continued[0].parent_span_id, signed_in_span, "a signed-in caller's trace is continued");
+    assert!(continued[0].links.is_empty());
+    let (status, stderr) = server.terminate().await;
+    assert!(status.success(), "{stderr}");
+
+    // A peer in `server.trusted_trace_sources` is continued without any credentials.
+    let server = traced_server(&collector_url, r#"["127.0.0.0/8", "::1"]"#, &dir.path().join("b")).await;
+    let (trusted, trusted_trace, trusted_span) = new_traceparent();
+    traced_post(&server, &trusted, None, "{ __typename }").await;
+    assert!(wait_for(30, || !requests(&|s| s.trace_id == trusted_trace).is_empty()).await, "{}", server.stderr());
+    let continued = requests(&|s| s.trace_id == trusted_trace);
+    assert_eq!(continued.len(), 1, "{continued:#?}");
+    assert_eq!(continued[0].parent_span_id, trusted_span);
+    let (status, stderr) = server.terminate().await;
+    assert!(status.success(), "{stderr}");
 }

@@ -1252,6 +1252,268 @@ async fn tus_expired_partial_uploads_are_swept_and_free_the_video() {
     assert_eq!(tus_create(&app, &user, video, 10).await.status(), 201);
 }
 
+/// An object store that holds the first read of one key until the test lets it go:
+/// a join that is "still running" for as long as the test needs.
+struct GatedStore {
+    inner: std::sync::Arc<dyn reelhouse::storage::ObjectStore>,
+    key: String,
+    reached: std::sync::Arc<tokio::sync::Notify>,
+    release: std::sync::Arc<tokio::sync::Notify>,
+}
+
+#[async_trait::async_trait]
+impl reelhouse::storage::ObjectStore for GatedStore {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    async fn put(
+        &self,
+        key: &str,
+        body: reelhouse::storage::ByteStream,
+        content_type: Option<&str>,
+    ) -> Result<reelhouse::storage::ObjectMeta, reelhouse::storage::StoreError> {
+        self.inner.put(key, body, content_type).await
+    }
+    async fn put_bytes(
+        &self,
+        key: &str,
+        bytes: bytes::Bytes,
+        content_type: Option<&str>,
+    ) -> Result<reelhouse::storage::ObjectMeta, reelhouse::storage::StoreError> {
+        self.inner.put_bytes(key, bytes, content_type).await
+    }
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<reelhouse::storage::ByteRange>,
+    ) -> Result<reelhouse::storage::GetResult, reelhouse::storage::StoreError> {
+        if key == self.key {
+            self.reached.notify_one();
+            self.release.notified().await;
+        }
+        self.inner.get(key, range).await
+    }
+    async fn head(&self, key: &str) -> Result<reelhouse::storage::ObjectMeta, reelhouse::storage::StoreError> {
+        self.inner.head(key).await
+    }
+    async fn local_file(
+        &self,
+        key: &str,
+    ) -> Result<Option<reelhouse::storage::LocalFile>, reelhouse::storage::StoreError> {
+        self.inner.local_file(key).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), reelhouse::storage::StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, reelhouse::storage::StoreError> {
+        self.inner.delete_prefix(prefix).await
+    }
+    async fn presign_put(
+        &self,
+        key: &str,
+        expires_in: Duration,
+        content_type: Option<&str>,
+    ) -> Result<reelhouse::storage::PresignedRequest, reelhouse::storage::StoreError> {
+        self.inner.presign_put(key, expires_in, content_type).await
+    }
+    async fn presign_bound_put(
+        &self,
+        key: &str,
+        expires_in: Duration,
+        content_type: Option<&str>,
+        binding: reelhouse::storage::UploadBinding,
+    ) -> Result<reelhouse::storage::PresignedRequest, reelhouse::storage::StoreError> {
+        self.inner.presign_bound_put(key, expires_in, content_type, binding).await
+    }
+    async fn presign_bound_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        expires_in: Duration,
+        binding: reelhouse::storage::UploadBinding,
+    ) -> Result<reelhouse::storage::PresignedRequest, reelhouse::storage::StoreError> {
+        self.inner.presign_bound_part(key, upload_id, part_number, expires_in, binding).await
+    }
+    async fn rename(
+        &self,
+        from: &str,
+        to: &str,
+    ) -> Result<reelhouse::storage::ObjectMeta, reelhouse::storage::StoreError> {
+        self.inner.rename(from, to).await
+    }
+    async fn presign_get(
+        &self,
+        key: &str,
+        expires_in: Duration,
+    ) -> Result<reelhouse::storage::PresignedRequest, reelhouse::storage::StoreError> {
+        self.inner.presign_get(key, expires_in).await
+    }
+    async fn create_multipart(
+        &self,
+        key: &str,
+        content_type: Option<&str>,
+    ) -> Result<String, reelhouse::storage::StoreError> {
+        self.inner.create_multipart(key, content_type).await
+    }
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        body: bytes::Bytes,
+    ) -> Result<String, reelhouse::storage::StoreError> {
+        self.inner.upload_part(key, upload_id, part_number, body).await
+    }
+    async fn presign_upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        expires_in: Duration,
+    ) -> Result<reelhouse::storage::PresignedRequest, reelhouse::storage::StoreError> {
+        self.inner.presign_upload_part(key, upload_id, part_number, expires_in).await
+    }
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<reelhouse::storage::CompletedPart>,
+    ) -> Result<reelhouse::storage::ObjectMeta, reelhouse::storage::StoreError> {
+        self.inner.complete_multipart(key, upload_id, parts).await
+    }
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), reelhouse::storage::StoreError> {
+        self.inner.abort_multipart(key, upload_id).await
+    }
+    async fn list_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<Vec<reelhouse::storage::UploadedPart>, reelhouse::storage::StoreError> {
+        self.inner.list_parts(key, upload_id).await
+    }
+    async fn check(&self) -> Result<(), reelhouse::storage::StoreError> {
+        self.inner.check().await
+    }
+}
+
+/// Regression (issue 24 follow-up): a join that runs longer than the sweeper's
+/// patience with COMPLETING sessions (a quarter of an hour) and past the partial
+/// uploads' own expiry must not have them reopened, expired and deleted under it:
+/// the running join keeps their `updated_at` fresh, and the final session lives its
+/// own session length, not what the partials had left.
+#[actix_web::test]
+async fn tus_a_long_concatenation_keeps_its_partial_uploads_from_the_sweeper() {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let app = spawn_uploads_app(|s| s.uploads.sweep_interval_secs = 1).await;
+    let user = app.register_user().await;
+    let owner = user_id(&user);
+    let video = new_video(&app, owner).await;
+    let clip = small_clip();
+    let half = clip.len() / 2;
+    let a = partial(&app, &user, video, &clip[..half]).await;
+    let b = partial(&app, &user, video, &clip[half..]).await;
+    let parts: Vec<Uuid> = [&a, &b].iter().map(|url| Uuid::parse_str(&path_of(url)[9..]).unwrap()).collect();
+    // An hour left on the partial uploads when the final request comes.
+    let soon = chrono::Utc::now() + chrono::Duration::hours(1);
+    entities::upload::Entity::update_many()
+        .col_expr(entities::upload::Column::ExpiresAt, sea_orm::sea_query::Expr::value(soon))
+        .filter(entities::upload::Column::Id.is_in(parts.clone()))
+        .exec(&app.state.db)
+        .await
+        .unwrap();
+
+    // The join is held on reading the second partial upload's bytes.
+    let gate_key = upload_row(&app, &parts[1].to_string()).await.object_key;
+    let (reached, release) =
+        (std::sync::Arc::new(tokio::sync::Notify::new()), std::sync::Arc::new(tokio::sync::Notify::new()));
+    let mut state = app.state.clone();
+    state.store = std::sync::Arc::new(GatedStore {
+        inner: app.state.store.clone(),
+        key: gate_key,
+        reached: reached.clone(),
+        release: release.clone(),
+    });
+    let principal = reelhouse::auth::principal::Principal {
+        user_id: owner,
+        role: entities::Role::User,
+        method: reelhouse::auth::principal::AuthMethod::AccessToken,
+        family_id: None,
+        api_key_id: None,
+    };
+    let request = reelhouse::uploads::concat::FinalRequest {
+        video_id: Some(video),
+        metadata: None,
+        filename: Some("clip.mp4".into()),
+        content_type: Some("video/mp4".into()),
+        checksum_sha256: None,
+        parts: parts.clone(),
+    };
+    let joining =
+        actix_rt::spawn(async move { reelhouse::uploads::concat::concatenate(&state, &principal, request).await });
+    tokio::time::timeout(Duration::from_secs(60), reached.notified()).await.expect("the join reaches the second part");
+
+    // The final session has a session's length of its own, not the hour the partials had.
+    let finals: Vec<entities::upload::Model> = entities::upload::Entity::find()
+        .filter(entities::upload::Column::VideoId.eq(video))
+        .filter(entities::upload::Column::Id.is_not_in(parts.clone()))
+        .all(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(finals.len(), 1);
+    let final_row = finals[0].clone();
+    assert!(final_row.expires_at > chrono::Utc::now() + chrono::Duration::hours(23), "{final_row:?}");
+
+    // Let the join seem to have run a long while: its partial uploads' last sign of
+    // life 10 minutes ago (within the sweeper's quarter hour, so the background sweep
+    // of this test's app does not race what follows) and their session over. A live
+    // join shows itself again within `uploads.sweep_interval_secs`...
+    let long_ago = chrono::Utc::now() - chrono::Duration::minutes(10);
+    entities::upload::Entity::update_many()
+        .col_expr(entities::upload::Column::UpdatedAt, sea_orm::sea_query::Expr::value(long_ago))
+        .col_expr(
+            entities::upload::Column::ExpiresAt,
+            sea_orm::sea_query::Expr::value(chrono::Utc::now() - chrono::Duration::seconds(1)),
+        )
+        .filter(entities::upload::Column::Id.is_in(parts.clone()))
+        .exec(&app.state.db)
+        .await
+        .unwrap();
+    let refreshed = crate::helpers::eventually(100, || async {
+        let mut fresh = true;
+        for id in &parts {
+            fresh &= upload_row(&app, &id.to_string()).await.updated_at > long_ago + chrono::Duration::minutes(5);
+        }
+        fresh
+    })
+    .await;
+    assert!(refreshed, "the running join refreshes its partial uploads' updated_at");
+    // ...so that the sweeper (twice: reopening as stuck, then expiring, was the
+    // failure) leaves it be, though the partial uploads' own session has ended.
+    for _ in 0..2 {
+        reelhouse::uploads::sweeper::sweep_once(&app.state).await.unwrap();
+    }
+    for id in &parts {
+        assert_eq!(upload_row(&app, &id.to_string()).await.status, UploadStatus::Completing, "partial {id}");
+    }
+    assert_eq!(upload_row(&app, &final_row.id.to_string()).await.status, UploadStatus::Open);
+
+    release.notify_one();
+    let (row, completed) = joining.await.unwrap().expect("the join finishes");
+    assert_eq!(row.id, final_row.id);
+    let completed = completed.expect("the joined upload completes the video");
+    assert_eq!(completed.status, VideoStatus::Processing);
+    for id in &parts {
+        assert_eq!(upload_row(&app, &id.to_string()).await.status, UploadStatus::Completed);
+    }
+    let mut source = app.state.store.get(&reelhouse::storage::layout::source(owner, video), None).await.unwrap().body;
+    let mut stored = Vec::new();
+    while let Some(chunk) = futures::StreamExt::next(&mut source).await {
+        stored.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(stored == clip, "the source is the partial uploads in order");
+}
+
 /// Regression (review of tus concatenation): several sessions can write to the
 /// video's source key (a final upload whose join was cut off, left OPEN, next to the
 /// one that completed the video). Ending the stale one, by expiry or termination,
