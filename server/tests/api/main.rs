@@ -26,6 +26,7 @@ mod ready;
 mod redis_restart;
 mod runner;
 mod schema;
+mod session_cache;
 mod storage;
 mod subscriptions;
 mod totp;
