@@ -273,12 +273,23 @@ fn open_locked(path: &Path) -> Result<std::fs::File, StoreError> {
         .truncate(false)
         .open(path)
         .map_err(StoreError::io("open staging file"))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Busy),
-        Err(std::fs::TryLockError::Error(err)) => Err(StoreError::Io { op: "lock staging file", source: err }),
+    // A writer that just finished may still be closing its handle: wait a moment
+    // before calling the file busy.
+    for _ in 0..LOCK_ATTEMPTS {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => std::thread::sleep(LOCK_RETRY),
+            Err(std::fs::TryLockError::Error(err)) => {
+                return Err(StoreError::Io { op: "lock staging file", source: err })
+            }
+        }
     }
+    Err(StoreError::Busy)
 }
+
+/// How long [`open_locked`] waits for a staging file's lock: 50 × 10 ms.
+const LOCK_ATTEMPTS: u32 = 50;
+const LOCK_RETRY: Duration = Duration::from_millis(10);
 
 /// Hex SHA-256 of a file's first `len` bytes, read in place.
 fn hash_prefix(file: &mut std::fs::File, len: u64) -> Result<String, StoreError> {

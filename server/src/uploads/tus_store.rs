@@ -237,17 +237,26 @@ where
                 break;
             }
         };
-        let room = declared - writer.offset();
-        let take = usize::try_from(room).unwrap_or(usize::MAX).min(chunk.len());
-        writer.write(&chunk[..take]).await?;
-        if take < chunk.len() {
-            body_error = Some(past_declared(declared));
-            break;
+        let mut chunk = &chunk[..];
+        while !chunk.is_empty() {
+            if writer.offset() >= declared {
+                body_error = Some(past_declared(declared));
+                break;
+            }
+            // Synced and recorded at every multiple of the part size, as parts were.
+            let boundary = (writer.offset() / sync_every + 1) * sync_every;
+            let room = boundary.min(declared) - writer.offset();
+            let take = usize::try_from(room).unwrap_or(usize::MAX).min(chunk.len());
+            writer.write(&chunk[..take]).await?;
+            chunk = &chunk[take..];
+            if writer.offset() == boundary {
+                let offset = writer.sync().await?;
+                persist(state, row, durable, offset, tus).await?;
+                durable = offset;
+            }
         }
-        if writer.offset() - durable >= sync_every {
-            let offset = writer.sync().await?;
-            persist(state, row, durable, offset, tus).await?;
-            durable = offset;
+        if body_error.is_some() {
+            break;
         }
     }
     if writer.offset() > durable {
