@@ -150,7 +150,12 @@ impl Application {
         tracing::info!(transport = %mailer.describe(), "mail");
         let settings = Arc::new(settings);
         let login_failures = crate::limits::login::LoginFailures::new(&settings.auth, redis.clone());
-        let access_signals = crate::events::access::AccessSignals::new(redis.clone(), &instance_id);
+        let session_cache = Arc::new(crate::auth::session_cache::SessionCache::new(
+            settings.auth.session_cache_capacity,
+            Duration::from_secs(settings.auth.session_cache_ttl_secs.max(1)),
+            redis.is_none(),
+        ));
+        let access_signals = crate::events::access::AccessSignals::new(redis.clone(), &instance_id, session_cache);
         let state = AppState {
             settings: settings.clone(),
             db,

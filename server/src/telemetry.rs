@@ -346,6 +346,11 @@ pub const METRICS: &[MetricInfo] = {
             "Session credential re-checks put off because the database did not answer.",
         ),
         counter(
+            "reelhouse_session_cache_lookups_total",
+            "Access-token session checks by outcome: hit (no database), miss (read and cached), bypass (cache off or not trusted).",
+        ),
+        gauge("reelhouse_session_cache_entries", Some(Unit::Count), "Sessions held in this process's session cache."),
+        counter(
             "reelhouse_access_changes_total",
             "Access changes (session revoked, account disabled, deleted or re-roled) pushed to open sockets.",
         ),

@@ -266,6 +266,7 @@ pub async fn reset_password(
         .detail(serde_json::json!({ "sessionsRevoked": revoked }));
     audit::record(&txn, client, entry).await?;
     txn.commit().await?;
+    state.access_signals.announce(crate::events::access::AccessChange::user(user.id)).await;
     Ok(true)
 }
 
@@ -344,6 +345,7 @@ pub async fn change_password(
         .detail(serde_json::json!({ "sessionsRevoked": revoked }));
     audit::record(&txn, client, entry).await?;
     txn.commit().await?;
+    state.access_signals.announce(crate::events::access::AccessChange::user(user.id)).await;
     Ok(true)
 }
 

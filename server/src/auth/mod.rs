@@ -9,6 +9,7 @@ pub mod api_keys;
 pub mod password;
 pub mod principal;
 pub mod roles;
+pub mod session_cache;
 pub mod sessions;
 pub mod tokens;
 pub mod totp;

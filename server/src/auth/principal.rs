@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::auth::api_keys;
 use crate::auth::roles::rank;
+use crate::auth::session_cache::{CachedSession, Lookup};
 use crate::error::{AppError, ErrorCode};
 use crate::startup::AppState;
 
@@ -103,8 +104,9 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> RequestAuth 
 
 /// A valid signature is not enough: the session must not be revoked and the user
 /// must still be enabled, so revocation and demotion apply on the next request.
-/// Both are read in one query (the session joined with its user): this runs for
-/// every authenticated request.
+/// Both are read in one query (the session joined with its user) unless the
+/// session cache ([`crate::auth::session_cache`]) knows the answer: it is emptied
+/// of a session the moment an access change names it, here and on every instance.
 pub async fn authenticate_access_token(state: &AppState, token: &str) -> RequestAuth {
     let (claims, user_id) = match state.tokens.verify_access_token(token) {
         Ok(verified) => verified,
@@ -113,19 +115,31 @@ pub async fn authenticate_access_token(state: &AppState, token: &str) -> Request
             return RequestAuth::Invalid(INVALID_CREDENTIALS);
         }
     };
+    let sessions = state.access_signals.sessions();
+    let principal = |role: Role| Principal {
+        user_id,
+        role: lower_role(role, claims.role),
+        method: AuthMethod::AccessToken,
+        family_id: Some(claims.sid),
+        api_key_id: None,
+    };
+    let ticket = match sessions.get(claims.sid) {
+        Lookup::Hit(session) if session.user_id == user_id => {
+            return RequestAuth::Authenticated(principal(session.role));
+        }
+        Lookup::Hit(_) => return RequestAuth::Invalid(INVALID_CREDENTIALS),
+        Lookup::Miss | Lookup::Bypass => sessions.ticket(),
+    };
     let found =
         refresh_token_family::Entity::find_by_id(claims.sid).find_also_related(user::Entity).one(&state.db).await;
     match found {
         Ok(Some((family, Some(user))))
             if family.revoked_at.is_none() && family.user_id == user_id && !user.disabled =>
         {
-            RequestAuth::Authenticated(Principal {
-                user_id,
-                role: lower_role(user.role, claims.role),
-                method: AuthMethod::AccessToken,
-                family_id: Some(claims.sid),
-                api_key_id: None,
-            })
+            if let Some(ticket) = ticket {
+                sessions.insert(ticket, claims.sid, CachedSession { user_id, role: user.role });
+            }
+            RequestAuth::Authenticated(principal(user.role))
         }
         Ok(_) => RequestAuth::Invalid(INVALID_CREDENTIALS),
         Err(err) => {

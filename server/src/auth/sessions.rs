@@ -17,12 +17,13 @@ use chrono::{DateTime, Duration, Utc};
 use entities::{refresh_token, refresh_token_family, user};
 use rand::RngCore;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::auth::principal::ClientInfo;
 use crate::error::{AppError, AppResult};
+use crate::events::access::AccessChange;
 use crate::repo::audit::{self, AuditAction, AuditEntry, AuditOutcome};
 use crate::startup::AppState;
 
@@ -183,6 +184,7 @@ pub async fn rotate_refresh_token(state: &AppState, presented: &str, client: &Cl
         // Past its absolute lifetime: however fresh the token, the session is over.
         revoke_family_in(&txn, family.id, "session lifetime reached").await?;
         txn.commit().await?;
+        state.access_signals.announce(AccessChange::session(family.user_id, family.id)).await;
         return Err(AppError::unauthenticated(INVALID_REFRESH));
     }
     if !claimed {
@@ -194,6 +196,7 @@ pub async fn rotate_refresh_token(state: &AppState, presented: &str, client: &Cl
                 .detail(serde_json::json!({ "sessionId": family.id }));
             audit::record(&txn, client, entry).await?;
             txn.commit().await?;
+            state.access_signals.announce(AccessChange::session(family.user_id, family.id)).await;
             tracing::warn!(family_id = %family.id, user_id = %family.user_id, "refresh token reuse: session revoked");
         }
         return Err(AppError::unauthenticated(INVALID_REFRESH));
@@ -231,16 +234,18 @@ async fn revoke_family_in(db: &impl ConnectionTrait, family_id: Uuid, reason: &s
 }
 
 /// Revoke the session a refresh token belongs to, audited (`SESSION_REVOKED`, the
-/// session's user as actor) in the same transaction. `false` when the token is unknown.
-pub async fn logout(db: &DatabaseConnection, presented: &str, client: &ClientInfo) -> AppResult<bool> {
-    let txn = crate::db::begin_write(db).await?;
+/// session's user as actor) in the same transaction, and announced (the session
+/// cache and open sockets). `false` when the token is unknown.
+pub async fn logout(state: &AppState, presented: &str, client: &ClientInfo) -> AppResult<bool> {
+    let txn = crate::db::begin_write(&state.db).await?;
     let token = refresh_token::Entity::find()
         .filter(refresh_token::Column::TokenHash.eq(hash_refresh_token(presented)))
         .find_also_related(refresh_token_family::Entity)
         .one(&txn)
         .await?;
     let Some((token, Some(family))) = token else { return Ok(false) };
-    if revoke_family_in(&txn, token.family_id, "logout").await? > 0 {
+    let revoked = revoke_family_in(&txn, token.family_id, "logout").await? > 0;
+    if revoked {
         let entry = AuditEntry::new(AuditAction::SessionRevoked, AuditOutcome::Success)
             .actor(family.user_id)
             .target(family.id)
@@ -248,6 +253,9 @@ pub async fn logout(db: &DatabaseConnection, presented: &str, client: &ClientInf
         audit::record(&txn, client, entry).await?;
     }
     txn.commit().await?;
+    if revoked {
+        state.access_signals.announce(AccessChange::session(family.user_id, family.id)).await;
+    }
     Ok(true)
 }
 

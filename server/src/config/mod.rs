@@ -246,6 +246,13 @@ pub struct AuthSettings {
     /// Accounts whose address is not verified yet may upload (`createUpload`, tus).
     /// Off: they get `EMAIL_NOT_VERIFIED` until they follow the mailed link.
     pub unverified_can_upload: bool,
+    /// Sessions (id → user, role) whose access-token checks are answered from memory
+    /// instead of the database; invalidated at once by access changes (revocation,
+    /// role, disable, delete; across instances through Redis). 0 turns the cache off.
+    pub session_cache_capacity: usize,
+    /// Seconds a cached session is trusted before it is read again (a safety net:
+    /// changes invalidate it at once).
+    pub session_cache_ttl_secs: u64,
 }
 
 impl Default for AuthSettings {
@@ -269,6 +276,8 @@ impl Default for AuthSettings {
             refresh_token_ttl_secs: 30 * 24 * 3600,
             session_max_lifetime_secs: 30 * 24 * 3600,
             unverified_can_upload: false,
+            session_cache_capacity: 100_000,
+            session_cache_ttl_secs: 60,
         }
     }
 }
@@ -666,6 +675,12 @@ impl Settings {
                     "list the signing key's public key (PEM) when auth.algorithm is EdDSA or RS256",
                 ));
             }
+        }
+        if self.auth.session_cache_capacity > 0 && !(1..=3600).contains(&self.auth.session_cache_ttl_secs) {
+            return Err(SettingsError::new("auth.session_cache_ttl_secs", "must be between 1 and 3600"));
+        }
+        if self.auth.session_cache_capacity > 10_000_000 {
+            return Err(SettingsError::new("auth.session_cache_capacity", "must be at most 10000000"));
         }
         if self.auth.access_token_ttl_secs == 0 {
             return Err(SettingsError::new("auth.access_token_ttl_secs", "must be positive"));

@@ -36,6 +36,10 @@ pub struct UploadSettings {
     pub tus_body_idle_timeout_secs: u64,
     /// Seconds between sweeps for expired sessions and orphaned multipart uploads.
     pub sweep_interval_secs: u64,
+    /// Local disk: tus bytes go into one staging file at their offset, renamed into
+    /// place by the last PATCH (each byte written once, no part buffers in memory).
+    /// Off: parts and an assembly copy, as on S3. Sessions keep the mode they began with.
+    pub tus_local_staging: bool,
 }
 
 impl Default for UploadSettings {
@@ -66,6 +70,7 @@ impl Default for UploadSettings {
             tus_buffer_per_user_bytes: 64 * MIB,
             tus_body_idle_timeout_secs: 30,
             sweep_interval_secs: 60,
+            tus_local_staging: true,
         }
     }
 }

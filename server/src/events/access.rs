@@ -8,6 +8,10 @@
 //!
 //! With Redis, changes travel to every instance on `{redis.key_prefix}access`,
 //! read by the same subscriber connection as the event relay (`fanout`).
+//!
+//! The same changes invalidate the process's session cache
+//! ([`crate::auth::session_cache`]) before any socket hears of them, synchronously,
+//! so the next request on this instance reads the database again.
 
 use std::sync::Arc;
 
@@ -15,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
+use crate::auth::session_cache::SessionCache;
 use crate::redis_client::RedisHandle;
 
 /// Changes buffered per listening socket; a socket that falls behind re-checks.
@@ -58,13 +63,53 @@ struct Envelope {
 pub struct AccessSignals {
     sender: broadcast::Sender<AccessChange>,
     redis: Option<(Arc<RedisHandle>, Arc<str>)>,
+    sessions: Arc<SessionCache>,
 }
 
+/// Longest wait for Redis to take a change before the caller's answer goes out.
+const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl AccessSignals {
-    /// Signals of this process, also published to Redis (as instance `origin`) when set.
-    pub fn new(redis: Option<Arc<RedisHandle>>, origin: &str) -> Self {
+    /// Signals of this process, also published to Redis (as instance `origin`) when
+    /// set. `sessions` is emptied of what each change names; without Redis it is
+    /// trusted from the start, with Redis once the relay has subscribed.
+    pub fn new(redis: Option<Arc<RedisHandle>>, origin: &str, sessions: Arc<SessionCache>) -> Self {
         let (sender, _) = broadcast::channel(CAPACITY);
-        Self { sender, redis: redis.map(|r| (r, Arc::from(origin))) }
+        sessions.set_stream_healthy(redis.is_none());
+        Self { sender, redis: redis.map(|r| (r, Arc::from(origin))), sessions }
+    }
+
+    /// The session cache these signals keep current.
+    pub fn sessions(&self) -> &SessionCache {
+        &self.sessions
+    }
+
+    /// The relay's subscription to the access channel began (`true`) or ended.
+    pub(crate) fn set_stream_healthy(&self, healthy: bool) {
+        self.sessions.set_stream_healthy(healthy);
+    }
+
+    /// [`AccessSignals::notify`], and wait (at most a second) until Redis has handed
+    /// the change to every instance's relay, so the caller's answer goes out only
+    /// after the other instances' session caches were told.
+    pub async fn announce(&self, change: AccessChange) {
+        metrics::counter!("reelhouse_access_changes_total").increment(1);
+        self.deliver_locally(change);
+        if let Some((redis, origin)) = &self.redis {
+            let envelope = Envelope { origin: origin.to_string(), change };
+            let Ok(payload) = serde_json::to_string(&envelope) else { return };
+            let published = tokio::time::timeout(PUBLISH_TIMEOUT, async {
+                let mut conn = redis.connection().await?;
+                let _: i64 = redis::cmd("PUBLISH").arg(channel(redis)).arg(&payload).query_async(&mut conn).await?;
+                anyhow::Ok(())
+            })
+            .await;
+            match published {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::warn!(error = %err, "publishing an access change to redis failed"),
+                Err(_) => tracing::warn!("publishing an access change to redis timed out"),
+            }
+        }
     }
 
     /// Changes from now on.
@@ -98,6 +143,7 @@ impl AccessSignals {
     }
 
     fn deliver_locally(&self, change: AccessChange) {
+        self.sessions.invalidate(&change);
         // No receivers is not an error: no socket is open.
         let _ = self.sender.send(change);
     }

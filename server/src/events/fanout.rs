@@ -121,6 +121,12 @@ pub async fn run_relay(
                         permit.success();
                     }
                     metrics::gauge!("reelhouse_event_relay_connected").set(1.0);
+                    // From now on access changes of other instances arrive: the
+                    // session cache may be trusted again (it starts empty).
+                    access.set_stream_healthy(true);
+                    // Not trusted once this connection ends, however it ends (also
+                    // by a panic, when the supervisor restarts the relay).
+                    let stream_guard = StreamHealth(&access);
                     tracing::info!(channel, "event relay subscribed");
                     if let Some(since) = lost_at.take() {
                         replay_since(&db, &bus, since - REPLAY_MARGIN).await;
@@ -137,6 +143,7 @@ pub async fn run_relay(
                             forward(&bus, &instance, &payload);
                         }
                     }
+                    drop(stream_guard);
                     metrics::gauge!("reelhouse_event_relay_connected").set(0.0);
                     tracing::warn!("event relay lost its redis connection; reconnecting");
                     lost_at = Some(Utc::now());
@@ -159,6 +166,15 @@ pub async fn run_relay(
             tokio::time::sleep(backoff).await;
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Marks the access stream unhealthy when dropped (see `auth::session_cache`).
+struct StreamHealth<'a>(&'a super::access::AccessSignals);
+
+impl Drop for StreamHealth<'_> {
+    fn drop(&mut self) {
+        self.0.set_stream_healthy(false);
     }
 }
 

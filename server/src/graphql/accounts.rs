@@ -282,7 +282,7 @@ impl AccountsMutation {
     /// End the session the refresh token belongs to. `false` if the token is unknown.
     async fn logout(&self, ctx: &Context<'_>, refresh_token: String) -> async_graphql::Result<bool> {
         let state = ctx.data::<AppState>()?;
-        sessions::logout(&state.db, &refresh_token, &client_info(ctx)).await.gql()
+        sessions::logout(state, &refresh_token, &client_info(ctx)).await.gql()
     }
 
     /// End every session of the caller, this one included.
@@ -298,7 +298,7 @@ impl AccountsMutation {
             .detail(serde_json::json!({ "reason": "revoke all sessions", "sessions": revoked }));
         audit::record(&txn, &client_info(ctx), entry).await.gql()?;
         txn.commit().await.gql()?;
-        state.access_signals.notify(crate::events::access::AccessChange::user(principal.user_id));
+        state.access_signals.announce(crate::events::access::AccessChange::user(principal.user_id)).await;
         Ok(true)
     }
 
@@ -380,7 +380,7 @@ impl AccountsMutation {
             .detail(serde_json::json!({ "from": from, "to": role }));
         audit::record(&txn, &client, entry).await.gql()?;
         txn.commit().await.gql()?;
-        state.access_signals.notify(crate::events::access::AccessChange::user(user.id));
+        state.access_signals.announce(crate::events::access::AccessChange::user(user.id)).await;
         Ok(user.into())
     }
 
@@ -406,7 +406,7 @@ impl AccountsMutation {
         audit::record(&txn, &client_info(ctx), entry).await.gql()?;
         txn.commit().await.gql()?;
         // Open sockets of the account close now, not at their next periodic re-check.
-        state.access_signals.notify(crate::events::access::AccessChange::user(user_id));
+        state.access_signals.announce(crate::events::access::AccessChange::user(user_id)).await;
         Ok(user.into())
     }
 }

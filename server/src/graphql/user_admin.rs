@@ -138,7 +138,7 @@ impl UserAdminMutation {
         }
         txn.commit().await.gql()?;
         if revoked {
-            state.access_signals.notify(AccessChange::session(family.user_id, family.id));
+            state.access_signals.announce(AccessChange::session(family.user_id, family.id)).await;
         }
         Ok(revoked)
     }
@@ -194,7 +194,7 @@ impl UserAdminMutation {
             }));
         audit::record(&txn, &client, entry).await.gql()?;
         txn.commit().await.gql()?;
-        state.access_signals.notify(AccessChange::user(id));
+        state.access_signals.announce(AccessChange::user(id)).await;
         Ok(Job(retired.job))
     }
 

@@ -25,9 +25,11 @@
 //! - `DELETE /uploads/{id}` terminates (aborts) the session.
 //!
 //! Only the user who opened a session may use its URL; anyone else gets 404.
-//! Bodies with an `Upload-Checksum`, or without a `Content-Length`, are spooled to
-//! a temp file (at most `uploads.tus_max_chunk_bytes`) and checked before a byte
-//! is stored; other bodies stream straight into storage parts.
+//! Bodies with an `Upload-Checksum`, or without a `Content-Length`, are stored whole
+//! or not at all (at most `uploads.tus_max_chunk_bytes`): on local disk they are
+//! written into the upload's staging file, checked, and cut off again if refused;
+//! elsewhere they are spooled to a temp file and checked before a byte is stored.
+//! Other bodies stream straight into the staging file (local disk) or storage parts.
 //!
 //! Slow bodies cannot pin memory: part buffers are reserved from the process-wide
 //! budget as bytes arrive, one user holds at most `uploads.tus_buffer_per_user_bytes`
@@ -659,17 +661,28 @@ async fn patch_locked(
 
     let idle = std::time::Duration::from_secs(state.settings.uploads.tus_body_idle_timeout_secs.max(1));
     let payload = with_idle_timeout(payload, idle);
-    let appended = if checksum.is_some() || content_length.is_none() {
+    let whole = checksum.is_some() || content_length.is_none();
+    let appended = if whole && tus_store::writes_whole_in_place(state, row) {
+        // Local staging file: written once at the offset, verified, cut off if refused.
+        let limit = remaining.min(state.settings.uploads.tus_max_chunk_bytes.max(1));
+        let digest = checksum.map(|checksum| match checksum {
+            Checksum::Sha1(digest) => tus_store::ExpectedDigest::Sha1(digest),
+            Checksum::Sha256(digest) => tus_store::ExpectedDigest::Sha256(digest),
+        });
+        let whole = tus_store::WholeBody { limit, digest };
+        match tus_store::append_whole(state, row, payload, whole).await.map_err(error)? {
+            Ok(offset) => Ok(tus_store::Appended { offset, body_error: None }),
+            Err(tus_store::Refused::TooLarge) if limit == remaining => return Err(too_large()),
+            Err(tus_store::Refused::TooLarge) => return Err(chunk_too_large(limit)),
+            Err(tus_store::Refused::Mismatch) => return Err(checksum_mismatch()),
+            Err(tus_store::Refused::Body(err)) => return Err(error(err)),
+        }
+    } else if whole {
         let limit = remaining.min(state.settings.uploads.tus_max_chunk_bytes.max(1));
         let spooled = match spool(payload, limit).await {
             Ok(spooled) => spooled,
             Err(SpoolError::TooLarge) if limit == remaining => return Err(too_large()),
-            Err(SpoolError::TooLarge) => {
-                return Err(error(AppError::new(
-                    ErrorCode::PayloadTooLarge,
-                    format!("a PATCH with a checksum or without Content-Length may carry at most {limit} bytes"),
-                )))
-            }
+            Err(SpoolError::TooLarge) => return Err(chunk_too_large(limit)),
             Err(SpoolError::Body(err)) => return Err(error(err)),
         };
         if let Some(checksum) = &checksum {
@@ -678,11 +691,7 @@ async fn patch_locked(
                 Checksum::Sha256(expected) => spooled.sha256 == *expected,
             };
             if !ok {
-                let err = AppError::bad_input("the body does not match Upload-Checksum; nothing was stored");
-                return Err(error_with_status(
-                    StatusCode::from_u16(CHECKSUM_MISMATCH).unwrap_or(StatusCode::BAD_REQUEST),
-                    &err,
-                ));
+                return Err(checksum_mismatch());
             }
         }
         tus_store::append(state, row, file_stream(spooled.file)).await
@@ -708,6 +717,18 @@ async fn patch_locked(
         Ok(_) => Ok((appended.offset, true)),
         Err(err) => Err(error(err)),
     }
+}
+
+fn chunk_too_large(limit: u64) -> HttpResponse {
+    error(AppError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("a PATCH with a checksum or without Content-Length may carry at most {limit} bytes"),
+    ))
+}
+
+fn checksum_mismatch() -> HttpResponse {
+    let err = AppError::bad_input("the body does not match Upload-Checksum; nothing was stored");
+    error_with_status(StatusCode::from_u16(CHECKSUM_MISMATCH).unwrap_or(StatusCode::BAD_REQUEST), &err)
 }
 
 struct Spooled {

@@ -38,6 +38,11 @@ pub enum StoreError {
     #[error("object key conflicts with an existing object")]
     KeyConflict,
 
+    /// Local disk only: another writer (maybe another process) holds the staging
+    /// file of this upload (see `ObjectStore::open_staged`).
+    #[error("another request is writing to this upload right now")]
+    Busy,
+
     #[error("invalid signature")]
     InvalidSignature,
 
@@ -103,7 +108,7 @@ impl StoreError {
             | StoreError::Body(_) => ErrorCode::BadUserInput,
             StoreError::NotFound { .. } | StoreError::UploadNotFound => ErrorCode::NotFound,
             StoreError::TooLarge { .. } => ErrorCode::PayloadTooLarge,
-            StoreError::KeyConflict => ErrorCode::Conflict,
+            StoreError::KeyConflict | StoreError::Busy => ErrorCode::Conflict,
             StoreError::InvalidSignature | StoreError::SignatureExpired => ErrorCode::Forbidden,
             StoreError::UploadClosed => ErrorCode::UploadClosed,
             StoreError::Unavailable { .. } | StoreError::CircuitOpen { .. } => ErrorCode::Unavailable,

@@ -186,4 +186,20 @@ impl ObjectStore for GuardedStore {
     async fn check(&self) -> Result<(), StoreError> {
         self.guard(self.inner.check()).await
     }
+
+    fn supports_staged(&self) -> bool {
+        self.inner.supports_staged()
+    }
+
+    async fn open_staged(&self, key: &str, upload_id: &str, offset: u64) -> Result<super::StagedWriter, StoreError> {
+        self.guard(self.inner.open_staged(key, upload_id, offset)).await
+    }
+
+    async fn staged_len(&self, key: &str, upload_id: &str) -> Result<Option<u64>, StoreError> {
+        self.guard(self.inner.staged_len(key, upload_id)).await
+    }
+
+    async fn complete_staged(&self, key: &str, upload_id: &str, size: u64) -> Result<ObjectMeta, StoreError> {
+        self.guard(self.inner.complete_staged(key, upload_id, size)).await
+    }
 }

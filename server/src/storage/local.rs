@@ -8,6 +8,7 @@
 //! tmp/                     every write lands here first, then is renamed into place
 //! uploads/<id>/upload.json a multipart upload in progress (key, content type)
 //! uploads/<id>/part-NNNNN  its parts, concatenated on completion
+//! uploads/<id>/staging     or its one staging file (tus), renamed into place on completion
 //! ```
 //!
 //! A reader never sees a half-written object: bytes are written and synced to
@@ -15,6 +16,18 @@
 //! describes (a rename keeps both), so a reader that opens the object while a
 //! writer swaps it only trusts a sidecar that matches the file it actually holds,
 //! and otherwise falls back to an ETag made of size and mtime.
+//!
+//! ## Staging files
+//!
+//! A multipart upload the server writes itself (tus) may skip parts: the bytes go
+//! into `uploads/<id>/staging` at increasing offsets ([`StagedWriter`]), synced
+//! before the caller records an offset, and completion renames that file into
+//! place, so each byte is written to disk once. One writer at a time holds an
+//! exclusive lock on the file (also across processes sharing the root); opening at
+//! the recorded offset drops whatever a writer wrote after it and never recorded.
+//! The SHA-256 the sidecar needs is carried along as bytes are written (kept per
+//! upload in memory at the last synced offset); after a restart it is computed from
+//! the file at completion, reading it once in place.
 //!
 //! ## Signed URLs
 //!
@@ -67,6 +80,11 @@ const BACKEND: &str = "local";
 const SIGNATURE_VERSION: &str = "reelhouse-storage-v2";
 const READ_CHUNK: usize = 64 * 1024;
 const WRITE_BUFFER: usize = 256 * 1024;
+/// The staging file of a multipart upload written at offsets (see "Staging files").
+const STAGING_FILE: &str = "staging";
+/// Running hashes of staging files kept at most (one per upload being written; a
+/// dropped one is computed from the file at completion instead).
+const MAX_STAGED_HASHES: usize = 4096;
 /// A signing key shorter than this is refused: it would be guessable.
 pub const MIN_SIGNING_KEY_LEN: usize = 32;
 
@@ -111,7 +129,11 @@ pub struct LocalStore {
     uploads: PathBuf,
     signing_key: Vec<u8>,
     public_base_url: Url,
+    staged_hashes: StagedHashes,
 }
+
+/// Per upload id: the SHA-256 state of a staging file's first `offset` bytes.
+type StagedHashes = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (u64, Sha256)>>>;
 
 impl std::fmt::Debug for LocalStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -176,6 +198,114 @@ struct Written {
     sha256: String,
 }
 
+/// Appends to the staging file of one multipart upload (see "Staging files" in the
+/// module documentation). Holds the file's lock until dropped. Bytes written are
+/// durable only after [`StagedWriter::sync`].
+pub struct StagedWriter {
+    writer: BufWriter<File>,
+    upload_id: String,
+    offset: u64,
+    /// SHA-256 of the file's first `offset` bytes, when known.
+    hasher: Option<Sha256>,
+    hashes: StagedHashes,
+}
+
+impl std::fmt::Debug for StagedWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StagedWriter").field("upload_id", &self.upload_id).field("offset", &self.offset).finish()
+    }
+}
+
+impl StagedWriter {
+    /// The end of what was written (synced or not).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Append `bytes` at [`StagedWriter::offset`].
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.writer.write_all(bytes).await.map_err(StoreError::io("write staging file"))?;
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(bytes);
+        }
+        self.offset += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Flush and sync: everything written so far survives a crash. Returns the offset.
+    pub async fn sync(&mut self) -> Result<u64, StoreError> {
+        self.writer.flush().await.map_err(StoreError::io("write staging file"))?;
+        self.writer.get_ref().sync_data().await.map_err(StoreError::io("sync staging file"))?;
+        if let (Some(hasher), Ok(mut hashes)) = (&self.hasher, self.hashes.lock()) {
+            if hashes.len() >= MAX_STAGED_HASHES && !hashes.contains_key(&self.upload_id) {
+                hashes.clear();
+            }
+            hashes.insert(self.upload_id.clone(), (self.offset, hasher.clone()));
+        }
+        Ok(self.offset)
+    }
+
+    /// Drop what was written after `offset` (not recorded by the caller: a body
+    /// refused after it was written, e.g. a checksum mismatch).
+    pub async fn truncate(&mut self, offset: u64) -> Result<(), StoreError> {
+        self.writer.flush().await.map_err(StoreError::io("write staging file"))?;
+        let file = self.writer.get_mut();
+        file.set_len(offset).await.map_err(StoreError::io("truncate staging file"))?;
+        file.seek(std::io::SeekFrom::Start(offset)).await.map_err(StoreError::io("seek staging file"))?;
+        self.offset = offset;
+        self.hasher = cached_hash(&self.hashes, &self.upload_id, offset);
+        Ok(())
+    }
+}
+
+/// The running hash of `upload_id` if it covers exactly the first `offset` bytes.
+fn cached_hash(hashes: &StagedHashes, upload_id: &str, offset: u64) -> Option<Sha256> {
+    let hashes = hashes.lock().ok()?;
+    hashes.get(upload_id).filter(|(at, _)| *at == offset).map(|(_, hasher)| hasher.clone())
+}
+
+/// Open (creating it) and lock a staging file; `Busy` if another writer holds it.
+fn open_locked(path: &Path) -> Result<std::fs::File, StoreError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(StoreError::io("open staging file"))?;
+    // A writer that just finished may still be closing its handle: wait a moment
+    // before calling the file busy.
+    for _ in 0..LOCK_ATTEMPTS {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => std::thread::sleep(LOCK_RETRY),
+            Err(std::fs::TryLockError::Error(err)) => {
+                return Err(StoreError::Io { op: "lock staging file", source: err })
+            }
+        }
+    }
+    Err(StoreError::Busy)
+}
+
+/// How long [`open_locked`] waits for a staging file's lock: 50 × 10 ms.
+const LOCK_ATTEMPTS: u32 = 50;
+const LOCK_RETRY: Duration = Duration::from_millis(10);
+
+/// Hex SHA-256 of a file's first `len` bytes, read in place.
+fn hash_prefix(file: &mut std::fs::File, len: u64) -> Result<String, StoreError> {
+    use std::io::{Read as _, Seek as _};
+    file.seek(std::io::SeekFrom::Start(0)).map_err(StoreError::io("hash staging file"))?;
+    let mut hasher = Sha256::new();
+    let copied = std::io::copy(&mut file.take(len), &mut hasher).map_err(StoreError::io("hash staging file"))?;
+    if copied != len {
+        return Err(StoreError::Io {
+            op: "hash staging file",
+            source: std::io::Error::new(ErrorKind::UnexpectedEof, "the staging file ended early"),
+        });
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
 impl LocalStore {
     /// Create the directories under `root` if needed and check the configuration.
     pub fn new(config: LocalStoreConfig) -> Result<Self, StoreError> {
@@ -202,6 +332,7 @@ impl LocalStore {
             root,
             signing_key: config.signing_key,
             public_base_url,
+            staged_hashes: StagedHashes::default(),
         };
         for dir in [&store.objects, &store.meta, &store.tmp, &store.uploads] {
             std::fs::create_dir_all(dir).map_err(StoreError::io("create storage directories"))?;
@@ -226,6 +357,14 @@ impl LocalStore {
                 };
                 if meta.modified().map(|m| m >= cutoff).unwrap_or(true) {
                     continue;
+                }
+                // Appending to a staging file does not touch its directory's mtime.
+                if is_dir {
+                    if let Ok(staging) = fs::metadata(entry.path().join(STAGING_FILE)).await {
+                        if staging.modified().map(|m| m >= cutoff).unwrap_or(true) {
+                            continue;
+                        }
+                    }
                 }
                 let result =
                     if is_dir { fs::remove_dir_all(entry.path()).await } else { fs::remove_file(entry.path()).await };
@@ -918,6 +1057,9 @@ impl ObjectStore for LocalStore {
         observe(BACKEND, "abort_multipart", key, async {
             validate_key(key)?;
             let (dir, _) = self.open_upload(key, upload_id).await?;
+            if let Ok(mut hashes) = self.staged_hashes.lock() {
+                hashes.remove(upload_id);
+            }
             match fs::remove_dir_all(&dir).await {
                 Ok(()) => Ok(()),
                 Err(err) if is_missing(&err) => Err(StoreError::UploadNotFound),
@@ -961,6 +1103,116 @@ impl ObjectStore for LocalStore {
             }
             parts.sort_by_key(|p| p.number);
             Ok(parts)
+        })
+        .await
+    }
+
+    fn supports_staged(&self) -> bool {
+        true
+    }
+
+    #[tracing::instrument(name = "storage open staged", skip_all, fields(otel.kind = "client", storage.backend = "local", storage.key = %key))]
+    async fn open_staged(&self, key: &str, upload_id: &str, offset: u64) -> Result<StagedWriter, StoreError> {
+        observe(BACKEND, "open_staged", key, async {
+            validate_key(key)?;
+            let (dir, _) = self.open_upload(key, upload_id).await?;
+            let path = dir.join(STAGING_FILE);
+            let file = tokio::task::spawn_blocking(move || {
+                let file = open_locked(&path)?;
+                let len = file.metadata().map_err(StoreError::io("stat staging file"))?.len();
+                if len < offset {
+                    return Err(StoreError::Io {
+                        op: "open staging file",
+                        source: std::io::Error::new(
+                            ErrorKind::UnexpectedEof,
+                            format!("the staging file has {len} bytes, fewer than the recorded {offset}"),
+                        ),
+                    });
+                }
+                if len > offset {
+                    // Written by a request that never recorded them: not acknowledged.
+                    file.set_len(offset).map_err(StoreError::io("truncate staging file"))?;
+                }
+                Ok(file)
+            })
+            .await
+            .map_err(|err| StoreError::Io { op: "open staging file", source: std::io::Error::other(err) })??;
+            let mut file = File::from_std(file);
+            file.seek(std::io::SeekFrom::Start(offset)).await.map_err(StoreError::io("seek staging file"))?;
+            let hasher =
+                if offset == 0 { Some(Sha256::new()) } else { cached_hash(&self.staged_hashes, upload_id, offset) };
+            Ok(StagedWriter {
+                writer: BufWriter::with_capacity(WRITE_BUFFER, file),
+                upload_id: upload_id.to_owned(),
+                offset,
+                hasher,
+                hashes: self.staged_hashes.clone(),
+            })
+        })
+        .await
+    }
+
+    async fn staged_len(&self, key: &str, upload_id: &str) -> Result<Option<u64>, StoreError> {
+        observe(BACKEND, "staged_len", key, async {
+            validate_key(key)?;
+            let dir = match self.open_upload(key, upload_id).await {
+                Ok((dir, _)) => dir,
+                Err(StoreError::UploadNotFound) => return Ok(None),
+                Err(err) => return Err(err),
+            };
+            match fs::metadata(dir.join(STAGING_FILE)).await {
+                Ok(meta) => Ok(Some(meta.len())),
+                Err(err) if is_missing(&err) => Ok(None),
+                Err(err) => Err(StoreError::Io { op: "stat staging file", source: err }),
+            }
+        })
+        .await
+    }
+
+    #[tracing::instrument(name = "storage complete staged", skip_all, fields(otel.kind = "client", storage.backend = "local", storage.key = %key))]
+    async fn complete_staged(&self, key: &str, upload_id: &str, size: u64) -> Result<ObjectMeta, StoreError> {
+        observe(BACKEND, "complete_staged", key, async {
+            validate_key(key)?;
+            let (dir, info) = self.open_upload(key, upload_id).await?;
+            let path = dir.join(STAGING_FILE);
+            let cached = cached_hash(&self.staged_hashes, upload_id, size).map(|h| hex::encode(h.finalize()));
+            let (lock, sha256) = {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    if !path.exists() {
+                        return Err(StoreError::InvalidRequest("nothing has been uploaded yet".into()));
+                    }
+                    let mut file = open_locked(&path)?;
+                    let len = file.metadata().map_err(StoreError::io("stat staging file"))?.len();
+                    if len < size {
+                        return Err(StoreError::InvalidRequest(format!(
+                            "the upload is not finished: {len} of {size} bytes have arrived"
+                        )));
+                    }
+                    if len > size {
+                        file.set_len(size).map_err(StoreError::io("truncate staging file"))?;
+                    }
+                    file.sync_all().map_err(StoreError::io("sync staging file"))?;
+                    let sha256 = match cached {
+                        Some(sha256) => sha256,
+                        None => hash_prefix(&mut file, size)?,
+                    };
+                    Ok((file, sha256))
+                })
+                .await
+                .map_err(|err| StoreError::Io { op: "complete staged upload", source: std::io::Error::other(err) })??
+            };
+            // Renamed with its lock held: no writer can slip in between.
+            let written = Written { temp: TempFile { path, keep: true }, size, sha256 };
+            let meta = self.commit(key, written, info.content_type).await?;
+            drop(lock);
+            if let Ok(mut hashes) = self.staged_hashes.lock() {
+                hashes.remove(upload_id);
+            }
+            if let Err(err) = fs::remove_dir_all(&dir).await {
+                tracing::warn!(error = %err, "could not remove a completed multipart upload; sweep_stale will");
+            }
+            Ok(meta)
         })
         .await
     }

@@ -27,7 +27,7 @@ use serde::Serialize;
 pub use error::StoreError;
 pub use guarded::GuardedStore;
 pub use key::{validate_key, validate_prefix, MAX_KEY_LEN};
-pub use local::{LocalStore, LocalStoreConfig};
+pub use local::{LocalStore, LocalStoreConfig, StagedWriter};
 pub use local_http::configure_signed_routes;
 pub use s3::{S3Store, S3StoreConfig};
 
@@ -336,6 +336,34 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// Readiness probe. S3: `HeadBucket`; local: the root is writable.
     async fn check(&self) -> Result<(), StoreError>;
+
+    /// Whether a multipart upload can instead be written as one staging file at
+    /// increasing offsets ([`ObjectStore::open_staged`], local disk), so every byte is
+    /// written once: no parts, no assembly copy.
+    fn supports_staged(&self) -> bool {
+        false
+    }
+
+    /// Open the staging file of multipart upload `upload_id` (of `key`) to append at
+    /// `offset`, the last offset its caller recorded: bytes past it (written by a
+    /// request that never recorded them) are dropped; a file shorter than `offset` is
+    /// an error. One writer at a time, also across processes (a file lock): another
+    /// gets [`StoreError::Busy`].
+    async fn open_staged(&self, _key: &str, _upload_id: &str, _offset: u64) -> Result<StagedWriter, StoreError> {
+        Err(StoreError::InvalidRequest("this store writes multipart uploads as parts".into()))
+    }
+
+    /// How many bytes the staging file of `upload_id` holds (`None`: none).
+    async fn staged_len(&self, _key: &str, _upload_id: &str) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+
+    /// Make the first `size` bytes of the staging file of `upload_id` the object at
+    /// `key` (a rename: no copy) and end the multipart upload.
+    /// [`StoreError::UploadNotFound`] when the upload is gone (completed before).
+    async fn complete_staged(&self, _key: &str, _upload_id: &str, _size: u64) -> Result<ObjectMeta, StoreError> {
+        Err(StoreError::InvalidRequest("this store writes multipart uploads as parts".into()))
+    }
 }
 
 /// Checks shared by both backends before presigning.

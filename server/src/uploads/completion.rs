@@ -349,6 +349,14 @@ async fn assemble(state: &AppState, row: &upload::Model, declared: u64) -> Resul
                 row.offset_bytes
             ))));
         }
+        if tus.staged {
+            return match store.complete_staged(&row.object_key, upload_id, declared).await {
+                Ok(_) => Ok(()),
+                Err(StoreError::UploadNotFound) => already_assembled(state, row, declared).await,
+                Err(StoreError::InvalidRequest(reason)) => Err(Failure::Reopen(AppError::bad_input(reason))),
+                Err(err) => Err(err.into()),
+            };
+        }
         tus.parts.into_iter().map(|p| CompletedPart { number: p.number, etag: p.etag }).collect()
     } else if row.method == UploadMethod::Presigned {
         return Ok(());

@@ -140,6 +140,7 @@ pub async fn concatenate(
         part_size: part_size_for(settings, u64::try_from(size).unwrap_or(0)),
         metadata: request.metadata.clone(),
         concat: Some(Concat::Final { parts: request.parts.clone() }),
+        staged: super::stages_tus(state),
         ..TusState::default()
     };
     let id = Uuid::now_v7();
@@ -353,8 +354,14 @@ async fn join(state: &AppState, row: &upload::Model, partials: &[upload::Model])
 async fn assemble_partial(state: &AppState, row: &upload::Model) -> AppResult<()> {
     let store = state.store.as_ref();
     if let (Some(upload_id), Some(tus)) = (&row.s3_upload_id, TusState::from_row(row)) {
+        let size = u64::try_from(row.declared_size).unwrap_or(0);
         let parts = tus.parts.iter().map(|p| CompletedPart { number: p.number, etag: p.etag.clone() }).collect();
-        match store.complete_multipart(&row.object_key, upload_id, parts).await {
+        let assembled = if tus.staged {
+            store.complete_staged(&row.object_key, upload_id, size).await.map(|_| ())
+        } else {
+            store.complete_multipart(&row.object_key, upload_id, parts).await.map(|_| ())
+        };
+        match assembled {
             // Gone: an earlier, failed concatenation assembled it already.
             Ok(_) | Err(StoreError::UploadNotFound) => {}
             Err(err) => return Err(err.into()),

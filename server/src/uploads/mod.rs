@@ -91,6 +91,11 @@ pub struct TusState {
     /// tus concatenation: a partial upload, or the final one made of partials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concat: Option<Concat>,
+    /// The bytes go into the multipart upload's one staging file at their offset
+    /// (local disk, `uploads.tus_local_staging`): `parts` stays empty, there is no
+    /// tail, and completion renames the file into place.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub staged: bool,
 }
 
 /// A session's role in tus concatenation.
@@ -140,6 +145,12 @@ impl TusState {
     pub fn is_final(&self) -> bool {
         matches!(self.concat, Some(Concat::Final { .. }))
     }
+}
+
+/// Whether new tus sessions of this process write one staging file (see
+/// [`TusState::staged`]).
+pub fn stages_tus(state: &AppState) -> bool {
+    state.settings.uploads.tus_local_staging && state.store.supports_staged()
 }
 
 /// Whether the session's bytes may complete its video by themselves: not a
@@ -287,6 +298,7 @@ pub async fn open_session(
                 metadata: options.metadata.clone(),
                 deferred: options.deferred,
                 concat: options.partial.then_some(Concat::Partial),
+                staged: stages_tus(state),
                 ..TusState::default()
             };
             row.parts = Set(Some(tus.to_json()));

@@ -10,6 +10,15 @@
 //! a crash between writing the tail and recording the offset loses nothing that
 //! was acknowledged. Each row update is conditional on the offset it started
 //! from, so two writers (two replicas) can never both advance a session.
+//!
+//! On local disk (`uploads.tus_local_staging`, [`TusState::staged`]) there are no
+//! parts and no tail: bytes are written straight into the multipart upload's one
+//! staging file at the recorded offset ([`crate::storage::StagedWriter`]), synced
+//! and recorded every `part_size` bytes and at the end of each request, and the
+//! last PATCH renames the file into place. A checksummed (or unknown-length) body
+//! is written there too, verified, and cut off again when refused: nothing is
+//! spooled, every byte is written once. No part buffer is held in memory, so the
+//! buffer budget is not charged.
 
 use bytes::{Bytes, BytesMut};
 use chrono::Utc;
@@ -34,7 +43,11 @@ pub async fn ensure_multipart(state: &AppState, row: &upload::Model) -> AppResul
         return Ok((upload_id.clone(), tus, row.object_key.clone()));
     }
     let size = u64::try_from(row.declared_size).unwrap_or(0);
-    let tus = TusState { part_size: part_size_for(&state.settings.uploads, size), ..TusState::default() };
+    let tus = TusState {
+        part_size: part_size_for(&state.settings.uploads, size),
+        staged: super::stages_tus(state),
+        ..TusState::default()
+    };
     let object_key = if row.s3_upload_id.is_none() {
         let video = entities::video::Entity::find_by_id(row.video_id)
             .one(&state.db)
@@ -106,6 +119,9 @@ where
 {
     let declared = u64::try_from(row.declared_size).unwrap_or(0);
     let (upload_id, mut tus, key) = ensure_multipart(state, row).await?;
+    if tus.staged {
+        return append_staged(state, row, &upload_id, &key, &tus, body).await;
+    }
     let part_size = tus.part_size;
     let store = state.store.as_ref();
     let key = key.as_str();
@@ -187,4 +203,158 @@ where
         durable = offset;
     }
     Ok(Appended { offset: durable, body_error })
+}
+
+fn past_declared(declared: u64) -> AppError {
+    AppError::new(ErrorCode::PayloadTooLarge, format!("the body goes past the declared length of {declared} bytes"))
+}
+
+/// [`append`] into the staging file: synced and recorded every part and at the end.
+async fn append_staged<S>(
+    state: &AppState,
+    row: &upload::Model,
+    upload_id: &str,
+    key: &str,
+    tus: &TusState,
+    mut body: S,
+) -> AppResult<Appended>
+where
+    S: Stream<Item = Result<Bytes, AppError>> + Unpin,
+{
+    let declared = u64::try_from(row.declared_size).unwrap_or(0);
+    let mut durable = u64::try_from(row.offset_bytes).unwrap_or(0);
+    if durable >= declared {
+        return Ok(Appended { offset: durable, body_error: None });
+    }
+    let mut writer = state.store.open_staged(key, upload_id, durable).await?;
+    let sync_every = tus.part_size.max(1);
+    let mut body_error = None;
+    while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(err) => {
+                body_error = Some(err);
+                break;
+            }
+        };
+        let mut chunk = &chunk[..];
+        while !chunk.is_empty() {
+            if writer.offset() >= declared {
+                body_error = Some(past_declared(declared));
+                break;
+            }
+            // Synced and recorded at every multiple of the part size, as parts were.
+            let boundary = (writer.offset() / sync_every + 1) * sync_every;
+            let room = boundary.min(declared) - writer.offset();
+            let take = usize::try_from(room).unwrap_or(usize::MAX).min(chunk.len());
+            writer.write(&chunk[..take]).await?;
+            chunk = &chunk[take..];
+            if writer.offset() == boundary {
+                let offset = writer.sync().await?;
+                persist(state, row, durable, offset, tus).await?;
+                durable = offset;
+            }
+        }
+        if body_error.is_some() {
+            break;
+        }
+    }
+    if writer.offset() > durable {
+        let offset = writer.sync().await?;
+        persist(state, row, durable, offset, tus).await?;
+        durable = offset;
+    }
+    Ok(Appended { offset: durable, body_error })
+}
+
+/// The digest a PATCH's `Upload-Checksum` names.
+pub enum ExpectedDigest {
+    Sha1(Vec<u8>),
+    Sha256(Vec<u8>),
+}
+
+/// A body that is stored whole or not at all (a checksum, or no `Content-Length`).
+pub struct WholeBody {
+    /// Most bytes it may have (at most what is left of the upload).
+    pub limit: u64,
+    pub digest: Option<ExpectedDigest>,
+}
+
+/// Why a whole body stored nothing.
+#[derive(Debug)]
+pub enum Refused {
+    TooLarge,
+    Mismatch,
+    Body(AppError),
+}
+
+/// Whether a whole body of this session can be written in place (staging file)
+/// instead of being spooled first.
+pub fn writes_whole_in_place(state: &AppState, row: &upload::Model) -> bool {
+    match TusState::from_row(row) {
+        Some(tus) => tus.staged,
+        // A ticket's session switching to tus decides now (`ensure_multipart`).
+        None => super::stages_tus(state),
+    }
+}
+
+/// Write a whole body into the staging file at the recorded offset, hashing it on
+/// the way; record it only if it is within `limit` and matches the digest, and cut
+/// it off again otherwise. Returns the new offset, or why nothing was stored.
+pub async fn append_whole<S>(
+    state: &AppState,
+    row: &upload::Model,
+    mut body: S,
+    whole: WholeBody,
+) -> AppResult<Result<u64, Refused>>
+where
+    S: Stream<Item = Result<Bytes, AppError>> + Unpin,
+{
+    use sha1::Sha1;
+    use sha2::{Digest, Sha256};
+    let (upload_id, tus, key) = ensure_multipart(state, row).await?;
+    if !tus.staged {
+        return Err(AppError::internal(anyhow::anyhow!("upload {} has no staging file", row.id)));
+    }
+    let durable = u64::try_from(row.offset_bytes).unwrap_or(0);
+    let mut writer = state.store.open_staged(&key, &upload_id, durable).await?;
+    let mut sha1 = matches!(whole.digest, Some(ExpectedDigest::Sha1(_))).then(Sha1::new);
+    let mut sha256 = matches!(whole.digest, Some(ExpectedDigest::Sha256(_))).then(Sha256::new);
+    let mut len = 0u64;
+    let refused = loop {
+        let Some(chunk) = body.next().await else { break None };
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(err) => break Some(Refused::Body(err)),
+        };
+        len += chunk.len() as u64;
+        if len > whole.limit {
+            break Some(Refused::TooLarge);
+        }
+        if let Some(hasher) = &mut sha1 {
+            hasher.update(&chunk);
+        }
+        if let Some(hasher) = &mut sha256 {
+            hasher.update(&chunk);
+        }
+        writer.write(&chunk).await?;
+    };
+    let refused = refused.or_else(|| {
+        let matches = match &whole.digest {
+            None => true,
+            Some(ExpectedDigest::Sha1(expected)) => sha1.map(|h| h.finalize().to_vec()).as_ref() == Some(expected),
+            Some(ExpectedDigest::Sha256(expected)) => sha256.map(|h| h.finalize().to_vec()).as_ref() == Some(expected),
+        };
+        (!matches).then_some(Refused::Mismatch)
+    });
+    if let Some(refused) = refused {
+        writer.truncate(durable).await?;
+        return Ok(Err(refused));
+    }
+    if writer.offset() == durable {
+        return Ok(Ok(durable));
+    }
+    let offset = writer.sync().await?;
+    persist(state, row, durable, offset, &tus).await?;
+    Ok(Ok(offset))
 }

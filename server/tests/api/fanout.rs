@@ -21,7 +21,7 @@ fn skip() -> bool {
 }
 
 /// A second instance on the first one's database, storage, Redis prefix and keys.
-async fn second_instance(first: &TestApp, redis_url: Option<String>) -> TestApp {
+pub(crate) async fn second_instance(first: &TestApp, redis_url: Option<String>) -> TestApp {
     let shared = first.state.settings.clone();
     spawn_app_with(move |s| {
         s.database = shared.database.clone();
@@ -46,7 +46,7 @@ async fn relays(app: &TestApp) -> i64 {
     answer.1
 }
 
-async fn wait_for_relays(app: &TestApp, n: i64) {
+pub(crate) async fn wait_for_relays(app: &TestApp, n: i64) {
     let ok = crate::helpers::eventually(100, || async { relays(app).await >= n }).await;
     assert!(ok, "relays never subscribed");
 }

@@ -28,6 +28,7 @@ mod redis_restart;
 mod remote_workers;
 mod runner;
 mod schema;
+mod session_cache;
 mod storage;
 mod subscriptions;
 mod totp;

@@ -339,6 +339,8 @@ async fn tus_patches_beyond_the_buffer_budget_get_503_and_lose_nothing() {
     let app = spawn_uploads_app(|s| {
         s.uploads.part_size_bytes = PART;
         s.uploads.tus_buffer_budget_bytes = PART;
+        // Part buffers exist where bytes go to parts (S3, or local without staging).
+        s.uploads.tus_local_staging = false;
     })
     .await;
     let user = app.register_user().await;
@@ -520,6 +522,13 @@ async fn tus_resumes_on_a_restarted_server() {
     let url = second.url(&format!("/uploads/{id}"));
     let at = offset(&client, &url, &user).await;
     assert_eq!(at, 6 * 1024 * 1024 + 12_345);
+    if second.state.store.supports_staged() {
+        // Local disk: one staging file holding exactly the acknowledged bytes, no parts.
+        let row = upload_row(&second, &id).await;
+        assert_eq!(staged_len(&second, &row).await, Some(at));
+        let upload_id = row.s3_upload_id.clone().unwrap();
+        assert!(second.state.store.list_parts(&row.object_key, &upload_id).await.unwrap().is_empty());
+    }
     send_rest(&client, &url, &user, &clip, at as usize, 2 * 1024 * 1024).await;
     assert_eq!(video_row(&second, video).await.status, VideoStatus::Processing);
     let mut body =
@@ -530,6 +539,12 @@ async fn tus_resumes_on_a_restarted_server() {
     }
     assert_eq!(hash.finalize().to_vec(), Sha256::digest(&clip).to_vec());
     drop(data_dir);
+}
+
+/// Bytes in the staging file of a session's multipart upload (local disk staging).
+async fn staged_len(app: &TestApp, row: &entities::upload::Model) -> Option<u64> {
+    let upload_id = row.s3_upload_id.as_deref()?;
+    app.state.store.staged_len(&row.object_key, upload_id).await.unwrap()
 }
 
 /// Build and run a server from `settings` (not a fresh database: the caller's).
@@ -598,7 +613,10 @@ async fn tus_expired_sessions_are_swept() {
     let id = path_of(&url).rsplit('/').next().unwrap().to_string();
     let row = upload_row(&app, &id).await;
     assert_eq!(row.offset_bytes, cut as i64);
-    assert!(source_exists(&app, user_id(&user), video).await, "the tail is staged");
+    assert!(
+        source_exists(&app, user_id(&user), video).await || staged_len(&app, &row).await == Some(cut as u64),
+        "the tail (or the staging file) holds the bytes"
+    );
 
     // Nothing is due yet.
     assert_eq!(reelhouse::uploads::sweeper::sweep_once(&app.state).await.unwrap(), 0);
@@ -613,6 +631,7 @@ async fn tus_expired_sessions_are_swept() {
     assert_eq!(video_row(&app, video).await.status, VideoStatus::Draft);
     assert!(!source_exists(&app, user_id(&user), video).await);
     let key = reelhouse::storage::layout::source(user_id(&user), video);
+    assert_eq!(staged_len(&app, &row).await, None, "the staging file is gone");
     // The multipart upload is gone (s3s-fs lists no parts instead of refusing).
     match app.state.store.list_parts(&key, row.s3_upload_id.as_deref().unwrap()).await {
         Err(reelhouse::storage::StoreError::UploadNotFound) => {}
@@ -678,6 +697,7 @@ async fn tus_slow_bodies_do_not_pin_the_buffer_budget() {
     let app = spawn_uploads_app(|s| {
         s.uploads.part_size_bytes = PART;
         s.uploads.tus_buffer_budget_bytes = BUDGET;
+        s.uploads.tus_local_staging = false;
     })
     .await;
     let clip = big_clip();
@@ -748,6 +768,7 @@ async fn tus_one_user_is_held_to_its_share_of_the_buffer_budget() {
         s.uploads.part_size_bytes = PART;
         s.uploads.tus_buffer_budget_bytes = 4 * PART;
         s.uploads.tus_buffer_per_user_bytes = PART;
+        s.uploads.tus_local_staging = false;
     })
     .await;
     let clip = big_clip();
@@ -1547,4 +1568,99 @@ async fn tus_ending_a_stale_session_keeps_the_accepted_source() {
     let meta = app.state.store.head(&source).await.expect("the accepted source survives the stale session's end");
     assert_eq!(meta.size, clip.len() as u64);
     assert_ne!(video_row(&app, video).await.status, VideoStatus::Draft);
+}
+
+// ---- local disk: one staging file, each byte written once (issue 19, item 3) -------
+
+async fn stored_sha256(app: &TestApp, key: &str) -> Vec<u8> {
+    let mut body = app.state.store.get(key, None).await.unwrap().body;
+    let mut hash = Sha256::new();
+    while let Some(chunk) = futures::StreamExt::next(&mut body).await {
+        hash.update(chunk.unwrap());
+    }
+    hash.finalize().to_vec()
+}
+
+/// On local disk a PATCH streams into the upload's staging file: a body larger than
+/// the whole buffer budget goes through in one request without reserving any of it,
+/// nothing is left in parts, and the last byte renames the file into place.
+#[actix_web::test]
+async fn tus_local_uploads_stream_into_one_staging_file() {
+    const PART: u64 = 5 * 1024 * 1024;
+    let app = spawn_uploads_app(|s| {
+        s.uploads.part_size_bytes = PART;
+        s.uploads.tus_buffer_budget_bytes = PART;
+        s.uploads.tus_buffer_per_user_bytes = PART;
+    })
+    .await;
+    if !app.state.store.supports_staged() {
+        eprintln!("skipped: staging files are a local-disk feature");
+        return;
+    }
+    let user = app.register_user().await;
+    let video = new_video(&app, user_id(&user)).await;
+    let clip = big_clip();
+    assert!(clip.len() as u64 > 2 * PART, "the clip must be larger than the whole budget");
+    let url = tus_session(&app, &user, video, clip.len()).await;
+    let id = path_of(&url).rsplit('/').next().unwrap().to_string();
+
+    let first = clip.len() - 100_000;
+    let res = patch(&app.client, &url, &user, 0, &clip[..first]).await;
+    assert_eq!(res.status(), 204, "{:?}", res.text().await);
+    let row = upload_row(&app, &id).await;
+    assert_eq!(row.offset_bytes, first as i64);
+    assert_eq!(staged_len(&app, &row).await, Some(first as u64));
+    let upload_id = row.s3_upload_id.clone().unwrap();
+    assert!(app.state.store.list_parts(&row.object_key, &upload_id).await.unwrap().is_empty(), "no parts");
+    assert_eq!(app.state.tus_buffers.available_bytes(), PART, "no part buffer was reserved");
+
+    let res = patch(&app.client, &url, &user, first as u64, &clip[first..]).await;
+    assert_eq!(res.status(), 204, "{:?}", res.text().await);
+    assert_eq!(video_row(&app, video).await.status, VideoStatus::Processing);
+    let key = reelhouse::storage::layout::source(user_id(&user), video);
+    assert_eq!(stored_sha256(&app, &key).await, Sha256::digest(&clip).to_vec());
+    // The sidecar's SHA-256 (the ETag) was carried along, not recomputed wrongly.
+    let meta = app.state.store.head(&key).await.unwrap();
+    assert_eq!(meta.etag.as_deref(), Some(hex::encode(Sha256::digest(&clip)).as_str()));
+    assert_eq!(staged_len(&app, &row).await, None, "the staging file became the source");
+}
+
+/// Bytes a request wrote into the staging file but never recorded (the server died
+/// before it could) are not the upload's: the next PATCH at the recorded offset
+/// replaces them, and while one writer holds the file another is refused.
+#[actix_web::test]
+async fn tus_unrecorded_staged_bytes_are_dropped_on_resume() {
+    let app = spawn_uploads_app(|s| s.uploads.part_size_bytes = 5 * 1024 * 1024).await;
+    if !app.state.store.supports_staged() {
+        eprintln!("skipped: staging files are a local-disk feature");
+        return;
+    }
+    let user = app.register_user().await;
+    let video = new_video(&app, user_id(&user)).await;
+    let clip = small_clip();
+    let url = tus_session(&app, &user, video, clip.len()).await;
+    let id = path_of(&url).rsplit('/').next().unwrap().to_string();
+    let cut = 40_000;
+    assert_eq!(patch(&app.client, &url, &user, 0, &clip[..cut]).await.status(), 204);
+
+    let row = upload_row(&app, &id).await;
+    let upload_id = row.s3_upload_id.clone().unwrap();
+    let mut writer = app.state.store.open_staged(&row.object_key, &upload_id, cut as u64).await.unwrap();
+    writer.write(&vec![0xAB; 30_000]).await.unwrap();
+    writer.sync().await.unwrap();
+    assert!(matches!(
+        app.state.store.open_staged(&row.object_key, &upload_id, cut as u64).await,
+        Err(reelhouse::storage::StoreError::Busy)
+    ));
+    let res = patch(&app.client, &url, &user, cut as u64, &clip[cut..]).await;
+    assert_eq!(res.status(), 409, "a second writer is refused while one holds the file");
+    drop(writer); // the crashed request is gone; nothing recorded its bytes
+    assert_eq!(staged_len(&app, &row).await, Some(cut as u64 + 30_000));
+    assert_eq!(offset(&app.client, &url, &user).await, cut as u64);
+
+    let res = patch(&app.client, &url, &user, cut as u64, &clip[cut..]).await;
+    assert_eq!(res.status(), 204, "{:?}", res.text().await);
+    assert_eq!(video_row(&app, video).await.status, VideoStatus::Processing);
+    let key = reelhouse::storage::layout::source(user_id(&user), video);
+    assert_eq!(stored_sha256(&app, &key).await, Sha256::digest(&clip).to_vec());
 }

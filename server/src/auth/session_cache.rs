@@ -1,0 +1,255 @@
+//! Access-token checks without the database: what a session (refresh-token family)
+//! amounts to — its user and that user's role, given the session is live and the
+//! user enabled — kept in memory, keyed by session id.
+//!
+//! Entries are dropped the moment an access change names them
+//! ([`crate::events::access::AccessChange`]: a session revoked, a user disabled,
+//! deleted, re-roled or signed out everywhere), delivered in-process synchronously
+//! and from the other instances through Redis. So the cache is only trusted while
+//! those changes can reach this process: always without Redis (one instance), and
+//! with Redis only while the relay is subscribed ([`SessionCache::set_stream_healthy`]);
+//! each change of that health empties the cache, because changes may have been
+//! missed in between. Otherwise every check reads the database, as without a cache.
+//!
+//! A fill races with a change: the check reads the database, a change commits and
+//! invalidates, then the check would store what it read before the change. Every
+//! invalidation advances an epoch, and a fill only stores if the epoch it saw before
+//! reading is still current ([`SessionCache::ticket`]), so a stale read is never kept.
+//!
+//! Bounded: at most `auth.session_cache_capacity` entries (expired ones go first,
+//! then arbitrary ones), each trusted for `auth.session_cache_ttl_secs` at most.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use entities::Role;
+use uuid::Uuid;
+
+use crate::events::access::AccessChange;
+
+/// What a live session of an enabled user amounts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CachedSession {
+    pub user_id: Uuid,
+    /// The user's current role (the token's role is capped by it).
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    session: CachedSession,
+    stored_at: Instant,
+}
+
+/// The answer of [`SessionCache::get`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    Hit(CachedSession),
+    /// Not cached (or expired): read the database, then [`SessionCache::insert`].
+    Miss,
+    /// The cache may not be trusted now (off, or changes may not reach this process).
+    Bypass,
+}
+
+pub struct SessionCache {
+    entries: RwLock<HashMap<Uuid, Entry>>,
+    /// Advanced (under the write lock) by every invalidation and health change.
+    epoch: AtomicU64,
+    healthy: AtomicBool,
+    capacity: usize,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for SessionCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionCache")
+            .field("len", &self.len())
+            .field("capacity", &self.capacity)
+            .field("healthy", &self.healthy.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionCache {
+    /// A cache of at most `capacity` sessions (0: off) trusted for `ttl` each.
+    /// `healthy`: whether access changes reach this process from the start (no Redis).
+    pub fn new(capacity: usize, ttl: Duration, healthy: bool) -> Self {
+        Self {
+            entries: RwLock::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
+            healthy: AtomicBool::new(healthy),
+            capacity,
+            ttl,
+        }
+    }
+
+    fn usable(&self) -> bool {
+        self.capacity > 0 && self.healthy.load(Ordering::Acquire)
+    }
+
+    pub fn get(&self, session_id: Uuid) -> Lookup {
+        if !self.usable() {
+            metrics::counter!("reelhouse_session_cache_lookups_total", "outcome" => "bypass").increment(1);
+            return Lookup::Bypass;
+        }
+        let found = self
+            .entries
+            .read()
+            .ok()
+            .and_then(|entries| entries.get(&session_id).copied())
+            .filter(|entry| entry.stored_at.elapsed() < self.ttl);
+        match found {
+            Some(entry) => {
+                metrics::counter!("reelhouse_session_cache_lookups_total", "outcome" => "hit").increment(1);
+                Lookup::Hit(entry.session)
+            }
+            None => {
+                metrics::counter!("reelhouse_session_cache_lookups_total", "outcome" => "miss").increment(1);
+                Lookup::Miss
+            }
+        }
+    }
+
+    /// Taken before reading the database; [`SessionCache::insert`] only stores if no
+    /// change happened since. `None` when the cache may not be used now.
+    pub fn ticket(&self) -> Option<u64> {
+        self.usable().then(|| self.epoch.load(Ordering::Acquire))
+    }
+
+    /// Store what the database said about a live session, unless anything changed
+    /// since `ticket` was taken.
+    pub fn insert(&self, ticket: u64, session_id: Uuid, session: CachedSession) {
+        let Ok(mut entries) = self.entries.write() else { return };
+        if self.epoch.load(Ordering::Acquire) != ticket || !self.usable() {
+            return;
+        }
+        if entries.len() >= self.capacity && !entries.contains_key(&session_id) {
+            let ttl = self.ttl;
+            entries.retain(|_, entry| entry.stored_at.elapsed() < ttl);
+            // Still full: make room for a tenth (arbitrary ones: they are read again).
+            if entries.len() >= self.capacity {
+                let drop: Vec<Uuid> = entries.keys().take((self.capacity / 10).max(1)).copied().collect();
+                for id in drop {
+                    entries.remove(&id);
+                }
+            }
+        }
+        entries.insert(session_id, Entry { session, stored_at: Instant::now() });
+        metrics::gauge!("reelhouse_session_cache_entries").set(entries.len() as f64);
+    }
+
+    /// Forget what `change` names: one session, or every session of its user.
+    pub fn invalidate(&self, change: &AccessChange) {
+        let Ok(mut entries) = self.entries.write() else { return };
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        match change.session_id {
+            Some(session_id) => {
+                entries.remove(&session_id);
+            }
+            None => entries.retain(|_, entry| entry.session.user_id != change.user_id),
+        }
+        metrics::gauge!("reelhouse_session_cache_entries").set(entries.len() as f64);
+    }
+
+    /// Whether access changes reach this process now (the Redis relay is subscribed).
+    /// Every transition empties the cache: changes may have been missed meanwhile.
+    pub fn set_stream_healthy(&self, healthy: bool) {
+        let Ok(mut entries) = self.entries.write() else { return };
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        entries.clear();
+        self.healthy.store(healthy, Ordering::Release);
+        metrics::gauge!("reelhouse_session_cache_entries").set(0.0);
+    }
+
+    /// Whether lookups may be answered from memory now (on, and changes arrive).
+    pub fn is_trusted(&self) -> bool {
+        self.usable()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.read().map(|entries| entries.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(user_id: Uuid) -> CachedSession {
+        CachedSession { user_id, role: Role::User }
+    }
+
+    #[test]
+    fn hits_after_a_fill_and_forgets_what_a_change_names() {
+        let cache = SessionCache::new(100, Duration::from_secs(60), true);
+        let (user, other) = (Uuid::now_v7(), Uuid::now_v7());
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        assert_eq!(cache.get(a), Lookup::Miss);
+        for (sid, owner) in [(a, user), (b, user), (c, other)] {
+            let ticket = cache.ticket().unwrap();
+            cache.insert(ticket, sid, session(owner));
+        }
+        assert_eq!(cache.get(a), Lookup::Hit(session(user)));
+        cache.invalidate(&AccessChange::session(user, a));
+        assert_eq!(cache.get(a), Lookup::Miss);
+        assert_eq!(cache.get(b), Lookup::Hit(session(user)));
+        cache.invalidate(&AccessChange::user(user));
+        assert_eq!(cache.get(b), Lookup::Miss);
+        assert_eq!(cache.get(c), Lookup::Hit(session(other)), "another user's session stays");
+    }
+
+    #[test]
+    fn a_fill_that_raced_a_change_is_not_kept() {
+        let cache = SessionCache::new(100, Duration::from_secs(60), true);
+        let (user, sid) = (Uuid::now_v7(), Uuid::now_v7());
+        let ticket = cache.ticket().unwrap();
+        // The database was read here; then the session is revoked.
+        cache.invalidate(&AccessChange::session(user, sid));
+        cache.insert(ticket, sid, session(user));
+        assert_eq!(cache.get(sid), Lookup::Miss);
+    }
+
+    #[test]
+    fn bounded_and_expiring() {
+        let cache = SessionCache::new(50, Duration::from_secs(60), true);
+        let user = Uuid::now_v7();
+        for _ in 0..1_000 {
+            let ticket = cache.ticket().unwrap();
+            cache.insert(ticket, Uuid::now_v7(), session(user));
+            assert!(cache.len() <= 50);
+        }
+        let short = SessionCache::new(50, Duration::from_millis(1), true);
+        let sid = Uuid::now_v7();
+        short.insert(short.ticket().unwrap(), sid, session(user));
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(short.get(sid), Lookup::Miss, "an expired entry is read again");
+    }
+
+    #[test]
+    fn not_trusted_while_changes_may_not_arrive() {
+        let cache = SessionCache::new(100, Duration::from_secs(60), false);
+        let sid = Uuid::now_v7();
+        assert_eq!(cache.get(sid), Lookup::Bypass);
+        assert!(cache.ticket().is_none());
+        cache.set_stream_healthy(true);
+        let ticket = cache.ticket().unwrap();
+        cache.insert(ticket, sid, session(Uuid::now_v7()));
+        assert!(matches!(cache.get(sid), Lookup::Hit(_)));
+        cache.set_stream_healthy(false);
+        assert_eq!(cache.get(sid), Lookup::Bypass);
+        cache.set_stream_healthy(true);
+        assert_eq!(cache.get(sid), Lookup::Miss, "reconnecting starts empty");
+        let off = SessionCache::new(0, Duration::from_secs(60), true);
+        assert_eq!(off.get(sid), Lookup::Bypass);
+    }
+}
