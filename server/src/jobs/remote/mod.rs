@@ -44,10 +44,13 @@ pub fn worker_state(current_jobs: i32, draining: bool) -> &'static str {
 #[rtype(result = "()")]
 pub struct TokenRevoked;
 
+/// A connection's token id and the address that tells it the token was revoked.
+type Connection = (Uuid, Recipient<TokenRevoked>);
+
 /// The remote workers connected to this process, by connection, with their token.
 #[derive(Clone, Default)]
 pub struct RemoteWorkers {
-    inner: Arc<Mutex<HashMap<Uuid, (Uuid, Recipient<TokenRevoked>)>>>,
+    inner: Arc<Mutex<HashMap<Uuid, Connection>>>,
 }
 
 impl RemoteWorkers {
