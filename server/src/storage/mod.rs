@@ -138,6 +138,22 @@ impl ByteRange {
         }
     }
 
+    /// The same range in S3's terms, whose positions are signed 64-bit: a `first`
+    /// past `i64::MAX` is past the end of any object (`None`: not satisfiable), a
+    /// larger `last` or suffix means the same as `i64::MAX` (clamped to the object).
+    /// S3-compatible stores refuse such a header outright (400 InvalidArgument),
+    /// which a `/media` request with `Range: bytes=18446744073709551615-` turned
+    /// into HTTP 500 (found by the fuzzer).
+    pub(crate) fn within_i64(self) -> Option<ByteRange> {
+        const MAX: u64 = i64::MAX as u64;
+        match self {
+            ByteRange::FromTo(first, _) | ByteRange::From(first) if first > MAX => None,
+            ByteRange::FromTo(first, last) => Some(ByteRange::FromTo(first, last.min(MAX))),
+            ByteRange::From(first) => Some(ByteRange::From(first)),
+            ByteRange::Suffix(n) => Some(ByteRange::Suffix(n.min(MAX))),
+        }
+    }
+
     /// Ranges that no object can satisfy (`first > last`, `-0`).
     pub(crate) fn is_never_satisfiable(self) -> bool {
         matches!(self, ByteRange::FromTo(first, last) if first > last) || self == ByteRange::Suffix(0)
@@ -393,6 +409,20 @@ mod tests {
         assert_eq!(ByteRange::Suffix(30).resolve(10), Some((0, 9)));
         assert_eq!(ByteRange::Suffix(0).resolve(10), None);
         assert_eq!(ByteRange::From(0).resolve(0), None);
+    }
+
+    #[test]
+    fn ranges_past_i64_are_put_in_s3_terms() {
+        let max = i64::MAX as u64;
+        assert_eq!(ByteRange::From(u64::MAX).within_i64(), None);
+        assert_eq!(ByteRange::FromTo(max + 1, u64::MAX).within_i64(), None);
+        assert_eq!(ByteRange::From(max).within_i64(), Some(ByteRange::From(max)));
+        assert_eq!(ByteRange::FromTo(3, u64::MAX).within_i64(), Some(ByteRange::FromTo(3, max)));
+        assert_eq!(ByteRange::Suffix(u64::MAX).within_i64(), Some(ByteRange::Suffix(max)));
+        assert_eq!(ByteRange::FromTo(0, 9).within_i64(), Some(ByteRange::FromTo(0, 9)));
+        // Clamping keeps the meaning for any real object.
+        assert_eq!(ByteRange::FromTo(3, u64::MAX).resolve(10), ByteRange::FromTo(3, max).resolve(10));
+        assert_eq!(ByteRange::Suffix(u64::MAX).resolve(10), ByteRange::Suffix(max).resolve(10));
     }
 
     #[test]
