@@ -10,7 +10,7 @@
 # Fails on any 5xx (a 503 with Retry-After excepted), any untyped error, any broken
 # tus rule, any byte served without a valid signature, a panic in the server log,
 # a server that no longer answers, or RSS grown by more than
-# REELHOUSE_FUZZ_RSS_BOUND_MIB (128) over the run.
+# REELHOUSE_FUZZ_RSS_BOUND_MIB (192) over the run.
 #
 # REELHOUSE_FUZZ_SCALE   multiply every case count (default 1: 10,000 GraphQL
 #                        documents on the embedded server; `make fuzz` uses 20)
@@ -29,9 +29,11 @@ if ! [[ "$scale" =~ ^[1-9][0-9]*$ ]]; then
   exit 2
 fi
 seed="${REELHOUSE_FUZZ_SEED:-$(od -An -N6 -tu8 /dev/urandom | tr -d ' ')}"
-# 128 MiB is the goal; the short run grows RSS by 150-850 MiB today (an open finding,
-# see README "Fuzzing"), so the stage fails only above 1 GiB until it is found.
-rss_bound="${REELHOUSE_FUZZ_RSS_BOUND_MIB:-1024}"
+# Since big freed buffers go back to the system (server/src/memory.rs,
+# docs/BENCHMARKS.md "Fuzzing and RSS") the short run grows the embedded server's RSS
+# by about 15 MiB for the GraphQL cases alone and 114 MiB for the whole mix (tus and
+# /media included, not broken down yet), the PostgreSQL + S3 one by 7 MiB.
+rss_bound="${REELHOUSE_FUZZ_RSS_BOUND_MIB:-192}"
 
 if ! command -v gst-launch-1.0 >/dev/null 2>&1; then
   scripts/bootstrap.sh --packages gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \

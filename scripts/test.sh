@@ -95,8 +95,8 @@ if [[ -x "$bin_dir/reelhouse-fuzz" ]]; then
     export REELHOUSE_FUZZ_BIN="$bin_dir/reelhouse-fuzz"
 fi
 # A fixed seed here (one that held), so `make test` does not fail at random on an
-# unfixed crasher a new seed finds; `make fuzz` draws new seeds. Open crashers
-# (seed 6009051882030: a tus PATCH 500, a /media 500 on S3) are in the issue notes.
+# unfixed crasher a new seed finds; `make fuzz` draws new seeds. What a seed found
+# is fixed with a regression test and kept in server/tests/fuzz-corpus/.
 if REELHOUSE_FUZZ_SEED="${REELHOUSE_FUZZ_SEED:-221425045392339}" scripts/test-fuzz.sh; then
     result[fuzz]=passed
 else

@@ -12,6 +12,10 @@ fn main() -> ExitCode {
         // The media jail child: no settings, no logging setup of the server's.
         return reelhouse::jail::child::main();
     }
+    if let Command::Serve | Command::Worker = cli.command {
+        // Long-lived processes that take big request bodies: see `memory`.
+        reelhouse::memory::fix_mmap_threshold();
+    }
     if let Command::ExportSchema = cli.command {
         print!("{}", reelhouse::graphql::sdl());
         return ExitCode::SUCCESS;
@@ -48,7 +52,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = actix_web::rt::System::new().block_on(run(cli.command, settings));
+    let system = actix_web::rt::System::new();
+    let result = system.block_on(run(cli.command, settings));
+    // `run` drains what it started (requests, jobs, the mail lane) before it returns.
+    // Whatever is still parked in the runtime (an actor's state, a pooled connection)
+    // is dropped with the runtime's context entered: sqlx and lettre destructors
+    // spawn a task to close their connections and would panic outside it.
+    let runtime = system.runtime().tokio_runtime().handle().clone();
+    {
+        let _context = runtime.enter();
+        drop(system);
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

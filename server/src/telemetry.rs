@@ -444,7 +444,7 @@ pub const METRICS: &[MetricInfo] = {
         counter("reelhouse_mail_queued_total", "Account mails enqueued as SEND_MAIL jobs, by template."),
         counter(
             "reelhouse_mail_sent_total",
-            "Delivery attempts of account mails, by template and outcome (sent, retry, failed).",
+            "Delivery attempts of account mails, by template and outcome (sent, retry, failed, interrupted).",
         ),
         seconds(JOB_ATTEMPT_SECONDS, "Seconds per job attempt run on this process, by kind."),
         MetricInfo {

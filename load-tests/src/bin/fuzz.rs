@@ -317,6 +317,11 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             tally: tally.clone(),
             seed,
         });
+        if let Some(dir) = &cli.corpus {
+            let corpus = tus::load_corpus(&dir.join("tus"))?;
+            eprintln!("reelhouse-fuzz: {} tus corpus sequences", corpus.len());
+            tus::run_corpus(tus_target.clone(), corpus, sent.clone()).await;
+        }
         for share in shares(cli.tus_sequences, cli.concurrency.div_ceil(2), None) {
             tasks.push(tokio::spawn(tus::run_worker(tus_target.clone(), share, sent.clone())));
         }
@@ -339,9 +344,16 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                     .and_then(|dir| std::fs::read_to_string(dir.join("media-paths.txt")).ok())
                     .map(|text| text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect())
                     .unwrap_or_default(),
+                extra_ranges: cli
+                    .corpus
+                    .as_ref()
+                    .and_then(|dir| std::fs::read_to_string(dir.join("media-ranges.txt")).ok())
+                    .map(|text| text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect())
+                    .unwrap_or_default(),
                 tally: tally.clone(),
                 seed,
             });
+            media::run_corpus(media_target.clone(), sent.clone()).await;
             for share in shares(cli.media_cases, cli.concurrency.div_ceil(2), None) {
                 tasks.push(tokio::spawn(media::run_worker(media_target.clone(), share, sent.clone())));
             }

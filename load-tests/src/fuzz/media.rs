@@ -44,6 +44,9 @@ pub struct Target {
     pub other_video: String,
     /// More paths to try under the video (the seed corpus's `media-paths.txt`).
     pub extra_paths: Vec<String>,
+    /// `Range` headers sent with the valid signature at every file before the
+    /// random cases, and drawn among them after (the corpus's `media-ranges.txt`).
+    pub extra_ranges: Vec<String>,
     pub tally: Arc<Tally>,
     pub seed: u64,
 }
@@ -402,7 +405,11 @@ async fn one_case(t: &Target, index: u64, rng: &mut impl Rng) {
     };
     let size = file.as_ref().map_or(1000, |f| f.body.len());
     if rng.gen_bool(0.6) {
-        headers.push(("Range".into(), random_range(rng, size)));
+        let range = match t.extra_ranges.choose(rng) {
+            Some(range) if rng.gen_bool(0.1) => range.clone(),
+            _ => random_range(rng, size),
+        };
+        headers.push(("Range".into(), range));
     }
     if rng.gen_bool(0.15) {
         let value = ["\"x\"", "*", "W/\"x\"", "\"", "Thu, 01 Jan 1970 00:00:00 GMT", "garbage"]
@@ -449,6 +456,28 @@ fn mutate_storage_query(rng: &mut impl Rng, valid: &str) -> (String, bool) {
         3 => (valid.replace("PUT", "GET"), false),
         4 => (format!("{valid}&e=1"), false),
         _ => (String::new(), false),
+    }
+}
+
+/// Every corpus `Range` at every file of the video, signed, GET and HEAD.
+pub async fn run_corpus(t: Arc<Target>, sent: Arc<AtomicU64>) {
+    for range in &t.extra_ranges {
+        for file in &t.files {
+            for method in ["GET", "HEAD"] {
+                t.tally.class("media corpus");
+                let case = format!("media corpus {range:?}");
+                let headers = vec![("Range".to_string(), range.clone())];
+                let input = format!("{method} {}\n{headers:?}", file.target);
+                match raw_request(&t.authority, method, &file.target, &headers, &[]).await {
+                    Ok(answer) => judge(&t, "media", &case, &input, &answer, true, method),
+                    Err(err) => {
+                        t.tally.answer("media", "no-answer");
+                        t.tally.fail("media", &case, format!("no answer: {err:#}"), &input, "");
+                    }
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 }
 

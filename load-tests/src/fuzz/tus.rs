@@ -607,3 +607,157 @@ async fn override_method(target: &Target, case: &str, rng: &mut impl Rng, upload
     }
     head(target, case, upload).await;
 }
+
+/// One step of a corpus sequence (`server/tests/fuzz-corpus/tus/*.tus`, see its README).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorpusStep {
+    /// `create [partial] LENGTH`: POST with `Upload-Length` and good metadata.
+    Create { length: u64, partial: bool },
+    /// `patch BYTES [checksum]`: a PATCH of that many bytes at the current offset.
+    Patch { bytes: u64, checksum: bool },
+    /// `head`: HEAD, checked against what was accepted.
+    Head,
+}
+
+/// Parse a corpus sequence: one step a line, `#` starts a comment.
+pub fn parse_corpus(text: &str) -> anyhow::Result<Vec<CorpusStep>> {
+    let mut steps = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let number = |w: Option<&&str>| -> anyhow::Result<u64> {
+            w.and_then(|w| w.parse().ok()).ok_or_else(|| anyhow::anyhow!("line {}: a number expected: {line}", n + 1))
+        };
+        steps.push(match words.first().copied() {
+            Some("create") if words.get(1) == Some(&"partial") => {
+                CorpusStep::Create { length: number(words.get(2))?, partial: true }
+            }
+            Some("create") => CorpusStep::Create { length: number(words.get(1))?, partial: false },
+            Some("patch") => {
+                CorpusStep::Patch { bytes: number(words.get(1))?, checksum: words.get(2) == Some(&"checksum") }
+            }
+            Some("head") => CorpusStep::Head,
+            _ => anyhow::bail!("line {}: unknown step: {line}", n + 1),
+        });
+    }
+    Ok(steps)
+}
+
+/// The corpus: `*.tus` files sorted by name, parsed.
+pub fn load_corpus(dir: &std::path::Path) -> anyhow::Result<Vec<(String, Vec<CorpusStep>)>> {
+    use anyhow::Context as _;
+    let mut paths: Vec<_> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "tus"))
+            .collect(),
+        Err(_) => return Ok(Vec::new()),
+    };
+    paths.sort();
+    let mut out = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        out.push((name, parse_corpus(&text).with_context(|| format!("parsing {}", path.display()))?));
+    }
+    Ok(out)
+}
+
+/// Replay every corpus sequence (on a fresh video each), judged like generated ones.
+pub async fn run_corpus(target: Arc<Target>, corpus: Vec<(String, Vec<CorpusStep>)>, sent: Arc<AtomicU64>) {
+    for (name, steps) in corpus {
+        target.tally.class("tus corpus");
+        let case = format!("tus corpus {name}");
+        let video = match (target.new_video)().await {
+            Ok(video) => video,
+            Err(err) => {
+                target.tally.fail(NAME, &case, format!("cannot create a video for the sequence: {err:#}"), "", "");
+                continue;
+            }
+        };
+        let mut upload: Option<Upload> = None;
+        for (i, step) in steps.iter().enumerate() {
+            let step_case = format!("{case} step {i}");
+            sent.fetch_add(1, Ordering::Relaxed);
+            match (step, &mut upload) {
+                (CorpusStep::Create { length, partial }, _) => {
+                    let metadata =
+                        format!("videoId {},filename {},filetype {}", b64(&video), b64("fuzz.mp4"), b64("video/mp4"));
+                    let mut request = target
+                        .http
+                        .post(format!("{}/uploads/", target.base))
+                        .bearer_auth(&target.token)
+                        .header("Tus-Resumable", "1.0.0")
+                        .header("Upload-Length", length.to_string())
+                        .header("Upload-Metadata", &metadata);
+                    if *partial {
+                        request = request.header("Upload-Concat", "partial");
+                    }
+                    let input = format!("POST /uploads/ Upload-Length: {length} partial: {partial}");
+                    let Ok(answer) = send(request).await else { continue };
+                    if judge_common(&target, &step_case, "POST", &input, &answer) && answer.status == 201 {
+                        if let Some(location) = answer.location {
+                            let url = if location.starts_with("http") {
+                                location
+                            } else {
+                                format!("{}{location}", target.base)
+                            };
+                            upload = Some(Upload { url, length: Some(*length), offset: 0, gone: false });
+                        }
+                    }
+                }
+                (CorpusStep::Patch { bytes, checksum }, Some(upload)) => {
+                    let body: Vec<u8> = (0..*bytes).map(|i| (i % 251) as u8).collect();
+                    let mut request = target
+                        .http
+                        .patch(&upload.url)
+                        .bearer_auth(&target.token)
+                        .header("Tus-Resumable", "1.0.0")
+                        .header("Content-Type", "application/offset+octet-stream")
+                        .header("Upload-Offset", upload.offset.to_string());
+                    if *checksum {
+                        let digest = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&body));
+                        request = request.header("Upload-Checksum", format!("sha256 {digest}"));
+                    }
+                    let input = format!(
+                        "PATCH {} Upload-Offset: {} ({bytes} bytes, checksum: {checksum})",
+                        upload.url, upload.offset
+                    );
+                    let Ok(answer) = send(request.body(body)).await else { continue };
+                    if judge_common(&target, &step_case, "PATCH", &input, &answer) && answer.status == 204 {
+                        upload.offset = answer.offset.unwrap_or(upload.offset);
+                    }
+                }
+                (CorpusStep::Head, Some(upload)) => {
+                    head(&target, &step_case, upload).await;
+                }
+                (_, None) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corpus_sequences_parse() {
+        let steps =
+            parse_corpus("# a comment\ncreate partial 10\npatch 10\npatch 0 checksum # at the end\nhead\n").unwrap();
+        assert_eq!(
+            steps,
+            vec![
+                CorpusStep::Create { length: 10, partial: true },
+                CorpusStep::Patch { bytes: 10, checksum: false },
+                CorpusStep::Patch { bytes: 0, checksum: true },
+                CorpusStep::Head,
+            ]
+        );
+        assert!(parse_corpus("jump 3").is_err());
+        assert!(parse_corpus("patch many").is_err());
+    }
+}

@@ -107,7 +107,7 @@ pub async fn run(
         JobKind::DeleteObjects => super::delete_objects::run_delete_objects(ctx, job, reporter.clone())
             .await
             .map(|count| JobOutput::ObjectsDeleted { count }),
-        JobKind::SendMail => crate::mail::run_send_mail(ctx, job).await,
+        JobKind::SendMail => crate::mail::run_send_mail(ctx, job, &cancel).await,
         JobKind::DeleteUser => super::delete_user::run_delete_user(ctx, job, reporter.clone())
             .await
             .map(|count| JobOutput::ObjectsDeleted { count }),

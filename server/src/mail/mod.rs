@@ -33,6 +33,7 @@ use crate::config::Settings;
 use crate::error::AppError;
 use crate::jobs::runner::{JobContext, JobError, JobOutput};
 use crate::keys::ServerKeys;
+use crate::media::CancelFlag;
 use crate::webhooks::secrets::SecretBox;
 pub use templates::OutgoingMail;
 
@@ -210,15 +211,38 @@ fn template_label(template: &str) -> &'static str {
     }
 }
 
+/// How often a send in progress looks at its job's cancel flag.
+const CANCEL_POLL: Duration = Duration::from_millis(100);
+
+/// Resolves once `cancel` is set (a shutdown past its drain timeout, or a cancel).
+async fn cancelled(cancel: &CancelFlag) {
+    while !cancel.load(std::sync::atomic::Ordering::SeqCst) {
+        tokio::time::sleep(CANCEL_POLL).await;
+    }
+}
+
 /// Run one SEND_MAIL job: open the sealed mail and deliver it.
+///
+/// The send stops when `cancel` is set: a shutdown lets a send in progress finish
+/// within its drain timeout, then cancels it, and the job goes back to the queue
+/// (the SMTP connection is dropped here, on the runtime, not left to a destructor
+/// after the runtime ends). A mail cut off after the server took its DATA may
+/// arrive twice: delivery is at least once.
 #[tracing::instrument(skip_all, fields(job_id = %job.id))]
-pub async fn run_send_mail(ctx: &JobContext, job: &job::Model) -> Result<JobOutput, JobError> {
+pub async fn run_send_mail(ctx: &JobContext, job: &job::Model, cancel: &CancelFlag) -> Result<JobOutput, JobError> {
     let permanent = |reason: String| JobError::Permanent { code: "MAIL_FAILED", reason };
     let payload: MailPayload = serde_json::from_value(job.payload.clone())
         .map_err(|_| permanent("the mail job's payload is malformed".into()))?;
     let mail = ctx.mailer.open_mail(payload.mail_id, &payload.sealed).map_err(|err| permanent(err.to_string()))?;
-    let outcome = ctx.mailer.deliver(payload.mail_id, &mail).await;
     let label = template_label(&payload.template);
+    let outcome = tokio::select! {
+        outcome = ctx.mailer.deliver(payload.mail_id, &mail) => outcome,
+        () = cancelled(cancel) => {
+            metrics::counter!("reelhouse_mail_sent_total", "template" => label, "outcome" => "interrupted").increment(1);
+            tracing::warn!(mail_id = %payload.mail_id, "mail send interrupted (shutdown or cancel); not delivered by this attempt");
+            return Err(JobError::Cancelled);
+        }
+    };
     match outcome {
         Ok(delivered) => {
             metrics::counter!("reelhouse_mail_sent_total", "template" => label, "outcome" => "sent").increment(1);

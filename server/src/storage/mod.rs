@@ -138,6 +138,26 @@ impl ByteRange {
         }
     }
 
+    /// The same range in S3's terms, whose positions are signed 64-bit: a `first`
+    /// past `i64::MAX` is past the end of any object (`None`: not satisfiable), a
+    /// larger `last` means the same as `i64::MAX` (clamped to the object), and a
+    /// suffix at least as long as the largest S3 object (5 TiB) is the whole object,
+    /// asked as `0-i64::MAX` (s3s-fs fails a suffix of `i64::MAX` with 503).
+    /// S3-compatible stores refuse positions past `i64::MAX` outright (400
+    /// InvalidArgument), which a `/media` request with
+    /// `Range: bytes=18446744073709551615-` turned into HTTP 500 (found by the fuzzer).
+    pub(crate) fn within_i64(self) -> Option<ByteRange> {
+        const MAX: u64 = i64::MAX as u64;
+        const LARGEST_OBJECT: u64 = 5 << 40;
+        match self {
+            ByteRange::FromTo(first, _) | ByteRange::From(first) if first > MAX => None,
+            ByteRange::FromTo(first, last) => Some(ByteRange::FromTo(first, last.min(MAX))),
+            ByteRange::From(first) => Some(ByteRange::From(first)),
+            ByteRange::Suffix(n) if n >= LARGEST_OBJECT => Some(ByteRange::FromTo(0, MAX)),
+            ByteRange::Suffix(n) => Some(ByteRange::Suffix(n)),
+        }
+    }
+
     /// Ranges that no object can satisfy (`first > last`, `-0`).
     pub(crate) fn is_never_satisfiable(self) -> bool {
         matches!(self, ByteRange::FromTo(first, last) if first > last) || self == ByteRange::Suffix(0)
@@ -421,6 +441,21 @@ mod tests {
         assert_eq!(ByteRange::Suffix(30).resolve(10), Some((0, 9)));
         assert_eq!(ByteRange::Suffix(0).resolve(10), None);
         assert_eq!(ByteRange::From(0).resolve(0), None);
+    }
+
+    #[test]
+    fn ranges_past_i64_are_put_in_s3_terms() {
+        let max = i64::MAX as u64;
+        assert_eq!(ByteRange::From(u64::MAX).within_i64(), None);
+        assert_eq!(ByteRange::FromTo(max + 1, u64::MAX).within_i64(), None);
+        assert_eq!(ByteRange::From(max).within_i64(), Some(ByteRange::From(max)));
+        assert_eq!(ByteRange::FromTo(3, u64::MAX).within_i64(), Some(ByteRange::FromTo(3, max)));
+        assert_eq!(ByteRange::Suffix(u64::MAX).within_i64(), Some(ByteRange::FromTo(0, max)));
+        assert_eq!(ByteRange::Suffix(10).within_i64(), Some(ByteRange::Suffix(10)));
+        assert_eq!(ByteRange::FromTo(0, 9).within_i64(), Some(ByteRange::FromTo(0, 9)));
+        // The meaning is kept for any real object.
+        assert_eq!(ByteRange::FromTo(3, u64::MAX).resolve(10), ByteRange::FromTo(3, max).resolve(10));
+        assert_eq!(ByteRange::Suffix(u64::MAX).resolve(10), ByteRange::FromTo(0, max).resolve(10));
     }
 
     #[test]

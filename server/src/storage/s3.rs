@@ -384,6 +384,14 @@ impl ObjectStore for S3Store {
             if range.is_some_and(ByteRange::is_never_satisfiable) {
                 return Err(StoreError::RangeNotSatisfiable { size: None });
             }
+            let range = match range.map(ByteRange::within_i64) {
+                None => None,
+                Some(Some(range)) => Some(range),
+                Some(None) => {
+                    let size = self.head(key).await?.size;
+                    return Err(StoreError::RangeNotSatisfiable { size: Some(size) });
+                }
+            };
             let result = self
                 .client
                 .get_object()

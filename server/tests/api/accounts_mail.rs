@@ -740,3 +740,82 @@ async fn mail_is_delivered_while_every_media_slot_is_busy() {
     let _ = stop.send(());
     workers.await.unwrap();
 }
+
+/// Shutdown with a mail send in progress: the `reelhouse` binary, its SMTP server
+/// an accept-and-say-nothing listener (the send hangs in the greeting), gets
+/// SIGTERM while the SEND_MAIL job is RUNNING. It must exit 0 with no panic (a
+/// runtime ending under the send aborted in sqlx's and lettre's destructors), and
+/// the job must be back in the queue (QUEUED, attempt refunded), not left RUNNING.
+#[tokio::test]
+async fn sigterm_during_a_mail_send_releases_the_job_and_exits_cleanly() {
+    use crate::helpers::{backend, create_postgres_database, random_secret, reelhouse_command, Backend, ServerProcess};
+    use sea_orm::Database;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let smtp_port = listener.local_addr().unwrap().port();
+    let (connected, mut sending) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+            let _ = connected.send(());
+        }
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = reelhouse_command();
+    cmd.arg("--data-dir")
+        .arg(dir.path())
+        .env("REELHOUSE__MAIL__SMTP_URL", format!("smtp://127.0.0.1:{smtp_port}"))
+        .env("REELHOUSE__MAIL__SEND_TIMEOUT_SECS", "600")
+        .env("REELHOUSE__SERVER__SHUTDOWN_TIMEOUT_SECS", "1");
+    let db_url = match backend() {
+        Backend::Sqlite => format!("sqlite://{}?mode=ro", dir.path().join("reelhouse.db").display()),
+        Backend::Postgres => {
+            let url = create_postgres_database().await;
+            cmd.env("DATABASE_URL", &url)
+                .env("REDIS_URL", service_env("REELHOUSE_TEST_REDIS_URL"))
+                .env("S3_ENDPOINT", service_env("REELHOUSE_TEST_S3_ENDPOINT"))
+                .env("S3_BUCKET", service_env("REELHOUSE_TEST_S3_BUCKET"))
+                .env("S3_REGION", service_env("REELHOUSE_TEST_S3_REGION"))
+                .env("S3_ACCESS_KEY_ID", service_env("REELHOUSE_TEST_S3_ACCESS_KEY_ID"))
+                .env("S3_SECRET_ACCESS_KEY", service_env("REELHOUSE_TEST_S3_SECRET_ACCESS_KEY"))
+                .env("REELHOUSE__STORAGE__S3__KEY_PREFIX", format!("ms{}/", &Uuid::new_v4().simple().to_string()[..8]))
+                .env("REELHOUSE__AUTH__JWT_SECRET", random_secret());
+            url
+        }
+    };
+    let server = ServerProcess::serve(cmd).await;
+    let email = unique_email();
+    let body: Value = reqwest::Client::new()
+        .post(format!("{}/graphql", server.address))
+        .json(&json!({
+            "query": "mutation($i: RegisterInput!) { register(input: $i) { user { id } } }",
+            "variables": { "i": { "email": email, "password": TEST_PASSWORD, "displayName": "Mail" } },
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(body["data"]["register"]["user"]["id"].is_string(), "{body}");
+    // The verification mail's job has leased and opened its SMTP connection.
+    tokio::time::timeout(Duration::from_secs(60), sending.recv())
+        .await
+        .expect("the mail lane connects to the SMTP server")
+        .unwrap();
+
+    let (status, stderr) = server.terminate().await;
+    holder.abort();
+    assert!(!stderr.contains("panicked"), "a panic on the way out:\n{stderr}");
+    assert!(status.success(), "SIGTERM exits 0 with a mail send in progress; stderr:\n{stderr}");
+
+    let db = Database::connect(&db_url).await.unwrap();
+    let jobs = job::Entity::find().filter(job::Column::Kind.eq(JobKind::SendMail)).all(&db).await.unwrap();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0].status, JobStatus::Queued, "released, not left RUNNING: {:?}", jobs[0]);
+    assert_eq!(jobs[0].attempts, 0, "the interrupted attempt is refunded: {:?}", jobs[0]);
+    assert!(jobs[0].lease_token.is_none(), "{:?}", jobs[0]);
+    db.close().await.ok();
+}

@@ -172,3 +172,141 @@ async fn an_oversized_websocket_frame_closes_with_1009() {
         }
     }
 }
+
+/// Found by the fuzzer (seed 6009051882030, `tus#247` step 0): a PATCH of no bytes
+/// at the end of a partial upload whose bytes were all in (stored as one short
+/// part, waiting for its final upload) met "inconsistent offset and parts" and
+/// answered 500. Now it is a 204 at the same offset, with or without a checksum,
+/// and the partial upload still goes whole into its final upload.
+#[actix_web::test]
+async fn an_empty_patch_at_the_end_of_a_full_partial_upload_is_204_not_500() {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+
+    let app = spawn_app().await;
+    let user = app.register_user().await;
+    let (status, body) =
+        app.graphql_as(&user.bearer(), "mutation { createVideo(input: { title: \"t\" }) { id } }", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let video = body["data"]["createVideo"]["id"].as_str().unwrap().to_string();
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    // Not a video: a partial upload is any piece of a file (its final upload says what it is).
+    let bytes: Vec<u8> = (0..16617u32).map(|i| (i * 7 % 251) as u8).collect();
+    let created = app
+        .client
+        .post(app.url("/uploads/"))
+        .bearer_auth(&user.access_token)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Concat", "partial")
+        .header("Upload-Length", bytes.len().to_string())
+        .header(
+            "Upload-Metadata",
+            format!("videoId {},filename {},filetype {}", b64(&video), b64("fuzz.mp4"), b64("video/mp4")),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let url = created.headers()["location"].to_str().unwrap().to_string();
+    let url = if url.starts_with("http") { url } else { app.url(&url) };
+    let patch = |offset: usize, body: Vec<u8>, checksum: Option<String>| {
+        let mut request = app
+            .client
+            .patch(&url)
+            .bearer_auth(&user.access_token)
+            .header("Tus-Resumable", "1.0.0")
+            .header("Content-Type", "application/offset+octet-stream")
+            .header("Upload-Offset", offset.to_string());
+        if let Some(checksum) = checksum {
+            request = request.header("Upload-Checksum", checksum);
+        }
+        request.body(body).send()
+    };
+    let res = patch(0, bytes.clone(), None).await.unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(res.headers()["upload-offset"], bytes.len().to_string().as_str());
+
+    let empty_sha256 = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(b""));
+    for checksum in [Some(format!("sha256 {empty_sha256}")), None] {
+        let res = patch(bytes.len(), Vec::new(), checksum.clone()).await.unwrap();
+        let status = res.status().as_u16();
+        let offset = res.headers().get("upload-offset").map(|v| v.to_str().unwrap().to_string());
+        let text = res.text().await.unwrap();
+        assert_eq!(status, 204, "checksum {checksum:?}: {text}");
+        assert_eq!(offset.as_deref(), Some(bytes.len().to_string().as_str()));
+    }
+    // Bytes past the end are still refused, and the offset stays.
+    let res = patch(bytes.len(), vec![1, 2, 3], None).await.unwrap();
+    assert_eq!(res.status(), 413);
+    let head =
+        app.client.head(&url).bearer_auth(&user.access_token).header("Tus-Resumable", "1.0.0").send().await.unwrap();
+    assert_eq!(head.headers()["upload-offset"], bytes.len().to_string().as_str());
+
+    // The partial upload is whole: a final upload takes it (and then refuses the
+    // joined file, which is no video, as any completion would).
+    let path = reqwest::Url::parse(&url).unwrap().path().to_string();
+    let joined = app
+        .client
+        .post(app.url("/uploads/"))
+        .bearer_auth(&user.access_token)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Concat", format!("final;{path}"))
+        .header(
+            "Upload-Metadata",
+            format!("videoId {},filename {},filetype {}", b64(&video), b64("fuzz.mp4"), b64("video/mp4")),
+        )
+        .send()
+        .await
+        .unwrap();
+    let status = joined.status();
+    let body: Value = joined.json().await.unwrap();
+    assert_eq!(status, 415, "{body}");
+    assert_eq!(body["code"], "UNSUPPORTED_MEDIA", "{body}");
+}
+
+/// Found by the fuzzer (seed 6009051882030, `media#560`, PostgreSQL + S3 only):
+/// `Range: bytes=18446744073709551615-` was passed to S3 as written; S3-compatible
+/// stores refuse positions past `i64::MAX` (400 InvalidArgument), answered 500.
+/// Now such a start is 416 with the object's size on both backends, and a huge end
+/// or suffix means what it says (to the end; the whole object).
+#[actix_web::test]
+async fn ranges_past_i64_are_416_or_clamped_not_500() {
+    use entities::{video, Visibility};
+    use reelhouse::storage::layout::Outputs;
+    use sea_orm::{ActiveModelTrait, EntityTrait, Set};
+
+    let app = spawn_app().await;
+    let user = app.register_user().await;
+    let (status, body) =
+        app.graphql_as(&user.bearer(), "mutation { createVideo(input: { title: \"t\" }) { id } }", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let id = uuid::Uuid::parse_str(body["data"]["createVideo"]["id"].as_str().unwrap()).unwrap();
+    let row = video::Entity::find_by_id(id).one(&app.state.db).await.unwrap().unwrap();
+    let version = "v0000000001";
+    let content: Vec<u8> = (0..100u8).collect();
+    let key = Outputs::new(row.owner_id, id, Some(version)).key("mp4/video.mp4");
+    app.state.store.put_bytes(&key, bytes::Bytes::from(content.clone()), Some("video/mp4")).await.unwrap();
+    let mut active: video::ActiveModel = row.into();
+    active.visibility = Set(Visibility::Public);
+    active.output_version = Set(Some(version.into()));
+    active.update(&app.state.db).await.unwrap();
+
+    let url = app.url(&format!("/media/{id}/{version}/mp4/video.mp4"));
+    let get = |range: &'static str| app.client.get(&url).header("Range", range).send();
+
+    let res = get("bytes=18446744073709551615-").await.unwrap();
+    assert_eq!(res.status(), 416, "{:?}", res.text().await);
+    assert_eq!(res.headers()["content-range"], "bytes */100");
+    let res = get("bytes=9223372036854775808-9223372036854775809").await.unwrap();
+    assert_eq!(res.status(), 416);
+
+    let res = get("bytes=90-18446744073709551615").await.unwrap();
+    assert_eq!(res.status(), 206);
+    assert_eq!(res.headers()["content-range"], "bytes 90-99/100");
+    assert_eq!(res.bytes().await.unwrap(), &content[90..]);
+
+    let res = get("bytes=-18446744073709551615").await.unwrap();
+    assert_eq!(res.status(), 206);
+    assert_eq!(res.headers()["content-range"], "bytes 0-99/100");
+    assert_eq!(res.bytes().await.unwrap(), &content[..]);
+}
