@@ -256,11 +256,19 @@ impl Cluster {
 
     /// SIGKILL the worker whose lease owner is `lease_owner`; returns its index.
     pub(crate) async fn kill_worker_holding(&mut self, lease_owner: &str) -> usize {
+        // The lease owner is the worker's registration id; its row has the pid.
+        let pid = match uuid::Uuid::parse_str(lease_owner) {
+            Ok(id) => worker::Entity::find_by_id(id).one(&self.db).await.unwrap().map(|w| w.pid as u32),
+            Err(_) => None,
+        };
         let index = self
             .workers
             .iter()
-            .position(|w| lease_owner.starts_with(&format!("{}-", w.name)))
-            .unwrap_or_else(|| panic!("no worker process holds lease owner {lease_owner}"));
+            .position(|w| {
+                lease_owner.starts_with(&format!("{}-", w.name))
+                    || (pid.is_some() && w.child.as_ref().and_then(|c| c.id()) == pid)
+            })
+            .unwrap_or_else(|| panic!("no worker process holds lease owner {lease_owner} (pid {pid:?})"));
         let mut child = self.workers[index].child.take().expect("the worker runs");
         child.start_kill().unwrap();
         child.wait().await.unwrap();

@@ -137,8 +137,12 @@ async fn redis_restarted_twice() {
     let workload = Workload::start(&cluster, scale).await;
     let mut recovery = Duration::ZERO;
     let mut recovered = true;
-    for _ in 0..2 {
-        running_encode(&cluster, Duration::from_secs(300)).await;
+    for round in 0..2 {
+        if round == 0 {
+            running_encode(&cluster, Duration::from_secs(300)).await;
+        } else {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
         cluster.redis.kill().await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         cluster.redis.spawn().await;
