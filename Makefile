@@ -5,7 +5,7 @@ BIND ?= 127.0.0.1:8080
 DATA_DIR ?= ./data
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: run test bench build check lint deny fmt schema services-up services-down bootstrap web-demo test-web test-deploy fuzz
+.PHONY: run test bench build check lint deny fmt schema services-up services-down bootstrap web-demo test-web test-deploy fuzz chaos
 
 ## run: build the web app and the release binary, serve on $(BIND) with data in $(DATA_DIR)
 run: bootstrap web-demo
@@ -28,6 +28,11 @@ test-deploy:
 ## 6,000 tus sequences, 60,000 /media and /storage requests on the embedded server; REELHOUSE_FUZZ_SEED replays)
 fuzz: bootstrap
 	REELHOUSE_FUZZ_SCALE=$${REELHOUSE_FUZZ_SCALE:-20} scripts/test-fuzz.sh
+
+## chaos: the full fault matrix (scripts/test-chaos.sh with REELHOUSE_CHAOS=full: several serve/worker processes
+## on PostgreSQL + Redis + S3, a workload through each fault, the table printed; `make test` runs the short one)
+chaos: bootstrap
+	REELHOUSE_CHAOS=$${REELHOUSE_CHAOS:-full} scripts/test-chaos.sh
 
 ## test: every test (system packages, test services, Rust suite on sqlite and postgres)
 test:

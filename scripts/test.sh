@@ -71,6 +71,18 @@ else
     failed=1
 fi
 
+# The fault matrix, short: replicas and workers as processes on PostgreSQL + Redis +
+# S3, a workload through each fault (kill -9 a worker mid-encode, PostgreSQL cut for
+# 30 s, Redis restarted twice, kill -9 / SIGTERM an API replica mid-upload); nothing
+# lost, duplicated or stuck (scripts/test-chaos.sh; `make chaos` runs the full one).
+printf '\n==> fault matrix: scripts/test-chaos.sh (short)\n' >&2
+if REELHOUSE_CHAOS=short scripts/test-chaos.sh; then
+    result[chaos]=passed
+else
+    result[chaos]="FAILED (exit $?)"
+    failed=1
+fi
+
 # GraphQL over HTTP to the letter: the graphql-http audit (auditServer) against an
 # embedded server and a PostgreSQL + Redis + S3 one; fails on any error or warning
 # (scripts/test-graphql-http.sh). Reuses the server binary the suite built.
@@ -139,7 +151,7 @@ else
     failed=1
 fi
 
-summary="test.sh: docs ${result[docs]}, rust/sqlite ${result[sqlite]}, rust/postgres ${result[postgres]}, load ${result[load]}, graphql-http ${result[graphql_http]}, fuzz ${result[fuzz]}, tus-js ${result[tus_js]}, deploy ${result[deploy]}, web ${result[web]}"
+summary="test.sh: docs ${result[docs]}, rust/sqlite ${result[sqlite]}, rust/postgres ${result[postgres]}, load ${result[load]}, chaos ${result[chaos]}, graphql-http ${result[graphql_http]}, fuzz ${result[fuzz]}, tus-js ${result[tus_js]}, deploy ${result[deploy]}, web ${result[web]}"
 if ((failed)); then
     printf '\n%s -> FAILED\n' "$summary" >&2
     exit 1

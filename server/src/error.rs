@@ -134,7 +134,9 @@ impl AppError {
             code: ErrorCode::Unavailable,
             message: format!("{what} is unavailable, try again later"),
             source: Some(source.into()),
-            retry_after_secs: None,
+            // A 503 always says when to come back (the fault matrix found a tus PATCH
+            // answering 503 without `Retry-After` during an S3 stall).
+            retry_after_secs: Some(1),
         }
     }
 

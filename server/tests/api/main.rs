@@ -7,6 +7,7 @@ mod audit;
 mod auth;
 mod breakers;
 mod catalogue;
+mod chaos;
 mod e2e;
 mod fanout;
 mod fuzz_regressions;

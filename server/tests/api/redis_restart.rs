@@ -20,25 +20,25 @@ use crate::helpers::{backend, eventually, service_env, spawn_app_with, Backend};
 use crate::video_events::{events_query, next_event, progress_query, subscribe, wait_for_subscribers};
 
 /// A `redis-server` of this test's own, restartable on the same port.
-struct OwnRedis {
+pub(crate) struct OwnRedis {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<tokio::process::Child>,
 }
 
 impl OwnRedis {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut redis = Self { port, dir: tempfile::tempdir().unwrap(), child: None };
         redis.spawn().await;
         redis
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    async fn spawn(&mut self) {
+    pub(crate) async fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("redis.log")).unwrap();
         let child = tokio::process::Command::new(service_env("REELHOUSE_TEST_REDIS_SERVER"))
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
@@ -62,13 +62,13 @@ impl OwnRedis {
     }
 
     /// SIGKILL: no goodbye to its clients.
-    async fn kill(&mut self) {
+    pub(crate) async fn kill(&mut self) {
         let mut child = self.child.take().unwrap();
         child.kill().await.unwrap();
     }
 
     /// Subscribers of `channel` (the event relays).
-    async fn subscribers(&self, channel: &str) -> i64 {
+    pub(crate) async fn subscribers(&self, channel: &str) -> i64 {
         let client = redis::Client::open(self.url()).unwrap();
         let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return 0 };
         let answer: (String, i64) =

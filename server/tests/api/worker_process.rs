@@ -42,6 +42,19 @@ pub(crate) fn worker_command(
 ) -> tokio::process::Command {
     let mut cmd = reelhouse_command();
     cmd.arg("worker").arg("--data-dir").arg(data_dir);
+    apply_shared_settings(&mut cmd, settings);
+    cmd.env("REELHOUSE__WORKERS__HEARTBEAT_SECS", "1").env("REELHOUSE__JOBS__POLL_INTERVAL_MS", "50");
+    for (key, value) in extra {
+        cmd.env(key, value);
+    }
+    let log = std::fs::File::create(data_dir.join("worker.log")).unwrap();
+    cmd.stdout(Stdio::null()).stderr(log);
+    cmd
+}
+
+/// The settings every process of one deployment shares (database, signing secret,
+/// S3), as environment variables of `cmd` (also used by the fault matrix's replicas).
+pub(crate) fn apply_shared_settings(cmd: &mut tokio::process::Command, settings: &Settings) {
     if let Some(url) = &settings.database.url {
         cmd.env("REELHOUSE__DATABASE__URL", url.expose());
     }
@@ -63,13 +76,6 @@ pub(crate) fn worker_command(
             .env("REELHOUSE__STORAGE__S3__FORCE_PATH_STYLE", "true")
             .env("REELHOUSE__STORAGE__S3__KEY_PREFIX", &s3.key_prefix);
     }
-    cmd.env("REELHOUSE__WORKERS__HEARTBEAT_SECS", "1").env("REELHOUSE__JOBS__POLL_INTERVAL_MS", "50");
-    for (key, value) in extra {
-        cmd.env(key, value);
-    }
-    let log = std::fs::File::create(data_dir.join("worker.log")).unwrap();
-    cmd.stdout(Stdio::null()).stderr(log);
-    cmd
 }
 
 pub(crate) fn sigterm(child: &tokio::process::Child) {
