@@ -117,9 +117,22 @@ impl QueueReporter {
         token: Uuid,
         settings: &JobSettings,
     ) -> Self {
+        Self::start_tracked(db, publisher, job_id, video_id, token, settings).0
+    }
+
+    /// [`Self::start`], also returning the writer task, which ends once the reporter
+    /// is dropped and everything it was given is stored.
+    pub fn start_tracked(
+        db: DatabaseConnection,
+        publisher: Publisher,
+        job_id: Uuid,
+        video_id: Option<Uuid>,
+        token: Uuid,
+        settings: &JobSettings,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let bounds = queue::LogBounds::of(settings);
         let (tx, mut rx) = mpsc::unbounded_channel::<Report>();
-        tokio::spawn(async move {
+        let writer = tokio::spawn(async move {
             while let Some(report) = rx.recv().await {
                 match report {
                     Report::Progress(progress) => {
@@ -135,7 +148,7 @@ impl QueueReporter {
             }
         });
         let budget = LineBudget::new(settings.log_lines_per_sec, settings.log_burst);
-        Self { tx, throttle: Mutex::new(Throttle::default()), budget: Mutex::new(budget) }
+        (Self { tx, throttle: Mutex::new(Throttle::default()), budget: Mutex::new(budget) }, writer)
     }
 
     fn admit(&self, progress: &ProgressInfo) -> bool {

@@ -507,17 +507,28 @@ impl Actor for JobWorker {
             scratch_dir: self.deps.scratch_dir.clone(),
             mailer: self.deps.mailer.clone(),
         };
-        let reporter: Arc<dyn JobReporter> = Arc::new(QueueReporter::start(
+        let (reporter, log_writer) = QueueReporter::start_tracked(
             self.deps.db.clone(),
             self.deps.publisher.clone(),
             job.id,
             job.video_id,
             self.leased.token,
             &self.deps.settings.jobs,
-        ));
+        );
+        let reporter: Arc<dyn JobReporter> = Arc::new(reporter);
         let cancel = self.cancel.clone();
+        let run = self.deps.run(context, job, cancel, reporter);
         // A panicking runner ends its task, not this actor: the attempt fails retryably.
-        let handle = actix_rt::spawn(self.deps.run(context, job, cancel, reporter).instrument(self.span.clone()));
+        let handle = actix_rt::spawn(
+            async move {
+                let outcome = run.await;
+                // The run's reporter is gone: its last lines are stored before the
+                // outcome's, so a `jobLog` stream that ends with the job has them all.
+                let _ = tokio::time::timeout(LOG_FLUSH, log_writer).await;
+                outcome
+            }
+            .instrument(self.span.clone()),
+        );
         ctx.spawn(handle.into_actor(self).map(|joined, act, ctx| {
             let outcome = match joined {
                 Ok(Ok(output)) => Outcome::Success(output),
@@ -529,6 +540,9 @@ impl Actor for JobWorker {
         }));
     }
 }
+
+/// How long the end of a run waits for its log lines to be stored.
+const LOG_FLUSH: Duration = Duration::from_secs(10);
 
 /// Stop the run for shutdown; the job goes back to the queue.
 #[derive(Message)]
