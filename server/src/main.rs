@@ -12,7 +12,7 @@ fn main() -> ExitCode {
         // The media jail child: no settings, no logging setup of the server's.
         return reelhouse::jail::child::main();
     }
-    if let Command::Serve | Command::Worker = cli.command {
+    if let Command::Serve | Command::Worker { .. } = cli.command {
         // Long-lived processes that take big request bodies: see `memory`.
         reelhouse::memory::fix_mmap_threshold();
     }

@@ -64,8 +64,11 @@ impl Scale {
 /// check has taken a dead or draining replica out).
 #[derive(Clone, Default)]
 pub(crate) struct Balancer {
-    inner: Arc<Mutex<(Vec<(String, bool)>, usize)>>,
+    inner: Arc<Mutex<Rotation>>,
 }
+
+/// The replicas (address, in rotation) and the round-robin counter.
+type Rotation = (Vec<(String, bool)>, usize);
 
 impl Balancer {
     pub(crate) fn add(&self, address: &str) {
