@@ -461,6 +461,14 @@ pub const METRICS: &[MetricInfo] = {
             "Unix time of this worker's last successful heartbeat in the workers table.",
         ),
         counter("reelhouse_worker_heartbeat_failures_total", "Worker heartbeats that could not be written."),
+        counter(
+            "reelhouse_worker_channel_connected_total",
+            "Remote workers that opened the worker channel (/workers/ws) with a valid token.",
+        ),
+        counter(
+            "reelhouse_worker_channel_closed_total",
+            "Worker channel connections this server closed, by close code (4401 no token, 4403 revoked, 4426 version, ...).",
+        ),
         // Storage and webhooks
         seconds(
             "reelhouse_storage_operation_duration_seconds",

@@ -322,10 +322,12 @@ fn judge(t: &Target, name: &str, case: &str, input: &str, answer: &RawAnswer, si
     }
 }
 
-/// Is `body` this file? Playlists carry the request's own signature in their URLs,
-/// which the server compares case-insensitively, so they compare without case.
+/// Is `body` this file? Playlists and the storyboard index carry the request's own
+/// signature in their URLs, which the server compares case-insensitively, so they
+/// compare without case.
 fn same_file(file: &KnownFile, body: &[u8]) -> bool {
-    file.body == body || (file.target.contains(".m3u8") && file.body.eq_ignore_ascii_case(body))
+    let rewritten = file.target.contains(".m3u8") || file.target.contains(".vtt");
+    file.body == body || (rewritten && file.body.eq_ignore_ascii_case(body))
 }
 
 fn parse_content_range(value: &str) -> Option<(u64, u64, u64)> {

@@ -66,6 +66,9 @@ async fn metrics_have_help_and_the_queue_gauges_read_the_database() {
     let app = spawn_app_with(|s| {
         s.workers.embedded = false;
         s.telemetry.queue_metrics_secs = 1;
+        // API processes sweep leases and forget workers unseen for 3 × lease_secs:
+        // long enough here that the stale worker below is counted, not forgotten.
+        s.jobs.lease_secs = 7200;
     })
     .await;
     let db = &app.state.db;

@@ -1317,6 +1317,28 @@ impl reelhouse::storage::ObjectStore for GatedStore {
     async fn head(&self, key: &str) -> Result<reelhouse::storage::ObjectMeta, reelhouse::storage::StoreError> {
         self.inner.head(key).await
     }
+    fn supports_staged(&self) -> bool {
+        self.inner.supports_staged()
+    }
+    async fn open_staged(
+        &self,
+        key: &str,
+        upload_id: &str,
+        offset: u64,
+    ) -> Result<reelhouse::storage::StagedWriter, reelhouse::storage::StoreError> {
+        self.inner.open_staged(key, upload_id, offset).await
+    }
+    async fn staged_len(&self, key: &str, upload_id: &str) -> Result<Option<u64>, reelhouse::storage::StoreError> {
+        self.inner.staged_len(key, upload_id).await
+    }
+    async fn complete_staged(
+        &self,
+        key: &str,
+        upload_id: &str,
+        size: u64,
+    ) -> Result<reelhouse::storage::ObjectMeta, reelhouse::storage::StoreError> {
+        self.inner.complete_staged(key, upload_id, size).await
+    }
     async fn local_file(
         &self,
         key: &str,
