@@ -46,21 +46,32 @@ fn checksum(body: &str) -> String {
 
 /// A new random secret with its checksum.
 pub fn generate_secret() -> String {
+    generate_prefixed(KEY_PREFIX)
+}
+
+/// A new random secret `{prefix}{32 base62}_{6 base62 checksum}`: the shape of API
+/// keys, shared with worker tokens (`auth::worker_tokens`).
+pub(crate) fn generate_prefixed(prefix: &str) -> String {
     let mut rng = rand::rngs::OsRng;
     let random: String = (0..RANDOM_LEN).map(|_| char::from(BASE62[rng.gen_range(0..BASE62.len())])).collect();
-    let body = format!("{KEY_PREFIX}{random}");
+    let body = format!("{prefix}{random}");
     let sum = checksum(&body);
     format!("{body}_{sum}")
 }
 
 /// Shape and checksum only; says nothing about whether the key exists.
 pub fn is_well_formed(secret: &str) -> bool {
-    let Some(rest) = secret.strip_prefix(KEY_PREFIX) else { return false };
+    is_well_formed_prefixed(KEY_PREFIX, secret)
+}
+
+/// Shape and checksum of a secret made by [`generate_prefixed`] with `prefix`.
+pub(crate) fn is_well_formed_prefixed(prefix: &str, secret: &str) -> bool {
+    let Some(rest) = secret.strip_prefix(prefix) else { return false };
     let Some((random, sum)) = rest.split_once('_') else { return false };
     random.len() == RANDOM_LEN
         && sum.len() == CHECKSUM_LEN
         && random.bytes().all(|b| b.is_ascii_alphanumeric())
-        && checksum(&format!("{KEY_PREFIX}{random}")) == sum
+        && checksum(&format!("{prefix}{random}")) == sum
 }
 
 pub fn hash_secret(secret: &str) -> String {

@@ -5,19 +5,14 @@
 
 use chrono::Utc;
 use entities::worker_token;
-use rand::Rng;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::error::{AppError, AppResult};
 
 pub const TOKEN_PREFIX: &str = "rhw_";
-const RANDOM_LEN: usize = 32;
-const CHECKSUM_LEN: usize = 6;
 const VISIBLE_LEN: usize = 6;
-const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 /// Most jobs one worker (one token's connection) may run at once.
 pub const MAX_CAPACITY: i32 = 64;
 const MAX_TAGS: usize = 16;
@@ -29,38 +24,17 @@ pub struct CreatedWorkerToken {
     pub secret: String,
 }
 
-fn checksum(body: &str) -> String {
-    let digest = Sha256::digest(body.as_bytes());
-    let mut n =
-        u64::from_be_bytes([digest[0], digest[1], digest[2], digest[3], digest[4], digest[5], digest[6], digest[7]]);
-    let mut out = String::with_capacity(CHECKSUM_LEN);
-    for _ in 0..CHECKSUM_LEN {
-        out.push(char::from(BASE62[(n % 62) as usize]));
-        n /= 62;
-    }
-    out
-}
-
 fn generate_secret() -> String {
-    let mut rng = rand::rngs::OsRng;
-    let random: String = (0..RANDOM_LEN).map(|_| char::from(BASE62[rng.gen_range(0..BASE62.len())])).collect();
-    let body = format!("{TOKEN_PREFIX}{random}");
-    let sum = checksum(&body);
-    format!("{body}_{sum}")
+    super::api_keys::generate_prefixed(TOKEN_PREFIX)
 }
 
 /// Shape and checksum only; says nothing about whether the token exists.
 pub fn is_well_formed(secret: &str) -> bool {
-    let Some(rest) = secret.strip_prefix(TOKEN_PREFIX) else { return false };
-    let Some((random, sum)) = rest.split_once('_') else { return false };
-    random.len() == RANDOM_LEN
-        && sum.len() == CHECKSUM_LEN
-        && random.bytes().all(|b| b.is_ascii_alphanumeric())
-        && checksum(&format!("{TOKEN_PREFIX}{random}")) == sum
+    super::api_keys::is_well_formed_prefixed(TOKEN_PREFIX, secret)
 }
 
 fn hash_secret(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
+    super::api_keys::hash_secret(secret)
 }
 
 /// Tags: 1 to 32 of `[a-z0-9_-]`, at most 16, deduplicated, sorted.
