@@ -5,7 +5,7 @@ BIND ?= 127.0.0.1:8080
 DATA_DIR ?= ./data
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: run test bench build check lint deny fmt schema services-up services-down bootstrap web-demo test-web test-deploy fuzz chaos
+.PHONY: run test bench build check lint deny fmt schema services-up services-down bootstrap web-demo test-web test-deploy fuzz chaos soak
 
 ## run: build the web app and the release binary, serve on $(BIND) with data in $(DATA_DIR)
 run: bootstrap web-demo
@@ -33,6 +33,11 @@ fuzz: bootstrap
 ## on PostgreSQL + Redis + S3, a workload through each fault, the table printed; `make test` runs the short one)
 chaos: bootstrap
 	REELHOUSE_CHAOS=$${REELHOUSE_CHAOS:-full} scripts/test-chaos.sh
+
+## soak: the long soak (scripts/soak.sh: a release embedded server under `reelhouse-load --scenario soak`
+## for SOAK_DURATION, default 2h; RSS sampled every 10 s and printed per 10 minutes; fails on any error/loss)
+soak: bootstrap
+	scripts/soak.sh
 
 ## test: every test (system packages, test services, Rust suite on sqlite and postgres)
 test:
