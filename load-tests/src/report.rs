@@ -279,7 +279,10 @@ impl Report {
                 a.reelhouse_max.rps, a.baseline_max.rps, a.rps_ratio
             ));
             if let (Some(pq), Some(r)) = (&a.reelhouse_max_persisted, a.rps_ratio_persisted) {
-                out.push_str(&format!("                persisted query: reelhouse {:.0} = {r:.2}x bare actix\n", pq.rps));
+                out.push_str(&format!(
+                    "                persisted query: reelhouse {:.0} = {r:.2}x bare actix\n",
+                    pq.rps
+                ));
             }
             out.push_str(&format!(
                 "                at {:.0} rps: reelhouse {}\n                              bare actix {}\n",

@@ -850,9 +850,13 @@ async fn api_bench(ctx: &Ctx) -> anyhow::Result<ApiBench> {
         reelhouse_half,
         reelhouse_half_encoding: Some(encoding),
         encoding_p99_ratio: ratio,
-        rps_ratio_persisted: reelhouse_max_persisted
-            .as_ref()
-            .map(|p| if baseline_max.rps > 0.0 { p.rps / baseline_max.rps } else { 0.0 }),
+        rps_ratio_persisted: reelhouse_max_persisted.as_ref().map(|p| {
+            if baseline_max.rps > 0.0 {
+                p.rps / baseline_max.rps
+            } else {
+                0.0
+            }
+        }),
         reelhouse_max_persisted,
     })
 }
@@ -876,14 +880,8 @@ impl Target {
             }),
             None => json!({ "query": VIDEO_QUERY, "variables": { "id": self.video } }),
         };
-        let response = self
-            .http
-            .post(url.clone())
-            .bearer_auth(&self.token)
-            .json(&request)
-            .send()
-            .await
-            .map_err(|_| ())?;
+        let response =
+            self.http.post(url.clone()).bearer_auth(&self.token).json(&request).send().await.map_err(|_| ())?;
         if !response.status().is_success() {
             return Err(());
         }

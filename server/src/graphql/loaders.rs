@@ -92,10 +92,8 @@ impl Loader<ProgressOf> for VideoLoader {
 
     async fn load(&self, keys: &[ProgressOf]) -> Result<HashMap<ProgressOf, Self::Value>, Self::Error> {
         let (cached, missing) = self.from_cache(keys, |k| k.0);
-        let mut found: HashMap<ProgressOf, Self::Value> = cached
-            .iter()
-            .filter_map(|video| Some((ProgressOf(video.row.id), video.progress.clone()?)))
-            .collect();
+        let mut found: HashMap<ProgressOf, Self::Value> =
+            cached.iter().filter_map(|video| Some((ProgressOf(video.row.id), video.progress.clone()?))).collect();
         if !missing.is_empty() {
             let read = videos::running_progress_of(&self.db, &missing).await.map_err(Arc::new)?;
             found.extend(read.into_iter().map(|(id, progress)| (ProgressOf(id), progress)));

@@ -91,9 +91,8 @@ pub fn build_schema(settings: &GraphqlSettings, state: Option<AppState>) -> AppS
     }
     if let Some(state) = state {
         crate::auth::accounts::warm_up();
-        builder = builder
-            .data(loaders::video_loader(state.db.clone(), state.access_signals.videos().clone()))
-            .data(state);
+        builder =
+            builder.data(loaders::video_loader(state.db.clone(), state.access_signals.videos().clone())).data(state);
     }
     builder.finish()
 }

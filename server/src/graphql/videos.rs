@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use crate::auth::principal::{Principal, RequestAuth};
 use crate::auth::roles::{require_principal, AuthenticatedGuard, Permission, PermissionGuard};
-use crate::error::GqlResultExt;
 use crate::error::AppError;
+use crate::error::GqlResultExt;
 use crate::graphql::accounts::User;
 use crate::graphql::loaders::{ProgressOf, RenditionsOf, TotalsOf, VideoDataLoader};
 use crate::graphql::moderation::ModerationEntry;

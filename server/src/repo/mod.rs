@@ -3,7 +3,7 @@
 pub mod audit;
 pub mod moderation;
 pub mod usage;
-pub mod video_cache;
 pub mod users;
+pub mod video_cache;
 pub mod videos;
 pub mod views;

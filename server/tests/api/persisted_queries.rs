@@ -23,14 +23,8 @@ async fn post(app: &TestApp, body: Value) -> (u16, Value) {
 }
 
 async fn get(app: &TestApp, params: &[(&str, String)]) -> (u16, Value) {
-    let res = app
-        .client
-        .get(app.url("/graphql"))
-        .query(params)
-        .header("Accept", "application/json")
-        .send()
-        .await
-        .unwrap();
+    let res =
+        app.client.get(app.url("/graphql")).query(params).header("Accept", "application/json").send().await.unwrap();
     let status = res.status().as_u16();
     (status, res.json().await.unwrap_or(Value::Null))
 }
@@ -152,5 +146,9 @@ async fn capacity_zero_answers_not_supported() {
     .await;
     let query = "{ serverInfo { version } }";
     let (_, body) = post(&app, json!({ "query": query, "extensions": persisted(&sha256(query)) })).await;
-    assert_eq!(first_error(&body), (Some("PersistedQueryNotSupported"), Some("PERSISTED_QUERY_NOT_SUPPORTED")), "{body}");
+    assert_eq!(
+        first_error(&body),
+        (Some("PersistedQueryNotSupported"), Some("PERSISTED_QUERY_NOT_SUPPORTED")),
+        "{body}"
+    );
 }

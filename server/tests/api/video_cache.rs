@@ -172,8 +172,9 @@ async fn visibility_hiding_and_deletion_reach_the_cache_of_another_instance_at_o
     // Deleted on A: gone on B, for its owner too.
     assert_eq!(video_as(&b, &owner, id).await["id"], id.to_string());
     assert!(b.state.access_signals.videos().cached(id).is_some());
-    let (_, body) =
-        a.graphql_as(&owner.bearer(), "mutation($id: ID!) { deleteVideo(id: $id) }", json!({ "id": id.to_string() })).await;
+    let (_, body) = a
+        .graphql_as(&owner.bearer(), "mutation($id: ID!) { deleteVideo(id: $id) }", json!({ "id": id.to_string() }))
+        .await;
     assert_eq!(body["data"]["deleteVideo"], true, "{body}");
     let seen = video_as(&b, &owner, id).await;
     assert!(seen.is_null(), "deleted on A, still served by B: {seen}");
