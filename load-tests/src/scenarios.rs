@@ -800,16 +800,19 @@ async fn api_bench(ctx: &Ctx) -> anyhow::Result<ApiBench> {
             .json(&json!({ "query": VIDEO_QUERY, "variables": { "id": target.video }, "extensions": persisted }))
             .send()
             .await;
-        match registered {
-            Ok(r) if r.status().is_success() && r.bytes().await.is_ok_and(|b| b.as_ref() == body.as_slice()) => {
-                target.hash = Some(hash);
-                let _ = closed_loop(&target, &reel_url, &body, concurrency, Duration::from_secs(1)).await;
-                let point = closed_loop(&target, &reel_url, &body, concurrency, phase).await;
-                target.hash = None;
-                Some(point)
-            }
+        let registered = match registered {
+            Ok(r) if r.status().is_success() => r.bytes().await.is_ok_and(|b| b.as_ref() == body.as_slice()),
+            _ => false,
+        };
+        if registered {
+            target.hash = Some(hash);
+            let _ = closed_loop(&target, &reel_url, &body, concurrency, Duration::from_secs(1)).await;
+            let point = closed_loop(&target, &reel_url, &body, concurrency, phase).await;
+            target.hash = None;
+            Some(point)
+        } else {
             // An older server without persisted queries: no row.
-            _ => None,
+            None
         }
     };
     let half = reelhouse_max.rps / 2.0;
