@@ -19,15 +19,22 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
-/// The metric names of one cache (each described in `telemetry::METRICS`).
+/// What a cache reports to its metrics.
+#[derive(Debug, Clone, Copy)]
+pub enum Event {
+    /// A lookup: hit | miss | bypass.
+    Lookup(&'static str),
+    /// Entries held now.
+    Entries(f64),
+    /// Entries dropped to stay within the capacity.
+    Evicted(u64),
+}
+
+/// How one cache records its [`Event`]s (each cache names its metrics, described in
+/// `telemetry::METRICS`).
 #[derive(Debug, Clone, Copy)]
 pub struct CacheMetrics {
-    /// Counter with `outcome` = hit | miss | bypass.
-    pub lookups: &'static str,
-    /// Gauge of the entries held.
-    pub entries: &'static str,
-    /// Counter of entries dropped to stay within the capacity.
-    pub evictions: &'static str,
+    pub record: fn(Event),
 }
 
 /// The answer of [`HotCache::get`].
@@ -86,7 +93,7 @@ impl<K: Eq + Hash + Copy, V: Clone> HotCache<K, V> {
 
     pub fn get(&self, key: K) -> Lookup<V> {
         if !self.usable() {
-            metrics::counter!(self.metrics.lookups, "outcome" => "bypass").increment(1);
+            (self.metrics.record)(Event::Lookup("bypass"));
             return Lookup::Bypass;
         }
         let found = self
@@ -96,11 +103,11 @@ impl<K: Eq + Hash + Copy, V: Clone> HotCache<K, V> {
             .and_then(|entries| entries.get(&key).filter(|entry| entry.stored_at.elapsed() < self.ttl).cloned());
         match found {
             Some(entry) => {
-                metrics::counter!(self.metrics.lookups, "outcome" => "hit").increment(1);
+                (self.metrics.record)(Event::Lookup("hit"));
                 Lookup::Hit(entry.value)
             }
             None => {
-                metrics::counter!(self.metrics.lookups, "outcome" => "miss").increment(1);
+                (self.metrics.record)(Event::Lookup("miss"));
                 Lookup::Miss
             }
         }
@@ -129,10 +136,10 @@ impl<K: Eq + Hash + Copy, V: Clone> HotCache<K, V> {
                     entries.remove(&key);
                 }
             }
-            metrics::counter!(self.metrics.evictions).increment((before - entries.len()) as u64);
+            (self.metrics.record)(Event::Evicted((before - entries.len()) as u64));
         }
         entries.insert(key, Entry { value, stored_at: Instant::now() });
-        metrics::gauge!(self.metrics.entries).set(entries.len() as f64);
+        (self.metrics.record)(Event::Entries(entries.len() as f64));
     }
 
     /// Forget `key` (and fail every fill that started before).
@@ -140,7 +147,7 @@ impl<K: Eq + Hash + Copy, V: Clone> HotCache<K, V> {
         let Ok(mut entries) = self.entries.write() else { return };
         self.epoch.fetch_add(1, Ordering::AcqRel);
         entries.remove(&key);
-        metrics::gauge!(self.metrics.entries).set(entries.len() as f64);
+        (self.metrics.record)(Event::Entries(entries.len() as f64));
     }
 
     /// Keep only the entries `keep` accepts (and fail every fill that started before).
@@ -148,7 +155,7 @@ impl<K: Eq + Hash + Copy, V: Clone> HotCache<K, V> {
         let Ok(mut entries) = self.entries.write() else { return };
         self.epoch.fetch_add(1, Ordering::AcqRel);
         entries.retain(|key, entry| keep(key, &entry.value));
-        metrics::gauge!(self.metrics.entries).set(entries.len() as f64);
+        (self.metrics.record)(Event::Entries(entries.len() as f64));
     }
 
     /// Whether changes reach this process now (the Redis relay is subscribed).
@@ -158,7 +165,7 @@ impl<K: Eq + Hash + Copy, V: Clone> HotCache<K, V> {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         entries.clear();
         self.healthy.store(healthy, Ordering::Release);
-        metrics::gauge!(self.metrics.entries).set(0.0);
+        (self.metrics.record)(Event::Entries(0.0));
     }
 
     /// Whether lookups may be answered from memory now (on, and changes arrive).

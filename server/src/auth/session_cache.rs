@@ -26,7 +26,7 @@ use entities::Role;
 use uuid::Uuid;
 
 use crate::events::access::AccessChange;
-use crate::hot_cache::{CacheMetrics, HotCache};
+use crate::hot_cache::{CacheMetrics, Event, HotCache};
 
 /// What a live session of an enabled user amounts to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,11 +40,17 @@ pub struct CachedSession {
 /// [`SessionCache::insert`]) and on `Bypass`.
 pub type Lookup = crate::hot_cache::Lookup<CachedSession>;
 
-const METRICS: CacheMetrics = CacheMetrics {
-    lookups: "reelhouse_session_cache_lookups_total",
-    entries: "reelhouse_session_cache_entries",
-    evictions: "reelhouse_session_cache_evictions_total",
-};
+const METRICS: CacheMetrics = CacheMetrics { record };
+
+fn record(event: Event) {
+    match event {
+        Event::Lookup(outcome) => {
+            metrics::counter!("reelhouse_session_cache_lookups_total", "outcome" => outcome).increment(1)
+        }
+        Event::Entries(len) => metrics::gauge!("reelhouse_session_cache_entries").set(len),
+        Event::Evicted(n) => metrics::counter!("reelhouse_session_cache_evictions_total").increment(n),
+    }
+}
 
 /// Sessions by id; the mechanism (trust, races, bounds) is [`HotCache`]'s.
 #[derive(Debug)]

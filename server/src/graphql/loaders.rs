@@ -91,14 +91,10 @@ impl Loader<ProgressOf> for VideoLoader {
     type Error = Arc<AppError>;
 
     async fn load(&self, keys: &[ProgressOf]) -> Result<HashMap<ProgressOf, Self::Value>, Self::Error> {
-        let (cached, missing) = self.from_cache(keys, |k| k.0);
-        let mut found: HashMap<ProgressOf, Self::Value> =
-            cached.iter().filter_map(|video| Some((ProgressOf(video.row.id), video.progress.clone()?))).collect();
-        if !missing.is_empty() {
-            let read = videos::running_progress_of(&self.db, &missing).await.map_err(Arc::new)?;
-            found.extend(read.into_iter().map(|(id, progress)| (ProgressOf(id), progress)));
-        }
-        Ok(found)
+        // Not from the video cache: workers write progress to the job row between
+        // their PROGRESS events, so the row is the only current answer.
+        let found = videos::running_progress_of(&self.db, &ids(keys, |k| k.0)).await.map_err(Arc::new)?;
+        Ok(found.into_iter().map(|(id, progress)| (ProgressOf(id), progress)).collect())
     }
 }
 

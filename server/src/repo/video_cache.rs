@@ -1,6 +1,7 @@
-//! Hot video rows without the database: a video's row with its READY renditions
-//! and its running job's progress, kept in memory by id, so `video(id)` (and the
-//! `renditions`/`progress` of any listed video that is cached) reads nothing.
+//! Hot video rows without the database: a video's row with its READY renditions,
+//! kept in memory by id, so `video(id)` (and the `renditions` of any listed video
+//! that is cached) reads nothing. Progress is not kept: workers write it to the job
+//! row between their PROGRESS events, so `progress` still reads the job row.
 //!
 //! What the cache holds is the row, not a verdict: who may read it is decided per
 //! request ([`super::videos::can_read_by_id`]) from the cached row and the caller.
@@ -24,8 +25,7 @@ use sea_orm::{ConnectionTrait, EntityTrait};
 use uuid::Uuid;
 
 use crate::error::AppError;
-use crate::events::ProgressInfo;
-use crate::hot_cache::{CacheMetrics, HotCache, Lookup};
+use crate::hot_cache::{CacheMetrics, Event, HotCache, Lookup};
 
 /// A video as `video(id)` shows it.
 #[derive(Debug, Clone)]
@@ -33,15 +33,19 @@ pub struct CachedVideo {
     pub row: video::Model,
     /// READY renditions, tallest first (as [`super::videos::ready_renditions_of`]).
     pub renditions: Vec<rendition::Model>,
-    /// The running job's progress (as [`super::videos::running_progress_of`]).
-    pub progress: Option<ProgressInfo>,
 }
 
-const METRICS: CacheMetrics = CacheMetrics {
-    lookups: "reelhouse_video_cache_lookups_total",
-    entries: "reelhouse_video_cache_entries",
-    evictions: "reelhouse_video_cache_evictions_total",
-};
+const METRICS: CacheMetrics = CacheMetrics { record };
+
+fn record(event: Event) {
+    match event {
+        Event::Lookup(outcome) => {
+            metrics::counter!("reelhouse_video_cache_lookups_total", "outcome" => outcome).increment(1)
+        }
+        Event::Entries(len) => metrics::gauge!("reelhouse_video_cache_entries").set(len),
+        Event::Evicted(n) => metrics::counter!("reelhouse_video_cache_evictions_total").increment(n),
+    }
+}
 
 #[derive(Debug)]
 pub struct VideoCache(HotCache<Uuid, Arc<CachedVideo>>);
@@ -73,14 +77,12 @@ impl VideoCache {
             return Ok(None);
         };
         // A row nobody may read any more (deleted) is kept without its details.
-        let (renditions, progress) = if row.deleted_at.is_some() {
-            (Vec::new(), None)
+        let renditions = if row.deleted_at.is_some() {
+            Vec::new()
         } else {
-            let mut renditions = super::videos::ready_renditions_of(conn, &[id]).await?;
-            let mut progress = super::videos::running_progress_of(conn, &[id]).await?;
-            (renditions.remove(&id).unwrap_or_default(), progress.remove(&id))
+            super::videos::ready_renditions_of(conn, &[id]).await?.remove(&id).unwrap_or_default()
         };
-        let video = Arc::new(CachedVideo { row, renditions, progress });
+        let video = Arc::new(CachedVideo { row, renditions });
         if let Some(ticket) = ticket {
             self.0.insert(ticket, id, video.clone());
         }
