@@ -178,7 +178,10 @@ def bench_api(args):
     json.dump({"machine": machine(), "profile": args.profile, "seconds": args.seconds, "report": r},
               open(os.path.join(args.out, "api.json"), "w"), indent=2)
     enc = a.get("reelhouse_half_encoding") or {"rps": None, "latency_ms": {}, "errors": None}
-    rows = [("bare actix, max (closed loop)", a["baseline_max"]), ("reelhouse, max (closed loop)", a["reelhouse_max"]),
+    rows = [("bare actix, max (closed loop)", a["baseline_max"]), ("reelhouse, max (closed loop)", a["reelhouse_max"])]
+    if a.get("reelhouse_max_persisted"):
+        rows.append(("reelhouse, max, persisted query (closed loop)", a["reelhouse_max_persisted"]))
+    rows += [
             (f"bare actix at {a['half_load_rps']:.0f} rps", a["baseline_half"]),
             (f"reelhouse at {a['half_load_rps']:.0f} rps (idle)", a["reelhouse_half"]),
             (f"reelhouse at {a['half_load_rps']:.0f} rps while encoding", enc)]
@@ -189,6 +192,7 @@ def bench_api(args):
         f"{a['concurrency']} concurrent connections in the closed-loop phases, {a['response_bytes']}-byte response; see docs/BENCHMARKS.md.",
         "",
         f"- max rps ratio (reelhouse / bare actix): **{a['rps_ratio']:.2f}x**",
+        f"- max rps ratio with an Apollo persisted query (reelhouse / bare actix): **{fmt(a.get('rps_ratio_persisted'), 2)}x**",
         f"- p99 at half load: reelhouse **{a['reelhouse_half']['latency_ms']['p99']:.2f} ms**, bare actix {a['baseline_half']['latency_ms']['p99']:.2f} ms",
         f"- p99 while encoding / idle: **{fmt(a.get('encoding_p99_ratio'), 2)}x**",
         "",

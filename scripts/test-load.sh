@@ -30,7 +30,8 @@ for var in $(compgen -e); do
 done
 
 # start_server NAME [VAR=VALUE...]: an embedded server (one-rung ladder, no rate limits,
-# no WebSocket caps: every simulated client shares 127.0.0.1) in its own data dir on a
+# no WebSocket caps: every simulated client shares 127.0.0.1; NAME default-limits keeps
+# both as they are by default) in its own data dir on a
 # free port, with extra settings; sets server_pid and url.
 start_server() {
   local name="$1"
@@ -40,11 +41,14 @@ start_server() {
   port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
   url="http://127.0.0.1:$port"
   server_log="$work/server-$name.log"
-  env REELHOUSE__RATE_LIMIT__ENABLED=false \
+  # `default-limits`: rate limits and WebSocket caps as a new user's server has them.
+  local limits=(REELHOUSE__RATE_LIMIT__ENABLED=false
+    REELHOUSE__GRAPHQL__WS_MAX_SOCKETS_PER_IP=1000000
+    REELHOUSE__GRAPHQL__WS_MAX_SOCKETS_PER_USER=1000000
+    REELHOUSE__GRAPHQL__WS_MAX_SUBSCRIPTIONS_PER_USER=1000000)
+  if [[ "$name" == default-limits ]]; then limits=(REELHOUSE__RATE_LIMIT__ENABLED=true); fi
+  env "${limits[@]}" \
     REELHOUSE__AUTH__UNVERIFIED_CAN_UPLOAD=true \
-    REELHOUSE__GRAPHQL__WS_MAX_SOCKETS_PER_IP=1000000 \
-    REELHOUSE__GRAPHQL__WS_MAX_SOCKETS_PER_USER=1000000 \
-    REELHOUSE__GRAPHQL__WS_MAX_SUBSCRIPTIONS_PER_USER=1000000 \
     REELHOUSE__MEDIA__LADDER='[{lines=240,video_bitrate_kbps=300}]' \
     REELHOUSE__MEDIA__SPEED_PRESET=ultrafast \
     REELHOUSE__TELEMETRY__LEVEL=warn \
@@ -110,6 +114,19 @@ run soak 'r["videos_ready"] >= 1 and r["fanout"]["reelhouse"]["events"] >= 2 and
 start_server short-tokens REELHOUSE__AUTH__ACCESS_TOKEN_TTL_SECS=10 REELHOUSE__GRAPHQL__WS_RECHECK_MS=500
 run token-expiry 'r["reconnects"] >= 3 and r["videos_ready"] >= 1 and r["fanout"]["reelhouse"]["events"] >= 2' \
   --scenario soak --users 2 --subscribers 6 --duration 25s --ready-timeout 90s
+
+# A server with default settings, as a new user runs it: more sign-ups from one address
+# than the `auth_ip` burst (20) and more calls than the `api` burst (200). The harness must
+# wait for each 429 (Retry-After), count the refusals apart from errors (errors stay 0),
+# and say at start and in the summary that the target limits it and how to turn that off.
+start_server default-limits
+run default-limits 'r["rate_limited"] > 0 and r["requests"] > 0 and "RATE_LIMIT__ENABLED=false" in (r["rate_limit_note"] or "")' \
+  --scenario api --users 24 --duration 3s
+if ! grep -q "rate-limits this harness" "$work/default-limits.err"; then
+  echo "test-load: default-limits: the harness did not say at start that the target limits it:" >&2
+  cat "$work/default-limits.err" >&2
+  failures=$((failures + 1))
+fi
 
 if ((failures)); then
   echo "test-load: $failures scenario(s) failed; server log tail:" >&2

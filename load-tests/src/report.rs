@@ -128,6 +128,13 @@ pub struct ApiBench {
     pub reelhouse_half_encoding: Option<LoadPoint>,
     /// p99 while encoding / p99 idle.
     pub encoding_p99_ratio: Option<f64>,
+    /// reelhouse closed loop with the document named by its hash (Apollo persisted
+    /// query: no document sent, none parsed), same response bytes.
+    #[serde(default)]
+    pub reelhouse_max_persisted: Option<LoadPoint>,
+    /// reelhouse persisted max rps / baseline max rps.
+    #[serde(default)]
+    pub rps_ratio_persisted: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -271,6 +278,12 @@ impl Report {
                 "  API bench     max rps: reelhouse {:.0} vs bare actix {:.0} = {:.2}x\n",
                 a.reelhouse_max.rps, a.baseline_max.rps, a.rps_ratio
             ));
+            if let (Some(pq), Some(r)) = (&a.reelhouse_max_persisted, a.rps_ratio_persisted) {
+                out.push_str(&format!(
+                    "                persisted query: reelhouse {:.0} = {r:.2}x bare actix\n",
+                    pq.rps
+                ));
+            }
             out.push_str(&format!(
                 "                at {:.0} rps: reelhouse {}\n                              bare actix {}\n",
                 a.half_load_rps,

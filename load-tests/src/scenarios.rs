@@ -781,7 +781,7 @@ async fn api_bench(ctx: &Ctx) -> anyhow::Result<ApiBench> {
     }
     let phase = cfg.duration;
     let concurrency = cfg.users.max(1);
-    let target = Target { http: ctx.api.http.clone(), token: token.clone(), video: video.clone() };
+    let mut target = Target { http: ctx.api.http.clone(), token: token.clone(), video: video.clone(), hash: None };
     let reel_url = ctx.api.url("/graphql")?;
     let bare_url = baseline.join("/graphql")?;
     // Warm both (connections, caches), then measure; same client, same request bytes.
@@ -789,6 +789,32 @@ async fn api_bench(ctx: &Ctx) -> anyhow::Result<ApiBench> {
     let _ = closed_loop(&target, &reel_url, &body, concurrency, Duration::from_secs(2)).await;
     let baseline_max = closed_loop(&target, &bare_url, &body, concurrency, phase).await;
     let reelhouse_max = closed_loop(&target, &reel_url, &body, concurrency, phase).await;
+    // The same call as an Apollo persisted query (registered once, then by hash only).
+    let reelhouse_max_persisted = {
+        let hash = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(VIDEO_QUERY.as_bytes()));
+        let persisted = json!({ "persistedQuery": { "version": 1, "sha256Hash": hash } });
+        let registered = target
+            .http
+            .post(reel_url.clone())
+            .bearer_auth(&target.token)
+            .json(&json!({ "query": VIDEO_QUERY, "variables": { "id": target.video }, "extensions": persisted }))
+            .send()
+            .await;
+        let registered = match registered {
+            Ok(r) if r.status().is_success() => r.bytes().await.is_ok_and(|b| b.as_ref() == body.as_slice()),
+            _ => false,
+        };
+        if registered {
+            target.hash = Some(hash);
+            let _ = closed_loop(&target, &reel_url, &body, concurrency, Duration::from_secs(1)).await;
+            let point = closed_loop(&target, &reel_url, &body, concurrency, phase).await;
+            target.hash = None;
+            Some(point)
+        } else {
+            // An older server without persisted queries: no row.
+            None
+        }
+    };
     let half = reelhouse_max.rps / 2.0;
     let baseline_half = open_loop(&target, &bare_url, &body, half, phase).await;
     let reelhouse_half = open_loop(&target, &reel_url, &body, half, phase).await;
@@ -808,7 +834,10 @@ async fn api_bench(ctx: &Ctx) -> anyhow::Result<ApiBench> {
     } else {
         None
     };
-    for point in [&baseline_max, &reelhouse_max, &baseline_half, &reelhouse_half, &encoding] {
+    for point in [&baseline_max, &reelhouse_max, &baseline_half, &reelhouse_half, &encoding]
+        .into_iter()
+        .chain(reelhouse_max_persisted.as_ref())
+    {
         ctx.stats
             .count_errors(point.errors, format!("{} failed video(id) calls in an API benchmark phase", point.errors));
         ctx.stats.requests.fetch_add(point.requests, Ordering::Relaxed);
@@ -824,6 +853,14 @@ async fn api_bench(ctx: &Ctx) -> anyhow::Result<ApiBench> {
         reelhouse_half,
         reelhouse_half_encoding: Some(encoding),
         encoding_p99_ratio: ratio,
+        rps_ratio_persisted: reelhouse_max_persisted.as_ref().map(|p| {
+            if baseline_max.rps > 0.0 {
+                p.rps / baseline_max.rps
+            } else {
+                0.0
+            }
+        }),
+        reelhouse_max_persisted,
     })
 }
 
@@ -831,20 +868,23 @@ struct Target {
     http: reqwest::Client,
     token: String,
     video: String,
+    /// Send the document by this hash only (Apollo persisted query).
+    hash: Option<String>,
 }
 
 impl Target {
     /// One `video(id)` call; `Ok` only for a 200 whose body is exactly the expected bytes
     /// (for reelhouse that also means no `errors`).
     async fn call(&self, url: &reqwest::Url, expected: &[u8]) -> Result<(), ()> {
-        let response = self
-            .http
-            .post(url.clone())
-            .bearer_auth(&self.token)
-            .json(&json!({ "query": VIDEO_QUERY, "variables": { "id": self.video } }))
-            .send()
-            .await
-            .map_err(|_| ())?;
+        let request = match &self.hash {
+            Some(hash) => json!({
+                "variables": { "id": self.video },
+                "extensions": { "persistedQuery": { "version": 1, "sha256Hash": hash } },
+            }),
+            None => json!({ "query": VIDEO_QUERY, "variables": { "id": self.video } }),
+        };
+        let response =
+            self.http.post(url.clone()).bearer_auth(&self.token).json(&request).send().await.map_err(|_| ())?;
         if !response.status().is_success() {
             return Err(());
         }

@@ -12,6 +12,7 @@ pub mod db;
 pub mod error;
 pub mod events;
 pub mod graphql;
+pub mod hot_cache;
 pub mod http;
 pub mod jail;
 pub mod jobs;

@@ -65,6 +65,7 @@ impl AppState {
     pub fn publisher(&self) -> crate::events::Publisher {
         crate::events::Publisher::new(Some(self.hubs.event_bus.clone()))
             .with_redis(self.redis.clone(), &self.instance_id)
+            .with_video_cache(self.access_signals.videos().clone())
     }
 
     /// The client's address as a rate-limit subject (see `http::client_ip`).
@@ -155,7 +156,13 @@ impl Application {
             Duration::from_secs(settings.auth.session_cache_ttl_secs.max(1)),
             redis.is_none(),
         ));
-        let access_signals = crate::events::access::AccessSignals::new(redis.clone(), &instance_id, session_cache);
+        let video_cache = Arc::new(crate::repo::video_cache::VideoCache::new(
+            settings.graphql.video_cache_capacity,
+            Duration::from_secs(settings.graphql.video_cache_ttl_secs.max(1)),
+            redis.is_none(),
+        ));
+        let access_signals =
+            crate::events::access::AccessSignals::new(redis.clone(), &instance_id, session_cache, video_cache);
         let state = AppState {
             settings: settings.clone(),
             db,

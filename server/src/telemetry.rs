@@ -351,6 +351,23 @@ pub const METRICS: &[MetricInfo] = {
         ),
         gauge("reelhouse_session_cache_entries", Some(Unit::Count), "Sessions held in this process's session cache."),
         counter(
+            "reelhouse_session_cache_evictions_total",
+            "Sessions dropped from the session cache to stay within auth.session_cache_capacity (expired ones first).",
+        ),
+        counter(
+            "reelhouse_persisted_queries_total",
+            "Apollo persisted-query requests by outcome: hit (document kept, not parsed), miss (PERSISTED_QUERY_NOT_FOUND), registered, unsupported (capacity 0).",
+        ),
+        counter(
+            "reelhouse_video_cache_lookups_total",
+            "Video-row cache lookups (video(id), and renditions/progress of listed videos) by outcome: hit (no database), miss (read and cached), bypass (cache off or not trusted).",
+        ),
+        gauge("reelhouse_video_cache_entries", Some(Unit::Count), "Videos held in this process's video-row cache."),
+        counter(
+            "reelhouse_video_cache_evictions_total",
+            "Videos dropped from the video-row cache to stay within graphql.video_cache_capacity (expired ones first).",
+        ),
+        counter(
             "reelhouse_access_changes_total",
             "Access changes (session revoked, account disabled, deleted or re-roled) pushed to open sockets.",
         ),

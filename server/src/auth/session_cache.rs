@@ -18,16 +18,15 @@
 //!
 //! Bounded: at most `auth.session_cache_capacity` entries (expired ones go first,
 //! then arbitrary ones), each trusted for `auth.session_cache_ttl_secs` at most.
+//! The mechanism is shared with the video-row cache: [`crate::hot_cache`].
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::RwLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use entities::Role;
 use uuid::Uuid;
 
 use crate::events::access::AccessChange;
+use crate::hot_cache::{CacheMetrics, Event, HotCache};
 
 /// What a live session of an enabled user amounts to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,147 +36,78 @@ pub struct CachedSession {
     pub role: Role,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    session: CachedSession,
-    stored_at: Instant,
-}
+/// The answer of [`SessionCache::get`]: read the database on `Miss` (then
+/// [`SessionCache::insert`]) and on `Bypass`.
+pub type Lookup = crate::hot_cache::Lookup<CachedSession>;
 
-/// The answer of [`SessionCache::get`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lookup {
-    Hit(CachedSession),
-    /// Not cached (or expired): read the database, then [`SessionCache::insert`].
-    Miss,
-    /// The cache may not be trusted now (off, or changes may not reach this process).
-    Bypass,
-}
+const METRICS: CacheMetrics = CacheMetrics { record };
 
-pub struct SessionCache {
-    entries: RwLock<HashMap<Uuid, Entry>>,
-    /// Advanced (under the write lock) by every invalidation and health change.
-    epoch: AtomicU64,
-    healthy: AtomicBool,
-    capacity: usize,
-    ttl: Duration,
-}
-
-impl std::fmt::Debug for SessionCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionCache")
-            .field("len", &self.len())
-            .field("capacity", &self.capacity)
-            .field("healthy", &self.healthy.load(Ordering::Relaxed))
-            .finish_non_exhaustive()
+fn record(event: Event) {
+    match event {
+        Event::Lookup(outcome) => {
+            metrics::counter!("reelhouse_session_cache_lookups_total", "outcome" => outcome).increment(1)
+        }
+        Event::Entries(len) => metrics::gauge!("reelhouse_session_cache_entries").set(len),
+        Event::Evicted(n) => metrics::counter!("reelhouse_session_cache_evictions_total").increment(n),
     }
 }
+
+/// Sessions by id; the mechanism (trust, races, bounds) is [`HotCache`]'s.
+#[derive(Debug)]
+pub struct SessionCache(HotCache<Uuid, CachedSession>);
 
 impl SessionCache {
     /// A cache of at most `capacity` sessions (0: off) trusted for `ttl` each.
     /// `healthy`: whether access changes reach this process from the start (no Redis).
     pub fn new(capacity: usize, ttl: Duration, healthy: bool) -> Self {
-        Self {
-            entries: RwLock::new(HashMap::new()),
-            epoch: AtomicU64::new(0),
-            healthy: AtomicBool::new(healthy),
-            capacity,
-            ttl,
-        }
-    }
-
-    fn usable(&self) -> bool {
-        self.capacity > 0 && self.healthy.load(Ordering::Acquire)
+        Self(HotCache::new(capacity, ttl, healthy, METRICS))
     }
 
     pub fn get(&self, session_id: Uuid) -> Lookup {
-        if !self.usable() {
-            metrics::counter!("reelhouse_session_cache_lookups_total", "outcome" => "bypass").increment(1);
-            return Lookup::Bypass;
-        }
-        let found = self
-            .entries
-            .read()
-            .ok()
-            .and_then(|entries| entries.get(&session_id).copied())
-            .filter(|entry| entry.stored_at.elapsed() < self.ttl);
-        match found {
-            Some(entry) => {
-                metrics::counter!("reelhouse_session_cache_lookups_total", "outcome" => "hit").increment(1);
-                Lookup::Hit(entry.session)
-            }
-            None => {
-                metrics::counter!("reelhouse_session_cache_lookups_total", "outcome" => "miss").increment(1);
-                Lookup::Miss
-            }
-        }
+        self.0.get(session_id)
     }
 
     /// Taken before reading the database; [`SessionCache::insert`] only stores if no
     /// change happened since. `None` when the cache may not be used now.
     pub fn ticket(&self) -> Option<u64> {
-        self.usable().then(|| self.epoch.load(Ordering::Acquire))
+        self.0.ticket()
     }
 
     /// Store what the database said about a live session, unless anything changed
     /// since `ticket` was taken.
     pub fn insert(&self, ticket: u64, session_id: Uuid, session: CachedSession) {
-        let Ok(mut entries) = self.entries.write() else { return };
-        if self.epoch.load(Ordering::Acquire) != ticket || !self.usable() {
-            return;
-        }
-        if entries.len() >= self.capacity && !entries.contains_key(&session_id) {
-            let ttl = self.ttl;
-            entries.retain(|_, entry| entry.stored_at.elapsed() < ttl);
-            // Still full: make room for a tenth (arbitrary ones: they are read again).
-            if entries.len() >= self.capacity {
-                let drop: Vec<Uuid> = entries.keys().take((self.capacity / 10).max(1)).copied().collect();
-                for id in drop {
-                    entries.remove(&id);
-                }
-            }
-        }
-        entries.insert(session_id, Entry { session, stored_at: Instant::now() });
-        metrics::gauge!("reelhouse_session_cache_entries").set(entries.len() as f64);
+        self.0.insert(ticket, session_id, session);
     }
 
     /// Forget what `change` names: one session, or every session of its user.
     pub fn invalidate(&self, change: &AccessChange) {
-        let Ok(mut entries) = self.entries.write() else { return };
-        self.epoch.fetch_add(1, Ordering::AcqRel);
         match change.session_id {
-            Some(session_id) => {
-                entries.remove(&session_id);
-            }
-            None => entries.retain(|_, entry| entry.session.user_id != change.user_id),
+            Some(session_id) => self.0.remove(session_id),
+            None => self.0.retain_where(|_, session| session.user_id != change.user_id),
         }
-        metrics::gauge!("reelhouse_session_cache_entries").set(entries.len() as f64);
     }
 
     /// Whether access changes reach this process now (the Redis relay is subscribed).
     /// Every transition empties the cache: changes may have been missed meanwhile.
     pub fn set_stream_healthy(&self, healthy: bool) {
-        let Ok(mut entries) = self.entries.write() else { return };
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        entries.clear();
-        self.healthy.store(healthy, Ordering::Release);
-        metrics::gauge!("reelhouse_session_cache_entries").set(0.0);
+        self.0.set_stream_healthy(healthy);
     }
 
     /// Whether lookups may be answered from memory now (on, and changes arrive).
     pub fn is_trusted(&self) -> bool {
-        self.usable()
+        self.0.is_trusted()
     }
 
     pub fn len(&self) -> usize {
-        self.entries.read().map(|entries| entries.len()).unwrap_or(0)
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.0.is_empty()
     }
 
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.0.capacity()
     }
 }
 

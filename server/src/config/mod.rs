@@ -318,6 +318,16 @@ pub struct GraphqlSettings {
     /// Operations one user may have running over all their sockets; one more is
     /// answered with an `error` message (code `RATE_LIMITED`). Per process.
     pub ws_max_subscriptions_per_user: usize,
+    /// Videos (row, READY renditions, running progress) whose `video(id)` reads are
+    /// answered from memory; invalidated at once by the video's events and changes
+    /// (across instances through Redis). 0 turns the cache off.
+    pub video_cache_capacity: usize,
+    /// Seconds a cached video is trusted before it is read again (a safety net:
+    /// changes invalidate it at once).
+    pub video_cache_ttl_secs: u64,
+    /// Documents kept parsed for Apollo automatic persisted queries (by SHA-256);
+    /// 0 turns persisted queries off.
+    pub persisted_queries_capacity: usize,
 }
 
 impl GraphqlSettings {
@@ -348,6 +358,9 @@ impl Default for GraphqlSettings {
             ws_max_sockets_per_ip: 100,
             ws_max_sockets_per_user: 20,
             ws_max_subscriptions_per_user: 200,
+            video_cache_capacity: 10_000,
+            video_cache_ttl_secs: 30,
+            persisted_queries_capacity: 1_000,
         }
     }
 }
@@ -681,6 +694,15 @@ impl Settings {
         }
         if self.auth.session_cache_capacity > 10_000_000 {
             return Err(SettingsError::new("auth.session_cache_capacity", "must be at most 10000000"));
+        }
+        if self.graphql.video_cache_capacity > 0 && !(1..=3600).contains(&self.graphql.video_cache_ttl_secs) {
+            return Err(SettingsError::new("graphql.video_cache_ttl_secs", "must be between 1 and 3600"));
+        }
+        if self.graphql.video_cache_capacity > 1_000_000 {
+            return Err(SettingsError::new("graphql.video_cache_capacity", "must be at most 1000000"));
+        }
+        if self.graphql.persisted_queries_capacity > 100_000 {
+            return Err(SettingsError::new("graphql.persisted_queries_capacity", "must be at most 100000"));
         }
         if self.auth.access_token_ttl_secs == 0 {
             return Err(SettingsError::new("auth.access_token_ttl_secs", "must be positive"));

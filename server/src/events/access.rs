@@ -12,6 +12,10 @@
 //! The same changes invalidate the process's session cache
 //! ([`crate::auth::session_cache`]) before any socket hears of them, synchronously,
 //! so the next request on this instance reads the database again.
+//!
+//! The same channel carries video changes that are not domain events (metadata
+//! and visibility, hiding, upload claims) for the video-row cache
+//! ([`crate::repo::video_cache`]): [`AccessSignals::video_changed`].
 
 use std::sync::Arc;
 
@@ -21,6 +25,7 @@ use uuid::Uuid;
 
 use crate::auth::session_cache::SessionCache;
 use crate::redis_client::RedisHandle;
+use crate::repo::video_cache::VideoCache;
 
 /// Changes buffered per listening socket; a socket that falls behind re-checks.
 const CAPACITY: usize = 256;
@@ -51,11 +56,14 @@ impl AccessChange {
     }
 }
 
-/// What travels on the Redis channel.
+/// What travels on the Redis channel: an access change, or a video that changed.
 #[derive(Debug, Serialize, Deserialize)]
 struct Envelope {
     origin: String,
-    change: AccessChange,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    change: Option<AccessChange>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    video: Option<Uuid>,
 }
 
 /// The process's access-change channel. Cheap to clone.
@@ -64,6 +72,7 @@ pub struct AccessSignals {
     sender: broadcast::Sender<AccessChange>,
     redis: Option<(Arc<RedisHandle>, Arc<str>)>,
     sessions: Arc<SessionCache>,
+    videos: Arc<VideoCache>,
 }
 
 /// Longest wait for Redis to take a change before the caller's answer goes out.
@@ -71,12 +80,19 @@ const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl AccessSignals {
     /// Signals of this process, also published to Redis (as instance `origin`) when
-    /// set. `sessions` is emptied of what each change names; without Redis it is
-    /// trusted from the start, with Redis once the relay has subscribed.
-    pub fn new(redis: Option<Arc<RedisHandle>>, origin: &str, sessions: Arc<SessionCache>) -> Self {
+    /// set. `sessions` is emptied of what each change names, `videos` of each video
+    /// that changed; without Redis they are trusted from the start, with Redis once
+    /// the relay has subscribed.
+    pub fn new(
+        redis: Option<Arc<RedisHandle>>,
+        origin: &str,
+        sessions: Arc<SessionCache>,
+        videos: Arc<VideoCache>,
+    ) -> Self {
         let (sender, _) = broadcast::channel(CAPACITY);
         sessions.set_stream_healthy(redis.is_none());
-        Self { sender, redis: redis.map(|r| (r, Arc::from(origin))), sessions }
+        videos.set_stream_healthy(redis.is_none());
+        Self { sender, redis: redis.map(|r| (r, Arc::from(origin))), sessions, videos }
     }
 
     /// The session cache these signals keep current.
@@ -84,9 +100,28 @@ impl AccessSignals {
         &self.sessions
     }
 
+    /// The video-row cache these signals (and the video's events) keep current.
+    pub fn videos(&self) -> &Arc<VideoCache> {
+        &self.videos
+    }
+
     /// The relay's subscription to the access channel began (`true`) or ended.
     pub(crate) fn set_stream_healthy(&self, healthy: bool) {
         self.sessions.set_stream_healthy(healthy);
+        self.videos.set_stream_healthy(healthy);
+    }
+
+    /// A video changed in a way that is not a domain event (metadata, visibility,
+    /// hiding, an upload claim): forget it here at once, and wait (at most a
+    /// second) until Redis handed the change to every instance's relay, so the
+    /// caller's answer goes out only after the other instances were told. Call
+    /// after the change committed.
+    pub async fn video_changed(&self, video_id: Uuid) {
+        self.videos.invalidate(video_id);
+        if let Some((redis, origin)) = &self.redis {
+            let envelope = Envelope { origin: origin.to_string(), change: None, video: Some(video_id) };
+            publish_within(redis, &envelope).await;
+        }
     }
 
     /// [`AccessSignals::notify`], and wait (at most a second) until Redis has handed
@@ -96,19 +131,8 @@ impl AccessSignals {
         metrics::counter!("reelhouse_access_changes_total").increment(1);
         self.deliver_locally(change);
         if let Some((redis, origin)) = &self.redis {
-            let envelope = Envelope { origin: origin.to_string(), change };
-            let Ok(payload) = serde_json::to_string(&envelope) else { return };
-            let published = tokio::time::timeout(PUBLISH_TIMEOUT, async {
-                let mut conn = redis.connection().await?;
-                let _: i64 = redis::cmd("PUBLISH").arg(channel(redis)).arg(&payload).query_async(&mut conn).await?;
-                anyhow::Ok(())
-            })
-            .await;
-            match published {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => tracing::warn!(error = %err, "publishing an access change to redis failed"),
-                Err(_) => tracing::warn!("publishing an access change to redis timed out"),
-            }
+            let envelope = Envelope { origin: origin.to_string(), change: Some(change), video: None };
+            publish_within(redis, &envelope).await;
         }
     }
 
@@ -123,7 +147,7 @@ impl AccessSignals {
         metrics::counter!("reelhouse_access_changes_total").increment(1);
         self.deliver_locally(change);
         if let Some((redis, origin)) = &self.redis {
-            let envelope = Envelope { origin: origin.to_string(), change };
+            let envelope = Envelope { origin: origin.to_string(), change: Some(change), video: None };
             let redis = redis.clone();
             tokio::spawn(async move {
                 let Ok(payload) = serde_json::to_string(&envelope) else { return };
@@ -153,9 +177,33 @@ impl AccessSignals {
     pub(crate) fn forward_from_redis(&self, payload: &str) {
         match serde_json::from_str::<Envelope>(payload) {
             Ok(envelope) if self.redis.as_ref().is_some_and(|(_, origin)| **origin == *envelope.origin) => {}
-            Ok(envelope) => self.deliver_locally(envelope.change),
+            Ok(envelope) => {
+                if let Some(video_id) = envelope.video {
+                    self.videos.invalidate(video_id);
+                }
+                if let Some(change) = envelope.change {
+                    self.deliver_locally(change);
+                }
+            }
             Err(err) => tracing::warn!(error = %err, "ignoring a malformed access change on the redis channel"),
         }
+    }
+}
+
+/// Publish `envelope`, waiting at most [`PUBLISH_TIMEOUT`] (failures are logged:
+/// the caches' TTL and the sockets' periodic re-check are the backstop).
+async fn publish_within(redis: &RedisHandle, envelope: &Envelope) {
+    let Ok(payload) = serde_json::to_string(envelope) else { return };
+    let published = tokio::time::timeout(PUBLISH_TIMEOUT, async {
+        let mut conn = redis.connection().await?;
+        let _: i64 = redis::cmd("PUBLISH").arg(channel(redis)).arg(&payload).query_async(&mut conn).await?;
+        anyhow::Ok(())
+    })
+    .await;
+    match published {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(error = %err, "publishing an access change to redis failed"),
+        Err(_) => tracing::warn!("publishing an access change to redis timed out"),
     }
 }
 

@@ -140,7 +140,7 @@ pub async fn run_relay(
                         } else if message.get_channel_name() == job_log_channel {
                             super::job_log::forward(&bus, &instance, &payload);
                         } else {
-                            forward(&bus, &instance, &payload);
+                            forward(&bus, &instance, &payload, &access);
                         }
                     }
                     drop(stream_guard);
@@ -178,7 +178,7 @@ impl Drop for StreamHealth<'_> {
     }
 }
 
-fn forward(bus: &Hub<EventBus>, instance: &str, payload: &str) {
+fn forward(bus: &Hub<EventBus>, instance: &str, payload: &str, access: &super::access::AccessSignals) {
     let envelope: Envelope = match serde_json::from_str(payload) {
         Ok(envelope) => envelope,
         Err(err) => {
@@ -191,6 +191,9 @@ fn forward(bus: &Hub<EventBus>, instance: &str, payload: &str) {
     }
     let latency = (Utc::now() - envelope.sent_at).to_std().unwrap_or_default();
     metrics::histogram!("reelhouse_event_fanout_seconds").record(latency.as_secs_f64());
+    // Before any subscriber hears of it: a client reacting to the event reads the
+    // video anew.
+    access.videos().invalidate(envelope.event.video_id);
     bus.addr().do_send(Publish(BusMessage::Video(Arc::new(envelope.event))));
 }
 

@@ -278,11 +278,19 @@ pub fn progress_event(video: &video::Model, last_seq: i64, job_id: Uuid, progres
 pub struct Publisher {
     bus: Option<Hub<EventBus>>,
     redis: Option<(Arc<crate::redis_client::RedisHandle>, Arc<str>)>,
+    videos: Option<Arc<crate::repo::video_cache::VideoCache>>,
 }
 
 impl Publisher {
     pub fn new(bus: Option<Hub<EventBus>>) -> Self {
-        Self { bus, redis: None }
+        Self { bus, redis: None, videos: None }
+    }
+
+    /// Forget each event's video in this process's video-row cache, synchronously,
+    /// before anyone hears of the event (the relay does so on the other instances).
+    pub fn with_video_cache(mut self, videos: Arc<crate::repo::video_cache::VideoCache>) -> Self {
+        self.videos = Some(videos);
+        self
     }
 
     /// Also publish to Redis as instance `origin` (whose own relay skips them).
@@ -293,6 +301,9 @@ impl Publisher {
 
     pub fn publish(&self, event: DomainEvent) {
         metrics::counter!("reelhouse_events_published_total", "kind" => event.kind.as_str()).increment(1);
+        if let Some(videos) = &self.videos {
+            videos.invalidate(event.video_id);
+        }
         if let Some((redis, origin)) = &self.redis {
             let (redis, origin, event) = (redis.clone(), origin.clone(), event.clone());
             tokio::spawn(async move { fanout::publish(&redis, &origin, &event).await });

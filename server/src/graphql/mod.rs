@@ -11,6 +11,7 @@ pub mod limits;
 pub mod loaders;
 pub mod moderation;
 mod paging;
+pub mod persisted_queries;
 pub mod progress;
 mod server_info;
 pub mod system;
@@ -73,6 +74,7 @@ pub fn build_schema(settings: &GraphqlSettings, state: Option<AppState>) -> AppS
         .limit_complexity(settings.max_complexity)
         .limit_recursive_depth(settings.max_depth.max(32))
         .extension(error_codes::ErrorCodes)
+        .extension(persisted_queries::PersistedQueries::new(settings.persisted_queries_capacity))
         .extension(limits::DocumentLimits {
             max_aliases: settings.max_aliases,
             max_directives: settings.max_directives,
@@ -89,7 +91,8 @@ pub fn build_schema(settings: &GraphqlSettings, state: Option<AppState>) -> AppS
     }
     if let Some(state) = state {
         crate::auth::accounts::warm_up();
-        builder = builder.data(loaders::video_loader(state.db.clone())).data(state);
+        builder =
+            builder.data(loaders::video_loader(state.db.clone(), state.access_signals.videos().clone())).data(state);
     }
     builder.finish()
 }

@@ -60,6 +60,7 @@ impl ModerationMutation {
         let client = ctx.data_opt::<ClientInfo>().cloned().unwrap_or_default();
         let video =
             repo::moderate(&state.db, principal, id, ModerationActionKind::Hide, reason, &client).await.gql()?;
+        state.access_signals.video_changed(id).await;
         Ok(video.into())
     }
 
@@ -74,6 +75,7 @@ impl ModerationMutation {
         let client = ctx.data_opt::<ClientInfo>().cloned().unwrap_or_default();
         let video =
             repo::moderate(&state.db, principal, id, ModerationActionKind::Unhide, reason, &client).await.gql()?;
+        state.access_signals.video_changed(id).await;
         Ok(video.into())
     }
 }

@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use crate::auth::principal::{Principal, RequestAuth};
 use crate::auth::roles::{require_principal, AuthenticatedGuard, Permission, PermissionGuard};
+use crate::error::AppError;
 use crate::error::GqlResultExt;
-use crate::error::{AppError, ErrorCode};
 use crate::graphql::accounts::User;
 use crate::graphql::loaders::{ProgressOf, RenditionsOf, TotalsOf, VideoDataLoader};
 use crate::graphql::moderation::ModerationEntry;
@@ -325,14 +325,13 @@ pub struct VideosQuery;
 #[Object]
 impl VideosQuery {
     /// A video by id; null when it does not exist or the caller may not see it.
+    /// Hot videos are read from memory (`repo::video_cache`); who may see the row
+    /// is decided here, per request, as `repo::videos::find_readable` does.
     async fn video(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Video>> {
         let state = ctx.data::<AppState>()?;
         let id = parse_video_id(&id).gql()?;
-        match repo::find_readable(&state.db, viewer(ctx), id).await {
-            Ok(video) => Ok(Some(video.into())),
-            Err(err) if err.code() == ErrorCode::NotFound => Ok(None),
-            Err(err) => Err(err.extend()),
-        }
+        let video = state.access_signals.videos().load(&state.db, id).await.gql()?;
+        Ok(video.filter(|video| repo::can_read_by_id(viewer(ctx), &video.row)).map(|video| Video(video.row.clone())))
     }
 
     /// Videos the caller may list, newest first. Anonymous callers and strangers
@@ -407,6 +406,9 @@ impl VideosMutation {
         .gql()?;
         let video = repo::find_writable(&state.db, principal, id).await.gql()?;
         let video = repo::update_video(&state.db, video, changes).await.gql()?;
+        // Visibility may have changed: no instance serves the old row from memory
+        // once this answers.
+        state.access_signals.video_changed(id).await;
         Ok(video.into())
     }
 
@@ -429,6 +431,9 @@ impl VideosMutation {
             .await
             .map_err(|e| AppError::internal(e).extend())?;
         let event = repo::delete_video(&state.db, principal, id, state.settings.jobs.max_attempts).await.gql()?;
+        // The DELETED event reaches other instances' caches too, but without waiting:
+        // this does, so the video is gone everywhere once this answers.
+        state.access_signals.video_changed(id).await;
         state.publisher().publish(event);
         let store = state.store.clone();
         tokio::spawn(async move {
@@ -491,6 +496,7 @@ impl User {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorCode;
 
     #[test]
     fn cursors_round_trip_and_refuse_tampering() {

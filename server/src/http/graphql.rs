@@ -103,11 +103,15 @@ fn refuse(status: StatusCode, media: Media, message: impl Into<String>) -> HttpR
 
 /// Check the shape of a GraphQL-over-HTTP request object: `query` a string,
 /// `operationName` a string or null, `variables` and `extensions` maps or null.
+/// `query` may be left out when `extensions.persistedQuery` names the document
+/// (`graphql::persisted_queries`).
 fn check_params(value: &serde_json::Value) -> Result<(), String> {
     let Some(object) = value.as_object() else { return Err("a GraphQL request is a JSON object".into()) };
+    let persisted = object.get("extensions").and_then(|e| e.get("persistedQuery")).is_some();
     match object.get("query") {
         Some(serde_json::Value::String(_)) => {}
         Some(_) => return Err("`query` must be a string".into()),
+        None if persisted => {}
         None => return Err("the `query` parameter is missing".into()),
     }
     if !object.get("operationName").is_none_or(|v| v.is_null() || v.is_string()) {
@@ -187,8 +191,10 @@ pub async fn graphql_get(
             "only queries may be sent with GET; send mutations with POST and subscriptions over /graphql/ws",
         ));
     }
-    let request: async_graphql::Request = match serde_json::from_value(params) {
-        Ok(request) => request,
+    let request = match serde_json::from_value::<async_graphql::Request>(params) {
+        // A persisted document is not in the URL: its operation type is checked
+        // once it is known (`graphql::persisted_queries`).
+        Ok(request) => request.data(crate::graphql::persisted_queries::OverGet),
         Err(e) => return Ok(refuse(StatusCode::BAD_REQUEST, media, format!("invalid GraphQL request: {e}"))),
     };
     Ok(execute(&state, &schema, &req, media, async_graphql::BatchRequest::Single(request)).await)

@@ -4,5 +4,6 @@ pub mod audit;
 pub mod moderation;
 pub mod usage;
 pub mod users;
+pub mod video_cache;
 pub mod videos;
 pub mod views;

@@ -69,6 +69,7 @@ pub async fn end_session(state: &AppState, id: Uuid, status: UploadStatus, reaso
         .filter(video::Column::Status.eq(VideoStatus::Uploading))
         .exec(&state.db)
         .await?;
+    state.access_signals.video_changed(row.video_id).await;
     metrics::counter!("reelhouse_uploads_ended_total", "status" => status_label(status)).increment(1);
     Ok(())
 }

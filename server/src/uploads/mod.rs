@@ -312,6 +312,10 @@ pub async fn open_session(
             }
         }
     }
+    if let Ok((_, video)) = &result {
+        // Its status is UPLOADING now (not an event).
+        state.access_signals.video_changed(video.id).await;
+    }
     result
 }
 
