@@ -318,6 +318,10 @@ pub struct GraphqlSettings {
     /// Operations one user may have running over all their sockets; one more is
     /// answered with an `error` message (code `RATE_LIMITED`). Per process.
     pub ws_max_subscriptions_per_user: usize,
+    /// Serve `videoEvents`/`videoProgress` subscriptions with frames rendered once
+    /// per (document + variables, visibility class) and shared by every subscriber
+    /// with that key; off: every subscriber's events are executed for it alone.
+    pub ws_shared_frames: bool,
 }
 
 impl GraphqlSettings {
@@ -348,6 +352,7 @@ impl Default for GraphqlSettings {
             ws_max_sockets_per_ip: 100,
             ws_max_sockets_per_user: 20,
             ws_max_subscriptions_per_user: 200,
+            ws_shared_frames: true,
         }
     }
 }

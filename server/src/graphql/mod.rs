@@ -12,6 +12,7 @@ pub mod loaders;
 pub mod moderation;
 mod paging;
 pub mod progress;
+pub mod shared_frames;
 mod server_info;
 pub mod system;
 pub mod totp;
