@@ -26,11 +26,11 @@ use std::time::Duration;
 use async_graphql::{Context, ErrorExtensions, SimpleObject, Subscription, ID};
 use chrono::{DateTime, Utc};
 use entities::{event_outbox, job, video, JobStatus, VideoStatus as DbVideoStatus, Visibility};
+use futures::stream::BoxStream;
 use futures::Stream;
+use futures::StreamExt;
 use sea_orm::{ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use tokio::sync::{broadcast, mpsc};
-use futures::stream::BoxStream;
-use futures::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 

@@ -277,7 +277,9 @@ mod tests {
     #[test]
     fn only_one_video_events_root_field_is_shared() {
         assert!(is_shareable(&request("subscription { videoEvents { seq kind } }")));
-        assert!(is_shareable(&request("subscription S($v: ID!) { p: videoProgress(videoId: $v) { ...F } } fragment F on VideoEvent { seq }")));
+        assert!(is_shareable(&request(
+            "subscription S($v: ID!) { p: videoProgress(videoId: $v) { ...F } } fragment F on VideoEvent { seq }"
+        )));
         assert!(!is_shareable(&request("subscription { heartbeat }")));
         assert!(!is_shareable(&request("subscription { videoEvents { seq } b: videoEvents { seq } }")));
         assert!(!is_shareable(&request("subscription { ... on Subscription { videoEvents { seq } } }")));

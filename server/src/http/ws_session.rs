@@ -508,13 +508,10 @@ impl Session {
         // validation, limits, the resolver's checks); a refusal comes out as its one
         // response. A started feed sends its frames through `frames` instead.
         let prefix = crate::graphql::shared_frames::frame_prefix(frame_type, &id);
-        let refusals = self
-            .schema
-            .execute_stream_with_session_data(request, Arc::new(data))
-            .map(move |response| {
-                let payload = crate::graphql::shared_frames::payload_text(&response);
-                SharedFrame::Text(crate::graphql::shared_frames::splice(&prefix, &payload))
-            });
+        let refusals = self.schema.execute_stream_with_session_data(request, Arc::new(data)).map(move |response| {
+            let payload = crate::graphql::shared_frames::payload_text(&response);
+            SharedFrame::Text(crate::graphql::shared_frames::splice(&prefix, &payload))
+        });
         let operation = id.clone();
         let stream = refusals
             .chain(tokio_stream::wrappers::ReceiverStream::new(frames).map(SharedFrame::Text))

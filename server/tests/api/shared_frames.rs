@@ -103,8 +103,7 @@ async fn shared_and_per_subscriber_frames_are_byte_for_byte_the_same_in_both_pro
             for id in ids {
                 for shared in [true, false] {
                     let socket =
-                        subscribe_as(&app, protocol, &owner, id, &document(selection, shared), variables.clone())
-                            .await;
+                        subscribe_as(&app, protocol, &owner, id, &document(selection, shared), variables.clone()).await;
                     sockets.push((id, shared, socket));
                 }
             }
@@ -184,7 +183,8 @@ async fn completing_a_shared_subscription_answers_complete_and_frees_its_key() {
     let video = insert_video(&app, &owner, Visibility::Private, VideoStatus::Processing).await;
     let variables = json!({ "id": video.id.to_string() });
     for protocol in ["graphql-transport-ws", "graphql-ws"] {
-        let mut socket = subscribe_as(&app, protocol, &owner, "9", &document("kind seq", true), variables.clone()).await;
+        let mut socket =
+            subscribe_as(&app, protocol, &owner, "9", &document("kind seq", true), variables.clone()).await;
         let snapshot: Value = serde_json::from_str(&next_text(&mut socket).await).unwrap();
         assert_eq!(snapshot["payload"]["data"]["e"]["kind"], "PROCESSING", "{snapshot}");
         let stop = if protocol == "graphql-ws" { "stop" } else { "complete" };
