@@ -52,6 +52,11 @@ pub fn is_shareable(request: &Request) -> bool {
     let Ok(document) = async_graphql::parser::parse_query(&request.query) else { return false };
     let operation = match (&document.operations, request.operation_name.as_deref()) {
         (DocumentOperations::Single(operation), None) => &operation.node,
+        // One named operation, run without naming it.
+        (DocumentOperations::Multiple(operations), None) if operations.len() == 1 => match operations.values().next() {
+            Some(operation) => &operation.node,
+            None => return false,
+        },
         (DocumentOperations::Multiple(operations), Some(name)) => match operations.get(name) {
             Some(operation) => &operation.node,
             None => return false,

@@ -17,11 +17,8 @@ use crate::subscriptions::{connect, send, Socket};
 use crate::video_events::{insert_video, transition_on, wait_for_subscribers};
 
 async fn app() -> TestApp {
-    spawn_app_with(|s| {
-        s.workers.embedded = false;
-        s.graphql.ws_recheck_ms = 100;
-    })
-    .await
+    // The periodic re-checks play no part here: left at their default period.
+    spawn_app_with(|s| s.workers.embedded = false).await
 }
 
 /// The next text frame exactly as it came off the wire.
@@ -86,43 +83,69 @@ fn document(selection: &str, shared: bool) -> String {
     format!("subscription($id: ID!) {{ e: videoEvents(videoId: $id){directive} {{ {selection} }} }}{fragments}")
 }
 
+/// Operation ids: plain, and one that needs escaping in JSON.
+fn operation_id(selection: usize, plain: bool) -> String {
+    if plain {
+        selection.to_string()
+    } else {
+        format!("op \"{selection}\"\\")
+    }
+}
+
+/// Start every selection under both ids on one socket; `shared` picks the document.
+async fn start_all(app: &TestApp, protocol: &str, user: &TestUser, shared: bool, variables: &Value) -> Socket {
+    let mut socket = subscribe_as(app, protocol, user, "0", &document(SELECTIONS[0], shared), variables.clone()).await;
+    let start = if protocol == "graphql-ws" { "start" } else { "subscribe" };
+    for (index, selection) in SELECTIONS.iter().enumerate() {
+        for plain in [true, false] {
+            let id = operation_id(index, plain);
+            if id == "0" {
+                continue;
+            }
+            let payload = json!({ "query": document(selection, shared), "variables": variables });
+            send(&mut socket, json!({ "id": id, "type": start, "payload": payload })).await;
+        }
+    }
+    socket
+}
+
+/// The next `n` frames of `socket`, by operation id, in arrival order.
+async fn frames_by_id(socket: &mut Socket, n: usize) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut frames = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for _ in 0..n {
+        let text = next_text(socket).await;
+        let parsed: Value = serde_json::from_str(&text).unwrap();
+        let id = parsed["id"].as_str().unwrap_or_else(|| panic!("{text}")).to_string();
+        frames.entry(id).or_default().push(text);
+    }
+    frames
+}
+
 #[actix_web::test]
 async fn shared_and_per_subscriber_frames_are_byte_for_byte_the_same_in_both_protocols() {
     let app = app().await;
     let owner = app.register_user().await;
     let video = insert_video(&app, &owner, Visibility::Private, VideoStatus::Processing).await;
     let variables = json!({ "id": video.id.to_string() });
+    let operations = SELECTIONS.len() * 2;
 
-    // For each protocol and selection: two shared subscribers (one with an id that
-    // needs escaping) and a per-subscriber one with each of the same ids.
-    let ids = ["1", "op \"2\"\\"];
-    let mut groups = Vec::new();
+    // Per protocol, a socket of shared subscriptions and one of per-subscriber ones,
+    // each running every selection under two ids.
+    let mut sockets = Vec::new();
     for protocol in ["graphql-transport-ws", "graphql-ws"] {
-        for selection in SELECTIONS {
-            let mut sockets = Vec::new();
-            for id in ids {
-                for shared in [true, false] {
-                    let socket =
-                        subscribe_as(&app, protocol, &owner, id, &document(selection, shared), variables.clone()).await;
-                    sockets.push((id, shared, socket));
-                }
-            }
-            groups.push((protocol, selection, sockets));
+        for shared in [true, false] {
+            sockets.push((protocol, shared, start_all(&app, protocol, &owner, shared, &variables).await));
         }
     }
-    let subscribers = groups.iter().map(|(_, _, s)| s.len()).sum();
-    wait_for_subscribers(&app, subscribers).await;
+    wait_for_subscribers(&app, sockets.len() * operations).await;
     // One key per selection (the variables are the same), whatever the protocol.
     assert_eq!(app.state.shared_frames.open_keys(), SELECTIONS.len());
 
-    // The first frame of each is its snapshot, made for it alone (its `at` is now).
-    for (_, selection, sockets) in &mut groups {
-        for (_, _, socket) in sockets.iter_mut() {
-            let snapshot = next_text(socket).await;
-            if !selection.contains(" at") {
-                assert!(snapshot.contains(r#""kind":"#), "{snapshot}");
-            }
-        }
+    // The first frame of each operation is its snapshot, made for it alone (its
+    // `at` is now): read and set aside.
+    for (_, _, socket) in &mut sockets {
+        let snapshots = frames_by_id(socket, operations).await;
+        assert_eq!(snapshots.len(), operations, "{snapshots:?}");
     }
 
     let stored = transition_on(&app, video.id, VideoStatus::Processing, EventKind::Processing, None).await;
@@ -136,43 +159,34 @@ async fn shared_and_per_subscriber_frames_are_byte_for_byte_the_same_in_both_pro
     transition_on(&app, video.id, VideoStatus::Processing, EventKind::RenditionReady, Some("360p")).await;
     transition_on(&app, video.id, VideoStatus::Ready, EventKind::Ready, None).await;
 
-    for (protocol, selection, sockets) in &mut groups {
-        let mut frames: Vec<(&str, bool, Vec<String>)> = Vec::new();
-        for (id, shared, socket) in sockets.iter_mut() {
-            let mut received = Vec::new();
-            for _ in 0..4 {
-                received.push(next_text(socket).await);
+    let mut received = Vec::new();
+    for (protocol, shared, socket) in &mut sockets {
+        received.push((*protocol, *shared, frames_by_id(socket, operations * 4).await));
+    }
+    for protocol in ["graphql-transport-ws", "graphql-ws"] {
+        let of = |shared: bool| &received.iter().find(|(p, s, _)| *p == protocol && *s == shared).unwrap().2;
+        let (shared, fallback) = (of(true), of(false));
+        assert_eq!(shared.len(), operations);
+        for (id, frames) in shared {
+            assert_eq!(Some(frames), fallback.get(id), "{protocol}, operation {id}: shared vs per subscriber");
+        }
+        let frame_type = if protocol == "graphql-ws" { "data" } else { "next" };
+        for (index, _) in SELECTIONS.iter().enumerate() {
+            let plain = &shared[&operation_id(index, true)];
+            let escaped = &shared[&operation_id(index, false)];
+            let mut kinds = Vec::new();
+            for (a, b) in plain.iter().zip(escaped) {
+                let a: Value = serde_json::from_str(a).unwrap();
+                let b: Value = serde_json::from_str(b).unwrap();
+                assert_eq!(a["type"], frame_type, "{a}");
+                assert!(a["payload"]["errors"].is_null(), "{a}");
+                // The same payload under both ids; only the id differs.
+                assert_eq!(a["payload"], b["payload"]);
+                assert_eq!(b["id"], operation_id(index, false));
+                kinds.push(a["payload"]["data"]["e"]["kind"].clone());
             }
-            frames.push((id, *shared, received));
+            assert_eq!(kinds, [json!("PROCESSING"), json!("PROGRESS"), json!("RENDITION_READY"), json!("READY")]);
         }
-        let frame_type = if *protocol == "graphql-ws" { "data" } else { "next" };
-        for id in ids {
-            let shared = &frames.iter().find(|(i, s, _)| *i == id && *s).unwrap().2;
-            let fallback = &frames.iter().find(|(i, s, _)| *i == id && !*s).unwrap().2;
-            assert_eq!(shared, fallback, "{protocol}, `{selection}`, id {id}");
-            for frame in shared {
-                let parsed: Value = serde_json::from_str(frame).unwrap();
-                assert_eq!(parsed["type"], frame_type, "{frame}");
-                assert_eq!(parsed["id"], id, "{frame}");
-                assert!(parsed["payload"]["errors"].is_null(), "{frame}");
-            }
-        }
-        // The same payload reached both ids; only the id differs.
-        let one = &frames.iter().find(|(i, s, _)| *i == ids[0] && *s).unwrap().2;
-        let two = &frames.iter().find(|(i, s, _)| *i == ids[1] && *s).unwrap().2;
-        for (a, b) in one.iter().zip(two) {
-            let a: Value = serde_json::from_str(a).unwrap();
-            let b: Value = serde_json::from_str(b).unwrap();
-            assert_eq!(a["payload"], b["payload"]);
-        }
-        let kinds: Vec<Value> = one
-            .iter()
-            .map(|f| {
-                let v: Value = serde_json::from_str(f).unwrap();
-                v["payload"]["data"]["e"]["kind"].clone()
-            })
-            .collect();
-        assert_eq!(kinds, [json!("PROCESSING"), json!("PROGRESS"), json!("RENDITION_READY"), json!("READY")]);
     }
 }
 
