@@ -87,12 +87,15 @@ struct RenderKey {
     variables: String,
 }
 
+/// Recent events of one key and class with their payload text, oldest first.
+type RecentRenders = tokio::sync::Mutex<VecDeque<(DomainEvent, Arc<str>)>>;
+
 /// The renders of one key, shared by its subscriptions while any is open.
 struct KeyEntry {
     key: Arc<RenderKey>,
     variables: Variables,
     /// Recent renders per visibility class: the event and its payload text.
-    recent: [tokio::sync::Mutex<VecDeque<(DomainEvent, Arc<str>)>>; 2],
+    recent: [RecentRenders; 2],
 }
 
 /// The keys of the open shared subscriptions of this process.
