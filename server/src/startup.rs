@@ -50,6 +50,8 @@ pub struct AppState {
     pub ws_admission: crate::limits::ws::WsAdmission,
     /// Video rows shared by the periodic re-checks of open subscriptions.
     pub recheck_rows: crate::events::recheck::RecheckRows,
+    /// Live events rendered once per subscription document and shared (`graphql::shared_frames`).
+    pub shared_frames: Arc<crate::graphql::shared_frames::SharedFrames>,
     /// Seals account mail into SEND_MAIL jobs (and delivers them in embedded workers).
     pub mailer: Arc<crate::mail::Mailer>,
     /// Sessions revoked and accounts changed, pushed to open sockets (`events::access`).
@@ -190,6 +192,7 @@ impl Application {
             login_failures,
             ws_admission: crate::limits::ws::WsAdmission::default(),
             recheck_rows: crate::events::recheck::RecheckRows::default(),
+            shared_frames: Arc::default(),
             mailer,
             access_signals,
             breakers,

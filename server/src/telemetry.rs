@@ -380,6 +380,14 @@ pub const METRICS: &[MetricInfo] = {
         counter("reelhouse_events_dropped_total", "Bus messages a lagging subscription missed (it resynced after)."),
         counter("reelhouse_events_delivered_total", "Events sent to subscribers, by kind."),
         counter(
+            "reelhouse_event_renders_total",
+            "Live events executed and serialised for subscribers, by path: shared (once per subscription document + variables and visibility class, bytes shared) or fallback (once per subscriber).",
+        ),
+        counter(
+            "reelhouse_event_render_reuses_total",
+            "Frames sent with bytes another subscription of the same document and visibility class had already rendered.",
+        ),
+        counter(
             "reelhouse_subscription_rechecks_total",
             "Periodic permission re-checks of open subscriptions, by source (shared row or database).",
         ),

@@ -328,6 +328,10 @@ pub struct GraphqlSettings {
     /// Documents kept parsed for Apollo automatic persisted queries (by SHA-256);
     /// 0 turns persisted queries off.
     pub persisted_queries_capacity: usize,
+    /// Serve `videoEvents`/`videoProgress` subscriptions with frames rendered once
+    /// per (document + variables, visibility class) and shared by every subscriber
+    /// with that key; off: every subscriber's events are executed for it alone.
+    pub ws_shared_frames: bool,
 }
 
 impl GraphqlSettings {
@@ -361,6 +365,7 @@ impl Default for GraphqlSettings {
             video_cache_capacity: 10_000,
             video_cache_ttl_secs: 30,
             persisted_queries_capacity: 1_000,
+            ws_shared_frames: true,
         }
     }
 }

@@ -26,7 +26,9 @@ use std::time::Duration;
 use async_graphql::{Context, ErrorExtensions, SimpleObject, Subscription, ID};
 use chrono::{DateTime, Utc};
 use entities::{event_outbox, job, video, JobStatus, VideoStatus as DbVideoStatus, Visibility};
+use futures::stream::BoxStream;
 use futures::Stream;
+use futures::StreamExt;
 use sea_orm::{ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -39,12 +41,13 @@ use crate::error::AppError;
 use crate::error::GqlResultExt;
 use crate::events::{DomainEvent, EventKind, ProgressInfo};
 use crate::graphql::progress::Progress;
+use crate::graphql::shared_frames::{FrameSink, RenderOne, SharedDelivery, VisibilityClass};
 use crate::graphql::videos::{viewer, VideoStatus};
 use crate::repo::videos::{can_read_by_id, find_readable};
 use crate::startup::AppState;
 
 /// Events buffered per subscriber before it counts as lagging.
-const SUBSCRIBER_BUFFER: usize = 64;
+pub(crate) const SUBSCRIBER_BUFFER: usize = 64;
 /// Stored events replayed per outbox query.
 const REPLAY_PAGE: u64 = 200;
 
@@ -73,7 +76,7 @@ pub struct VideoEvent {
 }
 
 impl VideoEvent {
-    fn from_domain(event: &DomainEvent, snapshot: bool) -> Self {
+    pub(crate) fn from_domain(event: &DomainEvent, snapshot: bool) -> Self {
         Self {
             cursor: event.cursor.map(|c| c.to_string()),
             video_id: ID(event.video_id.to_string()),
@@ -99,6 +102,11 @@ fn parse_cursor(cursor: &str) -> Result<i64, AppError> {
 
 fn is_terminal(kind: EventKind) -> bool {
     matches!(kind, EventKind::Ready | EventKind::Failed | EventKind::Cancelled | EventKind::Deleted)
+}
+
+/// Is `viewer` the event's owner or a moderator?
+fn owner_or_moderator(viewer: Option<&Principal>, event: &DomainEvent) -> bool {
+    viewer.is_some_and(|p| p.user_id == event.owner_id || has_permission(p.role, Permission::ModerateVideos))
 }
 
 /// May `viewer` receive this event in an all-videos feed?
@@ -241,9 +249,26 @@ struct Feed {
     sent_seq: HashMap<Uuid, i64>,
     /// Highest global cursor sent (all-videos feed resumes from here after a lag).
     last_cursor: i64,
-    out: mpsc::Sender<async_graphql::Result<VideoEvent>>,
+    out: Out,
     /// End the stream after a READY/FAILED/CANCELLED/DELETED (videoProgress).
     end_on_terminal: bool,
+}
+
+/// Where a feed's events go.
+enum Out {
+    /// To async-graphql, which executes and serialises each for this subscriber.
+    Values(mpsc::Sender<async_graphql::Result<VideoEvent>>),
+    /// As frames rendered once per key and visibility class (`shared_frames`).
+    Frames(FrameSink),
+}
+
+impl Out {
+    async fn closed(&self) {
+        match self {
+            Out::Values(out) => out.closed().await,
+            Out::Frames(sink) => sink.closed().await,
+        }
+    }
 }
 
 /// Why a feed stops.
@@ -262,7 +287,20 @@ impl Feed {
             *seq = (*seq).max(event.seq);
         }
         metrics::counter!("reelhouse_events_delivered_total", "kind" => event.kind.as_str()).increment(1);
-        self.out.send(Ok(VideoEvent::from_domain(event, snapshot))).await.map_err(|_| Stop::Done)?;
+        match &self.out {
+            Out::Values(out) => {
+                metrics::counter!("reelhouse_event_renders_total", "path" => "fallback").increment(1);
+                out.send(Ok(VideoEvent::from_domain(event, snapshot))).await.map_err(|_| Stop::Done)?
+            }
+            Out::Frames(sink) => {
+                let class = if owner_or_moderator(self.viewer.as_ref(), event) {
+                    VisibilityClass::OwnerOrModerator
+                } else {
+                    VisibilityClass::Everyone
+                };
+                sink.send_event(event, snapshot, class).await.map_err(|_| Stop::Done)?
+            }
+        }
         if self.end_on_terminal && !snapshot && is_terminal(event.kind) {
             return Err(Stop::Done);
         }
@@ -270,7 +308,10 @@ impl Feed {
     }
 
     async fn fail(&mut self, error: AppError) -> Stop {
-        let _ = self.out.send(Err(error.extend())).await;
+        let _ = match &self.out {
+            Out::Values(out) => out.send(Err(error.extend())).await.is_ok(),
+            Out::Frames(sink) => sink.send_error(error.extend()).await.is_ok(),
+        };
         Stop::Done
     }
 
@@ -454,13 +495,17 @@ impl Drop for SubscriberGauge {
     }
 }
 
+/// The client's stream: async-graphql executes each event (fallback path), or, for a
+/// shared subscription, nothing: its feed sends rendered frames to the session.
+type EventStream = BoxStream<'static, async_graphql::Result<VideoEvent>>;
+
 /// Subscribe to the bus, then start a feed task; returns the client's stream.
 async fn start_feed(
     ctx: &Context<'_>,
     video_id: Option<Uuid>,
     after: Option<i64>,
     end_on_terminal: bool,
-) -> Result<ReceiverStream<async_graphql::Result<VideoEvent>>, AppError> {
+) -> Result<EventStream, AppError> {
     let state = ctx.data::<AppState>().map_err(|_| AppError::internal(anyhow::anyhow!("no app state")))?.clone();
     let viewer = viewer(ctx).cloned();
     let video = match video_id {
@@ -476,7 +521,13 @@ async fn start_feed(
         }
     }
     let bus = state.hubs.event_bus.addr().send(Subscribe).await.map_err(|e| AppError::unavailable("event bus", e))?;
-    let (out, receiver) = mpsc::channel(SUBSCRIBER_BUFFER);
+    let (out, stream): (Out, EventStream) = match ctx.data_opt::<SharedDelivery>().and_then(SharedDelivery::take) {
+        Some(sink) => (Out::Frames(sink), futures::stream::empty().boxed()),
+        None => {
+            let (out, receiver) = mpsc::channel(SUBSCRIBER_BUFFER);
+            (Out::Values(out), ReceiverStream::new(receiver).boxed())
+        }
+    };
     // A one-video feed resuming after a cursor has had everything up to it: without
     // this, the first live event (or a resync) would look like a gap back to seq 0
     // and replay the video's whole history.
@@ -529,7 +580,7 @@ async fn start_feed(
             feed.run(bus).await;
         }
     });
-    Ok(ReceiverStream::new(receiver))
+    Ok(stream)
 }
 
 #[derive(Default)]
@@ -544,6 +595,9 @@ impl EventsSubscription {
         ctx: &Context<'_>,
         video_id: ID,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<VideoEvent>>> {
+        if let Some(one) = ctx.data_opt::<RenderOne>() {
+            return Ok(one.stream());
+        }
         let id = parse_id(&video_id).gql()?;
         start_feed(ctx, Some(id), None, true).await.gql()
     }
@@ -557,6 +611,9 @@ impl EventsSubscription {
         video_id: Option<ID>,
         after: Option<String>,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<VideoEvent>>> {
+        if let Some(one) = ctx.data_opt::<RenderOne>() {
+            return Ok(one.stream());
+        }
         let id = video_id.as_ref().map(parse_id).transpose().gql()?;
         let after = after.as_deref().map(parse_cursor).transpose().gql()?;
         start_feed(ctx, id, after, false).await.gql()

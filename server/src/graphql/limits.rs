@@ -214,6 +214,11 @@ impl Extension for QueryCost {
         let Some(state) = ctx.data_opt::<AppState>() else {
             return Ok(result);
         };
+        // A shared subscription's event rendered for its subscribers: the operation
+        // was admitted (and charged) when it started.
+        if ctx.data_opt::<crate::graphql::shared_frames::RenderOne>().is_some() {
+            return Ok(result);
+        }
         // Every door (HTTP, WebSocket) supplies ClientInfo; a missing one is charged
         // to a shared bucket rather than let through free.
         let ip = ctx.data_opt::<ClientInfo>().and_then(|c| c.ip.clone()).unwrap_or_else(|| "unknown".into());

@@ -14,6 +14,7 @@ mod paging;
 pub mod persisted_queries;
 pub mod progress;
 mod server_info;
+pub mod shared_frames;
 pub mod system;
 pub mod totp;
 mod uploads;

@@ -37,6 +37,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws::{self, CloseCode, CloseReason, Message, ProtocolError, WebsocketContext};
 use async_graphql::http::{WebSocket, WebSocketProtocols, WsMessage, ALL_WEBSOCKET_PROTOCOLS};
 use async_graphql::Data;
+use futures::StreamExt;
 
 use crate::auth::principal::{self, Principal, RequestAuth};
 use crate::error::{AppError, ErrorCode};
@@ -84,6 +85,8 @@ struct SessionAuth {
     expires_at: Option<i64>,
     /// This socket's place among its user's (`ws_max_sockets_per_user`).
     user_slot: Option<Slot>,
+    /// What `connection_init` established (the data every operation runs with).
+    connection: Option<RequestAuth>,
 }
 
 pub struct Session {
@@ -99,6 +102,9 @@ pub struct Session {
     /// Operations the client started and that have not ended, each with its place
     /// among its user's running operations (none for anonymous sockets).
     active: HashMap<String, Option<Slot>>,
+    /// Operations served with shared frames (`graphql::shared_frames`): the stream
+    /// of their frames, cancelled when the client completes them.
+    shared: HashMap<String, SpawnHandle>,
     /// This socket's place among its address's (`ws_max_sockets_per_ip`).
     _address_slot: Slot,
 }
@@ -142,6 +148,7 @@ pub async fn graphql_ws(
             request_id: crate::http::graphql::request_id(&req),
         },
         active: HashMap::new(),
+        shared: HashMap::new(),
         _address_slot: address_slot,
     };
     ws::WsResponseBuilder::new(session, &req, payload).protocols(&ALL_WEBSOCKET_PROTOCOLS).frame_size(MAX_FRAME).start()
@@ -378,6 +385,12 @@ impl Session {
             Some(Operation::Started(id)) if !self.active.contains_key(&id) => self.start_operation(id, payload, ctx),
             Some(Operation::Ended(id)) => {
                 self.active.remove(&id);
+                if let Some(frames) = self.shared.remove(&id) {
+                    // As the protocol machine answers a stop of a running operation.
+                    ctx.cancel_future(frames);
+                    ctx.text(complete_frame(&id));
+                    return;
+                }
                 self.forward(payload, ctx);
             }
             // A duplicate id is the protocol library's to refuse (4409).
@@ -432,11 +445,99 @@ impl Session {
                     }
                     None => None,
                 };
-                session.active.insert(id, slot);
-                session.forward(payload, ctx);
+                session.active.insert(id.clone(), slot);
+                session.start_admitted(id, payload, ctx);
             }
         }));
     }
+}
+
+/// `{"type":"complete","id":"…"}`, as the protocol machine writes it.
+fn complete_frame(id: &str) -> String {
+    let id = serde_json::to_string(id).unwrap_or_else(|_| "\"\"".into());
+    format!(r#"{{"type":"complete","id":{id}}}"#)
+}
+
+/// One item of a shared operation's frame stream.
+enum SharedFrame {
+    Text(String),
+    /// The operation ended (its feed stopped, or it never started).
+    End,
+}
+
+/// A shared operation's frame, with the operation's id.
+struct SharedItem(String, SharedFrame);
+
+impl Session {
+    /// Run an admitted operation: a shareable subscription through shared frames,
+    /// anything else through the protocol machine.
+    fn start_admitted(&mut self, id: String, payload: Vec<u8>, ctx: &mut WebsocketContext<Self>) {
+        #[derive(serde::Deserialize)]
+        struct Start {
+            payload: async_graphql::Request,
+        }
+        let connection = self.auth.lock().ok().and_then(|auth| auth.connection.clone());
+        let request = match (self.state.settings.graphql.ws_shared_frames, connection) {
+            (true, Some(connection)) => serde_json::from_slice::<Start>(&payload)
+                .ok()
+                .map(|start| start.payload)
+                .filter(crate::graphql::shared_frames::is_shareable)
+                .map(|request| (request, connection)),
+            _ => None,
+        };
+        let Some((request, connection)) = request else {
+            self.forward(payload, ctx);
+            return;
+        };
+        let frame_type = match self.protocol {
+            WebSocketProtocols::SubscriptionsTransportWS => "data",
+            WebSocketProtocols::GraphQLWS => "next",
+        };
+        let (sink, frames) = self.state.shared_frames.sink(
+            self.schema.clone(),
+            &request,
+            frame_type,
+            &id,
+            crate::graphql::events::SUBSCRIBER_BUFFER,
+        );
+        let request = request.data(crate::graphql::shared_frames::SharedDelivery::new(sink));
+        let mut data = Data::default();
+        data.insert(connection);
+        data.insert(self.client.clone());
+        // The operation itself runs as the protocol machine would run it (parse,
+        // validation, limits, the resolver's checks); a refusal comes out as its one
+        // response. A started feed sends its frames through `frames` instead.
+        let prefix = crate::graphql::shared_frames::frame_prefix(frame_type, &id);
+        let refusals = self.schema.execute_stream_with_session_data(request, Arc::new(data)).map(move |response| {
+            let payload = crate::graphql::shared_frames::payload_text(&response);
+            SharedFrame::Text(crate::graphql::shared_frames::splice(&prefix, &payload))
+        });
+        let operation = id.clone();
+        let stream = refusals
+            .chain(tokio_stream::wrappers::ReceiverStream::new(frames).map(SharedFrame::Text))
+            .chain(futures::stream::once(async { SharedFrame::End }))
+            .map(move |frame| SharedItem(operation.clone(), frame));
+        let handle = ctx.add_stream(stream);
+        self.shared.insert(id, handle);
+    }
+}
+
+impl StreamHandler<SharedItem> for Session {
+    fn handle(&mut self, SharedItem(id, frame): SharedItem, ctx: &mut Self::Context) {
+        match frame {
+            SharedFrame::Text(text) => ctx.text(text),
+            SharedFrame::End => {
+                if self.shared.remove(&id).is_some() {
+                    // Gives back the user's slot too.
+                    self.active.remove(&id);
+                    ctx.text(complete_frame(&id));
+                }
+            }
+        }
+    }
+
+    /// One operation's frames ended; the socket goes on.
+    fn finished(&mut self, _: &mut Self::Context) {}
 }
 
 impl Actor for Session {
@@ -471,6 +572,7 @@ impl Actor for Session {
                     }
                     slot.credential = credential;
                     slot.expires_at = expires_at;
+                    slot.connection = Some(auth.clone());
                     let mut data = Data::default();
                     data.insert(auth);
                     data.insert(client);

@@ -31,6 +31,7 @@ mod remote_workers;
 mod runner;
 mod schema;
 mod session_cache;
+mod shared_frames;
 mod storage;
 mod subscriptions;
 mod totp;
