@@ -51,17 +51,22 @@ impl AccessChange {
     }
 }
 
-/// What travels on the Redis channel.
+/// What travels on the Redis channel: an access change, or a worker token that
+/// was revoked (its remote workers' sockets on every instance close at once).
 #[derive(Debug, Serialize, Deserialize)]
 struct Envelope {
     origin: String,
-    change: AccessChange,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    change: Option<AccessChange>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    worker_token_revoked: Option<Uuid>,
 }
 
 /// The process's access-change channel. Cheap to clone.
 #[derive(Clone)]
 pub struct AccessSignals {
     sender: broadcast::Sender<AccessChange>,
+    worker_tokens: broadcast::Sender<Uuid>,
     redis: Option<(Arc<RedisHandle>, Arc<str>)>,
     sessions: Arc<SessionCache>,
 }
@@ -75,8 +80,9 @@ impl AccessSignals {
     /// trusted from the start, with Redis once the relay has subscribed.
     pub fn new(redis: Option<Arc<RedisHandle>>, origin: &str, sessions: Arc<SessionCache>) -> Self {
         let (sender, _) = broadcast::channel(CAPACITY);
+        let (worker_tokens, _) = broadcast::channel(CAPACITY);
         sessions.set_stream_healthy(redis.is_none());
-        Self { sender, redis: redis.map(|r| (r, Arc::from(origin))), sessions }
+        Self { sender, worker_tokens, redis: redis.map(|r| (r, Arc::from(origin))), sessions }
     }
 
     /// The session cache these signals keep current.
@@ -95,8 +101,25 @@ impl AccessSignals {
     pub async fn announce(&self, change: AccessChange) {
         metrics::counter!("reelhouse_access_changes_total").increment(1);
         self.deliver_locally(change);
+        self.publish_and_wait(Envelope { origin: String::new(), change: Some(change), worker_token_revoked: None }).await;
+    }
+
+    /// A worker token was revoked: tell the other instances (at most a second's
+    /// wait for Redis), whose connections of that token close at once. This
+    /// instance closes its own itself (`RemoteWorkers::revoke_token`).
+    pub async fn announce_worker_token_revoked(&self, token: Uuid) {
+        let envelope = Envelope { origin: String::new(), change: None, worker_token_revoked: Some(token) };
+        self.publish_and_wait(envelope).await;
+    }
+
+    /// Worker tokens revoked on other instances, from now on.
+    pub fn subscribe_worker_tokens(&self) -> broadcast::Receiver<Uuid> {
+        self.worker_tokens.subscribe()
+    }
+
+    async fn publish_and_wait(&self, mut envelope: Envelope) {
         if let Some((redis, origin)) = &self.redis {
-            let envelope = Envelope { origin: origin.to_string(), change };
+            envelope.origin = origin.to_string();
             let Ok(payload) = serde_json::to_string(&envelope) else { return };
             let published = tokio::time::timeout(PUBLISH_TIMEOUT, async {
                 let mut conn = redis.connection().await?;
@@ -123,7 +146,7 @@ impl AccessSignals {
         metrics::counter!("reelhouse_access_changes_total").increment(1);
         self.deliver_locally(change);
         if let Some((redis, origin)) = &self.redis {
-            let envelope = Envelope { origin: origin.to_string(), change };
+            let envelope = Envelope { origin: origin.to_string(), change: Some(change), worker_token_revoked: None };
             let redis = redis.clone();
             tokio::spawn(async move {
                 let Ok(payload) = serde_json::to_string(&envelope) else { return };
@@ -153,7 +176,14 @@ impl AccessSignals {
     pub(crate) fn forward_from_redis(&self, payload: &str) {
         match serde_json::from_str::<Envelope>(payload) {
             Ok(envelope) if self.redis.as_ref().is_some_and(|(_, origin)| **origin == *envelope.origin) => {}
-            Ok(envelope) => self.deliver_locally(envelope.change),
+            Ok(envelope) => {
+                if let Some(change) = envelope.change {
+                    self.deliver_locally(change);
+                }
+                if let Some(token) = envelope.worker_token_revoked {
+                    let _ = self.worker_tokens.send(token);
+                }
+            }
             Err(err) => tracing::warn!(error = %err, "ignoring a malformed access change on the redis channel"),
         }
     }
