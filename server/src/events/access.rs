@@ -101,7 +101,8 @@ impl AccessSignals {
     pub async fn announce(&self, change: AccessChange) {
         metrics::counter!("reelhouse_access_changes_total").increment(1);
         self.deliver_locally(change);
-        self.publish_and_wait(Envelope { origin: String::new(), change: Some(change), worker_token_revoked: None }).await;
+        self.publish_and_wait(Envelope { origin: String::new(), change: Some(change), worker_token_revoked: None })
+            .await;
     }
 
     /// A worker token was revoked: tell the other instances (at most a second's

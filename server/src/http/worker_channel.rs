@@ -25,14 +25,13 @@ use crate::auth::worker_tokens::{self, TokenRefusal};
 use crate::error::AppError;
 use crate::jobs::queue::{self, Lane};
 use crate::jobs::remote::protocol::{
-    encoder_coverage, LeaseRef, ServerMessage, WorkerMessage, CLOSE_HELLO_TIMEOUT, CLOSE_PROTOCOL_ERROR,
-    CLOSE_REVOKED, CLOSE_TAGS_NOT_ALLOWED, CLOSE_UNAUTHENTICATED, CLOSE_UNSUPPORTED_VERSION, PROTOCOL_VERSION,
-    SUBPROTOCOL,
+    encoder_coverage, LeaseRef, ServerMessage, WorkerMessage, CLOSE_HELLO_TIMEOUT, CLOSE_PROTOCOL_ERROR, CLOSE_REVOKED,
+    CLOSE_TAGS_NOT_ALLOWED, CLOSE_UNAUTHENTICATED, CLOSE_UNSUPPORTED_VERSION, PROTOCOL_VERSION, SUBPROTOCOL,
 };
 use crate::jobs::remote::{self, TokenRevoked};
 use crate::jobs::reporter::QueueReporter;
-use crate::limits::{self, ip_subject, Policy};
 use crate::jobs::runner::JobReporter;
+use crate::limits::{self, ip_subject, Policy};
 use crate::startup::AppState;
 
 const PING_EVERY: Duration = Duration::from_secs(5);

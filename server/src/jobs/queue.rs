@@ -237,7 +237,8 @@ pub async fn lease_routed(
         );
     }
     if !webm {
-        sql = sql.replace("c.status = 'QUEUED' AND", &format!("c.status = 'QUEUED' AND NOT {} AND", webm_filter(backend)));
+        sql = sql
+            .replace("c.status = 'QUEUED' AND", &format!("c.status = 'QUEUED' AND NOT {} AND", webm_filter(backend)));
     }
     let now = Utc::now();
     let token = Uuid::new_v4();

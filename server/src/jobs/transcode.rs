@@ -757,11 +757,8 @@ pub(crate) async fn first_transcode_of(
     if video.output_version.is_some() {
         return Ok(false);
     }
-    let rows = rendition::Entity::find()
-        .filter(rendition::Column::VideoId.eq(video.id))
-        .all(db)
-        .await
-        .map_err(db_error)?;
+    let rows =
+        rendition::Entity::find().filter(rendition::Column::VideoId.eq(video.id)).all(db).await.map_err(db_error)?;
     Ok(rows.iter().all(|row| layout::version_prefix(video.owner_id, video.id, &row.playlist_key).is_some()))
 }
 
@@ -871,8 +868,16 @@ async fn publish_early_rendition(
     let rung = early_rung(&ctx.settings, info, root, ready, outputs)?;
     upload_all(&ctx.store, &rung.uploads, cancel, &mut || {}).await?;
     upload_text(&ctx.store, &rung.rendition.playlist_key, rung.playlist_text, "application/vnd.apple.mpegurl").await?;
-    record_early_rendition(&ctx.db, &ctx.publisher, &ctx.settings.jobs, job.id, video, &rung.rendition, outputs.prefix())
-        .await
+    record_early_rendition(
+        &ctx.db,
+        &ctx.publisher,
+        &ctx.settings.jobs,
+        job.id,
+        video,
+        &rung.rendition,
+        outputs.prefix(),
+    )
+    .await
 }
 
 /// Mark an early rung's rendition READY (its files are stored under `prefix`) and

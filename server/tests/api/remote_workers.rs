@@ -681,8 +681,21 @@ impl TestPki {
         )
         .unwrap();
         run(&[
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
-            "server.pem", "-days", "2", "-extfile", "ext.cnf",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
         ]);
         Self { dir }
     }
@@ -869,7 +882,8 @@ async fn a_result_whose_outputs_differ_from_their_reported_digest_is_refused_and
                         "tiles": 1, "columns": 1, "rows": 1, "tile_width": 1, "tile_height": 1 },
         "output_bytes": 50, "output_version": version,
     });
-    send(&mut socket, json!({ "type": "result", "job": job_id, "lease": lease, "output": output, "files": files })).await;
+    send(&mut socket, json!({ "type": "result", "job": job_id, "lease": lease, "output": output, "files": files }))
+        .await;
     let finished = next_of(&mut socket, "finished").await;
     assert_eq!(finished["accepted"], false, "{finished}");
     let expected = if refused_on_the_way_in { "OUTPUT_MISSING" } else { "OUTPUT_MISMATCH" };
@@ -1012,4 +1026,3 @@ async fn hello_may_only_narrow_its_tokens_tags_and_a_worker_without_an_encoder_i
         assert!(owner.is_some() && owner.as_deref() != Some(bare_owner.as_str()), "{owner:?}");
     }
 }
-

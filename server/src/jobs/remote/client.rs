@@ -561,7 +561,13 @@ fn request_error(what: &str, err: reqwest::Error) -> JobError {
 
 impl RemoteHost {
     /// A presigned PUT for `key`, asked of the server (it checks the key and lease).
-    async fn upload_url(&self, key: &str, content_type: &str, size: u64, sha256: &str) -> Result<PresignedUrl, JobError> {
+    async fn upload_url(
+        &self,
+        key: &str,
+        content_type: &str,
+        size: u64,
+        sha256: &str,
+    ) -> Result<PresignedUrl, JobError> {
         let request = self.shared.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.shared.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(request, tx);
@@ -771,12 +777,8 @@ fn available_encoders() -> Vec<String> {
 /// Tags from `--tags` / `REELHOUSE_WORKER_TAGS`: comma-separated, trimmed,
 /// lower-cased, no empties.
 pub fn parse_tags(text: Option<&str>) -> Vec<String> {
-    let mut tags: Vec<String> = text
-        .unwrap_or_default()
-        .split(',')
-        .map(|t| t.trim().to_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect();
+    let mut tags: Vec<String> =
+        text.unwrap_or_default().split(',').map(|t| t.trim().to_lowercase()).filter(|t| !t.is_empty()).collect();
     tags.sort();
     tags.dedup();
     tags

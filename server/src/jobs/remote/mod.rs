@@ -188,10 +188,7 @@ pub type Assignment = (MediaSpec, PresignedUrl, bool);
 
 /// An assignment for a job just leased: its spec and a presigned GET of the source.
 /// A job that cannot be assigned (its video is gone) is failed for good, and `None`.
-pub async fn prepare_assignment(
-    state: &AppState,
-    leased: &LeasedJob,
-) -> Result<Option<Assignment>, QueueError> {
+pub async fn prepare_assignment(state: &AppState, leased: &LeasedJob) -> Result<Option<Assignment>, QueueError> {
     let job = &leased.job;
     let video = match job.video_id {
         Some(id) => video::Entity::find_by_id(id).one(&state.db).await?,
