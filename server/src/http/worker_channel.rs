@@ -11,7 +11,7 @@
 //! reconnects in time resumes them by naming them in its next `hello`. A revoked
 //! token closes its sockets at once (4403) and gives their leases back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,12 +25,12 @@ use crate::auth::worker_tokens::{self, TokenRefusal};
 use crate::error::AppError;
 use crate::jobs::queue::{self, Lane};
 use crate::jobs::remote::protocol::{
-    encoder_coverage, LeaseRef, ServerMessage, WorkerMessage, CLOSE_HELLO_TIMEOUT, CLOSE_PROTOCOL_ERROR, CLOSE_REVOKED,
+    encoder_coverage, LeaseRef, OutputFile, ServerMessage, WorkerMessage, CLOSE_HELLO_TIMEOUT, CLOSE_PROTOCOL_ERROR, CLOSE_REVOKED,
     CLOSE_TAGS_NOT_ALLOWED, CLOSE_UNAUTHENTICATED, CLOSE_UNSUPPORTED_VERSION, PROTOCOL_VERSION, SUBPROTOCOL,
 };
 use crate::jobs::remote::{self, TokenRevoked};
 use crate::jobs::reporter::QueueReporter;
-use crate::jobs::runner::JobReporter;
+use crate::jobs::runner::{JobReporter, TranscodeOutput};
 use crate::limits::{self, ip_subject, Policy};
 use crate::startup::AppState;
 
@@ -106,7 +106,14 @@ pub struct WorkerConnection {
     leasing: bool,
     last_heard: Instant,
     closing: bool,
+    /// Jobs whose early rung is being published (`rung_ready`)...
+    rungs_in_flight: HashSet<Uuid>,
+    /// ...and their results, held until it is.
+    deferred_results: HashMap<Uuid, DeferredResult>,
 }
+
+/// A `result` waiting for its run's early rung.
+type DeferredResult = (LeaseRef, Box<TranscodeOutput>, Vec<OutputFile>);
 
 impl WorkerConnection {
     fn new(state: AppState, subject: String) -> Self {
@@ -120,6 +127,8 @@ impl WorkerConnection {
             leasing: false,
             last_heard: Instant::now(),
             closing: false,
+            rungs_in_flight: HashSet::new(),
+            deferred_results: HashMap::new(),
         }
     }
 
@@ -235,22 +244,33 @@ impl WorkerConnection {
                 );
             }
             WorkerMessage::Result { lease, output, files } => {
-                let state = self.state.clone();
-                ctx.spawn(
-                    async move { remote::finish_result(&state, lease, *output, &files).await }
-                        .into_actor(self)
-                        .map(move |result, act, ctx| act.finished(lease, result, ctx)),
-                );
+                // A result never overtakes its run's early rung: it waits for it.
+                if self.rungs_in_flight.contains(&lease.job) {
+                    self.deferred_results.insert(lease.job, (lease, output, files));
+                } else {
+                    self.finish_result(lease, output, files, ctx);
+                }
             }
             WorkerMessage::RungReady { lease, rendition, files } => {
-                // Waited for: a result that follows must not overtake it.
+                // Not `ctx.wait`: heartbeats must keep renewing leases meanwhile.
+                self.rungs_in_flight.insert(lease.job);
                 let state = self.state.clone();
-                ctx.wait(
+                ctx.spawn(
                     async move { remote::record_rung(&state, lease, &rendition, &files).await }.into_actor(self).map(
-                        move |result, _, _| match result {
-                            Ok(published) => tracing::debug!(job = %lease.job, published, "a remote run's early rung"),
-                            Err(refusal) => {
-                                tracing::info!(job = %lease.job, code = refusal.code, "a remote run's early rung was refused")
+                        move |result, act, ctx| {
+                            match result {
+                                Ok(published) => {
+                                    tracing::debug!(job = %lease.job, published, "a remote run's early rung")
+                                }
+                                Err(refusal) => tracing::info!(
+                                    job = %lease.job,
+                                    code = refusal.code,
+                                    "a remote run's early rung was refused"
+                                ),
+                            }
+                            act.rungs_in_flight.remove(&lease.job);
+                            if let Some((lease, output, files)) = act.deferred_results.remove(&lease.job) {
+                                act.finish_result(lease, output, files, ctx);
                             }
                         },
                     ),
@@ -270,6 +290,21 @@ impl WorkerConnection {
                 self.touch(ctx);
             }
         }
+    }
+
+    fn finish_result(
+        &mut self,
+        lease: LeaseRef,
+        output: Box<TranscodeOutput>,
+        files: Vec<OutputFile>,
+        ctx: &mut WebsocketContext<Self>,
+    ) {
+        let state = self.state.clone();
+        ctx.spawn(
+            async move { remote::finish_result(&state, lease, *output, &files).await }
+                .into_actor(self)
+                .map(move |result, act, ctx| act.finished(lease, result, ctx)),
+        );
     }
 
     fn finished(&mut self, lease: LeaseRef, result: Result<(), remote::Refusal>, ctx: &mut WebsocketContext<Self>) {

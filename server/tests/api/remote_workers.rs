@@ -886,8 +886,18 @@ async fn a_result_whose_outputs_differ_from_their_reported_digest_is_refused_and
         .await;
     let finished = next_of(&mut socket, "finished").await;
     assert_eq!(finished["accepted"], false, "{finished}");
-    let expected = if refused_on_the_way_in { "OUTPUT_MISSING" } else { "OUTPUT_MISMATCH" };
-    assert_eq!(finished["code"], expected, "{finished}");
+    // Refused on the way in (S3), the object is missing, or (s3s-fs keeps a body it
+    // refused, without a checksum) read back and found different; else different.
+    if crate::helpers::backend() == crate::helpers::Backend::Postgres {
+        assert!(refused_on_the_way_in, "S3 refuses a body that does not match the signed SHA-256");
+    }
+    let code = finished["code"].as_str().unwrap_or_default().to_string();
+    if refused_on_the_way_in {
+        assert!(["OUTPUT_MISSING", "OUTPUT_MISMATCH"].contains(&code.as_str()), "{finished}");
+    } else {
+        assert_eq!(code, "OUTPUT_MISMATCH", "{finished}");
+    }
+    let expected = code.as_str();
     // The run is spent and retried; nothing was published; its outputs are gone.
     let row = job_row(&app, job_id).await;
     assert_eq!(row.attempts, 1, "{row:?}");
