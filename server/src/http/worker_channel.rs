@@ -25,8 +25,9 @@ use crate::auth::worker_tokens::{self, TokenRefusal};
 use crate::error::AppError;
 use crate::jobs::queue::{self, Lane};
 use crate::jobs::remote::protocol::{
-    encoder_coverage, LeaseRef, OutputFile, ServerMessage, WorkerMessage, CLOSE_HELLO_TIMEOUT, CLOSE_PROTOCOL_ERROR, CLOSE_REVOKED,
-    CLOSE_TAGS_NOT_ALLOWED, CLOSE_UNAUTHENTICATED, CLOSE_UNSUPPORTED_VERSION, PROTOCOL_VERSION, SUBPROTOCOL,
+    encoder_coverage, LeaseRef, OutputFile, ServerMessage, WorkerMessage, CLOSE_HELLO_TIMEOUT, CLOSE_PROTOCOL_ERROR,
+    CLOSE_REVOKED, CLOSE_TAGS_NOT_ALLOWED, CLOSE_UNAUTHENTICATED, CLOSE_UNSUPPORTED_VERSION, PROTOCOL_VERSION,
+    SUBPROTOCOL,
 };
 use crate::jobs::remote::{self, TokenRevoked};
 use crate::jobs::reporter::QueueReporter;
