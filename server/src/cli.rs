@@ -44,6 +44,14 @@ pub enum Command {
         /// A file whose first line is the worker token. Env: REELHOUSE_WORKER_TOKEN_FILE.
         #[arg(long, env = "REELHOUSE_WORKER_TOKEN_FILE", value_name = "PATH")]
         token_file: Option<PathBuf>,
+        /// A PEM file of CA certificates to trust besides the web PKI roots, for an
+        /// https:// server with a private or self-signed certificate.
+        #[arg(long, env = "REELHOUSE_WORKER_CA_FILE", value_name = "PATH")]
+        ca_file: Option<PathBuf>,
+        /// Tags to be routed by (comma-separated), a subset of the token's; none:
+        /// the token's. Env: REELHOUSE_WORKER_TAGS.
+        #[arg(long, env = "REELHOUSE_WORKER_TAGS", value_name = "TAGS")]
+        tags: Option<String>,
     },
     /// Worker tokens for remote workers (admin bootstrap; GraphQL `createWorkerToken`
     /// does the same).

@@ -77,13 +77,14 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
         Command::Serve => Application::build(settings).await?.run_until_stopped().await,
         Command::Worker { server: None, .. } => reelhouse::worker::run(settings).await,
-        Command::Worker { server: Some(server), token_file } => {
+        Command::Worker { server: Some(server), token_file, ca_file, tags } => {
             let token = reelhouse::jobs::remote::client::read_token(
                 std::env::var("REELHOUSE_WORKER_TOKEN").ok(),
                 token_file.as_deref(),
             )?;
             let mut signals = reelhouse::startup::ShutdownSignals::install()?;
-            reelhouse::jobs::remote::client::run(settings, &server, token, async move {
+            let tags = reelhouse::jobs::remote::client::parse_tags(tags.as_deref());
+            reelhouse::jobs::remote::client::run(settings, &server, token, ca_file.as_deref(), tags, async move {
                 let _ = signals.recv().await;
             })
             .await

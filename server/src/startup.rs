@@ -372,6 +372,12 @@ fn start_background_loops(state: &AppState, webhook_secrets: &Arc<crate::webhook
     supervisor.supervise("lease_sweeper", Backoff::default(), move || {
         crate::jobs::remote::run_lease_sweeper(sweeper_state.clone())
     });
+    if state.redis.is_some() {
+        let listener_state = state.clone();
+        supervisor.supervise("worker_token_revocations", Backoff::default(), move || {
+            crate::jobs::remote::run_revocation_listener(listener_state.clone())
+        });
+    }
     let (db, events) = (state.db.clone(), state.settings.events.clone());
     supervisor
         .supervise("event_pruner", Backoff::default(), move || crate::events::run_pruner(db.clone(), events.clone()));

@@ -494,6 +494,10 @@ pub const METRICS: &[MetricInfo] = {
             "reelhouse_worker_channel_closed_total",
             "Worker channel connections this server closed, by close code (4401 no token, 4403 revoked, 4426 version, ...).",
         ),
+        counter(
+            "reelhouse_worker_channel_outputs_refused_total",
+            "Remote results refused because an output was missing or differed from its reported size or SHA-256, by code.",
+        ),
         // Storage and webhooks
         seconds(
             "reelhouse_storage_operation_duration_seconds",

@@ -11,7 +11,7 @@ pub use crate::limits::Policy;
 pub struct RateLimitSettings {
     pub enabled: bool,
     /// Policies by name: `auth`, `auth_ip`, `api`, `upload`, `transcode`, `views`,
-    /// `webhook`, `webhook_replay`, `account_mail`, `account_mail_ip` and `mfa` (see [`Policy`]). Any other name is refused when the settings
+    /// `webhook`, `webhook_replay`, `account_mail`, `account_mail_ip`, `mfa` and `worker_channel` (see [`Policy`]). Any other name is refused when the settings
     /// load; a policy left out keeps its default.
     pub policies: BTreeMap<Policy, PolicySettings>,
 }
@@ -66,6 +66,10 @@ fn default_policy(policy: Policy) -> PolicySettings {
         // every 5 minutes. A guesser who has the password gets ~300 tries a day
         // against ~3 valid codes in a million: about one chance in a thousand.
         Policy::Mfa => PolicySettings::new(12, 3600, 5, false),
+        // Worker channel sockets and failed hellos per address: a worker reconnects
+        // with backoff (at most one socket a second, then one per 30 s); a prober
+        // is slowed to one try every 2 s after 30 at once.
+        Policy::WorkerChannel => PolicySettings::new(30, 60, 30, true),
     }
 }
 

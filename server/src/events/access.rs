@@ -56,7 +56,9 @@ impl AccessChange {
     }
 }
 
-/// What travels on the Redis channel: an access change, or a video that changed.
+/// What travels on the Redis channel: an access change, a video that changed, or a
+/// worker token that was revoked (its remote workers' sockets on every instance
+/// close at once).
 #[derive(Debug, Serialize, Deserialize)]
 struct Envelope {
     origin: String,
@@ -64,12 +66,15 @@ struct Envelope {
     change: Option<AccessChange>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     video: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    worker_token_revoked: Option<Uuid>,
 }
 
 /// The process's access-change channel. Cheap to clone.
 #[derive(Clone)]
 pub struct AccessSignals {
     sender: broadcast::Sender<AccessChange>,
+    worker_tokens: broadcast::Sender<Uuid>,
     redis: Option<(Arc<RedisHandle>, Arc<str>)>,
     sessions: Arc<SessionCache>,
     videos: Arc<VideoCache>,
@@ -90,9 +95,10 @@ impl AccessSignals {
         videos: Arc<VideoCache>,
     ) -> Self {
         let (sender, _) = broadcast::channel(CAPACITY);
+        let (worker_tokens, _) = broadcast::channel(CAPACITY);
         sessions.set_stream_healthy(redis.is_none());
         videos.set_stream_healthy(redis.is_none());
-        Self { sender, redis: redis.map(|r| (r, Arc::from(origin))), sessions, videos }
+        Self { sender, worker_tokens, redis: redis.map(|r| (r, Arc::from(origin))), sessions, videos }
     }
 
     /// The session cache these signals keep current.
@@ -119,7 +125,7 @@ impl AccessSignals {
     pub async fn video_changed(&self, video_id: Uuid) {
         self.videos.invalidate(video_id);
         if let Some((redis, origin)) = &self.redis {
-            let envelope = Envelope { origin: origin.to_string(), change: None, video: Some(video_id) };
+            let envelope = Envelope { origin: origin.to_string(), change: None, video: Some(video_id), worker_token_revoked: None };
             publish_within(redis, &envelope).await;
         }
     }
@@ -131,9 +137,25 @@ impl AccessSignals {
         metrics::counter!("reelhouse_access_changes_total").increment(1);
         self.deliver_locally(change);
         if let Some((redis, origin)) = &self.redis {
-            let envelope = Envelope { origin: origin.to_string(), change: Some(change), video: None };
+            let envelope = Envelope { origin: origin.to_string(), change: Some(change), video: None, worker_token_revoked: None };
             publish_within(redis, &envelope).await;
         }
+    }
+
+    /// A worker token was revoked: tell the other instances (at most a second's
+    /// wait for Redis), whose connections of that token close at once. This
+    /// instance closes its own itself (`RemoteWorkers::revoke_token`).
+    pub async fn announce_worker_token_revoked(&self, token: Uuid) {
+        if let Some((redis, origin)) = &self.redis {
+            let envelope =
+                Envelope { origin: origin.to_string(), change: None, video: None, worker_token_revoked: Some(token) };
+            publish_within(redis, &envelope).await;
+        }
+    }
+
+    /// Worker tokens revoked on other instances, from now on.
+    pub fn subscribe_worker_tokens(&self) -> broadcast::Receiver<Uuid> {
+        self.worker_tokens.subscribe()
     }
 
     /// Changes from now on.
@@ -147,7 +169,7 @@ impl AccessSignals {
         metrics::counter!("reelhouse_access_changes_total").increment(1);
         self.deliver_locally(change);
         if let Some((redis, origin)) = &self.redis {
-            let envelope = Envelope { origin: origin.to_string(), change: Some(change), video: None };
+            let envelope = Envelope { origin: origin.to_string(), change: Some(change), video: None, worker_token_revoked: None };
             let redis = redis.clone();
             tokio::spawn(async move {
                 let Ok(payload) = serde_json::to_string(&envelope) else { return };
@@ -183,6 +205,9 @@ impl AccessSignals {
                 }
                 if let Some(change) = envelope.change {
                     self.deliver_locally(change);
+                }
+                if let Some(token) = envelope.worker_token_revoked {
+                    let _ = self.worker_tokens.send(token);
                 }
             }
             Err(err) => tracing::warn!(error = %err, "ignoring a malformed access change on the redis channel"),

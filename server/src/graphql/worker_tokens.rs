@@ -121,9 +121,13 @@ impl WorkerTokensMutation {
             audit::record(&txn, &client_info(ctx), entry).await.gql()?;
         }
         txn.commit().await.gql()?;
-        // Connections on this process close now; those on other replicas at their
-        // next heartbeat (they re-check the token).
+        // Connections on this process close now (their leases back in the queue);
+        // those on other replicas as soon as Redis brings them the news (without
+        // Redis, or if the news is lost: at their next heartbeat, which re-checks).
         state.remote_workers.revoke_token(id).await;
+        if revoked {
+            state.access_signals.announce_worker_token_revoked(id).await;
+        }
         Ok(revoked)
     }
 }

@@ -11,7 +11,7 @@
 //! reconnects in time resumes them by naming them in its next `hello`. A revoked
 //! token closes its sockets at once (4403) and gives their leases back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,12 +25,14 @@ use crate::auth::worker_tokens::{self, TokenRefusal};
 use crate::error::AppError;
 use crate::jobs::queue::{self, Lane};
 use crate::jobs::remote::protocol::{
-    LeaseRef, ServerMessage, WorkerMessage, CLOSE_HELLO_TIMEOUT, CLOSE_PROTOCOL_ERROR, CLOSE_REVOKED,
-    CLOSE_UNAUTHENTICATED, CLOSE_UNSUPPORTED_VERSION, PROTOCOL_VERSION, SUBPROTOCOL,
+    encoder_coverage, LeaseRef, OutputFile, ServerMessage, WorkerMessage, CLOSE_HELLO_TIMEOUT, CLOSE_PROTOCOL_ERROR,
+    CLOSE_REVOKED, CLOSE_TAGS_NOT_ALLOWED, CLOSE_UNAUTHENTICATED, CLOSE_UNSUPPORTED_VERSION, PROTOCOL_VERSION,
+    SUBPROTOCOL,
 };
 use crate::jobs::remote::{self, TokenRevoked};
 use crate::jobs::reporter::QueueReporter;
-use crate::jobs::runner::JobReporter;
+use crate::jobs::runner::{JobReporter, TranscodeOutput};
+use crate::limits::{self, ip_subject, Policy};
 use crate::startup::AppState;
 
 const PING_EVERY: Duration = Duration::from_secs(5);
@@ -52,7 +54,11 @@ pub async fn worker_socket(
     if !offered {
         return Err(AppError::bad_input(format!("Sec-WebSocket-Protocol must be {SUBPROTOCOL}")).into());
     }
-    let connection = WorkerConnection::new(state.get_ref().clone());
+    // Every socket is charged to its address before the upgrade (429 + Retry-After
+    // over the limit), and once more if it is closed before its hello is accepted.
+    let subject = ip_subject(&state.client_ip(req.peer_addr(), req.headers()));
+    limits::enforce(&state, Policy::WorkerChannel, subject.clone(), 1).await?;
+    let connection = WorkerConnection::new(state.get_ref().clone(), subject);
     ws::WsResponseBuilder::new(connection, &req, payload).protocols(&[SUBPROTOCOL]).frame_size(MAX_FRAME).start()
 }
 
@@ -67,12 +73,31 @@ struct Held {
 struct Authenticated {
     token_id: Uuid,
     capacity: usize,
-    /// The token's tags (routing: `jobs.high_preset_tag`).
+    /// The tags it is routed by (`jobs.high_preset_tag`): those hello named, all
+    /// of them the token's, or the token's.
     tags: Vec<String>,
+    /// It has the encoders of every transcode ([`encoder_coverage`]).
+    transcodes: bool,
+    /// ...and of a WebM download.
+    webm: bool,
+}
+
+/// What `hello` announced besides the token.
+struct Announced {
+    tags: Vec<String>,
+    encoders: Vec<String>,
+}
+
+/// Why a `hello` is refused.
+enum HelloRefusal {
+    Token(TokenRefusal),
+    TagsNotAllowed,
 }
 
 pub struct WorkerConnection {
     state: AppState,
+    /// The client address's rate-limit subject (`worker_channel` policy).
+    subject: String,
     /// Also the worker's row id in `workers`.
     id: Uuid,
     auth: Option<Authenticated>,
@@ -82,12 +107,20 @@ pub struct WorkerConnection {
     leasing: bool,
     last_heard: Instant,
     closing: bool,
+    /// Jobs whose early rung is being published (`rung_ready`)...
+    rungs_in_flight: HashSet<Uuid>,
+    /// ...and their results, held until it is.
+    deferred_results: HashMap<Uuid, DeferredResult>,
 }
 
+/// A `result` waiting for its run's early rung.
+type DeferredResult = (LeaseRef, Box<TranscodeOutput>, Vec<OutputFile>);
+
 impl WorkerConnection {
-    fn new(state: AppState) -> Self {
+    fn new(state: AppState, subject: String) -> Self {
         Self {
             state,
+            subject,
             id: Uuid::now_v7(),
             auth: None,
             leases: HashMap::new(),
@@ -95,6 +128,8 @@ impl WorkerConnection {
             leasing: false,
             last_heard: Instant::now(),
             closing: false,
+            rungs_in_flight: HashSet::new(),
+            deferred_results: HashMap::new(),
         }
     }
 
@@ -111,6 +146,13 @@ impl WorkerConnection {
         }
         self.closing = true;
         metrics::counter!("reelhouse_worker_channel_closed_total", "code" => code.to_string()).increment(1);
+        if self.auth.is_none() {
+            // A failed hello costs its address once more.
+            let (state, subject) = (self.state.clone(), self.subject.clone());
+            actix::spawn(async move {
+                let _ = limits::check(&state, Policy::WorkerChannel, subject, 1).await;
+            });
+        }
         ctx.close(Some(CloseReason { code: CloseCode::Other(code), description: Some(reason.to_string()) }));
         ctx.stop();
     }
@@ -138,8 +180,9 @@ impl WorkerConnection {
     fn on_message(&mut self, message: WorkerMessage, ctx: &mut WebsocketContext<Self>) {
         if self.auth.is_none() {
             match message {
-                WorkerMessage::Hello { version, token, capacity, reelhouse, gstreamer, leases, .. } => {
-                    self.hello(version, token, capacity, reelhouse, gstreamer, leases, ctx)
+                WorkerMessage::Hello { version, token, capacity, reelhouse, gstreamer, leases, tags, encoders } => {
+                    let announced = Announced { tags, encoders };
+                    self.hello(version, token, capacity, reelhouse, gstreamer, leases, announced, ctx)
                 }
                 _ => self.close(ctx, CLOSE_UNAUTHENTICATED, "UNAUTHENTICATED: the first message must be hello"),
             }
@@ -183,10 +226,10 @@ impl WorkerConnection {
                     held.reporter.log(level, message.chars().take(2000).collect());
                 }
             }
-            WorkerMessage::UploadUrl { request, lease, key, content_type } => {
+            WorkerMessage::UploadUrl { request, lease, key, content_type, size, sha256 } => {
                 let state = self.state.clone();
                 ctx.spawn(
-                    async move { remote::presign_output(&state, lease, &key, &content_type).await }
+                    async move { remote::presign_output(&state, lease, &key, &content_type, size, &sha256).await }
                         .into_actor(self)
                         .map(move |result, _, ctx| {
                             let reply = match result {
@@ -202,11 +245,36 @@ impl WorkerConnection {
                 );
             }
             WorkerMessage::Result { lease, output, files } => {
+                // A result never overtakes its run's early rung: it waits for it.
+                if self.rungs_in_flight.contains(&lease.job) {
+                    self.deferred_results.insert(lease.job, (lease, output, files));
+                } else {
+                    self.finish_result(lease, output, files, ctx);
+                }
+            }
+            WorkerMessage::RungReady { lease, rendition, files } => {
+                // Not `ctx.wait`: heartbeats must keep renewing leases meanwhile.
+                self.rungs_in_flight.insert(lease.job);
                 let state = self.state.clone();
                 ctx.spawn(
-                    async move { remote::finish_result(&state, lease, *output, &files).await }
-                        .into_actor(self)
-                        .map(move |result, act, ctx| act.finished(lease, result, ctx)),
+                    async move { remote::record_rung(&state, lease, &rendition, &files).await }.into_actor(self).map(
+                        move |result, act, ctx| {
+                            match result {
+                                Ok(published) => {
+                                    tracing::debug!(job = %lease.job, published, "a remote run's early rung")
+                                }
+                                Err(refusal) => tracing::info!(
+                                    job = %lease.job,
+                                    code = refusal.code,
+                                    "a remote run's early rung was refused"
+                                ),
+                            }
+                            act.rungs_in_flight.remove(&lease.job);
+                            if let Some((lease, output, files)) = act.deferred_results.remove(&lease.job) {
+                                act.finish_result(lease, output, files, ctx);
+                            }
+                        },
+                    ),
                 );
             }
             WorkerMessage::Failure { lease, code, message } => {
@@ -223,6 +291,21 @@ impl WorkerConnection {
                 self.touch(ctx);
             }
         }
+    }
+
+    fn finish_result(
+        &mut self,
+        lease: LeaseRef,
+        output: Box<TranscodeOutput>,
+        files: Vec<OutputFile>,
+        ctx: &mut WebsocketContext<Self>,
+    ) {
+        let state = self.state.clone();
+        ctx.spawn(
+            async move { remote::finish_result(&state, lease, *output, &files).await }
+                .into_actor(self)
+                .map(move |result, act, ctx| act.finished(lease, result, ctx)),
+        );
     }
 
     fn finished(&mut self, lease: LeaseRef, result: Result<(), remote::Refusal>, ctx: &mut WebsocketContext<Self>) {
@@ -250,23 +333,33 @@ impl WorkerConnection {
         reelhouse: String,
         gstreamer: Option<String>,
         leases: Vec<LeaseRef>,
+        announced: Announced,
         ctx: &mut WebsocketContext<Self>,
     ) {
         if version != PROTOCOL_VERSION {
             let reason = format!("UNSUPPORTED_VERSION: this server speaks version {PROTOCOL_VERSION}");
             return self.close(ctx, CLOSE_UNSUPPORTED_VERSION, &reason);
         }
+        let Announced { tags: announced_tags, encoders } = announced;
+        let (transcodes, webm) = encoder_coverage(&encoders);
         let state = self.state.clone();
         let worker_id = self.id;
         let fut = async move {
             let row = match worker_tokens::verify_worker_token(&state.db, &token).await {
                 Ok(Ok(row)) => row,
-                Ok(Err(refusal)) => return Err(refusal),
+                Ok(Err(refusal)) => return Err(HelloRefusal::Token(refusal)),
                 Err(err) => {
                     tracing::warn!(error = %err, "checking a worker token failed");
-                    return Err(TokenRefusal::Invalid);
+                    return Err(HelloRefusal::Token(TokenRefusal::Invalid));
                 }
             };
+            // The worker may narrow its token's tags, never add to them.
+            let allowed = worker_tokens::split_tags(&row.tags);
+            let asked: Vec<String> = announced_tags.iter().map(|t| t.trim().to_lowercase()).collect();
+            if asked.iter().any(|tag| !allowed.contains(tag)) {
+                return Err(HelloRefusal::TagsNotAllowed);
+            }
+            let tags = if asked.is_empty() { allowed } else { asked };
             let capacity = i32::try_from(capacity).unwrap_or(i32::MAX).clamp(1, row.capacity.max(1));
             if let Err(err) =
                 remote::register_worker(&state.db, worker_id, &row, capacity, &reelhouse, gstreamer.as_deref()).await
@@ -288,16 +381,30 @@ impl WorkerConnection {
                     }
                 }
             }
-            Ok((row, capacity, resumed))
+            Ok((row, capacity, resumed, tags))
         };
-        ctx.wait(fut.into_actor(self).map(|result, act, ctx| match result {
-            Err(TokenRefusal::Revoked) => act.close(ctx, CLOSE_REVOKED, "FORBIDDEN: the worker token was revoked"),
-            Err(TokenRefusal::Invalid) => act.close(ctx, CLOSE_UNAUTHENTICATED, "UNAUTHENTICATED: unknown worker token"),
-            Ok((row, capacity, resumed)) => {
+        ctx.wait(fut.into_actor(self).map(move |result, act, ctx| match result {
+            Err(HelloRefusal::Token(TokenRefusal::Revoked)) => {
+                act.close(ctx, CLOSE_REVOKED, "FORBIDDEN: the worker token was revoked")
+            }
+            Err(HelloRefusal::Token(TokenRefusal::Invalid)) => {
+                act.close(ctx, CLOSE_UNAUTHENTICATED, "UNAUTHENTICATED: unknown worker token")
+            }
+            Err(HelloRefusal::TagsNotAllowed) => act.close(
+                ctx,
+                CLOSE_TAGS_NOT_ALLOWED,
+                "TAGS_NOT_ALLOWED: hello named a tag the worker token does not carry",
+            ),
+            Ok((row, capacity, resumed, tags)) => {
+                if !transcodes {
+                    tracing::warn!(worker = %act.id, ?encoders, "a remote worker lacks the encoders every transcode needs; it gets no jobs");
+                }
                 act.auth = Some(Authenticated {
                     token_id: row.id,
                     capacity: usize::try_from(capacity).unwrap_or(1),
-                    tags: worker_tokens::split_tags(&row.tags),
+                    tags,
+                    transcodes,
+                    webm,
                 });
                 act.state.remote_workers.register(act.id, row.id, ctx.address().recipient());
                 metrics::counter!("reelhouse_worker_channel_connected_total").increment(1);
@@ -328,25 +435,26 @@ impl WorkerConnection {
     /// Lease one more job when the worker has room.
     fn try_lease(&mut self, ctx: &mut WebsocketContext<Self>) {
         let Some(auth) = &self.auth else { return };
-        if self.closing || self.draining || self.leasing || self.leases.len() >= auth.capacity {
+        if self.closing || self.draining || self.leasing || !auth.transcodes || self.leases.len() >= auth.capacity {
             return;
         }
         self.leasing = true;
-        let tags = auth.tags.clone();
+        let (tags, webm) = (auth.tags.clone(), auth.webm);
         let state = self.state.clone();
         let owner = remote::lease_owner(self.id);
         let lease_for = self.lease_for();
         let fut = async move {
             let leased =
-                queue::lease_tagged(&state.db, &owner, Lane::Remote, lease_for, &state.settings.jobs, &tags).await?;
+                queue::lease_routed(&state.db, &owner, Lane::Remote, lease_for, &state.settings.jobs, &tags, webm)
+                    .await?;
             let Some(leased) = leased else { return Ok(None) };
             let prepared = remote::prepare_assignment(&state, &leased).await?;
-            Ok::<_, queue::QueueError>(prepared.map(|(spec, source)| (leased, spec, source)))
+            Ok::<_, queue::QueueError>(prepared.map(|assignment| (leased, assignment)))
         };
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
             act.leasing = false;
             match result {
-                Ok(Some((leased, spec, source))) => {
+                Ok(Some((leased, (spec, source, publish_early)))) => {
                     let lease = LeaseRef { job: leased.job.id, lease: leased.token };
                     if act.closing {
                         // The socket went away meanwhile: the lease expires and is swept.
@@ -355,7 +463,7 @@ impl WorkerConnection {
                     let reporter = act.reporter(leased.job.id, leased.job.video_id, leased.token);
                     act.leases.insert(lease.job, Held { token: lease.lease, reporter });
                     tracing::info!(job = %lease.job, worker = %act.id, "assigned to a remote worker");
-                    Self::send(ctx, &ServerMessage::Assign { lease, spec: Box::new(spec), source });
+                    Self::send(ctx, &ServerMessage::Assign { lease, spec: Box::new(spec), source, publish_early });
                     act.touch(ctx);
                     act.try_lease(ctx);
                 }

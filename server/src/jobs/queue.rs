@@ -206,6 +206,28 @@ pub async fn lease_tagged(
     settings: &JobSettings,
     tags: &[String],
 ) -> Result<Option<LeasedJob>, QueueError> {
+    lease_routed(db, worker_id, lane, lease_for, settings, tags, true).await
+}
+
+/// A WebM download's transcode (it needs `vp8enc` and `opusenc`).
+fn webm_filter(backend: DbBackend) -> &'static str {
+    match backend {
+        DbBackend::Postgres => "(c.kind = 'TRANSCODE' AND UPPER(COALESCE(c.payload->>'format', '')) = 'WEBM')",
+        _ => "(c.kind = 'TRANSCODE' AND UPPER(COALESCE(json_extract(c.payload, '$.format'), '')) = 'WEBM')",
+    }
+}
+
+/// [`lease_tagged`] for a worker that may lack the WebM encoders (`webm` false:
+/// WebM transcodes are passed over, for a worker that has them).
+pub async fn lease_routed(
+    db: &DatabaseConnection,
+    worker_id: &str,
+    lane: Lane,
+    lease_for: Duration,
+    settings: &JobSettings,
+    tags: &[String],
+    webm: bool,
+) -> Result<Option<LeasedJob>, QueueError> {
     let backend = db.get_database_backend();
     let mut sql = lease_sql(backend, lane);
     if settings.high_preset_tag.as_ref().is_some_and(|tag| !tags.contains(tag)) {
@@ -213,6 +235,10 @@ pub async fn lease_tagged(
             "c.status = 'QUEUED' AND",
             &format!("c.status = 'QUEUED' AND NOT {} AND", high_preset_filter(backend)),
         );
+    }
+    if !webm {
+        sql = sql
+            .replace("c.status = 'QUEUED' AND", &format!("c.status = 'QUEUED' AND NOT {} AND", webm_filter(backend)));
     }
     let now = Utc::now();
     let token = Uuid::new_v4();

@@ -745,14 +745,20 @@ pub(crate) fn output_version(job: &job::Model) -> String {
 /// this same first transcode's early rung: no current output version, and no
 /// rendition in the unversioned layout of earlier releases.
 async fn is_first_transcode(ctx: &JobContext, video: &video::Model) -> Result<bool, JobError> {
+    first_transcode_of(&ctx.db, video).await
+}
+
+/// A first transcode (the video has no outputs yet, only early rungs of runs):
+/// it publishes its lowest rung early.
+pub(crate) async fn first_transcode_of(
+    db: &sea_orm::DatabaseConnection,
+    video: &video::Model,
+) -> Result<bool, JobError> {
     if video.output_version.is_some() {
         return Ok(false);
     }
-    let rows = rendition::Entity::find()
-        .filter(rendition::Column::VideoId.eq(video.id))
-        .all(&ctx.db)
-        .await
-        .map_err(db_error)?;
+    let rows =
+        rendition::Entity::find().filter(rendition::Column::VideoId.eq(video.id)).all(db).await.map_err(db_error)?;
     Ok(rows.iter().all(|row| layout::version_prefix(video.owner_id, video.id, &row.playlist_key).is_some()))
 }
 
@@ -805,6 +811,47 @@ fn measured_peak(path: &Path) -> Option<u64> {
     (peak > 0.0).then_some(peak.ceil() as u64)
 }
 
+/// What an early rung is: its files to upload, its playlist and its rendition row.
+pub(crate) struct EarlyRung {
+    pub uploads: Vec<Upload>,
+    pub playlist_text: String,
+    pub rendition: NewRendition,
+}
+
+/// Prepare the lowest rung for early publishing (local and remote workers alike).
+pub(crate) fn early_rung(
+    settings: &crate::config::Settings,
+    info: &MediaInfo,
+    root: &Path,
+    ready: &RenditionReady,
+    outputs: &layout::Outputs,
+) -> Result<EarlyRung, JobError> {
+    let Rung { name, width, height, video_bitrate_kbps } = &ready.rung;
+    let (playlist_text, segments) = read_playlist(root, &ready.playlist)?;
+    let uploads: Vec<Upload> = segments
+        .into_iter()
+        .map(|segment| Upload {
+            key: outputs.hls_segment(name, &segment.stored_name),
+            content_type: content_type_for(&segment.path),
+            path: segment.path,
+        })
+        .collect();
+    let audio_kbps = if info.has_audio { settings.media.hls_options().audio_bitrate_kbps } else { 0 };
+    let bandwidth = measured_peak(&ready.playlist).unwrap_or(u64::from(video_bitrate_kbps + audio_kbps) * 1000);
+    // The exact avc1 profile/level is known only when the ladder ends; apply_success
+    // replaces this provisional string with the encoder's.
+    let codecs = if info.has_audio { "avc1.640028,mp4a.40.2" } else { "avc1.640028" };
+    let rendition = NewRendition {
+        name: name.clone(),
+        width: *width,
+        height: *height,
+        bitrate: bandwidth,
+        codecs: codecs.into(),
+        playlist_key: outputs.hls_playlist(name),
+    };
+    Ok(EarlyRung { uploads, playlist_text, rendition })
+}
+
 /// Upload the lowest rung while the others encode, mark its rendition READY and
 /// publish RENDITION_READY. `Ok(false)`: the video went away meanwhile.
 #[allow(clippy::too_many_arguments)]
@@ -818,35 +865,34 @@ async fn publish_early_rendition(
     outputs: &layout::Outputs,
     cancel: &CancelFlag,
 ) -> Result<bool, JobError> {
-    let Rung { name, width, height, video_bitrate_kbps } = &ready.rung;
-    let (text, segments) = read_playlist(root, &ready.playlist)?;
-    let uploads: Vec<Upload> = segments
-        .into_iter()
-        .map(|segment| Upload {
-            key: outputs.hls_segment(name, &segment.stored_name),
-            content_type: content_type_for(&segment.path),
-            path: segment.path,
-        })
-        .collect();
-    upload_all(&ctx.store, &uploads, cancel, &mut || {}).await?;
-    let playlist_key = outputs.hls_playlist(name);
-    upload_text(&ctx.store, &playlist_key, text, "application/vnd.apple.mpegurl").await?;
+    let rung = early_rung(&ctx.settings, info, root, ready, outputs)?;
+    upload_all(&ctx.store, &rung.uploads, cancel, &mut || {}).await?;
+    upload_text(&ctx.store, &rung.rendition.playlist_key, rung.playlist_text, "application/vnd.apple.mpegurl").await?;
+    record_early_rendition(
+        &ctx.db,
+        &ctx.publisher,
+        &ctx.settings.jobs,
+        job.id,
+        video,
+        &rung.rendition,
+        outputs.prefix(),
+    )
+    .await
+}
 
-    let audio_kbps = if info.has_audio { ctx.settings.media.hls_options().audio_bitrate_kbps } else { 0 };
-    let bandwidth = measured_peak(&ready.playlist).unwrap_or(u64::from(video_bitrate_kbps + audio_kbps) * 1000);
-    // The exact avc1 profile/level is known only when the ladder ends; apply_success
-    // replaces this provisional string with the encoder's.
-    let codecs = if info.has_audio { "avc1.640028,mp4a.40.2" } else { "avc1.640028" };
-    let rendition = NewRendition {
-        name: name.clone(),
-        width: *width,
-        height: *height,
-        bitrate: bandwidth,
-        codecs: codecs.into(),
-        playlist_key,
-    };
-
-    let txn = crate::db::begin_write(&ctx.db).await.map_err(db_error)?;
+/// Mark an early rung's rendition READY (its files are stored under `prefix`) and
+/// publish RENDITION_READY. `Ok(false)`: the video went away meanwhile.
+pub(crate) async fn record_early_rendition(
+    db: &sea_orm::DatabaseConnection,
+    publisher: &crate::events::Publisher,
+    jobs: &crate::config::jobs::JobSettings,
+    job_id: Uuid,
+    video: &video::Model,
+    rendition: &NewRendition,
+    prefix: &str,
+) -> Result<bool, JobError> {
+    let name = &rendition.name;
+    let txn = crate::db::begin_write(db).await.map_err(db_error)?;
     let Some(current) = lock_video(&txn, video.id).await.map_err(db_error)? else {
         return Ok(false);
     };
@@ -861,21 +907,21 @@ async fn publish_early_rendition(
         .await
         .map_err(db_error)?
         .and_then(|row| layout::version_prefix(video.owner_id, video.id, &row.playlist_key))
-        .filter(|prefix| prefix != outputs.prefix());
-    if let Some(prefix) = replaced {
-        retire_outputs(&txn, &current, vec![prefix], &ctx.settings.jobs, false).await.map_err(db_error)?;
+        .filter(|old| old != prefix);
+    if let Some(old) = replaced {
+        retire_outputs(&txn, &current, vec![old], jobs, false).await.map_err(db_error)?;
     }
-    upsert_rendition(&txn, video.id, &rendition).await.map_err(db_error)?;
+    upsert_rendition(&txn, video.id, rendition).await.map_err(db_error)?;
     let event = events::record(
         &txn,
         &current,
         EventKind::RenditionReady,
-        EventDetail { rendition: Some(name.clone()), job_id: Some(job.id), ..Default::default() },
+        EventDetail { rendition: Some(name.clone()), job_id: Some(job_id), ..Default::default() },
     )
     .await
     .map_err(db_error)?;
     txn.commit().await.map_err(db_error)?;
-    ctx.publisher.publish(event);
+    publisher.publish(event);
     Ok(true)
 }
 
@@ -938,8 +984,9 @@ async fn unpublish_early_rendition(ctx: &JobContext, video: &video::Model, name:
     }
 }
 
-/// A rendition row to write.
-pub(crate) struct NewRendition {
+/// A rendition row to write (a remote worker sends it for an early rung).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewRendition {
     pub name: String,
     pub width: u32,
     pub height: u32,

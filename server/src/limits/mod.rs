@@ -46,10 +46,14 @@ pub enum Policy {
     /// Two-factor codes (TOTP or recovery) presented, per account, from any
     /// address: sign-in, `confirmTotp`, `disableTotp`.
     Mfa,
+    /// `/workers/ws` per client address: every socket opened, and every socket
+    /// closed before its `hello` was accepted (no, bad or revoked token, wrong
+    /// version, silence) once more.
+    WorkerChannel,
 }
 
 impl Policy {
-    pub const ALL: [Policy; 11] = [
+    pub const ALL: [Policy; 12] = [
         Policy::Auth,
         Policy::AuthIp,
         Policy::Api,
@@ -61,6 +65,7 @@ impl Policy {
         Policy::AccountMail,
         Policy::AccountMailIp,
         Policy::Mfa,
+        Policy::WorkerChannel,
     ];
 
     /// The settings and header name (`"api"`, `"auth_ip"`, …).
@@ -77,6 +82,7 @@ impl Policy {
             Policy::AccountMail => "account_mail",
             Policy::AccountMailIp => "account_mail_ip",
             Policy::Mfa => "mfa",
+            Policy::WorkerChannel => "worker_channel",
         }
     }
 }

@@ -142,6 +142,21 @@ impl ObjectStore for GuardedStore {
         self.inner.presign_get(key, expires_in).await
     }
 
+    async fn presign_checked_put(
+        &self,
+        key: &str,
+        expires_in: Duration,
+        content_type: Option<&str>,
+        length: u64,
+        sha256: &str,
+    ) -> Result<PresignedRequest, StoreError> {
+        self.inner.presign_checked_put(key, expires_in, content_type, length, sha256).await
+    }
+
+    async fn stored_sha256(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.guard(self.inner.stored_sha256(key)).await
+    }
+
     async fn create_multipart(&self, key: &str, content_type: Option<&str>) -> Result<String, StoreError> {
         self.guard(self.inner.create_multipart(key, content_type)).await
     }

@@ -313,6 +313,28 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// [`MAX_SINGLE_PUT_SIZE`] (what one presigned `PUT` can carry).
     async fn rename(&self, from: &str, to: &str) -> Result<ObjectMeta, StoreError>;
 
+    /// [`ObjectStore::presign_put`] for a body whose length and SHA-256 (hex) are
+    /// known in advance. S3 signs both (`Content-Length`, `x-amz-checksum-sha256`),
+    /// so it refuses any other body. The default (local disk) signs neither: the
+    /// local store keeps every object's SHA-256, see [`ObjectStore::stored_sha256`].
+    async fn presign_checked_put(
+        &self,
+        key: &str,
+        expires_in: Duration,
+        content_type: Option<&str>,
+        _length: u64,
+        _sha256: &str,
+    ) -> Result<PresignedRequest, StoreError> {
+        self.presign_put(key, expires_in, content_type).await
+    }
+
+    /// The hex SHA-256 of a stored object's bytes when the backend keeps one (local
+    /// disk: always, unless its sidecar is stale; S3: the `ChecksumSHA256` of an
+    /// object uploaded with one), `None` when it does not.
+    async fn stored_sha256(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.local_file(key).await?.and_then(|file| file.sha256))
+    }
+
     /// A URL that serves `GET` (ranges allowed) until `expires_in` has passed.
     async fn presign_get(&self, key: &str, expires_in: Duration) -> Result<PresignedRequest, StoreError>;
 

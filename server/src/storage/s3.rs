@@ -19,6 +19,7 @@ use aws_sdk_s3::types::{
     CompletedMultipartUpload, CompletedPart as S3CompletedPart, Delete, ObjectIdentifier, ServerSideEncryption,
 };
 use aws_sdk_s3::Client;
+use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -513,6 +514,62 @@ impl ObjectStore for S3Store {
                 .presigned(config)
                 .await;
             presigned("presign_put", key, expires_in, result)
+        })
+        .await
+    }
+
+    async fn presign_checked_put(
+        &self,
+        key: &str,
+        expires_in: Duration,
+        content_type: Option<&str>,
+        length: u64,
+        sha256: &str,
+    ) -> Result<PresignedRequest, StoreError> {
+        observe(BACKEND, "presign_put", key, async {
+            let config = self.presign("presign_put", key, expires_in)?;
+            let content_type = content_type.map(validated_content_type).transpose()?;
+            let length = bound_length(length, MAX_SINGLE_PUT_SIZE)?;
+            let digest = hex::decode(sha256)
+                .ok()
+                .filter(|d| d.len() == 32)
+                .ok_or_else(|| StoreError::InvalidRequest("a SHA-256 is 64 hex digits".into()))?;
+            // Both are signed: S3 refuses another length, and a body whose SHA-256
+            // differs (BadDigest).
+            let result = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(self.full_key(key))
+                .content_length(length)
+                .checksum_sha256(base64::engine::general_purpose::STANDARD.encode(digest))
+                .set_content_type(content_type)
+                .set_server_side_encryption(self.sse.clone())
+                .presigned(config)
+                .await;
+            presigned("presign_put", key, expires_in, result)
+        })
+        .await
+    }
+
+    async fn stored_sha256(&self, key: &str) -> Result<Option<String>, StoreError> {
+        observe(BACKEND, "head", key, async {
+            validate_key(key)?;
+            let output = self
+                .client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(self.full_key(key))
+                .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+                .send()
+                .await
+                .map_err(|err| map_sdk_error("head", key, err))?;
+            // A whole-object SHA-256 (a multipart upload's is `…-N`, a checksum of checksums).
+            Ok(output
+                .checksum_sha256()
+                .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+                .filter(|digest| digest.len() == 32)
+                .map(hex::encode))
         })
         .await
     }

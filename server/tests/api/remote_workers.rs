@@ -11,7 +11,7 @@ use chrono::Utc;
 use entities::{event_outbox, job, video, JobKind, JobStatus, Role, VideoStatus, Visibility};
 use futures::{SinkExt, StreamExt};
 use reelhouse::jobs::{enqueue, NewJob, DEFAULT_PRIORITY};
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, Set};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, Set};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -53,6 +53,15 @@ async fn revoke_token(app: &TestApp, admin: &TestUser, id: &str) -> Value {
 /// `reelhouse worker --server URL` with the token in its environment and nothing
 /// else of the server's (no database, no storage settings). Fast encodes.
 fn remote_worker(server: &str, token: &str) -> (tokio::process::Child, tempfile::TempDir) {
+    remote_worker_with(server, token, |_| {})
+}
+
+/// [`remote_worker`] with more of its environment set by `customize`.
+fn remote_worker_with(
+    server: &str,
+    token: &str,
+    customize: impl FnOnce(&mut tokio::process::Command),
+) -> (tokio::process::Child, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = reelhouse_command();
     cmd.arg("worker")
@@ -67,6 +76,7 @@ fn remote_worker(server: &str, token: &str) -> (tokio::process::Child, tempfile:
         .env("REELHOUSE__MEDIA__SEGMENT_SECONDS", "1");
     let log = std::fs::File::create(dir.path().join("worker.log")).unwrap();
     cmd.stdout(Stdio::null()).stderr(log);
+    customize(&mut cmd);
     (cmd.spawn().unwrap(), dir)
 }
 
@@ -172,6 +182,9 @@ async fn next_of(socket: &mut Socket, kind: &str) -> Value {
         }
     }
 }
+
+/// The SHA-256 of ten bytes of 1 (the body the tests PUT).
+const TEN_ONES_SHA256: &str = "ffadf8d89d37b3b55fe1847b513cf92e3be87e4c168708c7851845df96fb36be";
 
 fn hello(token: &str, version: u32) -> Value {
     json!({ "type": "hello", "version": version, "token": token, "capacity": 1, "reelhouse": "test", "gstreamer": null })
@@ -318,7 +331,7 @@ async fn a_worker_may_only_sign_puts_under_its_jobs_output_prefix_and_a_late_res
         send(
             &mut socket,
             json!({ "type": "upload_url", "request": request, "job": job_id, "lease": lease,
-                    "key": key, "content_type": "video/mp4" }),
+                    "key": key, "content_type": "video/mp4", "size": 10, "sha256": TEN_ONES_SHA256 }),
         )
         .await;
         let answer = next_of(&mut socket, "refused").await;
@@ -330,7 +343,7 @@ async fn a_worker_may_only_sign_puts_under_its_jobs_output_prefix_and_a_late_res
     send(
         &mut socket,
         json!({ "type": "upload_url", "request": 4, "job": job_id, "lease": lease,
-                "key": key, "content_type": "image/jpeg" }),
+                "key": key, "content_type": "image/jpeg", "size": 10, "sha256": TEN_ONES_SHA256 }),
     )
     .await;
     let answer = next_of(&mut socket, "upload_url").await;
@@ -370,7 +383,7 @@ async fn a_worker_may_only_sign_puts_under_its_jobs_output_prefix_and_a_late_res
     send(
         &mut socket,
         json!({ "type": "upload_url", "request": 5, "job": job_id, "lease": lease,
-                "key": key, "content_type": "image/jpeg" }),
+                "key": key, "content_type": "image/jpeg", "size": 10, "sha256": TEN_ONES_SHA256 }),
     )
     .await;
     assert_eq!(next_of(&mut socket, "refused").await["code"], "LEASE_LOST");
@@ -418,6 +431,20 @@ async fn an_upload_becomes_ready_on_a_remote_worker_started_with_only_a_url_and_
     assert!(status.success(), "a drained remote worker exits cleanly: {}", worker_log(&dir));
 
     assert_eq!(ready_events(&app, video_id).await, 1);
+    // A first transcode: the lowest rung was published early, before the one READY,
+    // as a local worker's run does it.
+    let kinds: Vec<String> = event_outbox::Entity::find()
+        .filter(event_outbox::Column::VideoId.eq(video_id))
+        .order_by_asc(event_outbox::Column::Seq)
+        .all(&db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    let rendition_at = kinds.iter().position(|k| k == "RENDITION_READY").unwrap_or_else(|| panic!("{kinds:?}"));
+    let ready_at = kinds.iter().position(|k| k == "READY").unwrap();
+    assert!(rendition_at < ready_at, "{kinds:?}");
     let job = job::Entity::find().filter(job::Column::VideoId.eq(video_id)).one(&db).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Succeeded);
     // The remote worker's log lines reached the job log as a local worker's do.
@@ -624,4 +651,388 @@ async fn with_a_high_preset_tag_only_workers_carrying_it_lease_high_transcodes()
     assert!(queue::lease_in(db, "local", Lane::Media, lease, settings).await.unwrap().is_none(), "local workers too");
     let gpu = queue::lease_tagged(db, "gpu", Lane::Remote, lease, settings, &["gpu".to_string()]).await.unwrap();
     assert_eq!(gpu.unwrap().job.id, high);
+}
+
+/// A private CA and a certificate for 127.0.0.1 it signed, made by the openssl CLI.
+struct TestPki {
+    dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl").args(args).current_dir(dir.path()).output().unwrap();
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let mut ca = vec!["req", "-x509"];
+        ca.extend(ec);
+        ca.extend(["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=reelhouse-test-ca"]);
+        ca.extend(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"]);
+        run(&ca);
+        let mut csr = vec!["req"];
+        csr.extend(ec);
+        csr.extend(["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
+        run(&csr);
+        std::fs::write(
+            dir.path().join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        Self { dir }
+    }
+
+    fn ca(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_file_iter(self.dir.path().join("server.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(self.dir.path().join("server.key")).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+    }
+}
+
+/// A TLS-terminating proxy: `https://127.0.0.1:<port>` in front of the app's plain
+/// HTTP. Counts the TLS handshakes that completed.
+struct TlsProxy {
+    port: u16,
+    handshakes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TlsProxy {
+    async fn bind() -> tokio::net::TcpListener {
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()
+    }
+
+    fn start(listener: tokio::net::TcpListener, pki: &TestPki, upstream: std::net::SocketAddr) -> Self {
+        let port = listener.local_addr().unwrap().port();
+        let acceptor = pki.acceptor();
+        let handshakes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = handshakes.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let (acceptor, counted) = (acceptor.clone(), counted.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(inbound).await else { return };
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Self { port, handshakes, task }
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[actix_web::test]
+async fn a_remote_worker_reaches_ready_over_https_trusting_a_private_ca_given_in_a_file() {
+    let pki = TestPki::new();
+    let listener = TlsProxy::bind().await;
+    let public = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    // On local disk the presigned GET/PUT URLs are the server's own (public URL =
+    // the TLS proxy), so the worker's HTTP client goes through TLS too.
+    let app = remote_app(|s| s.server.public_url = Some(public)).await;
+    let proxy = TlsProxy::start(listener, &pki, crate::helpers::socket_of(&app.address));
+    let admin = app.create_user_with_role(Role::Admin).await;
+    let (secret, _) = mint_token(&app, &admin, 1).await;
+    let (video_id, job_id) = video_with_job(&app, crate::worker_process::fixture_clip()).await;
+
+    let (mut worker, dir) = remote_worker_with(&proxy.url(), &secret, |cmd| {
+        cmd.env("REELHOUSE_WORKER_CA_FILE", pki.ca());
+    });
+    let finished = eventually(1800, || async { job_row(&app, job_id).await.status == JobStatus::Succeeded }).await;
+    crate::worker_process::sigterm(&worker);
+    let status = tokio::time::timeout(Duration::from_secs(60), worker.wait()).await.unwrap().unwrap();
+    assert!(finished, "the job finishes over https: {}", worker_log(&dir));
+    assert!(status.success(), "{}", worker_log(&dir));
+    let v = video::Entity::find_by_id(video_id).one(&app.state.db).await.unwrap().unwrap();
+    assert_eq!(v.status, VideoStatus::Ready);
+    // The channel and (on local disk) every transfer went through the TLS proxy.
+    let handshakes = proxy.handshakes.load(std::sync::atomic::Ordering::SeqCst);
+    let minimum = if crate::helpers::backend() == crate::helpers::Backend::Sqlite { 2 } else { 1 };
+    assert!(handshakes >= minimum, "{handshakes} TLS handshakes");
+}
+
+#[actix_web::test]
+async fn a_remote_worker_refuses_a_certificate_it_does_not_trust_with_a_typed_error() {
+    let pki = TestPki::new();
+    let listener = TlsProxy::bind().await;
+    let app = remote_app(|_| {}).await;
+    let proxy = TlsProxy::start(listener, &pki, crate::helpers::socket_of(&app.address));
+    let admin = app.create_user_with_role(Role::Admin).await;
+    let (secret, _) = mint_token(&app, &admin, 1).await;
+    // No CA file: the private CA is not among the web PKI roots.
+    let (mut worker, dir) = remote_worker_with(&proxy.url(), &secret, |_| {});
+    let status = tokio::time::timeout(Duration::from_secs(60), worker.wait()).await.unwrap().unwrap();
+    assert!(!status.success(), "{}", worker_log(&dir));
+    let log = worker_log(&dir);
+    assert!(log.contains("TLS_UNTRUSTED"), "{log}");
+    assert!(log.contains("REELHOUSE_WORKER_CA_FILE"), "{log}");
+    assert_eq!(proxy.handshakes.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // With the CA it is let in.
+    let (mut worker, dir) = remote_worker_with(&proxy.url(), &secret, |cmd| {
+        cmd.env("REELHOUSE_WORKER_CA_FILE", pki.ca());
+    });
+    assert!(
+        eventually(300, || async { worker_log(&dir).contains("connected to the server") }).await,
+        "{}",
+        worker_log(&dir)
+    );
+    crate::worker_process::sigterm(&worker);
+    let _ = tokio::time::timeout(Duration::from_secs(60), worker.wait()).await;
+}
+
+#[actix_web::test]
+async fn a_result_whose_outputs_differ_from_their_reported_digest_is_refused_and_the_job_retried() {
+    let app = remote_app(|_| {}).await;
+    let admin = app.create_user_with_role(Role::Admin).await;
+    let (secret, _) = mint_token(&app, &admin, 1).await;
+    let clip = std::fs::read(crate::runner::landscape_clip()).unwrap();
+    let (video_id, job_id) = video_with_job(&app, clip).await;
+
+    let mut socket = channel(&app).await;
+    send(&mut socket, hello(&secret, 1)).await;
+    next_of(&mut socket, "welcome").await;
+    let assign = next_of(&mut socket, "assign").await;
+    let lease = assign["lease"].as_str().unwrap().to_string();
+    send(&mut socket, json!({ "type": "accept", "job": job_id, "lease": lease })).await;
+    let owner = Uuid::parse_str(assign["spec"]["owner_id"].as_str().unwrap()).unwrap();
+    let version = assign["spec"]["version"].as_str().unwrap().to_string();
+    let prefix = reelhouse::storage::layout::Outputs::new(owner, video_id, Some(&version)).prefix().to_string();
+    let keys = ["hls/master.m3u8", "mp4/video.mp4", "poster.jpg", "storyboard.jpg", "storyboard.vtt"]
+        .map(|name| format!("{prefix}{name}"));
+    // Every output announced as ten bytes of 1; the download is sent as ten bytes of 2.
+    let tampered = &keys[1];
+    let mut refused_on_the_way_in = false;
+    for (request, key) in keys.iter().enumerate() {
+        send(
+            &mut socket,
+            json!({ "type": "upload_url", "request": request, "job": job_id, "lease": lease,
+                    "key": key, "content_type": "application/octet-stream", "size": 10, "sha256": TEN_ONES_SHA256 }),
+        )
+        .await;
+        let answer = next_of(&mut socket, "upload_url").await;
+        let body = if key == tampered { vec![2u8; 10] } else { vec![1u8; 10] };
+        let mut put = app.client.put(answer["url"]["url"].as_str().unwrap()).body(body);
+        for pair in answer["url"]["headers"].as_array().unwrap() {
+            put = put.header(pair[0].as_str().unwrap(), pair[1].as_str().unwrap());
+        }
+        let status = put.send().await.unwrap().status();
+        if key == tampered {
+            // S3 checks the signed SHA-256 itself; local disk stores the bytes (and their digest).
+            refused_on_the_way_in = !status.is_success();
+        } else {
+            assert!(status.is_success(), "{key}: {status}");
+        }
+    }
+    let files: Vec<Value> =
+        keys.iter().map(|key| json!({ "key": key, "size": 10, "sha256": TEN_ONES_SHA256 })).collect();
+    let output = json!({
+        "video_id": video_id, "renditions": [], "master_playlist_key": keys[0],
+        "probe": { "duration_ms": 3000, "width": 640, "height": 360, "frame_rate": 25.0, "rotation": 0,
+                   "has_audio": true, "container": null, "video_codec": null, "audio_codec": null,
+                   "source_size_bytes": 1 },
+        "download": { "key": keys[1], "format": "MP4", "preset": "LOW",
+                      "width": 640, "height": 360, "bytes": 10 },
+        "poster_key": keys[2], "thumbnail_keys": [],
+        "storyboard": { "image_key": keys[3], "vtt_key": keys[4],
+                        "tiles": 1, "columns": 1, "rows": 1, "tile_width": 1, "tile_height": 1 },
+        "output_bytes": 50, "output_version": version,
+    });
+    send(&mut socket, json!({ "type": "result", "job": job_id, "lease": lease, "output": output, "files": files }))
+        .await;
+    let finished = next_of(&mut socket, "finished").await;
+    assert_eq!(finished["accepted"], false, "{finished}");
+    // Refused on the way in (S3), the object is missing, or (s3s-fs keeps a body it
+    // refused, without a checksum) read back and found different; else different.
+    if crate::helpers::backend() == crate::helpers::Backend::Postgres {
+        assert!(refused_on_the_way_in, "S3 refuses a body that does not match the signed SHA-256");
+    }
+    let code = finished["code"].as_str().unwrap_or_default().to_string();
+    if refused_on_the_way_in {
+        assert!(["OUTPUT_MISSING", "OUTPUT_MISMATCH"].contains(&code.as_str()), "{finished}");
+    } else {
+        assert_eq!(code, "OUTPUT_MISMATCH", "{finished}");
+    }
+    let expected = code.as_str();
+    // The run is spent and retried; nothing was published; its outputs are gone.
+    let row = job_row(&app, job_id).await;
+    assert_eq!(row.attempts, 1, "{row:?}");
+    assert_ne!(row.status, JobStatus::Succeeded);
+    assert!(row.last_error.as_deref().unwrap_or_default().contains(expected), "{row:?}");
+    assert_eq!(ready_events(&app, video_id).await, 0);
+    assert!(app.state.store.head(&keys[0]).await.is_err(), "the refused run's outputs are removed");
+    let v = video::Entity::find_by_id(video_id).one(&app.state.db).await.unwrap().unwrap();
+    assert_ne!(v.status, VideoStatus::Ready);
+}
+
+#[actix_web::test]
+async fn strangers_are_rate_limited_on_the_worker_channel_before_the_upgrade() {
+    use reelhouse::config::rate_limit::PolicySettings;
+    use reelhouse::limits::Policy;
+    let app = remote_app(|s| {
+        s.rate_limit.enabled = true;
+        s.rate_limit.policies.insert(Policy::WorkerChannel, PolicySettings::new(6, 3600, 6, true));
+    })
+    .await;
+    // Each try: one socket and one failed hello. Six tokens last three tries at most.
+    let mut refused = None;
+    for attempt in 0..12 {
+        let mut request = app.ws_url("/workers/ws").into_client_request().unwrap();
+        request.headers_mut().insert("Sec-WebSocket-Protocol", "reelhouse-worker.v1".parse().unwrap());
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((mut socket, _)) => {
+                send(&mut socket, hello("rhw_abcdefghijklmnopqrstuvwxyz012345_abcdef", 1)).await;
+                assert_eq!(next(&mut socket).await.unwrap_err(), Some(4401));
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                refused = Some((attempt, response));
+                break;
+            }
+            Err(err) => panic!("attempt {attempt}: {err}"),
+        }
+    }
+    let (attempt, response) = refused.expect("a stranger hammering /workers/ws is refused");
+    assert!(attempt <= 6, "refused only after {attempt} tries");
+    assert_eq!(response.status(), 429);
+    let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry_after >= 1);
+    let body: Value = serde_json::from_slice(response.body().as_deref().unwrap_or_default()).unwrap();
+    assert_eq!(body["code"], "RATE_LIMITED", "{body}");
+}
+
+/// Two API replicas on one PostgreSQL and Redis: a token revoked through one closes
+/// its worker's socket on the other at once (not at a heartbeat: this worker sends
+/// none), and the job that socket held goes back to the queue.
+#[actix_web::test]
+async fn a_token_revoked_on_one_replica_closes_its_socket_on_another_at_once() {
+    if crate::helpers::backend() != crate::helpers::Backend::Postgres {
+        eprintln!("skipped: needs Redis and a shared database (REELHOUSE_TEST_BACKEND=postgres)");
+        return;
+    }
+    let first = remote_app(|_| {}).await;
+    let second = crate::fanout::second_instance(&first, None).await;
+    crate::fanout::wait_for_relays(&first, 2).await;
+    let admin = first.create_user_with_role(Role::Admin).await;
+    let (secret, id) = mint_token(&first, &admin, 1).await;
+    let clip = std::fs::read(crate::runner::landscape_clip()).unwrap();
+    let (_, job_id) = video_with_job(&first, clip).await;
+
+    let mut socket = channel(&second).await;
+    send(&mut socket, hello(&secret, 1)).await;
+    next_of(&mut socket, "welcome").await;
+    let assign = next_of(&mut socket, "assign").await;
+    assert_eq!(assign["job"], job_id.to_string());
+    send(&mut socket, json!({ "type": "accept", "job": job_id, "lease": assign["lease"] })).await;
+
+    assert_eq!(revoke_token(&first, &admin, &id).await["data"]["revokeWorkerToken"], true);
+    assert_eq!(next(&mut socket).await.unwrap_err(), Some(4403), "closed on the other replica");
+    // Its lease was given back (no attempt spent), not left to expire.
+    assert!(
+        eventually(100, || async {
+            let row = job_row(&first, job_id).await;
+            row.status == JobStatus::Queued && row.attempts == 0 && row.lease_token.is_none()
+        })
+        .await,
+        "{:?}",
+        job_row(&first, job_id).await
+    );
+}
+
+#[actix_web::test]
+async fn hello_may_only_narrow_its_tokens_tags_and_a_worker_without_an_encoder_is_not_given_jobs_that_need_it() {
+    let app = remote_app(|_| {}).await;
+    let admin = app.create_user_with_role(Role::Admin).await;
+    let (_, body) =
+        app.graphql_as(&admin.bearer(), CREATE_TOKEN, json!({ "name": "cpu", "capacity": 1, "tags": ["cpu"] })).await;
+    let secret = body["data"]["createWorkerToken"]["token"].as_str().unwrap_or_else(|| panic!("{body}")).to_string();
+    let with = |tags: Value, encoders: Value| {
+        let mut message = hello(&secret, 1);
+        message["tags"] = tags;
+        message["encoders"] = encoders;
+        message
+    };
+    // A tag the token does not carry: a typed close.
+    let mut socket = channel(&app).await;
+    send(&mut socket, with(json!(["cpu", "gpu"]), json!([]))).await;
+    assert_eq!(next(&mut socket).await.unwrap_err(), Some(4422));
+    // Its own tags (any case) are fine.
+    let mut socket = channel(&app).await;
+    send(&mut socket, with(json!(["CPU"]), json!([]))).await;
+    next_of(&mut socket, "welcome").await;
+    drop(socket);
+
+    // A WebM transcode queued before an MP4 one: a worker without vp8enc/opusenc
+    // is given the MP4 one, and the WebM one waits for a worker that has them.
+    let clip = std::fs::read(crate::runner::landscape_clip()).unwrap();
+    let (_, webm_job) = video_with_job(&app, clip.clone()).await;
+    job::Entity::update_many()
+        .col_expr(job::Column::Payload, sea_orm::sea_query::Expr::value(json!({ "preset": "LOW", "format": "WEBM" })))
+        .filter(job::Column::Id.eq(webm_job))
+        .exec(&app.state.db)
+        .await
+        .unwrap();
+    // Without the encoders every transcode needs, nothing at all.
+    let mut bare = channel(&app).await;
+    send(&mut bare, with(json!([]), json!(["jpegenc"]))).await;
+    let bare_owner = format!("remote:{}", next_of(&mut bare, "welcome").await["worker_id"].as_str().unwrap());
+    let (_, mp4_job) = video_with_job(&app, clip).await;
+    let mut socket = channel(&app).await;
+    send(&mut socket, with(json!([]), json!(["x264enc", "avenc_aac", "jpegenc"]))).await;
+    next_of(&mut socket, "welcome").await;
+    let assign = next_of(&mut socket, "assign").await;
+    assert_eq!(assign["job"], mp4_job.to_string(), "{assign}");
+    assert_eq!(job_row(&app, webm_job).await.status, JobStatus::Queued);
+    // A worker with every encoder takes the WebM one; the bare one never got any.
+    let mut full = channel(&app).await;
+    send(&mut full, with(json!([]), json!(["x264enc", "avenc_aac", "jpegenc", "vp8enc", "opusenc"]))).await;
+    next_of(&mut full, "welcome").await;
+    assert_eq!(next_of(&mut full, "assign").await["job"], webm_job.to_string());
+    for job_id in [mp4_job, webm_job] {
+        let owner = job_row(&app, job_id).await.lease_owner;
+        assert!(owner.is_some() && owner.as_deref() != Some(bare_owner.as_str()), "{owner:?}");
+    }
 }

@@ -30,15 +30,15 @@ use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 use super::protocol::{
-    LeaseRef, OutputFile, PresignedUrl, ServerMessage, WorkerMessage, CLOSE_REVOKED, CLOSE_UNAUTHENTICATED,
-    CLOSE_UNSUPPORTED_VERSION, PROTOCOL_VERSION, SUBPROTOCOL,
+    LeaseRef, OutputFile, PresignedUrl, ServerMessage, WorkerMessage, CLOSE_REVOKED, CLOSE_TAGS_NOT_ALLOWED,
+    CLOSE_UNAUTHENTICATED, CLOSE_UNSUPPORTED_VERSION, KNOWN_ENCODERS, PROTOCOL_VERSION, SUBPROTOCOL,
 };
 use crate::config::Settings;
 use crate::events::ProgressInfo;
 use crate::jobs::reporter::Throttle;
 use crate::jobs::runner::{JobError, JobReporter, MediaSpec};
 use crate::jobs::runner_storage::{file_stream, Upload};
-use crate::jobs::transcode::{run_media, TranscodeHost};
+use crate::jobs::transcode::{early_rung, run_media, TranscodeHost};
 use crate::media::ladder::RenditionReady;
 use crate::media::{CancelFlag, MediaInfo};
 use crate::storage::layout;
@@ -58,14 +58,69 @@ pub fn channel_url(server: &str) -> anyhow::Result<url::Url> {
         "https" | "wss" => "wss",
         other => anyhow::bail!("--server must be an http:// or https:// URL, not {other}://"),
     };
-    if scheme == "wss" {
-        anyhow::bail!("--server https:// is not supported by this build yet: put the worker channel behind a local TLS-terminating tunnel, or use http:// on a private network");
-    }
     url.set_scheme(scheme).map_err(|_| anyhow::anyhow!("--server {server:?}: cannot use as a WebSocket URL"))?;
     url.set_path("/workers/ws");
     url.set_query(None);
     url.set_fragment(None);
     Ok(url)
+}
+
+/// TLS for an `https://` server (the channel and presigned URLs): the web PKI
+/// roots, plus every certificate of the PEM file `ca_file` (`--ca-file` /
+/// `REELHOUSE_WORKER_CA_FILE`: a private CA or a self-signed server). The ring
+/// provider is named (two providers are linked, so there is no process default).
+pub fn tls_config(ca_file: Option<&Path>) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let bad = |e: &dyn std::fmt::Display| anyhow::anyhow!("reading the CA file {}: {e}", path.display());
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| bad(&e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(&e))?;
+        if certs.is_empty() {
+            anyhow::bail!("the CA file {} holds no PEM certificate", path.display());
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| bad(&e))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// The typed refusal of a server certificate this worker does not trust.
+pub const TLS_UNTRUSTED: &str = "TLS_UNTRUSTED";
+
+/// The certificate error in an error's chain, if the TLS handshake failed on it.
+fn certificate_error(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(err) = next {
+        if let Some(rustls::Error::InvalidCertificate(reason)) = err.downcast_ref::<rustls::Error>() {
+            return Some(format!("{reason:?}"));
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(rustls::Error::InvalidCertificate(reason)) =
+                io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            {
+                return Some(format!("{reason:?}"));
+            }
+        }
+        next = err.source();
+    }
+    None
+}
+
+fn untrusted(reason: &str) -> String {
+    format!(
+        "{TLS_UNTRUSTED}: the server's TLS certificate is not trusted ({reason}); \
+         give its CA in REELHOUSE_WORKER_CA_FILE (--ca-file) if it is a private one"
+    )
 }
 
 /// The worker token: `REELHOUSE_WORKER_TOKEN`, or the first line of the file at
@@ -99,6 +154,10 @@ struct Shared {
     settings: Arc<Settings>,
     scratch_dir: PathBuf,
     http: reqwest::Client,
+    tls: Arc<rustls::ClientConfig>,
+    /// Announced in hello: the tags to be routed by, the encoders it has.
+    tags: Vec<String>,
+    encoders: Vec<String>,
     out: mpsc::UnboundedSender<WorkerMessage>,
     jobs: Mutex<HashMap<Uuid, RunningJob>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Result<PresignedUrl, String>>>>,
@@ -139,9 +198,13 @@ pub async fn run(
     settings: Settings,
     server: &str,
     token: String,
+    ca_file: Option<&Path>,
+    tags: Vec<String>,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let url = channel_url(server)?;
+    let tls = tls_config(ca_file)?;
+    let encoders = available_encoders();
     let capacity = settings.worker_concurrency();
     let scratch_dir = crate::worker::scratch_dir(&settings);
     std::fs::create_dir_all(&scratch_dir)
@@ -150,7 +213,13 @@ pub async fn run(
     let shared = Arc::new(Shared {
         settings: Arc::new(settings),
         scratch_dir,
-        http: reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build()?,
+        http: reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .use_preconfigured_tls(tls.clone())
+            .build()?,
+        tls: Arc::new(tls),
+        tags,
+        encoders,
         out,
         jobs: Mutex::new(HashMap::new()),
         pending: Mutex::new(HashMap::new()),
@@ -163,12 +232,16 @@ pub async fn run(
     let mut backoff = Duration::from_secs(1);
     tokio::pin!(stop);
     loop {
-        let end = match connect(&url).await {
+        let end = match connect(&url, &shared.tls).await {
             Ok(socket) => {
                 backoff = Duration::from_secs(1);
                 session(socket, &shared, &token, capacity, &mut outbox, &mut backlog, &mut stop, &mut draining).await
             }
-            Err(err) => SessionEnd::Lost(format!("{err}")),
+            // A certificate this worker does not trust is no passing fault.
+            Err(err) => match certificate_error(err.as_ref()) {
+                Some(reason) => SessionEnd::Refused(untrusted(&reason)),
+                None => SessionEnd::Lost(format!("{err}")),
+            },
         };
         match end {
             SessionEnd::Drained => return Ok(()),
@@ -202,11 +275,12 @@ pub async fn run(
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(url: &url::Url) -> anyhow::Result<Socket> {
+async fn connect(url: &url::Url, tls: &Arc<rustls::ClientConfig>) -> anyhow::Result<Socket> {
     let mut request = url.as_str().into_client_request()?;
     request.headers_mut().insert("Sec-WebSocket-Protocol", SUBPROTOCOL.parse()?);
-    let (socket, response) =
-        tokio::time::timeout(Duration::from_secs(15), tokio_tungstenite::connect_async(request)).await??;
+    let connector = tokio_tungstenite::Connector::Rustls(tls.clone());
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector));
+    let (socket, response) = tokio::time::timeout(Duration::from_secs(15), connecting).await??;
     let agreed = response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok());
     if agreed != Some(SUBPROTOCOL) {
         anyhow::bail!("the server did not agree to {SUBPROTOCOL}");
@@ -233,10 +307,10 @@ async fn session(
         version: PROTOCOL_VERSION,
         token: token.to_string(),
         capacity: u32::try_from(capacity).unwrap_or(1),
-        tags: Vec::new(),
+        tags: shared.tags.clone(),
         reelhouse: env!("CARGO_PKG_VERSION").to_string(),
         gstreamer: gstreamer_version(),
-        encoders: Vec::new(),
+        encoders: shared.encoders.clone(),
         leases: shared.leases(),
     };
     if let Err(err) = socket.send(encode(&hello)).await {
@@ -336,14 +410,16 @@ fn closed(frame: Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>) -
     let code = u16::from(frame.code);
     let reason = format!("{code} {}", frame.reason);
     match code {
-        CLOSE_UNAUTHENTICATED | CLOSE_REVOKED | CLOSE_UNSUPPORTED_VERSION => SessionEnd::Refused(reason),
+        CLOSE_UNAUTHENTICATED | CLOSE_REVOKED | CLOSE_UNSUPPORTED_VERSION | CLOSE_TAGS_NOT_ALLOWED => {
+            SessionEnd::Refused(reason)
+        }
         _ => SessionEnd::Lost(reason),
     }
 }
 
 fn on_server_message(message: ServerMessage, shared: &Arc<Shared>, capacity: usize, draining: bool) {
     match message {
-        ServerMessage::Assign { lease, spec, source } => {
+        ServerMessage::Assign { lease, spec, source, publish_early } => {
             let full = shared.jobs().len() >= capacity;
             if draining || full {
                 let reason = if draining { "draining" } else { "no free capacity" };
@@ -355,7 +431,7 @@ fn on_server_message(message: ServerMessage, shared: &Arc<Shared>, capacity: usi
             let _ = shared.out.send(WorkerMessage::Accept { lease });
             tracing::info!(job = %lease.job, "job assigned");
             let shared = shared.clone();
-            actix_rt::spawn(async move { run_job(shared, lease, *spec, source, cancel).await });
+            actix_rt::spawn(async move { run_job(shared, lease, *spec, source, publish_early, cancel).await });
         }
         ServerMessage::Lease { lease, owned, cancel } => {
             if !owned {
@@ -395,8 +471,15 @@ fn on_server_message(message: ServerMessage, shared: &Arc<Shared>, capacity: usi
     }
 }
 
-async fn run_job(shared: Arc<Shared>, lease: LeaseRef, spec: MediaSpec, source: PresignedUrl, cancel: CancelFlag) {
-    let host = RemoteHost { shared: shared.clone(), lease, source, files: Mutex::new(Vec::new()) };
+async fn run_job(
+    shared: Arc<Shared>,
+    lease: LeaseRef,
+    spec: MediaSpec,
+    source: PresignedUrl,
+    publish_early: bool,
+    cancel: CancelFlag,
+) {
+    let host = RemoteHost { shared: shared.clone(), lease, source, publish_early, files: Mutex::new(Vec::new()) };
     let reporter: Arc<dyn JobReporter> =
         Arc::new(RemoteReporter { out: shared.out.clone(), lease, throttle: Mutex::new(Throttle::default()) });
     let result = run_media(&shared.settings, &shared.scratch_dir, &spec, &host, cancel, reporter.clone()).await;
@@ -440,12 +523,15 @@ impl JobReporter for RemoteReporter {
     }
 }
 
-/// A remote worker's [`TranscodeHost`]: bytes through presigned URLs; no early
-/// rung (that is database work); the quota is checked by the server on the result.
+/// A remote worker's [`TranscodeHost`]: bytes through presigned URLs; the early
+/// rung is uploaded here and published by the server (`rung_ready`); the quota is
+/// checked by the server (on the rung and on the result).
 struct RemoteHost {
     shared: Arc<Shared>,
     lease: LeaseRef,
     source: PresignedUrl,
+    /// The server asked for the lowest rung early (a first transcode).
+    publish_early: bool,
     files: Mutex<Vec<OutputFile>>,
 }
 
@@ -462,9 +548,26 @@ fn transfer_error(what: &str, err: impl std::fmt::Display) -> JobError {
     JobError::Retryable(format!("{what}: the server or storage is unreachable"))
 }
 
+/// A failed request: a certificate this worker does not trust says so (typed).
+fn request_error(what: &str, err: reqwest::Error) -> JobError {
+    match certificate_error(&err) {
+        Some(reason) => {
+            tracing::warn!(error = %err, "{what}");
+            JobError::Retryable(format!("{what}: {}", untrusted(&reason)))
+        }
+        None => transfer_error(what, err),
+    }
+}
+
 impl RemoteHost {
     /// A presigned PUT for `key`, asked of the server (it checks the key and lease).
-    async fn upload_url(&self, key: &str, content_type: &str) -> Result<PresignedUrl, JobError> {
+    async fn upload_url(
+        &self,
+        key: &str,
+        content_type: &str,
+        size: u64,
+        sha256: &str,
+    ) -> Result<PresignedUrl, JobError> {
         let request = self.shared.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.shared.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(request, tx);
@@ -473,6 +576,8 @@ impl RemoteHost {
             lease: self.lease,
             key: key.to_string(),
             content_type: content_type.to_string(),
+            size,
+            sha256: sha256.to_string(),
         };
         let _ = self.shared.out.send(ask);
         match tokio::time::timeout(URL_TIMEOUT, rx).await {
@@ -494,7 +599,7 @@ impl RemoteHost {
         }
         match tokio::time::timeout(PUT_TIMEOUT, request.send()).await {
             Err(_) => Err(JobError::Retryable("uploading the outputs timed out".into())),
-            Ok(Err(err)) => Err(transfer_error("uploading the outputs failed", err)),
+            Ok(Err(err)) => Err(request_error("uploading the outputs failed", err)),
             Ok(Ok(res)) if !res.status().is_success() => {
                 Err(transfer_error("uploading the outputs failed", format!("status {}", res.status())))
             }
@@ -515,7 +620,7 @@ impl RemoteHost {
         let sha256 = file_sha256(&upload.path).await.map_err(missing)?;
         let file = tokio::fs::File::open(&upload.path).await.map_err(missing)?;
         let length = file.metadata().await.map_err(missing)?.len();
-        let url = self.upload_url(&upload.key, upload.content_type).await?;
+        let url = self.upload_url(&upload.key, upload.content_type, length, &sha256).await?;
         self.put(&url, reqwest::Body::wrap_stream(file_stream(file)), length).await?;
         self.record(&upload.key, length, sha256);
         Ok(length)
@@ -545,7 +650,7 @@ impl TranscodeHost for RemoteHost {
         }
         let response = match tokio::time::timeout(IDLE_TIMEOUT, request.send()).await {
             Err(_) => return Err(JobError::Retryable("downloading the source timed out".into())),
-            Ok(Err(err)) => return Err(transfer_error("downloading the source failed", err)),
+            Ok(Err(err)) => return Err(request_error("downloading the source failed", err)),
             Ok(Ok(res)) => res,
         };
         if response.status() == reqwest::StatusCode::NOT_FOUND {
@@ -613,14 +718,14 @@ impl TranscodeHost for RemoteHost {
         let bytes = text.into_bytes();
         let sha256 = hex::encode(Sha256::digest(&bytes));
         let length = bytes.len() as u64;
-        let url = self.upload_url(key, content_type).await?;
+        let url = self.upload_url(key, content_type, length, &sha256).await?;
         self.put(&url, reqwest::Body::from(bytes), length).await?;
         self.record(key, length, sha256);
         Ok(())
     }
 
     async fn publishes_early(&self) -> Result<bool, JobError> {
-        Ok(false)
+        Ok(self.publish_early)
     }
 
     async fn check_quota(&self, _new_bytes: u64) -> Result<(), JobError> {
@@ -629,19 +734,54 @@ impl TranscodeHost for RemoteHost {
 
     async fn publish_early(
         &self,
-        _info: &MediaInfo,
-        _root: &Path,
-        _ready: &RenditionReady,
-        _outputs: &layout::Outputs,
-        _cancel: &CancelFlag,
+        info: &MediaInfo,
+        root: &Path,
+        ready: &RenditionReady,
+        outputs: &layout::Outputs,
+        cancel: &CancelFlag,
     ) -> Result<bool, JobError> {
-        Ok(false)
+        let rung = early_rung(&self.shared.settings, info, root, ready, outputs)?;
+        let before = self.files.lock().unwrap_or_else(|p| p.into_inner()).len();
+        self.upload_files(&rung.uploads, cancel, &mut || {}).await?;
+        let playlist = "application/vnd.apple.mpegurl";
+        self.upload_text(&rung.rendition.playlist_key, rung.playlist_text, playlist).await?;
+        let files = self.files.lock().unwrap_or_else(|p| p.into_inner()).get(before..).unwrap_or_default().to_vec();
+        // The server checks the files and publishes (or, over the quota, does not).
+        let _ = self.shared.out.send(WorkerMessage::RungReady { lease: self.lease, rendition: rung.rendition, files });
+        Ok(true)
     }
 
+    /// The server withdraws an early rung itself when the result fails the quota.
     async fn unpublish_early(&self, _name: &str) {}
 
     /// The server removes a failed remote run's outputs when the failure arrives.
     async fn remove_outputs(&self, _prefix: &str) {}
+}
+
+/// The encoders of [`KNOWN_ENCODERS`] this machine's GStreamer has (the media
+/// children link the same library and plugins).
+fn available_encoders() -> Vec<String> {
+    if let Err(err) = gstreamer::init() {
+        tracing::warn!(error = %err, "GStreamer does not initialise; announcing no encoders");
+        return Vec::new();
+    }
+    let found: Vec<String> = KNOWN_ENCODERS
+        .iter()
+        .filter(|name| gstreamer::ElementFactory::find(name).is_some())
+        .map(|name| name.to_string())
+        .collect();
+    tracing::info!(encoders = ?found, "encoders available");
+    found
+}
+
+/// Tags from `--tags` / `REELHOUSE_WORKER_TAGS`: comma-separated, trimmed,
+/// lower-cased, no empties.
+pub fn parse_tags(text: Option<&str>) -> Vec<String> {
+    let mut tags: Vec<String> =
+        text.unwrap_or_default().split(',').map(|t| t.trim().to_lowercase()).filter(|t| !t.is_empty()).collect();
+    tags.sort();
+    tags.dedup();
+    tags
 }
 
 /// The GStreamer version this worker's media children run (they link the same
@@ -658,8 +798,15 @@ mod tests {
     fn the_channel_url_follows_the_server_url() {
         assert_eq!(channel_url("http://h:8080").unwrap().as_str(), "ws://h:8080/workers/ws");
         assert_eq!(channel_url("http://h:8080/base?x=1").unwrap().as_str(), "ws://h:8080/workers/ws");
+        assert_eq!(channel_url("https://h").unwrap().as_str(), "wss://h/workers/ws");
         assert!(channel_url("ftp://h").is_err());
         assert!(channel_url("not a url").is_err());
+    }
+
+    #[test]
+    fn tags_are_trimmed_lower_cased_and_deduplicated() {
+        assert_eq!(parse_tags(Some(" GPU, cpu,,gpu ")), vec!["cpu".to_string(), "gpu".to_string()]);
+        assert!(parse_tags(None).is_empty());
     }
 
     #[test]

@@ -24,6 +24,7 @@ use uuid::Uuid;
 use self::protocol::{LeaseRef, OutputFile, PresignedUrl};
 use crate::jobs::queue::{self, LeasedJob, QueueError};
 use crate::jobs::runner::{JobError, JobOutput, MediaSpec, TranscodeOutput};
+use crate::jobs::transcode::NewRendition;
 use crate::startup::AppState;
 
 pub const KIND_LOCAL: &str = "LOCAL";
@@ -79,6 +80,21 @@ impl RemoteWorkers {
             .collect();
         for recipient in targets {
             let _ = recipient.send(TokenRevoked).await;
+        }
+    }
+}
+
+/// Close this process's connections of worker tokens revoked on other instances
+/// (news from Redis, `events::access`) as they arrive.
+pub async fn run_revocation_listener(state: AppState) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut revoked = state.access_signals.subscribe_worker_tokens();
+    loop {
+        match revoked.recv().await {
+            Ok(token) => state.remote_workers.revoke_token(token).await,
+            // Missed news: the heartbeats' token re-check is the backstop.
+            Err(RecvError::Lagged(missed)) => tracing::warn!(missed, "worker token revocations were missed"),
+            Err(RecvError::Closed) => return,
         }
     }
 }
@@ -166,12 +182,13 @@ fn url_lifetime(job: &job::Model) -> Duration {
     Duration::from_millis(u64::try_from(left).unwrap_or(0).max(1000))
 }
 
+/// What an `assign` carries: the spec, a presigned GET of the source, and whether
+/// the run publishes its lowest rung early (a first transcode).
+pub type Assignment = (MediaSpec, PresignedUrl, bool);
+
 /// An assignment for a job just leased: its spec and a presigned GET of the source.
 /// A job that cannot be assigned (its video is gone) is failed for good, and `None`.
-pub async fn prepare_assignment(
-    state: &AppState,
-    leased: &LeasedJob,
-) -> Result<Option<(MediaSpec, PresignedUrl)>, QueueError> {
+pub async fn prepare_assignment(state: &AppState, leased: &LeasedJob) -> Result<Option<Assignment>, QueueError> {
     let job = &leased.job;
     let video = match job.video_id {
         Some(id) => video::Entity::find_by_id(id).one(&state.db).await?,
@@ -198,8 +215,9 @@ pub async fn prepare_assignment(
         payload: job.payload.clone(),
         version: crate::jobs::transcode::output_version(job),
     };
+    let first = crate::jobs::transcode::first_transcode_of(&state.db, &video).await.unwrap_or(false);
     match state.store.presign_get(&source_key, url_lifetime(job)).await {
-        Ok(url) => Ok(Some((spec, url.into()))),
+        Ok(url) => Ok(Some((spec, url.into(), first))),
         Err(err) => {
             tracing::warn!(error = ?err, job = %job.id, "presigning a source for a remote worker failed");
             let error = JobError::Retryable("storage is unavailable".into());
@@ -262,6 +280,8 @@ pub async fn presign_output(
     lease: LeaseRef,
     key: &str,
     content_type: &str,
+    size: u64,
+    sha256: &str,
 ) -> Result<PresignedUrl, Refusal> {
     let (job, prefix) = live_lease(state, lease).await?;
     if !key_under(key, &prefix) {
@@ -270,10 +290,77 @@ pub async fn presign_output(
     if content_type.len() > 100 || !content_type.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
         return Err(Refusal::new("BAD_CONTENT_TYPE", "the content type is not acceptable"));
     }
-    state.store.presign_put(key, url_lifetime(&job), Some(content_type)).await.map(Into::into).map_err(|err| {
+    if !is_sha256_hex(sha256) {
+        return Err(Refusal::new("BAD_CHECKSUM", "sha256 must be 64 hex digits"));
+    }
+    let lifetime = url_lifetime(&job);
+    let signed = state.store.presign_checked_put(key, lifetime, Some(content_type), size, sha256).await;
+    signed.map(Into::into).map_err(|err| {
         tracing::warn!(error = ?err, "presigning an output for a remote worker failed");
         Refusal::new("UNAVAILABLE", "storage is unavailable")
     })
+}
+
+fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Outputs verified at once when a result arrives.
+const VERIFY_CONCURRENCY: usize = 8;
+
+/// One reported output is stored with the reported size and SHA-256: the store's
+/// own digest when it keeps one (local disk; S3 objects uploaded through
+/// [`presign_output`], which S3 checked on the way in), else the bytes read back.
+async fn verify_output(state: &AppState, file: &OutputFile) -> Result<(), Refusal> {
+    let unavailable = |err: crate::storage::StoreError| {
+        tracing::warn!(error = ?err, key = %file.key, "verifying a remote worker's output failed");
+        Refusal::new("UNAVAILABLE", "storage is unavailable")
+    };
+    let mismatch = || Refusal::new("OUTPUT_MISMATCH", "a stored output differs from the reported size or SHA-256");
+    let meta = match state.store.head(&file.key).await {
+        Ok(meta) => meta,
+        Err(crate::storage::StoreError::NotFound { .. }) => {
+            return Err(Refusal::new("OUTPUT_MISSING", "an output the result names is not stored"))
+        }
+        Err(err) => return Err(unavailable(err)),
+    };
+    if meta.size != file.size || !is_sha256_hex(&file.sha256) {
+        return Err(mismatch());
+    }
+    let stored = match state.store.stored_sha256(&file.key).await.map_err(unavailable)? {
+        Some(digest) => digest,
+        None => read_back_sha256(state, &file.key).await.map_err(unavailable)?,
+    };
+    if stored.eq_ignore_ascii_case(&file.sha256) {
+        Ok(())
+    } else {
+        Err(mismatch())
+    }
+}
+
+/// The SHA-256 of a stored object, read back (a store that keeps no digest).
+async fn read_back_sha256(state: &AppState, key: &str) -> Result<String, crate::storage::StoreError> {
+    use futures::TryStreamExt;
+    use sha2::{Digest, Sha256};
+    let mut body = state.store.get(key, None).await?.body;
+    let mut hasher = Sha256::new();
+    while let Some(chunk) =
+        body.try_next().await.map_err(|source| crate::storage::StoreError::Io { op: "read back an output", source })?
+    {
+        hasher.update(&chunk);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Every output of a result verified ([`verify_output`]); the first refusal.
+async fn verify_outputs(state: &AppState, files: &[OutputFile]) -> Result<(), Refusal> {
+    use futures::StreamExt;
+    let mut checks =
+        futures::stream::iter(files.iter().map(|file| verify_output(state, file))).buffer_unordered(VERIFY_CONCURRENCY);
+    while let Some(checked) = checks.next().await {
+        checked?;
+    }
+    Ok(())
 }
 
 /// Every key the result names (they must all lie under the job's output prefix).
@@ -312,13 +399,26 @@ pub async fn finish_result(
     if result_keys(&output).into_iter().chain(files.iter().map(|f| f.key.as_str())).any(|k| !key_under(k, &prefix)) {
         return Err(bad("the result names a key outside this job's output prefix"));
     }
-    for key in [output.master_playlist_key.as_str(), output.download.key.as_str()] {
-        let stored = state.store.head(key).await.map_err(|_| bad("an output the result names is not stored"))?;
-        if let Some(reported) = files.iter().find(|f| f.key == key) {
-            if reported.size != stored.size {
-                return Err(bad("a stored output's size differs from the reported one"));
-            }
+    if result_keys(&output).into_iter().any(|key| !files.iter().any(|f| f.key == key)) {
+        return Err(bad("the result names an output it does not report as uploaded"));
+    }
+    // Every output stored as reported, or the run is retried (its outputs removed).
+    if let Err(refusal) = verify_outputs(state, files).await {
+        if refusal.code == "UNAVAILABLE" {
+            return Err(refusal);
         }
+        tracing::warn!(job = %job.id, code = refusal.code, "a remote worker's outputs do not match its result");
+        metrics::counter!("reelhouse_worker_channel_outputs_refused_total", "code" => refusal.code).increment(1);
+        if !names_outputs_of(state, job.video_id, &prefix).await {
+            let _ = state.store.delete_prefix(&prefix).await;
+        }
+        let error = JobError::Retryable(format!("{}: {}", refusal.code, refusal.message));
+        return match queue::fail(&state.db, &state.publisher(), &state.settings.jobs, job.id, lease.lease, &error).await
+        {
+            Ok(_) => Err(refusal),
+            Err(QueueError::LeaseLost) => Err(Refusal::new("LEASE_LOST", "the job's lease was lost")),
+            Err(_) => Err(Refusal::new("UNAVAILABLE", "the database is unavailable")),
+        };
     }
     let reported_bytes: u64 = files.iter().map(|f| f.size).sum();
     let output = TranscodeOutput { output_bytes: output.output_bytes.max(reported_bytes), ..output };
@@ -340,6 +440,7 @@ pub async fn finish_result(
     )
     .await
     {
+        withdraw_early_rungs(state, output.video_id, &prefix).await;
         let _ = state.store.delete_prefix(&prefix).await;
         return match queue::fail(&state.db, &publisher, &settings.jobs, job.id, lease.lease, &error).await {
             Ok(_) => Err(Refusal::new("QUOTA_EXCEEDED", error.to_string())),
@@ -355,6 +456,85 @@ pub async fn finish_result(
             tracing::warn!(error = %err, job = %job.id, "completing a remote job failed");
             Err(Refusal::new("UNAVAILABLE", "the database is unavailable"))
         }
+    }
+}
+
+/// Publish a remote run's lowest rung early (`rung_ready`), as a local run does,
+/// once its files are checked like a result's; only for a first transcode and
+/// within the owner's quota (else it is simply not published early).
+pub async fn record_rung(
+    state: &AppState,
+    lease: LeaseRef,
+    rendition: &NewRendition,
+    files: &[OutputFile],
+) -> Result<bool, Refusal> {
+    let (job, prefix) = live_lease(state, lease).await?;
+    let bad = |message: &str| Refusal::new("BAD_RESULT", message);
+    if !key_under(&rendition.playlist_key, &prefix) || files.iter().any(|f| !key_under(&f.key, &prefix)) {
+        return Err(bad("the rung names a key outside this job's output prefix"));
+    }
+    if !files.iter().any(|f| f.key == rendition.playlist_key) || rendition.name.len() > 32 {
+        return Err(bad("the rung's playlist was not uploaded"));
+    }
+    verify_outputs(state, files).await?;
+    let unavailable = |_| Refusal::new("UNAVAILABLE", "the database is unavailable");
+    let video = match job.video_id {
+        Some(id) => video::Entity::find_by_id(id).one(&state.db).await.map_err(unavailable)?,
+        None => None,
+    };
+    let Some(video) = video else { return Ok(false) };
+    if !crate::jobs::transcode::first_transcode_of(&state.db, &video).await.unwrap_or(false) {
+        return Ok(false);
+    }
+    let bytes: u64 = files.iter().map(|f| f.size).sum();
+    if let Err(err) =
+        crate::jobs::transcode::check_quota(&state.db, &state.settings, video.owner_id, video.id, bytes).await
+    {
+        tracing::info!(job = %job.id, error = %err, "a remote run's early rung is not published");
+        return Ok(false);
+    }
+    let publisher = state.publisher();
+    crate::jobs::transcode::record_early_rendition(
+        &state.db,
+        &publisher,
+        &state.settings.jobs,
+        job.id,
+        &video,
+        rendition,
+        &prefix,
+    )
+    .await
+    .map_err(|err| {
+        tracing::warn!(error = %err, job = %job.id, "publishing a remote run's early rung failed");
+        Refusal::new("UNAVAILABLE", "the database is unavailable")
+    })
+}
+
+/// Whether a rendition of the video names an object under `prefix` (an early rung;
+/// when the database cannot say, yes: nothing is removed).
+async fn names_outputs_of(state: &AppState, video_id: Option<Uuid>, prefix: &str) -> bool {
+    use entities::rendition;
+    use sea_orm::PaginatorTrait;
+    let Some(video_id) = video_id else { return false };
+    rendition::Entity::find()
+        .filter(rendition::Column::VideoId.eq(video_id))
+        .filter(rendition::Column::PlaylistKey.starts_with(prefix))
+        .count(&state.db)
+        .await
+        .map(|n| n > 0)
+        .unwrap_or(true)
+}
+
+/// Take back the renditions a run published early under `prefix` (it failed its quota).
+async fn withdraw_early_rungs(state: &AppState, video_id: Uuid, prefix: &str) {
+    use entities::rendition;
+    let deleted = rendition::Entity::delete_many()
+        .filter(rendition::Column::VideoId.eq(video_id))
+        .filter(rendition::Column::PlaylistKey.starts_with(prefix))
+        .exec(&state.db)
+        .await;
+    if let Err(err) = deleted {
+        tracing::warn!(error = %err, "could not remove a refused run's early renditions");
     }
 }
 
@@ -389,12 +569,16 @@ const PERMANENT_CODES: [&str; 11] = [
 ];
 
 /// Apply a worker's `failure`: retry, fail or cancel the job (or give it back,
-/// `RELEASED`, when the worker is draining), under the lease token. A remote run
-/// never publishes early, so its outputs go.
+/// `RELEASED`, when the worker is draining), under the lease token. Its outputs go
+/// unless it published a rung early.
 pub async fn finish_failure(state: &AppState, lease: LeaseRef, code: &str, message: &str) -> Result<(), Refusal> {
     let (job, prefix) = live_lease(state, lease).await?;
-    if let Err(err) = state.store.delete_prefix(&prefix).await {
-        tracing::warn!(error = ?err, prefix, "could not remove a failed remote run's outputs");
+    // A rung published early names this run's objects: they stay (as a local
+    // run's do); otherwise nothing names them and they go.
+    if !names_outputs_of(state, job.video_id, &prefix).await {
+        if let Err(err) = state.store.delete_prefix(&prefix).await {
+            tracing::warn!(error = ?err, prefix, "could not remove a failed remote run's outputs");
+        }
     }
     let result = match failure_error(code, message) {
         None => queue::release(&state.db, &state.settings.jobs, job.id, lease.lease, "remote worker draining").await,

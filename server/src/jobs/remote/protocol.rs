@@ -11,8 +11,9 @@
 //! heartbeat {leases}                     →   (renews every lease still held)
 //!                                         ← lease {job, lease, owned, cancel}
 //! progress / log {job, lease, ..}        →
-//! upload_url {request, job, lease, key}  →
+//! upload_url {request, job, lease, key, size, sha256} →
 //!                                         ← upload_url {request, url, headers} | refused {request, code}
+//! rung_ready {job, lease, rendition, files} →   (publish_early: the lowest rung)
 //! result {job, lease, output, files}     →
 //! failure {job, lease, code, message}    →
 //!                                         ← finished {job, lease, accepted, code}
@@ -23,7 +24,7 @@
 //!
 //! Close codes: [`CLOSE_UNAUTHENTICATED`] (no or unknown token), [`CLOSE_REVOKED`],
 //! [`CLOSE_UNSUPPORTED_VERSION`], [`CLOSE_PROTOCOL_ERROR`] (a message that does not
-//! parse or comes out of order), [`CLOSE_HELLO_TIMEOUT`].
+//! parse or comes out of order), [`CLOSE_HELLO_TIMEOUT`], [`CLOSE_TAGS_NOT_ALLOWED`].
 
 use entities::LogLevel;
 use serde::{Deserialize, Serialize};
@@ -31,7 +32,7 @@ use uuid::Uuid;
 
 use crate::events::ProgressInfo;
 use crate::jobs::runner::TranscodeOutput;
-use crate::jobs::transcode::MediaSpec;
+use crate::jobs::transcode::{MediaSpec, NewRendition};
 
 pub const SUBPROTOCOL: &str = "reelhouse-worker.v1";
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -46,8 +47,27 @@ pub const CLOSE_HELLO_TIMEOUT: u16 = 4408;
 pub const CLOSE_PROTOCOL_ERROR: u16 = 4400;
 /// `hello` named a protocol version this server does not speak.
 pub const CLOSE_UNSUPPORTED_VERSION: u16 = 4426;
+/// `hello` announced a tag its token does not carry.
+pub const CLOSE_TAGS_NOT_ALLOWED: u16 = 4422;
 /// The server is shutting down (the worker reconnects).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+
+/// The encoders a transcode may need, which a worker announces it has.
+pub const KNOWN_ENCODERS: [&str; 5] = ["x264enc", "avenc_aac", "jpegenc", "vp8enc", "opusenc"];
+/// Every transcode needs these (HLS ladder, MP4 download audio, poster and storyboard).
+pub const TRANSCODE_ENCODERS: [&str; 3] = ["x264enc", "avenc_aac", "jpegenc"];
+/// A WebM download needs these too.
+pub const WEBM_ENCODERS: [&str; 2] = ["vp8enc", "opusenc"];
+
+/// What a worker's announced encoders let it run: (any transcode, a WebM one).
+pub fn encoder_coverage(encoders: &[String]) -> (bool, bool) {
+    if encoders.is_empty() {
+        return (true, true);
+    }
+    let has = |name: &&str| encoders.iter().any(|e| e == name);
+    let transcode = TRANSCODE_ENCODERS.iter().all(has);
+    (transcode, transcode && WEBM_ENCODERS.iter().all(has))
+}
 
 /// A lease as both sides name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -65,11 +85,15 @@ pub enum WorkerMessage {
         token: String,
         /// Jobs it will run at once (the token's capacity caps it).
         capacity: u32,
+        /// Tags it asks to be routed by: a subset of its token's (else
+        /// [`CLOSE_TAGS_NOT_ALLOWED`]); none: the token's.
         #[serde(default)]
         tags: Vec<String>,
         /// The reelhouse version of the worker.
         reelhouse: String,
         gstreamer: Option<String>,
+        /// The GStreamer encoders it has (of [`KNOWN_ENCODERS`]); none: not
+        /// announced (an older worker), taken as all.
         #[serde(default)]
         encoders: Vec<String>,
         /// Leases it still holds from an earlier connection (resumed when still live).
@@ -105,11 +129,23 @@ pub enum WorkerMessage {
         lease: LeaseRef,
         key: String,
         content_type: String,
+        /// The exact length and hex SHA-256 of the body to be sent: S3 signs both
+        /// (it refuses any other body); the result is checked against them too.
+        size: u64,
+        sha256: String,
     },
     Result {
         #[serde(flatten)]
         lease: LeaseRef,
         output: Box<TranscodeOutput>,
+        files: Vec<OutputFile>,
+    },
+    /// The lowest rung is encoded and uploaded (an `assign` with `publish_early`):
+    /// its rendition and files (checked like a result's), published at once.
+    RungReady {
+        #[serde(flatten)]
+        lease: LeaseRef,
+        rendition: NewRendition,
         files: Vec<OutputFile>,
     },
     Failure {
@@ -152,6 +188,10 @@ pub enum ServerMessage {
         spec: Box<MediaSpec>,
         /// Presigned GET of the source.
         source: PresignedUrl,
+        /// A first transcode of the video: send its lowest rung (`rung_ready`) as
+        /// soon as it is encoded and uploaded, and the server publishes it.
+        #[serde(default)]
+        publish_early: bool,
     },
     Lease {
         #[serde(flatten)]
@@ -197,6 +237,15 @@ impl From<crate::storage::PresignedRequest> for PresignedUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn announced_encoders_decide_what_a_worker_may_run() {
+        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(encoder_coverage(&[]), (true, true), "not announced: taken as all");
+        assert_eq!(encoder_coverage(&names(&KNOWN_ENCODERS)), (true, true));
+        assert_eq!(encoder_coverage(&names(&["x264enc", "avenc_aac", "jpegenc"])), (true, false));
+        assert_eq!(encoder_coverage(&names(&["avenc_aac", "jpegenc", "vp8enc", "opusenc"])), (false, false));
+    }
 
     #[test]
     fn messages_are_tagged_snake_case_json() {
