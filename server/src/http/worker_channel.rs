@@ -22,6 +22,7 @@ use sea_orm::EntityTrait;
 use uuid::Uuid;
 
 use crate::auth::worker_tokens::{self, TokenRefusal};
+use crate::jobs::remote::protocol::CLOSE_TRY_AGAIN_LATER;
 use crate::error::AppError;
 use crate::jobs::queue::{self, Lane};
 use crate::jobs::remote::protocol::{
@@ -82,6 +83,13 @@ pub struct WorkerConnection {
     leasing: bool,
     last_heard: Instant,
     closing: bool,
+}
+
+/// Why a `hello` was not welcomed.
+enum HelloRefusal {
+    Token(TokenRefusal),
+    /// The token could not be checked (the database is down or its breaker open).
+    Unavailable,
 }
 
 impl WorkerConnection {
@@ -241,7 +249,6 @@ impl WorkerConnection {
         self.try_lease(ctx);
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn hello(
         &mut self,
         version: u32,
@@ -259,14 +266,25 @@ impl WorkerConnection {
         let state = self.state.clone();
         let worker_id = self.id;
         let fut = async move {
+            // The `database` breaker, as for every door: open, or the token cannot be
+            // checked, the worker is told to come back (1013), never that its token
+            // is unknown (which would stop it for good).
+            let Ok(permit) = state.breakers.database.try_acquire() else {
+                return Err(HelloRefusal::Unavailable);
+            };
             let row = match worker_tokens::verify_worker_token(&state.db, &token).await {
                 Ok(Ok(row)) => row,
-                Ok(Err(refusal)) => return Err(refusal),
+                Ok(Err(refusal)) => return Err(HelloRefusal::Token(refusal)),
                 Err(err) => {
                     tracing::warn!(error = %err, "checking a worker token failed");
-                    return Err(TokenRefusal::Invalid);
+                    if let Some(category) = crate::breaker::database_failure_category(&err) {
+                        permit.failure(category);
+                        return Err(HelloRefusal::Unavailable);
+                    }
+                    return Err(HelloRefusal::Token(TokenRefusal::Invalid));
                 }
             };
+            drop(permit);
             let capacity = i32::try_from(capacity).unwrap_or(i32::MAX).clamp(1, row.capacity.max(1));
             if let Err(err) =
                 remote::register_worker(&state.db, worker_id, &row, capacity, &reelhouse, gstreamer.as_deref()).await
@@ -291,8 +309,17 @@ impl WorkerConnection {
             Ok((row, capacity, resumed))
         };
         ctx.wait(fut.into_actor(self).map(|result, act, ctx| match result {
-            Err(TokenRefusal::Revoked) => act.close(ctx, CLOSE_REVOKED, "FORBIDDEN: the worker token was revoked"),
-            Err(TokenRefusal::Invalid) => act.close(ctx, CLOSE_UNAUTHENTICATED, "UNAUTHENTICATED: unknown worker token"),
+            Err(HelloRefusal::Token(TokenRefusal::Revoked)) => {
+                act.close(ctx, CLOSE_REVOKED, "FORBIDDEN: the worker token was revoked")
+            }
+            Err(HelloRefusal::Token(TokenRefusal::Invalid)) => {
+                act.close(ctx, CLOSE_UNAUTHENTICATED, "UNAUTHENTICATED: unknown worker token")
+            }
+            Err(HelloRefusal::Unavailable) => act.close(
+                ctx,
+                CLOSE_TRY_AGAIN_LATER,
+                "UNAVAILABLE: the database is unavailable, try again later",
+            ),
             Ok((row, capacity, resumed)) => {
                 act.auth = Some(Authenticated {
                     token_id: row.id,

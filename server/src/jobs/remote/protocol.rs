@@ -48,6 +48,9 @@ pub const CLOSE_PROTOCOL_ERROR: u16 = 4400;
 pub const CLOSE_UNSUPPORTED_VERSION: u16 = 4426;
 /// The server is shutting down (the worker reconnects).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// The server cannot check the token now (its database is unreachable): reconnect
+/// with backoff, the token is not judged.
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 
 /// A lease as both sides name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
