@@ -277,8 +277,10 @@ impl WorkerConnection {
                 Ok(Err(refusal)) => return Err(HelloRefusal::Token(refusal)),
                 Err(err) => {
                     tracing::warn!(error = %err, "checking a worker token failed");
-                    if let Some(category) = crate::breaker::database_failure_category(&err) {
-                        permit.failure(category);
+                    if err.code() == crate::error::ErrorCode::Unavailable {
+                        // The cause was logged above; its category is not kept past
+                        // the conversion into `AppError`.
+                        permit.failure("connection failed");
                         return Err(HelloRefusal::Unavailable);
                     }
                     return Err(HelloRefusal::Token(TokenRefusal::Invalid));
