@@ -24,7 +24,8 @@ fn guarded(path: &str) -> bool {
 
 /// The answer while the `database` breaker is open.
 pub fn open_error(retry_after_secs: u64) -> AppError {
-    AppError::new(ErrorCode::Unavailable, "the database is unavailable, try again later").with_retry_after(retry_after_secs)
+    AppError::new(ErrorCode::Unavailable, "the database is unavailable, try again later")
+        .with_retry_after(retry_after_secs)
 }
 
 pub async fn guard(
@@ -55,7 +56,15 @@ mod tests {
 
     #[test]
     fn guards_the_doors_that_read_the_database() {
-        for path in ["/uploads", "/uploads/", "/uploads/abc", "/media/v/hls/master.m3u8", "/storage/a/b", "/graphql/ws", "/workers/ws"] {
+        for path in [
+            "/uploads",
+            "/uploads/",
+            "/uploads/abc",
+            "/media/v/hls/master.m3u8",
+            "/storage/a/b",
+            "/graphql/ws",
+            "/workers/ws",
+        ] {
             assert!(guarded(path), "{path}");
         }
         for path in ["/graphql", "/health", "/ready", "/metrics", "/", "/mediafoo"] {

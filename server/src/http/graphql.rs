@@ -446,7 +446,8 @@ mod tests {
         ] {
             assert!(!is_status_only(&single(query)), "{query}");
         }
-        let batch = async_graphql::BatchRequest::Batch(vec![async_graphql::Request::new("{ systemStatus { workersAsOf } }")]);
+        let batch =
+            async_graphql::BatchRequest::Batch(vec![async_graphql::Request::new("{ systemStatus { workersAsOf } }")]);
         assert!(!is_status_only(&batch));
     }
 }

@@ -22,9 +22,9 @@ use sea_orm::EntityTrait;
 use uuid::Uuid;
 
 use crate::auth::worker_tokens::{self, TokenRefusal};
-use crate::jobs::remote::protocol::CLOSE_TRY_AGAIN_LATER;
 use crate::error::AppError;
 use crate::jobs::queue::{self, Lane};
+use crate::jobs::remote::protocol::CLOSE_TRY_AGAIN_LATER;
 use crate::jobs::remote::protocol::{
     LeaseRef, ServerMessage, WorkerMessage, CLOSE_HELLO_TIMEOUT, CLOSE_PROTOCOL_ERROR, CLOSE_REVOKED,
     CLOSE_UNAUTHENTICATED, CLOSE_UNSUPPORTED_VERSION, PROTOCOL_VERSION, SUBPROTOCOL,

@@ -457,8 +457,7 @@ impl Actor for Session {
             let result = match state.breakers.database.try_acquire() {
                 Err(_) => Err(InitRefusal::Unavailable),
                 Ok(permit) => {
-                    let (result, outage) =
-                        crate::breaker::observe_database(authenticate_init(&state, &payload)).await;
+                    let (result, outage) = crate::breaker::observe_database(authenticate_init(&state, &payload)).await;
                     if let Some(category) = outage {
                         permit.failure(category);
                     }

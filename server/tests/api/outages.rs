@@ -226,7 +226,8 @@ async fn every_door_answers_unavailable_during_a_database_outage_and_admins_stil
     // needs the database.
     let fresh = [app.register_user().await, app.register_user().await];
     let b64 = |text: &str| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, text);
-    let tus_metadata = format!("videoId {},filename {},filetype {}", b64(&video.to_string()), b64("a.mp4"), b64("video/mp4"));
+    let tus_metadata =
+        format!("videoId {},filename {},filetype {}", b64(&video.to_string()), b64("a.mp4"), b64("video/mp4"));
     let (status, before) = app.graphql_as(&admin.bearer(), STATUS_QUERY, json!({})).await;
     assert_eq!(status, 200, "{before}");
     let read_at = before["data"]["systemStatus"]["queue"]["asOf"].clone();
@@ -317,6 +318,7 @@ async fn every_door_answers_unavailable_during_a_database_outage_and_admins_stil
     );
     let (_, after) = app.graphql_as(&admin.bearer(), STATUS_QUERY, json!({})).await;
     assert!(after["data"]["systemStatus"]["queue"]["asOf"].as_str() > read_at.as_str(), "a fresh reading: {after}");
-    let (status, _, _) = status_of(app.client.head(&tus).bearer_auth(&user.access_token).header("Tus-Resumable", "1.0.0")).await;
+    let (status, _, _) =
+        status_of(app.client.head(&tus).bearer_auth(&user.access_token).header("Tus-Resumable", "1.0.0")).await;
     assert_eq!(status, 200, "the upload is still there");
 }

@@ -519,11 +519,8 @@ async fn clock_skew_of_a_worker() {
         problems.push("no lease was ever seen running: the fault did not land".into());
     }
     // Done once: no transcode lost its lease and ran again.
-    let transcodes = job::Entity::find()
-        .filter(job::Column::Kind.eq(entities::JobKind::Transcode))
-        .all(&db)
-        .await
-        .unwrap();
+    let transcodes =
+        job::Entity::find().filter(job::Column::Kind.eq(entities::JobKind::Transcode)).all(&db).await.unwrap();
     for j in &transcodes {
         if j.attempts != 1 {
             problems.push(format!("transcode {} ran {} times (last error {:?})", j.id, j.attempts, j.last_error));
