@@ -249,6 +249,7 @@ impl WorkerConnection {
         self.try_lease(ctx);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn hello(
         &mut self,
         version: u32,
