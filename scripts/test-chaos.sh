@@ -69,6 +69,9 @@ for r in rows:
     print(f'  {r["fault"]}: {r["notes"]} ({r["elapsed_secs"]:.0f} s)', file=sys.stderr)
     for p in r["problems"]:
         print(f'    problem: {p}', file=sys.stderr)
+skipped = [r["fault"] for r in rows if r["notes"].startswith("SKIPPED")]
+if skipped:
+    print(f'\n!!! test-chaos: {len(skipped)} fault(s) SKIPPED, not survived: {", ".join(skipped)}', file=sys.stderr)
 EOF
 
 if ((status)); then

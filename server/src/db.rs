@@ -2,9 +2,11 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, Statement,
     TransactionTrait,
 };
 
@@ -65,5 +67,23 @@ pub fn backend_name(db: &DatabaseConnection) -> &'static str {
         sea_orm::DatabaseBackend::Postgres => "postgres",
         sea_orm::DatabaseBackend::Sqlite => "sqlite",
         sea_orm::DatabaseBackend::MySql => "mysql",
+    }
+}
+
+/// The database's clock: every lease expiry, `run_after` and liveness stamp is set
+/// and compared on it, so a worker whose own clock is off (by minutes) neither
+/// lets its leases expire early nor keeps them forever. PostgreSQL answers
+/// `clock_timestamp()`; SQLite is a file owned by the server process on this
+/// machine, so its clock is this process's.
+pub async fn now<C: ConnectionTrait>(conn: &C) -> Result<DateTime<Utc>, DbErr> {
+    match conn.get_database_backend() {
+        DbBackend::Postgres => {
+            let row = conn
+                .query_one(Statement::from_string(DbBackend::Postgres, "SELECT clock_timestamp() AS now"))
+                .await?
+                .ok_or_else(|| DbErr::RecordNotFound("clock_timestamp()".into()))?;
+            row.try_get::<DateTime<Utc>>("", "now")
+        }
+        _ => Ok(Utc::now()),
     }
 }

@@ -41,6 +41,10 @@ pub enum ErrorCode {
     /// The password was right and the account has two-factor sign-in on: send it
     /// again with a TOTP or recovery code (`totpCode`). No session was started.
     MfaRequired,
+    /// Local storage ran out of space or quota (ENOSPC, EDQUOT, EFBIG). Nothing
+    /// half-written was kept or published: retry after `Retry-After` (a tus upload
+    /// resumes at its recorded offset).
+    StorageFull,
 }
 
 impl ErrorCode {
@@ -62,6 +66,7 @@ impl ErrorCode {
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::EmailNotVerified => StatusCode::FORBIDDEN,
             ErrorCode::MfaRequired => StatusCode::UNAUTHORIZED,
+            ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
 
@@ -82,12 +87,13 @@ impl ErrorCode {
             ErrorCode::Internal => "INTERNAL",
             ErrorCode::EmailNotVerified => "EMAIL_NOT_VERIFIED",
             ErrorCode::MfaRequired => "MFA_REQUIRED",
+            ErrorCode::StorageFull => "STORAGE_FULL",
         }
     }
 
     /// Client errors are the caller's to fix; the rest are ours and get logged loudly.
     pub fn is_client_error(self) -> bool {
-        !matches!(self, ErrorCode::Internal | ErrorCode::Unavailable)
+        !matches!(self, ErrorCode::Internal | ErrorCode::Unavailable | ErrorCode::StorageFull)
     }
 }
 
@@ -154,6 +160,17 @@ impl AppError {
 
     pub fn unauthenticated(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Unauthenticated, message)
+    }
+
+    /// Local storage is full: 507 with `Retry-After` (space may come back any time;
+    /// an operator frees it or the sweepers do).
+    pub fn storage_full(source: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code: ErrorCode::StorageFull,
+            message: "storage is full, try again later".into(),
+            source: Some(source.into()),
+            retry_after_secs: Some(STORAGE_FULL_RETRY_AFTER_SECS),
+        }
     }
 
     /// Attach the underlying cause (logged, never sent) to a client-facing error.
@@ -275,6 +292,28 @@ impl<T, E: Into<AppError>> GqlResultExt<T> for Result<T, E> {
 /// Seconds a client is told to wait when the database could not be reached.
 pub const DATABASE_RETRY_AFTER_SECS: u64 = 2;
 
+/// Seconds a client is told to wait when local storage is full.
+pub const STORAGE_FULL_RETRY_AFTER_SECS: u64 = 30;
+
+/// An I/O error that says the disk (or the quota, or the file size limit) is
+/// exhausted: not a bug of ours and not the caller's, a capacity problem.
+pub fn is_storage_full_io(err: &std::io::Error) -> bool {
+    // ENOSPC 28, EDQUOT 122, EFBIG 27 on Linux; `StorageFull` / `FileTooLarge` kinds
+    // where std already classifies them.
+    matches!(err.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::FileTooLarge)
+        || matches!(err.raw_os_error(), Some(28 | 122 | 27))
+}
+
+/// A failed local write (a temp or spool file): `STORAGE_FULL` when the disk is,
+/// `INTERNAL` otherwise.
+pub fn local_write_failed(err: std::io::Error) -> AppError {
+    if is_storage_full_io(&err) {
+        AppError::storage_full(err)
+    } else {
+        AppError::internal(err)
+    }
+}
+
 /// The database could not be reached (no connection, connection lost, pool timed
 /// out): an outage, not a fault of this request.
 pub fn is_database_unreachable(err: &sea_orm::DbErr) -> bool {
@@ -336,6 +375,22 @@ mod tests {
     }
 
     #[test]
+    fn a_full_disk_is_storage_full_with_retry_after() {
+        for errno in [28, 122, 27] {
+            assert!(is_storage_full_io(&std::io::Error::from_raw_os_error(errno)), "errno {errno}");
+        }
+        assert!(!is_storage_full_io(&std::io::Error::from_raw_os_error(13)));
+        assert!(!is_storage_full_io(&std::io::ErrorKind::UnexpectedEof.into()));
+        let err = AppError::storage_full(anyhow::anyhow!("/var/lib/reelhouse/tmp/abc.tmp: No space left on device"));
+        assert_eq!(err.code().http_status().as_u16(), 507);
+        assert_eq!(err.retry_after_secs(), Some(STORAGE_FULL_RETRY_AFTER_SECS));
+        assert!(!err.message().contains("/var/lib"));
+        let response = err.to_http_response();
+        assert_eq!(response.status().as_u16(), 507);
+        assert!(response.headers().contains_key("retry-after"));
+    }
+
+    #[test]
     fn an_unreachable_database_is_unavailable_not_internal() {
         use sea_orm::{sqlx, ConnAcquireErr, DbErr, RuntimeErr};
         let unreachable = [
@@ -371,6 +426,8 @@ mod tests {
             ErrorCode::Unavailable,
             ErrorCode::Internal,
             ErrorCode::MfaRequired,
+            ErrorCode::EmailNotVerified,
+            ErrorCode::StorageFull,
         ];
         let names: std::collections::HashSet<_> = all.iter().map(|c| c.as_str()).collect();
         assert_eq!(names.len(), all.len());

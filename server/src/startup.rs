@@ -60,6 +60,8 @@ pub struct AppState {
     pub breakers: crate::breaker::Breakers,
     /// Remote workers connected to this process (`jobs::remote`).
     pub remote_workers: crate::jobs::remote::RemoteWorkers,
+    /// `systemStatus`'s last reading of the queue and workers, for an outage.
+    pub last_status: crate::graphql::system::LastStatus,
 }
 
 impl AppState {
@@ -197,6 +199,7 @@ impl Application {
             access_signals,
             breakers,
             remote_workers: crate::jobs::remote::RemoteWorkers::default(),
+            last_status: crate::graphql::system::LastStatus::default(),
         };
         start_background_loops(&state, &webhook_secrets);
         let schema = web::Data::new(build_schema(&settings.graphql, Some(state.clone())));
@@ -209,6 +212,7 @@ impl Application {
 
         let server = HttpServer::new(move || {
             let mut app = App::new()
+                .wrap(from_fn(crate::http::db_breaker::guard))
                 .wrap(from_fn(crate::http::rate_limit::limit_api))
                 .wrap(from_fn(crate::http::metrics_mw::record))
                 .wrap(from_fn(crate::http::hygiene::enforce_tls))

@@ -33,7 +33,7 @@ pub struct WorkerRegistration {
 
 impl WorkerRegistration {
     pub async fn register(db: DatabaseConnection, capacity: usize) -> anyhow::Result<Self> {
-        let now = Utc::now();
+        let now = crate::db::now(&db).await?;
         let id = Uuid::now_v7();
         let host = crate::startup::instance_id();
         let capacity = i32::try_from(capacity).unwrap_or(i32::MAX);
@@ -62,7 +62,7 @@ impl WorkerRegistration {
     /// loop calls it periodically). A row the sweeper removed (this process was
     /// presumed gone) is written again.
     pub async fn heartbeat(&self, current_jobs: usize) -> anyhow::Result<()> {
-        let now = Utc::now();
+        let now = crate::db::now(&self.db).await?;
         let current_jobs = i32::try_from(current_jobs).unwrap_or(i32::MAX);
         let updated = worker::Entity::update_many()
             .col_expr(worker::Column::LastSeenAt, Expr::value(now))

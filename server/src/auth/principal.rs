@@ -102,6 +102,22 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> RequestAuth 
     RequestAuth::Anonymous
 }
 
+/// The principal an access token's signed claims name, without asking the
+/// database whether its session was revoked or its user demoted since: used only
+/// to let an admin read `systemStatus` while the database cannot be reached (a
+/// read of this process's own view, for at most the token's short lifetime).
+pub fn principal_from_claims(state: &AppState, headers: &HeaderMap) -> Option<Principal> {
+    let token = headers.get(AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")?.trim();
+    let (claims, user_id) = state.tokens.verify_access_token(token).ok()?;
+    Some(Principal {
+        user_id,
+        role: claims.role,
+        method: AuthMethod::AccessToken,
+        family_id: Some(claims.sid),
+        api_key_id: None,
+    })
+}
+
 /// A valid signature is not enough: the session must not be revoked and the user
 /// must still be enabled, so revocation and demotion apply on the next request.
 /// Both are read in one query (the session joined with its user) unless the

@@ -53,6 +53,10 @@ pub struct QueueStatus {
     pub queued: i32,
     pub running: i32,
     pub dead: i32,
+    /// When these counts were read from the database. Older than the request when
+    /// the database cannot be reached now (the last successful read is shown);
+    /// null when this process never read them.
+    pub as_of: Option<DateTime<Utc>>,
 }
 
 #[derive(SimpleObject, Debug, Clone)]
@@ -61,6 +65,48 @@ pub struct SystemStatus {
     pub dependencies: Vec<DependencyStatus>,
     pub queue: QueueStatus,
     pub workers: Vec<Worker>,
+    /// When `workers` was read from the database (as `queue.asOf`).
+    pub workers_as_of: Option<DateTime<Utc>>,
+}
+
+/// The last queue counts and workers this process read, shown while the database
+/// cannot be reached (`systemStatus` must answer during an outage).
+#[derive(Clone, Default)]
+pub struct LastStatus {
+    inner: std::sync::Arc<std::sync::Mutex<LastReading>>,
+}
+
+/// What [`LastStatus`] holds.
+#[derive(Default)]
+struct LastReading {
+    queue: Option<QueueStatus>,
+    workers: Option<(Vec<worker::Model>, DateTime<Utc>)>,
+}
+
+impl LastStatus {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LastReading> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A read that may fall back on the last one: an unreachable database (or its
+/// open breaker) is `None`, counted against the breaker; any other error is ours.
+async fn read_or_outage<T, F>(open: bool, read: F) -> async_graphql::Result<Option<T>>
+where
+    F: std::future::Future<Output = Result<T, sea_orm::DbErr>>,
+{
+    if open {
+        return Ok(None);
+    }
+    match read.await {
+        Ok(value) => Ok(Some(value)),
+        Err(err) if crate::error::is_database_unreachable(&err) => {
+            crate::breaker::note_database_error(&err);
+            tracing::warn!(error = %err, "systemStatus: the database did not answer; showing the last reading");
+            Ok(None)
+        }
+        Err(err) => Err(err).gql(),
+    }
 }
 
 #[derive(Default)]
@@ -84,23 +130,44 @@ impl SystemQuery {
                 changed_at: b.changed_at,
             })
             .collect();
-        let reading = crate::jobs::metrics::read(&state.db, std::time::Duration::from_secs(60)).await.gql()?;
-        let count = |status: JobStatus| {
-            reading.jobs.iter().find(|(s, _)| *s == status).map_or(0, |(_, n)| i32::try_from(*n).unwrap_or(i32::MAX))
+        // While the `database` breaker is open nothing is asked of it.
+        let open = state.breakers.database.state() == crate::breaker::BreakerState::Open;
+        let last = &state.last_status;
+        let reading =
+            read_or_outage(open, crate::jobs::metrics::read(&state.db, std::time::Duration::from_secs(60))).await?;
+        let queue = match reading {
+            Some(reading) => {
+                let count = |status: JobStatus| {
+                    reading
+                        .jobs
+                        .iter()
+                        .find(|(s, _)| *s == status)
+                        .map_or(0, |(_, n)| i32::try_from(*n).unwrap_or(i32::MAX))
+                };
+                let queue = QueueStatus {
+                    queued: count(JobStatus::Queued),
+                    running: count(JobStatus::Running),
+                    dead: count(JobStatus::Dead),
+                    as_of: Some(Utc::now()),
+                };
+                last.lock().queue = Some(queue.clone());
+                queue
+            }
+            None => last.lock().queue.clone().unwrap_or_default(),
         };
-        let queue = QueueStatus {
-            queued: count(JobStatus::Queued),
-            running: count(JobStatus::Running),
-            dead: count(JobStatus::Dead),
+        let read_workers = worker::Entity::find().order_by_asc(worker::Column::StartedAt).all(&state.db);
+        let (workers, workers_as_of) = match read_or_outage(open, read_workers).await? {
+            Some(rows) => {
+                let now = Utc::now();
+                last.lock().workers = Some((rows.clone(), now));
+                (rows, Some(now))
+            }
+            None => match last.lock().workers.clone() {
+                Some((rows, at)) => (rows, Some(at)),
+                None => (Vec::new(), None),
+            },
         };
-        let workers = worker::Entity::find()
-            .order_by_asc(worker::Column::StartedAt)
-            .all(&state.db)
-            .await
-            .gql()?
-            .into_iter()
-            .map(Worker::from)
-            .collect();
-        Ok(SystemStatus { dependencies, queue, workers })
+        let workers = workers.into_iter().map(Worker::from).collect();
+        Ok(SystemStatus { dependencies, queue, workers, workers_as_of })
     }
 }

@@ -275,8 +275,12 @@ async fn execute(
     // `UNAVAILABLE` with `Retry-After` at once instead of each waiting for the
     // pool's timeout. A request that meets an outage counts as one failure; the
     // statements that succeed close a half-open breaker (`startup`).
+    let status_only = is_status_only(&batch);
     let permit = match state.breakers.database.try_acquire() {
-        Ok(permit) => permit,
+        Ok(permit) => Some(permit),
+        // `systemStatus` answers from this process's memory when the database is
+        // down: operators must see which dependency is failing.
+        Err(_) if status_only => None,
         Err(rejected) => {
             let error = AppError::new(ErrorCode::Unavailable, "the database is unavailable, try again later")
                 .with_retry_after(rejected.retry_after_secs())
@@ -285,11 +289,33 @@ async fn execute(
             return respond(media, async_graphql::BatchResponse::Single(response));
         }
     };
-    let (response, outage) = crate::breaker::observe_database(execute_observed(state, schema, req, batch)).await;
-    if let Some(category) = outage {
+    let (response, outage) =
+        crate::breaker::observe_database(execute_observed(state, schema, req, batch, status_only)).await;
+    if let (Some(category), Some(permit)) = (outage, permit) {
         permit.failure(category);
     }
     respond(media, response)
+}
+
+/// A single query whose every root field is `systemStatus` (or `__typename`).
+fn is_status_only(batch: &async_graphql::BatchRequest) -> bool {
+    use async_graphql::parser::types::{DocumentOperations, OperationType, Selection};
+    let async_graphql::BatchRequest::Single(request) = batch else { return false };
+    let Ok(document) = async_graphql::parser::parse_query(&request.query) else { return false };
+    let operations: Vec<_> = match &document.operations {
+        DocumentOperations::Single(operation) => vec![operation],
+        DocumentOperations::Multiple(operations) => operations.values().collect(),
+    };
+    !operations.is_empty()
+        && operations.iter().all(|operation| {
+            operation.node.ty == OperationType::Query
+                && operation.node.selection_set.node.items.iter().all(|item| match &item.node {
+                    Selection::Field(field) => {
+                        matches!(field.node.name.node.as_str(), "systemStatus" | "__typename")
+                    }
+                    _ => false,
+                })
+        })
 }
 
 async fn execute_observed(
@@ -297,8 +323,17 @@ async fn execute_observed(
     schema: &AppSchema,
     req: &HttpRequest,
     batch: async_graphql::BatchRequest,
+    status_only: bool,
 ) -> async_graphql::BatchResponse {
-    let auth = authenticate(state, req.headers()).await;
+    let mut auth = authenticate(state, req.headers()).await;
+    if matches!(auth, RequestAuth::Unavailable) && status_only {
+        // The database cannot say whether the session still stands; the token's
+        // signed claims may still let an admin read `systemStatus` (its resolver
+        // asks for nothing the database must answer).
+        if let Some(principal) = crate::auth::principal::principal_from_claims(state, req.headers()) {
+            auth = RequestAuth::Authenticated(principal);
+        }
+    }
     if matches!(auth, RequestAuth::Unavailable) {
         // Credentials that cannot be checked are neither the caller's nor anonymous:
         // running the operation as either would answer for someone we do not know.
@@ -388,4 +423,37 @@ fn unavailable_retry_after(response: &async_graphql::BatchResponse) -> Option<u6
 pub fn request_id(req: &HttpRequest) -> Option<String> {
     use actix_web::HttpMessage as _;
     req.extensions().get::<tracing_actix_web::RequestId>().map(ToString::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn single(query: &str) -> async_graphql::BatchRequest {
+        async_graphql::BatchRequest::Single(async_graphql::Request::new(query))
+    }
+
+    #[test]
+    fn only_a_query_of_system_status_passes_an_open_database_breaker() {
+        for query in [
+            "{ systemStatus { queue { queued asOf } } }",
+            "query Ops { __typename systemStatus { dependencies { name state } } }",
+        ] {
+            assert!(is_status_only(&single(query)), "{query}");
+        }
+        for query in [
+            "{ me { id } }",
+            "{ systemStatus { queue { queued } } me { id } }",
+            "mutation { systemStatus }",
+            "subscription { systemStatus }",
+            "{ ...F } fragment F on Query { me { id } }",
+            "{ ... on Query { me { id } } }",
+            "not graphql",
+        ] {
+            assert!(!is_status_only(&single(query)), "{query}");
+        }
+        let batch =
+            async_graphql::BatchRequest::Batch(vec![async_graphql::Request::new("{ systemStatus { workersAsOf } }")]);
+        assert!(!is_status_only(&batch));
+    }
 }

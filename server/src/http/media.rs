@@ -215,7 +215,7 @@ async fn serve_inner(
     if !allowed_path(path) {
         return Err(not_found());
     }
-    let video = video::Entity::find_by_id(video_id).one(&state.db).await.map_err(AppError::internal)?;
+    let video = video::Entity::find_by_id(video_id).one(&state.db).await?;
     let video = video.filter(|v| v.deleted_at.is_none()).ok_or_else(not_found)?;
 
     let signed = parse_signed(req.query_string())?;

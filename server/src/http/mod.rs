@@ -1,6 +1,7 @@
 //! HTTP routes. Each submodule owns one door into the server.
 
 pub mod client_ip;
+pub mod db_breaker;
 pub mod graphiql;
 pub mod graphql;
 pub mod health;

@@ -776,7 +776,7 @@ async fn spool<S>(mut payload: S, limit: u64) -> Result<Spooled, SpoolError>
 where
     S: Stream<Item = Result<Bytes, AppError>> + Unpin,
 {
-    let mut file = tempfile::tempfile().map_err(|e| SpoolError::Body(AppError::internal(e)))?;
+    let mut file = tempfile::tempfile().map_err(|e| SpoolError::Body(crate::error::local_write_failed(e)))?;
     let mut sha1 = Sha1::new();
     let mut sha256 = Sha256::new();
     let mut len = 0u64;
@@ -791,7 +791,7 @@ where
         file = tokio::task::spawn_blocking(move || file.write_all(&chunk).map(|()| file))
             .await
             .map_err(|e| SpoolError::Body(AppError::internal(e)))?
-            .map_err(|e| SpoolError::Body(AppError::internal(e)))?;
+            .map_err(|e| SpoolError::Body(crate::error::local_write_failed(e)))?;
     }
     use std::io::Seek as _;
     file.seek(std::io::SeekFrom::Start(0)).map_err(|e| SpoolError::Body(AppError::internal(e)))?;

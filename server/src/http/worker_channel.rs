@@ -24,6 +24,7 @@ use uuid::Uuid;
 use crate::auth::worker_tokens::{self, TokenRefusal};
 use crate::error::AppError;
 use crate::jobs::queue::{self, Lane};
+use crate::jobs::remote::protocol::CLOSE_TRY_AGAIN_LATER;
 use crate::jobs::remote::protocol::{
     encoder_coverage, LeaseRef, OutputFile, ServerMessage, WorkerMessage, CLOSE_HELLO_TIMEOUT, CLOSE_PROTOCOL_ERROR,
     CLOSE_REVOKED, CLOSE_TAGS_NOT_ALLOWED, CLOSE_UNAUTHENTICATED, CLOSE_UNSUPPORTED_VERSION, PROTOCOL_VERSION,
@@ -92,6 +93,8 @@ struct Announced {
 enum HelloRefusal {
     Token(TokenRefusal),
     TagsNotAllowed,
+    /// The token could not be checked (the database is down or its breaker open).
+    Unavailable,
 }
 
 pub struct WorkerConnection {
@@ -345,14 +348,27 @@ impl WorkerConnection {
         let state = self.state.clone();
         let worker_id = self.id;
         let fut = async move {
+            // The `database` breaker, as for every door: open, or the token cannot be
+            // checked, the worker is told to come back (1013), never that its token
+            // is unknown (which would stop it for good).
+            let Ok(permit) = state.breakers.database.try_acquire() else {
+                return Err(HelloRefusal::Unavailable);
+            };
             let row = match worker_tokens::verify_worker_token(&state.db, &token).await {
                 Ok(Ok(row)) => row,
                 Ok(Err(refusal)) => return Err(HelloRefusal::Token(refusal)),
                 Err(err) => {
                     tracing::warn!(error = %err, "checking a worker token failed");
+                    if err.code() == crate::error::ErrorCode::Unavailable {
+                        // The cause was logged above; its category is not kept past
+                        // the conversion into `AppError`.
+                        permit.failure("connection failed");
+                        return Err(HelloRefusal::Unavailable);
+                    }
                     return Err(HelloRefusal::Token(TokenRefusal::Invalid));
                 }
             };
+            drop(permit);
             // The worker may narrow its token's tags, never add to them.
             let allowed = worker_tokens::split_tags(&row.tags);
             let asked: Vec<String> = announced_tags.iter().map(|t| t.trim().to_lowercase()).collect();
@@ -394,6 +410,11 @@ impl WorkerConnection {
                 ctx,
                 CLOSE_TAGS_NOT_ALLOWED,
                 "TAGS_NOT_ALLOWED: hello named a tag the worker token does not carry",
+            ),
+            Err(HelloRefusal::Unavailable) => act.close(
+                ctx,
+                CLOSE_TRY_AGAIN_LATER,
+                "UNAVAILABLE: the database is unavailable, try again later",
             ),
             Ok((row, capacity, resumed, tags)) => {
                 if !transcodes {

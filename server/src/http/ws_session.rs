@@ -553,7 +553,18 @@ impl Actor for Session {
         let auth_slot = self.auth.clone();
         let client = self.client.clone();
         let on_init = move |payload: serde_json::Value| async move {
-            let result = authenticate_init(&state, &payload).await;
+            // The `database` breaker, as for `/graphql`: open, the init is refused
+            // as unavailable (1013) at once; an outage met counts one failure.
+            let result = match state.breakers.database.try_acquire() {
+                Err(_) => Err(InitRefusal::Unavailable),
+                Ok(permit) => {
+                    let (result, outage) = crate::breaker::observe_database(authenticate_init(&state, &payload)).await;
+                    if let Some(category) = outage {
+                        permit.failure(category);
+                    }
+                    result
+                }
+            };
             let mut slot = auth_slot.lock().map_err(|_| async_graphql::Error::new("internal error"))?;
             slot.initialised = true;
             match result {

@@ -33,7 +33,8 @@ pub struct NewJob {
 /// Insert a QUEUED job. Call inside the caller's transaction so the job exists
 /// exactly when the change that needs it commits.
 pub async fn enqueue<C: ConnectionTrait>(conn: &C, new: NewJob) -> Result<job::Model, DbErr> {
-    enqueue_at(conn, new, Utc::now()).await
+    let now = crate::db::now(conn).await?;
+    enqueue_at(conn, new, now).await
 }
 
 /// [`enqueue`] a job that is not leased before `run_after`.
@@ -42,7 +43,7 @@ pub async fn enqueue_at<C: ConnectionTrait>(
     new: NewJob,
     run_after: chrono::DateTime<Utc>,
 ) -> Result<job::Model, DbErr> {
-    let now = Utc::now();
+    let now = crate::db::now(conn).await?;
     job::ActiveModel {
         id: Set(Uuid::now_v7()),
         video_id: Set(new.video_id),

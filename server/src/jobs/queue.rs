@@ -240,7 +240,8 @@ pub async fn lease_routed(
         sql = sql
             .replace("c.status = 'QUEUED' AND", &format!("c.status = 'QUEUED' AND NOT {} AND", webm_filter(backend)));
     }
-    let now = Utc::now();
+    // The database's clock, never this worker's (see `db::now`).
+    let now = crate::db::now(db).await?;
     let token = Uuid::new_v4();
     let statement = Statement::from_sql_and_values(
         backend,
@@ -279,7 +280,7 @@ pub async fn heartbeat(
     token: Uuid,
     lease_for: Duration,
 ) -> Result<LeaseState, QueueError> {
-    let now = Utc::now();
+    let now = crate::db::now(db).await?;
     let updated = job::Entity::update_many()
         .col_expr(job::Column::LeaseExpiresAt, Expr::value(now + lease_duration(lease_for)))
         .filter(job::Column::Id.eq(job_id))
@@ -342,7 +343,7 @@ async fn transition(
     change: Transition,
     apply: Apply<'_>,
 ) -> Result<job::Model, QueueError> {
-    let now = Utc::now();
+    let now = crate::db::now(db).await?;
     let txn = crate::db::begin_write(db).await?;
     let terminal = !matches!(change.status, JobStatus::Queued | JobStatus::Running);
     let mut update = job::Entity::update_many()
@@ -442,7 +443,7 @@ pub async fn fail(
     let (change, apply) = match error {
         JobError::Retryable(message) if current.attempts < current.max_attempts => {
             let delay = backoff(settings, current.attempts);
-            let run_after = Utc::now() + lease_duration(delay);
+            let run_after = crate::db::now(db).await? + lease_duration(delay);
             let change = Transition {
                 status: JobStatus::Queued,
                 last_error: Some(message.clone()),
@@ -504,7 +505,7 @@ pub async fn release(
     let change = Transition {
         status: JobStatus::Queued,
         last_error: Some(reason.to_string()),
-        run_after: Some(Utc::now()),
+        run_after: Some(crate::db::now(db).await?),
         refund_attempt: true,
         only_if_expired: false,
         log: (LogLevel::Warn, format!("released: {reason}")),
@@ -520,7 +521,7 @@ pub async fn sweep_expired(
     publisher: &Publisher,
     settings: &JobSettings,
 ) -> Result<usize, QueueError> {
-    let now = Utc::now();
+    let now = crate::db::now(db).await?;
     let expired = job::Entity::find()
         .filter(job::Column::Status.eq(JobStatus::Running))
         .filter(job::Column::LeaseExpiresAt.lt(now))
@@ -617,7 +618,7 @@ pub async fn cancel(
 
 /// Revive a DEAD, FAILED or CANCELLED job: QUEUED, attempts reset, runnable now.
 pub async fn retry(db: &DatabaseConnection, settings: &JobSettings, job_id: Uuid) -> Result<job::Model, QueueError> {
-    let now = Utc::now();
+    let now = crate::db::now(db).await?;
     let updated = job::Entity::update_many()
         .col_expr(job::Column::Status, Expr::value(JobStatus::Queued))
         .col_expr(job::Column::Attempts, Expr::value(0))

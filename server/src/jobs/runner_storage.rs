@@ -46,8 +46,17 @@ pub(crate) fn content_type_for(path: &Path) -> &'static str {
 
 pub(crate) fn storage_error(what: &str, err: &StoreError) -> JobError {
     tracing::warn!(error = ?err, "{what}");
+    if err.is_storage_full() {
+        // Retried with backoff like an outage (space may come back); when the
+        // attempts run out the job is DEAD with this code in its error. The
+        // half-written output was never published (`put` renames a complete file).
+        return JobError::Retryable(format!("{what}: storage is full ({STORAGE_FULL})"));
+    }
     JobError::Retryable(format!("{what}: storage is unavailable"))
 }
+
+/// The code a job's error carries when local storage was full.
+pub(crate) const STORAGE_FULL: &str = "STORAGE_FULL";
 
 fn check_cancel(cancel: &CancelFlag) -> Result<(), JobError> {
     if cancel.load(Ordering::Relaxed) {

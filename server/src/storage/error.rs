@@ -99,8 +99,17 @@ impl StoreError {
         StoreError::NotFound { key: key.to_owned() }
     }
 
+    /// Local disk only: the write ran out of space, quota or file size (ENOSPC,
+    /// EDQUOT, EFBIG). Whatever was half-written is removed or never published.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, StoreError::Io { source, .. } if crate::error::is_storage_full_io(source))
+    }
+
     /// The stable client-facing code.
     pub fn code(&self) -> ErrorCode {
+        if self.is_storage_full() {
+            return ErrorCode::StorageFull;
+        }
         match self {
             StoreError::InvalidKey(_)
             | StoreError::InvalidRequest(_)
@@ -128,6 +137,7 @@ impl From<StoreError> for AppError {
         }
         match err.code() {
             ErrorCode::Unavailable => AppError::unavailable("object storage", err),
+            ErrorCode::StorageFull => AppError::storage_full(err),
             ErrorCode::Internal => AppError::internal(err),
             ErrorCode::NotFound => {
                 let what = if matches!(err, StoreError::UploadNotFound) { "multipart upload" } else { "object" };
@@ -158,6 +168,21 @@ mod tests {
             StoreError::Unavailable { op: "get", source: "connect to 10.0.0.1:9000 refused".into() }.into();
         assert_eq!(app.code(), ErrorCode::Unavailable);
         assert!(!app.message().contains("10.0.0.1"));
+    }
+
+    #[test]
+    fn a_full_disk_is_storage_full_not_internal() {
+        for (op, errno) in [("write staging file", 28), ("write object", 122), ("sync object", 27)] {
+            let err = StoreError::io(op)(std::io::Error::from_raw_os_error(errno));
+            assert!(err.is_storage_full());
+            let app: AppError = err.into();
+            assert_eq!(app.code(), ErrorCode::StorageFull, "{op}");
+            assert_eq!(app.code().http_status().as_u16(), 507);
+            assert!(app.retry_after_secs().is_some());
+        }
+        let other = StoreError::io("write object")(std::io::Error::from_raw_os_error(5));
+        assert!(!other.is_storage_full());
+        assert_eq!(AppError::from(other).code(), ErrorCode::Internal);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::abort::cleanup_storage;
 use super::{tail_key, TusState};
-use crate::error::{AppError, AppResult, ErrorCode};
+use crate::error::{local_write_failed, AppError, AppResult, ErrorCode};
 use crate::events::{self, EventDetail, EventKind};
 use crate::jail::MediaJail;
 use crate::jobs::{self, NewJob};
@@ -285,7 +285,7 @@ async fn in_place(local: crate::storage::LocalFile) -> Result<Source, Failure> {
 
 /// Download the object to a temp file, hashing it and keeping its first bytes.
 async fn download(state: &AppState, row: &upload::Model, declared: u64) -> Result<Source, Failure> {
-    let temp = tempfile::Builder::new().prefix("reelhouse-upload-").tempfile().map_err(AppError::internal)?;
+    let temp = tempfile::Builder::new().prefix("reelhouse-upload-").tempfile().map_err(local_write_failed)?;
     let (mut file, path) = temp.into_parts();
     let mut hasher = Sha256::new();
     let mut head = Vec::with_capacity(SNIFF_LEN);
@@ -303,9 +303,9 @@ async fn download(state: &AppState, row: &upload::Model, declared: u64) -> Resul
         file = tokio::task::spawn_blocking(move || file.write_all(&chunk_for_write).map(|()| file))
             .await
             .map_err(AppError::internal)?
-            .map_err(AppError::internal)?;
+            .map_err(local_write_failed)?;
     }
-    file.flush().map_err(AppError::internal)?;
+    file.flush().map_err(local_write_failed)?;
     drop(file);
     if written != declared {
         return Err(storage_read_failed(anyhow::anyhow!("read {written} bytes of {declared}")));

@@ -24,10 +24,11 @@ impl DbUploadGate {
 #[async_trait]
 impl UploadGate for DbUploadGate {
     async fn check(&self, session: Uuid, key: &str) -> Result<(), StoreError> {
-        let row = upload::Entity::find_by_id(session)
-            .one(&self.db)
-            .await
-            .map_err(|err| StoreError::Unavailable { op: "check upload", source: Box::new(err) })?;
+        let row = upload::Entity::find_by_id(session).one(&self.db).await.map_err(|err| {
+            // The database's outage, counted against its breaker (not storage's).
+            crate::breaker::note_database_error(&err);
+            StoreError::Unavailable { op: "check upload", source: Box::new(err) }
+        })?;
         match row {
             Some(row) if row.status == UploadStatus::Open && row.expires_at > Utc::now() && row.object_key == key => {
                 Ok(())

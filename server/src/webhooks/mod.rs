@@ -98,7 +98,13 @@ pub async fn fan_in<C: ConnectionTrait>(conn: &C, event: &DomainEvent) -> Result
         )
         .all(conn)
         .await?;
-    let now = Utc::now();
+    if endpoints.is_empty() {
+        return Ok(());
+    }
+    // Due on the database's clock: a worker whose own clock runs ahead (it records
+    // RENDITION_READY and READY) would otherwise hold the deliveries back by its
+    // skew (the clock-skew fault found them pending 10 minutes).
+    let now = crate::db::now(conn).await?;
     for endpoint in endpoints {
         if !subscribed_kinds(&endpoint).contains(&event.kind) {
             continue;

@@ -37,7 +37,7 @@ const CREATE_TOKEN: &str = "mutation($name: String!, $capacity: Int, $tags: [Str
 }";
 
 /// Mint a worker token as `admin`; (secret, id).
-async fn mint_token(app: &TestApp, admin: &TestUser, capacity: i32) -> (String, String) {
+pub(crate) async fn mint_token(app: &TestApp, admin: &TestUser, capacity: i32) -> (String, String) {
     let (_, body) = app.graphql_as(&admin.bearer(), CREATE_TOKEN, json!({ "name": "box", "capacity": capacity })).await;
     let payload = &body["data"]["createWorkerToken"];
     let secret = payload["token"].as_str().unwrap_or_else(|| panic!("{body}")).to_string();
@@ -145,10 +145,10 @@ async fn ready_events(app: &TestApp, video_id: Uuid) -> u64 {
         .unwrap()
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub(crate) type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A raw client on `/workers/ws` with the worker subprotocol.
-async fn channel(app: &TestApp) -> Socket {
+pub(crate) async fn channel(app: &TestApp) -> Socket {
     let mut request = app.ws_url("/workers/ws").into_client_request().unwrap();
     request.headers_mut().insert("Sec-WebSocket-Protocol", "reelhouse-worker.v1".parse().unwrap());
     let (socket, response) = tokio_tungstenite::connect_async(request).await.expect("worker channel upgrade");
@@ -156,12 +156,12 @@ async fn channel(app: &TestApp) -> Socket {
     socket
 }
 
-async fn send(socket: &mut Socket, message: Value) {
+pub(crate) async fn send(socket: &mut Socket, message: Value) {
     socket.send(Message::Text(message.to_string().into())).await.unwrap();
 }
 
 /// The next JSON message, or the close code if the server closed.
-async fn next(socket: &mut Socket) -> Result<Value, Option<u16>> {
+pub(crate) async fn next(socket: &mut Socket) -> Result<Value, Option<u16>> {
     loop {
         let frame = tokio::time::timeout(Duration::from_secs(30), socket.next()).await.expect("a frame in time");
         match frame {
@@ -186,7 +186,7 @@ async fn next_of(socket: &mut Socket, kind: &str) -> Value {
 /// The SHA-256 of ten bytes of 1 (the body the tests PUT).
 const TEN_ONES_SHA256: &str = "ffadf8d89d37b3b55fe1847b513cf92e3be87e4c168708c7851845df96fb36be";
 
-fn hello(token: &str, version: u32) -> Value {
+pub(crate) fn hello(token: &str, version: u32) -> Value {
     json!({ "type": "hello", "version": version, "token": token, "capacity": 1, "reelhouse": "test", "gstreamer": null })
 }
 

@@ -37,7 +37,7 @@ async fn tus_create(app: &TestApp, user: &TestUser, video: Uuid, length: usize) 
 }
 
 /// Create a session and return its URL.
-async fn tus_session(app: &TestApp, user: &TestUser, video: Uuid, length: usize) -> String {
+pub(crate) async fn tus_session(app: &TestApp, user: &TestUser, video: Uuid, length: usize) -> String {
     let res = tus_create(app, user, video, length).await;
     assert_eq!(res.status(), 201, "{:?}", res.text().await);
     assert_eq!(res.headers()["tus-resumable"], "1.0.0");

@@ -127,7 +127,7 @@ pub async fn register_worker(
     reelhouse_version: &str,
     gstreamer: Option<&str>,
 ) -> Result<(), sea_orm::DbErr> {
-    let now = Utc::now();
+    let now = crate::db::now(db).await?;
     let clip = |s: &str, n: usize| s.chars().take(n).collect::<String>();
     worker::ActiveModel {
         id: Set(worker_id),
@@ -158,8 +158,9 @@ pub async fn touch_worker(
     draining: bool,
 ) -> Result<bool, sea_orm::DbErr> {
     let current = i32::try_from(current_jobs).unwrap_or(i32::MAX);
+    let now = crate::db::now(db).await?;
     let updated = worker::Entity::update_many()
-        .col_expr(worker::Column::LastSeenAt, Expr::value(Utc::now()))
+        .col_expr(worker::Column::LastSeenAt, Expr::value(now))
         .col_expr(worker::Column::CurrentJobs, Expr::value(current))
         .col_expr(worker::Column::State, Expr::value(worker_state(current, draining)))
         .filter(worker::Column::Id.eq(worker_id))
@@ -247,10 +248,11 @@ async fn live_lease(state: &AppState, lease: LeaseRef) -> Result<(job::Model, St
         Refusal::new("UNAVAILABLE", "the database is unavailable")
     };
     let job = job::Entity::find_by_id(lease.job).one(&state.db).await.map_err(internal)?;
+    let now = crate::db::now(&state.db).await.map_err(internal)?;
     let Some(job) = job.filter(|j| {
         j.status == entities::JobStatus::Running
             && j.lease_token == Some(lease.lease)
-            && j.lease_expires_at.is_some_and(|at| at > Utc::now())
+            && j.lease_expires_at.is_some_and(|at| at > now)
     }) else {
         return Err(Refusal::new("LEASE_LOST", "the job's lease is no longer held by this worker"));
     };

@@ -51,6 +51,9 @@ pub const CLOSE_UNSUPPORTED_VERSION: u16 = 4426;
 pub const CLOSE_TAGS_NOT_ALLOWED: u16 = 4422;
 /// The server is shutting down (the worker reconnects).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// The server cannot check the token now (its database is unreachable): reconnect
+/// with backoff, the token is not judged.
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 
 /// The encoders a transcode may need, which a worker announces it has.
 pub const KNOWN_ENCODERS: [&str; 5] = ["x264enc", "avenc_aac", "jpegenc", "vp8enc", "opusenc"];

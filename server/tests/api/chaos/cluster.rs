@@ -233,11 +233,17 @@ impl Cluster {
     }
 
     pub(crate) fn start_worker(&mut self) {
+        self.start_worker_with(&[]);
+    }
+
+    /// A worker process with more environment (e.g. libfaketime's, for a skewed clock).
+    pub(crate) fn start_worker_with(&mut self, more: &[(&str, &str)]) {
         let dir = tempfile::tempdir().unwrap();
         let name = format!("chaos-w{}", self.workers.len());
         let env = self.env();
         let mut extra: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         extra.push(("HOSTNAME", name.as_str()));
+        extra.extend_from_slice(more);
         let child = worker_command(&self.settings, dir.path(), &extra).spawn().unwrap();
         self.workers.push(WorkerProcess { name, child: Some(child), dir });
     }
