@@ -280,13 +280,13 @@ pub async fn presign_output(
 fn result_keys(output: &TranscodeOutput) -> Vec<&str> {
     let mut keys: Vec<&str> = vec![
         output.master_playlist_key.as_str(),
-        output.download.key.as_str(),
         output.poster_key.as_str(),
         output.storyboard.image_key.as_str(),
         output.storyboard.vtt_key.as_str(),
     ];
     keys.extend(output.renditions.iter().map(|r| r.playlist_key.as_str()));
     keys.extend(output.thumbnail_keys.iter().map(String::as_str));
+    keys.extend(output.download.iter().chain(&output.downloads).map(|d| d.key.as_str()));
     keys
 }
 
@@ -312,7 +312,10 @@ pub async fn finish_result(
     if result_keys(&output).into_iter().chain(files.iter().map(|f| f.key.as_str())).any(|k| !key_under(k, &prefix)) {
         return Err(bad("the result names a key outside this job's output prefix"));
     }
-    for key in [output.master_playlist_key.as_str(), output.download.key.as_str()] {
+    let checked = std::iter::once(output.master_playlist_key.as_str())
+        .chain(output.all_downloads().into_iter().map(|d| d.key.as_str()))
+        .collect::<Vec<_>>();
+    for key in checked {
         let stored = state.store.head(key).await.map_err(|_| bad("an output the result names is not stored"))?;
         if let Some(reported) = files.iter().find(|f| f.key == key) {
             if reported.size != stored.size {
