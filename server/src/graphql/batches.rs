@@ -256,9 +256,11 @@ impl BatchesMutation {
                 Err(err) => return Err(AppError::from(err).extend()),
             }
         }
-        let row = batch::Entity::find_by_id(row.id).one(&state.db).await.gql()?.ok_or_else(|| {
-            AppError::not_found("batch").extend()
-        })?;
+        let row = batch::Entity::find_by_id(row.id)
+            .one(&state.db)
+            .await
+            .gql()?
+            .ok_or_else(|| AppError::not_found("batch").extend())?;
         Ok(load(&state.db, &row).await.gql()?.0)
     }
 }

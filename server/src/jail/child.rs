@@ -8,7 +8,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 
 use super::protocol::{
-    DownloadFile, Message, Request, Step, Task, TranscodeFiles, TranscodeTask, WireError, MAX_WARNINGS, PROTOCOL_VERSION,
+    DownloadFile, Message, Request, Step, Task, TranscodeFiles, TranscodeTask, WireError, MAX_WARNINGS,
+    PROTOCOL_VERSION,
 };
 use super::sandbox;
 use crate::media::ladder::{plan_ladder, transcode_hls, HlsOutput};

@@ -95,8 +95,7 @@ pub async fn create<C: ConnectionTrait>(
     .await?;
     let mut published = Vec::with_capacity(videos.len());
     for video in videos {
-        let (job, event) =
-            enqueue_transcode(conn, video, new.payload.clone(), new.priority, new.max_attempts).await?;
+        let (job, event) = enqueue_transcode(conn, video, new.payload.clone(), new.priority, new.max_attempts).await?;
         batch_job::ActiveModel { batch_id: Set(batch.id), job_id: Set(job.id) }.insert(conn).await?;
         published.push(event);
     }

@@ -168,9 +168,10 @@ fn parse_payload(payload: &serde_json::Value) -> Result<(Preset, Vec<Format>), J
         (Some(names), _) => {
             let mut formats = Vec::with_capacity(names.len());
             for name in &names {
-                formats.push(OutputFormat::parse(name).ok_or_else(|| {
-                    invalid(format!("unknown format {name:?} (expected HLS, MP4 or WEBM)"))
-                })?);
+                formats.push(
+                    OutputFormat::parse(name)
+                        .ok_or_else(|| invalid(format!("unknown format {name:?} (expected HLS, MP4 or WEBM)")))?,
+                );
             }
             normalize_formats(&formats).map_err(invalid)?.into_iter().filter_map(OutputFormat::download).collect()
         }
@@ -738,7 +739,11 @@ async fn transcode_into(
     let mut download_outputs = Vec::with_capacity(made.len());
     for download in &made {
         let key = outputs.download(&format!("video.{}", download.format.extension()));
-        files.push(Upload { key: key.clone(), content_type: content_type_for(&download.file.path), path: download.file.path.clone() });
+        files.push(Upload {
+            key: key.clone(),
+            content_type: content_type_for(&download.file.path),
+            path: download.file.path.clone(),
+        });
         download_outputs.push(DownloadOutput {
             key,
             format: download.format.api_name().into(),

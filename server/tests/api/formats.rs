@@ -68,13 +68,20 @@ async fn formats_each_combination_makes_exactly_those_downloads() {
         let made: Vec<&str> = out.downloads.iter().map(|d| d.format.as_str()).collect();
         assert_eq!(made, wanted_sorted, "{formats:?}");
         assert_eq!(out.download.as_ref(), out.downloads.first(), "the first download, for older readers");
-        let stored: Vec<String> =
-            video.downloads.clone().expect("a new transcode records its downloads").0.into_iter().map(|d| d.format).collect();
+        let stored: Vec<String> = video
+            .downloads
+            .clone()
+            .expect("a new transcode records its downloads")
+            .0
+            .into_iter()
+            .map(|d| d.format)
+            .collect();
         assert_eq!(stored, wanted_sorted, "{formats:?}");
 
-        for (format, ext, expect) in
-            [("MP4", "mp4", [("audio", "aac"), ("video", "h264")]), ("WEBM", "webm", [("audio", "opus"), ("video", "vp8")])]
-        {
+        for (format, ext, expect) in [
+            ("MP4", "mp4", [("audio", "aac"), ("video", "h264")]),
+            ("WEBM", "webm", [("audio", "opus"), ("video", "vp8")]),
+        ] {
             let key = o.download(&format!("video.{ext}"));
             if !wanted.contains(&format) {
                 assert!(!h.exists(&key).await, "{format} was not asked for: {formats:?}");
@@ -157,7 +164,11 @@ async fn formats_downloads_are_listed_ranged_and_signed_for_private_videos() {
     let stranger = h.app.register_user().await;
     let (_, body) = h
         .app
-        .graphql_as(&stranger.bearer(), "query($id: ID!) { video(id: $id) { id } }", json!({ "id": video.id.to_string() }))
+        .graphql_as(
+            &stranger.bearer(),
+            "query($id: ID!) { video(id: $id) { id } }",
+            json!({ "id": video.id.to_string() }),
+        )
         .await;
     assert_eq!(body["data"]["video"], serde_json::Value::Null, "{body}");
 
@@ -176,15 +187,20 @@ async fn formats_transcode_mutation_takes_formats_and_refuses_a_list_without_hls
     let mut h = harness(|_| {}).await;
     let owner = h.app.register_user().await;
     h.owner = Uuid::parse_str(&owner.id).unwrap();
-    let (video, _, _) = h.transcode_ok(&fixture("small_320x180.mp4"), json!({})).await;
+    let video = h.video_from(&fixture("small_320x180.mp4")).await;
     let mutation = "mutation($id: ID!, $formats: [OutputFormat!]) { transcode(videoId: $id, preset: LOW, formats: $formats) { id } }";
     for bad in [json!(["MP4"]), json!([]), json!(["WEBM", "MP4"])] {
-        let (_, body) = h.app.graphql_as(&owner.bearer(), mutation, json!({ "id": video.id.to_string(), "formats": bad })).await;
+        let (_, body) =
+            h.app.graphql_as(&owner.bearer(), mutation, json!({ "id": video.id.to_string(), "formats": bad })).await;
         assert_eq!(error_code(&body).as_deref(), Some("BAD_USER_INPUT"), "{bad}: {body}");
     }
     let (_, body) = h
         .app
-        .graphql_as(&owner.bearer(), mutation, json!({ "id": video.id.to_string(), "formats": ["WEBM", "HLS", "WEBM"] }))
+        .graphql_as(
+            &owner.bearer(),
+            mutation,
+            json!({ "id": video.id.to_string(), "formats": ["WEBM", "HLS", "WEBM"] }),
+        )
         .await;
     let job_id = Uuid::parse_str(body["data"]["transcode"]["id"].as_str().unwrap_or_else(|| panic!("{body}"))).unwrap();
     let job = entities::job::Entity::find_by_id(job_id).one(&h.app.state.db).await.unwrap().unwrap();
