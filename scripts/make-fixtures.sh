@@ -43,6 +43,7 @@ clip portrait_360x640.mp4 360 640 2 yes
 clip rotated_90.mp4 640 360 2 yes
 rotate_90 "$out/rotated_90.mp4"
 clip small_320x180.mp4 320 180 2 yes
+clip hd_1080p.mp4 1920 1080 2 yes
 clip no_audio.mp4 640 360 2 no
 
 # One second of black, then colour bars: the poster must skip the black start.

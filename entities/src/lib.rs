@@ -10,6 +10,8 @@ pub mod prelude;
 pub mod account_token;
 pub mod api_key;
 pub mod audit_event;
+pub mod batch;
+pub mod batch_job;
 pub mod event_outbox;
 pub mod job;
 pub mod job_log;

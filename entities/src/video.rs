@@ -24,6 +24,23 @@ impl From<Tags> for Vec<String> {
     }
 }
 
+/// One single-file download of a video's current outputs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Download {
+    /// `MP4` | `WEBM`
+    pub format: String,
+    /// Storage key, under the current output version.
+    pub key: String,
+    pub width: i32,
+    pub height: i32,
+    pub bytes: i64,
+}
+
+/// The downloads of a video's current outputs, stored as a JSON array.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, FromJsonQueryResult)]
+#[serde(transparent)]
+pub struct Downloads(pub Vec<Download>);
+
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel, Serialize, Deserialize)]
 #[sea_orm(table_name = "videos")]
 pub struct Model {
@@ -69,6 +86,10 @@ pub struct Model {
     /// `users/{owner}/videos/{id}/out/{output_version}/` and playback URLs name it.
     /// `None`: outputs (if any) in the unversioned layout of earlier releases.
     pub output_version: Option<String>,
+    /// The current outputs' MP4/WebM downloads (`None`: transcoded by an earlier
+    /// release, which always made one MP4).
+    #[sea_orm(column_type = "JsonBinary", nullable)]
+    pub downloads: Option<Downloads>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -31,6 +31,7 @@ mod m20261206_000008_totp;
 mod m20261206_000009_user_admin;
 mod m20261207_000001_worker_tokens;
 mod m20261207_000003_job_log_stream;
+mod m20261207_000010_downloads_and_batches;
 
 pub struct Migrator;
 
@@ -61,6 +62,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000009_user_admin::Migration),
             Box::new(m20261207_000001_worker_tokens::Migration),
             Box::new(m20261207_000003_job_log_stream::Migration),
+            Box::new(m20261207_000010_downloads_and_batches::Migration),
         ]
     }
 }

@@ -23,7 +23,7 @@ use sea_orm::{
 use serde_json::json;
 use uuid::Uuid;
 
-const TABLES: [&str; 20] = [
+const TABLES: [&str; 22] = [
     "users",
     "refresh_token_families",
     "refresh_tokens",
@@ -44,6 +44,8 @@ const TABLES: [&str; 20] = [
     "account_tokens",
     "totp_recovery_codes",
     "worker_tokens",
+    "batches",
+    "batch_jobs",
 ];
 
 /// PostgreSQL keeps microseconds; compare what the database can hold.
@@ -279,6 +281,13 @@ async fn exercise_schema(db: &DatabaseConnection) {
         event_seq: 0,
         output_bytes: 123_456_789,
         output_version: Some("v0123456789".to_owned()),
+        downloads: Some(video::Downloads(vec![video::Download {
+            format: "WEBM".to_owned(),
+            key: "users/u/videos/v/out/v0123456789/mp4/video.webm".to_owned(),
+            width: 1280,
+            height: 720,
+            bytes: 42,
+        }])),
     };
     assert_eq!(clip.clone().into_active_model().reset_all().insert(db).await.unwrap(), clip);
     assert_eq!(Video::find_by_id(clip.id).one(db).await.unwrap(), Some(clip.clone()));
@@ -739,5 +748,5 @@ fn migrations_are_uniquely_named_and_in_order() {
     sorted.sort();
     sorted.dedup();
     assert_eq!(names, sorted);
-    assert_eq!(names.len(), 23);
+    assert_eq!(names.len(), 24);
 }

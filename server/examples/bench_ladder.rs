@@ -144,7 +144,7 @@ fn jailed(
             ladder,
             hls,
             preset: reelhouse::media::mp4::Preset::Medium,
-            format: reelhouse::media::mp4::Format::Mp4,
+            downloads: Vec::new(),
             mp4: Default::default(),
             ladder_only: true,
         };

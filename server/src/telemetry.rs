@@ -481,6 +481,11 @@ pub const METRICS: &[MetricInfo] = {
         gauge("reelhouse_worker_capacity", Some(Unit::Count), "Jobs this process's worker runs at once."),
         gauge("reelhouse_worker_running_jobs", Some(Unit::Count), "Jobs this process's worker is running."),
         gauge(
+            "reelhouse_worker_busy_ratio",
+            None,
+            "Share (0..=1) of this worker's media slots running a job, sampled at each heartbeat.",
+        ),
+        gauge(
             "reelhouse_worker_last_heartbeat_timestamp_seconds",
             Some(Unit::Seconds),
             "Unix time of this worker's last successful heartbeat in the workers table.",

@@ -270,9 +270,12 @@ pub async fn run_until(deps: WorkerDeps, stop: impl std::future::Future<Output =
         tokio::select! {
             _ = &mut stop => break,
             _ = heartbeat.tick() => {
-                let current = scheduler_hub.addr().send(RunningCount).await.unwrap_or(0)
-                    + mail_hub.addr().send(RunningCount).await.unwrap_or(0);
+                let media = scheduler_hub.addr().send(RunningCount).await.unwrap_or(0);
+                let current = media + mail_hub.addr().send(RunningCount).await.unwrap_or(0);
                 metrics::gauge!("reelhouse_worker_running_jobs").set(current as f64);
+                // Media slots in use, sampled at each heartbeat (mail's few slots are
+                // not what scaling workers is about).
+                metrics::gauge!("reelhouse_worker_busy_ratio").set(media as f64 / capacity.max(1) as f64);
                 // A missed heartbeat is not fatal: the database may be restarting.
                 match registration.heartbeat(current).await {
                     Ok(()) => metrics::gauge!("reelhouse_worker_last_heartbeat_timestamp_seconds")

@@ -40,6 +40,11 @@ pub struct JobSettings {
     /// When set (e.g. `gpu`), HIGH-preset transcodes are leased only by remote
     /// workers whose token carries this tag; other workers pass them over.
     pub high_preset_tag: Option<String>,
+    /// Most videos one `transcodeBatch` may match; more is refused (BAD_USER_INPUT).
+    pub max_batch_videos: u32,
+    /// Priority of the jobs a batch enqueues: below uploads' (0), so a single upload
+    /// or `transcode` never waits behind a batch. -1000..=1000.
+    pub batch_priority: i32,
 }
 
 impl Default for JobSettings {
@@ -60,6 +65,8 @@ impl Default for JobSettings {
             processing_budget_secs_per_day: 0,
             retired_outputs_grace_secs: 6 * 3600,
             high_preset_tag: None,
+            max_batch_videos: 100,
+            batch_priority: -10,
         }
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::media::ladder::{HlsOptions, LadderConfig, RungSpec};
+use crate::media::mp4::OutputFormat;
 use crate::media::MediaLimits;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,6 +47,9 @@ pub struct MediaSettings {
     /// they start, so encodes yield CPU to API requests on the same machine; 0 leaves
     /// them at the process's priority.
     pub encoder_nice: i32,
+    /// What an upload's first transcode makes (and `transcode` without `formats`):
+    /// any of `HLS`, `MP4`, `WEBM`; HLS must be among them.
+    pub default_formats: Vec<OutputFormat>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +86,7 @@ impl Default for MediaSettings {
             redirect_to_storage: false,
             cdn_base_url: None,
             encoder_nice: 10,
+            default_formats: vec![OutputFormat::Hls, OutputFormat::Mp4],
         }
     }
 }

@@ -569,6 +569,9 @@ impl Settings {
         if !(0..=19).contains(&self.media.encoder_nice) {
             return Err(SettingsError::new("media.encoder_nice", "must be between 0 and 19"));
         }
+        if crate::media::mp4::normalize_formats(&self.media.default_formats).is_err() {
+            return Err(SettingsError::new("media.default_formats", "must include HLS (and may add MP4, WEBM)"));
+        }
         if self.jail.probe_memory_mb < 256 || self.jail.transcode_memory_mb < 256 {
             return Err(SettingsError::new("jail.probe_memory_mb", "both jail memory limits must be at least 256 MiB"));
         }
@@ -616,6 +619,12 @@ impl Settings {
                 "jobs.log_lines_per_sec",
                 "must be at least 1, and jobs.log_burst at least as large",
             ));
+        }
+        if !(1..=10_000).contains(&self.jobs.max_batch_videos) {
+            return Err(SettingsError::new("jobs.max_batch_videos", "must be between 1 and 10000"));
+        }
+        if !(-1000..=1000).contains(&self.jobs.batch_priority) {
+            return Err(SettingsError::new("jobs.batch_priority", "must be between -1000 and 1000"));
         }
         if !(50..=60_000).contains(&self.jobs.log_poll_ms) {
             return Err(SettingsError::new("jobs.log_poll_ms", "must be between 50 and 60000"));

@@ -16,7 +16,7 @@ use crate::error::GqlResultExt;
 use crate::error::{AppError, ErrorCode};
 use crate::events::{ProgressInfo, Publisher};
 use crate::graphql::progress::Progress;
-use crate::jobs::{self, queue, NewJob, DEFAULT_PRIORITY};
+use crate::jobs::{self, queue, DEFAULT_PRIORITY};
 use crate::repo::audit::{self, AuditAction, AuditEntry, AuditOutcome};
 use crate::startup::AppState;
 
@@ -59,11 +59,48 @@ pub enum TranscodePreset {
 }
 
 impl TranscodePreset {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             TranscodePreset::Low => "LOW",
             TranscodePreset::Medium => "MEDIUM",
             TranscodePreset::High => "HIGH",
+        }
+    }
+}
+
+/// An output a transcode can make. HLS is always among them (see the README's
+/// "Outputs on request").
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum OutputFormat {
+    /// The adaptive HLS ladder (playback, renditions, PLAYABLE).
+    Hls,
+    /// A progressive MP4 download (H.264/AAC, faststart).
+    Mp4,
+    /// A WebM download (VP8/Opus).
+    Webm,
+}
+
+impl From<OutputFormat> for crate::media::mp4::OutputFormat {
+    fn from(format: OutputFormat) -> Self {
+        match format {
+            OutputFormat::Hls => Self::Hls,
+            OutputFormat::Mp4 => Self::Mp4,
+            OutputFormat::Webm => Self::Webm,
+        }
+    }
+}
+
+/// The formats a request asks for, checked (HLS among them), or the configured
+/// default (`media.default_formats`) when it names none.
+pub(crate) fn requested_formats(
+    state: &AppState,
+    formats: Option<Vec<OutputFormat>>,
+) -> Result<Vec<crate::media::mp4::OutputFormat>, AppError> {
+    match formats {
+        None => Ok(state.settings.media.default_formats.clone()),
+        Some(formats) => {
+            let formats: Vec<crate::media::mp4::OutputFormat> = formats.into_iter().map(Into::into).collect();
+            crate::media::mp4::normalize_formats(&formats).map_err(|e| AppError::new(ErrorCode::BadUserInput, e))
         }
     }
 }
@@ -442,6 +479,8 @@ impl JobsMutation {
         ctx: &Context<'_>,
         video_id: ID,
         preset: Option<TranscodePreset>,
+        #[graphql(desc = "What to make; HLS must be among them. Default: the server's `media.default_formats`.")]
+        formats: Option<Vec<OutputFormat>>,
     ) -> async_graphql::Result<Job> {
         let state = ctx.data::<AppState>()?;
         let principal = require_principal(ctx).gql()?;
@@ -453,6 +492,7 @@ impl JobsMutation {
             .await
             .gql()?;
         let preset = preset.unwrap_or(TranscodePreset::Medium);
+        let formats = requested_formats(state, formats).gql()?;
         let txn = crate::db::begin_write(&state.db).await.gql()?;
         let video = crate::repo::videos::find_writable(&txn, principal, video_id).await.gql()?;
         if video.source_key.is_none() || matches!(video.status, DbVideoStatus::Draft | DbVideoStatus::Uploading) {
@@ -461,28 +501,11 @@ impl JobsMutation {
         if transcode_in_progress(&txn, video.id).await.gql()? {
             return Err(AppError::new(ErrorCode::Conflict, "the video is already being transcoded").extend());
         }
-        let new = NewJob {
-            kind: DbJobKind::Transcode,
-            video_id: Some(video.id),
-            owner_id: Some(video.owner_id),
-            priority: DEFAULT_PRIORITY,
-            payload: serde_json::json!({ "preset": preset.as_str() }),
-            max_attempts: state.settings.jobs.max_attempts,
-        };
-        let job = jobs::enqueue(&txn, new).await.gql()?;
-        // A failed video is processing again; a READY one keeps playing its current
-        // ladder until the new one replaces it. Either way subscribers hear of it.
-        let video = if video.status == DbVideoStatus::Failed {
-            let mut active: entities::video::ActiveModel = video.into();
-            active.status = sea_orm::Set(DbVideoStatus::Processing);
-            active.error = sea_orm::Set(None);
-            active.updated_at = sea_orm::Set(chrono::Utc::now());
-            sea_orm::ActiveModelTrait::update(active, &txn).await.gql()?
-        } else {
-            video
-        };
-        let detail = crate::events::EventDetail { job_id: Some(job.id), ..Default::default() };
-        let event = crate::events::record(&txn, &video, crate::events::EventKind::Processing, detail).await.gql()?;
+        let payload = crate::jobs::transcode_payload(preset.as_str(), &formats);
+        let (job, event) =
+            jobs::batches::enqueue_transcode(&txn, video, payload, DEFAULT_PRIORITY, state.settings.jobs.max_attempts)
+                .await
+                .gql()?;
         txn.commit().await.gql()?;
         publisher(state).publish(event);
         Ok(Job(job))

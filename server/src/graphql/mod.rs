@@ -3,6 +3,7 @@
 pub mod account_mail;
 pub mod accounts;
 pub mod audit;
+pub mod batches;
 pub mod error_codes;
 pub mod events;
 pub mod job_log;
@@ -47,6 +48,7 @@ pub struct Query(
     user_admin::UserAdminQuery,
     system::SystemQuery,
     worker_tokens::WorkerTokensQuery,
+    batches::BatchesQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -62,10 +64,16 @@ pub struct Mutation(
     totp::TotpMutation,
     user_admin::UserAdminMutation,
     worker_tokens::WorkerTokensMutation,
+    batches::BatchesMutation,
 );
 
 #[derive(MergedSubscription, Default)]
-pub struct Subscription(HeartbeatSubscription, events::EventsSubscription, job_log::JobLogSubscription);
+pub struct Subscription(
+    HeartbeatSubscription,
+    events::EventsSubscription,
+    job_log::JobLogSubscription,
+    batches::BatchesSubscription,
+);
 
 pub type AppSchema = Schema<Query, Mutation, Subscription>;
 

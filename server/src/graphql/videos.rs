@@ -143,9 +143,33 @@ impl Video {
         self.ready_url(ctx, "thumbs/storyboard.vtt")
     }
 
-    /// Progressive MP4 download (faststart, top rung), once READY. Supports Range.
+    /// Progressive MP4 download (faststart, top rung), once READY, if one was made.
+    /// Supports Range.
     async fn mp4_url(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<String>> {
-        self.ready_url(ctx, "mp4/video.mp4")
+        match &self.0.downloads {
+            Some(downloads) if !downloads.0.iter().any(|d| d.format == "MP4") => Ok(None),
+            _ => self.ready_url(ctx, "mp4/video.mp4"),
+        }
+    }
+
+    /// The single-file downloads (MP4 and/or WebM) of the current outputs, once
+    /// READY: those the transcode was asked for. Served under `/media` with Range,
+    /// signed for private videos. Empty for a video transcoded by an earlier release
+    /// (its `mp4Url` still works).
+    async fn downloads(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Download>> {
+        let Some(downloads) = &self.0.downloads else { return Ok(Vec::new()) };
+        let mut out = Vec::with_capacity(downloads.0.len());
+        for download in &downloads.0 {
+            let format = match download.format.as_str() {
+                "MP4" => crate::graphql::jobs::OutputFormat::Mp4,
+                "WEBM" => crate::graphql::jobs::OutputFormat::Webm,
+                _ => continue,
+            };
+            let extension = if format == crate::graphql::jobs::OutputFormat::Mp4 { "mp4" } else { "webm" };
+            let Some(url) = self.ready_url(ctx, &format!("mp4/video.{extension}"))? else { return Ok(Vec::new()) };
+            out.push(Download { format, url, width: download.width, height: download.height, size: download.bytes });
+        }
+        Ok(out)
     }
 
     /// HLS master playlist, once READY. Signed for private videos: every playlist
@@ -202,6 +226,19 @@ impl Video {
         let state = ctx.data::<AppState>()?;
         Ok(Some(media::media_url(state, &self.0, path)))
     }
+}
+
+/// A single-file download of a video.
+#[derive(SimpleObject, Debug, Clone)]
+pub struct Download {
+    /// MP4 or WEBM.
+    pub format: crate::graphql::jobs::OutputFormat,
+    /// Signed for private videos; supports Range.
+    pub url: String,
+    pub width: i32,
+    pub height: i32,
+    /// Bytes.
+    pub size: i64,
 }
 
 /// One rung of the HLS ladder.
@@ -288,7 +325,7 @@ pub(crate) fn parse_video_id(id: &ID) -> Result<Uuid, AppError> {
 }
 
 /// The validated filter; `None` when it cannot match anything.
-fn list_filter(filter: VideoFilter, viewer: Option<&Principal>) -> Result<Option<ListFilter>, AppError> {
+pub(crate) fn list_filter(filter: VideoFilter, viewer: Option<&Principal>) -> Result<Option<ListFilter>, AppError> {
     let mut owner_id = match &filter.owner_id {
         Some(id) => Some(Uuid::parse_str(id.as_str()).map_err(|_| AppError::bad_input("malformed ownerId"))?),
         None => None,

@@ -8,7 +8,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 
 use super::protocol::{
-    Message, Request, Step, Task, TranscodeFiles, TranscodeTask, WireError, MAX_WARNINGS, PROTOCOL_VERSION,
+    DownloadFile, Message, Request, Step, Task, TranscodeFiles, TranscodeTask, WireError, MAX_WARNINGS,
+    PROTOCOL_VERSION,
 };
 use super::sandbox;
 use crate::media::ladder::{plan_ladder, transcode_hls, HlsOutput};
@@ -165,15 +166,25 @@ fn transcode(request: &Request, task: &TranscodeTask, reporter: &Reporter) -> Re
         return Ok(Outcome::Ladder(hls));
     }
 
-    let download = transcode_mp4(
-        source,
-        &root.join("download").join(format!("video.{}", task.format.extension())),
-        task.preset,
-        task.format,
-        &task.mp4,
-        &mut |p| reporter.send(&Message::Progress { step: Step::Download, progress: Some(p.clone()) }),
-        &never,
-    )?;
+    // Several downloads report as one step: each its share of 0-100 %.
+    let count = task.downloads.len().max(1) as f64;
+    let mut downloads = Vec::with_capacity(task.downloads.len());
+    for (index, format) in task.downloads.iter().copied().enumerate() {
+        let file = transcode_mp4(
+            source,
+            &root.join("download").join(format!("video.{}", format.extension())),
+            task.preset,
+            format,
+            &task.mp4,
+            &mut |p| {
+                let mut p = p.clone();
+                p.percent = (index as f64 * 100.0 + p.percent) / count;
+                reporter.send(&Message::Progress { step: Step::Download, progress: Some(p) })
+            },
+            &never,
+        )?;
+        downloads.push(DownloadFile { format, file });
+    }
     reporter.send(&Message::StepDone { step: Step::Download });
 
     let thumbs_dir = root.join("thumbs");
@@ -181,5 +192,5 @@ fn transcode(request: &Request, task: &TranscodeTask, reporter: &Reporter) -> Re
     reporter.send(&Message::StepDone { step: Step::Thumbnails });
     let board = storyboard(source, &thumbs_dir, &StoryboardOptions::default(), &never)?;
     reporter.send(&Message::StepDone { step: Step::Storyboard });
-    Ok(Outcome::Files(Box::new(TranscodeFiles { hls, download, poster, thumbnails, storyboard: board })))
+    Ok(Outcome::Files(Box::new(TranscodeFiles { hls, downloads, poster, thumbnails, storyboard: board })))
 }

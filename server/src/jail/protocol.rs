@@ -19,7 +19,7 @@ use crate::media::{MediaError, MediaInfo, MediaLimits, Progress};
 
 /// Bumped whenever a message changes shape; parent and child are the same binary,
 /// so a mismatch means a stale binary was configured.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The longest line either side accepts.
 pub const MAX_LINE_BYTES: usize = 1024 * 1024;
@@ -63,7 +63,8 @@ pub struct TranscodeTask {
     pub ladder: LadderConfig,
     pub hls: crate::media::ladder::HlsOptions,
     pub preset: Preset,
-    pub format: Format,
+    /// The single-file downloads to make, in this order (none: HLS only).
+    pub downloads: Vec<Format>,
     pub mp4: Mp4Options,
     /// Only the HLS ladder (benchmarks): ends with [`Message::Laddered`].
     #[serde(default)]
@@ -84,10 +85,18 @@ pub enum Step {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TranscodeFiles {
     pub hls: HlsOutput,
-    pub download: Mp4Output,
+    /// One per requested download, in the task's order.
+    pub downloads: Vec<DownloadFile>,
     pub poster: Poster,
     pub thumbnails: Vec<PathBuf>,
     pub storyboard: Storyboard,
+}
+
+/// A single-file download a transcode child made.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DownloadFile {
+    pub format: Format,
+    pub file: Mp4Output,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

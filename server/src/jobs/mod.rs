@@ -1,5 +1,6 @@
 //! The durable job queue: a table, not a home-made broker.
 
+pub mod batches;
 mod delete_objects;
 mod delete_user;
 pub mod metrics;
@@ -10,6 +11,8 @@ pub mod runner;
 mod runner_storage;
 pub mod scheduler;
 mod transcode;
+
+pub use transcode::transcode_payload;
 
 use chrono::Utc;
 use entities::{job, JobKind, JobStatus};

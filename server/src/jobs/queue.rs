@@ -210,11 +210,9 @@ pub async fn lease_tagged(
 }
 
 /// A WebM download's transcode (it needs `vp8enc` and `opusenc`).
-fn webm_filter(backend: DbBackend) -> &'static str {
-    match backend {
-        DbBackend::Postgres => "(c.kind = 'TRANSCODE' AND UPPER(COALESCE(c.payload->>'format', '')) = 'WEBM')",
-        _ => "(c.kind = 'TRANSCODE' AND UPPER(COALESCE(json_extract(c.payload, '$.format'), '')) = 'WEBM')",
-    }
+fn webm_filter(_backend: DbBackend) -> &'static str {
+    // `"formats": [.., "WEBM"]`, or `"format": "WEBM"` of earlier releases.
+    "(c.kind = 'TRANSCODE' AND UPPER(CAST(c.payload AS TEXT)) LIKE '%\"WEBM\"%')"
 }
 
 /// [`lease_tagged`] for a worker that may lack the WebM encoders (`webm` false:

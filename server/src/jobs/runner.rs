@@ -187,6 +187,18 @@ pub async fn apply_success(
     if out.output_version.is_some() {
         row.output_version = Set(out.output_version.clone());
     }
+    row.downloads = Set(Some(entities::video::Downloads(
+        out.all_downloads()
+            .into_iter()
+            .map(|d| entities::video::Download {
+                format: d.format.clone(),
+                key: d.key.clone(),
+                width: i32::try_from(d.width).unwrap_or(i32::MAX),
+                height: i32::try_from(d.height).unwrap_or(i32::MAX),
+                bytes: i64::try_from(d.bytes).unwrap_or(i64::MAX),
+            })
+            .collect(),
+    )));
     row.updated_at = Set(Utc::now());
     let video = row.update(txn).await?;
     let event =

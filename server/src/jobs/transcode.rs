@@ -29,7 +29,7 @@ use crate::events::{self, EventDetail, EventKind, ProgressInfo, RenditionProgres
 use crate::jail::protocol::{Message, Step, TranscodeFiles, TranscodeTask};
 use crate::jail::{confined_file, MediaJail};
 use crate::media::ladder::{HlsOutput, RenditionReady, Rung};
-use crate::media::mp4::{Format, Mp4Options, Preset};
+use crate::media::mp4::{normalize_formats, Format, Mp4Options, OutputFormat, Preset};
 use crate::media::thumbs::{StoryboardOptions, ThumbnailOptions};
 use crate::media::{CancelFlag, MediaError, MediaInfo, Progress};
 use crate::storage::layout;
@@ -48,7 +48,12 @@ pub struct TranscodeOutput {
     pub renditions: Vec<RenditionOutput>,
     pub probe: ProbeSummary,
     pub master_playlist_key: String,
-    pub download: DownloadOutput,
+    /// The first of `downloads` (what results of earlier releases carried alone).
+    #[serde(default)]
+    pub download: Option<DownloadOutput>,
+    /// Every single-file download made (MP4 and/or WebM; none when only HLS was asked).
+    #[serde(default)]
+    pub downloads: Vec<DownloadOutput>,
     pub poster_key: String,
     pub thumbnail_keys: Vec<String>,
     pub storyboard: StoryboardOutput,
@@ -59,6 +64,18 @@ pub struct TranscodeOutput {
     /// layout, from a worker of an earlier release).
     #[serde(default)]
     pub output_version: Option<String>,
+}
+
+impl TranscodeOutput {
+    /// Every download of the result: `downloads`, or the lone `download` of a result
+    /// from an earlier release.
+    pub fn all_downloads(&self) -> Vec<&DownloadOutput> {
+        if self.downloads.is_empty() {
+            self.download.iter().collect()
+        } else {
+            self.downloads.iter().collect()
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,14 +131,26 @@ pub struct StoryboardOutput {
     pub tile_height: u32,
 }
 
-/// `{"preset": "LOW"|"MEDIUM"|"HIGH", "format": "MP4"|"WEBM"}`, both optional.
+/// `{"preset": "LOW"|"MEDIUM"|"HIGH", "formats": ["HLS", "MP4", "WEBM"]}`, both
+/// optional; `"format": "MP4"|"WEBM"` (one download beside HLS) is the shape of
+/// earlier releases. Neither: HLS and MP4.
 #[derive(Debug, Default, Deserialize)]
 struct TranscodePayload {
     preset: Option<String>,
     format: Option<String>,
+    formats: Option<Vec<String>>,
 }
 
-fn parse_payload(payload: &serde_json::Value) -> Result<(Preset, Format), JobError> {
+/// The payload of a TRANSCODE job asking for `preset` and `formats`.
+pub fn transcode_payload(preset: &str, formats: &[OutputFormat]) -> serde_json::Value {
+    let mut formats = formats.to_vec();
+    formats.sort();
+    formats.dedup();
+    serde_json::json!({ "preset": preset, "formats": formats })
+}
+
+/// The downloads a payload asks for, in the order they are made (MP4 before WebM).
+fn parse_payload(payload: &serde_json::Value) -> Result<(Preset, Vec<Format>), JobError> {
     let invalid = |reason: String| JobError::Permanent { code: "INVALID_PAYLOAD", reason };
     let parsed: TranscodePayload = if payload.is_null() {
         TranscodePayload::default()
@@ -135,12 +164,24 @@ fn parse_payload(payload: &serde_json::Value) -> Result<(Preset, Format), JobErr
         Some("HIGH") => Preset::High,
         Some(other) => return Err(invalid(format!("unknown preset {other:?} (expected LOW, MEDIUM or HIGH)"))),
     };
-    let format = match parsed.format.as_deref().map(str::to_ascii_uppercase).as_deref() {
-        None | Some("MP4") => Format::Mp4,
-        Some("WEBM") => Format::WebM,
-        Some(other) => return Err(invalid(format!("unknown format {other:?} (expected MP4 or WEBM)"))),
+    let downloads = match (parsed.formats, parsed.format) {
+        (Some(names), _) => {
+            let mut formats = Vec::with_capacity(names.len());
+            for name in &names {
+                formats.push(
+                    OutputFormat::parse(name)
+                        .ok_or_else(|| invalid(format!("unknown format {name:?} (expected HLS, MP4 or WEBM)")))?,
+                );
+            }
+            normalize_formats(&formats).map_err(invalid)?.into_iter().filter_map(OutputFormat::download).collect()
+        }
+        (None, format) => match format.as_deref().map(str::to_ascii_uppercase).as_deref() {
+            None | Some("MP4") => vec![Format::Mp4],
+            Some("WEBM") => vec![Format::WebM],
+            Some(other) => return Err(invalid(format!("unknown format {other:?} (expected MP4 or WEBM)"))),
+        },
     };
-    Ok((preset, format))
+    Ok((preset, downloads))
 }
 
 fn preset_name(preset: Preset) -> &'static str {
@@ -151,10 +192,15 @@ fn preset_name(preset: Preset) -> &'static str {
     }
 }
 
-/// Reports through the scheduler's reporter with a percent that never goes back.
+/// Reports through the scheduler's reporter with a percent that never goes back and
+/// an ETA over the whole job that never goes up.
 struct StageReporter {
     inner: Arc<dyn JobReporter>,
     last: Mutex<f64>,
+    /// When the run started, for the whole job's rate.
+    started: std::time::Instant,
+    /// The last ETA reported (seconds).
+    eta: Mutex<Option<f64>>,
     /// The span of the stage under way, ended when the next begins (or the run ends).
     span: Mutex<Option<tracing::Span>>,
     /// The run's span, parent of every stage's.
@@ -166,11 +212,12 @@ impl StageReporter {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let percent = percent.clamp(0.0, 100.0).max(*last);
         *last = percent;
+        let eta_seconds = self.whole_job_eta(percent);
         self.inner.progress(ProgressInfo {
             percent,
             stage: stage.to_string(),
-            fps: media.map(|p| p.fps).filter(|f| f.is_finite()),
-            eta_seconds: media.and_then(|p| p.eta).map(|d| d.as_secs_f64()),
+            fps: media.map(|p| p.fps).filter(|f| f.is_finite() && *f > 0.0),
+            eta_seconds,
             renditions: media
                 .map(|p| {
                     p.rungs
@@ -180,6 +227,15 @@ impl StageReporter {
                 })
                 .unwrap_or_default(),
         });
+    }
+
+    /// Seconds left of the whole job at its rate so far (`elapsed × left / done`),
+    /// never more than the last estimate: a slower stretch holds the estimate
+    /// until progress catches up, so a client's countdown never jumps back. None
+    /// until encoding has begun (the download and probe say little of the rate);
+    /// 0 at 100 %.
+    fn whole_job_eta(&self, percent: f64) -> Option<f64> {
+        eta_step(&mut self.eta.lock().unwrap_or_else(|p| p.into_inner()), percent, self.started.elapsed().as_secs_f64())
     }
 
     fn stage(&self, stage: &str, message: String) {
@@ -200,6 +256,24 @@ impl StageReporter {
     fn log(&self, level: LogLevel, message: String) {
         self.inner.log(level, message);
     }
+}
+
+/// The next whole-job ETA after `last`, at `percent` done after `elapsed` seconds
+/// (see [`StageReporter::whole_job_eta`]).
+fn eta_step(last: &mut Option<f64>, percent: f64, elapsed: f64) -> Option<f64> {
+    let estimate = if percent >= 100.0 {
+        Some(0.0)
+    } else if percent > PROBE_END {
+        Some(elapsed * (100.0 - percent) / percent)
+    } else {
+        None
+    };
+    let eta = match (estimate, *last) {
+        (Some(new), Some(old)) => Some(new.min(old)),
+        (new, old) => new.or(old),
+    };
+    *last = eta;
+    eta
 }
 
 /// Map a media failure: the upload's fault is permanent (with a readable reason that
@@ -229,18 +303,26 @@ fn media_error(err: MediaError, scratch: &Path) -> JobError {
 }
 
 /// Which encoders this run uses, for the job's log.
-fn encoder_choice(ladder_speed: &str, preset: Preset, format: Format, has_audio: bool) -> String {
+fn encoder_choice(ladder_speed: &str, preset: Preset, formats: &[Format], has_audio: bool) -> String {
     let download = preset.settings();
-    let (video, audio) = match format {
-        Format::Mp4 => (format!("x264enc (software, speed preset {})", download.x264_speed_preset), "avenc_aac"),
-        Format::WebM => (format!("vp8enc (software, cpu-used {})", download.vpx_cpu_used), "opusenc"),
-    };
-    let audio = if has_audio { format!(", audio {audio} {} kb/s", download.audio_bitrate_kbps) } else { String::new() };
-    format!(
-        "encoders: HLS ladder x264enc (software, speed preset {ladder_speed}); {} download {video} {} kb/s{audio}",
-        format.extension(),
-        download.video_bitrate_kbps,
-    )
+    let mut text = format!("encoders: HLS ladder x264enc (software, speed preset {ladder_speed})");
+    if formats.is_empty() {
+        text.push_str("; no download asked for");
+    }
+    for format in formats {
+        let (video, audio) = match format {
+            Format::Mp4 => (format!("x264enc (software, speed preset {})", download.x264_speed_preset), "avenc_aac"),
+            Format::WebM => (format!("vp8enc (software, cpu-used {})", download.vpx_cpu_used), "opusenc"),
+        };
+        let audio =
+            if has_audio { format!(", audio {audio} {} kb/s", download.audio_bitrate_kbps) } else { String::new() };
+        text.push_str(&format!(
+            "; {} download {video} {} kb/s{audio}",
+            format.extension(),
+            download.video_bitrate_kbps
+        ));
+    }
+    text
 }
 
 /// A GStreamer warning from the media child, for the job's log: its text is the
@@ -311,7 +393,7 @@ pub struct MediaSpec {
     pub owner_id: Uuid,
     /// The source's size as checked at upload (a different size is refused).
     pub source_size: Option<u64>,
-    /// `{"preset": .., "format": ..}`.
+    /// `{"preset": .., "formats": [..]}` (see [`transcode_payload`]).
     pub payload: serde_json::Value,
     /// The output version this run writes under ([`output_version`]).
     pub version: String,
@@ -431,10 +513,12 @@ pub(crate) async fn run_media(
     let reporter = Arc::new(StageReporter {
         inner: reporter,
         last: Mutex::new(0.0),
+        started: std::time::Instant::now(),
+        eta: Mutex::new(None),
         span: Mutex::new(None),
         parent: tracing::Span::current(),
     });
-    let (preset, format) = parse_payload(&spec.payload)?;
+    let (preset, downloads) = parse_payload(&spec.payload)?;
     let outputs = spec.outputs();
     let mut published_early = false;
     let result = transcode_into(
@@ -442,7 +526,7 @@ pub(crate) async fn run_media(
         scratch_dir,
         spec,
         host,
-        Request { preset, format, version: &spec.version, outputs: &outputs },
+        Request { preset, downloads, version: &spec.version, outputs: &outputs },
         cancel,
         reporter.clone(),
         &mut published_early,
@@ -459,7 +543,7 @@ pub(crate) async fn run_media(
 /// What to make, and where.
 struct Request<'a> {
     preset: Preset,
-    format: Format,
+    downloads: Vec<Format>,
     version: &'a str,
     outputs: &'a layout::Outputs,
 }
@@ -475,7 +559,7 @@ async fn transcode_into(
     reporter: Arc<StageReporter>,
     published_early: &mut bool,
 ) -> Result<TranscodeOutput, JobError> {
-    let Request { preset, format, version, outputs } = request;
+    let Request { preset, downloads, version, outputs } = request;
 
     // The scratch directory is shared with the media threads: it goes away when the
     // last of them lets go, whichever way this job ends.
@@ -504,7 +588,7 @@ async fn transcode_into(
         ladder: settings.media.ladder(),
         hls: settings.media.hls_options(),
         preset,
-        format,
+        downloads: downloads.clone(),
         mp4: Mp4Options {
             timeout: std::time::Duration::from_secs(settings.media.pipeline_timeout_secs),
             ..Mp4Options::default()
@@ -551,7 +635,7 @@ async fn transcode_into(
     reporter.stage("encoding", format!("{} rung(s)", rungs.len()));
     reporter.log(
         LogLevel::Info,
-        encoder_choice(&settings.media.hls_options().speed_preset, preset, format, info.has_audio),
+        encoder_choice(&settings.media.hls_options().speed_preset, preset, &downloads, info.has_audio),
     );
     let mut early: Option<String> = None;
     let files: TranscodeFiles = loop {
@@ -561,7 +645,9 @@ async fn transcode_into(
             }
             Message::StepDone { step: Step::Ladder } => {
                 reporter.report("encoding", ENCODE_END, None);
-                reporter.stage("packaging", format!("{} download ({})", format.extension(), preset_name(preset)));
+                let names: Vec<&str> = downloads.iter().map(|f| f.extension()).collect();
+                let what = if names.is_empty() { "no download".to_string() } else { names.join(" + ") };
+                reporter.stage("packaging", format!("{what} ({}), thumbnails", preset_name(preset)));
             }
             Message::Progress { step: Step::Download, progress: Some(p) } => {
                 reporter.report("packaging", ENCODE_END + p.percent / 100.0 * (MP4_END - ENCODE_END), None);
@@ -603,7 +689,11 @@ async fn transcode_into(
     };
     child.finish().await;
     let hls: HlsOutput = files.hls;
-    let (download, poster, thumbs, board) = (files.download, files.poster, files.thumbnails, files.storyboard);
+    let (made, poster, thumbs, board) = (files.downloads, files.poster, files.thumbnails, files.storyboard);
+    // Exactly the downloads asked for, each once (the child is not trusted to obey).
+    if made.len() != downloads.len() || made.iter().zip(&downloads).any(|(m, f)| m.format != *f) {
+        return Err(JobError::Retryable("the media child made other downloads than asked for".into()));
+    }
     check_cancel(&cancel)?;
 
     // Quotas count what is stored: everything the child wrote, beside the source.
@@ -646,11 +736,23 @@ async fn transcode_into(
         }
         playlists.push((playlist_key, text));
     }
-    files.push(Upload {
-        key: outputs.download(&format!("video.{}", format.extension())),
-        content_type: content_type_for(&download.path),
-        path: download.path.clone(),
-    });
+    let mut download_outputs = Vec::with_capacity(made.len());
+    for download in &made {
+        let key = outputs.download(&format!("video.{}", download.format.extension()));
+        files.push(Upload {
+            key: key.clone(),
+            content_type: content_type_for(&download.file.path),
+            path: download.file.path.clone(),
+        });
+        download_outputs.push(DownloadOutput {
+            key,
+            format: download.format.api_name().into(),
+            preset: preset_name(preset).into(),
+            width: download.file.width,
+            height: download.file.height,
+            bytes: download.file.bytes,
+        });
+    }
     files.push(Upload { key: outputs.poster(), content_type: "image/jpeg", path: poster.path.clone() });
     let mut thumbnail_keys = Vec::with_capacity(thumbs.len());
     for thumb in &thumbs {
@@ -686,8 +788,15 @@ async fn transcode_into(
     host.upload_text(&master_key, master, "application/vnd.apple.mpegurl").await?;
     step();
 
-    reporter
-        .log(LogLevel::Info, format!("done: {} rendition(s), {} bytes of download", renditions.len(), download.bytes));
+    let download_bytes: u64 = download_outputs.iter().map(|d| d.bytes).sum();
+    reporter.log(
+        LogLevel::Info,
+        format!(
+            "done: {} rendition(s), {} download(s) of {download_bytes} bytes",
+            renditions.len(),
+            download_outputs.len()
+        ),
+    );
     drop(scratch);
     Ok(TranscodeOutput {
         video_id: vid,
@@ -705,17 +814,8 @@ async fn transcode_into(
             source_size_bytes: source_size,
         },
         master_playlist_key: master_key,
-        download: DownloadOutput {
-            key: outputs.download(&format!("video.{}", format.extension())),
-            format: match format {
-                Format::Mp4 => "MP4".into(),
-                Format::WebM => "WEBM".into(),
-            },
-            preset: preset_name(preset).into(),
-            width: download.width,
-            height: download.height,
-            bytes: download.bytes,
-        },
+        download: download_outputs.first().cloned(),
+        downloads: download_outputs,
         poster_key: outputs.poster(),
         thumbnail_keys,
         output_bytes,
@@ -1096,18 +1196,45 @@ mod tests {
 
     #[test]
     fn payload_defaults_to_medium_mp4_and_refuses_unknown_values() {
-        assert_eq!(parse_payload(&serde_json::Value::Null).unwrap(), (Preset::Medium, Format::Mp4));
-        assert_eq!(parse_payload(&serde_json::json!({})).unwrap(), (Preset::Medium, Format::Mp4));
+        assert_eq!(parse_payload(&serde_json::Value::Null).unwrap(), (Preset::Medium, vec![Format::Mp4]));
+        assert_eq!(parse_payload(&serde_json::json!({})).unwrap(), (Preset::Medium, vec![Format::Mp4]));
         assert_eq!(
             parse_payload(&serde_json::json!({ "preset": "HIGH", "format": "WEBM" })).unwrap(),
-            (Preset::High, Format::WebM)
+            (Preset::High, vec![Format::WebM])
         );
-        assert_eq!(parse_payload(&serde_json::json!({ "preset": "low" })).unwrap(), (Preset::Low, Format::Mp4));
-        for bad in
-            [serde_json::json!({ "preset": "ULTRA" }), serde_json::json!({ "format": "AVI" }), serde_json::json!([1])]
-        {
+        assert_eq!(parse_payload(&serde_json::json!({ "preset": "low" })).unwrap(), (Preset::Low, vec![Format::Mp4]));
+        assert_eq!(
+            parse_payload(&transcode_payload("LOW", &[OutputFormat::Hls])).unwrap(),
+            (Preset::Low, vec![]),
+            "HLS alone: no download"
+        );
+        assert_eq!(
+            parse_payload(&transcode_payload("MEDIUM", &[OutputFormat::Webm, OutputFormat::Hls, OutputFormat::Mp4]))
+                .unwrap(),
+            (Preset::Medium, vec![Format::Mp4, Format::WebM]),
+            "made in a fixed order"
+        );
+        for bad in [
+            serde_json::json!({ "preset": "ULTRA" }),
+            serde_json::json!({ "format": "AVI" }),
+            serde_json::json!([1]),
+            serde_json::json!({ "formats": ["MP4"] }),
+            serde_json::json!({ "formats": [] }),
+            serde_json::json!({ "formats": ["HLS", "AVI"] }),
+        ] {
             assert!(matches!(parse_payload(&bad), Err(JobError::Permanent { code: "INVALID_PAYLOAD", .. })), "{bad}");
         }
+    }
+
+    #[test]
+    fn whole_job_eta_never_goes_up_and_ends_at_zero() {
+        let mut last = None;
+        assert_eq!(eta_step(&mut last, 1.0, 3.0), None, "nothing while probing");
+        assert_eq!(eta_step(&mut last, 10.0, 1.0), Some(9.0));
+        assert_eq!(eta_step(&mut last, 20.0, 4.0), Some(9.0), "a slow stretch holds the estimate (16 s > 9 s)");
+        assert_eq!(eta_step(&mut last, 50.0, 5.0), Some(5.0));
+        assert_eq!(eta_step(&mut last, 100.0, 9.0), Some(0.0));
+        assert_eq!(eta_step(&mut last, 100.0, 10.0), Some(0.0));
     }
 
     #[test]

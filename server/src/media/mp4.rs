@@ -36,6 +36,57 @@ impl Format {
             Format::WebM => "webm",
         }
     }
+
+    /// The name of the format in the API (`MP4`, `WEBM`).
+    pub fn api_name(self) -> &'static str {
+        match self {
+            Format::Mp4 => "MP4",
+            Format::WebM => "WEBM",
+        }
+    }
+}
+
+/// An output a transcode may be asked for: the HLS ladder (always made: playback,
+/// renditions and PLAYABLE rest on it) and any of the single-file downloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum OutputFormat {
+    Hls,
+    Mp4,
+    Webm,
+}
+
+impl OutputFormat {
+    /// The download this format names (`None` for HLS).
+    pub fn download(self) -> Option<Format> {
+        match self {
+            OutputFormat::Hls => None,
+            OutputFormat::Mp4 => Some(Format::Mp4),
+            OutputFormat::Webm => Some(Format::WebM),
+        }
+    }
+
+    /// Parse an API name (`HLS`, `MP4`, `WEBM`, any case).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name.to_ascii_uppercase().as_str() {
+            "HLS" => Some(OutputFormat::Hls),
+            "MP4" => Some(OutputFormat::Mp4),
+            "WEBM" => Some(OutputFormat::Webm),
+            _ => None,
+        }
+    }
+}
+
+/// Check a requested set of outputs: not empty, HLS among them. Sorted, without
+/// duplicates (HLS, MP4, WEBM order). The error is a sentence for the caller.
+pub fn normalize_formats(formats: &[OutputFormat]) -> Result<Vec<OutputFormat>, String> {
+    let mut out: Vec<OutputFormat> = formats.to_vec();
+    out.sort();
+    out.dedup();
+    if !out.contains(&OutputFormat::Hls) {
+        return Err("formats must include HLS: every video is played through its HLS ladder".into());
+    }
+    Ok(out)
 }
 
 /// What a preset means for the encoders.

@@ -260,6 +260,7 @@ pub async fn create_video<C: ConnectionTrait>(conn: &C, new: NewVideo) -> Result
         event_seq: Set(0),
         output_bytes: Set(0),
         output_version: Set(None),
+        downloads: Set(None),
     }
     .insert(conn)
     .await

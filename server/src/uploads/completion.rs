@@ -471,7 +471,7 @@ async fn accept(state: &AppState, row: &upload::Model, info: &MediaInfo) -> AppR
             video_id: Some(video.id),
             owner_id: Some(video.owner_id),
             priority: jobs::DEFAULT_PRIORITY,
-            payload: serde_json::json!({}),
+            payload: jobs::transcode_payload("MEDIUM", &state.settings.media.default_formats),
             max_attempts: state.settings.jobs.max_attempts,
         },
     )

@@ -228,7 +228,13 @@ async fn worker_health_port_serves_live_ready_and_metrics() {
     let types = assert_every_type_has_help(&text);
     assert_eq!(sample(&text, "reelhouse_worker_capacity"), Some(2.0), "{text}");
     assert_eq!(sample(&text, "reelhouse_dependency_up{dependency=\"database\"}"), Some(1.0), "{text}");
-    for name in ["process_cpu_seconds_total", "process_resident_memory_bytes", "reelhouse_worker_running_jobs"] {
+    assert_eq!(sample(&text, "reelhouse_worker_busy_ratio"), Some(0.0), "an idle worker: {text}");
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "reelhouse_worker_running_jobs",
+        "reelhouse_worker_busy_ratio",
+    ] {
         assert!(types.contains_key(name), "{name} missing:\n{text}");
     }
 

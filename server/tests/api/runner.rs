@@ -342,9 +342,11 @@ async fn runner_transcodes_a_landscape_clip_end_to_end() {
     assert!(rows[0].bitrate > 0);
 
     // MP4 download (MEDIUM by default): an ftyp box first.
-    assert_eq!(out.download.key, o.download("video.mp4"));
-    assert_eq!(out.download.preset, "MEDIUM");
-    let mp4 = h.object(&out.download.key).await;
+    let download = out.download.clone().unwrap();
+    assert_eq!(out.downloads, vec![download.clone()], "MP4 alone by default");
+    assert_eq!(download.key, o.download("video.mp4"));
+    assert_eq!(download.preset, "MEDIUM");
+    let mp4 = h.object(&download.key).await;
     assert_eq!(&mp4[4..8], b"ftyp");
 
     // Poster: a JPEG, not black.
@@ -430,8 +432,9 @@ async fn runner_ladder_with_240_lines_gives_two_rungs_from_an_audio_less_source(
         ]
     );
     assert_eq!(video.has_audio, Some(false));
-    assert_eq!(out.download.preset, "LOW");
-    assert_eq!(&h.object(&out.download.key).await[4..8], b"ftyp");
+    let download = out.download.clone().unwrap();
+    assert_eq!(download.preset, "LOW");
+    assert_eq!(&h.object(&download.key).await[4..8], b"ftyp");
     // The lowest rung is the one published early.
     let outbox = event_outbox::Entity::find()
         .filter(event_outbox::Column::VideoId.eq(video.id))
@@ -580,9 +583,10 @@ async fn runner_portrait_source_gives_a_portrait_rung_and_webm_download() {
     let rung = &out.renditions[0];
     assert!(rung.height > rung.width, "{rung:?}");
     assert_eq!((rung.width, rung.height), (360, 640));
-    assert_eq!(out.download.key, h.outputs(&video).download("video.webm"));
-    assert_eq!(&h.object(&out.download.key).await[..4], &[0x1A, 0x45, 0xDF, 0xA3]);
-    assert!(out.download.height > out.download.width);
+    let download = out.download.clone().unwrap();
+    assert_eq!(download.key, h.outputs(&video).download("video.webm"));
+    assert_eq!(&h.object(&download.key).await[..4], &[0x1A, 0x45, 0xDF, 0xA3]);
+    assert!(download.height > download.width);
 
     // A later re-transcode that fails keeps the READY ladder and records FAILED.
     let retry = h.transcode_job(&video, serde_json::Value::Null).await;
@@ -698,14 +702,15 @@ async fn runner_refuses_oversized_missing_and_deleted_sources() {
             source_size_bytes: 1,
         },
         master_playlist_key: o.hls_master(),
-        download: runner::DownloadOutput {
+        download: Some(runner::DownloadOutput {
             key: o.download("video.mp4"),
             format: "MP4".into(),
             preset: "MEDIUM".into(),
             width: 640,
             height: 360,
             bytes: 1,
-        },
+        }),
+        downloads: Vec::new(),
         poster_key: o.poster(),
         thumbnail_keys: Vec::new(),
         storyboard: runner::StoryboardOutput {

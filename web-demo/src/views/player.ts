@@ -13,6 +13,7 @@ import { cueAt, loadStoryboard, type StoryboardCue } from '../storyboard';
 const WATCH = graphql(`query Watch($id: ID!) { video(id: $id) {
   id title description status visibility duration width height error
   playbackUrl mp4Url thumbnailUrl storyboardUrl renditions { name width height bitrate }
+  downloads { format url width height size }
 } }`);
 const RECORD_VIEW = graphql(
   `mutation View($id: ID!, $s: Float) { recordView(videoId: $id, watchedSeconds: $s) { counted } }`,
@@ -88,15 +89,18 @@ export function playerView(main: HTMLElement, params: Record<string, string>): C
     const engine = h('p', { class: 'meta engine' });
     const problem = h('p', { class: 'alert', role: 'alert', hidden: true });
 
+    // The single-file fallback: the MP4, else the WebM (when only that was made).
+    const webm = video.downloads.find((d) => d.format === 'WEBM')?.url ?? null;
     const useMp4 = (why: string) => {
-      if (!video.mp4Url) {
+      const file = video.mp4Url ?? webm;
+      if (!file) {
         problem.textContent = 'This browser cannot play this video.';
         problem.hidden = false;
         return;
       }
-      el.src = video.mp4Url;
-      el.dataset.engine = 'mp4';
-      engine.textContent = `Playing the MP4 download (${why}).`;
+      el.src = file;
+      el.dataset.engine = video.mp4Url ? 'mp4' : 'webm';
+      engine.textContent = `Playing the ${video.mp4Url ? 'MP4' : 'WebM'} download (${why}).`;
     };
 
     if (video.playbackUrl && Hls?.isSupported()) {
@@ -146,7 +150,7 @@ export function playerView(main: HTMLElement, params: Record<string, string>): C
         h('dt', {}, 'Visibility'),
         h('dd', {}, video.visibility.toLowerCase()),
       ),
-      video.mp4Url ? h('p', {}, h('a', { href: video.mp4Url, download: '' }, 'Download MP4')) : '',
+      downloadLinks(video),
     );
   }
 
@@ -155,6 +159,26 @@ export function playerView(main: HTMLElement, params: Record<string, string>): C
     stopped = true;
     for (const fn of cleanups) fn();
   };
+}
+
+/** Links to the MP4/WebM downloads the transcode made (the MP4 of a video
+ * transcoded before downloads were listed, when that is all there is). */
+function downloadLinks(video: PlayerVideo): HTMLElement | string {
+  const links = video.downloads.map((d) => {
+    const label = d.format === 'WEBM' ? 'WebM' : 'MP4';
+    const mb = (d.size / 1_000_000).toFixed(1);
+    return h('a', { href: d.url, download: '', class: 'download' }, `Download ${label} (${d.width}×${d.height}, ${mb} MB)`);
+  });
+  if (links.length === 0 && video.mp4Url) {
+    links.push(h('a', { href: video.mp4Url, download: '', class: 'download' }, 'Download MP4'));
+  }
+  if (links.length === 0) return '';
+  const p = h('p', { class: 'downloads' });
+  links.forEach((link, i) => {
+    if (i > 0) p.append(' · ');
+    p.append(link);
+  });
+  return p;
 }
 
 /** A seek slider; hovering or moving it shows the storyboard frame for that moment. */

@@ -369,13 +369,13 @@ async fn verify_outputs(state: &AppState, files: &[OutputFile]) -> Result<(), Re
 fn result_keys(output: &TranscodeOutput) -> Vec<&str> {
     let mut keys: Vec<&str> = vec![
         output.master_playlist_key.as_str(),
-        output.download.key.as_str(),
         output.poster_key.as_str(),
         output.storyboard.image_key.as_str(),
         output.storyboard.vtt_key.as_str(),
     ];
     keys.extend(output.renditions.iter().map(|r| r.playlist_key.as_str()));
     keys.extend(output.thumbnail_keys.iter().map(String::as_str));
+    keys.extend(output.download.iter().chain(&output.downloads).map(|d| d.key.as_str()));
     keys
 }
 
