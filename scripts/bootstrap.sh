@@ -26,6 +26,8 @@ DEFAULT_PACKAGES=(
     gstreamer1.0-tools
     ffmpeg  # the hostile corpus (scripts/make-hostile-corpus.py) is made with it at test time
     python3 # runs make-hostile-corpus.py
+    openssl  # the remote-worker TLS tests make their CA and certificate with it
+    faketime # the fault matrix's clock-skew fault runs a worker under libfaketime
 )
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }

@@ -842,9 +842,8 @@ async fn api_bench(ctx: &Ctx) -> anyhow::Result<ApiBench> {
             .count_errors(point.errors, format!("{} failed video(id) calls in an API benchmark phase", point.errors));
         ctx.stats.requests.fetch_add(point.requests, Ordering::Relaxed);
     }
-    let rps_ratio_persisted = reelhouse_max_persisted
-        .as_ref()
-        .map(|p| if baseline_max.rps > 0.0 { p.rps / baseline_max.rps } else { 0.0 });
+    let rps_ratio_persisted =
+        reelhouse_max_persisted.as_ref().map(|p| if baseline_max.rps > 0.0 { p.rps / baseline_max.rps } else { 0.0 });
     Ok(ApiBench {
         concurrency,
         response_bytes: body.len(),

@@ -125,7 +125,12 @@ impl AccessSignals {
     pub async fn video_changed(&self, video_id: Uuid) {
         self.videos.invalidate(video_id);
         if let Some((redis, origin)) = &self.redis {
-            let envelope = Envelope { origin: origin.to_string(), change: None, video: Some(video_id), worker_token_revoked: None };
+            let envelope = Envelope {
+                origin: origin.to_string(),
+                change: None,
+                video: Some(video_id),
+                worker_token_revoked: None,
+            };
             publish_within(redis, &envelope).await;
         }
     }
@@ -137,7 +142,8 @@ impl AccessSignals {
         metrics::counter!("reelhouse_access_changes_total").increment(1);
         self.deliver_locally(change);
         if let Some((redis, origin)) = &self.redis {
-            let envelope = Envelope { origin: origin.to_string(), change: Some(change), video: None, worker_token_revoked: None };
+            let envelope =
+                Envelope { origin: origin.to_string(), change: Some(change), video: None, worker_token_revoked: None };
             publish_within(redis, &envelope).await;
         }
     }
@@ -169,7 +175,8 @@ impl AccessSignals {
         metrics::counter!("reelhouse_access_changes_total").increment(1);
         self.deliver_locally(change);
         if let Some((redis, origin)) = &self.redis {
-            let envelope = Envelope { origin: origin.to_string(), change: Some(change), video: None, worker_token_revoked: None };
+            let envelope =
+                Envelope { origin: origin.to_string(), change: Some(change), video: None, worker_token_revoked: None };
             let redis = redis.clone();
             tokio::spawn(async move {
                 let Ok(payload) = serde_json::to_string(&envelope) else { return };

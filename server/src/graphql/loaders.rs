@@ -56,7 +56,7 @@ fn ids<K: Copy>(keys: &[K], id: impl Fn(K) -> Uuid) -> Vec<Uuid> {
 
 impl VideoLoader {
     /// The keys' videos split into those the cache holds and the ids to read.
-    fn from_cache<K: Copy>(&self, keys: &[K], id: impl Fn(K) -> Uuid) -> (Vec<Arc<CachedVideo>>, Vec<Uuid>) {
+    fn cached_and_missing<K: Copy>(&self, keys: &[K], id: impl Fn(K) -> Uuid) -> (Vec<Arc<CachedVideo>>, Vec<Uuid>) {
         let mut cached = Vec::new();
         let mut missing = Vec::new();
         for key in keys {
@@ -75,7 +75,7 @@ impl Loader<RenditionsOf> for VideoLoader {
     type Error = Arc<AppError>;
 
     async fn load(&self, keys: &[RenditionsOf]) -> Result<HashMap<RenditionsOf, Self::Value>, Self::Error> {
-        let (cached, missing) = self.from_cache(keys, |k| k.0);
+        let (cached, missing) = self.cached_and_missing(keys, |k| k.0);
         let mut found: HashMap<RenditionsOf, Self::Value> =
             cached.iter().map(|video| (RenditionsOf(video.row.id), video.renditions.clone())).collect();
         if !missing.is_empty() {

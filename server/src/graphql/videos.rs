@@ -361,9 +361,9 @@ pub struct VideosQuery;
 
 #[Object]
 impl VideosQuery {
+    // `video(id)`: hot videos are read from memory (`repo::video_cache`); who may
+    // see the row is decided here, per request, as `repo::videos::find_readable` does.
     /// A video by id; null when it does not exist or the caller may not see it.
-    /// Hot videos are read from memory (`repo::video_cache`); who may see the row
-    /// is decided here, per request, as `repo::videos::find_readable` does.
     async fn video(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Video>> {
         let state = ctx.data::<AppState>()?;
         let id = parse_video_id(&id).gql()?;
