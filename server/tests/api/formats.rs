@@ -176,6 +176,8 @@ async fn formats_downloads_are_listed_ranged_and_signed_for_private_videos() {
     let mut active: video::ActiveModel = video.clone().into();
     active.visibility = Set(Visibility::Public);
     active.update(&h.app.state.db).await.unwrap();
+    // Written behind the server's back: tell its video cache, as updateVideo does.
+    h.app.state.access_signals.video_changed(video.id).await;
     let got = downloads_of(&h, &owner.bearer(), video.id).await;
     let url = got["downloads"][0]["url"].as_str().unwrap();
     assert!(!url.contains("sig="), "{url}");

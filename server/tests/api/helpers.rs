@@ -233,7 +233,19 @@ impl TcpProxy {
 
     /// Accept connections again on the same port.
     pub async fn restore(&mut self) {
-        let listener = TcpListener::bind(("127.0.0.1", self.port)).await.expect("proxy rebind");
+        // While cut, the port was free: another test's socket may hold it for a
+        // moment (an ephemeral port handed out again). Try for a few seconds.
+        let mut attempts = 0;
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(listener) => break listener,
+                Err(err) if err.kind() == std::io::ErrorKind::AddrInUse && attempts < 100 => {
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(err) => panic!("proxy rebind: {err:?}"),
+            }
+        };
         self.serve(listener);
     }
 }

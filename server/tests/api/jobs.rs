@@ -22,6 +22,8 @@ const LEASE: Duration = Duration::from_secs(30);
 async fn queue_app() -> TestApp {
     spawn_app_with(|s| {
         s.workers.embedded = false;
+        // The process's own lease sweeper must not race the sweeps these tests make.
+        s.jobs.sweep_interval_secs = 3600;
         s.jobs.backoff_base_secs = 1;
         s.jobs.backoff_max_secs = 600;
     })
@@ -410,7 +412,7 @@ async fn job_api_is_scoped_to_owners_and_admins() {
     assert_eq!(job["kind"], "TRANSCODE");
     assert_eq!(job["videoId"], video.id.to_string());
     let job_id = Uuid::parse_str(job["id"].as_str().unwrap()).unwrap();
-    assert_eq!(reload(&db, job_id).await.payload, json!({ "preset": "HIGH" }));
+    assert_eq!(reload(&db, job_id).await.payload, json!({ "preset": "HIGH", "formats": ["HLS", "MP4"] }));
     let (_, body) = app.graphql_as(&owner.bearer(), transcode, json!({ "v": video.id.to_string() })).await;
     assert_eq!(error_code(&body).as_deref(), Some("CONFLICT"), "one transcode at a time: {body}");
     let (_, body) = app.graphql_as(&owner.bearer(), transcode, json!({ "v": draft.id.to_string() })).await;

@@ -30,7 +30,10 @@ async fn ready_video(customize: impl FnOnce(&mut reelhouse::config::Settings)) -
 async fn set_visibility(h: &Harness, video: &video::Model, visibility: Visibility) -> video::Model {
     let mut active: video::ActiveModel = video.clone().into();
     active.visibility = Set(visibility);
-    active.update(&h.app.state.db).await.unwrap()
+    let video = active.update(&h.app.state.db).await.unwrap();
+    // Written behind the server's back: tell its video cache, as updateVideo does.
+    h.app.state.access_signals.video_changed(video.id).await;
+    video
 }
 
 async fn urls(h: &Harness, user: &TestUser, id: Uuid) -> serde_json::Value {
@@ -525,6 +528,7 @@ async fn urls_name_the_output_version_and_videos_from_before_versions_keep_playi
         .exec(&h.app.state.db)
         .await
         .unwrap();
+    h.app.state.access_signals.video_changed(video.id).await;
 
     // It plays from its unversioned objects, with the caching of that layout.
     let old = urls(&h, &owner, video.id).await;
