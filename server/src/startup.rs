@@ -62,6 +62,8 @@ pub struct AppState {
     pub remote_workers: crate::jobs::remote::RemoteWorkers,
     /// `systemStatus`'s last reading of the queue and workers, for an outage.
     pub last_status: crate::graphql::system::LastStatus,
+    /// Puts stored events on the bus in cursor order (`events::sequencer`).
+    pub event_sequencer: crate::events::sequencer::Sequencer,
 }
 
 impl AppState {
@@ -70,6 +72,7 @@ impl AppState {
         crate::events::Publisher::new(Some(self.hubs.event_bus.clone()))
             .with_redis(self.redis.clone(), &self.instance_id)
             .with_video_cache(self.access_signals.videos().clone())
+            .with_sequencer(self.event_sequencer.clone())
     }
 
     /// The client's address as a rate-limit subject (see `http::client_ip`).
@@ -200,6 +203,7 @@ impl Application {
             breakers,
             remote_workers: crate::jobs::remote::RemoteWorkers::default(),
             last_status: crate::graphql::system::LastStatus::default(),
+            event_sequencer: crate::events::sequencer::Sequencer::new(),
         };
         start_background_loops(&state, &webhook_secrets);
         let schema = web::Data::new(build_schema(&settings.graphql, Some(state.clone())));
@@ -351,11 +355,23 @@ impl Application {
 fn start_background_loops(state: &AppState, webhook_secrets: &Arc<crate::webhooks::secrets::SecretBox>) {
     use crate::actors::Backoff;
     let supervisor = &state.hubs.supervisor;
+    let (sequencer, bus, db) = (state.event_sequencer.clone(), state.hubs.event_bus.clone(), state.db.clone());
+    let events = state.settings.events.clone();
+    supervisor.supervise("event_sequencer", Backoff::default(), move || {
+        let (sequencer, bus, db, events) = (sequencer.clone(), bus.clone(), db.clone(), events.clone());
+        async move { sequencer.run(db, bus, events).await }
+    });
     if let Some(redis) = state.redis.clone() {
-        let (bus, db, instance) = (state.hubs.event_bus.clone(), state.db.clone(), state.instance_id.clone());
-        let access = state.access_signals.clone();
+        let (sequencer, instance) = (state.event_sequencer.clone(), state.instance_id.clone());
+        let (bus, access) = (state.hubs.event_bus.clone(), state.access_signals.clone());
         supervisor.supervise("event_relay", Backoff::default(), move || {
-            crate::events::fanout::run_relay(redis.clone(), bus.clone(), db.clone(), instance.clone(), access.clone())
+            crate::events::fanout::run_relay(
+                redis.clone(),
+                bus.clone(),
+                sequencer.clone(),
+                instance.clone(),
+                access.clone(),
+            )
         });
     }
     let sweeper_state = state.clone();

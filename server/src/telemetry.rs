@@ -400,7 +400,10 @@ pub const METRICS: &[MetricInfo] = {
             "1 while this process's Redis event relay is subscribed, 0 while it reconnects.",
         ),
         seconds("reelhouse_event_fanout_seconds", "Seconds from an event's publication to its arrival through Redis."),
-        counter("reelhouse_events_replayed_total", "Events replayed from the outbox after the relay reconnected."),
+        counter(
+            "reelhouse_event_order_gaps_total",
+            "Missing cursors the event sequencer met, by outcome: filled (arrived or read from the outbox), passed_over (after events.order_grace_ms), late (a passed-over one delivered after all).",
+        ),
         counter("reelhouse_events_pruned_total", "Outbox events deleted by the pruner."),
         // Uploads
         counter("reelhouse_uploads_created_total", "Uploads created, by method."),

@@ -632,6 +632,9 @@ impl Settings {
         if self.events.prune_interval_secs == 0 {
             return Err(SettingsError::new("events.prune_interval_secs", "must be at least 1"));
         }
+        if self.events.tail_poll_ms < 50 {
+            return Err(SettingsError::new("events.tail_poll_ms", "must be at least 50"));
+        }
         if self.audit.prune_interval_secs == 0 {
             return Err(SettingsError::new("audit.prune_interval_secs", "must be at least 1"));
         }

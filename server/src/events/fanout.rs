@@ -3,25 +3,24 @@
 //! Every process publishes its events to ONE Redis channel (`{redis.key_prefix}events`)
 //! and keeps ONE subscriber connection to it (the relay below), which forwards the
 //! other instances' events into the local bus; local subscribers read only the local
-//! bus. No connection per client, no per-job patterns.
+//! bus (through the [`Sequencer`], which orders them by cursor). No connection per
+//! client, no per-job patterns.
 //!
 //! Redis pub/sub forgets what it could not deliver, so after its connection drops the
-//! relay, once reconnected, replays the stored (outbox) events written since shortly
-//! before the drop into the local bus. Subscriptions drop what they already sent (by
-//! per-video `seq`), so the replay can overlap safely. PROGRESS events are not stored
-//! and are not replayed; the next one supersedes them.
+//! relay, once reconnected, has the sequencer read the outbox: stored events
+//! published meanwhile are delivered from there, in order (the sequencer also reads
+//! it every `events.tail_poll_ms`, for a publish lost without the relay noticing).
+//! PROGRESS events are not stored and are not replayed; the next one supersedes them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use entities::event_outbox;
 use futures::StreamExt;
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::{Deserialize, Serialize};
 
+use super::sequencer::Sequencer;
 use super::DomainEvent;
-use crate::actors::event_bus::{BusMessage, Publish};
 use crate::actors::{EventBus, Hub};
 use crate::redis_client::RedisHandle;
 
@@ -47,8 +46,8 @@ pub struct Envelope {
 const STORED_PUBLISH_ATTEMPTS: u32 = 5;
 
 /// Publish one event to the channel. Stored events are retried for about 1.5 s;
-/// should Redis stay down longer, every relay lost its connection too and replays
-/// them from the outbox when it is back. PROGRESS is tried once: the next one
+/// should Redis stay down longer, every relay lost its connection too and has the
+/// sequencer read them from the outbox when it is back. PROGRESS is tried once: the next one
 /// supersedes it.
 pub async fn publish(redis: &RedisHandle, origin: &str, event: &DomainEvent) {
     let envelope = Envelope { origin: origin.to_string(), sent_at: Utc::now(), event: event.clone() };
@@ -79,31 +78,28 @@ pub async fn publish(redis: &RedisHandle, origin: &str, event: &DomainEvent) {
     }
 }
 
-/// Replay window before a disconnect, covering events stored just before it.
-const REPLAY_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
-const REPLAY_PAGE: u64 = 500;
-
 /// Run the relay until the process ends: subscribe, forward, and after every lost
-/// connection reconnect with backoff and replay what may have been missed. The same
-/// connection carries access changes (`events::access`) to `access`.
+/// connection reconnect with backoff and have what may have been missed read from
+/// the outbox. The same connection carries access changes (`events::access`) to
+/// `access`, and job log notices to `bus`.
 pub async fn run_relay(
     redis: Arc<RedisHandle>,
     bus: Hub<EventBus>,
-    db: DatabaseConnection,
+    sequencer: Sequencer,
     instance: String,
     access: super::access::AccessSignals,
 ) {
     let channel = channel(&redis);
     let access_channel = super::access::channel(&redis);
     let job_log_channel = super::job_log::channel(&redis);
-    let mut lost_at: Option<DateTime<Utc>> = None;
+    let mut lost = false;
     let mut backoff = Duration::from_millis(100);
     loop {
         // Behind the `redis` breaker: while it is open the relay waits for the
         // probe time instead of connecting; its connection attempt is the probe.
         let permit = match redis.breaker().map(|breaker| breaker.try_acquire()) {
             Some(Err(rejected)) => {
-                lost_at.get_or_insert_with(Utc::now);
+                lost = true;
                 tokio::time::sleep(rejected.retry_after.clamp(Duration::from_millis(100), Duration::from_secs(5)))
                     .await;
                 continue;
@@ -128,8 +124,8 @@ pub async fn run_relay(
                     // by a panic, when the supervisor restarts the relay).
                     let stream_guard = StreamHealth(&access);
                     tracing::info!(channel, "event relay subscribed");
-                    if let Some(since) = lost_at.take() {
-                        replay_since(&db, &bus, since - REPLAY_MARGIN).await;
+                    if std::mem::take(&mut lost) {
+                        sequencer.read_outbox();
                     }
                     backoff = Duration::from_millis(100);
                     let mut messages = pubsub.on_message();
@@ -140,17 +136,17 @@ pub async fn run_relay(
                         } else if message.get_channel_name() == job_log_channel {
                             super::job_log::forward(&bus, &instance, &payload);
                         } else {
-                            forward(&bus, &instance, &payload, &access);
+                            forward(&sequencer, &instance, &payload, &access);
                         }
                     }
                     drop(stream_guard);
                     metrics::gauge!("reelhouse_event_relay_connected").set(0.0);
                     tracing::warn!("event relay lost its redis connection; reconnecting");
-                    lost_at = Some(Utc::now());
+                    lost = true;
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "event relay could not subscribe");
-                    lost_at.get_or_insert_with(Utc::now);
+                    lost = true;
                 }
             },
             Err(err) => {
@@ -158,7 +154,7 @@ pub async fn run_relay(
                     permit.failure(if err.is_timeout() { "timed out" } else { "connection failed" });
                 }
                 tracing::debug!(error = %err, "event relay cannot reach redis");
-                lost_at.get_or_insert_with(Utc::now);
+                lost = true;
             }
         }
         // Do not spin when Redis refuses at once.
@@ -178,7 +174,7 @@ impl Drop for StreamHealth<'_> {
     }
 }
 
-fn forward(bus: &Hub<EventBus>, instance: &str, payload: &str, access: &super::access::AccessSignals) {
+fn forward(sequencer: &Sequencer, instance: &str, payload: &str, access: &super::access::AccessSignals) {
     let envelope: Envelope = match serde_json::from_str(payload) {
         Ok(envelope) => envelope,
         Err(err) => {
@@ -194,37 +190,5 @@ fn forward(bus: &Hub<EventBus>, instance: &str, payload: &str, access: &super::a
     // Before any subscriber hears of it: a client reacting to the event reads the
     // video anew.
     access.videos().invalidate(envelope.event.video_id);
-    bus.addr().do_send(Publish(BusMessage::Video(Arc::new(envelope.event))));
-}
-
-/// Put the stored events written since `since` on the local bus, oldest first.
-async fn replay_since(db: &DatabaseConnection, bus: &Hub<EventBus>, since: DateTime<Utc>) {
-    let mut after_id = 0i64;
-    let mut replayed = 0u64;
-    loop {
-        let rows = event_outbox::Entity::find()
-            .filter(event_outbox::Column::CreatedAt.gte(since))
-            .filter(event_outbox::Column::Id.gt(after_id))
-            .order_by_asc(event_outbox::Column::Id)
-            .limit(REPLAY_PAGE)
-            .all(db)
-            .await;
-        let rows = match rows {
-            Ok(rows) => rows,
-            Err(err) => {
-                tracing::warn!(error = %err, "event replay after reconnect failed");
-                return;
-            }
-        };
-        let Some(last) = rows.last() else { break };
-        after_id = last.id;
-        for row in &rows {
-            if let Ok(event) = DomainEvent::from_outbox(row) {
-                bus.addr().do_send(Publish(BusMessage::Video(Arc::new(event))));
-                replayed += 1;
-            }
-        }
-    }
-    metrics::counter!("reelhouse_events_replayed_total").increment(replayed);
-    tracing::info!(replayed, "replayed stored events after reconnecting to redis");
+    sequencer.submit(Arc::new(envelope.event));
 }

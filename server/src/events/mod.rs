@@ -11,6 +11,7 @@ pub mod access;
 pub mod fanout;
 pub mod job_log;
 pub mod recheck;
+pub mod sequencer;
 
 use std::sync::Arc;
 
@@ -279,11 +280,20 @@ pub struct Publisher {
     bus: Option<Hub<EventBus>>,
     redis: Option<(Arc<crate::redis_client::RedisHandle>, Arc<str>)>,
     videos: Option<Arc<crate::repo::video_cache::VideoCache>>,
+    /// Puts events on `bus` in cursor order (a `serve` process); without it they go
+    /// straight to the bus.
+    sequencer: Option<sequencer::Sequencer>,
 }
 
 impl Publisher {
     pub fn new(bus: Option<Hub<EventBus>>) -> Self {
-        Self { bus, redis: None, videos: None }
+        Self { bus, redis: None, videos: None, sequencer: None }
+    }
+
+    /// Events for this process's bus go through `sequencer` (see [`sequencer`]).
+    pub fn with_sequencer(mut self, sequencer: sequencer::Sequencer) -> Self {
+        self.sequencer = Some(sequencer);
+        self
     }
 
     /// Forget each event's video in this process's video-row cache, synchronously,
@@ -308,7 +318,9 @@ impl Publisher {
             let (redis, origin, event) = (redis.clone(), origin.clone(), event.clone());
             tokio::spawn(async move { fanout::publish(&redis, &origin, &event).await });
         }
-        if let Some(bus) = &self.bus {
+        if let Some(sequencer) = &self.sequencer {
+            sequencer.submit(Arc::new(event));
+        } else if let Some(bus) = &self.bus {
             bus.addr().do_send(Publish(BusMessage::Video(Arc::new(event))));
         }
     }

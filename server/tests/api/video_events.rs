@@ -441,3 +441,120 @@ async fn periodic_rechecks_of_one_video_share_one_read() {
         assert_eq!(next_event(socket).await.unwrap()["kind"], "READY");
     }
 }
+
+/// Store an event for `video_id` in a transaction left open (committed or rolled
+/// back by the caller), the way two requests racing each other do.
+async fn record_in(txn: &sea_orm::DatabaseTransaction, video_id: Uuid, kind: EventKind) -> events::DomainEvent {
+    let current = video::Entity::find_by_id(video_id).one(txn).await.unwrap().unwrap();
+    events::record(txn, &current, kind, EventDetail::default()).await.unwrap()
+}
+
+async fn user_wide_feed(app: &TestApp, owner: &TestUser) -> Socket {
+    let socket = subscribe(app, Some(owner), &events_query(), json!({})).await;
+    wait_for_subscribers(app, 1).await;
+    socket
+}
+
+async fn next_cursors(socket: &mut Socket, n: usize) -> Vec<i64> {
+    let mut cursors = Vec::new();
+    for _ in 0..n {
+        let event = next_event(socket).await.unwrap();
+        cursors.push(event["cursor"].as_str().unwrap().parse().unwrap());
+    }
+    cursors
+}
+
+/// A client resumes a user-wide feed after the last cursor it received: had it been
+/// sent a newer video's event before an older one's, it would never get the older.
+#[actix_web::test]
+async fn a_user_wide_feed_gets_events_in_cursor_order_whatever_order_they_are_published_in() {
+    let app = app().await;
+    let owner = app.register_user().await;
+    let first_video = insert_video(&app, &owner, Visibility::Private, VideoStatus::Uploading).await;
+    let second_video = insert_video(&app, &owner, Visibility::Private, VideoStatus::Uploading).await;
+    let mut socket = user_wide_feed(&app, &owner).await;
+
+    let older = transition(&app, first_video.id, VideoStatus::Processing, EventKind::Uploaded, None, false).await;
+    let newer = transition(&app, second_video.id, VideoStatus::Processing, EventKind::Uploaded, None, false).await;
+    // The newer one is published first (it came straight from this process; the
+    // older one a moment later through Redis).
+    publisher(&app).publish(newer.clone());
+    publisher(&app).publish(older.clone());
+    assert_eq!(next_cursors(&mut socket, 2).await, [older.cursor.unwrap(), newer.cursor.unwrap()]);
+
+    // A duplicate publish of either is not delivered again: the next event is new.
+    publisher(&app).publish(older);
+    let third = transition(&app, first_video.id, VideoStatus::Ready, EventKind::Ready, None, true).await;
+    assert_eq!(next_cursors(&mut socket, 1).await, [third.cursor.unwrap()]);
+}
+
+/// Redis forgot a publish (it restarted): the event is read from the outbox, before
+/// the newer events of other videos, even though none of its own video comes after.
+#[actix_web::test]
+async fn a_stored_event_whose_publish_was_lost_reaches_a_user_wide_feed_in_order() {
+    let app = app().await;
+    let owner = app.register_user().await;
+    let lost_video = insert_video(&app, &owner, Visibility::Private, VideoStatus::Uploading).await;
+    let other_video = insert_video(&app, &owner, Visibility::Private, VideoStatus::Uploading).await;
+    let mut socket = user_wide_feed(&app, &owner).await;
+
+    let lost = transition(&app, lost_video.id, VideoStatus::Processing, EventKind::Uploaded, None, false).await;
+    let live = transition(&app, other_video.id, VideoStatus::Processing, EventKind::Uploaded, None, true).await;
+    assert_eq!(next_cursors(&mut socket, 2).await, [lost.cursor.unwrap(), live.cursor.unwrap()]);
+
+    // Lost with nothing after it: the periodic outbox read delivers it.
+    let alone = transition(&app, lost_video.id, VideoStatus::Ready, EventKind::Ready, None, false).await;
+    assert_eq!(next_cursors(&mut socket, 1).await, [alone.cursor.unwrap()]);
+}
+
+/// A transaction that stored an event and rolled back leaves a cursor that never
+/// comes (PostgreSQL does not give ids back): after `events.order_grace_ms` the
+/// events behind it are delivered.
+#[actix_web::test]
+async fn a_rolled_back_event_does_not_hold_back_the_ones_after_it() {
+    let app = spawn_app_with(|s| {
+        s.workers.embedded = false;
+        s.events.order_grace_ms = 200;
+    })
+    .await;
+    let owner = app.register_user().await;
+    let video = insert_video(&app, &owner, Visibility::Private, VideoStatus::Uploading).await;
+    let other = insert_video(&app, &owner, Visibility::Private, VideoStatus::Uploading).await;
+    let mut socket = user_wide_feed(&app, &owner).await;
+
+    let txn = app.state.db.begin().await.unwrap();
+    record_in(&txn, video.id, EventKind::Uploaded).await;
+    txn.rollback().await.unwrap();
+    let after = transition(&app, other.id, VideoStatus::Processing, EventKind::Uploaded, None, true).await;
+    let next = transition(&app, video.id, VideoStatus::Processing, EventKind::Uploaded, None, true).await;
+    assert_eq!(next_cursors(&mut socket, 2).await, [after.cursor.unwrap(), next.cursor.unwrap()]);
+}
+
+/// Two transactions storing events commit in the other order from the one their
+/// cursors were handed out in (only PostgreSQL runs writers side by side; SQLite
+/// has one writer, so there cursors always follow commits).
+#[actix_web::test]
+async fn events_committed_out_of_cursor_order_reach_a_user_wide_feed_in_cursor_order() {
+    if crate::helpers::backend() != crate::helpers::Backend::Postgres {
+        eprintln!("SQLite has one writer at a time: its cursors follow commit order (the PostgreSQL run checks this)");
+        return;
+    }
+    let app = app().await;
+    let owner = app.register_user().await;
+    let slow_video = insert_video(&app, &owner, Visibility::Private, VideoStatus::Uploading).await;
+    let fast_video = insert_video(&app, &owner, Visibility::Private, VideoStatus::Uploading).await;
+    let mut socket = user_wide_feed(&app, &owner).await;
+
+    let slow = app.state.db.begin().await.unwrap();
+    let older = record_in(&slow, slow_video.id, EventKind::Uploaded).await;
+    let fast = app.state.db.begin().await.unwrap();
+    let newer = record_in(&fast, fast_video.id, EventKind::Uploaded).await;
+    assert!(newer.cursor > older.cursor);
+    fast.commit().await.unwrap();
+    publisher(&app).publish(newer.clone());
+    // The older transaction is still open a while after the newer one's publish.
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    slow.commit().await.unwrap();
+    publisher(&app).publish(older.clone());
+    assert_eq!(next_cursors(&mut socket, 2).await, [older.cursor.unwrap(), newer.cursor.unwrap()]);
+}

@@ -103,13 +103,15 @@ pub async fn run_revocation_listener(state: AppState) {
 /// [`queue::sweep_expired`]).
 pub async fn run_lease_sweeper(state: AppState) {
     let every = Duration::from_secs(state.settings.jobs.sweep_interval_secs.max(1));
+    // The first sweep comes one period after start-up (leases a crash left
+    // behind wait that long), so a sweep made by hand just after start is not raced.
     loop {
+        actix_rt::time::sleep(every).await;
         match queue::sweep_expired(&state.db, &state.publisher(), &state.settings.jobs).await {
             Ok(0) => {}
             Ok(swept) => tracing::info!(swept, "expired leases returned to the queue"),
             Err(err) => tracing::warn!(error = %err, "sweeping expired leases failed"),
         }
-        actix_rt::time::sleep(every).await;
     }
 }
 
