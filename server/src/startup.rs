@@ -60,6 +60,8 @@ pub struct AppState {
     pub breakers: crate::breaker::Breakers,
     /// Remote workers connected to this process (`jobs::remote`).
     pub remote_workers: crate::jobs::remote::RemoteWorkers,
+    /// The multipart uploads remote workers opened on this process.
+    pub remote_multiparts: crate::jobs::remote::multipart::OpenMultiparts,
     /// `systemStatus`'s last reading of the queue and workers, for an outage.
     pub last_status: crate::graphql::system::LastStatus,
     /// Puts stored events on the bus in cursor order (`events::sequencer`).
@@ -202,6 +204,7 @@ impl Application {
             access_signals,
             breakers,
             remote_workers: crate::jobs::remote::RemoteWorkers::default(),
+            remote_multiparts: crate::jobs::remote::multipart::OpenMultiparts::default(),
             last_status: crate::graphql::system::LastStatus::default(),
             event_sequencer: crate::events::sequencer::Sequencer::new(),
         };

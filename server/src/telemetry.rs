@@ -506,6 +506,10 @@ pub const METRICS: &[MetricInfo] = {
             "reelhouse_worker_channel_outputs_refused_total",
             "Remote results refused because an output was missing or differed from its reported size or SHA-256, by code.",
         ),
+        counter(
+            "reelhouse_worker_multipart_uploads_total",
+            "Multipart uploads of remote workers' large outputs, by outcome (opened, completed, refused, abandoned, lease_lost).",
+        ),
         // Storage and webhooks
         seconds(
             "reelhouse_storage_operation_duration_seconds",

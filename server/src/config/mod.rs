@@ -426,11 +426,24 @@ pub struct WorkerSettings {
     /// `reelhouse worker` serves `/live`, `/ready` and `/metrics` on this address
     /// (e.g. `0.0.0.0:9091`, for Kubernetes probes and Prometheus); unset: no port.
     pub health_bind: Option<String>,
+    /// A remote worker uploads an output larger than this many bytes by multipart
+    /// (announced in `welcome`); at most one PUT's limit (5 GiB).
+    pub remote_multipart_threshold_bytes: u64,
+    /// The size of every part of a remote worker's multipart upload but the last
+    /// (5 MiB to 5 GiB, S3's limits).
+    pub remote_part_bytes: u64,
 }
 
 impl Default for WorkerSettings {
     fn default() -> Self {
-        Self { embedded: true, concurrency: None, heartbeat_secs: 5, health_bind: None }
+        Self {
+            embedded: true,
+            concurrency: None,
+            heartbeat_secs: 5,
+            health_bind: None,
+            remote_multipart_threshold_bytes: 4 * 1024 * 1024 * 1024,
+            remote_part_bytes: 256 * 1024 * 1024,
+        }
     }
 }
 
@@ -747,6 +760,19 @@ impl Settings {
         if self.workers.concurrency == Some(0) {
             return Err(SettingsError::new("workers.concurrency", "must be at least 1"));
         }
+        use crate::storage::{MAX_PART_SIZE, MAX_SINGLE_PUT_SIZE, MIN_PART_SIZE};
+        if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&self.workers.remote_part_bytes) {
+            return Err(SettingsError::new(
+                "workers.remote_part_bytes",
+                format!("must be between {MIN_PART_SIZE} (5 MiB) and {MAX_PART_SIZE} (5 GiB)"),
+            ));
+        }
+        if !(1..=MAX_SINGLE_PUT_SIZE).contains(&self.workers.remote_multipart_threshold_bytes) {
+            return Err(SettingsError::new(
+                "workers.remote_multipart_threshold_bytes",
+                format!("must be between 1 and {MAX_SINGLE_PUT_SIZE} (5 GiB, one PUT's limit)"),
+            ));
+        }
         if let Some(tag) = &self.jobs.high_preset_tag {
             let valid = (1..=32).contains(&tag.len())
                 && tag.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
@@ -971,6 +997,22 @@ mod tests {
         let mut settings = Settings::default();
         settings.auth.jwt_secret = Some(Secret::new("short"));
         assert_eq!(settings.validate().unwrap_err().key, "auth.jwt_secret");
+    }
+
+    #[test]
+    fn remote_multipart_sizes_stay_within_the_stores_limits() {
+        let mut settings = Settings::default();
+        for bad in [0, 5 * 1024 * 1024 - 1, 5 * 1024 * 1024 * 1024 + 1] {
+            settings.workers.remote_part_bytes = bad;
+            assert_eq!(settings.validate().unwrap_err().key, "workers.remote_part_bytes", "{bad}");
+        }
+        settings.workers.remote_part_bytes = 5 * 1024 * 1024;
+        for bad in [0, 5 * 1024 * 1024 * 1024 + 1] {
+            settings.workers.remote_multipart_threshold_bytes = bad;
+            assert_eq!(settings.validate().unwrap_err().key, "workers.remote_multipart_threshold_bytes", "{bad}");
+        }
+        settings.workers.remote_multipart_threshold_bytes = 1;
+        settings.validate().unwrap();
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! `jobs::remote::protocol`). The actor owns the worker's leases: it leases
 //! TRANSCODE jobs for it while it has free capacity (the same lease SQL as local
 //! workers), sends assignments with a presigned GET of the source, renews leases
-//! on the worker's heartbeats, signs output PUTs per key, and turns progress, log
+//! on the worker's heartbeats, signs output PUTs per key (and multipart uploads of
+//! large outputs, `jobs::remote::multipart`), and turns progress, log
 //! lines, results and failures into queue transitions and events (`jobs::remote`).
 //!
 //! The token comes in the first message (`hello`), never in the URL. A socket that
@@ -26,9 +27,9 @@ use crate::error::AppError;
 use crate::jobs::queue::{self, Lane};
 use crate::jobs::remote::protocol::CLOSE_TRY_AGAIN_LATER;
 use crate::jobs::remote::protocol::{
-    encoder_coverage, LeaseRef, OutputFile, ServerMessage, WorkerMessage, CLOSE_HELLO_TIMEOUT, CLOSE_PROTOCOL_ERROR,
-    CLOSE_REVOKED, CLOSE_TAGS_NOT_ALLOWED, CLOSE_UNAUTHENTICATED, CLOSE_UNSUPPORTED_VERSION, PROTOCOL_VERSION,
-    SUBPROTOCOL,
+    encoder_coverage, LeaseRef, MultipartPolicy, OutputFile, ServerMessage, WorkerMessage, CLOSE_HELLO_TIMEOUT,
+    CLOSE_PROTOCOL_ERROR, CLOSE_REVOKED, CLOSE_TAGS_NOT_ALLOWED, CLOSE_UNAUTHENTICATED, CLOSE_UNSUPPORTED_VERSION,
+    PROTOCOL_VERSION, SUBPROTOCOL,
 };
 use crate::jobs::remote::{self, TokenRevoked};
 use crate::jobs::reporter::QueueReporter;
@@ -229,7 +230,51 @@ impl WorkerConnection {
                     held.reporter.log(level, message.chars().take(2000).collect());
                 }
             }
-            WorkerMessage::UploadUrl { request, lease, key, content_type, size, sha256 } => {
+            WorkerMessage::UploadUrl { request, lease, key, content_type, size, sha256, parts }
+                if !parts.is_empty() =>
+            {
+                let state = self.state.clone();
+                ctx.spawn(
+                    async move {
+                        remote::multipart::open(&state, lease, &key, &content_type, size, &sha256, parts).await
+                    }
+                    .into_actor(self)
+                    .map(move |result, _, ctx| {
+                        let reply = match result {
+                            Ok((upload_id, parts)) => ServerMessage::MultipartUrls { request, upload_id, parts },
+                            Err(refusal) => {
+                                ServerMessage::Refused { request, code: refusal.code.into(), message: refusal.message }
+                            }
+                        };
+                        Self::send(ctx, &reply);
+                    }),
+                );
+            }
+            WorkerMessage::CompleteUpload { request, lease, key, upload_id, parts } => {
+                let state = self.state.clone();
+                ctx.spawn(
+                    async move { remote::multipart::complete(&state, lease, &key, &upload_id, parts).await }
+                        .into_actor(self)
+                        .map(move |result, _, ctx| {
+                            let reply = match result {
+                                Ok(size) => ServerMessage::UploadDone { request, size },
+                                Err(refusal) => ServerMessage::Refused {
+                                    request,
+                                    code: refusal.code.into(),
+                                    message: refusal.message,
+                                },
+                            };
+                            Self::send(ctx, &reply);
+                        }),
+                );
+            }
+            WorkerMessage::AbortUpload { lease, key, upload_id } => {
+                let state = self.state.clone();
+                ctx.spawn(
+                    async move { remote::multipart::abandon(&state, lease, &key, &upload_id).await }.into_actor(self),
+                );
+            }
+            WorkerMessage::UploadUrl { request, lease, key, content_type, size, sha256, .. } => {
                 let state = self.state.clone();
                 ctx.spawn(
                     async move { remote::presign_output(&state, lease, &key, &content_type, size, &sha256).await }
@@ -444,6 +489,10 @@ impl WorkerConnection {
                         lease_secs: settings.jobs.lease_secs,
                         heartbeat_secs,
                         resumed,
+                        multipart: Some(MultipartPolicy {
+                            threshold_bytes: settings.workers.remote_multipart_threshold_bytes,
+                            part_bytes: settings.workers.remote_part_bytes,
+                        }),
                     },
                 );
                 let every = Duration::from_millis(settings.jobs.poll_interval_ms.max(10));

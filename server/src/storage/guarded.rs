@@ -153,6 +153,32 @@ impl ObjectStore for GuardedStore {
         self.inner.presign_checked_put(key, expires_in, content_type, length, sha256).await
     }
 
+    async fn create_checked_multipart(&self, key: &str, content_type: Option<&str>) -> Result<String, StoreError> {
+        self.guard(self.inner.create_checked_multipart(key, content_type)).await
+    }
+
+    async fn presign_checked_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        expires_in: Duration,
+        length: u64,
+        sha256: &str,
+    ) -> Result<PresignedRequest, StoreError> {
+        self.inner.presign_checked_part(key, upload_id, part_number, expires_in, length, sha256).await
+    }
+
+    async fn complete_checked_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+        sha256s: &[String],
+    ) -> Result<ObjectMeta, StoreError> {
+        self.guard(self.inner.complete_checked_multipart(key, upload_id, parts, sha256s)).await
+    }
+
     async fn stored_sha256(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.guard(self.inner.stored_sha256(key)).await
     }

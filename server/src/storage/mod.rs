@@ -328,6 +328,47 @@ pub trait ObjectStore: Send + Sync + 'static {
         self.presign_put(key, expires_in, content_type).await
     }
 
+    /// [`ObjectStore::create_multipart`] for parts whose SHA-256 will be announced
+    /// ([`ObjectStore::presign_checked_part`]): S3 creates it with `ChecksumAlgorithm`
+    /// SHA256, so it keeps each part's checksum and the object's composite one.
+    async fn create_checked_multipart(&self, key: &str, content_type: Option<&str>) -> Result<String, StoreError> {
+        self.create_multipart(key, content_type).await
+    }
+
+    /// [`ObjectStore::presign_upload_part`] for a part of exactly `length` bytes whose
+    /// SHA-256 (hex) is `sha256`. S3 signs both (`Content-Length`,
+    /// `x-amz-checksum-sha256`): another length is refused, and S3 itself refuses a
+    /// body of another digest (BadDigest; s3s-fs does not check part checksums). The
+    /// default (local disk) signs neither: the digests are checked on completion,
+    /// [`ObjectStore::complete_checked_multipart`].
+    async fn presign_checked_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        expires_in: Duration,
+        _length: u64,
+        _sha256: &str,
+    ) -> Result<PresignedRequest, StoreError> {
+        self.presign_upload_part(key, upload_id, part_number, expires_in).await
+    }
+
+    /// [`ObjectStore::complete_multipart`] of an upload made through
+    /// [`ObjectStore::presign_checked_part`]: `sha256s[i]` is the announced hex SHA-256
+    /// of `parts[i]`. Local disk hashes each part as it assembles the object and
+    /// refuses ([`StoreError::InvalidRequest`], nothing stored) when one differs; S3
+    /// names each part's checksum (S3 checks them against those it stored with the
+    /// parts). The default only completes.
+    async fn complete_checked_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+        _sha256s: &[String],
+    ) -> Result<ObjectMeta, StoreError> {
+        self.complete_multipart(key, upload_id, parts).await
+    }
+
     /// The hex SHA-256 of a stored object's bytes when the backend keeps one (local
     /// disk: always, unless its sidecar is stale; S3: the `ChecksumSHA256` of an
     /// object uploaded with one), `None` when it does not.

@@ -552,6 +552,102 @@ impl ObjectStore for S3Store {
         .await
     }
 
+    #[tracing::instrument(name = "storage create multipart", skip_all, fields(otel.kind = "client", storage.backend = "s3", storage.key = %key))]
+    async fn create_checked_multipart(&self, key: &str, content_type: Option<&str>) -> Result<String, StoreError> {
+        observe(BACKEND, "create_multipart", key, async {
+            validate_key(key)?;
+            let content_type = content_type.map(validated_content_type).transpose()?;
+            // SHA256: S3 keeps each part's checksum (checked as the part arrives)
+            // and the object's composite one (a checksum of the part checksums).
+            let output = self
+                .client
+                .create_multipart_upload()
+                .bucket(&self.bucket)
+                .key(self.full_key(key))
+                .set_content_type(content_type)
+                .set_server_side_encryption(self.sse.clone())
+                .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Sha256)
+                .send()
+                .await
+                .map_err(|err| map_sdk_error("create_multipart", key, err))?;
+            output.upload_id().map(str::to_owned).ok_or_else(|| StoreError::Backend {
+                op: "create_multipart",
+                source: "the response carried no upload id".into(),
+            })
+        })
+        .await
+    }
+
+    async fn presign_checked_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        expires_in: Duration,
+        length: u64,
+        sha256: &str,
+    ) -> Result<PresignedRequest, StoreError> {
+        observe(BACKEND, "presign_upload_part", key, async {
+            validate_part_number(part_number)?;
+            let config = self.presign("presign_upload_part", key, expires_in)?;
+            let length = bound_length(length, MAX_PART_SIZE)?;
+            let checksum = sha256_base64(sha256)?;
+            // Both signed: another length is refused, and S3 refuses a body whose
+            // SHA-256 differs (BadDigest).
+            let result = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(self.full_key(key))
+                .upload_id(upload_id)
+                .part_number(part_number)
+                .content_length(length)
+                .checksum_sha256(checksum)
+                .presigned(config)
+                .await;
+            presigned("presign_upload_part", key, expires_in, result)
+        })
+        .await
+    }
+
+    #[tracing::instrument(name = "storage complete multipart", skip_all, fields(otel.kind = "client", storage.backend = "s3", storage.key = %key))]
+    async fn complete_checked_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+        sha256s: &[String],
+    ) -> Result<ObjectMeta, StoreError> {
+        observe(BACKEND, "complete_multipart", key, async {
+            validate_key(key)?;
+            validate_completed_parts(&parts)?;
+            if sha256s.len() != parts.len() {
+                return Err(StoreError::InvalidRequest("every part needs its SHA-256".into()));
+            }
+            let mut completed = Vec::with_capacity(parts.len());
+            for (part, sha256) in parts.iter().zip(sha256s) {
+                completed.push(
+                    S3CompletedPart::builder()
+                        .part_number(part.number)
+                        .e_tag(&part.etag)
+                        .checksum_sha256(sha256_base64(sha256)?)
+                        .build(),
+                );
+            }
+            self.client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(self.full_key(key))
+                .upload_id(upload_id)
+                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(completed)).build())
+                .send()
+                .await
+                .map_err(|err| map_sdk_error("complete_multipart", key, err))?;
+            self.head(key).await
+        })
+        .await
+    }
+
     async fn stored_sha256(&self, key: &str) -> Result<Option<String>, StoreError> {
         observe(BACKEND, "head", key, async {
             validate_key(key)?;
@@ -867,12 +963,24 @@ where
         (Some("InvalidPart"), _) => {
             StoreError::InvalidRequest("a part was not uploaded or its ETag does not match".into())
         }
+        (Some("BadDigest" | "InvalidDigest"), _) => {
+            StoreError::InvalidRequest("a body does not match its signed checksum".into())
+        }
         (Some("InvalidPartOrder"), _) => StoreError::InvalidRequest("parts must be listed in ascending order".into()),
         (Some("EntityTooLarge"), _) => StoreError::TooLarge { limit: MAX_PART_SIZE },
         (Some("SlowDown" | "ServiceUnavailable" | "InternalError" | "RequestTimeout" | "Throttling"), _)
         | (_, Some(500..=599)) => StoreError::Unavailable { op, source: Box::new(err) },
         _ => StoreError::Backend { op, source: Box::new(err) },
     }
+}
+
+/// A hex SHA-256 as S3's checksum headers carry it (base64 of the 32 bytes).
+fn sha256_base64(sha256: &str) -> Result<String, StoreError> {
+    let digest = hex::decode(sha256)
+        .ok()
+        .filter(|d| d.len() == 32)
+        .ok_or_else(|| StoreError::InvalidRequest("a SHA-256 is 64 hex digits".into()))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(digest))
 }
 
 /// A bound URL carries between 1 and `max` bytes; as the SDK's `i64`.

@@ -30,6 +30,7 @@ mod rate_limit;
 mod ready;
 mod redis_restart;
 mod remote_workers;
+mod remote_workers_multipart;
 mod runner;
 mod schema;
 mod session_cache;

@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::helpers::{eventually, reelhouse_command, spawn_app_with, TestApp, TestUser};
 
 /// An API server that runs no local worker: every transcode is a remote worker's.
-async fn remote_app(customize: impl FnOnce(&mut reelhouse::config::Settings)) -> TestApp {
+pub(crate) async fn remote_app(customize: impl FnOnce(&mut reelhouse::config::Settings)) -> TestApp {
     spawn_app_with(|s| {
         s.workers.embedded = false;
         crate::uploads::short_s3_prefix(s);
@@ -57,7 +57,7 @@ fn remote_worker(server: &str, token: &str) -> (tokio::process::Child, tempfile:
 }
 
 /// [`remote_worker`] with more of its environment set by `customize`.
-fn remote_worker_with(
+pub(crate) fn remote_worker_with(
     server: &str,
     token: &str,
     customize: impl FnOnce(&mut tokio::process::Command),
@@ -80,7 +80,7 @@ fn remote_worker_with(
     (cmd.spawn().unwrap(), dir)
 }
 
-fn worker_log(dir: &tempfile::TempDir) -> String {
+pub(crate) fn worker_log(dir: &tempfile::TempDir) -> String {
     crate::helpers::strip_ansi(&std::fs::read_to_string(dir.path().join("worker.log")).unwrap_or_default())
 }
 
@@ -91,7 +91,7 @@ fn environment_of(pid: u32) -> Vec<String> {
 }
 
 /// A video owned by a new user with `clip` as its source and a TRANSCODE job queued.
-async fn video_with_job(app: &TestApp, clip: Vec<u8>) -> (Uuid, Uuid) {
+pub(crate) async fn video_with_job(app: &TestApp, clip: Vec<u8>) -> (Uuid, Uuid) {
     let owner = app.create_user_with_role(Role::User).await;
     let owner_id = Uuid::parse_str(&owner.id).unwrap();
     let video_id = Uuid::now_v7();
@@ -132,11 +132,11 @@ async fn video_with_job(app: &TestApp, clip: Vec<u8>) -> (Uuid, Uuid) {
     (video_id, job.id)
 }
 
-async fn job_row(app: &TestApp, id: Uuid) -> job::Model {
+pub(crate) async fn job_row(app: &TestApp, id: Uuid) -> job::Model {
     job::Entity::find_by_id(id).one(&app.state.db).await.unwrap().unwrap()
 }
 
-async fn ready_events(app: &TestApp, video_id: Uuid) -> u64 {
+pub(crate) async fn ready_events(app: &TestApp, video_id: Uuid) -> u64 {
     event_outbox::Entity::find()
         .filter(event_outbox::Column::VideoId.eq(video_id))
         .filter(event_outbox::Column::Kind.eq("READY"))
@@ -174,7 +174,7 @@ pub(crate) async fn next(socket: &mut Socket) -> Result<Value, Option<u16>> {
 }
 
 /// Read until a message of `kind` arrives (answering pings on the way).
-async fn next_of(socket: &mut Socket, kind: &str) -> Value {
+pub(crate) async fn next_of(socket: &mut Socket, kind: &str) -> Value {
     loop {
         let message = next(socket).await.unwrap_or_else(|code| panic!("closed ({code:?}) waiting for {kind}"));
         if message["type"] == kind {
@@ -184,7 +184,7 @@ async fn next_of(socket: &mut Socket, kind: &str) -> Value {
 }
 
 /// The SHA-256 of ten bytes of 1 (the body the tests PUT).
-const TEN_ONES_SHA256: &str = "ffadf8d89d37b3b55fe1847b513cf92e3be87e4c168708c7851845df96fb36be";
+pub(crate) const TEN_ONES_SHA256: &str = "ffadf8d89d37b3b55fe1847b513cf92e3be87e4c168708c7851845df96fb36be";
 
 pub(crate) fn hello(token: &str, version: u32) -> Value {
     json!({ "type": "hello", "version": version, "token": token, "capacity": 1, "reelhouse": "test", "gstreamer": null })

@@ -30,8 +30,9 @@ use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 use super::protocol::{
-    LeaseRef, OutputFile, PresignedUrl, ServerMessage, WorkerMessage, CLOSE_REVOKED, CLOSE_TAGS_NOT_ALLOWED,
-    CLOSE_UNAUTHENTICATED, CLOSE_UNSUPPORTED_VERSION, KNOWN_ENCODERS, PROTOCOL_VERSION, SUBPROTOCOL,
+    LeaseRef, MultipartPolicy, OutputFile, PartEtag, PartSpec, PresignedUrl, ServerMessage, WorkerMessage,
+    CLOSE_REVOKED, CLOSE_TAGS_NOT_ALLOWED, CLOSE_UNAUTHENTICATED, CLOSE_UNSUPPORTED_VERSION, KNOWN_ENCODERS,
+    PROTOCOL_VERSION, SUBPROTOCOL,
 };
 use crate::config::Settings;
 use crate::events::ProgressInfo;
@@ -46,9 +47,13 @@ use crate::storage::layout;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 const PUT_TIMEOUT: Duration = Duration::from_secs(1800);
 const URL_TIMEOUT: Duration = Duration::from_secs(60);
+/// The server completes a multipart upload (the store assembles the parts).
+const COMPLETE_TIMEOUT: Duration = Duration::from_secs(600);
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const UPLOAD_CONCURRENCY: usize = 4;
+/// Parts of one multipart output PUT at once.
+const PART_CONCURRENCY: usize = 3;
 
 /// The channel's URL for a server's base URL: `http://h:p` → `ws://h:p/workers/ws`.
 pub fn channel_url(server: &str) -> anyhow::Result<url::Url> {
@@ -160,7 +165,10 @@ struct Shared {
     encoders: Vec<String>,
     out: mpsc::UnboundedSender<WorkerMessage>,
     jobs: Mutex<HashMap<Uuid, RunningJob>>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Result<PresignedUrl, String>>>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Result<Reply, String>>>>,
+    /// What the server's last `welcome` said about multipart uploads (none: an
+    /// older server, every output is one PUT).
+    multipart: Mutex<Option<MultipartPolicy>>,
     next_request: AtomicU64,
     /// Draining ran out of time: cancelled jobs are given back, not failed.
     releasing: AtomicBool,
@@ -175,11 +183,28 @@ impl Shared {
         self.jobs().values().map(|j| j.lease).collect()
     }
 
+    fn answer(&self, request: u64, reply: Result<Reply, String>) {
+        if let Some(tx) = self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&request) {
+            let _ = tx.send(reply);
+        }
+    }
+
+    fn multipart(&self) -> Option<MultipartPolicy> {
+        *self.multipart.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn cancel(&self, job: Uuid) {
         if let Some(running) = self.jobs().get(&job) {
             running.cancel.store(true, Ordering::SeqCst);
         }
     }
+}
+
+/// The server's answer to a request (`upload_url`, `complete_upload`).
+enum Reply {
+    Url(PresignedUrl),
+    Multipart { upload_id: String, parts: Vec<PresignedUrl> },
+    Done,
 }
 
 /// How a connection ended.
@@ -223,6 +248,7 @@ pub async fn run(
         out,
         jobs: Mutex::new(HashMap::new()),
         pending: Mutex::new(HashMap::new()),
+        multipart: Mutex::new(None),
         next_request: AtomicU64::new(1),
         releasing: AtomicBool::new(false),
     });
@@ -324,8 +350,9 @@ async fn session(
         };
         match next {
             Some(Ok(Message::Text(text))) => match serde_json::from_str::<ServerMessage>(&text) {
-                Ok(ServerMessage::Welcome { worker_id, heartbeat_secs, resumed, .. }) => {
-                    tracing::info!(worker = %worker_id, resumed = resumed.len(), "connected to the server");
+                Ok(ServerMessage::Welcome { worker_id, heartbeat_secs, resumed, multipart, .. }) => {
+                    tracing::info!(worker = %worker_id, resumed = resumed.len(), ?multipart, "connected to the server");
+                    *shared.multipart.lock().unwrap_or_else(|p| p.into_inner()) = multipart;
                     // Leases the server no longer gives this worker: their jobs stop.
                     let resumed: Vec<Uuid> = resumed.iter().map(|l| l.job).collect();
                     let lost: Vec<Uuid> = shared.jobs().keys().filter(|job| !resumed.contains(job)).copied().collect();
@@ -446,16 +473,12 @@ fn on_server_message(message: ServerMessage, shared: &Arc<Shared>, capacity: usi
             shared.cancel(job);
             let _ = shared.out.send(WorkerMessage::CancelAck { job });
         }
-        ServerMessage::UploadUrl { request, url } => {
-            if let Some(tx) = shared.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&request) {
-                let _ = tx.send(Ok(url));
-            }
+        ServerMessage::UploadUrl { request, url } => shared.answer(request, Ok(Reply::Url(url))),
+        ServerMessage::MultipartUrls { request, upload_id, parts } => {
+            shared.answer(request, Ok(Reply::Multipart { upload_id, parts }))
         }
-        ServerMessage::Refused { request, code, message } => {
-            if let Some(tx) = shared.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&request) {
-                let _ = tx.send(Err(format!("{code}: {message}")));
-            }
-        }
+        ServerMessage::UploadDone { request, .. } => shared.answer(request, Ok(Reply::Done)),
+        ServerMessage::Refused { request, code, message } => shared.answer(request, Err(format!("{code}: {message}"))),
         ServerMessage::Finished { lease, accepted, code } => {
             let mut jobs = shared.jobs();
             if jobs.get(&lease.job).is_some_and(|j| j.lease == lease) {
@@ -560,6 +583,27 @@ fn request_error(what: &str, err: reqwest::Error) -> JobError {
 }
 
 impl RemoteHost {
+    /// Ask the server (a request it answers by number); `what` names it in errors.
+    async fn ask(
+        &self,
+        what: &str,
+        wait: Duration,
+        build: impl FnOnce(u64) -> WorkerMessage,
+    ) -> Result<Reply, JobError> {
+        let request = self.shared.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.shared.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(request, tx);
+        let _ = self.shared.out.send(build(request));
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(Ok(reply))) => Ok(reply),
+            Ok(Ok(Err(refusal))) => Err(JobError::Retryable(format!("the server refused {what}: {refusal}"))),
+            _ => {
+                self.shared.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&request);
+                Err(JobError::Retryable(format!("no answer from the server to {what} in time")))
+            }
+        }
+    }
+
     /// A presigned PUT for `key`, asked of the server (it checks the key and lease).
     async fn upload_url(
         &self,
@@ -568,29 +612,34 @@ impl RemoteHost {
         size: u64,
         sha256: &str,
     ) -> Result<PresignedUrl, JobError> {
-        let request = self.shared.next_request.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.shared.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(request, tx);
-        let ask = WorkerMessage::UploadUrl {
-            request,
-            lease: self.lease,
-            key: key.to_string(),
-            content_type: content_type.to_string(),
-            size,
-            sha256: sha256.to_string(),
-        };
-        let _ = self.shared.out.send(ask);
-        match tokio::time::timeout(URL_TIMEOUT, rx).await {
-            Ok(Ok(Ok(url))) => Ok(url),
-            Ok(Ok(Err(refusal))) => Err(JobError::Retryable(format!("the server refused an upload: {refusal}"))),
-            _ => {
-                self.shared.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&request);
-                Err(JobError::Retryable("no upload URL from the server in time".into()))
-            }
+        let reply = self
+            .ask("an upload", URL_TIMEOUT, |request| WorkerMessage::UploadUrl {
+                request,
+                lease: self.lease,
+                key: key.to_string(),
+                content_type: content_type.to_string(),
+                size,
+                sha256: sha256.to_string(),
+                parts: Vec::new(),
+            })
+            .await?;
+        match reply {
+            Reply::Url(url) => Ok(url),
+            _ => Err(JobError::Retryable("the server answered an upload with something else".into())),
         }
     }
 
     async fn put(&self, url: &PresignedUrl, body: reqwest::Body, length: u64) -> Result<(), JobError> {
+        self.put_for_etag(url, body, length).await.map(|_| ())
+    }
+
+    /// PUT a body to a presigned URL; the `ETag` the store answered (if any).
+    async fn put_for_etag(
+        &self,
+        url: &PresignedUrl,
+        body: reqwest::Body,
+        length: u64,
+    ) -> Result<Option<String>, JobError> {
         let mut request = self.shared.http.put(&url.url).header(reqwest::header::CONTENT_LENGTH, length).body(body);
         for (name, value) in &url.headers {
             if !name.eq_ignore_ascii_case("content-length") {
@@ -603,7 +652,9 @@ impl RemoteHost {
             Ok(Ok(res)) if !res.status().is_success() => {
                 Err(transfer_error("uploading the outputs failed", format!("status {}", res.status())))
             }
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(res)) => {
+                Ok(res.headers().get(reqwest::header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_string))
+            }
         }
     }
 
@@ -617,6 +668,10 @@ impl RemoteHost {
             tracing::warn!(error = %err, path = %upload.path.display(), "an output file is missing");
             JobError::Retryable("an output file went missing before upload".into())
         };
+        let length = tokio::fs::metadata(&upload.path).await.map_err(missing)?.len();
+        if let Some(sizes) = self.shared.multipart().and_then(|policy| policy.part_sizes(length)) {
+            return self.upload_multipart(upload, length, &sizes, cancel).await;
+        }
         let sha256 = file_sha256(&upload.path).await.map_err(missing)?;
         let file = tokio::fs::File::open(&upload.path).await.map_err(missing)?;
         let length = file.metadata().await.map_err(missing)?.len();
@@ -625,6 +680,140 @@ impl RemoteHost {
         self.record(&upload.key, length, sha256);
         Ok(length)
     }
+}
+
+impl RemoteHost {
+    /// Upload one output by multipart: each part's SHA-256 (and the whole file's)
+    /// in one read, the parts announced, PUT from file ranges a few at once, then
+    /// completed by the server. A failure aborts the upload (the server also aborts
+    /// what a run leaves open).
+    async fn upload_multipart(
+        &self,
+        upload: &Upload,
+        length: u64,
+        sizes: &[u64],
+        cancel: &CancelFlag,
+    ) -> Result<u64, JobError> {
+        let missing = |err: std::io::Error| {
+            tracing::warn!(error = %err, path = %upload.path.display(), "an output file is missing");
+            JobError::Retryable("an output file went missing before upload".into())
+        };
+        let (sha256, part_digests) = file_part_sha256s(&upload.path, sizes).await.map_err(missing)?;
+        let parts: Vec<PartSpec> =
+            sizes.iter().zip(part_digests).map(|(size, sha256)| PartSpec { size: *size, sha256 }).collect();
+        let reply = self
+            .ask("a multipart upload", URL_TIMEOUT, |request| WorkerMessage::UploadUrl {
+                request,
+                lease: self.lease,
+                key: upload.key.clone(),
+                content_type: upload.content_type.to_string(),
+                size: length,
+                sha256: sha256.clone(),
+                parts: parts.clone(),
+            })
+            .await?;
+        let Reply::Multipart { upload_id, parts: urls } = reply else {
+            return Err(JobError::Retryable("the server answered a multipart upload with something else".into()));
+        };
+        if urls.len() != parts.len() {
+            self.abandon(&upload.key, &upload_id);
+            return Err(JobError::Retryable("the server presigned another number of parts".into()));
+        }
+        let mut offsets = Vec::with_capacity(sizes.len());
+        let mut offset = 0u64;
+        for size in sizes {
+            offsets.push(offset);
+            offset += size;
+        }
+        let puts = urls.iter().zip(sizes).zip(offsets).enumerate().map(|(index, ((url, size), offset))| async move {
+            check_cancel(cancel)?;
+            let body = file_range_stream(&upload.path, offset, *size).await.map_err(missing)?;
+            let etag = self.put_for_etag(url, reqwest::Body::wrap_stream(body), *size).await?;
+            let number = i32::try_from(index + 1).unwrap_or(i32::MAX);
+            let etag = etag.ok_or_else(|| JobError::Retryable("a part's PUT answered no ETag".into()))?;
+            Ok::<_, JobError>(PartEtag { number, etag })
+        });
+        let mut results = futures::stream::iter(puts).buffer_unordered(PART_CONCURRENCY);
+        let mut etags = Vec::with_capacity(parts.len());
+        while let Some(result) = results.next().await {
+            match result {
+                Ok(part) => etags.push(part),
+                Err(err) => {
+                    drop(results);
+                    self.abandon(&upload.key, &upload_id);
+                    return Err(err);
+                }
+            }
+        }
+        etags.sort_by_key(|p| p.number);
+        let done = self
+            .ask("completing a multipart upload", COMPLETE_TIMEOUT, |request| WorkerMessage::CompleteUpload {
+                request,
+                lease: self.lease,
+                key: upload.key.clone(),
+                upload_id: upload_id.clone(),
+                parts: etags,
+            })
+            .await?;
+        if !matches!(done, Reply::Done) {
+            return Err(JobError::Retryable("the server answered a completion with something else".into()));
+        }
+        tracing::debug!(key = %upload.key, parts = parts.len(), length, "uploaded by multipart");
+        self.record(&upload.key, length, sha256);
+        Ok(length)
+    }
+
+    fn abandon(&self, key: &str, upload_id: &str) {
+        let _ = self.shared.out.send(WorkerMessage::AbortUpload {
+            lease: self.lease,
+            key: key.into(),
+            upload_id: upload_id.into(),
+        });
+    }
+}
+
+/// The whole file's hex SHA-256 and each part's (`sizes` in order), in one read.
+async fn file_part_sha256s(path: &Path, sizes: &[u64]) -> std::io::Result<(String, Vec<String>)> {
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut whole = Sha256::new();
+    let mut parts = Vec::with_capacity(sizes.len());
+    let mut buf = vec![0u8; 256 * 1024];
+    for size in sizes {
+        let mut part = Sha256::new();
+        let mut left = *size;
+        while left > 0 {
+            let want = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+            let n = file.read(&mut buf[..want]).await?;
+            if n == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file shrank"));
+            }
+            part.update(&buf[..n]);
+            whole.update(&buf[..n]);
+            left -= n as u64;
+        }
+        parts.push(hex::encode(part.finalize()));
+    }
+    Ok((hex::encode(whole.finalize()), parts))
+}
+
+/// `len` bytes of the file from `offset`, streamed.
+async fn file_range_stream(
+    path: &Path,
+    offset: u64,
+    len: u64,
+) -> std::io::Result<impl futures::Stream<Item = std::io::Result<bytes::Bytes>>> {
+    use tokio::io::AsyncSeekExt;
+    let mut file = tokio::fs::File::open(path).await?;
+    file.seek(std::io::SeekFrom::Start(offset)).await?;
+    let range = file.take(len);
+    Ok(futures::stream::try_unfold(range, |mut range| async move {
+        let mut buf = bytes::BytesMut::with_capacity(256 * 1024);
+        let n = range.read_buf(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        Ok(Some((buf.freeze(), range)))
+    }))
 }
 
 async fn file_sha256(path: &Path) -> std::io::Result<String> {
@@ -793,6 +982,22 @@ fn gstreamer_version() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn part_digests_and_ranges_cover_the_file_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let bytes: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let sizes = [400, 400, 200];
+        let (whole, parts) = file_part_sha256s(&path, &sizes).await.unwrap();
+        assert_eq!(whole, hex::encode(Sha256::digest(&bytes)));
+        assert_eq!(parts[1], hex::encode(Sha256::digest(&bytes[400..800])));
+        assert_eq!(parts[2], hex::encode(Sha256::digest(&bytes[800..])));
+        let range: Vec<bytes::Bytes> = file_range_stream(&path, 400, 400).await.unwrap().try_collect().await.unwrap();
+        assert_eq!(range.concat(), bytes[400..800].to_vec());
+        assert!(file_part_sha256s(&path, &[600, 600]).await.is_err(), "a file shorter than its parts");
+    }
 
     #[test]
     fn the_channel_url_follows_the_server_url() {

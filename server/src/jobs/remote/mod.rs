@@ -8,6 +8,7 @@
 //! presents the lease token, so a late result of a lease that was lost is refused.
 
 pub mod client;
+pub mod multipart;
 pub mod protocol;
 
 use std::collections::HashMap;
@@ -100,7 +101,8 @@ pub async fn run_revocation_listener(state: AppState) {
 }
 
 /// Sweep expired leases every `jobs.sweep_interval_secs` (one step:
-/// [`queue::sweep_expired`]).
+/// [`queue::sweep_expired`]), then abort the remote multipart uploads of leases no
+/// longer live ([`multipart::reap`]).
 pub async fn run_lease_sweeper(state: AppState) {
     let every = Duration::from_secs(state.settings.jobs.sweep_interval_secs.max(1));
     // The first sweep comes one period after start-up (leases a crash left
@@ -111,6 +113,10 @@ pub async fn run_lease_sweeper(state: AppState) {
             Ok(0) => {}
             Ok(swept) => tracing::info!(swept, "expired leases returned to the queue"),
             Err(err) => tracing::warn!(error = %err, "sweeping expired leases failed"),
+        }
+        // Multipart uploads of leases no longer live are aborted.
+        if state.remote_multiparts.open() > 0 {
+            multipart::reap(&state).await;
         }
     }
 }
@@ -313,8 +319,10 @@ fn is_sha256_hex(text: &str) -> bool {
 const VERIFY_CONCURRENCY: usize = 8;
 
 /// One reported output is stored with the reported size and SHA-256: the store's
-/// own digest when it keeps one (local disk; S3 objects uploaded through
-/// [`presign_output`], which S3 checked on the way in), else the bytes read back.
+/// own digest when it keeps one (local disk, multipart outputs included: its
+/// sidecar is computed from the assembled bytes; S3 objects uploaded through
+/// [`presign_output`], which S3 checked on the way in), else the bytes read back
+/// (an S3 multipart output: S3 keeps only a checksum of its part checksums).
 async fn verify_output(state: &AppState, file: &OutputFile) -> Result<(), Refusal> {
     let unavailable = |err: crate::storage::StoreError| {
         tracing::warn!(error = ?err, key = %file.key, "verifying a remote worker's output failed");
@@ -391,6 +399,8 @@ pub async fn finish_result(
     output: TranscodeOutput,
     files: &[OutputFile],
 ) -> Result<(), Refusal> {
+    // A multipart upload the run left open is not part of its result.
+    multipart::abort_of_lease(state, lease).await;
     let (job, prefix) = live_lease(state, lease).await?;
     let bad = |message: &str| Refusal::new("BAD_RESULT", message);
     if job.video_id != Some(output.video_id) {
@@ -576,6 +586,7 @@ const PERMANENT_CODES: [&str; 11] = [
 /// `RELEASED`, when the worker is draining), under the lease token. Its outputs go
 /// unless it published a rung early.
 pub async fn finish_failure(state: &AppState, lease: LeaseRef, code: &str, message: &str) -> Result<(), Refusal> {
+    multipart::abort_of_lease(state, lease).await;
     let (job, prefix) = live_lease(state, lease).await?;
     // A rung published early names this run's objects: they stay (as a local
     // run's do); otherwise nothing names them and they go.

@@ -5,7 +5,8 @@
 //! ```text
 //! worker                                  server
 //! hello {version, token, capacity, ...}  →
-//!                                         ← welcome {worker_id, lease_secs, heartbeat_secs}
+//!                                         ← welcome {worker_id, lease_secs, heartbeat_secs,
+//!                                                    multipart: {threshold_bytes, part_bytes}}
 //!                                         ← assign {job, lease, spec, source, expires_at}
 //! accept {job, lease} | reject {..}      →
 //! heartbeat {leases}                     →   (renews every lease still held)
@@ -13,6 +14,12 @@
 //! progress / log {job, lease, ..}        →
 //! upload_url {request, job, lease, key, size, sha256} →
 //!                                         ← upload_url {request, url, headers} | refused {request, code}
+//! upload_url {.., parts: [{size, sha256}]} →   (an output > welcome.multipart.threshold_bytes)
+//!                                         ← multipart_urls {request, upload_id, parts: [url]} | refused
+//!   PUT each part to its URL (ranges of the file, a few at once), keeping each ETag
+//! complete_upload {request, job, lease, key, upload_id, parts: [{number, etag}]} →
+//!                                         ← upload_done {request, size} | refused {request, code}
+//! abort_upload {job, lease, key, upload_id} →   (a part failed, the job stopped)
 //! rung_ready {job, lease, rendition, files} →   (publish_early: the lowest rung)
 //! result {job, lease, output, files}     →
 //! failure {job, lease, code, message}    →
@@ -21,6 +28,29 @@
 //! cancel_ack {job}                       →
 //! drain                                  →   (no new assignments)
 //! ```
+//!
+//! ## Multipart outputs
+//!
+//! One PUT carries at most 5 GiB, so `welcome` (since this server version; an
+//! older server sends no `multipart` and every output is one PUT) announces a
+//! threshold (`workers.remote_multipart_threshold_bytes`) and a part size
+//! (`workers.remote_part_bytes`). A larger output is announced part by part: every
+//! part `part_bytes` long but the last, at most 10,000. The server checks the key
+//! and lease as for one PUT and that the parts add up (`BAD_PARTS` otherwise),
+//! creates the multipart upload and presigns each part: S3 signs each part's
+//! `Content-Length` and `x-amz-checksum-sha256` (the upload is created with
+//! ChecksumAlgorithm SHA256, so AWS S3 refuses a part whose body differs,
+//! BadDigest; s3s-fs accepts the header but does not check it); the local store
+//! signs neither, and checks every part's SHA-256 against the announced one when it
+//! assembles the object. `complete_upload` names every part's ETag; the server checks
+//! the stored parts' sizes, completes (`OUTPUT_MISMATCH` when a part's digest or size
+//! differs, `UPLOAD_UNKNOWN` when this server process did not open the upload) and
+//! aborts the upload on any refusal, on `abort_upload`, when the run ends with the
+//! upload still open, and when its lease is lost (the lease sweeper's pass). The
+//! result is verified as for one PUT: size from the store; SHA-256 from the local
+//! store's sidecar (computed from the assembled bytes), else by reading the object
+//! back (S3 reports only a checksum of part checksums, `…-N`, for a multipart
+//! object), so the whole-object SHA-256 is never only the worker's word.
 //!
 //! Close codes: [`CLOSE_UNAUTHENTICATED`] (no or unknown token), [`CLOSE_REVOKED`],
 //! [`CLOSE_UNSUPPORTED_VERSION`], [`CLOSE_PROTOCOL_ERROR`] (a message that does not
@@ -136,6 +166,31 @@ pub enum WorkerMessage {
         /// (it refuses any other body); the result is checked against them too.
         size: u64,
         sha256: String,
+        /// A multipart upload (an output larger than `welcome`'s
+        /// `multipart.threshold_bytes`): each part's exact length and hex SHA-256,
+        /// every part `multipart.part_bytes` long but the last. Answered with
+        /// `multipart_urls`; empty (or absent, an older worker): one PUT.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        parts: Vec<PartSpec>,
+    },
+    /// Every part of a multipart upload was PUT: the server completes it (answered
+    /// `upload_done`, or `refused` and the upload is aborted).
+    CompleteUpload {
+        request: u64,
+        #[serde(flatten)]
+        lease: LeaseRef,
+        key: String,
+        upload_id: String,
+        /// Every part in ascending order, with the `ETag` its PUT answered.
+        parts: Vec<PartEtag>,
+    },
+    /// The worker gives up a multipart upload (a part PUT failed, the job was
+    /// cancelled): the server aborts it. Not answered.
+    AbortUpload {
+        #[serde(flatten)]
+        lease: LeaseRef,
+        key: String,
+        upload_id: String,
     },
     Result {
         #[serde(flatten)]
@@ -165,6 +220,47 @@ pub enum WorkerMessage {
     Drain,
 }
 
+/// One part of a multipart upload as the worker announces it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartSpec {
+    pub size: u64,
+    /// Hex SHA-256 of the part's bytes.
+    pub sha256: String,
+}
+
+/// One part of a multipart upload as its PUT answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartEtag {
+    /// 1-based.
+    pub number: i32,
+    pub etag: String,
+}
+
+/// When and how a worker uploads by multipart (announced in `welcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MultipartPolicy {
+    /// Outputs larger than this many bytes go by multipart (`workers.remote_multipart_threshold_bytes`).
+    pub threshold_bytes: u64,
+    /// Every part but the last is exactly this long (`workers.remote_part_bytes`).
+    pub part_bytes: u64,
+}
+
+impl MultipartPolicy {
+    /// The part sizes of an output of `size` bytes, if it goes by multipart.
+    pub fn part_sizes(&self, size: u64) -> Option<Vec<u64>> {
+        if size <= self.threshold_bytes || self.part_bytes == 0 {
+            return None;
+        }
+        let full = size / self.part_bytes;
+        let rest = size % self.part_bytes;
+        let mut sizes = vec![self.part_bytes; usize::try_from(full).ok()?];
+        if rest > 0 {
+            sizes.push(rest);
+        }
+        Some(sizes)
+    }
+}
+
 /// One stored output, as the worker uploaded it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutputFile {
@@ -184,6 +280,10 @@ pub enum ServerMessage {
         heartbeat_secs: u64,
         /// The leases of `hello` that are still this worker's.
         resumed: Vec<LeaseRef>,
+        /// Outputs above a threshold go by multipart; absent (an older server):
+        /// every output is one PUT.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        multipart: Option<MultipartPolicy>,
     },
     Assign {
         #[serde(flatten)]
@@ -205,6 +305,19 @@ pub enum ServerMessage {
     UploadUrl {
         request: u64,
         url: PresignedUrl,
+    },
+    /// The multipart upload asked for by `upload_url` with `parts`: one presigned
+    /// PUT per part, in order (each signs that part's length and SHA-256 where the
+    /// store can), expiring with the lease.
+    MultipartUrls {
+        request: u64,
+        upload_id: String,
+        parts: Vec<PresignedUrl>,
+    },
+    /// A multipart upload was completed (`complete_upload`).
+    UploadDone {
+        request: u64,
+        size: u64,
     },
     Refused {
         request: u64,
@@ -248,6 +361,32 @@ mod tests {
         assert_eq!(encoder_coverage(&names(&KNOWN_ENCODERS)), (true, true));
         assert_eq!(encoder_coverage(&names(&["x264enc", "avenc_aac", "jpegenc"])), (true, false));
         assert_eq!(encoder_coverage(&names(&["avenc_aac", "jpegenc", "vp8enc", "opusenc"])), (false, false));
+    }
+
+    #[test]
+    fn outputs_above_the_threshold_are_split_into_equal_parts_but_the_last() {
+        let policy = MultipartPolicy { threshold_bytes: 10, part_bytes: 4 };
+        assert_eq!(policy.part_sizes(10), None);
+        assert_eq!(policy.part_sizes(11), Some(vec![4, 4, 3]));
+        assert_eq!(policy.part_sizes(12), Some(vec![4, 4, 4]));
+        let one = MultipartPolicy { threshold_bytes: 1, part_bytes: 100 };
+        assert_eq!(one.part_sizes(50), Some(vec![50]));
+    }
+
+    #[test]
+    fn an_older_peer_reads_the_multipart_fields_as_absent() {
+        let ask: WorkerMessage = serde_json::from_str(&format!(
+            r#"{{"type":"upload_url","request":1,"job":"{0}","lease":"{0}","key":"k","content_type":"video/mp4","size":3,"sha256":"x"}}"#,
+            Uuid::nil()
+        ))
+        .unwrap();
+        assert!(matches!(ask, WorkerMessage::UploadUrl { parts, .. } if parts.is_empty()));
+        let welcome: ServerMessage = serde_json::from_str(&format!(
+            r#"{{"type":"welcome","worker_id":"{0}","lease_secs":30,"heartbeat_secs":5,"resumed":[]}}"#,
+            Uuid::nil()
+        ))
+        .unwrap();
+        assert!(matches!(welcome, ServerMessage::Welcome { multipart: None, .. }));
     }
 
     #[test]
