@@ -43,7 +43,7 @@ soak: bootstrap
 test:
 	scripts/test.sh
 
-## bench: benchmarks (transcode, upload, fan-out, API; ratios vs in-run baselines; figures in docs/bench/, never asserted)
+## bench: benchmarks (transcode, upload, fan-out, API, remote workers; ratios vs in-run baselines; figures in docs/bench/, never asserted)
 bench: bootstrap
 	scripts/bench.sh
 

@@ -3,7 +3,7 @@
 # in-run baseline and write docs/bench/*; they never assert timings (that is `make test`'s job).
 #
 # Environment (passed through): BENCH_SECONDS, BENCH_RUNS, BENCH_PROFILE, CARGO_TARGET_DIR;
-# BENCH_ONLY=transcode|upload|fanout|api (comma-separated) runs some of them.
+# BENCH_ONLY=transcode|upload|fanout|api|remote (comma-separated) runs some of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,4 +53,21 @@ if want fanout || want api; then
       --subscribers "${BENCH_SUBSCRIBERS:-100,1000,10000}" --seconds "${BENCH_LOAD_SECONDS:-20}" \
       --out "${BENCH_DOCS_DIR:-docs/bench}"
   done
+fi
+
+# 4. Remote workers (issue 21, docs/bench/remote.md): N encodes through the API with 1
+#    database-attached worker (the baseline), 1 remote worker over the channel, and 1 of
+#    each, alternated BENCH_RUNS times (default 2); PostgreSQL + S3 from
+#    scripts/test-services.sh. BENCH_REMOTE_ENCODES (default 4), BENCH_REMOTE_CAPACITY
+#    (default 1) and BENCH_REMOTE_SECONDS (default 10) tune it.
+if want remote; then
+  profile="${BENCH_PROFILE:-release}"
+  target="${CARGO_TARGET_DIR:-target}"
+  if [[ "$profile" == "release" ]]; then
+    cargo build --release -p reelhouse
+  else
+    cargo build -p reelhouse
+    profile=debug
+  fi
+  REELHOUSE_BIN="$target/$profile/reelhouse" python3 scripts/bench-remote.py
 fi
