@@ -23,8 +23,9 @@
 //! The outbox is also read every `events.tail_poll_ms` and when the relay
 //! reconnects, so an event whose publish was lost is delivered even when no later
 //! event points at the gap. PROGRESS events are not stored; one arriving while
-//! events are held back waits behind them. Nothing is dropped but duplicates
-//! (a cursor delivered recently).
+//! events are held back waits behind them (only a video's newest: the next one
+//! supersedes it anyway). No stored event is dropped but a duplicate (a cursor
+//! delivered recently).
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -130,7 +131,7 @@ struct State {
     position: i64,
     /// Stored events after a gap, by cursor.
     held: BTreeMap<i64, Arc<DomainEvent>>,
-    /// PROGRESS that came while events were held back.
+    /// PROGRESS that came while events were held back (the newest per video).
     held_progress: Vec<Arc<DomainEvent>>,
     /// When the current gap opened, and when the outbox was last read for it.
     gap_since: Option<Instant>,
@@ -189,6 +190,8 @@ impl State {
             if self.held.is_empty() {
                 self.deliver(event);
             } else {
+                // Only the newest of a video's progress is worth sending late.
+                self.held_progress.retain(|held| held.video_id != event.video_id);
                 self.held_progress.push(event);
             }
             return;

@@ -558,3 +558,33 @@ async fn events_committed_out_of_cursor_order_reach_a_user_wide_feed_in_cursor_o
     publisher(&app).publish(older.clone());
     assert_eq!(next_cursors(&mut socket, 2).await, [older.cursor.unwrap(), newer.cursor.unwrap()]);
 }
+
+/// PROGRESS that comes while stored events wait for a missing cursor waits behind
+/// them (it must not overtake the state change it follows), and only a video's
+/// newest is sent.
+#[actix_web::test]
+async fn progress_waits_behind_held_back_events_and_only_the_newest_is_sent() {
+    let app = app().await;
+    let owner = app.register_user().await;
+    let lost_video = insert_video(&app, &owner, Visibility::Private, VideoStatus::Uploading).await;
+    let encoding = insert_video(&app, &owner, Visibility::Private, VideoStatus::Uploading).await;
+    let mut socket = user_wide_feed(&app, &owner).await;
+
+    let lost = transition(&app, lost_video.id, VideoStatus::Processing, EventKind::Uploaded, None, false).await;
+    let processing = transition(&app, encoding.id, VideoStatus::Processing, EventKind::Processing, None, false).await;
+    let row = stored_video(&app, encoding.id).await;
+    // No await between these: the sequencer sees them all before it can read the
+    // outbox for the missing cursor.
+    let publisher = publisher(&app);
+    publisher.publish(processing.clone());
+    for percent in [10.0, 20.0] {
+        let progress = ProgressInfo { percent, stage: "encoding".into(), ..Default::default() };
+        publisher.publish(events::progress_event(&row, processing.seq, Uuid::now_v7(), progress));
+    }
+    assert_eq!(next_cursors(&mut socket, 2).await, [lost.cursor.unwrap(), processing.cursor.unwrap()]);
+    let progress = next_event(&mut socket).await.unwrap();
+    assert_eq!((progress["kind"].as_str(), progress["progress"]["percent"].as_f64()), (Some("PROGRESS"), Some(20.0)));
+    // Nothing else was held: the next stored event comes next.
+    let ready = transition(&app, encoding.id, VideoStatus::Ready, EventKind::Ready, None, true).await;
+    assert_eq!(next_cursors(&mut socket, 1).await, [ready.cursor.unwrap()]);
+}
