@@ -410,3 +410,29 @@ async fn remote_workers_multipart_parts_that_do_not_add_up_get_a_typed_refusal_a
         ));
     }
 }
+
+/// A worker opening upload after upload for one job (each a multipart upload in the
+/// store and an entry in the server's memory) is refused past a small bound.
+#[actix_web::test]
+async fn remote_workers_multipart_open_uploads_per_lease_are_bounded() {
+    let app = multipart_app(6 * MIB, |_| {}).await;
+    let mut run = leased_run(&app).await;
+    let digest = "a".repeat(64);
+    let parts = json!([{ "size": MIB, "sha256": digest }]);
+    let mut opened = 0;
+    let mut refused = None;
+    for request in 1..=40u64 {
+        let key = format!("{}mp4/{request}.mp4", run.prefix);
+        let answer = run.announce(request, &key, MIB, &digest, parts.clone()).await;
+        if answer["type"] == "multipart_urls" {
+            opened += 1;
+        } else {
+            refused = Some(answer);
+            break;
+        }
+    }
+    let refused = refused.expect("every upload was opened: no bound");
+    assert_eq!(refused["code"], "TOO_MANY_UPLOADS", "{refused}");
+    assert_eq!(opened, 16);
+    assert_eq!(app.state.remote_multiparts.open(), 16);
+}

@@ -284,15 +284,15 @@ fn key_under(key: &str, prefix: &str) -> bool {
         && !key.contains('\\')
 }
 
-/// A presigned PUT for one output of a live lease, expiring with the lease.
-pub async fn presign_output(
+/// What every upload of an output asks first (one PUT or multipart): the lease is
+/// live, the key lies under its run's prefix, the content type and SHA-256 are sane.
+pub(crate) async fn check_output_request(
     state: &AppState,
     lease: LeaseRef,
     key: &str,
     content_type: &str,
-    size: u64,
     sha256: &str,
-) -> Result<PresignedUrl, Refusal> {
+) -> Result<job::Model, Refusal> {
     let (job, prefix) = live_lease(state, lease).await?;
     if !key_under(key, &prefix) {
         return Err(Refusal::new("FORBIDDEN_KEY", "the key is not under this job's output prefix"));
@@ -303,6 +303,19 @@ pub async fn presign_output(
     if !is_sha256_hex(sha256) {
         return Err(Refusal::new("BAD_CHECKSUM", "sha256 must be 64 hex digits"));
     }
+    Ok(job)
+}
+
+/// A presigned PUT for one output of a live lease, expiring with the lease.
+pub async fn presign_output(
+    state: &AppState,
+    lease: LeaseRef,
+    key: &str,
+    content_type: &str,
+    size: u64,
+    sha256: &str,
+) -> Result<PresignedUrl, Refusal> {
+    let job = check_output_request(state, lease, key, content_type, sha256).await?;
     let lifetime = url_lifetime(&job);
     let signed = state.store.presign_checked_put(key, lifetime, Some(content_type), size, sha256).await;
     signed.map(Into::into).map_err(|err| {

@@ -14,9 +14,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::protocol::{LeaseRef, PartEtag, PartSpec, PresignedUrl};
-use super::{is_sha256_hex, key_under, live_lease, url_lifetime, Refusal};
+use super::{is_sha256_hex, live_lease, url_lifetime, Refusal};
 use crate::startup::AppState;
 use crate::storage::{CompletedPart, StoreError, MAX_PART_NUMBER};
+
+/// Multipart uploads one lease may have open at once.
+const MAX_OPEN_PER_LEASE: usize = 16;
 
 /// One multipart upload a remote worker opened.
 #[derive(Debug, Clone)]
@@ -46,6 +49,11 @@ impl OpenMultiparts {
     /// Uploads completed by this process since it started.
     pub fn completed(&self) -> u64 {
         self.completed.load(Ordering::Relaxed)
+    }
+
+    /// Uploads open now for `lease`.
+    fn open_of_lease(&self, lease: LeaseRef) -> usize {
+        self.lock().values().filter(|u| u.lease == lease).count()
     }
 
     fn take_of_lease(&self, lease: LeaseRef) -> Vec<(String, OpenMultipart)> {
@@ -94,17 +102,13 @@ pub async fn open(
     sha256: &str,
     parts: Vec<PartSpec>,
 ) -> Result<(String, Vec<PresignedUrl>), Refusal> {
-    let (job, prefix) = live_lease(state, lease).await?;
-    if !key_under(key, &prefix) {
-        return Err(Refusal::new("FORBIDDEN_KEY", "the key is not under this job's output prefix"));
-    }
-    if content_type.len() > 100 || !content_type.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
-        return Err(Refusal::new("BAD_CONTENT_TYPE", "the content type is not acceptable"));
-    }
-    if !is_sha256_hex(sha256) {
-        return Err(Refusal::new("BAD_CHECKSUM", "sha256 must be 64 hex digits"));
-    }
+    let job = super::check_output_request(state, lease, key, content_type, sha256).await?;
     check_parts(&parts, size, state.settings.workers.remote_part_bytes)?;
+    // A run has a handful of outputs; a worker opening upload after upload (each a
+    // multipart upload in the store and an entry here) is refused.
+    if state.remote_multiparts.open_of_lease(lease) >= MAX_OPEN_PER_LEASE {
+        return Err(Refusal::new("TOO_MANY_UPLOADS", "too many multipart uploads open for this job"));
+    }
     let unavailable = |err: StoreError| {
         tracing::warn!(error = ?err, key, "opening a remote worker's multipart upload failed");
         Refusal::new("UNAVAILABLE", "storage is unavailable")
