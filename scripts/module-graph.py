@@ -12,7 +12,8 @@ prints, between markers, a Markdown block for docs/ARCHITECTURE.md:
 
     scripts/module-graph.py            print the block
     scripts/module-graph.py --write    replace the block in docs/ARCHITECTURE.md
-    scripts/module-graph.py --check    exit 1 if docs/ARCHITECTURE.md's block is stale
+    scripts/module-graph.py --check    exit 1 if docs/ARCHITECTURE.md's block is stale, or
+                                       the graph has a cycle or a layering violation
 
 Only the standard library; comments and string literals are stripped before
 scanning, so a path mentioned in a doc comment is not an import.
@@ -140,6 +141,17 @@ def cycles(edges: dict[str, dict[str, int]], modules: set[str]) -> list[list[str
     return sorted(found)
 
 
+def violations(edges: dict[str, dict[str, int]]) -> list[tuple[str, str, int]]:
+    """Edges from a module below the transport layer to `http` or `graphql`."""
+    return [
+        (s, t, n)
+        for s, ts in sorted(edges.items())
+        if s not in TRANSPORT
+        for t, n in sorted(ts.items())
+        if t in {"http", "graphql"}
+    ]
+
+
 def render(edges: dict[str, dict[str, int]], modules: set[str]) -> str:
     lines = [BEGIN, "", "```mermaid", "graph LR"]
     for source in sorted(edges):
@@ -151,17 +163,11 @@ def render(edges: dict[str, dict[str, int]], modules: set[str]) -> str:
     lines.append("")
     for component in found:
         lines.append(f"- {', '.join(component)}")
-    violations = [
-        (s, t, n)
-        for s, ts in sorted(edges.items())
-        if s not in TRANSPORT
-        for t, n in sorted(ts.items())
-        if t in {"http", "graphql"}
-    ]
+    found_violations = violations(edges)
     lines.append("")
-    lines.append(f"Modules below the transport layer importing `http` or `graphql`: {len(violations)}.")
+    lines.append(f"Modules below the transport layer importing `http` or `graphql`: {len(found_violations)}.")
     lines.append("")
-    for s, t, n in violations:
+    for s, t, n in found_violations:
         lines.append(f"- `{s}` -> `{t}` ({n} references)")
     lines += ["", END]
     return "\n".join(lines) + "\n"
@@ -188,10 +194,17 @@ def main() -> int:
     doc = DOC.read_text(encoding="utf-8")
     updated = replace_block(doc, block)
     if args.check:
+        failed = 0
         if updated != doc:
             print("module-graph: docs/ARCHITECTURE.md's import graph is stale; run scripts/module-graph.py --write", file=sys.stderr)
-            return 1
-        return 0
+            failed = 1
+        for component in cycles(edges, modules):
+            print(f"module-graph: import cycle between {', '.join(component)}", file=sys.stderr)
+            failed = 1
+        for source, target, count in violations(edges):
+            print(f"module-graph: `{source}` is below the transport layer but imports `{target}` ({count} references)", file=sys.stderr)
+            failed = 1
+        return failed
     DOC.write_text(updated, encoding="utf-8")
     return 0
 

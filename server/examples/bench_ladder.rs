@@ -31,7 +31,7 @@ fn main() {
     let lines: Vec<u32> =
         args.next().unwrap_or_else(|| "720,480,360".into()).split(',').map(|s| s.trim().parse().unwrap()).collect();
 
-    reelhouse::telemetry::init_gstreamer("warning").expect("GStreamer");
+    reelhouse::media::init_gstreamer("warning").expect("GStreamer");
 
     // The product's defaults (settings file defaults), restricted to the requested rungs.
     let settings = MediaSettings::default();

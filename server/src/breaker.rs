@@ -398,7 +398,7 @@ impl Breakers {
 /// (`None` for any other error: those are answers).
 pub fn database_failure_category(err: &sea_orm::DbErr) -> Option<&'static str> {
     use sea_orm::{sqlx, DbErr, RuntimeErr};
-    if !crate::error::is_database_unreachable(err) {
+    if !is_database_unreachable(err) {
         return None;
     }
     Some(match err {
@@ -437,6 +437,24 @@ pub async fn observe_database<F: std::future::Future>(work: F) -> (F::Output, Op
             (output, outage)
         })
         .await
+}
+
+/// The database could not be reached (no connection, connection lost, pool timed
+/// out): an outage, not a fault of this request.
+pub fn is_database_unreachable(err: &sea_orm::DbErr) -> bool {
+    use sea_orm::{sqlx, DbErr, RuntimeErr};
+    match err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(err)) | DbErr::Query(RuntimeErr::SqlxError(err)) => matches!(
+            err,
+            sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+        ),
+        _ => false,
+    }
 }
 
 /// Called where a database error becomes an `AppError`: inside

@@ -314,31 +314,13 @@ pub fn local_write_failed(err: std::io::Error) -> AppError {
     }
 }
 
-/// The database could not be reached (no connection, connection lost, pool timed
-/// out): an outage, not a fault of this request.
-pub fn is_database_unreachable(err: &sea_orm::DbErr) -> bool {
-    use sea_orm::{sqlx, DbErr, RuntimeErr};
-    match err {
-        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
-        DbErr::Exec(RuntimeErr::SqlxError(err)) | DbErr::Query(RuntimeErr::SqlxError(err)) => matches!(
-            err,
-            sqlx::Error::Io(_)
-                | sqlx::Error::Tls(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::WorkerCrashed
-        ),
-        _ => false,
-    }
-}
-
 /// An unreachable database is `UNAVAILABLE` (503, `Retry-After`); any other
 /// database error is ours (`INTERNAL`).
 impl From<sea_orm::DbErr> for AppError {
     fn from(err: sea_orm::DbErr) -> Self {
         // Counted against the `database` breaker of the request this happens in.
         crate::breaker::note_database_error(&err);
-        if is_database_unreachable(&err) {
+        if crate::breaker::is_database_unreachable(&err) {
             AppError::unavailable("the database", err).with_retry_after(DATABASE_RETRY_AFTER_SECS)
         } else {
             AppError::internal(err)

@@ -1,5 +1,5 @@
 //! The mechanism behind the process's read caches (sessions in
-//! [`crate::auth::session_cache`], video rows in [`crate::repo::video_cache`]):
+//! [`crate::access::sessions`], video rows in [`crate::access::videos`]):
 //! a bounded map trusted only while the changes that invalidate it can reach this
 //! process, and safe against a fill racing a change.
 //!

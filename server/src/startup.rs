@@ -1,5 +1,6 @@
 //! Building and running the application: the binary and the tests start it the
 //! same way, and `Application::port` reports the real port when binding port 0.
+//! What the running process is made of (`AppState`, the hubs, the store) is `state`.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -8,82 +9,16 @@ use std::time::Duration;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::{from_fn, DefaultHeaders};
 use actix_web::{web, App, HttpServer};
-use chrono::{DateTime, Utc};
-use metrics_exporter_prometheus::PrometheusHandle;
-use sea_orm::DatabaseConnection;
+use chrono::Utc;
 use tracing_actix_web::TracingLogger;
 
-use crate::actors::Hubs;
 use crate::auth::tokens::TokenKeys;
-use crate::config::{Settings, StorageBackend};
+use crate::config::Settings;
 use crate::graphql::build_schema;
 use crate::keys::ServerKeys;
 use crate::redis_client::RedisHandle;
-use crate::storage::{LocalStore, LocalStoreConfig, ObjectStore, S3Store, S3StoreConfig};
-
-/// Everything a request handler or resolver may reach, cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub settings: Arc<Settings>,
-    pub db: DatabaseConnection,
-    pub store: Arc<dyn ObjectStore>,
-    pub redis: Option<Arc<RedisHandle>>,
-    pub hubs: Hubs,
-    pub keys: Arc<ServerKeys>,
-    /// Access-token signing and verification keys, built once from `auth`.
-    pub tokens: Arc<TokenKeys>,
-    pub metrics: PrometheusHandle,
-    pub instance_id: String,
-    pub started_at: DateTime<Utc>,
-    pub public_url: String,
-    /// Parsed `server.trusted_proxies`.
-    pub trusted_proxies: Arc<Vec<crate::http::client_ip::IpRange>>,
-    /// Parsed `server.trusted_trace_sources`: peers whose `traceparent` is continued.
-    pub trusted_trace_sources: Arc<Vec<crate::http::client_ip::IpRange>>,
-    /// Memory all tus PATCHes may hold in part buffers at once (`uploads.tus_buffer_budget_bytes`).
-    pub tus_buffers: crate::uploads::buffer_budget::BufferBudget,
-    /// Slots for argon2 work (`auth.max_concurrent_password_hashes`).
-    pub password_hashing: crate::auth::password::HashingPool,
-    /// Failed sign-ins per account, across addresses (`auth.login_backoff_*`).
-    pub login_failures: crate::limits::login::LoginFailures,
-    /// Sockets per address and user, operations per user, on `/graphql/ws`.
-    pub ws_admission: crate::limits::ws::WsAdmission,
-    /// Video rows shared by the periodic re-checks of open subscriptions.
-    pub recheck_rows: crate::events::recheck::RecheckRows,
-    /// Live events rendered once per subscription document and shared (`graphql::shared_frames`).
-    pub shared_frames: Arc<crate::graphql::shared_frames::SharedFrames>,
-    /// Seals account mail into SEND_MAIL jobs (and delivers them in embedded workers).
-    pub mailer: Arc<crate::mail::Mailer>,
-    /// Sessions revoked and accounts changed, pushed to open sockets (`events::access`).
-    pub access_signals: crate::events::access::AccessSignals,
-    /// The circuit breakers of the database, Redis, storage and webhook hosts.
-    pub breakers: crate::breaker::Breakers,
-    /// Remote workers connected to this process (`jobs::remote`).
-    pub remote_workers: crate::jobs::remote::RemoteWorkers,
-    /// The multipart uploads remote workers opened on this process.
-    pub remote_multiparts: crate::jobs::remote::multipart::OpenMultiparts,
-    /// `systemStatus`'s last reading of the queue and workers, for an outage.
-    pub last_status: crate::graphql::system::LastStatus,
-    /// Puts stored events on the bus in cursor order (`events::sequencer`).
-    pub event_sequencer: crate::events::sequencer::Sequencer,
-}
-
-impl AppState {
-    /// Publishes to this process's bus and, with Redis, to every other instance.
-    pub fn publisher(&self) -> crate::events::Publisher {
-        crate::events::Publisher::new(Some(self.hubs.event_bus.clone()))
-            .with_redis(self.redis.clone(), &self.instance_id)
-            .with_video_cache(self.access_signals.videos().clone())
-            .with_sequencer(self.event_sequencer.clone())
-    }
-
-    /// The client's address as a rate-limit subject (see `http::client_ip`).
-    pub fn client_ip(&self, peer: Option<SocketAddr>, headers: &actix_web::http::header::HeaderMap) -> String {
-        crate::http::client_ip::client_ip(peer, headers, &self.trusted_proxies)
-            .map(|ip| ip.to_string())
-            .unwrap_or_else(|| "unknown".into())
-    }
-}
+pub use crate::state::{build_store, instance_id, AppState, Hubs, ShutdownSignals};
+use crate::storage::ObjectStore;
 
 pub struct Application {
     addr: SocketAddr,
@@ -92,6 +27,7 @@ pub struct Application {
     signals: ShutdownSignals,
     /// `/metrics` on its own listener (`telemetry.metrics_bind`).
     metrics: Option<(SocketAddr, Server)>,
+    shared_frames: web::Data<crate::graphql::shared_frames::SharedFrames>,
 }
 
 impl Application {
@@ -160,23 +96,23 @@ impl Application {
         tracing::info!(transport = %mailer.describe(), "mail");
         let settings = Arc::new(settings);
         let login_failures = crate::limits::login::LoginFailures::new(&settings.auth, redis.clone());
-        let session_cache = Arc::new(crate::auth::session_cache::SessionCache::new(
+        let session_cache = Arc::new(crate::access::sessions::SessionCache::new(
             settings.auth.session_cache_capacity,
             Duration::from_secs(settings.auth.session_cache_ttl_secs.max(1)),
             redis.is_none(),
         ));
-        let video_cache = Arc::new(crate::repo::video_cache::VideoCache::new(
+        let video_cache = Arc::new(crate::access::videos::VideoCache::new(
             settings.graphql.video_cache_capacity,
             Duration::from_secs(settings.graphql.video_cache_ttl_secs.max(1)),
             redis.is_none(),
         ));
-        let access_signals =
-            crate::events::access::AccessSignals::new(redis.clone(), &instance_id, session_cache, video_cache);
+        let access_signals = crate::access::AccessSignals::new(redis.clone(), &instance_id, session_cache, video_cache);
         let state = AppState {
             settings: settings.clone(),
             db,
             store,
             redis,
+            limiter: crate::limits::Limiter::new(settings.rate_limit.enabled, hubs.rate_limiter.clone()),
             hubs,
             tokens: Arc::new(
                 TokenKeys::new(&settings.auth, &keys.jwt).map_err(|e| anyhow::anyhow!("{}", e.message()))?,
@@ -185,10 +121,8 @@ impl Application {
             metrics,
             instance_id,
             started_at: Utc::now(),
-            trusted_proxies: Arc::new(crate::http::client_ip::parse_ranges(&settings.server.trusted_proxies)),
-            trusted_trace_sources: Arc::new(crate::http::client_ip::parse_ranges(
-                &settings.server.trusted_trace_sources,
-            )),
+            trusted_proxies: Arc::new(crate::config::net::parse_ranges(&settings.server.trusted_proxies)),
+            trusted_trace_sources: Arc::new(crate::config::net::parse_ranges(&settings.server.trusted_trace_sources)),
             public_url,
             tus_buffers: crate::uploads::buffer_budget::BufferBudget::new(
                 settings.uploads.tus_buffer_budget_bytes,
@@ -199,18 +133,19 @@ impl Application {
             login_failures,
             ws_admission: crate::limits::ws::WsAdmission::default(),
             recheck_rows: crate::events::recheck::RecheckRows::default(),
-            shared_frames: Arc::default(),
             mailer,
             access_signals,
             breakers,
             remote_workers: crate::jobs::remote::RemoteWorkers::default(),
             remote_multiparts: crate::jobs::remote::multipart::OpenMultiparts::default(),
-            last_status: crate::graphql::system::LastStatus::default(),
             event_sequencer: crate::events::sequencer::Sequencer::new(),
         };
         start_background_loops(&state, &webhook_secrets);
         let schema = web::Data::new(build_schema(&settings.graphql, Some(state.clone())));
         let state_data = web::Data::new(state.clone());
+        // Live events rendered once per subscription document and shared by sockets.
+        let shared_frames = web::Data::new(crate::graphql::shared_frames::SharedFrames::default());
+        let frames_for_app = shared_frames.clone();
         let metrics_state = state_data.clone();
         let local_data = local_store.map(web::Data::new);
         let upload_gate: web::Data<Arc<dyn crate::storage::UploadGate>> =
@@ -233,6 +168,7 @@ impl Application {
                 )
                 .app_data(state_data.clone())
                 .app_data(schema.clone())
+                .app_data(frames_for_app.clone())
                 .configure(crate::http::configure);
             if let Some(local) = &local_data {
                 app = app
@@ -276,7 +212,12 @@ impl Application {
             redis = state.redis.is_some(),
             "listening on http://{addr}"
         );
-        Ok(Self { addr, server, state, signals, metrics })
+        Ok(Self { addr, server, state, signals, metrics, shared_frames })
+    }
+
+    /// The live-event frames shared by this server's sockets (`graphql::shared_frames`).
+    pub fn shared_frames_data(&self) -> web::Data<crate::graphql::shared_frames::SharedFrames> {
+        self.shared_frames.clone()
     }
 
     pub fn port(&self) -> u16 {
@@ -320,7 +261,7 @@ impl Application {
                 store: self.state.store.clone(),
                 settings: self.state.settings.clone(),
                 publisher: self.state.publisher(),
-                scratch_dir: crate::worker::scratch_dir(&self.state.settings),
+                scratch_dir: self.state.settings.scratch_dir(),
                 runner: None,
                 mailer: self.state.mailer.clone(),
             };
@@ -418,86 +359,5 @@ fn start_background_loops(state: &AppState, webhook_secrets: &Arc<crate::webhook
         supervisor.supervise("webhook_delivery", Backoff::default(), move || {
             crate::webhooks::delivery::run(db.clone(), webhooks.clone(), secrets.clone(), Some(breakers.clone()))
         });
-    }
-}
-
-/// SIGTERM and SIGINT handlers, installed when created.
-pub struct ShutdownSignals {
-    #[cfg(unix)]
-    term: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    int: tokio::signal::unix::Signal,
-}
-
-impl ShutdownSignals {
-    pub fn install() -> anyhow::Result<Self> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            Ok(Self { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
-        }
-        #[cfg(not(unix))]
-        Ok(Self {})
-    }
-
-    /// Resolves with the signal's name on SIGTERM or SIGINT.
-    pub async fn recv(&mut self) -> Option<&'static str> {
-        #[cfg(unix)]
-        {
-            tokio::select! {
-                _ = self.term.recv() => Some("SIGTERM"),
-                _ = self.int.recv() => Some("SIGINT"),
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            tokio::signal::ctrl_c().await.ok().map(|_| "ctrl-c")
-        }
-    }
-}
-
-/// `host-xxxxxxxx`: stable enough to read in logs, unique per process.
-pub fn instance_id() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "reelhouse".into());
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    format!("{host}-{}", &suffix[..8])
-}
-
-/// The object store the settings ask for; for local disk, also the concrete store
-/// whose signed-URL routes the server mounts.
-pub async fn build_store(
-    settings: &Settings,
-    keys: &ServerKeys,
-    public_url: &str,
-) -> anyhow::Result<(Arc<dyn ObjectStore>, Option<Arc<LocalStore>>)> {
-    match settings.storage_backend() {
-        StorageBackend::Local => {
-            let store = Arc::new(LocalStore::new(LocalStoreConfig {
-                root: settings.local_storage_root(),
-                signing_key: keys.url_signing.clone(),
-                public_base_url: public_url.to_string(),
-            })?);
-            Ok((store.clone(), Some(store)))
-        }
-        StorageBackend::S3 => {
-            let s3 = &settings.storage.s3;
-            let store = S3Store::new(S3StoreConfig {
-                endpoint: s3.endpoint.clone(),
-                bucket: s3.bucket.clone().unwrap_or_default(),
-                region: s3.region.clone(),
-                access_key_id: s3.access_key_id.as_ref().map(|s| s.expose().to_string()).unwrap_or_default(),
-                secret_access_key: s3.secret_access_key.as_ref().map(|s| s.expose().to_string()).unwrap_or_default(),
-                force_path_style: s3.force_path_style,
-                key_prefix: s3.key_prefix.clone(),
-                server_side_encryption: s3.server_side_encryption.clone(),
-            })
-            .await?;
-            Ok((Arc::new(store), None))
-        }
     }
 }

@@ -6,7 +6,6 @@
 //! With `workers.health_bind` set it serves `/live`, `/ready` and `/metrics` on that
 //! address (Kubernetes probes, Prometheus).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +16,9 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
 use uuid::Uuid;
 
+use crate::actors::{Hub, Supervisor};
 use crate::config::Settings;
+use crate::events::bus::EventBus;
 use crate::jobs::queue::Lane;
 pub use crate::jobs::scheduler::WorkerDeps;
 use crate::jobs::scheduler::{Drain, ReleaseAll, RunningCount, Scheduler, StopScheduler};
@@ -35,7 +36,7 @@ impl WorkerRegistration {
     pub async fn register(db: DatabaseConnection, capacity: usize) -> anyhow::Result<Self> {
         let now = crate::db::now(&db).await?;
         let id = Uuid::now_v7();
-        let host = crate::startup::instance_id();
+        let host = crate::state::instance_id();
         let capacity = i32::try_from(capacity).unwrap_or(i32::MAX);
         worker::ActiveModel {
             id: Set(id),
@@ -104,7 +105,7 @@ impl WorkerRegistration {
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // First, so a SIGTERM that arrives while the worker is still connecting or
     // migrating is not fatal: it is kept and ends the worker cleanly once started.
-    let mut signals = crate::startup::ShutdownSignals::install()?;
+    let mut signals = crate::state::ShutdownSignals::install()?;
     let metrics = crate::telemetry::prometheus()?;
     let db = crate::db::connect(&settings).await?;
     if settings.database.migrate_on_start {
@@ -118,7 +119,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("http://{}", settings.server.bind))
         .trim_end_matches('/')
         .to_string();
-    let (store, _) = crate::startup::build_store(&settings, &keys, &public_url).await?;
+    let (store, _) = crate::state::build_store(&settings, &keys, &public_url).await?;
     let stop = async move {
         let received = signals.recv().await;
         tracing::info!(signal = received.unwrap_or("unknown"), "worker shutting down");
@@ -126,9 +127,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // Subscribers live in the API processes: with Redis, events reach them through
     // the fan-out channel; stored events stay in the outbox either way.
     let redis = crate::redis_client::RedisHandle::new(&settings.redis)?.map(Arc::new);
-    let instance = crate::startup::instance_id();
-    let hubs =
-        crate::actors::WorkerHubs::start(&instance, Duration::from_millis(settings.server.heartbeat_interval_ms));
+    let instance = crate::state::instance_id();
+    let hubs = WorkerHubs::start(&instance, Duration::from_millis(settings.server.heartbeat_interval_ms));
     let health = match settings.worker_health_addr()? {
         Some(bind) => Some(HealthServer::start(
             bind,
@@ -149,7 +149,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let deps = WorkerDeps {
         db,
         store,
-        scratch_dir: scratch_dir(&settings),
+        scratch_dir: settings.scratch_dir(),
         settings,
         publisher: crate::events::Publisher::new(Some(hubs.event_bus.clone())).with_redis(redis, &instance),
         runner: None,
@@ -222,11 +222,6 @@ impl HealthServer {
     async fn stop(self) {
         self.handle.stop(true).await;
     }
-}
-
-/// Where jobs of this process keep their temporary files.
-pub fn scratch_dir(settings: &Settings) -> PathBuf {
-    settings.server.data_dir.join("scratch")
 }
 
 /// The worker runtime, shared by `reelhouse worker` and embedded `serve`: register,
@@ -322,5 +317,26 @@ async fn wait_idle(scheduler: &Addr<Scheduler>, limit: Duration) -> bool {
             Ok(_) if tokio::time::Instant::now() >= deadline => return false,
             Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
+    }
+}
+
+/// The hubs of a `reelhouse worker` process: the event bus its publisher writes to,
+/// under a supervisor. It serves no requests, so no rate limiter and no upload
+/// sessions.
+struct WorkerHubs {
+    pub supervisor: Supervisor,
+    pub event_bus: Hub<EventBus>,
+}
+
+impl WorkerHubs {
+    pub fn start(instance: &str, heartbeat_every: Duration) -> Self {
+        let supervisor = Supervisor::start();
+        let event_bus = crate::events::bus::start(&supervisor, instance, heartbeat_every);
+        Self { supervisor, event_bus }
+    }
+
+    pub fn stop(&self) {
+        self.supervisor.begin_shutdown();
+        self.event_bus.addr().do_send(crate::actors::Stop);
     }
 }

@@ -21,8 +21,7 @@ use serde::Serialize;
 
 use super::supervisor::Supervisor;
 
-/// Metric counting restarts of a supervised loop, labelled `loop`.
-pub const LOOP_RESTARTS_METRIC: &str = "reelhouse_loop_restarts_total";
+use crate::telemetry::LOOP_RESTARTS_METRIC;
 
 /// Delay before restarting a loop that panicked: `initial`, doubled per panic in a
 /// row, at most `max`. A loop that ran for `max` or longer before panicking starts

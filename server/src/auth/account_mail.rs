@@ -29,18 +29,18 @@ use uuid::Uuid;
 use crate::auth::accounts::{insert_account, normalize_email, prepare_account, verify_credentials};
 use crate::auth::password::{check_policy, hash_password};
 use crate::auth::principal::{AuthMethod, ClientInfo, Principal};
+use crate::auth::AuthDeps;
 use crate::auth::{account_tokens, sessions};
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::limits::Policy;
 use crate::mail::{self, templates};
 use crate::repo::audit::{self, AuditAction, AuditEntry, AuditOutcome};
-use crate::startup::AppState;
 
 /// The least time `requestPasswordReset` takes, whether or not the account exists.
 pub const RESET_ANSWER_FLOOR: Duration = Duration::from_millis(300);
 
-fn link(state: &AppState, page: &str, secret: &str) -> String {
-    format!("{}/{page}?token={secret}", state.public_url.trim_end_matches('/'))
+fn link(state: &dyn AuthDeps, page: &str, secret: &str) -> String {
+    format!("{}/{page}?token={secret}", state.public_url().trim_end_matches('/'))
 }
 
 fn ip_subject(client: &ClientInfo) -> String {
@@ -49,9 +49,9 @@ fn ip_subject(client: &ClientInfo) -> String {
 
 /// Charge one account mail to the account (`account_mail`) and the client address
 /// (`account_mail_ip`).
-async fn limit_mail(state: &AppState, account: &str, client: &ClientInfo) -> AppResult<()> {
-    crate::limits::enforce(state, Policy::AccountMailIp, ip_subject(client), 1).await?;
-    crate::limits::enforce(state, Policy::AccountMail, account.to_string(), 1).await?;
+async fn limit_mail(state: &dyn AuthDeps, account: &str, client: &ClientInfo) -> AppResult<()> {
+    state.limiter().enforce(Policy::AccountMailIp, ip_subject(client), 1).await?;
+    state.limiter().enforce(Policy::AccountMail, account.to_string(), 1).await?;
     Ok(())
 }
 
@@ -69,28 +69,28 @@ pub async fn require_verified(db: &impl ConnectionTrait, user_id: Uuid) -> AppRe
 }
 
 /// Issue a VERIFY_EMAIL token for the user's current address and enqueue its mail.
-async fn queue_verification<C: ConnectionTrait>(conn: &C, state: &AppState, user: &user::Model) -> AppResult<()> {
-    let ttl = state.settings.mail.verify_token_ttl_secs;
+async fn queue_verification<C: ConnectionTrait>(conn: &C, state: &dyn AuthDeps, user: &user::Model) -> AppResult<()> {
+    let ttl = state.settings().mail.verify_token_ttl_secs;
     let token =
         account_tokens::issue(conn, user.id, AccountTokenPurpose::VerifyEmail, &user.email, Duration::from_secs(ttl))
             .await?;
     let mail =
         templates::verify_email(&user.email, &user.display_name, &link(state, "verify-email", &token.secret), ttl);
-    mail::enqueue(conn, &state.mailer, &state.settings, &mail).await?;
+    mail::enqueue(conn, state.mailer(), state.settings(), &mail).await?;
     Ok(())
 }
 
 /// Create an account (unverified) and enqueue its verification mail, in one transaction.
 pub async fn register_account(
-    state: &AppState,
+    state: &dyn AuthDeps,
     email: &str,
     password: &str,
     display_name: &str,
 ) -> AppResult<user::Model> {
     let account =
-        prepare_account(&state.db, &state.password_hashing, email, password, display_name, entities::Role::User)
+        prepare_account(state.db(), state.password_hashing(), email, password, display_name, entities::Role::User)
             .await?;
-    let txn = crate::db::begin_write(&state.db).await?;
+    let txn = crate::db::begin_write(state.db()).await?;
     let user = insert_account(&txn, account, false).await?;
     queue_verification(&txn, state, &user).await?;
     txn.commit().await?;
@@ -102,9 +102,9 @@ pub async fn register_account(
 /// asks for a reset link. Charged to the account-mail limits like every account mail
 /// (per account and per address); over them nothing is sent, and the caller is told
 /// nothing either way (a refusal would say the account exists).
-pub async fn notify_signup_attempt(state: &AppState, email: &str, client: &ClientInfo) -> AppResult<()> {
+pub async fn notify_signup_attempt(state: &dyn AuthDeps, email: &str, client: &ClientInfo) -> AppResult<()> {
     let Ok(account) = normalize_email(email) else { return Ok(()) };
-    let found = user::Entity::find().filter(user::Column::Email.eq(&account)).one(&state.db).await?;
+    let found = user::Entity::find().filter(user::Column::Email.eq(&account)).one(state.db()).await?;
     let Some(user) = found.filter(|u| !u.disabled) else { return Ok(()) };
     if let Err(err) = limit_mail(state, &user.id.to_string(), client).await {
         if err.code() == ErrorCode::RateLimited {
@@ -113,10 +113,10 @@ pub async fn notify_signup_attempt(state: &AppState, email: &str, client: &Clien
         }
         return Err(err);
     }
-    let forgot = format!("{}/forgot-password", state.public_url.trim_end_matches('/'));
+    let forgot = format!("{}/forgot-password", state.public_url().trim_end_matches('/'));
     let mail = templates::signup_attempt_notice(&user.email, &user.display_name, &forgot);
-    let txn = crate::db::begin_write(&state.db).await?;
-    mail::enqueue(&txn, &state.mailer, &state.settings, &mail).await?;
+    let txn = crate::db::begin_write(state.db()).await?;
+    mail::enqueue(&txn, state.mailer(), state.settings(), &mail).await?;
     txn.commit().await?;
     Ok(())
 }
@@ -124,8 +124,8 @@ pub async fn notify_signup_attempt(state: &AppState, email: &str, client: &Clien
 /// Use a VERIFY_EMAIL or CHANGE_EMAIL token: the address it names is the account's
 /// and verified. A CHANGE_EMAIL whose address another account took meanwhile is a
 /// `CONFLICT` (and the token stays usable, should that account go away).
-pub async fn verify_email(state: &AppState, secret: &str, client: &ClientInfo) -> AppResult<user::Model> {
-    let txn = crate::db::begin_write(&state.db).await?;
+pub async fn verify_email(state: &dyn AuthDeps, secret: &str, client: &ClientInfo) -> AppResult<user::Model> {
+    let txn = crate::db::begin_write(state.db()).await?;
     let token =
         account_tokens::consume(&txn, secret, &[AccountTokenPurpose::VerifyEmail, AccountTokenPurpose::ChangeEmail])
             .await?;
@@ -183,16 +183,16 @@ pub async fn verify_email(state: &AppState, secret: &str, client: &ClientInfo) -
 
 /// Mail a fresh verification link to the caller. `false` when the address is
 /// verified already (nothing sent).
-pub async fn resend_verification(state: &AppState, principal: &Principal, client: &ClientInfo) -> AppResult<bool> {
+pub async fn resend_verification(state: &dyn AuthDeps, principal: &Principal, client: &ClientInfo) -> AppResult<bool> {
     let user = user::Entity::find_by_id(principal.user_id)
-        .one(&state.db)
+        .one(state.db())
         .await?
         .ok_or_else(|| AppError::unauthenticated("account no longer exists"))?;
     if user.email_verified_at.is_some() {
         return Ok(false);
     }
     limit_mail(state, &user.id.to_string(), client).await?;
-    let txn = crate::db::begin_write(&state.db).await?;
+    let txn = crate::db::begin_write(state.db()).await?;
     queue_verification(&txn, state, &user).await?;
     txn.commit().await?;
     Ok(true)
@@ -200,7 +200,7 @@ pub async fn resend_verification(state: &AppState, principal: &Principal, client
 
 /// Mail a reset link when `email` names an enabled account. The answer and its
 /// timing are the same either way.
-pub async fn request_password_reset(state: &AppState, email: &str, client: &ClientInfo) -> AppResult<bool> {
+pub async fn request_password_reset(state: &dyn AuthDeps, email: &str, client: &ClientInfo) -> AppResult<bool> {
     let started = tokio::time::Instant::now();
     let result = request_password_reset_inner(state, email, client).await;
     // Rate limits answer at once (they say nothing about the account).
@@ -210,22 +210,22 @@ pub async fn request_password_reset(state: &AppState, email: &str, client: &Clie
     result
 }
 
-async fn request_password_reset_inner(state: &AppState, email: &str, client: &ClientInfo) -> AppResult<bool> {
+async fn request_password_reset_inner(state: &dyn AuthDeps, email: &str, client: &ClientInfo) -> AppResult<bool> {
     let account = normalize_email(email).unwrap_or_else(|_| email.trim().to_lowercase());
     // Charged for unknown addresses too, or the limit itself would tell them apart.
     limit_mail(state, &format!("reset|{account}"), client).await?;
-    let found = user::Entity::find().filter(user::Column::Email.eq(&account)).one(&state.db).await?;
+    let found = user::Entity::find().filter(user::Column::Email.eq(&account)).one(state.db()).await?;
     let Some(user) = found.filter(|u| !u.disabled) else {
         return Ok(true);
     };
-    let ttl = state.settings.mail.reset_token_ttl_secs;
-    let txn = crate::db::begin_write(&state.db).await?;
+    let ttl = state.settings().mail.reset_token_ttl_secs;
+    let txn = crate::db::begin_write(state.db()).await?;
     let token =
         account_tokens::issue(&txn, user.id, AccountTokenPurpose::ResetPassword, &user.email, Duration::from_secs(ttl))
             .await?;
     let mail =
         templates::password_reset(&user.email, &user.display_name, &link(state, "reset-password", &token.secret), ttl);
-    mail::enqueue(&txn, &state.mailer, &state.settings, &mail).await?;
+    mail::enqueue(&txn, state.mailer(), state.settings(), &mail).await?;
     let entry = AuditEntry::new(AuditAction::PasswordResetRequested, AuditOutcome::Success).target(user.id);
     audit::record(&txn, client, entry).await?;
     txn.commit().await?;
@@ -234,23 +234,23 @@ async fn request_password_reset_inner(state: &AppState, email: &str, client: &Cl
 
 /// Set a new password with a RESET_PASSWORD token: every session ends, a notice is mailed.
 pub async fn reset_password(
-    state: &AppState,
+    state: &dyn AuthDeps,
     secret: &str,
     new_password: &str,
     client: &ClientInfo,
 ) -> AppResult<bool> {
-    crate::limits::enforce(state, Policy::AuthIp, ip_subject(client), 1).await?;
+    state.limiter().enforce(Policy::AuthIp, ip_subject(client), 1).await?;
     // Checked before the token is used up: a weak password leaves the link working.
-    let token = account_tokens::find_usable(&state.db, secret, &[AccountTokenPurpose::ResetPassword]).await?;
+    let token = account_tokens::find_usable(state.db(), secret, &[AccountTokenPurpose::ResetPassword]).await?;
     let user = user::Entity::find_by_id(token.user_id)
-        .one(&state.db)
+        .one(state.db())
         .await?
         .ok_or_else(|| AppError::bad_input("this link is not valid"))?;
     check_policy(new_password, &user.email)?;
     let candidate = new_password.to_string();
-    let password_hash = state.password_hashing.run(move || hash_password(&candidate)).await??;
+    let password_hash = state.password_hashing().run(move || hash_password(&candidate)).await??;
 
-    let txn = crate::db::begin_write(&state.db).await?;
+    let txn = crate::db::begin_write(state.db()).await?;
     account_tokens::consume(&txn, secret, &[AccountTokenPurpose::ResetPassword]).await?;
     let user = set_password_hash(&txn, user, password_hash).await?;
     let revoked = sessions::revoke_all_sessions(&txn, user.id, "password reset").await?;
@@ -259,14 +259,14 @@ pub async fn reset_password(
         &user.display_name,
         "it was reset with a link mailed to this address, and every device was signed out.",
     );
-    mail::enqueue(&txn, &state.mailer, &state.settings, &notice).await?;
+    mail::enqueue(&txn, state.mailer(), state.settings(), &notice).await?;
     let entry = AuditEntry::new(AuditAction::PasswordReset, AuditOutcome::Success)
         .actor(user.id)
         .target(user.id)
         .detail(serde_json::json!({ "sessionsRevoked": revoked }));
     audit::record(&txn, client, entry).await?;
     txn.commit().await?;
-    state.access_signals.announce(crate::events::access::AccessChange::user(user.id)).await;
+    state.access_signals().announce(crate::access::AccessChange::user(user.id)).await;
     Ok(true)
 }
 
@@ -285,7 +285,7 @@ async fn set_password_hash<C: ConnectionTrait>(
 /// sign-in: per account and address, and the account's failure back-off). API keys
 /// may not change credentials.
 async fn confirm_password(
-    state: &AppState,
+    state: &dyn AuthDeps,
     principal: &Principal,
     password: &str,
     client: &ClientInfo,
@@ -294,18 +294,18 @@ async fn confirm_password(
         return Err(AppError::forbidden("API keys cannot change the account's credentials; sign in"));
     }
     let user = user::Entity::find_by_id(principal.user_id)
-        .one(&state.db)
+        .one(state.db())
         .await?
         .ok_or_else(|| AppError::unauthenticated("account no longer exists"))?;
-    crate::limits::enforce(state, Policy::Auth, format!("{}|{}", user.email, ip_subject(client)), 1).await?;
-    state.login_failures.check(&user.email).await?;
-    match verify_credentials(&state.db, &state.password_hashing, &user.email, password).await {
+    state.limiter().enforce(Policy::Auth, format!("{}|{}", user.email, ip_subject(client)), 1).await?;
+    state.login_failures().check(&user.email).await?;
+    match verify_credentials(state.db(), state.password_hashing(), &user.email, password).await {
         Ok(user) => {
-            state.login_failures.record_success(&user.email).await;
+            state.login_failures().record_success(&user.email).await;
             Ok(user)
         }
         Err(err) if err.code() == ErrorCode::Unauthenticated => {
-            state.login_failures.record_failure(&user.email).await;
+            state.login_failures().record_failure(&user.email).await;
             Err(AppError::unauthenticated("the current password is wrong"))
         }
         Err(err) => Err(err),
@@ -315,7 +315,7 @@ async fn confirm_password(
 /// Change the caller's password: every other session ends, this one stays; a
 /// notice is mailed.
 pub async fn change_password(
-    state: &AppState,
+    state: &dyn AuthDeps,
     principal: &Principal,
     current_password: &str,
     new_password: &str,
@@ -324,8 +324,8 @@ pub async fn change_password(
     let user = confirm_password(state, principal, current_password, client).await?;
     check_policy(new_password, &user.email)?;
     let candidate = new_password.to_string();
-    let password_hash = state.password_hashing.run(move || hash_password(&candidate)).await??;
-    let txn = crate::db::begin_write(&state.db).await?;
+    let password_hash = state.password_hashing().run(move || hash_password(&candidate)).await??;
+    let txn = crate::db::begin_write(state.db()).await?;
     let user = set_password_hash(&txn, user, password_hash).await?;
     let mut others = refresh_token_family::Entity::update_many()
         .col_expr(refresh_token_family::Column::RevokedAt, Expr::value(Utc::now()))
@@ -338,21 +338,21 @@ pub async fn change_password(
     let revoked = others.exec(&txn).await?.rows_affected;
     let notice =
         templates::password_changed_notice(&user.email, &user.display_name, "every other device was signed out.");
-    mail::enqueue(&txn, &state.mailer, &state.settings, &notice).await?;
+    mail::enqueue(&txn, state.mailer(), state.settings(), &notice).await?;
     let entry = AuditEntry::new(AuditAction::PasswordChanged, AuditOutcome::Success)
         .actor(user.id)
         .target(user.id)
         .detail(serde_json::json!({ "sessionsRevoked": revoked }));
     audit::record(&txn, client, entry).await?;
     txn.commit().await?;
-    state.access_signals.announce(crate::events::access::AccessChange::user(user.id)).await;
+    state.access_signals().announce(crate::access::AccessChange::user(user.id)).await;
     Ok(true)
 }
 
 /// Ask to move the caller's account to `new_email`: a confirmation link goes to the
 /// new address, a notice to the old one; nothing changes until the link is used.
 pub async fn change_email(
-    state: &AppState,
+    state: &dyn AuthDeps,
     principal: &Principal,
     new_email: &str,
     password: &str,
@@ -364,20 +364,20 @@ pub async fn change_email(
         return Err(AppError::bad_input("this is the account's address already"));
     }
     limit_mail(state, &user.id.to_string(), client).await?;
-    let taken = user::Entity::find().filter(user::Column::Email.eq(&new_email)).one(&state.db).await?.is_some();
+    let taken = user::Entity::find().filter(user::Column::Email.eq(&new_email)).one(state.db()).await?.is_some();
     if taken {
         return Err(AppError::new(ErrorCode::Conflict, "an account with this email already exists"));
     }
-    let ttl = state.settings.mail.verify_token_ttl_secs;
-    let txn = crate::db::begin_write(&state.db).await?;
+    let ttl = state.settings().mail.verify_token_ttl_secs;
+    let txn = crate::db::begin_write(state.db()).await?;
     let token =
         account_tokens::issue(&txn, user.id, AccountTokenPurpose::ChangeEmail, &new_email, Duration::from_secs(ttl))
             .await?;
     let confirm =
         templates::confirm_new_email(&new_email, &user.display_name, &link(state, "verify-email", &token.secret), ttl);
-    mail::enqueue(&txn, &state.mailer, &state.settings, &confirm).await?;
+    mail::enqueue(&txn, state.mailer(), state.settings(), &confirm).await?;
     let notice = templates::email_change_notice(&user.email, &user.display_name, &new_email);
-    mail::enqueue(&txn, &state.mailer, &state.settings, &notice).await?;
+    mail::enqueue(&txn, state.mailer(), state.settings(), &notice).await?;
     let entry = AuditEntry::new(AuditAction::EmailChangeRequested, AuditOutcome::Success)
         .actor(user.id)
         .target(user.id)

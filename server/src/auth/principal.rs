@@ -12,33 +12,14 @@
 use actix_web::http::header::{HeaderMap, AUTHORIZATION};
 use entities::{refresh_token_family, user, Role};
 use sea_orm::EntityTrait;
-use uuid::Uuid;
 
+use crate::access::sessions::{CachedSession, Lookup};
 use crate::auth::api_keys;
-use crate::auth::roles::rank;
-use crate::auth::session_cache::{CachedSession, Lookup};
+use crate::auth::AuthDeps;
 use crate::error::{AppError, ErrorCode};
-use crate::startup::AppState;
+pub use crate::identity::{lower_role, AuthMethod, ClientInfo, Principal};
 
 pub const API_KEY_HEADER: &str = "x-api-key";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthMethod {
-    AccessToken,
-    ApiKey,
-}
-
-/// An authenticated caller. `role` is the effective role: the user's current role,
-/// or for an API key the key's role capped at its owner's current role.
-#[derive(Debug, Clone)]
-pub struct Principal {
-    pub user_id: Uuid,
-    pub role: Role,
-    pub method: AuthMethod,
-    /// The session (refresh-token family) of an access token.
-    pub family_id: Option<Uuid>,
-    pub api_key_id: Option<Uuid>,
-}
 
 /// What the request's credentials amount to; added to every GraphQL request's data.
 #[derive(Debug, Clone)]
@@ -64,22 +45,13 @@ pub fn auth_unavailable() -> AppError {
     .with_retry_after(AUTH_RETRY_AFTER_SECS)
 }
 
-/// Where a request came from, recorded on sessions and in the audit log.
-#[derive(Debug, Clone, Default)]
-pub struct ClientInfo {
-    pub ip: Option<String>,
-    pub user_agent: Option<String>,
-    /// The request id (`x-request-id`, from tracing-actix-web).
-    pub request_id: Option<String>,
-}
-
 const INVALID_CREDENTIALS: &str = "invalid or expired credentials";
 
 /// Authenticate the request's headers. Database failures are
 /// [`RequestAuth::Unavailable`] (logged): a flaky database neither grants access
 /// nor tells a valid caller its credentials are bad.
 #[tracing::instrument(skip_all)]
-pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> RequestAuth {
+pub async fn authenticate(state: &dyn AuthDeps, headers: &HeaderMap) -> RequestAuth {
     if let Some(value) = headers.get(AUTHORIZATION) {
         let Some(token) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim) else {
             return RequestAuth::Invalid("the Authorization header must be `Bearer <access token>`");
@@ -90,7 +62,7 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> RequestAuth 
         let Ok(secret) = value.to_str() else {
             return RequestAuth::Invalid(INVALID_CREDENTIALS);
         };
-        return match api_keys::authenticate_api_key(&state.db, secret.trim()).await {
+        return match api_keys::authenticate_api_key(state.db(), secret.trim()).await {
             Ok(Some(principal)) => RequestAuth::Authenticated(principal),
             Ok(None) => RequestAuth::Invalid(INVALID_CREDENTIALS),
             Err(err) => {
@@ -106,9 +78,9 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> RequestAuth 
 /// database whether its session was revoked or its user demoted since: used only
 /// to let an admin read `systemStatus` while the database cannot be reached (a
 /// read of this process's own view, for at most the token's short lifetime).
-pub fn principal_from_claims(state: &AppState, headers: &HeaderMap) -> Option<Principal> {
+pub fn principal_from_claims(state: &dyn AuthDeps, headers: &HeaderMap) -> Option<Principal> {
     let token = headers.get(AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")?.trim();
-    let (claims, user_id) = state.tokens.verify_access_token(token).ok()?;
+    let (claims, user_id) = state.tokens().verify_access_token(token).ok()?;
     Some(Principal {
         user_id,
         role: claims.role,
@@ -121,17 +93,17 @@ pub fn principal_from_claims(state: &AppState, headers: &HeaderMap) -> Option<Pr
 /// A valid signature is not enough: the session must not be revoked and the user
 /// must still be enabled, so revocation and demotion apply on the next request.
 /// Both are read in one query (the session joined with its user) unless the
-/// session cache ([`crate::auth::session_cache`]) knows the answer: it is emptied
+/// session cache ([`crate::access::sessions`]) knows the answer: it is emptied
 /// of a session the moment an access change names it, here and on every instance.
-pub async fn authenticate_access_token(state: &AppState, token: &str) -> RequestAuth {
-    let (claims, user_id) = match state.tokens.verify_access_token(token) {
+pub async fn authenticate_access_token(state: &dyn AuthDeps, token: &str) -> RequestAuth {
+    let (claims, user_id) = match state.tokens().verify_access_token(token) {
         Ok(verified) => verified,
         Err(err) => {
             tracing::debug!(error = %err, "access token refused");
             return RequestAuth::Invalid(INVALID_CREDENTIALS);
         }
     };
-    let sessions = state.access_signals.sessions();
+    let sessions = state.access_signals().sessions();
     let principal = |role: Role| Principal {
         user_id,
         role: lower_role(role, claims.role),
@@ -147,7 +119,7 @@ pub async fn authenticate_access_token(state: &AppState, token: &str) -> Request
         Lookup::Miss | Lookup::Bypass => sessions.ticket(),
     };
     let found =
-        refresh_token_family::Entity::find_by_id(claims.sid).find_also_related(user::Entity).one(&state.db).await;
+        refresh_token_family::Entity::find_by_id(claims.sid).find_also_related(user::Entity).one(state.db()).await;
     match found {
         Ok(Some((family, Some(user))))
             if family.revoked_at.is_none() && family.user_id == user_id && !user.disabled =>
@@ -163,14 +135,5 @@ pub async fn authenticate_access_token(state: &AppState, token: &str) -> Request
             tracing::warn!(error = ?err, "checking a session: the database did not answer");
             RequestAuth::Unavailable
         }
-    }
-}
-
-/// The less powerful of two roles.
-pub fn lower_role(a: Role, b: Role) -> Role {
-    if rank(a) <= rank(b) {
-        a
-    } else {
-        b
     }
 }

@@ -8,54 +8,11 @@
 //! | ADMIN     | + ManageUsers, SeeAllJobs |
 
 use async_graphql::{Context, ErrorExtensions, Guard};
-use entities::Role;
 
 use crate::auth::principal::{Principal, RequestAuth};
 use crate::error::AppError;
 use crate::error::GqlResultExt;
-
-/// What a caller may do. Resolvers check permissions, never roles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Permission {
-    ReadOwnVideos,
-    WriteOwnVideos,
-    ModerateVideos,
-    ManageUsers,
-    SeeAllJobs,
-    ManageApiKeys,
-}
-
-impl Permission {
-    pub const ALL: [Permission; 6] = [
-        Permission::ReadOwnVideos,
-        Permission::WriteOwnVideos,
-        Permission::ModerateVideos,
-        Permission::ManageUsers,
-        Permission::SeeAllJobs,
-        Permission::ManageApiKeys,
-    ];
-}
-
-/// Higher is more powerful; a key or a granted role may never outrank its grantor.
-pub fn rank(role: Role) -> u8 {
-    match role {
-        Role::Viewer => 0,
-        Role::User => 1,
-        Role::Moderator => 2,
-        Role::Admin => 3,
-    }
-}
-
-/// The one table from role to permissions.
-pub fn has_permission(role: Role, permission: Permission) -> bool {
-    use Permission::*;
-    match permission {
-        ReadOwnVideos => true,
-        WriteOwnVideos | ManageApiKeys => rank(role) >= rank(Role::User),
-        ModerateVideos => rank(role) >= rank(Role::Moderator),
-        ManageUsers | SeeAllJobs => role == Role::Admin,
-    }
-}
+pub use crate::identity::{has_permission, rank, Permission};
 
 /// The authenticated caller, or `UNAUTHENTICATED` (missing or invalid credentials).
 pub fn require_principal<'a>(ctx: &'a Context<'_>) -> Result<&'a Principal, AppError> {
@@ -92,6 +49,8 @@ impl Guard for PermissionGuard {
 
 #[cfg(test)]
 mod tests {
+    use entities::Role;
+
     use super::*;
 
     #[test]

@@ -21,11 +21,11 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, Query
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::access::AccessChange;
 use crate::auth::principal::ClientInfo;
+use crate::auth::AuthDeps;
 use crate::error::{AppError, AppResult};
-use crate::events::access::AccessChange;
 use crate::repo::audit::{self, AuditAction, AuditEntry, AuditOutcome};
-use crate::startup::AppState;
 
 const INVALID_REFRESH: &str = "invalid or expired refresh token";
 
@@ -51,18 +51,18 @@ fn capped_secs(secs: u64) -> Duration {
     Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 4).min(10 * 365 * 86_400))
 }
 
-fn refresh_ttl(state: &AppState) -> Duration {
-    capped_secs(state.settings.auth.refresh_token_ttl_secs)
+fn refresh_ttl(state: &dyn AuthDeps) -> Duration {
+    capped_secs(state.settings().auth.refresh_token_ttl_secs)
 }
 
 /// When a family started at `created_at` ends for good (`auth.session_max_lifetime_secs`).
-fn family_deadline(state: &AppState, created_at: DateTime<Utc>) -> DateTime<Utc> {
-    created_at + capped_secs(state.settings.auth.session_max_lifetime_secs)
+fn family_deadline(state: &dyn AuthDeps, created_at: DateTime<Utc>) -> DateTime<Utc> {
+    created_at + capped_secs(state.settings().auth.session_max_lifetime_secs)
 }
 
 async fn insert_refresh_token(
     db: &impl ConnectionTrait,
-    state: &AppState,
+    state: &dyn AuthDeps,
     id: Uuid,
     family_id: Uuid,
     family_created_at: DateTime<Utc>,
@@ -87,10 +87,10 @@ async fn insert_refresh_token(
 /// Start a new session (family) for a user who just proved who they are; the
 /// sign-in is audited (`LOGIN_SUCCEEDED`) in the same transaction.
 #[tracing::instrument(skip_all, fields(user_id = %user.id), err(Debug))]
-pub async fn start_session(state: &AppState, user: user::Model, client: &ClientInfo) -> AppResult<SessionTokens> {
+pub async fn start_session(state: &dyn AuthDeps, user: user::Model, client: &ClientInfo) -> AppResult<SessionTokens> {
     let now = Utc::now();
     let family_id = Uuid::now_v7();
-    let txn = crate::db::begin_write(&state.db).await?;
+    let txn = crate::db::begin_write(state.db()).await?;
     refresh_token_family::ActiveModel {
         id: Set(family_id),
         user_id: Set(user.id),
@@ -110,7 +110,7 @@ pub async fn start_session(state: &AppState, user: user::Model, client: &ClientI
         .detail(serde_json::json!({ "sessionId": family_id }));
     audit::record(&txn, client, entry).await?;
     txn.commit().await?;
-    let access = state.tokens.issue_access_token(user.id, user.role, family_id)?;
+    let access = state.tokens().issue_access_token(user.id, user.role, family_id)?;
     Ok(SessionTokens { access_token: access.token, refresh_token, expires_in_secs: access.expires_in_secs, user })
 }
 
@@ -120,7 +120,7 @@ pub async fn start_session(state: &AppState, user: user::Model, client: &ClientI
 /// row stands behind them. The answer reveals nothing; using the tokens does (they
 /// are refused), which is the documented trade-off until registration confirms by
 /// email.
-pub fn decoy_session(state: &AppState, email: &str, display_name: &str) -> AppResult<SessionTokens> {
+pub fn decoy_session(state: &dyn AuthDeps, email: &str, display_name: &str) -> AppResult<SessionTokens> {
     let now = Utc::now();
     let user = user::Model {
         id: Uuid::now_v7(),
@@ -139,7 +139,7 @@ pub fn decoy_session(state: &AppState, email: &str, display_name: &str) -> AppRe
         totp_enabled_at: None,
         totp_last_step: None,
     };
-    let access = state.tokens.issue_access_token(user.id, user.role, Uuid::now_v7())?;
+    let access = state.tokens().issue_access_token(user.id, user.role, Uuid::now_v7())?;
     Ok(SessionTokens {
         access_token: access.token,
         refresh_token: new_refresh_secret(),
@@ -151,11 +151,15 @@ pub fn decoy_session(state: &AppState, email: &str, display_name: &str) -> AppRe
 /// Exchange a refresh token for a new pair; see the module docs for reuse, which
 /// is audited (`REFRESH_REUSE_DETECTED`) with the revocation.
 #[tracing::instrument(skip_all)]
-pub async fn rotate_refresh_token(state: &AppState, presented: &str, client: &ClientInfo) -> AppResult<SessionTokens> {
+pub async fn rotate_refresh_token(
+    state: &dyn AuthDeps,
+    presented: &str,
+    client: &ClientInfo,
+) -> AppResult<SessionTokens> {
     let hash = hash_refresh_token(presented);
     let now = Utc::now();
     let new_id = Uuid::now_v7();
-    let txn = crate::db::begin_write(&state.db).await?;
+    let txn = crate::db::begin_write(state.db()).await?;
     // The write comes first so SQLite takes its write lock before reading anything
     // (no snapshot upgrade failure), and PostgreSQL serializes racers on the row lock.
     // `replaced_by` is set once the new row exists (it is a foreign key).
@@ -184,7 +188,7 @@ pub async fn rotate_refresh_token(state: &AppState, presented: &str, client: &Cl
         // Past its absolute lifetime: however fresh the token, the session is over.
         revoke_family_in(&txn, family.id, "session lifetime reached").await?;
         txn.commit().await?;
-        state.access_signals.announce(AccessChange::session(family.user_id, family.id)).await;
+        state.access_signals().announce(AccessChange::session(family.user_id, family.id)).await;
         return Err(AppError::unauthenticated(INVALID_REFRESH));
     }
     if !claimed {
@@ -196,7 +200,7 @@ pub async fn rotate_refresh_token(state: &AppState, presented: &str, client: &Cl
                 .detail(serde_json::json!({ "sessionId": family.id }));
             audit::record(&txn, client, entry).await?;
             txn.commit().await?;
-            state.access_signals.announce(AccessChange::session(family.user_id, family.id)).await;
+            state.access_signals().announce(AccessChange::session(family.user_id, family.id)).await;
             tracing::warn!(family_id = %family.id, user_id = %family.user_id, "refresh token reuse: session revoked");
         }
         return Err(AppError::unauthenticated(INVALID_REFRESH));
@@ -218,7 +222,7 @@ pub async fn rotate_refresh_token(state: &AppState, presented: &str, client: &Cl
         .exec(&txn)
         .await?;
     txn.commit().await?;
-    let access = state.tokens.issue_access_token(user.id, user.role, family.id)?;
+    let access = state.tokens().issue_access_token(user.id, user.role, family.id)?;
     Ok(SessionTokens { access_token: access.token, refresh_token, expires_in_secs: access.expires_in_secs, user })
 }
 
@@ -236,8 +240,8 @@ async fn revoke_family_in(db: &impl ConnectionTrait, family_id: Uuid, reason: &s
 /// Revoke the session a refresh token belongs to, audited (`SESSION_REVOKED`, the
 /// session's user as actor) in the same transaction, and announced (the session
 /// cache and open sockets). `false` when the token is unknown.
-pub async fn logout(state: &AppState, presented: &str, client: &ClientInfo) -> AppResult<bool> {
-    let txn = crate::db::begin_write(&state.db).await?;
+pub async fn logout(state: &dyn AuthDeps, presented: &str, client: &ClientInfo) -> AppResult<bool> {
+    let txn = crate::db::begin_write(state.db()).await?;
     let token = refresh_token::Entity::find()
         .filter(refresh_token::Column::TokenHash.eq(hash_refresh_token(presented)))
         .find_also_related(refresh_token_family::Entity)
@@ -254,19 +258,9 @@ pub async fn logout(state: &AppState, presented: &str, client: &ClientInfo) -> A
     }
     txn.commit().await?;
     if revoked {
-        state.access_signals.announce(AccessChange::session(family.user_id, family.id)).await;
+        state.access_signals().announce(AccessChange::session(family.user_id, family.id)).await;
     }
     Ok(true)
 }
 
-/// Revoke every live session of a user; returns how many were revoked.
-pub async fn revoke_all_sessions(db: &impl ConnectionTrait, user_id: Uuid, reason: &str) -> AppResult<u64> {
-    Ok(refresh_token_family::Entity::update_many()
-        .col_expr(refresh_token_family::Column::RevokedAt, Expr::value(Utc::now()))
-        .col_expr(refresh_token_family::Column::RevokedReason, Expr::value(reason))
-        .filter(refresh_token_family::Column::UserId.eq(user_id))
-        .filter(refresh_token_family::Column::RevokedAt.is_null())
-        .exec(db)
-        .await?
-        .rows_affected)
-}
+pub use crate::repo::users::revoke_all_sessions;

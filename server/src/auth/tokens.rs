@@ -13,7 +13,6 @@ use chrono::Utc;
 use entities::Role;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::config::{AuthSettings, JwtAlgorithm};
@@ -88,10 +87,7 @@ impl std::fmt::Debug for TokenKeys {
     }
 }
 
-/// `kid` of a key: the first 8 bytes of its SHA-256, hex. Public, and says nothing about the key.
-pub fn key_id(key: &[u8]) -> String {
-    hex::encode(&Sha256::digest(key)[..8])
-}
+pub use crate::keys::sealed::key_id;
 
 pub use crate::keys::derive_jwt_key;
 

@@ -10,7 +10,7 @@
 //!
 //! The secret is sealed at rest with XChaCha20-Poly1305 under its own key derived
 //! from the master secret (`keys::ServerKeys::totp_secrets`), bound to the user id,
-//! the same construction as webhook secrets (`webhooks::secrets::SecretBox`).
+//! the same construction as webhook secrets (`keys::sealed::SecretBox`).
 //! Recovery codes are 80 random bits each; only their SHA-256 is stored.
 //!
 //! The callers charge the `mfa` rate-limit policy (per account) for every code
@@ -25,8 +25,8 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::error::{AppError, ErrorCode};
+use crate::keys::sealed::SecretBox;
 use crate::keys::ServerKeys;
-use crate::webhooks::secrets::SecretBox;
 
 /// Digits of a code.
 pub const DIGITS: usize = 6;

@@ -15,6 +15,8 @@ pub mod jail;
 pub mod jobs;
 pub mod mail;
 pub mod media;
+pub mod net;
+pub mod object_limits;
 pub mod rate_limit;
 mod secret;
 pub mod uploads;
@@ -478,6 +480,11 @@ pub enum Mode {
 }
 
 impl Settings {
+    /// Where jobs of this process keep their temporary files.
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.server.data_dir.join("scratch")
+    }
+
     /// Load the layers. `config_file` is an explicit `--config`; otherwise
     /// `reelhouse.toml` in the working directory is used when present.
     pub fn load(config_file: Option<&Path>, overrides: &Overrides) -> Result<Settings, SettingsError> {
@@ -538,7 +545,7 @@ impl Settings {
             ("server.trusted_trace_sources", &self.server.trusted_trace_sources),
         ] {
             for entry in entries {
-                if crate::http::client_ip::IpRange::parse(entry).is_none() {
+                if net::IpRange::parse(entry).is_none() {
                     return Err(SettingsError::new(
                         key,
                         format!("`{entry}` is not an address or range like 10.0.0.0/8"),
@@ -743,7 +750,7 @@ impl Settings {
                 format!("`{}` is not a valid filter", self.telemetry.level),
             ));
         }
-        if crate::telemetry::gst_level(&self.telemetry.gstreamer_level).is_none() {
+        if crate::media::gst_level(&self.telemetry.gstreamer_level).is_none() {
             return Err(SettingsError::new(
                 "telemetry.gstreamer_level",
                 "must be one of none, error, warning, fixme, info, debug, log, trace",
@@ -760,7 +767,7 @@ impl Settings {
         if self.workers.concurrency == Some(0) {
             return Err(SettingsError::new("workers.concurrency", "must be at least 1"));
         }
-        use crate::storage::{MAX_PART_SIZE, MAX_SINGLE_PUT_SIZE, MIN_PART_SIZE};
+        use object_limits::{MAX_PART_SIZE, MAX_SINGLE_PUT_SIZE, MIN_PART_SIZE};
         if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&self.workers.remote_part_bytes) {
             return Err(SettingsError::new(
                 "workers.remote_part_bytes",

@@ -1,10 +1,9 @@
 //! Rate-limit policies (`[rate_limit.policies.NAME]`).
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
-
-pub use crate::limits::Policy;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -77,6 +76,83 @@ impl Default for RateLimitSettings {
     fn default() -> Self {
         let policies = Policy::ALL.into_iter().map(|policy| (policy, default_policy(policy))).collect();
         Self { enabled: true, policies }
+    }
+}
+
+/// Every rate-limit policy the server enforces. Settings name them in
+/// `[rate_limit.policies.NAME]`; a name that is not one of these is refused when
+/// the settings load, so a typo can never mean "unlimited".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// Sign-in attempts per account and client address.
+    Auth,
+    /// Sign-in and sign-up attempts per client address.
+    AuthIp,
+    /// Every HTTP request and every WebSocket operation, per client address.
+    Api,
+    /// `createUpload` per user.
+    Upload,
+    /// `transcode` per user.
+    Transcode,
+    /// Webhook endpoint changes, redeliveries and replays per user.
+    Webhook,
+    /// Deliveries re-enqueued by `replayWebhooks`, per user (one per delivery).
+    WebhookReplay,
+    /// `recordView` per user or client address.
+    Views,
+    /// Account mails one account may cause (`resendVerification`, `requestPasswordReset`,
+    /// `changeEmail`), per account.
+    AccountMail,
+    /// The same mutations, per client address (IPv6 per /64).
+    AccountMailIp,
+    /// Two-factor codes (TOTP or recovery) presented, per account, from any
+    /// address: sign-in, `confirmTotp`, `disableTotp`.
+    Mfa,
+    /// `/workers/ws` per client address: every socket opened, and every socket
+    /// closed before its `hello` was accepted (no, bad or revoked token, wrong
+    /// version, silence) once more.
+    WorkerChannel,
+}
+
+impl Policy {
+    pub const ALL: [Policy; 12] = [
+        Policy::Auth,
+        Policy::AuthIp,
+        Policy::Api,
+        Policy::Upload,
+        Policy::Transcode,
+        Policy::Webhook,
+        Policy::WebhookReplay,
+        Policy::Views,
+        Policy::AccountMail,
+        Policy::AccountMailIp,
+        Policy::Mfa,
+        Policy::WorkerChannel,
+    ];
+
+    /// The settings and header name (`"api"`, `"auth_ip"`, …).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Policy::Auth => "auth",
+            Policy::AuthIp => "auth_ip",
+            Policy::Api => "api",
+            Policy::Upload => "upload",
+            Policy::Transcode => "transcode",
+            Policy::Webhook => "webhook",
+            Policy::WebhookReplay => "webhook_replay",
+            Policy::Views => "views",
+            Policy::AccountMail => "account_mail",
+            Policy::AccountMailIp => "account_mail_ip",
+            Policy::Mfa => "mfa",
+            Policy::WorkerChannel => "worker_channel",
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use super::sequencer::Sequencer;
 use super::DomainEvent;
-use crate::actors::{EventBus, Hub};
+use crate::actors::Hub;
+use crate::events::bus::EventBus;
 use crate::redis_client::RedisHandle;
 
 /// The pub/sub channel of a deployment.
@@ -80,17 +81,17 @@ pub async fn publish(redis: &RedisHandle, origin: &str, event: &DomainEvent) {
 
 /// Run the relay until the process ends: subscribe, forward, and after every lost
 /// connection reconnect with backoff and have what may have been missed read from
-/// the outbox. The same connection carries access changes (`events::access`) to
+/// the outbox. The same connection carries access changes (`access`) to
 /// `access`, and job log notices to `bus`.
 pub async fn run_relay(
     redis: Arc<RedisHandle>,
     bus: Hub<EventBus>,
     sequencer: Sequencer,
     instance: String,
-    access: super::access::AccessSignals,
+    access: crate::access::AccessSignals,
 ) {
     let channel = channel(&redis);
-    let access_channel = super::access::channel(&redis);
+    let access_channel = crate::access::channel(&redis);
     let job_log_channel = super::job_log::channel(&redis);
     let mut lost = false;
     let mut backoff = Duration::from_millis(100);
@@ -165,8 +166,8 @@ pub async fn run_relay(
     }
 }
 
-/// Marks the access stream unhealthy when dropped (see `auth::session_cache`).
-struct StreamHealth<'a>(&'a super::access::AccessSignals);
+/// Marks the access stream unhealthy when dropped (see `access::sessions`).
+struct StreamHealth<'a>(&'a crate::access::AccessSignals);
 
 impl Drop for StreamHealth<'_> {
     fn drop(&mut self) {
@@ -174,7 +175,7 @@ impl Drop for StreamHealth<'_> {
     }
 }
 
-fn forward(sequencer: &Sequencer, instance: &str, payload: &str, access: &super::access::AccessSignals) {
+fn forward(sequencer: &Sequencer, instance: &str, payload: &str, access: &crate::access::AccessSignals) {
     let envelope: Envelope = match serde_json::from_str(payload) {
         Ok(envelope) => envelope,
         Err(err) => {

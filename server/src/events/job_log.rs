@@ -14,8 +14,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::actors::event_bus::{BusMessage, Publish};
-use crate::actors::{EventBus, Hub};
+use crate::actors::Hub;
+use crate::events::bus::EventBus;
+use crate::events::bus::{BusMessage, Publish};
 use crate::redis_client::RedisHandle;
 
 /// Line `seq` of job `job_id` was stored.

@@ -7,7 +7,7 @@
 //! `seq` (1, 2, 3, ...) and a global `cursor` (the outbox row id) that subscriptions
 //! resume from.
 
-pub mod access;
+pub mod bus;
 pub mod fanout;
 pub mod job_log;
 pub mod recheck;
@@ -18,15 +18,13 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use entities::{event_outbox, video, VideoStatus, Visibility};
 use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
-};
+use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::actors::event_bus::{BusMessage, Publish};
-use crate::actors::{EventBus, Hub};
+use crate::actors::Hub;
+use crate::events::bus::EventBus;
+use crate::events::bus::{BusMessage, Publish};
 
 /// Serialised into every stored event; bump when the payload changes shape.
 pub const EVENT_VERSION: u16 = 1;
@@ -113,7 +111,7 @@ pub struct DomainEvent {
 }
 
 impl DomainEvent {
-    fn new(video: &video::Model, kind: EventKind, detail: EventDetail, seq: i64) -> Self {
+    pub fn new(video: &video::Model, kind: EventKind, detail: EventDetail, seq: i64) -> Self {
         Self {
             version: EVENT_VERSION,
             kind,
@@ -137,50 +135,6 @@ impl DomainEvent {
         event.cursor = Some(row.id);
         Ok(event)
     }
-}
-
-/// Write a state-changing event for `video` (its state *after* the change) into the
-/// outbox. Call inside the transaction that makes the change, then publish the
-/// returned event after commit.
-#[tracing::instrument(name = "db event record", skip_all, fields(otel.kind = "client", event = kind.as_str(), video.id = %video.id))]
-pub async fn record<C: ConnectionTrait>(
-    conn: &C,
-    video: &video::Model,
-    kind: EventKind,
-    detail: EventDetail,
-) -> Result<DomainEvent, DbErr> {
-    // Serialise writers of one video's sequence: PostgreSQL row lock; SQLite has
-    // one writer per database already. The sequence lives on the video row, so
-    // pruning old outbox rows (see `prune`) never restarts it.
-    let mut current = video::Entity::find_by_id(video.id).select_only().column(video::Column::EventSeq);
-    if conn.get_database_backend() == DbBackend::Postgres {
-        current = current.lock_exclusive();
-    }
-    let seq = current.into_tuple::<i64>().one(conn).await?.unwrap_or(0) + 1;
-    video::Entity::update_many()
-        .col_expr(video::Column::EventSeq, Expr::value(seq))
-        .filter(video::Column::Id.eq(video.id))
-        .exec(conn)
-        .await?;
-    let mut event = DomainEvent::new(video, kind, detail, seq);
-    let payload = serde_json::to_value(&event).map_err(|e| DbErr::Custom(format!("serialising event: {e}")))?;
-    let row = event_outbox::ActiveModel {
-        video_id: Set(event.video_id),
-        owner_id: Set(event.owner_id),
-        kind: Set(kind.as_str().to_string()),
-        seq: Set(event.seq),
-        visibility: Set(event.visibility),
-        payload: Set(payload),
-        created_at: Set(event.at),
-        published_at: Set(None),
-        ..Default::default()
-    }
-    .insert(conn)
-    .await?;
-    event.cursor = Some(row.id);
-    // Webhook deliveries exist exactly when the event does.
-    crate::webhooks::fan_in(conn, &event).await?;
-    Ok(event)
 }
 
 /// Outbox rows deleted per statement while pruning.
@@ -279,7 +233,7 @@ pub fn progress_event(video: &video::Model, last_seq: i64, job_id: Uuid, progres
 pub struct Publisher {
     bus: Option<Hub<EventBus>>,
     redis: Option<(Arc<crate::redis_client::RedisHandle>, Arc<str>)>,
-    videos: Option<Arc<crate::repo::video_cache::VideoCache>>,
+    videos: Option<Arc<crate::access::videos::VideoCache>>,
     /// Puts events on `bus` in cursor order (a `serve` process); without it they go
     /// straight to the bus.
     sequencer: Option<sequencer::Sequencer>,
@@ -298,7 +252,7 @@ impl Publisher {
 
     /// Forget each event's video in this process's video-row cache, synchronously,
     /// before anyone hears of the event (the relay does so on the other instances).
-    pub fn with_video_cache(mut self, videos: Arc<crate::repo::video_cache::VideoCache>) -> Self {
+    pub fn with_video_cache(mut self, videos: Arc<crate::access::videos::VideoCache>) -> Self {
         self.videos = Some(videos);
         self
     }

@@ -37,9 +37,10 @@ use tokio::sync::{mpsc, Mutex};
 use tokio::time::Instant;
 
 use super::DomainEvent;
-use crate::actors::event_bus::{BusMessage, Publish};
-use crate::actors::{EventBus, Hub};
+use crate::actors::Hub;
 use crate::config::events::EventSettings;
+use crate::events::bus::EventBus;
+use crate::events::bus::{BusMessage, Publish};
 
 /// How long a gap waits for its event on the other path before the outbox is read.
 const GAP_READ_AFTER: Duration = Duration::from_millis(20);

@@ -8,7 +8,7 @@ use crate::auth::account_mail;
 use crate::auth::principal::ClientInfo;
 use crate::auth::roles::{require_principal, AuthenticatedGuard};
 use crate::error::GqlResultExt;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 fn client_info(ctx: &Context<'_>) -> ClientInfo {
     ctx.data_opt::<ClientInfo>().cloned().unwrap_or_default()

@@ -15,7 +15,7 @@ use crate::error::GqlResultExt;
 use crate::error::{AppError, ErrorCode};
 use crate::limits::Policy;
 use crate::repo::audit::{self, AuditAction, AuditEntry, AuditOutcome};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// What a user (or an API key) may do; see the roles table in the README.
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
@@ -137,7 +137,7 @@ fn parse_id(id: &ID, what: &str) -> Result<Uuid, AppError> {
 /// address alone is allowed.
 async fn limit_sign_in(state: &AppState, ctx: &Context<'_>, email: Option<&str>) -> Result<(), crate::error::AppError> {
     let ip = crate::limits::ip_subject(&client_info(ctx).ip.unwrap_or_else(|| "unknown".into()));
-    crate::limits::enforce(state, Policy::AuthIp, ip.clone(), 1).await?;
+    state.limiter.enforce(Policy::AuthIp, ip.clone(), 1).await?;
     if let Some(email) = email {
         limit_account(state, email, &ip).await?;
     }
@@ -153,7 +153,7 @@ fn account_key(email: &str) -> String {
 /// account's back-off after failures from every address.
 async fn limit_account(state: &AppState, email: &str, ip: &str) -> Result<(), crate::error::AppError> {
     let account = account_key(email);
-    crate::limits::enforce(state, Policy::Auth, format!("{account}|{ip}"), 1).await?;
+    state.limiter.enforce(Policy::Auth, format!("{account}|{ip}"), 1).await?;
     state.login_failures.check(&account).await?;
     Ok(())
 }
@@ -298,7 +298,7 @@ impl AccountsMutation {
             .detail(serde_json::json!({ "reason": "revoke all sessions", "sessions": revoked }));
         audit::record(&txn, &client_info(ctx), entry).await.gql()?;
         txn.commit().await.gql()?;
-        state.access_signals.announce(crate::events::access::AccessChange::user(principal.user_id)).await;
+        state.access_signals.announce(crate::access::AccessChange::user(principal.user_id)).await;
         Ok(true)
     }
 
@@ -380,7 +380,7 @@ impl AccountsMutation {
             .detail(serde_json::json!({ "from": from, "to": role }));
         audit::record(&txn, &client, entry).await.gql()?;
         txn.commit().await.gql()?;
-        state.access_signals.announce(crate::events::access::AccessChange::user(user.id)).await;
+        state.access_signals.announce(crate::access::AccessChange::user(user.id)).await;
         Ok(user.into())
     }
 
@@ -406,7 +406,7 @@ impl AccountsMutation {
         audit::record(&txn, &client_info(ctx), entry).await.gql()?;
         txn.commit().await.gql()?;
         // Open sockets of the account close now, not at their next periodic re-check.
-        state.access_signals.announce(crate::events::access::AccessChange::user(user_id)).await;
+        state.access_signals.announce(crate::access::AccessChange::user(user_id)).await;
         Ok(user.into())
     }
 }

@@ -10,7 +10,7 @@ use crate::auth::roles::{Permission, PermissionGuard};
 use crate::error::AppError;
 use crate::error::GqlResultExt;
 use crate::repo::audit as repo;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// What happened; see the README's "Audit log" section.
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]

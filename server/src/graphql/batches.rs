@@ -12,15 +12,15 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 
-use crate::actors::event_bus::{BusMessage, Subscribe};
 use crate::auth::principal::Principal;
 use crate::auth::roles::{has_permission, require_principal, AuthenticatedGuard, Permission};
 use crate::error::{AppError, ErrorCode, GqlResultExt};
+use crate::events::bus::{BusMessage, Subscribe};
 use crate::graphql::jobs::{requested_formats, sees_all, OutputFormat, TranscodePreset};
 use crate::graphql::paging;
 use crate::graphql::videos::{list_filter, VideoFilter};
 use crate::jobs::batches::{self, BatchProgress, BatchState};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// RUNNING while any of its jobs is queued or running; COMPLETED when all ended;
 /// CANCELLED once `cancelBatch` was called (its running jobs may still be stopping).
@@ -192,9 +192,7 @@ impl BatchesMutation {
         if !has_permission(principal.role, Permission::WriteOwnVideos) {
             return Err(AppError::forbidden("your role does not allow this").extend());
         }
-        crate::limits::enforce(state, crate::limits::Policy::Transcode, principal.user_id.to_string(), 1)
-            .await
-            .gql()?;
+        state.limiter.enforce(crate::limits::Policy::Transcode, principal.user_id.to_string(), 1).await.gql()?;
         let preset = preset.unwrap_or(TranscodePreset::Medium).as_str();
         let formats = requested_formats(state, formats).gql()?;
         let max = state.settings.jobs.max_batch_videos;

@@ -34,17 +34,17 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 
-use crate::actors::event_bus::{BusMessage, Subscribe};
 use crate::auth::principal::Principal;
 use crate::auth::roles::{has_permission, Permission};
 use crate::error::AppError;
 use crate::error::GqlResultExt;
+use crate::events::bus::{BusMessage, Subscribe};
 use crate::events::{DomainEvent, EventKind, ProgressInfo};
 use crate::graphql::progress::Progress;
 use crate::graphql::shared_frames::{FrameSink, RenderOne, SharedDelivery, VisibilityClass};
 use crate::graphql::videos::{viewer, VideoStatus};
 use crate::repo::videos::{can_read_by_id, find_readable};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Events buffered per subscriber before it counts as lagging.
 pub(crate) const SUBSCRIBER_BUFFER: usize = 64;

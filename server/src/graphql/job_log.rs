@@ -29,12 +29,12 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 
-use crate::actors::event_bus::{BusMessage, Subscribe};
 use crate::auth::roles::require_principal;
 use crate::error::{AppError, ErrorCode, GqlResultExt};
+use crate::events::bus::{BusMessage, Subscribe};
 use crate::graphql::jobs::{find_visible, hide_worker, parse_log_cursor, sees_all, JobLogLevel, JobLogLine};
 use crate::jobs::queue;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Lines buffered per subscriber; a slow client slows only its own feed.
 const SUBSCRIBER_BUFFER: usize = 64;

@@ -18,7 +18,7 @@ use crate::events::{ProgressInfo, Publisher};
 use crate::graphql::progress::Progress;
 use crate::jobs::{self, queue, DEFAULT_PRIORITY};
 use crate::repo::audit::{self, AuditAction, AuditEntry, AuditOutcome};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
 #[graphql(remote = "entities::JobStatus")]
@@ -488,9 +488,7 @@ impl JobsMutation {
             return Err(AppError::forbidden("your role does not allow this").extend());
         }
         let video_id = Uuid::parse_str(video_id.as_str()).map_err(|_| AppError::not_found("video").extend())?;
-        crate::limits::enforce(state, crate::limits::Policy::Transcode, principal.user_id.to_string(), 1)
-            .await
-            .gql()?;
+        state.limiter.enforce(crate::limits::Policy::Transcode, principal.user_id.to_string(), 1).await.gql()?;
         let preset = preset.unwrap_or(TranscodePreset::Medium);
         let formats = requested_formats(state, formats).gql()?;
         let txn = crate::db::begin_write(&state.db).await.gql()?;

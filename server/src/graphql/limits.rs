@@ -13,7 +13,7 @@ use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
 use async_graphql::{Pos, Positioned, ServerError, ServerResult, ValidationResult, Variables};
 
 use crate::auth::principal::ClientInfo;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Complexity points that cost one extra request of the caller's `api` budget.
 pub const COMPLEXITY_PER_REQUEST: usize = 25;
@@ -222,7 +222,7 @@ impl Extension for QueryCost {
         // Every door (HTTP, WebSocket) supplies ClientInfo; a missing one is charged
         // to a shared bucket rather than let through free.
         let ip = ctx.data_opt::<ClientInfo>().and_then(|c| c.ip.clone()).unwrap_or_else(|| "unknown".into());
-        match crate::limits::enforce(state, crate::limits::Policy::Api, crate::limits::ip_subject(&ip), extra).await {
+        match state.limiter.enforce(crate::limits::Policy::Api, crate::limits::ip_subject(&ip), extra).await {
             Ok(_) => Ok(result),
             Err(err) => Err(vec![err.to_graphql().into_server_error(Pos::default())]),
         }

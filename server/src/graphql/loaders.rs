@@ -5,7 +5,7 @@
 //! The loader lives in the schema's data, shared by all requests, and keeps
 //! nothing itself: a batch is the keys asked for while one request's (or several
 //! concurrent requests') siblings resolve together. Renditions and progress of a
-//! video held by the video-row cache (`repo::video_cache`) are answered from it
+//! video held by the video-row cache (`access::videos`) are answered from it
 //! (it forgets a video the moment the video changes); only the others are read.
 //! Callers are authorized before they get a `Video` at all, so a batch mixing
 //! videos of different callers reveals nothing.
@@ -19,9 +19,9 @@ use entities::rendition;
 use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
+use crate::access::videos::{CachedVideo, VideoCache};
 use crate::error::AppError;
 use crate::events::ProgressInfo;
-use crate::repo::video_cache::{CachedVideo, VideoCache};
 use crate::repo::{videos, views};
 
 /// The READY renditions of a video.

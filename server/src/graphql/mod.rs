@@ -28,7 +28,7 @@ pub mod worker_tokens;
 use async_graphql::{MergedObject, MergedSubscription, Schema};
 
 use crate::config::GraphqlSettings;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub use accounts::{AccountsMutation, AccountsQuery};
 pub use jobs::{JobsMutation, JobsQuery};
@@ -100,8 +100,10 @@ pub fn build_schema(settings: &GraphqlSettings, state: Option<AppState>) -> AppS
     }
     if let Some(state) = state {
         crate::auth::accounts::warm_up();
-        builder =
-            builder.data(loaders::video_loader(state.db.clone(), state.access_signals.videos().clone())).data(state);
+        builder = builder
+            .data(loaders::video_loader(state.db.clone(), state.access_signals.videos().clone()))
+            .data(system::LastStatus::default())
+            .data(state);
     }
     builder.finish()
 }

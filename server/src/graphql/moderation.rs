@@ -10,7 +10,7 @@ use crate::auth::roles::{require_principal, Permission, PermissionGuard};
 use crate::error::GqlResultExt;
 use crate::graphql::videos::{parse_video_id, Video};
 use crate::repo::moderation as repo;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
 #[graphql(remote = "entities::ModerationActionKind")]

@@ -7,10 +7,10 @@ use futures::Stream;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::StreamExt;
 
-use crate::actors::event_bus::{BusMessage, Subscribe};
 use crate::config::Mode;
 use crate::error::AppError;
-use crate::startup::AppState;
+use crate::events::bus::{BusMessage, Subscribe};
+use crate::state::AppState;
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
 pub enum ServerMode {

@@ -9,7 +9,7 @@ use sea_orm::{EntityTrait, QueryOrder};
 use super::jobs::Worker;
 use crate::auth::roles::{Permission, PermissionGuard};
 use crate::error::GqlResultExt;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// A circuit breaker's state.
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +100,7 @@ where
     }
     match read.await {
         Ok(value) => Ok(Some(value)),
-        Err(err) if crate::error::is_database_unreachable(&err) => {
+        Err(err) if crate::breaker::is_database_unreachable(&err) => {
             crate::breaker::note_database_error(&err);
             tracing::warn!(error = %err, "systemStatus: the database did not answer; showing the last reading");
             Ok(None)
@@ -132,7 +132,7 @@ impl SystemQuery {
             .collect();
         // While the `database` breaker is open nothing is asked of it.
         let open = state.breakers.database.state() == crate::breaker::BreakerState::Open;
-        let last = &state.last_status;
+        let last = ctx.data_unchecked::<LastStatus>();
         let reading =
             read_or_outage(open, crate::jobs::metrics::read(&state.db, std::time::Duration::from_secs(60))).await?;
         let queue = match reading {

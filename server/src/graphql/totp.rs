@@ -18,7 +18,7 @@ use crate::auth::totp::{self, SecondFactor};
 use crate::error::{AppError, ErrorCode, GqlResultExt};
 use crate::limits::Policy;
 use crate::repo::audit::{self, AuditAction, AuditEntry, AuditOutcome};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// A pending enrolment: put the secret in an authenticator app (or show the URI as
 /// a QR code), then confirm with a code.
@@ -54,7 +54,7 @@ async fn load_user(state: &AppState, id: Uuid) -> Result<user::Model, AppError> 
 /// every refusal by a limit it is counted in metrics, not audited, so a flood
 /// cannot grow the audit table faster than the limit allows.
 async fn charge_code(state: &AppState, user_id: Uuid) -> Result<(), AppError> {
-    crate::limits::enforce(state, Policy::Mfa, user_id.to_string(), 1).await.map(|_| ())
+    state.limiter.enforce(Policy::Mfa, user_id.to_string(), 1).await.map(|_| ())
 }
 
 async fn audit_wrong_code(state: &AppState, client: &ClientInfo, user_id: Uuid, during: &str) {

@@ -3,12 +3,12 @@
 use async_graphql::{Context, ErrorExtensions, InputObject, Object, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 
-use crate::actors::upload_session::FinishSession;
 use crate::auth::roles::require_principal;
 use crate::error::AppError;
 use crate::error::GqlResultExt;
 use crate::graphql::videos::Video;
-use crate::startup::AppState;
+use crate::state::AppState;
+use crate::uploads::session::FinishSession;
 use crate::uploads::{self, tickets, UploadRequest};
 
 #[derive(InputObject)]

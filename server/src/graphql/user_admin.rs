@@ -2,7 +2,7 @@
 //! `revokeSession` for everyone (their own sessions), and for admins `users(filter)`,
 //! `enableUser`, `deleteUser` and `setUserQuota`. Data access lives in `repo::users`;
 //! every change is audited and, when it takes access away, pushed to open sockets
-//! (`events::access`) after commit.
+//! (`access`) after commit.
 
 use async_graphql::connection::Connection;
 use async_graphql::{Context, ErrorExtensions, InputObject, MaybeUndefined, Object, SimpleObject, ID};
@@ -12,13 +12,13 @@ use uuid::Uuid;
 
 use super::accounts::{Role, User};
 use super::jobs::Job;
+use crate::access::AccessChange;
 use crate::auth::principal::{ClientInfo, Principal};
 use crate::auth::roles::{has_permission, require_principal, AuthenticatedGuard, Permission, PermissionGuard};
 use crate::error::{AppError, GqlResultExt};
-use crate::events::access::AccessChange;
 use crate::repo::audit::{self, AuditAction, AuditEntry, AuditOutcome};
 use crate::repo::users::{self as repo, Override};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// One sign-in: a refresh-token family, from the sign-in until it is revoked or expires.
 #[derive(SimpleObject, Debug, Clone)]

@@ -17,9 +17,9 @@ use crate::graphql::loaders::{ProgressOf, RenditionsOf, TotalsOf, VideoDataLoade
 use crate::graphql::moderation::ModerationEntry;
 use crate::graphql::progress::Progress;
 use crate::graphql::views::VideoStats;
-use crate::http::media;
+use crate::playback;
 use crate::repo::videos::{self as repo, ListCursor, ListFilter, NewVideo, VideoChanges};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
 #[graphql(remote = "entities::Visibility")]
@@ -127,7 +127,7 @@ impl Video {
         Ok(rows
             .into_iter()
             .map(|row| {
-                let url = media::rendition_url(state, &self.0, &row);
+                let url = playback::rendition_url(state, &self.0, &row);
                 Rendition { playlist_url: Some(url), ..Rendition::from(row) }
             })
             .collect())
@@ -224,7 +224,7 @@ impl Video {
             return Ok(None);
         }
         let state = ctx.data::<AppState>()?;
-        Ok(Some(media::media_url(state, &self.0, path)))
+        Ok(Some(playback::media_url(state, &self.0, path)))
     }
 }
 
@@ -361,13 +361,13 @@ pub struct VideosQuery;
 
 #[Object]
 impl VideosQuery {
-    // `video(id)`: hot videos are read from memory (`repo::video_cache`); who may
+    // `video(id)`: hot videos are read from memory (`access::videos`); who may
     // see the row is decided here, per request, as `repo::videos::find_readable` does.
     /// A video by id; null when it does not exist or the caller may not see it.
     async fn video(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Video>> {
         let state = ctx.data::<AppState>()?;
         let id = parse_video_id(&id).gql()?;
-        let video = state.access_signals.videos().load(&state.db, id).await.gql()?;
+        let video = crate::repo::videos::load_cached(state.access_signals.videos(), &state.db, id).await.gql()?;
         Ok(video.filter(|video| repo::can_read_by_id(viewer(ctx), &video.row)).map(|video| Video(video.row.clone())))
     }
 

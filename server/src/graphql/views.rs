@@ -14,7 +14,7 @@ use crate::error::GqlResultExt;
 use crate::graphql::videos::{parse_video_id, viewer};
 use crate::repo::videos::{find_readable, is_owner_or_moderator};
 use crate::repo::views as repo;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Longest range `videoStats` answers, in days.
 const MAX_STATS_DAYS: i64 = 366;
@@ -145,7 +145,7 @@ impl ViewsMutation {
             Some(principal) => format!("user:{}", principal.user_id),
             None => crate::limits::ip_subject(client.ip.as_deref().unwrap_or("unknown")),
         };
-        crate::limits::enforce(state, crate::limits::Policy::Views, subject, 1).await.gql()?;
+        state.limiter.enforce(crate::limits::Policy::Views, subject, 1).await.gql()?;
         let id = parse_video_id(&video_id).gql()?;
         let video = find_readable(&state.db, viewer, id).await.gql()?;
         if video.status != VideoStatus::Ready {

@@ -20,7 +20,7 @@ use crate::error::GqlResultExt;
 use crate::error::{AppError, ErrorCode};
 use crate::events::EventKind;
 use crate::repo::audit::{self, AuditAction, AuditEntry, AuditOutcome};
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::webhooks::target::{self, TargetError};
 
 /// Attempts listed per delivery (newest).
@@ -292,7 +292,7 @@ fn require_writer(principal: &Principal) -> Result<(), AppError> {
 /// re-pointing and redelivering all make the server send requests somewhere.
 async fn require_charged_writer(state: &AppState, principal: &Principal) -> Result<(), AppError> {
     require_writer(principal)?;
-    crate::limits::enforce(state, crate::limits::Policy::Webhook, principal.user_id.to_string(), 1).await?;
+    state.limiter.enforce(crate::limits::Policy::Webhook, principal.user_id.to_string(), 1).await?;
     Ok(())
 }
 
@@ -570,7 +570,7 @@ async fn replay(
     let batch = crate::webhooks::replay::select(&state.db, &endpoint, after, limit).await?;
     if !batch.is_empty() {
         let cost = u32::try_from(batch.len()).unwrap_or(u32::MAX);
-        crate::limits::enforce(state, Policy::WebhookReplay, principal.user_id.to_string(), cost).await?;
+        state.limiter.enforce(Policy::WebhookReplay, principal.user_id.to_string(), cost).await?;
     }
     let outcome = crate::webhooks::replay::enqueue(&state.db, &endpoint, &batch).await?;
     tracing::info!(

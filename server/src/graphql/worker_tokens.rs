@@ -12,7 +12,7 @@ use crate::auth::roles::{require_principal, Permission, PermissionGuard};
 use crate::auth::worker_tokens as service;
 use crate::error::{AppError, GqlResultExt};
 use crate::repo::audit::{self, AuditAction, AuditEntry, AuditOutcome};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// A worker token (never its secret).
 #[derive(SimpleObject, Debug, Clone)]

@@ -7,46 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use actix_web::http::header::HeaderMap;
 
-/// An address range such as `10.0.0.0/8`, `127.0.0.1` or `fd00::/8`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpRange {
-    base: IpAddr,
-    prefix: u8,
-}
-
-impl IpRange {
-    pub fn parse(text: &str) -> Option<Self> {
-        let (addr, prefix) = match text.split_once('/') {
-            Some((addr, prefix)) => (addr.trim().parse::<IpAddr>().ok()?, Some(prefix.trim().parse::<u8>().ok()?)),
-            None => (text.trim().parse::<IpAddr>().ok()?, None),
-        };
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = prefix.unwrap_or(max);
-        (prefix <= max).then_some(Self { base: addr, prefix })
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let bits = |ip: IpAddr| match ip {
-            IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32u32),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => (u128::from(u32::from(v4)), 32),
-                None => (u128::from(v6), 128),
-            },
-        };
-        let ((base, width), (candidate, candidate_width)) = (bits(self.base), bits(ip));
-        if width != candidate_width {
-            return false;
-        }
-        let host_bits = width - u32::from(self.prefix);
-        let mask = if host_bits >= 128 { 0 } else { u128::MAX << host_bits };
-        (base & mask) == (candidate & mask)
-    }
-}
-
-/// Parse the configured list; invalid entries are reported by settings validation.
-pub fn parse_ranges(entries: &[String]) -> Vec<IpRange> {
-    entries.iter().filter_map(|e| IpRange::parse(e)).collect()
-}
+pub use crate::config::net::{parse_ranges, IpRange};
 
 pub fn is_trusted(peer: Option<SocketAddr>, trusted: &[IpRange]) -> bool {
     peer.is_some_and(|peer| trusted.iter().any(|range| range.contains(peer.ip())))
@@ -66,6 +27,12 @@ pub fn client_ip(peer: Option<SocketAddr>, headers: &HeaderMap, trusted: &[IpRan
         .filter_map(|part| part.trim().parse::<IpAddr>().ok())
         .collect();
     forwarded.into_iter().rev().find(|ip| !trusted.iter().any(|range| range.contains(*ip))).or(peer_ip)
+}
+
+/// The client's address as text, as rate limits and audit records key it
+/// (`"unknown"` when there is none).
+pub fn client_addr(peer: Option<SocketAddr>, headers: &HeaderMap, trusted: &[IpRange]) -> String {
+    client_ip(peer, headers, trusted).map(|ip| ip.to_string()).unwrap_or_else(|| "unknown".into())
 }
 
 #[cfg(test)]

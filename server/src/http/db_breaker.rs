@@ -15,7 +15,7 @@ use actix_web::middleware::Next;
 use actix_web::web;
 
 use crate::error::{AppError, ErrorCode};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 fn guarded(path: &str) -> bool {
     matches!(path, "/uploads" | "/graphql/ws" | "/workers/ws")

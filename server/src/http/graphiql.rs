@@ -13,7 +13,7 @@ use actix_web::{web, HttpResponse};
 
 use crate::error::AppError;
 use crate::http::web_demo::{build_dir_with, html_response};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The built page's file name in `server.web_demo_dir`.
 const PAGE: &str = "graphiql.html";

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use crate::auth::principal::{authenticate, ClientInfo, RequestAuth};
 use crate::error::{AppError, ErrorCode};
 use crate::graphql::AppSchema;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Read the body, refusing it with `PAYLOAD_TOO_LARGE` as soon as it passes `max`
 /// bytes: a stranger cannot make the server buffer more than that.
@@ -344,7 +344,7 @@ async fn execute_observed(
     let client = ClientInfo {
         // X-Forwarded-For counts only from a trusted proxy: rate limits and session
         // records must not be steerable by a header the client writes.
-        ip: Some(state.client_ip(req.peer_addr(), req.headers())),
+        ip: Some(crate::http::client_ip::client_addr(req.peer_addr(), req.headers(), &state.trusted_proxies)),
         user_agent: header_str(req, USER_AGENT).map(str::to_string),
         request_id: request_id(req),
     };

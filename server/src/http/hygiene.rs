@@ -9,7 +9,7 @@ use actix_web::{web, HttpResponse};
 
 use crate::config::{ServerSettings, TlsEnforcement};
 use crate::error::{AppError, ErrorCode};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Probes come from inside the cluster over plain HTTP; they stay reachable.
 const PLAIN_HTTP_OK: &[&str] = &["/health", "/ready", "/metrics"];

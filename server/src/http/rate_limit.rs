@@ -10,16 +10,14 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::web;
 
-use crate::actors::rate_limit::Decision;
+use crate::limits::buckets::Decision;
 use crate::limits::{ip_subject, Policy};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 const EXEMPT: &[&str] = &["/health", "/ready", "/metrics"];
 
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-
-pub use crate::limits::{check, enforce};
 
 fn add_headers(headers: &mut actix_web::http::header::HeaderMap, decision: &Decision) {
     if let Ok(value) = HeaderValue::from_str(&decision.policy_header()) {
@@ -39,8 +37,9 @@ pub async fn limit_api(
         return Ok(next.call(req).await?.map_into_boxed_body());
     };
     // X-Forwarded-For only from a trusted proxy: otherwise it is the client's to forge.
-    let subject = ip_subject(&state.client_ip(req.peer_addr(), req.headers()));
-    match check(&state, Policy::Api, subject, 1).await {
+    let subject =
+        ip_subject(&crate::http::client_ip::client_addr(req.peer_addr(), req.headers(), &state.trusted_proxies));
+    match state.limiter.check(Policy::Api, subject, 1).await {
         Some(decision) if !decision.allowed => {
             metrics::counter!("reelhouse_rate_limited_total", "policy" => Policy::Api.as_str()).increment(1);
             let mut response = decision.clone().into_error().to_http_response();

@@ -21,7 +21,7 @@ use tracing::field::Empty;
 use tracing::Span;
 use tracing_actix_web::{DefaultRootSpanBuilder, RequestId, RootSpanBuilder};
 
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub struct PathOnlyRootSpan;
 

@@ -59,10 +59,10 @@ use sha1::Sha1;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::actors::upload_session::{self, FinishSession, SessionFacts};
 use crate::auth::principal::{authenticate, Principal, RequestAuth};
 use crate::error::{AppError, AppResult, ErrorBody, ErrorCode};
-use crate::startup::AppState;
+use crate::state::AppState;
+use crate::uploads::session::{self, FinishSession, SessionFacts};
 use crate::uploads::{self, tus_store, Concat, TusOptions, TusState, UploadRequest};
 
 pub const TUS_VERSION: &str = "1.0.0";
@@ -248,7 +248,7 @@ pub async fn create(state: web::Data<AppState>, req: HttpRequest, payload: web::
             .unwrap_or_else(|| if partial { String::new() } else { "application/octet-stream".into() });
         let request = UploadRequest { video_id, filename, content_type, size, checksum_sha256: get("checksumSha256") };
         let options = TusOptions { metadata: stored_metadata, deferred, partial };
-        let (row, _) = uploads::open_session(&state, &principal, request, Some(options)).await?;
+        let (row, _) = uploads::open_session(&**state, &principal, request, Some(options)).await?;
         Ok(row)
     }
     .await;
@@ -256,7 +256,7 @@ pub async fn create(state: web::Data<AppState>, req: HttpRequest, payload: web::
         Ok(row) => row,
         Err(err) => return error(err),
     };
-    let location = uploads::tus_url(&state, row.id);
+    let location = uploads::tus_url(&**state, row.id);
     let with_body = header(headers, CONTENT_TYPE.as_str()).is_some_and(|t| t.eq_ignore_ascii_case(OFFSET_OCTET_STREAM));
     let (row, offset, done) = if with_body {
         // creation-with-upload: the body is the first PATCH.
@@ -369,7 +369,7 @@ pub async fn head(state: web::Data<AppState>, req: HttpRequest, path: web::Path<
     if row.status == UploadStatus::Open && row.offset_bytes == row.declared_size && uploads::completes_video(&row) {
         let (state, id) = (state.clone(), row.id);
         actix_rt::spawn(async move {
-            if let Err(err) = uploads::completion::complete(&state, id).await {
+            if let Err(err) = uploads::completion::complete(&**state, id).await {
                 tracing::info!(upload = %id, code = err.code().as_str(), "completing a full upload on HEAD failed");
             }
         });
@@ -395,7 +395,7 @@ pub async fn head(state: web::Data<AppState>, req: HttpRequest, path: web::Path<
             res.insert_header(("Upload-Concat", "partial"));
         }
         Some(Concat::Final { parts }) => {
-            let urls: Vec<String> = parts.iter().map(|id| uploads::tus_url(&state, *id)).collect();
+            let urls: Vec<String> = parts.iter().map(|id| uploads::tus_url(&**state, *id)).collect();
             res.insert_header(("Upload-Concat", format!("final;{}", urls.join(" "))));
         }
         None => {}
@@ -423,7 +423,7 @@ pub async fn terminate(state: web::Data<AppState>, req: HttpRequest, path: web::
     if let Some(res) = gone_or_missing(&row) {
         return res;
     }
-    match uploads::abort::abort(&state, row.id, Some("terminated by the client".into())).await {
+    match uploads::abort::abort(&**state, row.id, Some("terminated by the client".into())).await {
         Ok(()) => {
             state.hubs.upload_sessions.addr().do_send(FinishSession(row.id));
             tus_builder(StatusCode::NO_CONTENT).finish()
@@ -533,7 +533,7 @@ async fn write_body(
         size: u64::try_from(row.declared_size).unwrap_or(0),
         expires_at: row.expires_at,
     };
-    let lease = match upload_session::acquire(&state.hubs.upload_sessions.addr(), row.id, facts).await {
+    let lease = match session::acquire(&state.hubs.upload_sessions.addr(), row.id, facts).await {
         Ok(Some(lease)) => lease,
         Ok(None) => {
             return Err(error(AppError::new(

@@ -19,7 +19,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::config::Settings;
 use crate::error::AppError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Paths the app never claims: API doors keep their own 404s.
 const RESERVED_PREFIXES: &[&str] =

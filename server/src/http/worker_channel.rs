@@ -34,8 +34,8 @@ use crate::jobs::remote::protocol::{
 use crate::jobs::remote::{self, TokenRevoked};
 use crate::jobs::reporter::QueueReporter;
 use crate::jobs::runner::{JobReporter, TranscodeOutput};
-use crate::limits::{self, ip_subject, Policy};
-use crate::startup::AppState;
+use crate::limits::{ip_subject, Policy};
+use crate::state::AppState;
 
 const PING_EVERY: Duration = Duration::from_secs(5);
 const PEER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -58,8 +58,9 @@ pub async fn worker_socket(
     }
     // Every socket is charged to its address before the upgrade (429 + Retry-After
     // over the limit), and once more if it is closed before its hello is accepted.
-    let subject = ip_subject(&state.client_ip(req.peer_addr(), req.headers()));
-    limits::enforce(&state, Policy::WorkerChannel, subject.clone(), 1).await?;
+    let subject =
+        ip_subject(&crate::http::client_ip::client_addr(req.peer_addr(), req.headers(), &state.trusted_proxies));
+    state.limiter.enforce(Policy::WorkerChannel, subject.clone(), 1).await?;
     let connection = WorkerConnection::new(state.get_ref().clone(), subject);
     ws::WsResponseBuilder::new(connection, &req, payload).protocols(&[SUBPROTOCOL]).frame_size(MAX_FRAME).start()
 }
@@ -154,7 +155,7 @@ impl WorkerConnection {
             // A failed hello costs its address once more.
             let (state, subject) = (self.state.clone(), self.subject.clone());
             actix::spawn(async move {
-                let _ = limits::check(&state, Policy::WorkerChannel, subject, 1).await;
+                let _ = state.limiter.check(Policy::WorkerChannel, subject, 1).await;
             });
         }
         ctx.close(Some(CloseReason { code: CloseCode::Other(code), description: Some(reason.to_string()) }));

@@ -13,7 +13,7 @@
 //!   API key revoked, user disabled, or a different role (a demotion, or an API
 //!   key's owner demoted). This is checked before every operation starts, and
 //!   every `graphql.ws_recheck_ms` for the ones that keep running, and at once when
-//!   an access change names the socket's user (`events::access`: a session revoked,
+//!   an access change names the socket's user (`access`: a session revoked,
 //!   an account disabled, deleted or given another role). A re-check the
 //!   database cannot answer keeps the socket open and is tried again at the next
 //!   interval (an operation starting meanwhile gets an `UNAVAILABLE` error);
@@ -44,7 +44,7 @@ use crate::error::{AppError, ErrorCode};
 use crate::graphql::AppSchema;
 use crate::limits::ws::{Counted, Slot};
 use crate::limits::{ip_subject, Policy};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 const PING_EVERY: Duration = Duration::from_secs(5);
 const PEER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -92,6 +92,8 @@ struct SessionAuth {
 pub struct Session {
     state: AppState,
     schema: AppSchema,
+    /// Frames rendered once and shared by sockets (`graphql::shared_frames`).
+    frames: web::Data<crate::graphql::shared_frames::SharedFrames>,
     protocol: WebSocketProtocols,
     last_heard: Instant,
     inbound: Option<async_channel::Sender<Vec<u8>>>,
@@ -112,6 +114,7 @@ pub struct Session {
 pub async fn graphql_ws(
     state: web::Data<AppState>,
     schema: web::Data<AppSchema>,
+    frames: web::Data<crate::graphql::shared_frames::SharedFrames>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, actix_web::Error> {
@@ -123,7 +126,7 @@ pub async fn graphql_ws(
         .ok_or_else(|| {
             crate::error::AppError::bad_input("Sec-WebSocket-Protocol must be graphql-transport-ws or graphql-ws")
         })?;
-    let ip = state.client_ip(req.peer_addr(), req.headers());
+    let ip = crate::http::client_ip::client_addr(req.peer_addr(), req.headers(), &state.trusted_proxies);
     let cap = state.settings.graphql.ws_max_sockets_per_ip;
     let address_slot = state.ws_admission.admit(Counted::SocketFrom(ip_subject(&ip)), cap).ok_or_else(|| {
         metrics::counter!("reelhouse_ws_sockets_refused_total", "per" => "address").increment(1);
@@ -133,6 +136,7 @@ pub async fn graphql_ws(
     let session = Session {
         state: state.get_ref().clone(),
         schema: schema.get_ref().clone(),
+        frames,
         protocol,
         last_heard: Instant::now(),
         inbound: None,
@@ -264,7 +268,7 @@ async fn recheck(state: AppState, auth: Arc<Mutex<SessionAuth>>) -> Result<(), R
 
 /// An access change that may concern this socket, or `Lagged`: some were missed.
 enum AccessSignal {
-    Changed(crate::events::access::AccessChange),
+    Changed(crate::access::AccessChange),
     Lagged,
 }
 
@@ -419,7 +423,7 @@ impl Session {
                 RecheckFailed::Lost(reason) => Refusal::Socket(reason),
                 RecheckFailed::Unavailable => Refusal::Operation(principal::auth_unavailable()),
             })?;
-            crate::limits::enforce(&state, Policy::Api, subject, 1).await.map_err(Refusal::Operation)?;
+            state.limiter.enforce(Policy::Api, subject, 1).await.map_err(Refusal::Operation)?;
             Ok(())
         };
         ctx.wait(admission.into_actor(self).map(move |outcome: Result<(), Refusal>, session, ctx| match outcome {
@@ -493,13 +497,8 @@ impl Session {
             WebSocketProtocols::SubscriptionsTransportWS => "data",
             WebSocketProtocols::GraphQLWS => "next",
         };
-        let (sink, frames) = self.state.shared_frames.sink(
-            self.schema.clone(),
-            &request,
-            frame_type,
-            &id,
-            crate::graphql::events::SUBSCRIBER_BUFFER,
-        );
+        let (sink, frames) =
+            self.frames.sink(self.schema.clone(), &request, frame_type, &id, crate::graphql::events::SUBSCRIBER_BUFFER);
         let request = request.data(crate::graphql::shared_frames::SharedDelivery::new(sink));
         let mut data = Data::default();
         data.insert(connection);

@@ -60,7 +60,7 @@ pub fn main() -> ExitCode {
     }
     // GStreamer reads (and may rebuild) its plugin registry here, before the sandbox
     // takes exec and most of the file system away.
-    if let Err(err) = crate::telemetry::init_gstreamer(&request.gstreamer_level) {
+    if let Err(err) = crate::media::init_gstreamer(&request.gstreamer_level) {
         reporter.fail(&MediaError::Init(format!("{err:#}")));
         return ExitCode::SUCCESS;
     }

@@ -11,7 +11,7 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait
 use uuid::Uuid;
 
 use super::{enqueue, NewJob};
-use crate::events::{self, DomainEvent, EventDetail, EventKind, ProgressInfo};
+use crate::events::{DomainEvent, EventDetail, EventKind, ProgressInfo};
 
 /// Enqueue a TRANSCODE of `video` (which has a source and no transcode under way)
 /// with `payload` at `priority`: a FAILED video is PROCESSING again, a READY one keeps
@@ -43,7 +43,7 @@ pub async fn enqueue_transcode<C: ConnectionTrait>(
         video
     };
     let detail = EventDetail { job_id: Some(job.id), ..Default::default() };
-    let event = events::record(conn, &video, EventKind::Processing, detail).await?;
+    let event = crate::repo::outbox::record(conn, &video, EventKind::Processing, detail).await?;
     Ok((job, event))
 }
 

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::jobs::JobSettings;
 use crate::config::Settings;
-use crate::events::{self, DomainEvent, EventDetail, EventKind, ProgressInfo, Publisher};
+use crate::events::{DomainEvent, EventDetail, EventKind, ProgressInfo, Publisher};
 use crate::media::CancelFlag;
 use crate::storage::{layout, ObjectStore};
 
@@ -107,7 +107,7 @@ pub async fn run(
         JobKind::DeleteObjects => super::delete_objects::run_delete_objects(ctx, job, reporter.clone())
             .await
             .map(|count| JobOutput::ObjectsDeleted { count }),
-        JobKind::SendMail => crate::mail::run_send_mail(ctx, job, &cancel).await,
+        JobKind::SendMail => super::send_mail::run(ctx, job, &cancel).await,
         JobKind::DeleteUser => super::delete_user::run_delete_user(ctx, job, reporter.clone())
             .await
             .map(|count| JobOutput::ObjectsDeleted { count }),
@@ -201,9 +201,13 @@ pub async fn apply_success(
     )));
     row.updated_at = Set(Utc::now());
     let video = row.update(txn).await?;
-    let event =
-        events::record(txn, &video, EventKind::Ready, EventDetail { job_id: Some(job.id), ..Default::default() })
-            .await?;
+    let event = crate::repo::outbox::record(
+        txn,
+        &video,
+        EventKind::Ready,
+        EventDetail { job_id: Some(job.id), ..Default::default() },
+    )
+    .await?;
     Ok(vec![event])
 }
 
@@ -279,7 +283,7 @@ async fn end_unsuccessfully(
     let reason = if reason.trim().is_empty() { "processing failed" } else { reason.trim() };
     let detail = EventDetail { error: Some(reason.to_string()), job_id: Some(job.id), ..Default::default() };
     if was_ready_before(txn, video.id).await? {
-        let event = events::record(txn, &video, kind, detail).await?;
+        let event = crate::repo::outbox::record(txn, &video, kind, detail).await?;
         return Ok(vec![event]);
     }
     // Nothing playable survives a failed first transcode (no master playlist): drop
@@ -296,7 +300,7 @@ async fn end_unsuccessfully(
     row.error = Set(Some(reason.to_string()));
     row.updated_at = Set(Utc::now());
     let video = row.update(txn).await?;
-    let event = events::record(txn, &video, kind, detail).await?;
+    let event = crate::repo::outbox::record(txn, &video, kind, detail).await?;
     Ok(vec![event])
 }
 

@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use super::runner::{JobContext, JobError, JobReporter};
 use super::runner_storage::{content_type_for, download_to_file, upload_all, upload_text, Upload};
-use crate::events::{self, EventDetail, EventKind, ProgressInfo, RenditionProgressInfo};
+use crate::events::{EventDetail, EventKind, ProgressInfo, RenditionProgressInfo};
 use crate::jail::protocol::{Message, Step, TranscodeFiles, TranscodeTask};
 use crate::jail::{confined_file, MediaJail};
 use crate::media::ladder::{HlsOutput, RenditionReady, Rung};
@@ -1012,7 +1012,7 @@ pub(crate) async fn record_early_rendition(
         retire_outputs(&txn, &current, vec![old], jobs, false).await.map_err(db_error)?;
     }
     upsert_rendition(&txn, video.id, rendition).await.map_err(db_error)?;
-    let event = events::record(
+    let event = crate::repo::outbox::record(
         &txn,
         &current,
         EventKind::RenditionReady,

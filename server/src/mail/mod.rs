@@ -31,10 +31,8 @@ use uuid::Uuid;
 
 use crate::config::Settings;
 use crate::error::AppError;
-use crate::jobs::runner::{JobContext, JobError, JobOutput};
+use crate::keys::sealed::SecretBox;
 use crate::keys::ServerKeys;
-use crate::media::CancelFlag;
-use crate::webhooks::secrets::SecretBox;
 pub use templates::OutgoingMail;
 
 #[derive(Debug, thiserror::Error)]
@@ -156,7 +154,7 @@ impl Mailer {
         self.seal.seal(mail_id, &json).map_err(|_| MailError::Seal)
     }
 
-    fn open_mail(&self, mail_id: Uuid, sealed: &str) -> Result<OutgoingMail, MailError> {
+    pub fn open_mail(&self, mail_id: Uuid, sealed: &str) -> Result<OutgoingMail, MailError> {
         // Only sealed payloads are accepted (the box would pass plain text through).
         if !sealed.starts_with("enc1:") {
             return Err(MailError::Seal);
@@ -169,10 +167,10 @@ impl Mailer {
 /// What a SEND_MAIL job's payload holds.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct MailPayload {
-    mail_id: Uuid,
-    template: String,
-    sealed: String,
+pub struct MailPayload {
+    pub mail_id: Uuid,
+    pub template: String,
+    pub sealed: String,
 }
 
 /// Enqueue `mail` as a SEND_MAIL job on `conn` (the caller's transaction).
@@ -185,21 +183,22 @@ pub async fn enqueue<C: ConnectionTrait>(
     let mail_id = Uuid::now_v7();
     let sealed = mailer.seal_mail(mail_id, mail).map_err(AppError::internal)?;
     let payload = MailPayload { mail_id, template: mail.template.clone(), sealed };
-    let new = crate::jobs::NewJob {
+    let new = crate::repo::jobs::NewJob {
         kind: JobKind::SendMail,
         video_id: None,
         // No owner: mail is not media work, so no processing budget or fairness applies.
         owner_id: None,
-        priority: crate::jobs::DEFAULT_PRIORITY,
+        priority: crate::repo::jobs::DEFAULT_PRIORITY,
         payload: serde_json::to_value(&payload).map_err(AppError::internal)?,
         max_attempts: settings.mail.max_attempts,
     };
-    let job = crate::jobs::enqueue(conn, new).await?;
+    let job = crate::repo::jobs::enqueue(conn, new).await?;
     metrics::counter!("reelhouse_mail_queued_total", "template" => template_label(&mail.template)).increment(1);
     Ok(job)
 }
 
-fn template_label(template: &str) -> &'static str {
+/// The metrics label of a template name (a fixed set).
+pub fn template_label(template: &str) -> &'static str {
     match template {
         "VERIFY_EMAIL" => "VERIFY_EMAIL",
         "CONFIRM_NEW_EMAIL" => "CONFIRM_NEW_EMAIL",
@@ -208,63 +207,6 @@ fn template_label(template: &str) -> &'static str {
         "PASSWORD_CHANGED" => "PASSWORD_CHANGED",
         "SIGNUP_ATTEMPT" => "SIGNUP_ATTEMPT",
         _ => "OTHER",
-    }
-}
-
-/// How often a send in progress looks at its job's cancel flag.
-const CANCEL_POLL: Duration = Duration::from_millis(100);
-
-/// Resolves once `cancel` is set (a shutdown past its drain timeout, or a cancel).
-async fn cancelled(cancel: &CancelFlag) {
-    while !cancel.load(std::sync::atomic::Ordering::SeqCst) {
-        tokio::time::sleep(CANCEL_POLL).await;
-    }
-}
-
-/// Run one SEND_MAIL job: open the sealed mail and deliver it.
-///
-/// The send stops when `cancel` is set: a shutdown lets a send in progress finish
-/// within its drain timeout, then cancels it, and the job goes back to the queue
-/// (the SMTP connection is dropped here, on the runtime, not left to a destructor
-/// after the runtime ends). A mail cut off after the server took its DATA may
-/// arrive twice: delivery is at least once.
-#[tracing::instrument(skip_all, fields(job_id = %job.id))]
-pub async fn run_send_mail(ctx: &JobContext, job: &job::Model, cancel: &CancelFlag) -> Result<JobOutput, JobError> {
-    let permanent = |reason: String| JobError::Permanent { code: "MAIL_FAILED", reason };
-    let payload: MailPayload = serde_json::from_value(job.payload.clone())
-        .map_err(|_| permanent("the mail job's payload is malformed".into()))?;
-    let mail = ctx.mailer.open_mail(payload.mail_id, &payload.sealed).map_err(|err| permanent(err.to_string()))?;
-    let label = template_label(&payload.template);
-    let outcome = tokio::select! {
-        outcome = ctx.mailer.deliver(payload.mail_id, &mail) => outcome,
-        () = cancelled(cancel) => {
-            metrics::counter!("reelhouse_mail_sent_total", "template" => label, "outcome" => "interrupted").increment(1);
-            tracing::warn!(mail_id = %payload.mail_id, "mail send interrupted (shutdown or cancel); not delivered by this attempt");
-            return Err(JobError::Cancelled);
-        }
-    };
-    match outcome {
-        Ok(delivered) => {
-            metrics::counter!("reelhouse_mail_sent_total", "template" => label, "outcome" => "sent").increment(1);
-            match delivered {
-                // The path is fine to log; the link inside is not.
-                Delivered::File(path) => {
-                    tracing::info!(mail_id = %payload.mail_id, template = label, path = %path.display(), "mail written")
-                }
-                Delivered::Smtp => tracing::info!(mail_id = %payload.mail_id, template = label, "mail sent"),
-            }
-            Ok(JobOutput::MailSent)
-        }
-        Err(err @ (MailError::Transient(_) | MailError::Io(_))) => {
-            metrics::counter!("reelhouse_mail_sent_total", "template" => label, "outcome" => "retry").increment(1);
-            tracing::warn!(mail_id = %payload.mail_id, error = %err, "mail not delivered; retried later");
-            Err(JobError::Retryable(err.to_string()))
-        }
-        Err(err) => {
-            metrics::counter!("reelhouse_mail_sent_total", "template" => label, "outcome" => "failed").increment(1);
-            tracing::warn!(mail_id = %payload.mail_id, error = %err, "mail cannot be delivered");
-            Err(permanent(err.to_string()))
-        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! pipeline in `Null` and removes what it wrote when it fails.
 
 pub mod ladder;
+pub mod log_bridge;
 pub mod mp4;
 pub mod thumbs;
 
@@ -18,6 +19,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use log_bridge::{gst_level, init_gstreamer};
 pub use look::{Declared, DeclaredStream, StreamKind};
 pub use pipeline::{forward_warnings, set_streaming_nice, Progress, RungProgress, WarningSink};
 pub use probe::{
@@ -118,7 +120,7 @@ impl From<gstreamer::glib::BoolError> for MediaError {
 
 /// Initialise GStreamer (idempotent) before any pipeline is built.
 pub(crate) fn ensure_gstreamer() -> Result<(), MediaError> {
-    crate::telemetry::init_gstreamer("warning").map_err(|e| MediaError::Init(format!("{e:#}")))
+    init_gstreamer("warning").map_err(|e| MediaError::Init(format!("{e:#}")))
 }
 
 /// `file://` URI for a local path (made absolute first).

@@ -11,8 +11,8 @@ use entities::audit_event;
 use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Select, Set};
 use uuid::Uuid;
 
-use crate::auth::principal::ClientInfo;
 use crate::error::AppResult;
+use crate::identity::ClientInfo;
 
 /// What happened. The names ([`AuditAction::as_str`]) are stored and shown to
 /// clients: never rename one, only add.

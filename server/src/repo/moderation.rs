@@ -1,6 +1,6 @@
 //! Moderation: hiding and unhiding videos, each decision recorded with its reason.
 //! A hidden video plays only for its owner and moderators (see `repo::videos` for
-//! the read rules and `http::media` for the signature it then needs).
+//! the read rules and `playback` for the signature it then needs).
 
 use entities::{moderation_action, video, ModerationActionKind};
 use sea_orm::sea_query::Expr;
@@ -9,9 +9,9 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use crate::auth::principal::{ClientInfo, Principal};
-use crate::auth::roles::{has_permission, Permission};
 use crate::error::{AppError, ErrorCode};
+use crate::identity::{has_permission, Permission};
+use crate::identity::{ClientInfo, Principal};
 use crate::repo::audit::{AuditAction, AuditEntry, AuditOutcome};
 use crate::repo::videos::{find_readable, now_micros};
 

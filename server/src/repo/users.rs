@@ -12,9 +12,9 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+use super::jobs::{self, NewJob};
 use crate::config::Settings;
 use crate::error::{AppError, AppResult, ErrorCode};
-use crate::jobs::{self, NewJob};
 
 /// Attempts of a DELETE_USER job: it is retried (with the queue's backoff) until
 /// done; what it does is idempotent.
@@ -67,8 +67,7 @@ pub async fn set_disabled(txn: &DatabaseTransaction, id: Uuid, disabled: bool) -
     active.disabled = Set(disabled);
     active.updated_at = Set(Utc::now());
     let updated = active.update(txn).await?;
-    let revoked =
-        if disabled { crate::auth::sessions::revoke_all_sessions(txn, id, "account disabled").await? } else { 0 };
+    let revoked = if disabled { revoke_all_sessions(txn, id, "account disabled").await? } else { 0 };
     Ok((updated, revoked))
 }
 
@@ -146,7 +145,7 @@ pub async fn retire(txn: &DatabaseTransaction, actor: Uuid, id: Uuid) -> AppResu
     active.deleted_at = Set(Some(now));
     active.updated_at = Set(now);
     let user = active.update(txn).await?;
-    let sessions_revoked = crate::auth::sessions::revoke_all_sessions(txn, id, "account deleted").await?;
+    let sessions_revoked = revoke_all_sessions(txn, id, "account deleted").await?;
     let api_keys_revoked = api_key::Entity::update_many()
         .col_expr(api_key::Column::RevokedAt, Expr::value(now))
         .filter(api_key::Column::UserId.eq(id))
@@ -292,4 +291,16 @@ pub async fn revoke_session(
         .rows_affected
         == 1;
     Ok((family, revoked))
+}
+
+/// Revoke every live session of a user; returns how many were revoked.
+pub async fn revoke_all_sessions(db: &impl ConnectionTrait, user_id: Uuid, reason: &str) -> AppResult<u64> {
+    Ok(refresh_token_family::Entity::update_many()
+        .col_expr(refresh_token_family::Column::RevokedAt, Expr::value(Utc::now()))
+        .col_expr(refresh_token_family::Column::RevokedReason, Expr::value(reason))
+        .filter(refresh_token_family::Column::UserId.eq(user_id))
+        .filter(refresh_token_family::Column::RevokedAt.is_null())
+        .exec(db)
+        .await?
+        .rows_affected)
 }

@@ -10,6 +10,7 @@
 //! videos do not reveal that they exist. Deleted videos are gone for everyone.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, DurationRound, Utc};
 use entities::{
@@ -22,11 +23,13 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use crate::auth::principal::Principal;
-use crate::auth::roles::{has_permission, Permission};
+use super::jobs::{self, NewJob};
+use crate::access::videos::{CachedVideo, VideoCache};
 use crate::error::AppError;
-use crate::events::{self, DomainEvent, EventDetail, EventKind, ProgressInfo};
-use crate::jobs::{self, NewJob};
+use crate::events::{DomainEvent, EventDetail, EventKind, ProgressInfo};
+use crate::hot_cache::Lookup;
+use crate::identity::Principal;
+use crate::identity::{has_permission, Permission};
 use crate::storage::layout;
 
 /// Owner, or a moderator/admin.
@@ -389,7 +392,7 @@ pub async fn mark_deleted_in(
         .exec(txn)
         .await?;
     let deleted = video::Model { deleted_at: Some(now), updated_at: now, ..video };
-    let event = events::record(txn, &deleted, EventKind::Deleted, EventDetail::default()).await?;
+    let event = crate::repo::outbox::record(txn, &deleted, EventKind::Deleted, EventDetail::default()).await?;
     Ok(Some((deleted, event)))
 }
 
@@ -551,6 +554,34 @@ pub async fn running_progress_of<C: ConnectionTrait>(
         }
     }
     Ok(by_video)
+}
+
+/// The video by id, from memory or (then remembered) from the database:
+/// its row, READY renditions and running progress. `None`: no such row.
+pub async fn load_cached<C: ConnectionTrait>(
+    cache: &VideoCache,
+    conn: &C,
+    id: Uuid,
+) -> Result<Option<Arc<CachedVideo>>, AppError> {
+    let ticket = match cache.lookup(id) {
+        Lookup::Hit(video) => return Ok(Some(video)),
+        Lookup::Miss => cache.ticket(),
+        Lookup::Bypass => None,
+    };
+    let Some(row) = video::Entity::find_by_id(id).one(conn).await.map_err(AppError::internal)? else {
+        return Ok(None);
+    };
+    // A row nobody may read any more (deleted) is kept without its details.
+    let renditions = if row.deleted_at.is_some() {
+        Vec::new()
+    } else {
+        ready_renditions_of(conn, &[id]).await?.remove(&id).unwrap_or_default()
+    };
+    let video = Arc::new(CachedVideo { row, renditions });
+    if let Some(ticket) = ticket {
+        cache.insert(ticket, id, video.clone());
+    }
+    Ok(Some(video))
 }
 
 #[cfg(test)]

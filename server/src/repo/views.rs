@@ -21,9 +21,9 @@ use sea_orm::{
 use sha2::Sha256;
 use uuid::Uuid;
 
-use crate::auth::principal::{ClientInfo, Principal};
 use crate::config::views::ViewSettings;
 use crate::error::AppError;
+use crate::identity::{ClientInfo, Principal};
 use crate::repo::videos::now_micros;
 
 /// Compare-and-set attempts for one heartbeat before it gives up (adding nothing).

@@ -34,12 +34,7 @@ pub use s3::{S3Store, S3StoreConfig};
 /// A body streamed in or out of storage. `'static + Send` so it can cross tasks.
 pub type ByteStream = futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>>;
 
-/// S3's multipart rules, enforced by both backends so they behave alike.
-pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
-pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
-pub const MAX_PART_NUMBER: i32 = 10_000;
-/// The largest object a single (non-multipart) PUT may carry, as on S3.
-pub const MAX_SINGLE_PUT_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+pub use crate::config::object_limits::{MAX_PART_NUMBER, MAX_PART_SIZE, MAX_SINGLE_PUT_SIZE, MIN_PART_SIZE};
 /// Presigned URLs live between one second and seven days (the SigV4 maximum).
 pub const MIN_PRESIGN_EXPIRY: Duration = Duration::from_secs(1);
 pub const MAX_PRESIGN_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);

@@ -10,15 +10,15 @@ use uuid::Uuid;
 
 use super::tail_key;
 use crate::error::{AppError, AppResult, ErrorCode};
-use crate::startup::AppState;
 use crate::storage::ObjectStore;
+use crate::uploads::UploadDeps;
 
 /// Longest stored failure reason, in characters.
 const MAX_REASON_CHARS: usize = 500;
 
 /// Abort an OPEN session: ABORTED with `reason`, storage cleaned, video DRAFT.
 /// Aborting an already aborted session is a no-op.
-pub async fn abort(state: &AppState, id: Uuid, reason: Option<String>) -> AppResult<()> {
+pub async fn abort(state: &dyn UploadDeps, id: Uuid, reason: Option<String>) -> AppResult<()> {
     let reason = reason
         .map(|r| r.chars().filter(|c| !c.is_control()).take(MAX_REASON_CHARS).collect::<String>())
         .filter(|r| !r.trim().is_empty())
@@ -27,7 +27,7 @@ pub async fn abort(state: &AppState, id: Uuid, reason: Option<String>) -> AppRes
 }
 
 /// Move an OPEN session to `status` (ABORTED or EXPIRED) and clean up after it.
-pub async fn end_session(state: &AppState, id: Uuid, status: UploadStatus, reason: &str) -> AppResult<()> {
+pub async fn end_session(state: &dyn UploadDeps, id: Uuid, status: UploadStatus, reason: &str) -> AppResult<()> {
     let now = Utc::now();
     let ended = upload::Entity::update_many()
         .col_expr(upload::Column::Status, Expr::value(status))
@@ -35,9 +35,9 @@ pub async fn end_session(state: &AppState, id: Uuid, status: UploadStatus, reaso
         .col_expr(upload::Column::UpdatedAt, Expr::value(now))
         .filter(upload::Column::Id.eq(id))
         .filter(upload::Column::Status.eq(UploadStatus::Open))
-        .exec(&state.db)
+        .exec(state.db())
         .await?;
-    let row = upload::Entity::find_by_id(id).one(&state.db).await?.ok_or_else(|| AppError::not_found("upload"))?;
+    let row = upload::Entity::find_by_id(id).one(state.db()).await?.ok_or_else(|| AppError::not_found("upload"))?;
     if ended.rows_affected == 0 {
         return match row.status {
             s if s == status => Ok(()),
@@ -49,14 +49,14 @@ pub async fn end_session(state: &AppState, id: Uuid, status: UploadStatus, reaso
         };
     }
     let object = !is_accepted_source(state, &row).await?;
-    cleanup_storage(state.store.as_ref(), &row, object).await;
+    cleanup_storage(state.store().as_ref(), &row, object).await;
     // Partial uploads (tus concatenation) share their video: it goes back to DRAFT
     // only when the last of them has ended.
     let others = upload::Entity::find()
         .filter(upload::Column::VideoId.eq(row.video_id))
         .filter(upload::Column::Id.ne(row.id))
         .filter(upload::Column::Status.is_in([UploadStatus::Open, UploadStatus::Completing]))
-        .count(&state.db)
+        .count(state.db())
         .await?;
     if others > 0 {
         metrics::counter!("reelhouse_uploads_ended_total", "status" => status_label(status)).increment(1);
@@ -67,9 +67,9 @@ pub async fn end_session(state: &AppState, id: Uuid, status: UploadStatus, reaso
         .col_expr(video::Column::UpdatedAt, Expr::value(now))
         .filter(video::Column::Id.eq(row.video_id))
         .filter(video::Column::Status.eq(VideoStatus::Uploading))
-        .exec(&state.db)
+        .exec(state.db())
         .await?;
-    state.access_signals.video_changed(row.video_id).await;
+    state.access_signals().video_changed(row.video_id).await;
     metrics::counter!("reelhouse_uploads_ended_total", "status" => status_label(status)).increment(1);
     Ok(())
 }
@@ -77,7 +77,7 @@ pub async fn end_session(state: &AppState, id: Uuid, status: UploadStatus, reaso
 /// End a session this process has claimed (COMPLETING) without completing it,
 /// removing its bytes (the object too).
 pub async fn finish_claimed(
-    state: &AppState,
+    state: &dyn UploadDeps,
     row: &upload::Model,
     status: UploadStatus,
     reason: &str,
@@ -88,10 +88,10 @@ pub async fn finish_claimed(
         .col_expr(upload::Column::UpdatedAt, Expr::value(Utc::now()))
         .filter(upload::Column::Id.eq(row.id))
         .filter(upload::Column::Status.eq(UploadStatus::Completing))
-        .exec(&state.db)
+        .exec(state.db())
         .await?;
     let object = !is_accepted_source(state, row).await?;
-    cleanup_storage(state.store.as_ref(), row, object).await;
+    cleanup_storage(state.store().as_ref(), row, object).await;
     Ok(())
 }
 
@@ -99,8 +99,8 @@ pub async fn finish_claimed(
 /// write to the source key (a stale tus final upload next to the one that
 /// completed the video, a retried join), and ending one of them must never delete
 /// what another made the video's source.
-async fn is_accepted_source(state: &AppState, row: &upload::Model) -> AppResult<bool> {
-    let video = video::Entity::find_by_id(row.video_id).one(&state.db).await?;
+async fn is_accepted_source(state: &dyn UploadDeps, row: &upload::Model) -> AppResult<bool> {
+    let video = video::Entity::find_by_id(row.video_id).one(state.db()).await?;
     Ok(video.is_some_and(|v| v.deleted_at.is_none() && v.source_key.as_deref() == Some(row.object_key.as_str())))
 }
 

@@ -19,12 +19,12 @@ use uuid::Uuid;
 use super::abort::cleanup_storage;
 use super::{tail_key, TusState};
 use crate::error::{local_write_failed, AppError, AppResult, ErrorCode};
-use crate::events::{self, EventDetail, EventKind};
+use crate::events::{EventDetail, EventKind};
 use crate::jail::MediaJail;
 use crate::jobs::{self, NewJob};
 use crate::media::{MediaError, MediaInfo};
-use crate::startup::AppState;
 use crate::storage::{CompletedPart, StoreError};
+use crate::uploads::UploadDeps;
 
 /// Bytes kept from the start of the file for the magic-number check.
 const SNIFF_LEN: usize = 512;
@@ -51,10 +51,10 @@ impl From<StoreError> for Failure {
 
 /// Complete session `id` (the caller has checked access). Idempotent.
 #[tracing::instrument(name = "upload complete", skip_all, fields(upload.id = %id))]
-pub async fn complete(state: &AppState, id: Uuid) -> AppResult<video::Model> {
+pub async fn complete(state: &dyn UploadDeps, id: Uuid) -> AppResult<video::Model> {
     // A partial tus upload waits for its final upload; one with a deferred length
     // waits for the length. Neither is a video's source by itself.
-    if let Some(row) = upload::Entity::find_by_id(id).one(&state.db).await? {
+    if let Some(row) = upload::Entity::find_by_id(id).one(state.db()).await? {
         if row.status == UploadStatus::Open {
             if let Some(tus) = TusState::from_row(&row) {
                 if tus.is_partial() {
@@ -77,9 +77,9 @@ pub async fn complete(state: &AppState, id: Uuid) -> AppResult<video::Model> {
         .col_expr(upload::Column::UpdatedAt, Expr::value(Utc::now()))
         .filter(upload::Column::Id.eq(id))
         .filter(upload::Column::Status.eq(UploadStatus::Open))
-        .exec(&state.db)
+        .exec(state.db())
         .await?;
-    let row = upload::Entity::find_by_id(id).one(&state.db).await?.ok_or_else(|| AppError::not_found("upload"))?;
+    let row = upload::Entity::find_by_id(id).one(state.db()).await?.ok_or_else(|| AppError::not_found("upload"))?;
     if claimed.rows_affected == 0 {
         return match row.status {
             UploadStatus::Completed => load_video(state, row.video_id).await,
@@ -137,12 +137,16 @@ pub async fn complete(state: &AppState, id: Uuid) -> AppResult<video::Model> {
 /// record that in the row (still COMPLETING). Afterwards the row's `object_key` is
 /// the source, so a retried completion (after a transient failure) finds the bytes
 /// there, and the staging URL is refused for good (its key no longer matches).
-async fn move_staging(state: &AppState, mut row: upload::Model, video: &video::Model) -> AppResult<upload::Model> {
+async fn move_staging(
+    state: &dyn UploadDeps,
+    mut row: upload::Model,
+    video: &video::Model,
+) -> AppResult<upload::Model> {
     let source = crate::storage::layout::source(video.owner_id, video.id);
     if row.method != UploadMethod::Presigned || row.object_key == source || row.s3_upload_id.is_some() {
         return Ok(row);
     }
-    match state.store.rename(&row.object_key, &source).await {
+    match state.store().rename(&row.object_key, &source).await {
         Ok(_) => {}
         Err(StoreError::NotFound { .. }) => return Err(AppError::bad_input("nothing has been uploaded yet")),
         Err(err) => return Err(err.into()),
@@ -152,7 +156,7 @@ async fn move_staging(state: &AppState, mut row: upload::Model, video: &video::M
         .col_expr(upload::Column::UpdatedAt, Expr::value(Utc::now()))
         .filter(upload::Column::Id.eq(row.id))
         .filter(upload::Column::Status.eq(UploadStatus::Completing))
-        .exec(&state.db)
+        .exec(state.db())
         .await?;
     if moved.rows_affected != 1 {
         return Err(AppError::new(ErrorCode::Conflict, "the upload changed while it was being completed"));
@@ -161,17 +165,17 @@ async fn move_staging(state: &AppState, mut row: upload::Model, video: &video::M
     Ok(row)
 }
 
-async fn load_video(state: &AppState, id: Uuid) -> AppResult<video::Model> {
-    video::Entity::find_by_id(id).one(&state.db).await?.ok_or_else(|| AppError::not_found("video"))
+async fn load_video(state: &dyn UploadDeps, id: Uuid) -> AppResult<video::Model> {
+    video::Entity::find_by_id(id).one(state.db()).await?.ok_or_else(|| AppError::not_found("video"))
 }
 
-async fn reopen(state: &AppState, id: Uuid) {
+async fn reopen(state: &dyn UploadDeps, id: Uuid) {
     let result = upload::Entity::update_many()
         .col_expr(upload::Column::Status, Expr::value(UploadStatus::Open))
         .col_expr(upload::Column::UpdatedAt, Expr::value(Utc::now()))
         .filter(upload::Column::Id.eq(id))
         .filter(upload::Column::Status.eq(UploadStatus::Completing))
-        .exec(&state.db)
+        .exec(state.db())
         .await;
     if let Err(err) = result {
         tracing::error!(upload = %id, error = ?err, "could not reopen an upload after a failed completion");
@@ -179,10 +183,10 @@ async fn reopen(state: &AppState, id: Uuid) {
 }
 
 /// Assemble, check size/checksum/magic, probe. Returns what the probe found.
-async fn verify(state: &AppState, row: &upload::Model) -> Result<MediaInfo, Failure> {
+async fn verify(state: &dyn UploadDeps, row: &upload::Model) -> Result<MediaInfo, Failure> {
     let declared = u64::try_from(row.declared_size).unwrap_or(0);
     assemble(state, row, declared).await?;
-    let meta = match state.store.head(&row.object_key).await {
+    let meta = match state.store().head(&row.object_key).await {
         Ok(meta) => meta,
         Err(StoreError::NotFound { .. }) => {
             return Err(Failure::Reopen(AppError::bad_input("nothing has been uploaded yet")));
@@ -197,7 +201,7 @@ async fn verify(state: &AppState, row: &upload::Model) -> Result<MediaInfo, Fail
     }
     // On local disk the object is already a file: read it in place. Otherwise
     // download a copy (removed on drop, on every path), hashing on the way.
-    let source = match state.store.local_file(&row.object_key).await? {
+    let source = match state.store().local_file(&row.object_key).await? {
         Some(local) if local.size == declared => in_place(local).await?,
         _ => download(state, row, declared).await?,
     };
@@ -220,10 +224,10 @@ async fn verify(state: &AppState, row: &upload::Model) -> Result<MediaInfo, Fail
                 .into(),
         ));
     }
-    let timeout = state.settings.media.probe_timeout();
-    let limits = state.settings.media.limits();
+    let timeout = state.settings().media.probe_timeout();
+    let limits = state.settings().media.limits();
     // Decoding a stranger's bytes happens in a jailed child, never in this process.
-    let probed = MediaJail::from_settings(&state.settings).probe(source.path(), timeout, limits).await;
+    let probed = MediaJail::from_settings(state.settings()).probe(source.path(), timeout, limits).await;
     drop(source);
     match probed {
         Ok(info) => Ok(info),
@@ -284,13 +288,13 @@ async fn in_place(local: crate::storage::LocalFile) -> Result<Source, Failure> {
 }
 
 /// Download the object to a temp file, hashing it and keeping its first bytes.
-async fn download(state: &AppState, row: &upload::Model, declared: u64) -> Result<Source, Failure> {
+async fn download(state: &dyn UploadDeps, row: &upload::Model, declared: u64) -> Result<Source, Failure> {
     let temp = tempfile::Builder::new().prefix("reelhouse-upload-").tempfile().map_err(local_write_failed)?;
     let (mut file, path) = temp.into_parts();
     let mut hasher = Sha256::new();
     let mut head = Vec::with_capacity(SNIFF_LEN);
     let mut written = 0u64;
-    let mut body = state.store.get(&row.object_key, None).await?.body;
+    let mut body = state.store().get(&row.object_key, None).await?.body;
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(storage_read_failed)?;
         if head.len() < SNIFF_LEN {
@@ -337,8 +341,8 @@ fn reason_of(err: &MediaError) -> String {
 }
 
 /// Turn the session's bytes into the object at `object_key`.
-async fn assemble(state: &AppState, row: &upload::Model, declared: u64) -> Result<(), Failure> {
-    let store = state.store.as_ref();
+async fn assemble(state: &dyn UploadDeps, row: &upload::Model, declared: u64) -> Result<(), Failure> {
+    let store = state.store().as_ref();
     let Some(upload_id) = row.s3_upload_id.as_deref() else {
         return Ok(()); // PRESIGNED: the object is already there (or not: checked next).
     };
@@ -388,8 +392,8 @@ async fn assemble(state: &AppState, row: &upload::Model, declared: u64) -> Resul
 
 /// A multipart upload that is gone was completed by an earlier attempt whose
 /// database update did not happen; the object tells.
-async fn already_assembled(state: &AppState, row: &upload::Model, declared: u64) -> Result<(), Failure> {
-    match state.store.head(&row.object_key).await {
+async fn already_assembled(state: &dyn UploadDeps, row: &upload::Model, declared: u64) -> Result<(), Failure> {
+    match state.store().head(&row.object_key).await {
         Ok(meta) if meta.size == declared => Ok(()),
         Ok(_) | Err(StoreError::NotFound { .. }) => {
             Err(Failure::Reject(ErrorCode::BadUserInput, "the uploaded parts are missing".into()))
@@ -431,9 +435,9 @@ pub fn sniff(head: &[u8]) -> Option<&'static str> {
 
 /// One transaction: video PROCESSING with the probe's facts, upload COMPLETED,
 /// UPLOADED + PROCESSING events, one TRANSCODE job. Published after commit.
-async fn accept(state: &AppState, row: &upload::Model, info: &MediaInfo) -> AppResult<video::Model> {
+async fn accept(state: &dyn UploadDeps, row: &upload::Model, info: &MediaInfo) -> AppResult<video::Model> {
     let now = Utc::now();
-    let txn = crate::db::begin_write(&state.db).await?;
+    let txn = crate::db::begin_write(state.db()).await?;
     let current =
         video::Entity::find_by_id(row.video_id).one(&txn).await?.ok_or_else(|| AppError::not_found("video"))?;
     let mut video = current.into_active_model();
@@ -471,15 +475,19 @@ async fn accept(state: &AppState, row: &upload::Model, info: &MediaInfo) -> AppR
             video_id: Some(video.id),
             owner_id: Some(video.owner_id),
             priority: jobs::DEFAULT_PRIORITY,
-            payload: jobs::transcode_payload("MEDIUM", &state.settings.media.default_formats),
-            max_attempts: state.settings.jobs.max_attempts,
+            payload: jobs::transcode_payload("MEDIUM", &state.settings().media.default_formats),
+            max_attempts: state.settings().jobs.max_attempts,
         },
     )
     .await?;
-    let uploaded = events::record(&txn, &video, EventKind::Uploaded, EventDetail::default()).await?;
-    let processing =
-        events::record(&txn, &video, EventKind::Processing, EventDetail { job_id: Some(job.id), ..Default::default() })
-            .await?;
+    let uploaded = crate::repo::outbox::record(&txn, &video, EventKind::Uploaded, EventDetail::default()).await?;
+    let processing = crate::repo::outbox::record(
+        &txn,
+        &video,
+        EventKind::Processing,
+        EventDetail { job_id: Some(job.id), ..Default::default() },
+    )
+    .await?;
     txn.commit().await?;
     state.publisher().publish_all([uploaded, processing]);
     tracing::info!(upload = %row.id, video = %video.id, job = %job.id, "upload accepted");
@@ -487,11 +495,11 @@ async fn accept(state: &AppState, row: &upload::Model, info: &MediaInfo) -> AppR
 }
 
 /// Upload FAILED, video FAILED with `reason`, bytes deleted, FAILED event.
-async fn reject(state: &AppState, row: &upload::Model, reason: &str) -> AppResult<()> {
+async fn reject(state: &dyn UploadDeps, row: &upload::Model, reason: &str) -> AppResult<()> {
     tracing::info!(upload = %row.id, reason, "upload rejected");
-    cleanup_storage(state.store.as_ref(), row, true).await;
+    cleanup_storage(state.store().as_ref(), row, true).await;
     let now = Utc::now();
-    let txn = crate::db::begin_write(&state.db).await?;
+    let txn = crate::db::begin_write(state.db()).await?;
     upload::Entity::update_many()
         .col_expr(upload::Column::Status, Expr::value(UploadStatus::Failed))
         .col_expr(upload::Column::FailureReason, Expr::value(reason.to_string()))
@@ -508,7 +516,7 @@ async fn reject(state: &AppState, row: &upload::Model, reason: &str) -> AppResul
     video.error = Set(Some(reason.to_string()));
     video.updated_at = Set(now);
     let video = video.update(&txn).await?;
-    let failed = events::record(
+    let failed = crate::repo::outbox::record(
         &txn,
         &video,
         EventKind::Failed,

@@ -28,8 +28,8 @@ use uuid::Uuid;
 use super::{part_size_for, tail_key, Concat, TusState, MAX_PARTIALS};
 use crate::auth::principal::Principal;
 use crate::error::{AppError, AppResult, ErrorCode};
-use crate::startup::AppState;
 use crate::storage::{layout, CompletedPart, StoreError};
+use crate::uploads::UploadDeps;
 
 /// What the final request asks for.
 #[derive(Debug, Clone)]
@@ -48,11 +48,11 @@ pub struct FinalRequest {
 /// Create the final session from `request.parts` and fill it. Returns the final
 /// session and the outcome of its completion (the video, or why it was refused).
 pub async fn concatenate(
-    state: &AppState,
+    state: &dyn UploadDeps,
     principal: &Principal,
     request: FinalRequest,
 ) -> AppResult<(upload::Model, AppResult<entities::video::Model>)> {
-    crate::limits::enforce(state, crate::limits::Policy::Upload, principal.user_id.to_string(), 1).await?;
+    state.limiter().enforce(crate::limits::Policy::Upload, principal.user_id.to_string(), 1).await?;
     if request.parts.is_empty() {
         return Err(AppError::bad_input("Upload-Concat: final needs at least one partial upload"));
     }
@@ -99,12 +99,12 @@ pub async fn concatenate(
     if partials.iter().any(|p| p.video_id != video_id) || request.video_id.is_some_and(|v| v != video_id) {
         return Err(AppError::bad_input("the partial uploads and the final upload must all name the same video"));
     }
-    let video = crate::repo::videos::find_writable(&state.db, principal, video_id).await?;
+    let video = crate::repo::videos::find_writable(state.db(), principal, video_id).await?;
     if video.status != VideoStatus::Uploading {
         return Err(AppError::new(ErrorCode::Conflict, "the video is not being uploaded"));
     }
     let size = partials.iter().map(|p| p.declared_size).fold(0i64, i64::saturating_add);
-    let settings = &state.settings.uploads;
+    let settings = &state.settings().uploads;
     if u64::try_from(size).unwrap_or(u64::MAX) > settings.max_size_bytes {
         return Err(AppError::new(
             ErrorCode::PayloadTooLarge,
@@ -135,7 +135,7 @@ pub async fn concatenate(
     };
 
     let object_key = layout::source(video.owner_id, video.id);
-    let multipart_id = state.store.create_multipart(&object_key, Some(&content_type)).await?;
+    let multipart_id = state.store().create_multipart(&object_key, Some(&content_type)).await?;
     let tus = TusState {
         part_size: part_size_for(settings, u64::try_from(size).unwrap_or(0)),
         metadata: request.metadata.clone(),
@@ -145,7 +145,7 @@ pub async fn concatenate(
     };
     let id = Uuid::now_v7();
     let inserted = async {
-        let txn = crate::db::begin_write(&state.db).await?;
+        let txn = crate::db::begin_write(state.db()).await?;
         // The claim: every partial upload OPEN → COMPLETING, or none.
         let claimed = upload::Entity::update_many()
             .col_expr(upload::Column::Status, Expr::value(UploadStatus::Completing))
@@ -190,7 +190,7 @@ pub async fn concatenate(
     let row = match inserted {
         Ok(row) => row,
         Err(err) => {
-            if let Err(abort) = state.store.abort_multipart(&object_key, &multipart_id).await {
+            if let Err(abort) = state.store().abort_multipart(&object_key, &multipart_id).await {
                 tracing::warn!(error = %abort, "could not abort the multipart upload of a refused final upload");
             }
             return Err(err);
@@ -205,7 +205,7 @@ pub async fn concatenate(
             .col_expr(upload::Column::UpdatedAt, Expr::value(Utc::now()))
             .filter(upload::Column::Id.is_in(request.parts.clone()))
             .filter(upload::Column::Status.eq(UploadStatus::Completing))
-            .exec(&state.db)
+            .exec(state.db())
             .await;
         if let Err(db) = reopened {
             tracing::error!(upload = %row.id, error = ?db, "could not reopen partial uploads after a failed concatenation");
@@ -221,7 +221,7 @@ pub async fn concatenate(
         .col_expr(upload::Column::UpdatedAt, Expr::value(Utc::now()))
         .filter(upload::Column::Id.is_in(request.parts.clone()))
         .filter(upload::Column::Status.eq(UploadStatus::Completing))
-        .exec(&state.db)
+        .exec(state.db())
         .await;
     if let Err(err) = done {
         tracing::error!(upload = %row.id, error = ?err, "could not mark concatenated partial uploads completed");
@@ -229,11 +229,11 @@ pub async fn concatenate(
     // Their multipart uploads are complete: only the objects are left (the staging
     // sweep retries what fails here).
     for partial in &partials {
-        if let Err(err) = state.store.delete(&partial.object_key).await {
+        if let Err(err) = state.store().delete(&partial.object_key).await {
             tracing::warn!(upload = %partial.id, error = %err, "could not delete a concatenated partial upload");
         }
     }
-    let row = upload::Entity::find_by_id(row.id).one(&state.db).await?.ok_or_else(|| AppError::not_found("upload"))?;
+    let row = upload::Entity::find_by_id(row.id).one(state.db()).await?.ok_or_else(|| AppError::not_found("upload"))?;
     let completed = super::completion::complete(state, row.id).await;
     Ok((row, completed))
 }
@@ -241,7 +241,7 @@ pub async fn concatenate(
 /// The final upload of the caller that joined exactly `parts` (of `partial`'s
 /// video), completed again if it is still open; `None` if there is none.
 async fn earlier_final(
-    state: &AppState,
+    state: &dyn UploadDeps,
     partial: &upload::Model,
     parts: &[Uuid],
 ) -> AppResult<Option<(upload::Model, AppResult<entities::video::Model>)>> {
@@ -250,7 +250,7 @@ async fn earlier_final(
         .filter(upload::Column::UserId.eq(partial.user_id))
         .filter(upload::Column::Method.eq(UploadMethod::Tus))
         .filter(upload::Column::Status.is_in([UploadStatus::Open, UploadStatus::Completed]))
-        .all(&state.db)
+        .all(state.db())
         .await?;
     let Some(row) = candidates
         .into_iter()
@@ -262,17 +262,17 @@ async fn earlier_final(
     Ok(Some((row, completed)))
 }
 
-fn session_ttl(state: &AppState) -> chrono::Duration {
+fn session_ttl(state: &dyn UploadDeps) -> chrono::Duration {
     chrono::Duration::seconds(
-        i64::try_from(state.settings.uploads.session_ttl_secs).unwrap_or(i64::MAX / 2).min(365 * 24 * 3600),
+        i64::try_from(state.settings().uploads.session_ttl_secs).unwrap_or(i64::MAX / 2).min(365 * 24 * 3600),
     )
 }
 
 /// How often a running concatenation shows the sweeper it is alive: as often as the
 /// sweeper looks (`uploads.sweep_interval_secs`), at least once a minute — far inside
 /// the quarter of an hour after which it reopens a COMPLETING session as stuck.
-pub fn keep_alive_interval(state: &AppState) -> std::time::Duration {
-    std::time::Duration::from_secs(state.settings.uploads.sweep_interval_secs.clamp(1, 60))
+pub fn keep_alive_interval(state: &dyn UploadDeps) -> std::time::Duration {
+    std::time::Duration::from_secs(state.settings().uploads.sweep_interval_secs.clamp(1, 60))
 }
 
 /// [`join`], while marking the claimed partial uploads (COMPLETING) and the final
@@ -281,7 +281,7 @@ pub fn keep_alive_interval(state: &AppState) -> std::time::Duration {
 /// it would reopen them mid-join and then expire them (their bytes deleted under
 /// the join).
 async fn join_keeping_alive(
-    state: &AppState,
+    state: &dyn UploadDeps,
     row: &upload::Model,
     parts: &[Uuid],
     partials: &[upload::Model],
@@ -304,31 +304,31 @@ async fn join_keeping_alive(
 
 /// Refresh `updated_at` of the partial uploads a running concatenation holds and of
 /// its final session (only while they are in the states the join put them in).
-pub async fn mark_alive(state: &AppState, final_id: Uuid, parts: &[Uuid]) -> AppResult<()> {
+pub async fn mark_alive(state: &dyn UploadDeps, final_id: Uuid, parts: &[Uuid]) -> AppResult<()> {
     let now = Utc::now();
     upload::Entity::update_many()
         .col_expr(upload::Column::UpdatedAt, Expr::value(now))
         .filter(upload::Column::Id.is_in(parts.to_vec()))
         .filter(upload::Column::Status.eq(UploadStatus::Completing))
-        .exec(&state.db)
+        .exec(state.db())
         .await?;
     upload::Entity::update_many()
         .col_expr(upload::Column::UpdatedAt, Expr::value(now))
         .filter(upload::Column::Id.eq(final_id))
         .filter(upload::Column::Status.eq(UploadStatus::Open))
-        .exec(&state.db)
+        .exec(state.db())
         .await?;
     Ok(())
 }
 
 /// Assemble each partial upload and stream it, in order, into the final session.
-async fn join(state: &AppState, row: &upload::Model, partials: &[upload::Model]) -> AppResult<()> {
+async fn join(state: &dyn UploadDeps, row: &upload::Model, partials: &[upload::Model]) -> AppResult<()> {
     for partial in partials {
         assemble_partial(state, partial).await?;
         let current =
-            upload::Entity::find_by_id(row.id).one(&state.db).await?.ok_or_else(|| AppError::not_found("upload"))?;
+            upload::Entity::find_by_id(row.id).one(state.db()).await?.ok_or_else(|| AppError::not_found("upload"))?;
         let body = state
-            .store
+            .store()
             .get(&partial.object_key, None)
             .await?
             .body
@@ -351,8 +351,8 @@ async fn join(state: &AppState, row: &upload::Model, partials: &[upload::Model])
 }
 
 /// Turn a finished partial upload's multipart upload into its staging object.
-async fn assemble_partial(state: &AppState, row: &upload::Model) -> AppResult<()> {
-    let store = state.store.as_ref();
+async fn assemble_partial(state: &dyn UploadDeps, row: &upload::Model) -> AppResult<()> {
+    let store = state.store().as_ref();
     if let (Some(upload_id), Some(tus)) = (&row.s3_upload_id, TusState::from_row(row)) {
         let size = u64::try_from(row.declared_size).unwrap_or(0);
         let parts = tus.parts.iter().map(|p| CompletedPart { number: p.number, etag: p.etag.clone() }).collect();

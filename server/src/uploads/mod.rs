@@ -35,6 +35,7 @@ pub mod buffer_budget;
 pub mod completion;
 pub mod concat;
 pub mod gate;
+pub mod session;
 pub mod sweeper;
 pub mod tickets;
 pub mod tus_store;
@@ -49,8 +50,22 @@ use uuid::Uuid;
 use crate::auth::principal::Principal;
 use crate::config::uploads::UploadSettings;
 use crate::error::{AppError, AppResult, ErrorCode};
-use crate::startup::AppState;
-use crate::storage::{layout, MAX_PART_NUMBER, MAX_PART_SIZE, MIN_PART_SIZE};
+use crate::storage::{layout, ObjectStore, MAX_PART_NUMBER, MAX_PART_SIZE, MIN_PART_SIZE};
+
+/// What the upload service uses of the process: its narrow dependencies, provided
+/// by the composition root (`startup::AppState`).
+pub trait UploadDeps: Send + Sync {
+    fn db(&self) -> &sea_orm::DatabaseConnection;
+    fn settings(&self) -> &crate::config::Settings;
+    fn store(&self) -> &std::sync::Arc<dyn ObjectStore>;
+    /// Publishes stored events after commit.
+    fn publisher(&self) -> crate::events::Publisher;
+    fn access_signals(&self) -> &crate::access::AccessSignals;
+    fn tus_buffers(&self) -> &buffer_budget::BufferBudget;
+    fn limiter(&self) -> &crate::limits::Limiter;
+    /// The server's base URL, without a trailing `/`.
+    fn public_url(&self) -> &str;
+}
 
 const MIB: u64 = 1024 * 1024;
 /// Longest stored file name, in characters.
@@ -149,8 +164,8 @@ impl TusState {
 
 /// Whether new tus sessions of this process write one staging file (see
 /// [`TusState::staged`]).
-pub fn stages_tus(state: &AppState) -> bool {
-    state.settings.uploads.tus_local_staging && state.store.supports_staged()
+pub fn stages_tus(state: &dyn UploadDeps) -> bool {
+    state.settings().uploads.tus_local_staging && state.store().supports_staged()
 }
 
 /// Whether the session's bytes may complete its video by themselves: not a
@@ -210,23 +225,23 @@ pub fn content_type_from_filename(name: &str) -> Option<&'static str> {
 }
 
 /// The session's public tus URL.
-pub fn tus_url(state: &AppState, id: Uuid) -> String {
-    format!("{}/uploads/{id}", state.public_url)
+pub fn tus_url(state: &dyn UploadDeps, id: Uuid) -> String {
+    format!("{}/uploads/{id}", state.public_url())
 }
 
 /// Validate a request, claim the video and create the session row. `tus` sessions
 /// start their multipart upload now; others get one when they need it.
 pub async fn open_session(
-    state: &AppState,
+    state: &dyn UploadDeps,
     principal: &Principal,
     request: UploadRequest,
     tus: Option<TusOptions>,
 ) -> AppResult<(upload::Model, video::Model)> {
-    let settings = &state.settings.uploads;
-    if !state.settings.auth.unverified_can_upload {
-        crate::auth::account_mail::require_verified(&state.db, principal.user_id).await?;
+    let settings = &state.settings().uploads;
+    if !state.settings().auth.unverified_can_upload {
+        crate::auth::account_mail::require_verified(state.db(), principal.user_id).await?;
     }
-    crate::limits::enforce(state, crate::limits::Policy::Upload, principal.user_id.to_string(), 1).await?;
+    state.limiter().enforce(crate::limits::Policy::Upload, principal.user_id.to_string(), 1).await?;
     let options = tus.clone().unwrap_or_default();
     let mut request = request;
     if options.deferred {
@@ -264,7 +279,7 @@ pub async fn open_session(
     let filename = sanitize_filename(&request.filename);
 
     // Look before touching storage; the conditional update below decides races.
-    let video = crate::repo::videos::find_writable(&state.db, principal, request.video_id).await?;
+    let video = crate::repo::videos::find_writable(state.db(), principal, request.video_id).await?;
     if !(options.partial && video.status == VideoStatus::Uploading) {
         ensure_uploadable(&video)?;
     }
@@ -284,7 +299,7 @@ pub async fn open_session(
     };
     let multipart_id = match method {
         UploadMethod::Presigned => None,
-        _ => Some(state.store.create_multipart(&object_key, Some(&content_type)).await?),
+        _ => Some(state.store().create_multipart(&object_key, Some(&content_type)).await?),
     };
     let result = insert_session(state, &video, id, method, &object_key, multipart_id.clone(), |row| {
         row.filename = Set(filename.clone());
@@ -307,14 +322,14 @@ pub async fn open_session(
     .await;
     if result.is_err() {
         if let Some(id) = &multipart_id {
-            if let Err(err) = state.store.abort_multipart(&object_key, id).await {
+            if let Err(err) = state.store().abort_multipart(&object_key, id).await {
                 tracing::warn!(error = %err, "could not abort a multipart upload of a refused session");
             }
         }
     }
     if let Ok((_, video)) = &result {
         // Its status is UPLOADING now (not an event).
-        state.access_signals.video_changed(video.id).await;
+        state.access_signals().video_changed(video.id).await;
     }
     result
 }
@@ -348,7 +363,7 @@ enum Claim {
 }
 
 async fn insert_session(
-    state: &AppState,
+    state: &dyn UploadDeps,
     video: &video::Model,
     id: Uuid,
     method: UploadMethod,
@@ -356,9 +371,9 @@ async fn insert_session(
     multipart_id: Option<String>,
     fill: impl FnOnce(&mut upload::ActiveModel),
 ) -> AppResult<(upload::Model, video::Model)> {
-    let settings = &state.settings.uploads;
+    let settings = &state.settings().uploads;
     let now = Utc::now();
-    let txn = crate::db::begin_write(&state.db).await?;
+    let txn = crate::db::begin_write(state.db()).await?;
     let mut row = upload::ActiveModel {
         id: Set(id),
         video_id: Set(video.id),
@@ -402,7 +417,7 @@ async fn insert_session(
         entities::user::Entity::find_by_id(video.owner_id).one(&txn).await?
     };
     let mut size = size;
-    if let Some(quota) = crate::repo::usage::storage_quota(owner.as_ref(), &state.settings) {
+    if let Some(quota) = crate::repo::usage::storage_quota(owner.as_ref(), state.settings()) {
         let used = crate::repo::videos::storage_used_bytes(&txn, video.owner_id).await?;
         if deferred && used < quota {
             // Length unknown: reserve what is left of the quota (at most the largest
@@ -479,28 +494,28 @@ pub fn method_label(method: UploadMethod) -> &'static str {
 
 /// The session by id if `principal` owns it (or may write its video); NOT_FOUND
 /// otherwise, so sessions of others do not reveal that they exist.
-pub async fn find_for(state: &AppState, principal: &Principal, id: Uuid) -> AppResult<upload::Model> {
-    let row = upload::Entity::find_by_id(id).one(&state.db).await?.ok_or_else(|| AppError::not_found("upload"))?;
+pub async fn find_for(state: &dyn UploadDeps, principal: &Principal, id: Uuid) -> AppResult<upload::Model> {
+    let row = upload::Entity::find_by_id(id).one(state.db()).await?.ok_or_else(|| AppError::not_found("upload"))?;
     if row.user_id == principal.user_id {
         return Ok(row);
     }
-    match crate::repo::videos::find_writable(&state.db, principal, row.video_id).await {
+    match crate::repo::videos::find_writable(state.db(), principal, row.video_id).await {
         Ok(_) => Ok(row),
         Err(_) => Err(AppError::not_found("upload")),
     }
 }
 
 /// The session by id only for the user who opened it (the tus endpoint's rule).
-pub async fn find_owned(state: &AppState, principal: &Principal, id: Uuid) -> AppResult<upload::Model> {
-    match upload::Entity::find_by_id(id).one(&state.db).await? {
+pub async fn find_owned(state: &dyn UploadDeps, principal: &Principal, id: Uuid) -> AppResult<upload::Model> {
+    match upload::Entity::find_by_id(id).one(state.db()).await? {
         Some(row) if row.user_id == principal.user_id => Ok(row),
         _ => Err(AppError::not_found("upload")),
     }
 }
 
 /// Re-read a session by id for the user who opened it.
-pub async fn find_owned_by_id(state: &AppState, id: Uuid, user_id: Uuid) -> AppResult<upload::Model> {
-    match upload::Entity::find_by_id(id).one(&state.db).await? {
+pub async fn find_owned_by_id(state: &dyn UploadDeps, id: Uuid, user_id: Uuid) -> AppResult<upload::Model> {
+    match upload::Entity::find_by_id(id).one(state.db()).await? {
         Some(row) if row.user_id == user_id => Ok(row),
         _ => Err(AppError::not_found("upload")),
     }

@@ -17,7 +17,7 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use crate::error::AppResult;
-use crate::startup::AppState;
+use crate::uploads::UploadDeps;
 
 /// Sessions handled per sweep; the next sweep takes the rest.
 const BATCH: u64 = 100;
@@ -28,8 +28,8 @@ const STUCK_COMPLETING_AFTER: chrono::Duration = chrono::Duration::minutes(15);
 const STAGING_GRACE: chrono::Duration = chrono::Duration::minutes(1);
 
 /// Sweep forever every `uploads.sweep_interval_secs` (startup runs it under `supervise`).
-pub async fn run(state: AppState) {
-    let every = Duration::from_secs(state.settings.uploads.sweep_interval_secs.max(1));
+pub async fn run(state: impl UploadDeps) {
+    let every = Duration::from_secs(state.settings().uploads.sweep_interval_secs.max(1));
     loop {
         actix_rt::time::sleep(every).await;
         match sweep_once(&state).await {
@@ -48,9 +48,9 @@ pub async fn run(state: AppState) {
 /// Clean the storage of ended uploads (ABORTED, EXPIRED, FAILED, COMPLETED) whose
 /// URLs have all expired by `now` (`created_at + uploads.upload_url_ttl_secs`),
 /// once each. Returns how many uploads were swept.
-pub async fn sweep_staging(state: &AppState, now: chrono::DateTime<Utc>) -> AppResult<u64> {
+pub async fn sweep_staging(state: &dyn UploadDeps, now: chrono::DateTime<Utc>) -> AppResult<u64> {
     let ttl = chrono::Duration::seconds(
-        i64::try_from(state.settings.uploads.upload_url_ttl_secs).unwrap_or(i64::MAX / 2).min(365 * 24 * 3600),
+        i64::try_from(state.settings().uploads.upload_url_ttl_secs).unwrap_or(i64::MAX / 2).min(365 * 24 * 3600),
     );
     let rows = upload::Entity::find()
         .filter(upload::Column::Status.is_in([
@@ -64,12 +64,12 @@ pub async fn sweep_staging(state: &AppState, now: chrono::DateTime<Utc>) -> AppR
         .filter(upload::Column::UpdatedAt.lt(now - STAGING_GRACE))
         .order_by_asc(upload::Column::CreatedAt)
         .limit(BATCH)
-        .all(&state.db)
+        .all(state.db())
         .await?;
-    let store = state.store.as_ref();
+    let store = state.store().as_ref();
     let mut count = 0;
     for row in rows {
-        if let Some(video) = video::Entity::find_by_id(row.video_id).one(&state.db).await? {
+        if let Some(video) = video::Entity::find_by_id(row.video_id).one(state.db()).await? {
             if row.method == UploadMethod::Presigned {
                 let staging = crate::storage::layout::staging(video.owner_id, video.id, row.id);
                 if !best_effort(row.id, store.delete(&staging).await)? {
@@ -103,7 +103,7 @@ pub async fn sweep_staging(state: &AppState, now: chrono::DateTime<Utc>) -> AppR
         upload::Entity::update_many()
             .col_expr(upload::Column::StagingSweptAt, Expr::value(now))
             .filter(upload::Column::Id.eq(row.id))
-            .exec(&state.db)
+            .exec(state.db())
             .await?;
         count += 1;
     }
@@ -111,20 +111,20 @@ pub async fn sweep_staging(state: &AppState, now: chrono::DateTime<Utc>) -> AppR
 }
 
 /// Expire what is due now; returns how many sessions were expired.
-pub async fn sweep_once(state: &AppState) -> AppResult<u64> {
+pub async fn sweep_once(state: &dyn UploadDeps) -> AppResult<u64> {
     let due = upload::Entity::find()
         .filter(upload::Column::Status.eq(UploadStatus::Open))
         .filter(upload::Column::ExpiresAt.lt(Utc::now()))
         .order_by_asc(upload::Column::ExpiresAt)
         .limit(BATCH)
-        .all(&state.db)
+        .all(state.db())
         .await?;
     let stuck = upload::Entity::update_many()
         .col_expr(upload::Column::Status, Expr::value(UploadStatus::Open))
         .col_expr(upload::Column::UpdatedAt, Expr::value(Utc::now()))
         .filter(upload::Column::Status.eq(UploadStatus::Completing))
         .filter(upload::Column::UpdatedAt.lt(Utc::now() - STUCK_COMPLETING_AFTER))
-        .exec(&state.db)
+        .exec(state.db())
         .await?;
     if stuck.rows_affected > 0 {
         tracing::warn!(count = stuck.rows_affected, "reopened upload sessions stuck in COMPLETING");
@@ -155,7 +155,7 @@ pub async fn sweep_once(state: &AppState) -> AppResult<u64> {
         )
         .filter(upload::Column::UpdatedAt.lt(Utc::now() - chrono::TimeDelta::seconds(30)))
         .limit(BATCH)
-        .all(&state.db)
+        .all(state.db())
         .await?;
     for row in full.into_iter().filter(super::completes_video) {
         if let Err(err) = super::completion::complete(state, row.id).await {

@@ -8,8 +8,8 @@ use entities::{upload, UploadMethod};
 use super::{open_session, part_size_for, tus_url, UploadRequest};
 use crate::auth::principal::Principal;
 use crate::error::{AppError, AppResult};
-use crate::startup::AppState;
 use crate::storage::{UploadBinding, MAX_PRESIGN_EXPIRY, MIN_PRESIGN_EXPIRY};
+use crate::uploads::UploadDeps;
 
 /// One presigned part URL.
 #[derive(Debug, Clone)]
@@ -35,7 +35,7 @@ pub struct Ticket {
 }
 
 /// Open a session and presign its URLs.
-pub async fn create_ticket(state: &AppState, principal: &Principal, request: UploadRequest) -> AppResult<Ticket> {
+pub async fn create_ticket(state: &dyn UploadDeps, principal: &Principal, request: UploadRequest) -> AppResult<Ticket> {
     let (row, _video) = open_session(state, principal, request, None).await?;
     match presign(state, &row).await {
         Ok(ticket) => Ok(ticket),
@@ -56,8 +56,8 @@ fn presign_expiry(row: &upload::Model, ttl_secs: u64) -> Duration {
     left.min(Duration::from_secs(ttl_secs)).clamp(MIN_PRESIGN_EXPIRY, MAX_PRESIGN_EXPIRY)
 }
 
-async fn presign(state: &AppState, row: &upload::Model) -> AppResult<Ticket> {
-    let expires_in = presign_expiry(row, state.settings.uploads.upload_url_ttl_secs);
+async fn presign(state: &dyn UploadDeps, row: &upload::Model) -> AppResult<Ticket> {
+    let expires_in = presign_expiry(row, state.settings().uploads.upload_url_ttl_secs);
     let size = u64::try_from(row.declared_size).unwrap_or(0);
     let expires_at = Utc::now() + chrono::Duration::from_std(expires_in).map_err(AppError::internal)?;
     let mut ticket = Ticket {
@@ -72,7 +72,7 @@ async fn presign(state: &AppState, row: &upload::Model) -> AppResult<Ticket> {
     };
     match (row.method, row.s3_upload_id.as_deref()) {
         (UploadMethod::Multipart, Some(upload_id)) => {
-            let part_size = part_size_for(&state.settings.uploads, size);
+            let part_size = part_size_for(&state.settings().uploads, size);
             let count = i32::try_from(size.div_ceil(part_size)).map_err(AppError::internal)?;
             let mut parts = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
             for number in 1..=count {
@@ -80,7 +80,7 @@ async fn presign(state: &AppState, row: &upload::Model) -> AppResult<Ticket> {
                 let start = u64::try_from(number - 1).unwrap_or(0) * part_size;
                 let binding = UploadBinding { session: row.id, length: part_size.min(size - start) };
                 let presigned =
-                    state.store.presign_bound_part(&row.object_key, upload_id, number, expires_in, binding).await?;
+                    state.store().presign_bound_part(&row.object_key, upload_id, number, expires_in, binding).await?;
                 parts.push(PartUrl { number, url: presigned.url });
             }
             ticket.method = "MULTIPART";
@@ -90,7 +90,7 @@ async fn presign(state: &AppState, row: &upload::Model) -> AppResult<Ticket> {
         _ => {
             let binding = UploadBinding { session: row.id, length: size };
             let presigned =
-                state.store.presign_bound_put(&row.object_key, expires_in, Some(&row.content_type), binding).await?;
+                state.store().presign_bound_put(&row.object_key, expires_in, Some(&row.content_type), binding).await?;
             ticket.url = Some(presigned.url);
             // Any HTTP client sends the Content-Length of a sized body itself (browsers
             // refuse to set it by hand); it is signed all the same.

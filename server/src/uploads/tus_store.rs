@@ -29,8 +29,8 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
 use super::{part_size_for, tail_key, StoredPart, TusState};
 use crate::error::{AppError, AppResult, ErrorCode};
-use crate::startup::AppState;
 use crate::storage::{layout, ByteRange};
+use crate::uploads::UploadDeps;
 
 /// Make sure the session has a multipart upload and tus state; returns both and
 /// the key the multipart upload assembles into.
@@ -38,19 +38,19 @@ use crate::storage::{layout, ByteRange};
 /// A PRESIGNED session a client writes with tus instead switches to a multipart
 /// upload of the source key (only the server writes it, like any tus upload): its
 /// presigned URL, bound to the staging key, stops working from then on.
-pub async fn ensure_multipart(state: &AppState, row: &upload::Model) -> AppResult<(String, TusState, String)> {
+pub async fn ensure_multipart(state: &dyn UploadDeps, row: &upload::Model) -> AppResult<(String, TusState, String)> {
     if let (Some(upload_id), Some(tus)) = (&row.s3_upload_id, TusState::from_row(row)) {
         return Ok((upload_id.clone(), tus, row.object_key.clone()));
     }
     let size = u64::try_from(row.declared_size).unwrap_or(0);
     let tus = TusState {
-        part_size: part_size_for(&state.settings.uploads, size),
+        part_size: part_size_for(&state.settings().uploads, size),
         staged: super::stages_tus(state),
         ..TusState::default()
     };
     let object_key = if row.s3_upload_id.is_none() {
         let video = entities::video::Entity::find_by_id(row.video_id)
-            .one(&state.db)
+            .one(state.db())
             .await?
             .ok_or_else(|| AppError::not_found("upload"))?;
         layout::source(video.owner_id, video.id)
@@ -59,7 +59,7 @@ pub async fn ensure_multipart(state: &AppState, row: &upload::Model) -> AppResul
     };
     let (upload_id, created) = match &row.s3_upload_id {
         Some(id) => (id.clone(), false),
-        None => (state.store.create_multipart(&object_key, Some(&row.content_type)).await?, true),
+        None => (state.store().create_multipart(&object_key, Some(&row.content_type)).await?, true),
     };
     let mut update = upload::Entity::update_many()
         .col_expr(upload::Column::S3UploadId, Expr::value(upload_id.clone()))
@@ -73,10 +73,10 @@ pub async fn ensure_multipart(state: &AppState, row: &upload::Model) -> AppResul
         Some(id) => update.filter(upload::Column::S3UploadId.eq(id.clone())),
         None => update.filter(upload::Column::S3UploadId.is_null()),
     };
-    let result = update.exec(&state.db).await?;
+    let result = update.exec(state.db()).await?;
     if result.rows_affected != 1 {
         if created {
-            let _ = state.store.abort_multipart(&object_key, &upload_id).await;
+            let _ = state.store().abort_multipart(&object_key, &upload_id).await;
         }
         return Err(AppError::new(ErrorCode::Conflict, "the upload changed, check its offset and try again"));
     }
@@ -84,7 +84,7 @@ pub async fn ensure_multipart(state: &AppState, row: &upload::Model) -> AppResul
 }
 
 /// Record a new durable offset (and parts), only if nobody moved it meanwhile.
-async fn persist(state: &AppState, row: &upload::Model, from: u64, to: u64, tus: &TusState) -> AppResult<()> {
+async fn persist(state: &dyn UploadDeps, row: &upload::Model, from: u64, to: u64, tus: &TusState) -> AppResult<()> {
     let result = upload::Entity::update_many()
         .col_expr(upload::Column::OffsetBytes, Expr::value(i64::try_from(to).unwrap_or(i64::MAX)))
         .col_expr(upload::Column::Parts, Expr::value(tus.to_json()))
@@ -92,7 +92,7 @@ async fn persist(state: &AppState, row: &upload::Model, from: u64, to: u64, tus:
         .filter(upload::Column::Id.eq(row.id))
         .filter(upload::Column::Status.eq(UploadStatus::Open))
         .filter(upload::Column::OffsetBytes.eq(i64::try_from(from).unwrap_or(i64::MAX)))
-        .exec(&state.db)
+        .exec(state.db())
         .await?;
     if result.rows_affected != 1 {
         return Err(AppError::new(ErrorCode::Conflict, "the upload changed while this request was writing"));
@@ -113,7 +113,7 @@ pub struct Appended {
 /// Append `body` at the row's offset. The caller has checked that the body fits
 /// (`offset + len <= declared`); bytes past the declared size are refused with
 /// PAYLOAD_TOO_LARGE (what came before them is kept, as when a client drops).
-pub async fn append<S>(state: &AppState, row: &upload::Model, mut body: S) -> AppResult<Appended>
+pub async fn append<S>(state: &dyn UploadDeps, row: &upload::Model, mut body: S) -> AppResult<Appended>
 where
     S: Stream<Item = Result<Bytes, AppError>> + Unpin,
 {
@@ -123,7 +123,7 @@ where
         return append_staged(state, row, &upload_id, &key, &tus, body).await;
     }
     let part_size = tus.part_size;
-    let store = state.store.as_ref();
+    let store = state.store().as_ref();
     let key = key.as_str();
     let mut durable = u64::try_from(row.offset_bytes).unwrap_or(0);
     let mut offset = durable;
@@ -147,7 +147,7 @@ where
     }
     // Buffer memory is reserved as bytes arrive (never by the declared length), so a
     // slow body holds only what it sent; the tail is reserved before a byte is read.
-    let mut reservation = state.tus_buffers.reservation(row.user_id);
+    let mut reservation = state.tus_buffers().reservation(row.user_id);
     reservation.ensure(tail_len).await?;
     let mut buffer = BytesMut::new();
     if tail_len > 0 {
@@ -220,7 +220,7 @@ fn past_declared(declared: u64) -> AppError {
 
 /// [`append`] into the staging file: synced and recorded every part and at the end.
 async fn append_staged<S>(
-    state: &AppState,
+    state: &dyn UploadDeps,
     row: &upload::Model,
     upload_id: &str,
     key: &str,
@@ -235,7 +235,7 @@ where
     if durable >= declared {
         return Ok(Appended { offset: durable, body_error: None });
     }
-    let mut writer = state.store.open_staged(key, upload_id, durable).await?;
+    let mut writer = state.store().open_staged(key, upload_id, durable).await?;
     let sync_every = tus.part_size.max(1);
     let mut body_error = None;
     while let Some(chunk) = body.next().await {
@@ -299,7 +299,7 @@ pub enum Refused {
 
 /// Whether a whole body of this session can be written in place (staging file)
 /// instead of being spooled first.
-pub fn writes_whole_in_place(state: &AppState, row: &upload::Model) -> bool {
+pub fn writes_whole_in_place(state: &dyn UploadDeps, row: &upload::Model) -> bool {
     match TusState::from_row(row) {
         Some(tus) => tus.staged,
         // A ticket's session switching to tus decides now (`ensure_multipart`).
@@ -311,7 +311,7 @@ pub fn writes_whole_in_place(state: &AppState, row: &upload::Model) -> bool {
 /// the way; record it only if it is within `limit` and matches the digest, and cut
 /// it off again otherwise. Returns the new offset, or why nothing was stored.
 pub async fn append_whole<S>(
-    state: &AppState,
+    state: &dyn UploadDeps,
     row: &upload::Model,
     mut body: S,
     whole: WholeBody,
@@ -326,7 +326,7 @@ where
         return Err(AppError::internal(anyhow::anyhow!("upload {} has no staging file", row.id)));
     }
     let durable = u64::try_from(row.offset_bytes).unwrap_or(0);
-    let mut writer = state.store.open_staged(&key, &upload_id, durable).await?;
+    let mut writer = state.store().open_staged(&key, &upload_id, durable).await?;
     let mut sha1 = matches!(whole.digest, Some(ExpectedDigest::Sha1(_))).then(Sha1::new);
     let mut sha256 = matches!(whole.digest, Some(ExpectedDigest::Sha256(_))).then(Sha256::new);
     let mut len = 0u64;

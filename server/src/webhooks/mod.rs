@@ -1,7 +1,7 @@
 //! Webhooks: signed, retried HTTP deliveries of stored video events.
 //!
 //! **Fan-in (exactly one delivery per endpoint and event).** [`fan_in`] runs inside
-//! [`crate::events::record`], in the transaction that writes the outbox row: it
+//! [`crate::repo::outbox::record`], in the transaction that writes the outbox row: it
 //! inserts one `webhook_deliveries` row per enabled endpoint that subscribes to the
 //! event's kind and may see the video (the video owner's own endpoints, and global
 //! endpoints). The delivery exists exactly when the event commits, whichever process
@@ -83,7 +83,7 @@ pub fn delivery_payload(delivery_id: Uuid, event: &DomainEvent, cursor: i64) -> 
 }
 
 /// Create the deliveries of a just-stored event. Call in the transaction that stores
-/// it (`events::record` does).
+/// it (`repo::outbox::record` does).
 pub async fn fan_in<C: ConnectionTrait>(conn: &C, event: &DomainEvent) -> Result<(), DbErr> {
     let Some(cursor) = event.cursor else { return Ok(()) };
     if event.kind == EventKind::Progress {

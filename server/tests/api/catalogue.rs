@@ -10,8 +10,8 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use reelhouse::actors::event_bus::{BusMessage, Subscribe};
 use reelhouse::auth::principal::{AuthMethod, Principal};
+use reelhouse::events::bus::{BusMessage, Subscribe};
 use reelhouse::events::EventKind;
 use reelhouse::repo::videos as access;
 

@@ -258,7 +258,7 @@ async fn formats_high_preset_encodes_the_1080p_rung_of_a_1080p_source() {
     let mut active: video::ActiveModel = video.clone().into();
     active.visibility = Set(Visibility::Public);
     let video = active.update(&h.app.state.db).await.unwrap();
-    let url = reelhouse::http::media::media_url(&h.app.state, &video, "hls/master.m3u8");
+    let url = reelhouse::playback::media_url(&h.app.state, &video, "hls/master.m3u8");
     assert!(plays_to_the_end(&url).await, "{url}");
 }
 

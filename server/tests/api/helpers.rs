@@ -56,6 +56,8 @@ pub struct TestApp {
     pub address: String,
     pub port: u16,
     pub state: AppState,
+    /// The server's shared live-event frames (`graphql::shared_frames`).
+    pub shared_frames: actix_web::web::Data<reelhouse::graphql::shared_frames::SharedFrames>,
     pub client: reqwest::Client,
     /// Held so the directory lives as long as the server.
     #[allow(dead_code)]
@@ -161,6 +163,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     let app = Application::build(settings).await.expect("application builds");
     let port = app.port();
     let state = app.state().clone();
+    let shared_frames = app.shared_frames_data();
     actix_rt::spawn(async move {
         if let Err(err) = app.run_until_stopped().await {
             eprintln!("test server stopped with error: {err:?}");
@@ -170,6 +173,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
         address: format!("http://127.0.0.1:{port}"),
         port,
         state,
+        shared_frames,
         client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client"),
         data_dir,
     }

@@ -5,8 +5,8 @@
 //! hlsdemux) playing the master playlist to the end.
 
 use entities::{rendition, video, Visibility};
-use reelhouse::http::media::{media_url, signed_query};
 use reelhouse::jobs::runner::JobOutput;
+use reelhouse::playback::{media_url, signed_query};
 use reelhouse::storage::layout::Outputs;
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
 use serde_json::json;

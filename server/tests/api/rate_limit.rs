@@ -2,7 +2,7 @@
 //! its buckets across instances through Redis, and follows each policy's
 //! fail-open/closed choice when Redis is unreachable.
 
-use reelhouse::actors::event_bus::Crash;
+use reelhouse::actors::Crash;
 use reelhouse::config::rate_limit::{Policy, PolicySettings};
 use reelhouse::config::SecretUrl;
 

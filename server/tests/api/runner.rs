@@ -28,7 +28,7 @@ use crate::media::fixture;
 pub(crate) fn landscape_clip() -> &'static Path {
     static CLIP: OnceLock<PathBuf> = OnceLock::new();
     CLIP.get_or_init(|| {
-        reelhouse::telemetry::init_gstreamer("warning").unwrap();
+        reelhouse::media::init_gstreamer("warning").unwrap();
         let dir = std::env::temp_dir().join(format!("reelhouse-runner-fixture-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let out = dir.join("landscape_640x360.mp4");

@@ -49,7 +49,7 @@ async fn a_cached_session_is_answered_from_memory_until_a_change_names_it() {
     }
     assert!(authenticated(&me(&app, &user).await));
     let sid = session_of(&app, &user).await;
-    assert!(matches!(sessions.get(sid), reelhouse::auth::session_cache::Lookup::Hit(_)), "cached after one request");
+    assert!(matches!(sessions.get(sid), reelhouse::access::sessions::Lookup::Hit(_)), "cached after one request");
 
     refresh_token_family::Entity::update_many()
         .col_expr(refresh_token_family::Column::RevokedAt, sea_orm::sea_query::Expr::value(chrono::Utc::now()))
@@ -60,7 +60,7 @@ async fn a_cached_session_is_answered_from_memory_until_a_change_names_it() {
     assert!(authenticated(&me(&app, &user).await), "a hit does not read the database");
 
     let user_id = Uuid::parse_str(&user.id).unwrap();
-    app.state.access_signals.announce(reelhouse::events::access::AccessChange::session(user_id, sid)).await;
+    app.state.access_signals.announce(reelhouse::access::AccessChange::session(user_id, sid)).await;
     let body = me(&app, &user).await;
     assert_eq!(error_code(&body).as_deref(), Some("UNAUTHENTICATED"), "{body}");
 }
@@ -130,7 +130,7 @@ async fn revocation_role_change_and_disable_reach_the_cache_of_another_instance_
     let user = a.register_user().await;
     assert!(authenticated(&me(&b, &user).await));
     let sid = session_of(&a, &user).await;
-    assert!(matches!(b.state.access_signals.sessions().get(sid), reelhouse::auth::session_cache::Lookup::Hit(_)));
+    assert!(matches!(b.state.access_signals.sessions().get(sid), reelhouse::access::sessions::Lookup::Hit(_)));
     let (_, body) =
         a.graphql_as(&admin.bearer(), "mutation($id: ID!) { revokeSession(id: $id) }", json!({ "id": sid })).await;
     assert_eq!(body["data"]["revokeSession"], true, "{body}");
@@ -182,7 +182,7 @@ async fn without_the_change_stream_the_database_answers() {
     let user = a.register_user().await;
     assert!(authenticated(&me(&b, &user).await));
     let sid = session_of(&a, &user).await;
-    assert!(matches!(b.state.access_signals.sessions().get(sid), reelhouse::auth::session_cache::Lookup::Hit(_)));
+    assert!(matches!(b.state.access_signals.sessions().get(sid), reelhouse::access::sessions::Lookup::Hit(_)));
 
     proxy.cut().await;
     let untrusted = eventually(100, || async { !b.state.access_signals.sessions().is_trusted() }).await;

@@ -139,7 +139,7 @@ async fn shared_and_per_subscriber_frames_are_byte_for_byte_the_same_in_both_pro
     }
     wait_for_subscribers(&app, sockets.len() * operations).await;
     // One key per selection (the variables are the same), whatever the protocol.
-    assert_eq!(app.state.shared_frames.open_keys(), SELECTIONS.len());
+    assert_eq!(app.shared_frames.open_keys(), SELECTIONS.len());
 
     // The first frame of each operation is its snapshot, made for it alone (its
     // `at` is now): read and set aside.
@@ -205,7 +205,7 @@ async fn completing_a_shared_subscription_answers_complete_and_frees_its_key() {
         send(&mut socket, json!({ "id": "9", "type": stop })).await;
         assert_eq!(next_text(&mut socket).await, r#"{"type":"complete","id":"9"}"#);
         assert!(
-            crate::helpers::eventually(100, || async { app.state.shared_frames.open_keys() == 0 }).await,
+            crate::helpers::eventually(100, || async { app.shared_frames.open_keys() == 0 }).await,
             "the feed ended with its operation"
         );
         // The socket and its operation slot are still usable: the same id runs again.
@@ -252,7 +252,7 @@ async fn a_subscriber_that_may_not_see_a_video_never_gets_the_bytes_rendered_for
     let mut owners = subscribe_as(&app, "graphql-transport-ws", &owner, "1", query, json!({})).await;
     let mut strangers = subscribe_as(&app, "graphql-transport-ws", &stranger, "1", query, json!({})).await;
     wait_for_subscribers(&app, 2).await;
-    assert_eq!(app.state.shared_frames.open_keys(), 1);
+    assert_eq!(app.shared_frames.open_keys(), 1);
 
     transition_on(&app, private.id, VideoStatus::Processing, EventKind::Processing, None).await;
     let progress = ProgressInfo { percent: 10.0, stage: "encoding".into(), ..Default::default() };

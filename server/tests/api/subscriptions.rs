@@ -2,7 +2,8 @@
 //! supervisor restarting the event bus actor after it panics.
 
 use futures::{SinkExt, StreamExt};
-use reelhouse::actors::event_bus::{Crash, SubscriberCount};
+use reelhouse::actors::Crash;
+use reelhouse::events::bus::SubscriberCount;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -150,7 +151,7 @@ async fn supervisor_restarts_the_event_bus_after_a_panic() {
 
 #[actix_web::test]
 async fn a_live_subscription_keeps_receiving_across_an_event_bus_restart() {
-    use reelhouse::actors::event_bus::{BusMessage, Heartbeat, Publish};
+    use reelhouse::events::bus::{BusMessage, Heartbeat, Publish};
 
     let app = spawn_app().await;
     let hubs = &app.state.hubs;

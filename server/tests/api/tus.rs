@@ -552,6 +552,7 @@ async fn start(settings: reelhouse::config::Settings) -> (TestApp, actix_web::de
     let app = Application::build(settings).await.expect("application builds");
     let port = app.port();
     let state = app.state().clone();
+    let shared_frames = app.shared_frames_data();
     let handle = app.handle();
     actix_rt::spawn(async move {
         let _ = app.run_until_stopped().await;
@@ -560,6 +561,7 @@ async fn start(settings: reelhouse::config::Settings) -> (TestApp, actix_web::de
         address: format!("http://127.0.0.1:{port}"),
         port,
         state,
+        shared_frames,
         client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
         data_dir: tempfile::tempdir().unwrap(),
     };

@@ -21,7 +21,7 @@ pub const ABORT: &str = "mutation($id: ID!, $reason: String) { abortUpload(id: $
 pub fn fixtures() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        reelhouse::telemetry::init_gstreamer("warning").unwrap();
+        reelhouse::media::init_gstreamer("warning").unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-fixtures.sh");
         let text = std::fs::read(&script).unwrap();
         let hash = text.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3));

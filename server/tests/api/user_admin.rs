@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
-use reelhouse::actors::event_bus::{BusMessage, Subscribe};
+use reelhouse::events::bus::{BusMessage, Subscribe};
 use reelhouse::events::EventKind;
 use reelhouse::jobs::{enqueue, queue, NewJob, DEFAULT_PRIORITY};
 use reelhouse::repo::usage;
@@ -675,7 +675,7 @@ async fn a_session_revoked_on_one_instance_closes_its_socket_on_another_at_once(
     .await;
     // Both relays listen on the access channel.
     let redis = first.state.redis.clone().unwrap();
-    let channel = reelhouse::events::access::channel(&redis);
+    let channel = reelhouse::access::channel(&redis);
     let listening = eventually(100, || {
         let (redis, channel) = (redis.clone(), channel.clone());
         async move {

@@ -2,7 +2,7 @@
 //! snapshot comes first, stored events are never lost or doubled (gaps are filled
 //! from the outbox, `after:` resumes), and only those allowed receive anything.
 //!
-//! Events are produced the way the server produces them: `events::record` in a
+//! Events are produced the way the server produces them: `repo::outbox::record` in a
 //! transaction, then `Publisher::publish` on the app's real bus.
 
 use chrono::Utc;
@@ -67,7 +67,7 @@ async fn transition(
     active.updated_at = Set(Utc::now());
     let updated = active.update(&txn).await.unwrap();
     let detail = EventDetail { rendition: rendition.map(str::to_string), ..Default::default() };
-    let event = events::record(&txn, &updated, kind, detail).await.unwrap();
+    let event = reelhouse::repo::outbox::record(&txn, &updated, kind, detail).await.unwrap();
     txn.commit().await.unwrap();
     if publish {
         publisher(app).publish(event.clone());
@@ -132,7 +132,7 @@ pub(crate) fn events_query() -> String {
 /// Wait until the bus has `n` subscribers, so a publish cannot race the subscribe.
 pub(crate) async fn wait_for_subscribers(app: &TestApp, n: usize) {
     let ok = crate::helpers::eventually(100, || async {
-        app.state.hubs.event_bus.addr().send(reelhouse::actors::event_bus::SubscriberCount).await.unwrap() >= n
+        app.state.hubs.event_bus.addr().send(reelhouse::events::bus::SubscriberCount).await.unwrap() >= n
     })
     .await;
     assert!(ok, "subscriber never attached");
@@ -446,7 +446,7 @@ async fn periodic_rechecks_of_one_video_share_one_read() {
 /// back by the caller), the way two requests racing each other do.
 async fn record_in(txn: &sea_orm::DatabaseTransaction, video_id: Uuid, kind: EventKind) -> events::DomainEvent {
     let current = video::Entity::find_by_id(video_id).one(txn).await.unwrap().unwrap();
-    events::record(txn, &current, kind, EventDetail::default()).await.unwrap()
+    reelhouse::repo::outbox::record(txn, &current, kind, EventDetail::default()).await.unwrap()
 }
 
 async fn user_wide_feed(app: &TestApp, owner: &TestUser) -> Socket {

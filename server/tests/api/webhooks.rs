@@ -4,7 +4,7 @@
 //! tests, by the official verifier libraries (PyPI and npm `standardwebhooks`, run
 //! by `scripts/verify-standard-webhooks.sh`).
 //!
-//! Events are produced the way the server produces them (`events::record` in a
+//! Events are produced the way the server produces them (`repo::outbox::record` in a
 //! transaction, then the app's publisher), via `video_events::transition_on`.
 
 use std::collections::VecDeque;

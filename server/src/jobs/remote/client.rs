@@ -231,7 +231,7 @@ pub async fn run(
     let tls = tls_config(ca_file)?;
     let encoders = available_encoders();
     let capacity = settings.worker_concurrency();
-    let scratch_dir = crate::worker::scratch_dir(&settings);
+    let scratch_dir = settings.scratch_dir();
     std::fs::create_dir_all(&scratch_dir)
         .map_err(|e| anyhow::anyhow!("creating the scratch directory {}: {e}", scratch_dir.display()))?;
     let (out, mut outbox) = mpsc::unbounded_channel();

@@ -26,7 +26,19 @@ use self::protocol::{LeaseRef, OutputFile, PresignedUrl};
 use crate::jobs::queue::{self, LeasedJob, QueueError};
 use crate::jobs::runner::{JobError, JobOutput, MediaSpec, TranscodeOutput};
 use crate::jobs::transcode::NewRendition;
-use crate::startup::AppState;
+
+/// What the worker channel's server side uses of the process, provided by the
+/// composition root (`startup::AppState`).
+pub trait RemoteDeps: Send + Sync {
+    fn db(&self) -> &DatabaseConnection;
+    fn settings(&self) -> &crate::config::Settings;
+    fn store(&self) -> &Arc<dyn crate::storage::ObjectStore>;
+    /// Publishes stored events after commit.
+    fn publisher(&self) -> crate::events::Publisher;
+    fn access_signals(&self) -> &crate::access::AccessSignals;
+    fn remote_workers(&self) -> &RemoteWorkers;
+    fn remote_multiparts(&self) -> &multipart::OpenMultiparts;
+}
 
 pub const KIND_LOCAL: &str = "LOCAL";
 pub const KIND_REMOTE: &str = "REMOTE";
@@ -86,13 +98,13 @@ impl RemoteWorkers {
 }
 
 /// Close this process's connections of worker tokens revoked on other instances
-/// (news from Redis, `events::access`) as they arrive.
-pub async fn run_revocation_listener(state: AppState) {
+/// (news from Redis, `access`) as they arrive.
+pub async fn run_revocation_listener(state: impl RemoteDeps) {
     use tokio::sync::broadcast::error::RecvError;
-    let mut revoked = state.access_signals.subscribe_worker_tokens();
+    let mut revoked = state.access_signals().subscribe_worker_tokens();
     loop {
         match revoked.recv().await {
-            Ok(token) => state.remote_workers.revoke_token(token).await,
+            Ok(token) => state.remote_workers().revoke_token(token).await,
             // Missed news: the heartbeats' token re-check is the backstop.
             Err(RecvError::Lagged(missed)) => tracing::warn!(missed, "worker token revocations were missed"),
             Err(RecvError::Closed) => return,
@@ -103,19 +115,19 @@ pub async fn run_revocation_listener(state: AppState) {
 /// Sweep expired leases every `jobs.sweep_interval_secs` (one step:
 /// [`queue::sweep_expired`]), then abort the remote multipart uploads of leases no
 /// longer live ([`multipart::reap`]).
-pub async fn run_lease_sweeper(state: AppState) {
-    let every = Duration::from_secs(state.settings.jobs.sweep_interval_secs.max(1));
+pub async fn run_lease_sweeper(state: impl RemoteDeps) {
+    let every = Duration::from_secs(state.settings().jobs.sweep_interval_secs.max(1));
     // The first sweep comes one period after start-up (leases a crash left
     // behind wait that long), so a sweep made by hand just after start is not raced.
     loop {
         actix_rt::time::sleep(every).await;
-        match queue::sweep_expired(&state.db, &state.publisher(), &state.settings.jobs).await {
+        match queue::sweep_expired(state.db(), &state.publisher(), &state.settings().jobs).await {
             Ok(0) => {}
             Ok(swept) => tracing::info!(swept, "expired leases returned to the queue"),
             Err(err) => tracing::warn!(error = %err, "sweeping expired leases failed"),
         }
         // Multipart uploads of leases no longer live are aborted.
-        if state.remote_multiparts.open() > 0 {
+        if state.remote_multiparts().open() > 0 {
             multipart::reap(&state).await;
         }
     }
@@ -197,10 +209,10 @@ pub type Assignment = (MediaSpec, PresignedUrl, bool);
 
 /// An assignment for a job just leased: its spec and a presigned GET of the source.
 /// A job that cannot be assigned (its video is gone) is failed for good, and `None`.
-pub async fn prepare_assignment(state: &AppState, leased: &LeasedJob) -> Result<Option<Assignment>, QueueError> {
+pub async fn prepare_assignment(state: &dyn RemoteDeps, leased: &LeasedJob) -> Result<Option<Assignment>, QueueError> {
     let job = &leased.job;
     let video = match job.video_id {
-        Some(id) => video::Entity::find_by_id(id).one(&state.db).await?,
+        Some(id) => video::Entity::find_by_id(id).one(state.db()).await?,
         None => None,
     };
     let gone = |code: &'static str, reason: &str| JobError::Permanent { code, reason: reason.into() };
@@ -211,7 +223,7 @@ pub async fn prepare_assignment(state: &AppState, leased: &LeasedJob) -> Result<
         _ => None,
     };
     if let Some(error) = failure {
-        queue::fail(&state.db, &state.publisher(), &state.settings.jobs, job.id, leased.token, &error).await?;
+        queue::fail(state.db(), &state.publisher(), &state.settings().jobs, job.id, leased.token, &error).await?;
         return Ok(None);
     }
     let Some(video) = video else { return Ok(None) };
@@ -224,13 +236,13 @@ pub async fn prepare_assignment(state: &AppState, leased: &LeasedJob) -> Result<
         payload: job.payload.clone(),
         version: crate::jobs::transcode::output_version(job),
     };
-    let first = crate::jobs::transcode::first_transcode_of(&state.db, &video).await.unwrap_or(false);
-    match state.store.presign_get(&source_key, url_lifetime(job)).await {
+    let first = crate::jobs::transcode::first_transcode_of(state.db(), &video).await.unwrap_or(false);
+    match state.store().presign_get(&source_key, url_lifetime(job)).await {
         Ok(url) => Ok(Some((spec, url.into(), first))),
         Err(err) => {
             tracing::warn!(error = ?err, job = %job.id, "presigning a source for a remote worker failed");
             let error = JobError::Retryable("storage is unavailable".into());
-            queue::fail(&state.db, &state.publisher(), &state.settings.jobs, job.id, leased.token, &error).await?;
+            queue::fail(state.db(), &state.publisher(), &state.settings().jobs, job.id, leased.token, &error).await?;
             Ok(None)
         }
     }
@@ -250,13 +262,13 @@ impl Refusal {
 }
 
 /// The job of a live lease, and where its outputs go; `LEASE_LOST` otherwise.
-async fn live_lease(state: &AppState, lease: LeaseRef) -> Result<(job::Model, String), Refusal> {
+async fn live_lease(state: &dyn RemoteDeps, lease: LeaseRef) -> Result<(job::Model, String), Refusal> {
     let internal = |err: sea_orm::DbErr| {
         tracing::warn!(error = %err, "checking a remote lease failed");
         Refusal::new("UNAVAILABLE", "the database is unavailable")
     };
-    let job = job::Entity::find_by_id(lease.job).one(&state.db).await.map_err(internal)?;
-    let now = crate::db::now(&state.db).await.map_err(internal)?;
+    let job = job::Entity::find_by_id(lease.job).one(state.db()).await.map_err(internal)?;
+    let now = crate::db::now(state.db()).await.map_err(internal)?;
     let Some(job) = job.filter(|j| {
         j.status == entities::JobStatus::Running
             && j.lease_token == Some(lease.lease)
@@ -265,7 +277,7 @@ async fn live_lease(state: &AppState, lease: LeaseRef) -> Result<(job::Model, St
         return Err(Refusal::new("LEASE_LOST", "the job's lease is no longer held by this worker"));
     };
     let video = match job.video_id {
-        Some(id) => video::Entity::find_by_id(id).one(&state.db).await.map_err(internal)?,
+        Some(id) => video::Entity::find_by_id(id).one(state.db()).await.map_err(internal)?,
         None => None,
     };
     let Some(video) = video else {
@@ -287,7 +299,7 @@ fn key_under(key: &str, prefix: &str) -> bool {
 /// What every upload of an output asks first (one PUT or multipart): the lease is
 /// live, the key lies under its run's prefix, the content type and SHA-256 are sane.
 pub(crate) async fn check_output_request(
-    state: &AppState,
+    state: &dyn RemoteDeps,
     lease: LeaseRef,
     key: &str,
     content_type: &str,
@@ -308,7 +320,7 @@ pub(crate) async fn check_output_request(
 
 /// A presigned PUT for one output of a live lease, expiring with the lease.
 pub async fn presign_output(
-    state: &AppState,
+    state: &dyn RemoteDeps,
     lease: LeaseRef,
     key: &str,
     content_type: &str,
@@ -317,7 +329,7 @@ pub async fn presign_output(
 ) -> Result<PresignedUrl, Refusal> {
     let job = check_output_request(state, lease, key, content_type, sha256).await?;
     let lifetime = url_lifetime(&job);
-    let signed = state.store.presign_checked_put(key, lifetime, Some(content_type), size, sha256).await;
+    let signed = state.store().presign_checked_put(key, lifetime, Some(content_type), size, sha256).await;
     signed.map(Into::into).map_err(|err| {
         tracing::warn!(error = ?err, "presigning an output for a remote worker failed");
         Refusal::new("UNAVAILABLE", "storage is unavailable")
@@ -336,13 +348,13 @@ const VERIFY_CONCURRENCY: usize = 8;
 /// sidecar is computed from the assembled bytes; S3 objects uploaded through
 /// [`presign_output`], which S3 checked on the way in), else the bytes read back
 /// (an S3 multipart output: S3 keeps only a checksum of its part checksums).
-async fn verify_output(state: &AppState, file: &OutputFile) -> Result<(), Refusal> {
+async fn verify_output(state: &dyn RemoteDeps, file: &OutputFile) -> Result<(), Refusal> {
     let unavailable = |err: crate::storage::StoreError| {
         tracing::warn!(error = ?err, key = %file.key, "verifying a remote worker's output failed");
         Refusal::new("UNAVAILABLE", "storage is unavailable")
     };
     let mismatch = || Refusal::new("OUTPUT_MISMATCH", "a stored output differs from the reported size or SHA-256");
-    let meta = match state.store.head(&file.key).await {
+    let meta = match state.store().head(&file.key).await {
         Ok(meta) => meta,
         Err(crate::storage::StoreError::NotFound { .. }) => {
             return Err(Refusal::new("OUTPUT_MISSING", "an output the result names is not stored"))
@@ -352,7 +364,7 @@ async fn verify_output(state: &AppState, file: &OutputFile) -> Result<(), Refusa
     if meta.size != file.size || !is_sha256_hex(&file.sha256) {
         return Err(mismatch());
     }
-    let stored = match state.store.stored_sha256(&file.key).await.map_err(unavailable)? {
+    let stored = match state.store().stored_sha256(&file.key).await.map_err(unavailable)? {
         Some(digest) => digest,
         None => read_back_sha256(state, &file.key).await.map_err(unavailable)?,
     };
@@ -364,10 +376,10 @@ async fn verify_output(state: &AppState, file: &OutputFile) -> Result<(), Refusa
 }
 
 /// The SHA-256 of a stored object, read back (a store that keeps no digest).
-async fn read_back_sha256(state: &AppState, key: &str) -> Result<String, crate::storage::StoreError> {
+async fn read_back_sha256(state: &dyn RemoteDeps, key: &str) -> Result<String, crate::storage::StoreError> {
     use futures::TryStreamExt;
     use sha2::{Digest, Sha256};
-    let mut body = state.store.get(key, None).await?.body;
+    let mut body = state.store().get(key, None).await?.body;
     let mut hasher = Sha256::new();
     while let Some(chunk) =
         body.try_next().await.map_err(|source| crate::storage::StoreError::Io { op: "read back an output", source })?
@@ -378,7 +390,7 @@ async fn read_back_sha256(state: &AppState, key: &str) -> Result<String, crate::
 }
 
 /// Every output of a result verified ([`verify_output`]); the first refusal.
-async fn verify_outputs(state: &AppState, files: &[OutputFile]) -> Result<(), Refusal> {
+async fn verify_outputs(state: &dyn RemoteDeps, files: &[OutputFile]) -> Result<(), Refusal> {
     use futures::StreamExt;
     let mut checks =
         futures::stream::iter(files.iter().map(|file| verify_output(state, file))).buffer_unordered(VERIFY_CONCURRENCY);
@@ -407,7 +419,7 @@ fn result_keys(output: &TranscodeOutput) -> Vec<&str> {
 /// output prefix, the master playlist and the download stored with the sizes the
 /// worker reported, the owner's quota respected.
 pub async fn finish_result(
-    state: &AppState,
+    state: &dyn RemoteDeps,
     lease: LeaseRef,
     output: TranscodeOutput,
     files: &[OutputFile],
@@ -437,10 +449,11 @@ pub async fn finish_result(
         tracing::warn!(job = %job.id, code = refusal.code, "a remote worker's outputs do not match its result");
         metrics::counter!("reelhouse_worker_channel_outputs_refused_total", "code" => refusal.code).increment(1);
         if !names_outputs_of(state, job.video_id, &prefix).await {
-            let _ = state.store.delete_prefix(&prefix).await;
+            let _ = state.store().delete_prefix(&prefix).await;
         }
         let error = JobError::Retryable(format!("{}: {}", refusal.code, refusal.message));
-        return match queue::fail(&state.db, &state.publisher(), &state.settings.jobs, job.id, lease.lease, &error).await
+        return match queue::fail(state.db(), &state.publisher(), &state.settings().jobs, job.id, lease.lease, &error)
+            .await
         {
             Ok(_) => Err(refusal),
             Err(QueueError::LeaseLost) => Err(Refusal::new("LEASE_LOST", "the job's lease was lost")),
@@ -450,13 +463,13 @@ pub async fn finish_result(
     let reported_bytes: u64 = files.iter().map(|f| f.size).sum();
     let output = TranscodeOutput { output_bytes: output.output_bytes.max(reported_bytes), ..output };
     let publisher = state.publisher();
-    let settings = &state.settings;
+    let settings = state.settings();
     if let Err(error) = crate::jobs::transcode::check_quota(
-        &state.db,
+        state.db(),
         settings,
         // The video's owner, from the lease's job (never from the message).
         video::Entity::find_by_id(output.video_id)
-            .one(&state.db)
+            .one(state.db())
             .await
             .ok()
             .flatten()
@@ -468,15 +481,15 @@ pub async fn finish_result(
     .await
     {
         withdraw_early_rungs(state, output.video_id, &prefix).await;
-        let _ = state.store.delete_prefix(&prefix).await;
-        return match queue::fail(&state.db, &publisher, &settings.jobs, job.id, lease.lease, &error).await {
+        let _ = state.store().delete_prefix(&prefix).await;
+        return match queue::fail(state.db(), &publisher, &settings.jobs, job.id, lease.lease, &error).await {
             Ok(_) => Err(Refusal::new("QUOTA_EXCEEDED", error.to_string())),
             Err(QueueError::LeaseLost) => Err(Refusal::new("LEASE_LOST", "the job's lease was lost")),
             Err(_) => Err(Refusal::new("UNAVAILABLE", "the database is unavailable")),
         };
     }
     let result = JobOutput::Transcoded(Box::new(output));
-    match queue::complete(&state.db, &publisher, &settings.jobs, job.id, lease.lease, &result).await {
+    match queue::complete(state.db(), &publisher, &settings.jobs, job.id, lease.lease, &result).await {
         Ok(_) => Ok(()),
         Err(QueueError::LeaseLost) => Err(Refusal::new("LEASE_LOST", "the job's lease was lost")),
         Err(err) => {
@@ -490,7 +503,7 @@ pub async fn finish_result(
 /// once its files are checked like a result's; only for a first transcode and
 /// within the owner's quota (else it is simply not published early).
 pub async fn record_rung(
-    state: &AppState,
+    state: &dyn RemoteDeps,
     lease: LeaseRef,
     rendition: &NewRendition,
     files: &[OutputFile],
@@ -506,25 +519,25 @@ pub async fn record_rung(
     verify_outputs(state, files).await?;
     let unavailable = |_| Refusal::new("UNAVAILABLE", "the database is unavailable");
     let video = match job.video_id {
-        Some(id) => video::Entity::find_by_id(id).one(&state.db).await.map_err(unavailable)?,
+        Some(id) => video::Entity::find_by_id(id).one(state.db()).await.map_err(unavailable)?,
         None => None,
     };
     let Some(video) = video else { return Ok(false) };
-    if !crate::jobs::transcode::first_transcode_of(&state.db, &video).await.unwrap_or(false) {
+    if !crate::jobs::transcode::first_transcode_of(state.db(), &video).await.unwrap_or(false) {
         return Ok(false);
     }
     let bytes: u64 = files.iter().map(|f| f.size).sum();
     if let Err(err) =
-        crate::jobs::transcode::check_quota(&state.db, &state.settings, video.owner_id, video.id, bytes).await
+        crate::jobs::transcode::check_quota(state.db(), state.settings(), video.owner_id, video.id, bytes).await
     {
         tracing::info!(job = %job.id, error = %err, "a remote run's early rung is not published");
         return Ok(false);
     }
     let publisher = state.publisher();
     crate::jobs::transcode::record_early_rendition(
-        &state.db,
+        state.db(),
         &publisher,
-        &state.settings.jobs,
+        &state.settings().jobs,
         job.id,
         &video,
         rendition,
@@ -539,26 +552,26 @@ pub async fn record_rung(
 
 /// Whether a rendition of the video names an object under `prefix` (an early rung;
 /// when the database cannot say, yes: nothing is removed).
-async fn names_outputs_of(state: &AppState, video_id: Option<Uuid>, prefix: &str) -> bool {
+async fn names_outputs_of(state: &dyn RemoteDeps, video_id: Option<Uuid>, prefix: &str) -> bool {
     use entities::rendition;
     use sea_orm::PaginatorTrait;
     let Some(video_id) = video_id else { return false };
     rendition::Entity::find()
         .filter(rendition::Column::VideoId.eq(video_id))
         .filter(rendition::Column::PlaylistKey.starts_with(prefix))
-        .count(&state.db)
+        .count(state.db())
         .await
         .map(|n| n > 0)
         .unwrap_or(true)
 }
 
 /// Take back the renditions a run published early under `prefix` (it failed its quota).
-async fn withdraw_early_rungs(state: &AppState, video_id: Uuid, prefix: &str) {
+async fn withdraw_early_rungs(state: &dyn RemoteDeps, video_id: Uuid, prefix: &str) {
     use entities::rendition;
     let deleted = rendition::Entity::delete_many()
         .filter(rendition::Column::VideoId.eq(video_id))
         .filter(rendition::Column::PlaylistKey.starts_with(prefix))
-        .exec(&state.db)
+        .exec(state.db())
         .await;
     if let Err(err) = deleted {
         tracing::warn!(error = %err, "could not remove a refused run's early renditions");
@@ -598,20 +611,20 @@ const PERMANENT_CODES: [&str; 11] = [
 /// Apply a worker's `failure`: retry, fail or cancel the job (or give it back,
 /// `RELEASED`, when the worker is draining), under the lease token. Its outputs go
 /// unless it published a rung early.
-pub async fn finish_failure(state: &AppState, lease: LeaseRef, code: &str, message: &str) -> Result<(), Refusal> {
+pub async fn finish_failure(state: &dyn RemoteDeps, lease: LeaseRef, code: &str, message: &str) -> Result<(), Refusal> {
     multipart::abort_of_lease(state, lease).await;
     let (job, prefix) = live_lease(state, lease).await?;
     // A rung published early names this run's objects: they stay (as a local
     // run's do); otherwise nothing names them and they go.
     if !names_outputs_of(state, job.video_id, &prefix).await {
-        if let Err(err) = state.store.delete_prefix(&prefix).await {
+        if let Err(err) = state.store().delete_prefix(&prefix).await {
             tracing::warn!(error = ?err, prefix, "could not remove a failed remote run's outputs");
         }
     }
     let result = match failure_error(code, message) {
-        None => queue::release(&state.db, &state.settings.jobs, job.id, lease.lease, "remote worker draining").await,
+        None => queue::release(state.db(), &state.settings().jobs, job.id, lease.lease, "remote worker draining").await,
         Some(error) => {
-            queue::fail(&state.db, &state.publisher(), &state.settings.jobs, job.id, lease.lease, &error).await
+            queue::fail(state.db(), &state.publisher(), &state.settings().jobs, job.id, lease.lease, &error).await
         }
     };
     match result {

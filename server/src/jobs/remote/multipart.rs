@@ -4,7 +4,7 @@
 //! with the upload still open, and when the lease is lost ([`reap`], run by the
 //! lease sweeper).
 //!
-//! The open uploads live in this process ([`OpenMultiparts`], in `AppState`): a
+//! The open uploads live in this process ([`OpenMultiparts`], in `RemoteDeps`): a
 //! worker that reconnects to another instance and completes there is refused
 //! `UPLOAD_UNKNOWN` (its job fails and is retried), and the instance that opened the
 //! upload aborts it once the lease is no longer live.
@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use super::protocol::{LeaseRef, PartEtag, PartSpec, PresignedUrl};
 use super::{is_sha256_hex, live_lease, url_lifetime, Refusal};
-use crate::startup::AppState;
+use crate::jobs::remote::RemoteDeps;
 use crate::storage::{CompletedPart, StoreError, MAX_PART_NUMBER};
 
 /// Multipart uploads one lease may have open at once.
@@ -94,7 +94,7 @@ fn check_parts(parts: &[PartSpec], size: u64, part_bytes: u64) -> Result<(), Ref
 /// Open a multipart upload of one output of a live lease and presign every part.
 #[allow(clippy::too_many_arguments)]
 pub async fn open(
-    state: &AppState,
+    state: &dyn RemoteDeps,
     lease: LeaseRef,
     key: &str,
     content_type: &str,
@@ -103,17 +103,17 @@ pub async fn open(
     parts: Vec<PartSpec>,
 ) -> Result<(String, Vec<PresignedUrl>), Refusal> {
     let job = super::check_output_request(state, lease, key, content_type, sha256).await?;
-    check_parts(&parts, size, state.settings.workers.remote_part_bytes)?;
+    check_parts(&parts, size, state.settings().workers.remote_part_bytes)?;
     // A run has a handful of outputs; a worker opening upload after upload (each a
     // multipart upload in the store and an entry here) is refused.
-    if state.remote_multiparts.open_of_lease(lease) >= MAX_OPEN_PER_LEASE {
+    if state.remote_multiparts().open_of_lease(lease) >= MAX_OPEN_PER_LEASE {
         return Err(Refusal::new("TOO_MANY_UPLOADS", "too many multipart uploads open for this job"));
     }
     let unavailable = |err: StoreError| {
         tracing::warn!(error = ?err, key, "opening a remote worker's multipart upload failed");
         Refusal::new("UNAVAILABLE", "storage is unavailable")
     };
-    let store = &state.store;
+    let store = state.store();
     let upload_id = store.create_checked_multipart(key, Some(content_type)).await.map_err(unavailable)?;
     let lifetime = url_lifetime(&job);
     let mut urls = Vec::with_capacity(parts.len());
@@ -127,7 +127,7 @@ pub async fn open(
             }
         }
     }
-    state.remote_multiparts.lock().insert(upload_id.clone(), OpenMultipart { lease, key: key.to_string(), parts });
+    state.remote_multiparts().lock().insert(upload_id.clone(), OpenMultipart { lease, key: key.to_string(), parts });
     count("opened");
     tracing::info!(job = %lease.job, key, parts = urls.len(), size, "a remote worker opened a multipart upload");
     Ok((upload_id, urls))
@@ -135,9 +135,9 @@ pub async fn open(
 
 /// Abort an upload (best effort: a failure is logged; the store's own expiry of
 /// incomplete uploads is the backstop).
-async fn abort_upload(state: &AppState, upload_id: &str, key: &str, outcome: &'static str) {
+async fn abort_upload(state: &dyn RemoteDeps, upload_id: &str, key: &str, outcome: &'static str) {
     count(outcome);
-    match state.store.abort_multipart(key, upload_id).await {
+    match state.store().abort_multipart(key, upload_id).await {
         Ok(()) | Err(StoreError::UploadNotFound) => {}
         Err(err) => tracing::warn!(error = ?err, key, "aborting a remote worker's multipart upload failed"),
     }
@@ -145,20 +145,20 @@ async fn abort_upload(state: &AppState, upload_id: &str, key: &str, outcome: &'s
 
 /// Complete an upload the worker says is fully PUT. Any refusal aborts it.
 pub async fn complete(
-    state: &AppState,
+    state: &dyn RemoteDeps,
     lease: LeaseRef,
     key: &str,
     upload_id: &str,
     etags: Vec<PartEtag>,
 ) -> Result<u64, Refusal> {
-    let open = state.remote_multiparts.lock().remove(upload_id);
+    let open = state.remote_multiparts().lock().remove(upload_id);
     let Some(open) = open.filter(|u| u.lease == lease && u.key == key) else {
         return Err(Refusal::new("UPLOAD_UNKNOWN", "no multipart upload of this lease and key is open here"));
     };
     match finish(state, lease, upload_id, &open, etags).await {
         Ok(size) => {
             count("completed");
-            state.remote_multiparts.completed.fetch_add(1, Ordering::Relaxed);
+            state.remote_multiparts().completed.fetch_add(1, Ordering::Relaxed);
             tracing::info!(job = %lease.job, key, size, parts = open.parts.len(), "a remote worker's multipart upload completed");
             Ok(size)
         }
@@ -171,7 +171,7 @@ pub async fn complete(
 }
 
 async fn finish(
-    state: &AppState,
+    state: &dyn RemoteDeps,
     lease: LeaseRef,
     upload_id: &str,
     open: &OpenMultipart,
@@ -190,7 +190,7 @@ async fn finish(
     let mismatch = |message: String| Refusal::new("OUTPUT_MISMATCH", message);
     // Every part stored, with its announced length (S3 signed it; the local store
     // did not).
-    let stored = state.store.list_parts(key, upload_id).await.map_err(unavailable)?;
+    let stored = state.store().list_parts(key, upload_id).await.map_err(unavailable)?;
     for (index, part) in open.parts.iter().enumerate() {
         let number = i32::try_from(index + 1).unwrap_or(i32::MAX);
         match stored.iter().find(|p| p.number == number) {
@@ -204,7 +204,7 @@ async fn finish(
     let parts: Vec<CompletedPart> =
         etags.into_iter().map(|p| CompletedPart { number: p.number, etag: p.etag }).collect();
     let digests: Vec<String> = open.parts.iter().map(|p| p.sha256.clone()).collect();
-    match state.store.complete_checked_multipart(key, upload_id, parts, &digests).await {
+    match state.store().complete_checked_multipart(key, upload_id, parts, &digests).await {
         Ok(meta) => Ok(meta.size),
         Err(StoreError::InvalidRequest(message)) => Err(mismatch(message)),
         Err(StoreError::UploadNotFound) => Err(Refusal::new("UPLOAD_UNKNOWN", "the multipart upload is gone")),
@@ -213,9 +213,9 @@ async fn finish(
 }
 
 /// The worker gave an upload up.
-pub async fn abandon(state: &AppState, lease: LeaseRef, key: &str, upload_id: &str) {
+pub async fn abandon(state: &dyn RemoteDeps, lease: LeaseRef, key: &str, upload_id: &str) {
     let open = {
-        let mut uploads = state.remote_multiparts.lock();
+        let mut uploads = state.remote_multiparts().lock();
         match uploads.get(upload_id) {
             Some(u) if u.lease == lease && u.key == key => uploads.remove(upload_id),
             _ => None,
@@ -227,17 +227,17 @@ pub async fn abandon(state: &AppState, lease: LeaseRef, key: &str, upload_id: &s
 }
 
 /// A run of `lease` ended (result or failure): uploads it left open are aborted.
-pub async fn abort_of_lease(state: &AppState, lease: LeaseRef) {
-    for (upload_id, open) in state.remote_multiparts.take_of_lease(lease) {
+pub async fn abort_of_lease(state: &dyn RemoteDeps, lease: LeaseRef) {
+    for (upload_id, open) in state.remote_multiparts().take_of_lease(lease) {
         abort_upload(state, &upload_id, &open.key, "abandoned").await;
     }
 }
 
 /// Abort every open upload whose lease is no longer live (lost, swept, finished
 /// elsewhere). Run by the lease sweeper after each pass.
-pub async fn reap(state: &AppState) {
+pub async fn reap(state: &dyn RemoteDeps) {
     let leases: Vec<LeaseRef> = {
-        let mut leases: Vec<LeaseRef> = state.remote_multiparts.lock().values().map(|u| u.lease).collect();
+        let mut leases: Vec<LeaseRef> = state.remote_multiparts().lock().values().map(|u| u.lease).collect();
         leases.sort_by_key(|l| (l.job, l.lease));
         leases.dedup();
         leases
@@ -247,7 +247,7 @@ pub async fn reap(state: &AppState) {
             Ok(_) => {}
             Err(refusal) if refusal.code == "UNAVAILABLE" => return,
             Err(_) => {
-                for (upload_id, open) in state.remote_multiparts.take_of_lease(lease) {
+                for (upload_id, open) in state.remote_multiparts().take_of_lease(lease) {
                     tracing::info!(job = %lease.job, key = %open.key, "aborting a multipart upload of a lost lease");
                     abort_upload(state, &upload_id, &open.key, "lease_lost").await;
                 }

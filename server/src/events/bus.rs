@@ -15,7 +15,7 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 
-use super::supervisor::DeathNotice;
+use crate::actors::{DeathNotice, Hub, Supervisor};
 
 /// Everything that travels on the bus.
 #[derive(Debug, Clone)]
@@ -132,21 +132,22 @@ impl Handler<SubscriberCount> for EventBus {
     }
 }
 
-/// Fault injection for the supervision tests: the handler panics. Compiled only
-/// into test builds (`cargo test`, or the `test-hooks` feature the integration
-/// tests turn on); never reachable from a network interface.
 #[cfg(any(test, feature = "test-hooks"))]
-#[doc(hidden)]
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Crash;
-
-#[cfg(any(test, feature = "test-hooks"))]
-impl Handler<Crash> for EventBus {
+impl Handler<crate::actors::Crash> for EventBus {
     type Result = ();
 
     #[allow(clippy::panic)]
-    fn handle(&mut self, _: Crash, _: &mut Self::Context) {
+    fn handle(&mut self, _: crate::actors::Crash, _: &mut Self::Context) {
         panic!("event bus asked to crash (fault injection)");
     }
 }
+
+/// Start the event bus under `supervisor`.
+pub fn start(supervisor: &Supervisor, instance: &str, heartbeat_every: Duration) -> Hub<EventBus> {
+    let instance = instance.to_string();
+    // Created once: every incarnation of the bus publishes into it (see `event_bus`).
+    let channel = BusChannel::new();
+    supervisor.spawn("event_bus", move |death| EventBus::new(channel.clone(), instance.clone(), heartbeat_every, death))
+}
+
+crate::actors::stop_on_request!(EventBus);

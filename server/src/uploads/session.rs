@@ -16,7 +16,7 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::DeathNotice;
+use crate::actors::DeathNotice;
 
 /// Idle sessions stop after this long without a write.
 const IDLE_AFTER: Duration = Duration::from_secs(120);
@@ -224,6 +224,8 @@ pub async fn acquire(
     Err(MailboxError::Closed)
 }
 
+crate::actors::stop_on_request!(UploadSessions);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,7 +236,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn one_writer_at_a_time_per_upload() {
-        let supervisor = super::super::Supervisor::start();
+        let supervisor = crate::actors::Supervisor::start();
         let registry = supervisor.spawn("upload_sessions_test", UploadSessions::new).addr();
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
         let mut first = acquire(&registry, a, facts()).await.unwrap().expect("free");

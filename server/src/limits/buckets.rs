@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use super::supervisor::DeathNotice;
+use crate::actors::DeathNotice;
 use crate::config::rate_limit::{PolicySettings, RateLimitSettings};
 use crate::error::{AppError, ErrorCode};
 pub use crate::limits::Policy;
@@ -266,14 +266,16 @@ impl Handler<Check> for RateLimiter {
 
 /// The fault-injection message of every hub, for the supervision tests.
 #[cfg(any(test, feature = "test-hooks"))]
-impl Handler<super::event_bus::Crash> for RateLimiter {
+impl Handler<crate::actors::Crash> for RateLimiter {
     type Result = ();
 
     #[allow(clippy::panic)]
-    fn handle(&mut self, _: super::event_bus::Crash, _: &mut Self::Context) {
+    fn handle(&mut self, _: crate::actors::Crash, _: &mut Self::Context) {
         panic!("rate limiter asked to crash (fault injection)");
     }
 }
+
+crate::actors::stop_on_request!(RateLimiter);
 
 #[cfg(test)]
 mod tests {

@@ -10,12 +10,12 @@
 //! read by the same subscriber connection as the event relay (`fanout`).
 //!
 //! The same changes invalidate the process's session cache
-//! ([`crate::auth::session_cache`]) before any socket hears of them, synchronously,
+//! ([`sessions`]) before any socket hears of them, synchronously,
 //! so the next request on this instance reads the database again.
 //!
 //! The same channel carries video changes that are not domain events (metadata
 //! and visibility, hiding, upload claims) for the video-row cache
-//! ([`crate::repo::video_cache`]): [`AccessSignals::video_changed`].
+//! ([`videos`]): [`AccessSignals::video_changed`].
 
 use std::sync::Arc;
 
@@ -23,9 +23,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use crate::auth::session_cache::SessionCache;
+pub mod sessions;
+pub mod videos;
+
 use crate::redis_client::RedisHandle;
-use crate::repo::video_cache::VideoCache;
+use sessions::SessionCache;
+use videos::VideoCache;
 
 /// Changes buffered per listening socket; a socket that falls behind re-checks.
 const CAPACITY: usize = 256;

@@ -3,7 +3,7 @@
 //! user enabled — kept in memory, keyed by session id.
 //!
 //! Entries are dropped the moment an access change names them
-//! ([`crate::events::access::AccessChange`]: a session revoked, a user disabled,
+//! ([`crate::access::AccessChange`]: a session revoked, a user disabled,
 //! deleted, re-roled or signed out everywhere), delivered in-process synchronously
 //! and from the other instances through Redis. So the cache is only trusted while
 //! those changes can reach this process: always without Redis (one instance), and
@@ -25,7 +25,7 @@ use std::time::Duration;
 use entities::Role;
 use uuid::Uuid;
 
-use crate::events::access::AccessChange;
+use crate::access::AccessChange;
 use crate::hot_cache::{CacheMetrics, Event, HotCache};
 
 /// What a live session of an enabled user amounts to.

@@ -3,6 +3,8 @@
 //! TOTP secrets and queued mail at rest are derived (so rotating the master rotates
 //! them all, and no key is reused for another purpose).
 
+pub mod sealed;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

@@ -4,13 +4,13 @@
 //! row between their PROGRESS events, so `progress` still reads the job row.
 //!
 //! What the cache holds is the row, not a verdict: who may read it is decided per
-//! request ([`super::videos::can_read_by_id`]) from the cached row and the caller.
+//! request ([`crate::repo::videos::can_read_by_id`]) from the cached row and the caller.
 //!
 //! Entries are dropped the moment the video changes:
 //! - every domain event of the video ([`crate::events::Publisher::publish`] here,
 //!   the relay's forwarding of other instances' events), stored or PROGRESS;
 //! - changes that are not events (metadata and visibility, hiding, upload claims),
-//!   announced by their writer ([`crate::events::access::AccessSignals::video_changed`]),
+//!   announced by their writer ([`crate::access::AccessSignals::video_changed`]),
 //!   which waits until Redis handed the change to every instance before answering.
 //!
 //! Trust, fill races and bounds are the session cache's ([`crate::hot_cache`]):
@@ -21,17 +21,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use entities::{rendition, video};
-use sea_orm::{ConnectionTrait, EntityTrait};
 use uuid::Uuid;
 
-use crate::error::AppError;
 use crate::hot_cache::{CacheMetrics, Event, HotCache, Lookup};
 
 /// A video as `video(id)` shows it.
 #[derive(Debug, Clone)]
 pub struct CachedVideo {
     pub row: video::Model,
-    /// READY renditions, tallest first (as [`super::videos::ready_renditions_of`]).
+    /// READY renditions, tallest first (as [`crate::repo::videos::ready_renditions_of`]).
     pub renditions: Vec<rendition::Model>,
 }
 
@@ -65,28 +63,19 @@ impl VideoCache {
         }
     }
 
-    /// The video by id, from memory or (then remembered) from the database:
-    /// its row, READY renditions and running progress. `None`: no such row.
-    pub async fn load<C: ConnectionTrait>(&self, conn: &C, id: Uuid) -> Result<Option<Arc<CachedVideo>>, AppError> {
-        let ticket = match self.0.get(id) {
-            Lookup::Hit(video) => return Ok(Some(video)),
-            Lookup::Miss => self.0.ticket(),
-            Lookup::Bypass => None,
-        };
-        let Some(row) = video::Entity::find_by_id(id).one(conn).await.map_err(AppError::internal)? else {
-            return Ok(None);
-        };
-        // A row nobody may read any more (deleted) is kept without its details.
-        let renditions = if row.deleted_at.is_some() {
-            Vec::new()
-        } else {
-            super::videos::ready_renditions_of(conn, &[id]).await?.remove(&id).unwrap_or_default()
-        };
-        let video = Arc::new(CachedVideo { row, renditions });
-        if let Some(ticket) = ticket {
-            self.0.insert(ticket, id, video.clone());
-        }
-        Ok(Some(video))
+    /// The cache's answer for `id`, without the database (see [`HotCache::get`]).
+    pub fn lookup(&self, id: Uuid) -> Lookup<Arc<CachedVideo>> {
+        self.0.get(id)
+    }
+
+    /// Taken before reading the database; see [`HotCache::ticket`].
+    pub fn ticket(&self) -> Option<u64> {
+        self.0.ticket()
+    }
+
+    /// Remember what was read with `ticket`, unless a change came in between.
+    pub fn insert(&self, ticket: u64, id: Uuid, video: Arc<CachedVideo>) {
+        self.0.insert(ticket, id, video);
     }
 
     /// Forget the video (it changed).
