@@ -5,7 +5,7 @@ use async_graphql::{ComplexObject, Context, Enum, ErrorExtensions, InputObject, 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use entities::video;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::EntityTrait;
 use uuid::Uuid;
 
 use crate::auth::principal::{Principal, RequestAuth};
@@ -456,28 +456,13 @@ impl VideosMutation {
         let state = ctx.data::<AppState>()?;
         let principal = require_principal(ctx).gql()?;
         let id = parse_video_id(&id).gql()?;
-        // The uploads this delete ends: their unfinished multipart parts and tus
-        // tails are not objects under the video's prefix, so they are cleaned here.
-        let open_uploads = entities::upload::Entity::find()
-            .filter(entities::upload::Column::VideoId.eq(id))
-            .filter(
-                entities::upload::Column::Status
-                    .is_in([entities::UploadStatus::Open, entities::UploadStatus::Completing]),
-            )
-            .all(&state.db)
-            .await
-            .map_err(|e| AppError::internal(e).extend())?;
+        let open_uploads = crate::uploads::abort::open_of_video(state, id).await.gql()?;
         let event = repo::delete_video(&state.db, principal, id, state.settings.jobs.max_attempts).await.gql()?;
         // The DELETED event reaches other instances' caches too, but without waiting:
         // this does, so the video is gone everywhere once this answers.
         state.access_signals.video_changed(id).await;
         state.publisher().publish(event);
-        let store = state.store.clone();
-        tokio::spawn(async move {
-            for row in &open_uploads {
-                crate::uploads::abort::cleanup_storage(store.as_ref(), row, true).await;
-            }
-        });
+        crate::uploads::abort::cleanup_ended(state, &open_uploads).await;
         Ok(true)
     }
 }

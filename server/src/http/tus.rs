@@ -62,7 +62,7 @@ use uuid::Uuid;
 use crate::auth::principal::{authenticate, Principal, RequestAuth};
 use crate::error::{AppError, AppResult, ErrorBody, ErrorCode};
 use crate::state::AppState;
-use crate::uploads::session::{self, FinishSession, SessionFacts};
+use crate::uploads::session::{self, FinishSession};
 use crate::uploads::{self, tus_store, Concat, TusOptions, TusState, UploadRequest};
 
 pub const TUS_VERSION: &str = "1.0.0";
@@ -528,12 +528,7 @@ async fn write_body(
     body: BodyHeaders,
     payload: web::Payload,
 ) -> Result<(upload::Model, u64, bool), HttpResponse> {
-    let facts = SessionFacts {
-        offset: u64::try_from(row.offset_bytes).unwrap_or(0),
-        size: u64::try_from(row.declared_size).unwrap_or(0),
-        expires_at: row.expires_at,
-    };
-    let lease = match session::acquire(&state.hubs.upload_sessions.addr(), row.id, facts).await {
+    let lease = match session::acquire(&state.hubs.upload_sessions.addr(), row.id).await {
         Ok(Some(lease)) => lease,
         Ok(None) => {
             return Err(error(AppError::new(
@@ -545,11 +540,7 @@ async fn write_body(
     };
     // Read the row again under the lease: the previous writer may just have moved it.
     let row = uploads::find_owned_by_id(state, row.id, row.user_id).await.map_err(error)?;
-    let mut lease = lease;
     let response = patch_locked(state, &row, body, payload).await;
-    if let Ok((offset, _)) = &response {
-        lease.set_offset(*offset);
-    }
     drop(lease);
     let (offset, done) = response?;
     if done {

@@ -21,7 +21,7 @@ struct DeletePayload {
 const MAX_PREFIXES: usize = 16;
 
 fn invalid(reason: String) -> JobError {
-    JobError::Permanent { code: "INVALID_PAYLOAD", reason }
+    JobError::Permanent { code: crate::jobs::FailureCode::InvalidPayload, reason }
 }
 
 /// The prefixes to delete, each refused unless it is a user's subtree ending in `/`.

@@ -40,14 +40,16 @@ pub(crate) async fn run_delete_user(
     job: &job::Model,
     reporter: Arc<dyn JobReporter>,
 ) -> Result<u64, JobError> {
-    let DeleteUserPayload { user_id } = serde_json::from_value(job.payload.clone()).map_err(|e| {
-        JobError::Permanent { code: "INVALID_PAYLOAD", reason: format!("the delete request is malformed: {e}") }
-    })?;
+    let DeleteUserPayload { user_id } =
+        serde_json::from_value(job.payload.clone()).map_err(|e| JobError::Permanent {
+            code: crate::jobs::FailureCode::InvalidPayload,
+            reason: format!("the delete request is malformed: {e}"),
+        })?;
     let account = users::find_any(&ctx.db, user_id).await.map_err(|e| db_error("reading the account", &e))?;
     // Only an account an admin deleted: a stray job must never wipe a live one.
     if account.as_ref().is_some_and(|u| u.deleted_at.is_none()) {
         return Err(JobError::Permanent {
-            code: "NOT_DELETED",
+            code: crate::jobs::FailureCode::NotDeleted,
             reason: "the account is not marked deleted; nothing was removed".into(),
         });
     }

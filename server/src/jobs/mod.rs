@@ -3,6 +3,7 @@
 pub mod batches;
 mod delete_objects;
 mod delete_user;
+pub mod failure;
 pub mod metrics;
 pub mod queue;
 pub mod remote;
@@ -13,6 +14,7 @@ pub mod scheduler;
 mod send_mail;
 mod transcode;
 
+pub use failure::FailureCode;
 pub use transcode::transcode_payload;
 
 pub use crate::repo::jobs::{enqueue, enqueue_at, NewJob, DEFAULT_PRIORITY};

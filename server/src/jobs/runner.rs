@@ -28,6 +28,7 @@ use crate::events::{DomainEvent, EventDetail, EventKind, ProgressInfo, Publisher
 use crate::media::CancelFlag;
 use crate::storage::{layout, ObjectStore};
 
+use super::failure::FailureCode;
 use super::transcode::{lock_video, retire_outputs, upsert_rendition, NewRendition};
 pub use super::transcode::{
     DownloadOutput, MediaSpec, ProbeSummary, RenditionOutput, StoryboardOutput, TranscodeOutput,
@@ -60,7 +61,7 @@ pub enum JobError {
     Retryable(String),
     /// Retrying will not help (the media is bad); `reason` is shown to the user.
     #[error("{reason}")]
-    Permanent { code: &'static str, reason: String },
+    Permanent { code: FailureCode, reason: String },
     #[error("cancelled")]
     Cancelled,
 }

@@ -78,7 +78,7 @@ pub(crate) async fn download_to_file(
         Err(_) => return Err(JobError::Retryable("downloading the source timed out".into())),
         Ok(Err(StoreError::NotFound { .. })) => {
             return Err(JobError::Permanent {
-                code: "SOURCE_MISSING",
+                code: crate::jobs::FailureCode::SourceMissing,
                 reason: "the uploaded file is missing from storage".into(),
             })
         }
@@ -88,7 +88,7 @@ pub(crate) async fn download_to_file(
     // The source was checked (size, type, probe) when its upload completed; bytes
     // that differ now were written behind that check and are not processed.
     let changed = || JobError::Permanent {
-        code: "SOURCE_CHANGED",
+        code: crate::jobs::FailureCode::SourceChanged,
         reason: "the stored file changed after its upload was checked; upload it again".into(),
     };
     if expected_size.is_some_and(|size| size != got.meta.size) {

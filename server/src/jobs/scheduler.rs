@@ -427,7 +427,7 @@ impl JobWorker {
         metrics::histogram!(crate::telemetry::JOB_ATTEMPT_SECONDS, "kind" => kind).record(spent);
         if let Outcome::Error(error) = &outcome {
             let code = match error {
-                JobError::Permanent { code, .. } => *code,
+                JobError::Permanent { code, .. } => code.as_str(),
                 JobError::Retryable(_) => "RETRYABLE",
                 JobError::Cancelled => "CANCELLED",
             };

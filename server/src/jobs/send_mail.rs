@@ -27,7 +27,7 @@ async fn cancelled(cancel: &CancelFlag) {
 /// arrive twice: delivery is at least once.
 #[tracing::instrument(skip_all, fields(job_id = %job.id))]
 pub async fn run(ctx: &JobContext, job: &job::Model, cancel: &CancelFlag) -> Result<JobOutput, JobError> {
-    let permanent = |reason: String| JobError::Permanent { code: "MAIL_FAILED", reason };
+    let permanent = |reason: String| JobError::Permanent { code: crate::jobs::FailureCode::MailFailed, reason };
     let payload: MailPayload = serde_json::from_value(job.payload.clone())
         .map_err(|_| permanent("the mail job's payload is malformed".into()))?;
     let mail = ctx.mailer.open_mail(payload.mail_id, &payload.sealed).map_err(|err| permanent(err.to_string()))?;

@@ -23,6 +23,7 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, DbBackend, EntityTrait, IntoActiveM
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::failure::FailureCode;
 use super::runner::{JobContext, JobError, JobReporter};
 use super::runner_storage::{content_type_for, download_to_file, upload_all, upload_text, Upload};
 use crate::events::{EventDetail, EventKind, ProgressInfo, RenditionProgressInfo};
@@ -151,7 +152,7 @@ pub fn transcode_payload(preset: &str, formats: &[OutputFormat]) -> serde_json::
 
 /// The downloads a payload asks for, in the order they are made (MP4 before WebM).
 fn parse_payload(payload: &serde_json::Value) -> Result<(Preset, Vec<Format>), JobError> {
-    let invalid = |reason: String| JobError::Permanent { code: "INVALID_PAYLOAD", reason };
+    let invalid = |reason: String| JobError::Permanent { code: crate::jobs::FailureCode::InvalidPayload, reason };
     let parsed: TranscodePayload = if payload.is_null() {
         TranscodePayload::default()
     } else {
@@ -279,27 +280,25 @@ fn eta_step(last: &mut Option<f64>, percent: f64, elapsed: f64) -> Option<f64> {
 /// Map a media failure: the upload's fault is permanent (with a readable reason that
 /// names no local path), a cancel is a cancel, anything else may pass on retry.
 fn media_error(err: MediaError, scratch: &Path) -> JobError {
-    match err {
-        MediaError::Cancelled => JobError::Cancelled,
-        err if err.is_client_error() => {
-            // GStreamer messages may quote the local file; the user knows it as "the upload".
-            let mut reason = err.to_string();
-            let dir = scratch.to_string_lossy().to_string();
-            for (form, with) in [
-                (format!("file://{dir}/source"), "the upload"),
-                (format!("{dir}/source"), "the upload"),
-                (format!("file://{dir}"), ""),
-                (dir.clone(), ""),
-            ] {
-                reason = reason.replace(&form, with);
-            }
-            JobError::Permanent { code: err.code(), reason }
-        }
-        err => {
-            tracing::warn!(error = ?err, "media processing failed on the worker");
-            JobError::Retryable(format!("media processing failed on the worker ({})", err.code()))
-        }
+    if matches!(err, MediaError::Cancelled) {
+        return JobError::Cancelled;
     }
+    let Some(code) = FailureCode::of_media(&err) else {
+        tracing::warn!(error = ?err, "media processing failed on the worker");
+        return JobError::Retryable(format!("media processing failed on the worker ({})", err.code()));
+    };
+    // GStreamer messages may quote the local file; the user knows it as "the upload".
+    let mut reason = err.to_string();
+    let dir = scratch.to_string_lossy().to_string();
+    for (form, with) in [
+        (format!("file://{dir}/source"), "the upload"),
+        (format!("{dir}/source"), "the upload"),
+        (format!("file://{dir}"), ""),
+        (dir.clone(), ""),
+    ] {
+        reason = reason.replace(&form, with);
+    }
+    JobError::Permanent { code, reason }
 }
 
 /// Which encoders this run uses, for the job's log.
@@ -360,16 +359,22 @@ pub(crate) async fn run_transcode(
     cancel: CancelFlag,
     reporter: Arc<dyn JobReporter>,
 ) -> Result<TranscodeOutput, JobError> {
-    let video_id = job
-        .video_id
-        .ok_or_else(|| JobError::Permanent { code: "VIDEO_GONE", reason: "the job names no video".into() })?;
+    let video_id = job.video_id.ok_or_else(|| JobError::Permanent {
+        code: crate::jobs::FailureCode::VideoGone,
+        reason: "the job names no video".into(),
+    })?;
     let video = video::Entity::find_by_id(video_id).one(&ctx.db).await.map_err(db_error)?;
     let video = match video {
         Some(v) if v.deleted_at.is_none() => v,
-        _ => return Err(JobError::Permanent { code: "VIDEO_GONE", reason: "the video was deleted".into() }),
+        _ => {
+            return Err(JobError::Permanent {
+                code: crate::jobs::FailureCode::VideoGone,
+                reason: "the video was deleted".into(),
+            })
+        }
     };
     let source_key = video.source_key.clone().ok_or_else(|| JobError::Permanent {
-        code: "SOURCE_MISSING",
+        code: crate::jobs::FailureCode::SourceMissing,
         reason: "the video has no uploaded file".into(),
     })?;
     let spec = MediaSpec {
@@ -1061,7 +1066,7 @@ pub(crate) async fn check_quota(
     let after = used.saturating_sub(replaced).saturating_add(new);
     if after > quota {
         return Err(JobError::Permanent {
-            code: "QUOTA_EXCEEDED",
+            code: crate::jobs::FailureCode::QuotaExceeded,
             reason: format!(
                 "the encoded files ({new} bytes) would exceed the storage quota: {} of {quota} bytes are in use",
                 used.saturating_sub(replaced)
@@ -1222,7 +1227,13 @@ mod tests {
             serde_json::json!({ "formats": [] }),
             serde_json::json!({ "formats": ["HLS", "AVI"] }),
         ] {
-            assert!(matches!(parse_payload(&bad), Err(JobError::Permanent { code: "INVALID_PAYLOAD", .. })), "{bad}");
+            assert!(
+                matches!(
+                    parse_payload(&bad),
+                    Err(JobError::Permanent { code: crate::jobs::FailureCode::InvalidPayload, .. })
+                ),
+                "{bad}"
+            );
         }
     }
 
@@ -1243,7 +1254,7 @@ mod tests {
         let unreadable = MediaError::Unreadable { reason: "/tmp/scratch/job-abc/source is not a regular file".into() };
         match media_error(unreadable, scratch) {
             JobError::Permanent { code, reason } => {
-                assert_eq!(code, "MEDIA_UNREADABLE");
+                assert_eq!(code, FailureCode::MediaUnreadable);
                 assert_eq!(reason, "the file is not readable media: the upload is not a regular file");
             }
             other => panic!("{other:?}"),

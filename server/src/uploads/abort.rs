@@ -115,6 +115,26 @@ fn status_label(status: UploadStatus) -> &'static str {
     }
 }
 
+/// The uploads a video's deletion ends (OPEN or COMPLETING). Their unfinished
+/// multipart parts and tus tails are not under the video's prefix, so they are
+/// read before the delete and cleaned after it ([`cleanup_ended`]).
+pub async fn open_of_video(state: &dyn UploadDeps, video_id: Uuid) -> AppResult<Vec<upload::Model>> {
+    Ok(upload::Entity::find()
+        .filter(upload::Column::VideoId.eq(video_id))
+        .filter(upload::Column::Status.is_in([UploadStatus::Open, UploadStatus::Completing]))
+        .all(state.db())
+        .await?)
+}
+
+/// Clean the storage of uploads ended by their video's deletion, within the
+/// request. Best effort: what fails is logged, and the staging sweeper removes it
+/// once the upload's URLs have expired.
+pub async fn cleanup_ended(state: &dyn UploadDeps, rows: &[upload::Model]) {
+    for row in rows {
+        cleanup_storage(state.store().as_ref(), row, true).await;
+    }
+}
+
 /// Best effort: abort the multipart upload, delete the tus tail and (when
 /// `object` is set) the object itself. Failures are logged; the storage sweep of
 /// the store removes stale multipart uploads later.

@@ -1,19 +1,20 @@
-//! One [`UploadSession`] actor per open upload that is being written to, created
-//! on demand by the [`UploadSessions`] registry hub and stopped when idle.
+//! One [`UploadSession`] actor per open upload that is being written to in this
+//! process, created on demand by the [`UploadSessions`] registry hub and stopped
+//! when idle: the upload's write lease. A tus PATCH takes the lease ([`Acquire`])
+//! before it reads a single byte; a second PATCH for the same upload meanwhile is
+//! refused (409) at once and changes nothing.
 //!
-//! The session owns what a writer must agree on: the last known offset, the size
-//! limit and the expiry, and whether a write is in flight. A tus PATCH takes the
-//! session's lease ([`Acquire`]) before it reads a single byte; a second PATCH for
-//! the same upload meanwhile is refused (409) and changes nothing. The durable
-//! state is the database row (see `uploads::tus_store`), so a restarted server or
-//! another replica picks up where this one left; the row's conditional updates
-//! guard writers on different replicas.
+//! What the upload *is* (its offset, declared size, expiry, the running checksum of
+//! its parts) is owned by its database row, not by this actor: every append ends
+//! with an update conditional on the offset it started from (`uploads::tus_store`),
+//! so writers on different replicas, or a restarted server, can never both move an
+//! upload forward; the loser of that race gets 409 too. The actor only spares a
+//! second writer in the same process from streaming its body before it learns so.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::actors::DeathNotice;
@@ -22,18 +23,9 @@ use crate::actors::DeathNotice;
 const IDLE_AFTER: Duration = Duration::from_secs(120);
 const IDLE_CHECK_EVERY: Duration = Duration::from_secs(30);
 
-/// What the session knows about its upload (refreshed from the row on each lease).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SessionFacts {
-    pub offset: u64,
-    pub size: u64,
-    pub expires_at: DateTime<Utc>,
-}
-
 pub struct UploadSession {
     id: Uuid,
     registry: Addr<UploadSessions>,
-    facts: Option<SessionFacts>,
     /// The lease number of the write in flight, if any.
     writing: Option<u64>,
     next_lease: u64,
@@ -59,28 +51,18 @@ impl Actor for UploadSession {
 /// Take the write lease. `Err(())` when another write is in flight.
 #[derive(Message)]
 #[rtype(result = "Result<Lease, ()>")]
-pub struct Acquire {
-    pub facts: SessionFacts,
-}
+pub struct Acquire;
 
 /// Held by the writing request; releasing happens on drop, also when the request
 /// is cancelled half-way.
 pub struct Lease {
     number: u64,
     addr: Addr<UploadSession>,
-    offset: Option<u64>,
-}
-
-impl Lease {
-    /// Tell the session the offset the write reached.
-    pub fn set_offset(&mut self, offset: u64) {
-        self.offset = Some(offset);
-    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.addr.do_send(Release { number: self.number, offset: self.offset });
+        self.addr.do_send(Release { number: self.number });
     }
 }
 
@@ -88,7 +70,6 @@ impl Drop for Lease {
 #[rtype(result = "()")]
 struct Release {
     number: u64,
-    offset: Option<u64>,
 }
 
 /// Stop the session (the upload finished or ended).
@@ -99,15 +80,14 @@ pub struct Finish;
 impl Handler<Acquire> for UploadSession {
     type Result = MessageResult<Acquire>;
 
-    fn handle(&mut self, msg: Acquire, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, _: Acquire, ctx: &mut Self::Context) -> Self::Result {
         self.last_active = Instant::now();
         if self.writing.is_some() {
             return MessageResult(Err(()));
         }
         self.next_lease += 1;
         self.writing = Some(self.next_lease);
-        self.facts = Some(msg.facts);
-        MessageResult(Ok(Lease { number: self.next_lease, addr: ctx.address(), offset: None }))
+        MessageResult(Ok(Lease { number: self.next_lease, addr: ctx.address() }))
     }
 }
 
@@ -118,9 +98,6 @@ impl Handler<Release> for UploadSession {
         if self.writing == Some(msg.number) {
             self.writing = None;
             self.last_active = Instant::now();
-            if let (Some(facts), Some(offset)) = (self.facts.as_mut(), msg.offset) {
-                facts.offset = offset;
-            }
         }
     }
 }
@@ -162,9 +139,7 @@ impl Handler<Session> for UploadSessions {
             return MessageResult(addr.clone());
         }
         let registry = ctx.address();
-        let addr =
-            UploadSession { id, registry, facts: None, writing: None, next_lease: 0, last_active: Instant::now() }
-                .start();
+        let addr = UploadSession { id, registry, writing: None, next_lease: 0, last_active: Instant::now() }.start();
         self.sessions.insert(id, addr.clone());
         metrics::gauge!("reelhouse_upload_sessions").set(self.sessions.len() as f64);
         MessageResult(addr)
@@ -205,16 +180,12 @@ impl Handler<FinishSession> for UploadSessions {
 }
 
 /// Take the write lease of upload `id`: `Ok(None)` when another write holds it.
-pub async fn acquire(
-    registry: &Addr<UploadSessions>,
-    id: Uuid,
-    facts: SessionFacts,
-) -> Result<Option<Lease>, MailboxError> {
+pub async fn acquire(registry: &Addr<UploadSessions>, id: Uuid) -> Result<Option<Lease>, MailboxError> {
     // A session that just stopped for idleness answers with a closed mailbox; the
     // registry then starts a fresh one.
     for _ in 0..3 {
         let session = registry.send(Session(id)).await?;
-        match session.send(Acquire { facts }).await {
+        match session.send(Acquire).await {
             Ok(Ok(lease)) => return Ok(Some(lease)),
             Ok(Err(())) => return Ok(None),
             Err(MailboxError::Closed) => continue,
@@ -230,26 +201,21 @@ crate::actors::stop_on_request!(UploadSessions);
 mod tests {
     use super::*;
 
-    fn facts() -> SessionFacts {
-        SessionFacts { offset: 0, size: 10, expires_at: Utc::now() }
-    }
-
     #[actix_rt::test]
     async fn one_writer_at_a_time_per_upload() {
         let supervisor = crate::actors::Supervisor::start();
         let registry = supervisor.spawn("upload_sessions_test", UploadSessions::new).addr();
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        let mut first = acquire(&registry, a, facts()).await.unwrap().expect("free");
-        assert!(acquire(&registry, a, facts()).await.unwrap().is_none(), "a second writer is refused");
-        let other = acquire(&registry, b, facts()).await.unwrap();
+        let first = acquire(&registry, a).await.unwrap().expect("free");
+        assert!(acquire(&registry, a).await.unwrap().is_none(), "a second writer is refused");
+        let other = acquire(&registry, b).await.unwrap();
         assert!(other.is_some(), "another upload is independent");
-        first.set_offset(5);
         drop(first);
-        let again = acquire(&registry, a, facts()).await.unwrap();
+        let again = acquire(&registry, a).await.unwrap();
         assert!(again.is_some(), "released on drop");
         drop(again);
         // A finished session stops; the next writer gets a fresh one.
         registry.send(FinishSession(a)).await.unwrap();
-        assert!(acquire(&registry, a, facts()).await.unwrap().is_some());
+        assert!(acquire(&registry, a).await.unwrap().is_some());
     }
 }

@@ -34,7 +34,7 @@ async fn outputs_count_against_the_quota_and_a_transcode_over_it_fails_typed_lea
     let (result, _) = h.run(&job).await;
     match result {
         Err(JobError::Permanent { code, reason }) => {
-            assert_eq!(code, "QUOTA_EXCEEDED");
+            assert_eq!(code, reelhouse::jobs::FailureCode::QuotaExceeded);
             assert!(reason.contains("storage quota"), "{reason}");
         }
         other => panic!("expected QUOTA_EXCEEDED, got {other:?}"),

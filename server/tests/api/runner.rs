@@ -14,7 +14,7 @@ use reelhouse::config::media::LadderRung;
 use reelhouse::config::Settings;
 use reelhouse::events::{self, ProgressInfo};
 use reelhouse::jobs::runner::{self, JobContext, JobError, JobOutput, JobReporter, TranscodeOutput};
-use reelhouse::jobs::{enqueue, NewJob};
+use reelhouse::jobs::{enqueue, FailureCode, NewJob};
 use reelhouse::media::cancel_flag;
 use reelhouse::storage::layout::{self, Outputs};
 use reelhouse::storage::StoreError;
@@ -611,7 +611,7 @@ async fn runner_hostile_sources_fail_permanently_with_readable_reasons() {
             Err(JobError::Permanent { code, reason }) => (code, reason),
             other => panic!("{name}: {other:?}"),
         };
-        assert!(code.starts_with("MEDIA_"), "{name}: {code}");
+        assert!(code.as_str().starts_with("MEDIA_"), "{name}: {code}");
         assert!(!reason.trim().is_empty(), "{name}");
         let scratch = h.scratch.path().to_string_lossy().to_string();
         assert!(!reason.contains(&scratch) && !reason.contains("/tmp"), "{name}: {reason}");
@@ -631,7 +631,7 @@ async fn runner_hostile_sources_fail_permanently_with_readable_reasons() {
     let video = h.video_with_source(Vec::new()).await;
     let job = h.transcode_job(&video, serde_json::json!({ "preset": "ULTRA" })).await;
     match h.run(&job).await.0 {
-        Err(JobError::Permanent { code, .. }) => assert_eq!(code, "INVALID_PAYLOAD"),
+        Err(JobError::Permanent { code, .. }) => assert_eq!(code, FailureCode::InvalidPayload),
         other => panic!("{other:?}"),
     }
 }
@@ -648,7 +648,7 @@ async fn runner_refuses_oversized_missing_and_deleted_sources() {
     let video = h.video_from(&fixture("no_audio.mp4")).await;
     let job = h.transcode_job(&video, serde_json::Value::Null).await;
     let (code, reason) = permanent(h.run(&job).await.0);
-    assert_eq!(code, "MEDIA_REJECTED");
+    assert_eq!(code, FailureCode::MediaRejected);
     assert!(reason.contains("640x360"), "{reason}");
     assert!(h.scratch_is_empty());
 
@@ -656,7 +656,7 @@ async fn runner_refuses_oversized_missing_and_deleted_sources() {
     let missing = h.video_with_source(b"x".to_vec()).await;
     h.ctx.store.delete(missing.source_key.as_deref().unwrap()).await.unwrap();
     let job = h.transcode_job(&missing, serde_json::Value::Null).await;
-    assert_eq!(permanent(h.run(&job).await.0).0, "SOURCE_MISSING");
+    assert_eq!(permanent(h.run(&job).await.0).0, FailureCode::SourceMissing);
     assert!(h.scratch_is_empty());
 
     // The stored bytes are not the ones checked at upload (written behind the
@@ -666,7 +666,7 @@ async fn runner_refuses_oversized_missing_and_deleted_sources() {
     row.source_size_bytes = Set(Some(1000));
     let swapped = row.update(&h.app.state.db).await.unwrap();
     let job = h.transcode_job(&swapped, serde_json::Value::Null).await;
-    assert_eq!(permanent(h.run(&job).await.0).0, "SOURCE_CHANGED");
+    assert_eq!(permanent(h.run(&job).await.0).0, FailureCode::SourceChanged);
     assert!(h.scratch_is_empty());
 
     // The video was deleted before the job ran, or while it ran: nothing is applied.
@@ -675,7 +675,7 @@ async fn runner_refuses_oversized_missing_and_deleted_sources() {
     let mut row: video::ActiveModel = deleted.clone().into();
     row.deleted_at = Set(Some(Utc::now()));
     row.update(&h.app.state.db).await.unwrap();
-    assert_eq!(permanent(h.run(&job).await.0).0, "VIDEO_GONE");
+    assert_eq!(permanent(h.run(&job).await.0).0, FailureCode::VideoGone);
     let o = Outputs::new(h.owner, deleted.id, Some("v0000000001"));
     let output = JobOutput::Transcoded(Box::new(TranscodeOutput {
         video_id: deleted.id,

@@ -518,7 +518,7 @@ async fn run_job(
             WorkerMessage::Failure { lease, code: "CANCELLED".into(), message: "cancelled".into() }
         }
         Err(JobError::Permanent { code, reason }) => {
-            WorkerMessage::Failure { lease, code: code.into(), message: reason }
+            WorkerMessage::Failure { lease, code: code.as_str().into(), message: reason }
         }
         Err(JobError::Retryable(message)) => WorkerMessage::Failure { lease, code: "RETRYABLE".into(), message },
     };
@@ -844,7 +844,7 @@ impl TranscodeHost for RemoteHost {
         };
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             return Err(JobError::Permanent {
-                code: "SOURCE_MISSING",
+                code: crate::jobs::FailureCode::SourceMissing,
                 reason: "the uploaded file is missing from storage".into(),
             });
         }
@@ -852,7 +852,7 @@ impl TranscodeHost for RemoteHost {
             return Err(transfer_error("downloading the source failed", format!("status {}", response.status())));
         }
         let changed = || JobError::Permanent {
-            code: "SOURCE_CHANGED",
+            code: crate::jobs::FailureCode::SourceChanged,
             reason: "the stored file changed after its upload was checked; upload it again".into(),
         };
         if let (Some(size), Some(length)) = (expected, response.content_length()) {

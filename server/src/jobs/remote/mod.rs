@@ -23,6 +23,7 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, Qu
 use uuid::Uuid;
 
 use self::protocol::{LeaseRef, OutputFile, PresignedUrl};
+use crate::jobs::failure::FailureCode;
 use crate::jobs::queue::{self, LeasedJob, QueueError};
 use crate::jobs::runner::{JobError, JobOutput, MediaSpec, TranscodeOutput};
 use crate::jobs::transcode::NewRendition;
@@ -215,11 +216,11 @@ pub async fn prepare_assignment(state: &dyn RemoteDeps, leased: &LeasedJob) -> R
         Some(id) => video::Entity::find_by_id(id).one(state.db()).await?,
         None => None,
     };
-    let gone = |code: &'static str, reason: &str| JobError::Permanent { code, reason: reason.into() };
+    let gone = |code: FailureCode, reason: &str| JobError::Permanent { code, reason: reason.into() };
     let failure = match &video {
-        None => Some(gone("VIDEO_GONE", "the video was deleted")),
-        Some(v) if v.deleted_at.is_some() => Some(gone("VIDEO_GONE", "the video was deleted")),
-        Some(v) if v.source_key.is_none() => Some(gone("SOURCE_MISSING", "the video has no uploaded file")),
+        None => Some(gone(FailureCode::VideoGone, "the video was deleted")),
+        Some(v) if v.deleted_at.is_some() => Some(gone(FailureCode::VideoGone, "the video was deleted")),
+        Some(v) if v.source_key.is_none() => Some(gone(FailureCode::SourceMissing, "the video has no uploaded file")),
         _ => None,
     };
     if let Some(error) = failure {
@@ -586,27 +587,12 @@ pub fn failure_error(code: &str, message: &str) -> Option<JobError> {
         "CANCELLED" => Some(JobError::Cancelled),
         "RETRYABLE" => Some(JobError::Retryable(message)),
         // Verdicts about the upload (the worker's jailed pipeline decided).
-        code => match PERMANENT_CODES.iter().find(|known| **known == code) {
-            Some(known) => Some(JobError::Permanent { code: known, reason: message }),
+        code => match FailureCode::reported_by_worker(code) {
+            Some(code) => Some(JobError::Permanent { code, reason: message }),
             None => Some(JobError::Retryable(message)),
         },
     }
 }
-
-/// The permanent failure codes a worker may report (anything else is retried).
-const PERMANENT_CODES: [&str; 11] = [
-    "MEDIA_EMPTY",
-    "MEDIA_UNREADABLE",
-    "MEDIA_REJECTED",
-    "MEDIA_TRUNCATED",
-    "MEDIA_PIPELINE",
-    "MEDIA_CRASHED",
-    "MEDIA_LIMIT",
-    "INVALID_PAYLOAD",
-    "SOURCE_CHANGED",
-    "SOURCE_MISSING",
-    "QUOTA_EXCEEDED",
-];
 
 /// Apply a worker's `failure`: retry, fail or cancel the job (or give it back,
 /// `RELEASED`, when the worker is draining), under the lease token. Its outputs go
@@ -658,7 +644,7 @@ mod tests {
         assert!(matches!(failure_error("CANCELLED", ""), Some(JobError::Cancelled)));
         assert!(matches!(
             failure_error("MEDIA_UNREADABLE", "x"),
-            Some(JobError::Permanent { code: "MEDIA_UNREADABLE", .. })
+            Some(JobError::Permanent { code: crate::jobs::FailureCode::MediaUnreadable, .. })
         ));
         assert!(matches!(failure_error("anything else", "x"), Some(JobError::Retryable(_))));
     }
