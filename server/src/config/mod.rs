@@ -515,14 +515,24 @@ impl Settings {
 
     /// Checks that serde cannot express; each error names its key.
     pub fn validate(&self) -> Result<(), SettingsError> {
+        self.validate_server()?;
+        self.validate_telemetry()?;
+        self.validate_uploads()?;
+        self.validate_media()?;
+        self.validate_jobs()?;
+        self.validate_storage()?;
+        self.validate_auth()?;
+        self.validate_workers()?;
+        Ok(())
+    }
+
+    /// The listeners, public URL, origins, proxies and mail.
+    fn validate_server(&self) -> Result<(), SettingsError> {
         self.bind_addr()?;
         self.metrics_bind_addr()?;
         self.worker_health_addr()?;
         if let Some((key, message)) = self.mail.problem() {
             return Err(SettingsError::new(key, message));
-        }
-        if self.telemetry.queue_metrics_secs == 0 {
-            return Err(SettingsError::new("telemetry.queue_metrics_secs", "must be at least 1"));
         }
         if let Some(url) = &self.server.public_url {
             let parsed = url::Url::parse(url).map_err(|e| SettingsError::new("server.public_url", e.to_string()))?;
@@ -553,6 +563,40 @@ impl Settings {
                 }
             }
         }
+        if self.server.tls_enforcement != TlsEnforcement::Off && self.server.trusted_proxies.is_empty() {
+            return Err(SettingsError::new(
+                "server.trusted_proxies",
+                "list the TLS-terminating proxy when server.tls_enforcement is on (its X-Forwarded-Proto decides)",
+            ));
+        }
+        if self.server.heartbeat_interval_ms < 10 {
+            return Err(SettingsError::new("server.heartbeat_interval_ms", "must be at least 10"));
+        }
+        Ok(())
+    }
+
+    /// Logs and metrics.
+    fn validate_telemetry(&self) -> Result<(), SettingsError> {
+        if self.telemetry.queue_metrics_secs == 0 {
+            return Err(SettingsError::new("telemetry.queue_metrics_secs", "must be at least 1"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.telemetry.level).is_err() {
+            return Err(SettingsError::new(
+                "telemetry.level",
+                format!("`{}` is not a valid filter", self.telemetry.level),
+            ));
+        }
+        if crate::media::gst_level(&self.telemetry.gstreamer_level).is_none() {
+            return Err(SettingsError::new(
+                "telemetry.gstreamer_level",
+                "must be one of none, error, warning, fixme, info, debug, log, trace",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Upload sizes, parts, buffers and URL lifetimes.
+    fn validate_uploads(&self) -> Result<(), SettingsError> {
         if self.uploads.tus_buffer_budget_bytes < self.uploads.part_size_bytes {
             return Err(SettingsError::new(
                 "uploads.tus_buffer_budget_bytes",
@@ -580,6 +624,11 @@ impl Settings {
         if self.uploads.max_size_bytes == 0 {
             return Err(SettingsError::new("uploads.max_size_bytes", "must be greater than 0"));
         }
+        Ok(())
+    }
+
+    /// The ladder, frame rates, encoders, the jail's limits and the CDN.
+    fn validate_media(&self) -> Result<(), SettingsError> {
         if self.media.ladder.is_empty() || self.media.ladder.iter().any(|r| r.lines < 2 || r.video_bitrate_kbps == 0) {
             return Err(SettingsError::new("media.ladder", "needs at least one rung with lines >= 2 and a bitrate"));
         }
@@ -607,6 +656,11 @@ impl Settings {
                 return Err(SettingsError::new("media.cdn_base_url", "must be an http(s) URL without a query"));
             }
         }
+        Ok(())
+    }
+
+    /// Breakers, webhooks, the queue, job logs, batches, events, audit and views.
+    fn validate_jobs(&self) -> Result<(), SettingsError> {
         if let Err((key, message)) = self.breakers.validate() {
             return Err(SettingsError::new(key, message));
         }
@@ -661,15 +715,19 @@ impl Settings {
         if self.views.dedupe_window_secs == 0 {
             return Err(SettingsError::new("views.dedupe_window_secs", "must be at least 1"));
         }
-        if self.server.tls_enforcement != TlsEnforcement::Off && self.server.trusted_proxies.is_empty() {
-            return Err(SettingsError::new(
-                "server.trusted_proxies",
-                "list the TLS-terminating proxy when server.tls_enforcement is on (its X-Forwarded-Proto decides)",
-            ));
+        if let Some(tag) = &self.jobs.high_preset_tag {
+            let valid = (1..=32).contains(&tag.len())
+                && tag.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            if !valid {
+                return Err(SettingsError::new("jobs.high_preset_tag", "must be 1 to 32 of a-z, 0-9, '-' and '_'"));
+            }
         }
-        if self.server.heartbeat_interval_ms < 10 {
-            return Err(SettingsError::new("server.heartbeat_interval_ms", "must be at least 10"));
-        }
+
+        Ok(())
+    }
+
+    /// The database, Redis and object storage.
+    fn validate_storage(&self) -> Result<(), SettingsError> {
         if let Some(url) = &self.database.url {
             match url.scheme() {
                 "postgres" | "postgresql" | "sqlite" => {}
@@ -707,6 +765,11 @@ impl Settings {
         if self.storage.presign_ttl_secs == 0 || self.storage.presign_ttl_secs > 7 * 24 * 3600 {
             return Err(SettingsError::new("storage.presign_ttl_secs", "must be between 1 and 604800 (7 days)"));
         }
+        Ok(())
+    }
+
+    /// Tokens, keys, the session and video caches, persisted queries and rate limits.
+    fn validate_auth(&self) -> Result<(), SettingsError> {
         if let Some(secret) = &self.auth.jwt_secret {
             if secret.expose().len() < 32 {
                 return Err(SettingsError::new("auth.jwt_secret", "must be at least 32 bytes long"));
@@ -744,18 +807,6 @@ impl Settings {
         if self.auth.access_token_ttl_secs == 0 {
             return Err(SettingsError::new("auth.access_token_ttl_secs", "must be positive"));
         }
-        if tracing_subscriber::EnvFilter::try_new(&self.telemetry.level).is_err() {
-            return Err(SettingsError::new(
-                "telemetry.level",
-                format!("`{}` is not a valid filter", self.telemetry.level),
-            ));
-        }
-        if crate::media::gst_level(&self.telemetry.gstreamer_level).is_none() {
-            return Err(SettingsError::new(
-                "telemetry.gstreamer_level",
-                "must be one of none, error, warning, fixme, info, debug, log, trace",
-            ));
-        }
         for (name, policy) in &self.rate_limit.policies {
             if policy.limit == 0 || policy.period_secs == 0 || policy.burst == 0 {
                 return Err(SettingsError::new(
@@ -764,6 +815,11 @@ impl Settings {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Worker concurrency and remote workers' multipart outputs.
+    fn validate_workers(&self) -> Result<(), SettingsError> {
         if self.workers.concurrency == Some(0) {
             return Err(SettingsError::new("workers.concurrency", "must be at least 1"));
         }
@@ -779,13 +835,6 @@ impl Settings {
                 "workers.remote_multipart_threshold_bytes",
                 format!("must be between 1 and {MAX_SINGLE_PUT_SIZE} (5 GiB, one PUT's limit)"),
             ));
-        }
-        if let Some(tag) = &self.jobs.high_preset_tag {
-            let valid = (1..=32).contains(&tag.len())
-                && tag.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-            if !valid {
-                return Err(SettingsError::new("jobs.high_preset_tag", "must be 1 to 32 of a-z, 0-9, '-' and '_'"));
-            }
         }
         Ok(())
     }

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 use entities::{job, rendition, video, LogLevel, RenditionStatus};
-use sea_orm::{ActiveModelTrait, ColumnTrait, DbBackend, EntityTrait, IntoActiveModel, QueryFilter, Set};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, Set};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -28,8 +28,8 @@ use super::runner::{JobContext, JobError, JobReporter};
 use super::runner_storage::{content_type_for, download_to_file, upload_all, upload_text, Upload};
 use crate::events::{EventDetail, EventKind, ProgressInfo, RenditionProgressInfo};
 use crate::jail::protocol::{Message, Step, TranscodeFiles, TranscodeTask};
-use crate::jail::{confined_file, MediaJail};
-use crate::media::ladder::{HlsOutput, RenditionReady, Rung};
+use crate::jail::{confined_file, MediaChild, MediaJail};
+use crate::media::ladder::{RenditionReady, Rung};
 use crate::media::mp4::{normalize_formats, Format, Mp4Options, OutputFormat, Preset};
 use crate::media::thumbs::{StoryboardOptions, ThumbnailOptions};
 use crate::media::{CancelFlag, MediaError, MediaInfo, Progress};
@@ -553,6 +553,21 @@ struct Request<'a> {
     outputs: &'a layout::Outputs,
 }
 
+/// One run of the media side: where it works and what it reports to. Each stage
+/// below takes it.
+struct Run<'a> {
+    settings: &'a crate::config::Settings,
+    host: &'a dyn TranscodeHost,
+    outputs: &'a layout::Outputs,
+    cancel: &'a CancelFlag,
+    reporter: &'a Arc<StageReporter>,
+    /// The run's scratch directory (the source and everything the child writes).
+    root: &'a Path,
+}
+
+/// The stages of a run: fetch the source, probe it and plan the ladder (in the
+/// jail), encode (publishing the lowest rung early), check what was made, upload,
+/// describe the result.
 #[allow(clippy::too_many_arguments)]
 async fn transcode_into(
     settings: &crate::config::Settings,
@@ -565,56 +580,111 @@ async fn transcode_into(
     published_early: &mut bool,
 ) -> Result<TranscodeOutput, JobError> {
     let Request { preset, downloads, version, outputs } = request;
-
     // The scratch directory is shared with the media threads: it goes away when the
     // last of them lets go, whichever way this job ends.
-    std::fs::create_dir_all(scratch_dir).map_err(|e| {
-        tracing::warn!(error = %e, dir = %scratch_dir.display(), "cannot create the scratch directory");
-        JobError::Retryable("the worker has no usable scratch directory".into())
-    })?;
-    let scratch = Arc::new(tempfile::Builder::new().prefix("job-").tempdir_in(scratch_dir).map_err(|e| {
-        tracing::warn!(error = %e, dir = %scratch_dir.display(), "cannot create a job directory");
-        JobError::Retryable("the worker has no usable scratch directory".into())
-    })?);
-    let root = scratch.path().to_path_buf();
+    let scratch = job_directory(scratch_dir)?;
+    let run = Run { settings, host, outputs, cancel: &cancel, reporter: &reporter, root: scratch.path() };
 
     reporter.stage("probing", "downloading the source".into());
     reporter.report("probing", 0.0, None);
-    let source = root.join("source");
+    let source = run.root.join("source");
     let source_size = host.fetch_source(&source, &cancel, spec.source_size).await?;
     check_cancel(&cancel)?;
+    let (mut child, info, rungs) = probe_and_plan(&run, &source, preset, &downloads).await?;
 
-    // Everything that decodes the upload runs in a jailed child process; this process
-    // only relays its progress, publishes the early rendition and uploads its files.
+    // The lowest rung is published early (making the video playable) only by a first
+    // transcode: a video with outputs keeps playing them, whole, until this run's
+    // replace them at once.
+    let first_transcode = host.publishes_early().await?;
+    reporter.stage("encoding", format!("{} rung(s)", rungs.len()));
+    reporter.log(
+        LogLevel::Info,
+        encoder_choice(&settings.media.hls_options().speed_preset, preset, &downloads, info.has_audio),
+    );
+    let encoded = encode(&run, &mut child, &info, preset, &downloads, first_transcode, published_early).await;
+    child.finish().await;
+    let (files, early) = encoded?;
+    let output_bytes = check_made(&run, &files, &downloads, source_size, early.as_deref(), published_early).await?;
+
+    let plan = plan_uploads(&run, &files, early.as_deref(), preset)?;
+    let master_key = upload(&run, plan.files, plan.playlists, &files.hls.master_playlist).await?;
+    let download_bytes: u64 = plan.downloads.iter().map(|d| d.bytes).sum();
+    reporter.log(
+        LogLevel::Info,
+        format!(
+            "done: {} rendition(s), {} download(s) of {download_bytes} bytes",
+            plan.renditions.len(),
+            plan.downloads.len()
+        ),
+    );
+    drop(scratch);
+    Ok(TranscodeOutput {
+        video_id: spec.video_id,
+        renditions: plan.renditions,
+        probe: ProbeSummary::of(&info, source_size),
+        master_playlist_key: master_key,
+        download: plan.downloads.first().cloned(),
+        downloads: plan.downloads,
+        poster_key: outputs.poster(),
+        thumbnail_keys: plan.thumbnail_keys,
+        output_bytes,
+        output_version: Some(version.to_string()),
+        storyboard: StoryboardOutput::of(outputs, &files.storyboard),
+    })
+}
+
+/// A fresh directory for this job under the worker's scratch directory.
+fn job_directory(scratch_dir: &Path) -> Result<Arc<tempfile::TempDir>, JobError> {
+    let unusable = |e: std::io::Error, what: &str| {
+        tracing::warn!(error = %e, dir = %scratch_dir.display(), "cannot create the {what}");
+        JobError::Retryable("the worker has no usable scratch directory".into())
+    };
+    std::fs::create_dir_all(scratch_dir).map_err(|e| unusable(e, "scratch directory"))?;
+    let dir =
+        tempfile::Builder::new().prefix("job-").tempdir_in(scratch_dir).map_err(|e| unusable(e, "job directory"))?;
+    Ok(Arc::new(dir))
+}
+
+/// Start the jailed child on the source and wait for its probe and the rungs it
+/// planned. Everything that decodes the upload runs in the child; this process only
+/// relays its progress, publishes the early rendition and uploads its files.
+async fn probe_and_plan(
+    run: &Run<'_>,
+    source: &Path,
+    preset: Preset,
+    downloads: &[Format],
+) -> Result<(MediaChild, MediaInfo, Vec<Rung>), JobError> {
+    let media = &run.settings.media;
     let thumbs_timeout = ThumbnailOptions::default().timeout + StoryboardOptions::default().timeout;
     let task = TranscodeTask {
-        probe_timeout: settings.media.probe_timeout(),
-        limits: settings.media.limits(),
-        ladder: settings.media.ladder(),
-        hls: settings.media.hls_options(),
+        probe_timeout: media.probe_timeout(),
+        limits: media.limits(),
+        ladder: media.ladder(),
+        hls: media.hls_options(),
         preset,
-        downloads: downloads.clone(),
+        downloads: downloads.to_vec(),
         mp4: Mp4Options {
-            timeout: std::time::Duration::from_secs(settings.media.pipeline_timeout_secs),
+            timeout: std::time::Duration::from_secs(media.pipeline_timeout_secs),
             ..Mp4Options::default()
         },
         ladder_only: false,
     };
     let deadline = task.probe_timeout + task.hls.timeout + task.mp4.timeout + thumbs_timeout;
-    let jail = MediaJail::from_settings(settings);
-    let mut child = jail.transcode(&source, &root, task, deadline).await.map_err(|e| media_error(e, &root))?;
-    let (info, rungs): (MediaInfo, Vec<Rung>) = loop {
-        match child.next(&cancel).await.map_err(|e| media_error(e, &root))? {
+    let jail = MediaJail::from_settings(run.settings);
+    let mut child = jail.transcode(source, run.root, task, deadline).await.map_err(|e| media_error(e, run.root))?;
+    let (info, rungs) = loop {
+        match child.next(run.cancel).await.map_err(|e| media_error(e, run.root))? {
             Message::Probed { info, rungs } => break (info, rungs),
-            Message::Failed { error } => return Err(media_error(error.into(), &root)),
+            Message::Failed { error } => return Err(media_error(error.into(), run.root)),
             Message::Warning { element, message } => {
-                reporter.log(LogLevel::Warn, media_warning(&element, &message, &root))
+                run.reporter.log(LogLevel::Warn, media_warning(&element, &message, run.root))
             }
             _ => {}
         }
     };
-    reporter.report("probing", PROBE_END, None);
-    reporter.log(
+    run.reporter.report("probing", PROBE_END, None);
+    let rung_list = rungs.iter().map(|r| format!("{} {}x{}", r.name, r.width, r.height)).collect::<Vec<_>>();
+    run.reporter.log(
         LogLevel::Info,
         format!(
             "probed: {}x{} (rotation {}), {:.2} s, {:.2} fps, {}; rungs: {}",
@@ -624,27 +694,30 @@ async fn transcode_into(
             info.duration.map(|d| d.as_secs_f64()).unwrap_or(0.0),
             info.frame_rate,
             if info.has_audio { "with audio" } else { "no audio" },
-            rungs.iter().map(|r| format!("{} {}x{}", r.name, r.width, r.height)).collect::<Vec<_>>().join(", ")
+            rung_list.join(", ")
         ),
     );
-    check_cancel(&cancel)?;
+    check_cancel(run.cancel)?;
+    Ok((child, info, rungs))
+}
 
-    // The lowest rung is published early (making the video playable) only by a first
-    // transcode: a video with outputs keeps playing them, whole, until this run's
-    // replace them at once.
-    let first_transcode = host.publishes_early().await?;
-
-    // Encoding: the lowest rung is published as soon as its playlist is final, while
-    // the child keeps encoding the others; then the download, poster, thumbnails and
-    // storyboard.
-    reporter.stage("encoding", format!("{} rung(s)", rungs.len()));
-    reporter.log(
-        LogLevel::Info,
-        encoder_choice(&settings.media.hls_options().speed_preset, preset, &downloads, info.has_audio),
-    );
+/// Relay the child's encoding until it has made everything: the ladder (the lowest
+/// rung published as soon as its playlist is final, on a first transcode), then the
+/// downloads, poster, thumbnails and storyboard. Returns the files and the name of
+/// the rung published early, if any.
+async fn encode(
+    run: &Run<'_>,
+    child: &mut MediaChild,
+    info: &MediaInfo,
+    preset: Preset,
+    downloads: &[Format],
+    first_transcode: bool,
+    published_early: &mut bool,
+) -> Result<(TranscodeFiles, Option<String>), JobError> {
+    let reporter = run.reporter;
     let mut early: Option<String> = None;
-    let files: TranscodeFiles = loop {
-        match child.next(&cancel).await.map_err(|e| media_error(e, &root))? {
+    loop {
+        match child.next(run.cancel).await.map_err(|e| media_error(e, run.root))? {
             Message::Progress { step: Step::Ladder, progress: Some(p) } => {
                 reporter.report("encoding", PROBE_END + p.percent / 100.0 * (ENCODE_END - PROBE_END), Some(&p));
             }
@@ -662,66 +735,109 @@ async fn transcode_into(
                 reporter.report("packaging", MP4_END + (PACKAGE_END - MP4_END) / 2.0, None);
             }
             Message::StepDone { step: Step::Storyboard } => reporter.report("packaging", PACKAGE_END, None),
-            // A failure here is only a warning: the final upload covers the rung again.
             Message::RenditionReady { ready } if first_transcode => {
-                let name = ready.rung.name.clone();
-                let rung_bytes = ready.playlist.parent().map(tree_bytes).unwrap_or(0);
-                if let Err(err) = host.check_quota(rung_bytes).await {
-                    reporter.log(LogLevel::Warn, format!("rendition {name} is not published early: {err}"));
-                    continue;
-                }
-                match host.publish_early(&info, &root, &ready, outputs, &cancel).await {
-                    Ok(published) => {
-                        if published {
-                            reporter.log(LogLevel::Info, format!("rendition {name} is ready"));
-                            *published_early = true;
-                        }
-                        early = Some(name);
-                    }
-                    Err(err) => {
-                        reporter.log(LogLevel::Warn, format!("rendition {name} could not be published early: {err}"));
-                        early = None;
-                    }
-                }
+                early = publish_early(run, info, &ready, published_early).await;
             }
-            Message::Transcoded { files } => break *files,
-            Message::Failed { error } => return Err(media_error(error.into(), &root)),
+            Message::Transcoded { files } => return Ok((*files, early)),
+            Message::Failed { error } => return Err(media_error(error.into(), run.root)),
             Message::Warning { element, message } => {
-                reporter.log(LogLevel::Warn, media_warning(&element, &message, &root))
+                reporter.log(LogLevel::Warn, media_warning(&element, &message, run.root))
             }
             _ => {}
         }
-    };
-    child.finish().await;
-    let hls: HlsOutput = files.hls;
-    let (made, poster, thumbs, board) = (files.downloads, files.poster, files.thumbnails, files.storyboard);
-    // Exactly the downloads asked for, each once (the child is not trusted to obey).
-    if made.len() != downloads.len() || made.iter().zip(&downloads).any(|(m, f)| m.format != *f) {
+    }
+}
+
+/// Publish a rung the child has finished, within the quota. A failure is only a
+/// warning: the final upload covers the rung again. Returns the rung's name when
+/// its files are stored (even if the rendition row was not written).
+async fn publish_early(
+    run: &Run<'_>,
+    info: &MediaInfo,
+    ready: &RenditionReady,
+    published_early: &mut bool,
+) -> Option<String> {
+    let name = ready.rung.name.clone();
+    let rung_bytes = ready.playlist.parent().map(tree_bytes).unwrap_or(0);
+    if let Err(err) = run.host.check_quota(rung_bytes).await {
+        run.reporter.log(LogLevel::Warn, format!("rendition {name} is not published early: {err}"));
+        return None;
+    }
+    match run.host.publish_early(info, run.root, ready, run.outputs, run.cancel).await {
+        Ok(published) => {
+            if published {
+                run.reporter.log(LogLevel::Info, format!("rendition {name} is ready"));
+                *published_early = true;
+            }
+            Some(name)
+        }
+        Err(err) => {
+            run.reporter.log(LogLevel::Warn, format!("rendition {name} could not be published early: {err}"));
+            None
+        }
+    }
+}
+
+/// Check what the child made: exactly the downloads asked for, each once (the child
+/// is not trusted to obey), and within the owner's quota, which counts everything
+/// the child wrote beside the source. Over the quota, the early rung is withdrawn.
+/// Returns the bytes to store.
+async fn check_made(
+    run: &Run<'_>,
+    files: &TranscodeFiles,
+    downloads: &[Format],
+    source_size: u64,
+    early: Option<&str>,
+    published_early: &mut bool,
+) -> Result<u64, JobError> {
+    let made = &files.downloads;
+    if made.len() != downloads.len() || made.iter().zip(downloads).any(|(m, f)| m.format != *f) {
         return Err(JobError::Retryable("the media child made other downloads than asked for".into()));
     }
-    check_cancel(&cancel)?;
-
-    // Quotas count what is stored: everything the child wrote, beside the source.
-    let output_bytes = tree_bytes(&root).saturating_sub(source_size);
-    if let Err(err) = host.check_quota(output_bytes).await {
-        if let Some(name) = &early {
-            host.unpublish_early(name).await;
-            reporter.log(LogLevel::Warn, format!("rendition {name} was withdrawn: the storage quota is exceeded"));
+    check_cancel(run.cancel)?;
+    let output_bytes = tree_bytes(run.root).saturating_sub(source_size);
+    if let Err(err) = run.host.check_quota(output_bytes).await {
+        if let Some(name) = early {
+            run.host.unpublish_early(name).await;
+            run.reporter.log(LogLevel::Warn, format!("rendition {name} was withdrawn: the storage quota is exceeded"));
             *published_early = false;
         }
         return Err(err);
     }
+    Ok(output_bytes)
+}
 
-    // Uploading: segments and files first, then rung playlists, then the master, so no
-    // uploaded playlist ever names a missing object.
-    reporter.stage("uploading", "outputs to storage".into());
-    let vid = spec.video_id;
-    let mut files: Vec<Upload> = Vec::new();
-    let mut playlists: Vec<(String, String)> = Vec::new();
-    let mut renditions = Vec::with_capacity(hls.rungs.len());
-    for rung in &hls.rungs {
+/// What to upload and what the result will say about it.
+struct UploadPlan {
+    /// Segments, downloads, poster, thumbnails and storyboard, confined to the run's
+    /// directory.
+    files: Vec<Upload>,
+    /// Rung playlists (key, text), uploaded after the files they name.
+    playlists: Vec<(String, String)>,
+    renditions: Vec<RenditionOutput>,
+    downloads: Vec<DownloadOutput>,
+    thumbnail_keys: Vec<String>,
+}
+
+/// Map the child's files to their keys under this run's outputs. The rung published
+/// early is described but not uploaded again.
+fn plan_uploads(
+    run: &Run<'_>,
+    made: &TranscodeFiles,
+    early: Option<&str>,
+    preset: Preset,
+) -> Result<UploadPlan, JobError> {
+    let outputs = run.outputs;
+    let mut plan = UploadPlan {
+        files: Vec::new(),
+        playlists: Vec::new(),
+        renditions: Vec::with_capacity(made.hls.rungs.len()),
+        downloads: Vec::with_capacity(made.downloads.len()),
+        thumbnail_keys: Vec::with_capacity(made.thumbnails.len()),
+    };
+    for rung in &made.hls.rungs {
         let playlist_key = outputs.hls_playlist(&rung.rung.name);
-        renditions.push(RenditionOutput {
+        plan.renditions.push(RenditionOutput {
             name: rung.rung.name.clone(),
             width: rung.rung.width,
             height: rung.rung.height,
@@ -731,25 +847,21 @@ async fn transcode_into(
             playlist_key: playlist_key.clone(),
             segments: rung.segments.len(),
         });
-        if early.as_deref() == Some(rung.rung.name.as_str()) {
+        if early == Some(rung.rung.name.as_str()) {
             continue;
         }
-        let (text, segments) = read_playlist(&root, &rung.playlist)?;
+        let (text, segments) = read_playlist(run.root, &rung.playlist)?;
         for segment in segments {
             let key = outputs.hls_segment(&rung.rung.name, &segment.stored_name);
-            files.push(Upload { content_type: content_type_for(&segment.path), path: segment.path, key });
+            plan.files.push(Upload { content_type: content_type_for(&segment.path), path: segment.path, key });
         }
-        playlists.push((playlist_key, text));
+        plan.playlists.push((playlist_key, text));
     }
-    let mut download_outputs = Vec::with_capacity(made.len());
-    for download in &made {
+    for download in &made.downloads {
         let key = outputs.download(&format!("video.{}", download.format.extension()));
-        files.push(Upload {
-            key: key.clone(),
-            content_type: content_type_for(&download.file.path),
-            path: download.file.path.clone(),
-        });
-        download_outputs.push(DownloadOutput {
+        let path = download.file.path.clone();
+        plan.files.push(Upload { key: key.clone(), content_type: content_type_for(&path), path });
+        plan.downloads.push(DownloadOutput {
             key,
             format: download.format.api_name().into(),
             preset: preset_name(preset).into(),
@@ -758,55 +870,57 @@ async fn transcode_into(
             bytes: download.file.bytes,
         });
     }
-    files.push(Upload { key: outputs.poster(), content_type: "image/jpeg", path: poster.path.clone() });
-    let mut thumbnail_keys = Vec::with_capacity(thumbs.len());
-    for thumb in &thumbs {
+    plan.files.push(Upload { key: outputs.poster(), content_type: "image/jpeg", path: made.poster.path.clone() });
+    for thumb in &made.thumbnails {
         let name = thumb.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
         let key = format!("{}{name}", outputs.thumbs_prefix());
-        thumbnail_keys.push(key.clone());
-        files.push(Upload { key, content_type: "image/jpeg", path: thumb.clone() });
+        plan.thumbnail_keys.push(key.clone());
+        plan.files.push(Upload { key, content_type: "image/jpeg", path: thumb.clone() });
     }
-    files.push(Upload { key: outputs.storyboard_image(), content_type: "image/jpeg", path: board.sprite.clone() });
-    files.push(Upload { key: outputs.storyboard_vtt(), content_type: "text/vtt", path: board.vtt.clone() });
+    let board = &made.storyboard;
+    plan.files.push(Upload { key: outputs.storyboard_image(), content_type: "image/jpeg", path: board.sprite.clone() });
+    plan.files.push(Upload { key: outputs.storyboard_vtt(), content_type: "text/vtt", path: board.vtt.clone() });
+    for file in &mut plan.files {
+        file.path = confine(run.root, &file.path)?;
+    }
+    Ok(plan)
+}
 
-    for file in &mut files {
-        file.path = confine(&root, &file.path)?;
-    }
+/// Upload segments and files first, then rung playlists, then the master, so no
+/// uploaded playlist ever names a missing object. Returns the master's key.
+async fn upload(
+    run: &Run<'_>,
+    files: Vec<Upload>,
+    playlists: Vec<(String, String)>,
+    master: &Path,
+) -> Result<String, JobError> {
+    run.reporter.stage("uploading", "outputs to storage".into());
     let total = (files.len() + playlists.len() + 1) as f64;
     let mut done = 0usize;
-    let step_reporter = reporter.clone();
+    let reporter = run.reporter.clone();
     let mut step = move || {
         done += 1;
-        step_reporter.report("uploading", PACKAGE_END + (100.0 - PACKAGE_END) * done as f64 / total, None);
+        reporter.report("uploading", PACKAGE_END + (100.0 - PACKAGE_END) * done as f64 / total, None);
     };
-    host.upload_files(&files, &cancel, &mut step).await?;
+    run.host.upload_files(&files, run.cancel, &mut step).await?;
     for (key, text) in playlists {
-        check_cancel(&cancel)?;
-        host.upload_text(&key, text, "application/vnd.apple.mpegurl").await?;
+        check_cancel(run.cancel)?;
+        run.host.upload_text(&key, text, "application/vnd.apple.mpegurl").await?;
         step();
     }
-    let master_key = outputs.hls_master();
-    let master = std::fs::read_to_string(confine(&root, &hls.master_playlist)?).map_err(|e| {
+    let master_key = run.outputs.hls_master();
+    let master = std::fs::read_to_string(confine(run.root, master)?).map_err(|e| {
         tracing::warn!(error = %e, "the master playlist is missing");
         JobError::Retryable("an output file went missing before upload".into())
     })?;
-    host.upload_text(&master_key, master, "application/vnd.apple.mpegurl").await?;
+    run.host.upload_text(&master_key, master, "application/vnd.apple.mpegurl").await?;
     step();
+    Ok(master_key)
+}
 
-    let download_bytes: u64 = download_outputs.iter().map(|d| d.bytes).sum();
-    reporter.log(
-        LogLevel::Info,
-        format!(
-            "done: {} rendition(s), {} download(s) of {download_bytes} bytes",
-            renditions.len(),
-            download_outputs.len()
-        ),
-    );
-    drop(scratch);
-    Ok(TranscodeOutput {
-        video_id: vid,
-        renditions,
-        probe: ProbeSummary {
+impl ProbeSummary {
+    fn of(info: &MediaInfo, source_size: u64) -> Self {
+        Self {
             duration_ms: info.duration.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0),
             width: info.width,
             height: info.height,
@@ -817,15 +931,13 @@ async fn transcode_into(
             video_codec: info.video_codec.clone(),
             audio_codec: info.audio_codec.clone(),
             source_size_bytes: source_size,
-        },
-        master_playlist_key: master_key,
-        download: download_outputs.first().cloned(),
-        downloads: download_outputs,
-        poster_key: outputs.poster(),
-        thumbnail_keys,
-        output_bytes,
-        output_version: Some(version.to_string()),
-        storyboard: StoryboardOutput {
+        }
+    }
+}
+
+impl StoryboardOutput {
+    fn of(outputs: &layout::Outputs, board: &crate::media::thumbs::Storyboard) -> Self {
+        Self {
             image_key: outputs.storyboard_image(),
             vtt_key: outputs.storyboard_vtt(),
             tiles: board.tiles,
@@ -833,8 +945,8 @@ async fn transcode_into(
             rows: board.rows,
             tile_width: board.tile_width,
             tile_height: board.tile_height,
-        },
-    })
+        }
+    }
 }
 
 /// This run's output version: `/media` serves everything under a version as
@@ -1100,19 +1212,7 @@ pub struct NewRendition {
     pub playlist_key: String,
 }
 
-/// The video row, locked for update on PostgreSQL (SQLite has one writer already).
-pub(crate) async fn lock_video<C: sea_orm::ConnectionTrait>(
-    conn: &C,
-    id: Uuid,
-) -> Result<Option<video::Model>, sea_orm::DbErr> {
-    use sea_orm::QuerySelect;
-    let query = video::Entity::find_by_id(id);
-    if conn.get_database_backend() == DbBackend::Postgres {
-        query.lock_exclusive().one(conn).await
-    } else {
-        query.one(conn).await
-    }
-}
+pub(crate) use crate::repo::videos::lock as lock_video;
 
 /// Insert or refresh a READY rendition (unique per video and name).
 pub(crate) async fn upsert_rendition<C: sea_orm::ConnectionTrait>(

@@ -18,7 +18,10 @@ use std::time::{Duration, Instant};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
-use super::pipeline::{discard_pad, limit_decoder_errors, make, run_to_eos, Limits, NullOnDrop};
+use super::pipeline::{
+    audio_normalizer, caps_filter, connect_decoder, ended_early, limit_decoder_errors, link_pads, link_pads_to, make,
+    run_to_eos, x264_encoder, Limits, NullOnDrop,
+};
 use super::{ensure_gstreamer, file_uri, probe, MediaError, MediaInfo, Progress, RungProgress};
 
 /// One configured rung: a target short-side size and bitrates.
@@ -202,6 +205,11 @@ impl Drop for CleanupGuard {
 /// Transcode `source` into an HLS ladder under `out_dir` (one directory per rung and
 /// `master.m3u8`). Blocking; run it on a worker thread. On any failure, cancel or
 /// timeout, what it wrote is removed and the pipeline ends in `Null`.
+///
+/// One pipeline decodes the source once ([`video_head`], [`audio_head`]) and tees it
+/// into one encoder branch per rung ([`rung_branch`]); the run reports progress and
+/// the lowest rung as soon as its playlist is final; [`finish_rungs`] checks and
+/// measures what was written and the master playlist is written last.
 #[tracing::instrument(skip_all, fields(source = %source.display(), rungs = rungs.len()), err(Display))]
 pub fn transcode_hls(
     source: &Path,
@@ -223,7 +231,60 @@ pub fn transcode_hls(
     if info.video_tracks == 0 {
         return Err(MediaError::Rejected { reason: "the file has no video stream".into() });
     }
+    let (master_path, mut cleanup, rung_dirs) = output_dirs(out_dir, rungs)?;
+    let (fps_n, fps_d) = info.frame_rate_fraction.unwrap_or((opts.fallback_fps.max(1), 1));
+    let keyint =
+        ((f64::from(fps_n) / f64::from(fps_d)) * f64::from(opts.segment_seconds.max(1))).round().max(1.0) as u32;
 
+    let pipeline = super::pipeline::new_pipeline("hls-ladder");
+    let _null = NullOnDrop(pipeline.clone());
+    let states: Vec<Arc<RungState>> = rungs.iter().map(|_| Arc::new(RungState::default())).collect();
+    let video = video_head(&pipeline, source, (fps_n, fps_d), opts)?;
+    let audio = if info.has_audio { Some(audio_head(&pipeline, opts)?) } else { None };
+    for ((rung, dir), state) in rungs.iter().zip(&rung_dirs).zip(&states) {
+        let branch = RungBranch { rung, dir, keyint, state };
+        rung_branch(&pipeline, &branch, opts, &video.tee, audio.as_ref().map(|(_, tee)| tee))?;
+    }
+    connect_decoder(&pipeline, &video.decode, &video.convert, audio.as_ref().map(|(head, _)| head));
+
+    // Run, reporting progress and the lowest rung as soon as its playlist is final.
+    let lowest = (0..rungs.len()).min_by_key(|&i| u64::from(rungs[i].width) * u64::from(rungs[i].height)).unwrap_or(0);
+    let ready_sent = std::cell::Cell::new(false);
+    let tick = opts.progress_interval.max(Duration::from_millis(250));
+    let mut report = |final_report: bool| -> Result<(), MediaError> {
+        if !ready_sent.get() && (final_report || states[lowest].eos.load(Ordering::Acquire)) {
+            let playlist = rung_dirs[lowest].join("index.m3u8");
+            if playlist_complete(&playlist) {
+                ready_sent.set(true);
+                on_rendition_ready(&RenditionReady { rung: rungs[lowest].clone(), playlist });
+            }
+        }
+        let run = RunState { pipeline: &pipeline, started, duration: info.duration, frames: &video.frames };
+        progress(&ladder_progress(&run, rungs, &states, final_report));
+        Ok(())
+    };
+    run_to_eos(&pipeline, &limits, tick, &mut || report(false))?;
+
+    // The source must have been read to its end: a truncated file often just stops early.
+    let reached = Duration::from_nanos(video.decoded_until.load(Ordering::Relaxed));
+    if let Some(expected) = info.duration {
+        if ended_early(reached, expected) {
+            return Err(MediaError::Truncated {
+                reached_secs: reached.as_secs_f64(),
+                expected_secs: expected.as_secs_f64(),
+            });
+        }
+    }
+    let outputs = finish_rungs(rungs, &rung_dirs, &states, info.has_audio, opts)?;
+    write_master(&master_path, &outputs, f64::from(fps_n) / f64::from(fps_d))?;
+    report(true)?;
+    cleanup.armed = false;
+    Ok(HlsOutput { master_playlist: master_path, rungs: outputs, elapsed: started.elapsed() })
+}
+
+/// A fresh directory per rung under `out_dir` (an earlier attempt's is cleared), and
+/// the guard that removes them and the master playlist unless the run succeeds.
+fn output_dirs(out_dir: &Path, rungs: &[Rung]) -> Result<(PathBuf, CleanupGuard, Vec<PathBuf>), MediaError> {
     std::fs::create_dir_all(out_dir).map_err(|e| MediaError::io(format!("creating {}", out_dir.display()), e))?;
     let master_path = out_dir.join("master.m3u8");
     let mut cleanup =
@@ -238,36 +299,47 @@ pub fn transcode_hls(
         std::fs::create_dir_all(&dir).map_err(|e| MediaError::io(format!("creating {}", dir.display()), e))?;
         rung_dirs.push(dir);
     }
+    Ok((master_path, cleanup, rung_dirs))
+}
 
-    let (fps_n, fps_d) = info.frame_rate_fraction.unwrap_or((opts.fallback_fps.max(1), 1));
-    let keyint =
-        ((f64::from(fps_n) / f64::from(fps_d)) * f64::from(opts.segment_seconds.max(1))).round().max(1.0) as u32;
+/// The decoded video, once for every rung: `uridecodebin` (linked later, as its
+/// pads appear) and `convert ! I420 ! rotate ! videorate ! fps ! tee`.
+struct VideoHead {
+    decode: gst::Element,
+    /// Where the decoder's video pad is linked.
+    convert: gst::Element,
+    tee: gst::Element,
+    /// How far the source was really decoded (ns): measured before videorate, which
+    /// repeats the last frame up to the declared duration when a truncated file ends
+    /// early.
+    decoded_until: Arc<AtomicU64>,
+    /// Frames that reached the tee (for the encode rate).
+    frames: Arc<AtomicU64>,
+}
 
-    let pipeline = super::pipeline::new_pipeline("hls-ladder");
-    let _null = NullOnDrop(pipeline.clone());
-    let states: Vec<Arc<RungState>> = rungs.iter().map(|_| Arc::new(RungState::default())).collect();
-    let frames = Arc::new(AtomicU64::new(0));
-
-    // Video head: decode once, rotate, fix the frame rate, tee.
+fn video_head(
+    pipeline: &gst::Pipeline,
+    source: &Path,
+    (fps_n, fps_d): (i32, i32),
+    opts: &HlsOptions,
+) -> Result<VideoHead, MediaError> {
     let decode = make("uridecodebin", Some("decode"))?;
     decode.set_property("uri", file_uri(source)?);
     limit_decoder_errors(&decode, opts.max_decoder_errors);
-    let vconvert = make("videoconvert", Some("video-convert"))?;
-    let vformat = caps_filter("video-format", gst::Caps::builder("video/x-raw").field("format", "I420").build())?;
+    let convert = make("videoconvert", Some("video-convert"))?;
+    let format = caps_filter("video-format", gst::Caps::builder("video/x-raw").field("format", "I420").build())?;
     let flip = make("videoflip", Some("rotate"))?;
     flip.set_property_from_str("method", "automatic");
     let rate = make("videorate", Some("video-rate"))?;
-    let vrate_caps = caps_filter(
+    let rate_caps = caps_filter(
         "video-fps",
         gst::Caps::builder("video/x-raw").field("framerate", gst::Fraction::new(fps_n, fps_d)).build(),
     )?;
-    let vtee = make("tee", Some("video-tee"))?;
-    pipeline.add_many([&decode, &vconvert, &vformat, &flip, &rate, &vrate_caps, &vtee])?;
-    gst::Element::link_many([&vconvert, &vformat, &flip, &rate, &vrate_caps, &vtee])?;
-    // How far the source was really decoded: measured before videorate, which repeats
-    // the last frame up to the declared duration when a truncated file ends early.
+    let tee = make("tee", Some("video-tee"))?;
+    pipeline.add_many([&decode, &convert, &format, &flip, &rate, &rate_caps, &tee])?;
+    gst::Element::link_many([&convert, &format, &flip, &rate, &rate_caps, &tee])?;
     let decoded_until = Arc::new(AtomicU64::new(0));
-    if let Some(pad) = vconvert.static_pad("sink") {
+    if let Some(pad) = convert.static_pad("sink") {
         let decoded_until = decoded_until.clone();
         pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
             if let Some(buffer) = info.buffer() {
@@ -279,160 +351,169 @@ pub fn transcode_hls(
             gst::PadProbeReturn::Ok
         });
     }
-    if let Some(pad) = vtee.static_pad("sink") {
+    let frames = Arc::new(AtomicU64::new(0));
+    if let Some(pad) = tee.static_pad("sink") {
         let frames = frames.clone();
         pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
             frames.fetch_add(1, Ordering::Relaxed);
             gst::PadProbeReturn::Ok
         });
     }
+    Ok(VideoHead { decode, convert, tee, decoded_until, frames })
+}
 
-    // Audio head: decode once, encode AAC once, tee the encoded stream.
-    let audio_head = if info.has_audio {
-        let (aconvert, acaps) = audio_normalizer(&pipeline)?;
-        let aenc = make("avenc_aac", Some("aac-encoder"))?;
-        aenc.set_property("bitrate", i32::try_from(opts.audio_bitrate_kbps * 1000).unwrap_or(128_000));
-        let aparse = make("aacparse", Some("aac-parse"))?;
-        let atee = make("tee", Some("audio-tee"))?;
-        pipeline.add_many([&aenc, &aparse, &atee])?;
-        gst::Element::link_many([&acaps, &aenc, &aparse, &atee])?;
-        Some((aconvert, atee))
-    } else {
-        None
-    };
+/// The decoded audio, encoded to AAC once and teed to every rung; returns its head
+/// (where the decoder's audio pad is linked) and the tee.
+fn audio_head(pipeline: &gst::Pipeline, opts: &HlsOptions) -> Result<(gst::Element, gst::Element), MediaError> {
+    let (convert, caps) = audio_normalizer(pipeline)?;
+    let enc = make("avenc_aac", Some("aac-encoder"))?;
+    enc.set_property("bitrate", i32::try_from(opts.audio_bitrate_kbps * 1000).unwrap_or(128_000));
+    let parse = make("aacparse", Some("aac-parse"))?;
+    let tee = make("tee", Some("audio-tee"))?;
+    pipeline.add_many([&enc, &parse, &tee])?;
+    gst::Element::link_many([&caps, &enc, &parse, &tee])?;
+    Ok((convert, tee))
+}
 
-    // One branch per rung.
-    for (index, (rung, dir)) in rungs.iter().zip(&rung_dirs).enumerate() {
-        let state = states[index].clone();
-        let id = &rung.name;
-        let queue = make("queue", Some(&format!("video-queue-{id}")))?;
-        queue.set_property("max-size-buffers", 8u32);
-        queue.set_property("max-size-time", 0u64);
-        queue.set_property("max-size-bytes", 0u32);
-        let scale = make("videoscale", Some(&format!("scale-{id}")))?;
-        scale.set_property_from_str("method", &opts.scale_method);
-        let size = caps_filter(
-            &format!("size-{id}"),
-            gst::Caps::builder("video/x-raw")
-                .field("width", i32::try_from(rung.width).unwrap_or(i32::MAX))
-                .field("height", i32::try_from(rung.height).unwrap_or(i32::MAX))
-                .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
-                .build(),
-        )?;
-        let enc = x264_encoder(
-            &format!("x264-{id}"),
-            rung.video_bitrate_kbps,
-            keyint,
-            &opts.speed_preset,
-            opts.tune.as_deref(),
-        )?;
-        let profile =
-            caps_filter(&format!("profile-{id}"), gst::Caps::builder("video/x-h264").field("profile", "high").build())?;
-        let parse = make("h264parse", Some(&format!("h264parse-{id}")))?;
-        let sink = make("hlssink2", Some(&format!("hls-{id}")))?;
-        sink.set_property("location", dir.join("segment%05d.ts").to_string_lossy().to_string());
-        sink.set_property("playlist-location", dir.join("index.m3u8").to_string_lossy().to_string());
-        sink.set_property("target-duration", opts.segment_seconds.max(1));
-        sink.set_property("playlist-length", 0u32);
-        sink.set_property("max-files", 0u32);
-        // Keyframes come from the pinned key-int-max, identical in every rung.
-        sink.set_property("send-keyframe-requests", false);
-        pipeline.add_many([&queue, &scale, &size, &enc, &profile, &parse, &sink])?;
-        gst::Element::link_many([&queue, &scale, &size, &enc, &profile, &parse])?;
-        let video_pad =
-            sink.request_pad_simple("video").ok_or_else(|| MediaError::Build("hlssink2 gave no video pad".into()))?;
-        link_pads(&parse, "src", &video_pad)?;
-        let tee_pad =
-            vtee.request_pad_simple("src_%u").ok_or_else(|| MediaError::Build("tee gave no src pad".into()))?;
-        link_pads_to(&tee_pad, &queue)?;
-        watch_rung(&parse, &video_pad, &state);
+/// One rung of the ladder and where it goes.
+struct RungBranch<'a> {
+    rung: &'a Rung,
+    dir: &'a Path,
+    /// Frames between keyframes: one segment's worth, the same in every rung.
+    keyint: u32,
+    state: &'a Arc<RungState>,
+}
 
-        if let Some((_, atee)) = &audio_head {
-            let aqueue = make("queue", Some(&format!("audio-queue-{id}")))?;
-            // Encoded audio waits here while the video encoders' lookahead catches up.
-            aqueue.set_property("max-size-buffers", 0u32);
-            aqueue.set_property("max-size-bytes", 0u32);
-            aqueue.set_property("max-size-time", 20 * gst::ClockTime::SECOND.nseconds());
-            pipeline.add(&aqueue)?;
-            let atee_pad =
-                atee.request_pad_simple("src_%u").ok_or_else(|| MediaError::Build("tee gave no src pad".into()))?;
-            link_pads_to(&atee_pad, &aqueue)?;
-            let audio_pad = sink
-                .request_pad_simple("audio")
-                .ok_or_else(|| MediaError::Build("hlssink2 gave no audio pad".into()))?;
-            link_pads(&aqueue, "src", &audio_pad)?;
-        }
+/// `queue ! videoscale ! size ! x264 ! high profile ! h264parse ! hlssink2` from the
+/// video tee, and the encoded audio from the audio tee into the same sink.
+fn rung_branch(
+    pipeline: &gst::Pipeline,
+    branch: &RungBranch<'_>,
+    opts: &HlsOptions,
+    video_tee: &gst::Element,
+    audio_tee: Option<&gst::Element>,
+) -> Result<(), MediaError> {
+    let RungBranch { rung, dir, keyint, state } = branch;
+    let id = &rung.name;
+    let queue = make("queue", Some(&format!("video-queue-{id}")))?;
+    queue.set_property("max-size-buffers", 8u32);
+    queue.set_property("max-size-time", 0u64);
+    queue.set_property("max-size-bytes", 0u32);
+    let scale = make("videoscale", Some(&format!("scale-{id}")))?;
+    scale.set_property_from_str("method", &opts.scale_method);
+    let size = caps_filter(
+        &format!("size-{id}"),
+        gst::Caps::builder("video/x-raw")
+            .field("width", i32::try_from(rung.width).unwrap_or(i32::MAX))
+            .field("height", i32::try_from(rung.height).unwrap_or(i32::MAX))
+            .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+            .build(),
+    )?;
+    let enc = x264_encoder(
+        &format!("x264-{id}"),
+        rung.video_bitrate_kbps,
+        *keyint,
+        &opts.speed_preset,
+        opts.tune.as_deref(),
+    )?;
+    let profile =
+        caps_filter(&format!("profile-{id}"), gst::Caps::builder("video/x-h264").field("profile", "high").build())?;
+    let parse = make("h264parse", Some(&format!("h264parse-{id}")))?;
+    let sink = make("hlssink2", Some(&format!("hls-{id}")))?;
+    sink.set_property("location", dir.join("segment%05d.ts").to_string_lossy().to_string());
+    sink.set_property("playlist-location", dir.join("index.m3u8").to_string_lossy().to_string());
+    sink.set_property("target-duration", opts.segment_seconds.max(1));
+    sink.set_property("playlist-length", 0u32);
+    sink.set_property("max-files", 0u32);
+    // Keyframes come from the pinned key-int-max, identical in every rung.
+    sink.set_property("send-keyframe-requests", false);
+    pipeline.add_many([&queue, &scale, &size, &enc, &profile, &parse, &sink])?;
+    gst::Element::link_many([&queue, &scale, &size, &enc, &profile, &parse])?;
+    let video_pad =
+        sink.request_pad_simple("video").ok_or_else(|| MediaError::Build("hlssink2 gave no video pad".into()))?;
+    link_pads(&parse, "src", &video_pad)?;
+    let tee_pad =
+        video_tee.request_pad_simple("src_%u").ok_or_else(|| MediaError::Build("tee gave no src pad".into()))?;
+    link_pads_to(&tee_pad, &queue)?;
+    watch_rung(&parse, &video_pad, state);
+
+    if let Some(atee) = audio_tee {
+        let aqueue = make("queue", Some(&format!("audio-queue-{id}")))?;
+        // Encoded audio waits here while the video encoders' lookahead catches up.
+        aqueue.set_property("max-size-buffers", 0u32);
+        aqueue.set_property("max-size-bytes", 0u32);
+        aqueue.set_property("max-size-time", 20 * gst::ClockTime::SECOND.nseconds());
+        pipeline.add(&aqueue)?;
+        let atee_pad =
+            atee.request_pad_simple("src_%u").ok_or_else(|| MediaError::Build("tee gave no src pad".into()))?;
+        link_pads_to(&atee_pad, &aqueue)?;
+        let audio_pad =
+            sink.request_pad_simple("audio").ok_or_else(|| MediaError::Build("hlssink2 gave no audio pad".into()))?;
+        link_pads(&aqueue, "src", &audio_pad)?;
     }
+    Ok(())
+}
 
-    connect_decoder(&pipeline, &decode, &vconvert, audio_head.as_ref().map(|(head, _)| head));
+/// What a progress report reads of the running pipeline.
+struct RunState<'a> {
+    pipeline: &'a gst::Pipeline,
+    started: Instant,
+    duration: Option<Duration>,
+    frames: &'a AtomicU64,
+}
 
-    // Run, reporting progress and the lowest rung as soon as its playlist is final.
-    let lowest = (0..rungs.len()).min_by_key(|&i| u64::from(rungs[i].width) * u64::from(rungs[i].height)).unwrap_or(0);
-    let ready_sent = std::cell::Cell::new(false);
-    let duration = info.duration;
-    let tick = opts.progress_interval.max(Duration::from_millis(250));
-    let mut report = |final_report: bool| -> Result<(), MediaError> {
-        if !ready_sent.get() && (final_report || states[lowest].eos.load(Ordering::Acquire)) {
-            let playlist = rung_dirs[lowest].join("index.m3u8");
-            if playlist_complete(&playlist) {
-                ready_sent.set(true);
-                on_rendition_ready(&RenditionReady { rung: rungs[lowest].clone(), playlist });
-            }
-        }
-        let elapsed = started.elapsed().as_secs_f64().max(1e-3);
-        let position = pipeline
-            .query_position::<gst::ClockTime>()
-            .map(|p| Duration::from_nanos(p.nseconds()))
-            .unwrap_or_else(|| {
-                Duration::from_nanos(states.iter().map(|s| s.encoded_until.load(Ordering::Relaxed)).min().unwrap_or(0))
-            });
-        let position = if final_report { duration.unwrap_or(position) } else { position };
-        let percent_of = |pos: Duration| match duration {
-            Some(d) if !d.is_zero() => (pos.as_secs_f64() / d.as_secs_f64() * 100.0).clamp(0.0, 100.0),
-            _ => 0.0,
-        };
-        let percent = percent_of(position);
-        let speed = position.as_secs_f64() / elapsed;
-        let eta = duration
-            .filter(|_| speed > 0.0)
-            .map(|d| Duration::from_secs_f64((d.as_secs_f64() - position.as_secs_f64()).max(0.0) / speed));
-        progress(&Progress {
-            percent,
-            position,
-            duration,
-            fps: frames.load(Ordering::Relaxed) as f64 / elapsed,
-            eta,
-            rungs: rungs
-                .iter()
-                .zip(&states)
-                .map(|(r, s)| RungProgress {
-                    name: r.name.clone(),
-                    percent: if final_report {
-                        100.0
-                    } else {
-                        percent_of(Duration::from_nanos(s.encoded_until.load(Ordering::Relaxed)))
-                    },
-                })
-                .collect(),
-        });
-        Ok(())
+/// Where the ladder is: the pipeline's position (or, when it does not answer, the
+/// slowest rung's), the encode rate, the ETA and every rung's percent. The final
+/// report says 100 % everywhere.
+fn ladder_progress(run: &RunState<'_>, rungs: &[Rung], states: &[Arc<RungState>], final_report: bool) -> Progress {
+    let elapsed = run.started.elapsed().as_secs_f64().max(1e-3);
+    let position =
+        run.pipeline.query_position::<gst::ClockTime>().map(|p| Duration::from_nanos(p.nseconds())).unwrap_or_else(
+            || Duration::from_nanos(states.iter().map(|s| s.encoded_until.load(Ordering::Relaxed)).min().unwrap_or(0)),
+        );
+    let duration = run.duration;
+    let position = if final_report { duration.unwrap_or(position) } else { position };
+    let percent_of = |pos: Duration| match duration {
+        Some(d) if !d.is_zero() => (pos.as_secs_f64() / d.as_secs_f64() * 100.0).clamp(0.0, 100.0),
+        _ => 0.0,
     };
-    run_to_eos(&pipeline, &limits, tick, &mut || report(false))?;
-
-    // The source must have been read to its end: a truncated file often just stops early.
-    let reached = Duration::from_nanos(decoded_until.load(Ordering::Relaxed));
-    if let Some(expected) = duration {
-        if ended_early(reached, expected) {
-            return Err(MediaError::Truncated {
-                reached_secs: reached.as_secs_f64(),
-                expected_secs: expected.as_secs_f64(),
-            });
-        }
+    let speed = position.as_secs_f64() / elapsed;
+    let eta = duration
+        .filter(|_| speed > 0.0)
+        .map(|d| Duration::from_secs_f64((d.as_secs_f64() - position.as_secs_f64()).max(0.0) / speed));
+    Progress {
+        percent: percent_of(position),
+        position,
+        duration,
+        fps: run.frames.load(Ordering::Relaxed) as f64 / elapsed,
+        eta,
+        rungs: rungs
+            .iter()
+            .zip(states)
+            .map(|(r, s)| RungProgress {
+                name: r.name.clone(),
+                percent: if final_report {
+                    100.0
+                } else {
+                    percent_of(Duration::from_nanos(s.encoded_until.load(Ordering::Relaxed)))
+                },
+            })
+            .collect(),
     }
+}
 
-    let audio_codec = if info.has_audio { Some("mp4a.40.2") } else { None };
+/// Every rung's result: its playlist must be final; bandwidth is measured from its
+/// segments (the nominal bitrate when they cannot be), codecs from its stream.
+fn finish_rungs(
+    rungs: &[Rung],
+    rung_dirs: &[PathBuf],
+    states: &[Arc<RungState>],
+    has_audio: bool,
+    opts: &HlsOptions,
+) -> Result<Vec<RungOutput>, MediaError> {
+    let audio_codec = if has_audio { Some("mp4a.40.2") } else { None };
     let mut outputs = Vec::with_capacity(rungs.len());
-    for ((rung, dir), state) in rungs.iter().zip(&rung_dirs).zip(&states) {
+    for ((rung, dir), state) in rungs.iter().zip(rung_dirs).zip(states) {
         let playlist = dir.join("index.m3u8");
         if !playlist_complete(&playlist) {
             return Err(MediaError::Pipeline {
@@ -442,8 +523,7 @@ pub fn transcode_hls(
             });
         }
         let segments = read_segments(&playlist, dir)?;
-        let nominal =
-            u64::from(rung.video_bitrate_kbps + if info.has_audio { opts.audio_bitrate_kbps } else { 0 }) * 1000;
+        let nominal = u64::from(rung.video_bitrate_kbps + if has_audio { opts.audio_bitrate_kbps } else { 0 }) * 1000;
         let (peak, average) = measured_bandwidth(&segments).unwrap_or((nominal, nominal));
         let video_codec = lock(&state.video_codec).clone().unwrap_or_else(|| "avc1.640028".into());
         let codecs = match audio_codec {
@@ -459,73 +539,7 @@ pub fn transcode_hls(
             codecs,
         });
     }
-    write_master(&master_path, &outputs, f64::from(fps_n) / f64::from(fps_d))?;
-    report(true)?;
-    cleanup.armed = false;
-    Ok(HlsOutput { master_playlist: master_path, rungs: outputs, elapsed: started.elapsed() })
-}
-
-/// More than half a second and 10% short of the probed duration.
-pub(crate) fn ended_early(reached: Duration, expected: Duration) -> bool {
-    let missing = expected.saturating_sub(reached);
-    missing > Duration::from_millis(500) && missing.as_secs_f64() > expected.as_secs_f64() * 0.1
-}
-
-/// `audioconvert ! audioresample ! audio/x-raw,rate=48000,channels=2`, added to
-/// `pipeline` and linked; returns its first and last element. Every audio encoder
-/// branch (HLS AAC, MP4 AAC, WebM Opus) starts from this.
-pub(crate) fn audio_normalizer(pipeline: &gst::Pipeline) -> Result<(gst::Element, gst::Element), MediaError> {
-    let convert = make("audioconvert", Some("audio-convert"))?;
-    let resample = make("audioresample", Some("audio-resample"))?;
-    let caps = caps_filter(
-        "audio-format",
-        gst::Caps::builder("audio/x-raw").field("rate", 48_000i32).field("channels", 2i32).build(),
-    )?;
-    pipeline.add_many([&convert, &resample, &caps])?;
-    gst::Element::link_many([&convert, &resample, &caps])?;
-    Ok((convert, caps))
-}
-
-pub(crate) fn caps_filter(name: &str, caps: gst::Caps) -> Result<gst::Element, MediaError> {
-    let filter = make("capsfilter", Some(name))?;
-    filter.set_property("caps", caps);
-    Ok(filter)
-}
-
-pub(crate) fn x264_encoder(
-    name: &str,
-    kbps: u32,
-    keyint: u32,
-    speed_preset: &str,
-    tune: Option<&str>,
-) -> Result<gst::Element, MediaError> {
-    let enc = make("x264enc", Some(name))?;
-    enc.set_property("bitrate", kbps.max(1));
-    enc.set_property("key-int-max", keyint);
-    enc.set_property("bframes", 0u32);
-    enc.set_property_from_str("speed-preset", speed_preset);
-    if let Some(tune) = tune {
-        enc.set_property_from_str("tune", tune);
-    }
-    // No scene-cut keyframes: keyframes only every key-int-max frames, aligned across rungs.
-    enc.set_property("option-string", format!("scenecut=0:keyint_min={keyint}"));
-    Ok(enc)
-}
-
-fn link_pads(src: &gst::Element, src_pad: &str, sink_pad: &gst::Pad) -> Result<(), MediaError> {
-    let pad =
-        src.static_pad(src_pad).ok_or_else(|| MediaError::Build(format!("{} has no {src_pad} pad", src.name())))?;
-    pad.link(sink_pad)
-        .map(|_| ())
-        .map_err(|e| MediaError::Build(format!("linking {} to {}: {e:?}", src.name(), sink_pad.name())))
-}
-
-pub(crate) fn link_pads_to(src_pad: &gst::Pad, sink: &gst::Element) -> Result<(), MediaError> {
-    let pad = sink.static_pad("sink").ok_or_else(|| MediaError::Build(format!("{} has no sink pad", sink.name())))?;
-    src_pad
-        .link(&pad)
-        .map(|_| ())
-        .map_err(|e| MediaError::Build(format!("linking {} to {}: {e:?}", src_pad.name(), sink.name())))
+    Ok(outputs)
 }
 
 /// Follow a rung: how far it has encoded, its codec string, and when EOS reaches its sink.
@@ -554,43 +568,6 @@ fn watch_rung(parse: &gst::Element, sink_pad: &gst::Pad, state: &Arc<RungState>)
             state.eos.store(true, Ordering::Release);
         }
         gst::PadProbeReturn::Ok
-    });
-}
-
-/// Link decoded streams as they appear: the first video and (if wanted) the first audio
-/// stream; everything else is discarded.
-pub(crate) fn connect_decoder(
-    pipeline: &gst::Pipeline,
-    decode: &gst::Element,
-    video_head: &gst::Element,
-    audio_head: Option<&gst::Element>,
-) {
-    let pipeline = pipeline.downgrade();
-    let video_sink = video_head.static_pad("sink");
-    let audio_sink = audio_head.and_then(|a| a.static_pad("sink"));
-    decode.connect_pad_added(move |_, pad| {
-        let Some(pipeline) = pipeline.upgrade() else { return };
-        let kind = pad
-            .current_caps()
-            .or_else(|| Some(pad.query_caps(None)))
-            .and_then(|c| c.structure(0).map(|s| s.name().to_string()))
-            .unwrap_or_default();
-        let target = if kind.starts_with("video/") {
-            video_sink.as_ref()
-        } else if kind.starts_with("audio/") {
-            audio_sink.as_ref()
-        } else {
-            None
-        };
-        let linked = match target {
-            Some(sink) if !sink.is_linked() => pad.link(sink).is_ok(),
-            _ => false,
-        };
-        if !linked {
-            if let Err(e) = discard_pad(&pipeline, pad) {
-                tracing::warn!(error = %e, stream = %kind, "could not discard an unused stream");
-            }
-        }
     });
 }
 

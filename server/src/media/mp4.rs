@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
-use super::ladder::{audio_normalizer, caps_filter, connect_decoder, ended_early, x264_encoder};
+use super::pipeline::{audio_normalizer, caps_filter, connect_decoder, ended_early, x264_encoder};
 use super::pipeline::{limit_decoder_errors, make, run_to_eos, Limits, NullOnDrop};
 use super::{ensure_gstreamer, file_uri, probe, MediaError, Progress};
 
@@ -203,135 +203,24 @@ pub fn transcode_mp4(
     let decode = make("uridecodebin", Some("decode"))?;
     decode.set_property("uri", file_uri(source)?);
     limit_decoder_errors(&decode, opts.max_decoder_errors);
-
-    let vconvert = make("videoconvert", Some("video-convert"))?;
-    let flip = make("videoflip", Some("rotate"))?;
-    flip.set_property_from_str("method", "automatic");
-    let scale = make("videoscale", Some("scale"))?;
-    scale.set_property_from_str("method", "bilinear");
-    let vconvert2 = make("videoconvert", Some("video-convert-out"))?;
-    let size = caps_filter(
-        "size",
-        gst::Caps::builder("video/x-raw")
-            .field("format", "I420")
-            .field("width", i32::try_from(width).unwrap_or(i32::MAX))
-            .field("height", i32::try_from(height).unwrap_or(i32::MAX))
-            .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
-            .build(),
-    )?;
-    let (venc, vparse, mux) = match format {
-        Format::Mp4 => {
-            let enc = x264_encoder("x264", settings.video_bitrate_kbps, keyint, settings.x264_speed_preset, None)?;
-            let parse = make("h264parse", Some("h264parse"))?;
-            let mux = make("mp4mux", Some("mux"))?;
-            mux.set_property("faststart", true);
-            mux.set_property("faststart-file", scratch.path().join("faststart.tmp").to_string_lossy().to_string());
-            (enc, Some(parse), mux)
-        }
-        Format::WebM => {
-            let enc = make("vp8enc", Some("vp8"))?;
-            enc.set_property("target-bitrate", i32::try_from(settings.video_bitrate_kbps * 1000).unwrap_or(i32::MAX));
-            enc.set_property("deadline", 1i64);
-            enc.set_property("cpu-used", settings.vpx_cpu_used);
-            enc.set_property("keyframe-max-dist", i32::try_from(keyint).unwrap_or(i32::MAX));
-            enc.set_property_from_str("end-usage", "vbr");
-            (enc, None, make("webmmux", Some("mux"))?)
-        }
-    };
+    pipeline.add(&decode)?;
+    let target = Target { format, settings: &settings, width, height, keyint, scratch: scratch.path() };
+    let video = video_chain(&pipeline, &target)?;
     let sink = make("filesink", Some("file"))?;
     sink.set_property("location", partial.to_string_lossy().to_string());
-    pipeline.add_many([&decode, &vconvert, &flip, &scale, &vconvert2, &size, &venc, &mux, &sink])?;
-    gst::Element::link_many([&vconvert, &flip, &scale, &vconvert2, &size, &venc])?;
-    let video_tail = match &vparse {
-        Some(parse) => {
-            pipeline.add(parse)?;
-            venc.link(parse)?;
-            parse.clone()
-        }
-        None => venc.clone(),
-    };
-    video_tail.link(&mux)?;
-    mux.link(&sink)?;
-
-    let encoded_until = Arc::new(AtomicU64::new(0));
-    let frames = Arc::new(AtomicU64::new(0));
-    if let Some(pad) = video_tail.static_pad("src") {
-        let (encoded_until, frames) = (encoded_until.clone(), frames.clone());
-        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-            if let Some(buffer) = info.buffer() {
-                frames.fetch_add(1, Ordering::Relaxed);
-                if let Some(pts) = buffer.pts() {
-                    let end = pts + buffer.duration().unwrap_or(gst::ClockTime::ZERO);
-                    encoded_until.fetch_max(end.nseconds(), Ordering::Relaxed);
-                }
-            }
-            gst::PadProbeReturn::Ok
-        });
-    }
-
-    let audio_head = if info.has_audio {
-        let (aconvert, acaps) = audio_normalizer(&pipeline)?;
-        let bitrate = i32::try_from(settings.audio_bitrate_kbps * 1000).unwrap_or(128_000);
-        let (aenc, aparse) = match format {
-            Format::Mp4 => {
-                let enc = make("avenc_aac", Some("aac-encoder"))?;
-                enc.set_property("bitrate", bitrate);
-                (enc, Some(make("aacparse", Some("aac-parse"))?))
-            }
-            Format::WebM => {
-                let enc = make("opusenc", Some("opus-encoder"))?;
-                enc.set_property("bitrate", bitrate.clamp(4000, 650_000));
-                (enc, None)
-            }
-        };
-        let aqueue = make("queue", Some("audio-queue"))?;
-        pipeline.add_many([&aenc, &aqueue])?;
-        gst::Element::link_many([&acaps, &aenc])?;
-        match &aparse {
-            Some(parse) => {
-                pipeline.add(parse)?;
-                gst::Element::link_many([&aenc, parse, &aqueue])?;
-            }
-            None => aenc.link(&aqueue)?,
-        }
-        aqueue.link(&mux)?;
-        Some(aconvert)
-    } else {
-        None
-    };
-    connect_decoder(&pipeline, &decode, &vconvert, audio_head.as_ref());
+    pipeline.add(&sink)?;
+    video.mux.link(&sink)?;
+    let audio_head = if info.has_audio { Some(audio_chain(&pipeline, &target, &video.mux)?) } else { None };
+    connect_decoder(&pipeline, &decode, &video.head, audio_head.as_ref());
 
     let duration = info.duration;
     let tick = opts.progress_interval.max(Duration::from_millis(250));
     run_to_eos(&pipeline, &limits, tick, &mut || {
-        let elapsed = started.elapsed().as_secs_f64().max(1e-3);
-        let position = pipeline
-            .query_position::<gst::ClockTime>()
-            .map(|p| Duration::from_nanos(p.nseconds()))
-            .unwrap_or_else(|| Duration::from_nanos(encoded_until.load(Ordering::Relaxed)));
-        let (percent, eta) = match duration {
-            Some(d) if !d.is_zero() => {
-                let speed = position.as_secs_f64() / elapsed;
-                let remaining = (d.as_secs_f64() - position.as_secs_f64()).max(0.0);
-                (
-                    (position.as_secs_f64() / d.as_secs_f64() * 100.0).clamp(0.0, 100.0),
-                    (speed > 0.0).then(|| Duration::from_secs_f64(remaining / speed)),
-                )
-            }
-            _ => (0.0, None),
-        };
-        progress(&Progress {
-            percent,
-            position,
-            duration,
-            fps: frames.load(Ordering::Relaxed) as f64 / elapsed,
-            eta,
-            rungs: Vec::new(),
-        });
+        progress(&download_progress(&pipeline, started, duration, &video.counters));
         Ok(())
     })?;
 
-    let reached = Duration::from_nanos(encoded_until.load(Ordering::Relaxed));
+    let reached = Duration::from_nanos(video.counters.encoded_until.load(Ordering::Relaxed));
     if let Some(expected) = duration {
         if ended_early(reached, expected) {
             return Err(MediaError::Truncated {
@@ -346,11 +235,176 @@ pub fn transcode_mp4(
         percent: 100.0,
         position: duration.unwrap_or_default(),
         duration,
-        fps: frames.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64().max(1e-3),
+        fps: video.counters.frames.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64().max(1e-3),
         eta: Some(Duration::ZERO),
         rungs: Vec::new(),
     });
     Ok(Mp4Output { path: out_path.to_path_buf(), width, height, bytes, elapsed: started.elapsed() })
+}
+
+/// What the download is encoded to.
+struct Target<'a> {
+    format: Format,
+    settings: &'a PresetSettings,
+    width: u32,
+    height: u32,
+    /// Frames between keyframes.
+    keyint: u32,
+    /// Where mp4mux may keep its faststart file.
+    scratch: &'a Path,
+}
+
+/// How far the encoder got, counted on its output.
+#[derive(Default)]
+struct Encoded {
+    /// End (pts + duration) of the last encoded buffer, ns.
+    encoded_until: Arc<AtomicU64>,
+    frames: Arc<AtomicU64>,
+}
+
+struct VideoChain {
+    /// Where the decoder's video pad is linked.
+    head: gst::Element,
+    mux: gst::Element,
+    counters: Encoded,
+}
+
+/// `videoconvert ! rotate ! videoscale ! videoconvert ! I420 at size ! encoder
+/// [! parser] ! mux`, added to `pipeline`; the encoded buffers are counted.
+fn video_chain(pipeline: &gst::Pipeline, target: &Target<'_>) -> Result<VideoChain, MediaError> {
+    let convert = make("videoconvert", Some("video-convert"))?;
+    let flip = make("videoflip", Some("rotate"))?;
+    flip.set_property_from_str("method", "automatic");
+    let scale = make("videoscale", Some("scale"))?;
+    scale.set_property_from_str("method", "bilinear");
+    let convert_out = make("videoconvert", Some("video-convert-out"))?;
+    let size = caps_filter(
+        "size",
+        gst::Caps::builder("video/x-raw")
+            .field("format", "I420")
+            .field("width", i32::try_from(target.width).unwrap_or(i32::MAX))
+            .field("height", i32::try_from(target.height).unwrap_or(i32::MAX))
+            .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+            .build(),
+    )?;
+    let (encoder, parse, mux) = video_encoder(target)?;
+    pipeline.add_many([&convert, &flip, &scale, &convert_out, &size, &encoder, &mux])?;
+    gst::Element::link_many([&convert, &flip, &scale, &convert_out, &size, &encoder])?;
+    let tail = match &parse {
+        Some(parse) => {
+            pipeline.add(parse)?;
+            encoder.link(parse)?;
+            parse.clone()
+        }
+        None => encoder.clone(),
+    };
+    tail.link(&mux)?;
+    let counters = Encoded::default();
+    if let Some(pad) = tail.static_pad("src") {
+        let (encoded_until, frames) = (counters.encoded_until.clone(), counters.frames.clone());
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let Some(buffer) = info.buffer() {
+                frames.fetch_add(1, Ordering::Relaxed);
+                if let Some(pts) = buffer.pts() {
+                    let end = pts + buffer.duration().unwrap_or(gst::ClockTime::ZERO);
+                    encoded_until.fetch_max(end.nseconds(), Ordering::Relaxed);
+                }
+            }
+            gst::PadProbeReturn::Ok
+        });
+    }
+    Ok(VideoChain { head: convert, mux, counters })
+}
+
+/// The video encoder, its parser (H.264 only) and the muxer of `target.format`:
+/// x264 into a faststart MP4, or VP8 into WebM.
+fn video_encoder(target: &Target<'_>) -> Result<(gst::Element, Option<gst::Element>, gst::Element), MediaError> {
+    let settings = target.settings;
+    Ok(match target.format {
+        Format::Mp4 => {
+            let enc =
+                x264_encoder("x264", settings.video_bitrate_kbps, target.keyint, settings.x264_speed_preset, None)?;
+            let parse = make("h264parse", Some("h264parse"))?;
+            let mux = make("mp4mux", Some("mux"))?;
+            mux.set_property("faststart", true);
+            mux.set_property("faststart-file", target.scratch.join("faststart.tmp").to_string_lossy().to_string());
+            (enc, Some(parse), mux)
+        }
+        Format::WebM => {
+            let enc = make("vp8enc", Some("vp8"))?;
+            enc.set_property("target-bitrate", i32::try_from(settings.video_bitrate_kbps * 1000).unwrap_or(i32::MAX));
+            enc.set_property("deadline", 1i64);
+            enc.set_property("cpu-used", settings.vpx_cpu_used);
+            enc.set_property("keyframe-max-dist", i32::try_from(target.keyint).unwrap_or(i32::MAX));
+            enc.set_property_from_str("end-usage", "vbr");
+            (enc, None, make("webmmux", Some("mux"))?)
+        }
+    })
+}
+
+/// The audio branch into `mux`: normalised, then AAC (MP4) or Opus (WebM), queued.
+/// Returns its head, where the decoder's audio pad is linked.
+fn audio_chain(pipeline: &gst::Pipeline, target: &Target<'_>, mux: &gst::Element) -> Result<gst::Element, MediaError> {
+    let (convert, caps) = audio_normalizer(pipeline)?;
+    let bitrate = i32::try_from(target.settings.audio_bitrate_kbps * 1000).unwrap_or(128_000);
+    let (enc, parse) = match target.format {
+        Format::Mp4 => {
+            let enc = make("avenc_aac", Some("aac-encoder"))?;
+            enc.set_property("bitrate", bitrate);
+            (enc, Some(make("aacparse", Some("aac-parse"))?))
+        }
+        Format::WebM => {
+            let enc = make("opusenc", Some("opus-encoder"))?;
+            enc.set_property("bitrate", bitrate.clamp(4000, 650_000));
+            (enc, None)
+        }
+    };
+    let queue = make("queue", Some("audio-queue"))?;
+    pipeline.add_many([&enc, &queue])?;
+    gst::Element::link_many([&caps, &enc])?;
+    match &parse {
+        Some(parse) => {
+            pipeline.add(parse)?;
+            gst::Element::link_many([&enc, parse, &queue])?;
+        }
+        None => enc.link(&queue)?,
+    }
+    queue.link(mux)?;
+    Ok(convert)
+}
+
+/// Where the download is: the pipeline's position (or the encoder's, when the
+/// pipeline does not answer), the encode rate and the ETA.
+fn download_progress(
+    pipeline: &gst::Pipeline,
+    started: Instant,
+    duration: Option<Duration>,
+    counters: &Encoded,
+) -> Progress {
+    let elapsed = started.elapsed().as_secs_f64().max(1e-3);
+    let position = pipeline
+        .query_position::<gst::ClockTime>()
+        .map(|p| Duration::from_nanos(p.nseconds()))
+        .unwrap_or_else(|| Duration::from_nanos(counters.encoded_until.load(Ordering::Relaxed)));
+    let (percent, eta) = match duration {
+        Some(d) if !d.is_zero() => {
+            let speed = position.as_secs_f64() / elapsed;
+            let remaining = (d.as_secs_f64() - position.as_secs_f64()).max(0.0);
+            (
+                (position.as_secs_f64() / d.as_secs_f64() * 100.0).clamp(0.0, 100.0),
+                (speed > 0.0).then(|| Duration::from_secs_f64(remaining / speed)),
+            )
+        }
+        _ => (0.0, None),
+    };
+    Progress {
+        percent,
+        position,
+        duration,
+        fps: counters.frames.load(Ordering::Relaxed) as f64 / elapsed,
+        eta,
+        rungs: Vec::new(),
+    }
 }
 
 /// Scale a displayed size so its short side is at most `max_lines`, keeping the aspect

@@ -327,6 +327,113 @@ pub(crate) fn clock_time(d: Duration) -> gst::ClockTime {
     gst::ClockTime::from_nseconds(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
+// Element helpers shared by the ladder, the downloads and the thumbnails.
+
+/// More than half a second and 10% short of the probed duration.
+pub(crate) fn ended_early(reached: Duration, expected: Duration) -> bool {
+    let missing = expected.saturating_sub(reached);
+    missing > Duration::from_millis(500) && missing.as_secs_f64() > expected.as_secs_f64() * 0.1
+}
+
+/// `audioconvert ! audioresample ! audio/x-raw,rate=48000,channels=2`, added to
+/// `pipeline` and linked; returns its first and last element. Every audio encoder
+/// branch (HLS AAC, MP4 AAC, WebM Opus) starts from this.
+pub(crate) fn audio_normalizer(pipeline: &gst::Pipeline) -> Result<(gst::Element, gst::Element), MediaError> {
+    let convert = make("audioconvert", Some("audio-convert"))?;
+    let resample = make("audioresample", Some("audio-resample"))?;
+    let caps = caps_filter(
+        "audio-format",
+        gst::Caps::builder("audio/x-raw").field("rate", 48_000i32).field("channels", 2i32).build(),
+    )?;
+    pipeline.add_many([&convert, &resample, &caps])?;
+    gst::Element::link_many([&convert, &resample, &caps])?;
+    Ok((convert, caps))
+}
+
+/// A `capsfilter` named `name` that lets only `caps` through.
+pub(crate) fn caps_filter(name: &str, caps: gst::Caps) -> Result<gst::Element, MediaError> {
+    let filter = make("capsfilter", Some(name))?;
+    filter.set_property("caps", caps);
+    Ok(filter)
+}
+
+/// x264 at `kbps` with a keyframe every `keyint` frames exactly (no scene cuts, no
+/// B-frames), so every rung's keyframes line up.
+pub(crate) fn x264_encoder(
+    name: &str,
+    kbps: u32,
+    keyint: u32,
+    speed_preset: &str,
+    tune: Option<&str>,
+) -> Result<gst::Element, MediaError> {
+    let enc = make("x264enc", Some(name))?;
+    enc.set_property("bitrate", kbps.max(1));
+    enc.set_property("key-int-max", keyint);
+    enc.set_property("bframes", 0u32);
+    enc.set_property_from_str("speed-preset", speed_preset);
+    if let Some(tune) = tune {
+        enc.set_property_from_str("tune", tune);
+    }
+    // No scene-cut keyframes: keyframes only every key-int-max frames, aligned across rungs.
+    enc.set_property("option-string", format!("scenecut=0:keyint_min={keyint}"));
+    Ok(enc)
+}
+
+/// Link `src`'s static pad `src_pad` to `sink_pad`.
+pub(crate) fn link_pads(src: &gst::Element, src_pad: &str, sink_pad: &gst::Pad) -> Result<(), MediaError> {
+    let pad =
+        src.static_pad(src_pad).ok_or_else(|| MediaError::Build(format!("{} has no {src_pad} pad", src.name())))?;
+    pad.link(sink_pad)
+        .map(|_| ())
+        .map_err(|e| MediaError::Build(format!("linking {} to {}: {e:?}", src.name(), sink_pad.name())))
+}
+
+/// Link `src_pad` to `sink`'s sink pad.
+pub(crate) fn link_pads_to(src_pad: &gst::Pad, sink: &gst::Element) -> Result<(), MediaError> {
+    let pad = sink.static_pad("sink").ok_or_else(|| MediaError::Build(format!("{} has no sink pad", sink.name())))?;
+    src_pad
+        .link(&pad)
+        .map(|_| ())
+        .map_err(|e| MediaError::Build(format!("linking {} to {}: {e:?}", src_pad.name(), sink.name())))
+}
+
+/// Link decoded streams as they appear: the first video and (if wanted) the first audio
+/// stream; everything else is discarded.
+pub(crate) fn connect_decoder(
+    pipeline: &gst::Pipeline,
+    decode: &gst::Element,
+    video_head: &gst::Element,
+    audio_head: Option<&gst::Element>,
+) {
+    let pipeline = pipeline.downgrade();
+    let video_sink = video_head.static_pad("sink");
+    let audio_sink = audio_head.and_then(|a| a.static_pad("sink"));
+    decode.connect_pad_added(move |_, pad| {
+        let Some(pipeline) = pipeline.upgrade() else { return };
+        let kind = pad
+            .current_caps()
+            .or_else(|| Some(pad.query_caps(None)))
+            .and_then(|c| c.structure(0).map(|s| s.name().to_string()))
+            .unwrap_or_default();
+        let target = if kind.starts_with("video/") {
+            video_sink.as_ref()
+        } else if kind.starts_with("audio/") {
+            audio_sink.as_ref()
+        } else {
+            None
+        };
+        let linked = match target {
+            Some(sink) if !sink.is_linked() => pad.link(sink).is_ok(),
+            _ => false,
+        };
+        if !linked {
+            if let Err(e) = discard_pad(&pipeline, pad) {
+                tracing::warn!(error = %e, stream = %kind, "could not discard an unused stream");
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::mpsc;

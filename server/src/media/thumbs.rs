@@ -9,7 +9,7 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
-use super::ladder::{caps_filter, connect_decoder};
+use super::pipeline::{caps_filter, connect_decoder};
 use super::pipeline::{clock_time, limit_decoder_errors, make, run_to_eos, stop, wait_async_done, Limits, NullOnDrop};
 use super::{ensure_gstreamer, file_uri, probe, MediaError, MediaInfo};
 

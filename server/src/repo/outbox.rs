@@ -4,9 +4,7 @@
 
 use entities::{event_outbox, video};
 use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QuerySelect, Set,
-};
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Set};
 
 use crate::events::{DomainEvent, EventDetail, EventKind};
 
@@ -23,11 +21,7 @@ pub async fn record<C: ConnectionTrait>(
     // Serialise writers of one video's sequence: PostgreSQL row lock; SQLite has
     // one writer per database already. The sequence lives on the video row, so
     // pruning old outbox rows (see `prune`) never restarts it.
-    let mut current = video::Entity::find_by_id(video.id).select_only().column(video::Column::EventSeq);
-    if conn.get_database_backend() == DbBackend::Postgres {
-        current = current.lock_exclusive();
-    }
-    let seq = current.into_tuple::<i64>().one(conn).await?.unwrap_or(0) + 1;
+    let seq = super::videos::lock(conn, video.id).await?.map(|v| v.event_seq).unwrap_or(0) + 1;
     video::Entity::update_many()
         .col_expr(video::Column::EventSeq, Expr::value(seq))
         .filter(video::Column::Id.eq(video.id))

@@ -75,6 +75,19 @@ pub fn can_delete(principal: &Principal, video: &video::Model) -> bool {
         && (can_write(principal, video) || has_permission(principal.role, Permission::ModerateVideos))
 }
 
+/// The video row, locked for update until the transaction ends: the one way a
+/// video row is locked (a PostgreSQL row lock; SQLite has one writer already).
+/// Writers that must not interleave on one video (its event sequence, the outcome
+/// of a transcode, renditions) take it first.
+pub async fn lock<C: ConnectionTrait>(conn: &C, id: Uuid) -> Result<Option<video::Model>, DbErr> {
+    let query = video::Entity::find_by_id(id);
+    if conn.get_database_backend() == DbBackend::Postgres {
+        query.lock_exclusive().one(conn).await
+    } else {
+        query.one(conn).await
+    }
+}
+
 /// The video by id if `viewer` may read it; NOT_FOUND otherwise.
 pub async fn find_readable<C: ConnectionTrait>(
     conn: &C,

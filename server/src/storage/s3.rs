@@ -289,6 +289,67 @@ impl S3Store {
         Ok((size, etag))
     }
 
+    /// A presigned PUT of `key`. What `signing` names is signed too: S3 refuses a
+    /// body of another length, or whose SHA-256 differs (BadDigest).
+    async fn presign_put_signing(
+        &self,
+        key: &str,
+        expires_in: Duration,
+        content_type: Option<&str>,
+        signing: Signing<'_>,
+    ) -> Result<PresignedRequest, StoreError> {
+        observe(BACKEND, "presign_put", key, async {
+            let config = self.presign("presign_put", key, expires_in)?;
+            let content_type = content_type.map(validated_content_type).transpose()?;
+            let length = signing.length.map(|l| bound_length(l, MAX_SINGLE_PUT_SIZE)).transpose()?;
+            let checksum = signing.sha256.map(sha256_base64).transpose()?;
+            let result = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(self.full_key(key))
+                .set_content_length(length)
+                .set_checksum_sha256(checksum)
+                .set_content_type(content_type)
+                .set_server_side_encryption(self.sse.clone())
+                .presigned(config)
+                .await;
+            presigned("presign_put", key, expires_in, result)
+        })
+        .await
+    }
+
+    /// A presigned upload of one part, signing what `signing` names (as
+    /// [`Self::presign_put_signing`]).
+    async fn presign_part_signing(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        expires_in: Duration,
+        signing: Signing<'_>,
+    ) -> Result<PresignedRequest, StoreError> {
+        observe(BACKEND, "presign_upload_part", key, async {
+            validate_part_number(part_number)?;
+            let config = self.presign("presign_upload_part", key, expires_in)?;
+            let length = signing.length.map(|l| bound_length(l, MAX_PART_SIZE)).transpose()?;
+            let checksum = signing.sha256.map(sha256_base64).transpose()?;
+            let result = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(self.full_key(key))
+                .upload_id(upload_id)
+                .part_number(part_number)
+                .set_content_length(length)
+                .set_checksum_sha256(checksum)
+                .presigned(config)
+                .await;
+            presigned("presign_upload_part", key, expires_in, result)
+        })
+        .await
+    }
+
     fn presign(&self, op: &'static str, key: &str, expires_in: Duration) -> Result<PresigningConfig, StoreError> {
         validate_key(key)?;
         validate_expiry(expires_in)?;
@@ -501,21 +562,7 @@ impl ObjectStore for S3Store {
         expires_in: Duration,
         content_type: Option<&str>,
     ) -> Result<PresignedRequest, StoreError> {
-        observe(BACKEND, "presign_put", key, async {
-            let config = self.presign("presign_put", key, expires_in)?;
-            let content_type = content_type.map(validated_content_type).transpose()?;
-            let result = self
-                .client
-                .put_object()
-                .bucket(&self.bucket)
-                .key(self.full_key(key))
-                .set_content_type(content_type)
-                .set_server_side_encryption(self.sse.clone())
-                .presigned(config)
-                .await;
-            presigned("presign_put", key, expires_in, result)
-        })
-        .await
+        self.presign_put_signing(key, expires_in, content_type, Signing::default()).await
     }
 
     async fn presign_checked_put(
@@ -526,30 +573,8 @@ impl ObjectStore for S3Store {
         length: u64,
         sha256: &str,
     ) -> Result<PresignedRequest, StoreError> {
-        observe(BACKEND, "presign_put", key, async {
-            let config = self.presign("presign_put", key, expires_in)?;
-            let content_type = content_type.map(validated_content_type).transpose()?;
-            let length = bound_length(length, MAX_SINGLE_PUT_SIZE)?;
-            let digest = hex::decode(sha256)
-                .ok()
-                .filter(|d| d.len() == 32)
-                .ok_or_else(|| StoreError::InvalidRequest("a SHA-256 is 64 hex digits".into()))?;
-            // Both are signed: S3 refuses another length, and a body whose SHA-256
-            // differs (BadDigest).
-            let result = self
-                .client
-                .put_object()
-                .bucket(&self.bucket)
-                .key(self.full_key(key))
-                .content_length(length)
-                .checksum_sha256(base64::engine::general_purpose::STANDARD.encode(digest))
-                .set_content_type(content_type)
-                .set_server_side_encryption(self.sse.clone())
-                .presigned(config)
-                .await;
-            presigned("presign_put", key, expires_in, result)
-        })
-        .await
+        let signing = Signing { length: Some(length), sha256: Some(sha256) };
+        self.presign_put_signing(key, expires_in, content_type, signing).await
     }
 
     #[tracing::instrument(name = "storage create multipart", skip_all, fields(otel.kind = "client", storage.backend = "s3", storage.key = %key))]
@@ -587,27 +612,8 @@ impl ObjectStore for S3Store {
         length: u64,
         sha256: &str,
     ) -> Result<PresignedRequest, StoreError> {
-        observe(BACKEND, "presign_upload_part", key, async {
-            validate_part_number(part_number)?;
-            let config = self.presign("presign_upload_part", key, expires_in)?;
-            let length = bound_length(length, MAX_PART_SIZE)?;
-            let checksum = sha256_base64(sha256)?;
-            // Both signed: another length is refused, and S3 refuses a body whose
-            // SHA-256 differs (BadDigest).
-            let result = self
-                .client
-                .upload_part()
-                .bucket(&self.bucket)
-                .key(self.full_key(key))
-                .upload_id(upload_id)
-                .part_number(part_number)
-                .content_length(length)
-                .checksum_sha256(checksum)
-                .presigned(config)
-                .await;
-            presigned("presign_upload_part", key, expires_in, result)
-        })
-        .await
+        let signing = Signing { length: Some(length), sha256: Some(sha256) };
+        self.presign_part_signing(key, upload_id, part_number, expires_in, signing).await
     }
 
     #[tracing::instrument(name = "storage complete multipart", skip_all, fields(otel.kind = "client", storage.backend = "s3", storage.key = %key))]
@@ -677,24 +683,8 @@ impl ObjectStore for S3Store {
         content_type: Option<&str>,
         binding: UploadBinding,
     ) -> Result<PresignedRequest, StoreError> {
-        observe(BACKEND, "presign_put", key, async {
-            let config = self.presign("presign_put", key, expires_in)?;
-            let content_type = content_type.map(validated_content_type).transpose()?;
-            let length = bound_length(binding.length, MAX_SINGLE_PUT_SIZE)?;
-            // The Content-Length is a signed header: S3 refuses any other body length.
-            let result = self
-                .client
-                .put_object()
-                .bucket(&self.bucket)
-                .key(self.full_key(key))
-                .content_length(length)
-                .set_content_type(content_type)
-                .set_server_side_encryption(self.sse.clone())
-                .presigned(config)
-                .await;
-            presigned("presign_put", key, expires_in, result)
-        })
-        .await
+        let signing = Signing { length: Some(binding.length), sha256: None };
+        self.presign_put_signing(key, expires_in, content_type, signing).await
     }
 
     async fn presign_bound_part(
@@ -705,23 +695,8 @@ impl ObjectStore for S3Store {
         expires_in: Duration,
         binding: UploadBinding,
     ) -> Result<PresignedRequest, StoreError> {
-        observe(BACKEND, "presign_upload_part", key, async {
-            validate_part_number(part_number)?;
-            let config = self.presign("presign_upload_part", key, expires_in)?;
-            let length = bound_length(binding.length, MAX_PART_SIZE)?;
-            let result = self
-                .client
-                .upload_part()
-                .bucket(&self.bucket)
-                .key(self.full_key(key))
-                .upload_id(upload_id)
-                .part_number(part_number)
-                .content_length(length)
-                .presigned(config)
-                .await;
-            presigned("presign_upload_part", key, expires_in, result)
-        })
-        .await
+        let signing = Signing { length: Some(binding.length), sha256: None };
+        self.presign_part_signing(key, upload_id, part_number, expires_in, signing).await
     }
 
     #[tracing::instrument(name = "storage rename", skip_all, fields(otel.kind = "client", storage.backend = "s3", storage.key = %to))]
@@ -806,21 +781,7 @@ impl ObjectStore for S3Store {
         part_number: i32,
         expires_in: Duration,
     ) -> Result<PresignedRequest, StoreError> {
-        observe(BACKEND, "presign_upload_part", key, async {
-            validate_part_number(part_number)?;
-            let config = self.presign("presign_upload_part", key, expires_in)?;
-            let result = self
-                .client
-                .upload_part()
-                .bucket(&self.bucket)
-                .key(self.full_key(key))
-                .upload_id(upload_id)
-                .part_number(part_number)
-                .presigned(config)
-                .await;
-            presigned("presign_upload_part", key, expires_in, result)
-        })
-        .await
+        self.presign_part_signing(key, upload_id, part_number, expires_in, Signing::default()).await
     }
 
     #[tracing::instrument(name = "storage complete multipart", skip_all, fields(otel.kind = "client", storage.backend = "s3", storage.key = %key))]
@@ -972,6 +933,14 @@ where
         | (_, Some(500..=599)) => StoreError::Unavailable { op, source: Box::new(err) },
         _ => StoreError::Backend { op, source: Box::new(err) },
     }
+}
+
+/// What a presigned upload URL signs besides the key (and content type): the
+/// body's exact length and SHA-256 (hex).
+#[derive(Debug, Default, Clone, Copy)]
+struct Signing<'a> {
+    length: Option<u64>,
+    sha256: Option<&'a str>,
 }
 
 /// A hex SHA-256 as S3's checksum headers carry it (base64 of the 32 bytes).
