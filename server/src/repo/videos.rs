@@ -75,6 +75,24 @@ pub fn can_delete(principal: &Principal, video: &video::Model) -> bool {
         && (can_write(principal, video) || has_permission(principal.role, Permission::ModerateVideos))
 }
 
+/// The video row, whatever its state (deleted ones too).
+pub async fn find<C: ConnectionTrait>(conn: &C, id: Uuid) -> Result<Option<video::Model>, DbErr> {
+    video::Entity::find_by_id(id).one(conn).await
+}
+
+/// An UPLOADING video whose last upload ended goes back to DRAFT (its owner may
+/// start a new upload).
+pub async fn back_to_draft<C: ConnectionTrait>(conn: &C, id: Uuid, now: DateTime<Utc>) -> Result<(), DbErr> {
+    video::Entity::update_many()
+        .col_expr(video::Column::Status, Expr::value(VideoStatus::Draft))
+        .col_expr(video::Column::UpdatedAt, Expr::value(now))
+        .filter(video::Column::Id.eq(id))
+        .filter(video::Column::Status.eq(VideoStatus::Uploading))
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
 /// The video row, locked for update until the transaction ends: the one way a
 /// video row is locked (a PostgreSQL row lock; SQLite has one writer already).
 /// Writers that must not interleave on one video (its event sequence, the outcome

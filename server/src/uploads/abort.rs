@@ -3,13 +3,12 @@
 //! usable source), so its owner can start a new upload right away.
 
 use chrono::Utc;
-use entities::{upload, video, UploadStatus, VideoStatus};
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+use entities::{upload, UploadStatus};
 use uuid::Uuid;
 
 use super::tail_key;
 use crate::error::{AppError, AppResult, ErrorCode};
+use crate::repo;
 use crate::storage::ObjectStore;
 use crate::uploads::UploadDeps;
 
@@ -29,16 +28,9 @@ pub async fn abort(state: &dyn UploadDeps, id: Uuid, reason: Option<String>) -> 
 /// Move an OPEN session to `status` (ABORTED or EXPIRED) and clean up after it.
 pub async fn end_session(state: &dyn UploadDeps, id: Uuid, status: UploadStatus, reason: &str) -> AppResult<()> {
     let now = Utc::now();
-    let ended = upload::Entity::update_many()
-        .col_expr(upload::Column::Status, Expr::value(status))
-        .col_expr(upload::Column::FailureReason, Expr::value(reason.to_string()))
-        .col_expr(upload::Column::UpdatedAt, Expr::value(now))
-        .filter(upload::Column::Id.eq(id))
-        .filter(upload::Column::Status.eq(UploadStatus::Open))
-        .exec(state.db())
-        .await?;
-    let row = upload::Entity::find_by_id(id).one(state.db()).await?.ok_or_else(|| AppError::not_found("upload"))?;
-    if ended.rows_affected == 0 {
+    let ended = repo::uploads::transition(state.db(), id, UploadStatus::Open, status, reason, now).await?;
+    let row = repo::uploads::find(state.db(), id).await?.ok_or_else(|| AppError::not_found("upload"))?;
+    if !ended {
         return match row.status {
             s if s == status => Ok(()),
             UploadStatus::Aborted | UploadStatus::Expired => Ok(()),
@@ -52,23 +44,11 @@ pub async fn end_session(state: &dyn UploadDeps, id: Uuid, status: UploadStatus,
     cleanup_storage(state.store().as_ref(), &row, object).await;
     // Partial uploads (tus concatenation) share their video: it goes back to DRAFT
     // only when the last of them has ended.
-    let others = upload::Entity::find()
-        .filter(upload::Column::VideoId.eq(row.video_id))
-        .filter(upload::Column::Id.ne(row.id))
-        .filter(upload::Column::Status.is_in([UploadStatus::Open, UploadStatus::Completing]))
-        .count(state.db())
-        .await?;
-    if others > 0 {
+    if repo::uploads::others_in_flight(state.db(), row.video_id, row.id).await? > 0 {
         metrics::counter!("reelhouse_uploads_ended_total", "status" => status_label(status)).increment(1);
         return Ok(());
     }
-    video::Entity::update_many()
-        .col_expr(video::Column::Status, Expr::value(VideoStatus::Draft))
-        .col_expr(video::Column::UpdatedAt, Expr::value(now))
-        .filter(video::Column::Id.eq(row.video_id))
-        .filter(video::Column::Status.eq(VideoStatus::Uploading))
-        .exec(state.db())
-        .await?;
+    repo::videos::back_to_draft(state.db(), row.video_id, now).await?;
     state.access_signals().video_changed(row.video_id).await;
     metrics::counter!("reelhouse_uploads_ended_total", "status" => status_label(status)).increment(1);
     Ok(())
@@ -82,14 +62,7 @@ pub async fn finish_claimed(
     status: UploadStatus,
     reason: &str,
 ) -> AppResult<()> {
-    upload::Entity::update_many()
-        .col_expr(upload::Column::Status, Expr::value(status))
-        .col_expr(upload::Column::FailureReason, Expr::value(reason.to_string()))
-        .col_expr(upload::Column::UpdatedAt, Expr::value(Utc::now()))
-        .filter(upload::Column::Id.eq(row.id))
-        .filter(upload::Column::Status.eq(UploadStatus::Completing))
-        .exec(state.db())
-        .await?;
+    repo::uploads::transition(state.db(), row.id, UploadStatus::Completing, status, reason, Utc::now()).await?;
     let object = !is_accepted_source(state, row).await?;
     cleanup_storage(state.store().as_ref(), row, object).await;
     Ok(())
@@ -100,7 +73,7 @@ pub async fn finish_claimed(
 /// completed the video, a retried join), and ending one of them must never delete
 /// what another made the video's source.
 async fn is_accepted_source(state: &dyn UploadDeps, row: &upload::Model) -> AppResult<bool> {
-    let video = video::Entity::find_by_id(row.video_id).one(state.db()).await?;
+    let video = repo::videos::find(state.db(), row.video_id).await?;
     Ok(video.is_some_and(|v| v.deleted_at.is_none() && v.source_key.as_deref() == Some(row.object_key.as_str())))
 }
 
@@ -119,11 +92,7 @@ fn status_label(status: UploadStatus) -> &'static str {
 /// multipart parts and tus tails are not under the video's prefix, so they are
 /// read before the delete and cleaned after it ([`cleanup_ended`]).
 pub async fn open_of_video(state: &dyn UploadDeps, video_id: Uuid) -> AppResult<Vec<upload::Model>> {
-    Ok(upload::Entity::find()
-        .filter(upload::Column::VideoId.eq(video_id))
-        .filter(upload::Column::Status.is_in([UploadStatus::Open, UploadStatus::Completing]))
-        .all(state.db())
-        .await?)
+    Ok(repo::uploads::in_flight_of_video(state.db(), video_id).await?)
 }
 
 /// Clean the storage of uploads ended by their video's deletion, within the

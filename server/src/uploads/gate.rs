@@ -4,8 +4,8 @@
 
 use async_trait::async_trait;
 use chrono::Utc;
-use entities::{upload, UploadStatus};
-use sea_orm::{DatabaseConnection, EntityTrait};
+use entities::UploadStatus;
+use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
 use crate::storage::{StoreError, UploadGate};
@@ -24,7 +24,7 @@ impl DbUploadGate {
 #[async_trait]
 impl UploadGate for DbUploadGate {
     async fn check(&self, session: Uuid, key: &str) -> Result<(), StoreError> {
-        let row = upload::Entity::find_by_id(session).one(&self.db).await.map_err(|err| {
+        let row = crate::repo::uploads::find(&self.db, session).await.map_err(|err| {
             // The database's outage, counted against its breaker (not storage's).
             crate::breaker::note_database_error(&err);
             StoreError::Unavailable { op: "check upload", source: Box::new(err) }

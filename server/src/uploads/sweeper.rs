@@ -12,11 +12,10 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use entities::{upload, video, UploadMethod, UploadStatus};
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use entities::{UploadMethod, UploadStatus};
 
 use crate::error::AppResult;
+use crate::repo;
 use crate::uploads::UploadDeps;
 
 /// Sessions handled per sweep; the next sweep takes the rest.
@@ -52,24 +51,11 @@ pub async fn sweep_staging(state: &dyn UploadDeps, now: chrono::DateTime<Utc>) -
     let ttl = chrono::Duration::seconds(
         i64::try_from(state.settings().uploads.upload_url_ttl_secs).unwrap_or(i64::MAX / 2).min(365 * 24 * 3600),
     );
-    let rows = upload::Entity::find()
-        .filter(upload::Column::Status.is_in([
-            UploadStatus::Aborted,
-            UploadStatus::Expired,
-            UploadStatus::Failed,
-            UploadStatus::Completed,
-        ]))
-        .filter(upload::Column::StagingSweptAt.is_null())
-        .filter(upload::Column::CreatedAt.lt(now - ttl - STAGING_GRACE))
-        .filter(upload::Column::UpdatedAt.lt(now - STAGING_GRACE))
-        .order_by_asc(upload::Column::CreatedAt)
-        .limit(BATCH)
-        .all(state.db())
-        .await?;
+    let rows = repo::uploads::ended_unswept(state.db(), now - ttl - STAGING_GRACE, now - STAGING_GRACE, BATCH).await?;
     let store = state.store().as_ref();
     let mut count = 0;
     for row in rows {
-        if let Some(video) = video::Entity::find_by_id(row.video_id).one(state.db()).await? {
+        if let Some(video) = repo::videos::find(state.db(), row.video_id).await? {
             if row.method == UploadMethod::Presigned {
                 let staging = crate::storage::layout::staging(video.owner_id, video.id, row.id);
                 if !best_effort(row.id, store.delete(&staging).await)? {
@@ -100,11 +86,7 @@ pub async fn sweep_staging(state: &dyn UploadDeps, now: chrono::DateTime<Utc>) -
                 continue;
             }
         }
-        upload::Entity::update_many()
-            .col_expr(upload::Column::StagingSweptAt, Expr::value(now))
-            .filter(upload::Column::Id.eq(row.id))
-            .exec(state.db())
-            .await?;
+        repo::uploads::mark_swept(state.db(), row.id, now).await?;
         count += 1;
     }
     Ok(count)
@@ -112,22 +94,11 @@ pub async fn sweep_staging(state: &dyn UploadDeps, now: chrono::DateTime<Utc>) -
 
 /// Expire what is due now; returns how many sessions were expired.
 pub async fn sweep_once(state: &dyn UploadDeps) -> AppResult<u64> {
-    let due = upload::Entity::find()
-        .filter(upload::Column::Status.eq(UploadStatus::Open))
-        .filter(upload::Column::ExpiresAt.lt(Utc::now()))
-        .order_by_asc(upload::Column::ExpiresAt)
-        .limit(BATCH)
-        .all(state.db())
-        .await?;
-    let stuck = upload::Entity::update_many()
-        .col_expr(upload::Column::Status, Expr::value(UploadStatus::Open))
-        .col_expr(upload::Column::UpdatedAt, Expr::value(Utc::now()))
-        .filter(upload::Column::Status.eq(UploadStatus::Completing))
-        .filter(upload::Column::UpdatedAt.lt(Utc::now() - STUCK_COMPLETING_AFTER))
-        .exec(state.db())
-        .await?;
-    if stuck.rows_affected > 0 {
-        tracing::warn!(count = stuck.rows_affected, "reopened upload sessions stuck in COMPLETING");
+    let now = Utc::now();
+    let due = repo::uploads::expired_open(state.db(), now, BATCH).await?;
+    let stuck = repo::uploads::reopen_stuck(state.db(), now - STUCK_COMPLETING_AFTER, now).await?;
+    if stuck > 0 {
+        tracing::warn!(count = stuck, "reopened upload sessions stuck in COMPLETING");
     }
     let mut count = 0;
     for row in due {
@@ -146,17 +117,7 @@ pub async fn sweep_once(state: &dyn UploadDeps) -> AppResult<u64> {
         count += 1;
     }
     // Full tus uploads whose completion failed are completed on the next sweep too.
-    let full = upload::Entity::find()
-        .filter(upload::Column::Status.eq(UploadStatus::Open))
-        .filter(upload::Column::Method.eq(entities::UploadMethod::Tus))
-        .filter(
-            sea_orm::sea_query::Expr::col(upload::Column::OffsetBytes)
-                .eq(sea_orm::sea_query::Expr::col(upload::Column::DeclaredSize)),
-        )
-        .filter(upload::Column::UpdatedAt.lt(Utc::now() - chrono::TimeDelta::seconds(30)))
-        .limit(BATCH)
-        .all(state.db())
-        .await?;
+    let full = repo::uploads::full_tus_open(state.db(), Utc::now() - chrono::TimeDelta::seconds(30), BATCH).await?;
     for row in full.into_iter().filter(super::completes_video) {
         if let Err(err) = super::completion::complete(state, row.id).await {
             tracing::info!(upload = %row.id, code = err.code().as_str(), "completing a full upload failed again");
