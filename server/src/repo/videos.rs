@@ -75,13 +75,18 @@ pub fn can_delete(principal: &Principal, video: &video::Model) -> bool {
         && (can_write(principal, video) || has_permission(principal.role, Permission::ModerateVideos))
 }
 
+/// The video by id, deleted or not, whoever may read it (the caller checks).
+pub async fn find<C: ConnectionTrait>(conn: &C, id: Uuid) -> Result<Option<video::Model>, DbErr> {
+    video::Entity::find_by_id(id).one(conn).await
+}
+
 /// The video by id if `viewer` may read it; NOT_FOUND otherwise.
 pub async fn find_readable<C: ConnectionTrait>(
     conn: &C,
     viewer: Option<&Principal>,
     id: Uuid,
 ) -> Result<video::Model, AppError> {
-    let video = video::Entity::find_by_id(id).one(conn).await.map_err(AppError::internal)?;
+    let video = find(conn, id).await.map_err(AppError::internal)?;
     match video {
         Some(video) if can_read_by_id(viewer, &video) => Ok(video),
         _ => Err(AppError::not_found("video")),
@@ -568,7 +573,7 @@ pub async fn load_cached<C: ConnectionTrait>(
         Lookup::Miss => cache.ticket(),
         Lookup::Bypass => None,
     };
-    let Some(row) = video::Entity::find_by_id(id).one(conn).await.map_err(AppError::internal)? else {
+    let Some(row) = find(conn, id).await.map_err(AppError::internal)? else {
         return Ok(None);
     };
     // A row nobody may read any more (deleted) is kept without its details.
