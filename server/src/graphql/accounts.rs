@@ -4,7 +4,6 @@
 use async_graphql::{Context, Enum, ErrorExtensions, InputObject, Object, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 use entities::{api_key, user};
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
 use uuid::Uuid;
 
 use crate::auth::accounts::verify_credentials;
@@ -172,8 +171,7 @@ impl AccountsQuery {
     async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<User> {
         let state = ctx.data::<AppState>()?;
         let principal = require_principal(ctx).gql()?;
-        let user = user::Entity::find_by_id(principal.user_id)
-            .one(&state.db)
+        let user = crate::repo::users::find_any(&state.db, principal.user_id)
             .await
             .gql()?
             .ok_or_else(|| AppError::unauthenticated("account no longer exists").extend())?;
@@ -365,15 +363,8 @@ impl AccountsMutation {
             return Err(AppError::forbidden("cannot grant a role above your own").extend());
         }
         let txn = crate::db::begin_write(&state.db).await.gql()?;
-        let user = find_user_in(&txn, &id).await?;
-        if role != entities::Role::Admin {
-            crate::repo::users::keep_an_admin(&txn, &user, "demoted").await.gql()?;
-        }
-        let from = user.role;
-        let mut active: user::ActiveModel = user.into();
-        active.role = Set(role);
-        active.updated_at = Set(Utc::now());
-        let user = active.update(&txn).await.gql()?;
+        let id = parse_id(&id, "user").gql()?;
+        let (from, user) = crate::repo::users::set_role(&txn, id, role).await.gql()?;
         let entry = AuditEntry::new(AuditAction::RoleChanged, AuditOutcome::Success)
             .actor(principal.user_id)
             .target(user.id)
@@ -391,14 +382,9 @@ impl AccountsMutation {
         let state = ctx.data::<AppState>()?;
         let principal = require_principal(ctx).gql()?;
         let txn = crate::db::begin_write(&state.db).await.gql()?;
-        let user = find_user_in(&txn, &id).await?;
-        crate::repo::users::keep_an_admin(&txn, &user, "disabled").await.gql()?;
+        let id = parse_id(&id, "user").gql()?;
+        let (user, revoked) = crate::repo::users::set_disabled(&txn, id, true).await.gql()?;
         let user_id = user.id;
-        let mut active: user::ActiveModel = user.into();
-        active.disabled = Set(true);
-        active.updated_at = Set(Utc::now());
-        let user = active.update(&txn).await.gql()?;
-        let revoked = sessions::revoke_all_sessions(&txn, user_id, "account disabled").await.gql()?;
         let entry = AuditEntry::new(AuditAction::UserDisabled, AuditOutcome::Success)
             .actor(principal.user_id)
             .target(user_id)
@@ -415,7 +401,7 @@ impl AccountsMutation {
 /// never a 500 for a record that could not be written. The target is the account,
 /// when it exists; the typed email is not stored (people type passwords into it).
 async fn audit_failed_login(state: &AppState, client: &ClientInfo, account: &str, outcome: AuditOutcome, reason: &str) {
-    let target = match user::Entity::find().filter(user::Column::Email.eq(account)).one(&state.db).await {
+    let target = match crate::repo::users::find_by_email(&state.db, account).await {
         Ok(found) => found.map(|u| u.id),
         Err(err) => {
             tracing::warn!(error = ?err, "looking up the account of a failed sign-in");
@@ -427,10 +413,4 @@ async fn audit_failed_login(state: &AppState, client: &ClientInfo, account: &str
         entry = entry.target(target);
     }
     audit::record_or_log(&state.db, client, entry).await;
-}
-
-async fn find_user_in(conn: &impl sea_orm::ConnectionTrait, id: &ID) -> async_graphql::Result<user::Model> {
-    let id = parse_id(id, "user").gql()?;
-    // A deleted account (its row is kept as a tombstone) is not found.
-    crate::repo::users::find_live(conn, id).await.gql()
 }

@@ -7,7 +7,7 @@ use async_graphql::{Context, Enum, ErrorExtensions, Object, SimpleObject, Subscr
 use chrono::{DateTime, Utc};
 use entities::batch;
 use futures::Stream;
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::DatabaseConnection;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
@@ -116,7 +116,7 @@ fn can_see(principal: &Principal, row: &batch::Model) -> bool {
 /// The batch if `principal` may see it; NOT_FOUND otherwise (also for a malformed id).
 async fn find_visible(db: &DatabaseConnection, principal: &Principal, id: &ID) -> Result<batch::Model, AppError> {
     let Ok(id) = Uuid::parse_str(id.as_str()) else { return Err(AppError::not_found("batch")) };
-    match batch::Entity::find_by_id(id).one(db).await? {
+    match batches::find(db, id).await? {
         Some(row) if can_see(principal, &row) => Ok(row),
         _ => Err(AppError::not_found("batch")),
     }
@@ -149,19 +149,12 @@ impl BatchesQuery {
     ) -> async_graphql::Result<Connection<String, Batch>> {
         let state = ctx.data::<AppState>()?;
         let principal = require_principal(ctx).gql()?;
-        let limit = first.map_or(paging::DEFAULT_PAGE, |n| usize::try_from(n).unwrap_or(0)).min(paging::MAX_PAGE);
-        let mut query = batch::Entity::find().order_by_desc(batch::Column::Id);
-        if !sees_all(principal) {
-            query = query.filter(batch::Column::CreatedBy.eq(principal.user_id));
-        }
-        if let Some(after) = &after {
-            let after = Uuid::parse_str(after).map_err(|_| AppError::bad_input("invalid cursor").extend())?;
-            query = query.filter(batch::Column::Id.lt(after));
-        }
-        let mut rows = query.limit(u64::try_from(limit + 1).unwrap_or(u64::MAX)).all(&state.db).await.gql()?;
-        let has_next = rows.len() > limit;
-        rows.truncate(limit);
-        let mut connection = Connection::new(after.is_some(), has_next);
+        let page = paging::Page { first, after };
+        let (limit, after_id) = (page.limit(), page.after_id().gql()?);
+        let listing = batches::listing((!sees_all(principal)).then_some(principal.user_id));
+        let (rows, has_next) =
+            crate::repo::paging::by_uuid(&state.db, listing, batch::Column::Id, after_id, limit, true).await.gql()?;
+        let mut connection = Connection::new(page.after.is_some(), has_next);
         for row in rows {
             let (node, _) = load(&state.db, &row).await.gql()?;
             connection.edges.push(Edge::new(row.id.to_string(), node));
@@ -254,11 +247,7 @@ impl BatchesMutation {
                 Err(err) => return Err(AppError::from(err).extend()),
             }
         }
-        let row = batch::Entity::find_by_id(row.id)
-            .one(&state.db)
-            .await
-            .gql()?
-            .ok_or_else(|| AppError::not_found("batch").extend())?;
+        let row = batches::find(&state.db, row.id).await.gql()?.ok_or_else(|| AppError::not_found("batch").extend())?;
         Ok(load(&state.db, &row).await.gql()?.0)
     }
 }
@@ -308,7 +297,7 @@ async fn follow_batch(
 ) {
     let mut last: Option<Batch> = None;
     loop {
-        let current = match batch::Entity::find_by_id(row.id).one(&state.db).await {
+        let current = match batches::find(&state.db, row.id).await {
             Ok(Some(current)) => current,
             Ok(None) => return,
             Err(err) => {

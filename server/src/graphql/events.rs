@@ -25,11 +25,11 @@ use std::time::Duration;
 
 use async_graphql::{Context, ErrorExtensions, SimpleObject, Subscription, ID};
 use chrono::{DateTime, Utc};
-use entities::{event_outbox, job, video, JobStatus, VideoStatus as DbVideoStatus, Visibility};
+use entities::{video, VideoStatus as DbVideoStatus, Visibility};
 use futures::stream::BoxStream;
 use futures::Stream;
 use futures::StreamExt;
-use sea_orm::{ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::DatabaseConnection;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
@@ -43,6 +43,7 @@ use crate::events::{DomainEvent, EventKind, ProgressInfo};
 use crate::graphql::progress::Progress;
 use crate::graphql::shared_frames::{FrameSink, RenderOne, SharedDelivery, VisibilityClass};
 use crate::graphql::videos::{viewer, VideoStatus};
+use crate::repo::outbox::{self, ReplayScope};
 use crate::repo::videos::{can_read_by_id, find_readable};
 use crate::state::AppState;
 
@@ -120,19 +121,8 @@ fn may_receive(viewer: Option<&Principal>, event: &DomainEvent) -> bool {
 /// The video's current state as an event: the last stored event's kind and seq, the
 /// video's current status, and the running job's latest progress.
 async fn snapshot(db: &DatabaseConnection, video: &video::Model) -> Result<DomainEvent, AppError> {
-    let last = event_outbox::Entity::find()
-        .filter(event_outbox::Column::VideoId.eq(video.id))
-        .order_by_desc(event_outbox::Column::Seq)
-        .one(db)
-        .await
-        .map_err(AppError::internal)?;
-    let active = job::Entity::find()
-        .filter(job::Column::VideoId.eq(video.id))
-        .filter(job::Column::Status.is_in([JobStatus::Queued, JobStatus::Running]))
-        .order_by_desc(job::Column::CreatedAt)
-        .one(db)
-        .await
-        .map_err(AppError::internal)?;
+    let last = outbox::newest_of_video(db, video.id, None).await.map_err(AppError::internal)?;
+    let active = crate::repo::jobs::active_of_video(db, video.id).await.map_err(AppError::internal)?;
     let progress: Option<ProgressInfo> =
         active.as_ref().and_then(|j| j.progress.clone()).and_then(|p| serde_json::from_value(p).ok());
     let (kind, seq, cursor) = match &last {
@@ -180,32 +170,14 @@ async fn replay_after(
     viewer: Option<&Principal>,
     after: i64,
 ) -> Result<Vec<DomainEvent>, AppError> {
-    let mut query = event_outbox::Entity::find().filter(event_outbox::Column::Id.gt(after));
-    if let Some(id) = video_id {
-        query = query.filter(event_outbox::Column::VideoId.eq(id));
-    } else {
+    let scope = match (video_id, viewer) {
+        (Some(id), _) => ReplayScope::Video(id),
+        (None, Some(p)) if has_permission(p.role, Permission::ModerateVideos) => ReplayScope::Everything,
         // Other people's events only of videos that were public then and are
-        // still listed now (public, not hidden, not deleted).
-        let listed_now = event_outbox::Column::VideoId.in_subquery(
-            sea_orm::sea_query::Query::select()
-                .column(video::Column::Id)
-                .from(video::Entity)
-                .and_where(video::Column::Visibility.eq(Visibility::Public))
-                .and_where(video::Column::HiddenAt.is_null())
-                .and_where(video::Column::DeletedAt.is_null())
-                .to_owned(),
-        );
-        let public = Condition::all().add(event_outbox::Column::Visibility.eq(Visibility::Public)).add(listed_now);
-        match viewer {
-            Some(p) if has_permission(p.role, Permission::ModerateVideos) => {}
-            Some(p) => {
-                query = query.filter(Condition::any().add(event_outbox::Column::OwnerId.eq(p.user_id)).add(public))
-            }
-            None => query = query.filter(public),
-        }
-    }
-    let rows =
-        query.order_by_asc(event_outbox::Column::Id).limit(REPLAY_PAGE).all(db).await.map_err(AppError::internal)?;
+        // still listed now.
+        (None, viewer) => ReplayScope::Listed { owner: viewer.map(|p| p.user_id) },
+    };
+    let rows = outbox::after_cursor(db, after, scope, REPLAY_PAGE).await.map_err(AppError::internal)?;
     Ok(rows.iter().filter_map(|row| DomainEvent::from_outbox(row).ok()).collect())
 }
 
@@ -216,26 +188,14 @@ async fn replay_seq(
     after_seq: i64,
     before_seq: Option<i64>,
 ) -> Result<Vec<DomainEvent>, AppError> {
-    let mut query = event_outbox::Entity::find()
-        .filter(event_outbox::Column::VideoId.eq(video_id))
-        .filter(event_outbox::Column::Seq.gt(after_seq));
-    if let Some(before) = before_seq {
-        query = query.filter(event_outbox::Column::Seq.lt(before));
-    }
-    let rows = query.order_by_asc(event_outbox::Column::Seq).all(db).await.map_err(AppError::internal)?;
+    let rows = outbox::of_video_between(db, video_id, after_seq, before_seq).await.map_err(AppError::internal)?;
     Ok(rows.iter().filter_map(|row| DomainEvent::from_outbox(row).ok()).collect())
 }
 
 /// The `seq` of the newest stored event of `video_id` at or before the global cursor
 /// `after` (0 if none): what a one-video feed resuming after that cursor has already sent.
 async fn seq_at_cursor(db: &DatabaseConnection, video_id: Uuid, after: i64) -> Result<i64, AppError> {
-    let row = event_outbox::Entity::find()
-        .filter(event_outbox::Column::VideoId.eq(video_id))
-        .filter(event_outbox::Column::Id.lte(after))
-        .order_by_desc(event_outbox::Column::Seq)
-        .one(db)
-        .await
-        .map_err(AppError::internal)?;
+    let row = outbox::newest_of_video(db, video_id, Some(after)).await.map_err(AppError::internal)?;
     Ok(row.map_or(0, |r| r.seq))
 }
 
@@ -360,7 +320,7 @@ impl Feed {
         if owner_or_moderator {
             return true;
         }
-        match video::Entity::find_by_id(event.video_id).one(&self.state.db).await {
+        match crate::repo::videos::find(&self.state.db, event.video_id).await {
             Ok(Some(video)) => crate::repo::videos::can_list(self.viewer.as_ref(), &video),
             // When in doubt, a stranger gets nothing.
             _ => false,

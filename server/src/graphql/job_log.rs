@@ -24,7 +24,7 @@ use async_graphql::{Context, ErrorExtensions, Subscription, ID};
 use chrono::Utc;
 use entities::{job, JobStatus as DbJobStatus};
 use futures::Stream;
-use sea_orm::{DatabaseConnection, EntityTrait};
+use sea_orm::DatabaseConnection;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
@@ -103,7 +103,7 @@ impl LogFeed {
         loop {
             // The job's state first, then the lines: every line committed before the
             // state is then read too, so the final line never overtakes one.
-            let job = match job::Entity::find_by_id(self.job_id).one(&self.db).await {
+            let job = match crate::repo::jobs::find(&self.db, self.job_id).await {
                 Ok(Some(job)) => job,
                 Ok(None) => return Err(self.fail(AppError::not_found("job")).await),
                 Err(err) => {

@@ -7,7 +7,7 @@ use async_graphql::connection::Connection;
 use async_graphql::{Context, Enum, ErrorExtensions, Object, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 use entities::{job, worker, JobKind as DbJobKind, JobStatus as DbJobStatus, VideoStatus as DbVideoStatus};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
+use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
 use crate::auth::principal::{ClientInfo, Principal};
@@ -387,7 +387,7 @@ pub(crate) async fn find_visible(
     principal: &Principal,
     id: Uuid,
 ) -> Result<job::Model, AppError> {
-    match job::Entity::find_by_id(id).one(db).await.map_err(AppError::internal)? {
+    match crate::repo::jobs::find(db, id).await.map_err(AppError::internal)? {
         Some(job) if can_see(principal, &job) => Ok(job),
         _ => Err(AppError::not_found("job")),
     }
@@ -395,14 +395,7 @@ pub(crate) async fn find_visible(
 
 /// Is a TRANSCODE job of the video QUEUED or RUNNING?
 async fn transcode_in_progress<C: sea_orm::ConnectionTrait>(conn: &C, video_id: Uuid) -> Result<bool, AppError> {
-    let busy = job::Entity::find()
-        .filter(job::Column::VideoId.eq(video_id))
-        .filter(job::Column::Kind.eq(DbJobKind::Transcode))
-        .filter(job::Column::Status.is_in([DbJobStatus::Queued, DbJobStatus::Running]))
-        .count(conn)
-        .await
-        .map_err(AppError::internal)?;
-    Ok(busy > 0)
+    crate::repo::jobs::transcode_in_progress(conn, video_id).await.map_err(AppError::internal)
 }
 
 fn publisher(state: &AppState) -> Publisher {
@@ -438,13 +431,8 @@ impl JobsQuery {
     ) -> async_graphql::Result<Connection<String, Job>> {
         let state = ctx.data::<AppState>()?;
         let principal = require_principal(ctx).gql()?;
-        let mut query = job::Entity::find();
-        if !sees_all(principal) {
-            query = query.filter(job::Column::OwnerId.eq(principal.user_id));
-        }
-        if let Some(status) = status {
-            query = query.filter(job::Column::Status.eq(DbJobStatus::from(status)));
-        }
+        let owner = (!sees_all(principal)).then_some(principal.user_id);
+        let query = crate::repo::jobs::listing(owner, status.map(DbJobStatus::from));
         super::paging::by_uuid(
             &state.db,
             query,
@@ -462,7 +450,7 @@ impl JobsQuery {
     #[graphql(guard = "PermissionGuard(Permission::SeeAllJobs)")]
     async fn workers(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Worker>> {
         let state = ctx.data::<AppState>()?;
-        let rows = worker::Entity::find().order_by_asc(worker::Column::StartedAt).all(&state.db).await.gql()?;
+        let rows = crate::repo::jobs::workers(&state.db).await.gql()?;
         Ok(rows.into_iter().map(Worker::from).collect())
     }
 }
@@ -568,8 +556,7 @@ impl JobsMutation {
         if let (DbJobKind::Transcode, Some(video_id)) = (job.kind, job.video_id) {
             // The same conditions as `transcode`: a source that finished uploading, a
             // live video, nothing else running.
-            let video = entities::video::Entity::find_by_id(video_id)
-                .one(&state.db)
+            let video = crate::repo::videos::find(&state.db, video_id)
                 .await
                 .map_err(|e| AppError::internal(e).extend())?
                 .filter(|v| v.deleted_at.is_none())

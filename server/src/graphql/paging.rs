@@ -1,10 +1,11 @@
 //! Relay pages keyed by a UUID primary key (UUIDv7 ids are time-ordered and
 //! unique, so the id alone is a stable keyset): one implementation for `users`,
-//! `jobs` and `webhookDeliveries`.
+//! `jobs`, `auditLog` and `webhookDeliveries`. The query is `repo::paging::by_uuid`'s
+//! (which `batches`, whose nodes need loading, calls itself).
 
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::OutputType;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Select};
+use sea_orm::{ConnectionTrait, EntityTrait, Select};
 use uuid::Uuid;
 
 use crate::error::AppError;
@@ -18,6 +19,21 @@ pub struct Page {
 /// Default and largest page size.
 pub const DEFAULT_PAGE: usize = 20;
 pub const MAX_PAGE: usize = 100;
+
+impl Page {
+    /// Rows per page: `first`, at most [`MAX_PAGE`], [`DEFAULT_PAGE`] when not given.
+    pub fn limit(&self) -> usize {
+        self.first.map_or(DEFAULT_PAGE, |n| usize::try_from(n).unwrap_or(0)).min(MAX_PAGE)
+    }
+
+    /// The id the `after` cursor names; `BAD_USER_INPUT` for a malformed one.
+    pub fn after_id(&self) -> Result<Option<Uuid>, AppError> {
+        self.after
+            .as_deref()
+            .map(|after| Uuid::parse_str(after).map_err(|_| AppError::bad_input("invalid cursor")))
+            .transpose()
+    }
+}
 
 /// One page of `query` ordered by `id_column` (descending when `newest_first`),
 /// after the opaque cursor `after`; each row becomes a node with `node`.
@@ -35,17 +51,9 @@ where
     C: ConnectionTrait,
     N: OutputType,
 {
-    let Page { first, after } = page;
-    let limit = first.map_or(DEFAULT_PAGE, |n| usize::try_from(n).unwrap_or(0)).min(MAX_PAGE);
-    let mut query = if newest_first { query.order_by_desc(id_column) } else { query.order_by_asc(id_column) };
-    if let Some(after) = &after {
-        let after = Uuid::parse_str(after).map_err(|_| AppError::bad_input("invalid cursor"))?;
-        query = query.filter(if newest_first { id_column.lt(after) } else { id_column.gt(after) });
-    }
-    let mut rows = query.limit(u64::try_from(limit + 1).unwrap_or(u64::MAX)).all(db).await?;
-    let has_next = rows.len() > limit;
-    rows.truncate(limit);
-    let mut connection = Connection::new(after.is_some(), has_next);
+    let (limit, after_id) = (page.limit(), page.after_id()?);
+    let (rows, has_next) = crate::repo::paging::by_uuid(db, query, id_column, after_id, limit, newest_first).await?;
+    let mut connection = Connection::new(page.after.is_some(), has_next);
     connection.edges.extend(rows.into_iter().map(|row| Edge::new(id_of(&row).to_string(), node(row))));
     Ok(connection)
 }

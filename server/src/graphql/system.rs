@@ -4,7 +4,6 @@
 use async_graphql::{Context, Enum, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 use entities::{worker, JobStatus};
-use sea_orm::{EntityTrait, QueryOrder};
 
 use super::jobs::Worker;
 use crate::auth::roles::{Permission, PermissionGuard};
@@ -155,7 +154,7 @@ impl SystemQuery {
             }
             None => last.lock().queue.clone().unwrap_or_default(),
         };
-        let read_workers = worker::Entity::find().order_by_asc(worker::Column::StartedAt).all(&state.db);
+        let read_workers = crate::repo::jobs::workers(&state.db);
         let (workers, workers_as_of) = match read_or_outage(open, read_workers).await? {
             Some(rows) => {
                 let now = Utc::now();

@@ -9,7 +9,6 @@
 
 use async_graphql::{Context, ErrorExtensions, Object, SimpleObject};
 use entities::user;
-use sea_orm::EntityTrait;
 use uuid::Uuid;
 
 use crate::auth::principal::{AuthMethod, ClientInfo, Principal};
@@ -44,8 +43,7 @@ fn require_session<'a>(ctx: &'a Context<'_>) -> Result<&'a Principal, AppError> 
 }
 
 async fn load_user(state: &AppState, id: Uuid) -> Result<user::Model, AppError> {
-    user::Entity::find_by_id(id)
-        .one(&state.db)
+    crate::repo::users::find_any(&state.db, id)
         .await?
         .ok_or_else(|| AppError::unauthenticated("account no longer exists"))
 }
@@ -135,8 +133,7 @@ impl TotpMutation {
         let client = client_info(ctx);
         charge_code(state, principal.user_id).await.gql()?;
         let txn = crate::db::begin_write(&state.db).await.gql()?;
-        let user = user::Entity::find_by_id(principal.user_id)
-            .one(&txn)
+        let user = crate::repo::users::find_any(&txn, principal.user_id)
             .await
             .gql()?
             .ok_or_else(|| AppError::unauthenticated("account no longer exists").extend())?;

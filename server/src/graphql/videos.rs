@@ -5,7 +5,6 @@ use async_graphql::{ComplexObject, Context, Enum, ErrorExtensions, InputObject, 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use entities::video;
-use sea_orm::EntityTrait;
 use uuid::Uuid;
 
 use crate::auth::principal::{Principal, RequestAuth};
@@ -482,10 +481,8 @@ impl User {
     async fn storage_quota_bytes(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<i64>> {
         let state = ctx.data::<AppState>()?;
         let user_id = Uuid::parse_str(self.id.as_str()).map_err(|e| AppError::internal(e).extend())?;
-        let user = entities::user::Entity::find_by_id(user_id)
-            .one(&state.db)
-            .await
-            .map_err(|e| AppError::internal(e).extend())?;
+        let user =
+            crate::repo::users::find_any(&state.db, user_id).await.map_err(|e| AppError::internal(e).extend())?;
         Ok(crate::repo::usage::storage_quota(user.as_ref(), &state.settings))
     }
 

@@ -8,10 +8,7 @@ use async_graphql::connection::Connection;
 use async_graphql::{Context, Enum, ErrorExtensions, InputObject, Object, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 use entities::{webhook_attempt, webhook_delivery, webhook_endpoint, WebhookDeliveryStatus as DbStatus};
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set,
-};
+use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
 use crate::auth::principal::{ClientInfo, Principal};
@@ -21,10 +18,14 @@ use crate::error::{AppError, ErrorCode};
 use crate::events::EventKind;
 use crate::repo::audit::{self, AuditAction, AuditEntry, AuditOutcome};
 use crate::state::AppState;
+use crate::webhooks::endpoints;
 use crate::webhooks::target::{self, TargetError};
 
 /// Attempts listed per delivery (newest).
 const MAX_ATTEMPTS_LISTED: u64 = 50;
+
+/// Endpoints listed by `webhooks`.
+const MAX_WEBHOOKS_LISTED: u64 = 1000;
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
 #[graphql(remote = "entities::WebhookDeliveryStatus")]
@@ -167,14 +168,7 @@ impl WebhookDelivery {
     /// The attempts, oldest first (the latest 50).
     async fn attempts(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<WebhookAttempt>> {
         let state = ctx.data::<AppState>()?;
-        let mut rows = webhook_attempt::Entity::find()
-            .filter(webhook_attempt::Column::DeliveryId.eq(self.0.id))
-            .order_by_desc(webhook_attempt::Column::Id)
-            .limit(MAX_ATTEMPTS_LISTED)
-            .all(&state.db)
-            .await
-            .gql()?;
-        rows.reverse();
+        let rows = endpoints::latest_attempts(&state.db, self.0.id, MAX_ATTEMPTS_LISTED).await.gql()?;
         Ok(rows.into_iter().map(WebhookAttempt::from).collect())
     }
 }
@@ -252,7 +246,7 @@ async fn find_visible(
     principal: &Principal,
     id: Uuid,
 ) -> Result<webhook_endpoint::Model, AppError> {
-    match webhook_endpoint::Entity::find_by_id(id).one(db).await? {
+    match endpoints::find(db, id).await? {
         Some(endpoint) if can_see(principal, &endpoint) => Ok(endpoint),
         _ => Err(AppError::not_found("webhook")),
     }
@@ -302,10 +296,7 @@ async fn check_endpoint_cap(state: &AppState, owner_id: Uuid) -> Result<(), AppE
     if cap == 0 {
         return Ok(());
     }
-    let owned = webhook_endpoint::Entity::find()
-        .filter(webhook_endpoint::Column::OwnerId.eq(owner_id))
-        .count(&state.db)
-        .await?;
+    let owned = endpoints::count_owned(&state.db, owner_id).await?;
     if owned >= cap {
         return Err(AppError::new(
             ErrorCode::Conflict,
@@ -346,11 +337,8 @@ impl WebhooksQuery {
     async fn webhooks(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Webhook>> {
         let state = ctx.data::<AppState>()?;
         let principal = require_principal(ctx).gql()?;
-        let mut query = webhook_endpoint::Entity::find().order_by_desc(webhook_endpoint::Column::Id);
-        if !is_admin(principal) {
-            query = query.filter(webhook_endpoint::Column::OwnerId.eq(principal.user_id));
-        }
-        let rows = query.limit(1000).all(&state.db).await.gql()?;
+        let owner = (!is_admin(principal)).then_some(principal.user_id);
+        let rows = endpoints::list(&state.db, owner, MAX_WEBHOOKS_LISTED).await.gql()?;
         Ok(rows.into_iter().map(Webhook).collect())
     }
 
@@ -367,12 +355,10 @@ impl WebhooksQuery {
         let principal = require_principal(ctx).gql()?;
         let id = parse_uuid(webhook_id.as_str(), "webhook").gql()?;
         let endpoint = find_visible(&state.db, principal, id).await.gql()?;
-        let query = webhook_delivery::Entity::find().filter(webhook_delivery::Column::EndpointId.eq(endpoint.id));
-        let id = webhook_delivery::Column::Id;
         super::paging::by_uuid(
             &state.db,
-            query,
-            id,
+            endpoints::deliveries_of(endpoint.id),
+            webhook_delivery::Column::Id,
             |d| d.id,
             WebhookDelivery,
             super::paging::Page { first, after },
@@ -412,23 +398,15 @@ impl WebhooksMutation {
         let sealed = crate::webhooks::secrets::SecretBox::from_keys(&state.keys)
             .and_then(|secrets| secrets.seal(id, &secret))
             .map_err(|e| AppError::internal(e).extend())?;
-        let now = Utc::now();
+        let new = endpoints::NewEndpoint {
+            id,
+            owner_id: (!global).then_some(principal.user_id),
+            url,
+            sealed_secret: sealed,
+            event_kinds: kinds,
+        };
         let txn = crate::db::begin_write(&state.db).await.gql()?;
-        let endpoint = webhook_endpoint::ActiveModel {
-            id: Set(id),
-            owner_id: Set((!global).then_some(principal.user_id)),
-            url: Set(url),
-            secret: Set(sealed),
-            event_kinds: Set(kinds),
-            enabled: Set(true),
-            disabled_reason: Set(None),
-            consecutive_failures: Set(0),
-            created_at: Set(now),
-            updated_at: Set(now),
-        }
-        .insert(&txn)
-        .await
-        .gql()?;
+        let endpoint = endpoints::create(&txn, new).await.gql()?;
         audit_endpoint_change(ctx, &txn, principal, AuditAction::WebhookCreated, &endpoint, None).await.gql()?;
         txn.commit().await.gql()?;
         Ok(CreateWebhookPayload { webhook: Webhook(endpoint), secret })
@@ -447,21 +425,13 @@ impl WebhooksMutation {
         require_charged_writer(state, principal).await.gql()?;
         let id = parse_uuid(id.as_str(), "webhook").gql()?;
         let endpoint = find_visible(&state.db, principal, id).await.gql()?;
-        let mut row = endpoint.into_active_model();
+        let mut changes = endpoints::EndpointChanges { enabled: input.enabled, ..Default::default() };
         if let Some(url) = &input.url {
-            row.url = Set(validate_url(state, url).await.gql()?);
+            changes.url = Some(validate_url(state, url).await.gql()?);
         }
         if let Some(events) = &input.events {
-            row.event_kinds = Set(validate_events(events).gql()?);
+            changes.event_kinds = Some(validate_events(events).gql()?);
         }
-        if let Some(enabled) = input.enabled {
-            row.enabled = Set(enabled);
-            if enabled {
-                row.disabled_reason = Set(None);
-                row.consecutive_failures = Set(0);
-            }
-        }
-        row.updated_at = Set(Utc::now());
         let changed: Vec<&str> = [
             input.url.as_ref().map(|_| "url"),
             input.events.as_ref().map(|_| "events"),
@@ -471,7 +441,7 @@ impl WebhooksMutation {
         .flatten()
         .collect();
         let txn = crate::db::begin_write(&state.db).await.gql()?;
-        let endpoint = row.update(&txn).await.gql()?;
+        let endpoint = endpoints::update(&txn, endpoint, changes).await.gql()?;
         audit_endpoint_change(ctx, &txn, principal, AuditAction::WebhookUpdated, &endpoint, Some(changed))
             .await
             .gql()?;
@@ -488,7 +458,7 @@ impl WebhooksMutation {
         let id = parse_uuid(id.as_str(), "webhook").gql()?;
         let endpoint = find_visible(&state.db, principal, id).await.gql()?;
         let txn = crate::db::begin_write(&state.db).await.gql()?;
-        webhook_endpoint::Entity::delete_by_id(endpoint.id).exec(&txn).await.gql()?;
+        endpoints::delete(&txn, endpoint.id).await.gql()?;
         audit_endpoint_change(ctx, &txn, principal, AuditAction::WebhookDeleted, &endpoint, None).await.gql()?;
         txn.commit().await.gql()?;
         Ok(true)
@@ -502,8 +472,7 @@ impl WebhooksMutation {
         let principal = require_principal(ctx).gql()?;
         require_charged_writer(state, principal).await.gql()?;
         let id = parse_uuid(delivery_id.as_str(), "delivery").gql()?;
-        let delivery = webhook_delivery::Entity::find_by_id(id)
-            .one(&state.db)
+        let delivery = endpoints::find_delivery(&state.db, id)
             .await
             .gql()?
             .ok_or_else(|| AppError::not_found("delivery").extend())?;
@@ -513,12 +482,7 @@ impl WebhooksMutation {
         if !endpoint.enabled {
             return Err(AppError::new(ErrorCode::Conflict, "the webhook is disabled; enable it first").extend());
         }
-        let now = Utc::now();
-        let mut row = delivery.into_active_model();
-        row.status = Set(DbStatus::Pending);
-        row.next_attempt_at = Set(now);
-        row.window_started_at = Set(now);
-        let delivery = row.update(&state.db).await.gql()?;
+        let delivery = endpoints::redeliver(&state.db, delivery).await.gql()?;
         Ok(WebhookDelivery(delivery))
     }
 

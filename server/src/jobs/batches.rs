@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use entities::{batch, batch_job, job, video, JobKind, JobStatus, VideoStatus};
 use sea_orm::sea_query::Query;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Set};
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Select, Set};
 use uuid::Uuid;
 
 use super::{enqueue, NewJob};
@@ -56,13 +56,7 @@ pub async fn transcodable<C: ConnectionTrait>(conn: &C, video: &video::Model) ->
     {
         return Ok(false);
     }
-    let busy = job::Entity::find()
-        .filter(job::Column::VideoId.eq(video.id))
-        .filter(job::Column::Kind.eq(JobKind::Transcode))
-        .filter(job::Column::Status.is_in([JobStatus::Queued, JobStatus::Running]))
-        .one(conn)
-        .await?;
-    Ok(busy.is_none())
+    Ok(!crate::repo::jobs::transcode_in_progress(conn, video.id).await?)
 }
 
 /// What a new batch asks for.
@@ -100,6 +94,21 @@ pub async fn create<C: ConnectionTrait>(
         published.push(event);
     }
     Ok((batch, published))
+}
+
+/// The batch by id, whoever may see it (the caller checks).
+pub async fn find<C: ConnectionTrait>(conn: &C, id: Uuid) -> Result<Option<batch::Model>, DbErr> {
+    batch::Entity::find_by_id(id).one(conn).await
+}
+
+/// The batches listing: those `created_by` made (`None`: everyone's); unordered,
+/// for paging by id.
+pub fn listing(created_by: Option<Uuid>) -> Select<batch::Entity> {
+    let query = batch::Entity::find();
+    match created_by {
+        Some(user_id) => query.filter(batch::Column::CreatedBy.eq(user_id)),
+        None => query,
+    }
 }
 
 /// The jobs of batch `id`.

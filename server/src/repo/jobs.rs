@@ -1,9 +1,13 @@
-//! Putting jobs on the durable queue (the `jobs` table). Leasing, heartbeats and
-//! outcomes are the queue's (`jobs::queue`).
+//! Putting jobs on the durable queue (the `jobs` table), reading them back as the
+//! API shows them, and the registered workers. Leasing, heartbeats and outcomes are
+//! the queue's (`jobs::queue`).
 
 use chrono::Utc;
-use entities::{job, JobKind, JobStatus};
-use sea_orm::{ActiveModelTrait, ConnectionTrait, DbErr, Set};
+use entities::{job, worker, JobKind, JobStatus};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    Select, Set,
+};
 use uuid::Uuid;
 
 /// Default priority; higher runs first.
@@ -58,4 +62,48 @@ pub async fn enqueue_at<C: ConnectionTrait>(
     }
     .insert(conn)
     .await
+}
+
+/// The job by id, whoever may see it (the caller checks).
+pub async fn find<C: ConnectionTrait>(conn: &C, id: Uuid) -> Result<Option<job::Model>, DbErr> {
+    job::Entity::find_by_id(id).one(conn).await
+}
+
+/// Is a TRANSCODE job of the video QUEUED or RUNNING?
+pub async fn transcode_in_progress<C: ConnectionTrait>(conn: &C, video_id: Uuid) -> Result<bool, DbErr> {
+    let busy = job::Entity::find()
+        .filter(job::Column::VideoId.eq(video_id))
+        .filter(job::Column::Kind.eq(JobKind::Transcode))
+        .filter(job::Column::Status.is_in([JobStatus::Queued, JobStatus::Running]))
+        .count(conn)
+        .await?;
+    Ok(busy > 0)
+}
+
+/// The newest QUEUED or RUNNING job (of any kind) of the video, if any.
+pub async fn active_of_video<C: ConnectionTrait>(conn: &C, video_id: Uuid) -> Result<Option<job::Model>, DbErr> {
+    job::Entity::find()
+        .filter(job::Column::VideoId.eq(video_id))
+        .filter(job::Column::Status.is_in([JobStatus::Queued, JobStatus::Running]))
+        .order_by_desc(job::Column::CreatedAt)
+        .one(conn)
+        .await
+}
+
+/// The jobs listing: `owner`'s jobs (`None`: everyone's), optionally of one
+/// status; unordered, for paging by id.
+pub fn listing(owner: Option<Uuid>, status: Option<JobStatus>) -> Select<job::Entity> {
+    let mut query = job::Entity::find();
+    if let Some(owner) = owner {
+        query = query.filter(job::Column::OwnerId.eq(owner));
+    }
+    if let Some(status) = status {
+        query = query.filter(job::Column::Status.eq(status));
+    }
+    query
+}
+
+/// The worker processes that announced themselves, oldest first.
+pub async fn workers<C: ConnectionTrait>(conn: &C) -> Result<Vec<worker::Model>, DbErr> {
+    worker::Entity::find().order_by_asc(worker::Column::StartedAt).all(conn).await
 }

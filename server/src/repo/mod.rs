@@ -4,6 +4,7 @@ pub mod audit;
 pub mod jobs;
 pub mod moderation;
 pub mod outbox;
+pub mod paging;
 pub mod uploads;
 pub mod usage;
 pub mod users;

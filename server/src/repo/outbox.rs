@@ -1,10 +1,16 @@
 //! Writing domain events into the outbox, in the transaction of the change they
-//! describe, together with the webhook deliveries they cause. Reading, relaying and
+//! describe, together with the webhook deliveries they cause; and reading them
+//! back for the event subscriptions (snapshots, replays, gaps). Relaying and
 //! pruning the outbox is `events`'.
 
-use entities::{event_outbox, video};
-use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Set};
+use entities::{event_outbox, video, Visibility};
+use sea_orm::sea_query::{Expr, Query};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
+};
+
+use uuid::Uuid;
 
 use crate::events::{DomainEvent, EventDetail, EventKind};
 
@@ -46,4 +52,80 @@ pub async fn record<C: ConnectionTrait>(
     // Webhook deliveries exist exactly when the event does.
     crate::webhooks::fan_in(conn, &event).await?;
     Ok(event)
+}
+
+/// The newest stored event of `video_id` (by `seq`), optionally only among those
+/// at or before the global cursor `at_or_before`.
+pub async fn newest_of_video<C: ConnectionTrait>(
+    conn: &C,
+    video_id: Uuid,
+    at_or_before: Option<i64>,
+) -> Result<Option<event_outbox::Model>, DbErr> {
+    let mut query = event_outbox::Entity::find().filter(event_outbox::Column::VideoId.eq(video_id));
+    if let Some(cursor) = at_or_before {
+        query = query.filter(event_outbox::Column::Id.lte(cursor));
+    }
+    query.order_by_desc(event_outbox::Column::Seq).one(conn).await
+}
+
+/// Whose stored events a replay after a global cursor returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayScope {
+    /// One video's (the caller checked that it may read the video).
+    Video(Uuid),
+    /// Every video's (a moderator).
+    Everything,
+    /// Those of `owner`'s videos (`None`: nobody's, an anonymous viewer), and other
+    /// people's of videos that were public then and are still listed now (public,
+    /// not hidden, not deleted).
+    Listed { owner: Option<Uuid> },
+}
+
+/// Up to `limit` stored events after the global cursor `after` within `scope`,
+/// oldest first.
+pub async fn after_cursor<C: ConnectionTrait>(
+    conn: &C,
+    after: i64,
+    scope: ReplayScope,
+    limit: u64,
+) -> Result<Vec<event_outbox::Model>, DbErr> {
+    let mut query = event_outbox::Entity::find().filter(event_outbox::Column::Id.gt(after));
+    match scope {
+        ReplayScope::Video(id) => query = query.filter(event_outbox::Column::VideoId.eq(id)),
+        ReplayScope::Everything => {}
+        ReplayScope::Listed { owner } => {
+            let listed_now = event_outbox::Column::VideoId.in_subquery(
+                Query::select()
+                    .column(video::Column::Id)
+                    .from(video::Entity)
+                    .and_where(video::Column::Visibility.eq(Visibility::Public))
+                    .and_where(video::Column::HiddenAt.is_null())
+                    .and_where(video::Column::DeletedAt.is_null())
+                    .to_owned(),
+            );
+            let public = Condition::all().add(event_outbox::Column::Visibility.eq(Visibility::Public)).add(listed_now);
+            query = match owner {
+                Some(owner) => query.filter(Condition::any().add(event_outbox::Column::OwnerId.eq(owner)).add(public)),
+                None => query.filter(public),
+            };
+        }
+    }
+    query.order_by_asc(event_outbox::Column::Id).limit(limit).all(conn).await
+}
+
+/// Stored events of one video with `seq` after `after_seq` (and before
+/// `before_seq`, when given), oldest first.
+pub async fn of_video_between<C: ConnectionTrait>(
+    conn: &C,
+    video_id: Uuid,
+    after_seq: i64,
+    before_seq: Option<i64>,
+) -> Result<Vec<event_outbox::Model>, DbErr> {
+    let mut query = event_outbox::Entity::find()
+        .filter(event_outbox::Column::VideoId.eq(video_id))
+        .filter(event_outbox::Column::Seq.gt(after_seq));
+    if let Some(before) = before_seq {
+        query = query.filter(event_outbox::Column::Seq.lt(before));
+    }
+    query.order_by_asc(event_outbox::Column::Seq).all(conn).await
 }

@@ -58,17 +58,35 @@ pub async fn find_live<C: ConnectionTrait>(conn: &C, id: Uuid) -> AppResult<user
         .ok_or_else(|| AppError::not_found("user"))
 }
 
-/// Disable or enable an account. Disabling also revokes every session (API keys
-/// stop working while the account is disabled: authentication checks the owner).
+/// Disable or enable an account. Disabling is refused (`CONFLICT`) for the last
+/// enabled admin, and revokes every session (API keys stop working while the
+/// account is disabled: authentication checks the owner).
 /// Returns the account and how many sessions were revoked.
 pub async fn set_disabled(txn: &DatabaseTransaction, id: Uuid, disabled: bool) -> AppResult<(user::Model, u64)> {
     let found = find_live(txn, id).await?;
+    if disabled {
+        keep_an_admin(txn, &found, "disabled").await?;
+    }
     let mut active: user::ActiveModel = found.into();
     active.disabled = Set(disabled);
     active.updated_at = Set(Utc::now());
     let updated = active.update(txn).await?;
     let revoked = if disabled { revoke_all_sessions(txn, id, "account disabled").await? } else { 0 };
     Ok((updated, revoked))
+}
+
+/// Give account `id` another role; demoting the last enabled admin is refused
+/// (`CONFLICT`). Returns the role it had and the account after.
+pub async fn set_role(txn: &DatabaseTransaction, id: Uuid, role: Role) -> AppResult<(Role, user::Model)> {
+    let found = find_live(txn, id).await?;
+    if role != Role::Admin {
+        keep_an_admin(txn, &found, "demoted").await?;
+    }
+    let from = found.role;
+    let mut active: user::ActiveModel = found.into();
+    active.role = Set(role);
+    active.updated_at = Set(Utc::now());
+    Ok((from, active.update(txn).await?))
 }
 
 /// A per-user override: leave it, or set it (`None`: back to the server default).
@@ -196,9 +214,15 @@ async fn other_enabled_admins(txn: &DatabaseTransaction, except: Uuid) -> Result
     Ok(query.into_tuple::<Uuid>().all(txn).await?.len() as u64)
 }
 
-/// The account as the DELETE_USER job sees it: `None` once it is gone entirely.
+/// The account row by id, a deleted account's tombstone included (as the
+/// DELETE_USER job and a signed-in caller see it): `None` once it is gone entirely.
 pub async fn find_any<C: ConnectionTrait>(conn: &C, id: Uuid) -> Result<Option<user::Model>, DbErr> {
     user::Entity::find_by_id(id).one(conn).await
+}
+
+/// The account with this email address, if any.
+pub async fn find_by_email<C: ConnectionTrait>(conn: &C, email: &str) -> Result<Option<user::Model>, DbErr> {
+    user::Entity::find().filter(user::Column::Email.eq(email)).one(conn).await
 }
 
 /// Up to `limit` of the account's videos not yet marked deleted.

@@ -112,7 +112,7 @@ pub async fn find_readable<C: ConnectionTrait>(
     viewer: Option<&Principal>,
     id: Uuid,
 ) -> Result<video::Model, AppError> {
-    let video = video::Entity::find_by_id(id).one(conn).await.map_err(AppError::internal)?;
+    let video = find(conn, id).await.map_err(AppError::internal)?;
     match video {
         Some(video) if can_read_by_id(viewer, &video) => Ok(video),
         _ => Err(AppError::not_found("video")),
@@ -599,7 +599,7 @@ pub async fn load_cached<C: ConnectionTrait>(
         Lookup::Miss => cache.ticket(),
         Lookup::Bypass => None,
     };
-    let Some(row) = video::Entity::find_by_id(id).one(conn).await.map_err(AppError::internal)? else {
+    let Some(row) = find(conn, id).await.map_err(AppError::internal)? else {
         return Ok(None);
     };
     // A row nobody may read any more (deleted) is kept without its details.

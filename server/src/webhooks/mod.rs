@@ -45,6 +45,7 @@
 //! followed.
 
 pub mod delivery;
+pub mod endpoints;
 pub mod replay;
 pub mod secrets;
 pub mod signing;
