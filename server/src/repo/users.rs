@@ -214,6 +214,18 @@ async fn other_enabled_admins(txn: &DatabaseTransaction, except: Uuid) -> Result
     Ok(query.into_tuple::<Uuid>().all(txn).await?.len() as u64)
 }
 
+/// The account row, locked until the transaction ends (PostgreSQL; SQLite has one
+/// writer already): serialises what must not interleave for one owner, such as two
+/// uploads fitting into the same remaining quota.
+pub async fn lock<C: ConnectionTrait>(conn: &C, id: Uuid) -> Result<Option<user::Model>, DbErr> {
+    let query = user::Entity::find_by_id(id);
+    if conn.get_database_backend() == DbBackend::Postgres {
+        query.lock_exclusive().one(conn).await
+    } else {
+        query.one(conn).await
+    }
+}
+
 /// The account row by id, a deleted account's tombstone included (as the
 /// DELETE_USER job and a signed-in caller see it): `None` once it is gone entirely.
 pub async fn find_any<C: ConnectionTrait>(conn: &C, id: Uuid) -> Result<Option<user::Model>, DbErr> {

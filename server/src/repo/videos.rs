@@ -93,6 +93,72 @@ pub async fn back_to_draft<C: ConnectionTrait>(conn: &C, id: Uuid, now: DateTime
     Ok(())
 }
 
+/// Claim the video for an upload: UPLOADING, if it is in one of `claimable` and not
+/// deleted. `false` when it is not (another upload holds it).
+pub async fn claim_for_upload<C: ConnectionTrait>(
+    conn: &C,
+    id: Uuid,
+    claimable: Vec<VideoStatus>,
+    now: DateTime<Utc>,
+) -> Result<bool, DbErr> {
+    let claimed = video::Entity::update_many()
+        .col_expr(video::Column::Status, Expr::value(VideoStatus::Uploading))
+        .col_expr(video::Column::UpdatedAt, Expr::value(now))
+        .filter(video::Column::Id.eq(id))
+        .filter(video::Column::Status.is_in(claimable))
+        .filter(video::Column::DeletedAt.is_null())
+        .exec(conn)
+        .await?;
+    Ok(claimed.rows_affected == 1)
+}
+
+/// What an accepted upload tells about its video: the probe's facts and the source.
+pub struct AcceptedSource<'a> {
+    pub info: &'a crate::media::MediaInfo,
+    pub source_key: &'a str,
+    pub source_size: i64,
+}
+
+/// The video is PROCESSING with its source and the probe's facts (its error cleared).
+pub async fn accept_source<C: ConnectionTrait>(
+    conn: &C,
+    current: video::Model,
+    source: AcceptedSource<'_>,
+    now: DateTime<Utc>,
+) -> Result<video::Model, DbErr> {
+    let info = source.info;
+    let mut video = sea_orm::IntoActiveModel::into_active_model(current);
+    video.status = Set(VideoStatus::Processing);
+    video.error = Set(None);
+    video.duration_ms = Set(info.duration.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
+    video.width = Set(i32::try_from(info.width).ok());
+    video.height = Set(i32::try_from(info.height).ok());
+    video.frame_rate = Set((info.frame_rate > 0.0).then_some(info.frame_rate));
+    video.rotation = Set(i32::try_from(info.rotation).ok());
+    video.has_audio = Set(Some(info.has_audio));
+    video.container = Set(info.container.clone().or_else(|| info.container_caps.clone()));
+    video.video_codec = Set(info.video_codec.clone().or_else(|| info.video_caps.clone()));
+    video.audio_codec = Set(info.audio_codec.clone());
+    video.source_key = Set(Some(source.source_key.to_string()));
+    video.source_size_bytes = Set(Some(source.source_size));
+    video.updated_at = Set(now);
+    video.update(conn).await
+}
+
+/// The video is FAILED with `reason`.
+pub async fn mark_failed<C: ConnectionTrait>(
+    conn: &C,
+    current: video::Model,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<video::Model, DbErr> {
+    let mut video = sea_orm::IntoActiveModel::into_active_model(current);
+    video.status = Set(VideoStatus::Failed);
+    video.error = Set(Some(reason.to_string()));
+    video.updated_at = Set(now);
+    video.update(conn).await
+}
+
 /// The video row, locked for update until the transaction ends: the one way a
 /// video row is locked (a PostgreSQL row lock; SQLite has one writer already).
 /// Writers that must not interleave on one video (its event sequence, the outcome

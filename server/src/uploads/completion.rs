@@ -9,10 +9,8 @@
 use std::io::{Read as _, Write as _};
 
 use chrono::Utc;
-use entities::{upload, video, JobKind, UploadMethod, UploadStatus, VideoStatus};
+use entities::{upload, video, JobKind, UploadMethod, UploadStatus};
 use futures::StreamExt;
-use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, Set};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -23,6 +21,7 @@ use crate::events::{EventDetail, EventKind};
 use crate::jail::MediaJail;
 use crate::jobs::{self, NewJob};
 use crate::media::{MediaError, MediaInfo};
+use crate::repo;
 use crate::storage::{CompletedPart, StoreError};
 use crate::uploads::UploadDeps;
 
@@ -54,7 +53,7 @@ impl From<StoreError> for Failure {
 pub async fn complete(state: &dyn UploadDeps, id: Uuid) -> AppResult<video::Model> {
     // A partial tus upload waits for its final upload; one with a deferred length
     // waits for the length. Neither is a video's source by itself.
-    if let Some(row) = upload::Entity::find_by_id(id).one(state.db()).await? {
+    if let Some(row) = repo::uploads::find(state.db(), id).await? {
         if row.status == UploadStatus::Open {
             if let Some(tus) = TusState::from_row(&row) {
                 if tus.is_partial() {
@@ -72,15 +71,10 @@ pub async fn complete(state: &dyn UploadDeps, id: Uuid) -> AppResult<video::Mode
             }
         }
     }
-    let claimed = upload::Entity::update_many()
-        .col_expr(upload::Column::Status, Expr::value(UploadStatus::Completing))
-        .col_expr(upload::Column::UpdatedAt, Expr::value(Utc::now()))
-        .filter(upload::Column::Id.eq(id))
-        .filter(upload::Column::Status.eq(UploadStatus::Open))
-        .exec(state.db())
-        .await?;
-    let row = upload::Entity::find_by_id(id).one(state.db()).await?.ok_or_else(|| AppError::not_found("upload"))?;
-    if claimed.rows_affected == 0 {
+    let claimed =
+        repo::uploads::set_status(state.db(), &[id], UploadStatus::Open, UploadStatus::Completing, Utc::now()).await?;
+    let row = repo::uploads::find(state.db(), id).await?.ok_or_else(|| AppError::not_found("upload"))?;
+    if claimed == 0 {
         return match row.status {
             UploadStatus::Completed => load_video(state, row.video_id).await,
             UploadStatus::Completing => {
@@ -151,14 +145,7 @@ async fn move_staging(
         Err(StoreError::NotFound { .. }) => return Err(AppError::bad_input("nothing has been uploaded yet")),
         Err(err) => return Err(err.into()),
     }
-    let moved = upload::Entity::update_many()
-        .col_expr(upload::Column::ObjectKey, Expr::value(source.clone()))
-        .col_expr(upload::Column::UpdatedAt, Expr::value(Utc::now()))
-        .filter(upload::Column::Id.eq(row.id))
-        .filter(upload::Column::Status.eq(UploadStatus::Completing))
-        .exec(state.db())
-        .await?;
-    if moved.rows_affected != 1 {
+    if !repo::uploads::set_object_key(state.db(), row.id, &source, Utc::now()).await? {
         return Err(AppError::new(ErrorCode::Conflict, "the upload changed while it was being completed"));
     }
     row.object_key = source;
@@ -166,17 +153,12 @@ async fn move_staging(
 }
 
 async fn load_video(state: &dyn UploadDeps, id: Uuid) -> AppResult<video::Model> {
-    video::Entity::find_by_id(id).one(state.db()).await?.ok_or_else(|| AppError::not_found("video"))
+    repo::videos::find(state.db(), id).await?.ok_or_else(|| AppError::not_found("video"))
 }
 
 async fn reopen(state: &dyn UploadDeps, id: Uuid) {
-    let result = upload::Entity::update_many()
-        .col_expr(upload::Column::Status, Expr::value(UploadStatus::Open))
-        .col_expr(upload::Column::UpdatedAt, Expr::value(Utc::now()))
-        .filter(upload::Column::Id.eq(id))
-        .filter(upload::Column::Status.eq(UploadStatus::Completing))
-        .exec(state.db())
-        .await;
+    let result =
+        repo::uploads::set_status(state.db(), &[id], UploadStatus::Completing, UploadStatus::Open, Utc::now()).await;
     if let Err(err) = result {
         tracing::error!(upload = %id, error = ?err, "could not reopen an upload after a failed completion");
     }
@@ -438,34 +420,10 @@ pub fn sniff(head: &[u8]) -> Option<&'static str> {
 async fn accept(state: &dyn UploadDeps, row: &upload::Model, info: &MediaInfo) -> AppResult<video::Model> {
     let now = Utc::now();
     let txn = crate::db::begin_write(state.db()).await?;
-    let current =
-        video::Entity::find_by_id(row.video_id).one(&txn).await?.ok_or_else(|| AppError::not_found("video"))?;
-    let mut video = current.into_active_model();
-    video.status = Set(VideoStatus::Processing);
-    video.error = Set(None);
-    video.duration_ms = Set(info.duration.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
-    video.width = Set(i32::try_from(info.width).ok());
-    video.height = Set(i32::try_from(info.height).ok());
-    video.frame_rate = Set((info.frame_rate > 0.0).then_some(info.frame_rate));
-    video.rotation = Set(i32::try_from(info.rotation).ok());
-    video.has_audio = Set(Some(info.has_audio));
-    video.container = Set(info.container.clone().or_else(|| info.container_caps.clone()));
-    video.video_codec = Set(info.video_codec.clone().or_else(|| info.video_caps.clone()));
-    video.audio_codec = Set(info.audio_codec.clone());
-    video.source_key = Set(Some(row.object_key.clone()));
-    video.source_size_bytes = Set(Some(row.declared_size));
-    video.updated_at = Set(now);
-    let video = video.update(&txn).await?;
-    let finished = upload::Entity::update_many()
-        .col_expr(upload::Column::Status, Expr::value(UploadStatus::Completed))
-        .col_expr(upload::Column::OffsetBytes, Expr::value(row.declared_size))
-        .col_expr(upload::Column::CompletedAt, Expr::value(now))
-        .col_expr(upload::Column::UpdatedAt, Expr::value(now))
-        .filter(upload::Column::Id.eq(row.id))
-        .filter(upload::Column::Status.eq(UploadStatus::Completing))
-        .exec(&txn)
-        .await?;
-    if finished.rows_affected != 1 {
+    let current = repo::videos::find(&txn, row.video_id).await?.ok_or_else(|| AppError::not_found("video"))?;
+    let source = repo::videos::AcceptedSource { info, source_key: &row.object_key, source_size: row.declared_size };
+    let video = repo::videos::accept_source(&txn, current, source, now).await?;
+    if !repo::uploads::complete(&txn, row.id, row.declared_size, now).await? {
         return Err(AppError::new(ErrorCode::Conflict, "the upload changed while it was being completed"));
     }
     let job = jobs::enqueue(
@@ -500,22 +458,12 @@ async fn reject(state: &dyn UploadDeps, row: &upload::Model, reason: &str) -> Ap
     cleanup_storage(state.store().as_ref(), row, true).await;
     let now = Utc::now();
     let txn = crate::db::begin_write(state.db()).await?;
-    upload::Entity::update_many()
-        .col_expr(upload::Column::Status, Expr::value(UploadStatus::Failed))
-        .col_expr(upload::Column::FailureReason, Expr::value(reason.to_string()))
-        .col_expr(upload::Column::UpdatedAt, Expr::value(now))
-        .filter(upload::Column::Id.eq(row.id))
-        .exec(&txn)
-        .await?;
-    let Some(current) = video::Entity::find_by_id(row.video_id).one(&txn).await? else {
+    repo::uploads::fail(&txn, row.id, reason, now).await?;
+    let Some(current) = repo::videos::find(&txn, row.video_id).await? else {
         txn.commit().await?;
         return Ok(());
     };
-    let mut video = current.into_active_model();
-    video.status = Set(VideoStatus::Failed);
-    video.error = Set(Some(reason.to_string()));
-    video.updated_at = Set(now);
-    let video = video.update(&txn).await?;
+    let video = repo::videos::mark_failed(&txn, current, reason, now).await?;
     let failed = crate::repo::outbox::record(
         &txn,
         &video,

@@ -21,13 +21,13 @@
 use chrono::Utc;
 use entities::{upload, UploadMethod, UploadStatus, VideoStatus};
 use futures::StreamExt;
-use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
+use sea_orm::Set;
 use uuid::Uuid;
 
 use super::{part_size_for, tail_key, Concat, TusState, MAX_PARTIALS};
 use crate::auth::principal::Principal;
 use crate::error::{AppError, AppResult, ErrorCode};
+use crate::repo;
 use crate::storage::{layout, CompletedPart, StoreError};
 use crate::uploads::UploadDeps;
 
@@ -147,15 +147,8 @@ pub async fn concatenate(
     let inserted = async {
         let txn = crate::db::begin_write(state.db()).await?;
         // The claim: every partial upload OPEN → COMPLETING, or none.
-        let claimed = upload::Entity::update_many()
-            .col_expr(upload::Column::Status, Expr::value(UploadStatus::Completing))
-            .col_expr(upload::Column::UpdatedAt, Expr::value(now))
-            .filter(upload::Column::Id.is_in(request.parts.clone()))
-            .filter(upload::Column::UserId.eq(principal.user_id))
-            .filter(upload::Column::Status.eq(UploadStatus::Open))
-            .exec(&txn)
-            .await?;
-        if claimed.rows_affected != request.parts.len() as u64 {
+        let claimed = repo::uploads::claim_parts(&txn, &request.parts, principal.user_id, now).await?;
+        if claimed != request.parts.len() as u64 {
             return Err(AppError::new(ErrorCode::Conflict, "a partial upload changed meanwhile, try again"));
         }
         let row = upload::ActiveModel {
@@ -180,9 +173,8 @@ pub async fn concatenate(
             updated_at: Set(now),
             completed_at: Set(None),
             staging_swept_at: Set(None),
-        }
-        .insert(&txn)
-        .await?;
+        };
+        let row = repo::uploads::create(&txn, row).await?;
         txn.commit().await?;
         Ok::<_, AppError>(row)
     }
@@ -200,13 +192,14 @@ pub async fn concatenate(
 
     if let Err(err) = join_keeping_alive(state, &row, &request.parts, &partials).await {
         // Give the partial uploads back, end the final one: the client may retry.
-        let reopened = upload::Entity::update_many()
-            .col_expr(upload::Column::Status, Expr::value(UploadStatus::Open))
-            .col_expr(upload::Column::UpdatedAt, Expr::value(Utc::now()))
-            .filter(upload::Column::Id.is_in(request.parts.clone()))
-            .filter(upload::Column::Status.eq(UploadStatus::Completing))
-            .exec(state.db())
-            .await;
+        let reopened = repo::uploads::set_status(
+            state.db(),
+            &request.parts,
+            UploadStatus::Completing,
+            UploadStatus::Open,
+            Utc::now(),
+        )
+        .await;
         if let Err(db) = reopened {
             tracing::error!(upload = %row.id, error = ?db, "could not reopen partial uploads after a failed concatenation");
         }
@@ -215,14 +208,14 @@ pub async fn concatenate(
         }
         return Err(err);
     }
-    let done = upload::Entity::update_many()
-        .col_expr(upload::Column::Status, Expr::value(UploadStatus::Completed))
-        .col_expr(upload::Column::CompletedAt, Expr::value(Utc::now()))
-        .col_expr(upload::Column::UpdatedAt, Expr::value(Utc::now()))
-        .filter(upload::Column::Id.is_in(request.parts.clone()))
-        .filter(upload::Column::Status.eq(UploadStatus::Completing))
-        .exec(state.db())
-        .await;
+    let done = repo::uploads::set_status(
+        state.db(),
+        &request.parts,
+        UploadStatus::Completing,
+        UploadStatus::Completed,
+        Utc::now(),
+    )
+    .await;
     if let Err(err) = done {
         tracing::error!(upload = %row.id, error = ?err, "could not mark concatenated partial uploads completed");
     }
@@ -233,7 +226,7 @@ pub async fn concatenate(
             tracing::warn!(upload = %partial.id, error = %err, "could not delete a concatenated partial upload");
         }
     }
-    let row = upload::Entity::find_by_id(row.id).one(state.db()).await?.ok_or_else(|| AppError::not_found("upload"))?;
+    let row = repo::uploads::find(state.db(), row.id).await?.ok_or_else(|| AppError::not_found("upload"))?;
     let completed = super::completion::complete(state, row.id).await;
     Ok((row, completed))
 }
@@ -245,13 +238,7 @@ async fn earlier_final(
     partial: &upload::Model,
     parts: &[Uuid],
 ) -> AppResult<Option<(upload::Model, AppResult<entities::video::Model>)>> {
-    let candidates = upload::Entity::find()
-        .filter(upload::Column::VideoId.eq(partial.video_id))
-        .filter(upload::Column::UserId.eq(partial.user_id))
-        .filter(upload::Column::Method.eq(UploadMethod::Tus))
-        .filter(upload::Column::Status.is_in([UploadStatus::Open, UploadStatus::Completed]))
-        .all(state.db())
-        .await?;
+    let candidates = repo::uploads::tus_of_video_by(state.db(), partial.video_id, partial.user_id).await?;
     let Some(row) = candidates
         .into_iter()
         .find(|row| TusState::from_row(row).and_then(|t| t.concat) == Some(Concat::Final { parts: parts.to_vec() }))
@@ -306,18 +293,8 @@ async fn join_keeping_alive(
 /// its final session (only while they are in the states the join put them in).
 pub async fn mark_alive(state: &dyn UploadDeps, final_id: Uuid, parts: &[Uuid]) -> AppResult<()> {
     let now = Utc::now();
-    upload::Entity::update_many()
-        .col_expr(upload::Column::UpdatedAt, Expr::value(now))
-        .filter(upload::Column::Id.is_in(parts.to_vec()))
-        .filter(upload::Column::Status.eq(UploadStatus::Completing))
-        .exec(state.db())
-        .await?;
-    upload::Entity::update_many()
-        .col_expr(upload::Column::UpdatedAt, Expr::value(now))
-        .filter(upload::Column::Id.eq(final_id))
-        .filter(upload::Column::Status.eq(UploadStatus::Open))
-        .exec(state.db())
-        .await?;
+    repo::uploads::touch(state.db(), parts, UploadStatus::Completing, now).await?;
+    repo::uploads::touch(state.db(), &[final_id], UploadStatus::Open, now).await?;
     Ok(())
 }
 
@@ -325,8 +302,7 @@ pub async fn mark_alive(state: &dyn UploadDeps, final_id: Uuid, parts: &[Uuid]) 
 async fn join(state: &dyn UploadDeps, row: &upload::Model, partials: &[upload::Model]) -> AppResult<()> {
     for partial in partials {
         assemble_partial(state, partial).await?;
-        let current =
-            upload::Entity::find_by_id(row.id).one(state.db()).await?.ok_or_else(|| AppError::not_found("upload"))?;
+        let current = repo::uploads::find(state.db(), row.id).await?.ok_or_else(|| AppError::not_found("upload"))?;
         let body = state
             .store()
             .get(&partial.object_key, None)

@@ -42,8 +42,7 @@ pub mod tus_store;
 
 use chrono::Utc;
 use entities::{upload, video, UploadMethod, UploadStatus, VideoStatus};
-use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Set};
+use sea_orm::Set;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -411,11 +410,7 @@ async fn insert_session(
     // Concurrent uploads of one owner are serialised on the owner's row, so two of
     // them cannot both fit into the same remaining quota (SQLite has a single writer
     // already).
-    let owner = if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
-        entities::user::Entity::find_by_id(video.owner_id).lock_exclusive().one(&txn).await?
-    } else {
-        entities::user::Entity::find_by_id(video.owner_id).one(&txn).await?
-    };
+    let owner = crate::repo::users::lock(&txn, video.owner_id).await?;
     let mut size = size;
     if let Some(quota) = crate::repo::usage::storage_quota(owner.as_ref(), state.settings()) {
         let used = crate::repo::videos::storage_used_bytes(&txn, video.owner_id).await?;
@@ -436,11 +431,7 @@ async fn insert_session(
     // may join a video that only partial uploads of the same user hold.
     let mut claimable = vec![VideoStatus::Draft, VideoStatus::Failed];
     if claim == Claim::Partial {
-        let open = upload::Entity::find()
-            .filter(upload::Column::VideoId.eq(video.id))
-            .filter(upload::Column::Status.is_in([UploadStatus::Open, UploadStatus::Completing]))
-            .all(&txn)
-            .await?;
+        let open = crate::repo::uploads::in_flight_of_video(&txn, video.id).await?;
         let all_partials = open.iter().all(|r| {
             r.user_id == user_id
                 && r.status == UploadStatus::Open
@@ -466,19 +457,11 @@ async fn insert_session(
             claimable.push(VideoStatus::Uploading);
         }
     }
-    let claimed = video::Entity::update_many()
-        .col_expr(video::Column::Status, Expr::value(VideoStatus::Uploading))
-        .col_expr(video::Column::UpdatedAt, Expr::value(now))
-        .filter(video::Column::Id.eq(video.id))
-        .filter(video::Column::Status.is_in(claimable))
-        .filter(video::Column::DeletedAt.is_null())
-        .exec(&txn)
-        .await?;
-    if claimed.rows_affected != 1 {
+    if !crate::repo::videos::claim_for_upload(&txn, video.id, claimable, now).await? {
         return Err(AppError::new(ErrorCode::Conflict, "the video already has an upload in progress"));
     }
-    let row = row.insert(&txn).await?;
-    let video = video::Entity::find_by_id(video.id).one(&txn).await?.ok_or_else(|| AppError::not_found("video"))?;
+    let row = crate::repo::uploads::create(&txn, row).await?;
+    let video = crate::repo::videos::find(&txn, video.id).await?.ok_or_else(|| AppError::not_found("video"))?;
     txn.commit().await?;
     metrics::counter!("reelhouse_uploads_created_total", "method" => method_label(method)).increment(1);
     Ok((row, video))
@@ -495,7 +478,7 @@ pub fn method_label(method: UploadMethod) -> &'static str {
 /// The session by id if `principal` owns it (or may write its video); NOT_FOUND
 /// otherwise, so sessions of others do not reveal that they exist.
 pub async fn find_for(state: &dyn UploadDeps, principal: &Principal, id: Uuid) -> AppResult<upload::Model> {
-    let row = upload::Entity::find_by_id(id).one(state.db()).await?.ok_or_else(|| AppError::not_found("upload"))?;
+    let row = crate::repo::uploads::find(state.db(), id).await?.ok_or_else(|| AppError::not_found("upload"))?;
     if row.user_id == principal.user_id {
         return Ok(row);
     }
@@ -507,7 +490,7 @@ pub async fn find_for(state: &dyn UploadDeps, principal: &Principal, id: Uuid) -
 
 /// The session by id only for the user who opened it (the tus endpoint's rule).
 pub async fn find_owned(state: &dyn UploadDeps, principal: &Principal, id: Uuid) -> AppResult<upload::Model> {
-    match upload::Entity::find_by_id(id).one(state.db()).await? {
+    match crate::repo::uploads::find(state.db(), id).await? {
         Some(row) if row.user_id == principal.user_id => Ok(row),
         _ => Err(AppError::not_found("upload")),
     }
@@ -515,7 +498,7 @@ pub async fn find_owned(state: &dyn UploadDeps, principal: &Principal, id: Uuid)
 
 /// Re-read a session by id for the user who opened it.
 pub async fn find_owned_by_id(state: &dyn UploadDeps, id: Uuid, user_id: Uuid) -> AppResult<upload::Model> {
-    match upload::Entity::find_by_id(id).one(state.db()).await? {
+    match crate::repo::uploads::find(state.db(), id).await? {
         Some(row) if row.user_id == user_id => Ok(row),
         _ => Err(AppError::not_found("upload")),
     }

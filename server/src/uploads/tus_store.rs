@@ -22,10 +22,8 @@
 
 use bytes::{Bytes, BytesMut};
 use chrono::Utc;
-use entities::{upload, UploadStatus};
+use entities::upload;
 use futures::{Stream, StreamExt};
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
 use super::{part_size_for, tail_key, StoredPart, TusState};
 use crate::error::{AppError, AppResult, ErrorCode};
@@ -49,10 +47,8 @@ pub async fn ensure_multipart(state: &dyn UploadDeps, row: &upload::Model) -> Ap
         ..TusState::default()
     };
     let object_key = if row.s3_upload_id.is_none() {
-        let video = entities::video::Entity::find_by_id(row.video_id)
-            .one(state.db())
-            .await?
-            .ok_or_else(|| AppError::not_found("upload"))?;
+        let video =
+            crate::repo::videos::find(state.db(), row.video_id).await?.ok_or_else(|| AppError::not_found("upload"))?;
         layout::source(video.owner_id, video.id)
     } else {
         row.object_key.clone()
@@ -61,20 +57,17 @@ pub async fn ensure_multipart(state: &dyn UploadDeps, row: &upload::Model) -> Ap
         Some(id) => (id.clone(), false),
         None => (state.store().create_multipart(&object_key, Some(&row.content_type)).await?, true),
     };
-    let mut update = upload::Entity::update_many()
-        .col_expr(upload::Column::S3UploadId, Expr::value(upload_id.clone()))
-        .col_expr(upload::Column::ObjectKey, Expr::value(object_key.clone()))
-        .col_expr(upload::Column::Parts, Expr::value(tus.to_json()))
-        .col_expr(upload::Column::UpdatedAt, Expr::value(Utc::now()))
-        .filter(upload::Column::Id.eq(row.id))
-        .filter(upload::Column::Status.eq(UploadStatus::Open))
-        .filter(upload::Column::OffsetBytes.eq(0));
-    update = match &row.s3_upload_id {
-        Some(id) => update.filter(upload::Column::S3UploadId.eq(id.clone())),
-        None => update.filter(upload::Column::S3UploadId.is_null()),
-    };
-    let result = update.exec(state.db()).await?;
-    if result.rows_affected != 1 {
+    let recorded = crate::repo::uploads::set_multipart(
+        state.db(),
+        row.id,
+        row.s3_upload_id.as_deref(),
+        &upload_id,
+        &object_key,
+        tus.to_json(),
+        Utc::now(),
+    )
+    .await?;
+    if !recorded {
         if created {
             let _ = state.store().abort_multipart(&object_key, &upload_id).await;
         }
@@ -85,16 +78,9 @@ pub async fn ensure_multipart(state: &dyn UploadDeps, row: &upload::Model) -> Ap
 
 /// Record a new durable offset (and parts), only if nobody moved it meanwhile.
 async fn persist(state: &dyn UploadDeps, row: &upload::Model, from: u64, to: u64, tus: &TusState) -> AppResult<()> {
-    let result = upload::Entity::update_many()
-        .col_expr(upload::Column::OffsetBytes, Expr::value(i64::try_from(to).unwrap_or(i64::MAX)))
-        .col_expr(upload::Column::Parts, Expr::value(tus.to_json()))
-        .col_expr(upload::Column::UpdatedAt, Expr::value(Utc::now()))
-        .filter(upload::Column::Id.eq(row.id))
-        .filter(upload::Column::Status.eq(UploadStatus::Open))
-        .filter(upload::Column::OffsetBytes.eq(i64::try_from(from).unwrap_or(i64::MAX)))
-        .exec(state.db())
-        .await?;
-    if result.rows_affected != 1 {
+    let (from, to) = (i64::try_from(from).unwrap_or(i64::MAX), i64::try_from(to).unwrap_or(i64::MAX));
+    let advanced = crate::repo::uploads::advance(state.db(), row.id, from, to, tus.to_json(), Utc::now()).await?;
+    if !advanced {
         return Err(AppError::new(ErrorCode::Conflict, "the upload changed while this request was writing"));
     }
     Ok(())

@@ -403,11 +403,17 @@ async fn remote_workers_multipart_parts_that_do_not_add_up_get_a_typed_refusal_a
         "the upload of a lost lease is aborted"
     );
     if backend() == Backend::Sqlite {
-        // The local store forgot it (s3s-fs lists an aborted upload's parts as none).
-        assert!(matches!(
-            app.state.store.list_parts(&key, &upload_id).await,
-            Err(reelhouse::storage::StoreError::UploadNotFound)
-        ));
+        // The local store forgets it (s3s-fs lists an aborted upload's parts as none).
+        // The abort follows taking the upload out of memory, so it may still be on
+        // its way when the count above reads 0.
+        let store = &app.state.store;
+        assert!(
+            eventually(100, || async {
+                matches!(store.list_parts(&key, &upload_id).await, Err(reelhouse::storage::StoreError::UploadNotFound))
+            })
+            .await,
+            "the local store aborted the upload"
+        );
     }
 }
 
