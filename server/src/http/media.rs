@@ -50,8 +50,7 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use entities::{video, Visibility};
-use sea_orm::EntityTrait;
+use entities::Visibility;
 use sha2::Sha256;
 use uuid::Uuid;
 
@@ -165,7 +164,7 @@ async fn serve_inner(
     if !allowed_path(path) {
         return Err(not_found());
     }
-    let video = video::Entity::find_by_id(video_id).one(&state.db).await?;
+    let video = crate::repo::videos::find(&state.db, video_id).await?;
     let video = video.filter(|v| v.deleted_at.is_none()).ok_or_else(not_found)?;
 
     let signed = parse_signed(req.query_string())?;

@@ -53,14 +53,12 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use entities::{upload, UploadStatus};
 use futures::{Stream, StreamExt};
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::auth::principal::{authenticate, Principal, RequestAuth};
-use crate::error::{AppError, AppResult, ErrorBody, ErrorCode};
+use crate::error::{AppError, ErrorBody, ErrorCode};
 use crate::state::AppState;
 use crate::uploads::session::{self, FinishSession};
 use crate::uploads::{self, tus_store, Concat, TusOptions, TusState, UploadRequest};
@@ -549,42 +547,6 @@ async fn write_body(
     Ok((row, offset, done))
 }
 
-/// A deferred-length upload learns its length: at least what arrived, at most
-/// what it was allowed to hold. Returns the row as it is now.
-async fn set_length(state: &AppState, row: &upload::Model, tus: &TusState, length: u64) -> AppResult<upload::Model> {
-    let offset = u64::try_from(row.offset_bytes).unwrap_or(0);
-    let cap = u64::try_from(row.declared_size).unwrap_or(0);
-    if length == 0 {
-        return Err(AppError::bad_input("the file is empty: an upload needs at least one byte"));
-    }
-    if length < offset {
-        return Err(AppError::bad_input(format!(
-            "Upload-Length {length} is below the {offset} bytes already received"
-        )));
-    }
-    if length > cap {
-        return Err(AppError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("Upload-Length {length} is more than this upload may hold ({cap} bytes: size limit and quota)"),
-        ));
-    }
-    let tus = TusState { deferred: false, ..tus.clone() };
-    let length = i64::try_from(length).unwrap_or(i64::MAX);
-    let updated = upload::Entity::update_many()
-        .col_expr(upload::Column::DeclaredSize, Expr::value(length))
-        .col_expr(upload::Column::Parts, Expr::value(tus.to_json()))
-        .col_expr(upload::Column::UpdatedAt, Expr::value(Utc::now()))
-        .filter(upload::Column::Id.eq(row.id))
-        .filter(upload::Column::Status.eq(UploadStatus::Open))
-        .filter(upload::Column::OffsetBytes.eq(row.offset_bytes))
-        .exec(&state.db)
-        .await?;
-    if updated.rows_affected != 1 {
-        return Err(AppError::new(ErrorCode::Conflict, "the upload changed, check its offset and try again"));
-    }
-    Ok(upload::Model { declared_size: length, parts: Some(tus.to_json()), ..row.clone() })
-}
-
 /// The PATCH under the session lease. Returns the new offset and whether the
 /// upload completed.
 async fn patch_locked(
@@ -629,7 +591,7 @@ async fn patch_locked(
     let updated;
     let (row, declared, deferred) = match length {
         Some(length) if tus.deferred => {
-            updated = set_length(state, row, &tus, length).await.map_err(error)?;
+            updated = uploads::tus_store::set_length(state, row, &tus, length).await.map_err(error)?;
             (&updated, length, false)
         }
         Some(length) if length != declared => {

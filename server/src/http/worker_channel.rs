@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws::{self, CloseCode, CloseReason, Message as WsMessage, ProtocolError, WebsocketContext};
-use sea_orm::EntityTrait;
 use uuid::Uuid;
 
 use crate::auth::worker_tokens::{self, TokenRefusal};
@@ -433,8 +432,7 @@ impl WorkerConnection {
             for lease in leases.into_iter().take(usize::try_from(capacity).unwrap_or(1)) {
                 if let Ok(held) = queue::lease_state(&state.db, lease.job, lease.lease).await {
                     if held.owned {
-                        let video_id = entities::job::Entity::find_by_id(lease.job)
-                            .one(&state.db)
+                        let video_id = crate::repo::jobs::find(&state.db, lease.job)
                             .await
                             .ok()
                             .flatten()

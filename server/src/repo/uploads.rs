@@ -323,3 +323,25 @@ pub async fn advance<C: ConnectionTrait>(
         .await?;
     Ok(result.rows_affected == 1)
 }
+
+/// A deferred-length session learns its length (`declared_size`) with its tus
+/// state; only while OPEN at `offset`. `false` when it changed meanwhile.
+pub async fn set_length<C: ConnectionTrait>(
+    conn: &C,
+    id: Uuid,
+    offset: i64,
+    length: i64,
+    parts: serde_json::Value,
+    now: DateTime<Utc>,
+) -> Result<bool, DbErr> {
+    let updated = upload::Entity::update_many()
+        .col_expr(upload::Column::DeclaredSize, Expr::value(length))
+        .col_expr(upload::Column::Parts, Expr::value(parts))
+        .col_expr(upload::Column::UpdatedAt, Expr::value(now))
+        .filter(upload::Column::Id.eq(id))
+        .filter(upload::Column::Status.eq(UploadStatus::Open))
+        .filter(upload::Column::OffsetBytes.eq(offset))
+        .exec(conn)
+        .await?;
+    Ok(updated.rows_affected == 1)
+}

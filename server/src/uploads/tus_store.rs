@@ -353,3 +353,36 @@ where
     persist(state, row, durable, offset, &tus).await?;
     Ok(Ok(offset))
 }
+
+/// A deferred-length upload learns its length: at least what arrived, at most
+/// what it was allowed to hold. Returns the row as it is now.
+pub async fn set_length(
+    state: &dyn UploadDeps,
+    row: &upload::Model,
+    tus: &TusState,
+    length: u64,
+) -> AppResult<upload::Model> {
+    let offset = u64::try_from(row.offset_bytes).unwrap_or(0);
+    let cap = u64::try_from(row.declared_size).unwrap_or(0);
+    if length == 0 {
+        return Err(AppError::bad_input("the file is empty: an upload needs at least one byte"));
+    }
+    if length < offset {
+        return Err(AppError::bad_input(format!(
+            "Upload-Length {length} is below the {offset} bytes already received"
+        )));
+    }
+    if length > cap {
+        return Err(AppError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("Upload-Length {length} is more than this upload may hold ({cap} bytes: size limit and quota)"),
+        ));
+    }
+    let tus = TusState { deferred: false, ..tus.clone() };
+    let length = i64::try_from(length).unwrap_or(i64::MAX);
+    let set = crate::repo::uploads::set_length(state.db(), row.id, row.offset_bytes, length, tus.to_json(), Utc::now());
+    if !set.await? {
+        return Err(AppError::new(ErrorCode::Conflict, "the upload changed, check its offset and try again"));
+    }
+    Ok(upload::Model { declared_size: length, parts: Some(tus.to_json()), ..row.clone() })
+}
