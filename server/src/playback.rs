@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::storage::layout;
 
-/// What signing a URL needs of the process (provided by `startup::AppState`).
+/// What signing a URL needs of the process (provided by `state::AppState`).
 pub trait PlaybackDeps: Send + Sync {
     /// The server's base URL, without a trailing `/`.
     fn public_url(&self) -> &str;

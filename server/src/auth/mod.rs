@@ -15,7 +15,7 @@ pub mod totp;
 pub mod worker_tokens;
 
 /// What sign-in, sessions and account mail use of the process: their narrow
-/// dependencies, provided by the composition root (`startup::AppState`).
+/// dependencies, provided by the composition root (`state::AppState`).
 pub trait AuthDeps: Send + Sync {
     fn db(&self) -> &sea_orm::DatabaseConnection;
     fn settings(&self) -> &crate::config::Settings;

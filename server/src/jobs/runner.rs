@@ -29,7 +29,7 @@ use crate::media::CancelFlag;
 use crate::storage::{layout, ObjectStore};
 
 use super::failure::FailureCode;
-use super::transcode::{lock_video, retire_outputs, upsert_rendition, NewRendition};
+use super::transcode::{retire_outputs, upsert_rendition, NewRendition};
 pub use super::transcode::{
     DownloadOutput, MediaSpec, ProbeSummary, RenditionOutput, StoryboardOutput, TranscodeOutput,
 };
@@ -141,7 +141,7 @@ pub async fn apply_success(
     let JobOutput::Transcoded(out) = output else {
         return Ok(Vec::new());
     };
-    let Some(video) = lock_video(txn, out.video_id).await? else {
+    let Some(video) = crate::repo::videos::lock(txn, out.video_id).await? else {
         return Ok(Vec::new());
     };
     if video.deleted_at.is_some() {
@@ -275,7 +275,7 @@ async fn end_unsuccessfully(
     let Some(video_id) = job.video_id else {
         return Ok(Vec::new());
     };
-    let Some(video) = lock_video(txn, video_id).await? else {
+    let Some(video) = crate::repo::videos::lock(txn, video_id).await? else {
         return Ok(Vec::new());
     };
     if video.deleted_at.is_some() {

@@ -1110,7 +1110,7 @@ pub(crate) async fn record_early_rendition(
 ) -> Result<bool, JobError> {
     let name = &rendition.name;
     let txn = crate::db::begin_write(db).await.map_err(db_error)?;
-    let Some(current) = lock_video(&txn, video.id).await.map_err(db_error)? else {
+    let Some(current) = crate::repo::videos::lock(&txn, video.id).await.map_err(db_error)? else {
         return Ok(false);
     };
     if current.deleted_at.is_some() {
@@ -1211,8 +1211,6 @@ pub struct NewRendition {
     pub codecs: String,
     pub playlist_key: String,
 }
-
-pub(crate) use crate::repo::videos::lock as lock_video;
 
 /// Insert or refresh a READY rendition (unique per video and name).
 pub(crate) async fn upsert_rendition<C: sea_orm::ConnectionTrait>(

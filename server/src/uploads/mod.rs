@@ -52,7 +52,7 @@ use crate::error::{AppError, AppResult, ErrorCode};
 use crate::storage::{layout, ObjectStore, MAX_PART_NUMBER, MAX_PART_SIZE, MIN_PART_SIZE};
 
 /// What the upload service uses of the process: its narrow dependencies, provided
-/// by the composition root (`startup::AppState`).
+/// by the composition root (`state::AppState`).
 pub trait UploadDeps: Send + Sync {
     fn db(&self) -> &sea_orm::DatabaseConnection;
     fn settings(&self) -> &crate::config::Settings;

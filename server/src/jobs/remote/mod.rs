@@ -29,7 +29,7 @@ use crate::jobs::runner::{JobError, JobOutput, MediaSpec, TranscodeOutput};
 use crate::jobs::transcode::NewRendition;
 
 /// What the worker channel's server side uses of the process, provided by the
-/// composition root (`startup::AppState`).
+/// composition root (`state::AppState`).
 pub trait RemoteDeps: Send + Sync {
     fn db(&self) -> &DatabaseConnection;
     fn settings(&self) -> &crate::config::Settings;
