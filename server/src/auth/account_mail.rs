@@ -104,7 +104,7 @@ pub async fn register_account(
 /// nothing either way (a refusal would say the account exists).
 pub async fn notify_signup_attempt(state: &dyn AuthDeps, email: &str, client: &ClientInfo) -> AppResult<()> {
     let Ok(account) = normalize_email(email) else { return Ok(()) };
-    let found = user::Entity::find().filter(user::Column::Email.eq(&account)).one(state.db()).await?;
+    let found = crate::repo::users::find_by_email(state.db(), &account).await?;
     let Some(user) = found.filter(|u| !u.disabled) else { return Ok(()) };
     if let Err(err) = limit_mail(state, &user.id.to_string(), client).await {
         if err.code() == ErrorCode::RateLimited {
@@ -214,7 +214,7 @@ async fn request_password_reset_inner(state: &dyn AuthDeps, email: &str, client:
     let account = normalize_email(email).unwrap_or_else(|_| email.trim().to_lowercase());
     // Charged for unknown addresses too, or the limit itself would tell them apart.
     limit_mail(state, &format!("reset|{account}"), client).await?;
-    let found = user::Entity::find().filter(user::Column::Email.eq(&account)).one(state.db()).await?;
+    let found = crate::repo::users::find_by_email(state.db(), &account).await?;
     let Some(user) = found.filter(|u| !u.disabled) else {
         return Ok(true);
     };
@@ -364,7 +364,7 @@ pub async fn change_email(
         return Err(AppError::bad_input("this is the account's address already"));
     }
     limit_mail(state, &user.id.to_string(), client).await?;
-    let taken = user::Entity::find().filter(user::Column::Email.eq(&new_email)).one(state.db()).await?.is_some();
+    let taken = crate::repo::users::find_by_email(state.db(), &new_email).await?.is_some();
     if taken {
         return Err(AppError::new(ErrorCode::Conflict, "an account with this email already exists"));
     }

@@ -2,7 +2,7 @@
 
 use chrono::Utc;
 use entities::{user, Role};
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
+use sea_orm::{ActiveModelTrait, ConnectionTrait, DatabaseConnection, Set};
 use uuid::Uuid;
 
 use crate::auth::password::{check_policy, hash_password, needs_rehash, verify_password, HashingPool};
@@ -75,7 +75,7 @@ pub async fn prepare_account(
     if display_name.is_empty() || display_name.chars().count() > 100 {
         return Err(AppError::bad_input("display name must be 1 to 100 characters"));
     }
-    let exists = user::Entity::find().filter(user::Column::Email.eq(&email)).one(db).await?.is_some();
+    let exists = crate::repo::users::find_by_email(db, &email).await?.is_some();
     if exists {
         return Err(AppError::new(ErrorCode::Conflict, "an account with this email already exists"));
     }
@@ -144,7 +144,7 @@ pub async fn verify_credentials(
     password: &str,
 ) -> Result<user::Model, AppError> {
     let found = match normalize_email(email) {
-        Ok(email) => user::Entity::find().filter(user::Column::Email.eq(email)).one(db).await?,
+        Ok(email) => crate::repo::users::find_by_email(db, &email).await?,
         Err(_) => None,
     };
     let stored = found.as_ref().map_or_else(|| dummy_hash().to_string(), |u| u.password_hash.clone());
