@@ -56,7 +56,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -64,6 +63,10 @@ import tempfile
 import time
 import urllib.parse
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
+from benchlib import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 N = max(1, int(os.environ.get("BENCH_REMOTE_ENCODES", "4")))
@@ -118,35 +121,15 @@ def log(msg):
 def build_binary():
     if os.environ.get("REELHOUSE_BIN"):
         return Path(os.environ["REELHOUSE_BIN"]).resolve()
-    cmd = ["cargo", "build", "-p", "reelhouse", "--bin", "reelhouse"]
-    if PROFILE == "release":
-        cmd.insert(2, "--release")
-    log(" ".join(cmd))
-    subprocess.run(cmd, cwd=ROOT, check=True, env=dict(os.environ, CARGO_TARGET_DIR=str(TARGET)))
-    return TARGET / ("release" if PROFILE == "release" else "debug") / "reelhouse"
+    return benchlib.cargo_build(["--bin", "reelhouse"], "reelhouse", TARGET, PROFILE, log)
 
 
 def ensure_clip():
     """A WIDTHxHEIGHT 30 fps H.264 + AAC MP4 from GStreamer test sources, cached."""
-    FIXTURES.mkdir(parents=True, exist_ok=True)
-    clip = FIXTURES / f"clip-{HEIGHT}p30-{SECONDS}s.mp4"
-    if clip.exists() and clip.stat().st_size > 0:
-        return clip
-    frames = SECONDS * FPS
-    tmp = clip.with_suffix(".tmp.mp4")
-    log(f"generating {clip} ({SECONDS} s, {WIDTH}x{HEIGHT}p30, x264 medium + AAC)")
-    pipeline = (
-        f"videotestsrc pattern=smpte horizontal-speed=4 num-buffers={frames} "
-        f"! video/x-raw,width={WIDTH},height={HEIGHT},framerate={FPS}/1,format=I420 "
-        "! x264enc speed-preset=medium bitrate=4000 key-int-max=60 ! h264parse ! queue "
-        f"! mp4mux faststart=true name=mux ! filesink location={tmp} "
-        f"audiotestsrc wave=sine freq=440 samplesperbuffer=1600 num-buffers={frames} "
-        "! audio/x-raw,rate=48000,channels=2 ! audioconvert ! avenc_aac bitrate=128000 "
-        "! aacparse ! queue ! mux."
+    return benchlib.test_clip(
+        FIXTURES / f"clip-{HEIGHT}p30-{SECONDS}s.mp4",
+        width=WIDTH, height=HEIGHT, fps=FPS, seconds=SECONDS, video_kbps=4000, faststart=True, log=log,
     )
-    subprocess.run(["gst-launch-1.0", "-q", "-e"] + pipeline.split(), check=True)
-    tmp.rename(clip)
-    return clip
 
 
 def read_env_file(path):
@@ -200,12 +183,6 @@ class Services:
     def stop(self):
         if self.started:
             subprocess.run([str(ROOT / "scripts" / "test-services.sh"), "stop"], cwd=ROOT)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def psql(url, sql):

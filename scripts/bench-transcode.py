@@ -25,6 +25,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 SECONDS = int(os.environ.get("BENCH_SECONDS", "60"))
 RUNS = max(1, int(os.environ.get("BENCH_RUNS", "3")))
@@ -56,12 +59,7 @@ def ensure_ffmpeg():
 
 
 def cargo_build(what, output):
-    cmd = ["cargo", "build", "-p", "reelhouse"] + what
-    if PROFILE == "release":
-        cmd.insert(2, "--release")
-    log(" ".join(cmd))
-    subprocess.run(cmd, cwd=ROOT, check=True, env=dict(os.environ, CARGO_TARGET_DIR=str(TARGET)))
-    return TARGET / ("release" if PROFILE == "release" else "debug") / output
+    return benchlib.cargo_build(what, output, TARGET, PROFILE, log)
 
 
 def build_example():
@@ -75,25 +73,10 @@ def build_server():
 
 def ensure_clip():
     """A 1080p30 H.264 + AAC MP4 from GStreamer test sources, cached by length."""
-    FIXTURES.mkdir(parents=True, exist_ok=True)
-    clip = FIXTURES / f"clip-1080p30-{SECONDS}s.mp4"
-    if clip.exists() and clip.stat().st_size > 0:
-        return clip
-    frames = SECONDS * FPS
-    tmp = clip.with_suffix(".tmp.mp4")
-    log(f"generating {clip} ({SECONDS} s, 1080p30, x264 medium + AAC)")
-    pipeline = (
-        f"videotestsrc pattern=smpte horizontal-speed=4 num-buffers={frames} "
-        f"! video/x-raw,width=1920,height=1080,framerate={FPS}/1,format=I420 "
-        "! x264enc speed-preset=medium bitrate=8000 key-int-max=60 ! h264parse ! queue "
-        f"! mp4mux name=mux ! filesink location={tmp} "
-        f"audiotestsrc wave=sine freq=440 samplesperbuffer=1600 num-buffers={frames} "
-        "! audio/x-raw,rate=48000,channels=2 ! audioconvert ! avenc_aac bitrate=128000 "
-        "! aacparse ! queue ! mux."
+    return benchlib.test_clip(
+        FIXTURES / f"clip-1080p30-{SECONDS}s.mp4",
+        width=1920, height=1080, fps=FPS, seconds=SECONDS, video_kbps=8000, faststart=False, log=log,
     )
-    subprocess.run(["gst-launch-1.0", "-q", "-e"] + pipeline.split(), check=True)
-    tmp.rename(clip)
-    return clip
 
 
 def timed(cmd, stdout=subprocess.PIPE, env=None):

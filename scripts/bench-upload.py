@@ -25,14 +25,12 @@ import tempfile
 import threading
 import time
 import urllib.parse
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import free_port  # noqa: E402
 
 BLOCK = os.urandom(1024 * 1024)  # the same pseudo-random MiB repeated: incompressible enough
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_kib(pid):

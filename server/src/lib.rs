@@ -10,6 +10,7 @@ pub mod breaker;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod domain;
 pub mod error;
 pub mod events;
 pub mod graphql;

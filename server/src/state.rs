@@ -70,6 +70,16 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// What an event subscription's feed needs (`events::feed`).
+    pub fn feed_context(&self) -> crate::events::feed::FeedContext {
+        crate::events::feed::FeedContext {
+            db: self.db.clone(),
+            bus: self.hubs.event_bus.clone(),
+            recheck_rows: self.recheck_rows.clone(),
+            recheck_every: Duration::from_millis(self.settings.graphql.ws_recheck_ms.max(50)),
+        }
+    }
+
     /// Publishes to this process's bus and, with Redis, to every other instance.
     pub fn publisher(&self) -> crate::events::Publisher {
         crate::events::Publisher::new(Some(self.hubs.event_bus.clone()))

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use entities::video;
-use sea_orm::{DatabaseConnection, DbErr, EntityTrait};
+use sea_orm::{DatabaseConnection, DbErr};
 use uuid::Uuid;
 
 /// Entries kept before expired ones are dropped.
@@ -37,7 +37,7 @@ impl RecheckRows {
             }
         }
         metrics::counter!("reelhouse_subscription_rechecks_total", "source" => "database").increment(1);
-        let row = video::Entity::find_by_id(id).one(db).await?;
+        let row = crate::repo::videos::find(db, id).await?;
         let mut rows = self.lock();
         if rows.len() > PRUNE_ABOVE {
             rows.retain(|_, (at, _)| at.elapsed() < max_age);

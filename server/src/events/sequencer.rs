@@ -31,8 +31,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use entities::event_outbox;
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::DatabaseConnection;
 use tokio::sync::{mpsc, Mutex};
 use tokio::time::Instant;
 
@@ -91,7 +90,7 @@ impl Sequencer {
     pub async fn run(&self, db: DatabaseConnection, bus: Hub<EventBus>, settings: EventSettings) {
         let mut input = self.task.lock().await;
         let position = loop {
-            match super::newest_cursor(&db).await {
+            match crate::repo::outbox::newest_cursor(&db).await {
                 Ok(newest) => break newest.unwrap_or(0),
                 Err(err) => {
                     tracing::warn!(error = %err, "event sequencer cannot read the outbox yet");
@@ -287,7 +286,7 @@ impl State {
             return;
         }
         let ids: Vec<i64> = self.skipped.keys().copied().collect();
-        match event_outbox::Entity::find().filter(event_outbox::Column::Id.is_in(ids)).all(db).await {
+        match crate::repo::outbox::by_cursors(db, ids).await {
             Ok(rows) => {
                 for row in &rows {
                     if let Ok(event) = DomainEvent::from_outbox(row) {
@@ -302,11 +301,7 @@ impl State {
     /// Read stored events after the position (up to `upto`) and take them in.
     /// Returns how many rows were read (`None`: the read failed).
     async fn read_rows(&mut self, db: &DatabaseConnection, upto: Option<i64>) -> Option<usize> {
-        let mut query = event_outbox::Entity::find().filter(event_outbox::Column::Id.gt(self.position));
-        if let Some(upto) = upto {
-            query = query.filter(event_outbox::Column::Id.lt(upto));
-        }
-        match query.order_by_asc(event_outbox::Column::Id).limit(READ_PAGE).all(db).await {
+        match crate::repo::outbox::after_position(db, self.position, upto, READ_PAGE).await {
             Ok(rows) => {
                 for row in &rows {
                     if let Ok(event) = DomainEvent::from_outbox(row) {

@@ -29,6 +29,7 @@ use futures::stream::{self, BoxStream};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
+use crate::events::feed::{Closed, VisibilityClass};
 use crate::events::DomainEvent;
 use crate::graphql::events::VideoEvent;
 use crate::graphql::AppSchema;
@@ -39,13 +40,6 @@ const RECENT_RENDERS: usize = 32;
 
 /// Root fields whose events can be shared.
 const SHAREABLE_FIELDS: [&str; 2] = ["videoEvents", "videoProgress"];
-
-/// Who an event is rendered for: its owner or a moderator, or anyone else.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VisibilityClass {
-    OwnerOrModerator = 0,
-    Everyone = 1,
-}
 
 /// Whether `request` is a subscription the shared path serves.
 pub fn is_shareable(request: &Request) -> bool {
@@ -185,10 +179,6 @@ pub struct FrameSink {
     schema: AppSchema,
     prefix: String,
 }
-
-/// The subscriber is gone.
-#[derive(Debug)]
-pub struct Closed;
 
 impl FrameSink {
     /// Send `event` (`snapshot`: the subscription's first, per-subscriber event).

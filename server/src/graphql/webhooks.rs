@@ -17,8 +17,8 @@ use crate::error::GqlResultExt;
 use crate::error::{AppError, ErrorCode};
 use crate::events::EventKind;
 use crate::repo::audit::{self, AuditAction, AuditEntry, AuditOutcome};
+use crate::repo::webhooks as endpoints;
 use crate::state::AppState;
-use crate::webhooks::endpoints;
 use crate::webhooks::target::{self, TargetError};
 
 /// Attempts listed per delivery (newest).
@@ -51,7 +51,7 @@ impl Webhook {
 
     /// The event kinds delivered.
     async fn events(&self) -> Vec<EventKind> {
-        crate::webhooks::subscribed_kinds(&self.0)
+        crate::domain::webhook::subscribed_kinds(&self.0)
     }
 
     /// Hears of every video (admins only).
@@ -314,11 +314,11 @@ async fn parse_replay_cursor(db: &DatabaseConnection, after: &str) -> Result<i64
         .ok()
         .filter(|c| *c >= 0)
         .ok_or_else(|| AppError::bad_input("`after` is not a valid cursor"))?;
-    let newest = crate::events::newest_cursor(db).await?.unwrap_or(0);
+    let newest = crate::repo::outbox::newest_cursor(db).await?.unwrap_or(0);
     if after > newest {
         return Err(AppError::bad_input("`after` is not the cursor of a stored event"));
     }
-    if crate::events::cursor_expired(db, after).await? {
+    if crate::repo::outbox::cursor_expired(db, after).await? {
         return Err(AppError::new(
             ErrorCode::CursorExpired,
             "events after this cursor are no longer kept; replay without `after` to start from the oldest kept event",

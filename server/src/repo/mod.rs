@@ -10,3 +10,4 @@ pub mod usage;
 pub mod users;
 pub mod videos;
 pub mod views;
+pub mod webhooks;

@@ -25,8 +25,8 @@ use uuid::Uuid;
 
 use super::jobs::{self, NewJob};
 use crate::access::videos::{CachedVideo, VideoCache};
+use crate::domain::event::{DomainEvent, EventDetail, EventKind, ProgressInfo};
 use crate::error::AppError;
-use crate::events::{DomainEvent, EventDetail, EventKind, ProgressInfo};
 use crate::hot_cache::Lookup;
 use crate::identity::Principal;
 use crate::identity::{has_permission, Permission};

@@ -7,18 +7,15 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use chrono::{DateTime, Utc};
-use entities::{webhook_attempt, webhook_delivery, webhook_endpoint, WebhookDeliveryStatus};
+use entities::{webhook_delivery, webhook_endpoint};
 use rand::Rng;
-use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder,
-    QuerySelect, Set,
-};
+use sea_orm::{DatabaseConnection, DbErr};
 
 use super::secrets::SecretBox;
 use super::target::{self, TargetError};
 use crate::breaker::{Breaker, Breakers};
 use crate::config::webhooks::WebhookSettings;
+use crate::repo::webhooks as store;
 
 /// Seconds a claim outlives the request timeout before another sender may retry.
 const CLAIM_GRACE_SECS: i64 = 30;
@@ -114,19 +111,13 @@ pub async fn deliver_due_with(
     breakers: Option<&Breakers>,
 ) -> Result<usize, DbErr> {
     let now = Utc::now();
-    let due = webhook_delivery::Entity::find()
-        .filter(webhook_delivery::Column::Status.eq(WebhookDeliveryStatus::Pending))
-        .filter(webhook_delivery::Column::NextAttemptAt.lte(now))
-        .order_by_asc(webhook_delivery::Column::NextAttemptAt)
-        .limit(u64::try_from(settings.concurrency.max(1)).unwrap_or(1))
-        .all(db)
-        .await?;
+    let due = store::due_deliveries(db, now, u64::try_from(settings.concurrency.max(1)).unwrap_or(1)).await?;
     let claim_until = now
         + chrono::Duration::milliseconds(i64::try_from(settings.timeout_ms).unwrap_or(i64::MAX / 4))
         + chrono::Duration::seconds(CLAIM_GRACE_SECS);
     let mut claimed = Vec::new();
     for delivery in due {
-        if claim(db, &delivery, now, claim_until).await? {
+        if store::claim_delivery(db, delivery.id, now, claim_until).await? {
             claimed.push(delivery);
         }
     }
@@ -137,23 +128,6 @@ pub async fn deliver_due_with(
         result?;
     }
     Ok(count)
-}
-
-/// Move the row's next attempt past the claim window, unless another sender did first.
-async fn claim(
-    db: &DatabaseConnection,
-    delivery: &webhook_delivery::Model,
-    now: DateTime<Utc>,
-    claim_until: DateTime<Utc>,
-) -> Result<bool, DbErr> {
-    let result = webhook_delivery::Entity::update_many()
-        .col_expr(webhook_delivery::Column::NextAttemptAt, Expr::value(claim_until))
-        .filter(webhook_delivery::Column::Id.eq(delivery.id))
-        .filter(webhook_delivery::Column::Status.eq(WebhookDeliveryStatus::Pending))
-        .filter(webhook_delivery::Column::NextAttemptAt.lte(now))
-        .exec(db)
-        .await?;
-    Ok(result.rows_affected == 1)
 }
 
 /// One attempt of a claimed delivery, recorded, in a span that continues the trace
@@ -188,14 +162,11 @@ async fn attempt_in_span(
     breakers: Option<&Breakers>,
     delivery: webhook_delivery::Model,
 ) -> Result<(), DbErr> {
-    let Some(endpoint) = webhook_endpoint::Entity::find_by_id(delivery.endpoint_id).one(db).await? else {
+    let Some(endpoint) = store::find(db, delivery.endpoint_id).await? else {
         return Ok(()); // deleted: its deliveries go with it
     };
     if !endpoint.enabled {
-        let mut row = delivery.into_active_model();
-        row.status = Set(WebhookDeliveryStatus::Failed);
-        row.last_error = Set(Some("the endpoint is disabled".into()));
-        row.update(db).await?;
+        store::fail_delivery(db, delivery, "the endpoint is disabled").await?;
         return Ok(());
     }
     let breaker = breakers.and_then(|b| target_authority(&endpoint.url).map(|host| b.webhook_host(&host)));
@@ -244,13 +215,7 @@ async fn defer(
     let next = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::zero());
     metrics::counter!("reelhouse_webhook_deferred_total").increment(1);
     tracing::info!(wait_ms = wait.as_millis() as u64, "webhook delivery deferred: the host's circuit breaker is open");
-    webhook_delivery::Entity::update_many()
-        .col_expr(webhook_delivery::Column::NextAttemptAt, Expr::value(next))
-        .filter(webhook_delivery::Column::Id.eq(delivery.id))
-        .filter(webhook_delivery::Column::Status.eq(WebhookDeliveryStatus::Pending))
-        .exec(db)
-        .await?;
-    Ok(())
+    store::put_off_delivery(db, delivery.id, next).await
 }
 
 /// POST the delivery to the endpoint (after the SSRF check on the resolved addresses).
@@ -377,45 +342,31 @@ async fn record_attempt(
 ) -> Result<(), DbErr> {
     let error = outcome.error().map(|e| truncate(&e, 1000));
     let txn = crate::db::begin_write(db).await?;
-    webhook_attempt::ActiveModel {
-        delivery_id: Set(delivery.id),
-        at: Set(at),
-        status_code: Set(outcome.status_code()),
-        latency_ms: Set(i64::try_from(latency.as_millis()).unwrap_or(i64::MAX)),
-        error: Set(error.clone()),
-        ..Default::default()
-    }
-    .insert(&txn)
-    .await?;
+    let attempt = store::NewAttempt {
+        delivery_id: delivery.id,
+        at,
+        status_code: outcome.status_code(),
+        latency_ms: i64::try_from(latency.as_millis()).unwrap_or(i64::MAX),
+        error: error.clone(),
+    };
+    store::insert_attempt(&txn, attempt).await?;
     let attempts = delivery.attempts.saturating_add(1);
     let window_end = delivery.window_started_at
         + chrono::Duration::seconds(i64::try_from(settings.retry_for_secs).unwrap_or(i64::MAX / 4));
-    let mut row = delivery.into_active_model();
-    row.attempts = Set(attempts);
-    row.last_status_code = Set(outcome.status_code());
-    row.last_error = Set(error.clone());
     let now = Utc::now();
-    let mut failed_for_good = false;
-    if let AttemptOutcome::Delivered { .. } = outcome {
-        row.status = Set(WebhookDeliveryStatus::Succeeded);
-        row.delivered_at = Set(Some(now));
-        row.next_attempt_at = Set(now);
-        webhook_endpoint::Entity::update_many()
-            .col_expr(webhook_endpoint::Column::ConsecutiveFailures, Expr::value(0))
-            .filter(webhook_endpoint::Column::Id.eq(endpoint.id))
-            .exec(&txn)
-            .await?;
+    let end = if let AttemptOutcome::Delivered { .. } = outcome {
+        store::reset_failures(&txn, endpoint.id).await?;
+        store::AttemptEnd::Delivered
     } else {
         let next = now + chrono::Duration::from_std(backoff(settings, attempts)).unwrap_or(chrono::Duration::zero());
         if next > window_end {
-            row.status = Set(WebhookDeliveryStatus::Failed);
-            row.next_attempt_at = Set(now);
-            failed_for_good = true;
+            store::AttemptEnd::Failed
         } else {
-            row.next_attempt_at = Set(next);
+            store::AttemptEnd::RetryAt(next)
         }
-    }
-    row.update(&txn).await?;
+    };
+    let failed_for_good = matches!(end, store::AttemptEnd::Failed);
+    store::settle_delivery(&txn, delivery, outcome.status_code(), error.clone(), end, now).await?;
     if failed_for_good {
         count_failure(&txn, settings, endpoint.id, error.as_deref().unwrap_or("failed")).await?;
     }
@@ -429,27 +380,16 @@ async fn count_failure(
     endpoint_id: uuid::Uuid,
     last_error: &str,
 ) -> Result<(), DbErr> {
-    webhook_endpoint::Entity::update_many()
-        .col_expr(
-            webhook_endpoint::Column::ConsecutiveFailures,
-            Expr::col(webhook_endpoint::Column::ConsecutiveFailures).add(1),
-        )
-        .filter(webhook_endpoint::Column::Id.eq(endpoint_id))
-        .exec(txn)
-        .await?;
-    let Some(endpoint) = webhook_endpoint::Entity::find_by_id(endpoint_id).one(txn).await? else {
+    let Some(endpoint) = store::add_failure(txn, endpoint_id).await? else {
         return Ok(());
     };
     if endpoint.enabled && endpoint.consecutive_failures >= settings.disable_after_failures {
         let failures = endpoint.consecutive_failures;
-        let mut row = endpoint.into_active_model();
-        row.enabled = Set(false);
-        row.disabled_reason = Set(Some(truncate(
+        let reason = truncate(
             &format!("disabled after {failures} consecutive failed deliveries; last error: {last_error}"),
             500,
-        )));
-        row.updated_at = Set(Utc::now());
-        row.update(txn).await?;
+        );
+        store::disable(txn, endpoint, reason).await?;
         metrics::counter!("reelhouse_webhook_endpoints_disabled_total").increment(1);
         tracing::warn!(%endpoint_id, failures, "webhook endpoint disabled");
     }

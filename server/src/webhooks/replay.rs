@@ -17,11 +17,11 @@
 //! So one event has at most one delivery id per endpoint, ever.
 
 use chrono::Utc;
-use entities::{event_outbox, webhook_delivery, webhook_endpoint, WebhookDeliveryStatus};
-use sea_orm::sea_query::{Expr, OnConflict};
-use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use entities::{webhook_endpoint, WebhookDeliveryStatus};
+use sea_orm::{DatabaseConnection, DbErr};
 
-use crate::events::{DomainEvent, EventKind};
+use crate::domain::event::{DomainEvent, EventKind};
+use crate::repo::webhooks as store;
 
 /// The stored events a replay would deliver, in cursor order.
 #[derive(Debug)]
@@ -61,7 +61,11 @@ pub struct ReplayOutcome {
 
 /// The kinds an endpoint hears, as stored in the outbox (never PROGRESS).
 fn delivered_kinds(endpoint: &webhook_endpoint::Model) -> Vec<&'static str> {
-    super::subscribed_kinds(endpoint).into_iter().filter(|k| *k != EventKind::Progress).map(EventKind::as_str).collect()
+    crate::domain::webhook::subscribed_kinds(endpoint)
+        .into_iter()
+        .filter(|k| *k != EventKind::Progress)
+        .map(EventKind::as_str)
+        .collect()
 }
 
 /// Up to `limit` stored events after `after` that fan-in would deliver to `endpoint`.
@@ -75,14 +79,9 @@ pub async fn select(
     if kinds.is_empty() || limit == 0 {
         return Ok(ReplayBatch { events: Vec::new(), end_cursor: None, has_more: false });
     }
-    let mut query = event_outbox::Entity::find()
-        .filter(event_outbox::Column::Id.gt(after))
-        .filter(event_outbox::Column::Kind.is_in(kinds));
-    if let Some(owner) = endpoint.owner_id {
-        // Fan-in's rule: a personal endpoint hears of its owner's videos only.
-        query = query.filter(event_outbox::Column::OwnerId.eq(owner));
-    }
-    let mut rows = query.order_by_asc(event_outbox::Column::Id).limit(limit.saturating_add(1)).all(db).await?;
+    // Fan-in's rule: a personal endpoint hears of its owner's videos only.
+    let mut rows =
+        crate::repo::outbox::of_kinds_after(db, after, &kinds, endpoint.owner_id, limit.saturating_add(1)).await?;
     let has_more = rows.len() as u64 > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     let mut events = Vec::with_capacity(rows.len());
@@ -109,46 +108,21 @@ pub async fn enqueue(
     }
     let now = Utc::now();
     let txn = crate::db::begin_write(db).await?;
-    let existing: Vec<(i64, WebhookDeliveryStatus)> = webhook_delivery::Entity::find()
-        .select_only()
-        .column(webhook_delivery::Column::EventCursor)
-        .column(webhook_delivery::Column::Status)
-        .filter(webhook_delivery::Column::EndpointId.eq(endpoint.id))
-        .filter(webhook_delivery::Column::EventCursor.is_in(cursors.clone()))
-        .into_tuple()
-        .all(&txn)
-        .await?;
+    let existing = store::delivery_states(&txn, endpoint.id, &cursors).await?;
     let pending = existing.iter().filter(|(_, status)| *status == WebhookDeliveryStatus::Pending).count() as u64;
-    let requeued = webhook_delivery::Entity::update_many()
-        .col_expr(webhook_delivery::Column::Status, Expr::value(WebhookDeliveryStatus::Pending))
-        .col_expr(webhook_delivery::Column::NextAttemptAt, Expr::value(now))
-        .col_expr(webhook_delivery::Column::WindowStartedAt, Expr::value(now))
-        .filter(webhook_delivery::Column::EndpointId.eq(endpoint.id))
-        .filter(webhook_delivery::Column::EventCursor.is_in(cursors))
-        .filter(webhook_delivery::Column::Status.ne(WebhookDeliveryStatus::Pending))
-        .exec(&txn)
-        .await?
-        .rows_affected;
+    let requeued = store::requeue_settled(&txn, endpoint.id, &cursors, now).await?;
     let known: std::collections::HashSet<i64> = existing.iter().map(|(cursor, _)| *cursor).collect();
-    let fresh: Vec<webhook_delivery::ActiveModel> = batch
+    let fresh: Vec<_> = batch
         .events
         .iter()
         .filter_map(|event| event.cursor.filter(|c| !known.contains(c)).map(|c| (event, c)))
-        .map(|(event, cursor)| super::new_delivery(endpoint.id, event, cursor, now))
+        .map(|(event, cursor)| store::new_delivery(endpoint.id, event, cursor, now))
         .collect();
     let mut created = 0;
     for delivery in fresh {
         // One at a time: a delivery made meanwhile (by a concurrent replay) wins, and
         // this insert does nothing instead of failing the whole batch.
-        let inserted = webhook_delivery::Entity::insert(delivery)
-            .on_conflict(
-                OnConflict::columns([webhook_delivery::Column::EndpointId, webhook_delivery::Column::EventCursor])
-                    .do_nothing()
-                    .to_owned(),
-            )
-            .exec_without_returning(&txn)
-            .await?;
-        created += inserted;
+        created += store::insert_delivery_unless_exists(&txn, delivery).await?;
     }
     txn.commit().await?;
     metrics::counter!("reelhouse_webhook_replayed_total", "kind" => "created").increment(created);

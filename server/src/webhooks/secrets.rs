@@ -14,9 +14,7 @@
 //! re-seals rows sealed under a retired key) with conditional updates, so replicas
 //! starting together do not fight.
 
-use entities::webhook_endpoint;
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
+use sea_orm::{DatabaseConnection, DbErr};
 
 pub use crate::keys::sealed::{SecretBox, SecretError};
 
@@ -24,7 +22,7 @@ pub use crate::keys::sealed::{SecretBox, SecretError};
 /// key; returns how many rows changed. Each update is conditional on the value read,
 /// so concurrent passes (replicas starting together) leave one sealed value.
 pub async fn seal_stored_secrets(db: &DatabaseConnection, secrets: &SecretBox) -> Result<u64, DbErr> {
-    let rows = webhook_endpoint::Entity::find().all(db).await?;
+    let rows = crate::repo::webhooks::all(db).await?;
     let mut changed = 0;
     for row in rows.into_iter().filter(|row| !secrets.is_current(&row.secret)) {
         let sealed = match secrets.open(row.id, &row.secret).and_then(|plain| secrets.seal(row.id, &plain)) {
@@ -34,13 +32,7 @@ pub async fn seal_stored_secrets(db: &DatabaseConnection, secrets: &SecretBox) -
                 continue;
             }
         };
-        changed += webhook_endpoint::Entity::update_many()
-            .col_expr(webhook_endpoint::Column::Secret, Expr::value(sealed))
-            .filter(webhook_endpoint::Column::Id.eq(row.id))
-            .filter(webhook_endpoint::Column::Secret.eq(row.secret))
-            .exec(db)
-            .await?
-            .rows_affected;
+        changed += crate::repo::webhooks::replace_secret(db, row.id, &row.secret, sealed).await?;
     }
     if changed > 0 {
         tracing::info!(changed, "sealed stored webhook secrets under the current key");

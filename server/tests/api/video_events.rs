@@ -342,8 +342,8 @@ async fn pruned_events_keep_sequences_going_and_expire_older_cursors_with_a_clea
     age_every_stored_event(&app).await;
     let ready = transition_on(&app, video.id, VideoStatus::Ready, EventKind::Ready, None).await;
     let cutoff = Utc::now() - chrono::TimeDelta::days(30);
-    assert_eq!(events::prune(&app.state.db, cutoff).await.unwrap(), 2);
-    assert_eq!(events::prune(&app.state.db, cutoff).await.unwrap(), 0, "pruning again finds nothing");
+    assert_eq!(reelhouse::repo::outbox::prune(&app.state.db, cutoff).await.unwrap(), 2);
+    assert_eq!(reelhouse::repo::outbox::prune(&app.state.db, cutoff).await.unwrap(), 0, "pruning again finds nothing");
     let kept: Vec<i64> = event_outbox::Entity::find()
         .filter(event_outbox::Column::VideoId.eq(video.id))
         .order_by_asc(event_outbox::Column::Seq)
@@ -373,7 +373,7 @@ async fn pruned_events_keep_sequences_going_and_expire_older_cursors_with_a_clea
 
     // Everything old: the newest row of all is still kept, so cursors stay checkable.
     age_every_stored_event(&app).await;
-    assert_eq!(events::prune(&app.state.db, cutoff).await.unwrap(), 1);
+    assert_eq!(reelhouse::repo::outbox::prune(&app.state.db, cutoff).await.unwrap(), 1);
     let vars = json!({ "id": video.id.to_string(), "after": cursor(&second) });
     let mut stale = subscribe(&app, Some(&owner), &events_query(), vars).await;
     let error = next_event(&mut stale).await.unwrap_err();

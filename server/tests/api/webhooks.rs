@@ -1014,7 +1014,7 @@ async fn replay_is_authorized_and_checks_its_cursor() {
     for bad in ["abc", "-1", "1.5", "", "99999999999999999999"] {
         assert_eq!(code(replay(&app, &owner, webhook_id, bad).await).as_deref(), Some("BAD_USER_INPUT"), "{bad:?}");
     }
-    let newest = reelhouse::events::newest_cursor(&app.state.db).await.unwrap().unwrap();
+    let newest = reelhouse::repo::outbox::newest_cursor(&app.state.db).await.unwrap().unwrap();
     assert_eq!(
         code(replay(&app, &owner, webhook_id, &(newest + 1).to_string()).await).as_deref(),
         Some("BAD_USER_INPUT"),
@@ -1031,7 +1031,7 @@ async fn replay_is_authorized_and_checks_its_cursor() {
     assert_eq!((answer["created"].as_i64(), answer["requeued"].as_i64()), (Some(0), Some(0)));
 
     // Past the retention: the events after the cursor are gone.
-    reelhouse::events::prune(&app.state.db, chrono::Utc::now() + chrono::Duration::seconds(1)).await.unwrap();
+    reelhouse::repo::outbox::prune(&app.state.db, chrono::Utc::now() + chrono::Duration::seconds(1)).await.unwrap();
     assert_eq!(code(replay(&app, &owner, webhook_id, "0").await).as_deref(), Some("CURSOR_EXPIRED"));
     let answer = replay_ok(&app, &owner, webhook_id, &(newest - 1).to_string()).await;
     assert_eq!(answer["endCursor"], newest.to_string(), "{answer}");
