@@ -4,7 +4,8 @@
 //! process, `worker` into `reelhouse worker`. Each service sees only its narrow part
 //! of the state, through the traits it declares (`uploads::UploadDeps`,
 //! `auth::AuthDeps`, `jobs::remote::RemoteDeps`, `playback::PlaybackDeps`), which
-//! `AppState` implements here.
+//! `AppState` implements here, or the context value it builds for it
+//! (`events::feed::FeedContext`).
 
 use std::sync::Arc;
 use std::time::Duration;
