@@ -21,20 +21,21 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use entities::{refresh_token_family, user, AccountTokenPurpose};
-use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter, Set};
+use entities::{user, AccountTokenPurpose};
+use sea_orm::ConnectionTrait;
 use uuid::Uuid;
 
+use crate::auth::account_tokens;
 use crate::auth::accounts::{insert_account, normalize_email, prepare_account, verify_credentials};
 use crate::auth::password::{check_policy, hash_password};
 use crate::auth::principal::{AuthMethod, ClientInfo, Principal};
 use crate::auth::AuthDeps;
-use crate::auth::{account_tokens, sessions};
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::limits::Policy;
 use crate::mail::{self, templates};
 use crate::repo::audit::{self, AuditAction, AuditEntry, AuditOutcome};
+use crate::repo::sessions as repo_sessions;
+use crate::repo::users;
 
 /// The least time `requestPasswordReset` takes, whether or not the account exists.
 pub const RESET_ANSWER_FLOOR: Duration = Duration::from_millis(300);
@@ -57,7 +58,7 @@ async fn limit_mail(state: &dyn AuthDeps, account: &str, client: &ClientInfo) ->
 
 /// `EMAIL_NOT_VERIFIED` unless the user's address is verified.
 pub async fn require_verified(db: &impl ConnectionTrait, user_id: Uuid) -> AppResult<()> {
-    let row = user::Entity::find_by_id(user_id).one(db).await?;
+    let row = users::find_any(db, user_id).await?;
     match row {
         Some(user) if user.email_verified_at.is_some() => Ok(()),
         Some(_) => Err(AppError::new(
@@ -104,7 +105,7 @@ pub async fn register_account(
 /// nothing either way (a refusal would say the account exists).
 pub async fn notify_signup_attempt(state: &dyn AuthDeps, email: &str, client: &ClientInfo) -> AppResult<()> {
     let Ok(account) = normalize_email(email) else { return Ok(()) };
-    let found = crate::repo::users::find_by_email(state.db(), &account).await?;
+    let found = users::find_by_email(state.db(), &account).await?;
     let Some(user) = found.filter(|u| !u.disabled) else { return Ok(()) };
     if let Err(err) = limit_mail(state, &user.id.to_string(), client).await {
         if err.code() == ErrorCode::RateLimited {
@@ -129,33 +130,25 @@ pub async fn verify_email(state: &dyn AuthDeps, secret: &str, client: &ClientInf
     let token =
         account_tokens::consume(&txn, secret, &[AccountTokenPurpose::VerifyEmail, AccountTokenPurpose::ChangeEmail])
             .await?;
-    let user = user::Entity::find_by_id(token.user_id)
-        .one(&txn)
-        .await?
-        .ok_or_else(|| AppError::bad_input("this link is not valid"))?;
+    let user =
+        users::find_any(&txn, token.user_id).await?.ok_or_else(|| AppError::bad_input("this link is not valid"))?;
     let address = token.new_email.clone().unwrap_or_else(|| user.email.clone());
     let now = Utc::now();
     let (user, action, detail) = match token.purpose {
         AccountTokenPurpose::ChangeEmail => {
-            let taken = user::Entity::find()
-                .filter(user::Column::Email.eq(&address))
-                .filter(user::Column::Id.ne(user.id))
-                .one(&txn)
-                .await?
-                .is_some();
+            // The address is unique: another account has it when the one found is not this one.
+            let taken = users::find_by_email(&txn, &address).await?.is_some_and(|other| other.id != user.id);
             if taken {
                 return Err(AppError::new(ErrorCode::Conflict, "another account uses this address now"));
             }
             let from = user.email.clone();
-            let mut active = user.into_active_model();
-            active.email = Set(address.clone());
-            active.email_verified_at = Set(Some(now));
-            active.updated_at = Set(now);
-            let user = active.update(&txn).await.map_err(|err| match err.sql_err() {
-                Some(sea_orm::SqlErr::UniqueConstraintViolation(_)) => {
-                    AppError::new(ErrorCode::Conflict, "another account uses this address now")
+            let user = users::set_verified_email(&txn, user, address.clone(), now).await.map_err(|err| {
+                match err.sql_err() {
+                    Some(sea_orm::SqlErr::UniqueConstraintViolation(_)) => {
+                        AppError::new(ErrorCode::Conflict, "another account uses this address now")
+                    }
+                    _ => AppError::from(err),
                 }
-                _ => AppError::from(err),
             })?;
             (user, AuditAction::EmailChanged, serde_json::json!({ "from": from, "to": address }))
         }
@@ -165,10 +158,7 @@ pub async fn verify_email(state: &dyn AuthDeps, secret: &str, client: &ClientInf
                 return Err(AppError::bad_input("this link was for an address the account no longer uses"));
             }
             let user = if user.email_verified_at.is_none() {
-                let mut active = user.into_active_model();
-                active.email_verified_at = Set(Some(now));
-                active.updated_at = Set(now);
-                active.update(&txn).await?
+                users::mark_email_verified(&txn, user, now).await?
             } else {
                 user
             };
@@ -184,8 +174,7 @@ pub async fn verify_email(state: &dyn AuthDeps, secret: &str, client: &ClientInf
 /// Mail a fresh verification link to the caller. `false` when the address is
 /// verified already (nothing sent).
 pub async fn resend_verification(state: &dyn AuthDeps, principal: &Principal, client: &ClientInfo) -> AppResult<bool> {
-    let user = user::Entity::find_by_id(principal.user_id)
-        .one(state.db())
+    let user = users::find_any(state.db(), principal.user_id)
         .await?
         .ok_or_else(|| AppError::unauthenticated("account no longer exists"))?;
     if user.email_verified_at.is_some() {
@@ -214,7 +203,7 @@ async fn request_password_reset_inner(state: &dyn AuthDeps, email: &str, client:
     let account = normalize_email(email).unwrap_or_else(|_| email.trim().to_lowercase());
     // Charged for unknown addresses too, or the limit itself would tell them apart.
     limit_mail(state, &format!("reset|{account}"), client).await?;
-    let found = crate::repo::users::find_by_email(state.db(), &account).await?;
+    let found = users::find_by_email(state.db(), &account).await?;
     let Some(user) = found.filter(|u| !u.disabled) else {
         return Ok(true);
     };
@@ -242,8 +231,7 @@ pub async fn reset_password(
     state.limiter().enforce(Policy::AuthIp, ip_subject(client), 1).await?;
     // Checked before the token is used up: a weak password leaves the link working.
     let token = account_tokens::find_usable(state.db(), secret, &[AccountTokenPurpose::ResetPassword]).await?;
-    let user = user::Entity::find_by_id(token.user_id)
-        .one(state.db())
+    let user = users::find_any(state.db(), token.user_id)
         .await?
         .ok_or_else(|| AppError::bad_input("this link is not valid"))?;
     check_policy(new_password, &user.email)?;
@@ -252,8 +240,8 @@ pub async fn reset_password(
 
     let txn = crate::db::begin_write(state.db()).await?;
     account_tokens::consume(&txn, secret, &[AccountTokenPurpose::ResetPassword]).await?;
-    let user = set_password_hash(&txn, user, password_hash).await?;
-    let revoked = sessions::revoke_all_sessions(&txn, user.id, "password reset").await?;
+    let user = users::set_password_hash(&txn, user, password_hash).await?;
+    let revoked = repo_sessions::revoke_all_sessions(&txn, user.id, "password reset").await?;
     let notice = templates::password_changed_notice(
         &user.email,
         &user.display_name,
@@ -270,17 +258,6 @@ pub async fn reset_password(
     Ok(true)
 }
 
-async fn set_password_hash<C: ConnectionTrait>(
-    conn: &C,
-    user: user::Model,
-    password_hash: String,
-) -> AppResult<user::Model> {
-    let mut active = user.into_active_model();
-    active.password_hash = Set(password_hash);
-    active.updated_at = Set(Utc::now());
-    Ok(active.update(conn).await?)
-}
-
 /// The signed-in caller's account, checked against `password` (charged like a
 /// sign-in: per account and address, and the account's failure back-off). API keys
 /// may not change credentials.
@@ -293,8 +270,7 @@ async fn confirm_password(
     if principal.method == AuthMethod::ApiKey {
         return Err(AppError::forbidden("API keys cannot change the account's credentials; sign in"));
     }
-    let user = user::Entity::find_by_id(principal.user_id)
-        .one(state.db())
+    let user = users::find_any(state.db(), principal.user_id)
         .await?
         .ok_or_else(|| AppError::unauthenticated("account no longer exists"))?;
     state.limiter().enforce(Policy::Auth, format!("{}|{}", user.email, ip_subject(client)), 1).await?;
@@ -326,16 +302,8 @@ pub async fn change_password(
     let candidate = new_password.to_string();
     let password_hash = state.password_hashing().run(move || hash_password(&candidate)).await??;
     let txn = crate::db::begin_write(state.db()).await?;
-    let user = set_password_hash(&txn, user, password_hash).await?;
-    let mut others = refresh_token_family::Entity::update_many()
-        .col_expr(refresh_token_family::Column::RevokedAt, Expr::value(Utc::now()))
-        .col_expr(refresh_token_family::Column::RevokedReason, Expr::value("password changed"))
-        .filter(refresh_token_family::Column::UserId.eq(user.id))
-        .filter(refresh_token_family::Column::RevokedAt.is_null());
-    if let Some(current) = principal.family_id {
-        others = others.filter(refresh_token_family::Column::Id.ne(current));
-    }
-    let revoked = others.exec(&txn).await?.rows_affected;
+    let user = users::set_password_hash(&txn, user, password_hash).await?;
+    let revoked = repo_sessions::revoke_other_sessions(&txn, user.id, principal.family_id, "password changed").await?;
     let notice =
         templates::password_changed_notice(&user.email, &user.display_name, "every other device was signed out.");
     mail::enqueue(&txn, state.mailer(), state.settings(), &notice).await?;
@@ -364,7 +332,7 @@ pub async fn change_email(
         return Err(AppError::bad_input("this is the account's address already"));
     }
     limit_mail(state, &user.id.to_string(), client).await?;
-    let taken = crate::repo::users::find_by_email(state.db(), &new_email).await?.is_some();
+    let taken = users::find_by_email(state.db(), &new_email).await?.is_some();
     if taken {
         return Err(AppError::new(ErrorCode::Conflict, "an account with this email already exists"));
     }

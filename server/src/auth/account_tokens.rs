@@ -8,12 +8,12 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use entities::{account_token, AccountTokenPurpose};
 use rand::RngCore;
-use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Set};
+use sea_orm::{ConnectionTrait, DbErr};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::error::AppError;
+use crate::repo::account_tokens::{self as repo, NewAccountToken};
 
 /// A token just issued: the secret goes into the mail, never into the database.
 pub struct IssuedToken {
@@ -42,29 +42,21 @@ pub async fn issue<C: ConnectionTrait>(
     ttl: std::time::Duration,
 ) -> Result<IssuedToken, DbErr> {
     let now = Utc::now();
-    account_token::Entity::update_many()
-        .col_expr(account_token::Column::UsedAt, Expr::value(now))
-        .filter(account_token::Column::UserId.eq(user_id))
-        .filter(account_token::Column::Purpose.eq(purpose))
-        .filter(account_token::Column::UsedAt.is_null())
-        .exec(conn)
-        .await?;
+    repo::retire_unused(conn, user_id, purpose, now).await?;
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
     let id = Uuid::now_v7();
-    account_token::ActiveModel {
-        id: Set(id),
-        user_id: Set(user_id),
-        purpose: Set(purpose),
-        token_hash: Set(hash_secret(&secret)),
-        new_email: Set(Some(email.to_string())),
-        expires_at: Set(now + chrono::Duration::from_std(ttl).unwrap_or_else(|_| chrono::Duration::hours(1))),
-        used_at: Set(None),
-        created_at: Set(now),
-    }
-    .insert(conn)
-    .await?;
+    let token = NewAccountToken {
+        id,
+        user_id,
+        purpose,
+        token_hash: hash_secret(&secret),
+        email: email.to_string(),
+        created_at: now,
+        expires_at: now + chrono::Duration::from_std(ttl).unwrap_or_else(|_| chrono::Duration::hours(1)),
+    };
+    repo::insert(conn, token).await?;
     Ok(IssuedToken { id, secret })
 }
 
@@ -75,10 +67,7 @@ pub async fn find_usable<C: ConnectionTrait>(
     secret: &str,
     purposes: &[AccountTokenPurpose],
 ) -> Result<account_token::Model, AppError> {
-    let row = account_token::Entity::find()
-        .filter(account_token::Column::TokenHash.eq(hash_secret(secret)))
-        .one(conn)
-        .await?;
+    let row = repo::find_by_hash(conn, &hash_secret(secret)).await?;
     let Some(row) = row.filter(|row| purposes.contains(&row.purpose)) else {
         return Err(AppError::bad_input("this link is not valid"));
     };
@@ -100,13 +89,7 @@ pub async fn consume<C: ConnectionTrait>(
 ) -> Result<account_token::Model, AppError> {
     let row = find_usable(conn, secret, purposes).await?;
     let now: DateTime<Utc> = Utc::now();
-    let updated = account_token::Entity::update_many()
-        .col_expr(account_token::Column::UsedAt, Expr::value(now))
-        .filter(account_token::Column::Id.eq(row.id))
-        .filter(account_token::Column::UsedAt.is_null())
-        .exec(conn)
-        .await?;
-    if updated.rows_affected == 0 {
+    if !repo::mark_used(conn, row.id, now).await? {
         return Err(AppError::bad_input("this link was already used (or a newer one was sent)"));
     }
     Ok(account_token::Model { used_at: Some(now), ..row })

@@ -1,12 +1,11 @@
 //! Creating accounts.
 
-use chrono::Utc;
 use entities::{user, Role};
-use sea_orm::{ActiveModelTrait, ConnectionTrait, DatabaseConnection, Set};
-use uuid::Uuid;
+use sea_orm::{ConnectionTrait, DatabaseConnection};
 
 use crate::auth::password::{check_policy, hash_password, needs_rehash, verify_password, HashingPool};
 use crate::error::{AppError, ErrorCode};
+use crate::repo::users;
 
 /// Lowercased and trimmed; the unique key of an account.
 pub fn normalize_email(email: &str) -> Result<String, AppError> {
@@ -75,7 +74,7 @@ pub async fn prepare_account(
     if display_name.is_empty() || display_name.chars().count() > 100 {
         return Err(AppError::bad_input("display name must be 1 to 100 characters"));
     }
-    let exists = crate::repo::users::find_by_email(db, &email).await?.is_some();
+    let exists = users::find_by_email(db, &email).await?.is_some();
     if exists {
         return Err(AppError::new(ErrorCode::Conflict, "an account with this email already exists"));
     }
@@ -91,25 +90,16 @@ pub async fn insert_account<C: ConnectionTrait>(
     account: NewAccount,
     verified: bool,
 ) -> Result<user::Model, AppError> {
-    let now = Utc::now();
-    let model = user::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        email: Set(account.email),
-        display_name: Set(account.display_name),
-        password_hash: Set(account.password_hash),
-        role: Set(account.role),
-        disabled: Set(false),
-        storage_quota_bytes: Set(None),
-        email_verified_at: Set(verified.then_some(now)),
-        processing_budget_secs_per_day: Set(None),
-        deleted_at: Set(None),
-        created_at: Set(now),
-        updated_at: Set(now),
-        ..Default::default()
+    let new_user = users::NewUser {
+        email: account.email,
+        display_name: account.display_name,
+        password_hash: account.password_hash,
+        role: account.role,
+        verified,
     };
     // Two concurrent sign-ups with one email: the unique index decides, and the
     // loser gets the same CONFLICT as a sequential duplicate.
-    model.insert(conn).await.map_err(|err| match err.sql_err() {
+    users::insert(conn, new_user).await.map_err(|err| match err.sql_err() {
         Some(sea_orm::SqlErr::UniqueConstraintViolation(_)) => {
             AppError::new(ErrorCode::Conflict, "an account with this email already exists")
         }
@@ -144,7 +134,7 @@ pub async fn verify_credentials(
     password: &str,
 ) -> Result<user::Model, AppError> {
     let found = match normalize_email(email) {
-        Ok(email) => crate::repo::users::find_by_email(db, &email).await?,
+        Ok(email) => users::find_by_email(db, &email).await?,
         Err(_) => None,
     };
     let stored = found.as_ref().map_or_else(|| dummy_hash().to_string(), |u| u.password_hash.clone());
@@ -158,10 +148,7 @@ pub async fn verify_credentials(
     }
     if needs_rehash(&user.password_hash) {
         let fresh = hashing.run(move || hash_password(&candidate)).await??;
-        let mut active: user::ActiveModel = user.into();
-        active.password_hash = Set(fresh);
-        active.updated_at = Set(Utc::now());
-        return Ok(active.update(db).await?);
+        return Ok(users::set_password_hash(db, user, fresh).await?);
     }
     Ok(user)
 }

@@ -5,18 +5,16 @@
 //! `last_used_at` is written at most once a minute per key, not on every request.
 
 use chrono::{Duration, Utc};
-use entities::{api_key, user, Role};
+use entities::{api_key, Role};
 use rand::Rng;
-use sea_orm::sea_query::{Condition, Expr};
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::auth::principal::{lower_role, AuthMethod, Principal};
 use crate::auth::roles::rank;
 use crate::error::{AppError, AppResult};
+use crate::repo::api_keys::{self as repo, NewApiKey};
 
 pub const KEY_PREFIX: &str = "rh_live_";
 const RANDOM_LEN: usize = 32;
@@ -96,44 +94,26 @@ pub async fn create_api_key(
         return Err(AppError::forbidden("an API key's role cannot be above your own"));
     }
     let secret = generate_secret();
-    let model = api_key::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        user_id: Set(owner_id),
-        name: Set(name.to_string()),
-        role: Set(role),
-        prefix: Set(secret[..KEY_PREFIX.len() + VISIBLE_LEN].to_string()),
-        secret_hash: Set(hash_secret(&secret)),
-        created_at: Set(Utc::now()),
-        last_used_at: Set(None),
-        revoked_at: Set(None),
-    }
-    .insert(db)
-    .await?;
+    let key = NewApiKey {
+        user_id: owner_id,
+        name: name.to_string(),
+        role,
+        prefix: secret[..KEY_PREFIX.len() + VISIBLE_LEN].to_string(),
+        secret_hash: hash_secret(&secret),
+    };
+    let model = repo::insert(db, key).await?;
     Ok(CreatedApiKey { model, secret })
 }
 
 /// The caller's live keys, newest first.
 pub async fn list_api_keys(db: &DatabaseConnection, owner_id: Uuid) -> AppResult<Vec<api_key::Model>> {
-    Ok(api_key::Entity::find()
-        .filter(api_key::Column::UserId.eq(owner_id))
-        .filter(api_key::Column::RevokedAt.is_null())
-        .order_by_desc(api_key::Column::CreatedAt)
-        .all(db)
-        .await?)
+    Ok(repo::live_of(db, owner_id).await?)
 }
 
 /// Revoke one of the owner's keys; `NOT_FOUND` for anyone else's.
 pub async fn revoke_api_key(db: &impl ConnectionTrait, owner_id: Uuid, id: Uuid) -> AppResult<bool> {
-    let result = api_key::Entity::update_many()
-        .col_expr(api_key::Column::RevokedAt, Expr::value(Utc::now()))
-        .filter(api_key::Column::Id.eq(id))
-        .filter(api_key::Column::UserId.eq(owner_id))
-        .filter(api_key::Column::RevokedAt.is_null())
-        .exec(db)
-        .await?;
-    if result.rows_affected == 0 {
-        let exists =
-            api_key::Entity::find_by_id(id).filter(api_key::Column::UserId.eq(owner_id)).one(db).await?.is_some();
+    if !repo::revoke_owned(db, owner_id, id).await? {
+        let exists = repo::find_owned(db, owner_id, id).await?.is_some();
         if !exists {
             return Err(AppError::not_found("API key"));
         }
@@ -147,12 +127,7 @@ pub async fn authenticate_api_key(db: &DatabaseConnection, secret: &str) -> AppR
     if !is_well_formed(secret) {
         return Ok(None);
     }
-    let found = api_key::Entity::find()
-        .filter(api_key::Column::SecretHash.eq(hash_secret(secret)))
-        .filter(api_key::Column::RevokedAt.is_null())
-        .find_also_related(user::Entity)
-        .one(db)
-        .await?;
+    let found = repo::find_live_by_hash_with_owner(db, &hash_secret(secret)).await?;
     let Some((key, Some(owner))) = found else { return Ok(None) };
     if owner.disabled {
         return Ok(None);
@@ -174,16 +149,7 @@ async fn record_use(db: &DatabaseConnection, key: &api_key::Model) -> AppResult<
     if key.last_used_at.is_some_and(|at| at > stale_before) {
         return Ok(());
     }
-    api_key::Entity::update_many()
-        .col_expr(api_key::Column::LastUsedAt, Expr::value(now))
-        .filter(api_key::Column::Id.eq(key.id))
-        .filter(
-            Condition::any()
-                .add(api_key::Column::LastUsedAt.is_null())
-                .add(api_key::Column::LastUsedAt.lt(stale_before)),
-        )
-        .exec(db)
-        .await?;
+    repo::touch_last_used(db, key.id, now, stale_before).await?;
     Ok(())
 }
 

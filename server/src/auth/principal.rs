@@ -10,8 +10,7 @@
 //! (503 with `Retry-After`), so clients retry instead of signing their user out.
 
 use actix_web::http::header::{HeaderMap, AUTHORIZATION};
-use entities::{refresh_token_family, user, Role};
-use sea_orm::EntityTrait;
+use entities::Role;
 
 use crate::access::sessions::{CachedSession, Lookup};
 use crate::auth::api_keys;
@@ -118,8 +117,7 @@ pub async fn authenticate_access_token(state: &dyn AuthDeps, token: &str) -> Req
         Lookup::Hit(_) => return RequestAuth::Invalid(INVALID_CREDENTIALS),
         Lookup::Miss | Lookup::Bypass => sessions.ticket(),
     };
-    let found =
-        refresh_token_family::Entity::find_by_id(claims.sid).find_also_related(user::Entity).one(state.db()).await;
+    let found = crate::repo::sessions::find_family_with_user(state.db(), claims.sid).await;
     match found {
         Ok(Some((family, Some(user))))
             if family.revoked_at.is_none() && family.user_id == user_id && !user.disabled =>

@@ -14,10 +14,9 @@
 
 use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
-use entities::{refresh_token, refresh_token_family, user};
+use entities::user;
 use rand::RngCore;
-use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
+use sea_orm::ConnectionTrait;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -26,6 +25,8 @@ use crate::auth::principal::ClientInfo;
 use crate::auth::AuthDeps;
 use crate::error::{AppError, AppResult};
 use crate::repo::audit::{self, AuditAction, AuditEntry, AuditOutcome};
+use crate::repo::sessions::{self as repo, NewFamily};
+use crate::repo::users;
 
 const INVALID_REFRESH: &str = "invalid or expired refresh token";
 
@@ -69,18 +70,9 @@ async fn insert_refresh_token(
 ) -> AppResult<String> {
     let secret = new_refresh_secret();
     let now = Utc::now();
-    refresh_token::ActiveModel {
-        id: Set(id),
-        family_id: Set(family_id),
-        token_hash: Set(hash_refresh_token(&secret)),
-        created_at: Set(now),
-        // Never past the family's absolute end.
-        expires_at: Set((now + refresh_ttl(state)).min(family_deadline(state, family_created_at))),
-        rotated_at: Set(None),
-        replaced_by: Set(None),
-    }
-    .insert(db)
-    .await?;
+    // Never past the family's absolute end.
+    let expires_at = (now + refresh_ttl(state)).min(family_deadline(state, family_created_at));
+    repo::insert_refresh_token(db, id, family_id, hash_refresh_token(&secret), now, expires_at).await?;
     Ok(secret)
 }
 
@@ -91,18 +83,14 @@ pub async fn start_session(state: &dyn AuthDeps, user: user::Model, client: &Cli
     let now = Utc::now();
     let family_id = Uuid::now_v7();
     let txn = crate::db::begin_write(state.db()).await?;
-    refresh_token_family::ActiveModel {
-        id: Set(family_id),
-        user_id: Set(user.id),
-        created_at: Set(now),
-        last_used_at: Set(now),
-        revoked_at: Set(None),
-        revoked_reason: Set(None),
-        user_agent: Set(client.user_agent.as_ref().map(|ua| ua.chars().take(500).collect())),
-        ip: Set(client.ip.clone()),
-    }
-    .insert(&txn)
-    .await?;
+    let family = NewFamily {
+        id: family_id,
+        user_id: user.id,
+        created_at: now,
+        user_agent: client.user_agent.as_ref().map(|ua| ua.chars().take(500).collect()),
+        ip: client.ip.clone(),
+    };
+    repo::insert_family(&txn, family).await?;
     let refresh_token = insert_refresh_token(&txn, state, Uuid::now_v7(), family_id, now).await?;
     let entry = AuditEntry::new(AuditAction::LoginSucceeded, AuditOutcome::Success)
         .actor(user.id)
@@ -163,37 +151,25 @@ pub async fn rotate_refresh_token(
     // The write comes first so SQLite takes its write lock before reading anything
     // (no snapshot upgrade failure), and PostgreSQL serializes racers on the row lock.
     // `replaced_by` is set once the new row exists (it is a foreign key).
-    let claimed = refresh_token::Entity::update_many()
-        .col_expr(refresh_token::Column::RotatedAt, Expr::value(now))
-        .filter(refresh_token::Column::TokenHash.eq(&hash))
-        .filter(refresh_token::Column::RotatedAt.is_null())
-        .filter(refresh_token::Column::ExpiresAt.gt(now))
-        .exec(&txn)
-        .await?
-        .rows_affected
-        == 1;
-    let Some(token) =
-        refresh_token::Entity::find().filter(refresh_token::Column::TokenHash.eq(&hash)).one(&txn).await?
-    else {
+    let claimed = repo::claim_refresh_token(&txn, &hash, now).await?;
+    let Some(token) = repo::find_refresh_token(&txn, &hash).await? else {
         return Err(AppError::unauthenticated(INVALID_REFRESH));
     };
-    let family = refresh_token_family::Entity::find_by_id(token.family_id)
-        .one(&txn)
-        .await?
-        .ok_or_else(|| AppError::unauthenticated(INVALID_REFRESH))?;
+    let family =
+        repo::find_family(&txn, token.family_id).await?.ok_or_else(|| AppError::unauthenticated(INVALID_REFRESH))?;
     if family.revoked_at.is_some() {
         return Err(AppError::unauthenticated(INVALID_REFRESH));
     }
     if family_deadline(state, family.created_at) <= now {
         // Past its absolute lifetime: however fresh the token, the session is over.
-        revoke_family_in(&txn, family.id, "session lifetime reached").await?;
+        repo::revoke_family(&txn, family.id, "session lifetime reached").await?;
         txn.commit().await?;
         state.access_signals().announce(AccessChange::session(family.user_id, family.id)).await;
         return Err(AppError::unauthenticated(INVALID_REFRESH));
     }
     if !claimed {
         if token.rotated_at.is_some() {
-            revoke_family_in(&txn, family.id, "refresh token reused").await?;
+            repo::revoke_family(&txn, family.id, "refresh token reused").await?;
             // The presenter is unknown (the thief or the victim): no actor.
             let entry = AuditEntry::new(AuditAction::RefreshReuseDetected, AuditOutcome::Denied)
                 .target(family.user_id)
@@ -205,36 +181,16 @@ pub async fn rotate_refresh_token(
         }
         return Err(AppError::unauthenticated(INVALID_REFRESH));
     }
-    let user = user::Entity::find_by_id(family.user_id)
-        .one(&txn)
+    let user = users::find_any(&txn, family.user_id)
         .await?
         .filter(|u| !u.disabled)
         .ok_or_else(|| AppError::unauthenticated(INVALID_REFRESH))?;
     let refresh_token = insert_refresh_token(&txn, state, new_id, family.id, family.created_at).await?;
-    refresh_token::Entity::update_many()
-        .col_expr(refresh_token::Column::ReplacedBy, Expr::value(new_id))
-        .filter(refresh_token::Column::Id.eq(token.id))
-        .exec(&txn)
-        .await?;
-    refresh_token_family::Entity::update_many()
-        .col_expr(refresh_token_family::Column::LastUsedAt, Expr::value(now))
-        .filter(refresh_token_family::Column::Id.eq(family.id))
-        .exec(&txn)
-        .await?;
+    repo::set_replaced_by(&txn, token.id, new_id).await?;
+    repo::touch_family(&txn, family.id, now).await?;
     txn.commit().await?;
     let access = state.tokens().issue_access_token(user.id, user.role, family.id)?;
     Ok(SessionTokens { access_token: access.token, refresh_token, expires_in_secs: access.expires_in_secs, user })
-}
-
-async fn revoke_family_in(db: &impl ConnectionTrait, family_id: Uuid, reason: &str) -> AppResult<u64> {
-    Ok(refresh_token_family::Entity::update_many()
-        .col_expr(refresh_token_family::Column::RevokedAt, Expr::value(Utc::now()))
-        .col_expr(refresh_token_family::Column::RevokedReason, Expr::value(reason))
-        .filter(refresh_token_family::Column::Id.eq(family_id))
-        .filter(refresh_token_family::Column::RevokedAt.is_null())
-        .exec(db)
-        .await?
-        .rows_affected)
 }
 
 /// Revoke the session a refresh token belongs to, audited (`SESSION_REVOKED`, the
@@ -242,13 +198,9 @@ async fn revoke_family_in(db: &impl ConnectionTrait, family_id: Uuid, reason: &s
 /// cache and open sockets). `false` when the token is unknown.
 pub async fn logout(state: &dyn AuthDeps, presented: &str, client: &ClientInfo) -> AppResult<bool> {
     let txn = crate::db::begin_write(state.db()).await?;
-    let token = refresh_token::Entity::find()
-        .filter(refresh_token::Column::TokenHash.eq(hash_refresh_token(presented)))
-        .find_also_related(refresh_token_family::Entity)
-        .one(&txn)
-        .await?;
+    let token = repo::find_refresh_token_with_family(&txn, &hash_refresh_token(presented)).await?;
     let Some((token, Some(family))) = token else { return Ok(false) };
-    let revoked = revoke_family_in(&txn, token.family_id, "logout").await? > 0;
+    let revoked = repo::revoke_family(&txn, token.family_id, "logout").await? > 0;
     if revoked {
         let entry = AuditEntry::new(AuditAction::SessionRevoked, AuditOutcome::Success)
             .actor(family.user_id)
@@ -263,4 +215,4 @@ pub async fn logout(state: &dyn AuthDeps, presented: &str, client: &ClientInfo) 
     Ok(true)
 }
 
-pub use crate::repo::users::revoke_all_sessions;
+pub use crate::repo::sessions::revoke_all_sessions;

@@ -17,16 +17,16 @@
 //! presented, before it is checked.
 
 use chrono::Utc;
-use entities::{totp_recovery_code, user};
+use entities::user;
 use rand::{Rng, RngCore};
-use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
+use sea_orm::ConnectionTrait;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::error::{AppError, ErrorCode};
 use crate::keys::sealed::SecretBox;
 use crate::keys::ServerKeys;
+use crate::repo::totp as repo;
 
 /// Digits of a code.
 pub const DIGITS: usize = 6;
@@ -150,15 +150,7 @@ pub async fn enroll(
     let secret = totp_rs::Secret::from(bytes.to_vec()).to_base32();
     let sealed = sealer(keys)?.seal(user.id, &secret).map_err(AppError::internal)?;
     // Conditional on TOTP being off, so an enrolment cannot replace a secret in force.
-    let updated = user::Entity::update_many()
-        .col_expr(user::Column::TotpSecret, Expr::value(sealed))
-        .col_expr(user::Column::TotpLastStep, Expr::value(Option::<i64>::None))
-        .col_expr(user::Column::UpdatedAt, Expr::value(Utc::now()))
-        .filter(user::Column::Id.eq(user.id))
-        .filter(user::Column::TotpEnabledAt.is_null())
-        .exec(conn)
-        .await?;
-    if updated.rows_affected == 0 {
+    if !repo::set_pending_secret(conn, user.id, sealed).await? {
         return Err(already_on());
     }
     let otpauth_url = otpauth_url(&secret, issuer, &user.email)?;
@@ -192,16 +184,7 @@ pub async fn confirm(
     let now = Utc::now();
     // Conditional on the secret the code was checked against still being the
     // pending one (not replaced by a concurrent enrolment, not confirmed twice).
-    let updated = user::Entity::update_many()
-        .col_expr(user::Column::TotpEnabledAt, Expr::value(now))
-        .col_expr(user::Column::TotpLastStep, Expr::value(step_value(step)))
-        .col_expr(user::Column::UpdatedAt, Expr::value(now))
-        .filter(user::Column::Id.eq(user.id))
-        .filter(user::Column::TotpEnabledAt.is_null())
-        .filter(user::Column::TotpSecret.eq(stored))
-        .exec(conn)
-        .await?;
-    if updated.rows_affected == 0 {
+    if !repo::switch_on(conn, user.id, stored, step_value(step), now).await? {
         return Err(AppError::new(ErrorCode::Conflict, "the enrolment changed meanwhile; enrol again"));
     }
     let codes = replace_recovery_codes(conn, user.id).await?;
@@ -213,22 +196,8 @@ fn step_value(step: u64) -> i64 {
 }
 
 async fn replace_recovery_codes(conn: &impl ConnectionTrait, user_id: Uuid) -> Result<Vec<String>, AppError> {
-    totp_recovery_code::Entity::delete_many().filter(totp_recovery_code::Column::UserId.eq(user_id)).exec(conn).await?;
-    let now = Utc::now();
-    let mut codes = Vec::with_capacity(RECOVERY_CODES);
-    for _ in 0..RECOVERY_CODES {
-        let code = new_recovery_code();
-        totp_recovery_code::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            user_id: Set(user_id),
-            code_hash: Set(hash_recovery_code(&code)),
-            used_at: Set(None),
-            created_at: Set(now),
-        }
-        .insert(conn)
-        .await?;
-        codes.push(code);
-    }
+    let codes: Vec<String> = (0..RECOVERY_CODES).map(|_| new_recovery_code()).collect();
+    repo::replace_recovery_codes(conn, user_id, codes.iter().map(|code| hash_recovery_code(code)).collect()).await?;
     Ok(codes)
 }
 
@@ -288,54 +257,30 @@ pub async fn verify_second_factor(
         let Some(step) = matching_step(&secret, &totp_code, now_unix(), user.totp_last_step)? else {
             return Ok(None);
         };
-        let mut update = user::Entity::update_many()
-            .col_expr(user::Column::TotpLastStep, Expr::value(step_value(step)))
-            .filter(user::Column::Id.eq(user.id))
-            .filter(user::Column::TotpEnabledAt.is_not_null())
-            .filter(
-                sea_orm::Condition::any()
-                    .add(user::Column::TotpLastStep.is_null())
-                    .add(user::Column::TotpLastStep.lt(step_value(step))),
-            );
         // A secret sealed under a retired master key moves to the current one.
         let sealer = sealer(keys)?;
+        let mut reseal = None;
         if let Some(stored) = user.totp_secret.as_deref().filter(|stored| !sealer.is_current(stored)) {
             let base32 = totp_rs::Secret::from(secret).to_base32();
             let resealed = sealer.seal(user.id, &base32).map_err(AppError::internal)?;
-            update = update
-                .col_expr(user::Column::TotpSecret, Expr::value(resealed))
-                .filter(user::Column::TotpSecret.eq(stored));
+            reseal = Some((stored, resealed));
         }
-        // Zero rows: another request took this step (or a later one) first.
-        let accepted = update.exec(conn).await?.rows_affected == 1;
+        // Not accepted: another request took this step (or a later one) first.
+        let accepted = repo::advance_step(conn, user.id, step_value(step), reseal).await?;
         return Ok(accepted.then_some(SecondFactor::Totp));
     }
     let normalized = normalize_recovery_code(code);
     if normalized.len() != RECOVERY_LEN {
         return Ok(None);
     }
-    let spent = totp_recovery_code::Entity::update_many()
-        .col_expr(totp_recovery_code::Column::UsedAt, Expr::value(Utc::now()))
-        .filter(totp_recovery_code::Column::UserId.eq(user.id))
-        .filter(totp_recovery_code::Column::CodeHash.eq(hash_recovery_code(&normalized)))
-        .filter(totp_recovery_code::Column::UsedAt.is_null())
-        .exec(conn)
-        .await?;
-    Ok((spent.rows_affected == 1).then_some(SecondFactor::RecoveryCode))
+    let spent = repo::spend_recovery_code(conn, user.id, &hash_recovery_code(&normalized)).await?;
+    Ok(spent.then_some(SecondFactor::RecoveryCode))
 }
 
 /// Switch two-factor sign-in off: the secret, the last step and every recovery
 /// code go. The caller has checked a second factor in the same transaction.
 pub async fn disable(conn: &impl ConnectionTrait, user_id: Uuid) -> Result<(), AppError> {
-    user::Entity::update_many()
-        .col_expr(user::Column::TotpSecret, Expr::value(Option::<String>::None))
-        .col_expr(user::Column::TotpEnabledAt, Expr::value(Option::<chrono::DateTime<Utc>>::None))
-        .col_expr(user::Column::TotpLastStep, Expr::value(Option::<i64>::None))
-        .col_expr(user::Column::UpdatedAt, Expr::value(Utc::now()))
-        .filter(user::Column::Id.eq(user_id))
-        .exec(conn)
-        .await?;
-    totp_recovery_code::Entity::delete_many().filter(totp_recovery_code::Column::UserId.eq(user_id)).exec(conn).await?;
+    repo::clear(conn, user_id).await?;
     Ok(())
 }
 

@@ -5,11 +5,11 @@
 
 use chrono::Utc;
 use entities::worker_token;
-use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set};
+use sea_orm::ConnectionTrait;
 use uuid::Uuid;
 
 use crate::error::{AppError, AppResult};
+use crate::repo::worker_tokens::{self as repo, NewWorkerToken};
 
 pub const TOKEN_PREFIX: &str = "rhw_";
 const VISIBLE_LEN: usize = 6;
@@ -85,42 +85,31 @@ pub async fn create_worker_token(
     }
     let tags = normalize_tags(tags)?;
     let secret = generate_secret();
-    let model = worker_token::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        name: Set(name.to_string()),
-        prefix: Set(secret[..TOKEN_PREFIX.len() + VISIBLE_LEN].to_string()),
-        secret_hash: Set(hash_secret(&secret)),
-        capacity: Set(capacity),
-        tags: Set(join_tags(&tags)),
-        created_by: Set(created_by),
-        created_at: Set(Utc::now()),
-        last_used_at: Set(None),
-        revoked_at: Set(None),
-    }
-    .insert(db)
-    .await?;
+    let token = NewWorkerToken {
+        name: name.to_string(),
+        prefix: secret[..TOKEN_PREFIX.len() + VISIBLE_LEN].to_string(),
+        secret_hash: hash_secret(&secret),
+        capacity,
+        tags: join_tags(&tags),
+        created_by,
+    };
+    let model = repo::insert(db, token).await?;
     Ok(CreatedWorkerToken { model, secret })
 }
 
 /// Every token, live ones first, newest first.
 pub async fn list_worker_tokens(db: &impl ConnectionTrait) -> AppResult<Vec<worker_token::Model>> {
-    let mut rows = worker_token::Entity::find().order_by_desc(worker_token::Column::CreatedAt).all(db).await?;
+    let mut rows = repo::all_newest_first(db).await?;
     rows.sort_by_key(|row| row.revoked_at.is_some());
     Ok(rows)
 }
 
 /// Revoke a token: `NOT_FOUND` if there is none; `false` if it was revoked already.
 pub async fn revoke_worker_token(db: &impl ConnectionTrait, id: Uuid) -> AppResult<bool> {
-    let result = worker_token::Entity::update_many()
-        .col_expr(worker_token::Column::RevokedAt, Expr::value(Utc::now()))
-        .filter(worker_token::Column::Id.eq(id))
-        .filter(worker_token::Column::RevokedAt.is_null())
-        .exec(db)
-        .await?;
-    if result.rows_affected > 0 {
+    if repo::revoke(db, id).await? {
         return Ok(true);
     }
-    match worker_token::Entity::find_by_id(id).one(db).await? {
+    match repo::find(db, id).await? {
         Some(_) => Ok(false),
         None => Err(AppError::not_found("worker token")),
     }
@@ -143,9 +132,7 @@ pub async fn verify_worker_token(
     if !is_well_formed(secret) {
         return Ok(Err(TokenRefusal::Invalid));
     }
-    let Some(row) =
-        worker_token::Entity::find().filter(worker_token::Column::SecretHash.eq(hash_secret(secret))).one(db).await?
-    else {
+    let Some(row) = repo::find_by_hash(db, &hash_secret(secret)).await? else {
         return Ok(Err(TokenRefusal::Invalid));
     };
     if row.revoked_at.is_some() {
@@ -153,11 +140,7 @@ pub async fn verify_worker_token(
     }
     let now = Utc::now();
     if row.last_used_at.is_none_or(|at| (now - at).num_seconds() >= LAST_USED_RESOLUTION_SECS) {
-        worker_token::Entity::update_many()
-            .col_expr(worker_token::Column::LastUsedAt, Expr::value(now))
-            .filter(worker_token::Column::Id.eq(row.id))
-            .exec(db)
-            .await?;
+        repo::touch_last_used(db, row.id, now).await?;
     }
     Ok(Ok(row))
 }
@@ -165,7 +148,7 @@ pub async fn verify_worker_token(
 /// Whether token `id` is still live (a connection re-checks on every heartbeat, so
 /// a revocation on another API replica reaches it within one heartbeat).
 pub async fn is_live(db: &impl ConnectionTrait, id: Uuid) -> AppResult<bool> {
-    Ok(worker_token::Entity::find_by_id(id).one(db).await?.is_some_and(|row| row.revoked_at.is_none()))
+    Ok(repo::find(db, id).await?.is_some_and(|row| row.revoked_at.is_none()))
 }
 
 #[cfg(test)]

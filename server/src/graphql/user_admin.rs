@@ -1,8 +1,8 @@
 //! Device sessions and user administration in GraphQL: `User.sessions` and
 //! `revokeSession` for everyone (their own sessions), and for admins `users(filter)`,
-//! `enableUser`, `deleteUser` and `setUserQuota`. Data access lives in `repo::users`;
-//! every change is audited and, when it takes access away, pushed to open sockets
-//! (`access`) after commit.
+//! `enableUser`, `deleteUser` and `setUserQuota`. Data access lives in `repo::users`
+//! and `repo::sessions`; every change is audited and, when it takes access away,
+//! pushed to open sockets (`access`) after commit.
 
 use async_graphql::connection::Connection;
 use async_graphql::{Context, ErrorExtensions, InputObject, MaybeUndefined, Object, SimpleObject, ID};
@@ -17,6 +17,7 @@ use crate::auth::principal::{ClientInfo, Principal};
 use crate::auth::roles::{has_permission, require_principal, AuthenticatedGuard, Permission, PermissionGuard};
 use crate::error::{AppError, GqlResultExt};
 use crate::repo::audit::{self, AuditAction, AuditEntry, AuditOutcome};
+use crate::repo::sessions;
 use crate::repo::users::{self as repo, Override};
 use crate::state::AppState;
 
@@ -77,7 +78,7 @@ pub(super) async fn sessions_of(ctx: &Context<'_>, user_id: &ID) -> async_graphq
     if principal.user_id != user_id && !is_admin(principal) {
         return Err(AppError::forbidden("only the user themself and admins may see their sessions").extend());
     }
-    let families = repo::live_sessions(&state.db, user_id, &state.settings).await.gql()?;
+    let families = sessions::live_sessions(&state.db, user_id, &state.settings).await.gql()?;
     Ok(families.into_iter().map(|f| Session::of(f, principal.family_id)).collect())
 }
 
@@ -128,7 +129,7 @@ impl UserAdminMutation {
         let id = parse_id(&id, "session").gql()?;
         let owner = (!is_admin(principal)).then_some(principal.user_id);
         let txn = crate::db::begin_write(&state.db).await.gql()?;
-        let (family, revoked) = repo::revoke_session(&txn, id, owner, "revoked").await.gql()?;
+        let (family, revoked) = sessions::revoke_session(&txn, id, owner, "revoked").await.gql()?;
         if revoked {
             let entry = AuditEntry::new(AuditAction::SessionRevoked, AuditOutcome::Success)
                 .actor(principal.user_id)

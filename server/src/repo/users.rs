@@ -1,19 +1,19 @@
-//! Accounts as administrators see them, and the sign-in sessions of one account:
-//! listing with filters, enabling and disabling, per-user quotas, deletion (the
-//! account is retired at once; a DELETE_USER job removes what it owned), and the
-//! live refresh-token families behind `User.sessions` / `revokeSession`.
+//! Accounts: creating one, changing its password hash or address, and as
+//! administrators see them: listing with filters, enabling and disabling, per-user
+//! quotas, deletion (the account is retired at once; a DELETE_USER job removes what
+//! it owned). Its sign-in sessions are `repo::sessions`'.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use entities::{api_key, job, processing_usage, refresh_token_family, user, video, JobKind, JobStatus, Role};
 use sea_orm::sea_query::{Expr, Func, LikeExpr};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Select, Set,
+    IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Select, Set,
 };
 use uuid::Uuid;
 
 use super::jobs::{self, NewJob};
-use crate::config::Settings;
+use super::sessions::revoke_all_sessions;
 use crate::error::{AppError, AppResult, ErrorCode};
 
 /// Attempts of a DELETE_USER job: it is retried (with the queue's backoff) until
@@ -276,67 +276,76 @@ pub async fn purge_rows(txn: &DatabaseTransaction, id: Uuid) -> Result<u64, DbEr
     Ok(videos)
 }
 
-/// When a session (refresh-token family) stops being usable on its own: its
-/// absolute lifetime, or its newest refresh token's expiry (issued at its last use).
-fn session_cutoffs(settings: &Settings, now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
-    let secs = |s: u64| Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 4).min(10 * 365 * 86_400));
-    (now - secs(settings.auth.session_max_lifetime_secs), now - secs(settings.auth.refresh_token_ttl_secs))
+/// An account about to be created: its address normalised and its password hashed.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub email: String,
+    pub display_name: String,
+    pub password_hash: String,
+    pub role: Role,
+    /// Whether the address counts as verified from the start.
+    pub verified: bool,
 }
 
-/// The account's live sessions: not revoked, within their lifetime, with a refresh
-/// token that has not expired; most recently used first.
-pub async fn live_sessions<C: ConnectionTrait>(
-    conn: &C,
-    user_id: Uuid,
-    settings: &Settings,
-) -> Result<Vec<refresh_token_family::Model>, DbErr> {
-    let (created_after, used_after) = session_cutoffs(settings, Utc::now());
-    refresh_token_family::Entity::find()
-        .filter(refresh_token_family::Column::UserId.eq(user_id))
-        .filter(refresh_token_family::Column::RevokedAt.is_null())
-        .filter(refresh_token_family::Column::CreatedAt.gt(created_after))
-        .filter(refresh_token_family::Column::LastUsedAt.gt(used_after))
-        .order_by_desc(refresh_token_family::Column::LastUsedAt)
-        .order_by_desc(refresh_token_family::Column::Id)
-        .all(conn)
-        .await
-}
-
-/// Revoke session `id`. `owner`: only if it belongs to that account (a caller's
-/// own sessions); `None`: anyone's (an admin). `NOT_FOUND` when there is no such
-/// session for that owner; otherwise the session and whether this call ended it
-/// (`false`: it had already ended).
-pub async fn revoke_session(
-    txn: &DatabaseTransaction,
-    id: Uuid,
-    owner: Option<Uuid>,
-    reason: &str,
-) -> AppResult<(refresh_token_family::Model, bool)> {
-    let mut query = refresh_token_family::Entity::find_by_id(id);
-    if let Some(owner) = owner {
-        query = query.filter(refresh_token_family::Column::UserId.eq(owner));
+/// Insert a new account (enabled, no overrides, no two-factor sign-in). A taken
+/// address fails on the unique index (`SqlErr::UniqueConstraintViolation`).
+pub async fn insert<C: ConnectionTrait>(conn: &C, account: NewUser) -> Result<user::Model, DbErr> {
+    let now = Utc::now();
+    user::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        email: Set(account.email),
+        display_name: Set(account.display_name),
+        password_hash: Set(account.password_hash),
+        role: Set(account.role),
+        disabled: Set(false),
+        storage_quota_bytes: Set(None),
+        email_verified_at: Set(account.verified.then_some(now)),
+        processing_budget_secs_per_day: Set(None),
+        deleted_at: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
     }
-    let family = query.one(txn).await?.ok_or_else(|| AppError::not_found("session"))?;
-    let revoked = refresh_token_family::Entity::update_many()
-        .col_expr(refresh_token_family::Column::RevokedAt, Expr::value(Utc::now()))
-        .col_expr(refresh_token_family::Column::RevokedReason, Expr::value(reason))
-        .filter(refresh_token_family::Column::Id.eq(id))
-        .filter(refresh_token_family::Column::RevokedAt.is_null())
-        .exec(txn)
-        .await?
-        .rows_affected
-        == 1;
-    Ok((family, revoked))
+    .insert(conn)
+    .await
 }
 
-/// Revoke every live session of a user; returns how many were revoked.
-pub async fn revoke_all_sessions(db: &impl ConnectionTrait, user_id: Uuid, reason: &str) -> AppResult<u64> {
-    Ok(refresh_token_family::Entity::update_many()
-        .col_expr(refresh_token_family::Column::RevokedAt, Expr::value(Utc::now()))
-        .col_expr(refresh_token_family::Column::RevokedReason, Expr::value(reason))
-        .filter(refresh_token_family::Column::UserId.eq(user_id))
-        .filter(refresh_token_family::Column::RevokedAt.is_null())
-        .exec(db)
-        .await?
-        .rows_affected)
+/// Replace the account's password hash; returns the account after.
+pub async fn set_password_hash<C: ConnectionTrait>(
+    conn: &C,
+    user: user::Model,
+    password_hash: String,
+) -> Result<user::Model, DbErr> {
+    let mut active = user.into_active_model();
+    active.password_hash = Set(password_hash);
+    active.updated_at = Set(Utc::now());
+    active.update(conn).await
+}
+
+/// Move the account to `email`, verified at `now`; returns the account after. An
+/// address another account took fails on the unique index
+/// (`SqlErr::UniqueConstraintViolation`).
+pub async fn set_verified_email<C: ConnectionTrait>(
+    conn: &C,
+    user: user::Model,
+    email: String,
+    now: DateTime<Utc>,
+) -> Result<user::Model, DbErr> {
+    let mut active = user.into_active_model();
+    active.email = Set(email);
+    active.email_verified_at = Set(Some(now));
+    active.updated_at = Set(now);
+    active.update(conn).await
+}
+
+/// Mark the account's current address verified at `now`; returns the account after.
+pub async fn mark_email_verified<C: ConnectionTrait>(
+    conn: &C,
+    user: user::Model,
+    now: DateTime<Utc>,
+) -> Result<user::Model, DbErr> {
+    let mut active = user.into_active_model();
+    active.email_verified_at = Set(Some(now));
+    active.updated_at = Set(now);
+    active.update(conn).await
 }
