@@ -1,6 +1,8 @@
 //! sea-orm queries per aggregate, and the access rules that go with them.
 
 pub mod audit;
+pub mod batches;
+pub mod job_logs;
 pub mod jobs;
 pub mod moderation;
 pub mod outbox;
@@ -10,3 +12,4 @@ pub mod usage;
 pub mod users;
 pub mod videos;
 pub mod views;
+pub mod workers;
