@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use actix::Addr;
 use chrono::{DateTime, Utc};
-use entities::worker;
-use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
+use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
 use crate::actors::{Hub, Supervisor};
@@ -22,6 +20,7 @@ use crate::events::bus::EventBus;
 use crate::jobs::queue::Lane;
 pub use crate::jobs::scheduler::WorkerDeps;
 use crate::jobs::scheduler::{Drain, ReleaseAll, RunningCount, Scheduler, StopScheduler};
+use crate::repo::workers::NewWorker;
 
 /// This process's row in the `workers` table.
 pub struct WorkerRegistration {
@@ -38,24 +37,8 @@ impl WorkerRegistration {
         let id = Uuid::now_v7();
         let host = crate::state::instance_id();
         let capacity = i32::try_from(capacity).unwrap_or(i32::MAX);
-        worker::ActiveModel {
-            id: Set(id),
-            host: Set(host.clone()),
-            pid: Set(i32::try_from(std::process::id()).unwrap_or(i32::MAX)),
-            capacity: Set(capacity),
-            current_jobs: Set(0),
-            version: Set(env!("CARGO_PKG_VERSION").to_string()),
-            started_at: Set(now),
-            last_seen_at: Set(now),
-            kind: Set(crate::jobs::remote::KIND_LOCAL.into()),
-            name: Set(None),
-            tags: Set(String::new()),
-            state: Set(crate::jobs::remote::worker_state(0, false).into()),
-            gstreamer_version: Set(None),
-            token_id: Set(None),
-        }
-        .insert(&db)
-        .await?;
+        let row = Self::row(id, host.clone(), capacity, 0, now, now);
+        crate::repo::workers::insert(&db, row).await?;
         Ok(Self { id, db, host, capacity, started_at: now })
     }
 
@@ -65,39 +48,44 @@ impl WorkerRegistration {
     pub async fn heartbeat(&self, current_jobs: usize) -> anyhow::Result<()> {
         let now = crate::db::now(&self.db).await?;
         let current_jobs = i32::try_from(current_jobs).unwrap_or(i32::MAX);
-        let updated = worker::Entity::update_many()
-            .col_expr(worker::Column::LastSeenAt, Expr::value(now))
-            .col_expr(worker::Column::CurrentJobs, Expr::value(current_jobs))
-            .col_expr(worker::Column::State, Expr::value(crate::jobs::remote::worker_state(current_jobs, false)))
-            .filter(worker::Column::Id.eq(self.id))
-            .exec(&self.db)
-            .await?;
-        if updated.rows_affected == 0 {
-            worker::ActiveModel {
-                id: Set(self.id),
-                host: Set(self.host.clone()),
-                pid: Set(i32::try_from(std::process::id()).unwrap_or(i32::MAX)),
-                capacity: Set(self.capacity),
-                current_jobs: Set(current_jobs),
-                version: Set(env!("CARGO_PKG_VERSION").to_string()),
-                started_at: Set(self.started_at),
-                last_seen_at: Set(now),
-                kind: Set(crate::jobs::remote::KIND_LOCAL.into()),
-                name: Set(None),
-                tags: Set(String::new()),
-                state: Set(crate::jobs::remote::worker_state(current_jobs, false).into()),
-                gstreamer_version: Set(None),
-                token_id: Set(None),
-            }
-            .insert(&self.db)
-            .await?;
+        let state = crate::jobs::remote::worker_state(current_jobs, false);
+        if !crate::repo::workers::touch(&self.db, self.id, now, current_jobs, state).await? {
+            let row = Self::row(self.id, self.host.clone(), self.capacity, current_jobs, self.started_at, now);
+            crate::repo::workers::insert(&self.db, row).await?;
         }
         Ok(())
     }
 
     pub async fn deregister(self) -> anyhow::Result<()> {
-        worker::Entity::delete_by_id(self.id).exec(&self.db).await?;
+        crate::repo::workers::delete(&self.db, self.id).await?;
         Ok(())
+    }
+
+    /// This process's row: a local worker running `current_jobs`, seen at `last_seen_at`.
+    fn row(
+        id: Uuid,
+        host: String,
+        capacity: i32,
+        current_jobs: i32,
+        started_at: DateTime<Utc>,
+        last_seen_at: DateTime<Utc>,
+    ) -> NewWorker {
+        NewWorker {
+            id,
+            host,
+            pid: i32::try_from(std::process::id()).unwrap_or(i32::MAX),
+            capacity,
+            current_jobs,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at,
+            last_seen_at,
+            kind: crate::jobs::remote::KIND_LOCAL.into(),
+            name: None,
+            tags: String::new(),
+            state: crate::jobs::remote::worker_state(current_jobs, false).into(),
+            gstreamer_version: None,
+            token_id: None,
+        }
     }
 }
 

@@ -104,7 +104,7 @@ impl Batch {
 }
 
 async fn load(db: &DatabaseConnection, row: &batch::Model) -> Result<(Batch, bool), AppError> {
-    let jobs = batches::jobs_of(db, row.id).await?;
+    let jobs = crate::repo::batches::jobs_of(db, row.id).await?;
     let progress = batches::progress_of(row, &jobs, Utc::now());
     Ok((Batch::of(row, &progress), progress.finished))
 }
@@ -116,7 +116,7 @@ fn can_see(principal: &Principal, row: &batch::Model) -> bool {
 /// The batch if `principal` may see it; NOT_FOUND otherwise (also for a malformed id).
 async fn find_visible(db: &DatabaseConnection, principal: &Principal, id: &ID) -> Result<batch::Model, AppError> {
     let Ok(id) = Uuid::parse_str(id.as_str()) else { return Err(AppError::not_found("batch")) };
-    match batches::find(db, id).await? {
+    match crate::repo::batches::find(db, id).await? {
         Some(row) if can_see(principal, &row) => Ok(row),
         _ => Err(AppError::not_found("batch")),
     }
@@ -151,7 +151,7 @@ impl BatchesQuery {
         let principal = require_principal(ctx).gql()?;
         let page = paging::Page { first, after };
         let (limit, after_id) = (page.limit(), page.after_id().gql()?);
-        let listing = batches::listing((!sees_all(principal)).then_some(principal.user_id));
+        let listing = crate::repo::batches::listing((!sees_all(principal)).then_some(principal.user_id));
         let (rows, has_next) =
             crate::repo::paging::by_uuid(&state.db, listing, batch::Column::Id, after_id, limit, true).await.gql()?;
         let mut connection = Connection::new(page.after.is_some(), has_next);
@@ -238,7 +238,7 @@ impl BatchesMutation {
         let state = ctx.data::<AppState>()?;
         let principal = require_principal(ctx).gql()?;
         let row = find_visible(&state.db, principal, &id).await.gql()?;
-        let unfinished = batches::mark_cancelled(&state.db, row.id).await.gql()?;
+        let unfinished = crate::repo::batches::mark_cancelled(&state.db, row.id).await.gql()?;
         let publisher = state.publisher();
         for job in unfinished {
             match crate::jobs::queue::cancel(&state.db, &publisher, &state.settings.jobs, job.id).await {
@@ -247,7 +247,10 @@ impl BatchesMutation {
                 Err(err) => return Err(AppError::from(err).extend()),
             }
         }
-        let row = batches::find(&state.db, row.id).await.gql()?.ok_or_else(|| AppError::not_found("batch").extend())?;
+        let row = crate::repo::batches::find(&state.db, row.id)
+            .await
+            .gql()?
+            .ok_or_else(|| AppError::not_found("batch").extend())?;
         Ok(load(&state.db, &row).await.gql()?.0)
     }
 }
@@ -280,8 +283,12 @@ impl BatchesSubscription {
             .send(Subscribe)
             .await
             .map_err(|e| AppError::unavailable("event bus", e).extend())?;
-        let videos: std::collections::HashSet<Uuid> =
-            batches::jobs_of(&state.db, row.id).await.gql()?.into_iter().filter_map(|j| j.video_id).collect();
+        let videos: std::collections::HashSet<Uuid> = crate::repo::batches::jobs_of(&state.db, row.id)
+            .await
+            .gql()?
+            .into_iter()
+            .filter_map(|j| j.video_id)
+            .collect();
         let (out, receiver) = mpsc::channel(BUFFER);
         tokio::spawn(follow_batch(state, row, videos, bus, out));
         Ok(ReceiverStream::new(receiver))
@@ -297,7 +304,7 @@ async fn follow_batch(
 ) {
     let mut last: Option<Batch> = None;
     loop {
-        let current = match batches::find(&state.db, row.id).await {
+        let current = match crate::repo::batches::find(&state.db, row.id).await {
             Ok(Some(current)) => current,
             Ok(None) => return,
             Err(err) => {

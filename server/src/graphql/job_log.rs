@@ -33,7 +33,6 @@ use crate::auth::roles::require_principal;
 use crate::error::{AppError, ErrorCode, GqlResultExt};
 use crate::events::bus::{BusMessage, Subscribe};
 use crate::graphql::jobs::{find_visible, hide_worker, parse_log_cursor, sees_all, JobLogLevel, JobLogLine};
-use crate::jobs::queue;
 use crate::state::AppState;
 
 /// Lines buffered per subscriber; a slow client slows only its own feed.
@@ -113,7 +112,7 @@ impl LogFeed {
                     return Ok(());
                 }
             };
-            let lines = match queue::log_page(&self.db, self.job_id, self.sent, Some(PAGE)).await {
+            let lines = match crate::repo::job_logs::page(&self.db, self.job_id, self.sent, Some(PAGE)).await {
                 Ok(lines) => lines,
                 Err(err) => {
                     tracing::warn!(error = %err, job = %self.job_id, "reading a job's log failed");

@@ -323,7 +323,7 @@ impl Job {
         let state = ctx.data::<AppState>()?;
         let admin = require_principal(ctx).map(sees_all).unwrap_or(false);
         let after = after.as_deref().map(parse_log_cursor).transpose().gql()?.unwrap_or(0);
-        let lines = queue::log_page(&state.db, self.0.id, after, None).await.gql()?;
+        let lines = crate::repo::job_logs::page(&state.db, self.0.id, after, None).await.gql()?;
         Ok(JobLogLine::page(after, lines, admin))
     }
 }
@@ -450,7 +450,7 @@ impl JobsQuery {
     #[graphql(guard = "PermissionGuard(Permission::SeeAllJobs)")]
     async fn workers(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Worker>> {
         let state = ctx.data::<AppState>()?;
-        let rows = crate::repo::jobs::workers(&state.db).await.gql()?;
+        let rows = crate::repo::workers::list(&state.db).await.gql()?;
         Ok(rows.into_iter().map(Worker::from).collect())
     }
 }

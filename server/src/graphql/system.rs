@@ -154,7 +154,7 @@ impl SystemQuery {
             }
             None => last.lock().queue.clone().unwrap_or_default(),
         };
-        let read_workers = crate::repo::jobs::workers(&state.db);
+        let read_workers = crate::repo::workers::list(&state.db);
         let (workers, workers_as_of) = match read_or_outage(open, read_workers).await? {
             Some(rows) => {
                 let now = Utc::now();

@@ -3,11 +3,11 @@
 //! (`batch_jobs`); its progress is counted from those jobs, so it can never
 //! disagree with the queue. Its jobs run at `jobs.batch_priority` (below uploads),
 //! and the queue's owner fairness applies among batches as it does everywhere.
+//! The rows are `repo::batches`'.
 
 use chrono::{DateTime, Utc};
-use entities::{batch, batch_job, job, video, JobKind, JobStatus, VideoStatus};
-use sea_orm::sea_query::Query;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Select, Set};
+use entities::{batch, job, video, JobKind, JobStatus, VideoStatus};
+use sea_orm::{ConnectionTrait, DbErr};
 use uuid::Uuid;
 
 use super::{enqueue, NewJob};
@@ -34,11 +34,7 @@ pub async fn enqueue_transcode<C: ConnectionTrait>(
     };
     let job = enqueue(conn, new).await?;
     let video = if video.status == VideoStatus::Failed {
-        let mut active: video::ActiveModel = video.into();
-        active.status = Set(VideoStatus::Processing);
-        active.error = Set(None);
-        active.updated_at = Set(Utc::now());
-        active.update(conn).await?
+        crate::repo::videos::processing_again(conn, video, Utc::now()).await?
     } else {
         video
     };
@@ -76,55 +72,15 @@ pub async fn create<C: ConnectionTrait>(
     new: NewBatch,
     videos: Vec<video::Model>,
 ) -> Result<(batch::Model, Vec<DomainEvent>), DbErr> {
-    let batch = batch::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        created_by: Set(new.created_by),
-        preset: Set(new.preset),
-        formats: Set(new.formats),
-        total: Set(i32::try_from(videos.len()).unwrap_or(i32::MAX)),
-        created_at: Set(Utc::now()),
-        cancelled_at: Set(None),
-    }
-    .insert(conn)
-    .await?;
+    let total = i32::try_from(videos.len()).unwrap_or(i32::MAX);
+    let batch = crate::repo::batches::insert(conn, new.created_by, new.preset, new.formats, total).await?;
     let mut published = Vec::with_capacity(videos.len());
     for video in videos {
         let (job, event) = enqueue_transcode(conn, video, new.payload.clone(), new.priority, new.max_attempts).await?;
-        batch_job::ActiveModel { batch_id: Set(batch.id), job_id: Set(job.id) }.insert(conn).await?;
+        crate::repo::batches::add_job(conn, batch.id, job.id).await?;
         published.push(event);
     }
     Ok((batch, published))
-}
-
-/// The batch by id, whoever may see it (the caller checks).
-pub async fn find<C: ConnectionTrait>(conn: &C, id: Uuid) -> Result<Option<batch::Model>, DbErr> {
-    batch::Entity::find_by_id(id).one(conn).await
-}
-
-/// The batches listing: those `created_by` made (`None`: everyone's); unordered,
-/// for paging by id.
-pub fn listing(created_by: Option<Uuid>) -> Select<batch::Entity> {
-    let query = batch::Entity::find();
-    match created_by {
-        Some(user_id) => query.filter(batch::Column::CreatedBy.eq(user_id)),
-        None => query,
-    }
-}
-
-/// The jobs of batch `id`.
-pub async fn jobs_of<C: ConnectionTrait>(conn: &C, id: Uuid) -> Result<Vec<job::Model>, DbErr> {
-    job::Entity::find()
-        .filter(
-            job::Column::Id.in_subquery(
-                Query::select()
-                    .column(batch_job::Column::JobId)
-                    .from(batch_job::Entity)
-                    .and_where(batch_job::Column::BatchId.eq(id))
-                    .to_owned(),
-            ),
-        )
-        .all(conn)
-        .await
 }
 
 /// Where a batch stands.
@@ -193,23 +149,6 @@ pub fn progress_of(batch: &batch::Model, jobs: &[job::Model], now: DateTime<Utc>
         BatchState::Running
     };
     BatchProgress { state, total, done, failed, cancelled, finished, percent: fraction * 100.0, eta_seconds }
-}
-
-/// Mark batch `id` cancelled (once) and return its unfinished jobs, which the caller
-/// cancels through the queue (queued: CANCELLED at once; running: stopped within a
-/// second, then CANCELLED).
-pub async fn mark_cancelled<C: ConnectionTrait>(conn: &C, id: Uuid) -> Result<Vec<job::Model>, DbErr> {
-    batch::Entity::update_many()
-        .col_expr(batch::Column::CancelledAt, sea_orm::sea_query::Expr::value(Utc::now()))
-        .filter(batch::Column::Id.eq(id))
-        .filter(batch::Column::CancelledAt.is_null())
-        .exec(conn)
-        .await?;
-    Ok(jobs_of(conn, id)
-        .await?
-        .into_iter()
-        .filter(|j| matches!(j.status, JobStatus::Queued | JobStatus::Running))
-        .collect())
 }
 
 #[cfg(test)]

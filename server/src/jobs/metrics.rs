@@ -14,9 +14,8 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use entities::{job, worker, JobStatus};
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use entities::JobStatus;
+use sea_orm::{DatabaseConnection, DbErr};
 
 /// The statuses counted by `reelhouse_jobs`.
 pub const COUNTED_STATUSES: [JobStatus; 3] = [JobStatus::Queued, JobStatus::Running, JobStatus::Dead];
@@ -35,32 +34,14 @@ pub struct QueueReading {
 /// for `stale_after`.
 pub async fn read(db: &DatabaseConnection, stale_after: Duration) -> Result<QueueReading, DbErr> {
     let now = Utc::now();
-    let counts: Vec<(JobStatus, i64)> = job::Entity::find()
-        .select_only()
-        .column(job::Column::Status)
-        .column_as(Expr::col(job::Column::Id).count(), "n")
-        .filter(job::Column::Status.is_in(COUNTED_STATUSES))
-        .group_by(job::Column::Status)
-        .into_tuple()
-        .all(db)
-        .await?;
+    let counts = crate::repo::jobs::count_by_status(db, &COUNTED_STATUSES).await?;
     let jobs = COUNTED_STATUSES
         .iter()
         .map(|status| (*status, counts.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n)))
         .collect();
-    let oldest: Option<DateTime<Utc>> = job::Entity::find()
-        .select_only()
-        .column(job::Column::RunAfter)
-        .filter(job::Column::Status.eq(JobStatus::Queued))
-        .filter(job::Column::RunAfter.lte(now))
-        .order_by_asc(job::Column::RunAfter)
-        .limit(1)
-        .into_tuple()
-        .one(db)
-        .await?;
+    let oldest: Option<DateTime<Utc>> = crate::repo::jobs::oldest_runnable_queued(db, now).await?;
     let oldest_queued_age = oldest.and_then(|at| (now - at).to_std().ok()).unwrap_or_default();
-    let seen: Vec<DateTime<Utc>> =
-        worker::Entity::find().select_only().column(worker::Column::LastSeenAt).into_tuple().all(db).await?;
+    let seen: Vec<DateTime<Utc>> = crate::repo::workers::last_seen(db).await?;
     let stale_for = chrono::TimeDelta::from_std(stale_after).unwrap_or(chrono::TimeDelta::hours(1));
     let stale_before = now.checked_sub_signed(stale_for).unwrap_or(now);
     let workers_stale = seen.iter().filter(|at| **at < stale_before).count();

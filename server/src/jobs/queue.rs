@@ -8,17 +8,16 @@
 //! Leasing is one statement: `UPDATE jobs ... WHERE id = (SELECT ... LIMIT 1)`,
 //! with `FOR UPDATE SKIP LOCKED` on PostgreSQL so concurrent leasers pass over each
 //! other's rows; SQLite has one writer, which serialises the statement.
+//!
+//! The statements themselves are `repo::jobs`' (and the log's `repo::job_logs`');
+//! this module decides which transition a run's outcome makes, and what follows.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use entities::{job, job_log, worker, JobStatus, LogLevel};
+use entities::{job, job_log, JobStatus, LogLevel};
 use rand::Rng;
-use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, Statement,
-};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr};
 use uuid::Uuid;
 
 use crate::config::jobs::JobSettings;
@@ -26,6 +25,8 @@ use crate::error::{AppError, ErrorCode};
 use crate::events::job_log::JobLogWritten;
 use crate::events::{DomainEvent, Publisher};
 use crate::jobs::runner::{self, JobError, JobOutput};
+pub use crate::repo::jobs::Lane;
+use crate::repo::jobs::{JobTransition, LeaseRequest};
 
 /// A job this worker holds: the row as leased, with its token.
 #[derive(Debug, Clone)]
@@ -72,87 +73,6 @@ pub struct LeaseState {
     pub cancel_requested: bool,
 }
 
-/// Which jobs a scheduler leases. Mail has its own lane (and its own slots in every
-/// worker process), so a SEND_MAIL job never waits for a transcode to end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lane {
-    /// Everything but SEND_MAIL: transcodes, object deletions.
-    Media,
-    /// SEND_MAIL only.
-    Mail,
-    /// TRANSCODE only: what a remote worker can run (it reaches storage through
-    /// presigned URLs, and nothing else).
-    Remote,
-}
-
-impl Lane {
-    fn kind_filter(self) -> &'static str {
-        match self {
-            Lane::Media => "c.kind <> 'SEND_MAIL'",
-            Lane::Mail => "c.kind = 'SEND_MAIL'",
-            Lane::Remote => "c.kind = 'TRANSCODE'",
-        }
-    }
-}
-
-fn lease_sql(backend: DbBackend, lane: Lane) -> String {
-    lease_sql_template(backend)
-        .replace("c.status = 'QUEUED' AND", &format!("c.status = 'QUEUED' AND {} AND", lane.kind_filter()))
-}
-
-fn lease_sql_template(backend: DbBackend) -> &'static str {
-    // Order: priority, then the owner with the fewest RUNNING jobs, then the owner
-    // served longest ago (never served first), then oldest job. An owner's 50 queued
-    // uploads therefore alternate with everybody else's work. Owners who used up
-    // today's processing budget (their own, `users.processing_budget_secs_per_day`, or
-    // the server's; 0 is none) are passed over until tomorrow.
-    match backend {
-        DbBackend::Postgres => {
-            r#"UPDATE jobs SET status = 'RUNNING', attempts = attempts + 1, lease_owner = $1, lease_token = $2,
-                lease_expires_at = $3, cancel_requested = FALSE, updated_at = $4
-            WHERE id = (
-                SELECT c.id FROM jobs c
-                WHERE c.status = 'QUEUED' AND c.run_after <= $4
-                    AND (c.owner_id IS NULL OR NOT EXISTS (SELECT 1 FROM processing_usage u
-                        WHERE u.user_id = c.owner_id AND u.day = $5 AND u.seconds >= (SELECT CASE
-                            WHEN b.processing_budget_secs_per_day IS NULL THEN $6
-                            WHEN b.processing_budget_secs_per_day = 0 THEN 1e300
-                            ELSE b.processing_budget_secs_per_day END
-                        FROM users b WHERE b.id = c.owner_id)))
-                ORDER BY c.priority DESC,
-                    (SELECT COUNT(*) FROM jobs r WHERE r.owner_id = c.owner_id AND r.status = 'RUNNING') ASC,
-                    (SELECT MAX(s.updated_at) FROM jobs s WHERE s.owner_id = c.owner_id AND s.status <> 'QUEUED')
-                        ASC NULLS FIRST,
-                    c.created_at ASC, c.id ASC
-                LIMIT 1
-                FOR UPDATE OF c SKIP LOCKED
-            ) AND status = 'QUEUED'
-            RETURNING *"#
-        }
-        _ => {
-            r#"UPDATE jobs SET status = 'RUNNING', attempts = attempts + 1, lease_owner = ?1, lease_token = ?2,
-                lease_expires_at = ?3, cancel_requested = FALSE, updated_at = ?4
-            WHERE id = (
-                SELECT c.id FROM jobs c
-                WHERE c.status = 'QUEUED' AND c.run_after <= ?4
-                    AND (c.owner_id IS NULL OR NOT EXISTS (SELECT 1 FROM processing_usage u
-                        WHERE u.user_id = c.owner_id AND u.day = ?5 AND u.seconds >= (SELECT CASE
-                            WHEN b.processing_budget_secs_per_day IS NULL THEN ?6
-                            WHEN b.processing_budget_secs_per_day = 0 THEN 1e300
-                            ELSE b.processing_budget_secs_per_day END
-                        FROM users b WHERE b.id = c.owner_id)))
-                ORDER BY c.priority DESC,
-                    (SELECT COUNT(*) FROM jobs r WHERE r.owner_id = c.owner_id AND r.status = 'RUNNING') ASC,
-                    (SELECT MAX(s.updated_at) FROM jobs s WHERE s.owner_id = c.owner_id AND s.status <> 'QUEUED')
-                        ASC NULLS FIRST,
-                    c.created_at ASC, c.id ASC
-                LIMIT 1
-            ) AND status = 'QUEUED'
-            RETURNING *"#
-        }
-    }
-}
-
 /// Today's processing budget per owner in seconds (effectively none when unset).
 fn processing_budget(settings: &JobSettings) -> f64 {
     match settings.processing_budget_secs_per_day {
@@ -187,14 +107,6 @@ pub async fn lease_in(
     lease_tagged(db, worker_id, lane, lease_for, settings, &[]).await
 }
 
-/// A HIGH-preset transcode (the payload's `preset`, any case).
-fn high_preset_filter(backend: DbBackend) -> &'static str {
-    match backend {
-        DbBackend::Postgres => "(c.kind = 'TRANSCODE' AND UPPER(COALESCE(c.payload->>'preset', '')) = 'HIGH')",
-        _ => "(c.kind = 'TRANSCODE' AND UPPER(COALESCE(json_extract(c.payload, '$.preset'), '')) = 'HIGH')",
-    }
-}
-
 /// [`lease_in`] for a worker carrying `tags`: with `jobs.high_preset_tag` set, a
 /// worker without that tag passes HIGH-preset transcodes over (they wait for one
 /// with it). Same SQL otherwise, so fairness holds across all workers.
@@ -209,12 +121,6 @@ pub async fn lease_tagged(
     lease_routed(db, worker_id, lane, lease_for, settings, tags, true).await
 }
 
-/// A WebM download's transcode (it needs `vp8enc` and `opusenc`).
-fn webm_filter(_backend: DbBackend) -> &'static str {
-    // `"formats": [.., "WEBM"]`, or `"format": "WEBM"` of earlier releases.
-    "(c.kind = 'TRANSCODE' AND UPPER(CAST(c.payload AS TEXT)) LIKE '%\"WEBM\"%')"
-}
-
 /// [`lease_tagged`] for a worker that may lack the WebM encoders (`webm` false:
 /// WebM transcodes are passed over, for a worker that has them).
 pub async fn lease_routed(
@@ -226,35 +132,22 @@ pub async fn lease_routed(
     tags: &[String],
     webm: bool,
 ) -> Result<Option<LeasedJob>, QueueError> {
-    let backend = db.get_database_backend();
-    let mut sql = lease_sql(backend, lane);
-    if settings.high_preset_tag.as_ref().is_some_and(|tag| !tags.contains(tag)) {
-        sql = sql.replace(
-            "c.status = 'QUEUED' AND",
-            &format!("c.status = 'QUEUED' AND NOT {} AND", high_preset_filter(backend)),
-        );
-    }
-    if !webm {
-        sql = sql
-            .replace("c.status = 'QUEUED' AND", &format!("c.status = 'QUEUED' AND NOT {} AND", webm_filter(backend)));
-    }
     // The database's clock, never this worker's (see `db::now`).
     let now = crate::db::now(db).await?;
     let token = Uuid::new_v4();
-    let statement = Statement::from_sql_and_values(
-        backend,
-        sql,
-        [
-            worker_id.into(),
-            token.into(),
-            (now + lease_duration(lease_for)).into(),
-            now.into(),
-            crate::repo::usage::today().into(),
-            processing_budget(settings).into(),
-        ],
-    );
+    let request = LeaseRequest {
+        worker_id,
+        lane,
+        token,
+        now,
+        expires_at: now + lease_duration(lease_for),
+        day: crate::repo::usage::today(),
+        default_budget_secs: processing_budget(settings),
+        skip_high_preset: settings.high_preset_tag.as_ref().is_some_and(|tag| !tags.contains(tag)),
+        skip_webm: !webm,
+    };
     let txn = crate::db::begin_write(db).await?;
-    let leased = job::Entity::find().from_raw_sql(statement).one(&txn).await?;
+    let leased = crate::repo::jobs::lease_next(&txn, request).await?;
     let Some(job) = leased else {
         txn.commit().await?;
         return Ok(None);
@@ -279,14 +172,7 @@ pub async fn heartbeat(
     lease_for: Duration,
 ) -> Result<LeaseState, QueueError> {
     let now = crate::db::now(db).await?;
-    let updated = job::Entity::update_many()
-        .col_expr(job::Column::LeaseExpiresAt, Expr::value(now + lease_duration(lease_for)))
-        .filter(job::Column::Id.eq(job_id))
-        .filter(job::Column::LeaseToken.eq(token))
-        .filter(job::Column::Status.eq(JobStatus::Running))
-        .exec(db)
-        .await?;
-    if updated.rows_affected == 0 {
+    if !crate::repo::jobs::renew_lease(db, job_id, token, now + lease_duration(lease_for)).await? {
         return Ok(LeaseState { owned: false, cancel_requested: false });
     }
     lease_state(db, job_id, token).await
@@ -294,15 +180,7 @@ pub async fn heartbeat(
 
 /// Whether the lease is still ours and whether cancel was requested, without renewing.
 pub async fn lease_state(db: &DatabaseConnection, job_id: Uuid, token: Uuid) -> Result<LeaseState, QueueError> {
-    let row: Option<(JobStatus, Option<Uuid>, bool)> = job::Entity::find_by_id(job_id)
-        .select_only()
-        .column(job::Column::Status)
-        .column(job::Column::LeaseToken)
-        .column(job::Column::CancelRequested)
-        .into_tuple()
-        .one(db)
-        .await?;
-    Ok(match row {
+    Ok(match crate::repo::jobs::lease_of(db, job_id).await? {
         Some((JobStatus::Running, Some(current), cancel)) if current == token => {
             LeaseState { owned: true, cancel_requested: cancel }
         }
@@ -343,35 +221,16 @@ async fn transition(
 ) -> Result<job::Model, QueueError> {
     let now = crate::db::now(db).await?;
     let txn = crate::db::begin_write(db).await?;
-    let terminal = !matches!(change.status, JobStatus::Queued | JobStatus::Running);
-    let mut update = job::Entity::update_many()
-        .col_expr(job::Column::Status, Expr::value(change.status))
-        .col_expr(job::Column::LeaseOwner, Expr::value(Option::<String>::None))
-        .col_expr(job::Column::LeaseToken, Expr::value(Option::<Uuid>::None))
-        .col_expr(job::Column::LeaseExpiresAt, Expr::value(Option::<DateTime<Utc>>::None))
-        .col_expr(job::Column::CancelRequested, Expr::value(false))
-        .col_expr(job::Column::UpdatedAt, Expr::value(now))
-        .col_expr(job::Column::FinishedAt, Expr::value(terminal.then_some(now)))
-        .filter(job::Column::Id.eq(job_id));
-    if let Some(error) = change.last_error {
-        update = update.col_expr(job::Column::LastError, Expr::value(error));
-    }
-    if let Some(run_after) = change.run_after {
-        update = update.col_expr(job::Column::RunAfter, Expr::value(run_after));
-    }
-    if change.refund_attempt {
-        update = update.col_expr(job::Column::Attempts, Expr::col(job::Column::Attempts).sub(1));
-    }
-    update = match token {
-        Some(token) => {
-            update.filter(job::Column::LeaseToken.eq(token)).filter(job::Column::Status.eq(JobStatus::Running))
-        }
-        None => update.filter(job::Column::Status.eq(JobStatus::Queued)),
+    let update = JobTransition {
+        status: change.status,
+        last_error: change.last_error,
+        run_after: change.run_after,
+        refund_attempt: change.refund_attempt,
+        token,
+        only_if_expired: change.only_if_expired,
+        now,
     };
-    if change.only_if_expired {
-        update = update.filter(job::Column::LeaseExpiresAt.lt(now));
-    }
-    if update.exec(&txn).await?.rows_affected == 0 {
+    if !crate::repo::jobs::transition(&txn, job_id, update).await? {
         txn.rollback().await?;
         return Err(if token.is_some() {
             QueueError::LeaseLost
@@ -379,7 +238,7 @@ async fn transition(
             QueueError::Conflict("job is not queued".into())
         });
     }
-    let job = job::Entity::find_by_id(job_id).one(&txn).await?.ok_or(QueueError::NotFound)?;
+    let job = crate::repo::jobs::find(&txn, job_id).await?.ok_or(QueueError::NotFound)?;
     let line = append_log_in(&txn, job_id, change.log.0, change.log.1, LogBounds::of(settings)).await?;
     let events: Vec<DomainEvent> = match apply {
         Apply::Nothing => Vec::new(),
@@ -437,7 +296,7 @@ pub async fn fail(
     token: Uuid,
     error: &JobError,
 ) -> Result<job::Model, QueueError> {
-    let current = job::Entity::find_by_id(job_id).one(db).await?.ok_or(QueueError::NotFound)?;
+    let current = crate::repo::jobs::find(db, job_id).await?.ok_or(QueueError::NotFound)?;
     let (change, apply) = match error {
         JobError::Retryable(message) if current.attempts < current.max_attempts => {
             let delay = backoff(settings, current.attempts);
@@ -520,13 +379,7 @@ pub async fn sweep_expired(
     settings: &JobSettings,
 ) -> Result<usize, QueueError> {
     let now = crate::db::now(db).await?;
-    let expired = job::Entity::find()
-        .filter(job::Column::Status.eq(JobStatus::Running))
-        .filter(job::Column::LeaseExpiresAt.lt(now))
-        .order_by_asc(job::Column::LeaseExpiresAt)
-        .limit(100)
-        .all(db)
-        .await?;
+    let expired = crate::repo::jobs::expired_leases(db, now, 100).await?;
     let mut swept = 0;
     for job in expired {
         let Some(token) = job.lease_token else { continue };
@@ -564,7 +417,7 @@ pub async fn sweep_expired(
         }
     }
     let stale = now - lease_duration(Duration::from_secs(settings.lease_secs.max(1) * 3));
-    worker::Entity::delete_many().filter(worker::Column::LastSeenAt.lt(stale)).exec(db).await?;
+    crate::repo::workers::delete_unseen_since(db, stale).await?;
     Ok(swept)
 }
 
@@ -576,7 +429,7 @@ pub async fn cancel(
     settings: &JobSettings,
     job_id: Uuid,
 ) -> Result<job::Model, QueueError> {
-    let current = job::Entity::find_by_id(job_id).one(db).await?.ok_or(QueueError::NotFound)?;
+    let current = crate::repo::jobs::find(db, job_id).await?.ok_or(QueueError::NotFound)?;
     match current.status {
         JobStatus::Queued => {
             let change = Transition {
@@ -594,20 +447,13 @@ pub async fn cancel(
             }
         }
         JobStatus::Running => {
-            let updated = job::Entity::update_many()
-                .col_expr(job::Column::CancelRequested, Expr::value(true))
-                .col_expr(job::Column::UpdatedAt, Expr::value(Utc::now()))
-                .filter(job::Column::Id.eq(job_id))
-                .filter(job::Column::Status.eq(JobStatus::Running))
-                .exec(db)
-                .await?;
-            if updated.rows_affected == 0 {
+            if !crate::repo::jobs::request_cancel(db, job_id, Utc::now()).await? {
                 return Box::pin(cancel(db, publisher, settings, job_id)).await;
             }
             let line =
                 append_log(db, job_id, LogLevel::Info, "cancel requested".into(), LogBounds::of(settings)).await?;
             publisher.job_log_written(JobLogWritten { job_id, seq: line.seq });
-            job::Entity::find_by_id(job_id).one(db).await?.ok_or(QueueError::NotFound)
+            crate::repo::jobs::find(db, job_id).await?.ok_or(QueueError::NotFound)
         }
         JobStatus::Cancelled => Ok(current),
         _ => Err(QueueError::Conflict("the job has already finished".into())),
@@ -617,26 +463,14 @@ pub async fn cancel(
 /// Revive a DEAD, FAILED or CANCELLED job: QUEUED, attempts reset, runnable now.
 pub async fn retry(db: &DatabaseConnection, settings: &JobSettings, job_id: Uuid) -> Result<job::Model, QueueError> {
     let now = crate::db::now(db).await?;
-    let updated = job::Entity::update_many()
-        .col_expr(job::Column::Status, Expr::value(JobStatus::Queued))
-        .col_expr(job::Column::Attempts, Expr::value(0))
-        .col_expr(job::Column::RunAfter, Expr::value(now))
-        .col_expr(job::Column::CancelRequested, Expr::value(false))
-        .col_expr(job::Column::FinishedAt, Expr::value(Option::<DateTime<Utc>>::None))
-        .col_expr(job::Column::Progress, Expr::value(Option::<serde_json::Value>::None))
-        .col_expr(job::Column::UpdatedAt, Expr::value(now))
-        .filter(job::Column::Id.eq(job_id))
-        .filter(job::Column::Status.is_in([JobStatus::Dead, JobStatus::Failed, JobStatus::Cancelled]))
-        .exec(db)
-        .await?;
-    if updated.rows_affected == 0 {
-        return match job::Entity::find_by_id(job_id).one(db).await? {
+    if !crate::repo::jobs::requeue_finished(db, job_id, now).await? {
+        return match crate::repo::jobs::find(db, job_id).await? {
             None => Err(QueueError::NotFound),
             Some(_) => Err(QueueError::Conflict("only DEAD, FAILED or CANCELLED jobs can be retried".into())),
         };
     }
     append_log(db, job_id, LogLevel::Info, "retried: queued again".into(), LogBounds::of(settings)).await?;
-    job::Entity::find_by_id(job_id).one(db).await?.ok_or(QueueError::NotFound)
+    crate::repo::jobs::find(db, job_id).await?.ok_or(QueueError::NotFound)
 }
 
 /// Highest and lowest priority an operator may give a job (uploads get
@@ -658,21 +492,14 @@ pub async fn set_priority(
             PRIORITY_RANGE.end()
         )));
     }
-    let updated = job::Entity::update_many()
-        .col_expr(job::Column::Priority, Expr::value(priority))
-        .col_expr(job::Column::UpdatedAt, Expr::value(Utc::now()))
-        .filter(job::Column::Id.eq(job_id))
-        .filter(job::Column::Status.is_in([JobStatus::Queued, JobStatus::Running]))
-        .exec(db)
-        .await?;
-    if updated.rows_affected == 0 {
-        return match job::Entity::find_by_id(job_id).one(db).await? {
+    if !crate::repo::jobs::set_priority(db, job_id, priority, Utc::now()).await? {
+        return match crate::repo::jobs::find(db, job_id).await? {
             None => Err(QueueError::NotFound),
             Some(_) => Err(QueueError::Conflict("only QUEUED or RUNNING jobs can be given another priority".into())),
         };
     }
     append_log(db, job_id, LogLevel::Info, format!("priority set to {priority}"), LogBounds::of(settings)).await?;
-    job::Entity::find_by_id(job_id).one(db).await?.ok_or(QueueError::NotFound)
+    crate::repo::jobs::find(db, job_id).await?.ok_or(QueueError::NotFound)
 }
 
 /// Store the latest progress on the job row (only while `token` holds the lease).
@@ -682,14 +509,7 @@ pub async fn store_progress(
     token: Uuid,
     progress: serde_json::Value,
 ) -> Result<bool, QueueError> {
-    let updated = job::Entity::update_many()
-        .col_expr(job::Column::Progress, Expr::value(progress))
-        .filter(job::Column::Id.eq(job_id))
-        .filter(job::Column::LeaseToken.eq(token))
-        .filter(job::Column::Status.eq(JobStatus::Running))
-        .exec(db)
-        .await?;
-    Ok(updated.rows_affected > 0)
+    Ok(crate::repo::jobs::store_progress(db, job_id, token, progress).await?)
 }
 
 /// How much of a job's log is kept: the newest `max_lines` lines, each at most
@@ -736,10 +556,8 @@ pub async fn append_log(
     Ok(line)
 }
 
-/// Append a line inside `txn`. Its `seq` is the job's next: writers of one job are
-/// serialised by the job row's lock (PostgreSQL; SQLite has one writer), so lines
-/// commit in `seq` order and a reader that has seen `seq` n has seen every line
-/// before it.
+/// Append a line inside `txn`, bounded by `bounds` (see `repo::job_logs::append`:
+/// the job row's lock keeps a job's lines in `seq` order).
 pub(crate) async fn append_log_in(
     txn: &DatabaseTransaction,
     job_id: Uuid,
@@ -747,82 +565,13 @@ pub(crate) async fn append_log_in(
     message: String,
     bounds: LogBounds,
 ) -> Result<job_log::Model, DbErr> {
-    if txn.get_database_backend() == DbBackend::Postgres {
-        let _locked: Option<Uuid> = job::Entity::find_by_id(job_id)
-            .select_only()
-            .column(job::Column::Id)
-            .lock_exclusive()
-            .into_tuple()
-            .one(txn)
-            .await?;
-    }
-    // Trimming keeps the newest line, so the maximum is never lost.
-    let last: Option<Option<i64>> = job_log::Entity::find()
-        .select_only()
-        .column_as(Expr::col(job_log::Column::Seq).max(), "seq")
-        .filter(job_log::Column::JobId.eq(job_id))
-        .into_tuple()
-        .one(txn)
-        .await?;
-    let seq = last.flatten().unwrap_or(0) + 1;
-    let line = job_log::ActiveModel {
-        job_id: Set(job_id),
-        seq: Set(seq),
-        at: Set(Utc::now()),
-        level: Set(level),
-        message: Set(bounded_line(&message, bounds.max_line_chars)),
-        ..Default::default()
-    }
-    .insert(txn)
-    .await?;
-    // Bounded so a chatty pipeline cannot fill the table: the oldest lines go (a
-    // reader that had not seen them is told how many it missed, see `log_page`).
-    let keep = i64::try_from(bounds.max_lines).unwrap_or(i64::MAX);
-    if seq > keep {
-        job_log::Entity::delete_many()
-            .filter(job_log::Column::JobId.eq(job_id))
-            .filter(job_log::Column::Seq.lte(seq - keep))
-            .exec(txn)
-            .await?;
-    }
-    Ok(line)
-}
-
-/// Stored lines of a job after `after_seq`, oldest first, at most `limit` (if any).
-pub async fn log_page<C: ConnectionTrait>(
-    conn: &C,
-    job_id: Uuid,
-    after_seq: i64,
-    limit: Option<u64>,
-) -> Result<Vec<job_log::Model>, DbErr> {
-    let mut query = job_log::Entity::find()
-        .filter(job_log::Column::JobId.eq(job_id))
-        .filter(job_log::Column::Seq.gt(after_seq))
-        .order_by_asc(job_log::Column::Seq);
-    if let Some(limit) = limit {
-        query = query.limit(limit);
-    }
-    query.all(conn).await
-}
-
-/// A job's log, oldest first.
-pub async fn log_lines<C: ConnectionTrait>(conn: &C, job_id: Uuid) -> Result<Vec<job_log::Model>, DbErr> {
-    job_log::Entity::find().filter(job_log::Column::JobId.eq(job_id)).order_by_asc(job_log::Column::Seq).all(conn).await
+    let line = bounded_line(&message, bounds.max_line_chars);
+    crate::repo::job_logs::append(txn, job_id, level, line, bounds.max_lines).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn each_lane_leases_only_its_kinds() {
-        for backend in [DbBackend::Postgres, DbBackend::Sqlite] {
-            let media = lease_sql(backend, Lane::Media);
-            let mail = lease_sql(backend, Lane::Mail);
-            assert!(media.contains("c.status = 'QUEUED' AND c.kind <> 'SEND_MAIL' AND"), "{media}");
-            assert!(mail.contains("c.status = 'QUEUED' AND c.kind = 'SEND_MAIL' AND"), "{mail}");
-        }
-    }
 
     #[test]
     fn backoff_doubles_with_equal_jitter_up_to_the_cap() {

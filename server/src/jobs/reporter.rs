@@ -11,8 +11,8 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use entities::{video, LogLevel};
-use sea_orm::{DatabaseConnection, EntityTrait};
+use entities::LogLevel;
+use sea_orm::DatabaseConnection;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -218,7 +218,7 @@ async fn store_and_publish(
         return Ok(());
     }
     let Some(video_id) = video_id else { return Ok(()) };
-    let Some(video) = video::Entity::find_by_id(video_id).one(db).await? else { return Ok(()) };
+    let Some(video) = crate::repo::videos::find(db, video_id).await? else { return Ok(()) };
     publisher.publish(events::progress_event(&video, video.event_seq, job_id, progress));
     Ok(())
 }

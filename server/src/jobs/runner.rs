@@ -15,21 +15,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::Utc;
-use entities::{event_outbox, job, rendition, JobKind, LogLevel, VideoStatus};
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, IntoActiveModel,
-    PaginatorTrait, QueryFilter, Set,
-};
+use entities::{job, JobKind, LogLevel};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr};
 use serde::{Deserialize, Serialize};
 
 use crate::config::jobs::JobSettings;
 use crate::config::Settings;
 use crate::events::{DomainEvent, EventDetail, EventKind, ProgressInfo, Publisher};
 use crate::media::CancelFlag;
+use crate::repo::videos::TranscodedFacts;
 use crate::storage::{layout, ObjectStore};
 
 use super::failure::FailureCode;
-use super::transcode::{retire_outputs, upsert_rendition, NewRendition};
+use super::transcode::{retire_outputs, NewRendition};
 pub use super::transcode::{
     DownloadOutput, MediaSpec, ProbeSummary, RenditionOutput, StoryboardOutput, TranscodeOutput,
 };
@@ -161,47 +159,39 @@ pub async fn apply_success(
             codecs: r.codecs.clone(),
             playlist_key: r.playlist_key.clone(),
         };
-        upsert_rendition(txn, video.id, &new).await?;
+        crate::repo::videos::upsert_rendition(txn, video.id, new.as_row()).await?;
     }
     let names: Vec<String> = out.renditions.iter().map(|r| r.name.clone()).collect();
-    rendition::Entity::delete_many()
-        .filter(rendition::Column::VideoId.eq(video.id))
-        .filter(rendition::Column::Name.is_not_in(names))
-        .exec(txn)
-        .await?;
+    crate::repo::videos::delete_renditions_except(txn, video.id, names).await?;
 
     let p = &out.probe;
-    let mut row = video.into_active_model();
-    row.status = Set(VideoStatus::Ready);
-    row.error = Set(None);
-    row.duration_ms = Set(Some(p.duration_ms));
-    row.width = Set(Some(i32::try_from(p.width).unwrap_or(i32::MAX)));
-    row.height = Set(Some(i32::try_from(p.height).unwrap_or(i32::MAX)));
-    row.frame_rate = Set(Some(p.frame_rate));
-    row.rotation = Set(Some(i32::try_from(p.rotation).unwrap_or(0)));
-    row.has_audio = Set(Some(p.has_audio));
-    row.container = Set(p.container.clone());
-    row.video_codec = Set(p.video_codec.clone());
-    row.audio_codec = Set(p.audio_codec.clone());
-    row.source_size_bytes = Set(Some(i64::try_from(p.source_size_bytes).unwrap_or(i64::MAX)));
-    row.output_bytes = Set(i64::try_from(out.output_bytes).unwrap_or(i64::MAX));
-    if out.output_version.is_some() {
-        row.output_version = Set(out.output_version.clone());
-    }
-    row.downloads = Set(Some(entities::video::Downloads(
-        out.all_downloads()
-            .into_iter()
-            .map(|d| entities::video::Download {
-                format: d.format.clone(),
-                key: d.key.clone(),
-                width: i32::try_from(d.width).unwrap_or(i32::MAX),
-                height: i32::try_from(d.height).unwrap_or(i32::MAX),
-                bytes: i64::try_from(d.bytes).unwrap_or(i64::MAX),
-            })
-            .collect(),
-    )));
-    row.updated_at = Set(Utc::now());
-    let video = row.update(txn).await?;
+    let facts = TranscodedFacts {
+        duration_ms: p.duration_ms,
+        width: i32::try_from(p.width).unwrap_or(i32::MAX),
+        height: i32::try_from(p.height).unwrap_or(i32::MAX),
+        frame_rate: p.frame_rate,
+        rotation: i32::try_from(p.rotation).unwrap_or(0),
+        has_audio: p.has_audio,
+        container: p.container.clone(),
+        video_codec: p.video_codec.clone(),
+        audio_codec: p.audio_codec.clone(),
+        source_size_bytes: i64::try_from(p.source_size_bytes).unwrap_or(i64::MAX),
+        output_bytes: i64::try_from(out.output_bytes).unwrap_or(i64::MAX),
+        output_version: out.output_version.clone(),
+        downloads: entities::video::Downloads(
+            out.all_downloads()
+                .into_iter()
+                .map(|d| entities::video::Download {
+                    format: d.format.clone(),
+                    key: d.key.clone(),
+                    width: i32::try_from(d.width).unwrap_or(i32::MAX),
+                    height: i32::try_from(d.height).unwrap_or(i32::MAX),
+                    bytes: i64::try_from(d.bytes).unwrap_or(i64::MAX),
+                })
+                .collect(),
+        ),
+    };
+    let video = crate::repo::videos::mark_ready(txn, video, facts, Utc::now()).await?;
     let event = crate::repo::outbox::record(
         txn,
         &video,
@@ -220,7 +210,7 @@ async fn replaced_outputs(
     video: &entities::video::Model,
     new_prefix: &str,
 ) -> Result<Vec<String>, DbErr> {
-    let rows = rendition::Entity::find().filter(rendition::Column::VideoId.eq(video.id)).all(txn).await?;
+    let rows = crate::repo::videos::renditions_of(txn, video.id).await?;
     let mut prefixes = std::collections::BTreeSet::new();
     if let Some(current) = &video.output_version {
         prefixes.insert(layout::Outputs::new(video.owner_id, video.id, Some(current)).prefix().to_string());
@@ -283,43 +273,20 @@ async fn end_unsuccessfully(
     }
     let reason = if reason.trim().is_empty() { "processing failed" } else { reason.trim() };
     let detail = EventDetail { error: Some(reason.to_string()), job_id: Some(job.id), ..Default::default() };
-    if was_ready_before(txn, video.id).await? {
+    if crate::repo::videos::was_ready_before(txn, video.id).await? {
         let event = crate::repo::outbox::record(txn, &video, kind, detail).await?;
         return Ok(vec![event]);
     }
     // Nothing playable survives a failed first transcode (no master playlist): drop
     // the rendition rows it may have published early, and their objects.
-    let rows = rendition::Entity::find().filter(rendition::Column::VideoId.eq(video.id)).all(txn).await?;
+    let rows = crate::repo::videos::renditions_of(txn, video.id).await?;
     let mut orphaned: Vec<String> =
         rows.iter().filter_map(|row| layout::version_prefix(video.owner_id, video.id, &row.playlist_key)).collect();
     orphaned.sort();
     orphaned.dedup();
     retire_outputs(txn, &video, orphaned, settings, true).await?;
-    rendition::Entity::delete_many().filter(rendition::Column::VideoId.eq(video.id)).exec(txn).await?;
-    let mut row = video.into_active_model();
-    row.status = Set(VideoStatus::Failed);
-    row.error = Set(Some(reason.to_string()));
-    row.updated_at = Set(Utc::now());
-    let video = row.update(txn).await?;
+    crate::repo::videos::delete_renditions(txn, video.id).await?;
+    let video = crate::repo::videos::mark_failed(txn, video, reason, Utc::now()).await?;
     let event = crate::repo::outbox::record(txn, &video, kind, detail).await?;
     Ok(vec![event])
-}
-
-/// An earlier transcode of this video succeeded: it has READY renditions and a READY
-/// event (a failed run's early rendition alone does not count).
-async fn was_ready_before(txn: &DatabaseTransaction, video_id: uuid::Uuid) -> Result<bool, DbErr> {
-    let ready_renditions = rendition::Entity::find()
-        .filter(rendition::Column::VideoId.eq(video_id))
-        .filter(rendition::Column::Status.eq(entities::RenditionStatus::Ready))
-        .count(txn)
-        .await?;
-    if ready_renditions == 0 {
-        return Ok(false);
-    }
-    let ready_events = event_outbox::Entity::find()
-        .filter(event_outbox::Column::VideoId.eq(video_id))
-        .filter(event_outbox::Column::Kind.eq(EventKind::Ready.as_str()))
-        .count(txn)
-        .await?;
-    Ok(ready_events > 0)
 }

@@ -18,8 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
-use entities::{job, rendition, video, LogLevel, RenditionStatus};
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, Set};
+use entities::{job, video, LogLevel};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -363,7 +362,7 @@ pub(crate) async fn run_transcode(
         code: crate::jobs::FailureCode::VideoGone,
         reason: "the job names no video".into(),
     })?;
-    let video = video::Entity::find_by_id(video_id).one(&ctx.db).await.map_err(db_error)?;
+    let video = crate::repo::videos::find(&ctx.db, video_id).await.map_err(db_error)?;
     let video = match video {
         Some(v) if v.deleted_at.is_none() => v,
         _ => {
@@ -974,8 +973,7 @@ pub(crate) async fn first_transcode_of(
     if video.output_version.is_some() {
         return Ok(false);
     }
-    let rows =
-        rendition::Entity::find().filter(rendition::Column::VideoId.eq(video.id)).all(db).await.map_err(db_error)?;
+    let rows = crate::repo::videos::renditions_of(db, video.id).await.map_err(db_error)?;
     Ok(rows.iter().all(|row| layout::version_prefix(video.owner_id, video.id, &row.playlist_key).is_some()))
 }
 
@@ -1117,10 +1115,7 @@ pub(crate) async fn record_early_rendition(
         return Ok(false);
     }
     // An earlier attempt's early rung, replaced by this one: nothing names it now.
-    let replaced = rendition::Entity::find()
-        .filter(rendition::Column::VideoId.eq(video.id))
-        .filter(rendition::Column::Name.eq(name.clone()))
-        .one(&txn)
+    let replaced = crate::repo::videos::rendition_named(&txn, video.id, name)
         .await
         .map_err(db_error)?
         .and_then(|row| layout::version_prefix(video.owner_id, video.id, &row.playlist_key))
@@ -1128,7 +1123,7 @@ pub(crate) async fn record_early_rendition(
     if let Some(old) = replaced {
         retire_outputs(&txn, &current, vec![old], jobs, false).await.map_err(db_error)?;
     }
-    upsert_rendition(&txn, video.id, rendition).await.map_err(db_error)?;
+    crate::repo::videos::upsert_rendition(&txn, video.id, rendition.as_row()).await.map_err(db_error)?;
     let event = crate::repo::outbox::record(
         &txn,
         &current,
@@ -1164,7 +1159,7 @@ pub(crate) async fn check_quota(
     video_id: Uuid,
     new_bytes: u64,
 ) -> Result<(), JobError> {
-    let owner = entities::user::Entity::find_by_id(owner_id).one(db).await.map_err(db_error)?;
+    let owner = crate::repo::users::find_any(db, owner_id).await.map_err(db_error)?;
     let Some(quota) = crate::repo::usage::storage_quota(owner.as_ref(), settings) else {
         return Ok(());
     };
@@ -1172,7 +1167,7 @@ pub(crate) async fn check_quota(
         tracing::warn!(error = ?e, "reading storage use failed");
         JobError::Retryable("the database is unavailable".into())
     })?;
-    let current = video::Entity::find_by_id(video_id).one(db).await.map_err(db_error)?;
+    let current = crate::repo::videos::find(db, video_id).await.map_err(db_error)?;
     let replaced = current.map(|v| v.output_bytes).unwrap_or(0);
     let new = i64::try_from(new_bytes).unwrap_or(i64::MAX);
     let after = used.saturating_sub(replaced).saturating_add(new);
@@ -1191,12 +1186,7 @@ pub(crate) async fn check_quota(
 /// Take back a rendition published early by a (first) transcode that then failed
 /// its quota: its row goes, and the run's objects with the run's other outputs.
 async fn unpublish_early_rendition(ctx: &JobContext, video: &video::Model, name: &str) {
-    let deleted = rendition::Entity::delete_many()
-        .filter(rendition::Column::VideoId.eq(video.id))
-        .filter(rendition::Column::Name.eq(name))
-        .exec(&ctx.db)
-        .await;
-    if let Err(err) = deleted {
+    if let Err(err) = crate::repo::videos::delete_rendition(&ctx.db, video.id, name).await {
         tracing::warn!(error = %err, "could not remove an early rendition's row");
     }
 }
@@ -1212,52 +1202,18 @@ pub struct NewRendition {
     pub playlist_key: String,
 }
 
-/// Insert or refresh a READY rendition (unique per video and name).
-pub(crate) async fn upsert_rendition<C: sea_orm::ConnectionTrait>(
-    conn: &C,
-    video_id: Uuid,
-    new: &NewRendition,
-) -> Result<(), sea_orm::DbErr> {
-    let now = Utc::now();
-    let existing = rendition::Entity::find()
-        .filter(rendition::Column::VideoId.eq(video_id))
-        .filter(rendition::Column::Name.eq(new.name.clone()))
-        .one(conn)
-        .await?;
-    let width = i32::try_from(new.width).unwrap_or(i32::MAX);
-    let height = i32::try_from(new.height).unwrap_or(i32::MAX);
-    let bitrate = i64::try_from(new.bitrate).unwrap_or(i64::MAX);
-    match existing {
-        Some(row) => {
-            let mut row = row.into_active_model();
-            row.width = Set(width);
-            row.height = Set(height);
-            row.bitrate = Set(bitrate);
-            row.codecs = Set(new.codecs.clone());
-            row.playlist_key = Set(new.playlist_key.clone());
-            row.status = Set(RenditionStatus::Ready);
-            row.updated_at = Set(now);
-            row.update(conn).await?;
-        }
-        None => {
-            rendition::ActiveModel {
-                id: Set(Uuid::now_v7()),
-                video_id: Set(video_id),
-                name: Set(new.name.clone()),
-                width: Set(width),
-                height: Set(height),
-                bitrate: Set(bitrate),
-                codecs: Set(new.codecs.clone()),
-                playlist_key: Set(new.playlist_key.clone()),
-                status: Set(RenditionStatus::Ready),
-                created_at: Set(now),
-                updated_at: Set(now),
-            }
-            .insert(conn)
-            .await?;
+impl NewRendition {
+    /// The row it is written as (`repo::videos::upsert_rendition`).
+    pub(crate) fn as_row(&self) -> crate::repo::videos::ReadyRendition<'_> {
+        crate::repo::videos::ReadyRendition {
+            name: &self.name,
+            width: i32::try_from(self.width).unwrap_or(i32::MAX),
+            height: i32::try_from(self.height).unwrap_or(i32::MAX),
+            bitrate: i64::try_from(self.bitrate).unwrap_or(i64::MAX),
+            codecs: &self.codecs,
+            playlist_key: &self.playlist_key,
         }
     }
-    Ok(())
 }
 
 /// Schedule the removal of output `prefixes` nothing names any more: a DELETE_OBJECTS

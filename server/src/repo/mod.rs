@@ -3,6 +3,8 @@
 pub mod account_tokens;
 pub mod api_keys;
 pub mod audit;
+pub mod batches;
+pub mod job_logs;
 pub mod jobs;
 pub mod moderation;
 pub mod outbox;
@@ -16,3 +18,4 @@ pub mod videos;
 pub mod views;
 pub mod webhooks;
 pub mod worker_tokens;
+pub mod workers;

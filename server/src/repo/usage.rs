@@ -21,7 +21,7 @@ pub fn storage_quota(user: Option<&user::Model>, settings: &Settings) -> Option<
 
 /// The daily processing budget of `user` in seconds: the per-user override when
 /// set, else `jobs.processing_budget_secs_per_day`; `None` when there is none (0).
-/// The lease query (`jobs::queue`) applies the same rule in SQL.
+/// The lease query (`repo::jobs::lease_next`) applies the same rule in SQL.
 pub fn processing_budget(user: Option<&user::Model>, settings: &Settings) -> Option<i64> {
     let budget = user
         .and_then(|u| u.processing_budget_secs_per_day)

@@ -681,6 +681,213 @@ pub async fn load_cached<C: ConnectionTrait>(
     Ok(Some(video))
 }
 
+// ---------------------------------------------------------------------------
+// Transcode outcomes and renditions (`jobs::runner`, `jobs::transcode`,
+// `jobs::remote`): a video's rendition rows, and the video after a transcode.
+// ---------------------------------------------------------------------------
+
+/// A FAILED video asked to be transcoded again is PROCESSING (its error cleared).
+pub async fn processing_again<C: ConnectionTrait>(
+    conn: &C,
+    current: video::Model,
+    now: DateTime<Utc>,
+) -> Result<video::Model, DbErr> {
+    let mut video = sea_orm::IntoActiveModel::into_active_model(current);
+    video.status = Set(VideoStatus::Processing);
+    video.error = Set(None);
+    video.updated_at = Set(now);
+    video.update(conn).await
+}
+
+/// What a successful transcode tells about its video (see [`mark_ready`]).
+#[derive(Debug, Clone)]
+pub struct TranscodedFacts {
+    pub duration_ms: i64,
+    pub width: i32,
+    pub height: i32,
+    pub frame_rate: f64,
+    pub rotation: i32,
+    pub has_audio: bool,
+    pub container: Option<String>,
+    pub video_codec: Option<String>,
+    pub audio_codec: Option<String>,
+    pub source_size_bytes: i64,
+    pub output_bytes: i64,
+    /// The outputs' version; `None` keeps the current one (outputs of an earlier
+    /// release, rewritten in place).
+    pub output_version: Option<String>,
+    pub downloads: video::Downloads,
+}
+
+/// The video is READY with a transcode's facts (its error cleared).
+pub async fn mark_ready<C: ConnectionTrait>(
+    conn: &C,
+    current: video::Model,
+    facts: TranscodedFacts,
+    now: DateTime<Utc>,
+) -> Result<video::Model, DbErr> {
+    let mut row = sea_orm::IntoActiveModel::into_active_model(current);
+    row.status = Set(VideoStatus::Ready);
+    row.error = Set(None);
+    row.duration_ms = Set(Some(facts.duration_ms));
+    row.width = Set(Some(facts.width));
+    row.height = Set(Some(facts.height));
+    row.frame_rate = Set(Some(facts.frame_rate));
+    row.rotation = Set(Some(facts.rotation));
+    row.has_audio = Set(Some(facts.has_audio));
+    row.container = Set(facts.container);
+    row.video_codec = Set(facts.video_codec);
+    row.audio_codec = Set(facts.audio_codec);
+    row.source_size_bytes = Set(Some(facts.source_size_bytes));
+    row.output_bytes = Set(facts.output_bytes);
+    if facts.output_version.is_some() {
+        row.output_version = Set(facts.output_version);
+    }
+    row.downloads = Set(Some(facts.downloads));
+    row.updated_at = Set(now);
+    row.update(conn).await
+}
+
+/// Every rendition row of the video, whatever its status.
+pub async fn renditions_of<C: ConnectionTrait>(conn: &C, video_id: Uuid) -> Result<Vec<rendition::Model>, DbErr> {
+    rendition::Entity::find().filter(rendition::Column::VideoId.eq(video_id)).all(conn).await
+}
+
+/// The video's rendition called `name`, if any.
+pub async fn rendition_named<C: ConnectionTrait>(
+    conn: &C,
+    video_id: Uuid,
+    name: &str,
+) -> Result<Option<rendition::Model>, DbErr> {
+    rendition::Entity::find()
+        .filter(rendition::Column::VideoId.eq(video_id))
+        .filter(rendition::Column::Name.eq(name.to_string()))
+        .one(conn)
+        .await
+}
+
+/// A READY rendition to write (see [`upsert_rendition`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ReadyRendition<'a> {
+    pub name: &'a str,
+    pub width: i32,
+    pub height: i32,
+    pub bitrate: i64,
+    pub codecs: &'a str,
+    pub playlist_key: &'a str,
+}
+
+/// Insert or refresh a READY rendition (unique per video and name).
+pub async fn upsert_rendition<C: ConnectionTrait>(
+    conn: &C,
+    video_id: Uuid,
+    new: ReadyRendition<'_>,
+) -> Result<(), DbErr> {
+    let now = Utc::now();
+    match rendition_named(conn, video_id, new.name).await? {
+        Some(row) => {
+            let mut row = sea_orm::IntoActiveModel::into_active_model(row);
+            row.width = Set(new.width);
+            row.height = Set(new.height);
+            row.bitrate = Set(new.bitrate);
+            row.codecs = Set(new.codecs.to_string());
+            row.playlist_key = Set(new.playlist_key.to_string());
+            row.status = Set(RenditionStatus::Ready);
+            row.updated_at = Set(now);
+            row.update(conn).await?;
+        }
+        None => {
+            rendition::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                video_id: Set(video_id),
+                name: Set(new.name.to_string()),
+                width: Set(new.width),
+                height: Set(new.height),
+                bitrate: Set(new.bitrate),
+                codecs: Set(new.codecs.to_string()),
+                playlist_key: Set(new.playlist_key.to_string()),
+                status: Set(RenditionStatus::Ready),
+                created_at: Set(now),
+                updated_at: Set(now),
+            }
+            .insert(conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Remove the video's renditions not called one of `keep`.
+pub async fn delete_renditions_except<C: ConnectionTrait>(
+    conn: &C,
+    video_id: Uuid,
+    keep: Vec<String>,
+) -> Result<(), DbErr> {
+    rendition::Entity::delete_many()
+        .filter(rendition::Column::VideoId.eq(video_id))
+        .filter(rendition::Column::Name.is_not_in(keep))
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
+/// Remove every rendition of the video.
+pub async fn delete_renditions<C: ConnectionTrait>(conn: &C, video_id: Uuid) -> Result<(), DbErr> {
+    rendition::Entity::delete_many().filter(rendition::Column::VideoId.eq(video_id)).exec(conn).await?;
+    Ok(())
+}
+
+/// Remove the video's rendition called `name`.
+pub async fn delete_rendition<C: ConnectionTrait>(conn: &C, video_id: Uuid, name: &str) -> Result<(), DbErr> {
+    rendition::Entity::delete_many()
+        .filter(rendition::Column::VideoId.eq(video_id))
+        .filter(rendition::Column::Name.eq(name))
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
+/// How many of the video's renditions have their playlist under `prefix`.
+pub async fn count_renditions_under<C: ConnectionTrait>(conn: &C, video_id: Uuid, prefix: &str) -> Result<u64, DbErr> {
+    use sea_orm::PaginatorTrait;
+    rendition::Entity::find()
+        .filter(rendition::Column::VideoId.eq(video_id))
+        .filter(rendition::Column::PlaylistKey.starts_with(prefix))
+        .count(conn)
+        .await
+}
+
+/// Remove the video's renditions whose playlist lies under `prefix`.
+pub async fn delete_renditions_under<C: ConnectionTrait>(conn: &C, video_id: Uuid, prefix: &str) -> Result<(), DbErr> {
+    rendition::Entity::delete_many()
+        .filter(rendition::Column::VideoId.eq(video_id))
+        .filter(rendition::Column::PlaylistKey.starts_with(prefix))
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
+/// An earlier transcode of this video succeeded: it has READY renditions and a READY
+/// event (a failed run's early rendition alone does not count).
+pub async fn was_ready_before<C: ConnectionTrait>(conn: &C, video_id: Uuid) -> Result<bool, DbErr> {
+    use entities::event_outbox;
+    use sea_orm::PaginatorTrait;
+    let ready_renditions = rendition::Entity::find()
+        .filter(rendition::Column::VideoId.eq(video_id))
+        .filter(rendition::Column::Status.eq(RenditionStatus::Ready))
+        .count(conn)
+        .await?;
+    if ready_renditions == 0 {
+        return Ok(false);
+    }
+    let ready_events = event_outbox::Entity::find()
+        .filter(event_outbox::Column::VideoId.eq(video_id))
+        .filter(event_outbox::Column::Kind.eq(EventKind::Ready.as_str()))
+        .count(conn)
+        .await?;
+    Ok(ready_events > 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -165,7 +165,7 @@ async fn a_transcodes_log_streams_live_resumes_by_cursor_without_gap_or_repeat_a
     // Lines are written while nobody listens.
     assert!(
         eventually(1200, || async {
-            queue::log_lines(&db, id).await.unwrap().last().is_some_and(|l| l.seq > last_seen + 1)
+            reelhouse::repo::job_logs::lines(&db, id).await.unwrap().last().is_some_and(|l| l.seq > last_seen + 1)
         })
         .await,
         "the job logs on"
@@ -390,7 +390,7 @@ async fn a_chatty_run_is_held_to_its_line_rate_and_the_log_says_how_many_lines_w
     assert!(chatter >= 3, "the burst goes through: {chatter}");
     assert!(chatter < 40, "not every line: {chatter}");
     assert_eq!(chatter + suppressed, 40, "every line is stored or counted");
-    let stored = queue::log_lines(&db, id).await.unwrap();
+    let stored = reelhouse::repo::job_logs::lines(&db, id).await.unwrap();
     assert_eq!(stored.len() as u64, 1 + chatter + 1);
     let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("reelhouse_job_log_lines_suppressed_total"), "{metrics}");

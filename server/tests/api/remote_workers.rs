@@ -449,7 +449,7 @@ async fn an_upload_becomes_ready_on_a_remote_worker_started_with_only_a_url_and_
     assert_eq!(job.status, JobStatus::Succeeded);
     // The remote worker's log lines reached the job log as a local worker's do.
     let lines: Vec<String> =
-        reelhouse::jobs::queue::log_lines(&db, job.id).await.unwrap().into_iter().map(|l| l.message).collect();
+        reelhouse::repo::job_logs::lines(&db, job.id).await.unwrap().into_iter().map(|l| l.message).collect();
     assert!(lines.iter().any(|l| l.contains("leased by remote:")), "{lines:?}");
     assert!(lines.iter().any(|l| l.starts_with("encoding:")), "{lines:?}");
     // Playback works from what the worker stored.

@@ -17,9 +17,8 @@ use std::time::Duration;
 
 use actix::{Message, Recipient};
 use chrono::Utc;
-use entities::{job, video, worker};
-use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
+use entities::job;
+use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
 use self::protocol::{LeaseRef, OutputFile, PresignedUrl};
@@ -27,6 +26,7 @@ use crate::jobs::failure::FailureCode;
 use crate::jobs::queue::{self, LeasedJob, QueueError};
 use crate::jobs::runner::{JobError, JobOutput, MediaSpec, TranscodeOutput};
 use crate::jobs::transcode::NewRendition;
+use crate::repo::workers::NewWorker;
 
 /// What the worker channel's server side uses of the process, provided by the
 /// composition root (`state::AppState`).
@@ -150,25 +150,23 @@ pub async fn register_worker(
 ) -> Result<(), sea_orm::DbErr> {
     let now = crate::db::now(db).await?;
     let clip = |s: &str, n: usize| s.chars().take(n).collect::<String>();
-    worker::ActiveModel {
-        id: Set(worker_id),
-        host: Set(format!("remote:{}", clip(&token.name, 90))),
-        pid: Set(0),
-        capacity: Set(capacity),
-        current_jobs: Set(0),
-        version: Set(clip(reelhouse_version, 32)),
-        started_at: Set(now),
-        last_seen_at: Set(now),
-        kind: Set(KIND_REMOTE.into()),
-        name: Set(Some(token.name.clone())),
-        tags: Set(token.tags.clone()),
-        state: Set(worker_state(0, false).into()),
-        gstreamer_version: Set(gstreamer.map(|g| clip(g, 64))),
-        token_id: Set(Some(token.id)),
-    }
-    .insert(db)
-    .await
-    .map(|_| ())
+    let row = NewWorker {
+        id: worker_id,
+        host: format!("remote:{}", clip(&token.name, 90)),
+        pid: 0,
+        capacity,
+        current_jobs: 0,
+        version: clip(reelhouse_version, 32),
+        started_at: now,
+        last_seen_at: now,
+        kind: KIND_REMOTE.into(),
+        name: Some(token.name.clone()),
+        tags: token.tags.clone(),
+        state: worker_state(0, false).into(),
+        gstreamer_version: gstreamer.map(|g| clip(g, 64)),
+        token_id: Some(token.id),
+    };
+    crate::repo::workers::insert(db, row).await.map(|_| ())
 }
 
 /// Refresh a remote worker's row (written again if the sweeper removed it).
@@ -180,18 +178,11 @@ pub async fn touch_worker(
 ) -> Result<bool, sea_orm::DbErr> {
     let current = i32::try_from(current_jobs).unwrap_or(i32::MAX);
     let now = crate::db::now(db).await?;
-    let updated = worker::Entity::update_many()
-        .col_expr(worker::Column::LastSeenAt, Expr::value(now))
-        .col_expr(worker::Column::CurrentJobs, Expr::value(current))
-        .col_expr(worker::Column::State, Expr::value(worker_state(current, draining)))
-        .filter(worker::Column::Id.eq(worker_id))
-        .exec(db)
-        .await?;
-    Ok(updated.rows_affected > 0)
+    crate::repo::workers::touch(db, worker_id, now, current, worker_state(current, draining)).await
 }
 
 pub async fn deregister_worker(db: &DatabaseConnection, worker_id: Uuid) {
-    if let Err(err) = worker::Entity::delete_by_id(worker_id).exec(db).await {
+    if let Err(err) = crate::repo::workers::delete(db, worker_id).await {
         tracing::warn!(error = %err, worker = %worker_id, "could not remove a remote worker's row");
     }
 }
@@ -213,7 +204,7 @@ pub type Assignment = (MediaSpec, PresignedUrl, bool);
 pub async fn prepare_assignment(state: &dyn RemoteDeps, leased: &LeasedJob) -> Result<Option<Assignment>, QueueError> {
     let job = &leased.job;
     let video = match job.video_id {
-        Some(id) => video::Entity::find_by_id(id).one(state.db()).await?,
+        Some(id) => crate::repo::videos::find(state.db(), id).await?,
         None => None,
     };
     let gone = |code: FailureCode, reason: &str| JobError::Permanent { code, reason: reason.into() };
@@ -268,7 +259,7 @@ async fn live_lease(state: &dyn RemoteDeps, lease: LeaseRef) -> Result<(job::Mod
         tracing::warn!(error = %err, "checking a remote lease failed");
         Refusal::new("UNAVAILABLE", "the database is unavailable")
     };
-    let job = job::Entity::find_by_id(lease.job).one(state.db()).await.map_err(internal)?;
+    let job = crate::repo::jobs::find(state.db(), lease.job).await.map_err(internal)?;
     let now = crate::db::now(state.db()).await.map_err(internal)?;
     let Some(job) = job.filter(|j| {
         j.status == entities::JobStatus::Running
@@ -278,7 +269,7 @@ async fn live_lease(state: &dyn RemoteDeps, lease: LeaseRef) -> Result<(job::Mod
         return Err(Refusal::new("LEASE_LOST", "the job's lease is no longer held by this worker"));
     };
     let video = match job.video_id {
-        Some(id) => video::Entity::find_by_id(id).one(state.db()).await.map_err(internal)?,
+        Some(id) => crate::repo::videos::find(state.db(), id).await.map_err(internal)?,
         None => None,
     };
     let Some(video) = video else {
@@ -469,8 +460,7 @@ pub async fn finish_result(
         state.db(),
         settings,
         // The video's owner, from the lease's job (never from the message).
-        video::Entity::find_by_id(output.video_id)
-            .one(state.db())
+        crate::repo::videos::find(state.db(), output.video_id)
             .await
             .ok()
             .flatten()
@@ -520,7 +510,7 @@ pub async fn record_rung(
     verify_outputs(state, files).await?;
     let unavailable = |_| Refusal::new("UNAVAILABLE", "the database is unavailable");
     let video = match job.video_id {
-        Some(id) => video::Entity::find_by_id(id).one(state.db()).await.map_err(unavailable)?,
+        Some(id) => crate::repo::videos::find(state.db(), id).await.map_err(unavailable)?,
         None => None,
     };
     let Some(video) = video else { return Ok(false) };
@@ -554,27 +544,13 @@ pub async fn record_rung(
 /// Whether a rendition of the video names an object under `prefix` (an early rung;
 /// when the database cannot say, yes: nothing is removed).
 async fn names_outputs_of(state: &dyn RemoteDeps, video_id: Option<Uuid>, prefix: &str) -> bool {
-    use entities::rendition;
-    use sea_orm::PaginatorTrait;
     let Some(video_id) = video_id else { return false };
-    rendition::Entity::find()
-        .filter(rendition::Column::VideoId.eq(video_id))
-        .filter(rendition::Column::PlaylistKey.starts_with(prefix))
-        .count(state.db())
-        .await
-        .map(|n| n > 0)
-        .unwrap_or(true)
+    crate::repo::videos::count_renditions_under(state.db(), video_id, prefix).await.map(|n| n > 0).unwrap_or(true)
 }
 
 /// Take back the renditions a run published early under `prefix` (it failed its quota).
 async fn withdraw_early_rungs(state: &dyn RemoteDeps, video_id: Uuid, prefix: &str) {
-    use entities::rendition;
-    let deleted = rendition::Entity::delete_many()
-        .filter(rendition::Column::VideoId.eq(video_id))
-        .filter(rendition::Column::PlaylistKey.starts_with(prefix))
-        .exec(state.db())
-        .await;
-    if let Err(err) = deleted {
+    if let Err(err) = crate::repo::videos::delete_renditions_under(state.db(), video_id, prefix).await {
         tracing::warn!(error = %err, "could not remove a refused run's early renditions");
     }
 }
