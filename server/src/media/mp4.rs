@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
-use super::pipeline::{audio_normalizer, caps_filter, connect_decoder, ended_early, x264_encoder};
+use super::pipeline::{audio_normalizer, connect_decoder, ended_early, upright_at_size, x264_encoder};
 use super::pipeline::{limit_decoder_errors, make, run_to_eos, Limits, NullOnDrop};
 use super::{ensure_gstreamer, file_uri, probe, MediaError, Progress};
 
@@ -272,21 +272,7 @@ struct VideoChain {
 /// `videoconvert ! rotate ! videoscale ! videoconvert ! I420 at size ! encoder
 /// [! parser] ! mux`, added to `pipeline`; the encoded buffers are counted.
 fn video_chain(pipeline: &gst::Pipeline, target: &Target<'_>) -> Result<VideoChain, MediaError> {
-    let convert = make("videoconvert", Some("video-convert"))?;
-    let flip = make("videoflip", Some("rotate"))?;
-    flip.set_property_from_str("method", "automatic");
-    let scale = make("videoscale", Some("scale"))?;
-    scale.set_property_from_str("method", "bilinear");
-    let convert_out = make("videoconvert", Some("video-convert-out"))?;
-    let size = caps_filter(
-        "size",
-        gst::Caps::builder("video/x-raw")
-            .field("format", "I420")
-            .field("width", i32::try_from(target.width).unwrap_or(i32::MAX))
-            .field("height", i32::try_from(target.height).unwrap_or(i32::MAX))
-            .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
-            .build(),
-    )?;
+    let [convert, flip, scale, convert_out, size] = upright_at_size("I420", target.width, target.height, "bilinear")?;
     let (encoder, parse, mux) = video_encoder(target)?;
     pipeline.add_many([&convert, &flip, &scale, &convert_out, &size, &encoder, &mux])?;
     gst::Element::link_many([&convert, &flip, &scale, &convert_out, &size, &encoder])?;

@@ -350,6 +350,33 @@ pub(crate) fn audio_normalizer(pipeline: &gst::Pipeline) -> Result<(gst::Element
     Ok((convert, caps))
 }
 
+/// `videoconvert ! videoflip(automatic) ! videoscale(method) ! videoconvert !
+/// caps(format, width x height, square pixels)`: decoded video upright and at size.
+/// The elements in link order, neither added nor linked.
+pub(crate) fn upright_at_size(
+    format: &str,
+    width: u32,
+    height: u32,
+    method: &str,
+) -> Result<[gst::Element; 5], MediaError> {
+    let convert = make("videoconvert", Some("video-convert"))?;
+    let flip = make("videoflip", Some("rotate"))?;
+    flip.set_property_from_str("method", "automatic");
+    let scale = make("videoscale", Some("scale"))?;
+    scale.set_property_from_str("method", method);
+    let convert_out = make("videoconvert", Some("video-convert-out"))?;
+    let size = caps_filter(
+        "size",
+        gst::Caps::builder("video/x-raw")
+            .field("format", format)
+            .field("width", i32::try_from(width).unwrap_or(i32::MAX))
+            .field("height", i32::try_from(height).unwrap_or(i32::MAX))
+            .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+            .build(),
+    )?;
+    Ok([convert, flip, scale, convert_out, size])
+}
+
 /// A `capsfilter` named `name` that lets only `caps` through.
 pub(crate) fn caps_filter(name: &str, caps: gst::Caps) -> Result<gst::Element, MediaError> {
     let filter = make("capsfilter", Some(name))?;

@@ -9,8 +9,8 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
-use super::pipeline::{caps_filter, connect_decoder};
 use super::pipeline::{clock_time, limit_decoder_errors, make, run_to_eos, stop, wait_async_done, Limits, NullOnDrop};
+use super::pipeline::{connect_decoder, upright_at_size};
 use super::{ensure_gstreamer, file_uri, probe, MediaError, MediaInfo};
 
 /// A decoded RGB picture (3 bytes per pixel, rows packed).
@@ -302,21 +302,7 @@ impl FrameGrabber {
         let decode = make("uridecodebin", Some("decode"))?;
         decode.set_property("uri", file_uri(source)?);
         limit_decoder_errors(&decode, 10);
-        let convert = make("videoconvert", Some("video-convert"))?;
-        let flip = make("videoflip", Some("rotate"))?;
-        flip.set_property_from_str("method", "automatic");
-        let scale = make("videoscale", Some("scale"))?;
-        scale.set_property_from_str("method", "bilinear");
-        let convert_out = make("videoconvert", Some("video-convert-out"))?;
-        let size = caps_filter(
-            "size",
-            gst::Caps::builder("video/x-raw")
-                .field("format", "RGB")
-                .field("width", i32::try_from(out_w).unwrap_or(i32::MAX))
-                .field("height", i32::try_from(out_h).unwrap_or(i32::MAX))
-                .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
-                .build(),
-        )?;
+        let [convert, flip, scale, convert_out, size] = upright_at_size("RGB", out_w, out_h, "bilinear")?;
         let sink = gst_app::AppSink::builder().sync(false).max_buffers(1).build();
         pipeline.add_many([&decode, &convert, &flip, &scale, &convert_out, &size, sink.upcast_ref()])?;
         gst::Element::link_many([&convert, &flip, &scale, &convert_out, &size, sink.upcast_ref()])?;
