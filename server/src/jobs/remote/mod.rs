@@ -169,7 +169,8 @@ pub async fn register_worker(
     crate::repo::workers::insert(db, row).await.map(|_| ())
 }
 
-/// Refresh a remote worker's row (written again if the sweeper removed it).
+/// Refresh a remote worker's row; `false` when it has none (the sweeper removed it
+/// after a long silence: it stays off the `workers` list until it reconnects).
 pub async fn touch_worker(
     db: &DatabaseConnection,
     worker_id: Uuid,
@@ -456,20 +457,18 @@ pub async fn finish_result(
     let output = TranscodeOutput { output_bytes: output.output_bytes.max(reported_bytes), ..output };
     let publisher = state.publisher();
     let settings = state.settings();
-    if let Err(error) = crate::jobs::transcode::check_quota(
-        state.db(),
-        settings,
-        // The video's owner, from the lease's job (never from the message).
-        crate::repo::videos::find(state.db(), output.video_id)
-            .await
-            .ok()
-            .flatten()
-            .map(|v| v.owner_id)
-            .unwrap_or_default(),
-        output.video_id,
-        output.output_bytes,
-    )
-    .await
+    // The video's owner, from the lease's job (never from the message). A read that
+    // fails is UNAVAILABLE (the worker retries the result), not a check against no
+    // owner's quota; a video gone meanwhile is the completion's business.
+    let owner = match crate::repo::videos::find(state.db(), output.video_id).await {
+        Ok(video) => video.map(|v| v.owner_id).unwrap_or_default(),
+        Err(err) => {
+            tracing::warn!(error = %err, job = %job.id, "reading the video of a remote result failed");
+            return Err(Refusal::new("UNAVAILABLE", "the database is unavailable"));
+        }
+    };
+    if let Err(error) =
+        crate::jobs::transcode::check_quota(state.db(), settings, owner, output.video_id, output.output_bytes).await
     {
         withdraw_early_rungs(state, output.video_id, &prefix).await;
         let _ = state.store().delete_prefix(&prefix).await;
