@@ -201,6 +201,41 @@ struct Transition {
     log: (LogLevel, String),
 }
 
+impl Transition {
+    /// To `status`, logging `message` at `level`; nothing else changes unless a
+    /// builder below says so.
+    fn to(status: JobStatus, level: LogLevel, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            last_error: None,
+            run_after: None,
+            refund_attempt: false,
+            only_if_expired: false,
+            log: (level, message.into()),
+        }
+    }
+
+    fn error(mut self, error: impl Into<String>) -> Self {
+        self.last_error = Some(error.into());
+        self
+    }
+
+    fn run_after(mut self, at: DateTime<Utc>) -> Self {
+        self.run_after = Some(at);
+        self
+    }
+
+    fn refund_attempt(mut self) -> Self {
+        self.refund_attempt = true;
+        self
+    }
+
+    fn only_if_expired(mut self) -> Self {
+        self.only_if_expired = true;
+        self
+    }
+}
+
 enum Apply<'a> {
     Nothing,
     Success(&'a JobOutput),
@@ -263,14 +298,7 @@ pub async fn complete(
     token: Uuid,
     output: &JobOutput,
 ) -> Result<job::Model, QueueError> {
-    let change = Transition {
-        status: JobStatus::Succeeded,
-        last_error: None,
-        run_after: None,
-        refund_attempt: false,
-        only_if_expired: false,
-        log: (LogLevel::Info, "succeeded".into()),
-    };
+    let change = Transition::to(JobStatus::Succeeded, LogLevel::Info, "succeeded");
     transition(db, publisher, settings, job_id, Some(token), change, Apply::Success(output)).await
 }
 
@@ -301,50 +329,31 @@ pub async fn fail(
         JobError::Retryable(message) if current.attempts < current.max_attempts => {
             let delay = backoff(settings, current.attempts);
             let run_after = crate::db::now(db).await? + lease_duration(delay);
-            let change = Transition {
-                status: JobStatus::Queued,
-                last_error: Some(message.clone()),
-                run_after: Some(run_after),
-                refund_attempt: false,
-                only_if_expired: false,
-                log: (
-                    LogLevel::Warn,
-                    format!("attempt {} failed: {message}; retrying in {:.1}s", current.attempts, delay.as_secs_f64()),
-                ),
-            };
+            let change = Transition::to(
+                JobStatus::Queued,
+                LogLevel::Warn,
+                format!("attempt {} failed: {message}; retrying in {:.1}s", current.attempts, delay.as_secs_f64()),
+            )
+            .error(message.clone())
+            .run_after(run_after);
             (change, Apply::Nothing)
         }
         JobError::Retryable(message) => {
-            let change = Transition {
-                status: JobStatus::Dead,
-                last_error: Some(message.clone()),
-                run_after: None,
-                refund_attempt: false,
-                only_if_expired: false,
-                log: (LogLevel::Error, format!("attempt {} failed: {message}; no attempts left", current.attempts)),
-            };
+            let change = Transition::to(
+                JobStatus::Dead,
+                LogLevel::Error,
+                format!("attempt {} failed: {message}; no attempts left", current.attempts),
+            )
+            .error(message.clone());
             (change, Apply::Failure(message.clone()))
         }
         JobError::Permanent { code, reason } => {
-            let change = Transition {
-                status: JobStatus::Failed,
-                last_error: Some(reason.clone()),
-                run_after: None,
-                refund_attempt: false,
-                only_if_expired: false,
-                log: (LogLevel::Error, format!("failed ({code}): {reason}")),
-            };
+            let change = Transition::to(JobStatus::Failed, LogLevel::Error, format!("failed ({code}): {reason}"))
+                .error(reason.clone());
             (change, Apply::Failure(reason.clone()))
         }
         JobError::Cancelled => {
-            let change = Transition {
-                status: JobStatus::Cancelled,
-                last_error: Some("cancelled".into()),
-                run_after: None,
-                refund_attempt: false,
-                only_if_expired: false,
-                log: (LogLevel::Info, "cancelled".into()),
-            };
+            let change = Transition::to(JobStatus::Cancelled, LogLevel::Info, "cancelled").error("cancelled");
             (change, Apply::Cancelled)
         }
     };
@@ -359,14 +368,10 @@ pub async fn release(
     token: Uuid,
     reason: &str,
 ) -> Result<job::Model, QueueError> {
-    let change = Transition {
-        status: JobStatus::Queued,
-        last_error: Some(reason.to_string()),
-        run_after: Some(crate::db::now(db).await?),
-        refund_attempt: true,
-        only_if_expired: false,
-        log: (LogLevel::Warn, format!("released: {reason}")),
-    };
+    let change = Transition::to(JobStatus::Queued, LogLevel::Warn, format!("released: {reason}"))
+        .error(reason)
+        .run_after(crate::db::now(db).await?)
+        .refund_attempt();
     transition(db, &Publisher::default(), settings, job_id, Some(token), change, Apply::Nothing).await
 }
 
@@ -386,27 +391,23 @@ pub async fn sweep_expired(
         let message = "worker lost (lease expired)".to_string();
         let owner = job.lease_owner.clone().unwrap_or_default();
         let result = if job.attempts < job.max_attempts {
-            let change = Transition {
-                status: JobStatus::Queued,
-                last_error: Some(message.clone()),
-                run_after: Some(now),
-                refund_attempt: false,
-                only_if_expired: true,
-                log: (LogLevel::Warn, format!("attempt {} lost: lease of {owner} expired", job.attempts)),
-            };
+            let change = Transition::to(
+                JobStatus::Queued,
+                LogLevel::Warn,
+                format!("attempt {} lost: lease of {owner} expired", job.attempts),
+            )
+            .error(message.clone())
+            .run_after(now)
+            .only_if_expired();
             transition(db, publisher, settings, job.id, Some(token), change, Apply::Nothing).await
         } else {
-            let change = Transition {
-                status: JobStatus::Dead,
-                last_error: Some(message.clone()),
-                run_after: None,
-                refund_attempt: false,
-                only_if_expired: true,
-                log: (
-                    LogLevel::Error,
-                    format!("attempt {} lost: lease of {owner} expired; no attempts left", job.attempts),
-                ),
-            };
+            let change = Transition::to(
+                JobStatus::Dead,
+                LogLevel::Error,
+                format!("attempt {} lost: lease of {owner} expired; no attempts left", job.attempts),
+            )
+            .error(message.clone())
+            .only_if_expired();
             transition(db, publisher, settings, job.id, Some(token), change, Apply::Failure(message)).await
         };
         match result {
@@ -432,14 +433,8 @@ pub async fn cancel(
     let current = crate::repo::jobs::find(db, job_id).await?.ok_or(QueueError::NotFound)?;
     match current.status {
         JobStatus::Queued => {
-            let change = Transition {
-                status: JobStatus::Cancelled,
-                last_error: Some("cancelled".into()),
-                run_after: None,
-                refund_attempt: false,
-                only_if_expired: false,
-                log: (LogLevel::Info, "cancelled while queued".into()),
-            };
+            let change =
+                Transition::to(JobStatus::Cancelled, LogLevel::Info, "cancelled while queued").error("cancelled");
             match transition(db, publisher, settings, job_id, None, change, Apply::Cancelled).await {
                 // Leased meanwhile: flag it instead.
                 Err(QueueError::Conflict(_)) => Box::pin(cancel(db, publisher, settings, job_id)).await,

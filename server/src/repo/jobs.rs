@@ -265,8 +265,20 @@ pub async fn renew_lease<C: ConnectionTrait>(
     token: Uuid,
     expires_at: DateTime<Utc>,
 ) -> Result<bool, DbErr> {
+    update_leased(conn, job_id, token, job::Column::LeaseExpiresAt, Expr::value(expires_at)).await
+}
+
+/// Set `column` of the RUNNING job to `value` only while `token` holds its lease;
+/// `false` when it does not.
+async fn update_leased<C: ConnectionTrait>(
+    conn: &C,
+    job_id: Uuid,
+    token: Uuid,
+    column: job::Column,
+    value: sea_orm::sea_query::SimpleExpr,
+) -> Result<bool, DbErr> {
     let updated = job::Entity::update_many()
-        .col_expr(job::Column::LeaseExpiresAt, Expr::value(expires_at))
+        .col_expr(column, value)
         .filter(job::Column::Id.eq(job_id))
         .filter(job::Column::LeaseToken.eq(token))
         .filter(job::Column::Status.eq(JobStatus::Running))
@@ -413,14 +425,7 @@ pub async fn store_progress<C: ConnectionTrait>(
     token: Uuid,
     progress: serde_json::Value,
 ) -> Result<bool, DbErr> {
-    let updated = job::Entity::update_many()
-        .col_expr(job::Column::Progress, Expr::value(progress))
-        .filter(job::Column::Id.eq(job_id))
-        .filter(job::Column::LeaseToken.eq(token))
-        .filter(job::Column::Status.eq(JobStatus::Running))
-        .exec(conn)
-        .await?;
-    Ok(updated.rows_affected > 0)
+    update_leased(conn, job_id, token, job::Column::Progress, Expr::value(progress)).await
 }
 
 /// How many jobs there are of each of `statuses` (statuses without any are absent).
