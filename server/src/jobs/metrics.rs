@@ -33,7 +33,9 @@ pub struct QueueReading {
 /// Read the queue gauges' values; a worker is stale when it has not heartbeated
 /// for `stale_after`.
 pub async fn read(db: &DatabaseConnection, stale_after: Duration) -> Result<QueueReading, DbErr> {
-    let now = Utc::now();
+    // The database's clock, as every job and worker row is stamped with it: an API
+    // process whose clock is off would otherwise report ages and staleness that are off.
+    let now = crate::db::now(db).await?;
     let counts = crate::repo::jobs::count_by_status(db, &COUNTED_STATUSES).await?;
     let jobs = COUNTED_STATUSES
         .iter()

@@ -442,7 +442,7 @@ pub async fn cancel(
             }
         }
         JobStatus::Running => {
-            if !crate::repo::jobs::request_cancel(db, job_id, Utc::now()).await? {
+            if !crate::repo::jobs::request_cancel(db, job_id, crate::db::now(db).await?).await? {
                 return Box::pin(cancel(db, publisher, settings, job_id)).await;
             }
             let line =
@@ -487,7 +487,7 @@ pub async fn set_priority(
             PRIORITY_RANGE.end()
         )));
     }
-    if !crate::repo::jobs::set_priority(db, job_id, priority, Utc::now()).await? {
+    if !crate::repo::jobs::set_priority(db, job_id, priority, crate::db::now(db).await?).await? {
         return match crate::repo::jobs::find(db, job_id).await? {
             None => Err(QueueError::NotFound),
             Some(_) => Err(QueueError::Conflict("only QUEUED or RUNNING jobs can be given another priority".into())),
