@@ -8,8 +8,8 @@ use chrono::{DateTime, Duration, Utc};
 use entities::{refresh_token, refresh_token_family, user};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    Set,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, Set,
 };
 use uuid::Uuid;
 
@@ -72,10 +72,16 @@ pub async fn touch_family<C: ConnectionTrait>(conn: &C, id: Uuid, at: DateTime<U
 /// Revoke family `id` with `reason` unless it is revoked already; returns how many
 /// were revoked (0 or 1).
 pub async fn revoke_family<C: ConnectionTrait>(conn: &C, id: Uuid, reason: &str) -> Result<u64, DbErr> {
+    revoke_families(conn, Condition::all().add(refresh_token_family::Column::Id.eq(id)), reason).await
+}
+
+/// Revoke with `reason` the families `which` selects that are not revoked already;
+/// returns how many were revoked. Every revocation of a session is this statement.
+async fn revoke_families<C: ConnectionTrait>(conn: &C, which: Condition, reason: &str) -> Result<u64, DbErr> {
     Ok(refresh_token_family::Entity::update_many()
         .col_expr(refresh_token_family::Column::RevokedAt, Expr::value(Utc::now()))
         .col_expr(refresh_token_family::Column::RevokedReason, Expr::value(reason))
-        .filter(refresh_token_family::Column::Id.eq(id))
+        .filter(which)
         .filter(refresh_token_family::Column::RevokedAt.is_null())
         .exec(conn)
         .await?
@@ -196,28 +202,13 @@ pub async fn revoke_session(
         query = query.filter(refresh_token_family::Column::UserId.eq(owner));
     }
     let family = query.one(txn).await?.ok_or_else(|| AppError::not_found("session"))?;
-    let revoked = refresh_token_family::Entity::update_many()
-        .col_expr(refresh_token_family::Column::RevokedAt, Expr::value(Utc::now()))
-        .col_expr(refresh_token_family::Column::RevokedReason, Expr::value(reason))
-        .filter(refresh_token_family::Column::Id.eq(id))
-        .filter(refresh_token_family::Column::RevokedAt.is_null())
-        .exec(txn)
-        .await?
-        .rows_affected
-        == 1;
+    let revoked = revoke_family(txn, id, reason).await? == 1;
     Ok((family, revoked))
 }
 
 /// Revoke every live session of a user; returns how many were revoked.
 pub async fn revoke_all_sessions(db: &impl ConnectionTrait, user_id: Uuid, reason: &str) -> AppResult<u64> {
-    Ok(refresh_token_family::Entity::update_many()
-        .col_expr(refresh_token_family::Column::RevokedAt, Expr::value(Utc::now()))
-        .col_expr(refresh_token_family::Column::RevokedReason, Expr::value(reason))
-        .filter(refresh_token_family::Column::UserId.eq(user_id))
-        .filter(refresh_token_family::Column::RevokedAt.is_null())
-        .exec(db)
-        .await?
-        .rows_affected)
+    Ok(revoke_families(db, Condition::all().add(refresh_token_family::Column::UserId.eq(user_id)), reason).await?)
 }
 
 /// Revoke every live session of a user but `keep` (the caller's own, when it has
@@ -228,13 +219,9 @@ pub async fn revoke_other_sessions<C: ConnectionTrait>(
     keep: Option<Uuid>,
     reason: &str,
 ) -> Result<u64, DbErr> {
-    let mut others = refresh_token_family::Entity::update_many()
-        .col_expr(refresh_token_family::Column::RevokedAt, Expr::value(Utc::now()))
-        .col_expr(refresh_token_family::Column::RevokedReason, Expr::value(reason))
-        .filter(refresh_token_family::Column::UserId.eq(user_id))
-        .filter(refresh_token_family::Column::RevokedAt.is_null());
+    let mut others = Condition::all().add(refresh_token_family::Column::UserId.eq(user_id));
     if let Some(current) = keep {
-        others = others.filter(refresh_token_family::Column::Id.ne(current));
+        others = others.add(refresh_token_family::Column::Id.ne(current));
     }
-    Ok(others.exec(conn).await?.rows_affected)
+    revoke_families(conn, others, reason).await
 }
