@@ -3,7 +3,7 @@
 # in-run baseline and write docs/bench/*; they never assert timings (that is `make test`'s job).
 #
 # Environment (passed through): BENCH_SECONDS, BENCH_RUNS, BENCH_PROFILE, CARGO_TARGET_DIR;
-# BENCH_ONLY=transcode|upload|fanout|api|remote (comma-separated) runs some of them.
+# BENCH_ONLY=transcode|upload|fanout|api|remote|publish (comma-separated) runs some of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -70,4 +70,26 @@ if want remote; then
     profile=debug
   fi
   REELHOUSE_BIN="$target/$profile/reelhouse" python3 scripts/bench-remote.py
+fi
+
+# 5. Redis publishes (issue 19, docs/bench/publish.md): PUBLISH/s of the batching event
+#    publisher vs a plain pipelined client and vs one task per event, against a Redis
+#    channel nobody subscribes to. Redis: $REDIS_URL, else scripts/test-services.sh's.
+#    BENCH_PUBLISH_EVENTS (default 200000) and BENCH_RUNS (default 3) tune it.
+if want publish; then
+  started=""
+  redis_url="${REDIS_URL:-}"
+  if [[ -z "$redis_url" ]]; then
+    if [[ ! -f .test-services/env ]]; then
+      scripts/test-services.sh start
+      started=1
+    fi
+    # shellcheck disable=SC1091
+    source .test-services/env
+    redis_url="$REELHOUSE_TEST_REDIS_URL"
+  fi
+  out="${BENCH_DOCS_DIR:-docs/bench}"
+  mkdir -p "$out"
+  REELHOUSE_BENCH_REDIS_URL="$redis_url" cargo bench -p reelhouse --bench redis_publish | tee "$out/publish.md"
+  if [[ -n "$started" ]]; then scripts/test-services.sh stop; fi
 fi

@@ -48,6 +48,9 @@ pub struct Report {
     /// Feeds resumed (`videoEvents(after:)`) after the server closed them for an
     /// expired access token; what they missed meanwhile counts in `lost_events`.
     pub reconnects: u64,
+    /// Feeds the server ended with `SLOW_CONSUMER` and the harness resumed after the
+    /// cursor it named; what they missed meanwhile counts in `lost_events`.
+    pub slow_consumer_resumes: u64,
     pub events_received: u64,
     /// Stored (state) events a subscriber should have received and did not: gaps in a
     /// video's event sequence, and events after the last one it saw, up to the video's
@@ -188,6 +191,7 @@ impl Report {
             api_latency_ms: stats.api.summary(),
             subscriptions: Stats::get(&stats.subscriptions),
             reconnects: Stats::get(&stats.reconnects),
+            slow_consumer_resumes: Stats::get(&stats.slow_consumer_resumes),
             events_received: Stats::get(&stats.events_received),
             lost_events: Stats::get(&stats.lost_events),
             duplicate_events: Stats::get(&stats.duplicate_events),
@@ -235,8 +239,13 @@ impl Report {
         }
         out.push_str(&format!("  API latency   {}\n", p(&self.api_latency_ms)));
         out.push_str(&format!(
-            "  events        {} received on {} subscriptions ({} resumed after token expiry), {} lost, {} duplicate\n",
-            self.events_received, self.subscriptions, self.reconnects, self.lost_events, self.duplicate_events
+            "  events        {} received on {} subscriptions ({} resumed after token expiry, {} after SLOW_CONSUMER), {} lost, {} duplicate\n",
+            self.events_received,
+            self.subscriptions,
+            self.reconnects,
+            self.slow_consumer_resumes,
+            self.lost_events,
+            self.duplicate_events
         ));
         out.push_str(&format!("  delivery      {}\n", p(&self.event_delivery_ms)));
         if self.uploads.count > 0 {

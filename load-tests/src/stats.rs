@@ -98,6 +98,9 @@ pub struct Stats {
     pub subscriptions: AtomicU64,
     /// Feeds resumed on a new connection after the server closed them for an expired token.
     pub reconnects: AtomicU64,
+    /// Feeds the server ended with `SLOW_CONSUMER` (this harness read too slowly),
+    /// resumed after the cursor the server named (`extensions.resumeAfter`).
+    pub slow_consumer_resumes: AtomicU64,
     /// Answers refusing a call for a rate limit (HTTP 429, a WebSocket upgrade refused
     /// with 429, a socket closed with 4429, an operation refused with `RATE_LIMITED`),
     /// or asking to come back later (503 with `Retry-After`): waited for and retried,

@@ -102,7 +102,8 @@ pub struct Track {
     pub last_seq: i64,
     /// Newest stored event received (or the snapshot's): where a reconnect resumes.
     pub last_cursor: Option<i64>,
-    /// Times the feed was resumed on a new connection after its token expired.
+    /// Times the feed was resumed on a new connection (its token expired, or the
+    /// server ended it with `SLOW_CONSUMER`).
     pub reconnects: u32,
     pub cursors: HashSet<String>,
     /// Gaps in the stored sequence (a missing seq between two received ones).
@@ -244,6 +245,17 @@ enum End {
     Done,
     /// The server closed the socket because the access token expired (4403).
     TokenExpired,
+    /// The server ended the feed with `SLOW_CONSUMER` (this subscriber's queue stayed
+    /// full): resume after the cursor it named, or from a snapshot when it named none.
+    SlowConsumer { resume_after: Option<i64> },
+}
+
+/// `Some(End::SlowConsumer)` when a `next` message's errors end the feed with
+/// `SLOW_CONSUMER`; its `extensions.resumeAfter` is where the server says to resume.
+fn slow_consumer(errors: &Value) -> Option<End> {
+    let error = errors.as_array()?.iter().find(|e| e.pointer("/extensions/code") == Some(&json!("SLOW_CONSUMER")))?;
+    let resume_after = error.pointer("/extensions/resumeAfter").and_then(Value::as_str).and_then(|c| c.parse().ok());
+    Some(End::SlowConsumer { resume_after })
 }
 
 /// Close code and reason of a socket closed for an expired token (`ws_session.rs`).
@@ -262,6 +274,8 @@ async fn run(
 ) {
     let mut ready = Some(ready);
     let mut resume = false;
+    // Set by a SLOW_CONSUMER end: the server's resume cursor (`None`: a snapshot).
+    let mut resume_at: Option<Option<i64>> = None;
     let mut attempts = Attempts::default();
     let outcome = loop {
         let token = match &spec.auth {
@@ -270,7 +284,11 @@ async fn run(
         };
         // A resumed feed starts after the newest stored event it has (no gap, no
         // duplicate); without one yet it starts again from a snapshot.
-        let after = if resume { track.lock().ok().and_then(|t| t.last_cursor) } else { None };
+        let after = match resume_at.take() {
+            Some(cursor) => cursor,
+            None if resume => track.lock().ok().and_then(|t| t.last_cursor),
+            None => None,
+        };
         let connection = Connection { spec: &spec, token: token.as_deref(), after };
         let outcome = connection.read(&stats, book.as_deref(), &track, &mut stopped, &mut ready).await;
         let renewable = spec.auth.is_some() && ready.is_none() && !*stopped.borrow();
@@ -288,17 +306,21 @@ async fn run(
         attempts = Attempts::default();
         match outcome {
             Ok(End::TokenExpired) if renewable => {
-                let reconnects = track.lock().map(|mut t| {
-                    t.reconnects += 1;
-                    t.reconnects
-                });
-                if reconnects.is_ok_and(|n| n > MAX_RECONNECTS) {
+                if !one_more_resume(&track) {
                     break Err(anyhow!("token expired {MAX_RECONNECTS} times"));
                 }
                 stats.reconnects.fetch_add(1, Ordering::Relaxed);
                 resume = true;
             }
             Ok(End::TokenExpired) => break Err(anyhow!("closed by the server: {TOKEN_EXPIRED}")),
+            Ok(End::SlowConsumer { resume_after }) if !*stopped.borrow() => {
+                if !one_more_resume(&track) {
+                    break Err(anyhow!("ended as a slow consumer {MAX_RECONNECTS} times"));
+                }
+                stats.slow_consumer_resumes.fetch_add(1, Ordering::Relaxed);
+                resume_at = Some(resume_after);
+            }
+            Ok(End::SlowConsumer { .. }) => break Ok(()),
             Ok(End::Done) => break Ok(()),
             Err(err) => break Err(err),
         }
@@ -319,6 +341,18 @@ async fn run(
             }
         }
     }
+}
+
+/// Count one more resume of this feed; `false` once it resumed [`MAX_RECONNECTS`]
+/// times (a server that ends it every time would loop).
+fn one_more_resume(track: &Mutex<Track>) -> bool {
+    track
+        .lock()
+        .map(|mut t| {
+            t.reconnects += 1;
+            t.reconnects <= MAX_RECONNECTS
+        })
+        .unwrap_or(false)
 }
 
 /// One WebSocket connection of a subscriber.
@@ -440,6 +474,10 @@ impl Connection<'_> {
             match v["type"].as_str() {
                 Some("next") => {
                     if let Some(errors) = v.pointer("/payload/errors").filter(|e| !e.is_null()) {
+                        if let Some(end) = slow_consumer(errors) {
+                            let _ = socket.close(None).await;
+                            return Ok(end);
+                        }
                         bail!("subscription error: {errors}");
                     }
                     let Some(event) =
@@ -585,6 +623,17 @@ mod tests {
             received_at: Utc::now(),
             received_instant: Instant::now(),
         }
+    }
+
+    #[test]
+    fn a_slow_consumer_error_names_where_to_resume() {
+        let errors = json!([{ "message": "slow", "extensions": { "code": "SLOW_CONSUMER", "resumeAfter": "41" } }]);
+        assert_eq!(slow_consumer(&errors), Some(End::SlowConsumer { resume_after: Some(41) }));
+        let from_snapshot =
+            json!([{ "message": "slow", "extensions": { "code": "SLOW_CONSUMER", "resumeAfter": null } }]);
+        assert_eq!(slow_consumer(&from_snapshot), Some(End::SlowConsumer { resume_after: None }));
+        let other = json!([{ "message": "gone", "extensions": { "code": "NOT_FOUND" } }]);
+        assert_eq!(slow_consumer(&other), None);
     }
 
     #[test]

@@ -45,6 +45,11 @@ pub enum ErrorCode {
     /// half-written was kept or published: retry after `Retry-After` (a tus upload
     /// resumes at its recorded offset).
     StorageFull,
+    /// A subscriber that stopped reading: its queue stayed full for
+    /// `graphql.ws_slow_consumer_ms`, so the subscription ended. Everything queued
+    /// before was delivered first; `extensions.resumeAfter` is the cursor to resume
+    /// from with `videoEvents(videoId, after:)` (null: subscribe again for a snapshot).
+    SlowConsumer,
 }
 
 impl ErrorCode {
@@ -67,6 +72,7 @@ impl ErrorCode {
             ErrorCode::EmailNotVerified => StatusCode::FORBIDDEN,
             ErrorCode::MfaRequired => StatusCode::UNAUTHORIZED,
             ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+            ErrorCode::SlowConsumer => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -88,6 +94,7 @@ impl ErrorCode {
             ErrorCode::EmailNotVerified => "EMAIL_NOT_VERIFIED",
             ErrorCode::MfaRequired => "MFA_REQUIRED",
             ErrorCode::StorageFull => "STORAGE_FULL",
+            ErrorCode::SlowConsumer => "SLOW_CONSUMER",
         }
     }
 
@@ -110,6 +117,8 @@ pub struct AppError {
     source: Option<anyhow::Error>,
     /// For `RATE_LIMITED`: seconds until a retry can succeed.
     retry_after_secs: Option<u64>,
+    /// For `SLOW_CONSUMER`: the cursor a resumed subscription starts after.
+    resume_after: Option<i64>,
 }
 
 /// The JSON body of every HTTP error: `{ "code": "...", "message": "..." }`.
@@ -121,7 +130,7 @@ pub struct ErrorBody<'a> {
 
 impl AppError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), source: None, retry_after_secs: None }
+        Self { code, message: message.into(), source: None, retry_after_secs: None, resume_after: None }
     }
 
     /// An internal failure: the client sees only a generic message, the cause is logged.
@@ -131,6 +140,7 @@ impl AppError {
             message: "internal error".into(),
             source: Some(source.into()),
             retry_after_secs: None,
+            resume_after: None,
         }
     }
 
@@ -143,6 +153,7 @@ impl AppError {
             // A 503 always says when to come back (the fault matrix found a tus PATCH
             // answering 503 without `Retry-After` during an S3 stall).
             retry_after_secs: Some(1),
+            resume_after: None,
         }
     }
 
@@ -170,6 +181,7 @@ impl AppError {
             message: "storage is full, try again later".into(),
             source: Some(source.into()),
             retry_after_secs: Some(STORAGE_FULL_RETRY_AFTER_SECS),
+            resume_after: None,
         }
     }
 
@@ -182,6 +194,12 @@ impl AppError {
     /// Tell the client when to retry (`Retry-After`, `extensions.retryAfter`).
     pub fn with_retry_after(mut self, secs: u64) -> Self {
         self.retry_after_secs = Some(secs);
+        self
+    }
+
+    /// Tell a subscriber where to resume (`extensions.resumeAfter`, a cursor).
+    pub fn with_resume_after(mut self, cursor: Option<i64>) -> Self {
+        self.resume_after = cursor;
         self
     }
 
@@ -225,10 +243,15 @@ impl AppError {
         self.log();
         let code = self.code.as_str();
         let retry_after = self.retry_after_secs;
+        let resume_after = (self.code == ErrorCode::SlowConsumer).then_some(self.resume_after);
         async_graphql::Error::new(self.message.clone()).extend_with(|_, ext| {
             ext.set("code", code);
             if let Some(secs) = retry_after {
                 ext.set("retryAfter", secs);
+            }
+            if let Some(cursor) = resume_after {
+                // Cursors are strings in the API; null: start again from a snapshot.
+                ext.set("resumeAfter", cursor.map(|c| c.to_string()));
             }
         })
     }
@@ -410,6 +433,7 @@ mod tests {
             ErrorCode::MfaRequired,
             ErrorCode::EmailNotVerified,
             ErrorCode::StorageFull,
+            ErrorCode::SlowConsumer,
         ];
         let names: std::collections::HashSet<_> = all.iter().map(|c| c.as_str()).collect();
         assert_eq!(names.len(), all.len());

@@ -107,11 +107,13 @@ impl Application {
             redis.is_none(),
         ));
         let access_signals = crate::access::AccessSignals::new(redis.clone(), &instance_id, session_cache, video_cache);
+        let redis_publisher = redis.clone().map(|r| crate::events::fanout::RedisPublisher::start(r, &instance_id));
         let state = AppState {
             settings: settings.clone(),
             db,
             store,
             redis,
+            redis_publisher,
             limiter: crate::limits::Limiter::new(settings.rate_limit.enabled, hubs.rate_limiter.clone()),
             hubs,
             tokens: Arc::new(
@@ -132,7 +134,6 @@ impl Application {
             password_hashing: crate::auth::password::HashingPool::new(settings.auth.max_concurrent_password_hashes),
             login_failures,
             ws_admission: crate::limits::ws::WsAdmission::default(),
-            recheck_rows: crate::events::recheck::RecheckRows::default(),
             mailer,
             access_signals,
             breakers,

@@ -32,6 +32,8 @@ pub struct AppState {
     pub db: DatabaseConnection,
     pub store: Arc<dyn ObjectStore>,
     pub redis: Option<Arc<RedisHandle>>,
+    /// Sends this process's events to the Redis channel in batches (`events::fanout`).
+    pub redis_publisher: Option<crate::events::fanout::RedisPublisher>,
     pub hubs: Hubs,
     /// Charges the rate-limit buckets (`limits`).
     pub limiter: crate::limits::Limiter,
@@ -54,8 +56,6 @@ pub struct AppState {
     pub login_failures: crate::limits::login::LoginFailures,
     /// Sockets per address and user, operations per user, on `/graphql/ws`.
     pub ws_admission: crate::limits::ws::WsAdmission,
-    /// Video rows shared by the periodic re-checks of open subscriptions.
-    pub recheck_rows: crate::events::recheck::RecheckRows,
     /// Seals account mail into SEND_MAIL jobs (and delivers them in embedded workers).
     pub mailer: Arc<crate::mail::Mailer>,
     /// Sessions revoked and accounts changed, pushed to open sockets (`access`).
@@ -76,17 +76,19 @@ impl AppState {
         crate::events::feed::FeedContext {
             db: self.db.clone(),
             bus: self.hubs.event_bus.clone(),
-            recheck_rows: self.recheck_rows.clone(),
+            recheck_rows: self.access_signals.rechecks().clone(),
             recheck_every: Duration::from_millis(self.settings.graphql.ws_recheck_ms.max(50)),
+            slow_consumer_after: Duration::from_millis(self.settings.graphql.ws_slow_consumer_ms),
         }
     }
 
     /// Publishes to this process's bus and, with Redis, to every other instance.
     pub fn publisher(&self) -> crate::events::Publisher {
         crate::events::Publisher::new(Some(self.hubs.event_bus.clone()))
-            .with_redis(self.redis.clone(), &self.instance_id)
+            .with_redis(self.redis_publisher.clone())
             .with_video_cache(self.access_signals.videos().clone())
             .with_sequencer(self.event_sequencer.clone())
+            .with_rechecks(self.access_signals.rechecks().clone())
     }
 }
 

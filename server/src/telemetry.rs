@@ -381,6 +381,10 @@ pub const METRICS: &[MetricInfo] = {
         ),
         gauge("reelhouse_subscribers", Some(Unit::Count), "Open GraphQL subscriptions to video events in this process."),
         counter("reelhouse_subscriber_resyncs_total", "Subscriptions that fell behind the bus and re-read their state."),
+        counter(
+            "reelhouse_slow_consumers_total",
+            "Subscriptions ended with SLOW_CONSUMER: their queue stayed full for graphql.ws_slow_consumer_ms (they resume with after:).",
+        ),
         counter("reelhouse_events_dropped_total", "Bus messages a lagging subscription missed (it resynced after)."),
         counter("reelhouse_events_delivered_total", "Events sent to subscribers, by kind."),
         counter(
@@ -393,11 +397,24 @@ pub const METRICS: &[MetricInfo] = {
         ),
         counter(
             "reelhouse_subscription_rechecks_total",
-            "Periodic permission re-checks of open subscriptions, by source (shared row or database).",
+            "Permission re-checks of open subscriptions (periodic, pushed by a change, or an all-videos feed's per-event check), by source: a row read shared with other re-checks, or a database read.",
+        ),
+        counter(
+            "reelhouse_subscription_pushed_rechecks_total",
+            "Video changes (visibility, metadata, hiding; from any instance) that made the video's open subscriptions re-check at once.",
         ),
         // Events
         counter("reelhouse_events_published_total", "Domain events published on this process's bus, by kind."),
         counter("reelhouse_events_publish_failures_total", "Events that could not be published to Redis after retries."),
+        counter(
+            "reelhouse_events_publish_dropped_total",
+            "PROGRESS events not sent to Redis because this process's publish queue was full (the next supersedes them).",
+        ),
+        counter(
+            "reelhouse_redis_publish_batches_total",
+            "Pipelines of PUBLISH commands sent to Redis (events per round trip = published events / batches).",
+        ),
+        counter("reelhouse_redis_published_events_total", "Events sent to the Redis channel."),
         gauge(
             "reelhouse_event_relay_connected",
             None,

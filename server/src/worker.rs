@@ -139,7 +139,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         store,
         scratch_dir: settings.scratch_dir(),
         settings,
-        publisher: crate::events::Publisher::new(Some(hubs.event_bus.clone())).with_redis(redis, &instance),
+        publisher: crate::events::Publisher::new(Some(hubs.event_bus.clone()))
+            .with_redis(redis.map(|r| crate::events::fanout::RedisPublisher::start(r, &instance))),
         runner: None,
         mailer,
     };

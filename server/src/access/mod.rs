@@ -15,7 +15,8 @@
 //!
 //! The same channel carries video changes that are not domain events (metadata
 //! and visibility, hiding, upload claims) for the video-row cache
-//! ([`videos`]): [`AccessSignals::video_changed`].
+//! ([`videos`]) and for the open subscriptions of the video, which re-check it at
+//! once ([`rechecks`]): [`AccessSignals::video_changed`].
 
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
+pub mod rechecks;
 pub mod sessions;
 pub mod videos;
 
@@ -81,6 +83,7 @@ pub struct AccessSignals {
     redis: Option<(Arc<RedisHandle>, Arc<str>)>,
     sessions: Arc<SessionCache>,
     videos: Arc<VideoCache>,
+    rechecks: rechecks::RecheckRows,
 }
 
 /// Longest wait for Redis to take a change before the caller's answer goes out.
@@ -101,7 +104,14 @@ impl AccessSignals {
         let (worker_tokens, _) = broadcast::channel(CAPACITY);
         sessions.set_stream_healthy(redis.is_none());
         videos.set_stream_healthy(redis.is_none());
-        Self { sender, worker_tokens, redis: redis.map(|r| (r, Arc::from(origin))), sessions, videos }
+        Self {
+            sender,
+            worker_tokens,
+            redis: redis.map(|r| (r, Arc::from(origin))),
+            sessions,
+            videos,
+            rechecks: rechecks::RecheckRows::default(),
+        }
     }
 
     /// The session cache these signals keep current.
@@ -112,6 +122,12 @@ impl AccessSignals {
     /// The video-row cache these signals (and the video's events) keep current.
     pub fn videos(&self) -> &Arc<VideoCache> {
         &self.videos
+    }
+
+    /// The video rows open subscriptions re-check against, forgotten (and their
+    /// feeds told) when a video changes.
+    pub fn rechecks(&self) -> &rechecks::RecheckRows {
+        &self.rechecks
     }
 
     /// The relay's subscription to the access channel began (`true`) or ended.
@@ -127,6 +143,7 @@ impl AccessSignals {
     /// after the change committed.
     pub async fn video_changed(&self, video_id: Uuid) {
         self.videos.invalidate(video_id);
+        self.rechecks.changed(video_id);
         if let Some((redis, origin)) = &self.redis {
             let envelope = Envelope {
                 origin: origin.to_string(),
@@ -212,6 +229,7 @@ impl AccessSignals {
             Ok(envelope) => {
                 if let Some(video_id) = envelope.video {
                     self.videos.invalidate(video_id);
+                    self.rechecks.changed(video_id);
                 }
                 if let Some(change) = envelope.change {
                     self.deliver_locally(change);

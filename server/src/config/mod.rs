@@ -334,6 +334,10 @@ pub struct GraphqlSettings {
     /// per (document + variables, visibility class) and shared by every subscriber
     /// with that key; off: every subscriber's events are executed for it alone.
     pub ws_shared_frames: bool,
+    /// Milliseconds a subscription's queue (64 events) may stay full before the
+    /// subscription ends with `SLOW_CONSUMER` and `extensions.resumeAfter` (what was
+    /// queued is delivered first; resume with `videoEvents(after:)`).
+    pub ws_slow_consumer_ms: u64,
 }
 
 impl GraphqlSettings {
@@ -368,6 +372,7 @@ impl Default for GraphqlSettings {
             video_cache_ttl_secs: 30,
             persisted_queries_capacity: 1_000,
             ws_shared_frames: true,
+            ws_slow_consumer_ms: 10_000,
         }
     }
 }
@@ -800,6 +805,9 @@ impl Settings {
         }
         if self.graphql.video_cache_capacity > 1_000_000 {
             return Err(SettingsError::new("graphql.video_cache_capacity", "must be at most 1000000"));
+        }
+        if !(50..=600_000).contains(&self.graphql.ws_slow_consumer_ms) {
+            return Err(SettingsError::new("graphql.ws_slow_consumer_ms", "must be between 50 and 600000"));
         }
         if self.graphql.persisted_queries_capacity > 100_000 {
             return Err(SettingsError::new("graphql.persisted_queries_capacity", "must be at most 100000"));

@@ -46,6 +46,126 @@ pub struct Envelope {
 /// stored would never see it.
 const STORED_PUBLISH_ATTEMPTS: u32 = 5;
 
+/// Most events sent to Redis in one pipeline.
+const BATCH: usize = 256;
+/// Events waiting for Redis per process. Beyond it, PROGRESS is dropped (the next
+/// supersedes it) and a stored event is published on its own.
+pub const QUEUED: usize = 8192;
+
+/// One event on its way to Redis, serialised when it was published.
+struct Outgoing {
+    payload: String,
+    /// A stored event (retried; PROGRESS is tried once).
+    stored: bool,
+}
+
+/// The process's publisher to the Redis channel: events are queued and sent by one
+/// task in order, as pipelines of whatever waits (up to [`BATCH`] PUBLISH commands
+/// in one round trip). The first event of a quiet period goes out at once (nothing
+/// waits for a batch to fill); under a burst of progress from many encodes, the
+/// events that arrive during one round trip share the next. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisPublisher {
+    queue: tokio::sync::mpsc::Sender<Outgoing>,
+    redis: Arc<RedisHandle>,
+    origin: Arc<str>,
+}
+
+impl RedisPublisher {
+    /// Start the sending task (it ends once every clone is dropped and the queue is sent).
+    pub fn start(redis: Arc<RedisHandle>, origin: &str) -> Self {
+        let (queue, waiting) = tokio::sync::mpsc::channel(QUEUED);
+        tokio::spawn(send_batches(redis.clone(), waiting));
+        Self { queue, redis, origin: Arc::from(origin) }
+    }
+
+    pub fn handle(&self) -> &Arc<RedisHandle> {
+        &self.redis
+    }
+
+    /// The instance the events are published as.
+    pub fn origin(&self) -> &Arc<str> {
+        &self.origin
+    }
+
+    /// Events waiting for Redis now.
+    pub fn queued(&self) -> usize {
+        QUEUED - self.queue.capacity()
+    }
+
+    /// Queue `event` for the channel; never waits.
+    pub fn publish(&self, event: &DomainEvent) {
+        let envelope = Envelope { origin: self.origin.to_string(), sent_at: Utc::now(), event: event.clone() };
+        let Ok(payload) = serde_json::to_string(&envelope) else { return };
+        let stored = event.cursor.is_some();
+        match self.queue.try_send(Outgoing { payload, stored }) {
+            Ok(()) => {}
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) if !stored => {
+                metrics::counter!("reelhouse_events_publish_dropped_total").increment(1);
+            }
+            Err(_) => {
+                // Queue full (Redis slow or down) or the task gone: a stored event is
+                // sent on its own, with its retries (and the outbox behind it).
+                let (redis, origin, event) = (self.redis.clone(), self.origin.clone(), event.clone());
+                tokio::spawn(async move { publish(&redis, &origin, &event).await });
+            }
+        }
+    }
+}
+
+/// The sending task: whatever is queued, up to [`BATCH`] at a time, as one pipeline.
+async fn send_batches(redis: Arc<RedisHandle>, mut waiting: tokio::sync::mpsc::Receiver<Outgoing>) {
+    let channel = channel(&redis);
+    let mut batch = Vec::with_capacity(BATCH);
+    while waiting.recv_many(&mut batch, BATCH).await > 0 {
+        send_batch(&redis, &channel, &mut batch).await;
+        batch.clear();
+    }
+}
+
+/// Send one batch. A failed pipeline is sent again with only its stored events, for
+/// about 1.5 s as [`publish`] does (a PUBLISH that got through before the failure is
+/// sent twice: the feeds drop duplicates by sequence number).
+async fn send_batch(redis: &RedisHandle, channel: &str, batch: &mut Vec<Outgoing>) {
+    let mut delay = Duration::from_millis(100);
+    for attempt in 1..=STORED_PUBLISH_ATTEMPTS {
+        let mut pipe = redis::pipe();
+        for item in batch.iter() {
+            pipe.cmd("PUBLISH").arg(channel).arg(&item.payload).ignore();
+        }
+        let result = redis
+            .call(|mut conn| async move {
+                let () = pipe.query_async(&mut conn).await?;
+                Ok(())
+            })
+            .await;
+        match result {
+            Ok(()) => {
+                metrics::counter!("reelhouse_redis_publish_batches_total").increment(1);
+                metrics::counter!("reelhouse_redis_published_events_total").increment(batch.len() as u64);
+                return;
+            }
+            Err(err) => {
+                let before = batch.len();
+                batch.retain(|item| item.stored);
+                metrics::counter!("reelhouse_events_publish_failures_total").increment((before - batch.len()) as u64);
+                if batch.is_empty() {
+                    tracing::warn!(error = %err, "publishing progress to redis failed");
+                    return;
+                }
+                if attempt == STORED_PUBLISH_ATTEMPTS {
+                    metrics::counter!("reelhouse_events_publish_failures_total").increment(batch.len() as u64);
+                    tracing::warn!(error = %err, events = batch.len(), "publishing stored events to redis failed");
+                    return;
+                }
+                tracing::debug!(error = %err, attempt, "publishing to redis failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
+}
+
 /// Publish one event to the channel. Stored events are retried for about 1.5 s;
 /// should Redis stay down longer, every relay lost its connection too and has the
 /// sequencer read them from the outbox when it is back. PROGRESS is tried once: the next one
@@ -191,5 +311,8 @@ fn forward(sequencer: &Sequencer, instance: &str, payload: &str, access: &crate:
     // Before any subscriber hears of it: a client reacting to the event reads the
     // video anew.
     access.videos().invalidate(envelope.event.video_id);
+    if envelope.event.cursor.is_some() {
+        access.rechecks().forget(envelope.event.video_id);
+    }
     sequencer.submit(Arc::new(envelope.event));
 }

@@ -12,30 +12,41 @@
 //! - runs as its own task, so a slow client never slows the bus. When the bus runs
 //!   ahead of a feed (`Lagged`), the stored events it missed are replayed from the
 //!   outbox; only PROGRESS events (never stored) can be skipped, and the next
-//!   PROGRESS supersedes them anyway.
+//!   PROGRESS supersedes them anyway;
+//! - queues into a bounded [`SubscriberQueue`]: a subscriber that stops reading
+//!   for `graphql.ws_slow_consumer_ms` while its queue is full gets what was queued,
+//!   then a `SLOW_CONSUMER` error with `extensions.resumeAfter` (the cursor of the
+//!   newest stored event it was given), and the feed ends. Never silent loss, never
+//!   unbounded memory: the client resumes with `videoEvents(after:)`.
 //!
 //! A stored event whose publish was lost entirely (Redis down at that moment) is
 //! delivered by the periodic re-check, which also looks in the outbox.
 //!
 //! Authorization: at subscribe time (a video the caller may not read is NOT_FOUND,
-//! with zero events), and again every `graphql.ws_recheck_ms` and on every event
-//! (the video made private, hidden or deleted ends the stream with an error). The
-//! WebSocket session closes the socket on token expiry or revocation.
+//! with zero events), on every event, at once when a change of the video is
+//! announced (`access::rechecks`: made private, hidden; on any instance), and every
+//! `graphql.ws_recheck_ms` as the backstop for an announcement lost on the way. The
+//! video made private, hidden or deleted ends the stream with an error. The
+//! WebSocket session closes the socket on token expiry, revocation or a new role.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use entities::{video, VideoStatus as DbVideoStatus, Visibility};
+use futures::stream::BoxStream;
+use futures::StreamExt;
 use sea_orm::DatabaseConnection;
-use tokio::sync::broadcast;
+use tokio::sync::mpsc::error::{SendTimeoutError, TrySendError};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 
+use crate::access::rechecks::{RecheckRows, VideoChange};
 use crate::actors::Hub;
 use crate::domain::event::{DomainEvent, EventDetail, EventKind, ProgressInfo};
 use crate::error::{AppError, ErrorCode};
 use crate::events::bus::{BusMessage, EventBus, Subscribe};
-use crate::events::recheck::RecheckRows;
 use crate::identity::{has_permission, Permission, Principal};
 use crate::repo::outbox::{self, ReplayScope};
 use crate::repo::videos::{can_read_by_id, find_readable};
@@ -50,34 +61,90 @@ pub enum VisibilityClass {
     Everyone = 1,
 }
 
-/// The subscriber went away.
-#[derive(Debug)]
-pub struct Closed;
+/// Why a sink did not take an event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Undelivered {
+    /// The subscriber went away.
+    Closed,
+    /// Its queue stayed full for the whole patience (`graphql.ws_slow_consumer_ms`).
+    Slow,
+}
 
 /// Where a feed's events go: the transport renders them for its subscriber.
 pub trait FeedSink: Send + Sync + 'static {
-    /// Deliver one event (`snapshot`: the first, describing where the video stands),
-    /// rendered for `class`; waits while the subscriber's queue is full.
+    /// Queue one event (`snapshot`: the first, describing where the video stands),
+    /// rendered for `class`; while the subscriber's queue is full, waits at most
+    /// `patience` for room.
     fn send(
         &self,
         event: &DomainEvent,
         snapshot: bool,
         class: VisibilityClass,
-    ) -> impl Future<Output = Result<(), Closed>> + Send;
-    /// End the stream with `error`.
+        patience: Duration,
+    ) -> impl Future<Output = Result<(), Undelivered>> + Send;
+    /// End the stream with `error`, after everything already queued; never waits
+    /// for room in the queue.
     fn fail(&self, error: AppError) -> impl Future<Output = ()> + Send;
     /// Resolves when the subscriber has gone away.
     fn closed(&self) -> impl Future<Output = ()> + Send;
 }
 
+/// A subscriber's bounded queue and its last word: the subscriber's stream yields
+/// what was queued, then the last word (if one was said), then ends, once the feed
+/// has dropped its end. So an error ending the stream never waits for room and never
+/// overtakes an event queued before it, and memory per subscriber stays bounded.
+pub struct SubscriberQueue<T> {
+    items: mpsc::Sender<T>,
+    last: std::sync::Mutex<Option<oneshot::Sender<T>>>,
+}
+
+impl<T: Send + 'static> SubscriberQueue<T> {
+    /// A queue of `capacity` items and the subscriber's stream.
+    pub fn bounded(capacity: usize) -> (Self, BoxStream<'static, T>) {
+        let (items, queued) = mpsc::channel(capacity);
+        let (last, last_word) = oneshot::channel();
+        let stream = ReceiverStream::new(queued)
+            .chain(futures::stream::once(last_word).filter_map(|word| async move { word.ok() }))
+            .boxed();
+        (Self { items, last: std::sync::Mutex::new(Some(last)) }, stream)
+    }
+
+    /// Queue `item`: at once when there is room, else waiting at most `patience`.
+    pub async fn push(&self, item: T, patience: Duration) -> Result<(), Undelivered> {
+        match self.items.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Closed(_)) => Err(Undelivered::Closed),
+            Err(TrySendError::Full(item)) => match self.items.send_timeout(item, patience).await {
+                Ok(()) => Ok(()),
+                Err(SendTimeoutError::Closed(_)) => Err(Undelivered::Closed),
+                Err(SendTimeoutError::Timeout(_)) => Err(Undelivered::Slow),
+            },
+        }
+    }
+
+    /// The stream's last item, after everything queued (once; later words are dropped).
+    pub fn last_word(&self, item: T) {
+        if let Some(last) = self.last.lock().ok().and_then(|mut last| last.take()) {
+            let _ = last.send(item);
+        }
+    }
+
+    /// Resolves when the subscriber has gone away.
+    pub async fn closed(&self) {
+        self.items.closed().await
+    }
+}
+
 /// What a feed needs from the process: the database, the bus, the shared
-/// re-check rows and the re-check period (`graphql.ws_recheck_ms`).
+/// re-check rows, the re-check period (`graphql.ws_recheck_ms`) and how long a
+/// subscriber's queue may stay full (`graphql.ws_slow_consumer_ms`).
 #[derive(Clone)]
 pub struct FeedContext {
     pub db: DatabaseConnection,
     pub bus: Hub<EventBus>,
     pub recheck_rows: RecheckRows,
     pub recheck_every: Duration,
+    pub slow_consumer_after: Duration,
 }
 
 /// What a subscriber asks for.
@@ -200,6 +267,18 @@ enum Stop {
 
 impl<S: FeedSink> Feed<S> {
     async fn send(&mut self, event: &DomainEvent, snapshot: bool) -> Result<(), Stop> {
+        let class = if owner_or_moderator(self.viewer.as_ref(), event) {
+            VisibilityClass::OwnerOrModerator
+        } else {
+            VisibilityClass::Everyone
+        };
+        match self.out.send(event, snapshot, class, self.cx.slow_consumer_after).await {
+            Ok(()) => {}
+            Err(Undelivered::Closed) => return Err(Stop::Done),
+            Err(Undelivered::Slow) => return Err(self.slow_consumer().await),
+        }
+        // Only what is queued counts as sent: the resume cursor of a slow consumer
+        // must not pass an event it never got.
         if let Some(cursor) = event.cursor {
             self.last_cursor = self.last_cursor.max(cursor);
         }
@@ -208,12 +287,6 @@ impl<S: FeedSink> Feed<S> {
             *seq = (*seq).max(event.seq);
         }
         metrics::counter!("reelhouse_events_delivered_total", "kind" => event.kind.as_str()).increment(1);
-        let class = if owner_or_moderator(self.viewer.as_ref(), event) {
-            VisibilityClass::OwnerOrModerator
-        } else {
-            VisibilityClass::Everyone
-        };
-        self.out.send(event, snapshot, class).await.map_err(|_| Stop::Done)?;
         if self.end_on_terminal && !snapshot && is_terminal(event.kind) {
             return Err(Stop::Done);
         }
@@ -223,6 +296,24 @@ impl<S: FeedSink> Feed<S> {
     async fn fail(&mut self, error: AppError) -> Stop {
         self.out.fail(error).await;
         Stop::Done
+    }
+
+    /// The subscriber's queue stayed full for `slow_consumer_after`: end the stream
+    /// with `SLOW_CONSUMER` and the cursor of the newest stored event it was given,
+    /// so it resumes with `videoEvents(after:)` with no gap (null: it had none yet,
+    /// and subscribes again for a snapshot). The feed's memory goes with it.
+    async fn slow_consumer(&mut self) -> Stop {
+        metrics::counter!("reelhouse_slow_consumers_total").increment(1);
+        let resume_after = (self.last_cursor > 0).then_some(self.last_cursor);
+        let error = AppError::new(
+            ErrorCode::SlowConsumer,
+            format!(
+                "events were not read for {} ms; resume with videoEvents(after: extensions.resumeAfter)",
+                self.cx.slow_consumer_after.as_millis()
+            ),
+        )
+        .with_resume_after(resume_after);
+        self.fail(error).await
     }
 
     /// Handle one live event: drop duplicates, fill gaps, check rights.
@@ -261,16 +352,29 @@ impl<S: FeedSink> Feed<S> {
     }
 
     /// For the all-videos feed: someone else's video must still be listed now (a
-    /// video made private, hidden or deleted since stops reaching strangers).
+    /// video made private, hidden or deleted since stops reaching strangers). The
+    /// row is shared by every feed asking (`RecheckRows`): forgotten on each stored
+    /// event and announced change of the video, else at most half a period old.
     async fn still_listed(&self, event: &DomainEvent) -> bool {
         if owner_or_moderator(self.viewer.as_ref(), event) {
             return true;
         }
-        match crate::repo::videos::find(&self.cx.db, event.video_id).await {
+        match self.row(event.video_id, self.half_period_ago()).await {
             Ok(Some(video)) => crate::repo::videos::can_list(self.viewer.as_ref(), &video),
             // When in doubt, a stranger gets nothing.
             _ => false,
         }
+    }
+
+    /// How fresh a row must be when no change forces a read: half a re-check period.
+    fn half_period_ago(&self) -> Instant {
+        let now = Instant::now();
+        now.checked_sub(self.cx.recheck_every / 2).unwrap_or(now)
+    }
+
+    /// The video's row as read at or after `not_before`, shared (`RecheckRows`).
+    async fn row(&self, id: Uuid, not_before: Instant) -> Result<Option<video::Model>, sea_orm::DbErr> {
+        self.cx.recheck_rows.get(id, not_before, || crate::repo::videos::find(&self.cx.db, id)).await
     }
 
     /// The video (of a one-video feed) is still readable by the subscriber.
@@ -281,12 +385,13 @@ impl<S: FeedSink> Feed<S> {
         owner_or_moderator(self.viewer.as_ref(), event) || event.visibility != Visibility::Private
     }
 
-    /// Periodic re-check of the video's rights (made private, hidden, deleted).
-    async fn recheck(&mut self) -> Result<(), Stop> {
+    /// Re-check the video's rights (made private, hidden, deleted) against a row
+    /// read at or after `not_before`: half a period ago for the periodic re-check,
+    /// the moment of an announced change for the re-check it pushes.
+    async fn recheck(&mut self, not_before: Instant) -> Result<(), Stop> {
         let Some(id) = self.video_id else { return Ok(()) };
-        // One row per video for every subscription re-checking it (see `RecheckRows`).
-        let max_age = self.cx.recheck_every / 2;
-        match self.cx.recheck_rows.get(&self.cx.db, id, max_age).await {
+        // One read per video for every subscription re-checking it (see `RecheckRows`).
+        match self.row(id, not_before).await {
             Ok(Some(video)) if can_read_by_id(self.viewer.as_ref(), &video) => {
                 // A publish lost on the way (e.g. Redis down) must not leave the
                 // client waiting forever: deliver stored events it has not seen. The
@@ -339,10 +444,12 @@ impl<S: FeedSink> Feed<S> {
                     break;
                 }
                 for event in &page {
-                    self.last_cursor = self.last_cursor.max(event.cursor.unwrap_or(0));
                     let sent = self.sent_seq.get(&event.video_id).copied().unwrap_or(0);
                     if event.seq > sent {
+                        // Moves `last_cursor` once the event is queued.
                         self.send(event, false).await?;
+                    } else {
+                        self.last_cursor = self.last_cursor.max(event.cursor.unwrap_or(0));
                     }
                 }
             },
@@ -350,7 +457,22 @@ impl<S: FeedSink> Feed<S> {
         Ok(())
     }
 
-    async fn run(mut self, mut bus: broadcast::Receiver<BusMessage>) {
+    /// A change was announced for some video: re-check at once if it is this feed's.
+    async fn changed(&mut self, change: Result<VideoChange, broadcast::error::RecvError>) -> Result<(), Stop> {
+        match change {
+            Ok((id, at)) if Some(id) == self.video_id => self.recheck(at).await,
+            Ok(_) => Ok(()),
+            // Some notices were missed: one of them may have been this video's.
+            Err(broadcast::error::RecvError::Lagged(_)) => self.recheck(Instant::now()).await,
+            Err(broadcast::error::RecvError::Closed) => Ok(()),
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut bus: broadcast::Receiver<BusMessage>,
+        mut changes: Option<broadcast::Receiver<VideoChange>>,
+    ) {
         let mut recheck = tokio::time::interval(self.cx.recheck_every);
         recheck.tick().await;
         loop {
@@ -371,12 +493,23 @@ impl<S: FeedSink> Feed<S> {
                         Err(self.fail(AppError::new(ErrorCode::Unavailable, "event stream restarted; resubscribe with your last cursor")).await)
                     }
                 },
-                _ = recheck.tick() => self.recheck().await,
+                change = next_change(&mut changes) => self.changed(change).await,
+                _ = recheck.tick() => self.recheck(self.half_period_ago()).await,
             };
             if step.is_err() {
                 return;
             }
         }
+    }
+}
+
+/// The next change notice, or never (an all-videos feed checks per event instead).
+async fn next_change(
+    changes: &mut Option<broadcast::Receiver<VideoChange>>,
+) -> Result<VideoChange, broadcast::error::RecvError> {
+    match changes {
+        Some(changes) => changes.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -418,6 +551,8 @@ pub async fn start<S: FeedSink>(
         }
     }
     let bus = cx.bus.addr().send(Subscribe).await.map_err(|e| AppError::unavailable("event bus", e))?;
+    // Like the bus, before anything is read: a change announced from here on is heard.
+    let changes = video_id.map(|_| cx.recheck_rows.changes());
     let out = sink();
     // A one-video feed resuming after a cursor has had everything up to it: without
     // this, the first live event (or a resync) would look like a gap back to seq 0
@@ -460,7 +595,7 @@ pub async fn start<S: FeedSink>(
                     return;
                 }
             }
-            feed.run(bus).await;
+            feed.run(bus, changes).await;
         }
     });
     Ok(())

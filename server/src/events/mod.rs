@@ -12,7 +12,6 @@ pub mod bus;
 pub mod fanout;
 pub mod feed;
 pub mod job_log;
-pub mod recheck;
 pub mod sequencer;
 
 use std::sync::Arc;
@@ -51,16 +50,24 @@ pub async fn run_pruner(db: sea_orm::DatabaseConnection, settings: crate::config
 #[derive(Clone, Default)]
 pub struct Publisher {
     bus: Option<Hub<EventBus>>,
-    redis: Option<(Arc<crate::redis_client::RedisHandle>, Arc<str>)>,
+    redis: Option<fanout::RedisPublisher>,
     videos: Option<Arc<crate::access::videos::VideoCache>>,
     /// Puts events on `bus` in cursor order (a `serve` process); without it they go
     /// straight to the bus.
     sequencer: Option<sequencer::Sequencer>,
+    /// The rows the subscriptions' re-checks share (`access::rechecks`).
+    rechecks: Option<crate::access::rechecks::RecheckRows>,
 }
 
 impl Publisher {
     pub fn new(bus: Option<Hub<EventBus>>) -> Self {
-        Self { bus, redis: None, videos: None, sequencer: None }
+        Self { bus, redis: None, videos: None, sequencer: None, rechecks: None }
+    }
+
+    /// Forget the video's re-check row on each stored event, before anyone hears of it.
+    pub fn with_rechecks(mut self, rechecks: crate::access::rechecks::RecheckRows) -> Self {
+        self.rechecks = Some(rechecks);
+        self
     }
 
     /// Events for this process's bus go through `sequencer` (see [`sequencer`]).
@@ -76,9 +83,10 @@ impl Publisher {
         self
     }
 
-    /// Also publish to Redis as instance `origin` (whose own relay skips them).
-    pub fn with_redis(mut self, redis: Option<Arc<crate::redis_client::RedisHandle>>, origin: &str) -> Self {
-        self.redis = redis.map(|r| (r, Arc::from(origin)));
+    /// Also publish to Redis, through the process's batching publisher (as its
+    /// instance, whose own relay skips them).
+    pub fn with_redis(mut self, redis: Option<fanout::RedisPublisher>) -> Self {
+        self.redis = redis;
         self
     }
 
@@ -87,9 +95,12 @@ impl Publisher {
         if let Some(videos) = &self.videos {
             videos.invalidate(event.video_id);
         }
-        if let Some((redis, origin)) = &self.redis {
-            let (redis, origin, event) = (redis.clone(), origin.clone(), event.clone());
-            tokio::spawn(async move { fanout::publish(&redis, &origin, &event).await });
+        if let (Some(rechecks), Some(_)) = (&self.rechecks, event.cursor) {
+            // The subscriptions' shared row predates this stored event.
+            rechecks.forget(event.video_id);
+        }
+        if let Some(redis) = &self.redis {
+            redis.publish(&event);
         }
         if let Some(sequencer) = &self.sequencer {
             sequencer.submit(Arc::new(event));
@@ -100,8 +111,8 @@ impl Publisher {
 
     /// Tell `jobLog` subscribers here and on the other instances that a job's log grew.
     pub fn job_log_written(&self, notice: job_log::JobLogWritten) {
-        if let Some((redis, origin)) = &self.redis {
-            let (redis, origin) = (redis.clone(), origin.clone());
+        if let Some(redis) = &self.redis {
+            let (redis, origin) = (redis.handle().clone(), redis.origin().clone());
             tokio::spawn(async move { job_log::publish(&redis, &origin, notice).await });
         }
         if let Some(bus) = &self.bus {

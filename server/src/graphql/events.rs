@@ -11,13 +11,11 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use futures::Stream;
 use futures::StreamExt;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 
 use crate::error::AppError;
 use crate::error::GqlResultExt;
-use crate::events::feed::{self, Closed, FeedRequest, FeedSink, VisibilityClass};
+use crate::events::feed::{self, FeedRequest, FeedSink, SubscriberQueue, Undelivered, VisibilityClass};
 use crate::events::{DomainEvent, EventKind};
 use crate::graphql::progress::Progress;
 use crate::graphql::shared_frames::{FrameSink, RenderOne, SharedDelivery};
@@ -79,27 +77,33 @@ fn parse_cursor(cursor: &str) -> Result<i64, AppError> {
 /// Where a feed's events go.
 enum Out {
     /// To async-graphql, which executes and serialises each for this subscriber.
-    Values(mpsc::Sender<async_graphql::Result<VideoEvent>>),
+    Values(SubscriberQueue<async_graphql::Result<VideoEvent>>),
     /// As frames rendered once per key and visibility class (`shared_frames`).
     Frames(FrameSink),
 }
 
 impl FeedSink for Out {
-    async fn send(&self, event: &DomainEvent, snapshot: bool, class: VisibilityClass) -> Result<(), Closed> {
+    async fn send(
+        &self,
+        event: &DomainEvent,
+        snapshot: bool,
+        class: VisibilityClass,
+        patience: std::time::Duration,
+    ) -> Result<(), Undelivered> {
         match self {
             Out::Values(out) => {
                 metrics::counter!("reelhouse_event_renders_total", "path" => "fallback").increment(1);
-                out.send(Ok(VideoEvent::from_domain(event, snapshot))).await.map_err(|_| Closed)
+                out.push(Ok(VideoEvent::from_domain(event, snapshot)), patience).await
             }
-            Out::Frames(sink) => sink.send_event(event, snapshot, class).await,
+            Out::Frames(sink) => sink.send_event(event, snapshot, class, patience).await,
         }
     }
 
     async fn fail(&self, error: AppError) {
-        let _ = match self {
-            Out::Values(out) => out.send(Err(error.extend())).await.is_ok(),
-            Out::Frames(sink) => sink.send_error(error.extend()).await.is_ok(),
-        };
+        match self {
+            Out::Values(out) => out.last_word(Err(error.extend())),
+            Out::Frames(sink) => sink.send_error(error.extend()).await,
+        }
     }
 
     async fn closed(&self) {
@@ -128,8 +132,8 @@ async fn start_feed(
         match ctx.data_opt::<SharedDelivery>().and_then(SharedDelivery::take) {
             Some(sink) => Out::Frames(sink),
             None => {
-                let (out, receiver) = mpsc::channel(SUBSCRIBER_BUFFER);
-                values = Some(ReceiverStream::new(receiver).boxed());
+                let (out, stream) = SubscriberQueue::bounded(SUBSCRIBER_BUFFER);
+                values = Some(stream);
                 Out::Values(out)
             }
         }
@@ -159,7 +163,9 @@ impl EventsSubscription {
 
     /// Every event the caller may see (one video's with `videoId`), starting with a
     /// snapshot, or with the stored events after `after` (a cursor from an earlier
-    /// event) so a reconnecting client misses nothing and sees nothing twice.
+    /// event) so a reconnecting client misses nothing and sees nothing twice. A
+    /// subscriber that stops reading ends with SLOW_CONSUMER; its
+    /// `extensions.resumeAfter` is the cursor to resume after.
     async fn video_events(
         &self,
         ctx: &Context<'_>,

@@ -23,16 +23,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 
+use crate::events::feed::{SubscriberQueue, Undelivered, VisibilityClass};
+use crate::events::DomainEvent;
+use crate::graphql::events::VideoEvent;
+use crate::graphql::AppSchema;
 use async_graphql::parser::types::{DocumentOperations, OperationType, Selection};
 use async_graphql::{Request, Response, Variables};
 use futures::stream::{self, BoxStream};
 use futures::StreamExt;
-use tokio::sync::mpsc;
-
-use crate::events::feed::{Closed, VisibilityClass};
-use crate::events::DomainEvent;
-use crate::graphql::events::VideoEvent;
-use crate::graphql::AppSchema;
 
 /// Renders kept per key and class: enough for the events in flight at once (a live
 /// event is rendered by the first subscriber that reaches it and found by the rest).
@@ -130,10 +128,10 @@ impl SharedFrames {
         frame_type: &str,
         id: &str,
         buffer: usize,
-    ) -> (FrameSink, mpsc::Receiver<String>) {
-        let (frames, receiver) = mpsc::channel(buffer);
+    ) -> (FrameSink, BoxStream<'static, String>) {
+        let (frames, stream) = SubscriberQueue::bounded(buffer);
         let sink = FrameSink { frames, entry: self.entry(request), schema, prefix: frame_prefix(frame_type, id) };
-        (sink, receiver)
+        (sink, stream)
     }
 
     /// Keys with at least one open subscription (for tests and diagnostics).
@@ -174,7 +172,7 @@ pub fn payload_text(response: &Response) -> String {
 /// The feed's side of a shared subscription: it hands events (already authorised
 /// for this subscriber) and gets frames sent.
 pub struct FrameSink {
-    frames: mpsc::Sender<String>,
+    frames: SubscriberQueue<String>,
     entry: Arc<KeyEntry>,
     schema: AppSchema,
     prefix: String,
@@ -182,7 +180,14 @@ pub struct FrameSink {
 
 impl FrameSink {
     /// Send `event` (`snapshot`: the subscription's first, per-subscriber event).
-    pub async fn send_event(&self, event: &DomainEvent, snapshot: bool, class: VisibilityClass) -> Result<(), Closed> {
+    /// While the queue is full, waits at most `patience` for room.
+    pub async fn send_event(
+        &self,
+        event: &DomainEvent,
+        snapshot: bool,
+        class: VisibilityClass,
+        patience: std::time::Duration,
+    ) -> Result<(), Undelivered> {
         let payload = if snapshot {
             // A snapshot is made for one subscriber (its time is now): nothing to share.
             metrics::counter!("reelhouse_event_renders_total", "path" => "shared").increment(1);
@@ -190,13 +195,14 @@ impl FrameSink {
         } else {
             self.shared_render(event, class).await
         };
-        self.frames.send(splice(&self.prefix, &payload)).await.map_err(|_| Closed)
+        self.frames.push(splice(&self.prefix, &payload), patience).await
     }
 
-    /// Send an error ending the subscription (rendered for this subscriber alone).
-    pub async fn send_error(&self, error: async_graphql::Error) -> Result<(), Closed> {
+    /// End the subscription with an error (rendered for this subscriber alone),
+    /// after the frames already queued; never waits for room.
+    pub async fn send_error(&self, error: async_graphql::Error) {
         let payload = self.render(Err(error)).await;
-        self.frames.send(splice(&self.prefix, &payload)).await.map_err(|_| Closed)
+        self.frames.last_word(splice(&self.prefix, &payload));
     }
 
     /// The subscriber went away.

@@ -513,7 +513,7 @@ impl Session {
         });
         let operation = id.clone();
         let stream = refusals
-            .chain(tokio_stream::wrappers::ReceiverStream::new(frames).map(SharedFrame::Text))
+            .chain(frames.map(SharedFrame::Text))
             .chain(futures::stream::once(async { SharedFrame::End }))
             .map(move |frame| SharedItem(operation.clone(), frame));
         let handle = ctx.add_stream(stream);

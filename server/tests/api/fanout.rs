@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use entities::{VideoStatus, Visibility};
 use reelhouse::events::EventKind;
+use sea_orm::EntityTrait;
 use serde_json::json;
 
 use crate::helpers::{backend, service_env, socket_of, spawn_app_with, Backend, TcpProxy, TestApp};
@@ -22,6 +23,15 @@ fn skip() -> bool {
 
 /// A second instance on the first one's database, storage, Redis prefix and keys.
 pub(crate) async fn second_instance(first: &TestApp, redis_url: Option<String>) -> TestApp {
+    second_instance_with(first, redis_url, |_| {}).await
+}
+
+/// [`second_instance`], with `customize` applied last.
+pub(crate) async fn second_instance_with(
+    first: &TestApp,
+    redis_url: Option<String>,
+    customize: impl FnOnce(&mut reelhouse::config::Settings),
+) -> TestApp {
     let shared = first.state.settings.clone();
     spawn_app_with(move |s| {
         s.database = shared.database.clone();
@@ -33,6 +43,7 @@ pub(crate) async fn second_instance(first: &TestApp, redis_url: Option<String>) 
         s.auth = shared.auth.clone();
         s.workers.embedded = false;
         s.database.migrate_on_start = false;
+        customize(s);
     })
     .await
 }
@@ -102,4 +113,108 @@ async fn after_a_redis_outage_the_relay_replays_what_it_missed() {
         (event["videoId"].as_str(), event["kind"].as_str()),
         (Some(video.id.to_string().as_str()), Some("READY"))
     );
+}
+
+/// A video made private through one instance ends a stranger's subscription on the
+/// other at once: the change travels through Redis to the other instance's feeds,
+/// with the periodic re-check ten minutes away.
+#[actix_web::test]
+async fn a_video_made_private_on_one_instance_ends_a_strangers_stream_on_another_at_once() {
+    if skip() {
+        return;
+    }
+    let a = spawn_app_with(|s| {
+        s.workers.embedded = false;
+        s.graphql.ws_recheck_ms = 600_000;
+    })
+    .await;
+    let b = second_instance_with(&a, None, |s| s.graphql.ws_recheck_ms = 600_000).await;
+    wait_for_relays(&a, 2).await;
+    let owner = a.register_user().await;
+    let stranger = a.register_user().await;
+    let video = insert_video(&a, &owner, Visibility::Public, VideoStatus::Processing).await;
+    let query = crate::video_events::progress_query();
+    let mut socket = subscribe(&b, Some(&stranger), &query, json!({ "id": video.id.to_string() })).await;
+    assert_eq!(next_event(&mut socket).await.unwrap()["snapshot"], true);
+    wait_for_subscribers(&b, 1).await;
+
+    crate::video_events::make_private(&a, &owner, video.id).await;
+    let end = next_event(&mut socket).await.unwrap_err();
+    assert_eq!(end["payload"]["errors"][0]["extensions"]["code"], "NOT_FOUND", "{end}");
+}
+
+/// Prometheus counter `name` (summed over its labels) on `app`'s `/metrics`.
+async fn counter(app: &TestApp, name: &str) -> f64 {
+    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A burst (many encodes' progress, and stored events) published on one instance is
+/// sent to Redis in pipelines, not one round trip per event, and reaches a
+/// subscriber on the other instance complete and in order through the relay alone
+/// (the other instance's outbox polls are ten minutes away).
+#[actix_web::test]
+async fn a_burst_published_on_one_instance_goes_to_redis_in_batches_and_arrives_whole_and_in_order() {
+    if skip() {
+        return;
+    }
+    let a = spawn_app_with(|s| s.workers.embedded = false).await;
+    let b = second_instance_with(&a, None, |s| {
+        s.graphql.ws_recheck_ms = 600_000;
+        s.events.tail_poll_ms = 600_000;
+    })
+    .await;
+    wait_for_relays(&a, 2).await;
+    let owner = a.register_user().await;
+    let video = insert_video(&a, &owner, Visibility::Private, VideoStatus::Processing).await;
+    let query = crate::video_events::events_query();
+    let mut socket = subscribe(&b, Some(&owner), &query, json!({ "id": video.id.to_string() })).await;
+    assert_eq!(next_event(&mut socket).await.unwrap()["snapshot"], true);
+    wait_for_subscribers(&b, 1).await;
+
+    // Stored first (not yet published), then all of it published in one go, as a
+    // burst of progress from many encodes would be.
+    let mut stored = Vec::new();
+    for _ in 0..40 {
+        stored.push(
+            crate::video_events::transition(&a, video.id, VideoStatus::Processing, EventKind::Processing, None, false)
+                .await,
+        );
+    }
+    let row = entities::video::Entity::find_by_id(video.id).one(&a.state.db).await.unwrap().unwrap();
+    let publisher = a.state.publisher();
+    let batches_before = counter(&a, "reelhouse_redis_publish_batches_total").await;
+    let sent_before = counter(&a, "reelhouse_redis_published_events_total").await;
+    let job = uuid::Uuid::now_v7();
+    for (i, event) in stored.iter().enumerate() {
+        for p in 0..20 {
+            let progress = reelhouse::events::ProgressInfo {
+                percent: (i * 20 + p) as f64 / 10.0,
+                stage: "encoding".into(),
+                ..Default::default()
+            };
+            publisher.publish(reelhouse::events::progress_event(&row, event.seq, job, progress));
+        }
+        publisher.publish(event.clone());
+    }
+    let total = (stored.len() * 21) as f64;
+    let sent = crate::helpers::eventually(100, || async {
+        counter(&a, "reelhouse_redis_published_events_total").await - sent_before >= total
+    })
+    .await;
+    assert!(sent, "not every event reached redis");
+    let batches = counter(&a, "reelhouse_redis_publish_batches_total").await - batches_before;
+    assert!(batches >= 1.0 && batches < total / 4.0, "{total} events took {batches} round trips");
+
+    let mut seqs = Vec::new();
+    while seqs.len() < stored.len() {
+        let event = next_event(&mut socket).await.unwrap();
+        if event["kind"] != "PROGRESS" {
+            seqs.push(event["seq"].as_i64().unwrap());
+        }
+    }
+    assert_eq!(seqs, stored.iter().map(|e| e.seq).collect::<Vec<_>>(), "every stored event once, in order");
 }

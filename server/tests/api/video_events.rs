@@ -52,7 +52,7 @@ pub(crate) async fn insert_video(
 
 /// Change the video's status, store the event and (unless `publish` is false,
 /// simulating a lost publish) put it on the bus. Returns the stored event.
-async fn transition(
+pub(crate) async fn transition(
     app: &TestApp,
     video_id: Uuid,
     status: VideoStatus,
@@ -587,4 +587,170 @@ async fn progress_waits_behind_held_back_events_and_only_the_newest_is_sent() {
     // Nothing else was held: the next stored event comes next.
     let ready = transition(&app, encoding.id, VideoStatus::Ready, EventKind::Ready, None, true).await;
     assert_eq!(next_cursors(&mut socket, 1).await, [ready.cursor.unwrap()]);
+}
+
+/// A graphql-transport-ws socket whose receive buffer is as small as the kernel
+/// allows, so a client that stops reading backs the server up after kilobytes.
+async fn connect_small_window(app: &TestApp) -> Socket {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+    tcp.set_recv_buffer_size(4096).unwrap();
+    let stream = tcp.connect(format!("127.0.0.1:{}", app.port).parse().unwrap()).await.unwrap();
+    let mut request = app.ws_url("/graphql/ws").into_client_request().unwrap();
+    request.headers_mut().insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().unwrap());
+    let (socket, _) =
+        tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream)).await.unwrap();
+    socket
+}
+
+/// A subscriber that stops reading is not held forever and loses nothing: once its
+/// queue has stayed full for `ws_slow_consumer_ms`, its feed ends (the bus loses the
+/// subscriber), the socket still delivers what was queued and then `SLOW_CONSUMER`
+/// with `extensions.resumeAfter` = the cursor of the last stored event it got, and
+/// resuming after that cursor yields every later stored event once, in order.
+async fn slow_consumer_is_closed_typed_and_resumes_with_no_gap(shared_frames: bool) {
+    let app = spawn_app_with(|s| {
+        s.workers.embedded = false;
+        s.graphql.ws_recheck_ms = 2000;
+        s.graphql.ws_slow_consumer_ms = 300;
+        s.graphql.ws_shared_frames = shared_frames;
+    })
+    .await;
+    let owner = app.register_user().await;
+    let video = insert_video(&app, &owner, Visibility::Private, VideoStatus::Uploading).await;
+    transition(&app, video.id, VideoStatus::Processing, EventKind::Uploaded, None, true).await;
+
+    let mut socket = connect_small_window(&app).await;
+    let auth = json!({ "authorization": format!("Bearer {}", owner.access_token) });
+    send(&mut socket, json!({ "type": "connection_init", "payload": auth })).await;
+    assert_eq!(next_json(&mut socket).await["type"], "connection_ack");
+    let subscribe = |id: &str, variables: Value| json!({ "id": id, "type": "subscribe", "payload": { "query": events_query(), "variables": variables } });
+    send(&mut socket, subscribe("1", json!({ "id": video.id.to_string() }))).await;
+    let snapshot = next_event(&mut socket).await.unwrap();
+    assert_eq!((snapshot["snapshot"].as_bool(), snapshot["seq"].as_i64()), (Some(true), Some(1)), "{snapshot}");
+    // The feed subscribed to the bus before it sent the snapshot.
+    let subscribed = app.state.hubs.event_bus.addr().send(reelhouse::events::bus::SubscriberCount).await.unwrap();
+    assert!(subscribed >= 1);
+
+    // The client reads nothing more. Stored events and bursts of progress until the
+    // server gives up on it (its feed drops its bus subscription).
+    let job = Uuid::now_v7();
+    let started = std::time::Instant::now();
+    let mut last_seq;
+    loop {
+        last_seq = transition(&app, video.id, VideoStatus::Processing, EventKind::Processing, None, true).await.seq;
+        let current = stored_video(&app, video.id).await;
+        for i in 0..400 {
+            let progress = ProgressInfo { percent: f64::from(i) / 4.0, stage: "encoding".into(), ..Default::default() };
+            publisher(&app).publish(events::progress_event(&current, last_seq, job, progress));
+        }
+        let subscribers = app.state.hubs.event_bus.addr().send(reelhouse::events::bus::SubscriberCount).await.unwrap();
+        if subscribers < subscribed {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "the server kept feeding a subscriber that stopped reading ({last_seq} stored events)"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Stored after the feed ended: only a resume can deliver these.
+    for _ in 0..3 {
+        last_seq = transition(&app, video.id, VideoStatus::Processing, EventKind::Processing, None, true).await.seq;
+    }
+
+    // The client reads again: what was queued, then the typed end.
+    let mut seqs: Vec<i64> = Vec::new();
+    let mut last_cursor = snapshot["cursor"].as_str().map(str::to_string);
+    let end = loop {
+        let message = next_json(&mut socket).await;
+        assert_eq!(message["type"], "next", "{message}");
+        if !message["payload"]["errors"].is_null() {
+            break message;
+        }
+        let event = &message["payload"]["data"]["videoEvents"];
+        if event["kind"] != "PROGRESS" {
+            seqs.push(event["seq"].as_i64().unwrap());
+            last_cursor = event["cursor"].as_str().map(str::to_string);
+        }
+    };
+    assert_eq!(error_code_of(&end), Some("SLOW_CONSUMER"), "{end}");
+    let resume_after = end["payload"]["errors"][0]["extensions"]["resumeAfter"].as_str().map(str::to_string);
+    assert_eq!(resume_after, last_cursor, "resumeAfter must be the last stored event delivered: {end}");
+    assert_eq!(next_json(&mut socket).await, json!({ "type": "complete", "id": "1" }));
+    assert!(seqs.last().is_none_or(|s| *s < last_seq), "the feed ended before the last events");
+
+    // The socket goes on: resume after the named cursor, on the same connection.
+    let resume = json!({ "id": video.id.to_string(), "after": resume_after.unwrap() });
+    send(&mut socket, subscribe("2", resume)).await;
+    while seqs.last() != Some(&last_seq) {
+        let message = next_json(&mut socket).await;
+        assert_eq!((message["type"].as_str(), message["id"].as_str()), (Some("next"), Some("2")), "{message}");
+        let event = &message["payload"]["data"]["videoEvents"];
+        assert_eq!(event["snapshot"], false, "{event}");
+        if event["kind"] != "PROGRESS" {
+            seqs.push(event["seq"].as_i64().unwrap());
+        }
+    }
+    assert_eq!(seqs, (2..=last_seq).collect::<Vec<_>>(), "every stored event once, in order");
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l.starts_with("reelhouse_slow_consumers_total")), "no slow-consumer metric");
+}
+
+#[actix_web::test]
+async fn a_slow_consumer_of_shared_frames_is_closed_typed_and_resumes_with_no_gap() {
+    slow_consumer_is_closed_typed_and_resumes_with_no_gap(true).await;
+}
+
+#[actix_web::test]
+async fn a_slow_consumer_of_per_subscriber_events_is_closed_typed_and_resumes_with_no_gap() {
+    slow_consumer_is_closed_typed_and_resumes_with_no_gap(false).await;
+}
+
+/// Make `video_id` private through the API as `owner` (on `app`), as a client would.
+pub(crate) async fn make_private(app: &TestApp, owner: &TestUser, video_id: Uuid) {
+    let (status, body) = app
+        .graphql_as(
+            &crate::helpers::Credentials::Bearer(owner.access_token.clone()),
+            "mutation($id: ID!) { updateVideo(id: $id, input: { visibility: PRIVATE }) { visibility } }",
+            json!({ "id": video_id.to_string() }),
+        )
+        .await;
+    assert_eq!((status, &body["data"]["updateVideo"]["visibility"]), (200, &json!("PRIVATE")), "{body}");
+}
+
+/// The change is pushed to the open subscriptions of the video: with the periodic
+/// re-check ten minutes away, only the announcement can end the stranger's stream.
+/// Two strangers watch, and the one database read of the row is shared.
+#[actix_web::test]
+async fn making_the_video_private_ends_strangers_streams_at_once_not_at_the_next_poll() {
+    let app = spawn_app_with(|s| {
+        s.workers.embedded = false;
+        s.graphql.ws_recheck_ms = 600_000;
+    })
+    .await;
+    let owner = app.register_user().await;
+    let video = insert_video(&app, &owner, Visibility::Public, VideoStatus::Processing).await;
+    let mut sockets = Vec::new();
+    for _ in 0..2 {
+        let stranger = app.register_user().await;
+        let mut socket =
+            subscribe(&app, Some(&stranger), &progress_query(), json!({ "id": video.id.to_string() })).await;
+        assert_eq!(next_event(&mut socket).await.unwrap()["snapshot"], true);
+        sockets.push(socket);
+    }
+    // The owner's own stream goes on.
+    let mut own = subscribe(&app, Some(&owner), &events_query(), json!({ "id": video.id.to_string() })).await;
+    assert_eq!(next_event(&mut own).await.unwrap()["snapshot"], true);
+    wait_for_subscribers(&app, 3).await;
+
+    make_private(&app, &owner, video.id).await;
+    for socket in &mut sockets {
+        let end = next_event(socket).await.unwrap_err();
+        assert_eq!(error_code_of(&end), Some("NOT_FOUND"), "{end}");
+        assert_eq!(next_event(socket).await.unwrap_err()["type"], "complete");
+    }
+    let ready = transition(&app, video.id, VideoStatus::Ready, EventKind::Ready, None, true).await;
+    let got = next_event(&mut own).await.unwrap();
+    assert_eq!((got["kind"].as_str(), got["seq"].as_i64()), (Some("READY"), Some(ready.seq)), "{got}");
 }
