@@ -165,7 +165,8 @@ def psnr(out, clip, plan):
     - `psnr_avg_db`/`psnr_y_db`: the rung against the source scaled down to the rung's size
       with swscale bilinear (ffmpeg's own scaler, so this reference favours ffmpeg's output);
     - `psnr_1080_db`: the rung scaled up to the source size with swscale bicubic against the
-      untouched source (the same upscaler for both sides, no downscaled reference).
+      untouched source (the same upscaler for both sides, no downscaled reference);
+    - `ssim_1080`: SSIM (All) of the same upscaled rung against the untouched source.
     One decode of the source for all rungs."""
     rungs = plan["rungs"]
     n = len(rungs)
@@ -173,17 +174,19 @@ def psnr(out, clip, plan):
     for r in rungs:
         cmd += ["-i", str(out / r["name"] / "index.m3u8")]
     cmd += ["-i", str(clip)]
-    graph = f"[{n}:v]setpts=N/{FPS}/TB,split={2 * n}" + "".join(f"[src{i}]" for i in range(2 * n)) + ";"
+    graph = f"[{n}:v]setpts=N/{FPS}/TB,split={3 * n}" + "".join(f"[src{i}]" for i in range(3 * n)) + ";"
     stats, parts = [], []
     for i, r in enumerate(rungs):
         down, full = out / f"psnr-{r['name']}.log", out / f"psnr-{r['name']}-1080.log"
-        stats.append((down, full))
+        ssim = out / f"ssim-{r['name']}-1080.log"
+        stats.append((down, full, ssim))
         parts.append(
             f"[{i}:v]setpts=N/{FPS}/TB,split=2[dist{i}][distb{i}];"
             f"[src{i}]scale={r['width']}:{r['height']}:flags=bilinear[ref{i}];"
             f"[dist{i}][ref{i}]psnr=stats_file={down};"
-            f"[distb{i}]scale=1920:1080:flags=bicubic[up{i}];"
-            f"[up{i}][src{n + i}]psnr=stats_file={full}"
+            f"[distb{i}]scale=1920:1080:flags=bicubic,split=2[up{i}][upb{i}];"
+            f"[up{i}][src{n + i}]psnr=stats_file={full};"
+            f"[upb{i}][src{2 * n + i}]ssim=stats_file={ssim}"
         )
     graph += ";".join(parts)
     subprocess.run(cmd + ["-filter_complex", graph, "-f", "null", "-"], check=True)
@@ -196,11 +199,21 @@ def psnr(out, clip, plan):
         rows = [dict(kv.split(":", 1) for kv in line.split() if ":" in kv) for line in stat.read_text().splitlines()]
         return [float(x["mse_avg"]) for x in rows], [float(x["mse_y"]) for x in rows]
 
+    def mean_ssim(stat):
+        values = [float(kv.split(":", 1)[1]) for line in stat.read_text().splitlines() for kv in line.split() if kv.startswith("All:")]
+        return sum(values) / len(values) if values else 0.0
+
     result = {}
-    for r, (down, full) in zip(rungs, stats):
+    for r, (down, full, ssim) in zip(rungs, stats):
         avg, y = read(down)
         avg_full, _ = read(full)
-        result[r["name"]] = {"psnr_avg_db": db(avg), "psnr_y_db": db(y), "psnr_1080_db": db(avg_full), "frames": len(avg)}
+        result[r["name"]] = {
+            "psnr_avg_db": db(avg),
+            "psnr_y_db": db(y),
+            "psnr_1080_db": db(avg_full),
+            "ssim_1080": mean_ssim(ssim),
+            "frames": len(avg),
+        }
     return result
 
 
@@ -306,6 +319,7 @@ def main():
         "video_es_bytes": {n: ours["video_es_bytes"][n] / ff["video_es_bytes"][n] for n in names},
         "psnr_delta_db": {n: ours["psnr"][n]["psnr_avg_db"] - ff["psnr"][n]["psnr_avg_db"] for n in names},
         "psnr_1080_delta_db": {n: ours["psnr"][n]["psnr_1080_db"] - ff["psnr"][n]["psnr_1080_db"] for n in names},
+        "ssim_1080_delta": {n: ours["psnr"][n]["ssim_1080"] - ff["psnr"][n]["ssim_1080"] for n in names},
     }
     result = {
         "clip": {"path": str(clip), "seconds": SECONDS, "size": "1920x1080", "fps": FPS, "bytes": clip.stat().st_size},
@@ -372,6 +386,12 @@ def write_reports(res, names):
             f"| {n} PSNR avg at 1080p (bicubic up) dB | {o['psnr'][n]['psnr_1080_db']:.2f} | "
             f"{f['psnr'][n]['psnr_1080_db']:.2f} | {d:+.2f} dB | +-0.1 dB: {verdict(abs(d) <= 0.1)} |"
         )
+    for n in names:
+        d = r["ssim_1080_delta"][n]
+        rows.append(
+            f"| {n} SSIM (All) at 1080p (bicubic up) | {o['psnr'][n]['ssim_1080']:.4f} | "
+            f"{f['psnr'][n]['ssim_1080']:.4f} | {d:+.4f} | +-0.002: {verdict(abs(d) <= 0.002)} |"
+        )
     table = "\n".join(rows)
     m = res["machine"]
     plan = res["plan"]
@@ -384,7 +404,7 @@ def write_reports(res, names):
 
 Clip: {res['clip']['seconds']} s 1920x1080 @ {res['clip']['fps']} fps H.264 + AAC from GStreamer test sources
 (`{Path(res['clip']['path']).name}`, {res['clip']['bytes']:,} bytes). Ladder: {ladder}; x264 `{plan['speed_preset']}`,
-keyint {plan['keyint']} ({plan['segment_seconds']} s segments), bilinear scaling, AAC {plan['audio_bitrate_kbps']} kb/s,
+keyint {plan['keyint']} ({plan['segment_seconds']} s segments), `{plan['scale_method']}` scaling (ffmpeg: `flags=bilinear`), AAC {plan['audio_bitrate_kbps']} kb/s,
 HLS MPEG-TS. {res['runs_per_side']} alternating runs per side, medians. Example built with the `{res['profile']}` profile.
 
 Machine: {m['nproc']} CPUs ({m['cpu_model']}), kernel {m['kernel']}, {m['gstreamer']}, {m['ffmpeg']};

@@ -40,6 +40,14 @@ pub struct Envelope {
     pub event: DomainEvent,
 }
 
+/// An [`Envelope`] serialised without copying its event.
+#[derive(Serialize)]
+struct EnvelopeRef<'a> {
+    origin: &'a str,
+    sent_at: DateTime<Utc>,
+    event: &'a DomainEvent,
+}
+
 /// Attempts at publishing a stored event. After Redis restarts, the first command on
 /// the old connection fails (and makes the manager reconnect); the next goes through.
 /// Without the retry, a relay that reconnected (and replayed) before this event was
@@ -95,7 +103,7 @@ impl RedisPublisher {
 
     /// Queue `event` for the channel; never waits.
     pub fn publish(&self, event: &DomainEvent) {
-        let envelope = Envelope { origin: self.origin.to_string(), sent_at: Utc::now(), event: event.clone() };
+        let envelope = EnvelopeRef { origin: &self.origin, sent_at: Utc::now(), event };
         let Ok(payload) = serde_json::to_string(&envelope) else { return };
         let stored = event.cursor.is_some();
         match self.queue.try_send(Outgoing { payload, stored }) {

@@ -138,7 +138,7 @@ impl Default for HlsOptions {
             segment_seconds: 4,
             speed_preset: "veryfast".into(),
             tune: None,
-            scale_method: "bilinear".into(),
+            scale_method: crate::media::pipeline::SCALE_METHOD.into(),
             audio_bitrate_kbps: 128,
             fallback_fps: 30,
             max_decoder_errors: 10,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
-use super::pipeline::{audio_normalizer, connect_decoder, ended_early, upright_at_size, x264_encoder};
+use super::pipeline::{audio_normalizer, connect_decoder, ended_early, upright_at_size, x264_encoder, SCALE_METHOD};
 use super::pipeline::{limit_decoder_errors, make, run_to_eos, Limits, NullOnDrop};
 use super::{ensure_gstreamer, file_uri, probe, MediaError, Progress};
 
@@ -272,7 +272,7 @@ struct VideoChain {
 /// `videoconvert ! rotate ! videoscale ! videoconvert ! I420 at size ! encoder
 /// [! parser] ! mux`, added to `pipeline`; the encoded buffers are counted.
 fn video_chain(pipeline: &gst::Pipeline, target: &Target<'_>) -> Result<VideoChain, MediaError> {
-    let [convert, flip, scale, convert_out, size] = upright_at_size("I420", target.width, target.height, "bilinear")?;
+    let [convert, flip, scale, convert_out, size] = upright_at_size("I420", target.width, target.height, SCALE_METHOD)?;
     let (encoder, parse, mux) = video_encoder(target)?;
     pipeline.add_many([&convert, &flip, &scale, &convert_out, &size, &encoder, &mux])?;
     gst::Element::link_many([&convert, &flip, &scale, &convert_out, &size, &encoder])?;

@@ -10,7 +10,7 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
 use super::pipeline::{clock_time, limit_decoder_errors, make, run_to_eos, stop, wait_async_done, Limits, NullOnDrop};
-use super::pipeline::{connect_decoder, upright_at_size};
+use super::pipeline::{connect_decoder, upright_at_size, SCALE_METHOD};
 use super::{ensure_gstreamer, file_uri, probe, MediaError, MediaInfo};
 
 /// A decoded RGB picture (3 bytes per pixel, rows packed).
@@ -302,7 +302,7 @@ impl FrameGrabber {
         let decode = make("uridecodebin", Some("decode"))?;
         decode.set_property("uri", file_uri(source)?);
         limit_decoder_errors(&decode, 10);
-        let [convert, flip, scale, convert_out, size] = upright_at_size("RGB", out_w, out_h, "bilinear")?;
+        let [convert, flip, scale, convert_out, size] = upright_at_size("RGB", out_w, out_h, SCALE_METHOD)?;
         let sink = gst_app::AppSink::builder().sync(false).max_buffers(1).build();
         pipeline.add_many([&decode, &convert, &flip, &scale, &convert_out, &size, sink.upcast_ref()])?;
         gst::Element::link_many([&convert, &flip, &scale, &convert_out, &size, sink.upcast_ref()])?;
