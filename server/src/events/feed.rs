@@ -493,7 +493,17 @@ impl<S: FeedSink> Feed<S> {
                         Err(self.fail(AppError::new(ErrorCode::Unavailable, "event stream restarted; resubscribe with your last cursor")).await)
                     }
                 },
-                change = next_change(&mut changes) => self.changed(change).await,
+                change = next_change(&mut changes) => {
+                    if matches!(change, Err(broadcast::error::RecvError::Closed)) {
+                        // Nobody can announce a change any more (the process is ending):
+                        // stop listening rather than wake on every poll; the periodic
+                        // re-check goes on.
+                        changes = None;
+                        Ok(())
+                    } else {
+                        self.changed(change).await
+                    }
+                }
                 _ = recheck.tick() => self.recheck(self.half_period_ago()).await,
             };
             if step.is_err() {
