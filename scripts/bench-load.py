@@ -4,7 +4,9 @@ embedded reelhouse and the bare baselines (reelhouse-baseline), all in the same 
 
   fanout: M graphql-ws subscribers on one video; each event's publish (`at`, server
           clock) to the LAST subscriber's receipt, vs a raw Redis subscriber plus a
-          bare actix WebSocket broadcast of the same bytes to M clients.
+          bare actix WebSocket broadcast of the same bytes to M clients, and vs the peer
+          a team would otherwise pick (Node.js: graphql-ws + graphql-redis-subscriptions,
+          load-tests/peer-node, installed with npm ci; --no-peer skips it).
   api:    video(id) with a JWT vs a bare actix endpoint returning the same JSON bytes,
           same client: max rps (closed loop), p99 at half of reelhouse's max rps (open
           loop), and that half load again while uploads are encoding.
@@ -24,8 +26,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import free_port  # noqa: E402
@@ -101,13 +106,55 @@ def fmt(x, digits=1):
     return "—" if x is None else f"{x:.{digits}f}"
 
 
+def psql(url, sql):
+    subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", url, "-c", sql], check=True, stdout=subprocess.DEVNULL)
+
+
+def with_db(url, name):
+    p = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(p._replace(path="/" + name))
+
+
+def fanout_name(args):
+    """Report file stem: `fanout`, or `fanout-two-instances`."""
+    return "fanout-two-instances" if args.also_url else "fanout"
+
+
+def peer_cells(f):
+    """The peer's columns of a fan-out row (empty without a peer)."""
+    pe = f.get("peer")
+    if not pe:
+        return " | | | | "
+    return (f"{fmt(pe['last_client_ms'].get('p50'))} | {fmt(pe['last_client_ms'].get('p99'))} | "
+            f"{fmt(f.get('peer_ratio_p50'), 2)}x | {fmt(f.get('peer_ratio_p99'), 2)}x | {pe.get('lost_events')}")
+
+
+def start_peer(args, env, work, procs):
+    """Install (npm ci, once) and start the Node.js peer of the fan-out benchmark; its URL."""
+    peer_dir = os.path.join(ROOT, "load-tests", "peer-node")
+    node = subprocess.run([os.path.join(ROOT, "scripts", "node.sh")], capture_output=True, text=True, check=True).stdout.strip()
+    path_env = dict(env, PATH=os.path.dirname(node) + os.pathsep + env.get("PATH", ""))
+    if not os.path.isdir(os.path.join(peer_dir, "node_modules")):
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=peer_dir, env=path_env, check=True)
+    port = free_port()
+    peer = subprocess.Popen([node, "server.mjs", "--port", str(port), "--redis-url", args.redis_url], cwd=peer_dir,
+                            env=path_env, stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "peer.log"), "w"))
+    procs.append(peer)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/health", peer, "the Node.js peer")
+    return url
+
+
 def bench_fanout(args):
     rows = []
     for n in [int(x) for x in args.subscribers.split(",") if x]:
         print(f"\n== fan-out, {n} subscribers", file=sys.stderr)
+        extra = ["--peer", args.peer_url] if args.peer_url else []
+        if args.also_url:
+            extra += ["--also-target", args.also_url]
         r = run_load(args, ["--scenario", "fanout", "--users", "1", "--subscribers", str(n),
                             "--duration", f"{args.seconds}s", "--baseline", args.baseline_url,
-                            "--redis-url", args.redis_url])
+                            "--redis-url", args.redis_url] + extra)
         if r is None:
             rows.append({"subscribers": n, "failed": True})
             continue
@@ -118,23 +165,32 @@ def bench_fanout(args):
               f" baseline p50 {fmt(bl.get('last_client_ms', {}).get('p50'))} ms p99 {fmt(bl.get('last_client_ms', {}).get('p99'))} ms;"
               f" ratio p50 {fmt(f['ratio_p50'], 2)}x p99 {fmt(f['ratio_p99'], 2)}x; lost {r['lost_events']}, errors {r['errors']}",
               file=sys.stderr)
+        if f.get("peer"):
+            pe = f["peer"]
+            print(f"  peer (Node.js graphql-ws + graphql-redis-subscriptions) p50 {fmt(pe['last_client_ms']['p50'])} ms"
+                  f" p99 {fmt(pe['last_client_ms']['p99'])} ms; reelhouse/peer p50 {fmt(f.get('peer_ratio_p50'), 2)}x"
+                  f" p99 {fmt(f.get('peer_ratio_p99'), 2)}x; peer lost {pe['lost_events']}", file=sys.stderr)
     ok = [row for row in rows if not row.get("failed")]
     json.dump({"machine": machine(), "profile": args.profile, "seconds": args.seconds, "rows": rows},
-              open(os.path.join(args.out, "fanout.json"), "w"), indent=2)
+              open(os.path.join(args.out, f"{fanout_name(args)}.json"), "w"), indent=2)
     lines = [
         "# Fan-out benchmark",
         "",
         f"Machine: {machine()}. Build: {args.profile}. Generated by `make bench` (`BENCH_ONLY=fanout`),",
+        ("Two API processes (PostgreSQL + Redis), subscribers split between them; events start on the first. "
+         if args.also_url else "One embedded API process (SQLite, in-process bus). "),
         f"{args.seconds} s of rounds per subscriber count; see docs/BENCHMARKS.md for the method.",
         "",
         "Publish→last subscriber per event, ms (p50 / p99 / max over the events of the run); ratio = reelhouse / baseline.",
+        "The peer is Node.js with graphql-ws and graphql-redis-subscriptions (load-tests/peer-node), same event,",
+        "same selection, same Redis; reelhouse / peer below 1.00x means reelhouse is faster.",
         "",
-        "| subscribers | events | reelhouse p50 | reelhouse p99 | reelhouse max | baseline p50 | baseline p99 | ratio p50 | ratio p99 | per-delivery p99 (reelhouse) | lost (reelhouse) | lost (baseline) | errors | RSS / idle subscriber |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| subscribers | events | reelhouse p50 | reelhouse p99 | reelhouse max | baseline p50 | baseline p99 | ratio p50 | ratio p99 | per-delivery p99 (reelhouse) | lost (reelhouse) | lost (baseline) | errors | RSS / idle subscriber | peer p50 | peer p99 | reelhouse / peer p50 | reelhouse / peer p99 | lost (peer) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         if row.get("failed"):
-            lines.append(f"| {row['subscribers']} | run failed | | | | | | | | | | | | |")
+            lines.append(f"| {row['subscribers']} | run failed | | | | | | | | | | | | | | | | | |")
             continue
         r = row["report"]
         f = r["fanout"]
@@ -144,8 +200,9 @@ def bench_fanout(args):
             f"| {row['subscribers']} | {rh['events']} | {fmt(rh['last_client_ms']['p50'])} | {fmt(rh['last_client_ms']['p99'])} | "
             f"{fmt(rh['last_client_ms']['max'])} | {fmt(bl['last_client_ms'].get('p50'))} | {fmt(bl['last_client_ms'].get('p99'))} | "
             f"{fmt(f['ratio_p50'], 2)}x | {fmt(f['ratio_p99'], 2)}x | {fmt(rh['delivery_ms']['p99'])} | {rh['lost_events']} | "
-            f"{bl.get('lost_events')} | {r['errors']} | {fmt(rss)} KiB |")
-    open(os.path.join(args.out, "fanout.md"), "w").write("\n".join(lines) + "\n")
+            f"{bl.get('lost_events')} | {r['errors']} | {fmt(rss)} KiB | "
+            + peer_cells(f) + " |")
+    open(os.path.join(args.out, f"{fanout_name(args)}.md"), "w").write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
     def draw(ax):
@@ -162,7 +219,7 @@ def bench_fanout(args):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     if ok:
-        plot(os.path.join(args.out, "fanout-latency.png"), draw)
+        plot(os.path.join(args.out, f"{fanout_name(args)}-latency.png"), draw)
 
 
 def bench_api(args):
@@ -230,6 +287,10 @@ def main():
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--out", default="docs/bench")
+    ap.add_argument("--two-instances", action="store_true",
+                    help="fan-out across two API processes (PostgreSQL + Redis, subscribers split between them)")
+    ap.add_argument("--no-peer", action="store_true",
+                    help="fan-out without the Node.js peer (load-tests/peer-node)")
     ap.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra environment for the reelhouse server (repeatable), e.g. REELHOUSE__MEDIA__ENCODER_NICE=0")
     args = ap.parse_args()
@@ -255,18 +316,39 @@ def main():
                           REELHOUSE__MEDIA__LADDER="[{lines=240,video_bitrate_kbps=300}]",
                           REELHOUSE__MEDIA__SPEED_PRESET="ultrafast", REELHOUSE__TELEMETRY__LEVEL="warn")
         server_env.update(kv.split("=", 1) for kv in args.server_env)
+        database = None
+        if args.two_instances:
+            # One deployment of two API processes: PostgreSQL, the bench's Redis, one
+            # storage root (local disk, shared), one signing secret.
+            pg = os.environ.get("REELHOUSE_TEST_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+            database = (pg, f"bench_fanout_{os.getpid()}")
+            psql(pg, f"CREATE DATABASE {database[1]}")
+            server_env.update(DATABASE_URL=with_db(pg, database[1]), REDIS_URL=args.redis_url,
+                              REELHOUSE__AUTH__JWT_SECRET=os.urandom(32).hex())
         server = subprocess.Popen([args.server_bin, "serve", "--bind", f"127.0.0.1:{port}", "--data-dir",
                                    os.path.join(work, "data")], env=server_env,
                                   stdout=open(os.path.join(work, "server.log"), "w"), stderr=subprocess.STDOUT)
         procs.append(server)
         args.server_pid = server.pid
         wait_http(args.url + "/health", server, "reelhouse")
+        args.also_url = None
+        if args.two_instances:
+            also_port = free_port()
+            second = subprocess.Popen([args.server_bin, "serve", "--bind", f"127.0.0.1:{also_port}", "--data-dir",
+                                       os.path.join(work, "data")],
+                                      env=dict(server_env, REELHOUSE__WORKERS__EMBEDDED="false",
+                                               REELHOUSE__DATABASE__MIGRATE_ON_START="false"),
+                                      stdout=open(os.path.join(work, "server2.log"), "w"), stderr=subprocess.STDOUT)
+            procs.append(second)
+            args.also_url = f"http://127.0.0.1:{also_port}"
+            wait_http(args.also_url + "/health", second, "the second reelhouse")
         bport = free_port()
         baseline = subprocess.Popen([args.baseline_bin, "--bind", f"127.0.0.1:{bport}", "--redis-url", args.redis_url],
                                     env=env, stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "baseline.log"), "w"))
         procs.append(baseline)
         args.baseline_url = f"http://127.0.0.1:{bport}"
         wait_http(args.baseline_url + "/health", baseline, "reelhouse-baseline")
+        args.peer_url = start_peer(args, env, work, procs) if args.what == "fanout" and not args.no_peer else None
         if args.what == "fanout":
             bench_fanout(args)
         else:
@@ -278,6 +360,8 @@ def main():
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
+        if database:
+            psql(database[0], f"DROP DATABASE IF EXISTS {database[1]}")
         shutil.rmtree(work, ignore_errors=True)
 
 

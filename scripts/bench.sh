@@ -29,10 +29,12 @@ if want upload; then
   python3 scripts/bench-upload.py --binary "$bin" --out "${BENCH_DOCS_DIR:-docs/bench}"
 fi
 
-# 3. Fan-out and API (load harness, docs/bench/{fanout,api}.md): reelhouse-load against
-#    an embedded reelhouse and reelhouse-baseline (bare actix; a raw Redis subscriber for
-#    the fan-out) in the same run. BENCH_SUBSCRIBERS (default 100,1000,10000) and
-#    BENCH_LOAD_SECONDS (default 20) tune them; the fd limit is raised to the hard limit.
+# 3. Fan-out and API (load harness, docs/bench/{fanout,fanout-two-instances,api}.md):
+#    reelhouse-load against an embedded reelhouse (and two API processes on PostgreSQL +
+#    Redis), reelhouse-baseline (bare actix; a raw Redis subscriber for the fan-out) and,
+#    for the fan-out, the Node.js peer (load-tests/peer-node) in the same run.
+#    BENCH_SUBSCRIBERS (default 100,1000,10000) and BENCH_LOAD_SECONDS (default 20) tune
+#    them; the fd limit is raised to the hard limit.
 if want fanout || want api; then
   profile="${BENCH_PROFILE:-release}"
   target="${CARGO_TARGET_DIR:-target}"
@@ -53,6 +55,14 @@ if want fanout || want api; then
       --subscribers "${BENCH_SUBSCRIBERS:-100,1000,10000}" --seconds "${BENCH_LOAD_SECONDS:-20}" \
       --out "${BENCH_DOCS_DIR:-docs/bench}"
   done
+  # The two-instance row: two API processes (PostgreSQL + Redis), subscribers split.
+  if want fanout; then
+    python3 scripts/bench-load.py --what fanout --two-instances --profile "$profile" \
+      --server-bin "$target/$profile/reelhouse" --load-bin "$target/$profile/reelhouse-load" \
+      --baseline-bin "$target/$profile/reelhouse-baseline" \
+      --subscribers "${BENCH_SUBSCRIBERS:-100,1000,10000}" --seconds "${BENCH_LOAD_SECONDS:-20}" \
+      --out "${BENCH_DOCS_DIR:-docs/bench}"
+  fi
 fi
 
 # 4. Remote workers (issue 21, docs/bench/remote.md): N encodes through the API with 1

@@ -40,6 +40,15 @@ struct Cli {
     /// A reelhouse-baseline server to compare against (api and fanout scenarios).
     #[arg(long)]
     baseline: Option<String>,
+    /// A second API process of the same deployment (fanout: every other subscriber
+    /// connects there; events still start on the first).
+    #[arg(long)]
+    also_target: Option<String>,
+    /// The fan-out peer (load-tests/peer-node: Node.js, graphql-ws,
+    /// graphql-redis-subscriptions) to compare against, e.g. http://127.0.0.1:4000
+    /// (fanout; it listens to --redis-url).
+    #[arg(long)]
+    peer: Option<String>,
     /// The Redis the baseline listens to (fanout with --baseline).
     #[arg(long)]
     redis_url: Option<String>,
@@ -89,6 +98,8 @@ fn main() -> ExitCode {
         clip: cli.clip,
         ready_timeout: cli.ready_timeout,
         baseline: cli.baseline,
+        peer: cli.peer,
+        also_target: cli.also_target,
         redis_url: cli.redis_url,
         server_pid: cli.server_pid,
         progress: std::io::stderr().is_terminal(),

@@ -103,6 +103,15 @@ pub struct FanoutSummary {
     /// reelhouse / baseline, at p50 and p99 of publish→last client.
     pub ratio_p50: Option<f64>,
     pub ratio_p99: Option<f64>,
+    /// The peer stack (Node.js, graphql-ws, graphql-redis-subscriptions) serving the
+    /// same subscription with the same selection, same run (`--peer`).
+    #[serde(default)]
+    pub peer: Option<FanoutSide>,
+    /// reelhouse / peer, at p50 and p99 of publish→last client (below 1: reelhouse faster).
+    #[serde(default)]
+    pub peer_ratio_p50: Option<f64>,
+    #[serde(default)]
+    pub peer_ratio_p99: Option<f64>,
 }
 
 /// One closed- or open-loop measurement of one endpoint.
@@ -277,6 +286,18 @@ impl Report {
             }
             if let (Some(r50), Some(r99)) = (f.ratio_p50, f.ratio_p99) {
                 out.push_str(&format!("                ratio vs baseline: p50 {r50:.2}x, p99 {r99:.2}x\n"));
+            }
+            if let Some(peer) = &f.peer {
+                out.push_str(&format!(
+                    "                peer:      {} subscribers, {} events, last client {}, {} lost\n",
+                    peer.subscribers,
+                    peer.events,
+                    p(&peer.last_client_ms),
+                    peer.lost_events
+                ));
+            }
+            if let (Some(r50), Some(r99)) = (f.peer_ratio_p50, f.peer_ratio_p99) {
+                out.push_str(&format!("                ratio vs peer: p50 {r50:.2}x, p99 {r99:.2}x\n"));
             }
             if let Some(kib) = f.reelhouse.rss_per_subscriber_kib {
                 out.push_str(&format!("                server RSS per idle subscriber: {kib:.1} KiB\n"));

@@ -62,6 +62,11 @@ pub struct Config {
     pub ready_timeout: Duration,
     /// A `reelhouse-baseline` to compare against (API and fan-out benchmarks).
     pub baseline: Option<String>,
+    /// The fan-out peer stack to compare against (load-tests/peer-node).
+    pub peer: Option<String>,
+    /// A second API process of the same deployment: in fanout, every other
+    /// subscriber connects there (two instances sharing Redis).
+    pub also_target: Option<String>,
     /// Redis the baseline subscribes to (fan-out benchmark).
     pub redis_url: Option<String>,
     /// The server's pid, for RSS when /metrics has none.
@@ -514,8 +519,16 @@ async fn fanout(ctx: &Ctx) -> anyhow::Result<FanoutSummary> {
     let rss_before = server_rss(ctx).await;
     let book = Arc::new(FanoutBook::default());
     let started = Instant::now();
+    // With a second instance, every other subscriber is served by it.
+    let also_url = match &cfg.also_target {
+        Some(target) => Some(crate::api::Api::new(target, ctx.stats.clone())?.ws_url()?),
+        None => None,
+    };
     let specs = (0..cfg.subscribers).map(|k| SubscribeSpec {
-        url: url.clone(),
+        url: match (&also_url, k % 2) {
+            (Some(also), 1) => also.clone(),
+            _ => url.clone(),
+        },
         auth: viewers.get(k % viewers.len()).cloned(),
         video_id: video.clone(),
         feed: Feed::Events,
@@ -591,16 +604,30 @@ async fn fanout(ctx: &Ctx) -> anyhow::Result<FanoutSummary> {
     );
 
     let baseline = match (&cfg.baseline, &cfg.redis_url) {
-        (Some(base), Some(redis)) => Some(fanout_baseline(ctx, base, redis, &book, rounds.max(1) * 2).await?),
+        (Some(base), Some(redis)) => {
+            Some(fanout_other(ctx, Other::Baseline, base, redis, &book, rounds.max(1) * 2).await?)
+        }
         _ => None,
     };
-    let ratio = |f: fn(&crate::stats::Percentiles) -> f64| {
-        baseline
+    let peer = match (&cfg.peer, &cfg.redis_url) {
+        (Some(peer), Some(redis)) => Some(fanout_other(ctx, Other::Peer, peer, redis, &book, rounds.max(1) * 2).await?),
+        _ => None,
+    };
+    let ratio = |other: &Option<FanoutSide>, f: fn(&crate::stats::Percentiles) -> f64| {
+        other
             .as_ref()
             .filter(|b| f(&b.last_client_ms) > 0.0)
             .map(|b| f(&reelhouse.last_client_ms) / f(&b.last_client_ms))
     };
-    Ok(FanoutSummary { ratio_p50: ratio(|p| p.p50), ratio_p99: ratio(|p| p.p99), reelhouse, baseline })
+    Ok(FanoutSummary {
+        ratio_p50: ratio(&baseline, |p| p.p50),
+        ratio_p99: ratio(&baseline, |p| p.p99),
+        peer_ratio_p50: ratio(&peer, |p| p.p50),
+        peer_ratio_p99: ratio(&peer, |p| p.p99),
+        reelhouse,
+        baseline,
+        peer,
+    })
 }
 
 fn fanout_side(
@@ -633,10 +660,38 @@ fn fanout_side(
     }
 }
 
-/// The same number of events through the baseline: the bytes of a real `next` message,
-/// with a fresh `at` and cursor, published on Redis; the baseline broadcasts them.
-async fn fanout_baseline(
+/// What the same fan-out is compared against.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Other {
+    /// `reelhouse-baseline`: a raw Redis subscriber broadcasting the bytes of a real
+    /// `next` message (with a fresh `at` and cursor) to bare WebSockets.
+    Baseline,
+    /// The peer stack (load-tests/peer-node): the event itself, published on Redis,
+    /// executed by graphql-js for each graphql-ws subscriber with the same selection.
+    Peer,
+}
+
+impl Other {
+    fn label(self) -> &'static str {
+        match self {
+            Other::Baseline => "baseline",
+            Other::Peer => "peer",
+        }
+    }
+
+    fn channel(self) -> &'static str {
+        match self {
+            Other::Baseline => "reelhouse-baseline",
+            Other::Peer => "reelhouse-peer",
+        }
+    }
+}
+
+/// The same number of events through the baseline or the peer, published on Redis
+/// one at a time as reelhouse's were (each waits for every subscriber or a timeout).
+async fn fanout_other(
     ctx: &Ctx,
+    other: Other,
     base: &str,
     redis_url: &str,
     sample: &FanoutBook,
@@ -656,24 +711,25 @@ async fn fanout_baseline(
         });
     let client = redis::Client::open(redis_url).context("--redis-url")?;
     let mut conn = client.get_multiplexed_async_connection().await.context("connecting to redis")?;
-    let mut ws = reqwest::Url::parse(base).context("--baseline")?.join("/ws")?;
+    let path = if other == Other::Peer { "/graphql/ws" } else { "/ws" };
+    let mut ws = reqwest::Url::parse(base).with_context(|| format!("--{}", other.label()))?.join(path)?;
     let scheme = if ws.scheme() == "https" { "wss" } else { "ws" };
-    ws.set_scheme(scheme).map_err(|_| anyhow!("bad --baseline"))?;
+    ws.set_scheme(scheme).map_err(|_| anyhow!("bad --{}", other.label()))?;
     let book = Arc::new(FanoutBook::default());
     let rss_before = None;
     let started = Instant::now();
     let specs = (0..cfg.subscribers).map(|_| SubscribeSpec {
         url: ws.to_string(),
         auth: None,
-        video_id: "baseline".into(),
-        feed: Feed::Raw,
+        video_id: other.label().into(),
+        feed: if other == Other::Peer { Feed::Events } else { Feed::Raw },
         one_ready: false,
         retry: ctx.api.retry,
     });
     // The baseline's deliveries stay out of the run's counters (they describe reelhouse);
     // its errors are added to the run's at the end.
     let scratch = Arc::new(Stats::default());
-    let subs = connect_all(ctx, &scratch, specs, Some(book.clone()), "baseline").await;
+    let subs = connect_all(ctx, &scratch, specs, Some(book.clone()), other.label()).await;
     let connect_s = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(1)).await;
     for seq in 1..=events as i64 {
@@ -684,12 +740,13 @@ async fn fanout_baseline(
             event["seq"] = json!(seq);
             event["snapshot"] = json!(false);
         }
-        let _: i64 = redis::cmd("PUBLISH")
-            .arg("reelhouse-baseline")
-            .arg(message.to_string())
-            .query_async(&mut conn)
-            .await
-            .context("PUBLISH")?;
+        // The baseline sends the bytes on; the peer gets the event and renders it.
+        let payload = match other {
+            Other::Baseline => message.to_string(),
+            Other::Peer => message.pointer("/payload/data/videoEvents").cloned().unwrap_or_default().to_string(),
+        };
+        let _: i64 =
+            redis::cmd("PUBLISH").arg(other.channel()).arg(payload).query_async(&mut conn).await.context("PUBLISH")?;
         let deadline = Instant::now() + ROUND_TIMEOUT;
         while Instant::now() < deadline && book.deliveries(&format!("b{seq}")) < subs.len() {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -702,9 +759,9 @@ async fn fanout_baseline(
         let track = sub.stop().await;
         lost += settle(&scratch, &track, events as i64);
     }
-    let baseline_errors = Stats::get(&scratch.errors);
+    let other_errors = Stats::get(&scratch.errors);
     let first = scratch.error_samples().into_iter().next().unwrap_or_default();
-    ctx.stats.count_errors(baseline_errors, format!("baseline: {baseline_errors} errors, e.g. {first}"));
+    ctx.stats.count_errors(other_errors, format!("{}: {other_errors} errors, e.g. {first}", other.label()));
     Ok(fanout_side(&book, cfg.subscribers, lost, connect_s, rss_before, None))
 }
 

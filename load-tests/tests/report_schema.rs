@@ -62,15 +62,18 @@ fn fanout_section_carries_both_sides_and_ratios() {
     let report = Report {
         fanout: Some(FanoutSummary {
             reelhouse: side.clone(),
-            baseline: Some(side),
+            baseline: Some(side.clone()),
             ratio_p50: Some(1.5),
             ratio_p99: Some(1.8),
+            peer: Some(side),
+            peer_ratio_p50: Some(0.5),
+            peer_ratio_p99: Some(0.4),
         }),
         ..Default::default()
     };
     let v = report_json(&report);
     let f = &v["fanout"];
-    for side in ["reelhouse", "baseline"] {
+    for side in ["reelhouse", "baseline", "peer"] {
         assert_eq!(f[side]["subscribers"], 1000);
         for p in ["p50", "p95", "p99", "max"] {
             assert!(f[side]["last_client_ms"][p].is_number());
@@ -79,6 +82,7 @@ fn fanout_section_carries_both_sides_and_ratios() {
         assert!(f[side]["lost_events"].is_u64());
     }
     assert_eq!(f["ratio_p99"], 1.8);
+    assert_eq!(f["peer_ratio_p99"], 0.4);
 }
 
 #[test]
