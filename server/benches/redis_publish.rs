@@ -70,28 +70,15 @@ async fn reached(conn: &mut redis::aio::MultiplexedConnection, target: u64) {
     }
 }
 
-async fn plain_client(client: &redis::Client, channel: &str, payloads: &[String]) -> Duration {
+/// A plain client on one connection: `payload(i)` of every event, as pipelines of 256
+/// PUBLISH commands, one round trip after another.
+async fn plain_client(client: &redis::Client, channel: &str, n: usize, payload: impl Fn(usize) -> String) -> Duration {
     let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
     let started = Instant::now();
-    for chunk in payloads.chunks(256) {
+    for first in (0..n).step_by(256) {
         let mut pipe = redis::pipe();
-        for payload in chunk {
-            pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
-        }
-        let () = pipe.query_async(&mut conn).await.expect("PUBLISH");
-    }
-    started.elapsed()
-}
-
-/// A plain client that serialises each envelope itself, then pipelines as above.
-async fn plain_client_serialising(client: &redis::Client, channel: &str, events: &[DomainEvent]) -> Duration {
-    let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
-    let started = Instant::now();
-    for chunk in events.chunks(256) {
-        let mut pipe = redis::pipe();
-        for event in chunk {
-            let envelope = fanout::Envelope { origin: "bench".into(), sent_at: Utc::now(), event: event.clone() };
-            pipe.cmd("PUBLISH").arg(channel).arg(serde_json::to_string(&envelope).expect("serialise")).ignore();
+        for i in first..(first + 256).min(n) {
+            pipe.cmd("PUBLISH").arg(channel).arg(payload(i)).ignore();
         }
         let () = pipe.query_async(&mut conn).await.expect("PUBLISH");
     }
@@ -169,8 +156,13 @@ async fn main() {
     let publisher = RedisPublisher::start(redis.clone(), "bench");
     let (mut plain, mut serialising, mut per_event, mut batch) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
-        plain.push(n as f64 / plain_client(&client, &channel, &payloads).await.as_secs_f64());
-        serialising.push(n as f64 / plain_client_serialising(&client, &channel, &events).await.as_secs_f64());
+        let pre_serialised = |i: usize| payloads[i].clone();
+        plain.push(n as f64 / plain_client(&client, &channel, n, pre_serialised).await.as_secs_f64());
+        let serialise = |i: usize| {
+            let envelope = fanout::Envelope { origin: "bench".into(), sent_at: Utc::now(), event: events[i].clone() };
+            serde_json::to_string(&envelope).expect("serialise")
+        };
+        serialising.push(n as f64 / plain_client(&client, &channel, n, serialise).await.as_secs_f64());
         per_event.push(n as f64 / task_per_event(&redis, &mut stats, &events).await.as_secs_f64());
         batch.push(n as f64 / batched(&publisher, &mut stats, &events).await.as_secs_f64());
     }

@@ -1013,6 +1013,19 @@ mod tests {
     }
 
     #[test]
+    fn a_slow_consumer_deadline_is_bounded_and_never_zero() {
+        for (ms, ok) in [(0, false), (49, false), (50, true), (10_000, true), (600_000, true), (600_001, false)] {
+            let mut settings = Settings::default();
+            settings.graphql.ws_slow_consumer_ms = ms;
+            let result = settings.validate();
+            assert_eq!(result.is_ok(), ok, "{ms}: {result:?}");
+            if let Err(err) = result {
+                assert!(err.to_string().contains("graphql.ws_slow_consumer_ms"), "{err}");
+            }
+        }
+    }
+
+    #[test]
     fn graphiql_and_introspection_are_on_only_in_embedded_mode_unless_set() {
         let mut embedded = Settings::default();
         embedded.resolve_mode_defaults();

@@ -324,3 +324,43 @@ fn forward(sequencer: &Sequencer, instance: &str, payload: &str, access: &crate:
     }
     sequencer.submit(Arc::new(envelope.event));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(i: usize) -> DomainEvent {
+        DomainEvent {
+            version: crate::domain::event::EVENT_VERSION,
+            kind: crate::domain::event::EventKind::Progress,
+            video_id: uuid::Uuid::now_v7(),
+            owner_id: uuid::Uuid::now_v7(),
+            visibility: entities::Visibility::Public,
+            status: entities::VideoStatus::Processing,
+            seq: 1,
+            cursor: None,
+            at: Utc::now(),
+            error: None,
+            rendition: None,
+            job_id: None,
+            progress: Some(crate::domain::event::ProgressInfo { percent: i as f64, ..Default::default() }),
+        }
+    }
+
+    /// However fast events come and however slow Redis is, the publisher holds at
+    /// most `QUEUED` of them: the sending task cannot run here (nothing yields), as
+    /// if Redis had stalled, and the burst beyond the bound is dropped, not kept.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_burst_against_a_stalled_redis_stays_within_the_queue() {
+        let settings = crate::config::RedisSettings {
+            url: Some(crate::config::SecretUrl::new("redis://127.0.0.1:1")),
+            ..Default::default()
+        };
+        let redis = Arc::new(RedisHandle::new(&settings).unwrap().unwrap());
+        let publisher = RedisPublisher::start(redis, "test");
+        for i in 0..QUEUED + 500 {
+            publisher.publish(&progress(i));
+        }
+        assert_eq!(publisher.queued(), QUEUED);
+    }
+}
