@@ -391,6 +391,47 @@ describe(`web demo (${LABEL})`, () => {
     await context.close();
   });
 
+  test('a long upload plays in the page while it is encoded, then as the whole ladder', { timeout: 180_000, skip: !LONG_CLIP }, async () => {
+    const { context, page } = await newPage();
+    await signUp(page, 'early');
+    await page.getByRole('link', { name: 'Upload', exact: true }).click();
+    const title = `Early ${LABEL}`;
+    await page.getByLabel('Title').fill(title);
+    await page.getByLabel('Video file').setInputFiles(LONG_CLIP);
+    await page.getByRole('button', { name: 'Upload' }).click();
+    const videoCard = card(page, title);
+    await videoCard.locator('.badge', { hasText: 'Processing' }).waitFor({ timeout: 60_000 });
+    // Open it while it is encoded: the page waits for PLAYABLE, then plays the lowest
+    // rendition's growing playlist (the element says which rendition it plays).
+    await videoCard.getByRole('link', { name: title }).click();
+    await page.getByRole('heading', { name: title, level: 1 }).waitFor();
+    await page.waitForFunction(
+      () => {
+        const v = document.querySelector('video[data-early]');
+        if (v?.paused) v.play().catch(() => undefined);
+        return (v?.currentTime ?? 0) > 0.5 && v.videoWidth > 0;
+      },
+      null,
+      { timeout: 90_000, polling: 100 },
+    );
+    const early = await page.locator('video[data-early]').getAttribute('data-early');
+    console.log(`# played ${early} before Ready`);
+    assert.match(early, /^\d+p$/);
+    await shot(page, '12-playing-while-encoding');
+    // READY: the whole ladder replaces it in the page, without a reload.
+    await page.locator('video:not([data-early])').waitFor({ timeout: 120_000 });
+    await page.waitForFunction(
+      () => {
+        const v = document.querySelector('video');
+        if (v?.paused) v.play().catch(() => undefined);
+        return (v?.currentTime ?? 0) > 0.5;
+      },
+      null,
+      { timeout: 30_000, polling: 100 },
+    );
+    await context.close();
+  });
+
   test('an admin sees the workers and cancels and retries a job', { timeout: 120_000, skip: !ADMIN_EMAIL || !LONG_CLIP }, async () => {
     const { context, page } = await newPage();
     await page.goto('/');

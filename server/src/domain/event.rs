@@ -22,6 +22,8 @@ pub enum EventKind {
     Uploaded,
     Processing,
     Progress,
+    /// The lowest rendition can be played (its playlist grows until RENDITION_READY).
+    Playable,
     RenditionReady,
     Ready,
     Failed,
@@ -35,6 +37,7 @@ impl EventKind {
             EventKind::Uploaded => "UPLOADED",
             EventKind::Processing => "PROCESSING",
             EventKind::Progress => "PROGRESS",
+            EventKind::Playable => "PLAYABLE",
             EventKind::RenditionReady => "RENDITION_READY",
             EventKind::Ready => "READY",
             EventKind::Failed => "FAILED",

@@ -117,8 +117,9 @@ impl Video {
         self.0.updated_at
     }
 
-    /// The HLS renditions that are ready, tallest first. The lowest one is ready
-    /// (and playable through its `playlistUrl`) before the whole ladder is.
+    /// The HLS renditions that are ready, tallest first. On a first transcode the
+    /// lowest one is here from PLAYABLE on, playable through its `playlistUrl` while
+    /// the ladder is encoded: an EVENT playlist that grows until RENDITION_READY.
     async fn renditions(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Rendition>> {
         let state = ctx.data::<AppState>()?;
         let loader = ctx.data::<VideoDataLoader>()?;

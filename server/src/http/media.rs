@@ -208,7 +208,7 @@ async fn serve_inner(
         .increment(1);
 
     if is_playlist(path) {
-        return playlist(req, state, &key, path, signed.as_ref(), cache_control(audience, kind, Utc::now())).await;
+        return playlist(req, state, &key, path, signed.as_ref(), audience, kind).await;
     }
     if is_storyboard_index(path) {
         // Served (never redirected) and rewritten like a playlist: its cues name the
@@ -286,7 +286,7 @@ enum Kind {
     Segment,
     /// Unversioned and rewritten in place by a re-transcode (MP4, poster, storyboard).
     File,
-    /// An unversioned playlist.
+    /// An unversioned playlist, or a media playlist still growing.
     Playlist,
 }
 
@@ -540,14 +540,24 @@ async fn playlist(
     key: &str,
     path: &str,
     signed: Option<&Signed>,
-    cache: String,
+    audience: Audience,
+    kind: Kind,
 ) -> Result<HttpResponse, AppError> {
     let text = read_text(state, key, path).await?;
+    // A growing playlist (the lowest rung while the ladder is encoded) changes under
+    // its version: cached like an unversioned playlist, briefly.
+    let kind = if is_growing(&text) { Kind::Playlist } else { kind };
+    let cache = cache_control(audience, kind, Utc::now());
     let text = match signed {
         Some(signed) => sign_playlist(&text, &signed_query_of(signed)),
         None => text,
     };
     rewritten_response(req, text, "application/vnd.apple.mpegurl", &cache)
+}
+
+/// A media playlist that is not final yet: segments and no `#EXT-X-ENDLIST`.
+fn is_growing(text: &str) -> bool {
+    text.contains("#EXTINF") && !text.contains("#EXT-X-ENDLIST")
 }
 
 /// Serve the storyboard index, with every cue's sprite URI carrying the request's
@@ -798,6 +808,14 @@ mod tests {
     fn versions_lead_the_path() {
         assert_eq!(split_version("v0123456789/hls/master.m3u8"), (Some("v0123456789"), "hls/master.m3u8"));
         assert_eq!(split_version("hls/master.m3u8"), (None, "hls/master.m3u8"));
+    }
+
+    #[test]
+    fn only_a_media_playlist_without_its_end_is_growing() {
+        let growing = "#EXTM3U\n#EXT-X-PLAYLIST-TYPE:EVENT\n#EXT-X-TARGETDURATION:4\n#EXTINF:4.0,\nsegment00000.ts\n";
+        assert!(is_growing(growing));
+        assert!(!is_growing(&format!("{growing}#EXT-X-ENDLIST\n")));
+        assert!(!is_growing("#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1,RESOLUTION=640x360\n360p/index.m3u8\n"));
         assert_eq!(split_version("V1/hls/x.ts"), (None, "V1/hls/x.ts"));
     }
 }

@@ -1,5 +1,6 @@
 //! A TRANSCODE job from source object to uploaded outputs: download, probe, ladder
-//! (publishing the lowest rung as soon as it is complete), MP4/WebM download, poster,
+//! (publishing the lowest rung while it is encoded: PLAYABLE at its first segment, a
+//! growing EVENT playlist, RENDITION_READY when final), MP4/WebM download, poster,
 //! thumbnails, storyboard, upload. The database is only touched for the early
 //! rendition; the final state is applied by [`super::runner::apply_success`].
 //!
@@ -11,9 +12,11 @@
 //! touches another run's objects: the video switches to the new version when
 //! `apply_success` commits, and the replaced version is removed by a DELETE_OBJECTS
 //! job after `jobs.retired_outputs_grace_secs`. A run that fails removes its own
-//! version (unless it published its lowest rung early: then the rendition row still
-//! names it, and whoever replaces or drops that row retires it).
+//! version (unless it published its lowest rung early and whole: then the rendition
+//! row still names it, and whoever replaces or drops that row retires it; a rung that
+//! was still growing is withdrawn with the version).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -427,11 +430,13 @@ pub(crate) trait TranscodeHost {
         on_done: &mut (dyn FnMut() + Send),
     ) -> Result<u64, JobError>;
     async fn upload_text(&self, key: &str, text: String, content_type: &str) -> Result<(), JobError>;
-    /// Whether the lowest rung is published as soon as it is ready.
+    /// Whether the lowest rung is published while it is encoded.
     async fn publishes_early(&self) -> Result<bool, JobError>;
     /// Refuse outputs of `new_bytes` over the owner's storage quota.
     async fn check_quota(&self, new_bytes: u64) -> Result<(), JobError>;
-    /// Publish a ready rung early; `Ok(false)`: the video went away meanwhile.
+    /// Publish the lowest rung early, as it grows or once final (`ready.complete`);
+    /// `early` is what this run published of it so far. `Ok(false)`: not published
+    /// (the video went away meanwhile, or the host publishes only final rungs).
     async fn publish_early(
         &self,
         info: &MediaInfo,
@@ -439,6 +444,7 @@ pub(crate) trait TranscodeHost {
         ready: &RenditionReady,
         outputs: &layout::Outputs,
         cancel: &CancelFlag,
+        early: &mut EarlyPublished,
     ) -> Result<bool, JobError>;
     /// Take back an early rung (the whole run failed its quota).
     async fn unpublish_early(&self, name: &str);
@@ -488,8 +494,33 @@ impl TranscodeHost for LocalHost<'_> {
         ready: &RenditionReady,
         outputs: &layout::Outputs,
         cancel: &CancelFlag,
+        early: &mut EarlyPublished,
     ) -> Result<bool, JobError> {
-        publish_early_rendition(self.ctx, self.job, self.video, info, root, ready, outputs, cancel).await
+        let rung = early_rung(&self.ctx.settings, info, root, ready, outputs)?;
+        let new_files: Vec<Upload> = rung.uploads.into_iter().filter(|u| !early.stored.contains(&u.key)).collect();
+        upload_all(&self.ctx.store, &new_files, cancel, &mut || {}).await?;
+        early.stored.extend(new_files.into_iter().map(|u| u.key));
+        upload_text(&self.ctx.store, &rung.rendition.playlist_key, rung.playlist_text, HLS_PLAYLIST).await?;
+        let kinds: &[EventKind] = match (early.announced, ready.complete) {
+            (true, false) => return Ok(true),
+            (false, false) => &[EventKind::Playable],
+            (false, true) => &[EventKind::Playable, EventKind::RenditionReady],
+            (true, true) => &[EventKind::RenditionReady],
+        };
+        let ctx = self.ctx;
+        let recorded = record_early_rendition(
+            &ctx.db,
+            &ctx.publisher,
+            &ctx.settings.jobs,
+            self.job.id,
+            self.video,
+            &rung.rendition,
+            outputs.prefix(),
+            kinds,
+        )
+        .await?;
+        early.announced |= recorded;
+        Ok(recorded)
     }
 
     async fn unpublish_early(&self, name: &str) {
@@ -505,7 +536,8 @@ impl TranscodeHost for LocalHost<'_> {
 
 /// The media side of a transcode, shared by local and remote workers: download,
 /// jailed encode, upload; the result describes what was stored. On failure the
-/// run's outputs are removed unless a rung was published early.
+/// run's outputs are removed unless a whole rung was published early (a rung still
+/// growing is withdrawn first: its playlist would never end).
 pub(crate) async fn run_media(
     settings: &crate::config::Settings,
     scratch_dir: &Path,
@@ -524,7 +556,7 @@ pub(crate) async fn run_media(
     });
     let (preset, downloads) = parse_payload(&spec.payload)?;
     let outputs = spec.outputs();
-    let mut published_early = false;
+    let mut early = EarlyPublished::default();
     let result = transcode_into(
         settings,
         scratch_dir,
@@ -533,15 +565,39 @@ pub(crate) async fn run_media(
         Request { preset, downloads, version: &spec.version, outputs: &outputs },
         cancel,
         reporter.clone(),
-        &mut published_early,
+        &mut early,
     )
     .await;
-    if result.is_err() && !published_early {
+    if result.is_err() && !early.keeps_outputs() {
+        if let Some(name) = early.name.as_deref().filter(|_| early.announced) {
+            host.unpublish_early(name).await;
+        }
         // Nothing names this run's objects: they go now (best effort; a failure
         // leaves them behind in storage, never in a playlist).
         host.remove_outputs(outputs.prefix()).await;
     }
     result
+}
+
+/// What a run published early of its lowest rung.
+#[derive(Debug, Default)]
+pub(crate) struct EarlyPublished {
+    /// The rung's name, once any of it was stored.
+    pub name: Option<String>,
+    /// Keys of its segments already stored.
+    pub stored: HashSet<String>,
+    /// Its rendition row is written and PLAYABLE published.
+    pub announced: bool,
+    /// Its final playlist is stored and RENDITION_READY published.
+    pub complete: bool,
+}
+
+impl EarlyPublished {
+    /// A whole rung is published: its row names this run's objects, which stay
+    /// whatever becomes of the run.
+    fn keeps_outputs(&self) -> bool {
+        self.announced && self.complete
+    }
 }
 
 /// What to make, and where.
@@ -576,7 +632,7 @@ async fn transcode_into(
     request: Request<'_>,
     cancel: CancelFlag,
     reporter: Arc<StageReporter>,
-    published_early: &mut bool,
+    early: &mut EarlyPublished,
 ) -> Result<TranscodeOutput, JobError> {
     let Request { preset, downloads, version, outputs } = request;
     // The scratch directory is shared with the media threads: it goes away when the
@@ -591,21 +647,22 @@ async fn transcode_into(
     check_cancel(&cancel)?;
     let (mut child, info, rungs) = probe_and_plan(&run, &source, preset, &downloads).await?;
 
-    // The lowest rung is published early (making the video playable) only by a first
-    // transcode: a video with outputs keeps playing them, whole, until this run's
-    // replace them at once.
+    // The lowest rung is published early (making the video playable while it is
+    // encoded) only by a first transcode: a video with outputs keeps playing them,
+    // whole, until this run's replace them at once.
     let first_transcode = host.publishes_early().await?;
     reporter.stage("encoding", format!("{} rung(s)", rungs.len()));
     reporter.log(
         LogLevel::Info,
         encoder_choice(&settings.media.hls_options().speed_preset, preset, &downloads, info.has_audio),
     );
-    let encoded = encode(&run, &mut child, &info, preset, &downloads, first_transcode, published_early).await;
+    let encoded = encode(&run, &mut child, &info, preset, &downloads, first_transcode, early).await;
     child.finish().await;
-    let (files, early) = encoded?;
-    let output_bytes = check_made(&run, &files, &downloads, source_size, early.as_deref(), published_early).await?;
+    let files = encoded?;
+    let output_bytes = check_made(&run, &files, &downloads, source_size, early).await?;
 
-    let plan = plan_uploads(&run, &files, early.as_deref(), preset)?;
+    let whole = early.name.as_deref().filter(|_| early.keeps_outputs());
+    let plan = plan_uploads(&run, &files, whole, preset)?;
     let master_key = upload(&run, plan.files, plan.playlists, &files.hls.master_playlist).await?;
     let download_bytes: u64 = plan.downloads.iter().map(|d| d.bytes).sum();
     reporter.log(
@@ -700,10 +757,9 @@ async fn probe_and_plan(
     Ok((child, info, rungs))
 }
 
-/// Relay the child's encoding until it has made everything: the ladder (the lowest
-/// rung published as soon as its playlist is final, on a first transcode), then the
-/// downloads, poster, thumbnails and storyboard. Returns the files and the name of
-/// the rung published early, if any.
+/// Relay the child's encoding until it has made everything: the ladder (on a first
+/// transcode, the lowest rung published as it grows and once final), then the
+/// downloads, poster, thumbnails and storyboard. Returns the files.
 async fn encode(
     run: &Run<'_>,
     child: &mut MediaChild,
@@ -711,10 +767,11 @@ async fn encode(
     preset: Preset,
     downloads: &[Format],
     first_transcode: bool,
-    published_early: &mut bool,
-) -> Result<(TranscodeFiles, Option<String>), JobError> {
+    early: &mut EarlyPublished,
+) -> Result<TranscodeFiles, JobError> {
     let reporter = run.reporter;
-    let mut early: Option<String> = None;
+    // Publishing stops at the first failure: the final upload covers the rung.
+    let mut publishing = first_transcode;
     loop {
         match child.next(run.cancel).await.map_err(|e| media_error(e, run.root))? {
             Message::Progress { step: Step::Ladder, progress: Some(p) } => {
@@ -734,10 +791,10 @@ async fn encode(
                 reporter.report("packaging", MP4_END + (PACKAGE_END - MP4_END) / 2.0, None);
             }
             Message::StepDone { step: Step::Storyboard } => reporter.report("packaging", PACKAGE_END, None),
-            Message::RenditionReady { ready } if first_transcode => {
-                early = publish_early(run, info, &ready, published_early).await;
+            Message::RenditionReady { ready } if publishing => {
+                publishing = publish_early(run, info, &ready, early).await;
             }
-            Message::Transcoded { files } => return Ok((*files, early)),
+            Message::Transcoded { files } => return Ok(*files),
             Message::Failed { error } => return Err(media_error(error.into(), run.root)),
             Message::Warning { element, message } => {
                 reporter.log(LogLevel::Warn, media_warning(&element, &message, run.root))
@@ -747,32 +804,32 @@ async fn encode(
     }
 }
 
-/// Publish a rung the child has finished, within the quota. A failure is only a
-/// warning: the final upload covers the rung again. Returns the rung's name when
-/// its files are stored (even if the rendition row was not written).
-async fn publish_early(
-    run: &Run<'_>,
-    info: &MediaInfo,
-    ready: &RenditionReady,
-    published_early: &mut bool,
-) -> Option<String> {
+/// Publish the lowest rung as the child reports it (growing, then final), within
+/// the quota. A failure is only a warning: the final upload covers the rung (a
+/// growing rung already announced is then not whole, and a failed run withdraws
+/// it). Returns whether to go on publishing.
+async fn publish_early(run: &Run<'_>, info: &MediaInfo, ready: &RenditionReady, early: &mut EarlyPublished) -> bool {
     let name = ready.rung.name.clone();
     let rung_bytes = ready.playlist.parent().map(tree_bytes).unwrap_or(0);
     if let Err(err) = run.host.check_quota(rung_bytes).await {
         run.reporter.log(LogLevel::Warn, format!("rendition {name} is not published early: {err}"));
-        return None;
+        return false;
     }
-    match run.host.publish_early(info, run.root, ready, run.outputs, run.cancel).await {
+    early.name = Some(name.clone());
+    let was_announced = early.announced;
+    match run.host.publish_early(info, run.root, ready, run.outputs, run.cancel, early).await {
         Ok(published) => {
-            if published {
+            if published && ready.complete {
+                early.complete = true;
                 run.reporter.log(LogLevel::Info, format!("rendition {name} is ready"));
-                *published_early = true;
+            } else if published && !was_announced {
+                run.reporter.log(LogLevel::Info, format!("rendition {name} is playable while it is encoded"));
             }
-            Some(name)
+            true
         }
         Err(err) => {
             run.reporter.log(LogLevel::Warn, format!("rendition {name} could not be published early: {err}"));
-            None
+            false
         }
     }
 }
@@ -786,8 +843,7 @@ async fn check_made(
     files: &TranscodeFiles,
     downloads: &[Format],
     source_size: u64,
-    early: Option<&str>,
-    published_early: &mut bool,
+    early: &mut EarlyPublished,
 ) -> Result<u64, JobError> {
     let made = &files.downloads;
     if made.len() != downloads.len() || made.iter().zip(downloads).any(|(m, f)| m.format != *f) {
@@ -796,11 +852,12 @@ async fn check_made(
     check_cancel(run.cancel)?;
     let output_bytes = tree_bytes(run.root).saturating_sub(source_size);
     if let Err(err) = run.host.check_quota(output_bytes).await {
-        if let Some(name) = early {
+        if let Some(name) = early.name.as_deref().filter(|_| early.announced) {
             run.host.unpublish_early(name).await;
             run.reporter.log(LogLevel::Warn, format!("rendition {name} was withdrawn: the storage quota is exceeded"));
-            *published_early = false;
         }
+        // Withdrawn: nothing names this run's objects any more.
+        early.announced = false;
         return Err(err);
     }
     Ok(output_bytes)
@@ -854,7 +911,8 @@ fn plan_uploads(
             let key = outputs.hls_segment(&rung.rung.name, &segment.stored_name);
             plan.files.push(Upload { content_type: content_type_for(&segment.path), path: segment.path, key });
         }
-        plan.playlists.push((playlist_key, text));
+        // Final: typed VOD, as the early rung's is (players keep every segment).
+        plan.playlists.push((playlist_key, typed_playlist(&text, "VOD")));
     }
     for download in &made.downloads {
         let key = outputs.download(&format!("video.{}", download.format.extension()));
@@ -904,7 +962,7 @@ async fn upload(
     run.host.upload_files(&files, run.cancel, &mut step).await?;
     for (key, text) in playlists {
         check_cancel(run.cancel)?;
-        run.host.upload_text(&key, text, "application/vnd.apple.mpegurl").await?;
+        run.host.upload_text(&key, text, HLS_PLAYLIST).await?;
         step();
     }
     let master_key = run.outputs.hls_master();
@@ -912,7 +970,7 @@ async fn upload(
         tracing::warn!(error = %e, "the master playlist is missing");
         JobError::Retryable("an output file went missing before upload".into())
     })?;
-    run.host.upload_text(&master_key, master, "application/vnd.apple.mpegurl").await?;
+    run.host.upload_text(&master_key, master, HLS_PLAYLIST).await?;
     step();
     Ok(master_key)
 }
@@ -1043,6 +1101,17 @@ pub(crate) fn early_rung(
 ) -> Result<EarlyRung, JobError> {
     let Rung { name, width, height, video_bitrate_kbps } = &ready.rung;
     let (playlist_text, segments) = read_playlist(root, &ready.playlist)?;
+    let (playlist_text, segments) = if ready.complete {
+        (typed_playlist(&playlist_text, "VOD"), segments)
+    } else {
+        // Written while it grows: only the segments listed whole so far.
+        let text = through_last_segment(&playlist_text);
+        let listed = text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).count();
+        (typed_playlist(text, "EVENT"), segments.into_iter().take(listed).collect())
+    };
+    if segments.is_empty() {
+        return Err(JobError::Retryable("the early rung lists no segment yet".into()));
+    }
     let uploads: Vec<Upload> = segments
         .into_iter()
         .map(|segment| Upload {
@@ -1067,36 +1136,37 @@ pub(crate) fn early_rung(
     Ok(EarlyRung { uploads, playlist_text, rendition })
 }
 
-/// Upload the lowest rung while the others encode, mark its rendition READY and
-/// publish RENDITION_READY. `Ok(false)`: the video went away meanwhile.
-#[allow(clippy::too_many_arguments)]
-async fn publish_early_rendition(
-    ctx: &JobContext,
-    job: &job::Model,
-    video: &video::Model,
-    info: &MediaInfo,
-    root: &Path,
-    ready: &RenditionReady,
-    outputs: &layout::Outputs,
-    cancel: &CancelFlag,
-) -> Result<bool, JobError> {
-    let rung = early_rung(&ctx.settings, info, root, ready, outputs)?;
-    upload_all(&ctx.store, &rung.uploads, cancel, &mut || {}).await?;
-    upload_text(&ctx.store, &rung.rendition.playlist_key, rung.playlist_text, "application/vnd.apple.mpegurl").await?;
-    record_early_rendition(
-        &ctx.db,
-        &ctx.publisher,
-        &ctx.settings.jobs,
-        job.id,
-        video,
-        &rung.rendition,
-        outputs.prefix(),
-    )
-    .await
+const HLS_PLAYLIST: &str = "application/vnd.apple.mpegurl";
+
+/// A media playlist with `#EXT-X-PLAYLIST-TYPE:{kind}` after its header: EVENT while
+/// it grows (players keep every segment and reload it), VOD once final (RFC 8216
+/// allows exactly that change).
+fn typed_playlist(text: &str, kind: &str) -> String {
+    let body = text.strip_prefix("#EXTM3U").unwrap_or(text).trim_start_matches(['\r', '\n']);
+    let body: String =
+        body.lines().filter(|l| !l.starts_with("#EXT-X-PLAYLIST-TYPE:")).flat_map(|l| [l, "\n"]).collect();
+    format!("#EXTM3U\n#EXT-X-PLAYLIST-TYPE:{kind}\n{body}")
 }
 
-/// Mark an early rung's rendition READY (its files are stored under `prefix`) and
-/// publish RENDITION_READY. `Ok(false)`: the video went away meanwhile.
+/// A playlist read while it is being rewritten, cut after the last segment URI on a
+/// whole line (a torn read never names half a file).
+fn through_last_segment(text: &str) -> &str {
+    let mut end = 0;
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        at += line.len();
+        let trimmed = line.trim();
+        if line.ends_with('\n') && !trimmed.is_empty() && !trimmed.starts_with('#') {
+            end = at;
+        }
+    }
+    &text[..end]
+}
+
+/// Write an early rung's rendition row (its files are stored under `prefix`) and
+/// record `kinds` (PLAYABLE while it grows, RENDITION_READY once final, both when
+/// it is announced final at once). `Ok(false)`: the video went away meanwhile.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn record_early_rendition(
     db: &sea_orm::DatabaseConnection,
     publisher: &crate::events::Publisher,
@@ -1105,6 +1175,7 @@ pub(crate) async fn record_early_rendition(
     video: &video::Model,
     rendition: &NewRendition,
     prefix: &str,
+    kinds: &[EventKind],
 ) -> Result<bool, JobError> {
     let name = &rendition.name;
     let txn = crate::db::begin_write(db).await.map_err(db_error)?;
@@ -1124,16 +1195,15 @@ pub(crate) async fn record_early_rendition(
         retire_outputs(&txn, &current, vec![old], jobs, false).await.map_err(db_error)?;
     }
     crate::repo::videos::upsert_rendition(&txn, video.id, rendition.as_row()).await.map_err(db_error)?;
-    let event = crate::repo::outbox::record(
-        &txn,
-        &current,
-        EventKind::RenditionReady,
-        EventDetail { rendition: Some(name.clone()), job_id: Some(job_id), ..Default::default() },
-    )
-    .await
-    .map_err(db_error)?;
+    let mut events = Vec::with_capacity(kinds.len());
+    for kind in kinds {
+        let detail = EventDetail { rendition: Some(name.clone()), job_id: Some(job_id), ..Default::default() };
+        events.push(crate::repo::outbox::record(&txn, &current, *kind, detail).await.map_err(db_error)?);
+    }
     txn.commit().await.map_err(db_error)?;
-    publisher.publish(event);
+    for event in events {
+        publisher.publish(event);
+    }
     Ok(true)
 }
 
@@ -1252,6 +1322,27 @@ pub(crate) async fn retire_outputs<C: sea_orm::ConnectionTrait>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_early_playlist_is_typed_event_while_it_grows_and_vod_when_final() {
+        let growing = "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-TARGETDURATION:4\n\n#EXTINF:4,\nsegment00000.ts\n";
+        let event = typed_playlist(growing, "EVENT");
+        assert!(event.starts_with("#EXTM3U\n#EXT-X-PLAYLIST-TYPE:EVENT\n#EXT-X-VERSION:3\n"), "{event}");
+        assert!(event.ends_with("#EXTINF:4,\nsegment00000.ts\n"), "{event}");
+        let final_text = format!("{growing}#EXTINF:2,\nsegment00001.ts\n#EXT-X-ENDLIST\n");
+        let vod = typed_playlist(&typed_playlist(&final_text, "EVENT"), "VOD");
+        assert_eq!(vod.matches("#EXT-X-PLAYLIST-TYPE:").count(), 1, "{vod}");
+        assert!(vod.contains("#EXT-X-PLAYLIST-TYPE:VOD\n") && vod.ends_with("#EXT-X-ENDLIST\n"), "{vod}");
+    }
+
+    #[test]
+    fn a_torn_playlist_read_is_cut_after_its_last_whole_segment() {
+        let whole = "#EXTM3U\n#EXTINF:4,\nsegment00000.ts\n";
+        assert_eq!(through_last_segment(&format!("{whole}#EXTINF:4,\nsegm")), whole);
+        assert_eq!(through_last_segment(&format!("{whole}#EXTINF:4,\n")), whole);
+        assert_eq!(through_last_segment(&format!("{whole}#EXTINF:4,\nsegment00001.ts")), whole);
+        assert_eq!(through_last_segment("#EXTM3U\n#EXT-X-TARGETDURATION:4\n"), "");
+    }
 
     #[test]
     fn payload_defaults_to_medium_mp4_and_refuses_unknown_values() {

@@ -148,11 +148,16 @@ impl Default for HlsOptions {
     }
 }
 
-/// A rendition whose media playlist is complete (ENDLIST written).
+/// The lowest rendition, playable: reported each time its media playlist lists more
+/// segments while the ladder runs (`complete: false`, a growing playlist), and once
+/// more when the playlist is final (ENDLIST written).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RenditionReady {
     pub rung: Rung,
     pub playlist: PathBuf,
+    /// The playlist is final; otherwise it lists `segments` segments so far.
+    pub complete: bool,
+    pub segments: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -247,16 +252,30 @@ pub fn transcode_hls(
     }
     connect_decoder(&pipeline, &video.decode, &video.convert, audio.as_ref().map(|(head, _)| head));
 
-    // Run, reporting progress and the lowest rung as soon as its playlist is final.
+    // Run, reporting progress and the lowest rung: each time its playlist grows, and
+    // once more when it is final.
     let lowest = (0..rungs.len()).min_by_key(|&i| u64::from(rungs[i].width) * u64::from(rungs[i].height)).unwrap_or(0);
     let ready_sent = std::cell::Cell::new(false);
+    let segments_sent = std::cell::Cell::new(0usize);
     let tick = opts.progress_interval.max(Duration::from_millis(250));
     let mut report = |final_report: bool| -> Result<(), MediaError> {
+        let playlist = rung_dirs[lowest].join("index.m3u8");
         if !ready_sent.get() && (final_report || states[lowest].eos.load(Ordering::Acquire)) {
-            let playlist = rung_dirs[lowest].join("index.m3u8");
             if playlist_complete(&playlist) {
                 ready_sent.set(true);
-                on_rendition_ready(&RenditionReady { rung: rungs[lowest].clone(), playlist });
+                let segments = listed_segments(&playlist);
+                on_rendition_ready(&RenditionReady { rung: rungs[lowest].clone(), playlist, complete: true, segments });
+            }
+        } else if !ready_sent.get() {
+            let segments = listed_segments(&playlist);
+            if segments > segments_sent.get() {
+                segments_sent.set(segments);
+                on_rendition_ready(&RenditionReady {
+                    rung: rungs[lowest].clone(),
+                    playlist,
+                    complete: false,
+                    segments,
+                });
             }
         }
         let run = RunState { pipeline: &pipeline, started, duration: info.duration, frames: &video.frames };
@@ -593,6 +612,11 @@ fn avc1_codec(caps: &gst::CapsRef) -> Option<String> {
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Segments a media playlist lists so far (0 when it is not written yet).
+fn listed_segments(path: &Path) -> usize {
+    std::fs::read_to_string(path).map(|text| text.lines().filter(|l| l.starts_with("#EXTINF:")).count()).unwrap_or(0)
 }
 
 fn playlist_complete(path: &Path) -> bool {

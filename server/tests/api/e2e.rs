@@ -108,11 +108,13 @@ async fn a_presigned_upload_becomes_a_playable_ladder_with_live_progress_and_one
     let (kinds, percents, last) = watch_until_done(&mut socket).await;
     assert_eq!(last["kind"], "READY", "{kinds:?}");
     assert_eq!(kinds.iter().filter(|k| *k == "READY").count(), 1, "exactly one READY: {kinds:?}");
-    for expected in ["UPLOADED", "PROCESSING", "RENDITION_READY"] {
+    for expected in ["UPLOADED", "PROCESSING", "PLAYABLE", "RENDITION_READY"] {
         assert!(kinds.iter().any(|k| k == expected), "{expected} missing from {kinds:?}");
     }
     assert!(percents.windows(2).all(|w| w[0] <= w[1]), "progress never goes back: {percents:?}");
+    let playable = kinds.iter().position(|k| k == "PLAYABLE").unwrap();
     let rendition_ready = kinds.iter().position(|k| k == "RENDITION_READY").unwrap();
+    assert!(playable < rendition_ready, "playable while the lowest rung is encoded: {kinds:?}");
     assert!(rendition_ready < kinds.len() - 1, "the first rung is announced before READY");
 
     // One job, SUCCEEDED, visible to its owner with its log.

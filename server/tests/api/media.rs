@@ -196,8 +196,16 @@ fn media_hls_ladder_from_720p_clip() {
     // Keyframes aligned: every rung cut its segments at the same timestamps.
     assert!(timelines.windows(2).all(|w| w[0] == w[1]), "{timelines:?}");
 
-    assert_eq!(ready.len(), 1);
-    assert_eq!(ready[0].rung.name, "360p");
+    // The lowest rung, reported as its playlist grows and once more when final.
+    assert!(ready.iter().all(|r| r.rung.name == "360p"), "{ready:?}");
+    assert_eq!(ready.iter().filter(|r| r.complete).count(), 1, "{ready:?}");
+    let last = ready.last().unwrap();
+    assert!(
+        last.complete && last.segments == output.rungs.iter().find(|r| r.rung.name == "360p").unwrap().segments.len(),
+        "{ready:?}"
+    );
+    assert!(ready.windows(2).all(|w| w[0].segments < w[1].segments || w[1].complete), "{ready:?}");
+    assert!(ready.iter().all(|r| r.segments >= 1), "{ready:?}");
     let last = &reports.last().unwrap().1;
     assert_eq!(last.percent, 100.0);
     assert_eq!(last.rungs.len(), 3);

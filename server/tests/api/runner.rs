@@ -27,29 +27,40 @@ use crate::media::fixture;
 /// A 3 s 640x360 clip with audio, made once per test process.
 pub(crate) fn landscape_clip() -> &'static Path {
     static CLIP: OnceLock<PathBuf> = OnceLock::new();
-    CLIP.get_or_init(|| {
-        reelhouse::media::init_gstreamer("warning").unwrap();
-        let dir = std::env::temp_dir().join(format!("reelhouse-runner-fixture-{}", Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = dir.join("landscape_640x360.mp4");
-        let pipeline = format!(
-            "mp4mux name=mux faststart=true ! filesink location={} \
-             videotestsrc num-buffers=75 pattern=ball background-color=0xff3070b0 \
-             ! video/x-raw,format=I420,width=640,height=360,framerate=25/1 \
-             ! x264enc speed-preset=ultrafast key-int-max=25 bframes=0 ! h264parse ! queue ! mux. \
-             audiotestsrc num-buffers=140 samplesperbuffer=1024 wave=sine ! audio/x-raw,rate=48000,channels=2 \
-             ! audioconvert ! avenc_aac ! aacparse ! queue ! mux.",
-            out.display()
-        );
-        let status = std::process::Command::new("gst-launch-1.0")
-            .arg("-q")
-            .args(pipeline.split_whitespace())
-            .stdout(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "generating the landscape clip failed");
-        out
-    })
+    CLIP.get_or_init(|| make_clip("landscape_640x360.mp4", 75))
+}
+
+/// A 24 s 640x360 clip with audio (long enough to be seen encoding), made once per
+/// test process.
+pub(crate) fn long_clip() -> &'static Path {
+    static CLIP: OnceLock<PathBuf> = OnceLock::new();
+    CLIP.get_or_init(|| make_clip("long_640x360.mp4", 600))
+}
+
+/// `frames` of a moving ball at 25 fps, 640x360, with a sine tone as long.
+fn make_clip(name: &str, frames: u32) -> PathBuf {
+    reelhouse::media::init_gstreamer("warning").unwrap();
+    let dir = std::env::temp_dir().join(format!("reelhouse-runner-fixture-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(name);
+    let audio_buffers = frames * 48000 / 25 / 1024 + 2;
+    let pipeline = format!(
+        "mp4mux name=mux faststart=true ! filesink location={} \
+         videotestsrc num-buffers={frames} pattern=ball background-color=0xff3070b0 \
+         ! video/x-raw,format=I420,width=640,height=360,framerate=25/1 \
+         ! x264enc speed-preset=ultrafast key-int-max=25 bframes=0 ! h264parse ! queue ! mux. \
+         audiotestsrc num-buffers={audio_buffers} samplesperbuffer=1024 wave=sine ! audio/x-raw,rate=48000,channels=2 \
+         ! audioconvert ! avenc_aac ! aacparse ! queue ! mux.",
+        out.display()
+    );
+    let status = std::process::Command::new("gst-launch-1.0")
+        .arg("-q")
+        .args(pipeline.split_whitespace())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "generating {name} failed");
+    out
 }
 
 /// Collects what the runner reports; optionally wakes a waiter on the first
@@ -572,6 +583,103 @@ async fn runner_early_rungs_of_abandoned_first_attempts_are_retired() {
     assert!(matches!(h.run(&retired[0]).await.0, Ok(JobOutput::ObjectsDeleted { count }) if count > 0));
     assert_eq!(h.leftover_outputs(video.id).await, 0, "both attempts' objects are gone");
     assert!(h.exists(video.source_key.as_deref().unwrap()).await, "the source stays");
+}
+
+/// A first transcode makes its video playable while the ladder is still encoded:
+/// PLAYABLE comes with the lowest rung's first segment, whose playlist (EVENT, cached
+/// only briefly) grows, naming only stored segments that decode, until it is final
+/// (VOD, RENDITION_READY); READY comes last.
+#[actix_web::test]
+async fn runner_makes_the_lowest_rung_playable_while_the_ladder_is_encoded() {
+    let h = harness(|s| {
+        // Slow enough that the ladder is seen encoding for several seconds.
+        s.media.speed_preset = "slow".into();
+        s.media.ladder = vec![
+            LadderRung { lines: 360, video_bitrate_kbps: 800 },
+            LadderRung { lines: 240, video_bitrate_kbps: 400 },
+        ];
+    })
+    .await;
+    let video = h.video_from(long_clip()).await;
+    let job = h.transcode_job(&video, serde_json::json!({ "preset": "LOW", "formats": ["HLS"] })).await;
+    let done = std::cell::Cell::new(false);
+    let run = async {
+        let result = h.run(&job).await;
+        done.set(true);
+        result
+    };
+    // Every growing playlist seen while the run went on, with its Cache-Control.
+    let watch = async {
+        let mut seen: Vec<(String, String)> = Vec::new();
+        while !done.get() {
+            if let Some(row) = h.renditions(video.id).await.into_iter().next() {
+                let url = reelhouse::playback::rendition_url(&h.app.state, &h.video(video.id).await, &row);
+                let res = h.app.client.get(&url).send().await.unwrap();
+                assert_eq!(res.status(), 200, "{url}");
+                let cache = res.headers()["cache-control"].to_str().unwrap().to_string();
+                let text = res.text().await.unwrap();
+                if !text.contains("#EXT-X-ENDLIST") {
+                    seen.push((text, cache));
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        seen
+    };
+    let ((result, reporter), growing) = futures::join!(run, watch);
+    let output = match result {
+        Ok(output) => output,
+        Err(err) => panic!("transcode failed: {err:?}; logs {:?}", reporter.logs.lock().unwrap()),
+    };
+    assert!(!growing.is_empty(), "the lowest rung was never seen growing before the run ended");
+    let outputs = Outputs::new(h.owner, video.id, Some(&job_version(&output)));
+    let mut counts = Vec::new();
+    for (text, cache) in &growing {
+        assert!(text.starts_with("#EXTM3U\n#EXT-X-PLAYLIST-TYPE:EVENT\n"), "{text}");
+        // A private video's playlist names its segments with the request's signature.
+        assert_eq!(cache, "private, no-cache", "a growing playlist is never cached for good");
+        let segments: Vec<&str> = media_lines(text).iter().map(|l| l.split('?').next().unwrap()).collect();
+        assert!(!segments.is_empty(), "{text}");
+        for segment in &segments {
+            assert!(h.exists(&outputs.hls_segment("240p", segment)).await, "{segment} of {text} is stored");
+        }
+        counts.push(segments.len());
+    }
+    println!("segments listed by the growing playlists seen: {counts:?}");
+    assert!(counts.windows(2).all(|w| w[0] <= w[1]), "the playlist only grows: {counts:?}");
+    // The first segment announced decodes.
+    let first = media_lines(&growing[0].0)[0].split('?').next().unwrap().to_string();
+    let scratch = tempfile::tempdir().unwrap();
+    let path = scratch.path().join(&first);
+    std::fs::write(&path, h.object(&outputs.hls_segment("240p", &first)).await).unwrap();
+    let info = reelhouse::media::probe(&path).unwrap();
+    assert!(info.video_tracks == 1 && info.has_audio, "{info:?}");
+
+    // Final: VOD, every segment, and the events in order.
+    let final_text = String::from_utf8(h.object(&outputs.hls_playlist("240p")).await).unwrap();
+    assert!(final_text.starts_with("#EXTM3U\n#EXT-X-PLAYLIST-TYPE:VOD\n"), "{final_text}");
+    assert!(final_text.contains("#EXT-X-ENDLIST"), "{final_text}");
+    let final_segments = media_lines(&final_text);
+    for (text, _) in &growing {
+        let named: Vec<&str> = media_lines(text).iter().map(|l| l.split('?').next().unwrap()).collect();
+        assert!(final_segments.starts_with(&named), "{text} is how {final_text} began");
+    }
+    let events = h.apply_success(&job, &output).await;
+    assert_eq!(events[0].kind, events::EventKind::Ready);
+    let kinds = h.event_kinds(video.id).await;
+    let at = |kind: &str| kinds.iter().position(|k| k == kind).unwrap_or_else(|| panic!("{kind}: {kinds:?}"));
+    assert_eq!(kinds.iter().filter(|k| *k == "PLAYABLE").count(), 1, "{kinds:?}");
+    assert!(at("PLAYABLE") < at("RENDITION_READY") && at("RENDITION_READY") < at("READY"), "{kinds:?}");
+    let row = h.renditions(video.id).await.into_iter().next().unwrap();
+    let url = reelhouse::playback::rendition_url(&h.app.state, &h.video(video.id).await, &row);
+    let res = h.app.client.get(&url).send().await.unwrap();
+    assert!(res.headers()["cache-control"].to_str().unwrap().ends_with("immutable"), "{:?}", res.headers());
+}
+
+/// The output version a run wrote under.
+fn job_version(output: &JobOutput) -> String {
+    let JobOutput::Transcoded(out) = output else { panic!("not a transcode output") };
+    out.output_version.clone().unwrap()
 }
 
 #[actix_web::test]

@@ -182,7 +182,8 @@ export function libraryView(main: HTMLElement): Cleanup {
       h(
         'div',
         { class: 'card-body' },
-        h('h2', {}, ready ? h('a', { href: watchHref, 'data-link': true }, video.title) : video.title),
+        // A video being encoded opens too: its page plays it as soon as it is PLAYABLE.
+        h('h2', {}, ready || video.status === 'PROCESSING' ? h('a', { href: watchHref, 'data-link': true }, video.title) : video.title),
         h('span', { class: 'badge', 'data-status': video.status }, STATUS_LABEL[video.status] ?? video.status),
         ...body,
       ),

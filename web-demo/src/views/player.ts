@@ -12,7 +12,7 @@ import { cueAt, loadStoryboard, type StoryboardCue } from '../storyboard';
 
 const WATCH = graphql(`query Watch($id: ID!) { video(id: $id) {
   id title description status visibility duration width height error
-  playbackUrl mp4Url thumbnailUrl storyboardUrl renditions { name width height bitrate }
+  playbackUrl mp4Url thumbnailUrl storyboardUrl renditions { name width height bitrate playlistUrl }
   downloads { format url width height size }
 } }`);
 const RECORD_VIEW = graphql(
@@ -22,8 +22,15 @@ const RECORD_VIEW = graphql(
 type PlayerVideo = NonNullable<ResultOf<typeof WATCH>['video']>;
 
 export function playerView(main: HTMLElement, params: Record<string, string>): Cleanup {
+  // What the current rendering holds (a player, a subscription): released before
+  // the next one and when the page goes.
   const cleanups: (() => void)[] = [];
   let stopped = false;
+  // Where the early rendition was when the whole ladder arrived: playback goes on there.
+  let resumeAt = 0;
+  const release = () => {
+    for (const fn of cleanups.splice(0)) fn();
+  };
   const heading = h('h1', {}, 'Loading…');
   const body = h('div', { class: 'player-page' });
   main.append(h('p', {}, h('a', { href: '/', 'data-link': true }, '← Library')), heading, body);
@@ -44,7 +51,12 @@ export function playerView(main: HTMLElement, params: Record<string, string>): C
     }
     heading.textContent = video.title;
     document.title = `${video.title} · reelhouse`;
-    if (video.status !== 'READY') {
+    release();
+    // While the ladder is encoded, its lowest rendition already plays (its playlist
+    // grows until the video is READY).
+    const early =
+      video.status === 'PROCESSING' ? (video.renditions.find((r) => r.playlistUrl) ?? null) : null;
+    if (video.status !== 'READY' && !early) {
       renderNotReady(video);
       return;
     }
@@ -55,7 +67,7 @@ export function playerView(main: HTMLElement, params: Record<string, string>): C
     } catch {
       Hls = null;
     }
-    if (!stopped) renderPlayer(video, Hls);
+    if (!stopped) renderPlayer(video, Hls, video.status === 'READY' ? null : early);
   }
 
   function renderNotReady(video: PlayerVideo): void {
@@ -70,7 +82,7 @@ export function playerView(main: HTMLElement, params: Record<string, string>): C
     if (video.status === 'PROCESSING' || video.status === 'UPLOADING') {
       cleanups.push(
         followVideo(video.id, (event) => {
-          if (event.status === 'READY' && !stopped) void load();
+          if ((event.status === 'READY' || event.kind === 'PLAYABLE') && !stopped) void load();
           else if (event.progress) status.textContent = `Encoding: ${Math.floor(event.progress.percent)}% done.`;
           else if (event.status === 'FAILED') status.textContent = `This video could not be processed. ${failureReason(event.error)}`;
         }),
@@ -78,7 +90,14 @@ export function playerView(main: HTMLElement, params: Record<string, string>): C
     }
   }
 
-  function renderPlayer(video: PlayerVideo, Hls: typeof HlsType | null): void {
+  /** The player, on the master playlist, or on `early` (the lowest rendition, still
+   * growing) until the video is READY. */
+  function renderPlayer(
+    video: PlayerVideo,
+    Hls: typeof HlsType | null,
+    early: PlayerVideo['renditions'][number] | null,
+  ): void {
+    const source = video.playbackUrl ?? early?.playlistUrl ?? null;
     const el = h('video', {
       controls: true,
       playsinline: true,
@@ -103,12 +122,16 @@ export function playerView(main: HTMLElement, params: Record<string, string>): C
       engine.textContent = `Playing the ${video.mp4Url ? 'MP4' : 'WebM'} download (${why}).`;
     };
 
-    if (video.playbackUrl && Hls?.isSupported()) {
-      const hls = new Hls({ capLevelToPlayerSize: true });
-      hls.loadSource(video.playbackUrl);
+    const streaming = early
+      ? `Playing ${early.name} while the rest is encoded`
+      : 'Adaptive streaming';
+    if (source && Hls?.isSupported()) {
+      // A growing (EVENT) playlist plays from its start, not from its live edge.
+      const hls = new Hls({ capLevelToPlayerSize: true, startPosition: 0 });
+      hls.loadSource(source);
       hls.attachMedia(el);
       el.dataset.engine = 'hls.js';
-      engine.textContent = 'Adaptive streaming (HLS via hls.js).';
+      engine.textContent = `${streaming} (HLS via hls.js).`;
       hls.on(Hls.Events.ERROR, (_event, data) => {
         if (!data.fatal) return;
         hls.destroy();
@@ -119,15 +142,31 @@ export function playerView(main: HTMLElement, params: Record<string, string>): C
         if (level) engine.textContent = `Adaptive streaming (HLS via hls.js), now ${level.height}p.`;
       });
       cleanups.push(() => hls.destroy());
-    } else if (video.playbackUrl && el.canPlayType('application/vnd.apple.mpegurl')) {
-      el.src = video.playbackUrl;
+    } else if (source && el.canPlayType('application/vnd.apple.mpegurl')) {
+      el.src = source;
       el.dataset.engine = 'native-hls';
-      engine.textContent = 'Adaptive streaming (native HLS).';
+      engine.textContent = `${streaming} (native HLS).`;
       el.addEventListener('error', () => useMp4('native streaming failed'), { once: true });
     } else {
       useMp4('no HLS support in this browser');
     }
 
+    if (resumeAt > 0) {
+      const at = resumeAt;
+      resumeAt = 0;
+      el.addEventListener('loadedmetadata', () => (el.currentTime = at), { once: true });
+    }
+    if (early) {
+      el.dataset.early = early.name;
+      // The whole ladder replaces the early rendition once READY, where playback was.
+      cleanups.push(
+        followVideo(video.id, (event) => {
+          if (event.status !== 'READY' || stopped) return;
+          resumeAt = el.currentTime;
+          void load();
+        }),
+      );
+    }
     const scrub = scrubber(el, video);
     cleanups.push(scrub.stop);
     cleanups.push(viewBeacon(el, video.id));
@@ -157,7 +196,7 @@ export function playerView(main: HTMLElement, params: Record<string, string>): C
   void load();
   return () => {
     stopped = true;
-    for (const fn of cleanups) fn();
+    release();
   };
 }
 

@@ -39,7 +39,7 @@ use crate::events::ProgressInfo;
 use crate::jobs::reporter::Throttle;
 use crate::jobs::runner::{JobError, JobReporter, MediaSpec};
 use crate::jobs::runner_storage::{file_stream, Upload};
-use crate::jobs::transcode::{early_rung, run_media, TranscodeHost};
+use crate::jobs::transcode::{early_rung, run_media, EarlyPublished, TranscodeHost};
 use crate::media::ladder::RenditionReady;
 use crate::media::{CancelFlag, MediaInfo};
 use crate::storage::layout;
@@ -928,7 +928,13 @@ impl TranscodeHost for RemoteHost {
         ready: &RenditionReady,
         outputs: &layout::Outputs,
         cancel: &CancelFlag,
+        early: &mut EarlyPublished,
     ) -> Result<bool, JobError> {
+        // The worker channel publishes whole rungs only (`rung_ready`): a remote run's
+        // video is playable once its lowest rung is final.
+        if !ready.complete {
+            return Ok(false);
+        }
         let rung = early_rung(&self.shared.settings, info, root, ready, outputs)?;
         let before = self.files.lock().unwrap_or_else(|p| p.into_inner()).len();
         self.upload_files(&rung.uploads, cancel, &mut || {}).await?;
@@ -937,6 +943,7 @@ impl TranscodeHost for RemoteHost {
         let files = self.files.lock().unwrap_or_else(|p| p.into_inner()).get(before..).unwrap_or_default().to_vec();
         // The server checks the files and publishes (or, over the quota, does not).
         let _ = self.shared.out.send(WorkerMessage::RungReady { lease: self.lease, rendition: rung.rendition, files });
+        early.announced = true;
         Ok(true)
     }
 

@@ -22,6 +22,7 @@ use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
 use self::protocol::{LeaseRef, OutputFile, PresignedUrl};
+use crate::events::EventKind;
 use crate::jobs::failure::FailureCode;
 use crate::jobs::queue::{self, LeasedJob, QueueError};
 use crate::jobs::runner::{JobError, JobOutput, MediaSpec, TranscodeOutput};
@@ -532,6 +533,7 @@ pub async fn record_rung(
         &video,
         rendition,
         &prefix,
+        &[EventKind::Playable, EventKind::RenditionReady],
     )
     .await
     .map_err(|err| {
