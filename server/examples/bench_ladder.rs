@@ -99,8 +99,11 @@ fn in_process(
     first_ready: &mut Option<(f64, String)>,
 ) -> HlsOutput {
     let cancel = AtomicBool::new(false);
+    // Probed inside the timed run, as the jailed child does.
+    let info = probe(source).expect("probe");
     transcode_hls(
         source,
+        &info,
         out_dir,
         rungs,
         opts,

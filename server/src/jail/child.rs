@@ -152,8 +152,10 @@ fn transcode(request: &Request, task: &TranscodeTask, reporter: &Reporter) -> Re
     let rungs = plan_ladder(&info, &task.ladder);
     reporter.send(&Message::Probed { info: info.clone(), rungs: rungs.clone() });
 
+    // The one probe of the job: every pipeline below works from it.
     let hls = transcode_hls(
         source,
+        &info,
         &root.join("hls"),
         &rungs,
         &task.hls,
@@ -172,6 +174,7 @@ fn transcode(request: &Request, task: &TranscodeTask, reporter: &Reporter) -> Re
     for (index, format) in task.downloads.iter().copied().enumerate() {
         let file = transcode_mp4(
             source,
+            &info,
             &root.join("download").join(format!("video.{}", format.extension())),
             task.preset,
             format,
@@ -188,9 +191,9 @@ fn transcode(request: &Request, task: &TranscodeTask, reporter: &Reporter) -> Re
     reporter.send(&Message::StepDone { step: Step::Download });
 
     let thumbs_dir = root.join("thumbs");
-    let (poster, thumbnails) = poster_and_thumbnails(source, &thumbs_dir, &ThumbnailOptions::default(), &never)?;
+    let (poster, thumbnails) = poster_and_thumbnails(source, &info, &thumbs_dir, &ThumbnailOptions::default(), &never)?;
     reporter.send(&Message::StepDone { step: Step::Thumbnails });
-    let board = storyboard(source, &thumbs_dir, &StoryboardOptions::default(), &never)?;
+    let board = storyboard(source, &info, &thumbs_dir, &StoryboardOptions::default(), &never)?;
     reporter.send(&Message::StepDone { step: Step::Storyboard });
     Ok(Outcome::Files(Box::new(TranscodeFiles { hls, downloads, poster, thumbnails, storyboard: board })))
 }

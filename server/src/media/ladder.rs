@@ -22,7 +22,7 @@ use super::pipeline::{
     audio_normalizer, caps_filter, connect_decoder, ended_early, limit_decoder_errors, link_pads, link_pads_to, make,
     run_to_eos, x264_encoder, Limits, NullOnDrop,
 };
-use super::{ensure_gstreamer, file_uri, probe, MediaError, MediaInfo, Progress, RungProgress};
+use super::{ensure_gstreamer, file_uri, MediaError, MediaInfo, Progress, RungProgress};
 
 /// One configured rung: a target short-side size and bitrates.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -207,8 +207,9 @@ impl Drop for CleanupGuard {
     }
 }
 
-/// Transcode `source` into an HLS ladder under `out_dir` (one directory per rung and
-/// `master.m3u8`). Blocking; run it on a worker thread. On any failure, cancel or
+/// Transcode `source` (probed as `info`: one probe per job, see
+/// [`crate::jail`]'s child) into an HLS ladder under `out_dir` (one directory per rung
+/// and `master.m3u8`). Blocking; run it on a worker thread. On any failure, cancel or
 /// timeout, what it wrote is removed and the pipeline ends in `Null`.
 ///
 /// One pipeline decodes the source once ([`video_head`], [`audio_head`]) and tees it
@@ -216,8 +217,10 @@ impl Drop for CleanupGuard {
 /// the lowest rung as soon as its playlist is final; [`finish_rungs`] checks and
 /// measures what was written and the master playlist is written last.
 #[tracing::instrument(skip_all, fields(source = %source.display(), rungs = rungs.len()), err(Display))]
+#[allow(clippy::too_many_arguments)]
 pub fn transcode_hls(
     source: &Path,
+    info: &MediaInfo,
     out_dir: &Path,
     rungs: &[Rung],
     opts: &HlsOptions,
@@ -231,7 +234,6 @@ pub fn transcode_hls(
     if rungs.is_empty() {
         return Err(MediaError::Build("the ladder has no rungs".into()));
     }
-    let info = probe(source)?;
     limits.check()?;
     if info.video_tracks == 0 {
         return Err(MediaError::Rejected { reason: "the file has no video stream".into() });

@@ -10,7 +10,7 @@ use gstreamer::prelude::*;
 
 use super::pipeline::{audio_normalizer, connect_decoder, ended_early, upright_at_size, x264_encoder, SCALE_METHOD};
 use super::pipeline::{limit_decoder_errors, make, run_to_eos, Limits, NullOnDrop};
-use super::{ensure_gstreamer, file_uri, probe, MediaError, Progress};
+use super::{ensure_gstreamer, file_uri, MediaError, MediaInfo, Progress};
 
 /// Quality presets of `transcode(videoId, preset)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -163,8 +163,10 @@ pub struct Mp4Output {
 /// name next to `out_path` and renamed at the end, so `out_path` never holds a partial
 /// file; on failure nothing is left behind.
 #[tracing::instrument(skip_all, fields(source = %source.display(), ?preset, ?format), err(Display))]
+#[allow(clippy::too_many_arguments)]
 pub fn transcode_mp4(
     source: &Path,
+    info: &MediaInfo,
     out_path: &Path,
     preset: Preset,
     format: Format,
@@ -175,7 +177,6 @@ pub fn transcode_mp4(
     let started = Instant::now();
     let limits = Limits { cancel, deadline: started + opts.timeout, timeout: opts.timeout };
     ensure_gstreamer()?;
-    let info = probe(source)?;
     limits.check()?;
     if info.video_tracks == 0 {
         return Err(MediaError::Rejected { reason: "the file has no video stream".into() });

@@ -11,7 +11,7 @@ use gstreamer_app as gst_app;
 
 use super::pipeline::{clock_time, limit_decoder_errors, make, run_to_eos, stop, wait_async_done, Limits, NullOnDrop};
 use super::pipeline::{connect_decoder, upright_at_size, SCALE_METHOD};
-use super::{ensure_gstreamer, file_uri, probe, MediaError, MediaInfo};
+use super::{ensure_gstreamer, file_uri, MediaError, MediaInfo};
 
 /// A decoded RGB picture (3 bytes per pixel, rows packed).
 #[derive(Debug, Clone, PartialEq)]
@@ -80,15 +80,15 @@ pub struct Poster {
 #[tracing::instrument(skip_all, fields(source = %source.display()), err(Display))]
 pub fn poster_and_thumbnails(
     source: &Path,
+    info: &MediaInfo,
     out_dir: &Path,
     opts: &ThumbnailOptions,
     cancel: &AtomicBool,
 ) -> Result<(Poster, Vec<PathBuf>), MediaError> {
     let started = Instant::now();
     let limits = Limits { cancel, deadline: started + opts.timeout, timeout: opts.timeout };
-    let info = probe(source)?;
-    let duration = usable_duration(&info)?;
-    let mut grabber = FrameGrabber::open(source, &info, opts.width, &limits)?;
+    let duration = usable_duration(info)?;
+    let mut grabber = FrameGrabber::open(source, info, opts.width, &limits)?;
     let mut written = Written::new();
     std::fs::create_dir_all(out_dir).map_err(|e| MediaError::io(format!("creating {}", out_dir.display()), e))?;
 
@@ -169,14 +169,14 @@ pub struct Storyboard {
 #[tracing::instrument(skip_all, fields(source = %source.display()), err(Display))]
 pub fn storyboard(
     source: &Path,
+    info: &MediaInfo,
     out_dir: &Path,
     opts: &StoryboardOptions,
     cancel: &AtomicBool,
 ) -> Result<Storyboard, MediaError> {
     let started = Instant::now();
     let limits = Limits { cancel, deadline: started + opts.timeout, timeout: opts.timeout };
-    let info = probe(source)?;
-    let duration = usable_duration(&info)?;
+    let duration = usable_duration(info)?;
     let max_tiles = opts.max_tiles.max(1);
     let min_interval = opts.min_interval.max(Duration::from_millis(100));
     let by_interval = (duration.as_secs_f64() / min_interval.as_secs_f64()).ceil().max(1.0) as u32;
@@ -185,7 +185,7 @@ pub fn storyboard(
     let columns = opts.columns.clamp(1, tiles);
     let rows = tiles.div_ceil(columns);
 
-    let mut grabber = FrameGrabber::open(source, &info, opts.tile_width, &limits)?;
+    let mut grabber = FrameGrabber::open(source, info, opts.tile_width, &limits)?;
     let (tile_width, tile_height) = (grabber.width, grabber.height);
     let mut sheet = Frame {
         width: tile_width * columns,

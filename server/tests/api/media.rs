@@ -164,6 +164,7 @@ fn media_hls_ladder_from_720p_clip() {
     let started = Instant::now();
     let output = transcode_hls(
         &source,
+        &probe(&source).unwrap(),
         out.path(),
         &rungs,
         &quick_hls(),
@@ -220,7 +221,17 @@ fn media_hls_audio_less_and_rotated_sources() {
     let out = tempfile::tempdir().unwrap();
     let source = fixture("no_audio.mp4");
     let rungs = plan_ladder(&probe(&source).unwrap(), &LadderConfig::default());
-    let output = transcode_hls(&source, out.path(), &rungs, &quick_hls(), &mut |_| {}, &mut |_| {}, &never()).unwrap();
+    let output = transcode_hls(
+        &source,
+        &probe(&source).unwrap(),
+        out.path(),
+        &rungs,
+        &quick_hls(),
+        &mut |_| {},
+        &mut |_| {},
+        &never(),
+    )
+    .unwrap();
     assert_eq!(output.rungs.len(), 1);
     let master = std::fs::read_to_string(&output.master_playlist).unwrap();
     assert!(!master.contains("mp4a"), "{master}");
@@ -230,7 +241,17 @@ fn media_hls_audio_less_and_rotated_sources() {
     let source = fixture("rotated_90.mp4");
     let rungs = plan_ladder(&probe(&source).unwrap(), &LadderConfig::default());
     assert_eq!(sizes(&rungs), vec![(360, 640)]);
-    transcode_hls(&source, rotated_out.path(), &rungs, &quick_hls(), &mut |_| {}, &mut |_| {}, &never()).unwrap();
+    transcode_hls(
+        &source,
+        &probe(&source).unwrap(),
+        rotated_out.path(),
+        &rungs,
+        &quick_hls(),
+        &mut |_| {},
+        &mut |_| {},
+        &never(),
+    )
+    .unwrap();
     let segment = rotated_out.path().join("360p/segment00000.ts");
     let info = probe(&segment).unwrap();
     assert_eq!((info.width, info.height), (360, 640), "rotation applied to the pixels");
@@ -258,8 +279,10 @@ fn mp4_boxes(path: &Path) -> Vec<String> {
 fn media_mp4_preset_is_h264_with_faststart() {
     let out = tempfile::tempdir().unwrap();
     let path = out.path().join("download.mp4");
+    let source = fixture("portrait_360x640.mp4");
     let result = transcode_mp4(
-        &fixture("portrait_360x640.mp4"),
+        &source,
+        &probe(&source).unwrap(),
         &path,
         Preset::Low,
         Format::Mp4,
@@ -285,8 +308,10 @@ fn media_mp4_preset_is_h264_with_faststart() {
 fn media_webm_preset_is_vp8() {
     let out = tempfile::tempdir().unwrap();
     let path = out.path().join("download.webm");
+    let source = fixture("small_320x180.mp4");
     transcode_mp4(
-        &fixture("small_320x180.mp4"),
+        &source,
+        &probe(&source).unwrap(),
         &path,
         Preset::Low,
         Format::WebM,
@@ -305,7 +330,9 @@ fn media_webm_preset_is_vp8() {
 fn media_poster_is_a_bright_jpeg_and_storyboard_matches_vtt() {
     let out = tempfile::tempdir().unwrap();
     let source = fixture("clip_720p.mp4");
-    let (poster, thumbs) = poster_and_thumbnails(&source, out.path(), &ThumbnailOptions::default(), &never()).unwrap();
+    let (poster, thumbs) =
+        poster_and_thumbnails(&source, &probe(&source).unwrap(), out.path(), &ThumbnailOptions::default(), &never())
+            .unwrap();
     let bytes = std::fs::read(&poster.path).unwrap();
     assert_eq!(&bytes[..3], &[0xff, 0xd8, 0xff], "JPEG magic");
     let decoded = load_jpeg(&poster.path).unwrap();
@@ -314,7 +341,8 @@ fn media_poster_is_a_bright_jpeg_and_storyboard_matches_vtt() {
     assert_eq!(thumbs.len(), 3);
     assert!(thumbs.iter().all(|t| load_jpeg(t).is_ok()));
 
-    let board = storyboard(&source, out.path(), &StoryboardOptions::default(), &never()).unwrap();
+    let board =
+        storyboard(&source, &probe(&source).unwrap(), out.path(), &StoryboardOptions::default(), &never()).unwrap();
     let sprite = load_jpeg(&board.sprite).unwrap();
     let vtt = std::fs::read_to_string(&board.vtt).unwrap();
     assert!(vtt.starts_with("WEBVTT"));
@@ -345,7 +373,9 @@ fn media_poster_is_a_bright_jpeg_and_storyboard_matches_vtt() {
 fn media_poster_skips_a_black_start() {
     let out = tempfile::tempdir().unwrap();
     let source = fixture("black_start.mp4");
-    let (poster, _) = poster_and_thumbnails(&source, out.path(), &ThumbnailOptions::default(), &never()).unwrap();
+    let (poster, _) =
+        poster_and_thumbnails(&source, &probe(&source).unwrap(), out.path(), &ThumbnailOptions::default(), &never())
+            .unwrap();
     assert!(poster.position >= Duration::from_secs(1), "poster taken at {:?}", poster.position);
     let decoded = load_jpeg(&poster.path).unwrap();
     assert!(decoded.mean_luma() > 60.0, "poster luma {}", decoded.mean_luma());
@@ -353,7 +383,8 @@ fn media_poster_skips_a_black_start() {
     let first =
         ThumbnailOptions { poster_candidates: vec![0.0], thumbnail_fractions: vec![], ..ThumbnailOptions::default() };
     let black_dir = tempfile::tempdir().unwrap();
-    let (black, _) = poster_and_thumbnails(&source, black_dir.path(), &first, &never()).unwrap();
+    let (black, _) =
+        poster_and_thumbnails(&source, &probe(&source).unwrap(), black_dir.path(), &first, &never()).unwrap();
     assert!(black.mean_luma < 20.0, "first frame luma {}", black.mean_luma);
 }
 
@@ -362,7 +393,7 @@ fn process(source: &Path, out: &Path) -> Result<(), MediaError> {
     let info = probe(source)?;
     info.check(&MediaLimits::default())?;
     let rungs = plan_ladder(&info, &LadderConfig::default());
-    transcode_hls(source, out, &rungs, &quick_hls(), &mut |_| {}, &mut |_| {}, &never())?;
+    transcode_hls(source, &info, out, &rungs, &quick_hls(), &mut |_| {}, &mut |_| {}, &never())?;
     Ok(())
 }
 
@@ -414,6 +445,7 @@ fn media_cancel_mid_transcode_returns_quickly_and_leaves_nothing() {
     let opts = HlsOptions { speed_preset: "medium".into(), ..quick_hls() };
     let result = transcode_hls(
         &source,
+        &probe(&source).unwrap(),
         out.path(),
         &rungs,
         &opts,
@@ -439,7 +471,8 @@ fn media_timeout_is_typed() {
     let source = fixture("clip_720p.mp4");
     let rungs = plan_ladder(&probe(&source).unwrap(), &LadderConfig::default());
     let opts = HlsOptions { timeout: Duration::from_millis(300), ..quick_hls() };
-    let result = transcode_hls(&source, out.path(), &rungs, &opts, &mut |_| {}, &mut |_| {}, &never());
+    let result =
+        transcode_hls(&source, &probe(&source).unwrap(), out.path(), &rungs, &opts, &mut |_| {}, &mut |_| {}, &never());
     assert!(matches!(result, Err(MediaError::Timeout(_))), "{result:?}");
     assert!(dir_is_empty(out.path()));
 }
