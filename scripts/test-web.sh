@@ -95,6 +95,20 @@ LONG_CLIP="$WORK/long.mp4"
 gst-launch-1.0 -q mp4mux name=mux faststart=true ! filesink location="$LONG_CLIP" \
     videotestsrc num-buffers=750 pattern=smpte ! video/x-raw,format=I420,width=640,height=480,framerate=25/1 \
     ! x264enc speed-preset=ultrafast key-int-max=25 bframes=0 ! h264parse ! queue ! mux. >/dev/null
+# A 60 s 720p clip of moving content for the playable-while-encoding test: its ladder
+# (three rungs) and MP4 take long enough that the page can play it before READY.
+# Embedded run only: its 720p MP4 is larger than one S3 part, and s3s-fs (the S3 of
+# these tests) names a multipart upload's metadata file after the base64 of the key
+# plus the upload id, which for an output key of ~120+ characters passes the 255-byte
+# file-name limit (InternalError on CreateMultipartUpload). Real S3 has no such limit;
+# the Rust runner test covers the growing playlist on S3 (postgres run).
+EARLY_CLIP="$WORK/early.mp4"
+gst-launch-1.0 -q mp4mux name=mux faststart=true ! filesink location="$EARLY_CLIP" \
+    videotestsrc num-buffers=1500 pattern=smpte horizontal-speed=4 \
+    ! video/x-raw,format=I420,width=1280,height=720,framerate=25/1 \
+    ! x264enc speed-preset=ultrafast bitrate=3000 key-int-max=50 bframes=0 ! h264parse ! queue ! mux. \
+    audiotestsrc num-buffers=2815 samplesperbuffer=1024 wave=sine ! audio/x-raw,rate=48000,channels=2 \
+    ! audioconvert ! avenc_aac ! aacparse ! queue ! mux. >/dev/null
 head -c 400000 /dev/urandom >"$BAD"
 log "clip: $(stat -c %s "$CLIP") bytes; not-a-video: $(stat -c %s "$BAD") bytes"
 
@@ -129,14 +143,14 @@ common_env=(
     REELHOUSE__TELEMETRY__LEVEL=info
 )
 
-# run_e2e LABEL URL MAIL_DIRS: the browser tests against URL; MAIL_DIRS (':'
+# run_e2e LABEL URL MAIL_DIRS [EARLY_CLIP]: the browser tests against URL; MAIL_DIRS (':'
 # between several) is where that server's mails land as .eml files, read by the
 # tests for the verification and reset links.
 run_e2e() {
-    local label="$1" url="$2" mail_dirs="$3"
+    local label="$1" url="$2" mail_dirs="$3" early_clip="${4:-}"
     log "browser tests ($label) against $url"
     (cd web-demo && REELHOUSE_URL="$url" E2E_MAIL_DIR="$mail_dirs" \
-        E2E_CLIP="$CLIP" E2E_BAD_FILE="$BAD" E2E_LONG_CLIP="$LONG_CLIP" \
+        E2E_CLIP="$CLIP" E2E_BAD_FILE="$BAD" E2E_LONG_CLIP="$LONG_CLIP" E2E_EARLY_CLIP="$early_clip" \
         E2E_ARTIFACTS="$ARTIFACTS" E2E_LABEL="$label" E2E_EXPECT_REFRESH=1 \
         E2E_ADMIN_EMAIL="$ADMIN_EMAIL" E2E_ADMIN_PASSWORD="$ADMIN_PASSWORD" \
         node --test --test-reporter=spec 'e2e/*.test.mjs')
@@ -156,7 +170,7 @@ run_embedded() {
     env -u DATABASE_URL REELHOUSE_ADMIN_PASSWORD="$ADMIN_PASSWORD" \
         "$BIN" create-admin --email "$ADMIN_EMAIL" --data-dir "$data" >/dev/null || return 1
     # No SMTP server configured: the server writes each mail under {data_dir}/mail/.
-    run_e2e embedded "$url" "$data/mail"
+    run_e2e embedded "$url" "$data/mail" "$EARLY_CLIP"
 }
 
 find_psql() {
@@ -199,7 +213,11 @@ run_s3() {
         S3_REGION="$REELHOUSE_TEST_S3_REGION"
         S3_ACCESS_KEY_ID="$REELHOUSE_TEST_S3_ACCESS_KEY_ID"
         S3_SECRET_ACCESS_KEY="$REELHOUSE_TEST_S3_SECRET_ACCESS_KEY"
-        REELHOUSE__STORAGE__S3__KEY_PREFIX="web-e2e-$suffix/"
+        # As short as the Rust tests' prefix: s3s-fs names each multipart upload's
+        # metadata file after the base64 of its key plus the upload id, and with a
+        # longer prefix a tus upload's key passed the 255-byte file-name limit
+        # (InternalError on CreateMultipartUpload). Real S3 takes 1024-byte keys.
+        REELHOUSE__STORAGE__S3__KEY_PREFIX="w$suffix/"
         REELHOUSE__AUTH__JWT_SECRET="$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
         # GraphiQL and introspection are off by default in distributed mode;
         # e2e/graphiql.test.mjs tests the page against this server too.

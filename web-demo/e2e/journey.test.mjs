@@ -7,6 +7,7 @@
 //   E2E_ARTIFACTS     where screenshots and measurements go
 //   E2E_LABEL         names this run in artifact file names (sqlite, s3, ...)
 //   E2E_LONG_CLIP     a longer clip, for cancelling a job while it encodes
+//   E2E_EARLY_CLIP    a long 720p clip, played in the page before it is Ready
 //   E2E_MAIL_DIR      where the server's mails land: new accounts confirm their
 //                     address through the mailed link before they upload
 //   E2E_ADMIN_EMAIL, E2E_ADMIN_PASSWORD  an admin (reelhouse create-admin);
@@ -29,6 +30,7 @@ const ARTIFACTS = process.env.E2E_ARTIFACTS ?? 'test-artifacts';
 const LABEL = process.env.E2E_LABEL ?? 'run';
 const EXPECT_REFRESH = process.env.E2E_EXPECT_REFRESH === '1';
 const LONG_CLIP = process.env.E2E_LONG_CLIP;
+const EARLY_CLIP = process.env.E2E_EARLY_CLIP;
 const ADMIN_EMAIL = process.env.E2E_ADMIN_EMAIL;
 const ADMIN_PASSWORD = process.env.E2E_ADMIN_PASSWORD;
 const READY_TIMEOUT = 150_000;
@@ -391,13 +393,13 @@ describe(`web demo (${LABEL})`, () => {
     await context.close();
   });
 
-  test('a long upload plays in the page while it is encoded, then as the whole ladder', { timeout: 180_000, skip: !LONG_CLIP }, async () => {
+  test('a long upload plays in the page while it is encoded, then as the whole ladder', { timeout: 240_000, skip: !EARLY_CLIP }, async () => {
     const { context, page } = await newPage();
     await signUp(page, 'early');
     await page.getByRole('link', { name: 'Upload', exact: true }).click();
     const title = `Early ${LABEL}`;
     await page.getByLabel('Title').fill(title);
-    await page.getByLabel('Video file').setInputFiles(LONG_CLIP);
+    await page.getByLabel('Video file').setInputFiles(EARLY_CLIP);
     await page.getByRole('button', { name: 'Upload' }).click();
     const videoCard = card(page, title);
     await videoCard.locator('.badge', { hasText: 'Processing' }).waitFor({ timeout: 60_000 });

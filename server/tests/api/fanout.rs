@@ -218,3 +218,49 @@ async fn a_burst_published_on_one_instance_goes_to_redis_in_batches_and_arrives_
     }
     assert_eq!(seqs, stored.iter().map(|e| e.seq).collect::<Vec<_>>(), "every stored event once, in order");
 }
+
+/// When Redis cannot keep up and the publisher's queue is full, PROGRESS beyond the
+/// bound is dropped (and counted), but a stored event is never dropped: it goes out
+/// on its own and reaches a subscriber on another instance (which here has nothing
+/// but Redis to learn of it: its outbox tail is off).
+#[actix_web::test]
+async fn a_stored_event_published_while_the_redis_queue_is_full_still_reaches_another_instance() {
+    if skip() {
+        return;
+    }
+    let a = spawn_app_with(|s| s.workers.embedded = false).await;
+    let b = second_instance_with(&a, None, |s| {
+        s.graphql.ws_recheck_ms = 600_000;
+        s.events.tail_poll_ms = 600_000;
+    })
+    .await;
+    wait_for_relays(&a, 2).await;
+    let owner = a.register_user().await;
+    let video = insert_video(&a, &owner, Visibility::Private, VideoStatus::Processing).await;
+    let busy = insert_video(&a, &owner, Visibility::Private, VideoStatus::Processing).await;
+    let query = crate::video_events::events_query();
+    let mut socket = subscribe(&b, Some(&owner), &query, json!({ "id": video.id.to_string() })).await;
+    assert_eq!(next_event(&mut socket).await.unwrap()["snapshot"], true);
+    wait_for_subscribers(&b, 1).await;
+
+    let stored =
+        crate::video_events::transition(&a, video.id, VideoStatus::Processing, EventKind::Processing, None, false)
+            .await;
+    let busy_row = entities::video::Entity::find_by_id(busy.id).one(&a.state.db).await.unwrap().unwrap();
+    let publisher = a.state.publisher();
+    let dropped_before = counter(&a, "reelhouse_events_publish_dropped_total").await;
+    // Nothing yields in this loop, so the sending task cannot drain the queue: as if
+    // Redis had stalled. Another video's progress fills it and overflows it by 100.
+    let job = uuid::Uuid::now_v7();
+    for i in 0..reelhouse::events::fanout::QUEUED + 100 {
+        let progress = reelhouse::events::ProgressInfo { percent: i as f64 / 100.0, ..Default::default() };
+        publisher.publish(reelhouse::events::progress_event(&busy_row, busy_row.event_seq, job, progress));
+    }
+    publisher.publish(stored.clone());
+    let dropped = counter(&a, "reelhouse_events_publish_dropped_total").await - dropped_before;
+    assert!(dropped >= 100.0, "progress beyond the bound is dropped and counted: {dropped}");
+
+    let event = next_event(&mut socket).await.expect("the stored event arrives through redis");
+    assert_eq!(event["kind"], "PROCESSING", "{event}");
+    assert_eq!(event["seq"].as_i64(), Some(stored.seq), "{event}");
+}

@@ -28,6 +28,9 @@ export function playerView(main: HTMLElement, params: Record<string, string>): C
   let stopped = false;
   // Where the early rendition was when the whole ladder arrived: playback goes on there.
   let resumeAt = 0;
+  // Looked again once the live feed was open: a PLAYABLE between the first query and
+  // the subscription is in no snapshot.
+  let caughtUp = false;
   const release = () => {
     for (const fn of cleanups.splice(0)) fn();
   };
@@ -76,14 +79,23 @@ export function playerView(main: HTMLElement, params: Record<string, string>): C
       video.status === 'FAILED'
         ? `This video could not be processed. ${failureReason(video.error)}`
         : video.status === 'PROCESSING'
-          ? 'This video is still being encoded. It will start playing here when it is ready.'
+          ? 'This video is still being encoded. It will start playing here as soon as its first seconds are.'
           : 'This video has not been uploaded yet.';
     body.replaceChildren(status);
     if (video.status === 'PROCESSING' || video.status === 'UPLOADING') {
       cleanups.push(
         followVideo(video.id, (event) => {
-          if ((event.status === 'READY' || event.kind === 'PLAYABLE') && !stopped) void load();
-          else if (event.progress) status.textContent = `Encoding: ${Math.floor(event.progress.percent)}% done.`;
+          if (stopped) return;
+          if (event.status === 'READY' || event.kind === 'PLAYABLE') {
+            void load();
+            return;
+          }
+          if (event.snapshot && event.status === 'PROCESSING' && !caughtUp) {
+            caughtUp = true;
+            void load();
+            return;
+          }
+          if (event.progress) status.textContent = `Encoding: ${Math.floor(event.progress.percent)}% done.`;
           else if (event.status === 'FAILED') status.textContent = `This video could not be processed. ${failureReason(event.error)}`;
         }),
       );
