@@ -496,7 +496,7 @@ impl TranscodeHost for LocalHost<'_> {
         cancel: &CancelFlag,
         early: &mut EarlyPublished,
     ) -> Result<bool, JobError> {
-        let rung = early_rung(&self.ctx.settings, info, root, ready, outputs)?;
+        let Some(rung) = early_rung(&self.ctx.settings, info, root, ready, outputs)? else { return Ok(false) };
         let new_files: Vec<Upload> = rung.uploads.into_iter().filter(|u| !early.stored.contains(&u.key)).collect();
         upload_all(&self.ctx.store, &new_files, cancel, &mut || {}).await?;
         early.stored.extend(new_files.into_iter().map(|u| u.key));
@@ -1044,11 +1044,22 @@ struct Segment {
 /// A media playlist rewritten to name its segments relatively (as they sit next to
 /// it in storage), and the segment files it names.
 fn read_playlist(root: &Path, path: &Path) -> Result<(String, Vec<Segment>), JobError> {
-    let path = &confine(root, path)?;
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let (path, text) = read_playlist_text(root, path)?;
+    parse_playlist(root, &path, &text)
+}
+
+/// A rung's playlist file, confined to the job directory, as it is now.
+fn read_playlist_text(root: &Path, path: &Path) -> Result<(PathBuf, String), JobError> {
+    let path = confine(root, path)?;
+    let text = std::fs::read_to_string(&path).map_err(|e| {
         tracing::warn!(error = %e, path = %path.display(), "a playlist is missing");
         JobError::Retryable("an output file went missing before upload".into())
     })?;
+    Ok((path, text))
+}
+
+/// The playlist's text with bare segment names, and its segment files (confined).
+fn parse_playlist(root: &Path, path: &Path, text: &str) -> Result<(String, Vec<Segment>), JobError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut out = String::with_capacity(text.len());
     let mut segments = Vec::new();
@@ -1091,26 +1102,27 @@ pub(crate) struct EarlyRung {
     pub rendition: NewRendition,
 }
 
-/// Prepare the lowest rung for early publishing (local and remote workers alike).
+/// Prepare the lowest rung for early publishing (local and remote workers alike);
+/// `None` while its playlist lists no segment.
 pub(crate) fn early_rung(
     settings: &crate::config::Settings,
     info: &MediaInfo,
     root: &Path,
     ready: &RenditionReady,
     outputs: &layout::Outputs,
-) -> Result<EarlyRung, JobError> {
+) -> Result<Option<EarlyRung>, JobError> {
     let Rung { name, width, height, video_bitrate_kbps } = &ready.rung;
-    let (playlist_text, segments) = read_playlist(root, &ready.playlist)?;
+    let (path, raw) = read_playlist_text(root, &ready.playlist)?;
     let (playlist_text, segments) = if ready.complete {
-        (typed_playlist(&playlist_text, "VOD"), segments)
+        let (text, segments) = parse_playlist(root, &path, &raw)?;
+        (typed_playlist(&text, "VOD"), segments)
     } else {
-        // Written while it grows: only the segments listed whole so far.
-        let text = through_last_segment(&playlist_text);
-        let listed = text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).count();
-        (typed_playlist(text, "EVENT"), segments.into_iter().take(listed).collect())
+        // Read while it grows: only the segments listed on whole lines so far.
+        let (text, segments) = parse_playlist(root, &path, through_last_segment(&raw))?;
+        (typed_playlist(&text, "EVENT"), segments)
     };
     if segments.is_empty() {
-        return Err(JobError::Retryable("the early rung lists no segment yet".into()));
+        return Ok(None);
     }
     let uploads: Vec<Upload> = segments
         .into_iter()
@@ -1133,7 +1145,7 @@ pub(crate) fn early_rung(
         codecs: codecs.into(),
         playlist_key: outputs.hls_playlist(name),
     };
-    Ok(EarlyRung { uploads, playlist_text, rendition })
+    Ok(Some(EarlyRung { uploads, playlist_text, rendition }))
 }
 
 const HLS_PLAYLIST: &str = "application/vnd.apple.mpegurl";

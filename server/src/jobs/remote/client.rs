@@ -935,7 +935,7 @@ impl TranscodeHost for RemoteHost {
         if !ready.complete {
             return Ok(false);
         }
-        let rung = early_rung(&self.shared.settings, info, root, ready, outputs)?;
+        let Some(rung) = early_rung(&self.shared.settings, info, root, ready, outputs)? else { return Ok(false) };
         let before = self.files.lock().unwrap_or_else(|p| p.into_inner()).len();
         self.upload_files(&rung.uploads, cancel, &mut || {}).await?;
         let playlist = "application/vnd.apple.mpegurl";
