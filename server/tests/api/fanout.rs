@@ -152,15 +152,18 @@ async fn counter(app: &TestApp, name: &str) -> f64 {
         .sum()
 }
 
-/// A burst (many encodes' progress, and stored events) published on one instance is
-/// sent to Redis in pipelines, not one round trip per event, and reaches a
-/// subscriber on the other instance complete and in order through the relay alone
-/// (the other instance's outbox polls are ten minutes away).
-#[actix_web::test]
-async fn a_burst_published_on_one_instance_goes_to_redis_in_batches_and_arrives_whole_and_in_order() {
-    if skip() {
-        return;
-    }
+/// Two instances; the owner's PROCESSING video; a subscriber to its events on `b`,
+/// which learns of events through the Redis relay alone (its outbox polls and
+/// re-checks are ten minutes away).
+struct Relayed {
+    a: TestApp,
+    b: TestApp,
+    owner: crate::helpers::TestUser,
+    video: entities::video::Model,
+    socket: crate::subscriptions::Socket,
+}
+
+async fn relayed_only() -> Relayed {
     let a = spawn_app_with(|s| s.workers.embedded = false).await;
     let b = second_instance_with(&a, None, |s| {
         s.graphql.ws_recheck_ms = 600_000;
@@ -174,6 +177,19 @@ async fn a_burst_published_on_one_instance_goes_to_redis_in_batches_and_arrives_
     let mut socket = subscribe(&b, Some(&owner), &query, json!({ "id": video.id.to_string() })).await;
     assert_eq!(next_event(&mut socket).await.unwrap()["snapshot"], true);
     wait_for_subscribers(&b, 1).await;
+    Relayed { a, b, owner, video, socket }
+}
+
+/// A burst (many encodes' progress, and stored events) published on one instance is
+/// sent to Redis in pipelines, not one round trip per event, and reaches a
+/// subscriber on the other instance complete and in order through the relay alone
+/// (the other instance's outbox polls are ten minutes away).
+#[actix_web::test]
+async fn a_burst_published_on_one_instance_goes_to_redis_in_batches_and_arrives_whole_and_in_order() {
+    if skip() {
+        return;
+    }
+    let Relayed { a, b: _b, owner: _, video, mut socket } = relayed_only().await;
 
     // Stored first (not yet published), then all of it published in one go, as a
     // burst of progress from many encodes would be.
@@ -228,20 +244,8 @@ async fn a_stored_event_published_while_the_redis_queue_is_full_still_reaches_an
     if skip() {
         return;
     }
-    let a = spawn_app_with(|s| s.workers.embedded = false).await;
-    let b = second_instance_with(&a, None, |s| {
-        s.graphql.ws_recheck_ms = 600_000;
-        s.events.tail_poll_ms = 600_000;
-    })
-    .await;
-    wait_for_relays(&a, 2).await;
-    let owner = a.register_user().await;
-    let video = insert_video(&a, &owner, Visibility::Private, VideoStatus::Processing).await;
+    let Relayed { a, b: _b, owner, video, mut socket } = relayed_only().await;
     let busy = insert_video(&a, &owner, Visibility::Private, VideoStatus::Processing).await;
-    let query = crate::video_events::events_query();
-    let mut socket = subscribe(&b, Some(&owner), &query, json!({ "id": video.id.to_string() })).await;
-    assert_eq!(next_event(&mut socket).await.unwrap()["snapshot"], true);
-    wait_for_subscribers(&b, 1).await;
 
     let stored =
         crate::video_events::transition(&a, video.id, VideoStatus::Processing, EventKind::Processing, None, false)

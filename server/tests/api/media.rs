@@ -157,14 +157,15 @@ fn media_plan_ladder_cases() {
 fn media_hls_ladder_from_720p_clip() {
     let out = tempfile::tempdir().unwrap();
     let source = fixture("clip_720p.mp4");
-    let rungs = plan_ladder(&probe(&source).unwrap(), &LadderConfig::default());
+    let info = probe(&source).unwrap();
+    let rungs = plan_ladder(&info, &LadderConfig::default());
     assert_eq!(rungs.len(), 3);
     let mut reports = Vec::new();
     let mut ready = Vec::new();
     let started = Instant::now();
     let output = transcode_hls(
         &source,
-        &probe(&source).unwrap(),
+        &info,
         out.path(),
         &rungs,
         &quick_hls(),
@@ -220,18 +221,10 @@ fn media_hls_ladder_from_720p_clip() {
 fn media_hls_audio_less_and_rotated_sources() {
     let out = tempfile::tempdir().unwrap();
     let source = fixture("no_audio.mp4");
-    let rungs = plan_ladder(&probe(&source).unwrap(), &LadderConfig::default());
-    let output = transcode_hls(
-        &source,
-        &probe(&source).unwrap(),
-        out.path(),
-        &rungs,
-        &quick_hls(),
-        &mut |_| {},
-        &mut |_| {},
-        &never(),
-    )
-    .unwrap();
+    let info = probe(&source).unwrap();
+    let rungs = plan_ladder(&info, &LadderConfig::default());
+    let output =
+        transcode_hls(&source, &info, out.path(), &rungs, &quick_hls(), &mut |_| {}, &mut |_| {}, &never()).unwrap();
     assert_eq!(output.rungs.len(), 1);
     let master = std::fs::read_to_string(&output.master_playlist).unwrap();
     assert!(!master.contains("mp4a"), "{master}");
@@ -239,19 +232,11 @@ fn media_hls_audio_less_and_rotated_sources() {
 
     let rotated_out = tempfile::tempdir().unwrap();
     let source = fixture("rotated_90.mp4");
-    let rungs = plan_ladder(&probe(&source).unwrap(), &LadderConfig::default());
+    let info = probe(&source).unwrap();
+    let rungs = plan_ladder(&info, &LadderConfig::default());
     assert_eq!(sizes(&rungs), vec![(360, 640)]);
-    transcode_hls(
-        &source,
-        &probe(&source).unwrap(),
-        rotated_out.path(),
-        &rungs,
-        &quick_hls(),
-        &mut |_| {},
-        &mut |_| {},
-        &never(),
-    )
-    .unwrap();
+    transcode_hls(&source, &info, rotated_out.path(), &rungs, &quick_hls(), &mut |_| {}, &mut |_| {}, &never())
+        .unwrap();
     let segment = rotated_out.path().join("360p/segment00000.ts");
     let info = probe(&segment).unwrap();
     assert_eq!((info.width, info.height), (360, 640), "rotation applied to the pixels");
@@ -330,9 +315,9 @@ fn media_webm_preset_is_vp8() {
 fn media_poster_is_a_bright_jpeg_and_storyboard_matches_vtt() {
     let out = tempfile::tempdir().unwrap();
     let source = fixture("clip_720p.mp4");
+    let info = probe(&source).unwrap();
     let (poster, thumbs) =
-        poster_and_thumbnails(&source, &probe(&source).unwrap(), out.path(), &ThumbnailOptions::default(), &never())
-            .unwrap();
+        poster_and_thumbnails(&source, &info, out.path(), &ThumbnailOptions::default(), &never()).unwrap();
     let bytes = std::fs::read(&poster.path).unwrap();
     assert_eq!(&bytes[..3], &[0xff, 0xd8, 0xff], "JPEG magic");
     let decoded = load_jpeg(&poster.path).unwrap();
@@ -341,8 +326,7 @@ fn media_poster_is_a_bright_jpeg_and_storyboard_matches_vtt() {
     assert_eq!(thumbs.len(), 3);
     assert!(thumbs.iter().all(|t| load_jpeg(t).is_ok()));
 
-    let board =
-        storyboard(&source, &probe(&source).unwrap(), out.path(), &StoryboardOptions::default(), &never()).unwrap();
+    let board = storyboard(&source, &info, out.path(), &StoryboardOptions::default(), &never()).unwrap();
     let sprite = load_jpeg(&board.sprite).unwrap();
     let vtt = std::fs::read_to_string(&board.vtt).unwrap();
     assert!(vtt.starts_with("WEBVTT"));
@@ -373,9 +357,9 @@ fn media_poster_is_a_bright_jpeg_and_storyboard_matches_vtt() {
 fn media_poster_skips_a_black_start() {
     let out = tempfile::tempdir().unwrap();
     let source = fixture("black_start.mp4");
+    let info = probe(&source).unwrap();
     let (poster, _) =
-        poster_and_thumbnails(&source, &probe(&source).unwrap(), out.path(), &ThumbnailOptions::default(), &never())
-            .unwrap();
+        poster_and_thumbnails(&source, &info, out.path(), &ThumbnailOptions::default(), &never()).unwrap();
     assert!(poster.position >= Duration::from_secs(1), "poster taken at {:?}", poster.position);
     let decoded = load_jpeg(&poster.path).unwrap();
     assert!(decoded.mean_luma() > 60.0, "poster luma {}", decoded.mean_luma());
@@ -383,8 +367,7 @@ fn media_poster_skips_a_black_start() {
     let first =
         ThumbnailOptions { poster_candidates: vec![0.0], thumbnail_fractions: vec![], ..ThumbnailOptions::default() };
     let black_dir = tempfile::tempdir().unwrap();
-    let (black, _) =
-        poster_and_thumbnails(&source, &probe(&source).unwrap(), black_dir.path(), &first, &never()).unwrap();
+    let (black, _) = poster_and_thumbnails(&source, &info, black_dir.path(), &first, &never()).unwrap();
     assert!(black.mean_luma < 20.0, "first frame luma {}", black.mean_luma);
 }
 
@@ -438,14 +421,15 @@ fn media_hostile_corpus_fails_with_typed_errors() {
 fn media_cancel_mid_transcode_returns_quickly_and_leaves_nothing() {
     let out = tempfile::tempdir().unwrap();
     let source = fixture("clip_720p.mp4");
-    let rungs = plan_ladder(&probe(&source).unwrap(), &LadderConfig::default());
+    let info = probe(&source).unwrap();
+    let rungs = plan_ladder(&info, &LadderConfig::default());
     let cancel = never();
     let trigger = cancel.clone();
     let mut cancelled_at = None;
     let opts = HlsOptions { speed_preset: "medium".into(), ..quick_hls() };
     let result = transcode_hls(
         &source,
-        &probe(&source).unwrap(),
+        &info,
         out.path(),
         &rungs,
         &opts,
@@ -469,10 +453,10 @@ fn media_cancel_mid_transcode_returns_quickly_and_leaves_nothing() {
 fn media_timeout_is_typed() {
     let out = tempfile::tempdir().unwrap();
     let source = fixture("clip_720p.mp4");
-    let rungs = plan_ladder(&probe(&source).unwrap(), &LadderConfig::default());
+    let info = probe(&source).unwrap();
+    let rungs = plan_ladder(&info, &LadderConfig::default());
     let opts = HlsOptions { timeout: Duration::from_millis(300), ..quick_hls() };
-    let result =
-        transcode_hls(&source, &probe(&source).unwrap(), out.path(), &rungs, &opts, &mut |_| {}, &mut |_| {}, &never());
+    let result = transcode_hls(&source, &info, out.path(), &rungs, &opts, &mut |_| {}, &mut |_| {}, &never());
     assert!(matches!(result, Err(MediaError::Timeout(_))), "{result:?}");
     assert!(dir_is_empty(out.path()));
 }
