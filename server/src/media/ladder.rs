@@ -214,7 +214,7 @@ impl Drop for CleanupGuard {
 ///
 /// One pipeline decodes the source once ([`video_head`], [`audio_head`]) and tees it
 /// into one encoder branch per rung ([`rung_branch`]); the run reports progress and
-/// the lowest rung as soon as its playlist is final; [`finish_rungs`] checks and
+/// the lowest rung as its playlist grows and once final; [`finish_rungs`] checks and
 /// measures what was written and the master playlist is written last.
 #[tracing::instrument(skip_all, fields(source = %source.display(), rungs = rungs.len()), err(Display))]
 #[allow(clippy::too_many_arguments)]
